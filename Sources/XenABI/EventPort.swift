@@ -1,0 +1,14 @@
+import CXen
+
+/// An event-channel port (`evtchn_port_t`): local to the domain that bound it.
+@frozen
+public struct EventPort: RawRepresentable, Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var rawValue: UInt32
+    @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
+    @inlinable public init(_ rawValue: UInt32) { self.rawValue = rawValue }
+    public var description: String { "port:\(rawValue)" }
+    @inlinable public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+
+    /// `EVTCHN_2L_NR_CHANNELS` on a 64-bit guest: the 2-level ABI's port limit.
+    public static let twoLevelLimit = UInt32(MemoryLayout<xen_ulong_t>.size * 8 * MemoryLayout<xen_ulong_t>.size * 8)
+}
