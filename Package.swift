@@ -8,6 +8,7 @@ let package = Package(
     products: [
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenHypervisor", targets: ["XenHypervisor"]),
+        .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -33,5 +34,9 @@ let package = Package(
             ]),
 
         .testTarget(name: "XenABITests", dependencies: ["XenABI", "CXen"]),
+
+        // Layer 5, network: netif requests and responses as Swift values.
+        .target(name: "XenNetProtocol", dependencies: ["XenABI", "CXen"]),
+        .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenABI", "CXen"]),
     ]
 )
