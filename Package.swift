@@ -38,5 +38,11 @@ let package = Package(
         // Layer 5, network: netif requests and responses as Swift values.
         .target(name: "XenNetProtocol", dependencies: ["XenABI", "CXen"]),
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenABI", "CXen"]),
+        // Layer 6, network attachment: TAP devices on Linux bridges, in namespaces.
+        .target(name: "CTap"),
+        .target(
+            name: "XenNetTap",
+            dependencies: ["CTap", "XenNetProtocol", .product(name: "SystemPackage", package: "swift-system")]),
+        .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap"]),
     ]
 )
