@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenHypervisor", targets: ["XenHypervisor"]),
         .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
+        .library(name: "XenHost", targets: ["XenHost"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -44,5 +45,16 @@ let package = Package(
             name: "XenNetTap",
             dependencies: ["CTap", "XenNetProtocol", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap"]),
+
+        // The real-Xen world: the hypervisor protocols on Xen's own libraries,
+        // every call through one replaceable funnel (LibXen).
+        .systemLibrary(name: "CXenLibs"),
+        .target(
+            name: "XenHost",
+            dependencies: [
+                "CXenLibs", "XenHypervisor", "XenABI",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen"]),
     ]
 )
