@@ -8,6 +8,8 @@ let package = Package(
     products: [
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenHypervisor", targets: ["XenHypervisor"]),
+        // Shared ring (issue 3).
+        .library(name: "XenRing", targets: ["XenRing"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -33,5 +35,21 @@ let package = Package(
             ]),
 
         .testTarget(name: "XenABITests", dependencies: ["XenABI", "CXen"]),
+
+        // Layer 3: the shared ring (issue 3), proven against ring.h's own
+        // macros in a test-only C target (not a product).
+        .target(
+            name: "XenRing",
+            dependencies: [
+                "XenABI", "CXen", "XenHypervisor",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]),
+        .target(name: "CRingReference", dependencies: ["CXen"], path: "Tests/CRingReference"),
+        .testTarget(
+            name: "XenRingTests",
+            dependencies: [
+                "XenRing", "CRingReference", "CXen", "XenABI", "XenHypervisor",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]),
     ]
 )
