@@ -95,7 +95,8 @@ void cref_##NAME##_back_attach(cref_##NAME##_t *r, void *page, size_t bytes, RIN
 unsigned cref_##NAME##_front_free(const cref_##NAME##_t *r) { return RING_FREE_REQUESTS(&r->front); } \
 int cref_##NAME##_front_full(const cref_##NAME##_t *r) { return RING_FULL(&r->front); }  \
 void cref_##NAME##_front_produce(cref_##NAME##_t *r, const REQ *req) {                   \
-    *RING_GET_REQUEST(&r->front, r->front.req_prod_pvt) = *req;                          \
+    /* memcpy, not struct assignment: padding bytes too, so pages compare exactly. */   \
+    memcpy(RING_GET_REQUEST(&r->front, r->front.req_prod_pvt), req, sizeof *req);        \
     r->front.req_prod_pvt++;                                                             \
 }                                                                                        \
 int cref_##NAME##_front_push(cref_##NAME##_t *r) {                                       \
@@ -141,7 +142,7 @@ int cref_##NAME##_back_consume(cref_##NAME##_t *r, REQ *out, int max) {         
     return n;                                                                            \
 }                                                                                        \
 void cref_##NAME##_back_produce(cref_##NAME##_t *r, const RSP *rsp) {                    \
-    *RING_GET_RESPONSE(&r->back, r->back.rsp_prod_pvt) = *rsp;                           \
+    memcpy(RING_GET_RESPONSE(&r->back, r->back.rsp_prod_pvt), rsp, sizeof *rsp);         \
     r->back.rsp_prod_pvt++;                                                              \
 }                                                                                        \
 int cref_##NAME##_back_push(cref_##NAME##_t *r) {                                        \

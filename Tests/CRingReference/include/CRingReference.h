@@ -50,7 +50,7 @@ void cref_##NAME##_back_init(cref_##NAME##_t *r, void *page, size_t bytes);     
 void cref_##NAME##_back_attach(cref_##NAME##_t *r, void *page, size_t bytes, RING_IDX i); \
 unsigned cref_##NAME##_front_free(const cref_##NAME##_t *r);  /* RING_FREE_REQUESTS */  \
 int cref_##NAME##_front_full(const cref_##NAME##_t *r);       /* RING_FULL */           \
-/* *RING_GET_REQUEST(req_prod_pvt) = *req; req_prod_pvt++. */                           \
+/* memcpy(RING_GET_REQUEST(req_prod_pvt), req); req_prod_pvt++. */                           \
 void cref_##NAME##_front_produce(cref_##NAME##_t *r, const REQ *req);                   \
 int cref_##NAME##_front_push(cref_##NAME##_t *r);  /* RING_PUSH_REQUESTS_AND_CHECK_NOTIFY */ \
 /* rsp_prod once, xen_rmb, RING_RESPONSE_PROD_OVERFLOW -> -1, else RING_COPY_RESPONSE   \
