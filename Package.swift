@@ -8,6 +8,7 @@ let package = Package(
     products: [
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenHypervisor", targets: ["XenHypervisor"]),
+        .library(name: "XenRing", targets: ["XenRing"]),
         .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
         .library(name: "XenHost", targets: ["XenHost"]),
     ],
@@ -35,6 +36,22 @@ let package = Package(
             ]),
 
         .testTarget(name: "XenABITests", dependencies: ["XenABI", "CXen"]),
+
+        // Layer 3: the shared ring (issue 3), proven against ring.h's own
+        // macros in a test-only C target (not a product).
+        .target(
+            name: "XenRing",
+            dependencies: [
+                "XenABI", "CXen", "XenHypervisor",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]),
+        .target(name: "CRingReference", dependencies: ["CXen"], path: "Tests/CRingReference"),
+        .testTarget(
+            name: "XenRingTests",
+            dependencies: [
+                "XenRing", "CRingReference", "CXen", "XenABI", "XenHypervisor",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]),
 
         // Layer 5, network: netif requests and responses as Swift values.
         .target(name: "XenNetProtocol", dependencies: ["XenABI", "CXen"]),
