@@ -62,6 +62,15 @@ let package = Package(
             name: "XenNetTap",
             dependencies: ["CTap", "XenNetProtocol", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap"]),
+        // Layer 6, network drivers: netback (dom0) and netfront (guest).
+        .target(
+            name: "XenNetBack",
+            dependencies: [
+                "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]),
+        .target(name: "XenNetFront", dependencies: ["XenNetProtocol", "XenRing", "XenHypervisor", "XenABI", "CXen"]),
 
         // The real-Xen world: the hypervisor protocols on Xen's own libraries,
         // every call through one replaceable funnel (LibXen).
