@@ -8,6 +8,8 @@ let package = Package(
     products: [
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenHypervisor", targets: ["XenHypervisor"]),
+        // Simulated hypervisor (issue 2, sim part).
+        .library(name: "XenSimulator", targets: ["XenSimulator"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -33,5 +35,22 @@ let package = Package(
             ]),
 
         .testTarget(name: "XenABITests", dependencies: ["XenABI", "CXen"]),
+
+        // Simulated hypervisor (issue 2, sim part): domains with memfd-backed
+        // frames, v1 grant tables, 2-level event channels, leftovers.
+        .target(
+            name: "XenSimulator",
+            dependencies: [
+                "XenHypervisor", "XenABI", "CXen",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        .testTarget(
+            name: "XenSimulatorTests",
+            dependencies: [
+                "XenSimulator", "XenHypervisor", "XenABI", "CXen",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
     ]
 )
