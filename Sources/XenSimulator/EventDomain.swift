@@ -47,10 +47,10 @@ final class EventDomain: @unchecked Sendable {
     private let locks: UnsafeMutablePointer<UnsafeAtomic<UInt32>.Storage>
     let slots: UnsafeMutablePointer<Slot>
 
-    init(domain: DomainID) throws(HypervisorError) {
+    init(domain: DomainID, machine: String) throws(HypervisorError) {
         precondition(MemoryLayout<shared_info>.size <= XenPage.size, "shared_info fits one page")
         self.domain = domain
-        sharedInfo = try SharedMemory(name: "xenpv-shared-info-\(domain.rawValue)", pages: 1)
+        sharedInfo = try SharedMemory(name: "\(machine)-dom\(domain.rawValue)-shared-info", pages: 1)
         let words = Self.portLimit / Self.bitsPerWord
         let pendingOffset = MemoryLayout<shared_info>.offset(of: \.evtchn_pending)!
         let maskOffset = MemoryLayout<shared_info>.offset(of: \.evtchn_mask)!

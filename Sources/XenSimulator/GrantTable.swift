@@ -49,12 +49,12 @@ final class GrantTable: @unchecked Sendable {
         var frame: UInt64 = 0
     }
 
-    init(owner: DomainID, frames tableFrames: Int, ownerFrames: Int) throws(HypervisorError) {
+    init(owner: DomainID, frames tableFrames: Int, ownerFrames: Int, machine: String) throws(HypervisorError) {
         precondition(tableFrames > 0, "a grant table needs at least one frame")
         self.owner = owner
         self.ownerFrames = ownerFrames
         self.count = tableFrames * Self.entriesPerFrame
-        self.memory = try SharedMemory(name: "xenpv-gnttab-\(owner.rawValue)", pages: tableFrames)
+        self.memory = try SharedMemory(name: "\(machine)-dom\(owner.rawValue)-gnttab", pages: tableFrames)
         memory.base.bindMemory(to: grant_entry_v1.self, capacity: count)
         active = .allocate(capacity: count)
         active.initialize(repeating: ActiveEntry(), count: count)

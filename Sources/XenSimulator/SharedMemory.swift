@@ -16,8 +16,10 @@ final class SharedMemory: @unchecked Sendable {
     let fd: Int32
     let pageCount: Int
     let base: UnsafeMutableRawPointer
+    let name: String
 
     init(name: String, pages: Int) throws(HypervisorError) {
+        self.name = name
         precondition(pages > 0, "shared memory needs at least one page")
         let fd = cxen_memfd_create(name, 0)
         guard fd >= 0 else { throw .errno(Errno(rawValue: errno), "memfd_create \(name)") }

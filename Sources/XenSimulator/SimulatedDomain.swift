@@ -45,13 +45,13 @@ public final class SimulatedDomain: Hypervisor, @unchecked Sendable {
         var handle = GrantHandle(0)
     }
 
-    init(id: DomainID, frames: Int, grantFrames: Int, hypervisor: SimulatedHypervisor?) throws(HypervisorError) {
+    init(id: DomainID, frames: Int, grantFrames: Int, machine: String, hypervisor: SimulatedHypervisor?) throws(HypervisorError) {
         domainID = id
         frameCount = frames
         self.hypervisor = hypervisor
-        memory = try SharedMemory(name: "xenpv-dom\(id.rawValue)", pages: frames)
-        grantTable = try GrantTable(owner: id, frames: grantFrames, ownerFrames: frames)
-        events = try EventDomain(domain: id)
+        memory = try SharedMemory(name: "\(machine)-dom\(id.rawValue)", pages: frames)
+        grantTable = try GrantTable(owner: id, frames: grantFrames, ownerFrames: frames, machine: machine)
+        events = try EventDomain(domain: id, machine: machine)
         allocator = SimulatedPageAllocator(owner: id, memory: memory, grants: grantTable)
     }
 
@@ -118,6 +118,10 @@ public final class SimulatedDomain: Hypervisor, @unchecked Sendable {
         precondition(frame.rawValue < UInt64(frameCount), "\(frame) is not a frame of \(domainID)")
         return memory.page(Int(frame.rawValue))
     }
+
+    /// The name of the memfd holding this domain's frames, unique in the
+    /// process (`/proc/self/maps` shows it as `/memfd:NAME`).
+    public var memoryName: String { memory.name }
 
     /// The memfd holding this domain's frames (frame `n` at offset `n * 4096`).
     public var memoryFileDescriptor: FileDescriptor { FileDescriptor(rawValue: memory.fd) }

@@ -1,3 +1,5 @@
+import Atomics
+import Glibc
 import XenABI
 import XenHypervisor
 
@@ -10,6 +12,11 @@ import XenHypervisor
 public final class SimulatedHypervisor: Sendable {
     /// The privileged control domain.
     public let dom0: SimulatedDomain
+
+    /// Prefix of this machine's memfd names, unique in the process.
+    public let name: String
+    // relaxed: only uniqueness matters.
+    private static let machines = ManagedAtomic<Int>(0)
 
     private let state: State
     /// Serialises event-channel control operations (bind, unbind, close); see `EventDomain`.
@@ -32,10 +39,12 @@ public final class SimulatedHypervisor: Sendable {
 
     /// Creates the machine with dom0 owning `dom0Frames` frames.
     public init(dom0Frames: Int = 1024) {
+        name = "xenpv-\(getpid())-\(Self.machines.wrappingIncrementThenLoad(ordering: .relaxed))"
         state = State()
         // A machine that cannot create its dom0 (no memfd, no memory) is unusable.
         do {
-            dom0 = try SimulatedDomain(id: .dom0, frames: dom0Frames, grantFrames: Self.defaultGrantFrames, hypervisor: nil)
+            dom0 = try SimulatedDomain(
+                id: .dom0, frames: dom0Frames, grantFrames: Self.defaultGrantFrames, machine: name, hypervisor: nil)
         } catch {
             fatalError("creating dom0: \(error)")
         }
@@ -56,7 +65,7 @@ public final class SimulatedHypervisor: Sendable {
             defer { state.nextID += 1 }
             return DomainID(state.nextID)
         }
-        let domain = try SimulatedDomain(id: id, frames: frames, grantFrames: grantFrames, hypervisor: self)
+        let domain = try SimulatedDomain(id: id, frames: frames, grantFrames: grantFrames, machine: name, hypervisor: self)
         try state.lock.withLock { () throws(HypervisorError) in
             guard !state.down else { throw HypervisorError(.closed, "the simulated hypervisor is shut down") }
             state.domains[id] = domain
