@@ -8,6 +8,7 @@ let package = Package(
     products: [
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenHypervisor", targets: ["XenHypervisor"]),
+        .library(name: "XenSimulator", targets: ["XenSimulator"]),
         .library(name: "XenRing", targets: ["XenRing"]),
         .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
         .library(name: "XenHost", targets: ["XenHost"]),
@@ -36,6 +37,23 @@ let package = Package(
             ]),
 
         .testTarget(name: "XenABITests", dependencies: ["XenABI", "CXen"]),
+
+        // Layer 2, the embedded world: the simulated hypervisor (domains with
+        // memfd-backed frames, v1 grant tables, 2-level event channels, leftovers).
+        .target(
+            name: "XenSimulator",
+            dependencies: [
+                "XenHypervisor", "XenABI", "CXen",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        .testTarget(
+            name: "XenSimulatorTests",
+            dependencies: [
+                "XenSimulator", "XenHypervisor", "XenABI", "CXen",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
 
         // Layer 3: the shared ring (issue 3), proven against ring.h's own
         // macros in a test-only C target (not a product).
