@@ -89,6 +89,9 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
             ]),
         .target(name: "XenNetFront", dependencies: ["XenNetProtocol", "XenRing", "XenHypervisor", "XenABI", "CXen"]),
+        .testTarget(
+            name: "XenNetDriverTests",
+            dependencies: ["XenNetBack", "XenNetFront", "XenNetProtocol", "XenRing", "XenSimulator", "XenHypervisor", "XenABI", "CXen"]),
 
         // The real-Xen world: the hypervisor protocols on Xen's own libraries,
         // every call through one replaceable funnel (LibXen).
