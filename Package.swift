@@ -79,7 +79,8 @@ let package = Package(
         .target(
             name: "XenNetTap",
             dependencies: ["CTap", "XenNetProtocol", .product(name: "SystemPackage", package: "swift-system")]),
-        .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap"]),
+        .target(name: "NetTestSupport", path: "Tests/NetTestSupport"),
+        .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap", "NetTestSupport"]),
         // Layer 6, network drivers: netback (dom0) and netfront (guest).
         .target(
             name: "XenNetBack",
@@ -88,10 +89,13 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ]),
-        .target(name: "XenNetFront", dependencies: ["XenNetProtocol", "XenRing", "XenHypervisor", "XenABI", "CXen"]),
+        .target(name: "XenNetFront", dependencies: ["XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen"]),
         .testTarget(
             name: "XenNetDriverTests",
-            dependencies: ["XenNetBack", "XenNetFront", "XenNetProtocol", "XenRing", "XenSimulator", "XenHypervisor", "XenABI", "CXen"]),
+            dependencies: [
+                "XenNetBack", "XenNetFront", "XenNetProtocol", "XenNetTap", "XenRing", "XenSimulator", "XenHypervisor",
+                "XenABI", "CXen", "NetTestSupport",
+            ]),
 
         // The real-Xen world: the hypervisor protocols on Xen's own libraries,
         // every call through one replaceable funnel (LibXen).

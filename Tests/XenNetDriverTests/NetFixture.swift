@@ -57,10 +57,11 @@ final class NetFixture: @unchecked Sendable {
 
     let receiveGSO: Set<NetGSOType>
 
-    /// Starts the vif; call after the frontend initialised the rings.
-    func startBackend() throws {
+    /// Starts the vif on the memory attachment, or on `other`; call after
+    /// the frontend initialised the rings.
+    func startBackend(attachment other: (any NetworkAttachment)? = nil) throws {
         vif = try VifQueue(txRing: txMap.memory, rxRing: rxMap.memory, events: beEvents, mapper: mapper,
-                           attachment: attachment,
+                           attachment: other ?? attachment,
                            configuration: VifConfiguration(frontend: guest.domainID, txPort: bePort, rxPort: bePort,
                                                            receiveGSO: receiveGSO))
         vif.start()
