@@ -8,6 +8,9 @@ let package = Package(
     products: [
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenHypervisor", targets: ["XenHypervisor"]),
+        // XenStore and XenBus (issue 4, branch store)
+        .library(name: "XenStore", targets: ["XenStore"]),
+        .library(name: "XenBus", targets: ["XenBus"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -33,5 +36,21 @@ let package = Package(
             ]),
 
         .testTarget(name: "XenABITests", dependencies: ["XenABI", "CXen"]),
+
+        // ---- Layer 4: XenStore and XenBus (issue 4, branch store) ----
+        .target(
+            name: "XenStore",
+            dependencies: [
+                "XenABI", "CXen",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]),
+        .target(name: "XenBus", dependencies: ["XenStore", "XenABI"]),
+        .executableTarget(
+            name: "XenStoreBench", dependencies: ["XenStore"], path: "Benchmarks/XenStoreBench"),
+        .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI", "CXen"]),
+        .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenStore", "XenABI"]),
+        // ---- end XenStore and XenBus ----
     ]
 )
