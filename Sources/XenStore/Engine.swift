@@ -443,7 +443,7 @@ public final class XenStoreEngine {
             }
             var perms = t[ancestor]!.permissions
             if !privileged(domain) { perms.owner = domain }
-            if bound(perms.owner), t.ownedCount(perms.owner) + missingChain.count > quotas.nodesPerDomain {
+            if bound(domain), t.ownedCount(perms.owner) + missingChain.count > quotas.nodesPerDomain {
                 throw XenStoreError(.noSpace, "node quota reached")
             }
             var changed = [ancestor]
