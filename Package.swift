@@ -12,6 +12,9 @@ let package = Package(
         .library(name: "XenRing", targets: ["XenRing"]),
         .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
         .library(name: "XenHost", targets: ["XenHost"]),
+        // XenStore and XenBus (issue 4, branch store)
+        .library(name: "XenStore", targets: ["XenStore"]),
+        .library(name: "XenBus", targets: ["XenBus"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -107,5 +110,21 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
         .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen"]),
+
+        // ---- Layer 4: XenStore and XenBus (issue 4, branch store) ----
+        .target(
+            name: "XenStore",
+            dependencies: [
+                "XenABI", "CXen",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]),
+        .target(name: "XenBus", dependencies: ["XenStore", "XenABI"]),
+        .executableTarget(
+            name: "XenStoreBench", dependencies: ["XenStore"], path: "Benchmarks/XenStoreBench"),
+        .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI", "CXen"]),
+        .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenStore", "XenABI"]),
+        // ---- end XenStore and XenBus ----
     ]
 )

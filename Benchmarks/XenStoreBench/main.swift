@@ -1,0 +1,1 @@
+@main struct XenStoreBench { static func main() {} }

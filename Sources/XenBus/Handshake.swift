@@ -1,0 +1,381 @@
+import XenABI
+
+/// What a XenBus endpoint is told: the peer's `state` as last read, or a local event.
+///
+/// Contract: deliver `.peerState` whenever the peer's key may have changed (on its watch),
+/// and once more after every local event (`.resourcesReady`, `.closeRequested`,
+/// `.reconnectRequested`): the machines act on the peer's state only when it is fresh.
+public enum XenbusEvent: Hashable, Sendable {
+    /// The peer's `state` key now reads this; nil when the key (the peer) is gone.
+    case peerState(XenbusState?)
+    /// The work a `.prepare` action asked for is done.
+    case resourcesReady
+    /// Local unplug: close the device and do not reconnect.
+    case closeRequested
+    /// Undo a close request: a closed device may connect again.
+    case reconnectRequested
+}
+
+/// What the caller must do, in order. The machines never act themselves.
+public enum XenbusAction: Hashable, Sendable {
+    /// Write this to our own `state` key.
+    case publish(XenbusState)
+    /// Frontend: allocate the ring, grant it, allocate the event channel and write
+    /// `ring-ref`/`event-channel` (and features). Backend: finish hot-plug and write its
+    /// features. Then deliver `.resourcesReady`.
+    case prepare
+    /// Frontend: read the backend's keys and start I/O. Backend: map the frontend's ring,
+    /// bind its event channel and start serving.
+    case connect
+    /// Stop I/O and release what `.prepare`/`.connect` set up (idempotent).
+    case disconnect
+}
+
+/// The frontend's half of the handshake in `io/xenbus.h`, as a pure state machine.
+///
+/// Initialising → (backend InitWait or later) prepare → Initialised → (backend Connected)
+/// Connected. Tolerates a backend that skips InitWait, resets a backend left connected by a
+/// previous incarnation of this frontend (Closing, Closed, then Initialising, as Linux's
+/// `xenbus_reset_state` does), reconnects after a backend restart, and closes when the backend
+/// closes or vanishes. It releases shared resources only once the backend has stopped using
+/// them (its Closing or Closed, or its disappearance).
+public struct XenbusFrontend: Hashable, Sendable {
+    public enum Phase: Hashable, Sendable {
+        case initialising, resetting, preparing, prepared, connected, closing, closed
+    }
+
+    public private(set) var phase: Phase = .initialising
+    /// The value of our `state` key as of the last `.publish` action.
+    public private(set) var published: XenbusState = .initialising
+    /// The peer's state as last observed.
+    public private(set) var peer: XenbusState?
+    /// True once a close was requested and not undone.
+    public private(set) var closeWanted = false
+    /// True while prepared resources are ours to release.
+    public private(set) var holdsResources = false
+    /// True once the backend's state key was seen and then vanished: the device is gone.
+    public private(set) var peerGone = false
+    private var prepareInFlight = false
+    private var peerSeen = false
+
+    public init() {}
+
+    /// The first actions: announce Initialising.
+    public mutating func start() -> [XenbusAction] { [.publish(.initialising)] }
+
+    public mutating func handle(_ event: XenbusEvent) -> [XenbusAction] {
+        var actions: [XenbusAction] = []
+        switch event {
+        case .peerState(let s):
+            let s = s == .unknown ? nil : s
+            if s != nil { peerSeen = true } else if peerSeen { peerGone = true }
+            peer = s
+        case .resourcesReady:
+            guard prepareInFlight else { break }
+            prepareInFlight = false
+            if phase == .preparing {
+                holdsResources = true
+                publish(.initialised, &actions)
+                phase = .prepared
+            } else {
+                // Prepared for a session that ended meanwhile.
+                actions.append(.disconnect)
+            }
+        case .closeRequested:
+            closeWanted = true
+            switch phase {
+            case .initialising, .resetting, .preparing:
+                publish(.closed, &actions)
+                phase = .closed
+            case .prepared, .connected:
+                // The backend may map our ring: ask it to close first, release on its answer.
+                publish(.closing, &actions)
+                phase = .closing
+            case .closing, .closed:
+                break
+            }
+        case .reconnectRequested:
+            closeWanted = false
+            if phase == .closed {
+                publish(.initialising, &actions)
+                phase = .initialising
+            }
+        }
+        // Only a fresh reading of the peer drives peer transitions: after a local event the
+        // stored reading may be stale, so the caller delivers `.peerState` again.
+        if case .peerState = event { while step(&actions) {} }
+        return actions
+    }
+
+    private mutating func publish(_ s: XenbusState, _ actions: inout [XenbusAction]) {
+        if published != s { actions.append(.publish(s)) }
+        published = s
+    }
+
+    private mutating func release(_ actions: inout [XenbusAction]) {
+        if holdsResources { actions.append(.disconnect) }
+        holdsResources = false
+    }
+
+    /// One transition driven by the peer's state; true if anything changed.
+    private mutating func step(_ actions: inout [XenbusAction]) -> Bool {
+        if peerGone {
+            guard phase != .closed else { return false }
+            release(&actions)
+            publish(.closed, &actions)
+            phase = .closed
+            return true
+        }
+        // No backend yet: wait for the toolstack to create it.
+        guard let p = peer else { return false }
+        switch phase {
+        case .initialising:
+            switch p {
+            case .initWait, .initialised:
+                // A prepare still running from an aborted session serves this one.
+                if !prepareInFlight { actions.append(.prepare) }
+                prepareInFlight = true
+                phase = .preparing
+                return true
+            case .connected, .reconfiguring, .reconfigured:
+                // A backend still connected to an earlier incarnation of us: reset it first.
+                publish(.closing, &actions)
+                phase = .resetting
+                return true
+            case .closing:
+                publish(.closed, &actions)
+                phase = .resetting
+                return true
+            default:
+                return false
+            }
+        case .resetting:
+            if published == .closing, p == .closing || p == .closed {
+                publish(.closed, &actions)
+                return true
+            }
+            if published == .closed, p == .closed || p == .initWait || p == .initialising {
+                publish(.initialising, &actions)
+                phase = .initialising
+                return true
+            }
+            return false
+        case .preparing:
+            guard p == .closing || p == .closed else { return false }
+            publish(.closed, &actions)
+            phase = .closed
+            return true
+        case .prepared:
+            if p == .connected {
+                actions.append(.connect)
+                publish(.connected, &actions)
+                phase = .connected
+                return true
+            }
+            guard p == .closing || p == .closed else { return false }
+            release(&actions)
+            publish(.closed, &actions)
+            phase = .closed
+            return true
+        case .connected:
+            if p == .closing || p == .closed {
+                release(&actions)
+                publish(.closed, &actions)
+                phase = .closed
+                return true
+            }
+            if p == .initialising || p == .initWait {
+                // The backend restarted and lost our session: start a new one.
+                release(&actions)
+                publish(.initialising, &actions)
+                phase = .initialising
+                return true
+            }
+            return false
+        case .closing:
+            // Only the backend's own Closing/Closed says it no longer maps our ring (a
+            // restarted backend goes through Closing too when it sees ours).
+            guard p == .closing || p == .closed else { return false }
+            release(&actions)
+            publish(.closed, &actions)
+            phase = .closed
+            return true
+        case .closed:
+            // Not asked to stay closed: offer a new session once the backend is closed or
+            // ready again (it answers our Initialising with InitWait).
+            guard !closeWanted, !peerGone, p == .initWait || p == .initialising || p == .closed else { return false }
+            publish(.initialising, &actions)
+            phase = .initialising
+            return true
+        }
+    }
+}
+
+/// The backend's half of the handshake, as a pure state machine.
+///
+/// Prepare (hot-plug, features) → InitWait → (frontend Initialised, or Connected if it skipped
+/// Initialised) connect → Connected. Disconnects before it announces Closing, so a frontend
+/// may free its ring once it sees Closing. A closed backend goes back to InitWait when the
+/// frontend starts a new session (Initialising), unless a close was requested; a frontend
+/// that vanishes closes the device for good.
+public struct XenbusBackend: Hashable, Sendable {
+    public enum Phase: Hashable, Sendable {
+        case initialising, preparing, ready, connected, closing, closed
+    }
+
+    public private(set) var phase: Phase = .initialising
+    public private(set) var published: XenbusState = .initialising
+    public private(set) var peer: XenbusState?
+    public private(set) var closeWanted = false
+    /// True once the frontend's state key was seen and then vanished.
+    public private(set) var peerGone = false
+    public private(set) var isConnected = false
+    private var prepared = false
+    private var prepareInFlight = false
+    private var peerSeen = false
+
+    public init() {}
+
+    /// The first actions: announce Initialising and prepare.
+    public mutating func start() -> [XenbusAction] {
+        prepareInFlight = true
+        phase = .preparing
+        return [.publish(.initialising), .prepare]
+    }
+
+    public mutating func handle(_ event: XenbusEvent) -> [XenbusAction] {
+        var actions: [XenbusAction] = []
+        switch event {
+        case .peerState(let s):
+            let s = s == .unknown ? nil : s
+            if s != nil { peerSeen = true } else if peerSeen { peerGone = true }
+            peer = s
+        case .resourcesReady:
+            guard prepareInFlight else { break }
+            prepareInFlight = false
+            prepared = true
+            if phase == .preparing {
+                publish(.initWait, &actions)
+                phase = .ready
+            }
+        case .closeRequested:
+            closeWanted = true
+            switch phase {
+            case .connected:
+                disconnect(&actions)
+                publish(.closing, &actions)
+                phase = .closing
+            case .initialising, .preparing, .ready:
+                publish(.closing, &actions)
+                phase = .closing
+            case .closing, .closed:
+                break
+            }
+        case .reconnectRequested:
+            closeWanted = false
+            if phase == .closed && !peerGone { reopen(&actions) }
+        }
+        // Only a fresh reading of the peer drives peer transitions: after a local event the
+        // stored reading may be stale, so the caller delivers `.peerState` again.
+        if case .peerState = event { while step(&actions) {} }
+        return actions
+    }
+
+    private mutating func publish(_ s: XenbusState, _ actions: inout [XenbusAction]) {
+        if published != s { actions.append(.publish(s)) }
+        published = s
+    }
+
+    private mutating func disconnect(_ actions: inout [XenbusAction]) {
+        if isConnected { actions.append(.disconnect) }
+        isConnected = false
+    }
+
+    private mutating func reopen(_ actions: inout [XenbusAction]) {
+        if prepared {
+            publish(.initWait, &actions)
+            phase = .ready
+        } else {
+            if !prepareInFlight { actions.append(.prepare) }
+            prepareInFlight = true
+            publish(.initialising, &actions)
+            phase = .preparing
+        }
+    }
+
+    private mutating func step(_ actions: inout [XenbusAction]) -> Bool {
+        if peerGone {
+            guard phase != .closed else { return false }
+            disconnect(&actions)
+            publish(.closed, &actions)
+            phase = .closed
+            return true
+        }
+        guard let p = peer else {
+            // Closing with no frontend to wait for: done.
+            guard phase == .closing else { return false }
+            publish(.closed, &actions)
+            phase = .closed
+            return true
+        }
+        switch phase {
+        case .initialising, .preparing:
+            return false
+        case .ready:
+            switch p {
+            case .initialised, .connected:
+                actions.append(.connect)
+                isConnected = true
+                publish(.connected, &actions)
+                phase = .connected
+                return true
+            case .closing:
+                publish(.closing, &actions)
+                phase = .closing
+                return true
+            case .closed:
+                publish(.closed, &actions)
+                phase = .closed
+                return true
+            default:
+                return false
+            }
+        case .connected:
+            switch p {
+            case .closing:
+                disconnect(&actions)
+                publish(.closing, &actions)
+                phase = .closing
+                return true
+            case .closed:
+                disconnect(&actions)
+                publish(.closed, &actions)
+                phase = .closed
+                return true
+            case .initialising:
+                // The frontend restarted without closing: drop the old session.
+                disconnect(&actions)
+                publish(.initWait, &actions)
+                phase = .ready
+                return true
+            default:
+                return false
+            }
+        case .closing:
+            if p == .closed {
+                publish(.closed, &actions)
+                phase = .closed
+                return true
+            }
+            if p == .initialising && !closeWanted {
+                reopen(&actions)
+                return true
+            }
+            return false
+        case .closed:
+            guard !closeWanted, p == .initialising else { return false }
+            reopen(&actions)
+            return true
+        }
+    }
+}

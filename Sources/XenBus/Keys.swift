@@ -1,0 +1,55 @@
+/// Key names the drivers read and write, as `io/blkif.h`, `io/netif.h` and `io/xenbus.h` spell them.
+public enum XenbusKey {
+    // Toolstack layout (both sides).
+    public static let state = "state"
+    public static let backend = "backend"
+    public static let backendID = "backend-id"
+    public static let frontend = "frontend"
+    public static let frontendID = "frontend-id"
+    public static let online = "online"
+    public static let hotplugStatus = "hotplug-status"
+
+    // Rings (frontend writes).
+    public static let ringRef = "ring-ref"
+    public static let eventChannel = "event-channel"
+    public static let ringPageOrder = "ring-page-order"
+    public static let numRingPages = "num-ring-pages"
+    public static let protocolName = "protocol"
+    public static let txRingRef = "tx-ring-ref"
+    public static let rxRingRef = "rx-ring-ref"
+    public static let eventChannelTx = "event-channel-tx"
+    public static let eventChannelRx = "event-channel-rx"
+    public static let multiQueueNumQueues = "multi-queue-num-queues"
+
+    // blkif.h backend features and device properties.
+    public static let maxRingPageOrder = "max-ring-page-order"
+    public static let maxRingPages = "max-ring-pages"
+    public static let featureBarrier = "feature-barrier"
+    public static let featureFlushCache = "feature-flush-cache"
+    public static let featureDiscard = "feature-discard"
+    public static let featurePersistent = "feature-persistent"
+    public static let featureMaxIndirectSegments = "feature-max-indirect-segments"
+    public static let featureLargeSectorSize = "feature-large-sector-size"
+    public static let sectors = "sectors"
+    public static let sectorSize = "sector-size"
+    public static let physicalSectorSize = "physical-sector-size"
+    public static let info = "info"
+    public static let mode = "mode"
+    public static let params = "params"
+    public static let type = "type"
+
+    // netif.h features.
+    public static let mac = "mac"
+    public static let handle = "handle"
+    public static let featureSG = "feature-sg"
+    public static let featureGSOTCPv4 = "feature-gso-tcpv4"
+    public static let featureGSOTCPv6 = "feature-gso-tcpv6"
+    public static let featureRxCopy = "feature-rx-copy"
+    public static let featureRxNotify = "feature-rx-notify"
+    public static let featureNoCsumOffload = "feature-no-csum-offload"
+    public static let featureIPv6CsumOffload = "feature-ipv6-csum-offload"
+    public static let featureSplitEventChannels = "feature-split-event-channels"
+    public static let featureCtrlRing = "feature-ctrl-ring"
+    public static let multiQueueMaxQueues = "multi-queue-max-queues"
+    public static let requestRxCopy = "request-rx-copy"
+}

@@ -1,0 +1,98 @@
+import XenABI
+import XenStore
+
+/// One split device as the toolstack lays it out in xenstore.
+public struct XenbusDevice: Hashable, Sendable, CustomStringConvertible {
+    /// The device class: "vbd", "vif", …
+    public var type: String
+    /// The device id within its class (for a disk, the encoded vdev such as 51712).
+    public var id: UInt32
+    public var frontendDomain: DomainID
+    public var backendDomain: DomainID
+
+    public init(type: String, id: UInt32, frontend: DomainID, backend: DomainID = .dom0) {
+        self.type = type
+        self.id = id
+        self.frontendDomain = frontend
+        self.backendDomain = backend
+    }
+
+    /// `/local/domain/<fe>/device/<type>/<id>`
+    public var frontendPath: String { "\(XenStorePath.home(of: frontendDomain))/device/\(type)/\(id)" }
+    /// `/local/domain/<be>/backend/<type>/<fe>/<id>`
+    public var backendPath: String {
+        "\(XenStorePath.home(of: backendDomain))/backend/\(type)/\(frontendDomain.rawValue)/\(id)"
+    }
+    public var description: String { "\(type)/\(id) \(frontendDomain)→\(backendDomain)" }
+}
+
+/// The toolstack's part of XenBus: creating and removing device pairs with the usual keys and
+/// permissions (frontend directory owned by the frontend and readable by the backend; backend
+/// directory owned by the backend and readable by the frontend).
+public enum XenbusToolstack {
+    /// Creates a domain's home readable by it, and its `device` directory owned by it, so
+    /// its frontends can find their devices.
+    public static func createDomainHome(_ domain: DomainID, on store: some XenStoreOperations) async throws(XenStoreError) {
+        let home = XenStorePath.home(of: domain)
+        try await store.mkdir(home)
+        try await store.setPermissions(home, XenStorePermissions(owner: .dom0, grants: [.init(.read, domain)]))
+        try await store.mkdir(home + "/device")
+        try await store.setPermissions(home + "/device", XenStorePermissions(owner: domain))
+    }
+
+    /// Writes both halves of `device` in one transaction: the frontend's `backend`,
+    /// `backend-id`, `state`; the backend's `frontend`, `frontend-id`, `online`, `state`; plus
+    /// the extra keys given. Fails with `EEXIST` if either directory already exists.
+    public static func create(
+        _ device: XenbusDevice, on store: XenStoreClient,
+        frontendKeys: [String: String] = [:], backendKeys: [String: String] = [:]
+    ) async throws {
+        try await store.transaction { tx in
+            for p in [device.frontendPath, device.backendPath] where try await tx.exists(p) {
+                throw XenStoreError(.exists, "\(p) already exists")
+            }
+            let fe = device.frontendDomain, be = device.backendDomain
+            // Class directories the peer enumerates: owned by the domain that enumerates them.
+            let feClass = XenStorePath.parent(of: device.frontendPath)
+            if try await !tx.exists(feClass) {
+                try await tx.mkdir(feClass)
+                try await tx.setPermissions(feClass, XenStorePermissions(owner: fe))
+            }
+            let beClass = XenStorePath.parent(of: device.backendPath)
+            if try await !tx.exists(beClass) {
+                try await tx.mkdir(beClass)
+                try await tx.setPermissions(beClass, XenStorePermissions(owner: be))
+            }
+
+            try await tx.mkdir(device.frontendPath)
+            try await tx.setPermissions(device.frontendPath, XenStorePermissions(owner: fe, grants: [.init(.read, be)]))
+            var feKeys = frontendKeys
+            feKeys[XenbusKey.backend] = device.backendPath
+            feKeys[XenbusKey.backendID] = String(be.rawValue)
+            feKeys[XenbusKey.state] = XenbusState.initialising.xenstoreValue
+            for (k, v) in feKeys.sorted(by: { $0.key < $1.key }) { try await tx.write(device.frontendPath + "/" + k, v) }
+
+            try await tx.mkdir(device.backendPath)
+            try await tx.setPermissions(device.backendPath, XenStorePermissions(owner: be, grants: [.init(.read, fe)]))
+            var beKeys = backendKeys
+            beKeys[XenbusKey.frontend] = device.frontendPath
+            beKeys[XenbusKey.frontendID] = String(fe.rawValue)
+            beKeys[XenbusKey.online] = "1"
+            beKeys[XenbusKey.state] = XenbusState.initialising.xenstoreValue
+            for (k, v) in beKeys.sorted(by: { $0.key < $1.key }) { try await tx.write(device.backendPath + "/" + k, v) }
+        }
+    }
+
+    /// Asks for an orderly unplug: `online` 0 tells the backend to close when the frontend has.
+    public static func requestUnplug(_ device: XenbusDevice, on store: some XenStoreOperations) async throws(XenStoreError) {
+        try await store.write(device.backendPath + "/" + XenbusKey.online, "0")
+    }
+
+    /// Removes both halves in one transaction (the peer sees its `state` vanish).
+    public static func remove(_ device: XenbusDevice, on store: XenStoreClient) async throws {
+        try await store.transaction { tx in
+            try await tx.rm(device.frontendPath)
+            try await tx.rm(device.backendPath)
+        }
+    }
+}

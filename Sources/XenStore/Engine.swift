@@ -1,0 +1,584 @@
+import Logging
+import XenABI
+
+/// The store and its request semantics, independent of any transport.
+///
+/// Not thread-safe by design: the server's single event-loop thread owns it. A transport
+/// registers each connection with the domain it speaks for, passes every decoded request
+/// to `handle(_:from:)`, and sends whatever `takeOutbox()` returns (replies and watch
+/// events, in order). Semantics follow Xen's xenstored: homes under `/local/domain/<id>`,
+/// implicit parents, Xen permissions, watches that fire once when set, transactions that
+/// fail with `EAGAIN` on conflict, per-domain quotas.
+public final class XenStoreEngine {
+    /// A connection registered with the engine.
+    public struct ConnectionID: Hashable, Sendable, Comparable, CustomStringConvertible {
+        public let rawValue: Int
+        public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+        public var description: String { "conn\(rawValue)" }
+    }
+
+    /// What a message addressed to a connection is, so transports can bound watch events.
+    public struct Outgoing: Sendable {
+        public var connection: ConnectionID
+        public var message: XenStoreMessage
+        public var isWatchEvent: Bool { message.type == .watchEvent }
+    }
+
+    /// Domain lifecycle notifications for transports that serve rings (`XS_INTRODUCE`, `XS_RELEASE`).
+    public var onIntroduce: ((_ domain: DomainID, _ frame: UInt64, _ port: UInt32) throws(XenStoreError) -> Void)?
+    public var onRelease: ((DomainID) -> Void)?
+
+    public let quotas: XenStoreQuotas
+    var logger: Logger
+
+    private var tree = XenStoreTree()
+    /// Bumped by every committed change; transactions remember it at start.
+    private var generation: UInt64 = 0
+    /// When each path last changed, kept only while transactions are open (for `EAGAIN`).
+    private var changedAt: [String: UInt64] = [:]
+    private var openTransactions = 0
+    private var connections: [ConnectionID: Connection] = [:]
+    private var nextConnection = 1
+    private var introduced: Set<DomainID> = [.dom0]
+    private var targets: [DomainID: DomainID] = [:]
+    private var watchCount: [DomainID: Int] = [:]
+    private var outbox: [Outgoing] = []
+
+    private final class Connection {
+        let domain: DomainID
+        var watches: [Watch] = []
+        var transactions: [UInt32: Transaction] = [:]
+        var nextTransaction: UInt32 = 1
+        init(domain: DomainID) { self.domain = domain }
+    }
+
+    private struct Watch {
+        /// As the client gave it (relative, absolute or `@special`).
+        var given: String
+        var absolute: String
+        var token: String
+        var isRelative: Bool
+    }
+
+    private struct Change {
+        var path: String
+        var permissions: XenStorePermissions
+        var recursive: Bool
+    }
+
+    private final class Transaction {
+        var tree: XenStoreTree
+        let start: UInt64
+        var accessed: Set<String> = []
+        var changed: Set<String> = []
+        var changes: [Change] = []
+        init(tree: XenStoreTree, start: UInt64) {
+            self.tree = tree
+            self.start = start
+        }
+    }
+
+    public init(quotas: XenStoreQuotas = XenStoreQuotas(), logger: Logger = Logger(label: "xenstore")) {
+        self.quotas = quotas
+        self.logger = logger
+    }
+
+    // MARK: connections
+
+    /// Registers a connection that speaks for `domain` (dom0 for the Unix socket).
+    public func connect(domain: DomainID) -> ConnectionID {
+        let id = ConnectionID(rawValue: nextConnection)
+        nextConnection += 1
+        connections[id] = Connection(domain: domain)
+        return id
+    }
+
+    /// Forgets a connection: its watches and open transactions go with it.
+    public func disconnect(_ id: ConnectionID) {
+        guard let conn = connections.removeValue(forKey: id) else { return }
+        watchCount[conn.domain, default: 0] -= conn.watches.count
+        openTransactions -= conn.transactions.count
+        pruneChanges()
+        outbox.removeAll { $0.connection == id }
+    }
+
+    /// The domain a connection speaks for.
+    public func domain(of id: ConnectionID) -> DomainID? { connections[id]?.domain }
+
+    /// Replies and watch events produced since the last call, in the order they must be sent.
+    public func takeOutbox() -> [Outgoing] {
+        defer { outbox.removeAll(keepingCapacity: true) }
+        return outbox
+    }
+
+    /// Introduces a domain from inside the process (what `XS_INTRODUCE` does for a toolstack).
+    public func introduceDomain(_ domain: DomainID) {
+        if introduced.insert(domain).inserted { fireSpecial("@introduceDomain", domain: domain) }
+    }
+
+    /// Releases a domain from inside the process and fires `@releaseDomain`.
+    public func releaseDomain(_ domain: DomainID) {
+        if introduced.remove(domain) != nil {
+            onRelease?(domain)
+            fireSpecial("@releaseDomain", domain: domain)
+        }
+    }
+
+    // MARK: requests
+
+    /// Handles one request; its reply (and any watch events) land in the outbox.
+    public func handle(_ request: XenStoreMessage, from id: ConnectionID) {
+        guard let conn = connections[id] else { return }
+        do {
+            let reply = try dispatch(request, conn, id)
+            outbox.append(Outgoing(connection: id, message: XenStoreMessage(
+                type: request.type, requestID: request.requestID, transactionID: request.transactionID,
+                payload: reply)))
+            if request.type == .watch, let w = conn.watches.last {
+                // Xen fires a new watch once, right after the OK, so the watcher reads the
+                // initial state without a race.
+                queueEvent(conn: id, path: w.given, token: w.token)
+            }
+        } catch {
+            logger.debug("\(id) \(conn.domain) \(request.type): \(error)")
+            outbox.append(Outgoing(connection: id, message: XenStoreMessage(
+                type: .error, requestID: request.requestID, transactionID: request.transactionID,
+                strings: [error.code.rawValue])))
+        }
+    }
+
+    private static let ok: [UInt8] = Array("OK\0".utf8)
+
+    private func dispatch(_ m: XenStoreMessage, _ conn: Connection, _ id: ConnectionID) throws(XenStoreError) -> [UInt8] {
+        let tx: Transaction?
+        switch m.type {
+        case .read, .write, .mkdir, .rm, .directory, .directoryPart, .getPermissions, .setPermissions,
+            .transactionEnd:
+            if m.transactionID == 0 {
+                tx = nil
+            } else if let t = conn.transactions[m.transactionID] {
+                tx = t
+            } else {
+                throw XenStoreError(.noEntry, "no transaction \(m.transactionID)")
+            }
+        default:
+            tx = nil
+        }
+
+        switch m.type {
+        case .read:
+            let path = try resolve(oneArg(m), conn)
+            let node = try readable(path, conn, tx)
+            return node.value
+        case .write:
+            let (parts, tail) = m.nulSeparatedParts()
+            guard let first = parts.first else { throw XenStoreError(.invalid, "WRITE without a path") }
+            // The value is everything after the path's NUL, NULs included.
+            let value = Array(m.payload[(first.count + 1)...])
+            _ = tail
+            let path = try resolve(String(decoding: first, as: UTF8.self), conn)
+            try write(path, value: value, conn, tx, createOnly: false)
+            return Self.ok
+        case .mkdir:
+            let path = try resolve(oneArg(m), conn)
+            try write(path, value: [], conn, tx, createOnly: true)
+            return Self.ok
+        case .rm:
+            let path = try resolve(oneArg(m), conn)
+            try remove(path, conn, tx)
+            return Self.ok
+        case .directory:
+            let path = try resolve(oneArg(m), conn)
+            let node = try readable(path, conn, tx)
+            var out: [UInt8] = []
+            for c in node.children {
+                out.append(contentsOf: c.utf8)
+                out.append(0)
+            }
+            guard out.count <= XenStoreLimits.payloadMax else {
+                throw XenStoreError(.tooBig, "listing exceeds one message; use DIRECTORY_PART")
+            }
+            return out
+        case .directoryPart:
+            let args = try m.strings()
+            guard args.count == 2, let offset = Int(args[1]), offset >= 0 else {
+                throw XenStoreError(.invalid, "DIRECTORY_PART wants path and offset")
+            }
+            let path = try resolve(args[0], conn)
+            let node = try readable(path, conn, tx)
+            var all: [UInt8] = []
+            for c in node.children {
+                all.append(contentsOf: c.utf8)
+                all.append(0)
+            }
+            guard offset <= all.count else { throw XenStoreError(.invalid, "offset past the listing") }
+            var out = Array("\(node.childrenGeneration)".utf8) + [0]
+            let room = XenStoreLimits.payloadMax - out.count - 1
+            let rest = all.count - offset
+            if rest <= room {
+                out += all[offset...]
+                out.append(0)  // an empty name marks the last part
+            } else {
+                out += all[offset..<(offset + room)]
+            }
+            return out
+        case .getPermissions:
+            let path = try resolve(oneArg(m), conn)
+            let node = try readable(path, conn, tx)
+            return node.permissions.strings.flatMap { Array($0.utf8) + [0] }
+        case .setPermissions:
+            let args = try m.strings()
+            guard args.count >= 2, let perms = XenStorePermissions(strings: Array(args.dropFirst())) else {
+                throw XenStoreError(.invalid, "SET_PERMS wants a path and permissions like n0 r1")
+            }
+            let path = try resolve(args[0], conn)
+            try setPermissions(path, perms, conn, tx)
+            return Self.ok
+        case .watch:
+            let args = try m.strings()
+            guard args.count >= 2 else { throw XenStoreError(.invalid, "WATCH wants path and token") }
+            try addWatch(given: args[0], token: args[1], conn)
+            return Self.ok
+        case .unwatch:
+            let args = try m.strings()
+            guard args.count >= 2 else { throw XenStoreError(.invalid, "UNWATCH wants path and token") }
+            let absolute = XenStorePath.isSpecial(args[0]) ? args[0] : try resolve(args[0], conn)
+            guard let i = conn.watches.firstIndex(where: { $0.absolute == absolute && $0.token == args[1] }) else {
+                throw XenStoreError(.noEntry, "no such watch")
+            }
+            conn.watches.remove(at: i)
+            watchCount[conn.domain, default: 0] -= 1
+            return Self.ok
+        case .transactionStart:
+            guard m.transactionID == 0 else { throw XenStoreError(.busy, "transactions do not nest") }
+            if bound(conn.domain), conn.transactions.count >= quotas.transactionsPerConnection {
+                throw XenStoreError(.noSpace, "transaction quota reached")
+            }
+            var txid = conn.nextTransaction
+            while txid == 0 || conn.transactions[txid] != nil { txid &+= 1 }
+            conn.nextTransaction = txid &+ 1
+            conn.transactions[txid] = Transaction(tree: tree, start: generation)
+            openTransactions += 1
+            return Array("\(txid)".utf8) + [0]
+        case .transactionEnd:
+            let arg = try oneArg(m)
+            guard arg == "T" || arg == "F" else { throw XenStoreError(.invalid, "TRANSACTION_END wants T or F") }
+            guard let t = tx else { throw XenStoreError(.noEntry, "no transaction") }
+            conn.transactions[m.transactionID] = nil
+            openTransactions -= 1
+            defer { pruneChanges() }
+            if arg == "T" { try commit(t) }
+            return Self.ok
+        case .getDomainPath:
+            let domid = try domainArg(oneArg(m))
+            return Array(XenStorePath.home(of: domid).utf8) + [0]
+        case .isDomainIntroduced:
+            let domid = try domainArg(oneArg(m))
+            return Array((introduced.contains(domid) ? "T" : "F").utf8) + [0]
+        case .introduce:
+            try requirePrivilege(conn)
+            let args = try m.strings()
+            guard args.count >= 3, let frame = UInt64(args[1]), let port = UInt32(args[2]) else {
+                throw XenStoreError(.invalid, "INTRODUCE wants domid, mfn, port")
+            }
+            let domid = try domainArg(args[0])
+            if !introduced.contains(domid) {
+                try onIntroduce?(domid, frame, port)
+                introduceDomain(domid)
+            }
+            return Self.ok
+        case .release:
+            try requirePrivilege(conn)
+            let domid = try domainArg(oneArg(m))
+            guard introduced.contains(domid), domid != .dom0 else { throw XenStoreError(.noEntry, "\(domid) not introduced") }
+            releaseDomain(domid)
+            return Self.ok
+        case .resume:
+            try requirePrivilege(conn)
+            let domid = try domainArg(oneArg(m))
+            guard introduced.contains(domid) else { throw XenStoreError(.noEntry, "\(domid) not introduced") }
+            return Self.ok
+        case .setTarget:
+            try requirePrivilege(conn)
+            let args = try m.strings()
+            guard args.count >= 2 else { throw XenStoreError(.invalid, "SET_TARGET wants two domids") }
+            targets[try domainArg(args[0])] = try domainArg(args[1])
+            return Self.ok
+        case .resetWatches:
+            watchCount[conn.domain, default: 0] -= conn.watches.count
+            conn.watches.removeAll()
+            openTransactions -= conn.transactions.count
+            conn.transactions.removeAll()
+            pruneChanges()
+            return Self.ok
+        case .control:
+            throw XenStoreError(.invalid, "no control commands")
+        default:
+            throw XenStoreError(.invalid, "unknown message type \(m.type.rawValue)")
+        }
+    }
+
+    // MARK: arguments and checks
+
+    private func oneArg(_ m: XenStoreMessage) throws(XenStoreError) -> String {
+        let args = try m.strings()
+        guard args.count == 1 else { throw XenStoreError(.invalid, "\(m.type) wants exactly one string") }
+        return args[0]
+    }
+
+    private func domainArg(_ s: String) throws(XenStoreError) -> DomainID {
+        guard let raw = UInt16(s), String(raw) == s, DomainID(raw).isGuestDomain else {
+            throw XenStoreError(.invalid, "not a domain id: \(s.prefix(16))")
+        }
+        return DomainID(raw)
+    }
+
+    private func resolve(_ path: String, _ conn: Connection) throws(XenStoreError) -> String {
+        try XenStorePath.resolve(path, for: conn.domain)
+    }
+
+    private func privileged(_ domain: DomainID) -> Bool { domain == .dom0 }
+
+    private func requirePrivilege(_ conn: Connection) throws(XenStoreError) {
+        guard privileged(conn.domain) else { throw XenStoreError(.accessDenied, "privileged operation") }
+    }
+
+    /// Whether quotas bind this domain.
+    private func bound(_ domain: DomainID) -> Bool { quotas.appliesToDom0 || !privileged(domain) }
+
+    private func access(_ domain: DomainID, _ perms: XenStorePermissions) -> XenStorePermission.Access {
+        if privileged(domain) { return .both }
+        let mine = perms.access(for: domain)
+        // XS_SET_TARGET: a device model domain acts with its target's rights too.
+        if let target = targets[domain] {
+            let theirs = perms.access(for: target)
+            if mine == .none { return theirs }
+            if theirs == .both || (mine.canRead && theirs.canWrite) || (mine.canWrite && theirs.canRead) {
+                return .both
+            }
+        }
+        return mine
+    }
+
+    /// The error for a path that does not exist: `EACCES` if the caller could not even read
+    /// the nearest existing ancestor (so absence leaks nothing), else `ENOENT`.
+    private func missing(_ path: String, _ domain: DomainID, _ t: XenStoreTree) -> XenStoreError {
+        var p = XenStorePath.parent(of: path)
+        while t[p] == nil { p = XenStorePath.parent(of: p) }
+        if access(domain, t[p]!.permissions).canRead {
+            return XenStoreError(.noEntry, "no such node")
+        }
+        return XenStoreError(.accessDenied, "permission denied")
+    }
+
+    private func readable(_ path: String, _ conn: Connection, _ tx: Transaction?) throws(XenStoreError) -> XenStoreNode {
+        tx?.accessed.insert(path)
+        let t = tx?.tree ?? tree
+        guard let node = t[path] else { throw missing(path, conn.domain, t) }
+        guard access(conn.domain, node.permissions).canRead else {
+            throw XenStoreError(.accessDenied, "permission denied")
+        }
+        return node
+    }
+
+    // MARK: mutations
+
+    /// Runs `body` on the tree the request sees, then records what changed: in the
+    /// transaction, or in the store (firing watches).
+    private func mutate(
+        _ tx: Transaction?, _ body: (inout XenStoreTree) throws(XenStoreError) -> (changed: [String], change: Change?)
+    ) throws(XenStoreError) {
+        if let tx {
+            let (changed, change) = try body(&tx.tree)
+            tx.accessed.formUnion(changed)
+            tx.changed.formUnion(changed)
+            if let change { tx.changes.append(change) }
+        } else {
+            let (changed, change) = try body(&tree)
+            record(changed)
+            if let change { fire(change) }
+        }
+    }
+
+    private func record(_ changed: [String]) {
+        guard !changed.isEmpty else { return }
+        generation += 1
+        guard openTransactions > 0 else { return }
+        for p in changed { changedAt[p] = generation }
+    }
+
+    private func pruneChanges() {
+        if openTransactions <= 0 {
+            openTransactions = 0
+            changedAt.removeAll()
+        }
+    }
+
+    private func write(
+        _ path: String, value: [UInt8], _ conn: Connection, _ tx: Transaction?, createOnly: Bool
+    ) throws(XenStoreError) {
+        let domain = conn.domain
+        if bound(domain), value.count > quotas.valueSize {
+            throw XenStoreError(.noSpace, "value larger than the entry quota")
+        }
+        try mutate(tx) { (t: inout XenStoreTree) throws(XenStoreError) in
+            if var node = t[path] {
+                guard access(domain, node.permissions).canWrite else {
+                    throw XenStoreError(.accessDenied, "permission denied")
+                }
+                if createOnly { return ([], nil) }
+                node.value = value
+                t.set(path, node)
+                return ([path], Change(path: path, permissions: node.permissions, recursive: false))
+            }
+            // Create the missing chain below the nearest existing ancestor, which must be writable.
+            var missingChain = [path]
+            var ancestor = XenStorePath.parent(of: path)
+            while t[ancestor] == nil {
+                missingChain.append(ancestor)
+                ancestor = XenStorePath.parent(of: ancestor)
+            }
+            guard access(domain, t[ancestor]!.permissions).canWrite else {
+                throw XenStoreError(.accessDenied, "permission denied")
+            }
+            var perms = t[ancestor]!.permissions
+            if !privileged(domain) { perms.owner = domain }
+            if bound(domain), t.ownedCount(perms.owner) + missingChain.count > quotas.nodesPerDomain {
+                throw XenStoreError(.noSpace, "node quota reached")
+            }
+            var changed = [ancestor]
+            var parentPath = ancestor
+            for p in missingChain.reversed() {
+                var parent = t[parentPath]!
+                parent.children.append(XenStorePath.name(of: p))
+                generation += 1
+                parent.childrenGeneration = generation
+                t.set(parentPath, parent)
+                t.set(p, XenStoreNode(
+                    value: p == path ? value : [], children: [], permissions: perms, childrenGeneration: 0))
+                changed.append(p)
+                parentPath = p
+            }
+            return (changed, Change(path: path, permissions: perms, recursive: false))
+        }
+    }
+
+    private func remove(_ path: String, _ conn: Connection, _ tx: Transaction?) throws(XenStoreError) {
+        guard path != "/" else { throw XenStoreError(.invalid, "cannot remove the root") }
+        let domain = conn.domain
+        try mutate(tx) { (t: inout XenStoreTree) throws(XenStoreError) in
+            guard let node = t[path] else {
+                // Xen: removing an absent node is fine if its parent exists.
+                let parentPath = XenStorePath.parent(of: path)
+                if let parent = t[parentPath], access(domain, parent.permissions).canRead { return ([], nil) }
+                throw missing(path, domain, t)
+            }
+            guard access(domain, node.permissions).canWrite else {
+                throw XenStoreError(.accessDenied, "permission denied")
+            }
+            let removed = t.subtree(path)
+            for p in removed { t.drop(p) }
+            let parentPath = XenStorePath.parent(of: path)
+            var parent = t[parentPath]!
+            parent.children.removeAll { $0 == XenStorePath.name(of: path) }
+            generation += 1
+            parent.childrenGeneration = generation
+            t.set(parentPath, parent)
+            return (removed + [parentPath], Change(path: path, permissions: node.permissions, recursive: true))
+        }
+    }
+
+    private func setPermissions(
+        _ path: String, _ perms: XenStorePermissions, _ conn: Connection, _ tx: Transaction?
+    ) throws(XenStoreError) {
+        let domain = conn.domain
+        let isPrivileged = privileged(domain)
+        try mutate(tx) { (t: inout XenStoreTree) throws(XenStoreError) in
+            guard var node = t[path] else { throw missing(path, domain, t) }
+            if !isPrivileged {
+                // Only the owner may change permissions, and it may not give the node away.
+                guard node.permissions.owner == domain || access(domain, node.permissions) == .both,
+                    access(domain, node.permissions).canWrite
+                else { throw XenStoreError(.accessDenied, "permission denied") }
+                guard perms.owner == node.permissions.owner else {
+                    throw XenStoreError(.notPermitted, "an unprivileged domain may not change the owner")
+                }
+            }
+            node.permissions = perms
+            t.set(path, node)
+            return ([path], Change(path: path, permissions: perms, recursive: false))
+        }
+    }
+
+    private func commit(_ t: Transaction) throws(XenStoreError) {
+        for p in t.accessed where changedAt[p, default: 0] > t.start {
+            throw XenStoreError(.again, "conflicting change to \(p)")
+        }
+        guard !t.changed.isEmpty else { return }
+        for p in t.changed {
+            if let node = t.tree[p] { tree.set(p, node) } else { tree.drop(p) }
+        }
+        record(Array(t.changed))
+        for c in t.changes { fire(c) }
+    }
+
+    // MARK: watches
+
+    private func addWatch(given: String, token: String, _ conn: Connection) throws(XenStoreError) {
+        let absolute: String
+        if XenStorePath.isSpecial(given) {
+            guard given.utf8.count <= XenStoreLimits.relativePathMax else {
+                throw XenStoreError(.invalid, "special path too long")
+            }
+            absolute = given
+        } else {
+            absolute = try resolve(given, conn)
+        }
+        guard !conn.watches.contains(where: { $0.absolute == absolute && $0.token == token }) else {
+            throw XenStoreError(.exists, "watch already set")
+        }
+        if bound(conn.domain), watchCount[conn.domain, default: 0] >= quotas.watchesPerDomain {
+            throw XenStoreError(.tooBig, "watch quota reached")
+        }
+        conn.watches.append(Watch(given: given, absolute: absolute, token: token,
+                                  isRelative: !given.hasPrefix("/") && !XenStorePath.isSpecial(given)))
+        watchCount[conn.domain, default: 0] += 1
+    }
+
+    private func queueEvent(conn: ConnectionID, path: String, token: String) {
+        outbox.append(Outgoing(connection: conn, message: XenStoreMessage(type: .watchEvent, strings: [path, token])))
+    }
+
+    /// Fires watches for one change: watches on the path or above it get the path; for a
+    /// removal, watches below it get their own path (the subtree went away).
+    private func fire(_ change: Change) {
+        for id in connections.keys.sorted() {
+            let conn = connections[id]!
+            guard access(conn.domain, change.permissions).canRead else { continue }
+            for w in conn.watches where !XenStorePath.isSpecial(w.absolute) {
+                var eventPath: String?
+                if XenStorePath.isWithin(change.path, w.absolute) {
+                    eventPath = change.path
+                } else if change.recursive && XenStorePath.isWithin(w.absolute, change.path) {
+                    eventPath = w.absolute
+                }
+                guard var shown = eventPath else { continue }
+                if w.isRelative {
+                    let home = XenStorePath.home(of: conn.domain) + "/"
+                    if shown.hasPrefix(home) { shown.removeFirst(home.count) }
+                }
+                queueEvent(conn: id, path: shown, token: w.token)
+            }
+        }
+    }
+
+    private func fireSpecial(_ name: String, domain: DomainID) {
+        for id in connections.keys.sorted() {
+            let conn = connections[id]!
+            guard privileged(conn.domain) || conn.domain == domain else { continue }
+            for w in conn.watches where w.absolute == name {
+                queueEvent(conn: id, path: name, token: w.token)
+            }
+        }
+    }
+}

@@ -1,0 +1,22 @@
+/// Per-domain limits, so one domain cannot exhaust the store (XSA-349 was an unbounded
+/// watch-event queue). Defaults follow C xenstored's; errors are Xen's (`ENOSPC`, `E2BIG`).
+public struct XenStoreQuotas: Hashable, Sendable {
+    /// Nodes a domain may own (`quota-nb-entry-per-domain`); beyond: `ENOSPC`.
+    public var nodesPerDomain = 1000
+    /// Watches a domain may hold (`quota-nb-watch-per-domain`); beyond: `E2BIG`.
+    public var watchesPerDomain = 128
+    /// Open transactions per connection (`quota-max-transaction`); beyond: `ENOSPC`.
+    public var transactionsPerConnection = 10
+    /// Bytes of one node's value (`quota-max-entry-size`); beyond: `ENOSPC`.
+    public var valueSize = 2048
+    /// Requests a connection may have waiting for their replies to be sent; beyond, the
+    /// server stops reading from it until it reads its replies (back-pressure, no error).
+    public var outstandingRequests = 20
+    /// Watch events queued for a connection that is not reading them; beyond, the server
+    /// closes that connection rather than grow without bound.
+    public var queuedWatchEvents = 1024
+    /// Whether the limits bind dom0 too (xenstored exempts privileged domains).
+    public var appliesToDom0 = false
+
+    public init() {}
+}

@@ -1,0 +1,37 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How a client reaches the store: a byte stream carrying `xs_wire.h` messages.
+public protocol XenStoreTransport: Sendable {
+    /// Sends bytes, all or an error.
+    func send(_ bytes: [UInt8]) throws(XenStoreError)
+    /// Blocks until bytes arrive; 0 at the end of the stream.
+    func receive(into buffer: UnsafeMutableRawBufferPointer) throws(XenStoreError) -> Int
+    /// Ends the stream in both directions, waking a blocked `receive`.
+    func shutdown()
+}
+
+/// The Unix stream socket transport (`XENSTORED_PATH`).
+public final class XenStoreSocketTransport: XenStoreTransport {
+    private let fd: Int32
+
+    public init(socketPath: String) throws(XenStoreError) {
+        fd = try Sys.connect(to: socketPath)
+    }
+
+    deinit { close(fd) }
+
+    public func send(_ bytes: [UInt8]) throws(XenStoreError) { try Sys.sendAll(fd, bytes) }
+
+    public func receive(into buffer: UnsafeMutableRawBufferPointer) throws(XenStoreError) -> Int {
+        while true {
+            let n = recv(fd, buffer.baseAddress, buffer.count, 0)
+            if n >= 0 { return n }
+            if errno == EINTR { continue }
+            throw XenStoreError(.closed, "recv: \(Sys.errnoText)")
+        }
+    }
+
+    public func shutdown() { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+}

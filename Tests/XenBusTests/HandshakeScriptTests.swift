@@ -1,0 +1,77 @@
+import Testing
+import XenABI
+@testable import XenBus
+
+/// Hand-written peers that do what the other machine never does.
+struct HandshakeScriptTests {
+    @Test func frontendToleratesABackendThatSkipsInitWait() {
+        var fe = XenbusFrontend()
+        #expect(fe.start() == [.publish(.initialising)])
+        #expect(fe.handle(.peerState(.initialising)) == [])
+        // Straight to Initialised: still ready for our details.
+        #expect(fe.handle(.peerState(.initialised)) == [.prepare])
+        #expect(fe.handle(.resourcesReady) == [.publish(.initialised)])
+        #expect(fe.handle(.peerState(.connected)) == [.connect, .publish(.connected)])
+        #expect(fe.phase == .connected)
+    }
+
+    @Test func backendToleratesAFrontendThatSkipsInitialised() {
+        var be = XenbusBackend()
+        #expect(be.start() == [.publish(.initialising), .prepare])
+        #expect(be.handle(.resourcesReady) == [.publish(.initWait)])
+        #expect(be.handle(.peerState(.initialising)) == [])
+        // The frontend wrote its ring and went to Connected at once.
+        #expect(be.handle(.peerState(.connected)) == [.connect, .publish(.connected)])
+    }
+
+    @Test func closeCycleThenReconnect() {
+        var fe = XenbusFrontend()
+        var be = XenbusBackend()
+        _ = fe.start()
+        _ = be.start()
+        _ = be.handle(.resourcesReady)
+        #expect(fe.handle(.peerState(.initWait)) == [.prepare])
+        _ = fe.handle(.resourcesReady)
+        #expect(be.handle(.peerState(.initialised)) == [.connect, .publish(.connected)])
+        _ = fe.handle(.peerState(.connected))
+        // Frontend-initiated close: it waits for the backend to disconnect before freeing.
+        #expect(fe.handle(.closeRequested) == [.publish(.closing)])
+        #expect(fe.handle(.peerState(.connected)) == [])
+        #expect(be.handle(.peerState(.closing)) == [.disconnect, .publish(.closing)])
+        #expect(fe.handle(.peerState(.closing)) == [.disconnect, .publish(.closed)])
+        #expect(be.handle(.peerState(.closed)) == [.publish(.closed)])
+        #expect(fe.handle(.peerState(.closed)) == [])  // asked to stay closed
+        // Reconnect: Closed → Initialising → InitWait → … → Connected.
+        #expect(fe.handle(.reconnectRequested) == [.publish(.initialising)])
+        #expect(be.handle(.peerState(.initialising)) == [.publish(.initWait)])
+        #expect(fe.handle(.peerState(.initWait)) == [.prepare])
+        #expect(fe.handle(.resourcesReady) == [.publish(.initialised)])
+        #expect(be.handle(.peerState(.initialised)) == [.connect, .publish(.connected)])
+        #expect(fe.handle(.peerState(.connected)) == [.connect, .publish(.connected)])
+    }
+
+    @Test func aVanishedPeerClosesTheSurvivor() {
+        var fe = XenbusFrontend()
+        _ = fe.start()
+        _ = fe.handle(.peerState(.initWait))
+        _ = fe.handle(.resourcesReady)
+        _ = fe.handle(.peerState(.connected))
+        #expect(fe.handle(.peerState(nil)) == [.disconnect, .publish(.closed)])
+        #expect(fe.peerGone)
+        var be = XenbusBackend()
+        _ = be.start()
+        _ = be.handle(.resourcesReady)
+        _ = be.handle(.peerState(.initialised))
+        #expect(be.handle(.peerState(.unknown)) == [.disconnect, .publish(.closed)])
+    }
+
+    @Test func aRestartedFrontendResetsAStaleConnectedBackend() {
+        var fe = XenbusFrontend()
+        _ = fe.start()
+        #expect(fe.handle(.peerState(.connected)) == [.publish(.closing)])
+        #expect(fe.handle(.peerState(.closing)) == [.publish(.closed)])
+        #expect(fe.handle(.peerState(.closed)) == [.publish(.initialising)])
+        #expect(fe.handle(.peerState(.initWait)) == [.prepare])
+        #expect(!fe.holdsResources)
+    }
+}

@@ -1,0 +1,117 @@
+import Foundation
+import Testing
+import XenABI
+@testable import XenStore
+
+/// Bad input costs only the connection that sends it; everyone else carries on.
+@Suite(.serialized)
+struct HostileInputTests {
+    /// A well-behaved client still works on `s`.
+    func othersCarryOn(_ s: TestServer) async throws {
+        let c = try s.client()
+        try await c.write("/still/alive", "yes")
+        #expect(try await c.read("/still/alive") == "yes")
+        c.close()
+    }
+
+    @Test func payloadOverTheMaximumClosesTheConnection() async throws {
+        let s = try TestServer()
+        let raw = try RawConnection(s.path)
+        try raw.send(header(type: XenStoreMessageType.write.rawValue, len: 4097) + [UInt8](repeating: 0x41, count: 100))
+        #expect(raw.isClosedByPeer())
+        try await othersCarryOn(s)
+        // Exactly XENSTORE_PAYLOAD_MAX is allowed.
+        let ok = try RawConnection(s.path)
+        let payload = Array("/max\0".utf8) + [UInt8](repeating: 0x42, count: 4096 - 5)
+        try ok.send(header(type: XenStoreMessageType.write.rawValue, len: 4096) + payload)
+        let reply = try #require(try ok.receive())
+        #expect(reply.type == .write)  // dom0 is not bound by the entry-size quota
+    }
+
+    @Test func missingNulUnknownTypesAndBadArgumentsGetERROR() async throws {
+        let s = try TestServer()
+        let raw = try RawConnection(s.path)
+        let cases: [(UInt32, [UInt8])] = [
+            (XenStoreMessageType.read.rawValue, Array("/a".utf8)),  // no NUL
+            (XenStoreMessageType.read.rawValue, Array("/a\0/b\0".utf8)),  // two strings for one
+            (XenStoreMessageType.read.rawValue, []),  // nothing
+            (999, Array("/a\0".utf8)),  // unknown type
+            (XenStoreMessageType.watchEvent.rawValue, Array("/a\0t\0".utf8)),  // daemon-only types
+            (XenStoreMessageType.error.rawValue, Array("EINVAL\0".utf8)),
+            (XenStoreMessageType.invalid.rawValue, []),
+            (XenStoreMessageType.watch.rawValue, Array("/a\0".utf8)),  // no token
+            (XenStoreMessageType.transactionEnd.rawValue, Array("X\0".utf8)),
+            (XenStoreMessageType.setPermissions.rawValue, Array("/a\0q7\0".utf8)),
+            (XenStoreMessageType.getDomainPath.rawValue, Array("65535\0".utf8)),
+            (XenStoreMessageType.directoryPart.rawValue, Array("/\0-1\0".utf8)),
+            (XenStoreMessageType.write.rawValue, Array("/\(String(repeating: "p", count: 3100))\0v".utf8)),
+            (XenStoreMessageType.read.rawValue, Array(String(repeating: "r", count: 2100).utf8) + [0]),
+        ]
+        for (i, (type, payload)) in cases.enumerated() {
+            try raw.send(header(type: type, req: UInt32(100 + i), len: UInt32(payload.count)) + payload)
+            let reply = try #require(try raw.receive(), "case \(i) closed the connection")
+            #expect(reply.type == .error, "case \(i)")
+            #expect(reply.requestID == UInt32(100 + i))
+            #expect(XenStoreError.Code(rawValue: reply.text).isWireCode, "case \(i): \(reply.text)")
+        }
+        // The same connection still works.
+        try raw.send(XenStoreMessage(type: .write, requestID: 1, payload: Array("/ok\0v".utf8)).encoded())
+        #expect(try raw.receive()?.text == "OK")
+        try await othersCarryOn(s)
+    }
+
+    @Test func aLengthShorterThanThePayloadOnlyConfusesThatConnection() async throws {
+        let s = try TestServer()
+        let raw = try RawConnection(s.path)
+        // Declares 2 bytes of "/a\0": READ "/a" lacks its NUL; the stray NUL starts a header.
+        try raw.send(header(type: XenStoreMessageType.read.rawValue, len: 2) + Array("/a\0".utf8))
+        #expect(try raw.receive()?.type == .error)
+        try await othersCarryOn(s)
+    }
+
+    @Test func halfAMessageThenSilenceStallsNobody() async throws {
+        let s = try TestServer()
+        let half = try RawConnection(s.path)
+        try half.send(header(type: XenStoreMessageType.write.rawValue, len: 100) + Array("/half\0".utf8))
+        let halfHeader = try RawConnection(s.path)
+        try halfHeader.send([1, 0, 0])
+        try await othersCarryOn(s)
+        // Finishing the message later is still served.
+        try half.send([UInt8](repeating: 0x61, count: 94))
+        #expect(try half.receive()?.text == "OK")
+        #expect(s.server.stop(timeout: 5))
+    }
+
+    @Test func aClientThatNeverReadsItsWatchEventsIsDisconnected() async throws {
+        var q = XenStoreQuotas()
+        q.queuedWatchEvents = 8
+        let s = try TestServer(quotas: q)
+        let lazy = try RawConnection(s.path)
+        var small: Int32 = 4096
+        setsockopt(lazy.fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+        try lazy.send(XenStoreMessage(type: .watch, requestID: 1, strings: ["/flood", "tok"]).encoded())
+        let writer = try s.client()
+        var closed = false
+        for i in 0..<20000 where !closed {
+            try await writer.write("/flood/x", "\(i)")
+            if i % 500 == 499 { closed = lazy.isClosedByPeer(timeout: 0.01) }
+        }
+        // isClosedByPeer reads, so give the server a last chance only if it had not closed yet.
+        #expect(closed || lazy.isClosedByPeer(timeout: 1))
+        try await othersCarryOn(s)
+    }
+
+    @Test func manyPipelinedRequestsAreAnsweredInOrderUnderBackPressure() async throws {
+        let s = try TestServer()
+        let raw = try RawConnection(s.path)
+        var batch: [UInt8] = []
+        for i in 0..<200 {
+            batch += XenStoreMessage(type: .write, requestID: UInt32(i), strings: ["/pipe/\(i)"]).encoded()
+        }
+        try raw.send(batch)
+        for i in 0..<200 {
+            let r = try #require(try raw.receive())
+            #expect(r.requestID == UInt32(i))
+        }
+    }
+}

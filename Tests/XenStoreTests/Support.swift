@@ -1,0 +1,120 @@
+import Foundation
+import Logging
+import XenABI
+@testable import XenStore
+
+/// A server on fresh sockets: one for dom0, one per listed guest domain.
+final class TestServer: @unchecked Sendable {
+    let server: XenStoreServer
+    let path: String
+    let guestPaths: [DomainID: String]
+
+    init(guests: [DomainID] = [], quotas: XenStoreQuotas = XenStoreQuotas()) throws {
+        let base = "/tmp/xs-\(UUID().uuidString.prefix(8))"
+        path = base + ".sock"
+        var guestPaths: [DomainID: String] = [:]
+        for g in guests { guestPaths[g] = base + "-d\(g.rawValue).sock" }
+        self.guestPaths = guestPaths
+        var logger = Logger(label: "test-xenstored")
+        logger.logLevel = ProcessInfo.processInfo.environment["XS_TEST_LOG"] != nil ? .debug : .critical
+        server = XenStoreServer(
+            socketPath: path, extraSockets: guests.map { (guestPaths[$0]!, $0) }, quotas: quotas, logger: logger)
+        try server.start()
+    }
+
+    func client() throws -> XenStoreClient { try XenStoreClient(socketPath: path) }
+    func client(as domain: DomainID) throws -> XenStoreClient { try XenStoreClient(socketPath: guestPaths[domain]!) }
+
+    deinit { server.stop() }
+}
+
+/// Output and status of one of Xen's xenstore-* tools run against `socket`.
+struct ToolResult {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// Runs `/usr/bin/<tool>` with `XENSTORED_PATH=socket`, killing it after `timeout` seconds.
+func runTool(_ tool: String, _ args: [String], socket: String, timeout: Double = 10) throws -> ToolResult {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/" + tool)
+    p.arguments = args
+    p.environment = ["XENSTORED_PATH": socket, "PATH": "/usr/bin:/bin"]
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    let deadline = Date().addingTimeInterval(timeout)
+    while p.isRunning && Date() < deadline { usleep(2000) }
+    if p.isRunning {
+        p.terminate()
+        p.waitUntilExit()
+    }
+    let o = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    return ToolResult(status: p.terminationStatus, stdout: o, stderr: e)
+}
+
+/// True when Xen's tools are installed (CI installs xenstore-utils).
+let xenstoreUtilsInstalled = FileManager.default.isExecutableFile(atPath: "/usr/bin/xenstore-read")
+
+/// Awaits `body` for at most `seconds`; throws `timedOut` past that.
+func withTimeout<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
+            throw XenStoreError(.timedOut, "no result within \(seconds) s")
+        }
+        let r = try await group.next()!
+        group.cancelAll()
+        return r
+    }
+}
+
+/// A raw socket to the server, for sending hostile bytes.
+final class RawConnection {
+    let fd: Int32
+    init(_ path: String) throws { fd = try Sys.connect(to: path) }
+    deinit { close(fd) }
+
+    func send(_ bytes: [UInt8]) throws { try Sys.sendAll(fd, bytes) }
+
+    /// Reads one whole message, or nil at EOF; throws after `timeout` seconds.
+    func receive(timeout: Double = 5) throws -> XenStoreMessage? {
+        var decoder = XenStoreFrameDecoder()
+        let deadline = Date().addingTimeInterval(timeout)
+        var buf = [UInt8](repeating: 0, count: 1)
+        while true {
+            if let m = try decoder.next() { return m }
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let left = Int32(max(0, deadline.timeIntervalSinceNow * 1000))
+            guard left > 0, poll(&p, 1, left) > 0 else { throw XenStoreError(.timedOut, "no reply") }
+            // One byte at a time: never read past this message.
+            let n = recv(fd, &buf, 1, 0)
+            if n <= 0 { return nil }
+            decoder.append(buf[0..<1])
+        }
+    }
+
+    /// True when the server closed the connection within `timeout` seconds.
+    func isClosedByPeer(timeout: Double = 5) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while Date() < deadline {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            if poll(&p, 1, 100) > 0 {
+                let n = recv(fd, &buf, buf.count, 0)
+                if n <= 0 { return true }
+            }
+        }
+        return false
+    }
+}
+
+func header(type: UInt32, req: UInt32 = 7, tx: UInt32 = 0, len: UInt32) -> [UInt8] {
+    var out: [UInt8] = []
+    for w in [type, req, tx, len] { withUnsafeBytes(of: w) { out.append(contentsOf: $0) } }
+    return out
+}

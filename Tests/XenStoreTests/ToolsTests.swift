@@ -1,0 +1,82 @@
+import Foundation
+import Testing
+import XenABI
+@testable import XenStore
+
+/// Xen's own xenstore-* tools (libxenstore) against our server, unmodified.
+@Suite(.serialized, .enabled(if: xenstoreUtilsInstalled))
+struct XenToolsTests {
+    @Test func writeReadLsExistsRm() throws {
+        let s = try TestServer()
+        var r = try runTool("xenstore-write", ["/a/b", "hello", "/a/c", "world"], socket: s.path)
+        #expect(r.status == 0, "\(r.stderr)")
+        r = try runTool("xenstore-read", ["/a/b"], socket: s.path)
+        #expect(r.status == 0)
+        #expect(r.stdout == "hello\n")
+        r = try runTool("xenstore-list", ["/a"], socket: s.path)
+        #expect(r.stdout == "b\nc\n")
+        r = try runTool("xenstore-ls", ["/a"], socket: s.path)
+        #expect(r.stdout.contains("b = \"hello\""))
+        #expect(r.stdout.contains("c = \"world\""))
+        r = try runTool("xenstore-exists", ["/a/b"], socket: s.path)
+        #expect(r.status == 0)
+        r = try runTool("xenstore-rm", ["/a/b"], socket: s.path)
+        #expect(r.status == 0, "\(r.stderr)")
+        r = try runTool("xenstore-exists", ["/a/b"], socket: s.path)
+        #expect(r.status != 0)
+        r = try runTool("xenstore-read", ["/a/b"], socket: s.path)
+        #expect(r.status != 0)
+    }
+
+    @Test func chmodAndPermissionListing() throws {
+        let s = try TestServer()
+        _ = try runTool("xenstore-write", ["/p/q", "v"], socket: s.path)
+        var r = try runTool("xenstore-chmod", ["/p/q", "n3", "r4", "b5"], socket: s.path)
+        #expect(r.status == 0, "\(r.stderr)")
+        r = try runTool("xenstore-ls", ["-p", "/p"], socket: s.path)
+        #expect(r.stdout.contains("n3,r4,b5"), "\(r.stdout)")
+        r = try runTool("xenstore-chmod", ["/p/q", "x9"], socket: s.path)
+        #expect(r.status != 0)
+    }
+
+    @Test func longDirectoryListsInParts() throws {
+        let s = try TestServer()
+        let names = (0..<300).map { "node-with-a-long-name-\($0)" }
+        var args: [String] = []
+        for n in names { args += ["/big/\(n)", "x"] }
+        var r = try runTool("xenstore-write", args, socket: s.path)
+        #expect(r.status == 0, "\(r.stderr)")
+        r = try runTool("xenstore-list", ["/big"], socket: s.path)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.split(separator: "\n").map(String.init) == names)
+    }
+
+    @Test func watchPrintsRegistrationAndChanges() async throws {
+        let s = try TestServer()
+        let c = try s.client()
+        try await c.write("/w/x", "0")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/xenstore-watch")
+        p.arguments = ["-n", "3", "/w"]
+        p.environment = ["XENSTORED_PATH": s.path]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        // The first line is the registration event; write until two more arrive.
+        var lines: [String] = []
+        let reader = Task.detached { out.fileHandleForReading.readDataToEndOfFile() }
+        let deadline = Date().addingTimeInterval(10)
+        var i = 0
+        while p.isRunning && Date() < deadline {
+            i += 1
+            try await c.write("/w/x", "\(i)")
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+        if p.isRunning { p.terminate() }
+        p.waitUntilExit()
+        lines = String(decoding: await reader.value, as: UTF8.self).split(separator: "\n").map(String.init)
+        #expect(lines.count == 3)
+        #expect(lines.first == "/w")
+        #expect(lines.dropFirst().allSatisfy { $0 == "/w/x" })
+    }
+}
