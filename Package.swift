@@ -120,11 +120,15 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ]),
-        .target(name: "XenBus", dependencies: ["XenStore", "XenABI"]),
+        .target(
+            name: "XenBus",
+            dependencies: ["XenStore", "XenABI", .product(name: "Logging", package: "swift-log")]),
         .executableTarget(
             name: "XenStoreBench", dependencies: ["XenStore"], path: "Benchmarks/XenStoreBench"),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI", "CXen"]),
-        .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenStore", "XenABI"]),
+        .testTarget(
+            name: "XenBusTests",
+            dependencies: ["XenBus", "XenStore", "XenABI", .product(name: "Logging", package: "swift-log")]),
         // ---- end XenStore and XenBus ----
     ]
 )
