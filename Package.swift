@@ -8,6 +8,9 @@ let package = Package(
     products: [
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenHypervisor", targets: ["XenHypervisor"]),
+        // Block (issue 5): protocol and storage engines.
+        .library(name: "XenBlockProtocol", targets: ["XenBlockProtocol"]),
+        .library(name: "XenBlockStorage", targets: ["XenBlockStorage"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -33,5 +36,30 @@ let package = Package(
             ]),
 
         .testTarget(name: "XenABITests", dependencies: ["XenABI", "CXen"]),
+
+        // ---- Block (issue 5): blkif protocol and storage engines ----
+        // The x86_32-abi ring layouts (packed, as Linux blkback defines them).
+        .target(name: "CBlkifABI", dependencies: ["CXen"]),
+        .target(name: "XenBlockProtocol", dependencies: ["XenABI", "CXen", "CBlkifABI"]),
+        // Test-only C: offsetof/sizeof and slots filled through C field names.
+        .target(name: "CBlkifProbe", dependencies: ["CXen", "CBlkifABI"], path: "Tests/CBlkifProbe"),
+        .testTarget(
+            name: "XenBlockProtocolTests",
+            dependencies: ["XenBlockProtocol", "XenABI", "CXen", "CBlkifABI", "CBlkifProbe"]),
+        // Syscall shims for the storage engines (GNU-only calls, ioctls, static inlines).
+        .target(name: "CBlockStorage", dependencies: ["CAIO"]),
+        .target(
+            name: "XenBlockStorage",
+            dependencies: [
+                "CAIO", "CXen", "CBlockStorage",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        .testTarget(
+            name: "XenBlockStorageTests",
+            dependencies: [
+                "XenBlockStorage",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        // ---- end Block ----
     ]
 )
