@@ -92,6 +92,9 @@ struct CompletionQueue: ~Copyable {
 /// The checks every engine applies before touching storage, so all engines refuse the
 /// same operations with the same errors.
 enum StorageChecks {
+    /// `IOV_MAX` (`UIO_MAXIOV`): the most buffers `preadv`/`pwritev` take in one call.
+    static let maxBuffers = StorageOperation.maxBuffers
+
     /// Nil when `op` may proceed on a device of `byteCount` bytes.
     static func refusal(_ op: StorageOperation, byteCount: UInt64, readOnly: Bool, alignment: Int) -> StorageError? {
         switch op.kind {
@@ -104,6 +107,9 @@ enum StorageChecks {
             if op.kind == .write && readOnly { return StorageError(.readOnly, "write to a read-only device") }
             guard let buffers = op.buffers, op.bufferCount > 0 else {
                 return StorageError(.outOfRange, "\(op.kind) without buffers")
+            }
+            if op.bufferCount > maxBuffers {
+                return StorageError(.outOfRange, "\(op.kind) with \(op.bufferCount) buffers; at most \(maxBuffers) (IOV_MAX)")
             }
             let length = op.transferLength
             if length == 0 { return StorageError(.outOfRange, "\(op.kind) of zero bytes") }

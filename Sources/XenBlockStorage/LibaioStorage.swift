@@ -193,11 +193,9 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
     public func submit(_ operations: UnsafeBufferPointer<StorageOperation>) throws(StorageError) -> Int {
         guard !closed, context != nil else { throw StorageError(.closed, "libaio storage \(path) is closed") }
         let accepted = min(operations.count, queueDepth - outstanding)
-        var signalled = false
         for op in operations.prefix(accepted) {
             if let refusal = StorageChecks.refusal(op, byteCount: byteCount, readOnly: isReadOnly, alignment: alignment) {
                 ready.push(StorageCompletion(tag: op.tag, outcome: .failure(refusal)))
-                signalled = true
                 continue
             }
             switch op.kind {
@@ -205,10 +203,8 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
                 let e = cbs_fdatasync(fd.rawValue)
                 ready.push(StorageCompletion(tag: op.tag, outcome: e == 0 ? .success(bytes: 0)
                     : .failure(StorageError(.io(Errno(rawValue: e)), "fdatasync \(path)"))))
-                signalled = true
             case .discard:
                 ready.push(StorageCompletion(tag: op.tag, outcome: discard(op)))
-                signalled = true
             case .read, .write:
                 // Never empty: outstanding <= queueDepth and each aio op holds one iocb.
                 freeCount -= 1
@@ -221,7 +217,9 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
         }
         outstanding += accepted
         submitPending()
-        if signalled || pendingCount > 0 { signal.signal() }
+        // Completions made here (refusals, flush, discard, an iocb io_submit refused) have
+        // no kernel event behind them: make the descriptor readable for them ourselves.
+        if !ready.isEmpty || pendingCount > 0 { signal.signal() }
         return accepted
     }
 

@@ -1,3 +1,4 @@
+import CBlockStorage
 import Glibc
 import SystemPackage
 
@@ -50,6 +51,10 @@ public struct StorageOperation {
     public static func discard(tag: UInt64, offset: UInt64, length: UInt64) -> Self {
         Self(kind: .discard, tag: tag, offset: offset, length: length)
     }
+
+    /// The most buffers one read or write may have: `IOV_MAX`, the limit of `preadv`
+    /// (an indirect blkif request of up to 4096 segments must be split or merged).
+    public static let maxBuffers = Int(cbs_iov_max)
 
     /// Bytes a read or write moves: the sum of its buffers (saturating, never trapping).
     public var transferLength: UInt64 {

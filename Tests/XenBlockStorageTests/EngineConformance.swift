@@ -95,8 +95,13 @@ enum Conformance {
             ops.append(.read(tag: 7, offset: UInt64(a / 2), buffers: buffers.vector(first: 4, at: 0, pieces: [4096])))  // offset
             ops.append(.read(tag: 8, offset: 0, buffers: buffers.vector(first: 5, at: 0, pieces: [a + a / 2]))) // length
         }
+        let many = Buffers(byteCount: 4096, iovecCount: StorageOperation.maxBuffers + 1)
+        let tooMany = many.vector(first: 0, at: 0, pieces: Array(repeating: 0, count: StorageOperation.maxBuffers + 1))
+        tooMany[0].iov_len = 4096
+        ops.append(.read(tag: 9, offset: 0, buffers: tooMany))
         var driver = Driver(engine)
         let r = try driver.run(ops)
+        #expect(r[9]?.error?.code == .outOfRange && r[9]?.error?.message.contains("IOV_MAX") == true)
         #expect(r[1]?.error?.code == .outOfRange)
         #expect(r[2]?.error?.code == .outOfRange)
         #expect(r[3]?.error?.code == .outOfRange)

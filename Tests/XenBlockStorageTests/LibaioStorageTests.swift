@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import SystemPackage
 import Testing
@@ -121,5 +122,39 @@ struct LibaioStorageTests {
 
     @Test func missingFileIsATypedError() {
         #expect(throws: StorageError.self) { _ = try LibaioStorage(path: "/nonexistent/xenpv.img") }
+    }
+}
+
+/// The block-device path (BLKGETSIZE64, BLKSSZGET, discard on a device), on a loop
+/// device over a temporary file. Skipped where loop devices cannot be attached.
+struct LibaioBlockDeviceTests {
+    static func losetup(_ arguments: [String]) -> String? {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/sbin/losetup")
+        p.arguments = arguments
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = Pipe()
+        guard (try? p.run()) != nil else { return nil }
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { return nil }
+        return String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    @Test func randomIOOnALoopDevice() throws {
+        let image = try TempImage(bytes: 4 << 20)
+        guard let device = Self.losetup(["--find", "--show", "--sector-size", "4096", image.path.string]), !device.isEmpty else {
+            print("loop devices unavailable; block-device path not exercised")
+            return
+        }
+        defer { _ = Self.losetup(["--detach", device]) }
+        let s = try LibaioStorage(path: FilePath(device), queueDepth: 32)
+        defer { s.close() }
+        #expect(s.byteCount == 4 << 20)
+        #expect(s.ioMode == .direct)
+        #expect(s.alignment == 4096)  // BLKSSZGET of a 4 KiB-sector loop device
+        try Conformance.randomIO(s, seed: 21, rounds: 3)
+        try Conformance.refusals(s)
     }
 }

@@ -8,6 +8,10 @@
 
 #include <stdint.h>
 #include <libaio.h>
+#include <sys/uio.h>
+
+/* UIO_MAXIOV (IOV_MAX): the most iovecs one preadv/pwritev (or PREADV/PWRITEV iocb) takes. */
+static const int cbs_iov_max = UIO_MAXIOV;
 
 /* Ask the kernel to signal `eventfd` (+1) when this iocb completes (IOCB_FLAG_RESFD). */
 void cbs_io_set_eventfd(struct iocb *iocb, int eventfd);
