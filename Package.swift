@@ -41,11 +41,13 @@ let package = Package(
         // The x86_32-abi ring layouts (packed, as Linux blkback defines them).
         .target(name: "CBlkifABI", dependencies: ["CXen"]),
         .target(name: "XenBlockProtocol", dependencies: ["XenABI", "CXen", "CBlkifABI"]),
+        // Test-only C: counts this thread's allocations (interposes malloc) for hot-path tests.
+        .target(name: "CMallocCounter", path: "Tests/CMallocCounter"),
         // Test-only C: offsetof/sizeof and slots filled through C field names.
         .target(name: "CBlkifProbe", dependencies: ["CXen", "CBlkifABI"], path: "Tests/CBlkifProbe"),
         .testTarget(
             name: "XenBlockProtocolTests",
-            dependencies: ["XenBlockProtocol", "XenABI", "CXen", "CBlkifABI", "CBlkifProbe"]),
+            dependencies: ["XenBlockProtocol", "XenABI", "CXen", "CBlkifABI", "CBlkifProbe", "CMallocCounter"]),
         // Syscall shims for the storage engines (GNU-only calls, ioctls, static inlines).
         .target(name: "CBlockStorage", dependencies: ["CAIO"]),
         .target(
@@ -57,7 +59,7 @@ let package = Package(
         .testTarget(
             name: "XenBlockStorageTests",
             dependencies: [
-                "XenBlockStorage",
+                "XenBlockStorage", "CMallocCounter",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
         // ---- end Block ----

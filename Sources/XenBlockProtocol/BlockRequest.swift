@@ -65,7 +65,12 @@ public struct BlockSegments: RandomAccessCollection, Hashable, Sendable, Express
     }
 
     /// Total sectors of all segments (each at most a page, so this never overflows).
-    @inlinable public var sectorCount: UInt64 { reduce(0) { $0 + UInt64($1.sectorCount) } }
+    /// An index loop, not `reduce`: unspecialised generic iteration allocates in debug builds.
+    @inlinable public var sectorCount: UInt64 {
+        var total: UInt64 = 0
+        for i in 0..<length { total += UInt64(storage[i].sectorCount) }
+        return total
+    }
 }
 
 /// A `BLKIF_OP_INDIRECT` request: the segment list lives in granted pages.

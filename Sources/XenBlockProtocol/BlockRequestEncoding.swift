@@ -12,22 +12,10 @@ extension BlockRequest {
         slot.store(code.rawValue, at: L.operation)
         slot.store(id, at: L.id)
 
-        func putSegments(_ sector: UInt64, _ segments: BlockSegments) {
-            slot.store(UInt8(segments.count), at: L.nrSegments)
-            slot.store(handle, at: L.handle)
-            slot.store(sector, at: L.sector)
-            for (i, s) in segments.enumerated() {
-                let base = L.segments + i * SegmentLayout.stride
-                slot.store(s.gref.rawValue, at: base + SegmentLayout.gref)
-                slot.store(s.firstSector, at: base + SegmentLayout.first)
-                slot.store(s.lastSector, at: base + SegmentLayout.last)
-            }
-        }
-
         switch operation {
         case .read(let sector, let segments), .write(let sector, let segments),
              .flush(let sector, let segments), .writeBarrier(let sector, let segments):
-            putSegments(sector, segments)
+            Self.putSegments(&slot, L, handle, sector, segments)
         case .discard(let sector, let count, let secure):
             slot.store(secure ? cblkif_discard_secure : 0, at: L.discardFlag)
             slot.store(handle, at: L.handle)
@@ -43,6 +31,20 @@ extension BlockRequest {
             }
         }
         return slot.value
+    }
+
+    /// A static function, not a closure over `slot`: a captured `var` is boxed on the heap.
+    private static func putSegments(_ slot: inout SlotBytes, _ L: BlkifLayout, _ handle: UInt16, _ sector: UInt64, _ segments: BlockSegments) {
+        slot.store(UInt8(segments.count), at: L.nrSegments)
+        slot.store(handle, at: L.handle)
+        slot.store(sector, at: L.sector)
+        for i in 0..<segments.count {
+            let s = segments[i]
+            let base = L.segments + i * SegmentLayout.stride
+            slot.store(s.gref.rawValue, at: base + SegmentLayout.gref)
+            slot.store(s.firstSector, at: base + SegmentLayout.first)
+            slot.store(s.lastSector, at: base + SegmentLayout.last)
+        }
     }
 
     /// Writes this request into a ring slot: the whole slot (`abi.requestSize` bytes) in

@@ -102,7 +102,7 @@ enum StorageChecks {
             return nil
         case .discard:
             if readOnly { return StorageError(.readOnly, "discard on a read-only device") }
-            return rangeRefusal(op.offset, op.length, byteCount, "discard")
+            return rangeRefusal(op.offset, op.length, byteCount, op.kind)
         case .read, .write:
             if op.kind == .write && readOnly { return StorageError(.readOnly, "write to a read-only device") }
             guard let buffers = op.buffers, op.bufferCount > 0 else {
@@ -113,7 +113,7 @@ enum StorageChecks {
             }
             let length = op.transferLength
             if length == 0 { return StorageError(.outOfRange, "\(op.kind) of zero bytes") }
-            if let r = rangeRefusal(op.offset, length, byteCount, "\(op.kind)") { return r }
+            if let r = rangeRefusal(op.offset, length, byteCount, op.kind) { return r }
             if alignment > 1 {
                 let a = UInt64(alignment)
                 if op.offset % a != 0 {
@@ -131,7 +131,8 @@ enum StorageChecks {
         }
     }
 
-    static func rangeRefusal(_ offset: UInt64, _ length: UInt64, _ byteCount: UInt64, _ what: String) -> StorageError? {
+    /// (Takes the kind, not a message: building a String here would allocate on every operation.)
+    static func rangeRefusal(_ offset: UInt64, _ length: UInt64, _ byteCount: UInt64, _ what: StorageOperation.Kind) -> StorageError? {
         guard offset <= byteCount && length <= byteCount - offset else {
             return StorageError(.outOfRange, "\(what) of \(length) bytes at \(offset) leaves the device (\(byteCount) bytes)")
         }

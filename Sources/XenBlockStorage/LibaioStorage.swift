@@ -193,7 +193,8 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
     public func submit(_ operations: UnsafeBufferPointer<StorageOperation>) throws(StorageError) -> Int {
         guard !closed, context != nil else { throw StorageError(.closed, "libaio storage \(path) is closed") }
         let accepted = min(operations.count, queueDepth - outstanding)
-        for op in operations.prefix(accepted) {
+        for i in 0..<accepted {
+            let op = operations[i]  // an index loop: generic slice iteration allocates in debug builds
             if let refusal = StorageChecks.refusal(op, byteCount: byteCount, readOnly: isReadOnly, alignment: alignment) {
                 ready.push(StorageCompletion(tag: op.tag, outcome: .failure(refusal)))
                 continue

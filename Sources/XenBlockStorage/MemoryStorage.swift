@@ -47,7 +47,8 @@ public final class MemoryStorage: StorageEngine, @unchecked Sendable {
     public func submit(_ operations: UnsafeBufferPointer<StorageOperation>) throws(StorageError) -> Int {
         guard !closed else { throw StorageError(.closed, "memory storage is closed") }
         let accepted = min(operations.count, queueDepth - outstanding)
-        for op in operations.prefix(accepted) {
+        for i in 0..<accepted {
+            let op = operations[i]  // an index loop: generic slice iteration allocates in debug builds
             ready.push(StorageCompletion(tag: op.tag, outcome: perform(op)))
         }
         outstanding += accepted

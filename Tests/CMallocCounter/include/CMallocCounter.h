@@ -1,0 +1,13 @@
+/*
+ * CMallocCounter (tests only): counts malloc/calloc/realloc/posix_memalign/aligned_alloc
+ * calls made by the calling thread, by interposing them over glibc's allocator. Tests
+ * use it to show a hot path allocates nothing per operation.
+ */
+#ifndef CMALLOCCOUNTER_H
+#define CMALLOCCOUNTER_H
+#include <stdint.h>
+
+/* Allocations made by this thread so far. */
+uint64_t cmalloc_count_this_thread(void);
+
+#endif
