@@ -4,6 +4,22 @@
 #include <stddef.h>
 #include <string.h>
 
+#if defined(__has_feature)
+#  if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || __has_feature(memory_sanitizer)
+#    define CMALLOC_SANITIZED 1
+#  endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#  define CMALLOC_SANITIZED 1
+#endif
+
+#ifdef CMALLOC_SANITIZED
+/* A sanitizer owns malloc: interposing here would bypass it. Counting is off. */
+int cmalloc_counting_enabled(void) { return 0; }
+uint64_t cmalloc_count_this_thread(void) { return 0; }
+#else
+int cmalloc_counting_enabled(void) { return 1; }
+
 /* glibc's own entry points, which the interposers forward to. */
 extern void *__libc_malloc(size_t);
 extern void *__libc_calloc(size_t, size_t);
@@ -30,3 +46,4 @@ int posix_memalign(void **out, size_t al, size_t n) {
     *out = p;
     return 0;
 }
+#endif

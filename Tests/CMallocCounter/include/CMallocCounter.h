@@ -7,6 +7,8 @@
 #define CMALLOCCOUNTER_H
 #include <stdint.h>
 
+/* 0 when built with a sanitizer (which owns malloc); then nothing is counted. */
+int cmalloc_counting_enabled(void);
 /* Allocations made by this thread so far. */
 uint64_t cmalloc_count_this_thread(void);
 
