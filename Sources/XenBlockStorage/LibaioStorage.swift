@@ -61,6 +61,11 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
     private var inKernel = 0
     private var closed = false
 
+    /// The `io_submit` funnel: tests replace it to play EAGAIN, partial acceptance or a
+    /// refused iocb, which a healthy kernel rarely shows. Returns what io_submit returns.
+    typealias IOSubmit = (io_context_t, Int, UnsafeMutablePointer<UnsafeMutablePointer<iocb>?>) -> Int32
+    var ioSubmit: IOSubmit = { ctx, n, cbs in io_submit(ctx, n, cbs) }
+
     private struct Slot {
         var tag: UInt64 = 0
         var isWrite = false
@@ -256,7 +261,7 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
         guard let context else { return }
         var start = 0
         while start < pendingCount {
-            let r = io_submit(context, Int(pendingCount - start), pending + start)
+            let r = ioSubmit(context, pendingCount - start, pending + start)
             if r > 0 {
                 start += Int(r)
                 inKernel += Int(r)

@@ -1,4 +1,5 @@
 import Foundation
+import CAIO
 import Glibc
 import SystemPackage
 import Testing
@@ -156,5 +157,57 @@ struct LibaioBlockDeviceTests {
         #expect(s.alignment == 4096)  // BLKSSZGET of a 4 KiB-sector loop device
         try Conformance.randomIO(s, seed: 21, rounds: 3)
         try Conformance.refusals(s)
+    }
+}
+
+/// What io_submit rarely does on a healthy kernel, played through the engine's funnel.
+struct LibaioSubmitFaultTests {
+    func batch(_ b: Buffers) -> [StorageOperation] {
+        (0..<6).map { i in
+            let iov = b.vector(first: i, at: i * 4096, pieces: [4096])
+            return i % 3 == 1 ? .write(tag: UInt64(i), offset: UInt64(i * 4096), buffers: iov)
+                              : .read(tag: UInt64(i), offset: UInt64(i * 4096), buffers: iov)
+        }
+    }
+
+    @Test func eagainAndPartialAcceptanceAreRetried() throws {
+        let image = try TempImage(bytes: 1 << 20, fill: 0x42)
+        let s = try LibaioStorage(path: image.path, queueDepth: 8)
+        defer { s.close() }
+        var calls = 0
+        s.ioSubmit = { ctx, n, cbs in
+            calls += 1
+            if calls <= 2 { return -EAGAIN }          // out of kernel resources, twice
+            return io_submit(ctx, min(n, 1), cbs)       // then one iocb per call
+        }
+        let b = Buffers(byteCount: 6 * 4096)
+        var d = Driver(s)
+        let r = try d.run(batch(b))
+        #expect(r.count == 6 && r.values.allSatisfy(\.succeeded))
+        #expect(calls >= 8)
+        #expect(b.bytes[0..<4096].allSatisfy { $0 == 0x42 })
+    }
+
+    @Test func anIocbTheKernelRefusesFailsAlone() throws {
+        let image = try TempImage(bytes: 1 << 20)
+        let s = try LibaioStorage(path: image.path, queueDepth: 8)
+        defer { s.close() }
+        s.ioSubmit = { ctx, n, cbs in
+            // Refuse writes with EBADF; hand the kernel the run of reads before one.
+            if cbs[0]!.pointee.aio_lio_opcode == Int16(IO_CMD_PWRITEV.rawValue) { return -EBADF }
+            var reads = 0
+            while reads < n && cbs[reads]!.pointee.aio_lio_opcode != Int16(IO_CMD_PWRITEV.rawValue) { reads += 1 }
+            return io_submit(ctx, reads, cbs)
+        }
+        let b = Buffers(byteCount: 6 * 4096)
+        var d = Driver(s)
+        let r = try d.run(batch(b))
+        for t: UInt64 in 0..<6 {
+            if t % 3 == 1 {
+                #expect(r[t]?.error?.code == .io(.badFileDescriptor), "tag \(t)")
+            } else {
+                #expect(r[t]?.succeeded == true, "tag \(t)")
+            }
+        }
     }
 }
