@@ -49,8 +49,12 @@ let package = Package(
         .target(name: "XenBus", dependencies: ["XenStore", "XenABI"]),
         .executableTarget(
             name: "XenStoreBench", dependencies: ["XenStore"], path: "Benchmarks/XenStoreBench"),
-        .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI", "CXen"]),
-        .testTarget(name: "XenBusTests", dependencies: ["XenBus", "XenStore", "XenABI"]),
+        .testTarget(
+            name: "XenStoreTests",
+            dependencies: ["XenStore", "XenABI", "CXen", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(
+            name: "XenBusTests",
+            dependencies: ["XenBus", "XenStore", "XenABI", .product(name: "Logging", package: "swift-log")]),
         // ---- end XenStore and XenBus ----
     ]
 )
