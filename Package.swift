@@ -8,6 +8,10 @@ let package = Package(
     products: [
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenHypervisor", targets: ["XenHypervisor"]),
+        .library(name: "XenSimulator", targets: ["XenSimulator"]),
+        .library(name: "XenRing", targets: ["XenRing"]),
+        .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
+        .library(name: "XenHost", targets: ["XenHost"]),
         // XenStore and XenBus (issue 4, branch store)
         .library(name: "XenStore", targets: ["XenStore"]),
         .library(name: "XenBus", targets: ["XenBus"]),
@@ -36,6 +40,76 @@ let package = Package(
             ]),
 
         .testTarget(name: "XenABITests", dependencies: ["XenABI", "CXen"]),
+
+        // Layer 2, the embedded world: the simulated hypervisor (domains with
+        // memfd-backed frames, v1 grant tables, 2-level event channels, leftovers).
+        .target(
+            name: "XenSimulator",
+            dependencies: [
+                "XenHypervisor", "XenABI", "CXen",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        .testTarget(
+            name: "XenSimulatorTests",
+            dependencies: [
+                "XenSimulator", "XenHypervisor", "XenABI", "CXen",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+
+        // Layer 3: the shared ring (issue 3), proven against ring.h's own
+        // macros in a test-only C target (not a product).
+        .target(
+            name: "XenRing",
+            dependencies: [
+                "XenABI", "CXen", "XenHypervisor",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]),
+        .target(name: "CRingReference", dependencies: ["CXen"], path: "Tests/CRingReference"),
+        .testTarget(
+            name: "XenRingTests",
+            dependencies: [
+                "XenRing", "CRingReference", "CXen", "XenABI", "XenHypervisor",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]),
+
+        // Layer 5, network: netif requests and responses as Swift values.
+        .target(name: "XenNetProtocol", dependencies: ["XenABI", "CXen"]),
+        .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenABI", "CXen"]),
+        // Layer 6, network attachment: TAP devices on Linux bridges, in namespaces.
+        .target(name: "CTap"),
+        .target(
+            name: "XenNetTap",
+            dependencies: ["CTap", "XenNetProtocol", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "NetTestSupport", path: "Tests/NetTestSupport"),
+        .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap", "NetTestSupport"]),
+        // Layer 6, network drivers: netback (dom0) and netfront (guest).
+        .target(
+            name: "XenNetBack",
+            dependencies: [
+                "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]),
+        .target(name: "XenNetFront", dependencies: ["XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen"]),
+        .testTarget(
+            name: "XenNetDriverTests",
+            dependencies: [
+                "XenNetBack", "XenNetFront", "XenNetProtocol", "XenNetTap", "XenRing", "XenSimulator", "XenHypervisor",
+                "XenABI", "CXen", "NetTestSupport",
+            ]),
+
+        // The real-Xen world: the hypervisor protocols on Xen's own libraries,
+        // every call through one replaceable funnel (LibXen).
+        .systemLibrary(name: "CXenLibs"),
+        .target(
+            name: "XenHost",
+            dependencies: [
+                "CXenLibs", "XenHypervisor", "XenABI",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen"]),
 
         // ---- Layer 4: XenStore and XenBus (issue 4, branch store) ----
         .target(

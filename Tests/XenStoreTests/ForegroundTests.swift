@@ -1,0 +1,34 @@
+import Foundation
+import Logging
+import Synchronization
+import Testing
+@testable import XenStore
+
+@Suite(.serialized)
+struct ForegroundTests {
+    @Test func runForegroundServesUntilSIGTERMThenCleansUp() async throws {
+        let path = "/tmp/xs-fg-\(UUID().uuidString.prefix(8)).sock"
+        var logger = Logger(label: "fg")
+        logger.logLevel = .critical
+        let result = Mutex<Int32?>(nil)
+        let thread = Thread {
+            let sig = try? XenStoreServer.runForeground(socketPath: path, logger: logger)
+            result.withLock { $0 = sig ?? -1 }
+        }
+        thread.start()
+        // Wait (bounded) for the socket, which exists only once the handler is installed.
+        var c: XenStoreClient?
+        for _ in 0..<500 where c == nil {
+            c = try? XenStoreClient(socketPath: path)
+            if c == nil { usleep(10_000) }
+        }
+        let client = try #require(c)
+        try await client.write("/fg", "1")
+        #expect(try await client.read("/fg") == "1")
+        kill(getpid(), SIGTERM)
+        for _ in 0..<500 where result.withLock({ $0 }) == nil { usleep(10_000) }
+        #expect(result.withLock { $0 } == SIGTERM)
+        #expect(!FileManager.default.fileExists(atPath: path))
+        await #expect(throws: XenStoreError.self) { _ = try await client.read("/fg") }
+    }
+}
