@@ -128,7 +128,9 @@ let package = Package(
             dependencies: ["XenStore", "XenABI", .product(name: "Logging", package: "swift-log")]),
         .executableTarget(
             name: "XenStoreBench", dependencies: ["XenStore"], path: "Benchmarks/XenStoreBench"),
-        .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "XenABI", "CXen"]),
+        .testTarget(
+            name: "XenStoreTests",
+            dependencies: ["XenStore", "XenABI", "CXen", .product(name: "Logging", package: "swift-log")]),
         .testTarget(
             name: "XenBusTests",
             dependencies: ["XenBus", "XenStore", "XenABI", .product(name: "Logging", package: "swift-log")]),

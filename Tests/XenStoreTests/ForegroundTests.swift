@@ -8,8 +8,11 @@ import Testing
 struct ForegroundTests {
     @Test func runForegroundServesUntilSIGTERMThenCleansUp() async throws {
         let path = "/tmp/xs-fg-\(UUID().uuidString.prefix(8)).sock"
-        var logger = Logger(label: "fg")
-        logger.logLevel = .critical
+        let logger = {
+            var l = Logger(label: "fg")
+            l.logLevel = .critical
+            return l
+        }()
         let result = Mutex<Int32?>(nil)
         let thread = Thread {
             let sig = try? XenStoreServer.runForeground(socketPath: path, logger: logger)
