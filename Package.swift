@@ -91,16 +91,23 @@ let package = Package(
         .target(
             name: "XenNetBack",
             dependencies: [
-                "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen",
+                "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
-        .target(name: "XenNetFront", dependencies: ["XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen"]),
+        .target(
+            name: "XenNetFront",
+            dependencies: [
+                "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(
             name: "XenNetDriverTests",
             dependencies: [
                 "XenNetBack", "XenNetFront", "XenNetProtocol", "XenNetTap", "XenRing", "XenSimulator", "XenHypervisor",
-                "XenABI", "CXen", "NetTestSupport",
+                "XenABI", "CXen", "NetTestSupport", "XenBus", "XenStore", .product(name: "Logging", package: "swift-log"),
             ]),
 
         // The real-Xen world: the hypervisor protocols on Xen's own libraries,
