@@ -148,6 +148,11 @@ public struct BackRing<Request: BitwiseCopyable, Response: BitwiseCopyable>: ~Co
     }
 
     /// Writes `response` into the next slot and advances `rsp_prod_pvt`.
+    ///
+    /// The whole entry is copied, padding included, and Swift leaves the
+    /// padding bytes of a value unspecified (they may hold stack bytes): a
+    /// backend that must not leak its stack to a guest (XSA-216) writes the
+    /// fields in place with `withNextResponseSlot` instead.
     @inlinable
     public mutating func produce(_ response: Response) {
         precondition(unansweredRequests > 0, "response produced without a consumed request")

@@ -104,6 +104,11 @@ public struct FrontRing<Request: BitwiseCopyable, Response: BitwiseCopyable>: ~C
     }
 
     /// Writes `request` into the next free slot and advances `req_prod_pvt`.
+    ///
+    /// The whole entry is copied, padding included, and Swift leaves the
+    /// padding bytes of a value unspecified (they may hold stack bytes). To
+    /// hand the peer nothing but fields, write them in place with
+    /// `withNextRequestSlot` instead.
     @inlinable
     public mutating func produce(_ request: Request) {
         precondition(!isFull, "request produced on a full ring")
