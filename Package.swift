@@ -8,8 +8,9 @@ let package = Package(
     products: [
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenHypervisor", targets: ["XenHypervisor"]),
-        // Shared ring (issue 3).
         .library(name: "XenRing", targets: ["XenRing"]),
+        .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
+        .library(name: "XenHost", targets: ["XenHost"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -51,5 +52,26 @@ let package = Package(
                 "XenRing", "CRingReference", "CXen", "XenABI", "XenHypervisor",
                 .product(name: "Atomics", package: "swift-atomics"),
             ]),
+
+        // Layer 5, network: netif requests and responses as Swift values.
+        .target(name: "XenNetProtocol", dependencies: ["XenABI", "CXen"]),
+        .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenABI", "CXen"]),
+        // Layer 6, network attachment: TAP devices on Linux bridges, in namespaces.
+        .target(name: "CTap"),
+        .target(
+            name: "XenNetTap",
+            dependencies: ["CTap", "XenNetProtocol", .product(name: "SystemPackage", package: "swift-system")]),
+        .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap"]),
+
+        // The real-Xen world: the hypervisor protocols on Xen's own libraries,
+        // every call through one replaceable funnel (LibXen).
+        .systemLibrary(name: "CXenLibs"),
+        .target(
+            name: "XenHost",
+            dependencies: [
+                "CXenLibs", "XenHypervisor", "XenABI",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen"]),
     ]
 )

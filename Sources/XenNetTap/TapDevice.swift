@@ -1,0 +1,84 @@
+import CTap
+import Glibc
+import SystemPackage
+
+/// What the reader of a TAP can take without the kernel finishing it first
+/// (`TUN_F_*`): unchecksummed packets, and TCP packets up to 64 KiB to be
+/// segmented later.
+public struct TapOffloads: OptionSet, Hashable, Sendable {
+    public var rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    /// `TUN_F_CSUM`
+    public static let checksum = TapOffloads(rawValue: UInt32(TUN_F_CSUM))
+    /// `TUN_F_TSO4`
+    public static let tcpv4Segmentation = TapOffloads(rawValue: UInt32(TUN_F_TSO4))
+    /// `TUN_F_TSO6`
+    public static let tcpv6Segmentation = TapOffloads(rawValue: UInt32(TUN_F_TSO6))
+}
+
+/// A Linux TAP device: Ethernet frames in and out through one non-blocking
+/// descriptor. With a vnet header each frame carries a `VirtioNetHeader` that
+/// says how its checksum and segmentation are to be finished, which is how
+/// netif's `csum_blank` and GSO extras reach the Linux stack.
+public final class TapDevice: @unchecked Sendable {
+    // @unchecked: the descriptor is only an integer; reads and writes of one
+    // frame are atomic in the kernel, and close happens once under the owner.
+    public let name: String
+    public let fileDescriptor: FileDescriptor
+    public let hasVnetHeader: Bool
+    private var closed = false
+
+    /// Creates (or attaches to) TAP `name`; an empty name lets the kernel pick.
+    public init(name: String = "", vnetHeader: Bool = true) throws(TapError) {
+        var out = [CChar](repeating: 0, count: Int(IFNAMSIZ))
+        let fd = ctap_open(name, vnetHeader ? 1 : 0, &out)
+        guard fd >= 0 else { throw .last("open TAP '\(name)'") }
+        self.fileDescriptor = FileDescriptor(rawValue: fd)
+        self.name = String(decoding: out.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        self.hasVnetHeader = vnetHeader
+    }
+
+    deinit { close() }
+
+    /// Tells the kernel which unfinished packets this side can take.
+    public func setOffloads(_ offloads: TapOffloads) throws(TapError) {
+        guard ctap_set_offload(fileDescriptor.rawValue, offloads.rawValue) == 0 else {
+            throw .last("TUNSETOFFLOAD on \(name)")
+        }
+    }
+
+    /// Reads one frame into `buffer` (vnet header first, when enabled). Returns
+    /// the bytes read, or nil when no frame is waiting.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(TapError) -> Int? {
+        while true {
+            let n = Glibc.read(fileDescriptor.rawValue, buffer.baseAddress, buffer.count)
+            if n >= 0 { return n }
+            switch Errno(rawValue: Glibc.errno) {
+            case .interrupted: continue
+            case .wouldBlock: return nil
+            default: throw .last("read from \(name)")
+            }
+        }
+    }
+
+    /// Writes one frame gathered from `parts` (vnet header first, when enabled).
+    /// Returns false when the device queue is full (the frame was not sent).
+    public func write(_ parts: UnsafeBufferPointer<iovec>) throws(TapError) -> Bool {
+        while true {
+            let n = writev(fileDescriptor.rawValue, parts.baseAddress, Int32(parts.count))
+            if n >= 0 { return true }
+            switch Errno(rawValue: Glibc.errno) {
+            case .interrupted: continue
+            case .wouldBlock, .noBufferSpace: return false
+            default: throw .last("write to \(name)")
+            }
+        }
+    }
+
+    /// Closes the descriptor; the kernel removes a non-persistent TAP with it.
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        _ = Glibc.close(fileDescriptor.rawValue)
+    }
+}
