@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenHypervisor", targets: ["XenHypervisor"]),
         .library(name: "XenRing", targets: ["XenRing"]),
+        .library(name: "XenRingBenchmark", targets: ["XenRingBenchmark"]),
         .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
         .library(name: "XenHost", targets: ["XenHost"]),
     ],
@@ -46,6 +47,14 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
             ]),
         .target(name: "CRingReference", dependencies: ["CXen"], path: "Tests/CRingReference"),
+        // The ring-throughput benchmark engine (issue 3), shared by `xenpv bench
+        // ring` and the package-benchmark target in Benchmarks/.
+        .target(
+            name: "XenRingBenchmark",
+            dependencies: [
+                "XenRing", "XenHypervisor", "XenABI", "CXen",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]),
         .testTarget(
             name: "XenRingTests",
             dependencies: [
