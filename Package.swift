@@ -8,6 +8,7 @@ let package = Package(
     products: [
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenHypervisor", targets: ["XenHypervisor"]),
+        .library(name: "XenSimulator", targets: ["XenSimulator"]),
         .library(name: "XenRing", targets: ["XenRing"]),
         .library(name: "XenRingBenchmark", targets: ["XenRingBenchmark"]),
         .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
@@ -37,6 +38,23 @@ let package = Package(
             ]),
 
         .testTarget(name: "XenABITests", dependencies: ["XenABI", "CXen"]),
+
+        // Layer 2, the embedded world: the simulated hypervisor (domains with
+        // memfd-backed frames, v1 grant tables, 2-level event channels, leftovers).
+        .target(
+            name: "XenSimulator",
+            dependencies: [
+                "XenHypervisor", "XenABI", "CXen",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        .testTarget(
+            name: "XenSimulatorTests",
+            dependencies: [
+                "XenSimulator", "XenHypervisor", "XenABI", "CXen",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
 
         // Layer 3: the shared ring (issue 3), proven against ring.h's own
         // macros in a test-only C target (not a product).
@@ -70,7 +88,23 @@ let package = Package(
         .target(
             name: "XenNetTap",
             dependencies: ["CTap", "XenNetProtocol", .product(name: "SystemPackage", package: "swift-system")]),
-        .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap"]),
+        .target(name: "NetTestSupport", path: "Tests/NetTestSupport"),
+        .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap", "NetTestSupport"]),
+        // Layer 6, network drivers: netback (dom0) and netfront (guest).
+        .target(
+            name: "XenNetBack",
+            dependencies: [
+                "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]),
+        .target(name: "XenNetFront", dependencies: ["XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen"]),
+        .testTarget(
+            name: "XenNetDriverTests",
+            dependencies: [
+                "XenNetBack", "XenNetFront", "XenNetProtocol", "XenNetTap", "XenRing", "XenSimulator", "XenHypervisor",
+                "XenABI", "CXen", "NetTestSupport",
+            ]),
 
         // The real-Xen world: the hypervisor protocols on Xen's own libraries,
         // every call through one replaceable funnel (LibXen).

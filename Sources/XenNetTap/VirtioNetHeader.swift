@@ -39,6 +39,11 @@ public struct VirtioNetHeader: Hashable, Sendable {
                   checksumStart: raw.csum_start, checksumOffset: raw.csum_offset)
     }
 
+    /// Writes the header's bytes at `address` (unaligned is fine).
+    public func store(to address: UnsafeMutableRawPointer) {
+        UnsafeMutableRawBufferPointer(start: address, count: Self.size).storeBytes(of: raw, as: virtio_net_hdr.self)
+    }
+
     /// The 10 bytes to write before a frame.
     public var raw: virtio_net_hdr {
         virtio_net_hdr(flags: flags, gso_type: gsoType, hdr_len: headerLength, gso_size: gsoSize,

@@ -1,48 +1,11 @@
 import Foundation
+import NetTestSupport
 import Glibc
 import Testing
 @testable import XenNetTap
 
-/// A namespace made for one test and removed after it.
-final class TestNamespace {
-    let name: String
-    var path: String { "/run/netns/\(name)" }
-
-    init(_ prefix: String) throws {
-        name = "\(prefix)\(getpid() % 100_000)"
-        _ = try? Shell.run("ip", "netns", "del", name)
-        try Shell.run("ip", "netns", "add", name)
-    }
-
-    func run(_ args: String...) throws { try Shell.run(["ip", "netns", "exec", name] + args) }
-
-    deinit { _ = try? Shell.run("ip", "netns", "del", name) }
-}
-
-enum Shell {
-    struct Failed: Error { var command: String; var status: Int32 }
-
-    @discardableResult
-    static func run(_ args: String...) throws -> String { try run(args) }
-
-    @discardableResult
-    static func run(_ args: [String]) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = args
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw Failed(command: args.joined(separator: " "), status: p.terminationStatus) }
-        return String(decoding: data, as: UTF8.self)
-    }
-}
-
 /// Real TAP devices; these need root and /dev/net/tun (CI has both).
-@Suite(.enabled(if: getuid() == 0 && access("/dev/net/tun", R_OK | W_OK) == 0, "needs root and /dev/net/tun"))
+@Suite(.enabled(if: canMakeNetworks, "needs root and /dev/net/tun"))
 struct TapDeviceTests {
     @Test func tapJoinsABridgeInItsNamespace() throws {
         let ns = try TestNamespace("xpvbr")

@@ -1,0 +1,35 @@
+import SystemPackage
+import XenNetProtocol
+
+/// How a frame's checksum and segmentation stand, in netif's terms: the
+/// same meaning on a TAP's virtio-net header and on netif flags and extras.
+public struct FrameOffload: Hashable, Sendable {
+    /// The transport checksum holds only the pseudo-header sum (`csum_blank`).
+    public var checksumBlank: Bool
+    /// The data was validated against its checksum (`data_validated`).
+    public var dataValidated: Bool
+    /// Segment into payloads of this size on the way out (a GSO extra).
+    public var gso: NetExtraInfo?
+
+    public init(checksumBlank: Bool = false, dataValidated: Bool = false, gso: NetExtraInfo? = nil) {
+        self.checksumBlank = checksumBlank
+        self.dataValidated = dataValidated
+        self.gso = gso
+    }
+
+    public static let none = FrameOffload()
+}
+
+/// Where a vif's frames go and come from: a TAP on a bridge, or memory in
+/// tests and benchmarks. Used by one backend queue thread at a time.
+public protocol NetworkAttachment: AnyObject, Sendable {
+    /// Readable while a frame waits for `receive`; nil if the attachment
+    /// offers no descriptor (the queue then polls it on every wake-up).
+    var fileDescriptor: FileDescriptor? { get }
+    /// Takes one waiting frame into `buffer`; returns where the frame lies in
+    /// it and its offload state, or nil when none waits.
+    func receive(into buffer: UnsafeMutableRawBufferPointer) throws -> (frame: Range<Int>, offload: FrameOffload)?
+    /// Hands one frame on; false when the attachment could not take it now
+    /// (the frame is dropped and counted).
+    func send(_ frame: UnsafeRawBufferPointer, offload: FrameOffload) throws -> Bool
+}

@@ -1,0 +1,48 @@
+import Glibc
+import SystemPackage
+import XenNetProtocol
+import XenNetTap
+
+/// A vif as Xen's bridge mode makes it: a TAP named `vif<domid>.<devid>` on a
+/// Linux bridge, carrying checksum and GSO state in its virtio-net header.
+public final class TapAttachment: NetworkAttachment {
+    public let tap: TapDevice
+
+    /// Creates the TAP, tells the kernel which offloads the frontend can take
+    /// on receive, brings it up and, given a bridge, enslaves it.
+    public init(name: String, bridge: String?, offloads: TapOffloads, mtu: Int = 1500) throws(TapError) {
+        tap = try TapDevice(name: name, vnetHeader: true)
+        try tap.setOffloads(offloads)
+        try NetworkInterface.setMTU(tap.name, mtu)
+        if let bridge { try NetworkInterface.addToBridge(bridge, interface: tap.name) }
+        try NetworkInterface.setUp(tap.name)
+    }
+
+    public var fileDescriptor: FileDescriptor? { tap.fileDescriptor }
+
+    public func receive(into buffer: UnsafeMutableRawBufferPointer) throws -> (frame: Range<Int>, offload: FrameOffload)? {
+        guard let n = try tap.read(into: buffer) else { return nil }
+        guard n > VirtioNetHeader.size else { return nil }
+        let header = VirtioNetHeader(bytes: UnsafeRawBufferPointer(buffer))
+        guard let offload = header.netifOffload else {
+            throw NetProtocolError(.badGSO, "TAP frame with GSO type \(header.gsoType)")
+        }
+        return (VirtioNetHeader.size ..< n, FrameOffload(checksumBlank: offload.checksumBlank,
+                                                        dataValidated: offload.dataValidated, gso: offload.gso))
+    }
+
+    public func send(_ frame: UnsafeRawBufferPointer, offload: FrameOffload) throws -> Bool {
+        guard let header = VirtioNetHeader(checksumBlank: offload.checksumBlank, dataValidated: offload.dataValidated,
+                                           gso: offload.gso, frame: frame) else {
+            throw NetProtocolError(.badGSO, "offload asked for a frame that cannot have it")
+        }
+        var raw = header.raw
+        return try withUnsafeMutableBytes(of: &raw) { h in
+            var parts = (iovec(iov_base: h.baseAddress, iov_len: h.count),
+                         iovec(iov_base: UnsafeMutableRawPointer(mutating: frame.baseAddress), iov_len: frame.count))
+            return try withUnsafePointer(to: &parts) { p in
+                try p.withMemoryRebound(to: iovec.self, capacity: 2) { try tap.write(UnsafeBufferPointer(start: $0, count: 2)) }
+            }
+        }
+    }
+}

@@ -1,0 +1,217 @@
+import CXen
+import Glibc
+import XenABI
+import XenHypervisor
+import XenNetProtocol
+import XenRing
+
+/// Why a frontend queue refused a call.
+public struct NetFrontError: Error, Hashable, Sendable, CustomStringConvertible {
+    public enum Code: Hashable, Sendable {
+        /// The frame is empty or larger than netif carries.
+        case badFrameSize
+        /// The receive buffer is smaller than the frame waiting.
+        case bufferTooSmall
+        /// The backend broke the ring protocol; the queue is unusable.
+        case backendFailed
+    }
+    public var code: Code
+    public var message: String
+    public init(_ code: Code, _ message: String) { self.code = code; self.message = message }
+    public var description: String { message }
+}
+
+/// Counters of one frontend queue; written by its owner thread only.
+public struct NetFrontCounters: Sendable {
+    public var txPackets: UInt64 = 0
+    public var txErrors: UInt64 = 0
+    public var rxPackets: UInt64 = 0
+    /// Received packets dropped: refused by the parser or the backend said error.
+    public var rxDropped: UInt64 = 0
+    /// Responses naming a request that is not outstanding (a hostile backend).
+    public var bogusResponses: UInt64 = 0
+    public var notifies: UInt64 = 0
+}
+
+/// The data path of one netfront queue, driven by one thread: it transmits
+/// from `send`, keeps the rx ring stocked and reassembles received packets.
+///
+/// Data moves through pages shared once at connect time (a tx page per tx
+/// slot, an rx page per rx slot), so the backend grant-copies in and out and
+/// nothing is shared or allocated per packet. Rx slot `i` always uses page
+/// `i & (size - 1)`: responses land in the slot of their request, as netif.h
+/// says netfront relies on.
+public struct NetFrontQueue: ~Copyable {
+    public let backend: DomainID
+    public private(set) var counters = NetFrontCounters()
+    private var tx: FrontRing<netif_tx_request, netif_tx_response>
+    private var rx: FrontRing<netif_rx_request, netif_rx_response>
+    private let txPages: SharedPages
+    private let rxPages: SharedPages
+    private let events: any EventChannels
+    private let txPort: EventPort
+    private let rxPort: EventPort
+    private var freeTxIDs: [UInt16]
+    private var txInFlight: [Bool]
+    private var rxParser = RxPacketParser()
+    private var fragments: [TxFragmentRequest] = []
+
+    /// Initialises the rings on `txRing`/`rxRing` (one page each) and posts
+    /// every rx buffer. The pools hold one shared page per slot.
+    public init(backend: DomainID, txRing: MappedPages, rxRing: MappedPages, txPages: SharedPages, rxPages: SharedPages,
+                events: any EventChannels, txPort: EventPort, rxPort: EventPort) throws(RingError) {
+        self.init(backend: backend, tx: try FrontRing(initializing: txRing), rx: try FrontRing(initializing: rxRing),
+                  txPages: txPages, rxPages: rxPages, events: events, txPort: txPort, rxPort: rxPort)
+    }
+
+    private init(backend: DomainID, tx: consuming FrontRing<netif_tx_request, netif_tx_response>,
+                 rx: consuming FrontRing<netif_rx_request, netif_rx_response>, txPages: SharedPages, rxPages: SharedPages,
+                 events: any EventChannels, txPort: EventPort, rxPort: EventPort) {
+        self.tx = tx
+        self.rx = rx
+        precondition(txPages.memory.count == Int(self.tx.size) && rxPages.memory.count == Int(self.rx.size), "one page per slot")
+        self.backend = backend
+        self.txPages = txPages
+        self.rxPages = rxPages
+        self.events = events
+        self.txPort = txPort
+        self.rxPort = rxPort
+        freeTxIDs = (0 ..< UInt16(self.tx.size)).reversed()
+        txInFlight = Array(repeating: false, count: Int(self.tx.size))
+        fragments.reserveCapacity(Netif.minimumSlotsPerPacket)
+        refillReceive()
+    }
+
+    /// Ring slots free for transmit right now.
+    public var transmitCapacity: Int { min(freeTxIDs.count, Int(tx.freeRequests)) }
+
+    // MARK: transmit
+
+    /// Sends one frame. Returns false, sending nothing, when the ring has not
+    /// enough free slots (call `collectTransmitCompletions()` or wait).
+    public mutating func send(_ frame: UnsafeRawBufferPointer, checksumBlank: Bool = false, dataValidated: Bool = false,
+                              gso: NetExtraInfo? = nil) throws(NetFrontError) -> Bool {
+        guard frame.count >= Netif.minimumPacketSize, frame.count <= Netif.maxPacketSize else {
+            throw NetFrontError(.badFrameSize, "frame of \(frame.count) bytes")
+        }
+        let pages = (frame.count + XenPage.size - 1) / XenPage.size
+        let slots = pages + (gso == nil ? 0 : 1)
+        guard freeTxIDs.count >= pages, tx.freeRequests >= slots else { return false }
+        fragments.removeAll(keepingCapacity: true)
+        var offset = 0
+        while offset < frame.count {
+            let id = freeTxIDs.removeLast()
+            txInFlight[Int(id)] = true
+            let size = min(XenPage.size, frame.count - offset)
+            txPages.memory.page(Int(id)).copyMemory(from: frame.baseAddress! + offset, byteCount: size)
+            fragments.append(TxFragmentRequest(ref: txPages.refs[Int(id)], offset: 0, size: UInt16(size), id: id))
+            offset += size
+        }
+        var flags: NetTxFlags = []
+        if checksumBlank { flags.insert(.checksumBlank) }
+        if dataValidated || checksumBlank { flags.insert(.dataValidated) }
+        fragments.withUnsafeBufferPointer { f in
+            if let gso {
+                // A one-element array literal is built on the stack here.
+                TxPacketEncoder.encode(fragments: f, extras: [gso], flags: flags) { tx.produce($0) }
+            } else {
+                TxPacketEncoder.encode(fragments: f, flags: flags) { tx.produce($0) }
+            }
+        }
+        if tx.pushRequests() {
+            counters.notifies += 1
+            try? events.notify(txPort)
+        }
+        counters.txPackets += 1
+        return true
+    }
+
+    /// Frees the pages of answered transmit requests; returns how many
+    /// responses were taken. Throws when the backend broke the ring.
+    @discardableResult
+    public mutating func collectTransmitCompletions() throws(NetFrontError) -> Int {
+        let available: UInt32
+        do { available = try tx.checkForResponses() } catch { throw NetFrontError(.backendFailed, "\(error)") }
+        guard available > 0 else { return 0 }
+        while let response = tx.nextResponse() {
+            if response.status == NetifStatus.null.rawValue { continue }  // an extra's slot
+            let id = Int(response.id)
+            guard id < txInFlight.count, txInFlight[id] else {
+                counters.bogusResponses += 1
+                continue
+            }
+            txInFlight[id] = false
+            freeTxIDs.append(response.id)
+            if response.status != NetifStatus.okay.rawValue { counters.txErrors += 1 }
+        }
+        return Int(available)
+    }
+
+    // MARK: receive
+
+    /// Takes the next received packet into `buffer`; returns its length and
+    /// offload state, or nil when none is complete. Dropped packets are
+    /// counted and skipped. The rx ring is re-stocked as slots free up.
+    public mutating func receive(into buffer: UnsafeMutableRawBufferPointer) throws(NetFrontError)
+        -> (length: Int, checksumBlank: Bool, dataValidated: Bool, gso: NetExtraInfo?)?
+    {
+        defer { refillReceive() }
+        while true {
+            do { if try rx.checkForResponses() == 0 { return nil } } catch {
+                throw NetFrontError(.backendFailed, "\(error)")
+            }
+            while let response = rx.nextResponse() {
+                let index = RingIndex(rx.responseConsumer.rawValue &- 1)  // the slot just consumed
+                let complete: Bool
+                do { complete = try rxParser.consume(response, at: index) } catch {
+                    counters.rxDropped += 1
+                    continue
+                }
+                guard complete else { continue }
+                guard rxParser.totalSize <= buffer.count else {
+                    counters.rxDropped += 1
+                    throw NetFrontError(.bufferTooSmall, "packet of \(rxParser.totalSize) bytes, buffer of \(buffer.count)")
+                }
+                var length = 0
+                for fragment in rxParser.fragments {
+                    let page = rxPages.memory.page(Int(fragment.slot.rawValue & (rx.size - 1)))
+                    (buffer.baseAddress! + length).copyMemory(from: page + Int(fragment.offset), byteCount: Int(fragment.size))
+                    length += Int(fragment.size)
+                }
+                counters.rxPackets += 1
+                let flags = rxParser.flags
+                var gso: NetExtraInfo?
+                for extra in rxParser.extras { if case .gso = extra { gso = extra } }
+                return (length, flags.contains(.checksumBlank), flags.contains(.dataValidated), gso)
+            }
+        }
+    }
+
+    /// Posts a request for every free rx slot; notifies if the backend asked.
+    private mutating func refillReceive() {
+        guard rx.freeRequests > 0 else { return }
+        while rx.freeRequests > 0 {
+            let index = rx.requestProducer.rawValue
+            let slot = Int(index & (rx.size - 1))
+            rx.produce(netif_rx_request(id: UInt16(slot), pad: 0, gref: rxPages.refs[slot].rawValue))
+        }
+        if rx.pushRequests() {
+            counters.notifies += 1
+            try? events.notify(rxPort)
+        }
+    }
+
+    // MARK: waiting
+
+    /// Arms both rings' events; true when work is already waiting (do not
+    /// sleep then).
+    public mutating func prepareToSleep() throws(NetFrontError) -> Bool {
+        do {
+            let rxReady = try rx.finalCheckForResponses()
+            let txReady = tx.outstandingRequests > 0 ? try tx.finalCheckForResponses() : false
+            return rxReady || txReady
+        } catch {
+            throw NetFrontError(.backendFailed, "\(error)")
+        }
+    }
+}

@@ -1,0 +1,94 @@
+import XenABI
+
+/// What a domain or the whole simulator left behind when it was torn down, so
+/// a test can assert a clean shutdown (like NIOEmbedded's `finish()`).
+///
+/// Allocated pages alone are not leftovers: a guest's memory goes with it.
+/// What counts is what ties two domains together or leaks a resource.
+public struct Leftovers: Equatable, Sendable, CustomStringConvertible {
+    /// A grant mapping that was never unmapped.
+    public struct Mapping: Hashable, Sendable, CustomStringConvertible {
+        /// The domain holding the mapping.
+        public var mapper: DomainID
+        /// The domain whose frames are mapped.
+        public var granter: DomainID
+        public var handle: GrantHandle
+        public var refs: [GrantRef]
+        public var writable: Bool
+        public var description: String {
+            "\(mapper) maps \(granter) \(refs.map(\.rawValue)) (\(handle), \(writable ? "rw" : "ro"))"
+        }
+    }
+
+    /// A grant entry still permitting access (`GTF_permit_access`): access never ended.
+    public struct Grant: Hashable, Sendable, CustomStringConvertible {
+        public var granter: DomainID
+        public var ref: GrantRef
+        public var grantee: DomainID
+        public var frame: FrameNumber
+        public var readOnly: Bool
+        /// `GTF_reading`/`GTF_writing` were set: the grantee still held it.
+        public var inUse: Bool
+        public var description: String {
+            "\(granter) \(ref) -> \(grantee) \(frame)\(readOnly ? " ro" : "")\(inUse ? " in use" : "")"
+        }
+    }
+
+    /// An event-channel port still open.
+    public struct Port: Hashable, Sendable, CustomStringConvertible {
+        public enum State: Hashable, Sendable {
+            /// Allocated for `remote` to bind, never bound (or its peer closed).
+            case unbound(remote: DomainID)
+            /// Connected to `remotePort` of `remote`.
+            case interdomain(remote: DomainID, remotePort: EventPort)
+        }
+        public var domain: DomainID
+        public var port: EventPort
+        public var state: State
+        public var description: String {
+            switch state {
+            case .unbound(let r): "\(domain) \(port) unbound for \(r)"
+            case .interdomain(let r, let rp): "\(domain) \(port) bound to \(r) \(rp)"
+            }
+        }
+    }
+
+    public var mappings: [Mapping] = []
+    public var grants: [Grant] = []
+    public var ports: [Port] = []
+
+    public init(mappings: [Mapping] = [], grants: [Grant] = [], ports: [Port] = []) {
+        self.mappings = mappings
+        self.grants = grants
+        self.ports = ports
+    }
+
+    /// True when nothing was left behind.
+    public var isEmpty: Bool { mappings.isEmpty && grants.isEmpty && ports.isEmpty }
+
+    /// Adds `other`, keeping a stable order so two reports compare equal.
+    mutating func merge(_ other: Leftovers) {
+        mappings += other.mappings
+        grants += other.grants
+        ports += other.ports
+        normalise()
+    }
+
+    mutating func normalise() {
+        mappings.sort { ($0.mapper, $0.handle.rawValue) < ($1.mapper, $1.handle.rawValue) }
+        grants.sort { ($0.granter, $0.ref.rawValue) < ($1.granter, $1.ref.rawValue) }
+        ports.sort { ($0.domain, $0.port) < ($1.domain, $1.port) }
+        // A mapping of a dying domain's frames is reported by both ends' teardown.
+        var seen = Set<Mapping>()
+        mappings = mappings.filter { seen.insert($0).inserted }
+    }
+
+    public var description: String {
+        if isEmpty { return "no leftovers" }
+        var lines: [String] = []
+        if !mappings.isEmpty { lines.append("mapped grants: " + mappings.map(\.description).joined(separator: "; ")) }
+        if !grants.isEmpty { lines.append("granted entries: " + grants.map(\.description).joined(separator: "; ")) }
+        if !ports.isEmpty { lines.append("open ports: " + ports.map(\.description).joined(separator: "; ")) }
+        return lines.joined(separator: "\n")
+    }
+}

@@ -1,0 +1,62 @@
+import Foundation
+import Glibc
+
+/// A namespace made for one test and removed after it.
+public final class TestNamespace {
+    public let name: String
+    public var path: String { "/run/netns/\(name)" }
+
+    public init(_ prefix: String) throws {
+        name = "\(prefix)\(getpid() % 100_000)"
+        _ = try? Shell.run("ip", "netns", "del", name)
+        try Shell.run("ip", "netns", "add", name)
+    }
+
+    public func run(_ args: String...) throws { try Shell.run(["ip", "netns", "exec", name] + args) }
+
+    deinit { _ = try? Shell.run("ip", "netns", "del", name) }
+}
+
+public enum Shell {
+    public struct Failed: Error { public var command: String; public var status: Int32 }
+
+    @discardableResult
+    public static func run(_ args: String...) throws -> String { try run(args) }
+
+    @discardableResult
+    public static func run(_ args: [String]) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = args
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw Failed(command: args.joined(separator: " "), status: p.terminationStatus) }
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+/// Runs a command in the background; stop it with `terminate()`.
+public func spawn(_ args: [String], output: Pipe? = nil) throws -> Process {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = args
+    if let output { p.standardOutput = output } else { p.standardOutput = FileHandle.nullDevice }
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    return p
+}
+
+/// Waits for `process` at most `seconds`, killing it past that; returns its status.
+public func wait(_ process: Process, seconds: Double) -> Int32 {
+    let deadline = Date().addingTimeInterval(seconds)
+    while process.isRunning, Date() < deadline { usleep(20_000) }
+    if process.isRunning { process.terminate(); process.waitUntilExit(); return -1 }
+    return process.terminationStatus
+}
+
+/// True where network namespaces, bridges and TAPs can be made (root and /dev/net/tun).
+public var canMakeNetworks: Bool { getuid() == 0 && access("/dev/net/tun", R_OK | W_OK) == 0 }

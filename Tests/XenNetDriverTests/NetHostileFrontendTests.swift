@@ -1,0 +1,98 @@
+import CXen
+import Foundation
+import Testing
+import XenABI
+import XenHypervisor
+import XenNetBack
+import XenNetProtocol
+import XenRing
+import XenSimulator
+
+/// A frontend that writes raw tx slots. Each bad packet must be answered
+/// with an error, counted, and leave the vif serving the next good one.
+@Suite(.serialized)
+struct NetHostileFrontendTests {
+    /// Pushes `slots`, then one good packet, and returns the statuses of
+    /// every response in order.
+    private func run(_ f: NetFixture, _ slots: [netif_tx_request]) throws -> [Int16] {
+        var tx = try FrontRing<netif_tx_request, netif_tx_response>(initializing: f.txRing.memory)
+        var rx = try FrontRing<netif_rx_request, netif_rx_response>(initializing: f.rxRing.memory)
+        _ = rx.pushRequests()
+        try f.startBackend()
+        let good = netif_tx_request(gref: f.txPool.refs[0].rawValue, offset: 0, flags: 0, id: 999, size: 60)
+        var statuses: [Int16] = []
+        var queue = slots + [good]
+        let expected = queue.count
+        while !queue.isEmpty || statuses.count < expected {
+            while !queue.isEmpty, !tx.isFull { tx.produce(queue.removeFirst()) }
+            if tx.pushRequests() { try f.feEvents.notify(f.fePort) }
+            let done = try eventually(seconds: 10) {
+                if try tx.checkForResponses() > 0 { return true }
+                try f.waitForFrontendEvent(milliseconds: 5)
+                return false
+            }
+            guard done else { break }
+            while let r = tx.nextResponse() { statuses.append(r.status) }
+        }
+        return statuses
+    }
+
+    private func req(gref: UInt32, offset: UInt16 = 0, flags: NetTxFlags = [], id: UInt16, size: UInt16) -> netif_tx_request {
+        netif_tx_request(gref: gref, offset: offset, flags: flags.rawValue, id: id, size: size)
+    }
+
+    @Test func badPacketsAreRefusedAndTheVifKeepsServing() throws {
+        let f = try NetFixture()
+        let ref = f.txPool.refs[1].rawValue
+        let endless = [req(gref: ref, flags: .moreData, id: 20, size: 60000)]
+            + (0 ..< 30).map { req(gref: ref, flags: .moreData, id: UInt16(21 + $0), size: 10) }
+        let slots: [netif_tx_request] = [
+            req(gref: 0xdead, id: 1, size: 100),                       // grant ref out of the table
+            req(gref: ref, id: 2, size: 0),                            // size 0
+            req(gref: ref, offset: 4000, id: 3, size: 200),            // offset + size past the page
+        ] + endless
+        let statuses = try run(f, slots)
+        #expect(statuses.count == slots.count + 1)
+        #expect(statuses.last == NetifStatus.okay.rawValue)           // the good packet after all of it
+        #expect(statuses.prefix(3).allSatisfy { $0 == NetifStatus.error.rawValue })
+        #expect(f.vif.counters.badGrants.value >= 1)
+        #expect(f.vif.counters.refused(.packetTooSmall) >= 1)
+        #expect(f.vif.counters.refused(.crossesPageBoundary) >= 1)
+        #expect(f.vif.counters.refused(.tooManySlots) >= 1)
+        #expect(f.vif.failure == nil)
+        #expect(f.sentFrames().count == 1 && f.sentFrames()[0].bytes.count == 60)
+        _ = try f.teardown()
+    }
+
+    @Test func aFloodIsServedWithoutGrowth() throws {
+        let f = try NetFixture()
+        let ref = f.txPool.refs[2].rawValue
+        let flood = (0 ..< 5000).map { req(gref: ref, id: UInt16($0 % 200), size: 60) }
+        let statuses = try run(f, flood)
+        #expect(statuses.count == flood.count + 1)
+        #expect(statuses.allSatisfy { $0 == NetifStatus.okay.rawValue })
+        #expect(f.vif.counters.txPackets.value == UInt64(flood.count + 1))
+        _ = try f.teardown()
+    }
+
+    @Test func producerIndexFarAheadStopsOnlyThatVif() throws {
+        let bad = try NetFixture()
+        let good = try NetFixture()
+        var tx = try FrontRing<netif_tx_request, netif_tx_response>(initializing: bad.txRing.memory)
+        _ = tx.pushRequests()
+        try bad.startBackend()
+        // req_prod a million entries past anything produced.
+        tx.header.requestProducer.store(1_000_000, ordering: .releasing)
+        try bad.feEvents.notify(bad.fePort)
+        #expect(eventually { bad.vif.failure != nil })
+        #expect((bad.vif.failure as? RingError)?.code == .requestProducerOverflow)
+
+        // The other device carries on.
+        var fe = try good.makeFrontend()
+        try good.startBackend()
+        #expect(try patternFrame(100, seed: 3).withUnsafeBytes { try fe.send($0) })
+        #expect(eventually { good.sentFrames().count == 1 })
+        _ = try bad.teardown()
+        _ = try good.teardown()
+    }
+}
