@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "XenSimulator", targets: ["XenSimulator"]),
         .library(name: "XenRing", targets: ["XenRing"]),
         .library(name: "XenRingBenchmark", targets: ["XenRingBenchmark"]),
+        .executable(name: "xenpv", targets: ["xenpv"]),
         .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
         .library(name: "XenHost", targets: ["XenHost"]),
     ],
@@ -79,6 +80,18 @@ let package = Package(
                 "XenRing", "CRingReference", "CXen", "XenABI", "XenHypervisor",
                 .product(name: "Atomics", package: "swift-atomics"),
             ]),
+
+        // Layer 7: the `xenpv` command line (started by issue 3 with `bench
+        // ring`; other commands add a file under Sources/xenpv each).
+        .executableTarget(
+            name: "xenpv",
+            dependencies: [
+                "XenRingBenchmark", "XenSimulator",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .testTarget(
+            name: "XenRingBenchmarkTests",
+            dependencies: ["XenRingBenchmark", "XenSimulator", "XenABI"]),
 
         // Layer 5, network: netif requests and responses as Swift values.
         .target(name: "XenNetProtocol", dependencies: ["XenABI", "CXen"]),
