@@ -10,6 +10,8 @@ let package = Package(
         .library(name: "XenHypervisor", targets: ["XenHypervisor"]),
         .library(name: "XenSimulator", targets: ["XenSimulator"]),
         .library(name: "XenRing", targets: ["XenRing"]),
+        .library(name: "XenRingBenchmark", targets: ["XenRingBenchmark"]),
+        .executable(name: "xenpv", targets: ["xenpv"]),
         .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
         .library(name: "XenHost", targets: ["XenHost"]),
         // XenStore and XenBus (issue 4, branch store)
@@ -70,12 +72,32 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
             ]),
         .target(name: "CRingReference", dependencies: ["CXen"], path: "Tests/CRingReference"),
+        // The ring-throughput benchmark engine (issue 3), shared by `xenpv bench
+        // ring` and the package-benchmark target in Benchmarks/.
+        .target(
+            name: "XenRingBenchmark",
+            dependencies: [
+                "XenRing", "XenHypervisor", "XenABI", "CXen",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]),
         .testTarget(
             name: "XenRingTests",
             dependencies: [
                 "XenRing", "CRingReference", "CXen", "XenABI", "XenHypervisor",
                 .product(name: "Atomics", package: "swift-atomics"),
             ]),
+
+        // Layer 7: the `xenpv` command line (started by issue 3 with `bench
+        // ring`; other commands add a file under Sources/xenpv each).
+        .executableTarget(
+            name: "xenpv",
+            dependencies: [
+                "XenRingBenchmark", "XenSimulator",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .testTarget(
+            name: "XenRingBenchmarkTests",
+            dependencies: ["XenRingBenchmark", "XenSimulator", "XenABI"]),
 
         // Layer 5, network: netif requests and responses as Swift values.
         .target(name: "XenNetProtocol", dependencies: ["XenABI", "CXen"]),
