@@ -89,10 +89,18 @@ let package = Package(
 
         // Layer 7: the `xenpv` command line (started by issue 3 with `bench
         // ring`; other commands add a file under Sources/xenpv each).
+        // The embedded host and `xenpv demo`, as a library the tests run too.
+        .target(
+            name: "XenDemo",
+            dependencies: [
+                "XenSimulator", "XenStore", "XenBus", "XenNetBack", "XenNetFront", "XenHypervisor", "XenABI",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(name: "XenDemoTests", dependencies: ["XenDemo"]),
         .executableTarget(
             name: "xenpv",
             dependencies: [
-                "XenRingBenchmark", "XenSimulator",
+                "XenRingBenchmark", "XenSimulator", "XenDemo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(

@@ -3,9 +3,9 @@ import ArgumentParser
 /// The `xenpv` command line. Each command group lives in its own file and is
 /// listed here.
 @main
-struct XenPV: ParsableCommand {
+struct XenPV: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "xenpv",
         abstract: "Xen-style paravirtual split drivers: simulated hosts, demos and benchmarks.",
-        subcommands: [Bench.self])
+        subcommands: [DemoCommand.self, Bench.self])
 }
