@@ -97,10 +97,18 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "XenDemoTests", dependencies: ["XenDemo"]),
+        // The netif ring-pair benchmark engine behind `xenpv bench net`.
+        .target(
+            name: "XenNetBenchmark",
+            dependencies: [
+                "XenNetBack", "XenNetFront", "XenNetProtocol", "XenRing", "XenSimulator", "XenHypervisor", "XenABI", "CXen",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
         .executableTarget(
             name: "xenpv",
             dependencies: [
-                "XenRingBenchmark", "XenSimulator", "XenDemo",
+                "XenRingBenchmark", "XenSimulator", "XenDemo", "XenNetBenchmark",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(
