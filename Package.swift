@@ -113,6 +113,7 @@ let package = Package(
             name: "xenpv",
             dependencies: [
                 "XenRingBenchmark", "XenSimulator", "XenDemo", "XenNetBenchmark", "XenStore", "XenABI",
+                "XenBlockBenchmark",  // bench block (issue 5)
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),

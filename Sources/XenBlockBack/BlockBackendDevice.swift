@@ -179,7 +179,8 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
                 s.queues.append(queue)
             }
         } catch {
-            Self.release(s)
+            let failed = s
+            await offPool { Self.release(failed) }
             throw error
         }
         for q in s.queues { q.start() }
@@ -188,7 +189,7 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
 
     public func disconnect() async {
         guard let s = session.withLock({ s in defer { s = nil }; return s }) else { return }
-        Self.release(s)
+        await offPool { Self.release(s) }
     }
 
     private static func release(_ s: Session) {

@@ -81,7 +81,9 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
                 try await tx.writeFeature(fe, XenbusKey.featurePersistent, true)
             }
         } catch {
-            for r in made { r.release(sharer: sharer, timeout: 0) }
+            let sharer = self.sharer
+            let partial = made
+            await offPool { for r in partial { r.release(sharer: sharer, timeout: 0) } }
             throw error
         }
         resources.withLock { $0 = made }
@@ -108,8 +110,11 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
     }
 
     public func disconnect() async {
-        frontend.detach(timeout: 10)
         let made = resources.withLock { r in defer { r = [] }; return r }
-        for r in made { r.release(sharer: sharer) }
+        let frontend = self.frontend, sharer = self.sharer
+        await offPool {
+            frontend.detach(timeout: 10)
+            for r in made { r.release(sharer: sharer) }
+        }
     }
 }

@@ -55,7 +55,7 @@ struct BlockOperationTests {
     func flushThenDiscardReadsBackZeros(onFile: Bool) async throws {
         let bytes = 4 << 20
         let image = try TempImage(bytes: bytes)
-        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: 32)) { _ in
+        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), flush: true, discard: true, maxIndirectSegments: 32)) { _ in
             onFile ? try image.storage() as any StorageEngine : try MemoryStorage(byteCount: bytes, alignment: 512)
         }
         try f.start()

@@ -63,7 +63,7 @@ final class XenbusBlockWorld: @unchecked Sendable {
     }
 
     func connected(_ driver: BlockFrontendDriver) async -> Bool {
-        await eventuallyAsync {
+        await eventuallyAsync(seconds: 30) {
             frontends.contains { $0.driver === driver && $0.endpoint.state == .connected } && driver.frontend.info != nil
         }
     }
