@@ -30,6 +30,9 @@ public struct BlockBenchmarkConfiguration: Sendable {
     public var direct = true
 
     public init(image: String) { self.image = image }
+
+    /// An `image` naming a 256 MiB in-memory disk instead of a file: the driver path alone.
+    public static let memoryImage = ":memory:"
 }
 
 /// Figures of one run.
@@ -79,8 +82,13 @@ public enum BlockBenchmark {
             throw BlockBenchmarkError(message: "--bs must be a multiple of 512 up to 1 MiB")
         }
         guard c.queueDepth >= 1, c.queueDepth <= 128 else { throw BlockBenchmarkError(message: "--queue-depth must be 1...128") }
+        let inMemory = c.image == BlockBenchmarkConfiguration.memoryImage
         var st = stat()
-        guard stat(c.image, &st) == 0 else { throw BlockBenchmarkError(message: "cannot stat \(c.image): errno \(errno)") }
+        if inMemory {
+            st.st_size = 256 << 20
+        } else {
+            guard stat(c.image, &st) == 0 else { throw BlockBenchmarkError(message: "cannot stat \(c.image): errno \(errno)") }
+        }
         let size = UInt64(st.st_size) / UInt64(c.blockSize) * UInt64(c.blockSize)
         guard size >= UInt64(c.blockSize) else { throw BlockBenchmarkError(message: "\(c.image) is smaller than one block") }
 
@@ -95,9 +103,17 @@ public enum BlockBenchmark {
         let guest = try hv.createDomain(frames: poolPages + 512 + 64, grantFrames: 64)
         let sharer = try guest.openGrantSharer()
         let mapper = try hv.dom0.openGrantMapper()
-        let storage = try LibaioStorage(path: FilePath(c.image), readOnly: c.pattern.isRead,
-                                        directIO: c.direct ? LibaioStorage.DirectIO.required : .never, queueDepth: max(64, c.queueDepth))
-        let direct = storage.ioMode == .direct
+        let storage: any StorageEngine
+        let direct: Bool
+        if inMemory {
+            storage = try MemoryStorage(byteCount: Int(size), queueDepth: max(64, c.queueDepth))
+            direct = false
+        } else {
+            let file = try LibaioStorage(path: FilePath(c.image), readOnly: c.pattern.isRead,
+                                         directIO: c.direct ? LibaioStorage.DirectIO.required : .never, queueDepth: max(64, c.queueDepth))
+            direct = file.ioMode == .direct
+            storage = file
+        }
         let resources = try BlockFrontQueueResources.allocate(hypervisor: guest, sharer: sharer, backend: .dom0,
                                                                ringPageOrder: order, poolPages: poolPages)
         let events = try hv.dom0.openEventChannels()

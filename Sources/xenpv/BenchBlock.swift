@@ -15,7 +15,7 @@ struct BenchBlock: AsyncParsableCommand {
               fio --name=x --filename=/tmp/disk.img --ioengine=libaio --direct=1 --rw=randread --bs=4k --iodepth=32 --runtime=5 --time_based
             """)
 
-    @Option(help: "The image file (its size is the device size).")
+    @Option(help: "The image file (its size is the device size), or :memory: for a 256 MiB memory disk (the driver path alone).")
     var image: String
 
     @Option(help: "randread, randwrite, read or write.")
