@@ -220,6 +220,7 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
                 worked = try reapCompletions() || worked
                 try pushResponses()
                 if worked { continue }
+                if try spin() { continue }
                 // Sleep only once the final check says the ring is idle; a stalled
                 // request is resumed by a completion, which wakes the poll.
                 if stalled == nil, try ring.finalCheckForRequests() { continue }
@@ -233,6 +234,29 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
             onFailure?(error)
         }
         storage.close()
+    }
+
+    /// How long the thread polls the ring and the engine before it sleeps: a sleep and a
+    /// wake-up cost more than this on a busy device (0: never spin).
+    static var spinNanoseconds: UInt64 { 0 }
+
+    /// Polls the ring and the completion descriptor for a short while; true when work came.
+    private func spin() throws(RingError) -> Bool {
+        guard Self.spinNanoseconds > 0 else { return false }
+        let until = Self.now() &+ Self.spinNanoseconds
+        var pfd = pollfd(fd: storage.completionDescriptor.rawValue, events: Int16(POLLIN), revents: 0)
+        repeat {
+            if stalled == nil, try ring.checkForRequests() > 0 { return true }
+            if storage.outstanding > 0, poll(&pfd, 1, 0) > 0 { return true }
+            cxen_cpu_relax()
+        } while Self.now() < until
+        return false
+    }
+
+    @inline(__always) static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
     }
 
     /// Sleeps until an event, a completion or stop; false on stop.

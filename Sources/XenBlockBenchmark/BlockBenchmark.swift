@@ -150,7 +150,7 @@ public enum BlockBenchmark {
                     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: c.blockSize, alignment: 4096)
                     defer { buffer.deallocate() }
                     for i in 0..<c.blockSize { buffer[i] = UInt8(truncatingIfNeeded: i &* 31 &+ worker) }
-                    var g = SystemRandomNumberGenerator()
+                    var g = BenchGenerator(state: UInt64(worker) &* 0x9E37_79B9_7F4A_7C15 &+ monotonicNanoseconds())
                     var latencies: [UInt32] = []
                     latencies.reserveCapacity(1 << 16)
                     while ContinuousClock.now < deadline {
@@ -196,4 +196,17 @@ final class Cursor: Sendable {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+/// SplitMix64: offsets without a system call per operation (the system generator
+/// reads `getrandom`).
+struct BenchGenerator: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
 }

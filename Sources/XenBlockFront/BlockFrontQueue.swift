@@ -8,55 +8,100 @@ import XenBlockProtocol
 import XenHypervisor
 import XenRing
 
+/// A queue thread's doorbell: an eventfd rung only while the thread sleeps.
+final class Waker: Sendable {
+    let fd: Int32
+    /// Set (sequentially consistent) by the thread before its last look at the work
+    /// queue; read by appenders under the work queue's lock after they append: either
+    /// the thread sees the item, or the appender sees it sleeping and rings.
+    let sleeping = Atomic<Bool>(false)
+    init(fd: Int32) { self.fd = fd }
+    func ring() {
+        var one: UInt64 = 1
+        _ = write(fd, &one, 8)
+    }
+}
+
 /// Work waiting for a ring, shared by a device's queues: callers append, queue threads
 /// take. What a stopped queue had in flight goes back to the front, so it is re-issued
 /// first after a reconnect.
 final class WorkQueue: Sendable {
-    private let items = Mutex<Deque<WorkItem>>([])
-    private let wakers = Mutex<(fds: [Int32], next: Int)>(([], 0))
+    private struct State {
+        var items: Deque<WorkItem> = []
+        var wakers: [Waker] = []
+        var next = 0
+    }
+    private let state = Mutex(State())
+    /// Items waiting, readable without the lock (a spinning thread's hint only).
+    private let count = Atomic<Int>(0)
 
     func append(_ item: WorkItem) {
-        items.withLock { $0.append(item) }
-        wakeOne()
+        let waker = state.withLock { s -> Waker? in
+            s.items.append(item)
+            count.store(s.items.count, ordering: .relaxed)
+            return Self.sleeper(&s)
+        }
+        waker?.ring()
+    }
+
+    /// A sleeping thread to ring, in turn; nil if all are awake (they look before sleeping).
+    private static func sleeper(_ s: inout State) -> Waker? {
+        let n = s.wakers.count
+        for k in 0..<n {
+            let w = s.wakers[(s.next + k) % n]
+            // Sequentially consistent: pairs with the thread's store before its last look.
+            if w.sleeping.load(ordering: .sequentiallyConsistent) {
+                s.next = (s.next + k + 1) % n
+                return w
+            }
+        }
+        return nil
     }
 
     func requeueAtFront(_ returned: [WorkItem]) {
         guard !returned.isEmpty else { return }
-        items.withLock { q in q.insert(contentsOf: returned, at: 0) }
-        wakeOne()
+        state.withLock { s in
+            s.items.insert(contentsOf: returned, at: 0)
+            count.store(s.items.count, ordering: .relaxed)
+        }
+        wakeAll()
     }
 
-    /// Takes the next item whose first request needs at most what `fits` allows.
-    func take() -> WorkItem? { items.withLock { $0.popFirst() } }
+    func take() -> WorkItem? {
+        state.withLock { s in
+            defer { count.store(s.items.count, ordering: .relaxed) }
+            return s.items.popFirst()
+        }
+    }
 
-    func putBack(_ item: WorkItem) { items.withLock { $0.prepend(item) } }
+    func putBack(_ item: WorkItem) {
+        state.withLock { s in
+            s.items.prepend(item)
+            count.store(s.items.count, ordering: .relaxed)
+        }
+    }
 
-    var isEmpty: Bool { items.withLock { $0.isEmpty } }
+    var isEmpty: Bool { state.withLock { $0.items.isEmpty } }
+
+    /// A lock-free hint for spinning: true if something may be waiting.
+    var mayHaveWork: Bool { count.load(ordering: .relaxed) > 0 }
 
     /// Everything still waiting (on shutdown).
-    func drain() -> [WorkItem] { items.withLock { q in defer { q.removeAll() }; return Array(q) } }
-
-    func register(_ fd: Int32) { wakers.withLock { $0.fds.append(fd) } }
-    func unregister(_ fd: Int32) { wakers.withLock { $0.fds.removeAll { $0 == fd } } }
-
-    /// Wakes the queue threads in turn.
-    private func wakeOne() {
-        let fd: Int32? = wakers.withLock { w in
-            guard !w.fds.isEmpty else { return nil }
-            w.next = (w.next + 1) % w.fds.count
-            return w.fds[w.next]
-        }
-        if let fd {
-            var one: UInt64 = 1
-            _ = write(fd, &one, 8)
+    func drain() -> [WorkItem] {
+        state.withLock { s in
+            defer {
+                s.items.removeAll()
+                count.store(0, ordering: .relaxed)
+            }
+            return Array(s.items)
         }
     }
 
+    func register(_ w: Waker) { state.withLock { $0.wakers.append(w) } }
+    func unregister(_ w: Waker) { state.withLock { $0.wakers.removeAll { $0 === w } } }
+
     func wakeAll() {
-        for fd in wakers.withLock({ $0.fds }) {
-            var one: UInt64 = 1
-            _ = write(fd, &one, 8)
-        }
+        for w in state.withLock({ $0.wakers }) { w.ring() }
     }
 }
 
@@ -94,6 +139,10 @@ final class BlockFrontQueue: @unchecked Sendable {
     private let segmentScratch: UnsafeMutablePointer<BlockSegment>
     private let stopFD: Int32
     private let wakeFD: Int32
+    private let waker: Waker
+    /// How long the thread polls for work before it sleeps: a sleep and a wake-up cost
+    /// more than this on a busy device (0: never spin).
+    static let spinNanoseconds: UInt64 = 0
     private let finished = DispatchSemaphore(value: 0)
     private var started = false
     /// What was in flight when the thread stopped, for re-issue.
@@ -123,6 +172,7 @@ final class BlockFrontQueue: @unchecked Sendable {
         segmentScratch.initialize(repeating: BlockSegment(gref: GrantRef(0), firstSector: 0, lastSector: 0), count: maxSegments)
         stopFD = cxen_eventfd(0, 1)
         wakeFD = cxen_eventfd(0, 1)
+        waker = Waker(fd: wakeFD)
     }
 
     deinit {
@@ -138,7 +188,7 @@ final class BlockFrontQueue: @unchecked Sendable {
     func start() {
         precondition(!started)
         started = true
-        work.register(wakeFD)
+        work.register(waker)
         let thread = Thread { [self] in
             run()
             finished.signal()
@@ -150,7 +200,7 @@ final class BlockFrontQueue: @unchecked Sendable {
     /// Stops the thread (bounded); returns the work that had no response, for re-issue.
     func stop(timeout: Double = 5) -> (stopped: Bool, unanswered: [WorkItem]) {
         guard started else { return (true, []) }
-        work.unregister(wakeFD)
+        work.unregister(waker)
         var one: UInt64 = 1
         _ = write(stopFD, &one, 8)
         let stopped = finished.wait(timeout: .now() + timeout) == .success
@@ -168,9 +218,17 @@ final class BlockFrontQueue: @unchecked Sendable {
                 var worked = try collectResponses()
                 worked = issue() || worked
                 if worked { continue }
+                if try spin() { continue }
                 if ring.outstandingRequests > 0, try ring.finalCheckForResponses() { continue }
-                if canIssue, !work.isEmpty { continue }
-                if !sleep() { break }
+                // Say we sleep, then look once more (see Waker.sleeping).
+                waker.sleeping.store(true, ordering: .sequentiallyConsistent)
+                if canIssue, !work.isEmpty {
+                    waker.sleeping.store(false, ordering: .relaxed)
+                    continue
+                }
+                let awake = sleep()
+                waker.sleeping.store(false, ordering: .relaxed)
+                if !awake { break }
             }
         } catch {
             failureBox.withLock { $0 = error }
@@ -182,6 +240,24 @@ final class BlockFrontQueue: @unchecked Sendable {
             inflight[i] = FrontInflight()
         }
         returned.withLock { $0 = unanswered }
+    }
+
+    /// Polls the ring and the work queue for a short while; true when something came.
+    private func spin() throws(RingError) -> Bool {
+        guard Self.spinNanoseconds > 0 else { return false }
+        let until = Self.now() &+ Self.spinNanoseconds
+        repeat {
+            if ring.outstandingRequests > 0, try ring.checkForResponses() > 0 { return true }
+            if canIssue, work.mayHaveWork { return true }
+            cxen_cpu_relax()
+        } while Self.now() < until
+        return false
+    }
+
+    @inline(__always) static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
     }
 
     private var canIssue: Bool { !freeIDs.isEmpty && !ring.isFull && freePages.count >= maxSegments }
