@@ -127,9 +127,13 @@ public final class BlockBackend: Sendable {
         }
         let endpointBox = EndpointBox()
         let driver = BlockBackendDevice(device: device, store: store, hypervisor: hypervisor, disk: disk, options: options,
-                                        logger: logger) { [logger] error in
+                                        logger: logger) { [logger, store] error in
             logger.error("\(device): ring failure, closing: \(error)")
-            endpointBox.endpoint?.requestClose()
+            let reason = "ring: \(error)"
+            Task {
+                try? await store.write(dir + "/error", reason)
+                endpointBox.endpoint?.requestClose()
+            }
         }
         let endpoint = XenbusEndpoint(role: .backend, store: store, path: dir, peerPath: device.frontendPath,
                                       driver: driver, logger: logger)

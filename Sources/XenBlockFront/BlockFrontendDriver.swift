@@ -49,6 +49,9 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
         self.options = options
     }
 
+    /// What the current connection shares (rings, pools, ports), for diagnostics and tests.
+    public var sharedResources: [BlockFrontQueueResources] { resources.withLock { $0 } }
+
     public func prepare() async throws {
         let be = device.backendPath
         let maxQueues = Int(try await store.readUnsigned(be, XenbusKey.multiQueueMaxQueues, default: 1))

@@ -10,6 +10,7 @@ import XenBlockProtocol
 import XenBlockStorage
 import XenBus
 import XenHypervisor
+import XenRing
 import XenSimulator
 import XenStore
 
@@ -177,6 +178,30 @@ struct BlockXenbusTests {
                 let back = try await fe.read(at: UInt64(block << 16), count: 1 << 16)
                 #expect(back.allSatisfy { $0 == fill }, "block \(block)")
             }
+        }
+        #expect(try await world.teardown().isEmpty)
+    }
+
+    /// A frontend whose req_prod runs far ahead gets its device closed (with the reason
+    /// in its error key); the other disk on the same backend keeps working.
+    @Test func aRingViolationClosesThatDeviceOnly() async throws {
+        let world = try await XenbusBlockWorld()
+        let bad = try await world.addDisk(id: 51712)
+        let good = try await world.addDisk(id: 51728)
+        #expect(await world.connected(bad))
+        #expect(await world.connected(good))
+        let r = bad.sharedResources[0]
+        SharedRingHeader(r.ring.memory.base).requestProducer.store(100_000, ordering: .releasing)
+        try r.events.notify(r.port)
+        #expect(await eventuallyAsync(seconds: 20) { world.backend.driver(for: bad.device) == nil })
+        let state = try await world.dom0Store.readState(bad.device.backendPath)
+        #expect(state == .closed)
+        let reason = try await world.dom0Store.readIfPresent(bad.device.backendPath + "/error")
+        #expect(reason?.hasPrefix("ring: ") == true, "\(reason ?? "no error key")")
+        let fg = good.frontend
+        try await withTimeout(20) {
+            try await fg.write(at: 0, [UInt8](repeating: 9, count: 65536))
+            #expect(try await fg.read(at: 0, count: 65536) == [UInt8](repeating: 9, count: 65536))
         }
         #expect(try await world.teardown().isEmpty)
     }
