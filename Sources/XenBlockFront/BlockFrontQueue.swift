@@ -260,7 +260,10 @@ final class BlockFrontQueue: @unchecked Sendable {
         return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
     }
 
-    private var canIssue: Bool { !freeIDs.isEmpty && !ring.isFull && freePages.count >= maxSegments }
+    /// Room for another request; a request that needs more pool pages than are free sets
+    /// `waitingForPages` until a response returns some.
+    private var canIssue: Bool { !freeIDs.isEmpty && !ring.isFull && !waitingForPages }
+    private var waitingForPages = false
 
     private func sleep() -> Bool {
         var fds = (pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0),
@@ -283,11 +286,17 @@ final class BlockFrontQueue: @unchecked Sendable {
     /// Sends requests while the ring, ids and pool pages last; true if any was sent.
     private func issue() -> Bool {
         var sent = false
-        while canIssue, var item = work.take() {
+        taking: while canIssue, var item = work.take() {
             let chunk: WorkItem
             switch item.io.kind {
             case .read, .write:
                 let end = min(item.end, item.start + maxRequestBytes)
+                let pages = Int((end - item.start + UInt64(XenPage.size) - 1) / UInt64(XenPage.size))
+                if pages > freePages.count {
+                    work.putBack(item)
+                    waitingForPages = true
+                    break taking
+                }
                 chunk = WorkItem(io: item.io, start: item.start, end: end)
                 if end < item.end {
                     item.start = end
@@ -377,6 +386,7 @@ final class BlockFrontQueue: @unchecked Sendable {
             }
             let base = id * maxSegments
             for p in 0..<inflight[id].pageCount { freePages.append(slotPages[base + p]) }
+            waitingForPages = false
             inflight[id] = FrontInflight()
             freeIDs.append(id)
             let units = (io.kind == .read || io.kind == .write) ? chunk.end - chunk.start : 1
