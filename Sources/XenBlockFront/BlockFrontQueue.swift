@@ -350,13 +350,35 @@ final class BlockFrontQueue: @unchecked Sendable {
             } else {
                 IndirectRequest.writeSegments(UnsafeBufferPointer(start: segmentScratch, count: pages), toPage: 0,
                                               at: resources.indirect.memory.page(id))
-                request = BlockRequest(id: UInt64(id), operation: .indirect(IndirectRequest(
-                    operation: op, sector: sector, segmentCount: pages, pages: [resources.indirect.refs[id]])))
+                // Built from the C struct: IndirectRequest's public initialiser takes an
+                // array, an allocation per request on this thread.
+                let slot = Self.indirectSlot(id: UInt64(id), operation: op, sector: sector, segments: pages,
+                                             page: resources.indirect.refs[id])
+                inflight[id].item = chunk
+                ring.withNextRequestSlot { $0.pointee = slot }
+                counters.requests.add(1, ordering: .relaxed)
+                return
             }
         }
         inflight[id].item = chunk
         ring.withNextRequestSlot { slot in request.write(toSlot: UnsafeMutableRawPointer(slot)) }
         counters.requests.add(1, ordering: .relaxed)
+    }
+
+    /// A `BLKIF_OP_INDIRECT` slot with one page of segments, from a zeroed slot so no
+    /// stale byte reaches the backend.
+    static func indirectSlot(id: UInt64, operation: BlkifOperation, sector: UInt64, segments: Int, page: GrantRef) -> blkif_request {
+        var slot = blkif_request()
+        var indirect = blkif_request_indirect()
+        indirect.operation = BlkifOperation.indirect.rawValue
+        indirect.indirect_op = operation.rawValue
+        indirect.nr_segments = UInt16(segments)
+        indirect.id = id
+        indirect.sector_number = sector
+        indirect.handle = 0
+        indirect.indirect_grefs.0 = page.rawValue
+        withUnsafeMutableBytes(of: &slot) { $0.storeBytes(of: indirect, as: blkif_request_indirect.self) }
+        return slot
     }
 
     // MARK: responses
