@@ -17,11 +17,16 @@ public struct BlockFrontendOptions: Sendable {
     public var poolPages: Int = 512
     /// Use indirect requests when the backend offers them.
     public var indirect: Bool = true
-    public init(queues: Int = 1, ringPageOrder: Int = 0, poolPages: Int = 512, indirect: Bool = true) {
+    /// Announce `feature-persistent`: our grants are shared once and reused. Off, the
+    /// key says "0" (the data path is the same; a mapping backend would not cache them).
+    public var persistent: Bool = true
+    public init(queues: Int = 1, ringPageOrder: Int = 0, poolPages: Int = 512, indirect: Bool = true,
+                persistent: Bool = true) {
         self.queues = queues
         self.ringPageOrder = ringPageOrder
         self.poolPages = poolPages
         self.indirect = indirect
+        self.persistent = persistent
     }
 }
 
@@ -67,6 +72,7 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
             }
             let fe = device.frontendPath
             let rings = made
+            let persistent = options.persistent
             try await store.transaction { tx in
                 for (q, r) in rings.enumerated() {
                     let dir = queues == 1 ? fe : "\(fe)/queue-\(q)"
@@ -81,7 +87,7 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
                 if queues > 1 { try await tx.writeUnsigned(fe, XenbusKey.multiQueueNumQueues, UInt64(queues)) }
                 try await tx.write(fe + "/" + XenbusKey.protocolName, BlkifABI.native.protocolName)
                 // Our grants are shared once and reused for every request.
-                try await tx.writeFeature(fe, XenbusKey.featurePersistent, true)
+                try await tx.writeFeature(fe, XenbusKey.featurePersistent, persistent)
             }
         } catch {
             let sharer = self.sharer

@@ -205,4 +205,19 @@ struct BlockXenbusTests {
         }
         #expect(try await world.teardown().isEmpty)
     }
+
+    /// The same data with persistent grants and indirect requests announced or not.
+    @Test(arguments: [(true, true), (false, false), (true, false), (false, true)])
+    func theSameDataWithPersistentAndIndirectOnOrOff(persistent: Bool, indirect: Bool) async throws {
+        let world = try await XenbusBlockWorld()
+        let driver = try await world.addDisk(id: 51712, options: BlockFrontendOptions(indirect: indirect, persistent: persistent))
+        #expect(await world.connected(driver))
+        #expect(try await world.dom0Store.read(driver.device.frontendPath + "/feature-persistent") == (persistent ? "1" : "0"))
+        #expect(driver.frontend.info?.maxIndirectSegments == (indirect ? 256 : 0))
+        let fe = driver.frontend
+        try await withTimeout(30) {
+            try await shadowWorkout(fe, deviceBytes: XenbusBlockWorld.diskBytes, operations: 6, maxBytes: 512 << 10, tasks: 2)
+        }
+        #expect(try await world.teardown().isEmpty)
+    }
 }
