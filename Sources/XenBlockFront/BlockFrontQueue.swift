@@ -140,9 +140,9 @@ final class BlockFrontQueue: @unchecked Sendable {
     private let stopFD: Int32
     private let wakeFD: Int32
     private let waker: Waker
-    /// How long the thread polls for work before it sleeps: a sleep and a wake-up cost
-    /// more than this on a busy device (0: never spin).
-    static let spinNanoseconds: UInt64 = 0
+    /// How long the thread polls for work before it sleeps (`XENPV_BLOCK_SPIN_US`,
+    /// default 0: never). See ``blockSpinNanoseconds``.
+    static let spinNanoseconds: UInt64 = blockSpinNanoseconds
     private let finished = DispatchSemaphore(value: 0)
     private var started = false
     /// What was in flight when the thread stopped, for re-issue.
@@ -417,3 +417,12 @@ final class BlockFrontQueue: @unchecked Sendable {
         return true
     }
 }
+
+/// The spin before sleeping of the block queue threads, from `XENPV_BLOCK_SPIN_US`
+/// (microseconds; default 0). Spinning saves a wake-up from idle per hop (on a VM, a vCPU
+/// halt and its wake-up), but on a loaded two-core machine it takes the core the peer
+/// thread needs: measured slower there, so it is off unless asked for.
+let blockSpinNanoseconds: UInt64 = {
+    guard let text = getenv("XENPV_BLOCK_SPIN_US"), let us = UInt64(String(cString: text)) else { return 0 }
+    return min(us, 1000) * 1000
+}()
