@@ -50,7 +50,8 @@ final class WorkQueue: Sendable {
         for k in 0..<n {
             let w = s.wakers[(s.next + k) % n]
             // Sequentially consistent: pairs with the thread's store before its last look.
-            if w.sleeping.load(ordering: .sequentiallyConsistent) {
+            // An exchange, so of many appenders only the first rings a sleeping thread.
+            if w.sleeping.exchange(false, ordering: .sequentiallyConsistent) {
                 s.next = (s.next + k + 1) % n
                 return w
             }
