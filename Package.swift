@@ -97,6 +97,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "XenDemoTests", dependencies: ["XenDemo"]),
+        // Runs the built `xenpv` as a user would; depending on it makes `swift test` build it.
+        .testTarget(name: "XenPVCommandTests", dependencies: ["xenpv"]),
         // The netif ring-pair benchmark engine behind `xenpv bench net`.
         .target(
             name: "XenNetBenchmark",

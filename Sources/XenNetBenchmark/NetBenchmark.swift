@@ -109,7 +109,7 @@ public enum NetBenchmark {
         let bePort = try beEvents.bindInterdomain(remote: guest.domainID, remotePort: fePort)
         let txMap = try mapper.map(txRing.refs, from: guest.domainID, writable: true)
         let rxMap = try mapper.map(rxRing.refs, from: guest.domainID, writable: true)
-        var queue = try NetFrontQueue(backend: .dom0, txRing: txRing.memory, rxRing: rxRing.memory, txPages: txPool,
+        let queue = try NetFrontQueue(backend: .dom0, txRing: txRing.memory, rxRing: rxRing.memory, txPages: txPool,
                                       rxPages: rxPool, events: feEvents, txPort: fePort, rxPort: fePort)
         let attachment = CountingAttachment(frameSize: size, source: configuration.direction == .rx)
         let vif = try VifQueue(txRing: txMap.memory, rxRing: rxMap.memory, events: beEvents, mapper: mapper,
