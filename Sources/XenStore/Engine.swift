@@ -111,6 +111,17 @@ public final class XenStoreEngine {
         return outbox
     }
 
+    /// Handles one request for a throw-away connection of `domain` and returns its reply;
+    /// what the request causes for others (watch events) stays in the outbox.
+    public func perform(_ request: XenStoreMessage, as domain: DomainID) -> XenStoreMessage {
+        let id = connect(domain: domain)
+        defer { disconnect(id) }
+        handle(request, from: id)
+        let reply = outbox.first { $0.connection == id }!.message
+        outbox.removeAll { $0.connection == id }
+        return reply
+    }
+
     /// Introduces a domain from inside the process (what `XS_INTRODUCE` does for a toolstack).
     public func introduceDomain(_ domain: DomainID) {
         if introduced.insert(domain).inserted { fireSpecial("@introduceDomain", domain: domain) }
