@@ -15,6 +15,9 @@ let package = Package(
         // XenStore and XenBus (issue 4, branch store)
         .library(name: "XenStore", targets: ["XenStore"]),
         .library(name: "XenBus", targets: ["XenBus"]),
+        // Block (issue 5): protocol and storage engines.
+        .library(name: "XenBlockProtocol", targets: ["XenBlockProtocol"]),
+        .library(name: "XenBlockStorage", targets: ["XenBlockStorage"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -121,7 +124,9 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ]),
-        .target(name: "XenBus", dependencies: ["XenStore", "XenABI"]),
+        .target(
+            name: "XenBus",
+            dependencies: ["XenStore", "XenABI", .product(name: "Logging", package: "swift-log")]),
         .executableTarget(
             name: "XenStoreBench", dependencies: ["XenStore"], path: "Benchmarks/XenStoreBench"),
         .testTarget(
@@ -134,5 +139,32 @@ let package = Package(
             name: "XenBusTests",
             dependencies: ["XenBus", "XenStore", "XenABI", .product(name: "Logging", package: "swift-log")]),
         // ---- end XenStore and XenBus ----
+
+        // ---- Block (issue 5): blkif protocol and storage engines ----
+        // The x86_32-abi ring layouts (packed, as Linux blkback defines them).
+        .target(name: "CBlkifABI", dependencies: ["CXen"]),
+        .target(name: "XenBlockProtocol", dependencies: ["XenABI", "CXen", "CBlkifABI"]),
+        // Test-only C: counts this thread's allocations (interposes malloc) for hot-path tests.
+        .target(name: "CMallocCounter", path: "Tests/CMallocCounter"),
+        // Test-only C: offsetof/sizeof and slots filled through C field names.
+        .target(name: "CBlkifProbe", dependencies: ["CXen", "CBlkifABI"], path: "Tests/CBlkifProbe"),
+        .testTarget(
+            name: "XenBlockProtocolTests",
+            dependencies: ["XenBlockProtocol", "XenABI", "CXen", "CBlkifABI", "CBlkifProbe", "CMallocCounter"]),
+        // Syscall shims for the storage engines (GNU-only calls, ioctls, static inlines).
+        .target(name: "CBlockStorage", dependencies: ["CAIO"]),
+        .target(
+            name: "XenBlockStorage",
+            dependencies: [
+                "CAIO", "CXen", "CBlockStorage",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        .testTarget(
+            name: "XenBlockStorageTests",
+            dependencies: [
+                "XenBlockStorage", "CMallocCounter",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        // ---- end Block ----
     ]
 )

@@ -1,0 +1,119 @@
+// storage-bench: drives LibaioStorage the way a backend queue thread does (submit a
+// batch, reap with io_getevents, resubmit) and prints one JSON object.
+//
+//   storage-bench --image PATH [--rw randread|randwrite|read|write] [--bs BYTES]
+//                 [--queue-depth N] [--seconds S]
+import Foundation
+import Glibc
+import SystemPackage
+import XenBlockStorage
+
+func runBenchmark() throws {
+    var arguments = [String: String]()
+    var it = CommandLine.arguments.dropFirst().makeIterator()
+    while let key = it.next() {
+        guard key.hasPrefix("--"), let value = it.next() else { fatalError("usage: --image PATH --rw MODE --bs N --queue-depth N --seconds S") }
+        arguments[String(key.dropFirst(2))] = value
+    }
+    guard let image = arguments["image"] else { fatalError("--image PATH is required") }
+    let mode = arguments["rw"] ?? "randread"
+    let blockSize = Int(arguments["bs"] ?? "4096")!
+    let depth = Int(arguments["queue-depth"] ?? "32")!
+    let seconds = Double(arguments["seconds"] ?? "5")!
+    let isWrite = mode.hasSuffix("write")
+    let isRandom = mode.hasPrefix("rand")
+
+    let engine: LibaioStorage
+    do {
+        engine = try LibaioStorage(path: FilePath(image), directIO: .required, queueDepth: depth)
+    } catch {
+        fatalError("\(error)")
+    }
+    let blocks = Int(engine.byteCount) / blockSize
+    precondition(blocks > depth, "image too small")
+
+    let memory = UnsafeMutableRawPointer.allocate(byteCount: depth * blockSize, alignment: 4096)
+    memset(memory, 0x5A, depth * blockSize)
+    let iovecs = UnsafeMutablePointer<iovec>.allocate(capacity: depth)
+    var ops = [StorageOperation](repeating: .flush(tag: 0), count: depth)
+    var completions = [StorageCompletion](repeating: .empty, count: depth)
+    var started = [UInt64](repeating: 0, count: depth)
+    let maxSamples = 1 << 24
+    var latencies = [UInt32]()
+    latencies.reserveCapacity(maxSamples)
+    var rng = SystemRandomNumberGenerator()
+    var sequential = 0
+
+    func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    func makeOp(_ slot: Int, into index: Int) {
+        let block: Int
+        if isRandom {
+            block = Int.random(in: 0..<blocks, using: &rng)
+        } else {
+            block = sequential
+            sequential = (sequential + 1) % blocks
+        }
+        // The engine may advance the iovec after a short transfer: rebuild it every time.
+        iovecs[slot] = iovec(iov_base: memory + slot * blockSize, iov_len: blockSize)
+        let buffers = UnsafeMutableBufferPointer(start: iovecs + slot, count: 1)
+        ops[index] = isWrite
+            ? .write(tag: UInt64(slot), offset: UInt64(block * blockSize), buffers: buffers)
+            : .read(tag: UInt64(slot), offset: UInt64(block * blockSize), buffers: buffers)
+        started[slot] = now()
+    }
+
+    for slot in 0..<depth { makeOp(slot, into: slot) }
+    var pending = depth
+    let begin = now()
+    let end = begin + UInt64(seconds * 1e9)
+    var done = 0
+    var failures = 0
+    var submitted = try ops.withUnsafeBufferPointer { try engine.submit($0) }
+    precondition(submitted == depth)
+
+    var stop = false
+    while !stop || pending > 0 {
+        let n = try completions.withUnsafeMutableBufferPointer { try engine.reap(into: $0, timeout: .seconds(1)) }
+        let t = now()
+        var refill = 0
+        for i in 0..<n {
+            let slot = Int(completions[i].tag)
+            if !completions[i].succeeded { failures += 1 }
+            if latencies.count < maxSamples { latencies.append(UInt32(min(t - started[slot], UInt64(UInt32.max)))) }
+            done += 1
+            pending -= 1
+            if !stop {
+                makeOp(slot, into: refill)
+                refill += 1
+            }
+        }
+        if refill > 0 {
+            let accepted = try ops.withUnsafeBufferPointer { try engine.submit(UnsafeBufferPointer(rebasing: $0[0..<refill])) }
+            precondition(accepted == refill)
+            pending += refill
+        }
+        if t >= end { stop = true }
+    }
+    let elapsed = Double(now() - begin) / 1e9
+    engine.close()
+
+    latencies.sort()
+    func percentile(_ p: Double) -> Double {
+        latencies.isEmpty ? 0 : Double(latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))]) / 1000
+    }
+    let iops = Double(done) / elapsed
+    let mib = iops * Double(blockSize) / 1_048_576
+    print("""
+    {"engine": "LibaioStorage", "rw": "\(mode)", "bs": \(blockSize), "queue_depth": \(depth), "seconds": \(String(format: "%.2f", elapsed)), \
+    "ops": \(done), "errors": \(failures), "iops": \(Int(iops)), "mib_per_second": \(String(format: "%.1f", mib)), \
+    "p50_us": \(String(format: "%.1f", percentile(0.5))), "p99_us": \(String(format: "%.1f", percentile(0.99)))}
+    """)
+
+}
+
+try runBenchmark()

@@ -1,0 +1,52 @@
+#define _GNU_SOURCE
+#include "CBlockStorage.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+
+void cbs_io_set_eventfd(struct iocb *iocb, int eventfd) { io_set_eventfd(iocb, eventfd); }
+
+void cbs_io_prep_preadv(struct iocb *iocb, int fd, const struct iovec *iov, int iovcnt, int64_t offset) {
+    io_prep_preadv(iocb, fd, iov, iovcnt, (long long)offset);
+}
+
+void cbs_io_prep_pwritev(struct iocb *iocb, int fd, const struct iovec *iov, int iovcnt, int64_t offset) {
+    io_prep_pwritev(iocb, fd, iov, iovcnt, (long long)offset);
+}
+
+int cbs_punch_hole(int fd, int64_t offset, int64_t length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length) == 0 ? 0 : errno;
+}
+
+int cbs_block_device_bytes(int fd, uint64_t *bytes) {
+    return ioctl(fd, BLKGETSIZE64, bytes) == 0 ? 0 : errno;
+}
+
+int cbs_block_device_logical_block_size(int fd, uint32_t *size) {
+    int s = 0;
+    if (ioctl(fd, BLKSSZGET, &s) != 0) return errno;
+    *size = (uint32_t)s;
+    return 0;
+}
+
+#ifndef STATX_DIOALIGN
+#define STATX_DIOALIGN 0x00002000U
+#endif
+
+int cbs_dio_alignment(int fd, uint32_t *mem_align, uint32_t *offset_align) {
+    struct statx st;
+    memset(&st, 0, sizeof st);
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &st) != 0) return errno;
+    if (!(st.stx_mask & STATX_DIOALIGN) || st.stx_dio_offset_align == 0) return EOPNOTSUPP;
+    *mem_align = st.stx_dio_mem_align;
+    *offset_align = st.stx_dio_offset_align;
+    return 0;
+}
+
+int cbs_fdatasync(int fd) { return fdatasync(fd) == 0 ? 0 : errno; }

@@ -1,0 +1,388 @@
+import CAIO
+import CBlockStorage
+import CXen
+import Glibc
+import SystemPackage
+
+/// A storage engine on Linux native AIO (libaio) over an image file or a block device.
+///
+/// - Reads and writes are `IO_CMD_PREADV`/`IO_CMD_PWRITEV` iocbs from a pool sized to the
+///   queue depth, submitted in one `io_submit` per batch, completed through `io_getevents`;
+///   each iocb signals ``completionDescriptor`` (`IOCB_FLAG_RESFD`).
+/// - `O_DIRECT` when the file system accepts it (``ioMode``); then every buffer address,
+///   buffer length and offset must be a multiple of ``alignment`` (the file system's
+///   `STATX_DIOALIGN`, or the block device's logical block size, else 512) and
+///   misaligned operations fail with ``StorageError/Code-swift.enum/misaligned``.
+/// - Flush is `fdatasync` and discard `fallocate(PUNCH_HOLE|KEEP_SIZE)`, both done
+///   synchronously in `submit` (native AIO has no usable fsync on most file systems);
+///   their completions still come back through ``reap(into:timeout:)``. A flush covers
+///   the writes completed before it was submitted, as blkif's flush does.
+/// - A short transfer is resubmitted for the remainder; an `io_submit` that returns
+///   `EAGAIN` keeps the rest queued and retries on the next submit or reap.
+public final class LibaioStorage: StorageEngine, @unchecked Sendable {
+    // @unchecked: confined. One queue thread drives it at a time (StorageEngine's rule);
+    // it may be handed to that thread.
+
+    /// Whether to open with `O_DIRECT`.
+    public enum DirectIO: Sendable {
+        /// `O_DIRECT`, or buffered if the file system refuses it with `EINVAL` (tmpfs before Linux 6.6).
+        case preferred
+        /// `O_DIRECT` or fail.
+        case required
+        /// Buffered I/O through the page cache.
+        case never
+    }
+
+    /// How the file ended up open.
+    public enum IOMode: Sendable { case direct, buffered }
+
+    public let byteCount: UInt64
+    public let isReadOnly: Bool
+    public let alignment: Int
+    public let queueDepth: Int
+    public private(set) var outstanding = 0
+    /// `.direct` when opened with `O_DIRECT`, `.buffered` otherwise (asked for, or fallen back to).
+    public let ioMode: IOMode
+    public let path: FilePath
+    public var completionDescriptor: FileDescriptor { signal.descriptor }
+
+    private let fd: FileDescriptor
+    private var context: io_context_t?
+    private let signal: CompletionSignal
+    private var ready: CompletionQueue
+    // The iocb pool and per-iocb bookkeeping, allocated once for the queue depth.
+    private let iocbs: UnsafeMutablePointer<iocb>
+    private let slots: UnsafeMutablePointer<Slot>
+    private let freeList: UnsafeMutablePointer<Int32>
+    private var freeCount: Int
+    private let pending: UnsafeMutablePointer<UnsafeMutablePointer<iocb>?>
+    private var pendingCount = 0
+    private let events: UnsafeMutablePointer<io_event>
+    private var inKernel = 0
+    private var closed = false
+
+    /// The `io_submit` funnel: tests replace it to play EAGAIN, partial acceptance or a
+    /// refused iocb, which a healthy kernel rarely shows. Returns what io_submit returns.
+    typealias IOSubmit = (io_context_t, Int, UnsafeMutablePointer<UnsafeMutablePointer<iocb>?>) -> Int32
+    var ioSubmit: IOSubmit = { ctx, n, cbs in io_submit(ctx, n, cbs) }
+
+    private struct Slot {
+        var tag: UInt64 = 0
+        var isWrite = false
+        var offset: UInt64 = 0
+        var buffers: UnsafeMutablePointer<iovec>? = nil
+        var bufferCount = 0
+        var total = 0
+        var done = 0
+    }
+
+    /// Opens `path` (an image file or a block device) and sets up an AIO context for
+    /// `queueDepth` outstanding operations.
+    public convenience init(path: FilePath, readOnly: Bool = false, directIO: DirectIO = .preferred, queueDepth: Int = 64) throws(StorageError) {
+        try self.init(path: path, readOnly: readOnly, directIO: directIO, queueDepth: queueDepth,
+                      open: Self.systemOpen)
+    }
+
+    private static func systemOpen(_ path: FilePath, _ request: OpenRequest) throws(Errno) -> FileDescriptor {
+        do {
+            return try FileDescriptor.open(path, request.mode, options: request.options)
+        } catch let e as Errno {
+            throw e
+        } catch {
+            throw Errno.ioError  // FileDescriptor.open throws only Errno
+        }
+    }
+
+    /// The open funnel, so a test can make `O_DIRECT` fail as tmpfs once did.
+    struct OpenRequest {
+        var mode: FileDescriptor.AccessMode
+        var options: FileDescriptor.OpenOptions
+        var direct: Bool
+    }
+
+    init(path: FilePath, readOnly: Bool, directIO: DirectIO, queueDepth: Int,
+         open: (FilePath, OpenRequest) throws(Errno) -> FileDescriptor) throws(StorageError) {
+        precondition(queueDepth >= 1 && queueDepth <= 65536, "queue depth 1...65536")
+        let mode: FileDescriptor.AccessMode = readOnly ? .readOnly : .readWrite
+        let direct = FileDescriptor.OpenOptions(rawValue: cxen_o_direct())
+        var opened: FileDescriptor
+        var ioMode = IOMode.buffered
+        do throws(Errno) {
+            if directIO == .never {
+                opened = try open(path, OpenRequest(mode: mode, options: [.closeOnExec], direct: false))
+            } else {
+                do throws(Errno) {
+                    opened = try open(path, OpenRequest(mode: mode, options: [.closeOnExec, direct], direct: true))
+                    ioMode = .direct
+                } catch .invalidArgument where directIO == .preferred {
+                    opened = try open(path, OpenRequest(mode: mode, options: [.closeOnExec], direct: false))
+                }
+            }
+        } catch {
+            throw StorageError(.io(error), "open \(path)\(directIO == .required ? " with O_DIRECT" : "")")
+        }
+        fd = opened
+        self.path = path
+        self.ioMode = ioMode
+        self.isReadOnly = readOnly
+        self.queueDepth = queueDepth
+
+        do throws(StorageError) {
+            var st = stat()
+            guard fstat(opened.rawValue, &st) == 0 else {
+                throw StorageError(.io(Errno(rawValue: errno)), "fstat \(path)")
+            }
+            let isBlockDevice = st.st_mode & S_IFMT == S_IFBLK
+            var size: UInt64 = 0
+            if isBlockDevice {
+                let e = cbs_block_device_bytes(opened.rawValue, &size)
+                guard e == 0 else { throw StorageError(.io(Errno(rawValue: e)), "BLKGETSIZE64 \(path)") }
+            } else {
+                size = UInt64(st.st_size)
+            }
+            byteCount = size
+            alignment = ioMode == .direct ? Self.directAlignment(opened, isBlockDevice: isBlockDevice) : 1
+            signal = try CompletionSignal()
+        } catch {
+            try? opened.close()
+            throw error
+        }
+
+        ready = CompletionQueue(capacity: queueDepth)
+        iocbs = .allocate(capacity: queueDepth)
+        iocbs.initialize(repeating: iocb(), count: queueDepth)
+        slots = .allocate(capacity: queueDepth)
+        slots.initialize(repeating: Slot(), count: queueDepth)
+        freeList = .allocate(capacity: queueDepth)
+        for i in 0..<queueDepth { freeList[i] = Int32(queueDepth - 1 - i) }
+        freeCount = queueDepth
+        pending = .allocate(capacity: queueDepth)
+        pending.initialize(repeating: nil, count: queueDepth)
+        events = .allocate(capacity: queueDepth)
+        events.initialize(repeating: io_event(), count: queueDepth)
+
+        var ctx: io_context_t? = nil
+        let r = io_setup(Int32(queueDepth), &ctx)
+        guard r == 0 else {
+            let e = Errno(rawValue: -r)
+            close()
+            throw StorageError(.io(e), "io_setup(\(queueDepth)) (see /proc/sys/fs/aio-max-nr)")
+        }
+        context = ctx
+    }
+
+    /// The `O_DIRECT` alignment: what the kernel reports for the file (`STATX_DIOALIGN`),
+    /// the device's logical block size, or 512.
+    private static func directAlignment(_ fd: FileDescriptor, isBlockDevice: Bool) -> Int {
+        if isBlockDevice {
+            var size: UInt32 = 0
+            if cbs_block_device_logical_block_size(fd.rawValue, &size) == 0 && size > 0 { return Int(size) }
+            return 512
+        }
+        var mem: UInt32 = 0, off: UInt32 = 0
+        if cbs_dio_alignment(fd.rawValue, &mem, &off) == 0 { return Int(max(mem, off, 1)) }
+        return 512
+    }
+
+    deinit {
+        close()
+        iocbs.deallocate()
+        slots.deallocate()
+        freeList.deallocate()
+        pending.deallocate()
+        events.deallocate()
+    }
+
+    // MARK: submit
+
+    public func submit(_ operations: UnsafeBufferPointer<StorageOperation>) throws(StorageError) -> Int {
+        guard !closed, context != nil else { throw StorageError(.closed, "libaio storage \(path) is closed") }
+        let accepted = min(operations.count, queueDepth - outstanding)
+        for i in 0..<accepted {
+            let op = operations[i]  // an index loop: generic slice iteration allocates in debug builds
+            if let refusal = StorageChecks.refusal(op, byteCount: byteCount, readOnly: isReadOnly, alignment: alignment) {
+                ready.push(StorageCompletion(tag: op.tag, outcome: .failure(refusal)))
+                continue
+            }
+            switch op.kind {
+            case .flush:
+                let e = cbs_fdatasync(fd.rawValue)
+                ready.push(StorageCompletion(tag: op.tag, outcome: e == 0 ? .success(bytes: 0)
+                    : .failure(StorageError(.io(Errno(rawValue: e)), "fdatasync \(path)"))))
+            case .discard:
+                ready.push(StorageCompletion(tag: op.tag, outcome: discard(op)))
+            case .read, .write:
+                // Never empty: outstanding <= queueDepth and each aio op holds one iocb.
+                freeCount -= 1
+                let index = Int(freeList[freeCount])
+                slots[index] = Slot(tag: op.tag, isWrite: op.kind == .write, offset: op.offset,
+                                    buffers: op.buffers, bufferCount: op.bufferCount,
+                                    total: Int(op.transferLength), done: 0)
+                prepare(index)
+            }
+        }
+        outstanding += accepted
+        submitPending()
+        // Completions made here (refusals, flush, discard, an iocb io_submit refused) have
+        // no kernel event behind them: make the descriptor readable for them ourselves.
+        if !ready.isEmpty || pendingCount > 0 { signal.signal() }
+        return accepted
+    }
+
+    private func discard(_ op: StorageOperation) -> StorageCompletion.Outcome {
+        if op.length == 0 { return .success(bytes: 0) }
+        let e = cbs_punch_hole(fd.rawValue, Int64(op.offset), Int64(op.length))
+        switch e {
+        case 0: return .success(bytes: 0)
+        case EOPNOTSUPP: return .failure(StorageError(.notSupported, "punch-hole is not supported on \(path)"))
+        default: return .failure(StorageError(.io(Errno(rawValue: e)), "fallocate(PUNCH_HOLE) on \(path)"))
+        }
+    }
+
+    /// Fills iocb `index` from its slot (first submission or the remainder of a short one).
+    private func prepare(_ index: Int) {
+        let s = slots[index]
+        let cb = iocbs + index
+        let offset = Int64(s.offset) + Int64(s.done)
+        if s.isWrite {
+            cbs_io_prep_pwritev(cb, fd.rawValue, s.buffers, Int32(s.bufferCount), offset)
+        } else {
+            cbs_io_prep_preadv(cb, fd.rawValue, s.buffers, Int32(s.bufferCount), offset)
+        }
+        cbs_io_set_eventfd(cb, signal.descriptor.rawValue)
+        cb.pointee.data = UnsafeMutableRawPointer(bitPattern: index + 1)
+        pending[pendingCount] = cb
+        pendingCount += 1
+    }
+
+    /// Hands queued iocbs to the kernel. EAGAIN keeps the rest for later; an iocb the
+    /// kernel refuses outright fails alone.
+    private func submitPending() {
+        guard let context else { return }
+        var start = 0
+        while start < pendingCount {
+            let r = ioSubmit(context, pendingCount - start, pending + start)
+            if r > 0 {
+                start += Int(r)
+                inKernel += Int(r)
+            } else if r == -EAGAIN || r == -EINTR || r == 0 {
+                break
+            } else {
+                let index = Self.slotIndex(pending[start]!.pointee.data)
+                complete(index, .failure(StorageError(.io(Errno(rawValue: Int32(-r))), "io_submit on \(path)")))
+                start += 1
+            }
+        }
+        if start > 0 {
+            let left = pendingCount - start
+            if left > 0 { (pending).update(from: pending + start, count: left) }
+            pendingCount = left
+        }
+    }
+
+    private static func slotIndex(_ data: UnsafeMutableRawPointer?) -> Int {
+        Int(bitPattern: data) - 1
+    }
+
+    private func complete(_ index: Int, _ outcome: StorageCompletion.Outcome) {
+        ready.push(StorageCompletion(tag: slots[index].tag, outcome: outcome))
+        slots[index] = Slot()
+        freeList[freeCount] = Int32(index)
+        freeCount += 1
+    }
+
+    // MARK: reap
+
+    public func reap(into completions: UnsafeMutableBufferPointer<StorageCompletion>, timeout: Duration) throws(StorageError) -> Int {
+        guard !closed, let context else { throw StorageError(.closed, "libaio storage \(path) is closed") }
+        signal.drain()
+        submitPending()
+        collect(context, wait: ready.isEmpty ? timeout : .zero, limit: completions.count)
+        let n = ready.drain(into: completions, from: 0)
+        outstanding -= n
+        // Left-overs (the caller's array was full, or EAGAIN): make the descriptor readable again.
+        if !ready.isEmpty || pendingCount > 0 { signal.signal() }
+        return n
+    }
+
+    /// Moves kernel completions into `ready`, resubmitting the remainder of short transfers.
+    private func collect(_ context: io_context_t, wait: Duration, limit: Int) {
+        guard inKernel > 0 else { return }
+        var ts = timespec()
+        let ns = wait.clampedNanoseconds
+        ts.tv_sec = Int(ns / 1_000_000_000)
+        ts.tv_nsec = Int(ns % 1_000_000_000)
+        let room = max(1, min(limit - ready.count, inKernel))
+        let minimum = wait > .zero ? 1 : 0
+        let r = io_getevents(context, minimum, room, events, &ts)
+        guard r > 0 else { return }  // 0: nothing yet; -EINTR: the caller polls again
+        inKernel -= Int(r)
+        var resubmit = false
+        for i in 0..<Int(r) {
+            let event = events[i]
+            let index = Self.slotIndex(event.data)
+            let result = Int(bitPattern: UInt(event.res))
+            if result < 0 {
+                let s = slots[index]
+                complete(index, .failure(StorageError(.io(Errno(rawValue: Int32(-result))),
+                    "\(s.isWrite ? "pwritev" : "preadv") of \(s.total) bytes at \(s.offset) on \(path)")))
+                continue
+            }
+            slots[index].done += result
+            let s = slots[index]
+            if s.done >= s.total {
+                complete(index, .success(bytes: s.total))
+            } else if result == 0 {
+                complete(index, .failure(StorageError(.io(.ioError),
+                    "\(s.isWrite ? "pwritev" : "preadv") stopped at \(s.done) of \(s.total) bytes at \(s.offset) on \(path)")))
+            } else {
+                advance(index, by: result)
+                prepare(index)
+                resubmit = true
+            }
+        }
+        if resubmit { submitPending() }
+    }
+
+    /// Drops the first `count` bytes of slot `index`'s buffers, rewriting the caller's
+    /// iovec array in place (StorageOperation's contract allows it).
+    private func advance(_ index: Int, by count: Int) {
+        var left = count
+        var iov = slots[index].buffers!
+        var n = slots[index].bufferCount
+        while left > 0 && n > 0 {
+            if iov.pointee.iov_len <= left {
+                left -= iov.pointee.iov_len
+                iov += 1
+                n -= 1
+            } else {
+                iov.pointee.iov_base = iov.pointee.iov_base! + left
+                iov.pointee.iov_len -= left
+                left = 0
+            }
+        }
+        slots[index].buffers = iov
+        slots[index].bufferCount = n
+    }
+
+    // MARK: close
+
+    /// Waits (up to a few seconds) for operations the kernel still holds, so it never
+    /// writes into buffers after the caller freed them, then tears down.
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        if let context {
+            var waited = 0
+            while inKernel > 0 && waited < 50 {
+                var ts = timespec(tv_sec: 0, tv_nsec: 100_000_000)
+                let r = io_getevents(context, 1, min(inKernel, queueDepth), events, &ts)
+                if r > 0 { inKernel -= Int(r) } else { waited += 1 }
+            }
+            _ = io_destroy(context)
+            self.context = nil
+        }
+        signal.close()
+        try? fd.close()
+    }
+}

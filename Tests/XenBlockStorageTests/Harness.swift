@@ -1,0 +1,116 @@
+import Foundation
+import Glibc
+import SystemPackage
+import Testing
+@testable import XenBlockStorage
+
+/// Page-aligned scratch memory with the iovec arrays pointing into it.
+final class Buffers {
+    let bytes: UnsafeMutableRawBufferPointer
+    let iovecs: UnsafeMutableBufferPointer<iovec>
+
+    init(byteCount: Int, iovecCount: Int = 64) {
+        bytes = .allocate(byteCount: byteCount, alignment: 4096)
+        bytes.initializeMemory(as: UInt8.self, repeating: 0)
+        iovecs = .allocate(capacity: iovecCount)
+        iovecs.initialize(repeating: iovec())
+    }
+
+    deinit {
+        bytes.deallocate()
+        iovecs.deallocate()
+    }
+
+    /// iovecs[first..<first+pieces.count] over consecutive pieces of `bytes` from `at`.
+    func vector(first: Int, at: Int, pieces: [Int]) -> UnsafeMutableBufferPointer<iovec> {
+        var position = at
+        for (i, length) in pieces.enumerated() {
+            iovecs[first + i] = iovec(iov_base: bytes.baseAddress! + position, iov_len: length)
+            position += length
+        }
+        return UnsafeMutableBufferPointer(rebasing: iovecs[first..<first + pieces.count])
+    }
+}
+
+/// Drives an engine the way a queue thread does, with every wait bounded.
+struct Driver {
+    let engine: any StorageEngine
+    var completions = [StorageCompletion](repeating: .empty, count: 128)
+
+    init(_ engine: any StorageEngine) { self.engine = engine }
+
+    /// Submits everything (reaping when the queue is full) and returns every completion by tag.
+    mutating func run(_ ops: [StorageOperation], deadline: Duration = .seconds(20)) throws -> [UInt64: StorageCompletion] {
+        var results: [UInt64: StorageCompletion] = [:]
+        var next = 0
+        let clock = ContinuousClock()
+        let end = clock.now + deadline
+        while results.count < ops.count {
+            if next < ops.count {
+                next += try ops[next...].withUnsafeBufferPointer { try engine.submit($0) }
+            }
+            guard clock.now < end else {
+                Issue.record("engine did not finish \(ops.count) operations in \(deadline): \(results.count) done")
+                return results
+            }
+            // Sleep in poll on the completion descriptor, as the queue thread will.
+            if Driver.waitReadable(engine.completionDescriptor, milliseconds: 1000) == false { continue }
+            let n = try completions.withUnsafeMutableBufferPointer { try engine.reap(into: $0, timeout: .zero) }
+            for c in completions.prefix(n) {
+                #expect(results[c.tag] == nil, "tag \(c.tag) completed twice")
+                results[c.tag] = c
+            }
+        }
+        #expect(engine.outstanding == 0)
+        return results
+    }
+
+    static func waitReadable(_ fd: FileDescriptor, milliseconds: Int32) -> Bool {
+        var p = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, milliseconds) > 0
+    }
+}
+
+/// A seeded generator so a failing run can be replayed.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// A file in a fresh temporary directory, removed at deinit.
+final class TempImage {
+    let directory: String
+    let path: FilePath
+
+    init(bytes: Int, fill: UInt8? = nil) throws {
+        directory = NSTemporaryDirectory() + "xenpv-block-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        path = FilePath(directory + "/disk.img")
+        let fd = try FileDescriptor.open(path, .readWrite, options: [.create, .truncate], permissions: [.ownerReadWrite])
+        defer { try? fd.close() }
+        if let fill {
+            let chunk = [UInt8](repeating: fill, count: bytes)
+            _ = try chunk.withUnsafeBytes { try fd.writeAll(toAbsoluteOffset: 0, $0) }
+        } else {
+            guard ftruncate(fd.rawValue, off_t(bytes)) == 0 else { throw Errno(rawValue: errno) }
+        }
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: directory) }
+
+    func contents() throws -> [UInt8] {
+        [UInt8](try Data(contentsOf: URL(fileURLWithPath: path.string)))
+    }
+
+    /// 512-byte blocks the file system has allocated (st_blocks).
+    func allocatedBlocks() -> Int {
+        var st = stat()
+        return stat(path.string, &st) == 0 ? Int(st.st_blocks) : -1
+    }
+}

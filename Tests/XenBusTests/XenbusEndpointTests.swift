@@ -1,0 +1,99 @@
+import Foundation
+import Logging
+import Synchronization
+import Testing
+import XenABI
+@testable import XenBus
+@testable import XenStore
+
+/// Records what the handshake asked of it; can be told to fail a hook.
+final class RecordingDriver: XenbusDeviceDriver {
+    let calls = Mutex<[String]>([])
+    let failConnect: Bool
+    init(failConnect: Bool = false) { self.failConnect = failConnect }
+    func prepare() async throws { calls.withLock { $0.append("prepare") } }
+    func connect() async throws {
+        calls.withLock { $0.append("connect") }
+        if failConnect { throw XenStoreError(.invalid, "bad ring-ref") }
+    }
+    func disconnect() async { calls.withLock { $0.append("disconnect") } }
+    var log: [String] { calls.withLock { $0 } }
+}
+
+/// Both ends of a device on one store, each through its own connection as its domain.
+struct EndpointPair {
+    let server: XenStoreServer
+    let socketPath: String
+    let device = XenbusDevice(type: "vif", id: 0, frontend: DomainID(1))
+    let frontend: XenbusEndpoint
+    let backend: XenbusEndpoint
+
+    init(frontendDriver: RecordingDriver, backendDriver: RecordingDriver) async throws {
+        let base = "/tmp/xb-\(UUID().uuidString.prefix(8))"
+        socketPath = base + ".sock"
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        server = XenStoreServer(socketPath: base + ".sock", extraSockets: [(base + "-d1.sock", DomainID(1))], logger: logger)
+        try server.start()
+        let dom0 = try XenStoreClient(socketPath: base + ".sock")
+        try await XenbusToolstack.createDomainHome(DomainID(1), on: dom0)
+        try await XenbusToolstack.create(device, on: dom0)
+        let guest = try XenStoreClient(socketPath: base + "-d1.sock")
+        frontend = XenbusEndpoint(role: .frontend, store: guest, path: device.frontendPath, peerPath: device.backendPath,
+                                  driver: frontendDriver, logger: logger)
+        backend = XenbusEndpoint(role: .backend, store: dom0, path: device.backendPath, peerPath: device.frontendPath,
+                                 driver: backendDriver, logger: logger)
+    }
+}
+
+/// Polls `body` every 10 ms for at most `seconds`.
+func eventually(_ seconds: Double = 10, _ body: () -> Bool) async -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if body() { return true }
+        try? await Task.sleep(nanoseconds: 10_000_000)
+    }
+    return false
+}
+
+struct XenbusEndpointTests {
+    @Test func bothSidesConnectThenCloseOnUnplug() async throws {
+        let fe = RecordingDriver(), be = RecordingDriver()
+        let pair = try await EndpointPair(frontendDriver: fe, backendDriver: be)
+        let feRun = Task { try await pair.frontend.run() }
+        let beRun = Task { try await pair.backend.run() }
+        #expect(await eventually { pair.frontend.state == .connected && pair.backend.state == .connected })
+        #expect(fe.log == ["prepare", "connect"])
+        #expect(be.log == ["prepare", "connect"])
+
+        // The backend is unplugged: it closes for good; the frontend releases
+        // its resources and offers a new session to a future backend.
+        pair.backend.requestClose()
+        let settled = await eventually { pair.frontend.state == .initialising && pair.backend.state == .closed }
+        #expect(settled, "frontend \(pair.frontend.state) backend \(pair.backend.state)")
+        try await beRun.value
+        #expect(be.log == ["prepare", "connect", "disconnect"])
+        #expect(fe.log == ["prepare", "connect", "disconnect"])
+        pair.frontend.requestClose()
+        try await feRun.value
+        #expect(pair.frontend.state == .closed)
+        pair.server.stop()
+    }
+
+    @Test func aFailingHookClosesThatDeviceWithItsReason() async throws {
+        let fe = RecordingDriver(), be = RecordingDriver(failConnect: true)
+        let pair = try await EndpointPair(frontendDriver: fe, backendDriver: be)
+        let feRun = Task { try await pair.frontend.run() }
+        let beRun = Task { try await pair.backend.run() }
+        let settled = await eventually { pair.backend.state == .closed && pair.frontend.state == .initialising }
+        #expect(settled, "frontend \(pair.frontend.state) backend \(pair.backend.state)")
+        try await beRun.value
+        let dom0 = try XenStoreClient(socketPath: pair.socketPath)
+        let error = try await dom0.readIfPresent(pair.device.backendPath + "/error")
+        #expect(error?.contains("connect: ") == true)
+        #expect(!fe.log.contains("connect"))
+        pair.frontend.requestClose()
+        try await feRun.value
+        pair.server.stop()
+    }
+}
