@@ -182,11 +182,10 @@ public final class XenStoreEngine {
             let node = try readable(path, conn, tx)
             return node.value
         case .write:
-            let (parts, tail) = m.nulSeparatedParts()
-            guard let first = parts.first else { throw XenStoreError(.invalid, "WRITE without a path") }
+            guard let nul = m.payload.firstIndex(of: 0) else { throw XenStoreError(.invalid, "WRITE without a path") }
+            let first = m.payload[..<nul]
             // The value is everything after the path's NUL, NULs included.
-            let value = Array(m.payload[(first.count + 1)...])
-            _ = tail
+            let value = Array(m.payload[(nul + 1)...])
             let path = try resolve(String(decoding: first, as: UTF8.self), conn)
             try write(path, value: value, conn, tx, createOnly: false)
             return Self.ok

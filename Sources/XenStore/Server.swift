@@ -37,6 +37,8 @@ public final class XenStoreServer: @unchecked Sendable {
     private var wakeWrite: Int32 = -1
     private var listeners: [(fd: Int32, domain: DomainID, path: String)] = []
     private var connections: [Int32: SocketConnection] = [:]
+    /// The most replies ever queued for one connection (bounded by `outstandingRequests`).
+    private var peakQueuedReplies = 0
 
     /// A served connection: a socket, or a guest's shared page and event channel.
     private final class SocketConnection {
@@ -163,6 +165,12 @@ public final class XenStoreServer: @unchecked Sendable {
         wake()
         done.wait()
         return box.withLock { $0 }
+    }
+
+    /// The most replies ever queued for one connection, read on the loop thread.
+    func peakQueuedReplyCount() -> Int? {
+        nonisolated(unsafe) let me = self
+        return withEngine { _ in me.peakQueuedReplies }
     }
 
     private func wake() {
@@ -376,6 +384,7 @@ public final class XenStoreServer: @unchecked Sendable {
                 c.queuedEvents += 1
             } else {
                 c.queuedReplies += 1
+                peakQueuedReplies = max(peakQueuedReplies, c.queuedReplies)
             }
             c.output.append((o.message.encoded(), o.isWatchEvent))
             if touched.last !== c { touched.append(c) }
