@@ -205,8 +205,11 @@ public final class XenStoreServer: @unchecked Sendable {
                 if !c.output.isEmpty { ev |= Int16(POLLOUT) }
                 pollfds.append(pollfd(fd: fd, events: ev, revents: 0))
             }
-            for c in ringByPort.values where c.queuedReplies < quotas.outstandingRequests && c.decoder.bytesWanted == 0 {
-                hasWork = true
+            // A ring may hold bytes no event announced (queued before we attached, or while
+            // we were throttling it).
+            for c in Array(ringByPort.values) where c.queuedReplies < quotas.outstandingRequests {
+                if case .ring(let ring, _, _) = c.transport, ring.readable > 0 { readRing(c) }
+                if isLive(c) && c.decoder.bytesWanted == 0 && c.queuedReplies < quotas.outstandingRequests { hasWork = true }
             }
             let n = poll(&pollfds, nfds_t(pollfds.count), hasWork ? 0 : -1)
             if n < 0 && errno != EINTR {
@@ -302,8 +305,8 @@ public final class XenStoreServer: @unchecked Sendable {
         ringByPort[port] = c
         ringByDomain[domain] = c
         logger.info("\(id) ring attached for \(domain)", metadata: ["port": "\(port)"])
-        // The guest may have queued requests before we attached.
-        readRing(c)
+        // Requests the guest queued before we attached are read by the loop (not here: we are
+        // inside the engine, handling the introduce).
     }
 
     /// Drains every pending port: reads requests, writes queued replies.

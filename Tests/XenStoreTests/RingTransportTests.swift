@@ -197,6 +197,21 @@ struct RingTransportTests {
         #expect(try await dom0.read("/still") == "fine")
     }
 
+    @Test func requestsQueuedBeforeTheIntroduceAreServed() async throws {
+        let w = try World()
+        let dom0 = try XenStoreClient(socketPath: w.path)
+        try await dom0.write("/local/domain/\(w.guest.domainID.rawValue)/early", "bird")
+        try await dom0.setPermissions(
+            "/local/domain/\(w.guest.domainID.rawValue)/early", XenStorePermissions(owner: w.guest.domainID))
+        let transport = try XenStoreRingTransport(hypervisor: w.guest)
+        let g = XenStoreClient(transport: transport)
+        let early = Task { try await g.read("early") }
+        usleep(50_000)  // the request sits in the ring; its notify went nowhere
+        try w.server.introduceDomain(w.guest.domainID, ringRef: transport.ringRef, eventPort: transport.port)
+        #expect(try await withTimeout(5) { try await early.value } == "bird")
+        g.close()
+    }
+
     @Test func aGuestThatSendsHalfAMessageStallsNobody() async throws {
         let w = try World()
         let dom0 = try XenStoreClient(socketPath: w.path)
