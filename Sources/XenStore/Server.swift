@@ -3,7 +3,6 @@ import DequeModule
 import Dispatch
 import Foundation
 import Logging
-import Synchronization
 import XenABI
 import XenHypervisor
 
@@ -31,7 +30,7 @@ public final class XenStoreServer: @unchecked Sendable {
         var tasks: [@Sendable (XenStoreEngine) -> Void] = []
         var running = false
     }
-    private let control = Mutex(Control())
+    private let control = Locked(Control())
     private let finished = DispatchSemaphore(value: 0)
     private var wakeRead: Int32 = -1
     private var wakeWrite: Int32 = -1
@@ -150,7 +149,7 @@ public final class XenStoreServer: @unchecked Sendable {
     /// Runs `body` on the loop thread with the engine (to introduce a domain, seed nodes…)
     /// and waits for it. Must not be called from the loop thread itself.
     public func withEngine<R: Sendable>(_ body: @escaping @Sendable (XenStoreEngine) -> R) -> R? {
-        let box = Mutex<R?>(nil)
+        let box = Locked<R?>(nil)
         let done = DispatchSemaphore(value: 0)
         let accepted = control.withLock { state -> Bool in
             guard !state.stopping else { return false }
