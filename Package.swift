@@ -166,7 +166,8 @@ let package = Package(
         .target(
             name: "XenStore",
             dependencies: [
-                "XenABI", "CXen",
+                "XenABI", "CXen", "XenHypervisor",
+                .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
@@ -178,7 +179,10 @@ let package = Package(
             name: "XenStoreBench", dependencies: ["XenStore"], path: "Benchmarks/XenStoreBench"),
         .testTarget(
             name: "XenStoreTests",
-            dependencies: ["XenStore", "XenABI", "CXen", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "XenStore", "XenABI", "CXen", "XenHypervisor", "XenSimulator",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(
             name: "XenBusTests",
             dependencies: ["XenBus", "XenStore", "XenABI", .product(name: "Logging", package: "swift-log")]),

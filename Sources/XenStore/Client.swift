@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 import XenABI
 
 /// One watch event: the path that changed (relative if the watch was) and the watch's token.
@@ -120,7 +119,7 @@ public final class XenStoreClient: XenStoreOperations {
         var watches: [String: AsyncStream<XenStoreWatchEvent>.Continuation] = [:]
         var closed: XenStoreError?
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     /// Connects to a server's Unix socket.
     public convenience init(socketPath: String) throws(XenStoreError) {
