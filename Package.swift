@@ -158,10 +158,13 @@ let package = Package(
         .target(
             name: "XenHost",
             dependencies: [
-                "CXenLibs", "XenHypervisor", "XenABI",
+                "CXenLibs", "XenHypervisor", "XenABI", "XenStore", "CXen",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
-        .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen"]),
+        .testTarget(
+            name: "XenHostTests",
+            dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen", "XenStore", "XenBus",
+                           .product(name: "Logging", package: "swift-log")]),
 
         // ---- Layer 4: XenStore and XenBus (issue 4, branch store) ----
         .target(

@@ -5,6 +5,11 @@ import XenABI
 public struct XenStoreWatchEvent: Hashable, Sendable {
     public var path: String
     public var token: String
+
+    public init(path: String, token: String) {
+        self.path = path
+        self.token = token
+    }
 }
 
 /// The operations a client offers, outside or inside a transaction.
