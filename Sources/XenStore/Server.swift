@@ -172,6 +172,12 @@ public final class XenStoreServer: @unchecked Sendable {
         return withEngine { _ in me.peakQueuedReplies }
     }
 
+    /// Connections being served (sockets and rings), read on the loop thread.
+    func connectionCount() -> Int? {
+        nonisolated(unsafe) let me = self
+        return withEngine { _ in me.connections.count + me.ringByPort.count }
+    }
+
     private func wake() {
         var one: UInt8 = 1
         _ = Glibc.write(wakeWrite, &one, 1)
