@@ -10,6 +10,8 @@ let package = Package(
         .library(name: "XenHypervisor", targets: ["XenHypervisor"]),
         .library(name: "XenSimulator", targets: ["XenSimulator"]),
         .library(name: "XenRing", targets: ["XenRing"]),
+        .library(name: "XenRingBenchmark", targets: ["XenRingBenchmark"]),
+        .executable(name: "xenpv", targets: ["xenpv"]),
         .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
         .library(name: "XenHost", targets: ["XenHost"]),
         // XenStore and XenBus (issue 4, branch store)
@@ -70,12 +72,51 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
             ]),
         .target(name: "CRingReference", dependencies: ["CXen"], path: "Tests/CRingReference"),
+        // The ring-throughput benchmark engine (issue 3), shared by `xenpv bench
+        // ring` and the package-benchmark target in Benchmarks/.
+        .target(
+            name: "XenRingBenchmark",
+            dependencies: [
+                "XenRing", "XenHypervisor", "XenABI", "CXen",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]),
         .testTarget(
             name: "XenRingTests",
             dependencies: [
                 "XenRing", "CRingReference", "CXen", "XenABI", "XenHypervisor",
                 .product(name: "Atomics", package: "swift-atomics"),
             ]),
+
+        // Layer 7: the `xenpv` command line (started by issue 3 with `bench
+        // ring`; other commands add a file under Sources/xenpv each).
+        // The embedded host and `xenpv demo`, as a library the tests run too.
+        .target(
+            name: "XenDemo",
+            dependencies: [
+                "XenSimulator", "XenStore", "XenBus", "XenNetBack", "XenNetFront", "XenHypervisor", "XenABI",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(name: "XenDemoTests", dependencies: ["XenDemo"]),
+        // Runs the built `xenpv` as a user would; depending on it makes `swift test` build it.
+        .testTarget(name: "XenPVCommandTests", dependencies: ["xenpv"]),
+        // The netif ring-pair benchmark engine behind `xenpv bench net`.
+        .target(
+            name: "XenNetBenchmark",
+            dependencies: [
+                "XenNetBack", "XenNetFront", "XenNetProtocol", "XenRing", "XenSimulator", "XenHypervisor", "XenABI", "CXen",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        .executableTarget(
+            name: "xenpv",
+            dependencies: [
+                "XenRingBenchmark", "XenSimulator", "XenDemo", "XenNetBenchmark", "XenStore", "XenABI",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .testTarget(
+            name: "XenRingBenchmarkTests",
+            dependencies: ["XenRingBenchmark", "XenSimulator", "XenABI"]),
 
         // Layer 5, network: netif requests and responses as Swift values.
         .target(name: "XenNetProtocol", dependencies: ["XenABI", "CXen"]),
@@ -91,16 +132,23 @@ let package = Package(
         .target(
             name: "XenNetBack",
             dependencies: [
-                "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen",
+                "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
-        .target(name: "XenNetFront", dependencies: ["XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen"]),
+        .target(
+            name: "XenNetFront",
+            dependencies: [
+                "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(
             name: "XenNetDriverTests",
             dependencies: [
                 "XenNetBack", "XenNetFront", "XenNetProtocol", "XenNetTap", "XenRing", "XenSimulator", "XenHypervisor",
-                "XenABI", "CXen", "NetTestSupport",
+                "XenABI", "CXen", "NetTestSupport", "XenBus", "XenStore", .product(name: "Logging", package: "swift-log"),
             ]),
 
         // The real-Xen world: the hypervisor protocols on Xen's own libraries,

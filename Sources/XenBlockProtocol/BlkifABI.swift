@@ -38,6 +38,14 @@ public enum BlkifABI: Hashable, Sendable, CaseIterable {
         }
     }
 
+    /// Slots in a shared ring of `pages` 4 KiB pages: ring.h's `__RING_SIZE`, the largest
+    /// power of two that fits after the 64-byte header. (32 for one page in both ABIs.)
+    public func ringEntries(pages: Int) -> Int {
+        precondition(pages >= 1, "a ring has at least one page")
+        let fit = (pages * Int(cxen_page_size) - Int(cxen_sring_header_size)) / slotSize
+        return fit == 0 ? 0 : 1 << (Int.bitWidth - 1 - fit.leadingZeroBitCount)
+    }
+
     /// Bytes of a request the peer writes into a slot.
     public var requestSize: Int {
         switch self {

@@ -2,6 +2,7 @@ import CBlkifABI
 import CXen
 
 /// What a backend advertised for one device: every request is validated against it.
+/// Optional features default to off, as blkif.h's absent nodes do ("Default Value: 0").
 ///
 /// Sector quantities (`sector_number`, `nr_sectors`, `first_sect`, `last_sect`) are in
 /// units of ``sectorSize`` (blkif.h, "feature-large-sector-size"); a backend whose
@@ -31,7 +32,7 @@ public struct BlockDeviceLimits: Hashable, Sendable {
 
     public init(
         sectors: UInt64, sectorSize: UInt32 = 512, readOnly: Bool = false,
-        flush: Bool = true, barrier: Bool = true, discard: Bool = true, secureDiscard: Bool = false,
+        flush: Bool = false, barrier: Bool = false, discard: Bool = false, secureDiscard: Bool = false,
         maxIndirectSegments: Int = 0, acceptsDataOnFlush: Bool = false
     ) {
         precondition(

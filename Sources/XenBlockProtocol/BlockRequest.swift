@@ -87,6 +87,7 @@ public struct IndirectRequest: Hashable, Sendable {
     public var isWrite: Bool { operation == .write }
 
     public init(operation: BlkifOperation, sector: UInt64, segmentCount: Int, pages: [GrantRef]) {
+        precondition((1...BlockDeviceLimits.maxIndirectSegmentsLimit).contains(segmentCount), "1...4096 indirect segments")
         precondition(pages.count == Self.pagesNeeded(forSegments: segmentCount), "one page per 512 segments")
         self.operation = operation
         self.sector = sector

@@ -16,7 +16,9 @@ import SystemPackage
 /// - Flush is `fdatasync` and discard `fallocate(PUNCH_HOLE|KEEP_SIZE)`, both done
 ///   synchronously in `submit` (native AIO has no usable fsync on most file systems);
 ///   their completions still come back through ``reap(into:timeout:)``. A flush covers
-///   the writes completed before it was submitted, as blkif's flush does.
+///   the writes completed before it was submitted, as blkif's flush does. On a block
+///   device the kernel wants discards aligned to the logical block size (else EINVAL):
+///   advertise `discard-granularity` accordingly.
 /// - A short transfer is resubmitted for the remainder; an `io_submit` that returns
 ///   `EAGAIN` keeps the rest queued and retries on the next submit or reap.
 public final class LibaioStorage: StorageEngine, @unchecked Sendable {

@@ -11,6 +11,19 @@ extension XenStoreOperations {
         return v
     }
 
+    /// A key the peer must have written (a ring reference, an event channel):
+    /// a decimal no larger than `limit`. Missing or malformed is an error that
+    /// closes the device, never a default.
+    public func readRequired(_ dir: String, _ key: String, limit: UInt64 = UInt64(UInt32.max)) async throws(XenStoreError) -> UInt64 {
+        guard let text = try await readIfPresent(dir + "/" + key) else {
+            throw XenStoreError(.noEntry, "\(dir)/\(key) is missing")
+        }
+        guard let v = UInt64(text), v <= limit else {
+            throw XenStoreError(.invalid, "\(dir)/\(key) is not a number up to \(limit): \(text.prefix(32))")
+        }
+        return v
+    }
+
     /// A `feature-*` flag: "1" is on, "0" off, anything else (or nothing) `defaultValue`.
     public func readFeature(_ dir: String, _ key: String, default defaultValue: Bool = false) async throws(XenStoreError) -> Bool {
         switch try await readIfPresent(dir + "/" + key) {

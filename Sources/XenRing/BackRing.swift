@@ -84,20 +84,25 @@ public struct BackRing<Request: BitwiseCopyable, Response: BitwiseCopyable>: ~Co
         // the index that covers them (ring.h leaves this xen_rmb to the caller).
         let producer = header.requestProducer.load(ordering: .acquiring)
         let ahead = producer &- responsesProduced
-        if ahead > size {
-            throw RingError(.requestProducerOverflow,
-                            "frontend req_prod is more than \(size) entries past rsp_prod_pvt \(responsesProduced)",
-                            producerIndex: RingIndex(producer))
-        }
-        if ahead < unansweredRequests {
-            throw RingError(.requestProducerWentBack,
-                            "frontend req_prod went back behind req_cons \(requestsConsumed)",
-                            producerIndex: RingIndex(producer))
-        }
+        // One compare each on the hot path; the message is built out of line.
+        if ahead > size || ahead < unansweredRequests { throw requestProducerError(producer) }
         requestsSeen = producer
         // After the checks above, producer - req_cons <= size - (req_cons - rsp_prod_pvt),
         // so this is the min() of XEN_RING_NR_UNCONSUMED_REQUESTS.
         return producer &- requestsConsumed
+    }
+
+    /// The error for a `req_prod` that failed the checks in `checkForRequests`.
+    @usableFromInline @inline(never)
+    func requestProducerError(_ producer: UInt32) -> RingError {
+        if producer &- responsesProduced > size {
+            return RingError(.requestProducerOverflow,
+                             "frontend req_prod is more than \(size) entries past rsp_prod_pvt \(responsesProduced)",
+                             producerIndex: RingIndex(producer))
+        }
+        return RingError(.requestProducerWentBack,
+                         "frontend req_prod went back behind req_cons \(requestsConsumed)",
+                         producerIndex: RingIndex(producer))
     }
 
     /// Copies the next request out of shared memory (`RING_COPY_REQUEST`)
@@ -148,6 +153,11 @@ public struct BackRing<Request: BitwiseCopyable, Response: BitwiseCopyable>: ~Co
     }
 
     /// Writes `response` into the next slot and advances `rsp_prod_pvt`.
+    ///
+    /// The whole entry is copied, padding included, and Swift leaves the
+    /// padding bytes of a value unspecified (they may hold stack bytes): a
+    /// backend that must not leak its stack to a guest (XSA-216) writes the
+    /// fields in place with `withNextResponseSlot` instead.
     @inlinable
     public mutating func produce(_ response: Response) {
         precondition(unansweredRequests > 0, "response produced without a consumed request")

@@ -104,6 +104,11 @@ public struct FrontRing<Request: BitwiseCopyable, Response: BitwiseCopyable>: ~C
     }
 
     /// Writes `request` into the next free slot and advances `req_prod_pvt`.
+    ///
+    /// The whole entry is copied, padding included, and Swift leaves the
+    /// padding bytes of a value unspecified (they may hold stack bytes). To
+    /// hand the peer nothing but fields, write them in place with
+    /// `withNextRequestSlot` instead.
     @inlinable
     public mutating func produce(_ request: Request) {
         precondition(!isFull, "request produced on a full ring")
@@ -145,18 +150,24 @@ public struct FrontRing<Request: BitwiseCopyable, Response: BitwiseCopyable>: ~C
         // the caller).
         let producer = header.responseProducer.load(ordering: .acquiring)
         let available = producer &- responsesConsumed
-        if available > size {
-            throw RingError(.responseProducerOverflow,
-                            "backend rsp_prod is more than \(size) entries past rsp_cons \(responsesConsumed)",
-                            producerIndex: RingIndex(producer))
-        }
-        if available > outstandingRequests {
-            throw RingError(.responseWithoutRequest,
-                            "backend announces \(available) responses for \(outstandingRequests) outstanding requests",
-                            producerIndex: RingIndex(producer))
-        }
+        // One compare each on the hot path; the message is built out of line.
+        if available > size || available > outstandingRequests { throw responseProducerError(producer) }
         responsesSeen = producer
         return available
+    }
+
+    /// The error for an `rsp_prod` that failed the checks in `checkForResponses`.
+    @usableFromInline @inline(never)
+    func responseProducerError(_ producer: UInt32) -> RingError {
+        let available = producer &- responsesConsumed
+        if available > size {
+            return RingError(.responseProducerOverflow,
+                             "backend rsp_prod is more than \(size) entries past rsp_cons \(responsesConsumed)",
+                             producerIndex: RingIndex(producer))
+        }
+        return RingError(.responseWithoutRequest,
+                         "backend announces \(available) responses for \(outstandingRequests) outstanding requests",
+                         producerIndex: RingIndex(producer))
     }
 
     /// Copies the next response out of shared memory (`RING_COPY_RESPONSE`)

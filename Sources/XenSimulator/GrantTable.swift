@@ -155,8 +155,9 @@ final class GrantTable: @unchecked Sendable {
             if current & (Self.reading | Self.writing) != 0 {
                 throw HypervisorError(.busy, "ending access to \(ref) of \(owner)")
             }
-            // acquiringAndReleasing: the swap must not pass a racing pin
-            // (which would make it fail) and orders our later reuse after it.
+            // acquiringAndReleasing: a full barrier like Linux's sync_cmpxchg;
+            // against a racing pin exactly one of the two exchanges wins, and
+            // reuse of the page cannot move before the entry is invalid.
             let (done, seen) = h.compareExchange(
                 expected: current, desired: current & 0xFFFF_0000, ordering: .acquiringAndReleasing)
             if done { break }

@@ -37,6 +37,12 @@ public final class SimulatedEventChannels: EventChannels, @unchecked Sendable {
     private let words: UnsafeMutablePointer<UnsafeAtomic<UInt64>.Storage>
     private static let wordCount = EventDomain.portLimit / EventDomain.bitsPerWord
 
+    #if DEBUG
+    /// Debug builds only: run between settle's check and its clear, so a test
+    /// can hold that race window open. Set before other threads use the handle.
+    var settleWindow: (@Sendable () -> Void)?
+    #endif
+
     init(domain: SimulatedDomain) throws(HypervisorError) {
         let fd = cxen_eventfd(0, 1)
         guard fd >= 0 else { throw .errno(Errno(rawValue: errno), "eventfd for an event-channel handle") }
@@ -117,6 +123,9 @@ public final class SimulatedEventChannels: EventChannels, @unchecked Sendable {
     /// (and we see it now) or sets it after (and raises itself).
     private func settle(word w: Int) {
         if ready(w) != 0 { return }
+        #if DEBUG
+        settleWindow?()
+        #endif
         let bit: UInt64 = 1 << UInt64(w)
         let was = selector.loadThenBitwiseAnd(with: ~bit, ordering: .sequentiallyConsistent)
         guard was & bit != 0 else { return }

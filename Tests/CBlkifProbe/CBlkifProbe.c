@@ -130,3 +130,12 @@ void cblkif_probe_read_rw(const void *slot, uint8_t *op, uint8_t *nseg, uint16_t
         grefs[i] = r.seg[i].gref; first[i] = r.seg[i].first_sect; last[i] = r.seg[i].last_sect;
     }
 }
+
+uint32_t cblkif_probe_ring_size(int x86_32, uint32_t pages) {
+    return x86_32 ? (uint32_t)__RING_SIZE((struct cblkif_x86_32_sring *)0, pages * 4096)
+                  : (uint32_t)__RING_SIZE((struct blkif_sring *)0, pages * 4096);
+}
+
+uint32_t cblkif_probe_ring_offset(int x86_32) {
+    return x86_32 ? (uint32_t)offsetof(struct cblkif_x86_32_sring, ring) : (uint32_t)offsetof(struct blkif_sring, ring);
+}

@@ -24,7 +24,7 @@ struct CodecTests {
 
     @Test(arguments: BlkifABI.allCases)
     func discardAndIndirectFromC(abi: BlkifABI) throws {
-        let limits = BlockDeviceLimits(sectors: 1 << 20, secureDiscard: true, maxIndirectSegments: 1024)
+        let limits = BlockDeviceLimits(sectors: 1 << 20, discard: true, secureDiscard: true, maxIndirectSegments: 1024)
         let d = try CSlot.discard(abi, flag: cblkif_discard_secure, handle: 7, id: 42, sector: 100, count: 900).decode(abi, limits)
         #expect(d == BlockRequest(id: 42, handle: 7, operation: .discard(sector: 100, count: 900, secure: true)))
 
@@ -39,7 +39,7 @@ struct CodecTests {
 
     @Test(arguments: BlkifABI.allCases)
     func swiftEncodingRoundTrips(abi: BlkifABI) throws {
-        let limits = BlockDeviceLimits(sectors: 1 << 30, secureDiscard: true, maxIndirectSegments: 4096)
+        let limits = BlockDeviceLimits(sectors: 1 << 30, flush: true, barrier: true, discard: true, secureDiscard: true, maxIndirectSegments: 4096)
         let requests: [BlockRequest] = [
             BlockRequest(id: 1, handle: 3, operation: .read(sector: 8, segments: segments([(1, 0, 7)]))),
             BlockRequest(id: .max, handle: .max, operation: .write(sector: (1 << 30) - 88,

@@ -7,7 +7,7 @@ import XenABI
 /// Decoding a slot, validating it and writing the response allocate nothing.
 struct HotPathTests {
     @Test func decodeValidateRespondDoesNotAllocate() throws {
-        let limits = BlockDeviceLimits(sectors: 1 << 30, maxIndirectSegments: 512)
+        let limits = BlockDeviceLimits(sectors: 1 << 30, flush: true, barrier: true, discard: true, maxIndirectSegments: 512)
         let ring = UnsafeMutableRawPointer.allocate(byteCount: 4 * 112, alignment: 64)
         defer { ring.deallocate() }
         let segs = segments((0..<11).map { (UInt32($0 + 1), 0, 7) })

@@ -60,6 +60,16 @@ struct LayoutTests {
         #expect((c.req_size, c.req_id, c.req_sector_number, c.req_seg) == (112, 8, 16, 24))
     }
 
+    @Test(arguments: BlkifABI.allCases)
+    func ringSizesAreRingHs(abi: BlkifABI) {
+        let x = abi == .x86_32 ? Int32(1) : 0
+        #expect(cblkif_probe_ring_offset(x) == cxen_sring_header_size)
+        for pages in [1, 2, 4, 8, 16, 512] {
+            #expect(abi.ringEntries(pages: pages) == Int(cblkif_probe_ring_size(x, UInt32(pages))), "\(abi), \(pages) pages")
+        }
+        #expect(abi.ringEntries(pages: 1) == 32)
+    }
+
     @Test func constantsAreTheHeaders() {
         #expect(BlkifOperation.read.rawValue == BLKIF_OP_READ)
         #expect(BlkifOperation.write.rawValue == BLKIF_OP_WRITE)

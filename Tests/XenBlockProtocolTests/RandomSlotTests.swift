@@ -38,8 +38,8 @@ struct RandomSlotTests {
     func randomSlotsNeverTrap(abi: BlkifABI) throws {
         var rng = Rng(state: abi == .x86_32 ? 32 : 64)
         let limitsSet = [
-            BlockDeviceLimits(sectors: 1 << 16, maxIndirectSegments: 64),
-            BlockDeviceLimits(sectors: .max, readOnly: true, secureDiscard: true, maxIndirectSegments: 4096, acceptsDataOnFlush: true),
+            BlockDeviceLimits(sectors: 1 << 16, flush: true, barrier: true, discard: true, maxIndirectSegments: 64),
+            BlockDeviceLimits(sectors: .max, readOnly: true, flush: true, barrier: true, discard: true, secureDiscard: true, maxIndirectSegments: 4096, acceptsDataOnFlush: true),
             BlockDeviceLimits(sectors: 8, sectorSize: 4096, flush: false, barrier: false, discard: false),
         ]
         var accepted = 0

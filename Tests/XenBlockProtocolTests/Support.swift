@@ -54,4 +54,4 @@ func segments(_ list: [(UInt32, UInt8, UInt8)]) -> BlockSegments {
     return s
 }
 
-let disk = BlockDeviceLimits(sectors: 1 << 20, maxIndirectSegments: 256)
+let disk = BlockDeviceLimits(sectors: 1 << 20, flush: true, barrier: true, discard: true, maxIndirectSegments: 256)

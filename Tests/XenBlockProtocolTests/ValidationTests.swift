@@ -39,7 +39,7 @@ struct ValidationTests {
 
     @Test(arguments: BlkifABI.allCases)
     func sectorRanges(abi: BlkifABI) {
-        let small = BlockDeviceLimits(sectors: 64)
+        let small = BlockDeviceLimits(sectors: 64, discard: true)
         let page = [(UInt32(1), UInt8(0), UInt8(7))]
         #expect(code(.rw(abi, op: 0, nseg: 1, id: 1, sector: 56, segs: page), abi, small) == nil)  // ends exactly at the end
         #expect(code(.rw(abi, op: 0, nseg: 1, id: 1, sector: 57, segs: page), abi, small) == .outOfRange)
@@ -61,7 +61,7 @@ struct ValidationTests {
             let e = CSlot.rw(abi, op: op, nseg: 1, id: 5, sector: 0, segs: [(1, 0, 0)]).refusal(abi, disk)
             #expect(e?.code == .unknownOperation && e?.status == .notSupported, "op \(op)")
         }
-        let none = BlockDeviceLimits(sectors: 1 << 20, flush: false, barrier: false, discard: false)
+        let none = BlockDeviceLimits(sectors: 1 << 20)  // blkif.h: absent feature nodes mean 0
         #expect(code(.rw(abi, op: 3, nseg: 0, id: 1, sector: 0, segs: []), abi, none) == .unsupportedOperation)
         #expect(code(.rw(abi, op: 2, nseg: 0, id: 1, sector: 0, segs: []), abi, none) == .unsupportedOperation)
         #expect(code(.discard(abi, id: 1, sector: 0, count: 8), abi, none) == .unsupportedOperation)
@@ -88,7 +88,7 @@ struct ValidationTests {
 
     @Test(arguments: BlkifABI.allCases)
     func readOnlyDevice(abi: BlkifABI) {
-        let ro = BlockDeviceLimits(sectors: 1 << 20, readOnly: true, maxIndirectSegments: 32)
+        let ro = BlockDeviceLimits(sectors: 1 << 20, readOnly: true, flush: true, barrier: true, discard: true, maxIndirectSegments: 32)
         #expect(code(.rw(abi, op: 1, nseg: 1, id: 1, sector: 0, segs: [(1, 0, 7)]), abi, ro) == .readOnly)
         #expect(code(.discard(abi, id: 1, sector: 0, count: 8), abi, ro) == .readOnly)
         #expect(code(.indirect(abi, op: 1, nseg: 1, id: 1, sector: 0, grefs: [1]), abi, ro) == .readOnly)
@@ -99,7 +99,7 @@ struct ValidationTests {
 
     @Test(arguments: BlkifABI.allCases)
     func discardRanges(abi: BlkifABI) {
-        let small = BlockDeviceLimits(sectors: 1000)
+        let small = BlockDeviceLimits(sectors: 1000, discard: true)
         #expect(code(.discard(abi, id: 1, sector: 0, count: 1000), abi, small) == nil)
         #expect(code(.discard(abi, id: 1, sector: 999, count: 1), abi, small) == nil)
         #expect(code(.discard(abi, id: 1, sector: 999, count: 2), abi, small) == .outOfRange)

@@ -28,7 +28,7 @@ struct NetRealTrafficTests {
         try guestNS.run("ip", "addr", "add", "10.77.0.2/24", "dev", "eth0")
         try guestNS.run("ip", "link", "set", "eth0", "up")
 
-        let adapter = TapGuestAdapter(queue: try f.makeFrontend(), tap: guestTap, events: f.feEvents)
+        let adapter = NetFrontPump(queue: try f.makeFrontend(), port: TapGuestPort(tap: guestTap), events: f.feEvents)
         adapter.start()
         try f.startBackend(attachment: vif)
         defer { adapter.stop() }

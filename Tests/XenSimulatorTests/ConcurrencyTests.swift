@@ -89,6 +89,75 @@ struct ConcurrencyTests {
         #expect(!isReadable(c.back))
     }
 
+    /// Several senders ping-pong on ports of one bitmap word while one thread
+    /// consumes. A sender whose notify has returned is owed a readable
+    /// descriptor, so a poll that times out while any sender waits in that
+    /// state is a lost wakeup, caught as such rather than as a hang.
+    @Test func portsSharingAWordLoseNoWakeup() throws {
+        let m = try Machine()
+        let back = try m.dom0.openSimulatedEventChannels()
+        let front = try m.guest.openSimulatedEventChannels()
+        let senders = 3
+        var ports: [(EventPort, EventPort)] = []
+        for _ in 0..<senders {
+            let f = try front.bindUnbound(remote: .dom0)
+            ports.append((f, try back.bindInterdomain(remote: m.guest.domainID, remotePort: f)))
+        }
+        #expect(Set(ports.map { $0.1.rawValue / 64 }).count == 1)
+        while let p = try back.pending() { try back.unmask(p) }
+        #if DEBUG
+        // Hold settle's check-then-clear window open so senders land in it.
+        back.settleWindow = { usleep(20) }
+        #endif
+        let rounds = 2000
+        // Per sender: [0] round published, [1] round whose notify returned,
+        // [2] round acknowledged.
+        let state = UnsafeMutablePointer<ManagedAtomic<Int>>.allocate(capacity: senders * 3)
+        for i in 0..<(senders * 3) { (state + i).initialize(to: ManagedAtomic(0)) }
+        defer { state.deinitialize(count: senders * 3); state.deallocate() }
+        let table = SendableTable(state)
+        let lost = ManagedAtomic<Int>(0)
+        let finished = ManagedAtomic<Int>(0)
+        let ports_ = ports
+        let done = runThreads(senders + 1) { who in
+            if who < senders {
+                defer { finished.wrappingIncrement(ordering: .relaxed) }
+                for i in 1...rounds {
+                    table[who * 3].store(i, ordering: .releasing)
+                    try? front.notify(ports_[who].0)
+                    table[who * 3 + 1].store(i, ordering: .releasing)
+                    var spins = 0
+                    while table[who * 3 + 2].load(ordering: .acquiring) < i {
+                        spins += 1
+                        if spins > 20 { sched_yield() }
+                        if lost.load(ordering: .relaxed) > 0 { return }
+                    }
+                }
+            } else {
+                while finished.load(ordering: .relaxed) < senders {
+                    if (try? back.wait(timeoutMilliseconds: 300)) != true {
+                        // Timed out: a sender whose notify returned and which
+                        // is still unacknowledged lost its wakeup.
+                        for s in 0..<senders
+                        where table[s * 3 + 1].load(ordering: .acquiring) > table[s * 3 + 2].load(ordering: .relaxed) {
+                            lost.wrappingIncrement(ordering: .relaxed)
+                        }
+                        if lost.load(ordering: .relaxed) > 0 { return }
+                        continue
+                    }
+                    while let p = try? back.pending() {
+                        let s = ports_.firstIndex { $0.1 == p }!
+                        table[s * 3 + 2].store(table[s * 3].load(ordering: .acquiring), ordering: .releasing)
+                        try? back.unmask(p)
+                    }
+                }
+            }
+        }
+        let lostCount = lost.load(ordering: .relaxed)
+        #expect(done)
+        #expect(lostCount == 0)
+    }
+
     @Test func manySendersOnePollerAcrossPorts() throws {
         let m = try Machine()
         let back = try m.dom0.openSimulatedEventChannels()

@@ -60,6 +60,9 @@ union cblkif_x86_32_ring_entry {
     struct cblkif_x86_32_response rsp;
 };
 
+/* The i386 shared ring, as Linux declares it: ring.h's own macro over the packed slots. */
+DEFINE_RING_TYPES(cblkif_x86_32, struct cblkif_x86_32_request, struct cblkif_x86_32_response);
+
 /* Slot sizes: the stride of the ring array for each ABI. */
 static const uint32_t cblkif_native_slot_size = (uint32_t)sizeof(union blkif_sring_entry);
 static const uint32_t cblkif_x86_32_slot_size = (uint32_t)sizeof(union cblkif_x86_32_ring_entry);

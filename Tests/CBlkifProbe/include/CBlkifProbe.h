@@ -33,6 +33,11 @@ void cblkif_probe_fill_discard(void *slot, int x86_32, uint8_t flag, uint16_t ha
 void cblkif_probe_fill_indirect(void *slot, int x86_32, uint8_t indirect_op, uint16_t nseg,
                                 uint16_t handle, uint64_t id, uint64_t sector,
                                 const uint32_t *grefs, int ngrefs);
+/* ring.h's __RING_SIZE for a ring of `pages` 4 KiB pages, per ABI. */
+uint32_t cblkif_probe_ring_size(int x86_32, uint32_t pages);
+/* offsetof(sring, ring): where the slots start, per ABI. */
+uint32_t cblkif_probe_ring_offset(int x86_32);
+
 /* Reads a response slot through the C fields. */
 void cblkif_probe_read_response(const void *slot, int x86_32, uint64_t *id, uint8_t *op, int16_t *status);
 /* Reads a native request slot back through the C fields (for the encoder). */

@@ -1,0 +1,157 @@
+import Logging
+import Synchronization
+import XenABI
+import XenBus
+import XenHypervisor
+import XenNetProtocol
+import XenNetTap
+import XenStore
+
+/// Which vif a backend serves: frontend domain and device id, named as Xen
+/// names the interface (`vif<domid>.<devid>`).
+public struct VifIdentity: Hashable, Sendable, CustomStringConvertible {
+    public var frontend: DomainID
+    public var id: UInt32
+    public var interfaceName: String { "vif\(frontend.rawValue).\(id)" }
+    public var description: String { interfaceName }
+}
+
+/// What the frontend said it can take, read at connect time.
+public struct VifFrontendFeatures: Hashable, Sendable {
+    public var scatterGather: Bool
+    public var receiveGSO: Set<NetGSOType>
+    public var receiveChecksumBlank: Bool
+
+    /// The TAP offloads that match: the kernel may hand the vif only what the
+    /// frontend can take.
+    public var tapOffloads: TapOffloads {
+        guard receiveChecksumBlank else { return [] }
+        var o: TapOffloads = [.checksum]
+        if scatterGather, receiveGSO.contains(.tcpv4) { o.insert(.tcpv4Segmentation) }
+        if scatterGather, receiveGSO.contains(.tcpv6) { o.insert(.tcpv6Segmentation) }
+        return o
+    }
+}
+
+/// Makes a vif's attachment once the frontend's features are known.
+public typealias AttachmentFactory = @Sendable (VifIdentity, VifFrontendFeatures) throws -> any NetworkAttachment
+
+/// One vif's backend half of the handshake: advertises netback's features,
+/// connects to the rings and event channel(s) the frontend wrote, and serves
+/// them with a `VifQueue` until disconnect.
+final class VifDevice: XenbusDeviceDriver {
+    let identity: VifIdentity
+    let path: String
+    let peerPath: String
+    private let hypervisor: any Hypervisor
+    private let store: XenStoreClient
+    private let attach: AttachmentFactory
+    private let logger: Logger
+    private let connection = Mutex<Connection?>(nil)
+
+    /// Everything `connect` set up, released by `disconnect`.
+    struct Connection: @unchecked Sendable {
+        var queue: VifQueue
+        var mapper: any GrantMapper
+        var events: any EventChannels
+        var rings: [GrantMapping]
+        var ports: [EventPort]
+        var attachment: any NetworkAttachment
+    }
+
+    init(identity: VifIdentity, path: String, peerPath: String, hypervisor: any Hypervisor, store: XenStoreClient,
+         attach: @escaping AttachmentFactory, logger: Logger) {
+        self.identity = identity
+        self.path = path
+        self.peerPath = peerPath
+        self.hypervisor = hypervisor
+        self.store = store
+        self.attach = attach
+        self.logger = logger
+    }
+
+    /// The running queue's counters, while connected.
+    var counters: VifCounters? { connection.withLock { $0?.queue.counters } }
+
+    func prepare() async throws {
+        for (key, on) in [("feature-sg", true), ("feature-gso-tcpv4", true), ("feature-gso-tcpv6", true),
+                          ("feature-rx-copy", true), ("feature-rx-flip", false), ("feature-split-event-channels", true),
+                          ("feature-multicast-control", false)] {
+            try await store.writeFeature(path, key, on)
+        }
+        try await store.writeUnsigned(path, "multi-queue-max-queues", 1)
+        try await store.write(path + "/hotplug-status", "connected")
+    }
+
+    func connect() async throws {
+        await disconnect()
+        let fe = peerPath
+        // Only the copying receive path exists (as in Linux since 2013).
+        guard try await store.readFeature(fe, "request-rx-copy") else {
+            throw XenStoreError(.invalid, "frontend does not request rx copy; page flipping is not supported")
+        }
+        guard try await store.readUnsigned(fe, "multi-queue-num-queues", default: 1) == 1 else {
+            throw XenStoreError(.invalid, "frontend asks for more queues than multi-queue-max-queues = 1")
+        }
+        let txRef = GrantRef(UInt32(try await store.readRequired(fe, XenbusKey.txRingRef)))
+        let rxRef = GrantRef(UInt32(try await store.readRequired(fe, XenbusKey.rxRingRef)))
+        let remotePorts: (tx: EventPort, rx: EventPort)
+        if try await store.readIfPresent(fe + "/" + XenbusKey.eventChannelTx) != nil {
+            remotePorts = (EventPort(UInt32(try await store.readRequired(fe, XenbusKey.eventChannelTx))),
+                           EventPort(UInt32(try await store.readRequired(fe, XenbusKey.eventChannelRx))))
+        } else {
+            let port = EventPort(UInt32(try await store.readRequired(fe, XenbusKey.eventChannel)))
+            remotePorts = (port, port)
+        }
+        let features = VifFrontendFeatures(
+            scatterGather: try await store.readFeature(fe, "feature-sg"),
+            receiveGSO: Set([
+                try await store.readFeature(fe, "feature-gso-tcpv4") ? NetGSOType.tcpv4 : nil,
+                try await store.readFeature(fe, "feature-gso-tcpv6") ? NetGSOType.tcpv6 : nil,
+            ].compactMap { $0 }),
+            receiveChecksumBlank: !(try await store.readFeature(fe, "feature-no-csum-offload")))
+        try connect(txRef: txRef, rxRef: rxRef, remotePorts: remotePorts, features: features)
+        logger.info("\(identity): connected (\(features))")
+    }
+
+    /// Maps, binds, attaches and starts; on any failure releases what it took.
+    private func connect(txRef: GrantRef, rxRef: GrantRef, remotePorts: (tx: EventPort, rx: EventPort),
+                         features: VifFrontendFeatures) throws {
+        var cleanup: [() -> Void] = []
+        defer { for undo in cleanup.reversed() { undo() } }
+        let mapper = try hypervisor.openGrantMapper()
+        cleanup.append { mapper.close() }
+        let events = try hypervisor.openEventChannels()
+        cleanup.append { events.close() }
+        let tx = try mapper.map(txRef, from: identity.frontend, writable: true)
+        cleanup.append { try? mapper.unmap(tx) }
+        let rx = try mapper.map(rxRef, from: identity.frontend, writable: true)
+        cleanup.append { try? mapper.unmap(rx) }
+        let txPort = try events.bindInterdomain(remote: identity.frontend, remotePort: remotePorts.tx)
+        let rxPort = remotePorts.rx == remotePorts.tx
+            ? txPort : try events.bindInterdomain(remote: identity.frontend, remotePort: remotePorts.rx)
+        let attachment = try attach(identity, features)
+        let queue = try VifQueue(
+            txRing: tx.memory, rxRing: rx.memory, events: events, mapper: mapper, attachment: attachment,
+            configuration: VifConfiguration(frontend: identity.frontend, txPort: txPort, rxPort: rxPort,
+                                            receiveGSO: features.scatterGather ? features.receiveGSO : [],
+                                            receiveChecksumBlank: features.receiveChecksumBlank))
+        queue.start()
+        cleanup.removeAll()
+        connection.withLock {
+            $0 = Connection(queue: queue, mapper: mapper, events: events, rings: [tx, rx],
+                            ports: txPort == rxPort ? [txPort] : [txPort, rxPort], attachment: attachment)
+        }
+    }
+
+    func disconnect() async {
+        guard let c = connection.withLock({ $0.take() }) else { return }
+        if !c.queue.stop(timeout: 10) { logger.error("\(identity): queue thread did not stop") }
+        for ring in c.rings { try? c.mapper.unmap(ring) }
+        for port in c.ports { try? c.events.unbind(port) }
+        c.events.close()
+        c.mapper.close()
+        (c.attachment as? TapAttachment)?.tap.close()
+        logger.info("\(identity): disconnected")
+    }
+}

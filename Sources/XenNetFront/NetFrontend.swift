@@ -1,0 +1,111 @@
+import CXen
+import Logging
+import Synchronization
+import XenABI
+import XenBus
+import XenHypervisor
+import XenNetProtocol
+import XenRing
+import XenStore
+
+/// netfront for one vif: the guest's half of the handshake. `prepare` shares
+/// the rings and a page per slot and binds the event channel, `connect`
+/// starts the pump for `port`, `disconnect` releases it all (the handshake
+/// calls it only once the backend stopped using the pages).
+public final class NetFrontend: XenbusDeviceDriver {
+    /// The device directory (`/local/domain/<self>/device/vif/<id>`).
+    public let path: String
+    private let hypervisor: any Hypervisor
+    private let store: XenStoreClient
+    private let port: any GuestPort
+    private let logger: Logger
+    private let session = Mutex<Session?>(nil)
+
+    /// What one connection holds.
+    struct Session: @unchecked Sendable {
+        var backend: DomainID
+        var sharer: any GrantSharer
+        var events: any EventChannels
+        var eventPort: EventPort
+        var pages: [SharedPages]
+        /// Built at prepare, started at connect.
+        var pump: NetFrontPump
+        var started = false
+    }
+
+    public init(hypervisor: any Hypervisor, store: XenStoreClient, path: String, port: any GuestPort,
+                logger: Logger = Logger(label: "netfront")) {
+        self.hypervisor = hypervisor
+        self.store = store
+        self.path = path
+        self.port = port
+        self.logger = logger
+    }
+
+    /// The pump's counters while connected.
+    public var counters: NetFrontCounters? { session.withLock { $0?.started == true ? $0?.pump.counters : nil } }
+
+    public func prepare() async throws {
+        await disconnect()
+        let backend = DomainID(UInt16(try await store.readRequired(path, XenbusKey.backendID, limit: UInt64(UInt16.max))))
+        let sharer = try hypervisor.openGrantSharer()
+        let events = try hypervisor.openEventChannels()
+        var pages: [SharedPages] = []
+        do {
+            let slots = Int(try RingGeometry(request: netif_tx_request.self, response: netif_tx_response.self, pageCount: 1).entryCount)
+            for (count, writable) in [(1, true), (1, true), (slots, false), (slots, true)] {
+                pages.append(try sharer.sharePages(count: count, with: backend, writable: writable))
+            }
+            let eventPort = try events.bindUnbound(remote: backend)
+            let pump = NetFrontPump(
+                queue: try NetFrontQueue(backend: backend, txRing: pages[0].memory, rxRing: pages[1].memory,
+                                         txPages: pages[2], rxPages: pages[3], events: events,
+                                         txPort: eventPort, rxPort: eventPort),
+                port: port, events: events)
+            let keys: [(String, String)] = [
+                (XenbusKey.txRingRef, "\(pages[0].refs[0].rawValue)"), (XenbusKey.rxRingRef, "\(pages[1].refs[0].rawValue)"),
+                (XenbusKey.eventChannel, "\(eventPort.rawValue)"), ("request-rx-copy", "1"), ("feature-rx-notify", "1"),
+                ("feature-sg", "1"), ("feature-gso-tcpv4", "1"), ("feature-gso-tcpv6", "1"),
+            ]
+            try await store.transaction { tx in
+                for (key, value) in keys { try await tx.write(self.path + "/" + key, value) }
+            }
+            session.withLock {
+                $0 = Session(backend: backend, sharer: sharer, events: events, eventPort: eventPort, pages: pages,
+                             pump: pump)
+            }
+        } catch {
+            for p in pages { try? sharer.unshare(p) }
+            sharer.close()
+            events.close()
+            throw error
+        }
+    }
+
+    public func connect() async throws {
+        let backendDir = try await store.read(path + "/" + XenbusKey.backend)
+        guard try await store.readFeature(backendDir, "feature-rx-copy") else {
+            throw XenStoreError(.invalid, "backend cannot copy into receive buffers (feature-rx-copy)")
+        }
+        let pump: NetFrontPump? = session.withLock { s in
+            guard let current = s, !current.started else { return nil }
+            s?.started = true
+            return current.pump
+        }
+        guard let pump else { throw XenStoreError(.invalid, "connect without a fresh prepare") }
+        pump.start()
+        logger.info("\(path): connected")
+    }
+
+    public func disconnect() async {
+        guard let s = session.withLock({ $0.take() }) else { return }
+        if !s.pump.stop(timeout: 10) { logger.error("\(path): pump did not stop") }
+        try? s.events.unbind(s.eventPort)
+        for p in s.pages {
+            do { try s.sharer.unshare(p) } catch { logger.error("\(path): unshare: \(error)") }
+        }
+        s.sharer.close()
+        s.events.close()
+        logger.info("\(path): disconnected")
+    }
+}

@@ -1,0 +1,37 @@
+import Glibc
+import SystemPackage
+import XenNetTap
+
+/// A real Linux stack as the guest: the TAP device (in the guest's network
+/// namespace) whose frames netfront sends and into which it delivers, with
+/// checksum and GSO state carried in the virtio-net header.
+public final class TapGuestPort: GuestPort {
+    public let tap: TapDevice
+    private let header = VirtioNetHeader.size
+
+    public init(tap: TapDevice) { self.tap = tap }
+
+    public var fileDescriptor: FileDescriptor { tap.fileDescriptor }
+
+    public func nextOutbound(into buffer: UnsafeMutableRawBufferPointer) throws -> (frame: Range<Int>, offload: GuestOffload)? {
+        while let n = try tap.read(into: buffer) {
+            // A frame netif cannot describe (UDP fragmentation offload) is skipped.
+            guard n > header, let o = VirtioNetHeader(bytes: UnsafeRawBufferPointer(buffer)).netifOffload else { continue }
+            return (header ..< n, GuestOffload(checksumBlank: o.checksumBlank, dataValidated: o.dataValidated, gso: o.gso))
+        }
+        return nil
+    }
+
+    public func deliver(_ frame: UnsafeRawBufferPointer, offload: GuestOffload) throws {
+        guard let vnet = VirtioNetHeader(checksumBlank: offload.checksumBlank, dataValidated: offload.dataValidated,
+                                         gso: offload.gso, frame: frame) else { return }
+        var raw = vnet.raw
+        try withUnsafeMutableBytes(of: &raw) { h in
+            var parts = (iovec(iov_base: h.baseAddress, iov_len: header),
+                         iovec(iov_base: UnsafeMutableRawPointer(mutating: frame.baseAddress), iov_len: frame.count))
+            _ = try withUnsafePointer(to: &parts) { p in
+                try p.withMemoryRebound(to: iovec.self, capacity: 2) { try tap.write(UnsafeBufferPointer(start: $0, count: 2)) }
+            }
+        }
+    }
+}

@@ -1,0 +1,11 @@
+import ArgumentParser
+
+/// The `xenpv` command line. Each command group lives in its own file and is
+/// listed here.
+@main
+struct XenPV: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "xenpv",
+        abstract: "Xen-style paravirtual split drivers: simulated hosts, demos and benchmarks.",
+        subcommands: [DemoCommand.self, ListCommand.self, XenstoreCommand.self, XenstoredCommand.self, Bench.self])
+}

@@ -1,0 +1,83 @@
+import Foundation
+import Logging
+import Testing
+import XenABI
+import XenBus
+import XenNetBack
+import XenNetFront
+import XenSimulator
+import XenStore
+
+/// netback and netfront find each other through xenstore, walk the XenBus
+/// handshake and carry frames; unplug and removal leave nothing behind.
+@Suite(.serialized)
+struct NetHandshakeTests {
+    @Test func toolstackCreatesAVifAndBothEndsConnect() async throws {
+        let hv = SimulatedHypervisor()
+        let guest = try hv.createDomain(frames: 1024)
+        let base = "/tmp/xpv-net-\(UUID().uuidString.prefix(8))"
+        var quiet = Logger(label: "test")
+        quiet.logLevel = .critical
+        let server = XenStoreServer(socketPath: base + ".sock", extraSockets: [(base + "-g.sock", guest.domainID)], logger: quiet)
+        try server.start()
+        defer { server.stop() }
+        let dom0Store = try XenStoreClient(socketPath: base + ".sock")
+        let guestStore = try XenStoreClient(socketPath: base + "-g.sock")
+
+        let attachment = MemoryAttachment { _, _ in true }
+        let sent = SentFrames()
+        let recording = MemoryAttachment { frame, offload in
+            sent.frames.withLock { $0.append((Array(frame), offload)) }
+            return true
+        }
+        _ = attachment
+        let backend = NetBackend(hypervisor: hv.dom0, store: dom0Store, logger: quiet) { _, _ in recording }
+        let backendTask = Task { try await backend.run() }
+        defer { backendTask.cancel() }
+
+        let device = XenbusDevice(type: "vif", id: 0, frontend: guest.domainID)
+        try await XenbusToolstack.createDomainHome(guest.domainID, on: dom0Store)
+        try await XenbusToolstack.create(device, on: dom0Store)
+
+        let port = PacketPort()
+        let frontend = NetFrontend(hypervisor: guest, store: guestStore, path: device.frontendPath, port: port, logger: quiet)
+        let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: device.frontendPath,
+                                      peerPath: device.backendPath, driver: frontend, logger: quiet)
+        let frontendTask = Task { try await endpoint.run() }
+
+        #expect(await eventually { endpoint.state == .connected && backend.vifs.first?.state == .connected })
+        #expect(try await dom0Store.read(device.backendPath + "/feature-rx-copy") == "1")
+        #expect(try await dom0Store.read(device.backendPath + "/hotplug-status") == "connected")
+
+        // Guest to dom0 and back.
+        let frame = patternFrame(3000, seed: 5)
+        try await port.send(frame)
+        #expect(await eventually { sent.frames.withLock { $0.count } == 1 })
+        #expect(sent.frames.withLock { $0.first?.bytes } == frame)
+        recording.inject(patternFrame(9000, seed: 6))
+        var iterator = port.packets.makeAsyncIterator()
+        let received = await iterator.next()
+        #expect(received?.bytes == patternFrame(9000, seed: 6))
+
+        // A frame netif cannot carry is refused at the call, clearly.
+        await #expect(throws: NetFrontError.self) { try await port.send([1, 2, 3]) }
+
+        // Unplug: the frontend closes, the backend lets go; removal ends both.
+        endpoint.requestClose()
+        try await frontendTask.value
+        #expect(endpoint.state == .closed)
+        try await XenbusToolstack.remove(device, on: dom0Store)
+        #expect(await eventually { backend.vifs.isEmpty })
+        let leftovers = hv.shutdown()
+        #expect(leftovers.isEmpty, "\(leftovers)")
+    }
+}
+
+func eventually(_ seconds: Double = 10, _ body: () -> Bool) async -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if body() { return true }
+        try? await Task.sleep(nanoseconds: 10_000_000)
+    }
+    return false
+}
