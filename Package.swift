@@ -103,7 +103,8 @@ let package = Package(
         .target(
             name: "XenNetBenchmark",
             dependencies: [
-                "XenNetBack", "XenNetFront", "XenNetProtocol", "XenRing", "XenSimulator", "XenHypervisor", "XenABI", "CXen",
+                "XenNetBack", "XenNetFront", "XenNetProtocol", "XenNetTap", "XenRing", "XenSimulator", "XenHypervisor",
+                "XenABI", "CXen",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
