@@ -134,19 +134,23 @@ public final class XenStoreClient: XenStoreOperations {
     /// A client over any transport; starts its reader thread.
     public init(transport: any XenStoreTransport) {
         self.transport = transport
-        let thread = Thread { [self] in self.readLoop() }
+        // The reader holds the transport and state, not the client, so dropping the client
+        // shuts the transport down and ends the thread.
+        let state = self.state
+        let thread = Thread { Self.readLoop(transport, state) }
         thread.name = "xenstore-client"
         thread.start()
     }
 
-    /// Closes the connection; pending and later requests fail with `closed`.
+    /// Closes the connection; pending and later requests fail with `closed`. Dropping the
+    /// client does the same.
     public func close() {
         transport.shutdown()
     }
 
     deinit { transport.shutdown() }
 
-    private func readLoop() {
+    private static func readLoop(_ transport: any XenStoreTransport, _ state: Locked<State>) {
         var decoder = XenStoreFrameDecoder()
         var buffer = [UInt8](repeating: 0, count: 8192)
         var failure = XenStoreError(.closed, "connection closed")
@@ -168,7 +172,7 @@ public final class XenStoreClient: XenStoreOperations {
                     break reading
                 }
                 guard let m else { break }
-                deliver(m)
+                deliver(m, state)
             }
         }
         let (pending, watches) = state.withLock { s in
@@ -180,7 +184,7 @@ public final class XenStoreClient: XenStoreOperations {
         for w in watches.values { w.finish() }
     }
 
-    private func deliver(_ m: XenStoreMessage) {
+    private static func deliver(_ m: XenStoreMessage, _ state: Locked<State>) {
         if m.type == .watchEvent {
             let parts = m.nulSeparatedParts().terminated
             guard parts.count >= 2 else { return }

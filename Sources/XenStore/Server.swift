@@ -147,7 +147,8 @@ public final class XenStoreServer: @unchecked Sendable {
     }
 
     /// Runs `body` on the loop thread with the engine (to introduce a domain, seed nodes…)
-    /// and waits for it. Must not be called from the loop thread itself.
+    /// and waits for it, at most 10 s; nil if the server is stopped or did not answer.
+    /// Must not be called from the loop thread itself.
     public func withEngine<R: Sendable>(_ body: @escaping @Sendable (XenStoreEngine) -> R) -> R? {
         let box = Locked<R?>(nil)
         let done = DispatchSemaphore(value: 0)
@@ -162,7 +163,8 @@ public final class XenStoreServer: @unchecked Sendable {
         }
         guard accepted else { return nil }
         wake()
-        done.wait()
+        // Bounded: a loop that died (poll failure) must not hang the caller.
+        guard done.wait(timeout: .now() + 10) == .success else { return nil }
         return box.withLock { $0 }
     }
 
@@ -170,6 +172,12 @@ public final class XenStoreServer: @unchecked Sendable {
     func peakQueuedReplyCount() -> Int? {
         nonisolated(unsafe) let me = self
         return withEngine { _ in me.peakQueuedReplies }
+    }
+
+    /// Connections being served (sockets and rings), read on the loop thread.
+    func connectionCount() -> Int? {
+        nonisolated(unsafe) let me = self
+        return withEngine { _ in me.connections.count + me.ringByPort.count }
     }
 
     private func wake() {
