@@ -164,6 +164,7 @@ let package = Package(
         .testTarget(
             name: "XenHostTests",
             dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen", "XenStore", "XenBus",
+                           "XenSimulator", "XenNetBack", "XenNetFront",
                            .product(name: "Logging", package: "swift-log")]),
 
         // ---- Layer 4: XenStore and XenBus (issue 4, branch store) ----

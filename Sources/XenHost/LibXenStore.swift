@@ -209,3 +209,13 @@ public final class LibXenStore: XenStoreOperations, @unchecked Sendable {
         return XenStoreError(.init(rawValue: name), "\(call) failed: \(String(cString: strerror(code)))")
     }
 }
+
+extension LibXenStore: XenStoreConnection {
+    public func watchEvents(_ path: String) async throws(XenStoreError) -> AsyncStream<XenStoreWatchEvent> {
+        try watch(path)
+    }
+
+    public func inTransaction<T: Sendable>(_ body: (any XenStoreOperations) async throws -> T) async throws -> T {
+        try await transaction { tx in try await body(tx) }
+    }
+}

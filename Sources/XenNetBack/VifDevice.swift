@@ -44,7 +44,7 @@ final class VifDevice: XenbusDeviceDriver {
     let path: String
     let peerPath: String
     private let hypervisor: any Hypervisor
-    private let store: XenStoreClient
+    private let store: any XenStoreConnection
     private let attach: AttachmentFactory
     private let logger: Logger
     private let connection = Mutex<Connection?>(nil)
@@ -59,7 +59,7 @@ final class VifDevice: XenbusDeviceDriver {
         var attachment: any NetworkAttachment
     }
 
-    init(identity: VifIdentity, path: String, peerPath: String, hypervisor: any Hypervisor, store: XenStoreClient,
+    init(identity: VifIdentity, path: String, peerPath: String, hypervisor: any Hypervisor, store: any XenStoreConnection,
          attach: @escaping AttachmentFactory, logger: Logger) {
         self.identity = identity
         self.path = path
