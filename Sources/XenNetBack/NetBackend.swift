@@ -45,6 +45,15 @@ public final class NetBackend: Sendable {
     public func run() async throws {
         let watch = try await store.watchEvents(root)
         try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { [self] in
+                await DeviceStatistics.publish(to: store, root: DeviceStatistics.root(of: hypervisor.domainID) + "/vif") {
+                    self.state.withLock { s in
+                        s.served.compactMap { id, entry in
+                            entry.device.statistics.map { ("\(id.frontend.rawValue)/\(id.id)", $0) }
+                        }
+                    }
+                }
+            }
             for await _ in watch {
                 for identity in try await listDevices() where claim(identity) {
                     group.addTask { [self] in await serve(identity) }

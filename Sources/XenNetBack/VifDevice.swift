@@ -73,6 +73,20 @@ final class VifDevice: XenbusDeviceDriver {
     /// The running queue's counters, while connected.
     var counters: VifCounters? { connection.withLock { $0?.queue.counters } }
 
+    /// The figures `xenpv top` shows, while connected.
+    var statistics: [(String, UInt64)]? {
+        connection.withLock { c in
+            guard let q = c?.queue else { return nil }
+            let k = q.counters
+            return [("requests", k.txPackets.value + k.rxPackets.value), ("tx_packets", k.txPackets.value),
+                    ("rx_packets", k.rxPackets.value), ("bytes", k.txBytes.value + k.rxBytes.value),
+                    ("notifies", k.notifies.value), ("sleeps", k.sleeps.value),
+                    ("ring_fill", UInt64(q.transmitRingFill)), ("ring_size", UInt64(q.transmitRingSize)),
+                    ("rx_buffers", UInt64(q.receiveBuffersPosted)),
+                    ("dropped", k.rxDroppedNoBuffers.value + k.txDroppedAttachment.value + k.badGrants.value)]
+        }
+    }
+
     func prepare() async throws {
         for (key, on) in [("feature-sg", true), ("feature-gso-tcpv4", true), ("feature-gso-tcpv6", true),
                           ("feature-rx-copy", true), ("feature-rx-flip", false), ("feature-split-event-channels", true),

@@ -44,6 +44,11 @@ public final class VifQueue: @unchecked Sendable {
     // touched only by the queue thread once it has started.
     private var tx: BackRing<netif_tx_request, netif_tx_response>
     private var rx: BackRing<netif_rx_request, netif_rx_response>
+    /// The shared headers, for reading occupancy from other threads.
+    private let txHeader: SharedRingHeader
+    private let rxHeader: SharedRingHeader
+    /// Entries in the tx ring.
+    public let transmitRingSize: UInt32
     private let events: any EventChannels
     private let mapper: any GrantMapper
     private let attachment: any NetworkAttachment
@@ -74,6 +79,9 @@ public final class VifQueue: @unchecked Sendable {
         self.cpu = cpu
         tx = try BackRing(attachingTo: txRing)
         rx = try BackRing(attachingTo: rxRing)
+        txHeader = tx.header
+        rxHeader = rx.header
+        transmitRingSize = tx.size
         self.events = events
         self.mapper = mapper
         self.attachment = attachment
@@ -92,6 +100,18 @@ public final class VifQueue: @unchecked Sendable {
         segments.deallocate()
         slotIDs.deallocate()
         close(stopFD)
+    }
+
+    /// Requests the frontend has published on the tx ring and this queue has
+    /// not answered yet (`req_prod - rsp_prod`), read from shared memory with
+    /// relaxed loads: a figure for display, never used for decisions.
+    public var transmitRingFill: UInt32 {
+        txHeader.requestProducer.load(ordering: .relaxed) &- txHeader.responseProducer.load(ordering: .relaxed)
+    }
+
+    /// Receive buffers the frontend has posted and this queue has not filled.
+    public var receiveBuffersPosted: UInt32 {
+        rxHeader.requestProducer.load(ordering: .relaxed) &- rxHeader.responseProducer.load(ordering: .relaxed)
     }
 
     /// Starts the queue thread.

@@ -61,6 +61,12 @@ struct CommandTests {
         // The same socket through the environment variable Xen's tools use.
         let ls = try Self.xenpv(["xenstore", "ls", "/local/domain/5"], environment: ["XENSTORED_PATH": socket])
         #expect(ls.output.contains("backend-id = \"0\""))
+        // top shows what a backend published under xenpv-stats.
+        let stats = "/local/domain/0/xenpv-stats/vbd/5/51712"
+        #expect(try Self.xenpv(["xenstore", "write", "--store", socket, stats,
+                                "requests=1000 bytes=4096000 notifies=10 sleeps=5 ring_fill=3 ring_size=32 dropped=0"]).status == 0)
+        let top = try Self.xenpv(["top", "--store", socket, "--count", "1", "--interval", "0.2"])
+        #expect(top.status == 0 && top.output.contains("dom0 vbd 5/51712") && top.output.contains("3/32"), "\(top.output)")
         #expect(try Self.xenpv(["xenstore", "rm", "--store", socket, "/local/domain/5"]).status == 0)
         #expect(try Self.xenpv(["xenstore", "read", "--store", socket, fe + "/state"]).status != 0)
 
