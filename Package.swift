@@ -20,6 +20,10 @@ let package = Package(
         // Block (issue 5): protocol and storage engines.
         .library(name: "XenBlockProtocol", targets: ["XenBlockProtocol"]),
         .library(name: "XenBlockStorage", targets: ["XenBlockStorage"]),
+        // Block (issue 5): the split drivers and their benchmark engine.
+        .library(name: "XenBlockBack", targets: ["XenBlockBack"]),
+        .library(name: "XenBlockFront", targets: ["XenBlockFront"]),
+        .library(name: "XenBlockBenchmark", targets: ["XenBlockBenchmark"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -112,6 +116,7 @@ let package = Package(
             name: "xenpv",
             dependencies: [
                 "XenRingBenchmark", "XenSimulator", "XenDemo", "XenNetBenchmark", "XenStore", "XenABI", "XenBus",
+                "XenBlockBenchmark",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
@@ -216,6 +221,33 @@ let package = Package(
             name: "XenBlockStorageTests",
             dependencies: [
                 "XenBlockStorage", "CMallocCounter",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        // Block drivers: blkback (dom0) and blkfront (guest), and the benchmark engine.
+        .target(
+            name: "XenBlockBack",
+            dependencies: [
+                "XenBlockProtocol", "XenBlockStorage", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .target(
+            name: "XenBlockFront",
+            dependencies: [
+                "XenBlockProtocol", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .target(
+            name: "XenBlockBenchmark",
+            dependencies: ["XenBlockBack", "XenBlockFront", "XenBlockProtocol", "XenBlockStorage", "XenSimulator",
+                           "XenHypervisor", "XenABI"]),
+        .testTarget(
+            name: "XenBlockDriverTests",
+            dependencies: [
+                "XenBlockBack", "XenBlockFront", "XenBlockBenchmark", "XenBlockProtocol", "XenBlockStorage", "XenRing",
+                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
         // ---- end Block ----
