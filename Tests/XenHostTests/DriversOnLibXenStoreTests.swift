@@ -23,11 +23,8 @@ struct DriversOnLibXenStoreTests {
         let server = XenStoreServer(socketPath: base + ".sock", extraSockets: [(base + "-g.sock", guest.domainID)], logger: quiet)
         try server.start()
         defer { server.stop() }
-        setenv("XENSTORED_PATH", base + ".sock", 1)
-        let dom0Store = try LibXenStore()
-        setenv("XENSTORED_PATH", base + "-g.sock", 1)
-        let guestStore = try LibXenStore()
-        unsetenv("XENSTORED_PATH")
+        let dom0Store = try StoreEnvironment.open(socket: base + ".sock")
+        let guestStore = try StoreEnvironment.open(socket: base + "-g.sock")
         defer {
             dom0Store.close()
             guestStore.close()

@@ -23,9 +23,7 @@ struct LibXenStoreTests {
 
     /// A libxenstore connection to our server, as dom0 or as guest 7.
     func open(asGuest: Bool = false) throws -> LibXenStore {
-        setenv("XENSTORED_PATH", asGuest ? base + "-d7.sock" : base + ".sock", 1)
-        defer { unsetenv("XENSTORED_PATH") }
-        return try LibXenStore()
+        try StoreEnvironment.open(socket: asGuest ? base + "-d7.sock" : base + ".sock")
     }
 
     @Test func readWriteDirectoryPermissionsThroughLibxenstore() async throws {
