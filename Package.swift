@@ -98,7 +98,9 @@ let package = Package(
             name: "XenDemo",
             dependencies: [
                 "XenSimulator", "XenStore", "XenBus", "XenNetBack", "XenNetFront", "XenHypervisor", "XenABI",
+                "XenBlockBack", "XenBlockFront", "XenBlockStorage",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ]),
         .testTarget(name: "XenDemoTests", dependencies: ["XenDemo"]),
         // Runs the built `xenpv` as a user would; depending on it makes `swift test` build it.
