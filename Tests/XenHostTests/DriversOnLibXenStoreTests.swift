@@ -45,7 +45,9 @@ struct DriversOnLibXenStoreTests {
         let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: device.frontendPath,
                                       peerPath: device.backendPath, driver: frontend, logger: quiet)
         let frontendTask = Task { try await endpoint.run() }
-        let deadline = Date().addingTimeInterval(10)
+        // Bounded, but generous: libxenstore's calls run off the cooperative
+        // pool, and under a parallel test run on two cores they wait their turn.
+        let deadline = Date().addingTimeInterval(30)
         while Date() < deadline, !(endpoint.state == .connected && backend.vifs.first?.state == .connected) {
             try await Task.sleep(nanoseconds: 10_000_000)
         }

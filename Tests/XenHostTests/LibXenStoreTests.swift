@@ -73,7 +73,7 @@ struct LibXenStoreTests {
         let xs = try open()
         defer { xs.close(); server.stop() }
         let ours = try XenStoreClient(socketPath: base + ".sock")
-        let events = try xs.watch("/local/domain/9")
+        let events = try await xs.watch("/local/domain/9")
         var iterator = events.makeAsyncIterator()
         let first = await iterator.next()
         #expect(first?.path == "/local/domain/9")  // fired once at registration, as Xen does
