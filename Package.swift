@@ -20,6 +20,8 @@ let package = Package(
         // Block (issue 5): protocol and storage engines.
         .library(name: "XenBlockProtocol", targets: ["XenBlockProtocol"]),
         .library(name: "XenBlockStorage", targets: ["XenBlockStorage"]),
+        // Across processes (issue 7, branch proc): the hypervisor daemon and its client.
+        .library(name: "XenSimulatorDaemon", targets: ["XenSimulatorDaemon"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -94,6 +96,9 @@ let package = Package(
             dependencies: [
                 "XenRingBenchmark", "XenSimulator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                // Across processes (issue 7): hypervisor, backend and guest commands.
+                "XenSimulatorDaemon", "XenNetBack", "XenNetFront", "XenBus", "XenStore", "XenRing", "XenHypervisor", "XenABI", "CXen",
+                .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(
             name: "XenRingBenchmarkTests",
@@ -191,5 +196,23 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
         // ---- end Block ----
+
+        // ---- Across processes (issue 7, branch proc): the hypervisor daemon
+        // shared by a dom0 backend process and guest processes, and the
+        // client a joining process passes to the unchanged drivers. ----
+        .target(
+            name: "XenSimulatorDaemon",
+            dependencies: [
+                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenStore", "XenBus",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(
+            name: "XenProcessTests",
+            dependencies: [
+                "XenSimulatorDaemon", "XenSimulator", "XenHypervisor", "XenABI", "XenStore", "xenpv",
+            ]),
+        // ---- end Across processes ----
     ]
 )
