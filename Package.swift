@@ -211,7 +211,8 @@ let package = Package(
         .testTarget(
             name: "XenProcessTests",
             dependencies: [
-                "XenSimulatorDaemon", "XenSimulator", "XenHypervisor", "XenABI", "XenStore", "xenpv",
+                "XenSimulatorDaemon", "XenSimulator", "XenHypervisor", "XenABI", "XenStore", "XenRingBenchmark", "xenpv",
+                .product(name: "Logging", package: "swift-log"),
             ]),
         // ---- end Across processes ----
     ]

@@ -290,7 +290,13 @@ public final class HypervisorDaemon: @unchecked Sendable {
             refs = GrantRef.reservedCount..<UInt32(domain.grantTableSize)
             if let store = toolstackStore {
                 let id = domain.domainID
-                blocking { try? await XenbusToolstack.createDomainHome(id, on: store) }
+                let devices = m.words.count > 3 ? m.words[3] : 0
+                blocking {
+                    try? await XenbusToolstack.createDomainHome(id, on: store)
+                    // As a toolstack's domain config would: a vif 0 and a vbd 51712 (xvda) served by dom0.
+                    if devices & 1 != 0 { try? await XenbusToolstack.create(XenbusDevice(type: "vif", id: 0, frontend: id), on: store) }
+                    if devices & 2 != 0 { try? await XenbusToolstack.create(XenbusDevice(type: "vbd", id: 51712, frontend: id), on: store) }
+                }
             }
         }
         var pair: [Int32] = [-1, -1]
@@ -517,6 +523,19 @@ public final class HypervisorDaemon: @unchecked Sendable {
                 }
             }
             try? await store.rm(home)
+        }
+        // A backend that was closing the device may write its `state` once more
+        // after the removal, recreating the node; sweep the dead domain's
+        // backend directories again a moment later, as a toolstack's cleanup does.
+        Task { [logger] in
+            try? await Task.sleep(nanoseconds: 1_000_000_000)
+            for type in (try? await store.directory("/local/domain/0/backend")) ?? [] {
+                let dir = "/local/domain/0/backend/\(type)/\(id.rawValue)"
+                if (try? await store.exists(dir)) == true {
+                    try? await store.rm(dir)
+                    logger.debug("swept \(dir)")
+                }
+            }
         }
     }
 

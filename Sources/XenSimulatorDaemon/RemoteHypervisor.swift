@@ -12,8 +12,19 @@ public enum DomainRequest: Sendable, Hashable {
     /// each gets its own slice of dom0's frames and grant references).
     case dom0
     /// As a new guest domain with this many 4 KiB frames, created for this
-    /// process and destroyed when it goes.
-    case newGuest(frames: Int)
+    /// process and destroyed when it goes; the daemon, as toolstack, creates
+    /// the devices asked for in the store (backend dom0).
+    case newGuest(frames: Int, devices: GuestDevices = [])
+}
+
+/// Devices the daemon creates for a new guest, as a domain configuration lists them.
+public struct GuestDevices: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt64
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    /// `vif/0`.
+    public static let vif = GuestDevices(rawValue: 1)
+    /// `vbd/51712` (xvda).
+    public static let vbd = GuestDevices(rawValue: 2)
 }
 
 /// The hypervisor as a process joined to `xenpv hypervisor` sees it: pass it to
@@ -61,12 +72,12 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
         signal(SIGPIPE, SIG_IGN)
         self.socketPath = socketPath
         let link = try DaemonLink(socketPath: socketPath)
-        let (kind, frames): (UInt64, UInt64) =
+        let (kind, frames, devices): (UInt64, UInt64, UInt64) =
             switch request {
-            case .dom0: (0, 0)
-            case .newGuest(let f): (1, UInt64(max(0, f)))
+            case .dom0: (0, 0, 0)
+            case .newGuest(let f, let d): (1, UInt64(max(0, f)), d.rawValue)
             }
-        let reply = try link.call(WireMessage([DaemonOp.join.rawValue, kind, frames]))
+        let reply = try link.call(WireMessage([DaemonOp.join.rawValue, kind, frames, devices]))
         guard reply.words.count >= 8, reply.fds.count == 3 else {
             for fd in reply.fds { Glibc.close(fd) }
             throw HypervisorError(.closed, "malformed join reply from the hypervisor daemon")

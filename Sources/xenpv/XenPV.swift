@@ -7,5 +7,5 @@ struct XenPV: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "xenpv",
         abstract: "Xen-style paravirtual split drivers: simulated hosts, demos and benchmarks.",
-        subcommands: [Bench.self])
+        subcommands: [Bench.self, HypervisorCommand.self, BackendCommand.self, GuestCommand.self])
 }
