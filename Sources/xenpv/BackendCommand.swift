@@ -52,6 +52,19 @@ struct BackendCommand: ParsableCommand {
         let task = Task { try await backend.run() }
         if disk != nil { say("xenpv backend: note: vbd devices are not served yet (no block backend on this branch)") }
         say("xenpv backend: dom0 serving vifs (\(bridge.map { "bridge \($0)" } ?? "echo"))")
+        // One line whenever the set of served vifs changes, for people and tests.
+        let watcher = Thread {
+            var last = ""
+            while true {
+                let now = backend.vifs.map { "\($0.identity) \($0.state)" }.joined(separator: ", ")
+                if now != last {
+                    say("xenpv backend: vifs: \(now.isEmpty ? "none" : now)")
+                    last = now
+                }
+                usleep(100_000)
+            }
+        }
+        watcher.start()
         ProcessSupport.waitForTermination()
         backend.closeAll()
         task.cancel()
