@@ -91,10 +91,30 @@ let package = Package(
 
         // Layer 7: the `xenpv` command line (started by issue 3 with `bench
         // ring`; other commands add a file under Sources/xenpv each).
+        // The embedded host and `xenpv demo`, as a library the tests run too.
+        .target(
+            name: "XenDemo",
+            dependencies: [
+                "XenSimulator", "XenStore", "XenBus", "XenNetBack", "XenNetFront", "XenHypervisor", "XenABI",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(name: "XenDemoTests", dependencies: ["XenDemo"]),
+        // Runs the built `xenpv` as a user would; depending on it makes `swift test` build it.
+        .testTarget(name: "XenPVCommandTests", dependencies: ["xenpv"]),
+        // The netif ring-pair benchmark engine behind `xenpv bench net`.
+        .target(
+            name: "XenNetBenchmark",
+            dependencies: [
+                "XenNetBack", "XenNetFront", "XenNetProtocol", "XenNetTap", "XenRing", "XenSimulator", "XenHypervisor",
+                "XenABI", "CXen",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
         .executableTarget(
             name: "xenpv",
             dependencies: [
-                "XenRingBenchmark", "XenSimulator",
+                "XenRingBenchmark", "XenSimulator", "XenDemo", "XenNetBenchmark", "XenStore", "XenABI", "XenBus",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // Across processes (issue 7): hypervisor, backend and guest commands.
                 "XenSimulatorDaemon", "XenNetBack", "XenNetFront", "XenBus", "XenStore", "XenRing", "XenHypervisor", "XenABI", "CXen",
@@ -143,16 +163,21 @@ let package = Package(
         .target(
             name: "XenHost",
             dependencies: [
-                "CXenLibs", "XenHypervisor", "XenABI",
+                "CXenLibs", "XenHypervisor", "XenABI", "XenStore", "CXen",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
-        .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen"]),
+        .testTarget(
+            name: "XenHostTests",
+            dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen", "XenStore", "XenBus",
+                           "XenSimulator", "XenNetBack", "XenNetFront",
+                           .product(name: "Logging", package: "swift-log")]),
 
         // ---- Layer 4: XenStore and XenBus (issue 4, branch store) ----
         .target(
             name: "XenStore",
             dependencies: [
-                "XenABI", "CXen",
+                "XenABI", "CXen", "XenHypervisor",
+                .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
@@ -164,7 +189,10 @@ let package = Package(
             name: "XenStoreBench", dependencies: ["XenStore"], path: "Benchmarks/XenStoreBench"),
         .testTarget(
             name: "XenStoreTests",
-            dependencies: ["XenStore", "XenABI", "CXen", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "XenStore", "XenABI", "CXen", "XenHypervisor", "XenSimulator",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(
             name: "XenBusTests",
             dependencies: ["XenBus", "XenStore", "XenABI", .product(name: "Logging", package: "swift-log")]),

@@ -44,6 +44,11 @@ public final class VifQueue: @unchecked Sendable {
     // touched only by the queue thread once it has started.
     private var tx: BackRing<netif_tx_request, netif_tx_response>
     private var rx: BackRing<netif_rx_request, netif_rx_response>
+    /// The shared headers, for reading occupancy from other threads.
+    private let txHeader: SharedRingHeader
+    private let rxHeader: SharedRingHeader
+    /// Entries in the tx ring.
+    public let transmitRingSize: UInt32
     private let events: any EventChannels
     private let mapper: any GrantMapper
     private let attachment: any NetworkAttachment
@@ -56,8 +61,11 @@ public final class VifQueue: @unchecked Sendable {
     private let segments: UnsafeMutableBufferPointer<GrantCopySegment>
     private let slotIDs: UnsafeMutableBufferPointer<UInt16>
     private let stopFD: Int32
+    /// Set by `stop()`; the thread checks it every turn, not only when it sleeps.
+    private let stopping = ManagedAtomic<Bool>(false)
     private let finished = DispatchSemaphore(value: 0)
     private var started = false
+    private let cpu: Int32?
     /// Why the queue stopped by itself (a ring-protocol violation), if it did.
     public private(set) var failure: (any Error)?
 
@@ -67,9 +75,13 @@ public final class VifQueue: @unchecked Sendable {
 
     public init(txRing: MappedPages, rxRing: MappedPages, events: any EventChannels, mapper: any GrantMapper,
                 attachment: any NetworkAttachment, configuration: VifConfiguration,
-                counters: VifCounters = VifCounters()) throws(RingError) {
+                counters: VifCounters = VifCounters(), cpu: Int32? = nil) throws(RingError) {
+        self.cpu = cpu
         tx = try BackRing(attachingTo: txRing)
         rx = try BackRing(attachingTo: rxRing)
+        txHeader = tx.header
+        rxHeader = rx.header
+        transmitRingSize = tx.size
         self.events = events
         self.mapper = mapper
         self.attachment = attachment
@@ -90,11 +102,24 @@ public final class VifQueue: @unchecked Sendable {
         close(stopFD)
     }
 
+    /// Requests the frontend has published on the tx ring and this queue has
+    /// not answered yet (`req_prod - rsp_prod`), read from shared memory with
+    /// relaxed loads: a figure for display, never used for decisions.
+    public var transmitRingFill: UInt32 {
+        txHeader.requestProducer.load(ordering: .relaxed) &- txHeader.responseProducer.load(ordering: .relaxed)
+    }
+
+    /// Receive buffers the frontend has posted and this queue has not filled.
+    public var receiveBuffersPosted: UInt32 {
+        rxHeader.requestProducer.load(ordering: .relaxed) &- rxHeader.responseProducer.load(ordering: .relaxed)
+    }
+
     /// Starts the queue thread.
     public func start() {
         precondition(!started, "queue started twice")
         started = true
         let thread = Thread { [self] in
+            if let cpu { _ = cxen_pin_to_cpu(cpu) }
             run()
             finished.signal()
         }
@@ -107,6 +132,7 @@ public final class VifQueue: @unchecked Sendable {
     @discardableResult
     public func stop(timeout: Double = 5) -> Bool {
         guard started else { return true }
+        stopping.store(true, ordering: .relaxed)
         var one: UInt64 = 1
         _ = write(stopFD, &one, 8)
         let stopped = finished.wait(timeout: .now() + timeout) == .success
@@ -118,13 +144,14 @@ public final class VifQueue: @unchecked Sendable {
 
     private func run() {
         do {
-            while true {
+            while !stopping.load(ordering: .relaxed) {
                 var worked = try serviceTransmit()
                 worked = try serviceReceive() || worked
                 if worked { continue }
-                // Sleep only once both rings' final checks say idle.
+                // Sleep only once both rings' final checks say idle. An
+                // attachment without a descriptor is polled after a short sleep.
                 if try tx.finalCheckForRequests() { continue }
-                if try rx.finalCheckForRequests(), attachmentHasFrames { continue }
+                if try rx.finalCheckForRequests(), attachment.fileDescriptor != nil, attachmentHasFrames { continue }
                 if try !sleep() { return }
             }
         } catch {
@@ -133,7 +160,7 @@ public final class VifQueue: @unchecked Sendable {
     }
 
     private var attachmentHasFrames: Bool {
-        guard let fd = attachment.fileDescriptor else { return true }
+        guard let fd = attachment.fileDescriptor else { return false }
         var pfd = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
         return poll(&pfd, 1, 0) > 0
     }

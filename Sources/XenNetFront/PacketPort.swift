@@ -5,10 +5,11 @@ import Synchronization
 import SystemPackage
 import XenNetProtocol
 
-/// The `async` packet API of a netfront: `send` waits until the frame is on
-/// the ring (back-pressure when it is full); received frames arrive on
-/// `packets`, which holds at most `receiveLimit` unread frames and counts
-/// what it had to drop beyond that.
+/// The `async` packet API of a netfront: `send` returns once the frame is
+/// queued for the ring, and suspends while `sendLimit` frames already wait
+/// (back-pressure, nothing dropped); received frames arrive on `packets`,
+/// which holds at most `receiveLimit` unread frames and counts what it had
+/// to drop beyond that.
 public final class PacketPort: GuestPort {
     public struct Packet: Sendable {
         public var bytes: [UInt8]
@@ -18,7 +19,8 @@ public final class PacketPort: GuestPort {
     private struct Outbound {
         var bytes: [UInt8]
         var offload: GuestOffload
-        var continuation: CheckedContinuation<Void, Never>
+        /// Set when the sender waits for room: resumed once this frame leaves the queue.
+        var continuation: CheckedContinuation<Void, Never>?
     }
 
     private let outbound = Mutex(Deque<Outbound>())
@@ -27,7 +29,10 @@ public final class PacketPort: GuestPort {
     private let inbound: AsyncStream<Packet>.Continuation
     private let dropped = Mutex<UInt64>(0)
 
-    public init(receiveLimit: Int = 4096) {
+    private let sendLimit: Int
+
+    public init(sendLimit: Int = 256, receiveLimit: Int = 4096) {
+        self.sendLimit = sendLimit
         (packets, inbound) = AsyncStream.makeStream(of: Packet.self, bufferingPolicy: .bufferingOldest(receiveLimit))
     }
 
@@ -45,11 +50,24 @@ public final class PacketPort: GuestPort {
         guard bytes.count >= Netif.minimumPacketSize, bytes.count <= Netif.maxPacketSize else {
             throw NetFrontError(.badFrameSize, "frame of \(bytes.count) bytes")
         }
+        let queued = outbound.withLock { q -> Bool in
+            guard q.count < sendLimit else { return false }
+            q.append(Outbound(bytes: bytes, offload: offload, continuation: nil))
+            return true
+        }
+        if queued {
+            wakePump()
+            return
+        }
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             outbound.withLock { $0.append(Outbound(bytes: bytes, offload: offload, continuation: c)) }
-            var one: UInt64 = 1
-            _ = write(wakeFD, &one, 8)
+            wakePump()
         }
+    }
+
+    private func wakePump() {
+        var one: UInt64 = 1
+        _ = write(wakeFD, &one, 8)
     }
 
     public var fileDescriptor: FileDescriptor { FileDescriptor(rawValue: wakeFD) }
@@ -64,7 +82,7 @@ public final class PacketPort: GuestPort {
         }
         // `send` admitted only frames up to XEN_NETIF_MAX_TX_SIZE, which fit.
         next.bytes.withUnsafeBytes { buffer.copyMemory(from: $0) }
-        next.continuation.resume()
+        next.continuation?.resume()
         return (0 ..< next.bytes.count, next.offload)
     }
 

@@ -3,9 +3,10 @@ import ArgumentParser
 /// The `xenpv` command line. Each command group lives in its own file and is
 /// listed here.
 @main
-struct XenPV: ParsableCommand {
+struct XenPV: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "xenpv",
         abstract: "Xen-style paravirtual split drivers: simulated hosts, demos and benchmarks.",
-        subcommands: [Bench.self, HypervisorCommand.self, BackendCommand.self, GuestCommand.self])
+        subcommands: [DemoCommand.self, ListCommand.self, TopCommand.self, XenstoreCommand.self, XenstoredCommand.self, Bench.self,
+                      HypervisorCommand.self, BackendCommand.self, GuestCommand.self])
 }

@@ -1,0 +1,65 @@
+import Foundation
+import Logging
+import XenABI
+import XenBus
+import XenHypervisor
+import XenNetBack
+import XenSimulator
+import XenStore
+
+/// One process playing a whole Xen host on the embedded simulator: the
+/// hypervisor, dom0's xenstored (with a socket per guest that speaks as that
+/// guest, standing in for its xenstore ring) and dom0's backends.
+public final class EmbeddedHost: @unchecked Sendable {
+    public let hypervisor = SimulatedHypervisor()
+    public let store: XenStoreClient
+    public let netBackend: NetBackend
+    let server: XenStoreServer
+    let directory: URL
+    private var tasks: [Task<Void, Error>] = []
+    private var guestSockets: [DomainID: String] = [:]
+    private let logger: Logger
+
+    /// Starts the store and the backends. `attach` makes each vif's NIC.
+    public init(directory: URL, logger: Logger, attach: @escaping AttachmentFactory) throws {
+        self.directory = directory
+        self.logger = logger
+        // Guests get ids 1, 2, …: give the first few their store sockets now.
+        var extra: [(String, DomainID)] = []
+        for id in 1 ... 4 {
+            let path = directory.appendingPathComponent("xenstore-d\(id).sock").path
+            extra.append((path, DomainID(UInt16(id))))
+            guestSockets[DomainID(UInt16(id))] = path
+        }
+        let socket = directory.appendingPathComponent("xenstore.sock").path
+        var quiet = logger
+        quiet.logLevel = .warning
+        server = XenStoreServer(socketPath: socket, extraSockets: extra, logger: quiet)
+        try server.start()
+        store = try XenStoreClient(socketPath: socket)
+        netBackend = NetBackend(hypervisor: hypervisor.dom0, store: store, logger: quiet, attach: attach)
+        let backend = netBackend
+        tasks.append(Task { try await backend.run() })
+    }
+
+    /// The store as guest `domain` sees it.
+    public func store(for domain: DomainID) throws -> XenStoreClient {
+        guard let path = guestSockets[domain] else { throw XenStoreError(.invalid, "no store socket for \(domain)") }
+        return try XenStoreClient(socketPath: path)
+    }
+
+    /// Creates a guest with its xenstore home.
+    public func createGuest(frames: Int) async throws -> SimulatedDomain {
+        let guest = try hypervisor.createDomain(frames: frames)
+        try await XenbusToolstack.createDomainHome(guest.domainID, on: store)
+        return guest
+    }
+
+    /// Stops the backends and the store; returns what the hypervisor found left.
+    public func shutdown() -> Leftovers {
+        netBackend.closeAll()
+        for t in tasks { t.cancel() }
+        server.stop()
+        return hypervisor.shutdown()
+    }
+}
