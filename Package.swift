@@ -24,6 +24,8 @@ let package = Package(
         .library(name: "XenBlockBack", targets: ["XenBlockBack"]),
         .library(name: "XenBlockFront", targets: ["XenBlockFront"]),
         .library(name: "XenBlockBenchmark", targets: ["XenBlockBenchmark"]),
+        // Across processes (issue 7, branch proc): the hypervisor daemon and its client.
+        .library(name: "XenSimulatorDaemon", targets: ["XenSimulatorDaemon"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -121,6 +123,9 @@ let package = Package(
                 "XenBlockBenchmark",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                // Across processes (issue 7): hypervisor, backend and guest commands.
+                "XenSimulatorDaemon", "XenNetBack", "XenNetFront", "XenBus", "XenStore", "XenRing", "XenHypervisor", "XenABI", "CXen",
+                .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(
             name: "XenRingBenchmarkTests",
@@ -253,5 +258,24 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
         // ---- end Block ----
+
+        // ---- Across processes (issue 7, branch proc): the hypervisor daemon
+        // shared by a dom0 backend process and guest processes, and the
+        // client a joining process passes to the unchanged drivers. ----
+        .target(
+            name: "XenSimulatorDaemon",
+            dependencies: [
+                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenStore", "XenBus",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(
+            name: "XenProcessTests",
+            dependencies: [
+                "XenSimulatorDaemon", "XenSimulator", "XenHypervisor", "XenABI", "XenStore", "XenRingBenchmark", "xenpv",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        // ---- end Across processes ----
     ]
 )

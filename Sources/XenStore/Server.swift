@@ -168,6 +168,25 @@ public final class XenStoreServer: @unchecked Sendable {
         return box.withLock { $0 }
     }
 
+    /// Serves an already connected stream socket whose client speaks for `domain` (how a
+    /// hypervisor daemon hands each joining process its own store connection). The server
+    /// owns `fd` from now on; false (and `fd` closed) if the server is stopped.
+    @discardableResult
+    public func adopt(connectedSocket fd: Int32, as domain: DomainID) -> Bool {
+        let accepted = control.withLock { state -> Bool in
+            guard !state.stopping && state.running else { return false }
+            state.tasks.append { [self] engine in
+                Sys.makeNonBlocking(fd)
+                let id = engine.connect(domain: domain)
+                connections[fd] = SocketConnection(transport: .socket(fd), id: id, domain: domain)
+                logger.debug("\(id) adopted as \(domain)")
+            }
+            return true
+        }
+        if accepted { wake() } else { close(fd) }
+        return accepted
+    }
+
     /// The most replies ever queued for one connection, read on the loop thread.
     func peakQueuedReplyCount() -> Int? {
         nonisolated(unsafe) let me = self
