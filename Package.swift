@@ -6,6 +6,14 @@ import PackageDescription
 let package = Package(
     name: "XenPV",
     products: [
+        // What programs link: a dom0 program the backends, a guest program the
+        // frontends (neither the other side), plus the world they run in.
+        .library(
+            name: "XenPVBackends",
+            targets: ["XenNetBack", "XenBlockBack", "XenBlockStorage", "XenNetTap", "XenBus", "XenStore", "XenHypervisor", "XenABI"]),
+        .library(
+            name: "XenPVFrontends",
+            targets: ["XenNetFront", "XenBlockFront", "XenBus", "XenStore", "XenHypervisor", "XenABI"]),
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenHypervisor", targets: ["XenHypervisor"]),
         .library(name: "XenSimulator", targets: ["XenSimulator"]),
