@@ -6,6 +6,14 @@ import PackageDescription
 let package = Package(
     name: "XenPV",
     products: [
+        // What programs link: a dom0 program the backends, a guest program the
+        // frontends (neither the other side), plus the world they run in.
+        .library(
+            name: "XenPVBackends",
+            targets: ["XenNetBack", "XenBlockBack", "XenBlockStorage", "XenNetTap", "XenBus", "XenStore", "XenHypervisor", "XenABI"]),
+        .library(
+            name: "XenPVFrontends",
+            targets: ["XenNetFront", "XenBlockFront", "XenBus", "XenStore", "XenHypervisor", "XenABI"]),
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenHypervisor", targets: ["XenHypervisor"]),
         .library(name: "XenSimulator", targets: ["XenSimulator"]),
@@ -24,6 +32,8 @@ let package = Package(
         .library(name: "XenBlockBack", targets: ["XenBlockBack"]),
         .library(name: "XenBlockFront", targets: ["XenBlockFront"]),
         .library(name: "XenBlockBenchmark", targets: ["XenBlockBenchmark"]),
+        // Across processes (issue 7, branch proc): the hypervisor daemon and its client.
+        .library(name: "XenSimulatorDaemon", targets: ["XenSimulatorDaemon"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -98,24 +108,32 @@ let package = Package(
             name: "XenDemo",
             dependencies: [
                 "XenSimulator", "XenStore", "XenBus", "XenNetBack", "XenNetFront", "XenHypervisor", "XenABI",
+                "XenBlockBack", "XenBlockFront", "XenBlockStorage",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ]),
         .testTarget(name: "XenDemoTests", dependencies: ["XenDemo"]),
+        // Runs the built `xenpv` as a user would; depending on it makes `swift test` build it.
+        .testTarget(name: "XenPVCommandTests", dependencies: ["xenpv"]),
         // The netif ring-pair benchmark engine behind `xenpv bench net`.
         .target(
             name: "XenNetBenchmark",
             dependencies: [
-                "XenNetBack", "XenNetFront", "XenNetProtocol", "XenRing", "XenSimulator", "XenHypervisor", "XenABI", "CXen",
+                "XenNetBack", "XenNetFront", "XenNetProtocol", "XenNetTap", "XenRing", "XenSimulator", "XenHypervisor",
+                "XenABI", "CXen",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
         .executableTarget(
             name: "xenpv",
             dependencies: [
-                "XenRingBenchmark", "XenSimulator", "XenDemo", "XenNetBenchmark", "XenStore", "XenABI",
-                "XenBlockBenchmark",  // bench block (issue 5)
+                "XenRingBenchmark", "XenSimulator", "XenDemo", "XenNetBenchmark", "XenStore", "XenABI", "XenBus",
+                "XenBlockBenchmark",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                // Across processes (issue 7): hypervisor, backend and guest commands.
+                "XenSimulatorDaemon", "XenNetBack", "XenNetFront", "XenBus", "XenStore", "XenRing", "XenHypervisor", "XenABI", "CXen",
+                .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(
             name: "XenRingBenchmarkTests",
@@ -160,16 +178,21 @@ let package = Package(
         .target(
             name: "XenHost",
             dependencies: [
-                "CXenLibs", "XenHypervisor", "XenABI",
+                "CXenLibs", "XenHypervisor", "XenABI", "XenStore", "CXen",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
-        .testTarget(name: "XenHostTests", dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen"]),
+        .testTarget(
+            name: "XenHostTests",
+            dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen", "XenStore", "XenBus",
+                           "XenSimulator", "XenNetBack", "XenNetFront",
+                           .product(name: "Logging", package: "swift-log")]),
 
         // ---- Layer 4: XenStore and XenBus (issue 4, branch store) ----
         .target(
             name: "XenStore",
             dependencies: [
-                "XenABI", "CXen",
+                "XenABI", "CXen", "XenHypervisor",
+                .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
@@ -181,7 +204,10 @@ let package = Package(
             name: "XenStoreBench", dependencies: ["XenStore"], path: "Benchmarks/XenStoreBench"),
         .testTarget(
             name: "XenStoreTests",
-            dependencies: ["XenStore", "XenABI", "CXen", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "XenStore", "XenABI", "CXen", "XenHypervisor", "XenSimulator",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(
             name: "XenBusTests",
             dependencies: ["XenBus", "XenStore", "XenABI", .product(name: "Logging", package: "swift-log")]),
@@ -240,5 +266,24 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
         // ---- end Block ----
+
+        // ---- Across processes (issue 7, branch proc): the hypervisor daemon
+        // shared by a dom0 backend process and guest processes, and the
+        // client a joining process passes to the unchanged drivers. ----
+        .target(
+            name: "XenSimulatorDaemon",
+            dependencies: [
+                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenStore", "XenBus",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(
+            name: "XenProcessTests",
+            dependencies: [
+                "XenSimulatorDaemon", "XenSimulator", "XenHypervisor", "XenABI", "XenStore", "XenRingBenchmark", "xenpv",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        // ---- end Across processes ----
     ]
 )

@@ -44,10 +44,10 @@ public enum XenbusToolstack {
     /// `backend-id`, `state`; the backend's `frontend`, `frontend-id`, `online`, `state`; plus
     /// the extra keys given. Fails with `EEXIST` if either directory already exists.
     public static func create(
-        _ device: XenbusDevice, on store: XenStoreClient,
+        _ device: XenbusDevice, on store: any XenStoreConnection,
         frontendKeys: [String: String] = [:], backendKeys: [String: String] = [:]
     ) async throws {
-        try await store.transaction { tx in
+        try await store.inTransaction { tx in
             for p in [device.frontendPath, device.backendPath] where try await tx.exists(p) {
                 throw XenStoreError(.exists, "\(p) already exists")
             }
@@ -89,8 +89,8 @@ public enum XenbusToolstack {
     }
 
     /// Removes both halves in one transaction (the peer sees its `state` vanish).
-    public static func remove(_ device: XenbusDevice, on store: XenStoreClient) async throws {
-        try await store.transaction { tx in
+    public static func remove(_ device: XenbusDevice, on store: any XenStoreConnection) async throws {
+        try await store.inTransaction { tx in
             try await tx.rm(device.frontendPath)
             try await tx.rm(device.backendPath)
         }

@@ -31,7 +31,7 @@ public final class XenbusEndpoint: Sendable {
     public let path: String
     /// The peer's directory.
     public let peerPath: String
-    private let store: XenStoreClient
+    private let store: any XenStoreConnection
     private let driver: any XenbusDeviceDriver
     private let logger: Logger
     private let inputs: AsyncStream<Input>
@@ -43,7 +43,7 @@ public final class XenbusEndpoint: Sendable {
         case local(XenbusEvent)
     }
 
-    public init(role: XenbusRole, store: XenStoreClient, path: String, peerPath: String,
+    public init(role: XenbusRole, store: any XenStoreConnection, path: String, peerPath: String,
                 driver: any XenbusDeviceDriver, logger: Logger = Logger(label: "xenbus")) {
         self.role = role
         self.store = store
@@ -67,14 +67,11 @@ public final class XenbusEndpoint: Sendable {
     /// requested, or the peer's directory vanished. Store errors end it.
     public func run() async throws {
         var machine = role == .frontend ? Machine.frontend(XenbusFrontend()) : Machine.backend(XenbusBackend())
-        let watch = try await store.watch(peerPath + "/" + XenbusKey.state)
+        let watch = try await store.watchEvents(peerPath + "/" + XenbusKey.state)
         let forwarder = Task { [continuation] in
             for await _ in watch { continuation.yield(.peerChanged) }
         }
-        defer {
-            forwarder.cancel()
-            watch.cancel()
-        }
+        defer { forwarder.cancel() }
         try await perform(machine.start(), &machine)
         for await input in inputs {
             switch input {

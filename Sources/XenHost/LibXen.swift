@@ -37,6 +37,9 @@ public struct LibXen: Sendable {
     public var evtchnUnmask: @Sendable (Handle, UInt32) -> Int32
     public var evtchnUnbind: @Sendable (Handle, UInt32) -> Int32
 
+    /// libxenstore.
+    public var store: Store = .system
+
     public init(
         errno: @escaping @Sendable () -> Int32,
         gnttabOpen: @escaping @Sendable () -> Handle?,

@@ -10,7 +10,7 @@ import XenStore
 /// and queue thread, until the device goes away.
 public final class NetBackend: Sendable {
     private let hypervisor: any Hypervisor
-    private let store: XenStoreClient
+    private let store: any XenStoreConnection
     private let attach: AttachmentFactory
     private let logger: Logger
     private let state = Mutex(State())
@@ -23,7 +23,7 @@ public final class NetBackend: Sendable {
 
     /// `attach` makes each vif's attachment, e.g. a TAP on a bridge:
     /// `{ id, features in try TapAttachment(name: id.interfaceName, bridge: "xenbr0", offloads: features.tapOffloads) }`.
-    public init(hypervisor: any Hypervisor, store: XenStoreClient, logger: Logger = Logger(label: "netback"),
+    public init(hypervisor: any Hypervisor, store: any XenStoreConnection, logger: Logger = Logger(label: "netback"),
                 attach: @escaping AttachmentFactory) {
         self.hypervisor = hypervisor
         self.store = store
@@ -43,8 +43,17 @@ public final class NetBackend: Sendable {
     /// Serves devices until cancelled; each new `<fe>/<id>` directory starts
     /// a device task, which ends when the device closes for good.
     public func run() async throws {
-        let watch = try await store.watch(root)
+        let watch = try await store.watchEvents(root)
         try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { [self] in
+                await DeviceStatistics.publish(to: store, root: DeviceStatistics.root(of: hypervisor.domainID) + "/vif") {
+                    self.state.withLock { s in
+                        s.served.compactMap { id, entry in
+                            entry.device.statistics.map { ("\(id.frontend.rawValue)/\(id.id)", $0) }
+                        }
+                    }
+                }
+            }
             for await _ in watch {
                 for identity in try await listDevices() where claim(identity) {
                     group.addTask { [self] in await serve(identity) }
@@ -79,7 +88,8 @@ public final class NetBackend: Sendable {
         let path = root + "/\(identity.frontend.rawValue)/\(identity.id)"
         defer { state.withLock { s in s.claimed.remove(identity); s.served.removeValue(forKey: identity) } }
         guard let peerPath = try? await store.readIfPresent(path + "/" + XenbusKey.frontend) else {
-            logger.error("\(identity): no frontend key under \(path)")
+            // A device the toolstack is removing right now: nothing to serve.
+            logger.debug("\(identity): no frontend key under \(path)")
             return
         }
         let device = VifDevice(identity: identity, path: path, peerPath: peerPath, hypervisor: hypervisor,

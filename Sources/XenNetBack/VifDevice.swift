@@ -44,7 +44,7 @@ final class VifDevice: XenbusDeviceDriver {
     let path: String
     let peerPath: String
     private let hypervisor: any Hypervisor
-    private let store: XenStoreClient
+    private let store: any XenStoreConnection
     private let attach: AttachmentFactory
     private let logger: Logger
     private let connection = Mutex<Connection?>(nil)
@@ -59,7 +59,7 @@ final class VifDevice: XenbusDeviceDriver {
         var attachment: any NetworkAttachment
     }
 
-    init(identity: VifIdentity, path: String, peerPath: String, hypervisor: any Hypervisor, store: XenStoreClient,
+    init(identity: VifIdentity, path: String, peerPath: String, hypervisor: any Hypervisor, store: any XenStoreConnection,
          attach: @escaping AttachmentFactory, logger: Logger) {
         self.identity = identity
         self.path = path
@@ -72,6 +72,20 @@ final class VifDevice: XenbusDeviceDriver {
 
     /// The running queue's counters, while connected.
     var counters: VifCounters? { connection.withLock { $0?.queue.counters } }
+
+    /// The figures `xenpv top` shows, while connected.
+    var statistics: [(String, UInt64)]? {
+        connection.withLock { c in
+            guard let q = c?.queue else { return nil }
+            let k = q.counters
+            return [("requests", k.txPackets.value + k.rxPackets.value), ("tx_packets", k.txPackets.value),
+                    ("rx_packets", k.rxPackets.value), ("bytes", k.txBytes.value + k.rxBytes.value),
+                    ("notifies", k.notifies.value), ("sleeps", k.sleeps.value),
+                    ("ring_fill", UInt64(q.transmitRingFill)), ("ring_size", UInt64(q.transmitRingSize)),
+                    ("rx_buffers", UInt64(q.receiveBuffersPosted)),
+                    ("dropped", k.rxDroppedNoBuffers.value + k.txDroppedAttachment.value + k.badGrants.value)]
+        }
+    }
 
     func prepare() async throws {
         for (key, on) in [("feature-sg", true), ("feature-gso-tcpv4", true), ("feature-gso-tcpv6", true),

@@ -44,6 +44,11 @@ public final class VifQueue: @unchecked Sendable {
     // touched only by the queue thread once it has started.
     private var tx: BackRing<netif_tx_request, netif_tx_response>
     private var rx: BackRing<netif_rx_request, netif_rx_response>
+    /// The shared headers, for reading occupancy from other threads.
+    private let txHeader: SharedRingHeader
+    private let rxHeader: SharedRingHeader
+    /// Entries in the tx ring.
+    public let transmitRingSize: UInt32
     private let events: any EventChannels
     private let mapper: any GrantMapper
     private let attachment: any NetworkAttachment
@@ -55,6 +60,9 @@ public final class VifQueue: @unchecked Sendable {
     private let rxBuffer: UnsafeMutableRawBufferPointer
     private let segments: UnsafeMutableBufferPointer<GrantCopySegment>
     private let slotIDs: UnsafeMutableBufferPointer<UInt16>
+    /// The descriptors the thread sleeps on (stop, event channel, attachment),
+    /// built once: sleeping does not allocate.
+    private let pollSet: UnsafeMutableBufferPointer<pollfd>
     private let stopFD: Int32
     /// Set by `stop()`; the thread checks it every turn, not only when it sleeps.
     private let stopping = ManagedAtomic<Bool>(false)
@@ -74,6 +82,9 @@ public final class VifQueue: @unchecked Sendable {
         self.cpu = cpu
         tx = try BackRing(attachingTo: txRing)
         rx = try BackRing(attachingTo: rxRing)
+        txHeader = tx.header
+        rxHeader = rx.header
+        transmitRingSize = tx.size
         self.events = events
         self.mapper = mapper
         self.attachment = attachment
@@ -84,6 +95,9 @@ public final class VifQueue: @unchecked Sendable {
         segments = .allocate(capacity: Self.maxSlots)
         slotIDs = .allocate(capacity: Self.maxSlots)
         stopFD = cxen_eventfd(0, 1)
+        let descriptors = [stopFD, events.fileDescriptor.rawValue] + (attachment.fileDescriptor.map { [$0.rawValue] } ?? [])
+        pollSet = .allocate(capacity: descriptors.count)
+        for (i, fd) in descriptors.enumerated() { pollSet[i] = pollfd(fd: fd, events: Int16(POLLIN), revents: 0) }
     }
 
     deinit {
@@ -91,7 +105,20 @@ public final class VifQueue: @unchecked Sendable {
         rxBuffer.deallocate()
         segments.deallocate()
         slotIDs.deallocate()
+        pollSet.deallocate()
         close(stopFD)
+    }
+
+    /// Requests the frontend has published on the tx ring and this queue has
+    /// not answered yet (`req_prod - rsp_prod`), read from shared memory with
+    /// relaxed loads: a figure for display, never used for decisions.
+    public var transmitRingFill: UInt32 {
+        txHeader.requestProducer.load(ordering: .relaxed) &- txHeader.responseProducer.load(ordering: .relaxed)
+    }
+
+    /// Receive buffers the frontend has posted and this queue has not filled.
+    public var receiveBuffersPosted: UInt32 {
+        rxHeader.requestProducer.load(ordering: .relaxed) &- rxHeader.responseProducer.load(ordering: .relaxed)
     }
 
     /// Starts the queue thread.
@@ -148,14 +175,12 @@ public final class VifQueue: @unchecked Sendable {
     /// Sleeps until an event, a frame or stop; false on stop.
     private func sleep() throws -> Bool {
         counters.sleeps.bump()
-        var fds = [pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: events.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0)]
-        if let fd = attachment.fileDescriptor { fds.append(pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)) }
+        for i in pollSet.indices { pollSet[i].revents = 0 }
         // An attachment without a descriptor is polled by waking up regularly.
-        let timeout: Int32 = attachment.fileDescriptor == nil ? 1 : 1000
-        let n = fds.withUnsafeMutableBufferPointer { poll($0.baseAddress, nfds_t($0.count), timeout) }
+        let timeout: Int32 = pollSet.count == 2 ? 1 : 1000
+        let n = poll(pollSet.baseAddress, nfds_t(pollSet.count), timeout)
         if n < 0, errno != EINTR { throw HypervisorError.errno(.init(rawValue: errno), "poll in vif queue") }
-        if fds[0].revents != 0 { return false }
+        if pollSet[0].revents != 0 { return false }
         while let port = try events.pending() { try events.unmask(port) }
         return true
     }

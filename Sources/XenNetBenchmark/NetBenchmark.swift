@@ -94,43 +94,16 @@ public enum NetBenchmark {
         guard size >= Netif.minimumPacketSize, size <= Netif.maxPacketSize else {
             throw NetFrontError(.badFrameSize, "--packet-size must be \(Netif.minimumPacketSize) to \(Netif.maxPacketSize)")
         }
-        let hv = SimulatedHypervisor()
-        let guest = try hv.createDomain(frames: 1024)
-        let sharer = try guest.openGrantSharer()
-        let feEvents = try guest.openEventChannels()
-        let fePort = try feEvents.bindUnbound(remote: .dom0)
-        let slots = Int(try RingGeometry(request: netif_tx_request.self, response: netif_tx_response.self, pageCount: 1).entryCount)
-        let txRing = try sharer.sharePages(count: 1, with: .dom0, writable: true)
-        let rxRing = try sharer.sharePages(count: 1, with: .dom0, writable: true)
-        let txPool = try sharer.sharePages(count: slots, with: .dom0, writable: false)
-        let rxPool = try sharer.sharePages(count: slots, with: .dom0, writable: true)
-        let mapper = try hv.dom0.openGrantMapper()
-        let beEvents = try hv.dom0.openEventChannels()
-        let bePort = try beEvents.bindInterdomain(remote: guest.domainID, remotePort: fePort)
-        let txMap = try mapper.map(txRing.refs, from: guest.domainID, writable: true)
-        let rxMap = try mapper.map(rxRing.refs, from: guest.domainID, writable: true)
-        var queue = try NetFrontQueue(backend: .dom0, txRing: txRing.memory, rxRing: rxRing.memory, txPages: txPool,
-                                      rxPages: rxPool, events: feEvents, txPort: fePort, rxPort: fePort)
+        let pair = try NetRingPair()
+        let queue = try pair.makeFrontend()
         let attachment = CountingAttachment(frameSize: size, source: configuration.direction == .rx)
-        let vif = try VifQueue(txRing: txMap.memory, rxRing: rxMap.memory, events: beEvents, mapper: mapper,
-                               attachment: attachment,
-                               configuration: VifConfiguration(frontend: guest.domainID, txPort: bePort, rxPort: bePort,
-                                                               receiveGSO: [.tcpv4, .tcpv6]),
-                               cpu: configuration.backCPU)
+        let vif = try pair.makeBackend(attachment: attachment, cpu: configuration.backCPU)
         vif.start()
         defer {
             vif.stop()
-            try? mapper.unmap(txMap)
-            try? mapper.unmap(rxMap)
-            try? beEvents.unbind(bePort)
-            try? feEvents.unbind(fePort)
-            for p in [txRing, rxRing, txPool, rxPool] { try? sharer.unshare(p) }
-            mapper.close()
-            beEvents.close()
-            feEvents.close()
-            sharer.close()
-            _ = hv.shutdown()
+            pair.close()
         }
+        let feEvents = pair.feEvents
 
         // The frontend runs on this thread, pinned like the C reference's.
         if let cpu = configuration.frontCPU { _ = cxen_pin_to_cpu(cpu) }

@@ -14,7 +14,7 @@ import XenNetProtocol
 /// caller's `send`), never piling up here.
 public final class NetFrontPump: @unchecked Sendable {
     // @unchecked: the queue and buffer are used only by the pump thread.
-    private var queue: NetFrontQueue
+    private let queue: NetFrontQueue
     private let port: any GuestPort
     private let events: any EventChannels
     private let buffer: UnsafeMutableRawBufferPointer
@@ -26,7 +26,7 @@ public final class NetFrontPump: @unchecked Sendable {
     /// Why the pump stopped by itself (the backend broke the ring), if it did.
     public private(set) var failure: (any Error)?
 
-    public init(queue: consuming NetFrontQueue, port: any GuestPort, events: any EventChannels) {
+    public init(queue: NetFrontQueue, port: any GuestPort, events: any EventChannels) {
         self.queue = queue
         self.port = port
         self.events = events

@@ -33,7 +33,7 @@ public struct NetFrontCounters: Sendable {
     public var notifies: UInt64 = 0
 }
 
-/// The data path of one netfront queue, driven by one thread: it transmits
+/// The data path of one netfront queue, driven by one thread at a time: it transmits
 /// from `send`, keeps the rx ring stocked and reassembles received packets.
 ///
 /// Data moves through pages shared once at connect time (a tx page per tx
@@ -41,7 +41,9 @@ public struct NetFrontCounters: Sendable {
 /// nothing is shared or allocated per packet. Rx slot `i` always uses page
 /// `i & (size - 1)`: responses land in the slot of their request, as netif.h
 /// says netfront relies on.
-public struct NetFrontQueue: ~Copyable {
+public final class NetFrontQueue: @unchecked Sendable {
+    // @unchecked: one thread at a time drives a queue (its pump, a benchmark
+    // loop); nothing here is shared with another thread.
     public let backend: DomainID
     public private(set) var counters = NetFrontCounters()
     private var tx: FrontRing<netif_tx_request, netif_tx_response>
@@ -59,16 +61,21 @@ public struct NetFrontQueue: ~Copyable {
     /// Initialises the rings on `txRing`/`rxRing` (one page each) and posts
     /// every rx buffer. The pools hold one shared page per slot.
     public init(backend: DomainID, txRing: MappedPages, rxRing: MappedPages, txPages: SharedPages, rxPages: SharedPages,
-                events: any EventChannels, txPort: EventPort, rxPort: EventPort) throws(RingError) {
-        self.init(backend: backend, tx: try FrontRing(initializing: txRing), rx: try FrontRing(initializing: rxRing),
-                  txPages: txPages, rxPages: rxPages, events: events, txPort: txPort, rxPort: rxPort)
-    }
-
-    private init(backend: DomainID, tx: consuming FrontRing<netif_tx_request, netif_tx_response>,
-                 rx: consuming FrontRing<netif_rx_request, netif_rx_response>, txPages: SharedPages, rxPages: SharedPages,
-                 events: any EventChannels, txPort: EventPort, rxPort: EventPort) {
-        self.tx = tx
-        self.rx = rx
+                events: any EventChannels, txPort: EventPort, rxPort: EventPort) throws {
+        // Geometry is checked first, so building the rings below cannot fail
+        // halfway (a half-initialised noncopyable self cannot be unwound).
+        _ = try RingGeometry(request: netif_tx_request.self, response: netif_tx_response.self, pageCount: txRing.count)
+        _ = try RingGeometry(request: netif_rx_request.self, response: netif_rx_response.self, pageCount: rxRing.count)
+        do {
+            self.tx = try FrontRing(initializing: txRing)
+        } catch {
+            preconditionFailure("checked geometry failed: \(error)")
+        }
+        do {
+            self.rx = try FrontRing(initializing: rxRing)
+        } catch {
+            preconditionFailure("checked geometry failed: \(error)")
+        }
         precondition(txPages.memory.count == Int(self.tx.size) && rxPages.memory.count == Int(self.rx.size), "one page per slot")
         self.backend = backend
         self.txPages = txPages
@@ -89,7 +96,7 @@ public struct NetFrontQueue: ~Copyable {
 
     /// Sends one frame. Returns false, sending nothing, when the ring has not
     /// enough free slots (call `collectTransmitCompletions()` or wait).
-    public mutating func send(_ frame: UnsafeRawBufferPointer, checksumBlank: Bool = false, dataValidated: Bool = false,
+    public func send(_ frame: UnsafeRawBufferPointer, checksumBlank: Bool = false, dataValidated: Bool = false,
                               gso: NetExtraInfo? = nil) throws(NetFrontError) -> Bool {
         guard frame.count >= Netif.minimumPacketSize, frame.count <= Netif.maxPacketSize else {
             throw NetFrontError(.badFrameSize, "frame of \(frame.count) bytes")
@@ -129,7 +136,7 @@ public struct NetFrontQueue: ~Copyable {
     /// Frees the pages of answered transmit requests; returns how many
     /// responses were taken. Throws when the backend broke the ring.
     @discardableResult
-    public mutating func collectTransmitCompletions() throws(NetFrontError) -> Int {
+    public func collectTransmitCompletions() throws(NetFrontError) -> Int {
         let available: UInt32
         do { available = try tx.checkForResponses() } catch { throw NetFrontError(.backendFailed, "\(error)") }
         guard available > 0 else { return 0 }
@@ -152,7 +159,7 @@ public struct NetFrontQueue: ~Copyable {
     /// Takes the next received packet into `buffer`; returns its length and
     /// offload state, or nil when none is complete. Dropped packets are
     /// counted and skipped. The rx ring is re-stocked as slots free up.
-    public mutating func receive(into buffer: UnsafeMutableRawBufferPointer) throws(NetFrontError)
+    public func receive(into buffer: UnsafeMutableRawBufferPointer) throws(NetFrontError)
         -> (length: Int, checksumBlank: Bool, dataValidated: Bool, gso: NetExtraInfo?)?
     {
         defer { refillReceive() }
@@ -188,7 +195,7 @@ public struct NetFrontQueue: ~Copyable {
     }
 
     /// Posts a request for every free rx slot; notifies if the backend asked.
-    private mutating func refillReceive() {
+    private func refillReceive() {
         guard rx.freeRequests > 0 else { return }
         while rx.freeRequests > 0 {
             let index = rx.requestProducer.rawValue
@@ -205,7 +212,7 @@ public struct NetFrontQueue: ~Copyable {
 
     /// Arms both rings' events; true when work is already waiting (do not
     /// sleep then).
-    public mutating func prepareToSleep() throws(NetFrontError) -> Bool {
+    public func prepareToSleep() throws(NetFrontError) -> Bool {
         do {
             let rxReady = try rx.finalCheckForResponses()
             let txReady = tx.outstandingRequests > 0 ? try tx.finalCheckForResponses() : false

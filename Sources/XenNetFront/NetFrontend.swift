@@ -16,7 +16,7 @@ public final class NetFrontend: XenbusDeviceDriver {
     /// The device directory (`/local/domain/<self>/device/vif/<id>`).
     public let path: String
     private let hypervisor: any Hypervisor
-    private let store: XenStoreClient
+    private let store: any XenStoreConnection
     private let port: any GuestPort
     private let logger: Logger
     private let session = Mutex<Session?>(nil)
@@ -33,7 +33,7 @@ public final class NetFrontend: XenbusDeviceDriver {
         var started = false
     }
 
-    public init(hypervisor: any Hypervisor, store: XenStoreClient, path: String, port: any GuestPort,
+    public init(hypervisor: any Hypervisor, store: any XenStoreConnection, path: String, port: any GuestPort,
                 logger: Logger = Logger(label: "netfront")) {
         self.hypervisor = hypervisor
         self.store = store
@@ -67,7 +67,7 @@ public final class NetFrontend: XenbusDeviceDriver {
                 (XenbusKey.eventChannel, "\(eventPort.rawValue)"), ("request-rx-copy", "1"), ("feature-rx-notify", "1"),
                 ("feature-sg", "1"), ("feature-gso-tcpv4", "1"), ("feature-gso-tcpv6", "1"),
             ]
-            try await store.transaction { tx in
+            try await store.inTransaction { tx in
                 for (key, value) in keys { try await tx.write(self.path + "/" + key, value) }
             }
             session.withLock {

@@ -25,7 +25,7 @@ final class GrantTable: @unchecked Sendable {
     let count: Int
     /// Frames the owner has; a grant naming a frame beyond is `GNTST_bad_page`.
     let ownerFrames: Int
-    private let memory: SharedMemory
+    let memory: SharedMemory
 
     /// Hypervisor side: pins per entry, and whether the owner is gone.
     let lock = Lock()

@@ -1,11 +1,15 @@
 import Foundation
-import Synchronization
 import XenABI
 
 /// One watch event: the path that changed (relative if the watch was) and the watch's token.
 public struct XenStoreWatchEvent: Hashable, Sendable {
     public var path: String
     public var token: String
+
+    public init(path: String, token: String) {
+        self.path = path
+        self.token = token
+    }
 }
 
 /// The operations a client offers, outside or inside a transaction.
@@ -120,7 +124,7 @@ public final class XenStoreClient: XenStoreOperations {
         var watches: [String: AsyncStream<XenStoreWatchEvent>.Continuation] = [:]
         var closed: XenStoreError?
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     /// Connects to a server's Unix socket.
     public convenience init(socketPath: String) throws(XenStoreError) {
@@ -130,19 +134,23 @@ public final class XenStoreClient: XenStoreOperations {
     /// A client over any transport; starts its reader thread.
     public init(transport: any XenStoreTransport) {
         self.transport = transport
-        let thread = Thread { [self] in self.readLoop() }
+        // The reader holds the transport and state, not the client, so dropping the client
+        // shuts the transport down and ends the thread.
+        let state = self.state
+        let thread = Thread { Self.readLoop(transport, state) }
         thread.name = "xenstore-client"
         thread.start()
     }
 
-    /// Closes the connection; pending and later requests fail with `closed`.
+    /// Closes the connection; pending and later requests fail with `closed`. Dropping the
+    /// client does the same.
     public func close() {
         transport.shutdown()
     }
 
     deinit { transport.shutdown() }
 
-    private func readLoop() {
+    private static func readLoop(_ transport: any XenStoreTransport, _ state: Locked<State>) {
         var decoder = XenStoreFrameDecoder()
         var buffer = [UInt8](repeating: 0, count: 8192)
         var failure = XenStoreError(.closed, "connection closed")
@@ -164,7 +172,7 @@ public final class XenStoreClient: XenStoreOperations {
                     break reading
                 }
                 guard let m else { break }
-                deliver(m)
+                deliver(m, state)
             }
         }
         let (pending, watches) = state.withLock { s in
@@ -176,7 +184,7 @@ public final class XenStoreClient: XenStoreOperations {
         for w in watches.values { w.finish() }
     }
 
-    private func deliver(_ m: XenStoreMessage) {
+    private static func deliver(_ m: XenStoreMessage, _ state: Locked<State>) {
         if m.type == .watchEvent {
             let parts = m.nulSeparatedParts().terminated
             guard parts.count >= 2 else { return }

@@ -111,6 +111,17 @@ public final class XenStoreEngine {
         return outbox
     }
 
+    /// Handles one request for a throw-away connection of `domain` and returns its reply;
+    /// what the request causes for others (watch events) stays in the outbox.
+    public func perform(_ request: XenStoreMessage, as domain: DomainID) -> XenStoreMessage {
+        let id = connect(domain: domain)
+        defer { disconnect(id) }
+        handle(request, from: id)
+        let reply = outbox.first { $0.connection == id }!.message
+        outbox.removeAll { $0.connection == id }
+        return reply
+    }
+
     /// Introduces a domain from inside the process (what `XS_INTRODUCE` does for a toolstack).
     public func introduceDomain(_ domain: DomainID) {
         if introduced.insert(domain).inserted { fireSpecial("@introduceDomain", domain: domain) }
@@ -171,11 +182,10 @@ public final class XenStoreEngine {
             let node = try readable(path, conn, tx)
             return node.value
         case .write:
-            let (parts, tail) = m.nulSeparatedParts()
-            guard let first = parts.first else { throw XenStoreError(.invalid, "WRITE without a path") }
+            guard let nul = m.payload.firstIndex(of: 0) else { throw XenStoreError(.invalid, "WRITE without a path") }
+            let first = m.payload[..<nul]
             // The value is everything after the path's NUL, NULs included.
-            let value = Array(m.payload[(first.count + 1)...])
-            _ = tail
+            let value = Array(m.payload[(nul + 1)...])
             let path = try resolve(String(decoding: first, as: UTF8.self), conn)
             try write(path, value: value, conn, tx, createOnly: false)
             return Self.ok

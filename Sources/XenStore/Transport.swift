@@ -20,6 +20,12 @@ public final class XenStoreSocketTransport: XenStoreTransport {
         fd = try Sys.connect(to: socketPath)
     }
 
+    /// Takes over an already connected stream socket (for example one end of a
+    /// `socketpair` a hypervisor daemon passed over `SCM_RIGHTS`); closes it on deinit.
+    public init(connectedSocket fd: Int32) {
+        self.fd = fd
+    }
+
     deinit { close(fd) }
 
     public func send(_ bytes: [UInt8]) throws(XenStoreError) { try Sys.sendAll(fd, bytes) }

@@ -7,5 +7,6 @@ struct XenPV: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "xenpv",
         abstract: "Xen-style paravirtual split drivers: simulated hosts, demos and benchmarks.",
-        subcommands: [DemoCommand.self, ListCommand.self, XenstoreCommand.self, XenstoredCommand.self, Bench.self])
+        subcommands: [DemoCommand.self, ListCommand.self, TopCommand.self, XenstoreCommand.self, XenstoredCommand.self, Bench.self,
+                      HypervisorCommand.self, BackendCommand.self, GuestCommand.self])
 }

@@ -17,7 +17,7 @@ struct NetDataPathTests {
 
     @Test func guestToAttachmentByteForByte() throws {
         let f = try NetFixture()
-        var fe = try f.makeFrontend()
+        let fe = try f.makeFrontend()
         try f.startBackend()
         var expected: [[UInt8]] = []
         for (i, size) in Self.sizes.enumerated() {
@@ -43,7 +43,7 @@ struct NetDataPathTests {
 
     @Test func gsoAndChecksumStateCrossToTheAttachment() throws {
         let f = try NetFixture()
-        var fe = try f.makeFrontend()
+        let fe = try f.makeFrontend()
         try f.startBackend()
         let frame = patternFrame(20000, seed: 9)
         let gso = NetExtraInfo.gso(size: 1448, type: .tcpv4, features: 0)
@@ -57,7 +57,7 @@ struct NetDataPathTests {
 
     @Test func attachmentToGuestByteForByte() throws {
         let f = try NetFixture()
-        var fe = try f.makeFrontend()
+        let fe = try f.makeFrontend()
         try f.startBackend()
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 64)
         defer { buffer.deallocate() }
@@ -98,7 +98,7 @@ struct NetDataPathTests {
 
     @Test func guestGSOTypeItDidNotAskForIsRefused() throws {
         let f = try NetFixture(receiveGSO: [])
-        var fe = try f.makeFrontend()
+        let fe = try f.makeFrontend()
         try f.startBackend()
         f.attachment.inject(patternFrame(3000, seed: 1), offload: FrameOffload(gso: .gso(size: 1000, type: .tcpv4, features: 0)))
         f.attachment.inject(patternFrame(100, seed: 2))

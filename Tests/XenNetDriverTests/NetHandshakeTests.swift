@@ -59,6 +59,17 @@ struct NetHandshakeTests {
         let received = await iterator.next()
         #expect(received?.bytes == patternFrame(9000, seed: 6))
 
+        // netback publishes its counters for `xenpv top`, once a second.
+        let statsPath = DeviceStatistics.root(of: .dom0) + "/vif/\(guest.domainID.rawValue)/0"
+        var published: [String: UInt64] = [:]
+        let statsDeadline = Date().addingTimeInterval(10)
+        while Date() < statsDeadline, (published["requests"] ?? 0) < 2 {
+            published = DeviceStatistics.decode((try? await dom0Store.read(statsPath)) ?? "")
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
+        #expect(published["tx_packets"] == 1 && published["rx_packets"] == 1)
+        #expect(published["ring_size"] == 256)
+
         // A frame netif cannot carry is refused at the call, clearly.
         await #expect(throws: NetFrontError.self) { try await port.send([1, 2, 3]) }
 

@@ -33,6 +33,25 @@ struct ClientServerTests {
         }
     }
 
+    @Test func droppingAClientClosesItsConnection() async throws {
+        let s = try TestServer()
+        let kept = try s.client()
+        try await kept.write("/k", "1")
+        do {
+            let temp = try s.client()
+            try await temp.write("/t", "1")
+            #expect(s.server.connectionCount() == 2)
+            // `temp` goes out of scope here without close().
+        }
+        var count = s.server.connectionCount()
+        for _ in 0..<300 where count != 1 {
+            usleep(10_000)
+            count = s.server.connectionCount()
+        }
+        #expect(count == 1)
+        #expect(try await kept.read("/t") == "1")
+    }
+
     @Test func domainPathAndRelativePaths() async throws {
         let s = try TestServer(guests: [DomainID(3)])
         let dom0 = try s.client()

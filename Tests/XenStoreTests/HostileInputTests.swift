@@ -101,6 +101,38 @@ struct HostileInputTests {
         try await othersCarryOn(s)
     }
 
+    @Test func aClientThatSendsButNeverReadsIsThrottledNotServedUnbounded() async throws {
+        let s = try TestServer()
+        let raw = try RawConnection(s.path)
+        var small: Int32 = 4096
+        setsockopt(raw.fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+        let c = try s.client()
+        try await c.write("/bp", String(repeating: "v", count: 1000))
+        // 3000 reads of a 1000-byte value: ~3 MB of replies the client does not read yet.
+        let count = 3000
+        var batch: [UInt8] = []
+        for i in 0..<count { batch += XenStoreMessage(type: .read, requestID: UInt32(i), strings: ["/bp"]).encoded() }
+        let fd = raw.fd
+        let requests = batch
+        let sender = Thread {
+            // Blocks once the server stops reading (back-pressure); finishes as we read.
+            try? Sys.sendAll(fd, requests)
+        }
+        sender.start()
+        usleep(200_000)
+        // The server is throttling that client, and serving others meanwhile.
+        try await c.write("/other", "x")
+        #expect(try await c.read("/other") == "x")
+        // Back-pressure, not an unbounded queue: at most `outstandingRequests` replies wait.
+        let peak = try #require(s.server.peakQueuedReplyCount())
+        #expect(peak > 1 && peak <= XenStoreQuotas().outstandingRequests)
+        for i in 0..<count {
+            let r = try #require(try raw.receive(timeout: 10), "closed at \(i)")
+            #expect(r.requestID == UInt32(i))
+            if r.requestID != UInt32(i) { break }
+        }
+    }
+
     @Test func manyPipelinedRequestsAreAnsweredInOrderUnderBackPressure() async throws {
         let s = try TestServer()
         let raw = try RawConnection(s.path)

@@ -85,16 +85,16 @@ final class RawConnection {
     func receive(timeout: Double = 5) throws -> XenStoreMessage? {
         var decoder = XenStoreFrameDecoder()
         let deadline = Date().addingTimeInterval(timeout)
-        var buf = [UInt8](repeating: 0, count: 1)
+        var buf = [UInt8](repeating: 0, count: XenStoreLimits.headerSize + XenStoreLimits.payloadMax)
         while true {
             if let m = try decoder.next() { return m }
             var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             let left = Int32(max(0, deadline.timeIntervalSinceNow * 1000))
             guard left > 0, poll(&p, 1, left) > 0 else { throw XenStoreError(.timedOut, "no reply") }
-            // One byte at a time: never read past this message.
-            let n = recv(fd, &buf, 1, 0)
+            // Only what this message still needs: never read past it.
+            let n = recv(fd, &buf, decoder.bytesWanted, 0)
             if n <= 0 { return nil }
-            decoder.append(buf[0..<1])
+            decoder.append(buf[0..<n])
         }
     }
 

@@ -39,6 +39,28 @@ struct XenToolsTests {
         #expect(r.status != 0)
     }
 
+    @Test func recursiveAndRelativeForms() throws {
+        let s = try TestServer()
+        var r = try runTool("xenstore-write", ["/r/a/b/c", "deep", "rel", "dom0-home"], socket: s.path)
+        #expect(r.status == 0, "\(r.stderr)")
+        // A relative key resolves against dom0's home.
+        r = try runTool("xenstore-read", ["/local/domain/0/rel"], socket: s.path)
+        #expect(r.stdout == "dom0-home\n")
+        r = try runTool("xenstore-ls", ["-f", "/r"], socket: s.path)
+        #expect(r.stdout.contains("/r/a/b/c = \"deep\""), "\(r.stdout)")
+        r = try runTool("xenstore-chmod", ["-r", "/r", "n7", "r8"], socket: s.path)
+        #expect(r.status == 0, "\(r.stderr)")
+        r = try runTool("xenstore-ls", ["-p", "/r/a/b"], socket: s.path)
+        #expect(r.stdout.contains("n7,r8"), "\(r.stdout)")
+        // -t removes the parents left empty.
+        r = try runTool("xenstore-rm", ["-t", "/r/a/b/c"], socket: s.path)
+        #expect(r.status == 0, "\(r.stderr)")
+        r = try runTool("xenstore-exists", ["/r"], socket: s.path)
+        #expect(r.status != 0)
+        r = try runTool("xenstore-exists", ["/local/domain/0/rel"], socket: s.path)
+        #expect(r.status == 0)
+    }
+
     @Test func longDirectoryListsInParts() throws {
         let s = try TestServer()
         let names = (0..<300).map { "node-with-a-long-name-\($0)" }

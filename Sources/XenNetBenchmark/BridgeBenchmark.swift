@@ -1,0 +1,125 @@
+import Foundation
+import Glibc
+import XenNetBack
+import XenNetFront
+import XenNetTap
+
+/// iperf3 between two network namespaces through the drivers — a guest
+/// namespace whose TAP netfront drives, netback's vif on a bridge in a dom0
+/// namespace — against a plain veth pair in the same run.
+public enum BridgeBenchmark {
+    public struct Result: Sendable {
+        public var seconds: Double
+        public var vifGbit: Double
+        public var vethGbit: Double
+        public var ratio: Double { vethGbit > 0 ? vifGbit / vethGbit : 0 }
+
+        public var json: String {
+            String(format: #"{"seconds":%.0f,"vif_gbit_per_second":%.3f,"veth_gbit_per_second":%.3f,"ratio":%.3f}"#,
+                   seconds, vifGbit, vethGbit, ratio)
+        }
+        public var summary: String {
+            String(format: "iperf3 TCP for %.0f s: through netfront/netback %.2f Gbit/s, plain veth %.2f Gbit/s (ratio %.2f)",
+                   seconds, vifGbit, vethGbit, ratio)
+        }
+    }
+
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    public static func run(seconds: Double) throws -> Result {
+        guard getuid() == 0, access("/dev/net/tun", R_OK | W_OK) == 0 else {
+            throw Failure(description: "needs root and /dev/net/tun (network namespaces and TAP devices)")
+        }
+        guard (try? shell(["iperf3", "--version"])) != nil else {
+            throw Failure(description: "needs iperf3 (apt-get install -y iperf3)")
+        }
+        let tag = "\(getpid() % 100_000)"
+        let dom0 = "xpvb-d\(tag)", guestNS = "xpvb-g\(tag)", vethA = "xpvb-a\(tag)", vethB = "xpvb-b\(tag)"
+        defer { for ns in [dom0, guestNS, vethA, vethB] { _ = try? shell(["ip", "netns", "del", ns]) } }
+        for ns in [dom0, guestNS, vethA, vethB] { try shell(["ip", "netns", "add", ns]) }
+
+        // The driver path.
+        try shell(["ip", "netns", "exec", dom0, "ip", "link", "add", "xpvbr", "type", "bridge"])
+        try shell(["ip", "netns", "exec", dom0, "ip", "addr", "add", "10.88.0.1/24", "dev", "xpvbr"])
+        try shell(["ip", "netns", "exec", dom0, "ip", "link", "set", "xpvbr", "up"])
+        let pair = try NetRingPair()
+        let offloads: TapOffloads = [.checksum, .tcpv4Segmentation, .tcpv6Segmentation]
+        let vif = try NetworkNamespace.run(in: "/run/netns/\(dom0)") {
+            try TapAttachment(name: "vif\(pair.guest.domainID.rawValue).0", bridge: "xpvbr", offloads: offloads)
+        }
+        let guestTap = try NetworkNamespace.run(in: "/run/netns/\(guestNS)") { try TapDevice(name: "eth0") }
+        try guestTap.setOffloads(offloads)
+        try shell(["ip", "netns", "exec", guestNS, "ip", "addr", "add", "10.88.0.2/24", "dev", "eth0"])
+        try shell(["ip", "netns", "exec", guestNS, "ip", "link", "set", "eth0", "up"])
+        let pump = NetFrontPump(queue: try pair.makeFrontend(), port: TapGuestPort(tap: guestTap), events: pair.feEvents)
+        let backend = try pair.makeBackend(attachment: vif, cpu: nil)
+        pump.start()
+        backend.start()
+        let vifGbit: Double
+        do {
+            defer {
+                pump.stop()
+                backend.stop()
+                vif.tap.close()
+                guestTap.close()
+                pair.close()
+            }
+            vifGbit = try iperf(server: dom0, address: "10.88.0.1", client: guestNS, seconds: seconds)
+        }
+
+        // The same through a plain veth pair.
+        try shell(["ip", "link", "add", "xpvva\(tag)", "type", "veth", "peer", "name", "xpvvb\(tag)"])
+        try shell(["ip", "link", "set", "xpvva\(tag)", "netns", vethA])
+        try shell(["ip", "link", "set", "xpvvb\(tag)", "netns", vethB])
+        try shell(["ip", "netns", "exec", vethA, "ip", "addr", "add", "10.89.0.1/24", "dev", "xpvva\(tag)"])
+        try shell(["ip", "netns", "exec", vethB, "ip", "addr", "add", "10.89.0.2/24", "dev", "xpvvb\(tag)"])
+        try shell(["ip", "netns", "exec", vethA, "ip", "link", "set", "xpvva\(tag)", "up"])
+        try shell(["ip", "netns", "exec", vethB, "ip", "link", "set", "xpvvb\(tag)", "up"])
+        let vethGbit = try iperf(server: vethA, address: "10.89.0.1", client: vethB, seconds: seconds)
+        return Result(seconds: seconds, vifGbit: vifGbit, vethGbit: vethGbit)
+    }
+
+    /// One iperf3 TCP run from `client` to a one-shot server in `server`;
+    /// the received rate in Gbit/s.
+    static func iperf(server: String, address: String, client: String, seconds: Double) throws -> Double {
+        let daemon = Process()
+        daemon.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        daemon.arguments = ["ip", "netns", "exec", server, "iperf3", "-s", "-1", "-B", address]
+        daemon.standardOutput = FileHandle.nullDevice
+        daemon.standardError = FileHandle.nullDevice
+        try daemon.run()
+        defer { if daemon.isRunning { daemon.terminate() } }
+        var output = ""
+        for _ in 0 ..< 50 {
+            usleep(100_000)
+            if let out = try? shell(["ip", "netns", "exec", client, "iperf3", "-c", address, "-t", String(Int(seconds)), "-J"]) {
+                output = out
+                break
+            }
+        }
+        guard let data = output.data(using: .utf8),
+              let root = try JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let end = root["end"] as? [String: Any], let received = end["sum_received"] as? [String: Any],
+              let bits = received["bits_per_second"] as? Double else {
+            throw Failure(description: "iperf3 from \(client) to \(address) gave no result")
+        }
+        return bits / 1e9
+    }
+
+    @discardableResult
+    static func shell(_ args: [String]) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = args
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw Failure(description: "\(args.joined(separator: " ")) failed") }
+        return String(decoding: data, as: UTF8.self)
+    }
+}

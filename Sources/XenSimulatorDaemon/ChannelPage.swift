@@ -1,0 +1,106 @@
+import Atomics
+import CXen
+import Glibc
+import SystemPackage
+import XenABI
+
+/// The shared state of one interdomain event channel, in a one-page memfd the
+/// daemon creates when a port is allocated unbound and hands to the two
+/// processes at its ends (and to nobody else).
+///
+/// Layout (all little-endian 32-bit words, each end on its own cache line):
+///
+/// | offset | word |
+/// | --- | --- |
+/// | 0 | state: bits 0–7 `unbound` 0 / `connected` 1 / `closed` 2; bits 8–31 the connection's generation |
+/// | 64, 68 | end 0 (the port allocated unbound): pending, masked |
+/// | 128, 132 | end 1 (the port bound to it): pending, masked |
+///
+/// These are the per-port bits of Xen's 2-level ABI (`evtchn_pending`,
+/// `evtchn_mask`), kept per channel rather than per domain so a process
+/// receives the event state of its own channels only: a hostile domU can
+/// raise, mask or clear events of a channel it is an end of, which it can do
+/// in Xen too, and nothing else. Only the daemon writes the state word.
+struct ChannelPage: @unchecked Sendable {
+    // @unchecked: a mapped page shared between processes; every field is
+    // accessed through atomics.
+    let base: UnsafeMutableRawPointer
+
+    static let unbound: UInt32 = 0
+    static let connected: UInt32 = 1
+    static let closed: UInt32 = 2
+
+    @inline(__always) private func word(_ offset: Int) -> UnsafeAtomic<UInt32> {
+        UnsafeAtomic(at: (base + offset).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self))
+    }
+
+    @inline(__always) var state: UnsafeAtomic<UInt32> { word(0) }
+    @inline(__always) func pending(_ end: Int) -> UnsafeAtomic<UInt32> { word(64 + 64 * end) }
+    @inline(__always) func masked(_ end: Int) -> UnsafeAtomic<UInt32> { word(68 + 64 * end) }
+
+    static func encode(state: UInt32, generation: UInt32) -> UInt32 { state | generation << 8 }
+
+    /// Sets `end` pending (`evtchn_2l_set_pending`); true when the caller
+    /// must wake the end's handle: a 0 to 1 transition of an unmasked port.
+    @inline(__always) func setPending(_ end: Int) -> Bool {
+        // sequentiallyConsistent (here and in unmask): set-pending-then-read-mask
+        // against clear-mask-then-read-pending is Dekker's pattern; a total
+        // order makes at least one side see the other, so no event is lost.
+        if pending(end).exchange(1, ordering: .sequentiallyConsistent) != 0 { return false }
+        return masked(end).load(ordering: .sequentiallyConsistent) == 0
+    }
+
+    /// Takes a ready event of `end`: masks the port, then clears pending (as
+    /// the Linux driver masks a port when it fires). True if one was taken.
+    @inline(__always) func claim(_ end: Int) -> Bool {
+        // relaxed pre-check: a cheap skip; the exchanges below decide.
+        if pending(end).load(ordering: .relaxed) == 0 || masked(end).load(ordering: .relaxed) != 0 { return false }
+        // sequentiallyConsistent: mask before clearing pending, so a notify in
+        // between leaves the port pending and masked, never lost.
+        if masked(end).exchange(1, ordering: .sequentiallyConsistent) != 0 { return false }
+        if pending(end).exchange(0, ordering: .sequentiallyConsistent) != 0 { return true }
+        // Nothing was pending after all (a peer cleared it): re-arm.
+        masked(end).store(0, ordering: .sequentiallyConsistent)
+        return false
+    }
+
+    /// Clears the mask (`evtchn_2l_unmask`); true when the port is pending and
+    /// the caller must wake its own handle.
+    @inline(__always) func unmask(_ end: Int) -> Bool {
+        // sequentiallyConsistent: the other half of setPending's Dekker pair.
+        let was = masked(end).exchange(0, ordering: .sequentiallyConsistent)
+        return was != 0 && pending(end).load(ordering: .sequentiallyConsistent) != 0
+    }
+}
+
+/// The wake-up side of an event-channel handle: a non-blocking pipe. The
+/// handle polls the read end; peers get only the write end, so a peer can
+/// wake the handle (as a notify may) but never swallow its wake-ups, which it
+/// could with a shared eventfd.
+struct WakePipe {
+    let read: Int32
+    let write: Int32
+
+    static func make() -> WakePipe? {
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { return nil }
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        return WakePipe(read: fds[0], write: fds[1])
+    }
+
+    /// Wakes the handle behind `fd`. A full pipe is already readable, so
+    /// `EAGAIN` is success; a closed reader (`EPIPE`) means the peer is gone.
+    @inline(__always) static func wake(_ fd: Int32) {
+        var one: UInt8 = 1
+        while Glibc.write(fd, &one, 1) < 0 && errno == EINTR {}
+    }
+
+    /// Empties the read end.
+    static func drain(_ fd: Int32) {
+        var sink = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        while withUnsafeMutableBytes(of: &sink, { Glibc.read(fd, $0.baseAddress, $0.count) }) > 0 {}
+    }
+}

@@ -1,0 +1,182 @@
+import Atomics
+import CXen
+import Glibc
+import SystemPackage
+import XenABI
+import XenHypervisor
+
+/// What a guest kernel has of its own: its frames (the domain's memfd, mapped
+/// whole), the slice of them this process allocates from, and its grant table
+/// (a memfd of `grant_entry_v1`), which it writes itself, as a guest does.
+/// Granting a page therefore costs no daemon round trip; the daemon reads the
+/// entry when a peer asks to map it.
+///
+/// Several dom0 processes share dom0's memory and table, so each gets a
+/// disjoint slice of frames and of grant references from the daemon.
+final class GuestMemory: PageAllocator, @unchecked Sendable {
+    // @unchecked: `used`, `freeRefs` and `granted` are guarded by `lock`; the
+    // table is accessed through atomics as grant_table.h prescribes.
+    let owner: DomainID
+    let base: UnsafeMutableRawPointer
+    let totalFrames: Int
+    let frames: Range<Int>
+    let table: UnsafeMutableRawPointer
+    let tableEntries: Int
+    let refs: Range<UInt32>
+    private let lock = Lock()
+    private var used: [Bool]
+    private var freeRefs: [UInt32]
+    private var granted: Set<UInt32> = []
+
+    init(owner: DomainID, memoryFD: Int32, totalFrames: Int, frames: Range<Int>, tableFD: Int32, tableEntries: Int,
+         refs: Range<UInt32>) throws(HypervisorError) {
+        self.owner = owner
+        self.totalFrames = totalFrames
+        self.frames = frames
+        self.tableEntries = tableEntries
+        self.refs = refs
+        base = try Mapping.map(memoryFD, bytes: totalFrames * XenPage.size)
+        do {
+            table = try Mapping.map(tableFD, bytes: tableEntries * MemoryLayout<grant_entry_v1>.stride)
+        } catch {
+            munmap(base, totalFrames * XenPage.size)
+            throw error
+        }
+        used = Array(repeating: false, count: frames.count)
+        freeRefs = Array(refs.reversed())
+    }
+
+    deinit {
+        munmap(base, totalFrames * XenPage.size)
+        munmap(table, tableEntries * MemoryLayout<grant_entry_v1>.stride)
+    }
+
+    // MARK: PageAllocator
+
+    func allocatePages(_ count: Int) throws(HypervisorError) -> GuestPages {
+        guard count > 0 else { throw .errno(.invalidArgument, "allocating \(count) pages") }
+        let first: Int = try lock.withLock { () throws(HypervisorError) -> Int in
+            var run = 0
+            for i in used.indices {
+                run = used[i] ? 0 : run + 1
+                if run == count {
+                    for j in (i - count + 1)...i { used[j] = true }
+                    return frames.lowerBound + i - count + 1
+                }
+            }
+            throw .errno(.noMemory, "\(owner) has no run of \(count) free pages in this process's slice")
+        }
+        let pages = MappedPages(base: base + first * XenPage.size, count: count)
+        memset(pages.base, 0, pages.byteCount)
+        return GuestPages(first: FrameNumber(UInt64(first)), memory: pages)
+    }
+
+    func freePages(_ pages: GuestPages) throws(HypervisorError) {
+        let first = Int(pages.first.rawValue)
+        let range = first..<(first + pages.memory.count)
+        guard pages.memory.count > 0, frames.contains(first), range.upperBound <= frames.upperBound,
+            pages.memory.base == base + first * XenPage.size
+        else { throw .errno(.invalidArgument, "\(pages.first)+\(pages.memory.count) are not pages of this process") }
+        let stillGranted = lock.withLock { granted.filter { range.contains(Int(frame($0))) } }
+        guard stillGranted.isEmpty else {
+            throw .errno(.resourceBusy, "frames of \(owner) still granted: \(stillGranted.sorted())")
+        }
+        try lock.withLock { () throws(HypervisorError) in
+            let r = (range.lowerBound - frames.lowerBound)..<(range.upperBound - frames.lowerBound)
+            guard r.allSatisfy({ used[$0] }) else { throw .errno(.invalidArgument, "pages not all allocated") }
+            for i in r { used[i] = false }
+        }
+    }
+
+    // MARK: The guest side of the grant table (grant_table.h)
+
+    private func header(_ ref: UInt32) -> UnsafeAtomic<UInt32> {
+        UnsafeAtomic(at: (table + Int(ref) * 8).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self))
+    }
+
+    private func frameWord(_ ref: UInt32) -> UnsafeAtomic<UInt32> {
+        UnsafeAtomic(at: (table + Int(ref) * 8 + 4).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self))
+    }
+
+    private func frame(_ ref: UInt32) -> UInt32 {
+        // relaxed: our own earlier store, read back under the guest lock.
+        frameWord(ref).load(ordering: .relaxed)
+    }
+
+    /// Grants `frame` to `grantee` ("Introducing a valid entry").
+    func grantAccess(frame: FrameNumber, to grantee: DomainID, readOnly: Bool) throws(HypervisorError) -> GrantRef {
+        let ref: UInt32 = try lock.withLock { () throws(HypervisorError) -> UInt32 in
+            guard let ref = freeRefs.popLast() else { throw .errno(.noSpace, "grant references of this process are used up") }
+            granted.insert(ref)
+            return ref
+        }
+        frameWord(ref).store(UInt32(truncatingIfNeeded: frame.rawValue), ordering: .relaxed)
+        let flags = UInt32(GTF_permit_access) | (readOnly ? UInt32(GTF_readonly) : 0)
+        // releasing: the frame is visible before the flags say the entry is valid.
+        header(ref).store(flags | UInt32(grantee.rawValue) << 16, ordering: .releasing)
+        return GrantRef(ref)
+    }
+
+    /// Ends access ("Invalidating an unused GTF_permit_access entry"); `.busy` while mapped.
+    func endAccess(_ ref: GrantRef) throws(HypervisorError) {
+        let r = ref.rawValue
+        guard lock.withLock({ granted.contains(r) }) else { throw .grant(.badGrantRef, "\(ref) was not granted here") }
+        let h = header(r)
+        // acquiring: once the daemon's unpin is seen, the mapper's accesses are over.
+        var current = h.load(ordering: .acquiring)
+        while true {
+            if current & UInt32(GTF_reading | GTF_writing) != 0 {
+                throw HypervisorError(.busy, "ending access to \(ref) of \(owner)")
+            }
+            // acquiringAndReleasing: a full barrier, as Linux's sync_cmpxchg, so a racing
+            // pin and this exchange cannot both succeed.
+            let (done, seen) = h.compareExchange(expected: current, desired: current & 0xFFFF_0000, ordering: .acquiringAndReleasing)
+            if done { break }
+            current = seen
+        }
+        lock.withLock {
+            granted.remove(r)
+            freeRefs.append(r)
+        }
+    }
+
+    /// Re-grants `ref` right after it was ended (rolling back a partial unshare).
+    func regrant(_ ref: GrantRef, frame: FrameNumber, to grantee: DomainID, readOnly: Bool) {
+        let r = ref.rawValue
+        let took = lock.withLock { () -> Bool in
+            guard let i = freeRefs.lastIndex(of: r) else { return false }
+            freeRefs.remove(at: i)
+            granted.insert(r)
+            return true
+        }
+        guard took else { return }
+        frameWord(r).store(UInt32(truncatingIfNeeded: frame.rawValue), ordering: .relaxed)
+        let flags = UInt32(GTF_permit_access) | (readOnly ? UInt32(GTF_readonly) : 0)
+        // releasing: as in grantAccess.
+        header(r).store(flags | UInt32(grantee.rawValue) << 16, ordering: .releasing)
+    }
+}
+
+/// A pthread mutex for set-up paths.
+final class Lock: @unchecked Sendable {
+    // @unchecked: the mutex is only touched through pthread calls.
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+
+    init() {
+        mutex = .allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
+    }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    @inline(__always)
+    func withLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body()
+    }
+}

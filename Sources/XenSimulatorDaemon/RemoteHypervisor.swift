@@ -1,0 +1,303 @@
+import CXen
+import Foundation
+import Glibc
+import SystemPackage
+import XenABI
+import XenHypervisor
+import XenStore
+
+/// How a process joins the hypervisor daemon.
+public enum DomainRequest: Sendable, Hashable {
+    /// As dom0, the privileged control domain (several dom0 processes may join;
+    /// each gets its own slice of dom0's frames and grant references).
+    case dom0
+    /// As a new guest domain with this many 4 KiB frames, created for this
+    /// process and destroyed when it goes; the daemon, as toolstack, creates
+    /// the devices asked for in the store (backend dom0).
+    case newGuest(frames: Int, devices: GuestDevices = [])
+}
+
+/// Devices the daemon creates for a new guest, as a domain configuration lists them.
+public struct GuestDevices: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt64
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    /// `vif/0`.
+    public static let vif = GuestDevices(rawValue: 1)
+    /// `vbd/51712` (xvda).
+    public static let vbd = GuestDevices(rawValue: 2)
+}
+
+/// The hypervisor as a process joined to `xenpv hypervisor` sees it: pass it to
+/// the unchanged drivers exactly like a `SimulatedDomain`.
+///
+/// Set-up (map, unmap, bind, unbind) is a message to the daemon. The data path
+/// is not: ring and data pages are this process's own `mmap`s of the granter's
+/// memfd, a notify is an atomic on the channel's shared page plus, when the
+/// peer sleeps, a one-byte write to the peer's wake pipe, and a dom0 grant copy
+/// reads the granter's grant table and memory directly.
+///
+/// If the daemon goes away the process cannot go on (its hypervisor is gone):
+/// `onDaemonLost` runs once, by default printing a message and exiting with
+/// status 3.
+public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
+    // @unchecked: `link` serialises requests; `foreign` is guarded by `lock`;
+    // the rest is immutable after init.
+    public let domainID: DomainID
+    /// The store, speaking as this domain over its own connection.
+    public let store: XenStoreClient
+    /// Where the daemon listens.
+    public let socketPath: String
+    let link: DaemonLink
+    let memory: GuestMemory
+    private let lock = Lock()
+    private var foreign: [DomainID: ForeignDomain] = [:]
+
+    public var isPrivileged: Bool { domainID == .dom0 }
+
+    /// The handler run when the daemon's socket closes under a live process.
+    public typealias LostHandler = @Sendable (String) -> Void
+
+    /// Prints why and exits: a guest without a hypervisor has nothing left to do.
+    public static let exitOnLoss: LostHandler = { message in
+        FileHandle.standardError.write(Data("xenpv: \(message); exiting\n".utf8))
+        exit(3)
+    }
+
+    /// Connects to the daemon at `socketPath` and joins as `request`.
+    public init(socketPath: String, as request: DomainRequest, onDaemonLost: @escaping LostHandler = RemoteHypervisor.exitOnLoss)
+        throws(HypervisorError)
+    {
+        // A notify to a peer that died writes to a pipe with no reader: that
+        // must be an EPIPE error, not a signal that kills this process.
+        signal(SIGPIPE, SIG_IGN)
+        self.socketPath = socketPath
+        let link = try DaemonLink(socketPath: socketPath)
+        let (kind, frames, devices): (UInt64, UInt64, UInt64) =
+            switch request {
+            case .dom0: (0, 0, 0)
+            case .newGuest(let f, let d): (1, UInt64(max(0, f)), d.rawValue)
+            }
+        let reply = try link.call(WireMessage([DaemonOp.join.rawValue, kind, frames, devices]))
+        guard reply.words.count >= 8, reply.fds.count == 3 else {
+            for fd in reply.fds { Glibc.close(fd) }
+            throw HypervisorError(.closed, "malformed join reply from the hypervisor daemon")
+        }
+        defer { Glibc.close(reply.fds[0]); Glibc.close(reply.fds[1]) }
+        let w = reply.words
+        domainID = DomainID(UInt16(truncatingIfNeeded: w[1]))
+        do {
+            memory = try GuestMemory(
+                owner: domainID, memoryFD: reply.fds[0], totalFrames: Int(w[4]), frames: Int(w[2])..<Int(w[2] + w[3]),
+                tableFD: reply.fds[1], tableEntries: Int(w[7]), refs: UInt32(w[5])..<UInt32(w[6]))
+        } catch {
+            Glibc.close(reply.fds[2])
+            throw error
+        }
+        store = XenStoreClient(transport: XenStoreSocketTransport(connectedSocket: reply.fds[2]))
+        self.link = link
+        link.startWatching(socketPath: socketPath, onLost: onDaemonLost)
+    }
+
+    deinit { link.close() }
+
+    /// Leaves the daemon: a guest's domain is destroyed, a dom0 process's
+    /// ports, mappings and grants are released.
+    public func close() {
+        store.close()
+        link.close()
+    }
+
+    // MARK: Hypervisor
+
+    public func openEventChannels() throws(HypervisorError) -> any EventChannels {
+        try RemoteEventChannels(hypervisor: self)
+    }
+
+    public func openGrantMapper() throws(HypervisorError) -> any GrantMapper {
+        RemoteGrantMapper(hypervisor: self)
+    }
+
+    public func openGrantSharer() throws(HypervisorError) -> any GrantSharer {
+        RemoteGrantSharer(memory: memory)
+    }
+
+    public var pageAllocator: any PageAllocator { memory }
+
+    /// What the daemon holds for every process (dom0 only): for checks and listings.
+    public func report() throws(HypervisorError) -> DaemonReport {
+        let reply = try link.call(WireMessage([DaemonOp.report.rawValue]))
+        return try DaemonReport(words: reply.words)
+    }
+
+    // MARK: Foreign access (dom0's grant copy)
+
+    /// A domain's memory and grant table as dom0 maps them for grant copy.
+    /// Privileged, as in Xen where dom0 may map any guest's memory; the
+    /// daemon refuses it to a guest.
+    final class ForeignDomain: @unchecked Sendable {
+        // @unchecked: immutable mappings.
+        let memory: UnsafeMutableRawPointer
+        let frames: Int
+        let table: UnsafeMutableRawPointer
+        let entries: Int
+
+        init(memory: UnsafeMutableRawPointer, frames: Int, table: UnsafeMutableRawPointer, entries: Int) {
+            self.memory = memory
+            self.frames = frames
+            self.table = table
+            self.entries = entries
+        }
+
+        deinit {
+            munmap(memory, frames * XenPage.size)
+            munmap(table, entries * MemoryLayout<grant_entry_v1>.stride)
+        }
+    }
+
+    /// `domain`'s memory and table, fetched from the daemon once.
+    func foreignDomain(_ domain: DomainID) throws(HypervisorError) -> ForeignDomain {
+        if let f = lock.withLock({ foreign[domain] }) { return f }
+        let reply = try link.call(WireMessage([DaemonOp.foreignAccess.rawValue, UInt64(domain.rawValue)]))
+        defer { for fd in reply.fds { Glibc.close(fd) } }
+        guard reply.words.count >= 3, reply.fds.count == 2 else { throw HypervisorError(.closed, "malformed foreign-access reply") }
+        let frames = Int(reply.words[1])
+        let entries = Int(reply.words[2])
+        let mem = try Mapping.map(reply.fds[0], bytes: frames * XenPage.size)
+        let table: UnsafeMutableRawPointer
+        do { table = try Mapping.map(reply.fds[1], bytes: entries * MemoryLayout<grant_entry_v1>.stride, writable: false) } catch {
+            munmap(mem, frames * XenPage.size)
+            throw error
+        }
+        let f = ForeignDomain(memory: mem, frames: frames, table: table, entries: entries)
+        return lock.withLock {
+            if let existing = foreign[domain] { return existing }
+            foreign[domain] = f
+            return f
+        }
+    }
+
+    /// The granter's memory descriptor for mappings, cached per domain.
+    private var mapFDs: [DomainID: Int32] = [:]
+
+    func cachedMapFD(_ domain: DomainID) -> Int32? { lock.withLock { mapFDs[domain] } }
+
+    func cacheMapFD(_ domain: DomainID, _ fd: Int32) -> Int32 {
+        lock.withLock {
+            if let existing = mapFDs[domain] {
+                Glibc.close(fd)
+                return existing
+            }
+            mapFDs[domain] = fd
+            return fd
+        }
+    }
+}
+
+/// Counts the daemon reports, for tests and listings.
+public struct DaemonReport: Sendable, Hashable, CustomStringConvertible {
+    /// Live domains, dom0 included.
+    public var domains: [DomainID]
+    /// Grant mappings held, by any process.
+    public var mappings: Int
+    /// Event-channel ports bound, by any process.
+    public var ports: Int
+    /// Processes joined.
+    public var processes: Int
+
+    init(words: [UInt64]) throws(HypervisorError) {
+        guard words.count >= 5, words.count == 5 + Int(words[4]) else { throw HypervisorError(.closed, "malformed report") }
+        mappings = Int(words[1])
+        ports = Int(words[2])
+        processes = Int(words[3])
+        domains = words[5...].map { DomainID(UInt16(truncatingIfNeeded: $0)) }
+    }
+
+    public var description: String {
+        "domains \(domains.map(\.rawValue)), \(processes) processes, \(mappings) mappings, \(ports) ports"
+    }
+}
+
+/// The socket to the daemon: one request at a time, and a watcher thread that
+/// notices the daemon going away.
+final class DaemonLink: @unchecked Sendable {
+    // @unchecked: `callLock` serialises request/reply pairs; `closed` is atomic via `stateLock`.
+    let fd: Int32
+    private let callLock = Lock()
+    private let stateLock = Lock()
+    private var closed = false
+    private var stopPipe: WakePipe?
+    private var watcher: Thread?
+
+    init(socketPath: String) throws(HypervisorError) {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let capacity = MemoryLayout.size(ofValue: addr.sun_path)
+        guard socketPath.utf8.count < capacity else { throw .errno(.fileNameTooLong, "socket path \(socketPath) is too long") }
+        let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw .errno(Errno(rawValue: errno), "socket") }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in socketPath.utf8.enumerated() { raw[i] = b }
+        }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else {
+            let e = Errno(rawValue: errno)
+            Glibc.close(fd)
+            let why = e == .noSuchFileOrDirectory ? "no hypervisor daemon socket at \(socketPath)" :
+                e == .connectionRefused ? "nothing listens on \(socketPath) (is `xenpv hypervisor` running?)" :
+                "connecting to the hypervisor daemon at \(socketPath)"
+            throw .errno(e, why)
+        }
+        self.fd = fd
+    }
+
+    deinit {
+        close()
+        Glibc.close(fd)
+    }
+
+    /// Sends a request and waits for its reply; a failure reply throws its error.
+    func call(_ request: WireMessage) throws(HypervisorError) -> WireMessage {
+        let reply: WireMessage? = callLock.withLock {
+            guard Wire.send(fd, request) else { return nil }
+            return Wire.receive(fd)
+        }
+        guard let reply else { throw HypervisorError(.closed, "the hypervisor daemon went away") }
+        if let error = reply.error {
+            for fd in reply.fds { Glibc.close(fd) }
+            throw error
+        }
+        return reply
+    }
+
+    func startWatching(socketPath: String, onLost: @escaping RemoteHypervisor.LostHandler) {
+        guard let stop = WakePipe.make() else { return }
+        stopPipe = stop
+        let fd = self.fd
+        let t = Thread { [weak self] in
+            var fds = [pollfd(fd: fd, events: Int16(0x2000 /* POLLRDHUP */), revents: 0), pollfd(fd: stop.read, events: Int16(POLLIN), revents: 0)]
+            while true {
+                let n = poll(&fds, 2, -1)
+                if n < 0 && errno == EINTR { continue }
+                if fds[1].revents != 0 { return }
+                if fds[0].revents & (Int16(0x2000) | Int16(POLLHUP) | Int16(POLLERR)) != 0 { break }
+            }
+            guard let self, self.stateLock.withLock({ !self.closed }) else { return }
+            onLost("the hypervisor daemon at \(socketPath) went away")
+        }
+        t.name = "xenpv-daemon-watch"
+        watcher = t
+        t.start()
+    }
+
+    func close() {
+        let first = stateLock.withLock { () -> Bool in
+            defer { closed = true }
+            return !closed
+        }
+        guard first else { return }
+        if let stop = stopPipe { WakePipe.wake(stop.write) }
+        _ = shutdown(fd, Int32(SHUT_RDWR))
+    }
+}

@@ -1,0 +1,106 @@
+import Atomics
+import Foundation
+import XenABI
+import XenHypervisor
+
+/// A guest's transport to the store through its xenstore page and event channel, as a real
+/// guest kernel talks to xenstored: requests go into the page's `req` ring, replies and watch
+/// events come back in `rsp`, and each side rings the other's event channel after moving data.
+public final class XenStoreRingTransport: XenStoreTransport, @unchecked Sendable {
+    // @unchecked: the ring's page stays shared until `deinit`; `closed` is atomic; `send` is
+    // called by one thread at a time (the client sends under its lock) and `receive` by the
+    // client's reader thread only.
+    private let ring: XenStoreDomainRing
+    private let events: any EventChannels
+    private let sharer: any GrantSharer
+    private let pages: SharedPages
+    /// The grant reference of the page, for `XS_INTRODUCE`'s frame field.
+    public let ringRef: GrantRef
+    /// The guest's end of the event channel, for `XS_INTRODUCE`'s port field.
+    public let port: EventPort
+    private let closed = ManagedAtomic(false)
+    /// How long `send` waits for room in the request ring before giving up.
+    public var sendTimeout: Double = 5
+
+    /// Shares a fresh page with `daemon` and allocates an unbound event channel for it; the
+    /// toolstack then introduces the domain with `ringRef` and `port`.
+    public init(hypervisor: any Hypervisor, daemon: DomainID = .dom0) throws(XenStoreError) {
+        do {
+            sharer = try hypervisor.openGrantSharer()
+            pages = try sharer.sharePages(count: 1, with: daemon, writable: true)
+            events = try hypervisor.openEventChannels()
+            port = try events.bindUnbound(remote: daemon)
+        } catch {
+            throw XenStoreError(.system, "setting up the xenstore page: \(error)")
+        }
+        ringRef = pages.refs[0]
+        ring = XenStoreDomainRing(page: pages.memory.base, side: .guest)
+    }
+
+    deinit {
+        events.close()
+        // Refused while the daemon still maps the page; the simulator then reports it.
+        try? sharer.unshare(pages)
+        sharer.close()
+    }
+
+    public func send(_ bytes: [UInt8]) throws(XenStoreError) {
+        var offset = 0
+        var pause: UInt32 = 10
+        let deadline = Date().addingTimeInterval(sendTimeout)
+        while offset < bytes.count {
+            guard !closed.load(ordering: .relaxed) else { throw XenStoreError(.closed, "transport closed") }
+            let n = try ring.write(bytes, from: offset)
+            if n > 0 {
+                offset += n
+                pause = 10
+                notify()
+                continue
+            }
+            // Ring full: the daemon drains it and notifies; back off briefly, bounded.
+            guard Date() < deadline else { throw XenStoreError(.timedOut, "request ring stayed full") }
+            usleep(pause)
+            pause = min(pause * 2, 1000)
+        }
+    }
+
+    public func receive(into buffer: UnsafeMutableRawBufferPointer) throws(XenStoreError) -> Int {
+        while true {
+            if closed.load(ordering: .relaxed) { return 0 }
+            let n = try ring.read(into: buffer)
+            if n > 0 {
+                notify()  // room for more replies
+                return n
+            }
+            do {
+                _ = try events.wait(timeoutMilliseconds: 50)
+                while let p = try events.pending() { try events.unmask(p) }
+            } catch {
+                throw XenStoreError(.closed, "event channel: \(error)")
+            }
+        }
+    }
+
+    public func shutdown() { closed.store(true, ordering: .relaxed) }
+
+    private func notify() { try? events.notify(port) }
+}
+
+extension XenStoreServer {
+    /// Introduces a guest in-process, as a toolstack's `XS_INTRODUCE` does: maps its xenstore
+    /// page (by the grant reference it gave dom0), binds its event channel, serves it as that
+    /// domain and fires `@introduceDomain`. Needs the server's `hypervisor`.
+    public func introduceDomain(_ domain: DomainID, ringRef: GrantRef, eventPort: EventPort) throws(XenStoreError) {
+        let message = XenStoreMessage(
+            type: .introduce, strings: [String(domain.rawValue), String(ringRef.rawValue), String(eventPort.rawValue)])
+        guard let reply = withEngine({ $0.perform(message, as: .dom0) }) else {
+            throw XenStoreError(.closed, "server stopped")
+        }
+        if reply.type == .error { throw XenStoreError(XenStoreError.Code(rawValue: reply.text), "introducing \(domain)") }
+    }
+
+    /// Releases a guest: drops its ring connection and fires `@releaseDomain`.
+    public func releaseDomain(_ domain: DomainID) {
+        _ = withEngine { engine in engine.releaseDomain(domain) }
+    }
+}

@@ -1,0 +1,209 @@
+import ArgumentParser
+import CXen
+import Foundation
+import Glibc
+import XenABI
+import XenHypervisor
+import XenRing
+import XenRingBenchmark
+import XenSimulator
+import XenSimulatorDaemon
+
+/// `xenpv bench ring-processes`: the blkif ring between a frontend and a
+/// backend in one process (the embedded simulator) and across two processes
+/// joined to a hypervisor daemon, in one run, with the same loops.
+struct BenchRingProcesses: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ring-processes",
+        abstract: "Ring throughput in one process and across two processes (through the hypervisor daemon), in one run.",
+        discussion: """
+            Across processes the daemon only sets the ring up; requests, responses and notifications go
+            through the shared page and the channel's wake pipes. Rounds alternate the two worlds; the
+            medians are reported.
+              swift run -c release xenpv bench ring-processes --mode adaptive --requests 2000000
+            """)
+
+    @Option(help: "How an idle side waits: busy, event or adaptive.")
+    var mode: RingBenchmarkConfiguration.Mode = .adaptive
+
+    @Option(help: "Most requests outstanding at once (0: the ring size).")
+    var queueDepth: UInt32 = 32
+
+    @Option(help: "Requests per round.")
+    var requests: UInt64 = 1_000_000
+
+    @Option(help: "Rounds of each world.")
+    var rounds = 3
+
+    @Option(help: "Adaptive mode: microseconds to poll before sleeping.")
+    var spinMicroseconds: Double = 5
+
+    @Option(help: "CPU of the frontend (-1: not pinned).")
+    var frontCPU: Int32 = 0
+
+    @Option(help: "CPU of the backend (-1: not pinned).")
+    var backCPU: Int32 = 1
+
+    @Flag(help: "Print one JSON object.")
+    var json = false
+
+    func validate() throws {
+        guard requests > 0 else { throw ValidationError("--requests must be positive") }
+        guard rounds > 0, rounds <= 20 else { throw ValidationError("--rounds must be 1 to 20") }
+    }
+
+    var spinNanoseconds: UInt64 { UInt64(spinMicroseconds * 1000) }
+
+    func run() throws {
+        let dir = "/tmp/xenpv-bench-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var quiet = ProcessSupport.bootstrapLogging(verbose: false)
+        quiet.logLevel = .critical
+        let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quiet)
+        try daemon.start()
+        defer { daemon.stop() }
+        let guest = try RemoteHypervisor(socketPath: dir + "/hv.sock", as: .newGuest(frames: 64))
+        defer { guest.close() }
+
+        var inside: [Double] = []
+        var across: [Double] = []
+        for _ in 0..<rounds {
+            inside.append(try inProcess())
+            across.append(try acrossProcesses(guest: guest, socket: dir + "/hv.sock"))
+        }
+        let a = median(inside)
+        let b = median(across)
+        if json {
+            say("{\"mode\": \"\(mode.rawValue)\", \"queue_depth\": \(queueDepth), \"requests\": \(requests), \"rounds\": \(rounds), "
+                + "\"in_process_requests_per_second\": \(Int(a)), \"across_processes_requests_per_second\": \(Int(b)), "
+                + "\"ratio\": \(String(format: "%.3f", b / a))}")
+        } else {
+            say("in one process:     \(Int(a)) requests/s (rounds: \(inside.map { Int($0) }))")
+            say("across processes:   \(Int(b)) requests/s (rounds: \(across.map { Int($0) }))")
+            say("ratio across/in:    \(String(format: "%.3f", b / a))")
+        }
+    }
+
+    private func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
+
+    /// Both loops in this process on the embedded simulator.
+    private func inProcess() throws -> Double {
+        let host = SimulatedHypervisor()
+        let guest = try host.createDomain(frames: 64)
+        let sharer = try guest.openGrantSharer()
+        let shared = try sharer.sharePages(count: 1, with: .dom0, writable: true)
+        _ = try BlkifFrontRing(initializing: shared.memory)
+        let mapper = try host.dom0.openGrantMapper()
+        let mapping = try mapper.map(shared.refs[0], from: guest.domainID, writable: true)
+        let fe = try guest.openEventChannels()
+        let be = try host.dom0.openEventChannels()
+        let fp = try fe.bindUnbound(remote: .dom0)
+        let bp = try be.bindInterdomain(remote: guest.domainID, remotePort: fp)
+        let (requests, mode, spin, backCPU) = (self.requests, self.mode, spinNanoseconds, self.backCPU)
+        let backResult = ResultBox<SplitRing.Stats>()
+        let backThread = Thread {
+            if backCPU >= 0 { _ = cxen_pin_to_cpu(backCPU) }
+            do { backResult.set(.success(try SplitRing.back(pages: mapping.memory, events: be, port: bp, requests: requests, mode: mode, spinNanoseconds: spin))) } catch {
+                backResult.set(.failure(error))
+            }
+        }
+        let done = DispatchSemaphore(value: 0)
+        let frontResult = ResultBox<SplitRing.Stats>()
+        let (qd, frontCPU) = (queueDepth, self.frontCPU)
+        let frontThread = Thread {
+            if frontCPU >= 0 { _ = cxen_pin_to_cpu(frontCPU) }
+            do { frontResult.set(.success(try SplitRing.front(pages: shared.memory, events: fe, port: fp, requests: requests, queueDepth: qd, mode: mode, spinNanoseconds: spin))) } catch {
+                frontResult.set(.failure(error))
+            }
+            done.signal()
+        }
+        backThread.start()
+        frontThread.start()
+        done.wait()
+        let stats = try frontResult.get()
+        usleep(10_000)
+        _ = try? backResult.get()
+        try? fe.unbind(fp)
+        try? be.unbind(bp)
+        try mapper.unmap(mapping)
+        try sharer.unshare(shared)
+        _ = host.shutdown()
+        return Double(requests) / stats.seconds
+    }
+
+    /// The frontend here (a guest joined to the daemon), the backend in a child `xenpv` (dom0).
+    private func acrossProcesses(guest: RemoteHypervisor, socket: String) throws -> Double {
+        let sharer = try guest.openGrantSharer()
+        let shared = try sharer.sharePages(count: 1, with: .dom0, writable: true)
+        _ = try BlkifFrontRing(initializing: shared.memory)
+        let fe = try guest.openEventChannels()
+        let fp = try fe.bindUnbound(remote: .dom0)
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: "/proc/\(getpid())/exe").resolvingSymlinksInPath()
+        child.arguments = ["bench", "ring-peer", "--connect", socket, "--guest", "\(guest.domainID.rawValue)",
+                           "--ref", "\(shared.refs[0].rawValue)", "--port", "\(fp.rawValue)", "--requests", "\(requests)",
+                           "--mode", mode.rawValue, "--spin-microseconds", "\(spinMicroseconds)", "--back-cpu", "\(backCPU)"]
+        let pipe = Pipe()
+        child.standardOutput = pipe
+        try child.run()
+        defer { if child.isRunning { kill(child.processIdentifier, SIGKILL) }; child.waitUntilExit() }
+        // The child says "ready" once it mapped the ring and bound the port.
+        var seen = Data()
+        let deadline = Date().addingTimeInterval(20)
+        while !String(decoding: seen, as: UTF8.self).contains("ready") {
+            guard Date() < deadline, child.isRunning || !seen.isEmpty else { throw ValidationError("the backend process did not start") }
+            let chunk = pipe.fileHandleForReading.availableData
+            if chunk.isEmpty { throw ValidationError("the backend process exited before it was ready") }
+            seen.append(chunk)
+        }
+        let (requests, mode, spin, qd, frontCPU) = (self.requests, self.mode, spinNanoseconds, queueDepth, self.frontCPU)
+        let frontResult = ResultBox<SplitRing.Stats>()
+        let done = DispatchSemaphore(value: 0)
+        let t = Thread {
+            if frontCPU >= 0 { _ = cxen_pin_to_cpu(frontCPU) }
+            do { frontResult.set(.success(try SplitRing.front(pages: shared.memory, events: fe, port: fp, requests: requests, queueDepth: qd, mode: mode, spinNanoseconds: spin))) } catch {
+                frontResult.set(.failure(error))
+            }
+            done.signal()
+        }
+        t.start()
+        done.wait()
+        let stats = try frontResult.get()
+        child.waitUntilExit()
+        guard child.terminationStatus == 0 else { throw ValidationError("the backend process failed (\(child.terminationStatus))") }
+        try? fe.unbind(fp)
+        fe.close()
+        try sharer.unshare(shared)
+        return Double(requests) / stats.seconds
+    }
+}
+
+/// The backend half of `ring-processes`, run as its own process (not for people).
+struct BenchRingPeer: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ring-peer", shouldDisplay: false)
+
+    @Option var connect: String
+    @Option var guest: UInt16
+    @Option var ref: UInt32
+    @Option var port: UInt32
+    @Option var requests: UInt64
+    @Option var mode: RingBenchmarkConfiguration.Mode
+    @Option var spinMicroseconds: Double
+    @Option var backCPU: Int32
+
+    func run() throws {
+        if backCPU >= 0 { _ = cxen_pin_to_cpu(backCPU) }
+        let hv = try ProcessSupport.join(connect, as: .dom0)
+        defer { hv.close() }
+        let mapper = try hv.openGrantMapper()
+        let mapping = try mapper.map(GrantRef(ref), from: DomainID(guest), writable: true)
+        let events = try hv.openEventChannels()
+        let p = try events.bindInterdomain(remote: DomainID(guest), remotePort: EventPort(port))
+        say("ready")
+        _ = try SplitRing.back(pages: mapping.memory, events: events, port: p, requests: requests, mode: mode,
+                               spinNanoseconds: UInt64(spinMicroseconds * 1000))
+        try events.unbind(p)
+        try mapper.unmap(mapping)
+    }
+}

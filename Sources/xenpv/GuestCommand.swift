@@ -1,0 +1,224 @@
+import ArgumentParser
+import Foundation
+import Logging
+import Synchronization
+import XenBus
+import XenNetFront
+import XenSimulatorDaemon
+import XenStore
+
+/// `xenpv guest …`: a guest process; each run joins as a new domU with a vif
+/// and a vbd, does one job, and leaves (its domain goes with it).
+struct GuestCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "guest",
+        abstract: "Run a guest domain that uses its devices.",
+        subcommands: [GuestNetEcho.self, GuestNetSend.self, GuestNetReceive.self, GuestDisk.self])
+}
+
+struct GuestOptions: ParsableArguments {
+    @Option(help: "The hypervisor daemon's socket.")
+    var connect: String
+
+    @Option(help: "The guest's memory in 4 KiB frames.")
+    var frames = 4096
+
+    @Option(help: "Seconds to wait for the backend to connect.")
+    var connectTimeout = 10.0
+
+    @Flag(help: "Log the handshake.")
+    var verbose = false
+
+    func validate() throws {
+        guard frames >= 16, frames <= 262_144 else { throw ValidationError("--frames must be 16 to 262144, not \(frames)") }
+        guard connectTimeout > 0 else { throw ValidationError("--connect-timeout must be positive") }
+        guard FileManager.default.fileExists(atPath: connect) else {
+            throw ValidationError("no hypervisor socket at \(connect) (start `xenpv hypervisor --socket \(connect)`)")
+        }
+    }
+}
+
+/// A guest with its netfront connected.
+final class GuestNet: @unchecked Sendable {
+    // @unchecked: immutable after init, apart from `received`, a Mutex.
+    let hv: RemoteHypervisor
+    let port = PacketPort()
+    let endpoint: XenbusEndpoint
+    let received = Inbox()
+    private var tasks: [Task<Void, Never>] = []
+
+    init(_ options: GuestOptions, logger: Logger) throws {
+        hv = try ProcessSupport.join(options.connect, as: .newGuest(frames: options.frames, devices: [.vif, .vbd]))
+        let device = XenbusDevice(type: "vif", id: 0, frontend: hv.domainID)
+        let frontend = NetFrontend(hypervisor: hv, store: hv.store, path: device.frontendPath, port: port, logger: logger)
+        endpoint = XenbusEndpoint(role: .frontend, store: hv.store, path: device.frontendPath, peerPath: device.backendPath,
+                                  driver: frontend, logger: logger)
+        let endpoint = self.endpoint
+        tasks.append(Task { try? await endpoint.run() })
+        let port = self.port
+        let received = self.received
+        tasks.append(Task {
+            for await packet in port.packets { received.frames.withLock { $0.append(packet.bytes) } }
+        })
+        say("xenpv guest: joined as \(hv.domainID)")
+        let deadline = Date().addingTimeInterval(options.connectTimeout)
+        while endpoint.state != .connected {
+            guard Date() < deadline else {
+                throw ValidationError("the vif's backend did not connect in \(options.connectTimeout) s (is `xenpv backend --connect \(options.connect)` running?)")
+            }
+            usleep(5000)
+        }
+        say("xenpv guest: vif connected")
+    }
+
+    /// Takes the frames received so far.
+    func take() -> [[UInt8]] { received.frames.withLock { r in defer { r = [] }; return r } }
+
+    func send(_ frame: [UInt8]) throws {
+        try ProcessSupport.runBlocking { [port] in try await port.send(frame) }
+    }
+
+    func close() {
+        for t in tasks { t.cancel() }
+        hv.close()
+    }
+
+    /// Frame `seq` of `size` bytes: broadcast destination, a locally administered
+    /// source, the local experimental EtherType 0x88B5, the sequence number, a pattern.
+    static func frame(_ seq: UInt32, size: Int) -> [UInt8] {
+        var f = [UInt8](repeating: 0, count: size)
+        for i in 0..<6 { f[i] = 0xFF }
+        f[6] = 0x02; f[7] = 0x58; f[8] = 0x50; f[9] = 0x56
+        f[12] = 0x88; f[13] = 0xB5
+        withUnsafeBytes(of: seq.bigEndian) { for (i, b) in $0.enumerated() { f[14 + i] = b } }
+        for i in 18..<size { f[i] = UInt8(truncatingIfNeeded: i &* 31 &+ Int(seq)) }
+        return f
+    }
+}
+
+/// Frames received, waiting to be taken.
+final class Inbox: Sendable {
+    let frames = Mutex<[[UInt8]]>([])
+}
+
+/// Sizes a netif frame can have here.
+private func checkFrameSize(_ size: Int) throws {
+    guard size >= 60, size <= 9000 else { throw ValidationError("--size must be 60 to 9000 bytes, not \(size)") }
+}
+
+/// `xenpv guest net-echo`: stop-and-wait through an echoing backend; every
+/// frame must come back intact (resent if not answered in time), in order.
+struct GuestNetEcho: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "net-echo", abstract: "Send frames and check each comes back intact (backend without --nic).")
+
+    @OptionGroup var options: GuestOptions
+    @Option(help: "Frames to send.") var count = 100
+    @Option(help: "Bytes per frame.") var size = 1000
+    @Option(help: "Milliseconds between frames.") var intervalMs = 0
+    @Option(help: "Seconds the whole run may take.") var timeout = 30.0
+
+    func validate() throws {
+        try checkFrameSize(size)
+        guard count > 0 else { throw ValidationError("--count must be positive") }
+    }
+
+    func run() throws {
+        let logger = ProcessSupport.bootstrapLogging(verbose: options.verbose)
+        let net = try GuestNet(options, logger: logger)
+        defer { net.close() }
+        let deadline = Date().addingTimeInterval(timeout)
+        var resent = 0
+        for seq in 0..<UInt32(count) {
+            let frame = GuestNet.frame(seq, size: size)
+            var echoed = false
+            while !echoed {
+                guard Date() < deadline else { throw ValidationError("timed out at frame \(seq) of \(count)") }
+                // A send refused while the backend is away is retried like a lost echo.
+                do { try net.send(frame) } catch { logger.info("send: \(error)") }
+                let wait = Date().addingTimeInterval(0.5)
+                while !echoed && Date() < wait {
+                    for got in net.take() {
+                        if got == frame { echoed = true } else if got.count >= 18, got[12] == 0x88, got[13] == 0xB5 {
+                            // An older frame's late echo (after a resend): fine if intact.
+                            let s = got[14..<18].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+                            guard s < seq, got == GuestNet.frame(s, size: got.count) else {
+                                throw ValidationError("frame \(seq): a corrupted echo came back")
+                            }
+                        }
+                    }
+                    if !echoed { usleep(500) }
+                }
+                if !echoed { resent += 1 }
+            }
+            say("echoed \(seq + 1)/\(count)")
+            if intervalMs > 0 { usleep(UInt32(intervalMs) * 1000) }
+        }
+        say("xenpv guest: \(count) frames echoed intact (\(resent) resent)")
+    }
+}
+
+/// `xenpv guest net-send`: sends frames onto the vif.
+struct GuestNetSend: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "net-send", abstract: "Send frames on the vif.")
+
+    @OptionGroup var options: GuestOptions
+    @Option(help: "Frames to send.") var count = 10
+    @Option(help: "Bytes per frame.") var size = 1000
+
+    func validate() throws { try checkFrameSize(size) }
+
+    func run() throws {
+        let net = try GuestNet(options, logger: ProcessSupport.bootstrapLogging(verbose: options.verbose))
+        defer { net.close() }
+        for seq in 0..<UInt32(count) { try net.send(GuestNet.frame(seq, size: size)) }
+        say("xenpv guest: sent \(count) frames of \(size) bytes")
+    }
+}
+
+/// `xenpv guest net-receive`: waits for frames on the vif.
+struct GuestNetReceive: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "net-receive", abstract: "Receive frames on the vif.")
+
+    @OptionGroup var options: GuestOptions
+    @Option(help: "Frames to wait for.") var count = 1
+    @Option(help: "Seconds to wait.") var timeout = 30.0
+
+    func run() throws {
+        let net = try GuestNet(options, logger: ProcessSupport.bootstrapLogging(verbose: options.verbose))
+        defer { net.close() }
+        let deadline = Date().addingTimeInterval(timeout)
+        var got = 0
+        while got < count {
+            guard Date() < deadline else { throw ValidationError("received \(got) of \(count) frames in \(timeout) s") }
+            for f in net.take() {
+                got += 1
+                say("frame \(got): \(f.count) bytes")
+            }
+            usleep(1000)
+        }
+    }
+}
+
+/// `xenpv guest disk`: the vbd, once the block drivers land.
+struct GuestDisk: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "disk", abstract: "Write, read or verify a range of the vbd (needs the block drivers).")
+
+    enum Action: String, ExpressibleByArgument, CaseIterable { case write, read, verify }
+
+    @OptionGroup var options: GuestOptions
+    @Argument(help: "write, read or verify.") var action: Action
+    @Option(help: "First byte (a multiple of 512).") var offset: UInt64 = 0
+    @Option(help: "Bytes (a positive multiple of 512).") var length: UInt64 = 65536
+    @Option(help: "Pattern seed for write and verify.") var seed: UInt8 = 1
+
+    func validate() throws {
+        guard offset % 512 == 0 else { throw ValidationError("--offset must be a multiple of 512, not \(offset)") }
+        guard length > 0, length % 512 == 0 else { throw ValidationError("--length must be a positive multiple of 512, not \(length)") }
+    }
+
+    func run() throws {
+        throw ValidationError("the vbd frontend is not on this branch yet (block drivers: branch blkdrv)")
+    }
+}

@@ -1,0 +1,105 @@
+import Foundation
+import Glibc
+import Logging
+import Testing
+import XenABI
+import XenBus
+@testable import XenHost
+import XenStore
+
+/// Xen's own libxenstore against our xenstored: libxenstore honours
+/// XENSTORED_PATH, so the store protocol runs through the real library.
+@Suite(.serialized)
+struct LibXenStoreTests {
+    let server: XenStoreServer
+    let base = "/tmp/xpv-libxs-\(UUID().uuidString.prefix(8))"
+
+    init() throws {
+        var quiet = Logger(label: "test")
+        quiet.logLevel = .critical
+        server = XenStoreServer(socketPath: base + ".sock", extraSockets: [(base + "-d7.sock", DomainID(7))], logger: quiet)
+        try server.start()
+    }
+
+    /// A libxenstore connection to our server, as dom0 or as guest 7.
+    func open(asGuest: Bool = false) throws -> LibXenStore {
+        try StoreEnvironment.open(socket: asGuest ? base + "-d7.sock" : base + ".sock")
+    }
+
+    @Test func readWriteDirectoryPermissionsThroughLibxenstore() async throws {
+        let xs = try open()
+        defer { xs.close(); server.stop() }
+        let ours = try XenStoreClient(socketPath: base + ".sock")
+        try await xs.write("/local/domain/7/device/vif/0/state", "4")
+        try await xs.write("/local/domain/7/device/vif/0/mac", "00:16:3e:00:00:07")
+        #expect(try await ours.read("/local/domain/7/device/vif/0/state") == "4")
+        try await ours.write("/local/domain/7/name", "guest")
+        #expect(try await xs.read("/local/domain/7/name") == "guest")
+        #expect(try await xs.directory("/local/domain/7/device/vif/0").sorted() == ["mac", "state"])
+        try await xs.mkdir("/local/domain/7/empty")
+        #expect(try await xs.read("/local/domain/7/empty") == "")
+        // The feature helpers drivers use work on it unchanged.
+        #expect(try await xs.readFeature("/local/domain/7/device/vif/0", "state", default: false) == false)
+        #expect(try await xs.readRequired("/local/domain/7/device/vif/0", "state") == 4)
+        let perms = XenStorePermissions(owner: DomainID(7), grants: [.init(.read, .dom0)])
+        try await xs.setPermissions("/local/domain/7/device", perms)
+        #expect(try await ours.permissions("/local/domain/7/device") == perms)
+        #expect(try await xs.permissions("/local/domain/7/device") == perms)
+        #expect(try await xs.domainPath(DomainID(7)) == "/local/domain/7")
+        try await xs.rm("/local/domain/7/device")
+        #expect(try await ours.readIfPresent("/local/domain/7/device/vif/0/state") == nil)
+        do {
+            _ = try await xs.read("/local/domain/7/nothing")
+            Issue.record("read of a missing node succeeded")
+        } catch {
+            #expect(error.code == .noEntry)
+        }
+    }
+
+    @Test func aGuestConnectionIsRefusedWhatItWasNotGiven() async throws {
+        let ours = try XenStoreClient(socketPath: base + ".sock")
+        try await ours.write("/local/domain/0/secret", "x")
+        let guest = try open(asGuest: true)
+        defer { guest.close(); server.stop() }
+        do {
+            _ = try await guest.read("/local/domain/0/secret")
+            Issue.record("a guest read dom0's node")
+        } catch {
+            #expect(error.code == .accessDenied)
+        }
+    }
+
+    @Test func watchesFireThroughXsFileno() async throws {
+        let xs = try open()
+        defer { xs.close(); server.stop() }
+        let ours = try XenStoreClient(socketPath: base + ".sock")
+        let events = try await xs.watch("/local/domain/9")
+        var iterator = events.makeAsyncIterator()
+        let first = await iterator.next()
+        #expect(first?.path == "/local/domain/9")  // fired once at registration, as Xen does
+        try await ours.write("/local/domain/9/state", "1")
+        let second = await iterator.next()
+        #expect(second?.path == "/local/domain/9/state")
+    }
+
+    @Test func transactionsRetryOnConflict() async throws {
+        let xs = try open()
+        defer { xs.close(); server.stop() }
+        let ours = try XenStoreClient(socketPath: base + ".sock")
+        try await ours.write("/counter", "0")
+        let attempts = AttemptCounter()
+        try await xs.transaction { tx in
+            let n = Int(try await tx.read("/counter"))!
+            if attempts.next() == 1 { try await ours.write("/counter", "10") }  // a conflicting commit
+            try await tx.write("/counter", String(n + 1))
+        }
+        #expect(attempts.count == 2)
+        #expect(try await ours.read("/counter") == "11")
+    }
+}
+
+final class AttemptCounter: @unchecked Sendable {
+    private var value = 0
+    func next() -> Int { value += 1; return value }
+    var count: Int { value }
+}

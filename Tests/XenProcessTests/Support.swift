@@ -1,0 +1,103 @@
+import Foundation
+import Glibc
+import Logging
+import XenSimulatorDaemon
+
+/// A temporary directory for sockets, removed by `cleanup`.
+func temporaryDirectory() -> String {
+    let dir = "/tmp/xpv-proc-\(UUID().uuidString.prefix(8))"
+    try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    return dir
+}
+
+/// The `xenpv` executable `swift test` built next to the test bundle.
+func xenpvPath() -> String {
+    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    for _ in 0..<4 {
+        let candidate = dir.appendingPathComponent("xenpv").path
+        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        dir = dir.deletingLastPathComponent()
+    }
+    return ".build/debug/xenpv"
+}
+
+/// A child process with its output collected as it comes; killed if still
+/// running when the test lets go of it.
+final class Child: @unchecked Sendable {
+    // @unchecked: `output` is guarded by `lock`; the process object is only
+    // used from the test's thread.
+    let process = Process()
+    private let lock = NSLock()
+    private var text = ""
+    let name: String
+
+    init(_ arguments: [String], name: String) throws {
+        self.name = name
+        process.executableURL = URL(fileURLWithPath: xenpvPath())
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        pipe.fileHandleForReading.readabilityHandler = { [weak self] h in
+            let data = h.availableData
+            guard let self, !data.isEmpty else { return }
+            self.lock.withLock { self.text += String(decoding: data, as: UTF8.self) }
+        }
+        try process.run()
+    }
+
+    deinit { kill() }
+
+    var output: String { lock.withLock { text } }
+    var pid: Int32 { process.processIdentifier }
+
+    /// SIGKILL, by pid, if still running; waits (bounded) for it to be reaped.
+    func kill() {
+        if process.isRunning { Glibc.kill(pid, SIGKILL) }
+        _ = waitForExit(seconds: 5)
+    }
+
+    func terminate() {
+        if process.isRunning { Glibc.kill(pid, SIGTERM) }
+    }
+
+    /// Waits at most `seconds` for the process to end; its status, or nil.
+    func waitForExit(seconds: Double) -> Int32? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while process.isRunning {
+            if Date() > deadline { return nil }
+            usleep(10_000)
+        }
+        return process.terminationStatus
+    }
+
+    /// Waits at most `seconds` until the output contains `text`.
+    func waitFor(_ text: String, seconds: Double = 20) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if output.contains(text) { return true }
+            usleep(10_000)
+        }
+        return output.contains(text)
+    }
+}
+
+/// Polls `body` until true or `seconds` pass.
+func eventually(_ seconds: Double = 10, _ body: () throws -> Bool) rethrows -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try body() { return true }
+        usleep(10_000)
+    }
+    return try body()
+}
+
+/// A handler for tests: the daemon going away is an expected event, not a reason to exit.
+let ignoreLoss: RemoteHypervisor.LostHandler = { _ in }
+
+/// A logger that stays silent below critical.
+func quietLogger() -> Logger {
+    var l = Logger(label: "test")
+    l.logLevel = .critical
+    return l
+}

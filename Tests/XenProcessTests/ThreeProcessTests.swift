@@ -1,0 +1,95 @@
+import Foundation
+import Glibc
+import Testing
+import XenABI
+import XenSimulatorDaemon
+
+/// `xenpv hypervisor`, `xenpv backend` and `xenpv guest` as separate processes,
+/// driven as a person would from three terminals.
+@Suite(.serialized)
+struct ThreeProcessTests {
+    /// Threads of `pid` now.
+    func threads(of pid: Int32) -> Int {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).count
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func backendRestartGuestCrashAndDaemonLoss() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let sock = dir + "/hv.sock"
+        let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+        defer { hv.kill() }
+        #expect(hv.waitFor("listening"), "\(hv.output)")
+        var backend = try Child(["backend", "--connect", sock], name: "backend")
+        defer { backend.kill() }
+        #expect(backend.waitFor("serving"), "\(backend.output)")
+
+        // A guest streams frames through the echoing backend; the backend is
+        // killed mid-stream and a new one started; the guest's frontend waits,
+        // reconnects, and every frame it counted as echoed came back intact.
+        let guest = try Child(["guest", "net-echo", "--connect", sock, "--count", "120", "--interval-ms", "5", "--timeout", "40"],
+                              name: "guest")
+        defer { guest.kill() }
+        #expect(guest.waitFor("echoed 30/"), "\(guest.output)")
+        backend.kill()
+        let echoedBefore = guest.output.components(separatedBy: "echoed ").count - 1
+        backend = try Child(["backend", "--connect", sock], name: "backend 2")
+        #expect(backend.waitFor("serving"), "\(backend.output)")
+        #expect(guest.waitForExit(seconds: 40) == 0, "\(guest.output)")
+        #expect(guest.output.contains("120 frames echoed intact"), "\(guest.output)")
+        #expect(echoedBefore < 120, "the backend was killed mid-stream")
+        print("guest across the backend restart:", guest.output.split(separator: "\n").filter { !$0.hasPrefix("echoed") })
+
+        // A guest killed mid-stream: the daemon destroys its domain and removes
+        // its vif; the backend unmaps, unbinds and ends the vif's thread.
+        let dom0 = try RemoteHypervisor(socketPath: sock, as: .dom0, onDaemonLost: ignoreLoss)
+        defer { dom0.close() }
+        #expect(backend.waitFor("vifs: none"), "\(backend.output)")
+        let idleThreads = threads(of: backend.pid)
+        let doomed = try Child(["guest", "net-echo", "--connect", sock, "--count", "100000", "--interval-ms", "2", "--timeout", "50"],
+                               name: "doomed guest")
+        #expect(doomed.waitFor("echoed 20/"), "\(doomed.output)")
+        #expect(backend.output.contains("Connected"), "\(backend.output)")
+        let busyThreads = threads(of: backend.pid)
+        #expect(try dom0.report().mappings > 0)
+        doomed.kill()
+        #expect(eventually(15) {
+            guard let r = try? dom0.report() else { return false }
+            return r.domains == [.dom0] && r.mappings == 0 && r.ports == 0
+        }, "\((try? dom0.report())?.description ?? "no report")")
+        // The vif is gone and its thread with it.
+        #expect(eventually(10) { backend.output.hasSuffix("vifs: none\n") }, "\(backend.output)")
+        #expect(eventually(10) { threads(of: backend.pid) < busyThreads }, "idle \(idleThreads), busy \(busyThreads)")
+
+        // The daemon dies: every joined process exits with a clear message.
+        let waiting = try Child(["guest", "net-echo", "--connect", sock, "--count", "100000", "--interval-ms", "2", "--timeout", "50"],
+                                name: "last guest")
+        defer { waiting.kill() }
+        #expect(waiting.waitFor("echoed 5/"), "\(waiting.output)")
+        hv.kill()
+        #expect(backend.waitForExit(seconds: 10) == 3, "\(backend.output)")
+        #expect(waiting.waitForExit(seconds: 10) == 3, "\(waiting.output)")
+        #expect(backend.output.contains("the hypervisor daemon at \(sock) went away"))
+        #expect(waiting.output.contains("went away"))
+    }
+
+    @Test func clearErrorsForAMissingSocketAFileAndASize() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let noSocket = try Child(["guest", "net-echo", "--connect", dir + "/none.sock"], name: "guest")
+        #expect(noSocket.waitForExit(seconds: 10) != 0)
+        #expect(noSocket.output.contains("no hypervisor socket at \(dir)/none.sock"), "\(noSocket.output)")
+        let noDisk = try Child(["backend", "--connect", dir + "/none.sock", "--disk", dir + "/none.img"], name: "backend")
+        #expect(noDisk.waitForExit(seconds: 10) != 0)
+        #expect(noDisk.output.contains("no disk image at \(dir)/none.img"), "\(noDisk.output)")
+        let badSize = try Child(["guest", "net-echo", "--connect", dir, "--size", "20"], name: "guest")
+        #expect(badSize.waitForExit(seconds: 10) != 0)
+        #expect(badSize.output.contains("--size must be 60 to 9000 bytes"), "\(badSize.output)")
+        let stale = dir + "/stale.sock"
+        FileManager.default.createFile(atPath: stale, contents: nil)
+        let refused = try Child(["backend", "--connect", stale], name: "backend")
+        #expect(refused.waitForExit(seconds: 10) != 0)
+        #expect(refused.output.contains("cannot join the hypervisor at \(stale)"), "\(refused.output)")
+    }
+}

@@ -1,0 +1,238 @@
+import CXen
+import Foundation
+import Logging
+import Testing
+import XenABI
+import XenHypervisor
+@testable import XenSimulator
+@testable import XenStore
+
+/// The per-domain xenstore page on the simulated hypervisor: a guest's client talks to the
+/// store through shared memory and an event channel; the server owns dom0's side.
+@Suite(.serialized)
+struct RingTransportTests {
+    @Test func pageLayoutMatchesXsWireH() {
+        #expect(MemoryLayout<xenstore_domain_interface>.size == 2076)
+        #expect(XenStoreDomainRing.reqOffset == 0)
+        #expect(XenStoreDomainRing.rspOffset == 1024)
+        #expect(XenStoreDomainRing.reqConsOffset == 2048)
+        #expect(XenStoreDomainRing.reqProdOffset == 2052)
+        #expect(XenStoreDomainRing.rspConsOffset == 2056)
+        #expect(XenStoreDomainRing.rspProdOffset == 2060)
+        #expect(XenStoreDomainRing.errorOffset == 2072)
+        #expect(XenStoreDomainRing.size == 1024)
+    }
+
+    @Test func bytesCrossTheRingsWithWrapAroundAndIndexChecks() throws {
+        let page = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+        defer { page.deallocate() }
+        page.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
+        let guest = XenStoreDomainRing(page: page, side: .guest)
+        let daemon = XenStoreDomainRing(page: page, side: .daemon)
+        // Start near the 32-bit wrap so the free-running indices overflow mid-test.
+        for off in [XenStoreDomainRing.reqConsOffset, XenStoreDomainRing.reqProdOffset] {
+            page.storeBytes(of: UInt32.max - 700, toByteOffset: off, as: UInt32.self)
+        }
+        var sent: [UInt8] = []
+        var got: [UInt8] = []
+        var k: UInt8 = 0
+        for round in 0..<50 {
+            let chunk = (0..<(100 + round * 13)).map { _ in k &+= 1; return k }
+            var off = 0
+            while off < chunk.count {
+                let n = try guest.write(chunk, from: off)
+                off += n
+                if n == 0 { got += try daemon.read(upTo: 333) }
+            }
+            sent += chunk
+            got += try daemon.read(upTo: 1024)
+        }
+        #expect(got == sent)
+        #expect(guest.readable == 0)
+        // A producer index more than a ring ahead is refused, not trusted.
+        let prod = page.load(fromByteOffset: XenStoreDomainRing.reqProdOffset, as: UInt32.self)
+        page.storeBytes(of: prod &+ 1025, toByteOffset: XenStoreDomainRing.reqProdOffset, as: UInt32.self)
+        #expect(throws: XenStoreError.self) { _ = try daemon.read(upTo: 10) }
+        // So is a consumer index that claims to have read more than was written.
+        let rspProd = page.load(fromByteOffset: XenStoreDomainRing.rspProdOffset, as: UInt32.self)
+        page.storeBytes(of: rspProd &+ 2000, toByteOffset: XenStoreDomainRing.rspConsOffset, as: UInt32.self)
+        #expect(throws: XenStoreError.self) { _ = try daemon.write([1, 2, 3]) }
+    }
+
+    final class World {
+        let hv: SimulatedHypervisor
+        let guest: SimulatedDomain
+        let server: XenStoreServer
+        let path: String
+
+        init(quotas: XenStoreQuotas = XenStoreQuotas()) throws {
+            hv = SimulatedHypervisor(dom0Frames: 64)
+            guest = try hv.createDomain(frames: 64)
+            path = "/tmp/xs-ring-\(UUID().uuidString.prefix(8)).sock"
+            var logger = Logger(label: "ring-test")
+            logger.logLevel = ProcessInfo.processInfo.environment["XS_TEST_LOG"] != nil ? .debug : .critical
+            server = XenStoreServer(socketPath: path, quotas: quotas, logger: logger, hypervisor: hv.dom0)
+            try server.start()
+        }
+
+        deinit { server.stop() }
+
+        /// A guest client over its page, introduced to the server.
+        func guestClient() async throws -> XenStoreClient {
+            let dom0 = try XenStoreClient(socketPath: path)
+            let home = XenStorePath.home(of: guest.domainID)
+            try await dom0.mkdir(home)
+            try await dom0.setPermissions(home, XenStorePermissions(owner: guest.domainID))
+            dom0.close()
+            let transport = try XenStoreRingTransport(hypervisor: guest)
+            try server.introduceDomain(guest.domainID, ringRef: transport.ringRef, eventPort: transport.port)
+            return XenStoreClient(transport: transport)
+        }
+    }
+
+    @Test func aGuestUsesTheStoreThroughItsPage() async throws {
+        let w = try World()
+        let dom0 = try XenStoreClient(socketPath: w.path)
+        let intro = try await dom0.watch("@introduceDomain")
+        var introEvents = intro.makeAsyncIterator()
+        _ = await introEvents.next()
+        let g = try await w.guestClient()
+        #expect(await introEvents.next()?.path == "@introduceDomain")
+
+        try await g.write("data/name", "guest")
+        #expect(try await dom0.read("/local/domain/\(w.guest.domainID.rawValue)/data/name") == "guest")
+        #expect(try await g.read("data/name") == "guest")
+        #expect(try await g.domainPath(w.guest.domainID) == XenStorePath.home(of: w.guest.domainID))
+        // Messages larger than the 1024-byte rings cross in pieces, both ways.
+        let big = String(repeating: "x", count: 2000)
+        try await g.write("data/big", big)
+        #expect(try await g.read("data/big") == big)
+        // Permissions apply to the ring's domain.
+        try await dom0.write("/secret", "s")
+        await expectCode(.accessDenied) { _ = try await g.read("/secret") }
+        // Watches and transactions.
+        let watch = try await g.watch("data")
+        var events = watch.makeAsyncIterator()
+        #expect(await events.next()?.path == "data")
+        try await dom0.write("/local/domain/\(w.guest.domainID.rawValue)/data/x", "1")
+        #expect(await events.next()?.path == "data/x")
+        try await g.transaction { tx in
+            try await tx.write("data/t1", "a")
+            try await tx.write("data/t2", "b")
+        }
+        #expect(try await dom0.read("/local/domain/\(w.guest.domainID.rawValue)/data/t2") == "b")
+        watch.cancel()
+
+        // Release: the server unmaps the page and closes the port.
+        let rel = try await dom0.watch("@releaseDomain")
+        var relEvents = rel.makeAsyncIterator()
+        _ = await relEvents.next()
+        w.server.releaseDomain(w.guest.domainID)
+        #expect(await relEvents.next()?.path == "@releaseDomain")
+        g.close()
+        w.server.stop()
+        #expect(w.guest.outstanding().mappings.isEmpty)
+    }
+
+    @Test func introduceOverTheWireMapsTheGuestsPage() async throws {
+        let w = try World()
+        let dom0 = try XenStoreClient(socketPath: w.path)
+        let transport = try XenStoreRingTransport(hypervisor: w.guest)
+        let d = String(w.guest.domainID.rawValue)
+        _ = try await dom0.request(.introduce, payload: XenStoreMessage(
+            type: .introduce, strings: [d, String(transport.ringRef.rawValue), String(transport.port.rawValue)]).payload)
+        #expect(try await dom0.request(.isDomainIntroduced, payload: Array("\(d)\0".utf8)).text == "T")
+        let g = XenStoreClient(transport: transport)
+        try await dom0.write("/local/domain/\(d)/hello", "world")
+        try await dom0.setPermissions("/local/domain/\(d)/hello", XenStorePermissions(owner: w.guest.domainID))
+        #expect(try await g.read("hello") == "world")
+        // A bad grant reference is refused, and nothing else breaks.
+        await expectCode(.invalid) {
+            _ = try await dom0.request(.introduce, payload: XenStoreMessage(type: .introduce, strings: ["77", "5", "1"]).payload)
+        }
+        #expect(try await g.read("hello") == "world")
+        g.close()
+    }
+
+    /// A hand-made hostile guest: its own page and port, bytes written by hand.
+    func hostileGuest(_ w: World) throws -> (page: UnsafeMutableRawPointer, events: any EventChannels, port: EventPort) {
+        let pages = try w.guest.openGrantSharer().sharePages(count: 1, with: .dom0, writable: true)
+        let events = try w.guest.openEventChannels()
+        let port = try events.bindUnbound(remote: .dom0)
+        try w.server.introduceDomain(w.guest.domainID, ringRef: pages.refs[0], eventPort: port)
+        return (pages.memory.base, events, port)
+    }
+
+    func waitForError(_ page: UnsafeMutableRawPointer, _ code: Int32) -> Bool {
+        for _ in 0..<300 {
+            if page.load(fromByteOffset: XenStoreDomainRing.errorOffset, as: UInt32.self) == UInt32(code) { return true }
+            usleep(10_000)
+        }
+        return false
+    }
+
+    @Test func aGuestThatCorruptsItsRingIndexIsCutOffAlone() async throws {
+        let w = try World()
+        let dom0 = try XenStoreClient(socketPath: w.path)
+        let h = try hostileGuest(w)
+        h.page.storeBytes(of: 100_000, toByteOffset: XenStoreDomainRing.reqProdOffset, as: UInt32.self)
+        try h.events.notify(h.port)
+        #expect(waitForError(h.page, XENSTORE_ERROR_RINGIDX))
+        try await dom0.write("/still", "fine")
+        #expect(try await dom0.read("/still") == "fine")
+        // Its connection is gone: the domain can be introduced again with a fresh page.
+        let again = try XenStoreRingTransport(hypervisor: w.guest)
+        try w.server.introduceDomain(w.guest.domainID, ringRef: again.ringRef, eventPort: again.port)
+    }
+
+    @Test func aGuestThatSendsAnOversizedMessageIsCutOffAlone() async throws {
+        let w = try World()
+        let dom0 = try XenStoreClient(socketPath: w.path)
+        let h = try hostileGuest(w)
+        let ring = XenStoreDomainRing(page: h.page, side: .guest)
+        #expect(try ring.write(header(type: XenStoreMessageType.write.rawValue, len: 5000)) == 16)
+        try h.events.notify(h.port)
+        #expect(waitForError(h.page, XENSTORE_ERROR_PROTO))
+        try await dom0.write("/still", "fine")
+        #expect(try await dom0.read("/still") == "fine")
+    }
+
+    @Test func requestsQueuedBeforeTheIntroduceAreServed() async throws {
+        let w = try World()
+        let dom0 = try XenStoreClient(socketPath: w.path)
+        try await dom0.write("/local/domain/\(w.guest.domainID.rawValue)/early", "bird")
+        try await dom0.setPermissions(
+            "/local/domain/\(w.guest.domainID.rawValue)/early", XenStorePermissions(owner: w.guest.domainID))
+        let transport = try XenStoreRingTransport(hypervisor: w.guest)
+        let g = XenStoreClient(transport: transport)
+        let early = Task { try await g.read("early") }
+        usleep(50_000)  // the request sits in the ring; its notify went nowhere
+        try w.server.introduceDomain(w.guest.domainID, ringRef: transport.ringRef, eventPort: transport.port)
+        #expect(try await withTimeout(5) { try await early.value } == "bird")
+        g.close()
+    }
+
+    @Test func aGuestThatSendsHalfAMessageStallsNobody() async throws {
+        let w = try World()
+        let dom0 = try XenStoreClient(socketPath: w.path)
+        let home = XenStorePath.home(of: w.guest.domainID)
+        try await dom0.mkdir(home)
+        try await dom0.setPermissions(home, XenStorePermissions(owner: w.guest.domainID))
+        let h = try hostileGuest(w)
+        let ring = XenStoreDomainRing(page: h.page, side: .guest)
+        _ = try ring.write(header(type: XenStoreMessageType.write.rawValue, len: 100) + Array("x\0a".utf8))
+        try h.events.notify(h.port)
+        try await dom0.write("/still", "fine")
+        #expect(try await dom0.read("/still") == "fine")
+        // The rest arrives later and is served.
+        _ = try ring.write([UInt8](repeating: 0x61, count: 97))  // 100 minus the 3 sent
+        try h.events.notify(h.port)
+        var reply: [UInt8] = []
+        for _ in 0..<300 where reply.count < 19 {
+            reply += try ring.read(upTo: 64)
+            if reply.count < 19 { usleep(10_000) }
+        }
+        #expect(reply.count == 19)
+        #expect(Array(reply.suffix(3)) == Array("OK\0".utf8))
+    }
+}
