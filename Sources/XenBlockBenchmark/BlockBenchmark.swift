@@ -189,6 +189,7 @@ public enum BlockBenchmark {
 /// The next block of a sequential run, shared by the callers (one stream, as fio's).
 final class Cursor: Sendable {
     private let value = Atomic<UInt64>(0)
+    // Relaxed: only the count matters; no other memory is published through it.
     func next() -> UInt64 { value.add(1, ordering: .relaxed).oldValue }
 }
 

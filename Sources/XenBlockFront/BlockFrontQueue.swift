@@ -32,7 +32,8 @@ final class WorkQueue: Sendable {
         var next = 0
     }
     private let state = Mutex(State())
-    /// Items waiting, readable without the lock (a spinning thread's hint only).
+    /// Items waiting, readable without the lock (a spinning thread's hint only). Every
+    /// access is relaxed: it orders nothing; the items themselves are read under the lock.
     private let count = Atomic<Int>(0)
 
     func append(_ item: WorkItem) {
@@ -106,7 +107,8 @@ final class WorkQueue: Sendable {
     }
 }
 
-/// Counters of one frontend queue (written by its thread, read relaxed by anyone).
+/// Counters of one frontend queue (written by its thread, read by anyone). Every access
+/// is relaxed: counters are statistics, never synchronisation.
 public final class BlockFrontCounters: Sendable {
     public let requests = Atomic<UInt64>(0)
     public let responses = Atomic<UInt64>(0)
@@ -222,12 +224,15 @@ final class BlockFrontQueue: @unchecked Sendable {
                 if try spin() { continue }
                 if ring.outstandingRequests > 0, try ring.finalCheckForResponses() { continue }
                 // Say we sleep, then look once more (see Waker.sleeping).
+                // Sequentially consistent: may not move after the look below (store-load).
                 waker.sleeping.store(true, ordering: .sequentiallyConsistent)
                 if canIssue, !work.isEmpty {
+                    // Relaxed: clearing only saves a later appender a needless doorbell.
                     waker.sleeping.store(false, ordering: .relaxed)
                     continue
                 }
                 let awake = sleep()
+                // Relaxed: as above; a doorbell that comes anyway is drained by the next sleep.
                 waker.sleeping.store(false, ordering: .relaxed)
                 if !awake { break }
             }
