@@ -335,6 +335,9 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
             respond(error.response)
             return true
         }
+        // BLKIF_OP_WRITE_BARRIER: every earlier request completes first, and nothing later
+        // is taken off the ring until it is submitted (the engine runs a flush at submit).
+        if case .writeBarrier = request.operation, storage.outstanding > 0 || pendingCount > 0 { return false }
         let needed: Int
         switch request.operation {
         case .read(_, let segments), .write(_, let segments): needed = segments.count
