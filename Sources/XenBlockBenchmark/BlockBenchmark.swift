@@ -153,7 +153,8 @@ public enum BlockBenchmark {
                     var g = BenchGenerator(state: UInt64(worker) &* 0x9E37_79B9_7F4A_7C15 &+ monotonicNanoseconds())
                     var latencies: [UInt32] = []
                     latencies.reserveCapacity(1 << 16)
-                    while ContinuousClock.now < deadline {
+                    // At least one operation each, even if the task starts after the deadline.
+                    repeat {
                         let block = c.pattern.isRandom ? UInt64.random(in: 0..<blocks, using: &g) : cursor.next() % blocks
                         let offset = block * UInt64(c.blockSize)
                         let t0 = monotonicNanoseconds()
@@ -164,7 +165,7 @@ public enum BlockBenchmark {
                         }
                         let ns = monotonicNanoseconds() - t0
                         latencies.append(UInt32(clamping: ns / 10))  // units of 10 ns
-                    }
+                    } while ContinuousClock.now < deadline
                     return latencies
                 }
             }
