@@ -9,9 +9,9 @@ import XenStore
 /// runs a ``BlockBackendDevice`` under a ``XenbusEndpoint`` for each device that appears.
 /// `disk` opens the device's storage from its backend directory (e.g. its `params` key).
 public final class BlockBackend: Sendable {
-    public typealias DiskProvider = @Sendable (XenbusDevice, _ backendDirectory: String, XenStoreClient) async throws -> BlockBackendDisk
+    public typealias DiskProvider = @Sendable (XenbusDevice, _ backendDirectory: String, any XenStoreConnection) async throws -> BlockBackendDisk
 
-    private let store: XenStoreClient
+    private let store: any XenStoreConnection
     private let hypervisor: any Hypervisor
     private let provider: DiskProvider
     private let options: BlockBackendOptions
@@ -32,7 +32,7 @@ public final class BlockBackend: Sendable {
         var watcher: Task<Void, Never>?
     }
 
-    public init(store: XenStoreClient, hypervisor: any Hypervisor, options: BlockBackendOptions = BlockBackendOptions(),
+    public init(store: any XenStoreConnection, hypervisor: any Hypervisor, options: BlockBackendOptions = BlockBackendOptions(),
                 logger: Logger = Logger(label: "blkback"), disk: @escaping DiskProvider) {
         self.store = store
         self.hypervisor = hypervisor
@@ -44,7 +44,7 @@ public final class BlockBackend: Sendable {
 
     /// Starts watching; devices already present are served at once.
     public func start() async throws {
-        let watch = try await store.watch(root)
+        let watch = try await store.watchEvents(root)
         let task = Task { [self] in
             for await _ in watch {
                 await rescan()

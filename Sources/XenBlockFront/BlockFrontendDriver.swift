@@ -38,13 +38,13 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
     // @unchecked: `resources` is guarded by its Mutex; the rest is immutable.
     public let device: XenbusDevice
     public let frontend: BlockFrontend
-    private let store: XenStoreClient
+    private let store: any XenStoreConnection
     private let hypervisor: any Hypervisor
     private let sharer: any GrantSharer
     private let options: BlockFrontendOptions
     private let resources = Mutex<[BlockFrontQueueResources]>([])
 
-    public init(device: XenbusDevice, store: XenStoreClient, hypervisor: any Hypervisor, sharer: any GrantSharer,
+    public init(device: XenbusDevice, store: any XenStoreConnection, hypervisor: any Hypervisor, sharer: any GrantSharer,
                 frontend: BlockFrontend = BlockFrontend(), options: BlockFrontendOptions = BlockFrontendOptions()) {
         self.device = device
         self.store = store
@@ -73,7 +73,7 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
             let fe = device.frontendPath
             let rings = made
             let persistent = options.persistent
-            try await store.transaction { tx in
+            try await store.inTransaction { tx in
                 for (q, r) in rings.enumerated() {
                     let dir = queues == 1 ? fe : "\(fe)/queue-\(q)"
                     if order == 0 {
