@@ -30,6 +30,7 @@ public final class BlockBackend: Sendable {
         /// Devices stopped on purpose: not restarted by a rescan until resumed.
         var held: Set<String> = []
         var watcher: Task<Void, Never>?
+        var publisher: Task<Void, Never>?
     }
 
     public init(store: any XenStoreConnection, hypervisor: any Hypervisor, options: BlockBackendOptions = BlockBackendOptions(),
@@ -50,7 +51,29 @@ public final class BlockBackend: Sendable {
                 await rescan()
             }
         }
-        state.withLock { $0.watcher = task }
+        // Each disk's counters, once a second, for `xenpv top` in any process.
+        let publisher = Task { [self] in
+            await DeviceStatistics.publish(to: store, root: DeviceStatistics.root(of: hypervisor.domainID) + "/vbd") {
+                self.state.withLock { s in
+                    s.devices.values.compactMap { e -> (path: String, values: [(String, UInt64)])? in
+                        let queues = e.driver.queues
+                        guard !queues.isEmpty else { return nil }
+                        func sum(_ k: (BlockQueueCounters) -> UInt64) -> UInt64 { queues.reduce(0) { $0 + k($1.counters) } }
+                        return ("\(e.driver.device.frontendDomain.rawValue)/\(e.driver.device.id)", [
+                            ("requests", sum { $0.requests.value }), ("segments", sum { $0.segments.value }),
+                            ("bytes", sum { $0.bytes.value }), ("notifies", sum { $0.notifies.value }),
+                            ("sleeps", sum { $0.sleeps.value }), ("ring_fill", UInt64(queues.reduce(0) { $0 + $1.ringFill })),
+                            ("ring_size", UInt64(queues.reduce(0) { $0 + $1.ringSize })),
+                            ("dropped", sum { $0.refused.value + $0.badGrants.value + $0.storageErrors.value }),
+                        ])
+                    }
+                }
+            }
+        }
+        state.withLock {
+            $0.watcher = task
+            $0.publisher = publisher
+        }
         await rescan()
     }
 
@@ -84,6 +107,8 @@ public final class BlockBackend: Sendable {
         let entries = state.withLock { s -> [Entry] in
             s.watcher?.cancel()
             s.watcher = nil
+            s.publisher?.cancel()
+            s.publisher = nil
             s.held.formUnion(s.devices.keys)
             return Array(s.devices.values)
         }

@@ -46,6 +46,7 @@ public final class BlockQueue: @unchecked Sendable {
                 onFailure: (@Sendable (any Error) -> Void)? = nil) throws(RingError) {
         self.configuration = configuration
         self.counters = counters
+        header = SharedRingHeader(ring.base)
         switch configuration.abi {
         case .x86_64:
             runner = try BlockQueueRunner<blkif_request, blkif_response>(
@@ -56,6 +57,15 @@ public final class BlockQueue: @unchecked Sendable {
                 ring: ring, events: events, mapper: mapper, storage: storage, configuration: configuration,
                 counters: counters, onFailure: onFailure)
         }
+    }
+
+    /// The ring's shared header, read from other threads for display only.
+    private let header: SharedRingHeader
+
+    /// Requests the frontend published and this queue has not answered
+    /// (`req_prod - rsp_prod`, relaxed loads): a figure for display.
+    public var ringFill: Int {
+        Int(header.requestProducer.load(ordering: .relaxed) &- header.responseProducer.load(ordering: .relaxed))
     }
 
     /// Starts the queue thread.
@@ -417,6 +427,7 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     /// copies the data in. Nil when the request was answered (a bad grant).
     private func prepareData(slot: Int, count: Int, sector: UInt64, isRead: Bool) -> StorageOperation? {
         let base = slot * maxSegments
+        var total = 0
         for i in 0..<count {
             freePageCount -= 1
             let page = freePages[freePageCount]
@@ -425,6 +436,7 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
             let bytes = s.byteRange(sectorSize: sectorSize)
             let local = pool + Int(page) * XenPage.size + bytes.lowerBound
             slotIOV[base + i] = iovec(iov_base: local, iov_len: bytes.count)
+            total += bytes.count
             if !isRead {
                 copies[i] = GrantCopySegment(
                     source: .foreign(domain: configuration.frontend, ref: s.gref, offset: UInt16(bytes.lowerBound)),
@@ -433,6 +445,8 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         }
         slots[slot].isRead = isRead
         slots[slot].segmentCount = count
+        counters.segments.bump(UInt64(count))
+        counters.bytes.bump(UInt64(total))
         if !isRead && !copyGrants(count) {
             finish(slot: slot, status: .error)
             return nil

@@ -138,6 +138,16 @@ struct BlockXenbusTests {
             } catch let e as BlockFrontError { #expect(e.code == .readOnly) }
         }
         #expect(try await world.dom0Store.read(b.device.backendPath + "/info") == "4")
+        // blkback publishes each disk's counters for `xenpv top` (about once a second).
+        let stats = DeviceStatistics.root(of: .dom0) + "/vbd/\(a.device.frontendDomain.rawValue)/51712"
+        var published: [String: UInt64] = [:]
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline, (published["requests"] ?? 0) == 0 {
+            published = DeviceStatistics.decode((try? await world.dom0Store.read(stats)) ?? "")
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
+        #expect((published["requests"] ?? 0) >= 1 && (published["segments"] ?? 0) >= 2)
+        #expect((published["bytes"] ?? 0) >= 8192 && published["ring_size"] == 32)
         #expect(try await world.teardown().isEmpty)
     }
 
