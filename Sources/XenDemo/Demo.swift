@@ -53,7 +53,7 @@ public struct DemoError: Error, CustomStringConvertible {
 /// the toolstack, both ends of each walk the XenBus handshake, the guest
 /// writes the disk at random offsets and reads it all back, and sends frames
 /// that the (echoing) network returns, every byte checked.
-public struct Demo {
+public struct Demo: Sendable {
     public var options: DemoOptions
     public var say: @Sendable (String) -> Void
 
@@ -96,7 +96,13 @@ public struct Demo {
         say("XenBus handshake: frontend and backend Connected in \(milliseconds(since: started)) ms "
             + "(tx and rx rings, event channel \(try await guestStore.read(vif.frontendPath + "/event-channel")))")
 
-        try await exchangeFrames(port: port, mac: mac, report: &report)
+        let exchange = try await withDeadline(seconds: 120, "the NIC's frame exchange") {
+            try await exchangeFrames(port: port, mac: mac)
+        }
+        report.netSeconds = exchange.seconds
+        report.netPackets = options.packets
+        report.netBytes = options.packets * max(60, min(options.packetSize, 65535))
+        report.netMismatches = exchange.mismatches
         say(String(format: "NIC: %d frames of %d bytes sent and echoed back intact in %.2f s: %.0f frames/s, %.2f Gbit/s each way",
                    report.netPackets, options.packetSize, report.netSeconds, report.packetsPerSecond, report.gigabitsPerSecond))
         if let counters = host.netBackend.vifs.first?.counters {
@@ -191,7 +197,7 @@ public struct Demo {
 
     /// Sends `options.packets` frames and checks each echo; at most a ring's
     /// worth in flight, so the echo queue never overflows.
-    private func exchangeFrames(port: PacketPort, mac: String, report: inout DemoReport) async throws {
+    private func exchangeFrames(port: PacketPort, mac: String) async throws -> (seconds: Double, mismatches: Int) {
         let size = max(60, min(options.packetSize, 65535))
         let source = mac.split(separator: ":").map { UInt8($0, radix: 16)! }
         func frame(_ n: Int) -> [UInt8] {
@@ -217,13 +223,26 @@ public struct Demo {
             received += 1
             if received % max(1, total / 4) == 0 { say("  … \(received) of \(total) frames echoed") }
         }
-        report.netSeconds = Date().timeIntervalSince(started)
-        report.netPackets = total
-        report.netBytes = total * size
-        report.netMismatches = mismatches
+        return (Date().timeIntervalSince(started), mismatches)
     }
 
     private func milliseconds(since date: Date) -> Int { Int(Date().timeIntervalSince(date) * 1000) }
+}
+
+/// Runs `body`, giving up after `seconds`: the demo never waits without a limit.
+func withDeadline<T: Sendable>(seconds: Double, _ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else {
+            throw DemoError("\(what) did not finish within \(Int(seconds)) s")
+        }
+        return value
+    }
 }
 
 /// Polls `body` every 5 ms for at most `seconds`.

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import XenBlockBenchmark
 
+@Suite(.timeLimit(.minutes(2)))
 struct BlockBenchmarkTests {
     @Test(arguments: BlockBenchmarkConfiguration.Pattern.allCases)
     func aShortRunMovesDataAndReportsEveryFigure(_ pattern: BlockBenchmarkConfiguration.Pattern) async throws {
@@ -27,6 +28,7 @@ struct BlockBenchmarkTests {
     }
 }
 
+@Suite(.timeLimit(.minutes(2)))
 struct GrantPathMeasurementTests {
     @Test func everyPathIsTimedAndLeavesNothingBehind() throws {
         let r = try GrantPathMeasurement.run(iterations: 200)

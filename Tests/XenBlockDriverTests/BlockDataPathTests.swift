@@ -6,7 +6,7 @@ import XenBlockProtocol
 import XenBlockStorage
 import XenSimulator
 
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(2)), .serialized)
 struct BlockDataPathTests {
     @Test func randomReadsAndWritesMatchAShadowCopyOnMemory() async throws {
         let bytes = 8 << 20
@@ -21,6 +21,7 @@ struct BlockDataPathTests {
 }
 
 /// The same data with each feature on and off, on a real file through libaio.
+@Suite(.timeLimit(.minutes(2)))
 struct BlockFeatureMatrixTests {
     struct Case: Sendable, CustomTestStringConvertible {
         var indirect: Int
@@ -50,6 +51,7 @@ struct BlockFeatureMatrixTests {
     }
 }
 
+@Suite(.timeLimit(.minutes(2)))
 struct BlockOperationTests {
     @Test(arguments: [false, true])
     func flushThenDiscardReadsBackZeros(onFile: Bool) async throws {

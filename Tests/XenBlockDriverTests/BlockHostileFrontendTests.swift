@@ -13,7 +13,7 @@ import XenSimulator
 /// A frontend that writes raw slots. Each bad request must get an error response and
 /// leave the queue serving the next good one; a producer index far ahead stops that
 /// ring only.
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(2)), .serialized)
 struct BlockHostileFrontendTests {
     /// Pushes `slots` on queue 0's ring (in batches as the ring allows), and returns
     /// every response in order.

@@ -7,6 +7,7 @@ import XenBlockProtocol
 import XenBlockStorage
 import XenSimulator
 
+@Suite(.timeLimit(.minutes(2)))
 struct BlockReconnectTests {
     /// Writers stream writes while the backend is stopped and started again on fresh
     /// rings (a backend restart); every acknowledged write must be on disk afterwards,

@@ -83,7 +83,7 @@ final class XenbusBlockWorld: @unchecked Sendable {
     }
 }
 
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(2)), .serialized)
 struct BlockXenbusTests {
     @Test func theHandshakeAdvertisesAndNegotiatesEveryKey() async throws {
         let world = try await XenbusBlockWorld()

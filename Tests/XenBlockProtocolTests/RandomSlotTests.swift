@@ -5,6 +5,7 @@ import XenABI
 
 /// Random and mutated slots: decoding never traps, and whatever is accepted obeys every
 /// rule and survives an encode/decode round trip unchanged.
+@Suite(.timeLimit(.minutes(2)))
 struct RandomSlotTests {
     struct Rng: RandomNumberGenerator {
         var state: UInt64

@@ -3,6 +3,7 @@ import SystemPackage
 import Testing
 @testable import XenBlockStorage
 
+@Suite(.timeLimit(.minutes(2)))
 struct FaultInjectionTests {
     /// Eight writes, the fifth fails: only it, and nothing of it reaches the disk.
     func onlyTheChosenOperationFails(_ inner: any StorageEngine) throws -> [UInt8] {

@@ -7,6 +7,7 @@ import Testing
 
 /// Real libaio on a real file in a temporary directory (ext4 here, so O_DIRECT is
 /// accepted; the buffered path is tested by asking for it and by a refused O_DIRECT).
+@Suite(.timeLimit(.minutes(2)))
 struct LibaioStorageTests {
     @Test func directIOOnAnImageFile() throws {
         let image = try TempImage(bytes: 8 << 20)
@@ -128,6 +129,7 @@ struct LibaioStorageTests {
 
 /// The block-device path (BLKGETSIZE64, BLKSSZGET, discard on a device), on a loop
 /// device over a temporary file. Skipped where loop devices cannot be attached.
+@Suite(.timeLimit(.minutes(2)))
 struct LibaioBlockDeviceTests {
     static func losetup(_ arguments: [String]) -> String? {
         let p = Process()
@@ -161,6 +163,7 @@ struct LibaioBlockDeviceTests {
 }
 
 /// What io_submit rarely does on a healthy kernel, played through the engine's funnel.
+@Suite(.timeLimit(.minutes(2)))
 struct LibaioSubmitFaultTests {
     func batch(_ b: Buffers) -> [StorageOperation] {
         (0..<6).map { i in

@@ -193,6 +193,7 @@ struct World: Hashable {
     }
 }
 
+@Suite(.timeLimit(.minutes(2)))
 struct HandshakeModelTests {
     struct Result {
         var states = 0

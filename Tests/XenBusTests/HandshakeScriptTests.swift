@@ -3,6 +3,7 @@ import XenABI
 @testable import XenBus
 
 /// Hand-written peers that do what the other machine never does.
+@Suite(.timeLimit(.minutes(2)))
 struct HandshakeScriptTests {
     @Test func frontendToleratesABackendThatSkipsInitWait() {
         var fe = XenbusFrontend()

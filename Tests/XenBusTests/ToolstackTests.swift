@@ -7,7 +7,7 @@ import XenStore
 
 /// The toolstack layout and feature helpers against a real server, with the frontend and
 /// backend speaking for their own domains.
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(2)), .serialized)
 struct ToolstackTests {
     let fe = DomainID(5)
     let be = DomainID(2)

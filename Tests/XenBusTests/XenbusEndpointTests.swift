@@ -56,6 +56,7 @@ func eventually(_ seconds: Double = 10, _ body: () -> Bool) async -> Bool {
     return false
 }
 
+@Suite(.timeLimit(.minutes(2)))
 struct XenbusEndpointTests {
     @Test func bothSidesConnectThenCloseOnUnplug() async throws {
         let fe = RecordingDriver(), be = RecordingDriver()

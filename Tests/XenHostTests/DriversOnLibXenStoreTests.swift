@@ -12,7 +12,7 @@ import XenStore
 
 /// The unchanged net drivers with both ends' stores on Xen's libxenstore
 /// (grants and events stay simulated: this machine has no /dev/xen).
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(2)), .serialized)
 struct DriversOnLibXenStoreTests {
     @Test func netbackAndNetfrontHandshakeThroughLibxenstore() async throws {
         let hv = SimulatedHypervisor()

@@ -9,7 +9,7 @@ import XenStore
 
 /// Xen's own libxenstore against our xenstored: libxenstore honours
 /// XENSTORED_PATH, so the store protocol runs through the real library.
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(2)), .serialized)
 struct LibXenStoreTests {
     let server: XenStoreServer
     let base = "/tmp/xpv-libxs-\(UUID().uuidString.prefix(8))"

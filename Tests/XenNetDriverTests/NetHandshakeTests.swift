@@ -10,7 +10,7 @@ import XenStore
 
 /// netback and netfront find each other through xenstore, walk the XenBus
 /// handshake and carry frames; unplug and removal leave nothing behind.
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(2)), .serialized)
 struct NetHandshakeTests {
     @Test func toolstackCreatesAVifAndBothEndsConnect() async throws {
         let hv = SimulatedHypervisor()

@@ -10,7 +10,7 @@ import XenSimulator
 
 /// A frontend that writes raw tx slots. Each bad packet must be answered
 /// with an error, counted, and leave the vif serving the next good one.
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(2)), .serialized)
 struct NetHostileFrontendTests {
     /// Pushes `slots`, then one good packet, and returns the statuses of
     /// every response in order.

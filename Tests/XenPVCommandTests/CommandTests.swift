@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 /// The `xenpv` executable as a user runs it (`swift test` builds it first).
+@Suite(.timeLimit(.minutes(2)))
 struct CommandTests {
     static let binary: URL = {
         // The test bundle sits beside the executables in the build folder.

@@ -7,7 +7,7 @@ import XenSimulatorDaemon
 
 /// Joined clients of one daemon (in this process, over the daemon's socket):
 /// the grant checks, the unchanged ring engine, and clean release.
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(2)), .serialized)
 struct RemoteHypervisorTests {
     @Test func mapOfAGrantMeantForAnotherDomainIsRefused() throws {
         let dir = temporaryDirectory()

@@ -6,7 +6,7 @@ import XenSimulatorDaemon
 
 /// `xenpv hypervisor`, `xenpv backend` and `xenpv guest` as separate processes,
 /// driven as a person would from three terminals.
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(2)), .serialized)
 struct ThreeProcessTests {
     /// Threads of `pid` now.
     func threads(of pid: Int32) -> Int {

@@ -25,6 +25,7 @@ struct Channel {
     }
 }
 
+@Suite(.timeLimit(.minutes(2)))
 struct EventChannelTests {
     @Test func sharedInfoLayoutIsXens() {
         #expect(MemoryLayout<shared_info>.offset(of: \.evtchn_pending)! == 32 * MemoryLayout<vcpu_info>.size)

@@ -4,7 +4,7 @@ import XenABI
 @testable import XenStore
 
 /// Our client against our server over the Unix socket.
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(2)), .serialized)
 struct ClientServerTests {
     @Test func readWriteDirectoryMkdirRm() async throws {
         let s = try TestServer()

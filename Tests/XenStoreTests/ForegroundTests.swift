@@ -4,7 +4,7 @@ import Synchronization
 import Testing
 @testable import XenStore
 
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(2)), .serialized)
 struct ForegroundTests {
     @Test func runForegroundServesUntilSIGTERMThenCleansUp() async throws {
         let path = "/tmp/xs-fg-\(UUID().uuidString.prefix(8)).sock"

@@ -4,7 +4,7 @@ import XenABI
 @testable import XenStore
 
 /// Bad input costs only the connection that sends it; everyone else carries on.
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(2)), .serialized)
 struct HostileInputTests {
     /// A well-behaved client still works on `s`.
     func othersCarryOn(_ s: TestServer) async throws {

@@ -9,7 +9,7 @@ import XenHypervisor
 
 /// The per-domain xenstore page on the simulated hypervisor: a guest's client talks to the
 /// store through shared memory and an event channel; the server owns dom0's side.
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(2)), .serialized)
 struct RingTransportTests {
     @Test func pageLayoutMatchesXsWireH() {
         #expect(MemoryLayout<xenstore_domain_interface>.size == 2076)

@@ -4,7 +4,7 @@ import XenABI
 @testable import XenStore
 
 /// Xen's own xenstore-* tools (libxenstore) against our server, unmodified.
-@Suite(.serialized, .enabled(if: xenstoreUtilsInstalled))
+@Suite(.timeLimit(.minutes(2)), .serialized, .enabled(if: xenstoreUtilsInstalled))
 struct XenToolsTests {
     @Test func writeReadLsExistsRm() throws {
         let s = try TestServer()

@@ -4,6 +4,7 @@ import XenABI
 @testable import XenStore
 
 /// The codec against `io/xs_wire.h`.
+@Suite(.timeLimit(.minutes(2)))
 struct WireTests {
     @Test func headerLayoutAndLimitsMatchTheCHeader() {
         #expect(XenStoreLimits.headerSize == 16)
@@ -100,6 +101,7 @@ struct WireTests {
 }
 
 /// The engine without a transport: what goes out for what comes in.
+@Suite(.timeLimit(.minutes(2)))
 struct EngineTests {
     func send(_ e: XenStoreEngine, _ c: XenStoreEngine.ConnectionID, _ m: XenStoreMessage) -> [XenStoreMessage] {
         e.handle(m, from: c)

@@ -65,11 +65,11 @@ do {
     let nicEndpoint = try await connect(vif, NetFrontend(hypervisor: guest, store: store, path: vif.frontendPath, port: port))
     let frame = [UInt8](repeating: 0xff, count: 6) + [0x00, 0x16, 0x3e, 0, 0, 1, 0x88, 0xb5] + [UInt8](repeating: 42, count: 100)
     try await port.send(frame)
-    var echo: PacketPort.Packet?
-    for await packet in port.packets {
-        echo = packet
-        break
-    }
+    // Wait for the echo at most 10 s.
+    let waiter = Task { for await packet in port.packets { return Optional(packet) }; return nil }
+    let timer = Task { try await Task.sleep(nanoseconds: 10_000_000_000); waiter.cancel() }
+    let echo = await waiter.value
+    timer.cancel()
     print("guest-app: NIC sent \(frame.count) bytes, \(echo == nil ? "no echo" : "an echo of \(echo!.bytes.count) bytes came back")")
 
     diskEndpoint.requestClose()
