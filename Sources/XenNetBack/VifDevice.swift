@@ -16,8 +16,10 @@ public struct VifIdentity: Hashable, Sendable, CustomStringConvertible {
     public var description: String { interfaceName }
 }
 
-/// What the frontend said it can take, read at connect time.
+/// What the frontend said it can take, read at connect time, and the
+/// guest's MAC address the toolstack wrote (`mac`), if it did.
 public struct VifFrontendFeatures: Hashable, Sendable {
+    public var mac: MACAddress?
     public var scatterGather: Bool
     public var receiveGSO: Set<NetGSOType>
     public var receiveChecksumBlank: Bool
@@ -117,7 +119,16 @@ final class VifDevice: XenbusDeviceDriver {
             let port = EventPort(UInt32(try await store.readRequired(fe, XenbusKey.eventChannel)))
             remotePorts = (port, port)
         }
+        // The toolstack writes the guest's MAC in both directories; a malformed one is refused.
+        var mac: MACAddress?
+        var macText = try await store.readIfPresent(path + "/mac")
+        if macText == nil { macText = try await store.readIfPresent(fe + "/mac") }
+        if let text = macText {
+            guard let parsed = MACAddress(text) else { throw XenStoreError(.invalid, "mac is not a MAC address: \(text.prefix(32))") }
+            mac = parsed
+        }
         let features = VifFrontendFeatures(
+            mac: mac,
             scatterGather: try await store.readFeature(fe, "feature-sg"),
             receiveGSO: Set([
                 try await store.readFeature(fe, "feature-gso-tcpv4") ? NetGSOType.tcpv4 : nil,
@@ -125,7 +136,7 @@ final class VifDevice: XenbusDeviceDriver {
             ].compactMap { $0 }),
             receiveChecksumBlank: !(try await store.readFeature(fe, "feature-no-csum-offload")))
         try connect(txRef: txRef, rxRef: rxRef, remotePorts: remotePorts, features: features)
-        logger.info("\(identity): connected (sg \(features.scatterGather), gso \(features.receiveGSO.map { "\($0)" }.sorted()), csum offload \(features.receiveChecksumBlank))")
+        logger.info("\(identity): connected (mac \(features.mac.map { "\($0)" } ?? "none"), sg \(features.scatterGather), gso \(features.receiveGSO.map { "\($0)" }.sorted()), csum offload \(features.receiveChecksumBlank))")
     }
 
     /// Maps, binds, attaches and starts; on any failure releases what it took.

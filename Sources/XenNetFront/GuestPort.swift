@@ -14,13 +14,43 @@ public struct GuestOffload: Hashable, Sendable {
     }
 }
 
+/// What the backend advertised it takes from the guest (its `feature-*` keys).
+public struct NetBackendFeatures: Hashable, Sendable {
+    /// `feature-sg`: frames in several slots.
+    public var scatterGather: Bool
+    /// `feature-gso-tcpv4/6`: unsegmented TCP frames of these kinds.
+    public var segmentation: Set<NetGSOType>
+    /// Not `feature-no-csum-offload`: frames with a blank checksum.
+    public var checksumOffload: Bool
+
+    public init(scatterGather: Bool = false, segmentation: Set<NetGSOType> = [], checksumOffload: Bool = true) {
+        self.scatterGather = scatterGather
+        self.segmentation = segmentation
+        self.checksumOffload = checksumOffload
+    }
+
+    /// Whether a frame with this offload state may go to the backend as it is.
+    public func accepts(_ offload: GuestOffload) -> Bool {
+        if offload.checksumBlank, !checksumOffload { return false }
+        if case .gso(_, let type, _) = offload.gso, !(scatterGather && segmentation.contains(type)) { return false }
+        return true
+    }
+}
+
 /// The guest's side of a netfront: where frames to send come from and where
 /// received frames go. Used only by the pump thread.
 public protocol GuestPort: AnyObject, Sendable {
+    /// Told once the backend is connected, before any frame: a port that can
+    /// choose what it produces (a TAP's offloads) offers only what is accepted.
+    func backendConnected(_ features: NetBackendFeatures) throws
     /// Readable while a frame waits to be sent.
     var fileDescriptor: FileDescriptor { get }
     /// Takes the next frame to send into `buffer`; nil when none waits.
     func nextOutbound(into buffer: UnsafeMutableRawBufferPointer) throws -> (frame: Range<Int>, offload: GuestOffload)?
     /// Hands a received frame to the guest.
     func deliver(_ frame: UnsafeRawBufferPointer, offload: GuestOffload) throws
+}
+
+extension GuestPort {
+    public func backendConnected(_ features: NetBackendFeatures) throws {}
 }

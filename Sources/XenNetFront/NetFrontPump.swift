@@ -18,6 +18,8 @@ public final class NetFrontPump: @unchecked Sendable {
     private let port: any GuestPort
     private let events: any EventChannels
     private let buffer: UnsafeMutableRawBufferPointer
+    /// What the backend takes; frames asking for more are refused.
+    private var backend = NetBackendFeatures(scatterGather: true, segmentation: [.tcpv4, .tcpv6])
     private let stopFD = cxen_eventfd(0, 1)
     private let finished = DispatchSemaphore(value: 0)
     private var started = false
@@ -36,6 +38,13 @@ public final class NetFrontPump: @unchecked Sendable {
     deinit {
         buffer.deallocate()
         close(stopFD)
+    }
+
+    /// Starts the pump for a backend with `features` (tells the port first).
+    public func start(backend features: NetBackendFeatures) throws {
+        try port.backendConnected(features)
+        backend = features
+        start()
     }
 
     public func start() {
@@ -75,6 +84,7 @@ public final class NetFrontPump: @unchecked Sendable {
                 worked = true
                 let frame = UnsafeRawBufferPointer(rebasing: buffer[range])
                 guard frame.count >= Netif.minimumPacketSize, frame.count <= Netif.maxPacketSize,
+                      backend.accepts(offload),
                       try queue.send(frame, checksumBlank: offload.checksumBlank, dataValidated: offload.dataValidated,
                                      gso: offload.gso) else {
                     refused += 1

@@ -87,13 +87,20 @@ public final class NetFrontend: XenbusDeviceDriver {
         guard try await store.readFeature(backendDir, "feature-rx-copy") else {
             throw XenStoreError(.invalid, "backend cannot copy into receive buffers (feature-rx-copy)")
         }
+        let features = NetBackendFeatures(
+            scatterGather: try await store.readFeature(backendDir, "feature-sg"),
+            segmentation: Set([
+                try await store.readFeature(backendDir, "feature-gso-tcpv4") ? NetGSOType.tcpv4 : nil,
+                try await store.readFeature(backendDir, "feature-gso-tcpv6") ? NetGSOType.tcpv6 : nil,
+            ].compactMap { $0 }),
+            checksumOffload: !(try await store.readFeature(backendDir, "feature-no-csum-offload")))
         let pump: NetFrontPump? = session.withLock { s in
             guard let current = s, !current.started else { return nil }
             s?.started = true
             return current.pump
         }
         guard let pump else { throw XenStoreError(.invalid, "connect without a fresh prepare") }
-        pump.start()
+        try pump.start(backend: features)
         logger.info("\(path): connected")
     }
 

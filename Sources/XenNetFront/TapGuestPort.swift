@@ -13,6 +13,17 @@ public final class TapGuestPort: GuestPort {
 
     public var fileDescriptor: FileDescriptor { tap.fileDescriptor }
 
+    /// The guest kernel may hand over only what the backend takes.
+    public func backendConnected(_ features: NetBackendFeatures) throws {
+        var offloads: TapOffloads = []
+        if features.checksumOffload {
+            offloads.insert(.checksum)
+            if features.scatterGather, features.segmentation.contains(.tcpv4) { offloads.insert(.tcpv4Segmentation) }
+            if features.scatterGather, features.segmentation.contains(.tcpv6) { offloads.insert(.tcpv6Segmentation) }
+        }
+        try tap.setOffloads(offloads)
+    }
+
     public func nextOutbound(into buffer: UnsafeMutableRawBufferPointer) throws -> (frame: Range<Int>, offload: GuestOffload)? {
         while let n = try tap.read(into: buffer) {
             // A frame netif cannot describe (UDP fragmentation offload) is skipped.

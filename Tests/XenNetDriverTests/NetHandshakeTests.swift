@@ -84,6 +84,54 @@ struct NetHandshakeTests {
     }
 }
 
+@Suite(.timeLimit(.minutes(2)), .serialized)
+struct NetNegotiationTests {
+    @Test func aMalformedMacClosesThatVifWithItsReason() async throws {
+        let hv = SimulatedHypervisor()
+        let guest = try hv.createDomain(frames: 1024)
+        let base = "/tmp/xpv-mac-\(UUID().uuidString.prefix(8))"
+        var quiet = Logger(label: "test")
+        quiet.logLevel = .critical
+        let server = XenStoreServer(socketPath: base + ".sock", extraSockets: [(base + "-g.sock", guest.domainID)], logger: quiet)
+        try server.start()
+        defer { server.stop() }
+        let dom0Store = try XenStoreClient(socketPath: base + ".sock")
+        let guestStore = try XenStoreClient(socketPath: base + "-g.sock")
+        let backend = NetBackend(hypervisor: hv.dom0, store: dom0Store, logger: quiet) { _, _ in MemoryAttachment { _, _ in true } }
+        let backendTask = Task { try await backend.run() }
+        defer { backendTask.cancel() }
+        let device = XenbusDevice(type: "vif", id: 0, frontend: guest.domainID)
+        try await XenbusToolstack.createDomainHome(guest.domainID, on: dom0Store)
+        try await XenbusToolstack.create(device, on: dom0Store, backendKeys: ["mac": "00:16:3e:zz:00:01"])
+        let frontend = NetFrontend(hypervisor: guest, store: guestStore, path: device.frontendPath, port: PacketPort(), logger: quiet)
+        let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: device.frontendPath,
+                                      peerPath: device.backendPath, driver: frontend, logger: quiet)
+        let frontendTask = Task { try await endpoint.run() }
+        var error: String?
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline, error == nil {
+            error = try await dom0Store.readIfPresent(device.backendPath + "/error")
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+        #expect(error?.contains("mac is not a MAC address") == true)
+        #expect(endpoint.state != .connected)
+        endpoint.requestClose()
+        try await frontendTask.value
+    }
+
+    @Test func netfrontOffersOnlyWhatTheBackendTakes() {
+        let gso4 = GuestOffload(checksumBlank: true, dataValidated: true, gso: .gso(size: 1448, type: .tcpv4, features: 0))
+        let gso6 = GuestOffload(checksumBlank: true, dataValidated: true, gso: .gso(size: 1428, type: .tcpv6, features: 0))
+        let plain = GuestOffload()
+        let full = NetBackendFeatures(scatterGather: true, segmentation: [.tcpv4], checksumOffload: true)
+        #expect(full.accepts(gso4) && !full.accepts(gso6) && full.accepts(plain))
+        let noSG = NetBackendFeatures(scatterGather: false, segmentation: [.tcpv4], checksumOffload: true)
+        #expect(!noSG.accepts(gso4))
+        let noCsum = NetBackendFeatures(scatterGather: true, segmentation: [], checksumOffload: false)
+        #expect(!noCsum.accepts(GuestOffload(checksumBlank: true)) && noCsum.accepts(plain))
+    }
+}
+
 func eventually(_ seconds: Double = 10, _ body: () -> Bool) async -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
     while Date() < deadline {
