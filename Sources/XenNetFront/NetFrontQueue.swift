@@ -162,9 +162,16 @@ public final class NetFrontQueue: @unchecked Sendable {
     public func receive(into buffer: UnsafeMutableRawBufferPointer) throws(NetFrontError)
         -> (length: Int, checksumBlank: Bool, dataValidated: Bool, gso: NetExtraInfo?)?
     {
-        defer { refillReceive() }
+        // Buffers go back in batches (a push is a full fence and maybe a
+        // notify): once a batch's worth is free, and whenever nothing waits.
+        defer { if rx.freeRequests >= Self.refillBatch { refillReceive() } }
         while true {
-            do { if try rx.checkForResponses() == 0 { return nil } } catch {
+            do {
+                if try rx.checkForResponses() == 0 {
+                    refillReceive()
+                    return nil
+                }
+            } catch {
                 throw NetFrontError(.backendFailed, "\(error)")
             }
             while let response = rx.nextResponse() {
@@ -193,6 +200,9 @@ public final class NetFrontQueue: @unchecked Sendable {
             }
         }
     }
+
+    /// Free rx slots worth a push while packets keep coming.
+    static let refillBatch: UInt32 = 32
 
     /// Posts a request for every free rx slot; notifies if the backend asked.
     private func refillReceive() {
