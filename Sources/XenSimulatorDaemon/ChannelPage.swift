@@ -73,34 +73,37 @@ struct ChannelPage: @unchecked Sendable {
     }
 }
 
-/// The wake-up side of an event-channel handle: a non-blocking pipe. The
-/// handle polls the read end; peers get only the write end, so a peer can
-/// wake the handle (as a notify may) but never swallow its wake-ups, which it
-/// could with a shared eventfd.
+/// The wake-up side of an event-channel handle: one end of a Unix datagram
+/// socket pair. The handle polls its end; the daemon gives the other end to
+/// the processes at the far end of its channels. A peer can wake the handle
+/// (as a notify may) but cannot swallow its wake-ups (it could with a shared
+/// eventfd): what a peer sends arrives only at the handle's end.
+///
+/// Wakes use `send(MSG_DONTWAIT | MSG_NOSIGNAL)`, so whatever descriptor a
+/// hostile peer passed off as its wake end, a notify never blocks and never
+/// raises `SIGPIPE`: at worst the byte goes nowhere.
 struct WakePipe {
+    /// The handle's end (polled, drained).
     let read: Int32
+    /// The end given to peers.
     let write: Int32
 
     static func make() -> WakePipe? {
         var fds: [Int32] = [-1, -1]
-        guard pipe(&fds) == 0 else { return nil }
-        for fd in fds {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        }
+        guard socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else { return nil }
         return WakePipe(read: fds[0], write: fds[1])
     }
 
-    /// Wakes the handle behind `fd`. A full pipe is already readable, so
-    /// `EAGAIN` is success; a closed reader (`EPIPE`) means the peer is gone.
+    /// Wakes the handle behind `fd`. A full queue is already readable, so
+    /// `EAGAIN` is success; a closed handle (`ECONNREFUSED`) means the peer is gone.
     @inline(__always) static func wake(_ fd: Int32) {
         var one: UInt8 = 1
-        while Glibc.write(fd, &one, 1) < 0 && errno == EINTR {}
+        while send(fd, &one, 1, Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL)) < 0 && errno == EINTR {}
     }
 
-    /// Empties the read end.
+    /// Empties the handle's end.
     static func drain(_ fd: Int32) {
-        var sink = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
-        while withUnsafeMutableBytes(of: &sink, { Glibc.read(fd, $0.baseAddress, $0.count) }) > 0 {}
+        var sink = (UInt64(0), UInt64(0))
+        while withUnsafeMutableBytes(of: &sink, { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }) > 0 {}
     }
 }

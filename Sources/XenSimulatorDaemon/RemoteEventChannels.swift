@@ -6,14 +6,14 @@ import XenHypervisor
 /// An event-channel handle of a joined process, shaped like `xenevtchn`.
 ///
 /// Each port lives on a channel page shared with its peer's process only (see
-/// `ChannelPage`); the handle's descriptor is the read end of a wake pipe
-/// whose write end the daemon gives to the peer. `notify` and `pending` touch
+/// `ChannelPage`); the handle's descriptor is its end of a wake socket pair
+/// (`WakePipe`) whose other end the daemon gives to the peer. `notify` and `pending` touch
 /// only those pages and pipes: the daemon is asked once per connection for the
 /// peer's wake pipe, never per event.
 ///
 /// The descriptor is readable while an event may be pending: `pending()` empties
-/// the pipe only after a scan found nothing and re-scans afterwards, so a notify
-/// racing the drain is either seen by the re-scan or leaves a byte in the pipe.
+/// the socket only after a scan found nothing and re-scans afterwards, so a notify
+/// racing the drain is either seen by the re-scan or leaves a byte queued.
 final class RemoteEventChannels: EventChannels, @unchecked Sendable {
     // @unchecked: `ports` and `closed` are guarded by `lock`; port records'
     // mutable fields (`peerFD`, `generation`) too. The lock is uncontended on
@@ -105,7 +105,11 @@ final class RemoteEventChannels: EventChannels, @unchecked Sendable {
 
     func notify(_ port: EventPort) throws(HypervisorError) {
         let p = port.rawValue
-        let (record, isClosed) = lock.withLock { (ports[p], closed) }
+        // One uncontended lock: the port's record and its cached peer.
+        let (record, fd, generation, isClosed) = lock.withLock { () -> (Port?, Int32, UInt32, Bool) in
+            guard let r = ports[p] else { return (nil, -1, 0, closed) }
+            return (r, r.peerFD, r.generation, closed)
+        }
         if isClosed { throw HypervisorError(.closed, "notify on a closed event-channel handle") }
         guard let record else { throw .errno(.socketNotConnected, "notify: \(port) not bound through this handle") }
         // acquiring: the state word is the daemon's publication of the peer; what it
@@ -114,15 +118,13 @@ final class RemoteEventChannels: EventChannels, @unchecked Sendable {
         guard state & 0xFF == ChannelPage.connected else {
             throw .errno(.socketNotConnected, "notify: \(port) has no connected peer")
         }
-        let fd = try peerFD(record, generation: state >> 8)
-        if record.page.setPending(1 - record.end) { WakePipe.wake(fd) }
+        let target = fd >= 0 && generation == state >> 8 ? fd : try refreshPeer(record)
+        if record.page.setPending(1 - record.end) { WakePipe.wake(target) }
     }
 
-    /// The peer's wake pipe for this connection: cached, or asked of the daemon
-    /// once after the peer (re)connected.
-    private func peerFD(_ record: Port, generation: UInt32) throws(HypervisorError) -> Int32 {
-        let cached = lock.withLock { record.generation == generation ? record.peerFD : -1 }
-        if cached >= 0 { return cached }
+    /// Asks the daemon for the peer's wake end after the peer (re)connected:
+    /// once per connection, never per event.
+    private func refreshPeer(_ record: Port) throws(HypervisorError) -> Int32 {
         let reply = try hypervisor.link.call(WireMessage([DaemonOp.peer.rawValue, UInt64(record.number)]))
         guard reply.words.count >= 2, reply.fds.count == 1 else {
             for fd in reply.fds { Glibc.close(fd) }

@@ -67,9 +67,6 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
     public init(socketPath: String, as request: DomainRequest, onDaemonLost: @escaping LostHandler = RemoteHypervisor.exitOnLoss)
         throws(HypervisorError)
     {
-        // A notify to a peer that died writes to a pipe with no reader: that
-        // must be an EPIPE error, not a signal that kills this process.
-        signal(SIGPIPE, SIG_IGN)
         self.socketPath = socketPath
         let link = try DaemonLink(socketPath: socketPath)
         let (kind, frames, devices): (UInt64, UInt64, UInt64) =
@@ -255,6 +252,10 @@ final class DaemonLink: @unchecked Sendable {
     deinit {
         close()
         Glibc.close(fd)
+        if let stop = stopPipe {
+            Glibc.close(stop.read)
+            Glibc.close(stop.write)
+        }
     }
 
     /// Sends a request and waits for its reply; a failure reply throws its error.
