@@ -47,6 +47,8 @@ public final class HypervisorDaemon: @unchecked Sendable {
     private var connections: [ObjectIdentifier: Connection] = [:]
     private var ports: [PortKey: PortEntry] = [:]
     private var nextHandle: UInt32 = 1
+    /// Hypercall messages handled since start: the data path must not add to it.
+    private var calls: UInt64 = 0
     private var slices: [Bool]
     private var stopped = false
     private var toolstackStore: XenStoreClient?
@@ -190,7 +192,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
     private func reportWords() -> [UInt64] {
         let maps = connections.values.reduce(0) { $0 + $1.maps.count }
         let domains = hypervisor.domainIDs.map { UInt64($0.rawValue) }
-        return [0, UInt64(maps), UInt64(ports.count), UInt64(connections.count), UInt64(domains.count)] + domains
+        return [0, UInt64(maps), UInt64(ports.count), UInt64(connections.count), UInt64(domains.count)] + domains + [calls]
     }
 
     // MARK: Accepting and serving
@@ -236,6 +238,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
     }
 
     private func handle(_ m: WireMessage, from conn: Connection) -> (WireMessage, AfterReply) {
+        lock.withLock { calls &+= 1 }
         guard let opWord = m.words.first, let op = DaemonOp(rawValue: opWord) else {
             return (.failure(.errno(.invalidArgument, "unknown hypercall")), AfterReply())
         }

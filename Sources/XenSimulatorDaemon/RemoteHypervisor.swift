@@ -200,17 +200,20 @@ public struct DaemonReport: Sendable, Hashable, CustomStringConvertible {
     public var ports: Int
     /// Processes joined.
     public var processes: Int
+    /// Hypercall messages the daemon handled so far (set-up only: the data path adds none).
+    public var calls: UInt64
 
     init(words: [UInt64]) throws(HypervisorError) {
-        guard words.count >= 5, words.count == 5 + Int(words[4]) else { throw HypervisorError(.closed, "malformed report") }
+        guard words.count >= 6, words.count == 6 + Int(words[4]) else { throw HypervisorError(.closed, "malformed report") }
         mappings = Int(words[1])
         ports = Int(words[2])
         processes = Int(words[3])
-        domains = words[5...].map { DomainID(UInt16(truncatingIfNeeded: $0)) }
+        domains = words[5..<(5 + Int(words[4]))].map { DomainID(UInt16(truncatingIfNeeded: $0)) }
+        calls = words[words.count - 1]
     }
 
     public var description: String {
-        "domains \(domains.map(\.rawValue)), \(processes) processes, \(mappings) mappings, \(ports) ports"
+        "domains \(domains.map(\.rawValue)), \(processes) processes, \(mappings) mappings, \(ports) ports, \(calls) calls"
     }
 }
 

@@ -143,7 +143,7 @@ struct BenchRingProcesses: ParsableCommand {
         child.executableURL = URL(fileURLWithPath: "/proc/\(getpid())/exe").resolvingSymlinksInPath()
         child.arguments = ["bench", "ring-peer", "--connect", socket, "--guest", "\(guest.domainID.rawValue)",
                            "--ref", "\(shared.refs[0].rawValue)", "--port", "\(fp.rawValue)", "--requests", "\(requests)",
-                           "--mode", mode.rawValue, "--spin-microseconds", "\(spinMicroseconds)", "--back-cpu", "\(backCPU)"]
+                           "--mode", mode.rawValue, "--spin-microseconds", "\(spinMicroseconds)", "--back-cpu=\(backCPU)"]
         let pipe = Pipe()
         child.standardOutput = pipe
         try child.run()

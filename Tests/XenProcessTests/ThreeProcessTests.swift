@@ -92,4 +92,11 @@ struct ThreeProcessTests {
         #expect(refused.waitForExit(seconds: 10) != 0)
         #expect(refused.output.contains("cannot join the hypervisor at \(stale)"), "\(refused.output)")
     }
+
+    @Test func ringBenchmarkAcrossProcessesRuns() throws {
+        let bench = try Child(["bench", "ring-processes", "--mode", "event", "--requests", "20000", "--rounds", "1", "--json",
+                               "--front-cpu=-1", "--back-cpu=-1"], name: "bench")
+        #expect(bench.waitForExit(seconds: 30) == 0, "\(bench.output)")
+        #expect(bench.output.contains("\"across_processes_requests_per_second\""), "\(bench.output)")
+    }
 }
