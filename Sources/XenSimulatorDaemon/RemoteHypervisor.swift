@@ -175,6 +175,23 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
 
     /// The granter's memory descriptor for mappings, cached per domain.
     private var mapFDs: [DomainID: Int32] = [:]
+    /// Live mappings per granter. When the last goes (a backend let go of a
+    /// device), the cached descriptor and foreign view of that domain go too,
+    /// so a dead guest's memory is not kept by dom0 processes; a copy still
+    /// running holds its own reference to the view until it ends.
+    private var liveMappings: [DomainID: Int] = [:]
+
+    func mapped(_ domain: DomainID) { lock.withLock { liveMappings[domain, default: 0] += 1 } }
+
+    func unmapped(_ domain: DomainID) {
+        lock.withLock {
+            let n = (liveMappings[domain] ?? 1) - 1
+            guard n <= 0 else { liveMappings[domain] = n; return }
+            liveMappings[domain] = nil
+            foreign[domain] = nil
+            if let fd = mapFDs.removeValue(forKey: domain) { Glibc.close(fd) }
+        }
+    }
 
     func cachedMapFD(_ domain: DomainID) -> Int32? { lock.withLock { mapFDs[domain] } }
 

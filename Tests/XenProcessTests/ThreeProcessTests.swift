@@ -58,6 +58,13 @@ struct ThreeProcessTests {
             guard let r = try? dom0.report() else { return false }
             return r.domains == [.dom0] && r.mappings == 0 && r.ports == 0
         }, "\((try? dom0.report())?.description ?? "no report")")
+        // The backend no longer maps anything of the dead guest: not its memory
+        // (ring views, grant-copy view), not its grant table, not the channel page.
+        let doomedID = doomed.output.split(separator: "joined as ").last?.prefix { $0 != "\n" } ?? "?"
+        #expect(eventually(10) {
+            let maps = (try? String(contentsOfFile: "/proc/\(backend.pid)/maps", encoding: .utf8)) ?? "?"
+            return !maps.contains("-\(doomedID) ") && !maps.contains("-\(doomedID)-gnttab") && !maps.contains("xenpv-evtchn")
+        }, "backend still maps \(doomedID)")
         // The vif is gone and its thread with it.
         #expect(eventually(10) { backend.output.hasSuffix("vifs: none\n") }, "\(backend.output)")
         #expect(eventually(10) { threads(of: backend.pid) < busyThreads }, "idle \(idleThreads), busy \(busyThreads)")
