@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import Logging
-import Synchronization
 import XenBus
 import XenNetFront
 import XenSimulatorDaemon
@@ -58,7 +57,7 @@ final class GuestNet: @unchecked Sendable {
         let port = self.port
         let received = self.received
         tasks.append(Task {
-            for await packet in port.packets { received.frames.withLock { $0.append(packet.bytes) } }
+            for await packet in port.packets { received.append(packet.bytes) }
         })
         say("xenpv guest: joined as \(hv.domainID)")
         let deadline = Date().addingTimeInterval(options.connectTimeout)
@@ -72,7 +71,7 @@ final class GuestNet: @unchecked Sendable {
     }
 
     /// Takes the frames received so far.
-    func take() -> [[UInt8]] { received.frames.withLock { r in defer { r = [] }; return r } }
+    func take() -> [[UInt8]] { received.take() }
 
     func send(_ frame: [UInt8]) throws {
         try ProcessSupport.runBlocking { [port] in try await port.send(frame) }
@@ -96,9 +95,21 @@ final class GuestNet: @unchecked Sendable {
     }
 }
 
-/// Frames received, waiting to be taken.
-final class Inbox: Sendable {
-    let frames = Mutex<[[UInt8]]>([])
+/// Frames received, waiting to be taken. (An NSLock, a pthread mutex that
+/// ThreadSanitizer understands.)
+final class Inbox: @unchecked Sendable {
+    // @unchecked: `frames` is guarded by `lock`.
+    private let lock = NSLock()
+    private var frames: [[UInt8]] = []
+
+    func append(_ frame: [UInt8]) { lock.withLock { frames.append(frame) } }
+
+    func take() -> [[UInt8]] {
+        lock.withLock {
+            defer { frames = [] }
+            return frames
+        }
+    }
 }
 
 /// Sizes a netif frame can have here.

@@ -48,6 +48,10 @@ final class Child: @unchecked Sendable {
 
     deinit { kill() }
 
+    /// Under `swift test --sanitize=thread` the children are instrumented too:
+    /// a report in their output is a failure like one in the test process.
+    var sanitizerClean: Bool { !output.contains("WARNING: ThreadSanitizer") }
+
     var output: String { lock.withLock { text } }
     var pid: Int32 { process.processIdentifier }
 

@@ -79,6 +79,7 @@ struct ThreeProcessTests {
         #expect(waiting.waitForExit(seconds: 10) == 3, "\(waiting.output)")
         #expect(backend.output.contains("the hypervisor daemon at \(sock) went away"))
         #expect(waiting.output.contains("went away"))
+        for child in [hv, backend, guest, doomed, waiting] { #expect(child.sanitizerClean, "\(child.name): \(child.output)") }
     }
 
     @Test func clearErrorsForAMissingSocketAFileAndASize() throws {
