@@ -6,14 +6,14 @@ import XenHypervisor
 /// An event-channel handle of a joined process, shaped like `xenevtchn`.
 ///
 /// Each port lives on a channel page shared with its peer's process only (see
-/// `ChannelPage`); the handle's descriptor is its end of a wake socket pair
-/// (`WakePipe`) whose other end the daemon gives to the peer. `notify` and `pending` touch
+/// `ChannelPage`); the handle's descriptor is the read end of a wake pipe
+/// (`WakePipe`) whose write end the daemon gives to the peer. `notify` and `pending` touch
 /// only those pages and pipes: the daemon is asked once per connection for the
 /// peer's wake pipe, never per event.
 ///
 /// The descriptor is readable while an event may be pending: `pending()` empties
-/// the socket only after a scan found nothing and re-scans afterwards, so a notify
-/// racing the drain is either seen by the re-scan or leaves a byte queued.
+/// the pipe only after a scan found nothing and re-scans afterwards, so a notify
+/// racing the drain is either seen by the re-scan or leaves a byte in the pipe.
 final class RemoteEventChannels: EventChannels, @unchecked Sendable {
     // @unchecked: `ports` and `closed` are guarded by `lock`; port records'
     // mutable fields (`peerFD`, `generation`) too. The lock is uncontended on
@@ -94,7 +94,7 @@ final class RemoteEventChannels: EventChannels, @unchecked Sendable {
             throw error
         }
         let number = UInt32(truncatingIfNeeded: reply.words[1])
-        let port = Port(number: number, page: ChannelPage(base: base), end: 1, peerFD: reply.fds[1],
+        let port = Port(number: number, page: ChannelPage(base: base), end: 1, peerFD: WakePipe.adoptPeer(reply.fds[1]) ?? -1,
                         generation: UInt32(truncatingIfNeeded: reply.words[2]))
         lock.withLock { ports[number] = port }
         // The daemon set our end pending, as Xen does for a new interdomain
@@ -130,9 +130,12 @@ final class RemoteEventChannels: EventChannels, @unchecked Sendable {
             for fd in reply.fds { Glibc.close(fd) }
             throw .errno(.socketNotConnected, "notify: \(record.number) has no connected peer")
         }
+        guard let fd = WakePipe.adoptPeer(reply.fds[0]) else {
+            throw .errno(.socketNotConnected, "notify: the peer of \(record.number) gave no wake pipe")
+        }
         return lock.withLock {
             if record.peerFD >= 0 { Glibc.close(record.peerFD) }
-            record.peerFD = reply.fds[0]
+            record.peerFD = fd
             record.generation = UInt32(truncatingIfNeeded: reply.words[1])
             return record.peerFD
         }

@@ -67,6 +67,10 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
     public init(socketPath: String, as request: DomainRequest, onDaemonLost: @escaping LostHandler = RemoteHypervisor.exitOnLoss)
         throws(HypervisorError)
     {
+        // A notify to a handle whose process died writes to a pipe without a
+        // reader: that must be EPIPE, not a signal killing this process (as
+        // network servers do, this process ignores SIGPIPE from now on).
+        signal(SIGPIPE, SIG_IGN)
         self.socketPath = socketPath
         let link = try DaemonLink(socketPath: socketPath)
         let (kind, frames, devices): (UInt64, UInt64, UInt64) =
