@@ -6,6 +6,14 @@ import PackageDescription
 let package = Package(
     name: "XenPV",
     products: [
+        // What programs link: a dom0 program the backends, a guest program the
+        // frontends (neither the other side), plus the world they run in.
+        .library(
+            name: "XenPVBackends",
+            targets: ["XenNetBack", "XenBlockBack", "XenBlockStorage", "XenNetTap", "XenBus", "XenStore", "XenHypervisor", "XenABI"]),
+        .library(
+            name: "XenPVFrontends",
+            targets: ["XenNetFront", "XenBlockFront", "XenBus", "XenStore", "XenHypervisor", "XenABI"]),
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenHypervisor", targets: ["XenHypervisor"]),
         .library(name: "XenSimulator", targets: ["XenSimulator"]),
@@ -20,6 +28,10 @@ let package = Package(
         // Block (issue 5): protocol and storage engines.
         .library(name: "XenBlockProtocol", targets: ["XenBlockProtocol"]),
         .library(name: "XenBlockStorage", targets: ["XenBlockStorage"]),
+        // Block (issue 5): the split drivers and their benchmark engine.
+        .library(name: "XenBlockBack", targets: ["XenBlockBack"]),
+        .library(name: "XenBlockFront", targets: ["XenBlockFront"]),
+        .library(name: "XenBlockBenchmark", targets: ["XenBlockBenchmark"]),
         // Across processes (issue 7, branch proc): the hypervisor daemon and its client.
         .library(name: "XenSimulatorDaemon", targets: ["XenSimulatorDaemon"]),
     ],
@@ -96,7 +108,9 @@ let package = Package(
             name: "XenDemo",
             dependencies: [
                 "XenSimulator", "XenStore", "XenBus", "XenNetBack", "XenNetFront", "XenHypervisor", "XenABI",
+                "XenBlockBack", "XenBlockFront", "XenBlockStorage",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ]),
         .testTarget(name: "XenDemoTests", dependencies: ["XenDemo"]),
         // Runs the built `xenpv` as a user would; depending on it makes `swift test` build it.
@@ -114,6 +128,7 @@ let package = Package(
             name: "xenpv",
             dependencies: [
                 "XenRingBenchmark", "XenSimulator", "XenDemo", "XenNetBenchmark", "XenStore", "XenABI", "XenBus",
+                "XenBlockBenchmark",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // Across processes (issue 7): hypervisor, backend and guest commands.
@@ -221,6 +236,33 @@ let package = Package(
             name: "XenBlockStorageTests",
             dependencies: [
                 "XenBlockStorage", "CMallocCounter",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        // Block drivers: blkback (dom0) and blkfront (guest), and the benchmark engine.
+        .target(
+            name: "XenBlockBack",
+            dependencies: [
+                "XenBlockProtocol", "XenBlockStorage", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .target(
+            name: "XenBlockFront",
+            dependencies: [
+                "XenBlockProtocol", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .target(
+            name: "XenBlockBenchmark",
+            dependencies: ["XenBlockBack", "XenBlockFront", "XenBlockProtocol", "XenBlockStorage", "XenSimulator",
+                           "XenHypervisor", "XenABI"]),
+        .testTarget(
+            name: "XenBlockDriverTests",
+            dependencies: [
+                "XenBlockBack", "XenBlockFront", "XenBlockBenchmark", "XenBlockProtocol", "XenBlockStorage", "XenRing",
+                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
         // ---- end Block ----

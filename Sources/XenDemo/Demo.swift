@@ -1,6 +1,8 @@
 import Foundation
 import Logging
 import XenABI
+import SystemPackage
+import XenBlockFront
 import XenBus
 import XenNetBack
 import XenNetFront
@@ -12,6 +14,12 @@ public struct DemoOptions: Sendable {
     /// Frames the guest sends through its NIC (each comes back echoed).
     public var packets = 20_000
     public var packetSize = 1500
+    /// The disk image; nil makes a sparse one in a temporary directory.
+    public var diskPath: String?
+    /// Size of the sparse image made when `diskPath` is nil.
+    public var diskBytes: UInt64 = 256 << 20
+    /// Bytes written at random offsets, then read back and checked.
+    public var diskWriteBytes = 32 << 20
 
     public init() {}
 }
@@ -22,9 +30,15 @@ public struct DemoReport: Sendable {
     public var netBytes = 0
     public var netSeconds = 0.0
     public var netMismatches = 0
+    public var diskBytes = 0
+    public var diskWriteSeconds = 0.0
+    public var diskReadSeconds = 0.0
+    public var diskMismatches = 0
     public var leftovers = Leftovers()
 
     public var packetsPerSecond: Double { netSeconds > 0 ? Double(netPackets) / netSeconds : 0 }
+    public var diskWriteMiBps: Double { diskWriteSeconds > 0 ? Double(diskBytes) / diskWriteSeconds / 1_048_576 : 0 }
+    public var diskReadMiBps: Double { diskReadSeconds > 0 ? Double(diskBytes) / diskReadSeconds / 1_048_576 : 0 }
     public var gigabitsPerSecond: Double { netSeconds > 0 ? Double(netBytes) * 8 / netSeconds / 1e9 : 0 }
 }
 
@@ -35,9 +49,10 @@ public struct DemoError: Error, CustomStringConvertible {
 }
 
 /// `xenpv demo`: a whole split-driver host in one process. dom0 runs
-/// xenstored and the backends; a guest domain gets a NIC through the
-/// toolstack, both ends walk the XenBus handshake, and the guest sends
-/// frames that the (echoing) network returns, each checked byte for byte.
+/// xenstored and the backends; a guest domain gets a disk and a NIC through
+/// the toolstack, both ends of each walk the XenBus handshake, the guest
+/// writes the disk at random offsets and reads it all back, and sends frames
+/// that the (echoing) network returns, every byte checked.
 public struct Demo {
     public var options: DemoOptions
     public var say: @Sendable (String) -> Void
@@ -55,17 +70,20 @@ public struct Demo {
         var logger = Logger(label: "xenpv")
         logger.logLevel = .warning
 
-        say("Starting the simulated hypervisor, dom0's xenstored and netback")
+        say("Starting the simulated hypervisor, dom0's xenstored, netback and blkback")
         let host = try EmbeddedHost(directory: directory, logger: logger) { _, _ in EchoAttachment.make() }
-        let guest = try await host.createGuest(frames: 2048)
+        try await host.startBlockBackend()
+        let guest = try await host.createGuest(frames: 4096)
         say("Created \(guest.domainID) with \(guest.frameCount) frames of 4 KiB")
+        let guestStore = try host.store(for: guest.domainID)
+
+        try await runDisk(host: host, guest: guest, guestStore: guestStore, directory: directory, logger: logger, report: &report)
 
         let mac = "00:16:3e:00:00:\(String(format: "%02x", guest.domainID.rawValue))"
         let vif = XenbusDevice(type: "vif", id: 0, frontend: guest.domainID)
         try await XenbusToolstack.create(vif, on: host.store, frontendKeys: ["mac": mac], backendKeys: ["mac": mac])
         say("Toolstack: \(vif.frontendPath) ↔ \(vif.backendPath)")
 
-        let guestStore = try host.store(for: guest.domainID)
         let port = PacketPort()
         let frontend = NetFrontend(hypervisor: guest, store: guestStore, path: vif.frontendPath, port: port, logger: logger)
         let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: vif.frontendPath,
@@ -91,12 +109,84 @@ public struct Demo {
         try await frontendTask.value
         try await XenbusToolstack.remove(vif, on: host.store)
         _ = await waitUntil(seconds: 10, { host.netBackend.vifs.isEmpty })
-        report.leftovers = host.shutdown()
+        report.leftovers = await host.shutdown()
         say(report.leftovers.isEmpty ? "Hypervisor shut down: no mapped grants, granted pages or open ports left"
                                      : "Hypervisor shut down with leftovers:\n\(report.leftovers)")
         guard report.netMismatches == 0 else { throw DemoError("\(report.netMismatches) frames came back different") }
+        guard report.diskMismatches == 0 else { throw DemoError("\(report.diskMismatches) disk chunks read back different") }
         guard report.leftovers.isEmpty else { throw DemoError("teardown left resources behind") }
         return report
+    }
+
+    /// Plugs a disk (xvda), writes chunks at random offsets, flushes, reads
+    /// every chunk back and compares, then unplugs it.
+    private func runDisk(host: EmbeddedHost, guest: SimulatedDomain, guestStore: XenStoreClient, directory: URL,
+                         logger: Logger, report: inout DemoReport) async throws {
+        let image: String
+        if let path = options.diskPath {
+            guard FileManager.default.fileExists(atPath: path) else { throw DemoError("no disk image at \(path)") }
+            image = path
+        } else {
+            image = directory.appendingPathComponent("disk.img").path
+            let fd = try FileDescriptor.open(FilePath(image), .writeOnly, options: [.create, .truncate], permissions: .ownerReadWrite)
+            let size = off_t(options.diskBytes)
+            try fd.closeAfter { guard ftruncate(fd.rawValue, size) == 0 else { throw DemoError("cannot size \(image)") } }
+            say("Made a sparse \(options.diskBytes >> 20) MiB disk image at \(image)")
+        }
+        let vbd = XenbusDevice(type: "vbd", id: 51712, frontend: guest.domainID)  // xvda
+        try await XenbusToolstack.create(vbd, on: host.store, backendKeys: ["params": image, "mode": "w", "type": "file"])
+        let sharer = try guest.openGrantSharer()
+        let driver = BlockFrontendDriver(device: vbd, store: guestStore, hypervisor: guest, sharer: sharer)
+        let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: vbd.frontendPath,
+                                      peerPath: vbd.backendPath, driver: driver, logger: logger)
+        let task = Task { try await endpoint.run() }
+        let started = Date()
+        guard await waitUntil(seconds: 10, { endpoint.state == .connected && driver.frontend.info != nil }) else {
+            throw DemoError("the disk did not connect: frontend \(endpoint.state)")
+        }
+        let info = driver.frontend.info!
+        say("Disk xvda: Connected in \(milliseconds(since: started)) ms, \(info.sectors) sectors of \(info.sectorSize) bytes")
+
+        // Chunks of 64 KiB to 1 MiB at random 4 KiB-aligned offsets, not overlapping.
+        var rng = SplitMix(seed: 0x5eed)
+        let capacity = info.sectors * UInt64(info.sectorSize)
+        var chunks: [(offset: UInt64, bytes: [UInt8])] = []
+        var cursor: UInt64 = 0
+        var total = 0
+        while total < options.diskWriteBytes {
+            let length = Int(rng.next() % 16 + 1) * 65536
+            cursor += (rng.next() % 64) * 4096
+            guard cursor + UInt64(length) <= capacity else { break }
+            chunks.append((cursor, (0 ..< length).map { _ in UInt8(truncatingIfNeeded: rng.next()) }))
+            cursor += UInt64(length)
+            total += length
+        }
+        chunks.shuffle(using: &rng)
+        let writeStart = Date()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for chunk in chunks { group.addTask { try await driver.frontend.write(at: chunk.offset, chunk.bytes) } }
+            try await group.waitForAll()
+        }
+        try await driver.frontend.flush()
+        report.diskWriteSeconds = Date().timeIntervalSince(writeStart)
+        let readStart = Date()
+        let mismatches = try await withThrowingTaskGroup(of: Int.self) { group in
+            for chunk in chunks {
+                group.addTask { try await driver.frontend.read(at: chunk.offset, count: chunk.bytes.count) == chunk.bytes ? 0 : 1 }
+            }
+            return try await group.reduce(0, +)
+        }
+        report.diskReadSeconds = Date().timeIntervalSince(readStart)
+        report.diskBytes = total
+        report.diskMismatches = mismatches
+        say(String(format: "Disk: wrote %d chunks (%d MiB) at random offsets and flushed at %.0f MiB/s; read back and verified at %.0f MiB/s",
+                   chunks.count, total >> 20, report.diskWriteMiBps, report.diskReadMiBps))
+
+        endpoint.requestClose()
+        try await task.value
+        try await XenbusToolstack.remove(vbd, on: host.store)
+        sharer.close()
+        say("Disk unplugged")
     }
 
     /// Sends `options.packets` frames and checks each echo; at most a ring's
@@ -144,4 +234,17 @@ func waitUntil(seconds: Double, _ body: () -> Bool) async -> Bool {
         try? await Task.sleep(nanoseconds: 5_000_000)
     }
     return body()
+}
+
+/// A small seeded generator, so the demo writes the same data every run.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9e37_79b9_7f4a_7c15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
+    }
 }

@@ -1,6 +1,9 @@
 import Foundation
 import Logging
 import XenABI
+import SystemPackage
+import XenBlockBack
+import XenBlockStorage
 import XenBus
 import XenHypervisor
 import XenNetBack
@@ -9,11 +12,13 @@ import XenStore
 
 /// One process playing a whole Xen host on the embedded simulator: the
 /// hypervisor, dom0's xenstored (with a socket per guest that speaks as that
-/// guest, standing in for its xenstore ring) and dom0's backends.
+/// guest, standing in for its xenstore ring) and dom0's backends: netback, and
+/// blkback serving each vbd's image (its `params` key) through libaio.
 public final class EmbeddedHost: @unchecked Sendable {
     public let hypervisor = SimulatedHypervisor()
     public let store: XenStoreClient
     public let netBackend: NetBackend
+    public let blockBackend: BlockBackend
     let server: XenStoreServer
     let directory: URL
     private var tasks: [Task<Void, Error>] = []
@@ -40,6 +45,20 @@ public final class EmbeddedHost: @unchecked Sendable {
         netBackend = NetBackend(hypervisor: hypervisor.dom0, store: store, logger: quiet, attach: attach)
         let backend = netBackend
         tasks.append(Task { try await backend.run() })
+        blockBackend = BlockBackend(store: store, hypervisor: hypervisor.dom0, logger: quiet) { _, dir, store in
+            let path = try await store.read(dir + "/params")
+            let readOnly = try await store.readIfPresent(dir + "/mode") == "r"
+            let fd = try FileDescriptor.open(FilePath(path), .readOnly)
+            let size = try fd.closeAfter { try fd.seek(offset: 0, from: .end) }
+            return BlockBackendDisk(byteCount: UInt64(size), readOnly: readOnly) {
+                try LibaioStorage(path: FilePath(path), readOnly: readOnly, directIO: .preferred, queueDepth: 64)
+            }
+        }
+    }
+
+    /// Starts serving block devices (they are found through the store).
+    public func startBlockBackend() async throws {
+        try await blockBackend.start()
     }
 
     /// The store as guest `domain` sees it.
@@ -56,7 +75,8 @@ public final class EmbeddedHost: @unchecked Sendable {
     }
 
     /// Stops the backends and the store; returns what the hypervisor found left.
-    public func shutdown() -> Leftovers {
+    public func shutdown() async -> Leftovers {
+        await blockBackend.shutdown()
         netBackend.closeAll()
         for t in tasks { t.cancel() }
         server.stop()

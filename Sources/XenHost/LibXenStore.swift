@@ -11,14 +11,19 @@ import XenStore
 /// domU, or whatever `XENSTORED_PATH` names). It offers the same operations
 /// as `XenStoreClient`, so the feature-key helpers work on it unchanged.
 public final class LibXenStore: XenStoreOperations, @unchecked Sendable {
-    // @unchecked: libxenstore serialises calls on one handle with its own
-    // mutex; the handle is closed once, by close().
+    // @unchecked: every use of `handle` runs on `calls`, a serial queue, and
+    // close() runs there too, so no call can outlive the handle.
     private let lib: LibXen
     private let handle: LibXen.Store.Handle
     private let transactionID: UInt32
+    /// libxenstore blocks on round trips to the daemon: its calls run on this
+    /// queue, never on Swift's cooperative threads, which they would starve.
+    private let calls: DispatchQueue
+    private let owner: Bool
     private let watches = Mutex<[String: AsyncStream<XenStoreWatchEvent>.Continuation]>([:])
     private let nextToken = Mutex<Int>(0)
-    private let closed = Mutex(false)
+    /// Set on `calls` by close(); read there before every use of the handle.
+    nonisolated(unsafe) private var closed = false
 
     /// Opens a connection (`xs_open`).
     public init(library: LibXen = .system) throws(XenStoreError) {
@@ -26,27 +31,57 @@ public final class LibXenStore: XenStoreOperations, @unchecked Sendable {
         self.lib = library
         self.handle = handle
         self.transactionID = 0
+        self.calls = DispatchQueue(label: "libxenstore")
+        self.owner = true
     }
 
-    private init(lib: LibXen, handle: LibXen.Store.Handle, transaction: UInt32) {
-        self.lib = lib
-        self.handle = handle
+    /// A view of `parent`'s connection inside transaction `transaction`.
+    private init(parent: LibXenStore, transaction: UInt32) {
+        self.lib = parent.lib
+        self.handle = parent.handle
         self.transactionID = transaction
-        closed.withLock { $0 = true }  // a transaction view never closes the handle
+        self.calls = parent.calls
+        self.owner = false
     }
 
     deinit { close() }
 
-    /// Closes the connection (`xs_close`); watches end.
+    /// Closes the connection (`xs_close`) once calls in flight are done; watches end.
     public func close() {
-        guard !closed.withLock({ let was = $0; $0 = true; return was }) else { return }
-        for (_, c) in watches.withLock({ $0 }) { c.finish() }
-        lib.store.close(handle)
+        guard owner else { return }
+        let wasOpen: Bool = calls.sync {
+            guard !closed else { return false }
+            closed = true
+            lib.store.close(handle)
+            return true
+        }
+        if wasOpen { for (_, c) in watches.withLock({ $0 }) { c.finish() } }
+    }
+
+    /// Runs `body` with the handle on the call queue; `.closed` once closed.
+    private func call<T: Sendable>(_ body: @escaping @Sendable (LibXen.Store.Handle) throws(XenStoreError) -> T) async throws(XenStoreError) -> T {
+        let result: Result<T, XenStoreError> = await withCheckedContinuation { continuation in
+            calls.async { [self] in
+                guard !closed else {
+                    continuation.resume(returning: .failure(XenStoreError(.init(rawValue: "ECLOSED"), "libxenstore connection closed")))
+                    return
+                }
+                do throws(XenStoreError) { continuation.resume(returning: .success(try body(handle))) } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            }
+        }
+        return try result.get()
     }
 
     // MARK: requests
 
     public func request(_ type: XenStoreMessageType, payload: [UInt8]) async throws(XenStoreError) -> XenStoreMessage {
+        try await call { [self] (handle) throws(XenStoreError) -> XenStoreMessage in try perform(type, payload, handle) }
+    }
+
+    /// One request, on the call queue.
+    private func perform(_ type: XenStoreMessageType, _ payload: [UInt8], _ handle: LibXen.Store.Handle) throws(XenStoreError) -> XenStoreMessage {
         let parts = payload.split(separator: 0, maxSplits: 1, omittingEmptySubsequences: false)
         let path = String(decoding: parts.first ?? [], as: UTF8.self)
         let t = transactionID
@@ -112,19 +147,25 @@ public final class LibXenStore: XenStoreOperations, @unchecked Sendable {
     /// `maxAttempts` times. Any other error aborts it.
     public func transaction<T: Sendable>(maxAttempts: Int = 32, _ body: (LibXenStore) async throws -> T) async throws -> T {
         for _ in 0 ..< maxAttempts {
-            let t = lib.store.transactionStart(handle)
-            guard t != 0 else { throw Self.failure(lib, "xs_transaction_start") }
-            let view = LibXenStore(lib: lib, handle: handle, transaction: t)
+            let lib = self.lib
+            let t = try await call { (handle) throws(XenStoreError) -> UInt32 in
+                let t = lib.store.transactionStart(handle)
+                guard t != 0 else { throw Self.failure(lib, "xs_transaction_start") }
+                return t
+            }
+            let view = LibXenStore(parent: self, transaction: t)
             let result: T
             do {
                 result = try await body(view)
             } catch {
-                _ = lib.store.transactionEnd(handle, t, true)
+                _ = try? await call { handle in lib.store.transactionEnd(handle, t, true) }
                 if let e = error as? XenStoreError, e.code == .again { continue }
                 throw error
             }
-            if lib.store.transactionEnd(handle, t, false) { return result }
-            let failure = Self.failure(lib, "xs_transaction_end")
+            let failure: XenStoreError? = try await call { handle in
+                lib.store.transactionEnd(handle, t, false) ? nil : Self.failure(lib, "xs_transaction_end")
+            }
+            guard let failure else { return result }
             if failure.code != .again { throw failure }
         }
         throw XenStoreError(.again, "transaction conflicted \(maxAttempts) times")
@@ -135,38 +176,51 @@ public final class LibXenStore: XenStoreOperations, @unchecked Sendable {
     /// Watches `path` and its subtree (`xs_watch`); the first event comes at
     /// once, as Xen fires a new watch. A thread waits on `xs_fileno` and
     /// takes events with `xs_check_watch`. Ending the iteration unwatches.
-    public func watch(_ path: String) throws(XenStoreError) -> AsyncStream<XenStoreWatchEvent> {
+    public func watch(_ path: String) async throws(XenStoreError) -> AsyncStream<XenStoreWatchEvent> {
         let token = "libxs-\(nextToken.withLock { $0 += 1; return $0 })"
         let (stream, continuation) = AsyncStream.makeStream(of: XenStoreWatchEvent.self, bufferingPolicy: .bufferingNewest(1024))
         let first = watches.withLock { w -> Bool in
             w[token] = continuation
             return w.count == 1
         }
-        guard lib.store.watch(handle, path, token) else {
+        let lib = self.lib
+        do {
+            try await call { (handle) throws(XenStoreError) in
+                guard lib.store.watch(handle, path, token) else { throw Self.failure(lib, "xs_watch \(path)") }
+            }
+        } catch {
             _ = watches.withLock { $0.removeValue(forKey: token) }
-            throw Self.failure(lib, "xs_watch \(path)")
+            throw error
         }
         continuation.onTermination = { [weak self] _ in
-            guard let self, self.watches.withLock({ $0.removeValue(forKey: token) }) != nil,
-                  !self.closed.withLock({ $0 }) else { return }
-            _ = self.lib.store.unwatch(self.handle, path, token)
+            guard let self, self.watches.withLock({ $0.removeValue(forKey: token) }) != nil else { return }
+            self.calls.async { if !self.closed { _ = lib.store.unwatch(self.handle, path, token) } }
         }
         if first { startWatchThread() }
         return stream
     }
 
     private func startWatchThread() {
-        let fd = lib.store.fileno(handle)
+        let fd: Int32 = calls.sync { closed ? -1 : lib.store.fileno(handle) }
+        guard fd >= 0 else { return }
         let thread = Thread { [weak self] in
-            while let self, !self.closed.withLock({ $0 }), !self.watches.withLock({ $0.isEmpty }) {
+            while let self, !self.watches.withLock({ $0.isEmpty }) {
                 var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
                 guard poll(&pfd, 1, 200) > 0 else { continue }
-                while let event = self.lib.store.checkWatch(self.handle) {
-                    let path = event[Int(XS_WATCH_PATH.rawValue)].map { String(cString: $0) } ?? ""
-                    let token = event[Int(XS_WATCH_TOKEN.rawValue)].map { String(cString: $0) } ?? ""
-                    self.lib.store.free(event)
-                    _ = self.watches.withLock { $0[token] }?.yield(XenStoreWatchEvent(path: path, token: token))
+                // Taken on the call queue, so never after close().
+                let events: [XenStoreWatchEvent]? = self.calls.sync {
+                    guard !self.closed else { return nil }
+                    var taken: [XenStoreWatchEvent] = []
+                    while let event = self.lib.store.checkWatch(self.handle) {
+                        let path = event[Int(XS_WATCH_PATH.rawValue)].map { String(cString: $0) } ?? ""
+                        let token = event[Int(XS_WATCH_TOKEN.rawValue)].map { String(cString: $0) } ?? ""
+                        self.lib.store.free(event)
+                        taken.append(XenStoreWatchEvent(path: path, token: token))
+                    }
+                    return taken
                 }
+                guard let events else { return }
+                for e in events { _ = self.watches.withLock { $0[e.token] }?.yield(e) }
             }
         }
         thread.name = "libxenstore watches"
@@ -212,7 +266,7 @@ public final class LibXenStore: XenStoreOperations, @unchecked Sendable {
 
 extension LibXenStore: XenStoreConnection {
     public func watchEvents(_ path: String) async throws(XenStoreError) -> AsyncStream<XenStoreWatchEvent> {
-        try watch(path)
+        try await watch(path)
     }
 
     public func inTransaction<T: Sendable>(_ body: (any XenStoreOperations) async throws -> T) async throws -> T {

@@ -88,7 +88,8 @@ public final class NetBackend: Sendable {
         let path = root + "/\(identity.frontend.rawValue)/\(identity.id)"
         defer { state.withLock { s in s.claimed.remove(identity); s.served.removeValue(forKey: identity) } }
         guard let peerPath = try? await store.readIfPresent(path + "/" + XenbusKey.frontend) else {
-            logger.error("\(identity): no frontend key under \(path)")
+            // A device the toolstack is removing right now: nothing to serve.
+            logger.debug("\(identity): no frontend key under \(path)")
             return
         }
         let device = VifDevice(identity: identity, path: path, peerPath: peerPath, hypervisor: hypervisor,

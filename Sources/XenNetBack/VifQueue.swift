@@ -60,6 +60,9 @@ public final class VifQueue: @unchecked Sendable {
     private let rxBuffer: UnsafeMutableRawBufferPointer
     private let segments: UnsafeMutableBufferPointer<GrantCopySegment>
     private let slotIDs: UnsafeMutableBufferPointer<UInt16>
+    /// The descriptors the thread sleeps on (stop, event channel, attachment),
+    /// built once: sleeping does not allocate.
+    private let pollSet: UnsafeMutableBufferPointer<pollfd>
     private let stopFD: Int32
     /// Set by `stop()`; the thread checks it every turn, not only when it sleeps.
     private let stopping = ManagedAtomic<Bool>(false)
@@ -92,6 +95,9 @@ public final class VifQueue: @unchecked Sendable {
         segments = .allocate(capacity: Self.maxSlots)
         slotIDs = .allocate(capacity: Self.maxSlots)
         stopFD = cxen_eventfd(0, 1)
+        let descriptors = [stopFD, events.fileDescriptor.rawValue] + (attachment.fileDescriptor.map { [$0.rawValue] } ?? [])
+        pollSet = .allocate(capacity: descriptors.count)
+        for (i, fd) in descriptors.enumerated() { pollSet[i] = pollfd(fd: fd, events: Int16(POLLIN), revents: 0) }
     }
 
     deinit {
@@ -99,6 +105,7 @@ public final class VifQueue: @unchecked Sendable {
         rxBuffer.deallocate()
         segments.deallocate()
         slotIDs.deallocate()
+        pollSet.deallocate()
         close(stopFD)
     }
 
@@ -168,14 +175,12 @@ public final class VifQueue: @unchecked Sendable {
     /// Sleeps until an event, a frame or stop; false on stop.
     private func sleep() throws -> Bool {
         counters.sleeps.bump()
-        var fds = [pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: events.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0)]
-        if let fd = attachment.fileDescriptor { fds.append(pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)) }
+        for i in pollSet.indices { pollSet[i].revents = 0 }
         // An attachment without a descriptor is polled by waking up regularly.
-        let timeout: Int32 = attachment.fileDescriptor == nil ? 1 : 1000
-        let n = fds.withUnsafeMutableBufferPointer { poll($0.baseAddress, nfds_t($0.count), timeout) }
+        let timeout: Int32 = pollSet.count == 2 ? 1 : 1000
+        let n = poll(pollSet.baseAddress, nfds_t(pollSet.count), timeout)
         if n < 0, errno != EINTR { throw HypervisorError.errno(.init(rawValue: errno), "poll in vif queue") }
-        if fds[0].revents != 0 { return false }
+        if pollSet[0].revents != 0 { return false }
         while let port = try events.pending() { try events.unmask(port) }
         return true
     }

@@ -47,7 +47,7 @@ struct BackendCommand: ParsableCommand {
             if let bridge {
                 return try TapAttachment(name: id.interfaceName, bridge: bridge, offloads: features.tapOffloads)
             }
-            return EchoAttachment.make()
+            return EchoAttachment.make(swapAddresses: false)
         }
         let task = Task { try await backend.run() }
         if disk != nil { say("xenpv backend: note: vbd devices are not served yet (no block backend on this branch)") }
@@ -73,22 +73,3 @@ struct BackendCommand: ParsableCommand {
     }
 }
 
-/// A vif attachment that sends every frame its guest transmits straight back.
-enum EchoAttachment {
-    final class Slot: @unchecked Sendable {
-        // @unchecked: `attachment` is set once under `lock`, read under it.
-        let lock = NSLock()
-        weak var attachment: MemoryAttachment?
-    }
-
-    static func make() -> MemoryAttachment {
-        let slot = Slot()
-        let attachment = MemoryAttachment { frame, _ in
-            let bytes = Array(frame)
-            let target = slot.lock.withLock { slot.attachment }
-            return target?.inject(bytes) ?? false
-        }
-        slot.lock.withLock { slot.attachment = attachment }
-        return attachment
-    }
-}

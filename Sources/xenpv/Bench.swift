@@ -5,5 +5,6 @@ import ArgumentParser
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks of the data paths.",
-        subcommands: [BenchRing.self, BenchNet.self, BenchBridge.self, BenchXenstore.self, BenchRingProcesses.self, BenchRingPeer.self])
+        subcommands: [BenchRing.self, BenchNet.self, BenchBlock.self, BenchBridge.self, BenchXenstore.self, BenchRingProcesses.self,
+                      BenchRingPeer.self])
 }

@@ -23,9 +23,7 @@ struct LibXenStoreTests {
 
     /// A libxenstore connection to our server, as dom0 or as guest 7.
     func open(asGuest: Bool = false) throws -> LibXenStore {
-        setenv("XENSTORED_PATH", asGuest ? base + "-d7.sock" : base + ".sock", 1)
-        defer { unsetenv("XENSTORED_PATH") }
-        return try LibXenStore()
+        try StoreEnvironment.open(socket: asGuest ? base + "-d7.sock" : base + ".sock")
     }
 
     @Test func readWriteDirectoryPermissionsThroughLibxenstore() async throws {
@@ -75,7 +73,7 @@ struct LibXenStoreTests {
         let xs = try open()
         defer { xs.close(); server.stop() }
         let ours = try XenStoreClient(socketPath: base + ".sock")
-        let events = try xs.watch("/local/domain/9")
+        let events = try await xs.watch("/local/domain/9")
         var iterator = events.makeAsyncIterator()
         let first = await iterator.next()
         #expect(first?.path == "/local/domain/9")  // fired once at registration, as Xen does

@@ -1,0 +1,27 @@
+// swift-tools-version: 6.1
+// Two programs that use XenPV exactly as a user would: a dom0 backend process
+// that links only the backends, and a guest program that links only the
+// frontends. Both join a hypervisor daemon started with
+//   swift run xenpv hypervisor --socket /tmp/xen.sock
+// Build them with `swift build --package-path Examples`.
+import PackageDescription
+
+let package = Package(
+    name: "XenPVExamples",
+    platforms: [.macOS(.v15)],
+    dependencies: [.package(name: "XenPV", path: "..")],
+    targets: [
+        .executableTarget(
+            name: "dom0-backend",
+            dependencies: [
+                .product(name: "XenPVBackends", package: "XenPV"),
+                .product(name: "XenSimulatorDaemon", package: "XenPV"),
+            ]),
+        .executableTarget(
+            name: "guest-app",
+            dependencies: [
+                .product(name: "XenPVFrontends", package: "XenPV"),
+                .product(name: "XenSimulatorDaemon", package: "XenPV"),
+            ]),
+    ]
+)

@@ -1,0 +1,56 @@
+// A guest program: joins as a new domain with a disk and a NIC, writes a
+// block and reads it back, sends a frame and waits for its echo.
+//
+//   guest-app SOCKET
+import Foundation
+import XenBlockFront
+import XenBus
+import XenNetFront
+import XenSimulatorDaemon
+
+guard CommandLine.arguments.count == 2 else {
+    FileHandle.standardError.write(Data("usage: guest-app SOCKET\n".utf8))
+    exit(2)
+}
+// The daemon creates the domain and, as the toolstack, its vbd and vif.
+let guest = try RemoteHypervisor(socketPath: CommandLine.arguments[1], as: .newGuest(frames: 4096, devices: [.vbd, .vif]))
+let store = guest.store
+
+/// Runs the frontend half of a device's handshake; returns once Connected.
+func connect(_ device: XenbusDevice, _ driver: any XenbusDeviceDriver) async throws -> XenbusEndpoint {
+    let endpoint = XenbusEndpoint(role: .frontend, store: store, path: device.frontendPath,
+                                  peerPath: device.backendPath, driver: driver)
+    Task { try await endpoint.run() }
+    for _ in 0 ..< 1000 where endpoint.state != .connected { try await Task.sleep(nanoseconds: 10_000_000) }
+    guard endpoint.state == .connected else { throw XenbusError("\(device) did not connect") }
+    return endpoint
+}
+
+struct XenbusError: Error { let message: String; init(_ m: String) { message = m } }
+
+// The disk: 4 KiB at offset 1 MiB, written, flushed, read back.
+let vbd = XenbusDevice(type: "vbd", id: 51712, frontend: guest.domainID)
+let disk = BlockFrontendDriver(device: vbd, store: store, hypervisor: guest, sharer: try guest.openGrantSharer())
+let diskEndpoint = try await connect(vbd, disk)
+let block = (0 ..< 4096).map { UInt8(truncatingIfNeeded: $0 * 7) }
+try await disk.frontend.write(at: 1 << 20, block)
+try await disk.frontend.flush()
+let readBack = try await disk.frontend.read(at: 1 << 20, count: 4096)
+print("guest-app: disk \(readBack == block ? "wrote and read back 4 KiB intact" : "READ BACK DIFFERENT DATA")")
+
+// The NIC: one frame out, its echo back.
+let vif = XenbusDevice(type: "vif", id: 0, frontend: guest.domainID)
+let port = PacketPort()
+let nicEndpoint = try await connect(vif, NetFrontend(hypervisor: guest, store: store, path: vif.frontendPath, port: port))
+let frame = [UInt8](repeating: 0xff, count: 6) + [0x00, 0x16, 0x3e, 0, 0, 1, 0x88, 0xb5] + [UInt8](repeating: 42, count: 100)
+try await port.send(frame)
+var echo: PacketPort.Packet?
+for await packet in port.packets {
+    echo = packet
+    break
+}
+print("guest-app: NIC sent \(frame.count) bytes, \(echo == nil ? "no echo" : "an echo of \(echo!.bytes.count) bytes came back")")
+
+diskEndpoint.requestClose()
+nicEndpoint.requestClose()
+exit(readBack == block && echo != nil ? 0 : 1)

@@ -1,0 +1,40 @@
+import XenABI
+import XenBlockProtocol
+
+/// What one blkback queue was told at connect time.
+public struct BlockQueueConfiguration: Sendable {
+    /// The frontend's domain, owner of every grant on the ring.
+    public var frontend: DomainID
+    /// The local port bound to the frontend's event channel for this queue.
+    public var port: EventPort
+    /// The slot layout the frontend announced (`protocol`).
+    public var abi: BlkifABI
+    /// What every request is validated against.
+    public var limits: BlockDeviceLimits
+    /// Bounce pages for data in flight. A request that needs more than are free waits
+    /// (stays on the ring) until completions return some: back-pressure, never a drop.
+    public var bouncePages: Int
+
+    public init(frontend: DomainID, port: EventPort, abi: BlkifABI = .native, limits: BlockDeviceLimits,
+                bouncePages: Int = 1024) {
+        precondition(bouncePages >= max(BlockDeviceLimits.maxDirectSegments, limits.maxIndirectSegments),
+                     "the bounce pool must hold the largest request")
+        self.frontend = frontend
+        self.port = port
+        self.abi = abi
+        self.limits = limits
+        self.bouncePages = bouncePages
+    }
+}
+
+/// A ring slot of the i386 layout as raw bytes (108 bytes, 4-aligned): the ring's
+/// entry stride is `sizeof(union cblkif_x86_32_ring_entry)`, and requests are decoded
+/// from a copy of it by ``BlockRequest/init(copyingSlotAt:abi:limits:)``.
+struct X86_32RequestSlot: BitwiseCopyable {
+    var words: InlineArray<27, UInt32>
+}
+
+/// An i386 response slot (12 bytes, `struct cblkif_x86_32_response`).
+struct X86_32ResponseSlot: BitwiseCopyable {
+    var words: InlineArray<3, UInt32>
+}

@@ -1,0 +1,199 @@
+import Foundation
+import Glibc
+import Synchronization
+import SystemPackage
+import XenABI
+import XenBlockBack
+import XenBlockFront
+import XenBlockProtocol
+import XenBlockStorage
+import XenHypervisor
+import XenSimulator
+
+/// What `xenpv bench block` measures: the whole block path on the simulator, frontend →
+/// ring → backend → libaio on an image file.
+public struct BlockBenchmarkConfiguration: Sendable {
+    public enum Pattern: String, Sendable, CaseIterable {
+        case randread, randwrite, read, write
+        var isRead: Bool { self == .randread || self == .read }
+        var isRandom: Bool { self == .randread || self == .randwrite }
+    }
+
+    public var image: String
+    public var pattern: Pattern = .randread
+    /// Bytes per operation (a multiple of 512).
+    public var blockSize = 4096
+    /// Operations in flight (one caller task each).
+    public var queueDepth = 1
+    public var seconds = 3.0
+    /// `O_DIRECT` on the image (as fio's `--direct=1`).
+    public var direct = true
+
+    public init(image: String) { self.image = image }
+
+    /// An `image` naming a 256 MiB in-memory disk instead of a file: the driver path alone.
+    public static let memoryImage = ":memory:"
+}
+
+/// Figures of one run.
+public struct BlockBenchmarkResult: Sendable {
+    public var configuration: BlockBenchmarkConfiguration
+    public var operations: Int
+    public var elapsed: Double
+    public var p50Microseconds: Double
+    public var p99Microseconds: Double
+    public var meanMicroseconds: Double
+    /// Whether the image was opened with `O_DIRECT`.
+    public var directIO: Bool
+
+    public var iops: Double { Double(operations) / elapsed }
+    public var mibPerSecond: Double { iops * Double(configuration.blockSize) / 1_048_576 }
+
+    /// One JSON object: `iops`, `mib_per_second`, `p50_us`, `p99_us` and the settings.
+    public var json: String {
+        let c = configuration
+        return """
+            {"rw":"\(c.pattern.rawValue)","bs":\(c.blockSize),"queue_depth":\(c.queueDepth),"seconds":\(fmt(elapsed)),\
+            "direct":\(directIO),"operations":\(operations),"iops":\(fmt(iops)),"mib_per_second":\(fmt(mibPerSecond)),\
+            "mean_us":\(fmt(meanMicroseconds)),"p50_us":\(fmt(p50Microseconds)),"p99_us":\(fmt(p99Microseconds))}
+            """
+    }
+
+    public var summary: String {
+        let c = configuration
+        return "\(c.pattern.rawValue) bs=\(c.blockSize) qd=\(c.queueDepth): \(fmt(iops)) IOPS, \(fmt(mibPerSecond)) MiB/s, "
+            + "latency p50 \(fmt(p50Microseconds)) µs, p99 \(fmt(p99Microseconds)) µs (\(operations) ops in \(fmt(elapsed)) s"
+            + (directIO ? ", O_DIRECT)" : ", buffered)")
+    }
+
+    private func fmt(_ v: Double) -> String { String(format: "%.1f", v) }
+}
+
+/// Why a benchmark could not run.
+public struct BlockBenchmarkError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}
+
+/// Runs the block path end to end on the simulator and measures it.
+public enum BlockBenchmark {
+    public static func run(_ c: BlockBenchmarkConfiguration) async throws -> BlockBenchmarkResult {
+        guard c.blockSize >= 512, c.blockSize % 512 == 0, c.blockSize <= 1 << 20 else {
+            throw BlockBenchmarkError(message: "--bs must be a multiple of 512 up to 1 MiB")
+        }
+        guard c.queueDepth >= 1, c.queueDepth <= 128 else { throw BlockBenchmarkError(message: "--queue-depth must be 1...128") }
+        let inMemory = c.image == BlockBenchmarkConfiguration.memoryImage
+        var st = stat()
+        if inMemory {
+            st.st_size = 256 << 20
+        } else {
+            guard stat(c.image, &st) == 0 else { throw BlockBenchmarkError(message: "cannot stat \(c.image): errno \(errno)") }
+        }
+        let size = UInt64(st.st_size) / UInt64(c.blockSize) * UInt64(c.blockSize)
+        guard size >= UInt64(c.blockSize) else { throw BlockBenchmarkError(message: "\(c.image) is smaller than one block") }
+
+        let pagesPerOp = (c.blockSize + XenPage.size - 1) / XenPage.size
+        let inFlightPages = c.queueDepth * pagesPerOp
+        let poolPages = max(512, inFlightPages + 256)
+        // A ring with a slot per caller (order 2 holds 128 requests).
+        let order = c.queueDepth <= 32 ? 0 : (c.queueDepth <= 64 ? 1 : 2)
+        let indirect = pagesPerOp > BlockDeviceLimits.maxDirectSegments ? min(256, max(pagesPerOp, 32)) : 32
+
+        let hv = SimulatedHypervisor()
+        let guest = try hv.createDomain(frames: poolPages + 512 + 64, grantFrames: 64)
+        let sharer = try guest.openGrantSharer()
+        let mapper = try hv.dom0.openGrantMapper()
+        let storage: any StorageEngine
+        let direct: Bool
+        if inMemory {
+            storage = try MemoryStorage(byteCount: Int(size), queueDepth: max(64, c.queueDepth))
+            direct = false
+        } else {
+            let file = try LibaioStorage(path: FilePath(c.image), readOnly: c.pattern.isRead,
+                                         directIO: c.direct ? LibaioStorage.DirectIO.required : .never, queueDepth: max(64, c.queueDepth))
+            direct = file.ioMode == .direct
+            storage = file
+        }
+        let resources = try BlockFrontQueueResources.allocate(hypervisor: guest, sharer: sharer, backend: .dom0,
+                                                               ringPageOrder: order, poolPages: poolPages)
+        let events = try hv.dom0.openEventChannels()
+        let port = try events.bindInterdomain(remote: guest.domainID, remotePort: resources.port)
+        let map = try mapper.map(resources.ring.refs, from: guest.domainID, writable: true)
+        let limits = BlockDeviceLimits(sectors: size / 512, readOnly: c.pattern.isRead, maxIndirectSegments: indirect)
+        let queue = try BlockQueue(ring: map.memory, events: events, mapper: mapper, storage: storage,
+                                   configuration: BlockQueueConfiguration(frontend: guest.domainID, port: port, limits: limits,
+                                                                          bouncePages: max(1024, inFlightPages + 256)))
+        queue.start()
+        let frontend = BlockFrontend()
+        try frontend.attach([resources], info: BlockDeviceInfo(sectors: size / 512, readOnly: c.pattern.isRead,
+                                                               maxIndirectSegments: indirect))
+        defer {
+            frontend.detach()
+            frontend.shutdown()
+            queue.stop(timeout: 10)
+            try? mapper.unmap(map)
+            try? events.unbind(port)
+            events.close()
+            resources.release(sharer: sharer)
+            mapper.close()
+            sharer.close()
+            _ = hv.shutdown()
+        }
+
+        let blocks = size / UInt64(c.blockSize)
+        let cursor = Cursor()
+        let start = ContinuousClock.now
+        let deadline = start + .milliseconds(Int(c.seconds * 1000))
+        let samples = try await withThrowingTaskGroup(of: [UInt32].self) { group in
+            for worker in 0..<c.queueDepth {
+                group.addTask {
+                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: c.blockSize, alignment: 4096)
+                    defer { buffer.deallocate() }
+                    for i in 0..<c.blockSize { buffer[i] = UInt8(truncatingIfNeeded: i &* 31 &+ worker) }
+                    var g = SystemRandomNumberGenerator()
+                    var latencies: [UInt32] = []
+                    latencies.reserveCapacity(1 << 16)
+                    while ContinuousClock.now < deadline {
+                        let block = c.pattern.isRandom ? UInt64.random(in: 0..<blocks, using: &g) : cursor.next() % blocks
+                        let offset = block * UInt64(c.blockSize)
+                        let t0 = monotonicNanoseconds()
+                        if c.pattern.isRead {
+                            try await frontend.read(at: offset, into: buffer)
+                        } else {
+                            try await frontend.write(at: offset, from: UnsafeRawBufferPointer(buffer))
+                        }
+                        let ns = monotonicNanoseconds() - t0
+                        latencies.append(UInt32(clamping: ns / 10))  // units of 10 ns
+                    }
+                    return latencies
+                }
+            }
+            var all: [UInt32] = []
+            for try await l in group { all += l }
+            return all
+        }
+        let elapsed = Double((ContinuousClock.now - start).components.attoseconds) / 1e18
+            + Double((ContinuousClock.now - start).components.seconds)
+        guard !samples.isEmpty else { throw BlockBenchmarkError(message: "no operation completed") }
+        let sorted = samples.sorted()
+        func percentile(_ p: Double) -> Double {
+            Double(sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]) / 100
+        }
+        let mean = Double(sorted.reduce(0) { $0 + UInt64($1) }) / Double(sorted.count) / 100
+        return BlockBenchmarkResult(configuration: c, operations: samples.count, elapsed: elapsed,
+                                    p50Microseconds: percentile(0.5), p99Microseconds: percentile(0.99),
+                                    meanMicroseconds: mean, directIO: direct)
+    }
+}
+
+/// The next block of a sequential run, shared by the callers (one stream, as fio's).
+final class Cursor: Sendable {
+    private let value = Atomic<UInt64>(0)
+    func next() -> UInt64 { value.add(1, ordering: .relaxed).oldValue }
+}
+
+@inline(__always) func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}

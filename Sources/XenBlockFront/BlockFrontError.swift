@@ -1,0 +1,40 @@
+import XenBlockProtocol
+
+/// Why a frontend call failed: a code to act on and a message to read.
+public struct BlockFrontError: Error, Hashable, Sendable, CustomStringConvertible {
+    public enum Code: Hashable, Sendable {
+        /// The offset or length is not a multiple of the 512-byte sector.
+        case misaligned
+        /// The range leaves the device.
+        case outOfRange
+        /// A write or discard on a device the backend serves read-only.
+        case readOnly
+        /// The backend answered `BLKIF_RSP_ERROR` (an I/O error, or a request it refused).
+        case ioError
+        /// The backend answered `BLKIF_RSP_EOPNOTSUPP`, or did not advertise the feature.
+        case notSupported
+        /// The backend answered with a status blkif.h does not define.
+        case badStatus
+        /// The frontend was shut down before the request completed.
+        case closed
+    }
+
+    public var code: Code
+    public var message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    /// The error for a response status other than `BLKIF_RSP_OKAY`.
+    public init(status: BlkifStatus, operation: BlkifOperation) {
+        switch status {
+        case .error: self.init(.ioError, "backend answered BLKIF_RSP_ERROR to \(operation)")
+        case .notSupported: self.init(.notSupported, "backend answered BLKIF_RSP_EOPNOTSUPP to \(operation)")
+        default: self.init(.badStatus, "backend answered status \(status.rawValue) to \(operation)")
+        }
+    }
+
+    public var description: String { message }
+}

@@ -1,0 +1,102 @@
+import CXen
+import Foundation
+import XenABI
+import XenBlockProtocol
+import XenHypervisor
+import XenRing
+
+/// What one frontend queue shares with the backend, set up once per connection: the
+/// ring pages, a pool of data pages and one indirect-segment page per ring slot, all
+/// granted once (the grants are reused for every request, which is what
+/// `feature-persistent` promises the backend), and an unbound event channel.
+public struct BlockFrontQueueResources: Sendable {
+    public let backend: DomainID
+    /// The ring, initialised (`SHARED_RING_INIT`) before its grants were published.
+    public let ring: SharedPages
+    /// Data pages: requests take pages from here; the backend copies into and out of them.
+    public let pool: SharedPages
+    /// One page per ring slot for indirect segment lists (granted read-only).
+    public let indirect: SharedPages
+    public let events: any EventChannels
+    /// The local port, unbound until the backend binds to it.
+    public let port: EventPort
+
+    /// Shares a ring of `1 << ringPageOrder` pages and `poolPages` data pages with
+    /// `backend`, initialises the ring and allocates the event channel.
+    public static func allocate(hypervisor: any Hypervisor, sharer: any GrantSharer, backend: DomainID,
+                                ringPageOrder: Int = 0, poolPages: Int = 512) throws -> BlockFrontQueueResources {
+        let events = try hypervisor.openEventChannels()
+        var shared: [SharedPages] = []
+        do {
+            let ring = try sharer.sharePages(count: 1 << ringPageOrder, with: backend, writable: true)
+            shared.append(ring)
+            _ = try FrontRing<blkif_request, blkif_response>(initializing: ring.memory)
+            let size = Int(try RingGeometry(request: blkif_request.self, response: blkif_response.self,
+                                            pageCount: 1 << ringPageOrder).entryCount)
+            let pool = try sharer.sharePages(count: poolPages, with: backend, writable: true)
+            shared.append(pool)
+            let indirect = try sharer.sharePages(count: size, with: backend, writable: false)
+            shared.append(indirect)
+            let port = try events.bindUnbound(remote: backend)
+            return BlockFrontQueueResources(backend: backend, ring: ring, pool: pool, indirect: indirect,
+                                            events: events, port: port)
+        } catch {
+            for pages in shared { try? sharer.unshare(pages) }
+            events.close()
+            throw error
+        }
+    }
+
+    /// Unbinds the port and ends the grants. A grant the backend still maps is retried
+    /// for up to `timeout` seconds (a backend unmaps before it says Closed); returns
+    /// false if some pages could not be unshared.
+    @discardableResult
+    public func release(sharer: any GrantSharer, timeout: Double = 5) -> Bool {
+        try? events.unbind(port)
+        events.close()
+        let deadline = Date().addingTimeInterval(timeout)
+        var all = true
+        for pages in [ring, pool, indirect] {
+            while true {
+                do {
+                    try sharer.unshare(pages)
+                    break
+                } catch where error.code == .busy && Date() < deadline {
+                    usleep(1000)
+                } catch {
+                    all = false
+                    break
+                }
+            }
+        }
+        return all
+    }
+}
+
+/// What the backend advertised, as the frontend uses it.
+public struct BlockDeviceInfo: Hashable, Sendable {
+    /// Device size in 512-byte sectors (`sectors`).
+    public var sectors: UInt64
+    /// `sector-size`.
+    public var sectorSize: UInt32
+    public var readOnly: Bool
+    public var flush: Bool
+    public var barrier: Bool
+    public var discard: Bool
+    /// `feature-max-indirect-segments` (0: none).
+    public var maxIndirectSegments: Int
+
+    public init(sectors: UInt64, sectorSize: UInt32 = 512, readOnly: Bool = false, flush: Bool = true,
+                barrier: Bool = false, discard: Bool = false, maxIndirectSegments: Int = 0) {
+        self.sectors = sectors
+        self.sectorSize = sectorSize
+        self.readOnly = readOnly
+        self.flush = flush
+        self.barrier = barrier
+        self.discard = discard
+        self.maxIndirectSegments = maxIndirectSegments
+    }
+
+    /// Bytes on the device.
+    public var byteCount: UInt64 { sectors &* UInt64(sectorSize) }
+}

@@ -1,0 +1,133 @@
+import Synchronization
+import XenABI
+import XenBlockProtocol
+import XenRing
+
+/// A guest's block device: `async` read, write, flush and discard at byte offsets.
+///
+/// Calls are split into ring requests by the device's queue threads (one per ring);
+/// a caller waits while the rings are full or the backend is away (back-pressure,
+/// nothing dropped). The device outlives connections: ``attach(_:info:)`` starts queues
+/// on a connection's resources, ``detach()`` stops them and keeps every request that
+/// had no response, to be re-issued first on the next attach, so no acknowledged write
+/// is lost across a backend restart.
+public final class BlockFrontend: Sendable {
+    private let work = WorkQueue()
+    private let state = Mutex<State>(State())
+    /// Per-queue counters of the current connection.
+    public var counters: [BlockFrontCounters] { state.withLock { $0.queues.map(\.counters) } }
+
+    private struct State: @unchecked Sendable {
+        // @unchecked: BlockFrontQueue is a thread-confined engine, only handed around here.
+        var info: BlockDeviceInfo?
+        var queues: [(queue: BlockFrontQueue, counters: BlockFrontCounters)] = []
+        var closed = false
+    }
+
+    public init() {}
+
+    /// What the backend advertised on the current (or last) connection.
+    public var info: BlockDeviceInfo? { state.withLock { $0.info } }
+
+    /// Starts one queue per resource set on a connected backend.
+    public func attach(_ resources: [BlockFrontQueueResources], info: BlockDeviceInfo) throws(RingError) {
+        var started: [(BlockFrontQueue, BlockFrontCounters)] = []
+        for r in resources {
+            let counters = BlockFrontCounters()
+            started.append((try BlockFrontQueue(resources: r, work: work, maxIndirectSegments: info.maxIndirectSegments,
+                                                counters: counters), counters))
+        }
+        state.withLock { s in
+            s.info = info
+            s.queues = started.map { (queue: $0.0, counters: $0.1) }
+        }
+        for (q, _) in started { q.start() }
+        work.wakeAll()
+    }
+
+    /// Stops the queues (bounded) and puts back every request without a response; the
+    /// resources may then be released. Returns false if a queue thread did not stop.
+    @discardableResult
+    public func detach(timeout: Double = 5) -> Bool {
+        let queues = state.withLock { s in defer { s.queues = [] }; return s.queues }
+        var all = true
+        var unanswered: [WorkItem] = []
+        for (q, _) in queues {
+            let (stopped, items) = q.stop(timeout: timeout)
+            all = all && stopped
+            unanswered += items
+        }
+        work.requeueAtFront(unanswered)
+        return all
+    }
+
+    /// Fails everything still waiting with `.closed` (after ``detach(timeout:)``).
+    public func shutdown() {
+        state.withLock { $0.closed = true }
+        for item in work.drain() { item.io.fail(BlockFrontError(.closed, "block frontend shut down")) }
+    }
+
+    // MARK: I/O
+
+    /// Reads `buffer.count` bytes at `offset` into `buffer` (both multiples of 512).
+    public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) async throws(BlockFrontError) {
+        try await run(.read, offset: offset, length: UInt64(buffer.count), buffer: buffer.baseAddress)
+    }
+
+    /// Writes `buffer` at `offset` (both multiples of 512).
+    public func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer) async throws(BlockFrontError) {
+        try await run(.write, offset: offset, length: UInt64(buffer.count), buffer: UnsafeMutableRawPointer(mutating: buffer.baseAddress))
+    }
+
+    /// Reads `count` bytes at `offset`.
+    public func read(at offset: UInt64, count: Int) async throws(BlockFrontError) -> [UInt8] {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 64)
+        defer { buffer.deallocate() }
+        try await read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count]))
+        return Array(buffer[0..<count])
+    }
+
+    /// Writes `bytes` at `offset`.
+    public func write(at offset: UInt64, _ bytes: [UInt8]) async throws(BlockFrontError) {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 64)
+        defer { buffer.deallocate() }
+        buffer.copyBytes(from: bytes)
+        try await write(at: offset, from: UnsafeRawBufferPointer(rebasing: buffer[0..<bytes.count]))
+    }
+
+    /// Makes every write completed before it durable (`BLKIF_OP_FLUSH_DISKCACHE`).
+    public func flush() async throws(BlockFrontError) {
+        if let info, !info.flush { throw BlockFrontError(.notSupported, "backend did not advertise feature-flush-cache") }
+        try await run(.flush, offset: 0, length: 0, buffer: nil)
+    }
+
+    /// Forgets `length` bytes at `offset` (`BLKIF_OP_DISCARD`); they read back as zeros.
+    public func discard(at offset: UInt64, length: UInt64) async throws(BlockFrontError) {
+        if let info, !info.discard { throw BlockFrontError(.notSupported, "backend did not advertise feature-discard") }
+        try await run(.discard, offset: offset, length: length, buffer: nil)
+    }
+
+    private func run(_ kind: BlockIO.Kind, offset: UInt64, length: UInt64, buffer: UnsafeMutableRawPointer?) async throws(BlockFrontError) {
+        guard offset % 512 == 0, length % 512 == 0 else {
+            throw BlockFrontError(.misaligned, "offset \(offset) and length \(length) must be multiples of 512 bytes")
+        }
+        let (info, closed) = state.withLock { ($0.info, $0.closed) }
+        if closed { throw BlockFrontError(.closed, "block frontend shut down") }
+        if let info {
+            let (end, overflow) = offset.addingReportingOverflow(length)
+            guard !overflow, end <= info.byteCount else {
+                throw BlockFrontError(.outOfRange, "bytes \(offset)..<\(offset &+ length) leave the device (\(info.byteCount) bytes)")
+            }
+            if info.readOnly && (kind == .write || kind == .discard) {
+                throw BlockFrontError(.readOnly, "the device is read-only")
+            }
+        }
+        if (kind == .read || kind == .write) && length == 0 { return }
+        let io = BlockIO(kind: kind, offset: offset, length: length, buffer: buffer)
+        let result = await withCheckedContinuation { (c: CheckedContinuation<Result<Void, BlockFrontError>, Never>) in
+            io.setContinuation(c)
+            work.append(WorkItem(io: io, start: 0, end: (kind == .read || kind == .write) ? length : 1))
+        }
+        try result.get()
+    }
+}

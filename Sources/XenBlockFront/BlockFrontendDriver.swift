@@ -1,0 +1,120 @@
+import CXen
+import Logging
+import Synchronization
+import XenABI
+import XenBlockProtocol
+import XenBus
+import XenHypervisor
+import XenStore
+
+/// What a frontend asks for, bounded by what the backend offers.
+public struct BlockFrontendOptions: Sendable {
+    /// Rings wanted (`multi-queue-num-queues`, at most the backend's `multi-queue-max-queues`).
+    public var queues: Int = 1
+    /// `ring-page-order` wanted (at most the backend's `max-ring-page-order`).
+    public var ringPageOrder: Int = 0
+    /// Data pages shared per queue.
+    public var poolPages: Int = 512
+    /// Use indirect requests when the backend offers them.
+    public var indirect: Bool = true
+    public init(queues: Int = 1, ringPageOrder: Int = 0, poolPages: Int = 512, indirect: Bool = true) {
+        self.queues = queues
+        self.ringPageOrder = ringPageOrder
+        self.poolPages = poolPages
+        self.indirect = indirect
+    }
+}
+
+/// The frontend half of one vbd as a XenBus driver around a ``BlockFrontend``: shares
+/// rings and pools and writes the ring keys in `prepare`, reads the backend's disk and
+/// features and attaches the frontend in `connect`, and in `disconnect` detaches (keeping
+/// unanswered requests for the next connection) and ends its grants.
+public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable {
+    // @unchecked: `resources` is guarded by its Mutex; the rest is immutable.
+    public let device: XenbusDevice
+    public let frontend: BlockFrontend
+    private let store: XenStoreClient
+    private let hypervisor: any Hypervisor
+    private let sharer: any GrantSharer
+    private let options: BlockFrontendOptions
+    private let resources = Mutex<[BlockFrontQueueResources]>([])
+
+    public init(device: XenbusDevice, store: XenStoreClient, hypervisor: any Hypervisor, sharer: any GrantSharer,
+                frontend: BlockFrontend = BlockFrontend(), options: BlockFrontendOptions = BlockFrontendOptions()) {
+        self.device = device
+        self.store = store
+        self.hypervisor = hypervisor
+        self.sharer = sharer
+        self.frontend = frontend
+        self.options = options
+    }
+
+    public func prepare() async throws {
+        let be = device.backendPath
+        let maxQueues = Int(try await store.readUnsigned(be, XenbusKey.multiQueueMaxQueues, default: 1))
+        let maxOrder = Int(try await store.readUnsigned(be, XenbusKey.maxRingPageOrder, default: 0))
+        let queues = max(1, min(options.queues, maxQueues))
+        let order = max(0, min(options.ringPageOrder, maxOrder))
+        var made: [BlockFrontQueueResources] = []
+        do {
+            for _ in 0..<queues {
+                made.append(try BlockFrontQueueResources.allocate(
+                    hypervisor: hypervisor, sharer: sharer, backend: device.backendDomain, ringPageOrder: order,
+                    poolPages: options.poolPages))
+            }
+            let fe = device.frontendPath
+            let rings = made
+            try await store.transaction { tx in
+                for (q, r) in rings.enumerated() {
+                    let dir = queues == 1 ? fe : "\(fe)/queue-\(q)"
+                    if order == 0 {
+                        try await tx.write(dir + "/" + XenbusKey.ringRef, String(r.ring.refs[0].rawValue))
+                    } else {
+                        for (i, ref) in r.ring.refs.enumerated() { try await tx.write("\(dir)/ring-ref\(i)", String(ref.rawValue)) }
+                    }
+                    try await tx.writeUnsigned(dir, XenbusKey.eventChannel, UInt64(r.port.rawValue))
+                }
+                if order > 0 { try await tx.writeUnsigned(fe, XenbusKey.ringPageOrder, UInt64(order)) }
+                if queues > 1 { try await tx.writeUnsigned(fe, XenbusKey.multiQueueNumQueues, UInt64(queues)) }
+                try await tx.write(fe + "/" + XenbusKey.protocolName, BlkifABI.native.protocolName)
+                // Our grants are shared once and reused for every request.
+                try await tx.writeFeature(fe, XenbusKey.featurePersistent, true)
+            }
+        } catch {
+            let sharer = self.sharer
+            let partial = made
+            await offPool { for r in partial { r.release(sharer: sharer, timeout: 0) } }
+            throw error
+        }
+        resources.withLock { $0 = made }
+    }
+
+    public func connect() async throws {
+        let be = device.backendPath
+        guard let sectors = UInt64(try await store.read(be + "/" + XenbusKey.sectors)) else {
+            throw BlockFrontError(.outOfRange, "\(be)/sectors is not a number")
+        }
+        let sectorSize = try await store.readUnsigned(be, XenbusKey.sectorSize, default: 512)
+        guard sectorSize == 512 else { throw BlockFrontError(.notSupported, "sector-size \(sectorSize) (only 512 is served)") }
+        let infoBits = try await store.readUnsigned(be, XenbusKey.info, default: 0)
+        let mode = try await store.readString(be, XenbusKey.mode, default: "w")
+        let indirect = options.indirect ? Int(try await store.readUnsigned(be, XenbusKey.featureMaxIndirectSegments, default: 0)) : 0
+        let info = BlockDeviceInfo(
+            sectors: sectors, sectorSize: 512,
+            readOnly: infoBits & UInt64(VDISK_READONLY) != 0 || mode == "r",
+            flush: try await store.readFeature(be, XenbusKey.featureFlushCache),
+            barrier: try await store.readFeature(be, XenbusKey.featureBarrier),
+            discard: try await store.readFeature(be, XenbusKey.featureDiscard),
+            maxIndirectSegments: min(indirect, BlockDeviceLimits.maxIndirectSegmentsLimit))
+        try frontend.attach(resources.withLock { $0 }, info: info)
+    }
+
+    public func disconnect() async {
+        let made = resources.withLock { r in defer { r = [] }; return r }
+        let frontend = self.frontend, sharer = self.sharer
+        await offPool {
+            frontend.detach(timeout: 10)
+            for r in made { r.release(sharer: sharer) }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+import ArgumentParser
+import Foundation
+import XenBlockBenchmark
+
+extension BlockBenchmarkConfiguration.Pattern: ExpressibleByArgument {}
+
+/// `xenpv bench block`: the block path on the simulator against an image file.
+struct BenchBlock: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "block",
+        abstract: "I/O through blkfront, the ring, blkback and libaio on an image file (simulated hypervisor).",
+        discussion: """
+            Compare with fio on the same file:
+              swift run -c release xenpv bench block --image /tmp/disk.img --rw randread --bs 4096 --queue-depth 32 --seconds 5 --json
+              fio --name=x --filename=/tmp/disk.img --ioengine=libaio --direct=1 --rw=randread --bs=4k --iodepth=32 --runtime=5 --time_based
+            """)
+
+    @Option(help: "The image file (its size is the device size), or :memory: for a 256 MiB memory disk (the driver path alone).")
+    var image: String
+
+    @Option(help: "randread, randwrite, read or write.")
+    var rw = BlockBenchmarkConfiguration.Pattern.randread
+
+    @Option(help: "Bytes per operation (a multiple of 512, at most 1 MiB).")
+    var bs = 4096
+
+    @Option(help: "Operations in flight (1...128).")
+    var queueDepth = 1
+
+    @Option(help: "How long to run.")
+    var seconds = 3.0
+
+    @Flag(help: "Go through the page cache instead of O_DIRECT.")
+    var buffered = false
+
+    @Flag(help: "Print one JSON object.")
+    var json = false
+
+    func validate() throws {
+        guard bs >= 512, bs % 512 == 0, bs <= 1 << 20 else { throw ValidationError("--bs must be a multiple of 512, at most 1 MiB") }
+        guard (1...128).contains(queueDepth) else { throw ValidationError("--queue-depth must be 1...128") }
+        guard seconds > 0, seconds <= 600 else { throw ValidationError("--seconds must be in (0, 600]") }
+    }
+
+    func run() async throws {
+        var c = BlockBenchmarkConfiguration(image: image)
+        c.pattern = rw
+        c.blockSize = bs
+        c.queueDepth = queueDepth
+        c.seconds = seconds
+        c.direct = !buffered
+        let result = try await BlockBenchmark.run(c)
+        print(json ? result.json : result.summary)
+    }
+}

@@ -1,0 +1,188 @@
+import Foundation
+import Testing
+import XenBlockBack
+import XenBlockFront
+import XenBlockProtocol
+import XenBlockStorage
+import XenSimulator
+
+@Suite(.serialized)
+struct BlockDataPathTests {
+    @Test func randomReadsAndWritesMatchAShadowCopyOnMemory() async throws {
+        let bytes = 8 << 20
+        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: 256)) { _ in
+            try MemoryStorage(byteCount: bytes, alignment: 512)
+        }
+        try f.start()
+        try await withTimeout(30) { try await shadowWorkout(f.frontend, deviceBytes: bytes, operations: 40) }
+        let leftovers = try f.teardown()
+        #expect(leftovers.isEmpty, "\(leftovers)")
+    }
+}
+
+/// The same data with each feature on and off, on a real file through libaio.
+struct BlockFeatureMatrixTests {
+    struct Case: Sendable, CustomTestStringConvertible {
+        var indirect: Int
+        var order: Int
+        var queues: Int
+        var testDescription: String { "indirect \(indirect), ring-page-order \(order), \(queues) queue(s)" }
+    }
+
+    @Test(arguments: [
+        Case(indirect: 0, order: 0, queues: 1), Case(indirect: 256, order: 0, queues: 1),
+        Case(indirect: 0, order: 2, queues: 2), Case(indirect: 256, order: 2, queues: 4),
+        Case(indirect: 64, order: 1, queues: 2),
+    ])
+    func sameDataOnLibaio(_ c: Case) async throws {
+        let bytes = 8 << 20
+        let image = try TempImage(bytes: bytes)
+        let f = try BlockFixture(queues: c.queues, ringPageOrder: c.order,
+                                 limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: c.indirect)) { _ in
+            try image.storage()
+        }
+        try f.start()
+        try await withTimeout(30) { try await shadowWorkout(f.frontend, deviceBytes: bytes, operations: 16, seed: UInt64(c.queues * 10 + c.order)) }
+        // Each queue carried requests.
+        #expect(f.backends.allSatisfy { $0.queue.counters.requests.value > 0 } || c.queues == 1)
+        let leftovers = try f.teardown()
+        #expect(leftovers.isEmpty, "\(leftovers)")
+    }
+}
+
+struct BlockOperationTests {
+    @Test(arguments: [false, true])
+    func flushThenDiscardReadsBackZeros(onFile: Bool) async throws {
+        let bytes = 4 << 20
+        let image = try TempImage(bytes: bytes)
+        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), flush: true, discard: true, maxIndirectSegments: 32)) { _ in
+            onFile ? try image.storage() as any StorageEngine : try MemoryStorage(byteCount: bytes, alignment: 512)
+        }
+        try f.start()
+        let fe = f.frontend
+        try await withTimeout(20) {
+            let data = [UInt8](repeating: 0xA5, count: 256 << 10)
+            try await fe.write(at: 1 << 20, data)
+            try await fe.flush()
+            #expect(try await fe.read(at: 1 << 20, count: data.count) == data)
+            try await fe.discard(at: (1 << 20) + 65536, length: 65536)
+            let back = try await fe.read(at: 1 << 20, count: data.count)
+            #expect(back[65536..<131072].allSatisfy { $0 == 0 })
+            #expect(back[0..<65536].allSatisfy { $0 == 0xA5 })
+            #expect(back[131072...].allSatisfy { $0 == 0xA5 })
+        }
+        #expect(try f.teardown().isEmpty)
+    }
+
+    @Test func misalignedAndOutOfRangeCallsGetClearErrors() async throws {
+        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048)) { _ in try MemoryStorage(byteCount: 1 << 20) }
+        try f.start()
+        let fe = f.frontend
+        try await withTimeout(20) {
+            await #expect(throws: BlockFrontError(.misaligned, "offset 100 and length 512 must be multiples of 512 bytes")) {
+                try await fe.write(at: 100, [UInt8](repeating: 1, count: 512))
+            }
+            do {
+                _ = try await fe.read(at: 0, count: 1000)
+                Issue.record("a 1000-byte read was accepted")
+            } catch let error as BlockFrontError { #expect(error.code == .misaligned) }
+            do {
+                _ = try await fe.read(at: 1 << 20, count: 512)
+                Issue.record("a read past the end was accepted")
+            } catch let error as BlockFrontError { #expect(error.code == .outOfRange) }
+        }
+        #expect(try f.teardown().isEmpty)
+    }
+
+    @Test func aReadOnlyDeviceRefusesWritesAtBothEnds() async throws {
+        let image = try TempImage(bytes: 1 << 20)
+        let limits = BlockDeviceLimits(sectors: 2048, readOnly: true)
+        let f = try BlockFixture(limits: limits) { _ in try image.storage(readOnly: true) }
+        try f.shareAndMap()
+        try f.startBackend()
+        // The frontend is told read-write, so the write reaches the backend, which refuses it.
+        var info = f.info
+        info.readOnly = false
+        try f.frontend.attach(f.resources, info: info)
+        let fe = f.frontend
+        try await withTimeout(20) {
+            do {
+                try await fe.write(at: 0, [UInt8](repeating: 1, count: 4096))
+                Issue.record("write to a read-only device succeeded")
+            } catch let error as BlockFrontError { #expect(error.code == .ioError) }
+            #expect(try await fe.read(at: 0, count: 4096) == [UInt8](repeating: 0, count: 4096))
+        }
+        #expect(f.backends[0].queue.counters.refused.value == 1)
+        #expect(try f.teardown().isEmpty)
+
+        // A frontend that knows refuses on its own.
+        let g = try BlockFixture(limits: limits) { _ in try MemoryStorage(byteCount: 1 << 20, readOnly: true) }
+        try g.start()
+        let ge = g.frontend
+        try await withTimeout(20) {
+            do {
+                try await ge.write(at: 0, [UInt8](repeating: 1, count: 512))
+                Issue.record("write accepted")
+            } catch let error as BlockFrontError { #expect(error.code == .readOnly) }
+        }
+        #expect(try g.teardown().isEmpty)
+    }
+
+    @Test func anOperationTheBackendDoesNotOfferIsNotSupported() async throws {
+        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048, flush: true, discard: false)) { _ in
+            try MemoryStorage(byteCount: 1 << 20)
+        }
+        try f.shareAndMap()
+        try f.startBackend()
+        var info = f.info
+        info.discard = true  // lie to the frontend so the request reaches the backend
+        try f.frontend.attach(f.resources, info: info)
+        let fe = f.frontend
+        try await withTimeout(20) {
+            do {
+                try await fe.discard(at: 0, length: 4096)
+                Issue.record("discard accepted")
+            } catch let error as BlockFrontError { #expect(error.code == .notSupported) }
+            try await fe.write(at: 0, [UInt8](repeating: 7, count: 512))
+        }
+        #expect(try f.teardown().isEmpty)
+    }
+
+    @Test func aStorageFailureFailsOnlyThatRequest() async throws {
+        let bytes = 1 << 20
+        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: UInt64(bytes / 512))) { _ in
+            FaultInjectingStorage(try MemoryStorage(byteCount: bytes), faults: [.overlapping(65536..<69632)])
+        }
+        try f.start()
+        let fe = f.frontend
+        try await withTimeout(20) {
+            try await withThrowingTaskGroup(of: (Int, Bool).self) { group in
+                for i in 0..<32 {
+                    group.addTask {
+                        do {
+                            try await fe.write(at: UInt64(i * 4096), [UInt8](repeating: UInt8(i), count: 4096))
+                            return (i, true)
+                        } catch let error as BlockFrontError {
+                            #expect(error.code == .ioError)
+                            return (i, false)
+                        }
+                    }
+                }
+                var failed: [Int] = []
+                for try await (i, ok) in group where !ok { failed.append(i) }
+                #expect(failed == [16])
+            }
+            // Reads of the bad range fail too; every other block holds its data.
+            for i in 0..<32 where i != 16 {
+                let back = try await fe.read(at: UInt64(i * 4096), count: 4096)
+                #expect(back.allSatisfy { $0 == UInt8(i) })
+            }
+            do {
+                _ = try await fe.read(at: 16 * 4096, count: 512)
+                Issue.record("read of the failing range succeeded")
+            } catch let error as BlockFrontError { #expect(error.code == .ioError) }
+        }
+        #expect(f.backends[0].queue.counters.storageErrors.value == 2)
+        #expect(try f.teardown().isEmpty)
+    }
+}

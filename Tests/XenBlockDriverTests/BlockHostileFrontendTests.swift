@@ -1,0 +1,163 @@
+import CXen
+import Foundation
+import Synchronization
+import Testing
+import XenABI
+import XenBlockBack
+import XenBlockFront
+import XenBlockProtocol
+import XenBlockStorage
+import XenRing
+import XenSimulator
+
+/// A frontend that writes raw slots. Each bad request must get an error response and
+/// leave the queue serving the next good one; a producer index far ahead stops that
+/// ring only.
+@Suite(.serialized)
+struct BlockHostileFrontendTests {
+    /// Pushes `slots` on queue 0's ring (in batches as the ring allows), and returns
+    /// every response in order.
+    private func run(_ f: BlockFixture, _ slots: [blkif_request], abi: BlkifABI = .native) throws -> [BlockResponse] {
+        let ring = f.resources[0].ring.memory
+        var responses: [BlockResponse] = []
+        func drive<Req: BitwiseCopyable, Rsp: BitwiseCopyable>(_ ring: inout FrontRing<Req, Rsp>) throws {
+            var queue = slots[...]
+            while !queue.isEmpty || responses.count < slots.count {
+                while let slot = queue.first, !ring.isFull {
+                    queue.removeFirst()
+                    ring.withNextRequestSlot { p in
+                        var s = slot
+                        withUnsafeBytes(of: &s) { UnsafeMutableRawPointer(p).copyMemory(from: $0.baseAddress!, byteCount: abi.requestSize) }
+                    }
+                }
+                if ring.pushRequests() { try f.resources[0].events.notify(f.resources[0].port) }
+                let deadline = Date().addingTimeInterval(10)
+                while try ring.checkForResponses() == 0 {
+                    guard Date() < deadline else { throw TimedOut(seconds: 10) }
+                    _ = try f.resources[0].events.wait(timeoutMilliseconds: 5)
+                    while let p = try f.resources[0].events.pending() { try f.resources[0].events.unmask(p) }
+                }
+                while let r = ring.nextResponse() {
+                    var copy = r
+                    responses.append(withUnsafeBytes(of: &copy) { BlockResponse(copyingSlotAt: $0.baseAddress!, abi: abi) })
+                }
+            }
+        }
+        switch abi {
+        case .x86_64:
+            var r = try FrontRing<blkif_request, blkif_response>(attachingTo: ring, at: RingIndex(0))
+            try drive(&r)
+        case .x86_32:
+            var r = try FrontRing<X32Slot, X32Response>(initializing: ring)
+            try drive(&r)
+        }
+        return responses
+    }
+
+    private func rw(_ op: BlkifOperation, id: UInt64, sector: UInt64, grefs: [GrantRef], first: UInt8 = 0, last: UInt8 = 7,
+                    abi: BlkifABI = .native) -> blkif_request {
+        var segments = BlockSegments()
+        for g in grefs { segments.append(BlockSegment(gref: g, firstSector: first, lastSector: last)) }
+        return BlockRequest(id: id, operation: op == .read ? .read(sector: sector, segments: segments)
+                                                           : .write(sector: sector, segments: segments)).encoded(abi: abi)
+    }
+
+    @Test func badRequestsGetErrorResponsesAndTheQueueKeepsServing() throws {
+        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048, discard: false, maxIndirectSegments: 32)) { _ in
+            try MemoryStorage(byteCount: 1 << 20)
+        }
+        try f.shareAndMap()
+        try f.startBackend()
+        let pool = f.resources[0].pool.refs
+        var zero = rw(.read, id: 2, sector: 0, grefs: [pool[0]])
+        zero.nr_segments = 0
+        var twelve = rw(.read, id: 3, sector: 0, grefs: Array(pool[0..<11]))
+        twelve.nr_segments = 12
+        var many = rw(.write, id: 4, sector: 0, grefs: Array(pool[0..<11]))
+        many.nr_segments = 255
+        var unknown = rw(.read, id: 7, sector: 0, grefs: [pool[0]])
+        unknown.operation = 99
+        let indirectTooMany = BlockRequest(id: 10, operation: .indirect(IndirectRequest(
+            operation: .read, sector: 0, segmentCount: 33, pages: [f.resources[0].indirect.refs[0]]))).encoded()
+        let indirectBadPage = BlockRequest(id: 11, operation: .indirect(IndirectRequest(
+            operation: .read, sector: 0, segmentCount: 20, pages: [GrantRef(0xdead)]))).encoded()
+        let discard = BlockRequest(id: 12, operation: .discard(sector: 0, count: 8, secure: false)).encoded()
+        let slots: [blkif_request] = [
+            rw(.read, id: 1, sector: 0, grefs: [GrantRef(0xdead)]),                  // grant ref out of the table
+            zero, twelve, many,                                                      // 0, 12 and 255 segments
+            rw(.read, id: 5, sector: 0, grefs: [pool[0]], first: 5, last: 2),        // first > last
+            rw(.read, id: 6, sector: 2047, grefs: [pool[0]]),                        // past the end
+            unknown,                                                                 // unknown operation
+            rw(.write, id: 8, sector: 8, grefs: [pool[1]]),                          // the same id twice
+            rw(.write, id: 8, sector: 16, grefs: [pool[2]]),
+            rw(.read, id: 9, sector: 0, grefs: [pool[0]], first: 0, last: 8),        // last_sect past the page
+            indirectTooMany, indirectBadPage, discard,
+            rw(.read, id: 100, sector: 0, grefs: [pool[3]]),                         // a good one after all of it
+        ]
+        let responses = try run(f, slots)
+        #expect(responses.count == slots.count)
+        let status = Dictionary(responses.map { ($0.id, $0.status) }, uniquingKeysWith: { a, _ in a })
+        for id: UInt64 in [1, 2, 3, 4, 5, 6, 9, 10, 11] { #expect(status[id] == .error, "request \(id)") }
+        #expect(status[7] == .notSupported)
+        #expect(status[12] == .notSupported)
+        #expect(responses.filter { $0.id == 8 }.map(\.status) == [.okay, .okay])
+        #expect(status[100] == .okay)
+        #expect(responses.first { $0.id == 7 }?.operation.rawValue == 99)  // the op byte is echoed
+        #expect(f.backends[0].queue.failure == nil)
+        #expect(f.backends[0].queue.counters.badGrants.value == 2)
+        #expect(try f.teardown().isEmpty)
+    }
+
+    @Test func theI386LayoutIsServedToo() throws {
+        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048), abi: .x86_32) { _ in
+            let m = try MemoryStorage(byteCount: 1 << 20)
+            m.withContents { $0.storeBytes(of: 0xFEED_F00D as UInt32, toByteOffset: 4096, as: UInt32.self) }
+            return m
+        }
+        try f.shareAndMap()
+        try f.startBackend()
+        let pool = f.resources[0].pool.refs
+        let slots = [rw(.read, id: 0x1122_3344_5566_7788, sector: 8, grefs: [pool[0]], abi: .x86_32),
+                     rw(.read, id: 2, sector: 4096, grefs: [pool[1]], abi: .x86_32)]
+        let responses = try run(f, slots, abi: .x86_32)
+        // Refusals are answered at once, reads after the engine: order by id.
+        let byID = Dictionary(uniqueKeysWithValues: responses.map { ($0.id, $0.status) })
+        #expect(byID == [0x1122_3344_5566_7788: .okay, 2: .error])
+        #expect(f.resources[0].pool.memory.page(0).load(as: UInt32.self) == 0xFEED_F00D)
+        #expect(try f.teardown().isEmpty)
+    }
+
+    @Test func aProducerFarAheadStopsThatRingAndAnotherKeepsWorking() async throws {
+        let bytes = 4 << 20
+        let failures = Mutex<[Int]>([])
+        let f = try BlockFixture(queues: 2, limits: BlockDeviceLimits(sectors: UInt64(bytes / 512))) { _ in
+            try MemoryStorage(byteCount: bytes)
+        }
+        try f.shareAndMap()
+        try f.startBackend { i, _ in failures.withLock { $0.append(i) } }
+        // Queue 1 serves an honest frontend; queue 0 gets a req_prod 1000 entries ahead.
+        try f.frontend.attach([f.resources[1]], info: f.info)
+        let header = SharedRingHeader(f.resources[0].ring.memory.base)
+        header.requestProducer.store(1000, ordering: .releasing)
+        try f.resources[0].events.notify(f.resources[0].port)
+        let stopped = await eventuallyAsync { failures.withLock { $0 } == [0] }
+        #expect(stopped)
+        #expect((f.backends[0].queue.failure as? RingError)?.code == .requestProducerOverflow)
+        try await withTimeout(20) { try await shadowWorkout(f.frontend, deviceBytes: bytes, operations: 10, maxBytes: 64 << 10) }
+        #expect(f.backends[1].queue.failure == nil)
+        // The other half of the frontend is not attached: release its ring by hand.
+        #expect(try f.teardown().isEmpty)
+    }
+}
+
+struct X32Slot: BitwiseCopyable { var words: InlineArray<27, UInt32> }
+struct X32Response: BitwiseCopyable { var words: InlineArray<3, UInt32> }
+
+func eventuallyAsync(seconds: Double = 10, _ body: () -> Bool) async -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if body() { return true }
+        try? await Task.sleep(nanoseconds: 5_000_000)
+    }
+    return false
+}

@@ -1,0 +1,183 @@
+import Foundation
+import Logging
+import Synchronization
+import SystemPackage
+import Testing
+import XenABI
+import XenBlockBack
+import XenBlockFront
+import XenBlockProtocol
+import XenBlockStorage
+import XenBus
+import XenHypervisor
+import XenSimulator
+import XenStore
+
+/// dom0 and a guest on the simulator with a xenstore between them: the toolstack creates
+/// vbds, one `BlockBackend` serves them all, and each guest disk runs a frontend driver.
+final class XenbusBlockWorld: @unchecked Sendable {
+    let hv = SimulatedHypervisor()
+    let guest: SimulatedDomain
+    let server: XenStoreServer
+    let dom0Store: XenStoreClient
+    let guestStore: XenStoreClient
+    let backend: BlockBackend
+    let guestSharer: any GrantSharer
+    let image: TempImage
+    var frontends: [(endpoint: XenbusEndpoint, driver: BlockFrontendDriver, run: Task<Void, any Error>)] = []
+    static let diskBytes = 8 << 20
+
+    init(options: BlockBackendOptions = BlockBackendOptions()) async throws {
+        guest = try hv.createDomain(frames: 16384, grantFrames: 64)
+        guestSharer = try guest.openGrantSharer()
+        image = try TempImage(bytes: Self.diskBytes)
+        let base = "/tmp/blkxb-\(UUID().uuidString.prefix(8))"
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        server = XenStoreServer(socketPath: base + ".sock", extraSockets: [(base + "-g.sock", guest.domainID)], logger: logger)
+        try server.start()
+        dom0Store = try XenStoreClient(socketPath: base + ".sock")
+        guestStore = try XenStoreClient(socketPath: base + "-g.sock")
+        try await XenbusToolstack.createDomainHome(guest.domainID, on: dom0Store)
+        let path = image.path
+        backend = BlockBackend(store: dom0Store, hypervisor: hv.dom0, options: options, logger: logger) { _, dir, store in
+            let readOnly = try await store.readIfPresent(dir + "/mode") == "r"
+            return BlockBackendDisk(byteCount: UInt64(XenbusBlockWorld.diskBytes), readOnly: readOnly) {
+                try LibaioStorage(path: FilePath(path), readOnly: readOnly, directIO: .preferred, queueDepth: 64)
+            }
+        }
+        try await backend.start()
+    }
+
+    func addDisk(id: UInt32, readOnly: Bool = false, options: BlockFrontendOptions = BlockFrontendOptions()) async throws -> BlockFrontendDriver {
+        let device = XenbusDevice(type: "vbd", id: id, frontend: guest.domainID)
+        try await XenbusToolstack.create(device, on: dom0Store, frontendKeys: ["virtual-device": String(id)],
+                                         backendKeys: ["mode": readOnly ? "r" : "w", "params": image.path, "type": "file"])
+        var logger = Logger(label: "fe")
+        logger.logLevel = .critical
+        let driver = BlockFrontendDriver(device: device, store: guestStore, hypervisor: guest, sharer: guestSharer, options: options)
+        let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: device.frontendPath,
+                                      peerPath: device.backendPath, driver: driver, logger: logger)
+        frontends.append((endpoint, driver, Task { try await endpoint.run() }))
+        return driver
+    }
+
+    func connected(_ driver: BlockFrontendDriver) async -> Bool {
+        await eventuallyAsync(seconds: 30) {
+            frontends.contains { $0.driver === driver && $0.endpoint.state == .connected } && driver.frontend.info != nil
+        }
+    }
+
+    func teardown() async throws -> Leftovers {
+        for f in frontends { f.endpoint.requestClose() }
+        await backend.shutdown()
+        for f in frontends {
+            _ = try? await withTimeout(10) { try await f.run.value }
+            await f.driver.disconnect()
+            f.driver.frontend.shutdown()
+        }
+        guestSharer.close()
+        server.stop()
+        return hv.shutdown()
+    }
+}
+
+@Suite(.serialized)
+struct BlockXenbusTests {
+    @Test func theHandshakeAdvertisesAndNegotiatesEveryKey() async throws {
+        let world = try await XenbusBlockWorld()
+        let driver = try await world.addDisk(id: 51712, options: BlockFrontendOptions(queues: 2, ringPageOrder: 2))
+        #expect(await world.connected(driver))
+        let be = driver.device.backendPath, fe = driver.device.frontendPath
+        let s = world.dom0Store
+        #expect(try await s.read(be + "/sectors") == String(XenbusBlockWorld.diskBytes / 512))
+        #expect(try await s.read(be + "/sector-size") == "512")
+        #expect(try await s.read(be + "/physical-sector-size") == "512")
+        #expect(try await s.read(be + "/info") == "0")
+        for key in ["feature-flush-cache", "feature-barrier", "feature-discard", "feature-persistent"] {
+            #expect(try await s.read(be + "/" + key) == "1", "\(key)")
+        }
+        #expect(try await s.read(be + "/discard-granularity") == "512")
+        #expect(try await s.read(be + "/discard-alignment") == "0")
+        #expect(try await s.read(be + "/discard-secure") == "0")
+        #expect(try await s.read(be + "/feature-max-indirect-segments") == "256")
+        #expect(try await s.read(be + "/max-ring-page-order") == "4")
+        #expect(try await s.read(be + "/multi-queue-max-queues") == "4")
+        #expect(try await s.read(fe + "/multi-queue-num-queues") == "2")
+        #expect(try await s.read(fe + "/ring-page-order") == "2")
+        #expect(try await s.read(fe + "/protocol") == "x86_64-abi")
+        #expect(try await s.read(fe + "/feature-persistent") == "1")
+        for q in 0..<2 {
+            for i in 0..<4 { #expect(try await s.readIfPresent("\(fe)/queue-\(q)/ring-ref\(i)") != nil) }
+            #expect(try await s.readIfPresent("\(fe)/queue-\(q)/event-channel") != nil)
+        }
+        #expect(world.backend.driver(for: driver.device)?.queues.count == 2)
+        let frontend = driver.frontend
+        try await withTimeout(30) {
+            try await shadowWorkout(frontend, deviceBytes: XenbusBlockWorld.diskBytes, operations: 8, maxBytes: 256 << 10)
+        }
+        let leftovers = try await world.teardown()
+        #expect(leftovers.isEmpty, "\(leftovers)")
+    }
+
+    @Test func oneBackendServesTwoDisksAndAReadOnlyOne() async throws {
+        let world = try await XenbusBlockWorld()
+        let a = try await world.addDisk(id: 51712)
+        let b = try await world.addDisk(id: 51728, readOnly: true)
+        #expect(await world.connected(a))
+        #expect(await world.connected(b))
+        #expect(b.frontend.info?.readOnly == true)
+        let fa = a.frontend, fb = b.frontend
+        try await withTimeout(20) {
+            try await fa.write(at: 4096, [UInt8](repeating: 0x3C, count: 8192))
+            #expect(try await fb.read(at: 4096, count: 8192) == [UInt8](repeating: 0x3C, count: 8192))
+            do {
+                try await fb.write(at: 0, [UInt8](repeating: 1, count: 512))
+                Issue.record("read-only disk took a write")
+            } catch let e as BlockFrontError { #expect(e.code == .readOnly) }
+        }
+        #expect(try await world.dom0Store.read(b.device.backendPath + "/info") == "4")
+        #expect(try await world.teardown().isEmpty)
+    }
+
+    /// The backend's device is stopped mid-stream and started again: the frontend redoes
+    /// the handshake and re-issues what had no response; no acknowledged write is lost.
+    @Test func aBackendRestartMidStreamLosesNoAcknowledgedWrite() async throws {
+        let world = try await XenbusBlockWorld()
+        let driver = try await world.addDisk(id: 51712, options: BlockFrontendOptions(queues: 2))
+        #expect(await world.connected(driver))
+        let fe = driver.frontend
+        let acknowledged = Acknowledged()
+        let writers = Task {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for t in 0..<4 {
+                    group.addTask {
+                        for round in 0..<16 {
+                            let block = t * 16 + round
+                            let fill = UInt8(truncatingIfNeeded: block &* 5 &+ 2)
+                            try await fe.write(at: UInt64(block << 16), [UInt8](repeating: fill, count: 1 << 16))
+                            acknowledged.map.withLock { $0[block] = fill }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+        #expect(await eventuallyAsync { acknowledged.map.withLock { $0.count } >= 6 })
+        await world.backend.stop(driver.device)
+        #expect(world.backend.driver(for: driver.device) == nil)
+        let during = acknowledged.map.withLock { $0.count }
+        await world.backend.resume(driver.device)
+        try await withTimeout(30) { try await writers.value }
+        #expect(during < 64)
+        let written = acknowledged.map.withLock { $0 }
+        #expect(written.count == 64)
+        try await withTimeout(20) {
+            for (block, fill) in written {
+                let back = try await fe.read(at: UInt64(block << 16), count: 1 << 16)
+                #expect(back.allSatisfy { $0 == fill }, "block \(block)")
+            }
+        }
+        #expect(try await world.teardown().isEmpty)
+    }
+}
