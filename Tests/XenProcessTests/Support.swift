@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Logging
+import Testing
 import XenSimulatorDaemon
 
 /// A temporary directory for sockets, removed by `cleanup`.
@@ -105,3 +106,8 @@ func quietLogger() -> Logger {
     l.logLevel = .critical
     return l
 }
+
+/// Every suite of this target runs serially: the child-process tests block
+/// their threads while they wait, which would starve the cooperative pool an
+/// in-process daemon needs for its store calls.
+@Suite(.serialized) enum ProcessTests {}
