@@ -31,6 +31,11 @@ import XenStore
 ///   daemon unpins its mappings, closes its ports (peers see `ENOTCONN`), and
 ///   for a guest destroys the domain and removes its devices from the store, so
 ///   backends see them vanish. A dom0 process's grants are ended if unmapped.
+///
+/// Its toolstack work (a guest's home and devices in the store) runs as Swift
+/// tasks awaited from the connection's thread for at most 5 s: run the daemon
+/// where nothing blocks the cooperative pool (its own process, as `xenpv
+/// hypervisor` does).
 public final class HypervisorDaemon: @unchecked Sendable {
     // @unchecked: the tables below are guarded by `lock`; each connection's
     // socket is read by its own thread.
