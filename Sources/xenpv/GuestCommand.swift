@@ -273,39 +273,64 @@ struct GuestDisk: ParsableCommand {
             throw ValidationError("range \(offset)+\(length) is beyond the \(diskBytes)-byte disk")
         }
         say("xenpv guest: vbd connected (\(diskBytes) bytes)")
-        let frontend = driver.frontend
-        let (offset, length, chunk, seed, action, intervalMs) = (offset, length, chunk, seed, action, intervalMs)
-        let deadline = Date().addingTimeInterval(timeout)
-        try ProcessSupport.runBlocking {
-            var at = offset
-            var checksum: UInt64 = 0
-            while at < offset + length {
-                guard Date() < deadline else { throw ValidationError("timed out at byte \(at)") }
-                let n = Int(min(chunk, offset + length - at))
-                switch action {
-                case .write:
-                    try await frontend.write(at: at, GuestDisk.pattern(at: at, count: n, seed: seed))
-                    say("written \(at + UInt64(n) - offset)/\(length)")
-                case .read, .verify:
-                    let got = try await frontend.read(at: at, count: n)
-                    if action == .verify {
-                        let want = GuestDisk.pattern(at: at, count: n, seed: seed)
-                        if let i = (0..<n).first(where: { got[$0] != want[$0] }) {
-                            throw ValidationError("verify failed: byte \(at + UInt64(i)) is \(got[i]), expected \(want[i])")
-                        }
+        let job = DiskJob(frontend: driver.frontend, action: action, offset: offset, length: length, chunk: chunk, seed: seed,
+                          intervalMs: intervalMs, deadline: Date().addingTimeInterval(timeout))
+        try ProcessSupport.runBlocking { try await job.run() }
+    }
+}
+
+/// The I/O of `xenpv guest disk`, in a plain async method: the same code as a
+/// closure crashed the 6.3.1 optimizer (coroutine splitting with typed throws).
+struct DiskJob: Sendable {
+    let frontend: BlockFrontend
+    let action: GuestDisk.Action
+    let offset: UInt64
+    let length: UInt64
+    let chunk: UInt64
+    let seed: UInt8
+    let intervalMs: Int
+    let deadline: Date
+
+    func run() async throws {
+        var at = offset
+        var checksum: UInt64 = 0
+        while at < offset + length {
+            guard Date() < deadline else { throw ValidationError("timed out at byte \(at)") }
+            let n = Int(min(chunk, offset + length - at))
+            if action == .write {
+                try await write(at: at, GuestDisk.pattern(at: at, count: n, seed: seed))
+                say("written \(at + UInt64(n) - offset)/\(length)")
+            } else {
+                let got = try await read(at: at, count: n)
+                if action == .verify {
+                    let want = GuestDisk.pattern(at: at, count: n, seed: seed)
+                    if let i = (0..<n).first(where: { got[$0] != want[$0] }) {
+                        throw ValidationError("verify failed: byte \(at + UInt64(i)) is \(got[i]), expected \(want[i])")
                     }
-                    for b in got { checksum = (checksum &* 31) &+ UInt64(b) }
                 }
-                at += UInt64(n)
-                if intervalMs > 0 { try await Task.sleep(nanoseconds: UInt64(intervalMs) * 1_000_000) }
+                for b in got { checksum = (checksum &* 31) &+ UInt64(b) }
             }
-            switch action {
-            case .write:
-                try await frontend.flush()
-                say("xenpv guest: wrote and flushed \(length) bytes at \(offset)")
-            case .read: say("xenpv guest: read \(length) bytes at \(offset), checksum \(String(checksum, radix: 16))")
-            case .verify: say("xenpv guest: verified \(length) bytes at \(offset)")
-            }
+            at += UInt64(n)
+            if intervalMs > 0 { try await Task.sleep(nanoseconds: UInt64(intervalMs) * 1_000_000) }
         }
+        switch action {
+        case .write:
+            try await flush()
+            say("xenpv guest: wrote and flushed \(length) bytes at \(offset)")
+        case .read: say("xenpv guest: read \(length) bytes at \(offset), checksum \(String(checksum, radix: 16))")
+        case .verify: say("xenpv guest: verified \(length) bytes at \(offset)")
+        }
+    }
+
+    private func write(at: UInt64, _ bytes: [UInt8]) async throws {
+        do { try await frontend.write(at: at, bytes) } catch { throw ValidationError("write at \(at): \(error)") }
+    }
+
+    private func read(at: UInt64, count: Int) async throws -> [UInt8] {
+        do { return try await frontend.read(at: at, count: count) } catch { throw ValidationError("read at \(at): \(error)") }
+    }
+
+    private func flush() async throws {
+        do { try await frontend.flush() } catch { throw ValidationError("flush: \(error)") }
     }
 }
