@@ -121,9 +121,10 @@ struct WakePipe {
         while Glibc.write(fd, &one, 1) < 0 && errno == EINTR {}
     }
 
-    /// Empties the read end.
+    /// Empties the read end: one read, unless it came back full (then the pipe may hold more).
     static func drain(_ fd: Int32) {
         var sink = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
-        while withUnsafeMutableBytes(of: &sink, { Glibc.read(fd, $0.baseAddress, $0.count) }) > 0 {}
+        let size = MemoryLayout.size(ofValue: sink)
+        while withUnsafeMutableBytes(of: &sink, { Glibc.read(fd, $0.baseAddress, size) }) == size {}
     }
 }
