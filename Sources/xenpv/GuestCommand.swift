@@ -69,6 +69,18 @@ final class GuestNet: @unchecked Sendable {
             usleep(5000)
         }
         say("xenpv guest: vif connected")
+        // One line per handshake state change, so a person sees a backend restart.
+        tasks.append(Task.detached { [endpoint] in
+            var last = endpoint.state
+            while !Task.isCancelled {
+                let now = endpoint.state
+                if now != last {
+                    say("xenpv guest: vif \(now)")
+                    last = now
+                }
+                try? await Task.sleep(nanoseconds: 20_000_000)
+            }
+        })
     }
 
     /// Takes the frames received so far.

@@ -29,15 +29,15 @@ extension ProcessTests {
             // A guest streams frames through the echoing backend; the backend is
             // killed mid-stream and a new one started; the guest's frontend waits,
             // reconnects, and every frame it counted as echoed came back intact.
-            let guest = try Child(["guest", "net-echo", "--connect", sock, "--count", "120", "--interval-ms", "5", "--timeout", "40"],
+            let guest = try Child(["guest", "net-echo", "--connect", sock, "--count", "120", "--interval-ms", "5", "--timeout", "30"],
                                   name: "guest")
             defer { guest.kill() }
             #expect(guest.waitFor("echoed 30/"), "\(guest.output)")
             backend.kill()
             let echoedBefore = guest.output.components(separatedBy: "echoed ").count - 1
-            backend = try Child(["backend", "--connect", sock], name: "backend 2")
+            backend = try Child(["backend", "--connect", sock, "--verbose"], name: "backend 2")
             #expect(backend.waitFor("serving"), "\(backend.output)")
-            #expect(guest.waitForExit(seconds: 40) == 0, "\(guest.output)")
+            #expect(guest.waitForExit(seconds: 40) == 0, "\(guest.output)\n--- backend 2:\n\(backend.output)\n--- hypervisor:\n\(hv.output)")
             #expect(guest.output.contains("120 frames echoed intact"), "\(guest.output)")
             #expect(echoedBefore < 120, "the backend was killed mid-stream")
             print("guest across the backend restart:", guest.output.split(separator: "\n").filter { !$0.hasPrefix("echoed") })
