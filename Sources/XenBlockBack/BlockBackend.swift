@@ -9,9 +9,9 @@ import XenStore
 /// runs a ``BlockBackendDevice`` under a ``XenbusEndpoint`` for each device that appears.
 /// `disk` opens the device's storage from its backend directory (e.g. its `params` key).
 public final class BlockBackend: Sendable {
-    public typealias DiskProvider = @Sendable (XenbusDevice, _ backendDirectory: String, XenStoreClient) async throws -> BlockBackendDisk
+    public typealias DiskProvider = @Sendable (XenbusDevice, _ backendDirectory: String, any XenStoreConnection) async throws -> BlockBackendDisk
 
-    private let store: XenStoreClient
+    private let store: any XenStoreConnection
     private let hypervisor: any Hypervisor
     private let provider: DiskProvider
     private let options: BlockBackendOptions
@@ -30,9 +30,10 @@ public final class BlockBackend: Sendable {
         /// Devices stopped on purpose: not restarted by a rescan until resumed.
         var held: Set<String> = []
         var watcher: Task<Void, Never>?
+        var publisher: Task<Void, Never>?
     }
 
-    public init(store: XenStoreClient, hypervisor: any Hypervisor, options: BlockBackendOptions = BlockBackendOptions(),
+    public init(store: any XenStoreConnection, hypervisor: any Hypervisor, options: BlockBackendOptions = BlockBackendOptions(),
                 logger: Logger = Logger(label: "blkback"), disk: @escaping DiskProvider) {
         self.store = store
         self.hypervisor = hypervisor
@@ -44,13 +45,35 @@ public final class BlockBackend: Sendable {
 
     /// Starts watching; devices already present are served at once.
     public func start() async throws {
-        let watch = try await store.watch(root)
+        let watch = try await store.watchEvents(root)
         let task = Task { [self] in
             for await _ in watch {
                 await rescan()
             }
         }
-        state.withLock { $0.watcher = task }
+        // Each disk's counters, once a second, for `xenpv top` in any process.
+        let publisher = Task { [self] in
+            await DeviceStatistics.publish(to: store, root: DeviceStatistics.root(of: hypervisor.domainID) + "/vbd") {
+                self.state.withLock { s in
+                    s.devices.values.compactMap { e -> (path: String, values: [(String, UInt64)])? in
+                        let queues = e.driver.queues
+                        guard !queues.isEmpty else { return nil }
+                        func sum(_ k: (BlockQueueCounters) -> UInt64) -> UInt64 { queues.reduce(0) { $0 + k($1.counters) } }
+                        return ("\(e.driver.device.frontendDomain.rawValue)/\(e.driver.device.id)", [
+                            ("requests", sum { $0.requests.value }), ("segments", sum { $0.segments.value }),
+                            ("bytes", sum { $0.bytes.value }), ("notifies", sum { $0.notifies.value }),
+                            ("sleeps", sum { $0.sleeps.value }), ("ring_fill", UInt64(queues.reduce(0) { $0 + $1.ringFill })),
+                            ("ring_size", UInt64(queues.reduce(0) { $0 + $1.ringSize })),
+                            ("dropped", sum { $0.refused.value + $0.badGrants.value + $0.storageErrors.value }),
+                        ])
+                    }
+                }
+            }
+        }
+        state.withLock {
+            $0.watcher = task
+            $0.publisher = publisher
+        }
         await rescan()
     }
 
@@ -84,6 +107,8 @@ public final class BlockBackend: Sendable {
         let entries = state.withLock { s -> [Entry] in
             s.watcher?.cancel()
             s.watcher = nil
+            s.publisher?.cancel()
+            s.publisher = nil
             s.held.formUnion(s.devices.keys)
             return Array(s.devices.values)
         }
@@ -127,9 +152,13 @@ public final class BlockBackend: Sendable {
         }
         let endpointBox = EndpointBox()
         let driver = BlockBackendDevice(device: device, store: store, hypervisor: hypervisor, disk: disk, options: options,
-                                        logger: logger) { [logger] error in
+                                        logger: logger) { [logger, store] error in
             logger.error("\(device): ring failure, closing: \(error)")
-            endpointBox.endpoint?.requestClose()
+            let reason = "ring: \(error)"
+            Task {
+                try? await store.write(dir + "/error", reason)
+                endpointBox.endpoint?.requestClose()
+            }
         }
         let endpoint = XenbusEndpoint(role: .backend, store: store, path: dir, peerPath: device.frontendPath,
                                       driver: driver, logger: logger)

@@ -60,7 +60,7 @@ public struct BlockBackendError: Error, Hashable, Sendable, CustomStringConverti
 public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
     // @unchecked: `session` is guarded by its Mutex; the rest is immutable.
     public let device: XenbusDevice
-    private let store: XenStoreClient
+    private let store: any XenStoreConnection
     private let hypervisor: any Hypervisor
     private let disk: BlockBackendDisk
     private let options: BlockBackendOptions
@@ -76,7 +76,7 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
         var queues: [BlockQueue] = []
     }
 
-    public init(device: XenbusDevice, store: XenStoreClient, hypervisor: any Hypervisor, disk: BlockBackendDisk,
+    public init(device: XenbusDevice, store: any XenStoreConnection, hypervisor: any Hypervisor, disk: BlockBackendDisk,
                 options: BlockBackendOptions = BlockBackendOptions(), logger: Logger = Logger(label: "blkback"),
                 onRingFailure: @escaping @Sendable (any Error) -> Void = { _ in }) {
         self.device = device
@@ -100,7 +100,7 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
     public func prepare() async throws {
         let dir = device.backendPath
         let l = limits
-        try await store.transaction { tx in
+        try await store.inTransaction { tx in
             try await tx.writeUnsigned(dir, XenbusKey.sectors, l.sectors)
             try await tx.writeUnsigned(dir, XenbusKey.sectorSize, UInt64(l.sectorSize))
             try await tx.writeUnsigned(dir, XenbusKey.physicalSectorSize, UInt64(disk.physicalSectorSize))

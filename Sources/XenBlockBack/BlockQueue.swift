@@ -19,13 +19,18 @@ import XenRing
 /// A ring-protocol violation stops this queue only. Buffers are allocated once: the data
 /// path does not allocate.
 ///
-/// Why grant copy and not grant map: in this process a map is an `mmap` and an unmap a
-/// `munmap` plus a TLB shootdown per request, while a copy of a 4 KiB segment is one
-/// memcpy under the grant table's lock. Measured on the simulator (release, 4 KiB reads
-/// from memory storage): see the README's block section. Persistent grants would remove
-/// the per-request map cost, but then data still needs an aligned, private buffer for
-/// `O_DIRECT` and against a frontend rewriting a page mid-write (the bytes written must be
-/// the bytes validated), so the copy stays; the queue therefore never maps data pages.
+/// Why grant copy and not grant map (measured with `xenpv bench block --grant-paths`,
+/// release build, on the simulator): a grant copy of a 4 KiB segment into a private
+/// buffer costs about 155 ns; a map + copy + unmap per request about 11–13 µs (an `mmap`,
+/// a `munmap` and a TLB shootdown); a persistent mapping, once made, about 50 ns per
+/// copy. So mapping per request is out, and persistent grants would save about 100 ns
+/// per segment: 1–3 % of the several µs a request costs end to end. Against that they
+/// need a bounded LRU of mappings whose evictions cost an unmap each (a frontend cycling
+/// through many grant refs makes every request pay one), and the data still wants a
+/// private, aligned buffer for `O_DIRECT` and so that the bytes written are the bytes a
+/// hostile frontend cannot change mid-write. The queue therefore only copies; it
+/// advertises `feature-persistent` because a frontend that keeps its grants (ours shares
+/// its pool once) costs nothing more here.
 public final class BlockQueue: @unchecked Sendable {
     // @unchecked: the runner's state is touched only by its thread once started.
     private let runner: any BlockQueueRunning
@@ -41,6 +46,7 @@ public final class BlockQueue: @unchecked Sendable {
                 onFailure: (@Sendable (any Error) -> Void)? = nil) throws(RingError) {
         self.configuration = configuration
         self.counters = counters
+        header = SharedRingHeader(ring.base)
         switch configuration.abi {
         case .x86_64:
             runner = try BlockQueueRunner<blkif_request, blkif_response>(
@@ -51,6 +57,15 @@ public final class BlockQueue: @unchecked Sendable {
                 ring: ring, events: events, mapper: mapper, storage: storage, configuration: configuration,
                 counters: counters, onFailure: onFailure)
         }
+    }
+
+    /// The ring's shared header, read from other threads for display only.
+    private let header: SharedRingHeader
+
+    /// Requests the frontend published and this queue has not answered
+    /// (`req_prod - rsp_prod`, relaxed loads): a figure for display.
+    public var ringFill: Int {
+        Int(header.requestProducer.load(ordering: .relaxed) &- header.responseProducer.load(ordering: .relaxed))
     }
 
     /// Starts the queue thread.
@@ -220,6 +235,7 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
                 worked = try reapCompletions() || worked
                 try pushResponses()
                 if worked { continue }
+                if try spin() { continue }
                 // Sleep only once the final check says the ring is idle; a stalled
                 // request is resumed by a completion, which wakes the poll.
                 if stalled == nil, try ring.finalCheckForRequests() { continue }
@@ -233,6 +249,29 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
             onFailure?(error)
         }
         storage.close()
+    }
+
+    /// How long the thread polls the ring and the engine before it sleeps
+    /// (`XENPV_BLOCK_SPIN_US`, default 0: never; see ``blockBackSpinNanoseconds``).
+    static var spinNanoseconds: UInt64 { blockBackSpinNanoseconds }
+
+    /// Polls the ring and the completion descriptor for a short while; true when work came.
+    private func spin() throws(RingError) -> Bool {
+        guard Self.spinNanoseconds > 0 else { return false }
+        let until = Self.now() &+ Self.spinNanoseconds
+        var pfd = pollfd(fd: storage.completionDescriptor.rawValue, events: Int16(POLLIN), revents: 0)
+        repeat {
+            if stalled == nil, try ring.checkForRequests() > 0 { return true }
+            if storage.outstanding > 0, poll(&pfd, 1, 0) > 0 { return true }
+            cxen_cpu_relax()
+        } while Self.now() < until
+        return false
+    }
+
+    @inline(__always) static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
     }
 
     /// Sleeps until an event, a completion or stop; false on stop.
@@ -306,6 +345,9 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
             respond(error.response)
             return true
         }
+        // BLKIF_OP_WRITE_BARRIER: every earlier request completes first, and nothing later
+        // is taken off the ring until it is submitted (the engine runs a flush at submit).
+        if case .writeBarrier = request.operation, storage.outstanding > 0 || pendingCount > 0 { return false }
         let needed: Int
         switch request.operation {
         case .read(_, let segments), .write(_, let segments): needed = segments.count
@@ -385,6 +427,7 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     /// copies the data in. Nil when the request was answered (a bad grant).
     private func prepareData(slot: Int, count: Int, sector: UInt64, isRead: Bool) -> StorageOperation? {
         let base = slot * maxSegments
+        var total = 0
         for i in 0..<count {
             freePageCount -= 1
             let page = freePages[freePageCount]
@@ -393,6 +436,7 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
             let bytes = s.byteRange(sectorSize: sectorSize)
             let local = pool + Int(page) * XenPage.size + bytes.lowerBound
             slotIOV[base + i] = iovec(iov_base: local, iov_len: bytes.count)
+            total += bytes.count
             if !isRead {
                 copies[i] = GrantCopySegment(
                     source: .foreign(domain: configuration.frontend, ref: s.gref, offset: UInt16(bytes.lowerBound)),
@@ -401,6 +445,8 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         }
         slots[slot].isRead = isRead
         slots[slot].segmentCount = count
+        counters.segments.bump(UInt64(count))
+        counters.bytes.bump(UInt64(total))
         if !isRead && !copyGrants(count) {
             finish(slot: slot, status: .error)
             return nil
@@ -533,3 +579,11 @@ final class FailureBox: @unchecked Sendable {
         set { lock.withLock { stored = newValue } }
     }
 }
+
+/// The spin before sleeping of the blkback queue threads, from `XENPV_BLOCK_SPIN_US`
+/// (microseconds; default 0). Spinning saves a wake-up from idle per hop, but on a loaded
+/// two-core machine it takes the core the peer needs: measured slower there.
+let blockBackSpinNanoseconds: UInt64 = {
+    guard let text = getenv("XENPV_BLOCK_SPIN_US"), let us = UInt64(String(cString: text)) else { return 0 }
+    return min(us, 1000) * 1000
+}()

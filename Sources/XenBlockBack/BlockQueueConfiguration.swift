@@ -19,6 +19,8 @@ public struct BlockQueueConfiguration: Sendable {
                 bouncePages: Int = 1024) {
         precondition(bouncePages >= max(BlockDeviceLimits.maxDirectSegments, limits.maxIndirectSegments),
                      "the bounce pool must hold the largest request")
+        // A flush carrying data would need "write, then flush" sequencing the queue does not do.
+        precondition(!limits.acceptsDataOnFlush, "blkback queues do not serve data on flush or barrier")
         self.frontend = frontend
         self.port = port
         self.abi = abi

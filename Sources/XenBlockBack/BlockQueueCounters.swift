@@ -5,6 +5,10 @@ import Atomics
 public final class BlockQueueCounters: Sendable {
     /// Requests taken off the ring.
     public let requests = ManagedAtomic<UInt64>(0)
+    /// Data segments of read and write requests (indirect ones included).
+    public let segments = ManagedAtomic<UInt64>(0)
+    /// Bytes those segments carried.
+    public let bytes = ManagedAtomic<UInt64>(0)
     /// Responses written (every request gets exactly one).
     public let responses = ManagedAtomic<UInt64>(0)
     /// Requests refused by validation (bad segment count, range, unknown op, read-only…).

@@ -150,10 +150,11 @@ public enum BlockBenchmark {
                     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: c.blockSize, alignment: 4096)
                     defer { buffer.deallocate() }
                     for i in 0..<c.blockSize { buffer[i] = UInt8(truncatingIfNeeded: i &* 31 &+ worker) }
-                    var g = SystemRandomNumberGenerator()
+                    var g = BenchGenerator(state: UInt64(worker) &* 0x9E37_79B9_7F4A_7C15 &+ monotonicNanoseconds())
                     var latencies: [UInt32] = []
                     latencies.reserveCapacity(1 << 16)
-                    while ContinuousClock.now < deadline {
+                    // At least one operation each, even if the task starts after the deadline.
+                    repeat {
                         let block = c.pattern.isRandom ? UInt64.random(in: 0..<blocks, using: &g) : cursor.next() % blocks
                         let offset = block * UInt64(c.blockSize)
                         let t0 = monotonicNanoseconds()
@@ -164,7 +165,7 @@ public enum BlockBenchmark {
                         }
                         let ns = monotonicNanoseconds() - t0
                         latencies.append(UInt32(clamping: ns / 10))  // units of 10 ns
-                    }
+                    } while ContinuousClock.now < deadline
                     return latencies
                 }
             }
@@ -189,6 +190,7 @@ public enum BlockBenchmark {
 /// The next block of a sequential run, shared by the callers (one stream, as fio's).
 final class Cursor: Sendable {
     private let value = Atomic<UInt64>(0)
+    // Relaxed: only the count matters; no other memory is published through it.
     func next() -> UInt64 { value.add(1, ordering: .relaxed).oldValue }
 }
 
@@ -196,4 +198,17 @@ final class Cursor: Sendable {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+/// SplitMix64: offsets without a system call per operation (the system generator
+/// reads `getrandom`).
+struct BenchGenerator: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
 }

@@ -8,59 +8,107 @@ import XenBlockProtocol
 import XenHypervisor
 import XenRing
 
+/// A queue thread's doorbell: an eventfd rung only while the thread sleeps.
+final class Waker: Sendable {
+    let fd: Int32
+    /// Set (sequentially consistent) by the thread before its last look at the work
+    /// queue; read by appenders under the work queue's lock after they append: either
+    /// the thread sees the item, or the appender sees it sleeping and rings.
+    let sleeping = Atomic<Bool>(false)
+    init(fd: Int32) { self.fd = fd }
+    func ring() {
+        var one: UInt64 = 1
+        _ = write(fd, &one, 8)
+    }
+}
+
 /// Work waiting for a ring, shared by a device's queues: callers append, queue threads
 /// take. What a stopped queue had in flight goes back to the front, so it is re-issued
 /// first after a reconnect.
 final class WorkQueue: Sendable {
-    private let items = Mutex<Deque<WorkItem>>([])
-    private let wakers = Mutex<(fds: [Int32], next: Int)>(([], 0))
+    private struct State {
+        var items: Deque<WorkItem> = []
+        var wakers: [Waker] = []
+        var next = 0
+    }
+    private let state = Mutex(State())
+    /// Items waiting, readable without the lock (a spinning thread's hint only). Every
+    /// access is relaxed: it orders nothing; the items themselves are read under the lock.
+    private let count = Atomic<Int>(0)
 
     func append(_ item: WorkItem) {
-        items.withLock { $0.append(item) }
-        wakeOne()
+        let waker = state.withLock { s -> Waker? in
+            s.items.append(item)
+            count.store(s.items.count, ordering: .relaxed)
+            return Self.sleeper(&s)
+        }
+        waker?.ring()
+    }
+
+    /// A sleeping thread to ring, in turn; nil if all are awake (they look before sleeping).
+    private static func sleeper(_ s: inout State) -> Waker? {
+        let n = s.wakers.count
+        for k in 0..<n {
+            let w = s.wakers[(s.next + k) % n]
+            // Sequentially consistent: pairs with the thread's store before its last look.
+            // An exchange, so of many appenders only the first rings a sleeping thread.
+            if w.sleeping.exchange(false, ordering: .sequentiallyConsistent) {
+                s.next = (s.next + k + 1) % n
+                return w
+            }
+        }
+        return nil
     }
 
     func requeueAtFront(_ returned: [WorkItem]) {
         guard !returned.isEmpty else { return }
-        items.withLock { q in q.insert(contentsOf: returned, at: 0) }
-        wakeOne()
+        state.withLock { s in
+            s.items.insert(contentsOf: returned, at: 0)
+            count.store(s.items.count, ordering: .relaxed)
+        }
+        wakeAll()
     }
 
-    /// Takes the next item whose first request needs at most what `fits` allows.
-    func take() -> WorkItem? { items.withLock { $0.popFirst() } }
+    func take() -> WorkItem? {
+        state.withLock { s in
+            defer { count.store(s.items.count, ordering: .relaxed) }
+            return s.items.popFirst()
+        }
+    }
 
-    func putBack(_ item: WorkItem) { items.withLock { $0.prepend(item) } }
+    func putBack(_ item: WorkItem) {
+        state.withLock { s in
+            s.items.prepend(item)
+            count.store(s.items.count, ordering: .relaxed)
+        }
+    }
 
-    var isEmpty: Bool { items.withLock { $0.isEmpty } }
+    var isEmpty: Bool { state.withLock { $0.items.isEmpty } }
+
+    /// A lock-free hint for spinning: true if something may be waiting.
+    var mayHaveWork: Bool { count.load(ordering: .relaxed) > 0 }
 
     /// Everything still waiting (on shutdown).
-    func drain() -> [WorkItem] { items.withLock { q in defer { q.removeAll() }; return Array(q) } }
-
-    func register(_ fd: Int32) { wakers.withLock { $0.fds.append(fd) } }
-    func unregister(_ fd: Int32) { wakers.withLock { $0.fds.removeAll { $0 == fd } } }
-
-    /// Wakes the queue threads in turn.
-    private func wakeOne() {
-        let fd: Int32? = wakers.withLock { w in
-            guard !w.fds.isEmpty else { return nil }
-            w.next = (w.next + 1) % w.fds.count
-            return w.fds[w.next]
-        }
-        if let fd {
-            var one: UInt64 = 1
-            _ = write(fd, &one, 8)
+    func drain() -> [WorkItem] {
+        state.withLock { s in
+            defer {
+                s.items.removeAll()
+                count.store(0, ordering: .relaxed)
+            }
+            return Array(s.items)
         }
     }
 
+    func register(_ w: Waker) { state.withLock { $0.wakers.append(w) } }
+    func unregister(_ w: Waker) { state.withLock { $0.wakers.removeAll { $0 === w } } }
+
     func wakeAll() {
-        for fd in wakers.withLock({ $0.fds }) {
-            var one: UInt64 = 1
-            _ = write(fd, &one, 8)
-        }
+        for w in state.withLock({ $0.wakers }) { w.ring() }
     }
 }
 
-/// Counters of one frontend queue (written by its thread, read relaxed by anyone).
+/// Counters of one frontend queue (written by its thread, read by anyone). Every access
+/// is relaxed: counters are statistics, never synchronisation.
 public final class BlockFrontCounters: Sendable {
     public let requests = Atomic<UInt64>(0)
     public let responses = Atomic<UInt64>(0)
@@ -94,6 +142,10 @@ final class BlockFrontQueue: @unchecked Sendable {
     private let segmentScratch: UnsafeMutablePointer<BlockSegment>
     private let stopFD: Int32
     private let wakeFD: Int32
+    private let waker: Waker
+    /// How long the thread polls for work before it sleeps (`XENPV_BLOCK_SPIN_US`,
+    /// default 0: never). See ``blockSpinNanoseconds``.
+    static let spinNanoseconds: UInt64 = blockSpinNanoseconds
     private let finished = DispatchSemaphore(value: 0)
     private var started = false
     /// What was in flight when the thread stopped, for re-issue.
@@ -123,6 +175,7 @@ final class BlockFrontQueue: @unchecked Sendable {
         segmentScratch.initialize(repeating: BlockSegment(gref: GrantRef(0), firstSector: 0, lastSector: 0), count: maxSegments)
         stopFD = cxen_eventfd(0, 1)
         wakeFD = cxen_eventfd(0, 1)
+        waker = Waker(fd: wakeFD)
     }
 
     deinit {
@@ -138,7 +191,7 @@ final class BlockFrontQueue: @unchecked Sendable {
     func start() {
         precondition(!started)
         started = true
-        work.register(wakeFD)
+        work.register(waker)
         let thread = Thread { [self] in
             run()
             finished.signal()
@@ -150,7 +203,7 @@ final class BlockFrontQueue: @unchecked Sendable {
     /// Stops the thread (bounded); returns the work that had no response, for re-issue.
     func stop(timeout: Double = 5) -> (stopped: Bool, unanswered: [WorkItem]) {
         guard started else { return (true, []) }
-        work.unregister(wakeFD)
+        work.unregister(waker)
         var one: UInt64 = 1
         _ = write(stopFD, &one, 8)
         let stopped = finished.wait(timeout: .now() + timeout) == .success
@@ -168,9 +221,20 @@ final class BlockFrontQueue: @unchecked Sendable {
                 var worked = try collectResponses()
                 worked = issue() || worked
                 if worked { continue }
+                if try spin() { continue }
                 if ring.outstandingRequests > 0, try ring.finalCheckForResponses() { continue }
-                if canIssue, !work.isEmpty { continue }
-                if !sleep() { break }
+                // Say we sleep, then look once more (see Waker.sleeping).
+                // Sequentially consistent: may not move after the look below (store-load).
+                waker.sleeping.store(true, ordering: .sequentiallyConsistent)
+                if canIssue, !work.isEmpty {
+                    // Relaxed: clearing only saves a later appender a needless doorbell.
+                    waker.sleeping.store(false, ordering: .relaxed)
+                    continue
+                }
+                let awake = sleep()
+                // Relaxed: as above; a doorbell that comes anyway is drained by the next sleep.
+                waker.sleeping.store(false, ordering: .relaxed)
+                if !awake { break }
             }
         } catch {
             failureBox.withLock { $0 = error }
@@ -184,7 +248,28 @@ final class BlockFrontQueue: @unchecked Sendable {
         returned.withLock { $0 = unanswered }
     }
 
-    private var canIssue: Bool { !freeIDs.isEmpty && !ring.isFull && freePages.count >= maxSegments }
+    /// Polls the ring and the work queue for a short while; true when something came.
+    private func spin() throws(RingError) -> Bool {
+        guard Self.spinNanoseconds > 0 else { return false }
+        let until = Self.now() &+ Self.spinNanoseconds
+        repeat {
+            if ring.outstandingRequests > 0, try ring.checkForResponses() > 0 { return true }
+            if canIssue, work.mayHaveWork { return true }
+            cxen_cpu_relax()
+        } while Self.now() < until
+        return false
+    }
+
+    @inline(__always) static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+    }
+
+    /// Room for another request; a request that needs more pool pages than are free sets
+    /// `waitingForPages` until a response returns some.
+    private var canIssue: Bool { !freeIDs.isEmpty && !ring.isFull && !waitingForPages }
+    private var waitingForPages = false
 
     private func sleep() -> Bool {
         var fds = (pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0),
@@ -207,11 +292,17 @@ final class BlockFrontQueue: @unchecked Sendable {
     /// Sends requests while the ring, ids and pool pages last; true if any was sent.
     private func issue() -> Bool {
         var sent = false
-        while canIssue, var item = work.take() {
+        taking: while canIssue, var item = work.take() {
             let chunk: WorkItem
             switch item.io.kind {
             case .read, .write:
                 let end = min(item.end, item.start + maxRequestBytes)
+                let pages = Int((end - item.start + UInt64(XenPage.size) - 1) / UInt64(XenPage.size))
+                if pages > freePages.count {
+                    work.putBack(item)
+                    waitingForPages = true
+                    break taking
+                }
                 chunk = WorkItem(io: item.io, start: item.start, end: end)
                 if end < item.end {
                     item.start = end
@@ -265,13 +356,35 @@ final class BlockFrontQueue: @unchecked Sendable {
             } else {
                 IndirectRequest.writeSegments(UnsafeBufferPointer(start: segmentScratch, count: pages), toPage: 0,
                                               at: resources.indirect.memory.page(id))
-                request = BlockRequest(id: UInt64(id), operation: .indirect(IndirectRequest(
-                    operation: op, sector: sector, segmentCount: pages, pages: [resources.indirect.refs[id]])))
+                // Built from the C struct: IndirectRequest's public initialiser takes an
+                // array, an allocation per request on this thread.
+                let slot = Self.indirectSlot(id: UInt64(id), operation: op, sector: sector, segments: pages,
+                                             page: resources.indirect.refs[id])
+                inflight[id].item = chunk
+                ring.withNextRequestSlot { $0.pointee = slot }
+                counters.requests.add(1, ordering: .relaxed)
+                return
             }
         }
         inflight[id].item = chunk
         ring.withNextRequestSlot { slot in request.write(toSlot: UnsafeMutableRawPointer(slot)) }
         counters.requests.add(1, ordering: .relaxed)
+    }
+
+    /// A `BLKIF_OP_INDIRECT` slot with one page of segments, from a zeroed slot so no
+    /// stale byte reaches the backend.
+    static func indirectSlot(id: UInt64, operation: BlkifOperation, sector: UInt64, segments: Int, page: GrantRef) -> blkif_request {
+        var slot = blkif_request()
+        var indirect = blkif_request_indirect()
+        indirect.operation = BlkifOperation.indirect.rawValue
+        indirect.indirect_op = operation.rawValue
+        indirect.nr_segments = UInt16(segments)
+        indirect.id = id
+        indirect.sector_number = sector
+        indirect.handle = 0
+        indirect.indirect_grefs.0 = page.rawValue
+        withUnsafeMutableBytes(of: &slot) { $0.storeBytes(of: indirect, as: blkif_request_indirect.self) }
+        return slot
     }
 
     // MARK: responses
@@ -301,6 +414,7 @@ final class BlockFrontQueue: @unchecked Sendable {
             }
             let base = id * maxSegments
             for p in 0..<inflight[id].pageCount { freePages.append(slotPages[base + p]) }
+            waitingForPages = false
             inflight[id] = FrontInflight()
             freeIDs.append(id)
             let units = (io.kind == .read || io.kind == .write) ? chunk.end - chunk.start : 1
@@ -309,3 +423,12 @@ final class BlockFrontQueue: @unchecked Sendable {
         return true
     }
 }
+
+/// The spin before sleeping of the block queue threads, from `XENPV_BLOCK_SPIN_US`
+/// (microseconds; default 0). Spinning saves a wake-up from idle per hop (on a VM, a vCPU
+/// halt and its wake-up), but on a loaded two-core machine it takes the core the peer
+/// thread needs: measured slower there, so it is off unless asked for.
+let blockSpinNanoseconds: UInt64 = {
+    guard let text = getenv("XENPV_BLOCK_SPIN_US"), let us = UInt64(String(cString: text)) else { return 0 }
+    return min(us, 1000) * 1000
+}()

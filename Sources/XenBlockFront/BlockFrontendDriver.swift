@@ -17,11 +17,16 @@ public struct BlockFrontendOptions: Sendable {
     public var poolPages: Int = 512
     /// Use indirect requests when the backend offers them.
     public var indirect: Bool = true
-    public init(queues: Int = 1, ringPageOrder: Int = 0, poolPages: Int = 512, indirect: Bool = true) {
+    /// Announce `feature-persistent`: our grants are shared once and reused. Off, the
+    /// key says "0" (the data path is the same; a mapping backend would not cache them).
+    public var persistent: Bool = true
+    public init(queues: Int = 1, ringPageOrder: Int = 0, poolPages: Int = 512, indirect: Bool = true,
+                persistent: Bool = true) {
         self.queues = queues
         self.ringPageOrder = ringPageOrder
         self.poolPages = poolPages
         self.indirect = indirect
+        self.persistent = persistent
     }
 }
 
@@ -33,13 +38,13 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
     // @unchecked: `resources` is guarded by its Mutex; the rest is immutable.
     public let device: XenbusDevice
     public let frontend: BlockFrontend
-    private let store: XenStoreClient
+    private let store: any XenStoreConnection
     private let hypervisor: any Hypervisor
     private let sharer: any GrantSharer
     private let options: BlockFrontendOptions
     private let resources = Mutex<[BlockFrontQueueResources]>([])
 
-    public init(device: XenbusDevice, store: XenStoreClient, hypervisor: any Hypervisor, sharer: any GrantSharer,
+    public init(device: XenbusDevice, store: any XenStoreConnection, hypervisor: any Hypervisor, sharer: any GrantSharer,
                 frontend: BlockFrontend = BlockFrontend(), options: BlockFrontendOptions = BlockFrontendOptions()) {
         self.device = device
         self.store = store
@@ -48,6 +53,9 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
         self.frontend = frontend
         self.options = options
     }
+
+    /// What the current connection shares (rings, pools, ports), for diagnostics and tests.
+    public var sharedResources: [BlockFrontQueueResources] { resources.withLock { $0 } }
 
     public func prepare() async throws {
         let be = device.backendPath
@@ -64,7 +72,8 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
             }
             let fe = device.frontendPath
             let rings = made
-            try await store.transaction { tx in
+            let persistent = options.persistent
+            try await store.inTransaction { tx in
                 for (q, r) in rings.enumerated() {
                     let dir = queues == 1 ? fe : "\(fe)/queue-\(q)"
                     if order == 0 {
@@ -78,7 +87,7 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
                 if queues > 1 { try await tx.writeUnsigned(fe, XenbusKey.multiQueueNumQueues, UInt64(queues)) }
                 try await tx.write(fe + "/" + XenbusKey.protocolName, BlkifABI.native.protocolName)
                 // Our grants are shared once and reused for every request.
-                try await tx.writeFeature(fe, XenbusKey.featurePersistent, true)
+                try await tx.writeFeature(fe, XenbusKey.featurePersistent, persistent)
             }
         } catch {
             let sharer = self.sharer

@@ -125,7 +125,7 @@ final class VifDevice: XenbusDeviceDriver {
             ].compactMap { $0 }),
             receiveChecksumBlank: !(try await store.readFeature(fe, "feature-no-csum-offload")))
         try connect(txRef: txRef, rxRef: rxRef, remotePorts: remotePorts, features: features)
-        logger.info("\(identity): connected (\(features))")
+        logger.info("\(identity): connected (sg \(features.scatterGather), gso \(features.receiveGSO.map { "\($0)" }.sorted()), csum offload \(features.receiveChecksumBlank))")
     }
 
     /// Maps, binds, attaches and starts; on any failure releases what it took.

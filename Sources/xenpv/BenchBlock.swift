@@ -16,7 +16,10 @@ struct BenchBlock: AsyncParsableCommand {
             """)
 
     @Option(help: "The image file (its size is the device size), or :memory: for a 256 MiB memory disk (the driver path alone).")
-    var image: String
+    var image: String = ":memory:"
+
+    @Flag(help: "Instead: the cost per segment of grant copy, map per request, and a persistent map.")
+    var grantPaths = false
 
     @Option(help: "randread, randwrite, read or write.")
     var rw = BlockBenchmarkConfiguration.Pattern.randread
@@ -43,6 +46,10 @@ struct BenchBlock: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if grantPaths {
+            print(try GrantPathMeasurement.run())
+            return
+        }
         var c = BlockBenchmarkConfiguration(image: image)
         c.pattern = rw
         c.blockSize = bs

@@ -26,3 +26,10 @@ struct BlockBenchmarkTests {
         await #expect(throws: BlockBenchmarkError.self) { try await BlockBenchmark.run(c) }
     }
 }
+
+struct GrantPathMeasurementTests {
+    @Test func everyPathIsTimedAndLeavesNothingBehind() throws {
+        let r = try GrantPathMeasurement.run(iterations: 200)
+        #expect(r.grantCopy > 0 && r.grantCopyBatchOf11 > 0 && r.mapCopyUnmap > 0 && r.persistentMapCopy > 0)
+    }
+}

@@ -74,6 +74,35 @@ struct BlockOperationTests {
         #expect(try f.teardown().isEmpty)
     }
 
+    /// More callers than ring slots, and requests larger than the free pool: callers
+    /// wait, nothing is dropped, every call completes with its own data.
+    @Test func callersWaitWhenTheRingOrThePoolIsFull() async throws {
+        let bytes = 64 << 20
+        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: 32)) { _ in
+            try MemoryStorage(byteCount: bytes)
+        }
+        try f.shareAndMap(poolPages: 64)  // two 128 KiB requests in flight at most
+        try f.startBackend()
+        try f.frontend.attach(f.resources, info: f.info)
+        let fe = f.frontend
+        try await withTimeout(30) {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<200 {  // 200 callers on a 32-slot ring
+                    group.addTask {
+                        let size = i % 10 == 0 ? 256 << 10 : 4096
+                        let at = UInt64(i) * (256 << 10)
+                        let data = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: size)
+                        try await fe.write(at: at, data)
+                        let back = try await fe.read(at: at, count: size)
+                        if back != data { throw ShadowMismatch(offset: Int(at), length: size) }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+        #expect(try f.teardown().isEmpty)
+    }
+
     @Test func misalignedAndOutOfRangeCallsGetClearErrors() async throws {
         let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048)) { _ in try MemoryStorage(byteCount: 1 << 20) }
         try f.start()

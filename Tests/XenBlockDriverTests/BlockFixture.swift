@@ -54,10 +54,10 @@ final class BlockFixture: @unchecked Sendable {
     }
 
     /// Shares the guest's side of every queue (rings initialised) and binds dom0's ends.
-    func shareAndMap() throws {
+    func shareAndMap(poolPages: Int = 512) throws {
         for _ in 0..<queueCount {
             let r = try BlockFrontQueueResources.allocate(hypervisor: guest, sharer: sharer, backend: .dom0,
-                                                           ringPageOrder: ringPageOrder, poolPages: 512)
+                                                           ringPageOrder: ringPageOrder, poolPages: poolPages)
             resources.append(r)
         }
     }

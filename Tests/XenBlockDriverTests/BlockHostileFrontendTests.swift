@@ -148,6 +148,31 @@ struct BlockHostileFrontendTests {
         // The other half of the frontend is not attached: release its ring by hand.
         #expect(try f.teardown().isEmpty)
     }
+
+    /// A barrier after writes is answered after them (it waits for the engine to drain),
+    /// and the data written before it is on disk.
+    @Test func aWriteBarrierWaitsForEarlierWrites() throws {
+        // libaio: its flush completes at submit, ahead of writes still in the kernel, so
+        // without the barrier's wait its answer would overtake theirs.
+        let image = try TempImage(bytes: 1 << 20)
+        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048, flush: true, barrier: true)) { _ in
+            try image.storage()
+        }
+        try f.shareAndMap()
+        try f.startBackend()
+        let pool = f.resources[0].pool.refs
+        for k in 0..<8 { f.resources[0].pool.memory.page(k).initializeMemory(as: UInt8.self, repeating: UInt8(k + 1), count: 4096) }
+        var slots = (0..<8).map { k in rw(.write, id: UInt64(k), sector: UInt64(k * 8), grefs: [pool[k]]) }
+        slots.append(BlockRequest(id: 50, operation: .writeBarrier(sector: 0, segments: BlockSegments())).encoded())
+        slots.append(rw(.read, id: 51, sector: 0, grefs: Array(pool[8..<16])))
+        let responses = try run(f, slots)
+        #expect(responses.allSatisfy { $0.status == .okay })
+        let order = responses.map(\.id)
+        let barrier = try #require(order.firstIndex(of: 50))
+        #expect(Set(order[..<barrier]) == Set(0..<8))  // every earlier write answered before the barrier
+        for k in 0..<8 { #expect(f.resources[0].pool.memory.page(8 + k).load(as: UInt8.self) == UInt8(k + 1)) }
+        #expect(try f.teardown().isEmpty)
+    }
 }
 
 struct X32Slot: BitwiseCopyable { var words: InlineArray<27, UInt32> }

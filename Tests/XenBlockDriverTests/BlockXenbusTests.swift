@@ -10,6 +10,7 @@ import XenBlockProtocol
 import XenBlockStorage
 import XenBus
 import XenHypervisor
+import XenRing
 import XenSimulator
 import XenStore
 
@@ -137,6 +138,16 @@ struct BlockXenbusTests {
             } catch let e as BlockFrontError { #expect(e.code == .readOnly) }
         }
         #expect(try await world.dom0Store.read(b.device.backendPath + "/info") == "4")
+        // blkback publishes each disk's counters for `xenpv top` (about once a second).
+        let stats = DeviceStatistics.root(of: .dom0) + "/vbd/\(a.device.frontendDomain.rawValue)/51712"
+        var published: [String: UInt64] = [:]
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline, (published["requests"] ?? 0) == 0 {
+            published = DeviceStatistics.decode((try? await world.dom0Store.read(stats)) ?? "")
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
+        #expect((published["requests"] ?? 0) >= 1 && (published["segments"] ?? 0) >= 2)
+        #expect((published["bytes"] ?? 0) >= 8192 && published["ring_size"] == 32)
         #expect(try await world.teardown().isEmpty)
     }
 
@@ -163,7 +174,7 @@ struct BlockXenbusTests {
                 try await group.waitForAll()
             }
         }
-        #expect(await eventuallyAsync { acknowledged.map.withLock { $0.count } >= 6 })
+        #expect(await eventuallyAsync(seconds: 30) { acknowledged.map.withLock { $0.count } >= 1 })
         await world.backend.stop(driver.device)
         #expect(world.backend.driver(for: driver.device) == nil)
         let during = acknowledged.map.withLock { $0.count }
@@ -177,6 +188,45 @@ struct BlockXenbusTests {
                 let back = try await fe.read(at: UInt64(block << 16), count: 1 << 16)
                 #expect(back.allSatisfy { $0 == fill }, "block \(block)")
             }
+        }
+        #expect(try await world.teardown().isEmpty)
+    }
+
+    /// A frontend whose req_prod runs far ahead gets its device closed (with the reason
+    /// in its error key); the other disk on the same backend keeps working.
+    @Test func aRingViolationClosesThatDeviceOnly() async throws {
+        let world = try await XenbusBlockWorld()
+        let bad = try await world.addDisk(id: 51712)
+        let good = try await world.addDisk(id: 51728)
+        #expect(await world.connected(bad))
+        #expect(await world.connected(good))
+        let r = bad.sharedResources[0]
+        SharedRingHeader(r.ring.memory.base).requestProducer.store(100_000, ordering: .releasing)
+        try r.events.notify(r.port)
+        #expect(await eventuallyAsync(seconds: 20) { world.backend.driver(for: bad.device) == nil })
+        let state = try await world.dom0Store.readState(bad.device.backendPath)
+        #expect(state == .closed)
+        let reason = try await world.dom0Store.readIfPresent(bad.device.backendPath + "/error")
+        #expect(reason?.hasPrefix("ring: ") == true, "\(reason ?? "no error key")")
+        let fg = good.frontend
+        try await withTimeout(20) {
+            try await fg.write(at: 0, [UInt8](repeating: 9, count: 65536))
+            #expect(try await fg.read(at: 0, count: 65536) == [UInt8](repeating: 9, count: 65536))
+        }
+        #expect(try await world.teardown().isEmpty)
+    }
+
+    /// The same data with persistent grants and indirect requests announced or not.
+    @Test(arguments: [(true, true), (false, false), (true, false), (false, true)])
+    func theSameDataWithPersistentAndIndirectOnOrOff(persistent: Bool, indirect: Bool) async throws {
+        let world = try await XenbusBlockWorld()
+        let driver = try await world.addDisk(id: 51712, options: BlockFrontendOptions(indirect: indirect, persistent: persistent))
+        #expect(await world.connected(driver))
+        #expect(try await world.dom0Store.read(driver.device.frontendPath + "/feature-persistent") == (persistent ? "1" : "0"))
+        #expect(driver.frontend.info?.maxIndirectSegments == (indirect ? 256 : 0))
+        let fe = driver.frontend
+        try await withTimeout(30) {
+            try await shadowWorkout(fe, deviceBytes: XenbusBlockWorld.diskBytes, operations: 6, maxBytes: 512 << 10, tasks: 2)
         }
         #expect(try await world.teardown().isEmpty)
     }

@@ -1,0 +1,69 @@
+import Glibc
+import XenABI
+import XenHypervisor
+import XenSimulator
+
+/// The cost per 4 KiB segment of the ways a backend can reach a guest's data page, on
+/// the simulator: a grant copy into a private buffer, a map + copy + unmap per request,
+/// and a persistent mapping (mapped once, then only copied into the aligned buffer
+/// `O_DIRECT` needs). Behind the choice documented on `BlockQueue`.
+public enum GrantPathMeasurement {
+    public struct Result: Sendable, CustomStringConvertible {
+        public var grantCopy: Double
+        public var grantCopyBatchOf11: Double
+        public var mapCopyUnmap: Double
+        public var persistentMapCopy: Double
+        public var description: String {
+            func f(_ v: Double) -> String { String(format: "%.0f ns", v) }
+            return "per 4 KiB segment: grant copy \(f(grantCopy)) (batches of 11: \(f(grantCopyBatchOf11))), "
+                + "map+copy+unmap \(f(mapCopyUnmap)), persistent map + copy \(f(persistentMapCopy))"
+        }
+    }
+
+    public static func run(iterations: Int = 20_000) throws -> Result {
+        let hv = SimulatedHypervisor()
+        let guest = try hv.createDomain(frames: 256)
+        let sharer = try guest.openGrantSharer()
+        let mapper = try hv.dom0.openGrantMapper()
+        let pages = try sharer.sharePages(count: 64, with: .dom0, writable: true)
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 11 * XenPage.size, alignment: XenPage.size)
+        defer {
+            buffer.deallocate()
+            try? sharer.unshare(pages)
+            mapper.close()
+            sharer.close()
+            _ = hv.shutdown()
+        }
+        let segments = UnsafeMutableBufferPointer<GrantCopySegment>.allocate(capacity: 11)
+        defer { segments.deallocate() }
+
+        func time(_ n: Int, _ body: (Int) throws -> Void) rethrows -> Double {
+            let t0 = monotonicNanoseconds()
+            for i in 0..<n { try body(i) }
+            return Double(monotonicNanoseconds() - t0) / Double(n)
+        }
+        let copy = try time(iterations) { i in
+            segments[0] = GrantCopySegment(source: .foreign(domain: guest.domainID, ref: pages.refs[i & 63], offset: 0),
+                                           destination: .local(buffer), length: UInt16(XenPage.size))
+            try mapper.copy(UnsafeMutableBufferPointer(rebasing: segments[0..<1]))
+        }
+        let batch = try time(iterations / 11) { i in
+            for k in 0..<11 {
+                segments[k] = GrantCopySegment(source: .foreign(domain: guest.domainID, ref: pages.refs[(i + k) & 63], offset: 0),
+                                               destination: .local(buffer + k * XenPage.size), length: UInt16(XenPage.size))
+            }
+            try mapper.copy(segments)
+        } / 11
+        let map = try time(iterations) { i in
+            let m = try mapper.map(pages.refs[i & 63], from: guest.domainID, writable: true)
+            buffer.copyMemory(from: m.memory.base, byteCount: XenPage.size)
+            try mapper.unmap(m)
+        }
+        let persistent = try mapper.map(pages.refs, from: guest.domainID, writable: true)
+        let mapped = time(iterations) { i in
+            buffer.copyMemory(from: persistent.memory.page(i & 63), byteCount: XenPage.size)
+        }
+        try mapper.unmap(persistent)
+        return Result(grantCopy: copy, grantCopyBatchOf11: batch, mapCopyUnmap: map, persistentMapCopy: mapped)
+    }
+}
