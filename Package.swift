@@ -132,8 +132,9 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // Across processes (issue 7): hypervisor, backend and guest commands.
-                "XenSimulatorDaemon", "XenNetBack", "XenNetFront", "XenBus", "XenStore", "XenRing", "XenHypervisor", "XenABI", "CXen",
-                .product(name: "Logging", package: "swift-log"),
+                "XenSimulatorDaemon", "XenNetBack", "XenNetFront", "XenRing", "XenHypervisor", "CXen",
+                "XenBlockBack", "XenBlockFront", "XenBlockStorage",
+                .product(name: "SystemPackage", package: "swift-system"),
             ]),
         .testTarget(
             name: "XenRingBenchmarkTests",

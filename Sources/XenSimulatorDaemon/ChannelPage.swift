@@ -74,9 +74,18 @@ struct ChannelPage: @unchecked Sendable {
 }
 
 /// The wake-up side of an event-channel handle: a non-blocking pipe. The
-/// handle polls the read end; peers get only the write end, so a peer can
-/// wake the handle (as a notify may) but never swallow its wake-ups, which it
-/// could with a shared eventfd.
+/// handle polls the read end; the daemon passes the write end to the
+/// processes at the far end of its channels. A peer can wake the handle (as a
+/// notify may) but cannot swallow its wake-ups (it could with a shared eventfd).
+///
+/// A pipe, not a datagram socket: a wake is on the data path whenever the
+/// peer sleeps, and write+drain costs about a third of send+drain here.
+///
+/// A peer never writes to the descriptor it was sent: `adoptPeer` reopens it
+/// through `/proc/self/fd` as a FIFO with its own non-blocking file
+/// description, so whatever a hostile peer sent or later does to its own
+/// description (clear `O_NONBLOCK`, fill the pipe), a notify never blocks.
+/// A closed reader gives `EPIPE`, not `SIGPIPE`: joining ignores that signal.
 struct WakePipe {
     let read: Int32
     let write: Int32
@@ -91,16 +100,31 @@ struct WakePipe {
         return WakePipe(read: fds[0], write: fds[1])
     }
 
+    /// This process's own non-blocking write description of the pipe behind
+    /// `received` (which is closed); nil if it is not a pipe.
+    static func adoptPeer(_ received: Int32) -> Int32? {
+        defer { Glibc.close(received) }
+        let fd = open("/proc/self/fd/\(received)", O_WRONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFIFO else {
+            Glibc.close(fd)
+            return nil
+        }
+        return fd
+    }
+
     /// Wakes the handle behind `fd`. A full pipe is already readable, so
-    /// `EAGAIN` is success; a closed reader (`EPIPE`) means the peer is gone.
+    /// `EAGAIN` is success; `EPIPE` means the handle is gone.
     @inline(__always) static func wake(_ fd: Int32) {
         var one: UInt8 = 1
         while Glibc.write(fd, &one, 1) < 0 && errno == EINTR {}
     }
 
-    /// Empties the read end.
+    /// Empties the read end: one read, unless it came back full (then the pipe may hold more).
     static func drain(_ fd: Int32) {
         var sink = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
-        while withUnsafeMutableBytes(of: &sink, { Glibc.read(fd, $0.baseAddress, $0.count) }) > 0 {}
+        let size = MemoryLayout.size(ofValue: sink)
+        while withUnsafeMutableBytes(of: &sink, { Glibc.read(fd, $0.baseAddress, size) }) == size {}
     }
 }

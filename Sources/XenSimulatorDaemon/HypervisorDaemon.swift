@@ -31,6 +31,11 @@ import XenStore
 ///   daemon unpins its mappings, closes its ports (peers see `ENOTCONN`), and
 ///   for a guest destroys the domain and removes its devices from the store, so
 ///   backends see them vanish. A dom0 process's grants are ended if unmapped.
+///
+/// Its toolstack work (a guest's home and devices in the store) runs as Swift
+/// tasks awaited from the connection's thread for at most 5 s: run the daemon
+/// where nothing blocks the cooperative pool (its own process, as `xenpv
+/// hypervisor` does).
 public final class HypervisorDaemon: @unchecked Sendable {
     // @unchecked: the tables below are guarded by `lock`; each connection's
     // socket is read by its own thread.
@@ -47,6 +52,8 @@ public final class HypervisorDaemon: @unchecked Sendable {
     private var connections: [ObjectIdentifier: Connection] = [:]
     private var ports: [PortKey: PortEntry] = [:]
     private var nextHandle: UInt32 = 1
+    /// Hypercall messages handled since start: the data path must not add to it.
+    private var calls: UInt64 = 0
     private var slices: [Bool]
     private var stopped = false
     private var toolstackStore: XenStoreClient?
@@ -190,7 +197,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
     private func reportWords() -> [UInt64] {
         let maps = connections.values.reduce(0) { $0 + $1.maps.count }
         let domains = hypervisor.domainIDs.map { UInt64($0.rawValue) }
-        return [0, UInt64(maps), UInt64(ports.count), UInt64(connections.count), UInt64(domains.count)] + domains
+        return [0, UInt64(maps), UInt64(ports.count), UInt64(connections.count), UInt64(domains.count)] + domains + [calls]
     }
 
     // MARK: Accepting and serving
@@ -236,6 +243,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
     }
 
     private func handle(_ m: WireMessage, from conn: Connection) -> (WireMessage, AfterReply) {
+        lock.withLock { calls &+= 1 }
         guard let opWord = m.words.first, let op = DaemonOp(rawValue: opWord) else {
             return (.failure(.errno(.invalidArgument, "unknown hypercall")), AfterReply())
         }

@@ -7,7 +7,7 @@ import XenHypervisor
 ///
 /// Each port lives on a channel page shared with its peer's process only (see
 /// `ChannelPage`); the handle's descriptor is the read end of a wake pipe
-/// whose write end the daemon gives to the peer. `notify` and `pending` touch
+/// (`WakePipe`) whose write end the daemon gives to the peer. `notify` and `pending` touch
 /// only those pages and pipes: the daemon is asked once per connection for the
 /// peer's wake pipe, never per event.
 ///
@@ -94,7 +94,7 @@ final class RemoteEventChannels: EventChannels, @unchecked Sendable {
             throw error
         }
         let number = UInt32(truncatingIfNeeded: reply.words[1])
-        let port = Port(number: number, page: ChannelPage(base: base), end: 1, peerFD: reply.fds[1],
+        let port = Port(number: number, page: ChannelPage(base: base), end: 1, peerFD: WakePipe.adoptPeer(reply.fds[1]) ?? -1,
                         generation: UInt32(truncatingIfNeeded: reply.words[2]))
         lock.withLock { ports[number] = port }
         // The daemon set our end pending, as Xen does for a new interdomain
@@ -105,7 +105,11 @@ final class RemoteEventChannels: EventChannels, @unchecked Sendable {
 
     func notify(_ port: EventPort) throws(HypervisorError) {
         let p = port.rawValue
-        let (record, isClosed) = lock.withLock { (ports[p], closed) }
+        // One uncontended lock: the port's record and its cached peer.
+        let (record, fd, generation, isClosed) = lock.withLock { () -> (Port?, Int32, UInt32, Bool) in
+            guard let r = ports[p] else { return (nil, -1, 0, closed) }
+            return (r, r.peerFD, r.generation, closed)
+        }
         if isClosed { throw HypervisorError(.closed, "notify on a closed event-channel handle") }
         guard let record else { throw .errno(.socketNotConnected, "notify: \(port) not bound through this handle") }
         // acquiring: the state word is the daemon's publication of the peer; what it
@@ -114,23 +118,24 @@ final class RemoteEventChannels: EventChannels, @unchecked Sendable {
         guard state & 0xFF == ChannelPage.connected else {
             throw .errno(.socketNotConnected, "notify: \(port) has no connected peer")
         }
-        let fd = try peerFD(record, generation: state >> 8)
-        if record.page.setPending(1 - record.end) { WakePipe.wake(fd) }
+        let target = fd >= 0 && generation == state >> 8 ? fd : try refreshPeer(record)
+        if record.page.setPending(1 - record.end) { WakePipe.wake(target) }
     }
 
-    /// The peer's wake pipe for this connection: cached, or asked of the daemon
-    /// once after the peer (re)connected.
-    private func peerFD(_ record: Port, generation: UInt32) throws(HypervisorError) -> Int32 {
-        let cached = lock.withLock { record.generation == generation ? record.peerFD : -1 }
-        if cached >= 0 { return cached }
+    /// Asks the daemon for the peer's wake end after the peer (re)connected:
+    /// once per connection, never per event.
+    private func refreshPeer(_ record: Port) throws(HypervisorError) -> Int32 {
         let reply = try hypervisor.link.call(WireMessage([DaemonOp.peer.rawValue, UInt64(record.number)]))
         guard reply.words.count >= 2, reply.fds.count == 1 else {
             for fd in reply.fds { Glibc.close(fd) }
             throw .errno(.socketNotConnected, "notify: \(record.number) has no connected peer")
         }
+        guard let fd = WakePipe.adoptPeer(reply.fds[0]) else {
+            throw .errno(.socketNotConnected, "notify: the peer of \(record.number) gave no wake pipe")
+        }
         return lock.withLock {
             if record.peerFD >= 0 { Glibc.close(record.peerFD) }
-            record.peerFD = reply.fds[0]
+            record.peerFD = fd
             record.generation = UInt32(truncatingIfNeeded: reply.words[1])
             return record.peerFD
         }

@@ -38,33 +38,37 @@ final class RemoteGrantMapper: GrantMapper, @unchecked Sendable {
     private func mapRefs(_ refs: [GrantRef], from domain: DomainID, writable: Bool) throws(HypervisorError) -> GrantMapping {
         guard !lock.withLock({ closed }) else { throw HypervisorError(.closed, "map on a closed grant mapper") }
         guard !refs.isEmpty, refs.count <= 256 else { throw .errno(.invalidArgument, "map of \(refs.count) references") }
-        let have = hypervisor.cachedMapFD(domain) != nil
-        var words: [UInt64] = [DaemonOp.map.rawValue, UInt64(domain.rawValue), writable ? 1 : 0, have ? 1 : 0]
-        words += refs.map { UInt64($0.rawValue) }
-        let reply = try hypervisor.link.call(WireMessage(words))
-        guard reply.words.count == 2 + refs.count else {
-            for fd in reply.fds { Glibc.close(fd) }
-            throw HypervisorError(.closed, "malformed map reply")
-        }
-        let handle = UInt32(truncatingIfNeeded: reply.words[1])
-        let fd: Int32
-        if let got = reply.fds.first {
+        // Counted first, so a concurrent last unmap cannot drop the cached descriptor under us.
+        hypervisor.mapped(domain)
+        var handle: UInt32?
+        do throws(HypervisorError) {
+            let have = hypervisor.cachedMapFD(domain) != nil
+            var words: [UInt64] = [DaemonOp.map.rawValue, UInt64(domain.rawValue), writable ? 1 : 0, have ? 1 : 0]
+            words += refs.map { UInt64($0.rawValue) }
+            let reply = try hypervisor.link.call(WireMessage(words))
+            guard reply.words.count == 2 + refs.count else {
+                for fd in reply.fds { Glibc.close(fd) }
+                throw HypervisorError(.closed, "malformed map reply")
+            }
+            handle = UInt32(truncatingIfNeeded: reply.words[1])
             for extra in reply.fds.dropFirst() { Glibc.close(extra) }
-            fd = hypervisor.cacheMapFD(domain, got)
-        } else if let cached = hypervisor.cachedMapFD(domain) {
-            fd = cached
-        } else {
-            _ = try? hypervisor.link.call(WireMessage([DaemonOp.unmap.rawValue, UInt64(handle)]))
-            throw HypervisorError(.closed, "map reply without the granter's memory")
-        }
-        let base: UnsafeMutableRawPointer
-        do { base = try Mapping.frames(fd, Array(reply.words[2...]), writable: writable) } catch {
-            _ = try? hypervisor.link.call(WireMessage([DaemonOp.unmap.rawValue, UInt64(handle)]))
+            let fd: Int32
+            if let got = reply.fds.first {
+                fd = hypervisor.cacheMapFD(domain, got)
+            } else if let cached = hypervisor.cachedMapFD(domain) {
+                fd = cached
+            } else {
+                throw HypervisorError(.closed, "map reply without the granter's memory")
+            }
+            let base = try Mapping.frames(fd, Array(reply.words[2...]), writable: writable)
+            lock.withLock { _ = mine.insert(handle!) }
+            return GrantMapping(domain: domain, memory: MappedPages(base: base, count: refs.count), handle: GrantHandle(handle!),
+                                writable: writable)
+        } catch {
+            if let handle { _ = try? hypervisor.link.call(WireMessage([DaemonOp.unmap.rawValue, UInt64(handle)])) }
+            hypervisor.unmapped(domain)
             throw error
         }
-        lock.withLock { _ = mine.insert(handle) }
-        return GrantMapping(domain: domain, memory: MappedPages(base: base, count: refs.count), handle: GrantHandle(handle),
-                            writable: writable)
     }
 
     func unmap(_ mapping: GrantMapping) throws(HypervisorError) {
@@ -73,6 +77,7 @@ final class RemoteGrantMapper: GrantMapper, @unchecked Sendable {
         }
         // The view goes first: once the granter sees its flags clear, we can no longer touch the pages.
         munmap(mapping.memory.base, mapping.memory.byteCount)
+        hypervisor.unmapped(mapping.domain)
         _ = try hypervisor.link.call(WireMessage([DaemonOp.unmap.rawValue, UInt64(mapping.handle.rawValue)]))
     }
 

@@ -67,8 +67,9 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
     public init(socketPath: String, as request: DomainRequest, onDaemonLost: @escaping LostHandler = RemoteHypervisor.exitOnLoss)
         throws(HypervisorError)
     {
-        // A notify to a peer that died writes to a pipe with no reader: that
-        // must be an EPIPE error, not a signal that kills this process.
+        // A notify to a handle whose process died writes to a pipe without a
+        // reader: that must be EPIPE, not a signal killing this process (as
+        // network servers do, this process ignores SIGPIPE from now on).
         signal(SIGPIPE, SIG_IGN)
         self.socketPath = socketPath
         let link = try DaemonLink(socketPath: socketPath)
@@ -178,6 +179,23 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
 
     /// The granter's memory descriptor for mappings, cached per domain.
     private var mapFDs: [DomainID: Int32] = [:]
+    /// Live mappings per granter. When the last goes (a backend let go of a
+    /// device), the cached descriptor and foreign view of that domain go too,
+    /// so a dead guest's memory is not kept by dom0 processes; a copy still
+    /// running holds its own reference to the view until it ends.
+    private var liveMappings: [DomainID: Int] = [:]
+
+    func mapped(_ domain: DomainID) { lock.withLock { liveMappings[domain, default: 0] += 1 } }
+
+    func unmapped(_ domain: DomainID) {
+        lock.withLock {
+            let n = (liveMappings[domain] ?? 1) - 1
+            guard n <= 0 else { liveMappings[domain] = n; return }
+            liveMappings[domain] = nil
+            foreign[domain] = nil
+            if let fd = mapFDs.removeValue(forKey: domain) { Glibc.close(fd) }
+        }
+    }
 
     func cachedMapFD(_ domain: DomainID) -> Int32? { lock.withLock { mapFDs[domain] } }
 
@@ -203,17 +221,20 @@ public struct DaemonReport: Sendable, Hashable, CustomStringConvertible {
     public var ports: Int
     /// Processes joined.
     public var processes: Int
+    /// Hypercall messages the daemon handled so far (set-up only: the data path adds none).
+    public var calls: UInt64
 
     init(words: [UInt64]) throws(HypervisorError) {
-        guard words.count >= 5, words.count == 5 + Int(words[4]) else { throw HypervisorError(.closed, "malformed report") }
+        guard words.count >= 6, words.count == 6 + Int(words[4]) else { throw HypervisorError(.closed, "malformed report") }
         mappings = Int(words[1])
         ports = Int(words[2])
         processes = Int(words[3])
-        domains = words[5...].map { DomainID(UInt16(truncatingIfNeeded: $0)) }
+        domains = words[5..<(5 + Int(words[4]))].map { DomainID(UInt16(truncatingIfNeeded: $0)) }
+        calls = words[words.count - 1]
     }
 
     public var description: String {
-        "domains \(domains.map(\.rawValue)), \(processes) processes, \(mappings) mappings, \(ports) ports"
+        "domains \(domains.map(\.rawValue)), \(processes) processes, \(mappings) mappings, \(ports) ports, \(calls) calls"
     }
 }
 
@@ -255,6 +276,10 @@ final class DaemonLink: @unchecked Sendable {
     deinit {
         close()
         Glibc.close(fd)
+        if let stop = stopPipe {
+            Glibc.close(stop.read)
+            Glibc.close(stop.write)
+        }
     }
 
     /// Sends a request and waits for its reply; a failure reply throws its error.

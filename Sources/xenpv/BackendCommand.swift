@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
 import Logging
+import SystemPackage
+import XenBlockBack
+import XenBlockStorage
 import XenNetBack
 import XenSimulatorDaemon
 
@@ -9,11 +12,11 @@ import XenSimulatorDaemon
 struct BackendCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backend",
-        abstract: "Join the hypervisor as dom0 and serve every guest's vif (and vbd, once the block drivers land).",
+        abstract: "Join the hypervisor as dom0 and serve every guest's vif and vbd.",
         discussion: """
+            Every guest's vbd (xvda) is served from --disk IMAGE through libaio; guests share that image.
             Without --nic, each vif echoes the frames its guest sends back to it (for `xenpv guest net-echo`).
             With --nic BRIDGE, each vif is a TAP device vifD.N on that Linux bridge.
-            --disk is checked but not served yet: the block backend is not on this branch.
             """)
 
     @Option(help: "The hypervisor daemon's socket.")
@@ -35,6 +38,10 @@ struct BackendCommand: ParsableCommand {
                 throw ValidationError("no disk image at \(disk)")
             }
             guard !isDir.boolValue else { throw ValidationError("\(disk) is a directory, not a disk image") }
+            let size = (try? FileManager.default.attributesOfItem(atPath: disk)[.size] as? UInt64) ?? 0
+            guard size >= 4096, size % 512 == 0 else {
+                throw ValidationError("disk image \(disk) has a bad size: \(size) bytes (needs a positive multiple of 512, at least 4096)")
+            }
         }
     }
 
@@ -50,8 +57,19 @@ struct BackendCommand: ParsableCommand {
             return EchoAttachment.make(swapAddresses: false)
         }
         let task = Task { try await backend.run() }
-        if disk != nil { say("xenpv backend: note: vbd devices are not served yet (no block backend on this branch)") }
-        say("xenpv backend: dom0 serving vifs (\(bridge.map { "bridge \($0)" } ?? "echo"))")
+        var blockBackend: BlockBackend?
+        if let disk {
+            let size = (try FileManager.default.attributesOfItem(atPath: disk)[.size] as? UInt64) ?? 0
+            let blk = BlockBackend(store: hv.store, hypervisor: hv, logger: logger) { _, _, _ in
+                BlockBackendDisk(byteCount: size, readOnly: false) {
+                    try LibaioStorage(path: FilePath(disk), readOnly: false, directIO: .preferred, queueDepth: 64)
+                }
+            }
+            try ProcessSupport.runBlocking { try await blk.start() }
+            blockBackend = blk
+        }
+        say("xenpv backend: dom0 serving vifs (\(bridge.map { "bridge \($0)" } ?? "echo"))"
+            + (disk.map { " and vbds (\($0))" } ?? ""))
         // One line whenever the set of served vifs changes, for people and tests.
         let watcher = Thread {
             var last = ""
@@ -67,6 +85,7 @@ struct BackendCommand: ParsableCommand {
         watcher.start()
         ProcessSupport.waitForTermination()
         backend.closeAll()
+        if let blk = blockBackend { _ = try? ProcessSupport.runBlocking { await blk.shutdown() } }
         task.cancel()
         hv.close()
         say("xenpv backend: stopped")

@@ -47,6 +47,12 @@ struct BenchRingProcesses: ParsableCommand {
     @Flag(help: "Print one JSON object.")
     var json = false
 
+    @Flag(help: "Print each round with the frontend's sleeps and notifies.")
+    var verbose = false
+
+    @Flag(help: .hidden)
+    var remoteThreads = false
+
     func validate() throws {
         guard requests > 0 else { throw ValidationError("--requests must be positive") }
         guard rounds > 0, rounds <= 20 else { throw ValidationError("--rounds must be 1 to 20") }
@@ -89,6 +95,7 @@ struct BenchRingProcesses: ParsableCommand {
 
     /// Both loops in this process on the embedded simulator.
     private func inProcess() throws -> Double {
+        let label = "in one process"
         let host = SimulatedHypervisor()
         let guest = try host.createDomain(frames: 64)
         let sharer = try guest.openGrantSharer()
@@ -129,21 +136,57 @@ struct BenchRingProcesses: ParsableCommand {
         try mapper.unmap(mapping)
         try sharer.unshare(shared)
         _ = host.shutdown()
+        if verbose { say("  \(label): \(Int(Double(requests) / stats.seconds)) req/s, front sleeps \(stats.sleeps), notifies \(stats.notifies)") }
         return Double(requests) / stats.seconds
     }
 
     /// The frontend here (a guest joined to the daemon), the backend in a child `xenpv` (dom0).
     private func acrossProcesses(guest: RemoteHypervisor, socket: String) throws -> Double {
+        let label = "across processes"
         let sharer = try guest.openGrantSharer()
         let shared = try sharer.sharePages(count: 1, with: .dom0, writable: true)
         _ = try BlkifFrontRing(initializing: shared.memory)
         let fe = try guest.openEventChannels()
         let fp = try fe.bindUnbound(remote: .dom0)
+        if remoteThreads {
+            // Diagnostic: the backend on a thread of this process, joined as dom0 over the socket.
+            let dom0 = try RemoteHypervisor(socketPath: socket, as: .dom0)
+            let mapper = try dom0.openGrantMapper()
+            let mapping = try mapper.map(shared.refs[0], from: guest.domainID, writable: true)
+            let be = try dom0.openEventChannels()
+            let bp = try be.bindInterdomain(remote: guest.domainID, remotePort: fp)
+            let (requests, mode, spin, backCPU, qd, frontCPU) = (self.requests, self.mode, spinNanoseconds, self.backCPU, queueDepth, self.frontCPU)
+            let bt = Thread {
+                if backCPU >= 0 { _ = cxen_pin_to_cpu(backCPU) }
+                _ = try? SplitRing.back(pages: mapping.memory, events: be, port: bp, requests: requests, mode: mode, spinNanoseconds: spin)
+            }
+            let frontResult = ResultBox<SplitRing.Stats>()
+            let done = DispatchSemaphore(value: 0)
+            let ft = Thread {
+                if frontCPU >= 0 { _ = cxen_pin_to_cpu(frontCPU) }
+                do { frontResult.set(.success(try SplitRing.front(pages: shared.memory, events: fe, port: fp, requests: requests, queueDepth: qd, mode: mode, spinNanoseconds: spin))) } catch {
+                    frontResult.set(.failure(error))
+                }
+                done.signal()
+            }
+            bt.start()
+            ft.start()
+            done.wait()
+            let stats = try frontResult.get()
+            usleep(20_000)
+            if verbose { say("  remote clients, one process: \(Int(Double(requests) / stats.seconds)) req/s, front sleeps \(stats.sleeps), notifies \(stats.notifies)") }
+            try? be.unbind(bp)
+            try? fe.unbind(fp)
+            try mapper.unmap(mapping)
+            try sharer.unshare(shared)
+            dom0.close()
+            return Double(requests) / stats.seconds
+        }
         let child = Process()
         child.executableURL = URL(fileURLWithPath: "/proc/\(getpid())/exe").resolvingSymlinksInPath()
         child.arguments = ["bench", "ring-peer", "--connect", socket, "--guest", "\(guest.domainID.rawValue)",
                            "--ref", "\(shared.refs[0].rawValue)", "--port", "\(fp.rawValue)", "--requests", "\(requests)",
-                           "--mode", mode.rawValue, "--spin-microseconds", "\(spinMicroseconds)", "--back-cpu", "\(backCPU)"]
+                           "--mode", mode.rawValue, "--spin-microseconds", "\(spinMicroseconds)", "--back-cpu=\(backCPU)"]
         let pipe = Pipe()
         child.standardOutput = pipe
         try child.run()
@@ -175,6 +218,7 @@ struct BenchRingProcesses: ParsableCommand {
         try? fe.unbind(fp)
         fe.close()
         try sharer.unshare(shared)
+        if verbose { say("  \(label): \(Int(Double(requests) / stats.seconds)) req/s, front sleeps \(stats.sleeps), notifies \(stats.notifies)") }
         return Double(requests) / stats.seconds
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Logging
+import Testing
 import XenSimulatorDaemon
 
 /// A temporary directory for sockets, removed by `cleanup`.
@@ -47,6 +48,10 @@ final class Child: @unchecked Sendable {
     }
 
     deinit { kill() }
+
+    /// Under `swift test --sanitize=thread` the children are instrumented too:
+    /// a report in their output is a failure like one in the test process.
+    var sanitizerClean: Bool { !output.contains("WARNING: ThreadSanitizer") }
 
     var output: String { lock.withLock { text } }
     var pid: Int32 { process.processIdentifier }
@@ -101,3 +106,8 @@ func quietLogger() -> Logger {
     l.logLevel = .critical
     return l
 }
+
+/// Every suite of this target runs serially: the child-process tests block
+/// their threads while they wait, which would starve the cooperative pool an
+/// in-process daemon needs for its store calls.
+@Suite(.timeLimit(.minutes(3)), .serialized) enum ProcessTests {}

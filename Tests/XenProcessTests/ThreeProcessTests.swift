@@ -4,92 +4,161 @@ import Testing
 import XenABI
 import XenSimulatorDaemon
 
-/// `xenpv hypervisor`, `xenpv backend` and `xenpv guest` as separate processes,
-/// driven as a person would from three terminals.
-@Suite(.timeLimit(.minutes(2)), .serialized)
-struct ThreeProcessTests {
-    /// Threads of `pid` now.
-    func threads(of pid: Int32) -> Int {
-        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).count
-    }
+extension ProcessTests {
+    /// `xenpv hypervisor`, `xenpv backend` and `xenpv guest` as separate processes,
+    /// driven as a person would from three terminals.
+    @Suite(.serialized)
+    struct ThreeProcessTests {
+        /// Threads of `pid` now.
+        func threads(of pid: Int32) -> Int {
+            ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).count
+        }
 
-    @Test(.timeLimit(.minutes(1)))
-    func backendRestartGuestCrashAndDaemonLoss() throws {
-        let dir = temporaryDirectory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let sock = dir + "/hv.sock"
-        let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
-        defer { hv.kill() }
-        #expect(hv.waitFor("listening"), "\(hv.output)")
-        var backend = try Child(["backend", "--connect", sock], name: "backend")
-        defer { backend.kill() }
-        #expect(backend.waitFor("serving"), "\(backend.output)")
+        @Test(.timeLimit(.minutes(1)))
+        func backendRestartGuestCrashAndDaemonLoss() throws {
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let sock = dir + "/hv.sock"
+            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            defer { hv.kill() }
+            #expect(hv.waitFor("listening"), "\(hv.output)")
+            var backend = try Child(["backend", "--connect", sock], name: "backend")
+            defer { backend.kill() }
+            #expect(backend.waitFor("serving"), "\(backend.output)")
 
-        // A guest streams frames through the echoing backend; the backend is
-        // killed mid-stream and a new one started; the guest's frontend waits,
-        // reconnects, and every frame it counted as echoed came back intact.
-        let guest = try Child(["guest", "net-echo", "--connect", sock, "--count", "120", "--interval-ms", "5", "--timeout", "40"],
-                              name: "guest")
-        defer { guest.kill() }
-        #expect(guest.waitFor("echoed 30/"), "\(guest.output)")
-        backend.kill()
-        let echoedBefore = guest.output.components(separatedBy: "echoed ").count - 1
-        backend = try Child(["backend", "--connect", sock], name: "backend 2")
-        #expect(backend.waitFor("serving"), "\(backend.output)")
-        #expect(guest.waitForExit(seconds: 40) == 0, "\(guest.output)")
-        #expect(guest.output.contains("120 frames echoed intact"), "\(guest.output)")
-        #expect(echoedBefore < 120, "the backend was killed mid-stream")
-        print("guest across the backend restart:", guest.output.split(separator: "\n").filter { !$0.hasPrefix("echoed") })
+            // A guest streams frames through the echoing backend; the backend is
+            // killed mid-stream and a new one started; the guest's frontend waits,
+            // reconnects, and every frame it counted as echoed came back intact.
+            let guest = try Child(["guest", "net-echo", "--connect", sock, "--count", "120", "--interval-ms", "5", "--timeout", "30"],
+                                  name: "guest")
+            defer { guest.kill() }
+            #expect(guest.waitFor("echoed 30/"), "\(guest.output)")
+            backend.kill()
+            let echoedBefore = guest.output.components(separatedBy: "echoed ").count - 1
+            backend = try Child(["backend", "--connect", sock, "--verbose"], name: "backend 2")
+            #expect(backend.waitFor("serving"), "\(backend.output)")
+            #expect(guest.waitForExit(seconds: 40) == 0, "\(guest.output)\n--- backend 2:\n\(backend.output)\n--- hypervisor:\n\(hv.output)")
+            #expect(guest.output.contains("120 frames echoed intact"), "\(guest.output)")
+            #expect(echoedBefore < 120, "the backend was killed mid-stream")
+            print("guest across the backend restart:", guest.output.split(separator: "\n").filter { !$0.hasPrefix("echoed") })
 
-        // A guest killed mid-stream: the daemon destroys its domain and removes
-        // its vif; the backend unmaps, unbinds and ends the vif's thread.
-        let dom0 = try RemoteHypervisor(socketPath: sock, as: .dom0, onDaemonLost: ignoreLoss)
-        defer { dom0.close() }
-        #expect(backend.waitFor("vifs: none"), "\(backend.output)")
-        let idleThreads = threads(of: backend.pid)
-        let doomed = try Child(["guest", "net-echo", "--connect", sock, "--count", "100000", "--interval-ms", "2", "--timeout", "50"],
-                               name: "doomed guest")
-        #expect(doomed.waitFor("echoed 20/"), "\(doomed.output)")
-        #expect(backend.output.contains("Connected"), "\(backend.output)")
-        let busyThreads = threads(of: backend.pid)
-        #expect(try dom0.report().mappings > 0)
-        doomed.kill()
-        #expect(eventually(15) {
-            guard let r = try? dom0.report() else { return false }
-            return r.domains == [.dom0] && r.mappings == 0 && r.ports == 0
-        }, "\((try? dom0.report())?.description ?? "no report")")
-        // The vif is gone and its thread with it.
-        #expect(eventually(10) { backend.output.hasSuffix("vifs: none\n") }, "\(backend.output)")
-        #expect(eventually(10) { threads(of: backend.pid) < busyThreads }, "idle \(idleThreads), busy \(busyThreads)")
+            // A guest killed mid-stream: the daemon destroys its domain and removes
+            // its vif; the backend unmaps, unbinds and ends the vif's thread.
+            let dom0 = try RemoteHypervisor(socketPath: sock, as: .dom0, onDaemonLost: ignoreLoss)
+            defer { dom0.close() }
+            #expect(backend.waitFor("vifs: none"), "\(backend.output)")
+            let idleThreads = threads(of: backend.pid)
+            let doomed = try Child(["guest", "net-echo", "--connect", sock, "--count", "100000", "--interval-ms", "2", "--timeout", "50"],
+                                   name: "doomed guest")
+            #expect(doomed.waitFor("echoed 20/"), "\(doomed.output)")
+            #expect(backend.output.contains("Connected"), "\(backend.output)")
+            let busyThreads = threads(of: backend.pid)
+            #expect(try dom0.report().mappings > 0)
+            doomed.kill()
+            #expect(eventually(15) {
+                guard let r = try? dom0.report() else { return false }
+                return r.domains == [.dom0] && r.mappings == 0 && r.ports == 0
+            }, "\((try? dom0.report())?.description ?? "no report")")
+            // The backend no longer maps anything of the dead guest: not its memory
+            // (ring views, grant-copy view), not its grant table, not the channel page.
+            let doomedID = doomed.output.split(separator: "joined as ").last?.prefix { $0 != "\n" } ?? "?"
+            #expect(eventually(10) {
+                let maps = (try? String(contentsOfFile: "/proc/\(backend.pid)/maps", encoding: .utf8)) ?? "?"
+                return !maps.contains("-\(doomedID) ") && !maps.contains("-\(doomedID)-gnttab") && !maps.contains("xenpv-evtchn")
+            }, "backend still maps \(doomedID)")
+            // The vif is gone and its thread with it.
+            #expect(eventually(10) { backend.output.hasSuffix("vifs: none\n") }, "\(backend.output)")
+            #expect(eventually(10) { threads(of: backend.pid) < busyThreads }, "idle \(idleThreads), busy \(busyThreads)")
 
-        // The daemon dies: every joined process exits with a clear message.
-        let waiting = try Child(["guest", "net-echo", "--connect", sock, "--count", "100000", "--interval-ms", "2", "--timeout", "50"],
-                                name: "last guest")
-        defer { waiting.kill() }
-        #expect(waiting.waitFor("echoed 5/"), "\(waiting.output)")
-        hv.kill()
-        #expect(backend.waitForExit(seconds: 10) == 3, "\(backend.output)")
-        #expect(waiting.waitForExit(seconds: 10) == 3, "\(waiting.output)")
-        #expect(backend.output.contains("the hypervisor daemon at \(sock) went away"))
-        #expect(waiting.output.contains("went away"))
-    }
+            // The daemon dies: every joined process exits with a clear message.
+            let waiting = try Child(["guest", "net-echo", "--connect", sock, "--count", "100000", "--interval-ms", "2", "--timeout", "50"],
+                                    name: "last guest")
+            defer { waiting.kill() }
+            #expect(waiting.waitFor("echoed 5/"), "\(waiting.output)")
+            hv.kill()
+            #expect(backend.waitForExit(seconds: 10) == 3, "\(backend.output)")
+            #expect(waiting.waitForExit(seconds: 10) == 3, "\(waiting.output)")
+            #expect(backend.output.contains("the hypervisor daemon at \(sock) went away"))
+            #expect(waiting.output.contains("went away"))
+            for child in [hv, backend, guest, doomed, waiting] { #expect(child.sanitizerClean, "\(child.name): \(child.output)") }
+        }
 
-    @Test func clearErrorsForAMissingSocketAFileAndASize() throws {
-        let dir = temporaryDirectory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let noSocket = try Child(["guest", "net-echo", "--connect", dir + "/none.sock"], name: "guest")
-        #expect(noSocket.waitForExit(seconds: 10) != 0)
-        #expect(noSocket.output.contains("no hypervisor socket at \(dir)/none.sock"), "\(noSocket.output)")
-        let noDisk = try Child(["backend", "--connect", dir + "/none.sock", "--disk", dir + "/none.img"], name: "backend")
-        #expect(noDisk.waitForExit(seconds: 10) != 0)
-        #expect(noDisk.output.contains("no disk image at \(dir)/none.img"), "\(noDisk.output)")
-        let badSize = try Child(["guest", "net-echo", "--connect", dir, "--size", "20"], name: "guest")
-        #expect(badSize.waitForExit(seconds: 10) != 0)
-        #expect(badSize.output.contains("--size must be 60 to 9000 bytes"), "\(badSize.output)")
-        let stale = dir + "/stale.sock"
-        FileManager.default.createFile(atPath: stale, contents: nil)
-        let refused = try Child(["backend", "--connect", stale], name: "backend")
-        #expect(refused.waitForExit(seconds: 10) != 0)
-        #expect(refused.output.contains("cannot join the hypervisor at \(stale)"), "\(refused.output)")
+        @Test func clearErrorsForAMissingSocketAFileAndASize() throws {
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let noSocket = try Child(["guest", "net-echo", "--connect", dir + "/none.sock"], name: "guest")
+            #expect(noSocket.waitForExit(seconds: 10) != 0)
+            #expect(noSocket.output.contains("no hypervisor socket at \(dir)/none.sock"), "\(noSocket.output)")
+            let noDisk = try Child(["backend", "--connect", dir + "/none.sock", "--disk", dir + "/none.img"], name: "backend")
+            #expect(noDisk.waitForExit(seconds: 10) != 0)
+            #expect(noDisk.output.contains("no disk image at \(dir)/none.img"), "\(noDisk.output)")
+            FileManager.default.createFile(atPath: dir + "/odd.img", contents: Data(count: 1000))
+            let oddDisk = try Child(["backend", "--connect", dir + "/none.sock", "--disk", dir + "/odd.img"], name: "backend")
+            #expect(oddDisk.waitForExit(seconds: 10) != 0)
+            #expect(oddDisk.output.contains("has a bad size: 1000 bytes"), "\(oddDisk.output)")
+            let badRange = try Child(["guest", "disk", "write", "--connect", dir, "--length", "1000"], name: "guest")
+            #expect(badRange.waitForExit(seconds: 10) != 0)
+            #expect(badRange.output.contains("--length must be a positive multiple of 512"), "\(badRange.output)")
+            let badSize = try Child(["guest", "net-echo", "--connect", dir, "--size", "20"], name: "guest")
+            #expect(badSize.waitForExit(seconds: 10) != 0)
+            #expect(badSize.output.contains("--size must be 60 to 9000 bytes"), "\(badSize.output)")
+            let stale = dir + "/stale.sock"
+            FileManager.default.createFile(atPath: stale, contents: nil)
+            let refused = try Child(["backend", "--connect", stale], name: "backend")
+            #expect(refused.waitForExit(seconds: 10) != 0)
+            #expect(refused.output.contains("cannot join the hypervisor at \(stale)"), "\(refused.output)")
+        }
+
+        @Test func ringBenchmarkAcrossProcessesRuns() throws {
+            let bench = try Child(["bench", "ring-processes", "--mode", "event", "--requests", "20000", "--rounds", "1", "--json",
+                                   "--front-cpu=-1", "--back-cpu=-1"], name: "bench")
+            #expect(bench.waitForExit(seconds: 30) == 0, "\(bench.output)")
+            #expect(bench.output.contains("\"across_processes_requests_per_second\""), "\(bench.output)")
+        }
+
+        /// The block path: a guest streams writes, the backend is killed mid-stream and a
+        /// new one started; the guest's frontend waits, reconnects, finishes; a later guest
+        /// verifies every byte, and the image on disk holds them.
+        @Test(.timeLimit(.minutes(1)))
+        func diskWritesSurviveABackendRestart() throws {
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let sock = dir + "/hv.sock"
+            let image = dir + "/disk.img"
+            #expect(FileManager.default.createFile(atPath: image, contents: nil))
+            #expect(truncate(image, 16 << 20) == 0)
+            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            defer { hv.kill() }
+            #expect(hv.waitFor("listening"), "\(hv.output)")
+            var backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
+            defer { backend.kill() }
+            #expect(backend.waitFor("serving"), "\(backend.output)")
+
+            let length = 4 << 20
+            let writer = try Child(["guest", "disk", "write", "--connect", sock, "--length", "\(length)", "--chunk", "65536",
+                                    "--interval-ms", "10", "--seed", "7"], name: "writer")
+            defer { writer.kill() }
+            #expect(writer.waitFor("written \(1 << 20)/"), "\(writer.output)")
+            backend.kill()
+            let acknowledged = writer.output.components(separatedBy: "written ").count - 1
+            #expect(acknowledged < length / 65536, "the backend was killed mid-stream")
+            backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend 2")
+            #expect(writer.waitForExit(seconds: 40) == 0, "\(writer.output)")
+            #expect(writer.output.contains("wrote and flushed \(length) bytes"), "\(writer.output)")
+
+            let verifier = try Child(["guest", "disk", "verify", "--connect", sock, "--length", "\(length)", "--seed", "7"],
+                                     name: "verifier")
+            defer { verifier.kill() }
+            #expect(verifier.waitForExit(seconds: 30) == 0, "\(verifier.output)")
+            #expect(verifier.output.contains("verified \(length) bytes"), "\(verifier.output)")
+            // Independently of the guest: the image itself holds the pattern.
+            let bytes = try #require(FileManager.default.contents(atPath: image))
+            let bad = (0..<length).first { i in
+                let o = UInt64(i)
+                return bytes[i] != UInt8(truncatingIfNeeded: (o &* 0x9E37_79B1) >> 11) ^ UInt8(truncatingIfNeeded: o >> 9) ^ 7
+            }
+            #expect(bad == nil, "image differs at byte \(bad ?? -1)")
+            for child in [hv, backend, writer, verifier] { #expect(child.sanitizerClean, "\(child.name): \(child.output)") }
+        }
     }
 }

@@ -1,0 +1,80 @@
+import Foundation
+import Glibc
+import Testing
+import XenABI
+import XenHypervisor
+@testable import XenSimulatorDaemon
+
+extension ProcessTests {
+    /// A process speaking nonsense to the daemon gets errors (or is dropped) and
+    /// harms nobody else.
+    @Suite struct HostileClientTests {
+        func rawConnection(_ path: String) throws -> Int32 {
+            let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0)
+            var addr = sockaddr_un()
+            addr.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
+            let rc = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            try #require(rc == 0)
+            return fd
+        }
+
+        func call(_ fd: Int32, _ m: WireMessage) -> WireMessage? {
+            guard Wire.send(fd, m) else { return nil }
+            return Wire.receive(fd)
+        }
+
+        @Test func nonsenseGetsErrorsAndOthersAreUnharmed() throws {
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
+            try daemon.start()
+            defer { daemon.stop() }
+            let honest = try RemoteHypervisor(socketPath: dir + "/hv.sock", as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
+            defer { honest.close() }
+            let shared = try honest.openGrantSharer().sharePages(count: 1, with: .dom0, writable: true)
+
+            let fd = try rawConnection(dir + "/hv.sock")
+            defer { close(fd) }
+            // Before joining, nothing but join is accepted.
+            #expect(call(fd, WireMessage([DaemonOp.map.rawValue, 1, 1, 0, UInt64(shared.refs[0].rawValue)]))?.error != nil)
+            // Unknown operations and malformed joins are refused.
+            #expect(call(fd, WireMessage([999]))?.error?.code == .errno(.invalidArgument))
+            #expect(call(fd, WireMessage([DaemonOp.join.rawValue]))?.error != nil)
+            #expect(call(fd, WireMessage([DaemonOp.join.rawValue, 1, 3, 0]))?.error?.code == .errno(.invalidArgument))  // 3 frames
+            // Join properly, then try what a guest may not do.
+            let joined = try #require(call(fd, WireMessage([DaemonOp.join.rawValue, 1, 64, 0])))
+            #expect(joined.error == nil)
+            for f in joined.fds { close(f) }
+            let me = UInt64(joined.words[1])
+            #expect(call(fd, WireMessage([DaemonOp.foreignAccess.rawValue, UInt64(honest.domainID.rawValue)]))?.error?.code
+                    == .errno(.notPermitted))
+            #expect(call(fd, WireMessage([DaemonOp.report.rawValue]))?.error?.code == .errno(.notPermitted))
+            // The honest guest's grant is for dom0, not for us; a huge or empty ref list is malformed.
+            let steal = call(fd, WireMessage([DaemonOp.map.rawValue, UInt64(honest.domainID.rawValue), 0, 0, UInt64(shared.refs[0].rawValue)]))
+            #expect(steal?.error?.code == .grant(.permissionDenied) && steal?.fds.isEmpty == true)
+            #expect(call(fd, WireMessage([DaemonOp.map.rawValue, UInt64(honest.domainID.rawValue), 0, 0]))?.error != nil)
+            #expect(call(fd, WireMessage([DaemonOp.map.rawValue, 1, 0, 0] + Array(repeating: 8, count: 300)))?.error != nil)
+            // Unmapping, unbinding and peering what is not ours.
+            #expect(call(fd, WireMessage([DaemonOp.unmap.rawValue, 12345]))?.error?.code == .grant(.badHandle))
+            #expect(call(fd, WireMessage([DaemonOp.unbind.rawValue, 1]))?.error != nil)
+            #expect(call(fd, WireMessage([DaemonOp.peer.rawValue, 1]))?.error != nil)
+            // Binding to a port that is not unbound for us, and a bind without its wake descriptor.
+            #expect(call(fd, WireMessage([DaemonOp.bindInterdomain.rawValue, 0, 1]))?.error != nil)
+            #expect(call(fd, WireMessage([DaemonOp.bindUnbound.rawValue, 0]))?.error != nil)
+            // A record too short to parse: the daemon drops this connection, and with it our domain.
+            var junk: [UInt8] = [1, 0]
+            _ = send(fd, &junk, 2, 0)
+            #expect(eventually { !daemon.report().domains.contains(DomainID(UInt16(me))) })
+
+            // The honest guest is untouched: dom0 still maps its grant.
+            let dom0 = try RemoteHypervisor(socketPath: dir + "/hv.sock", as: .dom0, onDaemonLost: ignoreLoss)
+            defer { dom0.close() }
+            let mapper = try dom0.openGrantMapper()
+            let mapping = try mapper.map(shared.refs[0], from: honest.domainID, writable: true)
+            try mapper.unmap(mapping)
+        }
+    }
+}
