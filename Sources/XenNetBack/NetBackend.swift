@@ -92,12 +92,25 @@ public final class NetBackend: Sendable {
             logger.debug("\(identity): no frontend key under \(path)")
             return
         }
+        let endpointBox = EndpointBox()
         let device = VifDevice(identity: identity, path: path, peerPath: peerPath, hypervisor: hypervisor,
-                               store: store, attach: attach, logger: logger)
+                               store: store, attach: attach, logger: logger) { _ in
+            // A broken ring resets this device: Closing, then a new session
+            // once the frontend starts one (it re-shares its rings).
+            endpointBox.endpoint?.requestClose()
+            endpointBox.endpoint?.requestReconnect()
+        }
         let endpoint = XenbusEndpoint(role: .backend, store: store, path: path, peerPath: peerPath,
                                       driver: device, logger: logger)
+        endpointBox.endpoint = endpoint
         state.withLock { $0.served[identity] = (device, endpoint) }
         do { try await endpoint.run() } catch { logger.error("\(identity): \(error)") }
         await device.disconnect()
     }
+}
+
+/// Lets a device reach the endpoint that drives it, which is made after it.
+private final class EndpointBox: @unchecked Sendable {
+    // @unchecked: set once, before the device can connect; read after.
+    var endpoint: XenbusEndpoint?
 }

@@ -50,6 +50,9 @@ final class VifDevice: XenbusDeviceDriver {
     private let attach: AttachmentFactory
     private let logger: Logger
     private let connection = Mutex<Connection?>(nil)
+    /// What to do when the frontend broke a ring: reset this device (close,
+    /// then allow a new session), never touching another.
+    let onRingFailure: @Sendable (any Error) -> Void
 
     /// Everything `connect` set up, released by `disconnect`.
     struct Connection: @unchecked Sendable {
@@ -62,7 +65,8 @@ final class VifDevice: XenbusDeviceDriver {
     }
 
     init(identity: VifIdentity, path: String, peerPath: String, hypervisor: any Hypervisor, store: any XenStoreConnection,
-         attach: @escaping AttachmentFactory, logger: Logger) {
+         attach: @escaping AttachmentFactory, logger: Logger, onRingFailure: @escaping @Sendable (any Error) -> Void) {
+        self.onRingFailure = onRingFailure
         self.identity = identity
         self.path = path
         self.peerPath = peerPath
@@ -160,7 +164,12 @@ final class VifDevice: XenbusDeviceDriver {
             txRing: tx.memory, rxRing: rx.memory, events: events, mapper: mapper, attachment: attachment,
             configuration: VifConfiguration(frontend: identity.frontend, txPort: txPort, rxPort: rxPort,
                                             receiveGSO: features.scatterGather ? features.receiveGSO : [],
-                                            receiveChecksumBlank: features.receiveChecksumBlank))
+                                            receiveChecksumBlank: features.receiveChecksumBlank),
+            onFailure: { [identity, logger, store, path, onRingFailure] error in
+                logger.error("\(identity): ring failure, resetting the device: \(error)")
+                Task { try? await store.write(path + "/error", "ring: \(error)") }
+                onRingFailure(error)
+            })
         queue.start()
         cleanup.removeAll()
         connection.withLock {

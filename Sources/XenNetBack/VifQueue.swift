@@ -69,6 +69,8 @@ public final class VifQueue: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private var started = false
     private let cpu: Int32?
+    /// Told, on the queue thread, when the queue stopped by itself.
+    private let onFailure: (@Sendable (any Error) -> Void)?
     /// Why the queue stopped by itself (a ring-protocol violation), if it did.
     public private(set) var failure: (any Error)?
 
@@ -78,8 +80,10 @@ public final class VifQueue: @unchecked Sendable {
 
     public init(txRing: MappedPages, rxRing: MappedPages, events: any EventChannels, mapper: any GrantMapper,
                 attachment: any NetworkAttachment, configuration: VifConfiguration,
-                counters: VifCounters = VifCounters(), cpu: Int32? = nil) throws(RingError) {
+                counters: VifCounters = VifCounters(), cpu: Int32? = nil,
+                onFailure: (@Sendable (any Error) -> Void)? = nil) throws(RingError) {
         self.cpu = cpu
+        self.onFailure = onFailure
         tx = try BackRing(attachingTo: txRing)
         rx = try BackRing(attachingTo: rxRing)
         txHeader = tx.header
@@ -163,6 +167,7 @@ public final class VifQueue: @unchecked Sendable {
             }
         } catch {
             failure = error
+            onFailure?(error)
         }
     }
 

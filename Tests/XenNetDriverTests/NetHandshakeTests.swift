@@ -7,6 +7,8 @@ import XenNetBack
 import XenNetFront
 import XenSimulator
 import XenStore
+import XenRing
+import XenABI
 
 /// netback and netfront find each other through xenstore, walk the XenBus
 /// handshake and carry frames; unplug and removal leave nothing behind.
@@ -115,6 +117,61 @@ struct NetNegotiationTests {
         }
         #expect(error?.contains("mac is not a MAC address") == true)
         #expect(endpoint.state != .connected)
+        endpoint.requestClose()
+        try await frontendTask.value
+    }
+
+    @Test func aBrokenRingResetsThatVifAndItReconnects() async throws {
+        let hv = SimulatedHypervisor()
+        let guest = try hv.createDomain(frames: 2048)
+        let base = "/tmp/xpv-reset-\(UUID().uuidString.prefix(8))"
+        var quiet = Logger(label: "test")
+        quiet.logLevel = .critical
+        let server = XenStoreServer(socketPath: base + ".sock", extraSockets: [(base + "-g.sock", guest.domainID)], logger: quiet)
+        try server.start()
+        defer { server.stop() }
+        let dom0Store = try XenStoreClient(socketPath: base + ".sock")
+        let guestStore = try XenStoreClient(socketPath: base + "-g.sock")
+        let sent = SentFrames()
+        let backend = NetBackend(hypervisor: hv.dom0, store: dom0Store, logger: quiet) { _, _ in
+            MemoryAttachment { frame, offload in sent.frames.withLock { $0.append((Array(frame), offload)) }; return true }
+        }
+        let backendTask = Task { try await backend.run() }
+        defer { backendTask.cancel() }
+        let device = XenbusDevice(type: "vif", id: 0, frontend: guest.domainID)
+        try await XenbusToolstack.createDomainHome(guest.domainID, on: dom0Store)
+        try await XenbusToolstack.create(device, on: dom0Store)
+        let port = PacketPort()
+        let frontend = NetFrontend(hypervisor: guest, store: guestStore, path: device.frontendPath, port: port, logger: quiet)
+        let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: device.frontendPath,
+                                      peerPath: device.backendPath, driver: frontend, logger: quiet)
+        let frontendTask = Task { try await endpoint.run() }
+        #expect(await eventually { endpoint.state == .connected && backend.vifs.first?.state == .connected })
+        let firstRing = try await guestStore.read(device.frontendPath + "/tx-ring-ref")
+
+        // The guest scribbles on its tx ring's req_prod: a million entries ahead.
+        let ref = GrantRef(UInt32(firstRing)!)
+        let frame = FrameNumber(UInt64(guest.grantEntry(ref).pointee.frame))
+        SharedRingHeader(guest.memory(of: frame)).requestProducer.store(1_000_000, ordering: .releasing)
+
+        var error: String?
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline, error == nil {
+            error = try await dom0Store.readIfPresent(device.backendPath + "/error")
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+        #expect(error?.hasPrefix("ring: ") == true)
+        // The device resets: a new session with new rings, and frames flow again.
+        let deadline2 = Date().addingTimeInterval(20)
+        var reconnected = false
+        while Date() < deadline2, !reconnected {
+            reconnected = try await guestStore.read(device.frontendPath + "/tx-ring-ref") != firstRing
+                && endpoint.state == .connected && backend.vifs.first?.state == .connected
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+        #expect(reconnected)
+        try await port.send(patternFrame(200, seed: 9))
+        #expect(await eventually(10) { sent.frames.withLock { $0.count } == 1 })
         endpoint.requestClose()
         try await frontendTask.value
     }
