@@ -127,7 +127,7 @@ let package = Package(
         .executableTarget(
             name: "xenpv",
             dependencies: [
-                "XenRingBenchmark", "XenSimulator", "XenDemo", "XenNetBenchmark", "XenStore", "XenABI", "XenBus",
+                "XenRingBenchmark", "XenSimulator", "XenDemo", "XenNetBenchmark", "XenStore", "XenABI", "XenBus", "XenHost",
                 "XenBlockBenchmark",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -19,8 +19,11 @@ struct BackendCommand: ParsableCommand {
             With --nic BRIDGE, each vif is a TAP device vifD.N on that Linux bridge.
             """)
 
-    @Option(help: "The hypervisor daemon's socket.")
-    var connect: String
+    @Option(help: "The hypervisor daemon's socket (the simulated world).")
+    var connect: String?
+
+    @Option(help: "simulated (join --connect), xen (Xen's own libraries, as dom0), or auto: xen where /dev/xen/evtchn exists.")
+    var hypervisor = World.auto
 
     @Option(help: "Disk image for the guests' vbd.")
     var disk: String?
@@ -48,7 +51,7 @@ struct BackendCommand: ParsableCommand {
     func run() throws {
         let logger = ProcessSupport.bootstrapLogging(verbose: verbose)
         ProcessSupport.blockTerminationSignals()
-        let hv = try ProcessSupport.join(connect, as: .dom0)
+        let hv = try JoinedDomain.join(hypervisor, connect: connect, as: .dom0)
         let bridge = nic
         let backend = NetBackend(hypervisor: hv, store: hv.store, logger: logger) { id, features in
             if let bridge {
@@ -68,7 +71,7 @@ struct BackendCommand: ParsableCommand {
             try ProcessSupport.runBlocking { try await blk.start() }
             blockBackend = blk
         }
-        say("xenpv backend: dom0 serving vifs (\(bridge.map { "bridge \($0)" } ?? "echo"))"
+        say("xenpv backend: dom0 (\(hv.world)) serving vifs (\(bridge.map { "bridge \($0)" } ?? "echo"))"
             + (disk.map { " and vbds (\($0))" } ?? ""))
         // One line whenever the set of served vifs changes, for people and tests.
         let watcher = Thread {

@@ -17,8 +17,11 @@ struct GuestCommand: ParsableCommand {
 }
 
 struct GuestOptions: ParsableArguments {
-    @Option(help: "The hypervisor daemon's socket.")
-    var connect: String
+    @Option(help: "The hypervisor daemon's socket (the simulated world).")
+    var connect: String?
+
+    @Option(help: "simulated (join --connect as a new guest), xen (Xen's own libraries in this domU), or auto: xen where /dev/xen/evtchn exists.")
+    var hypervisor = World.auto
 
     @Option(help: "The guest's memory in 4 KiB frames.")
     var frames = 4096
@@ -32,8 +35,11 @@ struct GuestOptions: ParsableArguments {
     func validate() throws {
         guard frames >= 16, frames <= 262_144 else { throw ValidationError("--frames must be 16 to 262144, not \(frames)") }
         guard connectTimeout > 0 else { throw ValidationError("--connect-timeout must be positive") }
-        guard FileManager.default.fileExists(atPath: connect) else {
+        if let connect, !FileManager.default.fileExists(atPath: connect) {
             throw ValidationError("no hypervisor socket at \(connect) (start `xenpv hypervisor --socket \(connect)`)")
+        }
+        if hypervisor.resolved == .simulated, connect == nil {
+            throw ValidationError("--connect PATH is needed for the simulated world (a `xenpv hypervisor --socket PATH`)")
         }
     }
 }
@@ -41,14 +47,14 @@ struct GuestOptions: ParsableArguments {
 /// A guest with its netfront connected.
 final class GuestNet: @unchecked Sendable {
     // @unchecked: immutable after init, apart from `received`, a Mutex.
-    let hv: RemoteHypervisor
+    let hv: JoinedDomain
     let port = PacketPort()
     let endpoint: XenbusEndpoint
     let received = Inbox()
     private var tasks: [Task<Void, Never>] = []
 
     init(_ options: GuestOptions, logger: Logger) throws {
-        hv = try ProcessSupport.join(options.connect, as: .newGuest(frames: options.frames, devices: [.vif]))
+        hv = try JoinedDomain.join(options.hypervisor, connect: options.connect, as: .newGuest(frames: options.frames, devices: [.vif]))
         let device = XenbusDevice(type: "vif", id: 0, frontend: hv.domainID)
         let frontend = NetFrontend(hypervisor: hv, store: hv.store, path: device.frontendPath, port: port, logger: logger)
         endpoint = XenbusEndpoint(role: .frontend, store: hv.store, path: device.frontendPath, peerPath: device.backendPath,
@@ -64,7 +70,7 @@ final class GuestNet: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(options.connectTimeout)
         while endpoint.state != .connected {
             guard Date() < deadline else {
-                throw ValidationError("the vif's backend did not connect in \(options.connectTimeout) s (is `xenpv backend --connect \(options.connect)` running?)")
+                throw ValidationError("the vif's backend did not connect in \(options.connectTimeout) s (is `xenpv backend --connect \(options.connect ?? "PATH")` running?)")
             }
             usleep(5000)
         }
@@ -263,7 +269,7 @@ struct GuestDisk: ParsableCommand {
 
     func run() throws {
         let logger = ProcessSupport.bootstrapLogging(verbose: options.verbose)
-        let hv = try ProcessSupport.join(options.connect, as: .newGuest(frames: options.frames, devices: [.vbd]))
+        let hv = try JoinedDomain.join(options.hypervisor, connect: options.connect, as: .newGuest(frames: options.frames, devices: [.vbd]))
         defer { hv.close() }
         say("xenpv guest: joined as \(hv.domainID)")
         let vbd = XenbusDevice(type: "vbd", id: 51712, frontend: hv.domainID)
@@ -275,7 +281,7 @@ struct GuestDisk: ParsableCommand {
         let connectBy = Date().addingTimeInterval(options.connectTimeout)
         while endpoint.state != .connected {
             guard Date() < connectBy else {
-                throw ValidationError("the vbd's backend did not connect in \(options.connectTimeout) s (is `xenpv backend --connect \(options.connect) --disk IMAGE` running?)")
+                throw ValidationError("the vbd's backend did not connect in \(options.connectTimeout) s (is `xenpv backend --connect \(options.connect ?? "PATH") --disk IMAGE` running?)")
             }
             usleep(5000)
         }

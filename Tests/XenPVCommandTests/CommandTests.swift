@@ -86,6 +86,13 @@ struct CommandTests {
         #expect(badSize.status != 0 && badSize.output.contains("--packet-size must be"))
         let badDemo = try Self.xenpv(["demo", "--packets", "0"])
         #expect(badDemo.status != 0 && badDemo.output.contains("--packets must be positive"))
+        // The world is chosen at start-up; without /dev/xen, `xen` is a clear error.
+        if access("/dev/xen/evtchn", R_OK) != 0 {
+            let xen = try Self.xenpv(["backend", "--hypervisor", "xen"])
+            #expect(xen.status == 1 && xen.output.contains("cannot open the store through libxenstore"))
+            let noSocket = try Self.xenpv(["backend", "--hypervisor", "simulated"])
+            #expect(noSocket.status != 0 && noSocket.output.contains("--connect PATH is needed"))
+        }
         let help = try Self.xenpv(["--help"])
         for command in ["demo", "list", "xenstore", "xenstored", "bench"] { #expect(help.output.contains(command)) }
     }
