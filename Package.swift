@@ -49,6 +49,9 @@ let package = Package(
         // libaio has no pkg-config file; the module map links it by name.
         .systemLibrary(name: "CAIO"),
 
+        // A TSan-visible pthread lock shared by the simulator, its daemon and the store.
+        .target(name: "XenLocks"),
+
         // Layer 2: typed Xen integers and the hypercall protocols drivers use.
         .target(name: "XenABI", dependencies: ["CXen"]),
         .target(
@@ -65,6 +68,7 @@ let package = Package(
         .target(
             name: "XenSimulator",
             dependencies: [
+                "XenLocks",
                 "XenHypervisor", "XenABI", "CXen",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -192,6 +196,7 @@ let package = Package(
         .target(
             name: "XenStore",
             dependencies: [
+                "XenLocks",
                 "XenABI", "CXen", "XenHypervisor",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -274,6 +279,7 @@ let package = Package(
         .target(
             name: "XenSimulatorDaemon",
             dependencies: [
+                "XenLocks",
                 "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenStore", "XenBus",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),

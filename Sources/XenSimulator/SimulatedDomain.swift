@@ -1,3 +1,4 @@
+import XenLocks
 import CXen
 import SystemPackage
 import XenABI

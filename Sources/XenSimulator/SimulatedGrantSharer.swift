@@ -1,3 +1,4 @@
+import XenLocks
 import XenABI
 import XenHypervisor
 

@@ -1,3 +1,4 @@
+import XenLocks
 import Atomics
 import Glibc
 import XenABI

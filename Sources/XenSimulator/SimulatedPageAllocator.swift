@@ -1,3 +1,4 @@
+import XenLocks
 import Glibc
 import XenABI
 import XenHypervisor

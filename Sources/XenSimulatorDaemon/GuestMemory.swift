@@ -1,6 +1,7 @@
 import Atomics
 import CXen
 import Glibc
+import XenLocks
 import SystemPackage
 import XenABI
 import XenHypervisor
@@ -154,29 +155,5 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
         let flags = UInt32(GTF_permit_access) | (readOnly ? UInt32(GTF_readonly) : 0)
         // releasing: as in grantAccess.
         header(r).store(flags | UInt32(grantee.rawValue) << 16, ordering: .releasing)
-    }
-}
-
-/// A pthread mutex for set-up paths.
-final class Lock: @unchecked Sendable {
-    // @unchecked: the mutex is only touched through pthread calls.
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-
-    init() {
-        mutex = .allocate(capacity: 1)
-        mutex.initialize(to: pthread_mutex_t())
-        pthread_mutex_init(mutex, nil)
-    }
-
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-    }
-
-    @inline(__always)
-    func withLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return try body()
     }
 }

@@ -1,3 +1,4 @@
+import XenLocks
 import Glibc
 import SystemPackage
 import XenABI
