@@ -5,175 +5,158 @@ import XenABI
 import XenBus
 import XenNetBack
 import XenNetFront
+import XenRing
 import XenSimulator
 import XenStore
-import XenRing
-import XenABI
+
+/// A simulated host with xenstored and netback (which records the frames it
+/// is sent), a guest whose vif 0 the toolstack plugs, and the guest's netfront
+/// walking the handshake through its own store connection.
+final class NetStoreWorld: @unchecked Sendable {
+    // @unchecked: immutable after init; the tasks are only cancelled in close().
+    let hv = SimulatedHypervisor()
+    let guest: SimulatedDomain
+    let server: XenStoreServer
+    let dom0Store: XenStoreClient
+    let guestStore: XenStoreClient
+    let sent = SentFrames()
+    let attachment: MemoryAttachment
+    let backend: NetBackend
+    let device: XenbusDevice
+    let port = PacketPort()
+    let endpoint: XenbusEndpoint
+    let frontendTask: Task<Void, Error>
+    private let backendTask: Task<Void, Error>
+
+    init(frames: Int = 1024, backendKeys: [String: String] = [:]) async throws {
+        guest = try hv.createDomain(frames: frames)
+        let base = "/tmp/xpv-net-\(UUID().uuidString.prefix(8))"
+        var quiet = Logger(label: "test")
+        quiet.logLevel = .critical
+        server = XenStoreServer(socketPath: base + ".sock", extraSockets: [(base + "-g.sock", guest.domainID)], logger: quiet)
+        try server.start()
+        dom0Store = try XenStoreClient(socketPath: base + ".sock")
+        guestStore = try XenStoreClient(socketPath: base + "-g.sock")
+        let sent = self.sent
+        let attachment = MemoryAttachment { frame, offload in
+            sent.frames.withLock { $0.append((Array(frame), offload)) }
+            return true
+        }
+        self.attachment = attachment
+        let backend = NetBackend(hypervisor: hv.dom0, store: dom0Store, logger: quiet) { _, _ in attachment }
+        self.backend = backend
+        backendTask = Task { try await backend.run() }
+        device = XenbusDevice(type: "vif", id: 0, frontend: guest.domainID)
+        try await XenbusToolstack.createDomainHome(guest.domainID, on: dom0Store)
+        try await XenbusToolstack.create(device, on: dom0Store, backendKeys: backendKeys)
+        let frontend = NetFrontend(hypervisor: guest, store: guestStore, path: device.frontendPath, port: port, logger: quiet)
+        let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: device.frontendPath,
+                                      peerPath: device.backendPath, driver: frontend, logger: quiet)
+        self.endpoint = endpoint
+        frontendTask = Task { try await endpoint.run() }
+    }
+
+    /// Both ends of the vif say Connected.
+    var connected: Bool { endpoint.state == .connected && backend.vifs.first?.state == .connected }
+
+    /// The backend's `error` key, polled for at most `seconds`.
+    func backendError(within seconds: Double) async throws -> String? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if let error = try await dom0Store.readIfPresent(device.backendPath + "/error") { return error }
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+        return nil
+    }
+
+    /// Unplugs from the guest's side and stops everything.
+    func close() async throws {
+        endpoint.requestClose()
+        try await frontendTask.value
+        backendTask.cancel()
+        server.stop()
+    }
+}
 
 /// netback and netfront find each other through xenstore, walk the XenBus
 /// handshake and carry frames; unplug and removal leave nothing behind.
 @Suite(.timeLimit(.minutes(2)), .serialized)
 struct NetHandshakeTests {
     @Test func toolstackCreatesAVifAndBothEndsConnect() async throws {
-        let hv = SimulatedHypervisor()
-        let guest = try hv.createDomain(frames: 1024)
-        let base = "/tmp/xpv-net-\(UUID().uuidString.prefix(8))"
-        var quiet = Logger(label: "test")
-        quiet.logLevel = .critical
-        let server = XenStoreServer(socketPath: base + ".sock", extraSockets: [(base + "-g.sock", guest.domainID)], logger: quiet)
-        try server.start()
-        defer { server.stop() }
-        let dom0Store = try XenStoreClient(socketPath: base + ".sock")
-        let guestStore = try XenStoreClient(socketPath: base + "-g.sock")
-
-        let attachment = MemoryAttachment { _, _ in true }
-        let sent = SentFrames()
-        let recording = MemoryAttachment { frame, offload in
-            sent.frames.withLock { $0.append((Array(frame), offload)) }
-            return true
-        }
-        _ = attachment
-        let backend = NetBackend(hypervisor: hv.dom0, store: dom0Store, logger: quiet) { _, _ in recording }
-        let backendTask = Task { try await backend.run() }
-        defer { backendTask.cancel() }
-
-        let device = XenbusDevice(type: "vif", id: 0, frontend: guest.domainID)
-        try await XenbusToolstack.createDomainHome(guest.domainID, on: dom0Store)
-        try await XenbusToolstack.create(device, on: dom0Store)
-
-        let port = PacketPort()
-        let frontend = NetFrontend(hypervisor: guest, store: guestStore, path: device.frontendPath, port: port, logger: quiet)
-        let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: device.frontendPath,
-                                      peerPath: device.backendPath, driver: frontend, logger: quiet)
-        let frontendTask = Task { try await endpoint.run() }
-
-        #expect(await eventually { endpoint.state == .connected && backend.vifs.first?.state == .connected })
-        #expect(try await dom0Store.read(device.backendPath + "/feature-rx-copy") == "1")
-        #expect(try await dom0Store.read(device.backendPath + "/hotplug-status") == "connected")
+        let w = try await NetStoreWorld()
+        #expect(await eventually { w.connected })
+        #expect(try await w.dom0Store.read(w.device.backendPath + "/feature-rx-copy") == "1")
+        #expect(try await w.dom0Store.read(w.device.backendPath + "/hotplug-status") == "connected")
 
         // Guest to dom0 and back.
         let frame = patternFrame(3000, seed: 5)
-        try await port.send(frame)
-        #expect(await eventually { sent.frames.withLock { $0.count } == 1 })
-        #expect(sent.frames.withLock { $0.first?.bytes } == frame)
-        recording.inject(patternFrame(9000, seed: 6))
-        var iterator = port.packets.makeAsyncIterator()
+        try await w.port.send(frame)
+        #expect(await eventually { w.sent.frames.withLock { $0.count } == 1 })
+        #expect(w.sent.frames.withLock { $0.first?.bytes } == frame)
+        w.attachment.inject(patternFrame(9000, seed: 6))
+        var iterator = w.port.packets.makeAsyncIterator()
         let received = await iterator.next()
         #expect(received?.bytes == patternFrame(9000, seed: 6))
 
         // netback publishes its counters for `xenpv top`, once a second.
-        let statsPath = DeviceStatistics.root(of: .dom0) + "/vif/\(guest.domainID.rawValue)/0"
+        let statsPath = DeviceStatistics.root(of: .dom0) + "/vif/\(w.guest.domainID.rawValue)/0"
         var published: [String: UInt64] = [:]
         let statsDeadline = Date().addingTimeInterval(10)
         while Date() < statsDeadline, (published["requests"] ?? 0) < 2 {
-            published = DeviceStatistics.decode((try? await dom0Store.read(statsPath)) ?? "")
+            published = DeviceStatistics.decode((try? await w.dom0Store.read(statsPath)) ?? "")
             try await Task.sleep(nanoseconds: 50_000_000)
         }
         #expect(published["tx_packets"] == 1 && published["rx_packets"] == 1)
         #expect(published["ring_size"] == 256)
 
         // A frame netif cannot carry is refused at the call, clearly.
-        await #expect(throws: NetFrontError.self) { try await port.send([1, 2, 3]) }
+        await #expect(throws: NetFrontError.self) { try await w.port.send([1, 2, 3]) }
 
         // Unplug: the frontend closes, the backend lets go; removal ends both.
-        endpoint.requestClose()
-        try await frontendTask.value
-        #expect(endpoint.state == .closed)
-        try await XenbusToolstack.remove(device, on: dom0Store)
-        #expect(await eventually { backend.vifs.isEmpty })
-        let leftovers = hv.shutdown()
+        w.endpoint.requestClose()
+        try await w.frontendTask.value
+        #expect(w.endpoint.state == .closed)
+        try await XenbusToolstack.remove(w.device, on: w.dom0Store)
+        #expect(await eventually { w.backend.vifs.isEmpty })
+        let leftovers = w.hv.shutdown()
         #expect(leftovers.isEmpty, "\(leftovers)")
+        try await w.close()
     }
 }
 
 @Suite(.timeLimit(.minutes(2)), .serialized)
 struct NetNegotiationTests {
     @Test func aMalformedMacClosesThatVifWithItsReason() async throws {
-        let hv = SimulatedHypervisor()
-        let guest = try hv.createDomain(frames: 1024)
-        let base = "/tmp/xpv-mac-\(UUID().uuidString.prefix(8))"
-        var quiet = Logger(label: "test")
-        quiet.logLevel = .critical
-        let server = XenStoreServer(socketPath: base + ".sock", extraSockets: [(base + "-g.sock", guest.domainID)], logger: quiet)
-        try server.start()
-        defer { server.stop() }
-        let dom0Store = try XenStoreClient(socketPath: base + ".sock")
-        let guestStore = try XenStoreClient(socketPath: base + "-g.sock")
-        let backend = NetBackend(hypervisor: hv.dom0, store: dom0Store, logger: quiet) { _, _ in MemoryAttachment { _, _ in true } }
-        let backendTask = Task { try await backend.run() }
-        defer { backendTask.cancel() }
-        let device = XenbusDevice(type: "vif", id: 0, frontend: guest.domainID)
-        try await XenbusToolstack.createDomainHome(guest.domainID, on: dom0Store)
-        try await XenbusToolstack.create(device, on: dom0Store, backendKeys: ["mac": "00:16:3e:zz:00:01"])
-        let frontend = NetFrontend(hypervisor: guest, store: guestStore, path: device.frontendPath, port: PacketPort(), logger: quiet)
-        let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: device.frontendPath,
-                                      peerPath: device.backendPath, driver: frontend, logger: quiet)
-        let frontendTask = Task { try await endpoint.run() }
-        var error: String?
-        let deadline = Date().addingTimeInterval(10)
-        while Date() < deadline, error == nil {
-            error = try await dom0Store.readIfPresent(device.backendPath + "/error")
-            try await Task.sleep(nanoseconds: 20_000_000)
-        }
+        let w = try await NetStoreWorld(backendKeys: ["mac": "00:16:3e:zz:00:01"])
+        let error = try await w.backendError(within: 10)
         #expect(error?.contains("mac is not a MAC address") == true)
-        #expect(endpoint.state != .connected)
-        endpoint.requestClose()
-        try await frontendTask.value
+        #expect(w.endpoint.state != .connected)
+        try await w.close()
     }
 
     @Test func aBrokenRingResetsThatVifAndItReconnects() async throws {
-        let hv = SimulatedHypervisor()
-        let guest = try hv.createDomain(frames: 2048)
-        let base = "/tmp/xpv-reset-\(UUID().uuidString.prefix(8))"
-        var quiet = Logger(label: "test")
-        quiet.logLevel = .critical
-        let server = XenStoreServer(socketPath: base + ".sock", extraSockets: [(base + "-g.sock", guest.domainID)], logger: quiet)
-        try server.start()
-        defer { server.stop() }
-        let dom0Store = try XenStoreClient(socketPath: base + ".sock")
-        let guestStore = try XenStoreClient(socketPath: base + "-g.sock")
-        let sent = SentFrames()
-        let backend = NetBackend(hypervisor: hv.dom0, store: dom0Store, logger: quiet) { _, _ in
-            MemoryAttachment { frame, offload in sent.frames.withLock { $0.append((Array(frame), offload)) }; return true }
-        }
-        let backendTask = Task { try await backend.run() }
-        defer { backendTask.cancel() }
-        let device = XenbusDevice(type: "vif", id: 0, frontend: guest.domainID)
-        try await XenbusToolstack.createDomainHome(guest.domainID, on: dom0Store)
-        try await XenbusToolstack.create(device, on: dom0Store)
-        let port = PacketPort()
-        let frontend = NetFrontend(hypervisor: guest, store: guestStore, path: device.frontendPath, port: port, logger: quiet)
-        let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: device.frontendPath,
-                                      peerPath: device.backendPath, driver: frontend, logger: quiet)
-        let frontendTask = Task { try await endpoint.run() }
-        #expect(await eventually { endpoint.state == .connected && backend.vifs.first?.state == .connected })
-        let firstRing = try await guestStore.read(device.frontendPath + "/tx-ring-ref")
+        let w = try await NetStoreWorld(frames: 2048)
+        #expect(await eventually { w.connected })
+        let firstRing = try await w.guestStore.read(w.device.frontendPath + "/tx-ring-ref")
 
         // The guest scribbles on its tx ring's req_prod: a million entries ahead.
         let ref = GrantRef(UInt32(firstRing)!)
-        let frame = FrameNumber(UInt64(guest.grantEntry(ref).pointee.frame))
-        SharedRingHeader(guest.memory(of: frame)).requestProducer.store(1_000_000, ordering: .releasing)
+        let frame = FrameNumber(UInt64(w.guest.grantEntry(ref).pointee.frame))
+        SharedRingHeader(w.guest.memory(of: frame)).requestProducer.store(1_000_000, ordering: .releasing)
 
-        var error: String?
-        let deadline = Date().addingTimeInterval(20)
-        while Date() < deadline, error == nil {
-            error = try await dom0Store.readIfPresent(device.backendPath + "/error")
-            try await Task.sleep(nanoseconds: 20_000_000)
-        }
+        let error = try await w.backendError(within: 20)
         #expect(error?.hasPrefix("ring: ") == true)
         // The device resets: a new session with new rings, and frames flow again.
-        let deadline2 = Date().addingTimeInterval(20)
+        let deadline = Date().addingTimeInterval(20)
         var reconnected = false
-        while Date() < deadline2, !reconnected {
-            reconnected = try await guestStore.read(device.frontendPath + "/tx-ring-ref") != firstRing
-                && endpoint.state == .connected && backend.vifs.first?.state == .connected
+        while Date() < deadline, !reconnected {
+            reconnected = try await w.guestStore.read(w.device.frontendPath + "/tx-ring-ref") != firstRing && w.connected
             try await Task.sleep(nanoseconds: 20_000_000)
         }
         #expect(reconnected)
-        try await port.send(patternFrame(200, seed: 9))
-        #expect(await eventually(10) { sent.frames.withLock { $0.count } == 1 })
-        endpoint.requestClose()
-        try await frontendTask.value
+        try await w.port.send(patternFrame(200, seed: 9))
+        #expect(await eventually(10) { w.sent.frames.withLock { $0.count } == 1 })
+        try await w.close()
     }
 
     @Test func netfrontOffersOnlyWhatTheBackendTakes() {
