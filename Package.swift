@@ -22,17 +22,17 @@ let package = Package(
         .executable(name: "xenpv", targets: ["xenpv"]),
         .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
         .library(name: "XenHost", targets: ["XenHost"]),
-        // XenStore and XenBus (issue 4, branch store)
+        // The store and the device handshake.
         .library(name: "XenStore", targets: ["XenStore"]),
         .library(name: "XenBus", targets: ["XenBus"]),
-        // Block (issue 5): protocol and storage engines.
+        // Block: protocol and storage engines.
         .library(name: "XenBlockProtocol", targets: ["XenBlockProtocol"]),
         .library(name: "XenBlockStorage", targets: ["XenBlockStorage"]),
-        // Block (issue 5): the split drivers and their benchmark engine.
+        // Block: the split drivers and their benchmark engine.
         .library(name: "XenBlockBack", targets: ["XenBlockBack"]),
         .library(name: "XenBlockFront", targets: ["XenBlockFront"]),
         .library(name: "XenBlockBenchmark", targets: ["XenBlockBenchmark"]),
-        // Across processes (issue 7, branch proc): the hypervisor daemon and its client.
+        // Across processes: the hypervisor daemon and its client.
         .library(name: "XenSimulatorDaemon", targets: ["XenSimulatorDaemon"]),
     ],
     dependencies: [
@@ -81,7 +81,7 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
 
-        // Layer 3: the shared ring (issue 3), proven against ring.h's own
+        // Layer 3: the shared ring, proven against ring.h's own
         // macros in a test-only C target (not a product).
         .target(
             name: "XenRing",
@@ -90,7 +90,7 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
             ]),
         .target(name: "CRingReference", dependencies: ["CXen"], path: "Tests/CRingReference"),
-        // The ring-throughput benchmark engine (issue 3), shared by `xenpv bench
+        // The ring-throughput benchmark engine, shared by `xenpv bench
         // ring` and the package-benchmark target in Benchmarks/.
         .target(
             name: "XenRingBenchmark",
@@ -105,8 +105,7 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
             ]),
 
-        // Layer 7: the `xenpv` command line (started by issue 3 with `bench
-        // ring`; other commands add a file under Sources/xenpv each).
+        // Layer 7: the `xenpv` command line (one file per command under Sources/xenpv).
         // The embedded host and `xenpv demo`, as a library the tests run too.
         .target(
             name: "XenDemo",
@@ -135,7 +134,7 @@ let package = Package(
                 "XenBlockBenchmark",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                // Across processes (issue 7): hypervisor, backend and guest commands.
+                // Across processes: hypervisor, backend and guest commands.
                 "XenSimulatorDaemon", "XenNetBack", "XenNetFront", "XenRing", "XenHypervisor", "CXen",
                 "XenBlockBack", "XenBlockFront", "XenBlockStorage",
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -192,7 +191,7 @@ let package = Package(
                            "XenSimulator", "XenNetBack", "XenNetFront",
                            .product(name: "Logging", package: "swift-log")]),
 
-        // ---- Layer 4: XenStore and XenBus (issue 4, branch store) ----
+        // Layer 4: XenStore and XenBus.
         .target(
             name: "XenStore",
             dependencies: [
@@ -217,9 +216,8 @@ let package = Package(
         .testTarget(
             name: "XenBusTests",
             dependencies: ["XenBus", "XenStore", "XenABI", .product(name: "Logging", package: "swift-log")]),
-        // ---- end XenStore and XenBus ----
 
-        // ---- Block (issue 5): blkif protocol and storage engines ----
+        // Layers 5 and 6, block: blkif protocol, storage engines, drivers.
         // The x86_32-abi ring layouts (packed, as Linux blkback defines them).
         .target(name: "CBlkifABI", dependencies: ["CXen"]),
         .target(name: "XenBlockProtocol", dependencies: ["XenABI", "CXen", "CBlkifABI"]),
@@ -271,11 +269,10 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
-        // ---- end Block ----
 
-        // ---- Across processes (issue 7, branch proc): the hypervisor daemon
-        // shared by a dom0 backend process and guest processes, and the
-        // client a joining process passes to the unchanged drivers. ----
+        // Across processes: the hypervisor daemon shared by a dom0 backend
+        // process and guest processes, and the client a joining process
+        // passes to the unchanged drivers.
         .target(
             name: "XenSimulatorDaemon",
             dependencies: [
@@ -291,6 +288,5 @@ let package = Package(
                 "XenSimulatorDaemon", "XenSimulator", "XenHypervisor", "XenABI", "XenStore", "XenRingBenchmark", "xenpv",
                 .product(name: "Logging", package: "swift-log"),
             ]),
-        // ---- end Across processes ----
     ]
 )
