@@ -119,8 +119,8 @@ public final class NetFrontQueue: @unchecked Sendable {
         if dataValidated || checksumBlank { flags.insert(.dataValidated) }
         fragments.withUnsafeBufferPointer { f in
             if let gso {
-                // A one-element array literal is built on the stack here.
-                TxPacketEncoder.encode(fragments: f, extras: [gso], flags: flags) { tx.produce($0) }
+                // CollectionOfOne, not an array literal: no heap buffer per packet.
+                TxPacketEncoder.encode(fragments: f, extras: CollectionOfOne(gso), flags: flags) { tx.produce($0) }
             } else {
                 TxPacketEncoder.encode(fragments: f, flags: flags) { tx.produce($0) }
             }

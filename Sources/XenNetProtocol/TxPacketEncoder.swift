@@ -24,11 +24,17 @@ public enum TxPacketEncoder {
     /// Ring slots the packet takes.
     public static func slotCount(fragments: Int, extras: Int) -> Int { fragments + extras }
 
+    /// As `encode(fragments:extras:flags:emit:)` with no extras.
+    public static func encode(fragments: UnsafeBufferPointer<TxFragmentRequest>, flags: NetTxFlags = [],
+                              emit: (netif_tx_request) -> Void) {
+        encode(fragments: fragments, extras: EmptyCollection(), flags: flags, emit: emit)
+    }
+
     /// Calls `emit` once per slot, in ring order. `fragments` must not be empty
     /// and must add up to at most `XEN_NETIF_MAX_TX_SIZE`.
-    public static func encode(
+    public static func encode<Extras: Collection<NetExtraInfo>>(
         fragments: UnsafeBufferPointer<TxFragmentRequest>,
-        extras: [NetExtraInfo] = [],
+        extras: Extras,
         flags: NetTxFlags = [],
         emit: (netif_tx_request) -> Void
     ) {
@@ -43,8 +49,9 @@ public enum TxPacketEncoder {
         let first = fragments[0]
         emit(netif_tx_request(gref: first.ref.rawValue, offset: first.offset, flags: firstFlags.rawValue,
                               id: first.id, size: UInt16(total)))
+        let extraCount = extras.count
         for (i, extra) in extras.enumerated() {
-            emit(NetExtraInfo.slot(extra.encoded(more: i + 1 < extras.count), as: netif_tx_request.self))
+            emit(NetExtraInfo.slot(extra.encoded(more: i + 1 < extraCount), as: netif_tx_request.self))
         }
         for i in fragments.indices.dropFirst() {
             let f = fragments[i]
