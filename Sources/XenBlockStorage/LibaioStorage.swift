@@ -7,7 +7,7 @@ import SystemPackage
 /// A storage engine on Linux native AIO (libaio) over an image file or a block device.
 ///
 /// - Reads and writes are `IO_CMD_PREADV`/`IO_CMD_PWRITEV` iocbs from a pool sized to the
-///   queue depth, submitted in one `io_submit` per batch, completed through `io_getevents`;
+///   queue depth, submitted at most two per `io_submit` (``iocbsPerSubmit``), completed through `io_getevents`;
 ///   each iocb signals ``completionDescriptor`` (`IOCB_FLAG_RESFD`).
 /// - `O_DIRECT` when the file system accepts it (``ioMode``); then every buffer address,
 ///   buffer length and offset must be a multiple of ``alignment`` (the file system's
@@ -257,13 +257,21 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
         pendingCount += 1
     }
 
+    /// iocbs per `io_submit`. Linux plugs a call of more than two (`AIO_PLUG_THRESHOLD`
+    /// in fs/aio.c) and lets the device see the batch only when the call ends; then a
+    /// batch completes together and the next one is submitted together, a convoy in
+    /// which the device idles while the batch turns around. Measured (4 KiB randread
+    /// qd32, O_DIRECT on a virtio disk): 45k IOPS with one call per batch, 58k with at
+    /// most two iocbs per call, fio 60–66k. The extra calls cost about 1 µs each.
+    static let iocbsPerSubmit = 2
+
     /// Hands queued iocbs to the kernel. EAGAIN keeps the rest for later; an iocb the
     /// kernel refuses outright fails alone.
     private func submitPending() {
         guard let context else { return }
         var start = 0
         while start < pendingCount {
-            let r = ioSubmit(context, pendingCount - start, pending + start)
+            let r = ioSubmit(context, min(Self.iocbsPerSubmit, pendingCount - start), pending + start)
             if r > 0 {
                 start += Int(r)
                 inKernel += Int(r)

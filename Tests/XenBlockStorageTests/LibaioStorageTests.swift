@@ -191,6 +191,23 @@ struct LibaioSubmitFaultTests {
         #expect(b.bytes[0..<4096].allSatisfy { $0 == 0x42 })
     }
 
+    /// More than two in one call and Linux holds them back until the call returns (a plug).
+    @Test func noCallHandsTheKernelMoreThanTwoIocbs() throws {
+        let image = try TempImage(bytes: 1 << 20, fill: 0x42)
+        let s = try LibaioStorage(path: image.path, queueDepth: 8)
+        defer { s.close() }
+        var largest = 0
+        s.ioSubmit = { ctx, n, cbs in
+            largest = max(largest, n)
+            return io_submit(ctx, n, cbs)
+        }
+        let b = Buffers(byteCount: 6 * 4096)
+        var d = Driver(s)
+        let r = try d.run(batch(b))
+        #expect(r.count == 6 && r.values.allSatisfy(\.succeeded))
+        #expect(largest == 2)
+    }
+
     @Test func anIocbTheKernelRefusesFailsAlone() throws {
         let image = try TempImage(bytes: 1 << 20)
         let s = try LibaioStorage(path: image.path, queueDepth: 8)
