@@ -43,6 +43,13 @@ int cxen_pin_to_cpu(int cpu) {
     return pthread_setaffinity_np(pthread_self(), sizeof set, &set);
 }
 
+int cxen_name_thread(const char *name) {
+    char shortened[16];
+    strncpy(shortened, name, sizeof shortened - 1);
+    shortened[sizeof shortened - 1] = 0;
+    return pthread_setname_np(pthread_self(), shortened);
+}
+
 int cxen_o_direct(void) { return O_DIRECT; }
 
 #define CXEN_MAX_FDS 16

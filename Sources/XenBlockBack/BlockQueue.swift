@@ -205,11 +205,13 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     func start() {
         precondition(!started, "queue started twice")
         started = true
+        let name = "blkback \(configuration.frontend.rawValue)/\(configuration.port.rawValue)"
         let thread = Thread { [self] in
+            _ = cxen_name_thread(name)  // what ps and perf show (Foundation names only the object)
             run()
             finished.signal()
         }
-        thread.name = "vbd \(configuration.frontend) port \(configuration.port)"
+        thread.name = name
         thread.start()
     }
 

@@ -57,6 +57,9 @@ int cxen_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns);
 int cxen_futex_wake(uint32_t *word, int count);
 /* Pins the calling thread to one CPU; returns 0 or an errno value. */
 int cxen_pin_to_cpu(int cpu);
+/* Names the calling thread as ps, top -H and perf show it (the first 15 bytes);
+ * returns 0 or an errno value. */
+int cxen_name_thread(const char *name);
 /* The x86 PAUSE hint (a compiler barrier elsewhere). */
 static inline void cxen_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
