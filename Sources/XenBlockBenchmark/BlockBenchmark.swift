@@ -45,6 +45,12 @@ public struct BlockBenchmarkResult: Sendable {
     public var meanMicroseconds: Double
     /// Whether the image was opened with `O_DIRECT`.
     public var directIO: Bool
+    /// Per ring request: notifications each way and sleeps of the backend thread (how
+    /// many thread wake-ups the path cost).
+    public var frontendNotifiesPerRequest = 0.0
+    public var backendNotifiesPerRequest = 0.0
+    public var backendSleepsPerRequest = 0.0
+    public var frontendSleepsPerRequest = 0.0
 
     public var iops: Double { Double(operations) / elapsed }
     public var mibPerSecond: Double { iops * Double(configuration.blockSize) / 1_048_576 }
@@ -55,7 +61,11 @@ public struct BlockBenchmarkResult: Sendable {
         return """
             {"rw":"\(c.pattern.rawValue)","bs":\(c.blockSize),"queue_depth":\(c.queueDepth),"seconds":\(fmt(elapsed)),\
             "direct":\(directIO),"operations":\(operations),"iops":\(fmt(iops)),"mib_per_second":\(fmt(mibPerSecond)),\
-            "mean_us":\(fmt(meanMicroseconds)),"p50_us":\(fmt(p50Microseconds)),"p99_us":\(fmt(p99Microseconds))}
+            "mean_us":\(fmt(meanMicroseconds)),"p50_us":\(fmt(p50Microseconds)),"p99_us":\(fmt(p99Microseconds)),\
+            "frontend_notifies_per_request":\(fmt(frontendNotifiesPerRequest, 3)),\
+            "backend_notifies_per_request":\(fmt(backendNotifiesPerRequest, 3)),\
+            "backend_sleeps_per_request":\(fmt(backendSleepsPerRequest, 3)),\
+            "frontend_sleeps_per_request":\(fmt(frontendSleepsPerRequest, 3))}
             """
     }
 
@@ -64,9 +74,11 @@ public struct BlockBenchmarkResult: Sendable {
         return "\(c.pattern.rawValue) bs=\(c.blockSize) qd=\(c.queueDepth): \(fmt(iops)) IOPS, \(fmt(mibPerSecond)) MiB/s, "
             + "latency p50 \(fmt(p50Microseconds)) µs, p99 \(fmt(p99Microseconds)) µs (\(operations) ops in \(fmt(elapsed)) s"
             + (directIO ? ", O_DIRECT)" : ", buffered)")
+            + "; per request: notifies \(fmt(frontendNotifiesPerRequest, 3)) → \(fmt(backendNotifiesPerRequest, 3)) ←, "
+            + "sleeps: backend \(fmt(backendSleepsPerRequest, 3)), frontend \(fmt(frontendSleepsPerRequest, 3))"
     }
 
-    private func fmt(_ v: Double) -> String { String(format: "%.1f", v) }
+    private func fmt(_ v: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", v) }
 }
 
 /// Why a benchmark could not run.
@@ -120,9 +132,11 @@ public enum BlockBenchmark {
         let port = try events.bindInterdomain(remote: guest.domainID, remotePort: resources.port)
         let map = try mapper.map(resources.ring.refs, from: guest.domainID, writable: true)
         let limits = BlockDeviceLimits(sectors: size / 512, readOnly: c.pattern.isRead, maxIndirectSegments: indirect)
+        let backCounters = BlockQueueCounters()
         let queue = try BlockQueue(ring: map.memory, events: events, mapper: mapper, storage: storage,
                                    configuration: BlockQueueConfiguration(frontend: guest.domainID, port: port, limits: limits,
-                                                                          bouncePages: max(1024, inFlightPages + 256)))
+                                                                          bouncePages: max(1024, inFlightPages + 256)),
+                                   counters: backCounters)
         queue.start()
         let frontend = BlockFrontend()
         try frontend.attach([resources], info: BlockDeviceInfo(sectors: size / 512, readOnly: c.pattern.isRead,
@@ -146,7 +160,8 @@ public enum BlockBenchmark {
         let deadline = start + .milliseconds(Int(c.seconds * 1000))
         let samples = try await withThrowingTaskGroup(of: [UInt32].self) { group in
             for worker in 0..<c.queueDepth {
-                group.addTask {
+                // On the queue thread: requests and answers skip two wake-ups each.
+                group.addTask(executorPreference: frontend.executor) {
                     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: c.blockSize, alignment: 4096)
                     defer { buffer.deallocate() }
                     for i in 0..<c.blockSize { buffer[i] = UInt8(truncatingIfNeeded: i &* 31 &+ worker) }
@@ -181,9 +196,16 @@ public enum BlockBenchmark {
             Double(sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]) / 100
         }
         let mean = Double(sorted.reduce(0) { $0 + UInt64($1) }) / Double(sorted.count) / 100
+        let requests = Double(max(1, backCounters.requests.value))
+        let frontNotifies = frontend.counters.reduce(0) { $0 + $1.notifies.load(ordering: .relaxed) }
+        let frontSleeps = frontend.counters.reduce(0) { $0 + $1.sleeps.load(ordering: .relaxed) }
         return BlockBenchmarkResult(configuration: c, operations: samples.count, elapsed: elapsed,
                                     p50Microseconds: percentile(0.5), p99Microseconds: percentile(0.99),
-                                    meanMicroseconds: mean, directIO: direct)
+                                    meanMicroseconds: mean, directIO: direct,
+                                    frontendNotifiesPerRequest: Double(frontNotifies) / requests,
+                                    backendNotifiesPerRequest: Double(backCounters.notifies.value) / requests,
+                                    backendSleepsPerRequest: Double(backCounters.sleeps.value) / requests,
+                                    frontendSleepsPerRequest: Double(frontSleeps) / requests)
     }
 }
 

@@ -115,6 +115,8 @@ public final class BlockFrontCounters: Sendable {
     /// Responses naming no request in flight (a hostile or broken backend).
     public let bogusResponses = Atomic<UInt64>(0)
     public let notifies = Atomic<UInt64>(0)
+    /// Times the queue thread slept on its descriptors.
+    public let sleeps = Atomic<UInt64>(0)
     public init() {}
 }
 
@@ -127,7 +129,9 @@ private struct FrontInflight {
 /// One blkfront queue: a thread that owns a ring, takes work from the device's queue,
 /// splits it into requests of at most `maxSegments` pages (indirect beyond 11), copies
 /// written data into pool pages shared once, and on each response copies read data
-/// out and answers the caller's operation.
+/// out and answers the caller's operation. It also runs the jobs of tasks that prefer
+/// the device's ``BlockFrontExecutor``: their requests then reach the ring, and their
+/// answers reach them, without a wake-up.
 final class BlockFrontQueue: @unchecked Sendable {
     // @unchecked: the ring and the tables belong to the queue thread once started.
     private var ring: FrontRing<blkif_request, blkif_response>
@@ -143,6 +147,13 @@ final class BlockFrontQueue: @unchecked Sendable {
     private let stopFD: Int32
     private let wakeFD: Int32
     private let waker: Waker
+    private let executor: BlockFrontExecutor
+    /// Jobs of tasks that prefer this thread; `stopped` once it no longer runs them.
+    private let jobs = Mutex<(items: [UnownedJob], stopped: Bool)>(([], false))
+    /// Jobs waiting, readable without the lock (a spinning thread's hint only, relaxed).
+    private let jobCount = Atomic<Int>(0)
+    /// The batch being run, swapped with `jobs.items` so neither reallocates.
+    private var running: [UnownedJob] = []
     /// How long the thread polls for work before it sleeps (`XENPV_BLOCK_SPIN_US`,
     /// default 0: never). See ``blockSpinNanoseconds``.
     static let spinNanoseconds: UInt64 = blockSpinNanoseconds
@@ -154,7 +165,7 @@ final class BlockFrontQueue: @unchecked Sendable {
 
     /// `maxIndirectSegments`: what the backend advertised (0 or at most 11: direct only).
     init(resources: BlockFrontQueueResources, work: WorkQueue, maxIndirectSegments: Int,
-         counters: BlockFrontCounters) throws(RingError) {
+         counters: BlockFrontCounters, executor: BlockFrontExecutor) throws(RingError) {
         ring = try FrontRing(attachingTo: resources.ring.memory, at: RingIndex(0))
         self.resources = resources
         self.work = work
@@ -176,6 +187,9 @@ final class BlockFrontQueue: @unchecked Sendable {
         stopFD = cxen_eventfd(0, 1)
         wakeFD = cxen_eventfd(0, 1)
         waker = Waker(fd: wakeFD)
+        self.executor = executor
+        jobs.withLock { $0.items.reserveCapacity(size) }
+        running.reserveCapacity(size)
     }
 
     deinit {
@@ -192,11 +206,14 @@ final class BlockFrontQueue: @unchecked Sendable {
         precondition(!started)
         started = true
         work.register(waker)
+        let name = "blkfront \(resources.port.rawValue)"
         let thread = Thread { [self] in
+            // Foundation names the Thread object only; the kernel's name is what tools show.
+            _ = cxen_name_thread(name)
             run()
             finished.signal()
         }
-        thread.name = "blkfront port \(resources.port)"
+        thread.name = name
         thread.start()
     }
 
@@ -213,12 +230,52 @@ final class BlockFrontQueue: @unchecked Sendable {
 
     var failure: RingError? { failureBox.withLock { $0 } }
 
+    /// Queues a job for this thread; false once the thread stopped (run it elsewhere).
+    func enqueue(_ job: UnownedJob) -> Bool {
+        let taken = jobs.withLock { j in
+            if j.stopped { return false }
+            j.items.append(job)
+            jobCount.store(j.items.count, ordering: .relaxed)
+            return true
+        }
+        // Sequentially consistent: pairs with the thread's store before its last look.
+        if taken, waker.sleeping.exchange(false, ordering: .sequentiallyConsistent) { waker.ring() }
+        return taken
+    }
+
+    /// Runs the jobs queued so far; true if there were any. Their requests go to the
+    /// work queue and are issued by the caller of this, in one batch.
+    private func runJobs() -> Bool {
+        guard jobCount.load(ordering: .relaxed) > 0 else { return false }
+        jobs.withLock { j in
+            swap(&j.items, &running)
+            jobCount.store(0, ordering: .relaxed)
+        }
+        let on = executor.asUnownedTaskExecutor()
+        for job in running { job.runSynchronously(on: on) }
+        running.removeAll(keepingCapacity: true)
+        return true
+    }
+
+    /// Hands the jobs still queued to the global executor, and every later one too.
+    private func stopRunningJobs() {
+        let left = jobs.withLock { j in
+            j.stopped = true
+            jobCount.store(0, ordering: .relaxed)
+            defer { j.items = [] }
+            return j.items
+        }
+        for job in left { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
+    }
+
     // MARK: the queue thread
 
     private func run() {
         do throws(RingError) {
             while true {
+                // Responses resume jobs here, whose requests go out with the rest in one push.
                 var worked = try collectResponses()
+                worked = runJobs() || worked
                 worked = issue() || worked
                 if worked { continue }
                 if try spin() { continue }
@@ -226,7 +283,7 @@ final class BlockFrontQueue: @unchecked Sendable {
                 // Say we sleep, then look once more (see Waker.sleeping).
                 // Sequentially consistent: may not move after the look below (store-load).
                 waker.sleeping.store(true, ordering: .sequentiallyConsistent)
-                if canIssue, !work.isEmpty {
+                if (canIssue && !work.isEmpty) || jobs.withLock({ !$0.items.isEmpty }) {
                     // Relaxed: clearing only saves a later appender a needless doorbell.
                     waker.sleeping.store(false, ordering: .relaxed)
                     continue
@@ -239,6 +296,7 @@ final class BlockFrontQueue: @unchecked Sendable {
         } catch {
             failureBox.withLock { $0 = error }
         }
+        stopRunningJobs()
         // Everything without a response goes back for the next connection.
         var unanswered: [WorkItem] = []
         for i in inflight.indices {
@@ -255,6 +313,7 @@ final class BlockFrontQueue: @unchecked Sendable {
         repeat {
             if ring.outstandingRequests > 0, try ring.checkForResponses() > 0 { return true }
             if canIssue, work.mayHaveWork { return true }
+            if jobCount.load(ordering: .relaxed) > 0 { return true }
             cxen_cpu_relax()
         } while Self.now() < until
         return false
@@ -272,6 +331,7 @@ final class BlockFrontQueue: @unchecked Sendable {
     private var waitingForPages = false
 
     private func sleep() -> Bool {
+        counters.sleeps.add(1, ordering: .relaxed)
         var fds = (pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: resources.events.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0))

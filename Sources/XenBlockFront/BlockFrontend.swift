@@ -12,6 +12,9 @@ import XenRing
 /// had no response, to be re-issued first on the next attach, so no acknowledged write
 /// is lost across a backend restart.
 public final class BlockFrontend: Sendable {
+    /// Runs tasks on the first queue's thread: for callers that issue I/O back to back
+    /// (see ``BlockFrontExecutor``). Any task may call the device from anywhere.
+    public let executor = BlockFrontExecutor()
     private let work = WorkQueue()
     private let state = Mutex<State>(State())
     /// Per-queue counters of the current connection.
@@ -35,20 +38,23 @@ public final class BlockFrontend: Sendable {
         for r in resources {
             let counters = BlockFrontCounters()
             started.append((try BlockFrontQueue(resources: r, work: work, maxIndirectSegments: info.maxIndirectSegments,
-                                                counters: counters), counters))
+                                                counters: counters, executor: executor), counters))
         }
         state.withLock { s in
             s.info = info
             s.queues = started.map { (queue: $0.0, counters: $0.1) }
         }
         for (q, _) in started { q.start() }
+        executor.use(started.first?.0)
         work.wakeAll()
     }
 
     /// Stops the queues (bounded) and puts back every request without a response; the
     /// resources may then be released. Returns false if a queue thread did not stop.
+    /// Not from a task on ``executor``: it would wait for its own thread.
     @discardableResult
     public func detach(timeout: Double = 5) -> Bool {
+        executor.use(nil)
         let queues = state.withLock { s in defer { s.queues = [] }; return s.queues }
         var all = true
         var unanswered: [WorkItem] = []

@@ -24,7 +24,8 @@ struct BlockReconnectTests {
         let writers = Task {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for t in 0..<4 {
-                    group.addTask {
+                    // Half of them on the queue thread, which stops and is replaced under them.
+                    group.addTask(executorPreference: t % 2 == 0 ? fe.executor : nil) {
                         for round in 0..<12 {
                             let block = t * 16 + round
                             let fill = UInt8(truncatingIfNeeded: block &* 3 &+ 1)
