@@ -253,27 +253,14 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         storage.close()
     }
 
-    /// How long the thread polls the ring and the engine before it sleeps
-    /// (`XENPV_BLOCK_SPIN_US`, default 0: never; see ``blockBackSpinNanoseconds``).
-    static var spinNanoseconds: UInt64 { blockBackSpinNanoseconds }
-
-    /// Polls the ring and the completion descriptor for a short while; true when work came.
+    /// Polls the ring and the engine (see ``BlockPolling``); true when work came.
     private func spin() throws(RingError) -> Bool {
-        guard Self.spinNanoseconds > 0 else { return false }
-        let until = Self.now() &+ Self.spinNanoseconds
+        let due = storage.outstanding > 0
         var pfd = pollfd(fd: storage.completionDescriptor.rawValue, events: Int16(POLLIN), revents: 0)
-        repeat {
+        return try BlockPolling.poll(for: due ? BlockPolling.busy : BlockPolling.idle) { () throws(RingError) -> Bool in
             if stalled == nil, try ring.checkForRequests() > 0 { return true }
-            if storage.outstanding > 0, poll(&pfd, 1, 0) > 0 { return true }
-            cxen_cpu_relax()
-        } while Self.now() < until
-        return false
-    }
-
-    @inline(__always) static func now() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+            return due && Glibc.poll(&pfd, 1, 0) > 0
+        }
     }
 
     /// Sleeps until an event, a completion or stop; false on stop.
@@ -489,7 +476,9 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
 
     private func reapCompletions() throws(StorageError) -> Bool {
         guard storage.outstanding > 0 else { return false }
-        let n = try storage.reap(into: UnsafeMutableBufferPointer(start: completions, count: ringSize), timeout: .zero)
+        // A few at a time: their responses go out while the rest wait (see BlockPolling.batch).
+        let n = try storage.reap(into: UnsafeMutableBufferPointer(start: completions, count: min(ringSize, BlockPolling.batch)),
+                                 timeout: .zero)
         for i in 0..<n { complete(completions[i], answer: true) }
         return n > 0
     }
@@ -581,11 +570,3 @@ final class FailureBox: @unchecked Sendable {
         set { lock.withLock { stored = newValue } }
     }
 }
-
-/// The spin before sleeping of the blkback queue threads, from `XENPV_BLOCK_SPIN_US`
-/// (microseconds; default 0). Spinning saves a wake-up from idle per hop, but on a loaded
-/// two-core machine it takes the core the peer needs: measured slower there.
-let blockBackSpinNanoseconds: UInt64 = {
-    guard let text = getenv("XENPV_BLOCK_SPIN_US"), let us = UInt64(String(cString: text)) else { return 0 }
-    return min(us, 1000) * 1000
-}()

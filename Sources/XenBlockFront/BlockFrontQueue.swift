@@ -154,9 +154,6 @@ final class BlockFrontQueue: @unchecked Sendable {
     private let jobCount = Atomic<Int>(0)
     /// The batch being run, swapped with `jobs.items` so neither reallocates.
     private var running: [UnownedJob] = []
-    /// How long the thread polls for work before it sleeps (`XENPV_BLOCK_SPIN_US`,
-    /// default 0: never). See ``blockSpinNanoseconds``.
-    static let spinNanoseconds: UInt64 = blockSpinNanoseconds
     private let finished = DispatchSemaphore(value: 0)
     private var started = false
     /// What was in flight when the thread stopped, for re-issue.
@@ -306,23 +303,13 @@ final class BlockFrontQueue: @unchecked Sendable {
         returned.withLock { $0 = unanswered }
     }
 
-    /// Polls the ring and the work queue for a short while; true when something came.
+    /// Polls for responses, work and jobs (see ``BlockPolling``); true when something came.
     private func spin() throws(RingError) -> Bool {
-        guard Self.spinNanoseconds > 0 else { return false }
-        let until = Self.now() &+ Self.spinNanoseconds
-        repeat {
-            if ring.outstandingRequests > 0, try ring.checkForResponses() > 0 { return true }
-            if canIssue, work.mayHaveWork { return true }
-            if jobCount.load(ordering: .relaxed) > 0 { return true }
-            cxen_cpu_relax()
-        } while Self.now() < until
-        return false
-    }
-
-    @inline(__always) static func now() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+        let due = ring.outstandingRequests > 0
+        return try BlockPolling.poll(for: due ? BlockPolling.busy : BlockPolling.idle) { () throws(RingError) -> Bool in
+            if due, try ring.checkForResponses() > 0 { return true }
+            return (canIssue && work.mayHaveWork) || jobCount.load(ordering: .relaxed) > 0
+        }
     }
 
     /// Room for another request; a request that needs more pool pages than are free sets
@@ -449,9 +436,12 @@ final class BlockFrontQueue: @unchecked Sendable {
 
     // MARK: responses
 
+    /// Answers up to ``BlockPolling/batch`` responses; true if there were any.
     private func collectResponses() throws(RingError) -> Bool {
         guard try ring.checkForResponses() > 0 else { return false }
-        while let raw = ring.nextResponse() {
+        var taken = 0
+        while taken < BlockPolling.batch, let raw = ring.nextResponse() {
+            taken += 1
             counters.responses.add(1, ordering: .relaxed)
             let response = BlockResponse(raw)
             let id = Int(truncatingIfNeeded: response.id)
@@ -483,12 +473,3 @@ final class BlockFrontQueue: @unchecked Sendable {
         return true
     }
 }
-
-/// The spin before sleeping of the block queue threads, from `XENPV_BLOCK_SPIN_US`
-/// (microseconds; default 0). Spinning saves a wake-up from idle per hop (on a VM, a vCPU
-/// halt and its wake-up), but on a loaded two-core machine it takes the core the peer
-/// thread needs: measured slower there, so it is off unless asked for.
-let blockSpinNanoseconds: UInt64 = {
-    guard let text = getenv("XENPV_BLOCK_SPIN_US"), let us = UInt64(String(cString: text)) else { return 0 }
-    return min(us, 1000) * 1000
-}()
