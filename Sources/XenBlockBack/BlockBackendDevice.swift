@@ -37,10 +37,12 @@ public struct BlockBackendOptions: Sendable {
     public var maxQueues: Int = 4
     /// `feature-max-indirect-segments` (0: none).
     public var maxIndirectSegments: Int = 256
-    /// `feature-persistent`. The queue grant-copies every segment, so a frontend that
-    /// keeps its grants (as ours does) costs nothing extra; the key tells the frontend
-    /// reusing grants is welcome.
+    /// `feature-persistent`: when the frontend announces it too, each queue keeps up to
+    /// `persistentGrants` of its grants mapped and does storage I/O on them directly;
+    /// otherwise every segment is grant-copied through bounce pages.
     public var persistent: Bool = true
+    /// Mappings kept per queue (Linux blkback's default, `max_persistent_grants`, is 1056).
+    public var persistentGrants: Int = 1056
     /// Bounce pages per queue.
     public var bouncePages: Int = 1024
 
@@ -173,8 +175,9 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
                 let failure = onRingFailure
                 let queue = try BlockQueue(
                     ring: map.memory, events: events, mapper: s.mapper, storage: try disk.makeEngine(),
-                    configuration: BlockQueueConfiguration(frontend: frontend, port: port, abi: abi, limits: limits,
-                                                           bouncePages: options.bouncePages),
+                    configuration: BlockQueueConfiguration(
+                        frontend: frontend, port: port, abi: abi, limits: limits, bouncePages: options.bouncePages,
+                        persistentGrants: persistent && options.persistent ? options.persistentGrants : 0),
                     onFailure: { failure($0) })
                 s.queues.append(queue)
             }

@@ -14,9 +14,13 @@ public struct BlockQueueConfiguration: Sendable {
     /// Bounce pages for data in flight. A request that needs more than are free waits
     /// (stays on the ring) until completions return some: back-pressure, never a drop.
     public var bouncePages: Int
+    /// The frontend's grants to keep mapped when `feature-persistent` was negotiated
+    /// (see ``PersistentGrants``; raised to the largest request); 0 grant-copies every
+    /// segment through bounce pages.
+    public var persistentGrants: Int
 
     public init(frontend: DomainID, port: EventPort, abi: BlkifABI = .native, limits: BlockDeviceLimits,
-                bouncePages: Int = 1024) {
+                bouncePages: Int = 1024, persistentGrants: Int = 0) {
         precondition(bouncePages >= max(BlockDeviceLimits.maxDirectSegments, limits.maxIndirectSegments),
                      "the bounce pool must hold the largest request")
         // A flush carrying data would need "write, then flush" sequencing the queue does not do.
@@ -26,6 +30,7 @@ public struct BlockQueueConfiguration: Sendable {
         self.abi = abi
         self.limits = limits
         self.bouncePages = bouncePages
+        self.persistentGrants = persistentGrants
     }
 }
 

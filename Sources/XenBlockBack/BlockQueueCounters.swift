@@ -17,6 +17,9 @@ public final class BlockQueueCounters: Sendable {
     public let badGrants = ManagedAtomic<UInt64>(0)
     /// Storage operations that failed.
     public let storageErrors = ManagedAtomic<UInt64>(0)
+    /// Persistent grants mapped, and unmapped to make room for others.
+    public let grantMaps = ManagedAtomic<UInt64>(0)
+    public let grantEvictions = ManagedAtomic<UInt64>(0)
     /// Notifications sent to the frontend.
     public let notifies = ManagedAtomic<UInt64>(0)
     /// Times the queue thread slept on its descriptors.

@@ -28,6 +28,9 @@ public struct BlockBenchmarkConfiguration: Sendable {
     public var seconds = 3.0
     /// `O_DIRECT` on the image (as fio's `--direct=1`).
     public var direct = true
+    /// blkback keeps the frontend's grants mapped (`feature-persistent`, the default on
+    /// both sides) instead of grant-copying each segment.
+    public var persistentGrants = true
 
     public init(image: String) { self.image = image }
 
@@ -60,7 +63,7 @@ public struct BlockBenchmarkResult: Sendable {
         let c = configuration
         return """
             {"rw":"\(c.pattern.rawValue)","bs":\(c.blockSize),"queue_depth":\(c.queueDepth),"seconds":\(fmt(elapsed)),\
-            "direct":\(directIO),"operations":\(operations),"iops":\(fmt(iops)),"mib_per_second":\(fmt(mibPerSecond)),\
+            "direct":\(directIO),"persistent_grants":\(c.persistentGrants),"operations":\(operations),"iops":\(fmt(iops)),"mib_per_second":\(fmt(mibPerSecond)),\
             "mean_us":\(fmt(meanMicroseconds)),"p50_us":\(fmt(p50Microseconds)),"p99_us":\(fmt(p99Microseconds)),\
             "frontend_notifies_per_request":\(fmt(frontendNotifiesPerRequest, 3)),\
             "backend_notifies_per_request":\(fmt(backendNotifiesPerRequest, 3)),\
@@ -73,7 +76,7 @@ public struct BlockBenchmarkResult: Sendable {
         let c = configuration
         return "\(c.pattern.rawValue) bs=\(c.blockSize) qd=\(c.queueDepth): \(fmt(iops)) IOPS, \(fmt(mibPerSecond)) MiB/s, "
             + "latency p50 \(fmt(p50Microseconds)) µs, p99 \(fmt(p99Microseconds)) µs (\(operations) ops in \(fmt(elapsed)) s"
-            + (directIO ? ", O_DIRECT)" : ", buffered)")
+            + (directIO ? ", O_DIRECT" : ", buffered") + (c.persistentGrants ? ", persistent grants)" : ", grant copy)")
             + "; per request: notifies \(fmt(frontendNotifiesPerRequest, 3)) → \(fmt(backendNotifiesPerRequest, 3)) ←, "
             + "sleeps: backend \(fmt(backendSleepsPerRequest, 3)), frontend \(fmt(frontendSleepsPerRequest, 3))"
     }
@@ -135,7 +138,8 @@ public enum BlockBenchmark {
         let backCounters = BlockQueueCounters()
         let queue = try BlockQueue(ring: map.memory, events: events, mapper: mapper, storage: storage,
                                    configuration: BlockQueueConfiguration(frontend: guest.domainID, port: port, limits: limits,
-                                                                          bouncePages: max(1024, inFlightPages + 256)),
+                                                                          bouncePages: max(1024, inFlightPages + 256),
+                                                                          persistentGrants: c.persistentGrants ? 1056 : 0),
                                    counters: backCounters)
         queue.start()
         let frontend = BlockFrontend()

@@ -36,6 +36,9 @@ struct BenchBlock: AsyncParsableCommand {
     @Flag(help: "Go through the page cache instead of O_DIRECT.")
     var buffered = false
 
+    @Flag(help: "Grant-copy every segment through bounce pages instead of keeping the frontend's grants mapped (feature-persistent off).")
+    var grantCopy = false
+
     @Flag(help: "Print one JSON object.")
     var json = false
 
@@ -56,6 +59,7 @@ struct BenchBlock: AsyncParsableCommand {
         c.queueDepth = queueDepth
         c.seconds = seconds
         c.direct = !buffered
+        c.persistentGrants = !grantCopy
         let result = try await BlockBenchmark.run(c)
         print(json ? result.json : result.summary)
     }

@@ -27,25 +27,43 @@ struct BlockFeatureMatrixTests {
         var indirect: Int
         var order: Int
         var queues: Int
-        var testDescription: String { "indirect \(indirect), ring-page-order \(order), \(queues) queue(s)" }
+        /// blkback's persistent-grant mappings (0: grant copy).
+        var persistent = 0
+        var testDescription: String {
+            "indirect \(indirect), ring-page-order \(order), \(queues) queue(s), "
+                + (persistent > 0 ? "\(persistent) persistent grants" : "grant copy")
+        }
     }
 
     @Test(arguments: [
         Case(indirect: 0, order: 0, queues: 1), Case(indirect: 256, order: 0, queues: 1),
         Case(indirect: 0, order: 2, queues: 2), Case(indirect: 256, order: 2, queues: 4),
         Case(indirect: 64, order: 1, queues: 2),
+        Case(indirect: 256, order: 0, queues: 1, persistent: 1056), Case(indirect: 0, order: 2, queues: 2, persistent: 1056),
+        // Fewer mappings than the pool has pages: the least recently used go.
+        Case(indirect: 0, order: 0, queues: 1, persistent: 16),
     ])
     func sameDataOnLibaio(_ c: Case) async throws {
         let bytes = 8 << 20
         let image = try TempImage(bytes: bytes)
         let f = try BlockFixture(queues: c.queues, ringPageOrder: c.order,
-                                 limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: c.indirect)) { _ in
+                                 limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: c.indirect),
+                                 persistentGrants: c.persistent) { _ in
             try image.storage()
         }
         try f.start()
         try await withTimeout(30) { try await shadowWorkout(f.frontend, deviceBytes: bytes, operations: 16, seed: UInt64(c.queues * 10 + c.order)) }
         // Each queue carried requests.
         #expect(f.backends.allSatisfy { $0.queue.counters.requests.value > 0 } || c.queues == 1)
+        for b in f.backends {
+            let (maps, evictions) = (b.queue.counters.grantMaps.value, b.queue.counters.grantEvictions.value)
+            if c.persistent == 0 {
+                #expect(maps == 0)
+            } else {
+                #expect(maps > 0 && maps - evictions <= UInt64(c.persistent))
+                #expect(c.persistent > 16 || evictions > 0, "a 16-entry cache over a 512-page pool evicts")
+            }
+        }
         let leftovers = try f.teardown()
         #expect(leftovers.isEmpty, "\(leftovers)")
     }

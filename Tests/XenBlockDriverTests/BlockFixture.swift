@@ -34,9 +34,11 @@ final class BlockFixture: @unchecked Sendable {
     let queueCount: Int
     let makeStorage: (Int) throws -> any StorageEngine
     let abi: BlkifABI
+    /// blkback's persistent-grant mappings per queue (0: grant copy).
+    let persistentGrants: Int
 
     init(queues: Int = 1, ringPageOrder: Int = 0, limits: BlockDeviceLimits, abi: BlkifABI = .native,
-         storage: @escaping (Int) throws -> any StorageEngine) throws {
+         persistentGrants: Int = 0, storage: @escaping (Int) throws -> any StorageEngine) throws {
         guest = try hv.createDomain(frames: 8192, grantFrames: 64)
         sharer = try guest.openGrantSharer()
         mapper = try hv.dom0.openGrantMapper()
@@ -45,6 +47,7 @@ final class BlockFixture: @unchecked Sendable {
         self.queueCount = queues
         self.makeStorage = storage
         self.abi = abi
+        self.persistentGrants = persistentGrants
     }
 
     var info: BlockDeviceInfo {
@@ -69,7 +72,8 @@ final class BlockFixture: @unchecked Sendable {
             let port = try events.bindInterdomain(remote: guest.domainID, remotePort: r.port)
             let map = try mapper.map(r.ring.refs, from: guest.domainID, writable: true)
             let q = try BlockQueue(ring: map.memory, events: events, mapper: mapper, storage: try makeStorage(i),
-                                   configuration: BlockQueueConfiguration(frontend: guest.domainID, port: port, abi: abi, limits: limits),
+                                   configuration: BlockQueueConfiguration(frontend: guest.domainID, port: port, abi: abi, limits: limits,
+                                                                          persistentGrants: persistentGrants),
                                    onFailure: onFailure.map { f in { @Sendable e in f(i, e) } })
             q.start()
             backends.append(Backend(events: events, port: port, ringMap: map, queue: q))

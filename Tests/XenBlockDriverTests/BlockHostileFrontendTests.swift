@@ -62,8 +62,10 @@ struct BlockHostileFrontendTests {
                                                            : .write(sector: sector, segments: segments)).encoded(abi: abi)
     }
 
-    @Test func badRequestsGetErrorResponsesAndTheQueueKeepsServing() throws {
-        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048, discard: false, maxIndirectSegments: 32)) { _ in
+    @Test(arguments: [0, 1056])
+    func badRequestsGetErrorResponsesAndTheQueueKeepsServing(persistentGrants: Int) throws {
+        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048, discard: false, maxIndirectSegments: 32),
+                                 persistentGrants: persistentGrants) { _ in
             try MemoryStorage(byteCount: 1 << 20)
         }
         try f.shareAndMap()
@@ -92,19 +94,20 @@ struct BlockHostileFrontendTests {
             rw(.write, id: 8, sector: 16, grefs: [pool[2]]),
             rw(.read, id: 9, sector: 0, grefs: [pool[0]], first: 0, last: 8),        // last_sect past the page
             indirectTooMany, indirectBadPage, discard,
+            rw(.read, id: 13, sector: 0, grefs: [f.resources[0].indirect.refs[1]]), // a read into a read-only grant
             rw(.read, id: 100, sector: 0, grefs: [pool[3]]),                         // a good one after all of it
         ]
         let responses = try run(f, slots)
         #expect(responses.count == slots.count)
         let status = Dictionary(responses.map { ($0.id, $0.status) }, uniquingKeysWith: { a, _ in a })
-        for id: UInt64 in [1, 2, 3, 4, 5, 6, 9, 10, 11] { #expect(status[id] == .error, "request \(id)") }
+        for id: UInt64 in [1, 2, 3, 4, 5, 6, 9, 10, 11, 13] { #expect(status[id] == .error, "request \(id)") }
         #expect(status[7] == .notSupported)
         #expect(status[12] == .notSupported)
         #expect(responses.filter { $0.id == 8 }.map(\.status) == [.okay, .okay])
         #expect(status[100] == .okay)
         #expect(responses.first { $0.id == 7 }?.operation.rawValue == 99)  // the op byte is echoed
         #expect(f.backends[0].queue.failure == nil)
-        #expect(f.backends[0].queue.counters.badGrants.value == 2)
+        #expect(f.backends[0].queue.counters.badGrants.value == 3)
         #expect(try f.teardown().isEmpty)
     }
 

@@ -9,24 +9,28 @@ import XenSimulator
 
 @Suite(.timeLimit(.minutes(2)))
 struct BlockReconnectTests {
-    /// Writers stream writes while the backend is stopped and started again on fresh
-    /// rings (a backend restart); every acknowledged write must be on disk afterwards,
-    /// and the callers whose requests were in flight just wait and complete.
+    /// Writers stream writes; the backend goes away while their next requests sit on
+    /// the ring unanswered, and comes back on fresh rings (a backend restart). Every
+    /// acknowledged write must be on disk afterwards, and the callers whose requests were
+    /// in flight just wait and complete.
     @Test func noAcknowledgedWriteIsLostAcrossABackendRestart() async throws {
         let bytes = 4 << 20
         let image = try TempImage(bytes: bytes)
-        let f = try BlockFixture(queues: 2, limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: 64)) { _ in
+        let f = try BlockFixture(queues: 2, limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: 64),
+                                 persistentGrants: 1056) { _ in
             try image.storage()
         }
         try f.start()
         let fe = f.frontend
         let acknowledged = Acknowledged()  // 64 KiB block -> fill byte
+        let gate = Gate()
         let writers = Task {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for t in 0..<4 {
                     // Half of them on the queue thread, which stops and is replaced under them.
                     group.addTask(executorPreference: t % 2 == 0 ? fe.executor : nil) {
                         for round in 0..<12 {
+                            while round == 3 && !gate.isOpen.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(2)) }
                             let block = t * 16 + round
                             let fill = UInt8(truncatingIfNeeded: block &* 3 &+ 1)
                             try await fe.write(at: UInt64(block << 16), [UInt8](repeating: fill, count: 1 << 16))
@@ -37,19 +41,21 @@ struct BlockReconnectTests {
                 try await group.waitForAll()
             }
         }
-        // Let some writes through, then restart the backend under them.
-        // At least one write through before the restart (slow when the whole package tests in parallel).
-        #expect(await eventuallyAsync(seconds: 30) { acknowledged.map.withLock { $0.count } >= 1 })
+        #expect(await eventuallyAsync(seconds: 30) { acknowledged.map.withLock { $0.count } == 12 })
         try f.stopBackend()
+        gate.isOpen.withLock { $0 = true }
+        // Each writer's next write (one request) reaches a ring nobody serves.
+        #expect(await eventuallyAsync(seconds: 30) {
+            fe.counters.reduce(0) { $0 + $1.requests.load(ordering: .relaxed) - $1.responses.load(ordering: .relaxed) } == 4
+        })
         #expect(f.frontend.detach(timeout: 10))
         for r in f.resources { #expect(r.release(sharer: f.sharer)) }
         f.resources = []
-        let before = acknowledged.map.withLock { $0.count }
+        #expect(acknowledged.map.withLock { $0.count } == 12)
         try f.shareAndMap()
         try f.startBackend()
         try f.frontend.attach(f.resources, info: f.info)
         try await withTimeout(30) { try await writers.value }
-        #expect(before < 48)
         let written = acknowledged.map.withLock { $0 }
         #expect(written.count == 48)
         try await withTimeout(20) {
@@ -60,6 +66,10 @@ struct BlockReconnectTests {
         }
         #expect(try f.teardown().isEmpty)
     }
+}
+
+final class Gate: Sendable {
+    let isOpen = Mutex(false)
 }
 
 final class Acknowledged: Sendable {
