@@ -1,25 +1,38 @@
 #!/bin/sh
 # The block path against fio on the same image, same settings, in one run.
 # Usage (from the package root, after `swift build -c release`):
-#   Benchmarks/BlockBench/run.sh IMAGE [SECONDS]
+#   Benchmarks/BlockBench/run.sh IMAGE [SECONDS] [ROUNDS]
 # IMAGE should be a fully written file (dd if=/dev/urandom) on a file system that takes O_DIRECT.
-# Latencies on both sides are whole operations, submission to completion (fio's lat, not clat).
+# Each setting runs ROUNDS times (default 3), xenpv and fio alternating, so a shared disk's
+# drift hits both; the table shows medians. Latencies on both sides are whole operations,
+# submission to completion (fio's lat, not clat).
 set -e
-IMG=$1; S=${2:-5}; X=${XENPV:-.build/release/xenpv}
-[ -f "$IMG" ] || { echo "usage: $0 IMAGE [SECONDS]" >&2; exit 2; }
+IMG=$1; S=${2:-5}; ROUNDS=${3:-3}; X=${XENPV:-.build/release/xenpv}
+[ -f "$IMG" ] || { echo "usage: $0 IMAGE [SECONDS] [ROUNDS]" >&2; exit 2; }
+OUT=$(mktemp -d); trap 'rm -rf "$OUT"' EXIT
 for spec in "randread 4096 1" "randread 4096 32" "randwrite 4096 1" "randwrite 4096 32" "read 131072 1" "read 131072 32"; do
   set -- $spec
-  x=$($X bench block --image "$IMG" --rw $1 --bs $2 --queue-depth $3 --seconds $S --json)
-  f=$(fio --name=x --filename="$IMG" --ioengine=libaio --direct=1 --rw=$1 --bs=$2 --iodepth=$3 \
-        --runtime=$S --time_based --lat_percentiles=1 --output-format=json 2>/dev/null)
-  python3 - "$x" "$f" "$1 bs=$2 qd=$3" <<'PY'
-import json, sys
-x = json.loads(sys.argv[1]); j = json.loads(sys.argv[2])["jobs"][0]
-d = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
-p = d["lat_ns"]["percentile"]  # submission to completion, as xenpv measures
-f = {"iops": d["iops"], "p50_us": p["50.000000"] / 1000, "p99_us": p["99.000000"] / 1000, "mean_us": d["lat_ns"]["mean"] / 1000}
-print(f"{sys.argv[3]:24} xenpv {x['iops']:9.0f} IOPS p50 {x['p50_us']:7.1f} µs p99 {x['p99_us']:8.1f} µs | "
-      f"fio {f['iops']:9.0f} IOPS p50 {f['p50_us']:7.1f} µs p99 {f['p99_us']:8.1f} µs | "
-      f"ratio {x['iops'] / f['iops']:.2f}x, p50 +{x['p50_us'] - f['p50_us']:.1f} µs")
+  r=1
+  while [ $r -le "$ROUNDS" ]; do
+    $X bench block --image "$IMG" --rw $1 --bs $2 --queue-depth $3 --seconds $S --json > "$OUT/x$r"
+    fio --name=x --filename="$IMG" --ioengine=libaio --direct=1 --rw=$1 --bs=$2 --iodepth=$3 \
+        --runtime=$S --time_based --lat_percentiles=1 --output-format=json > "$OUT/f$r" 2>/dev/null
+    r=$((r + 1))
+  done
+  python3 - "$OUT" "$ROUNDS" "$1 bs=$2 qd=$3" <<'PY'
+import json, statistics, sys
+out, rounds, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+xs, fs = [], []
+for r in range(1, rounds + 1):
+    xs.append(json.load(open(f"{out}/x{r}")))
+    j = json.load(open(f"{out}/f{r}"))["jobs"][0]
+    d = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
+    p = d["lat_ns"]["percentile"]  # submission to completion, as xenpv measures
+    fs.append({"iops": d["iops"], "p50_us": p["50.000000"] / 1000, "p99_us": p["99.000000"] / 1000})
+m = lambda rows, k: statistics.median(row[k] for row in rows)
+ratios = " ".join(f"{x['iops'] / f['iops']:.2f}" for x, f in zip(xs, fs))
+print(f"{name:24} xenpv {m(xs, 'iops'):9.0f} IOPS p50 {m(xs, 'p50_us'):7.1f} µs p99 {m(xs, 'p99_us'):8.1f} µs | "
+      f"fio {m(fs, 'iops'):9.0f} IOPS p50 {m(fs, 'p50_us'):7.1f} µs p99 {m(fs, 'p99_us'):8.1f} µs | "
+      f"ratio {m(xs, 'iops') / m(fs, 'iops'):.2f}x (rounds {ratios}), p50 {m(xs, 'p50_us') - m(fs, 'p50_us'):+.1f} µs")
 PY
 done
