@@ -253,7 +253,7 @@ let package = Package(
         .target(
             name: "XenBlockFront",
             dependencies: [
-                "XenBlockProtocol", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore",
+                "XenBlockProtocol", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -265,7 +265,7 @@ let package = Package(
             name: "XenBlockDriverTests",
             dependencies: [
                 "XenBlockBack", "XenBlockFront", "XenBlockBenchmark", "XenBlockProtocol", "XenBlockStorage", "XenRing",
-                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore",
+                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),

@@ -1,4 +1,4 @@
-import Synchronization
+import XenLocks
 
 /// A task executor that runs tasks on the device's first queue thread.
 ///
@@ -12,7 +12,7 @@ import Synchronization
 /// While no queue is running (before attach, between connections, after shutdown) jobs
 /// go to the global concurrent executor: a preference, never a place where work waits.
 public final class BlockFrontExecutor: TaskExecutor, Sendable {
-    private let current = Mutex<BlockFrontQueue?>(nil)
+    private let current = Locked<BlockFrontQueue?>(nil)
 
     init() {}
 

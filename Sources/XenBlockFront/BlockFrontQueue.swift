@@ -6,6 +6,7 @@ import Synchronization
 import XenABI
 import XenBlockProtocol
 import XenHypervisor
+import XenLocks
 import XenRing
 
 /// A queue thread's doorbell: an eventfd rung only while the thread sleeps.
@@ -31,7 +32,7 @@ final class WorkQueue: Sendable {
         var wakers: [Waker] = []
         var next = 0
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
     /// Items waiting, readable without the lock (a spinning thread's hint only). Every
     /// access is relaxed: it orders nothing; the items themselves are read under the lock.
     private let count = Atomic<Int>(0)
@@ -149,7 +150,7 @@ final class BlockFrontQueue: @unchecked Sendable {
     private let waker: Waker
     private let executor: BlockFrontExecutor
     /// Jobs of tasks that prefer this thread; `stopped` once it no longer runs them.
-    private let jobs = Mutex<(items: [UnownedJob], stopped: Bool)>(([], false))
+    private let jobs = Locked<(items: [UnownedJob], stopped: Bool)>(([], false))
     /// Jobs waiting, readable without the lock (a spinning thread's hint only, relaxed).
     private let jobCount = Atomic<Int>(0)
     /// The batch being run, swapped with `jobs.items` so neither reallocates.
@@ -157,8 +158,8 @@ final class BlockFrontQueue: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private var started = false
     /// What was in flight when the thread stopped, for re-issue.
-    private let returned = Mutex<[WorkItem]>([])
-    private let failureBox = Mutex<RingError?>(nil)
+    private let returned = Locked<[WorkItem]>([])
+    private let failureBox = Locked<RingError?>(nil)
 
     /// `maxIndirectSegments`: what the backend advertised (0 or at most 11: direct only).
     init(resources: BlockFrontQueueResources, work: WorkQueue, maxIndirectSegments: Int,

@@ -1,6 +1,6 @@
-import Synchronization
 import XenABI
 import XenBlockProtocol
+import XenLocks
 import XenRing
 
 /// A guest's block device: `async` read, write, flush and discard at byte offsets.
@@ -16,7 +16,7 @@ public final class BlockFrontend: Sendable {
     /// (see ``BlockFrontExecutor``). Any task may call the device from anywhere.
     public let executor = BlockFrontExecutor()
     private let work = WorkQueue()
-    private let state = Mutex<State>(State())
+    private let state = Locked<State>(State())
     /// Per-queue counters of the current connection.
     public var counters: [BlockFrontCounters] { state.withLock { $0.queues.map(\.counters) } }
 

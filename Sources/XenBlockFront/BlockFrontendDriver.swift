@@ -1,10 +1,10 @@
 import CXen
 import Logging
-import Synchronization
 import XenABI
 import XenBlockProtocol
 import XenBus
 import XenHypervisor
+import XenLocks
 import XenStore
 
 /// What a frontend asks for, bounded by what the backend offers.
@@ -35,14 +35,14 @@ public struct BlockFrontendOptions: Sendable {
 /// features and attaches the frontend in `connect`, and in `disconnect` detaches (keeping
 /// unanswered requests for the next connection) and ends its grants.
 public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable {
-    // @unchecked: `resources` is guarded by its Mutex; the rest is immutable.
+    // @unchecked: `resources` is guarded by its lock; the rest is immutable.
     public let device: XenbusDevice
     public let frontend: BlockFrontend
     private let store: any XenStoreConnection
     private let hypervisor: any Hypervisor
     private let sharer: any GrantSharer
     private let options: BlockFrontendOptions
-    private let resources = Mutex<[BlockFrontQueueResources]>([])
+    private let resources = Locked<[BlockFrontQueueResources]>([])
 
     public init(device: XenbusDevice, store: any XenStoreConnection, hypervisor: any Hypervisor, sharer: any GrantSharer,
                 frontend: BlockFrontend = BlockFrontend(), options: BlockFrontendOptions = BlockFrontendOptions()) {

@@ -1,12 +1,12 @@
 import CXen
 import Foundation
-import Synchronization
 import Testing
 import XenABI
 import XenBlockBack
 import XenBlockFront
 import XenBlockProtocol
 import XenBlockStorage
+import XenLocks
 import XenRing
 import XenSimulator
 
@@ -132,7 +132,7 @@ struct BlockHostileFrontendTests {
 
     @Test func aProducerFarAheadStopsThatRingAndAnotherKeepsWorking() async throws {
         let bytes = 4 << 20
-        let failures = Mutex<[Int]>([])
+        let failures = Locked<[Int]>([])
         let f = try BlockFixture(queues: 2, limits: BlockDeviceLimits(sectors: UInt64(bytes / 512))) { _ in
             try MemoryStorage(byteCount: bytes)
         }

@@ -1,10 +1,10 @@
 import Foundation
-import Synchronization
 import Testing
 import XenBlockBack
 import XenBlockFront
 import XenBlockProtocol
 import XenBlockStorage
+import XenLocks
 import XenSimulator
 
 @Suite(.timeLimit(.minutes(2)))
@@ -69,9 +69,9 @@ struct BlockReconnectTests {
 }
 
 final class Gate: Sendable {
-    let isOpen = Mutex(false)
+    let isOpen = Locked(false)
 }
 
 final class Acknowledged: Sendable {
-    let map = Mutex<[Int: UInt8]>([:])
+    let map = Locked<[Int: UInt8]>([:])
 }

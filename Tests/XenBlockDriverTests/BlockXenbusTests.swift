@@ -1,6 +1,5 @@
 import Foundation
 import Logging
-import Synchronization
 import SystemPackage
 import Testing
 import XenABI
