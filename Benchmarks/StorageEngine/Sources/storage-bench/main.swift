@@ -2,7 +2,7 @@
 // batch, reap with io_getevents, resubmit) and prints one JSON object.
 //
 //   storage-bench --image PATH [--rw randread|randwrite|read|write] [--bs BYTES]
-//                 [--queue-depth N] [--seconds S]
+//                 [--queue-depth N] [--seconds S] [--piece BYTES]
 import Foundation
 import Glibc
 import SystemPackage
@@ -31,6 +31,10 @@ func runBenchmark() throws {
     let blockSize = Int(arguments["bs"] ?? "4096")!
     let depth = Int(arguments["queue-depth"] ?? "32")!
     let seconds = Double(arguments["seconds"] ?? "5")!
+    // --piece: bytes per iovec (blkback hands libaio one iovec per 4 KiB segment).
+    let piece = Int(arguments["piece"] ?? String(blockSize))!
+    precondition(piece > 0 && blockSize % piece == 0, "--piece must divide --bs")
+    let pieces = blockSize / piece
     let isWrite = mode.hasSuffix("write")
     let isRandom = mode.hasPrefix("rand")
 
@@ -45,7 +49,7 @@ func runBenchmark() throws {
 
     let memory = UnsafeMutableRawPointer.allocate(byteCount: depth * blockSize, alignment: 4096)
     memset(memory, 0x5A, depth * blockSize)
-    let iovecs = UnsafeMutablePointer<iovec>.allocate(capacity: depth)
+    let iovecs = UnsafeMutablePointer<iovec>.allocate(capacity: depth * pieces)
     var ops = [StorageOperation](repeating: .flush(tag: 0), count: depth)
     var completions = [StorageCompletion](repeating: .empty, count: depth)
     var started = [UInt64](repeating: 0, count: depth)
@@ -71,8 +75,10 @@ func runBenchmark() throws {
             sequential = (sequential + 1) % blocks
         }
         // The engine may advance the iovec after a short transfer: rebuild it every time.
-        iovecs[slot] = iovec(iov_base: memory + slot * blockSize, iov_len: blockSize)
-        let buffers = UnsafeMutableBufferPointer(start: iovecs + slot, count: 1)
+        for p in 0..<pieces {
+            iovecs[slot * pieces + p] = iovec(iov_base: memory + slot * blockSize + p * piece, iov_len: piece)
+        }
+        let buffers = UnsafeMutableBufferPointer(start: iovecs + slot * pieces, count: pieces)
         ops[index] = isWrite
             ? .write(tag: UInt64(slot), offset: UInt64(block * blockSize), buffers: buffers)
             : .read(tag: UInt64(slot), offset: UInt64(block * blockSize), buffers: buffers)
