@@ -214,7 +214,10 @@ public struct XenbusFrontend: Hashable, Sendable {
 /// The backend's half of the handshake, as a pure state machine.
 ///
 /// Prepare (hot-plug, features) → InitWait → (frontend Initialised, or Connected if it skipped
-/// Initialised) connect → Connected. Disconnects before it announces Closing, so a frontend
+/// Initialised) connect → Connected. A frontend already Connected when this backend starts
+/// belongs to a previous backend (a restart): its ring keys are stale, so the backend waits
+/// until it has seen the frontend below Connected (it resets on seeing our InitWait) instead
+/// of connecting to them. Disconnects before it announces Closing, so a frontend
 /// may free its ring once it sees Closing. A closed backend goes back to InitWait when the
 /// frontend starts a new session (Initialising), unless a close was requested; a frontend
 /// that vanishes closes the device for good.
@@ -233,6 +236,8 @@ public struct XenbusBackend: Hashable, Sendable {
     private var prepared = false
     private var prepareInFlight = false
     private var peerSeen = false
+    /// The frontend was seen in a state other than Connected since this backend started.
+    private var peerSeenBelowConnected = false
 
     public init() {}
 
@@ -249,6 +254,7 @@ public struct XenbusBackend: Hashable, Sendable {
         case .peerState(let s):
             let s = s == .unknown ? nil : s
             if s != nil { peerSeen = true } else if peerSeen { peerGone = true }
+            if let s, s != .connected { peerSeenBelowConnected = true }
             peer = s
         case .resourcesReady:
             guard prepareInFlight else { break }
@@ -324,6 +330,8 @@ public struct XenbusBackend: Hashable, Sendable {
         case .ready:
             switch p {
             case .initialised, .connected:
+                // Connected from before we started: stale keys; it resets on our InitWait.
+                guard p == .initialised || peerSeenBelowConnected else { return false }
                 actions.append(.connect)
                 isConnected = true
                 publish(.connected, &actions)

@@ -66,6 +66,26 @@ struct HandshakeScriptTests {
         #expect(be.handle(.peerState(.unknown)) == [.disconnect, .publish(.closed)])
     }
 
+    /// A backend restarted under a connected frontend finds it Connected with the old
+    /// session's ring keys: it waits for the frontend to start over instead of connecting
+    /// to them (a bind of the old event channel fails, and the device closed for good).
+    @Test func aRestartedBackendWaitsForAStaleConnectedFrontendToReset() {
+        var be = XenbusBackend()
+        _ = be.start()
+        #expect(be.handle(.peerState(.connected)) == [])
+        #expect(be.handle(.resourcesReady) == [.publish(.initWait)])
+        #expect(be.handle(.peerState(.connected)) == [])
+        // The frontend saw our InitWait, released its old ring and starts over.
+        var fe = XenbusFrontend()
+        _ = fe.start()
+        _ = fe.handle(.peerState(.initWait))
+        _ = fe.handle(.resourcesReady)
+        _ = fe.handle(.peerState(.connected))
+        #expect(fe.handle(.peerState(.initWait)) == [.disconnect, .publish(.initialising), .prepare])
+        #expect(be.handle(.peerState(.initialising)) == [])
+        #expect(be.handle(.peerState(.initialised)) == [.connect, .publish(.connected)])
+    }
+
     @Test func aRestartedFrontendResetsAStaleConnectedBackend() {
         var fe = XenbusFrontend()
         _ = fe.start()
