@@ -49,8 +49,8 @@ let package = Package(
         // libaio has no pkg-config file; the module map links it by name.
         .systemLibrary(name: "CAIO"),
 
-        // A TSan-visible pthread lock shared by the simulator, its daemon and the store.
-        .target(name: "XenLocks"),
+        // TSan-visible pthread locks, and the drivers' own threads (DriverThread).
+        .target(name: "XenLocks", dependencies: ["CXen"]),
 
         // Layer 2: typed Xen integers and the hypercall protocols drivers use.
         .target(name: "XenABI", dependencies: ["CXen"]),
@@ -157,7 +157,7 @@ let package = Package(
         .target(
             name: "XenNetBack",
             dependencies: [
-                "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore",
+                "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
@@ -165,7 +165,7 @@ let package = Package(
         .target(
             name: "XenNetFront",
             dependencies: [
-                "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore",
+                "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -246,7 +246,7 @@ let package = Package(
         .target(
             name: "XenBlockBack",
             dependencies: [
-                "XenBlockProtocol", "XenBlockStorage", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore",
+                "XenBlockProtocol", "XenBlockStorage", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "Logging", package: "swift-log"),
             ]),

@@ -5,6 +5,7 @@ import XenABI
 import XenBlockProtocol
 import XenBlockStorage
 import XenHypervisor
+import XenLocks
 import XenRing
 
 /// One blkback queue: a thread that serves one frontend ring against one storage engine.
@@ -101,8 +102,8 @@ private struct Inflight {
 }
 
 final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable>: BlockQueueRunning, @unchecked Sendable {
-    // @unchecked: everything but `stopFD`, `finished` and `failureBox` belongs to the
-    // queue thread once started.
+    // @unchecked: everything but `thread` and `failureBox` belongs to the queue thread
+    // once started.
     private var ring: BackRing<Request, Response>
     private let events: any EventChannels
     private let mapper: any GrantMapper
@@ -139,9 +140,7 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     private var stalled: Request?
     private var produced = false
 
-    private let stopFD: Int32
-    private let finished = DispatchSemaphore(value: 0)
-    private var started = false
+    private let thread = DriverThread()
     private let failureBox = FailureBox()
     var failure: (any Error)? { failureBox.value }
 
@@ -191,7 +190,6 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
             ? PersistentGrants(capacity: max(configuration.persistentGrants, maxSegments), mapper: mapper,
                                domain: configuration.frontend, counters: counters)
             : nil
-        stopFD = cxen_eventfd(0, 1)
     }
 
     deinit {
@@ -206,32 +204,18 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         indirectPages.deallocate()
         pending.deallocate()
         completions.deallocate()
-        close(stopFD)
     }
 
     func start() {
-        precondition(!started, "queue started twice")
-        started = true
-        let name = "blkback \(configuration.frontend.rawValue)/\(configuration.port.rawValue)"
-        let thread = Thread { [self] in
-            _ = cxen_name_thread(name)  // what ps and perf show (Foundation names only the object)
-            run()
-            finished.signal()
-        }
-        thread.name = name
-        thread.start()
+        thread.start(name: "blkback \(configuration.frontend.rawValue)/\(configuration.port.rawValue)") { [self] in run() }
     }
 
     func stop(timeout: Double) -> Bool {
-        guard started else {
+        guard thread.isStarted else {
             storage.close()
             return true
         }
-        var one: UInt64 = 1
-        _ = write(stopFD, &one, 8)
-        let stopped = finished.wait(timeout: .now() + timeout) == .success
-        if stopped { finished.signal() }  // a second stop() returns at once
-        return stopped
+        return thread.stop(timeout: timeout)
     }
 
     // MARK: the queue thread
@@ -274,7 +258,7 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     /// Sleeps until an event, a completion or stop; false on stop.
     private func sleep() throws -> Bool {
         counters.sleeps.bump()
-        var fds = (pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0),
+        var fds = (pollfd(fd: thread.stopDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: events.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: storage.completionDescriptor.rawValue, events: Int16(POLLIN), revents: 0))
         // The completion descriptor only while something is at the engine: a stale

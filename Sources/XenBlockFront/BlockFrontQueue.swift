@@ -1,6 +1,5 @@
 import CXen
 import DequeModule
-import Foundation
 import Glibc
 import Synchronization
 import XenABI
@@ -145,7 +144,6 @@ final class BlockFrontQueue: @unchecked Sendable {
     private var freePages: [Int32]
     private let slotPages: UnsafeMutablePointer<Int32>
     private let segmentScratch: UnsafeMutablePointer<BlockSegment>
-    private let stopFD: Int32
     private let wakeFD: Int32
     private let waker: Waker
     private let executor: BlockFrontExecutor
@@ -155,8 +153,7 @@ final class BlockFrontQueue: @unchecked Sendable {
     private let jobCount = Atomic<Int>(0)
     /// The batch being run, swapped with `jobs.items` so neither reallocates.
     private var running: [UnownedJob] = []
-    private let finished = DispatchSemaphore(value: 0)
-    private var started = false
+    private let thread = DriverThread()
     /// What was in flight when the thread stopped, for re-issue.
     private let returned = Locked<[WorkItem]>([])
     private let failureBox = Locked<RingError?>(nil)
@@ -182,7 +179,6 @@ final class BlockFrontQueue: @unchecked Sendable {
         slotPages = .allocate(capacity: size * maxSegments)
         segmentScratch = .allocate(capacity: maxSegments)
         segmentScratch.initialize(repeating: BlockSegment(gref: GrantRef(0), firstSector: 0, lastSector: 0), count: maxSegments)
-        stopFD = cxen_eventfd(0, 1)
         wakeFD = cxen_eventfd(0, 1)
         waker = Waker(fd: wakeFD)
         self.executor = executor
@@ -193,7 +189,6 @@ final class BlockFrontQueue: @unchecked Sendable {
     deinit {
         slotPages.deallocate()
         segmentScratch.deallocate()
-        close(stopFD)
         close(wakeFD)
     }
 
@@ -201,28 +196,15 @@ final class BlockFrontQueue: @unchecked Sendable {
     var maxRequestBytes: UInt64 { UInt64(maxSegments * XenPage.size) }
 
     func start() {
-        precondition(!started)
-        started = true
         work.register(waker)
-        let name = "blkfront \(resources.port.rawValue)"
-        let thread = Thread { [self] in
-            // Foundation names the Thread object only; the kernel's name is what tools show.
-            _ = cxen_name_thread(name)
-            run()
-            finished.signal()
-        }
-        thread.name = name
-        thread.start()
+        thread.start(name: "blkfront \(resources.port.rawValue)") { [self] in run() }
     }
 
     /// Stops the thread (bounded); returns the work that had no response, for re-issue.
     func stop(timeout: Double = 5) -> (stopped: Bool, unanswered: [WorkItem]) {
-        guard started else { return (true, []) }
+        guard thread.isStarted else { return (true, []) }
         work.unregister(waker)
-        var one: UInt64 = 1
-        _ = write(stopFD, &one, 8)
-        let stopped = finished.wait(timeout: .now() + timeout) == .success
-        if stopped { finished.signal() }
+        let stopped = thread.stop(timeout: timeout)
         return (stopped, returned.withLock { r in defer { r = [] }; return r })
     }
 
@@ -320,7 +302,7 @@ final class BlockFrontQueue: @unchecked Sendable {
 
     private func sleep() -> Bool {
         counters.sleeps.add(1, ordering: .relaxed)
-        var fds = (pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0),
+        var fds = (pollfd(fd: thread.stopDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: resources.events.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0))
         _ = withUnsafeMutableBytes(of: &fds) { raw in

@@ -1,9 +1,9 @@
 import Atomics
 import CXen
-import Foundation
 import Glibc
 import XenABI
 import XenHypervisor
+import XenLocks
 import XenNetProtocol
 import XenRing
 
@@ -40,8 +40,8 @@ public struct VifConfiguration: Sendable {
 /// an error response and counted; a ring-protocol violation stops this queue
 /// only. Buffers are allocated once: the data path does not allocate.
 public final class VifQueue: @unchecked Sendable {
-    // @unchecked: everything below but `counters`, `stopFD` and `finished` is
-    // touched only by the queue thread once it has started.
+    // @unchecked: everything below but `counters` and `thread` is touched only by
+    // the queue thread once it has started.
     private var tx: BackRing<netif_tx_request, netif_tx_response>
     private var rx: BackRing<netif_rx_request, netif_rx_response>
     /// The shared headers, for reading occupancy from other threads.
@@ -63,11 +63,9 @@ public final class VifQueue: @unchecked Sendable {
     /// The descriptors the thread sleeps on (stop, event channel, attachment),
     /// built once: sleeping does not allocate.
     private let pollSet: UnsafeMutableBufferPointer<pollfd>
-    private let stopFD: Int32
     /// Set by `stop()`; the thread checks it every turn, not only when it sleeps.
     private let stopping = ManagedAtomic<Bool>(false)
-    private let finished = DispatchSemaphore(value: 0)
-    private var started = false
+    private let thread = DriverThread()
     private let cpu: Int32?
     /// Told, on the queue thread, when the queue stopped by itself.
     private let onFailure: (@Sendable (any Error) -> Void)?
@@ -98,8 +96,7 @@ public final class VifQueue: @unchecked Sendable {
         rxBuffer = .allocate(byteCount: Netif.minimumSlotsPerPacket * XenPage.size + 64, alignment: 64)
         segments = .allocate(capacity: Self.maxSlots)
         slotIDs = .allocate(capacity: Self.maxSlots)
-        stopFD = cxen_eventfd(0, 1)
-        let descriptors = [stopFD, events.fileDescriptor.rawValue] + (attachment.fileDescriptor.map { [$0.rawValue] } ?? [])
+        let descriptors = [thread.stopDescriptor, events.fileDescriptor.rawValue] + (attachment.fileDescriptor.map { [$0.rawValue] } ?? [])
         pollSet = .allocate(capacity: descriptors.count)
         for (i, fd) in descriptors.enumerated() { pollSet[i] = pollfd(fd: fd, events: Int16(POLLIN), revents: 0) }
     }
@@ -110,7 +107,6 @@ public final class VifQueue: @unchecked Sendable {
         segments.deallocate()
         slotIDs.deallocate()
         pollSet.deallocate()
-        close(stopFD)
     }
 
     /// Requests the frontend has published on the tx ring and this queue has
@@ -127,28 +123,16 @@ public final class VifQueue: @unchecked Sendable {
 
     /// Starts the queue thread.
     public func start() {
-        precondition(!started, "queue started twice")
-        started = true
-        let thread = Thread { [self] in
-            if let cpu { _ = cxen_pin_to_cpu(cpu) }
-            run()
-            finished.signal()
-        }
-        thread.name = "vif \(configuration.frontend)"
-        thread.start()
+        thread.start(name: "vif \(configuration.frontend.rawValue)", cpu: cpu.map(Int.init)) { [self] in run() }
     }
 
     /// Stops the thread and waits for it, at most `timeout` seconds; returns
     /// false if it did not stop in time.
     @discardableResult
     public func stop(timeout: Double = 5) -> Bool {
-        guard started else { return true }
+        guard thread.isStarted else { return true }
         stopping.store(true, ordering: .relaxed)
-        var one: UInt64 = 1
-        _ = write(stopFD, &one, 8)
-        let stopped = finished.wait(timeout: .now() + timeout) == .success
-        if stopped { finished.signal() }  // a second stop() returns at once
-        return stopped
+        return thread.stop(timeout: timeout)
     }
 
     // MARK: the queue thread

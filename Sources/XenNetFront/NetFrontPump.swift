@@ -1,7 +1,7 @@
 import CXen
-import Foundation
 import Glibc
 import XenHypervisor
+import XenLocks
 import XenNetProtocol
 
 /// The thread that drives a netfront queue for a `GuestPort`: frames the
@@ -20,9 +20,7 @@ public final class NetFrontPump: @unchecked Sendable {
     private let buffer: UnsafeMutableRawBufferPointer
     /// What the backend takes; frames asking for more are refused.
     private var backend = NetBackendFeatures(scatterGather: true, segmentation: [.tcpv4, .tcpv6])
-    private let stopFD = cxen_eventfd(0, 1)
-    private let finished = DispatchSemaphore(value: 0)
-    private var started = false
+    private let thread = DriverThread()
     /// Frames the port gave that netif cannot carry.
     public private(set) var refused: UInt64 = 0
     /// Why the pump stopped by itself (the backend broke the ring), if it did.
@@ -37,7 +35,6 @@ public final class NetFrontPump: @unchecked Sendable {
 
     deinit {
         buffer.deallocate()
-        close(stopFD)
     }
 
     /// Starts the pump for a backend with `features` (tells the port first).
@@ -48,26 +45,14 @@ public final class NetFrontPump: @unchecked Sendable {
     }
 
     public func start() {
-        precondition(!started, "pump started twice")
-        started = true
-        let thread = Thread { [self] in
+        thread.start(name: "netfront") { [self] in
             do { try run() } catch { failure = error }
-            finished.signal()
         }
-        thread.name = "netfront"
-        thread.start()
     }
 
     /// Stops the thread, waiting at most `timeout` seconds.
     @discardableResult
-    public func stop(timeout: Double = 5) -> Bool {
-        guard started else { return true }
-        var one: UInt64 = 1
-        _ = write(stopFD, &one, 8)
-        let stopped = finished.wait(timeout: .now() + timeout) == .success
-        if stopped { finished.signal() }
-        return stopped
-    }
+    public func stop(timeout: Double = 5) -> Bool { thread.stop(timeout: timeout) }
 
     /// The queue's counters (read without synchronisation: for display).
     public var counters: NetFrontCounters { queue.counters }
@@ -75,7 +60,7 @@ public final class NetFrontPump: @unchecked Sendable {
     private var canSendLargest: Bool { queue.transmitCapacity > Netif.minimumSlotsPerPacket }
 
     private func run() throws {
-        var fds = [pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0),
+        var fds = [pollfd(fd: thread.stopDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: events.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: port.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0)]
         while true {
