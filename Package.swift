@@ -173,7 +173,7 @@ let package = Package(
             name: "XenNetDriverTests",
             dependencies: [
                 "XenNetBack", "XenNetFront", "XenNetProtocol", "XenNetTap", "XenRing", "XenSimulator", "XenHypervisor",
-                "XenABI", "CXen", "NetTestSupport", "XenBus", "XenStore", .product(name: "Logging", package: "swift-log"),
+                "XenABI", "CXen", "NetTestSupport", "XenBus", "XenStore", "XenLocks", .product(name: "Logging", package: "swift-log"),
             ]),
 
         // The real-Xen world: the hypervisor protocols on Xen's own libraries,
@@ -204,7 +204,7 @@ let package = Package(
             ]),
         .target(
             name: "XenBus",
-            dependencies: ["XenStore", "XenABI", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["XenStore", "XenABI", "XenLocks", .product(name: "Logging", package: "swift-log")]),
         .executableTarget(
             name: "XenStoreBench", dependencies: ["XenStore"], path: "Benchmarks/XenStoreBench"),
         .testTarget(

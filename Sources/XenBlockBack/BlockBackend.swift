@@ -1,8 +1,8 @@
 import Logging
-import Synchronization
 import XenABI
 import XenBus
 import XenHypervisor
+import XenLocks
 import XenStore
 
 /// One dom0 process serving many disks: watches `/local/domain/<self>/backend/vbd` and
@@ -17,7 +17,7 @@ public final class BlockBackend: Sendable {
     private let options: BlockBackendOptions
     private let logger: Logger
     private let root: String
-    private let state = Mutex<State>(State())
+    private let state = Locked<State>(State())
 
     struct Entry: Sendable {
         let endpoint: XenbusEndpoint
@@ -183,7 +183,7 @@ public final class BlockBackend: Sendable {
 
 /// Lets a driver's failure callback reach its endpoint, created after it.
 final class EndpointBox: Sendable {
-    private let stored = Mutex<XenbusEndpoint?>(nil)
+    private let stored = Locked<XenbusEndpoint?>(nil)
     var endpoint: XenbusEndpoint? {
         get { stored.withLock { $0 } }
         set { stored.withLock { $0 = newValue } }

@@ -1,11 +1,11 @@
 import CXen
 import Logging
-import Synchronization
 import XenABI
 import XenBlockProtocol
 import XenBlockStorage
 import XenBus
 import XenHypervisor
+import XenLocks
 import XenStore
 
 /// The disk one vbd serves: its size, mode, and how to open an engine on it (one per
@@ -60,7 +60,7 @@ public struct BlockBackendError: Error, Hashable, Sendable, CustomStringConverti
 /// `prepare`, reads the frontend's ring keys, maps its rings and starts one queue per
 /// ring in `connect`, and stops and unmaps everything in `disconnect`.
 public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
-    // @unchecked: `session` is guarded by its Mutex; the rest is immutable.
+    // @unchecked: `session` is guarded by its lock; the rest is immutable.
     public let device: XenbusDevice
     private let store: any XenStoreConnection
     private let hypervisor: any Hypervisor
@@ -69,7 +69,7 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
     private let logger: Logger
     /// Called (from a queue thread) when a frontend broke its ring: the device should close.
     public let onRingFailure: @Sendable (any Error) -> Void
-    private let session = Mutex<Session?>(nil)
+    private let session = Locked<Session?>(nil)
 
     struct Session: @unchecked Sendable {
         var mapper: any GrantMapper

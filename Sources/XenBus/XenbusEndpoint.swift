@@ -1,6 +1,6 @@
 import Logging
-import Synchronization
 import XenABI
+import XenLocks
 import XenStore
 
 /// What a split driver does when its handshake machine asks.
@@ -36,7 +36,7 @@ public final class XenbusEndpoint: Sendable {
     private let logger: Logger
     private let inputs: AsyncStream<Input>
     private let continuation: AsyncStream<Input>.Continuation
-    private let published = Mutex<XenbusState>(.unknown)
+    private let published = Locked<XenbusState>(.unknown)
 
     enum Input: Sendable {
         case peerChanged

@@ -1,8 +1,8 @@
 import CXen
 import DequeModule
 import Glibc
-import Synchronization
 import SystemPackage
+import XenLocks
 import XenNetProtocol
 
 /// An attachment in memory, for tests and benchmarks: frames pushed with
@@ -14,7 +14,7 @@ public final class MemoryAttachment: NetworkAttachment {
         public var offload: FrameOffload
     }
 
-    private let queue = Mutex(Deque<Frame>())
+    private let queue = Locked(Deque<Frame>())
     private let eventFD: Int32
     private let limit: Int
     private let onSend: @Sendable (UnsafeRawBufferPointer, FrameOffload) -> Bool

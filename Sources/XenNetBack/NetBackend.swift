@@ -1,8 +1,8 @@
 import Logging
-import Synchronization
 import XenABI
 import XenBus
 import XenHypervisor
+import XenLocks
 import XenStore
 
 /// netback for one driver domain: serves every vif the toolstack creates
@@ -13,7 +13,7 @@ public final class NetBackend: Sendable {
     private let store: any XenStoreConnection
     private let attach: AttachmentFactory
     private let logger: Logger
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     private struct State {
         /// Devices with a task, connected or still setting up.

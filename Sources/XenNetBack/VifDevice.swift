@@ -1,8 +1,8 @@
 import Logging
-import Synchronization
 import XenABI
 import XenBus
 import XenHypervisor
+import XenLocks
 import XenNetProtocol
 import XenNetTap
 import XenStore
@@ -49,7 +49,7 @@ final class VifDevice: XenbusDeviceDriver {
     private let store: any XenStoreConnection
     private let attach: AttachmentFactory
     private let logger: Logger
-    private let connection = Mutex<Connection?>(nil)
+    private let connection = Locked<Connection?>(nil)
     /// What to do when the frontend broke a ring: reset this device (close,
     /// then allow a new session), never touching another.
     let onRingFailure: @Sendable (any Error) -> Void

@@ -69,8 +69,10 @@ public final class VifQueue: @unchecked Sendable {
     private let cpu: Int32?
     /// Told, on the queue thread, when the queue stopped by itself.
     private let onFailure: (@Sendable (any Error) -> Void)?
-    /// Why the queue stopped by itself (a ring-protocol violation), if it did.
-    public private(set) var failure: (any Error)?
+    /// Why the queue stopped by itself (a ring-protocol violation), if it did; the thread
+    /// writes it, anyone may read it.
+    public var failure: (any Error)? { failureBox.withLock { $0 } }
+    private let failureBox = Locked<(any Error)?>(nil)
 
     /// Frames handled per wake-up and direction before the other gets a turn.
     static let batch = 64
@@ -150,7 +152,7 @@ public final class VifQueue: @unchecked Sendable {
                 if try !sleep() { return }
             }
         } catch {
-            failure = error
+            failureBox.withLock { $0 = error }
             onFailure?(error)
         }
     }

@@ -1,5 +1,6 @@
 import CXen
 import Glibc
+import Synchronization
 import XenHypervisor
 import XenLocks
 import XenNetProtocol
@@ -21,10 +22,12 @@ public final class NetFrontPump: @unchecked Sendable {
     /// What the backend takes; frames asking for more are refused.
     private var backend = NetBackendFeatures(scatterGather: true, segmentation: [.tcpv4, .tcpv6])
     private let thread = DriverThread()
-    /// Frames the port gave that netif cannot carry.
-    public private(set) var refused: UInt64 = 0
+    /// Frames the port gave that netif cannot carry (relaxed: a statistic).
+    public var refused: UInt64 { refusedCount.load(ordering: .relaxed) }
+    private let refusedCount = Atomic<UInt64>(0)
     /// Why the pump stopped by itself (the backend broke the ring), if it did.
-    public private(set) var failure: (any Error)?
+    public var failure: (any Error)? { failureBox.withLock { $0 } }
+    private let failureBox = Locked<(any Error)?>(nil)
 
     public init(queue: NetFrontQueue, port: any GuestPort, events: any EventChannels) {
         self.queue = queue
@@ -46,7 +49,7 @@ public final class NetFrontPump: @unchecked Sendable {
 
     public func start() {
         thread.start(name: "netfront") { [self] in
-            do { try run() } catch { failure = error }
+            do { try run() } catch { failureBox.withLock { $0 = error } }
         }
     }
 
@@ -72,7 +75,7 @@ public final class NetFrontPump: @unchecked Sendable {
                       backend.accepts(offload),
                       try queue.send(frame, checksumBlank: offload.checksumBlank, dataValidated: offload.dataValidated,
                                      gso: offload.gso) else {
-                    refused += 1
+                    refusedCount.add(1, ordering: .relaxed)
                     continue
                 }
             }

@@ -1,9 +1,9 @@
 import CXen
 import Logging
-import Synchronization
 import XenABI
 import XenBus
 import XenHypervisor
+import XenLocks
 import XenNetProtocol
 import XenRing
 import XenStore
@@ -19,7 +19,7 @@ public final class NetFrontend: XenbusDeviceDriver {
     private let store: any XenStoreConnection
     private let port: any GuestPort
     private let logger: Logger
-    private let session = Mutex<Session?>(nil)
+    private let session = Locked<Session?>(nil)
 
     /// What one connection holds.
     struct Session: @unchecked Sendable {

@@ -1,8 +1,8 @@
 import CXen
 import DequeModule
 import Glibc
-import Synchronization
 import SystemPackage
+import XenLocks
 import XenNetProtocol
 
 /// The `async` packet API of a netfront: `send` returns once the frame is
@@ -23,11 +23,11 @@ public final class PacketPort: GuestPort {
         var continuation: CheckedContinuation<Void, Never>?
     }
 
-    private let outbound = Mutex(Deque<Outbound>())
+    private let outbound = Locked(Deque<Outbound>())
     private let wakeFD = cxen_eventfd(0, 1)
     public let packets: AsyncStream<Packet>
     private let inbound: AsyncStream<Packet>.Continuation
-    private let dropped = Mutex<UInt64>(0)
+    private let dropped = Locked<UInt64>(0)
 
     private let sendLimit: Int
 

@@ -1,9 +1,9 @@
 import CXen
 import Foundation
 import Glibc
-import Synchronization
 import XenABI
 import XenHypervisor
+import XenLocks
 import XenNetBack
 import XenNetFront
 import XenNetProtocol
@@ -112,5 +112,5 @@ func patternFrame(_ length: Int, seed: UInt8) -> [UInt8] {
 
 /// Frames the guest sent, as the attachment saw them.
 final class SentFrames: Sendable {
-    let frames = Mutex<[(bytes: [UInt8], offload: FrameOffload)]>([])
+    let frames = Locked<[(bytes: [UInt8], offload: FrameOffload)]>([])
 }
