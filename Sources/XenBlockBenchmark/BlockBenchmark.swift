@@ -1,3 +1,4 @@
+import CXen
 import Foundation
 import Glibc
 import Synchronization
@@ -169,20 +170,20 @@ public enum BlockBenchmark {
                     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: c.blockSize, alignment: 4096)
                     defer { buffer.deallocate() }
                     for i in 0..<c.blockSize { buffer[i] = UInt8(truncatingIfNeeded: i &* 31 &+ worker) }
-                    var g = BenchGenerator(state: UInt64(worker) &* 0x9E37_79B9_7F4A_7C15 &+ monotonicNanoseconds())
+                    var g = BenchGenerator(state: UInt64(worker) &* 0x9E37_79B9_7F4A_7C15 &+ cxen_monotonic_ns())
                     var latencies: [UInt32] = []
                     latencies.reserveCapacity(1 << 16)
                     // At least one operation each, even if the task starts after the deadline.
                     repeat {
                         let block = c.pattern.isRandom ? UInt64.random(in: 0..<blocks, using: &g) : cursor.next() % blocks
                         let offset = block * UInt64(c.blockSize)
-                        let t0 = monotonicNanoseconds()
+                        let t0 = cxen_monotonic_ns()
                         if c.pattern.isRead {
                             try await frontend.read(at: offset, into: buffer)
                         } else {
                             try await frontend.write(at: offset, from: UnsafeRawBufferPointer(buffer))
                         }
-                        let ns = monotonicNanoseconds() - t0
+                        let ns = cxen_monotonic_ns() - t0
                         latencies.append(UInt32(clamping: ns / 10))  // units of 10 ns
                     } while ContinuousClock.now < deadline
                     return latencies
@@ -218,12 +219,6 @@ final class Cursor: Sendable {
     private let value = Atomic<UInt64>(0)
     // Relaxed: only the count matters; no other memory is published through it.
     func next() -> UInt64 { value.add(1, ordering: .relaxed).oldValue }
-}
-
-@inline(__always) func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
 /// SplitMix64: offsets without a system call per operation (the system generator

@@ -1,3 +1,4 @@
+import CXen
 import Glibc
 import XenABI
 import XenHypervisor
@@ -38,9 +39,9 @@ public enum GrantPathMeasurement {
         defer { segments.deallocate() }
 
         func time(_ n: Int, _ body: (Int) throws -> Void) rethrows -> Double {
-            let t0 = monotonicNanoseconds()
+            let t0 = cxen_monotonic_ns()
             for i in 0..<n { try body(i) }
-            return Double(monotonicNanoseconds() - t0) / Double(n)
+            return Double(cxen_monotonic_ns() - t0) / Double(n)
         }
         let copy = try time(iterations) { i in
             segments[0] = GrantCopySegment(source: .foreign(domain: guest.domainID, ref: pages.refs[i & 63], offset: 0),

@@ -36,25 +36,19 @@ public enum BlockPolling {
     @inline(__always)
     public static func poll<E: Error>(for budget: Duration, _ ready: () throws(E) -> Bool) throws(E) -> Bool {
         guard budget > .zero else { return false }
-        let start = now()
+        let start = cxen_monotonic_ns()
         let end = start &+ nanoseconds(budget)
         var nextYield = start &+ nanoseconds(yieldEvery)
         while true {
             if try ready() { return true }
             cxen_cpu_relax()
-            let t = now()
+            let t = cxen_monotonic_ns()
             if t >= end { return false }
             if t >= nextYield {
                 sched_yield()
                 nextYield = t &+ nanoseconds(yieldEvery)
             }
         }
-    }
-
-    @inline(__always) static func now() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
     }
 
     static func nanoseconds(_ d: Duration) -> UInt64 {

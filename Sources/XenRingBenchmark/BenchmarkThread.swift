@@ -31,11 +31,3 @@ func seconds(_ clock: clockid_t) -> Double {
     clock_gettime(clock, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
 }
-
-/// Nanoseconds on the monotonic clock (vDSO, no system call).
-@inline(__always)
-func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
-}

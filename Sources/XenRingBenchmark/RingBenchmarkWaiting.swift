@@ -33,14 +33,14 @@ extension RingBenchmarkSession {
     /// `spinNanoseconds`; true as soon as it says so.
     @inline(__always)
     func spin(_ ready: () throws(RingBenchmarkError) -> Bool) throws(RingBenchmarkError) -> Bool {
-        let deadline = monotonicNanoseconds() &+ configuration.spinNanoseconds
+        let deadline = cxen_monotonic_ns() &+ configuration.spinNanoseconds
         var tries: UInt32 = 0
         while true {
             if try ready() { return true }
             cxen_cpu_relax()
             tries &+= 1
             // The clock is read every 16 tries: a vDSO call costs about as much as a few pauses.
-            if tries & 15 == 0, monotonicNanoseconds() >= deadline { return false }
+            if tries & 15 == 0, cxen_monotonic_ns() >= deadline { return false }
         }
     }
 }

@@ -27,21 +27,15 @@ enum SplitRing {
         return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
     }
 
-    @inline(__always) static func nanos() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
-    }
-
     /// Polls `ready` for at most `ns`; true as soon as it says so.
     @inline(__always) static func spin(_ ns: UInt64, _ ready: () throws -> Bool) rethrows -> Bool {
-        let deadline = nanos() &+ ns
+        let deadline = cxen_monotonic_ns() &+ ns
         var tries: UInt32 = 0
         while true {
             if try ready() { return true }
             cxen_cpu_relax()
             tries &+= 1
-            if tries & 15 == 0, nanos() >= deadline { return false }
+            if tries & 15 == 0, cxen_monotonic_ns() >= deadline { return false }
         }
     }
 

@@ -143,7 +143,7 @@ struct StreamTests {
     func runStream<F: BlkFrontSide & ~Copyable, B: BlkBackSide & ~Copyable>(front: consuming F, back: consuming B) throws {
         let seed = testSeed()
         let total = Self.count
-        let deadline = monotonicNanoseconds() + Self.limitNanoseconds
+        let deadline = cxen_monotonic_ns() + Self.limitNanoseconds
         let stop = ManagedAtomic<Bool>(false)
         let frontReport = ThreadReport(), backReport = ThreadReport()
         // Each side moves into its thread through a box and back out after the join.
@@ -171,7 +171,7 @@ struct StreamTests {
                 }
                 if n > 0 { backoff.reset(); continue }
                 backoff.pause()
-                if monotonicNanoseconds() > deadline { backReport.fail("timed out at \(served)"); stop.store(true, ordering: .relaxed) }
+                if cxen_monotonic_ns() > deadline { backReport.fail("timed out at \(served)"); stop.store(true, ordering: .relaxed) }
             }
             backReport.count = Int(served)
             backBox.pointee = consume side
@@ -198,7 +198,7 @@ struct StreamTests {
                 }
                 if got > 0 || produced { backoff.reset(); continue }
                 backoff.pause()
-                if monotonicNanoseconds() > deadline { frontReport.fail("timed out at \(done)"); stop.store(true, ordering: .relaxed) }
+                if cxen_monotonic_ns() > deadline { frontReport.fail("timed out at \(done)"); stop.store(true, ordering: .relaxed) }
             }
             frontReport.count = Int(done)
             frontBox.pointee = consume side

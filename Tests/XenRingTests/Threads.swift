@@ -20,13 +20,6 @@ struct TestThread {
     func join() { pthread_join(thread, nil) }
 }
 
-/// A monotonic clock in nanoseconds.
-func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
-
 /// Spins briefly, then yields, then sleeps: waiting on a peer thread on a
 /// shared two-core machine without burning it.
 struct Backoff {

@@ -24,6 +24,7 @@
 #endif
 
 #include <stdint.h>
+#include <time.h>
 #include <stddef.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -57,6 +58,12 @@ int cxen_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns);
 int cxen_futex_wake(uint32_t *word, int count);
 /* Pins the calling thread to one CPU; returns 0 or an errno value. */
 int cxen_pin_to_cpu(int cpu);
+/* Nanoseconds on the monotonic clock (through the vDSO: no system call). */
+static inline uint64_t cxen_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 /* Names the calling thread as ps, top -H and perf show it (the first 15 bytes);
  * returns 0 or an errno value. */
 int cxen_name_thread(const char *name);
