@@ -129,9 +129,8 @@ public final class BlockFrontend: Sendable {
             }
         }
         if (kind == .read || kind == .write) && length == 0 { return }
-        let io = BlockIO(kind: kind, offset: offset, length: length, buffer: buffer)
         let result = await withCheckedContinuation { (c: CheckedContinuation<Result<Void, BlockFrontError>, Never>) in
-            io.setContinuation(c)
+            let io = BlockIO(kind: kind, offset: offset, length: length, buffer: buffer, continuation: c)
             work.append(WorkItem(io: io, start: 0, end: (kind == .read || kind == .write) ? length : 1))
         }
         try result.get()

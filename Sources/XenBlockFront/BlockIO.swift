@@ -1,10 +1,13 @@
+import Synchronization
 import XenBlockProtocol
-import XenLocks
 
 /// One caller's operation, from its `async` call until every byte of it is answered.
 /// Split into ring requests by the queue threads; the last answer resumes the caller.
-final class BlockIO: @unchecked Sendable {
-    // @unchecked: `state` is only touched while `lock` is held; the rest is immutable.
+///
+/// No lock: a split operation's parts may be answered by several queue threads, but
+/// `remaining` is only changed by atomic read-modify-writes, and exactly one of them
+/// takes it to zero; that one resumes the caller.
+final class BlockIO: Sendable {
     enum Kind: Sendable { case read, write, flush, discard }
 
     let kind: Kind
@@ -14,53 +17,47 @@ final class BlockIO: @unchecked Sendable {
     let length: UInt64
     /// The caller's buffer (read/write), lent until the caller is resumed.
     nonisolated(unsafe) let buffer: UnsafeMutableRawPointer?
-    private let lock = Lock()
-    private var state: State
+    private let continuation: CheckedContinuation<Result<Void, BlockFrontError>, Never>
+    /// Units not yet answered: bytes for read/write, 1 for flush and discard.
+    private let remaining: Atomic<UInt64>
+    /// Claimed by the first answer that carries an error, which then writes `error`.
+    private let errorClaimed = Atomic<Bool>(false)
+    /// Written once, by the claimant, before its update of `remaining` publishes it.
+    nonisolated(unsafe) private var error: BlockFrontError?
 
-    struct State {
-        /// Units not yet answered: bytes for read/write, 1 for flush and discard.
-        var remaining: UInt64
-        var error: BlockFrontError?
-        var continuation: CheckedContinuation<Result<Void, BlockFrontError>, Never>?
-    }
-
-    init(kind: Kind, offset: UInt64, length: UInt64, buffer: UnsafeMutableRawPointer?) {
+    /// Made inside `withCheckedContinuation`, before any part reaches a queue thread.
+    init(kind: Kind, offset: UInt64, length: UInt64, buffer: UnsafeMutableRawPointer?,
+         continuation: CheckedContinuation<Result<Void, BlockFrontError>, Never>) {
         self.kind = kind
         self.offset = offset
         self.length = length
         self.buffer = buffer
-        let units: UInt64 = (kind == .read || kind == .write) ? length : 1
-        state = State(remaining: units, error: nil, continuation: nil)
-    }
-
-    /// Units the whole operation consists of.
-    var units: UInt64 { (kind == .read || kind == .write) ? length : 1 }
-
-    func setContinuation(_ c: CheckedContinuation<Result<Void, BlockFrontError>, Never>) {
-        lock.withLock { state.continuation = c }
+        self.continuation = continuation
+        remaining = Atomic((kind == .read || kind == .write) ? length : 1)
     }
 
     /// Records the answer to `units` of this operation; resumes the caller after the last.
     func answer(units: UInt64, error: BlockFrontError?) {
-        let resume: (CheckedContinuation<Result<Void, BlockFrontError>, Never>, Result<Void, BlockFrontError>)? =
-            lock.withLock {
-                if let error, state.error == nil { state.error = error }
-                state.remaining -= min(units, state.remaining)
-                guard state.remaining == 0, let c = state.continuation else { return nil }
-                state.continuation = nil
-                return (c, state.error.map { .failure($0) } ?? .success(()))
-            }
-        if let (c, r) = resume { c.resume(returning: r) }
+        // Relaxed: the claim orders nothing; the write it permits is published below.
+        if let error, !errorClaimed.exchange(true, ordering: .relaxed) { self.error = error }
+        var old = remaining.load(ordering: .relaxed)
+        while true {
+            // acquiringAndReleasing: each answer publishes its error and the bytes it copied
+            // into the caller's buffer; the last one sees all of them.
+            let (done, seen) = remaining.compareExchange(
+                expected: old, desired: old - min(units, old), ordering: .acquiringAndReleasing)
+            if done { break }
+            old = seen
+        }
+        guard old > 0, old <= units else { return }  // not the answer that took it to zero
+        continuation.resume(returning: self.error.map { .failure($0) } ?? .success(()))
     }
 
-    /// Fails what is left of the operation at once.
+    /// Fails what is left of the operation at once (its parts are all off the rings).
     func fail(_ error: BlockFrontError) {
-        let c: CheckedContinuation<Result<Void, BlockFrontError>, Never>? = lock.withLock {
-            state.remaining = 0
-            defer { state.continuation = nil }
-            return state.continuation
-        }
-        c?.resume(returning: .failure(error))
+        // acquiringAndReleasing: as in answer; of several failed parts only the first resumes.
+        guard remaining.exchange(0, ordering: .acquiringAndReleasing) > 0 else { return }
+        continuation.resume(returning: .failure(error))
     }
 }
 
