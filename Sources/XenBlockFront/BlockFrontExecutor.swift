@@ -1,4 +1,4 @@
-import XenLocks
+import Atomics
 
 /// A task executor that runs tasks on the device's first queue thread.
 ///
@@ -12,16 +12,23 @@ import XenLocks
 /// While no queue is running (before attach, between connections, after shutdown) jobs
 /// go to the global concurrent executor: a preference, never a place where work waits.
 public final class BlockFrontExecutor: TaskExecutor, Sendable {
-    private let current = Locked<BlockFrontQueue?>(nil)
+    /// Read once per job: an atomic reference, not a lock.
+    private let current = ManagedAtomic<BlockFrontQueue?>(nil)
 
     init() {}
 
     public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
-        if let queue = current.withLock({ $0 }), queue.enqueue(job) { return }
+        // acquiring: pairs with `use`; a queue that has stopped meanwhile refuses the job.
+        if let queue = current.load(ordering: .acquiring), queue.enqueue(job) { return }
         globalConcurrentExecutor.enqueue(ExecutorJob(job))
     }
 
     /// The queue whose thread runs the jobs from now on (nil: the global executor).
-    func use(_ queue: BlockFrontQueue?) { current.withLock { $0 = queue } }
+    func use(_ queue: BlockFrontQueue?) {
+        // releasing: the queue is fully set up before a job can reach it.
+        current.store(queue, ordering: .releasing)
+    }
 }
+
+extension BlockFrontQueue: AtomicReference {}
