@@ -408,62 +408,45 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         return true
     }
 
-    /// Takes bounce pages for the slot's segments, fills its iovecs, and for a write
-    /// copies the data in; with persistent grants, points the iovecs at the mapped
-    /// grants instead. Nil when the request was answered (a bad grant).
+    /// Points the slot's iovecs at its segments' data: the frontend's pages kept mapped
+    /// (persistent grants), or bounce pages with a write's data grant-copied in. Nil when
+    /// the request was answered (a bad grant).
     private func prepareData(slot: Int, count: Int, sector: UInt64, isRead: Bool) -> StorageOperation? {
-        if let persistent { return prepareMappedData(persistent, slot: slot, count: count, sector: sector, isRead: isRead) }
         let base = slot * maxSegments
         var total = 0
+        slots[slot].isRead = isRead
+        slots[slot].mapped = persistent != nil
         for i in 0..<count {
-            freePageCount -= 1
-            let page = freePages[freePageCount]
-            slotPages[base + i] = page
             let s = slotSegments[base + i]
             let bytes = s.byteRange(sectorSize: sectorSize)
-            let local = pool + Int(page) * XenPage.size + bytes.lowerBound
-            slotIOV[base + i] = iovec(iov_base: local, iov_len: bytes.count)
-            total += bytes.count
-            if !isRead {
-                copies[i] = GrantCopySegment(
-                    source: .foreign(domain: configuration.frontend, ref: s.gref, offset: UInt16(bytes.lowerBound)),
-                    destination: .local(local), length: UInt16(bytes.count))
+            let page: UnsafeMutableRawPointer
+            if let persistent {
+                guard let entry = persistent.take(s.gref) else {
+                    finish(slot: slot, status: .error)  // releases what was taken so far
+                    return nil
+                }
+                slotPages[base + i] = Int32(entry)
+                page = persistent.page(entry)
+            } else {
+                freePageCount -= 1
+                slotPages[base + i] = freePages[freePageCount]
+                page = pool + Int(freePages[freePageCount]) * XenPage.size
+                if !isRead {
+                    copies[i] = GrantCopySegment(
+                        source: .foreign(domain: configuration.frontend, ref: s.gref, offset: UInt16(bytes.lowerBound)),
+                        destination: .local(page + bytes.lowerBound), length: UInt16(bytes.count))
+                }
             }
+            slots[slot].segmentCount = i + 1
+            slotIOV[base + i] = iovec(iov_base: page + bytes.lowerBound, iov_len: bytes.count)
+            total += bytes.count
         }
-        slots[slot].isRead = isRead
-        slots[slot].segmentCount = count
         counters.segments.bump(UInt64(count))
         counters.bytes.bump(UInt64(total))
-        if !isRead && !copyGrants(count) {
+        if persistent == nil, !isRead, !copyGrants(count) {
             finish(slot: slot, status: .error)
             return nil
         }
-        let offset = sector &* UInt64(sectorSize)  // in range: validated against the device size
-        let buffers = UnsafeMutableBufferPointer(start: slotIOV + base, count: count)
-        return isRead ? .read(tag: UInt64(slot), offset: offset, buffers: buffers)
-                      : .write(tag: UInt64(slot), offset: offset, buffers: buffers)
-    }
-
-    private func prepareMappedData(_ grants: PersistentGrants, slot: Int, count: Int, sector: UInt64,
-                                   isRead: Bool) -> StorageOperation? {
-        let base = slot * maxSegments
-        var total = 0
-        slots[slot].isRead = isRead
-        slots[slot].mapped = true
-        for i in 0..<count {
-            let s = slotSegments[base + i]
-            guard let entry = grants.take(s.gref) else {
-                finish(slot: slot, status: .error)  // releases the entries taken so far
-                return nil
-            }
-            slotPages[base + i] = Int32(entry)
-            slots[slot].segmentCount = i + 1
-            let bytes = s.byteRange(sectorSize: sectorSize)
-            slotIOV[base + i] = iovec(iov_base: grants.page(entry) + bytes.lowerBound, iov_len: bytes.count)
-            total += bytes.count
-        }
-        counters.segments.bump(UInt64(count))
-        counters.bytes.bump(UInt64(total))
         let offset = sector &* UInt64(sectorSize)  // in range: validated against the device size
         let buffers = UnsafeMutableBufferPointer(start: slotIOV + base, count: count)
         return isRead ? .read(tag: UInt64(slot), offset: offset, buffers: buffers)
