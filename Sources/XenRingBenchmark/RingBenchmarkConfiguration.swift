@@ -50,6 +50,8 @@ public struct RingBenchmarkError: Error, Hashable, Sendable, CustomStringConvert
         case pinning
         /// The other side failed first; its error is the one reported.
         case aborted
+        /// The peer (another process) sent nothing for the watch's limit.
+        case peerSilent
     }
 
     public var code: Code
@@ -61,4 +63,11 @@ public struct RingBenchmarkError: Error, Hashable, Sendable, CustomStringConvert
     }
 
     public var description: String { message }
+}
+
+extension RingBenchmarkConfiguration {
+    /// `queueDepth` as used on a ring of `ringEntries`: 0 or more than the ring means the ring.
+    func queueDepth(ringEntries: UInt32) -> UInt32 {
+        queueDepth == 0 || queueDepth > ringEntries ? ringEntries : queueDepth
+    }
 }

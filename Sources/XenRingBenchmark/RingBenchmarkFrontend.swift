@@ -1,44 +1,32 @@
 import CXen
 import Glibc
 import XenABI
+import XenHypervisor
 import XenRing
 
-extension RingBenchmarkSession {
-    /// The frontend thread: ringbench.c's `front_fn`.
-    func frontendThread(_ start: StartGate) {
-        if let error = pin(configuration.frontCPU) { fail(error, front: true) }
-        start.wait()
-        if abort.load(ordering: .relaxed) { return }
-        var ring: BlkifFrontRing
-        do throws(RingError) {
-            // The shared header was initialised in `init`; this is FRONT_RING_ATTACH(0).
-            ring = try BlkifFrontRing(attachingTo: shared.memory, at: RingIndex(0))
-        } catch { fail(error.benchmarkError, front: true); return }
-        var stats = RingSideStatistics()
-        let cpu0 = seconds(CLOCK_THREAD_CPUTIME_ID)
-        let t0 = seconds(CLOCK_MONOTONIC)
-        var idle = 0.0
-        do throws(RingBenchmarkError) {
-            try exchange(&ring, &stats, &idle)
-        } catch {
-            if error.code != .aborted { fail(error, front: true) }
-        }
-        elapsed = seconds(CLOCK_MONOTONIC) - t0 - idle
-        stats.cpuSeconds = seconds(CLOCK_THREAD_CPUTIME_ID) - cpu0
-        frontStats = stats
-    }
-
-    private func exchange(_ ring: inout BlkifFrontRing, _ stats: inout RingSideStatistics, _ idle: inout Double) throws(RingBenchmarkError) {
+extension RingBenchmarkLoop {
+    /// The frontend: ringbench.c's `front_fn`. Keeps the configured queue
+    /// depth of blkif requests outstanding on `ring` until
+    /// `configuration.requests` were answered, each response checked; rings
+    /// `port` when a push says so and, idle, waits as `configuration.mode`
+    /// says until `watch` gives up. If `configuration.idleProbeMilliseconds`
+    /// is nonzero, `idleProbe` runs once, halfway, with every request answered.
+    public static func frontend(
+        _ ring: inout BlkifFrontRing, _ configuration: RingBenchmarkConfiguration,
+        events: any EventChannels, port: EventPort, watch: PeerWatch,
+        statistics stats: inout RingSideStatistics, idleProbe: () -> Void = {}
+    ) throws(RingBenchmarkError) {
         let n = configuration.requests
-        let qd = queueDepth
+        let qd = configuration.queueDepth(ringEntries: ring.size)
         let mode = configuration.mode
+        let spinNanoseconds = configuration.spinNanoseconds
         var probeAt = configuration.idleProbeMilliseconds > 0 ? n / 2 : UInt64.max
         var sent: UInt64 = 0
         var done: UInt64 = 0
         while done < n {
             if done >= probeAt, done == sent {
                 probeAt = UInt64.max
-                idle += idleProbe()
+                idleProbe()
             }
             // Produce up to qd outstanding requests, filled as ringbench.c does.
             var produced = false
@@ -62,7 +50,7 @@ extension RingBenchmarkSession {
                 stats.pushes += 1
                 if mustNotify {
                     stats.notifies += 1
-                    if mode != .busy { try notify(frontEvents, frontPort) }
+                    if mode != .busy { try notify(events, port) }
                 }
             }
 
@@ -82,35 +70,57 @@ extension RingBenchmarkSession {
             // Nothing to do: wait for responses.
             switch mode {
             case .busy:
-                while try !ring.responsesWaiting() {
-                    if abort.load(ordering: .relaxed) { throw Self.aborted }
-                    cxen_cpu_relax()
-                }
+                try busyWait(watch, for: "response") { () throws(RingBenchmarkError) -> Bool in try ring.responsesWaiting() }
             case .event:
                 if try !ring.finalCheck() {
                     stats.sleeps += 1
-                    try sleep(on: frontEvents)
+                    try sleep(on: events, watch)
                 }
             case .adaptive:
-                if try spin({ () throws(RingBenchmarkError) -> Bool in try ring.responsesWaiting() }) { continue }
+                if try spin(spinNanoseconds, { () throws(RingBenchmarkError) -> Bool in try ring.responsesWaiting() }) { continue }
                 if try !ring.finalCheck() {
                     stats.sleeps += 1
-                    try sleep(on: frontEvents)
+                    try sleep(on: events, watch)
                 }
             }
         }
     }
+}
+
+extension RingBenchmarkSession {
+    /// The frontend thread: pinned, started at the gate, timed around the loop.
+    func frontendThread(_ start: StartGate) {
+        if let error = pin(configuration.frontCPU) { fail(error, front: true) }
+        start.wait()
+        if abort.load(ordering: .relaxed) { return }
+        var ring: BlkifFrontRing
+        do throws(RingError) {
+            // The shared header was initialised in `init`; this is FRONT_RING_ATTACH(0).
+            ring = try BlkifFrontRing(attachingTo: shared.memory, at: RingIndex(0))
+        } catch { fail(error.benchmarkError, front: true); return }
+        var stats = RingSideStatistics()
+        let cpu0 = seconds(CLOCK_THREAD_CPUTIME_ID)
+        let t0 = seconds(CLOCK_MONOTONIC)
+        do throws(RingBenchmarkError) {
+            try RingBenchmarkLoop.frontend(&ring, configuration, events: frontEvents, port: frontPort,
+                                           watch: .abortFlag(abort), statistics: &stats) { idleProbe() }
+        } catch {
+            if error.code != .aborted { fail(error, front: true) }
+        }
+        // The idle probe's pause is not the ring's time.
+        elapsed = seconds(CLOCK_MONOTONIC) - t0 - (idleSeconds ?? 0)
+        stats.cpuSeconds = seconds(CLOCK_THREAD_CPUTIME_ID) - cpu0
+        frontStats = stats
+    }
 
     /// Stops producing for `idleProbeMilliseconds` with the ring drained and
-    /// measures the backend thread's CPU time meanwhile. Returns the pause.
-    private func idleProbe() -> Double {
+    /// measures the backend thread's CPU time meanwhile.
+    private func idleProbe() {
         let clock = clockid_t(backClock.load(ordering: .acquiring))
         let cpu0 = seconds(clock)
         let t0 = seconds(CLOCK_MONOTONIC)
         usleep(configuration.idleProbeMilliseconds * 1000)
-        let pause = seconds(CLOCK_MONOTONIC) - t0
+        idleSeconds = seconds(CLOCK_MONOTONIC) - t0
         idleBackCPU = seconds(clock) - cpu0
-        idleSeconds = pause
-        return pause
     }
 }

@@ -9,6 +9,11 @@ import XenRing
 public typealias BlkifFrontRing = FrontRing<blkif_request, blkif_response>
 public typealias BlkifBackRing = BackRing<blkif_request, blkif_response>
 
+/// The two halves of the benchmark as loops any thread can run: the
+/// session's threads run them, and so does `xenpv bench ring-processes`,
+/// which puts each half in its own process, so both compare like with like.
+public enum RingBenchmarkLoop {}
+
 /// One ring-throughput run between two domains, set up like a real split
 /// driver: the frontend shares one page and allocates an unbound event
 /// channel; the backend maps the grant and binds to the port. Then a
@@ -77,8 +82,7 @@ public final class RingBenchmarkSession: @unchecked Sendable {
         } catch {
             throw RingBenchmarkError(.setup, "ring geometry: \(error)")
         }
-        let qd = configuration.queueDepth
-        queueDepth = qd == 0 || qd > ringEntries ? ringEntries : qd
+        queueDepth = configuration.queueDepth(ringEntries: ringEntries)
         try startThreads()
     }
 

@@ -1,39 +1,95 @@
+import Atomics
 import CXen
 import XenABI
 import XenHypervisor
 import XenRing
 
-extension RingBenchmarkSession {
+extension RingBenchmarkLoop {
+    /// When a side waiting for its peer gives up: how the loops learn the peer is gone.
+    public struct PeerWatch: Sendable {
+        enum Kind: Sendable {
+            case flag(ManagedAtomic<Bool>)
+            case silence(nanoseconds: UInt64, seconds: Double)
+        }
+
+        let kind: Kind
+
+        /// Gives up when `flag` is set: the peer is a thread of this process
+        /// that sets it when it fails, so waiting never times out on its own.
+        static func abortFlag(_ flag: ManagedAtomic<Bool>) -> PeerWatch { PeerWatch(kind: .flag(flag)) }
+
+        /// Gives up after `seconds` of one wait with nothing from the peer:
+        /// the peer is another process, which may die without a word.
+        public static func silence(seconds: Double) -> PeerWatch {
+            PeerWatch(kind: .silence(nanoseconds: UInt64(seconds * 1e9), seconds: seconds))
+        }
+    }
+
     static let aborted = RingBenchmarkError(.aborted, "the other side stopped")
 
     /// Sleeps on `events` until a bound port fires (polling its descriptor,
-    /// waking every 100 ms to see whether the run was aborted), then takes
+    /// waking every 100 ms to ask `watch` whether to give up), then takes
     /// and re-arms every fired port.
-    func sleep(on events: any EventChannels) throws(RingBenchmarkError) {
+    static func sleep(on events: any EventChannels, _ watch: PeerWatch) throws(RingBenchmarkError) {
+        var silent = false
         do throws(HypervisorError) {
-            while try !events.wait(timeoutMilliseconds: 100) {
-                if abort.load(ordering: .relaxed) { break }
+            switch watch.kind {
+            case .flag(let abort):
+                while try !events.wait(timeoutMilliseconds: 100) {
+                    if abort.load(ordering: .relaxed) { break }
+                }
+            case .silence(let limit, _):
+                let deadline = cxen_monotonic_ns() &+ limit
+                while try !events.wait(timeoutMilliseconds: 100) {
+                    if cxen_monotonic_ns() > deadline { silent = true; break }
+                }
             }
-            while let port = try events.pending() { try events.unmask(port) }
+            if !silent { while let port = try events.pending() { try events.unmask(port) } }
         } catch {
             throw RingBenchmarkError(.eventChannel, "waiting on an event channel: \(error)")
         }
-        if abort.load(ordering: .relaxed) { throw Self.aborted }
+        switch watch.kind {
+        case .flag(let abort):
+            if abort.load(ordering: .relaxed) { throw aborted }
+        case .silence(_, let seconds):
+            if silent { throw peerSilent("no event for \(seconds) s: the peer stopped") }
+        }
     }
+
+    /// Polls `ready` with a pause between tries until it says so (busy mode);
+    /// `watch` decides when the peer is gone. `what` names the awaited thing for the error.
+    @inline(__always)
+    static func busyWait(_ watch: PeerWatch, for what: StaticString, _ ready: () throws(RingBenchmarkError) -> Bool) throws(RingBenchmarkError) {
+        switch watch.kind {
+        case .flag(let abort):
+            while try !ready() {
+                if abort.load(ordering: .relaxed) { throw aborted }
+                cxen_cpu_relax()
+            }
+        case .silence(let limit, let seconds):
+            let deadline = cxen_monotonic_ns() &+ limit
+            while try !ready() {
+                cxen_cpu_relax()
+                if cxen_monotonic_ns() > deadline { throw peerSilent("no \(what) for \(seconds) s") }
+            }
+        }
+    }
+
+    static func peerSilent(_ message: String) -> RingBenchmarkError { RingBenchmarkError(.peerSilent, message) }
 
     /// Rings the peer's doorbell.
     @inline(__always)
-    func notify(_ events: any EventChannels, _ port: EventPort) throws(RingBenchmarkError) {
+    static func notify(_ events: any EventChannels, _ port: EventPort) throws(RingBenchmarkError) {
         do throws(HypervisorError) { try events.notify(port) } catch {
             throw RingBenchmarkError(.eventChannel, "notifying port \(port): \(error)")
         }
     }
 
     /// Polls `ready` with a pause between tries for at most
-    /// `spinNanoseconds`; true as soon as it says so.
+    /// `nanoseconds`; true as soon as it says so.
     @inline(__always)
-    func spin(_ ready: () throws(RingBenchmarkError) -> Bool) throws(RingBenchmarkError) -> Bool {
-        let deadline = cxen_monotonic_ns() &+ configuration.spinNanoseconds
+    static func spin(_ nanoseconds: UInt64, _ ready: () throws(RingBenchmarkError) -> Bool) throws(RingBenchmarkError) -> Bool {
+        let deadline = cxen_monotonic_ns() &+ nanoseconds
         var tries: UInt32 = 0
         while true {
             if try ready() { return true }

@@ -60,6 +60,12 @@ struct BenchRingProcesses: ParsableCommand {
 
     var spinNanoseconds: UInt64 { UInt64(spinMicroseconds * 1000) }
 
+    /// XenRingBenchmark's loops with these knobs (each process pins itself).
+    var sides: SplitRingSides {
+        SplitRingSides(RingBenchmarkConfiguration(mode: mode, requests: requests, queueDepth: queueDepth,
+                                                  spinNanoseconds: spinNanoseconds, frontCPU: nil, backCPU: nil))
+    }
+
     func run() throws {
         let dir = "/tmp/xenpv-bench-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -107,20 +113,20 @@ struct BenchRingProcesses: ParsableCommand {
         let be = try host.dom0.openEventChannels()
         let fp = try fe.bindUnbound(remote: .dom0)
         let bp = try be.bindInterdomain(remote: guest.domainID, remotePort: fp)
-        let (requests, mode, spin, backCPU) = (self.requests, self.mode, spinNanoseconds, self.backCPU)
-        let backResult = ResultBox<SplitRing.Stats>()
+        let (sides, backCPU) = (self.sides, self.backCPU)
+        let backResult = ResultBox<RingSideStatistics>()
         let backThread = Thread {
             if backCPU >= 0 { _ = cxen_pin_to_cpu(backCPU) }
-            do { backResult.set(.success(try SplitRing.back(pages: mapping.memory, events: be, port: bp, requests: requests, mode: mode, spinNanoseconds: spin))) } catch {
+            do { backResult.set(.success(try sides.back(pages: mapping.memory, events: be, port: bp))) } catch {
                 backResult.set(.failure(error))
             }
         }
         let done = DispatchSemaphore(value: 0)
-        let frontResult = ResultBox<SplitRing.Stats>()
-        let (qd, frontCPU) = (queueDepth, self.frontCPU)
+        let frontResult = ResultBox<SplitRingSides.Front>()
+        let frontCPU = self.frontCPU
         let frontThread = Thread {
             if frontCPU >= 0 { _ = cxen_pin_to_cpu(frontCPU) }
-            do { frontResult.set(.success(try SplitRing.front(pages: shared.memory, events: fe, port: fp, requests: requests, queueDepth: qd, mode: mode, spinNanoseconds: spin))) } catch {
+            do { frontResult.set(.success(try sides.front(pages: shared.memory, events: fe, port: fp))) } catch {
                 frontResult.set(.failure(error))
             }
             done.signal()
@@ -155,16 +161,16 @@ struct BenchRingProcesses: ParsableCommand {
             let mapping = try mapper.map(shared.refs[0], from: guest.domainID, writable: true)
             let be = try dom0.openEventChannels()
             let bp = try be.bindInterdomain(remote: guest.domainID, remotePort: fp)
-            let (requests, mode, spin, backCPU, qd, frontCPU) = (self.requests, self.mode, spinNanoseconds, self.backCPU, queueDepth, self.frontCPU)
+            let (sides, backCPU, frontCPU) = (self.sides, self.backCPU, self.frontCPU)
             let bt = Thread {
                 if backCPU >= 0 { _ = cxen_pin_to_cpu(backCPU) }
-                _ = try? SplitRing.back(pages: mapping.memory, events: be, port: bp, requests: requests, mode: mode, spinNanoseconds: spin)
+                _ = try? sides.back(pages: mapping.memory, events: be, port: bp)
             }
-            let frontResult = ResultBox<SplitRing.Stats>()
+            let frontResult = ResultBox<SplitRingSides.Front>()
             let done = DispatchSemaphore(value: 0)
             let ft = Thread {
                 if frontCPU >= 0 { _ = cxen_pin_to_cpu(frontCPU) }
-                do { frontResult.set(.success(try SplitRing.front(pages: shared.memory, events: fe, port: fp, requests: requests, queueDepth: qd, mode: mode, spinNanoseconds: spin))) } catch {
+                do { frontResult.set(.success(try sides.front(pages: shared.memory, events: fe, port: fp))) } catch {
                     frontResult.set(.failure(error))
                 }
                 done.signal()
@@ -200,12 +206,12 @@ struct BenchRingProcesses: ParsableCommand {
             if chunk.isEmpty { throw ValidationError("the backend process exited before it was ready") }
             seen.append(chunk)
         }
-        let (requests, mode, spin, qd, frontCPU) = (self.requests, self.mode, spinNanoseconds, queueDepth, self.frontCPU)
-        let frontResult = ResultBox<SplitRing.Stats>()
+        let (sides, frontCPU) = (self.sides, self.frontCPU)
+        let frontResult = ResultBox<SplitRingSides.Front>()
         let done = DispatchSemaphore(value: 0)
         let t = Thread {
             if frontCPU >= 0 { _ = cxen_pin_to_cpu(frontCPU) }
-            do { frontResult.set(.success(try SplitRing.front(pages: shared.memory, events: fe, port: fp, requests: requests, queueDepth: qd, mode: mode, spinNanoseconds: spin))) } catch {
+            do { frontResult.set(.success(try sides.front(pages: shared.memory, events: fe, port: fp))) } catch {
                 frontResult.set(.failure(error))
             }
             done.signal()
@@ -245,9 +251,45 @@ struct BenchRingPeer: ParsableCommand {
         let events = try hv.openEventChannels()
         let p = try events.bindInterdomain(remote: DomainID(guest), remotePort: EventPort(port))
         say("ready")
-        _ = try SplitRing.back(pages: mapping.memory, events: events, port: p, requests: requests, mode: mode,
-                               spinNanoseconds: UInt64(spinMicroseconds * 1000))
+        let configuration = RingBenchmarkConfiguration(mode: mode, requests: requests,
+                                                       spinNanoseconds: UInt64(spinMicroseconds * 1000), frontCPU: nil, backCPU: nil)
+        _ = try SplitRingSides(configuration).back(pages: mapping.memory, events: events, port: p)
         try events.unbind(p)
         try mapper.unmap(mapping)
+    }
+}
+
+/// XenRingBenchmark's frontend and backend loops as `ring-processes` runs
+/// them: each side attaches its own view of the ring, and a side gives up on
+/// a peer silent for 10 s, since a peer in another process can die without a word.
+struct SplitRingSides: Sendable {
+    /// What the frontend saw: its counts and its seconds from first request to last response.
+    struct Front: Sendable {
+        var notifies: UInt64
+        var sleeps: UInt64
+        var seconds: Double
+    }
+
+    let configuration: RingBenchmarkConfiguration
+    static let watch = RingBenchmarkLoop.PeerWatch.silence(seconds: 10)
+
+    init(_ configuration: RingBenchmarkConfiguration) { self.configuration = configuration }
+
+    /// Runs the frontend on this thread, over the ring initialised on `pages`.
+    func front(pages: MappedPages, events: any EventChannels, port: EventPort) throws -> Front {
+        var ring = try BlkifFrontRing(attachingTo: pages, at: RingIndex(0))
+        var stats = RingSideStatistics()
+        let t0 = cxen_monotonic_ns()
+        try RingBenchmarkLoop.frontend(&ring, configuration, events: events, port: port, watch: Self.watch, statistics: &stats)
+        let ns = cxen_monotonic_ns() &- t0
+        return Front(notifies: stats.notifies, sleeps: stats.sleeps, seconds: Double(ns) * 1e-9)
+    }
+
+    /// Runs the backend on this thread, over the ring mapped at `pages`.
+    func back(pages: MappedPages, events: any EventChannels, port: EventPort) throws -> RingSideStatistics {
+        var ring = try BlkifBackRing(attachingTo: pages)
+        var stats = RingSideStatistics()
+        try RingBenchmarkLoop.backend(&ring, configuration, events: events, port: port, watch: Self.watch, statistics: &stats)
+        return stats
     }
 }
