@@ -2,7 +2,7 @@
 // batch, reap with io_getevents, resubmit) and prints one JSON object.
 //
 //   storage-bench --image PATH [--rw randread|randwrite|read|write] [--bs BYTES]
-//                 [--queue-depth N] [--seconds S] [--piece BYTES]
+//                 [--queue-depth N] [--seconds S] [--piece BYTES] [--shared 1]
 import Foundation
 import Glibc
 import SystemPackage
@@ -47,7 +47,23 @@ func runBenchmark() throws {
     let blocks = Int(engine.byteCount) / blockSize
     precondition(blocks > depth, "image too small")
 
-    let memory = UnsafeMutableRawPointer.allocate(byteCount: depth * blockSize, alignment: 4096)
+    // --shared 1: buffers in a shared tmpfs mapping (shmem pages, as the simulator's
+    // memfd-backed grant mappings are) instead of anonymous memory.
+    let memory: UnsafeMutableRawPointer
+    if arguments["shared"] == "1" {
+        let path = "/dev/shm/storage-bench-\(getpid())"
+        let fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0o600)
+        unlink(path)
+        precondition(fd >= 0 && ftruncate(fd, off_t(depth * blockSize)) == 0, "cannot make \(path)")
+        memory = mmap(nil, depth * blockSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)!
+    } else if arguments["huge"] == "1" {
+        let bytes = (depth * blockSize + (2 << 20) - 1) / (2 << 20) * (2 << 20)
+        let raw = mmap(nil, bytes + (2 << 20), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
+        memory = UnsafeMutableRawPointer(bitPattern: (Int(bitPattern: raw) + (2 << 20) - 1) / (2 << 20) * (2 << 20))!
+        precondition(madvise(memory, bytes, 14 /* MADV_HUGEPAGE */) == 0, "madvise")
+    } else {
+        memory = UnsafeMutableRawPointer.allocate(byteCount: depth * blockSize, alignment: 4096)
+    }
     memset(memory, 0x5A, depth * blockSize)
     let iovecs = UnsafeMutablePointer<iovec>.allocate(capacity: depth * pieces)
     var ops = [StorageOperation](repeating: .flush(tag: 0), count: depth)
