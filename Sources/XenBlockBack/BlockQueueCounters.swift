@@ -7,6 +7,9 @@ public final class BlockQueueCounters: Sendable {
     public let requests = ManagedAtomic<UInt64>(0)
     /// Data segments of read and write requests (indirect ones included).
     public let segments = ManagedAtomic<UInt64>(0)
+    /// Buffers (iovecs) those segments went to the engine in: segments whose data lie
+    /// next to each other share one.
+    public let buffers = ManagedAtomic<UInt64>(0)
     /// Bytes those segments carried.
     public let bytes = ManagedAtomic<UInt64>(0)
     /// Responses written (every request gets exactly one).

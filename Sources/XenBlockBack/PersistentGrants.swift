@@ -2,35 +2,54 @@ import XenABI
 import XenHypervisor
 
 /// The frontend's grants a queue keeps mapped once `feature-persistent` is negotiated:
-/// at most `capacity` single-page mappings, the least recently used idle one unmapped
-/// to make room. Storage reads and writes go straight to and from these pages, so a
-/// segment costs no grant copy and no bounce page.
+/// at most `capacity` pages. Storage reads and writes go straight to and from these
+/// pages, so a segment costs no grant copy and no bounce page.
 ///
-/// An entry used by a request in flight is never unmapped. A request waits while its
-/// segments could need more new mappings than there are free or idle entries
-/// (``hasRoom(for:)``), until completions release some; `capacity` is at least the
-/// largest request, so one request alone always fits.
+/// The grants a request brings that are not mapped yet are mapped together, in order,
+/// as one run (`xengnttab_map_domain_grant_refs`). A frontend that hands the same pages
+/// in the same order to a later request (ours does) then finds them adjacent here, and
+/// the engine gets one buffer where it would get one per page: 32 iovecs instead of one
+/// cost 6–17 µs per 128 KiB read on this disk and ~10 % of the throughput at queue
+/// depth 32 (`storage-bench --piece 4096` against `--piece 131072`).
+///
+/// A run is unmapped whole (gntdev removes a mapping as it was made), when it is the
+/// least recently used run with no segment in flight and room is needed. A request
+/// whose new grants do not fit waits for completions (``Outcome/noRoom``); if nothing
+/// is in flight, the cache is emptied for it, and since `capacity` is at least the
+/// largest request, it then fits.
 ///
 /// Confined to the queue thread.
 final class PersistentGrants {
-    private struct Entry {
+    enum Outcome { case taken, noRoom, badGrant }
+
+    private struct Run {
         var mapping: GrantMapping?
-        var ref = GrantRef(0)
-        var lastUse: UInt64 = 0
-        /// Segments in flight using the page.
+        var refs: [GrantRef] = []
+        /// Segments in flight using the run's pages.
         var users = 0
+        var lastUse: UInt64 = 0
+    }
+
+    private struct Location {
+        var run: Int32
+        var page: Int32
     }
 
     let capacity: Int
     private let mapper: any GrantMapper
     private let domain: DomainID
-    private var entries: [Entry]
-    private var byRef: [GrantRef: Int]
-    private var unused: [Int]
-    /// Mapped entries no request is using (eviction candidates).
-    private var idle = 0
-    private var clock: UInt64 = 0
     private let counters: BlockQueueCounters
+    private var runs: [Run] = []
+    private var emptyRuns: [Int] = []
+    private var byRef: [GrantRef: Location]
+    /// Pages mapped, over all runs.
+    private var mapped = 0
+    /// Segments in flight, over all runs.
+    private var users = 0
+    private var clock: UInt64 = 0
+    /// Scratch for a request's grants that are not mapped yet (kept to avoid reallocating).
+    private var fresh: [GrantRef] = []
+    private var freshSeen: Set<GrantRef> = []
 
     init(capacity: Int, mapper: any GrantMapper, domain: DomainID, counters: BlockQueueCounters) {
         precondition(capacity > 0)
@@ -38,71 +57,109 @@ final class PersistentGrants {
         self.mapper = mapper
         self.domain = domain
         self.counters = counters
-        entries = Array(repeating: Entry(), count: capacity)
         byRef = Dictionary(minimumCapacity: capacity)
-        unused = Array((0..<capacity).reversed())
     }
 
-    /// Whether `count` more segments can be taken now, were none of them mapped yet.
-    func hasRoom(for count: Int) -> Bool { count <= unused.count + idle }
-
-    /// The entry holding `ref` mapped writable, mapped now if need be, with one more
-    /// user; nil if the frontend's grant cannot be mapped (the request fails). Ask
-    /// ``hasRoom(for:)`` for the whole request first.
-    func take(_ ref: GrantRef) -> Int? {
+    /// Takes the pages of a request's grants, mapping those not mapped yet: the run of
+    /// each segment's page goes to `runs` (give it back with ``release(_:)``), its address
+    /// to `pages`. On anything but ``Outcome/taken`` nothing is taken.
+    func take(_ refs: UnsafeBufferPointer<GrantRef>, runs taken: UnsafeMutablePointer<Int32>,
+              pages: UnsafeMutablePointer<UnsafeMutableRawPointer>) -> Outcome {
         clock &+= 1
-        if let e = byRef[ref] {
-            if entries[e].users == 0 { idle -= 1 }
-            entries[e].users += 1
-            entries[e].lastUse = clock
-            return e
+        if takeMapped(refs, runs: taken, pages: pages) { return .taken }
+        // Some grant is new. Mark the runs this request uses recently used, so making
+        // room keeps them, and collect the new grants once each.
+        collectFresh(refs)
+        if !makeRoom(for: fresh.count) {
+            // Completions will free runs; with none in flight, nothing would: start afresh.
+            guard users == 0 else { return .noRoom }
+            removeAll(evicting: true)
+            collectFresh(refs)
         }
         let mapping: GrantMapping
         do {
-            mapping = try mapper.map(ref, from: domain, writable: true)
+            mapping = try mapper.map(fresh, from: domain, writable: true)
         } catch {
             counters.badGrants.bump()
-            return nil
+            return .badGrant
         }
-        counters.grantMaps.bump()
-        let e = unused.popLast() ?? evict()
-        entries[e] = Entry(mapping: mapping, ref: ref, lastUse: clock, users: 1)
-        byRef[ref] = e
-        return e
+        counters.grantMaps.bump(UInt64(fresh.count))
+        let r = emptyRuns.popLast() ?? runs.count
+        if r == runs.count { runs.append(Run()) }
+        runs[r] = Run(mapping: mapping, refs: fresh, users: 0, lastUse: clock)
+        for (j, ref) in fresh.enumerated() { byRef[ref] = Location(run: Int32(r), page: Int32(j)) }
+        mapped += fresh.count
+        let all = takeMapped(refs, runs: taken, pages: pages)
+        assert(all, "every grant of the request is mapped now")
+        return .taken
     }
 
-    /// The mapped page of an entry taken with ``take(_:)``.
-    func page(_ entry: Int) -> UnsafeMutableRawPointer { entries[entry].mapping!.memory.base }
-
-    /// One user of `entry` is done with it.
-    func release(_ entry: Int) {
-        entries[entry].users -= 1
-        if entries[entry].users == 0 { idle += 1 }
+    /// One segment using `run` is done.
+    func release(_ run: Int32) {
+        runs[Int(run)].users -= 1
+        users -= 1
     }
 
-    /// Unmaps every entry (at queue stop; nothing may be in flight).
-    func unmapAll() {
-        for e in entries.indices {
-            if let m = entries[e].mapping { try? mapper.unmap(m) }
-            entries[e] = Entry()
+    /// Unmaps every run (at queue stop; nothing may be in flight).
+    func unmapAll() { removeAll(evicting: false) }
+
+    /// Takes every page if all of `refs` are mapped; otherwise takes none and says false.
+    private func takeMapped(_ refs: UnsafeBufferPointer<GrantRef>, runs taken: UnsafeMutablePointer<Int32>,
+                            pages: UnsafeMutablePointer<UnsafeMutableRawPointer>) -> Bool {
+        for i in refs.indices {
+            guard let at = byRef[refs[i]] else {
+                for done in 0..<i { release(taken[done]) }
+                return false
+            }
+            let r = Int(at.run)
+            runs[r].users += 1
+            runs[r].lastUse = clock
+            users += 1
+            taken[i] = at.run
+            pages[i] = runs[r].mapping!.memory.page(Int(at.page))
         }
-        byRef.removeAll()
-        unused = Array((0..<capacity).reversed())
-        idle = 0
+        return true
     }
 
-    /// Unmaps the least recently used idle entry and returns it; `hasRoom` said one exists.
-    private func evict() -> Int {
-        var victim = -1
-        for e in entries.indices where entries[e].users == 0 && entries[e].mapping != nil {
-            if victim < 0 || entries[e].lastUse < entries[victim].lastUse { victim = e }
+    private func collectFresh(_ refs: UnsafeBufferPointer<GrantRef>) {
+        fresh.removeAll(keepingCapacity: true)
+        freshSeen.removeAll(keepingCapacity: true)
+        for ref in refs {
+            if let at = byRef[ref] {
+                runs[Int(at.run)].lastUse = clock
+            } else if freshSeen.insert(ref).inserted {
+                fresh.append(ref)
+            }
         }
-        precondition(victim >= 0, "no idle persistent grant to evict (hasRoom was not asked)")
-        try? mapper.unmap(entries[victim].mapping!)
-        byRef[entries[victim].ref] = nil
-        entries[victim] = Entry()
-        idle -= 1
-        counters.grantEvictions.bump()
-        return victim
+    }
+
+    /// Unmaps least recently used idle runs, not used by the current request, until
+    /// `count` more pages fit; false if they cannot.
+    private func makeRoom(for count: Int) -> Bool {
+        while capacity - mapped < count {
+            var victim = -1
+            for r in runs.indices where runs[r].mapping != nil && runs[r].users == 0 && runs[r].lastUse != clock {
+                if victim < 0 || runs[r].lastUse < runs[victim].lastUse { victim = r }
+            }
+            guard victim >= 0 else { return false }
+            unmap(victim, evicting: true)
+        }
+        return true
+    }
+
+    private func removeAll(evicting: Bool) {
+        for r in runs.indices where runs[r].mapping != nil {
+            precondition(runs[r].users == 0, "a persistent grant in flight cannot be unmapped")
+            unmap(r, evicting: evicting)
+        }
+    }
+
+    private func unmap(_ r: Int, evicting: Bool) {
+        if evicting { counters.grantEvictions.bump(UInt64(runs[r].refs.count)) }
+        try? mapper.unmap(runs[r].mapping!)
+        for ref in runs[r].refs { byRef[ref] = nil }
+        mapped -= runs[r].refs.count
+        runs[r] = Run()
+        emptyRuns.append(r)
     }
 }

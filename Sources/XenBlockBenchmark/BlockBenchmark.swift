@@ -55,6 +55,8 @@ public struct BlockBenchmarkResult: Sendable {
     public var backendNotifiesPerRequest = 0.0
     public var backendSleepsPerRequest = 0.0
     public var frontendSleepsPerRequest = 0.0
+    /// Storage buffers (iovecs) blkback handed the engine per data request.
+    public var buffersPerRequest = 0.0
 
     public var iops: Double { Double(operations) / elapsed }
     public var mibPerSecond: Double { iops * Double(configuration.blockSize) / 1_048_576 }
@@ -69,7 +71,8 @@ public struct BlockBenchmarkResult: Sendable {
             "frontend_notifies_per_request":\(fmt(frontendNotifiesPerRequest, 3)),\
             "backend_notifies_per_request":\(fmt(backendNotifiesPerRequest, 3)),\
             "backend_sleeps_per_request":\(fmt(backendSleepsPerRequest, 3)),\
-            "frontend_sleeps_per_request":\(fmt(frontendSleepsPerRequest, 3))}
+            "frontend_sleeps_per_request":\(fmt(frontendSleepsPerRequest, 3)),\
+            "buffers_per_request":\(fmt(buffersPerRequest, 2))}
             """
     }
 
@@ -79,7 +82,8 @@ public struct BlockBenchmarkResult: Sendable {
             + "latency p50 \(fmt(p50Microseconds)) µs, p99 \(fmt(p99Microseconds)) µs (\(operations) ops in \(fmt(elapsed)) s"
             + (directIO ? ", O_DIRECT" : ", buffered") + (c.persistentGrants ? ", persistent grants)" : ", grant copy)")
             + "; per request: notifies \(fmt(frontendNotifiesPerRequest, 3)) → \(fmt(backendNotifiesPerRequest, 3)) ←, "
-            + "sleeps: backend \(fmt(backendSleepsPerRequest, 3)), frontend \(fmt(frontendSleepsPerRequest, 3))"
+            + "sleeps: backend \(fmt(backendSleepsPerRequest, 3)), frontend \(fmt(frontendSleepsPerRequest, 3)), "
+            + "storage buffers \(fmt(buffersPerRequest, 2))"
     }
 
     private func fmt(_ v: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", v) }
@@ -210,7 +214,8 @@ public enum BlockBenchmark {
                                     frontendNotifiesPerRequest: Double(frontNotifies) / requests,
                                     backendNotifiesPerRequest: Double(backCounters.notifies.value) / requests,
                                     backendSleepsPerRequest: Double(backCounters.sleeps.value) / requests,
-                                    frontendSleepsPerRequest: Double(frontSleeps) / requests)
+                                    frontendSleepsPerRequest: Double(frontSleeps) / requests,
+                                    buffersPerRequest: Double(backCounters.buffers.value) / requests)
     }
 }
 

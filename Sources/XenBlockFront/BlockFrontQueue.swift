@@ -446,7 +446,10 @@ final class BlockFrontQueue: @unchecked Sendable {
                 }
             }
             let base = id * maxSegments
-            for p in 0..<inflight[id].pageCount { freePages.append(slotPages[base + p]) }
+            // Last page first, so the next request takes the same pages in the same order:
+            // blkback maps a request's new grants side by side and joins adjacent pages
+            // into one storage buffer.
+            for p in (0..<inflight[id].pageCount).reversed() { freePages.append(slotPages[base + p]) }
             waitingForPages = false
             inflight[id] = FrontInflight()
             freeIDs.append(id)

@@ -15,53 +15,6 @@ import XenSimulator
 /// ring only.
 @Suite(.timeLimit(.minutes(2)), .serialized)
 struct BlockHostileFrontendTests {
-    /// Pushes `slots` on queue 0's ring (in batches as the ring allows), and returns
-    /// every response in order.
-    private func run(_ f: BlockFixture, _ slots: [blkif_request], abi: BlkifABI = .native) throws -> [BlockResponse] {
-        let ring = f.resources[0].ring.memory
-        var responses: [BlockResponse] = []
-        func drive<Req: BitwiseCopyable, Rsp: BitwiseCopyable>(_ ring: inout FrontRing<Req, Rsp>) throws {
-            var queue = slots[...]
-            while !queue.isEmpty || responses.count < slots.count {
-                while let slot = queue.first, !ring.isFull {
-                    queue.removeFirst()
-                    ring.withNextRequestSlot { p in
-                        var s = slot
-                        withUnsafeBytes(of: &s) { UnsafeMutableRawPointer(p).copyMemory(from: $0.baseAddress!, byteCount: abi.requestSize) }
-                    }
-                }
-                if ring.pushRequests() { try f.resources[0].events.notify(f.resources[0].port) }
-                let deadline = Date().addingTimeInterval(10)
-                while try ring.checkForResponses() == 0 {
-                    guard Date() < deadline else { throw TimedOut(seconds: 10) }
-                    _ = try f.resources[0].events.wait(timeoutMilliseconds: 5)
-                    while let p = try f.resources[0].events.pending() { try f.resources[0].events.unmask(p) }
-                }
-                while let r = ring.nextResponse() {
-                    var copy = r
-                    responses.append(withUnsafeBytes(of: &copy) { BlockResponse(copyingSlotAt: $0.baseAddress!, abi: abi) })
-                }
-            }
-        }
-        switch abi {
-        case .x86_64:
-            var r = try FrontRing<blkif_request, blkif_response>(attachingTo: ring, at: RingIndex(0))
-            try drive(&r)
-        case .x86_32:
-            var r = try FrontRing<X32Slot, X32Response>(initializing: ring)
-            try drive(&r)
-        }
-        return responses
-    }
-
-    private func rw(_ op: BlkifOperation, id: UInt64, sector: UInt64, grefs: [GrantRef], first: UInt8 = 0, last: UInt8 = 7,
-                    abi: BlkifABI = .native) -> blkif_request {
-        var segments = BlockSegments()
-        for g in grefs { segments.append(BlockSegment(gref: g, firstSector: first, lastSector: last)) }
-        return BlockRequest(id: id, operation: op == .read ? .read(sector: sector, segments: segments)
-                                                           : .write(sector: sector, segments: segments)).encoded(abi: abi)
-    }
-
     @Test(arguments: [0, 1056])
     func badRequestsGetErrorResponsesAndTheQueueKeepsServing(persistentGrants: Int) throws {
         let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048, discard: false, maxIndirectSegments: 32),
@@ -71,13 +24,13 @@ struct BlockHostileFrontendTests {
         try f.shareAndMap()
         try f.startBackend()
         let pool = f.resources[0].pool.refs
-        var zero = rw(.read, id: 2, sector: 0, grefs: [pool[0]])
+        var zero = rawRequest(.read, id: 2, sector: 0, grefs: [pool[0]])
         zero.nr_segments = 0
-        var twelve = rw(.read, id: 3, sector: 0, grefs: Array(pool[0..<11]))
+        var twelve = rawRequest(.read, id: 3, sector: 0, grefs: Array(pool[0..<11]))
         twelve.nr_segments = 12
-        var many = rw(.write, id: 4, sector: 0, grefs: Array(pool[0..<11]))
+        var many = rawRequest(.write, id: 4, sector: 0, grefs: Array(pool[0..<11]))
         many.nr_segments = 255
-        var unknown = rw(.read, id: 7, sector: 0, grefs: [pool[0]])
+        var unknown = rawRequest(.read, id: 7, sector: 0, grefs: [pool[0]])
         unknown.operation = 99
         let indirectTooMany = BlockRequest(id: 10, operation: .indirect(IndirectRequest(
             operation: .read, sector: 0, segmentCount: 33, pages: [f.resources[0].indirect.refs[0]]))).encoded()
@@ -85,19 +38,19 @@ struct BlockHostileFrontendTests {
             operation: .read, sector: 0, segmentCount: 20, pages: [GrantRef(0xdead)]))).encoded()
         let discard = BlockRequest(id: 12, operation: .discard(sector: 0, count: 8, secure: false)).encoded()
         let slots: [blkif_request] = [
-            rw(.read, id: 1, sector: 0, grefs: [GrantRef(0xdead)]),                  // grant ref out of the table
+            rawRequest(.read, id: 1, sector: 0, grefs: [GrantRef(0xdead)]),                  // grant ref out of the table
             zero, twelve, many,                                                      // 0, 12 and 255 segments
-            rw(.read, id: 5, sector: 0, grefs: [pool[0]], first: 5, last: 2),        // first > last
-            rw(.read, id: 6, sector: 2047, grefs: [pool[0]]),                        // past the end
+            rawRequest(.read, id: 5, sector: 0, grefs: [pool[0]], first: 5, last: 2),        // first > last
+            rawRequest(.read, id: 6, sector: 2047, grefs: [pool[0]]),                        // past the end
             unknown,                                                                 // unknown operation
-            rw(.write, id: 8, sector: 8, grefs: [pool[1]]),                          // the same id twice
-            rw(.write, id: 8, sector: 16, grefs: [pool[2]]),
-            rw(.read, id: 9, sector: 0, grefs: [pool[0]], first: 0, last: 8),        // last_sect past the page
+            rawRequest(.write, id: 8, sector: 8, grefs: [pool[1]]),                          // the same id twice
+            rawRequest(.write, id: 8, sector: 16, grefs: [pool[2]]),
+            rawRequest(.read, id: 9, sector: 0, grefs: [pool[0]], first: 0, last: 8),        // last_sect past the page
             indirectTooMany, indirectBadPage, discard,
-            rw(.read, id: 13, sector: 0, grefs: [f.resources[0].indirect.refs[1]]), // a read into a read-only grant
-            rw(.read, id: 100, sector: 0, grefs: [pool[3]]),                         // a good one after all of it
+            rawRequest(.read, id: 13, sector: 0, grefs: [f.resources[0].indirect.refs[1]]), // a read into a read-only grant
+            rawRequest(.read, id: 100, sector: 0, grefs: [pool[3]]),                         // a good one after all of it
         ]
-        let responses = try run(f, slots)
+        let responses = try f.pushRaw(slots)
         #expect(responses.count == slots.count)
         let status = Dictionary(responses.map { ($0.id, $0.status) }, uniquingKeysWith: { a, _ in a })
         for id: UInt64 in [1, 2, 3, 4, 5, 6, 9, 10, 11, 13] { #expect(status[id] == .error, "request \(id)") }
@@ -120,9 +73,9 @@ struct BlockHostileFrontendTests {
         try f.shareAndMap()
         try f.startBackend()
         let pool = f.resources[0].pool.refs
-        let slots = [rw(.read, id: 0x1122_3344_5566_7788, sector: 8, grefs: [pool[0]], abi: .x86_32),
-                     rw(.read, id: 2, sector: 4096, grefs: [pool[1]], abi: .x86_32)]
-        let responses = try run(f, slots, abi: .x86_32)
+        let slots = [rawRequest(.read, id: 0x1122_3344_5566_7788, sector: 8, grefs: [pool[0]], abi: .x86_32),
+                     rawRequest(.read, id: 2, sector: 4096, grefs: [pool[1]], abi: .x86_32)]
+        let responses = try f.pushRaw(slots, abi: .x86_32)
         // Refusals are answered at once, reads after the engine: order by id.
         let byID = Dictionary(uniqueKeysWithValues: responses.map { ($0.id, $0.status) })
         #expect(byID == [0x1122_3344_5566_7788: .okay, 2: .error])
@@ -165,10 +118,10 @@ struct BlockHostileFrontendTests {
         try f.startBackend()
         let pool = f.resources[0].pool.refs
         for k in 0..<8 { f.resources[0].pool.memory.page(k).initializeMemory(as: UInt8.self, repeating: UInt8(k + 1), count: 4096) }
-        var slots = (0..<8).map { k in rw(.write, id: UInt64(k), sector: UInt64(k * 8), grefs: [pool[k]]) }
+        var slots = (0..<8).map { k in rawRequest(.write, id: UInt64(k), sector: UInt64(k * 8), grefs: [pool[k]]) }
         slots.append(BlockRequest(id: 50, operation: .writeBarrier(sector: 0, segments: BlockSegments())).encoded())
-        slots.append(rw(.read, id: 51, sector: 0, grefs: Array(pool[8..<16])))
-        let responses = try run(f, slots)
+        slots.append(rawRequest(.read, id: 51, sector: 0, grefs: Array(pool[8..<16])))
+        let responses = try f.pushRaw(slots)
         #expect(responses.allSatisfy { $0.status == .okay })
         let order = responses.map(\.id)
         let barrier = try #require(order.firstIndex(of: 50))

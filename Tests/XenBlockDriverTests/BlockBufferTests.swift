@@ -1,0 +1,133 @@
+import Foundation
+import Testing
+import XenABI
+import XenBlockBack
+import XenBlockFront
+import XenBlockProtocol
+import XenBlockStorage
+
+/// How blkback gets a request's data to the engine: persistent grants mapped in runs,
+/// adjacent pages joined into one buffer.
+@Suite(.timeLimit(.minutes(2)), .serialized)
+struct BlockBufferTests {
+    /// One queue on a 1 MiB memory disk with `capacity` persistent grants (11 segments
+    /// per request at most, so a capacity of 16 holds one request and a bit).
+    private func rawFixture(capacity: Int) throws -> (BlockFixture, MemoryStorage) {
+        let storage = try MemoryStorage(byteCount: 1 << 20)
+        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048), persistentGrants: capacity) { _ in storage }
+        try f.shareAndMap()
+        try f.startBackend()
+        for p in 0..<32 {
+            f.resources[0].pool.memory.page(p).initializeMemory(as: UInt8.self, repeating: UInt8(p + 1), count: XenPage.size)
+        }
+        return (f, storage)
+    }
+
+    /// The fill byte of each 4 KiB page of the disk from `sector` on.
+    private func pages(_ storage: MemoryStorage, sector: Int, count: Int) -> [UInt8] {
+        storage.withContents { disk in
+            (0..<count).map { p in
+                let page = disk[(sector * 512 + p * XenPage.size)..<(sector * 512 + (p + 1) * XenPage.size)]
+                return page.allSatisfy { $0 == page.first } ? page.first! : 0
+            }
+        }
+    }
+
+    private func counters(_ f: BlockFixture) -> (maps: UInt64, evictions: UInt64, buffers: UInt64) {
+        let c = f.backends[0].queue.counters
+        return (c.grantMaps.value, c.grantEvictions.value, c.buffers.value)
+    }
+
+    @Test func aRequestsNewGrantsAreMappedAsOneRunAndGoToTheEngineAsOneBuffer() throws {
+        let (f, storage) = try rawFixture(capacity: 1056)
+        let pool = f.resources[0].pool.refs
+        let first = try f.pushRaw([rawRequest(.write, id: 1, sector: 0, grefs: Array(pool[0..<8]))])
+        #expect(first.map(\.status) == [.okay])
+        #expect(counters(f) == (8, 0, 1))
+        // The same grants again: no new mapping, still one buffer.
+        let again = try f.pushRaw([rawRequest(.write, id: 2, sector: 64, grefs: Array(pool[0..<8]))])
+        #expect(again.map(\.status) == [.okay])
+        #expect(counters(f) == (8, 0, 2))
+        #expect(pages(storage, sector: 0, count: 8) == Array(1...8))
+        #expect(pages(storage, sector: 64, count: 8) == Array(1...8))
+        #expect(try f.teardown().isEmpty)
+    }
+
+    @Test func aRequestWhoseGrantsDoNotFitWaitsForTheOneInFlight() throws {
+        let (f, storage) = try rawFixture(capacity: 16)
+        let pool = f.resources[0].pool.refs
+        // Taken off the ring together: the second needs 11 new mappings, 5 are free,
+        // and the first's run is in flight.
+        let responses = try f.pushRaw([rawRequest(.write, id: 1, sector: 0, grefs: Array(pool[0..<11])),
+                                       rawRequest(.write, id: 2, sector: 128, grefs: Array(pool[11..<22]))])
+        #expect(responses.map(\.status) == [.okay, .okay])
+        #expect(counters(f).maps == 22 && counters(f).evictions == 11)
+        #expect(pages(storage, sector: 0, count: 11) == Array(1...11))
+        #expect(pages(storage, sector: 128, count: 11) == Array(12...22))
+        #expect(try f.teardown().isEmpty)
+    }
+
+    @Test func aRequestWhoseOwnRunFillsTheCacheStartsItAfresh() throws {
+        let (f, storage) = try rawFixture(capacity: 16)
+        let pool = f.resources[0].pool.refs
+        _ = try f.pushRaw([rawRequest(.write, id: 1, sector: 0, grefs: Array(pool[0..<11]))])
+        // One grant of the mapped run and ten new ones: the run cannot go while this
+        // request uses it, and nothing else will free room.
+        let responses = try f.pushRaw([rawRequest(.write, id: 2, sector: 128, grefs: [pool[0]] + Array(pool[11..<21]))])
+        #expect(responses.map(\.status) == [.okay])
+        #expect(counters(f).maps == 22 && counters(f).evictions == 11)
+        #expect(pages(storage, sector: 128, count: 11) == [1] + Array(12...21))
+        #expect(try f.teardown().isEmpty)
+    }
+
+    @Test func aGrantTwiceInOneRequestIsMappedOnce() throws {
+        let (f, storage) = try rawFixture(capacity: 1056)
+        let pool = f.resources[0].pool.refs
+        let responses = try f.pushRaw([rawRequest(.write, id: 1, sector: 0, grefs: [pool[5], pool[5], pool[6]])])
+        #expect(responses.map(\.status) == [.okay])
+        #expect(counters(f).maps == 2)
+        #expect(pages(storage, sector: 0, count: 3) == [6, 6, 7])
+        #expect(try f.teardown().isEmpty)
+    }
+
+    @Test func aBadGrantAmongNewOnesMapsNothing() throws {
+        let (f, _) = try rawFixture(capacity: 1056)
+        let pool = f.resources[0].pool.refs
+        let responses = try f.pushRaw([rawRequest(.write, id: 1, sector: 0, grefs: [pool[0], GrantRef(0xdead)]),
+                                       rawRequest(.write, id: 2, sector: 0, grefs: [pool[0], pool[1]])])
+        #expect(responses.map(\.status) == [.error, .okay])
+        #expect(counters(f).maps == 2)
+        #expect(f.backends[0].queue.counters.badGrants.value == 1)
+        #expect(try f.teardown().isEmpty)
+    }
+
+    /// Our frontend gives a request's pages back last first, so the next request of the
+    /// same size takes the same pages in the same order: one buffer per request, every time.
+    @Test func theFrontendsRequestsReachTheEngineAsOneBufferEach() async throws {
+        let bytes = 4 << 20
+        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: 32),
+                                 persistentGrants: 1056) { _ in try MemoryStorage(byteCount: bytes) }
+        try f.start()
+        let fe = f.frontend
+        try await withTimeout(20) {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for worker in 0..<4 {
+                    group.addTask {
+                        for i in 0..<8 {
+                            let at = UInt64((worker * 8 + i) * (128 << 10))
+                            let data = [UInt8](repeating: UInt8(worker * 8 + i), count: 128 << 10)
+                            try await fe.write(at: at, data)
+                            if try await fe.read(at: at, count: data.count) != data { throw ShadowMismatch(offset: Int(at), length: data.count) }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+        let c = f.backends[0].queue.counters
+        #expect(c.requests.value == 64)
+        #expect(c.buffers.value == c.requests.value)
+        #expect(c.grantMaps.value <= 4 * 32, "four callers' pages, each mapped once")
+        #expect(try f.teardown().isEmpty)
+    }
+}

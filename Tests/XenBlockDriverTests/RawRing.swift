@@ -1,0 +1,59 @@
+import CXen
+import Foundation
+import XenABI
+import XenBlockProtocol
+import XenRing
+
+/// A frontend that writes raw slots (for hostile requests and exact grant patterns).
+extension BlockFixture {
+    /// Pushes `slots` on queue 0's ring (in batches as the ring allows), and returns
+    /// every response in order. Native calls may follow each other; an i386 one
+    /// initialises the ring, so it comes alone.
+    func pushRaw(_ slots: [blkif_request], abi: BlkifABI = .native) throws -> [BlockResponse] {
+        let ring = resources[0].ring.memory
+        var responses: [BlockResponse] = []
+        func drive<Req: BitwiseCopyable, Rsp: BitwiseCopyable>(_ ring: inout FrontRing<Req, Rsp>) throws {
+            var queue = slots[...]
+            while !queue.isEmpty || responses.count < slots.count {
+                while let slot = queue.first, !ring.isFull {
+                    queue.removeFirst()
+                    ring.withNextRequestSlot { p in
+                        var s = slot
+                        withUnsafeBytes(of: &s) { UnsafeMutableRawPointer(p).copyMemory(from: $0.baseAddress!, byteCount: abi.requestSize) }
+                    }
+                }
+                if ring.pushRequests() { try resources[0].events.notify(resources[0].port) }
+                let deadline = Date().addingTimeInterval(10)
+                while try ring.checkForResponses() == 0 {
+                    guard Date() < deadline else { throw TimedOut(seconds: 10) }
+                    _ = try resources[0].events.wait(timeoutMilliseconds: 5)
+                    while let p = try resources[0].events.pending() { try resources[0].events.unmask(p) }
+                }
+                while let r = ring.nextResponse() {
+                    var copy = r
+                    responses.append(withUnsafeBytes(of: &copy) { BlockResponse(copyingSlotAt: $0.baseAddress!, abi: abi) })
+                }
+            }
+        }
+        switch abi {
+        case .x86_64:
+            // After the requests of earlier calls, all answered.
+            let produced = SharedRingHeader(ring.base).requestProducer.load(ordering: .relaxed)
+            var r = try FrontRing<blkif_request, blkif_response>(attachingTo: ring, at: RingIndex(produced))
+            try drive(&r)
+        case .x86_32:
+            var r = try FrontRing<X32Slot, X32Response>(initializing: ring)
+            try drive(&r)
+        }
+        return responses
+    }
+}
+
+/// A read or write slot with every segment on the same sectors of its page.
+func rawRequest(_ op: BlkifOperation, id: UInt64, sector: UInt64, grefs: [GrantRef], first: UInt8 = 0, last: UInt8 = 7,
+                abi: BlkifABI = .native) -> blkif_request {
+    var segments = BlockSegments()
+    for g in grefs { segments.append(BlockSegment(gref: g, firstSector: first, lastSector: last)) }
+    return BlockRequest(id: id, operation: op == .read ? .read(sector: sector, segments: segments)
+                                                       : .write(sector: sector, segments: segments)).encoded(abi: abi)
+}
