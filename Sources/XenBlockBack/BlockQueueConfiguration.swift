@@ -18,9 +18,14 @@ public struct BlockQueueConfiguration: Sendable {
     /// (see ``PersistentGrants``; raised to the largest request); 0 grant-copies every
     /// segment through bounce pages.
     public var persistentGrants: Int
+    /// Whether a request of several pages is copied through bounce pages even with
+    /// persistent grants, so the engine gets one physically contiguous buffer for it
+    /// (the bounce pages lie on huge pages where the system has them). nil: when the
+    /// engine ``StorageEngine/prefersContiguousBuffers``.
+    public var contiguousCopies: Bool?
 
     public init(frontend: DomainID, port: EventPort, abi: BlkifABI = .native, limits: BlockDeviceLimits,
-                bouncePages: Int = 1024, persistentGrants: Int = 0) {
+                bouncePages: Int = 1024, persistentGrants: Int = 0, contiguousCopies: Bool? = nil) {
         precondition(bouncePages >= max(BlockDeviceLimits.maxDirectSegments, limits.maxIndirectSegments),
                      "the bounce pool must hold the largest request")
         // A flush carrying data would need "write, then flush" sequencing the queue does not do.
@@ -31,6 +36,7 @@ public struct BlockQueueConfiguration: Sendable {
         self.limits = limits
         self.bouncePages = bouncePages
         self.persistentGrants = persistentGrants
+        self.contiguousCopies = contiguousCopies
     }
 }
 

@@ -34,6 +34,7 @@ public final class FaultInjectingStorage: StorageEngine, @unchecked Sendable {
     public var queueDepth: Int { inner.queueDepth }
     public var outstanding: Int { inner.outstanding + failed.count }
     public var completionDescriptor: FileDescriptor { inner.completionDescriptor }
+    public var prefersContiguousBuffers: Bool { inner.prefersContiguousBuffers }
 
     private var failed: CompletionQueue
 

@@ -132,6 +132,15 @@ public protocol StorageEngine: AnyObject {
 
     /// Releases the engine. Outstanding operations are waited for (bounded) and dropped.
     func close()
+
+    /// Whether a read or write costs less in one physically contiguous buffer than
+    /// scattered over pages: true where buffers go to a device as scatter-gather lists
+    /// (`O_DIRECT`); a caller may then copy through contiguous memory (blkback does).
+    var prefersContiguousBuffers: Bool { get }
+}
+
+extension StorageEngine {
+    public var prefersContiguousBuffers: Bool { false }
 }
 
 extension Duration {

@@ -1,4 +1,5 @@
 import Foundation
+import SystemPackage
 import Testing
 import XenABI
 import XenBlockBack
@@ -7,7 +8,8 @@ import XenBlockProtocol
 import XenBlockStorage
 
 /// How blkback gets a request's data to the engine: persistent grants mapped in runs,
-/// adjacent pages joined into one buffer.
+/// adjacent pages joined into one buffer, and multi-page requests copied through
+/// contiguous bounce pages when the engine prefers that.
 @Suite(.timeLimit(.minutes(2)), .serialized)
 struct BlockBufferTests {
     /// One queue on a 1 MiB memory disk with `capacity` persistent grants (11 segments
@@ -130,4 +132,45 @@ struct BlockBufferTests {
         #expect(c.grantMaps.value <= 4 * 32, "four callers' pages, each mapped once")
         #expect(try f.teardown().isEmpty)
     }
+
+    @Test func anEngineThatPrefersContiguousBuffersGetsMultiPageRequestsCopied() async throws {
+        let bytes = 4 << 20
+        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: 32),
+                                 persistentGrants: 1056) { _ in try ContiguousMemoryStorage(byteCount: bytes) }
+        try f.start()
+        let fe = f.frontend
+        try await withTimeout(20) {
+            for i in 0..<8 {
+                let at = UInt64(i * (128 << 10))
+                let data = (0..<(128 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ i) }
+                try await fe.write(at: at, data)
+                #expect(try await fe.read(at: at, count: data.count) == data)
+            }
+        }
+        let c = f.backends[0].queue.counters
+        #expect(c.grantMaps.value == 0, "128 KiB requests are grant-copied, not mapped")
+        #expect(c.buffers.value == c.requests.value, "adjacent bounce pages make one buffer")
+        // A single page still goes straight through its mapping.
+        try await withTimeout(20) { try await fe.write(at: 0, [UInt8](repeating: 9, count: 4096)) }
+        #expect(c.grantMaps.value == 1)
+        #expect(try f.teardown().isEmpty)
+    }
+}
+
+/// A memory disk that asks for contiguous buffers, as `O_DIRECT` libaio does.
+final class ContiguousMemoryStorage: StorageEngine, @unchecked Sendable {
+    private let inner: MemoryStorage
+    init(byteCount: Int) throws { inner = try MemoryStorage(byteCount: byteCount) }
+    var prefersContiguousBuffers: Bool { true }
+    var byteCount: UInt64 { inner.byteCount }
+    var isReadOnly: Bool { inner.isReadOnly }
+    var alignment: Int { inner.alignment }
+    var queueDepth: Int { inner.queueDepth }
+    var outstanding: Int { inner.outstanding }
+    var completionDescriptor: FileDescriptor { inner.completionDescriptor }
+    func submit(_ operations: UnsafeBufferPointer<StorageOperation>) throws(StorageError) -> Int { try inner.submit(operations) }
+    func reap(into completions: UnsafeMutableBufferPointer<StorageCompletion>, timeout: Duration) throws(StorageError) -> Int {
+        try inner.reap(into: completions, timeout: timeout)
+    }
+    func close() { inner.close() }
 }

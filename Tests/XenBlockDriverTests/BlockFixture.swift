@@ -36,9 +36,12 @@ final class BlockFixture: @unchecked Sendable {
     let abi: BlkifABI
     /// blkback's persistent-grant mappings per queue (0: grant copy).
     let persistentGrants: Int
+    /// ``BlockQueueConfiguration/contiguousCopies``.
+    let contiguousCopies: Bool?
 
     init(queues: Int = 1, ringPageOrder: Int = 0, limits: BlockDeviceLimits, abi: BlkifABI = .native,
-         persistentGrants: Int = 0, storage: @escaping (Int) throws -> any StorageEngine) throws {
+         persistentGrants: Int = 0, contiguousCopies: Bool? = nil,
+         storage: @escaping (Int) throws -> any StorageEngine) throws {
         guest = try hv.createDomain(frames: 8192, grantFrames: 64)
         sharer = try guest.openGrantSharer()
         mapper = try hv.dom0.openGrantMapper()
@@ -48,6 +51,7 @@ final class BlockFixture: @unchecked Sendable {
         self.makeStorage = storage
         self.abi = abi
         self.persistentGrants = persistentGrants
+        self.contiguousCopies = contiguousCopies
     }
 
     var info: BlockDeviceInfo {
@@ -73,7 +77,8 @@ final class BlockFixture: @unchecked Sendable {
             let map = try mapper.map(r.ring.refs, from: guest.domainID, writable: true)
             let q = try BlockQueue(ring: map.memory, events: events, mapper: mapper, storage: try makeStorage(i),
                                    configuration: BlockQueueConfiguration(frontend: guest.domainID, port: port, abi: abi, limits: limits,
-                                                                          persistentGrants: persistentGrants),
+                                                                          persistentGrants: persistentGrants,
+                                                                          contiguousCopies: contiguousCopies),
                                    onFailure: onFailure.map { f in { @Sendable e in f(i, e) } })
             q.start()
             backends.append(Backend(events: events, port: port, ringMap: map, queue: q))
