@@ -106,7 +106,7 @@ private struct Inflight {
     var operation = BlkifOperation.read
     var isRead = false
     var segmentCount = 0
-    /// The segments are persistent grants (`slotPages` holds their entries), not bounce pages.
+    /// The segments are persistent grants (`slotPages` holds their runs), not bounce pages.
     var mapped = false
 }
 
