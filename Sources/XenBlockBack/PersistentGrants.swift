@@ -9,8 +9,9 @@ import XenHypervisor
 /// as one run (`xengnttab_map_domain_grant_refs`). A frontend that hands the same pages
 /// in the same order to a later request (ours does) then finds them adjacent here, and
 /// the engine gets one buffer where it would get one per page: 32 iovecs instead of one
-/// cost 6–17 µs per 128 KiB read on this disk and ~10 % of the throughput at queue
-/// depth 32 (`storage-bench --piece 4096` against `--piece 131072`).
+/// cost 0–17 µs (median 6) per 128 KiB read on this disk at queue depth 1 and 4–16 % of
+/// the throughput at depth 32 (`storage-bench --piece 4096` against `--piece 131072`).
+/// (With `O_DIRECT`, requests of several pages skip these mappings: see ``BlockQueue``.)
 ///
 /// A run is unmapped whole (gntdev removes a mapping as it was made), when it is the
 /// least recently used run with no segment in flight and room is needed. A request
