@@ -50,3 +50,16 @@ int cbs_dio_alignment(int fd, uint32_t *mem_align, uint32_t *offset_align) {
 }
 
 int cbs_fdatasync(int fd) { return fdatasync(fd) == 0 ? 0 : errno; }
+
+/* The head of the kernel's struct aio_ring (fs/aio.c), a stable ABI that libaio and fio
+ * read too: events are at head..tail, the kernel advances tail, io_getevents head. */
+struct cbs_aio_ring {
+    unsigned id, nr, head, tail, magic, compat_features, incompat_features, header_length;
+};
+#define CBS_AIO_RING_MAGIC 0xa10a10a1
+
+int cbs_aio_ring_has_events(io_context_t ctx) {
+    const struct cbs_aio_ring *ring = (const struct cbs_aio_ring *)ctx;
+    if (ring == NULL || ring->magic != CBS_AIO_RING_MAGIC) return 1;  /* unknown: ask io_getevents */
+    return __atomic_load_n(&ring->head, __ATOMIC_RELAXED) != __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
+}

@@ -260,6 +260,8 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
                 // Sleep only once the final check says the ring is idle; a stalled
                 // request is resumed by a completion, which wakes the poll.
                 if stalled == nil, try ring.finalCheckForRequests() { continue }
+                // A real reap resets the completion descriptor the sleep waits on.
+                if try reapCompletions(beforeSleep: true) { continue }
                 if try !sleep() { break }
             }
             finishOutstanding(answer: true)
@@ -276,10 +278,9 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     /// Polls the ring and the engine (see ``BlockPolling``); true when work came.
     private func spin() throws(RingError) -> Bool {
         let due = storage.outstanding > 0
-        var pfd = pollfd(fd: storage.completionDescriptor.rawValue, events: Int16(POLLIN), revents: 0)
         return try BlockPolling.poll(for: due ? BlockPolling.busy : BlockPolling.idle) { () throws(RingError) -> Bool in
             if stalled == nil, try ring.checkForRequests() > 0 { return true }
-            return due && Glibc.poll(&pfd, 1, 0) > 0
+            return due && storage.mayHaveCompletions
         }
     }
 
@@ -548,8 +549,10 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         }
     }
 
-    private func reapCompletions() throws(StorageError) -> Bool {
-        guard storage.outstanding > 0 else { return false }
+    /// Reaps a few completions; while polling only if the engine says some may be there
+    /// (no system call on libaio), and always `beforeSleep`.
+    private func reapCompletions(beforeSleep: Bool = false) throws(StorageError) -> Bool {
+        guard storage.outstanding > 0, beforeSleep || storage.mayHaveCompletions else { return false }
         // A few at a time: their responses go out while the rest wait (see BlockPolling.batch).
         let n = try storage.reap(into: UnsafeMutableBufferPointer(start: completions, count: min(ringSize, BlockPolling.batch)),
                                  timeout: .zero)

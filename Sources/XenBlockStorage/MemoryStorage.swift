@@ -15,6 +15,7 @@ public final class MemoryStorage: StorageEngine, @unchecked Sendable {
     public let queueDepth: Int
     public private(set) var outstanding = 0
     public var completionDescriptor: FileDescriptor { signal.descriptor }
+    public var mayHaveCompletions: Bool { !ready.isEmpty }
 
     private let bytes: UnsafeMutableRawBufferPointer
     private let signal: CompletionSignal

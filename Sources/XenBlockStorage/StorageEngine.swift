@@ -137,10 +137,22 @@ public protocol StorageEngine: AnyObject {
     /// scattered over pages: true where buffers go to a device as scatter-gather lists
     /// (`O_DIRECT`); a caller may then copy through contiguous memory (blkback does).
     var prefersContiguousBuffers: Bool { get }
+
+    /// Whether ``reap(into:timeout:)`` may have something to return, answered without a
+    /// system call where the engine can: for a thread that polls. False only when there
+    /// is nothing. It does not reset ``completionDescriptor``: sleep on that only after a
+    /// reap found nothing.
+    var mayHaveCompletions: Bool { get }
 }
 
 extension StorageEngine {
     public var prefersContiguousBuffers: Bool { false }
+
+    /// Asks ``completionDescriptor`` (a `poll` system call).
+    public var mayHaveCompletions: Bool {
+        var pfd = pollfd(fd: completionDescriptor.rawValue, events: Int16(POLLIN), revents: 0)
+        return poll(&pfd, 1, 0) != 0
+    }
 }
 
 extension Duration {

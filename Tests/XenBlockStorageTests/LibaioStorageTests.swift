@@ -210,6 +210,25 @@ struct LibaioSubmitFaultTests {
         #expect(largest == 2)
     }
 
+    /// Polling looks at the kernel's completion ring without a system call; it must see
+    /// every completion, and nothing once all are reaped.
+    @Test func mayHaveCompletionsSeesTheKernelsRing() throws {
+        let image = try TempImage(bytes: 1 << 20, fill: 0x42)
+        let s = try LibaioStorage(path: image.path, queueDepth: 8)
+        defer { s.close() }
+        #expect(!s.mayHaveCompletions)
+        let b = Buffers(byteCount: 4096)
+        var op = StorageOperation.read(tag: 7, offset: 4096, buffers: b.vector(first: 0, at: 0, pieces: [4096]))
+        #expect(try withUnsafePointer(to: &op) { try s.submit(UnsafeBufferPointer(start: $0, count: 1)) } == 1)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !s.mayHaveCompletions && ContinuousClock.now < deadline { usleep(100) }
+        #expect(s.mayHaveCompletions)
+        var out = [StorageCompletion](repeating: .empty, count: 4)
+        #expect(try out.withUnsafeMutableBufferPointer { try s.reap(into: $0, timeout: .zero) } == 1)
+        #expect(out[0].tag == 7 && out[0].succeeded)
+        #expect(!s.mayHaveCompletions)
+    }
+
     @Test func anIocbTheKernelRefusesFailsAlone() throws {
         let image = try TempImage(bytes: 1 << 20)
         let s = try LibaioStorage(path: image.path, queueDepth: 8)

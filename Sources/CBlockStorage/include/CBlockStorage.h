@@ -29,5 +29,9 @@ int cbs_block_device_logical_block_size(int fd, uint32_t *size);
 int cbs_dio_alignment(int fd, uint32_t *mem_align, uint32_t *offset_align);
 /* fdatasync; returns 0 or an errno value. */
 int cbs_fdatasync(int fd);
+/* Whether the context's completion ring (the kernel's struct aio_ring, mapped at the
+ * context's address, as libaio's own io_getevents reads it) holds events: no system
+ * call. 1 when the ring is not one this recognises: then io_getevents must tell. */
+int cbs_aio_ring_has_events(io_context_t ctx);
 
 #endif
