@@ -29,13 +29,15 @@ import XenRing
 /// - Otherwise each segment is grant-copied (about 155 ns per 4 KiB) through a
 ///   page-aligned bounce page, which `O_DIRECT` needs; mapping per request instead would
 ///   cost an `mmap`, a `munmap` and a TLB shootdown each time.
-/// - A request of several pages takes the copy path even with persistent grants when
-///   the engine prefers one contiguous buffer (``BlockQueueConfiguration/contiguousCopies``;
+/// - A request of several pages goes through bounce pages even with persistent grants
+///   when the engine prefers one contiguous buffer (``BlockQueueConfiguration/contiguousCopies``;
 ///   libaio with `O_DIRECT` does): the bounce pages lie on huge pages, so the disk gets
-///   one scatter-gather element where the frontend's pages would give one per page.
-///   128 KiB sequential reads on this VM's virtio disk, alternating runs of 2 s: 8.7k–10.1k
-///   IOPS copied against 7.2k–9.7k mapped at queue depth 32, p50 150–162 µs against
-///   168–185 µs at depth 1 (a copy costs ~7 µs, one element saves more).
+///   one scatter-gather element where the frontend's pages would give one per page. The
+///   data is copied between the bounce pages and the persistent mappings (67 ns per
+///   4 KiB against 270–335 ns for a grant copy, `--grant-paths`). 128 KiB sequential
+///   reads on this VM's virtio disk, alternating runs of 2 s: 8.7k–10.1k IOPS through
+///   bounce pages against 7.2k–9.7k mapped at queue depth 32, p50 150–162 µs against
+///   168–185 µs at depth 1 (a copy costs a few µs, one element saves more).
 /// Segments whose data lie next to each other go to the engine as one buffer (iovec).
 /// On a file the paths measure alike at 4 KiB (the device dominates). On the memory
 /// engine at 128 KiB and queue depth 32, five alternating pairs: 35k–82k IOPS mapped (one
@@ -106,8 +108,11 @@ private struct Inflight {
     var operation = BlkifOperation.read
     var isRead = false
     var segmentCount = 0
-    /// The segments are persistent grants (`slotPages` holds their runs), not bounce pages.
+    /// The segments' pages are persistent grants (`slotRuns`, `slotMapped`).
     var mapped = false
+    /// The data goes through bounce pages (`slotPages`), copied from or to the mapped
+    /// pages, or grant-copied when there are none.
+    var bounced = false
 }
 
 final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable>: BlockQueueRunning, @unchecked Sendable {
@@ -135,14 +140,16 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     private let slots: UnsafeMutablePointer<Inflight>
     private let freeSlots: UnsafeMutablePointer<Int32>
     private var freeSlotCount: Int
-    /// Per segment of a slot: its bounce page, or the persistent-grant run of its page.
+    /// Per segment of a slot: its bounce page; its page's persistent-grant run, and the
+    /// page's address.
     private let slotPages: UnsafeMutablePointer<Int32>
+    private let slotRuns: UnsafeMutablePointer<Int32>
+    private let slotMapped: UnsafeMutablePointer<UnsafeMutableRawPointer>
     private let slotSegments: UnsafeMutablePointer<BlockSegment>
     /// Per slot, the engine's buffers: adjacent segments share one.
     private let slotIOV: UnsafeMutablePointer<iovec>
-    /// A request's grant references and data pages while it is prepared.
+    /// A request's grant references while it is prepared.
     private let segmentRefs: UnsafeMutablePointer<GrantRef>
-    private let segmentPages: UnsafeMutablePointer<UnsafeMutableRawPointer>
     private let copies: UnsafeMutablePointer<GrantCopySegment>
     private let indirectPages: UnsafeMutableRawPointer
     private let pending: UnsafeMutablePointer<StorageOperation>
@@ -194,6 +201,9 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         for i in 0..<ringSize { freeSlots[i] = Int32(ringSize - 1 - i) }
         freeSlotCount = ringSize
         slotPages = .allocate(capacity: ringSize * maxSegments)
+        slotRuns = .allocate(capacity: ringSize * maxSegments)
+        slotMapped = .allocate(capacity: ringSize * maxSegments)
+        slotMapped.initialize(repeating: pool, count: ringSize * maxSegments)
         slotSegments = .allocate(capacity: ringSize * maxSegments)
         slotSegments.initialize(repeating: BlockSegment(gref: GrantRef(0), firstSector: 0, lastSector: 0),
                                 count: ringSize * maxSegments)
@@ -201,8 +211,6 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         slotIOV.initialize(repeating: iovec(), count: ringSize * maxSegments)
         segmentRefs = .allocate(capacity: maxSegments)
         segmentRefs.initialize(repeating: GrantRef(0), count: maxSegments)
-        segmentPages = .allocate(capacity: maxSegments)
-        segmentPages.initialize(repeating: pool, count: maxSegments)
         copies = .allocate(capacity: max(maxSegments, BlockDeviceLimits.maxIndirectPages))
         copies.initialize(
             repeating: GrantCopySegment(source: .local(pool), destination: .local(pool), length: 0),
@@ -224,10 +232,11 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         slots.deallocate()
         freeSlots.deallocate()
         slotPages.deallocate()
+        slotRuns.deallocate()
+        slotMapped.deallocate()
         slotSegments.deallocate()
         slotIOV.deallocate()
         segmentRefs.deallocate()
-        segmentPages.deallocate()
         copies.deallocate()
         indirectPages.deallocate()
         pending.deallocate()
@@ -365,15 +374,12 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         case .flush(_, let segments), .writeBarrier(_, let segments): needed = segments.count
         case .discard: needed = 0
         }
-        // Through the persistent mappings, or copied through bounce pages: without
-        // persistent grants, and for a request of several pages if the engine does
-        // better with one contiguous buffer (the bounce pages are).
-        let mapped = persistent != nil && (needed <= 1 || !gathers)
-        if mapped {
-            guard freeSlotCount > 0, !waitingForRoom else { return false }
-        } else {
-            guard freeSlotCount > 0, freePageCount >= needed else { return false }
-        }
+        // Through the persistent mappings when there are any; through bounce pages when
+        // there are none, and for a request of several pages if the engine does better
+        // with one contiguous buffer (the bounce pages are).
+        let mapped = persistent != nil
+        let bounced = !mapped || (gathers && needed > 1)
+        guard freeSlotCount > 0, !(mapped && waitingForRoom), !bounced || freePageCount >= needed else { return false }
         freeSlotCount -= 1
         let slot = Int(freeSlots[freeSlotCount])
         slots[slot] = Inflight(id: request.id, operation: request.code, isRead: false, segmentCount: 0)
@@ -393,7 +399,8 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
                 break
             }
             for i in 0..<segments.count { slotSegments[base + i] = segments[i] }
-            switch prepareData(slot: slot, count: segments.count, sector: sector, isRead: isRead, mapped: mapped) {
+            switch prepareData(slot: slot, count: segments.count, sector: sector, isRead: isRead, mapped: mapped,
+                               bounced: bounced) {
             case .ready(let op): operation = op
             case .answered: return true
             case .waiting: return putBack(slot: slot)
@@ -401,7 +408,7 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         case .indirect(let indirect):
             guard copyIndirect(request, indirect, slot: slot) else { return true }
             switch prepareData(slot: slot, count: indirect.segmentCount, sector: indirect.sector,
-                               isRead: indirect.operation == .read, mapped: mapped) {
+                               isRead: indirect.operation == .read, mapped: mapped, bounced: bounced) {
             case .ready(let op): operation = op
             case .answered: return true
             case .waiting: return putBack(slot: slot)
@@ -456,15 +463,16 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     }
 
     /// Points the slot's iovecs at its segments' data: the frontend's pages kept mapped
-    /// (persistent grants), or bounce pages with a write's data grant-copied in.
-    /// Segments whose data lie next to each other share one iovec.
-    private func prepareData(slot: Int, count: Int, sector: UInt64, isRead: Bool, mapped: Bool) -> Prepared {
+    /// (persistent grants), or bounce pages with a write's data copied in (from the
+    /// mapped pages, or by grant copy). Segments whose data lie next to each other share
+    /// one iovec.
+    private func prepareData(slot: Int, count: Int, sector: UInt64, isRead: Bool, mapped: Bool, bounced: Bool) -> Prepared {
         let base = slot * maxSegments
         slots[slot].isRead = isRead
         if mapped, let persistent {
             for i in 0..<count { segmentRefs[i] = slotSegments[base + i].gref }
-            switch persistent.take(UnsafeBufferPointer(start: segmentRefs, count: count), runs: slotPages + base,
-                                   pages: segmentPages) {
+            switch persistent.take(UnsafeBufferPointer(start: segmentRefs, count: count), runs: slotRuns + base,
+                                   pages: slotMapped + base) {
             case .taken: break
             case .noRoom:
                 waitingForRoom = true
@@ -474,12 +482,14 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
                 return .answered
             }
             slots[slot].mapped = true
-        } else {
+        }
+        if bounced {
             for i in 0..<count {
                 freePageCount -= 1
                 slotPages[base + i] = freePages[freePageCount]
-                segmentPages[i] = pool + Int(freePages[freePageCount]) * XenPage.size
             }
+            slots[slot].bounced = true
+            counters.bouncedSegments.bump(UInt64(count))
         }
         slots[slot].segmentCount = count
         var total = 0
@@ -487,24 +497,28 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         for i in 0..<count {
             let s = slotSegments[base + i]
             let bytes = s.byteRange(sectorSize: sectorSize)
-            let data = segmentPages[i] + bytes.lowerBound
+            let data = (bounced ? bouncePage(base + i) : slotMapped[base + i]) + bytes.lowerBound
             if buffers > 0, slotIOV[base + buffers - 1].iov_base! + slotIOV[base + buffers - 1].iov_len == data {
                 slotIOV[base + buffers - 1].iov_len += bytes.count
             } else {
                 slotIOV[base + buffers] = iovec(iov_base: data, iov_len: bytes.count)
                 buffers += 1
             }
-            if !mapped, !isRead {
-                copies[i] = GrantCopySegment(
-                    source: .foreign(domain: configuration.frontend, ref: s.gref, offset: UInt16(bytes.lowerBound)),
-                    destination: .local(data), length: UInt16(bytes.count))
+            if bounced, !isRead {
+                if mapped {
+                    data.copyMemory(from: slotMapped[base + i] + bytes.lowerBound, byteCount: bytes.count)
+                } else {
+                    copies[i] = GrantCopySegment(
+                        source: .foreign(domain: configuration.frontend, ref: s.gref, offset: UInt16(bytes.lowerBound)),
+                        destination: .local(data), length: UInt16(bytes.count))
+                }
             }
             total += bytes.count
         }
         counters.segments.bump(UInt64(count))
         counters.buffers.bump(UInt64(buffers))
         counters.bytes.bump(UInt64(total))
-        if !mapped, !isRead, !copyGrants(count) {
+        if bounced, !mapped, !isRead, !copyGrants(count) {
             finish(slot: slot, status: .error)
             return .answered
         }
@@ -513,6 +527,8 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         return .ready(isRead ? .read(tag: UInt64(slot), offset: offset, buffers: iovecs)
                              : .write(tag: UInt64(slot), offset: offset, buffers: iovecs))
     }
+
+    private func bouncePage(_ index: Int) -> UnsafeMutableRawPointer { pool + Int(slotPages[index]) * XenPage.size }
 
     /// Returns a slot taken for a request that must wait; false (the request stalls).
     private func putBack(slot: Int) -> Bool {
@@ -565,7 +581,7 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         var status = BlkifStatus.okay
         switch completion.outcome {
         case .success:
-            if slots[slot].isRead && !slots[slot].mapped && answer && !copyReadOut(slot: slot) { status = .error }
+            if slots[slot].isRead && slots[slot].bounced && answer && !copyReadOut(slot: slot) { status = .error }
         case .failure(let error):
             counters.storageErrors.bump()
             status = error.code == .notSupported ? .notSupported : .error
@@ -577,18 +593,25 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         }
     }
 
+    /// Copies a read's data from its bounce pages to the frontend's pages; false if a
+    /// grant copy failed.
     private func copyReadOut(slot: Int) -> Bool {
         let base = slot * maxSegments
         let count = slots[slot].segmentCount
         for i in 0..<count {
             let s = slotSegments[base + i]
             let bytes = s.byteRange(sectorSize: sectorSize)
+            if slots[slot].mapped {
+                (slotMapped[base + i] + bytes.lowerBound).copyMemory(from: bouncePage(base + i) + bytes.lowerBound,
+                                                                     byteCount: bytes.count)
+                continue
+            }
             copies[i] = GrantCopySegment(
-                source: .local(pool + Int(slotPages[base + i]) * XenPage.size + bytes.lowerBound),
+                source: .local(bouncePage(base + i) + bytes.lowerBound),
                 destination: .foreign(domain: configuration.frontend, ref: s.gref, offset: UInt16(bytes.lowerBound)),
                 length: UInt16(bytes.count))
         }
-        return copyGrants(count)
+        return slots[slot].mapped || copyGrants(count)
     }
 
     // MARK: responses
@@ -603,16 +626,16 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         // Last segment first: the next request then takes these pages in the same
         // order, adjacent ones again adjacent (one iovec).
         for i in (0..<slots[slot].segmentCount).reversed() {
-            if slots[slot].mapped {
-                persistent!.release(slotPages[base + i])
-                waitingForRoom = false
-            } else {
+            if slots[slot].mapped { persistent!.release(slotRuns[base + i]) }
+            if slots[slot].bounced {
                 freePages[freePageCount] = slotPages[base + i]
                 freePageCount += 1
             }
         }
+        if slots[slot].mapped && slots[slot].segmentCount > 0 { waitingForRoom = false }
         slots[slot].segmentCount = 0
         slots[slot].mapped = false
+        slots[slot].bounced = false
         freeSlots[freeSlotCount] = Int32(slot)
         freeSlotCount += 1
     }

@@ -10,6 +10,9 @@ public final class BlockQueueCounters: Sendable {
     /// Buffers (iovecs) those segments went to the engine in: segments whose data lie
     /// next to each other share one.
     public let buffers = ManagedAtomic<UInt64>(0)
+    /// Segments whose data went through bounce pages (copied) rather than straight to
+    /// and from the frontend's mapped page.
+    public let bouncedSegments = ManagedAtomic<UInt64>(0)
     /// Bytes those segments carried.
     public let bytes = ManagedAtomic<UInt64>(0)
     /// Responses written (every request gets exactly one).

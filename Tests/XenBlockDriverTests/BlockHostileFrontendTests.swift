@@ -15,10 +15,12 @@ import XenSimulator
 /// ring only.
 @Suite(.timeLimit(.minutes(2)), .serialized)
 struct BlockHostileFrontendTests {
-    @Test(arguments: [0, 1056])
-    func badRequestsGetErrorResponsesAndTheQueueKeepsServing(persistentGrants: Int) throws {
+    /// Grant copy; persistent mappings; persistent mappings with multi-page requests
+    /// copied through bounce pages.
+    @Test(arguments: [(0, false), (1056, false), (1056, true)])
+    func badRequestsGetErrorResponsesAndTheQueueKeepsServing(persistentGrants: Int, contiguousCopies: Bool) throws {
         let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048, discard: false, maxIndirectSegments: 32),
-                                 persistentGrants: persistentGrants) { _ in
+                                 persistentGrants: persistentGrants, contiguousCopies: contiguousCopies) { _ in
             try MemoryStorage(byteCount: 1 << 20)
         }
         try f.shareAndMap()
