@@ -57,6 +57,9 @@ public struct BlockBenchmarkResult: Sendable {
     public var frontendSleepsPerRequest = 0.0
     /// Storage buffers (iovecs) blkback handed the engine per data request.
     public var buffersPerRequest = 0.0
+    /// Persistent-grant pages blkback mapped, and unmapped to make room, over the run.
+    public var grantMaps: UInt64 = 0
+    public var grantEvictions: UInt64 = 0
 
     public var iops: Double { Double(operations) / elapsed }
     public var mibPerSecond: Double { iops * Double(configuration.blockSize) / 1_048_576 }
@@ -72,7 +75,7 @@ public struct BlockBenchmarkResult: Sendable {
             "backend_notifies_per_request":\(fmt(backendNotifiesPerRequest, 3)),\
             "backend_sleeps_per_request":\(fmt(backendSleepsPerRequest, 3)),\
             "frontend_sleeps_per_request":\(fmt(frontendSleepsPerRequest, 3)),\
-            "buffers_per_request":\(fmt(buffersPerRequest, 2))}
+            "buffers_per_request":\(fmt(buffersPerRequest, 2)),"grant_maps":\(grantMaps),"grant_evictions":\(grantEvictions)}
             """
     }
 
@@ -83,7 +86,7 @@ public struct BlockBenchmarkResult: Sendable {
             + (directIO ? ", O_DIRECT" : ", buffered") + (c.persistentGrants ? ", persistent grants)" : ", grant copy)")
             + "; per request: notifies \(fmt(frontendNotifiesPerRequest, 3)) → \(fmt(backendNotifiesPerRequest, 3)) ←, "
             + "sleeps: backend \(fmt(backendSleepsPerRequest, 3)), frontend \(fmt(frontendSleepsPerRequest, 3)), "
-            + "storage buffers \(fmt(buffersPerRequest, 2))"
+            + "storage buffers \(fmt(buffersPerRequest, 2)); grant pages mapped \(grantMaps), evicted \(grantEvictions)"
     }
 
     private func fmt(_ v: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", v) }
@@ -215,7 +218,8 @@ public enum BlockBenchmark {
                                     backendNotifiesPerRequest: Double(backCounters.notifies.value) / requests,
                                     backendSleepsPerRequest: Double(backCounters.sleeps.value) / requests,
                                     frontendSleepsPerRequest: Double(frontSleeps) / requests,
-                                    buffersPerRequest: Double(backCounters.buffers.value) / requests)
+                                    buffersPerRequest: Double(backCounters.buffers.value) / requests,
+                                    grantMaps: backCounters.grantMaps.value, grantEvictions: backCounters.grantEvictions.value)
     }
 }
 
