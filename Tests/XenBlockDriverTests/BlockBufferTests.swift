@@ -25,6 +25,15 @@ struct BlockBufferTests {
         return (f, storage)
     }
 
+    /// One queue on a 4 MiB disk, indirect requests up to 128 KiB, 1056 persistent
+    /// grants, the frontend attached.
+    private func attachedFixture(_ storage: @escaping () throws -> any StorageEngine) throws -> BlockFixture {
+        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: UInt64((4 << 20) / 512), maxIndirectSegments: 32),
+                                 persistentGrants: 1056) { _ in try storage() }
+        try f.start()
+        return f
+    }
+
     /// The fill byte of each 4 KiB page of the disk from `sector` on.
     private func pages(_ storage: MemoryStorage, sector: Int, count: Int) -> [UInt8] {
         storage.withContents { disk in
@@ -106,10 +115,7 @@ struct BlockBufferTests {
     /// Our frontend gives a request's pages back last first, so the next request of the
     /// same size takes the same pages in the same order: one buffer per request, every time.
     @Test func theFrontendsRequestsReachTheEngineAsOneBufferEach() async throws {
-        let bytes = 4 << 20
-        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: 32),
-                                 persistentGrants: 1056) { _ in try MemoryStorage(byteCount: bytes) }
-        try f.start()
+        let f = try attachedFixture { try MemoryStorage(byteCount: 4 << 20) }
         let fe = f.frontend
         try await withTimeout(20) {
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -134,10 +140,7 @@ struct BlockBufferTests {
     }
 
     @Test func anEngineThatPrefersContiguousBuffersGetsMultiPageRequestsCopied() async throws {
-        let bytes = 4 << 20
-        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: 32),
-                                 persistentGrants: 1056) { _ in try ContiguousMemoryStorage(byteCount: bytes) }
-        try f.start()
+        let f = try attachedFixture { try ContiguousMemoryStorage(byteCount: 4 << 20) }
         let fe = f.frontend
         try await withTimeout(20) {
             for i in 0..<8 {
