@@ -7,7 +7,8 @@
 # drift hits both; the table shows medians, and the medians of each round's ratio and p50
 # difference (paired rounds: the fairer figure on a disk whose speed wanders). Latencies
 # on both sides are whole operations, submission to completion (fio's lat, not clat).
-# SPECS="rw:bs:qd ..." picks settings (default: the six of the table in the README).
+# SPECS="rw:bs:qd ..." picks settings (default: the six of the table in the README);
+# XENPV_ARGS adds options to xenpv's side (for example --in-place).
 set -e
 IMG=$1; S=${2:-5}; ROUNDS=${3:-3}; X=${XENPV:-.build/release/xenpv}
 [ -f "$IMG" ] || { echo "usage: $0 IMAGE [SECONDS] [ROUNDS]" >&2; exit 2; }
@@ -18,7 +19,7 @@ for spec in $SPECS; do
   set -- $spec
   r=1
   while [ $r -le "$ROUNDS" ]; do
-    $X bench block --image "$IMG" --rw $1 --bs $2 --queue-depth $3 --seconds $S --json > "$OUT/x$r"
+    $X bench block --image "$IMG" --rw $1 --bs $2 --queue-depth $3 --seconds $S --json $XENPV_ARGS > "$OUT/x$r"
     fio --name=x --filename="$IMG" --ioengine=libaio --direct=1 --rw=$1 --bs=$2 --iodepth=$3 \
         --runtime=$S --time_based --lat_percentiles=1 --output-format=json > "$OUT/f$r" 2>/dev/null
     r=$((r + 1))

@@ -32,6 +32,8 @@ public struct BlockBenchmarkConfiguration: Sendable {
     /// blkback keeps the frontend's grants mapped (`feature-persistent`, the default on
     /// both sides) instead of grant-copying each segment.
     public var persistentGrants = true
+    /// Reads hand the data to the caller in place (no copy into its buffer).
+    public var inPlace = false
 
     public init(image: String) { self.image = image }
 
@@ -69,7 +71,7 @@ public struct BlockBenchmarkResult: Sendable {
         let c = configuration
         return """
             {"rw":"\(c.pattern.rawValue)","bs":\(c.blockSize),"queue_depth":\(c.queueDepth),"seconds":\(fmt(elapsed)),\
-            "direct":\(directIO),"persistent_grants":\(c.persistentGrants),"operations":\(operations),"iops":\(fmt(iops)),"mib_per_second":\(fmt(mibPerSecond)),\
+            "direct":\(directIO),"persistent_grants":\(c.persistentGrants),"in_place":\(c.inPlace),"operations":\(operations),"iops":\(fmt(iops)),"mib_per_second":\(fmt(mibPerSecond)),\
             "mean_us":\(fmt(meanMicroseconds)),"p50_us":\(fmt(p50Microseconds)),"p99_us":\(fmt(p99Microseconds)),\
             "frontend_notifies_per_request":\(fmt(frontendNotifiesPerRequest, 3)),\
             "backend_notifies_per_request":\(fmt(backendNotifiesPerRequest, 3)),\
@@ -83,7 +85,8 @@ public struct BlockBenchmarkResult: Sendable {
         let c = configuration
         return "\(c.pattern.rawValue) bs=\(c.blockSize) qd=\(c.queueDepth): \(fmt(iops)) IOPS, \(fmt(mibPerSecond)) MiB/s, "
             + "latency p50 \(fmt(p50Microseconds)) µs, p99 \(fmt(p99Microseconds)) µs (\(operations) ops in \(fmt(elapsed)) s"
-            + (directIO ? ", O_DIRECT" : ", buffered") + (c.persistentGrants ? ", persistent grants)" : ", grant copy)")
+            + (directIO ? ", O_DIRECT" : ", buffered") + (c.persistentGrants ? ", persistent grants" : ", grant copy")
+            + (c.inPlace ? ", reads in place)" : ")")
             + "; per request: notifies \(fmt(frontendNotifiesPerRequest, 3)) → \(fmt(backendNotifiesPerRequest, 3)) ←, "
             + "sleeps: backend \(fmt(backendSleepsPerRequest, 3)), frontend \(fmt(frontendSleepsPerRequest, 3)), "
             + "storage buffers \(fmt(buffersPerRequest, 2)); grant pages mapped \(grantMaps), evicted \(grantEvictions)"
@@ -185,7 +188,10 @@ public enum BlockBenchmark {
                         let block = c.pattern.isRandom ? UInt64.random(in: 0..<blocks, using: &g) : cursor.next() % blocks
                         let offset = block * UInt64(c.blockSize)
                         let t0 = cxen_monotonic_ns()
-                        if c.pattern.isRead {
+                        if c.pattern.isRead && c.inPlace {
+                            // fio does not look at what it reads; nor does this consumer.
+                            try await frontend.read(at: offset, count: c.blockSize) { _, _ in }
+                        } else if c.pattern.isRead {
                             try await frontend.read(at: offset, into: buffer)
                         } else {
                             try await frontend.write(at: offset, from: UnsafeRawBufferPointer(buffer))

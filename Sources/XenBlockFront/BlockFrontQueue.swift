@@ -419,6 +419,22 @@ final class BlockFrontQueue: @unchecked Sendable {
 
     // MARK: responses
 
+    /// Gives a read's answered pages to its consumer in place, adjacent pool pages as one piece.
+    private func handOver(id: Int, chunk: WorkItem, to consume: (Int, UnsafeRawBufferPointer) -> Void) {
+        let bytes = Int(chunk.end - chunk.start)
+        let base = id * maxSegments
+        let pages = inflight[id].pageCount
+        var p = 0
+        while p < pages {
+            var q = p + 1
+            while q < pages && slotPages[base + q] == slotPages[base + q - 1] + 1 { q += 1 }
+            let start = p * XenPage.size
+            consume(Int(chunk.start) + start, UnsafeRawBufferPointer(
+                start: resources.pool.memory.page(Int(slotPages[base + p])), count: min(q * XenPage.size, bytes) - start))
+            p = q
+        }
+    }
+
     /// Answers up to ``BlockPolling/batch`` responses; true if there were any.
     private func collectResponses() throws(RingError) -> Bool {
         guard try ring.checkForResponses() > 0 else { return false }
@@ -436,6 +452,8 @@ final class BlockFrontQueue: @unchecked Sendable {
             var error: BlockFrontError?
             if response.status != .okay {
                 error = BlockFrontError(status: response.status, operation: response.operation)
+            } else if io.kind == .read, let consume = io.consume {
+                handOver(id: id, chunk: chunk, to: consume)
             } else if io.kind == .read {
                 let bytes = Int(chunk.end - chunk.start)
                 let base = id * maxSegments

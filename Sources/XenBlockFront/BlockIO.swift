@@ -17,6 +17,9 @@ final class BlockIO: Sendable {
     let length: UInt64
     /// The caller's buffer (read/write), lent until the caller is resumed.
     nonisolated(unsafe) let buffer: UnsafeMutableRawPointer?
+    /// A read that hands the caller each answered piece where it lies (offset into the
+    /// read, bytes), instead of copying it to `buffer`.
+    let consume: (@Sendable (Int, UnsafeRawBufferPointer) -> Void)?
     private let continuation: CheckedContinuation<Result<Void, BlockFrontError>, Never>
     /// Units not yet answered: bytes for read/write, 1 for flush and discard.
     private let remaining: Atomic<UInt64>
@@ -27,11 +30,13 @@ final class BlockIO: Sendable {
 
     /// Made inside `withCheckedContinuation`, before any part reaches a queue thread.
     init(kind: Kind, offset: UInt64, length: UInt64, buffer: UnsafeMutableRawPointer?,
+         consume: (@Sendable (Int, UnsafeRawBufferPointer) -> Void)? = nil,
          continuation: CheckedContinuation<Result<Void, BlockFrontError>, Never>) {
         self.kind = kind
         self.offset = offset
         self.length = length
         self.buffer = buffer
+        self.consume = consume
         self.continuation = continuation
         remaining = Atomic((kind == .read || kind == .write) ? length : 1)
     }

@@ -39,6 +39,9 @@ struct BenchBlock: AsyncParsableCommand {
     @Flag(help: "Grant-copy every segment through bounce pages instead of keeping the frontend's grants mapped (feature-persistent off).")
     var grantCopy = false
 
+    @Flag(help: "Reads consume the data where it lies (BlockFrontend.read(at:count:consume:)) instead of copying it to a buffer.")
+    var inPlace = false
+
     @Flag(help: "Print one JSON object.")
     var json = false
 
@@ -60,6 +63,7 @@ struct BenchBlock: AsyncParsableCommand {
         c.seconds = seconds
         c.direct = !buffered
         c.persistentGrants = !grantCopy
+        c.inPlace = inPlace
         let result = try await BlockBenchmark.run(c)
         print(json ? result.json : result.summary)
     }
