@@ -90,6 +90,7 @@ public final class BlockFrontend: Sendable {
     /// pairs: 10.3k–11.0k IOPS in place against 9.0k–9.6k copied to a buffer.
     public func read(at offset: UInt64, count: Int,
                      consume: @escaping @Sendable (_ offset: Int, _ bytes: UnsafeRawBufferPointer) -> Void) async throws(BlockFrontError) {
+        guard count >= 0 else { throw BlockFrontError(.outOfRange, "cannot read \(count) bytes") }
         try await run(.read, offset: offset, length: UInt64(count), buffer: nil, consume: consume)
     }
 
@@ -100,6 +101,7 @@ public final class BlockFrontend: Sendable {
 
     /// Reads `count` bytes at `offset`.
     public func read(at offset: UInt64, count: Int) async throws(BlockFrontError) -> [UInt8] {
+        guard count >= 0 else { throw BlockFrontError(.outOfRange, "cannot read \(count) bytes") }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 64)
         defer { buffer.deallocate() }
         try await read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count]))

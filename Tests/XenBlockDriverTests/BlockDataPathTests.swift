@@ -132,6 +132,10 @@ struct BlockOperationTests {
             await #expect(throws: BlockFrontError.self) {
                 try await fe.read(at: UInt64(bytes), count: 512) { _, _ in Issue.record("a refused read consumed a piece") }
             }
+            await #expect(throws: BlockFrontError.self) {
+                try await fe.read(at: 0, count: -512) { _, _ in Issue.record("a negative count consumed a piece") }
+            }
+            await #expect(throws: BlockFrontError.self) { _ = try await fe.read(at: 0, count: -1) }
         }
         #expect(try f.teardown().isEmpty)
     }
