@@ -107,12 +107,9 @@ private struct Inflight {
     var id: UInt64 = 0
     var operation = BlkifOperation.read
     var isRead = false
+    /// Segments holding pages (persistent-grant runs and/or bounce pages; see
+    /// ``BlockQueueRunner/bounces(_:)``); 0 until the data is prepared.
     var segmentCount = 0
-    /// The segments' pages are persistent grants (`slotRuns`, `slotMapped`).
-    var mapped = false
-    /// The data goes through bounce pages (`slotPages`), copied from or to the mapped
-    /// pages, or grant-copied when there are none.
-    var bounced = false
 }
 
 final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable>: BlockQueueRunning, @unchecked Sendable {
@@ -374,45 +371,26 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         case .flush(_, let segments), .writeBarrier(_, let segments): needed = segments.count
         case .discard: needed = 0
         }
-        // Through the persistent mappings when there are any; through bounce pages when
-        // there are none, and for a request of several pages if the engine does better
-        // with one contiguous buffer (the bounce pages are).
-        let mapped = persistent != nil
-        let bounced = !mapped || (gathers && needed > 1)
-        guard freeSlotCount > 0, !(mapped && waitingForRoom), !bounced || freePageCount >= needed else { return false }
+        guard freeSlotCount > 0, !(persistent != nil && waitingForRoom), !bounces(needed) || freePageCount >= needed else {
+            return false
+        }
         freeSlotCount -= 1
         let slot = Int(freeSlots[freeSlotCount])
         slots[slot] = Inflight(id: request.id, operation: request.code, isRead: false, segmentCount: 0)
 
         let base = slot * maxSegments
-        var operation: StorageOperation
+        // A request with data: its segments are in slotSegments by the end of the switch.
+        var data: (sector: UInt64, count: Int, isRead: Bool)?
+        var operation = StorageOperation.flush(tag: UInt64(slot))  // flush and barrier without data
         switch request.operation {
         case .read(let sector, let segments), .write(let sector, let segments),
              .flush(let sector, let segments), .writeBarrier(let sector, let segments):
-            let isRead: Bool
-            switch request.operation {
-            case .read: isRead = true
-            default: isRead = false
-            }
-            if segments.isEmpty {
-                operation = .flush(tag: UInt64(slot))  // flush and barrier without data
-                break
-            }
+            guard !segments.isEmpty else { break }
             for i in 0..<segments.count { slotSegments[base + i] = segments[i] }
-            switch prepareData(slot: slot, count: segments.count, sector: sector, isRead: isRead, mapped: mapped,
-                               bounced: bounced) {
-            case .ready(let op): operation = op
-            case .answered: return true
-            case .waiting: return putBack(slot: slot)
-            }
+            data = (sector, segments.count, request.code == .read)
         case .indirect(let indirect):
             guard copyIndirect(request, indirect, slot: slot) else { return true }
-            switch prepareData(slot: slot, count: indirect.segmentCount, sector: indirect.sector,
-                               isRead: indirect.operation == .read, mapped: mapped, bounced: bounced) {
-            case .ready(let op): operation = op
-            case .answered: return true
-            case .waiting: return putBack(slot: slot)
-            }
+            data = (indirect.sector, indirect.segmentCount, indirect.operation == .read)
         case .discard(let sector, let count, _):
             let (offset, o1) = sector.multipliedReportingOverflow(by: UInt64(sectorSize))
             let (length, o2) = count.multipliedReportingOverflow(by: UInt64(sectorSize))
@@ -421,6 +399,13 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
                 return true
             }
             operation = .discard(tag: UInt64(slot), offset: offset, length: length)
+        }
+        if let data {
+            switch prepareData(slot: slot, count: data.count, sector: data.sector, isRead: data.isRead) {
+            case .ready(let op): operation = op
+            case .answered: return true
+            case .waiting: return putBack(slot: slot)
+            }
         }
         pending[(pendingHead + pendingCount) % ringSize] = operation
         pendingCount += 1
@@ -466,10 +451,12 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     /// (persistent grants), or bounce pages with a write's data copied in (from the
     /// mapped pages, or by grant copy). Segments whose data lie next to each other share
     /// one iovec.
-    private func prepareData(slot: Int, count: Int, sector: UInt64, isRead: Bool, mapped: Bool, bounced: Bool) -> Prepared {
+    private func prepareData(slot: Int, count: Int, sector: UInt64, isRead: Bool) -> Prepared {
         let base = slot * maxSegments
+        let mapped = persistent != nil
+        let bounced = bounces(count)
         slots[slot].isRead = isRead
-        if mapped, let persistent {
+        if let persistent {
             for i in 0..<count { segmentRefs[i] = slotSegments[base + i].gref }
             switch persistent.take(UnsafeBufferPointer(start: segmentRefs, count: count), runs: slotRuns + base,
                                    pages: slotMapped + base) {
@@ -481,14 +468,12 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
                 finish(slot: slot, status: .error)
                 return .answered
             }
-            slots[slot].mapped = true
         }
         if bounced {
             for i in 0..<count {
                 freePageCount -= 1
                 slotPages[base + i] = freePages[freePageCount]
             }
-            slots[slot].bounced = true
             counters.bouncedSegments.bump(UInt64(count))
         }
         slots[slot].segmentCount = count
@@ -529,6 +514,12 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     }
 
     private func bouncePage(_ index: Int) -> UnsafeMutableRawPointer { pool + Int(slotPages[index]) * XenPage.size }
+
+    /// Whether a request of `segments` goes through bounce pages: always without
+    /// persistent grants; with them, when it has several pages and the engine does better
+    /// with one contiguous buffer (the bounce pages are). With persistent grants every
+    /// segment is also mapped (`slotRuns`, `slotMapped`).
+    private func bounces(_ segments: Int) -> Bool { persistent == nil || (gathers && segments > 1) }
 
     /// Returns a slot taken for a request that must wait; false (the request stalls).
     private func putBack(slot: Int) -> Bool {
@@ -581,7 +572,7 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         var status = BlkifStatus.okay
         switch completion.outcome {
         case .success:
-            if slots[slot].isRead && slots[slot].bounced && answer && !copyReadOut(slot: slot) { status = .error }
+            if slots[slot].isRead && bounces(slots[slot].segmentCount) && answer && !copyReadOut(slot: slot) { status = .error }
         case .failure(let error):
             counters.storageErrors.bump()
             status = error.code == .notSupported ? .notSupported : .error
@@ -601,7 +592,7 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         for i in 0..<count {
             let s = slotSegments[base + i]
             let bytes = s.byteRange(sectorSize: sectorSize)
-            if slots[slot].mapped {
+            if persistent != nil {
                 (slotMapped[base + i] + bytes.lowerBound).copyMemory(from: bouncePage(base + i) + bytes.lowerBound,
                                                                      byteCount: bytes.count)
                 continue
@@ -611,7 +602,7 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
                 destination: .foreign(domain: configuration.frontend, ref: s.gref, offset: UInt16(bytes.lowerBound)),
                 length: UInt16(bytes.count))
         }
-        return slots[slot].mapped || copyGrants(count)
+        return persistent != nil || copyGrants(count)
     }
 
     // MARK: responses
@@ -625,17 +616,17 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         let base = slot * maxSegments
         // Last segment first: the next request then takes these pages in the same
         // order, adjacent ones again adjacent (one iovec).
-        for i in (0..<slots[slot].segmentCount).reversed() {
-            if slots[slot].mapped { persistent!.release(slotRuns[base + i]) }
-            if slots[slot].bounced {
+        let count = slots[slot].segmentCount
+        let bounced = bounces(count)
+        for i in (0..<count).reversed() {
+            persistent?.release(slotRuns[base + i])
+            if bounced {
                 freePages[freePageCount] = slotPages[base + i]
                 freePageCount += 1
             }
         }
-        if slots[slot].mapped && slots[slot].segmentCount > 0 { waitingForRoom = false }
+        if persistent != nil && count > 0 { waitingForRoom = false }
         slots[slot].segmentCount = 0
-        slots[slot].mapped = false
-        slots[slot].bounced = false
         freeSlots[freeSlotCount] = Int32(slot)
         freeSlotCount += 1
     }
