@@ -419,8 +419,9 @@ final class BlockFrontQueue: @unchecked Sendable {
 
     // MARK: responses
 
-    /// Gives a read's answered pages to its consumer in place, adjacent pool pages as one piece.
-    private func handOver(id: Int, chunk: WorkItem, to consume: (Int, UnsafeRawBufferPointer) -> Void) {
+    /// Walks a read's answered pool pages, adjacent ones as one piece: (offset into the
+    /// operation, bytes in the pool).
+    private func forEachPiece(id: Int, chunk: WorkItem, _ body: (Int, UnsafeRawBufferPointer) -> Void) {
         let bytes = Int(chunk.end - chunk.start)
         let base = id * maxSegments
         let pages = inflight[id].pageCount
@@ -429,7 +430,7 @@ final class BlockFrontQueue: @unchecked Sendable {
             var q = p + 1
             while q < pages && slotPages[base + q] == slotPages[base + q - 1] + 1 { q += 1 }
             let start = p * XenPage.size
-            consume(Int(chunk.start) + start, UnsafeRawBufferPointer(
+            body(Int(chunk.start) + start, UnsafeRawBufferPointer(
                 start: resources.pool.memory.page(Int(slotPages[base + p])), count: min(q * XenPage.size, bytes) - start))
             p = q
         }
@@ -452,15 +453,14 @@ final class BlockFrontQueue: @unchecked Sendable {
             var error: BlockFrontError?
             if response.status != .okay {
                 error = BlockFrontError(status: response.status, operation: response.operation)
-            } else if io.kind == .read, let consume = io.consume {
-                handOver(id: id, chunk: chunk, to: consume)
             } else if io.kind == .read {
-                let bytes = Int(chunk.end - chunk.start)
-                let base = id * maxSegments
-                for p in 0..<inflight[id].pageCount {
-                    let length = min(XenPage.size, bytes - p * XenPage.size)
-                    (io.buffer! + Int(chunk.start) + p * XenPage.size).copyMemory(
-                        from: resources.pool.memory.page(Int(slotPages[base + p])), byteCount: length)
+                // In place to the consumer, or copied to the caller's buffer.
+                forEachPiece(id: id, chunk: chunk) { offset, piece in
+                    if let consume = io.consume {
+                        consume(offset, piece)
+                    } else {
+                        (io.buffer! + offset).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
+                    }
                 }
             }
             let base = id * maxSegments

@@ -85,7 +85,9 @@ public final class BlockFrontend: Sendable {
     /// into the read, bytes), valid only during the call. It runs on a queue thread, so it
     /// should be quick; for a read larger than one ring request its pieces may come out
     /// of order and, with several queues, at the same time. Returns once every piece was
-    /// consumed; on an error, pieces answered before it may have been.
+    /// consumed; on an error, pieces answered before it may have been. The bytes lie in
+    /// memory the backend can write to: a consumer that must not see them change under a
+    /// misbehaving backend copies them first.
     /// 128 KiB sequential reads at queue depth 32 on this VM's disk, three alternating
     /// pairs: 10.3k–11.0k IOPS in place against 9.0k–9.6k copied to a buffer.
     public func read(at offset: UInt64, count: Int,
