@@ -35,6 +35,7 @@ public final class FaultInjectingStorage: StorageEngine, @unchecked Sendable {
     public var outstanding: Int { inner.outstanding + failed.count }
     public var completionDescriptor: FileDescriptor { inner.completionDescriptor }
     public var prefersContiguousBuffers: Bool { inner.prefersContiguousBuffers }
+    public var mayHaveCompletions: Bool { !failed.isEmpty || inner.mayHaveCompletions }
 
     private var failed: CompletionQueue
 
