@@ -113,30 +113,11 @@ struct BenchRingProcesses: ParsableCommand {
         let be = try host.dom0.openEventChannels()
         let fp = try fe.bindUnbound(remote: .dom0)
         let bp = try be.bindInterdomain(remote: guest.domainID, remotePort: fp)
-        let (sides, backCPU) = (self.sides, self.backCPU)
-        let backResult = ResultBox<RingSideStatistics>()
-        let backThread = Thread {
-            if backCPU >= 0 { _ = cxen_pin_to_cpu(backCPU) }
-            do { backResult.set(.success(try sides.back(pages: mapping.memory, events: be, port: bp))) } catch {
-                backResult.set(.failure(error))
-            }
-        }
-        let done = DispatchSemaphore(value: 0)
-        let frontResult = ResultBox<SplitRingSides.Front>()
-        let frontCPU = self.frontCPU
-        let frontThread = Thread {
-            if frontCPU >= 0 { _ = cxen_pin_to_cpu(frontCPU) }
-            do { frontResult.set(.success(try sides.front(pages: shared.memory, events: fe, port: fp))) } catch {
-                frontResult.set(.failure(error))
-            }
-            done.signal()
-        }
-        backThread.start()
-        frontThread.start()
-        done.wait()
-        let stats = try frontResult.get()
-        usleep(10_000)
-        _ = try? backResult.get()
+        let sides = self.sides
+        let back = SideThread(cpu: backCPU) { try sides.back(pages: mapping.memory, events: be, port: bp) }
+        let front = SideThread(cpu: frontCPU) { try sides.front(pages: shared.memory, events: fe, port: fp) }
+        let stats = try front.value()
+        _ = try? back.value(waitingAtMost: 1)
         try? fe.unbind(fp)
         try? be.unbind(bp)
         try mapper.unmap(mapping)
@@ -161,25 +142,11 @@ struct BenchRingProcesses: ParsableCommand {
             let mapping = try mapper.map(shared.refs[0], from: guest.domainID, writable: true)
             let be = try dom0.openEventChannels()
             let bp = try be.bindInterdomain(remote: guest.domainID, remotePort: fp)
-            let (sides, backCPU, frontCPU) = (self.sides, self.backCPU, self.frontCPU)
-            let bt = Thread {
-                if backCPU >= 0 { _ = cxen_pin_to_cpu(backCPU) }
-                _ = try? sides.back(pages: mapping.memory, events: be, port: bp)
-            }
-            let frontResult = ResultBox<SplitRingSides.Front>()
-            let done = DispatchSemaphore(value: 0)
-            let ft = Thread {
-                if frontCPU >= 0 { _ = cxen_pin_to_cpu(frontCPU) }
-                do { frontResult.set(.success(try sides.front(pages: shared.memory, events: fe, port: fp))) } catch {
-                    frontResult.set(.failure(error))
-                }
-                done.signal()
-            }
-            bt.start()
-            ft.start()
-            done.wait()
-            let stats = try frontResult.get()
-            usleep(20_000)
+            let sides = self.sides
+            let back = SideThread(cpu: backCPU) { try sides.back(pages: mapping.memory, events: be, port: bp) }
+            let front = SideThread(cpu: frontCPU) { try sides.front(pages: shared.memory, events: fe, port: fp) }
+            let stats = try front.value()
+            _ = try? back.value(waitingAtMost: 1)
             if verbose { say("  remote clients, one process: \(Int(Double(requests) / stats.seconds)) req/s, front sleeps \(stats.sleeps), notifies \(stats.notifies)") }
             try? be.unbind(bp)
             try? fe.unbind(fp)
@@ -206,19 +173,8 @@ struct BenchRingProcesses: ParsableCommand {
             if chunk.isEmpty { throw ValidationError("the backend process exited before it was ready") }
             seen.append(chunk)
         }
-        let (sides, frontCPU) = (self.sides, self.frontCPU)
-        let frontResult = ResultBox<SplitRingSides.Front>()
-        let done = DispatchSemaphore(value: 0)
-        let t = Thread {
-            if frontCPU >= 0 { _ = cxen_pin_to_cpu(frontCPU) }
-            do { frontResult.set(.success(try sides.front(pages: shared.memory, events: fe, port: fp))) } catch {
-                frontResult.set(.failure(error))
-            }
-            done.signal()
-        }
-        t.start()
-        done.wait()
-        let stats = try frontResult.get()
+        let sides = self.sides
+        let stats = try SideThread(cpu: frontCPU) { try sides.front(pages: shared.memory, events: fe, port: fp) }.value()
         child.waitUntilExit()
         guard child.terminationStatus == 0 else { throw ValidationError("the backend process failed (\(child.terminationStatus))") }
         try? fe.unbind(fp)
@@ -256,6 +212,31 @@ struct BenchRingPeer: ParsableCommand {
         _ = try SplitRingSides(configuration).back(pages: mapping.memory, events: events, port: p)
         try events.unbind(p)
         try mapper.unmap(mapping)
+    }
+}
+
+/// One side of the ring on its own thread, pinned to `cpu` unless it is negative.
+final class SideThread<T: Sendable>: Sendable {
+    private let result = ResultBox<T>()
+    private let done = DispatchSemaphore(value: 0)
+
+    init(cpu: Int32, _ body: @escaping @Sendable () throws -> T) {
+        let (result, done) = (result, done)
+        Thread {
+            if cpu >= 0 { _ = cxen_pin_to_cpu(cpu) }
+            do { result.set(.success(try body())) } catch { result.set(.failure(error)) }
+            done.signal()
+        }.start()
+    }
+
+    /// What the side returned, once it has (its loop gives up on a silent peer by itself).
+    func value(waitingAtMost seconds: Double = .infinity) throws -> T {
+        let deadline: DispatchTime = seconds.isFinite ? .now() + seconds : .distantFuture
+        guard done.wait(timeout: deadline) == .success else {
+            throw ValidationError("a ring side did not finish within \(seconds) s")
+        }
+        done.signal()  // a second value() returns at once
+        return try result.get()
     }
 }
 
