@@ -175,19 +175,25 @@ struct LibaioSubmitFaultTests {
         }
     }
 
-    @Test func eagainAndPartialAcceptanceAreRetried() throws {
+    /// The operations of ``batch(_:)`` on a 1 MiB image of 0x42 bytes, through an engine
+    /// whose `io_submit` is `submit`: every completion by tag, and the buffers.
+    func runBatch(submit: @escaping LibaioStorage.IOSubmit) throws -> (results: [UInt64: StorageCompletion], buffers: Buffers) {
         let image = try TempImage(bytes: 1 << 20, fill: 0x42)
         let s = try LibaioStorage(path: image.path, queueDepth: 8)
         defer { s.close() }
+        s.ioSubmit = submit
+        let b = Buffers(byteCount: 6 * 4096)
+        var d = Driver(s)
+        return (try d.run(batch(b)), b)
+    }
+
+    @Test func eagainAndPartialAcceptanceAreRetried() throws {
         var calls = 0
-        s.ioSubmit = { ctx, n, cbs in
+        let (r, b) = try runBatch { ctx, n, cbs in
             calls += 1
             if calls <= 2 { return -EAGAIN }          // out of kernel resources, twice
             return io_submit(ctx, min(n, 1), cbs)       // then one iocb per call
         }
-        let b = Buffers(byteCount: 6 * 4096)
-        var d = Driver(s)
-        let r = try d.run(batch(b))
         #expect(r.count == 6 && r.values.allSatisfy(\.succeeded))
         #expect(calls >= 8)
         #expect(b.bytes[0..<4096].allSatisfy { $0 == 0x42 })
@@ -195,17 +201,11 @@ struct LibaioSubmitFaultTests {
 
     /// More than two in one call and Linux holds them back until the call returns (a plug).
     @Test func noCallHandsTheKernelMoreThanTwoIocbs() throws {
-        let image = try TempImage(bytes: 1 << 20, fill: 0x42)
-        let s = try LibaioStorage(path: image.path, queueDepth: 8)
-        defer { s.close() }
         var largest = 0
-        s.ioSubmit = { ctx, n, cbs in
+        let (r, _) = try runBatch { ctx, n, cbs in
             largest = max(largest, n)
             return io_submit(ctx, n, cbs)
         }
-        let b = Buffers(byteCount: 6 * 4096)
-        var d = Driver(s)
-        let r = try d.run(batch(b))
         #expect(r.count == 6 && r.values.allSatisfy(\.succeeded))
         #expect(largest == 2)
     }
@@ -230,19 +230,13 @@ struct LibaioSubmitFaultTests {
     }
 
     @Test func anIocbTheKernelRefusesFailsAlone() throws {
-        let image = try TempImage(bytes: 1 << 20)
-        let s = try LibaioStorage(path: image.path, queueDepth: 8)
-        defer { s.close() }
-        s.ioSubmit = { ctx, n, cbs in
+        let (r, _) = try runBatch { ctx, n, cbs in
             // Refuse writes with EBADF; hand the kernel the run of reads before one.
             if cbs[0]!.pointee.aio_lio_opcode == Int16(IO_CMD_PWRITEV.rawValue) { return -EBADF }
             var reads = 0
             while reads < n && cbs[reads]!.pointee.aio_lio_opcode != Int16(IO_CMD_PWRITEV.rawValue) { reads += 1 }
             return io_submit(ctx, reads, cbs)
         }
-        let b = Buffers(byteCount: 6 * 4096)
-        var d = Driver(s)
-        let r = try d.run(batch(b))
         for t: UInt64 in 0..<6 {
             if t % 3 == 1 {
                 #expect(r[t]?.error?.code == .io(.badFileDescriptor), "tag \(t)")
