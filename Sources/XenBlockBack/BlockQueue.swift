@@ -1,5 +1,4 @@
 import CXen
-import Foundation
 import Glibc
 import XenABI
 import XenBlockProtocol
@@ -166,8 +165,8 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     private var produced = false
 
     private let thread = DriverThread()
-    private let failureBox = FailureBox()
-    var failure: (any Error)? { failureBox.value }
+    private let failureBox = Locked<(any Error)?>(nil)
+    var failure: (any Error)? { failureBox.withLock { $0 } }
 
     init(ring pages: MappedPages, events: any EventChannels, mapper: any GrantMapper, storage: any StorageEngine,
          configuration: BlockQueueConfiguration, counters: BlockQueueCounters,
@@ -273,7 +272,7 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
             finishOutstanding(answer: true)
         } catch {
             // The ring (or a handle) is unusable: answer nothing more, release the engine.
-            failureBox.value = error
+            failureBox.withLock { $0 = error }
             finishOutstanding(answer: false)
             onFailure?(error)
         }
@@ -655,16 +654,5 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
             }
         }
         if answer { try? pushResponses() }
-    }
-}
-
-/// The failure of a queue, set by its thread, read by others.
-final class FailureBox: @unchecked Sendable {
-    // @unchecked: guarded by `lock`.
-    private let lock = NSLock()
-    private var stored: (any Error)?
-    var value: (any Error)? {
-        get { lock.withLock { stored } }
-        set { lock.withLock { stored = newValue } }
     }
 }
