@@ -52,6 +52,10 @@ let package = Package(
         // TSan-visible pthread locks, and the drivers' own threads (DriverThread).
         .target(name: "XenLocks", dependencies: ["CXen"]),
 
+        // The daemons' sockets: fixed modes, no abstract names, peer credentials.
+        .target(name: "XenSockets", dependencies: ["CXen", .product(name: "SystemPackage", package: "swift-system")]),
+        .testTarget(name: "XenSocketsTests", dependencies: ["XenSockets"]),
+
         // Layer 2: typed Xen integers and the hypercall protocols drivers use.
         .target(name: "XenABI", dependencies: ["CXen"]),
         .target(
@@ -195,7 +199,7 @@ let package = Package(
         .target(
             name: "XenStore",
             dependencies: [
-                "XenLocks",
+                "XenLocks", "XenSockets",
                 "XenABI", "CXen", "XenHypervisor",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -278,7 +282,7 @@ let package = Package(
             name: "XenSimulatorDaemon",
             dependencies: [
                 "XenLocks",
-                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenStore", "XenBus",
+                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenStore", "XenBus", "XenSockets",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),

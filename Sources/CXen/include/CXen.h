@@ -90,4 +90,8 @@ ssize_t cxen_send_with_fds(int sock, const void *buf, size_t len,
 ssize_t cxen_recv_with_fds(int sock, void *buf, size_t len,
                            int *fds, int max_fds, int *nfds_out);
 
+/* SO_PEERCRED of a connected Unix socket (struct ucred is behind _GNU_SOURCE):
+ * the pid, uid and gid of the peer when it connected. 0, or -1 and errno. */
+int cxen_peer_credentials(int sock, int32_t *pid, uint32_t *uid, uint32_t *gid);
+
 #endif
