@@ -12,8 +12,11 @@ import XenHypervisor
 /// interdomain pair, both slots' locks), so `notify`, which holds only the
 /// sending port's lock, sees a stable pair without any global lock.
 ///
-/// An `EventDomain` is never freed before the simulator itself: a notify that
-/// raced with a teardown touches retired, still valid memory.
+/// A peer's `EventDomain` is reached unretained (`Slot.peer`) only under the
+/// sending port's lock, and a teardown closes every port of the dying domain
+/// under both ends' locks first: once it is done, no slot refers to it, and it
+/// is freed with its `SimulatedDomain` (a domain must not cost memory after it
+/// is gone: thousands of guests come and go in a daemon's life).
 final class EventDomain: @unchecked Sendable {
     // @unchecked: slots are guarded by their port locks as described above;
     // the bitmaps are only accessed atomically.

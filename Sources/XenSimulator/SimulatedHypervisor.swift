@@ -8,7 +8,8 @@ import XenHypervisor
 /// tables and 2-level event channels, with Xen's checks and status codes.
 ///
 /// dom0 exists from the start; guests are created with a number of frames and
-/// get ids 1, 2, … Tearing a domain or the whole machine down reports what was
+/// get ids 1, 2, …, wrapping round below `DomainID.firstReserved` to ids
+/// that are free again. Tearing a domain or the whole machine down reports what was
 /// left behind, so a test can assert a clean shutdown.
 public final class SimulatedHypervisor: Sendable {
     /// The privileged control domain.
@@ -27,11 +28,11 @@ public final class SimulatedHypervisor: Sendable {
         // @unchecked: every field is guarded by `lock`.
         let lock = Lock()
         var domains: [DomainID: SimulatedDomain] = [:]
+        /// Where the search for a free id starts: ids go round, as Xen's do,
+        /// so a freed id is taken again only after the others (stale store
+        /// entries of a dead domain are not mistaken for a new one's at once).
         var nextID: UInt16 = 1
         var down = false
-        /// Event state of destroyed domains, kept so a racing notify never
-        /// touches freed memory.
-        var retired: [EventDomain] = []
     }
 
     /// Grant-table frames per domain (Xen's default `max_grant_frames` is 64;
@@ -62,9 +63,13 @@ public final class SimulatedHypervisor: Sendable {
         guard frames > 0, grantFrames > 0 else { throw .errno(.invalidArgument, "a domain needs frames and a grant table") }
         let id: DomainID = try state.lock.withLock { () throws(HypervisorError) -> DomainID in
             guard !state.down else { throw HypervisorError(.closed, "the simulated hypervisor is shut down") }
-            guard state.nextID < DomainID.firstReserved.rawValue else { throw .errno(.noSpace, "no domain ids left") }
-            defer { state.nextID += 1 }
-            return DomainID(state.nextID)
+            let limit = DomainID.firstReserved.rawValue
+            for _ in 1..<limit {
+                let candidate = state.nextID
+                state.nextID = candidate + 1 < limit ? candidate + 1 : 1
+                if state.domains[DomainID(candidate)] == nil { return DomainID(candidate) }
+            }
+            throw .errno(.noSpace, "no domain ids left")
         }
         let domain = try SimulatedDomain(id: id, frames: frames, grantFrames: grantFrames, machine: name, hypervisor: self)
         try state.lock.withLock { () throws(HypervisorError) in
@@ -131,7 +136,6 @@ public final class SimulatedHypervisor: Sendable {
             left.ports = domain.events.openPorts()
             for handle in handles { handle.closeForTeardown() }
         }
-        state.lock.withLock { state.retired.append(domain.events) }
         left.normalise()
         return left
     }

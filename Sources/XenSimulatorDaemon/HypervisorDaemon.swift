@@ -10,6 +10,7 @@ import XenABI
 import XenBus
 import XenHypervisor
 import XenSimulator
+import XenSockets
 import XenStore
 
 /// The hypervisor daemon (`xenpv hypervisor --socket PATH`): one simulated
@@ -17,39 +18,47 @@ import XenStore
 ///
 /// It owns a `SimulatedHypervisor` (domains' memory, grant tables) and, as
 /// dom0's toolstack would, a `XenStoreServer`. A process joins over a Unix
-/// seqpacket socket as dom0 or as a new guest; its hypercalls are messages on
+/// seqpacket socket as dom0 or as a guest; its hypercalls are messages on
 /// that socket (`DaemonOp`), its memory, grant table, channel pages and store
 /// connection arrive as descriptors.
 ///
-/// Where trust lies:
+/// Where trust lies (SECURITY.md has the whole model):
+/// - dom0 is who the kernel says connected (`SO_PEERCRED`): root, the daemon's
+///   own user or `DaemonPolicy.trusted`'s group, never who a client claims to
+///   be. Anyone else may join only a domain a dom0 process created for it, by
+///   presenting the token the daemon issued (`DaemonOp.createDomain`).
 /// - The daemon is the hypervisor: it checks every map against the granter's
-///   table (the in-process checks and statuses), and hands a domain's memory
-///   descriptor to another process only with a verified grant, or to dom0,
-///   which is privileged as in Xen (grant copy needs it).
+///   table (the in-process checks and statuses).
 /// - A guest receives its own memory and table, the pages of channels it is an
 ///   end of, and the write ends of its peers' wake pipes, nothing else.
 /// - Each process is a domain: when its socket closes (exit or crash) the
 ///   daemon unpins its mappings, closes its ports (peers see `ENOTCONN`), and
-///   for a guest destroys the domain and removes its devices from the store, so
-///   backends see them vanish. A dom0 process's grants are ended if unmapped.
+///   for a guest destroys the domain and removes its home and its devices'
+///   backend directories from the store, found under dom0's own backend
+///   directory, never through a path the guest wrote.
+/// - Everything a client can make the daemon hold is capped (`DaemonPolicy`):
+///   connections in all and per user, ports and mappings per guest process,
+///   domains waiting for their guest, dom0 backend processes.
 ///
-/// Its toolstack work (a guest's home and devices in the store) runs as Swift
-/// tasks awaited from the connection's thread for at most 5 s: run the daemon
-/// where nothing blocks the cooperative pool (its own process, as `xenpv
-/// hypervisor` does).
+/// One thread serves every connection (a poll loop); toolstack work in the
+/// store runs, in order, on one task, and a join that waits for it is answered
+/// when it is done, without holding up other connections.
 public final class HypervisorDaemon: @unchecked Sendable {
-    // @unchecked: the tables below are guarded by `lock`; each connection's
-    // socket is read by its own thread.
+    // @unchecked: the tables below are guarded by `lock`; the poll set and
+    // `accepting` belong to the loop thread.
     public let socketPath: String
     /// The store's own dom0 socket (`SOCKET.xenstore`), for tools.
     public var storeSocketPath: String { socketPath + ".xenstore" }
     public let hypervisor: SimulatedHypervisor
     public let store: XenStoreServer
+    public let policy: DaemonPolicy
     private let logger: Logger
     private let lock = Lock()
     private var listenFD: Int32 = -1
     private var stopPipe: WakePipe?
-    private var acceptThread: Thread?
+    /// Work finished off the loop (a toolstack job's reply) waits here for the loop.
+    private var posted: [@Sendable (inout DaemonPoller) -> Void] = []
+    private var postPipe: WakePipe?
     private var connections: [ObjectIdentifier: Connection] = [:]
     private var ports: [PortKey: PortEntry] = [:]
     private var nextHandle: UInt32 = 1
@@ -58,6 +67,10 @@ public final class HypervisorDaemon: @unchecked Sendable {
     private var slices: [Bool]
     private var stopped = false
     private var toolstackStore: XenStoreClient?
+    private var toolstack: AsyncStream<@Sendable () async -> Void>.Continuation?
+    /// Domains a dom0 process created, waiting for the guest that holds their token.
+    private var pending: [DomainToken: PendingDomain] = [:]
+    private let refusals = RateLimitedLog(interval: 10)
 
     /// dom0 frames and grant references are cut into this many slices, one per dom0 process.
     static let dom0Slices = 8
@@ -110,20 +123,37 @@ public final class HypervisorDaemon: @unchecked Sendable {
         let writable: Bool
     }
 
+    struct PendingDomain {
+        let domain: SimulatedDomain
+        let deadline: UInt64
+    }
+
     final class Connection: @unchecked Sendable {
         // @unchecked: fields are guarded by the daemon's lock.
         let fd: Int32
+        let peer: PeerCredentials
+        /// The kernel says the peer may act as dom0 (`DaemonPolicy.trusted`).
+        let trusted: Bool
         var domain: SimulatedDomain?
         var slice: Int?
+        var isBackend = false
         var maps: [UInt32: MapRecord] = [:]
         var ports: Set<UInt32> = []
         var memoryGiven: Set<DomainID> = []
-        init(fd: Int32) { self.fd = fd }
+        /// A reply is being prepared off the loop; the connection is not read meanwhile.
+        var waiting = false
+        var closed = false
+        init(fd: Int32, peer: PeerCredentials, trusted: Bool) {
+            self.fd = fd
+            self.peer = peer
+            self.trusted = trusted
+        }
     }
 
-    /// A daemon that will listen on `socketPath`; `dom0Frames` frames for dom0.
-    public init(socketPath: String, logger: Logger = Logger(label: "xenpv-hypervisor")) {
+    /// A daemon that will listen on `socketPath` under `policy`.
+    public init(socketPath: String, policy: DaemonPolicy = DaemonPolicy(), logger: Logger = Logger(label: "xenpv-hypervisor")) {
         self.socketPath = socketPath
+        self.policy = policy
         self.logger = logger
         hypervisor = SimulatedHypervisor(dom0Frames: Self.dom0Slices * Self.sliceFrames)
         store = XenStoreServer(socketPath: socketPath + ".xenstore", logger: logger)
@@ -132,58 +162,55 @@ public final class HypervisorDaemon: @unchecked Sendable {
 
     deinit { stop() }
 
-    /// Binds the socket and starts accepting processes.
+    /// Binds the socket and starts serving processes.
     public func start() throws(HypervisorError) {
-        do { try store.start() } catch { throw .errno(.addressInUse, "starting the store: \(error)") }
+        let fd: Int32
+        do throws(LocalSocketError) {
+            fd = try LocalSocket.listen(at: socketPath, kind: .seqpacket, access: policy.socketAccess, nonBlocking: true)
+        } catch {
+            throw .errno(error.errno ?? .invalidArgument, "listening on \(socketPath): \(error)")
+        }
+        do { try store.start() } catch {
+            Glibc.close(fd)
+            unlink(socketPath)
+            throw .errno(.addressInUse, "starting the store: \(error)")
+        }
         var pair: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0 else {
             store.stop()
+            Glibc.close(fd)
+            unlink(socketPath)
             throw .errno(Errno(rawValue: errno), "socketpair for the toolstack's store connection")
         }
         store.adopt(connectedSocket: pair[0], as: .dom0)
-        toolstackStore = XenStoreClient(transport: XenStoreSocketTransport(connectedSocket: pair[1]))
+        let client = XenStoreClient(transport: XenStoreSocketTransport(connectedSocket: pair[1]))
+        toolstackStore = client
+        // One task runs the toolstack's store work in the order it was asked
+        // for: a domain's removal never overtakes its creation.
+        let (jobs, continuation) = AsyncStream<@Sendable () async -> Void>.makeStream()
+        toolstack = continuation
+        Task { for await job in jobs { await job() } }
 
-        let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw .errno(Errno(rawValue: errno), "socket") }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        guard socketPath.utf8.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            Glibc.close(fd)
-            throw .errno(.fileNameTooLong, "socket path \(socketPath) is too long")
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in socketPath.utf8.enumerated() { raw[i] = b } }
-        unlink(socketPath)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0, listen(fd, 64) == 0 else {
-            let e = Errno(rawValue: errno)
-            Glibc.close(fd)
-            store.stop()
-            throw .errno(e, "listening on \(socketPath)")
-        }
         listenFD = fd
-        guard let stop = WakePipe.make() else { throw .errno(Errno(rawValue: errno), "pipe") }
+        guard let stop = WakePipe.make(), let post = WakePipe.make() else { throw .errno(Errno(rawValue: errno), "pipe") }
         stopPipe = stop
-        let t = Thread { [self] in acceptLoop(stop: stop.read) }
-        t.name = "xenpv-hypervisor-accept"
-        acceptThread = t
+        postPipe = post
+        let t = Thread { [self] in serveLoop(stop: stop.read, posted: post.read) }
+        t.name = "xenpv-hypervisor"
         t.start()
         logger.info("hypervisor daemon listening", metadata: ["socket": "\(socketPath)"])
     }
 
     /// Disconnects every process (each exits: its hypervisor is gone), stops the store.
     public func stop() {
-        let (conns, first) = lock.withLock { () -> ([Connection], Bool) in
+        let first = lock.withLock { () -> Bool in
             defer { stopped = true }
-            return (Array(connections.values), !stopped)
+            return !stopped
         }
         guard first else { return }
         if let stop = stopPipe { WakePipe.wake(stop.write) }
-        for c in conns { _ = shutdown(c.fd, Int32(SHUT_RDWR)) }
-        if listenFD >= 0 {
-            unlink(socketPath)
-        }
+        if listenFD >= 0 { unlink(socketPath) }
+        toolstack?.finish()
         toolstackStore?.close()
         store.stop()
     }
@@ -201,39 +228,137 @@ public final class HypervisorDaemon: @unchecked Sendable {
         return [0, UInt64(maps), UInt64(ports.count), UInt64(connections.count), UInt64(domains.count)] + domains + [calls]
     }
 
-    // MARK: Accepting and serving
+    /// Domains created for a token whose guest has not joined yet.
+    public var pendingDomains: Int { lock.withLock { pending.count } }
 
-    private func acceptLoop(stop: Int32) {
-        var fds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0), pollfd(fd: stop, events: Int16(POLLIN), revents: 0)]
+    // MARK: Serving
+
+    /// The loop thread: accepts, reads one record per ready connection, answers.
+    private func serveLoop(stop: Int32, posted postRead: Int32) {
+        var poller = DaemonPoller(listen: listenFD, stop: stop, posted: postRead)
+        var acceptPausedUntil: UInt64 = 0
         while true {
-            let n = poll(&fds, 2, -1)
-            if n < 0 { if errno == EINTR { continue } else { break } }
-            if fds[1].revents != 0 { break }
-            let c = accept(listenFD, nil, nil)
-            if c < 0 { continue }
-            _ = fcntl(c, F_SETFD, FD_CLOEXEC)
-            let conn = Connection(fd: c)
-            let accepted = lock.withLock { () -> Bool in
-                guard !stopped else { return false }
-                connections[ObjectIdentifier(conn)] = conn
-                return true
+            let now = cxen_monotonic_ns()
+            poller.listening = now >= acceptPausedUntil
+            // Wake for the accept back-off to end and for waiting domains to expire.
+            let timeoutMS: Int32 = poller.listening ? 1000 : Int32(max(1, (acceptPausedUntil - now) / 1_000_000))
+            let ready = poller.wait(timeoutMS: timeoutMS)
+            if ready.stop { break }
+            if ready.posted { runPosted(postRead, &poller) }
+            for (conn, events) in ready.connections {
+                if lock.withLock({ conn.waiting }) {
+                    // Not read while its reply is prepared; a hang-up still ends it.
+                    if events & Int16(POLLHUP | POLLERR) != 0 { close(conn, &poller) }
+                    continue
+                }
+                serviceOne(conn, &poller)
             }
-            guard accepted else { Glibc.close(c); break }
-            let t = Thread { [self] in serve(conn) }
-            t.name = "xenpv-hypervisor-conn"
-            t.start()
+            if ready.listener, !acceptAll(&poller) {
+                acceptPausedUntil = cxen_monotonic_ns() + 100_000_000
+            }
+            expirePending()
         }
+        for conn in poller.all { close(conn, &poller) }
         Glibc.close(listenFD)
+        Glibc.close(postRead)
     }
 
-    private func serve(_ conn: Connection) {
-        while let request = Wire.receive(conn.fd) {
-            let (reply, closeAfter) = handle(request, from: conn)
-            for fd in request.fds where !closeAfter.keepRequestFDs { Glibc.close(fd) }
-            let sent = Wire.send(conn.fd, reply)
-            for fd in closeAfter.fds { Glibc.close(fd) }
-            if !sent { break }
+    /// Accepts what is waiting; false when the process is out of descriptors
+    /// (the caller stops listening for a moment instead of spinning on EMFILE).
+    private func acceptAll(_ poller: inout DaemonPoller) -> Bool {
+        while true {
+            let c = accept(listenFD, nil, nil)
+            if c < 0 {
+                switch errno {
+                case EINTR, ECONNABORTED: continue
+                case EAGAIN, EWOULDBLOCK: return true
+                default:
+                    refusals.log(logger, "accept failed: \(Errno(rawValue: errno)); pausing accepts")
+                    return false
+                }
+            }
+            _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(c, F_SETFL, fcntl(c, F_GETFL) | O_NONBLOCK)
+            guard let peer = PeerCredentials.of(c) else {
+                Glibc.close(c)
+                continue
+            }
+            let trusted = policy.trusted.trusts(peer)
+            let conn = Connection(fd: c, peer: peer, trusted: trusted)
+            let refusal: String? = lock.withLock {
+                if stopped { return "stopping" }
+                if connections.count >= policy.maxConnections { return "\(connections.count) connections already" }
+                if !trusted, connections.values.count(where: { $0.peer.uid == peer.uid }) >= policy.maxConnectionsPerUser {
+                    return "user \(peer.uid) has \(policy.maxConnectionsPerUser) connections already"
+                }
+                connections[ObjectIdentifier(conn)] = conn
+                return nil
+            }
+            if let refusal {
+                refusals.log(logger, "refused a connection from \(peer): \(refusal)")
+                Glibc.close(c)
+                continue
+            }
+            poller.add(conn)
         }
+    }
+
+    /// Reads and answers one record of `conn`, or closes it.
+    private func serviceOne(_ conn: Connection, _ poller: inout DaemonPoller) {
+        switch Wire.receiveNonBlocking(conn.fd) {
+        case .wouldBlock: return
+        case .closed: close(conn, &poller)
+        case .message(let request):
+            switch handle(request, from: conn) {
+            case .reply(let reply, let after):
+                for fd in request.fds where !after.keepRequestFDs { Glibc.close(fd) }
+                let sent = Wire.send(conn.fd, reply)
+                for fd in after.fds { Glibc.close(fd) }
+                // A client that lets its replies pile up is not waiting for them: drop it.
+                if !sent { close(conn, &poller) }
+            case .later:
+                for fd in request.fds { Glibc.close(fd) }
+                lock.withLock { conn.waiting = true }
+                poller.pause(conn)
+            }
+        }
+    }
+
+    /// Answers `conn` from the loop once off-loop work is done.
+    private func answerLater(_ conn: Connection, _ reply: WireMessage, _ after: AfterReply) {
+        post { [self] poller in
+            let live = lock.withLock { () -> Bool in
+                conn.waiting = false
+                return !conn.closed
+            }
+            let sent = live && Wire.send(conn.fd, reply)
+            for fd in after.fds { Glibc.close(fd) }
+            if sent { poller.resume(conn) } else if live { close(conn, &poller) }
+        }
+    }
+
+    private func post(_ work: @escaping @Sendable (inout DaemonPoller) -> Void) {
+        lock.withLock { posted.append(work) }
+        if let p = postPipe { WakePipe.wake(p.write) }
+    }
+
+    private func runPosted(_ postRead: Int32, _ poller: inout DaemonPoller) {
+        var sink = [UInt8](repeating: 0, count: 64)
+        while read(postRead, &sink, sink.count) > 0 {}
+        let work = lock.withLock { () -> [@Sendable (inout DaemonPoller) -> Void] in
+            defer { posted = [] }
+            return posted
+        }
+        for w in work { w(&poller) }
+    }
+
+    private func close(_ conn: Connection, _ poller: inout DaemonPoller) {
+        poller.remove(conn)
+        let first = lock.withLock { () -> Bool in
+            defer { conn.closed = true }
+            return !conn.closed
+        }
+        guard first else { return }
         disconnect(conn)
         Glibc.close(conn.fd)
     }
@@ -243,78 +368,146 @@ public final class HypervisorDaemon: @unchecked Sendable {
         var keepRequestFDs = false
     }
 
-    private func handle(_ m: WireMessage, from conn: Connection) -> (WireMessage, AfterReply) {
+    enum Outcome {
+        case reply(WireMessage, AfterReply)
+        /// Answered later through `answerLater`; the request's descriptors are closed now.
+        case later
+    }
+
+    private func handle(_ m: WireMessage, from conn: Connection) -> Outcome {
         lock.withLock { calls &+= 1 }
         guard let opWord = m.words.first, let op = DaemonOp(rawValue: opWord) else {
-            return (.failure(.errno(.invalidArgument, "unknown hypercall")), AfterReply())
+            return .reply(.failure(.errno(.invalidArgument, "unknown hypercall")), AfterReply())
         }
         do throws(HypervisorError) {
             if op == .join { return try join(m, conn) }
             guard let domain = lock.withLock({ conn.domain }) else { throw .errno(.invalidArgument, "join first") }
             switch op {
             case .join: fatalError("handled above")
-            case .map: return (try map(m, conn, domain), AfterReply())
-            case .unmap: return (try unmap(m, conn), AfterReply())
-            case .foreignAccess: return try foreignAccess(m, conn, domain)
-            case .bindUnbound: return try bindUnbound(m, conn, domain)
-            case .bindInterdomain: return try bindInterdomain(m, conn, domain)
-            case .peer: return try peer(m, conn, domain)
-            case .unbind: return (try unbind(m, conn, domain), AfterReply())
+            case .map: return .reply(try map(m, conn, domain), AfterReply())
+            case .unmap: return .reply(try unmap(m, conn), AfterReply())
+            case .foreignAccess:
+                let (reply, after) = try foreignAccess(m, conn, domain)
+                return .reply(reply, after)
+            case .bindUnbound:
+                let (reply, after) = try bindUnbound(m, conn, domain)
+                return .reply(reply, after)
+            case .bindInterdomain:
+                let (reply, after) = try bindInterdomain(m, conn, domain)
+                return .reply(reply, after)
+            case .peer:
+                let (reply, after) = try peer(m, conn, domain)
+                return .reply(reply, after)
+            case .unbind: return .reply(try unbind(m, conn, domain), AfterReply())
             case .report:
                 guard domain.isPrivileged else { throw .errno(.notPermitted, "report: only dom0 may ask") }
-                return (WireMessage(lock.withLock { reportWords() }), AfterReply())
+                return .reply(WireMessage(lock.withLock { reportWords() }), AfterReply())
+            case .createDomain: return try createDomain(m, conn, domain)
             }
         } catch {
-            return (.failure(error), AfterReply())
+            return .reply(.failure(error), AfterReply())
         }
     }
 
     // MARK: Operations
 
-    private func join(_ m: WireMessage, _ conn: Connection) throws(HypervisorError) -> (WireMessage, AfterReply) {
+    /// `[join, 0, role]` as dom0 (role 1: a backend process), `[join, 1, frames,
+    /// devices]` as a new guest (both only for a trusted peer), `[join, 2,
+    /// token…]` as the guest a dom0 process created for that token.
+    private func join(_ m: WireMessage, _ conn: Connection) throws(HypervisorError) -> Outcome {
         guard lock.withLock({ conn.domain == nil }) else { throw .errno(.invalidArgument, "already joined") }
         guard m.words.count >= 3 else { throw .errno(.invalidArgument, "join: malformed") }
-        let domain: SimulatedDomain
-        var frames: Range<Int>
-        var refs: Range<UInt32>
-        let entries = UInt32(hypervisor.dom0.grantTableSize)
-        if m.words[1] == 0 {
-            domain = hypervisor.dom0
+        switch m.words[1] {
+        case 0:
+            guard conn.trusted else {
+                refusals.log(logger, "refused dom0 to \(conn.peer): not a trusted user")
+                throw .errno(.notPermitted, "join as dom0: \(conn.peer) is not trusted by this daemon")
+            }
+            let backend = m.words[2] == 1
             let slice = try lock.withLock { () throws(HypervisorError) -> Int in
+                if backend {
+                    let live = connections.values.filter { $0.isBackend && !$0.closed && Self.isAlive($0.fd) }.count
+                    guard live < policy.maxBackends else {
+                        throw .errno(.resourceBusy, "a dom0 backend process is already joined (at most \(policy.maxBackends))")
+                    }
+                }
                 guard let s = slices.firstIndex(of: false) else { throw .errno(.tooManyUsers, "too many dom0 processes") }
                 slices[s] = true
                 conn.slice = s
+                conn.isBackend = backend
                 return s
             }
-            frames = slice * Self.sliceFrames..<(slice + 1) * Self.sliceFrames
+            let entries = UInt32(hypervisor.dom0.grantTableSize)
             let per = entries / UInt32(Self.dom0Slices)
-            refs = max(GrantRef.reservedCount, UInt32(slice) * per)..<(UInt32(slice) + 1) * per
-        } else {
-            let count = m.words[2]
-            guard count >= 16, count <= 262_144 else {
-                throw .errno(.invalidArgument, "a guest needs 16 to 262144 frames, not \(count)")
+            let refs = max(GrantRef.reservedCount, UInt32(slice) * per)..<(UInt32(slice) + 1) * per
+            let (reply, after) = try joinReply(conn, hypervisor.dom0, frames: slice * Self.sliceFrames..<(slice + 1) * Self.sliceFrames, refs: refs)
+            return .reply(reply, after)
+        case 1:
+            guard conn.trusted else {
+                throw .errno(.notPermitted, "join as a new guest: \(conn.peer) is not trusted; join with a token a dom0 process created")
             }
-            domain = try hypervisor.createDomain(frames: Int(count))
-            frames = 0..<Int(count)
-            refs = GrantRef.reservedCount..<UInt32(domain.grantTableSize)
-            if let store = toolstackStore {
-                let id = domain.domainID
-                let devices = m.words.count > 3 ? m.words[3] : 0
-                blocking {
-                    try? await XenbusToolstack.createDomainHome(id, on: store)
-                    // As a toolstack's domain config would: a vif 0 and a vbd 51712 (xvda) served by dom0.
-                    if devices & 1 != 0 { try? await XenbusToolstack.create(XenbusDevice(type: "vif", id: 0, frontend: id), on: store) }
-                    if devices & 2 != 0 { try? await XenbusToolstack.create(XenbusDevice(type: "vbd", id: 51712, frontend: id), on: store) }
-                }
+            let devices = m.words.count > 3 ? m.words[3] : 0
+            let domain = try newDomain(frames: m.words[2])
+            let (reply, after) = try joinReply(conn, domain, frames: 0..<domain.frameCount, refs: GrantRef.reservedCount..<UInt32(domain.grantTableSize))
+            toolstackJob { [self] store in
+                await plug(domain.domainID, devices: devices, on: store)
+                answerLater(conn, reply, after)
             }
+            return .later
+        case 2:
+            guard m.words.count == 4 else { throw .errno(.invalidArgument, "join with a token: malformed") }
+            let token = DomainToken(high: m.words[2], low: m.words[3])
+            guard let domain = lock.withLock({ pending.removeValue(forKey: token)?.domain }) else {
+                refusals.log(logger, "refused a join from \(conn.peer): unknown or used token")
+                throw .errno(.notPermitted, "join with a token: no domain waits for this token")
+            }
+            let (reply, after) = try joinReply(conn, domain, frames: 0..<domain.frameCount, refs: GrantRef.reservedCount..<UInt32(domain.grantTableSize))
+            return .reply(reply, after)
+        default:
+            throw .errno(.invalidArgument, "join: unknown kind \(m.words[1])")
         }
+    }
+
+    /// `[createDomain, frames, devices]` from a trusted dom0 process: a guest
+    /// domain with its home and devices in the store, waiting (at most
+    /// `pendingLifetime` seconds) for the process that presents the token.
+    private func createDomain(_ m: WireMessage, _ conn: Connection, _ me: SimulatedDomain) throws(HypervisorError) -> Outcome {
+        guard me.isPrivileged, conn.trusted else { throw .errno(.notPermitted, "create domain: only dom0 may") }
+        guard m.words.count == 3 else { throw .errno(.invalidArgument, "create domain: malformed") }
+        guard lock.withLock({ pending.count < policy.maxPendingDomains }) else {
+            throw .errno(.noSpace, "create domain: \(policy.maxPendingDomains) domains already wait for their guest")
+        }
+        let domain = try newDomain(frames: m.words[1])
+        let token = DomainToken.random()
+        let deadline = cxen_monotonic_ns() &+ UInt64(policy.pendingLifetime * 1e9)
+        lock.withLock { pending[token] = PendingDomain(domain: domain, deadline: deadline) }
+        let devices = m.words[2]
+        toolstackJob { [self] store in
+            await plug(domain.domainID, devices: devices, on: store)
+            answerLater(conn, WireMessage([0, UInt64(domain.domainID.rawValue), token.high, token.low]), AfterReply())
+        }
+        return .later
+    }
+
+    private func newDomain(frames count: UInt64) throws(HypervisorError) -> SimulatedDomain {
+        guard count >= 16, count <= 262_144 else {
+            throw .errno(.invalidArgument, "a guest needs 16 to 262144 frames, not \(count)")
+        }
+        return try hypervisor.createDomain(frames: Int(count))
+    }
+
+    /// The join reply: the domain's memory, table and a store connection speaking as it.
+    private func joinReply(_ conn: Connection, _ domain: SimulatedDomain, frames: Range<Int>, refs: Range<UInt32>)
+        throws(HypervisorError) -> (WireMessage, AfterReply)
+    {
         var pair: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            if !domain.isPrivileged { _ = hypervisor.destroyDomain(domain) }
             throw .errno(Errno(rawValue: errno), "socketpair for the store connection")
         }
         store.adopt(connectedSocket: pair[0], as: domain.domainID)
         lock.withLock { conn.domain = domain }
-        logger.info("\(domain.domainID) joined", metadata: ["frames": "\(frames)"])
+        logger.info("\(domain.domainID) joined", metadata: ["frames": "\(frames)", "peer": "\(conn.peer)"])
         let words: [UInt64] = [
             0, UInt64(domain.domainID.rawValue), UInt64(frames.lowerBound), UInt64(frames.count), UInt64(domain.frameCount),
             UInt64(refs.lowerBound), UInt64(refs.upperBound), UInt64(domain.grantTableSize),
@@ -323,8 +516,25 @@ public final class HypervisorDaemon: @unchecked Sendable {
                 AfterReply(fds: [pair[1]]))
     }
 
+    /// A guest's home and, as a toolstack's domain config would, a vif 0 and a
+    /// vbd 51712 (xvda) served by dom0.
+    private func plug(_ id: DomainID, devices: UInt64, on store: XenStoreClient) async {
+        try? await XenbusToolstack.createDomainHome(id, on: store)
+        if devices & 1 != 0 { try? await XenbusToolstack.create(XenbusDevice(type: "vif", id: 0, frontend: id), on: store) }
+        if devices & 2 != 0 { try? await XenbusToolstack.create(XenbusDevice(type: "vbd", id: 51712, frontend: id), on: store) }
+    }
+
+    /// Whether the peer of `fd` is still there (a backend that died has not been reaped yet).
+    private static func isAlive(_ fd: Int32) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(0x2000 /* POLLRDHUP */), revents: 0)
+        return poll(&p, 1, 0) == 0
+    }
+
     private func map(_ m: WireMessage, _ conn: Connection, _ mapper: SimulatedDomain) throws(HypervisorError) -> WireMessage {
         guard m.words.count >= 5, m.words.count <= 4 + 256 else { throw .errno(.invalidArgument, "map: malformed") }
+        guard mapper.isPrivileged || lock.withLock({ conn.maps.count < policy.maxMappingsPerGuest }) else {
+            throw .errno(.noSpace, "map: \(mapper.domainID) holds \(policy.maxMappingsPerGuest) mappings already")
+        }
         let granterID = DomainID(UInt16(truncatingIfNeeded: m.words[1]))
         let writable = m.words[2] != 0
         let wantsMemory = m.words[3] == 0
@@ -372,6 +582,14 @@ public final class HypervisorDaemon: @unchecked Sendable {
                             fds: [d.memoryFileDescriptor.rawValue, d.grantTableFileDescriptor]), AfterReply())
     }
 
+    /// Each bound port holds two descriptors here (its page and the binder's
+    /// wake pipe): a guest process gets a bounded number.
+    private func checkPortCap(_ conn: Connection, _ me: SimulatedDomain) throws(HypervisorError) {
+        guard me.isPrivileged || lock.withLock({ conn.ports.count < policy.maxPortsPerGuest }) else {
+            throw .errno(.noSpace, "bind: \(me.domainID) holds \(policy.maxPortsPerGuest) ports already")
+        }
+    }
+
     private func freePort(_ domain: DomainID) -> UInt32? {
         for p in UInt32(1)..<EventPort.twoLevelLimit where ports[PortKey(domain: domain.rawValue, port: p)] == nil { return p }
         return nil
@@ -379,6 +597,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
 
     private func bindUnbound(_ m: WireMessage, _ conn: Connection, _ me: SimulatedDomain) throws(HypervisorError) -> (WireMessage, AfterReply) {
         guard m.words.count == 2, m.fds.count == 1 else { throw .errno(.invalidArgument, "bind unbound: malformed") }
+        try checkPortCap(conn, me)
         let remote = DomainID(UInt16(truncatingIfNeeded: m.words[1]))
         guard hypervisor.domain(remote) != nil else { throw .errno(.noSuchProcess, "bind unbound: no domain \(remote)") }
         let channel = try Channel(remote: remote)
@@ -394,6 +613,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
 
     private func bindInterdomain(_ m: WireMessage, _ conn: Connection, _ me: SimulatedDomain) throws(HypervisorError) -> (WireMessage, AfterReply) {
         guard m.words.count == 3, m.fds.count == 1 else { throw .errno(.invalidArgument, "bind interdomain: malformed") }
+        try checkPortCap(conn, me)
         let remote = DomainID(UInt16(truncatingIfNeeded: m.words[1]))
         let rp = UInt32(truncatingIfNeeded: m.words[2])
         return try lock.withLock { () throws(HypervisorError) -> (WireMessage, AfterReply) in
@@ -516,45 +736,66 @@ public final class HypervisorDaemon: @unchecked Sendable {
     }
 
     /// Removes a dead guest's devices (both halves, so backends see them
-    /// vanish) and its home from the store.
+    /// vanish) and its home from the store. Which devices it had is read from
+    /// dom0's backend directory and the toolstack's layout, never from a key
+    /// the guest wrote (a guest's `backend` key can name any path, and the
+    /// daemon removes with dom0's rights).
     private func removeFromStore(_ id: DomainID) {
-        guard let store = toolstackStore else { return }
-        blocking {
-            let home = XenStorePath.home(of: id)
-            for type in (try? await store.directory(home + "/device")) ?? [] {
-                for dev in (try? await store.directory(home + "/device/" + type)) ?? [] {
-                    let fe = home + "/device/\(type)/\(dev)"
-                    let be = try? await store.read(fe + "/backend")
+        toolstackJob { store in
+            let backends = "/local/domain/0/backend"
+            for type in (try? await store.directory(backends)) ?? [] where Self.isComponent(type) {
+                let dir = "\(backends)/\(type)/\(id.rawValue)"
+                for dev in (try? await store.directory(dir)) ?? [] where Self.isComponent(dev) {
                     try? await store.transaction { tx in
-                        try await tx.rm(fe)
-                        if let be { try await tx.rm(be) }
+                        try await tx.rm(XenStorePath.home(of: id) + "/device/\(type)/\(dev)")
+                        try await tx.rm("\(dir)/\(dev)")
                     }
                 }
+                try? await store.rm(dir)
             }
-            try? await store.rm(home)
+            try? await store.rm(XenStorePath.home(of: id))
         }
         // A backend that was closing the device may write its `state` once more
         // after the removal, recreating the node; sweep the dead domain's
         // backend directories again a moment later, as a toolstack's cleanup does.
-        Task { [logger] in
+        Task { [self] in
             try? await Task.sleep(nanoseconds: 1_000_000_000)
-            for type in (try? await store.directory("/local/domain/0/backend")) ?? [] {
-                let dir = "/local/domain/0/backend/\(type)/\(id.rawValue)"
-                if (try? await store.exists(dir)) == true {
-                    try? await store.rm(dir)
-                    logger.debug("swept \(dir)")
+            toolstackJob { [logger] store in
+                for type in (try? await store.directory("/local/domain/0/backend")) ?? [] where Self.isComponent(type) {
+                    let dir = "/local/domain/0/backend/\(type)/\(id.rawValue)"
+                    if (try? await store.exists(dir)) == true, self.hypervisor.domain(id) == nil {
+                        try? await store.rm(dir)
+                        logger.debug("swept \(dir)")
+                    }
                 }
             }
         }
     }
 
-    /// Runs async store work from a daemon thread, waiting at most 5 s.
-    private func blocking(_ body: @escaping @Sendable () async -> Void) {
-        let done = DispatchSemaphore(value: 0)
-        Task {
-            await body()
-            done.signal()
+    /// One node name: what a directory listing may hold, never a path.
+    private static func isComponent(_ name: String) -> Bool {
+        !name.isEmpty && !name.contains("/") && (try? XenStorePath.validate("/" + name)) != nil
+    }
+
+    /// Queues store work for the toolstack task (in order, off the loop).
+    private func toolstackJob(_ job: @escaping @Sendable (XenStoreClient) async -> Void) {
+        guard let store = lock.withLock({ toolstackStore }), let jobs = lock.withLock({ toolstack }) else { return }
+        jobs.yield { await job(store) }
+    }
+
+    /// Destroys domains whose guest did not come for them in time.
+    private func expirePending() {
+        let now = cxen_monotonic_ns()
+        let expired = lock.withLock { () -> [SimulatedDomain] in
+            let gone = pending.filter { $0.value.deadline <= now }
+            for key in gone.keys { pending[key] = nil }
+            return gone.values.map(\.domain)
         }
-        if done.wait(timeout: .now() + 5) == .timedOut { logger.warning("store update did not finish in 5 s") }
+        for domain in expired {
+            let id = domain.domainID
+            _ = hypervisor.destroyDomain(domain)
+            removeFromStore(id)
+            logger.info("\(id) destroyed: no guest joined it in time")
+        }
     }
 }

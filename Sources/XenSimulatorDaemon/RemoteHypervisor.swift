@@ -9,13 +9,21 @@ import XenStore
 
 /// How a process joins the hypervisor daemon.
 public enum DomainRequest: Sendable, Hashable {
-    /// As dom0, the privileged control domain (several dom0 processes may join;
-    /// each gets its own slice of dom0's frames and grant references).
+    /// As dom0, the privileged control domain, for a tool (several dom0
+    /// processes may join; each gets its own slice of dom0's frames and grant
+    /// references). Only a process the daemon trusts (its own user, root, or
+    /// its group) may.
     case dom0
+    /// As dom0's backend process: like `dom0`, and the daemon admits only
+    /// `DaemonPolicy.maxBackends` of them at once.
+    case backend
     /// As a new guest domain with this many 4 KiB frames, created for this
     /// process and destroyed when it goes; the daemon, as toolstack, creates
-    /// the devices asked for in the store (backend dom0).
+    /// the devices asked for in the store (backend dom0). Trusted processes only.
     case newGuest(frames: Int, devices: GuestDevices = [])
+    /// As the guest a dom0 process created with `RemoteHypervisor.createDomain`,
+    /// proving it with the token the daemon issued then.
+    case guest(token: DomainToken)
 }
 
 /// Devices the daemon creates for a new guest, as a domain configuration lists them.
@@ -74,12 +82,14 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
         signal(SIGPIPE, SIG_IGN)
         self.socketPath = socketPath
         let link = try DaemonLink(socketPath: socketPath)
-        let (kind, frames, devices): (UInt64, UInt64, UInt64) =
+        let words: [UInt64] =
             switch request {
-            case .dom0: (0, 0, 0)
-            case .newGuest(let f, let d): (1, UInt64(max(0, f)), d.rawValue)
+            case .dom0: [0, 0, 0]
+            case .backend: [0, 1, 0]
+            case .newGuest(let f, let d): [1, UInt64(max(0, f)), d.rawValue]
+            case .guest(let token): [2, token.high, token.low]
             }
-        let reply = try link.call(WireMessage([DaemonOp.join.rawValue, kind, frames, devices]))
+        let reply = try link.call(WireMessage([DaemonOp.join.rawValue] + words))
         guard reply.words.count >= 8, reply.fds.count == 3 else {
             for fd in reply.fds { Glibc.close(fd) }
             throw HypervisorError(.closed, "malformed join reply from the hypervisor daemon")
@@ -124,6 +134,15 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
     }
 
     public var pageAllocator: any PageAllocator { memory }
+
+    /// Creates a guest domain with `frames` frames and `devices`, for another
+    /// process to join with the returned token (dom0 only; the domain is
+    /// destroyed if nobody joins it within the daemon's `pendingLifetime`).
+    public func createDomain(frames: Int, devices: GuestDevices = []) throws(HypervisorError) -> (DomainID, DomainToken) {
+        let reply = try link.call(WireMessage([DaemonOp.createDomain.rawValue, UInt64(max(0, frames)), devices.rawValue]))
+        guard reply.words.count == 4 else { throw HypervisorError(.closed, "malformed create-domain reply") }
+        return (DomainID(UInt16(truncatingIfNeeded: reply.words[1])), DomainToken(high: reply.words[2], low: reply.words[3]))
+    }
 
     /// What the daemon holds for every process (dom0 only): for checks and listings.
     public func report() throws(HypervisorError) -> DaemonReport {

@@ -21,6 +21,8 @@ enum DaemonOp: UInt64 {
     case peer = 7
     case unbind = 8
     case report = 9
+    /// dom0 only: a guest domain waiting for the process that presents its token.
+    case createDomain = 10
 }
 
 /// One message: words, text, descriptors.
@@ -119,6 +121,23 @@ enum Wire {
         let decoded = buffer.withUnsafeBytes { WireMessage.decode(UnsafeRawBufferPointer(rebasing: $0[0..<r]), fds: got) }
         if decoded == nil { for fd in got { Glibc.close(fd) } }
         return decoded
+    }
+}
+
+extension Wire {
+    enum Received {
+        case message(WireMessage)
+        /// Nothing there after all (a spurious wake-up).
+        case wouldBlock
+        /// End of stream, an error, or a record that does not parse.
+        case closed
+    }
+
+    /// `receive` on a non-blocking socket, telling "nothing yet" from "gone".
+    static func receiveNonBlocking(_ sock: Int32) -> Received {
+        errno = 0
+        if let m = receive(sock) { return .message(m) }
+        return errno == EAGAIN || errno == EWOULDBLOCK ? .wouldBlock : .closed
     }
 }
 

@@ -51,7 +51,7 @@ struct BackendCommand: ParsableCommand {
     func run() throws {
         let logger = ProcessSupport.bootstrapLogging(verbose: verbose)
         ProcessSupport.blockTerminationSignals()
-        let hv = try JoinedDomain.join(hypervisor, connect: connect, as: .dom0)
+        let hv = try JoinedDomain.join(hypervisor, connect: connect, as: .backend)
         let bridge = nic
         let backend = NetBackend(hypervisor: hv, store: hv.store, logger: logger) { id, features in
             if let bridge {

@@ -26,6 +26,18 @@ struct GuestOptions: ParsableArguments {
     @Option(help: "The guest's memory in 4 KiB frames.")
     var frames = 4096
 
+    @Option(help: ArgumentHelp("Join the domain `xenpv domain create` made for this token (also XENPV_DOMAIN_TOKEN) instead of creating one; how a user the daemon does not trust runs a guest.", valueName: "HEX"))
+    var token: String?
+
+    /// The join this guest asks for: its token's domain, or a new one with `devices`.
+    func request(devices: GuestDevices) throws -> DomainRequest {
+        guard let text = token ?? ProcessInfo.processInfo.environment["XENPV_DOMAIN_TOKEN"] else {
+            return .newGuest(frames: frames, devices: devices)
+        }
+        guard let t = DomainToken(text) else { throw ValidationError("a domain token is 32 hex digits, not \(text.debugDescription)") }
+        return .guest(token: t)
+    }
+
     @Option(help: "Seconds to wait for the backend to connect.")
     var connectTimeout = 10.0
 
@@ -54,7 +66,7 @@ final class GuestNet: @unchecked Sendable {
     private var tasks: [Task<Void, Never>] = []
 
     init(_ options: GuestOptions, logger: Logger) throws {
-        hv = try JoinedDomain.join(options.hypervisor, connect: options.connect, as: .newGuest(frames: options.frames, devices: [.vif]))
+        hv = try JoinedDomain.join(options.hypervisor, connect: options.connect, as: options.request(devices: [.vif]))
         let device = XenbusDevice(type: "vif", id: 0, frontend: hv.domainID)
         let frontend = NetFrontend(hypervisor: hv, store: hv.store, path: device.frontendPath, port: port, logger: logger)
         endpoint = XenbusEndpoint(role: .frontend, store: hv.store, path: device.frontendPath, peerPath: device.backendPath,
@@ -269,7 +281,7 @@ struct GuestDisk: ParsableCommand {
 
     func run() throws {
         let logger = ProcessSupport.bootstrapLogging(verbose: options.verbose)
-        let hv = try JoinedDomain.join(options.hypervisor, connect: options.connect, as: .newGuest(frames: options.frames, devices: [.vbd]))
+        let hv = try JoinedDomain.join(options.hypervisor, connect: options.connect, as: options.request(devices: [.vbd]))
         defer { hv.close() }
         say("xenpv guest: joined as \(hv.domainID)")
         let vbd = XenbusDevice(type: "vbd", id: 51712, frontend: hv.domainID)

@@ -48,7 +48,9 @@ final class JoinedDomain: Hypervisor, @unchecked Sendable {
             let store: LibXenStore
             do { store = try LibXenStore() } catch { throw CommandError("cannot open the store through libxenstore: \(error)") }
             var id = DomainID.dom0
-            if case .newGuest = request {
+            switch request {
+            case .dom0, .backend: break
+            case .newGuest, .guest:
                 let text = try ProcessSupport.runBlocking { try await store.read("domid") }
                 guard let raw = UInt16(text) else { throw CommandError("the store's domid is not a domain id: \(text)") }
                 id = DomainID(raw)

@@ -9,18 +9,6 @@ extension ProcessTests {
     /// A process speaking nonsense to the daemon gets errors (or is dropped) and
     /// harms nobody else.
     @Suite struct HostileClientTests {
-        func rawConnection(_ path: String) throws -> Int32 {
-            let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0)
-            var addr = sockaddr_un()
-            addr.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
-            let rc = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
-            try #require(rc == 0)
-            return fd
-        }
-
         func call(_ fd: Int32, _ m: WireMessage) -> WireMessage? {
             guard Wire.send(fd, m) else { return nil }
             return Wire.receive(fd)

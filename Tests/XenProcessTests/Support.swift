@@ -32,9 +32,10 @@ final class Child: @unchecked Sendable {
     private var text = ""
     let name: String
 
-    init(_ arguments: [String], name: String) throws {
+    /// Runs `xenpv` (or `executable`) with `arguments`.
+    init(_ arguments: [String], name: String, executable: String? = nil) throws {
         self.name = name
-        process.executableURL = URL(fileURLWithPath: xenpvPath())
+        process.executableURL = URL(fileURLWithPath: executable ?? xenpvPath())
         process.arguments = arguments
         let pipe = Pipe()
         process.standardOutput = pipe
@@ -95,6 +96,42 @@ func eventually(_ seconds: Double = 10, _ body: () throws -> Bool) rethrows -> B
         usleep(10_000)
     }
     return try body()
+}
+
+/// `eventually` for async tests: sleeps instead of blocking a pool thread.
+func eventuallyAsync(_ seconds: Double = 10, _ body: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try await body() { return true }
+        try? await Task.sleep(nanoseconds: 10_000_000)
+    }
+    return try await body()
+}
+
+/// A raw seqpacket connection to the daemon at `path`, for speaking its wire protocol by hand.
+func rawConnection(_ path: String) throws -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0)
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
+    let rc = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard rc == 0 else {
+        close(fd)
+        throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+    }
+    return fd
+}
+
+/// Descriptors this process holds now.
+func openDescriptors() -> Int {
+    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).count
+}
+
+/// Threads of `pid` now.
+func threadCount(of pid: Int32 = getpid()) -> Int {
+    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).count
 }
 
 /// A handler for tests: the daemon going away is an expected event, not a reason to exit.

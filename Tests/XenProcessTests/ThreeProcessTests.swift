@@ -9,11 +9,6 @@ extension ProcessTests {
     /// driven as a person would from three terminals.
     @Suite(.serialized)
     struct ThreeProcessTests {
-        /// Threads of `pid` now.
-        func threads(of pid: Int32) -> Int {
-            ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).count
-        }
-
         @Test(.timeLimit(.minutes(1)))
         func backendRestartGuestCrashAndDaemonLoss() throws {
             let dir = temporaryDirectory()
@@ -47,12 +42,12 @@ extension ProcessTests {
             let dom0 = try RemoteHypervisor(socketPath: sock, as: .dom0, onDaemonLost: ignoreLoss)
             defer { dom0.close() }
             #expect(backend.waitFor("vifs: none"), "\(backend.output)")
-            let idleThreads = threads(of: backend.pid)
+            let idleThreads = threadCount(of: backend.pid)
             let doomed = try Child(["guest", "net-echo", "--connect", sock, "--count", "100000", "--interval-ms", "2", "--timeout", "50"],
                                    name: "doomed guest")
             #expect(doomed.waitFor("echoed 20/"), "\(doomed.output)")
             #expect(backend.output.contains("Connected"), "\(backend.output)")
-            let busyThreads = threads(of: backend.pid)
+            let busyThreads = threadCount(of: backend.pid)
             #expect(try dom0.report().mappings > 0)
             doomed.kill()
             #expect(eventually(15) {
@@ -68,7 +63,7 @@ extension ProcessTests {
             }, "backend still maps \(doomedID)")
             // The vif is gone and its thread with it.
             #expect(eventually(10) { backend.output.hasSuffix("vifs: none\n") }, "\(backend.output)")
-            #expect(eventually(10) { threads(of: backend.pid) < busyThreads }, "idle \(idleThreads), busy \(busyThreads)")
+            #expect(eventually(10) { threadCount(of: backend.pid) < busyThreads }, "idle \(idleThreads), busy \(busyThreads)")
 
             // The daemon dies: every joined process exits with a clear message.
             let waiting = try Child(["guest", "net-echo", "--connect", sock, "--count", "100000", "--interval-ms", "2", "--timeout", "50"],

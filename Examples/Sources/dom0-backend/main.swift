@@ -34,7 +34,7 @@ do {
     case ("simulated", 2):
         // Join the daemon as dom0; the object is the drivers' `Hypervisor` and
         // carries a store connection speaking as dom0.
-        let remote = try RemoteHypervisor(socketPath: arguments[0], as: .dom0)
+        let remote = try RemoteHypervisor(socketPath: arguments[0], as: .backend)
         (dom0, store) = (remote, remote.store)
     default:
         fail("usage: dom0-backend [--hypervisor simulated|xen] [SOCKET] IMAGE (SOCKET only when simulated)")
