@@ -30,14 +30,17 @@ public struct XenbusDevice: Hashable, Sendable, CustomStringConvertible {
 /// permissions (frontend directory owned by the frontend and readable by the backend; backend
 /// directory owned by the backend and readable by the frontend).
 public enum XenbusToolstack {
-    /// Creates a domain's home readable by it, and its `device` directory owned by it, so
-    /// its frontends can find their devices.
+    /// Creates a domain's home readable by it, and its `device` (where its frontends
+    /// find their devices) and `data` directories owned by it.
     public static func createDomainHome(_ domain: DomainID, on store: some XenStoreOperations) async throws(XenStoreError) {
         let home = XenStorePath.home(of: domain)
         try await store.mkdir(home)
         try await store.setPermissions(home, XenStorePermissions(owner: .dom0, grants: [.init(.read, domain)]))
-        try await store.mkdir(home + "/device")
-        try await store.setPermissions(home + "/device", XenStorePermissions(owner: domain))
+        // As libxl does: `device` for the frontends, `data` for the guest's own use.
+        for dir in ["device", "data"] {
+            try await store.mkdir(home + "/" + dir)
+            try await store.setPermissions(home + "/" + dir, XenStorePermissions(owner: domain))
+        }
     }
 
     /// Writes both halves of `device` in one transaction: the frontend's `backend`,

@@ -5,6 +5,6 @@ import ArgumentParser
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks of the data paths.",
-        subcommands: [BenchRing.self, BenchNet.self, BenchBlock.self, BenchBridge.self, BenchXenstore.self, BenchRingProcesses.self,
+        subcommands: [BenchRing.self, BenchNet.self, BenchBlock.self, BenchBridge.self, BenchXenstore.self, BenchChurn.self, BenchRingProcesses.self,
                       BenchRingPeer.self])
 }
