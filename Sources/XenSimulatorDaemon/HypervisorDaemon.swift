@@ -246,7 +246,10 @@ public final class HypervisorDaemon: @unchecked Sendable {
             if ready.stop { break }
             if ready.posted { runPosted(postRead, &poller) }
             for (conn, events) in ready.connections {
-                if lock.withLock({ conn.waiting }) {
+                let (waiting, closed) = lock.withLock { (conn.waiting, conn.closed) }
+                // Closed earlier in this turn (a deferred reply that could not be sent).
+                if closed { continue }
+                if waiting {
                     // Not read while its reply is prepared; a hang-up still ends it.
                     if events & Int16(POLLHUP | POLLERR) != 0 { close(conn, &poller) }
                     continue
