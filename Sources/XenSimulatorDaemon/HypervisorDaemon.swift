@@ -67,6 +67,10 @@ public final class HypervisorDaemon: @unchecked Sendable {
     /// dom0 frames and grant references are cut into this many slices, one per dom0 process.
     static let dom0Slices = 8
     static let sliceFrames = 1024
+    /// Pins a guest's process may hold (a hostile one must not grow the daemon's tables without bound).
+    static let guestPinLimit = 16384
+    /// Pins a dom0 process may hold: every guest's persistent grants, bounded all the same.
+    static let dom0PinLimit = 1 << 20
     /// Share pools one map may span: their descriptors travel in one record (at most 16).
     static let poolsPerMap = 8
 
@@ -124,6 +128,8 @@ public final class HypervisorDaemon: @unchecked Sendable {
         var slice: Int?
         var maps: [UInt32: MapRecord] = [:]
         var ports: Set<UInt32> = []
+        /// Grant pins held by this process's mappings, against its limit.
+        var pins = 0
         init(fd: Int32) { self.fd = fd }
     }
 
@@ -343,6 +349,13 @@ public final class HypervisorDaemon: @unchecked Sendable {
         let writable = m.words[2] != 0
         let refs = m.words[4...].map { GrantRef(UInt32(truncatingIfNeeded: $0)) }
         guard let granter = hypervisor.domain(granterID) else { throw .grant(.badDomain, "map: no domain \(granterID)") }
+        let limit = mapper.isPrivileged ? Self.dom0PinLimit : Self.guestPinLimit
+        try lock.withLock { () throws(HypervisorError) in
+            guard conn.pins + refs.count <= limit else {
+                throw .grant(.noSpace, "map: \(mapper.domainID) holds \(conn.pins) pins, its limit is \(limit)")
+            }
+            conn.pins += refs.count
+        }
         var frames: [UInt64] = []
         let sent: (pools: [SharePoolRegistry.Pool], fds: [Int32])
         do throws(HypervisorError) {
@@ -353,6 +366,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
                                          limit: Self.poolsPerMap)
         } catch {
             for done in refs[0..<frames.count] { granter.unpinGrant(done, writable: writable) }
+            lock.withLock { conn.pins -= refs.count }
             logger.notice("refused map", metadata: ["mapper": "\(mapper.domainID)", "why": "\(error)"])
             throw error
         }
@@ -390,6 +404,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
             throw .grant(.badHandle, "unmap: handle \(h) is not a mapping of this process")
         }
         for ref in record.refs { record.granter.unpinGrant(ref, writable: record.writable) }
+        lock.withLock { conn.pins -= record.refs.count }
         return WireMessage([0])
     }
 

@@ -221,6 +221,38 @@ extension ProcessTests {
             try expectProbeClean(foreign.fds, grantedPages: 2, "dom0's foreign access")
         }
 
+        @Test func pinsPastTheLimitAreAnErrorNotATrap() throws {
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
+            try daemon.start()
+            defer { daemon.stop() }
+            let guest = try RemoteHypervisor(socketPath: dir + "/hv.sock", as: .newGuest(frames: 16), onDaemonLost: ignoreLoss)
+            defer { guest.close() }
+            // A guest maps its own grant, 256 times per call, over and over.
+            let shared = try guest.openGrantSharer().sharePages(count: 1, with: guest.domainID, writable: false)
+            let request = WireMessage([DaemonOp.map.rawValue, UInt64(guest.domainID.rawValue), 0, 0]
+                                      + Array(repeating: UInt64(shared.refs[0].rawValue), count: 256))
+            var handles: [UInt64] = []
+            var refusal: HypervisorError?
+            while refusal == nil, handles.count <= HypervisorDaemon.guestPinLimit / 256 {
+                do {
+                    let reply = try guest.link.call(request)
+                    for fd in reply.fds { close(fd) }
+                    handles.append(reply.words[1])
+                } catch {
+                    refusal = error
+                }
+            }
+            #expect(handles.count == HypervisorDaemon.guestPinLimit / 256)
+            #expect(refusal?.code == .grant(.noSpace))
+            // Unpinning makes room again; the daemon kept count exactly.
+            _ = try guest.link.call(WireMessage([DaemonOp.unmap.rawValue, handles.removeLast()]))
+            let again = try guest.link.call(request)
+            for fd in again.fds { close(fd) }
+            #expect(throws: HypervisorError.self) { _ = try guest.link.call(request) }
+        }
+
         /// The frame `ref` of `domain`'s own table names.
         func frameOf(_ ref: GrantRef, in domain: RemoteHypervisor) -> UInt32 {
             (domain.memory.table + Int(ref.rawValue) * 8 + 4).load(as: UInt32.self)
