@@ -253,6 +253,31 @@ extension ProcessTests {
             #expect(throws: HypervisorError.self) { _ = try guest.link.call(request) }
         }
 
+        @Test func noDescriptorAGuestHoldsCanBeTruncatedUnderTheDaemon() throws {
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
+            try daemon.start()
+            defer { daemon.stop() }
+            let raw = try rawConnection(dir + "/hv.sock")
+            defer { close(raw) }
+            let joined = try call(raw, WireMessage([DaemonOp.join.rawValue, 1, 16, 0]))
+            try #require(joined.error == nil && joined.fds.count == 3)
+            defer { for fd in joined.fds { close(fd) } }
+            let pool = try call(raw, WireMessage([DaemonOp.sharePool.rawValue, 0, 1]))
+            try #require(pool.error == nil && pool.fds.count == 1)
+            defer { close(pool.fds[0]) }
+            // Its memory, its grant table (which the daemon reads on every map) and its
+            // pool (which its peers map): shrinking or growing any of them is refused.
+            for fd in [joined.fds[0], joined.fds[1], pool.fds[0]] {
+                #expect(ftruncate(fd, 0) == -1 && errno == EPERM)
+                #expect(ftruncate(fd, 1 << 40) == -1 && errno == EPERM)
+            }
+            // The daemon reads the table as before: a map of a bad entry is an error, not a fault.
+            let me = joined.words[1]
+            #expect(try call(raw, WireMessage([DaemonOp.map.rawValue, me, 0, 0, 100])).error?.code == .grant(.badGrantRef))
+        }
+
         /// The frame `ref` of `domain`'s own table names.
         func frameOf(_ ref: GrantRef, in domain: RemoteHypervisor) -> UInt32 {
             (domain.memory.table + Int(ref.rawValue) * 8 + 4).load(as: UInt32.self)
