@@ -86,11 +86,13 @@ public final class HypervisorDaemon: @unchecked Sendable {
         var generation: UInt32 = 0
 
         init(remote: DomainID) throws(HypervisorError) {
-            let fd = cxen_memfd_create("xenpv-evtchn", 0)
+            let fd = cxen_memfd_create("xenpv-evtchn", 1)
             guard fd >= 0 else { throw .errno(Errno(rawValue: errno), "memfd for a channel page") }
-            guard ftruncate(fd, off_t(XenPage.size)) == 0 else {
+            // Sealed: both ends' processes get the page, and the daemon writes it too.
+            guard ftruncate(fd, off_t(XenPage.size)) == 0, MemfdSeals.fixSize(fd) else {
+                let e = Errno(rawValue: errno)
                 Glibc.close(fd)
-                throw .errno(Errno(rawValue: errno), "ftruncate a channel page")
+                throw .errno(e, "sizing and sealing a channel page")
             }
             do { memory = try Mapping.map(fd, bytes: XenPage.size) } catch {
                 Glibc.close(fd)

@@ -86,10 +86,9 @@ final class SharePoolRegistry: @unchecked Sendable {
                 id: 0, granter: granter, owner: owner, grantee: grantee, writable: writable, first: 0, fd: -1, readOnlyFD: -1)
             return s
         }
-        let made: Result<(Int32, Int32), HypervisorError> = Self.makeFile(pages: Self.poolFrames)
         let pool: Pool
         do throws(HypervisorError) {
-            let (fd, ro) = try made.get()
+            let (fd, ro) = try Self.makeFile(pages: Self.poolFrames)
             pool = lock.withLock {
                 defer { nextID += 1 }
                 let p = Pool(id: nextID, granter: granter, owner: owner, grantee: grantee, writable: writable,
@@ -107,20 +106,15 @@ final class SharePoolRegistry: @unchecked Sendable {
         return (pool, dup)
     }
 
-    /// A sealed memfd of `pages` pages and a read-only descriptor of it.
-    ///
-    /// Sealed against shrinking and growing: a granter that could truncate its
-    /// pool would make its mappers fault (SIGBUS) on their next access.
-    private static func makeFile(pages: Int) -> Result<(Int32, Int32), HypervisorError> {
+    /// A memfd of `pages` pages, sealed at that size (a granter truncating its
+    /// pool would make its mappers fault), and a read-only descriptor of it.
+    private static func makeFile(pages: Int) throws(HypervisorError) -> (Int32, Int32) {
         let fd = cxen_memfd_create("xenpv-share-pool", 1)
-        guard fd >= 0 else { return .failure(.errno(Errno(rawValue: errno), "share pool: memfd")) }
-        let sealShrink: Int32 = 0x0002, sealGrow: Int32 = 0x0004, sealSeal: Int32 = 0x0001, addSeals: Int32 = 1033
-        guard ftruncate(fd, off_t(pages) * off_t(XenPage.size)) == 0,
-            fcntl(fd, addSeals, sealShrink | sealGrow | sealSeal) == 0
-        else {
+        guard fd >= 0 else { throw .errno(Errno(rawValue: errno), "share pool: memfd") }
+        guard ftruncate(fd, off_t(pages) * off_t(XenPage.size)) == 0, MemfdSeals.fixSize(fd) else {
             let e = Errno(rawValue: errno)
             Glibc.close(fd)
-            return .failure(.errno(e, "share pool: sizing and sealing"))
+            throw .errno(e, "share pool: sizing and sealing")
         }
         // Reopening through /proc gives a new open file description with
         // O_RDONLY, which mmap will not map writable.
@@ -128,9 +122,9 @@ final class SharePoolRegistry: @unchecked Sendable {
         guard ro >= 0 else {
             let e = Errno(rawValue: errno)
             Glibc.close(fd)
-            return .failure(.errno(e, "share pool: read-only descriptor"))
+            throw .errno(e, "share pool: read-only descriptor")
         }
-        return .success((fd, ro))
+        return (fd, ro)
     }
 
     /// Drops the pools `owner` holds (its process left). Mappings of them stay

@@ -267,9 +267,17 @@ extension ProcessTests {
             let pool = try call(raw, WireMessage([DaemonOp.sharePool.rawValue, 0, 1]))
             try #require(pool.error == nil && pool.fds.count == 1)
             defer { close(pool.fds[0]) }
-            // Its memory, its grant table (which the daemon reads on every map) and its
-            // pool (which its peers map): shrinking or growing any of them is refused.
-            for fd in [joined.fds[0], joined.fds[1], pool.fds[0]] {
+            var wake: [Int32] = [-1, -1]
+            try #require(pipe(&wake) == 0)
+            defer { close(wake[0]) }
+            let channel = try call(raw, WireMessage([DaemonOp.bindUnbound.rawValue, 0], fds: [wake[1]]))
+            close(wake[1])
+            try #require(channel.error == nil && channel.fds.count == 1)
+            defer { close(channel.fds[0]) }
+            // Its memory, its grant table (which the daemon reads on every map), its
+            // pool (which its peers map) and a channel page (which the daemon and the
+            // other end write): shrinking or growing any of them is refused.
+            for fd in [joined.fds[0], joined.fds[1], pool.fds[0], channel.fds[0]] {
                 #expect(ftruncate(fd, 0) == -1 && errno == EPERM)
                 #expect(ftruncate(fd, 1 << 40) == -1 && errno == EPERM)
             }
