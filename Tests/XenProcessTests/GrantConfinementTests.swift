@@ -253,6 +253,34 @@ extension ProcessTests {
             #expect(throws: HypervisorError.self) { _ = try guest.link.call(request) }
         }
 
+        @Test func aGuestHoldsABoundedNumberOfSharePools() throws {
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
+            try daemon.start()
+            defer { daemon.stop() }
+            let raw = try rawConnection(dir + "/hv.sock")
+            defer { close(raw) }
+            let joined = try call(raw, WireMessage([DaemonOp.join.rawValue, 1, 16, 0]))
+            try #require(joined.error == nil)
+            for fd in joined.fds { close(fd) }
+            // One pool per peer asked for, each in its own range of frames, until the limit.
+            var firsts: Set<UInt64> = []
+            for peer in 0..<UInt64(SharePoolRegistry.guestPools) {
+                let pool = try call(raw, WireMessage([DaemonOp.sharePool.rawValue, peer, 1]))
+                for fd in pool.fds { close(fd) }
+                try #require(pool.error == nil && pool.words.count == 3)
+                firsts.insert(pool.words[1])
+            }
+            #expect(firsts.count == SharePoolRegistry.guestPools)
+            let refused = try call(raw, WireMessage([DaemonOp.sharePool.rawValue, 99, 1]))
+            #expect(refused.error?.code == .errno(.noMemory) && refused.fds.isEmpty)
+            // Malformed asks: a peer id past 16 bits, a reserved domain, a short record.
+            #expect(try call(raw, WireMessage([DaemonOp.sharePool.rawValue, 1 << 20, 1])).error?.code == .errno(.invalidArgument))
+            #expect(try call(raw, WireMessage([DaemonOp.sharePool.rawValue, 0x7FF0, 1])).error?.code == .errno(.invalidArgument))
+            #expect(try call(raw, WireMessage([DaemonOp.sharePool.rawValue, 0])).error?.code == .errno(.invalidArgument))
+        }
+
         @Test func noDescriptorAGuestHoldsCanBeTruncatedUnderTheDaemon() throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
