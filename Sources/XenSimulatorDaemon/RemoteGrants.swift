@@ -151,10 +151,12 @@ final class RemoteGrantMapper: GrantMapper, @unchecked Sendable {
             guard UInt16(truncatingIfNeeded: header >> 16) == hypervisor.domainID.rawValue else { return (nil, .permissionDenied, nil) }
             if writable && flags & UInt32(GTF_readonly) != 0 { return (nil, .permissionDenied, nil) }
             var pool = f.pool(containing: UInt64(frame))
-            if pool == nil, !refreshed.contains(domain), let again = try? hypervisor.foreignDomain(domain, refresh: true) {
+            if pool == nil, !refreshed.contains(domain) {
                 refreshed.append(domain)
-                f = again
-                pool = f.pool(containing: UInt64(frame))
+                if let again = try? hypervisor.foreignDomain(domain, refresh: true) {
+                    f = again
+                    pool = f.pool(containing: UInt64(frame))
+                }
             }
             guard let pool else { return (nil, .badPage, nil) }
             if writable && !pool.writable { return (nil, .permissionDenied, nil) }

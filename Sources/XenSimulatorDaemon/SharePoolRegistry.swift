@@ -10,7 +10,7 @@ import XenLocks
 ///
 /// A memfd cannot be limited to some of its pages: whoever holds it can map
 /// all of it. So the pages a domain grants do not come from its main memory
-/// (which never leaves its own process) but from a separate memfd per
+/// (which never leaves the domain's own process, or dom0's processes) but from a separate memfd per
 /// (granting process, grantee, mode), which the daemon creates and gives to
 /// the granter. A mapper receives only the pools its grants lie in, and only
 /// those set aside for it; dom0's grant copy likewise sees only the pools
@@ -21,7 +21,7 @@ import XenLocks
 /// memory, so a grant entry keeps naming a plain frame of the granter and the
 /// daemon's map finds the pool from the frame alone.
 final class SharePoolRegistry: @unchecked Sendable {
-    // @unchecked: `pools`, `nextID` and `owned` are guarded by `lock`.
+    // @unchecked: `regions` and `nextID` are guarded by `lock`.
 
     /// Frames per pool: 32 MiB, sparse until the granter touches it.
     static let poolFrames = 8192
@@ -58,7 +58,7 @@ final class SharePoolRegistry: @unchecked Sendable {
     private var nextID: UInt64 = 1
 
     deinit {
-        for (_, r) in regions { for p in r.pools.values { close(p) } }
+        for (_, r) in regions { for p in r.pools.values where p.fd >= 0 { close(p) } }
     }
 
     private func close(_ p: Pool) {
