@@ -191,6 +191,11 @@ final class GrantTable: @unchecked Sendable {
         if active[i].pins > 0 && active[i].grantee != grantee {
             throw .grant(.permissionDenied, "\(ref) of \(owner) is in use by \(active[i].grantee)")
         }
+        // A mapper pinning one entry over and over must get an error, not trap
+        // the hypervisor on overflow (Xen fails such a map with general_error).
+        guard active[i].pins < Int32.max else {
+            throw .grant(.generalError, "\(ref) of \(owner) is pinned \(active[i].pins) times already")
+        }
         guard active[i].pins == 0 || (writable && active[i].writePins == 0) else {
             return pinned(i, writable: writable)
         }

@@ -21,12 +21,16 @@ final class SharedMemory: @unchecked Sendable {
     init(name: String, pages: Int) throws(HypervisorError) {
         self.name = name
         precondition(pages > 0, "shared memory needs at least one page")
-        let fd = cxen_memfd_create(name, 0)
+        let fd = cxen_memfd_create(name, 1)
         guard fd >= 0 else { throw .errno(Errno(rawValue: errno), "memfd_create \(name)") }
-        guard ftruncate(fd, off_t(pages * XenPage.size)) == 0 else {
+        // Sealed at its size: across processes the domain's own process holds
+        // this descriptor, and a file it could shrink would make the hypervisor
+        // fault (SIGBUS) on its next read of a grant entry.
+        let sealShrink: Int32 = 0x0002, sealGrow: Int32 = 0x0004, sealSeal: Int32 = 0x0001, addSeals: Int32 = 1033
+        guard ftruncate(fd, off_t(pages * XenPage.size)) == 0, fcntl(fd, addSeals, sealShrink | sealGrow | sealSeal) == 0 else {
             let err = Errno(rawValue: errno)
             close(fd)
-            throw .errno(err, "ftruncate \(name) to \(pages) pages")
+            throw .errno(err, "sizing and sealing \(name) at \(pages) pages")
         }
         let p = mmap(nil, pages * XenPage.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         guard let p, p != MAP_FAILED else {

@@ -78,7 +78,7 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
         guard pages.memory.count > 0, frames.contains(first), range.upperBound <= frames.upperBound,
             pages.memory.base == base + first * XenPage.size
         else { throw .errno(.invalidArgument, "\(pages.first)+\(pages.memory.count) are not pages of this process") }
-        let stillGranted = lock.withLock { granted.filter { range.contains(Int(frame($0))) } }
+        let stillGranted = grantedRefs(in: UInt64(range.lowerBound)..<UInt64(range.upperBound))
         guard stillGranted.isEmpty else {
             throw .errno(.resourceBusy, "frames of \(owner) still granted: \(stillGranted.sorted())")
         }
@@ -87,6 +87,11 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
             guard r.allSatisfy({ used[$0] }) else { throw .errno(.invalidArgument, "pages not all allocated") }
             for i in r { used[i] = false }
         }
+    }
+
+    /// References this process granted that name a frame in `frames`.
+    func grantedRefs(in frames: Range<UInt64>) -> [UInt32] {
+        lock.withLock { granted.filter { frames.contains(UInt64(frame($0))) } }
     }
 
     // MARK: The guest side of the grant table (grant_table.h)

@@ -28,9 +28,14 @@ import XenStore
 ///   be. Anyone else may join only a domain a dom0 process created for it, by
 ///   presenting the token the daemon issued (`DaemonOp.createDomain`).
 /// - The daemon is the hypervisor: it checks every map against the granter's
-///   table (the in-process checks and statuses).
-/// - A guest receives its own memory and table, the pages of channels it is an
-///   end of, and the write ends of its peers' wake pipes, nothing else.
+///   table (the in-process checks and statuses). A domain's main memory never
+///   leaves its own process(es): the pages it grants lie in share pools set
+///   aside per peer (`SharePoolRegistry`), and a mapper receives only pools
+///   set aside for it, after a verified grant; dom0's grant copy receives the
+///   pools shared with dom0 and the granter's table, read-only.
+/// - A guest receives its own memory and table, its own share pools, the pools
+///   of its verified maps, the pages of channels it is an end of, and the
+///   write ends of its peers' wake pipes, nothing else.
 /// - Each process is a domain: when its socket closes (exit or crash) the
 ///   daemon unpins its mappings, closes its ports (peers see `ENOTCONN`), and
 ///   for a guest destroys the domain and removes its home and its devices'
@@ -71,10 +76,18 @@ public final class HypervisorDaemon: @unchecked Sendable {
     /// Domains a dom0 process created, waiting for the guest that holds their token.
     private var pending: [DomainToken: PendingDomain] = [:]
     private let refusals = RateLimitedLog(interval: 10)
+    /// The memory each process sets aside for the pages it shares, per peer.
+    let pools = SharePoolRegistry()
 
     /// dom0 frames and grant references are cut into this many slices, one per dom0 process.
     static let dom0Slices = 8
     static let sliceFrames = 1024
+    /// Pins a guest's process may hold (a hostile one must not grow the daemon's tables without bound).
+    static let guestPinLimit = 16384
+    /// Pins a dom0 process may hold: every guest's persistent grants, bounded all the same.
+    static let dom0PinLimit = 1 << 20
+    /// Share pools one map may span: their descriptors travel in one record (at most 16).
+    static let poolsPerMap = 8
 
     struct PortKey: Hashable { var domain: UInt16; var port: UInt32 }
 
@@ -88,11 +101,13 @@ public final class HypervisorDaemon: @unchecked Sendable {
         var generation: UInt32 = 0
 
         init(remote: DomainID) throws(HypervisorError) {
-            let fd = cxen_memfd_create("xenpv-evtchn", 0)
+            let fd = cxen_memfd_create("xenpv-evtchn", 1)
             guard fd >= 0 else { throw .errno(Errno(rawValue: errno), "memfd for a channel page") }
-            guard ftruncate(fd, off_t(XenPage.size)) == 0 else {
+            // Sealed: both ends' processes get the page, and the daemon writes it too.
+            guard ftruncate(fd, off_t(XenPage.size)) == 0, MemfdSeals.fixSize(fd) else {
+                let e = Errno(rawValue: errno)
                 Glibc.close(fd)
-                throw .errno(Errno(rawValue: errno), "ftruncate a channel page")
+                throw .errno(e, "sizing and sealing a channel page")
             }
             do { memory = try Mapping.map(fd, bytes: XenPage.size) } catch {
                 Glibc.close(fd)
@@ -139,7 +154,8 @@ public final class HypervisorDaemon: @unchecked Sendable {
         var isBackend = false
         var maps: [UInt32: MapRecord] = [:]
         var ports: Set<UInt32> = []
-        var memoryGiven: Set<DomainID> = []
+        /// Grant pins held by this process's mappings, against its limit.
+        var pins = 0
         /// A reply is being prepared off the loop; the connection is not read meanwhile.
         var waiting = false
         var closed = false
@@ -155,7 +171,8 @@ public final class HypervisorDaemon: @unchecked Sendable {
         self.socketPath = socketPath
         self.policy = policy
         self.logger = logger
-        hypervisor = SimulatedHypervisor(dom0Frames: Self.dom0Slices * Self.sliceFrames)
+        hypervisor = SimulatedHypervisor(
+            dom0Frames: Self.dom0Slices * Self.sliceFrames + SharePoolRegistry.dom0Region(slices: Self.dom0Slices))
         store = XenStoreServer(socketPath: socketPath + ".xenstore", logger: logger)
         slices = Array(repeating: false, count: Self.dom0Slices)
     }
@@ -387,7 +404,12 @@ public final class HypervisorDaemon: @unchecked Sendable {
             guard let domain = lock.withLock({ conn.domain }) else { throw .errno(.invalidArgument, "join first") }
             switch op {
             case .join: fatalError("handled above")
-            case .map: return .reply(try map(m, conn, domain), AfterReply())
+            case .map:
+                let (reply, after) = try map(m, conn, domain)
+                return .reply(reply, after)
+            case .sharePool:
+                let (reply, after) = try sharePool(m, conn, domain)
+                return .reply(reply, after)
             case .unmap: return .reply(try unmap(m, conn), AfterReply())
             case .foreignAccess:
                 let (reply, after) = try foreignAccess(m, conn, domain)
@@ -451,7 +473,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
             }
             let devices = m.words.count > 3 ? m.words[3] : 0
             let domain = try newDomain(frames: m.words[2])
-            let (reply, after) = try joinReply(conn, domain, frames: 0..<domain.frameCount, refs: GrantRef.reservedCount..<UInt32(domain.grantTableSize))
+            let (reply, after) = try joinReply(conn, domain, frames: 0..<mainFrames(of: domain), refs: GrantRef.reservedCount..<UInt32(domain.grantTableSize))
             toolstackJob { [self] store in
                 await plug(domain.domainID, devices: devices, on: store)
                 answerLater(conn, reply, after)
@@ -464,7 +486,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
                 refusals.log(logger, "refused a join from \(conn.peer): unknown or used token")
                 throw .errno(.notPermitted, "join with a token: no domain waits for this token")
             }
-            let (reply, after) = try joinReply(conn, domain, frames: 0..<domain.frameCount, refs: GrantRef.reservedCount..<UInt32(domain.grantTableSize))
+            let (reply, after) = try joinReply(conn, domain, frames: 0..<mainFrames(of: domain), refs: GrantRef.reservedCount..<UInt32(domain.grantTableSize))
             return .reply(reply, after)
         default:
             throw .errno(.invalidArgument, "join: unknown kind \(m.words[1])")
@@ -496,7 +518,8 @@ public final class HypervisorDaemon: @unchecked Sendable {
         guard count >= 16, count <= 262_144 else {
             throw .errno(.invalidArgument, "a guest needs 16 to 262144 frames, not \(count)")
         }
-        return try hypervisor.createDomain(frames: Int(count))
+        // Its share pools take frame numbers above its memory (`SharePoolRegistry`).
+        return try hypervisor.createDomain(frames: Int(count) + SharePoolRegistry.guestRegion)
     }
 
     /// The join reply: the domain's memory, table and a store connection speaking as it.
@@ -512,7 +535,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
         lock.withLock { conn.domain = domain }
         logger.info("\(domain.domainID) joined", metadata: ["frames": "\(frames)", "peer": "\(conn.peer)"])
         let words: [UInt64] = [
-            0, UInt64(domain.domainID.rawValue), UInt64(frames.lowerBound), UInt64(frames.count), UInt64(domain.frameCount),
+            0, UInt64(domain.domainID.rawValue), UInt64(frames.lowerBound), UInt64(frames.count), UInt64(mainFrames(of: domain)),
             UInt64(refs.lowerBound), UInt64(refs.upperBound), UInt64(domain.grantTableSize),
         ]
         return (WireMessage(words, fds: [domain.memoryFileDescriptor.rawValue, domain.grantTableFileDescriptor, pair[1]]),
@@ -533,35 +556,66 @@ public final class HypervisorDaemon: @unchecked Sendable {
         return poll(&p, 1, 0) == 0
     }
 
-    private func map(_ m: WireMessage, _ conn: Connection, _ mapper: SimulatedDomain) throws(HypervisorError) -> WireMessage {
+    /// A domain's own memory, below its share pools' frames.
+    private func mainFrames(of domain: SimulatedDomain) -> Int {
+        domain.frameCount - (domain.isPrivileged ? SharePoolRegistry.dom0Region(slices: Self.dom0Slices) : SharePoolRegistry.guestRegion)
+    }
+
+    private func map(_ m: WireMessage, _ conn: Connection, _ mapper: SimulatedDomain) throws(HypervisorError) -> (WireMessage, AfterReply) {
         guard m.words.count >= 5, m.words.count <= 4 + 256 else { throw .errno(.invalidArgument, "map: malformed") }
         guard mapper.isPrivileged || lock.withLock({ conn.maps.count < policy.maxMappingsPerGuest }) else {
             throw .errno(.noSpace, "map: \(mapper.domainID) holds \(policy.maxMappingsPerGuest) mappings already")
         }
         let granterID = DomainID(UInt16(truncatingIfNeeded: m.words[1]))
         let writable = m.words[2] != 0
-        let wantsMemory = m.words[3] == 0
         let refs = m.words[4...].map { GrantRef(UInt32(truncatingIfNeeded: $0)) }
         guard let granter = hypervisor.domain(granterID) else { throw .grant(.badDomain, "map: no domain \(granterID)") }
-        var frames: [UInt64] = []
-        for ref in refs {
-            do {
-                frames.append(try granter.pinGrant(ref, for: mapper.domainID, writable: writable))
-            } catch {
-                for done in refs[0..<frames.count] { granter.unpinGrant(done, writable: writable) }
-                logger.notice("refused map", metadata: ["mapper": "\(mapper.domainID)", "why": "\(error)"])
-                throw error
+        let limit = mapper.isPrivileged ? Self.dom0PinLimit : Self.guestPinLimit
+        try lock.withLock { () throws(HypervisorError) in
+            guard conn.pins + refs.count <= limit else {
+                throw .grant(.noSpace, "map: \(mapper.domainID) holds \(conn.pins) pins, its limit is \(limit)")
             }
+            conn.pins += refs.count
         }
-        // Verified: every entry grants these frames to the mapper's domain.
+        var frames: [UInt64] = []
+        let sent: (pools: [SharePoolRegistry.Pool], fds: [Int32])
+        do throws(HypervisorError) {
+            for ref in refs { frames.append(try granter.pinGrant(ref, for: mapper.domainID, writable: writable)) }
+            // The entries grant these frames to the mapper; the mapper may reach
+            // them only through a pool set aside for it, never the granter's memory.
+            sent = try pools.poolsForMap(granter: granterID, frames: frames, mapper: mapper.domainID, writable: writable,
+                                         limit: Self.poolsPerMap)
+        } catch {
+            for done in refs[0..<frames.count] { granter.unpinGrant(done, writable: writable) }
+            lock.withLock { conn.pins -= refs.count }
+            logger.notice("refused map", metadata: ["mapper": "\(mapper.domainID)", "why": "\(error)"])
+            throw error
+        }
         let handle: UInt32 = lock.withLock {
             let h = nextHandle
             nextHandle &+= 1
             conn.maps[h] = MapRecord(granter: granter, refs: refs, writable: writable)
-            if wantsMemory { conn.memoryGiven.insert(granterID) }
             return h
         }
-        return WireMessage([0, UInt64(handle)] + frames, fds: wantsMemory ? [granter.memoryFileDescriptor.rawValue] : [])
+        let poolWords: [UInt64] = sent.pools.flatMap { p -> [UInt64] in [p.first, UInt64(SharePoolRegistry.poolFrames)] }
+        return (WireMessage([0, UInt64(handle), UInt64(sent.pools.count)] + poolWords + frames, fds: sent.fds),
+                AfterReply(fds: sent.fds))
+    }
+
+    /// A new share pool of the caller's, for its pages shared with one peer.
+    private func sharePool(_ m: WireMessage, _ conn: Connection, _ me: SimulatedDomain) throws(HypervisorError) -> (WireMessage, AfterReply) {
+        guard m.words.count == 3, m.words[1] <= UInt64(UInt16.max) else { throw .errno(.invalidArgument, "share pool: malformed") }
+        let grantee = DomainID(UInt16(m.words[1]))
+        let slots: Range<Int>
+        if me.isPrivileged {
+            guard let slice = lock.withLock({ conn.slice }) else { throw .errno(.invalidArgument, "share pool: no slice") }
+            slots = slice * SharePoolRegistry.dom0PoolsPerSlice..<(slice + 1) * SharePoolRegistry.dom0PoolsPerSlice
+        } else {
+            slots = 0..<SharePoolRegistry.guestPools
+        }
+        let (pool, fd) = try pools.create(owner: ObjectIdentifier(conn), granter: me.domainID, base: UInt64(mainFrames(of: me)),
+                                          slots: slots, grantee: grantee, writable: m.words[2] != 0)
+        return (WireMessage([0, pool.first, UInt64(SharePoolRegistry.poolFrames)], fds: [fd]), AfterReply(fds: [fd]))
     }
 
     private func unmap(_ m: WireMessage, _ conn: Connection) throws(HypervisorError) -> WireMessage {
@@ -571,18 +625,34 @@ public final class HypervisorDaemon: @unchecked Sendable {
             throw .grant(.badHandle, "unmap: handle \(h) is not a mapping of this process")
         }
         for ref in record.refs { record.granter.unpinGrant(ref, writable: record.writable) }
+        lock.withLock { conn.pins -= record.refs.count }
         return WireMessage([0])
     }
 
+    /// What dom0's grant copy needs of a domain: its grant table, read-only,
+    /// and the pools it set aside for dom0 (at most 15: one record's
+    /// descriptors). Never its main memory: a guest's private frames are not
+    /// dom0's to read in this world either, only what the guest shares.
     private func foreignAccess(_ m: WireMessage, _ conn: Connection, _ me: SimulatedDomain) throws(HypervisorError) -> (WireMessage, AfterReply) {
         guard me.isPrivileged else {
-            throw .errno(.notPermitted, "foreign access: only dom0 may map another domain's memory")
+            throw .errno(.notPermitted, "foreign access: only dom0 may copy through another domain's grants")
         }
-        guard m.words.count == 2, let d = hypervisor.domain(DomainID(UInt16(truncatingIfNeeded: m.words[1]))) else {
+        guard m.words.count == 2, m.words[1] <= UInt64(UInt16.max), let d = hypervisor.domain(DomainID(UInt16(m.words[1]))) else {
             throw .grant(.badDomain, "foreign access: no such domain")
         }
-        return (WireMessage([0, UInt64(d.frameCount), UInt64(d.grantTableSize)],
-                            fds: [d.memoryFileDescriptor.rawValue, d.grantTableFileDescriptor]), AfterReply())
+        // A new read-only open file description: the copier reads entries, only the granter writes them.
+        let table = open("/proc/self/fd/\(d.grantTableFileDescriptor)", O_RDONLY | O_CLOEXEC)
+        guard table >= 0 else { throw .errno(Errno(rawValue: errno), "foreign access: read-only grant table") }
+        let shared: (pools: [SharePoolRegistry.Pool], fds: [Int32])
+        do { shared = try pools.poolsShared(by: d.domainID, with: me.domainID, limit: 15) } catch {
+            Glibc.close(table)
+            throw error
+        }
+        let poolWords: [UInt64] = shared.pools.flatMap { p -> [UInt64] in
+            [p.id, p.first, UInt64(SharePoolRegistry.poolFrames), p.writable ? 1 : 0]
+        }
+        let fds = [table] + shared.fds
+        return (WireMessage([0, UInt64(d.grantTableSize), UInt64(shared.pools.count)] + poolWords, fds: fds), AfterReply(fds: fds))
     }
 
     /// Each bound port holds two descriptors here (its page and the binder's
@@ -711,6 +781,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
         }
         // The process's views died with it; unpin what it held.
         for r in maps { for ref in r.refs { r.granter.unpinGrant(ref, writable: r.writable) } }
+        pools.release(owner: ObjectIdentifier(conn))
         guard let domain else { return }
         if domain.isPrivileged {
             if let slice { endGrants(ofSlice: slice) }
@@ -719,6 +790,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
         }
         let id = domain.domainID
         let left = hypervisor.destroyDomain(domain)
+        pools.forget(id)
         if !left.isEmpty { logger.info("\(id) left behind: \(left)") }
         removeFromStore(id)
         logger.info("\(id) destroyed: its process left")

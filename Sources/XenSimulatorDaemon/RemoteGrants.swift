@@ -10,15 +10,15 @@ import XenHypervisor
 ///
 /// A map asks the daemon, which checks and pins the entries in the granter's
 /// table exactly as the in-process simulator does (same statuses) and answers
-/// with the frames and, the first time, the granter's memory descriptor. The
-/// process then maps those frames itself. Unmap removes the view first, then
-/// asks the daemon to unpin.
+/// with the frames and the share pools they lie in. The process then maps
+/// those frames itself and closes the pools' descriptors. Unmap removes the
+/// view first, then asks the daemon to unpin.
 ///
-/// Trust: a process receives a domain's memory descriptor only after the
-/// daemon verified a grant from that domain to the process's domain. A memfd
-/// cannot be limited to some of its pages, so from then on that process could
-/// map other frames of the granter too; real Xen limits a mapping to the
-/// granted frames. dom0 is privileged and may map any guest's memory anyway.
+/// Trust: the daemon hands over only pools the granter set aside for this
+/// process's domain (`SharePoolRegistry`), read-only ones read-only, never
+/// the granter's main memory. Within such a pool the process can reach every
+/// page, granted yet or not: real Xen limits a mapping to the granted frame,
+/// here the limit is what the granter shares with us.
 final class RemoteGrantMapper: GrantMapper, @unchecked Sendable {
     // @unchecked: `mine` and `closed` are guarded by `lock`.
     private let hypervisor: RemoteHypervisor
@@ -39,29 +39,35 @@ final class RemoteGrantMapper: GrantMapper, @unchecked Sendable {
     private func mapRefs(_ refs: [GrantRef], from domain: DomainID, writable: Bool) throws(HypervisorError) -> GrantMapping {
         guard !lock.withLock({ closed }) else { throw HypervisorError(.closed, "map on a closed grant mapper") }
         guard !refs.isEmpty, refs.count <= 256 else { throw .errno(.invalidArgument, "map of \(refs.count) references") }
-        // Counted first, so a concurrent last unmap cannot drop the cached descriptor under us.
         hypervisor.mapped(domain)
         var handle: UInt32?
+        var fds: [Int32] = []
+        defer { for fd in fds { Glibc.close(fd) } }
         do throws(HypervisorError) {
-            let have = hypervisor.cachedMapFD(domain) != nil
-            var words: [UInt64] = [DaemonOp.map.rawValue, UInt64(domain.rawValue), writable ? 1 : 0, have ? 1 : 0]
+            // Word 3 once said whether we held the granter's memory; pools come with every reply.
+            var words: [UInt64] = [DaemonOp.map.rawValue, UInt64(domain.rawValue), writable ? 1 : 0, 0]
             words += refs.map { UInt64($0.rawValue) }
             let reply = try hypervisor.link.call(WireMessage(words))
-            guard reply.words.count == 2 + refs.count else {
-                for fd in reply.fds { Glibc.close(fd) }
+            fds = reply.fds
+            guard reply.words.count >= 3 else { throw HypervisorError(.closed, "malformed map reply") }
+            handle = UInt32(truncatingIfNeeded: reply.words[1])
+            let w = reply.words
+            let poolCount = reply.fds.count
+            guard w[2] == UInt64(poolCount), w.count == 3 + 2 * poolCount + refs.count else {
                 throw HypervisorError(.closed, "malformed map reply")
             }
-            handle = UInt32(truncatingIfNeeded: reply.words[1])
-            for extra in reply.fds.dropFirst() { Glibc.close(extra) }
-            let fd: Int32
-            if let got = reply.fds.first {
-                fd = hypervisor.cacheMapFD(domain, got)
-            } else if let cached = hypervisor.cachedMapFD(domain) {
-                fd = cached
-            } else {
-                throw HypervisorError(.closed, "map reply without the granter's memory")
+            var sources: [(fd: Int32, page: Int)] = []
+            for frame in w[(3 + 2 * poolCount)...] {
+                var source: (fd: Int32, page: Int)?
+                for i in 0..<poolCount {
+                    let first = w[3 + 2 * i]
+                    let count = min(w[4 + 2 * i], 1 << 20)
+                    if frame >= first && frame - first < count { source = (reply.fds[i], Int(frame - first)) }
+                }
+                guard let source else { throw HypervisorError(.closed, "map reply names a frame outside the pools it sent") }
+                sources.append(source)
             }
-            let base = try Mapping.frames(fd, Array(reply.words[2...]), writable: writable)
+            let base = try Mapping.pages(sources, writable: writable)
             lock.withLock { _ = mine.insert(handle!) }
             return GrantMapping(domain: domain, memory: MappedPages(base: base, count: refs.count), handle: GrantHandle(handle!),
                                 writable: writable)
@@ -83,31 +89,37 @@ final class RemoteGrantMapper: GrantMapper, @unchecked Sendable {
     }
 
     /// Grant copy without the daemon: dom0 reads the granter's table and copies
-    /// between its memory and ours directly.
+    /// between the pools the granter shares with it and our memory directly.
     ///
     /// Each granted end is checked as Xen's `acquire_grant_for_copy` checks it
     /// (permit-access, granted to us, writable for a destination, a frame the
-    /// granter owns) from one atomic read of the entry. It is not pinned: a
-    /// granter that ends access while a copy of its own request is in flight
-    /// can only harm its own data, which a well-behaved frontend never does
-    /// (it ends access after the response). Only dom0 may copy (the daemon
-    /// refuses a guest the foreign access this needs); a guest's segments
-    /// fail with `GNTST_permission_denied`.
+    /// granter shares with us, writably for a destination) from one atomic
+    /// read of the entry. It is not pinned: a granter that ends access while a
+    /// copy of its own request is in flight can only harm its own data, which
+    /// a well-behaved frontend never does (it ends access after the response).
+    /// Only dom0 may copy (the daemon refuses a guest the foreign access this
+    /// needs); a guest's segments fail with `GNTST_permission_denied`.
+    ///
+    /// A frame in no pool we know may lie in a pool the granter made since we
+    /// last asked: we ask the daemon again, once per call and domain, so a
+    /// granter naming bogus frames costs one round trip per batch, not per segment.
     func copy(_ segments: UnsafeMutableBufferPointer<GrantCopySegment>) throws(HypervisorError) {
         guard !lock.withLock({ closed }) else { throw HypervisorError(.closed, "copy on a closed grant mapper") }
+        var refreshed: [DomainID] = []
         for i in segments.indices {
-            segments[i].status = copyOne(segments[i])
+            segments[i].status = copyOne(segments[i], &refreshed)
         }
     }
 
-    private func copyOne(_ s: GrantCopySegment) -> GrantStatus {
+    private func copyOne(_ s: GrantCopySegment, _ refreshed: inout [DomainID]) -> GrantStatus {
         let length = Int(s.length)
         guard fits(s.source, length), fits(s.destination, length) else { return .badCopyArgument }
-        let from = resolve(s.source, writable: false)
+        let from = resolve(s.source, writable: false, &refreshed)
         guard let src = from.address else { return from.status }
-        let to = resolve(s.destination, writable: true)
+        let to = resolve(s.destination, writable: true, &refreshed)
         guard let dst = to.address else { return to.status }
-        memmove(dst, src, length)
+        // The views stay mapped while we copy, even if the last unmap of their domain drops them meanwhile.
+        withExtendedLifetime((from.view, to.view)) { _ = memmove(dst, src, length) }
         return .okay
     }
 
@@ -116,14 +128,16 @@ final class RemoteGrantMapper: GrantMapper, @unchecked Sendable {
         return true
     }
 
-    private func resolve(_ end: GrantCopySegment.End, writable: Bool) -> (address: UnsafeMutableRawPointer?, status: GrantStatus) {
+    private func resolve(_ end: GrantCopySegment.End, writable: Bool, _ refreshed: inout [DomainID])
+        -> (address: UnsafeMutableRawPointer?, status: GrantStatus, view: RemoteHypervisor.ForeignDomain?)
+    {
         switch end {
         case .local(let p):
-            return (p, .okay)
+            return (p, .okay, nil)
         case .foreign(let domain, let ref, let offset):
-            guard hypervisor.isPrivileged else { return (nil, .permissionDenied) }
-            guard let f = try? hypervisor.foreignDomain(domain) else { return (nil, .badDomain) }
-            guard Int(ref.rawValue) < f.entries else { return (nil, .badGrantRef) }
+            guard hypervisor.isPrivileged else { return (nil, .permissionDenied, nil) }
+            guard var f = try? hypervisor.foreignDomain(domain) else { return (nil, .badDomain, nil) }
+            guard Int(ref.rawValue) < f.entries else { return (nil, .badGrantRef, nil) }
             let entry = f.table + Int(ref.rawValue) * 8
             // acquiring: pairs with the granter's releasing store of the flags,
             // so the frame read next is the one it wrote before.
@@ -133,11 +147,20 @@ final class RemoteGrantMapper: GrantMapper, @unchecked Sendable {
             let frame = UnsafeAtomic<UInt32>(at: (entry + 4).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self))
                 .load(ordering: .relaxed)
             let flags = header & 0xFFFF
-            guard flags & UInt32(GTF_type_mask | GTF_sub_page) == UInt32(GTF_permit_access) else { return (nil, .badGrantRef) }
-            guard UInt16(truncatingIfNeeded: header >> 16) == hypervisor.domainID.rawValue else { return (nil, .permissionDenied) }
-            if writable && flags & UInt32(GTF_readonly) != 0 { return (nil, .permissionDenied) }
-            guard Int(frame) < f.frames else { return (nil, .badPage) }
-            return (f.memory + Int(frame) * XenPage.size + Int(offset), .okay)
+            guard flags & UInt32(GTF_type_mask | GTF_sub_page) == UInt32(GTF_permit_access) else { return (nil, .badGrantRef, nil) }
+            guard UInt16(truncatingIfNeeded: header >> 16) == hypervisor.domainID.rawValue else { return (nil, .permissionDenied, nil) }
+            if writable && flags & UInt32(GTF_readonly) != 0 { return (nil, .permissionDenied, nil) }
+            var pool = f.pool(containing: UInt64(frame))
+            if pool == nil, !refreshed.contains(domain) {
+                refreshed.append(domain)
+                if let again = try? hypervisor.foreignDomain(domain, refresh: true) {
+                    f = again
+                    pool = f.pool(containing: UInt64(frame))
+                }
+            }
+            guard let pool else { return (nil, .badPage, nil) }
+            if writable && !pool.writable { return (nil, .permissionDenied, nil) }
+            return (pool.base + Int(UInt64(frame) - pool.first) * XenPage.size + Int(offset), .okay, f)
         }
     }
 
@@ -147,26 +170,31 @@ final class RemoteGrantMapper: GrantMapper, @unchecked Sendable {
 }
 
 /// A grant-sharing handle of a joined process, shaped like `xengntshr`:
-/// allocation and granting are this process's own writes to its memory and
-/// grant table, with no daemon round trip.
+/// granting is this process's own write to its grant table, with no daemon
+/// round trip; the pages come from the pool set aside for the peer
+/// (`SharePools`), which costs a round trip only when a new pool is needed.
 final class RemoteGrantSharer: GrantSharer, @unchecked Sendable {
     // @unchecked: `shares` and `closed` are guarded by `lock`.
     private let memory: GuestMemory
+    private let pools: SharePools
     private let lock = Lock()
     private var shares: [UnsafeMutableRawPointer: GuestPages] = [:]
     private var closed = false
 
-    init(memory: GuestMemory) { self.memory = memory }
+    init(memory: GuestMemory, pools: SharePools) {
+        self.memory = memory
+        self.pools = pools
+    }
 
     func sharePages(count: Int, with peer: DomainID, writable: Bool) throws(HypervisorError) -> SharedPages {
         guard !lock.withLock({ closed }) else { throw HypervisorError(.closed, "share on a closed grant sharer") }
-        let pages = try memory.allocatePages(count)
+        let pages = try pools.allocate(count, for: peer, writable: writable)
         var refs: [GrantRef] = []
         do {
             for i in 0..<count { refs.append(try memory.grantAccess(frame: pages.frame(i), to: peer, readOnly: !writable)) }
         } catch {
             for ref in refs { try? memory.endAccess(ref) }
-            try? memory.freePages(pages)
+            try? pools.free(pages)
             throw error
         }
         lock.withLock { shares[pages.memory.base] = pages }
@@ -189,7 +217,7 @@ final class RemoteGrantSharer: GrantSharer, @unchecked Sendable {
             }
         }
         lock.withLock { _ = shares.removeValue(forKey: shared.memory.base) }
-        try memory.freePages(pages)
+        try pools.free(pages)
     }
 
     func close() { lock.withLock { closed = true } }

@@ -41,9 +41,9 @@ public struct GuestDevices: OptionSet, Sendable, Hashable {
 ///
 /// Set-up (map, unmap, bind, unbind) is a message to the daemon. The data path
 /// is not: ring and data pages are this process's own `mmap`s of the granter's
-/// memfd, a notify is an atomic on the channel's shared page plus, when the
+/// share pool for this domain, a notify is an atomic on the channel's shared page plus, when the
 /// peer sleeps, a one-byte write to the peer's wake pipe, and a dom0 grant copy
-/// reads the granter's grant table and memory directly.
+/// reads the granter's grant table and the pools it shares with dom0 directly.
 ///
 /// If the daemon goes away the process cannot go on (its hypervisor is gone):
 /// `onDaemonLost` runs once, by default printing a message and exiting with
@@ -58,6 +58,7 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
     public let socketPath: String
     let link: DaemonLink
     let memory: GuestMemory
+    let pools: SharePools
     private let lock = Lock()
     private var foreign: [DomainID: ForeignDomain] = [:]
 
@@ -107,6 +108,7 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
         }
         store = XenStoreClient(transport: XenStoreSocketTransport(connectedSocket: reply.fds[2]))
         self.link = link
+        pools = SharePools(link: link, memory: memory)
         link.startWatching(socketPath: socketPath, onLost: onDaemonLost)
     }
 
@@ -130,7 +132,7 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
     }
 
     public func openGrantSharer() throws(HypervisorError) -> any GrantSharer {
-        RemoteGrantSharer(memory: memory)
+        RemoteGrantSharer(memory: memory, pools: pools)
     }
 
     public var pageAllocator: any PageAllocator { memory }
@@ -152,57 +154,85 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
 
     // MARK: Foreign access (dom0's grant copy)
 
-    /// A domain's memory and grant table as dom0 maps them for grant copy.
-    /// Privileged, as in Xen where dom0 may map any guest's memory; the
-    /// daemon refuses it to a guest.
+    /// What dom0 maps of a domain for grant copy: its grant table, read-only,
+    /// and the pools that domain shares with dom0. Not its memory: what a
+    /// guest keeps to itself stays out of dom0's processes too.
     final class ForeignDomain: @unchecked Sendable {
-        // @unchecked: immutable mappings.
-        let memory: UnsafeMutableRawPointer
-        let frames: Int
+        // @unchecked: immutable after init.
         let table: UnsafeMutableRawPointer
         let entries: Int
+        /// By first frame, ascending.
+        let pools: [ForeignPool]
 
-        init(memory: UnsafeMutableRawPointer, frames: Int, table: UnsafeMutableRawPointer, entries: Int) {
-            self.memory = memory
-            self.frames = frames
+        init(table: UnsafeMutableRawPointer, entries: Int, pools: [ForeignPool]) {
             self.table = table
             self.entries = entries
+            self.pools = pools.sorted { $0.first < $1.first }
         }
 
-        deinit {
-            munmap(memory, frames * XenPage.size)
-            munmap(table, entries * MemoryLayout<grant_entry_v1>.stride)
+        deinit { munmap(table, entries * MemoryLayout<grant_entry_v1>.stride) }
+
+        func pool(containing frame: UInt64) -> ForeignPool? {
+            var (lo, hi) = (0, pools.count)
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if pools[mid].first + UInt64(pools[mid].count) <= frame { lo = mid + 1 } else { hi = mid }
+            }
+            return lo < pools.count && pools[lo].first <= frame ? pools[lo] : nil
         }
     }
 
-    /// `domain`'s memory and table, fetched from the daemon once.
-    func foreignDomain(_ domain: DomainID) throws(HypervisorError) -> ForeignDomain {
-        if let f = lock.withLock({ foreign[domain] }) { return f }
+    /// One share pool of another domain, mapped here (read-only if it is).
+    final class ForeignPool: @unchecked Sendable {
+        // @unchecked: an immutable mapping.
+        let id: UInt64
+        let first: UInt64
+        let count: Int
+        let writable: Bool
+        let base: UnsafeMutableRawPointer
+
+        init(id: UInt64, first: UInt64, count: Int, writable: Bool, base: UnsafeMutableRawPointer) {
+            (self.id, self.first, self.count, self.writable, self.base) = (id, first, count, writable, base)
+        }
+
+        deinit { munmap(base, count * XenPage.size) }
+    }
+
+    /// `domain`'s table and shared pools, fetched from the daemon once, or
+    /// again with `refresh` (pools already mapped are kept).
+    func foreignDomain(_ domain: DomainID, refresh: Bool = false) throws(HypervisorError) -> ForeignDomain {
+        let known = lock.withLock { foreign[domain] }
+        if let known, !refresh { return known }
         let reply = try link.call(WireMessage([DaemonOp.foreignAccess.rawValue, UInt64(domain.rawValue)]))
         defer { for fd in reply.fds { Glibc.close(fd) } }
-        guard reply.words.count >= 3, reply.fds.count == 2 else { throw HypervisorError(.closed, "malformed foreign-access reply") }
-        let frames = Int(reply.words[1])
-        let entries = Int(reply.words[2])
-        let mem = try Mapping.map(reply.fds[0], bytes: frames * XenPage.size)
-        let table: UnsafeMutableRawPointer
-        do { table = try Mapping.map(reply.fds[1], bytes: entries * MemoryLayout<grant_entry_v1>.stride, writable: false) } catch {
-            munmap(mem, frames * XenPage.size)
-            throw error
+        let w = reply.words
+        guard w.count >= 3, w[1] > 0, w[1] <= 1 << 20, w[2] <= 15, w.count == 3 + 4 * Int(w[2]), reply.fds.count == 1 + Int(w[2])
+        else { throw HypervisorError(.closed, "malformed foreign-access reply") }
+        let entries = Int(w[1])
+        var pools: [ForeignPool] = []
+        for i in 0..<Int(w[2]) {
+            let (id, first, count, writable) = (w[3 + 4 * i], w[4 + 4 * i], w[5 + 4 * i], w[6 + 4 * i] != 0)
+            guard count > 0, count <= 1 << 20, first <= UInt64(UInt32.max) else { throw HypervisorError(.closed, "malformed foreign-access reply") }
+            if let same = known?.pools.first(where: { $0.id == id }) {
+                pools.append(same)
+                continue
+            }
+            let base = try Mapping.map(reply.fds[1 + i], bytes: Int(count) * XenPage.size, writable: writable)
+            pools.append(ForeignPool(id: id, first: first, count: Int(count), writable: writable, base: base))
         }
-        let f = ForeignDomain(memory: mem, frames: frames, table: table, entries: entries)
+        let table = try Mapping.map(reply.fds[0], bytes: entries * MemoryLayout<grant_entry_v1>.stride, writable: false)
+        let f = ForeignDomain(table: table, entries: entries, pools: pools)
         return lock.withLock {
-            if let existing = foreign[domain] { return existing }
+            if !refresh, let existing = foreign[domain] { return existing }
             foreign[domain] = f
             return f
         }
     }
 
-    /// The granter's memory descriptor for mappings, cached per domain.
-    private var mapFDs: [DomainID: Int32] = [:]
     /// Live mappings per granter. When the last goes (a backend let go of a
-    /// device), the cached descriptor and foreign view of that domain go too,
-    /// so a dead guest's memory is not kept by dom0 processes; a copy still
-    /// running holds its own reference to the view until it ends.
+    /// device), the foreign view of that domain goes too, so a dead guest's
+    /// memory is not kept by dom0 processes; a copy still running holds its
+    /// own reference to the view until it ends.
     private var liveMappings: [DomainID: Int] = [:]
 
     func mapped(_ domain: DomainID) { lock.withLock { liveMappings[domain, default: 0] += 1 } }
@@ -213,20 +243,6 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
             guard n <= 0 else { liveMappings[domain] = n; return }
             liveMappings[domain] = nil
             foreign[domain] = nil
-            if let fd = mapFDs.removeValue(forKey: domain) { Glibc.close(fd) }
-        }
-    }
-
-    func cachedMapFD(_ domain: DomainID) -> Int32? { lock.withLock { mapFDs[domain] } }
-
-    func cacheMapFD(_ domain: DomainID, _ fd: Int32) -> Int32 {
-        lock.withLock {
-            if let existing = mapFDs[domain] {
-                Glibc.close(fd)
-                return existing
-            }
-            mapFDs[domain] = fd
-            return fd
         }
     }
 }

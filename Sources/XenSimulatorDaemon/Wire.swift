@@ -23,6 +23,8 @@ enum DaemonOp: UInt64 {
     case report = 9
     /// dom0 only: a guest domain waiting for the process that presents its token.
     case createDomain = 10
+    /// A new share pool for the caller's pages shared with one peer (`SharePoolRegistry`).
+    case sharePool = 11
 }
 
 /// One message: words, text, descriptors.
@@ -151,16 +153,17 @@ enum Mapping {
         return p
     }
 
-    /// Maps `frames` of `fd` contiguously (a grant map's second view).
-    static func frames(_ fd: Int32, _ frames: [UInt64], writable: Bool) throws(HypervisorError) -> UnsafeMutableRawPointer {
-        let length = frames.count * XenPage.size
+    /// Maps one page from each `(fd, page index)` contiguously (a grant map's second view).
+    static func pages(_ sources: [(fd: Int32, page: Int)], writable: Bool) throws(HypervisorError) -> UnsafeMutableRawPointer {
+        let length = sources.count * XenPage.size
         let prot = writable ? PROT_READ | PROT_WRITE : PROT_READ
         // Reserve the run first so the pages land next to each other.
         guard let region = mmap(nil, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), region != MAP_FAILED else {
-            throw .errno(Errno(rawValue: errno), "reserving \(frames.count) pages for a grant map")
+            throw .errno(Errno(rawValue: errno), "reserving \(sources.count) pages for a grant map")
         }
-        for (i, frame) in frames.enumerated() {
-            let p = mmap(region + i * XenPage.size, XenPage.size, prot, MAP_SHARED | MAP_FIXED, fd, off_t(frame) * off_t(XenPage.size))
+        for (i, source) in sources.enumerated() {
+            let p = mmap(region + i * XenPage.size, XenPage.size, prot, MAP_SHARED | MAP_FIXED, source.fd,
+                         off_t(source.page) * off_t(XenPage.size))
             if p == nil || p == MAP_FAILED {
                 let err = Errno(rawValue: errno)
                 munmap(region, length)
@@ -170,4 +173,3 @@ enum Mapping {
         return region
     }
 }
-
