@@ -46,8 +46,9 @@ import XenStore
 ///   domains waiting for their guest, dom0 backend processes.
 ///
 /// One thread serves every connection (a poll loop); toolstack work in the
-/// store runs, in order, on one task, and a join that waits for it is answered
-/// when it is done, without holding up other connections.
+/// store runs, in order, on one task on a thread of its own, and a join that
+/// waits for it is answered when it is done, without holding up other
+/// connections.
 public final class HypervisorDaemon: @unchecked Sendable {
     // @unchecked: the tables below are guarded by `lock`; the poll set and
     // `accepting` belong to the loop thread.
@@ -206,7 +207,11 @@ public final class HypervisorDaemon: @unchecked Sendable {
         // for: a domain's removal never overtakes its creation.
         let (jobs, continuation) = AsyncStream<@Sendable () async -> Void>.makeStream()
         toolstack = continuation
-        Task { for await job in jobs { await job() } }
+        let executor = ToolstackExecutor(name: "xenpv-toolstack")
+        Task(executorPreference: executor) {
+            for await job in jobs { await job() }
+            executor.finish()
+        }
 
         listenFD = fd
         guard let stop = WakePipe.make(), let post = WakePipe.make() else { throw .errno(Errno(rawValue: errno), "pipe") }

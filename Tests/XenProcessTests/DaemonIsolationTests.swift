@@ -48,7 +48,7 @@ extension ProcessTests {
         /// "Anyone can be dom0": a process the daemon does not trust (here every
         /// process, as the policy trusts no uid) is refused dom0, a backend's
         /// place and new guests; the kernel's credentials decide, not the request.
-        @Test func anUntrustedPeerIsNeitherDom0NorAToolstack() throws {
+        @Test func anUntrustedPeerIsNeitherDom0NorAToolstack() async throws {
             let f = try Fixture { $0.trusted.uids = [] }
             for request in [DomainRequest.dom0, .backend, .newGuest(frames: 64)] {
                 #expect(throws: HypervisorError.self) {
@@ -64,7 +64,7 @@ extension ProcessTests {
         /// The same through the real commands: the socket opened to everyone (as
         /// an administrator might chmod it), a `nobody` process is refused as a new
         /// guest, and joins only the domain dom0 created for its token.
-        @Test(.timeLimit(.minutes(1))) func aUserTheDaemonDoesNotTrustRunsAGuestOnlyWithItsToken() throws {
+        @Test(.timeLimit(.minutes(1))) func aUserTheDaemonDoesNotTrustRunsAGuestOnlyWithItsToken() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sock = dir + "/hv.sock"
@@ -72,35 +72,35 @@ extension ProcessTests {
             #expect(FileManager.default.createFile(atPath: image, contents: Data(count: 4 << 20)))
             let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
             defer { hv.kill() }
-            #expect(hv.waitFor("listening"), "\(hv.output)")
+            #expect(await hv.waitFor("listening"), "\(hv.output)")
             var st = stat()
             #expect(lstat(sock, &st) == 0 && st.st_mode & 0o777 == 0o600, "the socket is the owner's alone")
             #expect(chmod(sock, 0o666) == 0)
             let backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
             defer { backend.kill() }
-            #expect(backend.waitFor("serving"), "\(backend.output)")
+            #expect(await backend.waitFor("serving"), "\(backend.output)")
 
             let asNobody = ["--reuid", "65534", "--regid", "65534", "--clear-groups", xenpvPath()]
             let refused = try Child(asNobody + ["guest", "disk", "write", "--connect", sock, "--length", "65536"],
                                     name: "nobody", executable: "/usr/bin/setpriv")
-            #expect(refused.waitForExit(seconds: 20).map { $0 != 0 } == true, "\(refused.output)")
+            #expect(await refused.waitForExit(seconds: 20).map { $0 != 0 } == true, "\(refused.output)")
             #expect(refused.output.contains("not trusted"), "\(refused.output)")
 
             let create = try Child(["domain", "create", "--connect", sock, "--vbd", "--frames", "1024"], name: "domain create")
-            #expect(create.waitForExit(seconds: 20) == 0, "\(create.output)")
+            #expect(await create.waitForExit(seconds: 20) == 0, "\(create.output)")
             let words = create.output.split(whereSeparator: \.isWhitespace)
             let token = try #require(words.last.map(String.init))
             let guest = try Child(asNobody + ["guest", "disk", "write", "--connect", sock, "--token", token, "--length", "65536"],
                                   name: "nobody with a token", executable: "/usr/bin/setpriv")
-            #expect(guest.waitForExit(seconds: 30) == 0, "\(guest.output)\n--- backend:\n\(backend.output)")
+            #expect(await guest.waitForExit(seconds: 30) == 0, "\(guest.output)\n--- backend:\n\(backend.output)")
             #expect(guest.output.contains("joined as dom\(words.first ?? "?")"), "\(guest.output)")
             // A token is good once.
             let again = try Child(asNobody + ["guest", "disk", "read", "--connect", sock, "--token", token, "--length", "4096"],
                                   name: "token reused", executable: "/usr/bin/setpriv")
-            #expect(again.waitForExit(seconds: 20).map { $0 != 0 } == true, "\(again.output)")
+            #expect(await again.waitForExit(seconds: 20).map { $0 != 0 } == true, "\(again.output)")
         }
 
-        @Test func aTokenJoinsItsDomainOnceAndAnUnclaimedDomainExpires() throws {
+        @Test func aTokenJoinsItsDomainOnceAndAnUnclaimedDomainExpires() async throws {
             let f = try Fixture()
             let dom0 = try RemoteHypervisor(socketPath: f.socket, as: .dom0, onDaemonLost: ignoreLoss)
             defer { dom0.close() }
@@ -124,7 +124,7 @@ extension ProcessTests {
             let briefDom0 = try RemoteHypervisor(socketPath: brief.socket, as: .dom0, onDaemonLost: ignoreLoss)
             defer { briefDom0.close() }
             let (unclaimed, late) = try briefDom0.createDomain(frames: 64)
-            #expect(eventually { brief.daemon.pendingDomains == 0 && !brief.daemon.report().domains.contains(unclaimed) })
+            #expect(await eventually { brief.daemon.pendingDomains == 0 && !brief.daemon.report().domains.contains(unclaimed) })
             #expect(throws: HypervisorError.self) {
                 _ = try RemoteHypervisor(socketPath: brief.socket, as: .guest(token: late), onDaemonLost: ignoreLoss)
             }
@@ -145,7 +145,7 @@ extension ProcessTests {
             defer { store.close() }
             #expect(try await store.read(XenStorePath.home(of: hostileID) + "/device/x/0/backend") == "/local")
             hostile.close()
-            let gone = await eventuallyAsync {
+            let gone = await eventually {
                 let home = (try? await store.exists(XenStorePath.home(of: hostileID))) ?? true
                 let backend = (try? await store.exists("/local/domain/0/backend/vbd/\(hostileID.rawValue)")) ?? true
                 return !home && !backend
@@ -158,7 +158,7 @@ extension ProcessTests {
 
         /// "Each bind keeps two fds, with no per-guest cap": a guest gets a bounded
         /// number of ports and of mappings, then `ENOSPC`; others are unaffected.
-        @Test func aGuestsPortsAndMappingsAreCapped() throws {
+        @Test func aGuestsPortsAndMappingsAreCapped() async throws {
             let f = try Fixture {
                 $0.maxPortsPerGuest = 8
                 $0.maxMappingsPerGuest = 4
@@ -185,13 +185,13 @@ extension ProcessTests {
         /// "One thread per connection", "anyone can lock the backend out":
         /// idle connections cost the daemon no thread, an untrusted user gets a
         /// bounded number of them, and only one backend process joins at a time.
-        @Test func connectionsAreServedByOneThreadAndCapped() throws {
+        @Test func connectionsAreServedByOneThreadAndCapped() async throws {
             let f = try Fixture()
             let before = threadCount()
             var fds: [Int32] = []
             defer { for fd in fds { close(fd) } }
             for _ in 0..<200 { fds.append(try rawConnection(f.socket)) }
-            #expect(eventually { f.daemon.report().processes == 200 })
+            #expect(await eventually { f.daemon.report().processes == 200 })
             #expect(threadCount() < before + 5, "\(threadCount()) threads for 200 connections, \(before) before")
             // Each still gets an answer.
             #expect(call(fds[199], WireMessage([999]))?.error?.code == .errno(.invalidArgument))
@@ -203,14 +203,14 @@ extension ProcessTests {
             var mine: [Int32] = []
             defer { for fd in mine { close(fd) } }
             for _ in 0..<4 { mine.append(try rawConnection(capped.socket)) }
-            #expect(eventually { capped.daemon.report().processes == 4 })
+            #expect(await eventually { capped.daemon.report().processes == 4 })
             let extra = try rawConnection(capped.socket)
             defer { close(extra) }
             #expect(call(extra, WireMessage([999])) == nil, "the fifth connection of one user is closed")
             #expect(call(mine[0], WireMessage([999]))?.error?.code == .errno(.invalidArgument))
         }
 
-        @Test func oneBackendProcessAtATime() throws {
+        @Test func oneBackendProcessAtATime() async throws {
             let f = try Fixture()
             let first = try RemoteHypervisor(socketPath: f.socket, as: .backend, onDaemonLost: ignoreLoss)
             #expect(failure { _ = try RemoteHypervisor(socketPath: f.socket, as: .backend, onDaemonLost: ignoreLoss) }
@@ -227,7 +227,7 @@ extension ProcessTests {
 
         /// "Each guest join/leave leaks a shared-info memory file and ~118 KB",
         /// "domain ids are never reused": cycles leave descriptors flat.
-        @Test func joinAndLeaveLeakNothing() throws {
+        @Test func joinAndLeaveLeakNothing() async throws {
             let f = try Fixture()
             func cycle() throws {
                 let g = try RemoteHypervisor(socketPath: f.socket, as: .newGuest(frames: 16, devices: [.vbd]), onDaemonLost: ignoreLoss)
@@ -236,16 +236,16 @@ extension ProcessTests {
                 g.close()
             }
             for _ in 0..<20 { try cycle() }
-            #expect(eventually { f.daemon.report().domains == [.dom0] })
+            #expect(await eventually { f.daemon.report().domains == [.dom0] })
             let settled = openDescriptors()
             for _ in 0..<300 { try cycle() }
-            #expect(eventually { f.daemon.report().domains == [.dom0] && openDescriptors() <= settled },
+            #expect(await eventually { f.daemon.report().domains == [.dom0] && openDescriptors() <= settled },
                     "\(openDescriptors()) descriptors after 300 cycles, \(settled) before")
         }
 
         /// `xenpv hypervisor --socket FILE` unlinked whatever was there; `""`
         /// bound an abstract socket.
-        @Test func theSocketNeitherReplacesAFileNorGoesAbstract() throws {
+        @Test func theSocketNeitherReplacesAFileNorGoesAbstract() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let file = dir + "/precious"
@@ -254,13 +254,13 @@ extension ProcessTests {
             #expect(FileManager.default.contents(atPath: file) == Data("keep".utf8))
             #expect(throws: HypervisorError.self) { try HypervisorDaemon(socketPath: "", logger: quietLogger()).start() }
             let cli = try Child(["hypervisor", "--socket", ""], name: "empty socket")
-            #expect(cli.waitForExit(seconds: 20).map { $0 != 0 } == true, "\(cli.output)")
+            #expect(await cli.waitForExit(seconds: 20).map { $0 != 0 } == true, "\(cli.output)")
         }
 
         /// "On EMFILE its accept loop spins": the daemon out of descriptors stops
         /// accepting for a moment, says so at most once per 10 s, and serves again
         /// once connections close.
-        @Test(.timeLimit(.minutes(1))) func outOfDescriptorsTheDaemonBacksOffAndRecovers() throws {
+        @Test(.timeLimit(.minutes(1))) func outOfDescriptorsTheDaemonBacksOffAndRecovers() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sock = dir + "/hv.sock"
@@ -268,12 +268,12 @@ extension ProcessTests {
             let hv = try Child(["--nofile=48:48", xenpvPath(), "hypervisor", "--socket", sock], name: "hypervisor",
                                executable: "/usr/bin/prlimit")
             defer { hv.kill() }
-            #expect(hv.waitFor("listening"), "\(hv.output)")
+            #expect(await hv.waitFor("listening"), "\(hv.output)")
             var fds: [Int32] = []
             for _ in 0..<60 { if let fd = try? rawConnection(sock) { fds.append(fd) } }
-            #expect(hv.waitFor("pausing accepts"), "\(hv.output)")
+            #expect(await hv.waitFor("pausing accepts"), "\(hv.output)")
             // Let the back-off run a while (the kernel keeps queued connects in the backlog).
-            usleep(500_000)
+            try await Task.sleep(nanoseconds: 500_000_000)
             for fd in fds { close(fd) }
             let dom0 = try RemoteHypervisor(socketPath: sock, as: .dom0, onDaemonLost: ignoreLoss)
             dom0.close()

@@ -80,7 +80,7 @@ extension ProcessTests {
             #expect(seen == grantedPages, comment)
         }
 
-        @Test func aHostileGranteeFindsNothingButWhatWasGrantedToIt() throws {
+        @Test func aHostileGranteeFindsNothingButWhatWasGrantedToIt() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
@@ -147,7 +147,7 @@ extension ProcessTests {
             try expectProbeClean(received, grantedPages: 2, "the prober's descriptors")
         }
 
-        @Test func dom0GrantCopyReachesOnlyWhatIsSharedWithDom0() throws {
+        @Test func dom0GrantCopyReachesOnlyWhatIsSharedWithDom0() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
@@ -221,7 +221,7 @@ extension ProcessTests {
             try expectProbeClean(foreign.fds, grantedPages: 2, "dom0's foreign access")
         }
 
-        @Test func pinsPastTheLimitAreAnErrorNotATrap() throws {
+        @Test func pinsPastTheLimitAreAnErrorNotATrap() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
@@ -253,7 +253,7 @@ extension ProcessTests {
             #expect(throws: HypervisorError.self) { _ = try guest.link.call(request) }
         }
 
-        @Test func aGuestHoldsABoundedNumberOfSharePools() throws {
+        @Test func aGuestHoldsABoundedNumberOfSharePools() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
@@ -281,7 +281,7 @@ extension ProcessTests {
             #expect(try call(raw, WireMessage([DaemonOp.sharePool.rawValue, 0])).error?.code == .errno(.invalidArgument))
         }
 
-        @Test func noDescriptorAGuestHoldsCanBeTruncatedUnderTheDaemon() throws {
+        @Test func noDescriptorAGuestHoldsCanBeTruncatedUnderTheDaemon() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())

@@ -14,7 +14,7 @@ extension ProcessTests {
             return Wire.receive(fd)
         }
 
-        @Test func nonsenseGetsErrorsAndOthersAreUnharmed() throws {
+        @Test func nonsenseGetsErrorsAndOthersAreUnharmed() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
@@ -55,7 +55,7 @@ extension ProcessTests {
             // A record too short to parse: the daemon drops this connection, and with it our domain.
             var junk: [UInt8] = [1, 0]
             _ = send(fd, &junk, 2, 0)
-            #expect(eventually { !daemon.report().domains.contains(DomainID(UInt16(me))) })
+            #expect(await eventually { !daemon.report().domains.contains(DomainID(UInt16(me))) })
 
             // The honest guest is untouched: dom0 still maps its grant.
             let dom0 = try RemoteHypervisor(socketPath: dir + "/hv.sock", as: .dom0, onDaemonLost: ignoreLoss)

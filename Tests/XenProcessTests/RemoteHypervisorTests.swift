@@ -10,7 +10,7 @@ extension ProcessTests {
     /// the grant checks, the unchanged ring engine, and clean release.
     @Suite(.serialized)
     struct RemoteHypervisorTests {
-        @Test func mapOfAGrantMeantForAnotherDomainIsRefused() throws {
+        @Test func mapOfAGrantMeantForAnotherDomainIsRefused() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
@@ -59,11 +59,11 @@ extension ProcessTests {
 
             a.close()
             b.close()
-            #expect(eventually { (try? dom0.report().domains) == [.dom0] })
+            #expect(await eventually { (try? dom0.report().domains) == [.dom0] })
             dom0.close()
         }
 
-        @Test func theRingEngineRunsUnchangedOnRemoteHypervisors() throws {
+        @Test func theRingEngineRunsUnchangedOnRemoteHypervisors() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
@@ -91,7 +91,7 @@ extension ProcessTests {
             dom0.close()
         }
 
-        @Test func aGuestThatLeavesTakesItsPortsAndMappingsWithIt() throws {
+        @Test func aGuestThatLeavesTakesItsPortsAndMappingsWithIt() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
@@ -120,7 +120,7 @@ extension ProcessTests {
             // The guest goes (as if its process died): dom0's notify now fails, its
             // mapping stays valid until it unmaps, then nothing is left.
             guest.close()
-            #expect(eventually { (try? dom0.report().domains) == [.dom0] })
+            #expect(await eventually { (try? dom0.report().domains) == [.dom0] })
             #expect(throws: HypervisorError.self) { try dEvents.notify(dPort) }
             mapping.memory.base.storeBytes(of: 1, as: UInt8.self)
             try mapper.unmap(mapping)

@@ -57,10 +57,10 @@ final class Child: @unchecked Sendable {
     var output: String { lock.withLock { text } }
     var pid: Int32 { process.processIdentifier }
 
-    /// SIGKILL, by pid, if still running; waits (bounded) for it to be reaped.
+    /// SIGKILL, by pid, if still running, and reaps it (at once, after SIGKILL).
     func kill() {
         if process.isRunning { Glibc.kill(pid, SIGKILL) }
-        _ = waitForExit(seconds: 5)
+        process.waitUntilExit()
     }
 
     func terminate() {
@@ -68,38 +68,30 @@ final class Child: @unchecked Sendable {
     }
 
     /// Waits at most `seconds` for the process to end; its status, or nil.
-    func waitForExit(seconds: Double) -> Int32? {
+    /// Sleeps between looks: a waiting test must not hold a pool thread.
+    func waitForExit(seconds: Double) async -> Int32? {
         let deadline = Date().addingTimeInterval(seconds)
         while process.isRunning {
             if Date() > deadline { return nil }
-            usleep(10_000)
+            try? await Task.sleep(nanoseconds: 10_000_000)
         }
         return process.terminationStatus
     }
 
     /// Waits at most `seconds` until the output contains `text`.
-    func waitFor(_ text: String, seconds: Double = 20) -> Bool {
+    func waitFor(_ text: String, seconds: Double = 20) async -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
             if output.contains(text) { return true }
-            usleep(10_000)
+            try? await Task.sleep(nanoseconds: 10_000_000)
         }
         return output.contains(text)
     }
 }
 
-/// Polls `body` until true or `seconds` pass.
-func eventually(_ seconds: Double = 10, _ body: () throws -> Bool) rethrows -> Bool {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-        if try body() { return true }
-        usleep(10_000)
-    }
-    return try body()
-}
-
-/// `eventually` for async tests: sleeps instead of blocking a pool thread.
-func eventuallyAsync(_ seconds: Double = 10, _ body: () async throws -> Bool) async rethrows -> Bool {
+/// Polls `body` until true or `seconds` pass, sleeping between looks (a
+/// waiting test must not hold one of the cooperative pool's few threads).
+func eventually(_ seconds: Double = 10, _ body: () async throws -> Bool) async rethrows -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
     while Date() < deadline {
         if try await body() { return true }
@@ -144,7 +136,6 @@ func quietLogger() -> Logger {
     return l
 }
 
-/// Every suite of this target runs serially: the child-process tests block
-/// their threads while they wait, which would starve the cooperative pool an
-/// in-process daemon needs for its store calls.
+/// Every suite of this target runs serially: the suites share the machine's
+/// few cores with child processes and in-process daemons.
 @Suite(.timeLimit(.minutes(3)), .serialized) enum ProcessTests {}

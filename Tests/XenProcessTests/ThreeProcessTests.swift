@@ -10,16 +10,16 @@ extension ProcessTests {
     @Suite(.serialized)
     struct ThreeProcessTests {
         @Test(.timeLimit(.minutes(1)))
-        func backendRestartGuestCrashAndDaemonLoss() throws {
+        func backendRestartGuestCrashAndDaemonLoss() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sock = dir + "/hv.sock"
             let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
             defer { hv.kill() }
-            #expect(hv.waitFor("listening"), "\(hv.output)")
+            #expect(await hv.waitFor("listening"), "\(hv.output)")
             var backend = try Child(["backend", "--connect", sock], name: "backend")
             defer { backend.kill() }
-            #expect(backend.waitFor("serving"), "\(backend.output)")
+            #expect(await backend.waitFor("serving"), "\(backend.output)")
 
             // A guest streams frames through the echoing backend; the backend is
             // killed mid-stream and a new one started; the guest's frontend waits,
@@ -27,12 +27,12 @@ extension ProcessTests {
             let guest = try Child(["guest", "net-echo", "--connect", sock, "--count", "120", "--interval-ms", "5", "--timeout", "30"],
                                   name: "guest")
             defer { guest.kill() }
-            #expect(guest.waitFor("echoed 30/"), "\(guest.output)")
+            #expect(await guest.waitFor("echoed 30/"), "\(guest.output)")
             backend.kill()
             let echoedBefore = guest.output.components(separatedBy: "echoed ").count - 1
             backend = try Child(["backend", "--connect", sock, "--verbose"], name: "backend 2")
-            #expect(backend.waitFor("serving"), "\(backend.output)")
-            #expect(guest.waitForExit(seconds: 40) == 0, "\(guest.output)\n--- backend 2:\n\(backend.output)\n--- hypervisor:\n\(hv.output)")
+            #expect(await backend.waitFor("serving"), "\(backend.output)")
+            #expect(await guest.waitForExit(seconds: 40) == 0, "\(guest.output)\n--- backend 2:\n\(backend.output)\n--- hypervisor:\n\(hv.output)")
             #expect(guest.output.contains("120 frames echoed intact"), "\(guest.output)")
             #expect(echoedBefore < 120, "the backend was killed mid-stream")
             print("guest across the backend restart:", guest.output.split(separator: "\n").filter { !$0.hasPrefix("echoed") })
@@ -41,73 +41,73 @@ extension ProcessTests {
             // its vif; the backend unmaps, unbinds and ends the vif's thread.
             let dom0 = try RemoteHypervisor(socketPath: sock, as: .dom0, onDaemonLost: ignoreLoss)
             defer { dom0.close() }
-            #expect(backend.waitFor("vifs: none"), "\(backend.output)")
+            #expect(await backend.waitFor("vifs: none"), "\(backend.output)")
             let idleThreads = threadCount(of: backend.pid)
             let doomed = try Child(["guest", "net-echo", "--connect", sock, "--count", "100000", "--interval-ms", "2", "--timeout", "50"],
                                    name: "doomed guest")
-            #expect(doomed.waitFor("echoed 20/"), "\(doomed.output)")
+            #expect(await doomed.waitFor("echoed 20/"), "\(doomed.output)")
             #expect(backend.output.contains("Connected"), "\(backend.output)")
             let busyThreads = threadCount(of: backend.pid)
             #expect(try dom0.report().mappings > 0)
             doomed.kill()
-            #expect(eventually(15) {
+            #expect(await eventually(15) {
                 guard let r = try? dom0.report() else { return false }
                 return r.domains == [.dom0] && r.mappings == 0 && r.ports == 0
             }, "\((try? dom0.report())?.description ?? "no report")")
             // The backend no longer maps anything of the dead guest: not its memory
             // (ring views, grant-copy view), not its grant table, not the channel page.
             let doomedID = doomed.output.split(separator: "joined as ").last?.prefix { $0 != "\n" } ?? "?"
-            #expect(eventually(10) {
+            #expect(await eventually(10) {
                 let maps = (try? String(contentsOfFile: "/proc/\(backend.pid)/maps", encoding: .utf8)) ?? "?"
                 return !maps.contains("-\(doomedID) ") && !maps.contains("-\(doomedID)-gnttab") && !maps.contains("xenpv-evtchn")
             }, "backend still maps \(doomedID)")
             // The vif is gone and its thread with it.
-            #expect(eventually(10) { backend.output.hasSuffix("vifs: none\n") }, "\(backend.output)")
-            #expect(eventually(10) { threadCount(of: backend.pid) < busyThreads }, "idle \(idleThreads), busy \(busyThreads)")
+            #expect(await eventually(10) { backend.output.hasSuffix("vifs: none\n") }, "\(backend.output)")
+            #expect(await eventually(10) { threadCount(of: backend.pid) < busyThreads }, "idle \(idleThreads), busy \(busyThreads)")
 
             // The daemon dies: every joined process exits with a clear message.
             let waiting = try Child(["guest", "net-echo", "--connect", sock, "--count", "100000", "--interval-ms", "2", "--timeout", "50"],
                                     name: "last guest")
             defer { waiting.kill() }
-            #expect(waiting.waitFor("echoed 5/"), "\(waiting.output)")
+            #expect(await waiting.waitFor("echoed 5/"), "\(waiting.output)")
             hv.kill()
-            #expect(backend.waitForExit(seconds: 10) == 3, "\(backend.output)")
-            #expect(waiting.waitForExit(seconds: 10) == 3, "\(waiting.output)")
+            #expect(await backend.waitForExit(seconds: 10) == 3, "\(backend.output)")
+            #expect(await waiting.waitForExit(seconds: 10) == 3, "\(waiting.output)")
             #expect(backend.output.contains("the hypervisor daemon at \(sock) went away"))
             #expect(waiting.output.contains("went away"))
             for child in [hv, backend, guest, doomed, waiting] { #expect(child.sanitizerClean, "\(child.name): \(child.output)") }
         }
 
-        @Test func clearErrorsForAMissingSocketAFileAndASize() throws {
+        @Test func clearErrorsForAMissingSocketAFileAndASize() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let noSocket = try Child(["guest", "net-echo", "--connect", dir + "/none.sock"], name: "guest")
-            #expect(noSocket.waitForExit(seconds: 10) != 0)
+            #expect(await noSocket.waitForExit(seconds: 10) != 0)
             #expect(noSocket.output.contains("no hypervisor socket at \(dir)/none.sock"), "\(noSocket.output)")
             let noDisk = try Child(["backend", "--connect", dir + "/none.sock", "--disk", dir + "/none.img"], name: "backend")
-            #expect(noDisk.waitForExit(seconds: 10) != 0)
+            #expect(await noDisk.waitForExit(seconds: 10) != 0)
             #expect(noDisk.output.contains("no disk image at \(dir)/none.img"), "\(noDisk.output)")
             FileManager.default.createFile(atPath: dir + "/odd.img", contents: Data(count: 1000))
             let oddDisk = try Child(["backend", "--connect", dir + "/none.sock", "--disk", dir + "/odd.img"], name: "backend")
-            #expect(oddDisk.waitForExit(seconds: 10) != 0)
+            #expect(await oddDisk.waitForExit(seconds: 10) != 0)
             #expect(oddDisk.output.contains("has a bad size: 1000 bytes"), "\(oddDisk.output)")
             let badRange = try Child(["guest", "disk", "write", "--connect", dir, "--length", "1000"], name: "guest")
-            #expect(badRange.waitForExit(seconds: 10) != 0)
+            #expect(await badRange.waitForExit(seconds: 10) != 0)
             #expect(badRange.output.contains("--length must be a positive multiple of 512"), "\(badRange.output)")
             let badSize = try Child(["guest", "net-echo", "--connect", dir, "--size", "20"], name: "guest")
-            #expect(badSize.waitForExit(seconds: 10) != 0)
+            #expect(await badSize.waitForExit(seconds: 10) != 0)
             #expect(badSize.output.contains("--size must be 60 to 9000 bytes"), "\(badSize.output)")
             let stale = dir + "/stale.sock"
             FileManager.default.createFile(atPath: stale, contents: nil)
             let refused = try Child(["backend", "--connect", stale], name: "backend")
-            #expect(refused.waitForExit(seconds: 10) != 0)
+            #expect(await refused.waitForExit(seconds: 10) != 0)
             #expect(refused.output.contains("cannot join the hypervisor at \(stale)"), "\(refused.output)")
         }
 
-        @Test func ringBenchmarkAcrossProcessesRuns() throws {
+        @Test func ringBenchmarkAcrossProcessesRuns() async throws {
             let bench = try Child(["bench", "ring-processes", "--mode", "event", "--requests", "20000", "--rounds", "1", "--json",
                                    "--front-cpu=-1", "--back-cpu=-1"], name: "bench")
-            #expect(bench.waitForExit(seconds: 30) == 0, "\(bench.output)")
+            #expect(await bench.waitForExit(seconds: 30) == 0, "\(bench.output)")
             #expect(bench.output.contains("\"across_processes_requests_per_second\""), "\(bench.output)")
         }
 
@@ -115,7 +115,7 @@ extension ProcessTests {
         /// new one started; the guest's frontend waits, reconnects, finishes; a later guest
         /// verifies every byte, and the image on disk holds them.
         @Test(.timeLimit(.minutes(1)))
-        func diskWritesSurviveABackendRestart() throws {
+        func diskWritesSurviveABackendRestart() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sock = dir + "/hv.sock"
@@ -124,27 +124,27 @@ extension ProcessTests {
             #expect(truncate(image, 16 << 20) == 0)
             let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
             defer { hv.kill() }
-            #expect(hv.waitFor("listening"), "\(hv.output)")
+            #expect(await hv.waitFor("listening"), "\(hv.output)")
             var backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
             defer { backend.kill() }
-            #expect(backend.waitFor("serving"), "\(backend.output)")
+            #expect(await backend.waitFor("serving"), "\(backend.output)")
 
             let length = 4 << 20
             let writer = try Child(["guest", "disk", "write", "--connect", sock, "--length", "\(length)", "--chunk", "65536",
                                     "--interval-ms", "10", "--seed", "7"], name: "writer")
             defer { writer.kill() }
-            #expect(writer.waitFor("written \(1 << 20)/"), "\(writer.output)")
+            #expect(await writer.waitFor("written \(1 << 20)/"), "\(writer.output)")
             backend.kill()
             let acknowledged = writer.output.components(separatedBy: "written ").count - 1
             #expect(acknowledged < length / 65536, "the backend was killed mid-stream")
             backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend 2")
-            #expect(writer.waitForExit(seconds: 40) == 0, "\(writer.output)")
+            #expect(await writer.waitForExit(seconds: 40) == 0, "\(writer.output)")
             #expect(writer.output.contains("wrote and flushed \(length) bytes"), "\(writer.output)")
 
             let verifier = try Child(["guest", "disk", "verify", "--connect", sock, "--length", "\(length)", "--seed", "7"],
                                      name: "verifier")
             defer { verifier.kill() }
-            #expect(verifier.waitForExit(seconds: 30) == 0, "\(verifier.output)")
+            #expect(await verifier.waitForExit(seconds: 30) == 0, "\(verifier.output)")
             #expect(verifier.output.contains("verified \(length) bytes"), "\(verifier.output)")
             // Independently of the guest: the image itself holds the pattern.
             let bytes = try #require(FileManager.default.contents(atPath: image))
