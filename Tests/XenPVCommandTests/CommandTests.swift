@@ -18,9 +18,10 @@ struct CommandTests {
         var output: String
     }
 
-    /// Runs xenpv with `args`, killing it after `timeout` seconds.
+    /// Runs xenpv with `args`, killing it after `timeout` seconds; sleeps while
+    /// it waits (a waiting test must not hold a cooperative-pool thread).
     @discardableResult
-    static func xenpv(_ args: [String], environment: [String: String] = [:], timeout: Double = 30) throws -> Run {
+    static func xenpv(_ args: [String], environment: [String: String] = [:], timeout: Double = 30) async throws -> Run {
         let p = Process()
         p.executableURL = binary
         p.arguments = args
@@ -30,13 +31,13 @@ struct CommandTests {
         p.standardError = out
         try p.run()
         let deadline = Date().addingTimeInterval(timeout)
-        while p.isRunning, Date() < deadline { usleep(10_000) }
+        while p.isRunning, Date() < deadline { try await Task.sleep(nanoseconds: 10_000_000) }
         if p.isRunning { p.terminate() }
         p.waitUntilExit()
         return Run(status: p.terminationStatus, output: String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
     }
 
-    @Test func storeCommandsAndListAgainstOurXenstored() throws {
+    @Test func storeCommandsAndListAgainstOurXenstored() async throws {
         let socket = "/tmp/xpv-cli-\(getpid()).sock"
         let daemon = Process()
         daemon.executableURL = Self.binary
@@ -49,27 +50,27 @@ struct CommandTests {
             daemon.waitUntilExit()
         }
         let deadline = Date().addingTimeInterval(10)
-        while !FileManager.default.fileExists(atPath: socket), Date() < deadline { usleep(20_000) }
+        while !FileManager.default.fileExists(atPath: socket), Date() < deadline { try await Task.sleep(nanoseconds: 20_000_000) }
 
         let fe = "/local/domain/5/device/vbd/51712"
         let be = "/local/domain/0/backend/vbd/5/51712"
-        #expect(try Self.xenpv(["xenstore", "write", "--store", socket, fe + "/state", "3", fe + "/backend", be,
+        #expect(try await Self.xenpv(["xenstore", "write", "--store", socket, fe + "/state", "3", fe + "/backend", be,
                                 fe + "/backend-id", "0", be + "/state", "2"]).status == 0)
-        #expect(try Self.xenpv(["xenstore", "read", "--store", socket, fe + "/backend"]).output == be + "\n")
-        let list = try Self.xenpv(["list", "--store", socket])
+        #expect(try await Self.xenpv(["xenstore", "read", "--store", socket, fe + "/backend"]).output == be + "\n")
+        let list = try await Self.xenpv(["list", "--store", socket])
         #expect(list.status == 0)
         #expect(list.output.contains("vbd/51712") && list.output.contains("Initialised") && list.output.contains("InitWait"))
         // The same socket through the environment variable Xen's tools use.
-        let ls = try Self.xenpv(["xenstore", "ls", "/local/domain/5"], environment: ["XENSTORED_PATH": socket])
+        let ls = try await Self.xenpv(["xenstore", "ls", "/local/domain/5"], environment: ["XENSTORED_PATH": socket])
         #expect(ls.output.contains("backend-id = \"0\""))
         // top shows what a backend published under xenpv-stats.
         let stats = "/local/domain/0/xenpv-stats/vbd/5/51712"
-        #expect(try Self.xenpv(["xenstore", "write", "--store", socket, stats,
+        #expect(try await Self.xenpv(["xenstore", "write", "--store", socket, stats,
                                 "requests=1000 bytes=4096000 notifies=10 sleeps=5 ring_fill=3 ring_size=32 dropped=0"]).status == 0)
-        let top = try Self.xenpv(["top", "--store", socket, "--count", "1", "--interval", "0.2"])
+        let top = try await Self.xenpv(["top", "--store", socket, "--count", "1", "--interval", "0.2"])
         #expect(top.status == 0 && top.output.contains("dom0 vbd 5/51712") && top.output.contains("3/32"), "\(top.output)")
-        #expect(try Self.xenpv(["xenstore", "rm", "--store", socket, "/local/domain/5"]).status == 0)
-        #expect(try Self.xenpv(["xenstore", "read", "--store", socket, fe + "/state"]).status != 0)
+        #expect(try await Self.xenpv(["xenstore", "rm", "--store", socket, "/local/domain/5"]).status == 0)
+        #expect(try await Self.xenpv(["xenstore", "read", "--store", socket, fe + "/state"]).status != 0)
 
         // SIGTERM stops it cleanly and removes the socket.
         daemon.terminate()
@@ -78,27 +79,27 @@ struct CommandTests {
         #expect(!FileManager.default.fileExists(atPath: socket))
     }
 
-    @Test func mistakesGetClearErrors() throws {
-        let missing = try Self.xenpv(["list", "--store", "/nonexistent/socket"])
+    @Test func mistakesGetClearErrors() async throws {
+        let missing = try await Self.xenpv(["list", "--store", "/nonexistent/socket"])
         #expect(missing.status == 1)
         #expect(missing.output.contains("no xenstored socket at /nonexistent/socket"))
-        let badSize = try Self.xenpv(["bench", "net", "--packet-size", "70000"])
+        let badSize = try await Self.xenpv(["bench", "net", "--packet-size", "70000"])
         #expect(badSize.status != 0 && badSize.output.contains("--packet-size must be"))
-        let badDemo = try Self.xenpv(["demo", "--packets", "0"])
+        let badDemo = try await Self.xenpv(["demo", "--packets", "0"])
         #expect(badDemo.status != 0 && badDemo.output.contains("--packets must be positive"))
         // The world is chosen at start-up; without /dev/xen, `xen` is a clear error.
         if access("/dev/xen/evtchn", R_OK) != 0 {
-            let xen = try Self.xenpv(["backend", "--hypervisor", "xen"])
+            let xen = try await Self.xenpv(["backend", "--hypervisor", "xen"])
             #expect(xen.status == 1 && xen.output.contains("cannot open the store through libxenstore"))
-            let noSocket = try Self.xenpv(["backend", "--hypervisor", "simulated"])
+            let noSocket = try await Self.xenpv(["backend", "--hypervisor", "simulated"])
             #expect(noSocket.status != 0 && noSocket.output.contains("--connect PATH is needed"))
         }
-        let help = try Self.xenpv(["--help"])
+        let help = try await Self.xenpv(["--help"])
         for command in ["demo", "list", "xenstore", "xenstored", "bench"] { #expect(help.output.contains(command)) }
     }
 
-    @Test func demoRunsAsTheReadmeSays() throws {
-        let run = try Self.xenpv(["demo", "--packets", "500"], timeout: 60)
+    @Test func demoRunsAsTheReadmeSays() async throws {
+        let run = try await Self.xenpv(["demo", "--packets", "500"], timeout: 60)
         #expect(run.status == 0, "\(run.output)")
         #expect(run.output.contains("Demo finished: every check passed."))
     }
