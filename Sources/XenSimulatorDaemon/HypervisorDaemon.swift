@@ -524,7 +524,16 @@ public final class HypervisorDaemon: @unchecked Sendable {
             for type in (try? await store.directory(home + "/device")) ?? [] {
                 for dev in (try? await store.directory(home + "/device/" + type)) ?? [] {
                     let fe = home + "/device/\(type)/\(dev)"
-                    let be = try? await store.read(fe + "/backend")
+                    // The guest owns `backend` and could point it at any node; remove only
+                    // its own device's backend directory, in the toolstack's layout.
+                    var be: String?
+                    if let devID = try? XenstoreValue.decimal(dev, key: fe, in: UInt32.min...UInt32.max),
+                       let text = try? await store.readIfPresent(fe + "/" + XenbusKey.backend) {
+                        do {
+                            be = try XenstoreValue.backendPath(text, key: fe + "/" + XenbusKey.backend,
+                                                               of: XenbusDevice(type: type, id: devID, frontend: id)).backendPath
+                        } catch { self.logger.warning("not removing the backend of \(fe): \(error)") }
+                    }
                     try? await store.transaction { tx in
                         try await tx.rm(fe)
                         if let be { try await tx.rm(be) }

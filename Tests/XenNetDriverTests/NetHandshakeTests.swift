@@ -129,7 +129,7 @@ struct NetNegotiationTests {
     @Test func aMalformedMacClosesThatVifWithItsReason() async throws {
         let w = try await NetStoreWorld(backendKeys: ["mac": "00:16:3e:zz:00:01"])
         let error = try await w.backendError(within: 10)
-        #expect(error?.contains("mac is not a MAC address") == true)
+        #expect(error?.contains("/mac = \"00:16:3e:zz:00:01\" (malformed): expected a MAC address") == true, "\(error ?? "nil")")
         #expect(w.endpoint.state != .connected)
         try await w.close()
     }
