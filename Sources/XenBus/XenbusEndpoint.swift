@@ -120,7 +120,7 @@ public final class XenbusEndpoint: Sendable {
                     // The rest of this batch assumed a connection (it publishes
                     // Connected): drop it, so the peer never sees Connected.
                     queue.removeAll()
-                    queue += machine.handle(.closeRequested)
+                    queue += machine.handle(.connectRefused)
                     queue += machine.handle(.peerState(try await peerState()))
                 }
             case .disconnect:

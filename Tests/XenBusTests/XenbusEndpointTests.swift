@@ -81,20 +81,27 @@ struct XenbusEndpointTests {
         pair.server.stop()
     }
 
-    @Test func aFailingHookClosesThatDeviceWithItsReason() async throws {
+    /// A refused connect closes that device with its reason and is not retried: the
+    /// backend holds Closing, so the frontend (which would answer Closed with a new
+    /// session on the same keys) stays Closed, and `connect` ran once.
+    @Test func aFailingHookClosesThatDeviceWithItsReasonAndIsNotRetried() async throws {
         let fe = RecordingDriver(), be = RecordingDriver(failConnect: true)
         let pair = try await EndpointPair(frontendDriver: fe, backendDriver: be)
         let feRun = Task { try await pair.frontend.run() }
         let beRun = Task { try await pair.backend.run() }
-        let settled = await eventually { pair.backend.state == .closed && pair.frontend.state == .initialising }
+        let settled = await eventually { pair.backend.state == .closing && pair.frontend.state == .closed }
         #expect(settled, "frontend \(pair.frontend.state) backend \(pair.backend.state)")
-        try await beRun.value
         let dom0 = try XenStoreClient(socketPath: pair.socketPath)
         let error = try await dom0.readIfPresent(pair.device.backendPath + "/error")
         #expect(error?.contains("connect: ") == true)
         #expect(!fe.log.contains("connect"))
+        #expect(be.log.filter { $0 == "connect" }.count == 1)
+        // An unplug still ends both.
+        pair.backend.requestClose()
+        try await withTimeout(20) { try await beRun.value }
         pair.frontend.requestClose()
-        try await feRun.value
+        try await withTimeout(20) { try await feRun.value }
+        #expect(be.log.filter { $0 == "connect" }.count == 1)
         pair.server.stop()
     }
 }
