@@ -104,4 +104,25 @@ struct XenbusEndpointTests {
         #expect(be.log.filter { $0 == "connect" }.count == 1)
         pair.server.stop()
     }
+
+    /// A peer's `state` that is no XenbusState ("+4": Swift's own UInt32("+4") would take
+    /// it) is the peer gone: that device closes with the reason in its `error` key.
+    @Test func aMalformedPeerStateClosesThatDeviceWithItsReason() async throws {
+        let fe = RecordingDriver(), be = RecordingDriver()
+        let pair = try await EndpointPair(frontendDriver: fe, backendDriver: be)
+        let feRun = Task { try await pair.frontend.run() }
+        let beRun = Task { try await pair.backend.run() }
+        #expect(await eventually { pair.frontend.state == .connected && pair.backend.state == .connected })
+        let guest = try XenStoreClient(socketPath: String(pair.socketPath.dropLast(".sock".count)) + "-d1.sock")
+        try await guest.write(pair.device.frontendPath + "/state", "+4")
+        try await withTimeout(20) { try await beRun.value }
+        #expect(pair.backend.state == .closed)
+        #expect(be.log == ["prepare", "connect", "disconnect"])
+        let dom0 = try XenStoreClient(socketPath: pair.socketPath)
+        let error = try await dom0.readIfPresent(pair.device.backendPath + "/error")
+        #expect(error == "state: \(pair.device.frontendPath)/state = \"+4\" (malformed): expected a decimal in 0...8")
+        pair.frontend.requestClose()
+        try await withTimeout(20) { try await feRun.value }
+        pair.server.stop()
+    }
 }
