@@ -125,37 +125,19 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
     public func connect() async throws {
         let fe = device.frontendPath
         let frontend = device.frontendDomain
-        let abiName = try await store.readString(fe, XenbusKey.protocolName, default: BlkifABI.native.protocolName)
+        let abiName = try await store.readChoice(fe, XenbusKey.protocolName, among: BlkifABI.allCases.map(\.protocolName),
+                                                 default: BlkifABI.native.protocolName)
+        // Listed by `allCases`, so it parses; the guard keeps this total.
         guard let abi = BlkifABI(protocolName: abiName) else { throw BlockBackendError("unsupported protocol \(abiName)") }
-        let queueCount = Int(try await store.readUnsigned(fe, XenbusKey.multiQueueNumQueues, default: 1))
-        guard queueCount >= 1 && queueCount <= options.maxQueues else {
-            throw BlockBackendError("multi-queue-num-queues \(queueCount) outside 1...\(options.maxQueues)")
-        }
-        let order = Int(try await store.readUnsigned(fe, XenbusKey.ringPageOrder, default: 0))
-        guard order <= options.maxRingPageOrder else {
-            throw BlockBackendError("ring-page-order \(order) above max-ring-page-order \(options.maxRingPageOrder)")
-        }
+        let queueCount = Int(try await store.readNumber(fe, XenbusKey.multiQueueNumQueues,
+                                                        in: 1...UInt32(clamping: max(1, options.maxQueues)), default: 1))
+        let order = Int(try await store.readNumber(fe, XenbusKey.ringPageOrder,
+                                                   in: 0...UInt32(clamping: max(0, options.maxRingPageOrder)), default: 0))
         var rings: [(refs: [GrantRef], port: EventPort)] = []
         for q in 0..<queueCount {
             let dir = queueCount == 1 ? fe : "\(fe)/queue-\(q)"
-            var refs: [GrantRef] = []
-            if order == 0 {
-                guard let text = try await store.readIfPresent(dir + "/" + XenbusKey.ringRef), let v = UInt32(text) else {
-                    throw BlockBackendError("\(dir)/ring-ref missing or malformed")
-                }
-                refs.append(GrantRef(v))
-            } else {
-                for i in 0..<(1 << order) {
-                    guard let text = try await store.readIfPresent("\(dir)/ring-ref\(i)"), let v = UInt32(text) else {
-                        throw BlockBackendError("\(dir)/ring-ref\(i) missing or malformed")
-                    }
-                    refs.append(GrantRef(v))
-                }
-            }
-            guard let text = try await store.readIfPresent(dir + "/" + XenbusKey.eventChannel), let port = UInt32(text) else {
-                throw BlockBackendError("\(dir)/event-channel missing or malformed")
-            }
-            rings.append((refs, EventPort(port)))
+            let refs = try await store.readRingRefs(dir, pageCount: 1 << order)
+            rings.append((refs, try await store.readEventPort(dir, XenbusKey.eventChannel)))
         }
         let persistent = try await store.readFeature(fe, XenbusKey.featurePersistent)
         logger.info("\(device): \(queueCount) queue(s), ring-page-order \(order), \(abi), persistent \(persistent)")

@@ -59,8 +59,9 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
 
     public func prepare() async throws {
         let be = device.backendPath
-        let maxQueues = Int(try await store.readUnsigned(be, XenbusKey.multiQueueMaxQueues, default: 1))
-        let maxOrder = Int(try await store.readUnsigned(be, XenbusKey.maxRingPageOrder, default: 0))
+        // blkif.h declares both uint32_t; we take the smaller of theirs and ours.
+        let maxQueues = Int(try await store.readNumber(be, XenbusKey.multiQueueMaxQueues, in: 1...UInt32.max, default: 1))
+        let maxOrder = Int(try await store.readNumber(be, XenbusKey.maxRingPageOrder, in: 0...UInt32.max, default: 0))
         let queues = max(1, min(options.queues, maxQueues))
         let order = max(0, min(options.ringPageOrder, maxOrder))
         var made: [BlockFrontQueueResources] = []
@@ -100,17 +101,17 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
 
     public func connect() async throws {
         let be = device.backendPath
-        guard let sectors = UInt64(try await store.read(be + "/" + XenbusKey.sectors)) else {
-            throw BlockFrontError(.outOfRange, "\(be)/sectors is not a number")
-        }
-        let sectorSize = try await store.readUnsigned(be, XenbusKey.sectorSize, default: 512)
+        // The byte size (sectors * 512) must fit in 64 bits.
+        let sectors = try await store.readNumber(be, XenbusKey.sectors, in: 0...(UInt64.max / 512))
+        let sectorSize = try await store.readNumber(be, XenbusKey.sectorSize, in: 1...UInt32.max, default: 512)
         guard sectorSize == 512 else { throw BlockFrontError(.notSupported, "sector-size \(sectorSize) (only 512 is served)") }
-        let infoBits = try await store.readUnsigned(be, XenbusKey.info, default: 0)
-        let mode = try await store.readString(be, XenbusKey.mode, default: "w")
-        let indirect = options.indirect ? Int(try await store.readUnsigned(be, XenbusKey.featureMaxIndirectSegments, default: 0)) : 0
+        let infoBits = try await store.readNumber(be, XenbusKey.info, in: 0...UInt32.max, default: 0)
+        let mode = try await store.readChoice(be, XenbusKey.mode, among: ["r", "w"], default: "w")
+        let indirect = options.indirect
+            ? Int(try await store.readNumber(be, XenbusKey.featureMaxIndirectSegments, in: 0...UInt32.max, default: 0)) : 0
         let info = BlockDeviceInfo(
             sectors: sectors, sectorSize: 512,
-            readOnly: infoBits & UInt64(VDISK_READONLY) != 0 || mode == "r",
+            readOnly: infoBits & UInt32(VDISK_READONLY) != 0 || mode == "r",
             flush: try await store.readFeature(be, XenbusKey.featureFlushCache),
             barrier: try await store.readFeature(be, XenbusKey.featureBarrier),
             discard: try await store.readFeature(be, XenbusKey.featureDiscard),

@@ -14,6 +14,10 @@ public enum XenbusEvent: Hashable, Sendable {
     case closeRequested
     /// Undo a close request: a closed device may connect again.
     case reconnectRequested
+    /// The driver refused the peer's keys at `.connect`. A backend announces Closing and
+    /// stays there until the peer starts a new session (Initialising), so a peer that
+    /// keeps its bad keys is not connected to again and again; a frontend closes for good.
+    case connectRefused
 }
 
 /// What the caller must do, in order. The machines never act themselves.
@@ -81,7 +85,7 @@ public struct XenbusFrontend: Hashable, Sendable {
                 // Prepared for a session that ended meanwhile.
                 actions.append(.disconnect)
             }
-        case .closeRequested:
+        case .closeRequested, .connectRefused:
             closeWanted = true
             switch phase {
             case .initialising, .resetting, .preparing:
@@ -238,6 +242,10 @@ public struct XenbusBackend: Hashable, Sendable {
     private var peerSeen = false
     /// The frontend was seen in a state other than Connected since this backend started.
     private var peerSeenBelowConnected = false
+    /// A connect was refused and the frontend has not started a new session since: hold
+    /// Closing (not Closed, which an auto-reconnecting frontend answers with a new session
+    /// on the same bad keys).
+    public private(set) var refused = false
 
     public init() {}
 
@@ -280,6 +288,12 @@ public struct XenbusBackend: Hashable, Sendable {
         case .reconnectRequested:
             closeWanted = false
             if phase == .closed && !peerGone { reopen(&actions) }
+        case .connectRefused:
+            guard phase == .connected else { break }
+            disconnect(&actions)
+            publish(.closing, &actions)
+            phase = .closing
+            refused = true
         }
         // Only a fresh reading of the peer drives peer transitions: after a local event the
         // stored reading may be stale, so the caller delivers `.peerState` again.
@@ -370,12 +384,13 @@ public struct XenbusBackend: Hashable, Sendable {
                 return false
             }
         case .closing:
-            if p == .closed {
+            if p == .closed && (!refused || closeWanted) {
                 publish(.closed, &actions)
                 phase = .closed
                 return true
             }
             if p == .initialising && !closeWanted {
+                refused = false
                 reopen(&actions)
                 return true
             }

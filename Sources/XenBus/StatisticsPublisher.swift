@@ -20,7 +20,9 @@ public enum DeviceStatistics {
         var out: [String: UInt64] = [:]
         for pair in text.split(separator: " ") {
             let kv = pair.split(separator: "=", maxSplits: 1)
-            if kv.count == 2, let v = UInt64(kv[1]) { out[String(kv[0])] = v }
+            if kv.count == 2, let v = try? XenstoreValue.decimal(String(kv[1]), key: String(kv[0]), in: 0...UInt64.max) {
+                out[String(kv[0])] = v
+            }
         }
         return out
     }

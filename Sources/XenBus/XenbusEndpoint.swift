@@ -86,9 +86,16 @@ public final class XenbusEndpoint: Sendable {
         }
     }
 
+    /// The peer's state; a value that is no XenbusState reads as Unknown, which the
+    /// machines take as the peer gone (this device closes), with the reason in `error`.
     private func peerState() async throws -> XenbusState? {
-        guard let text = try await store.readIfPresent(peerPath + "/" + XenbusKey.state) else { return nil }
-        return XenbusState(xenstoreValue: text) ?? .unknown
+        do {
+            return try await store.readState(peerPath)
+        } catch let error as XenstoreValueError {
+            logger.error("\(role) \(path): \(error)")
+            try? await store.write(path + "/error", "state: \(error)")
+            return .unknown
+        }
     }
 
     private func perform(_ actions: [XenbusAction], _ machine: inout Machine) async throws {
@@ -113,7 +120,7 @@ public final class XenbusEndpoint: Sendable {
                     // The rest of this batch assumed a connection (it publishes
                     // Connected): drop it, so the peer never sees Connected.
                     queue.removeAll()
-                    queue += machine.handle(.closeRequested)
+                    queue += machine.handle(.connectRefused)
                     queue += machine.handle(.peerState(try await peerState()))
                 }
             case .disconnect:

@@ -79,7 +79,8 @@ public struct Demo: Sendable {
 
         try await runDisk(host: host, guest: guest, guestStore: guestStore, directory: directory, logger: logger, report: &report)
 
-        let mac = "00:16:3e:00:00:\(String(format: "%02x", guest.domainID.rawValue))"
+        // One byte of the domain id: a wider id would make seven hex digits, no MAC.
+        let mac = "00:16:3e:00:00:\(String(format: "%02x", guest.domainID.rawValue & 0xff))"
         let vif = XenbusDevice(type: "vif", id: 0, frontend: guest.domainID)
         try await XenbusToolstack.create(vif, on: host.store, frontendKeys: ["mac": mac], backendKeys: ["mac": mac])
         say("Toolstack: \(vif.frontendPath) ↔ \(vif.backendPath)")
@@ -199,7 +200,7 @@ public struct Demo: Sendable {
     /// worth in flight, so the echo queue never overflows.
     private func exchangeFrames(port: PacketPort, mac: String) async throws -> (seconds: Double, mismatches: Int) {
         let size = max(60, min(options.packetSize, 65535))
-        let source = mac.split(separator: ":").map { UInt8($0, radix: 16)! }
+        let source = try XenstoreValue.macAddress(mac, key: "mac")
         func frame(_ n: Int) -> [UInt8] {
             var f = [UInt8](repeating: 0xff, count: 6) + source + [0x88, 0xb5]
             withUnsafeBytes(of: UInt64(n).bigEndian) { f += $0 }

@@ -107,38 +107,32 @@ final class VifDevice: XenbusDeviceDriver {
         await disconnect()
         let fe = peerPath
         // Only the copying receive path exists (as in Linux since 2013).
-        guard try await store.readFeature(fe, "request-rx-copy") else {
+        guard try await store.readFeature(fe, XenbusKey.requestRxCopy) else {
             throw XenStoreError(.invalid, "frontend does not request rx copy; page flipping is not supported")
         }
-        guard try await store.readUnsigned(fe, "multi-queue-num-queues", default: 1) == 1 else {
-            throw XenStoreError(.invalid, "frontend asks for more queues than multi-queue-max-queues = 1")
-        }
-        let txRef = GrantRef(UInt32(try await store.readRequired(fe, XenbusKey.txRingRef)))
-        let rxRef = GrantRef(UInt32(try await store.readRequired(fe, XenbusKey.rxRingRef)))
+        // We offer multi-queue-max-queues = 1.
+        _ = try await store.readNumber(fe, XenbusKey.multiQueueNumQueues, in: UInt32(1)...1, default: 1)
+        let txRef = try await store.readGrantRef(fe, XenbusKey.txRingRef)
+        let rxRef = try await store.readGrantRef(fe, XenbusKey.rxRingRef)
         let remotePorts: (tx: EventPort, rx: EventPort)
         if try await store.readIfPresent(fe + "/" + XenbusKey.eventChannelTx) != nil {
-            remotePorts = (EventPort(UInt32(try await store.readRequired(fe, XenbusKey.eventChannelTx))),
-                           EventPort(UInt32(try await store.readRequired(fe, XenbusKey.eventChannelRx))))
+            remotePorts = (try await store.readEventPort(fe, XenbusKey.eventChannelTx),
+                           try await store.readEventPort(fe, XenbusKey.eventChannelRx))
         } else {
-            let port = EventPort(UInt32(try await store.readRequired(fe, XenbusKey.eventChannel)))
+            let port = try await store.readEventPort(fe, XenbusKey.eventChannel)
             remotePorts = (port, port)
         }
-        // The toolstack writes the guest's MAC in both directories; a malformed one is refused.
-        var mac: MACAddress?
-        var macText = try await store.readIfPresent(path + "/mac")
-        if macText == nil { macText = try await store.readIfPresent(fe + "/mac") }
-        if let text = macText {
-            guard let parsed = MACAddress(text) else { throw XenStoreError(.invalid, "mac is not a MAC address: \(text.prefix(32))") }
-            mac = parsed
-        }
+        // The toolstack writes the guest's MAC in both directories; ours (dom0's) wins.
+        var mac = try await store.readMAC(path, XenbusKey.mac)
+        if mac == nil { mac = try await store.readMAC(fe, XenbusKey.mac) }
         let features = VifFrontendFeatures(
-            mac: mac,
-            scatterGather: try await store.readFeature(fe, "feature-sg"),
+            mac: mac.map { MACAddress($0[0], $0[1], $0[2], $0[3], $0[4], $0[5]) },
+            scatterGather: try await store.readFeature(fe, XenbusKey.featureSG),
             receiveGSO: Set([
-                try await store.readFeature(fe, "feature-gso-tcpv4") ? NetGSOType.tcpv4 : nil,
-                try await store.readFeature(fe, "feature-gso-tcpv6") ? NetGSOType.tcpv6 : nil,
+                try await store.readFeature(fe, XenbusKey.featureGSOTCPv4) ? NetGSOType.tcpv4 : nil,
+                try await store.readFeature(fe, XenbusKey.featureGSOTCPv6) ? NetGSOType.tcpv6 : nil,
             ].compactMap { $0 }),
-            receiveChecksumBlank: !(try await store.readFeature(fe, "feature-no-csum-offload")))
+            receiveChecksumBlank: !(try await store.readFeature(fe, XenbusKey.featureNoCsumOffload)))
         try connect(txRef: txRef, rxRef: rxRef, remotePorts: remotePorts, features: features)
         logger.info("\(identity): connected (mac \(features.mac.map { "\($0)" } ?? "none"), sg \(features.scatterGather), gso \(features.receiveGSO.map { "\($0)" }.sorted()), csum offload \(features.receiveChecksumBlank))")
     }

@@ -47,7 +47,7 @@ public final class NetFrontend: XenbusDeviceDriver {
 
     public func prepare() async throws {
         await disconnect()
-        let backend = DomainID(UInt16(try await store.readRequired(path, XenbusKey.backendID, limit: UInt64(UInt16.max))))
+        let backend = try await store.readDomainID(path, XenbusKey.backendID)
         let sharer = try hypervisor.openGrantSharer()
         let events = try hypervisor.openEventChannels()
         var pages: [SharedPages] = []
@@ -84,16 +84,16 @@ public final class NetFrontend: XenbusDeviceDriver {
 
     public func connect() async throws {
         let backendDir = try await store.read(path + "/" + XenbusKey.backend)
-        guard try await store.readFeature(backendDir, "feature-rx-copy") else {
+        guard try await store.readFeature(backendDir, XenbusKey.featureRxCopy) else {
             throw XenStoreError(.invalid, "backend cannot copy into receive buffers (feature-rx-copy)")
         }
         let features = NetBackendFeatures(
-            scatterGather: try await store.readFeature(backendDir, "feature-sg"),
+            scatterGather: try await store.readFeature(backendDir, XenbusKey.featureSG),
             segmentation: Set([
-                try await store.readFeature(backendDir, "feature-gso-tcpv4") ? NetGSOType.tcpv4 : nil,
-                try await store.readFeature(backendDir, "feature-gso-tcpv6") ? NetGSOType.tcpv6 : nil,
+                try await store.readFeature(backendDir, XenbusKey.featureGSOTCPv4) ? NetGSOType.tcpv4 : nil,
+                try await store.readFeature(backendDir, XenbusKey.featureGSOTCPv6) ? NetGSOType.tcpv6 : nil,
             ].compactMap { $0 }),
-            checksumOffload: !(try await store.readFeature(backendDir, "feature-no-csum-offload")))
+            checksumOffload: !(try await store.readFeature(backendDir, XenbusKey.featureNoCsumOffload)))
         let pump: NetFrontPump? = session.withLock { s in
             guard let current = s, !current.started else { return nil }
             s?.started = true

@@ -1,5 +1,6 @@
 import ArgumentParser
 import XenABI
+import XenBus
 import XenStore
 
 /// `xenpv list`: domains and their split devices with both ends' states, read
@@ -32,7 +33,7 @@ struct ListCommand: AsyncParsableCommand {
 
     private func state(_ client: XenStoreClient, _ dir: String) async -> String {
         guard let text = try? await client.read(dir + "/state") else { return "-" }
-        return XenbusState(xenstoreValue: text)?.description ?? "bad(\(text.prefix(8)))"
+        return (try? XenstoreValue.state(text, key: dir + "/state"))?.description ?? "bad(\(text.prefix(8)))"
     }
 
     private func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }

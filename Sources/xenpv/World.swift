@@ -5,6 +5,7 @@ import XenABI
 import XenHost
 import XenHypervisor
 import XenSimulatorDaemon
+import XenBus
 import XenStore
 
 /// The world a process runs in, chosen at start-up (issue 8): the simulator
@@ -52,8 +53,9 @@ final class JoinedDomain: Hypervisor, @unchecked Sendable {
             case .dom0, .backend: break
             case .newGuest, .guest:
                 let text = try ProcessSupport.runBlocking { try await store.read("domid") }
-                guard let raw = UInt16(text) else { throw CommandError("the store's domid is not a domain id: \(text)") }
-                id = DomainID(raw)
+                do { id = try XenstoreValue.domainID(text, key: "domid") } catch {
+                    throw CommandError("the store's domid is not a domain id: \(error)")
+                }
             }
             return JoinedDomain(base: XenHost(domainID: id), store: store, world: .xen) { store.close() }
         case .simulated, .auto:

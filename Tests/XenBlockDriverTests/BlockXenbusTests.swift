@@ -27,7 +27,7 @@ final class XenbusBlockWorld: @unchecked Sendable {
     var frontends: [(endpoint: XenbusEndpoint, driver: BlockFrontendDriver, run: Task<Void, any Error>)] = []
     static let diskBytes = 8 << 20
 
-    init(options: BlockBackendOptions = BlockBackendOptions()) async throws {
+    init(options: BlockBackendOptions = BlockBackendOptions(), backendLog: (any LogHandler)? = nil) async throws {
         guest = try hv.createDomain(frames: 16384, grantFrames: 64)
         guestSharer = try guest.openGrantSharer()
         image = try TempImage(bytes: Self.diskBytes)
@@ -40,7 +40,9 @@ final class XenbusBlockWorld: @unchecked Sendable {
         guestStore = try XenStoreClient(socketPath: base + "-g.sock")
         try await XenbusToolstack.createDomainHome(guest.domainID, on: dom0Store)
         let path = image.path
-        backend = BlockBackend(store: dom0Store, hypervisor: hv.dom0, options: options, logger: logger) { _, dir, store in
+        var backendLogger = logger
+        if let backendLog { backendLogger = Logger(label: "blkback") { _ in backendLog } }
+        backend = BlockBackend(store: dom0Store, hypervisor: hv.dom0, options: options, logger: backendLogger) { _, dir, store in
             let readOnly = try await store.readIfPresent(dir + "/mode") == "r"
             return BlockBackendDisk(byteCount: UInt64(XenbusBlockWorld.diskBytes), readOnly: readOnly) {
                 try LibaioStorage(path: FilePath(path), readOnly: readOnly, directIO: .preferred, queueDepth: 64)

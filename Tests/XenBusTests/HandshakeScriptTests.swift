@@ -96,3 +96,62 @@ struct HandshakeScriptTests {
         #expect(!fe.holdsResources)
     }
 }
+
+/// A refused connect: the backend holds Closing until the frontend starts a new session,
+/// so two honest machines do not loop on a peer's bad keys.
+@Suite(.timeLimit(.minutes(2)))
+struct HandshakeRefusalTests {
+    /// Both machines up to the backend's `.connect`.
+    static func atConnect() -> (XenbusFrontend, XenbusBackend) {
+        var fe = XenbusFrontend()
+        var be = XenbusBackend()
+        _ = fe.start()
+        _ = be.start()
+        _ = be.handle(.resourcesReady)
+        _ = fe.handle(.peerState(.initWait))
+        _ = fe.handle(.resourcesReady)
+        #expect(be.handle(.peerState(.initialised)) == [.connect, .publish(.connected)])
+        return (fe, be)
+    }
+
+    @Test func aRefusingBackendHoldsClosingUntilTheFrontendStartsOver() {
+        var (fe, be) = Self.atConnect()
+        #expect(be.handle(.connectRefused) == [.disconnect, .publish(.closing)])
+        #expect(be.refused)
+        // The frontend lets go and closes; the backend does not answer with Closed, which
+        // would make the frontend offer a new session on the same keys.
+        #expect(fe.handle(.peerState(.closing)) == [.disconnect, .publish(.closed)])
+        #expect(be.handle(.peerState(.closed)) == [])
+        #expect(fe.handle(.peerState(.closing)) == [])
+        #expect(be.phase == .closing && fe.phase == .closed)
+        // The same state written again is no new session.
+        #expect(be.handle(.peerState(.closed)) == [])
+        // A new session (a restarted or repaired frontend) is served again.
+        #expect(be.handle(.peerState(.initialising)) == [.publish(.initWait)])
+        #expect(!be.refused)
+    }
+
+    @Test func aRefusedDeviceStillUnplugsAndNoticesItsFrontendVanish() {
+        var (_, be) = Self.atConnect()
+        _ = be.handle(.connectRefused)
+        _ = be.handle(.peerState(.closed))
+        #expect(be.handle(.closeRequested) == [])
+        #expect(be.handle(.peerState(.closed)) == [.publish(.closed)])
+        var (_, other) = Self.atConnect()
+        _ = other.handle(.connectRefused)
+        #expect(other.handle(.peerState(nil)) == [.publish(.closed)])
+        #expect(other.peerGone)
+    }
+
+    @Test func aRefusingFrontendClosesForGood() {
+        var (fe, be) = Self.atConnect()
+        _ = be.handle(.peerState(.initialised))
+        #expect(fe.handle(.peerState(.connected)) == [.connect, .publish(.connected)])
+        #expect(fe.handle(.connectRefused) == [.publish(.closing)])
+        #expect(be.handle(.peerState(.closing)) == [.disconnect, .publish(.closing)])
+        #expect(fe.handle(.peerState(.closing)) == [.disconnect, .publish(.closed)])
+        #expect(fe.closeWanted && fe.phase == .closed)
+        #expect(be.handle(.peerState(.closed)) == [.publish(.closed)])
+        #expect(fe.handle(.peerState(.closed)) == [])
+    }
+}

@@ -64,7 +64,7 @@ struct ToolstackTests {
         #expect(try await dom0.exists(dev.backendPath) == false)
     }
 
-    @Test func featureHelpersUseDefaultsForMissingOrMalformedKeys() async throws {
+    @Test func readersUseDefaultsOnlyForMissingKeysAndRefuseMalformedOnes() async throws {
         let (s, dom0Path, _, _) = try server()
         defer { s.stop() }
         let c = try XenStoreClient(socketPath: dom0Path)
@@ -77,14 +77,23 @@ struct ToolstackTests {
         #expect(try await c.read(dir + "/feature-flush-cache") == "1")
         #expect(try await c.readFeature(dir, XenbusKey.featureFlushCache) == true)
         #expect(try await c.readFeature(dir, XenbusKey.featureDiscard, default: true) == false)
-        #expect(try await c.readFeature(dir, XenbusKey.featurePersistent, default: true) == true)
         #expect(try await c.readFeature(dir, XenbusKey.featureBarrier) == false)
-        #expect(try await c.readUnsigned(dir, XenbusKey.maxRingPageOrder, default: 0) == 4)
-        #expect(try await c.readUnsigned(dir, XenbusKey.sectors, default: 7) == 7)
-        #expect(try await c.readString(dir, XenbusKey.mode, default: "w") == "w")
+        await #expect(throws: XenstoreValueError(.malformed, key: dir + "/feature-persistent", value: "yes", expected: "0 or 1")) {
+            try await c.readFeature(dir, XenbusKey.featurePersistent, default: true)
+        }
+        #expect(try await c.readNumber(dir, XenbusKey.maxRingPageOrder, in: UInt32(0)...4) == 4)
+        await #expect(throws: XenstoreValueError.self) { try await c.readNumber(dir, XenbusKey.maxRingPageOrder, in: UInt32(0)...3) }
+        await #expect(throws: XenstoreValueError.self) { try await c.readNumber(dir, XenbusKey.sectors, in: UInt64(0)...UInt64.max, default: 7) }
+        #expect(try await c.readNumber(dir, "missing", in: UInt64(0)...UInt64.max, default: 7) == 7)
+        await #expect(throws: XenstoreValueError(.missing, key: dir + "/ring-ref", value: nil, expected: "a grant reference")) {
+            try await c.readGrantRef(dir, XenbusKey.ringRef)
+        }
+        #expect(try await c.readChoice(dir, XenbusKey.mode, among: ["r", "w"], default: "w") == "w")
         try await c.writeState(dir, .connected)
         #expect(try await c.readState(dir) == .connected)
         try await c.write(dir + "/state", "42")
+        await #expect(throws: XenstoreValueError.self) { try await c.readState(dir) }
+        try await c.rm(dir + "/state")
         #expect(try await c.readState(dir) == nil)
     }
 

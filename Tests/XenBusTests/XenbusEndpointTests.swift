@@ -81,20 +81,48 @@ struct XenbusEndpointTests {
         pair.server.stop()
     }
 
-    @Test func aFailingHookClosesThatDeviceWithItsReason() async throws {
+    /// A refused connect closes that device with its reason and is not retried: the
+    /// backend holds Closing, so the frontend (which would answer Closed with a new
+    /// session on the same keys) stays Closed, and `connect` ran once.
+    @Test func aFailingHookClosesThatDeviceWithItsReasonAndIsNotRetried() async throws {
         let fe = RecordingDriver(), be = RecordingDriver(failConnect: true)
         let pair = try await EndpointPair(frontendDriver: fe, backendDriver: be)
         let feRun = Task { try await pair.frontend.run() }
         let beRun = Task { try await pair.backend.run() }
-        let settled = await eventually { pair.backend.state == .closed && pair.frontend.state == .initialising }
+        let settled = await eventually { pair.backend.state == .closing && pair.frontend.state == .closed }
         #expect(settled, "frontend \(pair.frontend.state) backend \(pair.backend.state)")
-        try await beRun.value
         let dom0 = try XenStoreClient(socketPath: pair.socketPath)
         let error = try await dom0.readIfPresent(pair.device.backendPath + "/error")
         #expect(error?.contains("connect: ") == true)
         #expect(!fe.log.contains("connect"))
+        #expect(be.log.filter { $0 == "connect" }.count == 1)
+        // An unplug still ends both.
+        pair.backend.requestClose()
+        try await withTimeout(20) { try await beRun.value }
         pair.frontend.requestClose()
-        try await feRun.value
+        try await withTimeout(20) { try await feRun.value }
+        #expect(be.log.filter { $0 == "connect" }.count == 1)
+        pair.server.stop()
+    }
+
+    /// A peer's `state` that is no XenbusState ("+4": Swift's own UInt32("+4") would take
+    /// it) is the peer gone: that device closes with the reason in its `error` key.
+    @Test func aMalformedPeerStateClosesThatDeviceWithItsReason() async throws {
+        let fe = RecordingDriver(), be = RecordingDriver()
+        let pair = try await EndpointPair(frontendDriver: fe, backendDriver: be)
+        let feRun = Task { try await pair.frontend.run() }
+        let beRun = Task { try await pair.backend.run() }
+        #expect(await eventually { pair.frontend.state == .connected && pair.backend.state == .connected })
+        let guest = try XenStoreClient(socketPath: String(pair.socketPath.dropLast(".sock".count)) + "-d1.sock")
+        try await guest.write(pair.device.frontendPath + "/state", "+4")
+        try await withTimeout(20) { try await beRun.value }
+        #expect(pair.backend.state == .closed)
+        #expect(be.log == ["prepare", "connect", "disconnect"])
+        let dom0 = try XenStoreClient(socketPath: pair.socketPath)
+        let error = try await dom0.readIfPresent(pair.device.backendPath + "/error")
+        #expect(error == "state: \(pair.device.frontendPath)/state = \"+4\" (malformed): expected a decimal in 0...8")
+        pair.frontend.requestClose()
+        try await withTimeout(20) { try await feRun.value }
         pair.server.stop()
     }
 }

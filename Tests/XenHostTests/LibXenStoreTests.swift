@@ -39,8 +39,9 @@ struct LibXenStoreTests {
         try await xs.mkdir("/local/domain/7/empty")
         #expect(try await xs.read("/local/domain/7/empty") == "")
         // The feature helpers drivers use work on it unchanged.
-        #expect(try await xs.readFeature("/local/domain/7/device/vif/0", "state", default: false) == false)
-        #expect(try await xs.readRequired("/local/domain/7/device/vif/0", "state") == 4)
+        #expect(try await xs.readState("/local/domain/7/device/vif/0") == .connected)
+        #expect(try await xs.readNumber("/local/domain/7/device/vif/0", "state", in: UInt32(0)...8) == 4)
+        #expect(try await xs.readMAC("/local/domain/7/device/vif/0", "mac") == [0, 0x16, 0x3e, 0, 0, 7])
         let perms = XenStorePermissions(owner: DomainID(7), grants: [.init(.read, .dom0)])
         try await xs.setPermissions("/local/domain/7/device", perms)
         #expect(try await ours.permissions("/local/domain/7/device") == perms)

@@ -3,6 +3,7 @@ import Logging
 import Testing
 import XenABI
 import XenBus
+import XenLocks
 import XenNetBack
 import XenNetFront
 import XenRing
@@ -28,7 +29,9 @@ final class NetStoreWorld: @unchecked Sendable {
     let frontendTask: Task<Void, Error>
     private let backendTask: Task<Void, Error>
 
-    init(frames: Int = 1024, backendKeys: [String: String] = [:]) async throws {
+    /// `hostileGuest` runs on the guest's store connection before its netfront starts.
+    init(frames: Int = 1024, backendKeys: [String: String] = [:], backendLog: LogLines? = nil,
+         hostileGuest: (@Sendable (XenStoreClient, XenbusDevice) async throws -> Void)? = nil) async throws {
         guest = try hv.createDomain(frames: frames)
         let base = "/tmp/xpv-net-\(UUID().uuidString.prefix(8))"
         var quiet = Logger(label: "test")
@@ -43,12 +46,15 @@ final class NetStoreWorld: @unchecked Sendable {
             return true
         }
         self.attachment = attachment
-        let backend = NetBackend(hypervisor: hv.dom0, store: dom0Store, logger: quiet) { _, _ in attachment }
+        var backendLogger = quiet
+        if let backendLog { backendLogger = Logger(label: "netback") { _ in backendLog } }
+        let backend = NetBackend(hypervisor: hv.dom0, store: dom0Store, logger: backendLogger) { _, _ in attachment }
         self.backend = backend
         backendTask = Task { try await backend.run() }
         device = XenbusDevice(type: "vif", id: 0, frontend: guest.domainID)
         try await XenbusToolstack.createDomainHome(guest.domainID, on: dom0Store)
         try await XenbusToolstack.create(device, on: dom0Store, backendKeys: backendKeys)
+        try await hostileGuest?(guestStore, device)
         let frontend = NetFrontend(hypervisor: guest, store: guestStore, path: device.frontendPath, port: port, logger: quiet)
         let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: device.frontendPath,
                                       peerPath: device.backendPath, driver: frontend, logger: quiet)
@@ -129,8 +135,47 @@ struct NetNegotiationTests {
     @Test func aMalformedMacClosesThatVifWithItsReason() async throws {
         let w = try await NetStoreWorld(backendKeys: ["mac": "00:16:3e:zz:00:01"])
         let error = try await w.backendError(within: 10)
-        #expect(error?.contains("mac is not a MAC address") == true)
+        #expect(error?.contains("/mac = \"00:16:3e:zz:00:01\" (malformed): expected a MAC address") == true, "\(error ?? "nil")")
         #expect(w.endpoint.state != .connected)
+        try await w.close()
+    }
+
+    /// A guest's multi-queue-num-queues = 2^64-1 once made netback trap; then, refused,
+    /// it made netback and netfront loop. Now that vif gets the reason, its backend holds
+    /// Closing with the connect tried once, and a second vif of the guest still carries frames.
+    @Test func aHugeQueueCountClosesThatVifOnceAndAnotherVifKeepsWorking() async throws {
+        let log = LogLines()
+        let w = try await NetStoreWorld(backendLog: log) { guestStore, device in
+            try await guestStore.write(device.frontendPath + "/" + XenbusKey.multiQueueNumQueues, "18446744073709551615")
+        }
+        let error = try await w.backendError(within: 20)
+        #expect(error?.contains("multi-queue-num-queues = \"18446744073709551615\" (outOfRange): expected a decimal in 1...1") == true,
+                "\(error ?? "nil")")
+        // Settled: the backend holds Closing, netfront closed and does not start over.
+        #expect(await eventually(20) { w.endpoint.state == .closed && w.backend.vifs.first?.state == .closing })
+
+        // A second vif of the same guest connects and carries a frame both ways.
+        let second = XenbusDevice(type: "vif", id: 1, frontend: w.guest.domainID)
+        try await XenbusToolstack.create(second, on: w.dom0Store)
+        let port = PacketPort()
+        var quiet = Logger(label: "test")
+        quiet.logLevel = .critical
+        let nic = NetFrontend(hypervisor: w.guest, store: w.guestStore, path: second.frontendPath, port: port, logger: quiet)
+        let endpoint = XenbusEndpoint(role: .frontend, store: w.guestStore, path: second.frontendPath,
+                                      peerPath: second.backendPath, driver: nic, logger: quiet)
+        let run = Task { try await endpoint.run() }
+        #expect(await eventually(20) { endpoint.state == .connected && w.backend.vifs.contains { $0.identity.id == 1 && $0.state == .connected } })
+        try await port.send(patternFrame(300, seed: 3))
+        #expect(await eventually(10) { w.sent.frames.withLock { $0.count } == 1 })
+        w.attachment.inject(patternFrame(400, seed: 4))
+        var packets = port.packets.makeAsyncIterator()
+        #expect(await packets.next()?.bytes == patternFrame(400, seed: 4))
+
+        // One attempt, counted after everything above happened (no timing involved).
+        #expect(log.count(containing: "connect failed") == 1, "\(log.lines)")
+        #expect(w.backend.vifs.first { $0.identity.id == 0 }?.state == .closing)
+        endpoint.requestClose()
+        try await run.value
         try await w.close()
     }
 
@@ -179,4 +224,25 @@ func eventually(_ seconds: Double = 10, _ body: () -> Bool) async -> Bool {
         try? await Task.sleep(nanoseconds: 10_000_000)
     }
     return false
+}
+
+/// A log handler that keeps the lines at error level and above, so a test can count
+/// attempts by their log lines instead of by time.
+final class LogLines: LogHandler, @unchecked Sendable {
+    // @unchecked: `stored` is guarded by its lock; the handler's own settings are set once.
+    private let stored = Locked<[String]>([])
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .error
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        stored.withLock { $0.append("\(event.message)") }
+    }
+
+    var lines: [String] { stored.withLock { $0 } }
+    func count(containing text: String) -> Int { lines.filter { $0.contains(text) }.count }
 }
