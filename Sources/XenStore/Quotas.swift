@@ -7,6 +7,15 @@ public struct XenStoreQuotas: Hashable, Sendable {
     public var watchesPerDomain = 128
     /// Open transactions per connection (`quota-max-transaction`); beyond: `ENOSPC`.
     public var transactionsPerConnection = 10
+    /// Open transactions per dom0 connection: higher than a guest's, but a cap, since each
+    /// holds memory; beyond: `ENOSPC`.
+    public var dom0TransactionsPerConnection = 128
+    /// Nodes one transaction may touch (read, write or remove) before its requests get
+    /// `ENOSPC` (C xenstored's `-Q transaction-nodes`); what it touched is what it makes
+    /// the store remember until it ends.
+    public var transactionNodes = 1024
+    /// The same for a dom0 transaction: larger, still a cap.
+    public var dom0TransactionNodes = 65536
     /// Bytes of one node's value (`quota-max-entry-size`); beyond: `ENOSPC`.
     public var valueSize = 2048
     /// Requests a connection may have waiting for their replies to be sent; beyond, the
