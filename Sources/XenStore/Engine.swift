@@ -500,10 +500,11 @@ public final class XenStoreEngine {
     ) throws(XenStoreError) -> (changed: [String], change: Change?) {
         guard var node = t[path] else { throw missing(path, domain, t) }
         if !privileged(domain) {
-            // Only the owner may change permissions, and it may not give the node away.
-            guard node.permissions.owner == domain || access(domain, node.permissions) == .both,
-                access(domain, node.permissions).canWrite
-            else { throw XenStoreError(.accessDenied, "permission denied") }
+            // Xen: only the owner may change permissions (write or even `b` access is not
+            // enough), and it may not give the node away.
+            guard node.permissions.owner == domain else {
+                throw XenStoreError(.accessDenied, "only the owner may change permissions")
+            }
             guard perms.owner == node.permissions.owner else {
                 throw XenStoreError(.notPermitted, "an unprivileged domain may not change the owner")
             }

@@ -125,4 +125,23 @@ struct TreeShapeTests {
         #expect(names.dropFirst().first == "c1")
         #expect(engine.nodeCount == n / 2 + 2)
     }
+
+    @Test func aNonOwnerWithBothAccessCannotRewriteTheACL() async throws {
+        let s = try TestServer(guests: [DomainID(2), DomainID(3)])
+        let dom0 = try s.client()
+        try await dom0.write("/shared/node", "v")
+        // Owned by dom2; dom3 may read and write it.
+        try await dom0.setPermissions("/shared/node", XenStorePermissions(
+            owner: DomainID(2), grants: [XenStorePermission(.both, DomainID(3))]))
+        let dom3 = try RawConnection(s.guestPaths[DomainID(3)]!)
+        #expect(try dom3.write("/shared/node", "written by 3").text == "OK")
+        let r = try dom3.request(.setPermissions, ["/shared/node", "b3"])
+        #expect(r.type == .error)
+        #expect(r.text == "EACCES")
+        #expect(try await dom0.permissions("/shared/node").owner == DomainID(2))
+        // The owner may, as long as it keeps the node.
+        let dom2 = try RawConnection(s.guestPaths[DomainID(2)]!)
+        #expect(try dom2.request(.setPermissions, ["/shared/node", "n2", "r3"]).text == "OK")
+        #expect(try dom2.request(.setPermissions, ["/shared/node", "n3"]).text == "EPERM")
+    }
 }
