@@ -22,8 +22,13 @@ public struct XenStoreQuotas: Hashable, Sendable {
     /// server stops reading from it until it reads its replies (back-pressure, no error).
     public var outstandingRequests = 20
     /// Watch events queued for a connection that is not reading them; beyond, the server
-    /// closes that connection rather than grow without bound.
+    /// closes a guest's connection rather than grow without bound, and for a dom0 connection
+    /// holds back whoever caused them until it has read half.
     public var queuedWatchEvents = 1024
+    /// Socket connections served at once; beyond, a new one is closed at accept.
+    public var connections = 4096
+    /// Socket connections one local user (by peer credentials) may hold; beyond, closed at accept.
+    public var connectionsPerUser = 1024
     /// Whether the limits bind dom0 too (xenstored exempts privileged domains).
     public var appliesToDom0 = false
 

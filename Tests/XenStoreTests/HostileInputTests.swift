@@ -82,11 +82,14 @@ struct HostileInputTests {
         #expect(s.server.stop(timeout: 5))
     }
 
-    @Test func aClientThatNeverReadsItsWatchEventsIsDisconnected() async throws {
+    @Test func aGuestThatNeverReadsItsWatchEventsIsDisconnected() async throws {
         var q = XenStoreQuotas()
         q.queuedWatchEvents = 8
-        let s = try TestServer(quotas: q)
-        let lazy = try RawConnection(s.path)
+        let s = try TestServer(guests: [DomainID(4)], quotas: q)
+        let setup = try s.client()
+        try await setup.mkdir("/flood")
+        try await setup.setPermissions("/flood", XenStorePermissions(owner: .dom0, others: .read))
+        let lazy = try RawConnection(s.guestPaths[DomainID(4)]!)
         var small: Int32 = 4096
         setsockopt(lazy.fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
         try lazy.send(XenStoreMessage(type: .watch, requestID: 1, strings: ["/flood", "tok"]).encoded())
