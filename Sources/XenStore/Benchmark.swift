@@ -112,7 +112,10 @@ public enum XenStoreBenchmark {
 
     /// Default quotas, with room for the idle connections the run holds open.
     static func benchQuotas(idle: Int) -> XenStoreQuotas {
-        XenStoreQuotas()
+        var q = XenStoreQuotas()
+        q.connections = max(q.connections, idle + 64)
+        q.connectionsPerUser = max(q.connectionsPerUser, idle + 64)
+        return q
     }
 
     private static func measure(

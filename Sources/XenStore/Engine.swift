@@ -535,6 +535,14 @@ public final class XenStoreEngine {
         } else {
             absolute = try resolve(given, conn)
         }
+        // An event carries a path under the watch and the token: refuse a token that would
+        // let one exceed XENSTORE_PAYLOAD_MAX rather than ever send an oversized message.
+        let isRelative = !given.hasPrefix("/") && !XenStorePath.isSpecial(given)
+        let longestPath = XenStorePath.isSpecial(given) ? given.utf8.count
+            : isRelative ? XenStoreLimits.relativePathMax : XenStoreLimits.absolutePathMax
+        guard longestPath + token.utf8.count + 2 <= XenStoreLimits.payloadMax else {
+            throw XenStoreError(.tooBig, "a token of \(token.utf8.count) bytes would not fit in a watch event")
+        }
         guard !conn.watches.contains(where: { $0.absolute == absolute && $0.token == token }) else {
             throw XenStoreError(.exists, "watch already set")
         }
@@ -547,7 +555,13 @@ public final class XenStoreEngine {
     }
 
     private func queueEvent(conn: ConnectionID, path: String, token: String) {
-        outbox.append(Outgoing(connection: conn, message: XenStoreMessage(type: .watchEvent, strings: [path, token])))
+        let event = XenStoreMessage(type: .watchEvent, strings: [path, token])
+        // addWatch keeps tokens short enough; this is the last line of defence for the wire.
+        guard event.payload.count <= XenStoreLimits.payloadMax else {
+            logger.error("\(conn): dropping a \(event.payload.count)-byte watch event over XENSTORE_PAYLOAD_MAX")
+            return
+        }
+        outbox.append(Outgoing(connection: conn, message: event))
     }
 
     /// Fires watches for one change: watches on the path or above it get the path; for a
