@@ -499,6 +499,9 @@ public final class XenStoreEngine {
         _ path: String, _ perms: XenStorePermissions, _ domain: DomainID, _ t: inout T
     ) throws(XenStoreError) -> (changed: [String], change: Change?) {
         guard var node = t[path] else { throw missing(path, domain, t) }
+        if bound(domain), perms.entries.count > quotas.permissionsPerNode {
+            throw XenStoreError(.noSpace, "\(perms.entries.count) permission entries, over the quota of \(quotas.permissionsPerNode)")
+        }
         if !privileged(domain) {
             // Xen: only the owner may change permissions (write or even `b` access is not
             // enough), and it may not give the node away.

@@ -1,5 +1,9 @@
 /// Per-domain limits, so one domain cannot exhaust the store (XSA-349 was an unbounded
 /// watch-event queue). Defaults follow C xenstored's; errors are Xen's (`ENOSPC`, `E2BIG`).
+/// Xen's quotas and where they are: nodes `nodesPerDomain`, node size `valueSize`,
+/// permissions `permissionsPerNode`, watches `watchesPerDomain`, transactions
+/// `transactionsPerConnection`, transaction nodes `transactionNodes`, outstanding requests
+/// `outstandingRequests`; and, for the daemon's own resources, connections and queued events.
 public struct XenStoreQuotas: Hashable, Sendable {
     /// Nodes a domain may own (`quota-nb-entry-per-domain`); beyond: `ENOSPC`.
     public var nodesPerDomain = 1000
@@ -16,6 +20,8 @@ public struct XenStoreQuotas: Hashable, Sendable {
     public var transactionNodes = 1024
     /// The same for a dom0 transaction: larger, still a cap.
     public var dom0TransactionNodes = 65536
+    /// Entries in one node's permission list a guest may set (`-Q permissions`); beyond: `ENOSPC`.
+    public var permissionsPerNode = 5
     /// Bytes of one node's value (`quota-max-entry-size`); beyond: `ENOSPC`.
     public var valueSize = 2048
     /// Requests a connection may have waiting for their replies to be sent; beyond, the
