@@ -35,6 +35,9 @@ public final class XenStoreEngine {
     /// Bumped by every change; a committed node carries the generation of its last change.
     private var generation: UInt64 = 0
     private var connections: [ConnectionID: Connection] = [:]
+    /// The connections holding at least one watch: a change looks only at these, so its
+    /// cost does not grow with connections that watch nothing.
+    private var watching: Set<ConnectionID> = []
     private var nextConnection = 1
     private var introduced: Set<DomainID> = [.dom0]
     private var targets: [DomainID: DomainID] = [:]
@@ -82,6 +85,7 @@ public final class XenStoreEngine {
     /// Forgets a connection: its watches and open transactions go with it.
     public func disconnect(_ id: ConnectionID) {
         guard let conn = connections.removeValue(forKey: id) else { return }
+        watching.remove(id)
         watchCount[conn.domain, default: 0] -= conn.watches.count
         outbox.removeAll { $0.connection == id }
     }
@@ -246,6 +250,7 @@ public final class XenStoreEngine {
             let args = try m.strings()
             guard args.count >= 2 else { throw XenStoreError(.invalid, "WATCH wants path and token") }
             try addWatch(given: args[0], token: args[1], conn)
+            watching.insert(id)
             return Self.ok
         case .unwatch:
             let args = try m.strings()
@@ -255,6 +260,7 @@ public final class XenStoreEngine {
                 throw XenStoreError(.noEntry, "no such watch")
             }
             conn.watches.remove(at: i)
+            if conn.watches.isEmpty { watching.remove(id) }
             watchCount[conn.domain, default: 0] -= 1
             return Self.ok
         case .transactionStart:
@@ -315,6 +321,7 @@ public final class XenStoreEngine {
         case .resetWatches:
             watchCount[conn.domain, default: 0] -= conn.watches.count
             conn.watches.removeAll()
+            watching.remove(id)
             conn.transactions.removeAll()
             return Self.ok
         case .control:
@@ -570,7 +577,7 @@ public final class XenStoreEngine {
     /// Fires watches for one change: watches on the path or above it get the path; for a
     /// removal, watches below it get their own path (the subtree went away).
     private func fire(_ change: Change) {
-        for id in connections.keys.sorted() {
+        for id in watching.sorted() {
             let conn = connections[id]!
             guard access(conn.domain, change.permissions).canRead else { continue }
             for w in conn.watches where !XenStorePath.isSpecial(w.absolute) {
@@ -591,7 +598,7 @@ public final class XenStoreEngine {
     }
 
     private func fireSpecial(_ name: String, domain: DomainID) {
-        for id in connections.keys.sorted() {
+        for id in watching.sorted() {
             let conn = connections[id]!
             guard privileged(conn.domain) || conn.domain == domain else { continue }
             for w in conn.watches where w.absolute == name {
