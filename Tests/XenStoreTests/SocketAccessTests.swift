@@ -156,3 +156,19 @@ final class LockedFlag: @unchecked Sendable {
     func set(_ v: Bool) { lock.withLock { value = v } }
     func get() -> Bool { lock.withLock { value } }
 }
+
+/// Floods a client can cause turn into one log line per interval.
+@Suite struct LogThrottleTests {
+    @Test func oneLinePerKindPerIntervalWithTheCountHeldBack() {
+        var t = LogThrottle()
+        t.interval = 3600
+        #expect(t.admit("accept-fd") == (true, 0))
+        for _ in 0..<10_000 { #expect(t.admit("accept-fd").log == false) }
+        // Another kind is not held back by the first.
+        #expect(t.admit("refused-untrusted").log)
+        var now = LogThrottle()
+        now.interval = 0
+        #expect(now.admit("k").log)
+        #expect(now.admit("k") == (true, 0))
+    }
+}
