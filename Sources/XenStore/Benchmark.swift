@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 
 /// Throughput and watch latency over the Unix socket, for `xenpv bench xenstore` and
@@ -26,20 +29,75 @@ public enum XenStoreBenchmark {
     public struct Report: Sendable, CustomStringConvertible {
         public var throughput: [Throughput]
         public var latency: Latency
+        /// Connections held open, silent, while the throughput was measured.
+        public var idleConnections = 0
         public var description: String {
-            (throughput.map(\.description) + [latency.description]).joined(separator: "\n")
+            ((idleConnections > 0 ? ["with \(idleConnections) idle connections:"] : [])
+                + throughput.map(\.description) + [latency.description]).joined(separator: "\n")
         }
+    }
+
+    /// The cost of a transaction's first write in a store of `nodes` nodes, on the engine
+    /// alone (no socket): what one such write takes of the single store thread.
+    public struct TransactionCost: Sendable, CustomStringConvertible {
+        public var nodes: Int
+        public var samples: Int
+        public var medianMicroseconds: Double
+        public var description: String {
+            "first write of a transaction in a \(nodes)-node store: median \(String(format: "%.1f", medianMicroseconds)) µs over \(samples)"
+        }
+    }
+
+    public static func transactionFirstWrite(nodes: Int = 30000, samples: Int = 200) throws -> TransactionCost {
+        let engine = XenStoreEngine()
+        for i in 0..<nodes {
+            _ = engine.perform(XenStoreMessage(type: .write, strings: ["/big/\(i / 100)/\(i % 100)"]), as: .dom0)
+        }
+        let id = engine.connect(domain: .dom0)
+        var times: [Double] = []
+        for k in 0..<samples {
+            engine.handle(XenStoreMessage(type: .transactionStart, strings: [""]), from: id)
+            guard let tx = engine.takeOutbox().first.map({ UInt32($0.message.text) ?? 0 }), tx != 0 else {
+                throw XenStoreError(.io, "TRANSACTION_START failed")
+            }
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            engine.handle(XenStoreMessage(type: .write, transactionID: tx, strings: ["/tx/\(k)"]), from: id)
+            times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1000)
+            engine.handle(XenStoreMessage(type: .transactionEnd, transactionID: tx, strings: ["F"]), from: id)
+            _ = engine.takeOutbox()
+        }
+        times.sort()
+        return TransactionCost(nodes: nodes, samples: samples, medianMicroseconds: times[times.count / 2])
+    }
+
+    /// Opens `count` connections that never send anything (raising the fd limit as needed);
+    /// they stay open until the returned array is closed.
+    static func idleConnections(_ count: Int, to path: String) throws -> [Int32] {
+        var lim = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
+        let want = rlim_t(count * 2 + 256)
+        if lim.rlim_cur < want {
+            lim.rlim_cur = min(want, lim.rlim_max)
+            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
+        }
+        var fds: [Int32] = []
+        for _ in 0..<count { fds.append(try Sys.connect(to: path)) }
+        return fds
     }
 
     /// Starts a server on a temporary socket and measures: reads and writes per second with
     /// each client count, for `seconds` each, and watch latency over `events` writes.
-    public static func run(clientCounts: [Int] = [1, 8], seconds: Double = 2, events: Int = 2000) async throws -> Report {
+    public static func run(
+        clientCounts: [Int] = [1, 8], seconds: Double = 2, events: Int = 2000, idle: Int = 0
+    ) async throws -> Report {
         let path = "/tmp/xs-bench-\(getpid()).sock"
         var logger = Logger(label: "xenstored-bench")
         logger.logLevel = .error
-        let server = XenStoreServer(socketPath: path, logger: logger)
+        let server = XenStoreServer(socketPath: path, quotas: benchQuotas(idle: idle), logger: logger)
         try server.start()
         defer { server.stop() }
+        let idleFDs = try idleConnections(idle, to: path)
+        defer { idleFDs.forEach { close($0) } }
         var results: [Throughput] = []
         for n in clientCounts {
             let clients = try (0..<n).map { _ in try XenStoreClient(socketPath: path) }
@@ -49,7 +107,15 @@ public enum XenStoreBenchmark {
             let reads = try await measure(clients, seconds) { c, i, _ in _ = try await c.read("/bench/\(i)") }
             results.append(Throughput(clients: n, reads: reads, writes: writes))
         }
-        return Report(throughput: results, latency: try await watchLatency(path, events))
+        return Report(throughput: results, latency: try await watchLatency(path, events), idleConnections: idle)
+    }
+
+    /// Default quotas, with room for the idle connections the run holds open.
+    static func benchQuotas(idle: Int) -> XenStoreQuotas {
+        var q = XenStoreQuotas()
+        q.connections = max(q.connections, idle + 64)
+        q.connectionsPerUser = max(q.connectionsPerUser, idle + 64)
+        return q
     }
 
     private static func measure(

@@ -32,12 +32,12 @@ public final class XenStoreEngine {
     var logger: Logger
 
     private var tree = XenStoreTree()
-    /// Bumped by every committed change; transactions remember it at start.
+    /// Bumped by every change; a committed node carries the generation of its last change.
     private var generation: UInt64 = 0
-    /// When each path last changed, kept only while transactions are open (for `EAGAIN`).
-    private var changedAt: [String: UInt64] = [:]
-    private var openTransactions = 0
     private var connections: [ConnectionID: Connection] = [:]
+    /// The connections holding at least one watch: a change looks only at these, so its
+    /// cost does not grow with connections that watch nothing.
+    private var watching: Set<ConnectionID> = []
     private var nextConnection = 1
     private var introduced: Set<DomainID> = [.dom0]
     private var targets: [DomainID: DomainID] = [:]
@@ -47,7 +47,7 @@ public final class XenStoreEngine {
     private final class Connection {
         let domain: DomainID
         var watches: [Watch] = []
-        var transactions: [UInt32: Transaction] = [:]
+        var transactions: [UInt32: OpenTransaction] = [:]
         var nextTransaction: UInt32 = 1
         init(domain: DomainID) { self.domain = domain }
     }
@@ -60,22 +60,11 @@ public final class XenStoreEngine {
         var isRelative: Bool
     }
 
-    private struct Change {
+    /// A change watches hear about.
+    struct Change {
         var path: String
         var permissions: XenStorePermissions
         var recursive: Bool
-    }
-
-    private final class Transaction {
-        var tree: XenStoreTree
-        let start: UInt64
-        var accessed: Set<String> = []
-        var changed: Set<String> = []
-        var changes: [Change] = []
-        init(tree: XenStoreTree, start: UInt64) {
-            self.tree = tree
-            self.start = start
-        }
     }
 
     public init(quotas: XenStoreQuotas = XenStoreQuotas(), logger: Logger = Logger(label: "xenstore")) {
@@ -96,10 +85,18 @@ public final class XenStoreEngine {
     /// Forgets a connection: its watches and open transactions go with it.
     public func disconnect(_ id: ConnectionID) {
         guard let conn = connections.removeValue(forKey: id) else { return }
+        watching.remove(id)
         watchCount[conn.domain, default: 0] -= conn.watches.count
-        openTransactions -= conn.transactions.count
-        pruneChanges()
         outbox.removeAll { $0.connection == id }
+    }
+
+    /// Nodes in the committed tree.
+    public var nodeCount: Int { tree.count }
+
+    /// Nodes the open transactions make the store remember, summed (each is capped by
+    /// `transactionNodes`).
+    public var transactionFootprint: Int {
+        connections.values.reduce(0) { sum, c in c.transactions.values.reduce(sum) { $0 + $1.footprint } }
     }
 
     /// The domain a connection speaks for.
@@ -161,13 +158,18 @@ public final class XenStoreEngine {
     private static let ok: [UInt8] = Array("OK\0".utf8)
 
     private func dispatch(_ m: XenStoreMessage, _ conn: Connection, _ id: ConnectionID) throws(XenStoreError) -> [UInt8] {
-        let tx: Transaction?
+        let tx: OpenTransaction?
         switch m.type {
         case .read, .write, .mkdir, .rm, .directory, .directoryPart, .getPermissions, .setPermissions,
             .transactionEnd:
             if m.transactionID == 0 {
                 tx = nil
             } else if let t = conn.transactions[m.transactionID] {
+                // Checked before the request, so one request overshoots by at most the
+                // nodes one path names.
+                if m.type != .transactionEnd, t.footprint >= transactionNodeLimit(conn.domain) {
+                    throw XenStoreError(.noSpace, "transaction touches \(t.footprint) nodes, the quota")
+                }
                 tx = t
             } else {
                 throw XenStoreError(.noEntry, "no transaction \(m.transactionID)")
@@ -187,15 +189,15 @@ public final class XenStoreEngine {
             // The value is everything after the path's NUL, NULs included.
             let value = Array(m.payload[(nul + 1)...])
             let path = try resolve(String(decoding: first, as: UTF8.self), conn)
-            try write(path, value: value, conn, tx, createOnly: false)
+            try mutate(.write(path, value, createOnly: false), conn, tx)
             return Self.ok
         case .mkdir:
             let path = try resolve(oneArg(m), conn)
-            try write(path, value: [], conn, tx, createOnly: true)
+            try mutate(.write(path, [], createOnly: true), conn, tx)
             return Self.ok
         case .rm:
             let path = try resolve(oneArg(m), conn)
-            try remove(path, conn, tx)
+            try mutate(.remove(path), conn, tx)
             return Self.ok
         case .directory:
             let path = try resolve(oneArg(m), conn)
@@ -242,12 +244,13 @@ public final class XenStoreEngine {
                 throw XenStoreError(.invalid, "SET_PERMS wants a path and permissions like n0 r1")
             }
             let path = try resolve(args[0], conn)
-            try setPermissions(path, perms, conn, tx)
+            try mutate(.setPermissions(path, perms), conn, tx)
             return Self.ok
         case .watch:
             let args = try m.strings()
             guard args.count >= 2 else { throw XenStoreError(.invalid, "WATCH wants path and token") }
             try addWatch(given: args[0], token: args[1], conn)
+            watching.insert(id)
             return Self.ok
         case .unwatch:
             let args = try m.strings()
@@ -257,26 +260,27 @@ public final class XenStoreEngine {
                 throw XenStoreError(.noEntry, "no such watch")
             }
             conn.watches.remove(at: i)
+            if conn.watches.isEmpty { watching.remove(id) }
             watchCount[conn.domain, default: 0] -= 1
             return Self.ok
         case .transactionStart:
             guard m.transactionID == 0 else { throw XenStoreError(.busy, "transactions do not nest") }
-            if bound(conn.domain), conn.transactions.count >= quotas.transactionsPerConnection {
-                throw XenStoreError(.noSpace, "transaction quota reached")
+            // dom0 too: an open transaction holds memory whoever opened it.
+            let cap = privileged(conn.domain) && !quotas.appliesToDom0
+                ? quotas.dom0TransactionsPerConnection : quotas.transactionsPerConnection
+            if conn.transactions.count >= cap {
+                throw XenStoreError(.noSpace, "\(cap) transactions open on this connection, the quota")
             }
             var txid = conn.nextTransaction
             while txid == 0 || conn.transactions[txid] != nil { txid &+= 1 }
             conn.nextTransaction = txid &+ 1
-            conn.transactions[txid] = Transaction(tree: tree, start: generation)
-            openTransactions += 1
+            conn.transactions[txid] = OpenTransaction()
             return Array("\(txid)".utf8) + [0]
         case .transactionEnd:
             let arg = try oneArg(m)
             guard arg == "T" || arg == "F" else { throw XenStoreError(.invalid, "TRANSACTION_END wants T or F") }
             guard let t = tx else { throw XenStoreError(.noEntry, "no transaction") }
             conn.transactions[m.transactionID] = nil
-            openTransactions -= 1
-            defer { pruneChanges() }
             if arg == "T" { try commit(t) }
             return Self.ok
         case .getDomainPath:
@@ -317,9 +321,8 @@ public final class XenStoreEngine {
         case .resetWatches:
             watchCount[conn.domain, default: 0] -= conn.watches.count
             conn.watches.removeAll()
-            openTransactions -= conn.transactions.count
+            watching.remove(id)
             conn.transactions.removeAll()
-            pruneChanges()
             return Self.ok
         case .control:
             throw XenStoreError(.invalid, "no control commands")
@@ -370,9 +373,14 @@ public final class XenStoreEngine {
         return mine
     }
 
+    /// The transaction-nodes quota for `domain`.
+    private func transactionNodeLimit(_ domain: DomainID) -> Int {
+        privileged(domain) && !quotas.appliesToDom0 ? quotas.dom0TransactionNodes : quotas.transactionNodes
+    }
+
     /// The error for a path that does not exist: `EACCES` if the caller could not even read
     /// the nearest existing ancestor (so absence leaks nothing), else `ENOENT`.
-    private func missing(_ path: String, _ domain: DomainID, _ t: XenStoreTree) -> XenStoreError {
+    private func missing<T: XenStoreNodes>(_ path: String, _ domain: DomainID, _ t: T) -> XenStoreError {
         var p = XenStorePath.parent(of: path)
         while t[p] == nil { p = XenStorePath.parent(of: p) }
         if access(domain, t[p]!.permissions).canRead {
@@ -381,11 +389,14 @@ public final class XenStoreEngine {
         return XenStoreError(.accessDenied, "permission denied")
     }
 
-    private func readable(_ path: String, _ conn: Connection, _ tx: Transaction?) throws(XenStoreError) -> XenStoreNode {
-        tx?.accessed.insert(path)
-        let t = tx?.tree ?? tree
-        guard let node = t[path] else { throw missing(path, conn.domain, t) }
-        guard access(conn.domain, node.permissions).canRead else {
+    private func readable(_ path: String, _ conn: Connection, _ tx: OpenTransaction?) throws(XenStoreError) -> XenStoreNode {
+        if let tx { return try readable(path, conn.domain, OpenTransactionView(base: tree, transaction: tx)) }
+        return try readable(path, conn.domain, tree)
+    }
+
+    private func readable<T: XenStoreNodes>(_ path: String, _ domain: DomainID, _ t: T) throws(XenStoreError) -> XenStoreNode {
+        guard let node = t[path] else { throw missing(path, domain, t) }
+        guard access(domain, node.permissions).canRead else {
             throw XenStoreError(.accessDenied, "permission denied")
         }
         return node
@@ -393,142 +404,132 @@ public final class XenStoreEngine {
 
     // MARK: mutations
 
-    /// Runs `body` on the tree the request sees, then records what changed: in the
-    /// transaction, or in the store (firing watches).
-    private func mutate(
-        _ tx: Transaction?, _ body: (inout XenStoreTree) throws(XenStoreError) -> (changed: [String], change: Change?)
-    ) throws(XenStoreError) {
+    private enum Mutation {
+        case write(String, [UInt8], createOnly: Bool)
+        case remove(String)
+        case setPermissions(String, XenStorePermissions)
+    }
+
+    /// Applies `op` to the tree the request sees: in the transaction (remembered for its
+    /// commit), or in the store (stamped with a new generation, watches fired).
+    private func mutate(_ op: Mutation, _ conn: Connection, _ tx: OpenTransaction?) throws(XenStoreError) {
         if let tx {
-            let (changed, change) = try body(&tx.tree)
-            tx.accessed.formUnion(changed)
-            tx.changed.formUnion(changed)
-            if let change { tx.changes.append(change) }
+            var view = OpenTransactionView(base: tree, transaction: tx)
+            if let change = try apply(op, conn.domain, &view).change { tx.note(change) }
         } else {
-            let (changed, change) = try body(&tree)
-            record(changed)
+            let (changed, change) = try apply(op, conn.domain, &tree)
+            stamp(changed)
             if let change { fire(change) }
         }
     }
 
-    private func record(_ changed: [String]) {
-        guard !changed.isEmpty else { return }
-        generation += 1
-        guard openTransactions > 0 else { return }
-        for p in changed { changedAt[p] = generation }
-    }
-
-    private func pruneChanges() {
-        if openTransactions <= 0 {
-            openTransactions = 0
-            changedAt.removeAll()
+    private func apply<T: XenStoreNodes>(
+        _ op: Mutation, _ domain: DomainID, _ t: inout T
+    ) throws(XenStoreError) -> (changed: [String], change: Change?) {
+        switch op {
+        case .write(let path, let value, let createOnly): try write(path, value, domain, &t, createOnly: createOnly)
+        case .remove(let path): try remove(path, domain, &t)
+        case .setPermissions(let path, let perms): try setPermissions(path, perms, domain, &t)
         }
     }
 
-    private func write(
-        _ path: String, value: [UInt8], _ conn: Connection, _ tx: Transaction?, createOnly: Bool
-    ) throws(XenStoreError) {
-        let domain = conn.domain
+    private func stamp(_ changed: [String]) {
+        guard !changed.isEmpty else { return }
+        generation += 1
+        for p in changed { tree.stamp(p, generation) }
+    }
+
+    private func write<T: XenStoreNodes>(
+        _ path: String, _ value: [UInt8], _ domain: DomainID, _ t: inout T, createOnly: Bool
+    ) throws(XenStoreError) -> (changed: [String], change: Change?) {
         if bound(domain), value.count > quotas.valueSize {
             throw XenStoreError(.noSpace, "value larger than the entry quota")
         }
-        try mutate(tx) { (t: inout XenStoreTree) throws(XenStoreError) in
-            if var node = t[path] {
-                guard access(domain, node.permissions).canWrite else {
-                    throw XenStoreError(.accessDenied, "permission denied")
-                }
-                if createOnly { return ([], nil) }
-                node.value = value
-                t.set(path, node)
-                return ([path], Change(path: path, permissions: node.permissions, recursive: false))
-            }
-            // Create the missing chain below the nearest existing ancestor, which must be writable.
-            var missingChain = [path]
-            var ancestor = XenStorePath.parent(of: path)
-            while t[ancestor] == nil {
-                missingChain.append(ancestor)
-                ancestor = XenStorePath.parent(of: ancestor)
-            }
-            guard access(domain, t[ancestor]!.permissions).canWrite else {
-                throw XenStoreError(.accessDenied, "permission denied")
-            }
-            var perms = t[ancestor]!.permissions
-            if !privileged(domain) { perms.owner = domain }
-            if bound(domain), t.ownedCount(perms.owner) + missingChain.count > quotas.nodesPerDomain {
-                throw XenStoreError(.noSpace, "node quota reached")
-            }
-            var changed = [ancestor]
-            var parentPath = ancestor
-            for p in missingChain.reversed() {
-                var parent = t[parentPath]!
-                parent.children.append(XenStorePath.name(of: p))
-                generation += 1
-                parent.childrenGeneration = generation
-                t.set(parentPath, parent)
-                t.set(p, XenStoreNode(
-                    value: p == path ? value : [], children: [], permissions: perms, childrenGeneration: 0))
-                changed.append(p)
-                parentPath = p
-            }
-            return (changed, Change(path: path, permissions: perms, recursive: false))
-        }
-    }
-
-    private func remove(_ path: String, _ conn: Connection, _ tx: Transaction?) throws(XenStoreError) {
-        guard path != "/" else { throw XenStoreError(.invalid, "cannot remove the root") }
-        let domain = conn.domain
-        try mutate(tx) { (t: inout XenStoreTree) throws(XenStoreError) in
-            guard let node = t[path] else {
-                // Xen: removing an absent node is fine if its parent exists.
-                let parentPath = XenStorePath.parent(of: path)
-                if let parent = t[parentPath], access(domain, parent.permissions).canRead { return ([], nil) }
-                throw missing(path, domain, t)
-            }
+        if var node = t[path] {
             guard access(domain, node.permissions).canWrite else {
                 throw XenStoreError(.accessDenied, "permission denied")
             }
-            let removed = t.subtree(path)
-            for p in removed { t.drop(p) }
-            let parentPath = XenStorePath.parent(of: path)
-            var parent = t[parentPath]!
-            parent.children.removeAll { $0 == XenStorePath.name(of: path) }
-            generation += 1
-            parent.childrenGeneration = generation
-            t.set(parentPath, parent)
-            return (removed + [parentPath], Change(path: path, permissions: node.permissions, recursive: true))
-        }
-    }
-
-    private func setPermissions(
-        _ path: String, _ perms: XenStorePermissions, _ conn: Connection, _ tx: Transaction?
-    ) throws(XenStoreError) {
-        let domain = conn.domain
-        let isPrivileged = privileged(domain)
-        try mutate(tx) { (t: inout XenStoreTree) throws(XenStoreError) in
-            guard var node = t[path] else { throw missing(path, domain, t) }
-            if !isPrivileged {
-                // Only the owner may change permissions, and it may not give the node away.
-                guard node.permissions.owner == domain || access(domain, node.permissions) == .both,
-                    access(domain, node.permissions).canWrite
-                else { throw XenStoreError(.accessDenied, "permission denied") }
-                guard perms.owner == node.permissions.owner else {
-                    throw XenStoreError(.notPermitted, "an unprivileged domain may not change the owner")
-                }
-            }
-            node.permissions = perms
+            if createOnly { return ([], nil) }
+            node.value = value
             t.set(path, node)
-            return ([path], Change(path: path, permissions: perms, recursive: false))
+            return ([path], Change(path: path, permissions: node.permissions, recursive: false))
         }
+        // Create the missing chain below the nearest existing ancestor, which must be writable.
+        var missingChain = [path]
+        var ancestor = XenStorePath.parent(of: path)
+        while t[ancestor] == nil {
+            missingChain.append(ancestor)
+            ancestor = XenStorePath.parent(of: ancestor)
+        }
+        guard access(domain, t[ancestor]!.permissions).canWrite else {
+            throw XenStoreError(.accessDenied, "permission denied")
+        }
+        var perms = t[ancestor]!.permissions
+        if !privileged(domain) { perms.owner = domain }
+        if bound(domain), t.ownedCount(perms.owner) + missingChain.count > quotas.nodesPerDomain {
+            throw XenStoreError(.noSpace, "node quota reached")
+        }
+        var changed = [ancestor]
+        var parentPath = ancestor
+        for p in missingChain.reversed() {
+            generation += 1
+            t.editChildren(of: parentPath, generation: generation) { $0.append(XenStorePath.name(of: p)) }
+            t.set(p, XenStoreNode(value: p == path ? value : [], permissions: perms))
+            changed.append(p)
+            parentPath = p
+        }
+        return (changed, Change(path: path, permissions: perms, recursive: false))
     }
 
-    private func commit(_ t: Transaction) throws(XenStoreError) {
-        for p in t.accessed where changedAt[p, default: 0] > t.start {
-            throw XenStoreError(.again, "conflicting change to \(p)")
+    private func remove<T: XenStoreNodes>(
+        _ path: String, _ domain: DomainID, _ t: inout T
+    ) throws(XenStoreError) -> (changed: [String], change: Change?) {
+        guard path != "/" else { throw XenStoreError(.invalid, "cannot remove the root") }
+        guard let node = t[path] else {
+            // Xen: removing an absent node is fine if its parent exists.
+            let parentPath = XenStorePath.parent(of: path)
+            if let parent = t[parentPath], access(domain, parent.permissions).canRead { return ([], nil) }
+            throw missing(path, domain, t)
         }
-        guard !t.changed.isEmpty else { return }
-        for p in t.changed {
-            if let node = t.tree[p] { tree.set(p, node) } else { tree.drop(p) }
+        guard access(domain, node.permissions).canWrite else {
+            throw XenStoreError(.accessDenied, "permission denied")
         }
-        record(Array(t.changed))
+        let removed = t.subtree(path)
+        for p in removed { t.drop(p) }
+        let parentPath = XenStorePath.parent(of: path)
+        generation += 1
+        t.editChildren(of: parentPath, generation: generation) { $0.remove(XenStorePath.name(of: path)) }
+        return (removed + [parentPath], Change(path: path, permissions: node.permissions, recursive: true))
+    }
+
+    private func setPermissions<T: XenStoreNodes>(
+        _ path: String, _ perms: XenStorePermissions, _ domain: DomainID, _ t: inout T
+    ) throws(XenStoreError) -> (changed: [String], change: Change?) {
+        guard var node = t[path] else { throw missing(path, domain, t) }
+        if bound(domain), perms.entries.count > quotas.permissionsPerNode {
+            throw XenStoreError(.noSpace, "\(perms.entries.count) permission entries, over the quota of \(quotas.permissionsPerNode)")
+        }
+        if !privileged(domain) {
+            // Xen: only the owner may change permissions (write or even `b` access is not
+            // enough), and it may not give the node away.
+            guard node.permissions.owner == domain else {
+                throw XenStoreError(.accessDenied, "only the owner may change permissions")
+            }
+            guard perms.owner == node.permissions.owner else {
+                throw XenStoreError(.notPermitted, "an unprivileged domain may not change the owner")
+            }
+        }
+        node.permissions = perms
+        t.set(path, node)
+        return ([path], Change(path: path, permissions: perms, recursive: false))
+    }
+
+    private func commit(_ t: OpenTransaction) throws(XenStoreError) {
+        if let p = t.conflict(with: tree) { throw XenStoreError(.again, "conflicting change to \(p)") }
+        guard !t.written.isEmpty || !t.removed.isEmpty else { return }
+        for p in t.removed { tree.drop(p) }
+        for (p, node) in t.written { tree.set(p, node) }
+        stamp(Array(t.written.keys) + Array(t.removed))
         for c in t.changes { fire(c) }
     }
 
@@ -544,6 +545,14 @@ public final class XenStoreEngine {
         } else {
             absolute = try resolve(given, conn)
         }
+        // An event carries a path under the watch and the token: refuse a token that would
+        // let one exceed XENSTORE_PAYLOAD_MAX rather than ever send an oversized message.
+        let isRelative = !given.hasPrefix("/") && !XenStorePath.isSpecial(given)
+        let longestPath = XenStorePath.isSpecial(given) ? given.utf8.count
+            : isRelative ? XenStoreLimits.relativePathMax : XenStoreLimits.absolutePathMax
+        guard longestPath + token.utf8.count + 2 <= XenStoreLimits.payloadMax else {
+            throw XenStoreError(.tooBig, "a token of \(token.utf8.count) bytes would not fit in a watch event")
+        }
         guard !conn.watches.contains(where: { $0.absolute == absolute && $0.token == token }) else {
             throw XenStoreError(.exists, "watch already set")
         }
@@ -556,13 +565,19 @@ public final class XenStoreEngine {
     }
 
     private func queueEvent(conn: ConnectionID, path: String, token: String) {
-        outbox.append(Outgoing(connection: conn, message: XenStoreMessage(type: .watchEvent, strings: [path, token])))
+        let event = XenStoreMessage(type: .watchEvent, strings: [path, token])
+        // addWatch keeps tokens short enough; this is the last line of defence for the wire.
+        guard event.payload.count <= XenStoreLimits.payloadMax else {
+            logger.error("\(conn): dropping a \(event.payload.count)-byte watch event over XENSTORE_PAYLOAD_MAX")
+            return
+        }
+        outbox.append(Outgoing(connection: conn, message: event))
     }
 
     /// Fires watches for one change: watches on the path or above it get the path; for a
     /// removal, watches below it get their own path (the subtree went away).
     private func fire(_ change: Change) {
-        for id in connections.keys.sorted() {
+        for id in watching.sorted() {
             let conn = connections[id]!
             guard access(conn.domain, change.permissions).canRead else { continue }
             for w in conn.watches where !XenStorePath.isSpecial(w.absolute) {
@@ -583,7 +598,7 @@ public final class XenStoreEngine {
     }
 
     private func fireSpecial(_ name: String, domain: DomainID) {
-        for id in connections.keys.sorted() {
+        for id in watching.sorted() {
             let conn = connections[id]!
             guard privileged(conn.domain) || conn.domain == domain else { continue }
             for w in conn.watches where w.absolute == name {

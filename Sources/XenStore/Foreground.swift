@@ -13,7 +13,8 @@ extension XenStoreServer {
     /// For `xenpv xenstored --socket PATH`.
     @discardableResult
     public static func runForeground(
-        socketPath: String, quotas: XenStoreQuotas = XenStoreQuotas(), logger: Logger = Logger(label: "xenstored")
+        socketPath: String, quotas: XenStoreQuotas = XenStoreQuotas(), logger: Logger = Logger(label: "xenstored"),
+        group: gid_t? = nil
     ) throws(XenStoreError) -> Int32 {
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { throw Sys.fail("pipe") }
@@ -34,7 +35,7 @@ extension XenStoreServer {
             signal(SIGINT, oldInt)
             signalPipeWrite = -1
         }
-        let server = XenStoreServer(socketPath: socketPath, quotas: quotas, logger: logger)
+        let server = XenStoreServer(socketPath: socketPath, quotas: quotas, logger: logger, group: group)
         try server.start()
         var sig: UInt8 = 0
         while read(fds[0], &sig, 1) < 0 && errno == EINTR {}

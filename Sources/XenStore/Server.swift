@@ -6,23 +6,34 @@ import Foundation
 import Logging
 import XenABI
 import XenHypervisor
+import XenSockets
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// A xenstore daemon serving the `xs_wire.h` protocol on Unix stream sockets, embedded in a
-/// process: one event-loop thread polls every non-blocking connection, so a slow, silent or
-/// hostile client can only hurt itself.
+/// process: one event-loop thread waits (epoll) on every non-blocking connection and
+/// services only the ready ones, so a slow, silent or hostile client can only hurt itself
+/// and idle ones cost nothing per request.
+///
+/// Who may connect: the dom0 socket is created 0600 (0660 with a group) whatever the
+/// umask, and every connection on it must come from a `TrustedPeers` user (root, the
+/// daemon's user, the group); others are closed. Connections are capped per user and in
+/// total (`XenStoreQuotas.connections`, `connectionsPerUser`).
 ///
 /// Bounds per connection: a partial message holds at most one header plus
 /// `XENSTORE_PAYLOAD_MAX` bytes; a header announcing more closes the connection; a client
-/// with `outstandingRequests` unread replies is not read from until it reads them; a client
-/// with more than `queuedWatchEvents` unread watch events is disconnected (XSA-349).
+/// with `outstandingRequests` unread replies is not read from until it reads them; a guest
+/// with more than `queuedWatchEvents` unread watch events is disconnected (XSA-349). A dom0
+/// connection is never dropped for events others cause: the connection whose request
+/// pushed its queue over the bound is not read from until the watcher has read half of it.
 public final class XenStoreServer: @unchecked Sendable {
     // Fields below `loop` are touched only by the loop thread once started.
     private let listenersWanted: [(path: String, domain: DomainID)]
-    private let logger: Logger
+    private let socketAccess: SocketAccess
+    private let trusted: TrustedPeers
+    private var logger: Logger
     private let engine: XenStoreEngine
     private let quotas: XenStoreQuotas
 
@@ -36,7 +47,20 @@ public final class XenStoreServer: @unchecked Sendable {
     private var wakeRead: Int32 = -1
     private var wakeWrite: Int32 = -1
     private var listeners: [(fd: Int32, domain: DomainID, path: String)] = []
+    private var epoll: Epoll?
     private var connections: [Int32: SocketConnection] = [:]
+    private var byID: [XenStoreEngine.ConnectionID: SocketConnection] = [:]
+    /// Connections that may have whole requests buffered and nothing stopping them.
+    private var runnable: [SocketConnection] = []
+    private var connectionsPerUID: [uid_t: Int] = [:]
+    /// Set while accept fails for want of descriptors: listeners are not polled until then
+    /// (or until a connection closes), instead of spinning on a listener accept cannot drain.
+    private var listenersPausedUntil: UInt64?
+    private var logThrottle = LogThrottle()
+    /// How the loop accepts; tests replace it to make accept fail as it does at EMFILE.
+    private var acceptConnection: @Sendable (Int32) -> Int32 = { accept($0, nil, nil) }
+    /// accept calls made, read on the loop thread (tests check a failing accept is not spun on).
+    private var acceptCalls = 0
     /// The most replies ever queued for one connection (bounded by `outstandingRequests`).
     private var peakQueuedReplies = 0
 
@@ -49,6 +73,16 @@ public final class XenStoreServer: @unchecked Sendable {
         let transport: Transport
         let id: XenStoreEngine.ConnectionID
         let domain: DomainID
+        /// The peer's user, for the per-user connection cap; nil for rings and adopted sockets.
+        var uid: uid_t?
+        /// What epoll watches the socket for right now.
+        var interest: UInt32 = 0
+        var isRunnable = false
+        /// The dom0 watcher whose event queue this connection's requests overfilled: it is
+        /// not read from until that watcher catches up.
+        var blockedBy: SocketConnection?
+        /// The connections this one (a dom0 watcher) holds back.
+        var blocking: [SocketConnection] = []
         var decoder = XenStoreFrameDecoder()
         var output: Deque<(bytes: [UInt8], isEvent: Bool)> = []
         var headOffset = 0
@@ -76,11 +110,15 @@ public final class XenStoreServer: @unchecked Sendable {
     /// `extraSockets` adds sockets whose clients speak for a guest domain: tests use them to
     /// act as a domU without a ring. With `hypervisor` (dom0's view), the server also serves
     /// guests through their xenstore page and event channel once they are introduced.
+    /// `group` lets that group's members open and use the dom0 socket besides root and
+    /// the daemon's own user.
     public init(
         socketPath: String, extraSockets: [(path: String, domain: DomainID)] = [],
         quotas: XenStoreQuotas = XenStoreQuotas(), logger: Logger = Logger(label: "xenstored"),
-        hypervisor: (any Hypervisor)? = nil
+        hypervisor: (any Hypervisor)? = nil, group: gid_t? = nil
     ) {
+        self.socketAccess = SocketAccess(group: group)
+        self.trusted = TrustedPeers(group: group)
         self.hypervisor = hypervisor
         self.listenersWanted = [(socketPath, .dom0)] + extraSockets
         self.logger = logger
@@ -110,17 +148,27 @@ public final class XenStoreServer: @unchecked Sendable {
         for fd in fds { Sys.makeNonBlocking(fd) }
         wakeRead = fds[0]
         wakeWrite = fds[1]
+        let epoll: Epoll
+        do { epoll = try Epoll() } catch {
+            close(wakeRead); close(wakeWrite)
+            throw error
+        }
+        self.epoll = epoll
         for (path, domain) in listenersWanted {
             do {
-                let fd = try Sys.listen(at: path)
+                let fd = try LocalSocket.listen(at: path, kind: .stream, access: socketAccess, nonBlocking: true)
                 listeners.append((fd, domain, path))
             } catch {
                 for l in listeners { close(l.fd); unlink(l.path) }
                 listeners = []
                 close(wakeRead); close(wakeWrite)
-                throw error
+                epoll.close()
+                throw XenStoreError(error.code == .system ? .system : .invalid, "listening on \(path): \(error)")
             }
         }
+        epoll.watch(wakeRead, Epoll.readable)
+        if let fd = events?.fileDescriptor.rawValue { epoll.watch(fd, Epoll.readable) }
+        for l in listeners { epoll.watch(l.fd, Epoll.readable) }
         let thread = Thread { [self] in
             self.run()
             self.finished.signal()
@@ -179,7 +227,7 @@ public final class XenStoreServer: @unchecked Sendable {
             state.tasks.append { [self] engine in
                 Sys.makeNonBlocking(fd)
                 let id = engine.connect(domain: domain)
-                connections[fd] = SocketConnection(transport: .socket(fd), id: id, domain: domain)
+                add(SocketConnection(transport: .socket(fd), id: id, domain: domain))
                 logger.debug("\(id) adopted as \(domain)")
             }
             return true
@@ -192,6 +240,18 @@ public final class XenStoreServer: @unchecked Sendable {
     func peakQueuedReplyCount() -> Int? {
         nonisolated(unsafe) let me = self
         return withEngine { _ in me.peakQueuedReplies }
+    }
+
+    /// Replaces accept(2) on the loop thread (tests make it fail as at EMFILE).
+    func setAcceptForTesting(_ body: @escaping @Sendable (Int32) -> Int32) {
+        nonisolated(unsafe) let me = self
+        _ = withEngine { _ in me.acceptConnection = body }
+    }
+
+    /// accept(2) calls the loop made so far, read on the loop thread.
+    func acceptCallCount() -> Int? {
+        nonisolated(unsafe) let me = self
+        return withEngine { _ in me.acceptCalls }
     }
 
     /// Connections being served (sockets and rings), read on the loop thread.
@@ -208,74 +268,58 @@ public final class XenStoreServer: @unchecked Sendable {
     // MARK: the loop
 
     private func run() {
-        var pollfds: [pollfd] = []
+        guard let epoll else { return }
+        var ready = Epoll.Ready(capacity: 256)
+        let eventsFD = events?.fileDescriptor.rawValue ?? -1
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
             let (stopping, tasks) = control.withLock { state in
                 defer { state.tasks.removeAll() }
                 return (state.stopping, state.tasks)
             }
-            for t in tasks { t(engine); flushOutbox() }
+            for t in tasks { t(engine); flushOutbox(producer: nil) }
             if stopping { break }
 
-            pollfds.removeAll(keepingCapacity: true)
-            pollfds.append(pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0))
-            pollfds.append(pollfd(fd: events?.fileDescriptor.rawValue ?? -1, events: Int16(POLLIN), revents: 0))
-            for l in listeners { pollfds.append(pollfd(fd: l.fd, events: Int16(POLLIN), revents: 0)) }
-            var hasWork = false
-            for (fd, c) in connections {
-                var ev: Int16 = 0
-                if c.queuedReplies < quotas.outstandingRequests {
-                    ev |= Int16(POLLIN)
-                    if c.decoder.bytesWanted == 0 { hasWork = true }
-                }
-                if !c.output.isEmpty { ev |= Int16(POLLOUT) }
-                pollfds.append(pollfd(fd: fd, events: ev, revents: 0))
-            }
             // A ring may hold bytes no event announced (queued before we attached, or while
-            // we were throttling it).
-            for c in Array(ringByPort.values) where c.queuedReplies < quotas.outstandingRequests {
+            // we were throttling it). Rings are one per guest domain, not per client.
+            var hasWork = !runnable.isEmpty
+            for c in Array(ringByPort.values) where canRun(c) {
                 if case .ring(let ring, _, _) = c.transport, ring.readable > 0 { readRing(c) }
-                if isLive(c) && c.decoder.bytesWanted == 0 && c.queuedReplies < quotas.outstandingRequests { hasWork = true }
+                if isLive(c) && c.decoder.bytesWanted == 0 && canRun(c) { hasWork = true }
             }
-            let n = poll(&pollfds, nfds_t(pollfds.count), hasWork ? 0 : -1)
+            var timeout: Int32 = hasWork ? 0 : -1
+            if let until = listenersPausedUntil {
+                let now = DispatchTime.now().uptimeNanoseconds
+                let left = until > now ? Int32((until - now) / 1_000_000) + 1 : 0
+                timeout = timeout < 0 ? left : min(timeout, left)
+            }
+            let n = epoll.wait(&ready, timeoutMs: timeout)
             if n < 0 && errno != EINTR {
-                logger.error("poll failed: \(Sys.errnoText)")
+                logger.error("epoll_wait failed: \(Sys.errnoText)")
                 break
             }
-            if pollfds[0].revents != 0 {
-                var sink = [UInt8](repeating: 0, count: 64)
-                while Glibc.read(wakeRead, &sink, sink.count) > 0 {}
-            }
-            if pollfds[1].revents != 0 { serviceRings() }
-            let fixed = 2
-            for i in fixed..<(fixed + listeners.count) where pollfds[i].revents & Int16(POLLIN) != 0 {
-                acceptAll(listeners[i - fixed])
-            }
-            for p in pollfds.dropFirst(fixed + listeners.count) {
-                guard let c = connections[p.fd] else { continue }
-                if p.revents & Int16(POLLOUT) != 0 { flushOutput(c) }
-                guard connections[p.fd] != nil else { continue }
-                if p.revents & Int16(POLLIN) != 0 {
-                    let r = buffer.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-                    if r == 0 {
-                        drop(c, reason: nil)
-                        continue
-                    } else if r < 0 {
-                        if errno != EAGAIN && errno != EINTR { drop(c, reason: "recv: \(Sys.errnoText)") }
-                    } else {
-                        c.decoder.append(buffer[0..<r])
-                    }
-                } else if p.revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 {
-                    drop(c, reason: nil)
-                    continue
+            if let until = listenersPausedUntil, DispatchTime.now().uptimeNanoseconds >= until { resumeListeners() }
+            for i in 0..<Int(max(n, 0)) {
+                let (fd, revents) = ready[i]
+                if fd == wakeRead {
+                    var sink = [UInt8](repeating: 0, count: 64)
+                    while Glibc.read(wakeRead, &sink, sink.count) > 0 {}
+                } else if fd == eventsFD {
+                    serviceRings()
+                } else if let l = listeners.first(where: { $0.fd == fd }) {
+                    acceptAll(l)
+                } else if let c = connections[fd] {
+                    service(c, revents, &buffer)
                 }
-                process(c)
             }
             // Connections whose back-pressure lifted may hold whole messages already read.
-            for c in Array(connections.values) + Array(ringByPort.values)
-            where c.queuedReplies < quotas.outstandingRequests && c.decoder.bytesWanted == 0 {
-                process(c)
+            while !runnable.isEmpty {
+                let batch = runnable
+                runnable.removeAll(keepingCapacity: true)
+                for c in batch {
+                    c.isRunnable = false
+                    process(c)
+                }
             }
         }
         for c in Array(connections.values) + Array(ringByPort.values) { drop(c, reason: nil) }
@@ -286,23 +330,126 @@ public final class XenStoreServer: @unchecked Sendable {
             unlink(l.path)
         }
         listeners = []
+        epoll.close()
         close(wakeRead)
         close(wakeWrite)
     }
 
+    /// One socket epoll reported ready.
+    private func service(_ c: SocketConnection, _ revents: UInt32, _ buffer: inout [UInt8]) {
+        if revents & Epoll.writable != 0 { flushOutput(c) }
+        guard isLive(c) else { return }
+        if revents & Epoll.readable != 0 && canRun(c) {
+            let r = buffer.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            if r == 0 {
+                drop(c, reason: nil)
+                return
+            } else if r < 0 {
+                if errno != EAGAIN && errno != EINTR {
+                    drop(c, reason: "recv: \(Sys.errnoText)")
+                    return
+                }
+            } else {
+                c.decoder.append(buffer[0..<r])
+            }
+        } else if revents & UInt32(EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 {
+            // Reported even when we do not ask for input: the peer is gone.
+            drop(c, reason: nil)
+            return
+        }
+        process(c)
+    }
+
+    /// Whether the loop may read and handle `c`'s requests now.
+    private func canRun(_ c: SocketConnection) -> Bool {
+        c.queuedReplies < quotas.outstandingRequests && c.blockedBy == nil
+    }
+
+    private func markRunnable(_ c: SocketConnection) {
+        guard !c.isRunnable, isLive(c) else { return }
+        c.isRunnable = true
+        runnable.append(c)
+    }
+
+    /// Tells epoll what `c` waits for now: input unless held back, output while some is queued.
+    private func updateInterest(_ c: SocketConnection) {
+        guard case .socket(let fd) = c.transport, connections[fd] === c else { return }
+        let want = (canRun(c) ? Epoll.readable : 0) | (c.output.isEmpty ? 0 : Epoll.writable)
+        guard want != c.interest else { return }
+        c.interest = want
+        epoll?.watch(fd, want, modify: true)
+    }
+
+    private func add(_ c: SocketConnection) {
+        connections[c.fd] = c
+        byID[c.id] = c
+        if let uid = c.uid { connectionsPerUID[uid, default: 0] += 1 }
+        c.interest = Epoll.readable
+        epoll?.watch(c.fd, c.interest)
+    }
+
     private func acceptAll(_ listener: (fd: Int32, domain: DomainID, path: String)) {
         while true {
-            let fd = accept(listener.fd, nil, nil)
+            acceptCalls += 1
+            let fd = acceptConnection(listener.fd)
             if fd < 0 {
-                if errno == EINTR { continue }
-                if errno != EAGAIN && errno != EWOULDBLOCK { logger.warning("accept: \(Sys.errnoText)") }
+                let e = errno
+                if e == EINTR { continue }
+                if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM {
+                    pauseListeners(because: String(cString: strerror(e)))
+                } else if e != EAGAIN && e != EWOULDBLOCK {
+                    warnThrottled("accept", "accept on \(listener.path): \(String(cString: strerror(e)))")
+                }
                 return
             }
             Sys.makeNonBlocking(fd)
+            let peer = PeerCredentials.of(fd)
+            // The socket's mode is the first gate; the kernel's word on who connected is the
+            // one that decides, since a mode can be loosened (or a path reached) by mistake.
+            if listener.domain == .dom0, !(peer.map(trusted.trusts) ?? false) {
+                refuse(fd, "untrusted", "refused a connection on \(listener.path) from an untrusted peer (\(peer.map(\.description) ?? "no credentials"))")
+                continue
+            }
+            if connections.count + ringByPort.count >= quotas.connections {
+                refuse(fd, "total", "refused a connection on \(listener.path): \(quotas.connections) connections open, the quota")
+                continue
+            }
+            if let uid = peer?.uid, connectionsPerUID[uid, default: 0] >= quotas.connectionsPerUser {
+                refuse(fd, "user", "refused a connection on \(listener.path) from uid \(uid): \(quotas.connectionsPerUser) connections open, the per-user quota")
+                continue
+            }
             let id = engine.connect(domain: listener.domain)
-            connections[fd] = SocketConnection(transport: .socket(fd), id: id, domain: listener.domain)
-            logger.debug("\(id) connected as \(listener.domain)")
+            let c = SocketConnection(transport: .socket(fd), id: id, domain: listener.domain)
+            c.uid = peer?.uid
+            add(c)
+            logger.debug("\(id) connected as \(listener.domain)", metadata: ["peer": "\(peer.map(\.description) ?? "-")"])
         }
+    }
+
+    private func refuse(_ fd: Int32, _ kind: String, _ message: String) {
+        close(fd)
+        warnThrottled("refused-" + kind, message)
+    }
+
+    private func warnThrottled(_ kind: String, _ message: String) {
+        let (log, held) = logThrottle.admit(kind)
+        guard log else { return }
+        logger.warning("\(message)\(held > 0 ? " (and \(held) more like it since the last report)" : "")")
+    }
+
+    /// Stops polling the listeners for a short while: accept cannot succeed until a
+    /// descriptor frees, and a level-triggered listener would otherwise wake the loop forever.
+    private func pauseListeners(because reason: String) {
+        guard listenersPausedUntil == nil else { return }
+        warnThrottled("accept-fd", "accept: \(reason); not accepting for 100 ms or until a connection closes")
+        listenersPausedUntil = DispatchTime.now().uptimeNanoseconds + 100_000_000
+        for l in listeners { epoll?.watch(l.fd, 0, modify: true) }
+    }
+
+    private func resumeListeners() {
+        guard listenersPausedUntil != nil else { return }
+        listenersPausedUntil = nil
+        for l in listeners { epoll?.watch(l.fd, Epoll.readable, modify: true) }
     }
 
     // MARK: rings
@@ -329,6 +476,7 @@ public final class XenStoreServer: @unchecked Sendable {
         ring.publishFeatures()
         let id = engine.connect(domain: domain)
         let c = SocketConnection(transport: .ring(ring, port: port, mapping: mapping), id: id, domain: domain)
+        byID[id] = c
         ringByPort[port] = c
         ringByDomain[domain] = c
         logger.info("\(id) ring attached for \(domain)", metadata: ["port": "\(port)"])
@@ -357,7 +505,7 @@ public final class XenStoreServer: @unchecked Sendable {
     private func readRing(_ c: SocketConnection) {
         guard case .ring(let ring, let port, _) = c.transport else { return }
         var consumed = false
-        while c.queuedReplies < quotas.outstandingRequests {
+        while canRun(c) {
             // Never buffer past the message being assembled: the ring holds the rest.
             let chunk: [UInt8]
             do {
@@ -379,7 +527,8 @@ public final class XenStoreServer: @unchecked Sendable {
 
     /// Handles the complete messages buffered on `c`, up to the outstanding-request bound.
     private func process(_ c: SocketConnection) {
-        while isLive(c) && c.queuedReplies < quotas.outstandingRequests {
+        defer { updateInterest(c) }
+        while isLive(c) && canRun(c) {
             let message: XenStoreMessage?
             do {
                 message = try c.decoder.next()
@@ -390,7 +539,7 @@ public final class XenStoreServer: @unchecked Sendable {
             }
             guard let message else { return }
             engine.handle(message, from: c.id)
-            flushOutbox()
+            flushOutbox(producer: c)
         }
     }
 
@@ -401,13 +550,12 @@ public final class XenStoreServer: @unchecked Sendable {
         }
     }
 
-    private func flushOutbox() {
+    /// Queues the engine's replies and events; `producer` is the connection whose request
+    /// caused them, held back if it overfills a dom0 watcher's queue.
+    private func flushOutbox(producer: SocketConnection?) {
         let out = engine.takeOutbox()
         guard !out.isEmpty else { return }
         var touched: [SocketConnection] = []
-        var byID: [XenStoreEngine.ConnectionID: SocketConnection] = [:]
-        for c in connections.values { byID[c.id] = c }
-        for c in ringByPort.values { byID[c.id] = c }
         for o in out {
             guard let c = byID[o.connection] else { continue }
             if o.isWatchEvent {
@@ -421,8 +569,18 @@ public final class XenStoreServer: @unchecked Sendable {
         }
         for c in touched where isLive(c) {
             if c.queuedEvents > quotas.queuedWatchEvents {
-                drop(c, reason: "\(c.queuedEvents) watch events unread; closing the connection")
-                continue
+                guard c.domain == .dom0 else {
+                    drop(c, reason: "\(c.queuedEvents) watch events unread; closing the connection")
+                    continue
+                }
+                // dom0 runs the host: a guest's storm must not cost it its watches. The
+                // producer waits instead (tasks of the process itself are not held back).
+                if let producer, producer.blockedBy == nil, isLive(producer) {
+                    producer.blockedBy = c
+                    c.blocking.append(producer)
+                    updateInterest(producer)
+                    warnThrottled("storm", "\(producer.id) (\(producer.domain)) held back: \(c.id) has \(c.queuedEvents) watch events unread")
+                }
             }
             flushOutput(c)
         }
@@ -431,8 +589,14 @@ public final class XenStoreServer: @unchecked Sendable {
     /// Writes as much queued output as the socket or ring takes without blocking.
     private func flushOutput(_ c: SocketConnection) {
         var wrote = false
+        let couldRun = canRun(c)
         defer {
             if wrote, case .ring(_, let port, _) = c.transport { try? events?.notify(port) }
+            if isLive(c) {
+                if !c.blocking.isEmpty && c.queuedEvents <= quotas.queuedWatchEvents / 2 { release(c) }
+                if !couldRun && canRun(c) { markRunnable(c) }
+                updateInterest(c)
+            }
         }
         while let head = c.output.first {
             let n: Int
@@ -465,17 +629,36 @@ public final class XenStoreServer: @unchecked Sendable {
         }
     }
 
+    /// Lets the connections `watcher` held back run again.
+    private func release(_ watcher: SocketConnection) {
+        let held = watcher.blocking
+        watcher.blocking = []
+        for p in held where p.blockedBy === watcher {
+            p.blockedBy = nil
+            markRunnable(p)
+            updateInterest(p)
+        }
+    }
+
     private func drop(_ c: SocketConnection, reason: String?) {
         switch c.transport {
         case .socket(let fd):
             guard connections.removeValue(forKey: fd) != nil else { return }
+            epoll?.forget(fd)
             close(fd)
+            if let uid = c.uid { connectionsPerUID[uid, default: 1] -= 1 }
+            // A descriptor is free again: accept may succeed now.
+            resumeListeners()
         case .ring(_, let port, let mapping):
             guard ringByPort.removeValue(forKey: port) != nil else { return }
             ringByDomain[c.domain] = nil
             try? events?.unbind(port)
             do { try mapper?.unmap(mapping) } catch { logger.warning("unmapping \(c.domain)'s page: \(error)") }
         }
+        byID[c.id] = nil
+        release(c)
+        if let watcher = c.blockedBy { watcher.blocking.removeAll { $0 === c } }
+        c.blockedBy = nil
         if let reason { logger.warning("\(c.id) closed: \(reason)") } else { logger.debug("\(c.id) disconnected") }
         engine.disconnect(c.id)
     }

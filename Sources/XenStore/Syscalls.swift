@@ -32,26 +32,6 @@ enum Sys {
         }
     }
 
-    /// A listening, non-blocking Unix stream socket at `path` (a stale socket file is replaced).
-    static func listen(at path: String) throws(XenStoreError) -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { throw fail("socket") }
-        var st = stat()
-        if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
-        let rc = try withAddress(path) { bind(fd, $0, $1) }
-        guard rc == 0 else {
-            let e = fail("bind \(path)")
-            close(fd)
-            throw e
-        }
-        guard Glibc.listen(fd, 64) == 0 else {
-            let e = fail("listen")
-            close(fd)
-            throw e
-        }
-        return fd
-    }
-
     /// A blocking connection to the Unix socket at `path`.
     static func connect(to path: String) throws(XenStoreError) -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

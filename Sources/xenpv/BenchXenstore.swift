@@ -14,7 +14,14 @@ struct BenchXenstore: AsyncParsableCommand {
     @Option(help: "Watch events to time.")
     var events: Int = 2000
 
+    @Option(help: "Silent connections held open while measuring (the loop must not pay for them).")
+    var idle: Int = 0
+
+    @Option(help: "Nodes in the store when timing a transaction's first write (0 skips it).")
+    var transactionNodes: Int = 30000
+
     func run() async throws {
-        print(try await XenStoreBenchmark.run(clientCounts: [1, 8], seconds: seconds, events: events))
+        print(try await XenStoreBenchmark.run(clientCounts: [1, 8], seconds: seconds, events: events, idle: idle))
+        if transactionNodes > 0 { print(try XenStoreBenchmark.transactionFirstWrite(nodes: transactionNodes)) }
     }
 }

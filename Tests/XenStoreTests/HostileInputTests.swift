@@ -82,11 +82,14 @@ struct HostileInputTests {
         #expect(s.server.stop(timeout: 5))
     }
 
-    @Test func aClientThatNeverReadsItsWatchEventsIsDisconnected() async throws {
+    @Test func aGuestThatNeverReadsItsWatchEventsIsDisconnected() async throws {
         var q = XenStoreQuotas()
         q.queuedWatchEvents = 8
-        let s = try TestServer(quotas: q)
-        let lazy = try RawConnection(s.path)
+        let s = try TestServer(guests: [DomainID(4)], quotas: q)
+        let setup = try s.client()
+        try await setup.mkdir("/flood")
+        try await setup.setPermissions("/flood", XenStorePermissions(owner: .dom0, others: .read))
+        let lazy = try RawConnection(s.guestPaths[DomainID(4)]!)
         var small: Int32 = 4096
         setsockopt(lazy.fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
         try lazy.send(XenStoreMessage(type: .watch, requestID: 1, strings: ["/flood", "tok"]).encoded())
@@ -145,5 +148,49 @@ struct HostileInputTests {
             let r = try #require(try raw.receive())
             #expect(r.requestID == UInt32(i))
         }
+    }
+
+    @Test func aWatchWhoseEventCouldExceedThePayloadMaximumIsRefused() async throws {
+        let s = try TestServer()
+        let raw = try RawConnection(s.path)
+        let r = try raw.request(.watch, ["/w", String(repeating: "t", count: 2000)])
+        #expect(r.type == .error)
+        #expect(r.text == "E2BIG")
+        // The longest token that fits with the longest path is accepted, and its events fit.
+        let token = String(repeating: "t", count: XenStoreLimits.payloadMax - XenStoreLimits.absolutePathMax - 2)
+        #expect(try raw.request(.watch, ["/w", token]).text == "OK")
+        let deep = "/w/" + String(repeating: "d", count: 2900)
+        let writer = try s.client()
+        try await writer.write(deep, "x")
+        var sawDeep = false
+        while !sawDeep, let m = try raw.receive(timeout: 5) {
+            #expect(m.payload.count <= XenStoreLimits.payloadMax)
+            if m.type == .watchEvent, try m.strings().first == deep { sawDeep = true }
+        }
+        #expect(sawDeep)
+    }
+
+    @Test func aDirectoryOverThePayloadMaximumIsE2BIGAndReadableInParts() async throws {
+        let s = try TestServer()
+        let raw = try RawConnection(s.path)
+        for i in 0..<200 { _ = try raw.write("/wide/\(String(repeating: "n", count: 40))-\(i)", "") }
+        let whole = try raw.request(.directory, ["/wide"])
+        #expect(whole.type == .error && whole.text == "E2BIG")
+        // Each part: the generation, then listing bytes from the offset; the last part ends
+        // with an empty name (libxenstore concatenates the bytes, as here).
+        var listing: [UInt8] = []
+        while true {
+            let part = try raw.request(.directoryPart, ["/wide", "\(listing.count)"])
+            #expect(part.type == .directoryPart && part.payload.count <= XenStoreLimits.payloadMax)
+            guard part.type == .directoryPart, let nul = part.payload.firstIndex(of: 0) else { break }
+            let data = Array(part.payload[(nul + 1)...])
+            if data == [0] || data.suffix(2) == [0, 0] {
+                listing += data.dropLast()
+                break
+            }
+            listing += data
+        }
+        let names = listing.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        #expect(names.count == 200)
     }
 }

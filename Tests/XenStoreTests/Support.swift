@@ -118,3 +118,32 @@ func header(type: UInt32, req: UInt32 = 7, tx: UInt32 = 0, len: UInt32) -> [UInt
     for w in [type, req, tx, len] { withUnsafeBytes(of: w) { out.append(contentsOf: $0) } }
     return out
 }
+
+extension RawConnection {
+    /// Sends one request and returns its reply, skipping watch events.
+    func request(_ type: XenStoreMessageType, tx: UInt32 = 0, _ strings: [String], req: UInt32 = 1) throws -> XenStoreMessage {
+        try send(XenStoreMessage(type: type, requestID: req, transactionID: tx, strings: strings).encoded())
+        while true {
+            guard let m = try receive() else { throw XenStoreError(.closed, "closed by the server") }
+            if m.type != .watchEvent { return m }
+        }
+    }
+
+    /// WRITE with a value (the payload is path NUL value).
+    func write(_ path: String, _ value: String, tx: UInt32 = 0) throws -> XenStoreMessage {
+        try send(XenStoreMessage(type: .write, requestID: 1, transactionID: tx, payload: Array("\(path)\0\(value)".utf8)).encoded())
+        while true {
+            guard let m = try receive() else { throw XenStoreError(.closed, "closed by the server") }
+            if m.type != .watchEvent { return m }
+        }
+    }
+
+    /// Opens a transaction and returns its id.
+    func startTransaction() throws -> UInt32 {
+        let r = try request(.transactionStart, [""])
+        guard r.type == .transactionStart, let id = UInt32(r.text) else {
+            throw XenStoreError(.io, "TRANSACTION_START: \(r.text)")
+        }
+        return id
+    }
+}

@@ -28,6 +28,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <sys/epoll.h>
 
 #include <xen/xen.h>
 #include <xen/grant_table.h>

@@ -1,0 +1,147 @@
+import Foundation
+import Testing
+import XenABI
+@testable import XenStore
+
+/// What a transaction can make the store hold is capped, and costs nothing until touched.
+@Suite(.timeLimit(.minutes(2)), .serialized)
+struct TransactionBoundsTests {
+    static let guest = DomainID(5)
+
+    /// A guest socket whose domain owns its home, as a toolstack sets it up.
+    func guestServer(_ q: XenStoreQuotas = XenStoreQuotas()) async throws -> TestServer {
+        let s = try TestServer(guests: [Self.guest], quotas: q)
+        let dom0 = try s.client()
+        try await dom0.mkdir("/local/domain/5")
+        try await dom0.setPermissions("/local/domain/5", XenStorePermissions(owner: Self.guest))
+        dom0.close()
+        return s
+    }
+
+    @Test func writingThenRemovingUniqueNamesInOneTransactionStopsAtTheQuota() async throws {
+        var q = XenStoreQuotas()
+        q.transactionNodes = 200
+        let s = try await guestServer(q)
+        let raw = try RawConnection(s.guestPaths[Self.guest]!)
+        let tx = try raw.startTransaction()
+        var refusedAt: Int?
+        for i in 0..<2000 where refusedAt == nil {
+            let w = try raw.write("/local/domain/5/u\(i)", "x", tx: tx)
+            if w.type == .error {
+                #expect(w.text == "ENOSPC")
+                refusedAt = i
+                break
+            }
+            let r = try raw.request(.rm, tx: tx, ["/local/domain/5/u\(i)"])
+            if r.type == .error {
+                #expect(r.text == "ENOSPC")
+                refusedAt = i
+            }
+        }
+        #expect(refusedAt != nil)
+        let footprint = try #require(s.server.withEngine { $0.transactionFootprint })
+        // One request may overshoot by the nodes its path names (here, a handful).
+        #expect(footprint <= q.transactionNodes + 8)
+        // Ending it frees everything, and the connection carries on.
+        #expect(try raw.request(.transactionEnd, tx: tx, ["F"]).text == "OK")
+        #expect(s.server.withEngine { $0.transactionFootprint } == 0)
+        #expect(try raw.write("/local/domain/5/after", "ok").text == "OK")
+    }
+
+    @Test func readingAbsentPathsInOneTransactionStopsAtTheQuota() async throws {
+        var q = XenStoreQuotas()
+        q.transactionNodes = 300
+        let s = try await guestServer(q)
+        let raw = try RawConnection(s.guestPaths[Self.guest]!)
+        let tx = try raw.startTransaction()
+        var codes: Set<String> = []
+        for i in 0..<3000 {
+            let r = try raw.request(.read, tx: tx, ["/local/domain/5/absent-\(i)"])
+            codes.insert(r.text)
+            if r.text == "ENOSPC" { break }
+        }
+        #expect(codes.contains("ENOSPC"))
+        #expect(try #require(s.server.withEngine { $0.transactionFootprint }) <= q.transactionNodes + 8)
+        let other = try s.client()
+        try await other.write("/still", "fine")
+        #expect(try await other.read("/still") == "fine")
+    }
+
+    @Test func dom0HasATransactionCapToo() async throws {
+        var q = XenStoreQuotas()
+        q.dom0TransactionsPerConnection = 5
+        let s = try TestServer(quotas: q)
+        let raw = try RawConnection(s.path)
+        for _ in 0..<5 { _ = try raw.startTransaction() }
+        let r = try raw.request(.transactionStart, [""])
+        #expect(r.type == .error)
+        #expect(r.text == "ENOSPC")
+    }
+
+    @Test func aTransactionDoesNotCopyTheTreeAndStillDetectsConflicts() async throws {
+        let s = try TestServer()
+        let raw = try RawConnection(s.path)
+        for i in 0..<500 { _ = try raw.write("/many/\(i)", "v") }
+        let tx = try raw.startTransaction()
+        #expect(try raw.write("/many/0", "in-tx", tx: tx).text == "OK")
+        // The transaction remembers the node it wrote and the ones it looked up, not the store.
+        #expect(try #require(s.server.withEngine { $0.transactionFootprint }) < 10)
+        #expect(try raw.request(.read, tx: tx, ["/many/0"]).text == "in-tx")
+        #expect(try raw.request(.read, ["/many/0"]).text == "v")
+        // A change elsewhere to a node it read makes the commit fail with EAGAIN.
+        #expect(try raw.request(.read, tx: tx, ["/many/1"]).text == "v")
+        #expect(try raw.write("/many/1", "changed").text == "OK")
+        #expect(try raw.request(.transactionEnd, tx: tx, ["T"]).text == "EAGAIN")
+        #expect(try raw.request(.read, ["/many/0"]).text == "v")
+        // Without a conflict it commits, removals included.
+        let tx2 = try raw.startTransaction()
+        #expect(try raw.write("/many/0", "committed", tx: tx2).text == "OK")
+        #expect(try raw.request(.rm, tx: tx2, ["/many/2"]).text == "OK")
+        #expect(try raw.write("/many/new/deep", "d", tx: tx2).text == "OK")
+        #expect(try raw.request(.transactionEnd, tx: tx2, ["T"]).text == "OK")
+        #expect(try raw.request(.read, ["/many/0"]).text == "committed")
+        #expect(try raw.request(.read, ["/many/2"]).text == "ENOENT")
+        #expect(try raw.request(.read, ["/many/new/deep"]).text == "d")
+        let listing = try raw.request(.directory, ["/many"])
+        let names = try listing.strings()
+        #expect(names.count == 500 && !names.contains("2") && names.last == "new")
+    }
+}
+
+/// Directory size and permission changes.
+@Suite(.timeLimit(.minutes(2)), .serialized)
+struct TreeShapeTests {
+    @Test func aLargeDirectoryCostsLinearTime() throws {
+        // 20,000 children added and removed on the engine: quadratic list operations
+        // would take minutes here; the suite's time limit is the check.
+        let engine = XenStoreEngine()
+        let n = 20000
+        for i in 0..<n { _ = engine.perform(XenStoreMessage(type: .write, strings: ["/wide/c\(i)"]), as: .dom0) }
+        for i in stride(from: 0, to: n, by: 2) {
+            #expect(engine.perform(XenStoreMessage(type: .rm, strings: ["/wide/c\(i)"]), as: .dom0).text == "OK")
+        }
+        let part = engine.perform(XenStoreMessage(type: .directoryPart, strings: ["/wide", "0"]), as: .dom0)
+        let names = try part.strings()
+        #expect(names.dropFirst().first == "c1")
+        #expect(engine.nodeCount == n / 2 + 2)
+    }
+
+    @Test func aNonOwnerWithBothAccessCannotRewriteTheACL() async throws {
+        let s = try TestServer(guests: [DomainID(2), DomainID(3)])
+        let dom0 = try s.client()
+        try await dom0.write("/shared/node", "v")
+        // Owned by dom2; dom3 may read and write it.
+        try await dom0.setPermissions("/shared/node", XenStorePermissions(
+            owner: DomainID(2), grants: [XenStorePermission(.both, DomainID(3))]))
+        let dom3 = try RawConnection(s.guestPaths[DomainID(3)]!)
+        #expect(try dom3.write("/shared/node", "written by 3").text == "OK")
+        let r = try dom3.request(.setPermissions, ["/shared/node", "b3"])
+        #expect(r.type == .error)
+        #expect(r.text == "EACCES")
+        #expect(try await dom0.permissions("/shared/node").owner == DomainID(2))
+        // The owner may, as long as it keeps the node.
+        let dom2 = try RawConnection(s.guestPaths[DomainID(2)]!)
+        #expect(try dom2.request(.setPermissions, ["/shared/node", "n2", "r3"]).text == "OK")
+        #expect(try dom2.request(.setPermissions, ["/shared/node", "n3"]).text == "EPERM")
+    }
+}
