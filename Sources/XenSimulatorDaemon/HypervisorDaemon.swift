@@ -174,7 +174,8 @@ public final class HypervisorDaemon: @unchecked Sendable {
         self.logger = logger
         hypervisor = SimulatedHypervisor(
             dom0Frames: Self.dom0Slices * Self.sliceFrames + SharePoolRegistry.dom0Region(slices: Self.dom0Slices))
-        store = XenStoreServer(socketPath: socketPath + ".xenstore", logger: logger)
+        // The store's dom0 socket admits whom the daemon admits as dom0.
+        store = XenStoreServer(socketPath: socketPath + ".xenstore", logger: logger, group: policy.trusted.group)
         slices = Array(repeating: false, count: Self.dom0Slices)
     }
 
