@@ -147,7 +147,7 @@ public enum BlockBenchmark {
         let map = try mapper.map(resources.ring.refs, from: guest.domainID, writable: true)
         let limits = BlockDeviceLimits(sectors: size / 512, readOnly: c.pattern.isRead, maxIndirectSegments: indirect)
         let backCounters = BlockQueueCounters()
-        let queue = try BlockQueue(ring: map.memory, events: events, mapper: mapper, storage: storage,
+        let queue = try BlockQueue(ring: map, events: events, mapper: mapper, storage: storage,
                                    configuration: BlockQueueConfiguration(frontend: guest.domainID, port: port, limits: limits,
                                                                           bouncePages: max(1024, inFlightPages + 256),
                                                                           persistentGrants: c.persistentGrants ? 1056 : 0),
@@ -159,10 +159,7 @@ public enum BlockBenchmark {
         defer {
             frontend.detach()
             frontend.shutdown()
-            queue.stop(timeout: 10)
-            try? mapper.unmap(map)
-            try? events.unbind(port)
-            events.close()
+            queue.stop()
             resources.release(sharer: sharer)
             mapper.close()
             sharer.close()
