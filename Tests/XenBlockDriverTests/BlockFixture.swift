@@ -104,7 +104,7 @@ final class BlockFixture: @unchecked Sendable {
 
     /// Stops everything and returns the simulator's leftovers.
     func teardown() throws -> Leftovers {
-        frontend.detach(timeout: 10)
+        frontend.detach()
         frontend.shutdown()
         try stopBackend()
         for r in resources { precondition(r.release(sharer: sharer)) }
