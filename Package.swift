@@ -49,7 +49,7 @@ let package = Package(
         // libaio has no pkg-config file; the module map links it by name.
         .systemLibrary(name: "CAIO"),
 
-        // TSan-visible pthread locks, and the drivers' own threads (DriverThread).
+        // TSan-visible pthread locks.
         .target(name: "XenLocks", dependencies: ["CXen"]),
 
         // Layer 2: typed Xen integers and the hypercall protocols drivers use.
