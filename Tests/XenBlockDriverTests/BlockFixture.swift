@@ -56,6 +56,13 @@ final class BlockFixture: @unchecked Sendable {
         self.contiguousCopies = contiguousCopies
     }
 
+    deinit {
+        // A test that failed before teardown: end the queue threads before the
+        // hypervisor's memory goes, or they fault on it and take every other test along.
+        frontend.detach()
+        for b in backends { b.queue.stop() }
+    }
+
     var info: BlockDeviceInfo {
         BlockDeviceInfo(sectors: limits.sectors, sectorSize: limits.sectorSize, readOnly: limits.readOnly,
                         flush: limits.flush, barrier: limits.barrier, discard: limits.discard,

@@ -58,6 +58,12 @@ final class NetFixture: @unchecked Sendable {
 
     let receiveGSO: Set<NetGSOType>
 
+    deinit {
+        // A test that failed before teardown: end the vif's thread before the
+        // hypervisor's memory goes, or it faults on it and takes every other test along.
+        vif?.stop()
+    }
+
     /// Starts the vif (which owns dom0's ring mappings and event channel from now on) on the memory attachment, or on `other`; call after
     /// the frontend initialised the rings.
     func startBackend(attachment other: (any NetworkAttachment)? = nil) throws {
