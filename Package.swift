@@ -49,7 +49,7 @@ let package = Package(
         // libaio has no pkg-config file; the module map links it by name.
         .systemLibrary(name: "CAIO"),
 
-        // TSan-visible pthread locks, and the drivers' own threads (DriverThread).
+        // TSan-visible pthread locks.
         .target(name: "XenLocks", dependencies: ["CXen"]),
 
         // The daemons' sockets: fixed modes, no abstract names, peer credentials.
@@ -66,6 +66,18 @@ let package = Package(
             ]),
 
         .testTarget(name: "XenABITests", dependencies: ["XenABI", "CXen"]),
+
+        // What every driver queue thread does the same way: the thread, stop on every
+        // turn, spin then sleep, the event channel, failures, counters, eventfds.
+        .target(
+            name: "XenDriverRuntime",
+            dependencies: [
+                "CXen", "XenLocks", "XenHypervisor", "XenABI",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]),
+        .testTarget(
+            name: "XenDriverRuntimeTests",
+            dependencies: ["XenDriverRuntime", "XenSimulator", "XenHypervisor", "XenABI", "XenLocks"]),
 
         // Layer 2, the embedded world: the simulated hypervisor (domains with
         // memfd-backed frames, v1 grant tables, 2-level event channels, leftovers).
@@ -161,7 +173,7 @@ let package = Package(
         .target(
             name: "XenNetBack",
             dependencies: [
-                "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks",
+                "XenDriverRuntime", "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
@@ -169,7 +181,7 @@ let package = Package(
         .target(
             name: "XenNetFront",
             dependencies: [
-                "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks",
+                "XenDriverRuntime", "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -177,7 +189,7 @@ let package = Package(
             name: "XenNetDriverTests",
             dependencies: [
                 "XenNetBack", "XenNetFront", "XenNetProtocol", "XenNetTap", "XenRing", "XenSimulator", "XenHypervisor",
-                "XenABI", "CXen", "NetTestSupport", "XenBus", "XenStore", "XenLocks", .product(name: "Logging", package: "swift-log"),
+                "XenABI", "CXen", "NetTestSupport", "XenBus", "XenStore", "XenLocks", "XenDriverRuntime", .product(name: "Logging", package: "swift-log"),
             ]),
 
         // The real-Xen world: the hypervisor protocols on Xen's own libraries,
@@ -250,14 +262,14 @@ let package = Package(
         .target(
             name: "XenBlockBack",
             dependencies: [
-                "XenBlockProtocol", "XenBlockStorage", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks",
+                "XenDriverRuntime", "XenBlockProtocol", "XenBlockStorage", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .target(
             name: "XenBlockFront",
             dependencies: [
-                "XenBlockProtocol", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks",
+                "XenDriverRuntime", "XenBlockProtocol", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
@@ -270,7 +282,7 @@ let package = Package(
             name: "XenBlockDriverTests",
             dependencies: [
                 "XenBlockBack", "XenBlockFront", "XenBlockBenchmark", "XenBlockProtocol", "XenBlockStorage", "XenRing",
-                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks",
+                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks", "XenDriverRuntime",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),

@@ -71,10 +71,10 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
     public let onRingFailure: @Sendable (any Error) -> Void
     private let session = Locked<Session?>(nil)
 
+    /// Each queue owns its ring mapping and event channel (it releases them after its
+    /// thread exited); the session holds only the mapper they share.
     struct Session: @unchecked Sendable {
         var mapper: any GrantMapper
-        var maps: [GrantMapping] = []
-        var events: [(any EventChannels, EventPort)] = []
         var queues: [BlockQueue] = []
     }
 
@@ -146,26 +146,38 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
         do {
             for (refs, remotePort) in rings {
                 let map = try s.mapper.map(refs, from: frontend, writable: true)
-                s.maps.append(map)
-                let events = try hypervisor.openEventChannels()
+                let events: any EventChannels
                 let port: EventPort
-                do { port = try events.bindInterdomain(remote: frontend, remotePort: remotePort) } catch {
+                do {
+                    events = try hypervisor.openEventChannels()
+                    do { port = try events.bindInterdomain(remote: frontend, remotePort: remotePort) } catch {
+                        events.close()
+                        throw error
+                    }
+                } catch {
+                    try? s.mapper.unmap(map)
+                    throw error
+                }
+                let failure = onRingFailure
+                let queue: BlockQueue
+                do {
+                    queue = try BlockQueue(
+                        ring: map, events: events, mapper: s.mapper, storage: try disk.makeEngine(),
+                        configuration: BlockQueueConfiguration(
+                            frontend: frontend, port: port, abi: abi, limits: limits, bouncePages: options.bouncePages,
+                            persistentGrants: persistent && options.persistent ? options.persistentGrants : 0),
+                        onFailure: { failure($0) })
+                } catch {
+                    // Not taken by a queue: still ours to give back.
+                    try? s.mapper.unmap(map)
+                    try? events.unbind(port)
                     events.close()
                     throw error
                 }
-                s.events.append((events, port))
-                let failure = onRingFailure
-                let queue = try BlockQueue(
-                    ring: map.memory, events: events, mapper: s.mapper, storage: try disk.makeEngine(),
-                    configuration: BlockQueueConfiguration(
-                        frontend: frontend, port: port, abi: abi, limits: limits, bouncePages: options.bouncePages,
-                        persistentGrants: persistent && options.persistent ? options.persistentGrants : 0),
-                    onFailure: { failure($0) })
                 s.queues.append(queue)
             }
         } catch {
-            let failed = s
-            await offPool { Self.release(failed) }
+            await Self.release(s)
             throw error
         }
         for q in s.queues { q.start() }
@@ -174,16 +186,12 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
 
     public func disconnect() async {
         guard let s = session.withLock({ s in defer { s = nil }; return s }) else { return }
-        await offPool { Self.release(s) }
+        await Self.release(s)
     }
 
-    private static func release(_ s: Session) {
-        for q in s.queues { q.stop(timeout: 10) }
-        for m in s.maps { try? s.mapper.unmap(m) }
-        for (events, port) in s.events {
-            try? events.unbind(port)
-            events.close()
-        }
+    /// Each queue gives back its ring and port once its thread exited; then the mapper.
+    private static func release(_ s: Session) async {
+        for q in s.queues { await q.stopped() }
         s.mapper.close()
     }
 }

@@ -3,6 +3,7 @@ import Glibc
 import XenABI
 import XenBlockProtocol
 import XenBlockStorage
+import XenDriverRuntime
 import XenHypervisor
 import XenLocks
 import XenRing
@@ -42,29 +43,39 @@ import XenRing
 /// engine at 128 KiB and queue depth 32, five alternating pairs: 35k–82k IOPS mapped (one
 /// buffer per request; 36.5k when each page was its own buffer) against 25k–36k copied.
 public final class BlockQueue: @unchecked Sendable {
-    // @unchecked: the runner's state is touched only by its thread once started.
+    // @unchecked: the runner's state is touched only by its thread once started; what
+    // the queue releases is behind `released`.
     private let runner: any BlockQueueRunning
     public let configuration: BlockQueueConfiguration
     public let counters: BlockQueueCounters
+    private let ringMapping: GrantMapping
+    private let events: any EventChannels
+    private let mapper: any GrantMapper
+    private let released = Locked(false)
 
-    /// Attaches to the ring the frontend initialised on `ring` (its pages mapped
-    /// writable). The queue owns `storage` from now on and closes it when it stops.
+    /// Attaches to the ring the frontend initialised on `ring` (mapped writable through
+    /// `mapper`). From now on the queue owns `ring`, `events` (with
+    /// `configuration.port` bound) and `storage`: it unmaps, unbinds and closes them when
+    /// it stops, once its thread has exited (if this throws, the caller still owns them).
     /// `onFailure` is called from the queue thread when the frontend broke the ring
     /// protocol (or a handle failed) and the queue stopped by itself.
-    public init(ring: MappedPages, events: any EventChannels, mapper: any GrantMapper, storage: any StorageEngine,
+    public init(ring: GrantMapping, events: any EventChannels, mapper: any GrantMapper, storage: any StorageEngine,
                 configuration: BlockQueueConfiguration, counters: BlockQueueCounters = BlockQueueCounters(),
                 onFailure: (@Sendable (any Error) -> Void)? = nil) throws(RingError) {
         self.configuration = configuration
         self.counters = counters
-        header = SharedRingHeader(ring.base)
+        ringMapping = ring
+        self.events = events
+        self.mapper = mapper
+        header = SharedRingHeader(ring.memory.base)
         switch configuration.abi {
         case .x86_64:
             runner = try BlockQueueRunner<blkif_request, blkif_response>(
-                ring: ring, events: events, mapper: mapper, storage: storage, configuration: configuration,
+                ring: ring.memory, events: events, mapper: mapper, storage: storage, configuration: configuration,
                 counters: counters, onFailure: onFailure)
         case .x86_32:
             runner = try BlockQueueRunner<X86_32RequestSlot, X86_32ResponseSlot>(
-                ring: ring, events: events, mapper: mapper, storage: storage, configuration: configuration,
+                ring: ring.memory, events: events, mapper: mapper, storage: storage, configuration: configuration,
                 counters: counters, onFailure: onFailure)
         }
     }
@@ -82,13 +93,27 @@ public final class BlockQueue: @unchecked Sendable {
     public func start() { runner.start() }
 
     /// Stops the thread (after finishing and answering the operations already at the
-    /// engine, bounded) and waits for it at most `timeout` seconds; false if it did not
-    /// stop in time. Once it returns true the ring and grants are no longer touched.
-    @discardableResult
-    public func stop(timeout: Double = 5) -> Bool { runner.stop(timeout: timeout) }
+    /// engine, bounded), waits until it has exited however busy the frontend keeps the
+    /// ring, then releases the ring, the event channel and the engine. Blocks: async
+    /// callers use ``stopped()``.
+    public func stop() { release(runner.runtime.stop()) }
+
+    /// ``stop()`` without holding a thread of the cooperative pool while it waits.
+    public func stopped() async { release(await runner.runtime.stopped()) }
+
+    private func release(_ exited: borrowing ThreadExited) {
+        guard released.withLock({ r in defer { r = true }; return !r }) else { return }
+        runner.release(exited)
+        try? mapper.unmap(ringMapping)
+        try? events.unbind(configuration.port)
+        events.close()
+    }
+
+    /// Where the queue's thread is (`.joined` once it touches nothing any more).
+    public var threadState: DriverRuntime.State { runner.runtime.state }
 
     /// Why the queue stopped by itself, if it did.
-    public var failure: (any Error)? { runner.failure }
+    public var failure: (any Error)? { runner.runtime.failure }
 
     /// Entries in the ring.
     public var ringSize: Int { runner.ringSize }
@@ -96,8 +121,9 @@ public final class BlockQueue: @unchecked Sendable {
 
 protocol BlockQueueRunning: AnyObject, Sendable {
     func start()
-    func stop(timeout: Double) -> Bool
-    var failure: (any Error)? { get }
+    var runtime: DriverRuntime { get }
+    /// Gives back what the thread would have, had it run (the engine).
+    func release(_ exited: borrowing ThreadExited)
     var ringSize: Int { get }
 }
 
@@ -111,9 +137,9 @@ private struct Inflight {
     var segmentCount = 0
 }
 
-final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable>: BlockQueueRunning, @unchecked Sendable {
-    // @unchecked: everything but `thread` and `failureBox` belongs to the queue thread
-    // once started.
+final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable>: BlockQueueRunning, DriverService,
+    @unchecked Sendable {
+    // @unchecked: everything but `runtime` belongs to the queue thread once started.
     private var ring: BackRing<Request, Response>
     private let events: any EventChannels
     private let mapper: any GrantMapper
@@ -164,9 +190,8 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     private var waitingForRoom = false
     private var produced = false
 
-    private let thread = DriverThread()
-    private let failureBox = Locked<(any Error)?>(nil)
-    var failure: (any Error)? { failureBox.withLock { $0 } }
+    let runtime: DriverRuntime
+    private let doorbell: Doorbell
 
     init(ring pages: MappedPages, events: any EventChannels, mapper: any GrantMapper, storage: any StorageEngine,
          configuration: BlockQueueConfiguration, counters: BlockQueueCounters,
@@ -178,6 +203,8 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         self.configuration = configuration
         self.counters = counters
         self.onFailure = onFailure
+        runtime = DriverRuntime(sleeps: counters.sleeps)
+        doorbell = Doorbell(events: events, port: configuration.port, notifies: counters.notifies)
         abi = configuration.abi
         limits = configuration.limits
         sectorSize = Int(configuration.limits.sectorSize)
@@ -240,80 +267,55 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     }
 
     func start() {
-        thread.start(name: "blkback \(configuration.frontend.rawValue)/\(configuration.port.rawValue)") { [self] in run() }
+        runtime.start(name: "blkback \(configuration.frontend.rawValue)/\(configuration.port.rawValue)", service: self,
+                      events: events, extraDescriptors: [storage.completionDescriptor.rawValue], onFailure: onFailure)
     }
 
-    func stop(timeout: Double) -> Bool {
-        guard thread.isStarted else {
-            storage.close()
-            return true
-        }
-        return thread.stop(timeout: timeout)
+    func release(_ exited: borrowing ThreadExited) {
+        // A thread that ran closed the engine itself (see finish).
+        if runtime.state == .idle { storage.close() }
     }
 
-    // MARK: the queue thread
+    // MARK: the queue thread (DriverService)
 
-    private func run() {
-        do {
-            while true {
-                var worked = try serviceRing()
-                try submitPending()
-                worked = try reapCompletions() || worked
-                try pushResponses()
-                if worked { continue }
-                if try spin() { continue }
-                // Sleep only once the final check says the ring is idle; a stalled
-                // request is resumed by a completion, which wakes the poll.
-                if stalled == nil, try ring.finalCheckForRequests() { continue }
-                // A real reap resets the completion descriptor the sleep waits on.
-                if try reapCompletions(beforeSleep: true) { continue }
-                if try !sleep() { break }
-            }
-            finishOutstanding(answer: true)
-        } catch {
-            // The ring (or a handle) is unusable: answer nothing more, release the engine.
-            failureBox.withLock { $0 = error }
-            finishOutstanding(answer: false)
-            onFailure?(error)
-        }
-        storage.close()  // waits for what the kernel still holds: only then unmap
-        persistent?.unmapAll()
+    func serviceTurn() throws -> Bool {
+        var worked = try serviceRing()
+        try submitPending()
+        worked = try reapCompletions() || worked
+        try pushResponses()
+        return worked
     }
 
-    /// Polls the ring and the engine (see ``BlockPolling``); true when work came.
-    private func spin() throws(RingError) -> Bool {
-        let due = storage.outstanding > 0
-        return try BlockPolling.poll(for: due ? BlockPolling.busy : BlockPolling.idle) { () throws(RingError) -> Bool in
-            if stalled == nil, try ring.checkForRequests() > 0 { return true }
-            return due && storage.mayHaveCompletions
-        }
+    /// See ``BlockPolling``: longer while operations are at the engine.
+    var spinBudget: Duration { storage.outstanding > 0 ? BlockPolling.busy : BlockPolling.idle }
+
+    func workArrived() throws -> Bool {
+        if stalled == nil, try ring.checkForRequests() > 0 { return true }
+        return storage.outstanding > 0 && storage.mayHaveCompletions
     }
 
-    /// Sleeps until an event, a completion or stop; false on stop.
-    private func sleep() throws -> Bool {
-        counters.sleeps.bump()
-        var fds = (pollfd(fd: thread.stopDescriptor, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: events.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: storage.completionDescriptor.rawValue, events: Int16(POLLIN), revents: 0))
+    func prepareToSleep(_ poll: PollSet) throws -> Bool {
+        // A stalled request is resumed by a completion, which wakes the poll.
+        if stalled == nil, try ring.finalCheckForRequests() { return true }
+        // A real reap resets the completion descriptor the sleep waits on.
+        if try reapCompletions(beforeSleep: true) { return true }
         // The completion descriptor only while something is at the engine: a stale
         // wake-up would otherwise spin the poll.
-        let count: nfds_t = storage.outstanding > 0 ? 3 : 2
-        let n = withUnsafeMutableBytes(of: &fds) { raw in
-            poll(raw.baseAddress!.assumingMemoryBound(to: pollfd.self), count, 1000)
-        }
-        if n < 0, errno != EINTR { throw HypervisorError.errno(.init(rawValue: errno), "poll in vbd queue") }
-        if fds.0.revents != 0 { return false }
-        while let port = try events.pending() { try events.unmask(port) }
-        return true
+        poll.watch(extra: 0, storage.outstanding > 0)
+        return false
+    }
+
+    func finish(failure: (any Error)?) {
+        // After a failure the ring is unusable: answer nothing more, release the engine.
+        finishOutstanding(answer: failure == nil)
+        storage.close()  // waits for what the kernel still holds: only then unmap
+        persistent?.unmapAll()
     }
 
     private func pushResponses() throws {
         guard produced else { return }
         produced = false
-        if ring.pushResponses() {
-            try events.notify(configuration.port)
-            counters.notifies.bump()
-        }
+        if ring.pushResponses() { try doorbell.ring() }
     }
 
     // MARK: requests

@@ -147,7 +147,7 @@ public enum BlockBenchmark {
         let map = try mapper.map(resources.ring.refs, from: guest.domainID, writable: true)
         let limits = BlockDeviceLimits(sectors: size / 512, readOnly: c.pattern.isRead, maxIndirectSegments: indirect)
         let backCounters = BlockQueueCounters()
-        let queue = try BlockQueue(ring: map.memory, events: events, mapper: mapper, storage: storage,
+        let queue = try BlockQueue(ring: map, events: events, mapper: mapper, storage: storage,
                                    configuration: BlockQueueConfiguration(frontend: guest.domainID, port: port, limits: limits,
                                                                           bouncePages: max(1024, inFlightPages + 256),
                                                                           persistentGrants: c.persistentGrants ? 1056 : 0),
@@ -156,76 +156,81 @@ public enum BlockBenchmark {
         let frontend = BlockFrontend()
         try frontend.attach([resources], info: BlockDeviceInfo(sectors: size / 512, readOnly: c.pattern.isRead,
                                                                maxIndirectSegments: indirect))
-        defer {
-            frontend.detach()
+        // Awaited, not deferred: waiting for the queue threads must not hold a thread of
+        // the cooperative pool.
+        func release() async {
+            await frontend.detached()
             frontend.shutdown()
-            queue.stop(timeout: 10)
-            try? mapper.unmap(map)
-            try? events.unbind(port)
-            events.close()
+            await queue.stopped()
             resources.release(sharer: sharer)
             mapper.close()
             sharer.close()
             _ = hv.shutdown()
         }
-
-        let blocks = size / UInt64(c.blockSize)
-        let cursor = Cursor()
-        let start = ContinuousClock.now
-        let deadline = start + .milliseconds(Int(c.seconds * 1000))
-        let samples = try await withThrowingTaskGroup(of: [UInt32].self) { group in
-            for worker in 0..<c.queueDepth {
-                // On the queue thread: requests and answers skip two wake-ups each.
-                group.addTask(executorPreference: frontend.executor) {
-                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: c.blockSize, alignment: 4096)
-                    defer { buffer.deallocate() }
-                    for i in 0..<c.blockSize { buffer[i] = UInt8(truncatingIfNeeded: i &* 31 &+ worker) }
-                    var g = BenchGenerator(state: UInt64(worker) &* 0x9E37_79B9_7F4A_7C15 &+ cxen_monotonic_ns())
-                    var latencies: [UInt32] = []
-                    latencies.reserveCapacity(1 << 16)
-                    // At least one operation each, even if the task starts after the deadline.
-                    repeat {
-                        let block = c.pattern.isRandom ? UInt64.random(in: 0..<blocks, using: &g) : cursor.next() % blocks
-                        let offset = block * UInt64(c.blockSize)
-                        let t0 = cxen_monotonic_ns()
-                        if c.pattern.isRead && c.inPlace {
-                            // fio does not look at what it reads; nor does this consumer.
-                            try await frontend.read(at: offset, count: c.blockSize) { _, _ in }
-                        } else if c.pattern.isRead {
-                            try await frontend.read(at: offset, into: buffer)
-                        } else {
-                            try await frontend.write(at: offset, from: UnsafeRawBufferPointer(buffer))
-                        }
-                        let ns = cxen_monotonic_ns() - t0
-                        latencies.append(UInt32(clamping: ns / 10))  // units of 10 ns
-                    } while ContinuousClock.now < deadline
-                    return latencies
+        do {
+            let blocks = size / UInt64(c.blockSize)
+            let cursor = Cursor()
+            let start = ContinuousClock.now
+            let deadline = start + .milliseconds(Int(c.seconds * 1000))
+            let samples = try await withThrowingTaskGroup(of: [UInt32].self) { group in
+                for worker in 0..<c.queueDepth {
+                    // On the queue thread: requests and answers skip two wake-ups each.
+                    group.addTask(executorPreference: frontend.executor) {
+                        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: c.blockSize, alignment: 4096)
+                        defer { buffer.deallocate() }
+                        for i in 0..<c.blockSize { buffer[i] = UInt8(truncatingIfNeeded: i &* 31 &+ worker) }
+                        var g = BenchGenerator(state: UInt64(worker) &* 0x9E37_79B9_7F4A_7C15 &+ cxen_monotonic_ns())
+                        var latencies: [UInt32] = []
+                        latencies.reserveCapacity(1 << 16)
+                        // At least one operation each, even if the task starts after the deadline.
+                        repeat {
+                            let block = c.pattern.isRandom ? UInt64.random(in: 0..<blocks, using: &g) : cursor.next() % blocks
+                            let offset = block * UInt64(c.blockSize)
+                            let t0 = cxen_monotonic_ns()
+                            if c.pattern.isRead && c.inPlace {
+                                // fio does not look at what it reads; nor does this consumer.
+                                try await frontend.read(at: offset, count: c.blockSize) { _, _ in }
+                            } else if c.pattern.isRead {
+                                try await frontend.read(at: offset, into: buffer)
+                            } else {
+                                try await frontend.write(at: offset, from: UnsafeRawBufferPointer(buffer))
+                            }
+                            let ns = cxen_monotonic_ns() - t0
+                            latencies.append(UInt32(clamping: ns / 10))  // units of 10 ns
+                        } while ContinuousClock.now < deadline
+                        return latencies
+                    }
                 }
+                var all: [UInt32] = []
+                for try await l in group { all += l }
+                return all
             }
-            var all: [UInt32] = []
-            for try await l in group { all += l }
-            return all
+            let elapsed = Double((ContinuousClock.now - start).components.attoseconds) / 1e18
+                + Double((ContinuousClock.now - start).components.seconds)
+            guard !samples.isEmpty else { throw BlockBenchmarkError(message: "no operation completed") }
+            let sorted = samples.sorted()
+            func percentile(_ p: Double) -> Double {
+                Double(sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]) / 100
+            }
+            let mean = Double(sorted.reduce(0) { $0 + UInt64($1) }) / Double(sorted.count) / 100
+            let requests = Double(max(1, backCounters.requests.value))
+            let frontNotifies = frontend.counters.reduce(0) { $0 + $1.notifies.load(ordering: .relaxed) }
+            let frontSleeps = frontend.counters.reduce(0) { $0 + $1.sleeps.load(ordering: .relaxed) }
+            let result = BlockBenchmarkResult(configuration: c, operations: samples.count, elapsed: elapsed,
+                                                    p50Microseconds: percentile(0.5), p99Microseconds: percentile(0.99),
+                                              meanMicroseconds: mean, directIO: direct,
+                                              frontendNotifiesPerRequest: Double(frontNotifies) / requests,
+                                              backendNotifiesPerRequest: Double(backCounters.notifies.value) / requests,
+                                              backendSleepsPerRequest: Double(backCounters.sleeps.value) / requests,
+                                              frontendSleepsPerRequest: Double(frontSleeps) / requests,
+                                              buffersPerRequest: Double(backCounters.buffers.value) / requests,
+                                              grantMaps: backCounters.grantMaps.value, grantEvictions: backCounters.grantEvictions.value)
+            await release()
+            return result
+        } catch {
+            await release()
+            throw error
         }
-        let elapsed = Double((ContinuousClock.now - start).components.attoseconds) / 1e18
-            + Double((ContinuousClock.now - start).components.seconds)
-        guard !samples.isEmpty else { throw BlockBenchmarkError(message: "no operation completed") }
-        let sorted = samples.sorted()
-        func percentile(_ p: Double) -> Double {
-            Double(sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]) / 100
-        }
-        let mean = Double(sorted.reduce(0) { $0 + UInt64($1) }) / Double(sorted.count) / 100
-        let requests = Double(max(1, backCounters.requests.value))
-        let frontNotifies = frontend.counters.reduce(0) { $0 + $1.notifies.load(ordering: .relaxed) }
-        let frontSleeps = frontend.counters.reduce(0) { $0 + $1.sleeps.load(ordering: .relaxed) }
-        return BlockBenchmarkResult(configuration: c, operations: samples.count, elapsed: elapsed,
-                                    p50Microseconds: percentile(0.5), p99Microseconds: percentile(0.99),
-                                    meanMicroseconds: mean, directIO: direct,
-                                    frontendNotifiesPerRequest: Double(frontNotifies) / requests,
-                                    backendNotifiesPerRequest: Double(backCounters.notifies.value) / requests,
-                                    backendSleepsPerRequest: Double(backCounters.sleeps.value) / requests,
-                                    frontendSleepsPerRequest: Double(frontSleeps) / requests,
-                                    buffersPerRequest: Double(backCounters.buffers.value) / requests,
-                                    grantMaps: backCounters.grantMaps.value, grantEvictions: backCounters.grantEvictions.value)
     }
 }
 

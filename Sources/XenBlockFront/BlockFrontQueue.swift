@@ -4,22 +4,19 @@ import Glibc
 import Synchronization
 import XenABI
 import XenBlockProtocol
+import XenDriverRuntime
 import XenHypervisor
 import XenLocks
 import XenRing
 
 /// A queue thread's doorbell: an eventfd rung only while the thread sleeps.
 final class Waker: Sendable {
-    let fd: Int32
+    let doorbell = EventFD()
     /// Set (sequentially consistent) by the thread before its last look at the work
     /// queue; read by appenders under the work queue's lock after they append: either
     /// the thread sees the item, or the appender sees it sleeping and rings.
     let sleeping = Atomic<Bool>(false)
-    init(fd: Int32) { self.fd = fd }
-    func ring() {
-        var one: UInt64 = 1
-        _ = write(fd, &one, 8)
-    }
+    func ring() { doorbell.signal() }
 }
 
 /// Work waiting for a ring, shared by a device's queues: callers append, queue threads
@@ -110,13 +107,13 @@ final class WorkQueue: Sendable {
 /// Counters of one frontend queue (written by its thread, read by anyone). Every access
 /// is relaxed: counters are statistics, never synchronisation.
 public final class BlockFrontCounters: Sendable {
-    public let requests = Atomic<UInt64>(0)
-    public let responses = Atomic<UInt64>(0)
+    public let requests = DriverCounter(0)
+    public let responses = DriverCounter(0)
     /// Responses naming no request in flight (a hostile or broken backend).
-    public let bogusResponses = Atomic<UInt64>(0)
-    public let notifies = Atomic<UInt64>(0)
+    public let bogusResponses = DriverCounter(0)
+    public let notifies = DriverCounter(0)
     /// Times the queue thread slept on its descriptors.
-    public let sleeps = Atomic<UInt64>(0)
+    public let sleeps = DriverCounter(0)
     public init() {}
 }
 
@@ -132,7 +129,7 @@ private struct FrontInflight {
 /// out and answers the caller's operation. It also runs the jobs of tasks that prefer
 /// the device's ``BlockFrontExecutor``: their requests then reach the ring, and their
 /// answers reach them, without a wake-up.
-final class BlockFrontQueue: @unchecked Sendable {
+final class BlockFrontQueue: DriverService, @unchecked Sendable {
     // @unchecked: the ring and the tables belong to the queue thread once started.
     private var ring: FrontRing<blkif_request, blkif_response>
     let resources: BlockFrontQueueResources
@@ -144,8 +141,8 @@ final class BlockFrontQueue: @unchecked Sendable {
     private var freePages: [Int32]
     private let slotPages: UnsafeMutablePointer<Int32>
     private let segmentScratch: UnsafeMutablePointer<BlockSegment>
-    private let wakeFD: Int32
-    private let waker: Waker
+    private let waker = Waker()
+    private let doorbell: Doorbell
     private let executor: BlockFrontExecutor
     /// Jobs of tasks that prefer this thread; `stopped` once it no longer runs them.
     private let jobs = Locked<(items: [UnownedJob], stopped: Bool)>(([], false))
@@ -153,10 +150,9 @@ final class BlockFrontQueue: @unchecked Sendable {
     private let jobCount = Atomic<Int>(0)
     /// The batch being run, swapped with `jobs.items` so neither reallocates.
     private var running: [UnownedJob] = []
-    private let thread = DriverThread()
+    private let runtime: DriverRuntime
     /// What was in flight when the thread stopped, for re-issue.
     private let returned = Locked<[WorkItem]>([])
-    private let failureBox = Locked<RingError?>(nil)
 
     /// `maxIndirectSegments`: what the backend advertised (0 or at most 11: direct only).
     init(resources: BlockFrontQueueResources, work: WorkQueue, maxIndirectSegments: Int,
@@ -179,8 +175,8 @@ final class BlockFrontQueue: @unchecked Sendable {
         slotPages = .allocate(capacity: size * maxSegments)
         segmentScratch = .allocate(capacity: maxSegments)
         segmentScratch.initialize(repeating: BlockSegment(gref: GrantRef(0), firstSector: 0, lastSector: 0), count: maxSegments)
-        wakeFD = cxen_eventfd(0, 1)
-        waker = Waker(fd: wakeFD)
+        runtime = DriverRuntime(sleeps: counters.sleeps)
+        doorbell = Doorbell(events: resources.events, port: resources.port, notifies: counters.notifies)
         self.executor = executor
         jobs.withLock { $0.items.reserveCapacity(size) }
         running.reserveCapacity(size)
@@ -189,7 +185,6 @@ final class BlockFrontQueue: @unchecked Sendable {
     deinit {
         slotPages.deallocate()
         segmentScratch.deallocate()
-        close(wakeFD)
     }
 
     /// Bytes one ring request carries at most.
@@ -197,18 +192,28 @@ final class BlockFrontQueue: @unchecked Sendable {
 
     func start() {
         work.register(waker)
-        thread.start(name: "blkfront \(resources.port.rawValue)") { [self] in run() }
+        runtime.start(name: "blkfront \(resources.port.rawValue)", service: self, events: resources.events,
+                      extraDescriptors: [waker.doorbell.descriptor])
     }
 
-    /// Stops the thread (bounded); returns the work that had no response, for re-issue.
-    func stop(timeout: Double = 5) -> (stopped: Bool, unanswered: [WorkItem]) {
-        guard thread.isStarted else { return (true, []) }
+    /// Stops the thread and waits until it has exited; returns the work that had no
+    /// response, for re-issue. Blocks: async callers use ``stopped()``.
+    func stop() -> [WorkItem] {
         work.unregister(waker)
-        let stopped = thread.stop(timeout: timeout)
-        return (stopped, returned.withLock { r in defer { r = [] }; return r })
+        return unanswered(after: runtime.stop())
     }
 
-    var failure: RingError? { failureBox.withLock { $0 } }
+    /// ``stop()`` without holding a thread of the cooperative pool while it waits.
+    func stopped() async -> [WorkItem] {
+        work.unregister(waker)
+        return unanswered(after: await runtime.stopped())
+    }
+
+    private func unanswered(after exited: borrowing ThreadExited) -> [WorkItem] {
+        returned.withLock { r in defer { r = [] }; return r }
+    }
+
+    var failure: (any Error)? { runtime.failure }
 
     /// Queues a job for this thread; false once the thread stopped (run it elsewhere).
     func enqueue(_ job: UnownedJob) -> Bool {
@@ -248,34 +253,43 @@ final class BlockFrontQueue: @unchecked Sendable {
         for job in left { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
     }
 
-    // MARK: the queue thread
+    // MARK: the queue thread (DriverService)
 
-    private func run() {
-        do throws(RingError) {
-            while true {
-                // Responses resume jobs here, whose requests go out with the rest in one push.
-                var worked = try collectResponses()
-                worked = runJobs() || worked
-                worked = issue() || worked
-                if worked { continue }
-                if try spin() { continue }
-                if ring.outstandingRequests > 0, try ring.finalCheckForResponses() { continue }
-                // Say we sleep, then look once more (see Waker.sleeping).
-                // Sequentially consistent: may not move after the look below (store-load).
-                waker.sleeping.store(true, ordering: .sequentiallyConsistent)
-                if (canIssue && !work.isEmpty) || jobs.withLock({ !$0.items.isEmpty }) {
-                    // Relaxed: clearing only saves a later appender a needless doorbell.
-                    waker.sleeping.store(false, ordering: .relaxed)
-                    continue
-                }
-                let awake = sleep()
-                // Relaxed: as above; a doorbell that comes anyway is drained by the next sleep.
-                waker.sleeping.store(false, ordering: .relaxed)
-                if !awake { break }
-            }
-        } catch {
-            failureBox.withLock { $0 = error }
+    func serviceTurn() throws -> Bool {
+        // Responses resume jobs here, whose requests go out with the rest in one push.
+        var worked = try collectResponses()
+        worked = runJobs() || worked
+        return try issue() || worked
+    }
+
+    /// See ``BlockPolling``: longer while requests are on the ring.
+    var spinBudget: Duration { ring.outstandingRequests > 0 ? BlockPolling.busy : BlockPolling.idle }
+
+    func workArrived() throws -> Bool {
+        if ring.outstandingRequests > 0, try ring.checkForResponses() > 0 { return true }
+        return (canIssue && work.mayHaveWork) || jobCount.load(ordering: .relaxed) > 0
+    }
+
+    func prepareToSleep(_ poll: PollSet) throws -> Bool {
+        if ring.outstandingRequests > 0, try ring.finalCheckForResponses() { return true }
+        // Say we sleep, then look once more (see Waker.sleeping).
+        // Sequentially consistent: may not move after the look below (store-load).
+        waker.sleeping.store(true, ordering: .sequentiallyConsistent)
+        if (canIssue && !work.isEmpty) || jobs.withLock({ !$0.items.isEmpty }) {
+            // Relaxed: clearing only saves a later appender a needless doorbell.
+            waker.sleeping.store(false, ordering: .relaxed)
+            return true
         }
+        return false
+    }
+
+    func didWake(_ poll: PollSet) {
+        // Relaxed: as above; a doorbell that comes anyway is drained by the next sleep.
+        waker.sleeping.store(false, ordering: .relaxed)
+        if poll.fired(extra: 0) { waker.doorbell.drain() }
+    }
+
+    func finish(failure: (any Error)?) {
         stopRunningJobs()
         // Everything without a response goes back for the next connection.
         var unanswered: [WorkItem] = []
@@ -286,41 +300,15 @@ final class BlockFrontQueue: @unchecked Sendable {
         returned.withLock { $0 = unanswered }
     }
 
-    /// Polls for responses, work and jobs (see ``BlockPolling``); true when something came.
-    private func spin() throws(RingError) -> Bool {
-        let due = ring.outstandingRequests > 0
-        return try BlockPolling.poll(for: due ? BlockPolling.busy : BlockPolling.idle) { () throws(RingError) -> Bool in
-            if due, try ring.checkForResponses() > 0 { return true }
-            return (canIssue && work.mayHaveWork) || jobCount.load(ordering: .relaxed) > 0
-        }
-    }
-
     /// Room for another request; a request that needs more pool pages than are free sets
     /// `waitingForPages` until a response returns some.
     private var canIssue: Bool { !freeIDs.isEmpty && !ring.isFull && !waitingForPages }
     private var waitingForPages = false
 
-    private func sleep() -> Bool {
-        counters.sleeps.add(1, ordering: .relaxed)
-        var fds = (pollfd(fd: thread.stopDescriptor, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: resources.events.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0))
-        _ = withUnsafeMutableBytes(of: &fds) { raw in
-            poll(raw.baseAddress!.assumingMemoryBound(to: pollfd.self), 3, 1000)
-        }
-        if fds.0.revents != 0 { return false }
-        if fds.1.revents != 0 {
-            var value: UInt64 = 0
-            _ = read(wakeFD, &value, 8)
-        }
-        while let port = try? resources.events.pending() { try? resources.events.unmask(port) }
-        return true
-    }
-
     // MARK: issuing
 
     /// Sends requests while the ring, ids and pool pages last; true if any was sent.
-    private func issue() -> Bool {
+    private func issue() throws -> Bool {
         var sent = false
         taking: while canIssue, var item = work.take() {
             let chunk: WorkItem
@@ -344,10 +332,7 @@ final class BlockFrontQueue: @unchecked Sendable {
             send(chunk)
             sent = true
         }
-        if sent, ring.pushRequests() {
-            try? resources.events.notify(resources.port)
-            counters.notifies.add(1, ordering: .relaxed)
-        }
+        if sent, ring.pushRequests() { try doorbell.ring() }
         return sent
     }
 
@@ -392,13 +377,13 @@ final class BlockFrontQueue: @unchecked Sendable {
                                              page: resources.indirect.refs[id])
                 inflight[id].item = chunk
                 ring.withNextRequestSlot { $0.pointee = slot }
-                counters.requests.add(1, ordering: .relaxed)
+                counters.requests.bump()
                 return
             }
         }
         inflight[id].item = chunk
         ring.withNextRequestSlot { slot in request.write(toSlot: UnsafeMutableRawPointer(slot)) }
-        counters.requests.add(1, ordering: .relaxed)
+        counters.requests.bump()
     }
 
     /// A `BLKIF_OP_INDIRECT` slot with one page of segments, from a zeroed slot so no
@@ -442,11 +427,11 @@ final class BlockFrontQueue: @unchecked Sendable {
         var taken = 0
         while taken < BlockPolling.batch, let raw = ring.nextResponse() {
             taken += 1
-            counters.responses.add(1, ordering: .relaxed)
+            counters.responses.bump()
             let response = BlockResponse(raw)
             let id = Int(truncatingIfNeeded: response.id)
             guard response.id < UInt64(inflight.count), let chunk = inflight[id].item else {
-                counters.bogusResponses.add(1, ordering: .relaxed)
+                counters.bogusResponses.bump()
                 continue
             }
             let io = chunk.io

@@ -49,25 +49,29 @@ public final class BlockFrontend: Sendable {
         work.wakeAll()
     }
 
-    /// Stops the queues (bounded) and puts back every request without a response; the
-    /// resources may then be released. Returns false if a queue thread did not stop.
-    /// Not from a task on ``executor``: it would wait for its own thread.
-    @discardableResult
-    public func detach(timeout: Double = 5) -> Bool {
-        executor.use(nil)
-        let queues = state.withLock { s in defer { s.queues = [] }; return s.queues }
-        var all = true
+    /// Stops the queues, waits until their threads have exited, and puts back every
+    /// request without a response; the resources may then be released. Blocks: async
+    /// callers use ``detached()``. Not from a task on ``executor``: it would wait for its
+    /// own thread.
+    public func detach() {
         var unanswered: [WorkItem] = []
-        for (q, _) in queues {
-            let (stopped, items) = q.stop(timeout: timeout)
-            all = all && stopped
-            unanswered += items
-        }
+        for q in takeQueues() { unanswered += q.stop() }
         work.requeueAtFront(unanswered)
-        return all
     }
 
-    /// Fails everything still waiting with `.closed` (after ``detach(timeout:)``).
+    /// ``detach()`` without holding a thread of the cooperative pool while it waits.
+    public func detached() async {
+        var unanswered: [WorkItem] = []
+        for q in takeQueues() { unanswered += await q.stopped() }
+        work.requeueAtFront(unanswered)
+    }
+
+    private func takeQueues() -> [BlockFrontQueue] {
+        executor.use(nil)
+        return state.withLock { s in defer { s.queues = [] }; return s.queues.map(\.queue) }
+    }
+
+    /// Fails everything still waiting with `.closed` (after ``detach()``).
     public func shutdown() {
         state.withLock { $0.closed = true }
         for item in work.drain() { item.io.fail(BlockFrontError(.closed, "block frontend shut down")) }

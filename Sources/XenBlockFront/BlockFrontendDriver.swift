@@ -122,9 +122,8 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
     public func disconnect() async {
         let made = resources.withLock { r in defer { r = [] }; return r }
         let frontend = self.frontend, sharer = self.sharer
-        await offPool {
-            frontend.detach(timeout: 10)
-            for r in made { r.release(sharer: sharer) }
-        }
+        await frontend.detached()
+        // Unsharing retries (sleeps) while the backend still maps: off the pool.
+        await offPool { for r in made { r.release(sharer: sharer) } }
     }
 }

@@ -1,4 +1,3 @@
-import CXen
 import Glibc
 
 /// When a block queue thread (blkfront or blkback) polls instead of sleeping.
@@ -12,6 +11,7 @@ import Glibc
 /// ``idle`` after its last piece of work, since the peer's next request usually follows
 /// a response within microseconds. It never polls with nothing in flight for longer.
 ///
+/// The queue threads' runtime does the polling (`Spin`); these are its budgets.
 /// `XENPV_BLOCK_SPIN_US` sets ``busy`` (0 turns polling off: sleep at once, spend no CPU
 /// waiting).
 public enum BlockPolling {
@@ -19,10 +19,6 @@ public enum BlockPolling {
     public static let busy: Duration = .microseconds(configuredMicroseconds ?? 1000)
     /// How long to poll after the last piece of work when nothing is due.
     public static let idle: Duration = min(busy, .microseconds(50))
-    /// A polling thread lets a thread waiting for its core run this often (on an
-    /// oversubscribed machine the peer it polls for may be that thread).
-    static let yieldEvery: Duration = .microseconds(20)
-
     /// Work items one loop pass handles before publishing: what it finished reaches the
     /// (polling) peer while it works on the rest, instead of a whole queue depth at once.
     public static let batch = 4
@@ -31,28 +27,4 @@ public enum BlockPolling {
         guard let text = getenv("XENPV_BLOCK_SPIN_US"), let us = Int64(String(cString: text)), us >= 0 else { return nil }
         return min(us, 100_000)
     }()
-
-    /// Polls `ready` for up to `budget`; true as soon as it says so.
-    @inline(__always)
-    public static func poll<E: Error>(for budget: Duration, _ ready: () throws(E) -> Bool) throws(E) -> Bool {
-        guard budget > .zero else { return false }
-        let start = cxen_monotonic_ns()
-        let end = start &+ nanoseconds(budget)
-        var nextYield = start &+ nanoseconds(yieldEvery)
-        while true {
-            if try ready() { return true }
-            cxen_cpu_relax()
-            let t = cxen_monotonic_ns()
-            if t >= end { return false }
-            if t >= nextYield {
-                sched_yield()
-                nextYield = t &+ nanoseconds(yieldEvery)
-            }
-        }
-    }
-
-    static func nanoseconds(_ d: Duration) -> UInt64 {
-        let (s, a) = d.components
-        return UInt64(max(0, s)) &* 1_000_000_000 &+ UInt64(max(0, a) / 1_000_000_000)
-    }
 }

@@ -1,28 +1,28 @@
-import Atomics
+import XenDriverRuntime
 import XenNetProtocol
 
 /// What one vif queue did, readable from any thread (`xenpv top`, tests).
 /// The queue thread is the only writer; every access is relaxed, because
 /// counters are statistics, never synchronisation.
 public final class VifCounters: Sendable {
-    public let txPackets = ManagedAtomic<UInt64>(0)
-    public let txBytes = ManagedAtomic<UInt64>(0)
-    public let rxPackets = ManagedAtomic<UInt64>(0)
-    public let rxBytes = ManagedAtomic<UInt64>(0)
+    public let txPackets = DriverCounter(0)
+    public let txBytes = DriverCounter(0)
+    public let rxPackets = DriverCounter(0)
+    public let rxBytes = DriverCounter(0)
     /// Frames for the guest dropped because it had not posted enough buffers.
-    public let rxDroppedNoBuffers = ManagedAtomic<UInt64>(0)
+    public let rxDroppedNoBuffers = DriverCounter(0)
     /// Frames the attachment refused (its queue was full) or could not offload.
-    public let txDroppedAttachment = ManagedAtomic<UInt64>(0)
+    public let txDroppedAttachment = DriverCounter(0)
     /// Grant copies that failed (a bad grant reference, a revoked grant).
-    public let badGrants = ManagedAtomic<UInt64>(0)
+    public let badGrants = DriverCounter(0)
     /// Notifications sent to the frontend.
-    public let notifies = ManagedAtomic<UInt64>(0)
+    public let notifies = DriverCounter(0)
     /// Times the queue thread slept on its descriptors.
-    public let sleeps = ManagedAtomic<UInt64>(0)
-    private let refused: [ManagedAtomic<UInt64>]
+    public let sleeps = DriverCounter(0)
+    private let refused: [DriverCounter]
 
     public init() {
-        refused = NetProtocolError.Code.allCases.map { _ in ManagedAtomic<UInt64>(0) }
+        refused = NetProtocolError.Code.allCases.map { _ in DriverCounter(0) }
     }
 
     /// Packets refused for `reason`, transmit and receive alike.
@@ -38,9 +38,4 @@ public final class VifCounters: Sendable {
     public var refusals: [(NetProtocolError.Code, UInt64)] {
         NetProtocolError.Code.allCases.map { ($0, refused($0)) }.filter { $0.1 > 0 }
     }
-}
-
-extension ManagedAtomic where Value == UInt64 {
-    @inlinable func bump(_ n: UInt64 = 1) { wrappingIncrement(by: n, ordering: .relaxed) }
-    @inlinable public var value: UInt64 { load(ordering: .relaxed) }
 }

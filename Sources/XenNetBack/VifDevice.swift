@@ -54,13 +54,11 @@ final class VifDevice: XenbusDeviceDriver {
     /// then allow a new session), never touching another.
     let onRingFailure: @Sendable (any Error) -> Void
 
-    /// Everything `connect` set up, released by `disconnect`.
+    /// Everything `connect` set up, released by `disconnect`. The queue owns the rings
+    /// and the event channel (it releases them after its thread exited).
     struct Connection: @unchecked Sendable {
         var queue: VifQueue
         var mapper: any GrantMapper
-        var events: any EventChannels
-        var rings: [GrantMapping]
-        var ports: [EventPort]
         var attachment: any NetworkAttachment
     }
 
@@ -155,7 +153,7 @@ final class VifDevice: XenbusDeviceDriver {
             ? txPort : try events.bindInterdomain(remote: identity.frontend, remotePort: remotePorts.rx)
         let attachment = try attach(identity, features)
         let queue = try VifQueue(
-            txRing: tx.memory, rxRing: rx.memory, events: events, mapper: mapper, attachment: attachment,
+            txRing: tx, rxRing: rx, events: events, mapper: mapper, attachment: attachment,
             configuration: VifConfiguration(frontend: identity.frontend, txPort: txPort, rxPort: rxPort,
                                             receiveGSO: features.scatterGather ? features.receiveGSO : [],
                                             receiveChecksumBlank: features.receiveChecksumBlank),
@@ -166,18 +164,12 @@ final class VifDevice: XenbusDeviceDriver {
             })
         queue.start()
         cleanup.removeAll()
-        connection.withLock {
-            $0 = Connection(queue: queue, mapper: mapper, events: events, rings: [tx, rx],
-                            ports: txPort == rxPort ? [txPort] : [txPort, rxPort], attachment: attachment)
-        }
+        connection.withLock { $0 = Connection(queue: queue, mapper: mapper, attachment: attachment) }
     }
 
     func disconnect() async {
         guard let c = connection.withLock({ $0.take() }) else { return }
-        if !c.queue.stop(timeout: 10) { logger.error("\(identity): queue thread did not stop") }
-        for ring in c.rings { try? c.mapper.unmap(ring) }
-        for port in c.ports { try? c.events.unbind(port) }
-        c.events.close()
+        await c.queue.stopped()
         c.mapper.close()
         (c.attachment as? TapAttachment)?.tap.close()
         logger.info("\(identity): disconnected")

@@ -2,6 +2,7 @@ import Atomics
 import CXen
 import Glibc
 import XenABI
+import XenDriverRuntime
 import XenHypervisor
 import XenLocks
 import XenNetProtocol
@@ -40,8 +41,8 @@ public struct VifConfiguration: Sendable {
 /// an error response and counted; a ring-protocol violation stops this queue
 /// only. Buffers are allocated once: the data path does not allocate.
 public final class VifQueue: @unchecked Sendable {
-    // @unchecked: everything below but `counters` and `thread` is touched only by
-    // the queue thread once it has started.
+    // @unchecked: everything below but `counters`, `runtime` and `released` is touched
+    // only by the queue thread once it has started.
     private var tx: BackRing<netif_tx_request, netif_tx_response>
     private var rx: BackRing<netif_rx_request, netif_rx_response>
     /// The shared headers, for reading occupancy from other threads.
@@ -60,32 +61,40 @@ public final class VifQueue: @unchecked Sendable {
     private let rxBuffer: UnsafeMutableRawBufferPointer
     private let segments: UnsafeMutableBufferPointer<GrantCopySegment>
     private let slotIDs: UnsafeMutableBufferPointer<UInt16>
-    /// The descriptors the thread sleeps on (stop, event channel, attachment),
-    /// built once: sleeping does not allocate.
-    private let pollSet: UnsafeMutableBufferPointer<pollfd>
-    /// Set by `stop()`; the thread checks it every turn, not only when it sleeps.
-    private let stopping = ManagedAtomic<Bool>(false)
-    private let thread = DriverThread()
+    private let runtime: DriverRuntime
+    private let txDoorbell: Doorbell
+    private let rxDoorbell: Doorbell
     private let cpu: Int32?
     /// Told, on the queue thread, when the queue stopped by itself.
     private let onFailure: (@Sendable (any Error) -> Void)?
     /// Why the queue stopped by itself (a ring-protocol violation), if it did; the thread
     /// writes it, anyone may read it.
-    public var failure: (any Error)? { failureBox.withLock { $0 } }
-    private let failureBox = Locked<(any Error)?>(nil)
+    public var failure: (any Error)? { runtime.failure }
+    /// Where the queue's thread is (`.joined` once it touches nothing any more).
+    public var threadState: DriverRuntime.State { runtime.state }
+    private let rings: (tx: GrantMapping, rx: GrantMapping)
+    private let released = Locked(false)
 
     /// Frames handled per wake-up and direction before the other gets a turn.
     static let batch = 64
     static let maxSlots = Netif.minimumSlotsPerPacket + Netif.maxExtras
 
-    public init(txRing: MappedPages, rxRing: MappedPages, events: any EventChannels, mapper: any GrantMapper,
+    /// Attaches to the rings the frontend initialised (mapped writable through `mapper`).
+    /// From now on the queue owns `txRing`, `rxRing` and `events` (with the
+    /// configuration's ports bound): it unmaps, unbinds and closes them when it stops,
+    /// once its thread has exited (if this throws, the caller still owns them).
+    public init(txRing: GrantMapping, rxRing: GrantMapping, events: any EventChannels, mapper: any GrantMapper,
                 attachment: any NetworkAttachment, configuration: VifConfiguration,
                 counters: VifCounters = VifCounters(), cpu: Int32? = nil,
                 onFailure: (@Sendable (any Error) -> Void)? = nil) throws(RingError) {
         self.cpu = cpu
         self.onFailure = onFailure
-        tx = try BackRing(attachingTo: txRing)
-        rx = try BackRing(attachingTo: rxRing)
+        tx = try BackRing(attachingTo: txRing.memory)
+        rx = try BackRing(attachingTo: rxRing.memory)
+        rings = (txRing, rxRing)
+        runtime = DriverRuntime(sleeps: counters.sleeps)
+        txDoorbell = Doorbell(events: events, port: configuration.txPort, notifies: counters.notifies)
+        rxDoorbell = Doorbell(events: events, port: configuration.rxPort, notifies: counters.notifies)
         txHeader = tx.header
         rxHeader = rx.header
         transmitRingSize = tx.size
@@ -98,9 +107,6 @@ public final class VifQueue: @unchecked Sendable {
         rxBuffer = .allocate(byteCount: Netif.minimumSlotsPerPacket * XenPage.size + 64, alignment: 64)
         segments = .allocate(capacity: Self.maxSlots)
         slotIDs = .allocate(capacity: Self.maxSlots)
-        let descriptors = [thread.stopDescriptor, events.fileDescriptor.rawValue] + (attachment.fileDescriptor.map { [$0.rawValue] } ?? [])
-        pollSet = .allocate(capacity: descriptors.count)
-        for (i, fd) in descriptors.enumerated() { pollSet[i] = pollfd(fd: fd, events: Int16(POLLIN), revents: 0) }
     }
 
     deinit {
@@ -108,7 +114,6 @@ public final class VifQueue: @unchecked Sendable {
         rxBuffer.deallocate()
         segments.deallocate()
         slotIDs.deallocate()
-        pollSet.deallocate()
     }
 
     /// Requests the frontend has published on the tx ring and this queue has
@@ -125,60 +130,57 @@ public final class VifQueue: @unchecked Sendable {
 
     /// Starts the queue thread.
     public func start() {
-        thread.start(name: "vif \(configuration.frontend.rawValue)", cpu: cpu.map(Int.init)) { [self] in run() }
+        runtime.start(name: "vif \(configuration.frontend.rawValue)", cpu: cpu.map(Int.init), service: Service(self), events: events,
+                      extraDescriptors: attachment.fileDescriptor.map { [$0.rawValue] } ?? [], onFailure: onFailure)
     }
 
-    /// Stops the thread and waits for it, at most `timeout` seconds; returns
-    /// false if it did not stop in time.
-    @discardableResult
-    public func stop(timeout: Double = 5) -> Bool {
-        guard thread.isStarted else { return true }
-        stopping.store(true, ordering: .relaxed)
-        return thread.stop(timeout: timeout)
+    /// Stops the thread, waits until it has exited however busy the frontend keeps the
+    /// rings, then releases the rings and the event channel. Blocks: async callers use
+    /// ``stopped()``.
+    public func stop() { release(runtime.stop()) }
+
+    /// ``stop()`` without holding a thread of the cooperative pool while it waits.
+    public func stopped() async { release(await runtime.stopped()) }
+
+    private func release(_ exited: borrowing ThreadExited) {
+        guard released.withLock({ r in defer { r = true }; return !r }) else { return }
+        try? mapper.unmap(rings.tx)
+        try? mapper.unmap(rings.rx)
+        try? events.unbind(configuration.txPort)
+        if configuration.rxPort != configuration.txPort { try? events.unbind(configuration.rxPort) }
+        events.close()
     }
 
     // MARK: the queue thread
 
-    private func run() {
-        do {
-            while !stopping.load(ordering: .relaxed) {
-                var worked = try serviceTransmit()
-                worked = try serviceReceive() || worked
-                if worked { continue }
-                // Sleep only once both rings' final checks say idle. An
-                // attachment without a descriptor is polled after a short sleep.
-                if try tx.finalCheckForRequests() { continue }
-                if try rx.finalCheckForRequests(), attachment.fileDescriptor != nil, attachmentHasFrames { continue }
-                if try !sleep() { return }
-            }
-        } catch {
-            failureBox.withLock { $0 = error }
-            onFailure?(error)
-        }
+    /// The queue's steps as the runtime calls them; a separate object, so they are not
+    /// part of the queue's API.
+    private final class Service: DriverService {
+        let queue: VifQueue
+        init(_ queue: VifQueue) { self.queue = queue }
+        func serviceTurn() throws -> Bool { try queue.serviceTurn() }
+        func prepareToSleep(_ poll: PollSet) throws -> Bool { try queue.prepareToSleep(poll) }
+    }
+
+    /// Each direction handles at most ``batch`` frames a turn.
+    private func serviceTurn() throws -> Bool {
+        let worked = try serviceTransmit()
+        return try serviceReceive() || worked
+    }
+
+    private func prepareToSleep(_ poll: PollSet) throws -> Bool {
+        // Sleep only once both rings' final checks say idle.
+        if try tx.finalCheckForRequests() { return true }
+        if try rx.finalCheckForRequests(), attachment.fileDescriptor != nil, attachmentHasFrames { return true }
+        // An attachment without a descriptor is polled by waking up regularly.
+        poll.timeoutMilliseconds = attachment.fileDescriptor == nil ? 1 : 1000
+        return false
     }
 
     private var attachmentHasFrames: Bool {
         guard let fd = attachment.fileDescriptor else { return false }
         var pfd = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
         return poll(&pfd, 1, 0) > 0
-    }
-
-    /// Sleeps until an event, a frame or stop; false on stop.
-    private func sleep() throws -> Bool {
-        counters.sleeps.bump()
-        for i in pollSet.indices { pollSet[i].revents = 0 }
-        // An attachment without a descriptor is polled by waking up regularly.
-        let timeout: Int32 = pollSet.count == 2 ? 1 : 1000
-        let n = poll(pollSet.baseAddress, nfds_t(pollSet.count), timeout)
-        if n < 0, errno != EINTR { throw HypervisorError.errno(.init(rawValue: errno), "poll in vif queue") }
-        if pollSet[0].revents != 0 { return false }
-        while let port = try events.pending() { try events.unmask(port) }
-        return true
-    }
-
-    private func notify(_ port: EventPort) throws {
-        try events.notify(port)
-        counters.notifies.bump()
     }
 
     // MARK: transmit (guest to attachment)
@@ -201,7 +203,7 @@ public final class VifQueue: @unchecked Sendable {
                 handled += 1
             }
         }
-        if tx.pushResponses() { try notify(configuration.txPort) }
+        if tx.pushResponses() { try txDoorbell.ring() }
         return true
     }
 
@@ -268,7 +270,7 @@ public final class VifQueue: @unchecked Sendable {
             handled += 1
             if try deliver(range, offload, posted: posted) { produced = true }
         }
-        if produced, rx.pushResponses() { try notify(configuration.rxPort) }
+        if produced, rx.pushResponses() { try rxDoorbell.ring() }
         return handled > 0
     }
 

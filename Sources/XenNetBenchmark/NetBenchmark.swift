@@ -145,7 +145,7 @@ public enum NetBenchmark {
         let seconds = Date().timeIntervalSince(start)
         let counted = configuration.direction == .tx ? attachment.sent.load(ordering: .relaxed) : packets
         return NetBenchmarkResult(configuration: configuration, packets: counted, seconds: seconds,
-                                  notifies: queue.counters.notifies + vif.counters.notifies.value,
+                                  notifies: queue.counters.notifies.value + vif.counters.notifies.value,
                                   backendSleeps: vif.counters.sleeps.value)
     }
 }

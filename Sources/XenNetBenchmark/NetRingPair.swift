@@ -21,6 +21,7 @@ final class NetRingPair {
     let beEvents: any EventChannels
     let bePort: EventPort
     let maps: [GrantMapping]
+    private var backendOwnsItsEnd = false
 
     init() throws {
         guest = try hv.createDomain(frames: 1024)
@@ -46,9 +47,11 @@ final class NetRingPair {
                           rxPages: pages[3], events: feEvents, txPort: fePort, rxPort: fePort)
     }
 
-    /// The backend's queue on `attachment`; start it after `makeFrontend()`.
+    /// The backend's queue on `attachment`; start it after `makeFrontend()`. It owns
+    /// dom0's ring mappings and event channel from now on.
     func makeBackend(attachment: any NetworkAttachment, cpu: Int32?) throws -> VifQueue {
-        try VifQueue(txRing: maps[0].memory, rxRing: maps[1].memory, events: beEvents, mapper: mapper,
+        backendOwnsItsEnd = true
+        return try VifQueue(txRing: maps[0], rxRing: maps[1], events: beEvents, mapper: mapper,
                      attachment: attachment,
                      configuration: VifConfiguration(frontend: guest.domainID, txPort: bePort, rxPort: bePort,
                                                      receiveGSO: [.tcpv4, .tcpv6]),
@@ -57,12 +60,14 @@ final class NetRingPair {
 
     /// Releases everything; call after both ends stopped.
     func close() {
-        for m in maps { try? mapper.unmap(m) }
-        try? beEvents.unbind(bePort)
+        if !backendOwnsItsEnd {
+            for m in maps { try? mapper.unmap(m) }
+            try? beEvents.unbind(bePort)
+            beEvents.close()
+        }
         try? feEvents.unbind(fePort)
         for p in pages { try? sharer.unshare(p) }
         mapper.close()
-        beEvents.close()
         feEvents.close()
         sharer.close()
         _ = hv.shutdown()

@@ -1,8 +1,7 @@
 import CXen
 import Glibc
-import Synchronization
+import XenDriverRuntime
 import XenHypervisor
-import XenLocks
 import XenNetProtocol
 
 /// The thread that drives a netfront queue for a `GuestPort`: frames the
@@ -21,18 +20,20 @@ public final class NetFrontPump: @unchecked Sendable {
     private let buffer: UnsafeMutableRawBufferPointer
     /// What the backend takes; frames asking for more are refused.
     private var backend = NetBackendFeatures(scatterGather: true, segmentation: [.tcpv4, .tcpv6])
-    private let thread = DriverThread()
+    private let runtime: DriverRuntime
     /// Frames the port gave that netif cannot carry (relaxed: a statistic).
-    public var refused: UInt64 { refusedCount.load(ordering: .relaxed) }
-    private let refusedCount = Atomic<UInt64>(0)
+    public var refused: UInt64 { refusedCount.value }
+    private let refusedCount = DriverCounter(0)
     /// Why the pump stopped by itself (the backend broke the ring), if it did.
-    public var failure: (any Error)? { failureBox.withLock { $0 } }
-    private let failureBox = Locked<(any Error)?>(nil)
+    public var failure: (any Error)? { runtime.failure }
+    /// Where the pump's thread is (`.joined` once it touches nothing any more).
+    public var threadState: DriverRuntime.State { runtime.state }
 
     public init(queue: NetFrontQueue, port: any GuestPort, events: any EventChannels) {
         self.queue = queue
         self.port = port
         self.events = events
+        runtime = DriverRuntime(sleeps: queue.counters.sleeps)
         buffer = .allocate(byteCount: Netif.minimumSlotsPerPacket * 4096 + 64, alignment: 64)
     }
 
@@ -48,51 +49,66 @@ public final class NetFrontPump: @unchecked Sendable {
     }
 
     public func start() {
-        thread.start(name: "netfront") { [self] in
-            do { try run() } catch { failureBox.withLock { $0 = error } }
-        }
+        runtime.start(name: "netfront", service: Service(self), events: events,
+                      extraDescriptors: [port.fileDescriptor.rawValue])
     }
 
-    /// Stops the thread, waiting at most `timeout` seconds.
+    /// Stops the thread and waits until it has exited; what it used (the queue's rings
+    /// and pages, the port) may be released after. Blocks: async callers use ``stopped()``.
     @discardableResult
-    public func stop(timeout: Double = 5) -> Bool { thread.stop(timeout: timeout) }
+    public func stop() -> ThreadExited { runtime.stop() }
 
-    /// The queue's counters (read without synchronisation: for display).
+    /// ``stop()`` without holding a thread of the cooperative pool while it waits.
+    @discardableResult
+    public func stopped() async -> ThreadExited { await runtime.stopped() }
+
+    /// The queue's counters.
     public var counters: NetFrontCounters { queue.counters }
 
     private var canSendLargest: Bool { queue.transmitCapacity > Netif.minimumSlotsPerPacket }
 
-    private func run() throws {
-        var fds = [pollfd(fd: thread.stopDescriptor, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: events.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: port.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0)]
-        while true {
-            var worked = try queue.collectTransmitCompletions() > 0
-            while canSendLargest, let (range, offload) = try port.nextOutbound(into: buffer) {
-                worked = true
-                let frame = UnsafeRawBufferPointer(rebasing: buffer[range])
-                guard frame.count >= Netif.minimumPacketSize, frame.count <= Netif.maxPacketSize,
-                      backend.accepts(offload),
-                      try queue.send(frame, checksumBlank: offload.checksumBlank, dataValidated: offload.dataValidated,
-                                     gso: offload.gso) else {
-                    refusedCount.add(1, ordering: .relaxed)
-                    continue
-                }
+    /// Received packets delivered a turn: a backend that keeps the rx ring full must not
+    /// keep one turn going.
+    static let batch = 64
+
+    /// The pump's steps as the runtime calls them; a separate object, so they are not
+    /// part of the pump's API.
+    private final class Service: DriverService {
+        let pump: NetFrontPump
+        init(_ pump: NetFrontPump) { self.pump = pump }
+        func serviceTurn() throws -> Bool { try pump.serviceTurn() }
+        func prepareToSleep(_ poll: PollSet) throws -> Bool { try pump.prepareToSleep(poll) }
+    }
+
+    private func serviceTurn() throws -> Bool {
+        var worked = try queue.collectTransmitCompletions() > 0
+        // Bounded by the ring: each frame sent takes slots.
+        while canSendLargest, let (range, offload) = try port.nextOutbound(into: buffer) {
+            worked = true
+            let frame = UnsafeRawBufferPointer(rebasing: buffer[range])
+            guard frame.count >= Netif.minimumPacketSize, frame.count <= Netif.maxPacketSize,
+                  backend.accepts(offload),
+                  try queue.send(frame, checksumBlank: offload.checksumBlank, dataValidated: offload.dataValidated,
+                                 gso: offload.gso) else {
+                refusedCount.bump()
+                continue
             }
-            while let packet = try queue.receive(into: buffer) {
-                worked = true
-                try port.deliver(UnsafeRawBufferPointer(rebasing: buffer[0 ..< packet.length]),
-                                 offload: GuestOffload(checksumBlank: packet.checksumBlank,
-                                                       dataValidated: packet.dataValidated, gso: packet.gso))
-            }
-            if worked { continue }
-            if try queue.prepareToSleep() { continue }
-            fds[2].events = canSendLargest ? Int16(POLLIN) : 0
-            for i in fds.indices { fds[i].revents = 0 }
-            let n = fds.withUnsafeMutableBufferPointer { poll($0.baseAddress, nfds_t($0.count), 1000) }
-            if n < 0, errno != EINTR { throw HypervisorError.errno(.init(rawValue: errno), "poll in netfront") }
-            if fds[0].revents != 0 { return }
-            while let p = try events.pending() { try events.unmask(p) }
         }
+        var delivered = 0
+        while delivered < Self.batch, let packet = try queue.receive(into: buffer) {
+            worked = true
+            delivered += 1
+            try port.deliver(UnsafeRawBufferPointer(rebasing: buffer[0 ..< packet.length]),
+                             offload: GuestOffload(checksumBlank: packet.checksumBlank,
+                                                   dataValidated: packet.dataValidated, gso: packet.gso))
+        }
+        return worked
+    }
+
+    private func prepareToSleep(_ poll: PollSet) throws -> Bool {
+        if try queue.prepareToSleep() { return true }
+        // The port only while a largest frame fits: back-pressure leaves frames in it.
+        poll.watch(extra: 0, canSendLargest)
+        return false
     }
 }

@@ -1,6 +1,7 @@
 import CXen
 import Glibc
 import XenABI
+import XenDriverRuntime
 import XenHypervisor
 import XenNetProtocol
 import XenRing
@@ -14,6 +15,8 @@ public struct NetFrontError: Error, Hashable, Sendable, CustomStringConvertible 
         case bufferTooSmall
         /// The backend broke the ring protocol; the queue is unusable.
         case backendFailed
+        /// The event channel could not notify the backend: the handle is unusable.
+        case eventChannelFailed
     }
     public var code: Code
     public var message: String
@@ -21,16 +24,20 @@ public struct NetFrontError: Error, Hashable, Sendable, CustomStringConvertible 
     public var description: String { message }
 }
 
-/// Counters of one frontend queue; written by its owner thread only.
-public struct NetFrontCounters: Sendable {
-    public var txPackets: UInt64 = 0
-    public var txErrors: UInt64 = 0
-    public var rxPackets: UInt64 = 0
+/// Counters of one frontend queue: written by the thread driving it, readable from any
+/// thread (atomics, relaxed: statistics, never synchronisation).
+public final class NetFrontCounters: Sendable {
+    public let txPackets = DriverCounter(0)
+    public let txErrors = DriverCounter(0)
+    public let rxPackets = DriverCounter(0)
     /// Received packets dropped: refused by the parser or the backend said error.
-    public var rxDropped: UInt64 = 0
+    public let rxDropped = DriverCounter(0)
     /// Responses naming a request that is not outstanding (a hostile backend).
-    public var bogusResponses: UInt64 = 0
-    public var notifies: UInt64 = 0
+    public let bogusResponses = DriverCounter(0)
+    public let notifies = DriverCounter(0)
+    /// Times the driving thread slept.
+    public let sleeps = DriverCounter(0)
+    public init() {}
 }
 
 /// The data path of one netfront queue, driven by one thread at a time: it transmits
@@ -45,14 +52,14 @@ public final class NetFrontQueue: @unchecked Sendable {
     // @unchecked: one thread at a time drives a queue (its pump, a benchmark
     // loop); nothing here is shared with another thread.
     public let backend: DomainID
-    public private(set) var counters = NetFrontCounters()
+    public let counters = NetFrontCounters()
     private var tx: FrontRing<netif_tx_request, netif_tx_response>
     private var rx: FrontRing<netif_rx_request, netif_rx_response>
     private let txPages: SharedPages
     private let rxPages: SharedPages
     private let events: any EventChannels
-    private let txPort: EventPort
-    private let rxPort: EventPort
+    private let txDoorbell: Doorbell
+    private let rxDoorbell: Doorbell
     private var freeTxIDs: [UInt16]
     private var txInFlight: [Bool]
     private var rxParser = RxPacketParser()
@@ -81,12 +88,12 @@ public final class NetFrontQueue: @unchecked Sendable {
         self.txPages = txPages
         self.rxPages = rxPages
         self.events = events
-        self.txPort = txPort
-        self.rxPort = rxPort
+        txDoorbell = Doorbell(events: events, port: txPort, notifies: counters.notifies)
+        rxDoorbell = Doorbell(events: events, port: rxPort, notifies: counters.notifies)
         freeTxIDs = (0 ..< UInt16(self.tx.size)).reversed()
         txInFlight = Array(repeating: false, count: Int(self.tx.size))
         fragments.reserveCapacity(Netif.minimumSlotsPerPacket)
-        refillReceive()
+        try refillReceive()
     }
 
     /// Ring slots free for transmit right now.
@@ -125,11 +132,8 @@ public final class NetFrontQueue: @unchecked Sendable {
                 TxPacketEncoder.encode(fragments: f, flags: flags) { tx.produce($0) }
             }
         }
-        if tx.pushRequests() {
-            counters.notifies += 1
-            try? events.notify(txPort)
-        }
-        counters.txPackets += 1
+        counters.txPackets.bump()
+        if tx.pushRequests() { try ring(txDoorbell) }
         return true
     }
 
@@ -144,12 +148,12 @@ public final class NetFrontQueue: @unchecked Sendable {
             if response.status == NetifStatus.null.rawValue { continue }  // an extra's slot
             let id = Int(response.id)
             guard id < txInFlight.count, txInFlight[id] else {
-                counters.bogusResponses += 1
+                counters.bogusResponses.bump()
                 continue
             }
             txInFlight[id] = false
             freeTxIDs.append(response.id)
-            if response.status != NetifStatus.okay.rawValue { counters.txErrors += 1 }
+            if response.status != NetifStatus.okay.rawValue { counters.txErrors.bump() }
         }
         return Int(available)
     }
@@ -164,26 +168,24 @@ public final class NetFrontQueue: @unchecked Sendable {
     {
         // Buffers go back in batches (a push is a full fence and maybe a
         // notify): once a batch's worth is free, and whenever nothing waits.
-        defer { if rx.freeRequests >= Self.refillBatch { refillReceive() } }
         while true {
-            do {
-                if try rx.checkForResponses() == 0 {
-                    refillReceive()
-                    return nil
-                }
-            } catch {
-                throw NetFrontError(.backendFailed, "\(error)")
+            let available: UInt32
+            do { available = try rx.checkForResponses() } catch { throw NetFrontError(.backendFailed, "\(error)") }
+            if available == 0 {
+                try refillReceive()
+                return nil
             }
             while let response = rx.nextResponse() {
                 let index = RingIndex(rx.responseConsumer.rawValue &- 1)  // the slot just consumed
                 let complete: Bool
                 do { complete = try rxParser.consume(response, at: index) } catch {
-                    counters.rxDropped += 1
+                    counters.rxDropped.bump()
                     continue
                 }
                 guard complete else { continue }
                 guard rxParser.totalSize <= buffer.count else {
-                    counters.rxDropped += 1
+                    counters.rxDropped.bump()
+                    if rx.freeRequests >= Self.refillBatch { try refillReceive() }
                     throw NetFrontError(.bufferTooSmall, "packet of \(rxParser.totalSize) bytes, buffer of \(buffer.count)")
                 }
                 var length = 0
@@ -192,10 +194,11 @@ public final class NetFrontQueue: @unchecked Sendable {
                     (buffer.baseAddress! + length).copyMemory(from: page + Int(fragment.offset), byteCount: Int(fragment.size))
                     length += Int(fragment.size)
                 }
-                counters.rxPackets += 1
+                counters.rxPackets.bump()
                 let flags = rxParser.flags
                 var gso: NetExtraInfo?
                 for extra in rxParser.extras { if case .gso = extra { gso = extra } }
+                if rx.freeRequests >= Self.refillBatch { try refillReceive() }
                 return (length, flags.contains(.checksumBlank), flags.contains(.dataValidated), gso)
             }
         }
@@ -205,17 +208,18 @@ public final class NetFrontQueue: @unchecked Sendable {
     static let refillBatch: UInt32 = 32
 
     /// Posts a request for every free rx slot; notifies if the backend asked.
-    private func refillReceive() {
+    private func refillReceive() throws(NetFrontError) {
         guard rx.freeRequests > 0 else { return }
         while rx.freeRequests > 0 {
             let index = rx.requestProducer.rawValue
             let slot = Int(index & (rx.size - 1))
             rx.produce(netif_rx_request(id: UInt16(slot), pad: 0, gref: rxPages.refs[slot].rawValue))
         }
-        if rx.pushRequests() {
-            counters.notifies += 1
-            try? events.notify(rxPort)
-        }
+        if rx.pushRequests() { try ring(rxDoorbell) }
+    }
+
+    private func ring(_ doorbell: Doorbell) throws(NetFrontError) {
+        do { try doorbell.ring() } catch { throw NetFrontError(.eventChannelFailed, "notify: \(error)") }
     }
 
     // MARK: waiting

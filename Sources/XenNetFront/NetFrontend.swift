@@ -106,7 +106,8 @@ public final class NetFrontend: XenbusDeviceDriver {
 
     public func disconnect() async {
         guard let s = session.withLock({ $0.take() }) else { return }
-        if !s.pump.stop(timeout: 10) { logger.error("\(path): pump did not stop") }
+        // The pages and the port are given back only once the pump's thread is gone.
+        _ = await s.pump.stopped()
         try? s.events.unbind(s.eventPort)
         for p in s.pages {
             do { try s.sharer.unshare(p) } catch { logger.error("\(path): unshare: \(error)") }

@@ -19,13 +19,15 @@ final class BlockFixture: @unchecked Sendable {
         var events: any EventChannels
         var port: EventPort
         var ringMap: GrantMapping
+        /// Owns the three above from its start.
         var queue: BlockQueue
     }
 
     let hv = SimulatedHypervisor()
     let guest: SimulatedDomain
     let sharer: any GrantSharer
-    let mapper: any GrantMapper
+    /// dom0's mapper, watched: tests see every unmap as it happens.
+    let mapper: WatchingMapper
     let limits: BlockDeviceLimits
     let frontend = BlockFrontend()
     var resources: [BlockFrontQueueResources] = []
@@ -44,7 +46,7 @@ final class BlockFixture: @unchecked Sendable {
          storage: @escaping (Int) throws -> any StorageEngine) throws {
         guest = try hv.createDomain(frames: 8192, grantFrames: 64)
         sharer = try guest.openGrantSharer()
-        mapper = try hv.dom0.openGrantMapper()
+        mapper = WatchingMapper(try hv.dom0.openGrantMapper())
         self.limits = limits
         self.ringPageOrder = ringPageOrder
         self.queueCount = queues
@@ -52,6 +54,13 @@ final class BlockFixture: @unchecked Sendable {
         self.abi = abi
         self.persistentGrants = persistentGrants
         self.contiguousCopies = contiguousCopies
+    }
+
+    deinit {
+        // A test that failed before teardown: end the queue threads before the
+        // hypervisor's memory goes, or they fault on it and take every other test along.
+        frontend.detach()
+        for b in backends { b.queue.stop() }
     }
 
     var info: BlockDeviceInfo {
@@ -75,7 +84,7 @@ final class BlockFixture: @unchecked Sendable {
             let events = try hv.dom0.openEventChannels()
             let port = try events.bindInterdomain(remote: guest.domainID, remotePort: r.port)
             let map = try mapper.map(r.ring.refs, from: guest.domainID, writable: true)
-            let q = try BlockQueue(ring: map.memory, events: events, mapper: mapper, storage: try makeStorage(i),
+            let q = try BlockQueue(ring: map, events: events, mapper: mapper, storage: try makeStorage(i),
                                    configuration: BlockQueueConfiguration(frontend: guest.domainID, port: port, abi: abi, limits: limits,
                                                                           persistentGrants: persistentGrants,
                                                                           contiguousCopies: contiguousCopies),
@@ -88,10 +97,7 @@ final class BlockFixture: @unchecked Sendable {
     /// Stops dom0's queues and releases its side.
     func stopBackend() throws {
         for b in backends {
-            precondition(b.queue.stop(timeout: 10), "blkback queue did not stop")
-            try mapper.unmap(b.ringMap)
-            try b.events.unbind(b.port)
-            b.events.close()
+            b.queue.stop()
         }
         backends = []
     }
@@ -105,7 +111,7 @@ final class BlockFixture: @unchecked Sendable {
 
     /// Stops everything and returns the simulator's leftovers.
     func teardown() throws -> Leftovers {
-        frontend.detach(timeout: 10)
+        frontend.detach()
         frontend.shutdown()
         try stopBackend()
         for r in resources { precondition(r.release(sharer: sharer)) }

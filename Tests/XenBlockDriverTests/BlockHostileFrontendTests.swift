@@ -6,6 +6,7 @@ import XenBlockBack
 import XenBlockFront
 import XenBlockProtocol
 import XenBlockStorage
+import XenDriverRuntime
 import XenLocks
 import XenRing
 import XenSimulator
@@ -143,4 +144,34 @@ func eventuallyAsync(seconds: Double = 10, _ body: () -> Bool) async -> Bool {
         try? await Task.sleep(nanoseconds: 5_000_000)
     }
     return false
+}
+
+/// Stopping a queue whose frontend keeps its ring full: stop is honoured on every turn,
+/// not only when the thread sleeps, so it returns; and the ring is unmapped only after
+/// the thread is gone.
+@Suite(.timeLimit(.minutes(1)))
+struct BlockFloodedStopTests {
+    /// Grant copy, and persistent mappings (which the thread unmaps itself on its way out).
+    @Test(arguments: [0, 1056])
+    func stopReturnsUnderAFloodAndTheRingIsUnmappedAfterTheThreadExited(persistentGrants: Int) async throws {
+        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048), persistentGrants: persistentGrants) { _ in
+            try MemoryStorage(byteCount: 1 << 20)
+        }
+        try f.shareAndMap()
+        try f.startBackend()
+        let flood = RingFlooder(f.resources[0])
+        flood.start()
+        let queue = f.backends[0].queue
+        // Several rings' worth answered: the flood is on and the queue is serving it.
+        await flood.answered(8 * queue.ringSize)
+        let ring = f.backends[0].ringMap.handle
+        let atUnmap = Locked<[DriverRuntime.State]>([])
+        f.mapper.onUnmap { m in if m.handle == ring { atUnmap.withLock { $0.append(queue.threadState) } } }
+        await queue.stopped()
+        #expect(atUnmap.withLock { $0 } == [.joined])
+        #expect(queue.failure == nil)
+        await flood.stop()
+        f.mapper.onUnmap(nil)
+        #expect(try f.teardown().isEmpty)
+    }
 }

@@ -48,7 +48,7 @@ struct BlockReconnectTests {
         #expect(await eventuallyAsync(seconds: 30) {
             fe.counters.reduce(0) { $0 + $1.requests.load(ordering: .relaxed) - $1.responses.load(ordering: .relaxed) } == 4
         })
-        #expect(f.frontend.detach(timeout: 10))
+        await f.frontend.detached()
         for r in f.resources { #expect(r.release(sharer: f.sharer)) }
         f.resources = []
         #expect(acknowledged.map.withLock { $0.count } == 12)

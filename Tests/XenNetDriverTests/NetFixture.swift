@@ -23,7 +23,8 @@ final class NetFixture: @unchecked Sendable {
     let rxRing: SharedPages
     let txPool: SharedPages
     let rxPool: SharedPages
-    let mapper: any GrantMapper
+    /// dom0's mapper, watched: tests see every unmap as it happens.
+    let mapper: WatchingMapper
     let beEvents: any EventChannels
     let bePort: EventPort
     let txMap: GrantMapping
@@ -43,7 +44,7 @@ final class NetFixture: @unchecked Sendable {
         txPool = try sharer.sharePages(count: slots, with: .dom0, writable: false)
         rxPool = try sharer.sharePages(count: slots, with: .dom0, writable: true)
 
-        mapper = try hv.dom0.openGrantMapper()
+        mapper = WatchingMapper(try hv.dom0.openGrantMapper())
         beEvents = try hv.dom0.openEventChannels()
         bePort = try beEvents.bindInterdomain(remote: guest.domainID, remotePort: fePort)
         txMap = try mapper.map(txRing.refs, from: guest.domainID, writable: true)
@@ -57,10 +58,16 @@ final class NetFixture: @unchecked Sendable {
 
     let receiveGSO: Set<NetGSOType>
 
-    /// Starts the vif on the memory attachment, or on `other`; call after
+    deinit {
+        // A test that failed before teardown: end the vif's thread before the
+        // hypervisor's memory goes, or it faults on it and takes every other test along.
+        vif?.stop()
+    }
+
+    /// Starts the vif (which owns dom0's ring mappings and event channel from now on) on the memory attachment, or on `other`; call after
     /// the frontend initialised the rings.
     func startBackend(attachment other: (any NetworkAttachment)? = nil) throws {
-        vif = try VifQueue(txRing: txMap.memory, rxRing: rxMap.memory, events: beEvents, mapper: mapper,
+        vif = try VifQueue(txRing: txMap, rxRing: rxMap, events: beEvents, mapper: mapper,
                            attachment: other ?? attachment,
                            configuration: VifConfiguration(frontend: guest.domainID, txPort: bePort, rxPort: bePort,
                                                            receiveGSO: receiveGSO))
@@ -74,14 +81,17 @@ final class NetFixture: @unchecked Sendable {
 
     /// Stops the vif and releases everything; returns the simulator's leftovers.
     func teardown() throws -> Leftovers {
-        if let vif { precondition(vif.stop(timeout: 10), "vif queue did not stop") }
-        try mapper.unmap(txMap)
-        try mapper.unmap(rxMap)
-        try beEvents.unbind(bePort)
+        if let vif {
+            vif.stop()
+        } else {
+            try mapper.unmap(txMap)
+            try mapper.unmap(rxMap)
+            try beEvents.unbind(bePort)
+            beEvents.close()
+        }
         try feEvents.unbind(fePort)
         for pages in [txRing, rxRing, txPool, rxPool] { try sharer.unshare(pages) }
         mapper.close()
-        beEvents.close()
         feEvents.close()
         sharer.close()
         return hv.shutdown()

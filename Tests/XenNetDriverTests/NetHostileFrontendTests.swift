@@ -2,7 +2,9 @@ import CXen
 import Foundation
 import Testing
 import XenABI
+import XenDriverRuntime
 import XenHypervisor
+import XenLocks
 import XenNetBack
 import XenNetProtocol
 import XenRing
@@ -94,5 +96,30 @@ struct NetHostileFrontendTests {
         #expect(eventually { good.sentFrames().count == 1 })
         _ = try bad.teardown()
         _ = try good.teardown()
+    }
+}
+
+/// Stopping a vif whose frontend keeps its tx ring full: stop is honoured on every turn,
+/// not only when the thread sleeps, so it returns; and the rings are unmapped only after
+/// the thread is gone.
+@Suite(.timeLimit(.minutes(1)))
+struct NetFloodedStopTests {
+    @Test func stopReturnsUnderAFloodAndTheRingsAreUnmappedAfterTheThreadExited() async throws {
+        let f = try NetFixture()
+        let flood = try TxRingFlooder(f)
+        try f.startBackend()
+        flood.start()
+        let vif: VifQueue = f.vif
+        // Several rings' worth answered: the flood is on and the vif is serving it.
+        await flood.answered(8 * Int(vif.transmitRingSize))
+        let rings = [f.txMap.handle, f.rxMap.handle]
+        let atUnmap = Locked<[DriverRuntime.State]>([])
+        f.mapper.onUnmap { m in if rings.contains(m.handle) { atUnmap.withLock { $0.append(vif.threadState) } } }
+        await vif.stopped()
+        #expect(atUnmap.withLock { $0 } == [.joined, .joined])
+        #expect(vif.failure == nil)
+        await flood.stop()
+        f.mapper.onUnmap(nil)
+        #expect(try f.teardown().isEmpty)
     }
 }

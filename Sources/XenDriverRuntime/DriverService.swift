@@ -1,0 +1,35 @@
+/// What one queue does that no other queue does: its service step. The
+/// ``DriverRuntime`` owns the rest (the thread, stop, spinning, sleeping, the event
+/// channel, failures) and calls these on the queue's thread only.
+public protocol DriverService: AnyObject {
+    /// One turn: drain, validate, act, respond, notify. It must be bounded (a batch, at
+    /// most a ring's worth), because stop is looked at between turns: a peer that keeps
+    /// the ring full must not keep a turn going. True if it did any work.
+    func serviceTurn() throws -> Bool
+
+    /// How long to poll ``workArrived()`` before sleeping; zero sleeps at once.
+    var spinBudget: Duration { get }
+
+    /// Whether work came, looked at without a system call while spinning.
+    func workArrived() throws -> Bool
+
+    /// The final check before sleeping: arms the peer's notification and says whether
+    /// work is already waiting (true: do not sleep). Chooses the extra descriptors the
+    /// sleep watches.
+    func prepareToSleep(_ poll: PollSet) throws -> Bool
+
+    /// After a sleep (the event channel is already drained and re-armed): resets the
+    /// service's own descriptors that fired.
+    func didWake(_ poll: PollSet)
+
+    /// After the last turn, on the queue's thread: finish or fail what is outstanding and
+    /// give back what only this thread may touch. `failure` is nil after a requested stop.
+    func finish(failure: (any Error)?)
+}
+
+extension DriverService {
+    public var spinBudget: Duration { .zero }
+    public func workArrived() throws -> Bool { false }
+    public func didWake(_ poll: PollSet) {}
+    public func finish(failure: (any Error)?) {}
+}

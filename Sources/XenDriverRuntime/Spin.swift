@@ -1,0 +1,48 @@
+import CXen
+import Glibc
+
+/// Bounded busy-polling before a driver thread sleeps.
+///
+/// A wake-up through an event channel costs tens of microseconds on an idle vCPU, and
+/// the peer's next message often follows within a few: polling for a short, bounded
+/// while saves the round trip. Bounded, so an idle ring costs no CPU.
+public enum Spin {
+    /// A polling thread lets a thread waiting for its core run this often (on an
+    /// oversubscribed machine the peer it polls for may be that thread).
+    static let yieldEvery: UInt64 = 20_000
+
+    /// A gap this long between two looks means the thread was not on a CPU: others
+    /// were waiting for it.
+    static let preempted: UInt64 = 200_000
+
+    /// Polls `ready` for up to `budget`; true as soon as it says so. Gives up early when
+    /// the thread finds it was preempted: spinning pays only while a CPU is spare, and on
+    /// a machine with more runnable threads than CPUs (many queues, parallel tests) the
+    /// peer it waits for may be the one it keeps off the CPU.
+    @inline(__always)
+    public static func poll<E: Error>(for budget: Duration, _ ready: () throws(E) -> Bool) throws(E) -> Bool {
+        guard budget > .zero else { return false }
+        let start = cxen_monotonic_ns()
+        let end = start &+ nanoseconds(budget)
+        var nextYield = start &+ yieldEvery
+        var last = start
+        while true {
+            if try ready() { return true }
+            cxen_cpu_relax()
+            let t = cxen_monotonic_ns()
+            if t >= end || t &- last >= preempted { return false }
+            last = t
+            if t >= nextYield {
+                sched_yield()
+                last = cxen_monotonic_ns()
+                if last &- t >= preempted { return false }
+                nextYield = last &+ yieldEvery
+            }
+        }
+    }
+
+    public static func nanoseconds(_ d: Duration) -> UInt64 {
+        let (s, a) = d.components
+        return UInt64(max(0, s)) &* 1_000_000_000 &+ UInt64(max(0, a) / 1_000_000_000)
+    }
+}
