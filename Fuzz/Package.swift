@@ -1,0 +1,30 @@
+// swift-tools-version: 6.1
+// libFuzzer targets for every parser a peer feeds (issue 14). Not part of the
+// root package's build: `swift build` and `swift test` at the root never see
+// them. Build and run them with Fuzz/run.sh, which passes
+//   -Xswiftc -sanitize=fuzzer,address
+// Each target's main.swift hands its one-input function to libFuzzer's
+// LLVMFuzzerRunDriver (FuzzSupport): SwiftPM points `main` at the module's
+// own entry point, so libFuzzer's main cannot be used.
+import PackageDescription
+
+let package = Package(
+    name: "XenPVFuzz",
+    dependencies: [.package(name: "XenPV", path: "..")],
+    targets: [
+        .target(name: "CFuzzerDriver"),
+        .target(name: "FuzzSupport", dependencies: ["CFuzzerDriver"]),
+        .executableTarget(
+            name: "fuzz-blkif",
+            dependencies: ["FuzzSupport", .product(name: "XenBlockProtocol", package: "XenPV")]),
+        .executableTarget(
+            name: "fuzz-netif",
+            dependencies: ["FuzzSupport", .product(name: "XenNetProtocol", package: "XenPV"), .product(name: "XenABI", package: "XenPV")]),
+        .executableTarget(
+            name: "fuzz-xs-wire",
+            dependencies: ["FuzzSupport", .product(name: "XenStore", package: "XenPV"), .product(name: "XenABI", package: "XenPV")]),
+        .executableTarget(
+            name: "fuzz-xs-engine",
+            dependencies: ["FuzzSupport", .product(name: "XenStore", package: "XenPV"), .product(name: "XenABI", package: "XenPV")]),
+    ]
+)

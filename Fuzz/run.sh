@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets (ASan + libFuzzer, debug: at -O an unused result
+# can be optimised away) and runs one target, or all of them, for SECONDS each
+# on its corpus in Fixtures/fuzz/<target>/, printing libFuzzer's final stats.
+#
+#   Fuzz/run.sh TARGET SECONDS      e.g. Fuzz/run.sh blkif 60
+#   Fuzz/run.sh all SECONDS         every target in turn; CI runs `all 20`
+#   Fuzz/run.sh list                the target names
+#
+# Exits non-zero when a target crashes, leaks, times out or fails to build;
+# the crashing input is left in .build-fuzz/artifacts/<target>/. New inputs
+# go to a scratch copy of the corpus (.build-fuzz/corpus/<target>), so a run
+# never changes the checked-in seeds; FUZZ_MERGE=1 merges what it found back
+# into Fixtures/fuzz/<target>/ (libFuzzer -merge=1 keeps only new coverage).
+# Extra libFuzzer flags can be passed in FUZZ_FLAGS.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+scratch="$root/.build-fuzz"
+targets=(blkif netif)
+
+usage() { echo "usage: $0 TARGET|all SECONDS   (targets: ${targets[*]})" >&2; exit 2; }
+[[ $# -ge 1 ]] || usage
+if [[ $1 == list ]]; then printf '%s\n' "${targets[@]}"; exit 0; fi
+[[ $# -eq 2 && $2 =~ ^[0-9]+$ ]] || usage
+
+build() {
+    swift build --package-path Fuzz --scratch-path "$scratch" \
+        -Xswiftc -sanitize=fuzzer,address "$@" 2>&1 | grep -v "Cannot export local symbol" >&2
+    return "${PIPESTATUS[0]}"
+}
+
+run_one() {
+    local name=$1 seconds=$2
+    local exe="$scratch/debug/fuzz-$name" seeds="$root/Fixtures/fuzz/$name"
+    local corpus="$scratch/corpus/$name" artifacts="$scratch/artifacts/$name"
+    mkdir -p "$seeds" "$corpus" "$artifacts"
+    cp -n "$seeds"/* "$corpus"/ 2>/dev/null || true
+    echo "== fuzz-$name for ${seconds}s" >&2
+    local log="$scratch/fuzz-$name.log" status=0
+    # -rss_limit_mb: ASan's quarantine alone takes a few hundred MB.
+    SWIFT_BACKTRACE=enable=no "$exe" -max_total_time="$seconds" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
+        -artifact_prefix="$artifacts/" ${FUZZ_FLAGS:-} "$corpus" >"$log" 2>&1 || status=$?
+    grep -E '^#[0-9]+ +DONE' "$log" | tail -1 || true
+    grep -E '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' "$log" || true
+    if [[ $status -ne 0 ]]; then
+        echo "fuzz-$name FAILED (exit $status); log $log, input in $artifacts/:" >&2
+        grep -E -m 20 'ERROR|Fatal error|panic|SUMMARY|Test unit written|precondition' "$log" >&2 || true
+        return 1
+    fi
+    if [[ ${FUZZ_MERGE:-0} == 1 ]]; then
+        "$exe" -merge=1 "$seeds" "$corpus" >/dev/null 2>&1
+        echo "merged: $(ls "$seeds" | wc -l) seeds in Fixtures/fuzz/$name" >&2
+    fi
+}
+
+if [[ $1 == all ]]; then
+    build
+    failed=()
+    for t in "${targets[@]}"; do run_one "$t" "$2" || failed+=("$t"); done
+    if [[ ${#failed[@]} -gt 0 ]]; then echo "crashed: ${failed[*]}" >&2; exit 1; fi
+    echo "all ${#targets[@]} targets ran ${2}s each without a crash" >&2
+else
+    [[ " ${targets[*]} " == *" $1 "* ]] || usage
+    build --product "fuzz-$1"
+    run_one "$1" "$2"
+fi
