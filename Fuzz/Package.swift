@@ -26,5 +26,8 @@ let package = Package(
         .executableTarget(
             name: "fuzz-xs-engine",
             dependencies: ["FuzzSupport", .product(name: "XenStore", package: "XenPV"), .product(name: "XenABI", package: "XenPV")]),
+        .executableTarget(
+            name: "fuzz-daemon-wire",
+            dependencies: ["FuzzSupport", .product(name: "XenSimulatorDaemon", package: "XenPV")]),
     ]
 )
