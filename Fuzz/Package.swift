@@ -10,7 +10,10 @@ import PackageDescription
 
 let package = Package(
     name: "XenPVFuzz",
-    dependencies: [.package(name: "XenPV", path: "..")],
+    dependencies: [
+        .package(name: "XenPV", path: ".."),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
     targets: [
         .target(name: "CFuzzerDriver"),
         .target(name: "FuzzSupport", dependencies: ["CFuzzerDriver"]),
@@ -29,5 +32,15 @@ let package = Package(
         .executableTarget(
             name: "fuzz-daemon-wire",
             dependencies: ["FuzzSupport", .product(name: "XenSimulatorDaemon", package: "XenPV")]),
+        .executableTarget(
+            name: "fuzz-xenbus",
+            dependencies: [
+                "FuzzSupport",
+                .product(name: "XenBus", package: "XenPV"), .product(name: "XenStore", package: "XenPV"),
+                .product(name: "XenBlockBack", package: "XenPV"), .product(name: "XenBlockStorage", package: "XenPV"),
+                .product(name: "XenBlockProtocol", package: "XenPV"), .product(name: "XenNetProtocol", package: "XenPV"),
+                .product(name: "XenSimulator", package: "XenPV"), .product(name: "XenHypervisor", package: "XenPV"),
+                .product(name: "XenABI", package: "XenPV"), .product(name: "Logging", package: "swift-log"),
+            ]),
     ]
 )

@@ -17,7 +17,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 scratch="$root/.build-fuzz"
-targets=(blkif netif xs-wire xs-engine daemon-wire)
+targets=(blkif netif xs-wire xs-engine daemon-wire xenbus)
 
 usage() { echo "usage: $0 TARGET|all SECONDS   (targets: ${targets[*]})" >&2; exit 2; }
 [[ $# -ge 1 ]] || usage

@@ -1,0 +1,167 @@
+// XenBus device set-up with the key values a peer writes: the frontend's keys
+// blkback reads in BlockBackendDevice.connect (protocol, multi-queue-num-queues,
+// ring-page-order, ring-ref[N], event-channel, queue-N/…, feature-persistent),
+// and the XenBus accessors every driver reads keys with (readUnsigned,
+// readRequired, readFeature, readString, readState), plus the value parsers
+// behind them (BlkifABI(protocolName:), XenbusState(xenstoreValue:),
+// MACAddress(_:)).
+//
+// The store is an in-process XenStoreEngine (no server, no socket, no thread);
+// the hypervisor is a SimulatedHypervisor with a guest that granted nothing, so
+// whatever ring references blkback accepts, mapping them fails before any queue
+// thread starts. An async entry is driven to completion with a semaphore.
+//
+// Input: one byte per key choosing absent / one of a list of awkward values /
+// raw bytes from the input. Invariants: no trap; blkback refuses a queue count or
+// ring order beyond what it advertised, an unknown protocol, and missing or
+// malformed ring keys, and never gets as far as a mapping then; each accessor
+// returns exactly what its documentation says for the value written.
+import Dispatch
+import Logging
+import XenABI
+import XenBlockBack
+import XenBlockProtocol
+import XenBlockStorage
+import XenBus
+import XenHypervisor
+import XenNetProtocol
+import XenSimulator
+import XenStore
+
+/// XenStoreConnection over an in-process engine, speaking as `domain`.
+final class EngineStore: XenStoreConnection, @unchecked Sendable {
+    let engine: XenStoreEngine
+    let domain: DomainID
+    init(engine: XenStoreEngine, domain: DomainID) {
+        self.engine = engine
+        self.domain = domain
+    }
+    func request(_ type: XenStoreMessageType, payload: [UInt8]) async throws(XenStoreError) -> XenStoreMessage {
+        let reply = engine.perform(XenStoreMessage(type: type, payload: payload), as: domain)
+        _ = engine.takeOutbox()
+        if reply.type == .error {
+            throw XenStoreError(XenStoreError.Code(rawValue: reply.text), "\(type)")
+        }
+        return reply
+    }
+    func watchEvents(_ path: String) async throws(XenStoreError) -> AsyncStream<XenStoreWatchEvent> {
+        AsyncStream { $0.finish() }
+    }
+    func inTransaction<T: Sendable>(_ body: (any XenStoreOperations) async throws -> T) async throws -> T {
+        try await body(self)
+    }
+}
+
+final class Box<T>: @unchecked Sendable { var value: T? }
+
+/// Runs an async body to completion on the caller's thread's behalf.
+func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async -> T) -> T {
+    let box = Box<T>()
+    let done = DispatchSemaphore(value: 0)
+    Task.detached {
+        box.value = await body()
+        done.signal()
+    }
+    done.wait()
+    return box.value!
+}
+
+let hypervisor = SimulatedHypervisor(dom0Frames: 64)
+let guest = try! hypervisor.createDomain(frames: 64)
+let disk = BlockBackendDisk(byteCount: 1 << 20) { try MemoryStorage(byteCount: 1 << 20) }
+let quiet = Logger(label: "fuzz") { _ in SwiftLogNoOpLogHandler() }
+
+let awkward: [String] = [
+    "0", "1", "2", "3", "4", "5", "16", "255", "4294967295", "4294967296", "9223372036854775807",
+    "9223372036854775808", "18446744073709551615", "18446744073709551616", "-1", "", " 1", "1 ", "+1",
+    "0x10", "01", "1\u{0}", "x86_64-abi", "x86_32-abi", "arm-abi", "00:16:3e:00:00:01", "00:16:3E:00:00:0",
+    "zz:16:3e:00:00:01", "\u{e9}", "4\n",
+]
+
+struct Input {
+    var bytes: UnsafeRawBufferPointer
+    var at = 0
+    mutating func byte() -> UInt8 {
+        guard at < bytes.count else { return 0 }
+        defer { at += 1 }
+        return bytes[at]
+    }
+    /// nil (absent), one of `awkward`, or up to 15 raw bytes.
+    mutating func value() -> [UInt8]? {
+        let b = byte()
+        if b == 0 { return nil }
+        if b < 0x80 { return Array(awkward[Int(b) % awkward.count].utf8) }
+        let end = min(bytes.count, at + Int(b & 15))
+        defer { at = end }
+        return Array(bytes[at..<end])
+    }
+}
+
+let frontendKeys = [
+    "protocol", "multi-queue-num-queues", "ring-page-order", "ring-ref", "ring-ref0", "ring-ref1", "ring-ref2",
+    "ring-ref3", "event-channel", "queue-0/ring-ref", "queue-0/event-channel", "queue-1/ring-ref",
+    "queue-1/event-channel", "queue-0/ring-ref0", "queue-0/ring-ref1", "feature-persistent", "state",
+]
+
+func fuzzOne(_ bytes: UnsafeRawBufferPointer) {
+    var input = Input(bytes: bytes)
+    let engine = XenStoreEngine(logger: quiet)
+    let store = EngineStore(engine: engine, domain: .dom0)
+    let device = XenbusDevice(type: "vbd", id: 51712, frontend: guest.domainID)
+    let fe = device.frontendPath
+    var written: [String: [UInt8]] = [:]
+    for key in frontendKeys {
+        guard let value = input.value() else { continue }
+        let reply = engine.perform(XenStoreMessage(type: .write, payload: Array("\(fe)/\(key)".utf8) + [0] + value), as: .dom0)
+        precondition(reply.type == .write, "dom0 could not write \(key)")
+        written[key] = value
+    }
+    _ = engine.takeOutbox()
+    // A read's text drops one trailing NUL (replies like XS_READ's carry none).
+    let texts = written.mapValues { String(decoding: $0.last == 0 ? $0.dropLast() : $0[...], as: UTF8.self) }
+    @Sendable func text(_ key: String) -> String? { texts[key] }
+
+    // The accessors, against what was written.
+    runBlocking {
+        for key in frontendKeys {
+            let t = text(key)
+            let unsigned = try! await store.readUnsigned(fe, key, default: 7)
+            precondition(unsigned == (t.flatMap { UInt64($0) } ?? 7), "readUnsigned \(key)")
+            let required = try? await store.readRequired(fe, key, limit: 4096)
+            precondition(required == t.flatMap { UInt64($0) }.flatMap { $0 <= 4096 ? $0 : nil }, "readRequired \(key)")
+            let feature = try! await store.readFeature(fe, key, default: true)
+            precondition(feature == (t == "0" ? false : true), "readFeature \(key)")
+            let string = try! await store.readString(fe, key, default: "d")
+            precondition(string == (t ?? "d"), "readString \(key)")
+        }
+        let state = try! await store.readState(fe)
+        precondition(state == text("state").flatMap { XenbusState(xenstoreValue: $0) })
+        if let state { precondition(XenbusState(xenstoreValue: state.xenstoreValue) == state) }
+    }
+    for key in frontendKeys {
+        guard let t = text(key) else { continue }
+        if let abi = BlkifABI(protocolName: t) { precondition(abi.protocolName == t) }
+        if let mac = MACAddress(t) { precondition(MACAddress(mac.description) == mac) }
+    }
+
+    // blkback's connect on those keys.
+    let options = BlockBackendOptions()
+    let backend = BlockBackendDevice(device: device, store: store, hypervisor: hypervisor.dom0, disk: disk,
+                                     options: options, logger: quiet)
+    let outcome: (any Error)? = runBlocking {
+        do { try await backend.connect(); return nil } catch { return error }
+    }
+    guard let outcome else {
+        // Only possible if every ring reference named a grant the guest made: it made none.
+        preconditionFailure("blkback connected to a guest that granted nothing")
+    }
+    // A refusal from the keys themselves whenever they are out of what blkback offered.
+    let queues = text("multi-queue-num-queues").map { UInt64($0) ?? 1 } ?? 1
+    let order = text("ring-page-order").map { UInt64($0) ?? 0 } ?? 0
+    let protocolName = text("protocol") ?? BlkifABI.native.protocolName
+    if queues == 0 || queues > UInt64(options.maxQueues) || order > UInt64(options.maxRingPageOrder)
+        || BlkifABI(protocolName: protocolName) == nil {
+        precondition(outcome is BlockBackendError, "bad keys refused with \(outcome), not a BlockBackendError")
+    }
+    precondition(backend.queues.isEmpty)
+}
