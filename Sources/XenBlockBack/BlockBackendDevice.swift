@@ -127,14 +127,18 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
         let frontend = device.frontendDomain
         let abiName = try await store.readString(fe, XenbusKey.protocolName, default: BlkifABI.native.protocolName)
         guard let abi = BlkifABI(protocolName: abiName) else { throw BlockBackendError("unsupported protocol \(abiName)") }
-        let queueCount = Int(try await store.readUnsigned(fe, XenbusKey.multiQueueNumQueues, default: 1))
-        guard queueCount >= 1 && queueCount <= options.maxQueues else {
-            throw BlockBackendError("multi-queue-num-queues \(queueCount) outside 1...\(options.maxQueues)")
+        // Checked as the guest wrote them (UInt64) before narrowing: Int(_:) of a value
+        // past Int.max would trap dom0's process (found by Fuzz/ fuzz-xenbus).
+        let queueValue = try await store.readUnsigned(fe, XenbusKey.multiQueueNumQueues, default: 1)
+        guard queueValue >= 1 && queueValue <= UInt64(options.maxQueues) else {
+            throw BlockBackendError("multi-queue-num-queues \(queueValue) outside 1...\(options.maxQueues)")
         }
-        let order = Int(try await store.readUnsigned(fe, XenbusKey.ringPageOrder, default: 0))
-        guard order <= options.maxRingPageOrder else {
-            throw BlockBackendError("ring-page-order \(order) above max-ring-page-order \(options.maxRingPageOrder)")
+        let queueCount = Int(queueValue)
+        let orderValue = try await store.readUnsigned(fe, XenbusKey.ringPageOrder, default: 0)
+        guard orderValue <= UInt64(options.maxRingPageOrder) else {
+            throw BlockBackendError("ring-page-order \(orderValue) above max-ring-page-order \(options.maxRingPageOrder)")
         }
+        let order = Int(orderValue)
         var rings: [(refs: [GrantRef], port: EventPort)] = []
         for q in 0..<queueCount {
             let dir = queueCount == 1 ? fe : "\(fe)/queue-\(q)"
