@@ -42,5 +42,13 @@ let package = Package(
                 .product(name: "XenSimulator", package: "XenPV"), .product(name: "XenHypervisor", package: "XenPV"),
                 .product(name: "XenABI", package: "XenPV"), .product(name: "Logging", package: "swift-log"),
             ]),
+        // Not a fuzz target: writes every target's seeds from the project's encoders.
+        .executableTarget(
+            name: "fuzz-seeds",
+            dependencies: [
+                .product(name: "XenBlockProtocol", package: "XenPV"), .product(name: "XenNetProtocol", package: "XenPV"),
+                .product(name: "XenStore", package: "XenPV"), .product(name: "XenSimulatorDaemon", package: "XenPV"),
+                .product(name: "XenABI", package: "XenPV"),
+            ]),
     ]
 )
