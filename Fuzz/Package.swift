@@ -37,7 +37,8 @@ let package = Package(
             dependencies: [
                 "FuzzSupport",
                 .product(name: "XenBus", package: "XenPV"), .product(name: "XenStore", package: "XenPV"),
-                .product(name: "XenBlockBack", package: "XenPV"), .product(name: "XenBlockStorage", package: "XenPV"),
+                .product(name: "XenBlockBack", package: "XenPV"), .product(name: "XenBlockFront", package: "XenPV"),
+                .product(name: "XenBlockStorage", package: "XenPV"),
                 .product(name: "XenBlockProtocol", package: "XenPV"), .product(name: "XenNetProtocol", package: "XenPV"),
                 .product(name: "XenSimulator", package: "XenPV"), .product(name: "XenHypervisor", package: "XenPV"),
                 .product(name: "XenABI", package: "XenPV"), .product(name: "Logging", package: "swift-log"),

@@ -50,7 +50,7 @@ run_one() {
     # -rss_limit_mb: ASan's quarantine alone takes a few hundred MB.
     SWIFT_BACKTRACE=enable=no "$exe" -max_total_time="$seconds" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
         -artifact_prefix="$artifacts/" $(flags_for "$name") ${FUZZ_FLAGS:-} "$corpus" >"$log" 2>&1 || status=$?
-    grep -E '^#[0-9]+ +DONE' "$log" | tail -1 || true
+    grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1 || true
     grep -E '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' "$log" || true
     if [[ $status -ne 0 ]]; then
         echo "fuzz-$name FAILED (exit $status); log $log, input in $artifacts/:" >&2

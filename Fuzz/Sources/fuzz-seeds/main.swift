@@ -128,11 +128,16 @@ let records: [(String, WireMessage)] = [
 ]
 for (name, r) in records { save("daemon-wire", name, r.encoded()) }
 
-// xenbus: one byte per key (0 absent, <0x80 an awkward value, else raw bytes), in the
-// order protocol, multi-queue-num-queues, ring-page-order, ring-ref, ring-ref0..3,
-// event-channel, queue-0/…, queue-1/…, feature-persistent, state.
-save("xenbus", "single-ring", [0x17, 0, 0, 0x06, 0, 0, 0, 0, 0x02, 0, 0, 0, 0, 0, 0, 0x01, 0x04])
-save("xenbus", "order-2", [0x17, 0x01, 0x02, 0, 0x04, 0x05, 0x06, 0x07, 0x02, 0, 0, 0, 0, 0, 0, 0x01, 0x03])
-save("xenbus", "two-queues", [0x18, 0x02, 0, 0, 0, 0, 0, 0, 0, 0x05, 0x01, 0x06, 0x02, 0, 0, 0, 0x05])
-save("xenbus", "raw", [0x83, 0x61, 0x72, 0x6d, 0x82, 0x31, 0x30, 0, 0x81, 0x38])
+// xenbus: a side byte (even: blkback, odd: blkfront), then one byte per key (0 absent,
+// <0x80 an awkward value, else raw bytes). blkback's keys: protocol,
+// multi-queue-num-queues, ring-page-order, ring-ref, ring-ref0..3, event-channel,
+// queue-0/…, queue-1/…, feature-persistent, state. blkfront's: multi-queue-max-queues,
+// max-ring-page-order, sectors, sector-size, info, mode, feature-max-indirect-segments,
+// feature-flush-cache, feature-barrier, feature-discard.
+save("xenbus", "frontend-plain", [1, 0x02, 0x01, 0x06, 0, 0, 0, 0x07, 0x01, 0x01, 0x01])
+save("xenbus", "frontend-readonly", [1, 0x01, 0, 0x07, 0, 0x01, 0x81, 0x72, 0, 0x02, 0, 0])
+save("xenbus", "single-ring", [0, 0x17, 0, 0, 0x06, 0, 0, 0, 0, 0x02, 0, 0, 0, 0, 0, 0, 0x01, 0x04])
+save("xenbus", "order-2", [0, 0x17, 0x01, 0x02, 0, 0x04, 0x05, 0x06, 0x07, 0x02, 0, 0, 0, 0, 0, 0, 0x01, 0x03])
+save("xenbus", "two-queues", [0, 0x18, 0x02, 0, 0, 0, 0, 0, 0, 0, 0x05, 0x01, 0x06, 0x02, 0, 0, 0, 0x05])
+save("xenbus", "raw", [0, 0x83, 0x61, 0x72, 0x6d, 0x82, 0x31, 0x30, 0, 0x81, 0x38])
 print("seeds written under \(root.path)")

@@ -11,8 +11,9 @@
 // whatever ring references blkback accepts, mapping them fails before any queue
 // thread starts. An async entry is driven to completion with a semaphore.
 //
-// Input: one byte per key choosing absent / one of a list of awkward values /
-// raw bytes from the input. Invariants: no trap; blkback refuses a queue count or
+// Input: byte 0 picks the side (even: blkback reading a frontend's keys, odd:
+// blkfront reading a backend's), then one byte per key choosing absent / one of
+// a list of awkward values / raw bytes from the input. Invariants: no trap; blkback refuses a queue count or
 // ring order beyond what it advertised, an unknown protocol, and missing or
 // malformed ring keys, and never gets as far as a mapping then; each accessor
 // returns exactly what its documentation says for the value written.
@@ -20,6 +21,7 @@ import Dispatch
 import Logging
 import XenABI
 import XenBlockBack
+import XenBlockFront
 import XenBlockProtocol
 import XenBlockStorage
 import XenBus
@@ -97,6 +99,16 @@ struct Input {
     }
 }
 
+/// What blkfront reads from the backend's directory in prepare and connect.
+let backendKeys = [
+    "multi-queue-max-queues", "max-ring-page-order", "sectors", "sector-size", "info", "mode",
+    "feature-max-indirect-segments", "feature-flush-cache", "feature-barrier", "feature-discard",
+]
+let guestSharer = try! guest.openGrantSharer()
+let blockFrontend = BlockFrontend()
+// The smallest pool a queue accepts (one direct request, BLKIF_MAX_SEGMENTS_PER_REQUEST pages, twice).
+let frontendOptions = BlockFrontendOptions(queues: 2, ringPageOrder: 1, poolPages: 22)
+
 let frontendKeys = [
     "protocol", "multi-queue-num-queues", "ring-page-order", "ring-ref", "ring-ref0", "ring-ref1", "ring-ref2",
     "ring-ref3", "event-channel", "queue-0/ring-ref", "queue-0/event-channel", "queue-1/ring-ref",
@@ -104,10 +116,15 @@ let frontendKeys = [
 ]
 
 func fuzzOne(_ bytes: UnsafeRawBufferPointer) {
-    var input = Input(bytes: bytes)
+    guard let side = bytes.first else { return }
+    var input = Input(bytes: UnsafeRawBufferPointer(rebasing: bytes.dropFirst()))
     let engine = XenStoreEngine(logger: quiet)
     let store = EngineStore(engine: engine, domain: .dom0)
     let device = XenbusDevice(type: "vbd", id: 51712, frontend: guest.domainID)
+    if side & 1 == 1 {
+        frontendSide(&input, engine: engine, store: store, device: device)
+        return
+    }
     let fe = device.frontendPath
     var written: [String: [UInt8]] = [:]
     for key in frontendKeys {
@@ -164,4 +181,37 @@ func fuzzOne(_ bytes: UnsafeRawBufferPointer) {
         precondition(outcome is BlockBackendError, "bad keys refused with \(outcome), not a BlockBackendError")
     }
     precondition(backend.queues.isEmpty)
+}
+
+/// blkfront's prepare and connect on the keys a backend wrote (the other side).
+func frontendSide(_ input: inout Input, engine: XenStoreEngine, store: EngineStore, device: XenbusDevice) {
+    var backendWritten: [String: String] = [:]
+    for key in backendKeys {
+        guard let value = input.value() else { continue }
+        let reply = engine.perform(
+            XenStoreMessage(type: .write, payload: Array("\(device.backendPath)/\(key)".utf8) + [0] + value), as: .dom0)
+        precondition(reply.type == .write, "dom0 could not write \(key)")
+        backendWritten[key] = String(decoding: value.last == 0 ? value.dropLast() : value[...], as: UTF8.self)
+    }
+    _ = engine.takeOutbox()
+    let driver = BlockFrontendDriver(device: device, store: store, hypervisor: guest, sharer: guestSharer,
+                                     frontend: blockFrontend, options: frontendOptions)
+    let connected: Bool = runBlocking {
+        defer { _ = driver }
+        do {
+            try await driver.prepare()
+            try await driver.connect()
+            return true
+        } catch {
+            return false
+        }
+    }
+    if connected {
+        guard let info = blockFrontend.info else { preconditionFailure("connected without device info") }
+        precondition(info.maxIndirectSegments <= BlockDeviceLimits.maxIndirectSegmentsLimit)
+        precondition(String(info.sectors) == backendWritten["sectors"], "sectors \(info.sectors)")
+        precondition(driver.sharedResources.count <= frontendOptions.queues)
+    }
+    runBlocking { await driver.disconnect() }
+    precondition(driver.sharedResources.isEmpty)
 }
