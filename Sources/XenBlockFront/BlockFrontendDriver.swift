@@ -59,8 +59,10 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
 
     public func prepare() async throws {
         let be = device.backendPath
-        let maxQueues = Int(try await store.readUnsigned(be, XenbusKey.multiQueueMaxQueues, default: 1))
-        let maxOrder = Int(try await store.readUnsigned(be, XenbusKey.maxRingPageOrder, default: 0))
+        // Clamped, not Int(_:): a backend's value past Int.max must not trap the guest
+        // (found by Fuzz/ fuzz-xenbus); anything that large is capped by our options below.
+        let maxQueues = Int(clamping: try await store.readUnsigned(be, XenbusKey.multiQueueMaxQueues, default: 1))
+        let maxOrder = Int(clamping: try await store.readUnsigned(be, XenbusKey.maxRingPageOrder, default: 0))
         let queues = max(1, min(options.queues, maxQueues))
         let order = max(0, min(options.ringPageOrder, maxOrder))
         var made: [BlockFrontQueueResources] = []
@@ -107,7 +109,7 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
         guard sectorSize == 512 else { throw BlockFrontError(.notSupported, "sector-size \(sectorSize) (only 512 is served)") }
         let infoBits = try await store.readUnsigned(be, XenbusKey.info, default: 0)
         let mode = try await store.readString(be, XenbusKey.mode, default: "w")
-        let indirect = options.indirect ? Int(try await store.readUnsigned(be, XenbusKey.featureMaxIndirectSegments, default: 0)) : 0
+        let indirect = options.indirect ? Int(clamping: try await store.readUnsigned(be, XenbusKey.featureMaxIndirectSegments, default: 0)) : 0
         let info = BlockDeviceInfo(
             sectors: sectors, sectorSize: 512,
             readOnly: infoBits & UInt64(VDISK_READONLY) != 0 || mode == "r",

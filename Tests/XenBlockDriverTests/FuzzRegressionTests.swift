@@ -2,6 +2,8 @@ import Logging
 import Testing
 import XenABI
 import XenBlockBack
+import XenBlockFront
+import XenBlockProtocol
 import XenBlockStorage
 import XenBus
 import XenSimulator
@@ -51,5 +53,33 @@ private final class EngineStore: XenStoreConnection, @unchecked Sendable {
             logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
         await #expect(throws: BlockBackendError.self) { try await backend.connect() }
         #expect(backend.queues.isEmpty)
+    }
+}
+
+@Suite struct BlockFrontendFuzzRegressionTests {
+    /// fuzz-xenbus (input Fixtures/fuzz/xenbus/crash-max-queues): a backend that wrote
+    /// `multi-queue-max-queues` (or `max-ring-page-order`, `feature-max-indirect-segments`)
+    /// past Int.max trapped the guest in `Int(_:)`; such a value now only means "as many
+    /// as the frontend wants", capped by its own options.
+    @Test(arguments: ["multi-queue-max-queues", "max-ring-page-order", "feature-max-indirect-segments"])
+    func aHugeBackendValueIsCapped(key: String) async throws {
+        let hv = SimulatedHypervisor(dom0Frames: 64)
+        let guest = try hv.createDomain(frames: 256)
+        let sharer = try guest.openGrantSharer()
+        defer { sharer.close() }
+        let store = EngineStore(domain: .dom0)
+        let device = XenbusDevice(type: "vbd", id: 51712, frontend: guest.domainID)
+        try await store.write(device.backendPath + "/" + key, "9223372036854775808")
+        try await store.write(device.backendPath + "/sectors", "2048")
+        let frontend = BlockFrontend()
+        defer { frontend.shutdown() }
+        let driver = BlockFrontendDriver(device: device, store: store, hypervisor: guest, sharer: sharer, frontend: frontend,
+                                         options: BlockFrontendOptions(queues: 2, ringPageOrder: 1, poolPages: 22))
+        try await driver.prepare()
+        #expect(driver.sharedResources.count == (key == "multi-queue-max-queues" ? 2 : 1))
+        try await driver.connect()
+        #expect(frontend.info?.maxIndirectSegments ?? -1 <= BlockDeviceLimits.maxIndirectSegmentsLimit)
+        await driver.disconnect()
+        #expect(driver.sharedResources.isEmpty)
     }
 }
