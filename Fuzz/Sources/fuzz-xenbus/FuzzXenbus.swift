@@ -209,7 +209,7 @@ func frontendSide(_ input: inout Input, engine: XenStoreEngine, store: EngineSto
     if connected {
         guard let info = blockFrontend.info else { preconditionFailure("connected without device info") }
         precondition(info.maxIndirectSegments <= BlockDeviceLimits.maxIndirectSegmentsLimit)
-        precondition(String(info.sectors) == backendWritten["sectors"], "sectors \(info.sectors)")
+        precondition(backendWritten["sectors"].flatMap { UInt64($0) } == info.sectors, "sectors \(info.sectors)")
         precondition(driver.sharedResources.count <= frontendOptions.queues)
     }
     runBlocking { await driver.disconnect() }
