@@ -54,7 +54,7 @@ run_one() {
     grep -E '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' "$log" || true
     if [[ $status -ne 0 ]]; then
         echo "fuzz-$name FAILED (exit $status); log $log, input in $artifacts/:" >&2
-        grep -E -m 20 'ERROR|Fatal error|panic|SUMMARY|Test unit written|precondition' "$log" >&2 || true
+        grep -E -m 20 'ERROR|Fatal error|Precondition failed|SUMMARY|Test unit written' "$log" >&2 || true
         return 1
     fi
     if [[ ${FUZZ_MERGE:-0} == 1 ]]; then
