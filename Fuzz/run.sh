@@ -12,7 +12,9 @@
 # the crashing input is left in .build-fuzz/artifacts/<target>/. New inputs
 # go to a scratch copy of the corpus (.build-fuzz/corpus/<target>), so a run
 # never changes the checked-in seeds; FUZZ_MERGE=1 merges what it found back
-# into Fixtures/fuzz/<target>/ (libFuzzer -merge=1 keeps only new coverage).
+# into Fixtures/fuzz/<target>/: a greedy set cover of new edges only
+# (-set_cover_merge=1 -use_counters=0), which keeps the checked-in corpora to a
+# few dozen files per target.
 # Extra libFuzzer flags can be passed in FUZZ_FLAGS.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -58,7 +60,7 @@ run_one() {
         return 1
     fi
     if [[ ${FUZZ_MERGE:-0} == 1 ]]; then
-        SWIFT_BACKTRACE=enable=no "$exe" -merge=1 $(flags_for "$name") "$seeds" "$corpus" >/dev/null 2>&1
+        SWIFT_BACKTRACE=enable=no "$exe" -set_cover_merge=1 -use_counters=0 $(flags_for "$name") "$seeds" "$corpus" >/dev/null 2>&1
         echo "merged: $(ls "$seeds" | wc -l) seeds in Fixtures/fuzz/$name" >&2
     fi
 }
