@@ -261,11 +261,15 @@ public struct DaemonReport: Sendable, Hashable, CustomStringConvertible {
     public var calls: UInt64
 
     init(words: [UInt64]) throws(HypervisorError) {
-        guard words.count >= 6, words.count == 6 + Int(words[4]) else { throw HypervisorError(.closed, "malformed report") }
-        mappings = Int(words[1])
-        ports = Int(words[2])
-        processes = Int(words[3])
-        domains = words[5..<(5 + Int(words[4]))].map { DomainID(UInt16(truncatingIfNeeded: $0)) }
+        // Counts past Int.max are malformed too, not a trap (found by Fuzz/ fuzz-daemon-wire).
+        guard words.count >= 6, words[4] == UInt64(words.count - 6),
+            let mappings = Int(exactly: words[1]), let ports = Int(exactly: words[2]),
+            let processes = Int(exactly: words[3])
+        else { throw HypervisorError(.closed, "malformed report") }
+        self.mappings = mappings
+        self.ports = ports
+        self.processes = processes
+        domains = words[5..<(words.count - 1)].map { DomainID(UInt16(truncatingIfNeeded: $0)) }
         calls = words[words.count - 1]
     }
 
