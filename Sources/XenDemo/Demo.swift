@@ -20,6 +20,9 @@ public struct DemoOptions: Sendable {
     public var diskBytes: UInt64 = 256 << 20
     /// Bytes written at random offsets, then read back and checked.
     public var diskWriteBytes = 32 << 20
+    /// Seconds each handshake (and each unplug) may take: a machine whose cores
+    /// are busy with other work (tests run in parallel) needs more than an idle one.
+    public var handshakeSeconds: Double = 10
 
     public init() {}
 }
@@ -91,7 +94,7 @@ public struct Demo: Sendable {
                                       peerPath: vif.backendPath, driver: frontend, logger: logger)
         let frontendTask = Task { try await endpoint.run() }
         let started = Date()
-        guard await waitUntil(seconds: 10, { endpoint.state == .connected && host.netBackend.vifs.first?.state == .connected }) else {
+        guard await waitUntil(seconds: options.handshakeSeconds, { endpoint.state == .connected && host.netBackend.vifs.first?.state == .connected }) else {
             throw DemoError("the vif did not connect: frontend \(endpoint.state), backend \(host.netBackend.vifs.first?.state.description ?? "none")")
         }
         say("XenBus handshake: frontend and backend Connected in \(milliseconds(since: started)) ms "
@@ -115,7 +118,7 @@ public struct Demo: Sendable {
         endpoint.requestClose()
         try await frontendTask.value
         try await XenbusToolstack.remove(vif, on: host.store)
-        _ = await waitUntil(seconds: 10, { host.netBackend.vifs.isEmpty })
+        _ = await waitUntil(seconds: options.handshakeSeconds, { host.netBackend.vifs.isEmpty })
         report.leftovers = await host.shutdown()
         say(report.leftovers.isEmpty ? "Hypervisor shut down: no mapped grants, granted pages or open ports left"
                                      : "Hypervisor shut down with leftovers:\n\(report.leftovers)")
@@ -148,7 +151,7 @@ public struct Demo: Sendable {
                                       peerPath: vbd.backendPath, driver: driver, logger: logger)
         let task = Task { try await endpoint.run() }
         let started = Date()
-        guard await waitUntil(seconds: 10, { endpoint.state == .connected && driver.frontend.info != nil }) else {
+        guard await waitUntil(seconds: options.handshakeSeconds, { endpoint.state == .connected && driver.frontend.info != nil }) else {
             throw DemoError("the disk did not connect: frontend \(endpoint.state)")
         }
         let info = driver.frontend.info!

@@ -32,8 +32,8 @@ private final class EngineStore: XenStoreConnection, @unchecked Sendable {
 @Suite struct BlockBackendFuzzRegressionTests {
     /// fuzz-xenbus (input Fixtures/fuzz/xenbus/crash-num-queues): a guest that wrote
     /// `multi-queue-num-queues` (or `ring-page-order`) past Int.max trapped dom0's
-    /// backend process in `Int(_:)` during connect; it is now refused like any value
-    /// above what blkback advertised.
+    /// backend process in `Int(_:)` during connect; it is now refused, through the
+    /// checked parser, like any value above what blkback advertised.
     @Test(arguments: [
         ("multi-queue-num-queues", "18446744073709551615"), ("multi-queue-num-queues", "9223372036854775808"),
         ("ring-page-order", "18446744073709551615"), ("ring-page-order", "9223372036854775808"),
@@ -51,7 +51,7 @@ private final class EngineStore: XenStoreConnection, @unchecked Sendable {
             device: device, store: store, hypervisor: hv.dom0,
             disk: BlockBackendDisk(byteCount: 1 << 20) { try MemoryStorage(byteCount: 1 << 20) },
             logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
-        await #expect(throws: BlockBackendError.self) { try await backend.connect() }
+        await #expect(throws: XenstoreValueError.self) { try await backend.connect() }
         #expect(backend.queues.isEmpty)
     }
 }
@@ -59,8 +59,9 @@ private final class EngineStore: XenStoreConnection, @unchecked Sendable {
 @Suite struct BlockFrontendFuzzRegressionTests {
     /// fuzz-xenbus (input Fixtures/fuzz/xenbus/crash-max-queues): a backend that wrote
     /// `multi-queue-max-queues` (or `max-ring-page-order`, `feature-max-indirect-segments`)
-    /// past Int.max trapped the guest in `Int(_:)`; such a value now only means "as many
-    /// as the frontend wants", capped by its own options.
+    /// past Int.max trapped the guest in `Int(_:)`. blkif.h makes them `uint32_t`: the
+    /// largest such value only means "as many as the frontend wants", capped by its own
+    /// options; anything past it is refused by the checked parser (tested there).
     @Test(arguments: ["multi-queue-max-queues", "max-ring-page-order", "feature-max-indirect-segments"])
     func aHugeBackendValueIsCapped(key: String) async throws {
         let hv = SimulatedHypervisor(dom0Frames: 64)
@@ -69,7 +70,7 @@ private final class EngineStore: XenStoreConnection, @unchecked Sendable {
         defer { sharer.close() }
         let store = EngineStore(domain: .dom0)
         let device = XenbusDevice(type: "vbd", id: 51712, frontend: guest.domainID)
-        try await store.write(device.backendPath + "/" + key, "9223372036854775808")
+        try await store.write(device.backendPath + "/" + key, "\(UInt32.max)")
         try await store.write(device.backendPath + "/sectors", "2048")
         let frontend = BlockFrontend()
         defer { frontend.shutdown() }

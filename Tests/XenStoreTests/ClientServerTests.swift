@@ -45,7 +45,7 @@ struct ClientServerTests {
         }
         var count = s.server.connectionCount()
         for _ in 0..<300 where count != 1 {
-            usleep(10_000)
+            try? await Task.sleep(nanoseconds: 10_000_000)
             count = s.server.connectionCount()
         }
         #expect(count == 1)

@@ -23,13 +23,13 @@ struct ForegroundTests {
         var c: XenStoreClient?
         for _ in 0..<500 where c == nil {
             c = try? XenStoreClient(socketPath: path)
-            if c == nil { usleep(10_000) }
+            if c == nil { try? await Task.sleep(nanoseconds: 10_000_000) }
         }
         let client = try #require(c)
         try await client.write("/fg", "1")
         #expect(try await client.read("/fg") == "1")
         kill(getpid(), SIGTERM)
-        for _ in 0..<500 where result.withLock({ $0 }) == nil { usleep(10_000) }
+        for _ in 0..<500 where result.withLock({ $0 }) == nil { try? await Task.sleep(nanoseconds: 10_000_000) }
         #expect(result.withLock { $0 } == SIGTERM)
         #expect(!FileManager.default.fileExists(atPath: path))
         await #expect(throws: XenStoreError.self) { _ = try await client.read("/fg") }

@@ -206,7 +206,7 @@ struct RingTransportTests {
         let transport = try XenStoreRingTransport(hypervisor: w.guest)
         let g = XenStoreClient(transport: transport)
         let early = Task { try await g.read("early") }
-        usleep(50_000)  // the request sits in the ring; its notify went nowhere
+        try? await Task.sleep(nanoseconds: 50_000_000)  // the request sits in the ring; its notify went nowhere
         try w.server.introduceDomain(w.guest.domainID, ringRef: transport.ringRef, eventPort: transport.port)
         #expect(try await withTimeout(5) { try await early.value } == "bird")
         g.close()
@@ -230,7 +230,7 @@ struct RingTransportTests {
         var reply: [UInt8] = []
         for _ in 0..<300 where reply.count < 19 {
             reply += try ring.read(upTo: 64)
-            if reply.count < 19 { usleep(10_000) }
+            if reply.count < 19 { try? await Task.sleep(nanoseconds: 10_000_000) }
         }
         #expect(reply.count == 19)
         #expect(Array(reply.suffix(3)) == Array("OK\0".utf8))

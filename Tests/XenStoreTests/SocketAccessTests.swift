@@ -134,7 +134,7 @@ struct SocketAccessTests {
         _ = consume kept
         var count = s.server.connectionCount()
         for _ in 0..<300 where count != 0 {
-            usleep(10_000)
+            try? await Task.sleep(nanoseconds: 10_000_000)
             count = s.server.connectionCount()
         }
         let c = try s.client()
