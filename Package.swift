@@ -168,6 +168,9 @@ let package = Package(
             name: "XenNetTap",
             dependencies: ["CTap", "XenNetProtocol", .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "NetTestSupport", path: "Tests/NetTestSupport"),
+        // Test-only: what the block and net driver tests share (a hostile flooding
+        // frontend's thread, a grant mapper that watches unmaps).
+        .target(name: "DriverTestSupport", dependencies: ["XenHypervisor", "XenABI", "XenLocks"], path: "Tests/DriverTestSupport"),
         .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap", "NetTestSupport"]),
         // Layer 6, network drivers: netback (dom0) and netfront (guest).
         .target(
@@ -189,7 +192,8 @@ let package = Package(
             name: "XenNetDriverTests",
             dependencies: [
                 "XenNetBack", "XenNetFront", "XenNetProtocol", "XenNetTap", "XenRing", "XenSimulator", "XenHypervisor",
-                "XenABI", "CXen", "NetTestSupport", "XenBus", "XenStore", "XenLocks", "XenDriverRuntime", .product(name: "Logging", package: "swift-log"),
+                "XenABI", "CXen", "NetTestSupport", "DriverTestSupport", "XenBus", "XenStore", "XenLocks", "XenDriverRuntime",
+                .product(name: "Logging", package: "swift-log"),
             ]),
 
         // The real-Xen world: the hypervisor protocols on Xen's own libraries,
@@ -283,6 +287,7 @@ let package = Package(
             dependencies: [
                 "XenBlockBack", "XenBlockFront", "XenBlockBenchmark", "XenBlockProtocol", "XenBlockStorage", "XenRing",
                 "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks", "XenDriverRuntime",
+                "DriverTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),

@@ -1,5 +1,6 @@
 import CXen
 import Foundation
+import DriverTestSupport
 import Testing
 import XenABI
 import XenBlockBack
@@ -162,7 +163,7 @@ struct BlockFloodedStopTests {
         }
         try f.shareAndMap()
         try f.startBackend()
-        let flood = RingFlooder(f.resources[0])
+        let flood = try ringFlooder(f.resources[0])
         flood.start()
         let queue = f.backends[0].queue
         // Several rings' worth answered: the flood is on and the queue is serving it.

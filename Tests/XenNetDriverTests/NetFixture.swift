@@ -1,3 +1,4 @@
+import DriverTestSupport
 import CXen
 import Foundation
 import Glibc

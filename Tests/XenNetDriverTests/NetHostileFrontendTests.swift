@@ -1,5 +1,6 @@
 import CXen
 import Foundation
+import DriverTestSupport
 import Testing
 import XenABI
 import XenDriverRuntime
@@ -106,7 +107,7 @@ struct NetHostileFrontendTests {
 struct NetFloodedStopTests {
     @Test func stopReturnsUnderAFloodAndTheRingsAreUnmappedAfterTheThreadExited() async throws {
         let f = try NetFixture()
-        let flood = try TxRingFlooder(f)
+        let flood = try txRingFlooder(f)
         try f.startBackend()
         flood.start()
         let vif: VifQueue = f.vif

@@ -15,18 +15,6 @@ extension ProcessTests {
         /// Written in the pages granted to the prober, so the probe is shown to find what it may.
         static let granted: [UInt8] = Array("granted-to-the-prober-987654321".utf8)
 
-        func rawConnection(_ path: String) throws -> Int32 {
-            let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0)
-            var addr = sockaddr_un()
-            addr.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
-            let rc = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
-            try #require(rc == 0)
-            return fd
-        }
-
         func call(_ fd: Int32, _ m: WireMessage) throws -> WireMessage {
             try #require(Wire.send(fd, m))
             return try #require(Wire.receive(fd))

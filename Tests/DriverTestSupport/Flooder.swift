@@ -1,0 +1,56 @@
+import Dispatch
+import Foundation
+import XenLocks
+
+/// A hostile frontend's thread that never lets a ring go idle: it runs `turn` (fill
+/// every free slot, push, ring, take the responses; returns how many it took) until
+/// told to stop, and keeps going after the backend is gone (the ring is the guest's).
+public final class Flooder: @unchecked Sendable {
+    // @unchecked: `turn` runs only on the flooding thread; the rest is locked.
+    private let turn: () -> Int
+    private let stopping = Locked(false)
+    private let done = DispatchSemaphore(value: 0)
+    private let progress = Locked<(responses: Int, waiter: (count: Int, CheckedContinuation<Void, Never>)?)>((0, nil))
+
+    public init(turn: @escaping () -> Int) { self.turn = turn }
+
+    public func start() {
+        Thread { [self] in
+            defer { done.signal() }
+            while !stopping.withLock({ $0 }) {
+                let answered = turn()
+                if answered == 0 { sched_yield() }
+                let ready = progress.withLock { p -> CheckedContinuation<Void, Never>? in
+                    p.responses += answered
+                    guard let (count, c) = p.waiter, p.responses >= count else { return nil }
+                    p.waiter = nil
+                    return c
+                }
+                ready?.resume()
+            }
+        }.start()
+    }
+
+    /// Returns once the backend answered `count` requests in all.
+    public func answered(_ count: Int) async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = progress.withLock { p -> Bool in
+                if p.responses >= count { return true }
+                p.waiter = (count, c)
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+
+    /// Stops flooding and waits, off the cooperative pool, for the thread to end.
+    public func stop() async {
+        stopping.withLock { $0 = true }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global().async { [done] in
+                done.wait()
+                c.resume()
+            }
+        }
+    }
+}
