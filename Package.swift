@@ -169,8 +169,10 @@ let package = Package(
             dependencies: ["CTap", "XenNetProtocol", .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "NetTestSupport", path: "Tests/NetTestSupport"),
         // Test-only: what the block and net driver tests share (a hostile flooding
-        // frontend's thread, a grant mapper that watches unmaps).
-        .target(name: "DriverTestSupport", dependencies: ["XenHypervisor", "XenABI", "XenLocks"], path: "Tests/DriverTestSupport"),
+        // frontend's thread, a grant mapper that watches unmaps, a log that counts lines).
+        .target(
+            name: "DriverTestSupport", dependencies: ["XenHypervisor", "XenABI", "XenLocks", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/DriverTestSupport"),
         .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap", "NetTestSupport"]),
         // Layer 6, network drivers: netback (dom0) and netfront (guest).
         .target(

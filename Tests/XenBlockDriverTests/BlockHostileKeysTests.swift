@@ -1,3 +1,4 @@
+import DriverTestSupport
 import Foundation
 import Logging
 import Testing
@@ -90,25 +91,4 @@ struct BlockHostileKeysTests {
         }
         return last
     }
-}
-
-/// A log handler that keeps the lines at error level and above, so a test counts attempts
-/// by their log lines instead of by time.
-final class LogLines: LogHandler, @unchecked Sendable {
-    // @unchecked: `stored` is guarded by its lock; the handler's settings are set once.
-    private let stored = Locked<[String]>([])
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .error
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        stored.withLock { $0.append("\(event.message)") }
-    }
-
-    var lines: [String] { stored.withLock { $0 } }
-    func count(containing text: String) -> Int { lines.filter { $0.contains(text) }.count }
 }

@@ -1,3 +1,4 @@
+import DriverTestSupport
 import Foundation
 import Logging
 import Testing
@@ -227,25 +228,4 @@ func eventually(_ seconds: Double = 10, _ body: () -> Bool) async -> Bool {
         try? await Task.sleep(nanoseconds: 10_000_000)
     }
     return false
-}
-
-/// A log handler that keeps the lines at error level and above, so a test can count
-/// attempts by their log lines instead of by time.
-final class LogLines: LogHandler, @unchecked Sendable {
-    // @unchecked: `stored` is guarded by its lock; the handler's own settings are set once.
-    private let stored = Locked<[String]>([])
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .error
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        stored.withLock { $0.append("\(event.message)") }
-    }
-
-    var lines: [String] { stored.withLock { $0 } }
-    func count(containing text: String) -> Int { lines.filter { $0.contains(text) }.count }
 }
