@@ -91,7 +91,13 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
             case .guest(let token): [2, token.high, token.low]
             }
         let reply = try link.call(WireMessage([DaemonOp.join.rawValue] + words))
-        guard reply.words.count >= 8, reply.fds.count == 3 else {
+        // Checked before any conversion: a reply that does not hold together is an
+        // error, never a trap (frames, slice and references within what they index).
+        let fits: ([UInt64]) -> Bool = { w in
+            w[4] > 0 && w[4] <= 1 << 24 && w[3] <= w[4] && w[2] <= w[4] - w[3]
+                && w[7] <= 1 << 22 && w[5] <= w[6] && w[6] <= w[7]
+        }
+        guard reply.words.count >= 8, reply.fds.count == 3, fits(reply.words) else {
             for fd in reply.fds { Glibc.close(fd) }
             throw HypervisorError(.closed, "malformed join reply from the hypervisor daemon")
         }

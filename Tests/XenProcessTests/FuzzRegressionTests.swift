@@ -1,5 +1,8 @@
+import Foundation
+import Glibc
 import Testing
 import XenHypervisor
+import XenSockets
 @testable import XenSimulatorDaemon
 
 /// Inputs the libFuzzer targets in Fuzz/ found to crash, kept as ordinary tests.
@@ -24,5 +27,46 @@ import XenHypervisor
         let report = try DaemonReport(words: [0, 1, 2, 3, 2, 0, 5, 42])
         #expect(report.domains.map(\.rawValue) == [0, 5] && report.mappings == 1 && report.ports == 2
                 && report.processes == 3 && report.calls == 42)
+    }
+}
+
+/// A process trusts its hypervisor, but a join reply that does not hold together (a
+/// slice past the memory, references past the table, counts past Int.max) is an error
+/// from `RemoteHypervisor`, never a trap: a fake daemon sends each such reply.
+@Suite struct JoinReplyTests {
+    @Test(arguments: [
+        [0, 1, 0, 100, 10, 8, 100, 512],                 // the slice runs past the memory
+        [0, 1, 0, 16, 64, 8, 600, 512],                  // references past the table
+        [0, 1, UInt64.max, 16, 64, 8, 100, 512],         // a slice start past Int.max
+        [0, 1, 0, 16, UInt64.max, 8, 100, 512],          // memory past Int.max
+        [0, 1, 0, 16, 64, 100, 8, 512],                  // a reversed reference range
+    ] as [[UInt64]])
+    func aMalformedJoinReplyIsAnErrorNotATrap(words: [UInt64]) async throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/fake.sock"
+        let listener = try LocalSocket.listen(at: path, kind: .seqpacket)
+        defer { close(listener) }
+        let daemon = Thread {
+            let c = accept(listener, nil, nil)
+            guard c >= 0 else { return }
+            defer { close(c) }
+            guard Wire.receive(c) != nil else { return }
+            let fds = (0..<3).map { _ in open("/dev/null", O_RDONLY) }
+            _ = Wire.send(c, WireMessage(words, fds: fds))
+            for fd in fds { close(fd) }
+        }
+        daemon.start()
+        let outcome = await Task.detached { () -> HypervisorError.Code? in
+            do {
+                _ = try RemoteHypervisor(socketPath: path, as: .dom0, onDaemonLost: ignoreLoss)
+                return nil
+            } catch let error as HypervisorError {
+                return error.code
+            } catch {
+                return nil
+            }
+        }.value
+        #expect(outcome == .closed)
     }
 }
