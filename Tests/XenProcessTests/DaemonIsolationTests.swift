@@ -80,7 +80,11 @@ extension ProcessTests {
             defer { backend.kill() }
             #expect(await backend.waitFor("serving"), "\(backend.output)")
 
-            let asNobody = ["--reuid", "65534", "--regid", "65534", "--clear-groups", xenpvPath()]
+            // A copy nobody can run wherever the build folder lies (a home directory may be 0700).
+            let binary = dir + "/xenpv"
+            try FileManager.default.copyItem(atPath: xenpvPath(), toPath: binary)
+            #expect(chmod(binary, 0o755) == 0 && chmod(dir, 0o755) == 0)
+            let asNobody = ["--reuid", "65534", "--regid", "65534", "--clear-groups", binary]
             let refused = try Child(asNobody + ["guest", "disk", "write", "--connect", sock, "--length", "65536"],
                                     name: "nobody", executable: "/usr/bin/setpriv")
             #expect(await refused.waitForExit(seconds: 20).map { $0 != 0 } == true, "\(refused.output)")
