@@ -119,13 +119,13 @@ func rawConnection(_ path: String) throws -> Int32 {
     return fd
 }
 
-/// Descriptors this process holds now.
-func openDescriptors() -> Int {
-    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).count
+/// Descriptors `pid` holds now.
+func descriptorCount(of pid: Int32) -> Int {
+    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).count
 }
 
 /// Threads of `pid` now.
-func threadCount(of pid: Int32 = getpid()) -> Int {
+func threadCount(of pid: Int32) -> Int {
     ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).count
 }
 
