@@ -36,6 +36,8 @@ public enum XenbusToolstack {
         let home = XenStorePath.home(of: domain)
         try await store.mkdir(home)
         try await store.setPermissions(home, XenStorePermissions(owner: .dom0, grants: [.init(.read, domain)]))
+        // As libxl does: the guest reads its own id (`xenstore-read domid`); it cannot change it.
+        try await store.write(home + "/domid", "\(domain.rawValue)")
         // As libxl does: `device` for the frontends, `data` for the guest's own use.
         for dir in ["device", "data"] {
             try await store.mkdir(home + "/" + dir)
