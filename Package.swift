@@ -34,6 +34,8 @@ let package = Package(
         .library(name: "XenBlockBenchmark", targets: ["XenBlockBenchmark"]),
         // Across processes: the hypervisor daemon and its client.
         .library(name: "XenSimulatorDaemon", targets: ["XenSimulatorDaemon"]),
+        // Choosing the world at start-up: the daemon's simulator or real Xen.
+        .library(name: "XenWorld", targets: ["XenWorld"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -152,7 +154,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // Across processes: hypervisor, backend and guest commands.
                 "XenSimulatorDaemon", "XenNetBack", "XenNetFront", "XenRing", "XenHypervisor", "CXen",
-                "XenBlockBack", "XenBlockFront", "XenBlockStorage",
+                "XenBlockBack", "XenBlockFront", "XenBlockStorage", "XenWorld",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
         .testTarget(
@@ -207,6 +209,11 @@ let package = Package(
                 "CXenLibs", "XenHypervisor", "XenABI", "XenStore", "CXen",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
+        // The world a process joins, chosen at start-up: what the CLI and the
+        // example programs share, so that neither writes the choice again.
+        .target(
+            name: "XenWorld",
+            dependencies: ["XenABI", "XenBus", "XenHost", "XenHypervisor", "XenSimulatorDaemon", "XenStore"]),
         .testTarget(
             name: "XenHostTests",
             dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen", "XenStore", "XenBus",
@@ -309,7 +316,7 @@ let package = Package(
         .testTarget(
             name: "XenProcessTests",
             dependencies: [
-                "XenSimulatorDaemon", "XenSimulator", "XenHypervisor", "XenABI", "XenStore", "XenRingBenchmark", "xenpv",
+                "XenSimulatorDaemon", "XenSimulator", "XenHypervisor", "XenABI", "XenStore", "XenRingBenchmark", "XenWorld", "xenpv",
                 .product(name: "Logging", package: "swift-log"),
             ]),
     ]

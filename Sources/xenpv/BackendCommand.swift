@@ -6,6 +6,7 @@ import XenBlockBack
 import XenBlockStorage
 import XenNetBack
 import XenSimulatorDaemon
+import XenWorld
 
 /// `xenpv backend --connect PATH [--disk IMAGE] [--nic BRIDGE]`: a dom0 process
 /// serving the guests' devices.

@@ -6,6 +6,7 @@ import XenBus
 import XenNetFront
 import XenSimulatorDaemon
 import XenStore
+import XenWorld
 
 /// `xenpv guest …`: a guest process; each run joins as a new domU with the
 /// device it needs (a vif or a vbd), does one job, and leaves (its domain goes with it).

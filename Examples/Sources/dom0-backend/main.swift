@@ -6,11 +6,10 @@ import Foundation
 import SystemPackage
 import XenBlockBack
 import XenBlockStorage
-import XenHost
 import XenHypervisor
 import XenNetBack
-import XenSimulatorDaemon
 import XenStore
+import XenWorld
 
 func fail(_ message: String, status: Int32 = 2) -> Never {
     FileHandle.standardError.write(Data("dom0-backend: \(message)\n".utf8))
@@ -20,25 +19,19 @@ func fail(_ message: String, status: Int32 = 2) -> Never {
 do {
     // The world is chosen here, at start-up; the drivers below do not change.
     var arguments = Array(CommandLine.arguments.dropFirst())
-    var world = XenHost.isAvailable ? "xen" : "simulated"
+    var world = World.auto
     if arguments.first == "--hypervisor", arguments.count >= 2 {
-        world = arguments[1]
+        guard let chosen = World(rawValue: arguments[1]) else { fail("no world \(arguments[1]); auto, simulated or xen") }
+        world = chosen
         arguments.removeFirst(2)
     }
-    let dom0: any Hypervisor
-    let store: any XenStoreConnection
-    switch (world, arguments.count) {
-    case ("xen", 1):
-        dom0 = XenHost(domainID: .dom0)
-        store = try LibXenStore()
-    case ("simulated", 2):
-        // Join the daemon as dom0; the object is the drivers' `Hypervisor` and
-        // carries a store connection speaking as dom0.
-        let remote = try RemoteHypervisor(socketPath: arguments[0], as: .backend)
-        (dom0, store) = (remote, remote.store)
-    default:
-        fail("usage: dom0-backend [--hypervisor simulated|xen] [SOCKET] IMAGE (SOCKET only when simulated)")
+    guard arguments.count == (world.resolved == .simulated ? 2 : 1) else {
+        fail("usage: dom0-backend [--hypervisor auto|simulated|xen] [SOCKET] IMAGE (SOCKET only when simulated)")
     }
+    // Join as dom0's backend; the object is the drivers' `Hypervisor` and
+    // carries a store connection speaking as dom0.
+    let dom0 = try await JoinedDomain.join(world, socket: arguments.count == 2 ? arguments[0] : nil, as: .backend)
+    let store = dom0.store
     let image = arguments.last!
     guard FileManager.default.fileExists(atPath: image) else { fail("no disk image at \(image)", status: 1) }
 
@@ -55,7 +48,7 @@ do {
     // NICs: each vif echoes what its guest sends (a TAP on a bridge would be
     // `TapAttachment(name: vif.interfaceName, bridge: "xenbr0", offloads: features.tapOffloads)`).
     let nics = NetBackend(hypervisor: dom0, store: store) { _, _ in EchoAttachment.make() }
-    print("dom0-backend: serving disks from \(image) and echoing NICs (\(world)); Ctrl-C to stop")
+    print("dom0-backend: serving disks from \(image) and echoing NICs (\(world.resolved)); Ctrl-C to stop")
     try await nics.run()
 } catch {
     // A world that is not there (no /dev/xen, no daemon socket) is a clear error, not a trap.

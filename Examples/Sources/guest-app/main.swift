@@ -6,36 +6,30 @@ import Foundation
 import XenABI
 import XenBlockFront
 import XenBus
-import XenHost
 import XenHypervisor
 import XenNetFront
-import XenSimulatorDaemon
 import XenStore
+import XenWorld
+
+func usage() -> Never {
+    FileHandle.standardError.write(Data("usage: guest-app [--hypervisor auto|simulated|xen] [SOCKET] (SOCKET only when simulated)\n".utf8))
+    exit(2)
+}
 
 do {
     // The world is chosen here, at start-up; the drivers below do not change.
     var arguments = Array(CommandLine.arguments.dropFirst())
-    var world = XenHost.isAvailable ? "xen" : "simulated"
+    var world = World.auto
     if arguments.first == "--hypervisor", arguments.count >= 2 {
-        world = arguments[1]
+        guard let chosen = World(rawValue: arguments[1]) else { usage() }
+        world = chosen
         arguments.removeFirst(2)
     }
-    let guest: any Hypervisor
-    let store: any XenStoreConnection
-    switch (world, arguments.count) {
-    case ("xen", 0):
-        // In a real domU the toolstack (xl) made the devices; the store says who we are.
-        let xs = try LibXenStore()
-        guard let id = UInt16(try await xs.read("domid")) else { fatalError("domid is not a number") }
-        (guest, store) = (XenHost(domainID: DomainID(id)), xs)
-    case ("simulated", 1):
-        // The daemon creates the domain and, as the toolstack, its vbd and vif.
-        let remote = try RemoteHypervisor(socketPath: arguments[0], as: .newGuest(frames: 4096, devices: [.vbd, .vif]))
-        (guest, store) = (remote, remote.store)
-    default:
-        FileHandle.standardError.write(Data("usage: guest-app [--hypervisor simulated|xen] [SOCKET] (SOCKET only when simulated)\n".utf8))
-        exit(2)
-    }
+    guard arguments.count == (world.resolved == .simulated ? 1 : 0) else { usage() }
+    // Simulated, the daemon creates the domain and, as the toolstack, its vbd
+    // and vif; in a real domU the toolstack (xl) made them and the store says who we are.
+    let guest = try await JoinedDomain.join(world, socket: arguments.first, as: .newGuest(frames: 4096, devices: [.vbd, .vif]))
+    let store = guest.store
 
     /// Runs the frontend half of a device's handshake; returns once Connected.
     func connect(_ device: XenbusDevice, _ driver: any XenbusDeviceDriver) async throws -> XenbusEndpoint {

@@ -1,0 +1,78 @@
+import Foundation
+import XenABI
+import XenBus
+import XenHost
+import XenHypervisor
+import XenSimulatorDaemon
+import XenStore
+
+/// The world a process runs in, chosen once at start-up: the simulator shared
+/// by a `xenpv hypervisor` daemon, or Xen's own libraries in a real domain.
+/// The drivers never see which: they are given a `Hypervisor` and a store.
+public enum World: String, CaseIterable, Sendable {
+    case auto, simulated, xen
+
+    /// `auto` is `xen` where `/dev/xen/evtchn` exists, else `simulated`.
+    public var resolved: World { self == .auto ? (XenHost.isAvailable ? .xen : .simulated) : self }
+}
+
+/// Why a process could not join its world, in words a person can act on.
+public struct WorldError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// A domain this process runs as, in its world: the `Hypervisor` the drivers
+/// are given (the calls are forwarded), the store speaking as this domain,
+/// and how to leave.
+public final class JoinedDomain: Hypervisor, @unchecked Sendable {
+    // @unchecked: immutable after init; the forwarded objects are Sendable.
+    public let base: any Hypervisor
+    public let store: any XenStoreConnection
+    public let world: World
+    private let leave: @Sendable () -> Void
+
+    init(base: any Hypervisor, store: any XenStoreConnection, world: World, leave: @escaping @Sendable () -> Void) {
+        self.base = base
+        self.store = store
+        self.world = world
+        self.leave = leave
+    }
+
+    public var domainID: DomainID { base.domainID }
+    public var pageAllocator: any PageAllocator { base.pageAllocator }
+    public func openEventChannels() throws(HypervisorError) -> any EventChannels { try base.openEventChannels() }
+    public func openGrantMapper() throws(HypervisorError) -> any GrantMapper { try base.openGrantMapper() }
+    public func openGrantSharer() throws(HypervisorError) -> any GrantSharer { try base.openGrantSharer() }
+    public func close() { leave() }
+
+    /// Joins `world` as `request`. Simulated, it joins the daemon at `socket`
+    /// (a `xenpv hypervisor --socket PATH`); on Xen a guest's devices are the
+    /// real toolstack's, and its domain id comes from the store.
+    public static func join(_ world: World, socket: String?, as request: DomainRequest) async throws(WorldError) -> JoinedDomain {
+        switch world.resolved {
+        case .xen:
+            let store: LibXenStore
+            do { store = try LibXenStore() } catch { throw WorldError("cannot open the store through libxenstore: \(error)") }
+            var id = DomainID.dom0
+            switch request {
+            case .dom0, .backend: break
+            case .newGuest, .guest:
+                do { id = try XenstoreValue.domainID(try await store.read("domid"), key: "domid") } catch {
+                    store.close()
+                    throw WorldError("the store's domid is not a domain id: \(error)")
+                }
+            }
+            return JoinedDomain(base: XenHost(domainID: id), store: store, world: .xen) { store.close() }
+        case .simulated, .auto:
+            guard let socket else {
+                throw WorldError("a socket is needed for the simulated world (a `xenpv hypervisor --socket PATH`)")
+            }
+            let remote: RemoteHypervisor
+            do { remote = try RemoteHypervisor(socketPath: socket, as: request) } catch {
+                throw WorldError("cannot join the hypervisor at \(socket): \(error)")
+            }
+            return JoinedDomain(base: remote, store: remote.store, world: .simulated) { remote.close() }
+        }
+    }
+}
