@@ -7,7 +7,7 @@ import SystemPackage
 /// A storage engine on Linux native AIO (libaio) over an image file or a block device.
 ///
 /// - Reads and writes are `IO_CMD_PREADV`/`IO_CMD_PWRITEV` iocbs from a pool sized to the
-///   queue depth, submitted at most two per `io_submit` (``iocbsPerSubmit``), completed through `io_getevents`;
+///   queue depth, submitted at most two per `io_submit` (`iocbsPerSubmit`), completed through `io_getevents`;
 ///   each iocb signals ``completionDescriptor`` (`IOCB_FLAG_RESFD`).
 /// - `O_DIRECT` when the file system accepts it (``ioMode``); then every buffer address,
 ///   buffer length and offset must be a multiple of ``alignment`` (the file system's
