@@ -2,10 +2,15 @@
 /// Grant entries carry it in their 32-bit `frame` field.
 @frozen
 public struct FrameNumber: RawRepresentable, Hashable, Comparable, Sendable, CustomStringConvertible {
+    /// The frame number: the page's byte address in the domain shifted right by ``XenPage/shift``.
     public var rawValue: UInt64
+    /// Wraps a guest frame number.
     @inlinable public init(rawValue: UInt64) { self.rawValue = rawValue }
+    /// Wraps a guest frame number, as ``init(rawValue:)`` does.
     @inlinable public init(_ rawValue: UInt64) { self.rawValue = rawValue }
+    /// `gfn:` followed by the number, for logs.
     public var description: String { "gfn:\(rawValue)" }
+    /// Orders frames by number (address order within the domain).
     @inlinable public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
 }
 

@@ -3,9 +3,13 @@ import CXen
 /// A grant reference (`grant_ref_t`): an index into the granting domain's grant table.
 @frozen
 public struct GrantRef: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    /// The `grant_ref_t` value: the entry's index in the granting domain's table.
     public var rawValue: UInt32
+    /// Wraps a `grant_ref_t` value; whether the entry is valid is checked when it is used.
     @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
+    /// Wraps a `grant_ref_t` value, as ``init(rawValue:)`` does.
     @inlinable public init(_ rawValue: UInt32) { self.rawValue = rawValue }
+    /// `gref:` followed by the number, for logs.
     public var description: String { "gref:\(rawValue)" }
 
     /// `GNTTAB_NR_RESERVED_ENTRIES`: the first entries are kept for the toolstack
@@ -21,16 +25,22 @@ public struct GrantRef: RawRepresentable, Hashable, Sendable, CustomStringConver
 /// returned by a map and consumed by the matching unmap.
 @frozen
 public struct GrantHandle: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    /// The `grant_handle_t` value, meaningful only to the handle that made the mapping.
     public var rawValue: UInt32
+    /// Wraps a `grant_handle_t` value.
     @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
+    /// Wraps a `grant_handle_t` value, as ``init(rawValue:)`` does.
     @inlinable public init(_ rawValue: UInt32) { self.rawValue = rawValue }
+    /// `handle:` followed by the number, for logs.
     public var description: String { "handle:\(rawValue)" }
 }
 
 /// The flags word of a v1 grant entry (`GTF_*` in `grant_table.h`).
 @frozen
 public struct GrantFlags: OptionSet, Hashable, Sendable {
+    /// The 16-bit `flags` field of a `grant_entry_v1`.
     public var rawValue: UInt16
+    /// Wraps a `flags` word as read from a grant entry.
     @inlinable public init(rawValue: UInt16) { self.rawValue = rawValue }
 
     /// `GTF_permit_access`: the grantee may map or copy the frame.

@@ -4,7 +4,9 @@ import CXen
 /// negative values are Xen's error codes.
 @frozen
 public struct GrantStatus: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    /// The `int16_t` status as Xen writes it into a grant-table operation's `status` field.
     public var rawValue: Int16
+    /// Wraps a status; values outside Xen's list print as "unknown grant status".
     @inlinable public init(rawValue: Int16) { self.rawValue = rawValue }
 
     /// `GNTST_okay`
@@ -36,6 +38,7 @@ public struct GrantStatus: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// `GNTST_no_space`: out of space (handles, maptrack entries).
     public static let noSpace = GrantStatus(rawValue: Int16(GNTST_no_space))
 
+    /// True for `GNTST_okay` (0).
     @inlinable public var isOkay: Bool { rawValue == 0 }
 
     /// Xen's own message for the status (`GNTTABOP_error_msgs`).

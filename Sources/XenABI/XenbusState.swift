@@ -23,6 +23,7 @@ public enum XenbusState: UInt32, Sendable, CaseIterable, CustomStringConvertible
     /// `XenbusStateReconfigured`
     case reconfigured = 8
 
+    /// The state's name without the `XenbusState` prefix (`Connected`), for logs and listings.
     public var description: String {
         switch self {
         case .unknown: "Unknown"

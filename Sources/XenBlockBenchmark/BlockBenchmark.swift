@@ -14,18 +14,23 @@ import XenSimulator
 /// What `xenpv bench block` measures: the whole block path on the simulator, frontend →
 /// ring → backend → libaio on an image file.
 public struct BlockBenchmarkConfiguration: Sendable {
+    /// The access pattern, as fio's `--rw` names it.
     public enum Pattern: String, Sendable, CaseIterable {
+        /// Random or sequential reads or writes of ``blockSize`` bytes.
         case randread, randwrite, read, write
         var isRead: Bool { self == .randread || self == .read }
         var isRandom: Bool { self == .randread || self == .randwrite }
     }
 
+    /// The image file or block device to run on, or ``memoryImage``.
     public var image: String
+    /// The access pattern; reads open the image read-only.
     public var pattern: Pattern = .randread
     /// Bytes per operation (a multiple of 512).
     public var blockSize = 4096
     /// Operations in flight (one caller task each).
     public var queueDepth = 1
+    /// How long to run, in seconds (every caller completes at least one operation).
     public var seconds = 3.0
     /// `O_DIRECT` on the image (as fio's `--direct=1`).
     public var direct = true
@@ -35,6 +40,7 @@ public struct BlockBenchmarkConfiguration: Sendable {
     /// Reads hand the data to the caller in place (no copy into its buffer).
     public var inPlace = false
 
+    /// 4 KiB random reads at queue depth 1 for 3 s on `image`, `O_DIRECT`, persistent grants, reads copied.
     public init(image: String) { self.image = image }
 
     /// An `image` naming a 256 MiB in-memory disk instead of a file: the driver path alone.
@@ -43,27 +49,39 @@ public struct BlockBenchmarkConfiguration: Sendable {
 
 /// Figures of one run.
 public struct BlockBenchmarkResult: Sendable {
+    /// The configuration of the run.
     public var configuration: BlockBenchmarkConfiguration
+    /// Operations completed by all callers.
     public var operations: Int
+    /// Wall-clock seconds from the first submission to the last completion.
     public var elapsed: Double
+    /// Median latency in µs, from the caller's call to its completion (as fio's `lat`).
     public var p50Microseconds: Double
+    /// 99th-percentile latency in µs.
     public var p99Microseconds: Double
+    /// Mean latency in µs.
     public var meanMicroseconds: Double
     /// Whether the image was opened with `O_DIRECT`.
     public var directIO: Bool
     /// Per ring request: notifications each way and sleeps of the backend thread (how
     /// many thread wake-ups the path cost).
     public var frontendNotifiesPerRequest = 0.0
+    /// Notifications blkback sent per ring request.
     public var backendNotifiesPerRequest = 0.0
+    /// Sleeps of blkback's queue thread per ring request.
     public var backendSleepsPerRequest = 0.0
+    /// Sleeps of blkfront's queue thread per ring request.
     public var frontendSleepsPerRequest = 0.0
     /// Storage buffers (iovecs) blkback handed the engine per data request.
     public var buffersPerRequest = 0.0
     /// Persistent-grant pages blkback mapped, and unmapped to make room, over the run.
     public var grantMaps: UInt64 = 0
+    /// Persistent-grant pages blkback unmapped to make room for others, over the run.
     public var grantEvictions: UInt64 = 0
 
+    /// Operations per second.
     public var iops: Double { Double(operations) / elapsed }
+    /// Bytes moved per second, in MiB/s (2^20 bytes).
     public var mibPerSecond: Double { iops * Double(configuration.blockSize) / 1_048_576 }
 
     /// One JSON object: `iops`, `mib_per_second`, `p50_us`, `p99_us` and the settings.
@@ -81,6 +99,7 @@ public struct BlockBenchmarkResult: Sendable {
             """
     }
 
+    /// One line for a person, with the figures and the settings.
     public var summary: String {
         let c = configuration
         return "\(c.pattern.rawValue) bs=\(c.blockSize) qd=\(c.queueDepth): \(fmt(iops)) IOPS, \(fmt(mibPerSecond)) MiB/s, "
@@ -97,12 +116,15 @@ public struct BlockBenchmarkResult: Sendable {
 
 /// Why a benchmark could not run.
 public struct BlockBenchmarkError: Error, CustomStringConvertible {
+    /// What was wrong (a setting out of range, an image that cannot be read).
     public var message: String
+    /// The message.
     public var description: String { message }
 }
 
 /// Runs the block path end to end on the simulator and measures it.
 public enum BlockBenchmark {
+    /// Sets up a guest and dom0 on a fresh simulator with blkfront, blkback and the storage engine, runs ``BlockBenchmarkConfiguration/queueDepth`` callers on the frontend's executor until the time is up, tears everything down, and reports. Throws ``BlockBenchmarkError`` for settings out of range (block size a multiple of 512 up to 1 MiB, queue depth 1...128) or an unusable image, or the error of set-up or of an operation.
     public static func run(_ c: BlockBenchmarkConfiguration) async throws -> BlockBenchmarkResult {
         guard c.blockSize >= 512, c.blockSize % 512 == 0, c.blockSize <= 1 << 20 else {
             throw BlockBenchmarkError(message: "--bs must be a multiple of 512 up to 1 MiB")

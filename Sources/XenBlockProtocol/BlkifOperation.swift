@@ -5,8 +5,11 @@ import CXen
 /// Any byte a peer writes is representable; `isKnown` says whether the header defines it.
 @frozen
 public struct BlkifOperation: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    /// The `operation` byte as it lies in the request slot.
     public var rawValue: UInt8
+    /// Wraps any operation byte, known or not; see ``isKnown``.
     @inlinable public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// Wraps any operation byte, as ``init(rawValue:)`` does.
     @inlinable public init(_ rawValue: UInt8) { self.rawValue = rawValue }
 
     /// `BLKIF_OP_READ`.
@@ -32,6 +35,7 @@ public struct BlkifOperation: RawRepresentable, Hashable, Sendable, CustomString
         }
     }
 
+    /// The operation's name (`read`, `flush-diskcache`), or `op(N)` for an unknown byte.
     public var description: String {
         switch self {
         case .read: "read"
@@ -49,8 +53,11 @@ public struct BlkifOperation: RawRepresentable, Hashable, Sendable, CustomString
 /// A blkif response status (`BLKIF_RSP_*` in `blkif.h`).
 @frozen
 public struct BlkifStatus: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    /// The `status` field as it lies in the response slot.
     public var rawValue: Int16
+    /// Wraps any status value, known or not.
     @inlinable public init(rawValue: Int16) { self.rawValue = rawValue }
+    /// Wraps any status value, as ``init(rawValue:)`` does.
     @inlinable public init(_ rawValue: Int16) { self.rawValue = rawValue }
 
     /// `BLKIF_RSP_OKAY`: the operation completed successfully.
@@ -60,6 +67,7 @@ public struct BlkifStatus: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// `BLKIF_RSP_EOPNOTSUPP`: the operation is not supported.
     public static let notSupported = BlkifStatus(Int16(BLKIF_RSP_EOPNOTSUPP))
 
+    /// `okay`, `error`, `not supported`, or `status(N)` for a value `blkif.h` does not define.
     public var description: String {
         switch self {
         case .okay: "okay"

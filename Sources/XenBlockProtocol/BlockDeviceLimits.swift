@@ -30,6 +30,7 @@ public struct BlockDeviceLimits: Hashable, Sendable {
     /// the blkif contract itself has no data on a flush, so the default is to refuse.
     public var acceptsDataOnFlush: Bool
 
+    /// Limits for a device of `sectors` sectors with the given features, all optional ones off by default. Traps (a caller bug, never peer input) unless `sectorSize` is a power of two from 512 to a page and `maxIndirectSegments` is within 0...``maxIndirectSegmentsLimit``.
     public init(
         sectors: UInt64, sectorSize: UInt32 = 512, readOnly: Bool = false,
         flush: Bool = false, barrier: Bool = false, discard: Bool = false, secureDiscard: Bool = false,

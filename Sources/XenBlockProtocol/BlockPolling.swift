@@ -3,10 +3,10 @@ import Glibc
 /// When a block queue thread (blkfront or blkback) polls instead of sleeping.
 ///
 /// A thread that sleeps on its event channel pays a wake-up per hop, and waking an idle
-/// vCPU is slow: on the 2-vCPU VM this was measured on, an eventfd round trip between two
-/// threads takes 50 µs (6.6 µs when both share a core). A 4 KiB read at queue depth 1
-/// crosses the ring twice, so sleeping on both sides cost about 50 µs on top of a 50 µs
-/// device. So a queue thread polls while an answer is due — the frontend with requests
+/// vCPU is slow: an eventfd round trip between two threads costs tens of microseconds
+/// (the README's block section has the measurement), far more than when both share a
+/// core. A 4 KiB read at queue depth 1 crosses the ring twice, so sleeping on both sides
+/// can double the latency of a fast device. So a queue thread polls while an answer is due — the frontend with requests
 /// on the ring, the backend with operations at the engine — for up to ``busy``; and for
 /// ``idle`` after its last piece of work, since the peer's next request usually follows
 /// a response within microseconds. It never polls with nothing in flight for longer.

@@ -5,12 +5,14 @@ import XenABI
 /// of the granted page `gref`.
 @frozen
 public struct BlockSegment: Hashable, Sendable {
+    /// `gref`: the grant of the page that holds (or receives) the data.
     public var gref: GrantRef
     /// `first_sect`: first sector in the page to transfer (inclusive).
     public var firstSector: UInt8
     /// `last_sect`: last sector in the page to transfer (inclusive).
     public var lastSector: UInt8
 
+    /// A segment of sectors `firstSector...lastSector` of the page `gref` grants; not validated here.
     @inlinable public init(gref: GrantRef, firstSector: UInt8, lastSector: UInt8) {
         self.gref = gref
         self.firstSector = firstSector
@@ -34,11 +36,13 @@ public struct BlockSegments: RandomAccessCollection, Hashable, Sendable, Express
     /// Capacity: `BLKIF_MAX_SEGMENTS_PER_REQUEST`.
     public static var capacity: Int { 11 }
 
+    /// An empty list.
     public init() {
         storage = InlineArray(repeating: BlockSegment(gref: GrantRef(0), firstSector: 0, lastSector: 0))
         length = 0
     }
 
+    /// A list of the given segments; traps past ``capacity``.
     public init(arrayLiteral elements: BlockSegment...) {
         self.init()
         for e in elements { append(e) }
@@ -51,14 +55,19 @@ public struct BlockSegments: RandomAccessCollection, Hashable, Sendable, Express
         length += 1
     }
 
+    /// Always 0.
     @inlinable public var startIndex: Int { 0 }
+    /// The number of segments.
     @inlinable public var endIndex: Int { length }
+    /// The segment at `i`; traps outside `0..<count`.
     @inlinable public subscript(i: Int) -> BlockSegment {
         precondition(i >= 0 && i < length, "segment index out of range")
         return storage[i]
     }
 
+    /// Equal when both hold the same segments in the same order (unused capacity is ignored).
     public static func == (a: Self, b: Self) -> Bool { a.elementsEqual(b) }
+    /// Hashes the segments in use, consistent with `==`.
     public func hash(into h: inout Hasher) {
         h.combine(length)
         for s in self { h.combine(s) }
@@ -86,6 +95,7 @@ public struct IndirectRequest: Hashable, Sendable {
     /// The request's data operation direction.
     public var isWrite: Bool { operation == .write }
 
+    /// A request a frontend builds: `pages` grants the pages holding the segment list, exactly ``pagesNeeded(forSegments:)`` of them. Traps (a caller bug) unless `segmentCount` is within 1...4096 and the page count matches.
     public init(operation: BlkifOperation, sector: UInt64, segmentCount: Int, pages: [GrantRef]) {
         precondition((1...BlockDeviceLimits.maxIndirectSegmentsLimit).contains(segmentCount), "1...4096 indirect segments")
         precondition(pages.count == Self.pagesNeeded(forSegments: segmentCount), "one page per 512 segments")
@@ -117,10 +127,12 @@ public struct IndirectRequest: Hashable, Sendable {
         return grefStorage[i]
     }
 
+    /// Equal when operation, sector, segment count and the pages in use match (unused `indirect_grefs` are ignored).
     public static func == (a: Self, b: Self) -> Bool {
         a.operation == b.operation && a.sector == b.sector && a.segmentCount == b.segmentCount
             && (0..<a.pageCount).allSatisfy { a.grefStorage[$0] == b.grefStorage[$0] }
     }
+    /// Hashes the fields `==` compares.
     public func hash(into h: inout Hasher) {
         h.combine(operation)
         h.combine(sector)
@@ -153,8 +165,10 @@ public struct BlockRequest: Hashable, Sendable {
     public var id: UInt64
     /// `handle`: the virtual device (only meaningful for read/write).
     public var handle: UInt16
+    /// What the request asks for, with the fields that operation carries.
     public var operation: Operation
 
+    /// A request a frontend builds; `handle` defaults to 0. Nothing is validated here; a backend validates what it decodes.
     public init(id: UInt64, handle: UInt16 = 0, operation: Operation) {
         self.id = id
         self.handle = handle

@@ -1,6 +1,7 @@
 /// Why a request from the peer was refused: a code to act on, a message to read,
 /// and the request's `id` and operation byte so the backend can still answer it.
 public struct BlockRequestError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// Which check the request failed.
     public enum Code: Hashable, Sendable {
         /// The operation byte is not one blkif.h defines (answered `BLKIF_RSP_EOPNOTSUPP`, as Linux blkback does).
         case unknownOperation
@@ -20,13 +21,16 @@ public struct BlockRequestError: Error, Hashable, Sendable, CustomStringConverti
         case badIndirectOperation
     }
 
+    /// Which check failed; ``status`` follows from it.
     public var code: Code
+    /// What was wrong with the request, with the values read, for a log line.
     public var message: String
     /// The peer's `id`, to echo in the error response.
     public var id: UInt64
     /// The peer's operation byte, to echo in the error response.
     public var operation: BlkifOperation
 
+    /// An error for the request with `id` and operation byte `operation`, so it can still be answered.
     public init(_ code: Code, _ message: String, id: UInt64, operation: BlkifOperation) {
         self.code = code
         self.message = message
@@ -46,5 +50,6 @@ public struct BlockRequestError: Error, Hashable, Sendable, CustomStringConverti
     /// The response that refuses the request.
     public var response: BlockResponse { BlockResponse(id: id, operation: operation, status: status) }
 
+    /// `blkif request ID (OPERATION): MESSAGE`, for logs.
     public var description: String { "blkif request \(id) (\(operation)): \(message)" }
 }

@@ -10,6 +10,7 @@ public struct BlockResponse: Hashable, Sendable {
     /// `status`: `BLKIF_RSP_*`.
     public var status: BlkifStatus
 
+    /// A response to request `id` with operation byte `operation` and `status`.
     public init(id: UInt64, operation: BlkifOperation, status: BlkifStatus) {
         self.id = id
         self.operation = operation

@@ -18,6 +18,7 @@ public final class FaultInjectingStorage: StorageEngine, @unchecked Sendable {
         case kind(StorageOperation.Kind)
     }
 
+    /// The engine that does the operations not failed; closed by ``close()``.
     public let inner: any StorageEngine
     /// The faults in force; may be changed between submits.
     public var faults: [Fault]
@@ -28,17 +29,26 @@ public final class FaultInjectingStorage: StorageEngine, @unchecked Sendable {
     /// Operations failed so far.
     public private(set) var injectedCount = 0
 
+    /// The inner engine's size.
     public var byteCount: UInt64 { inner.byteCount }
+    /// Whether the inner engine is read-only.
     public var isReadOnly: Bool { inner.isReadOnly }
+    /// The inner engine's alignment.
     public var alignment: Int { inner.alignment }
+    /// The inner engine's queue depth, shared by failed and passed operations.
     public var queueDepth: Int { inner.queueDepth }
+    /// The inner engine's outstanding operations plus injected failures not yet reaped.
     public var outstanding: Int { inner.outstanding + failed.count }
+    /// The inner engine's descriptor, which this wrapper also signals for its injected failures.
     public var completionDescriptor: FileDescriptor { inner.completionDescriptor }
+    /// Whether the inner engine prefers contiguous buffers.
     public var prefersContiguousBuffers: Bool { inner.prefersContiguousBuffers }
+    /// True while an injected failure waits to be reaped, else the inner engine's answer.
     public var mayHaveCompletions: Bool { !failed.isEmpty || inner.mayHaveCompletions }
 
     private var failed: CompletionQueue
 
+    /// Wraps `inner`, failing the operations `faults` select with `error` (EIO by default).
     public init(_ inner: any StorageEngine, faults: [Fault],
                 error: StorageError = StorageError(.io(.ioError), "injected fault")) {
         self.inner = inner
@@ -61,6 +71,7 @@ public final class FaultInjectingStorage: StorageEngine, @unchecked Sendable {
         }
     }
 
+    /// Accepts a prefix of `operations` as ``StorageEngine/submit(_:)`` does: runs that pass go to the inner engine in one call each, selected ones complete at once with ``injectedError``. Throws what the inner engine throws.
     public func submit(_ operations: UnsafeBufferPointer<StorageOperation>) throws(StorageError) -> Int {
         let room = min(operations.count, queueDepth - outstanding)
         var i = 0
@@ -88,6 +99,7 @@ public final class FaultInjectingStorage: StorageEngine, @unchecked Sendable {
         return i
     }
 
+    /// Returns injected failures first, then the inner engine's completions (waiting up to `timeout` only if there were none).
     public func reap(into completions: UnsafeMutableBufferPointer<StorageCompletion>, timeout: Duration) throws(StorageError) -> Int {
         var n = failed.drain(into: completions, from: 0)
         if n < completions.count {
@@ -99,5 +111,6 @@ public final class FaultInjectingStorage: StorageEngine, @unchecked Sendable {
         return n
     }
 
+    /// Closes the inner engine.
     public func close() { inner.close() }
 }

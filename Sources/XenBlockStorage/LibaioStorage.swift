@@ -7,7 +7,7 @@ import SystemPackage
 /// A storage engine on Linux native AIO (libaio) over an image file or a block device.
 ///
 /// - Reads and writes are `IO_CMD_PREADV`/`IO_CMD_PWRITEV` iocbs from a pool sized to the
-///   queue depth, submitted at most two per `io_submit` (``iocbsPerSubmit``), completed through `io_getevents`;
+///   queue depth, submitted at most two per `io_submit` (`iocbsPerSubmit`), completed through `io_getevents`;
 ///   each iocb signals ``completionDescriptor`` (`IOCB_FLAG_RESFD`).
 /// - `O_DIRECT` when the file system accepts it (``ioMode``); then every buffer address,
 ///   buffer length and offset must be a multiple of ``alignment`` (the file system's
@@ -38,20 +38,23 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
     /// How the file ended up open.
     public enum IOMode: Sendable { case direct, buffered }
 
+    /// The file's size or the block device's (`BLKGETSIZE64`) when opened; it does not follow later changes.
     public let byteCount: UInt64
+    /// True when opened read-only: writes and discards fail with ``StorageError/Code-swift.enum/readOnly``.
     public let isReadOnly: Bool
+    /// The `O_DIRECT` alignment in bytes (see the type's overview), or 1 for buffered I/O.
     public let alignment: Int
+    /// Operations that may be outstanding; the size of the iocb pool and the AIO context.
     public let queueDepth: Int
+    /// Operations submitted and not yet reaped.
     public private(set) var outstanding = 0
     /// `.direct` when opened with `O_DIRECT`, `.buffered` otherwise (asked for, or fallen back to).
     public let ioMode: IOMode
-    /// With `O_DIRECT` the kernel hands the device one scatter-gather element per
-    /// physically contiguous run of the buffers. On a virtio disk without indirect
-    /// descriptors (this VM's) each element takes a ring descriptor, so a 128 KiB read
-    /// over 32 scattered pages takes 34 and only 7 fit at the device at once; the rest
-    /// queue in the block layer. `storage-bench --huge 1` (buffers on a huge page) against
-    /// ordinary pages, 128 KiB sequential reads at queue depth 32: 9.3k–10.7k IOPS with no
-    /// merges against 5.4k–7.5k with 9–13k merges in 2 s.
+    /// True with `O_DIRECT`: the kernel then hands the device one scatter-gather element
+    /// per physically contiguous run of the buffers. On a virtio disk without indirect
+    /// descriptors each element takes a ring descriptor, so a 128 KiB read over 32
+    /// scattered pages takes 34 and only a few such reads fit at the device at once; the
+    /// rest queue in the block layer. (The measurement is in the README's block section.)
     public var prefersContiguousBuffers: Bool { ioMode == .direct }
     /// Looks at the kernel's completion ring in this process's memory, as libaio's
     /// `io_getevents` does before its system call: a polling queue thread otherwise
@@ -60,7 +63,9 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
         guard let context else { return true }  // closed: reap says so
         return !ready.isEmpty || pendingCount > 0 || (inKernel > 0 && cbs_aio_ring_has_events(context) != 0)
     }
+    /// The image file or block device opened.
     public let path: FilePath
+    /// The eventfd every iocb signals (`IOCB_FLAG_RESFD`), also signalled for completions made in `submit`.
     public var completionDescriptor: FileDescriptor { signal.descriptor }
 
     private let fd: FileDescriptor
@@ -212,6 +217,7 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
 
     // MARK: submit
 
+    /// Accepts a prefix of `operations` (at most `queueDepth - outstanding`): reads and writes become iocbs handed to `io_submit` two at a time; flushes, discards and refusals complete before it returns. Throws `.closed` after ``close()``; any other failure comes back in the operation's completion.
     public func submit(_ operations: UnsafeBufferPointer<StorageOperation>) throws(StorageError) -> Int {
         guard !closed, context != nil else { throw StorageError(.closed, "libaio storage \(path) is closed") }
         let accepted = min(operations.count, queueDepth - outstanding)
@@ -275,9 +281,8 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
     /// iocbs per `io_submit`. Linux plugs a call of more than two (`AIO_PLUG_THRESHOLD`
     /// in fs/aio.c) and lets the device see the batch only when the call ends; then a
     /// batch completes together and the next one is submitted together, a convoy in
-    /// which the device idles while the batch turns around. Measured (4 KiB randread
-    /// qd32, O_DIRECT on a virtio disk): 45k IOPS with one call per batch, 58k with at
-    /// most two iocbs per call, fio 60–66k. The extra calls cost about 1 µs each.
+    /// which the device idles while the batch turns around. Two per call avoids the plug
+    /// at the price of more system calls (the measurement is in the README's block section).
     static let iocbsPerSubmit = 2
 
     /// Hands queued iocbs to the kernel. EAGAIN keeps the rest for later; an iocb the
@@ -318,6 +323,7 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
 
     // MARK: reap
 
+    /// Moves finished operations into `completions` (`io_getevents`, waiting up to `timeout` only when none is ready), resubmitting the rest of a short transfer and retrying iocbs `io_submit` left with `EAGAIN`. Throws `.closed` after ``close()``.
     public func reap(into completions: UnsafeMutableBufferPointer<StorageCompletion>, timeout: Duration) throws(StorageError) -> Int {
         guard !closed, let context else { throw StorageError(.closed, "libaio storage \(path) is closed") }
         signal.drain()

@@ -9,12 +9,19 @@ public final class MemoryStorage: StorageEngine, @unchecked Sendable {
     // @unchecked: confined. One queue thread drives it at a time (StorageEngine's rule);
     // it may be handed to that thread.
 
+    /// The disk's size, fixed at init.
     public let byteCount: UInt64
+    /// True when writes and discards are refused with ``StorageError/Code-swift.enum/readOnly``.
     public let isReadOnly: Bool
+    /// The alignment in bytes checked on every read and write, as `O_DIRECT` would (1: none).
     public let alignment: Int
+    /// Operations that may be outstanding.
     public let queueDepth: Int
+    /// Operations submitted and not yet reaped (all of them already done).
     public private(set) var outstanding = 0
+    /// An eventfd, readable while completions wait to be reaped.
     public var completionDescriptor: FileDescriptor { signal.descriptor }
+    /// True while completions wait to be reaped; no system call.
     public var mayHaveCompletions: Bool { !ready.isEmpty }
 
     private let bytes: UnsafeMutableRawBufferPointer
@@ -45,6 +52,7 @@ public final class MemoryStorage: StorageEngine, @unchecked Sendable {
         try body(UnsafeMutableRawBufferPointer(rebasing: bytes[0..<Int(byteCount)]))
     }
 
+    /// Performs a prefix of `operations` (at most `queueDepth - outstanding`) at once, copying between the disk and the buffers, and queues their completions. Throws `.closed` after ``close()``.
     public func submit(_ operations: UnsafeBufferPointer<StorageOperation>) throws(StorageError) -> Int {
         guard !closed else { throw StorageError(.closed, "memory storage is closed") }
         let accepted = min(operations.count, queueDepth - outstanding)
@@ -85,6 +93,7 @@ public final class MemoryStorage: StorageEngine, @unchecked Sendable {
         }
     }
 
+    /// Moves queued completions into `completions`; with none queued, sleeps up to `timeout` (nothing can finish meanwhile on the one driving thread). Throws `.closed` after ``close()``.
     public func reap(into completions: UnsafeMutableBufferPointer<StorageCompletion>, timeout: Duration) throws(StorageError) -> Int {
         guard !closed else { throw StorageError(.closed, "memory storage is closed") }
         signal.drain()
@@ -97,6 +106,7 @@ public final class MemoryStorage: StorageEngine, @unchecked Sendable {
         return n
     }
 
+    /// Refuses further submits and reaps and closes the completion descriptor; the bytes live until deinit.
     public func close() {
         guard !closed else { return }
         closed = true

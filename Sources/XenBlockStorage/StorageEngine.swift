@@ -9,10 +9,13 @@ import SystemPackage
 /// until this operation's completion is reaped; the engine may rewrite the array in
 /// place (it advances it after a short transfer, as a `preadv` loop would).
 public struct StorageOperation {
+    /// What an operation does.
     public enum Kind: Hashable, Sendable {
+        /// `read` and `write` move bytes between ``buffers`` and the device at ``offset``; `flush` makes completed writes durable; `discard` drops ``length`` bytes at ``offset``.
         case read, write, flush, discard
     }
 
+    /// What the operation does.
     public var kind: Kind
     /// The caller's value, returned in the completion (e.g. a request slot index).
     public var tag: UInt64
@@ -22,8 +25,10 @@ public struct StorageOperation {
     public var length: UInt64
     /// The buffers of a read or write; nil otherwise.
     public var buffers: UnsafeMutablePointer<iovec>?
+    /// Entries in ``buffers``, at most ``maxBuffers``.
     public var bufferCount: Int
 
+    /// An operation from its fields; the named constructors (``read(tag:offset:buffers:)`` and the others) fill them for each kind.
     public init(kind: Kind, tag: UInt64, offset: UInt64 = 0, length: UInt64 = 0,
                 buffers: UnsafeMutablePointer<iovec>? = nil, bufferCount: Int = 0) {
         self.kind = kind
@@ -70,15 +75,20 @@ public struct StorageOperation {
 
 /// The end of one operation: its tag and what happened.
 public struct StorageCompletion: Sendable {
+    /// Whether the operation succeeded and how many bytes it moved, or why it failed.
     public enum Outcome: Sendable {
         /// Done; `bytes` moved (the full length for reads and writes, 0 for flush/discard).
         case success(bytes: Int)
+        /// Failed; the operation may have moved some bytes. Other operations are not affected.
         case failure(StorageError)
     }
 
+    /// The ``StorageOperation/tag`` of the operation that ended.
     public var tag: UInt64
+    /// How it ended.
     public var outcome: Outcome
 
+    /// A completion of the operation tagged `tag`.
     public init(tag: UInt64, outcome: Outcome) {
         self.tag = tag
         self.outcome = outcome
@@ -87,10 +97,12 @@ public struct StorageCompletion: Sendable {
     /// An empty value to pre-fill completion arrays with.
     public static let empty = StorageCompletion(tag: 0, outcome: .success(bytes: 0))
 
+    /// True when the outcome is `.success`.
     public var succeeded: Bool {
         if case .success = outcome { true } else { false }
     }
 
+    /// The failure, or nil on success.
     public var error: StorageError? {
         if case .failure(let e) = outcome { e } else { nil }
     }
@@ -146,6 +158,7 @@ public protocol StorageEngine: AnyObject {
 }
 
 extension StorageEngine {
+    /// False: by default an engine takes scattered buffers as cheaply as contiguous ones.
     public var prefersContiguousBuffers: Bool { false }
 
     /// Asks ``completionDescriptor`` (a `poll` system call).

@@ -2,6 +2,7 @@ import SystemPackage
 
 /// Why a storage operation (or the engine) failed: a code to act on and a message.
 public struct StorageError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What went wrong, in a form a backend can map to a blkif status.
     public enum Code: Hashable, Sendable {
         /// The system call failed with this errno (EIO from the device, ENOSPC, ...).
         case io(Errno)
@@ -17,14 +18,18 @@ public struct StorageError: Error, Hashable, Sendable, CustomStringConvertible {
         case closed
     }
 
+    /// What went wrong.
     public var code: Code
+    /// The call and the file or range involved, for a person.
     public var message: String
 
+    /// An error with `code`, described by `message`.
     public init(_ code: Code, _ message: String) {
         self.code = code
         self.message = message
     }
 
+    /// The message, followed by the errno for an ``Code-swift.enum/io(_:)`` failure.
     public var description: String {
         switch code {
         case .io(let e): "\(message): \(e)"

@@ -17,9 +17,11 @@ public final class DriverRuntime: @unchecked Sendable {
     // @unchecked: `thread` is written once before `state` leaves `.idle` and read by the
     // joiner under `joinLock`; the rest is atomic or behind XenLocks' locks.
 
+    /// Where the queue's thread is in its life, from ``idle`` to ``joined``; it only moves forward.
     public enum State: UInt8, AtomicValue, Sendable {
         /// Not started: nothing runs, nothing to wait for.
         case idle
+        /// Started: the loop runs, or the thread is about to run it.
         case running
         /// The loop returned and the service finished; the thread is exiting.
         case finished
@@ -37,6 +39,7 @@ public final class DriverRuntime: @unchecked Sendable {
     /// Times the thread slept.
     public let sleeps: DriverCounter
 
+    /// A runtime with no thread yet, counting its thread's sleeps into `sleeps`; ``start(name:cpu:service:events:extraDescriptors:onFailure:)`` starts it.
     public init(sleeps: DriverCounter = DriverCounter(0)) {
         self.sleeps = sleeps
     }

@@ -28,8 +28,12 @@ public protocol DriverService: AnyObject {
 }
 
 extension DriverService {
+    /// No spinning: sleep as soon as the final check finds nothing.
     public var spinBudget: Duration { .zero }
+    /// Never reports work (only used while spinning).
     public func workArrived() throws -> Bool { false }
+    /// Does nothing: a service without extra descriptors has none to reset.
     public func didWake(_ poll: PollSet) {}
+    /// Does nothing.
     public func finish(failure: (any Error)?) {}
 }

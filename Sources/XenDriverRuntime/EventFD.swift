@@ -5,8 +5,10 @@ import Glibc
 ///
 /// A class so the descriptor is closed exactly once, when the last user is gone.
 public final class EventFD: Sendable {
+    /// The eventfd, non-blocking, closed when this object is deinitialised; poll it, do not close it.
     public let descriptor: Int32
 
+    /// A new eventfd with a count of 0 (not readable); traps if `eventfd` fails (no descriptor left).
     public init() {
         descriptor = cxen_eventfd(0, 1)
         precondition(descriptor >= 0, "eventfd: errno \(errno)")

@@ -41,6 +41,7 @@ public enum Spin {
         }
     }
 
+    /// `d` in whole nanoseconds, negative durations as 0.
     public static func nanoseconds(_ d: Duration) -> UInt64 {
         let (s, a) = d.components
         return UInt64(max(0, s)) &* 1_000_000_000 &+ UInt64(max(0, a) / 1_000_000_000)

@@ -76,6 +76,7 @@ public final class LibXenStore: XenStoreOperations, @unchecked Sendable {
 
     // MARK: requests
 
+    /// Performs one store request through the matching `xs_*` call on the library's own queue (read, write, directory, mkdir, rm, permissions, domain path). Throws the call's errno as a `XenStoreError` (`ENOENT`, `EACCES`, ...), `.notImplemented` for a type libxenstore does not offer this way, and `ECLOSED` after ``close()``.
     public func request(_ type: XenStoreMessageType, payload: [UInt8]) async throws(XenStoreError) -> XenStoreMessage {
         try await call { [self] (handle) throws(XenStoreError) -> XenStoreMessage in try perform(type, payload, handle) }
     }
@@ -265,10 +266,12 @@ public final class LibXenStore: XenStoreOperations, @unchecked Sendable {
 }
 
 extension LibXenStore: XenStoreConnection {
+    /// Watches `path` and its children (`xs_watch`), as ``watch(_:)`` does.
     public func watchEvents(_ path: String) async throws(XenStoreError) -> AsyncStream<XenStoreWatchEvent> {
         try await watch(path)
     }
 
+    /// Runs `body` in a transaction retried on conflict, as ``transaction(maxAttempts:_:)`` does.
     public func inTransaction<T: Sendable>(_ body: (any XenStoreOperations) async throws -> T) async throws -> T {
         try await transaction { tx in try await body(tx) }
     }

@@ -6,7 +6,9 @@ import XenHypervisor
 /// user-space libraries (`libxengnttab`, `libxenevtchn`). The same drivers
 /// that run on the simulator run on this.
 public final class XenHost: Hypervisor {
+    /// The domain this process runs in, as given at init.
     public let domainID: DomainID
+    /// Allocates anonymous memory of this process; its frame numbers are virtual page numbers, which cannot be granted (share through ``openGrantSharer()``).
     public let pageAllocator: any PageAllocator
     let lib: LibXen
 
@@ -22,14 +24,17 @@ public final class XenHost: Hypervisor {
     /// device: the condition for choosing the real-Xen world automatically.
     public static var isAvailable: Bool { access("/dev/xen/evtchn", R_OK | W_OK) == 0 }
 
+    /// Opens a `xenevtchn` handle; throws the library's errno (with a hint when `/dev/xen` is missing).
     public func openEventChannels() throws(HypervisorError) -> any EventChannels {
         try XenEventChannels(lib)
     }
 
+    /// Opens a `xengnttab` handle; throws the library's errno (with a hint when `/dev/xen` is missing).
     public func openGrantMapper() throws(HypervisorError) -> any GrantMapper {
         try XenGrantMapper(lib)
     }
 
+    /// Opens a `xengntshr` handle; throws the library's errno (with a hint when `/dev/xen` is missing).
     public func openGrantSharer() throws(HypervisorError) -> any GrantSharer {
         try XenGrantSharer(lib)
     }

@@ -12,6 +12,7 @@ public struct GrantMapping: Sendable, Hashable {
     /// Whether the mapping is writable.
     public let writable: Bool
 
+    /// Describes a mapping; made by a ``GrantMapper`` implementation, which owns the memory until ``GrantMapper/unmap(_:)``.
     public init(domain: DomainID, memory: MappedPages, handle: GrantHandle, writable: Bool) {
         self.domain = domain
         self.memory = memory
@@ -25,6 +26,7 @@ public struct GrantMapping: Sendable, Hashable {
 /// granted; `offset + length` must stay within the 4 KiB frame.
 public struct GrantCopySegment: @unchecked Sendable {
     // @unchecked: `.local` carries a raw address owned by the caller.
+    /// One end of a copy: memory in this process or a range of a frame another domain granted.
     public enum End: Hashable {
         /// Memory in this process.
         case local(UnsafeMutableRawPointer)
@@ -32,12 +34,16 @@ public struct GrantCopySegment: @unchecked Sendable {
         case foreign(domain: DomainID, ref: GrantRef, offset: UInt16)
     }
 
+    /// Where the bytes are read from.
     public var source: End
+    /// Where the bytes are written to.
     public var destination: End
+    /// Bytes to copy; with either end's offset it must stay within one 4 KiB frame (`GNTST_bad_copy_arg` otherwise).
     public var length: UInt16
     /// Set by the copy: `.okay` or the Xen status of this segment alone.
     public var status: GrantStatus
 
+    /// A segment to copy, its ``status`` preset to `.generalError` until the copy sets it.
     public init(source: End, destination: End, length: UInt16) {
         self.source = source
         self.destination = destination

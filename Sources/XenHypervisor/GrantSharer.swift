@@ -12,6 +12,7 @@ public struct SharedPages: Sendable, Hashable {
     /// The pages as this domain sees them.
     public let memory: MappedPages
 
+    /// Describes shared pages; made by a ``GrantSharer`` implementation. Traps unless there is one reference per page.
     public init(peer: DomainID, refs: [GrantRef], writable: Bool, memory: MappedPages) {
         precondition(refs.count == memory.count, "one grant reference per page")
         self.peer = peer

@@ -9,9 +9,12 @@ import XenABI
 public struct MappedPages: @unchecked Sendable, Hashable {
     // @unchecked: a raw address is only a number; the owner of the memory
     // (grant mapper, sharer, allocator) decides which thread may touch it.
+    /// The address of the first page, page-aligned.
     public let base: UnsafeMutableRawPointer
+    /// The number of 4 KiB pages.
     public let count: Int
 
+    /// Lends `count` pages at `base`; the caller keeps ownership of the memory.
     @inlinable public init(base: UnsafeMutableRawPointer, count: Int) {
         self.base = base
         self.count = count

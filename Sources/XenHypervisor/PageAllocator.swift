@@ -4,8 +4,10 @@ import XenABI
 public struct GuestPages: Sendable, Hashable {
     /// The first frame; the run is `first ..< first + memory.count`.
     public let first: FrameNumber
+    /// The same frames as mapped in this process, page `i` being frame `first + i`.
     public let memory: MappedPages
 
+    /// Describes a run of frames; made by a ``PageAllocator`` implementation, which owns the memory until ``PageAllocator/freePages(_:)``.
     public init(first: FrameNumber, memory: MappedPages) {
         self.first = first
         self.memory = memory

@@ -10,6 +10,7 @@ public final class Lock: @unchecked Sendable {
     // through pthread calls, which do their own synchronisation.
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
 
+    /// A new, unlocked, non-recursive mutex; traps if pthread cannot create it.
     public init() {
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
@@ -23,7 +24,9 @@ public final class Lock: @unchecked Sendable {
         mutex.deallocate()
     }
 
+    /// Takes the mutex, waiting for it; not recursive, so a thread that already holds it deadlocks.
     @inline(__always) public func lock() { pthread_mutex_lock(mutex) }
+    /// Releases the mutex; only the thread that took it may.
     @inline(__always) public func unlock() { pthread_mutex_unlock(mutex) }
 
     /// Runs `body` holding the lock; typed throws pass through.
@@ -41,8 +44,10 @@ public final class Locked<Value>: @unchecked Sendable {
     private let lock = Lock()
     private var value: Value
 
+    /// Wraps `value`, which from now on is reached only through ``withLock(_:)``.
     public init(_ value: Value) { self.value = value }
 
+    /// Runs `body` on the value while holding the lock; typed throws pass through. Do not let the reference escape `body`.
     public func withLock<T, E: Error>(_ body: (inout Value) throws(E) -> T) throws(E) -> T {
         try lock.withLock { () throws(E) -> T in try body(&value) }
     }

@@ -8,26 +8,36 @@ import XenNetTap
 /// namespace whose TAP netfront drives, netback's vif on a bridge in a dom0
 /// namespace — against a plain veth pair in the same run.
 public enum BridgeBenchmark {
+    /// The two iperf3 rates of one run.
     public struct Result: Sendable {
+        /// How long each iperf3 run lasted, in seconds.
         public var seconds: Double
+        /// TCP received through netfront, the netif rings and netback's vif, in Gbit/s.
         public var vifGbit: Double
+        /// TCP received through the plain veth pair, in Gbit/s.
         public var vethGbit: Double
+        /// ``vifGbit`` over ``vethGbit`` (0 when the veth run moved nothing).
         public var ratio: Double { vethGbit > 0 ? vifGbit / vethGbit : 0 }
 
+        /// One JSON object: `seconds`, `vif_gbit_per_second`, `veth_gbit_per_second`, `ratio`.
         public var json: String {
             String(format: #"{"seconds":%.0f,"vif_gbit_per_second":%.3f,"veth_gbit_per_second":%.3f,"ratio":%.3f}"#,
                    seconds, vifGbit, vethGbit, ratio)
         }
+        /// One line for a person.
         public var summary: String {
             String(format: "iperf3 TCP for %.0f s: through netfront/netback %.2f Gbit/s, plain veth %.2f Gbit/s (ratio %.2f)",
                    seconds, vifGbit, vethGbit, ratio)
         }
     }
 
+    /// Why the benchmark could not run (not root, no `/dev/net/tun`, no iperf3, a failed `ip` command).
     public struct Failure: Error, CustomStringConvertible {
+        /// What was missing or which command failed.
         public var description: String
     }
 
+    /// Builds both set-ups in fresh namespaces, runs iperf3 TCP for `seconds` through each, and removes the namespaces. Needs root, `/dev/net/tun` and `iperf3`; throws ``Failure`` otherwise, or the error of a command or driver that failed.
     public static func run(seconds: Double) throws -> Result {
         guard getuid() == 0, access("/dev/net/tun", R_OK | W_OK) == 0 else {
             throw Failure(description: "needs root and /dev/net/tun (network namespaces and TAP devices)")

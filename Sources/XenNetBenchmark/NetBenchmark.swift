@@ -13,33 +13,47 @@ import XenSimulator
 
 /// What `xenpv bench net` measures.
 public struct NetBenchmarkConfiguration: Sendable {
+    /// Which way frames flow.
     public enum Direction: String, Sendable, CaseIterable {
         /// Guest to dom0: netfront transmits, netback hands frames to a sink.
         case tx
         /// Dom0 to guest: a source hands frames to netback, netfront receives.
         case rx
     }
+    /// Bytes per frame, from `Netif.minimumPacketSize` to `Netif.maxPacketSize`; above 1514 frames go as TCP GSO.
     public var packetSize = 64
+    /// How long to send, in seconds.
     public var seconds = 3.0
+    /// Which way frames flow.
     public var direction = Direction.tx
     /// CPUs to pin the frontend and backend threads to (nil: not pinned).
     public var frontCPU: Int32? = 0
+    /// The CPU the backend thread is pinned to (nil: not pinned).
     public var backCPU: Int32? = 1
 
+    /// 64-byte frames, guest to dom0, for 3 s, the frontend on CPU 0 and the backend on CPU 1.
     public init() {}
 }
 
 /// What it measured.
 public struct NetBenchmarkResult: Sendable {
+    /// The configuration of the run.
     public var configuration: NetBenchmarkConfiguration
+    /// Frames that arrived: counted at the sink for `tx`, at netfront for `rx`.
     public var packets: UInt64
+    /// Wall-clock seconds the run took.
     public var seconds: Double
+    /// Event-channel notifications sent by both sides.
     public var notifies: UInt64
+    /// Times the backend thread slept on its event channel.
     public var backendSleeps: UInt64
 
+    /// Frames per second.
     public var packetsPerSecond: Double { Double(packets) / seconds }
+    /// Frame bytes per second in Gbit/s (10^9 bits).
     public var gigabitsPerSecond: Double { Double(packets) * Double(configuration.packetSize) * 8 / seconds / 1e9 }
 
+    /// One JSON object with the configuration, the rates, and notifications and sleeps per frame.
     public var json: String {
         String(format: """
             {"direction":"%@","packet_size":%d,"packets":%llu,"seconds":%.3f,"packets_per_second":%.0f,\
@@ -49,6 +63,7 @@ public struct NetBenchmarkResult: Sendable {
                       Double(backendSleeps) / Double(max(packets, 1)))
     }
 
+    /// One line for a person.
     public var summary: String {
         String(format: "%@ %d-byte frames: %.0f frames/s, %.2f Gbit/s, %.1f ns/frame, %.3f notifies/frame (%llu frames in %.2f s)",
                configuration.direction.rawValue, configuration.packetSize, packetsPerSecond, gigabitsPerSecond,
@@ -89,6 +104,7 @@ final class CountingAttachment: NetworkAttachment, @unchecked Sendable {
 /// Frames through the netif ring pair between two simulated domains: the
 /// data path of netfront and netback without a network stack on either end.
 public enum NetBenchmark {
+    /// Runs one measurement: sets up a frontend and a backend on two simulated domains, drives the frontend on the calling thread (pinned to `frontCPU`, and left pinned) for `seconds`, and tears everything down. Throws for a frame size out of range or a failure of set-up or the drivers.
     public static func run(_ configuration: NetBenchmarkConfiguration) throws -> NetBenchmarkResult {
         let size = configuration.packetSize
         guard size >= Netif.minimumPacketSize, size <= Netif.maxPacketSize else {

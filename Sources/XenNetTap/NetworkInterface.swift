@@ -8,6 +8,7 @@ public enum NetworkInterface {
         guard ctap_set_up(name, up ? 1 : 0) == 0 else { throw .last("set \(name) \(up ? "up" : "down")") }
     }
 
+    /// Sets the interface's MTU in bytes (`SIOCSIFMTU`); throws the ioctl's errno.
     public static func setMTU(_ name: String, _ mtu: Int) throws(TapError) {
         guard ctap_set_mtu(name, Int32(mtu)) == 0 else { throw .last("set MTU of \(name) to \(mtu)") }
     }

@@ -6,7 +6,9 @@ import SystemPackage
 /// (`TUN_F_*`): unchecksummed packets, and TCP packets up to 64 KiB to be
 /// segmented later.
 public struct TapOffloads: OptionSet, Hashable, Sendable {
+    /// The `TUN_F_*` bits, as `TUNSETOFFLOAD` takes them.
     public var rawValue: UInt32
+    /// Wraps `TUN_F_*` bits.
     public init(rawValue: UInt32) { self.rawValue = rawValue }
     /// `TUN_F_CSUM`
     public static let checksum = TapOffloads(rawValue: UInt32(TUN_F_CSUM))
@@ -23,8 +25,11 @@ public struct TapOffloads: OptionSet, Hashable, Sendable {
 public final class TapDevice: @unchecked Sendable {
     // @unchecked: the descriptor is only an integer; reads and writes of one
     // frame are atomic in the kernel, and close happens once under the owner.
+    /// The interface name the kernel gave the device (the one asked for, or the one it picked).
     public let name: String
+    /// The non-blocking descriptor: one `read` takes one frame, one `write` sends one. Owned by the device, closed by ``close()`` or deinit.
     public let fileDescriptor: FileDescriptor
+    /// Whether every frame read or written starts with a ``VirtioNetHeader`` (`IFF_VNET_HDR`).
     public let hasVnetHeader: Bool
     private var closed = false
 

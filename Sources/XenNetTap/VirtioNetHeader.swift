@@ -6,22 +6,32 @@ import XenNetProtocol
 /// whether to segment. It is the Linux side of netif's `csum_blank`,
 /// `data_validated` and GSO extras, and this type converts between the two.
 public struct VirtioNetHeader: Hashable, Sendable {
+    /// `flags`: ``needsChecksum`` and/or ``dataValid``.
     public var flags: UInt8
+    /// `gso_type`: `VIRTIO_NET_HDR_GSO_NONE`, `_TCPV4`, `_TCPV6`, optionally with `_ECN`.
     public var gsoType: UInt8
+    /// `hdr_len`: bytes of Ethernet, IP and TCP headers to repeat in each segment.
     public var headerLength: UInt16
+    /// `gso_size`: the payload bytes per segment (the MSS) when segmentation is asked for.
     public var gsoSize: UInt16
+    /// `csum_start`: the offset in the frame where checksumming starts (the transport header).
     public var checksumStart: UInt16
+    /// `csum_offset`: where, counted from `csum_start`, the checksum is stored.
     public var checksumOffset: UInt16
 
+    /// `sizeof(struct virtio_net_hdr)`: the bytes before each frame on a TAP with a vnet header.
     public static let size = MemoryLayout<virtio_net_hdr>.size
 
+    /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum is still to be computed (netif's `csum_blank`).
     public static let needsChecksum = UInt8(VIRTIO_NET_HDR_F_NEEDS_CSUM)
+    /// `VIRTIO_NET_HDR_F_DATA_VALID`: the checksum was already verified (netif's `data_validated`).
     public static let dataValid = UInt8(VIRTIO_NET_HDR_F_DATA_VALID)
 
     /// A header that asks nothing: a complete, checksummed frame.
     public static let plain = VirtioNetHeader(flags: 0, gsoType: UInt8(VIRTIO_NET_HDR_GSO_NONE), headerLength: 0,
                                               gsoSize: 0, checksumStart: 0, checksumOffset: 0)
 
+    /// A header from its fields, each as `struct virtio_net_hdr` holds it (host byte order).
     public init(flags: UInt8, gsoType: UInt8, headerLength: UInt16, gsoSize: UInt16, checksumStart: UInt16, checksumOffset: UInt16) {
         self.flags = flags
         self.gsoType = gsoType

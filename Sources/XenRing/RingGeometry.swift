@@ -10,10 +10,13 @@ import XenABI
 public struct RingGeometry: Hashable, Sendable {
     /// `offsetof(struct NAME_sring, ring)`: four indices, 4 bytes `pvt`, 44 bytes `__pad`.
     public static let headerSize = 64
-    /// Byte offsets of the header fields in `struct NAME_sring`.
+    /// `offsetof(struct NAME_sring, req_prod)`: the header fields start the first page.
     public static let requestProducerOffset = 0
+    /// `offsetof(struct NAME_sring, req_event)`.
     public static let requestEventOffset = 4
+    /// `offsetof(struct NAME_sring, rsp_prod)`.
     public static let responseProducerOffset = 8
+    /// `offsetof(struct NAME_sring, rsp_event)`.
     public static let responseEventOffset = 12
     /// `pvt` (4 bytes) and `__pad` (44 bytes): zeroed by `SHARED_RING_INIT`, otherwise untouched.
     public static let paddingRange = 16 ..< 64

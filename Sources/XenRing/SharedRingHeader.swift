@@ -8,8 +8,10 @@ import XenABI
 public struct SharedRingHeader: @unchecked Sendable {
     // @unchecked: a raw address; the ring that owns this header decides which
     // thread touches which field.
+    /// The address of the ring's first page, where `req_prod` lies.
     public let base: UnsafeMutableRawPointer
 
+    /// Views the header at `base`, which must be the start of mapped ring pages that outlive this value.
     @inlinable public init(_ base: UnsafeMutableRawPointer) { self.base = base }
 
     @inlinable func field(_ offset: Int) -> UnsafeAtomic<UInt32> {

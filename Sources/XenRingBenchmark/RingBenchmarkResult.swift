@@ -9,28 +9,38 @@ public struct RingSideStatistics: Sendable, Hashable {
     /// CPU time of its thread during the run (`CLOCK_THREAD_CPUTIME_ID`).
     public var cpuSeconds: Double = 0
 
+    /// Statistics with every count at zero.
     public init() {}
 }
 
 /// The figures of one run, with the keys of ringbench's `-j` output.
 public struct RingBenchmarkResult: Sendable {
+    /// The configuration the run used.
     public var configuration: RingBenchmarkConfiguration
     /// Entries in the ring; `queueDepth` as used (clamped to it).
     public var ringEntries: UInt32
+    /// The queue depth as used: the configured one, clamped to ``ringEntries`` (0 meaning the ring).
     public var queueDepth: UInt32
     /// Wall time from the frontend's first request to its last response.
     public var elapsedSeconds: Double
+    /// What the frontend thread counted.
     public var front: RingSideStatistics
+    /// What the backend thread counted.
     public var back: RingSideStatistics
     /// The backend's CPU seconds during the idle probe and the probe's length.
     public var idleBackCPUSeconds: Double?
+    /// The idle probe's wall-clock length in seconds; nil without a probe.
     public var idleSeconds: Double?
     /// Sum of sector numbers and grant references the backend read.
     public var checksum: UInt64
 
+    /// Requests exchanged per second of ``elapsedSeconds``.
     public var requestsPerSecond: Double { Double(configuration.requests) / elapsedSeconds }
+    /// Wall-clock nanoseconds per request (the inverse of ``requestsPerSecond``).
     public var nanosecondsPerRequest: Double { elapsedSeconds * 1e9 / Double(configuration.requests) }
+    /// Notifications sent by both sides per request.
     public var notifiesPerRequest: Double { Double(front.notifies + back.notifies) / Double(configuration.requests) }
+    /// Sleeps of both sides per request.
     public var sleepsPerRequest: Double { Double(front.sleeps + back.sleeps) / Double(configuration.requests) }
 
     /// One JSON object; the keys ringbench `-j` prints, plus a few more.

@@ -7,6 +7,7 @@ import XenRing
 
 /// The ring this benchmark drives: blkif, the ring of ringbench.c.
 public typealias BlkifFrontRing = FrontRing<blkif_request, blkif_response>
+/// The backend's view of the same ring.
 public typealias BlkifBackRing = BackRing<blkif_request, blkif_response>
 
 /// The two halves of the benchmark as loops any thread can run: the
@@ -26,6 +27,7 @@ public final class RingBenchmarkSession: @unchecked Sendable {
     // @unchecked: the two threads touch disjoint state (each its own ring
     // view, event handle and statistics) and the set-up is read-only for
     // them; results are read after both are joined.
+    /// The configuration this session runs.
     public let configuration: RingBenchmarkConfiguration
     let sharer: any GrantSharer
     let mapper: any GrantMapper

@@ -16,6 +16,7 @@ public final class SimulatedDomain: Hypervisor, @unchecked Sendable {
     // `nextHandle`) is guarded by `lock`; `hypervisor` is a weak reference,
     // which Swift reads atomically.
 
+    /// This domain's id; dom0 is the privileged one.
     public let domainID: DomainID
     /// Frames of memory this domain owns: frame numbers `0 ..< frameCount`.
     public let frameCount: Int
@@ -67,6 +68,7 @@ public final class SimulatedDomain: Hypervisor, @unchecked Sendable {
 
     // MARK: - Hypervisor
 
+    /// Opens a new ``SimulatedEventChannels`` handle with its own eventfd; throws `.closed` once the domain is destroyed.
     public func openEventChannels() throws(HypervisorError) -> any EventChannels {
         try openSimulatedEventChannels()
     }
@@ -79,16 +81,19 @@ public final class SimulatedDomain: Hypervisor, @unchecked Sendable {
         return handle
     }
 
+    /// Opens a grant-mapping handle of this domain (`xengnttab_open`); throws `.closed` once the domain is destroyed.
     public func openGrantMapper() throws(HypervisorError) -> any GrantMapper {
         _ = try liveHypervisor()
         return SimulatedGrantMapper(domain: self)
     }
 
+    /// Opens a grant-sharing handle of this domain (`xengntshr_open`); throws `.closed` once the domain is destroyed.
     public func openGrantSharer() throws(HypervisorError) -> any GrantSharer {
         _ = try liveHypervisor()
         return SimulatedGrantSharer(domain: self)
     }
 
+    /// The allocator of this domain's own frames.
     public var pageAllocator: any PageAllocator { allocator }
 
     // MARK: - The guest kernel's view

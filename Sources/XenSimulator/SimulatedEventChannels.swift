@@ -61,6 +61,7 @@ public final class SimulatedEventChannels: EventChannels, @unchecked Sendable {
         words.deallocate()
     }
 
+    /// The handle's eventfd: readable exactly while a port bound through this handle is pending and unmasked. It stays open until the handle is deinitialised.
     public var fileDescriptor: FileDescriptor { FileDescriptor(rawValue: eventFD) }
 
     @inline(__always) private var selector: UnsafeAtomic<UInt64> { UnsafeAtomic(at: words) }
@@ -135,6 +136,7 @@ public final class SimulatedEventChannels: EventChannels, @unchecked Sendable {
 
     // MARK: - EventChannels
 
+    /// Sets the connected peer port pending, taking only this port's spin lock. Throws `.closed` on a closed handle, `EINVAL` past the 2-level limit, `ENOTCONN` for a port not bound through this handle or without a connected peer.
     public func notify(_ port: EventPort) throws(HypervisorError) {
         guard !isClosed else { throw HypervisorError(.closed, "notify on a closed event-channel handle") }
         let p = port.rawValue
@@ -151,6 +153,7 @@ public final class SimulatedEventChannels: EventChannels, @unchecked Sendable {
         peer._withUnsafeGuaranteedRef { $0.setPending(remotePort) }
     }
 
+    /// Returns the next pending, unmasked port of this handle, masked and its pending bit cleared, or nil; never blocks. Throws `.closed` on a closed handle.
     public func pending() throws(HypervisorError) -> EventPort? {
         guard !isClosed else { throw HypervisorError(.closed, "pending on a closed event-channel handle") }
         while true {
@@ -192,6 +195,7 @@ public final class SimulatedEventChannels: EventChannels, @unchecked Sendable {
         return nil
     }
 
+    /// Clears the port's mask (`evtchn_2l_unmask`); if it was pending meanwhile, the descriptor becomes readable again. Throws `.closed`, `EINVAL` or `ENOTCONN` as ``notify(_:)`` does.
     public func unmask(_ port: EventPort) throws(HypervisorError) {
         guard !isClosed else { throw HypervisorError(.closed, "unmask on a closed event-channel handle") }
         let p = port.rawValue
@@ -214,6 +218,7 @@ public final class SimulatedEventChannels: EventChannels, @unchecked Sendable {
         }
     }
 
+    /// Allocates a free port unbound for `remote` (`EVTCHNOP_alloc_unbound`; `DOMID_SELF` means this domain). Throws `ESRCH` for an unknown domain, `ENOSPC` when no port is free.
     public func bindUnbound(remote: DomainID) throws(HypervisorError) -> EventPort {
         guard !isClosed else { throw HypervisorError(.closed, "bind on a closed event-channel handle") }
         let hv = try domain.liveHypervisor()
@@ -232,6 +237,7 @@ public final class SimulatedEventChannels: EventChannels, @unchecked Sendable {
         return EventPort(port)
     }
 
+    /// Binds a new local port to `remotePort` of `remote` (`EVTCHNOP_bind_interdomain`) and, as Xen does, leaves it pending. Throws `ESRCH` for an unknown domain, `EINVAL` unless the remote port is unbound for this domain, `ENOSPC` when no port is free.
     public func bindInterdomain(remote: DomainID, remotePort: EventPort) throws(HypervisorError) -> EventPort {
         guard !isClosed else { throw HypervisorError(.closed, "bind on a closed event-channel handle") }
         let hv = try domain.liveHypervisor()
@@ -276,6 +282,7 @@ public final class SimulatedEventChannels: EventChannels, @unchecked Sendable {
         _ = bound(w).loadThenBitwiseOr(with: b, ordering: .sequentiallyConsistent)
     }
 
+    /// Closes the port (`evtchn_close`): a connected peer's port falls back to unbound and its notify fails from then on. Throws `ENOTCONN` for a port not bound through this handle.
     public func unbind(_ port: EventPort) throws(HypervisorError) {
         guard !isClosed else { throw HypervisorError(.closed, "unbind on a closed event-channel handle") }
         let p = port.rawValue
@@ -324,6 +331,7 @@ public final class SimulatedEventChannels: EventChannels, @unchecked Sendable {
         return out
     }
 
+    /// Closes every port bound through this handle and unregisters it from its domain; later calls throw `.closed`. Calling it again does nothing.
     public func close() {
         // relaxed: the exchange only elects the one closer.
         guard closedWord.exchange(1, ordering: .relaxed) == 0 else { return }

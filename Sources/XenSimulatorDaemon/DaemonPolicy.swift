@@ -12,6 +12,7 @@ public struct DaemonPolicy: Sendable {
     public var maxBackends = 1
     /// Connections at once, from everyone and from one untrusted user.
     public var maxConnections = 512
+    /// Connections at once from one user the daemon does not trust (trusted users have only `maxConnections`).
     public var maxConnectionsPerUser = 16
     /// Event-channel ports a guest process may hold bound.
     public var maxPortsPerGuest = 64
@@ -19,17 +20,22 @@ public struct DaemonPolicy: Sendable {
     public var maxMappingsPerGuest = 256
     /// Domains created for a token that may wait for their guest at once, and for how long.
     public var maxPendingDomains = 64
+    /// Seconds a created domain waits for its guest to join before the daemon destroys it.
     public var pendingLifetime: Double = 60
 
+    /// The default policy: root and this user trusted, socket mode 0600, one backend process, the caps above.
     public init() {}
 }
 
 /// The secret a guest presents to join the domain a dom0 process created for
 /// it: 128 random bits, shown as 32 hex digits.
 public struct DomainToken: Sendable, Hashable, CustomStringConvertible {
+    /// The token's first 64 bits (the first 16 hex digits).
     public let high: UInt64
+    /// The token's last 64 bits (the last 16 hex digits).
     public let low: UInt64
 
+    /// A token from its two halves, as the daemon's reply carries it.
     public init(high: UInt64, low: UInt64) {
         self.high = high
         self.low = low
@@ -50,6 +56,7 @@ public struct DomainToken: Sendable, Hashable, CustomStringConvertible {
         return DomainToken(high: rng.next(), low: rng.next())
     }
 
+    /// The 32 lower-case hex digits, zero-padded: the form ``init(_:)`` parses and a guest is given.
     public var description: String {
         let h = String(high, radix: 16)
         let l = String(low, radix: 16)

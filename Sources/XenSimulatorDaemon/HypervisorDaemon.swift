@@ -52,11 +52,15 @@ import XenStore
 public final class HypervisorDaemon: @unchecked Sendable {
     // @unchecked: the tables below are guarded by `lock`; the poll set and
     // `accepting` belong to the loop thread.
+    /// The path of the seqpacket socket processes join through.
     public let socketPath: String
     /// The store's own dom0 socket (`SOCKET.xenstore`), for tools.
     public var storeSocketPath: String { socketPath + ".xenstore" }
+    /// The simulated machine the daemon serves; its domains are the joined processes'.
     public let hypervisor: SimulatedHypervisor
+    /// The store the daemon runs as dom0's toolstack would; guests reach it through their own connections.
     public let store: XenStoreServer
+    /// Who counts as dom0 and the caps on what clients can make the daemon hold, fixed at init.
     public let policy: DaemonPolicy
     private let logger: Logger
     private let lock = Lock()

@@ -28,7 +28,9 @@ public enum DomainRequest: Sendable, Hashable {
 
 /// Devices the daemon creates for a new guest, as a domain configuration lists them.
 public struct GuestDevices: OptionSet, Sendable, Hashable {
+    /// One bit per device kind.
     public let rawValue: UInt64
+    /// A device set from its bits, as the join message carries them.
     public init(rawValue: UInt64) { self.rawValue = rawValue }
     /// `vif/0`.
     public static let vif = GuestDevices(rawValue: 1)
@@ -51,6 +53,7 @@ public struct GuestDevices: OptionSet, Sendable, Hashable {
 public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
     // @unchecked: `link` serialises requests; `foreign` is guarded by `lock`;
     // the rest is immutable after init.
+    /// The domain the daemon gave this process: dom0 for `.dom0` and `.backend`, else the guest's id.
     public let domainID: DomainID
     /// The store, speaking as this domain over its own connection.
     public let store: XenStoreClient
@@ -62,6 +65,7 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
     private let lock = Lock()
     private var foreign: [DomainID: ForeignDomain] = [:]
 
+    /// True when this process joined as dom0 (a tool or the backend process).
     public var isPrivileged: Bool { domainID == .dom0 }
 
     /// The handler run when the daemon's socket closes under a live process.
@@ -129,18 +133,22 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
 
     // MARK: Hypervisor
 
+    /// Opens an event-channel handle whose binds are messages to the daemon and whose notifies go through the channel's shared page and the peer's wake pipe.
     public func openEventChannels() throws(HypervisorError) -> any EventChannels {
         try RemoteEventChannels(hypervisor: self)
     }
 
+    /// Opens a grant-mapping handle: the daemon checks each map against the granter's table and passes the share pool set aside for this domain.
     public func openGrantMapper() throws(HypervisorError) -> any GrantMapper {
         RemoteGrantMapper(hypervisor: self)
     }
 
+    /// Opens a grant-sharing handle whose pages come from the share pool this domain sets aside for each peer.
     public func openGrantSharer() throws(HypervisorError) -> any GrantSharer {
         RemoteGrantSharer(memory: memory, pools: pools)
     }
 
+    /// The allocator of this process's slice of its domain's frames.
     public var pageAllocator: any PageAllocator { memory }
 
     /// Creates a guest domain with `frames` frames and `devices`, for another
@@ -279,6 +287,7 @@ public struct DaemonReport: Sendable, Hashable, CustomStringConvertible {
         calls = words[words.count - 1]
     }
 
+    /// One line with the domains and counts, for logs and test messages.
     public var description: String {
         "domains \(domains.map(\.rawValue)), \(processes) processes, \(mappings) mappings, \(ports) ports, \(calls) calls"
     }

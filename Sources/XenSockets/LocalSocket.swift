@@ -11,7 +11,9 @@ import SystemPackage
 /// something other than a dead socket is never removed. The file mode is the
 /// first gate only: a daemon also checks every connection's `PeerCredentials`.
 public enum LocalSocket {
+    /// The socket type a daemon listens with.
     public enum Kind: Sendable {
+        /// `SOCK_STREAM` (the xenstore daemon's byte stream) or `SOCK_SEQPACKET` (the hypervisor daemon's messages, which carry descriptors).
         case stream, seqpacket
 
         var rawValue: Int32 {
@@ -107,6 +109,7 @@ public struct SocketAccess: Sendable, Hashable {
     /// The group that may connect besides the owner (mode 0660); nil for the owner alone (0600).
     public var group: gid_t?
 
+    /// Access for the owner alone, or for the owner and `group`.
     public init(group: gid_t? = nil) { self.group = group }
 
     /// Mode 0600: the daemon's user (and root) only.
@@ -118,10 +121,14 @@ public struct SocketAccess: Sendable, Hashable {
 /// What the kernel says about the process at the other end of a Unix socket
 /// (`SO_PEERCRED`, taken when it connected): the one identity a client cannot claim.
 public struct PeerCredentials: Sendable, Hashable, CustomStringConvertible {
+    /// The peer's process id when it connected.
     public let pid: Int32
+    /// The peer's effective user id when it connected.
     public let uid: uid_t
+    /// The peer's effective primary group id when it connected (supplementary groups are not included).
     public let gid: gid_t
 
+    /// Credentials from their parts, for tests; a daemon takes them from the kernel with ``of(_:)``.
     public init(pid: Int32, uid: uid_t, gid: gid_t) {
         self.pid = pid
         self.uid = uid
@@ -137,13 +144,16 @@ public struct PeerCredentials: Sendable, Hashable, CustomStringConvertible {
         return PeerCredentials(pid: pid, uid: uid, gid: gid)
     }
 
+    /// `pid P uid U gid G`, for logs.
     public var description: String { "pid \(pid) uid \(uid) gid \(gid)" }
 }
 
 /// Whose connections a daemon treats as its administrator's (dom0's): root,
 /// the daemon's own user, and optionally the members of one group.
 public struct TrustedPeers: Sendable, Hashable {
+    /// Users trusted by id (root and the daemon's effective user by default).
     public var uids: Set<uid_t>
+    /// A group whose members are trusted too, primary or supplementary; nil for none.
     public var group: gid_t?
 
     /// Root and this process's effective user, plus `group` if given.
@@ -152,6 +162,7 @@ public struct TrustedPeers: Sendable, Hashable {
         self.group = group
     }
 
+    /// True when the peer's user is trusted, or the trusted group is its primary group or, per the user database, one of its supplementary groups.
     public func trusts(_ peer: PeerCredentials) -> Bool {
         if uids.contains(peer.uid) { return true }
         guard let group else { return false }
@@ -176,12 +187,16 @@ public struct TrustedPeers: Sendable, Hashable {
 
 /// Why a socket could not be made or used.
 public struct LocalSocketError: Error, Sendable, CustomStringConvertible {
+    /// Why: `invalidPath` (empty, NUL byte, longer than `sun_path`), `notASocket` (the path holds something else, left alone), `inUse` (a live or unprobeable socket, left alone), `system` (a system call failed; see ``errno``).
     public enum Code: Sendable { case invalidPath, notASocket, inUse, system }
+    /// Why the socket could not be made or used.
     public let code: Code
+    /// What happened, naming the path, for a person.
     public let message: String
     /// The system call's error, where one failed.
     public let errno: Errno?
 
+    /// An error with `code` and `message`, and the failing call's errno if there was one.
     public init(_ code: Code, _ message: String, errno: Errno? = nil) {
         self.code = code
         self.message = message
@@ -192,5 +207,6 @@ public struct LocalSocketError: Error, Sendable, CustomStringConvertible {
         LocalSocketError(.system, "\(what): \(e)", errno: e)
     }
 
+    /// The message.
     public var description: String { message }
 }

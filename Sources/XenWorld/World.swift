@@ -10,6 +10,7 @@ import XenStore
 /// by a `xenpv hypervisor` daemon, or Xen's own libraries in a real domain.
 /// The drivers never see which: they are given a `Hypervisor` and a store.
 public enum World: String, CaseIterable, Sendable {
+    /// `auto` picks at start-up (see ``resolved``); `simulated` joins a `xenpv hypervisor` daemon; `xen` uses Xen's libraries in a real domain.
     case auto, simulated, xen
 
     /// `auto` is `xen` where `/dev/xen/evtchn` exists, else `simulated`.
@@ -18,7 +19,9 @@ public enum World: String, CaseIterable, Sendable {
 
 /// Why a process could not join its world, in words a person can act on.
 public struct WorldError: Error, CustomStringConvertible, Sendable {
+    /// What failed and, where it helps, what to do about it.
     public let description: String
+    /// An error that reads `description`.
     public init(_ description: String) { self.description = description }
 }
 
@@ -27,8 +30,11 @@ public struct WorldError: Error, CustomStringConvertible, Sendable {
 /// and how to leave.
 public final class JoinedDomain: Hypervisor, @unchecked Sendable {
     // @unchecked: immutable after init; the forwarded objects are Sendable.
+    /// The hypervisor calls are forwarded to: a `RemoteHypervisor` (simulated) or a `XenHost` (Xen).
     public let base: any Hypervisor
+    /// The store, speaking as this domain; closed by ``close()``.
     public let store: any XenStoreConnection
+    /// The world joined, never `.auto`.
     public let world: World
     private let leave: @Sendable () -> Void
 
@@ -39,11 +45,17 @@ public final class JoinedDomain: Hypervisor, @unchecked Sendable {
         self.leave = leave
     }
 
+    /// The domain this process runs as.
     public var domainID: DomainID { base.domainID }
+    /// The allocator of this domain's pages, forwarded to ``base``.
     public var pageAllocator: any PageAllocator { base.pageAllocator }
+    /// Opens an event-channel handle through ``base``.
     public func openEventChannels() throws(HypervisorError) -> any EventChannels { try base.openEventChannels() }
+    /// Opens a grant-mapping handle through ``base``.
     public func openGrantMapper() throws(HypervisorError) -> any GrantMapper { try base.openGrantMapper() }
+    /// Opens a grant-sharing handle through ``base``.
     public func openGrantSharer() throws(HypervisorError) -> any GrantSharer { try base.openGrantSharer() }
+    /// Leaves the world: simulated, the daemon destroys a guest's domain and releases a dom0 process's resources; on Xen, the store connection closes.
     public func close() { leave() }
 
     /// Joins `world` as `request`. Simulated, it joins the daemon at `socket`
