@@ -227,8 +227,9 @@ public enum BlockBenchmark {
                 for try await l in group { all += l }
                 return all
             }
-            let elapsed = Double((ContinuousClock.now - start).components.attoseconds) / 1e18
-                + Double((ContinuousClock.now - start).components.seconds)
+            // One reading of the clock: two could fall either side of a second.
+            let took = (ContinuousClock.now - start).components
+            let elapsed = Double(took.seconds) + Double(took.attoseconds) / 1e18
             guard !samples.isEmpty else { throw BlockBenchmarkError(message: "no operation completed") }
             let sorted = samples.sorted()
             func percentile(_ p: Double) -> Double {
