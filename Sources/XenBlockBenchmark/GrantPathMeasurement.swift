@@ -50,10 +50,17 @@ public enum GrantPathMeasurement {
             for i in 0..<n { try body(i) }
             return Double(cxen_monotonic_ns() - t0) / Double(n)
         }
+        // A segment that failed would look fast: each copy's statuses are checked.
+        func checkStatuses(_ count: Int) throws {
+            for k in 0..<count where segments[k].status != .okay {
+                throw HypervisorError(.grant(segments[k].status), "grant copy segment \(k) failed during the measurement")
+            }
+        }
         let copy = try time(iterations) { i in
             segments[0] = GrantCopySegment(source: .foreign(domain: guest.domainID, ref: pages.refs[i & 63], offset: 0),
                                            destination: .local(buffer), length: UInt16(XenPage.size))
             try mapper.copy(UnsafeMutableBufferPointer(rebasing: segments[0..<1]))
+            try checkStatuses(1)
         }
         let batch = try time(iterations / 11) { i in
             for k in 0..<11 {
@@ -61,6 +68,7 @@ public enum GrantPathMeasurement {
                                                destination: .local(buffer + k * XenPage.size), length: UInt16(XenPage.size))
             }
             try mapper.copy(segments)
+            try checkStatuses(11)
         } / 11
         let map = try time(iterations) { i in
             let m = try mapper.map(pages.refs[i & 63], from: guest.domainID, writable: true)
