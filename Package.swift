@@ -22,8 +22,9 @@ let package = Package(
         .executable(name: "xenpv", targets: ["xenpv"]),
         .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
         .library(name: "XenHost", targets: ["XenHost"]),
-        // The store and the device handshake.
+        // The store client, the store daemon, and the device handshake.
         .library(name: "XenStore", targets: ["XenStore"]),
+        .library(name: "XenStoreServer", targets: ["XenStoreServer"]),
         .library(name: "XenBus", targets: ["XenBus"]),
         // Block: protocol and storage engines.
         .library(name: "XenBlockProtocol", targets: ["XenBlockProtocol"]),
@@ -126,7 +127,7 @@ let package = Package(
         .target(
             name: "XenDemo",
             dependencies: [
-                "XenSimulator", "XenStore", "XenBus", "XenNetBack", "XenNetFront", "XenHypervisor", "XenABI",
+                "XenSimulator", "XenStore", "XenStoreServer", "XenBus", "XenNetBack", "XenNetFront", "XenHypervisor", "XenABI",
                 "XenBlockBack", "XenBlockFront", "XenBlockStorage",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -146,7 +147,7 @@ let package = Package(
         .executableTarget(
             name: "xenpv",
             dependencies: [
-                "XenRingBenchmark", "XenSimulator", "XenDemo", "XenNetBenchmark", "XenStore", "XenABI", "XenBus", "XenHost",
+                "XenRingBenchmark", "XenSimulator", "XenDemo", "XenNetBenchmark", "XenStore", "XenStoreServer", "XenABI", "XenBus", "XenHost",
                 "XenBlockBenchmark",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -194,7 +195,7 @@ let package = Package(
             name: "XenNetDriverTests",
             dependencies: [
                 "XenNetBack", "XenNetFront", "XenNetProtocol", "XenNetTap", "XenRing", "XenSimulator", "XenHypervisor",
-                "XenABI", "CXen", "NetTestSupport", "DriverTestSupport", "XenBus", "XenStore", "XenLocks", "XenDriverRuntime",
+                "XenABI", "CXen", "NetTestSupport", "DriverTestSupport", "XenBus", "XenStore", "XenStoreServer", "XenLocks", "XenDriverRuntime",
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
@@ -209,15 +210,24 @@ let package = Package(
             ]),
         .testTarget(
             name: "XenHostTests",
-            dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen", "XenStore", "XenBus",
+            dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen", "XenStore", "XenStoreServer", "XenBus",
                            "XenSimulator", "XenNetBack", "XenNetFront",
                            .product(name: "Logging", package: "swift-log")]),
 
-        // Layer 4: XenStore and XenBus.
+        // Layer 4: XenStore and XenBus. The client (what drivers, guests and tools link:
+        // messages, paths, permissions, transports incl. a guest's ring) and xenstored
+        // (engine, tree, quotas, the epoll loop), which only dom0-side programs link.
         .target(
             name: "XenStore",
             dependencies: [
-                "XenLocks", "XenSockets",
+                "XenLocks",
+                "XenABI", "CXen", "XenHypervisor",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]),
+        .target(
+            name: "XenStoreServer",
+            dependencies: [
+                "XenStore", "XenLocks", "XenSockets",
                 "XenABI", "CXen", "XenHypervisor",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -228,16 +238,16 @@ let package = Package(
             name: "XenBus",
             dependencies: ["XenStore", "XenABI", "XenLocks", .product(name: "Logging", package: "swift-log")]),
         .executableTarget(
-            name: "XenStoreBench", dependencies: ["XenStore"], path: "Benchmarks/XenStoreBench"),
+            name: "XenStoreBench", dependencies: ["XenStoreServer", "XenStore"], path: "Benchmarks/XenStoreBench"),
         .testTarget(
             name: "XenStoreTests",
             dependencies: [
-                "XenStore", "XenABI", "CXen", "XenHypervisor", "XenSimulator",
+                "XenStore", "XenStoreServer", "XenABI", "CXen", "XenHypervisor", "XenSimulator",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(
             name: "XenBusTests",
-            dependencies: ["XenBus", "XenStore", "XenABI", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["XenBus", "XenStore", "XenStoreServer", "XenABI", .product(name: "Logging", package: "swift-log")]),
 
         // Layers 5 and 6, block: blkif protocol, storage engines, drivers.
         // The x86_32-abi ring layouts (packed, as Linux blkback defines them).
@@ -288,7 +298,7 @@ let package = Package(
             name: "XenBlockDriverTests",
             dependencies: [
                 "XenBlockBack", "XenBlockFront", "XenBlockBenchmark", "XenBlockProtocol", "XenBlockStorage", "XenRing",
-                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks", "XenDriverRuntime",
+                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenStoreServer", "XenLocks", "XenDriverRuntime",
                 "DriverTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -301,7 +311,7 @@ let package = Package(
             name: "XenSimulatorDaemon",
             dependencies: [
                 "XenLocks",
-                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenStore", "XenBus", "XenSockets",
+                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenStore", "XenStoreServer", "XenBus", "XenSockets",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),

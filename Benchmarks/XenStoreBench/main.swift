@@ -2,6 +2,7 @@
 // watch-event latency. Run: swift run -c release XenStoreBench [seconds]
 import Foundation
 import XenStore
+import XenStoreServer
 
 let seconds = CommandLine.arguments.dropFirst().first.flatMap(Double.init) ?? 2
 let report = try await XenStoreBenchmark.run(clientCounts: [1, 8], seconds: seconds)

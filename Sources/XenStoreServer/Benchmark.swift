@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 #endif
 import Logging
+import XenStore
 
 /// Throughput and watch latency over the Unix socket, for `xenpv bench xenstore` and
 /// `Benchmarks/XenStoreBench`. Each client is one connection issuing requests back to back
