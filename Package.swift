@@ -148,7 +148,7 @@ let package = Package(
             name: "xenpv",
             dependencies: [
                 "XenRingBenchmark", "XenSimulator", "XenDemo", "XenNetBenchmark", "XenStore", "XenStoreServer", "XenABI", "XenBus", "XenHost",
-                "XenBlockBenchmark",
+                "XenBlockBenchmark", "XenStoreBenchmark",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // Across processes: hypervisor, backend and guest commands.
@@ -237,8 +237,12 @@ let package = Package(
         .target(
             name: "XenBus",
             dependencies: ["XenStore", "XenABI", "XenLocks", .product(name: "Logging", package: "swift-log")]),
+        // The store benchmark engine, shared by `xenpv bench xenstore` and XenStoreBench.
+        .target(
+            name: "XenStoreBenchmark",
+            dependencies: ["XenStoreServer", "XenStore", .product(name: "Logging", package: "swift-log")]),
         .executableTarget(
-            name: "XenStoreBench", dependencies: ["XenStoreServer", "XenStore"], path: "Benchmarks/XenStoreBench"),
+            name: "XenStoreBench", dependencies: ["XenStoreBenchmark"], path: "Benchmarks/XenStoreBench"),
         .testTarget(
             name: "XenStoreTests",
             dependencies: [
