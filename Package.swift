@@ -22,8 +22,9 @@ let package = Package(
         .executable(name: "xenpv", targets: ["xenpv"]),
         .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
         .library(name: "XenHost", targets: ["XenHost"]),
-        // The store and the device handshake.
+        // The store client, the store daemon, and the device handshake.
         .library(name: "XenStore", targets: ["XenStore"]),
+        .library(name: "XenStoreServer", targets: ["XenStoreServer"]),
         .library(name: "XenBus", targets: ["XenBus"]),
         // Block: protocol and storage engines.
         .library(name: "XenBlockProtocol", targets: ["XenBlockProtocol"]),
@@ -131,7 +132,7 @@ let package = Package(
         .target(
             name: "XenDemo",
             dependencies: [
-                "XenSimulator", "XenStore", "XenBus", "XenNetBack", "XenNetFront", "XenHypervisor", "XenABI",
+                "XenSimulator", "XenStore", "XenStoreServer", "XenBus", "XenNetBack", "XenNetFront", "XenHypervisor", "XenABI",
                 "XenBlockBack", "XenBlockFront", "XenBlockStorage",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -151,8 +152,8 @@ let package = Package(
         .executableTarget(
             name: "xenpv",
             dependencies: [
-                "XenRingBenchmark", "XenSimulator", "XenDemo", "XenNetBenchmark", "XenStore", "XenABI", "XenBus", "XenHost",
-                "XenBlockBenchmark",
+                "XenRingBenchmark", "XenSimulator", "XenDemo", "XenNetBenchmark", "XenStore", "XenStoreServer", "XenABI", "XenBus", "XenHost",
+                "XenBlockBenchmark", "XenStoreBenchmark",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // Across processes: hypervisor, backend and guest commands.
@@ -199,7 +200,7 @@ let package = Package(
             name: "XenNetDriverTests",
             dependencies: [
                 "XenNetBack", "XenNetFront", "XenNetProtocol", "XenNetTap", "XenRing", "XenSimulator", "XenHypervisor",
-                "XenABI", "CXen", "NetTestSupport", "DriverTestSupport", "XenBus", "XenStore", "XenLocks", "XenDriverRuntime",
+                "XenABI", "CXen", "NetTestSupport", "DriverTestSupport", "XenBus", "XenStore", "XenStoreServer", "XenLocks", "XenDriverRuntime",
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
@@ -219,15 +220,24 @@ let package = Package(
             dependencies: ["XenABI", "XenBus", "XenHost", "XenHypervisor", "XenSimulatorDaemon", "XenStore"]),
         .testTarget(
             name: "XenHostTests",
-            dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen", "XenStore", "XenBus",
+            dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen", "XenStore", "XenStoreServer", "XenBus",
                            "XenSimulator", "XenNetBack", "XenNetFront",
                            .product(name: "Logging", package: "swift-log")]),
 
-        // Layer 4: XenStore and XenBus.
+        // Layer 4: XenStore and XenBus. The client (what drivers, guests and tools link:
+        // messages, paths, permissions, transports incl. a guest's ring) and xenstored
+        // (engine, tree, quotas, the epoll loop), which only dom0-side programs link.
         .target(
             name: "XenStore",
             dependencies: [
-                "XenLocks", "XenSockets",
+                "XenLocks",
+                "XenABI", "CXen", "XenHypervisor",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]),
+        .target(
+            name: "XenStoreServer",
+            dependencies: [
+                "XenStore", "XenLocks", "XenSockets",
                 "XenABI", "CXen", "XenHypervisor",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -237,17 +247,21 @@ let package = Package(
         .target(
             name: "XenBus",
             dependencies: ["XenStore", "XenABI", "XenLocks", .product(name: "Logging", package: "swift-log")]),
+        // The store benchmark engine, shared by `xenpv bench xenstore` and XenStoreBench.
+        .target(
+            name: "XenStoreBenchmark",
+            dependencies: ["XenStoreServer", "XenStore", .product(name: "Logging", package: "swift-log")]),
         .executableTarget(
-            name: "XenStoreBench", dependencies: ["XenStore"], path: "Benchmarks/XenStoreBench"),
+            name: "XenStoreBench", dependencies: ["XenStoreBenchmark"], path: "Benchmarks/XenStoreBench"),
         .testTarget(
             name: "XenStoreTests",
             dependencies: [
-                "XenStore", "XenABI", "CXen", "XenHypervisor", "XenSimulator",
+                "XenStore", "XenStoreServer", "XenABI", "CXen", "XenHypervisor", "XenSimulator",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(
             name: "XenBusTests",
-            dependencies: ["XenBus", "XenStore", "XenABI", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["XenBus", "XenStore", "XenStoreServer", "XenABI", .product(name: "Logging", package: "swift-log")]),
 
         // Layers 5 and 6, block: blkif protocol, storage engines, drivers.
         // The x86_32-abi ring layouts (packed, as Linux blkback defines them).
@@ -298,7 +312,7 @@ let package = Package(
             name: "XenBlockDriverTests",
             dependencies: [
                 "XenBlockBack", "XenBlockFront", "XenBlockBenchmark", "XenBlockProtocol", "XenBlockStorage", "XenRing",
-                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks", "XenDriverRuntime",
+                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenStoreServer", "XenLocks", "XenDriverRuntime",
                 "DriverTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -311,7 +325,7 @@ let package = Package(
             name: "XenSimulatorDaemon",
             dependencies: [
                 "XenLocks",
-                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenStore", "XenBus", "XenSockets",
+                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenStore", "XenStoreServer", "XenBus", "XenSockets",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),

@@ -25,10 +25,16 @@ let package = Package(
             dependencies: ["FuzzSupport", .product(name: "XenNetProtocol", package: "XenPV"), .product(name: "XenABI", package: "XenPV")]),
         .executableTarget(
             name: "fuzz-xs-wire",
-            dependencies: ["FuzzSupport", .product(name: "XenStore", package: "XenPV"), .product(name: "XenABI", package: "XenPV")]),
+            dependencies: [
+                "FuzzSupport", .product(name: "XenStore", package: "XenPV"), .product(name: "XenStoreServer", package: "XenPV"),
+                .product(name: "XenABI", package: "XenPV"),
+            ]),
         .executableTarget(
             name: "fuzz-xs-engine",
-            dependencies: ["FuzzSupport", .product(name: "XenStore", package: "XenPV"), .product(name: "XenABI", package: "XenPV")]),
+            dependencies: [
+                "FuzzSupport", .product(name: "XenStore", package: "XenPV"), .product(name: "XenStoreServer", package: "XenPV"),
+                .product(name: "XenABI", package: "XenPV"),
+            ]),
         .executableTarget(
             name: "fuzz-daemon-wire",
             dependencies: ["FuzzSupport", .product(name: "XenSimulatorDaemon", package: "XenPV")]),
@@ -37,6 +43,7 @@ let package = Package(
             dependencies: [
                 "FuzzSupport",
                 .product(name: "XenBus", package: "XenPV"), .product(name: "XenStore", package: "XenPV"),
+                .product(name: "XenStoreServer", package: "XenPV"),
                 .product(name: "XenBlockBack", package: "XenPV"), .product(name: "XenBlockFront", package: "XenPV"),
                 .product(name: "XenBlockStorage", package: "XenPV"),
                 .product(name: "XenBlockProtocol", package: "XenPV"), .product(name: "XenNetProtocol", package: "XenPV"),

@@ -9,6 +9,7 @@ import XenHypervisor
 import XenNetBack
 import XenSimulator
 import XenStore
+import XenStoreServer
 
 /// One process playing a whole Xen host on the embedded simulator: the
 /// hypervisor, dom0's xenstored (with a socket per guest that speaks as that

@@ -12,6 +12,7 @@ import XenHypervisor
 import XenSimulator
 import XenSockets
 import XenStore
+import XenStoreServer
 
 /// The hypervisor daemon (`xenpv hypervisor --socket PATH`): one simulated
 /// machine shared by several processes.

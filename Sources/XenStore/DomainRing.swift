@@ -29,16 +29,16 @@ public struct XenStoreDomainRing: @unchecked Sendable {
     static let reqProdOffset = MemoryLayout<xenstore_domain_interface>.offset(of: \.req_prod)!
     static let rspConsOffset = MemoryLayout<xenstore_domain_interface>.offset(of: \.rsp_cons)!
     static let rspProdOffset = MemoryLayout<xenstore_domain_interface>.offset(of: \.rsp_prod)!
-    static let featuresOffset = MemoryLayout<xenstore_domain_interface>.offset(of: \.server_features)!
-    static let connectionOffset = MemoryLayout<xenstore_domain_interface>.offset(of: \.connection)!
-    static let errorOffset = MemoryLayout<xenstore_domain_interface>.offset(of: \.error)!
+    package static let featuresOffset = MemoryLayout<xenstore_domain_interface>.offset(of: \.server_features)!
+    package static let connectionOffset = MemoryLayout<xenstore_domain_interface>.offset(of: \.connection)!
+    package static let errorOffset = MemoryLayout<xenstore_domain_interface>.offset(of: \.error)!
 
     public init(page: UnsafeMutableRawPointer, side: Side) {
         self.page = page
         self.side = side
     }
 
-    private func index(_ offset: Int) -> UnsafeAtomic<UInt32> {
+    package func index(_ offset: Int) -> UnsafeAtomic<UInt32> {
         UnsafeAtomic(at: (page + offset).assumingMemoryBound(to: UInt32.AtomicRepresentation.self))
     }
 
@@ -128,17 +128,6 @@ public struct XenStoreDomainRing: @unchecked Sendable {
         return avail <= UInt32(Self.size) ? Int(avail) : 0
     }
 
-    /// Daemon only: announces features and records an error for the guest to see.
-    public func setError(_ code: UInt32) {
-        index(Self.errorOffset).store(code, ordering: .releasing)
-    }
-
     /// The `error` field (`XENSTORE_ERROR_*`).
     public var error: UInt32 { index(Self.errorOffset).load(ordering: .acquiring) }
-
-    /// Daemon only: publishes `server_features` (we offer `XENSTORE_SERVER_FEATURE_ERROR`).
-    public func publishFeatures() {
-        index(Self.featuresOffset).store(UInt32(XENSTORE_SERVER_FEATURE_ERROR), ordering: .releasing)
-        index(Self.connectionOffset).store(UInt32(XENSTORE_CONNECTED), ordering: .releasing)
-    }
 }

@@ -85,22 +85,3 @@ public final class XenStoreRingTransport: XenStoreTransport, @unchecked Sendable
 
     private func notify() { try? events.notify(port) }
 }
-
-extension XenStoreServer {
-    /// Introduces a guest in-process, as a toolstack's `XS_INTRODUCE` does: maps its xenstore
-    /// page (by the grant reference it gave dom0), binds its event channel, serves it as that
-    /// domain and fires `@introduceDomain`. Needs the server's `hypervisor`.
-    public func introduceDomain(_ domain: DomainID, ringRef: GrantRef, eventPort: EventPort) throws(XenStoreError) {
-        let message = XenStoreMessage(
-            type: .introduce, strings: [String(domain.rawValue), String(ringRef.rawValue), String(eventPort.rawValue)])
-        guard let reply = withEngine({ $0.perform(message, as: .dom0) }) else {
-            throw XenStoreError(.closed, "server stopped")
-        }
-        if reply.type == .error { throw XenStoreError(XenStoreError.Code(rawValue: reply.text), "introducing \(domain)") }
-    }
-
-    /// Releases a guest: drops its ring connection and fires `@releaseDomain`.
-    public func releaseDomain(_ domain: DomainID) {
-        _ = withEngine { engine in engine.releaseDomain(domain) }
-    }
-}

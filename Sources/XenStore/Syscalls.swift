@@ -3,15 +3,15 @@ import Glibc
 #endif
 
 /// The few socket calls the server and the client make, in one place.
-enum Sys {
-    static var errnoText: String { String(cString: strerror(errno)) }
+package enum Sys {
+    package static var errnoText: String { String(cString: strerror(errno)) }
 
-    static func fail(_ what: String) -> XenStoreError {
+    package static func fail(_ what: String) -> XenStoreError {
         XenStoreError(.system, "\(what): \(errnoText)")
     }
 
     /// Sets O_NONBLOCK and FD_CLOEXEC (accept4 and pipe2 are GNU-only for Swift's Glibc).
-    static func makeNonBlocking(_ fd: Int32) {
+    package static func makeNonBlocking(_ fd: Int32) {
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
     }
@@ -33,7 +33,7 @@ enum Sys {
     }
 
     /// A blocking connection to the Unix socket at `path`.
-    static func connect(to path: String) throws(XenStoreError) -> Int32 {
+    package static func connect(to path: String) throws(XenStoreError) -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw fail("socket") }
         let rc = try withAddress(path) { Glibc.connect(fd, $0, $1) }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import XenStore
+import XenStoreBenchmark
 
 /// `xenpv bench xenstore`: reads and writes per second over the socket with 1 and 8
 /// clients, and watch-event latency, against an embedded xenstored.

@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import XenSockets
 import XenStore
+import XenStoreServer
 
 /// `xenpv xenstored --socket PATH [--group NAME|GID]`: the store in the foreground until SIGTERM.
 struct XenstoredCommand: ParsableCommand {

@@ -12,6 +12,7 @@ import XenHypervisor
 import XenRing
 import XenSimulator
 import XenStore
+import XenStoreServer
 
 /// dom0 and a guest on the simulator with a xenstore between them: the toolstack creates
 /// vbds, one `BlockBackend` serves them all, and each guest disk runs a frontend driver.

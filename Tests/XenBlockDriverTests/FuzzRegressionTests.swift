@@ -8,6 +8,7 @@ import XenBlockStorage
 import XenBus
 import XenSimulator
 import XenStore
+import XenStoreServer
 
 /// A XenStoreConnection over an in-process engine (no server, no socket), speaking as `domain`.
 private final class EngineStore: XenStoreConnection, @unchecked Sendable {

@@ -4,6 +4,7 @@ import Testing
 import XenABI
 import XenBus
 import XenStore
+import XenStoreServer
 
 /// The toolstack layout and feature helpers against a real server, with the frontend and
 /// backend speaking for their own domains.

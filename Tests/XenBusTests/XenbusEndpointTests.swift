@@ -5,6 +5,7 @@ import Testing
 import XenABI
 @testable import XenBus
 @testable import XenStore
+import XenStoreServer
 
 /// Records what the handshake asked of it; can be told to fail a hook.
 final class RecordingDriver: XenbusDeviceDriver {

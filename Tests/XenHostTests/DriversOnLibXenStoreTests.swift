@@ -9,6 +9,7 @@ import XenNetBack
 import XenNetFront
 import XenSimulator
 import XenStore
+import XenStoreServer
 
 /// The unchanged net drivers with both ends' stores on Xen's libxenstore
 /// (grants and events stay simulated: this machine has no /dev/xen).

@@ -6,6 +6,7 @@ import XenABI
 import XenBus
 @testable import XenHost
 import XenStore
+import XenStoreServer
 
 /// Xen's own libxenstore against our xenstored: libxenstore honours
 /// XENSTORED_PATH, so the store protocol runs through the real library.

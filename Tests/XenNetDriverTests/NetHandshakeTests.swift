@@ -10,6 +10,7 @@ import XenNetFront
 import XenRing
 import XenSimulator
 import XenStore
+import XenStoreServer
 
 /// A simulated host with xenstored and netback (which records the frames it
 /// is sent), a guest whose vif 0 the toolstack plugs, and the guest's netfront

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import XenABI
 @testable import XenStore
+@testable import XenStoreServer
 
 /// Our client against our server over the Unix socket.
 @Suite(.timeLimit(.minutes(2)), .serialized)

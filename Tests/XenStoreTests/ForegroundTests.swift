@@ -3,6 +3,7 @@ import Logging
 import Synchronization
 import Testing
 @testable import XenStore
+@testable import XenStoreServer
 
 @Suite(.timeLimit(.minutes(2)), .serialized)
 struct ForegroundTests {

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import XenABI
 @testable import XenStore
+@testable import XenStoreServer
 
 /// Bad input costs only the connection that sends it; everyone else carries on.
 @Suite(.timeLimit(.minutes(2)), .serialized)

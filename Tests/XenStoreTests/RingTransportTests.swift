@@ -6,6 +6,7 @@ import XenABI
 import XenHypervisor
 @testable import XenSimulator
 @testable import XenStore
+@testable import XenStoreServer
 
 /// The per-domain xenstore page on the simulated hypervisor: a guest's client talks to the
 /// store through shared memory and an event channel; the server owns dom0's side.

@@ -3,6 +3,7 @@ import Testing
 import Logging
 import XenABI
 @testable import XenStore
+@testable import XenStoreServer
 
 /// Who may reach the dom0 socket, and what a flood of connections costs.
 @Suite(.timeLimit(.minutes(2)), .serialized)

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import XenABI
 @testable import XenStore
+@testable import XenStoreServer
 
 /// A server on fresh sockets: one for dom0, one per listed guest domain.
 final class TestServer: @unchecked Sendable {

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import XenABI
 @testable import XenStore
+@testable import XenStoreServer
 
 /// What a transaction can make the store hold is capped, and costs nothing until touched.
 @Suite(.timeLimit(.minutes(2)), .serialized)

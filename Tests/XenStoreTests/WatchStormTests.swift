@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import XenABI
 @testable import XenStore
+@testable import XenStoreServer
 
 /// A guest's event storm costs the guest, never a dom0 watcher.
 @Suite(.timeLimit(.minutes(2)), .serialized)

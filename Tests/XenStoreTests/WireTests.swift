@@ -2,6 +2,7 @@ import CXen
 import Testing
 import XenABI
 @testable import XenStore
+@testable import XenStoreServer
 
 /// The codec against `io/xs_wire.h`.
 @Suite(.timeLimit(.minutes(2)))

@@ -29,6 +29,7 @@ import XenHypervisor
 import XenNetProtocol
 import XenSimulator
 import XenStore
+import XenStoreServer
 
 /// XenStoreConnection over an in-process engine, speaking as `domain`.
 final class EngineStore: XenStoreConnection, @unchecked Sendable {

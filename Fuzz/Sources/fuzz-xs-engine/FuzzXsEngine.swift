@@ -18,6 +18,7 @@
 // reads, every node has permissions) and bounded by the quota.
 import XenABI
 import XenStore
+import XenStoreServer
 
 let paths: [String] = [
     "/", "/local", "/local/domain", "/local/domain/1", "/local/domain/1/device/vif/0",

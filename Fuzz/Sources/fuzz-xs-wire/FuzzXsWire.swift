@@ -14,6 +14,7 @@
 import CXen
 import XenABI
 import XenStore
+import XenStoreServer
 
 func fuzzOne(_ input: UnsafeRawBufferPointer) {
     guard let config = input.first else { return }

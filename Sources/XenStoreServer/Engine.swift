@@ -1,5 +1,6 @@
 import Logging
 import XenABI
+import XenStore
 
 /// The store and its request semantics, independent of any transport.
 ///

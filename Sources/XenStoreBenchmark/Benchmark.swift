@@ -3,6 +3,8 @@ import Foundation
 import Glibc
 #endif
 import Logging
+import XenStore
+import XenStoreServer
 
 /// Throughput and watch latency over the Unix socket, for `xenpv bench xenstore` and
 /// `Benchmarks/XenStoreBench`. Each client is one connection issuing requests back to back

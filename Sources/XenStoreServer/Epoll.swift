@@ -1,4 +1,5 @@
 import CXen
+import XenStore
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,4 +1,5 @@
 import XenABI
+import XenStore
 
 /// One node: its value, its children's names in creation order, its permissions.
 struct XenStoreNode: Sendable {

@@ -7,6 +7,7 @@ import Logging
 import XenABI
 import XenHypervisor
 import XenSockets
+import XenStore
 
 #if canImport(Glibc)
 import Glibc

@@ -1,4 +1,5 @@
 import Logging
+import XenStore
 
 #if canImport(Glibc)
 import Glibc

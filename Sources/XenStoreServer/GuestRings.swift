@@ -1,0 +1,40 @@
+import Atomics
+import CXen
+import XenABI
+import XenStore
+
+// What only the daemon does to a guest's xenstore page, and the in-process toolstack calls
+// that attach and release one. Reading and writing the page's rings (`XenStoreDomainRing`,
+// either side) and a guest's transport (`XenStoreRingTransport`) are in XenStore.
+
+extension XenStoreDomainRing {
+    /// Daemon only: announces features and records an error for the guest to see.
+    public func setError(_ code: UInt32) {
+        index(Self.errorOffset).store(code, ordering: .releasing)
+    }
+
+    /// Daemon only: publishes `server_features` (we offer `XENSTORE_SERVER_FEATURE_ERROR`).
+    public func publishFeatures() {
+        index(Self.featuresOffset).store(UInt32(XENSTORE_SERVER_FEATURE_ERROR), ordering: .releasing)
+        index(Self.connectionOffset).store(UInt32(XENSTORE_CONNECTED), ordering: .releasing)
+    }
+}
+
+extension XenStoreServer {
+    /// Introduces a guest in-process, as a toolstack's `XS_INTRODUCE` does: maps its xenstore
+    /// page (by the grant reference it gave dom0), binds its event channel, serves it as that
+    /// domain and fires `@introduceDomain`. Needs the server's `hypervisor`.
+    public func introduceDomain(_ domain: DomainID, ringRef: GrantRef, eventPort: EventPort) throws(XenStoreError) {
+        let message = XenStoreMessage(
+            type: .introduce, strings: [String(domain.rawValue), String(ringRef.rawValue), String(eventPort.rawValue)])
+        guard let reply = withEngine({ $0.perform(message, as: .dom0) }) else {
+            throw XenStoreError(.closed, "server stopped")
+        }
+        if reply.type == .error { throw XenStoreError(XenStoreError.Code(rawValue: reply.text), "introducing \(domain)") }
+    }
+
+    /// Releases a guest: drops its ring connection and fires `@releaseDomain`.
+    public func releaseDomain(_ domain: DomainID) {
+        _ = withEngine { engine in engine.releaseDomain(domain) }
+    }
+}
