@@ -35,6 +35,7 @@ let package = Package(
         .library(name: "XenBlockBenchmark", targets: ["XenBlockBenchmark"]),
         // Across processes: the hypervisor daemon and its client.
         .library(name: "XenSimulatorDaemon", targets: ["XenSimulatorDaemon"]),
+        .library(name: "XenSimulatorClient", targets: ["XenSimulatorClient"]),
         // Choosing the world at start-up: the daemon's simulator or real Xen.
         .library(name: "XenWorld", targets: ["XenWorld"]),
     ],
@@ -157,7 +158,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // Across processes: hypervisor, backend and guest commands.
-                "XenSimulatorDaemon", "XenNetBack", "XenNetFront", "XenRing", "XenHypervisor", "CXen",
+                "XenSimulatorDaemon", "XenSimulatorClient", "XenNetBack", "XenNetFront", "XenRing", "XenHypervisor", "CXen",
                 "XenBlockBack", "XenBlockFront", "XenBlockStorage", "XenWorld",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
@@ -217,7 +218,7 @@ let package = Package(
         // example programs share, so that neither writes the choice again.
         .target(
             name: "XenWorld",
-            dependencies: ["XenABI", "XenBus", "XenHost", "XenHypervisor", "XenSimulatorDaemon", "XenStore"]),
+            dependencies: ["XenABI", "XenBus", "XenHost", "XenHypervisor", "XenSimulatorClient", "XenStore"]),
         .testTarget(
             name: "XenHostTests",
             dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen", "XenStore", "XenStoreServer", "XenBus",
@@ -321,10 +322,19 @@ let package = Package(
         // Across processes: the hypervisor daemon shared by a dom0 backend
         // process and guest processes, and the client a joining process
         // passes to the unchanged drivers.
+        // What a process links to join the daemon: `RemoteHypervisor` and the wire
+        // format (a guest program links this, not the daemon or its xenstored).
+        .target(
+            name: "XenSimulatorClient",
+            dependencies: [
+                "XenLocks", "XenHypervisor", "XenABI", "CXen", "XenStore",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
         .target(
             name: "XenSimulatorDaemon",
             dependencies: [
-                "XenLocks",
+                "XenLocks", "XenSimulatorClient",
                 "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenStore", "XenStoreServer", "XenBus", "XenSockets",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -333,7 +343,7 @@ let package = Package(
         .testTarget(
             name: "XenProcessTests",
             dependencies: [
-                "XenSimulatorDaemon", "XenSimulator", "XenHypervisor", "XenABI", "XenStore", "XenRingBenchmark", "XenWorld", "xenpv",
+                "XenSimulatorDaemon", "XenSimulatorClient", "XenSimulator", "XenHypervisor", "XenABI", "XenStore", "XenRingBenchmark", "XenWorld", "xenpv",
                 .product(name: "Logging", package: "swift-log"),
             ]),
     ]

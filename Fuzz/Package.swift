@@ -37,7 +37,8 @@ let package = Package(
             ]),
         .executableTarget(
             name: "fuzz-daemon-wire",
-            dependencies: ["FuzzSupport", .product(name: "XenSimulatorDaemon", package: "XenPV")]),
+            dependencies: ["FuzzSupport", .product(name: "XenSimulatorDaemon", package: "XenPV"),
+                           .product(name: "XenSimulatorClient", package: "XenPV")]),
         .executableTarget(
             name: "fuzz-xenbus",
             dependencies: [
@@ -55,7 +56,7 @@ let package = Package(
             name: "fuzz-seeds",
             dependencies: [
                 .product(name: "XenBlockProtocol", package: "XenPV"), .product(name: "XenNetProtocol", package: "XenPV"),
-                .product(name: "XenStore", package: "XenPV"), .product(name: "XenSimulatorDaemon", package: "XenPV"),
+                .product(name: "XenStore", package: "XenPV"), .product(name: "XenSimulatorDaemon", package: "XenPV"), .product(name: "XenSimulatorClient", package: "XenPV"),
                 .product(name: "XenABI", package: "XenPV"),
             ]),
     ]

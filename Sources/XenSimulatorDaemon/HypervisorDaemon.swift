@@ -10,6 +10,7 @@ import XenABI
 import XenBus
 import XenHypervisor
 import XenSimulator
+import XenSimulatorClient
 import XenSockets
 import XenStore
 import XenStoreServer

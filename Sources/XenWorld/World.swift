@@ -3,7 +3,7 @@ import XenABI
 import XenBus
 import XenHost
 import XenHypervisor
-import XenSimulatorDaemon
+import XenSimulatorClient
 import XenStore
 
 /// The world a process runs in, chosen once at start-up: the simulator shared

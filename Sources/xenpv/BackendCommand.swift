@@ -5,7 +5,7 @@ import SystemPackage
 import XenBlockBack
 import XenBlockStorage
 import XenNetBack
-import XenSimulatorDaemon
+import XenSimulatorClient
 import XenWorld
 
 /// `xenpv backend --connect PATH [--disk IMAGE] [--nic BRIDGE]`: a dom0 process

@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import Glibc
 import XenABI
-import XenSimulatorDaemon
+import XenSimulatorClient
 import XenStore
 
 /// `xenpv bench churn`: a `xenpv hypervisor` child under a join/leave,

@@ -7,6 +7,7 @@ import XenHypervisor
 import XenRing
 import XenRingBenchmark
 import XenSimulator
+import XenSimulatorClient
 import XenSimulatorDaemon
 
 /// `xenpv bench ring-processes`: the blkif ring between a frontend and a

@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import XenSimulatorDaemon
+import XenSimulatorClient
 
 /// `xenpv domain create`: dom0 makes a guest domain for another user's
 /// process, which joins it with the printed token (`xenpv guest --token`).

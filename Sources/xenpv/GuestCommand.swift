@@ -4,7 +4,7 @@ import Logging
 import XenBlockFront
 import XenBus
 import XenNetFront
-import XenSimulatorDaemon
+import XenSimulatorClient
 import XenStore
 import XenWorld
 

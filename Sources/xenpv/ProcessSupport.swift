@@ -4,7 +4,7 @@ import Foundation
 import Glibc
 import Logging
 import XenHypervisor
-import XenSimulatorDaemon
+import XenSimulatorClient
 
 /// Shared by the three process commands (`hypervisor`, `backend`, `guest`).
 enum ProcessSupport {

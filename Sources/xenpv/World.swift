@@ -1,5 +1,5 @@
 import ArgumentParser
-import XenSimulatorDaemon
+import XenSimulatorClient
 import XenWorld
 
 extension World: ExpressibleByArgument {}

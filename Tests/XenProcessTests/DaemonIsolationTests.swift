@@ -6,6 +6,7 @@ import XenHypervisor
 import XenSockets
 import XenStore
 @testable import XenSimulatorDaemon
+@testable import XenSimulatorClient
 
 extension ProcessTests {
     /// The hypervisor daemon tried as a hostile guest and a hostile local user

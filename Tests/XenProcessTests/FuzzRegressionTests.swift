@@ -4,6 +4,7 @@ import Testing
 import XenHypervisor
 import XenSockets
 @testable import XenSimulatorDaemon
+@testable import XenSimulatorClient
 
 /// Inputs the libFuzzer targets in Fuzz/ found to crash, kept as ordinary tests.
 @Suite struct DaemonWireFuzzRegressionTests {

@@ -4,6 +4,7 @@ import Testing
 import XenABI
 import XenHypervisor
 @testable import XenSimulatorDaemon
+@testable import XenSimulatorClient
 
 extension ProcessTests {
     /// A granted page exposes that page's pool, never the granter's memory:

@@ -4,6 +4,7 @@ import Testing
 import XenABI
 import XenHypervisor
 @testable import XenSimulatorDaemon
+@testable import XenSimulatorClient
 
 extension ProcessTests {
     /// A process speaking nonsense to the daemon gets errors (or is dropped) and

@@ -4,6 +4,7 @@ import XenABI
 import XenHypervisor
 import XenRingBenchmark
 import XenSimulatorDaemon
+import XenSimulatorClient
 
 extension ProcessTests {
     /// Joined clients of one daemon (in this process, over the daemon's socket):

@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import Testing
 import XenSimulatorDaemon
+import XenSimulatorClient
 
 /// A temporary directory for sockets, removed by `cleanup`.
 func temporaryDirectory() -> String {

@@ -3,6 +3,7 @@ import Glibc
 import Testing
 import XenABI
 import XenSimulatorDaemon
+import XenSimulatorClient
 
 extension ProcessTests {
     /// `xenpv hypervisor`, `xenpv backend` and `xenpv guest` as separate processes,

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import XenABI
 import XenSimulatorDaemon
+import XenSimulatorClient
 import XenStore
 import XenWorld
 

@@ -9,6 +9,7 @@
 // WireMessage and DaemonReport.init(words:) are internal: `@testable import`
 // reaches them, which works because the root package's debug build is compiled
 // with -enable-testing (run.sh builds debug).
+@testable import XenSimulatorClient
 @testable import XenSimulatorDaemon
 
 func fuzzOne(_ input: UnsafeRawBufferPointer) {

@@ -9,6 +9,7 @@ import Foundation
 import XenABI
 import XenBlockProtocol
 import XenNetProtocol
+@testable import XenSimulatorClient
 @testable import XenSimulatorDaemon
 import XenStore
 

@@ -21,28 +21,31 @@ import XenABI
 /// receives the event state of its own channels only: a hostile domU can
 /// raise, mask or clear events of a channel it is an end of, which it can do
 /// in Xen too, and nothing else. Only the daemon writes the state word.
-struct ChannelPage: @unchecked Sendable {
+package struct ChannelPage: @unchecked Sendable {
     // @unchecked: a mapped page shared between processes; every field is
     // accessed through atomics.
-    let base: UnsafeMutableRawPointer
+    package let base: UnsafeMutableRawPointer
 
-    static let unbound: UInt32 = 0
-    static let connected: UInt32 = 1
-    static let closed: UInt32 = 2
+    /// The channel page mapped at `base`.
+    package init(base: UnsafeMutableRawPointer) { self.base = base }
+
+    package static let unbound: UInt32 = 0
+    package static let connected: UInt32 = 1
+    package static let closed: UInt32 = 2
 
     @inline(__always) private func word(_ offset: Int) -> UnsafeAtomic<UInt32> {
         UnsafeAtomic(at: (base + offset).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self))
     }
 
-    @inline(__always) var state: UnsafeAtomic<UInt32> { word(0) }
-    @inline(__always) func pending(_ end: Int) -> UnsafeAtomic<UInt32> { word(64 + 64 * end) }
-    @inline(__always) func masked(_ end: Int) -> UnsafeAtomic<UInt32> { word(68 + 64 * end) }
+    @inline(__always) package var state: UnsafeAtomic<UInt32> { word(0) }
+    @inline(__always) package func pending(_ end: Int) -> UnsafeAtomic<UInt32> { word(64 + 64 * end) }
+    @inline(__always) package func masked(_ end: Int) -> UnsafeAtomic<UInt32> { word(68 + 64 * end) }
 
-    static func encode(state: UInt32, generation: UInt32) -> UInt32 { state | generation << 8 }
+    package static func encode(state: UInt32, generation: UInt32) -> UInt32 { state | generation << 8 }
 
     /// Sets `end` pending (`evtchn_2l_set_pending`); true when the caller
     /// must wake the end's handle: a 0 to 1 transition of an unmasked port.
-    @inline(__always) func setPending(_ end: Int) -> Bool {
+    @inline(__always) package func setPending(_ end: Int) -> Bool {
         // sequentiallyConsistent (here and in unmask): set-pending-then-read-mask
         // against clear-mask-then-read-pending is Dekker's pattern; a total
         // order makes at least one side see the other, so no event is lost.
@@ -52,7 +55,7 @@ struct ChannelPage: @unchecked Sendable {
 
     /// Takes a ready event of `end`: masks the port, then clears pending (as
     /// the Linux driver masks a port when it fires). True if one was taken.
-    @inline(__always) func claim(_ end: Int) -> Bool {
+    @inline(__always) package func claim(_ end: Int) -> Bool {
         // relaxed pre-check: a cheap skip; the exchanges below decide.
         if pending(end).load(ordering: .relaxed) == 0 || masked(end).load(ordering: .relaxed) != 0 { return false }
         // sequentiallyConsistent: mask before clearing pending, so a notify in
@@ -66,7 +69,7 @@ struct ChannelPage: @unchecked Sendable {
 
     /// Clears the mask (`evtchn_2l_unmask`); true when the port is pending and
     /// the caller must wake its own handle.
-    @inline(__always) func unmask(_ end: Int) -> Bool {
+    @inline(__always) package func unmask(_ end: Int) -> Bool {
         // sequentiallyConsistent: the other half of setPending's Dekker pair.
         let was = masked(end).exchange(0, ordering: .sequentiallyConsistent)
         return was != 0 && pending(end).load(ordering: .sequentiallyConsistent) != 0
@@ -86,11 +89,11 @@ struct ChannelPage: @unchecked Sendable {
 /// description, so whatever a hostile peer sent or later does to its own
 /// description (clear `O_NONBLOCK`, fill the pipe), a notify never blocks.
 /// A closed reader gives `EPIPE`, not `SIGPIPE`: joining ignores that signal.
-struct WakePipe {
-    let read: Int32
-    let write: Int32
+package struct WakePipe {
+    package let read: Int32
+    package let write: Int32
 
-    static func make() -> WakePipe? {
+    package static func make() -> WakePipe? {
         var fds: [Int32] = [-1, -1]
         guard pipe(&fds) == 0 else { return nil }
         for fd in fds {
@@ -102,7 +105,7 @@ struct WakePipe {
 
     /// This process's own non-blocking write description of the pipe behind
     /// `received` (which is closed); nil if it is not a pipe.
-    static func adoptPeer(_ received: Int32) -> Int32? {
+    package static func adoptPeer(_ received: Int32) -> Int32? {
         defer { Glibc.close(received) }
         let fd = open("/proc/self/fd/\(received)", O_WRONLY | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else { return nil }
@@ -116,13 +119,13 @@ struct WakePipe {
 
     /// Wakes the handle behind `fd`. A full pipe is already readable, so
     /// `EAGAIN` is success; `EPIPE` means the handle is gone.
-    @inline(__always) static func wake(_ fd: Int32) {
+    @inline(__always) package static func wake(_ fd: Int32) {
         var one: UInt8 = 1
         while Glibc.write(fd, &one, 1) < 0 && errno == EINTR {}
     }
 
     /// Empties the read end: one read, unless it came back full (then the pipe may hold more).
-    static func drain(_ fd: Int32) {
+    package static func drain(_ fd: Int32) {
         var sink = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
         let size = MemoryLayout.size(ofValue: sink)
         while withUnsafeMutableBytes(of: &sink, { Glibc.read(fd, $0.baseAddress, size) }) == size {}

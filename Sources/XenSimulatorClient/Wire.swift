@@ -11,7 +11,7 @@ import XenHypervisor
 ///
 /// Only set-up travels this way (join, map, unmap, bind, unbind, the foreign
 /// access dom0 needs for grant copy). The data path never does.
-enum DaemonOp: UInt64 {
+package enum DaemonOp: UInt64 {
     case join = 1
     case map = 2
     case unmap = 3
@@ -28,12 +28,12 @@ enum DaemonOp: UInt64 {
 }
 
 /// One message: words, text, descriptors.
-struct WireMessage {
-    var words: [UInt64]
-    var text: String = ""
-    var fds: [Int32] = []
+package struct WireMessage {
+    package var words: [UInt64]
+    package var text: String = ""
+    package var fds: [Int32] = []
 
-    init(_ words: [UInt64], text: String = "", fds: [Int32] = []) {
+    package init(_ words: [UInt64], text: String = "", fds: [Int32] = []) {
         self.words = words
         self.text = text
         self.fds = fds
@@ -41,10 +41,10 @@ struct WireMessage {
 
     /// Largest record either side accepts (512 words are 4 KiB; a map of
     /// 256 refs fits with room for text).
-    static let maxBytes = 8192
+    package static let maxBytes = 8192
 
     /// An error reply carrying a `HypervisorError`.
-    static func failure(_ error: HypervisorError) -> WireMessage {
+    package static func failure(_ error: HypervisorError) -> WireMessage {
         let (kind, value): (UInt64, UInt64) =
             switch error.code {
             case .grant(let s): (0, UInt64(bitPattern: Int64(s.rawValue)))
@@ -56,7 +56,7 @@ struct WireMessage {
     }
 
     /// The error of a failure reply, or nil for success (`words[0] == 0`).
-    var error: HypervisorError? {
+    package var error: HypervisorError? {
         guard let outcome = words.first else { return HypervisorError(.closed, "empty reply from the hypervisor daemon") }
         if outcome == 0 { return nil }
         guard words.count >= 3 else { return HypervisorError(.closed, "malformed error from the hypervisor daemon") }
@@ -68,7 +68,7 @@ struct WireMessage {
         }
     }
 
-    func encoded() -> [UInt8] {
+    package func encoded() -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(4 + words.count * 8 + text.utf8.count)
         withUnsafeBytes(of: UInt32(words.count).littleEndian) { out.append(contentsOf: $0) }
@@ -78,7 +78,7 @@ struct WireMessage {
     }
 
     /// Decodes a record; nil for one that does not parse (its sender is broken or hostile).
-    static func decode(_ bytes: UnsafeRawBufferPointer, fds: [Int32]) -> WireMessage? {
+    package static func decode(_ bytes: UnsafeRawBufferPointer, fds: [Int32]) -> WireMessage? {
         guard bytes.count >= 4 else { return nil }
         let n = Int(UInt32(littleEndian: bytes.loadUnaligned(as: UInt32.self)))
         guard n <= (bytes.count - 4) / 8 else { return nil }
@@ -91,9 +91,9 @@ struct WireMessage {
 }
 
 /// Sending and receiving whole records on a seqpacket socket.
-enum Wire {
+package enum Wire {
     /// Sends `message`; the descriptors stay owned by the caller.
-    static func send(_ sock: Int32, _ message: WireMessage) -> Bool {
+    package static func send(_ sock: Int32, _ message: WireMessage) -> Bool {
         let bytes = message.encoded()
         guard bytes.count <= WireMessage.maxBytes else { return false }
         let r = bytes.withUnsafeBytes { b in
@@ -106,7 +106,7 @@ enum Wire {
 
     /// Receives one record: nil at end of stream or on error. The caller owns
     /// the received descriptors (a record that does not parse has them closed).
-    static func receive(_ sock: Int32) -> WireMessage? {
+    package static func receive(_ sock: Int32) -> WireMessage? {
         var buffer = [UInt8](repeating: 0, count: WireMessage.maxBytes)
         var fds = [Int32](repeating: -1, count: 16)
         var nfds: Int32 = 0
@@ -127,7 +127,7 @@ enum Wire {
 }
 
 extension Wire {
-    enum Received {
+    package enum Received {
         case message(WireMessage)
         /// Nothing there after all (a spurious wake-up).
         case wouldBlock
@@ -136,7 +136,7 @@ extension Wire {
     }
 
     /// `receive` on a non-blocking socket, telling "nothing yet" from "gone".
-    static func receiveNonBlocking(_ sock: Int32) -> Received {
+    package static func receiveNonBlocking(_ sock: Int32) -> Received {
         errno = 0
         if let m = receive(sock) { return .message(m) }
         return errno == EAGAIN || errno == EWOULDBLOCK ? .wouldBlock : .closed
@@ -144,8 +144,8 @@ extension Wire {
 }
 
 /// `mmap(MAP_SHARED)` of a whole descriptor, and views of single frames.
-enum Mapping {
-    static func map(_ fd: Int32, bytes: Int, writable: Bool = true) throws(HypervisorError) -> UnsafeMutableRawPointer {
+package enum Mapping {
+    package static func map(_ fd: Int32, bytes: Int, writable: Bool = true) throws(HypervisorError) -> UnsafeMutableRawPointer {
         let prot = writable ? PROT_READ | PROT_WRITE : PROT_READ
         guard let p = mmap(nil, bytes, prot, MAP_SHARED, fd, 0), p != MAP_FAILED else {
             throw .errno(Errno(rawValue: errno), "mmap of \(bytes) bytes from the hypervisor daemon")
@@ -154,7 +154,7 @@ enum Mapping {
     }
 
     /// Maps one page from each `(fd, page index)` contiguously (a grant map's second view).
-    static func pages(_ sources: [(fd: Int32, page: Int)], writable: Bool) throws(HypervisorError) -> UnsafeMutableRawPointer {
+    package static func pages(_ sources: [(fd: Int32, page: Int)], writable: Bool) throws(HypervisorError) -> UnsafeMutableRawPointer {
         let length = sources.count * XenPage.size
         let prot = writable ? PROT_READ | PROT_WRITE : PROT_READ
         // Reserve the run first so the pages land next to each other.

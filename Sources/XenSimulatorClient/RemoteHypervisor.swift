@@ -274,7 +274,7 @@ public struct DaemonReport: Sendable, Hashable, CustomStringConvertible {
     /// Hypercall messages the daemon handled so far (set-up only: the data path adds none).
     public var calls: UInt64
 
-    init(words: [UInt64]) throws(HypervisorError) {
+    package init(words: [UInt64]) throws(HypervisorError) {
         // Counts past Int.max are malformed too, not a trap (found by Fuzz/ fuzz-daemon-wire).
         guard words.count >= 6, words[4] == UInt64(words.count - 6),
             let mappings = Int(exactly: words[1]), let ports = Int(exactly: words[2]),
