@@ -117,7 +117,7 @@ let package = Package(
         .testTarget(
             name: "XenRingTests",
             dependencies: [
-                "XenRing", "CRingReference", "CXen", "XenABI", "XenHypervisor",
+                "XenRing", "CRingReference", "CXen", "XenABI", "XenHypervisor", "TestSupport",
                 .product(name: "Atomics", package: "swift-atomics"),
             ]),
 
@@ -168,6 +168,9 @@ let package = Package(
             name: "XenNetTap",
             dependencies: ["CTap", "XenNetProtocol", .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "NetTestSupport", path: "Tests/NetTestSupport"),
+        // Test-only, for every test target (Foundation only): the seeded generator,
+        // waiting on a condition with a deadline, timeouts, temporary directories and images.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
         // Test-only: what the block and net driver tests share (a hostile flooding
         // frontend's thread, a grant mapper that watches unmaps, a log that counts lines).
         .target(
@@ -249,7 +252,7 @@ let package = Package(
         .target(name: "CBlkifProbe", dependencies: ["CXen", "CBlkifABI"], path: "Tests/CBlkifProbe"),
         .testTarget(
             name: "XenBlockProtocolTests",
-            dependencies: ["XenBlockProtocol", "XenABI", "CXen", "CBlkifABI", "CBlkifProbe", "CMallocCounter"]),
+            dependencies: ["XenBlockProtocol", "XenABI", "CXen", "CBlkifABI", "CBlkifProbe", "CMallocCounter", "TestSupport"]),
         // Syscall shims for the storage engines (GNU-only calls, ioctls, static inlines).
         .target(name: "CBlockStorage", dependencies: ["CAIO"]),
         .target(
@@ -261,7 +264,7 @@ let package = Package(
         .testTarget(
             name: "XenBlockStorageTests",
             dependencies: [
-                "XenBlockStorage", "CMallocCounter",
+                "XenBlockStorage", "CMallocCounter", "TestSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
         // Block drivers: blkback (dom0) and blkfront (guest), and the benchmark engine.
@@ -289,7 +292,7 @@ let package = Package(
             dependencies: [
                 "XenBlockBack", "XenBlockFront", "XenBlockBenchmark", "XenBlockProtocol", "XenBlockStorage", "XenRing",
                 "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks", "XenDriverRuntime",
-                "DriverTestSupport",
+                "DriverTestSupport", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),

@@ -3,6 +3,7 @@ import CXen
 import Foundation
 import Glibc
 import SystemPackage
+import TestSupport
 import XenABI
 import XenBlockBack
 import XenBlockFront
@@ -159,18 +160,6 @@ func randomBytes<G: RandomNumberGenerator>(_ count: Int, using g: inout G) -> [U
     return out
 }
 
-/// A seeded generator (SplitMix64), so a failing run can be replayed.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// Runs `body` with a time limit; fails with `TimedOut` past it.
 struct TimedOut: Error, CustomStringConvertible {
     let seconds: Double
@@ -203,7 +192,7 @@ func shadowWorkout(_ frontend: BlockFrontend, deviceBytes: Int, operations: Int,
     try await withThrowingTaskGroup(of: Void.self) { group in
         for t in 0..<tasks {
             group.addTask {
-                var g = SeededGenerator(state: seed &* 7919 &+ UInt64(t))
+                var g = SplitMix(seed: seed &* 7919 &+ UInt64(t))
                 let base = t * region
                 var shadow = try await frontend.read(at: UInt64(base), count: region)
                 for _ in 0..<operations {
