@@ -197,7 +197,7 @@ let package = Package(
             name: "XenNetDriverTests",
             dependencies: [
                 "XenNetBack", "XenNetFront", "XenNetProtocol", "XenNetTap", "XenRing", "XenSimulator", "XenHypervisor",
-                "XenABI", "CXen", "NetTestSupport", "DriverTestSupport", "XenBus", "XenStore", "XenLocks", "XenDriverRuntime",
+                "XenABI", "CXen", "NetTestSupport", "DriverTestSupport", "TestSupport", "XenBus", "XenStore", "XenLocks", "XenDriverRuntime",
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
@@ -235,12 +235,12 @@ let package = Package(
         .testTarget(
             name: "XenStoreTests",
             dependencies: [
-                "XenStore", "XenABI", "CXen", "XenHypervisor", "XenSimulator",
+                "XenStore", "XenABI", "CXen", "XenHypervisor", "XenSimulator", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(
             name: "XenBusTests",
-            dependencies: ["XenBus", "XenStore", "XenABI", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["XenBus", "XenStore", "XenABI", "TestSupport", .product(name: "Logging", package: "swift-log")]),
 
         // Layers 5 and 6, block: blkif protocol, storage engines, drivers.
         // The x86_32-abi ring layouts (packed, as Linux blkback defines them).
@@ -312,7 +312,7 @@ let package = Package(
         .testTarget(
             name: "XenProcessTests",
             dependencies: [
-                "XenSimulatorDaemon", "XenSimulator", "XenHypervisor", "XenABI", "XenStore", "XenRingBenchmark", "xenpv",
+                "XenSimulatorDaemon", "XenSimulator", "XenHypervisor", "XenABI", "XenStore", "XenRingBenchmark", "xenpv", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
     ]

@@ -160,29 +160,6 @@ func randomBytes<G: RandomNumberGenerator>(_ count: Int, using g: inout G) -> [U
     return out
 }
 
-/// Runs `body` with a time limit; fails with `TimedOut` past it.
-struct TimedOut: Error, CustomStringConvertible {
-    let seconds: Double
-    var description: String { "timed out after \(seconds) s" }
-}
-
-func withTimeout<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    // The deadline only keeps a broken test from hanging. With the suites in
-    // parallel on two shared cores a correct one can wait its turn for long, so
-    // no wait here is shorter than a minute (the suites' time limits still bound it).
-    let seconds = max(seconds, 60)
-    return try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try? await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let value = first else { throw TimedOut(seconds: seconds) }
-        return value
-    }
-}
-
 /// Random reads and writes from `tasks` concurrent callers, checked against a shadow.
 /// Sizes are 512 B to `maxBytes` in sectors; every read is compared with what the
 /// shadow holds (ranges are partitioned per task, so callers never race on one byte).

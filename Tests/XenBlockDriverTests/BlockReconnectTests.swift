@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 import XenBlockBack
 import XenBlockFront
@@ -41,11 +42,11 @@ struct BlockReconnectTests {
                 try await group.waitForAll()
             }
         }
-        #expect(await eventuallyAsync(seconds: 30) { acknowledged.map.withLock { $0.count } == 12 })
+        #expect(await eventually(30) { acknowledged.map.withLock { $0.count } == 12 })
         try f.stopBackend()
         gate.isOpen.withLock { $0 = true }
         // Each writer's next write (one request) reaches a ring nobody serves.
-        #expect(await eventuallyAsync(seconds: 30) {
+        #expect(await eventually(30) {
             fe.counters.reduce(0) { $0 + $1.requests.load(ordering: .relaxed) - $1.responses.load(ordering: .relaxed) } == 4
         })
         await f.frontend.detached()

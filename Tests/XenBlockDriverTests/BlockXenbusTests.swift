@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import SystemPackage
+import TestSupport
 import Testing
 import XenABI
 import XenBlockBack
@@ -65,7 +66,7 @@ final class XenbusBlockWorld: @unchecked Sendable {
     }
 
     func connected(_ driver: BlockFrontendDriver) async -> Bool {
-        await eventuallyAsync(seconds: 30) {
+        await eventually(30) {
             frontends.contains { $0.driver === driver && $0.endpoint.state == .connected } && driver.frontend.info != nil
         }
     }
@@ -177,7 +178,7 @@ struct BlockXenbusTests {
                 try await group.waitForAll()
             }
         }
-        #expect(await eventuallyAsync(seconds: 30) { acknowledged.map.withLock { $0.count } == 16 })
+        #expect(await eventually(30) { acknowledged.map.withLock { $0.count } == 16 })
         await world.backend.stop(driver.device)
         #expect(world.backend.driver(for: driver.device) == nil)
         gate.isOpen.withLock { $0 = true }  // their next writes find no backend
@@ -208,7 +209,7 @@ struct BlockXenbusTests {
         let r = bad.sharedResources[0]
         SharedRingHeader(r.ring.memory.base).requestProducer.store(100_000, ordering: .releasing)
         try r.events.notify(r.port)
-        #expect(await eventuallyAsync(seconds: 20) { world.backend.driver(for: bad.device) == nil })
+        #expect(await eventually(20) { world.backend.driver(for: bad.device) == nil })
         let state = try await world.dom0Store.readState(bad.device.backendPath)
         #expect(state == .closed)
         let reason = try await world.dom0Store.readIfPresent(bad.device.backendPath + "/error")

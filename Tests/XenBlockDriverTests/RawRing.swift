@@ -1,5 +1,6 @@
 import CXen
 import Foundation
+import TestSupport
 import XenABI
 import XenBlockProtocol
 import XenRing

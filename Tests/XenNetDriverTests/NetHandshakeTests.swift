@@ -1,6 +1,7 @@
 import DriverTestSupport
 import Foundation
 import Logging
+import TestSupport
 import Testing
 import XenABI
 import XenBus
@@ -218,14 +219,3 @@ struct NetNegotiationTests {
     }
 }
 
-func eventually(_ seconds: Double = 10, _ body: () -> Bool) async -> Bool {
-    // The deadline only keeps a broken test from hanging. With the suites in
-    // parallel on two shared cores a correct one can wait its turn for long, so
-    // no wait here is shorter than a minute (the suites' time limits still bound it).
-    let deadline = Date().addingTimeInterval(max(seconds, 60))
-    while Date() < deadline {
-        if body() { return true }
-        try? await Task.sleep(nanoseconds: 10_000_000)
-    }
-    return false
-}

@@ -1,6 +1,7 @@
 import CXen
 import Foundation
 import DriverTestSupport
+import TestSupport
 import Testing
 import XenABI
 import XenDriverRuntime
@@ -17,7 +18,7 @@ import XenSimulator
 struct NetHostileFrontendTests {
     /// Pushes `slots`, then one good packet, and returns the statuses of
     /// every response in order.
-    private func run(_ f: NetFixture, _ slots: [netif_tx_request]) throws -> [Int16] {
+    private func run(_ f: NetFixture, _ slots: [netif_tx_request]) async throws -> [Int16] {
         var tx = try FrontRing<netif_tx_request, netif_tx_response>(initializing: f.txRing.memory)
         var rx = try FrontRing<netif_rx_request, netif_rx_response>(initializing: f.rxRing.memory)
         _ = rx.pushRequests()
@@ -29,7 +30,7 @@ struct NetHostileFrontendTests {
         while !queue.isEmpty || statuses.count < expected {
             while !queue.isEmpty, !tx.isFull { tx.produce(queue.removeFirst()) }
             if tx.pushRequests() { try f.feEvents.notify(f.fePort) }
-            let done = try eventually(seconds: 10) {
+            let done = try await eventually(10, every: .milliseconds(1)) {
                 if try tx.checkForResponses() > 0 { return true }
                 try f.waitForFrontendEvent(milliseconds: 5)
                 return false
@@ -44,7 +45,7 @@ struct NetHostileFrontendTests {
         netif_tx_request(gref: gref, offset: offset, flags: flags.rawValue, id: id, size: size)
     }
 
-    @Test func badPacketsAreRefusedAndTheVifKeepsServing() throws {
+    @Test func badPacketsAreRefusedAndTheVifKeepsServing() async throws {
         let f = try NetFixture()
         let ref = f.txPool.refs[1].rawValue
         let endless = [req(gref: ref, flags: .moreData, id: 20, size: 60000)]
@@ -54,7 +55,7 @@ struct NetHostileFrontendTests {
             req(gref: ref, id: 2, size: 0),                            // size 0
             req(gref: ref, offset: 4000, id: 3, size: 200),            // offset + size past the page
         ] + endless
-        let statuses = try run(f, slots)
+        let statuses = try await run(f, slots)
         #expect(statuses.count == slots.count + 1)
         #expect(statuses.last == NetifStatus.okay.rawValue)           // the good packet after all of it
         #expect(statuses.prefix(3).allSatisfy { $0 == NetifStatus.error.rawValue })
@@ -67,18 +68,18 @@ struct NetHostileFrontendTests {
         _ = try f.teardown()
     }
 
-    @Test func aFloodIsServedWithoutGrowth() throws {
+    @Test func aFloodIsServedWithoutGrowth() async throws {
         let f = try NetFixture()
         let ref = f.txPool.refs[2].rawValue
         let flood = (0 ..< 5000).map { req(gref: ref, id: UInt16($0 % 200), size: 60) }
-        let statuses = try run(f, flood)
+        let statuses = try await run(f, flood)
         #expect(statuses.count == flood.count + 1)
         #expect(statuses.allSatisfy { $0 == NetifStatus.okay.rawValue })
         #expect(f.vif.counters.txPackets.value == UInt64(flood.count + 1))
         _ = try f.teardown()
     }
 
-    @Test func producerIndexFarAheadStopsOnlyThatVif() throws {
+    @Test func producerIndexFarAheadStopsOnlyThatVif() async throws {
         let bad = try NetFixture()
         let good = try NetFixture()
         var tx = try FrontRing<netif_tx_request, netif_tx_response>(initializing: bad.txRing.memory)
@@ -87,14 +88,14 @@ struct NetHostileFrontendTests {
         // req_prod a million entries past anything produced.
         tx.header.requestProducer.store(1_000_000, ordering: .releasing)
         try bad.feEvents.notify(bad.fePort)
-        #expect(eventually { bad.vif.failure != nil })
+        #expect(await eventually { bad.vif.failure != nil })
         #expect((bad.vif.failure as? RingError)?.code == .requestProducerOverflow)
 
         // The other device carries on.
         var fe = try good.makeFrontend()
         try good.startBackend()
         #expect(try patternFrame(100, seed: 3).withUnsafeBytes { try fe.send($0) })
-        #expect(eventually { good.sentFrames().count == 1 })
+        #expect(await eventually { good.sentFrames().count == 1 })
         _ = try bad.teardown()
         _ = try good.teardown()
     }

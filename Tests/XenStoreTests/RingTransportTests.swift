@@ -1,6 +1,7 @@
 import CXen
 import Foundation
 import Logging
+import TestSupport
 import Testing
 import XenABI
 import XenHypervisor
