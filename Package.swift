@@ -54,7 +54,7 @@ let package = Package(
 
         // The daemons' sockets: fixed modes, no abstract names, peer credentials.
         .target(name: "XenSockets", dependencies: ["CXen", .product(name: "SystemPackage", package: "swift-system")]),
-        .testTarget(name: "XenSocketsTests", dependencies: ["XenSockets"]),
+        .testTarget(name: "XenSocketsTests", dependencies: ["XenSockets", "TestSupport"]),
 
         // Layer 2: typed Xen integers and the hypercall protocols drivers use.
         .target(name: "XenABI", dependencies: ["CXen"]),

@@ -124,23 +124,8 @@ final class BlockFixture: @unchecked Sendable {
     }
 }
 
-/// A temporary image file, removed on deinit.
-final class TempImage: @unchecked Sendable {
-    let directory: String
-    let path: String
-    init(bytes: Int) throws {
-        let template = FileManager.default.temporaryDirectory.path + "/blkdrv-XXXXXX"
-        var chars = Array(template.utf8CString)
-        guard let dir = mkdtemp(&chars) else { throw Errno(rawValue: errno) }
-        directory = String(cString: dir)
-        path = directory + "/disk.img"
-        let fd = open(path, O_CREAT | O_RDWR, 0o600)
-        guard fd >= 0 else { throw Errno(rawValue: errno) }
-        ftruncate(fd, off_t(bytes))
-        close(fd)
-    }
-    deinit { try? FileManager.default.removeItem(atPath: directory) }
-
+/// The block driver tests' image: a libaio engine on it.
+extension TemporaryImage {
     func storage(readOnly: Bool = false) throws -> LibaioStorage {
         try LibaioStorage(path: FilePath(path), readOnly: readOnly, directIO: .preferred, queueDepth: 64)
     }

@@ -115,7 +115,7 @@ struct BlockHostileFrontendTests {
     @Test func aWriteBarrierWaitsForEarlierWrites() throws {
         // libaio: its flush completes at submit, ahead of writes still in the kernel, so
         // without the barrier's wait its answer would overtake theirs.
-        let image = try TempImage(bytes: 1 << 20)
+        let image = try TemporaryImage(bytes: 1 << 20)
         let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048, flush: true, barrier: true)) { _ in
             try image.storage()
         }

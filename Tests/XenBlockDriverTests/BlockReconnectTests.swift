@@ -16,7 +16,7 @@ struct BlockReconnectTests {
     /// in flight just wait and complete.
     @Test func noAcknowledgedWriteIsLostAcrossABackendRestart() async throws {
         let bytes = 4 << 20
-        let image = try TempImage(bytes: bytes)
+        let image = try TemporaryImage(bytes: bytes)
         let f = try BlockFixture(queues: 2, limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: 64),
                                  persistentGrants: 1056) { _ in
             try image.storage()

@@ -24,14 +24,14 @@ final class XenbusBlockWorld: @unchecked Sendable {
     let guestStore: XenStoreClient
     let backend: BlockBackend
     let guestSharer: any GrantSharer
-    let image: TempImage
+    let image: TemporaryImage
     var frontends: [(endpoint: XenbusEndpoint, driver: BlockFrontendDriver, run: Task<Void, any Error>)] = []
     static let diskBytes = 8 << 20
 
     init(options: BlockBackendOptions = BlockBackendOptions(), backendLog: (any LogHandler)? = nil) async throws {
         guest = try hv.createDomain(frames: 16384, grantFrames: 64)
         guestSharer = try guest.openGrantSharer()
-        image = try TempImage(bytes: Self.diskBytes)
+        image = try TemporaryImage(bytes: Self.diskBytes)
         let base = "/tmp/blkxb-\(UUID().uuidString.prefix(8))"
         var logger = Logger(label: "test")
         logger.logLevel = .critical
