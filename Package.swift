@@ -133,7 +133,7 @@ let package = Package(
             ]),
         .testTarget(name: "XenDemoTests", dependencies: ["XenDemo"]),
         // Runs the built `xenpv` as a user would; depending on it makes `swift test` build it.
-        .testTarget(name: "XenPVCommandTests", dependencies: ["xenpv"]),
+        .testTarget(name: "XenPVCommandTests", dependencies: ["xenpv", "TestSupport"]),
         // The netif ring-pair benchmark engine behind `xenpv bench net`.
         .target(
             name: "XenNetBenchmark",
@@ -167,7 +167,7 @@ let package = Package(
         .target(
             name: "XenNetTap",
             dependencies: ["CTap", "XenNetProtocol", .product(name: "SystemPackage", package: "swift-system")]),
-        .target(name: "NetTestSupport", path: "Tests/NetTestSupport"),
+        .target(name: "NetTestSupport", dependencies: ["TestSupport"], path: "Tests/NetTestSupport"),
         // Test-only, for every test target (Foundation only): the seeded generator,
         // waiting on a condition with a deadline, timeouts, temporary directories and images.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
@@ -213,7 +213,7 @@ let package = Package(
         .testTarget(
             name: "XenHostTests",
             dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen", "XenStore", "XenBus",
-                           "XenSimulator", "XenNetBack", "XenNetFront",
+                           "XenSimulator", "XenNetBack", "XenNetFront", "TestSupport",
                            .product(name: "Logging", package: "swift-log")]),
 
         // Layer 4: XenStore and XenBus.

@@ -143,10 +143,9 @@ struct BlockXenbusTests {
         // blkback publishes each disk's counters for `xenpv top` (about once a second).
         let stats = DeviceStatistics.root(of: .dom0) + "/vbd/\(a.device.frontendDomain.rawValue)/51712"
         var published: [String: UInt64] = [:]
-        let deadline = Date().addingTimeInterval(10)
-        while Date() < deadline, (published["requests"] ?? 0) == 0 {
+        _ = await eventually(10, every: .milliseconds(50)) {
             published = DeviceStatistics.decode((try? await world.dom0Store.read(stats)) ?? "")
-            try await Task.sleep(nanoseconds: 50_000_000)
+            return (published["requests"] ?? 0) != 0
         }
         #expect((published["requests"] ?? 0) >= 1 && (published["segments"] ?? 0) >= 2)
         #expect((published["bytes"] ?? 0) >= 8192 && published["ring_size"] == 32)
@@ -167,7 +166,7 @@ struct BlockXenbusTests {
                 for t in 0..<4 {
                     group.addTask {
                         for round in 0..<16 {
-                            while round == 4 && !gate.isOpen.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(2)) }
+                            if round == 4 { await gate.passed() }
                             let block = t * 16 + round
                             let fill = UInt8(truncatingIfNeeded: block &* 5 &+ 2)
                             try await fe.write(at: UInt64(block << 16), [UInt8](repeating: fill, count: 1 << 16))
@@ -181,7 +180,7 @@ struct BlockXenbusTests {
         #expect(await eventually(30) { acknowledged.map.withLock { $0.count } == 16 })
         await world.backend.stop(driver.device)
         #expect(world.backend.driver(for: driver.device) == nil)
-        gate.isOpen.withLock { $0 = true }  // their next writes find no backend
+        gate.open()  // their next writes find no backend
         try await Task.sleep(for: .milliseconds(50))
         let during = acknowledged.map.withLock { $0.count }
         await world.backend.resume(driver.device)

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import TestSupport
 import XenABI
 @testable import XenStore
 
@@ -35,7 +36,8 @@ struct ToolResult {
     var stderr: String
 }
 
-/// Runs `/usr/bin/<tool>` with `XENSTORED_PATH=socket`, killing it after `timeout` seconds.
+/// Runs `/usr/bin/<tool>` with `XENSTORED_PATH=socket`, killing it after `timeout` seconds
+/// (see `eventuallyBlocking`).
 func runTool(_ tool: String, _ args: [String], socket: String, timeout: Double = 10) throws -> ToolResult {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/" + tool)
@@ -45,9 +47,7 @@ func runTool(_ tool: String, _ args: [String], socket: String, timeout: Double =
     p.standardOutput = out
     p.standardError = err
     try p.run()
-    let deadline = Date().addingTimeInterval(timeout)
-    while p.isRunning && Date() < deadline { usleep(2000) }
-    if p.isRunning {
+    if !eventuallyBlocking(timeout, { !p.isRunning }) {
         p.terminate()
         p.waitUntilExit()
     }
