@@ -172,9 +172,11 @@ let package = Package(
         // waiting on a condition with a deadline, timeouts, temporary directories and images.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         // Test-only: what the block and net driver tests share (a hostile flooding
-        // frontend's thread, a grant mapper that watches unmaps, a log that counts lines).
+        // frontend's thread, a raw frontend that pushes hostile slots, a grant mapper
+        // that watches unmaps, a log that counts lines).
         .target(
-            name: "DriverTestSupport", dependencies: ["XenHypervisor", "XenABI", "XenLocks", .product(name: "Logging", package: "swift-log")],
+            name: "DriverTestSupport",
+            dependencies: ["XenHypervisor", "XenABI", "XenLocks", "XenRing", "TestSupport", .product(name: "Logging", package: "swift-log")],
             path: "Tests/DriverTestSupport"),
         .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap", "NetTestSupport"]),
         // Layer 6, network drivers: netback (dom0) and netfront (guest).

@@ -25,7 +25,8 @@ public func eventually(
 }
 
 /// `eventually` for code on a thread of its own (never the cooperative pool's):
-/// sleeps the calling thread between looks.
+/// sleeps the calling thread between looks (not at all for an `interval` of zero,
+/// for a `body` that itself waits on an event).
 public func eventuallyBlocking(
     _ seconds: Double = minimumDeadline, every interval: Duration = .milliseconds(1),
     _ body: () throws -> Bool
@@ -33,7 +34,9 @@ public func eventuallyBlocking(
     let deadline = ContinuousClock.now + .seconds(max(seconds, minimumDeadline))
     while ContinuousClock.now < deadline {
         if try body() { return true }
-        Thread.sleep(forTimeInterval: Double(interval.components.attoseconds) / 1e18 + Double(interval.components.seconds))
+        if interval > .zero {
+            Thread.sleep(forTimeInterval: Double(interval.components.seconds) + Double(interval.components.attoseconds) / 1e18)
+        }
     }
     return try body()
 }
