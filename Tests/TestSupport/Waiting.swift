@@ -8,7 +8,8 @@ import Foundation
 public let minimumDeadline: Double = 60
 
 /// Looks at `body` every `interval` until it is true or `seconds` (at least
-/// `minimumDeadline`) pass, then once more; whether it became true.
+/// `minimumDeadline`) pass or the task is cancelled, then once more; whether it
+/// became true.
 ///
 /// Sleeps between looks with `Task.sleep`: a waiting test must not hold one of
 /// the cooperative pool's few threads (the driver threads it waits for share them).
@@ -17,16 +18,18 @@ public func eventually(
     _ body: () async throws -> Bool
 ) async rethrows -> Bool {
     let deadline = ContinuousClock.now + .seconds(max(seconds, minimumDeadline))
-    while ContinuousClock.now < deadline {
+    // A cancelled test (its time limit passed) stops looking instead of spinning.
+    while ContinuousClock.now < deadline, !Task.isCancelled {
         if try await body() { return true }
         try? await Task.sleep(for: interval)
     }
     return try await body()
 }
 
-/// `eventually` for code on a thread of its own (never the cooperative pool's):
-/// sleeps the calling thread between looks (not at all for an `interval` of zero,
-/// for a `body` that itself waits on an event).
+/// `eventually` for synchronous code (a thread of its own, a synchronous test or
+/// helper): sleeps the calling thread between looks (not at all for an `interval`
+/// of zero, for a `body` that itself waits on an event). In async code use
+/// `eventually`, which gives the thread back instead.
 public func eventuallyBlocking(
     _ seconds: Double = minimumDeadline, every interval: Duration = .milliseconds(1),
     _ body: () throws -> Bool
