@@ -61,7 +61,7 @@ let package = Package(
 
         // The daemons' sockets: fixed modes, no abstract names, peer credentials.
         .target(name: "XenSockets", dependencies: ["CXen", .product(name: "SystemPackage", package: "swift-system")]),
-        .testTarget(name: "XenSocketsTests", dependencies: ["XenSockets"]),
+        .testTarget(name: "XenSocketsTests", dependencies: ["XenSockets", "TestSupport"]),
 
         // Layer 2: typed Xen integers and the hypercall protocols drivers use.
         .target(name: "XenABI", dependencies: ["CXen"]),
@@ -124,7 +124,7 @@ let package = Package(
         .testTarget(
             name: "XenRingTests",
             dependencies: [
-                "XenRing", "CRingReference", "CXen", "XenABI", "XenHypervisor",
+                "XenRing", "CRingReference", "CXen", "XenABI", "XenHypervisor", "TestSupport",
                 .product(name: "Atomics", package: "swift-atomics"),
             ]),
 
@@ -140,7 +140,7 @@ let package = Package(
             ]),
         .testTarget(name: "XenDemoTests", dependencies: ["XenDemo"]),
         // Runs the built `xenpv` as a user would; depending on it makes `swift test` build it.
-        .testTarget(name: "XenPVCommandTests", dependencies: ["xenpv"]),
+        .testTarget(name: "XenPVCommandTests", dependencies: ["xenpv", "TestSupport"]),
         // The netif ring-pair benchmark engine behind `xenpv bench net`.
         .target(
             name: "XenNetBenchmark",
@@ -174,11 +174,16 @@ let package = Package(
         .target(
             name: "XenNetTap",
             dependencies: ["CTap", "XenNetProtocol", .product(name: "SystemPackage", package: "swift-system")]),
-        .target(name: "NetTestSupport", path: "Tests/NetTestSupport"),
+        .target(name: "NetTestSupport", dependencies: ["TestSupport"], path: "Tests/NetTestSupport"),
+        // Test-only, for every test target (Foundation only): the seeded generator,
+        // waiting on a condition with a deadline, timeouts, temporary directories and images.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
         // Test-only: what the block and net driver tests share (a hostile flooding
-        // frontend's thread, a grant mapper that watches unmaps, a log that counts lines).
+        // frontend's thread, a raw frontend that pushes hostile slots, a grant mapper
+        // that watches unmaps, a log that counts lines).
         .target(
-            name: "DriverTestSupport", dependencies: ["XenHypervisor", "XenABI", "XenLocks", .product(name: "Logging", package: "swift-log")],
+            name: "DriverTestSupport",
+            dependencies: ["XenHypervisor", "XenABI", "XenLocks", "XenRing", "TestSupport", .product(name: "Logging", package: "swift-log")],
             path: "Tests/DriverTestSupport"),
         .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap", "NetTestSupport"]),
         // Layer 6, network drivers: netback (dom0) and netfront (guest).
@@ -201,7 +206,7 @@ let package = Package(
             name: "XenNetDriverTests",
             dependencies: [
                 "XenNetBack", "XenNetFront", "XenNetProtocol", "XenNetTap", "XenRing", "XenSimulator", "XenHypervisor",
-                "XenABI", "CXen", "NetTestSupport", "DriverTestSupport", "XenBus", "XenStore", "XenStoreServer", "XenLocks", "XenDriverRuntime",
+                "XenABI", "CXen", "NetTestSupport", "DriverTestSupport", "XenBus", "XenStore", "XenStoreServer", "XenLocks", "XenDriverRuntime", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
@@ -222,7 +227,7 @@ let package = Package(
         .testTarget(
             name: "XenHostTests",
             dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen", "XenStore", "XenStoreServer", "XenBus",
-                           "XenSimulator", "XenNetBack", "XenNetFront",
+                           "XenSimulator", "XenNetBack", "XenNetFront", "TestSupport",
                            .product(name: "Logging", package: "swift-log")]),
 
         // Layer 4: XenStore and XenBus. The client (what drivers, guests and tools link:
@@ -257,12 +262,12 @@ let package = Package(
         .testTarget(
             name: "XenStoreTests",
             dependencies: [
-                "XenStore", "XenStoreServer", "XenABI", "CXen", "XenHypervisor", "XenSimulator",
+                "XenStore", "XenStoreServer", "XenABI", "CXen", "XenHypervisor", "XenSimulator", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(
             name: "XenBusTests",
-            dependencies: ["XenBus", "XenStore", "XenStoreServer", "XenABI", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["XenBus", "XenStore", "XenStoreServer", "XenABI", "TestSupport", .product(name: "Logging", package: "swift-log")]),
 
         // Layers 5 and 6, block: blkif protocol, storage engines, drivers.
         // The x86_32-abi ring layouts (packed, as Linux blkback defines them).
@@ -274,7 +279,7 @@ let package = Package(
         .target(name: "CBlkifProbe", dependencies: ["CXen", "CBlkifABI"], path: "Tests/CBlkifProbe"),
         .testTarget(
             name: "XenBlockProtocolTests",
-            dependencies: ["XenBlockProtocol", "XenABI", "CXen", "CBlkifABI", "CBlkifProbe", "CMallocCounter"]),
+            dependencies: ["XenBlockProtocol", "XenABI", "CXen", "CBlkifABI", "CBlkifProbe", "CMallocCounter", "TestSupport"]),
         // Syscall shims for the storage engines (GNU-only calls, ioctls, static inlines).
         .target(name: "CBlockStorage", dependencies: ["CAIO"]),
         .target(
@@ -286,7 +291,7 @@ let package = Package(
         .testTarget(
             name: "XenBlockStorageTests",
             dependencies: [
-                "XenBlockStorage", "CMallocCounter",
+                "XenBlockStorage", "CMallocCounter", "TestSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
         // Block drivers: blkback (dom0) and blkfront (guest), and the benchmark engine.
@@ -314,7 +319,7 @@ let package = Package(
             dependencies: [
                 "XenBlockBack", "XenBlockFront", "XenBlockBenchmark", "XenBlockProtocol", "XenBlockStorage", "XenRing",
                 "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenStoreServer", "XenLocks", "XenDriverRuntime",
-                "DriverTestSupport",
+                "DriverTestSupport", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
@@ -343,7 +348,7 @@ let package = Package(
         .testTarget(
             name: "XenProcessTests",
             dependencies: [
-                "XenSimulatorDaemon", "XenSimulatorClient", "XenSimulator", "XenHypervisor", "XenABI", "XenStore", "XenRingBenchmark", "XenWorld", "xenpv",
+                "XenSimulatorDaemon", "XenSimulatorClient", "XenSimulator", "XenHypervisor", "XenABI", "XenStore", "XenRingBenchmark", "XenWorld", "xenpv", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
     ]

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TestSupport
 
 /// A namespace made for one test and removed after it.
 public final class TestNamespace {
@@ -50,11 +51,11 @@ public func spawn(_ args: [String], output: Pipe? = nil) throws -> Process {
     return p
 }
 
-/// Waits for `process` at most `seconds`, killing it past that; returns its status.
+/// Waits for `process` at most `seconds` (see `eventuallyBlocking`), killing it past that; returns its status.
 public func wait(_ process: Process, seconds: Double) -> Int32 {
-    let deadline = Date().addingTimeInterval(seconds)
-    while process.isRunning, Date() < deadline { usleep(20_000) }
-    if process.isRunning { process.terminate(); process.waitUntilExit(); return -1 }
+    if !eventuallyBlocking(seconds, every: .milliseconds(20), { !process.isRunning }) {
+        process.terminate(); process.waitUntilExit(); return -1
+    }
     return process.terminationStatus
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 import XenBlockBenchmark
 
@@ -6,7 +7,7 @@ import XenBlockBenchmark
 struct BlockBenchmarkTests {
     @Test(arguments: BlockBenchmarkConfiguration.Pattern.allCases)
     func aShortRunMovesDataAndReportsEveryFigure(_ pattern: BlockBenchmarkConfiguration.Pattern) async throws {
-        let image = try TempImage(bytes: 4 << 20)
+        let image = try TemporaryImage(bytes: 4 << 20)
         var c = BlockBenchmarkConfiguration(image: image.path)
         c.pattern = pattern
         c.blockSize = pattern.rawValue.hasPrefix("rand") ? 4096 : 131072

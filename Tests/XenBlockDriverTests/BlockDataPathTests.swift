@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 import XenBlockBack
 import XenBlockFront
@@ -51,7 +52,7 @@ struct BlockFeatureMatrixTests {
     ])
     func sameDataOnLibaio(_ c: Case) async throws {
         let bytes = 8 << 20
-        let image = try TempImage(bytes: bytes)
+        let image = try TemporaryImage(bytes: bytes)
         let f = try BlockFixture(queues: c.queues, ringPageOrder: c.order,
                                  limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: c.indirect),
                                  persistentGrants: c.persistent, contiguousCopies: c.contiguousCopies) { _ in
@@ -80,7 +81,7 @@ struct BlockOperationTests {
     @Test(arguments: [false, true])
     func flushThenDiscardReadsBackZeros(onFile: Bool) async throws {
         let bytes = 4 << 20
-        let image = try TempImage(bytes: bytes)
+        let image = try TemporaryImage(bytes: bytes)
         let f = try BlockFixture(limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), flush: true, discard: true, maxIndirectSegments: 32)) { _ in
             onFile ? try image.storage() as any StorageEngine : try MemoryStorage(byteCount: bytes, alignment: 512)
         }
@@ -105,7 +106,7 @@ struct BlockOperationTests {
     /// a refused read consumes nothing.
     @Test func readsInPlaceSeeEachByteOnce() async throws {
         let bytes = 4 << 20
-        let image = try TempImage(bytes: bytes)  // one file for both queues
+        let image = try TemporaryImage(bytes: bytes)  // one file for both queues
         let f = try BlockFixture(queues: 2, limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: 32),
                                  persistentGrants: 1056) { _ in try image.storage() }
         try f.start()
@@ -190,7 +191,7 @@ struct BlockOperationTests {
     }
 
     @Test func aReadOnlyDeviceRefusesWritesAtBothEnds() async throws {
-        let image = try TempImage(bytes: 1 << 20)
+        let image = try TemporaryImage(bytes: 1 << 20)
         let limits = BlockDeviceLimits(sectors: 2048, readOnly: true)
         let f = try BlockFixture(limits: limits) { _ in try image.storage(readOnly: true) }
         try f.shareAndMap()

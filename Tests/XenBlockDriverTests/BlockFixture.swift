@@ -3,6 +3,7 @@ import CXen
 import Foundation
 import Glibc
 import SystemPackage
+import TestSupport
 import XenABI
 import XenBlockBack
 import XenBlockFront
@@ -123,23 +124,8 @@ final class BlockFixture: @unchecked Sendable {
     }
 }
 
-/// A temporary image file, removed on deinit.
-final class TempImage: @unchecked Sendable {
-    let directory: String
-    let path: String
-    init(bytes: Int) throws {
-        let template = FileManager.default.temporaryDirectory.path + "/blkdrv-XXXXXX"
-        var chars = Array(template.utf8CString)
-        guard let dir = mkdtemp(&chars) else { throw Errno(rawValue: errno) }
-        directory = String(cString: dir)
-        path = directory + "/disk.img"
-        let fd = open(path, O_CREAT | O_RDWR, 0o600)
-        guard fd >= 0 else { throw Errno(rawValue: errno) }
-        ftruncate(fd, off_t(bytes))
-        close(fd)
-    }
-    deinit { try? FileManager.default.removeItem(atPath: directory) }
-
+/// The block driver tests' image: a libaio engine on it.
+extension TemporaryImage {
     func storage(readOnly: Bool = false) throws -> LibaioStorage {
         try LibaioStorage(path: FilePath(path), readOnly: readOnly, directIO: .preferred, queueDepth: 64)
     }
@@ -159,41 +145,6 @@ func randomBytes<G: RandomNumberGenerator>(_ count: Int, using g: inout G) -> [U
     return out
 }
 
-/// A seeded generator (SplitMix64), so a failing run can be replayed.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
-/// Runs `body` with a time limit; fails with `TimedOut` past it.
-struct TimedOut: Error, CustomStringConvertible {
-    let seconds: Double
-    var description: String { "timed out after \(seconds) s" }
-}
-
-func withTimeout<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    // The deadline only keeps a broken test from hanging. With the suites in
-    // parallel on two shared cores a correct one can wait its turn for long, so
-    // no wait here is shorter than a minute (the suites' time limits still bound it).
-    let seconds = max(seconds, 60)
-    return try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try? await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let value = first else { throw TimedOut(seconds: seconds) }
-        return value
-    }
-}
-
 /// Random reads and writes from `tasks` concurrent callers, checked against a shadow.
 /// Sizes are 512 B to `maxBytes` in sectors; every read is compared with what the
 /// shadow holds (ranges are partitioned per task, so callers never race on one byte).
@@ -203,7 +154,7 @@ func shadowWorkout(_ frontend: BlockFrontend, deviceBytes: Int, operations: Int,
     try await withThrowingTaskGroup(of: Void.self) { group in
         for t in 0..<tasks {
             group.addTask {
-                var g = SeededGenerator(state: seed &* 7919 &+ UInt64(t))
+                var g = SplitMix(seed: seed &* 7919 &+ UInt64(t))
                 let base = t * region
                 var shadow = try await frontend.read(at: UInt64(base), count: region)
                 for _ in 0..<operations {

@@ -1,5 +1,6 @@
 import CXen
 import Foundation
+import TestSupport
 import Testing
 import XenABI
 import XenBlockFront
@@ -28,12 +29,9 @@ struct BlockHostileBackendTests {
                 } catch let e as BlockFrontError { return e.code } catch { return nil }
             }
         }
-        // A minute: with the suites in parallel the callers may wait their turn for a pool thread.
-        let deadline = Date().addingTimeInterval(60)
-        while try ring.checkForRequests() < 2 {
-            guard Date() < deadline else { throw TimedOut(seconds: 60) }
-            // Yield the thread: the callers issuing these reads need one of the few.
-            try await Task.sleep(nanoseconds: 1_000_000)
+        // Sleeps between looks: the callers issuing these reads need one of the pool's few threads.
+        guard try await eventually(every: .milliseconds(1), { try ring.checkForRequests() >= 2 }) else {
+            throw TimedOut(seconds: minimumDeadline)
         }
         _ = ring.nextRequest()
         let second = ring.nextRequest()
@@ -42,7 +40,7 @@ struct BlockHostileBackendTests {
         ring.produce(BlockResponse(id: id, operation: .read, status: BlkifStatus(7)).encoded()) // unknown status
         _ = ring.pushResponses()
         try backEvents.notify(backPort)
-        #expect(await eventuallyAsync { f.frontend.counters.first?.bogusResponses.load(ordering: .relaxed) == 1 })
+        #expect(await eventually { f.frontend.counters.first?.bogusResponses.load(ordering: .relaxed) == 1 })
 
         // A response producer far ahead: the queue stops instead of reading past the ring.
         SharedRingHeader(f.resources[0].ring.memory.base).responseProducer.store(1_000_000, ordering: .releasing)

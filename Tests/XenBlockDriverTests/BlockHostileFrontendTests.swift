@@ -1,6 +1,7 @@
 import CXen
 import Foundation
 import DriverTestSupport
+import TestSupport
 import Testing
 import XenABI
 import XenBlockBack
@@ -100,7 +101,7 @@ struct BlockHostileFrontendTests {
         let header = SharedRingHeader(f.resources[0].ring.memory.base)
         header.requestProducer.store(1000, ordering: .releasing)
         try f.resources[0].events.notify(f.resources[0].port)
-        let stopped = await eventuallyAsync { failures.withLock { $0 } == [0] }
+        let stopped = await eventually { failures.withLock { $0 } == [0] }
         #expect(stopped)
         #expect((f.backends[0].queue.failure as? RingError)?.code == .requestProducerOverflow)
         try await withTimeout(20) { try await shadowWorkout(f.frontend, deviceBytes: bytes, operations: 10, maxBytes: 64 << 10) }
@@ -114,7 +115,7 @@ struct BlockHostileFrontendTests {
     @Test func aWriteBarrierWaitsForEarlierWrites() throws {
         // libaio: its flush completes at submit, ahead of writes still in the kernel, so
         // without the barrier's wait its answer would overtake theirs.
-        let image = try TempImage(bytes: 1 << 20)
+        let image = try TemporaryImage(bytes: 1 << 20)
         let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048, flush: true, barrier: true)) { _ in
             try image.storage()
         }
@@ -137,18 +138,6 @@ struct BlockHostileFrontendTests {
 
 struct X32Slot: BitwiseCopyable { var words: InlineArray<27, UInt32> }
 struct X32Response: BitwiseCopyable { var words: InlineArray<3, UInt32> }
-
-func eventuallyAsync(seconds: Double = 10, _ body: () -> Bool) async -> Bool {
-    // The deadline only keeps a broken test from hanging. With the suites in
-    // parallel on two shared cores a correct one can wait its turn for long, so
-    // no wait here is shorter than a minute (the suites' time limits still bound it).
-    let deadline = Date().addingTimeInterval(max(seconds, 60))
-    while Date() < deadline {
-        if body() { return true }
-        try? await Task.sleep(nanoseconds: 5_000_000)
-    }
-    return false
-}
 
 /// Stopping a queue whose frontend keeps its ring full: stop is honoured on every turn,
 /// not only when the thread sleeps, so it returns; and the ring is unmapped only after

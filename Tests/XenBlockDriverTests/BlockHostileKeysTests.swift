@@ -1,6 +1,7 @@
 import DriverTestSupport
 import Foundation
 import Logging
+import TestSupport
 import Testing
 import XenABI
 import XenBlockFront
@@ -79,15 +80,14 @@ struct BlockHostileKeysTests {
         #expect(try await world.teardown().isEmpty)
     }
 
-    /// The node's value once it exists and satisfies `accept`, polled for at most `seconds`.
+    /// The node's value once it exists and satisfies `accept`, polled for at most `seconds`
+    /// (or the last value read).
     func poll(_ store: XenStoreClient, _ path: String, seconds: Double = 20,
               until accept: (String) -> Bool = { _ in true }) async throws -> String? {
-        let deadline = Date().addingTimeInterval(seconds)
         var last: String?
-        while Date() < deadline {
+        _ = try await eventually(seconds) {
             last = try await store.readIfPresent(path)
-            if let last, accept(last) { return last }
-            try await Task.sleep(nanoseconds: 10_000_000)
+            return last.map(accept) ?? false
         }
         return last
     }

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 import XenBlockBack
 import XenBlockFront
@@ -15,7 +16,7 @@ struct BlockReconnectTests {
     /// in flight just wait and complete.
     @Test func noAcknowledgedWriteIsLostAcrossABackendRestart() async throws {
         let bytes = 4 << 20
-        let image = try TempImage(bytes: bytes)
+        let image = try TemporaryImage(bytes: bytes)
         let f = try BlockFixture(queues: 2, limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: 64),
                                  persistentGrants: 1056) { _ in
             try image.storage()
@@ -30,7 +31,7 @@ struct BlockReconnectTests {
                     // Half of them on the queue thread, which stops and is replaced under them.
                     group.addTask(executorPreference: t % 2 == 0 ? fe.executor : nil) {
                         for round in 0..<12 {
-                            while round == 3 && !gate.isOpen.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(2)) }
+                            if round == 3 { await gate.passed() }
                             let block = t * 16 + round
                             let fill = UInt8(truncatingIfNeeded: block &* 3 &+ 1)
                             try await fe.write(at: UInt64(block << 16), [UInt8](repeating: fill, count: 1 << 16))
@@ -41,11 +42,11 @@ struct BlockReconnectTests {
                 try await group.waitForAll()
             }
         }
-        #expect(await eventuallyAsync(seconds: 30) { acknowledged.map.withLock { $0.count } == 12 })
+        #expect(await eventually(30) { acknowledged.map.withLock { $0.count } == 12 })
         try f.stopBackend()
-        gate.isOpen.withLock { $0 = true }
+        gate.open()
         // Each writer's next write (one request) reaches a ring nobody serves.
-        #expect(await eventuallyAsync(seconds: 30) {
+        #expect(await eventually(30) {
             fe.counters.reduce(0) { $0 + $1.requests.load(ordering: .relaxed) - $1.responses.load(ordering: .relaxed) } == 4
         })
         await f.frontend.detached()
@@ -68,8 +69,29 @@ struct BlockReconnectTests {
     }
 }
 
+/// Holds every writer that reaches it until `open`, then lets all through, now and later.
 final class Gate: Sendable {
-    let isOpen = Locked(false)
+    private let state = Locked<(isOpen: Bool, waiting: [CheckedContinuation<Void, Never>])>((false, []))
+
+    func open() {
+        let waiting = state.withLock { s in
+            s.isOpen = true
+            defer { s.waiting = [] }
+            return s.waiting
+        }
+        for w in waiting { w.resume() }
+    }
+
+    /// Returns once the gate is open.
+    func passed() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let open = state.withLock { s in
+                if !s.isOpen { s.waiting.append(c) }
+                return s.isOpen
+            }
+            if open { c.resume() }
+        }
+    }
 }
 
 final class Acknowledged: Sendable {

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import SystemPackage
+import TestSupport
 import Testing
 import XenABI
 import XenBlockBack
@@ -24,14 +25,14 @@ final class XenbusBlockWorld: @unchecked Sendable {
     let guestStore: XenStoreClient
     let backend: BlockBackend
     let guestSharer: any GrantSharer
-    let image: TempImage
+    let image: TemporaryImage
     var frontends: [(endpoint: XenbusEndpoint, driver: BlockFrontendDriver, run: Task<Void, any Error>)] = []
     static let diskBytes = 8 << 20
 
     init(options: BlockBackendOptions = BlockBackendOptions(), backendLog: (any LogHandler)? = nil) async throws {
         guest = try hv.createDomain(frames: 16384, grantFrames: 64)
         guestSharer = try guest.openGrantSharer()
-        image = try TempImage(bytes: Self.diskBytes)
+        image = try TemporaryImage(bytes: Self.diskBytes)
         let base = "/tmp/blkxb-\(UUID().uuidString.prefix(8))"
         var logger = Logger(label: "test")
         logger.logLevel = .critical
@@ -66,7 +67,7 @@ final class XenbusBlockWorld: @unchecked Sendable {
     }
 
     func connected(_ driver: BlockFrontendDriver) async -> Bool {
-        await eventuallyAsync(seconds: 30) {
+        await eventually(30) {
             frontends.contains { $0.driver === driver && $0.endpoint.state == .connected } && driver.frontend.info != nil
         }
     }
@@ -143,10 +144,9 @@ struct BlockXenbusTests {
         // blkback publishes each disk's counters for `xenpv top` (about once a second).
         let stats = DeviceStatistics.root(of: .dom0) + "/vbd/\(a.device.frontendDomain.rawValue)/51712"
         var published: [String: UInt64] = [:]
-        let deadline = Date().addingTimeInterval(10)
-        while Date() < deadline, (published["requests"] ?? 0) == 0 {
+        _ = await eventually(10, every: .milliseconds(50)) {
             published = DeviceStatistics.decode((try? await world.dom0Store.read(stats)) ?? "")
-            try await Task.sleep(nanoseconds: 50_000_000)
+            return (published["requests"] ?? 0) != 0
         }
         #expect((published["requests"] ?? 0) >= 1 && (published["segments"] ?? 0) >= 2)
         #expect((published["bytes"] ?? 0) >= 8192 && published["ring_size"] == 32)
@@ -167,7 +167,7 @@ struct BlockXenbusTests {
                 for t in 0..<4 {
                     group.addTask {
                         for round in 0..<16 {
-                            while round == 4 && !gate.isOpen.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(2)) }
+                            if round == 4 { await gate.passed() }
                             let block = t * 16 + round
                             let fill = UInt8(truncatingIfNeeded: block &* 5 &+ 2)
                             try await fe.write(at: UInt64(block << 16), [UInt8](repeating: fill, count: 1 << 16))
@@ -178,10 +178,10 @@ struct BlockXenbusTests {
                 try await group.waitForAll()
             }
         }
-        #expect(await eventuallyAsync(seconds: 30) { acknowledged.map.withLock { $0.count } == 16 })
+        #expect(await eventually(30) { acknowledged.map.withLock { $0.count } == 16 })
         await world.backend.stop(driver.device)
         #expect(world.backend.driver(for: driver.device) == nil)
-        gate.isOpen.withLock { $0 = true }  // their next writes find no backend
+        gate.open()  // their next writes find no backend
         try await Task.sleep(for: .milliseconds(50))
         let during = acknowledged.map.withLock { $0.count }
         await world.backend.resume(driver.device)
@@ -209,7 +209,7 @@ struct BlockXenbusTests {
         let r = bad.sharedResources[0]
         SharedRingHeader(r.ring.memory.base).requestProducer.store(100_000, ordering: .releasing)
         try r.events.notify(r.port)
-        #expect(await eventuallyAsync(seconds: 20) { world.backend.driver(for: bad.device) == nil })
+        #expect(await eventually(20) { world.backend.driver(for: bad.device) == nil })
         let state = try await world.dom0Store.readState(bad.device.backendPath)
         #expect(state == .closed)
         let reason = try await world.dom0Store.readIfPresent(bad.device.backendPath + "/error")

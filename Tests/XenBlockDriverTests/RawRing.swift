@@ -1,5 +1,7 @@
 import CXen
+import DriverTestSupport
 import Foundation
+import TestSupport
 import XenABI
 import XenBlockProtocol
 import XenRing
@@ -13,26 +15,15 @@ extension BlockFixture {
         let ring = resources[0].ring.memory
         var responses: [BlockResponse] = []
         func drive<Req: BitwiseCopyable, Rsp: BitwiseCopyable>(_ ring: inout FrontRing<Req, Rsp>) throws {
-            var queue = slots[...]
-            while !queue.isEmpty || responses.count < slots.count {
-                while let slot = queue.first, !ring.isFull {
-                    queue.removeFirst()
-                    ring.withNextRequestSlot { p in
-                        var s = slot
-                        withUnsafeBytes(of: &s) { UnsafeMutableRawPointer(p).copyMemory(from: $0.baseAddress!, byteCount: abi.requestSize) }
-                    }
+            let raw = try exchange(slots, on: &ring, events: resources[0].events, port: resources[0].port) { ring, slot in
+                ring.withNextRequestSlot { p in
+                    var s = slot
+                    withUnsafeBytes(of: &s) { UnsafeMutableRawPointer(p).copyMemory(from: $0.baseAddress!, byteCount: abi.requestSize) }
                 }
-                if ring.pushRequests() { try resources[0].events.notify(resources[0].port) }
-                let deadline = Date().addingTimeInterval(10)
-                while try ring.checkForResponses() == 0 {
-                    guard Date() < deadline else { throw TimedOut(seconds: 10) }
-                    _ = try resources[0].events.wait(timeoutMilliseconds: 5)
-                    while let p = try resources[0].events.pending() { try resources[0].events.unmask(p) }
-                }
-                while let r = ring.nextResponse() {
-                    var copy = r
-                    responses.append(withUnsafeBytes(of: &copy) { BlockResponse(copyingSlotAt: $0.baseAddress!, abi: abi) })
-                }
+            }
+            responses = raw.map { r in
+                var copy = r
+                return withUnsafeBytes(of: &copy) { BlockResponse(copyingSlotAt: $0.baseAddress!, abi: abi) }
             }
         }
         switch abi {

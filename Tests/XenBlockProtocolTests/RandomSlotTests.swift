@@ -1,4 +1,5 @@
 import CXen
+import TestSupport
 import Testing
 import XenABI
 @testable import XenBlockProtocol
@@ -7,17 +8,6 @@ import XenABI
 /// rule and survives an encode/decode round trip unchanged.
 @Suite(.timeLimit(.minutes(2)))
 struct RandomSlotTests {
-    struct Rng: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     func checkInvariants(_ r: BlockRequest, _ limits: BlockDeviceLimits) {
         func inRange(_ sector: UInt64, _ segments: BlockSegments) {
             #expect(segments.allSatisfy { $0.firstSector <= $0.lastSector && Int($0.lastSector) < limits.sectorsPerPage })
@@ -37,7 +27,7 @@ struct RandomSlotTests {
 
     @Test(arguments: BlkifABI.allCases)
     func randomSlotsNeverTrap(abi: BlkifABI) throws {
-        var rng = Rng(state: abi == .x86_32 ? 32 : 64)
+        var rng = SplitMix(seed: abi == .x86_32 ? 32 : 64)
         let limitsSet = [
             BlockDeviceLimits(sectors: 1 << 16, flush: true, barrier: true, discard: true, maxIndirectSegments: 64),
             BlockDeviceLimits(sectors: .max, readOnly: true, flush: true, barrier: true, discard: true, secureDiscard: true, maxIndirectSegments: 4096, acceptsDataOnFlush: true),

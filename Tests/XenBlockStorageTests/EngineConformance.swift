@@ -1,5 +1,6 @@
 import Glibc
 import SystemPackage
+import TestSupport
 import Testing
 @testable import XenBlockStorage
 
@@ -17,7 +18,7 @@ enum Conformance {
         _ = try driver.run([.read(tag: 0, offset: 0, buffers: seedBuf.vector(first: 0, at: 0, pieces: [size]))])
         shadow = Array(seedBuf.bytes)
 
-        var rng = SplitMix(state: seed)
+        var rng = SplitMix(seed: seed)
         for round in 0..<rounds {
             let buffers = Buffers(byteCount: batch * 64 * 1024, iovecCount: batch * 8)
             var ops: [StorageOperation] = []

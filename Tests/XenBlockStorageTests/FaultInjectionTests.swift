@@ -1,5 +1,6 @@
 import Glibc
 import SystemPackage
+import TestSupport
 import Testing
 @testable import XenBlockStorage
 
@@ -35,8 +36,8 @@ struct FaultInjectionTests {
     }
 
     @Test func nthOnLibaio() throws {
-        let image = try TempImage(bytes: 64 * 1024)
-        let s = try LibaioStorage(path: image.path, queueDepth: 16)
+        let image = try TemporaryImage(bytes: 64 * 1024)
+        let s = try LibaioStorage(path: image.filePath, queueDepth: 16)
         defer { s.close() }
         let bytes = try onlyTheChosenOperationFails(s)
         for i in 0..<8 { #expect(bytes[i * 4096] == (i == 4 ? 0 : UInt8(i + 1))) }

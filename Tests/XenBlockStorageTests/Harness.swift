@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SystemPackage
+import TestSupport
 import Testing
 @testable import XenBlockStorage
 
@@ -71,46 +72,13 @@ struct Driver {
     }
 }
 
-/// A seeded generator so a failing run can be replayed.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
-/// A file in a fresh temporary directory, removed at deinit.
-final class TempImage {
-    let directory: String
-    let path: FilePath
-
-    init(bytes: Int, fill: UInt8? = nil) throws {
-        directory = NSTemporaryDirectory() + "xenpv-block-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        path = FilePath(directory + "/disk.img")
-        let fd = try FileDescriptor.open(path, .readWrite, options: [.create, .truncate], permissions: [.ownerReadWrite])
-        defer { try? fd.close() }
-        if let fill {
-            let chunk = [UInt8](repeating: fill, count: bytes)
-            _ = try chunk.withUnsafeBytes { try fd.writeAll(toAbsoluteOffset: 0, $0) }
-        } else {
-            guard ftruncate(fd.rawValue, off_t(bytes)) == 0 else { throw Errno(rawValue: errno) }
-        }
-    }
-
-    deinit { try? FileManager.default.removeItem(atPath: directory) }
-
-    func contents() throws -> [UInt8] {
-        [UInt8](try Data(contentsOf: URL(fileURLWithPath: path.string)))
-    }
+/// What the storage tests ask of an image besides its path.
+extension TemporaryImage {
+    var filePath: FilePath { FilePath(path) }
 
     /// 512-byte blocks the file system has allocated (st_blocks).
     func allocatedBlocks() -> Int {
         var st = stat()
-        return stat(path.string, &st) == 0 ? Int(st.st_blocks) : -1
+        return stat(path, &st) == 0 ? Int(st.st_blocks) : -1
     }
 }

@@ -1,6 +1,7 @@
 import CMallocCounter
 import Glibc
 import SystemPackage
+import TestSupport
 import Testing
 @testable import XenBlockStorage
 
@@ -38,8 +39,8 @@ struct StorageHotPathTests {
     }
 
     @Test func libaioSubmitAndReapDoNotAllocate() throws {
-        let image = try TempImage(bytes: 1 << 20)
-        let s = try LibaioStorage(path: image.path, queueDepth: 16)
+        let image = try TemporaryImage(bytes: 1 << 20)
+        let s = try LibaioStorage(path: image.filePath, queueDepth: 16)
         defer { s.close() }
         let n = try countAllocations(s, rounds: 100)
         #expect(n == 0 || cmalloc_counting_enabled() == 0, "\(n) allocations for 1600 operations")

@@ -2,6 +2,7 @@ import Foundation
 import CAIO
 import Glibc
 import SystemPackage
+import TestSupport
 import Testing
 @testable import XenBlockStorage
 
@@ -10,8 +11,8 @@ import Testing
 @Suite(.timeLimit(.minutes(2)))
 struct LibaioStorageTests {
     @Test func directIOOnAnImageFile() throws {
-        let image = try TempImage(bytes: 8 << 20)
-        let s = try LibaioStorage(path: image.path, queueDepth: 32)
+        let image = try TemporaryImage(bytes: 8 << 20)
+        let s = try LibaioStorage(path: image.filePath, queueDepth: 32)
         defer { s.close() }
         #expect(s.byteCount == 8 << 20)
         #expect(s.ioMode == .direct, "O_DIRECT refused on \(image.path)")
@@ -21,8 +22,8 @@ struct LibaioStorageTests {
     }
 
     @Test func bufferedIOOnAnImageFile() throws {
-        let image = try TempImage(bytes: 4 << 20)
-        let s = try LibaioStorage(path: image.path, directIO: .never, queueDepth: 16)
+        let image = try TemporaryImage(bytes: 4 << 20)
+        let s = try LibaioStorage(path: image.filePath, directIO: .never, queueDepth: 16)
         defer { s.close() }
         #expect(s.ioMode == .buffered && s.alignment == 1)
         #expect(!s.prefersContiguousBuffers, "the page cache copies anyway")
@@ -30,40 +31,40 @@ struct LibaioStorageTests {
     }
 
     @Test func fallsBackWhenODirectIsRefused() throws {
-        let image = try TempImage(bytes: 1 << 20)
+        let image = try TemporaryImage(bytes: 1 << 20)
         // tmpfs before Linux 6.6 answered O_DIRECT with EINVAL; play that file system.
         let refuseDirect = { (p: FilePath, r: LibaioStorage.OpenRequest) throws(Errno) -> FileDescriptor in
             if r.direct { throw Errno.invalidArgument }
             do { return try FileDescriptor.open(p, r.mode, options: r.options) } catch { throw error as! Errno }
         }
-        let s = try LibaioStorage(path: image.path, readOnly: false, directIO: .preferred, queueDepth: 8, open: refuseDirect)
+        let s = try LibaioStorage(path: image.filePath, readOnly: false, directIO: .preferred, queueDepth: 8, open: refuseDirect)
         defer { s.close() }
         #expect(s.ioMode == .buffered && s.alignment == 1)
         try Conformance.randomIO(s, seed: 13, rounds: 2, batch: 8)
         #expect(throws: StorageError.self) {
-            _ = try LibaioStorage(path: image.path, readOnly: false, directIO: .required, queueDepth: 8, open: refuseDirect)
+            _ = try LibaioStorage(path: image.filePath, readOnly: false, directIO: .required, queueDepth: 8, open: refuseDirect)
         }
     }
 
     @Test func misalignedAndOutOfRangeAreRefusedClearly() throws {
-        let image = try TempImage(bytes: 1 << 20)
-        let s = try LibaioStorage(path: image.path, queueDepth: 16)
+        let image = try TemporaryImage(bytes: 1 << 20)
+        let s = try LibaioStorage(path: image.filePath, queueDepth: 16)
         defer { s.close() }
         try #require(s.ioMode == .direct)
         try Conformance.refusals(s)
     }
 
     @Test func backPressureAndBoundedWaits() throws {
-        let image = try TempImage(bytes: 1 << 20)
-        let s = try LibaioStorage(path: image.path, queueDepth: 8)
+        let image = try TemporaryImage(bytes: 1 << 20)
+        let s = try LibaioStorage(path: image.filePath, queueDepth: 8)
         defer { s.close() }
         try Conformance.backPressure(s)
         try Conformance.boundedIdleReap(s)
     }
 
     @Test func readOnlyRefusesWrites() throws {
-        let image = try TempImage(bytes: 64 * 1024, fill: 0x77)
-        let s = try LibaioStorage(path: image.path, readOnly: true, queueDepth: 8)
+        let image = try TemporaryImage(bytes: 64 * 1024, fill: 0x77)
+        let s = try LibaioStorage(path: image.filePath, readOnly: true, queueDepth: 8)
         defer { s.close() }
         #expect(s.isReadOnly)
         let b = Buffers(byteCount: 8192)
@@ -80,8 +81,8 @@ struct LibaioStorageTests {
     }
 
     @Test func flushAndDiscardGoThroughTheReapPath() throws {
-        let image = try TempImage(bytes: 1 << 20, fill: 0xC3)
-        let s = try LibaioStorage(path: image.path, queueDepth: 8)
+        let image = try TemporaryImage(bytes: 1 << 20, fill: 0xC3)
+        let s = try LibaioStorage(path: image.filePath, queueDepth: 8)
         defer { s.close() }
         let blocksBefore = image.allocatedBlocks()
         let ops: [StorageOperation] = [.flush(tag: 1), .discard(tag: 2, offset: 256 * 1024, length: 512 * 1024)]
@@ -108,10 +109,10 @@ struct LibaioStorageTests {
     @Test func aShortReadIsContinuedAndAnEndOfFileFails() throws {
         // The file shrinks under the engine (the size was read at open): the kernel returns
         // a short read; the engine resubmits the remainder, gets 0, and fails that read alone.
-        let image = try TempImage(bytes: 64 * 1024, fill: 0x11)
-        let s = try LibaioStorage(path: image.path, queueDepth: 8)
+        let image = try TemporaryImage(bytes: 64 * 1024, fill: 0x11)
+        let s = try LibaioStorage(path: image.filePath, queueDepth: 8)
         defer { s.close() }
-        #expect(truncate(image.path.string, 16 * 1024) == 0)
+        #expect(truncate(image.path, 16 * 1024) == 0)
         let b = Buffers(byteCount: 64 * 1024)
         var d = Driver(s)
         let r = try d.run([
@@ -148,8 +149,8 @@ struct LibaioBlockDeviceTests {
     }
 
     @Test func randomIOOnALoopDevice() throws {
-        let image = try TempImage(bytes: 4 << 20)
-        guard let device = Self.losetup(["--find", "--show", "--sector-size", "4096", image.path.string]), !device.isEmpty else {
+        let image = try TemporaryImage(bytes: 4 << 20)
+        guard let device = Self.losetup(["--find", "--show", "--sector-size", "4096", image.path]), !device.isEmpty else {
             print("loop devices unavailable; block-device path not exercised")
             return
         }
@@ -178,8 +179,8 @@ struct LibaioSubmitFaultTests {
     /// The operations of ``batch(_:)`` on a 1 MiB image of 0x42 bytes, through an engine
     /// whose `io_submit` is `submit`: every completion by tag, and the buffers.
     func runBatch(submit: @escaping LibaioStorage.IOSubmit) throws -> (results: [UInt64: StorageCompletion], buffers: Buffers) {
-        let image = try TempImage(bytes: 1 << 20, fill: 0x42)
-        let s = try LibaioStorage(path: image.path, queueDepth: 8)
+        let image = try TemporaryImage(bytes: 1 << 20, fill: 0x42)
+        let s = try LibaioStorage(path: image.filePath, queueDepth: 8)
         defer { s.close() }
         s.ioSubmit = submit
         let b = Buffers(byteCount: 6 * 4096)
@@ -212,17 +213,15 @@ struct LibaioSubmitFaultTests {
 
     /// Polling looks at the kernel's completion ring without a system call; it must see
     /// every completion, and nothing once all are reaped.
-    @Test func mayHaveCompletionsSeesTheKernelsRing() throws {
-        let image = try TempImage(bytes: 1 << 20, fill: 0x42)
-        let s = try LibaioStorage(path: image.path, queueDepth: 8)
+    @Test func mayHaveCompletionsSeesTheKernelsRing() async throws {
+        let image = try TemporaryImage(bytes: 1 << 20, fill: 0x42)
+        let s = try LibaioStorage(path: image.filePath, queueDepth: 8)
         defer { s.close() }
         #expect(!s.mayHaveCompletions)
         let b = Buffers(byteCount: 4096)
         var op = StorageOperation.read(tag: 7, offset: 4096, buffers: b.vector(first: 0, at: 0, pieces: [4096]))
         #expect(try withUnsafePointer(to: &op) { try s.submit(UnsafeBufferPointer(start: $0, count: 1)) } == 1)
-        let deadline = ContinuousClock.now + .seconds(10)
-        while !s.mayHaveCompletions && ContinuousClock.now < deadline { usleep(100) }
-        #expect(s.mayHaveCompletions)
+        #expect(await eventually(10, every: .microseconds(100)) { s.mayHaveCompletions })
         var out = [StorageCompletion](repeating: .empty, count: 4)
         #expect(try out.withUnsafeMutableBufferPointer { try s.reap(into: $0, timeout: .zero) } == 1)
         #expect(out[0].tag == 7 && out[0].succeeded)

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import TestSupport
 import Testing
 import XenABI
 import XenBus
@@ -165,19 +166,3 @@ func drive<M: HandshakeMachine>(
     }
 }
 
-func withTimeout<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    // The deadline only keeps a broken test from hanging. With the suites in
-    // parallel on two shared cores a correct one can wait its turn for long, so
-    // no wait here is shorter than a minute (the suites' time limits still bound it).
-    let seconds = max(seconds, 60)
-    return try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
-            throw XenStoreError(.timedOut, "no result within \(seconds) s")
-        }
-        let r = try await group.next()!
-        group.cancelAll()
-        return r
-    }
-}

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Synchronization
+import TestSupport
 import Testing
 import XenABI
 @testable import XenBus
@@ -45,19 +46,6 @@ struct EndpointPair {
         backend = XenbusEndpoint(role: .backend, store: dom0, path: device.backendPath, peerPath: device.frontendPath,
                                  driver: backendDriver, logger: logger)
     }
-}
-
-/// Polls `body` every 10 ms for at most `seconds`.
-func eventually(_ seconds: Double = 10, _ body: () -> Bool) async -> Bool {
-    // The deadline only keeps a broken test from hanging. With the suites in
-    // parallel on two shared cores a correct one can wait its turn for long, so
-    // no wait here is shorter than a minute (the suites' time limits still bound it).
-    let deadline = Date().addingTimeInterval(max(seconds, 60))
-    while Date() < deadline {
-        if body() { return true }
-        try? await Task.sleep(nanoseconds: 10_000_000)
-    }
-    return false
 }
 
 @Suite(.timeLimit(.minutes(2)))

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Logging
+import TestSupport
 import Testing
 import XenABI
 import XenBus
@@ -48,19 +49,15 @@ struct DriversOnLibXenStoreTests {
         let frontendTask = Task { try await endpoint.run() }
         // Bounded, but generous: libxenstore's calls run off the cooperative
         // pool, and under a parallel test run on two cores they wait their turn.
-        let deadline = Date().addingTimeInterval(30)
-        while Date() < deadline, !(endpoint.state == .connected && backend.vifs.first?.state == .connected) {
-            try await Task.sleep(nanoseconds: 10_000_000)
-        }
-        #expect(endpoint.state == .connected && backend.vifs.first?.state == .connected)
+        #expect(await eventually { endpoint.state == .connected && backend.vifs.first?.state == .connected })
         try await port.send([UInt8](repeating: 0x5a, count: 1000))
-        while Date() < deadline, received.count == 0 { try await Task.sleep(nanoseconds: 10_000_000) }
+        _ = await eventually { received.count != 0 }
         #expect(received.count == 1)
 
         endpoint.requestClose()
         try await frontendTask.value
         try await XenbusToolstack.remove(device, on: dom0Store)
-        while Date() < deadline, !backend.vifs.isEmpty { try await Task.sleep(nanoseconds: 10_000_000) }
+        _ = await eventually { backend.vifs.isEmpty }
         #expect(hv.shutdown().isEmpty)
     }
 }

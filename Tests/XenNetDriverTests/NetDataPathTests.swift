@@ -1,5 +1,6 @@
 import CXen
 import Foundation
+import TestSupport
 import Testing
 import XenABI
 import XenDriverRuntime
@@ -42,7 +43,7 @@ struct NetDataPathTests {
         #expect(leftovers.isEmpty, "\(leftovers)")
     }
 
-    @Test func guestToAttachmentByteForByte() throws {
+    @Test func guestToAttachmentByteForByte() async throws {
         let f = try NetFixture()
         let fe = try f.makeFrontend()
         try f.startBackend()
@@ -50,14 +51,14 @@ struct NetDataPathTests {
         for (i, size) in Self.sizes.enumerated() {
             let frame = patternFrame(size, seed: UInt8(i))
             expected.append(frame)
-            let sent = try eventually {
+            let sent = try await eventually(every: .milliseconds(1)) {
                 let ok = try frame.withUnsafeBytes { try fe.send($0) }
                 if !ok { try fe.collectTransmitCompletions(); try f.waitForFrontendEvent() }
                 return ok
             }
             #expect(sent)
         }
-        #expect(try eventually {
+        #expect(try await eventually(every: .milliseconds(1)) {
             try fe.collectTransmitCompletions()
             return f.sentFrames().count == expected.count
         })
@@ -68,21 +69,21 @@ struct NetDataPathTests {
         #expect(leftovers.isEmpty, "\(leftovers)")
     }
 
-    @Test func gsoAndChecksumStateCrossToTheAttachment() throws {
+    @Test func gsoAndChecksumStateCrossToTheAttachment() async throws {
         let f = try NetFixture()
         let fe = try f.makeFrontend()
         try f.startBackend()
         let frame = patternFrame(20000, seed: 9)
         let gso = NetExtraInfo.gso(size: 1448, type: .tcpv4, features: 0)
         #expect(try frame.withUnsafeBytes { try fe.send($0, checksumBlank: true, gso: gso) })
-        #expect(eventually { f.sentFrames().count == 1 })
+        #expect(await eventually { f.sentFrames().count == 1 })
         let got = try #require(f.sentFrames().first)
         #expect(got.bytes == frame)
         #expect(got.offload == FrameOffload(checksumBlank: true, dataValidated: true, gso: gso))
         _ = try f.teardown()
     }
 
-    @Test func attachmentToGuestByteForByte() throws {
+    @Test func attachmentToGuestByteForByte() async throws {
         let f = try NetFixture()
         let fe = try f.makeFrontend()
         try f.startBackend()
@@ -93,7 +94,7 @@ struct NetDataPathTests {
             let gso: NetExtraInfo? = size > 9000 ? .gso(size: 1448, type: .tcpv6, features: 0) : nil
             #expect(f.attachment.inject(frame, offload: FrameOffload(checksumBlank: gso != nil, dataValidated: true, gso: gso)))
             var got: (length: Int, checksumBlank: Bool, dataValidated: Bool, gso: NetExtraInfo?)?
-            #expect(try eventually {
+            #expect(try await eventually(every: .milliseconds(1)) {
                 got = try fe.receive(into: buffer)
                 if got == nil { try f.waitForFrontendEvent() }
                 return got != nil
@@ -108,7 +109,7 @@ struct NetDataPathTests {
         #expect(leftovers.isEmpty, "\(leftovers)")
     }
 
-    @Test func aGuestWithoutBuffersLosesFramesCountedNotQueued() throws {
+    @Test func aGuestWithoutBuffersLosesFramesCountedNotQueued() async throws {
         let f = try NetFixture()
         // Initialise the rings by hand and post no rx buffer.
         var tx = try FrontRing<netif_tx_request, netif_tx_response>(initializing: f.txRing.memory)
@@ -117,13 +118,13 @@ struct NetDataPathTests {
         _ = rx.pushRequests()
         try f.startBackend()
         for i in 0 ..< 50 { f.attachment.inject(patternFrame(100, seed: UInt8(i))) }
-        #expect(eventually { f.vif.counters.rxDroppedNoBuffers.value == 50 })
+        #expect(await eventually { f.vif.counters.rxDroppedNoBuffers.value == 50 })
         #expect(f.attachment.waiting == 0)
         #expect(f.vif.counters.rxPackets.value == 0)
         _ = try f.teardown()
     }
 
-    @Test func guestGSOTypeItDidNotAskForIsRefused() throws {
+    @Test func guestGSOTypeItDidNotAskForIsRefused() async throws {
         let f = try NetFixture(receiveGSO: [])
         let fe = try f.makeFrontend()
         try f.startBackend()
@@ -132,7 +133,7 @@ struct NetDataPathTests {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 64)
         defer { buffer.deallocate() }
         var length = 0
-        #expect(try eventually {
+        #expect(try await eventually(every: .milliseconds(1)) {
             if let p = try fe.receive(into: buffer) { length = p.length; return true }
             try f.waitForFrontendEvent()
             return false

@@ -107,20 +107,6 @@ final class NetFixture: @unchecked Sendable {
     func sentFrames() -> [(bytes: [UInt8], offload: FrameOffload)] { sent.frames.withLock { $0 } }
 }
 
-/// Repeats `body` until it returns true or `seconds` pass, giving the core up
-/// between looks (the driver threads it waits for share the two cores).
-func eventually(seconds: Double = 10, _ body: () throws -> Bool) rethrows -> Bool {
-    // The deadline only keeps a broken test from hanging. With the suites in
-    // parallel on two shared cores a correct one can wait its turn for long, so
-    // no wait here is shorter than a minute (the suites' time limits still bound it).
-    let deadline = Date().addingTimeInterval(max(seconds, 60))
-    while Date() < deadline {
-        if try body() { return true }
-        sched_yield()
-    }
-    return false
-}
-
 /// A frame of `length` bytes with a recognisable pattern and an Ethernet-ish header.
 func patternFrame(_ length: Int, seed: UInt8) -> [UInt8] {
     (0 ..< length).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ Int(seed)) }

@@ -1,6 +1,7 @@
 import DriverTestSupport
 import Foundation
 import Logging
+import TestSupport
 import Testing
 import XenABI
 import XenBus
@@ -67,14 +68,14 @@ final class NetStoreWorld: @unchecked Sendable {
     /// Both ends of the vif say Connected.
     var connected: Bool { endpoint.state == .connected && backend.vifs.first?.state == .connected }
 
-    /// The backend's `error` key, polled for at most `seconds`.
+    /// The backend's `error` key, polled for at most `seconds` (see `eventually`).
     func backendError(within seconds: Double) async throws -> String? {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if let error = try await dom0Store.readIfPresent(device.backendPath + "/error") { return error }
-            try await Task.sleep(nanoseconds: 20_000_000)
+        var error: String?
+        _ = try await eventually(seconds, every: .milliseconds(20)) {
+            error = try await dom0Store.readIfPresent(device.backendPath + "/error")
+            return error != nil
         }
-        return nil
+        return error
     }
 
     /// Unplugs from the guest's side and stops everything.
@@ -109,10 +110,9 @@ struct NetHandshakeTests {
         // netback publishes its counters for `xenpv top`, once a second.
         let statsPath = DeviceStatistics.root(of: .dom0) + "/vif/\(w.guest.domainID.rawValue)/0"
         var published: [String: UInt64] = [:]
-        let statsDeadline = Date().addingTimeInterval(10)
-        while Date() < statsDeadline, (published["requests"] ?? 0) < 2 {
+        _ = await eventually(10, every: .milliseconds(50)) {
             published = DeviceStatistics.decode((try? await w.dom0Store.read(statsPath)) ?? "")
-            try await Task.sleep(nanoseconds: 50_000_000)
+            return (published["requests"] ?? 0) >= 2
         }
         #expect(published["tx_packets"] == 1 && published["rx_packets"] == 1)
         #expect(published["ring_size"] == 256)
@@ -194,13 +194,9 @@ struct NetNegotiationTests {
         let error = try await w.backendError(within: 20)
         #expect(error?.hasPrefix("ring: ") == true)
         // The device resets: a new session with new rings, and frames flow again.
-        let deadline = Date().addingTimeInterval(20)
-        var reconnected = false
-        while Date() < deadline, !reconnected {
-            reconnected = try await w.guestStore.read(w.device.frontendPath + "/tx-ring-ref") != firstRing && w.connected
-            try await Task.sleep(nanoseconds: 20_000_000)
-        }
-        #expect(reconnected)
+        #expect(try await eventually(20, every: .milliseconds(20)) {
+            try await w.guestStore.read(w.device.frontendPath + "/tx-ring-ref") != firstRing && w.connected
+        })
         try await w.port.send(patternFrame(200, seed: 9))
         #expect(await eventually(10) { w.sent.frames.withLock { $0.count } == 1 })
         try await w.close()
@@ -219,14 +215,3 @@ struct NetNegotiationTests {
     }
 }
 
-func eventually(_ seconds: Double = 10, _ body: () -> Bool) async -> Bool {
-    // The deadline only keeps a broken test from hanging. With the suites in
-    // parallel on two shared cores a correct one can wait its turn for long, so
-    // no wait here is shorter than a minute (the suites' time limits still bound it).
-    let deadline = Date().addingTimeInterval(max(seconds, 60))
-    while Date() < deadline {
-        if body() { return true }
-        try? await Task.sleep(nanoseconds: 10_000_000)
-    }
-    return false
-}

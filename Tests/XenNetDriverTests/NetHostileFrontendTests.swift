@@ -1,6 +1,7 @@
 import CXen
 import Foundation
 import DriverTestSupport
+import TestSupport
 import Testing
 import XenABI
 import XenDriverRuntime
@@ -23,21 +24,7 @@ struct NetHostileFrontendTests {
         _ = rx.pushRequests()
         try f.startBackend()
         let good = netif_tx_request(gref: f.txPool.refs[0].rawValue, offset: 0, flags: 0, id: 999, size: 60)
-        var statuses: [Int16] = []
-        var queue = slots + [good]
-        let expected = queue.count
-        while !queue.isEmpty || statuses.count < expected {
-            while !queue.isEmpty, !tx.isFull { tx.produce(queue.removeFirst()) }
-            if tx.pushRequests() { try f.feEvents.notify(f.fePort) }
-            let done = try eventually(seconds: 10) {
-                if try tx.checkForResponses() > 0 { return true }
-                try f.waitForFrontendEvent(milliseconds: 5)
-                return false
-            }
-            guard done else { break }
-            while let r = tx.nextResponse() { statuses.append(r.status) }
-        }
-        return statuses
+        return try exchange(slots + [good], on: &tx, events: f.feEvents, port: f.fePort).map(\.status)
     }
 
     private func req(gref: UInt32, offset: UInt16 = 0, flags: NetTxFlags = [], id: UInt16, size: UInt16) -> netif_tx_request {
@@ -78,7 +65,7 @@ struct NetHostileFrontendTests {
         _ = try f.teardown()
     }
 
-    @Test func producerIndexFarAheadStopsOnlyThatVif() throws {
+    @Test func producerIndexFarAheadStopsOnlyThatVif() async throws {
         let bad = try NetFixture()
         let good = try NetFixture()
         var tx = try FrontRing<netif_tx_request, netif_tx_response>(initializing: bad.txRing.memory)
@@ -87,14 +74,14 @@ struct NetHostileFrontendTests {
         // req_prod a million entries past anything produced.
         tx.header.requestProducer.store(1_000_000, ordering: .releasing)
         try bad.feEvents.notify(bad.fePort)
-        #expect(eventually { bad.vif.failure != nil })
+        #expect(await eventually { bad.vif.failure != nil })
         #expect((bad.vif.failure as? RingError)?.code == .requestProducerOverflow)
 
         // The other device carries on.
         var fe = try good.makeFrontend()
         try good.startBackend()
         #expect(try patternFrame(100, seed: 3).withUnsafeBytes { try fe.send($0) })
-        #expect(eventually { good.sentFrames().count == 1 })
+        #expect(await eventually { good.sentFrames().count == 1 })
         _ = try bad.teardown()
         _ = try good.teardown()
     }

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// The `xenpv` executable as a user runs it (`swift test` builds it first).
@@ -30,9 +31,7 @@ struct CommandTests {
         p.standardOutput = out
         p.standardError = out
         try p.run()
-        let deadline = Date().addingTimeInterval(timeout)
-        while p.isRunning, Date() < deadline { try await Task.sleep(nanoseconds: 10_000_000) }
-        if p.isRunning { p.terminate() }
+        if !(await eventually(timeout) { !p.isRunning }) { p.terminate() }
         p.waitUntilExit()
         return Run(status: p.terminationStatus, output: String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
     }
@@ -49,8 +48,7 @@ struct CommandTests {
             if daemon.isRunning { daemon.terminate() }
             daemon.waitUntilExit()
         }
-        let deadline = Date().addingTimeInterval(10)
-        while !FileManager.default.fileExists(atPath: socket), Date() < deadline { try await Task.sleep(nanoseconds: 20_000_000) }
+        _ = await eventually(10, every: .milliseconds(20)) { FileManager.default.fileExists(atPath: socket) }
 
         let fe = "/local/domain/5/device/vbd/51712"
         let be = "/local/domain/0/backend/vbd/5/51712"

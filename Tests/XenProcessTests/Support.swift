@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Logging
+import TestSupport
 import Testing
 import XenSimulatorDaemon
 import XenSimulatorClient
@@ -31,6 +32,7 @@ final class Child: @unchecked Sendable {
     let process = Process()
     private let lock = NSLock()
     private var text = ""
+    private var ended = false
     let name: String
 
     /// Runs `xenpv` (or `executable`) with `arguments`.
@@ -43,7 +45,13 @@ final class Child: @unchecked Sendable {
         process.standardError = pipe
         pipe.fileHandleForReading.readabilityHandler = { [weak self] h in
             let data = h.availableData
-            guard let self, !data.isEmpty else { return }
+            guard let self else { return }
+            if data.isEmpty {
+                // End of file: every write end is closed, all output is in `text`.
+                h.readabilityHandler = nil
+                self.lock.withLock { self.ended = true }
+                return
+            }
             self.lock.withLock { self.text += String(decoding: data, as: UTF8.self) }
         }
         try process.run()
@@ -68,40 +76,19 @@ final class Child: @unchecked Sendable {
         if process.isRunning { Glibc.kill(pid, SIGTERM) }
     }
 
-    /// Waits at most `seconds` for the process to end; its status, or nil.
-    /// Sleeps between looks: a waiting test must not hold a pool thread.
+    /// Waits at most `seconds` (see `eventually`) for the process to end; its status, or nil.
+    /// The output is whole once this returns a status: a process can exit before
+    /// the reader has been handed its last lines, so this waits for end of file too.
     func waitForExit(seconds: Double) async -> Int32? {
-        let deadline = Date().addingTimeInterval(seconds)
-        while process.isRunning {
-            if Date() > deadline { return nil }
-            try? await Task.sleep(nanoseconds: 10_000_000)
-        }
+        guard await eventually(seconds, { !process.isRunning }) else { return nil }
+        _ = await eventually(seconds) { lock.withLock { ended } }
         return process.terminationStatus
     }
 
-    /// Waits at most `seconds` until the output contains `text`.
+    /// Waits at most `seconds` (see `eventually`) until the output contains `text`.
     func waitFor(_ text: String, seconds: Double = 20) async -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if output.contains(text) { return true }
-            try? await Task.sleep(nanoseconds: 10_000_000)
-        }
-        return output.contains(text)
+        await eventually(seconds) { output.contains(text) }
     }
-}
-
-/// Polls `body` until true or `seconds` pass, sleeping between looks (a
-/// waiting test must not hold one of the cooperative pool's few threads).
-func eventually(_ seconds: Double = 10, _ body: () async throws -> Bool) async rethrows -> Bool {
-    // The deadline only keeps a broken test from hanging. With the suites in
-    // parallel on two shared cores a correct one can wait its turn for long, so
-    // no wait here is shorter than a minute (the suites' time limits still bound it).
-    let deadline = Date().addingTimeInterval(max(seconds, 60))
-    while Date() < deadline {
-        if try await body() { return true }
-        try? await Task.sleep(nanoseconds: 10_000_000)
-    }
-    return try await body()
 }
 
 /// A raw seqpacket connection to the daemon at `path`, for speaking its wire protocol by hand.

@@ -1,6 +1,7 @@
 import CRingReference
 import CXen
 import Glibc
+import TestSupport
 import Testing
 import XenABI
 import XenHypervisor

@@ -1,6 +1,7 @@
 import Atomics
 import CRingReference
 import CXen
+import TestSupport
 import Testing
 import XenABI
 import XenHypervisor

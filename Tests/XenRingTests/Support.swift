@@ -1,6 +1,7 @@
 import CRingReference
 import CXen
 import Glibc
+import TestSupport
 import XenABI
 import XenHypervisor
 import XenRing
@@ -21,19 +22,6 @@ final class TestPages: @unchecked Sendable {
 
     var base: UnsafeMutableRawPointer { memory.base }
     var bytes: UnsafeMutableRawBufferPointer { memory.buffer }
-}
-
-/// SplitMix64: small, seedable, the same sequence everywhere.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 /// A seed from XENRING_SEED, or a fresh one; tests print it when they fail.

@@ -1,29 +1,10 @@
 import Glibc
+import TestSupport
 import Testing
 import XenSockets
 
 /// The daemons' socket files, tried as a careless umask and a hostile local user would.
 @Suite struct LocalSocketTests {
-    /// A fresh directory per test, removed with everything in it.
-    final class Scratch {
-        let dir: String
-        init() {
-            var template = Array("/tmp/xenpv-sock-XXXXXX".utf8CString)
-            dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-        }
-        func path(_ name: String) -> String { dir + "/" + name }
-        deinit {
-            if let d = opendir(dir) {
-                while let e = readdir(d) {
-                    let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-                    if name != "." && name != ".." { unlink(path(name)) }
-                }
-                closedir(d)
-            }
-            rmdir(dir)
-        }
-    }
-
     func mode(_ path: String) -> mode_t {
         var st = stat()
         guard lstat(path, &st) == 0 else { return 0 }
@@ -31,7 +12,7 @@ import XenSockets
     }
 
     @Test func theModeIsFixedWhateverTheUmask() throws {
-        let s = Scratch()
+        let s = try TemporaryDirectory(prefix: "xenpv-sock")
         let old = umask(0)
         defer { umask(old) }
         let fd = try LocalSocket.listen(at: s.path("a.sock"), kind: .seqpacket)
@@ -41,7 +22,7 @@ import XenSockets
     }
 
     @Test func aGroupGetsExactly0660EvenUnderANarrowUmask() throws {
-        let s = Scratch()
+        let s = try TemporaryDirectory(prefix: "xenpv-sock")
         let old = umask(0o077)
         defer { umask(old) }
         let fd = try LocalSocket.listen(at: s.path("g.sock"), kind: .stream, access: SocketAccess(group: getegid()))
@@ -55,7 +36,7 @@ import XenSockets
     }
 
     @Test func aRegularFileIsNeverRemoved() throws {
-        let s = Scratch()
+        let s = try TemporaryDirectory(prefix: "xenpv-sock")
         let file = s.path("precious")
         let fd = open(file, O_CREAT | O_WRONLY, 0o600)
         _ = write(fd, "data", 4)
@@ -72,7 +53,7 @@ import XenSockets
     }
 
     @Test func aLiveServerIsNotReplacedButAStaleSocketIs() throws {
-        let s = Scratch()
+        let s = try TemporaryDirectory(prefix: "xenpv-sock")
         let path = s.path("live.sock")
         let first = try LocalSocket.listen(at: path, kind: .seqpacket)
         do {

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 import XenABI
 @testable import XenStore
@@ -44,12 +45,7 @@ struct ClientServerTests {
             #expect(s.server.connectionCount() == 2)
             // `temp` goes out of scope here without close().
         }
-        var count = s.server.connectionCount()
-        for _ in 0..<300 where count != 1 {
-            try? await Task.sleep(nanoseconds: 10_000_000)
-            count = s.server.connectionCount()
-        }
-        #expect(count == 1)
+        #expect(await eventually { s.server.connectionCount() == 1 })
         #expect(try await kept.read("/t") == "1")
     }
 
@@ -256,11 +252,7 @@ struct ClientServerTests {
         await expectCode(.tooBig) { _ = try await g.watch("n2") }
         // Ending a watch's sequence removes it and frees its slot.
         w0.cancel()
-        var freed = false
-        for _ in 0..<200 where !freed {
-            do { _ = try await g.watch("n3"); freed = true } catch { try await Task.sleep(nanoseconds: 5_000_000) }
-        }
-        #expect(freed)
+        #expect(await eventually { (try? await g.watch("n3")) != nil })
         _ = w1
         _ = try await g.request(.transactionStart, payload: [0])
         _ = try await g.request(.transactionStart, payload: [0])

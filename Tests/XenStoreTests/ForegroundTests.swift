@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Synchronization
+import TestSupport
 import Testing
 @testable import XenStore
 @testable import XenStoreServer
@@ -22,15 +23,15 @@ struct ForegroundTests {
         thread.start()
         // Wait (bounded) for the socket, which exists only once the handler is installed.
         var c: XenStoreClient?
-        for _ in 0..<500 where c == nil {
+        _ = await eventually {
             c = try? XenStoreClient(socketPath: path)
-            if c == nil { try? await Task.sleep(nanoseconds: 10_000_000) }
+            return c != nil
         }
         let client = try #require(c)
         try await client.write("/fg", "1")
         #expect(try await client.read("/fg") == "1")
         kill(getpid(), SIGTERM)
-        for _ in 0..<500 where result.withLock({ $0 }) == nil { try? await Task.sleep(nanoseconds: 10_000_000) }
+        _ = await eventually { result.withLock { $0 } != nil }
         #expect(result.withLock { $0 } == SIGTERM)
         #expect(!FileManager.default.fileExists(atPath: path))
         await #expect(throws: XenStoreError.self) { _ = try await client.read("/fg") }

@@ -123,7 +123,7 @@ struct HostileInputTests {
             try? Sys.sendAll(fd, requests)
         }
         sender.start()
-        usleep(200_000)
+        try await Task.sleep(for: .milliseconds(200))  // let it fill; off the pool's threads
         // The server is throttling that client, and serving others meanwhile.
         try await c.write("/other", "x")
         #expect(try await c.read("/other") == "x")

@@ -1,6 +1,7 @@
 import CXen
 import Foundation
 import Logging
+import TestSupport
 import Testing
 import XenABI
 import XenHypervisor
@@ -164,12 +165,8 @@ struct RingTransportTests {
         return (pages.memory.base, events, port)
     }
 
-    func waitForError(_ page: UnsafeMutableRawPointer, _ code: Int32) -> Bool {
-        for _ in 0..<300 {
-            if page.load(fromByteOffset: XenStoreDomainRing.errorOffset, as: UInt32.self) == UInt32(code) { return true }
-            usleep(10_000)
-        }
-        return false
+    func waitForError(_ page: UnsafeMutableRawPointer, _ code: Int32) async -> Bool {
+        await eventually { page.load(fromByteOffset: XenStoreDomainRing.errorOffset, as: UInt32.self) == UInt32(code) }
     }
 
     @Test func aGuestThatCorruptsItsRingIndexIsCutOffAlone() async throws {
@@ -178,7 +175,7 @@ struct RingTransportTests {
         let h = try hostileGuest(w)
         h.page.storeBytes(of: 100_000, toByteOffset: XenStoreDomainRing.reqProdOffset, as: UInt32.self)
         try h.events.notify(h.port)
-        #expect(waitForError(h.page, XENSTORE_ERROR_RINGIDX))
+        #expect(await waitForError(h.page, XENSTORE_ERROR_RINGIDX))
         try await dom0.write("/still", "fine")
         #expect(try await dom0.read("/still") == "fine")
         // Its connection is gone: the domain can be introduced again with a fresh page.
@@ -193,7 +190,7 @@ struct RingTransportTests {
         let ring = XenStoreDomainRing(page: h.page, side: .guest)
         #expect(try ring.write(header(type: XenStoreMessageType.write.rawValue, len: 5000)) == 16)
         try h.events.notify(h.port)
-        #expect(waitForError(h.page, XENSTORE_ERROR_PROTO))
+        #expect(await waitForError(h.page, XENSTORE_ERROR_PROTO))
         try await dom0.write("/still", "fine")
         #expect(try await dom0.read("/still") == "fine")
     }
@@ -229,9 +226,9 @@ struct RingTransportTests {
         _ = try ring.write([UInt8](repeating: 0x61, count: 97))  // 100 minus the 3 sent
         try h.events.notify(h.port)
         var reply: [UInt8] = []
-        for _ in 0..<300 where reply.count < 19 {
+        _ = try await eventually {
             reply += try ring.read(upTo: 64)
-            if reply.count < 19 { try? await Task.sleep(nanoseconds: 10_000_000) }
+            return reply.count >= 19
         }
         #expect(reply.count == 19)
         #expect(Array(reply.suffix(3)) == Array("OK\0".utf8))

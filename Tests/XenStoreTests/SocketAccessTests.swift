@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 import Logging
 import XenABI
@@ -34,9 +35,7 @@ struct SocketAccessTests {
         p.standardOutput = out
         p.standardError = FileHandle.nullDevice
         try p.run()
-        let deadline = Date().addingTimeInterval(15)
-        while p.isRunning && Date() < deadline { usleep(5000) }
-        if p.isRunning { p.terminate() }
+        if !eventuallyBlocking(15, { !p.isRunning }) { p.terminate() }
         p.waitUntilExit()
         return String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             .trimmingCharacters(in: .whitespacesAndNewlines)
@@ -133,11 +132,7 @@ struct SocketAccessTests {
         #expect(s.server.connectionCount() == 5)
         // A slot frees when one closes.
         _ = consume kept
-        var count = s.server.connectionCount()
-        for _ in 0..<300 where count != 0 {
-            try? await Task.sleep(nanoseconds: 10_000_000)
-            count = s.server.connectionCount()
-        }
+        _ = await eventually { s.server.connectionCount() == 0 }
         let c = try s.client()
         try await c.write("/cap/again", "ok")
         #expect(try await c.read("/cap/again") == "ok")

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import TestSupport
 import XenABI
 @testable import XenStore
 @testable import XenStoreServer
@@ -36,7 +37,8 @@ struct ToolResult {
     var stderr: String
 }
 
-/// Runs `/usr/bin/<tool>` with `XENSTORED_PATH=socket`, killing it after `timeout` seconds.
+/// Runs `/usr/bin/<tool>` with `XENSTORED_PATH=socket`, killing it after `timeout` seconds
+/// (see `eventuallyBlocking`).
 func runTool(_ tool: String, _ args: [String], socket: String, timeout: Double = 10) throws -> ToolResult {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/" + tool)
@@ -46,9 +48,7 @@ func runTool(_ tool: String, _ args: [String], socket: String, timeout: Double =
     p.standardOutput = out
     p.standardError = err
     try p.run()
-    let deadline = Date().addingTimeInterval(timeout)
-    while p.isRunning && Date() < deadline { usleep(2000) }
-    if p.isRunning {
+    if !eventuallyBlocking(timeout, { !p.isRunning }) {
         p.terminate()
         p.waitUntilExit()
     }
@@ -59,24 +59,6 @@ func runTool(_ tool: String, _ args: [String], socket: String, timeout: Double =
 
 /// True when Xen's tools are installed (CI installs xenstore-utils).
 let xenstoreUtilsInstalled = FileManager.default.isExecutableFile(atPath: "/usr/bin/xenstore-read")
-
-/// Awaits `body` for at most `seconds`; throws `timedOut` past that.
-func withTimeout<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    // The deadline only keeps a broken test from hanging. With the suites in
-    // parallel on two shared cores a correct one can wait its turn for long, so
-    // no wait here is shorter than a minute (the suites' time limits still bound it).
-    let seconds = max(seconds, 60)
-    return try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
-            throw XenStoreError(.timedOut, "no result within \(seconds) s")
-        }
-        let r = try await group.next()!
-        group.cancelAll()
-        return r
-    }
-}
 
 /// A raw socket to the server, for sending hostile bytes.
 final class RawConnection {

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 import XenABI
 @testable import XenStore
@@ -87,14 +88,14 @@ struct XenToolsTests {
         // The first line is the registration event; write until two more arrive.
         var lines: [String] = []
         let reader = Task.detached { out.fileHandleForReading.readDataToEndOfFile() }
-        let deadline = Date().addingTimeInterval(10)
         var i = 0
-        while p.isRunning && Date() < deadline {
+        let exited = try await eventually(10, every: .milliseconds(20)) {
+            guard p.isRunning else { return true }
             i += 1
             try await c.write("/w/x", "\(i)")
-            try await Task.sleep(nanoseconds: 20_000_000)
+            return false
         }
-        if p.isRunning { p.terminate() }
+        if !exited { p.terminate() }
         p.waitUntilExit()
         lines = String(decoding: await reader.value, as: UTF8.self).split(separator: "\n").map(String.init)
         #expect(lines.count == 3)
