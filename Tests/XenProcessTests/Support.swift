@@ -32,7 +32,8 @@ final class Child: @unchecked Sendable {
     let process = Process()
     private let lock = NSLock()
     private var text = ""
-    private var ended = false
+    private var reading = 0
+    private var reader: FileHandle?
     let name: String
 
     /// Runs `xenpv` (or `executable`) with `arguments`.
@@ -43,16 +44,18 @@ final class Child: @unchecked Sendable {
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
+        reader = pipe.fileHandleForReading
         pipe.fileHandleForReading.readabilityHandler = { [weak self] h in
-            let data = h.availableData
             guard let self else { return }
-            if data.isEmpty {
-                // End of file: every write end is closed, all output is in `text`.
-                h.readabilityHandler = nil
-                self.lock.withLock { self.ended = true }
-                return
+            // `reading` is raised before the pipe is read and lowered after the
+            // bytes are in `text`: see `outputIsWhole`.
+            self.lock.withLock { self.reading += 1 }
+            let data = h.availableData
+            if data.isEmpty { h.readabilityHandler = nil }
+            self.lock.withLock {
+                self.text += String(decoding: data, as: UTF8.self)
+                self.reading -= 1
             }
-            self.lock.withLock { self.text += String(decoding: data, as: UTF8.self) }
         }
         try process.run()
     }
@@ -77,12 +80,22 @@ final class Child: @unchecked Sendable {
     }
 
     /// Waits at most `seconds` (see `eventually`) for the process to end; its status, or nil.
-    /// The output is whole once this returns a status: a process can exit before
-    /// the reader has been handed its last lines, so this waits for end of file too.
+    /// The output is whole once this returns a status (see `outputIsWhole`).
     func waitForExit(seconds: Double) async -> Int32? {
         guard await eventually(seconds, { !process.isRunning }) else { return nil }
-        _ = await eventually(seconds) { lock.withLock { ended } }
+        _ = await eventually(seconds) { outputIsWhole }
         return process.terminationStatus
+    }
+
+    /// After the exit, whether every byte the process wrote is in `output`:
+    /// nothing left in the pipe and no read under way. (End of file is no sign:
+    /// a process another test spawns meanwhile can inherit the pipe's write end.)
+    private var outputIsWhole: Bool {
+        guard let fd = reader?.fileDescriptor else { return true }
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        // POLLIN only while bytes wait in the pipe (at end of file: POLLHUP alone).
+        let pending = poll(&p, 1, 0) == 1 && p.revents & Int16(POLLIN) != 0
+        return !pending && lock.withLock { reading == 0 }
     }
 
     /// Waits at most `seconds` (see `eventually`) until the output contains `text`.
