@@ -63,6 +63,9 @@ let xenstoreUtilsInstalled = FileManager.default.isExecutableFile(atPath: "/usr/
 /// A raw socket to the server, for sending hostile bytes.
 final class RawConnection {
     let fd: Int32
+    /// Kept across calls: a timeout in the middle of a message must not lose the
+    /// part already read (the next call would parse from the middle of a frame).
+    private var decoder = XenStoreFrameDecoder()
     init(_ path: String) throws { fd = try Sys.connect(to: path) }
     deinit { close(fd) }
 
@@ -70,7 +73,6 @@ final class RawConnection {
 
     /// Reads one whole message, or nil at EOF; throws after `timeout` seconds.
     func receive(timeout: Double = 5) throws -> XenStoreMessage? {
-        var decoder = XenStoreFrameDecoder()
         let deadline = Date().addingTimeInterval(timeout)
         var buf = [UInt8](repeating: 0, count: XenStoreLimits.headerSize + XenStoreLimits.payloadMax)
         while true {
