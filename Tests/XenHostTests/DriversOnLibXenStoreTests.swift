@@ -48,7 +48,9 @@ struct DriversOnLibXenStoreTests {
         // Bounded, but generous: libxenstore's calls run off the cooperative
         // pool, and under a parallel test run on two cores they wait their turn.
         let deadline = Date().addingTimeInterval(30)
-        while Date() < deadline, !(endpoint.state == .connected && backend.vifs.first?.state == .connected) {
+        try await endpoint.connected(timeout: .seconds(60))
+        // netback's record of its Connected follows its store write, which the frontend saw.
+        while Date() < deadline, backend.vifs.first?.state != .connected {
             try await Task.sleep(nanoseconds: 10_000_000)
         }
         #expect(endpoint.state == .connected && backend.vifs.first?.state == .connected)

@@ -66,6 +66,13 @@ final class NetStoreWorld: @unchecked Sendable {
     /// Both ends of the vif say Connected.
     var connected: Bool { endpoint.state == .connected && backend.vifs.first?.state == .connected }
 
+    /// Waits until both ends say Connected: the frontend publishes it only after it saw
+    /// the backend's in the store; netback's own record of it follows that write.
+    func bothConnected() async -> Bool {
+        guard (try? await endpoint.connected(timeout: .seconds(60))) != nil else { return false }
+        return await eventually { self.backend.vifs.first?.state == .connected }
+    }
+
     /// The backend's `error` key, polled for at most `seconds`.
     func backendError(within seconds: Double) async throws -> String? {
         let deadline = Date().addingTimeInterval(seconds)
@@ -91,7 +98,7 @@ final class NetStoreWorld: @unchecked Sendable {
 struct NetHandshakeTests {
     @Test func toolstackCreatesAVifAndBothEndsConnect() async throws {
         let w = try await NetStoreWorld()
-        #expect(await eventually { w.connected })
+        #expect(await w.bothConnected())
         #expect(try await w.dom0Store.read(w.device.backendPath + "/feature-rx-copy") == "1")
         #expect(try await w.dom0Store.read(w.device.backendPath + "/hotplug-status") == "connected")
 
@@ -165,7 +172,8 @@ struct NetNegotiationTests {
         let endpoint = XenbusEndpoint(role: .frontend, store: w.guestStore, path: second.frontendPath,
                                       peerPath: second.backendPath, driver: nic, logger: quiet)
         let run = Task { try await endpoint.run() }
-        #expect(await eventually(20) { endpoint.state == .connected && w.backend.vifs.contains { $0.identity.id == 1 && $0.state == .connected } })
+        try await endpoint.connected(timeout: .seconds(60))
+        #expect(await eventually(20) { w.backend.vifs.contains { $0.identity.id == 1 && $0.state == .connected } })
         try await port.send(patternFrame(300, seed: 3))
         #expect(await eventually(10) { w.sent.frames.withLock { $0.count } == 1 })
         w.attachment.inject(patternFrame(400, seed: 4))
@@ -182,7 +190,7 @@ struct NetNegotiationTests {
 
     @Test func aBrokenRingResetsThatVifAndItReconnects() async throws {
         let w = try await NetStoreWorld(frames: 2048)
-        #expect(await eventually { w.connected })
+        #expect(await w.bothConnected())
         let firstRing = try await w.guestStore.read(w.device.frontendPath + "/tx-ring-ref")
 
         // The guest scribbles on its tx ring's req_prod: a million entries ahead.

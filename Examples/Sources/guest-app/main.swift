@@ -42,12 +42,9 @@ do {
         let endpoint = XenbusEndpoint(role: .frontend, store: store, path: device.frontendPath,
                                       peerPath: device.backendPath, driver: driver)
         Task { try await endpoint.run() }
-        for _ in 0 ..< 1000 where endpoint.state != .connected { try await Task.sleep(nanoseconds: 10_000_000) }
-        guard endpoint.state == .connected else { throw XenbusError("\(device) did not connect") }
+        try await endpoint.connected(timeout: .seconds(10))
         return endpoint
     }
-
-    struct XenbusError: Error { let message: String; init(_ m: String) { message = m } }
 
     // The disk: 4 KiB at offset 1 MiB, written, flushed, read back.
     let vbd = XenbusDevice(type: "vbd", id: 51712, frontend: guest.domainID)
