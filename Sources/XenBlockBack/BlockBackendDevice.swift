@@ -49,13 +49,6 @@ public struct BlockBackendOptions: Sendable {
     public init() {}
 }
 
-/// Why a backend refused a frontend's keys.
-public struct BlockBackendError: Error, Hashable, Sendable, CustomStringConvertible {
-    public var message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
-}
-
 /// The backend half of one vbd as a XenBus driver: advertises the disk and features in
 /// `prepare`, reads the frontend's ring keys, maps its rings and starts one queue per
 /// ring in `connect`, and stops and unmaps everything in `disconnect`.
@@ -128,7 +121,7 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
         let abiName = try await store.readChoice(fe, XenbusKey.protocolName, among: BlkifABI.allCases.map(\.protocolName),
                                                  default: BlkifABI.native.protocolName)
         // Listed by `allCases`, so it parses; the guard keeps this total.
-        guard let abi = BlkifABI(protocolName: abiName) else { throw BlockBackendError("unsupported protocol \(abiName)") }
+        guard let abi = BlkifABI(protocolName: abiName) else { throw BlockBackendError(.notSupported, "unsupported protocol \(abiName)") }
         let queueCount = Int(try await store.readNumber(fe, XenbusKey.multiQueueNumQueues,
                                                         in: 1...UInt32(clamping: max(1, options.maxQueues)), default: 1))
         let order = Int(try await store.readNumber(fe, XenbusKey.ringPageOrder,

@@ -106,7 +106,7 @@ final class VifDevice: XenbusDeviceDriver {
         let fe = peerPath
         // Only the copying receive path exists (as in Linux since 2013).
         guard try await store.readFeature(fe, XenbusKey.requestRxCopy) else {
-            throw XenStoreError(.invalid, "frontend does not request rx copy; page flipping is not supported")
+            throw NetBackendError(.notSupported, "frontend does not request rx copy; page flipping is not supported")
         }
         // We offer multi-queue-max-queues = 1.
         _ = try await store.readNumber(fe, XenbusKey.multiQueueNumQueues, in: UInt32(1)...1, default: 1)

@@ -85,7 +85,7 @@ public final class NetFrontend: XenbusDeviceDriver {
     public func connect() async throws {
         let backendDir = try await store.read(path + "/" + XenbusKey.backend)
         guard try await store.readFeature(backendDir, XenbusKey.featureRxCopy) else {
-            throw XenStoreError(.invalid, "backend cannot copy into receive buffers (feature-rx-copy)")
+            throw NetFrontError(.notSupported, "backend cannot copy into receive buffers (feature-rx-copy)")
         }
         let features = NetBackendFeatures(
             scatterGather: try await store.readFeature(backendDir, XenbusKey.featureSG),
@@ -99,7 +99,7 @@ public final class NetFrontend: XenbusDeviceDriver {
             s?.started = true
             return current.pump
         }
-        guard let pump else { throw XenStoreError(.invalid, "connect without a fresh prepare") }
+        guard let pump else { throw NetFrontError(.notPrepared, "connect without a fresh prepare") }
         try pump.start(backend: features)
         logger.info("\(path): connected")
     }
