@@ -7,6 +7,7 @@ import XenBus
 import XenLocks
 import XenNetBack
 import XenNetFront
+import XenNetProtocol
 import XenRing
 import XenSimulator
 import XenStore
@@ -214,15 +215,15 @@ struct NetNegotiationTests {
     }
 
     @Test func netfrontOffersOnlyWhatTheBackendTakes() {
-        let gso4 = GuestOffload(checksumBlank: true, dataValidated: true, gso: .gso(size: 1448, type: .tcpv4, features: 0))
-        let gso6 = GuestOffload(checksumBlank: true, dataValidated: true, gso: .gso(size: 1428, type: .tcpv6, features: 0))
-        let plain = GuestOffload()
+        let gso4 = FrameOffload(checksumBlank: true, dataValidated: true, gso: .gso(size: 1448, type: .tcpv4, features: 0))
+        let gso6 = FrameOffload(checksumBlank: true, dataValidated: true, gso: .gso(size: 1428, type: .tcpv6, features: 0))
+        let plain = FrameOffload()
         let full = NetBackendFeatures(scatterGather: true, segmentation: [.tcpv4], checksumOffload: true)
         #expect(full.accepts(gso4) && !full.accepts(gso6) && full.accepts(plain))
         let noSG = NetBackendFeatures(scatterGather: false, segmentation: [.tcpv4], checksumOffload: true)
         #expect(!noSG.accepts(gso4))
         let noCsum = NetBackendFeatures(scatterGather: true, segmentation: [], checksumOffload: false)
-        #expect(!noCsum.accepts(GuestOffload(checksumBlank: true)) && noCsum.accepts(plain))
+        #expect(!noCsum.accepts(FrameOffload(checksumBlank: true)) && noCsum.accepts(plain))
     }
 }
 
