@@ -89,7 +89,7 @@ public struct Demo: Sendable {
         say("Toolstack: \(vif.frontendPath) ↔ \(vif.backendPath)")
 
         let port = PacketPort()
-        let frontend = NetFrontend(hypervisor: guest, store: guestStore, path: vif.frontendPath, port: port, logger: logger)
+        let frontend = NetFrontendDriver(hypervisor: guest, store: guestStore, path: vif.frontendPath, port: port, logger: logger)
         let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: vif.frontendPath,
                                       peerPath: vif.backendPath, driver: frontend, logger: logger)
         let frontendTask = Task { try await endpoint.run() }

@@ -18,7 +18,7 @@ public final class NetBackend: Sendable {
     private struct State {
         /// Devices with a task, connected or still setting up.
         var claimed: Set<VifIdentity> = []
-        var served: [VifIdentity: (device: VifDevice, endpoint: XenbusEndpoint)] = [:]
+        var served: [VifIdentity: (device: NetBackendDevice, endpoint: XenbusEndpoint)] = [:]
     }
 
     /// `attach` makes each vif's attachment, e.g. a TAP on a bridge:
@@ -93,7 +93,7 @@ public final class NetBackend: Sendable {
             return
         }
         let endpointBox = EndpointBox()
-        let device = VifDevice(identity: identity, path: path, peerPath: peerPath, hypervisor: hypervisor,
+        let device = NetBackendDevice(identity: identity, path: path, peerPath: peerPath, hypervisor: hypervisor,
                                store: store, attach: attach, logger: logger) { _ in
             // A broken ring resets this device: Closing, then a new session
             // once the frontend starts one (it re-shares its rings).

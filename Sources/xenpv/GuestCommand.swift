@@ -69,7 +69,7 @@ final class GuestNet: @unchecked Sendable {
     init(_ options: GuestOptions, logger: Logger) throws {
         hv = try JoinedDomain.join(options.hypervisor, connect: options.connect, as: options.request(devices: [.vif]))
         let device = XenbusDevice(type: "vif", id: 0, frontend: hv.domainID)
-        let frontend = NetFrontend(hypervisor: hv, store: hv.store, path: device.frontendPath, port: port, logger: logger)
+        let frontend = NetFrontendDriver(hypervisor: hv, store: hv.store, path: device.frontendPath, port: port, logger: logger)
         endpoint = XenbusEndpoint(role: .frontend, store: hv.store, path: device.frontendPath, peerPath: device.backendPath,
                                   driver: frontend, logger: logger)
         let endpoint = self.endpoint

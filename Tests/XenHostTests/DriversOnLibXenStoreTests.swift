@@ -41,7 +41,7 @@ struct DriversOnLibXenStoreTests {
         try await XenbusToolstack.create(device, on: dom0Store)
 
         let port = PacketPort()
-        let frontend = NetFrontend(hypervisor: guest, store: guestStore, path: device.frontendPath, port: port, logger: quiet)
+        let frontend = NetFrontendDriver(hypervisor: guest, store: guestStore, path: device.frontendPath, port: port, logger: quiet)
         let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: device.frontendPath,
                                       peerPath: device.backendPath, driver: frontend, logger: quiet)
         let frontendTask = Task { try await endpoint.run() }

@@ -57,7 +57,7 @@ final class NetStoreWorld: @unchecked Sendable {
         try await XenbusToolstack.createDomainHome(guest.domainID, on: dom0Store)
         try await XenbusToolstack.create(device, on: dom0Store, backendKeys: backendKeys)
         try await hostileGuest?(guestStore, device)
-        let frontend = NetFrontend(hypervisor: guest, store: guestStore, path: device.frontendPath, port: port, logger: quiet)
+        let frontend = NetFrontendDriver(hypervisor: guest, store: guestStore, path: device.frontendPath, port: port, logger: quiet)
         let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: device.frontendPath,
                                       peerPath: device.backendPath, driver: frontend, logger: quiet)
         self.endpoint = endpoint
@@ -169,7 +169,7 @@ struct NetNegotiationTests {
         let port = PacketPort()
         var quiet = Logger(label: "test")
         quiet.logLevel = .critical
-        let nic = NetFrontend(hypervisor: w.guest, store: w.guestStore, path: second.frontendPath, port: port, logger: quiet)
+        let nic = NetFrontendDriver(hypervisor: w.guest, store: w.guestStore, path: second.frontendPath, port: port, logger: quiet)
         let endpoint = XenbusEndpoint(role: .frontend, store: w.guestStore, path: second.frontendPath,
                                       peerPath: second.backendPath, driver: nic, logger: quiet)
         let run = Task { try await endpoint.run() }

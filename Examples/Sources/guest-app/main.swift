@@ -59,7 +59,7 @@ do {
     // The NIC: one frame out, its echo back.
     let vif = XenbusDevice(type: "vif", id: 0, frontend: guest.domainID)
     let port = PacketPort()
-    let nicEndpoint = try await connect(vif, NetFrontend(hypervisor: guest, store: store, path: vif.frontendPath, port: port))
+    let nicEndpoint = try await connect(vif, NetFrontendDriver(hypervisor: guest, store: store, path: vif.frontendPath, port: port))
     let frame = [UInt8](repeating: 0xff, count: 6) + [0x00, 0x16, 0x3e, 0, 0, 1, 0x88, 0xb5] + [UInt8](repeating: 42, count: 100)
     try await port.send(frame)
     // Wait for the echo at most 10 s.
