@@ -86,6 +86,18 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
     /// The queues of the current connection (for counters and tests).
     public var queues: [BlockQueue] { session.withLock { $0?.queues ?? [] } }
 
+    /// The figures `xenpv top` shows, summed over the queues, while connected.
+    public var statistics: [(String, UInt64)]? {
+        let queues = self.queues
+        guard !queues.isEmpty else { return nil }
+        func sum(_ k: (BlockQueueCounters) -> UInt64) -> UInt64 { queues.reduce(0) { $0 + k($1.counters) } }
+        return [("requests", sum { $0.requests.value }), ("segments", sum { $0.segments.value }),
+                ("bytes", sum { $0.bytes.value }), ("notifies", sum { $0.notifies.value }),
+                ("sleeps", sum { $0.sleeps.value }), ("ring_fill", UInt64(queues.reduce(0) { $0 + $1.ringFill })),
+                ("ring_size", UInt64(queues.reduce(0) { $0 + $1.ringSize })),
+                ("dropped", sum { $0.refused.value + $0.badGrants.value + $0.storageErrors.value })]
+    }
+
     var limits: BlockDeviceLimits {
         BlockDeviceLimits(sectors: disk.byteCount / 512, sectorSize: 512, readOnly: disk.readOnly, flush: true,
                           barrier: true, discard: disk.discard && !disk.readOnly, secureDiscard: false,

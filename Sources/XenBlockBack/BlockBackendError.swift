@@ -5,6 +5,8 @@ public struct BlockBackendError: Error, Hashable, Sendable, CustomStringConverti
     public enum Code: Hashable, Sendable {
         /// The frontend asks for what blkback does not serve (an unknown `protocol`).
         case notSupported
+        /// The device's storage could not be opened (the disk provider threw).
+        case noDisk
     }
 
     public var code: Code

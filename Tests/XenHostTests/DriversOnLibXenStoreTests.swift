@@ -49,10 +49,8 @@ struct DriversOnLibXenStoreTests {
         // pool, and under a parallel test run on two cores they wait their turn.
         let deadline = Date().addingTimeInterval(30)
         try await endpoint.connected(timeout: .seconds(60))
-        // netback's record of its Connected follows its store write, which the frontend saw.
-        while Date() < deadline, backend.vifs.first?.state != .connected {
-            try await Task.sleep(nanoseconds: 10_000_000)
-        }
+        // The frontend saw netback's Connected, so netback runs an endpoint for the vif.
+        try await #require(backend.endpoint(for: VifIdentity(frontend: guest.domainID, id: 0))).connected(timeout: .seconds(60))
         #expect(endpoint.state == .connected && backend.vifs.first?.state == .connected)
         try await port.send([UInt8](repeating: 0x5a, count: 1000))
         while Date() < deadline, received.count == 0 { try await Task.sleep(nanoseconds: 10_000_000) }

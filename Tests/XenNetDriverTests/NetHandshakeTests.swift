@@ -67,11 +67,12 @@ final class NetStoreWorld: @unchecked Sendable {
     /// Both ends of the vif say Connected.
     var connected: Bool { endpoint.state == .connected && backend.vifs.first?.state == .connected }
 
-    /// Waits until both ends say Connected: the frontend publishes it only after it saw
-    /// the backend's in the store; netback's own record of it follows that write.
+    /// Waits until both ends say Connected. The frontend publishes it only after it saw
+    /// the backend's, so by then netback runs an endpoint for the vif.
     func bothConnected() async -> Bool {
-        guard (try? await endpoint.connected(timeout: .seconds(60))) != nil else { return false }
-        return await eventually { self.backend.vifs.first?.state == .connected }
+        guard (try? await endpoint.connected(timeout: .seconds(60))) != nil,
+              let backendEndpoint = backend.endpoint(for: VifIdentity(frontend: guest.domainID, id: 0)) else { return false }
+        return (try? await backendEndpoint.connected(timeout: .seconds(60))) != nil
     }
 
     /// The backend's `error` key, polled for at most `seconds`.
@@ -174,7 +175,7 @@ struct NetNegotiationTests {
                                       peerPath: second.backendPath, driver: nic, logger: quiet)
         let run = Task { try await endpoint.run() }
         try await endpoint.connected(timeout: .seconds(60))
-        #expect(await eventually(20) { w.backend.vifs.contains { $0.identity.id == 1 && $0.state == .connected } })
+        try await #require(w.backend.endpoint(for: VifIdentity(frontend: w.guest.domainID, id: 1))).connected(timeout: .seconds(60))
         try await port.send(patternFrame(300, seed: 3))
         #expect(await eventually(10) { w.sent.frames.withLock { $0.count } == 1 })
         w.attachment.inject(patternFrame(400, seed: 4))
