@@ -49,13 +49,6 @@ public struct BlockBackendOptions: Sendable {
     public init() {}
 }
 
-/// Why a backend refused a frontend's keys.
-public struct BlockBackendError: Error, Hashable, Sendable, CustomStringConvertible {
-    public var message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
-}
-
 /// The backend half of one vbd as a XenBus driver: advertises the disk and features in
 /// `prepare`, reads the frontend's ring keys, maps its rings and starts one queue per
 /// ring in `connect`, and stops and unmaps everything in `disconnect`.
@@ -93,6 +86,18 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
     /// The queues of the current connection (for counters and tests).
     public var queues: [BlockQueue] { session.withLock { $0?.queues ?? [] } }
 
+    /// The figures `xenpv top` shows, summed over the queues, while connected.
+    public var statistics: [(String, UInt64)]? {
+        let queues = self.queues
+        guard !queues.isEmpty else { return nil }
+        func sum(_ k: (BlockQueueCounters) -> UInt64) -> UInt64 { queues.reduce(0) { $0 + k($1.counters) } }
+        return [("requests", sum { $0.requests.value }), ("segments", sum { $0.segments.value }),
+                ("bytes", sum { $0.bytes.value }), ("notifies", sum { $0.notifies.value }),
+                ("sleeps", sum { $0.sleeps.value }), ("ring_fill", UInt64(queues.reduce(0) { $0 + $1.ringFill })),
+                ("ring_size", UInt64(queues.reduce(0) { $0 + $1.ringSize })),
+                ("dropped", sum { $0.refused.value + $0.badGrants.value + $0.storageErrors.value })]
+    }
+
     var limits: BlockDeviceLimits {
         BlockDeviceLimits(sectors: disk.byteCount / 512, sectorSize: 512, readOnly: disk.readOnly, flush: true,
                           barrier: true, discard: disk.discard && !disk.readOnly, secureDiscard: false,
@@ -128,7 +133,7 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
         let abiName = try await store.readChoice(fe, XenbusKey.protocolName, among: BlkifABI.allCases.map(\.protocolName),
                                                  default: BlkifABI.native.protocolName)
         // Listed by `allCases`, so it parses; the guard keeps this total.
-        guard let abi = BlkifABI(protocolName: abiName) else { throw BlockBackendError("unsupported protocol \(abiName)") }
+        guard let abi = BlkifABI(protocolName: abiName) else { throw BlockBackendError(.notSupported, "unsupported protocol \(abiName)") }
         let queueCount = Int(try await store.readNumber(fe, XenbusKey.multiQueueNumQueues,
                                                         in: 1...UInt32(clamping: max(1, options.maxQueues)), default: 1))
         let order = Int(try await store.readNumber(fe, XenbusKey.ringPageOrder,

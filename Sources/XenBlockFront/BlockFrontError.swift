@@ -1,6 +1,7 @@
 import XenBlockProtocol
 
-/// Why a frontend call failed: a code to act on and a message to read.
+/// Why a frontend call failed: a code to act on, a message to read, and the error that
+/// caused it, if another did.
 public struct BlockFrontError: Error, Hashable, Sendable, CustomStringConvertible {
     public enum Code: Hashable, Sendable {
         /// The offset or length is not a multiple of the 512-byte sector.
@@ -21,10 +22,13 @@ public struct BlockFrontError: Error, Hashable, Sendable, CustomStringConvertibl
 
     public var code: Code
     public var message: String
+    /// The error behind this one (a ring or store failure), if any.
+    public var underlying: (any Error)?
 
-    public init(_ code: Code, _ message: String) {
+    public init(_ code: Code, _ message: String, underlying: (any Error)? = nil) {
         self.code = code
         self.message = message
+        self.underlying = underlying
     }
 
     /// The error for a response status other than `BLKIF_RSP_OKAY`.
@@ -36,5 +40,17 @@ public struct BlockFrontError: Error, Hashable, Sendable, CustomStringConvertibl
         }
     }
 
-    public var description: String { message }
+    public var description: String { underlying.map { "\(message): \($0)" } ?? message }
+
+    /// Equal when code, message and the cause's description are: an `any Error` has no
+    /// equality of its own.
+    public static func == (a: Self, b: Self) -> Bool {
+        a.code == b.code && a.message == b.message
+            && a.underlying.map { "\($0)" } == b.underlying.map { "\($0)" }
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(code)
+        hasher.combine(message)
+    }
 }

@@ -36,7 +36,16 @@ public final class XenbusEndpoint: Sendable {
     private let logger: Logger
     private let inputs: AsyncStream<Input>
     private let continuation: AsyncStream<Input>.Continuation
-    private let published = Locked<XenbusState>(.unknown)
+    private let published = Locked<Published>(Published())
+
+    /// The state this side last published and who is told when it changes.
+    struct Published {
+        var state: XenbusState = .unknown
+        /// Set once `run()` returned: no state follows.
+        var finished = false
+        var observers: [UInt64: AsyncStream<XenbusState>.Continuation] = [:]
+        var nextObserver: UInt64 = 0
+    }
 
     enum Input: Sendable {
         case peerChanged
@@ -55,7 +64,57 @@ public final class XenbusEndpoint: Sendable {
     }
 
     /// The state this side last published.
-    public var state: XenbusState { published.withLock { $0 } }
+    public var state: XenbusState { published.withLock { $0.state } }
+
+    /// The states this side publishes, starting with the current one; the stream ends
+    /// when ``run()`` returns (or the iterating task is cancelled). A consumer that falls
+    /// behind sees the newest 64 states.
+    public func states() -> AsyncStream<XenbusState> {
+        let (stream, continuation) = AsyncStream.makeStream(of: XenbusState.self, bufferingPolicy: .bufferingNewest(64))
+        let (id, finished) = published.withLock { p -> (UInt64, Bool) in
+            continuation.yield(p.state)
+            guard !p.finished else { return (0, true) }
+            p.nextObserver += 1
+            p.observers[p.nextObserver] = continuation
+            return (p.nextObserver, false)
+        }
+        // Outside the lock: `finish()` runs `onTermination`, which takes it.
+        if finished {
+            continuation.finish()
+        } else {
+            continuation.onTermination = { [published] _ in published.withLock { _ = $0.observers.removeValue(forKey: id) } }
+        }
+        return stream
+    }
+
+    /// Waits until this side has published Connected: for a frontend, the driver's
+    /// `connect` succeeded and I/O may start; for a backend, it serves the rings.
+    /// Event-driven (it suspends on ``states()``, holding no thread) and bounded by
+    /// `timeout`. Returns at once if the device is connected already.
+    /// - Throws: ``XenbusError`` `.timedOut` when `timeout` passes first, `.closed` when
+    ///   ``run()`` returned without connecting, `.cancelled` when the calling task is.
+    public func connected(timeout: Duration) async throws(XenbusError) {
+        enum Outcome: Sendable { case connected, finished, timedOut, cancelled }
+        let outcome = await withTaskGroup(of: Outcome.self) { group in
+            group.addTask { [self] in
+                for await s in states() where s == .connected { return .connected }
+                return Task.isCancelled ? .cancelled : .finished
+            }
+            group.addTask {
+                do { try await Task.sleep(for: timeout) } catch { return .cancelled }
+                return .timedOut
+            }
+            let first = await group.next() ?? .cancelled
+            group.cancelAll()
+            return first
+        }
+        switch outcome {
+        case .connected: return
+        case .finished: throw XenbusError(.closed, "\(role) \(path) closed without connecting (state \(state))")
+        case .timedOut: throw XenbusError(.timedOut, "\(role) \(path) did not connect within \(timeout) (state \(state))")
+        case .cancelled: throw XenbusError(.cancelled, "\(role) \(path): the wait for Connected was cancelled")
+        }
+    }
 
     /// Asks for a clean close (unplug); `run()` returns once closed.
     public func requestClose() { continuation.yield(.local(.closeRequested)) }
@@ -66,6 +125,7 @@ public final class XenbusEndpoint: Sendable {
     /// Walks the handshake until the device is closed for good: a close was
     /// requested, or the peer's directory vanished. Store errors end it.
     public func run() async throws {
+        defer { finishObservers() }
         var machine = role == .frontend ? Machine.frontend(XenbusFrontend()) : Machine.backend(XenbusBackend())
         let watch = try await store.watchEvents(peerPath + "/" + XenbusKey.state)
         let forwarder = Task { [continuation] in
@@ -84,6 +144,16 @@ public final class XenbusEndpoint: Sendable {
             }
             if machine.isFinished { break }
         }
+    }
+
+    /// Ends every ``states()`` stream: no state follows once `run()` returned.
+    private func finishObservers() {
+        let observers = published.withLock { p in
+            p.finished = true
+            defer { p.observers = [:] }
+            return Array(p.observers.values)
+        }
+        for observer in observers { observer.finish() }
     }
 
     /// The peer's state; a value that is no XenbusState reads as Unknown, which the
@@ -105,7 +175,10 @@ public final class XenbusEndpoint: Sendable {
             case .publish(let s):
                 logger.debug("\(role) \(path): \(s)")
                 try await store.write(path + "/" + XenbusKey.state, s.xenstoreValue)
-                published.withLock { $0 = s }
+                published.withLock { p in
+                    p.state = s
+                    for observer in p.observers.values { observer.yield(s) }
+                }
             case .prepare:
                 if await hook("prepare", driver.prepare) {
                     queue += machine.handle(.resourcesReady)

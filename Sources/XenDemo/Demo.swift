@@ -89,13 +89,15 @@ public struct Demo: Sendable {
         say("Toolstack: \(vif.frontendPath) ↔ \(vif.backendPath)")
 
         let port = PacketPort()
-        let frontend = NetFrontend(hypervisor: guest, store: guestStore, path: vif.frontendPath, port: port, logger: logger)
+        let frontend = NetFrontendDriver(hypervisor: guest, store: guestStore, path: vif.frontendPath, port: port, logger: logger)
         let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: vif.frontendPath,
                                       peerPath: vif.backendPath, driver: frontend, logger: logger)
         let frontendTask = Task { try await endpoint.run() }
         let started = Date()
-        guard await waitUntil(seconds: options.handshakeSeconds, { endpoint.state == .connected && host.netBackend.vifs.first?.state == .connected }) else {
-            throw DemoError("the vif did not connect: frontend \(endpoint.state), backend \(host.netBackend.vifs.first?.state.description ?? "none")")
+        // The frontend publishes Connected only after it saw the backend's Connected,
+        // which the backend writes once its queue runs.
+        do { try await endpoint.connected(timeout: .seconds(options.handshakeSeconds)) } catch {
+            throw DemoError("the vif did not connect: \(error), backend \(host.netBackend.vifs.first?.state.description ?? "none")")
         }
         say("XenBus handshake: frontend and backend Connected in \(milliseconds(since: started)) ms "
             + "(tx and rx rings, event channel \(try await guestStore.read(vif.frontendPath + "/event-channel")))")
@@ -151,10 +153,11 @@ public struct Demo: Sendable {
                                       peerPath: vbd.backendPath, driver: driver, logger: logger)
         let task = Task { try await endpoint.run() }
         let started = Date()
-        guard await waitUntil(seconds: options.handshakeSeconds, { endpoint.state == .connected && driver.frontend.info != nil }) else {
-            throw DemoError("the disk did not connect: frontend \(endpoint.state)")
+        // Connected is published after `connect` attached the frontend, so `info` is set.
+        do { try await endpoint.connected(timeout: .seconds(options.handshakeSeconds)) } catch {
+            throw DemoError("the disk did not connect: \(error)")
         }
-        let info = driver.frontend.info!
+        guard let info = driver.frontend.info else { throw DemoError("the disk connected without its size") }
         say("Disk xvda: Connected in \(milliseconds(since: started)) ms, \(info.sectors) sectors of \(info.sectorSize) bytes")
 
         // Chunks of 64 KiB to 1 MiB at random 4 KiB-aligned offsets, not overlapping.

@@ -2,115 +2,63 @@ import Logging
 import XenABI
 import XenBus
 import XenHypervisor
-import XenLocks
 import XenStore
 
-/// netback for one driver domain: serves every vif the toolstack creates
-/// under `/local/domain/<self>/backend/vif`, each through its own handshake
-/// and queue thread, until the device goes away.
+/// netback for one driver domain: a ``XenbusBackendManager`` over
+/// `/local/domain/<self>/backend/vif` that serves every vif the toolstack creates with a
+/// ``NetBackendDevice``, each through its own handshake and queue thread, until the
+/// device goes away.
 public final class NetBackend: Sendable {
-    private let hypervisor: any Hypervisor
-    private let store: any XenStoreConnection
-    private let attach: AttachmentFactory
-    private let logger: Logger
-    private let state = Locked(State())
-
-    private struct State {
-        /// Devices with a task, connected or still setting up.
-        var claimed: Set<VifIdentity> = []
-        var served: [VifIdentity: (device: VifDevice, endpoint: XenbusEndpoint)] = [:]
-    }
+    /// The manager serving every vif: entries, endpoints, stop and resume per device.
+    public let devices: XenbusBackendManager<VifFactory>
 
     /// `attach` makes each vif's attachment, e.g. a TAP on a bridge:
     /// `{ id, features in try TapAttachment(name: id.interfaceName, bridge: "xenbr0", offloads: features.tapOffloads) }`.
     public init(hypervisor: any Hypervisor, store: any XenStoreConnection, logger: Logger = Logger(label: "netback"),
                 attach: @escaping AttachmentFactory) {
-        self.hypervisor = hypervisor
-        self.store = store
-        self.attach = attach
-        self.logger = logger
+        devices = XenbusBackendManager(factory: VifFactory(hypervisor: hypervisor, store: store, attach: attach, logger: logger),
+                                       store: store, backendDomain: hypervisor.domainID, logger: logger)
     }
 
     /// `/local/domain/<self>/backend/vif`
-    public var root: String { XenStorePath.home(of: hypervisor.domainID) + "/backend/vif" }
+    public var root: String { devices.root }
 
     /// The vifs being served and their state, for listings.
     public var vifs: [(identity: VifIdentity, state: XenbusState, counters: VifCounters?)] {
-        state.withLock { $0.served.map { ($0.key, $0.value.endpoint.state, $0.value.device.counters) } }
-            .sorted { ($0.identity.frontend, $0.identity.id) < ($1.identity.frontend, $1.identity.id) }
+        devices.entries.map { ($0.driver.identity, $0.endpoint.state, $0.driver.counters) }
     }
 
-    /// Serves devices until cancelled; each new `<fe>/<id>` directory starts
-    /// a device task, which ends when the device closes for good.
-    public func run() async throws {
-        let watch = try await store.watchEvents(root)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { [self] in
-                await DeviceStatistics.publish(to: store, root: DeviceStatistics.root(of: hypervisor.domainID) + "/vif") {
-                    self.state.withLock { s in
-                        s.served.compactMap { id, entry in
-                            entry.device.statistics.map { ("\(id.frontend.rawValue)/\(id.id)", $0) }
-                        }
-                    }
-                }
-            }
-            for await _ in watch {
-                for identity in try await listDevices() where claim(identity) {
-                    group.addTask { [self] in await serve(identity) }
-                }
-            }
-            group.cancelAll()
-        }
+    /// The endpoint walking vif `identity`'s handshake, while it is served.
+    public func endpoint(for identity: VifIdentity) -> XenbusEndpoint? {
+        devices.endpoint(for: XenbusDevice(type: "vif", id: identity.id, frontend: identity.frontend,
+                                           backend: devices.factory.hypervisor.domainID))
     }
 
-    /// Asks every vif to close; their tasks end as the handshakes finish.
-    public func closeAll() {
-        for (_, entry) in state.withLock({ $0.served }) { entry.endpoint.requestClose() }
-    }
+    /// Serves devices until cancelled; then every device's endpoint stops where it is and
+    /// its rings are released before this returns.
+    public func run() async throws { try await devices.run() }
 
-    private func listDevices() async throws -> [VifIdentity] {
-        var found: [VifIdentity] = []
-        for fe in (try? await store.directory(root)) ?? [] {
-            guard let domid = UInt16(fe) else { continue }
-            for id in (try? await store.directory(root + "/" + fe)) ?? [] {
-                if let n = UInt32(id) { found.append(VifIdentity(frontend: DomainID(domid), id: n)) }
-            }
-        }
-        return found
-    }
-
-    /// Reserves `identity` for one serving task; false if it has one.
-    private func claim(_ identity: VifIdentity) -> Bool {
-        state.withLock { $0.claimed.insert(identity).inserted }
-    }
-
-    private func serve(_ identity: VifIdentity) async {
-        let path = root + "/\(identity.frontend.rawValue)/\(identity.id)"
-        defer { state.withLock { s in s.claimed.remove(identity); s.served.removeValue(forKey: identity) } }
-        guard let peerPath = try? await store.readIfPresent(path + "/" + XenbusKey.frontend) else {
-            // A device the toolstack is removing right now: nothing to serve.
-            logger.debug("\(identity): no frontend key under \(path)")
-            return
-        }
-        let endpointBox = EndpointBox()
-        let device = VifDevice(identity: identity, path: path, peerPath: peerPath, hypervisor: hypervisor,
-                               store: store, attach: attach, logger: logger) { _ in
-            // A broken ring resets this device: Closing, then a new session
-            // once the frontend starts one (it re-shares its rings).
-            endpointBox.endpoint?.requestClose()
-            endpointBox.endpoint?.requestReconnect()
-        }
-        let endpoint = XenbusEndpoint(role: .backend, store: store, path: path, peerPath: peerPath,
-                                      driver: device, logger: logger)
-        endpointBox.endpoint = endpoint
-        state.withLock { $0.served[identity] = (device, endpoint) }
-        do { try await endpoint.run() } catch { logger.error("\(identity): \(error)") }
-        await device.disconnect()
-    }
+    /// Asks every vif to close; they stay closed, and their tasks end as the handshakes finish.
+    public func closeAll() { devices.closeAll() }
 }
 
-/// Lets a device reach the endpoint that drives it, which is made after it.
-private final class EndpointBox: @unchecked Sendable {
-    // @unchecked: set once, before the device can connect; read after.
-    var endpoint: XenbusEndpoint?
+/// How netback makes a vif: a ``NetBackendDevice`` whose broken ring resets the device
+/// (Closing, then a new session once the frontend starts one with new rings).
+public struct VifFactory: XenbusBackendDeviceFactory {
+    let hypervisor: any Hypervisor
+    let store: any XenStoreConnection
+    let attach: AttachmentFactory
+    let logger: Logger
+
+    public var deviceType: String { "vif" }
+
+    public func makeDevice(_ device: XenbusDevice, frontendPath: String, control: XenbusDeviceControl) async throws -> NetBackendDevice {
+        NetBackendDevice(identity: VifIdentity(frontend: device.frontendDomain, id: device.id), path: device.backendPath,
+                         peerPath: frontendPath, hypervisor: hypervisor, store: store, attach: attach, logger: logger) { _ in
+            control.requestClose()
+            control.requestReconnect()
+        }
+    }
+
+    public func statistics(of device: NetBackendDevice) -> [(String, UInt64)]? { device.statistics }
 }

@@ -1,19 +1,6 @@
 import SystemPackage
 import XenNetProtocol
 
-/// A frame's checksum and segmentation state as netif carries it.
-public struct GuestOffload: Hashable, Sendable {
-    public var checksumBlank: Bool
-    public var dataValidated: Bool
-    public var gso: NetExtraInfo?
-
-    public init(checksumBlank: Bool = false, dataValidated: Bool = false, gso: NetExtraInfo? = nil) {
-        self.checksumBlank = checksumBlank
-        self.dataValidated = dataValidated
-        self.gso = gso
-    }
-}
-
 /// What the backend advertised it takes from the guest (its `feature-*` keys).
 public struct NetBackendFeatures: Hashable, Sendable {
     /// `feature-sg`: frames in several slots.
@@ -30,7 +17,7 @@ public struct NetBackendFeatures: Hashable, Sendable {
     }
 
     /// Whether a frame with this offload state may go to the backend as it is.
-    public func accepts(_ offload: GuestOffload) -> Bool {
+    public func accepts(_ offload: FrameOffload) -> Bool {
         if offload.checksumBlank, !checksumOffload { return false }
         if case .gso(_, let type, _) = offload.gso, !(scatterGather && segmentation.contains(type)) { return false }
         return true
@@ -46,9 +33,9 @@ public protocol GuestPort: AnyObject, Sendable {
     /// Readable while a frame waits to be sent.
     var fileDescriptor: FileDescriptor { get }
     /// Takes the next frame to send into `buffer`; nil when none waits.
-    func nextOutbound(into buffer: UnsafeMutableRawBufferPointer) throws -> (frame: Range<Int>, offload: GuestOffload)?
+    func nextOutbound(into buffer: UnsafeMutableRawBufferPointer) throws -> (frame: Range<Int>, offload: FrameOffload)?
     /// Hands a received frame to the guest.
-    func deliver(_ frame: UnsafeRawBufferPointer, offload: GuestOffload) throws
+    func deliver(_ frame: UnsafeRawBufferPointer, offload: FrameOffload) throws
 }
 
 extension GuestPort {

@@ -99,7 +99,7 @@ public final class NetFrontPump: @unchecked Sendable {
             worked = true
             delivered += 1
             try port.deliver(UnsafeRawBufferPointer(rebasing: buffer[0 ..< packet.length]),
-                             offload: GuestOffload(checksumBlank: packet.checksumBlank,
+                             offload: FrameOffload(checksumBlank: packet.checksumBlank,
                                                    dataValidated: packet.dataValidated, gso: packet.gso))
         }
         return worked

@@ -6,24 +6,6 @@ import XenHypervisor
 import XenNetProtocol
 import XenRing
 
-/// Why a frontend queue refused a call.
-public struct NetFrontError: Error, Hashable, Sendable, CustomStringConvertible {
-    public enum Code: Hashable, Sendable {
-        /// The frame is empty or larger than netif carries.
-        case badFrameSize
-        /// The receive buffer is smaller than the frame waiting.
-        case bufferTooSmall
-        /// The backend broke the ring protocol; the queue is unusable.
-        case backendFailed
-        /// The event channel could not notify the backend: the handle is unusable.
-        case eventChannelFailed
-    }
-    public var code: Code
-    public var message: String
-    public init(_ code: Code, _ message: String) { self.code = code; self.message = message }
-    public var description: String { message }
-}
-
 /// Counters of one frontend queue: written by the thread driving it, readable from any
 /// thread (atomics, relaxed: statistics, never synchronisation).
 public final class NetFrontCounters: Sendable {
@@ -142,7 +124,7 @@ public final class NetFrontQueue: @unchecked Sendable {
     @discardableResult
     public func collectTransmitCompletions() throws(NetFrontError) -> Int {
         let available: UInt32
-        do { available = try tx.checkForResponses() } catch { throw NetFrontError(.backendFailed, "\(error)") }
+        do { available = try tx.checkForResponses() } catch { throw NetFrontError(.backendFailed, "the backend broke the tx ring", underlying: error) }
         guard available > 0 else { return 0 }
         while let response = tx.nextResponse() {
             if response.status == NetifStatus.null.rawValue { continue }  // an extra's slot
@@ -170,7 +152,7 @@ public final class NetFrontQueue: @unchecked Sendable {
         // notify): once a batch's worth is free, and whenever nothing waits.
         while true {
             let available: UInt32
-            do { available = try rx.checkForResponses() } catch { throw NetFrontError(.backendFailed, "\(error)") }
+            do { available = try rx.checkForResponses() } catch { throw NetFrontError(.backendFailed, "the backend broke the rx ring", underlying: error) }
             if available == 0 {
                 try refillReceive()
                 return nil
@@ -219,7 +201,7 @@ public final class NetFrontQueue: @unchecked Sendable {
     }
 
     private func ring(_ doorbell: Doorbell) throws(NetFrontError) {
-        do { try doorbell.ring() } catch { throw NetFrontError(.eventChannelFailed, "notify: \(error)") }
+        do { try doorbell.ring() } catch { throw NetFrontError(.eventChannelFailed, "cannot notify the backend", underlying: error) }
     }
 
     // MARK: waiting
@@ -232,7 +214,7 @@ public final class NetFrontQueue: @unchecked Sendable {
             let txReady = tx.outstandingRequests > 0 ? try tx.finalCheckForResponses() : false
             return rxReady || txReady
         } catch {
-            throw NetFrontError(.backendFailed, "\(error)")
+            throw NetFrontError(.backendFailed, "the backend broke a ring", underlying: error)
         }
     }
 }

@@ -13,12 +13,12 @@ import XenNetProtocol
 public final class PacketPort: GuestPort {
     public struct Packet: Sendable {
         public var bytes: [UInt8]
-        public var offload: GuestOffload
+        public var offload: FrameOffload
     }
 
     private struct Outbound {
         var bytes: [UInt8]
-        var offload: GuestOffload
+        var offload: FrameOffload
         /// Set when the sender waits for room: resumed once this frame leaves the queue.
         var continuation: CheckedContinuation<Void, Never>?
     }
@@ -46,7 +46,7 @@ public final class PacketPort: GuestPort {
 
     /// Queues a frame and returns once the pump has put it on the ring;
     /// refuses a frame netif cannot carry.
-    public func send(_ bytes: [UInt8], offload: GuestOffload = GuestOffload()) async throws(NetFrontError) {
+    public func send(_ bytes: [UInt8], offload: FrameOffload = FrameOffload()) async throws(NetFrontError) {
         guard bytes.count >= Netif.minimumPacketSize, bytes.count <= Netif.maxPacketSize else {
             throw NetFrontError(.badFrameSize, "frame of \(bytes.count) bytes")
         }
@@ -72,7 +72,7 @@ public final class PacketPort: GuestPort {
 
     public var fileDescriptor: FileDescriptor { FileDescriptor(rawValue: wakeFD) }
 
-    public func nextOutbound(into buffer: UnsafeMutableRawBufferPointer) throws -> (frame: Range<Int>, offload: GuestOffload)? {
+    public func nextOutbound(into buffer: UnsafeMutableRawBufferPointer) throws -> (frame: Range<Int>, offload: FrameOffload)? {
         guard let next = outbound.withLock({ $0.popFirst() }) else {
             var count: UInt64 = 0
             _ = read(wakeFD, &count, 8)
@@ -86,7 +86,7 @@ public final class PacketPort: GuestPort {
         return (0 ..< next.bytes.count, next.offload)
     }
 
-    public func deliver(_ frame: UnsafeRawBufferPointer, offload: GuestOffload) throws {
+    public func deliver(_ frame: UnsafeRawBufferPointer, offload: FrameOffload) throws {
         if case .dropped = inbound.yield(Packet(bytes: Array(frame), offload: offload)) {
             dropped.withLock { $0 += 1 }
         }

@@ -1,5 +1,6 @@
 import Glibc
 import SystemPackage
+import XenNetProtocol
 import XenNetTap
 
 /// A real Linux stack as the guest: the TAP device (in the guest's network
@@ -24,16 +25,16 @@ public final class TapGuestPort: GuestPort {
         try tap.setOffloads(offloads)
     }
 
-    public func nextOutbound(into buffer: UnsafeMutableRawBufferPointer) throws -> (frame: Range<Int>, offload: GuestOffload)? {
+    public func nextOutbound(into buffer: UnsafeMutableRawBufferPointer) throws -> (frame: Range<Int>, offload: FrameOffload)? {
         while let n = try tap.read(into: buffer) {
             // A frame netif cannot describe (UDP fragmentation offload) is skipped.
             guard n > header, let o = VirtioNetHeader(bytes: UnsafeRawBufferPointer(buffer)).netifOffload else { continue }
-            return (header ..< n, GuestOffload(checksumBlank: o.checksumBlank, dataValidated: o.dataValidated, gso: o.gso))
+            return (header ..< n, FrameOffload(checksumBlank: o.checksumBlank, dataValidated: o.dataValidated, gso: o.gso))
         }
         return nil
     }
 
-    public func deliver(_ frame: UnsafeRawBufferPointer, offload: GuestOffload) throws {
+    public func deliver(_ frame: UnsafeRawBufferPointer, offload: FrameOffload) throws {
         guard let vnet = VirtioNetHeader(checksumBlank: offload.checksumBlank, dataValidated: offload.dataValidated,
                                          gso: offload.gso, frame: frame) else { return }
         var raw = vnet.raw

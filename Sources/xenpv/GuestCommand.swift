@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import XenABI
 import XenBlockFront
 import XenBus
 import XenNetFront
@@ -69,7 +70,7 @@ final class GuestNet: @unchecked Sendable {
     init(_ options: GuestOptions, logger: Logger) throws {
         hv = try JoinedDomain.join(options.hypervisor, connect: options.connect, as: options.request(devices: [.vif]))
         let device = XenbusDevice(type: "vif", id: 0, frontend: hv.domainID)
-        let frontend = NetFrontend(hypervisor: hv, store: hv.store, path: device.frontendPath, port: port, logger: logger)
+        let frontend = NetFrontendDriver(hypervisor: hv, store: hv.store, path: device.frontendPath, port: port, logger: logger)
         endpoint = XenbusEndpoint(role: .frontend, store: hv.store, path: device.frontendPath, peerPath: device.backendPath,
                                   driver: frontend, logger: logger)
         let endpoint = self.endpoint
@@ -80,24 +81,17 @@ final class GuestNet: @unchecked Sendable {
             for await packet in port.packets { received.append(packet.bytes) }
         })
         say("xenpv guest: joined as \(hv.domainID)")
-        let deadline = Date().addingTimeInterval(options.connectTimeout)
-        while endpoint.state != .connected {
-            guard Date() < deadline else {
-                throw ValidationError("the vif's backend did not connect in \(options.connectTimeout) s (is `xenpv backend --connect \(options.connect ?? "PATH")` running?)")
-            }
-            usleep(5000)
+        let handshake = Duration.seconds(options.connectTimeout)
+        do { try ProcessSupport.runBlocking { try await endpoint.connected(timeout: handshake) } } catch {
+            throw ValidationError("the vif's backend did not connect in \(options.connectTimeout) s (is `xenpv backend --connect \(options.connect ?? "PATH")` running?)")
         }
         say("xenpv guest: vif connected")
         // One line per handshake state change, so a person sees a backend restart.
-        tasks.append(Task.detached { [endpoint] in
-            var last = endpoint.state
-            while !Task.isCancelled {
-                let now = endpoint.state
-                if now != last {
-                    say("xenpv guest: vif \(now)")
-                    last = now
-                }
-                try? await Task.sleep(nanoseconds: 20_000_000)
+        tasks.append(Task { [endpoint] in
+            var last = XenbusState.connected
+            for await now in endpoint.states() where now != last {
+                say("xenpv guest: vif \(now)")
+                last = now
             }
         })
     }
@@ -291,12 +285,9 @@ struct GuestDisk: ParsableCommand {
                                       driver: driver, logger: logger)
         let task = Task { try? await endpoint.run() }
         defer { task.cancel() }
-        let connectBy = Date().addingTimeInterval(options.connectTimeout)
-        while endpoint.state != .connected {
-            guard Date() < connectBy else {
-                throw ValidationError("the vbd's backend did not connect in \(options.connectTimeout) s (is `xenpv backend --connect \(options.connect ?? "PATH") --disk IMAGE` running?)")
-            }
-            usleep(5000)
+        let handshake = Duration.seconds(options.connectTimeout)
+        do { try ProcessSupport.runBlocking { try await endpoint.connected(timeout: handshake) } } catch {
+            throw ValidationError("the vbd's backend did not connect in \(options.connectTimeout) s (is `xenpv backend --connect \(options.connect ?? "PATH") --disk IMAGE` running?)")
         }
         let info = driver.frontend.info
         let diskBytes = (info?.sectors ?? 0) * UInt64(info?.sectorSize ?? 512)

@@ -67,9 +67,10 @@ final class XenbusBlockWorld: @unchecked Sendable {
     }
 
     func connected(_ driver: BlockFrontendDriver) async -> Bool {
-        await eventually(30) {
-            frontends.contains { $0.driver === driver && $0.endpoint.state == .connected } && driver.frontend.info != nil
-        }
+        guard let endpoint = frontends.first(where: { $0.driver === driver })?.endpoint,
+              (try? await endpoint.connected(timeout: .seconds(60))) != nil else { return false }
+        // Connected is published after `connect` attached the frontend.
+        return driver.frontend.info != nil
     }
 
     func teardown() async throws -> Leftovers {

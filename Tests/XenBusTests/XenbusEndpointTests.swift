@@ -55,7 +55,8 @@ struct XenbusEndpointTests {
         let pair = try await EndpointPair(frontendDriver: fe, backendDriver: be)
         let feRun = Task { try await pair.frontend.run() }
         let beRun = Task { try await pair.backend.run() }
-        #expect(await eventually { pair.frontend.state == .connected && pair.backend.state == .connected })
+        try await pair.frontend.connected(timeout: .seconds(60))
+        try await pair.backend.connected(timeout: .seconds(60))
         #expect(fe.log == ["prepare", "connect"])
         #expect(be.log == ["prepare", "connect"])
 
@@ -104,7 +105,8 @@ struct XenbusEndpointTests {
         let pair = try await EndpointPair(frontendDriver: fe, backendDriver: be)
         let feRun = Task { try await pair.frontend.run() }
         let beRun = Task { try await pair.backend.run() }
-        #expect(await eventually { pair.frontend.state == .connected && pair.backend.state == .connected })
+        try await pair.frontend.connected(timeout: .seconds(60))
+        try await pair.backend.connected(timeout: .seconds(60))
         let guest = try XenStoreClient(socketPath: String(pair.socketPath.dropLast(".sock".count)) + "-d1.sock")
         try await guest.write(pair.device.frontendPath + "/state", "+4")
         try await withTimeout(20) { try await beRun.value }
@@ -115,6 +117,26 @@ struct XenbusEndpointTests {
         #expect(error == "state: \(pair.device.frontendPath)/state = \"+4\" (malformed): expected a decimal in 0...8")
         pair.frontend.requestClose()
         try await withTimeout(20) { try await feRun.value }
+        pair.server.stop()
+    }
+
+    /// `connected(timeout:)` says why it gave up: the time passed, or the endpoint ended first.
+    @Test func waitingForConnectedEndsWithAReason() async throws {
+        let pair = try await EndpointPair(frontendDriver: RecordingDriver(), backendDriver: RecordingDriver())
+        // Nobody runs the handshake: only the timeout can end the wait.
+        await #expect { try await pair.frontend.connected(timeout: .milliseconds(20)) } throws: {
+            ($0 as? XenbusError)?.code == .timedOut
+        }
+        // Closed before the backend ever ran: the wait ends with the endpoint, not the timeout.
+        let feRun = Task { try await pair.frontend.run() }
+        pair.frontend.requestClose()
+        try await withTimeout(60) { try await feRun.value }
+        await #expect { try await pair.frontend.connected(timeout: .seconds(60)) } throws: {
+            ($0 as? XenbusError)?.code == .closed
+        }
+        var states: [XenbusState] = []
+        for await s in pair.frontend.states() { states.append(s) }
+        #expect(states == [.closed])
         pair.server.stop()
     }
 }

@@ -43,13 +43,16 @@ struct DriversOnLibXenStoreTests {
         try await XenbusToolstack.create(device, on: dom0Store)
 
         let port = PacketPort()
-        let frontend = NetFrontend(hypervisor: guest, store: guestStore, path: device.frontendPath, port: port, logger: quiet)
+        let frontend = NetFrontendDriver(hypervisor: guest, store: guestStore, path: device.frontendPath, port: port, logger: quiet)
         let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: device.frontendPath,
                                       peerPath: device.backendPath, driver: frontend, logger: quiet)
         let frontendTask = Task { try await endpoint.run() }
         // Bounded, but generous: libxenstore's calls run off the cooperative
         // pool, and under a parallel test run on two cores they wait their turn.
-        #expect(await eventually { endpoint.state == .connected && backend.vifs.first?.state == .connected })
+        try await endpoint.connected(timeout: .seconds(60))
+        // The frontend saw netback's Connected, so netback runs an endpoint for the vif.
+        try await #require(backend.endpoint(for: VifIdentity(frontend: guest.domainID, id: 0))).connected(timeout: .seconds(60))
+        #expect(endpoint.state == .connected && backend.vifs.first?.state == .connected)
         try await port.send([UInt8](repeating: 0x5a, count: 1000))
         _ = await eventually { received.count != 0 }
         #expect(received.count == 1)

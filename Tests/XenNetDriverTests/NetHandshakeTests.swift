@@ -8,6 +8,7 @@ import XenBus
 import XenLocks
 import XenNetBack
 import XenNetFront
+import XenNetProtocol
 import XenRing
 import XenSimulator
 import XenStore
@@ -58,7 +59,7 @@ final class NetStoreWorld: @unchecked Sendable {
         try await XenbusToolstack.createDomainHome(guest.domainID, on: dom0Store)
         try await XenbusToolstack.create(device, on: dom0Store, backendKeys: backendKeys)
         try await hostileGuest?(guestStore, device)
-        let frontend = NetFrontend(hypervisor: guest, store: guestStore, path: device.frontendPath, port: port, logger: quiet)
+        let frontend = NetFrontendDriver(hypervisor: guest, store: guestStore, path: device.frontendPath, port: port, logger: quiet)
         let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: device.frontendPath,
                                       peerPath: device.backendPath, driver: frontend, logger: quiet)
         self.endpoint = endpoint
@@ -67,6 +68,14 @@ final class NetStoreWorld: @unchecked Sendable {
 
     /// Both ends of the vif say Connected.
     var connected: Bool { endpoint.state == .connected && backend.vifs.first?.state == .connected }
+
+    /// Waits until both ends say Connected. The frontend publishes it only after it saw
+    /// the backend's, so by then netback runs an endpoint for the vif.
+    func bothConnected() async -> Bool {
+        guard (try? await endpoint.connected(timeout: .seconds(60))) != nil,
+              let backendEndpoint = backend.endpoint(for: VifIdentity(frontend: guest.domainID, id: 0)) else { return false }
+        return (try? await backendEndpoint.connected(timeout: .seconds(60))) != nil
+    }
 
     /// The backend's `error` key, polled for at most `seconds` (see `eventually`).
     func backendError(within seconds: Double) async throws -> String? {
@@ -93,7 +102,7 @@ final class NetStoreWorld: @unchecked Sendable {
 struct NetHandshakeTests {
     @Test func toolstackCreatesAVifAndBothEndsConnect() async throws {
         let w = try await NetStoreWorld()
-        #expect(await eventually { w.connected })
+        #expect(await w.bothConnected())
         #expect(try await w.dom0Store.read(w.device.backendPath + "/feature-rx-copy") == "1")
         #expect(try await w.dom0Store.read(w.device.backendPath + "/hotplug-status") == "connected")
 
@@ -162,11 +171,12 @@ struct NetNegotiationTests {
         let port = PacketPort()
         var quiet = Logger(label: "test")
         quiet.logLevel = .critical
-        let nic = NetFrontend(hypervisor: w.guest, store: w.guestStore, path: second.frontendPath, port: port, logger: quiet)
+        let nic = NetFrontendDriver(hypervisor: w.guest, store: w.guestStore, path: second.frontendPath, port: port, logger: quiet)
         let endpoint = XenbusEndpoint(role: .frontend, store: w.guestStore, path: second.frontendPath,
                                       peerPath: second.backendPath, driver: nic, logger: quiet)
         let run = Task { try await endpoint.run() }
-        #expect(await eventually(20) { endpoint.state == .connected && w.backend.vifs.contains { $0.identity.id == 1 && $0.state == .connected } })
+        try await endpoint.connected(timeout: .seconds(60))
+        try await #require(w.backend.endpoint(for: VifIdentity(frontend: w.guest.domainID, id: 1))).connected(timeout: .seconds(60))
         try await port.send(patternFrame(300, seed: 3))
         #expect(await eventually(10) { w.sent.frames.withLock { $0.count } == 1 })
         w.attachment.inject(patternFrame(400, seed: 4))
@@ -183,7 +193,7 @@ struct NetNegotiationTests {
 
     @Test func aBrokenRingResetsThatVifAndItReconnects() async throws {
         let w = try await NetStoreWorld(frames: 2048)
-        #expect(await eventually { w.connected })
+        #expect(await w.bothConnected())
         let firstRing = try await w.guestStore.read(w.device.frontendPath + "/tx-ring-ref")
 
         // The guest scribbles on its tx ring's req_prod: a million entries ahead.
@@ -203,15 +213,15 @@ struct NetNegotiationTests {
     }
 
     @Test func netfrontOffersOnlyWhatTheBackendTakes() {
-        let gso4 = GuestOffload(checksumBlank: true, dataValidated: true, gso: .gso(size: 1448, type: .tcpv4, features: 0))
-        let gso6 = GuestOffload(checksumBlank: true, dataValidated: true, gso: .gso(size: 1428, type: .tcpv6, features: 0))
-        let plain = GuestOffload()
+        let gso4 = FrameOffload(checksumBlank: true, dataValidated: true, gso: .gso(size: 1448, type: .tcpv4, features: 0))
+        let gso6 = FrameOffload(checksumBlank: true, dataValidated: true, gso: .gso(size: 1428, type: .tcpv6, features: 0))
+        let plain = FrameOffload()
         let full = NetBackendFeatures(scatterGather: true, segmentation: [.tcpv4], checksumOffload: true)
         #expect(full.accepts(gso4) && !full.accepts(gso6) && full.accepts(plain))
         let noSG = NetBackendFeatures(scatterGather: false, segmentation: [.tcpv4], checksumOffload: true)
         #expect(!noSG.accepts(gso4))
         let noCsum = NetBackendFeatures(scatterGather: true, segmentation: [], checksumOffload: false)
-        #expect(!noCsum.accepts(GuestOffload(checksumBlank: true)) && noCsum.accepts(plain))
+        #expect(!noCsum.accepts(FrameOffload(checksumBlank: true)) && noCsum.accepts(plain))
     }
 }
 

@@ -36,12 +36,9 @@ do {
         let endpoint = XenbusEndpoint(role: .frontend, store: store, path: device.frontendPath,
                                       peerPath: device.backendPath, driver: driver)
         Task { try await endpoint.run() }
-        for _ in 0 ..< 1000 where endpoint.state != .connected { try await Task.sleep(nanoseconds: 10_000_000) }
-        guard endpoint.state == .connected else { throw XenbusError("\(device) did not connect") }
+        try await endpoint.connected(timeout: .seconds(10))
         return endpoint
     }
-
-    struct XenbusError: Error { let message: String; init(_ m: String) { message = m } }
 
     // The disk: 4 KiB at offset 1 MiB, written, flushed, read back.
     let vbd = XenbusDevice(type: "vbd", id: 51712, frontend: guest.domainID)
@@ -56,7 +53,7 @@ do {
     // The NIC: one frame out, its echo back.
     let vif = XenbusDevice(type: "vif", id: 0, frontend: guest.domainID)
     let port = PacketPort()
-    let nicEndpoint = try await connect(vif, NetFrontend(hypervisor: guest, store: store, path: vif.frontendPath, port: port))
+    let nicEndpoint = try await connect(vif, NetFrontendDriver(hypervisor: guest, store: store, path: vif.frontendPath, port: port))
     let frame = [UInt8](repeating: 0xff, count: 6) + [0x00, 0x16, 0x3e, 0, 0, 1, 0x88, 0xb5] + [UInt8](repeating: 42, count: 100)
     try await port.send(frame)
     // Wait for the echo at most 10 s.

@@ -12,6 +12,10 @@ import XenStore
 public struct VifIdentity: Hashable, Sendable, CustomStringConvertible {
     public var frontend: DomainID
     public var id: UInt32
+    public init(frontend: DomainID, id: UInt32) {
+        self.frontend = frontend
+        self.id = id
+    }
     public var interfaceName: String { "vif\(frontend.rawValue).\(id)" }
     public var description: String { interfaceName }
 }
@@ -38,13 +42,16 @@ public struct VifFrontendFeatures: Hashable, Sendable {
 /// Makes a vif's attachment once the frontend's features are known.
 public typealias AttachmentFactory = @Sendable (VifIdentity, VifFrontendFeatures) throws -> any NetworkAttachment
 
-/// One vif's backend half of the handshake: advertises netback's features,
-/// connects to the rings and event channel(s) the frontend wrote, and serves
-/// them with a `VifQueue` until disconnect.
-final class VifDevice: XenbusDeviceDriver {
-    let identity: VifIdentity
-    let path: String
-    let peerPath: String
+/// The backend half of one vif as a XenBus driver: advertises netback's features in
+/// `prepare`, connects to the rings and event channel(s) the frontend wrote and serves
+/// them with a `VifQueue` in `connect`, and stops and unmaps everything in `disconnect`.
+/// ``NetBackend`` runs one per vif; the mirror of `BlockBackendDevice`.
+public final class NetBackendDevice: XenbusDeviceDriver {
+    public let identity: VifIdentity
+    /// The backend directory (`/local/domain/<self>/backend/vif/<fe>/<id>`).
+    public let path: String
+    /// The frontend directory the toolstack named in `frontend`.
+    public let peerPath: String
     private let hypervisor: any Hypervisor
     private let store: any XenStoreConnection
     private let attach: AttachmentFactory
@@ -52,7 +59,7 @@ final class VifDevice: XenbusDeviceDriver {
     private let connection = Locked<Connection?>(nil)
     /// What to do when the frontend broke a ring: reset this device (close,
     /// then allow a new session), never touching another.
-    let onRingFailure: @Sendable (any Error) -> Void
+    public let onRingFailure: @Sendable (any Error) -> Void
 
     /// Everything `connect` set up, released by `disconnect`. The queue owns the rings
     /// and the event channel (it releases them after its thread exited).
@@ -62,8 +69,9 @@ final class VifDevice: XenbusDeviceDriver {
         var attachment: any NetworkAttachment
     }
 
-    init(identity: VifIdentity, path: String, peerPath: String, hypervisor: any Hypervisor, store: any XenStoreConnection,
-         attach: @escaping AttachmentFactory, logger: Logger, onRingFailure: @escaping @Sendable (any Error) -> Void) {
+    public init(identity: VifIdentity, path: String, peerPath: String, hypervisor: any Hypervisor, store: any XenStoreConnection,
+                attach: @escaping AttachmentFactory, logger: Logger = Logger(label: "netback"),
+                onRingFailure: @escaping @Sendable (any Error) -> Void = { _ in }) {
         self.onRingFailure = onRingFailure
         self.identity = identity
         self.path = path
@@ -75,10 +83,10 @@ final class VifDevice: XenbusDeviceDriver {
     }
 
     /// The running queue's counters, while connected.
-    var counters: VifCounters? { connection.withLock { $0?.queue.counters } }
+    public var counters: VifCounters? { connection.withLock { $0?.queue.counters } }
 
     /// The figures `xenpv top` shows, while connected.
-    var statistics: [(String, UInt64)]? {
+    public var statistics: [(String, UInt64)]? {
         connection.withLock { c in
             guard let q = c?.queue else { return nil }
             let k = q.counters
@@ -91,7 +99,7 @@ final class VifDevice: XenbusDeviceDriver {
         }
     }
 
-    func prepare() async throws {
+    public func prepare() async throws {
         for (key, on) in [("feature-sg", true), ("feature-gso-tcpv4", true), ("feature-gso-tcpv6", true),
                           ("feature-rx-copy", true), ("feature-rx-flip", false), ("feature-split-event-channels", true),
                           ("feature-multicast-control", false)] {
@@ -101,12 +109,12 @@ final class VifDevice: XenbusDeviceDriver {
         try await store.write(path + "/hotplug-status", "connected")
     }
 
-    func connect() async throws {
+    public func connect() async throws {
         await disconnect()
         let fe = peerPath
         // Only the copying receive path exists (as in Linux since 2013).
         guard try await store.readFeature(fe, XenbusKey.requestRxCopy) else {
-            throw XenStoreError(.invalid, "frontend does not request rx copy; page flipping is not supported")
+            throw NetBackendError(.notSupported, "frontend does not request rx copy; page flipping is not supported")
         }
         // We offer multi-queue-max-queues = 1.
         _ = try await store.readNumber(fe, XenbusKey.multiQueueNumQueues, in: UInt32(1)...1, default: 1)
@@ -167,7 +175,7 @@ final class VifDevice: XenbusDeviceDriver {
         connection.withLock { $0 = Connection(queue: queue, mapper: mapper, attachment: attachment) }
     }
 
-    func disconnect() async {
+    public func disconnect() async {
         guard let c = connection.withLock({ $0.take() }) else { return }
         await c.queue.stopped()
         c.mapper.close()

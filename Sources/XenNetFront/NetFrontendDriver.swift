@@ -8,11 +8,12 @@ import XenNetProtocol
 import XenRing
 import XenStore
 
-/// netfront for one vif: the guest's half of the handshake. `prepare` shares
-/// the rings and a page per slot and binds the event channel, `connect`
-/// starts the pump for `port`, `disconnect` releases it all (the handshake
-/// calls it only once the backend stopped using the pages).
-public final class NetFrontend: XenbusDeviceDriver {
+/// The frontend half of one vif as a XenBus driver around a ``GuestPort``: `prepare`
+/// shares the rings and a page per slot and binds the event channel, `connect` starts the
+/// pump between the rings and `port`, `disconnect` releases it all (the handshake calls it
+/// only once the backend stopped using the pages). The mirror of `BlockFrontendDriver`;
+/// the guest program itself talks to the port (a ``PacketPort``, or a ``TapGuestPort``).
+public final class NetFrontendDriver: XenbusDeviceDriver {
     /// The device directory (`/local/domain/<self>/device/vif/<id>`).
     public let path: String
     private let hypervisor: any Hypervisor
@@ -85,7 +86,7 @@ public final class NetFrontend: XenbusDeviceDriver {
     public func connect() async throws {
         let backendDir = try await store.read(path + "/" + XenbusKey.backend)
         guard try await store.readFeature(backendDir, XenbusKey.featureRxCopy) else {
-            throw XenStoreError(.invalid, "backend cannot copy into receive buffers (feature-rx-copy)")
+            throw NetFrontError(.notSupported, "backend cannot copy into receive buffers (feature-rx-copy)")
         }
         let features = NetBackendFeatures(
             scatterGather: try await store.readFeature(backendDir, XenbusKey.featureSG),
@@ -99,7 +100,7 @@ public final class NetFrontend: XenbusDeviceDriver {
             s?.started = true
             return current.pump
         }
-        guard let pump else { throw XenStoreError(.invalid, "connect without a fresh prepare") }
+        guard let pump else { throw NetFrontError(.notPrepared, "connect without a fresh prepare") }
         try pump.start(backend: features)
         logger.info("\(path): connected")
     }

@@ -1,0 +1,36 @@
+/// Why waiting on a XenBus endpoint failed: a code to act on, a message to read.
+public struct XenbusError: Error, Hashable, Sendable, CustomStringConvertible {
+    public enum Code: Hashable, Sendable {
+        /// The device did not reach the wanted state in time.
+        case timedOut
+        /// The endpoint stopped (closed for good, or its store failed) first.
+        case closed
+        /// The waiting task was cancelled.
+        case cancelled
+    }
+
+    public var code: Code
+    public var message: String
+    /// What caused it, when another error did.
+    public var underlying: (any Error)?
+
+    public init(_ code: Code, _ message: String, underlying: (any Error)? = nil) {
+        self.code = code
+        self.message = message
+        self.underlying = underlying
+    }
+
+    public var description: String { underlying.map { "\(message): \($0)" } ?? message }
+
+    /// Equal when code, message and the cause's description are: an `any Error` has no
+    /// equality of its own.
+    public static func == (a: Self, b: Self) -> Bool {
+        a.code == b.code && a.message == b.message
+            && a.underlying.map { "\($0)" } == b.underlying.map { "\($0)" }
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(code)
+        hasher.combine(message)
+    }
+}

@@ -1,0 +1,43 @@
+/// Why netfront refused a call or a connection: a code to act on, a message to read, and
+/// the error that caused it, if another did.
+public struct NetFrontError: Error, Hashable, Sendable, CustomStringConvertible {
+    public enum Code: Hashable, Sendable {
+        /// The frame is empty or larger than netif carries.
+        case badFrameSize
+        /// The receive buffer is smaller than the frame waiting.
+        case bufferTooSmall
+        /// The backend broke the ring protocol; the queue is unusable.
+        case backendFailed
+        /// The event channel could not notify the backend: the handle is unusable.
+        case eventChannelFailed
+        /// The backend lacks what netfront needs (`feature-rx-copy`).
+        case notSupported
+        /// `connect` came without a `prepare` of its own (the handshake's order was broken).
+        case notPrepared
+    }
+
+    public var code: Code
+    public var message: String
+    /// The error behind this one (a ring or event-channel failure), if any.
+    public var underlying: (any Error)?
+
+    public init(_ code: Code, _ message: String, underlying: (any Error)? = nil) {
+        self.code = code
+        self.message = message
+        self.underlying = underlying
+    }
+
+    public var description: String { underlying.map { "\(message): \($0)" } ?? message }
+
+    /// Equal when code, message and the cause's description are: an `any Error` has no
+    /// equality of its own.
+    public static func == (a: Self, b: Self) -> Bool {
+        a.code == b.code && a.message == b.message
+            && a.underlying.map { "\($0)" } == b.underlying.map { "\($0)" }
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(code)
+        hasher.combine(message)
+    }
+}
