@@ -320,8 +320,8 @@ public struct XenStoreTransaction: XenStoreOperations {
     public let id: UInt32
 
     /// Sends one request tagged with this transaction's `tx_id` and waits for its reply;
-    /// throws as ``XenStoreClient/request(_:payload:)`` does (`EAGAIN` and `ENOSPC` are the
-    /// daemon's usual answers inside a transaction).
+    /// throws as ``XenStoreClient/request(_:payload:)`` does. Inside a transaction the daemon
+    /// may also answer `ENOSPC` once it touches too many nodes, and `ENOENT` after it ended.
     public func request(_ type: XenStoreMessageType, payload: [UInt8]) async throws(XenStoreError) -> XenStoreMessage {
         try await client.request(type, payload: payload, transaction: id)
     }
