@@ -4,9 +4,14 @@ import XenABI
 
 /// One watch event: the path that changed (relative if the watch was) and the watch's token.
 public struct XenStoreWatchEvent: Hashable, Sendable {
+    /// The path that changed (or `@introduceDomain` / `@releaseDomain`): the first string of an
+    /// `XS_WATCH_EVENT` payload. Relative to the domain's home when the watch was set relative.
     public var path: String
+    /// The token given to `XS_WATCH`, echoed as the event's second string, which tells the
+    /// client which watch fired.
     public var token: String
 
+    /// An event for `path` on the watch registered with `token`.
     public init(path: String, token: String) {
         self.path = path
         self.token = token
@@ -85,7 +90,8 @@ extension XenStoreOperations {
         }
         throw XenStoreError(.again, "directory kept changing while read in parts")
     }
-    /// True when the node exists and is readable.
+    /// `XS_READ` as a test: true when the node exists, false on `ENOENT`. A node the caller
+    /// may not read throws `EACCES` rather than answering false.
     public func exists(_ path: String) async throws(XenStoreError) -> Bool {
         do { _ = try await request(.read, path) } catch {
             if error.code == .noEntry { return false }
@@ -199,6 +205,11 @@ public final class XenStoreClient: XenStoreOperations {
         waiter?.resume(returning: m)
     }
 
+    /// Sends one request outside any transaction (`tx_id` 0) and waits for its reply.
+    ///
+    /// The payload is sent as given. Throws `E2BIG` for a payload over `XENSTORE_PAYLOAD_MAX`
+    /// (before anything is sent), the daemon's code for an `XS_ERROR` reply, `EPROTO` for a
+    /// reply of another type, and the connection's failure (`ECONNRESET` once it is closed).
     public func request(_ type: XenStoreMessageType, payload: [UInt8]) async throws(XenStoreError) -> XenStoreMessage {
         try await request(type, payload: payload, transaction: 0)
     }
@@ -308,6 +319,9 @@ public struct XenStoreTransaction: XenStoreOperations {
     /// The `tx_id` the daemon gave.
     public let id: UInt32
 
+    /// Sends one request tagged with this transaction's `tx_id` and waits for its reply;
+    /// throws as ``XenStoreClient/request(_:payload:)`` does. Inside a transaction the daemon
+    /// may also answer `ENOSPC` once it touches too many nodes, and `ENOENT` after it ended.
     public func request(_ type: XenStoreMessageType, payload: [UInt8]) async throws(XenStoreError) -> XenStoreMessage {
         try await client.request(type, payload: payload, transaction: id)
     }
@@ -315,12 +329,17 @@ public struct XenStoreTransaction: XenStoreOperations {
 
 /// The events of one watch, as an `AsyncSequence`.
 public struct XenStoreWatch: AsyncSequence, Sendable {
+    /// Each event the daemon sends for this watch.
     public typealias Element = XenStoreWatchEvent
+    /// The path as given to ``XenStoreClient/watch(_:bufferLimit:)`` (relative paths stay relative).
     public let path: String
+    /// The token the client chose for `XS_WATCH` (unique per client), which routes events here.
     public let token: String
     let stream: AsyncStream<XenStoreWatchEvent>
     let continuation: AsyncStream<XenStoreWatchEvent>.Continuation
 
+    /// An iterator over the watch's events; the sequence ends when the watch is cancelled or
+    /// the connection closes. Iterate from one task only.
     public func makeAsyncIterator() -> AsyncStream<XenStoreWatchEvent>.Iterator { stream.makeAsyncIterator() }
 
     /// Removes the watch and ends the sequence.

@@ -7,11 +7,12 @@ import XenHypervisor
 /// guest), with free-running indices masked by `MASK_XENSTORE_IDX`.
 ///
 /// The peer is untrusted: each call reads the peer's index once, checks that it is at most a
-/// ring ahead of ours (`XENSTORE_ERROR_RINGIDX` otherwise), and copies bytes out before
-/// releasing them.
+/// ring ahead of ours (`EPROTO` otherwise; the daemon then records `XENSTORE_ERROR_RINGIDX`),
+/// and copies bytes out before releasing them.
 public struct XenStoreDomainRing: @unchecked Sendable {
     // @unchecked: `page` points into a shared page that the owner keeps mapped while this
     // value is used; all access to the indices goes through atomics.
+    /// Which end of the page this value works: it picks the ring it writes and the one it reads.
     public enum Side: Sendable {
         /// The guest: produces requests, consumes responses.
         case guest
@@ -19,9 +20,14 @@ public struct XenStoreDomainRing: @unchecked Sendable {
         case daemon
     }
 
+    /// The mapped `xenstore_domain_interface` page. The caller keeps it mapped for as long as
+    /// this value is used.
     public let page: UnsafeMutableRawPointer
+    /// The end this value works: a guest writes `req` and reads `rsp`, the daemon the reverse.
     public let side: Side
 
+    /// Bytes in each of the two rings: `XENSTORE_RING_SIZE` (1024, a power of two, so indices
+    /// are masked rather than reduced).
     public static let size = Int(XENSTORE_RING_SIZE)
     static let reqOffset = MemoryLayout<xenstore_domain_interface>.offset(of: \.req)!
     static let rspOffset = MemoryLayout<xenstore_domain_interface>.offset(of: \.rsp)!
@@ -33,6 +39,10 @@ public struct XenStoreDomainRing: @unchecked Sendable {
     package static let connectionOffset = MemoryLayout<xenstore_domain_interface>.offset(of: \.connection)!
     package static let errorOffset = MemoryLayout<xenstore_domain_interface>.offset(of: \.error)!
 
+    /// Works the rings of the `xenstore_domain_interface` at `page` from `side`'s end.
+    ///
+    /// Nothing is read or written here; the page must stay mapped, page-aligned and
+    /// writable for as long as the value is used.
     public init(page: UnsafeMutableRawPointer, side: Side) {
         self.page = page
         self.side = side

@@ -14,13 +14,19 @@ public enum XenStoreLimits {
 
 /// One xenstore message: the `struct xsd_sockmsg` header and its payload.
 public struct XenStoreMessage: Hashable, Sendable, CustomStringConvertible {
+    /// `type`: the request, or `XS_ERROR` / `XS_WATCH_EVENT` from the daemon. A reply carries
+    /// its request's type.
     public var type: XenStoreMessageType
     /// `req_id`: chosen by the client, echoed in the reply.
     public var requestID: UInt32
     /// `tx_id`: 0 outside a transaction.
     public var transactionID: UInt32
+    /// The bytes after the header; `len` on the wire is its count, at most
+    /// `XENSTORE_PAYLOAD_MAX`. Usually NUL-terminated strings (see ``strings()``).
     public var payload: [UInt8]
 
+    /// A message with `payload` as given (no NUL is added). The size is not checked here:
+    /// the client and the decoder enforce `XENSTORE_PAYLOAD_MAX`.
     public init(type: XenStoreMessageType, requestID: UInt32 = 0, transactionID: UInt32 = 0, payload: [UInt8]) {
         self.type = type
         self.requestID = requestID
@@ -81,6 +87,7 @@ public struct XenStoreMessage: Hashable, Sendable, CustomStringConvertible {
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// The header as one log line (`READ req=3 tx=0 len=12`); the payload is left out.
     public var description: String {
         "\(type) req=\(requestID) tx=\(transactionID) len=\(payload.count)"
     }
@@ -94,6 +101,7 @@ public struct XenStoreFrameDecoder: Sendable {
     private var buffer: [UInt8] = []
     private var readIndex = 0
 
+    /// A decoder with nothing buffered.
     public init() {}
 
     /// Bytes received but not yet returned as a message.
@@ -107,6 +115,8 @@ public struct XenStoreFrameDecoder: Sendable {
         return max(0, XenStoreLimits.headerSize + min(len, XenStoreLimits.payloadMax) - have)
     }
 
+    /// Adds bytes read from the stream, in order; they may split or join messages anywhere.
+    /// Consumed bytes are dropped here, so the buffer does not grow with the stream.
     public mutating func append<C: Collection>(_ bytes: C) where C.Element == UInt8 {
         if readIndex > 0 && readIndex == buffer.count {
             buffer.removeAll(keepingCapacity: true)

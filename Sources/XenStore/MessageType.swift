@@ -2,7 +2,10 @@ import CXen
 
 /// A xenstore message type (`enum xsd_sockmsg_type` in `io/xs_wire.h`).
 public struct XenStoreMessageType: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    /// The `type` word of `struct xsd_sockmsg`.
     public var rawValue: UInt32
+    /// Any type word, known or not: a value read off the wire is kept as sent, and the daemon
+    /// answers an unknown one with `EINVAL`.
     public init(rawValue: UInt32) { self.rawValue = rawValue }
     init(_ c: xsd_sockmsg_type) { self.rawValue = c.rawValue }
 

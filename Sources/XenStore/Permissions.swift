@@ -14,13 +14,18 @@ public struct XenStorePermission: Hashable, Sendable, CustomStringConvertible {
         /// `b`: read and write.
         case both = "b"
 
+        /// True for `r` and `b` (`XS_PERM_READ`): the domain may read, list and watch.
         public var canRead: Bool { self == .read || self == .both }
+        /// True for `w` and `b` (`XS_PERM_WRITE`): the domain may write, create below and remove.
         public var canWrite: Bool { self == .write || self == .both }
     }
 
+    /// The domain the entry names; in a list's first entry, the node's owner.
     public var domain: DomainID
+    /// What the entry grants; in a list's first entry, what every unlisted domain may do.
     public var access: Access
 
+    /// The entry granting `access` to `domain` (`XenStorePermission(.read, 3)` is `r3`).
     public init(_ access: Access, _ domain: DomainID) {
         self.access = access
         self.domain = domain
@@ -34,6 +39,7 @@ public struct XenStorePermission: Hashable, Sendable, CustomStringConvertible {
         self.init(access, DomainID(id))
     }
 
+    /// The wire form: the letter then the decimal domain id (`r3`).
     public var description: String { "\(access.rawValue)\(domain.rawValue)" }
 }
 
@@ -41,6 +47,7 @@ public struct XenStorePermission: Hashable, Sendable, CustomStringConvertible {
 /// anything) and, by its letter, what every domain not listed may do; later entries grant
 /// specific domains.
 public struct XenStorePermissions: Hashable, Sendable, CustomStringConvertible {
+    /// The entries in wire order, never empty: the owner's first, then the specific grants.
     public private(set) var entries: [XenStorePermission]
 
     /// `entries` must not be empty: the first is the owner and the default access.
@@ -65,6 +72,8 @@ public struct XenStorePermissions: Hashable, Sendable, CustomStringConvertible {
         self.entries = parsed
     }
 
+    /// The first entry's domain: the node's owner, which may do anything with it and alone
+    /// may change its permissions. Setting it keeps the default access.
     public var owner: DomainID {
         get { entries[0].domain }
         set { entries[0].domain = newValue }
@@ -79,5 +88,6 @@ public struct XenStorePermissions: Hashable, Sendable, CustomStringConvertible {
 
     /// The strings `XS_GET_PERMS` returns, one per entry.
     public var strings: [String] { entries.map(\.description) }
+    /// The entries separated by spaces (`n0 r3`), for logs.
     public var description: String { strings.joined(separator: " ") }
 }

@@ -44,6 +44,13 @@ public final class XenStoreRingTransport: XenStoreTransport, @unchecked Sendable
         sharer.close()
     }
 
+    /// Copies `bytes` into the `req` ring, notifying the daemon after each chunk, and waits
+    /// (backing off up to 1 ms) while the ring is full.
+    ///
+    /// Throws `ETIMEDOUT` if the ring stays full for ``sendTimeout`` seconds, `ECONNRESET`
+    /// after ``shutdown()``, and `EPROTO` if the daemon's `req_cons` is out of range. On a
+    /// throw, part of the message may already be in the ring: the connection is unusable.
+    /// One caller at a time.
     public func send(_ bytes: [UInt8]) throws(XenStoreError) {
         var offset = 0
         var pause: UInt32 = 10
@@ -64,6 +71,12 @@ public final class XenStoreRingTransport: XenStoreTransport, @unchecked Sendable
         }
     }
 
+    /// Blocks until the `rsp` ring holds bytes, copies up to `buffer.count` of them and
+    /// notifies the daemon that room freed; returns 0 once ``shutdown()`` has been called.
+    ///
+    /// Waits on the event channel in 50 ms slices, so a shutdown is seen within one slice.
+    /// Throws `EPROTO` if the daemon's `rsp_prod` is more than a ring ahead, `ECONNRESET` if
+    /// the event channel fails. Called by the client's reader thread only.
     public func receive(into buffer: UnsafeMutableRawBufferPointer) throws(XenStoreError) -> Int {
         while true {
             if closed.load(ordering: .relaxed) { return 0 }
@@ -81,6 +94,8 @@ public final class XenStoreRingTransport: XenStoreTransport, @unchecked Sendable
         }
     }
 
+    /// Marks the transport closed: `send` throws and `receive` returns 0 from its next check.
+    /// The page and event channel stay until the transport is released.
     public func shutdown() { closed.store(true, ordering: .relaxed) }
 
     private func notify() { try? events.notify(port) }

@@ -11,6 +11,8 @@ public protocol XenStoreConnection: XenStoreOperations {
 }
 
 extension XenStoreClient: XenStoreConnection {
+    /// Sets a watch with ``XenStoreClient/watch(_:bufferLimit:)`` and forwards its events;
+    /// ending the returned stream cancels the watch. Throws what `XS_WATCH` does.
     public func watchEvents(_ path: String) async throws(XenStoreError) -> AsyncStream<XenStoreWatchEvent> {
         let watch = try await watch(path)
         return AsyncStream { continuation in
@@ -25,6 +27,7 @@ extension XenStoreClient: XenStoreConnection {
         }
     }
 
+    /// ``XenStoreClient/transaction(maxAttempts:_:)`` with its default attempt bound.
     public func inTransaction<T: Sendable>(_ body: (any XenStoreOperations) async throws -> T) async throws -> T {
         try await transaction { tx in try await body(tx) }
     }

@@ -10,29 +10,43 @@ import XenStoreServer
 /// `Benchmarks/XenStoreBench`. Each client is one connection issuing requests back to back
 /// (one outstanding request each), so figures include a full round trip per operation.
 public enum XenStoreBenchmark {
+    /// Operations per second with a given number of concurrent clients.
     public struct Throughput: Sendable, CustomStringConvertible {
+        /// Client connections issuing requests at once, each on its own node.
         public var clients: Int
+        /// `XS_READ` requests completed per second, all clients together.
         public var reads: Double
+        /// `XS_WRITE` requests completed per second, all clients together.
         public var writes: Double
+        /// One line: the client count and both rates, rounded down.
         public var description: String {
             "\(clients) client(s): \(Int(reads)) reads/s, \(Int(writes)) writes/s"
         }
     }
 
+    /// How long a write takes to reach another connection's watch, over many writes.
     public struct Latency: Sendable, CustomStringConvertible {
+        /// Writes timed, one event each.
         public var samples: Int
+        /// The median time, in microseconds, from sending a write to holding its watch event.
         public var medianMicroseconds: Double
+        /// The 99th-percentile time, in microseconds.
         public var p99Microseconds: Double
+        /// One line: the sample count, median and p99.
         public var description: String {
             "watch event latency over \(samples) events: median \(Int(medianMicroseconds)) µs, p99 \(Int(p99Microseconds)) µs"
         }
     }
 
+    /// What ``run(clientCounts:seconds:events:idle:)`` measured.
     public struct Report: Sendable, CustomStringConvertible {
+        /// One entry per client count, in the order asked.
         public var throughput: [Throughput]
+        /// The watch-event latency, measured after the throughput runs.
         public var latency: Latency
         /// Connections held open, silent, while the throughput was measured.
         public var idleConnections = 0
+        /// One line per measurement, preceded by the idle-connection count if any.
         public var description: String {
             ((idleConnections > 0 ? ["with \(idleConnections) idle connections:"] : [])
                 + throughput.map(\.description) + [latency.description]).joined(separator: "\n")
@@ -42,14 +56,21 @@ public enum XenStoreBenchmark {
     /// The cost of a transaction's first write in a store of `nodes` nodes, on the engine
     /// alone (no socket): what one such write takes of the single store thread.
     public struct TransactionCost: Sendable, CustomStringConvertible {
+        /// Leaf nodes seeded before measuring (the store also holds their parents).
         public var nodes: Int
+        /// Transactions timed, each with one first write.
         public var samples: Int
+        /// The median time of the first write, in microseconds.
         public var medianMicroseconds: Double
+        /// One line: store size, median and sample count.
         public var description: String {
             "first write of a transaction in a \(nodes)-node store: median \(String(format: "%.1f", medianMicroseconds)) µs over \(samples)"
         }
     }
 
+    /// Seeds an engine with `nodes` leaves (100 per directory), then times `samples`
+    /// transactions' first `XS_WRITE`, each aborted afterwards; runs on the calling thread.
+    /// Throws `EIO` if `XS_TRANSACTION_START` fails. `samples` must be positive.
     public static func transactionFirstWrite(nodes: Int = 30000, samples: Int = 200) throws -> TransactionCost {
         let engine = XenStoreEngine()
         for i in 0..<nodes {

@@ -13,22 +13,32 @@ import XenStore
 public final class XenStoreEngine {
     /// A connection registered with the engine.
     public struct ConnectionID: Hashable, Sendable, Comparable, CustomStringConvertible {
+        /// The number ``XenStoreEngine/connect(domain:)`` gave, counting up from 1 and never reused.
         public let rawValue: Int
+        /// Orders connections by registration, the order watch events are queued in.
         public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+        /// `conn` and the number (`conn3`), for logs.
         public var description: String { "conn\(rawValue)" }
     }
 
     /// What a message addressed to a connection is, so transports can bound watch events.
     public struct Outgoing: Sendable {
+        /// The connection to send `message` on.
         public var connection: ConnectionID
+        /// A reply (its request's type and `req_id`, or `XS_ERROR`) or an `XS_WATCH_EVENT`.
         public var message: XenStoreMessage
+        /// True for an `XS_WATCH_EVENT`, which a slow reader lets pile up; replies are bounded
+        /// by the requests a connection may have outstanding.
         public var isWatchEvent: Bool { message.type == .watchEvent }
     }
 
     /// Domain lifecycle notifications for transports that serve rings (`XS_INTRODUCE`, `XS_RELEASE`).
     public var onIntroduce: ((_ domain: DomainID, _ frame: UInt64, _ port: UInt32) throws(XenStoreError) -> Void)?
+    /// Called when a domain is released (by `XS_RELEASE` or ``releaseDomain(_:)``), before
+    /// `@releaseDomain` fires, so a ring transport can drop the guest's page and channel.
     public var onRelease: ((DomainID) -> Void)?
 
+    /// The limits this engine enforces, fixed at creation.
     public let quotas: XenStoreQuotas
     var logger: Logger
 
@@ -68,6 +78,8 @@ public final class XenStoreEngine {
         var recursive: Bool
     }
 
+    /// An engine holding only the root node (`/`, owned by dom0, `n0`), with dom0 introduced
+    /// and no connections. Refused requests are logged at debug level on `logger`.
     public init(quotas: XenStoreQuotas = XenStoreQuotas(), logger: Logger = Logger(label: "xenstore")) {
         self.quotas = quotas
         self.logger = logger

@@ -8,7 +8,8 @@ import XenStore
 // either side) and a guest's transport (`XenStoreRingTransport`) are in XenStore.
 
 extension XenStoreDomainRing {
-    /// Daemon only: announces features and records an error for the guest to see.
+    /// Daemon only: stores `code` (`XENSTORE_ERROR_*`) in the page's `error` field for the
+    /// guest to see, with releasing order. The server sets it as it drops the connection.
     public func setError(_ code: UInt32) {
         index(Self.errorOffset).store(code, ordering: .releasing)
     }

@@ -38,5 +38,6 @@ public struct XenStoreQuotas: Hashable, Sendable {
     /// Whether the limits bind dom0 too (xenstored exempts privileged domains).
     public var appliesToDom0 = false
 
+    /// C xenstored's default limits; change the fields to tighten or relax them.
     public init() {}
 }
