@@ -253,12 +253,10 @@ let package = Package(
         .target(
             name: "XenBus",
             dependencies: ["XenStore", "XenABI", "XenLocks", .product(name: "Logging", package: "swift-log")]),
-        // The store benchmark engine, shared by `xenpv bench xenstore` and XenStoreBench.
+        // The store benchmark engine behind `xenpv bench xenstore`.
         .target(
             name: "XenStoreBenchmark",
             dependencies: ["XenStoreServer", "XenStore", .product(name: "Logging", package: "swift-log")]),
-        .executableTarget(
-            name: "XenStoreBench", dependencies: ["XenStoreBenchmark"], path: "Benchmarks/XenStoreBench"),
         .testTarget(
             name: "XenStoreTests",
             dependencies: [

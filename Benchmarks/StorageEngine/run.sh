@@ -5,9 +5,9 @@
 # e.g. fio --name=fill --filename=IMAGE --rw=write --bs=1M --size=1G --direct=1
 set -eu
 image=$1; rw=${2:-randread}; bs=${3:-4096}; qd=${4:-32}; secs=${5:-5}
-here=$(cd "$(dirname "$0")" && pwd)
-swift build -c release --package-path "$here" >/dev/null
-bin=$(swift build -c release --package-path "$here" --show-bin-path)/storage-bench
+benchmarks=$(cd "$(dirname "$0")/.." && pwd)
+swift build -c release --package-path "$benchmarks" --product storage-bench >/dev/null
+bin=$(swift build -c release --package-path "$benchmarks" --show-bin-path)/storage-bench
 for round in 1 2; do
     "$bin" --image "$image" --rw "$rw" --bs "$bs" --queue-depth "$qd" --seconds "$secs"
     fio --name=fio --filename="$image" --ioengine=libaio --direct=1 --rw="$rw" --bs="$bs" \

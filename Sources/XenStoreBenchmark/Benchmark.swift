@@ -6,8 +6,8 @@ import Logging
 import XenStore
 import XenStoreServer
 
-/// Throughput and watch latency over the Unix socket, for `xenpv bench xenstore` and
-/// `Benchmarks/XenStoreBench`. Each client is one connection issuing requests back to back
+/// Throughput and watch latency over the Unix socket, for `xenpv bench xenstore`.
+/// Each client is one connection issuing requests back to back
 /// (one outstanding request each), so figures include a full round trip per operation.
 public enum XenStoreBenchmark {
     /// Operations per second with a given number of concurrent clients.

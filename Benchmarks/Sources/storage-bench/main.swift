@@ -19,21 +19,36 @@ struct SplitMix: RandomNumberGenerator {
     }
 }
 
+/// A usage mistake or a failed set-up: one line on standard error, exit status 2.
+func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("storage-bench: \(message)\n".utf8))
+    exit(2)
+}
+
+let usage = "usage: storage-bench --image PATH [--rw randread|randwrite|read|write] [--bs BYTES] [--queue-depth N] [--seconds S] [--piece BYTES] [--shared 1] [--huge 1]"
+
 func runBenchmark() throws {
     var arguments = [String: String]()
     var it = CommandLine.arguments.dropFirst().makeIterator()
     while let key = it.next() {
-        guard key.hasPrefix("--"), let value = it.next() else { fatalError("usage: --image PATH --rw MODE --bs N --queue-depth N --seconds S") }
+        guard key.hasPrefix("--"), let value = it.next() else { fail(usage) }
         arguments[String(key.dropFirst(2))] = value
     }
-    guard let image = arguments["image"] else { fatalError("--image PATH is required") }
+    /// The positive whole number `--name` gives, or `fallback`.
+    func count(_ name: String, _ fallback: Int) -> Int {
+        guard let text = arguments[name] else { return fallback }
+        guard let n = Int(text), n > 0 else { fail("--\(name) must be a positive whole number, not \(text.debugDescription)") }
+        return n
+    }
+    guard let image = arguments["image"] else { fail("--image PATH is required\n" + usage) }
     let mode = arguments["rw"] ?? "randread"
-    let blockSize = Int(arguments["bs"] ?? "4096")!
-    let depth = Int(arguments["queue-depth"] ?? "32")!
-    let seconds = Double(arguments["seconds"] ?? "5")!
+    guard ["randread", "randwrite", "read", "write"].contains(mode) else { fail("--rw must be randread, randwrite, read or write, not \(mode)") }
+    let blockSize = count("bs", 4096)
+    let depth = count("queue-depth", 32)
+    guard let seconds = Double(arguments["seconds"] ?? "5"), seconds > 0, seconds.isFinite else { fail("--seconds must be a positive number") }
     // --piece: bytes per iovec (blkback hands libaio one iovec per 4 KiB segment).
-    let piece = Int(arguments["piece"] ?? String(blockSize))!
-    precondition(piece > 0 && blockSize % piece == 0, "--piece must divide --bs")
+    let piece = count("piece", blockSize)
+    guard blockSize % piece == 0 else { fail("--piece must divide --bs") }
     let pieces = blockSize / piece
     let isWrite = mode.hasSuffix("write")
     let isRandom = mode.hasPrefix("rand")
@@ -42,10 +57,10 @@ func runBenchmark() throws {
     do {
         engine = try LibaioStorage(path: FilePath(image), directIO: .required, queueDepth: depth)
     } catch {
-        fatalError("\(error)")
+        fail("cannot open \(image): \(error)")
     }
     let blocks = Int(engine.byteCount) / blockSize
-    precondition(blocks > depth, "image too small")
+    guard blocks > depth else { fail("\(image) is too small: \(engine.byteCount) bytes for \(depth) requests of \(blockSize)") }
 
     // --shared 1: buffers in a shared tmpfs mapping (shmem pages, as the simulator's
     // memfd-backed grant mappings are) instead of anonymous memory.
