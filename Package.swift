@@ -1,43 +1,78 @@
 // swift-tools-version: 6.1
-// XenPV: Xen-style paravirtual split drivers in Swift. See DESIGN.md in
-// ../shared and the README for the layers; each arrow below points down only.
+// XenPV: Xen-style paravirtual split drivers in Swift.
+//
+// The targets below are declared layer by layer, bottom up, and each layer is a
+// folder under Sources/ (the README draws the same picture). A target depends only
+// on its own layer and the layers below it; the drivers (7) never import a world
+// (5): tests, benchmarks and programs choose the world.
+//
+//   1-Base         Xen's public headers, typed Xen integers, locks, daemon sockets
+//   2-Hypervisor   the hypercall protocols drivers use (grants, event channels, pages)
+//   3-Ring         the shared I/O ring of ring.h
+//   4-Store        the xenstore client, xenstored, and XenBus (the device handshake)
+//   5-Worlds       the hypervisor core: simulated in one process or across processes, or real Xen
+//   6-Protocols    blkif and netif requests and responses as validated values
+//   7-Drivers      the driver runtime, storage engines, TAP devices; blkback/blkfront, netback/netfront
+//   8-Toolstack    the embedded host, the demo, the `xenpv` command line
+//
+// The engines behind `xenpv bench` live in Benchmarks/Engines; the benchmark
+// programs of their own (package-benchmark, storage-bench) in the Benchmarks package.
 import PackageDescription
+
+let base = "Sources/1-Base/"
+let hypervisor = "Sources/2-Hypervisor/"
+let ring = "Sources/3-Ring/"
+let store = "Sources/4-Store/"
+let worlds = "Sources/5-Worlds/"
+let protocols = "Sources/6-Protocols/"
+let drivers = "Sources/7-Drivers/"
+let toolstack = "Sources/8-Toolstack/"
+let engines = "Benchmarks/Engines/"
+
+let atomics = Target.Dependency.product(name: "Atomics", package: "swift-atomics")
+let systemPackage = Target.Dependency.product(name: "SystemPackage", package: "swift-system")
+let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
+let deque = Target.Dependency.product(name: "DequeModule", package: "swift-collections")
+let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
 
 let package = Package(
     name: "XenPV",
     products: [
         // What programs link: a dom0 program the backends, a guest program the
-        // frontends (neither the other side), plus the world they run in.
+        // frontends (neither the other side, nor xenstored), plus XenWorld to join
+        // the world they run in.
         .library(
             name: "XenPVBackends",
             targets: ["XenNetBack", "XenBlockBack", "XenBlockStorage", "XenNetTap", "XenBus", "XenStore", "XenHypervisor", "XenABI"]),
         .library(
             name: "XenPVFrontends",
             targets: ["XenNetFront", "XenBlockFront", "XenBus", "XenStore", "XenHypervisor", "XenABI"]),
+        // Each layer's modules, for programs that need one piece.
         .library(name: "XenABI", targets: ["XenABI"]),
         .library(name: "XenHypervisor", targets: ["XenHypervisor"]),
-        .library(name: "XenSimulator", targets: ["XenSimulator"]),
         .library(name: "XenRing", targets: ["XenRing"]),
-        .library(name: "XenRingBenchmark", targets: ["XenRingBenchmark"]),
-        .executable(name: "xenpv", targets: ["xenpv"]),
-        .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
-        .library(name: "XenHost", targets: ["XenHost"]),
-        // The store client, the store daemon, and the device handshake.
         .library(name: "XenStore", targets: ["XenStore"]),
         .library(name: "XenStoreServer", targets: ["XenStoreServer"]),
         .library(name: "XenBus", targets: ["XenBus"]),
-        // Block: protocol and storage engines.
+        .library(name: "XenSimulator", targets: ["XenSimulator"]),
+        .library(name: "XenSimulatorClient", targets: ["XenSimulatorClient"]),
+        .library(name: "XenSimulatorDaemon", targets: ["XenSimulatorDaemon"]),
+        .library(name: "XenHost", targets: ["XenHost"]),
+        .library(name: "XenWorld", targets: ["XenWorld"]),
         .library(name: "XenBlockProtocol", targets: ["XenBlockProtocol"]),
+        .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
         .library(name: "XenBlockStorage", targets: ["XenBlockStorage"]),
-        // Block: the split drivers and their benchmark engine.
         .library(name: "XenBlockBack", targets: ["XenBlockBack"]),
         .library(name: "XenBlockFront", targets: ["XenBlockFront"]),
-        .library(name: "XenBlockBenchmark", targets: ["XenBlockBenchmark"]),
-        // Across processes: the hypervisor daemon and its client.
-        .library(name: "XenSimulatorDaemon", targets: ["XenSimulatorDaemon"]),
-        .library(name: "XenSimulatorClient", targets: ["XenSimulatorClient"]),
-        // Choosing the world at start-up: the daemon's simulator or real Xen.
-        .library(name: "XenWorld", targets: ["XenWorld"]),
+        .library(name: "XenNetBack", targets: ["XenNetBack"]),
+        .library(name: "XenNetFront", targets: ["XenNetFront"]),
+        // A whole host in one process (hypervisor, xenstored, backends) for a program
+        // that plays both sides, as `xenpv demo` does.
+        .library(name: "XenEmbeddedHost", targets: ["XenEmbeddedHost"]),
+        .executable(name: "xenpv", targets: ["xenpv"]),
+        // The one benchmark engine a package outside this one runs: the
+        // package-benchmark target in Benchmarks/ cannot reach a non-product.
+        .library(name: "XenRingBenchmark", targets: ["XenRingBenchmark"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -50,304 +85,263 @@ let package = Package(
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.4.0"),
     ],
     targets: [
-        // Layer 1: Xen's public headers with user-space barriers, plus C shims
-        // for what Swift cannot import (macros, variadic syscalls, GNU-only calls).
-        .target(name: "CXen"),
-        // libaio has no pkg-config file; the module map links it by name.
-        .systemLibrary(name: "CAIO"),
+        // MARK: 1-Base
 
+        // Xen's public headers with user-space barriers, plus C shims for what
+        // Swift cannot import (macros, variadic syscalls, GNU-only calls).
+        .target(name: "CXen", path: base + "CXen"),
+        // Xen's user-space libraries (libxengnttab, libxengntshr, libxenevtchn, libxenstore).
+        .systemLibrary(name: "CXenLibs", path: base + "CXenLibs"),
+        // Typed Xen integers: domain ids, frames, grant refs, ports, ring indices, XenbusState.
+        .target(name: "XenABI", dependencies: ["CXen"], path: base + "XenABI"),
         // TSan-visible pthread locks.
-        .target(name: "XenLocks", dependencies: ["CXen"]),
-
+        .target(name: "XenLocks", dependencies: ["CXen"], path: base + "XenLocks"),
         // The daemons' sockets: fixed modes, no abstract names, peer credentials.
-        .target(name: "XenSockets", dependencies: ["CXen", .product(name: "SystemPackage", package: "swift-system")]),
-        .testTarget(name: "XenSocketsTests", dependencies: ["XenSockets", "TestSupport"]),
+        .target(name: "XenSockets", dependencies: ["CXen", systemPackage], path: base + "XenSockets"),
 
-        // Layer 2: typed Xen integers and the hypercall protocols drivers use.
-        .target(name: "XenABI", dependencies: ["CXen"]),
+        // MARK: 2-Hypervisor
+
+        // The protocols drivers use: Hypervisor, GrantSharer, GrantMapper, EventChannels, PageAllocator.
+        .target(name: "XenHypervisor", dependencies: ["XenABI", systemPackage], path: hypervisor + "XenHypervisor"),
+
+        // MARK: 3-Ring
+
+        // FrontRing / BackRing, byte for byte ring.h.
+        .target(name: "XenRing", dependencies: ["XenABI", "CXen", "XenHypervisor", atomics], path: ring + "XenRing"),
+
+        // MARK: 4-Store
+
+        // The xenstore client (what drivers, guests and tools link: messages, paths,
+        // permissions, transports incl. a guest's ring) and xenstored (engine, tree,
+        // quotas, the epoll loop), which only dom0-side programs link.
+        .target(name: "XenStore", dependencies: ["XenLocks", "XenABI", "CXen", "XenHypervisor", atomics], path: store + "XenStore"),
         .target(
-            name: "XenHypervisor",
-            dependencies: [
-                "XenABI",
-                .product(name: "SystemPackage", package: "swift-system"),
-            ]),
+            name: "XenStoreServer",
+            dependencies: ["XenStore", "XenLocks", "XenSockets", "XenABI", "CXen", "XenHypervisor", atomics, systemPackage, logging, deque],
+            path: store + "XenStoreServer"),
+        // The XenBus handshake, the backend device manager, the toolstack layout, checked store values.
+        .target(name: "XenBus", dependencies: ["XenStore", "XenABI", "XenLocks", logging], path: store + "XenBus"),
 
-        .testTarget(name: "XenABITests", dependencies: ["XenABI", "CXen"]),
+        // MARK: 5-Worlds
+
+        // In one process: the simulated hypervisor (domains with memfd-backed
+        // frames, v1 grant tables, 2-level event channels, leftovers).
+        .target(
+            name: "XenSimulator",
+            dependencies: ["XenLocks", "XenHypervisor", "XenABI", "CXen", atomics, systemPackage],
+            path: worlds + "XenSimulator"),
+        // Across processes: what a process links to join the daemon (`RemoteHypervisor`
+        // and the wire format; a guest program links this, not the daemon or its
+        // xenstored), and the daemon itself (`xenpv hypervisor`).
+        .target(
+            name: "XenSimulatorClient",
+            dependencies: ["XenLocks", "XenHypervisor", "XenABI", "CXen", "XenStore", atomics, systemPackage],
+            path: worlds + "XenSimulatorClient"),
+        .target(
+            name: "XenSimulatorDaemon",
+            dependencies: [
+                "XenLocks", "XenSimulatorClient", "XenSimulator", "XenHypervisor", "XenABI", "CXen",
+                "XenStore", "XenStoreServer", "XenBus", "XenSockets", atomics, systemPackage, logging,
+            ],
+            path: worlds + "XenSimulatorDaemon"),
+        // Real Xen: the hypervisor protocols on Xen's own libraries, every call
+        // through one replaceable funnel (LibXen).
+        .target(
+            name: "XenHost",
+            dependencies: ["CXenLibs", "XenHypervisor", "XenABI", "XenStore", "CXen", systemPackage],
+            path: worlds + "XenHost"),
+        // The world a process joins, chosen at start-up: what the CLI and the
+        // example programs share, so that neither writes the choice again.
+        .target(
+            name: "XenWorld",
+            dependencies: ["XenABI", "XenBus", "XenHost", "XenHypervisor", "XenSimulatorClient", "XenStore"],
+            path: worlds + "XenWorld"),
+
+        // MARK: 6-Protocols
+
+        // blkif: the x86_32-abi ring layouts (packed, as Linux blkback defines them),
+        // and requests and responses of both ABIs as validated Swift values.
+        .target(name: "CBlkifABI", dependencies: ["CXen"], path: protocols + "CBlkifABI"),
+        .target(name: "XenBlockProtocol", dependencies: ["XenABI", "CXen", "CBlkifABI"], path: protocols + "XenBlockProtocol"),
+        // netif requests and responses as Swift values, the tx and rx packet parsers.
+        .target(name: "XenNetProtocol", dependencies: ["XenABI", "CXen"], path: protocols + "XenNetProtocol"),
+
+        // MARK: 7-Drivers
 
         // What every driver queue thread does the same way: the thread, stop on every
         // turn, spin then sleep, the event channel, failures, counters, eventfds.
         .target(
             name: "XenDriverRuntime",
-            dependencies: [
-                "CXen", "XenLocks", "XenHypervisor", "XenABI",
-                .product(name: "Atomics", package: "swift-atomics"),
-            ]),
-        .testTarget(
-            name: "XenDriverRuntimeTests",
-            dependencies: ["XenDriverRuntime", "XenSimulator", "XenHypervisor", "XenABI", "XenLocks"]),
-
-        // Layer 2, the embedded world: the simulated hypervisor (domains with
-        // memfd-backed frames, v1 grant tables, 2-level event channels, leftovers).
+            dependencies: ["CXen", "XenLocks", "XenHypervisor", "XenABI", atomics],
+            path: drivers + "XenDriverRuntime"),
+        // Block storage engines: libaio (no pkg-config file; the module map links it
+        // by name), syscall shims (GNU-only calls, ioctls, static inlines), the engines.
+        .systemLibrary(name: "CAIO", path: drivers + "CAIO"),
+        .target(name: "CBlockStorage", dependencies: ["CAIO"], path: drivers + "CBlockStorage"),
+        .target(name: "XenBlockStorage", dependencies: ["CAIO", "CXen", "CBlockStorage", systemPackage], path: drivers + "XenBlockStorage"),
+        // Block drivers: blkback (dom0) and blkfront (guest).
         .target(
-            name: "XenSimulator",
+            name: "XenBlockBack",
             dependencies: [
-                "XenLocks",
-                "XenHypervisor", "XenABI", "CXen",
-                .product(name: "Atomics", package: "swift-atomics"),
-                .product(name: "SystemPackage", package: "swift-system"),
-            ]),
-        .testTarget(
-            name: "XenSimulatorTests",
-            dependencies: [
-                "XenSimulator", "XenHypervisor", "XenABI", "CXen",
-                .product(name: "Atomics", package: "swift-atomics"),
-                .product(name: "SystemPackage", package: "swift-system"),
-            ]),
-
-        // Layer 3: the shared ring, proven against ring.h's own
-        // macros in a test-only C target (not a product).
+                "XenDriverRuntime", "XenBlockProtocol", "XenBlockStorage", "XenRing", "XenHypervisor", "XenABI", "CXen",
+                "XenBus", "XenStore", "XenLocks", atomics, logging,
+            ],
+            path: drivers + "XenBlockBack"),
         .target(
-            name: "XenRing",
+            name: "XenBlockFront",
             dependencies: [
-                "XenABI", "CXen", "XenHypervisor",
-                .product(name: "Atomics", package: "swift-atomics"),
-            ]),
-        .target(name: "CRingReference", dependencies: ["CXen"], path: "Tests/CRingReference"),
-        // The ring-throughput benchmark engine, shared by `xenpv bench
-        // ring` and the package-benchmark target in Benchmarks/.
+                "XenDriverRuntime", "XenBlockProtocol", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore",
+                "XenLocks", atomics, deque, logging,
+            ],
+            path: drivers + "XenBlockFront"),
+        // Network attachment: TAP devices on Linux bridges, in namespaces.
+        .target(name: "CTap", path: drivers + "CTap"),
+        .target(name: "XenNetTap", dependencies: ["CTap", "XenNetProtocol", systemPackage], path: drivers + "XenNetTap"),
+        // Network drivers: netback (dom0) and netfront (guest).
         .target(
-            name: "XenRingBenchmark",
+            name: "XenNetBack",
             dependencies: [
-                "XenRing", "XenHypervisor", "XenABI", "CXen",
-                .product(name: "Atomics", package: "swift-atomics"),
-            ]),
-        .testTarget(
-            name: "XenRingTests",
+                "XenDriverRuntime", "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus",
+                "XenStore", "XenLocks", atomics, deque, logging,
+            ],
+            path: drivers + "XenNetBack"),
+        .target(
+            name: "XenNetFront",
             dependencies: [
-                "XenRing", "CRingReference", "CXen", "XenABI", "XenHypervisor", "TestSupport",
-                .product(name: "Atomics", package: "swift-atomics"),
-            ]),
+                "XenDriverRuntime", "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus",
+                "XenStore", "XenLocks", deque, logging,
+            ],
+            path: drivers + "XenNetFront"),
 
-        // Layer 7: the `xenpv` command line (one file per command under Sources/xenpv).
-        // The embedded host and `xenpv demo`, as a library the tests run too.
+        // MARK: 8-Toolstack
+
+        // One process playing a whole host: the simulator, xenstored, netback and blkback.
+        .target(
+            name: "XenEmbeddedHost",
+            dependencies: [
+                "XenSimulator", "XenStore", "XenStoreServer", "XenBus", "XenNetBack", "XenBlockBack", "XenBlockStorage",
+                "XenHypervisor", "XenABI", logging, systemPackage,
+            ],
+            path: toolstack + "XenEmbeddedHost"),
+        // `xenpv demo`: a guest's disk and NIC on the embedded host, as a library the tests run too.
         .target(
             name: "XenDemo",
             dependencies: [
-                "XenSimulator", "XenStore", "XenStoreServer", "XenBus", "XenNetBack", "XenNetFront", "XenHypervisor", "XenABI",
-                "XenBlockBack", "XenBlockFront", "XenBlockStorage",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "SystemPackage", package: "swift-system"),
-            ]),
-        .testTarget(name: "XenDemoTests", dependencies: ["XenDemo"]),
-        // Runs the built `xenpv` as a user would; depending on it makes `swift test` build it.
-        .testTarget(name: "XenPVCommandTests", dependencies: ["xenpv", "TestSupport"]),
-        // The netif ring-pair benchmark engine behind `xenpv bench net`.
+                "XenEmbeddedHost", "XenSimulator", "XenStore", "XenBus", "XenNetBack", "XenNetFront", "XenBlockFront",
+                "XenHypervisor", "XenABI", logging, systemPackage,
+            ],
+            path: toolstack + "XenDemo"),
+        // The `xenpv` command line, one file per command.
+        .executableTarget(
+            name: "xenpv",
+            dependencies: [
+                "XenDemo", "XenWorld", "XenSimulator", "XenSimulatorDaemon", "XenSimulatorClient", "XenHost",
+                "XenStore", "XenStoreServer", "XenBus", "XenRing", "XenHypervisor", "XenABI", "CXen",
+                "XenNetBack", "XenNetFront", "XenBlockBack", "XenBlockFront", "XenBlockStorage",
+                "XenRingBenchmark", "XenNetBenchmark", "XenBlockBenchmark", "XenStoreBenchmark",
+                logging, argumentParser, systemPackage,
+            ],
+            path: toolstack + "xenpv"),
+
+        // MARK: Benchmark engines (`xenpv bench`)
+
+        .target(
+            name: "XenRingBenchmark",
+            dependencies: ["XenRing", "XenHypervisor", "XenABI", "CXen", atomics],
+            path: engines + "XenRingBenchmark"),
         .target(
             name: "XenNetBenchmark",
             dependencies: [
                 "XenNetBack", "XenNetFront", "XenNetProtocol", "XenNetTap", "XenRing", "XenSimulator", "XenHypervisor",
-                "XenABI", "CXen",
-                .product(name: "Atomics", package: "swift-atomics"),
-                .product(name: "SystemPackage", package: "swift-system"),
-            ]),
-        .executableTarget(
-            name: "xenpv",
+                "XenABI", "CXen", atomics, systemPackage,
+            ],
+            path: engines + "XenNetBenchmark"),
+        .target(
+            name: "XenBlockBenchmark",
             dependencies: [
-                "XenRingBenchmark", "XenSimulator", "XenDemo", "XenNetBenchmark", "XenStore", "XenStoreServer", "XenABI", "XenBus", "XenHost",
-                "XenBlockBenchmark", "XenStoreBenchmark",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                // Across processes: hypervisor, backend and guest commands.
-                "XenSimulatorDaemon", "XenSimulatorClient", "XenNetBack", "XenNetFront", "XenRing", "XenHypervisor", "CXen",
-                "XenBlockBack", "XenBlockFront", "XenBlockStorage", "XenWorld",
-                .product(name: "SystemPackage", package: "swift-system"),
-            ]),
-        .testTarget(
-            name: "XenRingBenchmarkTests",
-            dependencies: ["XenRingBenchmark", "XenSimulator", "XenABI"]),
-
-        // Layer 5, network: netif requests and responses as Swift values.
-        .target(name: "XenNetProtocol", dependencies: ["XenABI", "CXen"]),
-        .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenABI", "CXen"]),
-        // Layer 6, network attachment: TAP devices on Linux bridges, in namespaces.
-        .target(name: "CTap"),
-        .target(
-            name: "XenNetTap",
-            dependencies: ["CTap", "XenNetProtocol", .product(name: "SystemPackage", package: "swift-system")]),
-        .target(name: "NetTestSupport", dependencies: ["TestSupport"], path: "Tests/NetTestSupport"),
-        // Test-only, for every test target (Foundation only): the seeded generator,
-        // waiting on a condition with a deadline, timeouts, temporary directories and images.
-        .target(name: "TestSupport", path: "Tests/TestSupport"),
-        // Test-only: what the block and net driver tests share (a hostile flooding
-        // frontend's thread, a raw frontend that pushes hostile slots, a grant mapper
-        // that watches unmaps, a log that counts lines).
-        .target(
-            name: "DriverTestSupport",
-            dependencies: ["XenHypervisor", "XenABI", "XenLocks", "XenRing", "TestSupport", .product(name: "Logging", package: "swift-log")],
-            path: "Tests/DriverTestSupport"),
-        .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap", "NetTestSupport"]),
-        // Layer 6, network drivers: netback (dom0) and netfront (guest).
-        .target(
-            name: "XenNetBack",
-            dependencies: [
-                "XenDriverRuntime", "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks",
-                .product(name: "Atomics", package: "swift-atomics"),
-                .product(name: "DequeModule", package: "swift-collections"),
-                .product(name: "Logging", package: "swift-log"),
-            ]),
-        .target(
-            name: "XenNetFront",
-            dependencies: [
-                "XenDriverRuntime", "XenNetProtocol", "XenNetTap", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks",
-                .product(name: "DequeModule", package: "swift-collections"),
-                .product(name: "Logging", package: "swift-log"),
-            ]),
-        .testTarget(
-            name: "XenNetDriverTests",
-            dependencies: [
-                "XenNetBack", "XenNetFront", "XenNetProtocol", "XenNetTap", "XenRing", "XenSimulator", "XenHypervisor",
-                "XenABI", "CXen", "NetTestSupport", "DriverTestSupport", "XenBus", "XenStore", "XenStoreServer", "XenLocks", "XenDriverRuntime", "TestSupport",
-                .product(name: "Logging", package: "swift-log"),
-            ]),
-
-        // The real-Xen world: the hypervisor protocols on Xen's own libraries,
-        // every call through one replaceable funnel (LibXen).
-        .systemLibrary(name: "CXenLibs"),
-        .target(
-            name: "XenHost",
-            dependencies: [
-                "CXenLibs", "XenHypervisor", "XenABI", "XenStore", "CXen",
-                .product(name: "SystemPackage", package: "swift-system"),
-            ]),
-        // The world a process joins, chosen at start-up: what the CLI and the
-        // example programs share, so that neither writes the choice again.
-        .target(
-            name: "XenWorld",
-            dependencies: ["XenABI", "XenBus", "XenHost", "XenHypervisor", "XenSimulatorClient", "XenStore"]),
-        .testTarget(
-            name: "XenHostTests",
-            dependencies: ["XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen", "XenStore", "XenStoreServer", "XenBus",
-                           "XenSimulator", "XenNetBack", "XenNetFront", "TestSupport",
-                           .product(name: "Logging", package: "swift-log")]),
-
-        // Layer 4: XenStore and XenBus. The client (what drivers, guests and tools link:
-        // messages, paths, permissions, transports incl. a guest's ring) and xenstored
-        // (engine, tree, quotas, the epoll loop), which only dom0-side programs link.
-        .target(
-            name: "XenStore",
-            dependencies: [
-                "XenLocks",
-                "XenABI", "CXen", "XenHypervisor",
-                .product(name: "Atomics", package: "swift-atomics"),
-            ]),
-        .target(
-            name: "XenStoreServer",
-            dependencies: [
-                "XenStore", "XenLocks", "XenSockets",
-                "XenABI", "CXen", "XenHypervisor",
-                .product(name: "Atomics", package: "swift-atomics"),
-                .product(name: "SystemPackage", package: "swift-system"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "DequeModule", package: "swift-collections"),
-            ]),
-        .target(
-            name: "XenBus",
-            dependencies: ["XenStore", "XenABI", "XenLocks", .product(name: "Logging", package: "swift-log")]),
-        // The store benchmark engine behind `xenpv bench xenstore`.
+                "XenBlockBack", "XenBlockFront", "XenBlockProtocol", "XenBlockStorage", "XenSimulator", "XenHypervisor", "XenABI",
+            ],
+            path: engines + "XenBlockBenchmark"),
         .target(
             name: "XenStoreBenchmark",
-            dependencies: ["XenStoreServer", "XenStore", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["XenStoreServer", "XenStore", logging],
+            path: engines + "XenStoreBenchmark"),
+
+        // MARK: Test support (Tests/, not products)
+
+        // For every test target (Foundation only): the seeded generator, waiting on a
+        // condition with a deadline, timeouts, temporary directories and images.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        // What the block and net driver tests share: a hostile flooding frontend's
+        // thread, a raw frontend that pushes hostile slots, a grant mapper that watches
+        // unmaps, a log that counts lines.
+        .target(
+            name: "DriverTestSupport",
+            dependencies: ["XenHypervisor", "XenABI", "XenLocks", "XenRing", "TestSupport", logging],
+            path: "Tests/DriverTestSupport"),
+        .target(name: "NetTestSupport", dependencies: ["TestSupport"], path: "Tests/NetTestSupport"),
+        // ring.h's own macros, to prove XenRing against them.
+        .target(name: "CRingReference", dependencies: ["CXen"], path: "Tests/CRingReference"),
+        // blkif.h's offsetof/sizeof and slots filled through C field names.
+        .target(name: "CBlkifProbe", dependencies: ["CXen", "CBlkifABI"], path: "Tests/CBlkifProbe"),
+        // Counts this thread's allocations (interposes malloc) for hot-path tests.
+        .target(name: "CMallocCounter", path: "Tests/CMallocCounter"),
+
+        // MARK: Tests, layer by layer
+
+        .testTarget(name: "XenABITests", dependencies: ["XenABI", "CXen"]),
+        .testTarget(name: "XenSocketsTests", dependencies: ["XenSockets", "TestSupport"]),
+        .testTarget(
+            name: "XenRingTests",
+            dependencies: ["XenRing", "CRingReference", "CXen", "XenABI", "XenHypervisor", "TestSupport", atomics]),
         .testTarget(
             name: "XenStoreTests",
-            dependencies: [
-                "XenStore", "XenStoreServer", "XenABI", "CXen", "XenHypervisor", "XenSimulator", "TestSupport",
-                .product(name: "Logging", package: "swift-log"),
-            ]),
+            dependencies: ["XenStore", "XenStoreServer", "XenABI", "CXen", "XenHypervisor", "XenSimulator", "TestSupport", logging]),
         .testTarget(
             name: "XenBusTests",
-            dependencies: ["XenBus", "XenStore", "XenStoreServer", "XenABI", "TestSupport", .product(name: "Logging", package: "swift-log")]),
-
-        // Layers 5 and 6, block: blkif protocol, storage engines, drivers.
-        // The x86_32-abi ring layouts (packed, as Linux blkback defines them).
-        .target(name: "CBlkifABI", dependencies: ["CXen"]),
-        .target(name: "XenBlockProtocol", dependencies: ["XenABI", "CXen", "CBlkifABI"]),
-        // Test-only C: counts this thread's allocations (interposes malloc) for hot-path tests.
-        .target(name: "CMallocCounter", path: "Tests/CMallocCounter"),
-        // Test-only C: offsetof/sizeof and slots filled through C field names.
-        .target(name: "CBlkifProbe", dependencies: ["CXen", "CBlkifABI"], path: "Tests/CBlkifProbe"),
+            dependencies: ["XenBus", "XenStore", "XenStoreServer", "XenABI", "TestSupport", logging]),
+        .testTarget(
+            name: "XenSimulatorTests",
+            dependencies: ["XenSimulator", "XenHypervisor", "XenABI", "CXen", atomics, systemPackage]),
+        .testTarget(
+            name: "XenHostTests",
+            dependencies: [
+                "XenHost", "XenHypervisor", "XenABI", "CXenLibs", "CXen", "XenStore", "XenStoreServer", "XenBus",
+                "XenSimulator", "XenNetBack", "XenNetFront", "TestSupport", logging,
+            ]),
+        // Across processes: the daemon, its clients, and the `xenpv` commands run as processes.
+        .testTarget(
+            name: "XenProcessTests",
+            dependencies: [
+                "XenSimulatorDaemon", "XenSimulatorClient", "XenSimulator", "XenHypervisor", "XenABI", "XenStore",
+                "XenRingBenchmark", "XenWorld", "xenpv", "TestSupport", logging,
+            ]),
         .testTarget(
             name: "XenBlockProtocolTests",
             dependencies: ["XenBlockProtocol", "XenABI", "CXen", "CBlkifABI", "CBlkifProbe", "CMallocCounter", "TestSupport"]),
-        // Syscall shims for the storage engines (GNU-only calls, ioctls, static inlines).
-        .target(name: "CBlockStorage", dependencies: ["CAIO"]),
-        .target(
-            name: "XenBlockStorage",
-            dependencies: [
-                "CAIO", "CXen", "CBlockStorage",
-                .product(name: "SystemPackage", package: "swift-system"),
-            ]),
+        .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenABI", "CXen"]),
         .testTarget(
-            name: "XenBlockStorageTests",
-            dependencies: [
-                "XenBlockStorage", "CMallocCounter", "TestSupport",
-                .product(name: "SystemPackage", package: "swift-system"),
-            ]),
-        // Block drivers: blkback (dom0) and blkfront (guest), and the benchmark engine.
-        .target(
-            name: "XenBlockBack",
-            dependencies: [
-                "XenDriverRuntime", "XenBlockProtocol", "XenBlockStorage", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks",
-                .product(name: "Atomics", package: "swift-atomics"),
-                .product(name: "Logging", package: "swift-log"),
-            ]),
-        .target(
-            name: "XenBlockFront",
-            dependencies: [
-                "XenDriverRuntime", "XenBlockProtocol", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenLocks",
-                .product(name: "Atomics", package: "swift-atomics"),
-                .product(name: "DequeModule", package: "swift-collections"),
-                .product(name: "Logging", package: "swift-log"),
-            ]),
-        .target(
-            name: "XenBlockBenchmark",
-            dependencies: ["XenBlockBack", "XenBlockFront", "XenBlockProtocol", "XenBlockStorage", "XenSimulator",
-                           "XenHypervisor", "XenABI"]),
+            name: "XenDriverRuntimeTests",
+            dependencies: ["XenDriverRuntime", "XenSimulator", "XenHypervisor", "XenABI", "XenLocks"]),
+        .testTarget(name: "XenBlockStorageTests", dependencies: ["XenBlockStorage", "CMallocCounter", "TestSupport", systemPackage]),
         .testTarget(
             name: "XenBlockDriverTests",
             dependencies: [
                 "XenBlockBack", "XenBlockFront", "XenBlockBenchmark", "XenBlockProtocol", "XenBlockStorage", "XenRing",
-                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenStoreServer", "XenLocks", "XenDriverRuntime",
-                "DriverTestSupport", "TestSupport",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "SystemPackage", package: "swift-system"),
+                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenStoreServer", "XenLocks",
+                "XenDriverRuntime", "DriverTestSupport", "TestSupport", logging, systemPackage,
             ]),
-
-        // Across processes: the hypervisor daemon shared by a dom0 backend
-        // process and guest processes, and the client a joining process
-        // passes to the unchanged drivers.
-        // What a process links to join the daemon: `RemoteHypervisor` and the wire
-        // format (a guest program links this, not the daemon or its xenstored).
-        .target(
-            name: "XenSimulatorClient",
-            dependencies: [
-                "XenLocks", "XenHypervisor", "XenABI", "CXen", "XenStore",
-                .product(name: "Atomics", package: "swift-atomics"),
-                .product(name: "SystemPackage", package: "swift-system"),
-            ]),
-        .target(
-            name: "XenSimulatorDaemon",
-            dependencies: [
-                "XenLocks", "XenSimulatorClient",
-                "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenStore", "XenStoreServer", "XenBus", "XenSockets",
-                .product(name: "Atomics", package: "swift-atomics"),
-                .product(name: "SystemPackage", package: "swift-system"),
-                .product(name: "Logging", package: "swift-log"),
-            ]),
+        .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap", "NetTestSupport"]),
         .testTarget(
-            name: "XenProcessTests",
+            name: "XenNetDriverTests",
             dependencies: [
-                "XenSimulatorDaemon", "XenSimulatorClient", "XenSimulator", "XenHypervisor", "XenABI", "XenStore", "XenRingBenchmark", "XenWorld", "xenpv", "TestSupport",
-                .product(name: "Logging", package: "swift-log"),
+                "XenNetBack", "XenNetFront", "XenNetProtocol", "XenNetTap", "XenRing", "XenSimulator", "XenHypervisor",
+                "XenABI", "CXen", "NetTestSupport", "DriverTestSupport", "XenBus", "XenStore", "XenStoreServer", "XenLocks",
+                "XenDriverRuntime", "TestSupport", logging,
             ]),
+        .testTarget(name: "XenDemoTests", dependencies: ["XenDemo"]),
+        // Runs the built `xenpv` as a user would; depending on it makes `swift test` build it.
+        .testTarget(name: "XenPVCommandTests", dependencies: ["xenpv", "TestSupport"]),
+        .testTarget(name: "XenRingBenchmarkTests", dependencies: ["XenRingBenchmark", "XenSimulator", "XenABI"]),
     ]
 )

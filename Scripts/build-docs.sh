@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the DocC documentation of every target that has a `.docc` catalog under
-# Sources/, in one `generate-documentation` run, and fails on any DocC warning (an
+# Sources/<layer>/<target>/, in one `generate-documentation` run, and fails on any DocC warning (an
 # unresolved ``symbol`` link, a Topics entry that names nothing) or error.
 #
 # Output: .build/docs/<Target>.doccarchive, one archive per target.
@@ -14,7 +14,7 @@ if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
     targets=()
-    for catalog in Sources/*/*.docc; do
+    for catalog in Sources/*/*/*.docc; do
         [ -d "$catalog" ] || continue
         targets+=("$(basename "$(dirname "$catalog")")")
     done

@@ -4,7 +4,8 @@
 Usage:
     Scripts/undocumented-public.py [--list] [--check] [MODULE ...]
 
-With no MODULE, every Swift target under Sources/ is scanned. Prints one line
+With no MODULE, every Swift target under Sources/<layer>/ and Benchmarks/Engines/
+is scanned. Prints one line
 per module, "<count> <module>", then the total. --list also prints each
 undocumented declaration as path:line: text. --check exits with status 1 when
 any scanned module has an undocumented public declaration (for CI).
@@ -25,7 +26,17 @@ import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCES = os.path.join(ROOT, "Sources")
+# Each module is a folder in a layer folder (Sources/1-Base/XenABI, …) or an engine
+# folder (Benchmarks/Engines/XenRingBenchmark).
+LAYERS = sorted(
+    [os.path.join(ROOT, "Sources", d) for d in os.listdir(os.path.join(ROOT, "Sources"))]
+    + [os.path.join(ROOT, "Benchmarks", "Engines")]
+)
+MODULES = {
+    name: os.path.join(layer, name)
+    for layer in LAYERS if os.path.isdir(layer)
+    for name in os.listdir(layer) if os.path.isdir(os.path.join(layer, name))
+}
 
 MODIFIER = (
     r"(?:public|open|internal|private|fileprivate|package)(?:\((?:set)\))?"
@@ -153,7 +164,7 @@ def scan_file(path):
 
 
 def swift_files(module):
-    base = os.path.join(SOURCES, module)
+    base = MODULES.get(module, "")
     for dirpath, _, names in os.walk(base):
         for name in sorted(names):
             if name.endswith(".swift"):
@@ -166,12 +177,12 @@ def main(argv):
     modules = [a for a in argv if not a.startswith("--")]
     if not modules:
         modules = sorted(
-            d for d in os.listdir(SOURCES)
+            d for d in MODULES
             if any(True for _ in swift_files(d))
         )
     total = 0
     for module in modules:
-        if not os.path.isdir(os.path.join(SOURCES, module)):
+        if module not in MODULES:
             print(f"no such module: {module}", file=sys.stderr)
             return 2
         found = []

@@ -4,6 +4,7 @@ import XenABI
 import SystemPackage
 import XenBlockFront
 import XenBus
+import XenEmbeddedHost
 import XenNetBack
 import XenNetFront
 import XenSimulator
