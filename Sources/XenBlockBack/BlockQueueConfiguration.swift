@@ -24,6 +24,10 @@ public struct BlockQueueConfiguration: Sendable {
     /// engine ``StorageEngine/prefersContiguousBuffers``.
     public var contiguousCopies: Bool?
 
+    /// Describes one queue's set-up.
+    /// - Precondition: `bouncePages` holds the largest request (11 segments, or
+    ///   `limits.maxIndirectSegments` if more), and `limits` does not accept data on a flush
+    ///   or barrier (the queue does not sequence "write, then flush").
     public init(frontend: DomainID, port: EventPort, abi: BlkifABI = .native, limits: BlockDeviceLimits,
                 bouncePages: Int = 1024, persistentGrants: Int = 0, contiguousCopies: Bool? = nil) {
         precondition(bouncePages >= max(BlockDeviceLimits.maxDirectSegments, limits.maxIndirectSegments),
