@@ -50,8 +50,11 @@ public struct VifFactory: XenbusBackendDeviceFactory {
     let attach: AttachmentFactory
     let logger: Logger
 
+    /// "vif", the device class in `backend/vif/<domid>/<devid>`.
     public var deviceType: String { "vif" }
 
+    /// Makes the vif's driver; a ring the frontend breaks resets the device (Closing, then a
+    /// new session when the frontend offers new rings). Never throws.
     public func makeDevice(_ device: XenbusDevice, frontendPath: String, control: XenbusDeviceControl) async throws -> NetBackendDevice {
         NetBackendDevice(identity: VifIdentity(frontend: device.frontendDomain, id: device.id), path: device.backendPath,
                          peerPath: frontendPath, hypervisor: hypervisor, store: store, attach: attach, logger: logger) { _ in
@@ -60,5 +63,6 @@ public struct VifFactory: XenbusBackendDeviceFactory {
         }
     }
 
+    /// The device's ``NetBackendDevice/statistics``.
     public func statistics(of device: NetBackendDevice) -> [(String, UInt64)]? { device.statistics }
 }
