@@ -4,7 +4,7 @@ import XenBus
 import XenHypervisor
 import XenStore
 
-/// One dom0 process serving many disks: a ``XenbusBackendManager`` over
+/// One dom0 process serving many disks: a `XenbusBackendManager` over
 /// `/local/domain/<self>/backend/vbd` that runs a ``BlockBackendDevice`` for each device
 /// that appears. `disk` opens the device's storage from its backend directory (e.g. its
 /// `params` key).

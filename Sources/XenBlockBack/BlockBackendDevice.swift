@@ -147,7 +147,7 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
     /// queue's `ring-ref<N>` and `event-channel` (under `queue-<N>/` when there are several)
     /// and `feature-persistent`; maps each ring, binds its event channel and starts one
     /// ``BlockQueue`` per ring. On a throw nothing stays mapped or bound.
-    /// - Throws: ``XenstoreValueError`` for a missing or out-of-range key (more queues or a
+    /// - Throws: `XenstoreValueError` for a missing or out-of-range key (more queues or a
     ///   larger ring than offered), ``BlockBackendError`` `.notSupported` for an unknown
     ///   `protocol`, the hypervisor's errors when a grant does not map or a port does not bind,
     ///   and `RingError` when a ring's indices are already corrupt.

@@ -15,7 +15,7 @@ import XenRing
 /// `BLKIF_RSP_EOPNOTSUPP` for an operation not offered). The batch drained from the ring
 /// goes to the engine in one submit; completions come back through the engine's
 /// completion descriptor, polled together with the event channel and a stop descriptor
-/// (see ``BlockPolling`` for when the thread polls instead). A ring-protocol violation
+/// (see `BlockPolling` for when the thread polls instead). A ring-protocol violation
 /// stops this queue only. Buffers are allocated once: the data path does not allocate.
 ///
 /// How data moves (costs in the README's "Block devices" section, measured with

@@ -67,7 +67,7 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
     /// `ring-ref` (or `ring-ref<N>`), `event-channel`, `ring-page-order`,
     /// `multi-queue-num-queues`, `protocol` and `feature-persistent` in one transaction.
     /// On a throw nothing stays shared.
-    /// - Throws: ``XenstoreValueError`` for a malformed backend key, the hypervisor's errors
+    /// - Throws: `XenstoreValueError` for a malformed backend key, the hypervisor's errors
     ///   when pages cannot be shared or a port allocated, `XenStoreError` when the
     ///   transaction fails.
     public func prepare() async throws {
@@ -116,7 +116,7 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
     /// `feature-max-indirect-segments`, `feature-flush-cache`, `feature-barrier` and
     /// `feature-discard`, and attaches the frontend, which re-issues first whatever the last
     /// connection left unanswered.
-    /// - Throws: ``XenstoreValueError`` for a missing or malformed key,
+    /// - Throws: `XenstoreValueError` for a missing or malformed key,
     ///   ``BlockFrontError`` `.notSupported` for a `sector-size` other than 512, `RingError`
     ///   when a ring cannot be attached.
     public func connect() async throws {

@@ -4,7 +4,7 @@ import XenBus
 import XenHypervisor
 import XenStore
 
-/// netback for one driver domain: a ``XenbusBackendManager`` over
+/// netback for one driver domain: a `XenbusBackendManager` over
 /// `/local/domain/<self>/backend/vif` that serves every vif the toolstack creates with a
 /// ``NetBackendDevice``, each through its own handshake and queue thread, until the
 /// device goes away.

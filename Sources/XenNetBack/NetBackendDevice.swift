@@ -133,7 +133,7 @@ public final class NetBackendDevice: XenbusDeviceDriver {
     /// binds the ports, makes the attachment and starts a ``VifQueue``. On a throw nothing
     /// stays mapped or bound.
     /// - Throws: ``NetBackendError`` `.notSupported` when the frontend does not request rx
-    ///   copy, ``XenstoreValueError`` for a missing or malformed key (more than one queue
+    ///   copy, `XenstoreValueError` for a missing or malformed key (more than one queue
     ///   included), the hypervisor's errors when a grant does not map or a port does not bind,
     ///   the attachment factory's error, and `RingError` when a ring is already corrupt.
     public func connect() async throws {

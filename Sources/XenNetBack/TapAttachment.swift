@@ -24,7 +24,7 @@ public final class TapAttachment: NetworkAttachment {
 
     /// Reads one frame from the TAP and turns its virtio-net header into netif offload
     /// state; nil when none waits or the read held no more than a header.
-    /// - Throws: ``NetProtocolError`` `.badGSO` for a GSO type netif cannot carry, and the
+    /// - Throws: `NetProtocolError` `.badGSO` for a GSO type netif cannot carry, and the
     ///   TAP's read errors.
     public func receive(into buffer: UnsafeMutableRawBufferPointer) throws -> (frame: Range<Int>, offload: FrameOffload)? {
         guard let n = try tap.read(into: buffer) else { return nil }
@@ -39,7 +39,7 @@ public final class TapAttachment: NetworkAttachment {
 
     /// Writes the frame behind a virtio-net header carrying its offload state; false when the
     /// TAP's queue is full.
-    /// - Throws: ``NetProtocolError`` `.badGSO` when the frame cannot carry the offload asked
+    /// - Throws: `NetProtocolError` `.badGSO` when the frame cannot carry the offload asked
     ///   for, and the TAP's write errors.
     public func send(_ frame: UnsafeRawBufferPointer, offload: FrameOffload) throws -> Bool {
         guard let header = VirtioNetHeader(checksumBlank: offload.checksumBlank, dataValidated: offload.dataValidated,

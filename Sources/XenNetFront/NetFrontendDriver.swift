@@ -53,7 +53,7 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
     /// then writes `tx-ring-ref`, `rx-ring-ref`, `event-channel`, `request-rx-copy`,
     /// `feature-rx-notify`, `feature-sg`, `feature-gso-tcpv4` and `feature-gso-tcpv6` in one
     /// transaction. On a throw nothing stays shared.
-    /// - Throws: ``XenstoreValueError`` for a missing or malformed `backend-id`, the
+    /// - Throws: `XenstoreValueError` for a missing or malformed `backend-id`, the
     ///   hypervisor's errors when pages cannot be shared or a port allocated, `RingError`, and
     ///   `XenStoreError` when the transaction fails.
     public func prepare() async throws {
@@ -97,7 +97,7 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
     /// `feature-gso-tcpv6` and `feature-no-csum-offload`, tells the port, and starts the pump.
     /// - Throws: ``NetFrontError`` `.notSupported` when the backend cannot copy into receive
     ///   buffers, `.notPrepared` when this session's pump was already started or never made,
-    ///   ``XenstoreValueError`` for a malformed key, and the port's own error.
+    ///   `XenstoreValueError` for a malformed key, and the port's own error.
     public func connect() async throws {
         let backendDir = try await store.read(path + "/" + XenbusKey.backend)
         guard try await store.readFeature(backendDir, XenbusKey.featureRxCopy) else {
