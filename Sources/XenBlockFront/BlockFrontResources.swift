@@ -14,7 +14,8 @@ public struct BlockFrontQueueResources: Sendable {
     public let backend: DomainID
     /// The ring, initialised (`SHARED_RING_INIT`) before its grants were published.
     public let ring: SharedPages
-    /// Data pages: requests take pages from here; the backend copies into and out of them.
+    /// Data pages: requests take pages from here; the backend maps them (`feature-persistent`)
+    /// or grant-copies into and out of them.
     public let pool: SharedPages
     /// One page per ring slot for indirect segment lists (granted read-only).
     public let indirect: SharedPages
