@@ -44,10 +44,23 @@ public enum XenbusAction: Hashable, Sendable {
 /// closes or vanishes. It releases shared resources only once the backend has stopped using
 /// them (its Closing or Closed, or its disappearance).
 public struct XenbusFrontend: Hashable, Sendable {
+    /// Where the frontend is in the handshake, finer than the XenbusState it publishes.
+    ///
+    /// - `initialising`: published Initialising, waiting for the backend's InitWait.
+    /// - `resetting`: taking a backend left Connected by an earlier frontend through
+    ///   Closing and Closed before starting again.
+    /// - `preparing`: `.prepare` is running (ring, grants, event channel).
+    /// - `prepared`: published Initialised, waiting for the backend's Connected.
+    /// - `connected`: published Connected; I/O runs.
+    /// - `closing`: published Closing, waiting for the backend to stop using the ring.
+    /// - `closed`: published Closed; what was prepared is released (a prepare still
+    ///   running is released when it finishes).
     public enum Phase: Hashable, Sendable {
+        /// The phases in handshake order, each described on ``Phase``.
         case initialising, resetting, preparing, prepared, connected, closing, closed
     }
 
+    /// Where the frontend is in the handshake.
     public private(set) var phase: Phase = .initialising
     /// The value of our `state` key as of the last `.publish` action.
     public private(set) var published: XenbusState = .initialising
@@ -62,11 +75,13 @@ public struct XenbusFrontend: Hashable, Sendable {
     private var prepareInFlight = false
     private var peerSeen = false
 
+    /// A machine that has published nothing yet; call ``start()`` first.
     public init() {}
 
     /// The first actions: announce Initialising.
     public mutating func start() -> [XenbusAction] { [.publish(.initialising)] }
 
+    /// Feeds one event and returns the actions to perform, in order.
     public mutating func handle(_ event: XenbusEvent) -> [XenbusAction] {
         var actions: [XenbusAction] = []
         switch event {
@@ -226,16 +241,30 @@ public struct XenbusFrontend: Hashable, Sendable {
 /// frontend starts a new session (Initialising), unless a close was requested; a frontend
 /// that vanishes closes the device for good.
 public struct XenbusBackend: Hashable, Sendable {
+    /// Where the backend is in the handshake, finer than the XenbusState it publishes.
+    ///
+    /// - `initialising`: not started.
+    /// - `preparing`: published Initialising; `.prepare` (hot-plug, features) is running.
+    /// - `ready`: published InitWait, waiting for the frontend's Initialised.
+    /// - `connected`: published Connected; serving the rings.
+    /// - `closing`: published Closing (disconnected first), waiting for the frontend's Closed.
+    /// - `closed`: published Closed.
     public enum Phase: Hashable, Sendable {
+        /// The phases in handshake order, each described on ``Phase``.
         case initialising, preparing, ready, connected, closing, closed
     }
 
+    /// Where the backend is in the handshake.
     public private(set) var phase: Phase = .initialising
+    /// The value of our `state` key as of the last `.publish` action.
     public private(set) var published: XenbusState = .initialising
+    /// The frontend's state as last observed; nil before it is seen or once it is gone.
     public private(set) var peer: XenbusState?
+    /// True once a close was requested and not undone.
     public private(set) var closeWanted = false
     /// True once the frontend's state key was seen and then vanished.
     public private(set) var peerGone = false
+    /// True between a `.connect` action and the `.disconnect` that undoes it.
     public private(set) var isConnected = false
     private var prepared = false
     private var prepareInFlight = false
@@ -247,6 +276,7 @@ public struct XenbusBackend: Hashable, Sendable {
     /// on the same bad keys).
     public private(set) var refused = false
 
+    /// A machine that has published nothing yet; call ``start()`` first.
     public init() {}
 
     /// The first actions: announce Initialising and prepare.
@@ -256,6 +286,7 @@ public struct XenbusBackend: Hashable, Sendable {
         return [.publish(.initialising), .prepare]
     }
 
+    /// Feeds one event and returns the actions to perform, in order.
     public mutating func handle(_ event: XenbusEvent) -> [XenbusAction] {
         var actions: [XenbusAction] = []
         switch event {

@@ -7,9 +7,12 @@ public struct XenbusDevice: Hashable, Sendable, CustomStringConvertible {
     public var type: String
     /// The device id within its class (for a disk, the encoded vdev such as 51712).
     public var id: UInt32
+    /// The guest domain that runs the frontend half.
     public var frontendDomain: DomainID
+    /// The domain that runs the backend half (dom0 unless a driver domain serves it).
     public var backendDomain: DomainID
 
+    /// Names a device of class `type` with number `id` between `frontend` and `backend`.
     public init(type: String, id: UInt32, frontend: DomainID, backend: DomainID = .dom0) {
         self.type = type
         self.id = id
@@ -23,6 +26,7 @@ public struct XenbusDevice: Hashable, Sendable, CustomStringConvertible {
     public var backendPath: String {
         "\(XenStorePath.home(of: backendDomain))/backend/\(type)/\(frontendDomain.rawValue)/\(id)"
     }
+    /// `<type>/<id> <frontend>→<backend>`, for logs.
     public var description: String { "\(type)/\(id) \(frontendDomain)→\(backendDomain)" }
 }
 

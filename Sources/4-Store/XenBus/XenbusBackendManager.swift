@@ -28,13 +28,16 @@ public protocol XenbusBackendDeviceFactory: Sendable {
 }
 
 extension XenbusBackendDeviceFactory {
+    /// Disconnects the device.
     public func closeDevice(_ device: Device) async { await device.disconnect() }
+    /// Publishes nothing.
     public func statistics(of device: Device) -> [(String, UInt64)]? { nil }
 }
 
 /// Lets a device's driver act on its own handshake. It exists before the endpoint that
 /// drives the device, so a request made before that endpoint runs is dropped.
 public final class XenbusDeviceControl: Sendable {
+    /// The device this control acts on.
     public let device: XenbusDevice
     private let endpoint = Locked<XenbusEndpoint?>(nil)
 
@@ -61,6 +64,7 @@ public final class XenbusDeviceControl: Sendable {
 /// ``stop(_:timeout:)`` stays down until ``resume(_:)``. Waits are driven by store watch
 /// events and the devices' own tasks; none polls.
 public final class XenbusBackendManager<Factory: XenbusBackendDeviceFactory>: Sendable {
+    /// The device class's factory, which makes and closes each device's driver.
     public let factory: Factory
     /// `/local/domain/<self>/backend/<type>`
     public let root: String
@@ -71,8 +75,11 @@ public final class XenbusBackendManager<Factory: XenbusBackendDeviceFactory>: Se
 
     /// A running device: its driver, the endpoint walking its handshake, the task running both.
     public struct Entry: Sendable {
+        /// The device as the toolstack laid it out.
         public let device: XenbusDevice
+        /// The driver the factory made for it.
         public let driver: Factory.Device
+        /// The endpoint walking its handshake.
         public let endpoint: XenbusEndpoint
         let task: Task<Void, Never>
     }
@@ -92,6 +99,8 @@ public final class XenbusBackendManager<Factory: XenbusBackendDeviceFactory>: Se
         var publisher: Task<Void, Never>?
     }
 
+    /// Creates a manager for `factory`'s device class under `backendDomain`'s `backend`
+    /// directory; it watches nothing until ``start()`` or ``run()``.
     public init(factory: Factory, store: any XenStoreConnection, backendDomain: DomainID, logger: Logger) {
         self.factory = factory
         self.store = store

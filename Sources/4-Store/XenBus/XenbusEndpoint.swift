@@ -17,6 +17,8 @@ public protocol XenbusDeviceDriver: Sendable {
 
 /// Which half of a device an endpoint plays.
 public enum XenbusRole: String, Sendable {
+    /// `frontend` plays the guest's half (`device/<type>/<id>`), `backend` the serving
+    /// domain's half (`backend/<type>/<domid>/<id>`).
     case frontend, backend
 }
 
@@ -26,6 +28,7 @@ public enum XenbusRole: String, Sendable {
 /// `disconnect`. A driver hook that fails closes this device only, with its
 /// reason in the device's `error` key, as Linux's `xenbus_dev_fatal` does.
 public final class XenbusEndpoint: Sendable {
+    /// Which half this endpoint plays, and so which handshake machine it runs.
     public let role: XenbusRole
     /// This side's directory (the one holding our `state`).
     public let path: String
@@ -52,6 +55,8 @@ public final class XenbusEndpoint: Sendable {
         case local(XenbusEvent)
     }
 
+    /// Creates an endpoint for the half at `path` whose peer lives at `peerPath`; nothing
+    /// happens until ``run()`` is called.
     public init(role: XenbusRole, store: any XenStoreConnection, path: String, peerPath: String,
                 driver: any XenbusDeviceDriver, logger: Logger = Logger(label: "xenbus")) {
         self.role = role

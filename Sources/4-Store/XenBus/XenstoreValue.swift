@@ -3,6 +3,7 @@ import XenABI
 /// Why a value read from xenstore was refused: the node, what it held (cut short, so a
 /// megabyte of garbage does not land in a log or an `error` key) and what was allowed.
 public struct XenstoreValueError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// Why the value was refused, for a caller to switch on.
     public enum Code: String, Hashable, Sendable {
         /// A key the peer must write is not there.
         case missing
@@ -12,6 +13,7 @@ public struct XenstoreValueError: Error, Hashable, Sendable, CustomStringConvert
         case outOfRange
     }
 
+    /// Why the value was refused.
     public var code: Code
     /// The full path of the node.
     public var key: String
@@ -23,6 +25,7 @@ public struct XenstoreValueError: Error, Hashable, Sendable, CustomStringConvert
     /// Peer-controlled text kept in messages: enough to recognise, too little to flood.
     public static let shownLength = 40
 
+    /// Creates an error for the node at `key`; `value` is cut to ``shownLength`` characters.
     public init(_ code: Code, key: String, value: String?, expected: String) {
         self.code = code
         self.key = key
@@ -30,6 +33,7 @@ public struct XenstoreValueError: Error, Hashable, Sendable, CustomStringConvert
         self.expected = expected
     }
 
+    /// The node, what it held and what was expected, on one line.
     public var description: String {
         switch code {
         case .missing: "\(key) is missing (\(code.rawValue)): expected \(expected)"

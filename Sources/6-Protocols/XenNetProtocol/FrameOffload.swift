@@ -10,11 +10,13 @@ public struct FrameOffload: Hashable, Sendable {
     /// Segment into payloads of this size on the way out (a GSO extra).
     public var gso: NetExtraInfo?
 
+    /// Describes a frame; the default is a plain frame with nothing offloaded.
     public init(checksumBlank: Bool = false, dataValidated: Bool = false, gso: NetExtraInfo? = nil) {
         self.checksumBlank = checksumBlank
         self.dataValidated = dataValidated
         self.gso = gso
     }
 
+    /// A frame with a complete checksum and no segmentation: nothing offloaded.
     public static let none = FrameOffload()
 }

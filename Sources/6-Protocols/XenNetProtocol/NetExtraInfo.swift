@@ -2,8 +2,10 @@ import CXen
 
 /// The GSO type of a packet (`XEN_NETIF_GSO_TYPE_*`).
 public enum NetGSOType: UInt8, Sendable {
-    case tcpv4 = 1  // XEN_NETIF_GSO_TYPE_TCPV4
-    case tcpv6 = 2  // XEN_NETIF_GSO_TYPE_TCPV6
+    /// `XEN_NETIF_GSO_TYPE_TCPV4`: TCP over IPv4 (`feature-gso-tcpv4`).
+    case tcpv4 = 1
+    /// `XEN_NETIF_GSO_TYPE_TCPV6`: TCP over IPv6 (`feature-gso-tcpv6`).
+    case tcpv6 = 2
 }
 
 /// An extra-info slot (`netif_extra_info`), which overlays a request or
@@ -11,11 +13,12 @@ public enum NetGSOType: UInt8, Sendable {
 public enum NetExtraInfo: Hashable, Sendable {
     /// `XEN_NETIF_EXTRA_TYPE_GSO`: segment the packet into `size`-byte payloads.
     case gso(size: UInt16, type: NetGSOType, features: UInt16)
-    /// `XEN_NETIF_EXTRA_TYPE_MCAST_ADD`
+    /// `XEN_NETIF_EXTRA_TYPE_MCAST_ADD`: add this address to the vif's multicast filter.
     case multicastAdd(MACAddress)
-    /// `XEN_NETIF_EXTRA_TYPE_MCAST_DEL`
+    /// `XEN_NETIF_EXTRA_TYPE_MCAST_DEL`: remove this address from the vif's multicast filter.
     case multicastDelete(MACAddress)
-    /// `XEN_NETIF_EXTRA_TYPE_HASH`
+    /// `XEN_NETIF_EXTRA_TYPE_HASH`: the packet's hash (`_XEN_NETIF_CTRL_HASH_TYPE_*` bit
+    /// number, `XEN_NETIF_CTRL_HASH_ALGORITHM_*`, and the value, stored LSB first).
     case hash(type: UInt8, algorithm: UInt8, value: UInt32)
 
     /// The `XEN_NETIF_EXTRA_TYPE_*` value.
@@ -28,8 +31,10 @@ public enum NetExtraInfo: Hashable, Sendable {
         }
     }
 
-    /// Decodes and validates a slot copied out of the ring. `more` tells
-    /// whether `XEN_NETIF_EXTRA_FLAG_MORE` was set (another extra follows).
+    /// Decodes and validates a slot copied out of the ring; whether another extra
+    /// follows (`XEN_NETIF_EXTRA_FLAG_MORE`) is ``hasMore(_:)``'s to say.
+    /// - Throws: ``NetProtocolError`` `.badGSO` for a GSO extra with an unknown type or a
+    ///   zero size, `.badExtraType` for a type this side does not know.
     public init(validating raw: netif_extra_info) throws(NetProtocolError) {
         switch UInt32(raw.type) {
         case UInt32(XEN_NETIF_EXTRA_TYPE_GSO):

@@ -1,6 +1,7 @@
 /// Why a packet on a netif ring was refused. The backend drops the packet with
 /// an error response and counts the reason; the frontend drops the packet.
 public struct NetProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What was wrong with the packet, for a caller to switch on and count.
     public enum Code: String, Hashable, Sendable, CaseIterable {
         /// The first request's size is below an Ethernet header.
         case packetTooSmall
@@ -24,13 +25,17 @@ public struct NetProtocolError: Error, Hashable, Sendable, CustomStringConvertib
         case unsupportedFlag
     }
 
+    /// What was wrong with the packet.
     public var code: Code
+    /// The offending values, for a log.
     public var message: String
 
+    /// Creates an error with `code` and the offending values in `message`.
     public init(_ code: Code, _ message: String) {
         self.code = code
         self.message = message
     }
 
+    /// `<code>: <message>`.
     public var description: String { "\(code.rawValue): \(message)" }
 }

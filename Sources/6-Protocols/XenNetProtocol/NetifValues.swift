@@ -5,7 +5,9 @@ import XenABI
 /// differs from the receive flags: never convert one set to the other by value.
 @frozen
 public struct NetTxFlags: OptionSet, Hashable, Sendable {
+    /// The `flags` field of a `netif_tx_request`.
     public var rawValue: UInt16
+    /// Flags from a `flags` field as it stands; unknown bits are kept.
     @inlinable public init(rawValue: UInt16) { self.rawValue = rawValue }
     /// `NETTXF_csum_blank`: the protocol checksum is not filled in (offload).
     public static let checksumBlank = NetTxFlags(rawValue: UInt16(NETTXF_csum_blank))
@@ -20,11 +22,13 @@ public struct NetTxFlags: OptionSet, Hashable, Sendable {
 /// Flags of a receive response (`NETRXF_*` in `io/netif.h`).
 @frozen
 public struct NetRxFlags: OptionSet, Hashable, Sendable {
+    /// The `flags` field of a `netif_rx_response`.
     public var rawValue: UInt16
+    /// Flags from a `flags` field as it stands; unknown bits are kept.
     @inlinable public init(rawValue: UInt16) { self.rawValue = rawValue }
-    /// `NETRXF_data_validated`
+    /// `NETRXF_data_validated`: the backend validated the data against its checksum.
     public static let dataValidated = NetRxFlags(rawValue: UInt16(NETRXF_data_validated))
-    /// `NETRXF_csum_blank`
+    /// `NETRXF_csum_blank`: the protocol checksum holds only the pseudo-header sum.
     public static let checksumBlank = NetRxFlags(rawValue: UInt16(NETRXF_csum_blank))
     /// `NETRXF_more_data`: the packet continues in the next response.
     public static let moreData = NetRxFlags(rawValue: UInt16(NETRXF_more_data))
@@ -38,16 +42,19 @@ public struct NetRxFlags: OptionSet, Hashable, Sendable {
 /// status is instead the fragment's size in bytes.
 @frozen
 public struct NetifStatus: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    /// The `status` field of a `netif_tx_response` or `netif_rx_response`.
     public var rawValue: Int16
+    /// A status as the field holds it.
     @inlinable public init(rawValue: Int16) { self.rawValue = rawValue }
-    /// `NETIF_RSP_DROPPED`
+    /// `NETIF_RSP_DROPPED` (-2): the backend dropped the packet.
     public static let dropped = NetifStatus(rawValue: Int16(NETIF_RSP_DROPPED))
-    /// `NETIF_RSP_ERROR`
+    /// `NETIF_RSP_ERROR` (-1): the request was refused.
     public static let error = NetifStatus(rawValue: Int16(NETIF_RSP_ERROR))
-    /// `NETIF_RSP_OKAY`
+    /// `NETIF_RSP_OKAY` (0): the packet was sent.
     public static let okay = NetifStatus(rawValue: Int16(NETIF_RSP_OKAY))
     /// `NETIF_RSP_NULL`: the answer to an extra-info slot.
     public static let null = NetifStatus(rawValue: Int16(NETIF_RSP_NULL))
+    /// "dropped", "error", "okay", "null", or "status N" for any other value.
     public var description: String {
         switch self {
         case .dropped: "dropped"
@@ -74,8 +81,10 @@ public enum Netif {
 
 /// An Ethernet MAC address, as the `mac` xenstore key writes it (`00:16:3e:12:34:56`).
 public struct MACAddress: Hashable, Sendable, CustomStringConvertible {
+    /// The six bytes in transmission order, as `struct netif_extra_info`'s `mcast.addr` holds them.
     public var bytes: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8)
 
+    /// An address from its six bytes in transmission order.
     public init(_ b0: UInt8, _ b1: UInt8, _ b2: UInt8, _ b3: UInt8, _ b4: UInt8, _ b5: UInt8) {
         bytes = (b0, b1, b2, b3, b4, b5)
     }
@@ -92,12 +101,16 @@ public struct MACAddress: Hashable, Sendable, CustomStringConvertible {
         self.init(values[0], values[1], values[2], values[3], values[4], values[5])
     }
 
+    /// The six bytes as an array.
     public var array: [UInt8] { [bytes.0, bytes.1, bytes.2, bytes.3, bytes.4, bytes.5] }
 
+    /// Six lowercase hex pairs separated by colons.
     public var description: String {
         array.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: ":")
     }
 
+    /// Equal when all six bytes are.
     public static func == (a: Self, b: Self) -> Bool { a.array == b.array }
+    /// Hashes the six bytes.
     public func hash(into h: inout Hasher) { h.combine(array) }
 }

@@ -16,7 +16,9 @@ public struct RxPacketLayout: Hashable, Sendable {
         case extra(index: Int)
     }
 
+    /// Bytes in the packet.
     public let length: Int
+    /// Extra-info slots that follow the first data slot.
     public let extraCount: Int
 
     /// A layout for `length` bytes with `extraCount` extras; nil for an empty

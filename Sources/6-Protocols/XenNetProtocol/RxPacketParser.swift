@@ -4,8 +4,11 @@ import XenABI
 /// One fragment of a received packet: `size` bytes at `offset` in the buffer
 /// posted in ring slot `slot`.
 public struct RxFragment: Hashable, Sendable {
+    /// The ring index of the request whose buffer holds the bytes (the response's slot).
     public var slot: RingIndex
+    /// The bytes' offset in that buffer's page.
     public var offset: UInt16
+    /// The bytes in this fragment (the response's non-negative `status`).
     public var size: UInt16
 }
 
@@ -13,7 +16,9 @@ public struct RxFragment: Hashable, Sendable {
 /// ring, frontend side. The backend is not trusted: sizes, offsets, flags and
 /// chain lengths are checked. Storage is reused between packets.
 public struct RxPacketParser: Sendable {
+    /// The data fragments of the current packet in order.
     public private(set) var fragments: [RxFragment] = []
+    /// The extras that came with the current packet.
     public private(set) var extras: [NetExtraInfo] = []
     /// The first response's flags.
     public private(set) var flags: NetRxFlags = []
@@ -23,10 +28,12 @@ public struct RxPacketParser: Sendable {
     /// frontend can take back each posted buffer.
     public private(set) var slots: [RingIndex] = []
 
+    /// The most data slots accepted for one packet; more is ``NetProtocolError/Code/tooManySlots``.
     public let maxDataSlots: Int
     private enum Expecting { case first, extra, fragment }
     private var expecting = Expecting.first
 
+    /// A parser that accepts packets of up to `maxDataSlots` data slots.
     public init(maxDataSlots: Int = Netif.minimumSlotsPerPacket) {
         self.maxDataSlots = maxDataSlots
         fragments.reserveCapacity(maxDataSlots)
@@ -34,6 +41,7 @@ public struct RxPacketParser: Sendable {
         slots.reserveCapacity(maxDataSlots + Netif.maxExtras)
     }
 
+    /// True while a packet is partly consumed.
     public var isMidPacket: Bool { expecting != .first }
 
     /// Feeds the response copied from ring slot `index`. Returns true when a

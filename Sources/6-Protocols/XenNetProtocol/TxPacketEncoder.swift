@@ -4,11 +4,16 @@ import XenABI
 /// One fragment a frontend transmits: `size` bytes at `offset` of the granted
 /// frame `ref`, answered under `id`.
 public struct TxFragmentRequest: Hashable, Sendable {
+    /// The grant of the frame holding the bytes (`gref`).
     public var ref: GrantRef
+    /// The bytes' offset in the frame.
     public var offset: UInt16
+    /// The bytes in this fragment.
     public var size: UInt16
+    /// The id the backend answers this slot under (`netif_tx_response.id`).
     public var id: UInt16
 
+    /// A fragment of `size` bytes at `offset` in `ref`'s frame, answered under `id`.
     public init(ref: GrantRef, offset: UInt16, size: UInt16, id: UInt16) {
         self.ref = ref
         self.offset = offset

@@ -4,8 +4,11 @@ import XenABI
 /// One data fragment of a transmitted packet: `size` bytes at `offset` in the
 /// frame `ref` grants.
 public struct TxFragment: Hashable, Sendable {
+    /// The grant of the frame holding the bytes (`gref`).
     public var ref: GrantRef
+    /// The bytes' offset in the frame.
     public var offset: UInt16
+    /// The bytes in this fragment; for the first, the total less the later fragments.
     public var size: UInt16
 }
 
@@ -45,6 +48,8 @@ public struct TxPacketParser: Sendable {
     private var expecting = Expecting.first
     private var laterSizes = 0
 
+    /// A parser that accepts packets of up to `maxSlots` data slots.
+    /// - Precondition: `maxSlots` is at least 1.
     public init(maxSlots: Int = Netif.minimumSlotsPerPacket) {
         precondition(maxSlots >= 1)
         self.maxSlots = maxSlots

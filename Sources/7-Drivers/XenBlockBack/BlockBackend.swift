@@ -4,16 +4,21 @@ import XenBus
 import XenHypervisor
 import XenStore
 
-/// One dom0 process serving many disks: a ``XenbusBackendManager`` over
+/// One dom0 process serving many disks: a `XenbusBackendManager` over
 /// `/local/domain/<self>/backend/vbd` that runs a ``BlockBackendDevice`` for each device
 /// that appears. `disk` opens the device's storage from its backend directory (e.g. its
 /// `params` key).
 public final class BlockBackend: Sendable {
+    /// Opens the storage of one vbd: called with the device, its backend directory (where
+    /// the toolstack wrote `params`, `mode`, …) and the store. A throw keeps that device down
+    /// with ``BlockBackendError/Code/noDisk`` in its `error` key.
     public typealias DiskProvider = @Sendable (XenbusDevice, _ backendDirectory: String, any XenStoreConnection) async throws -> BlockBackendDisk
 
     /// The manager serving every vbd: entries, endpoints, stop and resume per device.
     public let devices: XenbusBackendManager<VbdFactory>
 
+    /// Creates the backend for `hypervisor`'s domain; it serves nothing until ``start()``.
+    /// Every device gets `options`; `disk` opens each one's storage.
     public init(store: any XenStoreConnection, hypervisor: any Hypervisor, options: BlockBackendOptions = BlockBackendOptions(),
                 logger: Logger = Logger(label: "blkback"), disk: @escaping DiskProvider) {
         devices = XenbusBackendManager(
@@ -49,8 +54,12 @@ public struct VbdFactory: XenbusBackendDeviceFactory {
     let options: BlockBackendOptions
     let logger: Logger
 
+    /// "vbd", the device class in `backend/vbd/<domid>/<devid>`.
     public var deviceType: String { "vbd" }
 
+    /// Opens the device's disk through the provider and makes its driver, which closes the
+    /// device for good when a queue reports a broken ring.
+    /// - Throws: ``BlockBackendError`` `.noDisk` when the provider throws.
     public func makeDevice(_ device: XenbusDevice, frontendPath: String, control: XenbusDeviceControl) async throws -> BlockBackendDevice {
         let dir = device.backendPath
         let disk: BlockBackendDisk
@@ -68,5 +77,6 @@ public struct VbdFactory: XenbusBackendDeviceFactory {
         }
     }
 
+    /// The device's ``BlockBackendDevice/statistics``.
     public func statistics(of device: BlockBackendDevice) -> [(String, UInt64)]? { device.statistics }
 }

@@ -11,14 +11,20 @@ import XenStore
 /// The disk one vbd serves: its size, mode, and how to open an engine on it (one per
 /// queue: engines are driven by one thread each).
 public struct BlockBackendDisk: Sendable {
+    /// The disk's size in bytes; advertised as `sectors` in 512-byte units (any tail below
+    /// 512 bytes is not served).
     public var byteCount: UInt64
+    /// Whether the frontend may only read: writes, discards and flushes that carry data are
+    /// refused, and `info` carries `VDISK_READONLY`.
     public var readOnly: Bool
     /// `physical-sector-size` (e.g. 4096 for an image on a 4K-sector disk).
     public var physicalSectorSize: UInt32
     /// Whether the engine can discard (punch holes); advertised as `feature-discard`.
     public var discard: Bool
+    /// Opens one storage engine on the disk; called once per queue at connect.
     public var makeEngine: @Sendable () throws -> any StorageEngine
 
+    /// Describes a disk of `byteCount` bytes opened per queue by `makeEngine`.
     public init(byteCount: UInt64, readOnly: Bool = false, physicalSectorSize: UInt32 = 512, discard: Bool = true,
                 makeEngine: @escaping @Sendable () throws -> any StorageEngine) {
         self.byteCount = byteCount
@@ -46,6 +52,7 @@ public struct BlockBackendOptions: Sendable {
     /// Bounce pages per queue.
     public var bouncePages: Int = 1024
 
+    /// The defaults listed on each property.
     public init() {}
 }
 
@@ -54,6 +61,7 @@ public struct BlockBackendOptions: Sendable {
 /// ring in `connect`, and stops and unmaps everything in `disconnect`.
 public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
     // @unchecked: `session` is guarded by its lock; the rest is immutable.
+    /// The vbd this driver serves.
     public let device: XenbusDevice
     private let store: any XenStoreConnection
     private let hypervisor: any Hypervisor
@@ -71,6 +79,8 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
         var queues: [BlockQueue] = []
     }
 
+    /// Creates the driver of `device` serving `disk`; the handshake calls ``prepare()``,
+    /// ``connect()`` and ``disconnect()``.
     public init(device: XenbusDevice, store: any XenStoreConnection, hypervisor: any Hypervisor, disk: BlockBackendDisk,
                 options: BlockBackendOptions = BlockBackendOptions(), logger: Logger = Logger(label: "blkback"),
                 onRingFailure: @escaping @Sendable (any Error) -> Void = { _ in }) {
@@ -104,6 +114,12 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
                           maxIndirectSegments: options.maxIndirectSegments)
     }
 
+    /// Advertises the disk and the features in one transaction: `sectors`, `sector-size`
+    /// (512), `physical-sector-size`, `info`, `feature-flush-cache`, `feature-barrier`,
+    /// `feature-discard` (with `discard-granularity`, `discard-alignment`, `discard-secure`),
+    /// `feature-persistent`, `feature-max-indirect-segments`, `max-ring-page-order` and
+    /// `multi-queue-max-queues`.
+    /// - Throws: `XenStoreError` when the transaction fails.
     public func prepare() async throws {
         let dir = device.backendPath
         let l = limits
@@ -127,6 +143,14 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
         }
     }
 
+    /// Reads the frontend's `protocol`, `multi-queue-num-queues`, `ring-page-order`, each
+    /// queue's `ring-ref<N>` and `event-channel` (under `queue-<N>/` when there are several)
+    /// and `feature-persistent`; maps each ring, binds its event channel and starts one
+    /// ``BlockQueue`` per ring. On a throw nothing stays mapped or bound.
+    /// - Throws: `XenstoreValueError` for a missing or out-of-range key (more queues or a
+    ///   larger ring than offered), ``BlockBackendError`` `.notSupported` for an unknown
+    ///   `protocol`, the hypervisor's errors when a grant does not map or a port does not bind,
+    ///   and `RingError` when a ring's indices are already corrupt.
     public func connect() async throws {
         let fe = device.frontendPath
         let frontend = device.frontendDomain
@@ -189,6 +213,8 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
         session.withLock { $0 = s }
     }
 
+    /// Stops every queue (each finishes what is at the engine and exits), then unmaps the
+    /// rings and unbinds the ports. Idempotent.
     public func disconnect() async {
         guard let s = session.withLock({ s in defer { s = nil }; return s }) else { return }
         await Self.release(s)

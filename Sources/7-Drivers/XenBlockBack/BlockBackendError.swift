@@ -2,6 +2,7 @@
 /// read, and the error that caused it, if another did. The handshake writes it to the
 /// device's `error` key.
 public struct BlockBackendError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What was refused, for a caller to switch on.
     public enum Code: Hashable, Sendable {
         /// The frontend asks for what blkback does not serve (an unknown `protocol`).
         case notSupported
@@ -9,17 +10,21 @@ public struct BlockBackendError: Error, Hashable, Sendable, CustomStringConverti
         case noDisk
     }
 
+    /// What was refused.
     public var code: Code
+    /// A sentence for a log and the `error` key.
     public var message: String
     /// The error behind this one, if any.
     public var underlying: (any Error)?
 
+    /// Creates an error with `code`, a human-readable `message`, and the error that caused it, if any.
     public init(_ code: Code, _ message: String, underlying: (any Error)? = nil) {
         self.code = code
         self.message = message
         self.underlying = underlying
     }
 
+    /// The message, followed by the cause when there is one.
     public var description: String { underlying.map { "\(message): \($0)" } ?? message }
 
     /// Equal when code, message and the cause's description are: an `any Error` has no
@@ -29,6 +34,7 @@ public struct BlockBackendError: Error, Hashable, Sendable, CustomStringConverti
             && a.underlying.map { "\($0)" } == b.underlying.map { "\($0)" }
     }
 
+    /// Hashes the code and message; the cause, having no equality of its own, is left out.
     public func hash(into hasher: inout Hasher) {
         hasher.combine(code)
         hasher.combine(message)

@@ -15,38 +15,38 @@ import XenRing
 /// `BLKIF_RSP_EOPNOTSUPP` for an operation not offered). The batch drained from the ring
 /// goes to the engine in one submit; completions come back through the engine's
 /// completion descriptor, polled together with the event channel and a stop descriptor
-/// (see ``BlockPolling`` for when the thread polls instead). A ring-protocol violation
+/// (see `BlockPolling` for when the thread polls instead). A ring-protocol violation
 /// stops this queue only. Buffers are allocated once: the data path does not allocate.
 ///
-/// How data moves (measured with `xenpv bench block --grant-paths` and `--grant-copy`):
+/// How data moves (costs in the README's "Block devices" section, measured with
+/// `xenpv bench block --grant-paths` and `--grant-copy`):
 /// - With `feature-persistent` negotiated (``BlockQueueConfiguration/persistentGrants``),
-///   segments are the frontend's pages kept mapped in ``PersistentGrants``, and the
+///   segments are the frontend's pages kept mapped in `PersistentGrants`, and the
 ///   engine reads and writes them directly: no copy. A request's new grants are mapped
-///   side by side in one call; mapping costs 11–13 µs (an `mmap`), so a frontend that
-///   reuses its grants (ours shares its pool once) pays it once per page. Like Linux
-///   blkback, a write goes to disk from the frontend's own page: a frontend that changes
-///   it mid-write corrupts only its own data.
-/// - Otherwise each segment is grant-copied (about 155 ns per 4 KiB) through a
-///   page-aligned bounce page, which `O_DIRECT` needs; mapping per request instead would
-///   cost an `mmap`, a `munmap` and a TLB shootdown each time.
+///   side by side in one call; a mapping is an `mmap`, so a frontend that reuses its
+///   grants (ours shares its pool once) pays it once per page. Like Linux blkback, a
+///   write goes to disk from the frontend's own page: a frontend that changes it
+///   mid-write corrupts only its own data.
+/// - Otherwise each segment is grant-copied through a page-aligned bounce page, which
+///   `O_DIRECT` needs; mapping per request instead would cost an `mmap`, a `munmap` and
+///   a TLB shootdown each time.
 /// - A request of several pages goes through bounce pages even with persistent grants
 ///   when the engine prefers one contiguous buffer (``BlockQueueConfiguration/contiguousCopies``;
 ///   libaio with `O_DIRECT` does): the bounce pages lie on huge pages, so the disk gets
 ///   one scatter-gather element where the frontend's pages would give one per page. The
-///   data is copied between the bounce pages and the persistent mappings (67 ns per
-///   4 KiB against 270–335 ns for a grant copy, `--grant-paths`). 128 KiB sequential
-///   reads on this VM's virtio disk, alternating runs of 2 s: 8.7k–10.1k IOPS through
-///   bounce pages against 7.2k–9.7k mapped at queue depth 32, p50 150–162 µs against
-///   168–185 µs at depth 1 (a copy costs a few µs, one element saves more).
+///   data is then copied between the bounce pages and the persistent mappings, a plain
+///   memory copy several times cheaper than a grant copy; on a virtio disk without
+///   indirect descriptors the single element saves more than the copy costs.
 /// Segments whose data lie next to each other go to the engine as one buffer (iovec).
-/// On a file the paths measure alike at 4 KiB (the device dominates). On the memory
-/// engine at 128 KiB and queue depth 32, five alternating pairs: 35k–82k IOPS mapped (one
-/// buffer per request; 36.5k when each page was its own buffer) against 25k–36k copied.
+/// On a file the paths measure alike at 4 KiB (the device dominates); on the memory
+/// engine at 128 KiB the mapped path is the faster one.
 public final class BlockQueue: @unchecked Sendable {
     // @unchecked: the runner's state is touched only by its thread once started; what
     // the queue releases is behind `released`.
     private let runner: any BlockQueueRunning
+    /// What the queue was told at connect time.
     public let configuration: BlockQueueConfiguration
+    /// What the queue did so far; readable from any thread.
     public let counters: BlockQueueCounters
     private let ringMapping: GrantMapping
     private let events: any EventChannels

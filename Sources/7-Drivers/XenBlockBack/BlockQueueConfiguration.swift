@@ -15,15 +15,19 @@ public struct BlockQueueConfiguration: Sendable {
     /// (stays on the ring) until completions return some: back-pressure, never a drop.
     public var bouncePages: Int
     /// The frontend's grants to keep mapped when `feature-persistent` was negotiated
-    /// (see ``PersistentGrants``; raised to the largest request); 0 grant-copies every
+    /// (see `PersistentGrants`; raised to the largest request); 0 grant-copies every
     /// segment through bounce pages.
     public var persistentGrants: Int
     /// Whether a request of several pages is copied through bounce pages even with
     /// persistent grants, so the engine gets one physically contiguous buffer for it
     /// (the bounce pages lie on huge pages where the system has them). nil: when the
-    /// engine ``StorageEngine/prefersContiguousBuffers``.
+    /// engine `StorageEngine.prefersContiguousBuffers`.
     public var contiguousCopies: Bool?
 
+    /// Describes one queue's set-up.
+    /// - Precondition: `bouncePages` holds the largest request (11 segments, or
+    ///   `limits.maxIndirectSegments` if more), and `limits` does not accept data on a flush
+    ///   or barrier (the queue does not sequence "write, then flush").
     public init(frontend: DomainID, port: EventPort, abi: BlkifABI = .native, limits: BlockDeviceLimits,
                 bouncePages: Int = 1024, persistentGrants: Int = 0, contiguousCopies: Bool? = nil) {
         precondition(bouncePages >= max(BlockDeviceLimits.maxDirectSegments, limits.maxIndirectSegments),

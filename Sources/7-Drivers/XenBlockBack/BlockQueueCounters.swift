@@ -23,13 +23,15 @@ public final class BlockQueueCounters: Sendable {
     public let badGrants = DriverCounter(0)
     /// Storage operations that failed.
     public let storageErrors = DriverCounter(0)
-    /// Persistent grants mapped, and unmapped to make room for others.
+    /// Persistent grants mapped.
     public let grantMaps = DriverCounter(0)
+    /// Persistent grants unmapped to make room for others.
     public let grantEvictions = DriverCounter(0)
     /// Notifications sent to the frontend.
     public let notifies = DriverCounter(0)
     /// Times the queue thread slept on its descriptors.
     public let sleeps = DriverCounter(0)
 
+    /// Counters all at zero.
     public init() {}
 }

@@ -8,9 +8,8 @@ import XenHypervisor
 /// The grants a request brings that are not mapped yet are mapped together, in order,
 /// as one run (`xengnttab_map_domain_grant_refs`). A frontend that hands the same pages
 /// in the same order to a later request (ours does) then finds them adjacent here, and
-/// the engine gets one buffer where it would get one per page: 32 iovecs instead of one
-/// cost 0–17 µs (median 6) per 128 KiB read on this disk at queue depth 1 and 4–16 % of
-/// the throughput at depth 32 (`storage-bench --piece 4096` against `--piece 131072`).
+/// the engine gets one buffer where it would get one per page (what that saves is in the
+/// README's "Block devices" section, from `storage-bench --piece`).
 /// (With `O_DIRECT`, requests of several pages skip these mappings: see ``BlockQueue``.)
 ///
 /// A run is unmapped whole (gntdev removes a mapping as it was made), when it is the

@@ -3,6 +3,7 @@ import XenBlockProtocol
 /// Why a frontend call failed: a code to act on, a message to read, and the error that
 /// caused it, if another did.
 public struct BlockFrontError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What went wrong, for a caller to switch on.
     public enum Code: Hashable, Sendable {
         /// The offset or length is not a multiple of the 512-byte sector.
         case misaligned
@@ -20,11 +21,14 @@ public struct BlockFrontError: Error, Hashable, Sendable, CustomStringConvertibl
         case closed
     }
 
+    /// What went wrong.
     public var code: Code
+    /// A sentence for a log: the operation and what refused it.
     public var message: String
     /// The error behind this one (a ring or store failure), if any.
     public var underlying: (any Error)?
 
+    /// Creates an error with `code`, a human-readable `message`, and the error that caused it, if any.
     public init(_ code: Code, _ message: String, underlying: (any Error)? = nil) {
         self.code = code
         self.message = message
@@ -40,6 +44,7 @@ public struct BlockFrontError: Error, Hashable, Sendable, CustomStringConvertibl
         }
     }
 
+    /// The message, followed by the cause when there is one.
     public var description: String { underlying.map { "\(message): \($0)" } ?? message }
 
     /// Equal when code, message and the cause's description are: an `any Error` has no
@@ -49,6 +54,7 @@ public struct BlockFrontError: Error, Hashable, Sendable, CustomStringConvertibl
             && a.underlying.map { "\($0)" } == b.underlying.map { "\($0)" }
     }
 
+    /// Hashes the code and message; the cause, having no equality of its own, is left out.
     public func hash(into hasher: inout Hasher) {
         hasher.combine(code)
         hasher.combine(message)

@@ -17,6 +17,8 @@ public final class BlockFrontExecutor: TaskExecutor, Sendable {
 
     init() {}
 
+    /// Runs `job` on the first queue's thread, or on the global concurrent executor while no
+    /// queue is running (or the queue is stopping).
     public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
         // acquiring: pairs with `use`; a queue that has stopped meanwhile refuses the job.

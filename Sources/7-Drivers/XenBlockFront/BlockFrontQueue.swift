@@ -107,13 +107,17 @@ final class WorkQueue: Sendable {
 /// Counters of one frontend queue (written by its thread, read by anyone). Every access
 /// is relaxed: counters are statistics, never synchronisation.
 public final class BlockFrontCounters: Sendable {
+    /// Ring requests published (one caller operation may take several).
     public let requests = DriverCounter(0)
+    /// Responses taken off the ring.
     public let responses = DriverCounter(0)
     /// Responses naming no request in flight (a hostile or broken backend).
     public let bogusResponses = DriverCounter(0)
+    /// Notifications sent on the event channel to the backend.
     public let notifies = DriverCounter(0)
     /// Times the queue thread slept on its descriptors.
     public let sleeps = DriverCounter(0)
+    /// Counters all at zero.
     public init() {}
 }
 

@@ -10,13 +10,16 @@ import XenRing
 /// granted once (the grants are reused for every request, which is what
 /// `feature-persistent` promises the backend), and an unbound event channel.
 public struct BlockFrontQueueResources: Sendable {
+    /// The backend domain every grant and the event channel are offered to.
     public let backend: DomainID
     /// The ring, initialised (`SHARED_RING_INIT`) before its grants were published.
     public let ring: SharedPages
-    /// Data pages: requests take pages from here; the backend copies into and out of them.
+    /// Data pages: requests take pages from here; the backend maps them (`feature-persistent`)
+    /// or grant-copies into and out of them.
     public let pool: SharedPages
     /// One page per ring slot for indirect segment lists (granted read-only).
     public let indirect: SharedPages
+    /// The event channel handle the port was allocated on; the queue polls it.
     public let events: any EventChannels
     /// The local port, unbound until the backend binds to it.
     public let port: EventPort
@@ -79,13 +82,19 @@ public struct BlockDeviceInfo: Hashable, Sendable {
     public var sectors: UInt64
     /// `sector-size`.
     public var sectorSize: UInt32
+    /// The device is read-only (`VDISK_READONLY` in `info`, or `mode` "r"): writes and
+    /// discards fail with ``BlockFrontError/Code/readOnly``.
     public var readOnly: Bool
+    /// The backend offers `feature-flush-cache` (`BLKIF_OP_FLUSH_DISKCACHE`).
     public var flush: Bool
+    /// The backend offers `feature-barrier` (`BLKIF_OP_WRITE_BARRIER`).
     public var barrier: Bool
+    /// The backend offers `feature-discard` (`BLKIF_OP_DISCARD`).
     public var discard: Bool
     /// `feature-max-indirect-segments` (0: none).
     public var maxIndirectSegments: Int
 
+    /// Describes a device of `sectors` sectors of `sectorSize` bytes with the given features.
     public init(sectors: UInt64, sectorSize: UInt32 = 512, readOnly: Bool = false, flush: Bool = true,
                 barrier: Bool = false, discard: Bool = false, maxIndirectSegments: Int = 0) {
         self.sectors = sectors

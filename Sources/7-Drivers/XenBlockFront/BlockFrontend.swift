@@ -27,6 +27,7 @@ public final class BlockFrontend: Sendable {
         var closed = false
     }
 
+    /// Creates a device with no connection: calls wait until ``attach(_:info:)``.
     public init() {}
 
     /// What the backend advertised on the current (or last) connection.
@@ -91,9 +92,8 @@ public final class BlockFrontend: Sendable {
     /// of order and, with several queues, at the same time. Returns once every piece was
     /// consumed; on an error, pieces answered before it may have been. The bytes lie in
     /// memory the backend can write to: a consumer that must not see them change under a
-    /// misbehaving backend copies them first.
-    /// 128 KiB sequential reads at queue depth 32 on this VM's disk, three alternating
-    /// pairs: 10.3k–11.0k IOPS in place against 9.0k–9.6k copied to a buffer.
+    /// misbehaving backend copies them first. Saving the copy pays at large reads (see the
+    /// README's "Block devices" section).
     public func read(at offset: UInt64, count: Int,
                      consume: @escaping @Sendable (_ offset: Int, _ bytes: UnsafeRawBufferPointer) -> Void) async throws(BlockFrontError) {
         guard count >= 0 else { throw BlockFrontError(.outOfRange, "cannot read \(count) bytes") }

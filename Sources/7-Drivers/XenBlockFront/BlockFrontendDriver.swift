@@ -20,6 +20,7 @@ public struct BlockFrontendOptions: Sendable {
     /// Announce `feature-persistent`: our grants are shared once and reused. Off, the
     /// key says "0" (the data path is the same; a mapping backend would not cache them).
     public var persistent: Bool = true
+    /// Asks for `queues` rings of `1 << ringPageOrder` pages, each with `poolPages` data pages.
     public init(queues: Int = 1, ringPageOrder: Int = 0, poolPages: Int = 512, indirect: Bool = true,
                 persistent: Bool = true) {
         self.queues = queues
@@ -36,7 +37,9 @@ public struct BlockFrontendOptions: Sendable {
 /// unanswered requests for the next connection) and ends its grants.
 public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable {
     // @unchecked: `resources` is guarded by its lock; the rest is immutable.
+    /// The vbd this driver runs.
     public let device: XenbusDevice
+    /// The device callers read and write; it outlives connections.
     public let frontend: BlockFrontend
     private let store: any XenStoreConnection
     private let hypervisor: any Hypervisor
@@ -44,6 +47,8 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
     private let options: BlockFrontendOptions
     private let resources = Locked<[BlockFrontQueueResources]>([])
 
+    /// Creates the driver of `device` around `frontend`; the handshake calls ``prepare()``,
+    /// ``connect()`` and ``disconnect()``.
     public init(device: XenbusDevice, store: any XenStoreConnection, hypervisor: any Hypervisor, sharer: any GrantSharer,
                 frontend: BlockFrontend = BlockFrontend(), options: BlockFrontendOptions = BlockFrontendOptions()) {
         self.device = device
@@ -57,6 +62,14 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
     /// What the current connection shares (rings, pools, ports), for diagnostics and tests.
     public var sharedResources: [BlockFrontQueueResources] { resources.withLock { $0 } }
 
+    /// Reads the backend's `multi-queue-max-queues` and `max-ring-page-order`, shares each
+    /// queue's ring, pool and indirect pages, allocates its event channel, and writes
+    /// `ring-ref` (or `ring-ref<N>`), `event-channel`, `ring-page-order`,
+    /// `multi-queue-num-queues`, `protocol` and `feature-persistent` in one transaction.
+    /// On a throw nothing stays shared.
+    /// - Throws: `XenstoreValueError` for a malformed backend key, the hypervisor's errors
+    ///   when pages cannot be shared or a port allocated, `XenStoreError` when the
+    ///   transaction fails.
     public func prepare() async throws {
         let be = device.backendPath
         // blkif.h declares both uint32_t; we take the smaller of theirs and ours.
@@ -99,6 +112,13 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
         resources.withLock { $0 = made }
     }
 
+    /// Reads the backend's `sectors`, `sector-size`, `info`, `mode`,
+    /// `feature-max-indirect-segments`, `feature-flush-cache`, `feature-barrier` and
+    /// `feature-discard`, and attaches the frontend, which re-issues first whatever the last
+    /// connection left unanswered.
+    /// - Throws: `XenstoreValueError` for a missing or malformed key,
+    ///   ``BlockFrontError`` `.notSupported` for a `sector-size` other than 512, `RingError`
+    ///   when a ring cannot be attached.
     public func connect() async throws {
         let be = device.backendPath
         // The byte size (sectors * 512) must fit in 64 bits.
@@ -119,6 +139,8 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
         try frontend.attach(resources.withLock { $0 }, info: info)
     }
 
+    /// Detaches the frontend (keeping unanswered requests for the next connection), then
+    /// unbinds the ports and ends the grants, waiting up to 5 s for the backend to unmap them.
     public func disconnect() async {
         let made = resources.withLock { r in defer { r = [] }; return r }
         let frontend = self.frontend, sharer = self.sharer

@@ -5,6 +5,8 @@ import Foundation
 /// state back: a network for demos, examples and tests, where the guest can
 /// check every reply byte for byte.
 public enum EchoAttachment {
+    /// An echoing attachment that holds at most `limit` replies for the guest; with
+    /// `swapAddresses` each reply's source and destination MAC are swapped.
     public static func make(swapAddresses: Bool = true, limit: Int = 4096) -> MemoryAttachment {
         let slot = Slot()
         let attachment = MemoryAttachment(limit: limit) { frame, offload in

@@ -9,8 +9,11 @@ import XenNetProtocol
 /// `inject` reach the guest; frames the guest sends go to `onSend`.
 /// Its descriptor (an eventfd) is readable while injected frames wait.
 public final class MemoryAttachment: NetworkAttachment {
+    /// A frame waiting for the guest.
     public struct Frame: Sendable {
+        /// The Ethernet frame, without a virtio-net header.
         public var bytes: [UInt8]
+        /// Its checksum and segmentation state.
         public var offload: FrameOffload
     }
 
@@ -29,6 +32,7 @@ public final class MemoryAttachment: NetworkAttachment {
 
     deinit { close(eventFD) }
 
+    /// The eventfd, readable while injected frames wait.
     public var fileDescriptor: FileDescriptor? { FileDescriptor(rawValue: eventFD) }
 
     /// Queues a frame for the guest; false when `limit` frames already wait
@@ -48,8 +52,10 @@ public final class MemoryAttachment: NetworkAttachment {
         return accepted
     }
 
+    /// Frames injected that the guest has not received yet.
     public var waiting: Int { queue.withLock { $0.count } }
 
+    /// Takes the oldest injected frame into `buffer` at offset 0; nil when none waits.
     public func receive(into buffer: UnsafeMutableRawBufferPointer) throws -> (frame: Range<Int>, offload: FrameOffload)? {
         let frame: Frame? = queue.withLock { $0.popFirst() }
         guard let frame else {
@@ -64,6 +70,7 @@ public final class MemoryAttachment: NetworkAttachment {
         return (0 ..< frame.bytes.count, frame.offload)
     }
 
+    /// Passes the guest's frame to `onSend` on the queue thread; its answer is this one.
     public func send(_ frame: UnsafeRawBufferPointer, offload: FrameOffload) throws -> Bool {
         onSend(frame, offload)
     }

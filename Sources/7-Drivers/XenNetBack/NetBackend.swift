@@ -4,7 +4,7 @@ import XenBus
 import XenHypervisor
 import XenStore
 
-/// netback for one driver domain: a ``XenbusBackendManager`` over
+/// netback for one driver domain: a `XenbusBackendManager` over
 /// `/local/domain/<self>/backend/vif` that serves every vif the toolstack creates with a
 /// ``NetBackendDevice``, each through its own handshake and queue thread, until the
 /// device goes away.
@@ -50,8 +50,11 @@ public struct VifFactory: XenbusBackendDeviceFactory {
     let attach: AttachmentFactory
     let logger: Logger
 
+    /// "vif", the device class in `backend/vif/<domid>/<devid>`.
     public var deviceType: String { "vif" }
 
+    /// Makes the vif's driver; a ring the frontend breaks resets the device (Closing, then a
+    /// new session when the frontend offers new rings). Never throws.
     public func makeDevice(_ device: XenbusDevice, frontendPath: String, control: XenbusDeviceControl) async throws -> NetBackendDevice {
         NetBackendDevice(identity: VifIdentity(frontend: device.frontendDomain, id: device.id), path: device.backendPath,
                          peerPath: frontendPath, hypervisor: hypervisor, store: store, attach: attach, logger: logger) { _ in
@@ -60,5 +63,6 @@ public struct VifFactory: XenbusBackendDeviceFactory {
         }
     }
 
+    /// The device's ``NetBackendDevice/statistics``.
     public func statistics(of device: NetBackendDevice) -> [(String, UInt64)]? { device.statistics }
 }

@@ -10,22 +10,32 @@ import XenStore
 /// Which vif a backend serves: frontend domain and device id, named as Xen
 /// names the interface (`vif<domid>.<devid>`).
 public struct VifIdentity: Hashable, Sendable, CustomStringConvertible {
+    /// The guest domain that runs the vif's frontend.
     public var frontend: DomainID
+    /// The vif's device id within that domain (`vif/<id>` in xenstore).
     public var id: UInt32
+    /// Names vif `id` of domain `frontend`.
     public init(frontend: DomainID, id: UInt32) {
         self.frontend = frontend
         self.id = id
     }
+    /// `vif<domid>.<devid>`, the interface name Xen's hotplug scripts give the vif.
     public var interfaceName: String { "vif\(frontend.rawValue).\(id)" }
+    /// The interface name.
     public var description: String { interfaceName }
 }
 
 /// What the frontend said it can take, read at connect time, and the
 /// guest's MAC address the toolstack wrote (`mac`), if it did.
 public struct VifFrontendFeatures: Hashable, Sendable {
+    /// The guest's MAC address (`mac`), backend directory first; nil if neither has one.
     public var mac: MACAddress?
+    /// The frontend takes a packet over several slots (`feature-sg`).
     public var scatterGather: Bool
+    /// The segmentation types the frontend takes on receive (`feature-gso-tcpv4`,
+    /// `feature-gso-tcpv6`).
     public var receiveGSO: Set<NetGSOType>
+    /// The frontend takes frames with a blank checksum (`feature-no-csum-offload` not set).
     public var receiveChecksumBlank: Bool
 
     /// The TAP offloads that match: the kernel may hand the vif only what the
@@ -47,6 +57,7 @@ public typealias AttachmentFactory = @Sendable (VifIdentity, VifFrontendFeatures
 /// them with a `VifQueue` in `connect`, and stops and unmaps everything in `disconnect`.
 /// ``NetBackend`` runs one per vif; the mirror of `BlockBackendDevice`.
 public final class NetBackendDevice: XenbusDeviceDriver {
+    /// The vif this driver serves.
     public let identity: VifIdentity
     /// The backend directory (`/local/domain/<self>/backend/vif/<fe>/<id>`).
     public let path: String
@@ -69,6 +80,8 @@ public final class NetBackendDevice: XenbusDeviceDriver {
         var attachment: any NetworkAttachment
     }
 
+    /// Creates the driver of vif `identity`, whose backend directory is `path` and frontend
+    /// directory `peerPath`; `attach` makes its attachment at each connect.
     public init(identity: VifIdentity, path: String, peerPath: String, hypervisor: any Hypervisor, store: any XenStoreConnection,
                 attach: @escaping AttachmentFactory, logger: Logger = Logger(label: "netback"),
                 onRingFailure: @escaping @Sendable (any Error) -> Void = { _ in }) {
@@ -99,6 +112,11 @@ public final class NetBackendDevice: XenbusDeviceDriver {
         }
     }
 
+    /// Advertises netback's features: `feature-sg`, `feature-gso-tcpv4`, `feature-gso-tcpv6`,
+    /// `feature-rx-copy`, `feature-split-event-channels` on; `feature-rx-flip`,
+    /// `feature-multicast-control` off; `multi-queue-max-queues` 1; then
+    /// `hotplug-status` "connected".
+    /// - Throws: `XenStoreError` when a write fails.
     public func prepare() async throws {
         for (key, on) in [("feature-sg", true), ("feature-gso-tcpv4", true), ("feature-gso-tcpv6", true),
                           ("feature-rx-copy", true), ("feature-rx-flip", false), ("feature-split-event-channels", true),
@@ -109,6 +127,15 @@ public final class NetBackendDevice: XenbusDeviceDriver {
         try await store.write(path + "/hotplug-status", "connected")
     }
 
+    /// Drops any previous connection, reads the frontend's `request-rx-copy`,
+    /// `multi-queue-num-queues`, `tx-ring-ref`, `rx-ring-ref`, `event-channel` (or
+    /// `event-channel-tx` and `event-channel-rx`), `mac` and features, then maps the rings,
+    /// binds the ports, makes the attachment and starts a ``VifQueue``. On a throw nothing
+    /// stays mapped or bound.
+    /// - Throws: ``NetBackendError`` `.notSupported` when the frontend does not request rx
+    ///   copy, `XenstoreValueError` for a missing or malformed key (more than one queue
+    ///   included), the hypervisor's errors when a grant does not map or a port does not bind,
+    ///   the attachment factory's error, and `RingError` when a ring is already corrupt.
     public func connect() async throws {
         await disconnect()
         let fe = peerPath
@@ -175,6 +202,8 @@ public final class NetBackendDevice: XenbusDeviceDriver {
         connection.withLock { $0 = Connection(queue: queue, mapper: mapper, attachment: attachment) }
     }
 
+    /// Stops the queue (it unmaps the rings and unbinds the ports once its thread exited),
+    /// closes the grant mapper and a TAP attachment's device. Idempotent.
     public func disconnect() async {
         guard let c = connection.withLock({ $0.take() }) else { return }
         await c.queue.stopped()

@@ -6,6 +6,7 @@ import XenNetTap
 /// A vif as Xen's bridge mode makes it: a TAP named `vif<domid>.<devid>` on a
 /// Linux bridge, carrying checksum and GSO state in its virtio-net header.
 public final class TapAttachment: NetworkAttachment {
+    /// The TAP device; closed when the vif disconnects.
     public let tap: TapDevice
 
     /// Creates the TAP, tells the kernel which offloads the frontend can take
@@ -18,8 +19,13 @@ public final class TapAttachment: NetworkAttachment {
         try NetworkInterface.setUp(tap.name)
     }
 
+    /// The TAP's non-blocking descriptor, readable while a frame waits.
     public var fileDescriptor: FileDescriptor? { tap.fileDescriptor }
 
+    /// Reads one frame from the TAP and turns its virtio-net header into netif offload
+    /// state; nil when none waits or the read held no more than a header.
+    /// - Throws: `NetProtocolError` `.badGSO` for a GSO type netif cannot carry, and the
+    ///   TAP's read errors.
     public func receive(into buffer: UnsafeMutableRawBufferPointer) throws -> (frame: Range<Int>, offload: FrameOffload)? {
         guard let n = try tap.read(into: buffer) else { return nil }
         guard n > VirtioNetHeader.size else { return nil }
@@ -31,6 +37,10 @@ public final class TapAttachment: NetworkAttachment {
                                                         dataValidated: offload.dataValidated, gso: offload.gso))
     }
 
+    /// Writes the frame behind a virtio-net header carrying its offload state; false when the
+    /// TAP's queue is full.
+    /// - Throws: `NetProtocolError` `.badGSO` when the frame cannot carry the offload asked
+    ///   for, and the TAP's write errors.
     public func send(_ frame: UnsafeRawBufferPointer, offload: FrameOffload) throws -> Bool {
         guard let header = VirtioNetHeader(checksumBlank: offload.checksumBlank, dataValidated: offload.dataValidated,
                                            gso: offload.gso, frame: frame) else {

@@ -5,9 +5,13 @@ import XenNetProtocol
 /// The queue thread is the only writer; every access is relaxed, because
 /// counters are statistics, never synchronisation.
 public final class VifCounters: Sendable {
+    /// Packets the guest transmitted that reached the attachment.
     public let txPackets = DriverCounter(0)
+    /// Bytes of those packets.
     public let txBytes = DriverCounter(0)
+    /// Frames copied into the guest's receive buffers.
     public let rxPackets = DriverCounter(0)
+    /// Bytes of those frames.
     public let rxBytes = DriverCounter(0)
     /// Frames for the guest dropped because it had not posted enough buffers.
     public let rxDroppedNoBuffers = DriverCounter(0)
@@ -21,6 +25,7 @@ public final class VifCounters: Sendable {
     public let sleeps = DriverCounter(0)
     private let refused: [DriverCounter]
 
+    /// Counters all at zero.
     public init() {
         refused = NetProtocolError.Code.allCases.map { _ in DriverCounter(0) }
     }

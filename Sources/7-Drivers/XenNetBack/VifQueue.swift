@@ -12,9 +12,10 @@ import XenRing
 public struct VifConfiguration: Sendable {
     /// The frontend's domain, owner of every grant on the rings.
     public var frontend: DomainID
-    /// Local ports: the same one for both rings unless the frontend asked
-    /// for split event channels.
+    /// The local port for the tx ring: the same one for both rings unless the frontend
+    /// asked for split event channels (`event-channel-tx`).
     public var txPort: EventPort
+    /// The local port for the rx ring (`event-channel-rx`), or ``txPort``.
     public var rxPort: EventPort
     /// GSO types the frontend takes on receive (`feature-gso-tcpv4/6`).
     public var receiveGSO: Set<NetGSOType>
@@ -22,6 +23,8 @@ public struct VifConfiguration: Sendable {
     /// (not `feature-no-csum-offload`).
     public var receiveChecksumBlank: Bool
 
+    /// Describes one queue's set-up; by default the frontend takes no GSO and takes
+    /// blank checksums.
     public init(frontend: DomainID, txPort: EventPort, rxPort: EventPort,
                 receiveGSO: Set<NetGSOType> = [], receiveChecksumBlank: Bool = true) {
         self.frontend = frontend
@@ -53,7 +56,9 @@ public final class VifQueue: @unchecked Sendable {
     private let events: any EventChannels
     private let mapper: any GrantMapper
     private let attachment: any NetworkAttachment
+    /// What the queue was told at connect time.
     public let configuration: VifConfiguration
+    /// What the queue did so far; readable from any thread.
     public let counters: VifCounters
 
     private var parser = TxPacketParser()

@@ -10,6 +10,7 @@ public struct NetBackendFeatures: Hashable, Sendable {
     /// Not `feature-no-csum-offload`: frames with a blank checksum.
     public var checksumOffload: Bool
 
+    /// Features as read from the backend's keys; the default takes checksum offload only.
     public init(scatterGather: Bool = false, segmentation: Set<NetGSOType> = [], checksumOffload: Bool = true) {
         self.scatterGather = scatterGather
         self.segmentation = segmentation
@@ -39,5 +40,6 @@ public protocol GuestPort: AnyObject, Sendable {
 }
 
 extension GuestPort {
+    /// Does nothing: a port that cannot choose what it produces ignores the features.
     public func backendConnected(_ features: NetBackendFeatures) throws {}
 }

@@ -1,6 +1,7 @@
 /// Why netfront refused a call or a connection: a code to act on, a message to read, and
 /// the error that caused it, if another did.
 public struct NetFrontError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What went wrong, for a caller to switch on.
     public enum Code: Hashable, Sendable {
         /// The frame is empty or larger than netif carries.
         case badFrameSize
@@ -16,17 +17,21 @@ public struct NetFrontError: Error, Hashable, Sendable, CustomStringConvertible 
         case notPrepared
     }
 
+    /// What went wrong.
     public var code: Code
+    /// A sentence for a log.
     public var message: String
     /// The error behind this one (a ring or event-channel failure), if any.
     public var underlying: (any Error)?
 
+    /// Creates an error with `code`, a human-readable `message`, and the error that caused it, if any.
     public init(_ code: Code, _ message: String, underlying: (any Error)? = nil) {
         self.code = code
         self.message = message
         self.underlying = underlying
     }
 
+    /// The message, followed by the cause when there is one.
     public var description: String { underlying.map { "\(message): \($0)" } ?? message }
 
     /// Equal when code, message and the cause's description are: an `any Error` has no
@@ -36,6 +41,7 @@ public struct NetFrontError: Error, Hashable, Sendable, CustomStringConvertible 
             && a.underlying.map { "\($0)" } == b.underlying.map { "\($0)" }
     }
 
+    /// Hashes the code and message; the cause, having no equality of its own, is left out.
     public func hash(into hasher: inout Hasher) {
         hasher.combine(code)
         hasher.combine(message)

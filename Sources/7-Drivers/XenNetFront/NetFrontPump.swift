@@ -29,6 +29,9 @@ public final class NetFrontPump: @unchecked Sendable {
     /// Where the pump's thread is (`.joined` once it touches nothing any more).
     public var threadState: DriverRuntime.State { runtime.state }
 
+    /// Creates a pump between `queue` and `port`, sleeping on `events` (which `queue`'s ports
+    /// are bound on); the thread starts with ``start(backend:)``. From then on only the pump's
+    /// thread touches `queue`.
     public init(queue: NetFrontQueue, port: any GuestPort, events: any EventChannels) {
         self.queue = queue
         self.port = port
@@ -48,6 +51,8 @@ public final class NetFrontPump: @unchecked Sendable {
         start()
     }
 
+    /// Starts the pump as for a backend that takes everything netif carries (scatter-gather,
+    /// TCPv4 and TCPv6 segmentation, blank checksums), without telling the port.
     public func start() {
         runtime.start(name: "netfront", service: Service(self), events: events,
                       extraDescriptors: [port.fileDescriptor.rawValue])

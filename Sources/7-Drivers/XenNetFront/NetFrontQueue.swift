@@ -9,16 +9,21 @@ import XenRing
 /// Counters of one frontend queue: written by the thread driving it, readable from any
 /// thread (atomics, relaxed: statistics, never synchronisation).
 public final class NetFrontCounters: Sendable {
+    /// Packets put on the tx ring.
     public let txPackets = DriverCounter(0)
+    /// Transmit responses whose status was not `NETIF_RSP_OKAY`.
     public let txErrors = DriverCounter(0)
+    /// Complete packets copied out of the rx pages.
     public let rxPackets = DriverCounter(0)
     /// Received packets dropped: refused by the parser or the backend said error.
     public let rxDropped = DriverCounter(0)
     /// Responses naming a request that is not outstanding (a hostile backend).
     public let bogusResponses = DriverCounter(0)
+    /// Notifications sent on the event channel to the backend.
     public let notifies = DriverCounter(0)
     /// Times the driving thread slept.
     public let sleeps = DriverCounter(0)
+    /// Counters all at zero.
     public init() {}
 }
 
@@ -33,7 +38,9 @@ public final class NetFrontCounters: Sendable {
 public final class NetFrontQueue: @unchecked Sendable {
     // @unchecked: one thread at a time drives a queue (its pump, a benchmark
     // loop); nothing here is shared with another thread.
+    /// The backend domain the rings and pages are shared with.
     public let backend: DomainID
+    /// What the queue did so far; readable from any thread.
     public let counters = NetFrontCounters()
     private var tx: FrontRing<netif_tx_request, netif_tx_response>
     private var rx: FrontRing<netif_rx_request, netif_rx_response>

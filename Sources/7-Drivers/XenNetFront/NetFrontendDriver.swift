@@ -34,6 +34,8 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
         var started = false
     }
 
+    /// Creates the driver of the vif whose frontend directory is `path`, exchanging frames
+    /// with `port`; the handshake calls ``prepare()``, ``connect()`` and ``disconnect()``.
     public init(hypervisor: any Hypervisor, store: any XenStoreConnection, path: String, port: any GuestPort,
                 logger: Logger = Logger(label: "netfront")) {
         self.hypervisor = hypervisor
@@ -46,6 +48,14 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
     /// The pump's counters while connected.
     public var counters: NetFrontCounters? { session.withLock { $0?.started == true ? $0?.pump.counters : nil } }
 
+    /// Drops any previous session, reads `backend-id`, shares the tx and rx ring pages and a
+    /// page per slot of each, allocates the event channel and builds the queue and pump;
+    /// then writes `tx-ring-ref`, `rx-ring-ref`, `event-channel`, `request-rx-copy`,
+    /// `feature-rx-notify`, `feature-sg`, `feature-gso-tcpv4` and `feature-gso-tcpv6` in one
+    /// transaction. On a throw nothing stays shared.
+    /// - Throws: `XenstoreValueError` for a missing or malformed `backend-id`, the
+    ///   hypervisor's errors when pages cannot be shared or a port allocated, `RingError`, and
+    ///   `XenStoreError` when the transaction fails.
     public func prepare() async throws {
         await disconnect()
         let backend = try await store.readDomainID(path, XenbusKey.backendID)
@@ -83,6 +93,11 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
         }
     }
 
+    /// Reads the backend's `feature-rx-copy`, `feature-sg`, `feature-gso-tcpv4`,
+    /// `feature-gso-tcpv6` and `feature-no-csum-offload`, tells the port, and starts the pump.
+    /// - Throws: ``NetFrontError`` `.notSupported` when the backend cannot copy into receive
+    ///   buffers, `.notPrepared` when this session's pump was already started or never made,
+    ///   `XenstoreValueError` for a malformed key, and the port's own error.
     public func connect() async throws {
         let backendDir = try await store.read(path + "/" + XenbusKey.backend)
         guard try await store.readFeature(backendDir, XenbusKey.featureRxCopy) else {
@@ -105,6 +120,8 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
         logger.info("\(path): connected")
     }
 
+    /// Stops the pump, then unbinds the port and ends the grants (the handshake calls this only
+    /// once the backend stopped using the pages). Idempotent.
     public func disconnect() async {
         guard let s = session.withLock({ $0.take() }) else { return }
         // The pages and the port are given back only once the pump's thread is gone.

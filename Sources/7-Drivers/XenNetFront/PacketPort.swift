@@ -11,8 +11,11 @@ import XenNetProtocol
 /// which holds at most `receiveLimit` unread frames and counts what it had
 /// to drop beyond that.
 public final class PacketPort: GuestPort {
+    /// A received frame.
     public struct Packet: Sendable {
+        /// The Ethernet frame.
         public var bytes: [UInt8]
+        /// Its checksum and segmentation state, as the backend gave it.
         public var offload: FrameOffload
     }
 
@@ -25,12 +28,16 @@ public final class PacketPort: GuestPort {
 
     private let outbound = Locked(Deque<Outbound>())
     private let wakeFD = cxen_eventfd(0, 1)
+    /// Received frames in arrival order; holds at most `receiveLimit` unread ones and drops
+    /// newer frames beyond that (counted in ``droppedUnread``).
     public let packets: AsyncStream<Packet>
     private let inbound: AsyncStream<Packet>.Continuation
     private let dropped = Locked<UInt64>(0)
 
     private let sendLimit: Int
 
+    /// A port on which at most `sendLimit` frames wait for the ring before ``send(_:offload:)``
+    /// suspends, and at most `receiveLimit` received frames wait to be read.
     public init(sendLimit: Int = 256, receiveLimit: Int = 4096) {
         self.sendLimit = sendLimit
         (packets, inbound) = AsyncStream.makeStream(of: Packet.self, bufferingPolicy: .bufferingOldest(receiveLimit))
@@ -44,8 +51,10 @@ public final class PacketPort: GuestPort {
     /// Received frames dropped because `packets` was not read fast enough.
     public var droppedUnread: UInt64 { dropped.withLock { $0 } }
 
-    /// Queues a frame and returns once the pump has put it on the ring;
-    /// refuses a frame netif cannot carry.
+    /// Queues a frame for the pump and returns; while `sendLimit` frames already wait, it
+    /// suspends until the pump has taken this one.
+    /// - Throws: ``NetFrontError`` `.badFrameSize` for a frame shorter than an Ethernet
+    ///   header or longer than `XEN_NETIF_MAX_TX_SIZE`.
     public func send(_ bytes: [UInt8], offload: FrameOffload = FrameOffload()) async throws(NetFrontError) {
         guard bytes.count >= Netif.minimumPacketSize, bytes.count <= Netif.maxPacketSize else {
             throw NetFrontError(.badFrameSize, "frame of \(bytes.count) bytes")
@@ -70,8 +79,11 @@ public final class PacketPort: GuestPort {
         _ = write(wakeFD, &one, 8)
     }
 
+    /// An eventfd, readable while frames wait to be sent.
     public var fileDescriptor: FileDescriptor { FileDescriptor(rawValue: wakeFD) }
 
+    /// Takes the oldest waiting frame into `buffer`, resuming its sender if it waited; nil
+    /// when none waits. Called by the pump thread.
     public func nextOutbound(into buffer: UnsafeMutableRawBufferPointer) throws -> (frame: Range<Int>, offload: FrameOffload)? {
         guard let next = outbound.withLock({ $0.popFirst() }) else {
             var count: UInt64 = 0
@@ -86,6 +98,8 @@ public final class PacketPort: GuestPort {
         return (0 ..< next.bytes.count, next.offload)
     }
 
+    /// Yields a received frame to ``packets``, or counts it in ``droppedUnread`` when
+    /// `receiveLimit` frames are unread already. Called by the pump thread.
     public func deliver(_ frame: UnsafeRawBufferPointer, offload: FrameOffload) throws {
         if case .dropped = inbound.yield(Packet(bytes: Array(frame), offload: offload)) {
             dropped.withLock { $0 += 1 }

@@ -7,11 +7,14 @@ import XenNetTap
 /// namespace) whose frames netfront sends and into which it delivers, with
 /// checksum and GSO state carried in the virtio-net header.
 public final class TapGuestPort: GuestPort {
+    /// The TAP device in the guest's namespace.
     public let tap: TapDevice
     private let header = VirtioNetHeader.size
 
+    /// A port on `tap`, which must have been opened with a virtio-net header.
     public init(tap: TapDevice) { self.tap = tap }
 
+    /// The TAP's non-blocking descriptor, readable while the guest stack sends a frame.
     public var fileDescriptor: FileDescriptor { tap.fileDescriptor }
 
     /// The guest kernel may hand over only what the backend takes.
@@ -25,6 +28,9 @@ public final class TapGuestPort: GuestPort {
         try tap.setOffloads(offloads)
     }
 
+    /// Reads the next frame the guest stack sent, turning its virtio-net header into netif
+    /// offload state; frames netif cannot describe (UDP fragmentation offload) are skipped.
+    /// - Throws: the TAP's read errors.
     public func nextOutbound(into buffer: UnsafeMutableRawBufferPointer) throws -> (frame: Range<Int>, offload: FrameOffload)? {
         while let n = try tap.read(into: buffer) {
             // A frame netif cannot describe (UDP fragmentation offload) is skipped.
@@ -34,6 +40,9 @@ public final class TapGuestPort: GuestPort {
         return nil
     }
 
+    /// Writes a received frame into the TAP behind a virtio-net header; a frame whose offload
+    /// cannot be expressed there is dropped.
+    /// - Throws: the TAP's write errors.
     public func deliver(_ frame: UnsafeRawBufferPointer, offload: FrameOffload) throws {
         guard let vnet = VirtioNetHeader(checksumBlank: offload.checksumBlank, dataValidated: offload.dataValidated,
                                          gso: offload.gso, frame: frame) else { return }

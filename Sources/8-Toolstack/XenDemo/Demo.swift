@@ -14,6 +14,7 @@ import XenStore
 public struct DemoOptions: Sendable {
     /// Frames the guest sends through its NIC (each comes back echoed).
     public var packets = 20_000
+    /// Bytes per frame, clamped to 60...65535.
     public var packetSize = 1500
     /// The disk image; nil makes a sparse one in a temporary directory.
     public var diskPath: String?
@@ -25,29 +26,44 @@ public struct DemoOptions: Sendable {
     /// are busy with other work (tests run in parallel) needs more than an idle one.
     public var handshakeSeconds: Double = 10
 
+    /// The defaults listed on each property.
     public init() {}
 }
 
 /// What the demo measured.
 public struct DemoReport: Sendable {
+    /// Frames sent and echoed back.
     public var netPackets = 0
+    /// Bytes those frames carried, one way.
     public var netBytes = 0
+    /// Wall-clock seconds the frame exchange took.
     public var netSeconds = 0.0
+    /// Echoed frames that differed from what was sent.
     public var netMismatches = 0
+    /// Bytes written to the disk and read back.
     public var diskBytes = 0
+    /// Wall-clock seconds of the writes and the flush after them.
     public var diskWriteSeconds = 0.0
+    /// Wall-clock seconds of the reads.
     public var diskReadSeconds = 0.0
+    /// Chunks that read back different from what was written.
     public var diskMismatches = 0
+    /// What the simulated hypervisor found still mapped, granted or bound at shutdown.
     public var leftovers = Leftovers()
 
+    /// Frames echoed per second; 0 before the exchange ran.
     public var packetsPerSecond: Double { netSeconds > 0 ? Double(netPackets) / netSeconds : 0 }
+    /// Write throughput in MiB/s (flush included); 0 before the writes ran.
     public var diskWriteMiBps: Double { diskWriteSeconds > 0 ? Double(diskBytes) / diskWriteSeconds / 1_048_576 : 0 }
+    /// Read throughput in MiB/s; 0 before the reads ran.
     public var diskReadMiBps: Double { diskReadSeconds > 0 ? Double(diskBytes) / diskReadSeconds / 1_048_576 : 0 }
+    /// Frame throughput each way in Gbit/s (10^9 bits); 0 before the exchange ran.
     public var gigabitsPerSecond: Double { netSeconds > 0 ? Double(netBytes) * 8 / netSeconds / 1e9 : 0 }
 }
 
 /// Why the demo stopped.
 public struct DemoError: Error, CustomStringConvertible {
+    /// What went wrong, for the user.
     public var description: String
     init(_ description: String) { self.description = description }
 }
@@ -58,14 +74,23 @@ public struct DemoError: Error, CustomStringConvertible {
 /// writes the disk at random offsets and reads it all back, and sends frames
 /// that the (echoing) network returns, every byte checked.
 public struct Demo: Sendable {
+    /// What to do, and how much.
     public var options: DemoOptions
+    /// Called with each progress line, in order.
     public var say: @Sendable (String) -> Void
 
+    /// A demo with `options` that reports progress through `say`.
     public init(options: DemoOptions = DemoOptions(), say: @escaping @Sendable (String) -> Void) {
         self.options = options
         self.say = say
     }
 
+    /// Runs the demo: plugs a disk and a NIC into a new guest, writes and verifies the disk,
+    /// exchanges and verifies frames, unplugs both and shuts the host down.
+    /// - Returns: what was measured.
+    /// - Throws: ``DemoError`` when a device does not connect in time, data comes back
+    ///   different, or the hypervisor reports leftovers; the store's, the simulator's and the
+    ///   drivers' errors as they come.
     public func run() async throws -> DemoReport {
         var report = DemoReport()
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("xenpv-demo-\(getpid())")

@@ -16,9 +16,13 @@ import XenStoreServer
 /// guest, standing in for its xenstore ring) and dom0's backends: netback, and
 /// blkback serving each vbd's image (its `params` key) through libaio.
 public final class EmbeddedHost: @unchecked Sendable {
+    /// The simulated hypervisor; dom0 is the host's own domain.
     public let hypervisor = SimulatedHypervisor()
+    /// dom0's connection to the embedded xenstored.
     public let store: XenStoreClient
+    /// netback, serving every vif the toolstack creates.
     public let netBackend: NetBackend
+    /// blkback, serving every vbd once ``startBlockBackend()`` ran.
     public let blockBackend: BlockBackend
     let server: XenStoreServer
     let directory: URL
