@@ -82,8 +82,11 @@ public final class EmbeddedHost: @unchecked Sendable {
     /// Stops the backends and the store; returns what the hypervisor found left.
     public func shutdown() async -> Leftovers {
         await blockBackend.shutdown()
-        netBackend.closeAll()
+        // Every vif's handshake finishes (its mappings and ports given back) before
+        // the hypervisor counts what is left.
+        await netBackend.devices.shutdown()
         for t in tasks { t.cancel() }
+        for t in tasks { _ = try? await t.value }
         server.stop()
         return hypervisor.shutdown()
     }
