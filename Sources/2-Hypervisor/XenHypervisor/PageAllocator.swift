@@ -29,3 +29,37 @@ public protocol PageAllocator: AnyObject, Sendable {
     /// Returns frames to the domain; refused while any of them is granted.
     func freePages(_ pages: GuestPages) throws(HypervisorError)
 }
+
+/// Which pages of a fixed run are allocated, taken first fit: the bookkeeping the
+/// simulator's allocator, a daemon client's slice of guest memory and its share pools
+/// all keep (set-up paths only). Not thread-safe: the owner guards it with its lock.
+package struct PageRuns: Sendable {
+    private var used: [Bool]
+
+    /// `count` pages, none allocated.
+    package init(count: Int) { used = Array(repeating: false, count: count) }
+
+    /// Marks the first run of `count` free pages allocated and returns the index of its
+    /// first page; nil when no free run is that long.
+    package mutating func take(_ count: Int) -> Int? {
+        var run = 0
+        for i in used.indices {
+            run = used[i] ? 0 : run + 1
+            if run == count {
+                let start = i - count + 1
+                for j in start...i { used[j] = true }
+                return start
+            }
+        }
+        return nil
+    }
+
+    /// True when every page in `range` is allocated.
+    package func allTaken(_ range: Range<Int>) -> Bool { range.allSatisfy { used[$0] } }
+
+    /// Marks the pages in `range` free.
+    package mutating func release(_ range: Range<Int>) { for i in range { used[i] = false } }
+
+    /// Pages allocated.
+    package var takenCount: Int { used.count { $0 } }
+}

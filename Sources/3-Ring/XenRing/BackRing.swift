@@ -127,13 +127,8 @@ public struct BackRing<Request: BitwiseCopyable, Response: BitwiseCopyable>: ~Co
     @inlinable
     public mutating func finalCheckForRequests() throws(RingError) -> Bool {
         if try checkForRequests() > 0 { return true }
-        // Relaxed: ordered against the re-read below by the fence.
-        header.requestEvent.store(requestsConsumed &+ 1, ordering: .relaxed)
-        // Sequentially consistent fence: the req_event store may not be
-        // reordered after the req_prod load below (store-load). Pairs with the
-        // fence in the frontend's push: it sees our req_event, or we see its
-        // requests.
-        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        // The frontend's push sees this req_event, or the re-check sees its requests.
+        SharedRingHeader.askToBeNotified(at: header.requestEvent, after: requestsConsumed)
         return try checkForRequests() > 0
     }
 
@@ -170,18 +165,7 @@ public struct BackRing<Request: BitwiseCopyable, Response: BitwiseCopyable>: ~Co
     /// asked to be notified of them (its `rsp_event` lies in the pushed range).
     @inlinable
     public mutating func pushResponses() -> Bool {
-        let new = responsesProduced
-        // Relaxed: rsp_prod is written only by us; this reads our last push.
-        let old = header.responseProducer.load(ordering: .relaxed)
-        // Releasing: the slot writes above may not move below this store, so
-        // the frontend never sees the new index before the responses it covers.
-        header.responseProducer.store(new, ordering: .releasing)
-        // Sequentially consistent fence: the store of rsp_prod above may not
-        // be reordered after the load of rsp_event below (store-load). Pairs
-        // with the fence in the frontend's final check.
-        atomicMemoryFence(ordering: .sequentiallyConsistent)
-        // Relaxed: ordered by the fence above; only compared, never trusted.
-        let event = header.responseEvent.load(ordering: .relaxed)
-        return new &- event < new &- old
+        // The frontend never sees rsp_prod before the responses it covers.
+        SharedRingHeader.push(responsesProduced, to: header.responseProducer, checking: header.responseEvent)
     }
 }

@@ -121,20 +121,8 @@ public struct FrontRing<Request: BitwiseCopyable, Response: BitwiseCopyable>: ~C
     /// asked to be notified of them (its `req_event` lies in the pushed range).
     @inlinable
     public mutating func pushRequests() -> Bool {
-        let new = requestsProduced
-        // Relaxed: req_prod is written only by us; this reads our last push.
-        let old = header.requestProducer.load(ordering: .relaxed)
-        // Releasing: the slot writes above may not move below this store, so
-        // the backend never sees the new index before the requests it covers.
-        header.requestProducer.store(new, ordering: .releasing)
-        // Sequentially consistent fence: the store of req_prod above may not
-        // be reordered after the load of req_event below (the store-load
-        // reordering x86 allows). Pairs with the fence in the backend's final
-        // check, so either it sees our requests or we see its new req_event.
-        atomicMemoryFence(ordering: .sequentiallyConsistent)
-        // Relaxed: ordered by the fence above; only compared, never trusted.
-        let event = header.requestEvent.load(ordering: .relaxed)
-        return new &- event < new &- old
+        // The backend never sees req_prod before the requests it covers.
+        SharedRingHeader.push(requestsProduced, to: header.requestProducer, checking: header.requestEvent)
     }
 
     // MARK: consuming responses
@@ -188,13 +176,8 @@ public struct FrontRing<Request: BitwiseCopyable, Response: BitwiseCopyable>: ~C
     @inlinable
     public mutating func finalCheckForResponses() throws(RingError) -> Bool {
         if try checkForResponses() > 0 { return true }
-        // Relaxed: ordered against the re-read below by the fence.
-        header.responseEvent.store(responsesConsumed &+ 1, ordering: .relaxed)
-        // Sequentially consistent fence: the rsp_event store may not be
-        // reordered after the rsp_prod load below (store-load). Pairs with
-        // the fence in the backend's push: it sees our rsp_event, or we see
-        // its responses.
-        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        // The backend's push sees this rsp_event, or the re-check sees its responses.
+        SharedRingHeader.askToBeNotified(at: header.responseEvent, after: responsesConsumed)
         return try checkForResponses() > 0
     }
 }

@@ -41,4 +41,40 @@ public struct SharedRingHeader: @unchecked Sendable {
         let pad = RingGeometry.paddingRange
         (base + pad.lowerBound).initializeMemory(as: UInt8.self, repeating: 0, count: pad.count)
     }
+
+    // MARK: one direction of the ring, for either side
+
+    /// `RING_PUSH_{REQUESTS,RESPONSES}_AND_CHECK_NOTIFY`: publishes `new` to `producer`
+    /// (our `req_prod` or `rsp_prod`) and returns whether the peer asked to be notified
+    /// of the entries pushed (its `event` lies in the pushed range).
+    @inlinable
+    static func push(_ new: UInt32, to producer: UnsafeAtomic<UInt32>, checking event: UnsafeAtomic<UInt32>) -> Bool {
+        // Relaxed: the producer index is written only by us; this reads our last push.
+        let old = producer.load(ordering: .relaxed)
+        // Releasing: the slot writes before this call may not move below this
+        // store, so the peer never sees the new index before the entries it covers.
+        producer.store(new, ordering: .releasing)
+        // Sequentially consistent fence: the store of the producer index above may
+        // not be reordered after the load of the peer's event index below (the
+        // store-load reordering x86 allows). Pairs with the fence in the peer's
+        // final check, so either it sees our entries or we see its new event index.
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        // Relaxed: ordered by the fence above; only compared, never trusted.
+        let event = event.load(ordering: .relaxed)
+        return new &- event < new &- old
+    }
+
+    /// The middle of `RING_FINAL_CHECK_FOR_{REQUESTS,RESPONSES}`: asks the peer to
+    /// notify on the next entry (`event = consumed + 1`, our `req_event` or
+    /// `rsp_event`); the caller then checks its producer index once more.
+    @inlinable
+    static func askToBeNotified(at event: UnsafeAtomic<UInt32>, after consumed: UInt32) {
+        // Relaxed: ordered against the caller's re-read by the fence.
+        event.store(consumed &+ 1, ordering: .relaxed)
+        // Sequentially consistent fence: the event store may not be reordered
+        // after the caller's load of the peer's producer index (store-load).
+        // Pairs with the fence in the peer's push: it sees our event index, or
+        // we see its entries.
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+    }
 }

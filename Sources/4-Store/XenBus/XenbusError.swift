@@ -1,5 +1,7 @@
+import XenABI
+
 /// Why waiting on a XenBus endpoint failed: a code to act on, a message to read.
-public struct XenbusError: Error, Hashable, Sendable, CustomStringConvertible {
+public struct XenbusError: CodedError {
     /// What went wrong, for a caller to switch on.
     public enum Code: Hashable, Sendable {
         /// The device did not reach the wanted state in time.
@@ -22,21 +24,5 @@ public struct XenbusError: Error, Hashable, Sendable, CustomStringConvertible {
         self.code = code
         self.message = message
         self.underlying = underlying
-    }
-
-    /// The message, followed by the cause when there is one.
-    public var description: String { underlying.map { "\(message): \($0)" } ?? message }
-
-    /// Equal when code, message and the cause's description are: an `any Error` has no
-    /// equality of its own.
-    public static func == (a: Self, b: Self) -> Bool {
-        a.code == b.code && a.message == b.message
-            && a.underlying.map { "\($0)" } == b.underlying.map { "\($0)" }
-    }
-
-    /// Hashes the code and message; the cause, having no equality of its own, is left out.
-    public func hash(into hasher: inout Hasher) {
-        hasher.combine(code)
-        hasher.combine(message)
     }
 }

@@ -95,8 +95,7 @@ public final class LibXenStore: XenStoreOperations, @unchecked Sendable {
         case .write:
             let value = parts.count > 1 ? Array(parts[1]) : []
             let ok = value.withUnsafeBytes { lib.store.write(handle, t, path, $0) }
-            guard ok else { throw Self.failure(lib, "xs_write \(path)") }
-            return reply(type, Array("OK\0".utf8))
+            return try acknowledge(type, ok, "xs_write \(path)")
         case .directory:
             var count: UInt32 = 0
             guard let names = lib.store.directory(handle, t, path, &count) else {
@@ -107,11 +106,9 @@ public final class LibXenStore: XenStoreOperations, @unchecked Sendable {
             for i in 0 ..< Int(count) { if let n = names[i] { out += Array(String(cString: n).utf8) + [0] } }
             return reply(type, out)
         case .mkdir:
-            guard lib.store.mkdir(handle, t, path) else { throw Self.failure(lib, "xs_mkdir \(path)") }
-            return reply(type, Array("OK\0".utf8))
+            return try acknowledge(type, lib.store.mkdir(handle, t, path), "xs_mkdir \(path)")
         case .rm:
-            guard lib.store.rm(handle, t, path) else { throw Self.failure(lib, "xs_rm \(path)") }
-            return reply(type, Array("OK\0".utf8))
+            return try acknowledge(type, lib.store.rm(handle, t, path), "xs_rm \(path)")
         case .getPermissions:
             var count: UInt32 = 0
             guard let perms = lib.store.getPermissions(handle, t, path, &count) else {
@@ -123,9 +120,9 @@ public final class LibXenStore: XenStoreOperations, @unchecked Sendable {
         case .setPermissions:
             let strings = payload.split(separator: 0).dropFirst().map { String(decoding: $0, as: UTF8.self) }
             var perms = try strings.map { (s) throws(XenStoreError) -> xs_permissions in try Self.permission(s) }
-            guard !perms.isEmpty, perms.withUnsafeMutableBufferPointer({ lib.store.setPermissions(handle, t, path, $0.baseAddress!, UInt32($0.count)) })
-            else { throw Self.failure(lib, "xs_set_permissions \(path)") }
-            return reply(type, Array("OK\0".utf8))
+            let ok = !perms.isEmpty
+                && perms.withUnsafeMutableBufferPointer({ lib.store.setPermissions(handle, t, path, $0.baseAddress!, UInt32($0.count)) })
+            return try acknowledge(type, ok, "xs_set_permissions \(path)")
         case .getDomainPath:
             guard let domain = UInt32(path), let p = lib.store.getDomainPath(handle, domain) else {
                 throw Self.failure(lib, "xs_get_domain_path \(path)")
@@ -139,6 +136,13 @@ public final class LibXenStore: XenStoreOperations, @unchecked Sendable {
 
     private func reply(_ type: XenStoreMessageType, _ payload: [UInt8]) -> XenStoreMessage {
         XenStoreMessage(type: type, transactionID: transactionID, payload: payload)
+    }
+
+    /// The `OK` reply to a call that answers only success or failure, or the library's
+    /// error for `call` when it failed.
+    private func acknowledge(_ type: XenStoreMessageType, _ ok: Bool, _ call: @autoclosure () -> String) throws(XenStoreError) -> XenStoreMessage {
+        guard ok else { throw Self.failure(lib, call()) }
+        return reply(type, Array("OK\0".utf8))
     }
 
     // MARK: transactions

@@ -138,19 +138,29 @@ public final class SimulatedEventChannels: EventChannels, @unchecked Sendable {
 
     /// Sets the connected peer port pending, taking only this port's spin lock. Throws `.closed` on a closed handle, `EINVAL` past the 2-level limit, `ENOTCONN` for a port not bound through this handle or without a connected peer.
     public func notify(_ port: EventPort) throws(HypervisorError) {
-        guard !isClosed else { throw HypervisorError(.closed, "notify on a closed event-channel handle") }
+        try withOwnPortLocked(port, "notify") { (p) throws(HypervisorError) in
+            let slot = events.slots[Int(p)]
+            guard case .interdomain(_, let remotePort) = slot.state, let peer = slot.peer else {
+                throw .errno(.socketNotConnected, "notify: port has no connected peer")
+            }
+            // Our lock keeps the pair stable: closing either end takes both locks.
+            peer._withUnsafeGuaranteedRef { $0.setPending(remotePort) }
+        }
+    }
+
+    /// Runs `body` on `port` with its spin lock held, after the checks ``notify(_:)`` and
+    /// ``unmask(_:)`` share: `.closed` on a closed handle, `EINVAL` past the 2-level limit,
+    /// `ENOTCONN` for a port not bound through this handle.
+    @inline(__always)
+    private func withOwnPortLocked(_ port: EventPort, _ call: StaticString, _ body: (UInt32) throws(HypervisorError) -> Void) throws(HypervisorError) {
+        guard !isClosed else { throw HypervisorError(.closed, "\(call) on a closed event-channel handle") }
         let p = port.rawValue
-        guard p < UInt32(EventDomain.portLimit) else { throw .errno(.invalidArgument, "notify: port beyond the 2-level limit") }
+        guard p < UInt32(EventDomain.portLimit) else { throw .errno(.invalidArgument, "\(call): port beyond the 2-level limit") }
         let lock = events.portLock(p)
         lock.lock()
         defer { lock.unlock() }
-        guard isMine(p) else { throw .errno(.socketNotConnected, "notify: port not bound through this handle") }
-        let slot = events.slots[Int(p)]
-        guard case .interdomain(_, let remotePort) = slot.state, let peer = slot.peer else {
-            throw .errno(.socketNotConnected, "notify: port has no connected peer")
-        }
-        // Our lock keeps the pair stable: closing either end takes both locks.
-        peer._withUnsafeGuaranteedRef { $0.setPending(remotePort) }
+        guard isMine(p) else { throw .errno(.socketNotConnected, "\(call): port not bound through this handle") }
+        try body(p)
     }
 
     /// Returns the next pending, unmasked port of this handle, masked and its pending bit cleared, or nil; never blocks. Throws `.closed` on a closed handle.
@@ -197,14 +207,7 @@ public final class SimulatedEventChannels: EventChannels, @unchecked Sendable {
 
     /// Clears the port's mask (`evtchn_2l_unmask`); if it was pending meanwhile, the descriptor becomes readable again. Throws `.closed`, `EINVAL` or `ENOTCONN` as ``notify(_:)`` does.
     public func unmask(_ port: EventPort) throws(HypervisorError) {
-        guard !isClosed else { throw HypervisorError(.closed, "unmask on a closed event-channel handle") }
-        let p = port.rawValue
-        guard p < UInt32(EventDomain.portLimit) else { throw .errno(.invalidArgument, "unmask: port beyond the 2-level limit") }
-        let lock = events.portLock(p)
-        lock.lock()
-        defer { lock.unlock() }
-        guard isMine(p) else { throw .errno(.socketNotConnected, "unmask: port not bound through this handle") }
-        unmaskLocked(p)
+        try withOwnPortLocked(port, "unmask") { p in unmaskLocked(p) }
     }
 
     /// Xen's `evtchn_2l_unmask`: clear the mask; if that was a change and the

@@ -8,7 +8,7 @@ import XenHypervisor
 final class SimulatedPageAllocator: PageAllocator, @unchecked Sendable {
     // @unchecked: `used` is guarded by `lock`; the memory and table are immutable references.
     private let lock = Lock()
-    private var used: [Bool]
+    private var used: PageRuns
     private let memory: SharedMemory
     private let grants: GrantTable
     private let owner: DomainID
@@ -17,22 +17,14 @@ final class SimulatedPageAllocator: PageAllocator, @unchecked Sendable {
         self.owner = owner
         self.memory = memory
         self.grants = grants
-        used = Array(repeating: false, count: memory.pageCount)
+        used = PageRuns(count: memory.pageCount)
     }
 
     func allocatePages(_ count: Int) throws(HypervisorError) -> GuestPages {
         guard count > 0 else { throw .errno(.invalidArgument, "allocating \(count) pages") }
         let first: Int = try lock.withLock { () throws(HypervisorError) -> Int in
-            var run = 0
-            for i in used.indices {
-                run = used[i] ? 0 : run + 1
-                if run == count {
-                    let start = i - count + 1
-                    for j in start...i { used[j] = true }
-                    return start
-                }
-            }
-            throw .errno(.noMemory, "\(owner) has no run of \(count) free pages")
+            guard let start = used.take(count) else { throw .errno(.noMemory, "\(owner) has no run of \(count) free pages") }
+            return start
         }
         let pages = MappedPages(base: memory.page(first), count: count)
         memset(pages.base, 0, pages.byteCount)
@@ -50,13 +42,13 @@ final class SimulatedPageAllocator: PageAllocator, @unchecked Sendable {
             throw .errno(.resourceBusy, "frames of \(owner) still granted: \(stillGranted.map(\.ref.rawValue))")
         }
         try lock.withLock { () throws(HypervisorError) in
-            guard range.allSatisfy({ used[$0] }) else {
+            guard used.allTaken(range) else {
                 throw .errno(.invalidArgument, "\(pages.first)+\(pages.memory.count) of \(owner) are not all allocated")
             }
-            for i in range { used[i] = false }
+            used.release(range)
         }
     }
 
     /// Frames currently allocated (for reports and tests).
-    var allocatedCount: Int { lock.withLock { used.count { $0 } } }
+    var allocatedCount: Int { lock.withLock { used.takenCount } }
 }

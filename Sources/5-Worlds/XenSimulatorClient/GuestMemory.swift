@@ -25,7 +25,7 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
     let tableEntries: Int
     let refs: Range<UInt32>
     private let lock = Lock()
-    private var used: [Bool]
+    private var used: PageRuns
     private var freeRefs: [UInt32]
     private var granted: Set<UInt32> = []
 
@@ -43,7 +43,7 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
             munmap(base, totalFrames * XenPage.size)
             throw error
         }
-        used = Array(repeating: false, count: frames.count)
+        used = PageRuns(count: frames.count)
         freeRefs = Array(refs.reversed())
     }
 
@@ -57,15 +57,10 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
     func allocatePages(_ count: Int) throws(HypervisorError) -> GuestPages {
         guard count > 0 else { throw .errno(.invalidArgument, "allocating \(count) pages") }
         let first: Int = try lock.withLock { () throws(HypervisorError) -> Int in
-            var run = 0
-            for i in used.indices {
-                run = used[i] ? 0 : run + 1
-                if run == count {
-                    for j in (i - count + 1)...i { used[j] = true }
-                    return frames.lowerBound + i - count + 1
-                }
+            guard let start = used.take(count) else {
+                throw .errno(.noMemory, "\(owner) has no run of \(count) free pages in this process's slice")
             }
-            throw .errno(.noMemory, "\(owner) has no run of \(count) free pages in this process's slice")
+            return frames.lowerBound + start
         }
         let pages = MappedPages(base: base + first * XenPage.size, count: count)
         memset(pages.base, 0, pages.byteCount)
@@ -84,8 +79,8 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
         }
         try lock.withLock { () throws(HypervisorError) in
             let r = (range.lowerBound - frames.lowerBound)..<(range.upperBound - frames.lowerBound)
-            guard r.allSatisfy({ used[$0] }) else { throw .errno(.invalidArgument, "pages not all allocated") }
-            for i in r { used[i] = false }
+            guard used.allTaken(r) else { throw .errno(.invalidArgument, "pages not all allocated") }
+            used.release(r)
         }
     }
 

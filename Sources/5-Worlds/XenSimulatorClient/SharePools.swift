@@ -23,7 +23,7 @@ final class SharePools: @unchecked Sendable {
         let first: UInt64
         let count: Int
         let base: UnsafeMutableRawPointer
-        var used: [Bool]
+        var used: PageRuns
 
         init(grantee: DomainID, writable: Bool, first: UInt64, count: Int, base: UnsafeMutableRawPointer) {
             self.grantee = grantee
@@ -31,7 +31,7 @@ final class SharePools: @unchecked Sendable {
             self.first = first
             self.count = count
             self.base = base
-            used = Array(repeating: false, count: count)
+            used = PageRuns(count: count)
         }
 
         deinit { munmap(base, count * XenPage.size) }
@@ -67,17 +67,11 @@ final class SharePools: @unchecked Sendable {
     /// First fit over the pools for (grantee, mode). Caller holds `lock`.
     private func take(_ count: Int, _ grantee: DomainID, _ writable: Bool) -> GuestPages? {
         for pool in pools where pool.grantee == grantee && pool.writable == writable && count <= pool.count {
-            var run = 0
-            for i in pool.used.indices {
-                run = pool.used[i] ? 0 : run + 1
-                guard run == count else { continue }
-                let start = i - count + 1
-                for j in start...i { pool.used[j] = true }
-                let pages = MappedPages(base: pool.base + start * XenPage.size, count: count)
-                // A page freed earlier still holds what was shared in it before.
-                memset(pages.base, 0, pages.byteCount)
-                return GuestPages(first: FrameNumber(pool.first + UInt64(start)), memory: pages)
-            }
+            guard let start = pool.used.take(count) else { continue }
+            let pages = MappedPages(base: pool.base + start * XenPage.size, count: count)
+            // A page freed earlier still holds what was shared in it before.
+            memset(pages.base, 0, pages.byteCount)
+            return GuestPages(first: FrameNumber(pool.first + UInt64(start)), memory: pages)
         }
         return nil
     }
@@ -104,10 +98,10 @@ final class SharePools: @unchecked Sendable {
             else { throw .errno(.invalidArgument, "\(pages.first)+\(n) are not shared pages of this process") }
             let start = Int(first - pool.first)
             let r = start..<(start + Int(n))
-            guard r.allSatisfy({ pool.used[$0] }) else { throw .errno(.invalidArgument, "pages not all allocated") }
+            guard pool.used.allTaken(r) else { throw .errno(.invalidArgument, "pages not all allocated") }
             let still = memory.grantedRefs(in: first..<(first + n))
             guard still.isEmpty else { throw .errno(.resourceBusy, "frames of \(memory.owner) still granted: \(still.sorted())") }
-            for i in r { pool.used[i] = false }
+            pool.used.release(r)
         }
     }
 }

@@ -1,8 +1,9 @@
+import XenABI
 import XenBlockProtocol
 
 /// Why a frontend call failed: a code to act on, a message to read, and the error that
 /// caused it, if another did.
-public struct BlockFrontError: Error, Hashable, Sendable, CustomStringConvertible {
+public struct BlockFrontError: CodedError {
     /// What went wrong, for a caller to switch on.
     public enum Code: Hashable, Sendable {
         /// The offset or length is not a multiple of the 512-byte sector.
@@ -42,21 +43,5 @@ public struct BlockFrontError: Error, Hashable, Sendable, CustomStringConvertibl
         case .notSupported: self.init(.notSupported, "backend answered BLKIF_RSP_EOPNOTSUPP to \(operation)")
         default: self.init(.badStatus, "backend answered status \(status.rawValue) to \(operation)")
         }
-    }
-
-    /// The message, followed by the cause when there is one.
-    public var description: String { underlying.map { "\(message): \($0)" } ?? message }
-
-    /// Equal when code, message and the cause's description are: an `any Error` has no
-    /// equality of its own.
-    public static func == (a: Self, b: Self) -> Bool {
-        a.code == b.code && a.message == b.message
-            && a.underlying.map { "\($0)" } == b.underlying.map { "\($0)" }
-    }
-
-    /// Hashes the code and message; the cause, having no equality of its own, is left out.
-    public func hash(into hasher: inout Hasher) {
-        hasher.combine(code)
-        hasher.combine(message)
     }
 }

@@ -1,6 +1,8 @@
+import XenABI
+
 /// Why netback refused a frontend's keys: a code to act on, a message to read, and the
 /// error that caused it, if another did. The handshake writes it to the device's `error` key.
-public struct NetBackendError: Error, Hashable, Sendable, CustomStringConvertible {
+public struct NetBackendError: CodedError {
     /// What was refused, for a caller to switch on.
     public enum Code: Hashable, Sendable {
         /// The frontend asks for what netback does not do (page flipping instead of
@@ -20,21 +22,5 @@ public struct NetBackendError: Error, Hashable, Sendable, CustomStringConvertibl
         self.code = code
         self.message = message
         self.underlying = underlying
-    }
-
-    /// The message, followed by the cause when there is one.
-    public var description: String { underlying.map { "\(message): \($0)" } ?? message }
-
-    /// Equal when code, message and the cause's description are: an `any Error` has no
-    /// equality of its own.
-    public static func == (a: Self, b: Self) -> Bool {
-        a.code == b.code && a.message == b.message
-            && a.underlying.map { "\($0)" } == b.underlying.map { "\($0)" }
-    }
-
-    /// Hashes the code and message; the cause, having no equality of its own, is left out.
-    public func hash(into hasher: inout Hasher) {
-        hasher.combine(code)
-        hasher.combine(message)
     }
 }

@@ -1,6 +1,8 @@
+import XenABI
+
 /// Why netfront refused a call or a connection: a code to act on, a message to read, and
 /// the error that caused it, if another did.
-public struct NetFrontError: Error, Hashable, Sendable, CustomStringConvertible {
+public struct NetFrontError: CodedError {
     /// What went wrong, for a caller to switch on.
     public enum Code: Hashable, Sendable {
         /// The frame is empty or larger than netif carries.
@@ -29,21 +31,5 @@ public struct NetFrontError: Error, Hashable, Sendable, CustomStringConvertible 
         self.code = code
         self.message = message
         self.underlying = underlying
-    }
-
-    /// The message, followed by the cause when there is one.
-    public var description: String { underlying.map { "\(message): \($0)" } ?? message }
-
-    /// Equal when code, message and the cause's description are: an `any Error` has no
-    /// equality of its own.
-    public static func == (a: Self, b: Self) -> Bool {
-        a.code == b.code && a.message == b.message
-            && a.underlying.map { "\($0)" } == b.underlying.map { "\($0)" }
-    }
-
-    /// Hashes the code and message; the cause, having no equality of its own, is left out.
-    public func hash(into hasher: inout Hasher) {
-        hasher.combine(code)
-        hasher.combine(message)
     }
 }

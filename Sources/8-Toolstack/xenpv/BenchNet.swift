@@ -22,11 +22,7 @@ struct BenchNet: ParsableCommand {
     @Option(help: "tx: guest to dom0; rx: dom0 to guest.")
     var direction = NetBenchmarkConfiguration.Direction.tx
 
-    @Option(help: "CPU of the frontend thread (-1: not pinned).")
-    var frontCPU: Int32 = 0
-
-    @Option(help: "CPU of the backend thread (-1: not pinned).")
-    var backCPU: Int32 = 1
+    @OptionGroup var cpus: CPUPinningOptions
 
     @Flag(help: "Print one JSON object.")
     var json = false
@@ -41,8 +37,8 @@ struct BenchNet: ParsableCommand {
         c.packetSize = packetSize
         c.seconds = seconds
         c.direction = direction
-        c.frontCPU = frontCPU < 0 ? nil : frontCPU
-        c.backCPU = backCPU < 0 ? nil : backCPU
+        c.frontCPU = cpus.front
+        c.backCPU = cpus.back
         let result = try NetBenchmark.run(c)
         print(json ? result.json : result.summary)
     }

@@ -29,11 +29,7 @@ struct BenchRing: ParsableCommand {
     @Option(help: "Adaptive mode: microseconds to poll before sleeping.")
     var spinMicroseconds: Double = 5
 
-    @Option(help: "CPU of the frontend thread (-1: not pinned).")
-    var frontCPU: Int32 = 0
-
-    @Option(help: "CPU of the backend thread (-1: not pinned).")
-    var backCPU: Int32 = 1
+    @OptionGroup var cpus: CPUPinningOptions
 
     @Option(help: "Pause the frontend this long halfway and report the backend's CPU time meanwhile.")
     var idleProbeMilliseconds: UInt32 = 0
@@ -50,7 +46,7 @@ struct BenchRing: ParsableCommand {
         let configuration = RingBenchmarkConfiguration(
             mode: mode, requests: requests, queueDepth: queueDepth,
             spinNanoseconds: UInt64(spinMicroseconds * 1000),
-            frontCPU: frontCPU < 0 ? nil : frontCPU, backCPU: backCPU < 0 ? nil : backCPU,
+            frontCPU: cpus.front, backCPU: cpus.back,
             idleProbeMilliseconds: idleProbeMilliseconds)
         let host = SimulatedHypervisor()
         let guest = try host.createDomain(frames: 64)

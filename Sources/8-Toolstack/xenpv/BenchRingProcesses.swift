@@ -39,11 +39,7 @@ struct BenchRingProcesses: ParsableCommand {
     @Option(help: "Adaptive mode: microseconds to poll before sleeping.")
     var spinMicroseconds: Double = 5
 
-    @Option(help: "CPU of the frontend (-1: not pinned).")
-    var frontCPU: Int32 = 0
-
-    @Option(help: "CPU of the backend (-1: not pinned).")
-    var backCPU: Int32 = 1
+    @OptionGroup var cpus: CPUPinningOptions
 
     @Flag(help: "Print one JSON object.")
     var json = false
@@ -100,6 +96,24 @@ struct BenchRingProcesses: ParsableCommand {
 
     private func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
 
+    /// Runs the backend and the frontend on threads of this process, pinned as asked;
+    /// what the frontend saw.
+    private func bothSides(back: (MappedPages, any EventChannels, EventPort),
+                           front: (MappedPages, any EventChannels, EventPort)) throws -> SplitRingSides.Front {
+        let sides = self.sides
+        let backThread = SideThread(cpu: cpus.backCPU) { try sides.back(pages: back.0, events: back.1, port: back.2) }
+        let frontThread = SideThread(cpu: cpus.frontCPU) { try sides.front(pages: front.0, events: front.1, port: front.2) }
+        let stats = try frontThread.value()
+        _ = try? backThread.value(waitingAtMost: 1)
+        return stats
+    }
+
+    /// Requests per second in `stats`, said with `label` when verbose.
+    private func report(_ label: String, _ stats: SplitRingSides.Front) -> Double {
+        if verbose { say("  \(label): \(Int(Double(requests) / stats.seconds)) req/s, front sleeps \(stats.sleeps), notifies \(stats.notifies)") }
+        return Double(requests) / stats.seconds
+    }
+
     /// Both loops in this process on the embedded simulator.
     private func inProcess() throws -> Double {
         let label = "in one process"
@@ -114,18 +128,13 @@ struct BenchRingProcesses: ParsableCommand {
         let be = try host.dom0.openEventChannels()
         let fp = try fe.bindUnbound(remote: .dom0)
         let bp = try be.bindInterdomain(remote: guest.domainID, remotePort: fp)
-        let sides = self.sides
-        let back = SideThread(cpu: backCPU) { try sides.back(pages: mapping.memory, events: be, port: bp) }
-        let front = SideThread(cpu: frontCPU) { try sides.front(pages: shared.memory, events: fe, port: fp) }
-        let stats = try front.value()
-        _ = try? back.value(waitingAtMost: 1)
+        let stats = try bothSides(back: (mapping.memory, be, bp), front: (shared.memory, fe, fp))
         try? fe.unbind(fp)
         try? be.unbind(bp)
         try mapper.unmap(mapping)
         try sharer.unshare(shared)
         _ = host.shutdown()
-        if verbose { say("  \(label): \(Int(Double(requests) / stats.seconds)) req/s, front sleeps \(stats.sleeps), notifies \(stats.notifies)") }
-        return Double(requests) / stats.seconds
+        return report(label, stats)
     }
 
     /// The frontend here (a guest joined to the daemon), the backend in a child `xenpv` (dom0).
@@ -143,24 +152,20 @@ struct BenchRingProcesses: ParsableCommand {
             let mapping = try mapper.map(shared.refs[0], from: guest.domainID, writable: true)
             let be = try dom0.openEventChannels()
             let bp = try be.bindInterdomain(remote: guest.domainID, remotePort: fp)
-            let sides = self.sides
-            let back = SideThread(cpu: backCPU) { try sides.back(pages: mapping.memory, events: be, port: bp) }
-            let front = SideThread(cpu: frontCPU) { try sides.front(pages: shared.memory, events: fe, port: fp) }
-            let stats = try front.value()
-            _ = try? back.value(waitingAtMost: 1)
-            if verbose { say("  remote clients, one process: \(Int(Double(requests) / stats.seconds)) req/s, front sleeps \(stats.sleeps), notifies \(stats.notifies)") }
+            let stats = try bothSides(back: (mapping.memory, be, bp), front: (shared.memory, fe, fp))
+            let rate = report("remote clients, one process", stats)
             try? be.unbind(bp)
             try? fe.unbind(fp)
             try mapper.unmap(mapping)
             try sharer.unshare(shared)
             dom0.close()
-            return Double(requests) / stats.seconds
+            return rate
         }
         let child = Process()
         child.executableURL = URL(fileURLWithPath: "/proc/\(getpid())/exe").resolvingSymlinksInPath()
         child.arguments = ["bench", "ring-peer", "--connect", socket, "--guest", "\(guest.domainID.rawValue)",
                            "--ref", "\(shared.refs[0].rawValue)", "--port", "\(fp.rawValue)", "--requests", "\(requests)",
-                           "--mode", mode.rawValue, "--spin-microseconds", "\(spinMicroseconds)", "--back-cpu=\(backCPU)"]
+                           "--mode", mode.rawValue, "--spin-microseconds", "\(spinMicroseconds)", "--back-cpu=\(cpus.backCPU)"]
         let pipe = Pipe()
         child.standardOutput = pipe
         try child.run()
@@ -175,14 +180,13 @@ struct BenchRingProcesses: ParsableCommand {
             seen.append(chunk)
         }
         let sides = self.sides
-        let stats = try SideThread(cpu: frontCPU) { try sides.front(pages: shared.memory, events: fe, port: fp) }.value()
+        let stats = try SideThread(cpu: cpus.frontCPU) { try sides.front(pages: shared.memory, events: fe, port: fp) }.value()
         child.waitUntilExit()
         guard child.terminationStatus == 0 else { throw ValidationError("the backend process failed (\(child.terminationStatus))") }
         try? fe.unbind(fp)
         fe.close()
         try sharer.unshare(shared)
-        if verbose { say("  \(label): \(Int(Double(requests) / stats.seconds)) req/s, front sleeps \(stats.sleeps), notifies \(stats.notifies)") }
-        return Double(requests) / stats.seconds
+        return report(label, stats)
     }
 }
 
