@@ -294,7 +294,7 @@ public final class XenStoreEngine {
             guard arg == "T" || arg == "F" else { throw XenStoreError(.invalid, "TRANSACTION_END wants T or F") }
             guard let t = tx else { throw XenStoreError(.noEntry, "no transaction") }
             conn.transactions[m.transactionID] = nil
-            if arg == "T" { try commit(t) }
+            if arg == "T" { try commit(t, by: conn.domain) }
             return Self.ok
         case .getDomainPath:
             let domid = try domainArg(oneArg(m))
@@ -537,9 +537,24 @@ public final class XenStoreEngine {
         return ([path], Change(path: path, permissions: perms, recursive: false))
     }
 
-    private func commit(_ t: OpenTransaction) throws(XenStoreError) {
+    /// Applies `t` to the store for `domain`, or throws and applies nothing: `EAGAIN` if a
+    /// node it touched changed since, `ENOSPC` if the nodes it adds would take an owner over
+    /// `nodesPerDomain`.
+    private func commit(_ t: OpenTransaction, by domain: DomainID) throws(XenStoreError) {
         if let p = t.conflict(with: tree) { throw XenStoreError(.again, "conflicting change to \(p)") }
         guard !t.written.isEmpty || !t.removed.isEmpty else { return }
+        // Each request checked the quota against the store as the transaction saw it; other
+        // transactions (and plain writes) may have added nodes since without touching any
+        // node this one did, so check again against the store as it is now. The same errno
+        // as a write over the quota. Exact: no node this transaction touched has changed, so
+        // its per-owner difference still holds.
+        if bound(domain) {
+            for (owner, added) in t.ownedDelta where added > 0 {
+                if tree.ownedCount(owner) + added > quotas.nodesPerDomain {
+                    throw XenStoreError(.noSpace, "commit would take \(owner) over its node quota")
+                }
+            }
+        }
         for p in t.removed { tree.drop(p) }
         for (p, node) in t.written { tree.set(p, node) }
         stamp(Array(t.written.keys) + Array(t.removed))
