@@ -32,7 +32,10 @@ public final class XenStoreEngine {
         public var isWatchEvent: Bool { message.type == .watchEvent }
     }
 
-    /// Domain lifecycle notifications for transports that serve rings (`XS_INTRODUCE`, `XS_RELEASE`).
+    /// Called for every `XS_INTRODUCE` from dom0, before the domain counts as introduced (a
+    /// throw is the reply), so a transport that serves rings attaches the guest's page and
+    /// event channel. Called for a domain already introduced too: a transport that still
+    /// serves its ring leaves it, one that dropped it attaches the page given now.
     public var onIntroduce: ((_ domain: DomainID, _ frame: UInt64, _ port: UInt32) throws(XenStoreError) -> Void)?
     /// Called when a domain is released (by `XS_RELEASE` or ``releaseDomain(_:)``), before
     /// `@releaseDomain` fires, so a ring transport can drop the guest's page and channel.
@@ -309,10 +312,13 @@ public final class XenStoreEngine {
                 throw XenStoreError(.invalid, "INTRODUCE wants domid, mfn, port")
             }
             let domid = try domainArg(args[0])
-            if !introduced.contains(domid) {
-                try onIntroduce?(domid, frame, port)
-                introduceDomain(domid)
-            }
+            // dom0 is introduced from the start and has no ring here.
+            guard domid != .dom0 else { return Self.ok }
+            // Asked for a domain already introduced too: a transport that cut the guest's
+            // ring off (for a protocol or index error) attaches the fresh page, so dom0 can
+            // give the guest its store back without releasing the domain.
+            try onIntroduce?(domid, frame, port)
+            introduceDomain(domid)
             return Self.ok
         case .release:
             try requirePrivilege(conn)

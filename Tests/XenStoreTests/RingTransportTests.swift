@@ -183,6 +183,48 @@ struct RingTransportTests {
         try w.server.introduceDomain(w.guest.domainID, ringRef: again.ringRef, eventPort: again.port)
     }
 
+    /// After the server cuts a guest's ring off (for a bad index or a protocol error), dom0
+    /// must be able to give the guest its store back: a later `XS_INTRODUCE` with a fresh page
+    /// has to attach that page, not answer OK and leave the guest talking to nobody.
+    @Test(arguments: ["index", "protocol"])
+    func aGuestCutOffItsRingCanBeIntroducedAgain(_ attack: String) async throws {
+        let w = try World()
+        let dom0 = try XenStoreClient(socketPath: w.path)
+        let d = w.guest.domainID.rawValue
+        try await dom0.write("/local/domain/\(d)/name", "guest")
+        try await dom0.setPermissions("/local/domain/\(d)/name", XenStorePermissions(owner: w.guest.domainID))
+        let h = try hostileGuest(w)
+        if attack == "index" {
+            h.page.storeBytes(of: 100_000, toByteOffset: XenStoreDomainRing.reqProdOffset, as: UInt32.self)
+        } else {
+            let ring = XenStoreDomainRing(page: h.page, side: .guest)
+            #expect(try ring.write(header(type: XenStoreMessageType.write.rawValue, len: 5000)) == 16)
+        }
+        try h.events.notify(h.port)
+        #expect(await waitForError(h.page, attack == "index" ? XENSTORE_ERROR_RINGIDX : XENSTORE_ERROR_PROTO))
+        #expect(await eventually { w.server.connectionCount() == 1 })  // dom0's socket only
+
+        // dom0 introduces the guest again, over the wire as a toolstack does.
+        let transport = try XenStoreRingTransport(hypervisor: w.guest)
+        _ = try await dom0.request(.introduce, payload: XenStoreMessage(
+            type: .introduce, strings: [String(d), String(transport.ringRef.rawValue), String(transport.port.rawValue)]).payload)
+        // The fresh page is served: the server maps it (a connection more) and answers on it.
+        #expect(w.server.connectionCount() == 2)
+        #expect(try await dom0.request(.isDomainIntroduced, payload: Array("\(d)\0".utf8)).text == "T")
+        let g = XenStoreClient(transport: transport)
+        // The deadline only stops a hang (a page nobody serves) from holding the suite.
+        let watchdog = Task {
+            try await Task.sleep(for: .seconds(minimumDeadline))
+            g.close()
+        }
+        defer { watchdog.cancel() }
+        #expect(try await g.read("name") == "guest")
+        g.close()
+        dom0.close()
+        w.server.stop()
+        #expect(w.guest.outstanding().mappings.isEmpty)
+    }
+
     @Test func aGuestThatSendsAnOversizedMessageIsCutOffAlone() async throws {
         let w = try World()
         let dom0 = try XenStoreClient(socketPath: w.path)
