@@ -136,9 +136,13 @@ public final class XenStoreServer: @unchecked Sendable {
             } catch {
                 throw XenStoreError(.system, "opening dom0's event channels and grant mapper: \(error)")
             }
-            engine.onIntroduce = { [unowned self] domain, ref, port throws(XenStoreError) in
-                try self.attachRing(domain: domain, ringRef: GrantRef(UInt32(truncatingIfNeeded: ref)),
-                                    remotePort: EventPort(UInt32(truncatingIfNeeded: port)))
+            engine.onIntroduce = { [unowned self] domain, frame, port throws(XenStoreError) in
+                // The wire's frame is 64 bits (an MFN on Xen); here it names a 32-bit grant
+                // reference. Truncating would map whatever grant the low bits name.
+                guard let ref = UInt32(exactly: frame) else {
+                    throw XenStoreError(.invalid, "INTRODUCE frame \(frame) is not a grant reference")
+                }
+                try self.attachRing(domain: domain, ringRef: GrantRef(ref), remotePort: EventPort(port))
             }
             engine.onRelease = { [unowned self] domain in
                 if let c = self.ringByDomain[domain] { self.drop(c, reason: nil) }

@@ -156,6 +156,29 @@ struct RingTransportTests {
         g.close()
     }
 
+    /// The frame field is 64 bits on the wire and a grant reference 32: a frame of
+    /// 2^32 + r must be refused (`EINVAL`), not truncated into grant r and mapped.
+    @Test func anIntroduceFrameBeyondAGrantReferenceIsRefusedNotTruncated() async throws {
+        let w = try World()
+        let dom0 = try XenStoreClient(socketPath: w.path)
+        let transport = try XenStoreRingTransport(hypervisor: w.guest)
+        let d = String(w.guest.domainID.rawValue)
+        let port = String(transport.port.rawValue)
+        for frame in [(UInt64(1) << 32) + UInt64(transport.ringRef.rawValue), UInt64.max] {
+            await expectCode(.invalid) {
+                _ = try await dom0.request(.introduce, payload: XenStoreMessage(
+                    type: .introduce, strings: [d, String(frame), port]).payload)
+            }
+        }
+        // Nothing was mapped and the domain is not introduced.
+        #expect(w.server.connectionCount() == 1)
+        #expect(try await dom0.request(.isDomainIntroduced, payload: Array("\(d)\0".utf8)).text == "F")
+        // The same page by its real reference is.
+        _ = try await dom0.request(.introduce, payload: XenStoreMessage(
+            type: .introduce, strings: [d, String(transport.ringRef.rawValue), port]).payload)
+        #expect(w.server.connectionCount() == 2)
+    }
+
     /// A hand-made hostile guest: its own page and port, bytes written by hand.
     func hostileGuest(_ w: World) throws -> (page: UnsafeMutableRawPointer, events: any EventChannels, port: EventPort) {
         let pages = try w.guest.openGrantSharer().sharePages(count: 1, with: .dom0, writable: true)
