@@ -179,6 +179,20 @@ struct RingTransportTests {
         #expect(w.server.connectionCount() == 2)
     }
 
+    /// The send timeout is fixed when the transport is made (the reader and senders share the
+    /// transport across threads, so it is not a mutable field): a request ring nobody drains
+    /// fails the send with `ETIMEDOUT`.
+    @Test func aRequestRingNobodyDrainsTimesOutAfterTheTimeoutGivenAtCreation() throws {
+        let hv = SimulatedHypervisor(dom0Frames: 16)
+        let guest = try hv.createDomain(frames: 16)
+        let transport = try XenStoreRingTransport(hypervisor: guest, sendTimeout: 0.05)
+        #expect(transport.sendTimeout == 0.05)
+        // Never introduced: the 1024-byte ring fills and stays full.
+        let error = #expect(throws: XenStoreError.self) { try transport.send([UInt8](repeating: 1, count: 2000)) }
+        #expect(error?.code == .timedOut)
+        #expect(try XenStoreRingTransport(hypervisor: guest).sendTimeout == 5)
+    }
+
     /// A hand-made hostile guest: its own page and port, bytes written by hand.
     func hostileGuest(_ w: World) throws -> (page: UnsafeMutableRawPointer, events: any EventChannels, port: EventPort) {
         let pages = try w.guest.openGrantSharer().sharePages(count: 1, with: .dom0, writable: true)
