@@ -79,14 +79,15 @@ struct RingTransportTests {
 
         deinit { server.stop() }
 
-        /// A guest client over its page, introduced to the server.
-        func guestClient() async throws -> XenStoreClient {
+        /// A guest client over its page, introduced to the server; its sends wait at most
+        /// `sendTimeout` seconds for room in the request ring.
+        func guestClient(sendTimeout: Double = 5) async throws -> XenStoreClient {
             let dom0 = try XenStoreClient(socketPath: path)
             let home = XenStorePath.home(of: guest.domainID)
             try await dom0.mkdir(home)
             try await dom0.setPermissions(home, XenStorePermissions(owner: guest.domainID))
             dom0.close()
-            let transport = try XenStoreRingTransport(hypervisor: guest)
+            let transport = try XenStoreRingTransport(hypervisor: guest, sendTimeout: sendTimeout)
             try server.introduceDomain(guest.domainID, ringRef: transport.ringRef, eventPort: transport.port)
             return XenStoreClient(transport: transport)
         }
