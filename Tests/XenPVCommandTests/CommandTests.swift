@@ -83,6 +83,11 @@ struct CommandTests {
         #expect(missing.output.contains("no xenstored socket at /nonexistent/socket"))
         let badSize = try await Self.xenpv(["bench", "net", "--packet-size", "70000"])
         #expect(badSize.status != 0 && badSize.output.contains("--packet-size must be"))
+        // These trapped (an empty sample array, a negative range) instead of saying why.
+        let noEvents = try await Self.xenpv(["bench", "xenstore", "--events", "0", "--transaction-nodes", "0"])
+        #expect(noEvents.status != 0 && noEvents.output.contains("events must be at least 1"), "\(noEvents.output)")
+        let negativeIdle = try await Self.xenpv(["bench", "xenstore", "--idle=-1", "--transaction-nodes", "0"])
+        #expect(negativeIdle.status != 0 && negativeIdle.output.contains("idle connections must not be negative"), "\(negativeIdle.output)")
         let badDemo = try await Self.xenpv(["demo", "--packets", "0"])
         #expect(badDemo.status != 0 && badDemo.output.contains("--packets must be positive"))
         // The world is chosen at start-up; without /dev/xen, `xen` is a clear error.

@@ -79,14 +79,15 @@ struct RingTransportTests {
 
         deinit { server.stop() }
 
-        /// A guest client over its page, introduced to the server.
-        func guestClient() async throws -> XenStoreClient {
+        /// A guest client over its page, introduced to the server; its sends wait at most
+        /// `sendTimeout` seconds for room in the request ring.
+        func guestClient(sendTimeout: Double = 5) async throws -> XenStoreClient {
             let dom0 = try XenStoreClient(socketPath: path)
             let home = XenStorePath.home(of: guest.domainID)
             try await dom0.mkdir(home)
             try await dom0.setPermissions(home, XenStorePermissions(owner: guest.domainID))
             dom0.close()
-            let transport = try XenStoreRingTransport(hypervisor: guest)
+            let transport = try XenStoreRingTransport(hypervisor: guest, sendTimeout: sendTimeout)
             try server.introduceDomain(guest.domainID, ringRef: transport.ringRef, eventPort: transport.port)
             return XenStoreClient(transport: transport)
         }
@@ -156,6 +157,43 @@ struct RingTransportTests {
         g.close()
     }
 
+    /// The frame field is 64 bits on the wire and a grant reference 32: a frame of
+    /// 2^32 + r must be refused (`EINVAL`), not truncated into grant r and mapped.
+    @Test func anIntroduceFrameBeyondAGrantReferenceIsRefusedNotTruncated() async throws {
+        let w = try World()
+        let dom0 = try XenStoreClient(socketPath: w.path)
+        let transport = try XenStoreRingTransport(hypervisor: w.guest)
+        let d = String(w.guest.domainID.rawValue)
+        let port = String(transport.port.rawValue)
+        for frame in [(UInt64(1) << 32) + UInt64(transport.ringRef.rawValue), UInt64.max] {
+            await expectCode(.invalid) {
+                _ = try await dom0.request(.introduce, payload: XenStoreMessage(
+                    type: .introduce, strings: [d, String(frame), port]).payload)
+            }
+        }
+        // Nothing was mapped and the domain is not introduced.
+        #expect(w.server.connectionCount() == 1)
+        #expect(try await dom0.request(.isDomainIntroduced, payload: Array("\(d)\0".utf8)).text == "F")
+        // The same page by its real reference is.
+        _ = try await dom0.request(.introduce, payload: XenStoreMessage(
+            type: .introduce, strings: [d, String(transport.ringRef.rawValue), port]).payload)
+        #expect(w.server.connectionCount() == 2)
+    }
+
+    /// The send timeout is fixed when the transport is made (the reader and senders share the
+    /// transport across threads, so it is not a mutable field): a request ring nobody drains
+    /// fails the send with `ETIMEDOUT`.
+    @Test func aRequestRingNobodyDrainsTimesOutAfterTheTimeoutGivenAtCreation() throws {
+        let hv = SimulatedHypervisor(dom0Frames: 16)
+        let guest = try hv.createDomain(frames: 16)
+        let transport = try XenStoreRingTransport(hypervisor: guest, sendTimeout: 0.05)
+        #expect(transport.sendTimeout == 0.05)
+        // Never introduced: the 1024-byte ring fills and stays full.
+        let error = #expect(throws: XenStoreError.self) { try transport.send([UInt8](repeating: 1, count: 2000)) }
+        #expect(error?.code == .timedOut)
+        #expect(try XenStoreRingTransport(hypervisor: guest).sendTimeout == 5)
+    }
+
     /// A hand-made hostile guest: its own page and port, bytes written by hand.
     func hostileGuest(_ w: World) throws -> (page: UnsafeMutableRawPointer, events: any EventChannels, port: EventPort) {
         let pages = try w.guest.openGrantSharer().sharePages(count: 1, with: .dom0, writable: true)
@@ -181,6 +219,48 @@ struct RingTransportTests {
         // Its connection is gone: the domain can be introduced again with a fresh page.
         let again = try XenStoreRingTransport(hypervisor: w.guest)
         try w.server.introduceDomain(w.guest.domainID, ringRef: again.ringRef, eventPort: again.port)
+    }
+
+    /// After the server cuts a guest's ring off (for a bad index or a protocol error), dom0
+    /// must be able to give the guest its store back: a later `XS_INTRODUCE` with a fresh page
+    /// has to attach that page, not answer OK and leave the guest talking to nobody.
+    @Test(arguments: ["index", "protocol"])
+    func aGuestCutOffItsRingCanBeIntroducedAgain(_ attack: String) async throws {
+        let w = try World()
+        let dom0 = try XenStoreClient(socketPath: w.path)
+        let d = w.guest.domainID.rawValue
+        try await dom0.write("/local/domain/\(d)/name", "guest")
+        try await dom0.setPermissions("/local/domain/\(d)/name", XenStorePermissions(owner: w.guest.domainID))
+        let h = try hostileGuest(w)
+        if attack == "index" {
+            h.page.storeBytes(of: 100_000, toByteOffset: XenStoreDomainRing.reqProdOffset, as: UInt32.self)
+        } else {
+            let ring = XenStoreDomainRing(page: h.page, side: .guest)
+            #expect(try ring.write(header(type: XenStoreMessageType.write.rawValue, len: 5000)) == 16)
+        }
+        try h.events.notify(h.port)
+        #expect(await waitForError(h.page, attack == "index" ? XENSTORE_ERROR_RINGIDX : XENSTORE_ERROR_PROTO))
+        #expect(await eventually { w.server.connectionCount() == 1 })  // dom0's socket only
+
+        // dom0 introduces the guest again, over the wire as a toolstack does.
+        let transport = try XenStoreRingTransport(hypervisor: w.guest)
+        _ = try await dom0.request(.introduce, payload: XenStoreMessage(
+            type: .introduce, strings: [String(d), String(transport.ringRef.rawValue), String(transport.port.rawValue)]).payload)
+        // The fresh page is served: the server maps it (a connection more) and answers on it.
+        #expect(w.server.connectionCount() == 2)
+        #expect(try await dom0.request(.isDomainIntroduced, payload: Array("\(d)\0".utf8)).text == "T")
+        let g = XenStoreClient(transport: transport)
+        // The deadline only stops a hang (a page nobody serves) from holding the suite.
+        let watchdog = Task {
+            try await Task.sleep(for: .seconds(minimumDeadline))
+            g.close()
+        }
+        defer { watchdog.cancel() }
+        #expect(try await g.read("name") == "guest")
+        g.close()
+        dom0.close()
+        w.server.stop()
+        #expect(w.guest.outstanding().mappings.isEmpty)
     }
 
     @Test func aGuestThatSendsAnOversizedMessageIsCutOffAlone() async throws {

@@ -68,6 +68,44 @@ struct TransactionBoundsTests {
         #expect(try await other.read("/still") == "fine")
     }
 
+    /// Two transactions that create nodes under different parents do not conflict; each
+    /// fits the node quota alone, and together they would not. The second commit must be
+    /// refused with the errno a write over the quota gets (`ENOSPC`), not let the guest
+    /// end over its quota.
+    @Test func parallelTransactionsCannotTogetherExceedTheNodeQuota() async throws {
+        var q = XenStoreQuotas()
+        q.nodesPerDomain = 20
+        let s = try await guestServer(q)
+        let first = try RawConnection(s.guestPaths[Self.guest]!)
+        let second = try RawConnection(s.guestPaths[Self.guest]!)
+        // The guest owns its home, a and b: 3 nodes.
+        #expect(try first.request(.mkdir, ["/local/domain/5/a"]).text == "OK")
+        #expect(try first.request(.mkdir, ["/local/domain/5/b"]).text == "OK")
+        let txA = try first.startTransaction()
+        let txB = try second.startTransaction()
+        for i in 0..<10 {
+            #expect(try first.write("/local/domain/5/a/\(i)", "x", tx: txA).text == "OK")
+            #expect(try second.write("/local/domain/5/b/\(i)", "x", tx: txB).text == "OK")
+        }
+        // Alone, each would leave the guest with 13 nodes of its 20.
+        #expect(try first.request(.transactionEnd, tx: txA, ["T"]).text == "OK")
+        let commitB = try second.request(.transactionEnd, tx: txB, ["T"])
+        #expect(commitB.type == .error)
+        #expect(commitB.text == "ENOSPC")
+        // Nothing of the refused transaction landed, and the guest stays within its quota:
+        // 13 nodes, so 7 more fit and the 8th does not.
+        #expect(try first.request(.read, ["/local/domain/5/b/0"]).text == "ENOENT")
+        #expect(try first.request(.read, ["/local/domain/5/a/9"]).text == "x")
+        for i in 0..<7 { #expect(try first.write("/local/domain/5/c\(i)", "x").text == "OK") }
+        #expect(try first.write("/local/domain/5/c7", "x").text == "ENOSPC")
+        // A transaction that removes as many as it creates still commits at the quota.
+        let txC = try second.startTransaction()
+        #expect(try second.request(.rm, tx: txC, ["/local/domain/5/c0"]).text == "OK")
+        #expect(try second.write("/local/domain/5/d", "x", tx: txC).text == "OK")
+        #expect(try second.request(.transactionEnd, tx: txC, ["T"]).text == "OK")
+        #expect(try first.request(.read, ["/local/domain/5/d"]).text == "x")
+    }
+
     @Test func dom0HasATransactionCapToo() async throws {
         var q = XenStoreQuotas()
         q.dom0TransactionsPerConnection = 5

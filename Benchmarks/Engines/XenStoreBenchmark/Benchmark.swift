@@ -70,8 +70,11 @@ public enum XenStoreBenchmark {
 
     /// Seeds an engine with `nodes` leaves (100 per directory), then times `samples`
     /// transactions' first `XS_WRITE`, each aborted afterwards; runs on the calling thread.
-    /// Throws `EIO` if `XS_TRANSACTION_START` fails. `samples` must be positive.
+    /// Throws `EINVAL` for a negative `nodes` or a `samples` below 1 (there would be no
+    /// median), `EIO` if `XS_TRANSACTION_START` fails.
     public static func transactionFirstWrite(nodes: Int = 30000, samples: Int = 200) throws -> TransactionCost {
+        guard nodes >= 0 else { throw XenStoreError(.invalid, "nodes must not be negative (got \(nodes))") }
+        guard samples >= 1 else { throw XenStoreError(.invalid, "samples must be at least 1 (got \(samples))") }
         let engine = XenStoreEngine()
         for i in 0..<nodes {
             _ = engine.perform(XenStoreMessage(type: .write, strings: ["/big/\(i / 100)/\(i % 100)"]), as: .dom0)
@@ -110,9 +113,17 @@ public enum XenStoreBenchmark {
 
     /// Starts a server on a temporary socket and measures: reads and writes per second with
     /// each client count, for `seconds` each, and watch latency over `events` writes.
+    /// Throws `EINVAL`, before measuring anything, for `events` or any client count below 1,
+    /// `seconds` not above 0, or a negative `idle`.
     public static func run(
         clientCounts: [Int] = [1, 8], seconds: Double = 2, events: Int = 2000, idle: Int = 0
     ) async throws -> Report {
+        guard events >= 1 else { throw XenStoreError(.invalid, "events must be at least 1 (got \(events))") }
+        guard seconds.isFinite, seconds > 0 else { throw XenStoreError(.invalid, "seconds must be above 0 (got \(seconds))") }
+        guard idle >= 0 else { throw XenStoreError(.invalid, "idle connections must not be negative (got \(idle))") }
+        guard clientCounts.allSatisfy({ $0 >= 1 }) else {
+            throw XenStoreError(.invalid, "client counts must be at least 1 (got \(clientCounts))")
+        }
         let path = "/tmp/xs-bench-\(getpid()).sock"
         var logger = Logger(label: "xenstored-bench")
         logger.logLevel = .error
@@ -165,6 +176,7 @@ public enum XenStoreBenchmark {
 
     /// Time from sending a write to receiving its watch event on another connection.
     private static func watchLatency(_ path: String, _ events: Int) async throws -> Latency {
+        guard events >= 1 else { throw XenStoreError(.invalid, "events must be at least 1 (got \(events))") }
         let writer = try XenStoreClient(socketPath: path)
         let watcher = try XenStoreClient(socketPath: path)
         defer {

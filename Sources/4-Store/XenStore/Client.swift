@@ -124,14 +124,21 @@ extension XenStoreOperations {
 public final class XenStoreClient: XenStoreOperations {
     private let transport: any XenStoreTransport
 
+    /// What the reader thread shares with the callers. Its lock is only ever held for a few
+    /// map operations, never across I/O: the reader must always be able to deliver a reply,
+    /// since the daemon stops reading requests from a client whose replies pile up unread.
     private struct State {
-        var nextRequest: UInt32 = 1
         var nextToken = 1
         var pending: [UInt32: CheckedContinuation<XenStoreMessage, any Error>] = [:]
         var watches: [String: AsyncStream<XenStoreWatchEvent>.Continuation] = [:]
         var closed: XenStoreError?
     }
     private let state = Locked(State())
+    /// The next `req_id`, behind the lock that serialises sends: held across
+    /// `transport.send` (which may wait for room), so requests leave in the order their ids
+    /// were taken and the transport has one sender at a time. Taken before `state`'s lock,
+    /// never after it, and never by the reader.
+    private let sending = Locked<UInt32>(1)
 
     /// Connects to a server's Unix socket.
     public convenience init(socketPath: String) throws(XenStoreError) {
@@ -221,16 +228,24 @@ public final class XenStoreClient: XenStoreOperations {
         let reply: XenStoreMessage
         do {
             reply = try await withCheckedThrowingContinuation { (k: CheckedContinuation<XenStoreMessage, any Error>) in
-                let failed: XenStoreError? = state.withLock { s in
-                    if let closed = s.closed { return closed }
-                    let id = s.nextRequest
-                    s.nextRequest &+= 1
-                    s.pending[id] = k
+                let failed: XenStoreError? = sending.withLock { nextRequest in
+                    let id = nextRequest
+                    // Registered before it is sent, so the reply always finds its waiter.
+                    let closed: XenStoreError? = state.withLock { s in
+                        if let closed = s.closed { return closed }
+                        s.pending[id] = k
+                        return nil
+                    }
+                    if let closed { return closed }
+                    nextRequest &+= 1
                     let bytes = XenStoreMessage(type: type, requestID: id, transactionID: transaction, payload: payload).encoded()
-                    // Sent under the lock so requests leave in the order their ids were taken.
-                    do { try transport.send(bytes) } catch {
-                        s.pending[id] = nil
-                        return error as? XenStoreError ?? XenStoreError(.closed, "\(error)")
+                    // Only the send lock is held here: the reader keeps delivering replies
+                    // (and so keeps the daemon reading) while this waits for room.
+                    do throws(XenStoreError) { try transport.send(bytes) } catch {
+                        // The reader may have failed every waiter already (the connection
+                        // closed under us); then this one was resumed and must not be again.
+                        let stillMine = state.withLock { $0.pending.removeValue(forKey: id) != nil }
+                        return stillMine ? error : nil
                     }
                     return nil
                 }

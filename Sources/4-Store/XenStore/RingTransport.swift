@@ -7,9 +7,9 @@ import XenHypervisor
 /// guest kernel talks to xenstored: requests go into the page's `req` ring, replies and watch
 /// events come back in `rsp`, and each side rings the other's event channel after moving data.
 public final class XenStoreRingTransport: XenStoreTransport, @unchecked Sendable {
-    // @unchecked: the ring's page stays shared until `deinit`; `closed` is atomic; `send` is
-    // called by one thread at a time (the client sends under its lock) and `receive` by the
-    // client's reader thread only.
+    // @unchecked: the ring's page stays shared until `deinit`; `closed` is atomic; every
+    // other stored property is a `let`; `send` is called by one thread at a time (the client
+    // serialises its sends) and `receive` by the client's reader thread only.
     private let ring: XenStoreDomainRing
     private let events: any EventChannels
     private let sharer: any GrantSharer
@@ -19,12 +19,15 @@ public final class XenStoreRingTransport: XenStoreTransport, @unchecked Sendable
     /// The guest's end of the event channel, for `XS_INTRODUCE`'s port field.
     public let port: EventPort
     private let closed = ManagedAtomic(false)
-    /// How long `send` waits for room in the request ring before giving up.
-    public var sendTimeout: Double = 5
+    /// How long `send` waits for room in the request ring before giving up, in seconds.
+    /// Fixed at creation: senders and the reader share the transport across threads.
+    public let sendTimeout: Double
 
     /// Shares a fresh page with `daemon` and allocates an unbound event channel for it; the
-    /// toolstack then introduces the domain with `ringRef` and `port`.
-    public init(hypervisor: any Hypervisor, daemon: DomainID = .dom0) throws(XenStoreError) {
+    /// toolstack then introduces the domain with `ringRef` and `port`. `send` gives up after
+    /// `sendTimeout` seconds without room in the request ring.
+    public init(hypervisor: any Hypervisor, daemon: DomainID = .dom0, sendTimeout: Double = 5) throws(XenStoreError) {
+        self.sendTimeout = sendTimeout
         do {
             sharer = try hypervisor.openGrantSharer()
             pages = try sharer.sharePages(count: 1, with: daemon, writable: true)

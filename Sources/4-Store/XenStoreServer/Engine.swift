@@ -32,7 +32,10 @@ public final class XenStoreEngine {
         public var isWatchEvent: Bool { message.type == .watchEvent }
     }
 
-    /// Domain lifecycle notifications for transports that serve rings (`XS_INTRODUCE`, `XS_RELEASE`).
+    /// Called for every `XS_INTRODUCE` from dom0, before the domain counts as introduced (a
+    /// throw is the reply), so a transport that serves rings attaches the guest's page and
+    /// event channel. Called for a domain already introduced too: a transport that still
+    /// serves its ring leaves it, one that dropped it attaches the page given now.
     public var onIntroduce: ((_ domain: DomainID, _ frame: UInt64, _ port: UInt32) throws(XenStoreError) -> Void)?
     /// Called when a domain is released (by `XS_RELEASE` or ``releaseDomain(_:)``), before
     /// `@releaseDomain` fires, so a ring transport can drop the guest's page and channel.
@@ -294,7 +297,7 @@ public final class XenStoreEngine {
             guard arg == "T" || arg == "F" else { throw XenStoreError(.invalid, "TRANSACTION_END wants T or F") }
             guard let t = tx else { throw XenStoreError(.noEntry, "no transaction") }
             conn.transactions[m.transactionID] = nil
-            if arg == "T" { try commit(t) }
+            if arg == "T" { try commit(t, by: conn.domain) }
             return Self.ok
         case .getDomainPath:
             let domid = try domainArg(oneArg(m))
@@ -309,10 +312,13 @@ public final class XenStoreEngine {
                 throw XenStoreError(.invalid, "INTRODUCE wants domid, mfn, port")
             }
             let domid = try domainArg(args[0])
-            if !introduced.contains(domid) {
-                try onIntroduce?(domid, frame, port)
-                introduceDomain(domid)
-            }
+            // dom0 is introduced from the start and has no ring here.
+            guard domid != .dom0 else { return Self.ok }
+            // Asked for a domain already introduced too: a transport that cut the guest's
+            // ring off (for a protocol or index error) attaches the fresh page, so dom0 can
+            // give the guest its store back without releasing the domain.
+            try onIntroduce?(domid, frame, port)
+            introduceDomain(domid)
             return Self.ok
         case .release:
             try requirePrivilege(conn)
@@ -537,9 +543,24 @@ public final class XenStoreEngine {
         return ([path], Change(path: path, permissions: perms, recursive: false))
     }
 
-    private func commit(_ t: OpenTransaction) throws(XenStoreError) {
+    /// Applies `t` to the store for `domain`, or throws and applies nothing: `EAGAIN` if a
+    /// node it touched changed since, `ENOSPC` if the nodes it adds would take an owner over
+    /// `nodesPerDomain`.
+    private func commit(_ t: OpenTransaction, by domain: DomainID) throws(XenStoreError) {
         if let p = t.conflict(with: tree) { throw XenStoreError(.again, "conflicting change to \(p)") }
         guard !t.written.isEmpty || !t.removed.isEmpty else { return }
+        // Each request checked the quota against the store as the transaction saw it; other
+        // transactions (and plain writes) may have added nodes since without touching any
+        // node this one did, so check again against the store as it is now. The same errno
+        // as a write over the quota. Exact: no node this transaction touched has changed, so
+        // its per-owner difference still holds.
+        if bound(domain) {
+            for (owner, added) in t.ownedDelta where added > 0 {
+                if tree.ownedCount(owner) + added > quotas.nodesPerDomain {
+                    throw XenStoreError(.noSpace, "commit would take \(owner) over its node quota")
+                }
+            }
+        }
         for p in t.removed { tree.drop(p) }
         for (p, node) in t.written { tree.set(p, node) }
         stamp(Array(t.written.keys) + Array(t.removed))

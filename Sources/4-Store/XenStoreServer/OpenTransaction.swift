@@ -11,7 +11,9 @@ final class OpenTransaction {
     private(set) var seen: [String: UInt64] = [:]
     private(set) var written: [String: XenStoreNode] = [:]
     private(set) var removed: Set<String> = []
-    private var ownedDelta: [DomainID: Int] = [:]
+    /// Nodes each domain owns after this transaction minus before it (what its commit adds
+    /// to the store's per-domain counts).
+    private(set) var ownedDelta: [DomainID: Int] = [:]
     /// Watch-firing changes to replay on commit, one per path (the last wins), in first-change order.
     private var changeOrder: [String] = []
     private var changeByPath: [String: XenStoreEngine.Change] = [:]

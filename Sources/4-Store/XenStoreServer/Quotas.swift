@@ -5,7 +5,8 @@
 /// `transactionsPerConnection`, transaction nodes `transactionNodes`, outstanding requests
 /// `outstandingRequests`; and, for the daemon's own resources, connections and queued events.
 public struct XenStoreQuotas: Hashable, Sendable {
-    /// Nodes a domain may own (`quota-nb-entry-per-domain`); beyond: `ENOSPC`.
+    /// Nodes a domain may own (`quota-nb-entry-per-domain`); beyond: `ENOSPC`, for a write
+    /// and for a transaction's commit (checked again then, as C xenstored does).
     public var nodesPerDomain = 1000
     /// Watches a domain may hold (`quota-nb-watch-per-domain`); beyond: `E2BIG`.
     public var watchesPerDomain = 128

@@ -136,9 +136,13 @@ public final class XenStoreServer: @unchecked Sendable {
             } catch {
                 throw XenStoreError(.system, "opening dom0's event channels and grant mapper: \(error)")
             }
-            engine.onIntroduce = { [unowned self] domain, ref, port throws(XenStoreError) in
-                try self.attachRing(domain: domain, ringRef: GrantRef(UInt32(truncatingIfNeeded: ref)),
-                                    remotePort: EventPort(UInt32(truncatingIfNeeded: port)))
+            engine.onIntroduce = { [unowned self] domain, frame, port throws(XenStoreError) in
+                // The wire's frame is 64 bits (an MFN on Xen); here it names a 32-bit grant
+                // reference. Truncating would map whatever grant the low bits name.
+                guard let ref = UInt32(exactly: frame) else {
+                    throw XenStoreError(.invalid, "INTRODUCE frame \(frame) is not a grant reference")
+                }
+                try self.attachRing(domain: domain, ringRef: GrantRef(ref), remotePort: EventPort(port))
             }
             engine.onRelease = { [unowned self] domain in
                 if let c = self.ringByDomain[domain] { self.drop(c, reason: nil) }
@@ -456,10 +460,12 @@ public final class XenStoreServer: @unchecked Sendable {
     // MARK: rings
 
     /// Maps a guest's xenstore page and binds its event channel (what `XS_INTRODUCE` asks).
-    /// In this world the page is named by the grant reference the guest gave dom0.
+    /// In this world the page is named by the grant reference the guest gave dom0. A domain
+    /// whose ring is served keeps it (introducing it again is a no-op, as before); one whose
+    /// ring was cut off gets the page given now.
     private func attachRing(domain: DomainID, ringRef: GrantRef, remotePort: EventPort) throws(XenStoreError) {
         guard let events, let mapper else { throw XenStoreError(.notImplemented, "no hypervisor for rings") }
-        guard ringByDomain[domain] == nil else { throw XenStoreError(.exists, "\(domain) already has a ring") }
+        guard ringByDomain[domain] == nil else { return }
         let mapping: GrantMapping
         do {
             mapping = try mapper.map(ringRef, from: domain, writable: true)
