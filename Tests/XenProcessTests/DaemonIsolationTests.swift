@@ -13,22 +13,7 @@ extension ProcessTests {
     /// The hypervisor daemon tried as a hostile guest and a hostile local user
     /// would (issue 13): each attack is refused or bounded, and nobody else is harmed.
     @Suite struct DaemonIsolationTests {
-        /// A started daemon in a fresh directory, stopped and removed at the end.
-        final class Fixture {
-            let dir = temporaryDirectory()
-            var socket: String { dir + "/hv.sock" }
-            let daemon: HypervisorDaemon
-            init(_ configure: (inout DaemonPolicy) -> Void = { _ in }) throws {
-                var policy = DaemonPolicy()
-                configure(&policy)
-                daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", policy: policy, logger: quietLogger())
-                try daemon.start()
-            }
-            deinit {
-                daemon.stop()
-                try? FileManager.default.removeItem(atPath: dir)
-            }
-        }
+        typealias Fixture = DaemonFixture
 
         /// The code `body` fails with, or nil if it does not fail.
         func failure(_ body: () throws -> Void) -> HypervisorError.Code? {

@@ -70,11 +70,9 @@ extension ProcessTests {
         }
 
         @Test func aHostileGranteeFindsNothingButWhatWasGrantedToIt() async throws {
-            let dir = temporaryDirectory()
-            defer { try? FileManager.default.removeItem(atPath: dir) }
-            let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
-            try daemon.start()
-            defer { daemon.stop() }
+            let f = try DaemonFixture()
+            defer { f.stop() }
+            let dir = f.dir
             let granter = try RemoteHypervisor(socketPath: dir + "/hv.sock", as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
             defer { granter.close() }
             let other = try RemoteHypervisor(socketPath: dir + "/hv.sock", as: .newGuest(frames: 16), onDaemonLost: ignoreLoss)
@@ -137,11 +135,9 @@ extension ProcessTests {
         }
 
         @Test func dom0GrantCopyReachesOnlyWhatIsSharedWithDom0() async throws {
-            let dir = temporaryDirectory()
-            defer { try? FileManager.default.removeItem(atPath: dir) }
-            let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
-            try daemon.start()
-            defer { daemon.stop() }
+            let f = try DaemonFixture()
+            defer { f.stop() }
+            let dir = f.dir
             let granter = try RemoteHypervisor(socketPath: dir + "/hv.sock", as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
             defer { granter.close() }
             let other = try RemoteHypervisor(socketPath: dir + "/hv.sock", as: .newGuest(frames: 16), onDaemonLost: ignoreLoss)
@@ -211,11 +207,9 @@ extension ProcessTests {
         }
 
         @Test func pinsPastTheLimitAreAnErrorNotATrap() async throws {
-            let dir = temporaryDirectory()
-            defer { try? FileManager.default.removeItem(atPath: dir) }
-            let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
-            try daemon.start()
-            defer { daemon.stop() }
+            let f = try DaemonFixture()
+            defer { f.stop() }
+            let dir = f.dir
             let guest = try RemoteHypervisor(socketPath: dir + "/hv.sock", as: .newGuest(frames: 16), onDaemonLost: ignoreLoss)
             defer { guest.close() }
             // A guest maps its own grant, 256 times per call, over and over.
@@ -243,11 +237,9 @@ extension ProcessTests {
         }
 
         @Test func aGuestHoldsABoundedNumberOfSharePools() async throws {
-            let dir = temporaryDirectory()
-            defer { try? FileManager.default.removeItem(atPath: dir) }
-            let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
-            try daemon.start()
-            defer { daemon.stop() }
+            let f = try DaemonFixture()
+            defer { f.stop() }
+            let dir = f.dir
             let raw = try rawConnection(dir + "/hv.sock")
             defer { close(raw) }
             let joined = try call(raw, WireMessage([DaemonOp.join.rawValue, 1, 16, 0]))
@@ -271,11 +263,9 @@ extension ProcessTests {
         }
 
         @Test func noDescriptorAGuestHoldsCanBeTruncatedUnderTheDaemon() async throws {
-            let dir = temporaryDirectory()
-            defer { try? FileManager.default.removeItem(atPath: dir) }
-            let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
-            try daemon.start()
-            defer { daemon.stop() }
+            let f = try DaemonFixture()
+            defer { f.stop() }
+            let dir = f.dir
             let raw = try rawConnection(dir + "/hv.sock")
             defer { close(raw) }
             let joined = try call(raw, WireMessage([DaemonOp.join.rawValue, 1, 16, 0]))

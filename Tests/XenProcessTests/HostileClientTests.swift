@@ -17,11 +17,9 @@ extension ProcessTests {
         }
 
         @Test func nonsenseGetsErrorsAndOthersAreUnharmed() async throws {
-            let dir = temporaryDirectory()
-            defer { try? FileManager.default.removeItem(atPath: dir) }
-            let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
-            try daemon.start()
-            defer { daemon.stop() }
+            let f = try DaemonFixture()
+            defer { f.stop() }
+            let dir = f.dir
             let honest = try RemoteHypervisor(socketPath: dir + "/hv.sock", as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
             defer { honest.close() }
             let shared = try honest.openGrantSharer().sharePages(count: 1, with: .dom0, writable: true)
@@ -57,7 +55,7 @@ extension ProcessTests {
             // A record too short to parse: the daemon drops this connection, and with it our domain.
             var junk: [UInt8] = [1, 0]
             _ = send(fd, &junk, 2, 0)
-            #expect(await eventually { !daemon.report().domains.contains(DomainID(UInt16(me))) })
+            #expect(await eventually { !f.daemon.report().domains.contains(DomainID(UInt16(me))) })
 
             // The honest guest is untouched: dom0 still maps its grant.
             let dom0 = try RemoteHypervisor(socketPath: dir + "/hv.sock", as: .dom0, onDaemonLost: ignoreLoss)

@@ -13,11 +13,9 @@ extension ProcessTests {
     @Suite(.serialized)
     struct RemoteHypervisorTests {
         @Test func mapOfAGrantMeantForAnotherDomainIsRefused() async throws {
-            let dir = temporaryDirectory()
-            defer { try? FileManager.default.removeItem(atPath: dir) }
-            let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
-            try daemon.start()
-            defer { daemon.stop() }
+            let f = try DaemonFixture()
+            defer { f.stop() }
+            let dir = f.dir
             let a = try RemoteHypervisor(socketPath: dir + "/hv.sock", as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
             let b = try RemoteHypervisor(socketPath: dir + "/hv.sock", as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
             let dom0 = try RemoteHypervisor(socketPath: dir + "/hv.sock", as: .dom0, onDaemonLost: ignoreLoss)
@@ -66,19 +64,17 @@ extension ProcessTests {
         }
 
         @Test func theRingEngineRunsUnchangedOnRemoteHypervisors() async throws {
-            let dir = temporaryDirectory()
-            defer { try? FileManager.default.removeItem(atPath: dir) }
-            let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
-            try daemon.start()
-            defer { daemon.stop() }
+            let f = try DaemonFixture()
+            defer { f.stop() }
+            let dir = f.dir
             let guest = try RemoteHypervisor(socketPath: dir + "/hv.sock", as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
             let dom0 = try RemoteHypervisor(socketPath: dir + "/hv.sock", as: .dom0, onDaemonLost: ignoreLoss)
             for mode in [RingBenchmarkConfiguration.Mode.event, .adaptive] {
                 let config = RingBenchmarkConfiguration(mode: mode, requests: 20_000, queueDepth: 8, frontCPU: nil, backCPU: nil)
                 let session = try RingBenchmarkSession(configuration: config, frontend: guest, backend: dom0)
-                let before = daemon.report().calls
+                let before = f.daemon.report().calls
                 let result = try session.run()
-                let during = daemon.report().calls - before
+                let during = f.daemon.report().calls - before
                 session.close()
                 #expect(result.front.pushes > 0 && result.back.pushes > 0)
                 // Events crossed the channel pages, whatever the timing: a fresh ring's first
@@ -94,18 +90,16 @@ extension ProcessTests {
                 #expect(during <= 2, "\(during) daemon calls for \(result.front.notifies + result.back.notifies) notifies")
             }
             // Everything set up for the runs was released.
-            let report = daemon.report()
+            let report = f.daemon.report()
             #expect(report.mappings == 0 && report.ports == 0, "\(report)")
             guest.close()
             dom0.close()
         }
 
         @Test func aGuestThatLeavesTakesItsPortsAndMappingsWithIt() async throws {
-            let dir = temporaryDirectory()
-            defer { try? FileManager.default.removeItem(atPath: dir) }
-            let daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", logger: quietLogger())
-            try daemon.start()
-            defer { daemon.stop() }
+            let f = try DaemonFixture()
+            defer { f.stop() }
+            let dir = f.dir
             let guest = try RemoteHypervisor(socketPath: dir + "/hv.sock", as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
             let dom0 = try RemoteHypervisor(socketPath: dir + "/hv.sock", as: .dom0, onDaemonLost: ignoreLoss)
             let shared = try guest.openGrantSharer().sharePages(count: 2, with: .dom0, writable: true)

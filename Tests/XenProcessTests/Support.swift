@@ -104,6 +104,28 @@ final class Child: @unchecked Sendable {
     }
 }
 
+/// A hypervisor daemon started in a fresh directory; `stop()` (or the end of the
+/// fixture) stops it and removes the directory.
+final class DaemonFixture {
+    let dir = temporaryDirectory()
+    var socket: String { dir + "/hv.sock" }
+    let daemon: HypervisorDaemon
+
+    init(_ configure: (inout DaemonPolicy) -> Void = { _ in }) throws {
+        var policy = DaemonPolicy()
+        configure(&policy)
+        daemon = HypervisorDaemon(socketPath: dir + "/hv.sock", policy: policy, logger: quietLogger())
+        try daemon.start()
+    }
+
+    func stop() {
+        daemon.stop()
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    deinit { stop() }
+}
+
 /// A raw seqpacket connection to the daemon at `path`, for speaking its wire protocol by hand.
 func rawConnection(_ path: String) throws -> Int32 {
     let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0)
