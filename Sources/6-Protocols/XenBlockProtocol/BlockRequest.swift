@@ -157,7 +157,7 @@ public struct BlockRequest: Hashable, Sendable {
         case writeBarrier(sector: UInt64, segments: BlockSegments)
         /// `BLKIF_OP_DISCARD` of `count` sectors; `secure` is `BLKIF_DISCARD_SECURE`.
         case discard(sector: UInt64, count: UInt64, secure: Bool)
-        /// `BLKIF_OP_INDIRECT`; its segments are read with ``IndirectRequest/copySegments(limits:page:into:)``.
+        /// `BLKIF_OP_INDIRECT`; its segments are read with ``BlockRequest/copyIndirectSegments(limits:page:into:)``.
         case indirect(IndirectRequest)
     }
 
