@@ -112,3 +112,16 @@ import XenToolstack
         #expect(throws: DomainConfigError.self) { try XLConfigFile(parsing: big, fileName: "t.cfg") }
     }
 }
+
+/// Two refusals are the same only at the same place.
+@Suite struct DomainConfigErrorTests {
+    @Test func equalityIncludesTheLocation() {
+        let a = DomainConfigError(.syntax, "m", fileName: "f", line: 1, key: "k")
+        var b = a
+        #expect(a == b)
+        b.line = 2
+        #expect(a != b)
+        #expect(a.description == "f:1: k: m")
+        #expect(DomainConfigError(.syntax, "m").description == "m")
+    }
+}

@@ -63,6 +63,22 @@ public struct DomainConfigError: CodedError {
         return text
     }
 
+    /// Equal when code, message, location and the cause's description are (the
+    /// protocol's default would leave the location out).
+    public static func == (a: Self, b: Self) -> Bool {
+        a.code == b.code && a.message == b.message && a.fileName == b.fileName && a.line == b.line && a.key == b.key
+            && a.underlying.map { "\($0)" } == b.underlying.map { "\($0)" }
+    }
+
+    /// Hashes code, message and location (the cause has no hash of its own).
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(code)
+        hasher.combine(message)
+        hasher.combine(fileName)
+        hasher.combine(line)
+        hasher.combine(key)
+    }
+
     /// This error with the location filled in where it was still unknown.
     func located(fileName: String?, line: Int?, key: String?) -> DomainConfigError {
         var copy = self
