@@ -35,8 +35,11 @@ import XenToolstack
             ("100KB/s@1s", 100_000, 1_000_000),
             ("1Gb/s@100us", 12_500, 100),
             ("8b/s@1s", 1, 1_000_000),
-            ("1000/s", 50, 50_000),
-            ("1000B/s@250000", 250, 250_000),
+            ("5MB/s@20m", 100_000, 20_000),
+            ("1000B/s@2", 2_000, 2_000_000),
+            ("1000KB/s@250u", 250, 250),
+            ("12b/s@2s", 2, 2_000_000),
+            ("4294967295GB/s@1us", 4_294_967_295_000, 1),
         ]
         for (text, bytes, interval) in cases {
             #expect(try VifRate(parsing: text) == VifRate(bytesPerInterval: bytes, intervalMicroseconds: interval), "\(text)")
@@ -45,7 +48,8 @@ import XenToolstack
 
     @Test(arguments: [
         "10Mb", "10Mb/s@", "0MB/s", "10Xb/s", "10Mb/s@5h", "MB/s", "1b/s@1ms", "1Mb/s@1ms@2ms", "-1MB/s",
-        "999999999999999999GB/s@4000s", "1MB/s@9999999999",
+        "1000/s", "10mb/s", "1kB/s", "4294967296B/s", "010MB/s", "1MB/s@05ms", "1MB/s@4295s", "1MB/s@",
+        "4294967295GB/s@4294967295us", "1MB/s@9999999999", "1MB/sx", "",
     ])
     func badRates(text: String) {
         #expect(throws: DomainConfigError.self) { try VifRate(parsing: text) }

@@ -51,62 +51,66 @@ public struct VifRate: Hashable, Sendable {
     /// The interval when a rate names none (xl-network-configuration(5)): 50 ms.
     public static let defaultIntervalMicroseconds: UInt32 = 50_000
 
-    /// Parses xl's `RATE/s` or `RATE/s@INTERVAL`.
+    /// Parses xl's `RATE/s` or `RATE/s@INTERVAL` as libxlu does (`xlu_vif_parse_rate`).
     ///
-    /// RATE is a decimal count with a unit: `B`, `KB`, `MB`, `GB` for bytes or `b`,
-    /// `Kb`, `Mb`, `Gb` for bits (K, M, G are powers of 1000; a bare number is bytes),
-    /// then `/s`. INTERVAL is a decimal count of `us` (the default unit), `ms` or `s`.
-    /// The credit is `bytes per second × interval ÷ 1 s`, rounded down, and must be at
-    /// least one byte: `10Mb/s` is 62500 bytes per 50 ms; `5MB/s@20ms` is 100000 per 20 ms.
+    /// RATE is a decimal count 1 … 2^32-1, an optional `K`, `M` or `G` (powers of
+    /// 1000), then `B` for bytes or `b` for bits, then `/s`; bits become bytes per
+    /// second rounded down. INTERVAL is a decimal count 1 … 2^32-1 with `us` or `u`
+    /// (microseconds), `ms` or `m` (milliseconds), or `s` or nothing (seconds: this
+    /// is what xl's code does, though xl-network-configuration(5) says a bare number
+    /// is microseconds), at most 2^32-1 µs; 50 ms when absent. The credit is bytes
+    /// per second × interval ÷ 1 s, rounded down: `10Mb/s` is 62500 bytes per 50 ms;
+    /// `5MB/s@20ms` is 100000 per 20 ms.
+    ///
+    /// Stricter than xl: a leading zero (which xl's `strtoull(…, 0)` reads as octal)
+    /// and a credit of zero bytes per interval are refused.
     public init(parsing text: String) throws(DomainConfigError) {
         func refuse(_ why: String) -> DomainConfigError {
             DomainConfigError(
                 .invalidValue, "rate \(quoted(text)) \(why); write RATE/s[@INTERVAL], e.g. 10Mb/s or 5MB/s@20ms")
         }
+        /// Leading decimal digits as a count 1 … 2^32-1, and what follows.
+        func count(_ text: Substring, _ what: String) throws(DomainConfigError) -> (UInt64, Substring) {
+            let digits = text.prefix { $0 >= "0" && $0 <= "9" }
+            guard !digits.isEmpty, digits.count <= 10, let value = UInt64(digits), value > 0, value <= UInt64(UInt32.max)
+            else {
+                throw refuse("does not start its \(what) with a decimal count from 1 to \(UInt32.max)")
+            }
+            guard digits.first != "0" else { throw refuse("has a leading zero in its \(what)") }
+            return (value, text.dropFirst(digits.count))
+        }
         let halves = text.split(separator: "@", omittingEmptySubsequences: false)
         guard halves.count <= 2 else { throw refuse("has more than one @") }
-        guard halves[0].hasSuffix("/s") else { throw refuse("does not end its rate in /s") }
-        let rate = halves[0].dropLast(2)
-        let digits = rate.prefix { $0 >= "0" && $0 <= "9" }
-        let unit = rate.dropFirst(digits.count)
-        guard !digits.isEmpty, digits.count <= 18, let count = UInt64(digits), count > 0 else {
-            throw refuse("does not start with a positive decimal count")
-        }
-        let bitsPerUnit: UInt64
+        let (amount, unit) = try count(halves[0], "rate")
+        let multiplier: UInt64
+        let bits: Bool
         switch unit {
-        case "", "B": bitsPerUnit = 8
-        case "KB": bitsPerUnit = 8_000
-        case "MB": bitsPerUnit = 8_000_000
-        case "GB": bitsPerUnit = 8_000_000_000
-        case "b": bitsPerUnit = 1
-        case "Kb": bitsPerUnit = 1_000
-        case "Mb": bitsPerUnit = 1_000_000
-        case "Gb": bitsPerUnit = 1_000_000_000
-        default: throw refuse("has unit \(quoted(unit)), which is not one of B, KB, MB, GB, b, Kb, Mb, Gb")
+        case "B/s": (multiplier, bits) = (1, false)
+        case "KB/s": (multiplier, bits) = (1_000, false)
+        case "MB/s": (multiplier, bits) = (1_000_000, false)
+        case "GB/s": (multiplier, bits) = (1_000_000_000, false)
+        case "b/s": (multiplier, bits) = (1, true)
+        case "Kb/s": (multiplier, bits) = (1_000, true)
+        case "Mb/s": (multiplier, bits) = (1_000_000, true)
+        case "Gb/s": (multiplier, bits) = (1_000_000_000, true)
+        default: throw refuse("has unit \(quoted(unit)), which is not one of B/s, KB/s, MB/s, GB/s, b/s, Kb/s, Mb/s, Gb/s")
         }
+        // At most (2^32-1) × 10^9 < 2^62: no overflow.
+        let bytesPerSecond = amount * multiplier / (bits ? 8 : 1)
         var interval = UInt64(Self.defaultIntervalMicroseconds)
         if halves.count == 2 {
-            let spec = halves[1]
-            let number = spec.prefix { $0 >= "0" && $0 <= "9" }
-            let suffix = spec.dropFirst(number.count)
-            guard !number.isEmpty, number.count <= 10, let value = UInt64(number), value > 0 else {
-                throw refuse("does not give a positive interval after @")
-            }
+            let (value, suffix) = try count(halves[1], "interval after @")
             switch suffix {
-            case "", "us": interval = value
-            case "ms": interval = value * 1_000
-            case "s": interval = value * 1_000_000
+            case "u", "us": interval = value
+            case "m", "ms": interval = value * 1_000
+            case "", "s": interval = value * 1_000_000
             default: throw refuse("has interval unit \(quoted(suffix)), which is not one of us, ms, s")
             }
-            guard interval <= UInt64(UInt32.max) else { throw refuse("has an interval longer than 2^32 µs") }
+            guard interval <= UInt64(UInt32.max) else { throw refuse("has an interval longer than 2^32-1 µs") }
         }
-        let (bits, overflow) = count.multipliedReportingOverflow(by: bitsPerUnit)
-        guard !overflow else { throw refuse("is too large") }
-        // bits/s × µs ÷ (8 × 10^6 bit·µs per byte·s), in 128 bits; the quotient must fit.
-        let divisor: UInt64 = 8 * 1_000_000
-        let (high, low) = bits.multipliedFullWidth(by: interval)
-        guard high < divisor else { throw refuse("is too large") }
-        let (bytes, _) = divisor.dividingFullWidth((high, low))
+        let (product, overflow) = bytesPerSecond.multipliedReportingOverflow(by: interval)
+        guard !overflow else { throw refuse("is too large for its interval") }
+        let bytes = product / 1_000_000
         guard bytes > 0 else { throw refuse("gives less than one byte per interval; raise the rate or lengthen the interval") }
         self.bytesPerInterval = bytes
         self.intervalMicroseconds = UInt32(interval)
