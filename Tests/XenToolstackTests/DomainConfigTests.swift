@@ -162,7 +162,10 @@ import XenToolstack
     @Test func randomInputNeverTraps() {
         var random = SplitMix(seed: 0x15_C0FF1C)
         let alphabet = Array("=[]'\",;#\n \t\\:/@!.0123456789abcdefxvdrwmacipt-+".utf8)
-        let valid = Array((Self.pvlinux + "\nvif = [ 'mac=00:16:3e:00:00:01, rate=10Mb/s@20ms, ip=10.0.0.1' ]\n").utf8)
+        let text = Self.pvlinux.replacingOccurrences(
+            of: "vif = [ '' ]", with: "vif = [ 'mac=00:16:3e:00:00:01, rate=10Mb/s@20ms, ip=10.0.0.1', ]")
+        let valid = Array(text.utf8)
+        #expect(throws: Never.self) { try DomainConfig(parsing: text, fileName: "fuzz.cfg") }
         var parsed = 0
         var refused = 0
         for round in 0..<3000 {
@@ -193,7 +196,8 @@ import XenToolstack
                 refused += 1
             }
         }
+        // With this seed about a quarter parse (mutations in comments, in names and paths).
         #expect(parsed + refused == 3000)
-        #expect(parsed > 0 && refused > 0)
+        #expect(parsed > 300 && refused > 300)
     }
 }
