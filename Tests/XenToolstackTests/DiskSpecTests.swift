@@ -59,7 +59,10 @@ import XenToolstack
         #expect(try VirtualDiskDevice(name: "xvda16").number == (1 << 28 | 16))
         #expect(try VirtualDiskDevice(name: "xvdaa").number == (1 << 28 | 26 << 8))
         #expect(try VirtualDiskDevice(name: "d0p1").number == 51713)
-        #expect(try VirtualDiskDevice(name: "d16").number == (1 << 28 | 16 << 8))
+        #expect(try VirtualDiskDevice(name: "d0p0").number == 51712)
+        #expect(try VirtualDiskDevice(name: "d16p0").number == (1 << 28 | 16 << 8))
+        #expect(try VirtualDiskDevice(name: "xvdaaaaa").number == (1 << 28 | 475_254 << 8))
+        #expect(try VirtualDiskDevice(name: "xvdbgqcv").number == (1 << 28 | ((1 << 20) - 1) << 8))
     }
 
     @Test func hdAndSdNumbers() throws {
@@ -71,7 +74,7 @@ import XenToolstack
         #expect(try VirtualDiskDevice(name: "sdp15").number == 8 << 8 | 15 << 4 | 15)
     }
 
-    @Test(arguments: ["", "xvd", "xvdA", "xvda0", "xvda01", "xvdaaaaa", "hde", "hda64", "sdq", "sda16", "vda", "d", "dx", "d1p", "d1p0", "xvda1x"])
+    @Test(arguments: ["", "xvd", "xvdA", "xvda0", "xvda01", "xvdbgqcw", "xvdzzzzzzzzzzzz", "xvda256", "d0", "d01p1", "d0p01", "51712", "hde", "hda64", "sdq", "sda16", "vda", "d", "dx", "d1p", "d1p256", "d1048576p0", "xvda1x"])
     func badDeviceNames(name: String) {
         #expect(throws: DomainConfigError.self) { try VirtualDiskDevice(name: name) }
     }

@@ -1,17 +1,20 @@
 /// A guest's disk name and the device number libxl writes as `virtual-device`,
-/// per Xen's VBD interface (docs/misc/vbd-interface):
+/// per Xen's VBD interface (docs/misc/vbd-interface) and libxl's
+/// `libxl__device_disk_dev_number`:
 ///
 /// | name | number |
 /// | --- | --- |
-/// | `xvd` DISK [PART], disk < 16, part < 16 | `(202 << 8) \| (disk << 4) \| part` |
-/// | `xvd` DISK [PART], disk < 2^20, part < 256 | `(1 << 28) \| (disk << 8) \| part` (extended) |
-/// | `hd` DISK [PART], disk < 4, part < 64 | major 3 (hda, hdb) or 22 (hdc, hdd), minor `(disk % 2) << 6 \| part` |
-/// | `sd` DISK [PART], disk < 16, part < 16 | `(8 << 8) \| (disk << 4) \| part` |
-/// | `d` DISK [`p` PART] | as `xvd` with a decimal disk |
+/// | `xvd` DISK [PART], disk ≤ 15, part ≤ 15 | `(202 << 8) \| (disk << 4) \| part` |
+/// | `xvd` DISK [PART], disk < 2^20, part ≤ 255 | `(1 << 28) \| (disk << 8) \| part` (extended) |
+/// | `d` N `p` P, N < 2^20, P ≤ 255 | as `xvd` with decimal disk and partition (`d0p0` is xvda) |
+/// | `hd` DISK [PART], disk ≤ 3, part ≤ 63 | major 3 (hda, hdb) or 22 (hdc, hdd), minor `(disk % 2) << 6 \| part` |
+/// | `sd` DISK [PART], disk ≤ 15, part ≤ 15 | `(8 << 8) \| (disk << 4) \| part` |
 ///
-/// DISK letters count a = 0 … z = 25, aa = 26 … (at most four letters); PART is a
-/// decimal from 1 without leading zeros, absent for the whole disk. So xvda is
-/// 51712 and xvdb 51728; xvdq, the seventeenth disk, takes the extended scheme.
+/// DISK letters count a = 0 … z = 25, aa = 26 …; PART is a decimal from 1 without
+/// leading zeros, absent for the whole disk. So xvda is 51712 and xvdb 51728;
+/// xvdq, the seventeenth disk, takes the extended scheme. Refused where libxl is
+/// looser: a bare device number (libxl passes it through undecoded) and leading
+/// zeros in `dNpP` (libxl's `%i` reads them as octal).
 public struct VirtualDiskDevice: Hashable, Sendable, CustomStringConvertible {
     /// The name as written in the config (`xvda`, `hdc1`).
     public var name: String
@@ -31,16 +34,18 @@ public struct VirtualDiskDevice: Hashable, Sendable, CustomStringConvertible {
         func refuse() -> DomainConfigError {
             DomainConfigError(
                 .invalidValue,
-                "vdev \(quoted(name)) is not a disk name; use xvdX (xvda … xvdp, or more letters), hdX (hda … hdd), sdX (sda … sdp), dN, each optionally with a partition number")
+                "vdev \(quoted(name)) is not a disk name; use xvdX (xvda … xvdp, or more letters), hdX (hda … hdd) or sdX (sda … sdp), each optionally with a partition number from 1, or dNpP")
         }
         let bytes = Array(name.utf8)
         var cursor = 0
-        func letters() -> UInt32? {
+        /// Drive letters a … z as bijective base 26, at most `maximum`.
+        func letters(maximum: UInt32) -> UInt32? {
             var value: UInt32 = 0
             let start = cursor
             while cursor < bytes.count, bytes[cursor] >= UInt8(ascii: "a"), bytes[cursor] <= UInt8(ascii: "z") {
-                guard cursor - start < 4 else { return nil }
+                // value ≤ maximum + 1 < 2^21 here, so × 26 + 26 cannot overflow.
                 value = value * 26 + UInt32(bytes[cursor] - UInt8(ascii: "a")) + 1
+                guard value - 1 <= maximum else { return nil }
                 cursor += 1
             }
             return cursor == start ? nil : value - 1
@@ -70,21 +75,18 @@ public struct VirtualDiskDevice: Hashable, Sendable, CustomStringConvertible {
         if name.hasPrefix("xvd") || name.hasPrefix("d") {
             if name.hasPrefix("xvd") {
                 cursor = 3
-                guard let d = letters(), let p = partitionAtEnd() else { throw refuse() }
+                guard let d = letters(maximum: (1 << 20) - 1), let p = partitionAtEnd() else { throw refuse() }
                 disk = d
                 part = p
             } else {
                 cursor = 1
-                guard let d = decimal(allowZero: true) else { throw refuse() }
-                disk = d
-                if cursor == bytes.count {
-                    part = 0
-                } else {
-                    guard bytes[cursor] == UInt8(ascii: "p") else { throw refuse() }
-                    cursor += 1
-                    guard let p = decimal(allowZero: false), cursor == bytes.count else { throw refuse() }
-                    part = p
+                guard let d = decimal(allowZero: true), cursor < bytes.count, bytes[cursor] == UInt8(ascii: "p") else {
+                    throw refuse()
                 }
+                cursor += 1
+                guard let p = decimal(allowZero: true), cursor == bytes.count else { throw refuse() }
+                disk = d
+                part = p
             }
             if disk < 16 && part < 16 {
                 number = (202 << 8) | (disk << 4) | part
@@ -96,7 +98,7 @@ public struct VirtualDiskDevice: Hashable, Sendable, CustomStringConvertible {
             }
         } else if name.hasPrefix("hd") {
             cursor = 2
-            guard let d = letters(), let p = partitionAtEnd() else { throw refuse() }
+            guard let d = letters(maximum: 3), let p = partitionAtEnd() else { throw refuse() }
             guard d < 4, p < 64 else {
                 throw DomainConfigError(.invalidValue, "vdev \(quoted(name)) is out of range: hda … hdd, partitions 1 … 63")
             }
@@ -105,7 +107,7 @@ public struct VirtualDiskDevice: Hashable, Sendable, CustomStringConvertible {
             number = ((d < 2 ? 3 : 22) << 8) | ((d & 1) << 6) | p
         } else if name.hasPrefix("sd") {
             cursor = 2
-            guard let d = letters(), let p = partitionAtEnd() else { throw refuse() }
+            guard let d = letters(maximum: 15), let p = partitionAtEnd() else { throw refuse() }
             guard d < 16, p < 16 else {
                 throw DomainConfigError(.invalidValue, "vdev \(quoted(name)) is out of range: sda … sdp, partitions 1 … 15")
             }
