@@ -116,7 +116,8 @@ import XenToolstack
             (head + "bogus = 1\n", 3, "bogus", "unknown key"),
             (head + "ramdisk = '/boot/initrd'\n", 3, "ramdisk", "not supported"),
             (head + "memory = 0\n", 3, "memory", "out of range"),
-            (head + "memory = '128'\n", 3, "memory", "expected a number"),
+            (head + "memory = '12x'\n", 3, "memory", "expected a number"),
+            (head + "memory = [ 1 ]\n", 3, "memory", "expected a number"),
             (head + "name2 = 1\n", 3, "name2", "unknown key"),
             ("name = 'a/b'\n", 1, "name", "not a domain name"),
             ("name = 'example.pvlinux'\n", 1, "name", "not a domain name"),
@@ -149,6 +150,10 @@ import XenToolstack
     @Test func descriptionReadsLikeACompilerMessage() {
         let error = refusal("name = 'g'\nkernel = '/g'\n\n\n\n\ndisk = [ '/i,,xvda', '/j,raw,xvdb,x' ]\n")
         #expect(error?.description == #"guest.cfg:7: disk[1]: access "x" is not one of r, ro, w, rw, w!"#)
+    }
+
+    @Test func aQuotedMemoryIsANumberAsInXl() throws {
+        #expect(try DomainConfig(parsing: "name='g'\nkernel='/g'\nmemory='256'\n", fileName: "g.cfg").memory == 256)
     }
 
     @Test func ignoredKeysAreListedInOrder() throws {

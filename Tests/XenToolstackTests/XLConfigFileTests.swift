@@ -67,6 +67,7 @@ import XenToolstack
         #expect(settings[0].value == .string("q\"u\\o\tt\n"))
         #expect(settings[1].value == .string("it's"))
         #expect(settings[2].value == .string("#not a comment"))
+        #expect(try parse(#"a = '\a\b\f\v'"#)[0].value == .string("\u{7}\u{8}\u{c}\u{b}"))
     }
 
     @Test func emptyFileAndCommentsOnly() throws {
@@ -90,6 +91,8 @@ import XenToolstack
             ("a = 1\n= 2\n", 2, nil, "expected a setting"),
             ("a =\n", 1, "a", "end of the line"),
             ("a = '\\q'\n", 1, "a", "unknown escape"),
+            ("a = '\\x41'\n", 1, "a", "unknown escape"),
+            ("a = '\\101'\n", 1, "a", "unknown escape"),
             ("a = 1\nb = 2\na = 3\n", 3, "a", "first on line 1"),
         ]
         for (text, line, key, words) in cases {

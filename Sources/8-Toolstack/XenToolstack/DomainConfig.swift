@@ -34,7 +34,7 @@ public struct IgnoredSetting: Hashable, Sendable {
 /// | key | type | meaning |
 /// | --- | --- | --- |
 /// | `name` | string, required | the domain's name: 1 … 64 of `A-Z a-z 0-9 - _ @`, the bytes xenstored allows in a path component |
-/// | `memory` | number, 128 if absent | MiB, 1 … 1048576 |
+/// | `memory` | number (or a quoted decimal, as xl allows), 128 if absent | MiB, 1 … 1048576 |
 /// | `kernel` | string, required | the guest program's path, as written |
 /// | `extra` | string | its arguments, split by ``ShellWords`` |
 /// | `disk` | list of strings | ``DiskSpec``s |
@@ -193,7 +193,14 @@ public struct DomainConfig: Hashable, Sendable {
                 }
                 name = text
             case "memory":
-                guard case .number(let value) = setting.value else {
+                // xl reads every single value as text and numbers with strtol, so a
+                // quoted "128" is a number too; here decimal digits only.
+                let value: Int64
+                switch setting.value {
+                case .number(let number): value = number
+                case .string(let text) where !text.isEmpty && text.utf8.count <= 18 && text.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }):
+                    value = Int64(text) ?? 0
+                default:
                     throw fail(.invalidValue, "expected a number of MiB, found \(setting.value.kind)", setting)
                 }
                 guard value > 0, value <= Int64(Self.maximumMemory) else {

@@ -54,14 +54,16 @@ public struct XLSetting: Hashable, Sendable {
 /// - `KEY = VALUE`, one per line, or several on a line each ended by `;`;
 ///   a `;` may end any setting;
 /// - VALUE is a number (`128`, `0x80`), a `'single'` or `"double"`-quoted string
-///   (escapes `\\`, `\'`, `\"`, `\n`, `\t`, `\r`; a string does not span lines),
+///   (escapes `\\`, `\'`, `\"`, `\n`, `\t`, `\r`, `\a`, `\b`, `\f`, `\v` as libxlu's;
+///   a string does not span lines),
 ///   or a list `[ v, v, … ]` of numbers and strings that may span lines, may hold
 ///   comments and blank lines, and may end with a trailing comma;
 /// - `#` starts a comment that runs to the end of the line, outside strings.
 ///
 /// Refused with a ``DomainConfigError`` naming the line: anything else, including
-/// libxlu's `KEY += VALUE` and `"a" + "b"` (not supported here), nested lists, a key
-/// given twice (xl would keep the last one; here it is a mistake to point out), a
+/// libxlu's `KEY += VALUE` and `"a" + "b"` (not supported here), nested lists, the
+/// `\xHH` and octal escapes (which libxlu accepts but drops), a key given twice (xl
+/// keeps the last one; here it is a mistake to point out), a
 /// number that does not fit in 64 bits, bytes that are not UTF-8, and a file larger
 /// than ``maximumSize``.
 public struct XLConfigFile: Hashable, Sendable {
@@ -256,8 +258,14 @@ struct XLParser {
                 case UInt8(ascii: "n"): out.append(UInt8(ascii: "\n"))
                 case UInt8(ascii: "t"): out.append(UInt8(ascii: "\t"))
                 case UInt8(ascii: "r"): out.append(UInt8(ascii: "\r"))
+                case UInt8(ascii: "a"): out.append(0x07)
+                case UInt8(ascii: "b"): out.append(0x08)
+                case UInt8(ascii: "f"): out.append(0x0c)
+                case UInt8(ascii: "v"): out.append(0x0b)
                 default:
-                    throw error("unknown escape `\\\(describeBare(e))` in a string; use \\\\, \\', \\\", \\n, \\t or \\r", key: key)
+                    // libxlu also reads \xHH and \NNN but, as of Xen 4.x, drops the character
+                    // it decodes; refusing them beats meaning something else than xl.
+                    throw error("unknown escape `\\\(describeBare(e))` in a string; use \\\\, \\', \\\", \\n, \\t, \\r, \\a, \\b, \\f or \\v", key: key)
                 }
                 continue
             }
