@@ -69,6 +69,8 @@ let package = Package(
         // A whole host in one process (hypervisor, xenstored, backends) for a program
         // that plays both sides, as `xenpv demo` does.
         .library(name: "XenEmbeddedHost", targets: ["XenEmbeddedHost"]),
+        // Domain configs in xl.cfg syntax, for a toolstack.
+        .library(name: "XenToolstack", targets: ["XenToolstack"]),
         .executable(name: "xenpv", targets: ["xenpv"]),
         // The one benchmark engine a package outside this one runs: the
         // package-benchmark target in Benchmarks/ cannot reach a non-product.
@@ -231,6 +233,8 @@ let package = Package(
                 "XenHypervisor", "XenABI", logging, systemPackage,
             ],
             path: toolstack + "XenDemo"),
+        // Domain configs in xl.cfg syntax: the file parser, DomainConfig, disk and vif specs.
+        .target(name: "XenToolstack", dependencies: ["XenABI", "XenNetProtocol"], path: toolstack + "XenToolstack"),
         // The `xenpv` command line, one file per command.
         .executableTarget(
             name: "xenpv",
@@ -340,6 +344,7 @@ let package = Package(
                 "XenDriverRuntime", "TestSupport", logging,
             ]),
         .testTarget(name: "XenDemoTests", dependencies: ["XenDemo"]),
+        .testTarget(name: "XenToolstackTests", dependencies: ["XenToolstack", "XenNetProtocol", "TestSupport"]),
         // Runs the built `xenpv` as a user would; depending on it makes `swift test` build it.
         .testTarget(name: "XenPVCommandTests", dependencies: ["xenpv", "TestSupport"]),
         .testTarget(name: "XenRingBenchmarkTests", dependencies: ["XenRingBenchmark", "XenSimulator", "XenABI"]),
