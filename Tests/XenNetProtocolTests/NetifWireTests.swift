@@ -65,6 +65,10 @@ struct NetifWireTests {
 
     @Test func macAddressesParseStrictly() {
         #expect(MACAddress("00:16:3e:12:34:56")?.description == "00:16:3e:12:34:56")
+        // A peer writes `mac`: a sign is no hex digit, whatever UInt8(_:radix:) accepts.
+        #expect(MACAddress("+f:16:3e:12:34:56") == nil)
+        #expect(MACAddress("00:16:3e:12:34:-0") == nil)
+        #expect(MACAddress("00:16:3e:12:34:５６") == nil)
         for bad in ["", "00:16:3e:12:34", "00:16:3e:12:34:56:78", "0:16:3e:12:34:56", "zz:16:3e:12:34:56"] {
             #expect(MACAddress(bad) == nil, "\(bad)")
         }

@@ -95,7 +95,8 @@ public struct MACAddress: Hashable, Sendable, CustomStringConvertible {
         guard parts.count == 6 else { return nil }
         var values = [UInt8]()
         for part in parts {
-            guard part.count == 2, let v = UInt8(part, radix: 16) else { return nil }
+            // Two hex digits exactly: UInt8(_:radix:) alone would take "+f" or "-0".
+            guard part.count == 2, part.allSatisfy(\.isHexDigit), let v = UInt8(part, radix: 16) else { return nil }
             values.append(v)
         }
         self.init(values[0], values[1], values[2], values[3], values[4], values[5])
