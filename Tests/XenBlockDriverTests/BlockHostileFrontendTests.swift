@@ -142,7 +142,7 @@ struct X32Response: BitwiseCopyable { var words: InlineArray<3, UInt32> }
 /// Stopping a queue whose frontend keeps its ring full: stop is honoured on every turn,
 /// not only when the thread sleeps, so it returns; and the ring is unmapped only after
 /// the thread is gone.
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(.minutes(3)))
 struct BlockFloodedStopTests {
     /// Grant copy, and persistent mappings (which the thread unmaps itself on its way out).
     @Test(arguments: [0, 1056])

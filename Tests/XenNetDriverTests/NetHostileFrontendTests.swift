@@ -90,7 +90,7 @@ struct NetHostileFrontendTests {
 /// Stopping a vif whose frontend keeps its tx ring full: stop is honoured on every turn,
 /// not only when the thread sleeps, so it returns; and the rings are unmapped only after
 /// the thread is gone.
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(.minutes(3)))
 struct NetFloodedStopTests {
     @Test func stopReturnsUnderAFloodAndTheRingsAreUnmappedAfterTheThreadExited() async throws {
         let f = try NetFixture()
