@@ -33,7 +33,7 @@ public struct IgnoredSetting: Hashable, Sendable {
 ///
 /// | key | type | meaning |
 /// | --- | --- | --- |
-/// | `name` | string, required | the domain's name: 1 … 64 of `A-Z a-z 0-9 - _ @`, the bytes xenstored allows in a path component |
+/// | `name` | string, required | the domain's name: 1 … 64 printable ASCII bytes, no blank or `/`, not all digits (it is stored as the value of `/local/domain/N/name`, and a name that read as a number would be taken for a domain id) |
 /// | `memory` | number (or a quoted decimal, as xl allows), 128 if absent | MiB, 1 … 1048576 |
 /// | `kernel` | string, required | the guest program's path, as written |
 /// | `extra` | string | its arguments, split by ``ShellWords`` |
@@ -184,11 +184,12 @@ public struct DomainConfig: Hashable, Sendable {
             case "name":
                 let text = try string(setting)
                 guard !text.isEmpty, text.utf8.count <= Self.maximumNameLength,
-                    text.utf8.allSatisfy({ Self.isNameByte($0) })
+                    text.utf8.allSatisfy({ Self.isNameByte($0) }),
+                    !text.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") })
                 else {
                     throw fail(
                         .invalidValue,
-                        "\(quoted(text)) is not a domain name; use 1 to \(Self.maximumNameLength) of A-Z a-z 0-9 - _ @ (a xenstore path component)",
+                        "\(quoted(text)) is not a domain name; use 1 to \(Self.maximumNameLength) printable characters without blanks or /, not all digits",
                         setting)
                 }
                 name = text
@@ -270,9 +271,8 @@ public struct DomainConfig: Hashable, Sendable {
             onPoweroff: onPoweroff, onReboot: onReboot, ignored: ignored)
     }
 
-    /// xenstored's path bytes, without `/`: `A-Z a-z 0-9 - _ @`.
+    /// A byte a domain name may hold: printable ASCII, no blank, no `/`.
     static func isNameByte(_ b: UInt8) -> Bool {
-        (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b == UInt8(ascii: "-")
-            || b == UInt8(ascii: "_") || b == UInt8(ascii: "@")
+        b > 0x20 && b < 0x7f && b != UInt8(ascii: "/")
     }
 }
