@@ -197,8 +197,10 @@ public final class XenbusBackendManager<Factory: XenbusBackendDeviceFactory>: Se
         }
         for e in entries { e.endpoint.requestClose() }
         await Self.wait(for: entries.map(\.task), timeout: timeout)
-        // An endpoint that did not finish still holds mappings: release them.
-        for e in entries { await factory.closeDevice(e.driver) }
+        // An endpoint that did not finish in time still holds mappings: release them. One
+        // that finished was closed by its own task, which also took it out of `running`.
+        let unfinished = state.withLock { s in entries.filter { s.running[$0.device.backendPath] != nil } }
+        for e in unfinished { await factory.closeDevice(e.driver) }
     }
 
     /// Stops watching and cancels every device's task (each endpoint stops where it is
