@@ -556,7 +556,7 @@ public final class XenStoreEngine {
         // its per-owner difference still holds.
         if bound(domain) {
             for (owner, added) in t.ownedDelta where added > 0 {
-                if tree.ownedCount(owner) + added > quotas.nodesPerDomain {
+                if t.ownedCount(owner, in: tree) > quotas.nodesPerDomain {
                     throw XenStoreError(.noSpace, "commit would take \(owner) over its node quota")
                 }
             }
