@@ -84,9 +84,13 @@ public final class BlockQueue: @unchecked Sendable {
     private let header: SharedRingHeader
 
     /// Requests the frontend published and this queue has not answered
-    /// (`req_prod - rsp_prod`, relaxed loads): a figure for display.
+    /// (`req_prod - rsp_prod`, relaxed loads): a figure for display; 0 once the queue has
+    /// stopped. Read under the lock `release` takes before it unmaps the ring, so a
+    /// statistics reader never touches the ring after it is gone.
     public var ringFill: Int {
-        Int(header.requestProducer.load(ordering: .relaxed) &- header.responseProducer.load(ordering: .relaxed))
+        released.withLock { gone in
+            gone ? 0 : Int(header.requestProducer.load(ordering: .relaxed) &- header.responseProducer.load(ordering: .relaxed))
+        }
     }
 
     /// Starts the queue thread.

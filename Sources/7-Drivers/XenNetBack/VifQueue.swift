@@ -123,14 +123,19 @@ public final class VifQueue: @unchecked Sendable {
 
     /// Requests the frontend has published on the tx ring and this queue has
     /// not answered yet (`req_prod - rsp_prod`), read from shared memory with
-    /// relaxed loads: a figure for display, never used for decisions.
+    /// relaxed loads: a figure for display, never used for decisions; 0 once the queue
+    /// has stopped (read under the lock `release` takes before it unmaps the rings).
     public var transmitRingFill: UInt32 {
-        txHeader.requestProducer.load(ordering: .relaxed) &- txHeader.responseProducer.load(ordering: .relaxed)
+        released.withLock { gone in
+            gone ? 0 : txHeader.requestProducer.load(ordering: .relaxed) &- txHeader.responseProducer.load(ordering: .relaxed)
+        }
     }
 
-    /// Receive buffers the frontend has posted and this queue has not filled.
+    /// Receive buffers the frontend has posted and this queue has not filled; 0 once stopped.
     public var receiveBuffersPosted: UInt32 {
-        rxHeader.requestProducer.load(ordering: .relaxed) &- rxHeader.responseProducer.load(ordering: .relaxed)
+        released.withLock { gone in
+            gone ? 0 : rxHeader.requestProducer.load(ordering: .relaxed) &- rxHeader.responseProducer.load(ordering: .relaxed)
+        }
     }
 
     /// Starts the queue thread.
