@@ -236,7 +236,7 @@ let package = Package(
         // Domain configs in xl.cfg syntax: the file parser, DomainConfig, disk and vif specs.
         .target(
             name: "XenToolstack",
-            dependencies: ["XenABI", "XenNetProtocol", "XenStore", "XenBus", "XenSimulatorClient"],
+            dependencies: ["XenABI", "CXen", "XenNetProtocol", "XenStore", "XenBus", "XenSimulatorClient"],
             path: toolstack + "XenToolstack"),
         // The `xenpv` command line, one file per command.
         .executableTarget(
@@ -347,7 +347,7 @@ let package = Package(
                 "XenDriverRuntime", "TestSupport", logging,
             ]),
         .testTarget(name: "XenDemoTests", dependencies: ["XenDemo"]),
-        .testTarget(name: "XenToolstackTests", dependencies: ["XenToolstack", "XenNetProtocol", "TestSupport"]),
+        .testTarget(name: "XenToolstackTests", dependencies: ["XenToolstack", "XenNetProtocol", "XenStore", "XenABI", "TestSupport"]),
         // Runs the built `xenpv` as a user would; depending on it makes `swift test` build it.
         .testTarget(name: "XenPVCommandTests", dependencies: ["xenpv", "TestSupport"]),
         .testTarget(name: "XenRingBenchmarkTests", dependencies: ["XenRingBenchmark", "XenSimulator", "XenABI"]),

@@ -1,3 +1,4 @@
+import CXen
 import Foundation
 import Glibc
 
@@ -18,8 +19,8 @@ public struct GuestProgram: Hashable, Sendable, Codable {
     }
 
     /// Starts `path` with `arguments` and `environment` added to this process's, its
-    /// output appended to `log`. A relative `path` is taken from `directory` (the
-    /// config file's), as a shell would from the working directory.
+    /// output appended to `log`. A relative `path` is taken from `directory` (xl takes
+    /// it from its working directory).
     /// - Throws: ``ToolstackError`` `.program`.
     public static func start(_ path: String, arguments: [String], environment: [String: String], log: String,
                              directory: String) throws(ToolstackError) -> GuestProgram {
@@ -42,6 +43,9 @@ public struct GuestProgram: Hashable, Sendable, Codable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_adddup2(&actions, logFD, 1)
         posix_spawn_file_actions_adddup2(&actions, logFD, 2)
+        // Nothing else of the toolstack's: a descriptor left open would keep, say, the
+        // caller's end-of-process socket or pipe alive as long as the guest runs.
+        cxen_spawn_close_from(&actions, 3)
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
