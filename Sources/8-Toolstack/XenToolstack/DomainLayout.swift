@@ -76,8 +76,8 @@ public enum DomainLayout {
     }
 
     /// A disk as libxl_disk.c writes it. Frontend: `virtual-device` (the vdev's number),
-    /// `device-type`. Backend: `params` (the target), `mode` (`r`, `w`, or `w!` for a disk
-    /// shared writable on purpose: blkback only looks for a `w`), `type` (`phy`: libxl's
+    /// `device-type`. Backend: `params` (the target), `mode` (`r` or `w`: libxl writes `w`
+    /// for `w!` too, the `!` only skips the toolstack's sharing check), `type` (`phy`: libxl's
     /// backend for raw targets), `dev` (the vdev's name), `device-type`, `removable`,
     /// `bootable`, `discard-enable`.
     public static func disk(_ spec: DiskSpec, domain: DomainID) -> DeviceLayout {
@@ -85,7 +85,7 @@ public enum DomainLayout {
             device: XenbusDevice(type: "vbd", id: spec.vdev.number, frontend: domain),
             frontendKeys: ["virtual-device": String(spec.vdev.number), "device-type": "disk"],
             backendKeys: [
-                "params": spec.target, "mode": spec.access.rawValue, "type": "phy", "dev": spec.vdev.name,
+                "params": spec.target, "mode": spec.access == .readOnly ? "r" : "w", "type": "phy", "dev": spec.vdev.name,
                 "device-type": "disk", "removable": "0", "bootable": "1",
                 "discard-enable": spec.discard == false ? "0" : "1",
             ])

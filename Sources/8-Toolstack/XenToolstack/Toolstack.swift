@@ -120,8 +120,8 @@ public final class Toolstack: @unchecked Sendable {
     }
 
     /// Refuses a `w` disk whose target another running domain has attached writable
-    /// (`mode` `w` or `w!` in dom0's backend directories), as the block hotplug
-    /// script's sharing check does; `w!` skips the check.
+    /// (`mode` `w` in dom0's backend directories), as the block hotplug script's sharing
+    /// check does; `w!` skips the check.
     func checkSharing(_ disks: [DiskSpec], _ targets: [DiskTarget]) async throws(ToolstackError) {
         let wanted = zip(disks, targets).filter { $0.0.access == .readWrite }
         guard !wanted.isEmpty else { return }
