@@ -17,7 +17,7 @@ struct ToolstackLibraryTests {
     /// An image of `bytes` zero bytes in `dir`.
     static func image(_ dir: String, _ name: String, bytes: Int = 1 << 20) -> String {
         let path = dir + "/" + name
-        FileManager.default.createFile(atPath: path, contents: nil)
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
         _ = truncate(path, off_t(bytes))
         return path
     }

@@ -61,7 +61,7 @@ enum DomainStarter {
         do {
             record.program = try GuestProgram.start(
                 config.kernel, arguments: config.arguments, environment: environment, log: state.consoleLog(config.name),
-                directory: (configPath as NSString).deletingLastPathComponent)
+                directory: FileManager.default.currentDirectoryPath)
             try state.save(record)
         } catch {
             record.program?.signal(SIGKILL)

@@ -105,6 +105,13 @@ final class GuestNet: @unchecked Sendable {
         })
     }
 
+    /// With --until-shutdown, waits (this thread) for the toolstack's shutdown request.
+    func lingerIfAsked(_ options: GuestOptions) {
+        guard options.untilShutdown else { return }
+        say("xenpv guest: waiting for a shutdown request")
+        shutdown.wait()
+    }
+
     /// Takes the frames received so far.
     func take() -> [[UInt8]] { received.take() }
 
@@ -178,6 +185,7 @@ struct GuestNetEcho: ParsableCommand {
         let deadline = Date().addingTimeInterval(timeout)
         var resent = 0
         for seq in 0..<UInt32(count) {
+            if net.shutdown.request != nil { break }
             let frame = GuestNet.frame(seq, size: size)
             var echoed = false
             while !echoed {
@@ -203,6 +211,7 @@ struct GuestNetEcho: ParsableCommand {
             if intervalMs > 0 { usleep(UInt32(intervalMs) * 1000) }
         }
         say("xenpv guest: \(count) frames echoed intact (\(resent) resent)")
+        net.lingerIfAsked(options)
     }
 }
 
@@ -221,6 +230,7 @@ struct GuestNetSend: ParsableCommand {
         defer { net.close() }
         for seq in 0..<UInt32(count) { try net.send(GuestNet.frame(seq, size: size)) }
         say("xenpv guest: sent \(count) frames of \(size) bytes")
+        net.lingerIfAsked(options)
     }
 }
 
@@ -237,7 +247,7 @@ struct GuestNetReceive: ParsableCommand {
         defer { net.close() }
         let deadline = Date().addingTimeInterval(timeout)
         var got = 0
-        while got < count {
+        while got < count, net.shutdown.request == nil {
             guard Date() < deadline else { throw ValidationError("received \(got) of \(count) frames in \(timeout) s") }
             for f in net.take() {
                 got += 1
@@ -245,11 +255,12 @@ struct GuestNetReceive: ParsableCommand {
             }
             usleep(1000)
         }
+        net.lingerIfAsked(options)
     }
 }
 
-/// `xenpv guest disk write|read|verify`: a range of the vbd (xvda), served by
-/// `xenpv backend --disk IMAGE`. Data is a pattern of each byte's absolute
+/// `xenpv guest disk write|read|verify`: a range of each vbd named by --vdev (xvda by
+/// default), served by `xenpv backend` (from its params, or --disk IMAGE). Data is a pattern of each byte's absolute
 /// offset and a seed, so `verify` in a later guest checks what `write` wrote.
 struct GuestDisk: ParsableCommand {
     static let configuration = CommandConfiguration(
