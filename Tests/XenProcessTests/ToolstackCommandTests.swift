@@ -172,6 +172,38 @@ struct ToolstackCommandTests {
         #expect(StateDirectory.beside(socket: host.socket).record("deaf") == nil)
     }
 
+    /// `create -c` follows the console until the program exits; `shutdown --reboot` of a
+    /// domain whose on_reboot is restart creates it again from its config.
+    @Test func consoleFollowsAndRebootRestarts() async throws {
+        let host = try await Host()
+        defer { host.stop() }
+        let image = host.image("r.img")
+        let job = host.config("job", disks: ["\(image),raw,xvda,w"], extra: "guest disk write --length 65536 --seed 3")
+        let followed = try await host.run(["create", job, "-c"])
+        #expect(followed.status == 0, "\(followed.output)")
+        #expect(followed.output.contains("wrote and flushed 65536 bytes at 0"), "\(followed.output)")
+        let id = try #require(Host.domid(followed.output))
+        #expect(await host.nothingLeft(of: id))
+
+        let path = host.config("phoenix", disks: ["\(image),raw,xvda,w"], extra: "guest disk read --length 4096 --until-shutdown")
+        let text = try String(contentsOfFile: path, encoding: .utf8) + "\non_reboot = \"restart\"\n"
+        _ = FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+        let created = try await host.run(["create", path])
+        let first = try #require(Host.domid(created.output), "\(created.output)")
+        #expect(await host.consoleShows("phoenix", "waiting for a shutdown request"))
+        let reboot = try await host.run(["shutdown", "phoenix", "--reboot", "--timeout", "180"])
+        #expect(reboot.status == 0, "\(reboot.output)")
+        #expect(reboot.output.contains("Restarted domain phoenix"), "\(reboot.output)")
+        let second = try #require(Host.domid(reboot.output.components(separatedBy: "Restarted").last ?? ""), "\(reboot.output)")
+        #expect(second != first)
+        #expect(await host.consoleShows("phoenix", "reboot requested by the toolstack"))
+        let list = try await host.run(["list"])
+        #expect(list.output.contains("phoenix"), "\(list.output)")
+        let destroyed = try await host.run(["destroy", "phoenix"])
+        #expect(destroyed.status == 0, "\(destroyed.output)")
+        #expect(await host.nothingLeft(of: second))
+    }
+
     /// Hostile and mistaken configs: a missing or relative target, a w disk in use,
     /// and w! sharing on purpose; and a vbd whose params dom0 made bad fails alone.
     @Test func badDisksAreRefusedAndWritableSharingNeedsWBang() async throws {
