@@ -204,6 +204,49 @@ struct ToolstackCommandTests {
         #expect(await host.nothingLeft(of: second))
     }
 
+    /// block-attach plugs a second disk into a running domain (the backend serves it
+    /// from its params and waits for the frontend), block-list shows it, a second
+    /// attach of the vdev or of a disk another domain writes is refused, block-detach
+    /// removes it; then shutdown leaves nothing.
+    @Test func blockAttachListAndDetachOnARunningDomain() async throws {
+        let host = try await Host()
+        defer { host.stop() }
+        let root = host.image("root.img"), extra = host.image("extra.img"), other = host.image("other.img")
+        let created = try await host.run(["create", host.config("hot", disks: ["\(root),raw,xvda,w"],
+                                                              extra: "guest disk read --length 4096 --until-shutdown")])
+        let id = try #require(Host.domid(created.output), "\(created.output)")
+        let busy = try await host.run(["create", host.config("busy", disks: ["\(other),raw,xvda,w"],
+                                                               extra: "guest disk read --length 4096 --until-shutdown")])
+        #expect(busy.status == 0, "\(busy.output)")
+        #expect(await host.consoleShows("hot", "waiting for a shutdown request"))
+
+        let attach = try await host.run(["block-attach", "hot", "format=raw, vdev=xvdb, access=rw, target=\(extra)"])
+        #expect(attach.status == 0, "\(attach.output)")
+        let backend = "/local/domain/0/backend/vbd/\(id)/51728"
+        #expect(try await host.store.read(backend + "/params") == extra)
+        // The backend opened it and waits for a frontend (InitWait).
+        #expect(await eventually(180) { ((try? await host.store.readIfPresent(backend + "/state")) ?? nil) == "2" })
+        let list = try await host.run(["block-list", "hot"])
+        #expect(list.status == 0 && list.output.contains("51712") && list.output.contains("51728"), "\(list.output)")
+        let again = try await host.run(["block-attach", "hot", "\(extra),raw,xvdb,r"])
+        #expect(again.status == 1 && again.output.contains("xvdb already"), "\(again.output)")
+        let stolen = try await host.run(["block-attach", "hot", "\(other),raw,xvdc,w"])
+        #expect(stolen.status == 1 && stolen.output.contains("attached read-write"), "\(stolen.output)")
+
+        let detach = try await host.run(["block-detach", "hot", "xvdb", "--timeout", "5"])
+        #expect(detach.status == 0, "\(detach.output)")
+        #expect(try await !host.store.exists(backend))
+        #expect(try await !host.store.exists("/local/domain/\(id)/device/vbd/51728"))
+        let after = try await host.run(["block-list", "hot"])
+        #expect(after.output.contains("51712") && !after.output.contains("51728"), "\(after.output)")
+
+        for name in ["hot", "busy"] {
+            let shutdown = try await host.run(["shutdown", name, "--timeout", "180"])
+            #expect(shutdown.status == 0, "\(shutdown.output)")
+        }
+        #expect(await host.nothingLeft(of: id))
+    }
+
     /// Hostile and mistaken configs: a missing or relative target, a w disk in use,
     /// and w! sharing on purpose; and a vbd whose params dom0 made bad fails alone.
     @Test func badDisksAreRefusedAndWritableSharingNeedsWBang() async throws {

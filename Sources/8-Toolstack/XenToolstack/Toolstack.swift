@@ -152,6 +152,65 @@ public final class Toolstack: @unchecked Sendable {
         return found
     }
 
+    // MARK: Hotplug
+
+    /// Plugs `disk` into the running domain `id`, as `xl block-attach` does: the same
+    /// checks and keys as a disk of the config (the target, the sharing of a `w` disk),
+    /// and a vdev the domain does not use yet. The guest sees a new device directory.
+    /// - Throws: ``ToolstackError``: `.noSuchDomain`, `.badDisk`, `.diskInUse`, `.store`.
+    public func attachDisk(_ disk: DiskSpec, to id: DomainID) async throws(ToolstackError) -> XenbusDevice {
+        guard (try? await store.exists(XenStorePath.home(of: id))) == true else {
+            throw ToolstackError(.noSuchDomain, "no guest domain \(id)")
+        }
+        let target = try DiskTarget(checking: disk.target)
+        try await checkSharing([disk], [target])
+        let layout = DomainLayout.disk(disk, domain: id)
+        let backendThere = (try? await store.exists(layout.device.backendPath)) != false
+        let frontendThere = (try? await store.exists(layout.device.frontendPath)) != false
+        if backendThere || frontendThere {
+            throw ToolstackError(.diskInUse, "\(id) has a \(disk.vdev) already")
+        }
+        do {
+            try await XenbusToolstack.create(layout.device, on: store, frontendKeys: layout.frontendKeys, backendKeys: layout.backendKeys)
+        } catch {
+            throw ToolstackError(.store, "plugging \(disk.vdev) into \(id)", underlying: error)
+        }
+        return layout.device
+    }
+
+    /// Unplugs disk `vdev` of domain `id`, as `xl block-detach` does: sets the backend's
+    /// `online` to 0 (the backend closes once the frontend has), waits at most `timeout`
+    /// seconds for the backend to reach Closed (none with `force`), then removes both
+    /// halves whatever state they are in; a backend sees its device vanish and lets go.
+    /// - Throws: ``ToolstackError`` `.noSuchDomain` when the domain has no such disk; `.store`.
+    public func detachDisk(_ vdev: VirtualDiskDevice, from id: DomainID, timeout: Double, force: Bool = false) async throws(ToolstackError) {
+        let device = XenbusDevice(type: "vbd", id: vdev.number, frontend: id)
+        guard (try? await store.exists(device.backendPath)) == true else {
+            throw ToolstackError(.noSuchDomain, "\(id) has no disk \(vdev)")
+        }
+        if !force {
+            try? await XenbusToolstack.requestUnplug(device, on: store)
+            let deadline = Date().addingTimeInterval(timeout)
+            while Date() < deadline {
+                let state = (try? await store.readIfPresent(device.backendPath + "/state")) ?? nil
+                if state == nil || state == XenbusState.closed.xenstoreValue { break }
+                try? await Task.sleep(nanoseconds: 50_000_000)
+            }
+        }
+        do { try await XenbusToolstack.remove(device, on: store) } catch {
+            try? await store.rm(device.frontendPath)
+            do { try await store.rm(device.backendPath) } catch {
+                throw ToolstackError(.store, "removing \(vdev) of \(id)", underlying: error)
+            }
+        }
+        // A backend that was still closing the device may write its `state` once more
+        // after the removal, making the directory again: sweep it for a while, bounded.
+        for _ in 0..<20 {
+            try? await Task.sleep(nanoseconds: 100_000_000)
+            if (try? await store.exists(device.backendPath)) == true { try? await store.rm(device.backendPath) }
+        }
+    }
+
     // MARK: Lookup
 
     /// Every domain the store lists under `/local/domain`, in id order.

@@ -9,5 +9,6 @@ struct XenPV: AsyncParsableCommand {
         abstract: "Xen-style paravirtual split drivers: simulated hosts, demos and benchmarks.",
         subcommands: [DemoCommand.self, ListCommand.self, TopCommand.self, XenstoreCommand.self, XenstoredCommand.self, Bench.self,
                       HypervisorCommand.self, DomainCommand.self, BackendCommand.self, GuestCommand.self,
-                      CreateCommand.self, ConsoleCommand.self, ShutdownCommand.self, DestroyCommand.self])
+                      CreateCommand.self, ConsoleCommand.self, ShutdownCommand.self, DestroyCommand.self, BlockAttachCommand.self,
+                      BlockDetachCommand.self, BlockListCommand.self])
 }
