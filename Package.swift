@@ -234,7 +234,10 @@ let package = Package(
             ],
             path: toolstack + "XenDemo"),
         // Domain configs in xl.cfg syntax: the file parser, DomainConfig, disk and vif specs.
-        .target(name: "XenToolstack", dependencies: ["XenABI", "XenNetProtocol"], path: toolstack + "XenToolstack"),
+        .target(
+            name: "XenToolstack",
+            dependencies: ["XenABI", "CXen", "XenNetProtocol", "XenStore", "XenBus", "XenSimulatorClient"],
+            path: toolstack + "XenToolstack"),
         // The `xenpv` command line, one file per command.
         .executableTarget(
             name: "xenpv",
@@ -242,7 +245,7 @@ let package = Package(
                 "XenDemo", "XenWorld", "XenSimulator", "XenSimulatorDaemon", "XenSimulatorClient", "XenHost",
                 "XenStore", "XenStoreServer", "XenBus", "XenRing", "XenHypervisor", "XenABI", "CXen",
                 "XenNetBack", "XenNetFront", "XenBlockBack", "XenBlockFront", "XenBlockStorage",
-                "XenRingBenchmark", "XenNetBenchmark", "XenBlockBenchmark", "XenStoreBenchmark",
+                "XenRingBenchmark", "XenNetBenchmark", "XenBlockBenchmark", "XenStoreBenchmark", "XenToolstack",
                 logging, argumentParser, systemPackage,
             ],
             path: toolstack + "xenpv"),
@@ -318,7 +321,7 @@ let package = Package(
             name: "XenProcessTests",
             dependencies: [
                 "XenSimulatorDaemon", "XenSimulatorClient", "XenSimulator", "XenHypervisor", "XenABI", "XenStore",
-                "XenRingBenchmark", "XenWorld", "xenpv", "TestSupport", logging,
+                "XenRingBenchmark", "XenWorld", "XenToolstack", "XenBus", "xenpv", "TestSupport", logging,
             ]),
         .testTarget(
             name: "XenBlockProtocolTests",
@@ -344,7 +347,7 @@ let package = Package(
                 "XenDriverRuntime", "TestSupport", logging,
             ]),
         .testTarget(name: "XenDemoTests", dependencies: ["XenDemo"]),
-        .testTarget(name: "XenToolstackTests", dependencies: ["XenToolstack", "XenNetProtocol", "TestSupport"]),
+        .testTarget(name: "XenToolstackTests", dependencies: ["XenToolstack", "XenNetProtocol", "XenStore", "XenABI", "TestSupport"]),
         // Runs the built `xenpv` as a user would; depending on it makes `swift test` build it.
         .testTarget(name: "XenPVCommandTests", dependencies: ["xenpv", "TestSupport"]),
         .testTarget(name: "XenRingBenchmarkTests", dependencies: ["XenRingBenchmark", "XenSimulator", "XenABI"]),

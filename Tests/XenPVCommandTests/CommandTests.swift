@@ -55,7 +55,7 @@ struct CommandTests {
         #expect(try await Self.xenpv(["xenstore", "write", "--store", socket, fe + "/state", "3", fe + "/backend", be,
                                 fe + "/backend-id", "0", be + "/state", "2"]).status == 0)
         #expect(try await Self.xenpv(["xenstore", "read", "--store", socket, fe + "/backend"]).output == be + "\n")
-        let list = try await Self.xenpv(["list", "--store", socket])
+        let list = try await Self.xenpv(["list", "--devices", "--store", socket])
         #expect(list.status == 0)
         #expect(list.output.contains("vbd/51712") && list.output.contains("Initialised") && list.output.contains("InitWait"))
         // The same socket through the environment variable Xen's tools use.

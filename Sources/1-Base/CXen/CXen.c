@@ -14,6 +14,10 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 
+int cxen_spawn_close_from(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}
+
 int cxen_memfd_create(const char *name, int allow_sealing) {
     return memfd_create(name, MFD_CLOEXEC | (allow_sealing ? MFD_ALLOW_SEALING : 0));
 }

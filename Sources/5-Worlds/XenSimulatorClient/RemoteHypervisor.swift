@@ -160,6 +160,15 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
         return (DomainID(UInt16(truncatingIfNeeded: reply.words[1])), DomainToken(high: reply.words[2], low: reply.words[3]))
     }
 
+    /// Destroys guest domain `id` now (dom0 only), as `xl destroy` does: a domain still
+    /// waiting for its process is torn down at once; a joined one loses its process's
+    /// connection (the process sees the hypervisor gone), and the daemon's usual cleanup of
+    /// a departed guest follows (mappings, ports, the domain, its store entries).
+    /// - Throws: `ESRCH` when there is no such guest domain.
+    public func destroyDomain(_ id: DomainID) throws(HypervisorError) {
+        _ = try link.call(WireMessage([DaemonOp.destroyDomain.rawValue, UInt64(id.rawValue)]))
+    }
+
     /// What the daemon holds for every process (dom0 only): for checks and listings.
     public func report() throws(HypervisorError) -> DaemonReport {
         let reply = try link.call(WireMessage([DaemonOp.report.rawValue]))

@@ -25,6 +25,8 @@ package enum DaemonOp: UInt64 {
     case createDomain = 10
     /// A new share pool for the caller's pages shared with one peer (`SharePoolRegistry`).
     case sharePool = 11
+    /// dom0 only: destroys a guest domain now (`xl destroy`), whether or not its process joined.
+    case destroyDomain = 12
 }
 
 /// One message: words, text, descriptors.

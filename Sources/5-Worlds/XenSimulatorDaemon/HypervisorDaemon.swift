@@ -440,6 +440,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
                 guard domain.isPrivileged else { throw .errno(.notPermitted, "report: only dom0 may ask") }
                 return .reply(WireMessage(lock.withLock { reportWords() }), AfterReply())
             case .createDomain: return try createDomain(m, conn, domain)
+            case .destroyDomain: return .reply(try destroyDomain(m, conn, domain), AfterReply())
             }
         } catch {
             return .reply(.failure(error), AfterReply())
@@ -524,6 +525,40 @@ public final class HypervisorDaemon: @unchecked Sendable {
             answerLater(conn, WireMessage([0, UInt64(domain.domainID.rawValue), token.high, token.low]), AfterReply())
         }
         return .later
+    }
+
+    /// `[destroyDomain, domid]` from a trusted dom0 process: a pending domain is
+    /// destroyed here; a joined one has its process's connection shut down, and the
+    /// loop's close of that connection does what a departing guest's close does.
+    private func destroyDomain(_ m: WireMessage, _ conn: Connection, _ me: SimulatedDomain) throws(HypervisorError) -> WireMessage {
+        guard me.isPrivileged, conn.trusted else { throw .errno(.notPermitted, "destroy domain: only dom0 may") }
+        guard m.words.count == 2, m.words[1] > 0, m.words[1] < UInt64(DomainID.firstReserved.rawValue) else {
+            throw .errno(.invalidArgument, "destroy domain: malformed")
+        }
+        let id = DomainID(UInt16(m.words[1]))
+        enum Found { case pending(SimulatedDomain), joined([Int32]), none }
+        let found = lock.withLock { () -> Found in
+            if let key = pending.first(where: { $0.value.domain.domainID == id })?.key, let p = pending.removeValue(forKey: key) {
+                return .pending(p.domain)
+            }
+            let fds = connections.values.filter { !$0.closed && $0.domain?.domainID == id }.map(\.fd)
+            return fds.isEmpty ? .none : .joined(fds)
+        }
+        switch found {
+        case .pending(let domain):
+            _ = hypervisor.destroyDomain(domain)
+            pools.forget(id)
+            removeFromStore(id)
+            logger.info("\(id) destroyed by dom0 before its guest joined")
+        case .joined(let fds):
+            // The loop sees the hang-up and closes the connection (its disconnect
+            // destroys the domain); the descriptor stays open until then.
+            for fd in fds { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+            logger.info("\(id) destroyed by dom0")
+        case .none:
+            throw .errno(.noSuchProcess, "destroy domain: no guest domain \(id)")
+        }
+        return WireMessage([0])
     }
 
     private func newDomain(frames count: UInt64) throws(HypervisorError) -> SimulatedDomain {
@@ -840,6 +875,13 @@ public final class HypervisorDaemon: @unchecked Sendable {
                 }
                 try? await store.rm(dir)
             }
+            // The toolstack's `/vm/UUID` (named by `vm`, a key only dom0 can write
+            // in the guest's dom0-owned home) goes with the domain, as libxl removes it.
+            if let vm = try? await store.read(XenStorePath.home(of: id) + "/vm"), vm.hasPrefix("/vm/"),
+                Self.isComponent(String(vm.dropFirst(4)))
+            {
+                try? await store.rm(vm)
+            }
             try? await store.rm(XenStorePath.home(of: id))
         }
         // A backend that was closing the device may write its `state` once more
@@ -854,6 +896,11 @@ public final class HypervisorDaemon: @unchecked Sendable {
                         try? await store.rm(dir)
                         logger.debug("swept \(dir)")
                     }
+                }
+                // A backend's published figures for the dead domain's devices go too.
+                for type in (try? await store.directory("/local/domain/0/xenpv-stats")) ?? [] where Self.isComponent(type) {
+                    let dir = "/local/domain/0/xenpv-stats/\(type)/\(id.rawValue)"
+                    if self.hypervisor.domain(id) == nil { try? await store.rm(dir) }
                 }
             }
         }

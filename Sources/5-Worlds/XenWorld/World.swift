@@ -58,10 +58,30 @@ public final class JoinedDomain: Hypervisor, @unchecked Sendable {
     /// Leaves the world: simulated, the daemon destroys a guest's domain and releases a dom0 process's resources; on Xen, the store connection closes.
     public func close() { leave() }
 
+    /// The environment variable a toolstack (`xenpv create`) sets to the token of the
+    /// domain it created for the program it starts.
+    public static let tokenVariable = "XENPV_DOMAIN_TOKEN"
+    /// The environment variable a toolstack sets to the hypervisor daemon's socket.
+    public static let socketVariable = "XENPV_HYPERVISOR_SOCKET"
+
     /// Joins `world` as `request`. Simulated, it joins the daemon at `socket`
     /// (a `xenpv hypervisor --socket PATH`); on Xen a guest's devices are the
     /// real toolstack's, and its domain id comes from the store.
+    ///
+    /// A program a toolstack started finds its domain in its environment: in the
+    /// simulated world a `.newGuest` request joins the domain named by
+    /// ``tokenVariable`` instead when that is set, and a nil `socket` is
+    /// ``socketVariable``'s value. A guest started by hand has neither and asks as given.
     public static func join(_ world: World, socket: String?, as request: DomainRequest) async throws(WorldError) -> JoinedDomain {
+        let environment = ProcessInfo.processInfo.environment
+        let socket = socket ?? environment[socketVariable]
+        var request = request
+        if case .newGuest = request, let text = environment[tokenVariable] {
+            guard let token = DomainToken(text) else {
+                throw WorldError("\(tokenVariable) is not a domain token (32 hex digits): \(text.prefix(40).debugDescription)")
+            }
+            request = .guest(token: token)
+        }
         switch world.resolved {
         case .xen:
             let store: LibXenStore

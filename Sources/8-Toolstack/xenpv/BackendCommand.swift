@@ -15,7 +15,10 @@ struct BackendCommand: ParsableCommand {
         commandName: "backend",
         abstract: "Join the hypervisor as dom0 and serve every guest's vif and vbd.",
         discussion: """
-            Every guest's vbd (xvda) is served from --disk IMAGE through libaio; guests share that image.
+            Each vbd is served through libaio from the `params` in its backend directory (as `xenpv create`
+            writes it: an absolute path to an image file or block device, read-only when `mode` has no w);
+            a vbd without `params` (a guest's xvda plugged by the daemon) is served from --disk IMAGE, which
+            such guests share. A vbd whose target is unusable stays down with the reason in its `error` key.
             Without --nic, each vif echoes the frames its guest sends back to it (for `xenpv guest net-echo`).
             With --nic BRIDGE, each vif is a TAP device vifD.N on that Linux bridge.
             """)
@@ -61,19 +64,14 @@ struct BackendCommand: ParsableCommand {
             return EchoAttachment.make(swapAddresses: false)
         }
         let task = Task { try await backend.run() }
-        var blockBackend: BlockBackend?
-        if let disk {
-            let size = (try FileManager.default.attributesOfItem(atPath: disk)[.size] as? UInt64) ?? 0
-            let blk = BlockBackend(store: hv.store, hypervisor: hv, logger: logger) { _, _, _ in
-                BlockBackendDisk(byteCount: size, readOnly: false) {
-                    try LibaioStorage(path: FilePath(disk), readOnly: false, directIO: .preferred, queueDepth: 64)
-                }
-            }
-            try ProcessSupport.runBlocking { try await blk.start() }
-            blockBackend = blk
+        let fallback = disk
+        let blk = BlockBackend(store: hv.store, hypervisor: hv, logger: logger) { _, dir, store in
+            try await BackendDisk.open(directory: dir, store: store, fallback: fallback)
         }
+        try ProcessSupport.runBlocking { try await blk.start() }
+        let blockBackend: BlockBackend? = blk
         say("xenpv backend: dom0 (\(hv.world)) serving vifs (\(bridge.map { "bridge \($0)" } ?? "echo"))"
-            + (disk.map { " and vbds (\($0))" } ?? ""))
+            + " and vbds (their params" + (disk.map { ", else \($0)" } ?? "") + ")")
         // One line whenever the set of served vifs changes, for people and tests.
         let watcher = Thread {
             var last = ""

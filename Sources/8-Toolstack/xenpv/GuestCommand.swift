@@ -7,6 +7,7 @@ import XenBus
 import XenNetFront
 import XenSimulatorClient
 import XenStore
+import XenToolstack
 import XenWorld
 
 /// `xenpv guest …`: a guest process; each run joins as a new domU with the
@@ -43,6 +44,12 @@ struct GuestOptions: ParsableArguments {
     @Option(help: "Seconds to wait for the backend to connect.")
     var connectTimeout = 10.0
 
+    @Flag(help: "After the job, keep running until the toolstack asks for a shutdown (control/shutdown).")
+    var untilShutdown = false
+
+    @Flag(help: ArgumentHelp("Do not watch control/shutdown, as a guest kernel without the PV control driver.", visibility: .hidden))
+    var noControl = false
+
     @Flag(help: "Log the handshake.")
     var verbose = false
 
@@ -52,7 +59,7 @@ struct GuestOptions: ParsableArguments {
         if let connect, !FileManager.default.fileExists(atPath: connect) {
             throw ValidationError("no hypervisor socket at \(connect) (start `xenpv hypervisor --socket \(connect)`)")
         }
-        if hypervisor.resolved == .simulated, connect == nil {
+        if hypervisor.resolved == .simulated, connect == nil, ProcessInfo.processInfo.environment[JoinedDomain.socketVariable] == nil {
             throw ValidationError("--connect PATH is needed for the simulated world (a `xenpv hypervisor --socket PATH`)")
         }
     }
@@ -65,10 +72,12 @@ final class GuestNet: @unchecked Sendable {
     let port = PacketPort()
     let endpoint: XenbusEndpoint
     let received = Inbox()
+    let shutdown: ShutdownWatch
     private var tasks: [Task<Void, Never>] = []
 
     init(_ options: GuestOptions, logger: Logger) throws {
         hv = try JoinedDomain.join(options.hypervisor, connect: options.connect, as: options.request(devices: [.vif]))
+        shutdown = ShutdownWatch(hv, enabled: !options.noControl)
         let device = XenbusDevice(type: "vif", id: 0, frontend: hv.domainID)
         let frontend = NetFrontendDriver(hypervisor: hv, store: hv.store, path: device.frontendPath, port: port, logger: logger)
         endpoint = XenbusEndpoint(role: .frontend, store: hv.store, path: device.frontendPath, peerPath: device.backendPath,
@@ -96,6 +105,13 @@ final class GuestNet: @unchecked Sendable {
         })
     }
 
+    /// With --until-shutdown, waits (this thread) for the toolstack's shutdown request.
+    func lingerIfAsked(_ options: GuestOptions) {
+        guard options.untilShutdown else { return }
+        say("xenpv guest: waiting for a shutdown request")
+        shutdown.wait()
+    }
+
     /// Takes the frames received so far.
     func take() -> [[UInt8]] { received.take() }
 
@@ -104,9 +120,11 @@ final class GuestNet: @unchecked Sendable {
     }
 
     func close() {
+        shutdown.cancel()
         for t in tasks { t.cancel() }
         hv.close()
     }
+
 
     /// Frame `seq` of `size` bytes: broadcast destination, a locally administered
     /// source, the local experimental EtherType 0x88B5, the sequence number, a pattern.
@@ -167,6 +185,7 @@ struct GuestNetEcho: ParsableCommand {
         let deadline = Date().addingTimeInterval(timeout)
         var resent = 0
         for seq in 0..<UInt32(count) {
+            if net.shutdown.request != nil { break }
             let frame = GuestNet.frame(seq, size: size)
             var echoed = false
             while !echoed {
@@ -192,6 +211,7 @@ struct GuestNetEcho: ParsableCommand {
             if intervalMs > 0 { usleep(UInt32(intervalMs) * 1000) }
         }
         say("xenpv guest: \(count) frames echoed intact (\(resent) resent)")
+        net.lingerIfAsked(options)
     }
 }
 
@@ -210,6 +230,7 @@ struct GuestNetSend: ParsableCommand {
         defer { net.close() }
         for seq in 0..<UInt32(count) { try net.send(GuestNet.frame(seq, size: size)) }
         say("xenpv guest: sent \(count) frames of \(size) bytes")
+        net.lingerIfAsked(options)
     }
 }
 
@@ -226,7 +247,7 @@ struct GuestNetReceive: ParsableCommand {
         defer { net.close() }
         let deadline = Date().addingTimeInterval(timeout)
         var got = 0
-        while got < count {
+        while got < count, net.shutdown.request == nil {
             guard Date() < deadline else { throw ValidationError("received \(got) of \(count) frames in \(timeout) s") }
             for f in net.take() {
                 got += 1
@@ -234,11 +255,12 @@ struct GuestNetReceive: ParsableCommand {
             }
             usleep(1000)
         }
+        net.lingerIfAsked(options)
     }
 }
 
-/// `xenpv guest disk write|read|verify`: a range of the vbd (xvda), served by
-/// `xenpv backend --disk IMAGE`. Data is a pattern of each byte's absolute
+/// `xenpv guest disk write|read|verify`: a range of each vbd named by --vdev (xvda by
+/// default), served by `xenpv backend` (from its params, or --disk IMAGE). Data is a pattern of each byte's absolute
 /// offset and a seed, so `verify` in a later guest checks what `write` wrote.
 struct GuestDisk: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -258,8 +280,11 @@ struct GuestDisk: ParsableCommand {
     @Option(help: "Pattern seed for write and verify.") var seed: UInt8 = 1
     @Option(help: "Milliseconds between chunks (to watch a stream).") var intervalMs = 0
     @Option(help: "Seconds the whole run may take.") var timeout = 60.0
+    @Option(name: .customLong("vdev"), help: "A disk to use, as the config names it (xvda, xvdb, …); repeat for several (default xvda). A failure on one is reported and the others still run.")
+    var vdevs: [String] = []
 
     func validate() throws {
+        _ = try disks()
         guard offset % 512 == 0 else { throw ValidationError("--offset must be a multiple of 512, not \(offset)") }
         guard length > 0, length % 512 == 0 else { throw ValidationError("--length must be a positive multiple of 512, not \(length)") }
         guard chunk > 0, chunk % 512 == 0, chunk <= 16 << 20 else {
@@ -276,10 +301,37 @@ struct GuestDisk: ParsableCommand {
 
     func run() throws {
         let logger = ProcessSupport.bootstrapLogging(verbose: options.verbose)
+        let disks = try self.disks()
         let hv = try JoinedDomain.join(options.hypervisor, connect: options.connect, as: options.request(devices: [.vbd]))
         defer { hv.close() }
         say("xenpv guest: joined as \(hv.domainID)")
-        let vbd = XenbusDevice(type: "vbd", id: 51712, frontend: hv.domainID)
+        let shutdown = ShutdownWatch(hv, enabled: !options.noControl)
+        defer { shutdown.cancel() }
+        var failed: [String] = []
+        for disk in disks {
+            do { try runJob(on: disk, hv: hv, shutdown: shutdown, logger: logger, label: vdevs.isEmpty ? "" : " on \(disk.name)") } catch {
+                guard !vdevs.isEmpty else { throw error }
+                say("xenpv guest: \(disk.name): \(error)")
+                failed.append(disk.name)
+            }
+        }
+        if options.untilShutdown {
+            say("xenpv guest: waiting for a shutdown request")
+            shutdown.wait()
+        }
+        if let request = shutdown.request { say("xenpv guest: leaving for the \(request.rawValue) request") }
+        if !failed.isEmpty { throw CommandError("the job failed on \(failed.joined(separator: ", "))") }
+    }
+
+    /// The disks named by --vdev (default xvda), with their device numbers.
+    func disks() throws -> [VirtualDiskDevice] {
+        do { return try (vdevs.isEmpty ? ["xvda"] : vdevs).map { name throws(DomainConfigError) in try VirtualDiskDevice(name: name) } } catch {
+            throw ValidationError("--vdev: \(error.message)")
+        }
+    }
+
+    private func runJob(on disk: VirtualDiskDevice, hv: JoinedDomain, shutdown: ShutdownWatch, logger: Logger, label: String) throws {
+        let vbd = XenbusDevice(type: "vbd", id: disk.number, frontend: hv.domainID)
         let driver = BlockFrontendDriver(device: vbd, store: hv.store, hypervisor: hv, sharer: try hv.openGrantSharer())
         let endpoint = XenbusEndpoint(role: .frontend, store: hv.store, path: vbd.frontendPath, peerPath: vbd.backendPath,
                                       driver: driver, logger: logger)
@@ -294,10 +346,13 @@ struct GuestDisk: ParsableCommand {
         guard offset + length <= diskBytes else {
             throw ValidationError("range \(offset)+\(length) is beyond the \(diskBytes)-byte disk")
         }
-        say("xenpv guest: vbd connected (\(diskBytes) bytes)")
-        let job = DiskJob(frontend: driver.frontend, action: action, offset: offset, length: length, chunk: chunk, seed: seed,
+        say("xenpv guest: vbd connected (\(diskBytes) bytes)\(label)")
+        var job = DiskJob(frontend: driver.frontend, action: action, offset: offset, length: length, chunk: chunk, seed: seed,
                           intervalMs: intervalMs, deadline: Date().addingTimeInterval(timeout))
-        try ProcessSupport.runBlocking { try await job.run() }
+        job.label = label
+        job.stopped = { shutdown.request != nil }
+        let finished = job
+        try ProcessSupport.runBlocking { try await finished.run() }
     }
 }
 
@@ -312,12 +367,21 @@ struct DiskJob: Sendable {
     let seed: UInt8
     let intervalMs: Int
     let deadline: Date
+    /// Appended to the summary line (" on xvdb" when the job names its disk).
+    var label = ""
+    /// Whether a shutdown request came: the job stops at the next chunk.
+    var stopped: @Sendable () -> Bool = { false }
 
     func run() async throws {
         var at = offset
         var checksum: UInt64 = 0
         while at < offset + length {
             guard Date() < deadline else { throw ValidationError("timed out at byte \(at)") }
+            if stopped() {
+                if action == .write { try await flush() }
+                say("xenpv guest: stopped at byte \(at) for a shutdown request\(label)")
+                return
+            }
             let n = Int(min(chunk, offset + length - at))
             if action == .write {
                 try await write(at: at, GuestDisk.pattern(at: at, count: n, seed: seed))
@@ -338,9 +402,9 @@ struct DiskJob: Sendable {
         switch action {
         case .write:
             try await flush()
-            say("xenpv guest: wrote and flushed \(length) bytes at \(offset)")
-        case .read: say("xenpv guest: read \(length) bytes at \(offset), checksum \(String(checksum, radix: 16))")
-        case .verify: say("xenpv guest: verified \(length) bytes at \(offset)")
+            say("xenpv guest: wrote and flushed \(length) bytes at \(offset)\(label)")
+        case .read: say("xenpv guest: read \(length) bytes at \(offset), checksum \(String(checksum, radix: 16))\(label)")
+        case .verify: say("xenpv guest: verified \(length) bytes at \(offset)\(label)")
         }
     }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import XenSimulatorClient
 import XenWorld
 
@@ -7,7 +8,7 @@ extension World: ExpressibleByArgument {}
 extension JoinedDomain {
     /// Joins `world` for a synchronous command, in the command line's words.
     static func join(_ world: World, connect: String?, as request: DomainRequest) throws -> JoinedDomain {
-        if world.resolved == .simulated, connect == nil {
+        if world.resolved == .simulated, connect == nil, ProcessInfo.processInfo.environment[JoinedDomain.socketVariable] == nil {
             throw ValidationError("--connect PATH is needed for the simulated world (a `xenpv hypervisor --socket PATH`)")
         }
         do {

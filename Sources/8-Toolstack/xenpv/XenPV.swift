@@ -8,5 +8,7 @@ struct XenPV: AsyncParsableCommand {
         commandName: "xenpv",
         abstract: "Xen-style paravirtual split drivers: simulated hosts, demos and benchmarks.",
         subcommands: [DemoCommand.self, ListCommand.self, TopCommand.self, XenstoreCommand.self, XenstoredCommand.self, Bench.self,
-                      HypervisorCommand.self, DomainCommand.self, BackendCommand.self, GuestCommand.self])
+                      HypervisorCommand.self, DomainCommand.self, BackendCommand.self, GuestCommand.self,
+                      CreateCommand.self, ConsoleCommand.self, ShutdownCommand.self, DestroyCommand.self, BlockAttachCommand.self,
+                      BlockDetachCommand.self, BlockListCommand.self])
 }

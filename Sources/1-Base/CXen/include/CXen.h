@@ -29,6 +29,7 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <sys/epoll.h>
+#include <spawn.h>
 
 #include <xen/xen.h>
 #include <xen/grant_table.h>
@@ -94,5 +95,9 @@ ssize_t cxen_recv_with_fds(int sock, void *buf, size_t len,
 /* SO_PEERCRED of a connected Unix socket (struct ucred is behind _GNU_SOURCE):
  * the pid, uid and gid of the peer when it connected. 0, or -1 and errno. */
 int cxen_peer_credentials(int sock, int32_t *pid, uint32_t *uid, uint32_t *gid);
+
+/* posix_spawn_file_actions_addclosefrom_np (glibc 2.34, a GNU extension Swift does
+ * not see): the spawned program gets no descriptor from 3 up. */
+int cxen_spawn_close_from(posix_spawn_file_actions_t *actions, int from);
 
 #endif

@@ -1,0 +1,31 @@
+import Foundation
+import SystemPackage
+import XenBlockBack
+import XenBlockStorage
+import XenStore
+import XenToolstack
+
+/// How `xenpv backend` opens one vbd's disk: from its backend directory, which dom0
+/// owns and the guest only reads, so `params` is the toolstack's word; checked all
+/// the same (``DiskTarget``), a bad one keeps only that device down.
+enum BackendDisk {
+    static func open(directory dir: String, store: any XenStoreConnection, fallback: String?) async throws -> BlockBackendDisk {
+        guard let params = try await store.readIfPresent(dir + "/params") else {
+            guard let fallback else {
+                throw CommandError("\(dir) has no params and the backend has no --disk")
+            }
+            let size = (try FileManager.default.attributesOfItem(atPath: fallback)[.size] as? UInt64) ?? 0
+            return BlockBackendDisk(byteCount: size, readOnly: false) {
+                try LibaioStorage(path: FilePath(fallback), readOnly: false, directIO: .preferred, queueDepth: 64)
+            }
+        }
+        let target = try DiskTarget(checking: params)
+        // As Linux's blkback: read-write only when `mode` holds a w (missing: read-only).
+        let readOnly = !(try await store.readIfPresent(dir + "/mode") ?? "r").contains("w")
+        let discard = try await store.readIfPresent(dir + "/discard-enable") != "0"
+        let path = target.path
+        return BlockBackendDisk(byteCount: target.byteCount, readOnly: readOnly, discard: discard && !readOnly) {
+            try LibaioStorage(path: FilePath(path), readOnly: readOnly, directIO: .preferred, queueDepth: 64)
+        }
+    }
+}
