@@ -33,8 +33,7 @@ enum FileEngine: String, CaseIterable, CustomTestStringConvertible, Sendable {
 }
 
 /// What the file engines share beyond ``StorageEngine``, for the tests.
-protocol FileStorage: StorageEngine {
-    var ioMode: StorageIOMode { get }
+protocol FileStorage: FileStorageEngine {
     var testDescriptor: FileDescriptor { get }
 }
 

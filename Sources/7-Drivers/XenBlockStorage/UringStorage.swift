@@ -178,8 +178,9 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
         }
         outstanding += accepted
         if needsSubmit { handToKernel(ring) }
-        // Completions made here have no kernel completion behind them: signal for them ourselves.
-        if !ready.isEmpty { signal.signal() }
+        // Completions made here have no kernel completion behind them, and entries the kernel
+        // refused need a reap to retry: signal for them ourselves.
+        if !ready.isEmpty || needsSubmit { signal.signal() }
         return accepted
     }
 
@@ -249,8 +250,9 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
         }
         let n = ready.drain(into: completions, from: 0)
         outstanding -= n
-        // Left-overs after a reset (the caller's array was full): keep the descriptor readable.
-        if reset && (!ready.isEmpty || needsSubmit || (inKernel > 0 && cus_cq_ready(ring) > 0)) { signal.signal() }
+        // Left-overs after a reset (the caller's array was full), or entries the kernel still
+        // refuses (the next reap retries): keep the descriptor readable.
+        if needsSubmit || (reset && (!ready.isEmpty || (inKernel > 0 && cus_cq_ready(ring) > 0))) { signal.signal() }
         return n
     }
 

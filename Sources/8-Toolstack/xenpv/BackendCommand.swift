@@ -15,7 +15,8 @@ struct BackendCommand: ParsableCommand {
         commandName: "backend",
         abstract: "Join the hypervisor as dom0 and serve every guest's vif and vbd.",
         discussion: """
-            Every guest's vbd (xvda) is served from --disk IMAGE through libaio; guests share that image.
+            Every guest's vbd (xvda) is served from --disk IMAGE through io_uring (or libaio: --engine, and
+            where the kernel refuses io_uring); guests share that image.
             Without --nic, each vif echoes the frames its guest sends back to it (for `xenpv guest net-echo`).
             With --nic BRIDGE, each vif is a TAP device vifD.N on that Linux bridge.
             """)
@@ -28,6 +29,9 @@ struct BackendCommand: ParsableCommand {
 
     @Option(help: "Disk image for the guests' vbd.")
     var disk: String?
+
+    @Option(help: "The storage engine for --disk: io_uring or libaio (default: io_uring where the kernel allows it).")
+    var engine: FileEngineKind?
 
     @Option(help: "Linux bridge for the guests' vifs (default: echo frames back).")
     var nic: String?
@@ -64,16 +68,17 @@ struct BackendCommand: ParsableCommand {
         var blockBackend: BlockBackend?
         if let disk {
             let size = (try FileManager.default.attributesOfItem(atPath: disk)[.size] as? UInt64) ?? 0
+            let kind = FileEngineKind.resolve(engine, logger: logger)
             let blk = BlockBackend(store: hv.store, hypervisor: hv, logger: logger) { _, _, _ in
                 BlockBackendDisk(byteCount: size, readOnly: false) {
-                    try LibaioStorage(path: FilePath(disk), readOnly: false, directIO: .preferred, queueDepth: 64)
+                    try kind.open(FilePath(disk), readOnly: false, directIO: .preferred, queueDepth: 64)
                 }
             }
             try ProcessSupport.runBlocking { try await blk.start() }
             blockBackend = blk
         }
         say("xenpv backend: dom0 (\(hv.world)) serving vifs (\(bridge.map { "bridge \($0)" } ?? "echo"))"
-            + (disk.map { " and vbds (\($0))" } ?? ""))
+            + (disk.map { " and vbds (\($0), \(FileEngineKind.resolve(engine, logger: nil)))" } ?? ""))
         // One line whenever the set of served vifs changes, for people and tests.
         let watcher = Thread {
             var last = ""
