@@ -41,6 +41,8 @@ public struct BlockBenchmarkConfiguration: Sendable {
     public var inPlace = false
     /// The storage engine on the image file (io_uring where the kernel allows it).
     public var engine = FileEngineKind.preferred.kind
+    /// io_uring only: a kernel thread polls the submission ring, idle after this long (nil: off).
+    public var sqPollIdle: Duration?
 
     /// 4 KiB random reads at queue depth 1 for 3 s on `image`, `O_DIRECT`, persistent grants, reads copied.
     public init(image: String) { self.image = image }
@@ -96,7 +98,7 @@ public struct BlockBenchmarkResult: Sendable {
     public var json: String {
         let c = configuration
         return """
-            {"engine":"\(engineName)","rw":"\(c.pattern.rawValue)","bs":\(c.blockSize),"queue_depth":\(c.queueDepth),"seconds":\(fmt(elapsed)),\
+            {"engine":"\(engineName)","sq_poll":\(c.sqPollIdle != nil),"rw":"\(c.pattern.rawValue)","bs":\(c.blockSize),"queue_depth":\(c.queueDepth),"seconds":\(fmt(elapsed)),\
             "direct":\(directIO),"persistent_grants":\(c.persistentGrants),"in_place":\(c.inPlace),"operations":\(operations),"iops":\(fmt(iops)),"mib_per_second":\(fmt(mibPerSecond)),\
             "mean_us":\(fmt(meanMicroseconds)),"p50_us":\(fmt(p50Microseconds)),"p99_us":\(fmt(p99Microseconds)),\
             "frontend_notifies_per_request":\(fmt(frontendNotifiesPerRequest, 3)),\
@@ -172,7 +174,8 @@ public enum BlockBenchmark {
             direct = false
         } else {
             let file = try c.engine.open(FilePath(c.image), readOnly: c.pattern.isRead,
-                                         directIO: c.direct ? .required : .never, queueDepth: max(64, c.queueDepth))
+                                         directIO: c.direct ? .required : .never, queueDepth: max(64, c.queueDepth),
+                                         sqPollIdle: c.sqPollIdle)
             direct = file.ioMode == .direct
             storage = file
         }

@@ -29,11 +29,13 @@ public enum FileEngineKind: String, Sendable, CaseIterable, CustomStringConverti
         return (.libaio, "io_uring is not available (\(why)); serving disks with libaio")
     }
 
-    /// Opens `path` with this engine.
+    /// Opens `path` with this engine. `sqPollIdle`: io_uring's submission-queue polling
+    /// thread, idle after that long (see ``UringStorage/init(path:readOnly:directIO:queueDepth:sqPollIdle:)``); libaio ignores it.
     public func open(_ path: FilePath, readOnly: Bool = false, directIO: StorageDirectIO = .preferred,
-                     queueDepth: Int = 64) throws(StorageError) -> any FileStorageEngine {
+                     queueDepth: Int = 64, sqPollIdle: Duration? = nil) throws(StorageError) -> any FileStorageEngine {
         switch self {
-        case .ioUring: try UringStorage(path: path, readOnly: readOnly, directIO: directIO, queueDepth: queueDepth)
+        case .ioUring: try UringStorage(path: path, readOnly: readOnly, directIO: directIO, queueDepth: queueDepth,
+                                        sqPollIdle: sqPollIdle)
         case .libaio: try LibaioStorage(path: path, readOnly: readOnly, directIO: directIO, queueDepth: queueDepth)
         }
     }

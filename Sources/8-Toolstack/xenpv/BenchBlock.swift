@@ -37,6 +37,9 @@ struct BenchBlock: AsyncParsableCommand {
     @Option(help: "The storage engine on the image: io_uring or libaio (default: io_uring where the kernel allows it).")
     var engine: FileEngineKind?
 
+    @Option(help: "io_uring: a kernel thread polls the submission ring, idle after this many ms (default: off).")
+    var sqPollIdleMs: Int?
+
     @Flag(help: "Go through the page cache instead of O_DIRECT.")
     var buffered = false
 
@@ -53,6 +56,7 @@ struct BenchBlock: AsyncParsableCommand {
         guard bs >= 512, bs % 512 == 0, bs <= 1 << 20 else { throw ValidationError("--bs must be a multiple of 512, at most 1 MiB") }
         guard (1...128).contains(queueDepth) else { throw ValidationError("--queue-depth must be 1...128") }
         guard seconds > 0, seconds <= 600 else { throw ValidationError("--seconds must be in (0, 600]") }
+        if let ms = sqPollIdleMs, !(1...10_000).contains(ms) { throw ValidationError("--sq-poll-idle-ms must be 1...10000") }
     }
 
     func run() async throws {
@@ -69,6 +73,7 @@ struct BenchBlock: AsyncParsableCommand {
         c.persistentGrants = !grantCopy
         c.inPlace = inPlace
         c.engine = FileEngineKind.resolve(engine, logger: nil)
+        c.sqPollIdle = sqPollIdleMs.map { .milliseconds($0) }
         let result = try await BlockBenchmark.run(c)
         print(json ? result.json : result.summary)
     }
