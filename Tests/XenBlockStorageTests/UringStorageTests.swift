@@ -1,4 +1,5 @@
 import CUringStorage
+import Foundation
 import Glibc
 import SystemPackage
 import TestSupport
@@ -12,6 +13,19 @@ struct UringStorageTests {
     @Test func thisKernelAllowsIoUring() {
         // The machines this runs on have io_uring (kernel.io_uring_disabled = 0).
         #expect(UringStorage.unavailability == nil)
+        #expect(FileEngineKind.preferred.kind == .ioUring && FileEngineKind.preferred.note == nil)
+    }
+
+    /// io_uring by default, libaio for a file on tmpfs (where io_uring punts every read to a worker).
+    @Test func theDefaultEngineForAFile() throws {
+        let image = try TemporaryImage(bytes: 64 * 1024)
+        try #require(!FileEngineKind.isOnTmpfs(image.filePath), "TMPDIR is on tmpfs here")
+        #expect(FileEngineKind.preferred(for: image.filePath).kind == .ioUring)
+        let dir = try TemporaryDirectory(prefix: "xenpv-tmpfs", in: "/dev/shm")
+        #expect(FileEngineKind.isOnTmpfs(FilePath(dir.path)))
+        #expect(FileManager.default.createFile(atPath: dir.path("disk.img"), contents: Data(count: 4096)))
+        let onTmpfs = FileEngineKind.preferred(for: FilePath(dir.path("disk.img")))
+        #expect(onTmpfs.kind == .libaio && onTmpfs.note?.contains("tmpfs") == true)
     }
 
     func batch(_ b: Buffers) -> [StorageOperation] {

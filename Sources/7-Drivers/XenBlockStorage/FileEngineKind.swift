@@ -1,3 +1,4 @@
+import CBlockStorage
 import SystemPackage
 
 /// A storage engine over an image file or a block device: ``UringStorage`` or ``LibaioStorage``.
@@ -27,6 +28,21 @@ public enum FileEngineKind: String, Sendable, CaseIterable, CustomStringConverti
     public static var preferred: (kind: FileEngineKind, note: String?) {
         guard let why = UringStorage.unavailability else { return (.ioUring, nil) }
         return (.libaio, "io_uring is not available (\(why)); serving disks with libaio")
+    }
+
+    /// ``preferred``, and libaio for a file on tmpfs: tmpfs cannot read without blocking,
+    /// so io_uring hands every read there to a kernel worker thread (an extra thread and
+    /// wake-up per read: less than half of libaio's IOPS at queue depth 1, the README's
+    /// block section has the measurement).
+    public static func preferred(for path: FilePath) -> (kind: FileEngineKind, note: String?) {
+        let host = preferred
+        guard host.kind == .ioUring, isOnTmpfs(path) else { return host }
+        return (.libaio, "\(path) is on tmpfs, where io_uring hands every read to a kernel thread; serving it with libaio")
+    }
+
+    /// `statfs` says tmpfs (`TMPFS_MAGIC`); false when it cannot tell.
+    static func isOnTmpfs(_ path: FilePath) -> Bool {
+        path.withPlatformString { cbs_is_on_tmpfs($0) } == 1
     }
 
     /// Opens `path` with this engine. `sqPollIdle`: io_uring's submission-queue polling

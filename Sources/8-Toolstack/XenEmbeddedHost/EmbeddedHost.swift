@@ -50,14 +50,13 @@ public final class EmbeddedHost: @unchecked Sendable {
         netBackend = NetBackend(hypervisor: hypervisor.dom0, store: store, logger: quiet, attach: attach)
         let backend = netBackend
         tasks.append(Task { try await backend.run() })
-        // io_uring where the kernel allows it, else libaio (and a line saying why).
-        let (engine, note) = FileEngineKind.preferred
-        if let note { logger.notice("\(note)") }
         blockBackend = BlockBackend(store: store, hypervisor: hypervisor.dom0, logger: quiet) { _, dir, store in
             let path = try await store.read(dir + "/params")
             let readOnly = try await store.readIfPresent(dir + "/mode") == "r"
             let fd = try FileDescriptor.open(FilePath(path), .readOnly)
             let size = try fd.closeAfter { try fd.seek(offset: 0, from: .end) }
+            // io_uring where the kernel allows it and the file is not on tmpfs, else libaio.
+            let engine = FileEngineKind.preferred(for: FilePath(path)).kind
             return BlockBackendDisk(byteCount: UInt64(size), readOnly: readOnly) {
                 try engine.open(FilePath(path), readOnly: readOnly, directIO: .preferred, queueDepth: 64)
             }

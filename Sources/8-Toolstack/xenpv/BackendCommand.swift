@@ -16,7 +16,7 @@ struct BackendCommand: ParsableCommand {
         abstract: "Join the hypervisor as dom0 and serve every guest's vif and vbd.",
         discussion: """
             Every guest's vbd (xvda) is served from --disk IMAGE through io_uring (or libaio: --engine, and
-            where the kernel refuses io_uring); guests share that image.
+            where the kernel refuses io_uring or the image is on tmpfs); guests share that image.
             Without --nic, each vif echoes the frames its guest sends back to it (for `xenpv guest net-echo`).
             With --nic BRIDGE, each vif is a TAP device vifD.N on that Linux bridge.
             """)
@@ -68,7 +68,7 @@ struct BackendCommand: ParsableCommand {
         var blockBackend: BlockBackend?
         if let disk {
             let size = (try FileManager.default.attributesOfItem(atPath: disk)[.size] as? UInt64) ?? 0
-            let kind = FileEngineKind.resolve(engine, logger: logger)
+            let kind = FileEngineKind.resolve(engine, for: disk, logger: logger)
             let blk = BlockBackend(store: hv.store, hypervisor: hv, logger: logger) { _, _, _ in
                 BlockBackendDisk(byteCount: size, readOnly: false) {
                     try kind.open(FilePath(disk), readOnly: false, directIO: .preferred, queueDepth: 64)
@@ -78,7 +78,7 @@ struct BackendCommand: ParsableCommand {
             blockBackend = blk
         }
         say("xenpv backend: dom0 (\(hv.world)) serving vifs (\(bridge.map { "bridge \($0)" } ?? "echo"))"
-            + (disk.map { " and vbds (\($0), \(FileEngineKind.resolve(engine, logger: nil)))" } ?? ""))
+            + (disk.map { " and vbds (\($0), \(FileEngineKind.resolve(engine, for: $0, logger: nil)))" } ?? ""))
         // One line whenever the set of served vifs changes, for people and tests.
         let watcher = Thread {
             var last = ""

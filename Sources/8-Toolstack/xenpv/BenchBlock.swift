@@ -72,7 +72,7 @@ struct BenchBlock: AsyncParsableCommand {
         c.direct = !buffered
         c.persistentGrants = !grantCopy
         c.inPlace = inPlace
-        c.engine = FileEngineKind.resolve(engine, logger: nil)
+        c.engine = FileEngineKind.resolve(engine, for: image, logger: nil)
         c.sqPollIdle = sqPollIdleMs.map { .milliseconds($0) }
         let result = try await BlockBenchmark.run(c)
         print(json ? result.json : result.summary)
