@@ -226,6 +226,52 @@ struct FileEngineTests {
         #expect(s.outstanding == 0)
     }
 
+    /// Operations as a hostile guest could make blkback build them (offsets at and past the
+    /// end, wrapping ranges, empty and huge buffers, misaligned addresses, too many buffers):
+    /// each completes exactly once, nothing traps, nothing goes out of its buffer, and the
+    /// engine serves a good read afterwards.
+    @Test(arguments: FileEngine.allCases) func hostileOperationsFailAloneAndNeverTrap(_ engine: FileEngine) throws {
+        let image = try TemporaryImage(bytes: 1 << 20, fill: 0x5C)
+        let s = try engine.open(image.filePath, queueDepth: 16)
+        defer { s.close() }
+        let size = s.byteCount
+        let region = 64 * 1024
+        let buffers = Buffers(byteCount: region + 4096, iovecCount: 200 * 8)
+        var rng = SplitMix(seed: 99)
+        let offsets: [UInt64] = [0, 512, 4096, size - 4096, size - 512, size, size + 4096, .max, .max - 511, 1, 4095]
+        let lengths: [Int] = [0, 1, 511, 512, 4096, region, Int.max / 2, Int.max]
+        var ops: [StorageOperation] = []
+        for i in 0..<200 {
+            let tag = UInt64(i)
+            let offset = offsets.randomElement(using: &rng)!
+            switch Int.random(in: 0..<10, using: &rng) {
+            case 0: ops.append(.flush(tag: tag))
+            case 1: ops.append(.discard(tag: tag, offset: offset, length: [0, 512, 4096, size, .max].randomElement(using: &rng)!))
+            case 2: ops.append(StorageOperation(kind: .read, tag: tag, offset: offset, buffers: nil, bufferCount: 3))
+            default:
+                // Up to 8 buffers, each within the region (or so long that the range check refuses it).
+                let count = Int.random(in: 0...8, using: &rng)
+                for k in 0..<count {
+                    let skew = Bool.random(using: &rng) ? 0 : Int.random(in: 1...511, using: &rng)
+                    var length = lengths.randomElement(using: &rng)!
+                    if length <= region { length = min(length, region - skew) }
+                    buffers.iovecs[i * 8 + k] = iovec(iov_base: buffers.bytes.baseAddress! + skew, iov_len: length)
+                }
+                // Reads and writes; the guard bytes after the region show no read went past it.
+                ops.append(StorageOperation(kind: Bool.random(using: &rng) ? .read : .write, tag: tag, offset: offset,
+                                            buffers: buffers.iovecs.baseAddress! + i * 8, bufferCount: count))
+            }
+        }
+        buffers.bytes[region..<region + 4096].initializeMemory(as: UInt8.self, repeating: 0xEE)
+        var d = Driver(s)
+        let r = try d.run(ops)
+        #expect(r.count == ops.count)
+        #expect(buffers.bytes[region..<region + 4096].allSatisfy { $0 == 0xEE }, "an operation went past its buffers")
+        let good = Buffers(byteCount: 4096)
+        let after = try d.run([.read(tag: 1000, offset: 8192, buffers: good.vector(first: 0, at: 0, pieces: [4096]))])
+        #expect(after[1000]?.succeeded == true)
+    }
+
     /// After ``StorageEngine/close()`` the engine refuses with `.closed` (a thrown error, not a trap).
     @Test(arguments: FileEngine.allCases) func aClosedEngineThrows(_ engine: FileEngine) throws {
         let image = try TemporaryImage(bytes: 1 << 20)
