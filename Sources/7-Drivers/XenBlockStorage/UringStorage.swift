@@ -157,14 +157,17 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
     public func submit(_ operations: UnsafeBufferPointer<StorageOperation>) throws(StorageError) -> Int {
         guard !closed, let ring else { throw StorageError(.closed, "io_uring storage \(path) is closed") }
         let accepted = min(operations.count, queueDepth - outstanding)
+        var madeHere = false
         for i in 0..<accepted {
             let op = operations[i]  // an index loop: generic slice iteration allocates in debug builds
             if let refusal = StorageChecks.refusal(op, byteCount: byteCount, readOnly: isReadOnly, alignment: alignment) {
                 ready.push(StorageCompletion(tag: op.tag, outcome: .failure(refusal)))
+                madeHere = true
                 continue
             }
             if op.kind == .discard && op.length == 0 {
                 ready.push(StorageCompletion(tag: op.tag, outcome: .success(bytes: 0)))
+                madeHere = true
                 continue
             }
             // Never empty: outstanding <= queueDepth and each operation in the ring holds one slot.
@@ -174,18 +177,22 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
             let total = op.kind == .read || op.kind == .write ? Int(op.transferLength) : 0
             slots[index] = Slot(tag: op.tag, kind: op.kind, offset: op.offset, length: op.length,
                                 buffers: op.buffers, bufferCount: op.bufferCount, total: total, done: 0)
-            prepare(ring, index)
+            if !prepare(ring, index) { madeHere = true }
         }
         outstanding += accepted
         if needsSubmit { handToKernel(ring) }
         // Completions made here have no kernel completion behind them, and entries the kernel
-        // refused need a reap to retry: signal for them ourselves.
-        if !ready.isEmpty || needsSubmit { signal.signal() }
+        // refused need a reap to retry: signal for them ourselves. (Not for completions left
+        // over from a reap: the descriptor has stayed readable for them. A write per submit
+        // for those cost a system call per batch.)
+        if madeHere || needsSubmit { signal.signal() }
         return accepted
     }
 
-    /// Queues slot `index`'s entry (its first, or the remainder of a short transfer).
-    private func prepare(_ ring: OpaquePointer, _ index: Int) {
+    /// Queues slot `index`'s entry (its first, or the remainder of a short transfer);
+    /// false if it failed at once instead (its completion is in `ready`).
+    @discardableResult
+    private func prepare(_ ring: OpaquePointer, _ index: Int) -> Bool {
         let s = slots[index]
         let data = UInt64(index + 1)
         let e: Int32
@@ -203,10 +210,11 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
             // The submission ring has an entry per slot: full means entries the kernel has
             // not taken yet (SQ polling behind); fail this one rather than wait.
             complete(index, .failure(StorageError(.io(Errno(rawValue: e)), "io_uring submission ring full on \(path)")))
-            return
+            return false
         }
         inKernel += 1
         needsSubmit = true
+        return true
     }
 
     /// `io_uring_submit`. A refused call (`EAGAIN`, `EBUSY`, `EINTR`) leaves the entries
@@ -236,16 +244,17 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
     public func reap(into completions: UnsafeMutableBufferPointer<StorageCompletion>, timeout: Duration) throws(StorageError) -> Int {
         guard !closed, let ring else { throw StorageError(.closed, "io_uring storage \(path) is closed") }
         if needsSubmit { handToKernel(ring) }
-        collect(ring)
+        let limit = completions.count
+        collect(ring, limit: limit)
         var reset = false
         if ready.isEmpty {
             // Reset the descriptor only now, and look again: a completion posted in between
             // is then either seen here or signals the descriptor afresh.
             signal.drain()
             reset = true
-            collect(ring)
+            collect(ring, limit: limit)
             if ready.isEmpty && inKernel > 0 && timeout > .zero && signal.wait(timeout) {
-                collect(ring)
+                collect(ring, limit: limit)
             }
         }
         let n = ready.drain(into: completions, from: 0)
@@ -256,12 +265,14 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
         return n
     }
 
-    /// Moves the completion ring's entries into `ready` (room permitting), resubmitting
-    /// the remainder of short transfers.
-    private func collect(_ ring: OpaquePointer) {
+    /// Moves the completion ring's entries into `ready`, as many as the caller's array of
+    /// `limit` can take (the rest stay in the ring, where ``mayHaveCompletions`` sees them
+    /// and for which the descriptor is still readable), resubmitting the remainder of short
+    /// transfers.
+    private func collect(_ ring: OpaquePointer, limit: Int) {
         var resubmit = false
         while inKernel > 0 {
-            let room = min(queueDepth - ready.count, inKernel)
+            let room = min(limit - ready.count, queueDepth - ready.count, inKernel)
             guard room > 0 else { break }
             let got = Int(cus_reap(ring, cqes, UInt32(room)))
             guard got > 0 else { break }
