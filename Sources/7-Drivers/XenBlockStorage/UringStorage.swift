@@ -297,7 +297,7 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
         switch s.kind {
         case .flush:
             complete(index, result < 0
-                ? .failure(StorageError(.io(Errno(rawValue: Int32(-result))), "fdatasync \(path)")) : .success(bytes: 0))
+                ? .failure(StorageError(.io(Errno(rawValue: Int32(clamping: -result))), "fdatasync \(path)")) : .success(bytes: 0))
             return false
         case .discard:
             if result >= 0 {
@@ -305,12 +305,12 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
             } else if result == -Int(EOPNOTSUPP) {
                 complete(index, .failure(StorageError(.notSupported, "punch-hole is not supported on \(path)")))
             } else {
-                complete(index, .failure(StorageError(.io(Errno(rawValue: Int32(-result))), "fallocate(PUNCH_HOLE) on \(path)")))
+                complete(index, .failure(StorageError(.io(Errno(rawValue: Int32(clamping: -result))), "fallocate(PUNCH_HOLE) on \(path)")))
             }
             return false
         case .read, .write:
             if result < 0 {
-                complete(index, .failure(StorageError(.io(Errno(rawValue: Int32(-result))),
+                complete(index, .failure(StorageError(.io(Errno(rawValue: Int32(clamping: -result))),
                     "\(s.kind == .write ? "pwritev" : "preadv") of \(s.total) bytes at \(s.offset) on \(path)")))
                 return false
             }
