@@ -180,7 +180,13 @@ let package = Package(
         // by name), syscall shims (GNU-only calls, ioctls, static inlines), the engines.
         .systemLibrary(name: "CAIO", path: drivers + "CAIO"),
         .target(name: "CBlockStorage", dependencies: ["CAIO"], path: drivers + "CBlockStorage"),
-        .target(name: "XenBlockStorage", dependencies: ["CAIO", "CXen", "CBlockStorage", systemPackage], path: drivers + "XenBlockStorage"),
+        // io_uring: liburing (Debian's liburing-dev, with a pkg-config file) and the C glue
+        // that keeps its static inlines and ring structures out of Swift.
+        .systemLibrary(name: "CUring", path: drivers + "CUring", pkgConfig: "liburing",
+                       providers: [.apt(["liburing-dev"])]),
+        .target(name: "CUringStorage", dependencies: ["CUring"], path: drivers + "CUringStorage"),
+        .target(name: "XenBlockStorage", dependencies: ["CAIO", "CXen", "CBlockStorage", "CUringStorage", systemPackage],
+                path: drivers + "XenBlockStorage"),
         // Block drivers: blkback (dom0) and blkfront (guest).
         .target(
             name: "XenBlockBack",
@@ -330,7 +336,7 @@ let package = Package(
         .testTarget(
             name: "XenDriverRuntimeTests",
             dependencies: ["XenDriverRuntime", "XenSimulator", "XenHypervisor", "XenABI", "XenLocks"]),
-        .testTarget(name: "XenBlockStorageTests", dependencies: ["XenBlockStorage", "CMallocCounter", "TestSupport", systemPackage]),
+        .testTarget(name: "XenBlockStorageTests", dependencies: ["XenBlockStorage", "CUringStorage", "CMallocCounter", "TestSupport", systemPackage]),
         .testTarget(
             name: "XenBlockDriverTests",
             dependencies: [

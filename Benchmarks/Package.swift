@@ -28,8 +28,8 @@ let package = Package(
             ],
             path: "Benchmarks/RingBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]),
-        // LibaioStorage random/sequential I/O on a file or block device, for
-        // comparison with fio on the same file in the same run (StorageEngine/run.sh).
+        // UringStorage or LibaioStorage random/sequential I/O on a file or block device,
+        // for comparison with fio on the same file in the same run (StorageEngine/run.sh).
         .executableTarget(
             name: "storage-bench",
             dependencies: [

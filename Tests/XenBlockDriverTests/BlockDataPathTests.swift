@@ -22,7 +22,7 @@ struct BlockDataPathTests {
     }
 }
 
-/// The same data with each feature on and off, on a real file through libaio.
+/// The same data with each feature on and off, on a real file through libaio (and io_uring).
 @Suite(.timeLimit(.minutes(2)))
 struct BlockFeatureMatrixTests {
     struct Case: Sendable, CustomTestStringConvertible {
@@ -33,10 +33,12 @@ struct BlockFeatureMatrixTests {
         var persistent = 0
         /// Requests of several pages copied through contiguous bounce pages anyway.
         var contiguousCopies = false
+        /// The engine on the file.
+        var engine = FileEngineKind.libaio
         var testDescription: String {
             "indirect \(indirect), ring-page-order \(order), \(queues) queue(s), "
                 + (persistent > 0 ? "\(persistent) persistent grants" : "grant copy")
-                + (contiguousCopies ? ", contiguous copies" : "")
+                + (contiguousCopies ? ", contiguous copies" : "") + ", \(engine)"
         }
     }
 
@@ -49,14 +51,17 @@ struct BlockFeatureMatrixTests {
         Case(indirect: 0, order: 0, queues: 1, persistent: 16),
         // Larger requests copied between the mappings and contiguous bounce pages.
         Case(indirect: 256, order: 0, queues: 2, persistent: 1056, contiguousCopies: true),
+        // The same over io_uring: grant copy, and mappings with contiguous copies on several queues.
+        Case(indirect: 0, order: 0, queues: 1, engine: .ioUring),
+        Case(indirect: 256, order: 2, queues: 2, persistent: 1056, contiguousCopies: true, engine: .ioUring),
     ])
-    func sameDataOnLibaio(_ c: Case) async throws {
+    func sameDataOnAFile(_ c: Case) async throws {
         let bytes = 8 << 20
         let image = try TemporaryImage(bytes: bytes)
         let f = try BlockFixture(queues: c.queues, ringPageOrder: c.order,
                                  limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: c.indirect),
                                  persistentGrants: c.persistent, contiguousCopies: c.contiguousCopies) { _ in
-            try image.storage()
+            try image.storage(engine: c.engine)
         }
         try f.start()
         try await withTimeout(30) { try await shadowWorkout(f.frontend, deviceBytes: bytes, operations: 16, seed: UInt64(c.queues * 10 + c.order)) }
@@ -78,12 +83,13 @@ struct BlockFeatureMatrixTests {
 
 @Suite(.timeLimit(.minutes(2)))
 struct BlockOperationTests {
-    @Test(arguments: [false, true])
-    func flushThenDiscardReadsBackZeros(onFile: Bool) async throws {
+    /// On memory (nil) and on a file through each file engine.
+    @Test(arguments: [nil, FileEngineKind.libaio, .ioUring])
+    func flushThenDiscardReadsBackZeros(onFile: FileEngineKind?) async throws {
         let bytes = 4 << 20
         let image = try TemporaryImage(bytes: bytes)
         let f = try BlockFixture(limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), flush: true, discard: true, maxIndirectSegments: 32)) { _ in
-            onFile ? try image.storage() as any StorageEngine : try MemoryStorage(byteCount: bytes, alignment: 512)
+            if let onFile { try image.storage(engine: onFile) } else { try MemoryStorage(byteCount: bytes, alignment: 512) }
         }
         try f.start()
         let fe = f.frontend
@@ -190,10 +196,11 @@ struct BlockOperationTests {
         #expect(try f.teardown().isEmpty)
     }
 
-    @Test func aReadOnlyDeviceRefusesWritesAtBothEnds() async throws {
+    @Test(arguments: FileEngineKind.allCases)
+    func aReadOnlyDeviceRefusesWritesAtBothEnds(_ engine: FileEngineKind) async throws {
         let image = try TemporaryImage(bytes: 1 << 20)
         let limits = BlockDeviceLimits(sectors: 2048, readOnly: true)
-        let f = try BlockFixture(limits: limits) { _ in try image.storage(readOnly: true) }
+        let f = try BlockFixture(limits: limits) { _ in try image.storage(readOnly: true, engine: engine) }
         try f.shareAndMap()
         try f.startBackend()
         // The frontend is told read-write, so the write reaches the backend, which refuses it.

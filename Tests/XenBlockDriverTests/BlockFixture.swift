@@ -124,10 +124,10 @@ final class BlockFixture: @unchecked Sendable {
     }
 }
 
-/// The block driver tests' image: a libaio engine on it.
+/// The block driver tests' image: a file engine on it (libaio unless asked).
 extension TemporaryImage {
-    func storage(readOnly: Bool = false) throws -> LibaioStorage {
-        try LibaioStorage(path: FilePath(path), readOnly: readOnly, directIO: .preferred, queueDepth: 64)
+    func storage(readOnly: Bool = false, engine: FileEngineKind = .libaio) throws -> any StorageEngine {
+        try engine.open(FilePath(path), readOnly: readOnly, directIO: .preferred, queueDepth: 64)
     }
 }
 

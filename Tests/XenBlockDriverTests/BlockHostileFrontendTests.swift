@@ -19,12 +19,15 @@ import XenSimulator
 @Suite(.timeLimit(.minutes(2)), .serialized)
 struct BlockHostileFrontendTests {
     /// Grant copy; persistent mappings; persistent mappings with multi-page requests
-    /// copied through bounce pages.
-    @Test(arguments: [(0, false), (1056, false), (1056, true)])
-    func badRequestsGetErrorResponsesAndTheQueueKeepsServing(persistentGrants: Int, contiguousCopies: Bool) throws {
+    /// copied through bounce pages; on memory (nil) and on a file through io_uring.
+    @Test(arguments: [(0, false, nil), (1056, false, nil), (1056, true, nil),
+                      (0, false, FileEngineKind.ioUring), (1056, true, FileEngineKind.ioUring)])
+    func badRequestsGetErrorResponsesAndTheQueueKeepsServing(persistentGrants: Int, contiguousCopies: Bool,
+                                                             engine: FileEngineKind?) throws {
+        let image = try TemporaryImage(bytes: 1 << 20)
         let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048, discard: false, maxIndirectSegments: 32),
                                  persistentGrants: persistentGrants, contiguousCopies: contiguousCopies) { _ in
-            try MemoryStorage(byteCount: 1 << 20)
+            if let engine { try image.storage(engine: engine) } else { try MemoryStorage(byteCount: 1 << 20) }
         }
         try f.shareAndMap()
         try f.startBackend()
@@ -112,12 +115,14 @@ struct BlockHostileFrontendTests {
 
     /// A barrier after writes is answered after them (it waits for the engine to drain),
     /// and the data written before it is on disk.
-    @Test func aWriteBarrierWaitsForEarlierWrites() throws {
+    @Test(arguments: FileEngineKind.allCases)
+    func aWriteBarrierWaitsForEarlierWrites(_ engine: FileEngineKind) throws {
         // libaio: its flush completes at submit, ahead of writes still in the kernel, so
-        // without the barrier's wait its answer would overtake theirs.
+        // without the barrier's wait its answer would overtake theirs. io_uring runs the
+        // fdatasync alongside the writes: the same wait must hold.
         let image = try TemporaryImage(bytes: 1 << 20)
         let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048, flush: true, barrier: true)) { _ in
-            try image.storage()
+            try image.storage(engine: engine)
         }
         try f.shareAndMap()
         try f.startBackend()

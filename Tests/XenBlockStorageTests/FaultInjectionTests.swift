@@ -43,6 +43,14 @@ struct FaultInjectionTests {
         for i in 0..<8 { #expect(bytes[i * 4096] == (i == 4 ? 0 : UInt8(i + 1))) }
     }
 
+    @Test func nthOnIoUring() throws {
+        let image = try TemporaryImage(bytes: 64 * 1024)
+        let s = try UringStorage(path: image.filePath, queueDepth: 16)
+        defer { s.close() }
+        let bytes = try onlyTheChosenOperationFails(s)
+        for i in 0..<8 { #expect(bytes[i * 4096] == (i == 4 ? 0 : UInt8(i + 1))) }
+    }
+
     @Test func byOffsetAndKind() throws {
         let m = try MemoryStorage(byteCount: 64 * 1024)
         let f = FaultInjectingStorage(m, faults: [.overlapping(8192..<8193), .kind(.flush)])

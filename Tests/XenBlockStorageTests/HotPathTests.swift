@@ -46,6 +46,14 @@ struct StorageHotPathTests {
         #expect(n == 0 || cmalloc_counting_enabled() == 0, "\(n) allocations for 1600 operations")
     }
 
+    @Test func uringSubmitAndReapDoNotAllocate() throws {
+        let image = try TemporaryImage(bytes: 1 << 20)
+        let s = try UringStorage(path: image.filePath, queueDepth: 16)
+        defer { s.close() }
+        let n = try countAllocations(s, rounds: 100)
+        #expect(n == 0 || cmalloc_counting_enabled() == 0, "\(n) allocations for 1600 operations")
+    }
+
     @Test func memorySubmitAndReapDoNotAllocate() throws {
         let m = try MemoryStorage(byteCount: 1 << 20, queueDepth: 16)
         let n = try countAllocations(m, rounds: 100)

@@ -113,6 +113,25 @@ extension ProcessTests {
             #expect(bench.output.contains("\"across_processes_requests_per_second\""), "\(bench.output)")
         }
 
+        /// `xenpv bench block` on an image through each engine; a bad engine name is refused.
+        @Test func blockBenchmarkRunsOnEachEngine() async throws {
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let image = dir + "/disk.img"
+            #expect(FileManager.default.createFile(atPath: image, contents: nil))
+            #expect(truncate(image, 4 << 20) == 0)
+            for engine in ["io_uring", "libaio"] {
+                let bench = try Child(["bench", "block", "--image", image, "--engine", engine, "--rw", "randwrite",
+                                       "--queue-depth", "4", "--seconds", "0.3", "--json"], name: "bench \(engine)")
+                #expect(await bench.waitForExit(seconds: 60) == 0, "\(bench.output)")
+                #expect(bench.output.contains("\"engine\":\"\(engine)\""), "\(bench.output)")
+                #expect(bench.output.contains("\"cpu_us_per_op\":"), "\(bench.output)")
+            }
+            let bad = try Child(["bench", "block", "--image", image, "--engine", "spdk"], name: "bench")
+            #expect(await bad.waitForExit(seconds: 10) != 0)
+            #expect(bad.output.contains("spdk"), "\(bad.output)")
+        }
+
         /// The block path: a guest streams writes, the backend is killed mid-stream and a
         /// new one started; the guest's frontend waits, reconnects, finishes; a later guest
         /// verifies every byte, and the image on disk holds them.
@@ -127,9 +146,11 @@ extension ProcessTests {
             let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
             defer { hv.kill() }
             #expect(await hv.waitFor("listening"), "\(hv.output)")
+            // io_uring by default; the restarted backend serves the same image through libaio.
             var backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
             defer { backend.kill() }
             #expect(await backend.waitFor("serving"), "\(backend.output)")
+            #expect(await backend.waitFor("io_uring)"), "\(backend.output)")
 
             let length = 4 << 20
             let writer = try Child(["guest", "disk", "write", "--connect", sock, "--length", "\(length)", "--chunk", "65536",
@@ -139,7 +160,7 @@ extension ProcessTests {
             backend.kill()
             let acknowledged = writer.output.components(separatedBy: "written ").count - 1
             #expect(acknowledged < length / 65536, "the backend was killed mid-stream")
-            backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend 2")
+            backend = try Child(["backend", "--connect", sock, "--disk", image, "--engine", "libaio"], name: "backend 2")
             #expect(await writer.waitForExit(seconds: 40) == 0, "\(writer.output)")
             #expect(writer.output.contains("wrote and flushed \(length) bytes"), "\(writer.output)")
 

@@ -12,7 +12,7 @@ import XenHypervisor
 import XenSimulator
 
 /// What `xenpv bench block` measures: the whole block path on the simulator, frontend →
-/// ring → backend → libaio on an image file.
+/// ring → backend → io_uring or libaio on an image file.
 public struct BlockBenchmarkConfiguration: Sendable {
     /// The access pattern, as fio's `--rw` names it.
     public enum Pattern: String, Sendable, CaseIterable {
@@ -39,6 +39,10 @@ public struct BlockBenchmarkConfiguration: Sendable {
     public var persistentGrants = true
     /// Reads hand the data to the caller in place (no copy into its buffer).
     public var inPlace = false
+    /// The storage engine on the image file (io_uring where the kernel allows it).
+    public var engine = FileEngineKind.preferred.kind
+    /// io_uring only: a kernel thread polls the submission ring, idle after this long (nil: off).
+    public var sqPollIdle: Duration?
 
     /// 4 KiB random reads at queue depth 1 for 3 s on `image`, `O_DIRECT`, persistent grants, reads copied.
     public init(image: String) { self.image = image }
@@ -78,6 +82,12 @@ public struct BlockBenchmarkResult: Sendable {
     public var grantMaps: UInt64 = 0
     /// Persistent-grant pages blkback unmapped to make room for others, over the run.
     public var grantEvictions: UInt64 = 0
+    /// CPU time (user + system) of the whole process, every thread (the kernel's io_uring
+    /// workers included), over the measured interval.
+    public var cpuSeconds = 0.0
+
+    /// CPU µs per operation: what the path costs per I/O, beside ``iops``.
+    public var cpuMicrosecondsPerOperation: Double { operations > 0 ? cpuSeconds * 1e6 / Double(operations) : 0 }
 
     /// Operations per second.
     public var iops: Double { Double(operations) / elapsed }
@@ -88,27 +98,33 @@ public struct BlockBenchmarkResult: Sendable {
     public var json: String {
         let c = configuration
         return """
-            {"rw":"\(c.pattern.rawValue)","bs":\(c.blockSize),"queue_depth":\(c.queueDepth),"seconds":\(fmt(elapsed)),\
+            {"engine":"\(engineName)","sq_poll":\(c.sqPollIdle != nil),"rw":"\(c.pattern.rawValue)","bs":\(c.blockSize),"queue_depth":\(c.queueDepth),"seconds":\(fmt(elapsed)),\
             "direct":\(directIO),"persistent_grants":\(c.persistentGrants),"in_place":\(c.inPlace),"operations":\(operations),"iops":\(fmt(iops)),"mib_per_second":\(fmt(mibPerSecond)),\
             "mean_us":\(fmt(meanMicroseconds)),"p50_us":\(fmt(p50Microseconds)),"p99_us":\(fmt(p99Microseconds)),\
             "frontend_notifies_per_request":\(fmt(frontendNotifiesPerRequest, 3)),\
             "backend_notifies_per_request":\(fmt(backendNotifiesPerRequest, 3)),\
             "backend_sleeps_per_request":\(fmt(backendSleepsPerRequest, 3)),\
             "frontend_sleeps_per_request":\(fmt(frontendSleepsPerRequest, 3)),\
-            "buffers_per_request":\(fmt(buffersPerRequest, 2)),"grant_maps":\(grantMaps),"grant_evictions":\(grantEvictions)}
+            "buffers_per_request":\(fmt(buffersPerRequest, 2)),"grant_maps":\(grantMaps),"grant_evictions":\(grantEvictions),\
+            "cpu_seconds":\(fmt(cpuSeconds, 3)),"cpu_us_per_op":\(fmt(cpuMicrosecondsPerOperation, 2))}
             """
     }
 
     /// One line for a person, with the figures and the settings.
     public var summary: String {
         let c = configuration
-        return "\(c.pattern.rawValue) bs=\(c.blockSize) qd=\(c.queueDepth): \(fmt(iops)) IOPS, \(fmt(mibPerSecond)) MiB/s, "
+        return "\(engineName) \(c.pattern.rawValue) bs=\(c.blockSize) qd=\(c.queueDepth): \(fmt(iops)) IOPS, \(fmt(mibPerSecond)) MiB/s, "
+            + "CPU \(fmt(cpuMicrosecondsPerOperation, 2)) µs/op, "
             + "latency p50 \(fmt(p50Microseconds)) µs, p99 \(fmt(p99Microseconds)) µs (\(operations) ops in \(fmt(elapsed)) s"
             + (directIO ? ", O_DIRECT" : ", buffered") + (c.persistentGrants ? ", persistent grants" : ", grant copy")
             + (c.inPlace ? ", reads in place)" : ")")
             + "; per request: notifies \(fmt(frontendNotifiesPerRequest, 3)) → \(fmt(backendNotifiesPerRequest, 3)) ←, "
             + "sleeps: backend \(fmt(backendSleepsPerRequest, 3)), frontend \(fmt(frontendSleepsPerRequest, 3)), "
             + "storage buffers \(fmt(buffersPerRequest, 2)); grant pages mapped \(grantMaps), evicted \(grantEvictions)"
+    }
+
+    private var engineName: String {
+        configuration.image == BlockBenchmarkConfiguration.memoryImage ? "memory" : configuration.engine.rawValue
     }
 
     private func fmt(_ v: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", v) }
@@ -157,8 +173,9 @@ public enum BlockBenchmark {
             storage = try MemoryStorage(byteCount: Int(size), queueDepth: max(64, c.queueDepth))
             direct = false
         } else {
-            let file = try LibaioStorage(path: FilePath(c.image), readOnly: c.pattern.isRead,
-                                         directIO: c.direct ? LibaioStorage.DirectIO.required : .never, queueDepth: max(64, c.queueDepth))
+            let file = try c.engine.open(FilePath(c.image), readOnly: c.pattern.isRead,
+                                         directIO: c.direct ? .required : .never, queueDepth: max(64, c.queueDepth),
+                                         sqPollIdle: c.sqPollIdle)
             direct = file.ioMode == .direct
             storage = file
         }
@@ -192,6 +209,7 @@ public enum BlockBenchmark {
         do {
             let blocks = size / UInt64(c.blockSize)
             let cursor = Cursor()
+            let cpuBefore = Self.processCPUSeconds()
             let start = ContinuousClock.now
             let deadline = start + .milliseconds(Int(c.seconds * 1000))
             let samples = try await withThrowingTaskGroup(of: [UInt32].self) { group in
@@ -230,6 +248,7 @@ public enum BlockBenchmark {
             // One reading of the clock: two could fall either side of a second.
             let took = (ContinuousClock.now - start).components
             let elapsed = Double(took.seconds) + Double(took.attoseconds) / 1e18
+            let cpu = Self.processCPUSeconds() - cpuBefore
             guard !samples.isEmpty else { throw BlockBenchmarkError(message: "no operation completed") }
             let sorted = samples.sorted()
             func percentile(_ p: Double) -> Double {
@@ -247,13 +266,23 @@ public enum BlockBenchmark {
                                               backendSleepsPerRequest: Double(backCounters.sleeps.value) / requests,
                                               frontendSleepsPerRequest: Double(frontSleeps) / requests,
                                               buffersPerRequest: Double(backCounters.buffers.value) / requests,
-                                              grantMaps: backCounters.grantMaps.value, grantEvictions: backCounters.grantEvictions.value)
+                                              grantMaps: backCounters.grantMaps.value, grantEvictions: backCounters.grantEvictions.value,
+                                              cpuSeconds: cpu)
             await release()
             return result
         } catch {
             await release()
             throw error
         }
+    }
+}
+
+extension BlockBenchmark {
+    /// User + system time of every thread of this process so far (`getrusage(RUSAGE_SELF)`).
+    static func processCPUSeconds() -> Double {
+        var u = rusage()
+        guard getrusage(RUSAGE_SELF.rawValue, &u) == 0 else { return 0 }
+        return Double(u.ru_utime.tv_sec) + Double(u.ru_utime.tv_usec) / 1e6 + Double(u.ru_stime.tv_sec) + Double(u.ru_stime.tv_usec) / 1e6
     }
 }
 

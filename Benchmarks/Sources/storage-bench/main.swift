@@ -1,7 +1,8 @@
-// storage-bench: drives LibaioStorage the way a backend queue thread does (submit a
-// batch, reap with io_getevents, resubmit) and prints one JSON object.
+// storage-bench: drives a file engine (UringStorage or LibaioStorage) the way a backend
+// queue thread does (submit a batch, reap, resubmit) and prints one JSON object, with the
+// process's CPU time per operation.
 //
-//   storage-bench --image PATH [--rw randread|randwrite|read|write] [--bs BYTES]
+//   storage-bench --image PATH [--engine io_uring|libaio] [--rw randread|randwrite|read|write] [--bs BYTES]
 //                 [--queue-depth N] [--seconds S] [--piece BYTES] [--shared 1]
 import Foundation
 import Glibc
@@ -25,7 +26,7 @@ func fail(_ message: String) -> Never {
     exit(2)
 }
 
-let usage = "usage: storage-bench --image PATH [--rw randread|randwrite|read|write] [--bs BYTES] [--queue-depth N] [--seconds S] [--piece BYTES] [--shared 1] [--huge 1]"
+let usage = "usage: storage-bench --image PATH [--engine io_uring|libaio] [--rw randread|randwrite|read|write] [--bs BYTES] [--queue-depth N] [--seconds S] [--piece BYTES] [--shared 1] [--huge 1]"
 
 func runBenchmark() throws {
     var arguments = [String: String]()
@@ -53,9 +54,16 @@ func runBenchmark() throws {
     let isWrite = mode.hasSuffix("write")
     let isRandom = mode.hasPrefix("rand")
 
-    let engine: LibaioStorage
+    let kind: FileEngineKind
+    if let name = arguments["engine"] {
+        guard let k = FileEngineKind(rawValue: name) else { fail("--engine must be io_uring or libaio, not \(name.debugDescription)") }
+        kind = k
+    } else {
+        kind = FileEngineKind.preferred.kind
+    }
+    let engine: any FileStorageEngine
     do {
-        engine = try LibaioStorage(path: FilePath(image), directIO: .required, queueDepth: depth)
+        engine = try kind.open(FilePath(image), directIO: .required, queueDepth: depth)
     } catch {
         fail("cannot open \(image): \(error)")
     }
@@ -118,6 +126,12 @@ func runBenchmark() throws {
 
     for slot in 0..<depth { makeOp(slot, into: slot) }
     var pending = depth
+    func cpuSeconds() -> Double {
+        var u = rusage()
+        guard getrusage(RUSAGE_SELF.rawValue, &u) == 0 else { return 0 }
+        return Double(u.ru_utime.tv_sec) + Double(u.ru_utime.tv_usec) / 1e6 + Double(u.ru_stime.tv_sec) + Double(u.ru_stime.tv_usec) / 1e6
+    }
+    let cpuBegin = cpuSeconds()
     let begin = now()
     let end = begin + UInt64(seconds * 1e9)
     var done = 0
@@ -149,6 +163,7 @@ func runBenchmark() throws {
         if t >= end { stop = true }
     }
     let elapsed = Double(now() - begin) / 1e9
+    let cpu = cpuSeconds() - cpuBegin
     engine.close()
 
     latencies.sort()
@@ -158,9 +173,10 @@ func runBenchmark() throws {
     let iops = Double(done) / elapsed
     let mib = iops * Double(blockSize) / 1_048_576
     print("""
-    {"engine": "LibaioStorage", "rw": "\(mode)", "bs": \(blockSize), "queue_depth": \(depth), "seconds": \(String(format: "%.2f", elapsed)), \
+    {"engine": "\(kind)", "rw": "\(mode)", "bs": \(blockSize), "queue_depth": \(depth), "seconds": \(String(format: "%.2f", elapsed)), \
     "ops": \(done), "errors": \(failures), "iops": \(Int(iops)), "mib_per_second": \(String(format: "%.1f", mib)), \
-    "p50_us": \(String(format: "%.1f", percentile(0.5))), "p99_us": \(String(format: "%.1f", percentile(0.99)))}
+    "p50_us": \(String(format: "%.1f", percentile(0.5))), "p99_us": \(String(format: "%.1f", percentile(0.99))), \
+    "cpu_us_per_op": \(String(format: "%.2f", done > 0 ? cpu * 1e6 / Double(done) : 0))}
     """)
 
 }

@@ -7,6 +7,8 @@
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
+#include <linux/magic.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 
@@ -47,6 +49,12 @@ int cbs_dio_alignment(int fd, uint32_t *mem_align, uint32_t *offset_align) {
     *mem_align = st.stx_dio_mem_align;
     *offset_align = st.stx_dio_offset_align;
     return 0;
+}
+
+int cbs_is_on_tmpfs(const char *path) {
+    struct statfs st;
+    if (statfs(path, &st) != 0) return -1;
+    return st.f_type == TMPFS_MAGIC ? 1 : 0;
 }
 
 int cbs_fdatasync(int fd) { return fdatasync(fd) == 0 ? 0 : errno; }

@@ -192,6 +192,9 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     private var stalled: Request?
     /// The persistent grants had no room for the stalled request: retry after a completion.
     private var waitingForRoom = false
+    /// The slot of a write barrier at the engine: later requests wait for its completion
+    /// (an engine may run the flush alongside later operations, as io_uring does).
+    private var barrierSlot: Int?
     private var produced = false
 
     let runtime: DriverRuntime
@@ -367,7 +370,8 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
             return true
         }
         // BLKIF_OP_WRITE_BARRIER: every earlier request completes first, and nothing later
-        // is taken off the ring until it is submitted (the engine runs a flush at submit).
+        // goes to the engine until the barrier has completed.
+        if barrierSlot != nil { return false }
         if case .writeBarrier = request.operation, storage.outstanding > 0 || pendingCount > 0 { return false }
         let needed: Int
         switch request.operation {
@@ -414,6 +418,7 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         }
         pending[(pendingHead + pendingCount) % ringSize] = operation
         pendingCount += 1
+        if case .writeBarrier = request.operation { barrierSlot = slot }
         return true
     }
 
@@ -574,6 +579,7 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
 
     private func complete(_ completion: StorageCompletion, answer: Bool) {
         let slot = Int(completion.tag)
+        if slot == barrierSlot { barrierSlot = nil }
         var status = BlkifStatus.okay
         switch completion.outcome {
         case .success:

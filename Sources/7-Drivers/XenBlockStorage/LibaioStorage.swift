@@ -25,18 +25,11 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
     // @unchecked: confined. One queue thread drives it at a time (StorageEngine's rule);
     // it may be handed to that thread.
 
-    /// Whether to open with `O_DIRECT`.
-    public enum DirectIO: Sendable {
-        /// `O_DIRECT`, or buffered if the file system refuses it with `EINVAL` (tmpfs before Linux 6.6).
-        case preferred
-        /// `O_DIRECT` or fail.
-        case required
-        /// Buffered I/O through the page cache.
-        case never
-    }
+    /// Whether to open with `O_DIRECT` (shared with ``UringStorage``).
+    public typealias DirectIO = StorageDirectIO
 
     /// How the file ended up open.
-    public enum IOMode: Sendable { case direct, buffered }
+    public typealias IOMode = StorageIOMode
 
     /// The file's size or the block device's (`BLKGETSIZE64`) when opened; it does not follow later changes.
     public let byteCount: UInt64
@@ -68,7 +61,7 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
     /// The eventfd every iocb signals (`IOCB_FLAG_RESFD`), also signalled for completions made in `submit`.
     public var completionDescriptor: FileDescriptor { signal.descriptor }
 
-    private let fd: FileDescriptor
+    let fd: FileDescriptor
     private var context: io_context_t?
     private let signal: CompletionSignal
     private var ready: CompletionQueue
@@ -102,71 +95,27 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
     /// `queueDepth` outstanding operations.
     public convenience init(path: FilePath, readOnly: Bool = false, directIO: DirectIO = .preferred, queueDepth: Int = 64) throws(StorageError) {
         try self.init(path: path, readOnly: readOnly, directIO: directIO, queueDepth: queueDepth,
-                      open: Self.systemOpen)
-    }
-
-    private static func systemOpen(_ path: FilePath, _ request: OpenRequest) throws(Errno) -> FileDescriptor {
-        do {
-            return try FileDescriptor.open(path, request.mode, options: request.options)
-        } catch let e as Errno {
-            throw e
-        } catch {
-            throw Errno.ioError  // FileDescriptor.open throws only Errno
-        }
+                      open: StorageFile.systemOpen)
     }
 
     /// The open funnel, so a test can make `O_DIRECT` fail as tmpfs once did.
-    struct OpenRequest {
-        var mode: FileDescriptor.AccessMode
-        var options: FileDescriptor.OpenOptions
-        var direct: Bool
-    }
+    typealias OpenRequest = StorageOpenRequest
 
     init(path: FilePath, readOnly: Bool, directIO: DirectIO, queueDepth: Int,
-         open: (FilePath, OpenRequest) throws(Errno) -> FileDescriptor) throws(StorageError) {
+         open: StorageFile.Open) throws(StorageError) {
         precondition(queueDepth >= 1 && queueDepth <= 65536, "queue depth 1...65536")
-        let mode: FileDescriptor.AccessMode = readOnly ? .readOnly : .readWrite
-        let direct = FileDescriptor.OpenOptions(rawValue: cxen_o_direct())
-        var opened: FileDescriptor
-        var ioMode = IOMode.buffered
-        do throws(Errno) {
-            if directIO == .never {
-                opened = try open(path, OpenRequest(mode: mode, options: [.closeOnExec], direct: false))
-            } else {
-                do throws(Errno) {
-                    opened = try open(path, OpenRequest(mode: mode, options: [.closeOnExec, direct], direct: true))
-                    ioMode = .direct
-                } catch .invalidArgument where directIO == .preferred {
-                    opened = try open(path, OpenRequest(mode: mode, options: [.closeOnExec], direct: false))
-                }
-            }
-        } catch {
-            throw StorageError(.io(error), "open \(path)\(directIO == .required ? " with O_DIRECT" : "")")
-        }
-        fd = opened
+        let file = try StorageFile(path: path, readOnly: readOnly, directIO: directIO, open: open)
+        fd = file.fd
         self.path = path
-        self.ioMode = ioMode
+        self.ioMode = file.ioMode
         self.isReadOnly = readOnly
         self.queueDepth = queueDepth
-
+        byteCount = file.byteCount
+        alignment = file.alignment
         do throws(StorageError) {
-            var st = stat()
-            guard fstat(opened.rawValue, &st) == 0 else {
-                throw StorageError(.io(Errno(rawValue: errno)), "fstat \(path)")
-            }
-            let isBlockDevice = st.st_mode & S_IFMT == S_IFBLK
-            var size: UInt64 = 0
-            if isBlockDevice {
-                let e = cbs_block_device_bytes(opened.rawValue, &size)
-                guard e == 0 else { throw StorageError(.io(Errno(rawValue: e)), "BLKGETSIZE64 \(path)") }
-            } else {
-                size = UInt64(st.st_size)
-            }
-            byteCount = size
-            alignment = ioMode == .direct ? Self.directAlignment(opened, isBlockDevice: isBlockDevice) : 1
             signal = try CompletionSignal()
         } catch {
-            try? opened.close()
+            try? file.fd.close()
             throw error
         }
 
@@ -191,19 +140,6 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
             throw StorageError(.io(e), "io_setup(\(queueDepth)) (see /proc/sys/fs/aio-max-nr)")
         }
         context = ctx
-    }
-
-    /// The `O_DIRECT` alignment: what the kernel reports for the file (`STATX_DIOALIGN`),
-    /// the device's logical block size, or 512.
-    private static func directAlignment(_ fd: FileDescriptor, isBlockDevice: Bool) -> Int {
-        if isBlockDevice {
-            var size: UInt32 = 0
-            if cbs_block_device_logical_block_size(fd.rawValue, &size) == 0 && size > 0 { return Int(size) }
-            return 512
-        }
-        var mem: UInt32 = 0, off: UInt32 = 0
-        if cbs_dio_alignment(fd.rawValue, &mem, &off) == 0 { return Int(max(mem, off, 1)) }
-        return 512
     }
 
     deinit {

@@ -55,8 +55,10 @@ public final class EmbeddedHost: @unchecked Sendable {
             let readOnly = try await store.readIfPresent(dir + "/mode") == "r"
             let fd = try FileDescriptor.open(FilePath(path), .readOnly)
             let size = try fd.closeAfter { try fd.seek(offset: 0, from: .end) }
+            // io_uring where the kernel allows it and the file is not on tmpfs, else libaio.
+            let engine = FileEngineKind.preferred(for: FilePath(path)).kind
             return BlockBackendDisk(byteCount: UInt64(size), readOnly: readOnly) {
-                try LibaioStorage(path: FilePath(path), readOnly: readOnly, directIO: .preferred, queueDepth: 64)
+                try engine.open(FilePath(path), readOnly: readOnly, directIO: .preferred, queueDepth: 64)
             }
         }
     }

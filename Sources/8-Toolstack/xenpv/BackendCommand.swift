@@ -15,10 +15,11 @@ struct BackendCommand: ParsableCommand {
         commandName: "backend",
         abstract: "Join the hypervisor as dom0 and serve every guest's vif and vbd.",
         discussion: """
-            Each vbd is served through libaio from the `params` in its backend directory (as `xenpv create`
-            writes it: an absolute path to an image file or block device, read-only when `mode` has no w);
-            a vbd without `params` (a guest's xvda plugged by the daemon) is served from --disk IMAGE, which
-            such guests share. A vbd whose target is unusable stays down with the reason in its `error` key.
+            Each vbd is served from the `params` in its backend directory (as `xenpv create` writes it: an
+            absolute path to an image file or block device, read-only when `mode` has no w); a vbd without
+            `params` (a guest's xvda plugged by the daemon) is served from --disk IMAGE, which such guests
+            share. A vbd whose target is unusable stays down with the reason in its `error` key. Disks go
+            through io_uring (or libaio: --engine, and where the kernel refuses io_uring or the image is on tmpfs).
             Without --nic, each vif echoes the frames its guest sends back to it (for `xenpv guest net-echo`).
             With --nic BRIDGE, each vif is a TAP device vifD.N on that Linux bridge.
             """)
@@ -31,6 +32,9 @@ struct BackendCommand: ParsableCommand {
 
     @Option(help: "Disk image for the guests' vbd.")
     var disk: String?
+
+    @Option(help: "The storage engine for --disk: io_uring or libaio (default: io_uring where the kernel allows it).")
+    var engine: FileEngineKind?
 
     @Option(help: "Linux bridge for the guests' vifs (default: echo frames back).")
     var nic: String?
@@ -65,13 +69,15 @@ struct BackendCommand: ParsableCommand {
         }
         let task = Task { try await backend.run() }
         let fallback = disk
+        let engine = self.engine
         let blk = BlockBackend(store: hv.store, hypervisor: hv, logger: logger) { _, dir, store in
-            try await BackendDisk.open(directory: dir, store: store, fallback: fallback)
+            try await BackendDisk.open(directory: dir, store: store, fallback: fallback, engine: engine, logger: logger)
         }
         try ProcessSupport.runBlocking { try await blk.start() }
         let blockBackend: BlockBackend? = blk
         say("xenpv backend: dom0 (\(hv.world)) serving vifs (\(bridge.map { "bridge \($0)" } ?? "echo"))"
-            + " and vbds (their params" + (disk.map { ", else \($0)" } ?? "") + ")")
+            + " and vbds (their params" + (disk.map { ", else \($0)" } ?? "") + "; "
+            + (engine.map(\.description) ?? "engine per disk") + ")")
         // One line whenever the set of served vifs changes, for people and tests.
         let watcher = Thread {
             var last = ""

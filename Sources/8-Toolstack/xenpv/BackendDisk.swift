@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import SystemPackage
 import XenBlockBack
 import XenBlockStorage
@@ -9,14 +10,18 @@ import XenToolstack
 /// owns and the guest only reads, so `params` is the toolstack's word; checked all
 /// the same (``DiskTarget``), a bad one keeps only that device down.
 enum BackendDisk {
-    static func open(directory dir: String, store: any XenStoreConnection, fallback: String?) async throws -> BlockBackendDisk {
+    /// `engine`: the one asked for on the command line, else each disk's preferred one
+    /// (``FileEngineKind/resolve(_:for:logger:)``).
+    static func open(directory dir: String, store: any XenStoreConnection, fallback: String?,
+                     engine: FileEngineKind?, logger: Logger) async throws -> BlockBackendDisk {
         guard let params = try await store.readIfPresent(dir + "/params") else {
             guard let fallback else {
                 throw CommandError("\(dir) has no params and the backend has no --disk")
             }
             let size = (try FileManager.default.attributesOfItem(atPath: fallback)[.size] as? UInt64) ?? 0
+            let kind = FileEngineKind.resolve(engine, for: fallback, logger: logger)
             return BlockBackendDisk(byteCount: size, readOnly: false) {
-                try LibaioStorage(path: FilePath(fallback), readOnly: false, directIO: .preferred, queueDepth: 64)
+                try kind.open(FilePath(fallback), readOnly: false, directIO: .preferred, queueDepth: 64)
             }
         }
         let target = try DiskTarget(checking: params)
@@ -24,8 +29,9 @@ enum BackendDisk {
         let readOnly = !(try await store.readIfPresent(dir + "/mode") ?? "r").contains("w")
         let discard = try await store.readIfPresent(dir + "/discard-enable") != "0"
         let path = target.path
+        let kind = FileEngineKind.resolve(engine, for: path, logger: logger)
         return BlockBackendDisk(byteCount: target.byteCount, readOnly: readOnly, discard: discard && !readOnly) {
-            try LibaioStorage(path: FilePath(path), readOnly: readOnly, directIO: .preferred, queueDepth: 64)
+            try kind.open(FilePath(path), readOnly: readOnly, directIO: .preferred, queueDepth: 64)
         }
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import XenBlockBenchmark
+import XenBlockStorage
 
 extension BlockBenchmarkConfiguration.Pattern: ExpressibleByArgument {}
 
@@ -8,11 +9,11 @@ extension BlockBenchmarkConfiguration.Pattern: ExpressibleByArgument {}
 struct BenchBlock: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "block",
-        abstract: "I/O through blkfront, the ring, blkback and libaio on an image file (simulated hypervisor).",
+        abstract: "I/O through blkfront, the ring, blkback and io_uring or libaio on an image file (simulated hypervisor).",
         discussion: """
             Compare with fio on the same file:
-              swift run -c release xenpv bench block --image /tmp/disk.img --rw randread --bs 4096 --queue-depth 32 --seconds 5 --json
-              fio --name=x --filename=/tmp/disk.img --ioengine=libaio --direct=1 --rw=randread --bs=4k --iodepth=32 --runtime=5 --time_based
+              swift run -c release xenpv bench block --image /tmp/disk.img --engine io_uring --rw randread --bs 4096 --queue-depth 32 --seconds 5 --json
+              fio --name=x --filename=/tmp/disk.img --ioengine=io_uring --direct=1 --rw=randread --bs=4k --iodepth=32 --runtime=5 --time_based
             """)
 
     @Option(help: "The image file (its size is the device size), or :memory: for a 256 MiB memory disk (the driver path alone).")
@@ -33,6 +34,12 @@ struct BenchBlock: AsyncParsableCommand {
     @Option(help: "How long to run.")
     var seconds = 3.0
 
+    @Option(help: "The storage engine on the image: io_uring or libaio (default: io_uring where the kernel allows it).")
+    var engine: FileEngineKind?
+
+    @Option(help: "io_uring: a kernel thread polls the submission ring, idle after this many ms (default: off).")
+    var sqPollIdleMs: Int?
+
     @Flag(help: "Go through the page cache instead of O_DIRECT.")
     var buffered = false
 
@@ -49,6 +56,7 @@ struct BenchBlock: AsyncParsableCommand {
         guard bs >= 512, bs % 512 == 0, bs <= 1 << 20 else { throw ValidationError("--bs must be a multiple of 512, at most 1 MiB") }
         guard (1...128).contains(queueDepth) else { throw ValidationError("--queue-depth must be 1...128") }
         guard seconds > 0, seconds <= 600 else { throw ValidationError("--seconds must be in (0, 600]") }
+        if let ms = sqPollIdleMs, !(1...10_000).contains(ms) { throw ValidationError("--sq-poll-idle-ms must be 1...10000") }
     }
 
     func run() async throws {
@@ -64,6 +72,8 @@ struct BenchBlock: AsyncParsableCommand {
         c.direct = !buffered
         c.persistentGrants = !grantCopy
         c.inPlace = inPlace
+        c.engine = FileEngineKind.resolve(engine, for: image, logger: nil)
+        c.sqPollIdle = sqPollIdleMs.map { .milliseconds($0) }
         let result = try await BlockBenchmark.run(c)
         print(json ? result.json : result.summary)
     }

@@ -27,6 +27,8 @@ int cbs_block_device_logical_block_size(int fd, uint32_t *size);
 /* statx(STATX_DIOALIGN): O_DIRECT memory and offset alignment of a file; 0 or an errno
  * value (EOPNOTSUPP when the kernel or file system does not report it). */
 int cbs_dio_alignment(int fd, uint32_t *mem_align, uint32_t *offset_align);
+/* Whether `path` lies on tmpfs (statfs f_type TMPFS_MAGIC): 1 or 0, or -1 when statfs fails. */
+int cbs_is_on_tmpfs(const char *path);
 /* fdatasync; returns 0 or an errno value. */
 int cbs_fdatasync(int fd);
 /* Whether the context's completion ring (the kernel's struct aio_ring, mapped at the

@@ -1,0 +1,81 @@
+import CUringStorage
+import Foundation
+import Glibc
+import SystemPackage
+import TestSupport
+import Testing
+@testable import XenBlockStorage
+
+/// What only the io_uring engine has: the submission funnel, SQ polling, the probe.
+/// (Everything both file engines share is in FileEngineTests.)
+@Suite(.timeLimit(.minutes(3)))
+struct UringStorageTests {
+    @Test func thisKernelAllowsIoUring() {
+        // The machines this runs on have io_uring (kernel.io_uring_disabled = 0).
+        #expect(UringStorage.unavailability == nil)
+        #expect(FileEngineKind.preferred.kind == .ioUring && FileEngineKind.preferred.note == nil)
+    }
+
+    /// io_uring by default, libaio for a file on tmpfs (where io_uring punts every read to a worker).
+    @Test func theDefaultEngineForAFile() throws {
+        let image = try TemporaryImage(bytes: 64 * 1024)
+        try #require(!FileEngineKind.isOnTmpfs(image.filePath), "TMPDIR is on tmpfs here")
+        #expect(FileEngineKind.preferred(for: image.filePath).kind == .ioUring)
+        let dir = try TemporaryDirectory(prefix: "xenpv-tmpfs", in: "/dev/shm")
+        #expect(FileEngineKind.isOnTmpfs(FilePath(dir.path)))
+        #expect(FileManager.default.createFile(atPath: dir.path("disk.img"), contents: Data(count: 4096)))
+        let onTmpfs = FileEngineKind.preferred(for: FilePath(dir.path("disk.img")))
+        #expect(onTmpfs.kind == .libaio && onTmpfs.note?.contains("tmpfs") == true)
+    }
+
+    func batch(_ b: Buffers) -> [StorageOperation] {
+        (0..<6).map { i in
+            let iov = b.vector(first: i, at: i * 4096, pieces: [4096])
+            return i % 3 == 1 ? .write(tag: UInt64(i), offset: UInt64(i * 4096), buffers: iov)
+                              : .read(tag: UInt64(i), offset: UInt64(i * 4096), buffers: iov)
+        }
+    }
+
+    /// A batch is handed to the kernel in one `io_uring_submit`; a submission the kernel
+    /// refuses for a while (EAGAIN, EBUSY) is retried by the next reap, and nothing is lost.
+    @Test func oneSubmitPerBatchAndRefusedSubmitsAreRetried() throws {
+        let image = try TemporaryImage(bytes: 1 << 20, fill: 0x42)
+        let s = try UringStorage(path: image.filePath, queueDepth: 8)
+        defer { s.close() }
+        var calls = 0
+        s.ringSubmit = { ring in
+            calls += 1
+            return calls <= 2 ? -EAGAIN : (calls == 3 ? -EBUSY : cus_submit(ring))
+        }
+        let b = Buffers(byteCount: 6 * 4096)
+        var d = Driver(s)
+        let r = try d.run(batch(b))
+        #expect(r.count == 6 && r.values.allSatisfy(\.succeeded))
+        #expect(b.bytes[0..<4096].allSatisfy { $0 == 0x42 })
+
+        calls = 10
+        let r2 = try d.run(batch(b))
+        #expect(r2.count == 6 && r2.values.allSatisfy(\.succeeded))
+        #expect(calls == 11, "\(calls - 10) io_uring_submit calls for one batch of 6")
+    }
+
+    /// With a kernel thread polling the submission ring the engine behaves the same.
+    @Test func sqPollingConforms() throws {
+        let image = try TemporaryImage(bytes: 8 << 20)
+        let s = try UringStorage(path: image.filePath, queueDepth: 32, sqPollIdle: .milliseconds(10))
+        defer { s.close() }
+        #expect(s.sqPolling)
+        try Conformance.randomIO(s, seed: 31, rounds: 4)
+        try Conformance.refusals(s)
+    }
+
+    /// A discard of nothing succeeds without reaching the kernel (as on libaio).
+    @Test func anEmptyDiscardSucceeds() throws {
+        let image = try TemporaryImage(bytes: 1 << 20)
+        let s = try UringStorage(path: image.filePath, queueDepth: 4)
+        defer { s.close() }
+        var d = Driver(s)
+        let r = try d.run([.discard(tag: 1, offset: 4096, length: 0)])
+        #expect(r[1]?.succeeded == true)
+    }
+}
