@@ -11,7 +11,7 @@
 //   3-Ring         the shared I/O ring of ring.h
 //   4-Store        the xenstore client, xenstored, and XenBus (the device handshake)
 //   5-Worlds       the hypervisor core: simulated in one process or across processes, or real Xen
-//   6-Protocols    blkif and netif requests and responses as validated values
+//   6-Protocols    blkif and netif requests and responses as validated values; the NBD wire format
 //   7-Drivers      the driver runtime, storage engines, TAP devices; blkback/blkfront, netback/netfront
 //   8-Toolstack    the embedded host, the demo, the `xenpv` command line
 //
@@ -61,6 +61,7 @@ let package = Package(
         .library(name: "XenWorld", targets: ["XenWorld"]),
         .library(name: "XenBlockProtocol", targets: ["XenBlockProtocol"]),
         .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
+        .library(name: "NBDProtocol", targets: ["NBDProtocol"]),
         .library(name: "XenBlockStorage", targets: ["XenBlockStorage"]),
         .library(name: "XenBlockBack", targets: ["XenBlockBack"]),
         .library(name: "XenBlockFront", targets: ["XenBlockFront"]),
@@ -167,6 +168,8 @@ let package = Package(
         .target(name: "XenBlockProtocol", dependencies: ["XenABI", "CXen", "CBlkifABI"], path: protocols + "XenBlockProtocol"),
         // netif requests and responses as Swift values, the tx and rx packet parsers.
         .target(name: "XenNetProtocol", dependencies: ["XenABI", "CXen"], path: protocols + "XenNetProtocol"),
+        // The NBD protocol's wire format (proto.md): handshake, options, requests, simple replies.
+        .target(name: "NBDProtocol", dependencies: ["XenABI"], path: protocols + "NBDProtocol"),
 
         // MARK: 7-Drivers
 
@@ -324,6 +327,7 @@ let package = Package(
             name: "XenBlockProtocolTests",
             dependencies: ["XenBlockProtocol", "XenABI", "CXen", "CBlkifABI", "CBlkifProbe", "CMallocCounter", "TestSupport"]),
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenABI", "CXen"]),
+        .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
         .testTarget(
             name: "XenDriverRuntimeTests",
             dependencies: ["XenDriverRuntime", "XenSimulator", "XenHypervisor", "XenABI", "XenLocks"]),
