@@ -67,6 +67,7 @@ let package = Package(
         .library(name: "XenBlockFront", targets: ["XenBlockFront"]),
         .library(name: "XenNetBack", targets: ["XenNetBack"]),
         .library(name: "XenNetFront", targets: ["XenNetFront"]),
+        .library(name: "XenBlockExport", targets: ["XenBlockExport"]),
         // A whole host in one process (hypervisor, xenstored, backends) for a program
         // that plays both sides, as `xenpv demo` does.
         .library(name: "XenEmbeddedHost", targets: ["XenEmbeddedHost"]),
@@ -199,6 +200,11 @@ let package = Package(
                 "XenLocks", atomics, deque, logging,
             ],
             path: drivers + "XenBlockFront"),
+        // A block device (a guest's blkfront, or memory) served as an NBD export.
+        .target(
+            name: "XenBlockExport",
+            dependencies: ["NBDProtocol", "XenBlockFront", "XenSockets", "XenLocks", deque, logging],
+            path: drivers + "XenBlockExport"),
         // Network attachment: TAP devices on Linux bridges, in namespaces.
         .target(name: "CTap", path: drivers + "CTap"),
         .target(name: "XenNetTap", dependencies: ["CTap", "XenNetProtocol", systemPackage], path: drivers + "XenNetTap"),
@@ -338,6 +344,12 @@ let package = Package(
                 "XenBlockBack", "XenBlockFront", "XenBlockBenchmark", "XenBlockProtocol", "XenBlockStorage", "XenRing",
                 "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenStoreServer", "XenLocks",
                 "XenDriverRuntime", "DriverTestSupport", "TestSupport", logging, systemPackage,
+            ]),
+        .testTarget(
+            name: "XenBlockExportTests",
+            dependencies: [
+                "XenBlockExport", "NBDProtocol", "XenEmbeddedHost", "XenBlockFront", "XenBus", "XenStore", "XenSimulator",
+                "XenNetBack", "XenHypervisor", "XenABI", "TestSupport", logging, systemPackage,
             ]),
         .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap", "NetTestSupport"]),
         .testTarget(
