@@ -142,6 +142,11 @@ final class RawClient {
         _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
     }
 
+    /// Sends `bytes` if the socket has room for all of them now; false (nothing or part sent) if not.
+    func sendWithoutWaiting(_ bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT)) } == bytes.count
+    }
+
     /// Exactly `count` bytes, or nil at end of stream.
     func receive(_ count: Int) -> [UInt8]? {
         var out = [UInt8](repeating: 0, count: count)
@@ -154,10 +159,12 @@ final class RawClient {
         return out
     }
 
-    /// Whether the server closed the connection (end of stream on the next read).
+    /// Whether the server closed the connection: end of stream on the next read, or a reset
+    /// (a socket closed with bytes still unread resets), not the receive timeout.
     func closedByServer() -> Bool {
         var byte: UInt8 = 0
-        return recv(fd, &byte, 1, 0) == 0
+        let n = recv(fd, &byte, 1, 0)
+        return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
     }
 
     /// Greeting, flags, `NBD_OPT_GO` for the default export; the transmission flags and size.
