@@ -250,7 +250,7 @@ let package = Package(
             dependencies: [
                 "XenDemo", "XenWorld", "XenSimulator", "XenSimulatorDaemon", "XenSimulatorClient", "XenHost",
                 "XenStore", "XenStoreServer", "XenBus", "XenRing", "XenHypervisor", "XenABI", "CXen",
-                "XenNetBack", "XenNetFront", "XenBlockBack", "XenBlockFront", "XenBlockStorage",
+                "XenNetBack", "XenNetFront", "XenBlockBack", "XenBlockFront", "XenBlockStorage", "XenBlockExport",
                 "XenRingBenchmark", "XenNetBenchmark", "XenBlockBenchmark", "XenStoreBenchmark",
                 logging, argumentParser, systemPackage,
             ],

@@ -1,0 +1,65 @@
+import Foundation
+import Glibc
+import TestSupport
+import Testing
+
+extension ProcessTests {
+    /// `xenpv guest disk serve --nbd`: a guest process serves its vbd (blkback in a
+    /// `xenpv backend` process, over the hypervisor daemon) to QEMU's and libnbd's clients.
+    @Suite(.serialized, .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-io")
+                                    && FileManager.default.isExecutableFile(atPath: "/usr/bin/nbdinfo"),
+                                 "needs qemu-utils and libnbd-bin"))
+    struct GuestDiskServeTests {
+        @Test(.timeLimit(.minutes(3)))
+        func aGuestServesItsVbdToQemuIoAndNbdinfo() async throws {
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let sock = dir + "/hv.sock"
+            let image = dir + "/disk.img"
+            let nbd = dir + "/nbd.sock"
+            #expect(FileManager.default.createFile(atPath: image, contents: nil))
+            #expect(truncate(image, 16 << 20) == 0)
+            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            defer { hv.kill() }
+            #expect(await hv.waitFor("listening"), "\(hv.output)")
+            let backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
+            defer { backend.kill() }
+            #expect(await backend.waitFor("serving"), "\(backend.output)")
+            let guest = try Child(["guest", "disk", "serve", "--connect", sock, "--nbd", "unix:" + nbd], name: "guest")
+            defer { guest.kill() }
+            #expect(await guest.waitFor("serving xvda on unix:\(nbd)"), "\(guest.output)")
+            #expect(guest.output.contains("nbd+unix:///?socket=\(nbd)"), "\(guest.output)")
+
+            let uri = "nbd+unix:///?socket=\(nbd)"
+            let info = try Child(["--json", uri], name: "nbdinfo", executable: "/usr/bin/nbdinfo")
+            #expect(await info.waitForExit(seconds: 60) == 0, "\(info.output)")
+            #expect(info.output.contains("\"export-size\": \(16 << 20)"), "\(info.output)")
+            let io = try Child(["-f", "raw", "-c", "write -P 0xab 0 64k", "-c", "read -P 0xab 0 64k",
+                                "-c", "write -P 0x3c 15M 1M", "-c", "flush", "-c", "read -P 0x3c 15M 1M", uri],
+                               name: "qemu-io", executable: "/usr/bin/qemu-io")
+            #expect(await io.waitForExit(seconds: 60) == 0, "\(io.output)")
+            #expect(!io.output.contains("failed"), "\(io.output)")
+
+            guest.terminate()
+            #expect(await guest.waitForExit(seconds: 60) == 0, "\(guest.output)")
+            #expect(guest.output.contains("export closed after 2 connections"), "\(guest.output)")
+            #expect(!FileManager.default.fileExists(atPath: nbd))
+            let bytes = try #require(FileManager.default.contents(atPath: image))
+            #expect(bytes[0..<65536].allSatisfy { $0 == 0xAB })
+            #expect(bytes[(15 << 20)..<(16 << 20)].allSatisfy { $0 == 0x3C })
+            for child in [hv, backend, guest] { #expect(child.sanitizerClean, "\(child.name): \(child.output)") }
+        }
+
+        @Test(.timeLimit(.minutes(3)))
+        func serveNeedsAnAddressItCanParse() async throws {
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let noAddress = try Child(["guest", "disk", "serve", "--connect", dir], name: "guest")
+            #expect(await noAddress.waitForExit(seconds: 30) != 0)
+            #expect(noAddress.output.contains("serve needs --nbd"), "\(noAddress.output)")
+            let badAddress = try Child(["guest", "disk", "serve", "--connect", dir, "--nbd", "http://x"], name: "guest")
+            #expect(await badAddress.waitForExit(seconds: 30) != 0)
+            #expect(badAddress.output.contains("neither unix:PATH nor tcp:HOST:PORT"), "\(badAddress.output)")
+        }
+    }
+}
