@@ -51,6 +51,8 @@ final class ExportConnection: @unchecked Sendable {
         var header: NBDSimpleReply
         var data: OwnedBuffer?
         var cost: Int
+        /// Bytes of header and data already on the socket (a task began sending it).
+        var sent = 0
     }
 
     private let condition = NSCondition()
@@ -60,6 +62,8 @@ final class ExportConnection: @unchecked Sendable {
     private var readerDone = false
     private var writerDone = false
     private var broken = false
+    /// A thread is putting a reply on the socket: replies go out whole, one at a time.
+    private var sending = false
 
     init(fd: Int32, device: any BlockExportDevice, name: String, limits: BlockExportLimits, logger: Logger,
          onClose: @escaping @Sendable (ExportConnection) -> Void) {
@@ -312,44 +316,75 @@ final class ExportConnection: @unchecked Sendable {
 
     // MARK: Writer
 
+    /// Sends a finished reply: from the task that finished it when nothing else is being
+    /// sent and the socket takes it all without waiting (no wake-up of the writer thread,
+    /// which at queue depth 1 is most of a request's cost), else by the writer thread.
     private func enqueue(_ reply: Reply) {
         condition.lock()
-        replies.append(reply)
+        guard !sending, replies.isEmpty, !broken else {
+            replies.append(reply)
+            condition.broadcast()
+            condition.unlock()
+            return
+        }
+        sending = true
+        condition.unlock()
+        var r = reply
+        let outcome = transmit(&r, waiting: false)
+        condition.lock()
+        sending = false
+        switch outcome {
+        case .done: finish(r)
+        case .wouldBlock: replies.prepend(r)
+        case .failed:
+            broken = true
+            finish(r)
+        }
         condition.broadcast()
         condition.unlock()
+        if outcome == .failed { hangUp() }
+    }
+
+    /// Puts `reply`'s remaining bytes on the socket; without `waiting`, only what fits now.
+    private func transmit(_ reply: inout Reply, waiting: Bool) -> ExportSocket.SendOutcome {
+        withUnsafeTemporaryAllocation(byteCount: NBDSimpleReply.size, alignment: 8) { header in
+            reply.header.encode(into: header)
+            var parts = [UnsafeRawBufferPointer(header)]
+            if let d = reply.data { parts.append(UnsafeRawBufferPointer(d.bytes)) }
+            return ExportSocket.send(fd, parts, sent: &reply.sent, waiting: waiting)
+        }
+    }
+
+    /// Frees a reply that is sent (or cannot be) and gives back its room. Under `condition`.
+    private func finish(_ reply: Reply) {
+        reply.data?.free()
+        inFlightRequests -= 1
+        inFlightBytes -= reply.cost
     }
 
     private func writerMain() {
-        var header = [UInt8](repeating: 0, count: NBDSimpleReply.size)
+        condition.lock()
         while true {
-            condition.lock()
-            while replies.isEmpty && !(readerDone && inFlightRequests == 0) { condition.wait() }
-            guard let reply = replies.popFirst() else {
+            while (replies.isEmpty || sending) && !(readerDone && inFlightRequests == 0) { condition.wait() }
+            guard var reply = replies.popFirst() else {
                 writerDone = true
                 condition.broadcast()
                 condition.unlock()
                 return
             }
+            sending = true
             let dead = broken
             condition.unlock()
-            if !dead {
-                header.withUnsafeMutableBytes { reply.header.encode(into: $0) }
-                let ok = header.withUnsafeBytes { h in
-                    if let d = reply.data {
-                        return ExportSocket.writeFully(fd, [h, UnsafeRawBufferPointer(d.bytes)])
-                    }
-                    return ExportSocket.writeFully(fd, [h])
-                }
-                if !ok {
-                    // The client is gone: wake the reader and drop what is left.
-                    condition.lock()
-                    broken = true
-                    condition.unlock()
-                    hangUp()
-                }
+            let failed = !dead && transmit(&reply, waiting: true) != .done
+            if failed {
+                // The client is gone: wake the reader; what is left is dropped.
+                hangUp()
             }
-            reply.data?.free()
-            release(reply.cost)
+            condition.lock()
+            if failed { broken = true }
+            sending = false
+            finish(reply)
+            condition.broadcast()
         }
     }
 }

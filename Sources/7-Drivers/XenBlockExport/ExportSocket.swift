@@ -20,33 +20,53 @@ enum ExportSocket {
         return ok ? bytes : nil
     }
 
-    /// Writes every byte of the iovecs; false if the peer went away.
-    static func writeFully(_ fd: Int32, _ parts: [UnsafeRawBufferPointer]) -> Bool {
-        var vecs = parts.filter { $0.count > 0 }.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
-        var first = 0
-        while first < vecs.count {
-            // MSG_NOSIGNAL: a vanished client is an error return, not a SIGPIPE.
-            var msg = msghdr()
+    /// How a send ended.
+    enum SendOutcome: Equatable {
+        /// Every byte is on the socket.
+        case done
+        /// The socket is full (only without waiting); `sent` says how far it got.
+        case wouldBlock
+        /// The peer went away.
+        case failed
+    }
+
+    /// Sends the concatenation of `parts` from byte `sent` on, advancing `sent`; without
+    /// `waiting` it never blocks (`MSG_DONTWAIT`). `MSG_NOSIGNAL`: a vanished client is an
+    /// error return, not a SIGPIPE.
+    static func send(_ fd: Int32, _ parts: [UnsafeRawBufferPointer], sent: inout Int, waiting: Bool) -> SendOutcome {
+        let total = parts.reduce(0) { $0 + $1.count }
+        let flags = Int32(MSG_NOSIGNAL) | (waiting ? 0 : Int32(MSG_DONTWAIT))
+        while sent < total {
+            var vecs: [iovec] = []
+            var skip = sent
+            for p in parts where p.count > 0 {
+                if skip >= p.count {
+                    skip -= p.count
+                    continue
+                }
+                vecs.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: p.baseAddress! + skip), iov_len: p.count - skip))
+                skip = 0
+            }
             let n = vecs.withUnsafeMutableBufferPointer { v -> Int in
-                msg.msg_iov = v.baseAddress! + first
-                msg.msg_iovlen = v.count - first
-                return sendmsg(fd, &msg, Int32(MSG_NOSIGNAL))
+                var msg = msghdr()
+                msg.msg_iov = v.baseAddress
+                msg.msg_iovlen = v.count
+                return sendmsg(fd, &msg, flags)
             }
             if n < 0 {
                 if errno == EINTR { continue }
-                return false
+                if !waiting && (errno == EAGAIN || errno == EWOULDBLOCK) { return .wouldBlock }
+                return .failed
             }
-            var left = n
-            while first < vecs.count && left >= vecs[first].iov_len {
-                left -= vecs[first].iov_len
-                first += 1
-            }
-            if left > 0 {
-                vecs[first].iov_base = vecs[first].iov_base! + left
-                vecs[first].iov_len -= left
-            }
+            sent += n
         }
-        return true
+        return .done
+    }
+
+    /// Writes every byte of `parts`, waiting for room; false if the peer went away.
+    static func writeFully(_ fd: Int32, _ parts: [UnsafeRawBufferPointer]) -> Bool {
+        var sent = 0
+        return send(fd, parts, sent: &sent, waiting: true) == .done
     }
 
     static func write(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
