@@ -50,6 +50,56 @@ extension ProcessTests {
             for child in [hv, backend, guest] { #expect(child.sanitizerClean, "\(child.name): \(child.output)") }
         }
 
+        /// dom0's backend is killed while the export serves; an `nbdcopy` started meanwhile
+        /// waits (its writes queue in blkfront) and completes once a new backend is up; what
+        /// comes back out, and the image, equal what went in.
+        @Test(.timeLimit(.minutes(3)), .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/nbdcopy")))
+        func nbdcopyCompletesAcrossABackendRestart() async throws {
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let sock = dir + "/hv.sock"
+            let image = dir + "/disk.img"
+            let nbd = dir + "/nbd.sock"
+            let size = 16 << 20
+            #expect(FileManager.default.createFile(atPath: image, contents: nil))
+            #expect(truncate(image, off_t(size)) == 0)
+            var rng = SplitMix(seed: 0xB10C)
+            var bytes = [UInt8](repeating: 0, count: size)
+            bytes.withUnsafeMutableBytes { raw in
+                for i in stride(from: 0, to: raw.count, by: 8) { raw.storeBytes(of: rng.next(), toByteOffset: i, as: UInt64.self) }
+            }
+            let source = dir + "/source.bin"
+            #expect(FileManager.default.createFile(atPath: source, contents: Data(bytes)))
+
+            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            defer { hv.kill() }
+            #expect(await hv.waitFor("listening"), "\(hv.output)")
+            var backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
+            defer { backend.kill() }
+            #expect(await backend.waitFor("serving"), "\(backend.output)")
+            let guest = try Child(["guest", "disk", "serve", "--connect", sock, "--nbd", "unix:" + nbd], name: "guest")
+            defer { guest.kill() }
+            #expect(await guest.waitFor("serving xvda"), "\(guest.output)")
+
+            backend.kill()
+            let uri = "nbd+unix:///?socket=\(nbd)"
+            let copyIn = try Child([source, uri], name: "nbdcopy in", executable: "/usr/bin/nbdcopy")
+            defer { copyIn.kill() }
+            // Without a backend nothing can complete: the copy is still waiting when the new one starts.
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(copyIn.process.isRunning, "nbdcopy finished without a backend: \(copyIn.output)")
+            backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend 2")
+            #expect(await copyIn.waitForExit(seconds: 90) == 0, "\(copyIn.output)\n--- guest:\n\(guest.output)")
+            let back = dir + "/back.bin"
+            let copyOut = try Child([uri, back], name: "nbdcopy out", executable: "/usr/bin/nbdcopy")
+            #expect(await copyOut.waitForExit(seconds: 90) == 0, "\(copyOut.output)")
+            #expect(FileManager.default.contents(atPath: back) == Data(bytes))
+            #expect(FileManager.default.contents(atPath: image) == Data(bytes))
+            guest.terminate()
+            #expect(await guest.waitForExit(seconds: 60) == 0, "\(guest.output)")
+            for child in [hv, backend, guest] { #expect(child.sanitizerClean, "\(child.name): \(child.output)") }
+        }
+
         @Test(.timeLimit(.minutes(3)))
         func serveNeedsAnAddressItCanParse() async throws {
             let dir = temporaryDirectory()
