@@ -102,6 +102,22 @@ struct RealClientTests {
         try await finish(disk, server)
     }
 
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/fio"), "needs fio"))
+    func fioWritesRandomlyAndVerifiesThroughLibnbd() async throws {
+        let (disk, server, socket) = try await serve(bytes: 32 << 20)
+        let run = try await runTool("fio", ["--name=verify", "--ioengine=nbd", "--uri=nbd+unix:///?socket=\(socket)",
+                                            "--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=16m", "--verify=crc32c",
+                                            "--do_verify=1", "--verify_fatal=1", "--output-format=json"])
+        #expect(run.status == 0, "\(run)")
+        let text = run.output
+        let json = text.firstIndex(of: "{").flatMap { try? JSONSerialization.jsonObject(with: Data(text[$0...].utf8)) } as? [String: Any]
+        let job = (json?["jobs"] as? [[String: Any]])?.first
+        #expect(job?["error"] as? Int == 0, "\(text)")
+        #expect((job?["write"] as? [String: Any])?["io_bytes"] as? Int == 16 << 20, "\(text)")
+        #expect((job?["read"] as? [String: Any])?["io_bytes"] as? Int == 16 << 20, "the verify pass read everything back: \(text)")
+        try await finish(disk, server)
+    }
+
     @Test func qemuImgConvertsToAndFromTheExport() async throws {
         let (disk, server, socket) = try await serve(bytes: 32 << 20)
         let uri = "nbd+unix:///?socket=\(socket)"
