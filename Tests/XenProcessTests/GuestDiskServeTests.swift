@@ -100,6 +100,64 @@ extension ProcessTests {
             for child in [hv, backend, guest] { #expect(child.sanitizerClean, "\(child.name): \(child.output)") }
         }
 
+        /// The backend is killed while an `nbdcopy` of 64 MiB runs (once its first writes are in
+        /// the image) and a new one started: the copy completes and every byte is intact.
+        /// Whether the kill lands mid-copy depends on the machine's speed (it is printed);
+        /// what is checked holds either way.
+        @Test(.timeLimit(.minutes(3)), .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/nbdcopy")))
+        func nbdcopyCompletesAcrossABackendKilledMidCopy() async throws {
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let sock = dir + "/hv.sock"
+            let image = dir + "/disk.img"
+            let nbd = dir + "/nbd.sock"
+            let size = 64 << 20
+            #expect(FileManager.default.createFile(atPath: image, contents: nil))
+            #expect(truncate(image, off_t(size)) == 0)
+            var rng = SplitMix(seed: 0x64_4D69_42)
+            var bytes = [UInt8](repeating: 0, count: size)
+            bytes.withUnsafeMutableBytes { raw in
+                for i in stride(from: 0, to: raw.count, by: 8) { raw.storeBytes(of: rng.next() | 1, toByteOffset: i, as: UInt64.self) }
+            }
+            let source = dir + "/source.bin"
+            #expect(FileManager.default.createFile(atPath: source, contents: Data(bytes)))
+
+            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            defer { hv.kill() }
+            #expect(await hv.waitFor("listening"), "\(hv.output)")
+            var backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
+            defer { backend.kill() }
+            #expect(await backend.waitFor("serving"), "\(backend.output)")
+            let guest = try Child(["guest", "disk", "serve", "--connect", sock, "--nbd", "unix:" + nbd], name: "guest")
+            defer { guest.kill() }
+            #expect(await guest.waitFor("serving xvda"), "\(guest.output)")
+
+            let uri = "nbd+unix:///?socket=\(nbd)"
+            let copyIn = try Child([source, uri], name: "nbdcopy in", executable: "/usr/bin/nbdcopy")
+            defer { copyIn.kill() }
+            // Some of the copy is in the image (every source word is odd, so nonzero).
+            let image0 = try FileHandle(forReadingFrom: URL(fileURLWithPath: image))
+            let started = await eventually(60) {
+                try? image0.seek(toOffset: 0)
+                return (try? image0.read(upToCount: 8))??.contains { $0 != 0 } == true || !copyIn.process.isRunning
+            }
+            #expect(started)
+            try image0.close()
+            let midCopy = copyIn.process.isRunning
+            backend.kill()
+            print("nbdcopy still running when the backend was killed: \(midCopy)")
+            backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend 2")
+            #expect(await copyIn.waitForExit(seconds: 90) == 0, "\(copyIn.output)\n--- guest:\n\(guest.output)")
+            let back = dir + "/back.bin"
+            let copyOut = try Child([uri, back], name: "nbdcopy out", executable: "/usr/bin/nbdcopy")
+            #expect(await copyOut.waitForExit(seconds: 90) == 0, "\(copyOut.output)")
+            #expect(FileManager.default.contents(atPath: back) == Data(bytes))
+            #expect(FileManager.default.contents(atPath: image) == Data(bytes))
+            guest.terminate()
+            #expect(await guest.waitForExit(seconds: 60) == 0, "\(guest.output)")
+            for child in [hv, backend, guest] { #expect(child.sanitizerClean, "\(child.name): \(child.output)") }
+        }
+
         @Test(.timeLimit(.minutes(3)))
         func serveNeedsAnAddressItCanParse() async throws {
             let dir = temporaryDirectory()
