@@ -158,6 +158,49 @@ extension ProcessTests {
             for child in [hv, backend, guest] { #expect(child.sanitizerClean, "\(child.name): \(child.output)") }
         }
 
+        /// `fio --ioengine=nbd` writes 32 MiB at random with crc32c headers and verifies them,
+        /// while the backend is killed (once the image has blocks) and restarted.
+        @Test(.timeLimit(.minutes(3)), .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/fio")))
+        func fioVerifiesAcrossABackendKilledMidRun() async throws {
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let sock = dir + "/hv.sock"
+            let image = dir + "/disk.img"
+            let nbd = dir + "/nbd.sock"
+            #expect(FileManager.default.createFile(atPath: image, contents: nil))
+            #expect(truncate(image, 64 << 20) == 0)
+            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            defer { hv.kill() }
+            #expect(await hv.waitFor("listening"), "\(hv.output)")
+            var backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
+            defer { backend.kill() }
+            #expect(await backend.waitFor("serving"), "\(backend.output)")
+            let guest = try Child(["guest", "disk", "serve", "--connect", sock, "--nbd", "unix:" + nbd], name: "guest")
+            defer { guest.kill() }
+            #expect(await guest.waitFor("serving xvda"), "\(guest.output)")
+
+            let fio = try Child(["--name=verify", "--ioengine=nbd", "--uri=nbd+unix:///?socket=\(nbd)", "--rw=randwrite",
+                                 "--bs=4k", "--iodepth=16", "--size=32m", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1"],
+                                name: "fio", executable: "/usr/bin/fio")
+            defer { fio.kill() }
+            // The sparse image gains blocks as the first writes land.
+            let started = await eventually(60) {
+                var st = stat()
+                return (stat(image, &st) == 0 && st.st_blocks > 0) || !fio.process.isRunning
+            }
+            #expect(started)
+            let midRun = fio.process.isRunning
+            backend.kill()
+            print("fio still running when the backend was killed: \(midRun)")
+            backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend 2")
+            #expect(await fio.waitForExit(seconds: 120) == 0, "\(fio.output)\n--- guest:\n\(guest.output)")
+            #expect(fio.output.contains("err= 0"), "\(fio.output)")
+            #expect(!fio.output.contains("verify: bad"), "\(fio.output)")
+            guest.terminate()
+            #expect(await guest.waitForExit(seconds: 60) == 0, "\(guest.output)")
+            for child in [hv, backend, guest] { #expect(child.sanitizerClean, "\(child.name): \(child.output)") }
+        }
+
         @Test(.timeLimit(.minutes(3)))
         func serveNeedsAnAddressItCanParse() async throws {
             let dir = temporaryDirectory()
