@@ -180,7 +180,7 @@ extension ProcessTests {
             #expect(await guest.waitFor("serving xvda"), "\(guest.output)")
 
             let fio = try Child(["--name=verify", "--ioengine=nbd", "--uri=nbd+unix:///?socket=\(nbd)", "--rw=randwrite",
-                                 "--bs=4k", "--iodepth=16", "--size=32m", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1"],
+                                 "--bs=4k", "--iodepth=16", "--size=32m", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0"],
                                 name: "fio", executable: "/usr/bin/fio")
             defer { fio.kill() }
             // The sparse image gains blocks as the first writes land.
