@@ -11,7 +11,7 @@
 //   3-Ring         the shared I/O ring of ring.h
 //   4-Store        the xenstore client, xenstored, and XenBus (the device handshake)
 //   5-Worlds       the hypervisor core: simulated in one process or across processes, or real Xen
-//   6-Protocols    blkif and netif requests and responses as validated values
+//   6-Protocols    blkif and netif requests and responses as validated values; the NBD wire format
 //   7-Drivers      the driver runtime, storage engines, TAP devices; blkback/blkfront, netback/netfront
 //   8-Toolstack    the embedded host, the demo, the `xenpv` command line
 //
@@ -61,11 +61,13 @@ let package = Package(
         .library(name: "XenWorld", targets: ["XenWorld"]),
         .library(name: "XenBlockProtocol", targets: ["XenBlockProtocol"]),
         .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
+        .library(name: "NBDProtocol", targets: ["NBDProtocol"]),
         .library(name: "XenBlockStorage", targets: ["XenBlockStorage"]),
         .library(name: "XenBlockBack", targets: ["XenBlockBack"]),
         .library(name: "XenBlockFront", targets: ["XenBlockFront"]),
         .library(name: "XenNetBack", targets: ["XenNetBack"]),
         .library(name: "XenNetFront", targets: ["XenNetFront"]),
+        .library(name: "XenBlockExport", targets: ["XenBlockExport"]),
         // A whole host in one process (hypervisor, xenstored, backends) for a program
         // that plays both sides, as `xenpv demo` does.
         .library(name: "XenEmbeddedHost", targets: ["XenEmbeddedHost"]),
@@ -167,6 +169,8 @@ let package = Package(
         .target(name: "XenBlockProtocol", dependencies: ["XenABI", "CXen", "CBlkifABI"], path: protocols + "XenBlockProtocol"),
         // netif requests and responses as Swift values, the tx and rx packet parsers.
         .target(name: "XenNetProtocol", dependencies: ["XenABI", "CXen"], path: protocols + "XenNetProtocol"),
+        // The NBD protocol's wire format (proto.md): handshake, options, requests, simple replies.
+        .target(name: "NBDProtocol", dependencies: ["XenABI"], path: protocols + "NBDProtocol"),
 
         // MARK: 7-Drivers
 
@@ -202,6 +206,11 @@ let package = Package(
                 "XenLocks", atomics, deque, logging,
             ],
             path: drivers + "XenBlockFront"),
+        // A block device (a guest's blkfront, or memory) served as an NBD export.
+        .target(
+            name: "XenBlockExport",
+            dependencies: ["NBDProtocol", "XenBlockFront", "XenSockets", "XenLocks", deque, logging],
+            path: drivers + "XenBlockExport"),
         // Network attachment: TAP devices on Linux bridges, in namespaces.
         .target(name: "CTap", path: drivers + "CTap"),
         .target(name: "XenNetTap", dependencies: ["CTap", "XenNetProtocol", systemPackage], path: drivers + "XenNetTap"),
@@ -250,7 +259,7 @@ let package = Package(
             dependencies: [
                 "XenDemo", "XenWorld", "XenSimulator", "XenSimulatorDaemon", "XenSimulatorClient", "XenHost",
                 "XenStore", "XenStoreServer", "XenBus", "XenRing", "XenHypervisor", "XenABI", "CXen",
-                "XenNetBack", "XenNetFront", "XenBlockBack", "XenBlockFront", "XenBlockStorage",
+                "XenNetBack", "XenNetFront", "XenBlockBack", "XenBlockFront", "XenBlockStorage", "XenBlockExport",
                 "XenRingBenchmark", "XenNetBenchmark", "XenBlockBenchmark", "XenStoreBenchmark", "XenToolstack",
                 logging, argumentParser, systemPackage,
             ],
@@ -333,6 +342,7 @@ let package = Package(
             name: "XenBlockProtocolTests",
             dependencies: ["XenBlockProtocol", "XenABI", "CXen", "CBlkifABI", "CBlkifProbe", "CMallocCounter", "TestSupport"]),
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenABI", "CXen"]),
+        .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
         .testTarget(
             name: "XenDriverRuntimeTests",
             dependencies: ["XenDriverRuntime", "XenSimulator", "XenHypervisor", "XenABI", "XenLocks"]),
@@ -343,6 +353,12 @@ let package = Package(
                 "XenBlockBack", "XenBlockFront", "XenBlockBenchmark", "XenBlockProtocol", "XenBlockStorage", "XenRing",
                 "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore", "XenStoreServer", "XenLocks",
                 "XenDriverRuntime", "DriverTestSupport", "TestSupport", logging, systemPackage,
+            ]),
+        .testTarget(
+            name: "XenBlockExportTests",
+            dependencies: [
+                "XenBlockExport", "NBDProtocol", "XenEmbeddedHost", "XenBlockFront", "XenBus", "XenStore", "XenSimulator",
+                "XenNetBack", "XenHypervisor", "XenABI", "TestSupport", logging, systemPackage,
             ]),
         .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap", "NetTestSupport"]),
         .testTarget(

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import XenABI
+import XenBlockExport
 import XenBlockFront
 import XenBus
 import XenNetFront
@@ -262,18 +263,23 @@ struct GuestNetReceive: ParsableCommand {
 /// `xenpv guest disk write|read|verify`: a range of each vbd named by --vdev (xvda by
 /// default), served by `xenpv backend` (from its params, or --disk IMAGE). Data is a pattern of each byte's absolute
 /// offset and a seed, so `verify` in a later guest checks what `write` wrote.
+/// `xenpv guest disk serve --nbd ADDRESS` serves the whole vbd as an NBD export instead.
 struct GuestDisk: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "disk", abstract: "Write, read or verify a range of the vbd.",
+        commandName: "disk", abstract: "Write, read or verify a range of the vbd, or serve it as an NBD export.",
         discussion: """
             write prints "written N/M" after each acknowledged chunk (the backend has completed it);
             verify exits 1 at the first byte that differs from the pattern.
+            serve --nbd unix:PATH|tcp:HOST:PORT serves the vbd to NBD clients (nbdinfo, qemu-io, qemu-img,
+            nbdcopy, fio --ioengine=nbd) until SIGINT, SIGTERM or `xenpv shutdown`; it prints the URI to give them.
             """)
 
-    enum Action: String, ExpressibleByArgument, CaseIterable { case write, read, verify }
+    enum Action: String, ExpressibleByArgument, CaseIterable { case write, read, verify, serve }
 
     @OptionGroup var options: GuestOptions
-    @Argument(help: "write, read or verify.") var action: Action
+    @Argument(help: "write, read, verify or serve.") var action: Action
+    @Option(help: ArgumentHelp("serve: where to listen.", valueName: "unix:PATH|tcp:HOST:PORT")) var nbd: String?
+    @Option(help: "serve: the export's name (clients may also ask for the default, empty name).") var exportName = "xvda"
     @Option(help: "First byte (a multiple of 512).") var offset: UInt64 = 0
     @Option(help: "Bytes (a positive multiple of 512).") var length: UInt64 = 1 << 20
     @Option(help: "Bytes per request batch (a multiple of 512).") var chunk: UInt64 = 64 << 10
@@ -285,6 +291,13 @@ struct GuestDisk: ParsableCommand {
 
     func validate() throws {
         _ = try disks()
+        if action == .serve {
+            guard let nbd else { throw ValidationError("serve needs --nbd unix:PATH or --nbd tcp:HOST:PORT") }
+            do { _ = try BlockExportAddress(parsing: nbd) } catch { throw ValidationError("--nbd: \(error)") }
+            guard vdevs.count <= 1 else { throw ValidationError("serve exports one disk: give at most one --vdev") }
+        } else if nbd != nil {
+            throw ValidationError("--nbd goes with serve")
+        }
         guard offset % 512 == 0 else { throw ValidationError("--offset must be a multiple of 512, not \(offset)") }
         guard length > 0, length % 512 == 0 else { throw ValidationError("--length must be a positive multiple of 512, not \(length)") }
         guard chunk > 0, chunk % 512 == 0, chunk <= 16 << 20 else {
@@ -343,6 +356,11 @@ struct GuestDisk: ParsableCommand {
         }
         let info = driver.frontend.info
         let diskBytes = (info?.sectors ?? 0) * UInt64(info?.sectorSize ?? 512)
+        if action == .serve, let nbd {
+            try serve(driver.frontend, at: BlockExportAddress(parsing: nbd), diskBytes: diskBytes, shutdown: shutdown,
+                      logger: logger)
+            return
+        }
         guard offset + length <= diskBytes else {
             throw ValidationError("range \(offset)+\(length) is beyond the \(diskBytes)-byte disk")
         }
@@ -353,6 +371,34 @@ struct GuestDisk: ParsableCommand {
         job.stopped = { shutdown.request != nil }
         let finished = job
         try ProcessSupport.runBlocking { try await finished.run() }
+    }
+}
+
+extension GuestDisk {
+    /// Serves the vbd until SIGINT, SIGTERM or a shutdown request from the toolstack,
+    /// then closes the listener and every client.
+    func serve(_ frontend: BlockFrontend, at address: BlockExportAddress, diskBytes: UInt64, shutdown: ShutdownWatch,
+               logger: Logger) throws {
+        let server: BlockExportServer
+        let bound: BlockExportAddress
+        do {
+            server = try BlockExportServer(device: frontend, name: exportName, logger: logger)
+            bound = try server.listen(on: address)
+        } catch {
+            throw ValidationError("cannot serve the vbd on \(address): \(error)")
+        }
+        let readOnly = frontend.info?.readOnly == true ? ", read-only" : ""
+        say("xenpv guest: vbd connected (\(diskBytes) bytes\(readOnly))")
+        say("xenpv guest: serving \(exportName) on \(bound) (\(bound.uri))")
+        // A shutdown request ends the export as a signal does (the handler is installed
+        // below, long before dom0's request can arrive).
+        Thread { shutdown.wait(); kill(getpid(), SIGTERM) }.start()
+        let signal = ProcessSupport.waitForTerminationSignal()
+        say("xenpv guest: signal \(signal), closing the export")
+        server.shutdown()
+        server.waitUntilStopped()
+        let c = server.counters
+        say("xenpv guest: export closed after \(c.accepted) connections")
     }
 }
 
@@ -405,6 +451,7 @@ struct DiskJob: Sendable {
             say("xenpv guest: wrote and flushed \(length) bytes at \(offset)\(label)")
         case .read: say("xenpv guest: read \(length) bytes at \(offset), checksum \(String(checksum, radix: 16))\(label)")
         case .verify: say("xenpv guest: verified \(length) bytes at \(offset)\(label)")
+        case .serve: break  // served by `GuestDisk.serve`, never a job
         }
     }
 

@@ -40,6 +40,24 @@ enum ProcessSupport {
         return sig
     }
 
+    /// Waits for SIGINT or SIGTERM through handlers that write to a pipe: unlike
+    /// `waitForTermination`, right even when threads already run with the signals
+    /// unblocked (an async command's pool threads). Returns the signal.
+    static func waitForTerminationSignal() -> Int32 {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { return waitForTermination() }
+        terminationPipe = fds[1]
+        for s in [SIGINT, SIGTERM] {
+            signal(s) { number in
+                var byte = UInt8(truncatingIfNeeded: number)
+                _ = write(terminationPipe, &byte, 1)  // async-signal-safe
+            }
+        }
+        var byte: UInt8 = 0
+        while read(fds[0], &byte, 1) < 0 && errno == EINTR {}
+        return Int32(byte)
+    }
+
     /// Joins the daemon, turning its errors into messages a person can act on.
     static func join(_ socket: String, as request: DomainRequest) throws -> RemoteHypervisor {
         do {
@@ -68,6 +86,9 @@ final class ResultBox<T: Sendable>: @unchecked Sendable {
     func set(_ r: Result<T, any Error>) { result = r }
     func get() throws -> T { try result!.get() }
 }
+
+/// The write end of `waitForTerminationSignal`'s pipe, for its signal handlers.
+nonisolated(unsafe) private var terminationPipe: Int32 = -1
 
 /// A line on standard output, flushed (tests and people read it as it comes).
 func say(_ line: String) {

@@ -1,0 +1,51 @@
+import NBDProtocol
+
+/// What an export serves: a disk with byte-addressed `async` I/O. `BlockFrontend`
+/// (a guest's vbd) is one; ``MemoryBlockDevice`` another.
+public protocol BlockExportDevice: AnyObject, Sendable {
+    /// The disk's size and abilities, or nil while it has none (not yet connected).
+    var exportGeometry: BlockExportGeometry? { get }
+    /// Where the server runs a request's task, if the device has a preferred executor.
+    var exportExecutor: (any TaskExecutor)? { get }
+    /// Reads `buffer.count` bytes at `offset`.
+    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) async throws
+    /// Writes `buffer` at `offset`.
+    func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer) async throws
+    /// Makes every completed write durable.
+    func flush() async throws
+    /// Forgets `length` bytes at `offset`.
+    func discard(at offset: UInt64, length: UInt64) async throws
+}
+
+/// The size and abilities of a ``BlockExportDevice``.
+public struct BlockExportGeometry: Hashable, Sendable {
+    /// Bytes on the disk.
+    public var size: UInt64
+    /// The smallest unit of I/O (the alignment every request must keep).
+    public var sectorSize: UInt32
+    /// Writes, trims and zeroing are refused.
+    public var readOnly: Bool
+    /// ``BlockExportDevice/flush()`` works.
+    public var canFlush: Bool
+    /// ``BlockExportDevice/discard(at:length:)`` works.
+    public var canDiscard: Bool
+    /// A discarded range reads back as zeros, so a discard can serve `NBD_CMD_WRITE_ZEROES`.
+    public var discardZeroes: Bool
+
+    /// A disk of `size` bytes with the given abilities.
+    public init(size: UInt64, sectorSize: UInt32 = 512, readOnly: Bool = false, canFlush: Bool = true,
+                canDiscard: Bool = false, discardZeroes: Bool = false) {
+        self.size = size
+        self.sectorSize = sectorSize
+        self.readOnly = readOnly
+        self.canFlush = canFlush
+        self.canDiscard = canDiscard
+        self.discardZeroes = discardZeroes
+    }
+}
+
+/// An error a device throws that knows its NBD error number; any other error is `EIO`.
+public protocol NBDErrnoConvertible: Error {
+    /// The error number a client is sent.
+    var nbdErrno: NBDErrno { get }
+}

@@ -1,0 +1,28 @@
+import NBDProtocol
+import XenBlockFront
+
+extension BlockFrontend: BlockExportDevice {
+    /// The vbd as the backend advertised it; discarded ranges read back as zeros (blkback
+    /// punches holes).
+    public var exportGeometry: BlockExportGeometry? {
+        guard let info else { return nil }
+        return BlockExportGeometry(size: info.byteCount, sectorSize: max(info.sectorSize, 512), readOnly: info.readOnly,
+                                   canFlush: info.flush, canDiscard: info.discard, discardZeroes: info.discard)
+    }
+
+    /// The first queue's thread (see `BlockFrontExecutor`): requests go onto the ring and
+    /// their tasks resume without a thread hop.
+    public var exportExecutor: (any TaskExecutor)? { executor }
+}
+
+extension BlockFrontError: NBDErrnoConvertible {
+    /// `EINVAL` for what the request got wrong, `EPERM` for a read-only disk, `EIO` otherwise.
+    public var nbdErrno: NBDErrno {
+        switch code {
+        case .misaligned, .outOfRange, .notSupported: .invalid
+        case .readOnly: .permission
+        case .ioError, .badStatus: .io
+        case .closed: .shutdown
+        }
+    }
+}

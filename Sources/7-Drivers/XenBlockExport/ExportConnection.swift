@@ -1,0 +1,398 @@
+import DequeModule
+import Foundation
+import Glibc
+import Logging
+import NBDProtocol
+
+/// Memory that moves from the reader thread to a request's task to the writer thread;
+/// exactly one of them owns it at a time, and the writer frees it.
+struct OwnedBuffer: @unchecked Sendable {
+    // @unchecked: ownership is handed over, never shared (see above).
+    private let base: UnsafeMutableRawBufferPointer
+    /// The `count` bytes asked for (the allocation has at least one, for a count of zero).
+    let bytes: UnsafeMutableRawBufferPointer
+
+    private init(base: UnsafeMutableRawBufferPointer, count: Int) {
+        self.base = base
+        bytes = UnsafeMutableRawBufferPointer(rebasing: base[0..<count])
+    }
+
+    static func allocate(_ count: Int) -> OwnedBuffer {
+        OwnedBuffer(base: .allocate(byteCount: max(count, 1), alignment: 4096), count: count)
+    }
+
+    /// Zeros, for ever (never freed).
+    static func zeros(_ count: Int) -> OwnedBuffer {
+        let b = allocate(count)
+        b.base.initializeMemory(as: UInt8.self, repeating: 0)
+        return b
+    }
+
+    func free() { base.deallocate() }
+}
+
+/// Zeros for `NBD_CMD_WRITE_ZEROES` on a disk whose discard does not zero: one read-only
+/// megabyte for every connection.
+private let zeros = OwnedBuffer.zeros(1 << 20)
+
+/// One client: a reader thread that runs the handshake and then reads and checks each
+/// request, a task per request on the device, and a writer thread that sends the replies
+/// in the order they complete. Both threads block in socket calls; tasks never do.
+final class ExportConnection: @unchecked Sendable {
+    // @unchecked: the fields below `condition` are guarded by it; the rest are immutable.
+    let fd: Int32
+    private let device: any BlockExportDevice
+    private let name: String
+    private let limits: BlockExportLimits
+    private let logger: Logger
+    private let onClose: @Sendable (ExportConnection) -> Void
+
+    private struct Reply {
+        var header: NBDSimpleReply
+        var data: OwnedBuffer?
+        var cost: Int
+        /// Bytes of header and data already on the socket (a task began sending it).
+        var sent = 0
+    }
+
+    private let condition = NSCondition()
+    private var replies = Deque<Reply>()
+    private var inFlightRequests = 0
+    private var inFlightBytes = 0
+    private var readerDone = false
+    private var writerDone = false
+    private var broken = false
+    /// A thread is putting a reply on the socket: replies go out whole, one at a time.
+    private var sending = false
+
+    init(fd: Int32, device: any BlockExportDevice, name: String, limits: BlockExportLimits, logger: Logger,
+         onClose: @escaping @Sendable (ExportConnection) -> Void) {
+        self.fd = fd
+        self.device = device
+        self.name = name
+        self.limits = limits
+        self.logger = logger
+        self.onClose = onClose
+    }
+
+    /// Starts the reader thread (which starts the writer once transmission begins).
+    func start() {
+        let t = Thread { [self] in readerMain() }
+        t.name = "nbd-reader"
+        t.start()
+    }
+
+    /// Hard disconnect from outside: both threads see the socket end.
+    func hangUp() { shutdown(fd, Int32(SHUT_RDWR)) }
+
+    // MARK: Reader
+
+    private func readerMain() {
+        if let terms = handshake() {
+            let writer = Thread { [self] in writerMain() }
+            writer.name = "nbd-writer"
+            writer.start()
+            serve(terms)
+            condition.lock()
+            readerDone = true
+            condition.broadcast()
+            while !writerDone { condition.wait() }
+            condition.unlock()
+        }
+        close(fd)
+        onClose(self)
+    }
+
+    /// The fixed-newstyle handshake; the export's terms once the client is in transmission,
+    /// nil if it left or broke the protocol.
+    private func handshake() -> ExportTerms? {
+        let offered: NBDHandshakeFlags = [.fixedNewstyle, .noZeroes]
+        guard ExportSocket.write(fd, NBDServerGreeting(flags: offered).encoded()),
+              let raw = ExportSocket.read(fd, NBDClientGreeting.size) else { return nil }
+        let client: NBDClientGreeting
+        do { client = try NBDClientGreeting(decoding: raw, offered: offered) } catch {
+            logger.info("nbd: dropping a client: \(error)")
+            return nil
+        }
+        for _ in 0..<limits.options {
+            guard let headerBytes = ExportSocket.read(fd, NBDOptionHeader.size) else { return nil }
+            let header: NBDOptionHeader
+            do { header = try NBDOptionHeader(decoding: headerBytes) } catch {
+                logger.info("nbd: dropping a client during option haggling: \(error)")
+                return nil
+            }
+            guard let data = ExportSocket.read(fd, Int(header.length)) else { return nil }
+            switch header.option {
+            case .exportName:
+                guard let name = String(validating: data, as: UTF8.self), accepts(name), let terms = currentTerms() else {
+                    logger.info("nbd: NBD_OPT_EXPORT_NAME for an export not served; dropping the client")
+                    return nil
+                }
+                let reply = NBDExportNameReply(size: terms.geometry.size, flags: terms.flags, noZeroes: client.flags.contains(.noZeroes))
+                return ExportSocket.write(fd, reply.encoded()) ? terms : nil
+            case .abort:
+                _ = send(NBDOptionReply(option: .abort, type: .ack))
+                return nil
+            case .list:
+                guard data.isEmpty else {
+                    guard send(.error(.errInvalid, to: .list, "NBD_OPT_LIST carries no data")) else { return nil }
+                    continue
+                }
+                var w = NBDWireWriter()
+                w.integer(UInt32(name.utf8.count))
+                w.append(name.utf8)
+                guard send(NBDOptionReply(option: .list, type: .server, data: w.bytes)),
+                      send(NBDOptionReply(option: .list, type: .ack)) else { return nil }
+            case .info, .go:
+                let request: NBDInfoRequest
+                do { request = try NBDInfoRequest(decoding: data) } catch {
+                    guard send(.error(.errInvalid, to: header.option, "\(error)")) else { return nil }
+                    continue
+                }
+                guard accepts(request.name) else {
+                    guard send(.error(.errUnknown, to: header.option, "no export named \(request.name.debugDescription); this server has \(name.debugDescription)")) else { return nil }
+                    continue
+                }
+                guard let terms = currentTerms() else {
+                    guard send(.error(.errShutdown, to: header.option, "the disk is not connected")) else { return nil }
+                    continue
+                }
+                var items: [NBDInfo] = [.export(size: terms.geometry.size, flags: terms.flags), .blockSize(terms.blockSizes)]
+                if request.requests.contains(.name) { items.append(.name(name)) }
+                if request.requests.contains(.description) { items.append(.description("a XenPV guest's virtual block device")) }
+                for item in items {
+                    guard let payload = try? item.encoded(),
+                          send(NBDOptionReply(option: header.option, type: .info, data: payload)) else { return nil }
+                }
+                guard send(NBDOptionReply(option: header.option, type: .ack)) else { return nil }
+                if header.option == .go { return terms }
+            default:
+                // STARTTLS, STRUCTURED_REPLY, the meta contexts and anything newer.
+                guard send(.error(.errUnsupported, to: header.option, "\(header.option) is not supported")) else { return nil }
+            }
+        }
+        logger.info("nbd: a client sent \(limits.options) options without choosing an export; dropping it")
+        return nil
+    }
+
+    private func accepts(_ requested: String) -> Bool { requested.isEmpty || requested == name }
+
+    private func currentTerms() -> ExportTerms? {
+        device.exportGeometry.map { ExportTerms(geometry: $0, limits: limits) }
+    }
+
+    private func send(_ reply: NBDOptionReply) -> Bool {
+        guard let bytes = try? reply.encoded() else { return false }
+        return ExportSocket.write(fd, bytes)
+    }
+
+    /// The transmission phase: reads each request, checks it, and runs it.
+    private func serve(_ terms: ExportTerms) {
+        while true {
+            guard let bytes = ExportSocket.read(fd, NBDRequest.size) else { return }
+            let request: NBDRequest
+            do { request = try NBDRequest(decoding: bytes) } catch {
+                logger.info("nbd: dropping a client that sent garbage: \(error)")
+                return
+            }
+            switch terms.decide(request) {
+            case .disconnect:
+                return
+            case .hangUp(let why):
+                logger.info("nbd: dropping a client: \(why)")
+                return
+            case .refuse(let error):
+                if request.command == .write && !swallow(Int(request.length)) { return }
+                reserve(0)
+                enqueue(Reply(header: NBDSimpleReply(error: error, handle: request.handle), data: nil, cost: 0))
+            case .run:
+                let length = Int(request.length)
+                let carriesData = request.command == .write || request.command == .read
+                let cost = carriesData ? length : 0
+                reserve(cost)
+                var payload: OwnedBuffer?
+                if request.command == .write {
+                    let buffer = OwnedBuffer.allocate(length)
+                    guard length == 0 || ExportSocket.readFully(fd, buffer.bytes.baseAddress!, length) else {
+                        // The client vanished mid-write: nothing of it reaches the disk.
+                        buffer.free()
+                        release(cost)
+                        return
+                    }
+                    payload = buffer
+                }
+                let work = ExportRequest(request: request, payload: payload, cost: cost, terms: terms)
+                Task(executorPreference: device.exportExecutor) { [self] in await perform(work) }
+            }
+        }
+    }
+
+    /// Reads and forgets `count` bytes (a refused write's data) through a small buffer.
+    private func swallow(_ count: Int) -> Bool {
+        var left = count
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: 64 << 10, alignment: 16)
+        defer { scratch.deallocate() }
+        while left > 0 {
+            let n = min(left, 64 << 10)
+            guard ExportSocket.readFully(fd, scratch, n) else { return false }
+            left -= n
+        }
+        return true
+    }
+
+    /// Waits until `cost` more bytes and one more request fit the connection's bounds.
+    private func reserve(_ cost: Int) {
+        condition.lock()
+        while !broken && (inFlightRequests >= limits.inFlightRequests || (inFlightBytes > 0 && inFlightBytes + cost > limits.inFlightBytes)) {
+            condition.wait()
+        }
+        inFlightRequests += 1
+        inFlightBytes += cost
+        condition.unlock()
+    }
+
+    private func release(_ cost: Int) {
+        condition.lock()
+        inFlightRequests -= 1
+        inFlightBytes -= cost
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    // MARK: Requests
+
+    private func perform(_ work: ExportRequest) async {
+        let r = work.request
+        var data: OwnedBuffer?
+        var error = NBDErrno.ok
+        do {
+            switch r.command {
+            case .read:
+                let buffer = OwnedBuffer.allocate(Int(r.length))
+                data = buffer
+                try await device.read(at: r.offset, into: buffer.bytes)
+            case .write:
+                if let p = work.payload {
+                    try await device.write(at: r.offset, from: UnsafeRawBufferPointer(p.bytes))
+                }
+                if r.flags.contains(.fua) { try await device.flush() }
+            case .flush:
+                try await device.flush()
+            case .trim:
+                if r.length > 0 { try await device.discard(at: r.offset, length: UInt64(r.length)) }
+                if r.flags.contains(.fua) { try await device.flush() }
+            case .writeZeroes:
+                try await writeZeroes(r, terms: work.terms)
+                if r.flags.contains(.fua) { try await device.flush() }
+            default:
+                error = .invalid
+            }
+        } catch let e {
+            error = (e as? any NBDErrnoConvertible)?.nbdErrno ?? .io
+            logger.debug("nbd: \(r.command) at \(r.offset)+\(r.length): \(e)")
+        }
+        work.payload?.free()
+        if error != .ok, let d = data {
+            d.free()
+            data = nil
+        }
+        enqueue(Reply(header: NBDSimpleReply(error: error, handle: r.handle), data: data, cost: work.cost))
+    }
+
+    private func writeZeroes(_ r: NBDRequest, terms: ExportTerms) async throws {
+        let g = terms.geometry
+        if g.canDiscard && g.discardZeroes && !r.flags.contains(.noHole) {
+            if r.length > 0 { try await device.discard(at: r.offset, length: UInt64(r.length)) }
+            return
+        }
+        var at = r.offset
+        let end = r.offset + UInt64(r.length)
+        while at < end {
+            let n = Int(min(UInt64(zeros.bytes.count), end - at))
+            try await device.write(at: at, from: UnsafeRawBufferPointer(rebasing: zeros.bytes[0..<n]))
+            at += UInt64(n)
+        }
+    }
+
+    // MARK: Writer
+
+    /// Sends a finished reply: from the task that finished it when nothing else is being
+    /// sent and the socket takes it all without waiting (no wake-up of the writer thread,
+    /// which at queue depth 1 is most of a request's cost), else by the writer thread.
+    private func enqueue(_ reply: Reply) {
+        condition.lock()
+        guard !sending, replies.isEmpty, !broken else {
+            replies.append(reply)
+            condition.broadcast()
+            condition.unlock()
+            return
+        }
+        sending = true
+        condition.unlock()
+        var r = reply
+        let outcome = transmit(&r, waiting: false)
+        condition.lock()
+        sending = false
+        switch outcome {
+        case .done: finish(r)
+        case .wouldBlock: replies.prepend(r)
+        case .failed:
+            broken = true
+            finish(r)
+        }
+        condition.broadcast()
+        condition.unlock()
+        if outcome == .failed { hangUp() }
+    }
+
+    /// Puts `reply`'s remaining bytes on the socket; without `waiting`, only what fits now.
+    private func transmit(_ reply: inout Reply, waiting: Bool) -> ExportSocket.SendOutcome {
+        withUnsafeTemporaryAllocation(byteCount: NBDSimpleReply.size, alignment: 8) { header in
+            reply.header.encode(into: header)
+            var parts = [UnsafeRawBufferPointer(header)]
+            if let d = reply.data { parts.append(UnsafeRawBufferPointer(d.bytes)) }
+            return ExportSocket.send(fd, parts, sent: &reply.sent, waiting: waiting)
+        }
+    }
+
+    /// Frees a reply that is sent (or cannot be) and gives back its room. Under `condition`.
+    private func finish(_ reply: Reply) {
+        reply.data?.free()
+        inFlightRequests -= 1
+        inFlightBytes -= reply.cost
+    }
+
+    private func writerMain() {
+        condition.lock()
+        while true {
+            while (replies.isEmpty || sending) && !(readerDone && inFlightRequests == 0) { condition.wait() }
+            guard var reply = replies.popFirst() else {
+                writerDone = true
+                condition.broadcast()
+                condition.unlock()
+                return
+            }
+            sending = true
+            let dead = broken
+            condition.unlock()
+            let failed = !dead && transmit(&reply, waiting: true) != .done
+            if failed {
+                // The client is gone: wake the reader; what is left is dropped.
+                hangUp()
+            }
+            condition.lock()
+            if failed { broken = true }
+            sending = false
+            finish(reply)
+            condition.broadcast()
+        }
+    }
+}
+
+/// A checked request and what it carries, handed to its task.
+struct ExportRequest: Sendable {
+    let request: NBDRequest
+    let payload: OwnedBuffer?
+    let cost: Int
+    let terms: ExportTerms
+}

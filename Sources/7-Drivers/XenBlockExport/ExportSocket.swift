@@ -1,0 +1,130 @@
+import Glibc
+import XenSockets
+
+/// Blocking socket calls for the export's own threads (never a task's).
+enum ExportSocket {
+    /// Reads exactly `count` bytes into `buffer`; false on end of stream or an error.
+    static func readFully(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int) -> Bool {
+        var done = 0
+        while done < count {
+            let n = Glibc.read(fd, buffer + done, count - done)
+            if n > 0 { done += n } else if n < 0 && errno == EINTR { continue } else { return false }
+        }
+        return true
+    }
+
+    /// `count` bytes as an array, or nil.
+    static func read(_ fd: Int32, _ count: Int) -> [UInt8]? {
+        var bytes = [UInt8](repeating: 0, count: count)
+        let ok = bytes.withUnsafeMutableBytes { count == 0 || readFully(fd, $0.baseAddress!, count) }
+        return ok ? bytes : nil
+    }
+
+    /// How a send ended.
+    enum SendOutcome: Equatable {
+        /// Every byte is on the socket.
+        case done
+        /// The socket is full (only without waiting); `sent` says how far it got.
+        case wouldBlock
+        /// The peer went away.
+        case failed
+    }
+
+    /// Sends the concatenation of `parts` from byte `sent` on, advancing `sent`; without
+    /// `waiting` it never blocks (`MSG_DONTWAIT`). `MSG_NOSIGNAL`: a vanished client is an
+    /// error return, not a SIGPIPE.
+    static func send(_ fd: Int32, _ parts: [UnsafeRawBufferPointer], sent: inout Int, waiting: Bool) -> SendOutcome {
+        let total = parts.reduce(0) { $0 + $1.count }
+        let flags = Int32(MSG_NOSIGNAL) | (waiting ? 0 : Int32(MSG_DONTWAIT))
+        while sent < total {
+            var vecs: [iovec] = []
+            var skip = sent
+            for p in parts where p.count > 0 {
+                if skip >= p.count {
+                    skip -= p.count
+                    continue
+                }
+                vecs.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: p.baseAddress! + skip), iov_len: p.count - skip))
+                skip = 0
+            }
+            let n = vecs.withUnsafeMutableBufferPointer { v -> Int in
+                var msg = msghdr()
+                msg.msg_iov = v.baseAddress
+                msg.msg_iovlen = v.count
+                return sendmsg(fd, &msg, flags)
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                if !waiting && (errno == EAGAIN || errno == EWOULDBLOCK) { return .wouldBlock }
+                return .failed
+            }
+            sent += n
+        }
+        return .done
+    }
+
+    /// Writes every byte of `parts`, waiting for room; false if the peer went away.
+    static func writeFully(_ fd: Int32, _ parts: [UnsafeRawBufferPointer]) -> Bool {
+        var sent = 0
+        return send(fd, parts, sent: &sent, waiting: true) == .done
+    }
+
+    static func write(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBytes { writeFully(fd, [$0]) }
+    }
+
+    /// A listening socket for `address`, and the address it is bound to (the port filled in).
+    static func listen(_ address: BlockExportAddress) throws(BlockExportError) -> (Int32, BlockExportAddress) {
+        switch address {
+        case .unix(let path):
+            do {
+                return (try LocalSocket.listen(at: path, kind: .stream, backlog: 64), address)
+            } catch {
+                throw BlockExportError(.system, "listen on \(address)", underlying: error)
+            }
+        case .tcp(let host, let port):
+            var hints = addrinfo()
+            hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+            hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV
+            var list: UnsafeMutablePointer<addrinfo>?
+            let rc = getaddrinfo(host, String(port), &hints, &list)
+            guard rc == 0, let first = list else {
+                throw BlockExportError(.badAddress, "cannot resolve \(host): \(String(cString: gai_strerror(rc)))")
+            }
+            defer { freeaddrinfo(list) }
+            let fd = socket(first.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { throw .system("socket", errno) }
+            var one: Int32 = 1
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+            guard bind(fd, first.pointee.ai_addr, first.pointee.ai_addrlen) == 0 else {
+                let e = errno
+                close(fd)
+                throw .system("bind \(address)", e)
+            }
+            guard Glibc.listen(fd, 64) == 0 else {
+                let e = errno
+                close(fd)
+                throw .system("listen on \(address)", e)
+            }
+            var storage = sockaddr_storage()
+            var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let bound = withUnsafeMutablePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+            }
+            var actual = port
+            if bound == 0 {
+                withUnsafeBytes(of: &storage) { raw in
+                    // sin_port and sin6_port both sit at offset 2, in network order.
+                    actual = UInt16(bigEndian: raw.load(fromByteOffset: 2, as: UInt16.self))
+                }
+            }
+            return (fd, .tcp(host: host, port: actual))
+        }
+    }
+
+    /// Turns off Nagle's delay on a TCP connection (replies are whole messages already).
+    static func noDelay(_ fd: Int32) {
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    }
+}
