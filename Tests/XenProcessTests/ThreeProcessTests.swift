@@ -150,19 +150,20 @@ extension ProcessTests {
             var backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
             defer { backend.kill() }
             #expect(await backend.waitFor("serving"), "\(backend.output)")
-            #expect(await backend.waitFor("io_uring)"), "\(backend.output)")
 
             let length = 4 << 20
             let writer = try Child(["guest", "disk", "write", "--connect", sock, "--length", "\(length)", "--chunk", "65536",
                                     "--interval-ms", "10", "--seed", "7"], name: "writer")
             defer { writer.kill() }
             #expect(await writer.waitFor("written \(1 << 20)/"), "\(writer.output)")
+            #expect(await backend.waitFor("serves \(image) through io_uring"), "\(backend.output)")
             backend.kill()
             let acknowledged = writer.output.components(separatedBy: "written ").count - 1
             #expect(acknowledged < length / 65536, "the backend was killed mid-stream")
             backend = try Child(["backend", "--connect", sock, "--disk", image, "--engine", "libaio"], name: "backend 2")
             #expect(await writer.waitForExit(seconds: 40) == 0, "\(writer.output)")
             #expect(writer.output.contains("wrote and flushed \(length) bytes"), "\(writer.output)")
+            #expect(await backend.waitFor("serves \(image) through libaio"), "\(backend.output)")
 
             let verifier = try Child(["guest", "disk", "verify", "--connect", sock, "--length", "\(length)", "--seed", "7"],
                                      name: "verifier")

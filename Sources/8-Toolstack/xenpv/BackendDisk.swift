@@ -20,6 +20,7 @@ enum BackendDisk {
             }
             let size = (try FileManager.default.attributesOfItem(atPath: fallback)[.size] as? UInt64) ?? 0
             let kind = FileEngineKind.resolve(engine, for: fallback, logger: logger)
+            say("xenpv backend: \(dir) serves \(fallback) through \(kind)")
             return BlockBackendDisk(byteCount: size, readOnly: false) {
                 try kind.open(FilePath(fallback), readOnly: false, directIO: .preferred, queueDepth: 64)
             }
@@ -30,6 +31,7 @@ enum BackendDisk {
         let discard = try await store.readIfPresent(dir + "/discard-enable") != "0"
         let path = target.path
         let kind = FileEngineKind.resolve(engine, for: path, logger: logger)
+        say("xenpv backend: \(dir) serves \(path) through \(kind)" + (readOnly ? ", read-only" : ""))
         return BlockBackendDisk(byteCount: target.byteCount, readOnly: readOnly, discard: discard && !readOnly) {
             try kind.open(FilePath(path), readOnly: readOnly, directIO: .preferred, queueDepth: 64)
         }
