@@ -88,6 +88,10 @@ struct CommandTests {
         #expect(noEvents.status != 0 && noEvents.output.contains("events must be at least 1"), "\(noEvents.output)")
         let negativeIdle = try await Self.xenpv(["bench", "xenstore", "--idle=-1", "--transaction-nodes", "0"])
         #expect(negativeIdle.status != 0 && negativeIdle.output.contains("idle connections must not be negative"), "\(negativeIdle.output)")
+        for command in ["destroy", "shutdown"] {
+            let badTimeout = try await Self.xenpv([command, "dom", "--timeout=-1"])
+            #expect(badTimeout.status != 0 && badTimeout.output.contains("--timeout must be more than 0"), "\(badTimeout.output)")
+        }
         let badDemo = try await Self.xenpv(["demo", "--packets", "0"])
         #expect(badDemo.status != 0 && badDemo.output.contains("--packets must be positive"))
         // The world is chosen at start-up; without /dev/xen, `xen` is a clear error.

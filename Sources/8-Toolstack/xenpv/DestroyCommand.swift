@@ -17,6 +17,10 @@ struct DestroyCommand: AsyncParsableCommand {
     @Option(help: "Seconds to wait for everything to be gone.")
     var timeout = 60.0
 
+    func validate() throws {
+        guard timeout > 0, timeout <= 86_400 else { throw ValidationError("--timeout must be more than 0 and at most 86400 seconds, not \(timeout)") }
+    }
+
     func run() async throws {
         try await toolstackStep {
             let state = try options.state()

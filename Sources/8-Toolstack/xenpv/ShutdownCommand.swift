@@ -25,7 +25,7 @@ struct ShutdownCommand: AsyncParsableCommand {
     var timeout = 60.0
 
     func validate() throws {
-        guard timeout > 0, timeout <= 86_400 else { throw ValidationError("--timeout must be 0 to 86400 seconds, not \(timeout)") }
+        guard timeout > 0, timeout <= 86_400 else { throw ValidationError("--timeout must be more than 0 and at most 86400 seconds, not \(timeout)") }
     }
 
     func run() async throws {
