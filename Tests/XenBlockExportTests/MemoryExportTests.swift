@@ -27,6 +27,39 @@ struct MemoryExportTests {
         #expect(await server.stopped(timeout: .seconds(60)))
     }
 
+    /// A client that connects and never finishes the handshake is dropped: idle sockets
+    /// cannot hold every connection slot.
+    @Test func aClientSilentInTheHandshakeIsDropped() async throws {
+        let device = MemoryBlockDevice(geometry: BlockExportGeometry(size: 1 << 20))
+        var limits = BlockExportLimits()
+        limits.handshakeSeconds = 1
+        let server = try BlockExportServer(device: device, limits: limits)
+        let dir = try TemporaryDirectory(prefix: "xenpv-nbd-mem")
+        defer { dir.remove() }
+        let socket = dir.path("nbd.sock")
+        try server.listen(on: .unix(socket))
+        let (dropped, servedAfter) = try await withCheckedThrowingContinuation { (c: CheckedContinuation<(Bool, Bool), any Error>) in
+            Thread {
+                c.resume(with: Result {
+                    let silent = try RawClient(socket)
+                    _ = silent.receive(NBDServerGreeting.size)
+                    // Bounded: without the handshake deadline this recv would wait a minute and fail the test.
+                    var wait = timeval(tv_sec: 60, tv_usec: 0)
+                    setsockopt(silent.fd, SOL_SOCKET, SO_RCVTIMEO, &wait, socklen_t(MemoryLayout<timeval>.size))
+                    let dropped = silent.closedByServer()
+                    // A client that talks is served as before.
+                    let next = try RawClient(socket)
+                    let size = try next.go().size
+                    return (dropped, size == 1 << 20)
+                })
+            }.start()
+        }
+        #expect(dropped, "the silent client kept its connection")
+        #expect(servedAfter)
+        server.shutdown()
+        #expect(await server.stopped(timeout: .seconds(120)))
+    }
+
     @Test func shutdownClosesTheListenerAndConnectedClients() async throws {
         let device = MemoryBlockDevice(geometry: BlockExportGeometry(size: 1 << 20))
         let server = try BlockExportServer(device: device)

@@ -88,7 +88,11 @@ final class ExportConnection: @unchecked Sendable {
     // MARK: Reader
 
     private func readerMain() {
-        if let terms = handshake() {
+        ExportSocket.setTimeout(fd, seconds: limits.handshakeSeconds)
+        let agreed = handshake()
+        // In transmission a client may be idle as long as it likes, as with any NBD server.
+        ExportSocket.setTimeout(fd, seconds: 0)
+        if let terms = agreed {
             let writer = Thread { [self] in writerMain() }
             writer.name = "nbd-writer"
             writer.start()

@@ -15,6 +15,9 @@ public struct BlockExportLimits: Hashable, Sendable {
     public var connections = 32
     /// Options a client may send before it must go into transmission.
     public var options = 128
+    /// Seconds a client has to finish the handshake (each read and write of it): one that
+    /// connects and stays silent is dropped, so idle sockets cannot hold every slot.
+    public var handshakeSeconds = 30
 
     /// The defaults above.
     public init() {}

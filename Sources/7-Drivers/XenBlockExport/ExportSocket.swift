@@ -13,6 +13,15 @@ enum ExportSocket {
         return true
     }
 
+    /// Bounds each blocking read and write on `fd` to `seconds` (0: no bound); a read or
+    /// write that times out fails as an error does.
+    static func setTimeout(_ fd: Int32, seconds: Int) {
+        var limit = timeval(tv_sec: max(0, seconds), tv_usec: 0)
+        for option in [SO_RCVTIMEO, SO_SNDTIMEO] {
+            _ = setsockopt(fd, SOL_SOCKET, option, &limit, socklen_t(MemoryLayout<timeval>.size))
+        }
+    }
+
     /// `count` bytes as an array, or nil.
     static func read(_ fd: Int32, _ count: Int) -> [UInt8]? {
         var bytes = [UInt8](repeating: 0, count: count)
