@@ -74,6 +74,27 @@ struct XenbusEndpointTests {
         pair.server.stop()
     }
 
+    /// The toolstack removed the device (both directories) while the endpoints still ran:
+    /// their last state changes must not bring the directories back, as Linux's
+    /// xenbus_switch_state writes only while the state node exists.
+    @Test func stateChangesAfterRemovalDoNotRecreateTheDevice() async throws {
+        let fe = RecordingDriver(), be = RecordingDriver()
+        let pair = try await EndpointPair(frontendDriver: fe, backendDriver: be)
+        let feRun = Task { try await pair.frontend.run() }
+        let beRun = Task { try await pair.backend.run() }
+        try await pair.frontend.connected(timeout: .seconds(60))
+        try await pair.backend.connected(timeout: .seconds(60))
+        let dom0 = try XenStoreClient(socketPath: pair.socketPath)
+        try await XenbusToolstack.remove(pair.device, on: dom0)
+        pair.backend.requestClose()
+        pair.frontend.requestClose()
+        try await beRun.value
+        try await feRun.value
+        #expect(try await !dom0.exists(pair.device.backendPath), "the backend's late state write recreated its directory")
+        #expect(try await !dom0.exists(pair.device.frontendPath), "the frontend's late state write recreated its directory")
+        pair.server.stop()
+    }
+
     /// A refused connect closes that device with its reason and is not retried: the
     /// backend holds Closing, so the frontend (which would answer Closed with a new
     /// session on the same keys) stays Closed, and `connect` ran once.

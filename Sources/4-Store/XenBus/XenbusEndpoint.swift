@@ -170,6 +170,11 @@ public final class XenbusEndpoint: Sendable {
             logger.error("\(role) \(path): \(error)")
             try? await store.write(path + "/error", "state: \(error)")
             return .unknown
+        } catch let error as XenStoreError where error.code == .accessDenied {
+            // The peer's directory is gone and its parent is not ours to read: xenstored
+            // answers EACCES where dom0 would get ENOENT. The peer vanished, as Linux's
+            // xenbus_read_driver_state reads any failure.
+            return nil
         }
     }
 
@@ -179,7 +184,16 @@ public final class XenbusEndpoint: Sendable {
             switch action {
             case .publish(let s):
                 logger.debug("\(role) \(path): \(s)")
-                try await store.write(path + "/" + XenbusKey.state, s.xenstoreValue)
+                // As Linux's xenbus_switch_state: only while the state node exists. The
+                // toolstack removes a device's directory to unplug it; a late write would
+                // bring the directory back, and nothing would remove it again.
+                let statePath = path + "/" + XenbusKey.state
+                let written = try await store.inTransaction { tx in
+                    guard try await tx.exists(statePath) else { return false }
+                    try await tx.write(statePath, s.xenstoreValue)
+                    return true
+                }
+                if !written { logger.debug("\(role) \(path): removed; \(s) not written") }
                 published.withLock { p in
                     p.state = s
                     for observer in p.observers.values { observer.yield(s) }
