@@ -213,19 +213,21 @@ struct ToolstackCommandTests {
         defer { host.stop() }
         let root = host.image("root.img"), extra = host.image("extra.img"), other = host.image("other.img")
         let created = try await host.run(["create", host.config("hot", disks: ["\(root),raw,xvda,w"],
-                                                              extra: "guest disk read --length 4096 --until-shutdown")])
+                                                              extra: "guest disk read --length 4096 --hotplug")])
         let id = try #require(Host.domid(created.output), "\(created.output)")
         let busy = try await host.run(["create", host.config("busy", disks: ["\(other),raw,xvda,w"],
                                                                extra: "guest disk read --length 4096 --until-shutdown")])
         #expect(busy.status == 0, "\(busy.output)")
-        #expect(await host.consoleShows("hot", "waiting for a shutdown request"))
+        #expect(await host.consoleShows("hot", "following hotplugged vbds"))
 
         let attach = try await host.run(["block-attach", "hot", "format=raw, vdev=xvdb, access=rw, target=\(extra)"])
         #expect(attach.status == 0, "\(attach.output)")
         let backend = "/local/domain/0/backend/vbd/\(id)/51728"
         #expect(try await host.store.read(backend + "/params") == extra)
-        // The backend opened it and waits for a frontend (InitWait).
-        #expect(await eventually(180) { ((try? await host.store.readIfPresent(backend + "/state")) ?? nil) == "2" })
+        // The running guest sees the new disk (FrontendHotplug), connects it and reads from it.
+        #expect(await host.consoleShows("hot", "vbd 51728 plugged"))
+        #expect(await host.consoleShows("hot", "read 4096 bytes at 0, checksum"))
+        #expect(await host.consoleShows("hot", "on vbd 51728"))
         let list = try await host.run(["block-list", "hot"])
         #expect(list.status == 0 && list.output.contains("51712") && list.output.contains("51728"), "\(list.output)")
         let again = try await host.run(["block-attach", "hot", "\(extra),raw,xvdb,r"])
@@ -237,6 +239,7 @@ struct ToolstackCommandTests {
         #expect(detach.status == 0, "\(detach.output)")
         #expect(try await !host.store.exists(backend))
         #expect(try await !host.store.exists("/local/domain/\(id)/device/vbd/51728"))
+        #expect(await host.consoleShows("hot", "vbd 51728 unplugged"))
         let after = try await host.run(["block-list", "hot"])
         #expect(after.output.contains("51712") && !after.output.contains("51728"), "\(after.output)")
 

@@ -286,6 +286,8 @@ struct GuestDisk: ParsableCommand {
     @Option(help: "Pattern seed for write and verify.") var seed: UInt8 = 1
     @Option(help: "Milliseconds between chunks (to watch a stream).") var intervalMs = 0
     @Option(help: "Seconds the whole run may take.") var timeout = 60.0
+    @Flag(help: "After the job, run it on every vbd plugged while the guest runs (xenpv block-attach), until a shutdown request.")
+    var hotplug = false
     @Option(name: .customLong("vdev"), help: "A disk to use, as the config names it (xvda, xvdb, …); repeat for several (default xvda). A failure on one is reported and the others still run.")
     var vdevs: [String] = []
 
@@ -322,18 +324,48 @@ struct GuestDisk: ParsableCommand {
         defer { shutdown.cancel() }
         var failed: [String] = []
         for disk in disks {
-            do { try runJob(on: disk, hv: hv, shutdown: shutdown, logger: logger, label: vdevs.isEmpty ? "" : " on \(disk.name)") } catch {
+            do { try runJob(on: disk.number, hv: hv, shutdown: shutdown, logger: logger, label: vdevs.isEmpty ? "" : " on \(disk.name)") } catch {
                 guard !vdevs.isEmpty else { throw error }
                 say("xenpv guest: \(disk.name): \(error)")
                 failed.append(disk.name)
             }
         }
-        if options.untilShutdown {
+        if hotplug {
+            say("xenpv guest: following hotplugged vbds until a shutdown request")
+            try followHotplug(skipping: Set(disks.map(\.number)), hv: hv, shutdown: shutdown, logger: logger)
+        } else if options.untilShutdown {
             say("xenpv guest: waiting for a shutdown request")
             shutdown.wait()
         }
         if let request = shutdown.request { say("xenpv guest: leaving for the \(request.rawValue) request") }
         if !failed.isEmpty { throw CommandError("the job failed on \(failed.joined(separator: ", "))") }
+    }
+
+    /// Runs the job on every vbd the toolstack plugs while the guest runs (`xenpv
+    /// block-attach`), until a shutdown request; a failure on one is reported and the
+    /// guest goes on.
+    private func followHotplug(skipping initial: Set<UInt32>, hv: JoinedDomain, shutdown: ShutdownWatch,
+                               logger: Logger) throws {
+        let changes = HotplugInbox()
+        let hotplug = FrontendHotplug(store: hv.store, type: "vbd", domain: hv.domainID)
+        let follower = Task {
+            guard let stream = try? await hotplug.changes() else { return changes.failed() }
+            for await change in stream { changes.push(change) }
+        }
+        defer { follower.cancel() }
+        while shutdown.request == nil {
+            if changes.watchFailed { throw CommandError("cannot watch the domain's vbd directory") }
+            guard let change = changes.pop(waitingAtMost: 0.2) else { continue }
+            switch change {
+            case .added(let device) where !initial.contains(device.id):
+                say("xenpv guest: vbd \(device.id) plugged")
+                do { try runJob(on: device.id, hv: hv, shutdown: shutdown, logger: logger, label: " on vbd \(device.id)") } catch {
+                    say("xenpv guest: vbd \(device.id): \(error)")
+                }
+            case .removed(let device): say("xenpv guest: vbd \(device.id) unplugged")
+            case .added: break
+            }
+        }
     }
 
     /// The disks named by --vdev (default xvda), with their device numbers.
@@ -343,8 +375,8 @@ struct GuestDisk: ParsableCommand {
         }
     }
 
-    private func runJob(on disk: VirtualDiskDevice, hv: JoinedDomain, shutdown: ShutdownWatch, logger: Logger, label: String) throws {
-        let vbd = XenbusDevice(type: "vbd", id: disk.number, frontend: hv.domainID)
+    private func runJob(on number: UInt32, hv: JoinedDomain, shutdown: ShutdownWatch, logger: Logger, label: String) throws {
+        let vbd = XenbusDevice(type: "vbd", id: number, frontend: hv.domainID)
         let driver = BlockFrontendDriver(device: vbd, store: hv.store, hypervisor: hv, sharer: try hv.openGrantSharer())
         let endpoint = XenbusEndpoint(role: .frontend, store: hv.store, path: vbd.frontendPath, peerPath: vbd.backendPath,
                                       driver: driver, logger: logger)
@@ -465,5 +497,32 @@ struct DiskJob: Sendable {
 
     private func flush() async throws {
         do { try await frontend.flush() } catch { throw ValidationError("flush: \(error)") }
+    }
+}
+
+/// Hotplug changes handed from the watching task to the command's thread.
+private final class HotplugInbox: @unchecked Sendable {
+    // @unchecked: `items` and `watchFailedFlag` are guarded by `lock`.
+    private let lock = NSLock()
+    private var items: [FrontendHotplug.Change] = []
+    private var watchFailedFlag = false
+    private let ready = DispatchSemaphore(value: 0)
+
+    func push(_ change: FrontendHotplug.Change) {
+        lock.withLock { items.append(change) }
+        ready.signal()
+    }
+
+    func failed() {
+        lock.withLock { watchFailedFlag = true }
+        ready.signal()
+    }
+
+    var watchFailed: Bool { lock.withLock { watchFailedFlag } }
+
+    /// The oldest change, waiting at most `seconds` for one.
+    func pop(waitingAtMost seconds: Double) -> FrontendHotplug.Change? {
+        guard ready.wait(timeout: .now() + seconds) == .success else { return nil }
+        return lock.withLock { items.isEmpty ? nil : items.removeFirst() }
     }
 }
