@@ -5,7 +5,7 @@ import Foundation
 // wait is shorter than a minute (the suites' time limits still bound it).
 
 /// The shortest deadline any wait here accepts, in seconds.
-public let minimumDeadline: Double = 60
+public let minimumDeadline: Double = 180
 
 /// Looks at `body` every `interval` until it is true or `seconds` (at least
 /// `minimumDeadline`) pass or the task is cancelled, then once more; whether it

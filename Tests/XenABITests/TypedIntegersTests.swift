@@ -3,7 +3,7 @@ import Testing
 import XenABI
 
 /// The typed wrappers carry exactly the values Xen's headers define.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct TypedIntegersTests {
     @Test func xenbusStatesMatchTheHeaderEnum() {
         let pairs: [(XenABI.XenbusState, xenbus_state)] = [

@@ -3,7 +3,7 @@ import TestSupport
 import Testing
 import XenBlockBenchmark
 
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct BlockBenchmarkTests {
     @Test(arguments: BlockBenchmarkConfiguration.Pattern.allCases)
     func aShortRunMovesDataAndReportsEveryFigure(_ pattern: BlockBenchmarkConfiguration.Pattern) async throws {
@@ -29,7 +29,7 @@ struct BlockBenchmarkTests {
     }
 }
 
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct GrantPathMeasurementTests {
     @Test func everyPathIsTimedAndLeavesNothingBehind() throws {
         let r = try GrantPathMeasurement.run(iterations: 200)

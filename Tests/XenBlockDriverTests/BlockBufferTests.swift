@@ -11,7 +11,7 @@ import XenBlockStorage
 /// How blkback gets a request's data to the engine: persistent grants mapped in runs,
 /// adjacent pages joined into one buffer, and multi-page requests copied through
 /// contiguous bounce pages when the engine prefers that.
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct BlockBufferTests {
     /// One queue on a 1 MiB memory disk with `capacity` persistent grants (11 segments
     /// per request at most, so a capacity of 16 holds one request and a bit).

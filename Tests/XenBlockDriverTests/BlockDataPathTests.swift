@@ -8,7 +8,7 @@ import XenBlockStorage
 import XenLocks
 import XenSimulator
 
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct BlockDataPathTests {
     @Test func randomReadsAndWritesMatchAShadowCopyOnMemory() async throws {
         let bytes = 8 << 20
@@ -23,7 +23,9 @@ struct BlockDataPathTests {
 }
 
 /// The same data with each feature on and off, on a real file through libaio (and io_uring).
-@Suite(.timeLimit(.minutes(2)))
+/// One case at a time: each brings up to eight queue threads that poll before they sleep,
+/// and eleven at once on two cores starve each other (and every other suite).
+@Suite(.timeLimit(.minutes(10)), .serialized)
 struct BlockFeatureMatrixTests {
     struct Case: Sendable, CustomTestStringConvertible {
         var indirect: Int
@@ -81,7 +83,7 @@ struct BlockFeatureMatrixTests {
     }
 }
 
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct BlockOperationTests {
     /// On memory (nil) and on a file through each file engine.
     @Test(arguments: [nil, FileEngineKind.libaio, .ioUring])

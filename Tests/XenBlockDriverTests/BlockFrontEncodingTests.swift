@@ -4,7 +4,7 @@ import XenABI
 @testable import XenBlockFront
 import XenBlockProtocol
 
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct BlockFrontEncodingTests {
     /// The allocation-free indirect slot is byte for byte what the protocol's encoder writes.
     @Test(arguments: [BlkifOperation.read, .write])

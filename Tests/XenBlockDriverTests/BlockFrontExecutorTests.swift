@@ -5,7 +5,7 @@ import XenBlockFront
 import XenBlockProtocol
 import XenBlockStorage
 
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct BlockFrontExecutorTests {
     /// Tasks that prefer the device's executor run on its queue thread, with or without
     /// a connection, and get their own data.

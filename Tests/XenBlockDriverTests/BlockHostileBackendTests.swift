@@ -11,7 +11,7 @@ import XenRing
 /// A backend that writes raw responses: the frontend must ignore a response naming no
 /// request, map an unknown status to an error, and stop its queue (not crash) when the
 /// response producer runs far ahead; callers still waiting are failed on shutdown.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct BlockHostileBackendTests {
     @Test func bogusResponsesAreCountedBadStatusesFailAndAnOverflowStopsTheQueue() async throws {
         let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048)) { _ in try MemoryStorage(byteCount: 1 << 20) }

@@ -16,7 +16,7 @@ import XenSimulator
 /// A frontend that writes raw slots. Each bad request must get an error response and
 /// leave the queue serving the next good one; a producer index far ahead stops that
 /// ring only.
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct BlockHostileFrontendTests {
     /// Grant copy; persistent mappings; persistent mappings with multi-page requests
     /// copied through bounce pages; on memory (nil) and on a file through io_uring.
@@ -147,7 +147,7 @@ struct X32Response: BitwiseCopyable { var words: InlineArray<3, UInt32> }
 /// Stopping a queue whose frontend keeps its ring full: stop is honoured on every turn,
 /// not only when the thread sleeps, so it returns; and the ring is unmapped only after
 /// the thread is gone.
-@Suite(.timeLimit(.minutes(3)))
+@Suite(.timeLimit(.minutes(5)))
 struct BlockFloodedStopTests {
     /// Grant copy, and persistent mappings (which the thread unmaps itself on its way out).
     @Test(arguments: [0, 1056])

@@ -12,7 +12,7 @@ import XenStore
 /// Values a hostile peer writes in its own xenstore directory: 2^64-1 where a count or
 /// an order belongs once trapped blkback (every guest lost its disks) or blkfront. Now
 /// that one disk closes with the reason in its `error` key, and the other disk works.
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct BlockHostileKeysTests {
     static let huge = "18446744073709551615"
 

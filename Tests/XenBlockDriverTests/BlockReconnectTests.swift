@@ -8,7 +8,7 @@ import XenBlockStorage
 import XenLocks
 import XenSimulator
 
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct BlockReconnectTests {
     /// Writers stream writes; the backend goes away while their next requests sit on
     /// the ring unanswered, and comes back on fresh rings (a backend restart). Every

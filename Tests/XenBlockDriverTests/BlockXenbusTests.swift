@@ -87,7 +87,7 @@ final class XenbusBlockWorld: @unchecked Sendable {
     }
 }
 
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct BlockXenbusTests {
     @Test func theHandshakeAdvertisesAndNegotiatesEveryKey() async throws {
         let world = try await XenbusBlockWorld()

@@ -1,7 +1,7 @@
 import Testing
 import XenBlockProtocol
 
-@Suite(.timeLimit(.minutes(3)))
+@Suite(.timeLimit(.minutes(5)))
 struct BlockPollingTests {
     @Test func idleNeverPollsLongerThanBusy() {
         #expect(BlockPolling.idle <= BlockPolling.busy)

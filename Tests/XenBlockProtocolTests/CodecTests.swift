@@ -7,7 +7,7 @@ import XenABI
 
 /// Slots written by C decode to the right Swift values, in both ABIs, and Swift's
 /// encoding reads back through C's field names.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct CodecTests {
     @Test(arguments: BlkifABI.allCases)
     func readWriteFromC(abi: BlkifABI) throws {

@@ -5,7 +5,7 @@ import XenABI
 @testable import XenBlockProtocol
 
 /// Decoding a slot, validating it and writing the response allocate nothing.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct HotPathTests {
     @Test func decodeValidateRespondDoesNotAllocate() throws {
         let limits = BlockDeviceLimits(sectors: 1 << 30, flush: true, barrier: true, discard: true, maxIndirectSegments: 512)

@@ -4,7 +4,7 @@ import XenABI
 @testable import XenBlockProtocol
 
 /// The segment list of an indirect request is copied out of its pages once and checked.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct IndirectSegmentTests {
     /// Pages as a frontend fills them, plus the request that names them.
     func make(_ segs: [BlockSegment], sector: UInt64 = 0, limits: BlockDeviceLimits = .init(sectors: 1 << 30, maxIndirectSegments: 4096))

@@ -5,7 +5,7 @@ import Testing
 @testable import XenBlockProtocol
 
 /// Every offset the codec uses is the C compiler's, and the i386 layout is Linux's.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct LayoutTests {
     let c = cblkif_probe_layout()
 

@@ -6,7 +6,7 @@ import XenABI
 
 /// Random and mutated slots: decoding never traps, and whatever is accepted obeys every
 /// rule and survives an encode/decode round trip unchanged.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct RandomSlotTests {
     func checkInvariants(_ r: BlockRequest, _ limits: BlockDeviceLimits) {
         func inRange(_ sector: UInt64, _ segments: BlockSegments) {

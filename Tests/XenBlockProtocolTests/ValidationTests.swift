@@ -5,7 +5,7 @@ import XenABI
 @testable import XenBlockProtocol
 
 /// Hostile slots get typed errors (never a trap), with the status Linux blkback would send.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct ValidationTests {
     func code(_ slot: CSlot, _ abi: BlkifABI = .native, _ limits: BlockDeviceLimits = disk) -> BlockRequestError.Code? {
         slot.refusal(abi, limits)?.code

@@ -4,7 +4,7 @@ import TestSupport
 import Testing
 @testable import XenBlockStorage
 
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct FaultInjectionTests {
     /// Eight writes, the fifth fails: only it, and nothing of it reaches the disk.
     func onlyTheChosenOperationFails(_ inner: any StorageEngine) throws -> [UInt8] {

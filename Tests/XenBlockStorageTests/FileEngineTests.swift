@@ -48,7 +48,7 @@ extension UringStorage: FileStorage {
 /// Real libaio and real io_uring on a real file in a temporary directory (ext4 here, so
 /// O_DIRECT is accepted; the buffered path is tested by asking for it and by a refused
 /// O_DIRECT).
-@Suite(.timeLimit(.minutes(3)))
+@Suite(.timeLimit(.minutes(5)))
 struct FileEngineTests {
     @Test(arguments: FileEngine.allCases) func directIOOnAnImageFile(_ engine: FileEngine) throws {
         let image = try TemporaryImage(bytes: 8 << 20)
@@ -318,7 +318,7 @@ struct FileEngineTests {
 
 /// The block-device path (BLKGETSIZE64, BLKSSZGET, discard on a device), on a loop
 /// device over a temporary file. Skipped where loop devices cannot be attached.
-@Suite(.timeLimit(.minutes(3)))
+@Suite(.timeLimit(.minutes(5)))
 struct FileEngineBlockDeviceTests {
     static func losetup(_ arguments: [String]) -> String? {
         let p = Process()

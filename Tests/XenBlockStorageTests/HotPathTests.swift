@@ -6,7 +6,7 @@ import Testing
 @testable import XenBlockStorage
 
 /// Steady-state submit and reap allocate nothing per operation.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct StorageHotPathTests {
     func countAllocations(_ engine: any StorageEngine, rounds: Int) throws -> UInt64 {
         let depth = 16

@@ -7,7 +7,7 @@ import Testing
 @testable import XenBlockStorage
 
 /// What io_submit rarely does on a healthy kernel, played through the engine's funnel.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct LibaioSubmitFaultTests {
     func batch(_ b: Buffers) -> [StorageOperation] {
         (0..<6).map { i in

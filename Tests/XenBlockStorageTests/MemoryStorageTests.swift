@@ -3,7 +3,7 @@ import SystemPackage
 import Testing
 @testable import XenBlockStorage
 
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct MemoryStorageTests {
     @Test func randomReadsAndWritesMatchAShadowCopy() throws {
         let m = try MemoryStorage(byteCount: 4 << 20, queueDepth: 16)

@@ -8,7 +8,7 @@ import Testing
 
 /// What only the io_uring engine has: the submission funnel, SQ polling, the probe.
 /// (Everything both file engines share is in FileEngineTests.)
-@Suite(.timeLimit(.minutes(3)))
+@Suite(.timeLimit(.minutes(5)))
 struct UringStorageTests {
     @Test func thisKernelAllowsIoUring() {
         // The machines this runs on have io_uring (kernel.io_uring_disabled = 0).

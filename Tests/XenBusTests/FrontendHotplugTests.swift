@@ -9,7 +9,7 @@ import XenStoreServer
 
 /// A guest follows its devices of one class as the toolstack plugs and unplugs them, and
 /// what it writes into its own `device` directory itself is not taken for a device.
-@Suite(.timeLimit(.minutes(3)))
+@Suite(.timeLimit(.minutes(5)))
 struct FrontendHotplugTests {
     @Test func devicesArriveAndLeaveAndTheGuestsOwnEntriesAreNotDevices() async throws {
         let base = "/tmp/hp-\(UUID().uuidString.prefix(8))"

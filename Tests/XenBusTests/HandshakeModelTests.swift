@@ -193,7 +193,7 @@ struct World: Hashable {
     }
 }
 
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct HandshakeModelTests {
     struct Result {
         var states = 0

@@ -3,7 +3,7 @@ import XenABI
 @testable import XenBus
 
 /// Hand-written peers that do what the other machine never does.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct HandshakeScriptTests {
     @Test func frontendToleratesABackendThatSkipsInitWait() {
         var fe = XenbusFrontend()
@@ -99,7 +99,7 @@ struct HandshakeScriptTests {
 
 /// A refused connect: the backend holds Closing until the frontend starts a new session,
 /// so two honest machines do not loop on a peer's bad keys.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct HandshakeRefusalTests {
     /// Both machines up to the backend's `.connect`.
     static func atConnect() -> (XenbusFrontend, XenbusBackend) {

@@ -9,7 +9,7 @@ import XenStoreServer
 
 /// The toolstack layout and feature helpers against a real server, with the frontend and
 /// backend speaking for their own domains.
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct ToolstackTests {
     let fe = DomainID(5)
     let be = DomainID(2)

@@ -19,7 +19,7 @@ struct RecordingFactory: XenbusBackendDeviceFactory {
 
 /// The generic device manager serves, stops, resumes and re-serves devices, driven by
 /// store watches (no test here waits on a clock except as a bound).
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct XenbusBackendManagerTests {
     @Test func aDeviceIsServedStoppedResumedAndServedAgainAfterItIsPluggedAnew() async throws {
         let base = "/tmp/xbm-\(UUID().uuidString.prefix(8))"

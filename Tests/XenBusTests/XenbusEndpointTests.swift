@@ -48,7 +48,7 @@ struct EndpointPair {
     }
 }
 
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct XenbusEndpointTests {
     @Test func bothSidesConnectThenCloseOnUnplug() async throws {
         let fe = RecordingDriver(), be = RecordingDriver()

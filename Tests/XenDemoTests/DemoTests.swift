@@ -3,7 +3,7 @@ import Testing
 @testable import XenDemo
 
 /// `xenpv demo` is the README's main job: it must pass its own checks.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct DemoTests {
     @Test func demoRunsEndToEndAndLeavesNothingBehind() async throws {
         var options = DemoOptions()

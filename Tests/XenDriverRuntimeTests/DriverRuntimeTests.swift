@@ -26,7 +26,7 @@ final class Idle: DriverService, @unchecked Sendable {
     func prepareToSleep(_ poll: PollSet) throws -> Bool { false }
 }
 
-@Suite(.timeLimit(.minutes(3)))
+@Suite(.timeLimit(.minutes(5)))
 struct DriverRuntimeTests {
     let hv = SimulatedHypervisor()
 

@@ -1,7 +1,7 @@
 import Testing
 import XenDriverRuntime
 
-@Suite(.timeLimit(.minutes(3)))
+@Suite(.timeLimit(.minutes(5)))
 struct SpinTests {
     @Test func pollingStopsAtTheFirstYes() {
         var looks = 0

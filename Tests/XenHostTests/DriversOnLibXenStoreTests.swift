@@ -14,7 +14,7 @@ import XenStoreServer
 
 /// The unchanged net drivers with both ends' stores on Xen's libxenstore
 /// (grants and events stay simulated: this machine has no /dev/xen).
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct DriversOnLibXenStoreTests {
     @Test func netbackAndNetfrontHandshakeThroughLibxenstore() async throws {
         let hv = SimulatedHypervisor()

@@ -10,7 +10,7 @@ import XenStoreServer
 
 /// Xen's own libxenstore against our xenstored: libxenstore honours
 /// XENSTORED_PATH, so the store protocol runs through the real library.
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct LibXenStoreTests {
     let server: XenStoreServer
     let base = "/tmp/xpv-libxs-\(UUID().uuidString.prefix(8))"

@@ -7,7 +7,7 @@ import XenHypervisor
 
 /// The real-Xen adapters, driven through a scripted libxen: the exact calls a
 /// driver's attach, I/O and detach make, and what every failure becomes.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct XenHostTests {
     let fake = ScriptedLibXen()
     var host: XenHost { XenHost(domainID: DomainID(0), library: fake.library) }
@@ -117,7 +117,7 @@ struct XenHostTests {
 }
 
 /// Runs only inside a real Xen domain.
-@Suite(.timeLimit(.minutes(2)), .enabled(if: XenHost.isAvailable, "needs a Xen domain with /dev/xen/evtchn"))
+@Suite(.timeLimit(.minutes(5)), .enabled(if: XenHost.isAvailable, "needs a Xen domain with /dev/xen/evtchn"))
 struct RealXenTests {
     @Test func openAndCloseEveryHandle() throws {
         let host = XenHost(domainID: DomainID(0))

@@ -13,7 +13,7 @@ import XenSimulator
 
 /// netfront and netback on the simulator, end to end through the rings,
 /// grant copies and the event channel, with an in-memory attachment.
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct NetDataPathTests {
     static let sizes = [60, 61, 1500, 4095, 4096, 4097, 9000, 32768, 65535]
 

@@ -98,7 +98,7 @@ final class NetStoreWorld: @unchecked Sendable {
 
 /// netback and netfront find each other through xenstore, walk the XenBus
 /// handshake and carry frames; unplug and removal leave nothing behind.
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct NetHandshakeTests {
     @Test func toolstackCreatesAVifAndBothEndsConnect() async throws {
         let w = try await NetStoreWorld()
@@ -141,7 +141,7 @@ struct NetHandshakeTests {
     }
 }
 
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct NetNegotiationTests {
     @Test func aMalformedMacClosesThatVifWithItsReason() async throws {
         let w = try await NetStoreWorld(backendKeys: ["mac": "00:16:3e:zz:00:01"])

@@ -14,7 +14,7 @@ import XenSimulator
 
 /// A frontend that writes raw tx slots. Each bad packet must be answered
 /// with an error, counted, and leave the vif serving the next good one.
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct NetHostileFrontendTests {
     /// Pushes `slots`, then one good packet, and returns the statuses of
     /// every response in order.
@@ -90,7 +90,7 @@ struct NetHostileFrontendTests {
 /// Stopping a vif whose frontend keeps its tx ring full: stop is honoured on every turn,
 /// not only when the thread sleeps, so it returns; and the rings are unmapped only after
 /// the thread is gone.
-@Suite(.timeLimit(.minutes(3)))
+@Suite(.timeLimit(.minutes(5)))
 struct NetFloodedStopTests {
     @Test func stopReturnsUnderAFloodAndTheRingsAreUnmappedAfterTheThreadExited() async throws {
         let f = try NetFixture()

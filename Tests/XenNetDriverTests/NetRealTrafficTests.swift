@@ -9,7 +9,7 @@ import XenSimulator
 /// A Linux stack as the guest: its TAP (in namespace "guest") is driven by
 /// netfront; netback's vif sits on a bridge in namespace "dom0". Real ping
 /// and a real TCP transfer cross the rings.
-@Suite(.timeLimit(.minutes(2)), .serialized, .enabled(if: canMakeNetworks, "needs root and /dev/net/tun"))
+@Suite(.timeLimit(.minutes(5)), .serialized, .enabled(if: canMakeNetworks, "needs root and /dev/net/tun"))
 struct NetRealTrafficTests {
     @Test func pingBothWaysAndA100MiBTransferKeepsItsChecksum() throws {
         let dom0 = try TestNamespace("xpvd0")

@@ -4,7 +4,7 @@ import XenABI
 @testable import XenNetProtocol
 
 /// Slot layouts and flag values against netif.h's own diagrams and macros.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct NetifWireTests {
     private func bytes<T>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value) { Array($0) } }
 

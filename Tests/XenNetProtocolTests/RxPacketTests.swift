@@ -3,7 +3,7 @@ import Testing
 import XenABI
 @testable import XenNetProtocol
 
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct RxPacketTests {
     /// Lays a packet out as a backend does, with request ids equal to ring slots.
     private func responses(length: Int, extras: [NetExtraInfo], flags: NetRxFlags = [], firstSlot: UInt32 = 0) throws -> [netif_rx_response] {

@@ -3,7 +3,7 @@ import Testing
 import XenABI
 @testable import XenNetProtocol
 
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct TxPacketTests {
     /// Encodes a packet the way a frontend does and collects the slots.
     private func slots(_ fragments: [TxFragmentRequest], extras: [NetExtraInfo] = [], flags: NetTxFlags = []) -> [netif_tx_request] {

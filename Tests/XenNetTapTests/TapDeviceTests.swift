@@ -5,7 +5,7 @@ import Testing
 @testable import XenNetTap
 
 /// Real TAP devices; these need root and /dev/net/tun (CI has both).
-@Suite(.timeLimit(.minutes(2)), .enabled(if: canMakeNetworks, "needs root and /dev/net/tun"))
+@Suite(.timeLimit(.minutes(5)), .enabled(if: canMakeNetworks, "needs root and /dev/net/tun"))
 struct TapDeviceTests {
     @Test func tapJoinsABridgeInItsNamespace() throws {
         let ns = try TestNamespace("xpvbr")

@@ -31,7 +31,7 @@ enum Frames {
     static let udp = [UInt8](repeating: 0, count: 8)
 }
 
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct VirtioNetHeaderTests {
     private func header(_ frame: [UInt8], blank: Bool = true, gso: NetExtraInfo? = nil) -> VirtioNetHeader? {
         frame.withUnsafeBytes { VirtioNetHeader(checksumBlank: blank, dataValidated: false, gso: gso, frame: $0) }

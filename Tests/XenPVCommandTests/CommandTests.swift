@@ -3,7 +3,7 @@ import TestSupport
 import Testing
 
 /// The `xenpv` executable as a user runs it (`swift test` builds it first).
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct CommandTests {
     static let binary: URL = {
         // The test bundle sits beside the executables in the build folder.

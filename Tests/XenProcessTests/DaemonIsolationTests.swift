@@ -51,7 +51,7 @@ extension ProcessTests {
         /// The same through the real commands: the socket opened to everyone (as
         /// an administrator might chmod it), a `nobody` process is refused as a new
         /// guest, and joins only the domain dom0 created for its token.
-        @Test(.timeLimit(.minutes(3))) func aUserTheDaemonDoesNotTrustRunsAGuestOnlyWithItsToken() async throws {
+        @Test(.timeLimit(.minutes(5))) func aUserTheDaemonDoesNotTrustRunsAGuestOnlyWithItsToken() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sock = dir + "/hv.sock"
@@ -194,7 +194,7 @@ extension ProcessTests {
 
         /// "One thread per connection": 200 idle connections cost the daemon
         /// no thread, and each still gets an answer.
-        @Test(.timeLimit(.minutes(3))) func idleConnectionsCostTheDaemonNoThread() async throws {
+        @Test(.timeLimit(.minutes(5))) func idleConnectionsCostTheDaemonNoThread() async throws {
             let d = try await DaemonProcess()
             // One exchange first, so that whatever the daemon starts lazily is running.
             let first = try rawConnection(d.socket)
@@ -242,7 +242,7 @@ extension ProcessTests {
 
         /// "Each guest join/leave leaks a shared-info memory file and ~118 KB",
         /// "domain ids are never reused": cycles leave the daemon's descriptors flat.
-        @Test(.timeLimit(.minutes(3))) func joinAndLeaveLeakNothing() async throws {
+        @Test(.timeLimit(.minutes(5))) func joinAndLeaveLeakNothing() async throws {
             let d = try await DaemonProcess()
             func cycle() throws {
                 let g = try RemoteHypervisor(socketPath: d.socket, as: .newGuest(frames: 16, devices: [.vbd]), onDaemonLost: ignoreLoss)
@@ -280,7 +280,7 @@ extension ProcessTests {
         /// "On EMFILE its accept loop spins": the daemon out of descriptors stops
         /// accepting for a moment, says so at most once per 10 s, and serves again
         /// once connections close.
-        @Test(.timeLimit(.minutes(3))) func outOfDescriptorsTheDaemonBacksOffAndRecovers() async throws {
+        @Test(.timeLimit(.minutes(5))) func outOfDescriptorsTheDaemonBacksOffAndRecovers() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sock = dir + "/hv.sock"

@@ -10,7 +10,7 @@ extension ProcessTests {
                                     && FileManager.default.isExecutableFile(atPath: "/usr/bin/nbdinfo"),
                                  "needs qemu-utils and libnbd-bin"))
     struct GuestDiskServeTests {
-        @Test(.timeLimit(.minutes(3)))
+        @Test(.timeLimit(.minutes(5)))
         func aGuestServesItsVbdToQemuIoAndNbdinfo() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -53,7 +53,7 @@ extension ProcessTests {
         /// dom0's backend is killed while the export serves; an `nbdcopy` started meanwhile
         /// waits (its writes queue in blkfront) and completes once a new backend is up; what
         /// comes back out, and the image, equal what went in.
-        @Test(.timeLimit(.minutes(3)), .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/nbdcopy")))
+        @Test(.timeLimit(.minutes(5)), .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/nbdcopy")))
         func nbdcopyCompletesAcrossABackendRestart() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -104,7 +104,7 @@ extension ProcessTests {
         /// the image) and a new one started: the copy completes and every byte is intact.
         /// Whether the kill lands mid-copy depends on the machine's speed (it is printed);
         /// what is checked holds either way.
-        @Test(.timeLimit(.minutes(3)), .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/nbdcopy")))
+        @Test(.timeLimit(.minutes(5)), .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/nbdcopy")))
         func nbdcopyCompletesAcrossABackendKilledMidCopy() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -160,7 +160,7 @@ extension ProcessTests {
 
         /// `fio --ioengine=nbd` writes 32 MiB at random with crc32c headers and verifies them,
         /// while the backend is killed (once the image has blocks) and restarted.
-        @Test(.timeLimit(.minutes(3)), .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/fio")))
+        @Test(.timeLimit(.minutes(5)), .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/fio")))
         func fioVerifiesAcrossABackendKilledMidRun() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -201,7 +201,7 @@ extension ProcessTests {
             for child in [hv, backend, guest] { #expect(child.sanitizerClean, "\(child.name): \(child.output)") }
         }
 
-        @Test(.timeLimit(.minutes(3)))
+        @Test(.timeLimit(.minutes(5)))
         func serveNeedsAnAddressItCanParse() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -164,4 +164,4 @@ func quietLogger() -> Logger {
 
 /// Every suite of this target runs serially: the suites share the machine's
 /// few cores with child processes and in-process daemons.
-@Suite(.timeLimit(.minutes(3)), .serialized) enum ProcessTests {}
+@Suite(.timeLimit(.minutes(5)), .serialized) enum ProcessTests {}

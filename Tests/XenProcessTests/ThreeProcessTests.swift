@@ -11,7 +11,7 @@ extension ProcessTests {
     /// driven as a person would from three terminals.
     @Suite(.serialized)
     struct ThreeProcessTests {
-        @Test(.timeLimit(.minutes(3)))
+        @Test(.timeLimit(.minutes(5)))
         func backendRestartGuestCrashAndDaemonLoss() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -135,7 +135,7 @@ extension ProcessTests {
         /// The block path: a guest streams writes, the backend is killed mid-stream and a
         /// new one started; the guest's frontend waits, reconnects, finishes; a later guest
         /// verifies every byte, and the image on disk holds them.
-        @Test(.timeLimit(.minutes(3)))
+        @Test(.timeLimit(.minutes(5)))
         func diskWritesSurviveABackendRestart() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }

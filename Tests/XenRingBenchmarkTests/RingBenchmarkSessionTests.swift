@@ -6,7 +6,7 @@ import XenSimulator
 /// The benchmark engine runs the ringbench.c protocol correctly on the
 /// simulator in every mode. No figure here is timed; only counts and CPU
 /// time while idle are checked.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct RingBenchmarkSessionTests {
     static func expectedChecksum(_ n: UInt64) -> UInt64 {
         var sum: UInt64 = 0

@@ -8,7 +8,7 @@ import XenRing
 
 /// Initialisation belongs to the frontend; attaching touches no shared byte,
 /// and a reattached backend resumes where the ring is, like BACK_RING_ATTACH.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct AttachTests {
     @Test func frontInitIsSharedRingInitAndFrontRingInit() throws {
         let c = TestPages(count: 2), s = TestPages(count: 2)

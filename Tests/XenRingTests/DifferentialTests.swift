@@ -10,7 +10,7 @@ import XenRing
 /// The same random operations applied to a ring driven by ring.h's macros and
 /// to a Swift ring leave identical page bytes, identical private indices and
 /// identical notify and final-check decisions after every step.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct DifferentialTests {
     static let starts: [UInt32] = [0, 1, 0xFFFF_FFFF - 2, 0xFFFF_FFFF - 40, 0xFFFF_FFFF - 300, 0x8000_0000 - 7]
 

@@ -10,7 +10,7 @@ typealias BlkBack = BackRing<blkif_request, blkif_response>
 
 /// A peer that writes nonsense into the shared header gets a typed error,
 /// never a crash, a hang or a request consumed twice.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct HostilePeerTests {
     /// C's verdict on a producer index, for comparison with Swift's.
     func cVerdict(page: TestPages, rspProdPvt: UInt32, reqProd: UInt32) -> Bool {
@@ -155,7 +155,7 @@ struct HostilePeerTests {
 
 /// Writing fields in place leaves the slot's padding as the peer left it, so
 /// no byte of this side's stack reaches shared memory (XSA-216).
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct PaddingTests {
     @Test func inPlaceResponsesCarryNoStackBytes() throws {
         let page = TestPages(count: 1)

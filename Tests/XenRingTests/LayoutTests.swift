@@ -6,7 +6,7 @@ import XenRing
 
 /// Every size, offset and entry count the Swift ring uses equals what the C
 /// compiler computes from Xen's headers.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct LayoutTests {
     @Test func sharedHeaderOffsetsAreRingH() {
         #expect(RingGeometry.requestProducerOffset == cref_sring_offset_req_prod())

@@ -109,7 +109,7 @@ func streamResponse(_ r: blkif_request) -> blkif_response {
 
 /// A long random stream on one page between two pinned-free threads, every
 /// request and response checked field by field, each direction C against Swift.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct StreamTests {
     static let count: UInt64 = 200_000
     static let limitNanoseconds: UInt64 = 40_000_000_000

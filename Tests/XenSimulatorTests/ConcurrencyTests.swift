@@ -9,7 +9,7 @@ import XenHypervisor
 /// Races between threads: lost wakeups on the eventfd, and grant/map/unmap/
 /// notify from several threads at once. Run under TSan with
 /// `swift test --sanitize=thread --filter XenSimulatorTests`.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct ConcurrencyTests {
     /// Waits on `channels` (bounded), then takes every pending port and
     /// unmasks it. False when nothing arrived in time.

@@ -25,7 +25,7 @@ struct Channel {
     }
 }
 
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct EventChannelTests {
     @Test func sharedInfoLayoutIsXens() {
         #expect(MemoryLayout<shared_info>.offset(of: \.evtchn_pending)! == 32 * MemoryLayout<vcpu_info>.size)

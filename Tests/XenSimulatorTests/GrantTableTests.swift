@@ -7,7 +7,7 @@ import XenHypervisor
 
 /// Grant tables v1: the entry protocol of grant_table.h, real second mappings,
 /// and every status Xen answers with.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct GrantTableTests {
     @Test func entryLayoutIsXens() {
         #expect(MemoryLayout<grant_entry_v1>.size == 8)

@@ -4,7 +4,7 @@ import XenABI
 import XenHypervisor
 @testable import XenSimulator
 
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct LeftoversTests {
     @Test func aCleanRunLeavesNothing() throws {
         let m = try Machine()

@@ -5,7 +5,7 @@ import XenHypervisor
 @testable import XenSimulator
 
 /// xengntshr-style sharing and the page allocator.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct SharingAndPagesTests {
     @Test func sharedPagesAreGrantedAndUnsharedCleanly() throws {
         let m = try Machine(guestFrames: 32)

@@ -9,7 +9,7 @@ import XenStoreServer
 /// by a recording proxy in front of `xenpv xenstored`, with the replies it gave.
 /// They are the store's wire ABI held still: each request frame decodes and encodes
 /// back to the same bytes, and a fresh store answers the same sequence byte for byte.
-@Suite(.timeLimit(.minutes(3)))
+@Suite(.timeLimit(.minutes(5)))
 struct CapturedWireTests {
     static let directory = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()

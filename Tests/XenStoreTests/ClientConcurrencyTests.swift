@@ -11,7 +11,7 @@ import XenABI
 /// connection whose replies pile up unread, so a client that cannot deliver replies while
 /// one of its requests waits to be sent stalls both sides: on a guest's ring until the send
 /// times out, on a socket for ever.
-@Suite(.timeLimit(.minutes(3)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct ClientConcurrencyTests {
     /// `tasks` tasks at once on `client`, each writing its own node under `base` with a
     /// `valueSize`-byte value that names it and reading it back; returns what went wrong,

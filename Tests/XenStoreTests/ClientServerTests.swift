@@ -6,7 +6,7 @@ import XenABI
 @testable import XenStoreServer
 
 /// Our client against our server over the Unix socket.
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct ClientServerTests {
     @Test func readWriteDirectoryMkdirRm() async throws {
         let s = try TestServer()

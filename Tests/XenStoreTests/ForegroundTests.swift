@@ -6,7 +6,7 @@ import Testing
 @testable import XenStore
 @testable import XenStoreServer
 
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct ForegroundTests {
     @Test func runForegroundServesUntilSIGTERMThenCleansUp() async throws {
         let path = "/tmp/xs-fg-\(UUID().uuidString.prefix(8)).sock"

@@ -11,7 +11,7 @@ import XenHypervisor
 
 /// The per-domain xenstore page on the simulated hypervisor: a guest's client talks to the
 /// store through shared memory and an event channel; the server owns dom0's side.
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct RingTransportTests {
     @Test func pageLayoutMatchesXsWireH() {
         #expect(MemoryLayout<xenstore_domain_interface>.size == 2076)

@@ -7,7 +7,7 @@ import XenABI
 @testable import XenStoreServer
 
 /// Who may reach the dom0 socket, and what a flood of connections costs.
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct SocketAccessTests {
     /// Runs python3 as uid/gid 65534 with no supplementary groups: connects to `socket`,
     /// sends READ /probe, prints "REPLY <type>", "EOF" or "CONNECT <errno>".

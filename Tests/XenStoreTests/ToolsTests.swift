@@ -5,7 +5,7 @@ import XenABI
 @testable import XenStore
 
 /// Xen's own xenstore-* tools (libxenstore) against our server, unmodified.
-@Suite(.timeLimit(.minutes(2)), .serialized, .enabled(if: xenstoreUtilsInstalled))
+@Suite(.timeLimit(.minutes(5)), .serialized, .enabled(if: xenstoreUtilsInstalled))
 struct XenToolsTests {
     @Test func writeReadLsExistsRm() throws {
         let s = try TestServer()

@@ -5,7 +5,7 @@ import XenABI
 @testable import XenStoreServer
 
 /// What a transaction can make the store hold is capped, and costs nothing until touched.
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct TransactionBoundsTests {
     static let guest = DomainID(5)
 
@@ -148,7 +148,7 @@ struct TransactionBoundsTests {
 }
 
 /// Directory size and permission changes.
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct TreeShapeTests {
     @Test func aLargeDirectoryCostsLinearTime() throws {
         // 20,000 children added and removed on the engine: quadratic list operations

@@ -5,7 +5,7 @@ import XenABI
 @testable import XenStoreServer
 
 /// A guest's event storm costs the guest, never a dom0 watcher.
-@Suite(.timeLimit(.minutes(2)), .serialized)
+@Suite(.timeLimit(.minutes(5)), .serialized)
 struct WatchStormTests {
     @Test func aLateDom0WatcherIsKeptAndTheStormingGuestIsHeldBack() async throws {
         var q = XenStoreQuotas()

@@ -5,7 +5,7 @@ import XenABI
 @testable import XenStoreServer
 
 /// The codec against `io/xs_wire.h`.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct WireTests {
     @Test func headerLayoutAndLimitsMatchTheCHeader() {
         #expect(XenStoreLimits.headerSize == 16)
@@ -102,7 +102,7 @@ struct WireTests {
 }
 
 /// The engine without a transport: what goes out for what comes in.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(5)))
 struct EngineTests {
     func send(_ e: XenStoreEngine, _ c: XenStoreEngine.ConnectionID, _ m: XenStoreMessage) -> [XenStoreMessage] {
         e.handle(m, from: c)
