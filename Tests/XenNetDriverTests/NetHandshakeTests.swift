@@ -34,8 +34,11 @@ final class NetStoreWorld: @unchecked Sendable {
     private let backendTask: Task<Void, Error>
 
     /// `hostileGuest` runs on the guest's store connection before its netfront starts.
+    /// `attach`, given dom0's store and id, makes netback's factory (default: the memory
+    /// attachment recording `sent`); `guestPort` is netfront's port (default: `port`).
     init(frames: Int = 1024, backendKeys: [String: String] = [:], backendLog: LogLines? = nil,
-         hostileGuest: (@Sendable (XenStoreClient, XenbusDevice) async throws -> Void)? = nil) async throws {
+         hostileGuest: (@Sendable (XenStoreClient, XenbusDevice) async throws -> Void)? = nil,
+         attach: ((XenStoreClient, DomainID) -> AttachmentFactory)? = nil, guestPort: (any GuestPort)? = nil) async throws {
         guest = try hv.createDomain(frames: frames)
         let base = "/tmp/xpv-net-\(UUID().uuidString.prefix(8))"
         var quiet = Logger(label: "test")
@@ -52,14 +55,16 @@ final class NetStoreWorld: @unchecked Sendable {
         self.attachment = attachment
         var backendLogger = quiet
         if let backendLog { backendLogger = Logger(label: "netback") { _ in backendLog } }
-        let backend = NetBackend(hypervisor: hv.dom0, store: dom0Store, logger: backendLogger) { _, _ in attachment }
+        let backend = NetBackend(hypervisor: hv.dom0, store: dom0Store, logger: backendLogger,
+                                 attach: attach?(dom0Store, hv.dom0.domainID) ?? { @Sendable _, _ in attachment })
         self.backend = backend
         backendTask = Task { try await backend.run() }
         device = XenbusDevice(type: "vif", id: 0, frontend: guest.domainID)
         try await XenbusToolstack.createDomainHome(guest.domainID, on: dom0Store)
         try await XenbusToolstack.create(device, on: dom0Store, backendKeys: backendKeys)
         try await hostileGuest?(guestStore, device)
-        let frontend = NetFrontendDriver(hypervisor: guest, store: guestStore, path: device.frontendPath, port: port, logger: quiet)
+        let frontend = NetFrontendDriver(hypervisor: guest, store: guestStore, path: device.frontendPath, port: guestPort ?? port,
+                                         logger: quiet)
         let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: device.frontendPath,
                                       peerPath: device.backendPath, driver: frontend, logger: quiet)
         self.endpoint = endpoint

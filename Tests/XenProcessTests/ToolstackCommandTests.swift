@@ -250,6 +250,53 @@ struct ToolstackCommandTests {
         #expect(await host.nothingLeft(of: id))
     }
 
+    /// network-attach plugs vifs into a running domain with the keys the backend's hotplug
+    /// reads (script, bridge, ip, mac in dom0's backend directory) at the next free devid;
+    /// network-list shows them; bad keys are refused before anything is written;
+    /// network-detach by devid and by MAC removes both halves; then shutdown leaves nothing.
+    @Test func networkAttachListAndDetachOnARunningDomain() async throws {
+        let host = try await Host()
+        defer { host.stop() }
+        let root = host.image("root.img")
+        let created = try await host.run(["create", host.config("net", disks: ["\(root),raw,xvda,w"],
+                                                              extra: "guest disk read --length 4096 --until-shutdown")])
+        let id = try #require(Host.domid(created.output), "\(created.output)")
+        #expect(await host.consoleShows("net", "waiting for a shutdown request"))
+
+        let routed = try await host.run(["network-attach", "net", "mac=00:16:3e:01:02:03", "ip=10.81.0.5", "script=vif-route"])
+        #expect(routed.status == 0 && routed.output.contains("vif 0"), "\(routed.output)")
+        let bridged = try await host.run(["network-attach", "net", "bridge=xenbr7", "script=/etc/xen/scripts/vif-bridge"])
+        #expect(bridged.status == 0 && bridged.output.contains("vif 1"), "\(bridged.output)")
+        let be0 = "/local/domain/0/backend/vif/\(id)/0", be1 = "/local/domain/0/backend/vif/\(id)/1"
+        #expect(try await host.store.read(be0 + "/script") == "vif-route")
+        #expect(try await host.store.read(be0 + "/ip") == "10.81.0.5")
+        #expect(try await host.store.read(be0 + "/mac") == "00:16:3e:01:02:03")
+        #expect(try await host.store.read(be1 + "/script") == "vif-bridge")
+        #expect(try await host.store.read(be1 + "/bridge") == "xenbr7")
+        let list = try await host.run(["network-list", "net"])
+        #expect(list.status == 0 && list.output.contains("00:16:3e:01:02:03") && list.output.contains("\n1 "), "\(list.output)")
+
+        for bad in [["script=../../bin/sh"], ["ip=300.1.1.1"], ["bridge=a/b"], ["mac=01:00:00:00:00:01"], ["colour=red"]] {
+            let refused = try await host.run(["network-attach", "net"] + bad)
+            #expect(refused.status == 1, "\(bad): \(refused.output)")
+        }
+        #expect(try await !host.store.exists("/local/domain/0/backend/vif/\(id)/2"))
+        let missing = try await host.run(["network-detach", "net", "7"])
+        #expect(missing.status == 1 && missing.output.contains("no vif"), "\(missing.output)")
+
+        let byMAC = try await host.run(["network-detach", "net", "00:16:3e:01:02:03", "--timeout", "5"])
+        #expect(byMAC.status == 0, "\(byMAC.output)")
+        let byID = try await host.run(["network-detach", "net", "1", "--timeout", "5"])
+        #expect(byID.status == 0, "\(byID.output)")
+        for dev in ["0", "1"] {
+            #expect(try await !host.store.exists("/local/domain/0/backend/vif/\(id)/\(dev)"))
+            #expect(try await !host.store.exists("/local/domain/\(id)/device/vif/\(dev)"))
+        }
+        let shutdown = try await host.run(["shutdown", "net", "--timeout", "180"])
+        #expect(shutdown.status == 0, "\(shutdown.output)")
+        #expect(await host.nothingLeft(of: id))
+    }
+
     /// Hostile and mistaken configs: a missing or relative target, a w disk in use,
     /// and w! sharing on purpose; and a vbd whose params dom0 made bad fails alone.
     @Test func badDisksAreRefusedAndWritableSharingNeedsWBang() async throws {

@@ -49,8 +49,9 @@ public struct VifFrontendFeatures: Hashable, Sendable {
     }
 }
 
-/// Makes a vif's attachment once the frontend's features are known.
-public typealias AttachmentFactory = @Sendable (VifIdentity, VifFrontendFeatures) throws -> any NetworkAttachment
+/// Makes a vif's attachment once the frontend's features are known. Async so a factory
+/// can read the vif's backend directory and set up the host's side (``VifHotplug``).
+public typealias AttachmentFactory = @Sendable (VifIdentity, VifFrontendFeatures) async throws -> any NetworkAttachment
 
 /// The backend half of one vif as a XenBus driver: advertises netback's features in
 /// `prepare`, connects to the rings and event channel(s) the frontend wrote and serves
@@ -166,13 +167,19 @@ public final class NetBackendDevice: XenbusDeviceDriver {
                 try await store.readFeature(fe, XenbusKey.featureGSOTCPv6) ? NetGSOType.tcpv6 : nil,
             ].compactMap { $0 }),
             receiveChecksumBlank: !(try await store.readFeature(fe, XenbusKey.featureNoCsumOffload)))
-        try connect(txRef: txRef, rxRef: rxRef, remotePorts: remotePorts, features: features)
+        let attachment = try await attach(identity, features)
+        do {
+            try connect(txRef: txRef, rxRef: rxRef, remotePorts: remotePorts, features: features, attachment: attachment)
+        } catch {
+            await (attachment as? TapAttachment)?.close()
+            throw error
+        }
         logger.info("\(identity): connected (mac \(features.mac.map { "\($0)" } ?? "none"), sg \(features.scatterGather), gso \(features.receiveGSO.map { "\($0)" }.sorted()), csum offload \(features.receiveChecksumBlank))")
     }
 
     /// Maps, binds, attaches and starts; on any failure releases what it took.
     private func connect(txRef: GrantRef, rxRef: GrantRef, remotePorts: (tx: EventPort, rx: EventPort),
-                         features: VifFrontendFeatures) throws {
+                         features: VifFrontendFeatures, attachment: any NetworkAttachment) throws {
         var cleanup: [() -> Void] = []
         defer { for undo in cleanup.reversed() { undo() } }
         let mapper = try hypervisor.openGrantMapper()
@@ -186,7 +193,6 @@ public final class NetBackendDevice: XenbusDeviceDriver {
         let txPort = try events.bindInterdomain(remote: identity.frontend, remotePort: remotePorts.tx)
         let rxPort = remotePorts.rx == remotePorts.tx
             ? txPort : try events.bindInterdomain(remote: identity.frontend, remotePort: remotePorts.rx)
-        let attachment = try attach(identity, features)
         let queue = try VifQueue(
             txRing: tx, rxRing: rx, events: events, mapper: mapper, attachment: attachment,
             configuration: VifConfiguration(frontend: identity.frontend, txPort: txPort, rxPort: rxPort,
@@ -203,12 +209,12 @@ public final class NetBackendDevice: XenbusDeviceDriver {
     }
 
     /// Stops the queue (it unmaps the rings and unbinds the ports once its thread exited),
-    /// closes the grant mapper and a TAP attachment's device. Idempotent.
+    /// closes the grant mapper and a TAP attachment (its device and what its hotplug set up). Idempotent.
     public func disconnect() async {
         guard let c = connection.withLock({ $0.take() }) else { return }
         await c.queue.stopped()
         c.mapper.close()
-        (c.attachment as? TapAttachment)?.tap.close()
+        await (c.attachment as? TapAttachment)?.close()
         logger.info("\(identity): disconnected")
     }
 }

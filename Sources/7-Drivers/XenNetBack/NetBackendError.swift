@@ -8,6 +8,9 @@ public struct NetBackendError: CodedError {
         /// The frontend asks for what netback does not do (page flipping instead of
         /// `request-rx-copy`).
         case notSupported
+        /// The vif's backend directory asks for a network set-up that cannot be made: a bad
+        /// `script`, `bridge`, `ip` or `vifname`, or a host tool that failed (``VifHotplug``).
+        case hotplug
     }
 
     /// What was refused.

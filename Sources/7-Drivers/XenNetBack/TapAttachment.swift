@@ -1,6 +1,7 @@
 import Glibc
 import SystemPackage
 import XenNetProtocol
+import XenLocks
 import XenNetTap
 
 /// A vif as Xen's bridge mode makes it: a TAP named `vif<domid>.<devid>` on a
@@ -8,15 +9,38 @@ import XenNetTap
 public final class TapAttachment: NetworkAttachment {
     /// The TAP device; closed when the vif disconnects.
     public let tap: TapDevice
+    /// What the vif's hotplug set up beyond the TAP (a NAT rule), undone once by ``close()``.
+    private let teardown: Locked<(@Sendable () async -> Void)?>
 
     /// Creates the TAP, tells the kernel which offloads the frontend can take
     /// on receive, brings it up and, given a bridge, enslaves it.
     public init(name: String, bridge: String?, offloads: TapOffloads, mtu: Int = 1500) throws(TapError) {
+        teardown = Locked(nil)
         tap = try TapDevice(name: name, vnetHeader: true)
         try tap.setOffloads(offloads)
         try NetworkInterface.setMTU(tap.name, mtu)
         if let bridge { try NetworkInterface.addToBridge(bridge, interface: tap.name) }
         try NetworkInterface.setUp(tap.name)
+    }
+
+    /// Runs `body` once when the attachment closes, after the TAP is gone (which takes its
+    /// addresses and routes with it); bodies added later run first.
+    public func onClose(_ body: @escaping @Sendable () async -> Void) {
+        teardown.withLock { current in
+            let previous = current
+            current = { await body(); await previous?() }
+        }
+    }
+
+    /// Closes the TAP (the kernel removes the interface, its addresses and routes), then
+    /// undoes what ``onClose(_:)`` registered. Idempotent.
+    public func close() async {
+        tap.close()
+        let body = teardown.withLock { current in
+            defer { current = nil }
+            return current
+        }
+        await body?()
     }
 
     /// The TAP's non-blocking descriptor, readable while a frame waits.

@@ -178,16 +178,70 @@ public final class Toolstack: @unchecked Sendable {
         return layout.device
     }
 
-    /// Unplugs disk `vdev` of domain `id`, as `xl block-detach` does: sets the backend's
-    /// `online` to 0 (the backend closes once the frontend has), waits at most `timeout`
-    /// seconds for the backend to reach Closed (none with `force`), then removes both
-    /// halves whatever state they are in; a backend sees its device vanish and lets go.
+    /// Unplugs disk `vdev` of domain `id`, as `xl block-detach` does (see
+    /// ``detach(_:timeout:force:)``).
     /// - Throws: ``ToolstackError`` `.noSuchDomain` when the domain has no such disk; `.store`.
     public func detachDisk(_ vdev: VirtualDiskDevice, from id: DomainID, timeout: Double, force: Bool = false) async throws(ToolstackError) {
         let device = XenbusDevice(type: "vbd", id: vdev.number, frontend: id)
         guard (try? await store.exists(device.backendPath)) == true else {
             throw ToolstackError(.noSuchDomain, "\(id) has no disk \(vdev)")
         }
+        try await detach(device, timeout: timeout, force: force)
+    }
+
+    /// Plugs `vif` into the running domain `id`, as `xl network-attach` does: the next free
+    /// devid, the spec's MAC or a random one in 00:16:3e, and the keys of a config's vif
+    /// (`script`, `bridge`, `ip`, … in dom0's backend directory); the backend sets the
+    /// host's side up as `script` says. The guest sees a new device directory.
+    /// - Throws: ``ToolstackError``: `.noSuchDomain`, `.store`.
+    public func attachVif(_ vif: VifSpec, to id: DomainID) async throws(ToolstackError) -> XenbusDevice {
+        guard (try? await store.exists(XenStorePath.home(of: id))) == true else {
+            throw ToolstackError(.noSuchDomain, "no guest domain \(id)")
+        }
+        var used: Set<UInt32> = []
+        for dir in ["/local/domain/0/backend/vif/\(id.rawValue)", XenStorePath.home(of: id) + "/device/vif"] {
+            for dev in (try? await store.directory(dir)) ?? [] { if let n = UInt32(dev) { used.insert(n) } }
+        }
+        var index: UInt32 = 0
+        while used.contains(index) { index += 1 }
+        let layout = DomainLayout.vif(vif, index: index, domain: id, mac: vif.mac ?? DomainLayout.randomMAC())
+        do {
+            try await XenbusToolstack.create(layout.device, on: store, frontendKeys: layout.frontendKeys, backendKeys: layout.backendKeys)
+        } catch {
+            throw ToolstackError(.store, "plugging vif \(index) into \(id)", underlying: error)
+        }
+        return layout.device
+    }
+
+    /// The vif of domain `id` that `text` names: its devid, or its MAC as dom0's backend
+    /// directory holds it.
+    /// - Throws: ``ToolstackError`` `.noSuchDevice`.
+    public func vif(_ text: String, of id: DomainID) async throws(ToolstackError) -> XenbusDevice {
+        let base = "/local/domain/0/backend/vif/\(id.rawValue)"
+        let devids = ((try? await store.directory(base)) ?? []).compactMap(UInt32.init)
+        if let n = UInt32(text), devids.contains(n) { return XenbusDevice(type: "vif", id: n, frontend: id) }
+        if let wanted = MACAddress(text) {
+            for n in devids {
+                let mac = (try? await store.readIfPresent("\(base)/\(n)/mac")) ?? nil
+                if let mac, MACAddress(mac) == wanted { return XenbusDevice(type: "vif", id: n, frontend: id) }
+            }
+        }
+        throw ToolstackError(.noSuchDevice, "\(id) has no vif \(text.prefix(40).debugDescription) (give its devid or MAC)")
+    }
+
+    /// Unplugs vif `device`, as `xl network-detach` does (see ``detach(_:timeout:force:)``);
+    /// the backend's close takes down what its hotplug set up.
+    /// - Throws: ``ToolstackError`` `.store`.
+    public func detachVif(_ device: XenbusDevice, timeout: Double, force: Bool = false) async throws(ToolstackError) {
+        try await detach(device, timeout: timeout, force: force)
+    }
+
+    /// Unplugs `device`: sets the backend's `online` to 0 (the backend closes once the
+    /// frontend has), waits at most `timeout` seconds for the backend to reach Closed (none
+    /// with `force`), then removes both halves whatever state they are in; a backend sees
+    /// its device vanish and lets go.
+    /// - Throws: ``ToolstackError`` `.store`.
+    public func detach(_ device: XenbusDevice, timeout: Double, force: Bool = false) async throws(ToolstackError) {
         if !force {
             try? await XenbusToolstack.requestUnplug(device, on: store)
             let deadline = Date().addingTimeInterval(timeout)
@@ -200,7 +254,7 @@ public final class Toolstack: @unchecked Sendable {
         do { try await XenbusToolstack.remove(device, on: store) } catch {
             try? await store.rm(device.frontendPath)
             do { try await store.rm(device.backendPath) } catch {
-                throw ToolstackError(.store, "removing \(vdev) of \(id)", underlying: error)
+                throw ToolstackError(.store, "removing \(device) of \(device.frontendDomain)", underlying: error)
             }
         }
         // A backend that was still closing the device may write its `state` once more

@@ -17,6 +17,8 @@ public struct ToolstackError: CodedError {
         case badDisk
         /// A read-write disk is attached read-write to another running domain (use `w!`).
         case diskInUse
+        /// The domain has no such device (a vif's devid or MAC, a disk's vdev).
+        case noSuchDevice
         /// The domain did not go away in the time given.
         case timedOut
         /// The guest program could not be started.

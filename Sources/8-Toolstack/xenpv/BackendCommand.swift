@@ -20,8 +20,12 @@ struct BackendCommand: ParsableCommand {
             `params` (a guest's xvda plugged by the daemon) is served from --disk IMAGE, which such guests
             share. A vbd whose target is unusable stays down with the reason in its `error` key. Disks go
             through io_uring (or libaio: --engine, and where the kernel refuses io_uring or the image is on tmpfs).
-            Without --nic, each vif echoes the frames its guest sends back to it (for `xenpv guest net-echo`).
-            With --nic BRIDGE, each vif is a TAP device vifD.N on that Linux bridge.
+            Each vif whose backend directory names a `script` (as `xenpv create` and `network-attach` write it)
+            is set up as Xen's hotplug scripts do: vif-bridge puts TAP vifD.N on its `bridge` (else --nic's),
+            vif-route routes its `ip` to vifD.N with proxy ARP, vif-nat gives it a private /30 and masquerades
+            what leaves it; a bad value fails only that vif, with the reason in its `error` key.
+            A vif without `script` (plugged by the daemon): with --nic BRIDGE a TAP vifD.N on that bridge;
+            without, it echoes the frames its guest sends back to it (for `xenpv guest net-echo`).
             """)
 
     @Option(help: "The hypervisor daemon's socket (the simulated world).")
@@ -61,12 +65,15 @@ struct BackendCommand: ParsableCommand {
         ProcessSupport.blockTerminationSignals()
         let hv = try JoinedDomain.join(hypervisor, connect: connect, as: .backend)
         let bridge = nic
-        let backend = NetBackend(hypervisor: hv, store: hv.store, logger: logger) { id, features in
+        // Each vif as its backend directory's `script` says (as Xen's hotplug scripts);
+        // one without (plugged by the daemon) on --nic's bridge, else echoing.
+        let attach = VifHotplug.factory(store: hv.store, backend: hv.domainID, defaultBridge: bridge) { id, features in
             if let bridge {
                 return try TapAttachment(name: id.interfaceName, bridge: bridge, offloads: features.tapOffloads)
             }
             return EchoAttachment.make(swapAddresses: false)
         }
+        let backend = NetBackend(hypervisor: hv, store: hv.store, logger: logger, attach: attach)
         let task = Task { try await backend.run() }
         let fallback = disk
         let engine = self.engine

@@ -10,5 +10,6 @@ struct XenPV: AsyncParsableCommand {
         subcommands: [DemoCommand.self, ListCommand.self, TopCommand.self, XenstoreCommand.self, XenstoredCommand.self, Bench.self,
                       HypervisorCommand.self, DomainCommand.self, BackendCommand.self, GuestCommand.self,
                       CreateCommand.self, ConsoleCommand.self, ShutdownCommand.self, DestroyCommand.self, BlockAttachCommand.self,
-                      BlockDetachCommand.self, BlockListCommand.self])
+                      BlockDetachCommand.self, BlockListCommand.self, NetworkAttachCommand.self,
+                      NetworkDetachCommand.self, NetworkListCommand.self])
 }

@@ -1,0 +1,68 @@
+import Foundation
+
+/// One of the host's network tools (`ip`, `sysctl`, `nft`) run for a vif's hotplug, as
+/// Xen's scripts run them; on a thread of its own, so an async caller never blocks the
+/// cooperative pool while the tool runs, and bounded: a tool still running after 30 s is
+/// killed and counts as failed.
+struct HostCommand: Sendable {
+    /// The network namespace the tools act in (`ip netns exec NAME`), nil for the caller's.
+    var namespace: String?
+
+    /// What a tool printed and how it ended.
+    struct Outcome: Sendable {
+        var status: Int32
+        var output: String
+    }
+
+    /// Runs `arguments` (found on `PATH`, with `/usr/sbin` and `/sbin` added) and returns
+    /// its output when it exits 0.
+    /// - Throws: ``NetBackendError`` `.hotplug` naming the command and its output otherwise.
+    @discardableResult
+    func run(_ arguments: [String]) async throws(NetBackendError) -> String {
+        let outcome = await launch(arguments)
+        guard outcome.status == 0 else {
+            let said = outcome.output.trimmingCharacters(in: .whitespacesAndNewlines).prefix(300)
+            throw NetBackendError(.hotplug, "`\(arguments.joined(separator: " "))` failed (status \(outcome.status))"
+                + (said.isEmpty ? "" : ": \(said)"))
+        }
+        return outcome.output
+    }
+
+    /// Runs `arguments` whatever its status (for undoing what may not be there).
+    func launch(_ arguments: [String]) async -> Outcome {
+        let argv = (namespace.map { ["ip", "netns", "exec", $0] } ?? []) + arguments
+        return await withCheckedContinuation { (done: CheckedContinuation<Outcome, Never>) in
+            let thread = Thread { done.resume(returning: Self.runBlocking(argv)) }
+            thread.name = "xenpv-hotplug"
+            thread.start()
+        }
+    }
+
+    private static func runBlocking(_ argv: [String]) -> Outcome {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = argv
+        var environment = ProcessInfo.processInfo.environment
+        environment["PATH"] = (environment["PATH"].map { $0 + ":" } ?? "") + "/usr/sbin:/sbin:/usr/bin:/bin"
+        environment["LC_ALL"] = "C"
+        process.environment = environment
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        process.standardInput = FileHandle.nullDevice
+        do { try process.run() } catch {
+            return Outcome(status: -1, output: "cannot start \(argv.first ?? ""): \(error)")
+        }
+        let deadline = Date().addingTimeInterval(30)
+        let watchdog = Thread {
+            while process.isRunning {
+                if Date() > deadline { process.terminate(); return }
+                usleep(20_000)
+            }
+        }
+        watchdog.start()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Outcome(status: process.terminationStatus, output: String(decoding: data.prefix(65536), as: UTF8.self))
+    }
+}
