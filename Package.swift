@@ -189,7 +189,7 @@ let package = Package(
         .systemLibrary(name: "CUring", path: drivers + "CUring", pkgConfig: "liburing",
                        providers: [.apt(["liburing-dev"])]),
         .target(name: "CUringStorage", dependencies: ["CUring"], path: drivers + "CUringStorage"),
-        .target(name: "XenBlockStorage", dependencies: ["CAIO", "CXen", "CBlockStorage", "CUringStorage", systemPackage],
+        .target(name: "XenBlockStorage", dependencies: ["CAIO", "CXen", "CBlockStorage", "CUringStorage", "NBDProtocol", "XenLocks", systemPackage],
                 path: drivers + "XenBlockStorage"),
         // Block drivers: blkback (dom0) and blkfront (guest).
         .target(
@@ -346,7 +346,7 @@ let package = Package(
         .testTarget(
             name: "XenDriverRuntimeTests",
             dependencies: ["XenDriverRuntime", "XenSimulator", "XenHypervisor", "XenABI", "XenLocks"]),
-        .testTarget(name: "XenBlockStorageTests", dependencies: ["XenBlockStorage", "CUringStorage", "CMallocCounter", "TestSupport", systemPackage]),
+        .testTarget(name: "XenBlockStorageTests", dependencies: ["XenBlockStorage", "NBDProtocol", "XenSockets", "CUringStorage", "CMallocCounter", "TestSupport", systemPackage]),
         .testTarget(
             name: "XenBlockDriverTests",
             dependencies: [
