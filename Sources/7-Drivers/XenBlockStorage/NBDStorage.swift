@@ -510,3 +510,25 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         signal.signal()
     }
 }
+
+extension NBDStorage {
+    /// Connects to `uri` once on a thread of its own (never a task's), reads what the
+    /// export offers, and disconnects: what a backend needs to advertise the disk before
+    /// each queue opens its own engine.
+    public static func probe(_ uri: NBDURI, connectTimeout: Duration = .seconds(30)) async throws(StorageError) -> NBDExportTerms {
+        let result: Result<NBDExportTerms, StorageError> = await withCheckedContinuation { c in
+            let t = Thread {
+                do throws(StorageError) {
+                    let s = try NBDStorage(uri: uri, queueDepth: 1, connectTimeout: connectTimeout)
+                    let terms = s.terms
+                    s.close()
+                    c.resume(returning: .success(terms))
+                } catch {
+                    c.resume(returning: .failure(error))
+                }
+            }
+            t.start()
+        }
+        return try result.get()
+    }
+}
