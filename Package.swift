@@ -189,7 +189,7 @@ let package = Package(
         .systemLibrary(name: "CUring", path: drivers + "CUring", pkgConfig: "liburing",
                        providers: [.apt(["liburing-dev"])]),
         .target(name: "CUringStorage", dependencies: ["CUring"], path: drivers + "CUringStorage"),
-        .target(name: "XenBlockStorage", dependencies: ["CAIO", "CXen", "CBlockStorage", "CUringStorage", systemPackage],
+        .target(name: "XenBlockStorage", dependencies: ["CAIO", "CXen", "CBlockStorage", "CUringStorage", "NBDProtocol", "XenLocks", systemPackage],
                 path: drivers + "XenBlockStorage"),
         // Block drivers: blkback (dom0) and blkfront (guest).
         .target(
@@ -237,7 +237,7 @@ let package = Package(
             name: "XenEmbeddedHost",
             dependencies: [
                 "XenSimulator", "XenStore", "XenStoreServer", "XenBus", "XenNetBack", "XenBlockBack", "XenBlockStorage",
-                "XenHypervisor", "XenABI", logging, systemPackage,
+                "NBDProtocol", "XenHypervisor", "XenABI", logging, systemPackage,
             ],
             path: toolstack + "XenEmbeddedHost"),
         // `xenpv demo`: a guest's disk and NIC on the embedded host, as a library the tests run too.
@@ -251,7 +251,7 @@ let package = Package(
         // Domain configs in xl.cfg syntax: the file parser, DomainConfig, disk and vif specs.
         .target(
             name: "XenToolstack",
-            dependencies: ["XenABI", "CXen", "XenNetProtocol", "XenStore", "XenBus", "XenSimulatorClient"],
+            dependencies: ["XenABI", "CXen", "XenNetProtocol", "NBDProtocol", "XenStore", "XenBus", "XenSimulatorClient"],
             path: toolstack + "XenToolstack"),
         // The `xenpv` command line, one file per command.
         .executableTarget(
@@ -260,7 +260,7 @@ let package = Package(
                 "XenDemo", "XenWorld", "XenSimulator", "XenSimulatorDaemon", "XenSimulatorClient", "XenHost",
                 "XenStore", "XenStoreServer", "XenBus", "XenRing", "XenHypervisor", "XenABI", "CXen",
                 "XenNetBack", "XenNetFront", "XenBlockBack", "XenBlockFront", "XenBlockStorage", "XenBlockExport",
-                "XenRingBenchmark", "XenNetBenchmark", "XenBlockBenchmark", "XenStoreBenchmark", "XenToolstack",
+                "XenRingBenchmark", "XenNetBenchmark", "XenBlockBenchmark", "XenStoreBenchmark", "XenToolstack", "NBDProtocol",
                 logging, argumentParser, systemPackage,
             ],
             path: toolstack + "xenpv"),
@@ -346,7 +346,7 @@ let package = Package(
         .testTarget(
             name: "XenDriverRuntimeTests",
             dependencies: ["XenDriverRuntime", "XenSimulator", "XenHypervisor", "XenABI", "XenLocks"]),
-        .testTarget(name: "XenBlockStorageTests", dependencies: ["XenBlockStorage", "CUringStorage", "CMallocCounter", "TestSupport", systemPackage]),
+        .testTarget(name: "XenBlockStorageTests", dependencies: ["XenBlockStorage", "NBDProtocol", "XenSockets", "CUringStorage", "CMallocCounter", "TestSupport", systemPackage]),
         .testTarget(
             name: "XenBlockDriverTests",
             dependencies: [

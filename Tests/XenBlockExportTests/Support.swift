@@ -65,7 +65,8 @@ final class PVDisk: @unchecked Sendable {
     private let vbd: XenbusDevice
     private let sharer: any GrantSharer
 
-    static func make(bytes: Int, readOnly: Bool = false) async throws -> PVDisk {
+    /// `params`: the vbd's target when not the image itself (an NBD URI serving it).
+    static func make(bytes: Int, readOnly: Bool = false, params: ((String) async throws -> String)? = nil) async throws -> PVDisk {
         let dir = try TemporaryDirectory(prefix: "xenpv-nbd")
         let image = dir.path("disk.img")
         guard FileManager.default.createFile(atPath: image, contents: nil), truncate(image, off_t(bytes)) == 0 else {
@@ -78,8 +79,9 @@ final class PVDisk: @unchecked Sendable {
         let guest = try await host.createGuest(frames: 4096)
         let guestStore = try host.store(for: guest.domainID)
         let vbd = XenbusDevice(type: "vbd", id: 51712, frontend: guest.domainID)
+        let target = try await params?(image) ?? image
         try await XenbusToolstack.create(vbd, on: host.store,
-                                         backendKeys: ["params": image, "mode": readOnly ? "r" : "w", "type": "file"])
+                                         backendKeys: ["params": target, "mode": readOnly ? "r" : "w", "type": "file"])
         let sharer = try guest.openGrantSharer()
         let driver = BlockFrontendDriver(device: vbd, store: guestStore, hypervisor: guest, sharer: sharer)
         let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: vbd.frontendPath, peerPath: vbd.backendPath,

@@ -1,3 +1,4 @@
+import NBDProtocol
 import Foundation
 import Logging
 import XenABI
@@ -14,7 +15,8 @@ import XenStoreServer
 /// One process playing a whole Xen host on the embedded simulator: the
 /// hypervisor, dom0's xenstored (with a socket per guest that speaks as that
 /// guest, standing in for its xenstore ring) and dom0's backends: netback, and
-/// blkback serving each vbd's image (its `params` key) through libaio.
+/// blkback serving each vbd's image (its `params` key) through io_uring or libaio, or
+/// the NBD export its `params` names (`nbd://…`, `nbd+unix://…`) through `NBDStorage`.
 public final class EmbeddedHost: @unchecked Sendable {
     /// The simulated hypervisor; dom0 is the host's own domain.
     public let hypervisor = SimulatedHypervisor()
@@ -53,6 +55,15 @@ public final class EmbeddedHost: @unchecked Sendable {
         blockBackend = BlockBackend(store: store, hypervisor: hypervisor.dom0, logger: quiet) { _, dir, store in
             let path = try await store.read(dir + "/params")
             let readOnly = try await store.readIfPresent(dir + "/mode") == "r"
+            if NBDURI.looksLikeURI(path) {
+                // A remote export: its terms come from the server, each queue connects on its own.
+                let uri = try NBDURI(parsing: path)
+                let terms = try await NBDStorage.probe(uri)
+                let ro = readOnly || terms.flags.contains(.readOnly)
+                return BlockBackendDisk(byteCount: terms.size, readOnly: ro, discard: terms.flags.contains(.sendTrim) && !ro) {
+                    try NBDStorage(uri: uri, readOnly: ro, queueDepth: 64)
+                }
+            }
             let fd = try FileDescriptor.open(FilePath(path), .readOnly)
             let size = try fd.closeAfter { try fd.seek(offset: 0, from: .end) }
             // io_uring where the kernel allows it and the file is not on tmpfs, else libaio.

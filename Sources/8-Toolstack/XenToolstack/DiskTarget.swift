@@ -1,7 +1,10 @@
 import Glibc
+import NBDProtocol
 
 /// A disk's target as a backend opens it: an absolute path to an existing regular
-/// file or block device, with its size and the identity two attachments share.
+/// file or block device, with its size and the identity two attachments share; or an
+/// NBD export's URI (`nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH`),
+/// checked for form only (its size is the server's, learnt when the backend connects).
 ///
 /// The path comes from a config file or a backend directory's `params`: it is checked
 /// here, never trusted to be well formed.
@@ -10,8 +13,10 @@ public struct DiskTarget: Hashable, Sendable {
     public var path: String
     /// Whether it is a block device (else a regular file).
     public var isBlockDevice: Bool
-    /// Its size in bytes.
+    /// Its size in bytes (0 for an NBD export: the server says at connect).
     public var byteCount: UInt64
+    /// The export, when the target is an NBD URI (then ``path`` is the URI as given).
+    public var nbd: NBDURI?
     /// What makes two paths the same disk: the device number for a block device, the
     /// file system's device and inode for a file.
     public var identity: Identity
@@ -22,6 +27,8 @@ public struct DiskTarget: Hashable, Sendable {
         case blockDevice(UInt64)
         /// A regular file's `st_dev` and `st_ino`.
         case file(device: UInt64, inode: UInt64)
+        /// An NBD export, by its canonical URI.
+        case nbd(String)
     }
 
     /// The longest path accepted (PATH_MAX).
@@ -31,6 +38,20 @@ public struct DiskTarget: Hashable, Sendable {
     /// - Throws: ``ToolstackError`` `.badDisk` saying what is wrong.
     public init(checking path: String) throws(ToolstackError) {
         func bad(_ why: String) -> ToolstackError { ToolstackError(.badDisk, "disk target \(Self.shown(path)): \(why)") }
+        if NBDURI.looksLikeURI(path) {
+            do {
+                let uri = try NBDURI(parsing: path)
+                self.path = path
+                isBlockDevice = false
+                byteCount = 0
+                nbd = uri
+                identity = .nbd(uri.description)
+                return
+            } catch {
+                throw bad(error.message)
+            }
+        }
+        nbd = nil
         guard path.hasPrefix("/") else { throw bad("not an absolute path") }
         guard path.utf8.count <= Self.maximumPathLength, !path.utf8.contains(0) else { throw bad("not a usable path") }
         var st = stat()

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NBDProtocol
 import SystemPackage
 import XenBlockBack
 import XenBlockStorage
@@ -18,6 +19,9 @@ enum BackendDisk {
             guard let fallback else {
                 throw CommandError("\(dir) has no params and the backend has no --disk")
             }
+            if NBDURI.looksLikeURI(fallback) {
+                return try await remote(try DiskTarget(checking: fallback), dir: dir, readOnly: false, discard: true)
+            }
             let size = (try FileManager.default.attributesOfItem(atPath: fallback)[.size] as? UInt64) ?? 0
             let kind = FileEngineKind.resolve(engine, for: fallback, logger: logger)
             say("xenpv backend: \(dir) serves \(fallback) through \(kind)")
@@ -29,11 +33,23 @@ enum BackendDisk {
         // As Linux's blkback: read-write only when `mode` holds a w (missing: read-only).
         let readOnly = !(try await store.readIfPresent(dir + "/mode") ?? "r").contains("w")
         let discard = try await store.readIfPresent(dir + "/discard-enable") != "0"
+        if target.nbd != nil { return try await remote(target, dir: dir, readOnly: readOnly, discard: discard) }
         let path = target.path
         let kind = FileEngineKind.resolve(engine, for: path, logger: logger)
         say("xenpv backend: \(dir) serves \(path) through \(kind)" + (readOnly ? ", read-only" : ""))
         return BlockBackendDisk(byteCount: target.byteCount, readOnly: readOnly, discard: discard && !readOnly) {
             try kind.open(FilePath(path), readOnly: readOnly, directIO: .preferred, queueDepth: 64)
+        }
+    }
+
+    /// An NBD export: one connection to learn its size and flags, then one per queue.
+    static func remote(_ target: DiskTarget, dir: String, readOnly: Bool, discard: Bool) async throws -> BlockBackendDisk {
+        guard let uri = target.nbd else { throw CommandError("\(target.path) is not an NBD URI") }
+        let terms = try await NBDStorage.probe(uri)
+        let ro = readOnly || terms.flags.contains(.readOnly)
+        say("xenpv backend: \(dir) serves \(uri) through NBD (\(terms.size) bytes)" + (ro ? ", read-only" : ""))
+        return BlockBackendDisk(byteCount: terms.size, readOnly: ro, discard: discard && !ro && terms.flags.contains(.sendTrim)) {
+            try NBDStorage(uri: uri, readOnly: ro, queueDepth: 64)
         }
     }
 }
