@@ -28,7 +28,10 @@ func toolPath(_ tool: String) -> String? {
 }
 
 /// Runs a program and waits for it by looking every 20 ms (never blocking a pool thread);
-/// killed if it runs past `seconds`.
+/// killed if it runs past `seconds`. It is started from a thread of its own: between fork
+/// and exec the child closes the descriptors it inherited, and closing one of a FUSE file
+/// this process serves waits for this process's answer (a flush), which a device may
+/// compute on the pool; a pool thread blocked in `Process.run` could starve it.
 func runTool(_ tool: String, _ arguments: [String], seconds: Double = 180) async throws -> ToolRun {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: toolPath(tool) ?? "/usr/bin/" + tool)
@@ -40,7 +43,7 @@ func runTool(_ tool: String, _ arguments: [String], seconds: Double = 180) async
     process.standardOutput = handle
     process.standardError = handle
     process.standardInput = FileHandle.nullDevice
-    try process.run()
+    try await onThread { try process.run() }
     try? handle.close()
     let finished = await eventually(seconds, every: .milliseconds(20)) { !process.isRunning }
     if !finished {
@@ -169,7 +172,7 @@ final class PVDisk: @unchecked Sendable {
 
 /// The file's bytes at `offset` (pread on the calling thread).
 func readBytes(_ path: String, at offset: Int64, count: Int) throws -> [UInt8] {
-    let fd = try FileDescriptor.open(path, .readOnly)
+    let fd = try FileDescriptor.open(path, .readOnly, options: .closeOnExec)
     defer { try? fd.close() }
     var out = [UInt8](repeating: 0, count: count)
     let n = try out.withUnsafeMutableBytes { try fd.read(fromAbsoluteOffset: offset, into: $0) }
@@ -179,7 +182,7 @@ func readBytes(_ path: String, at offset: Int64, count: Int) throws -> [UInt8] {
 /// Writes `bytes` at `offset` (pwrite on the calling thread); the count written.
 @discardableResult
 func writeBytes(_ path: String, _ bytes: [UInt8], at offset: Int64) throws -> Int {
-    let fd = try FileDescriptor.open(path, .writeOnly)
+    let fd = try FileDescriptor.open(path, .writeOnly, options: .closeOnExec)
     defer { try? fd.close() }
     return try bytes.withUnsafeBytes { try fd.write(toAbsoluteOffset: offset, $0) }
 }
