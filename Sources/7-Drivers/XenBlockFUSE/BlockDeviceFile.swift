@@ -6,7 +6,7 @@ import SystemPackage
 import XenBlockExport
 import XenLocks
 
-/// A ``XenBlockExport/BlockExportDevice`` shown as one file, `DIRECTORY/NAME`, in a FUSE
+/// A `BlockExportDevice` (of `XenBlockExport`) shown as one file, `DIRECTORY/NAME`, in a FUSE
 /// mount (libfuse3's low-level API), so that any program — `losetup`, `dd`, `fio` — can
 /// use a guest's disk.
 ///
@@ -19,7 +19,7 @@ import XenLocks
 /// sectors; partial ones at its ends are written with zeros) where the device discards and
 /// a discarded range reads back as zeros, else `EOPNOTSUPP`. Writes to a read-only disk get
 /// `EROFS`, a write from the end on `ENOSPC`, a change of the size `EPERM`, and a device
-/// error `EIO` (or what its ``XenBlockExport/NBDErrnoConvertible`` says).
+/// error `EIO` (or what its `NBDErrnoConvertible` says).
 ///
 /// libfuse's worker threads (a dedicated thread and those it starts) serve the requests and
 /// wait for each device call on a semaphore, for at most the timeout given at mount.
