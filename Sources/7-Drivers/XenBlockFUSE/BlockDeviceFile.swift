@@ -15,7 +15,8 @@ import XenLocks
 /// no page cache. Reads and writes whose offset or length are not multiples of the
 /// sector size work: a read is widened to whole sectors, a write becomes a
 /// read-modify-write of its first and last sectors, serialised against every other write.
-/// `fsync` and `close` flush the device; `fallocate(PUNCH_HOLE|KEEP_SIZE)` discards (whole
+/// `fsync` flushes the device (`close` does not: see the C glue);
+/// `fallocate(PUNCH_HOLE|KEEP_SIZE)` discards (whole
 /// sectors; partial ones at its ends are written with zeros) where the device discards and
 /// a discarded range reads back as zeros, else `EOPNOTSUPP`. Writes to a read-only disk get
 /// `EROFS`, a write from the end on `ENOSPC`, a change of the size `EPERM`, and a device
