@@ -68,6 +68,7 @@ let package = Package(
         .library(name: "XenNetBack", targets: ["XenNetBack"]),
         .library(name: "XenNetFront", targets: ["XenNetFront"]),
         .library(name: "XenBlockExport", targets: ["XenBlockExport"]),
+        .library(name: "XenBlockFUSE", targets: ["XenBlockFUSE"]),
         // A whole host in one process (hypervisor, xenstored, backends) for a program
         // that plays both sides, as `xenpv demo` does.
         .library(name: "XenEmbeddedHost", targets: ["XenEmbeddedHost"]),
@@ -211,6 +212,12 @@ let package = Package(
             name: "XenBlockExport",
             dependencies: ["NBDProtocol", "XenBlockFront", "XenSockets", "XenLocks", deque, logging],
             path: drivers + "XenBlockExport"),
+        // A block device as one file in a FUSE mount: libfuse3 (Debian's libfuse3-dev) and the
+        // C glue that keeps its structures and replies out of Swift.
+        .systemLibrary(name: "CFuse", path: drivers + "CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        .target(name: "CFuseFile", dependencies: ["CFuse"], path: drivers + "CFuseFile"),
+        .target(name: "XenBlockFUSE", dependencies: ["CFuseFile", "XenBlockExport", "NBDProtocol", "XenLocks", "XenABI", systemPackage],
+                path: drivers + "XenBlockFUSE"),
         // Network attachment: TAP devices on Linux bridges, in namespaces.
         .target(name: "CTap", path: drivers + "CTap"),
         .target(name: "XenNetTap", dependencies: ["CTap", "XenNetProtocol", systemPackage], path: drivers + "XenNetTap"),
@@ -259,7 +266,7 @@ let package = Package(
             dependencies: [
                 "XenDemo", "XenWorld", "XenSimulator", "XenSimulatorDaemon", "XenSimulatorClient", "XenHost",
                 "XenStore", "XenStoreServer", "XenBus", "XenRing", "XenHypervisor", "XenABI", "CXen",
-                "XenNetBack", "XenNetFront", "XenBlockBack", "XenBlockFront", "XenBlockStorage", "XenBlockExport",
+                "XenNetBack", "XenNetFront", "XenBlockBack", "XenBlockFront", "XenBlockStorage", "XenBlockExport", "XenBlockFUSE",
                 "XenRingBenchmark", "XenNetBenchmark", "XenBlockBenchmark", "XenStoreBenchmark", "XenToolstack", "NBDProtocol",
                 logging, argumentParser, systemPackage,
             ],
@@ -359,6 +366,12 @@ let package = Package(
             dependencies: [
                 "XenBlockExport", "NBDProtocol", "XenEmbeddedHost", "XenBlockFront", "XenBus", "XenStore", "XenSimulator",
                 "XenNetBack", "XenHypervisor", "XenABI", "TestSupport", logging, systemPackage,
+            ]),
+        .testTarget(
+            name: "XenBlockFUSETests",
+            dependencies: [
+                "XenBlockFUSE", "XenBlockExport", "NBDProtocol", "XenEmbeddedHost", "XenBlockFront", "XenBus", "XenStore",
+                "XenSimulator", "XenNetBack", "XenHypervisor", "XenABI", "TestSupport", logging, systemPackage,
             ]),
         .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap", "NetTestSupport"]),
         .testTarget(

@@ -4,6 +4,7 @@ import Logging
 import XenABI
 import XenBlockExport
 import XenBlockFront
+import XenBlockFUSE
 import XenBus
 import XenNetFront
 import XenSimulatorClient
@@ -263,21 +264,26 @@ struct GuestNetReceive: ParsableCommand {
 /// `xenpv guest disk write|read|verify`: a range of each vbd named by --vdev (xvda by
 /// default), served by `xenpv backend` (from its params, or --disk IMAGE). Data is a pattern of each byte's absolute
 /// offset and a seed, so `verify` in a later guest checks what `write` wrote.
-/// `xenpv guest disk serve --nbd ADDRESS` serves the whole vbd as an NBD export instead.
+/// `xenpv guest disk serve --nbd ADDRESS` serves the whole vbd as an NBD export instead;
+/// `xenpv guest disk mount DIR` shows it as one file, `DIR/xvda`, in a FUSE mount.
 struct GuestDisk: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "disk", abstract: "Write, read or verify a range of the vbd, or serve it as an NBD export.",
+        commandName: "disk", abstract: "Write, read or verify a range of the vbd, serve it as an NBD export or mount it as a file.",
         discussion: """
             write prints "written N/M" after each acknowledged chunk (the backend has completed it);
             verify exits 1 at the first byte that differs from the pattern.
             serve --nbd unix:PATH|tcp:HOST:PORT serves the vbd to NBD clients (nbdinfo, qemu-io, qemu-img,
             nbdcopy, fio --ioengine=nbd) until SIGINT, SIGTERM or `xenpv shutdown`; it prints the URI to give them.
+            mount DIR [--name xvda] shows the vbd as the file DIR/xvda in a FUSE mount (direct I/O; fsync flushes,
+            fallocate --punch-hole discards) for losetup, dd, fio…, until SIGINT, SIGTERM, `xenpv shutdown` or `umount DIR`.
             """)
 
-    enum Action: String, ExpressibleByArgument, CaseIterable { case write, read, verify, serve }
+    enum Action: String, ExpressibleByArgument, CaseIterable { case write, read, verify, serve, mount }
 
     @OptionGroup var options: GuestOptions
-    @Argument(help: "write, read, verify or serve.") var action: Action
+    @Argument(help: "write, read, verify, serve or mount.") var action: Action
+    @Argument(help: "mount: the directory (existing, empty) the file appears in.") var directory: String?
+    @Option(help: "mount: the file's name in the directory.") var name = "xvda"
     @Option(help: ArgumentHelp("serve: where to listen.", valueName: "unix:PATH|tcp:HOST:PORT")) var nbd: String?
     @Option(help: "serve: the export's name (clients may also ask for the default, empty name).") var exportName = "xvda"
     @Option(help: "First byte (a multiple of 512).") var offset: UInt64 = 0
@@ -299,6 +305,16 @@ struct GuestDisk: ParsableCommand {
             guard vdevs.count <= 1 else { throw ValidationError("serve exports one disk: give at most one --vdev") }
         } else if nbd != nil {
             throw ValidationError("--nbd goes with serve")
+        }
+        if action == .mount {
+            guard let directory else { throw ValidationError("mount needs a directory: xenpv guest disk mount DIR") }
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+                throw ValidationError("\(directory) is not a directory")
+            }
+            guard vdevs.count <= 1 else { throw ValidationError("mount shows one disk: give at most one --vdev") }
+        } else if directory != nil {
+            throw ValidationError("a directory goes with mount")
         }
         guard offset % 512 == 0 else { throw ValidationError("--offset must be a multiple of 512, not \(offset)") }
         guard length > 0, length % 512 == 0 else { throw ValidationError("--length must be a positive multiple of 512, not \(length)") }
@@ -393,6 +409,10 @@ struct GuestDisk: ParsableCommand {
                       logger: logger)
             return
         }
+        if action == .mount, let directory {
+            try mount(driver.frontend, at: directory, diskBytes: diskBytes, shutdown: shutdown)
+            return
+        }
         guard offset + length <= diskBytes else {
             throw ValidationError("range \(offset)+\(length) is beyond the \(diskBytes)-byte disk")
         }
@@ -431,6 +451,34 @@ extension GuestDisk {
         server.waitUntilStopped()
         let c = server.counters
         say("xenpv guest: export closed after \(c.accepted) connections")
+    }
+}
+
+extension GuestDisk {
+    /// Shows the vbd as `directory/name` until SIGINT, SIGTERM, a shutdown request from the
+    /// toolstack or `umount directory`, then ends the mount.
+    func mount(_ frontend: BlockFrontend, at directory: String, diskBytes: UInt64, shutdown: ShutdownWatch) throws {
+        let file: BlockDeviceFile
+        do { file = try BlockDeviceFile(frontend, at: directory, name: name) } catch {
+            throw ValidationError("cannot mount the vbd on \(directory): \(error)")
+        }
+        let readOnly = frontend.info?.readOnly == true ? ", read-only" : ""
+        say("xenpv guest: vbd connected (\(diskBytes) bytes\(readOnly))")
+        say("xenpv guest: the vbd is \(file.path) (umount \(directory) or SIGTERM to end)")
+        // A shutdown request, or the mount ending from outside (umount), ends the wait as a
+        // signal does (the handler is installed below, long before either can happen).
+        Thread { shutdown.wait(); kill(getpid(), SIGTERM) }.start()
+        Thread {
+            while !file.waitUntilUnmounted(timeout: .seconds(3600)) {}
+            kill(getpid(), SIGTERM)
+        }.start()
+        let signal = ProcessSupport.waitForTerminationSignal()
+        if file.isMounted { say("xenpv guest: signal \(signal), unmounting \(directory)") }
+        file.unmount()
+        guard file.waitUntilUnmounted(timeout: .seconds(120)) else {
+            throw CommandError("\(directory) is still in use (a loop device or an open file holds \(file.path)); it is detached and ends when released")
+        }
+        say("xenpv guest: \(directory) unmounted")
     }
 }
 
@@ -483,7 +531,7 @@ struct DiskJob: Sendable {
             say("xenpv guest: wrote and flushed \(length) bytes at \(offset)\(label)")
         case .read: say("xenpv guest: read \(length) bytes at \(offset), checksum \(String(checksum, radix: 16))\(label)")
         case .verify: say("xenpv guest: verified \(length) bytes at \(offset)\(label)")
-        case .serve: break  // served by `GuestDisk.serve`, never a job
+        case .serve, .mount: break  // served by `GuestDisk.serve` and `GuestDisk.mount`, never a job
         }
     }
 
