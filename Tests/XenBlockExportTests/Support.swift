@@ -63,6 +63,8 @@ final class PVDisk: @unchecked Sendable {
     private let endpoint: XenbusEndpoint
     private let task: Task<Void, Error>
     private let vbd: XenbusDevice
+    /// The vbd's backend directory, where blkback advertises what it offers.
+    var backendPath: String { vbd.backendPath }
     private let sharer: any GrantSharer
 
     /// `params`: the vbd's target when not the image itself (an NBD URI serving it).

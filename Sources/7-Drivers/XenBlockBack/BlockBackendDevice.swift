@@ -23,14 +23,19 @@ public struct BlockBackendDisk: Sendable {
     public var discard: Bool
     /// Opens one storage engine on the disk; called once per queue at connect.
     public var makeEngine: @Sendable () throws -> any StorageEngine
+    /// The most queues (engines) this disk may be served with. 1 where a flush on one
+    /// engine does not cover the writes of another: an NBD export without
+    /// `NBD_FLAG_CAN_MULTI_CONN`, whose flush covers only its own connection.
+    public var maxQueues: Int
 
     /// Describes a disk of `byteCount` bytes opened per queue by `makeEngine`.
     public init(byteCount: UInt64, readOnly: Bool = false, physicalSectorSize: UInt32 = 512, discard: Bool = true,
-                makeEngine: @escaping @Sendable () throws -> any StorageEngine) {
+                maxQueues: Int = .max, makeEngine: @escaping @Sendable () throws -> any StorageEngine) {
         self.byteCount = byteCount
         self.readOnly = readOnly
         self.physicalSectorSize = physicalSectorSize
         self.discard = discard
+        self.maxQueues = maxQueues
         self.makeEngine = makeEngine
     }
 }
@@ -108,6 +113,9 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
                 ("dropped", sum { $0.refused.value + $0.badGrants.value + $0.storageErrors.value })]
     }
 
+    /// `multi-queue-max-queues`: the backend's offer, no more than the disk allows.
+    var queueLimit: Int { max(1, min(options.maxQueues, disk.maxQueues)) }
+
     var limits: BlockDeviceLimits {
         BlockDeviceLimits(sectors: disk.byteCount / 512, sectorSize: 512, readOnly: disk.readOnly, flush: true,
                           barrier: true, discard: disk.discard && !disk.readOnly, secureDiscard: false,
@@ -139,7 +147,7 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
             try await tx.writeFeature(dir, XenbusKey.featurePersistent, options.persistent)
             try await tx.writeUnsigned(dir, XenbusKey.featureMaxIndirectSegments, UInt64(options.maxIndirectSegments))
             try await tx.writeUnsigned(dir, XenbusKey.maxRingPageOrder, UInt64(options.maxRingPageOrder))
-            try await tx.writeUnsigned(dir, XenbusKey.multiQueueMaxQueues, UInt64(options.maxQueues))
+            try await tx.writeUnsigned(dir, XenbusKey.multiQueueMaxQueues, UInt64(queueLimit))
         }
     }
 
@@ -159,7 +167,7 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
         // Listed by `allCases`, so it parses; the guard keeps this total.
         guard let abi = BlkifABI(protocolName: abiName) else { throw BlockBackendError(.notSupported, "unsupported protocol \(abiName)") }
         let queueCount = Int(try await store.readNumber(fe, XenbusKey.multiQueueNumQueues,
-                                                        in: 1...UInt32(clamping: max(1, options.maxQueues)), default: 1))
+                                                        in: 1...UInt32(clamping: queueLimit), default: 1))
         let order = Int(try await store.readNumber(fe, XenbusKey.ringPageOrder,
                                                    in: 0...UInt32(clamping: max(0, options.maxRingPageOrder)), default: 0))
         var rings: [(refs: [GrantRef], port: EventPort)] = []

@@ -48,7 +48,9 @@ enum BackendDisk {
         let terms = try await NBDStorage.probe(uri)
         let ro = readOnly || terms.flags.contains(.readOnly)
         say("xenpv backend: \(dir) serves \(uri) through NBD (\(terms.size) bytes)" + (ro ? ", read-only" : ""))
-        return BlockBackendDisk(byteCount: terms.size, readOnly: ro, discard: discard && !ro && terms.flags.contains(.sendTrim)) {
+        // Without multi-conn a flush covers only its own connection: one queue, one connection.
+        return BlockBackendDisk(byteCount: terms.size, readOnly: ro, discard: discard && !ro && terms.flags.contains(.sendTrim),
+                                maxQueues: terms.flags.contains(.canMultiConn) ? .max : 1) {
             try NBDStorage(uri: uri, readOnly: ro, queueDepth: 64)
         }
     }
