@@ -257,12 +257,9 @@ public final class Toolstack: @unchecked Sendable {
                 throw ToolstackError(.store, "removing \(device) of \(device.frontendDomain)", underlying: error)
             }
         }
-        // A backend that was still closing the device may write its `state` once more
-        // after the removal, making the directory again: sweep it for a while, bounded.
-        for _ in 0..<20 {
-            try? await Task.sleep(nanoseconds: 100_000_000)
-            if (try? await store.exists(device.backendPath)) == true { try? await store.rm(device.backendPath) }
-        }
+        // No sweep afterwards: a backend still closing the device writes its `state` only
+        // while the node exists (XenbusEndpoint, as Linux's xenbus_switch_state), so the
+        // removal stays removed.
     }
 
     // MARK: Lookup
