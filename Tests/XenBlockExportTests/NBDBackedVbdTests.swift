@@ -23,7 +23,7 @@ struct NBDBackedVbdTests {
             p.standardInput = FileHandle.nullDevice
             try p.run()
             server.value = p
-            _ = await eventually(60) { FileManager.default.fileExists(atPath: socket) }
+            _ = await eventually(60) { unixSocketAccepts(socket) }
             return "nbd+unix:///?socket=\(socket)"
         }
         let pattern = (0..<65536).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 5) }
@@ -60,7 +60,7 @@ struct NBDMultiConnTests {
             p.standardInput = FileHandle.nullDevice
             try p.run()
             box.value = p
-            _ = await eventually(60) { FileManager.default.fileExists(atPath: socket) }
+            _ = await eventually(60) { unixSocketAccepts(socket) }
             return "nbd+unix:///?socket=\(socket)"
         }
         #expect(try await disk.host.store.read(disk.backendPath + "/multi-queue-max-queues") == queues)

@@ -31,7 +31,7 @@ final class NBDServerProcess: @unchecked Sendable {
         server.process.standardInput = FileHandle.nullDevice
         server.process.standardOutput = FileHandle.nullDevice
         try server.process.run()
-        let up = await eventually(60) { FileManager.default.fileExists(atPath: server.socket) }
+        let up = await eventually(60) { unixSocketAccepts(server.socket) }
         guard up else {
             server.stop()
             throw TimedOut(seconds: 60)
