@@ -378,7 +378,8 @@ let package = Package(
             name: "XenBlockFUSETests",
             dependencies: [
                 "XenBlockFUSE", "XenBlockExport", "NBDProtocol", "XenEmbeddedHost", "XenBlockFront", "XenBus", "XenStore",
-                "XenSimulator", "XenNetBack", "XenHypervisor", "XenABI", "BlockViewTestSupport", "TestSupport", logging, systemPackage,
+                "XenSimulator", "XenNetBack", "XenHypervisor", "XenABI", "XenLocks", "BlockViewTestSupport", "TestSupport", logging,
+                systemPackage,
             ]),
         .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap", "NetTestSupport"]),
         .testTarget(
