@@ -309,6 +309,13 @@ let package = Package(
             dependencies: ["XenHypervisor", "XenABI", "XenLocks", "XenRing", "TestSupport", logging],
             path: "Tests/DriverTestSupport"),
         .target(name: "NetTestSupport", dependencies: ["TestSupport"], path: "Tests/NetTestSupport"),
+        // What the tests of a guest's disk views (NBD export, FUSE file) share: a vbd on an
+        // image through an embedded host, and real tools run without blocking the pool.
+        .target(
+            name: "BlockViewTestSupport",
+            dependencies: ["XenEmbeddedHost", "XenBlockFront", "XenBus", "XenHypervisor", "XenSimulator", "XenNetBack",
+                           "TestSupport", logging],
+            path: "Tests/BlockViewTestSupport"),
         // ring.h's own macros, to prove XenRing against them.
         .target(name: "CRingReference", dependencies: ["CXen"], path: "Tests/CRingReference"),
         // blkif.h's offsetof/sizeof and slots filled through C field names.
@@ -365,13 +372,14 @@ let package = Package(
             name: "XenBlockExportTests",
             dependencies: [
                 "XenBlockExport", "NBDProtocol", "XenEmbeddedHost", "XenBlockFront", "XenBus", "XenStore", "XenSimulator",
-                "XenNetBack", "XenHypervisor", "XenABI", "TestSupport", logging, systemPackage,
+                "XenNetBack", "XenHypervisor", "XenABI", "BlockViewTestSupport", "TestSupport", logging, systemPackage,
             ]),
         .testTarget(
             name: "XenBlockFUSETests",
             dependencies: [
                 "XenBlockFUSE", "XenBlockExport", "NBDProtocol", "XenEmbeddedHost", "XenBlockFront", "XenBus", "XenStore",
-                "XenSimulator", "XenNetBack", "XenHypervisor", "XenABI", "TestSupport", logging, systemPackage,
+                "XenSimulator", "XenNetBack", "XenHypervisor", "XenABI", "XenLocks", "BlockViewTestSupport", "TestSupport", logging,
+                systemPackage,
             ]),
         .testTarget(name: "XenNetTapTests", dependencies: ["XenNetTap", "XenNetProtocol", "CTap", "NetTestSupport"]),
         .testTarget(

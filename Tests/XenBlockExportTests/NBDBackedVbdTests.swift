@@ -1,3 +1,4 @@
+import BlockViewTestSupport
 import Foundation
 import Glibc
 import TestSupport

@@ -1,121 +1,12 @@
 import Foundation
 import Glibc
-import Logging
 import NBDProtocol
 import SystemPackage
-import TestSupport
 import Testing
-import XenABI
-import XenBlockExport
-import XenBlockFront
-import XenBus
-import XenEmbeddedHost
-import XenHypervisor
-import XenSimulator
-import XenNetBack
-import XenStore
-
-/// What a finished client program printed and how it ended.
-struct ToolRun: CustomStringConvertible {
-    let status: Int32
-    let output: String
-    var description: String { "exit \(status): \(output)" }
-}
-
-/// Runs a real NBD client (`nbdinfo`, `qemu-io`, …) and waits for it by looking every
-/// 20 ms (never blocking a pool thread); killed if it runs past `seconds`.
-func runTool(_ tool: String, _ arguments: [String], seconds: Double = 180) async throws -> ToolRun {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/" + tool)
-    process.arguments = arguments
-    let log = FileManager.default.temporaryDirectory.appendingPathComponent("nbd-tool-\(UUID().uuidString).log")
-    FileManager.default.createFile(atPath: log.path, contents: nil)
-    defer { try? FileManager.default.removeItem(at: log) }
-    let handle = try FileHandle(forWritingTo: log)
-    process.standardOutput = handle
-    process.standardError = handle
-    process.standardInput = FileHandle.nullDevice
-    try process.run()
-    try? handle.close()
-    let finished = await eventually(seconds, every: .milliseconds(20)) { !process.isRunning }
-    if !finished {
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-    }
-    let output = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
-    guard finished else { throw TimedOut(seconds: seconds) }
-    return ToolRun(status: process.terminationStatus, output: output)
-}
 
 /// Whether the NBD tools are installed (`.ci/run` installs them).
 let nbdToolsInstalled = ["nbdinfo", "nbdcopy", "qemu-io", "qemu-img"].allSatisfy {
     FileManager.default.isExecutableFile(atPath: "/usr/bin/" + $0)
-}
-
-/// A guest's vbd on a real image file through an embedded host (simulated hypervisor,
-/// xenstored, blkback on libaio), connected, with its `BlockFrontend`.
-final class PVDisk: @unchecked Sendable {
-    // @unchecked: set up once, then only read; `close()` is called once.
-    let directory: TemporaryDirectory
-    let image: String
-    let host: EmbeddedHost
-    let frontend: BlockFrontend
-    private let endpoint: XenbusEndpoint
-    private let task: Task<Void, Error>
-    private let vbd: XenbusDevice
-    /// The vbd's backend directory, where blkback advertises what it offers.
-    var backendPath: String { vbd.backendPath }
-    private let sharer: any GrantSharer
-
-    /// `params`: the vbd's target when not the image itself (an NBD URI serving it).
-    static func make(bytes: Int, readOnly: Bool = false, params: ((String) async throws -> String)? = nil) async throws -> PVDisk {
-        let dir = try TemporaryDirectory(prefix: "xenpv-nbd")
-        let image = dir.path("disk.img")
-        guard FileManager.default.createFile(atPath: image, contents: nil), truncate(image, off_t(bytes)) == 0 else {
-            throw TimedOut(seconds: 0)
-        }
-        var logger = Logger(label: "nbd-test")
-        logger.logLevel = .warning
-        let host = try EmbeddedHost(directory: URL(fileURLWithPath: dir.path), logger: logger) { _, _ in EchoAttachment.make() }
-        try await host.startBlockBackend()
-        let guest = try await host.createGuest(frames: 4096)
-        let guestStore = try host.store(for: guest.domainID)
-        let vbd = XenbusDevice(type: "vbd", id: 51712, frontend: guest.domainID)
-        let target = try await params?(image) ?? image
-        try await XenbusToolstack.create(vbd, on: host.store,
-                                         backendKeys: ["params": target, "mode": readOnly ? "r" : "w", "type": "file"])
-        let sharer = try guest.openGrantSharer()
-        let driver = BlockFrontendDriver(device: vbd, store: guestStore, hypervisor: guest, sharer: sharer)
-        let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: vbd.frontendPath, peerPath: vbd.backendPath,
-                                      driver: driver, logger: logger)
-        let task = Task { try await endpoint.run() }
-        try await endpoint.connected(timeout: .seconds(120))
-        return PVDisk(directory: dir, image: image, host: host, frontend: driver.frontend, endpoint: endpoint, task: task,
-                      vbd: vbd, sharer: sharer)
-    }
-
-    private init(directory: TemporaryDirectory, image: String, host: EmbeddedHost, frontend: BlockFrontend,
-                 endpoint: XenbusEndpoint, task: Task<Void, Error>, vbd: XenbusDevice, sharer: any GrantSharer) {
-        self.directory = directory
-        self.image = image
-        self.host = host
-        self.frontend = frontend
-        self.endpoint = endpoint
-        self.task = task
-        self.vbd = vbd
-        self.sharer = sharer
-    }
-
-    /// Unplugs the vbd and stops the host; the hypervisor's leftovers.
-    func close() async throws -> Leftovers {
-        endpoint.requestClose()
-        try await task.value
-        try await XenbusToolstack.remove(vbd, on: host.store)
-        sharer.close()
-        let leftovers = await host.shutdown()
-        directory.remove()
-        return leftovers
-    }
 }
 
 /// A hand-driven NBD client on a Unix socket: the bytes a hostile client sends.
@@ -202,10 +93,4 @@ final class RawClient {
         }
         return (reply.error, [])
     }
-}
-
-/// The SHA-256 of a file, by `sha256sum` (run like the other tools).
-func sha256(_ path: String) async throws -> String {
-    let run = try await runTool("sha256sum", [path])
-    return String(run.output.prefix(64))
 }

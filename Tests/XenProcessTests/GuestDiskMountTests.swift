@@ -63,5 +63,98 @@ extension ProcessTests {
             #expect(FileManager.default.contents(atPath: dir + "/back.bin") == bytes)
             for child in [hv, backend, guest] { #expect(child.sanitizerClean, "\(child.name): \(child.output)") }
         }
+
+        /// A hypervisor, a backend serving `image`, and a guest showing its vbd as `mnt/xvda`;
+        /// `body` may kill the backend and start another (`restartBackend`).
+        private func withMountedGuest(imageBytes: Int, _ body: (_ dir: String, _ image: String, _ file: String,
+                                                                _ restartBackend: () throws -> Void) async throws -> Void) async throws {
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let sock = dir + "/hv.sock"
+            let image = dir + "/disk.img"
+            let mountpoint = dir + "/mnt"
+            #expect(FileManager.default.createFile(atPath: image, contents: nil))
+            #expect(truncate(image, off_t(imageBytes)) == 0)
+            try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: false)
+            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            defer { hv.kill() }
+            #expect(await hv.waitFor("listening"), "\(hv.output)")
+            var backends = [try Child(["backend", "--connect", sock, "--disk", image], name: "backend")]
+            defer { backends.forEach { $0.kill() } }
+            #expect(await backends[0].waitFor("serving"), "\(backends[0].output)")
+            let guest = try Child(["guest", "disk", "mount", mountpoint, "--connect", sock], name: "guest")
+            defer {
+                guest.kill()
+                if mounted(mountpoint) { umount2(mountpoint, Int32(MNT_DETACH)) }
+            }
+            #expect(await guest.waitFor("the vbd is \(mountpoint)/xvda"), "\(guest.output)")
+            try await body(dir, image, mountpoint + "/xvda") {
+                backends.last?.kill()
+                backends.append(try Child(["backend", "--connect", sock, "--disk", image], name: "backend \(backends.count + 1)"))
+            }
+            guest.terminate()
+            #expect(await guest.waitForExit(seconds: 60) == 0, "\(guest.output)")
+            #expect(!mounted(mountpoint))
+            for child in [hv, guest] + backends { #expect(child.sanitizerClean, "\(child.name): \(child.output)") }
+        }
+
+        /// Waits until the sparse image has gained blocks (the first writes have landed) or
+        /// `tool` has ended.
+        private func firstWritesLanded(in image: String, _ tool: Child) async -> Bool {
+            await eventually(60) {
+                var st = stat()
+                return (stat(image, &st) == 0 && st.st_blocks > 0) || !tool.process.isRunning
+            }
+        }
+
+        /// fio writes 32 MiB at random through the FUSE file with crc32c headers and verifies
+        /// them, while dom0's backend is killed (once the image has blocks) and restarted: the
+        /// file's requests wait in blkfront meanwhile, and every block verifies.
+        @Test(.timeLimit(.minutes(5)), .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/fio")))
+        func fioVerifiesThroughTheFileAcrossABackendKilledMidRun() async throws {
+            try await withMountedGuest(imageBytes: 64 << 20) { _, image, file, restartBackend in
+                let fio = try Child(["--name=verify", "--filename=\(file)", "--rw=randwrite", "--bs=4k", "--size=32m",
+                                     "--direct=1", "--ioengine=libaio", "--iodepth=16", "--verify=crc32c", "--do_verify=1",
+                                     "--verify_fatal=1", "--verify_state_save=0"],
+                                    name: "fio", executable: "/usr/bin/fio")
+                defer { fio.kill() }
+                #expect(await firstWritesLanded(in: image, fio))
+                let midRun = fio.process.isRunning
+                try restartBackend()
+                print("fio still running when the backend was killed: \(midRun)")
+                #expect(await fio.waitForExit(seconds: 120) == 0, "\(fio.output)")
+                #expect(fio.output.contains("err= 0"), "\(fio.output)")
+                #expect(!fio.output.contains("verify: bad"), "\(fio.output)")
+            }
+        }
+
+        /// A 64 MiB copy into the FUSE file (direct I/O, fsync at the end) while the backend is
+        /// killed and restarted: what the copy reports written is in the image, byte for byte.
+        @Test(.timeLimit(.minutes(5)))
+        func aCopyIntoTheFileCompletesAcrossABackendKilledMidCopy() async throws {
+            let size = 64 << 20
+            try await withMountedGuest(imageBytes: size) { dir, image, file, restartBackend in
+                var rng = SplitMix(seed: 0xF05E_4E57)
+                var bytes = [UInt8](repeating: 0, count: size)
+                bytes.withUnsafeMutableBytes { raw in
+                    for i in stride(from: 0, to: raw.count, by: 8) { raw.storeBytes(of: rng.next() | 1, toByteOffset: i, as: UInt64.self) }
+                }
+                let source = dir + "/source.bin"
+                #expect(FileManager.default.createFile(atPath: source, contents: Data(bytes)))
+                let dd = try Child(["if=\(source)", "of=\(file)", "bs=1M", "conv=notrunc,fsync", "oflag=direct"],
+                                   name: "dd", executable: "/usr/bin/dd")
+                defer { dd.kill() }
+                #expect(await firstWritesLanded(in: image, dd))
+                let midCopy = dd.process.isRunning
+                try restartBackend()
+                print("dd still running when the backend was killed: \(midCopy)")
+                #expect(await dd.waitForExit(seconds: 120) == 0, "\(dd.output)")
+                #expect(FileManager.default.contents(atPath: image) == Data(bytes))
+                let back = dir + "/back.bin"
+                let out = try Child(["if=\(file)", "of=\(back)", "bs=1M", "iflag=direct"], name: "dd out", executable: "/usr/bin/dd")
+                #expect(await out.waitForExit(seconds: 120) == 0, "\(out.output)")
+                #expect(FileManager.default.contents(atPath: back) == Data(bytes))
+            }
+        }
     }
 }

@@ -24,14 +24,95 @@ struct cfuse_file {
     cfuse_device_ops ops;
     char *name;
     char *mountpoint;
-    /* Aligned writes share it; a read-modify-write holds it alone, so no write lands
-     * between its read and its write. */
-    pthread_rwlock_t writes;
+    /* The write gate: aligned writes share it, a read-modify-write holds it alone, so no
+     * write lands between its read and its write. Not a pthread rwlock: an asynchronous
+     * write leaves it on whatever thread answers it. */
+    pthread_mutex_t gate;
+    pthread_cond_t gate_changed;
+    unsigned shared_writes;
+    int exclusive;
+    /* Asynchronous requests handed out and not yet answered: the session outlives them. */
+    unsigned pending;
     pthread_mutex_t stop_lock;
     int stopped;
 };
 
+struct cfuse_request {
+    fuse_req_t req;
+    struct cfuse_file *file;
+    size_t length;      /* what a write answers it wrote: cut to the disk already */
+    int holds_shared;
+};
+
 static struct cfuse_file *file_of(fuse_req_t req) { return fuse_req_userdata(req); }
+
+static void shared_enter(struct cfuse_file *f) {
+    pthread_mutex_lock(&f->gate);
+    while (f->exclusive) pthread_cond_wait(&f->gate_changed, &f->gate);
+    f->shared_writes++;
+    pthread_mutex_unlock(&f->gate);
+}
+
+static void shared_leave(struct cfuse_file *f) {
+    pthread_mutex_lock(&f->gate);
+    if (--f->shared_writes == 0) pthread_cond_broadcast(&f->gate_changed);
+    pthread_mutex_unlock(&f->gate);
+}
+
+/* Waits for other exclusive holders, then keeps new aligned writes out and waits for
+ * those in flight (the device finishes them without a worker, so this ends). */
+static void exclusive_enter(struct cfuse_file *f) {
+    pthread_mutex_lock(&f->gate);
+    while (f->exclusive) pthread_cond_wait(&f->gate_changed, &f->gate);
+    f->exclusive = 1;
+    while (f->shared_writes) pthread_cond_wait(&f->gate_changed, &f->gate);
+    pthread_mutex_unlock(&f->gate);
+}
+
+static void exclusive_leave(struct cfuse_file *f) {
+    pthread_mutex_lock(&f->gate);
+    f->exclusive = 0;
+    pthread_cond_broadcast(&f->gate_changed);
+    pthread_mutex_unlock(&f->gate);
+}
+
+static struct cfuse_request *request_new(struct cfuse_file *f, fuse_req_t req, size_t length, int holds_shared) {
+    struct cfuse_request *r = malloc(sizeof *r);
+    if (!r) return NULL;
+    r->req = req;
+    r->file = f;
+    r->length = length;
+    r->holds_shared = holds_shared;
+    pthread_mutex_lock(&f->gate);
+    f->pending++;
+    pthread_mutex_unlock(&f->gate);
+    return r;
+}
+
+/* After the reply: lets go of the gate and of the session. */
+static void request_done(struct cfuse_request *r) {
+    struct cfuse_file *f = r->file;
+    if (r->holds_shared) shared_leave(f);
+    pthread_mutex_lock(&f->gate);
+    if (--f->pending == 0) pthread_cond_broadcast(&f->gate_changed);
+    pthread_mutex_unlock(&f->gate);
+    free(r);
+}
+
+void cfuse_request_reply_read(struct cfuse_request *r, const void *data, size_t length) {
+    fuse_reply_buf(r->req, data, length);
+    request_done(r);
+}
+
+void cfuse_request_reply_write(struct cfuse_request *r) {
+    fuse_reply_write(r->req, r->length);
+    request_done(r);
+}
+
+void cfuse_request_reply_error(struct cfuse_request *r, int error) {
+    fuse_reply_err(r->req, error);
+    request_done(r);
+}
 
 static void fill_stat(const struct cfuse_file *f, fuse_ino_t ino, struct stat *st) {
     memset(st, 0, sizeof *st);
@@ -119,6 +200,11 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
 static uint64_t align_down(uint64_t v, uint64_t a) { return v & ~(a - 1); }
 static uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
 
+static int aligned(const struct cfuse_file *f, uint64_t offset, uint64_t length) {
+    uint64_t sector = f->config.sector_size;
+    return offset % sector == 0 && length % sector == 0;
+}
+
 /* Reads [offset, offset+length) (inside the disk) into `out`, widening to sectors if needed. */
 static int read_range(struct cfuse_file *f, uint64_t offset, char *out, size_t length) {
     uint64_t sector = f->config.sector_size;
@@ -141,6 +227,12 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
     if (offset >= f->config.size || size == 0) { fuse_reply_buf(req, NULL, 0); return; }
     size_t length = size;
     if (length > f->config.size - offset) length = (size_t)(f->config.size - offset);
+    if (f->ops.read_async && aligned(f, offset, length)) {
+        struct cfuse_request *r = request_new(f, req, length, 0);
+        if (!r) { fuse_reply_err(req, ENOMEM); return; }
+        f->ops.read_async(f->ops.context, r, offset, length);
+        return;
+    }
     char *buf = aligned_alloc(4096, align_up(length, 4096));
     if (!buf) { fuse_reply_err(req, ENOMEM); return; }
     int r = read_range(f, offset, buf, length);
@@ -171,11 +263,6 @@ static int write_range(struct cfuse_file *f, uint64_t offset, const char *data, 
     return r;
 }
 
-static int aligned(const struct cfuse_file *f, uint64_t offset, uint64_t length) {
-    uint64_t sector = f->config.sector_size;
-    return offset % sector == 0 && length % sector == 0;
-}
-
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off, struct fuse_file_info *fi) {
     struct cfuse_file *f = file_of(req);
     (void)fi;
@@ -188,11 +275,23 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
     if (offset >= f->config.size) { fuse_reply_err(req, ENOSPC); return; }
     size_t length = size;
     if (length > f->config.size - offset) length = (size_t)(f->config.size - offset);
-    int whole = aligned(f, offset, length);
-    if (whole) pthread_rwlock_rdlock(&f->writes);
-    else pthread_rwlock_wrlock(&f->writes);
+    if (aligned(f, offset, length)) {
+        shared_enter(f);
+        if (f->ops.write_async) {
+            struct cfuse_request *request = request_new(f, req, length, 1);
+            if (!request) { shared_leave(f); fuse_reply_err(req, ENOMEM); return; }
+            f->ops.write_async(f->ops.context, request, offset, buf, length);
+            return;
+        }
+        int r = write_range(f, offset, buf, length);
+        shared_leave(f);
+        if (r < 0) fuse_reply_err(req, -r);
+        else fuse_reply_write(req, length);
+        return;
+    }
+    exclusive_enter(f);
     int r = write_range(f, offset, buf, length);
-    pthread_rwlock_unlock(&f->writes);
+    exclusive_leave(f);
     if (r < 0) fuse_reply_err(req, -r);
     else fuse_reply_write(req, length);
 }
@@ -247,19 +346,20 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
         /* No whole sector: zeros written over the bytes. */
         char *zeros = calloc(1, (size_t)length);
         if (!zeros) { fuse_reply_err(req, ENOMEM); return; }
-        pthread_rwlock_wrlock(&f->writes);
+        exclusive_enter(f);
         r = write_range(f, offset, zeros, (size_t)length);
-        pthread_rwlock_unlock(&f->writes);
+        exclusive_leave(f);
         free(zeros);
     } else {
         int edges = start != offset || end != offset + length;
-        if (edges) pthread_rwlock_wrlock(&f->writes);
-        else pthread_rwlock_rdlock(&f->writes);
+        if (edges) exclusive_enter(f);
+        else shared_enter(f);
         static const char zeros[65536];
         if (start != offset) r = write_range(f, offset, zeros, (size_t)(start - offset));
         if (r == 0 && end != offset + length) r = write_range(f, end, zeros, (size_t)(offset + length - end));
         if (r == 0) r = f->ops.discard(f->ops.context, start, end - start);
-        pthread_rwlock_unlock(&f->writes);
+        if (edges) exclusive_leave(f);
+        else shared_leave(f);
     }
     fuse_reply_err(req, -r);
 }
@@ -278,7 +378,16 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino) {
     fuse_reply_statfs(req, &st);
 }
 
+/* The kernel sends at most max_background asynchronous direct I/O requests at once
+ * (default 12): let a program's queue depth reach the device. */
+static void op_init(void *userdata, struct fuse_conn_info *conn) {
+    (void)userdata;
+    conn->max_background = 128;
+    conn->congestion_threshold = 96;
+}
+
 static const struct fuse_lowlevel_ops operations = {
+    .init = op_init,
     .lookup = op_lookup,
     .getattr = op_getattr,
     .setattr = op_setattr,
@@ -309,7 +418,8 @@ struct cfuse_file *cfuse_file_mount(const char *mountpoint, const cfuse_file_con
     f->name = strdup(config->name);
     f->mountpoint = strdup(mountpoint);
     f->config.name = f->name;
-    pthread_rwlock_init(&f->writes, NULL);
+    pthread_mutex_init(&f->gate, NULL);
+    pthread_cond_init(&f->gate_changed, NULL);
     pthread_mutex_init(&f->stop_lock, NULL);
     char *argv[] = {"xenpv", "-o", config->read_only ? "fsname=xenpv,subtype=xenpv,ro" : "fsname=xenpv,subtype=xenpv", NULL};
     struct fuse_args args = FUSE_ARGS_INIT(3, argv);
@@ -322,7 +432,8 @@ struct cfuse_file *cfuse_file_mount(const char *mountpoint, const cfuse_file_con
     }
     return f;
 fail:
-    pthread_rwlock_destroy(&f->writes);
+    pthread_cond_destroy(&f->gate_changed);
+    pthread_mutex_destroy(&f->gate);
     pthread_mutex_destroy(&f->stop_lock);
     free(f->name);
     free(f->mountpoint);
@@ -354,9 +465,14 @@ void cfuse_file_stop(struct cfuse_file *f) {
 }
 
 void cfuse_file_destroy(struct cfuse_file *f) {
+    /* A late answer writes to the session's descriptor: keep it until the last one. */
+    pthread_mutex_lock(&f->gate);
+    while (f->pending) pthread_cond_wait(&f->gate_changed, &f->gate);
+    pthread_mutex_unlock(&f->gate);
     fuse_session_unmount(f->session);
     fuse_session_destroy(f->session);
-    pthread_rwlock_destroy(&f->writes);
+    pthread_cond_destroy(&f->gate_changed);
+    pthread_mutex_destroy(&f->gate);
     pthread_mutex_destroy(&f->stop_lock);
     free(f->name);
     free(f->mountpoint);

@@ -22,8 +22,10 @@ import XenLocks
 /// `EROFS`, a write from the end on `ENOSPC`, a change of the size `EPERM`, and a device
 /// error `EIO` (or what its `NBDErrnoConvertible` says).
 ///
-/// libfuse's worker threads (a dedicated thread and those it starts) serve the requests and
-/// wait for each device call on a semaphore, for at most the timeout given at mount.
+/// libfuse's worker threads (a dedicated thread and those it starts) serve the requests:
+/// aligned reads and writes are handed to the device and answered from its completion, so
+/// a program's whole queue depth reaches the vbd; the rest the worker waits for. A request
+/// the device has not finished within the timeout given at mount gets `EIO`.
 /// The mount goes away on ``unmount()`` or on `umount DIRECTORY`.
 public final class BlockDeviceFile: @unchecked Sendable {
     // @unchecked: `handle` is set before the thread starts; `state` is locked.
@@ -63,6 +65,12 @@ public final class BlockDeviceFile: @unchecked Sendable {
         ops.discard = { context, offset, length in
             Unmanaged<DeviceBridge>.fromOpaque(context!).takeUnretainedValue().discard(at: offset, length: length)
         }
+        ops.read_async = { context, request, offset, length in
+            Unmanaged<DeviceBridge>.fromOpaque(context!).takeUnretainedValue().readAsync(request!, at: offset, count: length)
+        }
+        ops.write_async = { context, request, offset, data, length in
+            Unmanaged<DeviceBridge>.fromOpaque(context!).takeUnretainedValue().writeAsync(request!, at: offset, from: data!, count: length)
+        }
         var error: Int32 = 0
         let mounted: OpaquePointer? = name.withCString { cName in
             var config = cfuse_file_config()
@@ -76,6 +84,7 @@ public final class BlockDeviceFile: @unchecked Sendable {
             return cfuse_file_mount(directory, &config, &ops, &error)
         }
         guard let mounted else {
+            bridge.takeUnretainedValue().close()
             bridge.release()
             throw BlockFileError(.mount, "cannot mount a FUSE file system on \(directory)", underlying: Errno(rawValue: error))
         }
@@ -104,6 +113,7 @@ public final class BlockDeviceFile: @unchecked Sendable {
         // Marked ended under the lock `unmount()` stops under, so it never stops a freed session.
         state.withLock { $0 = (false, result) }
         cfuse_file_destroy(handle)
+        bridge.takeUnretainedValue().close()
         bridge.release()
         finished.store(true)
         ended.signal()
