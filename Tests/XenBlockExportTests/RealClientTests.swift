@@ -85,10 +85,7 @@ struct RealClientTests {
         let source = disk.directory.path("source.bin")
         let back = disk.directory.path("back.bin")
         var rng = SplitMix(seed: 0x6e62_6463)
-        var bytes = [UInt8](repeating: 0, count: 64 << 20)
-        bytes.withUnsafeMutableBytes { raw in
-            for i in stride(from: 0, to: raw.count, by: 8) { raw.storeBytes(of: rng.next(), toByteOffset: i, as: UInt64.self) }
-        }
+        var bytes = rng.bytes(64 << 20)
         // Holes too: nbdcopy turns zero runs into zero requests.
         for i in (8 << 20)..<(9 << 20) { bytes[i] = 0 }
         try Data(bytes).write(to: URL(fileURLWithPath: source))

@@ -98,13 +98,17 @@ extension ProcessTests {
             for child in [hv, guest] + backends { #expect(child.sanitizerClean, "\(child.name): \(child.output)") }
         }
 
-        /// Waits until the sparse image has gained blocks (the first writes have landed) or
-        /// `tool` has ended.
-        private func firstWritesLanded(in image: String, _ tool: Child) async -> Bool {
-            await eventually(60) {
+        /// Once the sparse image has gained blocks (`tool`'s first writes have landed), kills
+        /// the backend and starts another; says whether `tool` was still running then.
+        private func restartBackend(midRunOf tool: Child, image: String, _ restartBackend: () throws -> Void) async throws {
+            let landed = await eventually(60) {
                 var st = stat()
                 return (stat(image, &st) == 0 && st.st_blocks > 0) || !tool.process.isRunning
             }
+            #expect(landed)
+            let midRun = tool.process.isRunning
+            try restartBackend()
+            print("\(tool.name) still running when the backend was killed: \(midRun)")
         }
 
         /// fio writes 32 MiB at random through the FUSE file with crc32c headers and verifies
@@ -118,10 +122,7 @@ extension ProcessTests {
                                      "--verify_fatal=1", "--verify_state_save=0"],
                                     name: "fio", executable: "/usr/bin/fio")
                 defer { fio.kill() }
-                #expect(await firstWritesLanded(in: image, fio))
-                let midRun = fio.process.isRunning
-                try restartBackend()
-                print("fio still running when the backend was killed: \(midRun)")
+                try await self.restartBackend(midRunOf: fio, image: image, restartBackend)
                 #expect(await fio.waitForExit(seconds: 120) == 0, "\(fio.output)")
                 #expect(fio.output.contains("err= 0"), "\(fio.output)")
                 #expect(!fio.output.contains("verify: bad"), "\(fio.output)")
@@ -135,19 +136,13 @@ extension ProcessTests {
             let size = 64 << 20
             try await withMountedGuest(imageBytes: size) { dir, image, file, restartBackend in
                 var rng = SplitMix(seed: 0xF05E_4E57)
-                var bytes = [UInt8](repeating: 0, count: size)
-                bytes.withUnsafeMutableBytes { raw in
-                    for i in stride(from: 0, to: raw.count, by: 8) { raw.storeBytes(of: rng.next() | 1, toByteOffset: i, as: UInt64.self) }
-                }
+                let bytes = rng.bytes(size, oddWords: true)
                 let source = dir + "/source.bin"
                 #expect(FileManager.default.createFile(atPath: source, contents: Data(bytes)))
                 let dd = try Child(["if=\(source)", "of=\(file)", "bs=1M", "conv=notrunc,fsync", "oflag=direct"],
                                    name: "dd", executable: "/usr/bin/dd")
                 defer { dd.kill() }
-                #expect(await firstWritesLanded(in: image, dd))
-                let midCopy = dd.process.isRunning
-                try restartBackend()
-                print("dd still running when the backend was killed: \(midCopy)")
+                try await self.restartBackend(midRunOf: dd, image: image, restartBackend)
                 #expect(await dd.waitForExit(seconds: 120) == 0, "\(dd.output)")
                 #expect(FileManager.default.contents(atPath: image) == Data(bytes))
                 let back = dir + "/back.bin"

@@ -64,10 +64,7 @@ extension ProcessTests {
             #expect(FileManager.default.createFile(atPath: image, contents: nil))
             #expect(truncate(image, off_t(size)) == 0)
             var rng = SplitMix(seed: 0xB10C)
-            var bytes = [UInt8](repeating: 0, count: size)
-            bytes.withUnsafeMutableBytes { raw in
-                for i in stride(from: 0, to: raw.count, by: 8) { raw.storeBytes(of: rng.next(), toByteOffset: i, as: UInt64.self) }
-            }
+            let bytes = rng.bytes(size)
             let source = dir + "/source.bin"
             #expect(FileManager.default.createFile(atPath: source, contents: Data(bytes)))
 
@@ -115,10 +112,7 @@ extension ProcessTests {
             #expect(FileManager.default.createFile(atPath: image, contents: nil))
             #expect(truncate(image, off_t(size)) == 0)
             var rng = SplitMix(seed: 0x64_4D69_42)
-            var bytes = [UInt8](repeating: 0, count: size)
-            bytes.withUnsafeMutableBytes { raw in
-                for i in stride(from: 0, to: raw.count, by: 8) { raw.storeBytes(of: rng.next() | 1, toByteOffset: i, as: UInt64.self) }
-            }
+            let bytes = rng.bytes(size, oddWords: true)
             let source = dir + "/source.bin"
             #expect(FileManager.default.createFile(atPath: source, contents: Data(bytes)))
 
