@@ -62,6 +62,7 @@ let package = Package(
         .library(name: "XenBlockProtocol", targets: ["XenBlockProtocol"]),
         .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
         .library(name: "NBDProtocol", targets: ["NBDProtocol"]),
+        .library(name: "XenMigrationStream", targets: ["XenMigrationStream"]),
         .library(name: "XenBlockStorage", targets: ["XenBlockStorage"]),
         .library(name: "XenBlockBack", targets: ["XenBlockBack"]),
         .library(name: "XenBlockFront", targets: ["XenBlockFront"]),
@@ -172,6 +173,9 @@ let package = Package(
         .target(name: "XenNetProtocol", dependencies: ["XenABI", "CXen"], path: protocols + "XenNetProtocol"),
         // The NBD protocol's wire format (proto.md): handshake, options, requests, simple replies.
         .target(name: "NBDProtocol", dependencies: ["XenABI"], path: protocols + "NBDProtocol"),
+        // The migration stream: a versioned header and checksummed, length-checked records
+        // (pages, grants, event channels, store entries, devices) that save, restore and migrate carry.
+        .target(name: "XenMigrationStream", dependencies: ["XenABI"], path: protocols + "XenMigrationStream"),
 
         // MARK: 7-Drivers
 
@@ -350,6 +354,7 @@ let package = Package(
             dependencies: ["XenBlockProtocol", "XenABI", "CXen", "CBlkifABI", "CBlkifProbe", "CMallocCounter", "TestSupport"]),
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenABI", "CXen"]),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
+        .testTarget(name: "XenMigrationStreamTests", dependencies: ["XenMigrationStream", "XenABI"]),
         .testTarget(
             name: "XenDriverRuntimeTests",
             dependencies: ["XenDriverRuntime", "XenSimulator", "XenHypervisor", "XenABI", "XenLocks"]),
