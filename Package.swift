@@ -130,18 +130,21 @@ let package = Package(
 
         // MARK: 5-Worlds
 
+        // Write tracking for log-dirty: userfaultfd asynchronous write-protect and
+        // PAGEMAP_SCAN (ioctls whose numbers and structs this system's headers lack).
+        .target(name: "CPageTracking", path: worlds + "CPageTracking"),
         // In one process: the simulated hypervisor (domains with memfd-backed
         // frames, v1 grant tables, 2-level event channels, leftovers).
         .target(
             name: "XenSimulator",
-            dependencies: ["XenLocks", "XenHypervisor", "XenABI", "CXen", atomics, systemPackage],
+            dependencies: ["XenLocks", "XenHypervisor", "XenABI", "CXen", "CPageTracking", atomics, systemPackage],
             path: worlds + "XenSimulator"),
         // Across processes: what a process links to join the daemon (`RemoteHypervisor`
         // and the wire format; a guest program links this, not the daemon or its
         // xenstored), and the daemon itself (`xenpv hypervisor`).
         .target(
             name: "XenSimulatorClient",
-            dependencies: ["XenLocks", "XenHypervisor", "XenABI", "CXen", "XenStore", atomics, systemPackage],
+            dependencies: ["XenLocks", "XenHypervisor", "XenABI", "CXen", "CPageTracking", "XenStore", atomics, systemPackage],
             path: worlds + "XenSimulatorClient"),
         .target(
             name: "XenSimulatorDaemon",
