@@ -86,6 +86,53 @@ extension ProcessTests {
             #expect(await eventually { descriptorCount(of: hv.pid) == daemonFDs }, "daemon descriptors")
         }
 
+        /// Pre-copy rounds through the daemon in its own process while a thread of
+        /// the guest writes: the copy taken round by round equals the memory at the end.
+        @Test func preCopyRoundsThroughTheDaemonMissNoWrite() async throws {
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let sock = dir + "/hv.sock"
+            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            defer { hv.kill() }
+            #expect(await hv.waitFor("listening"), "\(hv.output)")
+            let dom0 = try RemoteHypervisor(socketPath: sock, as: .dom0, onDaemonLost: ignoreLoss)
+            defer { dom0.close() }
+            let guest = try RemoteHypervisor(socketPath: sock, as: .newGuest(frames: 1024), onDaemonLost: ignoreLoss)
+            defer { guest.close() }
+            let pages = try guest.pageAllocator.allocatePages(512)
+            let memory = pages.memory
+            let first = pages.first.rawValue
+            let copy = UnsafeMutableRawPointer.allocate(byteCount: memory.byteCount, alignment: 4096)
+            defer { copy.deallocate() }
+            try dom0.startDirtyLog(guest.domainID)
+            let finished = WriterDone()
+            let writer = Thread {
+                var rng = SystemRandomNumberGenerator()
+                for i in 0..<200_000 {
+                    let page = Int.random(in: 0..<memory.count, using: &rng)
+                    memory.page(page).storeBytes(of: UInt64(i), toByteOffset: Int.random(in: 0..<512, using: &rng) * 8, as: UInt64.self)
+                }
+                finished.set()
+            }
+            writer.start()
+            memcpy(copy, memory.base, memory.byteCount)
+            var rounds = 0
+            func round() throws {
+                for f in try dom0.readAndClearDirty(guest.domainID).frames where f.rawValue >= first && f.rawValue < first + UInt64(memory.count) {
+                    let i = Int(f.rawValue - first)
+                    memcpy(copy + i * 4096, memory.page(i), 4096)
+                }
+                rounds += 1
+            }
+            while !finished.isSet {
+                try round()
+                try await Task.sleep(nanoseconds: 1_000_000)
+            }
+            try round()
+            #expect(memcmp(copy, memory.base, memory.byteCount) == 0, "after \(rounds) rounds")
+            try dom0.stopDirtyLog(guest.domainID)
+        }
+
         @Test func onlyDom0LogsAndOnlyATrackedGuestCanBeLogged() async throws {
             let f = try DaemonFixture()
             defer { f.stop() }
@@ -127,4 +174,13 @@ extension ProcessTests {
             return reply
         }
     }
+}
+
+/// Raised by a writer thread when it is done; read by the test between rounds.
+private final class WriterDone: @unchecked Sendable {
+    // @unchecked: `done` is guarded by `lock`.
+    private let lock = NSLock()
+    private var done = false
+    func set() { lock.withLock { done = true } }
+    var isSet: Bool { lock.withLock { done } }
 }

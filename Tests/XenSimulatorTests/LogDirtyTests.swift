@@ -1,3 +1,4 @@
+import Atomics
 import Foundation
 import Glibc
 import Testing
@@ -126,6 +127,46 @@ struct LogDirtyTests {
         #expect(left.description.contains("log-dirty still on"))
     }
 
+    /// Pre-copy as migration will do it, against a guest writing all the while: a
+    /// first full copy, then rounds copying what each read-and-clear reports, then a
+    /// last round once the writer stopped. A write the log missed would leave the
+    /// copy different from the memory.
+    @Test func preCopyRoundsWhileTheGuestWritesEndWithAnEqualCopy() throws {
+        let m = try Machine(guestFrames: 2048)
+        let frameCount = 2048
+        let writes = 300_000
+        let copy = UnsafeMutableRawPointer.allocate(byteCount: frameCount * 4096, alignment: 4096)
+        defer { copy.deallocate() }
+        try m.guest.startDirtyLog()
+        let guest = m.guest
+        let done = ManagedFlag()
+        let writer = Thread {
+            var rng = SystemRandomNumberGenerator()
+            for i in 0..<writes {
+                let frame = Int.random(in: 0..<frameCount, using: &rng)
+                let offset = Int.random(in: 0..<512, using: &rng) * 8
+                guest.memory(of: FrameNumber(UInt64(frame))).storeBytes(of: UInt64(i), toByteOffset: offset, as: UInt64.self)
+            }
+            done.set()
+        }
+        writer.start()
+        memcpy(copy, m.guest.memory(of: FrameNumber(0)), frameCount * 4096)
+        var rounds = 0
+        var copied = 0
+        func round() throws {
+            let dirty = try m.guest.readAndClearDirty()
+            for f in dirty.frames {
+                memcpy(copy + Int(f.rawValue) * 4096, m.guest.memory(of: f), 4096)
+            }
+            rounds += 1
+            copied += dirty.count
+        }
+        while !done.isSet { try round() }
+        try round()  // the writer stopped: the last round takes what it wrote since the previous one
+        #expect(memcmp(copy, m.guest.memory(of: FrameNumber(0)), frameCount * 4096) == 0, "\(rounds) rounds, \(copied) frames")
+        try m.guest.stopDirtyLog()
+    }
+
     @Test func theBitmapKeepsToItsFrames() {
         var b = DirtyBitmap(frameCount: 70)
         b.insert(FrameNumber(69))
@@ -161,4 +202,13 @@ struct LogDirtyTests {
         try guest.stopDirtyLog()
         _ = hv.shutdown()
     }
+}
+
+/// A one-way flag a thread raises for another to see.
+final class ManagedFlag: Sendable {
+    private let value = ManagedAtomic<Bool>(false)
+    /// Raises the flag; what the raising thread did before is visible to whoever sees it raised.
+    func set() { value.store(true, ordering: .releasing) }
+    /// Whether the flag was raised.
+    var isSet: Bool { value.load(ordering: .acquiring) }
 }

@@ -26,6 +26,9 @@ final class DirtyLog: @unchecked Sendable {
     private var trackers: [PageWriteTracker] = []
     /// Trackers made for this log alone, closed when it stops.
     private var owned: Set<ObjectIdentifier> = []
+    /// What a failed read-and-clear had already taken (a scan re-protects what it
+    /// returns): given with the next one, so no write is lost to an error.
+    private var carried: DirtyBitmap?
 
     init(frames: Int, name: String) throws(HypervisorError) {
         frameCount = frames
@@ -87,8 +90,14 @@ final class DirtyLog: @unchecked Sendable {
     func readAndClear(writable: [UInt64]) throws(HypervisorError) -> DirtyBitmap {
         try lock.withLock { () throws(HypervisorError) -> DirtyBitmap in
             guard isLogging else { throw .errno(.invalidArgument, "log-dirty is off") }
-            var bitmap = DirtyBitmap(frameCount: frameCount)
-            for t in trackers { try t.collect(into: &bitmap) }
+            var bitmap = carried ?? DirtyBitmap(frameCount: frameCount)
+            carried = nil
+            for t in trackers {
+                do throws(HypervisorError) { try t.collect(into: &bitmap) } catch {
+                    carried = bitmap
+                    throw error
+                }
+            }
             for i in 0..<wordCount {
                 // acquiringAndReleasing: one exchange per word, so a bit set
                 // concurrently is either in this bitmap or in the next.
@@ -113,6 +122,7 @@ final class DirtyLog: @unchecked Sendable {
             }
             trackers = []
             owned = []
+            carried = nil
             return true
         }
     }
