@@ -25,7 +25,10 @@ extension ProcessTests {
             #expect(await hv.waitFor("listening"), "\(hv.output)")
             let dom0 = try RemoteHypervisor(socketPath: sock, as: .dom0, onDaemonLost: ignoreLoss)
             defer { dom0.close() }
-            let daemonFDs = descriptorCount(of: hv.pid)
+            // The daemon closes what a reply carried just after sending it: one more
+            // call, answered after that close, makes the count settled.
+            _ = try dom0.report()
+            let daemonFDs = descriptorTargets(of: hv.pid)
 
             let guest = try RemoteHypervisor(socketPath: sock, as: .newGuest(frames: 256), onDaemonLost: ignoreLoss)
             let id = guest.domainID
@@ -83,7 +86,8 @@ extension ProcessTests {
             mapper.close()
             guest.close()
             #expect(await eventually { ((try? dom0.report())?.domains ?? [id]) == [.dom0] }, "\(hv.output)")
-            #expect(await eventually { descriptorCount(of: hv.pid) == daemonFDs }, "daemon descriptors")
+            #expect(await eventually { descriptorTargets(of: hv.pid) == daemonFDs },
+                    "daemon descriptors: \(daemonFDs) before, \(descriptorTargets(of: hv.pid)) after")
         }
 
         /// Pre-copy rounds through the daemon in its own process while a thread of
@@ -183,4 +187,14 @@ private final class WriterDone: @unchecked Sendable {
     private var done = false
     func set() { lock.withLock { done = true } }
     var isSet: Bool { lock.withLock { done } }
+}
+
+/// What each descriptor of `pid` refers to (`readlink /proc/PID/fd/N`), sorted: a
+/// leak shows as an entry that was not there before.
+private func descriptorTargets(of pid: Int32) -> [String] {
+    let dir = "/proc/\(pid)/fd"
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+    return names.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/" + $0) }
+        .map { $0.hasPrefix("socket:") || $0.hasPrefix("pipe:") || $0.hasPrefix("anon_inode:") ? String($0.prefix { $0 != "[" }) : $0 }
+        .sorted()
 }

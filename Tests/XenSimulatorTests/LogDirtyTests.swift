@@ -145,18 +145,19 @@ struct LogDirtyTests {
             for i in 0..<writes {
                 let frame = Int.random(in: 0..<frameCount, using: &rng)
                 let offset = Int.random(in: 0..<512, using: &rng) * 8
-                guest.memory(of: FrameNumber(UInt64(frame))).storeBytes(of: UInt64(i), toByteOffset: offset, as: UInt64.self)
+                // Atomic words on both sides: the race is the point, and ThreadSanitizer (CI) must see it as intended.
+                word(guest.memory(of: FrameNumber(UInt64(frame))) + offset).store(UInt64(i), ordering: .relaxed)
             }
             done.set()
         }
         writer.start()
-        memcpy(copy, m.guest.memory(of: FrameNumber(0)), frameCount * 4096)
+        for f in 0..<frameCount { copyPage(m.guest.memory(of: FrameNumber(UInt64(f))), to: copy + f * 4096) }
         var rounds = 0
         var copied = 0
         func round() throws {
             let dirty = try m.guest.readAndClearDirty()
             for f in dirty.frames {
-                memcpy(copy + Int(f.rawValue) * 4096, m.guest.memory(of: f), 4096)
+                copyPage(m.guest.memory(of: f), to: copy + Int(f.rawValue) * 4096)
             }
             rounds += 1
             copied += dirty.count
@@ -211,4 +212,13 @@ final class ManagedFlag: Sendable {
     func set() { value.store(true, ordering: .releasing) }
     /// Whether the flag was raised.
     var isSet: Bool { value.load(ordering: .acquiring) }
+}
+
+private func word(_ p: UnsafeMutableRawPointer) -> UnsafeAtomic<UInt64> {
+    UnsafeAtomic(at: p.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
+}
+
+/// A page copied word by word with relaxed loads, racing the writer as migration's copy does.
+private func copyPage(_ from: UnsafeMutableRawPointer, to: UnsafeMutableRawPointer) {
+    for i in stride(from: 0, to: 4096, by: 8) { to.storeBytes(of: word(from + i).load(ordering: .relaxed), toByteOffset: i, as: UInt64.self) }
 }
