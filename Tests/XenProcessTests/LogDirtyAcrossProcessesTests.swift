@@ -25,10 +25,6 @@ extension ProcessTests {
             #expect(await hv.waitFor("listening"), "\(hv.output)")
             let dom0 = try RemoteHypervisor(socketPath: sock, as: .dom0, onDaemonLost: ignoreLoss)
             defer { dom0.close() }
-            // The daemon closes what a reply carried just after sending it: one more
-            // call, answered after that close, makes the count settled.
-            _ = try dom0.report()
-            let daemonFDs = descriptorTargets(of: hv.pid)
 
             let guest = try RemoteHypervisor(socketPath: sock, as: .newGuest(frames: 256), onDaemonLost: ignoreLoss)
             let id = guest.domainID
@@ -38,6 +34,9 @@ extension ProcessTests {
 
             try dom0.startDirtyLog(id)
             #expect(frames(try dom0.readAndClearDirty(id)) == [])
+            // The daemon holds the guest's userfaultfd and pagemap (the test below sees them go).
+            let held = descriptorTargets(of: hv.pid)
+            #expect(held.contains("anon_inode:[userfaultfd]") && held.contains { $0.hasSuffix("/pagemap") }, "\(held)")
 
             // The guest's writes to its own memory, seen from the daemon's process.
             own.memory.page(1).storeBytes(of: 1, as: UInt8.self)
@@ -86,8 +85,15 @@ extension ProcessTests {
             mapper.close()
             guest.close()
             #expect(await eventually { ((try? dom0.report())?.domains ?? [id]) == [.dom0] }, "\(hv.output)")
-            #expect(await eventually { descriptorTargets(of: hv.pid) == daemonFDs },
-                    "daemon descriptors: \(daemonFDs) before, \(descriptorTargets(of: hv.pid)) after")
+            // Nothing of the guest's is held any more: no userfaultfd, no pagemap, none of
+            // its memfds or share pools. (A count of all descriptors would not do: the
+            // runtime opens some lazily, such as the timer of the daemon's later sweep.)
+            let guestFiles: @Sendable (String) -> Bool = { t in
+                t == "anon_inode:[userfaultfd]" || t.hasSuffix("/pagemap") || t.contains("-dom\(id.rawValue) ")
+                    || t.contains("-dom\(id.rawValue)-") || t.contains("xenpv-share-pool")
+            }
+            #expect(await eventually { !descriptorTargets(of: hv.pid).contains(where: guestFiles) },
+                    "the daemon still holds \(descriptorTargets(of: hv.pid).filter(guestFiles))")
         }
 
         /// Pre-copy rounds through the daemon in its own process while a thread of
@@ -189,12 +195,10 @@ private final class WriterDone: @unchecked Sendable {
     var isSet: Bool { lock.withLock { done } }
 }
 
-/// What each descriptor of `pid` refers to (`readlink /proc/PID/fd/N`), sorted: a
-/// leak shows as an entry that was not there before.
+/// What each descriptor of `pid` refers to (`readlink /proc/PID/fd/N`), sorted.
 private func descriptorTargets(of pid: Int32) -> [String] {
     let dir = "/proc/\(pid)/fd"
     let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
     return names.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/" + $0) }
-        .map { $0.hasPrefix("socket:") || $0.hasPrefix("pipe:") || $0.hasPrefix("anon_inode:") ? String($0.prefix { $0 != "[" }) : $0 }
         .sorted()
 }
