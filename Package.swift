@@ -62,6 +62,7 @@ let package = Package(
         .library(name: "XenBlockProtocol", targets: ["XenBlockProtocol"]),
         .library(name: "XenNetProtocol", targets: ["XenNetProtocol"]),
         .library(name: "NBDProtocol", targets: ["NBDProtocol"]),
+        .library(name: "XenMigrationStream", targets: ["XenMigrationStream"]),
         .library(name: "XenBlockStorage", targets: ["XenBlockStorage"]),
         .library(name: "XenBlockBack", targets: ["XenBlockBack"]),
         .library(name: "XenBlockFront", targets: ["XenBlockFront"]),
@@ -129,18 +130,21 @@ let package = Package(
 
         // MARK: 5-Worlds
 
+        // Write tracking for log-dirty: userfaultfd asynchronous write-protect and
+        // PAGEMAP_SCAN (ioctls whose numbers and structs this system's headers lack).
+        .target(name: "CPageTracking", path: worlds + "CPageTracking"),
         // In one process: the simulated hypervisor (domains with memfd-backed
         // frames, v1 grant tables, 2-level event channels, leftovers).
         .target(
             name: "XenSimulator",
-            dependencies: ["XenLocks", "XenHypervisor", "XenABI", "CXen", atomics, systemPackage],
+            dependencies: ["XenLocks", "XenHypervisor", "XenABI", "CXen", "CPageTracking", atomics, systemPackage],
             path: worlds + "XenSimulator"),
         // Across processes: what a process links to join the daemon (`RemoteHypervisor`
         // and the wire format; a guest program links this, not the daemon or its
         // xenstored), and the daemon itself (`xenpv hypervisor`).
         .target(
             name: "XenSimulatorClient",
-            dependencies: ["XenLocks", "XenHypervisor", "XenABI", "CXen", "XenStore", atomics, systemPackage],
+            dependencies: ["XenLocks", "XenHypervisor", "XenABI", "CXen", "CPageTracking", "XenStore", atomics, systemPackage],
             path: worlds + "XenSimulatorClient"),
         .target(
             name: "XenSimulatorDaemon",
@@ -172,6 +176,9 @@ let package = Package(
         .target(name: "XenNetProtocol", dependencies: ["XenABI", "CXen"], path: protocols + "XenNetProtocol"),
         // The NBD protocol's wire format (proto.md): handshake, options, requests, simple replies.
         .target(name: "NBDProtocol", dependencies: ["XenABI"], path: protocols + "NBDProtocol"),
+        // The migration stream: a versioned header and checksummed, length-checked records
+        // (pages, grants, event channels, store entries, devices) that save, restore and migrate carry.
+        .target(name: "XenMigrationStream", dependencies: ["XenABI"], path: protocols + "XenMigrationStream"),
 
         // MARK: 7-Drivers
 
@@ -357,6 +364,7 @@ let package = Package(
             dependencies: ["XenBlockProtocol", "XenABI", "CXen", "CBlkifABI", "CBlkifProbe", "CMallocCounter", "TestSupport"]),
         .testTarget(name: "XenNetProtocolTests", dependencies: ["XenNetProtocol", "XenABI", "CXen"]),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
+        .testTarget(name: "XenMigrationStreamTests", dependencies: ["XenMigrationStream", "XenABI"]),
         .testTarget(
             name: "XenDriverRuntimeTests",
             dependencies: ["XenDriverRuntime", "XenSimulator", "XenHypervisor", "XenABI", "XenLocks"]),

@@ -51,6 +51,9 @@ let package = Package(
                 .product(name: "XenSimulator", package: "XenPV"), .product(name: "XenHypervisor", package: "XenPV"),
                 .product(name: "XenABI", package: "XenPV"), .product(name: "Logging", package: "swift-log"),
             ]),
+        .executableTarget(
+            name: "fuzz-migration-stream",
+            dependencies: ["FuzzSupport", .product(name: "XenMigrationStream", package: "XenPV"), .product(name: "XenABI", package: "XenPV")]),
         // Not a fuzz target: writes every target's seeds from the project's encoders.
         .executableTarget(
             name: "fuzz-seeds",

@@ -20,7 +20,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 scratch="$root/.build-fuzz"
-targets=(blkif netif xs-wire xs-engine daemon-wire xenbus)
+targets=(blkif netif xs-wire xs-engine daemon-wire xenbus migration-stream)
 
 usage() { echo "usage: $0 TARGET|all SECONDS   (targets: ${targets[*]})" >&2; exit 2; }
 [[ $# -ge 1 ]] || usage

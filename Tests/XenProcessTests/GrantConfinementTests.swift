@@ -201,7 +201,8 @@ extension ProcessTests {
             for fd in joined.fds { close(fd) }
             let foreign = try call(raw, WireMessage([DaemonOp.foreignAccess.rawValue, UInt64(granter.domainID.rawValue)]))
             defer { for fd in foreign.fds { close(fd) } }
-            try #require(foreign.error == nil && foreign.fds.count == 3)
+            // The table, the pool of pages shared with dom0, and the granter's grant-writer bitmap (log-dirty).
+            try #require(foreign.error == nil && foreign.fds.count == 4)
             #expect(mmap(nil, XenPage.size, PROT_READ | PROT_WRITE, MAP_SHARED, foreign.fds[0], 0) == MAP_FAILED && errno == EACCES)
             try expectProbeClean(foreign.fds, grantedPages: 2, "dom0's foreign access")
         }

@@ -27,6 +27,8 @@ final class GrantTable: @unchecked Sendable {
     /// Frames the owner has; a grant naming a frame beyond is `GNTST_bad_page`.
     let ownerFrames: Int
     let memory: SharedMemory
+    /// The owner's log-dirty, marked when a writable pin is dropped.
+    let dirty: DirtyLog
 
     /// Hypervisor side: pins per entry, and whether the owner is gone.
     let lock = Lock()
@@ -50,9 +52,10 @@ final class GrantTable: @unchecked Sendable {
         var frame: UInt64 = 0
     }
 
-    init(owner: DomainID, frames tableFrames: Int, ownerFrames: Int, machine: String) throws(HypervisorError) {
+    init(owner: DomainID, frames tableFrames: Int, ownerFrames: Int, machine: String, dirty: DirtyLog) throws(HypervisorError) {
         precondition(tableFrames > 0, "a grant table needs at least one frame")
         self.owner = owner
+        self.dirty = dirty
         self.ownerFrames = ownerFrames
         self.count = tableFrames * Self.entriesPerFrame
         self.memory = try SharedMemory(name: "\(machine)-dom\(owner.rawValue)-gnttab", pages: tableFrames)
@@ -256,7 +259,12 @@ final class GrantTable: @unchecked Sendable {
         let i = Int(ref.rawValue)
         precondition(active[i].pins > 0 && (!writable || active[i].writePins > 0), "unpin without pin")
         active[i].pins -= 1
-        if writable { active[i].writePins -= 1 }
+        if writable {
+            active[i].writePins -= 1
+            // The grantee may have written the frame through this pin (a mapping
+            // or a copy's destination): Xen marks it dirty on release too.
+            dirty.mark(active[i].frame)
+        }
         var clear: UInt32 = 0
         if writable && active[i].writePins == 0 { clear |= Self.writing }
         if active[i].pins == 0 { clear |= Self.reading }
@@ -271,6 +279,13 @@ final class GrantTable: @unchecked Sendable {
     func markDead() { dead = true }
 
     // MARK: - Inspection
+
+    /// Frames pinned writable now: what a mapping may be writing. Caller holds `lock`.
+    func writablyPinnedFrames() -> [UInt64] {
+        var out: [UInt64] = []
+        for i in 0..<count where active[i].writePins > 0 { out.append(active[i].frame) }
+        return out
+    }
 
     /// Every entry still permitting access: leftovers, or a reason to refuse freeing a page.
     func grantedEntries() -> [Leftovers.Grant] {

@@ -74,6 +74,9 @@ public struct Leftovers: Equatable, Sendable, CustomStringConvertible {
     public var grants: [Grant] = []
     /// Event-channel ports never closed, ordered by domain and port.
     public var ports: [Port] = []
+    /// Domains whose log-dirty was still on (its write protection and descriptors
+    /// are released by the teardown that reports it).
+    public var dirtyLogs: [DomainID] = []
 
     /// A report holding the given leftovers as they are (tests build the report they expect with it).
     public init(mappings: [Mapping] = [], grants: [Grant] = [], ports: [Port] = []) {
@@ -83,13 +86,14 @@ public struct Leftovers: Equatable, Sendable, CustomStringConvertible {
     }
 
     /// True when nothing was left behind.
-    public var isEmpty: Bool { mappings.isEmpty && grants.isEmpty && ports.isEmpty }
+    public var isEmpty: Bool { mappings.isEmpty && grants.isEmpty && ports.isEmpty && dirtyLogs.isEmpty }
 
     /// Adds `other`, keeping a stable order so two reports compare equal.
     mutating func merge(_ other: Leftovers) {
         mappings += other.mappings
         grants += other.grants
         ports += other.ports
+        dirtyLogs += other.dirtyLogs
         normalise()
     }
 
@@ -97,6 +101,7 @@ public struct Leftovers: Equatable, Sendable, CustomStringConvertible {
         mappings.sort { ($0.mapper, $0.handle.rawValue) < ($1.mapper, $1.handle.rawValue) }
         grants.sort { ($0.granter, $0.ref.rawValue) < ($1.granter, $1.ref.rawValue) }
         ports.sort { ($0.domain, $0.port) < ($1.domain, $1.port) }
+        dirtyLogs.sort()
         // A mapping of a dying domain's frames is reported by both ends' teardown.
         var seen = Set<Mapping>()
         mappings = mappings.filter { seen.insert($0).inserted }
@@ -109,6 +114,7 @@ public struct Leftovers: Equatable, Sendable, CustomStringConvertible {
         if !mappings.isEmpty { lines.append("mapped grants: " + mappings.map(\.description).joined(separator: "; ")) }
         if !grants.isEmpty { lines.append("granted entries: " + grants.map(\.description).joined(separator: "; ")) }
         if !ports.isEmpty { lines.append("open ports: " + ports.map(\.description).joined(separator: "; ")) }
+        if !dirtyLogs.isEmpty { lines.append("log-dirty still on: " + dirtyLogs.map(\.description).joined(separator: "; ")) }
         return lines.joined(separator: "\n")
     }
 }

@@ -27,6 +27,7 @@ public final class SimulatedDomain: Hypervisor, @unchecked Sendable {
     let memory: SharedMemory
     let grantTable: GrantTable
     let events: EventDomain
+    let dirty: DirtyLog
     private let allocator: SimulatedPageAllocator
 
     private let lock = Lock()
@@ -52,7 +53,8 @@ public final class SimulatedDomain: Hypervisor, @unchecked Sendable {
         frameCount = frames
         self.hypervisor = hypervisor
         memory = try SharedMemory(name: "\(machine)-dom\(id.rawValue)", pages: frames)
-        grantTable = try GrantTable(owner: id, frames: grantFrames, ownerFrames: frames, machine: machine)
+        dirty = try DirtyLog(frames: frames, name: "\(machine)-dom\(id.rawValue)-dirty")
+        grantTable = try GrantTable(owner: id, frames: grantFrames, ownerFrames: frames, machine: machine, dirty: dirty)
         events = try EventDomain(domain: id, machine: machine)
         allocator = SimulatedPageAllocator(owner: id, memory: memory, grants: grantTable)
     }
@@ -164,6 +166,7 @@ public final class SimulatedDomain: Hypervisor, @unchecked Sendable {
     public func outstanding() -> Leftovers {
         var left = Leftovers(mappings: lock.withLock { maptrack.values.map(leftover) }, grants: grantTable.grantedEntries())
         if let hv = hypervisor { left.ports = hv.eventControl.withLock { events.openPorts() } }
+        if dirty.isLogging { left.dirtyLogs = [domainID] }
         left.normalise()
         return left
     }

@@ -129,6 +129,7 @@ public final class SimulatedHypervisor: Sendable {
         for record in records { SimulatedDomain.release(record) }
         // Others' mappings of its frames: report; they stay until unmapped.
         for other in others { left.mappings += other.mappings(of: domain.domainID) }
+        if domain.dirty.stop() { left.dirtyLogs = [domain.domainID] }
         let table = domain.grantTable
         table.lock.withLock { table.markDead() }
         left.grants = table.grantedEntries()

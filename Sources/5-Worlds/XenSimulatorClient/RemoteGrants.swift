@@ -120,6 +120,8 @@ final class RemoteGrantMapper: GrantMapper, @unchecked Sendable {
         guard let dst = to.address else { return to.status }
         // The views stay mapped while we copy, even if the last unmap of their domain drops them meanwhile.
         withExtendedLifetime((from.view, to.view)) { _ = memmove(dst, src, length) }
+        // After the bytes, as Xen marks a copy's destination when it releases it (log-dirty).
+        if let view = to.view { view.markDirty(to.frame) }
         return .okay
     }
 
@@ -129,15 +131,15 @@ final class RemoteGrantMapper: GrantMapper, @unchecked Sendable {
     }
 
     private func resolve(_ end: GrantCopySegment.End, writable: Bool, _ refreshed: inout [DomainID])
-        -> (address: UnsafeMutableRawPointer?, status: GrantStatus, view: RemoteHypervisor.ForeignDomain?)
+        -> (address: UnsafeMutableRawPointer?, status: GrantStatus, view: RemoteHypervisor.ForeignDomain?, frame: UInt64)
     {
         switch end {
         case .local(let p):
-            return (p, .okay, nil)
+            return (p, .okay, nil, 0)
         case .foreign(let domain, let ref, let offset):
-            guard hypervisor.isPrivileged else { return (nil, .permissionDenied, nil) }
-            guard var f = try? hypervisor.foreignDomain(domain) else { return (nil, .badDomain, nil) }
-            guard Int(ref.rawValue) < f.entries else { return (nil, .badGrantRef, nil) }
+            guard hypervisor.isPrivileged else { return (nil, .permissionDenied, nil, 0) }
+            guard var f = try? hypervisor.foreignDomain(domain) else { return (nil, .badDomain, nil, 0) }
+            guard Int(ref.rawValue) < f.entries else { return (nil, .badGrantRef, nil, 0) }
             let entry = f.table + Int(ref.rawValue) * 8
             // acquiring: pairs with the granter's releasing store of the flags,
             // so the frame read next is the one it wrote before.
@@ -147,9 +149,9 @@ final class RemoteGrantMapper: GrantMapper, @unchecked Sendable {
             let frame = UnsafeAtomic<UInt32>(at: (entry + 4).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self))
                 .load(ordering: .relaxed)
             let flags = header & 0xFFFF
-            guard flags & UInt32(GTF_type_mask | GTF_sub_page) == UInt32(GTF_permit_access) else { return (nil, .badGrantRef, nil) }
-            guard UInt16(truncatingIfNeeded: header >> 16) == hypervisor.domainID.rawValue else { return (nil, .permissionDenied, nil) }
-            if writable && flags & UInt32(GTF_readonly) != 0 { return (nil, .permissionDenied, nil) }
+            guard flags & UInt32(GTF_type_mask | GTF_sub_page) == UInt32(GTF_permit_access) else { return (nil, .badGrantRef, nil, 0) }
+            guard UInt16(truncatingIfNeeded: header >> 16) == hypervisor.domainID.rawValue else { return (nil, .permissionDenied, nil, 0) }
+            if writable && flags & UInt32(GTF_readonly) != 0 { return (nil, .permissionDenied, nil, 0) }
             var pool = f.pool(containing: UInt64(frame))
             if pool == nil, !refreshed.contains(domain) {
                 refreshed.append(domain)
@@ -158,9 +160,9 @@ final class RemoteGrantMapper: GrantMapper, @unchecked Sendable {
                     pool = f.pool(containing: UInt64(frame))
                 }
             }
-            guard let pool else { return (nil, .badPage, nil) }
-            if writable && !pool.writable { return (nil, .permissionDenied, nil) }
-            return (pool.base + Int(UInt64(frame) - pool.first) * XenPage.size + Int(offset), .okay, f)
+            guard let pool else { return (nil, .badPage, nil, 0) }
+            if writable && !pool.writable { return (nil, .permissionDenied, nil, 0) }
+            return (pool.base + Int(UInt64(frame) - pool.first) * XenPage.size + Int(offset), .okay, f, UInt64(frame))
         }
     }
 

@@ -1,3 +1,4 @@
+import Atomics
 import XenLocks
 import CXen
 import Foundation
@@ -118,8 +119,9 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
         }
         store = XenStoreClient(transport: XenStoreSocketTransport(connectedSocket: reply.fds[2]))
         self.link = link
-        pools = SharePools(link: link, memory: memory)
+        pools = SharePools(link: link, memory: memory, tracksWrites: domainID != .dom0)
         link.startWatching(socketPath: socketPath, onLost: onDaemonLost)
+        handOverWriteTracking()
     }
 
     deinit { link.close() }
@@ -186,14 +188,32 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
         let entries: Int
         /// By first frame, ascending.
         let pools: [ForeignPool]
+        /// The granter's grant-writer bitmap (log-dirty): a copy into frame `n` sets bit `n`.
+        let dirty: UnsafeMutableRawPointer
+        let dirtyBytes: Int
 
-        init(table: UnsafeMutableRawPointer, entries: Int, pools: [ForeignPool]) {
+        init(table: UnsafeMutableRawPointer, entries: Int, pools: [ForeignPool], dirty: UnsafeMutableRawPointer, dirtyBytes: Int) {
             self.table = table
             self.entries = entries
             self.pools = pools.sorted { $0.first < $1.first }
+            self.dirty = dirty
+            self.dirtyBytes = dirtyBytes
         }
 
-        deinit { munmap(table, entries * MemoryLayout<grant_entry_v1>.stride) }
+        deinit {
+            munmap(table, entries * MemoryLayout<grant_entry_v1>.stride)
+            munmap(dirty, dirtyBytes)
+        }
+
+        /// A grant copy wrote `frame` of the granter: its bit, for the daemon's next read-and-clear.
+        func markDirty(_ frame: UInt64) {
+            guard frame / 64 < UInt64(dirtyBytes / 8) else { return }
+            let word = UnsafeAtomic<UInt64>(
+                at: (dirty + Int(frame / 64) * 8).assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
+            // releasing: the copy's bytes before the bit; the daemon takes the word
+            // with an acquiring exchange.
+            _ = word.loadThenBitwiseOr(with: 1 << (frame % 64), ordering: .releasing)
+        }
 
         func pool(containing frame: UInt64) -> ForeignPool? {
             var (lo, hi) = (0, pools.count)
@@ -229,7 +249,8 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
         let reply = try link.call(WireMessage([DaemonOp.foreignAccess.rawValue, UInt64(domain.rawValue)]))
         defer { for fd in reply.fds { Glibc.close(fd) } }
         let w = reply.words
-        guard w.count >= 3, w[1] > 0, w[1] <= 1 << 20, w[2] <= 15, w.count == 3 + 4 * Int(w[2]), reply.fds.count == 1 + Int(w[2])
+        guard w.count >= 4, w[1] > 0, w[1] <= 1 << 20, w[2] <= 14, w.count == 4 + 4 * Int(w[2]), reply.fds.count == 2 + Int(w[2]),
+            let dirtyBytes = w.last, dirtyBytes > 0, dirtyBytes <= 1 << 24, dirtyBytes % 8 == 0
         else { throw HypervisorError(.closed, "malformed foreign-access reply") }
         let entries = Int(w[1])
         var pools: [ForeignPool] = []
@@ -244,7 +265,12 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
             pools.append(ForeignPool(id: id, first: first, count: Int(count), writable: writable, base: base))
         }
         let table = try Mapping.map(reply.fds[0], bytes: entries * MemoryLayout<grant_entry_v1>.stride, writable: false)
-        let f = ForeignDomain(table: table, entries: entries, pools: pools)
+        let dirty: UnsafeMutableRawPointer
+        do { dirty = try Mapping.map(reply.fds[1 + Int(w[2])], bytes: Int(dirtyBytes)) } catch {
+            munmap(table, entries * MemoryLayout<grant_entry_v1>.stride)
+            throw error
+        }
+        let f = ForeignDomain(table: table, entries: entries, pools: pools, dirty: dirty, dirtyBytes: Int(dirtyBytes))
         return lock.withLock {
             if !refresh, let existing = foreign[domain] { return existing }
             foreign[domain] = f

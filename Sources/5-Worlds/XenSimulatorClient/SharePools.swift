@@ -41,12 +41,15 @@ final class SharePools: @unchecked Sendable {
 
     private let link: DaemonLink
     private let memory: GuestMemory
+    /// A guest's pools are its memory: the daemon's log-dirty tracks its writes to them.
+    private let tracksWrites: Bool
     private let lock = Lock()
     private var pools: [Pool] = []
 
-    init(link: DaemonLink, memory: GuestMemory) {
+    init(link: DaemonLink, memory: GuestMemory, tracksWrites: Bool) {
         self.link = link
         self.memory = memory
+        self.tracksWrites = tracksWrites
     }
 
     /// `count` zeroed, contiguous pages that only `grantee` may map (read-only
@@ -84,6 +87,10 @@ final class SharePools: @unchecked Sendable {
         else { throw HypervisorError(.closed, "malformed share-pool reply") }
         let count = Int(reply.words[2])
         let base = try Mapping.map(reply.fds[0], bytes: count * XenPage.size)
+        if tracksWrites {
+            // Best effort: a daemon that cannot track the range fails log-dirty's start instead.
+            _ = try? link.call(WireMessage([DaemonOp.trackWrites.rawValue, UInt64(UInt(bitPattern: base)), reply.words[1], UInt64(count)]))
+        }
         return Pool(grantee: grantee, writable: writable, first: reply.words[1], count: count, base: base)
     }
 

@@ -27,6 +27,13 @@ package enum DaemonOp: UInt64 {
     case sharePool = 11
     /// dom0 only: destroys a guest domain now (`xl destroy`), whether or not its process joined.
     case destroyDomain = 12
+    /// A guest process hands over what tracks its writes to its memory for log-dirty:
+    /// `[trackWrites, address, first frame, frames]` with its userfaultfd and
+    /// `/proc/self/pagemap` (the first time), or without descriptors (a share pool it mapped).
+    case trackWrites = 13
+    /// dom0 only: `[logDirty, domid, action]`, action 1 start, 2 read-and-clear (the
+    /// reply carries the bitmap in a memfd), 0 stop.
+    case logDirty = 14
 }
 
 /// One message: words, text, descriptors.

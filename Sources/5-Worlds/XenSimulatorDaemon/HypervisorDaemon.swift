@@ -65,13 +65,13 @@ public final class HypervisorDaemon: @unchecked Sendable {
     /// Who counts as dom0 and the caps on what clients can make the daemon hold, fixed at init.
     public let policy: DaemonPolicy
     private let logger: Logger
-    private let lock = Lock()
+    let lock = Lock()
     private var listenFD: Int32 = -1
     private var stopPipe: WakePipe?
     /// Work finished off the loop (a toolstack job's reply) waits here for the loop.
     private var posted: [@Sendable (inout DaemonPoller) -> Void] = []
     private var postPipe: WakePipe?
-    private var connections: [ObjectIdentifier: Connection] = [:]
+    var connections: [ObjectIdentifier: Connection] = [:]
     private var ports: [PortKey: PortEntry] = [:]
     private var nextHandle: UInt32 = 1
     /// Hypercall messages handled since start: the data path must not add to it.
@@ -161,6 +161,10 @@ public final class HypervisorDaemon: @unchecked Sendable {
         var isBackend = false
         var maps: [UInt32: MapRecord] = [:]
         var ports: Set<UInt32> = []
+        /// A guest process's write tracking for log-dirty (its userfaultfd and pagemap).
+        var writes: PageWriteTracker?
+        /// Ranges added to `writes` after the first (its share pools), against a cap.
+        var trackedRanges = 0
         /// Grant pins held by this process's mappings, against its limit.
         var pins = 0
         /// A reply is being prepared off the loop; the connection is not read meanwhile.
@@ -440,6 +444,10 @@ public final class HypervisorDaemon: @unchecked Sendable {
                 guard domain.isPrivileged else { throw .errno(.notPermitted, "report: only dom0 may ask") }
                 return .reply(WireMessage(lock.withLock { reportWords() }), AfterReply())
             case .createDomain: return try createDomain(m, conn, domain)
+            case .trackWrites: return try trackWrites(m, conn, domain)
+            case .logDirty:
+                let (reply, after) = try logDirty(m, conn, domain)
+                return .reply(reply, after)
             case .destroyDomain: return .reply(try destroyDomain(m, conn, domain), AfterReply())
             }
         } catch {
@@ -691,15 +699,24 @@ public final class HypervisorDaemon: @unchecked Sendable {
         let table = open("/proc/self/fd/\(d.grantTableFileDescriptor)", O_RDONLY | O_CLOEXEC)
         guard table >= 0 else { throw .errno(Errno(rawValue: errno), "foreign access: read-only grant table") }
         let shared: (pools: [SharePoolRegistry.Pool], fds: [Int32])
-        do { shared = try pools.poolsShared(by: d.domainID, with: me.domainID, limit: 15) } catch {
+        do { shared = try pools.poolsShared(by: d.domainID, with: me.domainID, limit: 14) } catch {
             Glibc.close(table)
             throw error
+        }
+        // The granter's grant-writer bitmap: dom0's copies into its frames mark them for log-dirty.
+        let dirty = fcntl(d.grantDirtyBitmapFileDescriptor, F_DUPFD_CLOEXEC, 0)
+        guard dirty >= 0 else {
+            let e = Errno(rawValue: errno)
+            Glibc.close(table)
+            for fd in shared.fds { Glibc.close(fd) }
+            throw .errno(e, "foreign access: dup of the dirty bitmap")
         }
         let poolWords: [UInt64] = shared.pools.flatMap { p -> [UInt64] in
             [p.id, p.first, UInt64(SharePoolRegistry.poolFrames), p.writable ? 1 : 0]
         }
-        let fds = [table] + shared.fds
-        return (WireMessage([0, UInt64(d.grantTableSize), UInt64(shared.pools.count)] + poolWords, fds: fds), AfterReply(fds: fds))
+        let fds = [table] + shared.fds + [dirty]
+        let words = [0, UInt64(d.grantTableSize), UInt64(shared.pools.count)] + poolWords + [UInt64(d.grantDirtyBitmapBytes)]
+        return (WireMessage(words, fds: fds), AfterReply(fds: fds))
     }
 
     /// Each bound port holds two descriptors here (its page and the binder's
@@ -829,6 +846,12 @@ public final class HypervisorDaemon: @unchecked Sendable {
         // The process's views died with it; unpin what it held.
         for r in maps { for ref in r.refs { r.granter.unpinGrant(ref, writable: r.writable) } }
         pools.release(owner: ObjectIdentifier(conn))
+        // Its write tracking goes with it (the domain's teardown below stops a log first).
+        let writes = lock.withLock { () -> PageWriteTracker? in
+            defer { conn.writes = nil }
+            return conn.writes
+        }
+        defer { writes?.close() }
         guard let domain else { return }
         if domain.isPrivileged {
             if let slice { endGrants(ofSlice: slice) }
