@@ -2,8 +2,14 @@ import SystemPackage
 import XenNetProtocol
 
 /// Where a vif's frames go and come from: a TAP on a bridge, or memory in
-/// tests and benchmarks. Used by one backend queue thread at a time.
+/// tests and benchmarks. Received from by one backend queue thread at a time; with a
+/// multi-queue vif several queue threads may `send` at once (each frame whole).
 public protocol NetworkAttachment: AnyObject, Sendable {
+    /// One attachment per receive queue, this one first: a multi-queue vif's queue `i`
+    /// receives from `queues[i]` and sends into `queues[i % queues.count]`; queues past the
+    /// end only send. Each hands out the frames of a flow in order, and one flow always
+    /// through the same queue (a multi-queue TAP steers by flow). `[self]` by default.
+    var queues: [any NetworkAttachment] { get }
     /// Readable while a frame waits for `receive`; nil if the attachment
     /// offers no descriptor (the queue then polls it on every wake-up).
     var fileDescriptor: FileDescriptor? { get }
@@ -13,4 +19,9 @@ public protocol NetworkAttachment: AnyObject, Sendable {
     /// Hands one frame on; false when the attachment could not take it now
     /// (the frame is dropped and counted).
     func send(_ frame: UnsafeRawBufferPointer, offload: FrameOffload) throws -> Bool
+}
+
+extension NetworkAttachment {
+    /// One receive queue: the attachment itself.
+    public var queues: [any NetworkAttachment] { [self] }
 }
