@@ -167,9 +167,10 @@ public final class NetBackendDevice: XenbusDeviceDriver {
     /// stays mapped or bound.
     /// - Throws: ``NetBackendError`` `.notSupported` when the frontend does not request rx
     ///   copy, `XenstoreValueError` for a missing or malformed key (a queue count of 0 or
-    ///   more than ``maxQueues`` included), the hypervisor's errors when a grant does not map
-    ///   or a port does not bind, the attachment factory's error, and `RingError` when a ring
-    ///   is already corrupt.
+    ///   more than ``maxQueues`` included), the attachment factory's error, and
+    ///   ``NetBackendError`` `.queue` naming the queue whose grant does not map, whose port
+    ///   does not bind or whose ring is already corrupt (the hypervisor's or `RingError` as
+    ///   its `underlying`).
     public func connect() async throws {
         await disconnect()
         let fe = peerPath
@@ -231,9 +232,13 @@ public final class NetBackendDevice: XenbusDeviceDriver {
         let receivers = attachment.queues
         do {
             for (index, keys) in rings.enumerated() {
-                queues.append(try makeQueue(index, keys, mapper: mapper, features: features,
-                                            attachment: receivers[index % receivers.count],
-                                            receives: index < receivers.count))
+                do {
+                    queues.append(try makeQueue(index, keys, mapper: mapper, features: features,
+                                                attachment: receivers[index % receivers.count],
+                                                receives: index < receivers.count))
+                } catch {
+                    throw NetBackendError(.queue, "queue \(index): \(error)", underlying: error)
+                }
             }
         } catch {
             for q in queues { q.stop() }

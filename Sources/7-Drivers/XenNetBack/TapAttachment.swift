@@ -48,11 +48,17 @@ public final class TapAttachment: NetworkAttachment {
         }
     }
 
+    /// Closes every queue's descriptor, so the kernel removes the interface (with its
+    /// addresses and routes); ``close()`` does this and then the hotplug's undoing.
+    public func closeDevice() {
+        for q in more { q.tap.close() }
+        tap.close()
+    }
+
     /// Closes the TAP (the kernel removes the interface, its addresses and routes), then
     /// undoes what ``onClose(_:)`` registered. Idempotent.
     public func close() async {
-        for q in more { q.tap.close() }
-        tap.close()
+        closeDevice()
         let body = teardown.withLock { current in
             defer { current = nil }
             return current
