@@ -36,4 +36,18 @@ struct MultiQueueTapTests {
         second.close()
         #expect((try? Shell.run("ip", "netns", "exec", ns.name, "ip", "link", "show", "xpvmq0")) == nil)
     }
+
+    /// A frame for a TAP whose interface is down is dropped (false), not an error: a guest
+    /// port delivering before the guest brought eth0 up must keep its queue running.
+    @Test func aWriteToADownTapIsADropNotAnError() throws {
+        let ns = try TestNamespace("xpvdown")
+        let tap = try NetworkNamespace.run(in: ns.path) { try TapDevice(name: "xpvdn0", vnetHeader: false) }
+        var frame = [UInt8](repeating: 0xff, count: 60)
+        let sent = try frame.withUnsafeMutableBytes { b in
+            var v = iovec(iov_base: b.baseAddress, iov_len: b.count)
+            return try withUnsafePointer(to: &v) { try tap.write(UnsafeBufferPointer(start: $0, count: 1)) }
+        }
+        #expect(!sent)
+        tap.close()
+    }
 }

@@ -64,6 +64,11 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
     /// The first pump's counters while connected.
     public var counters: NetFrontCounters? { session.withLock { $0?.started == true ? $0?.queues.first?.pump.counters : nil } }
 
+    /// Every queue's pump while connected, queue 0 first (their counters, failures, threads).
+    public var pumps: [NetFrontPump] {
+        session.withLock { s in s?.started == true ? s?.queues.map(\.pump) ?? [] : [] }
+    }
+
     /// Every queue's counters while connected, queue 0 first.
     public var queueCounters: [NetFrontCounters] {
         session.withLock { s in s?.started == true ? s?.queues.map { $0.pump.counters } ?? [] : [] }

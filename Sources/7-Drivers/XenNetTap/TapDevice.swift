@@ -96,7 +96,8 @@ public final class TapDevice: @unchecked Sendable {
     }
 
     /// Writes one frame gathered from `parts` (vnet header first, when enabled).
-    /// Returns false when the device queue is full (the frame was not sent).
+    /// Returns false when the device queue is full or the interface is down (the frame was
+    /// not sent).
     public func write(_ parts: UnsafeBufferPointer<iovec>) throws(TapError) -> Bool {
         while true {
             let n = writev(fileDescriptor.rawValue, parts.baseAddress, Int32(parts.count))
@@ -104,6 +105,9 @@ public final class TapDevice: @unchecked Sendable {
             switch Errno(rawValue: Glibc.errno) {
             case .interrupted: continue
             case .wouldBlock, .noBufferSpace: return false
+            // The interface is down (tun answers EIO): the frame is dropped, as a NIC that
+            // is down drops it, and the reader carries on.
+            case .ioError: return false
             default: throw .last("write to \(name)")
             }
         }
