@@ -10,7 +10,7 @@ import XenNetProtocol
 /// Its descriptor (an eventfd) is readable while injected frames wait.
 ///
 /// With `queues` > 1 it has that many receive queues, as a multi-queue TAP has: an
-/// injected frame waits on the queue its flow hashes to (``FlowHash``), so each flow
+/// injected frame waits on the queue its flow hashes to (`FlowHash`), so each flow
 /// reaches the guest through one vif queue, in order.
 public final class MemoryAttachment: NetworkAttachment {
     /// A frame waiting for the guest.
