@@ -114,6 +114,13 @@ struct NetMultiQueueNegotiationTests {
         let single = try await connectedQueues(one)
         #expect(single.count == 1)
         #expect(try await one.guestStore.readIfPresent(one.device.frontendPath + "/tx-ring-ref") != nil)
+        // Its attachment has two receive queues, the vif one: every flow still arrives.
+        let flows = flowsOverTwoQueues()
+        var packets = one.port.packets.makeAsyncIterator()
+        for flow in flows { #expect(one.attachment.inject(flowFrame(flow: flow, sequence: 1))) }
+        var arrived: Set<UInt16> = []
+        for _ in flows { if let p = await packets.next(), let f = flowAndSequence(p.bytes) { arrived.insert(f.flow) } }
+        #expect(arrived == Set(flows))
         try await teardown(one, single)
     }
 

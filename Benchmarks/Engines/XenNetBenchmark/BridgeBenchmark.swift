@@ -78,7 +78,7 @@ public enum BridgeBenchmark {
         try shell(["ip", "netns", "exec", guestNS, "ip", "addr", "add", "10.88.0.2/24", "dev", "eth0"])
         try shell(["ip", "netns", "exec", guestNS, "ip", "link", "set", "eth0", "up"])
         let ports = try TapGuestPort(tap: guestTaps[0], moreQueues: Array(guestTaps.dropFirst())).queuePorts(queues)
-        let receivers = vif.queues
+        let receivers = vif.receiveQueues(queues)
         var pumps: [NetFrontPump] = []
         var backends: [VifQueue] = []
         for q in 0 ..< queues {

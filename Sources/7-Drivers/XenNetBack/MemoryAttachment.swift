@@ -33,10 +33,21 @@ public final class MemoryAttachment: NetworkAttachment {
         self.onSend = onSend
         lanes = (0 ..< max(1, queues)).map { _ in MemoryLane() }
         more = lanes.dropFirst().map { MemoryQueueAttachment(lane: $0, onSend: onSend) }
+        active = Locked(lanes.count)
     }
 
-    /// This attachment (queue 0), then one per further receive queue.
-    public var queues: [any NetworkAttachment] { [self] + more.map { $0 as any NetworkAttachment } }
+    /// This attachment (queue 0), then one per further receive queue the vif reads, at
+    /// most `count` in all. Frames then go only to those queues; frames waiting on a queue
+    /// no longer read move to the first, in their order.
+    public func receiveQueues(_ count: Int) -> [any NetworkAttachment] {
+        let n = max(1, min(count, lanes.count))
+        active.withLock { $0 = n }
+        for lane in lanes.dropFirst(n) { lanes[0].takeAll(from: lane) }
+        return [self] + more.prefix(n - 1).map { $0 as any NetworkAttachment }
+    }
+
+    /// How many queues the vif reads (all until ``receiveQueues(_:)`` says otherwise).
+    private let active: Locked<Int>
 
     /// The first queue's eventfd, readable while injected frames wait on it.
     public var fileDescriptor: FileDescriptor? { lanes[0].fileDescriptor }
@@ -46,8 +57,11 @@ public final class MemoryAttachment: NetworkAttachment {
     @discardableResult
     public func inject(_ bytes: [UInt8], offload: FrameOffload = .none) -> Bool {
         guard !bytes.isEmpty, bytes.count <= Netif.maxPacketSize else { return false }
-        let lane = bytes.withUnsafeBytes { FlowHash.queue(of: $0, among: lanes.count) }
-        return lanes[lane].push(Frame(bytes: bytes, offload: offload), limit: limit)
+        // Under the lock: a frame does not land on a queue receiveQueues just retired.
+        return active.withLock { n in
+            let lane = bytes.withUnsafeBytes { FlowHash.queue(of: $0, among: n) }
+            return lanes[lane].push(Frame(bytes: bytes, offload: offload), limit: limit)
+        }
     }
 
     /// Frames injected that the guest has not received yet, on all queues.
@@ -92,6 +106,15 @@ final class MemoryLane: Sendable {
             _ = write(eventFD, &one, 8)
         }
         return accepted
+    }
+
+    /// Moves every frame of `other` behind this lane's, keeping their order.
+    func takeAll(from other: MemoryLane) {
+        let moved = other.queue.withLock { q in defer { q.removeAll() }; return Array(q) }
+        guard !moved.isEmpty else { return }
+        queue.withLock { $0.append(contentsOf: moved) }
+        var one: UInt64 = 1
+        _ = write(eventFD, &one, 8)
     }
 
     func pop(into buffer: UnsafeMutableRawBufferPointer) -> (frame: Range<Int>, offload: FrameOffload)? {

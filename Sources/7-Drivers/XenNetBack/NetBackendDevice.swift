@@ -229,7 +229,8 @@ public final class NetBackendDevice: XenbusDeviceDriver {
     private func connect(_ rings: [QueueKeys], features: VifFrontendFeatures, attachment: any NetworkAttachment) throws {
         let mapper = try hypervisor.openGrantMapper()
         var queues: [VifQueue] = []
-        let receivers = attachment.queues
+        let offered = attachment.receiveQueues(rings.count)
+        let receivers = offered.isEmpty ? [attachment] : Array(offered.prefix(rings.count))
         do {
             for (index, keys) in rings.enumerated() {
                 do {

@@ -5,11 +5,12 @@ import XenNetProtocol
 /// tests and benchmarks. Received from by one backend queue thread at a time; with a
 /// multi-queue vif several queue threads may `send` at once (each frame whole).
 public protocol NetworkAttachment: AnyObject, Sendable {
-    /// One attachment per receive queue, this one first: a multi-queue vif's queue `i`
-    /// receives from `queues[i]` and sends into `queues[i % queues.count]`; queues past the
-    /// end only send. Each hands out the frames of a flow in order, and one flow always
-    /// through the same queue (a multi-queue TAP steers by flow). `[self]` by default.
-    var queues: [any NetworkAttachment] { get }
+    /// The receive queues a vif of `count` queues uses, this one first and at most
+    /// `count`: the vif's queue `i` receives from `queues[i]` and sends into
+    /// `queues[i % queues.count]`; queues past the end only send. Each hands out the frames
+    /// of a flow in order, and one flow always through the same queue (a multi-queue TAP
+    /// steers by flow). Called at each connection, before any queue starts. `[self]` by default.
+    func receiveQueues(_ count: Int) -> [any NetworkAttachment]
     /// Readable while a frame waits for `receive`; nil if the attachment
     /// offers no descriptor (the queue then polls it on every wake-up).
     var fileDescriptor: FileDescriptor? { get }
@@ -23,5 +24,5 @@ public protocol NetworkAttachment: AnyObject, Sendable {
 
 extension NetworkAttachment {
     /// One receive queue: the attachment itself.
-    public var queues: [any NetworkAttachment] { [self] }
+    public func receiveQueues(_ count: Int) -> [any NetworkAttachment] { [self] }
 }

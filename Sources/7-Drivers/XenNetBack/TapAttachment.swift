@@ -66,8 +66,14 @@ public final class TapAttachment: NetworkAttachment {
         await body?()
     }
 
-    /// The TAP's queues, this one first: each vif queue reads and writes its own.
-    public var queues: [any NetworkAttachment] { [self] + more.map { $0 as any NetworkAttachment } }
+    /// The TAP's first `count` queues, this one first: each vif queue reads and writes its
+    /// own. Queues beyond `count` (a TAP made with more queues than the vif has) are
+    /// detached, so the kernel steers nothing to a queue nobody reads.
+    public func receiveQueues(_ count: Int) -> [any NetworkAttachment] {
+        let n = max(1, min(count, 1 + more.count))
+        for (i, q) in more.enumerated() { try? q.tap.setQueueAttached(i + 1 < n) }
+        return [self] + more.prefix(n - 1).map { $0 as any NetworkAttachment }
+    }
 
     /// The first queue's non-blocking descriptor, readable while a frame waits.
     public var fileDescriptor: FileDescriptor? { tap.fileDescriptor }

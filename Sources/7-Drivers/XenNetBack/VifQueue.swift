@@ -24,7 +24,7 @@ public struct VifConfiguration: Sendable {
     public var receiveChecksumBlank: Bool
     /// Whether this queue takes frames from its attachment for the guest. False for the
     /// extra queues of a vif whose attachment has fewer receive queues than the vif
-    /// (``NetworkAttachment/queues``): they only transmit, and one reader keeps received
+    /// (``NetworkAttachment/receiveQueues(_:)``): they only transmit, and one reader keeps received
     /// frames in order.
     public var receives: Bool
 
