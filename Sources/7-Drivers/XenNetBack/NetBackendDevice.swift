@@ -39,7 +39,7 @@ public struct VifFrontendFeatures: Hashable, Sendable {
     /// The frontend takes frames with a blank checksum (`feature-no-csum-offload` not set).
     public var receiveChecksumBlank: Bool
     /// The queues the frontend asked for (`multi-queue-num-queues`, 1 without it): an
-    /// attachment factory makes as many receive queues (``NetworkAttachment/queues``),
+    /// attachment factory makes as many receive queues (``NetworkAttachment/receiveQueues(_:)``),
     /// e.g. a multi-queue TAP.
     public var queues: Int = 1
 
