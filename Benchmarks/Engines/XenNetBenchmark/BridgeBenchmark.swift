@@ -18,6 +18,8 @@ public enum BridgeBenchmark {
         public var queues: Int = 1
         /// iperf3's parallel streams (`-P`), the same through both.
         public var parallel: Int = 1
+        /// Packets each vif queue took from the guest (how the kernel spread the streams).
+        public var queuePackets: [UInt64] = []
         /// TCP received through netfront, the netif rings and netback's vif, in Gbit/s.
         public var vifGbit: Double
         /// TCP received through the plain veth pair, in Gbit/s.
@@ -26,10 +28,10 @@ public enum BridgeBenchmark {
         public var ratio: Double { vethGbit > 0 ? vifGbit / vethGbit : 0 }
 
         /// One JSON object: `seconds`, `queues`, `parallel`, `vif_gbit_per_second`,
-        /// `veth_gbit_per_second`, `ratio`.
+        /// `veth_gbit_per_second`, `ratio`, `queue_tx_packets`.
         public var json: String {
-            String(format: #"{"seconds":%.0f,"queues":%d,"parallel":%d,"vif_gbit_per_second":%.3f,"veth_gbit_per_second":%.3f,"ratio":%.3f}"#,
-                   seconds, queues, parallel, vifGbit, vethGbit, ratio)
+            String(format: #"{"seconds":%.0f,"queues":%d,"parallel":%d,"vif_gbit_per_second":%.3f,"veth_gbit_per_second":%.3f,"ratio":%.3f,"queue_tx_packets":[%@]}"#,
+                   seconds, queues, parallel, vifGbit, vethGbit, ratio, queuePackets.map(String.init).joined(separator: ","))
         }
         /// One line for a person.
         public var summary: String {
@@ -98,6 +100,7 @@ public enum BridgeBenchmark {
             }
             vifGbit = try iperf(server: dom0, address: "10.88.0.1", client: guestNS, seconds: seconds, parallel: parallel)
         }
+        let queuePackets = backends.map { $0.counters.txPackets.value }
 
         // The same through a plain veth pair.
         try shell(["ip", "link", "add", "xpvva\(tag)", "type", "veth", "peer", "name", "xpvvb\(tag)"])
@@ -108,7 +111,8 @@ public enum BridgeBenchmark {
         try shell(["ip", "netns", "exec", vethA, "ip", "link", "set", "xpvva\(tag)", "up"])
         try shell(["ip", "netns", "exec", vethB, "ip", "link", "set", "xpvvb\(tag)", "up"])
         let vethGbit = try iperf(server: vethA, address: "10.89.0.1", client: vethB, seconds: seconds, parallel: parallel)
-        return Result(seconds: seconds, queues: queues, parallel: parallel, vifGbit: vifGbit, vethGbit: vethGbit)
+        return Result(seconds: seconds, queues: queues, parallel: parallel, queuePackets: queuePackets, vifGbit: vifGbit,
+                      vethGbit: vethGbit)
     }
 
     /// One iperf3 TCP run from `client` to a one-shot server in `server`;
