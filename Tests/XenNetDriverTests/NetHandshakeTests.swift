@@ -28,17 +28,24 @@ final class NetStoreWorld: @unchecked Sendable {
     let attachment: MemoryAttachment
     let backend: NetBackend
     let device: XenbusDevice
-    let port = PacketPort()
+    let port: PacketPort
+    let frontend: NetFrontendDriver
     let endpoint: XenbusEndpoint
     let frontendTask: Task<Void, Error>
     private let backendTask: Task<Void, Error>
 
     /// `hostileGuest` runs on the guest's store connection before its netfront starts.
     /// `attach`, given dom0's store and id, makes netback's factory (default: the memory
-    /// attachment recording `sent`); `guestPort` is netfront's port (default: `port`).
+    /// attachment recording `sent`, with `queues` receive queues); `guestPort` is netfront's
+    /// port (default: `port`, a `PacketPort` of `queues` queues). netback offers `maxQueues`,
+    /// netfront wishes for `queues`; `afterPrepare` runs on the guest's store connection
+    /// once netfront wrote its keys and before it says Initialised (a hostile frontend's edits).
     init(frames: Int = 1024, backendKeys: [String: String] = [:], backendLog: LogLines? = nil,
+         maxQueues: Int = 1, queues: Int = 1,
          hostileGuest: (@Sendable (XenStoreClient, XenbusDevice) async throws -> Void)? = nil,
+         afterPrepare: (@Sendable (XenStoreClient, XenbusDevice) async throws -> Void)? = nil,
          attach: ((XenStoreClient, DomainID) -> AttachmentFactory)? = nil, guestPort: (any GuestPort)? = nil) async throws {
+        port = PacketPort(queues: queues)
         guest = try hv.createDomain(frames: frames)
         let base = "/tmp/xpv-net-\(UUID().uuidString.prefix(8))"
         var quiet = Logger(label: "test")
@@ -48,14 +55,14 @@ final class NetStoreWorld: @unchecked Sendable {
         dom0Store = try XenStoreClient(socketPath: base + ".sock")
         guestStore = try XenStoreClient(socketPath: base + "-g.sock")
         let sent = self.sent
-        let attachment = MemoryAttachment { frame, offload in
+        let attachment = MemoryAttachment(queues: queues) { frame, offload in
             sent.frames.withLock { $0.append((Array(frame), offload)) }
             return true
         }
         self.attachment = attachment
         var backendLogger = quiet
         if let backendLog { backendLogger = Logger(label: "netback") { _ in backendLog } }
-        let backend = NetBackend(hypervisor: hv.dom0, store: dom0Store, logger: backendLogger,
+        let backend = NetBackend(hypervisor: hv.dom0, store: dom0Store, logger: backendLogger, maxQueues: maxQueues,
                                  attach: attach?(dom0Store, hv.dom0.domainID) ?? { @Sendable _, _ in attachment })
         self.backend = backend
         backendTask = Task { try await backend.run() }
@@ -64,9 +71,13 @@ final class NetStoreWorld: @unchecked Sendable {
         try await XenbusToolstack.create(device, on: dom0Store, backendKeys: backendKeys)
         try await hostileGuest?(guestStore, device)
         let frontend = NetFrontendDriver(hypervisor: guest, store: guestStore, path: device.frontendPath, port: guestPort ?? port,
-                                         logger: quiet)
+                                         queues: queues, logger: quiet)
+        self.frontend = frontend
+        let driver: any XenbusDeviceDriver = afterPrepare.map { [guestStore, device] edit in
+            EditingFrontend(frontend) { try await edit(guestStore, device) }
+        } ?? frontend
         let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: device.frontendPath,
-                                      peerPath: device.backendPath, driver: frontend, logger: quiet)
+                                      peerPath: device.backendPath, driver: driver, logger: quiet)
         self.endpoint = endpoint
         frontendTask = Task { try await endpoint.run() }
     }
@@ -99,6 +110,23 @@ final class NetStoreWorld: @unchecked Sendable {
         backendTask.cancel()
         server.stop()
     }
+}
+
+/// netfront, with `edit` run after its keys are written: a frontend that writes hostile
+/// values where a real one writes good ones.
+final class EditingFrontend: XenbusDeviceDriver {
+    let inner: NetFrontendDriver
+    let edit: @Sendable () async throws -> Void
+    init(_ inner: NetFrontendDriver, edit: @escaping @Sendable () async throws -> Void) {
+        self.inner = inner
+        self.edit = edit
+    }
+    func prepare() async throws {
+        try await inner.prepare()
+        try await edit()
+    }
+    func connect() async throws { try await inner.connect() }
+    func disconnect() async { await inner.disconnect() }
 }
 
 /// netback and netfront find each other through xenstore, walk the XenBus
@@ -161,9 +189,9 @@ struct NetNegotiationTests {
     /// Closing with the connect tried once, and a second vif of the guest still carries frames.
     @Test func aHugeQueueCountClosesThatVifOnceAndAnotherVifKeepsWorking() async throws {
         let log = LogLines()
-        let w = try await NetStoreWorld(backendLog: log) { guestStore, device in
+        let w = try await NetStoreWorld(backendLog: log, afterPrepare: { guestStore, device in
             try await guestStore.write(device.frontendPath + "/" + XenbusKey.multiQueueNumQueues, "18446744073709551615")
-        }
+        })
         let error = try await w.backendError(within: 20)
         #expect(error?.contains("multi-queue-num-queues = \"18446744073709551615\" (outOfRange): expected a decimal in 1...1") == true,
                 "\(error ?? "nil")")

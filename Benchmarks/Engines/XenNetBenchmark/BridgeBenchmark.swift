@@ -6,12 +6,20 @@ import XenNetTap
 
 /// iperf3 between two network namespaces through the drivers — a guest
 /// namespace whose TAP netfront drives, netback's vif on a bridge in a dom0
-/// namespace — against a plain veth pair in the same run.
+/// namespace — against a plain veth pair in the same run. With several queues both TAPs
+/// are multi-queue TAPs and each vif queue (a ring pair, a netfront pump thread and a
+/// netback thread) serves one TAP queue on each side.
 public enum BridgeBenchmark {
     /// The two iperf3 rates of one run.
     public struct Result: Sendable {
         /// How long each iperf3 run lasted, in seconds.
         public var seconds: Double
+        /// The vif's queues (ring pairs).
+        public var queues: Int = 1
+        /// iperf3's parallel streams (`-P`), the same through both.
+        public var parallel: Int = 1
+        /// Packets each vif queue took from the guest (how the kernel spread the streams).
+        public var queuePackets: [UInt64] = []
         /// TCP received through netfront, the netif rings and netback's vif, in Gbit/s.
         public var vifGbit: Double
         /// TCP received through the plain veth pair, in Gbit/s.
@@ -19,15 +27,16 @@ public enum BridgeBenchmark {
         /// ``vifGbit`` over ``vethGbit`` (0 when the veth run moved nothing).
         public var ratio: Double { vethGbit > 0 ? vifGbit / vethGbit : 0 }
 
-        /// One JSON object: `seconds`, `vif_gbit_per_second`, `veth_gbit_per_second`, `ratio`.
+        /// One JSON object: `seconds`, `queues`, `parallel`, `vif_gbit_per_second`,
+        /// `veth_gbit_per_second`, `ratio`, `queue_tx_packets`.
         public var json: String {
-            String(format: #"{"seconds":%.0f,"vif_gbit_per_second":%.3f,"veth_gbit_per_second":%.3f,"ratio":%.3f}"#,
-                   seconds, vifGbit, vethGbit, ratio)
+            String(format: #"{"seconds":%.0f,"queues":%d,"parallel":%d,"vif_gbit_per_second":%.3f,"veth_gbit_per_second":%.3f,"ratio":%.3f,"queue_tx_packets":[%@]}"#,
+                   seconds, queues, parallel, vifGbit, vethGbit, ratio, queuePackets.map(String.init).joined(separator: ","))
         }
         /// One line for a person.
         public var summary: String {
-            String(format: "iperf3 TCP for %.0f s: through netfront/netback %.2f Gbit/s, plain veth %.2f Gbit/s (ratio %.2f)",
-                   seconds, vifGbit, vethGbit, ratio)
+            String(format: "iperf3 TCP -P %d for %.0f s: through netfront/netback (%d queue%@) %.2f Gbit/s, plain veth %.2f Gbit/s (ratio %.2f)",
+                   parallel, seconds, queues, queues == 1 ? "" : "s", vifGbit, vethGbit, ratio)
         }
     }
 
@@ -37,8 +46,11 @@ public enum BridgeBenchmark {
         public var description: String
     }
 
-    /// Builds both set-ups in fresh namespaces, runs iperf3 TCP for `seconds` through each, and removes the namespaces. Needs root, `/dev/net/tun` and `iperf3`; throws ``Failure`` otherwise, or the error of a command or driver that failed.
-    public static func run(seconds: Double) throws -> Result {
+    /// Builds both set-ups in fresh namespaces, runs iperf3 TCP for `seconds` with
+    /// `parallel` streams (`-P`) through each — the vif with `queues` queues — and removes
+    /// the namespaces. Needs root, `/dev/net/tun` and `iperf3`; throws ``Failure`` otherwise,
+    /// or the error of a command or driver that failed.
+    public static func run(seconds: Double, queues: Int = 1, parallel: Int = 1) throws -> Result {
         guard getuid() == 0, access("/dev/net/tun", R_OK | W_OK) == 0 else {
             throw Failure(description: "needs root and /dev/net/tun (network namespaces and TAP devices)")
         }
@@ -54,30 +66,41 @@ public enum BridgeBenchmark {
         try shell(["ip", "netns", "exec", dom0, "ip", "link", "add", "xpvbr", "type", "bridge"])
         try shell(["ip", "netns", "exec", dom0, "ip", "addr", "add", "10.88.0.1/24", "dev", "xpvbr"])
         try shell(["ip", "netns", "exec", dom0, "ip", "link", "set", "xpvbr", "up"])
-        let pair = try NetRingPair()
+        let queues = max(1, queues)
+        let pair = try NetRingPair(queues: queues)
         let offloads: TapOffloads = [.checksum, .tcpv4Segmentation, .tcpv6Segmentation]
         let vif = try NetworkNamespace.run(in: "/run/netns/\(dom0)") {
-            try TapAttachment(name: "vif\(pair.guest.domainID.rawValue).0", bridge: "xpvbr", offloads: offloads)
+            try TapAttachment(name: "vif\(pair.guest.domainID.rawValue).0", bridge: "xpvbr", offloads: offloads, queues: queues)
         }
-        let guestTap = try NetworkNamespace.run(in: "/run/netns/\(guestNS)") { try TapDevice(name: "eth0") }
-        try guestTap.setOffloads(offloads)
+        let guestTaps = try NetworkNamespace.run(in: "/run/netns/\(guestNS)") {
+            let first = try TapDevice(name: "eth0", vnetHeader: true, multiQueue: queues > 1)
+            return try [first] + (1 ..< queues).map { _ in try first.openQueue() }
+        }
+        try guestTaps[0].setOffloads(offloads)
         try shell(["ip", "netns", "exec", guestNS, "ip", "addr", "add", "10.88.0.2/24", "dev", "eth0"])
         try shell(["ip", "netns", "exec", guestNS, "ip", "link", "set", "eth0", "up"])
-        let pump = NetFrontPump(queue: try pair.makeFrontend(), port: TapGuestPort(tap: guestTap), events: pair.feEvents)
-        let backend = try pair.makeBackend(attachment: vif, cpu: nil)
-        pump.start()
-        backend.start()
+        let ports = try TapGuestPort(tap: guestTaps[0], moreQueues: Array(guestTaps.dropFirst())).queuePorts(queues)
+        let receivers = vif.receiveQueues(queues)
+        var pumps: [NetFrontPump] = []
+        var backends: [VifQueue] = []
+        for q in 0 ..< queues {
+            pumps.append(NetFrontPump(queue: try pair.makeFrontend(queue: q), port: ports[q], events: pair.queues[q].feEvents))
+            backends.append(try pair.makeBackend(queue: q, attachment: receivers[q], cpu: nil))
+        }
+        for p in pumps { p.start() }
+        for b in backends { b.start() }
         let vifGbit: Double
         do {
             defer {
-                pump.stop()
-                backend.stop()
-                vif.tap.close()
-                guestTap.close()
+                for p in pumps { p.stop() }
+                for b in backends { b.stop() }
+                vif.closeDevice()
+                for t in guestTaps { t.close() }
                 pair.close()
             }
-            vifGbit = try iperf(server: dom0, address: "10.88.0.1", client: guestNS, seconds: seconds)
+            vifGbit = try iperf(server: dom0, address: "10.88.0.1", client: guestNS, seconds: seconds, parallel: parallel)
         }
+        let queuePackets = backends.map { $0.counters.txPackets.value }
 
         // The same through a plain veth pair.
         try shell(["ip", "link", "add", "xpvva\(tag)", "type", "veth", "peer", "name", "xpvvb\(tag)"])
@@ -87,13 +110,14 @@ public enum BridgeBenchmark {
         try shell(["ip", "netns", "exec", vethB, "ip", "addr", "add", "10.89.0.2/24", "dev", "xpvvb\(tag)"])
         try shell(["ip", "netns", "exec", vethA, "ip", "link", "set", "xpvva\(tag)", "up"])
         try shell(["ip", "netns", "exec", vethB, "ip", "link", "set", "xpvvb\(tag)", "up"])
-        let vethGbit = try iperf(server: vethA, address: "10.89.0.1", client: vethB, seconds: seconds)
-        return Result(seconds: seconds, vifGbit: vifGbit, vethGbit: vethGbit)
+        let vethGbit = try iperf(server: vethA, address: "10.89.0.1", client: vethB, seconds: seconds, parallel: parallel)
+        return Result(seconds: seconds, queues: queues, parallel: parallel, queuePackets: queuePackets, vifGbit: vifGbit,
+                      vethGbit: vethGbit)
     }
 
     /// One iperf3 TCP run from `client` to a one-shot server in `server`;
     /// the received rate in Gbit/s.
-    static func iperf(server: String, address: String, client: String, seconds: Double) throws -> Double {
+    static func iperf(server: String, address: String, client: String, seconds: Double, parallel: Int) throws -> Double {
         let daemon = Process()
         daemon.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         daemon.arguments = ["ip", "netns", "exec", server, "iperf3", "-s", "-1", "-B", address]
@@ -104,7 +128,8 @@ public enum BridgeBenchmark {
         var output = ""
         for _ in 0 ..< 50 {
             usleep(100_000)
-            if let out = try? shell(["ip", "netns", "exec", client, "iperf3", "-c", address, "-t", String(Int(seconds)), "-J"]) {
+            if let out = try? shell(["ip", "netns", "exec", client, "iperf3", "-c", address, "-t", String(Int(seconds)),
+                                          "-P", String(max(1, parallel)), "-J"]) {
                 output = out
                 break
             }

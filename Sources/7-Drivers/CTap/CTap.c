@@ -30,11 +30,15 @@ static int ifreq_ioctl(unsigned long request, struct ifreq *ifr) {
 }
 
 int ctap_open(const char *name, int vnet_hdr, char *name_out) {
+    return ctap_open_queue(name, vnet_hdr, 0, name_out);
+}
+
+int ctap_open_queue(const char *name, int vnet_hdr, int multi_queue, char *name_out) {
     struct ifreq ifr;
     if (fill_ifreq(&ifr, name) < 0) return -1;
     int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) return -1;
-    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (vnet_hdr ? IFF_VNET_HDR : 0);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (vnet_hdr ? IFF_VNET_HDR : 0) | (multi_queue ? IFF_MULTI_QUEUE : 0);
     if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
         int saved = errno;
         close(fd);
@@ -43,6 +47,13 @@ int ctap_open(const char *name, int vnet_hdr, char *name_out) {
     }
     memcpy(name_out, ifr.ifr_name, IFNAMSIZ);
     return fd;
+}
+
+int ctap_set_queue(int fd, int attached) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = attached ? IFF_ATTACH_QUEUE : IFF_DETACH_QUEUE;
+    return ioctl(fd, TUNSETQUEUE, &ifr);
 }
 
 int ctap_set_offload(int fd, unsigned int flags) {

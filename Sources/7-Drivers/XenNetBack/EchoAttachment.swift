@@ -6,10 +6,11 @@ import Foundation
 /// check every reply byte for byte.
 public enum EchoAttachment {
     /// An echoing attachment that holds at most `limit` replies for the guest; with
-    /// `swapAddresses` each reply's source and destination MAC are swapped.
-    public static func make(swapAddresses: Bool = true, limit: Int = 4096) -> MemoryAttachment {
+    /// `swapAddresses` each reply's source and destination MAC are swapped; `queues` receive
+    /// queues, each reply on the queue of its flow (see ``MemoryAttachment``).
+    public static func make(swapAddresses: Bool = true, limit: Int = 4096, queues: Int = 1) -> MemoryAttachment {
         let slot = Slot()
-        let attachment = MemoryAttachment(limit: limit) { frame, offload in
+        let attachment = MemoryAttachment(limit: limit, queues: queues) { frame, offload in
             var reply = Array(frame)
             if swapAddresses, reply.count >= 12 {
                 for i in 0 ..< 6 { reply.swapAt(i, 6 + i) }

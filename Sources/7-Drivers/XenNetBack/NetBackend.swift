@@ -13,10 +13,13 @@ public final class NetBackend: Sendable {
     public let devices: XenbusBackendManager<VifFactory>
 
     /// `attach` makes each vif's attachment, e.g. a TAP on a bridge:
-    /// `{ id, features in try TapAttachment(name: id.interfaceName, bridge: "xenbr0", offloads: features.tapOffloads) }`.
+    /// `{ id, features in try TapAttachment(name: id.interfaceName, bridge: "xenbr0", offloads: features.tapOffloads,
+    /// queues: features.queues) }`. Every vif offers `maxQueues` queues (`multi-queue-max-queues`,
+    /// clamped to 1...``NetBackendDevice/queueLimit``; by default a queue per CPU).
     public init(hypervisor: any Hypervisor, store: any XenStoreConnection, logger: Logger = Logger(label: "netback"),
-                attach: @escaping AttachmentFactory) {
-        devices = XenbusBackendManager(factory: VifFactory(hypervisor: hypervisor, store: store, attach: attach, logger: logger),
+                maxQueues: Int = NetBackendDevice.defaultMaxQueues, attach: @escaping AttachmentFactory) {
+        devices = XenbusBackendManager(factory: VifFactory(hypervisor: hypervisor, store: store, attach: attach,
+                                                           maxQueues: maxQueues, logger: logger),
                                        store: store, backendDomain: hypervisor.domainID, logger: logger)
     }
 
@@ -48,6 +51,7 @@ public struct VifFactory: XenbusBackendDeviceFactory {
     let hypervisor: any Hypervisor
     let store: any XenStoreConnection
     let attach: AttachmentFactory
+    let maxQueues: Int
     let logger: Logger
 
     /// "vif", the device class in `backend/vif/<domid>/<devid>`.
@@ -57,7 +61,8 @@ public struct VifFactory: XenbusBackendDeviceFactory {
     /// new session when the frontend offers new rings). Never throws.
     public func makeDevice(_ device: XenbusDevice, frontendPath: String, control: XenbusDeviceControl) async throws -> NetBackendDevice {
         NetBackendDevice(identity: VifIdentity(frontend: device.frontendDomain, id: device.id), path: device.backendPath,
-                         peerPath: frontendPath, hypervisor: hypervisor, store: store, attach: attach, logger: logger) { _ in
+                         peerPath: frontendPath, hypervisor: hypervisor, store: store, attach: attach, maxQueues: maxQueues,
+                         logger: logger) { _ in
             control.requestClose()
             control.requestReconnect()
         }

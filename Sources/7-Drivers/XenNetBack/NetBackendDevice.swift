@@ -1,3 +1,4 @@
+import Glibc
 import Logging
 import XenABI
 import XenBus
@@ -37,6 +38,10 @@ public struct VifFrontendFeatures: Hashable, Sendable {
     public var receiveGSO: Set<NetGSOType>
     /// The frontend takes frames with a blank checksum (`feature-no-csum-offload` not set).
     public var receiveChecksumBlank: Bool
+    /// The queues the frontend asked for (`multi-queue-num-queues`, 1 without it): an
+    /// attachment factory makes as many receive queues (``NetworkAttachment/receiveQueues(_:)``),
+    /// e.g. a multi-queue TAP.
+    public var queues: Int = 1
 
     /// The TAP offloads that match: the kernel may hand the vif only what the
     /// frontend can take.
@@ -55,8 +60,14 @@ public typealias AttachmentFactory = @Sendable (VifIdentity, VifFrontendFeatures
 
 /// The backend half of one vif as a XenBus driver: advertises netback's features in
 /// `prepare`, connects to the rings and event channel(s) the frontend wrote and serves
-/// them with a `VifQueue` in `connect`, and stops and unmaps everything in `disconnect`.
-/// ``NetBackend`` runs one per vif; the mirror of `BlockBackendDevice`.
+/// each ring pair with a `VifQueue` (a thread each) in `connect`, and stops and unmaps
+/// everything in `disconnect`. ``NetBackend`` runs one per vif; the mirror of
+/// `BlockBackendDevice`.
+///
+/// Multi-queue as `io/netif.h` describes it: the backend offers `multi-queue-max-queues`;
+/// a frontend asking for 2 or more with `multi-queue-num-queues` writes each queue's
+/// `tx-ring-ref`, `rx-ring-ref` and `event-channel` (or `event-channel-tx` and
+/// `event-channel-rx`) under `queue-N/`, and one queue keeps the top-level keys.
 public final class NetBackendDevice: XenbusDeviceDriver {
     /// The vif this driver serves.
     public let identity: VifIdentity
@@ -68,24 +79,39 @@ public final class NetBackendDevice: XenbusDeviceDriver {
     private let store: any XenStoreConnection
     private let attach: AttachmentFactory
     private let logger: Logger
+    /// `multi-queue-max-queues`, the most queues a frontend may ask for.
+    public let maxQueues: Int
     private let connection = Locked<Connection?>(nil)
     /// What to do when the frontend broke a ring: reset this device (close,
     /// then allow a new session), never touching another.
     public let onRingFailure: @Sendable (any Error) -> Void
 
-    /// Everything `connect` set up, released by `disconnect`. The queue owns the rings
-    /// and the event channel (it releases them after its thread exited).
+    /// Everything `connect` set up, released by `disconnect`. Each queue owns its rings
+    /// and event channel handle (it releases them after its thread exited).
     struct Connection: @unchecked Sendable {
-        var queue: VifQueue
+        var queues: [VifQueue]
         var mapper: any GrantMapper
         var attachment: any NetworkAttachment
     }
 
+    /// The most queues any backend offers, whatever it is asked: each is a thread and two
+    /// mapped rings per vif.
+    public static let queueLimit = 16
+
+    /// The default offer: a queue per CPU (as Linux netback's `max_queues`), at most
+    /// ``queueLimit``.
+    public static var defaultMaxQueues: Int {
+        max(1, min(queueLimit, Int(clamping: sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
+    }
+
     /// Creates the driver of vif `identity`, whose backend directory is `path` and frontend
-    /// directory `peerPath`; `attach` makes its attachment at each connect.
+    /// directory `peerPath`; `attach` makes its attachment at each connect. It offers
+    /// `maxQueues` queues (clamped to 1...``queueLimit``).
     public init(identity: VifIdentity, path: String, peerPath: String, hypervisor: any Hypervisor, store: any XenStoreConnection,
-                attach: @escaping AttachmentFactory, logger: Logger = Logger(label: "netback"),
+                attach: @escaping AttachmentFactory, maxQueues: Int = NetBackendDevice.defaultMaxQueues,
+                logger: Logger = Logger(label: "netback"),
                 onRingFailure: @escaping @Sendable (any Error) -> Void = { _ in }) {
+        self.maxQueues = max(1, min(Self.queueLimit, maxQueues))
         self.onRingFailure = onRingFailure
         self.identity = identity
         self.path = path
@@ -96,26 +122,31 @@ public final class NetBackendDevice: XenbusDeviceDriver {
         self.logger = logger
     }
 
-    /// The running queue's counters, while connected.
-    public var counters: VifCounters? { connection.withLock { $0?.queue.counters } }
+    /// The first queue's counters, while connected.
+    public var counters: VifCounters? { connection.withLock { $0?.queues.first?.counters } }
 
-    /// The figures `xenpv top` shows, while connected.
+    /// The running queues, while connected (one per ring pair).
+    public var queues: [VifQueue] { connection.withLock { $0?.queues ?? [] } }
+
+    /// The figures `xenpv top` shows, summed over the queues, while connected.
     public var statistics: [(String, UInt64)]? {
         connection.withLock { c in
-            guard let q = c?.queue else { return nil }
-            let k = q.counters
-            return [("requests", k.txPackets.value + k.rxPackets.value), ("tx_packets", k.txPackets.value),
-                    ("rx_packets", k.rxPackets.value), ("bytes", k.txBytes.value + k.rxBytes.value),
-                    ("notifies", k.notifies.value), ("sleeps", k.sleeps.value),
-                    ("ring_fill", UInt64(q.transmitRingFill)), ("ring_size", UInt64(q.transmitRingSize)),
-                    ("rx_buffers", UInt64(q.receiveBuffersPosted)),
-                    ("dropped", k.rxDroppedNoBuffers.value + k.txDroppedAttachment.value + k.badGrants.value)]
+            guard let queues = c?.queues, !queues.isEmpty else { return nil }
+            func sum(_ f: (VifQueue) -> UInt64) -> UInt64 { queues.reduce(0) { $0 + f($1) } }
+            return [("requests", sum { $0.counters.txPackets.value + $0.counters.rxPackets.value }),
+                    ("tx_packets", sum { $0.counters.txPackets.value }), ("rx_packets", sum { $0.counters.rxPackets.value }),
+                    ("bytes", sum { $0.counters.txBytes.value + $0.counters.rxBytes.value }),
+                    ("notifies", sum { $0.counters.notifies.value }), ("sleeps", sum { $0.counters.sleeps.value }),
+                    ("ring_fill", sum { UInt64($0.transmitRingFill) }), ("ring_size", sum { UInt64($0.transmitRingSize) }),
+                    ("rx_buffers", sum { UInt64($0.receiveBuffersPosted) }),
+                    ("dropped", sum { $0.counters.rxDroppedNoBuffers.value + $0.counters.txDroppedAttachment.value
+                                          + $0.counters.badGrants.value })]
         }
     }
 
     /// Advertises netback's features: `feature-sg`, `feature-gso-tcpv4`, `feature-gso-tcpv6`,
     /// `feature-rx-copy`, `feature-split-event-channels` on; `feature-rx-flip`,
-    /// `feature-multicast-control` off; `multi-queue-max-queues` 1; then
+    /// `feature-multicast-control` off; `multi-queue-max-queues` (``maxQueues``); then
     /// `hotplug-status` "connected".
     /// - Throws: `XenStoreError` when a write fails.
     public func prepare() async throws {
@@ -124,19 +155,22 @@ public final class NetBackendDevice: XenbusDeviceDriver {
                           ("feature-multicast-control", false)] {
             try await store.writeFeature(path, key, on)
         }
-        try await store.writeUnsigned(path, "multi-queue-max-queues", 1)
+        try await store.writeUnsigned(path, XenbusKey.multiQueueMaxQueues, UInt64(maxQueues))
         try await store.write(path + "/hotplug-status", "connected")
     }
 
     /// Drops any previous connection, reads the frontend's `request-rx-copy`,
-    /// `multi-queue-num-queues`, `tx-ring-ref`, `rx-ring-ref`, `event-channel` (or
-    /// `event-channel-tx` and `event-channel-rx`), `mac` and features, then maps the rings,
-    /// binds the ports, makes the attachment and starts a ``VifQueue``. On a throw nothing
+    /// `multi-queue-num-queues`, each queue's `tx-ring-ref`, `rx-ring-ref`, `event-channel`
+    /// (or `event-channel-tx` and `event-channel-rx`) — top-level for one queue, under
+    /// `queue-N/` for several — `mac` and features, then maps the rings, binds the ports,
+    /// makes the attachment and starts a ``VifQueue`` per ring pair. On a throw nothing
     /// stays mapped or bound.
     /// - Throws: ``NetBackendError`` `.notSupported` when the frontend does not request rx
-    ///   copy, `XenstoreValueError` for a missing or malformed key (more than one queue
-    ///   included), the hypervisor's errors when a grant does not map or a port does not bind,
-    ///   the attachment factory's error, and `RingError` when a ring is already corrupt.
+    ///   copy, `XenstoreValueError` for a missing or malformed key (a queue count of 0 or
+    ///   more than ``maxQueues`` included), the attachment factory's error, and
+    ///   ``NetBackendError`` `.queue` naming the queue whose grant does not map, whose port
+    ///   does not bind or whose ring is already corrupt (the hypervisor's or `RingError` as
+    ///   its `underlying`).
     public func connect() async throws {
         await disconnect()
         let fe = peerPath
@@ -144,17 +178,21 @@ public final class NetBackendDevice: XenbusDeviceDriver {
         guard try await store.readFeature(fe, XenbusKey.requestRxCopy) else {
             throw NetBackendError(.notSupported, "frontend does not request rx copy; page flipping is not supported")
         }
-        // We offer multi-queue-max-queues = 1.
-        _ = try await store.readNumber(fe, XenbusKey.multiQueueNumQueues, in: UInt32(1)...1, default: 1)
-        let txRef = try await store.readGrantRef(fe, XenbusKey.txRingRef)
-        let rxRef = try await store.readGrantRef(fe, XenbusKey.rxRingRef)
-        let remotePorts: (tx: EventPort, rx: EventPort)
-        if try await store.readIfPresent(fe + "/" + XenbusKey.eventChannelTx) != nil {
-            remotePorts = (try await store.readEventPort(fe, XenbusKey.eventChannelTx),
-                           try await store.readEventPort(fe, XenbusKey.eventChannelRx))
-        } else {
-            let port = try await store.readEventPort(fe, XenbusKey.eventChannel)
-            remotePorts = (port, port)
+        let queueCount = Int(try await store.readNumber(fe, XenbusKey.multiQueueNumQueues,
+                                                        in: UInt32(1)...UInt32(maxQueues), default: 1))
+        var rings: [QueueKeys] = []
+        for q in 0 ..< queueCount {
+            // netif.h: one queue keeps the top-level keys; several write theirs under queue-N.
+            let dir = queueCount == 1 ? fe : "\(fe)/queue-\(q)"
+            let txRef = try await store.readGrantRef(dir, XenbusKey.txRingRef)
+            let rxRef = try await store.readGrantRef(dir, XenbusKey.rxRingRef)
+            if try await store.readIfPresent(dir + "/" + XenbusKey.eventChannelTx) != nil {
+                rings.append(QueueKeys(txRef: txRef, rxRef: rxRef, txPort: try await store.readEventPort(dir, XenbusKey.eventChannelTx),
+                                       rxPort: try await store.readEventPort(dir, XenbusKey.eventChannelRx)))
+            } else {
+                let port = try await store.readEventPort(dir, XenbusKey.eventChannel)
+                rings.append(QueueKeys(txRef: txRef, rxRef: rxRef, txPort: port, rxPort: port))
+            }
         }
         // The toolstack writes the guest's MAC in both directories; ours (dom0's) wins.
         var mac = try await store.readMAC(path, XenbusKey.mac)
@@ -166,53 +204,89 @@ public final class NetBackendDevice: XenbusDeviceDriver {
                 try await store.readFeature(fe, XenbusKey.featureGSOTCPv4) ? NetGSOType.tcpv4 : nil,
                 try await store.readFeature(fe, XenbusKey.featureGSOTCPv6) ? NetGSOType.tcpv6 : nil,
             ].compactMap { $0 }),
-            receiveChecksumBlank: !(try await store.readFeature(fe, XenbusKey.featureNoCsumOffload)))
+            receiveChecksumBlank: !(try await store.readFeature(fe, XenbusKey.featureNoCsumOffload)),
+            queues: queueCount)
         let attachment = try await attach(identity, features)
         do {
-            try connect(txRef: txRef, rxRef: rxRef, remotePorts: remotePorts, features: features, attachment: attachment)
+            try connect(rings, features: features, attachment: attachment)
         } catch {
             await (attachment as? TapAttachment)?.close()
             throw error
         }
-        logger.info("\(identity): connected (mac \(features.mac.map { "\($0)" } ?? "none"), sg \(features.scatterGather), gso \(features.receiveGSO.map { "\($0)" }.sorted()), csum offload \(features.receiveChecksumBlank))")
+        logger.info("\(identity): connected, \(queueCount) queue(s) (mac \(features.mac.map { "\($0)" } ?? "none"), sg \(features.scatterGather), gso \(features.receiveGSO.map { "\($0)" }.sorted()), csum offload \(features.receiveChecksumBlank))")
     }
 
-    /// Maps, binds, attaches and starts; on any failure releases what it took.
-    private func connect(txRef: GrantRef, rxRef: GrantRef, remotePorts: (tx: EventPort, rx: EventPort),
-                         features: VifFrontendFeatures, attachment: any NetworkAttachment) throws {
+    /// One queue's keys as the frontend wrote them.
+    struct QueueKeys {
+        var txRef: GrantRef
+        var rxRef: GrantRef
+        var txPort: EventPort
+        var rxPort: EventPort
+    }
+
+    /// Maps, binds, attaches and starts every queue; on any failure releases what it took
+    /// (queues already built give back their rings and ports as they stop).
+    private func connect(_ rings: [QueueKeys], features: VifFrontendFeatures, attachment: any NetworkAttachment) throws {
+        let mapper = try hypervisor.openGrantMapper()
+        var queues: [VifQueue] = []
+        let offered = attachment.receiveQueues(rings.count)
+        let receivers = offered.isEmpty ? [attachment] : Array(offered.prefix(rings.count))
+        do {
+            for (index, keys) in rings.enumerated() {
+                do {
+                    queues.append(try makeQueue(index, keys, mapper: mapper, features: features,
+                                                attachment: receivers[index % receivers.count],
+                                                receives: index < receivers.count))
+                } catch {
+                    throw NetBackendError(.queue, "queue \(index): \(error)", underlying: error)
+                }
+            }
+        } catch {
+            for q in queues { q.stop() }
+            mapper.close()
+            throw error
+        }
+        for q in queues { q.start() }
+        connection.withLock { $0 = Connection(queues: queues, mapper: mapper, attachment: attachment) }
+    }
+
+    /// One queue: its own event channel handle (its thread sleeps on it), its rings mapped
+    /// through the shared mapper. On a throw nothing of it stays mapped or bound.
+    private func makeQueue(_ index: Int, _ keys: QueueKeys, mapper: any GrantMapper, features: VifFrontendFeatures,
+                           attachment: any NetworkAttachment, receives: Bool) throws -> VifQueue {
         var cleanup: [() -> Void] = []
         defer { for undo in cleanup.reversed() { undo() } }
-        let mapper = try hypervisor.openGrantMapper()
-        cleanup.append { mapper.close() }
         let events = try hypervisor.openEventChannels()
         cleanup.append { events.close() }
-        let tx = try mapper.map(txRef, from: identity.frontend, writable: true)
+        let tx = try mapper.map(keys.txRef, from: identity.frontend, writable: true)
         cleanup.append { try? mapper.unmap(tx) }
-        let rx = try mapper.map(rxRef, from: identity.frontend, writable: true)
+        let rx = try mapper.map(keys.rxRef, from: identity.frontend, writable: true)
         cleanup.append { try? mapper.unmap(rx) }
-        let txPort = try events.bindInterdomain(remote: identity.frontend, remotePort: remotePorts.tx)
-        let rxPort = remotePorts.rx == remotePorts.tx
-            ? txPort : try events.bindInterdomain(remote: identity.frontend, remotePort: remotePorts.rx)
+        let txPort = try events.bindInterdomain(remote: identity.frontend, remotePort: keys.txPort)
+        cleanup.append { try? events.unbind(txPort) }
+        let rxPort = keys.rxPort == keys.txPort
+            ? txPort : try events.bindInterdomain(remote: identity.frontend, remotePort: keys.rxPort)
+        if rxPort != txPort { cleanup.append { try? events.unbind(rxPort) } }
         let queue = try VifQueue(
             txRing: tx, rxRing: rx, events: events, mapper: mapper, attachment: attachment,
             configuration: VifConfiguration(frontend: identity.frontend, txPort: txPort, rxPort: rxPort,
                                             receiveGSO: features.scatterGather ? features.receiveGSO : [],
-                                            receiveChecksumBlank: features.receiveChecksumBlank),
+                                            receiveChecksumBlank: features.receiveChecksumBlank, receives: receives),
             onFailure: { [identity, logger, store, path, onRingFailure] error in
-                logger.error("\(identity): ring failure, resetting the device: \(error)")
-                Task { try? await store.write(path + "/error", "ring: \(error)") }
+                logger.error("\(identity): queue \(index): ring failure, resetting the device: \(error)")
+                Task { try? await store.write(path + "/error", "ring: queue \(index): \(error)") }
                 onRingFailure(error)
             })
-        queue.start()
         cleanup.removeAll()
-        connection.withLock { $0 = Connection(queue: queue, mapper: mapper, attachment: attachment) }
+        return queue
     }
 
-    /// Stops the queue (it unmaps the rings and unbinds the ports once its thread exited),
-    /// closes the grant mapper and a TAP attachment (its device and what its hotplug set up). Idempotent.
+    /// Stops every queue (each unmaps its rings and unbinds its ports once its thread
+    /// exited), closes the grant mapper and a TAP attachment (its device and what its
+    /// hotplug set up). Idempotent.
     public func disconnect() async {
         guard let c = connection.withLock({ $0.take() }) else { return }
-        await c.queue.stopped()
+        for q in c.queues { await q.stopped() }
         c.mapper.close()
         await (c.attachment as? TapAttachment)?.close()
         logger.info("\(identity): disconnected")

@@ -11,6 +11,9 @@ public struct NetBackendError: CodedError {
         /// The vif's backend directory asks for a network set-up that cannot be made: a bad
         /// `script`, `bridge`, `ip` or `vifname`, or a host tool that failed (``VifHotplug``).
         case hotplug
+        /// One queue's rings or event channels could not be taken (a grant that does not
+        /// map, a port that does not bind, a corrupt ring); the message names the queue.
+        case queue
     }
 
     /// What was refused.

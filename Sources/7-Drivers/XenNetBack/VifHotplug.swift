@@ -188,7 +188,7 @@ public enum VifHotplug {
                 return try await fallback(identity, features)
             }
             return try await attach(settings, identity: identity, offloads: features.tapOffloads,
-                                    defaultBridge: defaultBridge, namespace: namespace)
+                                    defaultBridge: defaultBridge, namespace: namespace, queues: features.queues)
         }
     }
 
@@ -201,20 +201,22 @@ public enum VifHotplug {
     ///   domain D = 256×D1+D2 (devid below 64); the host takes the other usable address of
     ///   its /30 on the TAP, forwarding goes on, and an nftables table of the vif's own
     ///   masquerades what leaves the /30 by any other interface.
+    /// The TAP has `queues` queues (a multi-queue TAP when more than 1), one per vif queue.
     /// On a failure everything made so far is undone.
     /// - Throws: ``NetBackendError`` `.hotplug` with the reason.
     public static func attach(_ settings: VifHotplugSettings, identity: VifIdentity, offloads: TapOffloads,
-                              defaultBridge: String?, namespace: String?) async throws(NetBackendError) -> TapAttachment {
+                              defaultBridge: String?, namespace: String?,
+                              queues: Int = 1) async throws(NetBackendError) -> TapAttachment {
         let name = settings.interfaceName
         let tools = HostCommand(namespace: namespace)
         func tap(bridge: String?) throws(NetBackendError) -> TapAttachment {
             do {
                 if let namespace {
                     return try NetworkNamespace.run(in: "/run/netns/" + namespace) {
-                        try TapAttachment(name: name, bridge: bridge, offloads: offloads)
+                        try TapAttachment(name: name, bridge: bridge, offloads: offloads, queues: queues)
                     }
                 }
-                return try TapAttachment(name: name, bridge: bridge, offloads: offloads)
+                return try TapAttachment(name: name, bridge: bridge, offloads: offloads, queues: queues)
             } catch {
                 throw NetBackendError(.hotplug, "\(identity): \(settings.script.rawValue): \(name)"
                     + (bridge.map { " on bridge \($0)" } ?? ""), underlying: error)

@@ -22,11 +22,17 @@ public struct VifConfiguration: Sendable {
     /// Whether the frontend takes frames with a blank checksum on receive
     /// (not `feature-no-csum-offload`).
     public var receiveChecksumBlank: Bool
+    /// Whether this queue takes frames from its attachment for the guest. False for the
+    /// extra queues of a vif whose attachment has fewer receive queues than the vif
+    /// (``NetworkAttachment/receiveQueues(_:)``): they only transmit, and one reader keeps received
+    /// frames in order.
+    public var receives: Bool
 
     /// Describes one queue's set-up; by default the frontend takes no GSO and takes
-    /// blank checksums.
+    /// blank checksums, and the queue receives.
     public init(frontend: DomainID, txPort: EventPort, rxPort: EventPort,
-                receiveGSO: Set<NetGSOType> = [], receiveChecksumBlank: Bool = true) {
+                receiveGSO: Set<NetGSOType> = [], receiveChecksumBlank: Bool = true, receives: Bool = true) {
+        self.receives = receives
         self.frontend = frontend
         self.txPort = txPort
         self.rxPort = rxPort
@@ -141,7 +147,8 @@ public final class VifQueue: @unchecked Sendable {
     /// Starts the queue thread.
     public func start() {
         runtime.start(name: "vif \(configuration.frontend.rawValue)", cpu: cpu.map(Int.init), service: Service(self), events: events,
-                      extraDescriptors: attachment.fileDescriptor.map { [$0.rawValue] } ?? [], onFailure: onFailure)
+                      extraDescriptors: configuration.receives ? attachment.fileDescriptor.map { [$0.rawValue] } ?? [] : [],
+                      onFailure: onFailure)
     }
 
     /// Stops the thread, waits until it has exited however busy the frontend keeps the
@@ -175,12 +182,17 @@ public final class VifQueue: @unchecked Sendable {
     /// Each direction handles at most ``batch`` frames a turn.
     private func serviceTurn() throws -> Bool {
         let worked = try serviceTransmit()
+        guard configuration.receives else { return worked }
         return try serviceReceive() || worked
     }
 
     private func prepareToSleep(_ poll: PollSet) throws -> Bool {
         // Sleep only once both rings' final checks say idle.
         if try tx.finalCheckForRequests() { return true }
+        guard configuration.receives else {
+            poll.timeoutMilliseconds = 1000
+            return false
+        }
         if try rx.finalCheckForRequests(), attachment.fileDescriptor != nil, attachmentHasFrames { return true }
         // An attachment without a descriptor is polled by waking up regularly.
         poll.timeoutMilliseconds = attachment.fileDescriptor == nil ? 1 : 1000

@@ -26,8 +26,15 @@ public struct NetBackendFeatures: Hashable, Sendable {
 }
 
 /// The guest's side of a netfront: where frames to send come from and where
-/// received frames go. Used only by the pump thread.
+/// received frames go. Read by one pump thread; with a multi-queue vif several pumps
+/// may `deliver` into it at once (each frame whole).
 public protocol GuestPort: AnyObject, Sendable {
+    /// The ports of a vif with `count` queues, this one first and at most `count`: queue
+    /// `i`'s pump transmits what `ports[i]` gives and delivers into `ports[i % ports.count]`;
+    /// queues past the end only deliver. A port hands out each flow through one of its
+    /// ports, in order (a multi-queue TAP's kernel steers by flow, ``PacketPort`` by
+    /// `FlowHash`). Called at each connection, before any pump starts. `[self]` by default.
+    func queuePorts(_ count: Int) throws -> [any GuestPort]
     /// Told once the backend is connected, before any frame: a port that can
     /// choose what it produces (a TAP's offloads) offers only what is accepted.
     func backendConnected(_ features: NetBackendFeatures) throws
@@ -40,6 +47,9 @@ public protocol GuestPort: AnyObject, Sendable {
 }
 
 extension GuestPort {
+    /// One queue: the port itself.
+    public func queuePorts(_ count: Int) throws -> [any GuestPort] { [self] }
+
     /// Does nothing: a port that cannot choose what it produces ignores the features.
     public func backendConnected(_ features: NetBackendFeatures) throws {}
 }

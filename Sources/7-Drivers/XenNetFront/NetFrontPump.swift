@@ -29,10 +29,15 @@ public final class NetFrontPump: @unchecked Sendable {
     /// Where the pump's thread is (`.joined` once it touches nothing any more).
     public var threadState: DriverRuntime.State { runtime.state }
 
+    /// Whether the pump takes frames from the port to send; false for a queue of a
+    /// multi-queue vif that only delivers (its port has fewer queues than the vif).
+    public let transmits: Bool
+
     /// Creates a pump between `queue` and `port`, sleeping on `events` (which `queue`'s ports
     /// are bound on); the thread starts with ``start(backend:)``. From then on only the pump's
-    /// thread touches `queue`.
-    public init(queue: NetFrontQueue, port: any GuestPort, events: any EventChannels) {
+    /// thread touches `queue`. Without `transmits` it only delivers what arrives.
+    public init(queue: NetFrontQueue, port: any GuestPort, events: any EventChannels, transmits: Bool = true) {
+        self.transmits = transmits
         self.queue = queue
         self.port = port
         self.events = events
@@ -55,7 +60,7 @@ public final class NetFrontPump: @unchecked Sendable {
     /// TCPv4 and TCPv6 segmentation, blank checksums), without telling the port.
     public func start() {
         runtime.start(name: "netfront", service: Service(self), events: events,
-                      extraDescriptors: [port.fileDescriptor.rawValue])
+                      extraDescriptors: transmits ? [port.fileDescriptor.rawValue] : [])
     }
 
     /// Stops the thread and waits until it has exited; what it used (the queue's rings
@@ -88,7 +93,7 @@ public final class NetFrontPump: @unchecked Sendable {
     private func serviceTurn() throws -> Bool {
         var worked = try queue.collectTransmitCompletions() > 0
         // Bounded by the ring: each frame sent takes slots.
-        while canSendLargest, let (range, offload) = try port.nextOutbound(into: buffer) {
+        while transmits, canSendLargest, let (range, offload) = try port.nextOutbound(into: buffer) {
             worked = true
             let frame = UnsafeRawBufferPointer(rebasing: buffer[range])
             guard frame.count >= Netif.minimumPacketSize, frame.count <= Netif.maxPacketSize,
@@ -113,7 +118,7 @@ public final class NetFrontPump: @unchecked Sendable {
     private func prepareToSleep(_ poll: PollSet) throws -> Bool {
         if try queue.prepareToSleep() { return true }
         // The port only while a largest frame fits: back-pressure leaves frames in it.
-        poll.watch(extra: 0, canSendLargest)
+        if transmits { poll.watch(extra: 0, canSendLargest) }
         return false
     }
 }

@@ -9,94 +9,152 @@ import XenRing
 import XenStore
 
 /// The frontend half of one vif as a XenBus driver around a ``GuestPort``: `prepare`
-/// shares the rings and a page per slot and binds the event channel, `connect` starts the
-/// pump between the rings and `port`, `disconnect` releases it all (the handshake calls it
-/// only once the backend stopped using the pages). The mirror of `BlockFrontendDriver`;
-/// the guest program itself talks to the port (a ``PacketPort``, or a ``TapGuestPort``).
+/// shares the rings and a page per slot and binds the event channel of each queue,
+/// `connect` starts a pump per queue between its rings and `port`, `disconnect` releases
+/// it all (the handshake calls it only once the backend stopped using the pages). The
+/// mirror of `BlockFrontendDriver`; the guest program itself talks to the port (a
+/// ``PacketPort``, or a ``TapGuestPort``).
+///
+/// Multi-queue as `io/netif.h` describes it: asked for `queues` > 1, the driver takes the
+/// smaller of that and the backend's `multi-queue-max-queues`, writes it as
+/// `multi-queue-num-queues`, and each queue's `tx-ring-ref`, `rx-ring-ref` and
+/// `event-channel` under `queue-N/`; one queue writes the top-level keys as before.
 public final class NetFrontendDriver: XenbusDeviceDriver {
     /// The device directory (`/local/domain/<self>/device/vif/<id>`).
     public let path: String
+    /// The queues wished for; the backend's `multi-queue-max-queues` may allow fewer.
+    public let queuesWanted: Int
     private let hypervisor: any Hypervisor
     private let store: any XenStoreConnection
     private let port: any GuestPort
     private let logger: Logger
     private let session = Locked<Session?>(nil)
 
-    /// What one connection holds.
-    struct Session: @unchecked Sendable {
-        var backend: DomainID
-        var sharer: any GrantSharer
+    /// One queue of a connection: its event channel handle (its pump sleeps on it), its
+    /// port, its four shared page runs (tx ring, rx ring, tx pages, rx pages) and its pump.
+    struct QueueSession: @unchecked Sendable {
         var events: any EventChannels
         var eventPort: EventPort
         var pages: [SharedPages]
         /// Built at prepare, started at connect.
         var pump: NetFrontPump
+    }
+
+    /// What one connection holds.
+    struct Session: @unchecked Sendable {
+        var backend: DomainID
+        var sharer: any GrantSharer
+        var queues: [QueueSession]
         var started = false
     }
 
     /// Creates the driver of the vif whose frontend directory is `path`, exchanging frames
-    /// with `port`; the handshake calls ``prepare()``, ``connect()`` and ``disconnect()``.
+    /// with `port` over up to `queues` queues (clamped to 1...16; the backend may allow
+    /// fewer); the handshake calls ``prepare()``, ``connect()`` and ``disconnect()``.
     public init(hypervisor: any Hypervisor, store: any XenStoreConnection, path: String, port: any GuestPort,
-                logger: Logger = Logger(label: "netfront")) {
+                queues: Int = 1, logger: Logger = Logger(label: "netfront")) {
         self.hypervisor = hypervisor
         self.store = store
         self.path = path
         self.port = port
+        self.queuesWanted = max(1, min(16, queues))
         self.logger = logger
     }
 
-    /// The pump's counters while connected.
-    public var counters: NetFrontCounters? { session.withLock { $0?.started == true ? $0?.pump.counters : nil } }
+    /// The first pump's counters while connected.
+    public var counters: NetFrontCounters? { session.withLock { $0?.started == true ? $0?.queues.first?.pump.counters : nil } }
 
-    /// Drops any previous session, reads `backend-id`, shares the tx and rx ring pages and a
-    /// page per slot of each, allocates the event channel and builds the queue and pump;
-    /// then writes `tx-ring-ref`, `rx-ring-ref`, `event-channel`, `request-rx-copy`,
-    /// `feature-rx-notify`, `feature-sg`, `feature-gso-tcpv4` and `feature-gso-tcpv6` in one
-    /// transaction. On a throw nothing stays shared.
-    /// - Throws: `XenstoreValueError` for a missing or malformed `backend-id`, the
-    ///   hypervisor's errors when pages cannot be shared or a port allocated, `RingError`, and
-    ///   `XenStoreError` when the transaction fails.
+    /// Every queue's pump while connected, queue 0 first (their counters, failures, threads).
+    public var pumps: [NetFrontPump] {
+        session.withLock { s in s?.started == true ? s?.queues.map(\.pump) ?? [] : [] }
+    }
+
+    /// Every queue's counters while connected, queue 0 first.
+    public var queueCounters: [NetFrontCounters] {
+        session.withLock { s in s?.started == true ? s?.queues.map { $0.pump.counters } ?? [] : [] }
+    }
+
+    /// Drops any previous session, reads `backend-id` and the backend's
+    /// `multi-queue-max-queues`, and for each queue shares the tx and rx ring pages and a
+    /// page per slot of each, allocates an event channel and builds the queue and pump;
+    /// then writes `multi-queue-num-queues` (when the backend offers queues), each queue's
+    /// `tx-ring-ref`, `rx-ring-ref` and `event-channel` (top-level for one queue, under
+    /// `queue-N/` for several), `request-rx-copy`, `feature-rx-notify`, `feature-sg`,
+    /// `feature-gso-tcpv4` and `feature-gso-tcpv6` in one transaction, removing the ring
+    /// keys of the other layout a previous session may have left. On a throw nothing stays
+    /// shared.
+    /// - Throws: `XenstoreValueError` for a missing or malformed `backend-id` or
+    ///   `multi-queue-max-queues`, the port's error when it cannot give its queues, the
+    ///   hypervisor's errors when pages cannot be shared or a port allocated, `RingError`,
+    ///   and `XenStoreError` when the transaction fails.
     public func prepare() async throws {
         await disconnect()
         let backend = try await store.readDomainID(path, XenbusKey.backendID)
+        let backendDir = try await store.readIfPresent(path + "/" + XenbusKey.backend)
+        // Absent: a backend without multi-queue, to which `multi-queue-num-queues` means nothing.
+        var offered: Int?
+        if let backendDir, try await store.readIfPresent(backendDir + "/" + XenbusKey.multiQueueMaxQueues) != nil {
+            offered = Int(try await store.readNumber(backendDir, XenbusKey.multiQueueMaxQueues, in: UInt32(1)...UInt32.max))
+        }
+        let count = max(1, min(queuesWanted, offered ?? 1))
+        let ports = try port.queuePorts(count)
+        guard !ports.isEmpty else { throw NetFrontError(.notSupported, "the guest port gave no queue") }
         let sharer = try hypervisor.openGrantSharer()
-        let events = try hypervisor.openEventChannels()
-        var pages: [SharedPages] = []
+        var queues: [QueueSession] = []
+        var pending: (events: any EventChannels, pages: [SharedPages])?
         do {
             let slots = Int(try RingGeometry(request: netif_tx_request.self, response: netif_tx_response.self, pageCount: 1).entryCount)
-            for (count, writable) in [(1, true), (1, true), (slots, false), (slots, true)] {
-                pages.append(try sharer.sharePages(count: count, with: backend, writable: writable))
+            for q in 0 ..< count {
+                let events = try hypervisor.openEventChannels()
+                pending = (events, [])
+                for (n, writable) in [(1, true), (1, true), (slots, false), (slots, true)] {
+                    pending?.pages.append(try sharer.sharePages(count: n, with: backend, writable: writable))
+                }
+                let pages = pending?.pages ?? []
+                let eventPort = try events.bindUnbound(remote: backend)
+                let pump = NetFrontPump(
+                    queue: try NetFrontQueue(backend: backend, txRing: pages[0].memory, rxRing: pages[1].memory,
+                                             txPages: pages[2], rxPages: pages[3], events: events,
+                                             txPort: eventPort, rxPort: eventPort),
+                    port: ports[q % ports.count], events: events, transmits: q < ports.count)
+                queues.append(QueueSession(events: events, eventPort: eventPort, pages: pages, pump: pump))
+                pending = nil
             }
-            let eventPort = try events.bindUnbound(remote: backend)
-            let pump = NetFrontPump(
-                queue: try NetFrontQueue(backend: backend, txRing: pages[0].memory, rxRing: pages[1].memory,
-                                         txPages: pages[2], rxPages: pages[3], events: events,
-                                         txPort: eventPort, rxPort: eventPort),
-                port: port, events: events)
-            let keys: [(String, String)] = [
-                (XenbusKey.txRingRef, "\(pages[0].refs[0].rawValue)"), (XenbusKey.rxRingRef, "\(pages[1].refs[0].rawValue)"),
-                (XenbusKey.eventChannel, "\(eventPort.rawValue)"), ("request-rx-copy", "1"), ("feature-rx-notify", "1"),
-                ("feature-sg", "1"), ("feature-gso-tcpv4", "1"), ("feature-gso-tcpv6", "1"),
-            ]
+            var keys: [(String, String)] = [("request-rx-copy", "1"), ("feature-rx-notify", "1"),
+                                            ("feature-sg", "1"), ("feature-gso-tcpv4", "1"), ("feature-gso-tcpv6", "1")]
+            if offered != nil { keys.append((XenbusKey.multiQueueNumQueues, "\(count)")) }
+            for (q, queue) in queues.enumerated() {
+                let dir = count == 1 ? "" : "queue-\(q)/"
+                keys += [(dir + XenbusKey.txRingRef, "\(queue.pages[0].refs[0].rawValue)"),
+                         (dir + XenbusKey.rxRingRef, "\(queue.pages[1].refs[0].rawValue)"),
+                         (dir + XenbusKey.eventChannel, "\(queue.eventPort.rawValue)")]
+            }
+            let ringKeys = [XenbusKey.txRingRef, XenbusKey.rxRingRef, XenbusKey.eventChannel,
+                            XenbusKey.eventChannelTx, XenbusKey.eventChannelRx]
             try await store.inTransaction { tx in
+                // What a previous session of the other layout left would contradict netif.h's rule.
+                let children = (try? await tx.directory(self.path)) ?? []
+                for child in children where child.hasPrefix("queue-") { try await tx.rm(self.path + "/" + child) }
+                if count > 1 { for key in ringKeys where children.contains(key) { try await tx.rm(self.path + "/" + key) } }
                 for (key, value) in keys { try await tx.write(self.path + "/" + key, value) }
             }
-            session.withLock {
-                $0 = Session(backend: backend, sharer: sharer, events: events, eventPort: eventPort, pages: pages,
-                             pump: pump)
-            }
+            session.withLock { $0 = Session(backend: backend, sharer: sharer, queues: queues) }
         } catch {
-            for p in pages { try? sharer.unshare(p) }
+            Self.release(queues, sharer: sharer, logger: nil)
+            if let pending {
+                for p in pending.pages { try? sharer.unshare(p) }
+                pending.events.close()
+            }
             sharer.close()
-            events.close()
             throw error
         }
+        logger.info("\(path): \(count) queue(s) (wanted \(queuesWanted), backend offers \(offered.map(String.init) ?? "no multi-queue"))")
     }
 
     /// Reads the backend's `feature-rx-copy`, `feature-sg`, `feature-gso-tcpv4`,
-    /// `feature-gso-tcpv6` and `feature-no-csum-offload`, tells the port, and starts the pump.
+    /// `feature-gso-tcpv6` and `feature-no-csum-offload`, tells the port, and starts the pumps.
     /// - Throws: ``NetFrontError`` `.notSupported` when the backend cannot copy into receive
-    ///   buffers, `.notPrepared` when this session's pump was already started or never made,
+    ///   buffers, `.notPrepared` when this session's pumps were already started or never made,
     ///   `XenstoreValueError` for a malformed key, and the port's own error.
     public func connect() async throws {
         let backendDir = try await store.read(path + "/" + XenbusKey.backend)
@@ -110,28 +168,36 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
                 try await store.readFeature(backendDir, XenbusKey.featureGSOTCPv6) ? NetGSOType.tcpv6 : nil,
             ].compactMap { $0 }),
             checksumOffload: !(try await store.readFeature(backendDir, XenbusKey.featureNoCsumOffload)))
-        let pump: NetFrontPump? = session.withLock { s in
+        let pumps: [NetFrontPump]? = session.withLock { s in
             guard let current = s, !current.started else { return nil }
             s?.started = true
-            return current.pump
+            return current.queues.map(\.pump)
         }
-        guard let pump else { throw NetFrontError(.notPrepared, "connect without a fresh prepare") }
-        try pump.start(backend: features)
+        guard let pumps else { throw NetFrontError(.notPrepared, "connect without a fresh prepare") }
+        for pump in pumps { try pump.start(backend: features) }
         logger.info("\(path): connected")
     }
 
-    /// Stops the pump, then unbinds the port and ends the grants (the handshake calls this only
-    /// once the backend stopped using the pages). Idempotent.
+    /// Stops the pumps, then unbinds the ports and ends the grants (the handshake calls this
+    /// only once the backend stopped using the pages). Idempotent.
     public func disconnect() async {
         guard let s = session.withLock({ $0.take() }) else { return }
-        // The pages and the port are given back only once the pump's thread is gone.
-        _ = await s.pump.stopped()
-        try? s.events.unbind(s.eventPort)
-        for p in s.pages {
-            do { try s.sharer.unshare(p) } catch { logger.error("\(path): unshare: \(error)") }
-        }
+        // The pages and the ports are given back only once the pumps' threads are gone.
+        for q in s.queues { _ = await q.pump.stopped() }
+        Self.release(s.queues, sharer: s.sharer, logger: logger)
         s.sharer.close()
-        s.events.close()
         logger.info("\(path): disconnected")
+    }
+
+    /// Unbinds each queue's port, ends its grants and closes its handle; the pumps must
+    /// not run (stopped, or never started).
+    private static func release(_ queues: [QueueSession], sharer: any GrantSharer, logger: Logger?) {
+        for q in queues {
+            try? q.events.unbind(q.eventPort)
+            for p in q.pages {
+                do { try sharer.unshare(p) } catch { logger?.error("unshare: \(error)") }
+            }
+            q.events.close()
+        }
     }
 }

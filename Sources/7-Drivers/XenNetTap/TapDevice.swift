@@ -33,15 +33,44 @@ public final class TapDevice: @unchecked Sendable {
     public let hasVnetHeader: Bool
     private var closed = false
 
-    /// Creates (or attaches to) TAP `name`; an empty name lets the kernel pick.
-    public init(name: String = "", vnetHeader: Bool = true) throws(TapError) {
+    /// Creates (or attaches to) TAP `name`; an empty name lets the kernel pick. With
+    /// `multiQueue` the device is a multi-queue TAP (`IFF_MULTI_QUEUE`) and this descriptor
+    /// one of its queues: open the same name again, in the same namespace, for each further
+    /// queue (``openQueue()``).
+    public init(name: String = "", vnetHeader: Bool = true, multiQueue: Bool = false) throws(TapError) {
         var out = [CChar](repeating: 0, count: Int(IFNAMSIZ))
-        let fd = ctap_open(name, vnetHeader ? 1 : 0, &out)
+        let fd = ctap_open_queue(name, vnetHeader ? 1 : 0, multiQueue ? 1 : 0, &out)
         guard fd >= 0 else { throw .last("open TAP '\(name)'") }
         self.fileDescriptor = FileDescriptor(rawValue: fd)
         self.name = String(decoding: out.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         self.hasVnetHeader = vnetHeader
+        self.isMultiQueue = multiQueue
     }
+
+    /// Whether the device is a multi-queue TAP and this descriptor one of its queues.
+    public let isMultiQueue: Bool
+
+    /// Opens another queue of this multi-queue TAP. Call it in the namespace the device
+    /// lives in (the kernel finds it by name there).
+    /// - Throws: ``TapError`` when the device is not multi-queue or the open fails.
+    public func openQueue() throws(TapError) -> TapDevice {
+        guard isMultiQueue else { throw TapError(.invalidArgument, "\(name) is not a multi-queue TAP") }
+        return try TapDevice(name: name, vnetHeader: hasVnetHeader, multiQueue: true)
+    }
+
+    /// Attaches or detaches this queue of a multi-queue TAP (`TUNSETQUEUE`): the kernel
+    /// steers no frame to a detached queue, so a queue nobody reads loses nothing. Asking
+    /// for the state the queue is in does nothing (the kernel would refuse it).
+    public func setQueueAttached(_ attached: Bool) throws(TapError) {
+        guard attached != queueAttached else { return }
+        guard ctap_set_queue(fileDescriptor.rawValue, attached ? 1 : 0) == 0 else {
+            throw .last("TUNSETQUEUE on \(name)")
+        }
+        queueAttached = attached
+    }
+
+    /// Whether the kernel steers frames to this queue (a new queue is attached).
+    public private(set) var queueAttached = true
 
     deinit { close() }
 
@@ -67,7 +96,8 @@ public final class TapDevice: @unchecked Sendable {
     }
 
     /// Writes one frame gathered from `parts` (vnet header first, when enabled).
-    /// Returns false when the device queue is full (the frame was not sent).
+    /// Returns false when the device queue is full or the interface is down (the frame was
+    /// not sent).
     public func write(_ parts: UnsafeBufferPointer<iovec>) throws(TapError) -> Bool {
         while true {
             let n = writev(fileDescriptor.rawValue, parts.baseAddress, Int32(parts.count))
@@ -75,6 +105,9 @@ public final class TapDevice: @unchecked Sendable {
             switch Errno(rawValue: Glibc.errno) {
             case .interrupted: continue
             case .wouldBlock, .noBufferSpace: return false
+            // The interface is down (tun answers EIO): the frame is dropped, as a NIC that
+            // is down drops it, and the reader carries on.
+            case .ioError: return false
             default: throw .last("write to \(name)")
             }
         }

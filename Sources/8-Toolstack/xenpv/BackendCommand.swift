@@ -69,9 +69,10 @@ struct BackendCommand: ParsableCommand {
         // one without (plugged by the daemon) on --nic's bridge, else echoing.
         let attach = VifHotplug.factory(store: hv.store, backend: hv.domainID, defaultBridge: bridge) { id, features in
             if let bridge {
-                return try TapAttachment(name: id.interfaceName, bridge: bridge, offloads: features.tapOffloads)
+                return try TapAttachment(name: id.interfaceName, bridge: bridge, offloads: features.tapOffloads,
+                                         queues: features.queues)
             }
-            return EchoAttachment.make(swapAddresses: false)
+            return EchoAttachment.make(swapAddresses: false, queues: features.queues)
         }
         let backend = NetBackend(hypervisor: hv, store: hv.store, logger: logger, attach: attach)
         let task = Task { try await backend.run() }

@@ -14,6 +14,13 @@
  * vnet_hdr) named `name` ("" lets the kernel choose); non-blocking, close-on-exec.
  * The name the kernel gave is written to name_out (IFNAMSIZ bytes). */
 int ctap_open(const char *name, int vnet_hdr, char *name_out);
+/* ctap_open, and with multi_queue one queue of a multi-queue TAP (IFF_MULTI_QUEUE): the
+ * first open makes the device, each further open of the same name adds a queue, and the
+ * kernel steers each flow it sends to one queue. */
+int ctap_open_queue(const char *name, int vnet_hdr, int multi_queue, char *name_out);
+/* TUNSETQUEUE: attaches (1) or detaches (0) a multi-queue TAP's queue; the kernel steers
+ * nothing to a detached queue. */
+int ctap_set_queue(int fd, int attached);
 /* TUNSETOFFLOAD with TUN_F_* flags: what the reader can take unsegmented. */
 int ctap_set_offload(int fd, unsigned int flags);
 /* Brings an interface up or down (SIOCSIFFLAGS). */
