@@ -115,13 +115,14 @@ struct NBDStorageTests {
         }
     }
 
-    /// nbdkit killed while reads wait in its delay filter: every one of them fails, and
-    /// so does every later operation; nothing traps or hangs.
-    @Test func aServerKilledMidStreamFailsWhatIsOutstanding() async throws {
+    /// nbdkit killed while reads wait in its delay filter, and not started again: once
+    /// the reconnect window has passed every one of them fails, and so does every later
+    /// operation; nothing traps or hangs.
+    @Test func aServerKilledMidStreamThatDoesNotComeBackFailsWhatIsOutstanding() async throws {
         let server = try await NBDServerProcess.nbdkit(["--filter=delay", "memory", "16M", "rdelay=5"])
         defer { server.stop() }
         let uri = server.uri
-        let s = try await onThread { try NBDStorage(uri: uri, queueDepth: 16) }
+        let s = try await onThread { try NBDStorage(uri: uri, queueDepth: 16, reconnectWindow: .seconds(2)) }
         let b = Buffers(byteCount: 8 * 4096, iovecCount: 8)
         let box = UncheckedBox((s, b))
         let accepted = try await onThread {
@@ -143,6 +144,7 @@ struct NBDStorageTests {
                 seen += d.completions.prefix(n)
             }
             #expect(seen.count == 8 && seen.allSatisfy { !$0.succeeded })
+            #expect(seen.allSatisfy { $0.error?.message.contains("no connection within") == true })
             let later = try d.run([.read(tag: 99, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096]))])
             #expect(later[99]?.succeeded == false)
         }
