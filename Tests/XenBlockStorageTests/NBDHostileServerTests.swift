@@ -28,6 +28,7 @@ final class ScriptedServer: @unchecked Sendable {
     /// each, connection number) -> bytes to send, or nil to hang up at once; after
     /// sending, it reads until the client goes (`hangUp`: closes the connection instead).
     init(exportFlags: NBDTransmissionFlags = [.hasFlags, .sendFlush, .sendTrim], sizes: [UInt64] = [1 << 20],
+         blockSizes: NBDBlockSizeConstraints? = nil,
          requests: Int, hangUp: Bool = false, reply: @escaping @Sendable ([UInt64], Int) -> [UInt8]?) throws {
         directory = try TemporaryDirectory(prefix: "xenpv-nbd-hostile")
         socket = directory.path("s")
@@ -39,7 +40,7 @@ final class ScriptedServer: @unchecked Sendable {
             while true {
                 let c = accept(fd, nil, nil)
                 guard c >= 0 else { return }
-                serve(c, connection: connection, size: sizes[min(connection, sizes.count - 1)], flags: exportFlags,
+                serve(c, connection: connection, size: sizes[min(connection, sizes.count - 1)], flags: exportFlags, blockSizes: blockSizes,
                       requests: requests, hangUp: hangUp, reply: reply)
                 close(c)
                 connection += 1
@@ -48,7 +49,8 @@ final class ScriptedServer: @unchecked Sendable {
         t.start()
     }
 
-    private func serve(_ c: Int32, connection: Int, size: UInt64, flags: NBDTransmissionFlags, requests: Int, hangUp: Bool,
+    private func serve(_ c: Int32, connection: Int, size: UInt64, flags: NBDTransmissionFlags, blockSizes: NBDBlockSizeConstraints?,
+                       requests: Int, hangUp: Bool,
                        reply: ([UInt64], Int) -> [UInt8]?) {
         _ = NBDConnection.write(c, NBDServerGreeting(flags: [.fixedNewstyle, .noZeroes]).encoded())
         guard NBDConnection.read(c, 4) != nil, let h = NBDConnection.read(c, 16),
@@ -56,8 +58,9 @@ final class ScriptedServer: @unchecked Sendable {
         else { return }
         let info = (try? NBDOptionReply(option: .go, type: .info,
                                        data: NBDInfo.export(size: size, flags: flags).encoded()).encoded()) ?? []
+        let sizes = blockSizes.flatMap { try? NBDOptionReply(option: .go, type: .info, data: NBDInfo.blockSize($0).encoded()).encoded() } ?? []
         let ack = (try? NBDOptionReply(option: .go, type: .ack).encoded()) ?? []
-        _ = NBDConnection.write(c, info + ack)
+        _ = NBDConnection.write(c, info + sizes + ack)
         lock.withLock { requestsByConnection.append([]) }
         var handles: [UInt64] = []
         while handles.count < requests {
@@ -207,6 +210,60 @@ struct NBDHostileServerTests {
             #expect(c.error?.code == .io(.ioError))
             #expect(c.error?.message.contains("size is 2097152 bytes, not 1048576") == true, "\(String(describing: c.error))")
         }
+    }
+
+    /// A discard is NBD_CMD_WRITE_ZEROES without NO_HOLE where the server offers it (the
+    /// engine promises zeros; the server may still deallocate), else NBD_CMD_TRIM.
+    @Test(arguments: [true, false])
+    func aDiscardIsWriteZeroesWhereOfferedElseTrim(_ zeroes: Bool) async throws {
+        let flags: NBDTransmissionFlags = zeroes ? [.hasFlags, .sendFlush, .sendTrim, .sendWriteZeroes] : [.hasFlags, .sendFlush, .sendTrim]
+        let server = try ScriptedServer(exportFlags: flags, requests: 1) { h, _ in Self.simple(h[0]) }
+        defer { server.stop() }
+        let uri = server.uri
+        let r = try await onThread {
+            let s = try NBDStorage(uri: uri, queueDepth: 8)
+            defer { s.close() }
+            #expect(s.supportsDiscard && s.discardsZero == zeroes)
+            var d = Driver(s)
+            return try d.run([.discard(tag: 1, offset: 4096, length: 8192)], deadline: .seconds(120))
+        }
+        #expect(r[1]?.succeeded == true)
+        let request = server.received.first?.first
+        #expect(request?.command == (zeroes ? .writeZeroes : .trim))
+        #expect(request?.flags == [] && request?.offset == 4096 && request?.length == 8192)
+    }
+
+    /// With a maximum block size of 4096 each 12 KiB read goes as three requests; the
+    /// parts' data lands in the right places, and one part failing fails its read.
+    @Test func aRequestAboveTheMaximumBlockSizeIsSplitAndAnyFailingPartFailsIt() async throws {
+        let limits = NBDBlockSizeConstraints(minimum: 512, preferred: 4096, maximum: 4096)
+        let server = try ScriptedServer(blockSizes: limits, requests: 6) { h, _ in
+            var bytes: [UInt8] = []
+            for (i, handle) in h.enumerated() {
+                bytes += i == 4 ? Self.simple(handle, error: .io) : Self.simple(handle) + [UInt8](repeating: UInt8(0x11 + i), count: 4096)
+            }
+            return bytes
+        }
+        defer { server.stop() }
+        let uri = server.uri
+        let (r, bytes, payload) = try await onThread {
+            let s = try NBDStorage(uri: uri, queueDepth: 8)
+            defer { s.close() }
+            let b = Buffers(byteCount: 2 * 12288, iovecCount: 4)
+            var d = Driver(s)
+            // The first read over two buffers that do not fall on the parts' boundaries.
+            let r = try d.run([.read(tag: 1, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [6144, 6144])),
+                               .read(tag: 2, offset: 65536, buffers: b.vector(first: 2, at: 12288, pieces: [12288]))],
+                              deadline: .seconds(120))
+            return (r, Array(b.bytes), s.maximumPayload)
+        }
+        #expect(payload == 4096)
+        #expect(r[1]?.succeeded == true)
+        #expect(r[2]?.error?.code == .io(.ioError))
+        for i in 0..<3 { #expect(bytes[i * 4096..<(i + 1) * 4096].allSatisfy { $0 == UInt8(0x11 + i) }) }
+        let seen = server.received.first ?? []
+        #expect(seen.map(\.offset) == [0, 4096, 8192, 65536, 69632, 73728])
+        #expect(seen.allSatisfy { $0.length == 4096 && $0.command == .read })
     }
 
     /// A server that answers one read and sits on the rest: only those fail, after the timeout.

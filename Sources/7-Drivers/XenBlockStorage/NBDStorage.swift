@@ -18,10 +18,16 @@ import XenLocks
 ///   ``maximumPayload`` goes as several NBD requests, and completes when every part is
 ///   answered (any part failing fails it).
 /// - Flush is `NBD_CMD_FLUSH` when the server offers it (else it succeeds at once: the
-///   server has said it has no cache to flush). Discard is `NBD_CMD_TRIM` when offered,
-///   else it fails with ``StorageError/Code-swift.enum/notSupported`` (``supportsDiscard``
-///   is false: a backend should not advertise discard). An export the server marks
-///   read-only is read-only here.
+///   server has said it has no cache to flush). Discard is `NBD_CMD_WRITE_ZEROES`
+///   without `NBD_CMD_FLAG_NO_HOLE` when offered: ``StorageOperation/discard(tag:offset:length:)``
+///   promises zeros, which `NBD_CMD_TRIM` does not, and without `NO_HOLE` the server may
+///   deallocate as a trim would. Else `NBD_CMD_TRIM` (blkif's discard promises no zeros
+///   either); with neither it fails with ``StorageError/Code-swift.enum/notSupported``
+///   (``supportsDiscard`` is false: a backend should not advertise discard). An export
+///   the server marks read-only is read-only here.
+/// - No request carries `NBD_CMD_FLAG_FUA`: blkif has no force-unit-access request (a
+///   flush is `NBD_CMD_FLUSH`, and a write barrier only orders requests), so nothing
+///   here asks for it.
 /// - Nothing is acknowledged before the server answered it: a write completes on the
 ///   server's reply to that write, a flush on its reply to the flush.
 /// - When the connection breaks (end of stream, a reset, a reply with a bad magic, an
@@ -63,8 +69,10 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
     /// How long the engine tries to get a connection back after losing it before every
     /// outstanding request fails and the engine gives up.
     public let reconnectWindow: Duration
-    /// Whether the server offered `NBD_CMD_TRIM`: discards reach it, else they fail.
-    public var supportsDiscard: Bool { terms.flags.contains(.sendTrim) }
+    /// Whether the server offered `NBD_CMD_WRITE_ZEROES` or `NBD_CMD_TRIM`: discards reach it, else they fail.
+    public var supportsDiscard: Bool { terms.canDiscard }
+    /// Whether discards go as `NBD_CMD_WRITE_ZEROES` (they read back as zeros) rather than `NBD_CMD_TRIM`.
+    public var discardsZero: Bool { terms.flags.contains(.sendWriteZeroes) }
     /// Whether the server offered `NBD_CMD_FLUSH`.
     public var supportsFlush: Bool { terms.flags.contains(.sendFlush) }
     /// The largest part of a read or write sent as one request: the server's maximum
@@ -253,7 +261,9 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         case .flush:
             return supportsFlush ? nil : .success(bytes: 0)
         case .discard:
-            guard supportsDiscard else { return .failure(StorageError(.notSupported, "\(uri) does not offer NBD_CMD_TRIM")) }
+            guard supportsDiscard else {
+                return .failure(StorageError(.notSupported, "\(uri) offers neither NBD_CMD_WRITE_ZEROES nor NBD_CMD_TRIM"))
+            }
             if op.length == 0 { return .success(bytes: 0) }
             if alignment > 1 && (op.offset % UInt64(alignment) != 0 || op.length % UInt64(alignment) != 0) {
                 return .failure(StorageError(.misaligned, "discard of \(op.length) bytes at \(op.offset): \(uri) takes multiples of \(alignment)"))
@@ -274,7 +284,7 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         case .read: (command, total, piece) = (.read, op.transferLength, maximumPayload)
         case .write: (command, total, piece) = (.write, op.transferLength, maximumPayload)
         case .flush: (command, total, piece) = (.flush, 0, 1)
-        case .discard: (command, total, piece) = (.trim, op.length, maximumEffect)
+        case .discard: (command, total, piece) = (discardsZero ? .writeZeroes : .trim, op.length, maximumEffect)
         }
         // refusal() keeps reads, writes and discards inside the device, so `total` is small enough.
         let count = total == 0 ? 1 : Int((total - 1) / piece + 1)
@@ -665,7 +675,7 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
             if UInt64(b.minimum) > UInt64(alignment) || UInt64(b.minimum) > 1 && UInt64(alignment) % UInt64(b.minimum) != 0 {
                 return "its minimum block size is \(b.minimum), not \(alignment)"
             }
-            if UInt64(b.maximum) < maximumPayload || UInt64(b.maximum) < maximumEffect && terms.flags.contains(.sendTrim) {
+            if UInt64(b.maximum) < maximumPayload || UInt64(b.maximum) < maximumEffect && terms.canDiscard {
                 return "its maximum block size is \(b.maximum), below the \(maximumPayload) this engine sends"
             }
         }
