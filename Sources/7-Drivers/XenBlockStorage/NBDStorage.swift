@@ -476,12 +476,20 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         var socket = lock.withLock { fd }
         // When the connection first broke since the last good reply.
         var troubleSince: UInt64? = nil
+        // Reads try the socket before polling it, so a busy server may never let the reader
+        // poll: timeouts are looked at every 100 ms here as well.
+        var lastExpiry = Self.now()
         while true {
             if let failure = serveReply(socket, scratch: scratch, reply: reply, vecs: vecs) {
                 guard let next = reconnect(after: failure, socket: socket, since: &troubleSince) else { return }
                 socket = next
             } else if troubleSince != nil {
                 troubleSince = nil
+            }
+            let now = Self.now()
+            if now &- lastExpiry > 100_000_000 {
+                lastExpiry = now
+                expire(receiving: nil)
             }
         }
     }
@@ -511,12 +519,15 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         if slot.part.command == .read && error == .ok {
             if let failure = receiveData(socket, of: slot, index: index, scratch: scratch, vecs: vecs) { return failure }
         }
-        let posted = lock.withLock { () -> Bool in
+        let wake = lock.withLock { () -> Bool in
             let failure = error == .ok ? nil
                 : StorageError(.io(Self.localErrno(error)), "\(uri) answered \(slot.part.command) with \(error)")
-            return finish(index, failure: failure)
+            // reap() resets the eventfd before it takes the queue: a completion pushed onto
+            // a non-empty queue is taken with the ones before it, whose push signalled.
+            let wasEmpty = ready.isEmpty
+            return finish(index, failure: failure) && wasEmpty
         }
-        if posted { signal.signal() }
+        if wake { signal.signal() }
         return nil
     }
 
@@ -760,12 +771,19 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
                     first += 1
                     continue
                 }
-                if let failure = waitReadable(socket, receiving: index) { return failure }
-                let n = readv(socket, vecs + first, Int32(min(count - first, StorageOperation.maxBuffers)))
+                var msg = msghdr()
+                msg.msg_iov = vecs + first
+                msg.msg_iovlen = min(count - first, StorageOperation.maxBuffers)
+                let n = recvmsg(socket, &msg, Int32(MSG_DONTWAIT))
                 if n == 0 { return StorageError(.io(.connectionReset), "\(uri) closed the connection in a read's data") }
                 if n < 0 {
-                    if Glibc.errno == EINTR || Glibc.errno == EAGAIN { continue }
-                    return StorageError(.io(Errno(rawValue: Glibc.errno)), "reading from \(uri)")
+                    let e = Glibc.errno
+                    if e == EAGAIN || e == EWOULDBLOCK {
+                        if let failure = waitReadable(socket, receiving: index) { return failure }
+                        continue
+                    }
+                    if e == EINTR { continue }
+                    return StorageError(.io(Errno(rawValue: e)), "reading from \(uri)")
                 }
                 var left = n
                 while first < count && left >= vecs[first].iov_len {
@@ -788,18 +806,23 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         return nil
     }
 
-    /// Reads exactly `count` bytes, in steps of at most 100 ms so timeouts and `close` are seen.
+    /// Reads exactly `count` bytes: what the socket holds at once, else after a poll in
+    /// steps of at most 100 ms, so timeouts and `close` are seen.
     private func receive(_ socket: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int, receiving: Int?) -> StorageError? {
         var done = 0
         while done < count {
-            if let failure = waitReadable(socket, receiving: receiving) { return failure }
-            let n = Glibc.read(socket, buffer + done, count - done)
+            let n = recv(socket, buffer + done, count - done, Int32(MSG_DONTWAIT))
             if n > 0 {
                 done += n
             } else if n == 0 {
                 return StorageError(.io(.connectionReset), "\(uri) closed the connection")
-            } else if Glibc.errno != EINTR && Glibc.errno != EAGAIN {
-                return StorageError(.io(Errno(rawValue: Glibc.errno)), "reading from \(uri)")
+            } else {
+                let e = Glibc.errno
+                if e == EAGAIN || e == EWOULDBLOCK {
+                    if let failure = waitReadable(socket, receiving: receiving) { return failure }
+                } else if e != EINTR {
+                    return StorageError(.io(Errno(rawValue: e)), "reading from \(uri)")
+                }
             }
         }
         return nil
