@@ -158,6 +158,9 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
 
     /// Connects to `uri`, negotiates the export, and starts the reader thread.
     /// - Parameters:
+    ///   - uri: the export.
+    ///   - readOnly: serve it read-only even where the server allows writes.
+    ///   - queueDepth: operations that may be outstanding (1...65536).
     ///   - requestTimeout: how long one request may wait for its reply before it fails alone.
     ///   - connectTimeout: bounds the first connection and handshake (and each later attempt, with at most 5 s).
     ///   - reconnectWindow: how long to try to get a lost connection back.
@@ -414,13 +417,23 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         guard !closed else { throw StorageError(.closed, "NBD storage \(uri) is closed") }
         guard completions.count > 0 else { return 0 }
         signal.drain()
-        var n = lock.withLock { ready.drain(into: completions, from: 0) }
+        var (n, more) = take(into: completions)
         if n == 0 && timeout > .zero && outstanding > 0 && signal.wait(timeout) {
             signal.drain()
-            n = lock.withLock { ready.drain(into: completions, from: 0) }
+            (n, more) = take(into: completions)
         }
+        // The reader signals only an empty queue: what did not fit must wake the next wait.
+        if more { signal.signal() }
         outstanding -= n
         return n
+    }
+
+    /// Moves posted completions into `completions`; how many, and whether some are left.
+    private func take(into completions: UnsafeMutableBufferPointer<StorageCompletion>) -> (Int, Bool) {
+        lock.withLock {
+            let n = ready.drain(into: completions, from: 0)
+            return (n, !ready.isEmpty)
+        }
     }
 
     /// True when a completion is posted and not yet reaped (no system call).
