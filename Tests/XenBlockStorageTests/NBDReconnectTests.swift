@@ -43,6 +43,48 @@ struct NBDReconnectTests {
         try await Self.killAndRestartMidStream(server, image: nil, seed: 4)
     }
 
+    /// Requests submitted while the server is down wait (or are re-sent, if they went out
+    /// before the engine saw the connection end) and complete once it is back.
+    @Test func requestsSubmittedWhileTheServerIsDownCompleteWhenItIsBack() async throws {
+        let server = try await NBDServerProcess.nbdkit(["memory", "1M"])
+        defer { server.stop() }
+        let uri = server.uri
+        let s = try await onThread { try NBDStorage(uri: uri, queueDepth: 8, reconnectWindow: .seconds(120)) }
+        defer { s.close() }
+        let b = Buffers(byteCount: 4 * 4096, iovecCount: 4)
+        for i in 0..<(2 * 4096) { b.bytes[i] = UInt8(truncatingIfNeeded: i &* 31) }
+        let box = UncheckedBox((s, b))
+        await server.kill()
+        try? await Task.sleep(for: .milliseconds(300))
+        let accepted = try await onThread {
+            let (s, b) = box.value
+            let ops: [StorageOperation] = [.write(tag: 1, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096])),
+                                           .write(tag: 2, offset: 4096, buffers: b.vector(first: 1, at: 4096, pieces: [4096])),
+                                           .flush(tag: 3)]
+            return try ops.withUnsafeBufferPointer { try s.submit($0) }
+        }
+        #expect(accepted == 3)
+        try? await Task.sleep(for: .milliseconds(300))
+        try await onThread { try server.restartBlocking() }
+        let (completions, reconnections) = try await onThread { () -> ([StorageCompletion], Int) in
+            let (s, b) = box.value
+            var d = Driver(s)
+            var seen: [StorageCompletion] = []
+            let end = ContinuousClock.now + .seconds(150)
+            while seen.count < 3 && ContinuousClock.now < end {
+                let n = try d.completions.withUnsafeMutableBufferPointer { try s.reap(into: $0, timeout: .milliseconds(200)) }
+                seen += d.completions.prefix(n)
+            }
+            // What the restarted server holds now is what was written after it came back.
+            let r = try d.run([.read(tag: 4, offset: 0, buffers: b.vector(first: 2, at: 2 * 4096, pieces: [8192]))], deadline: .seconds(120))
+            if r[4]?.succeeded != true { seen.append(r[4] ?? .empty) }
+            return (seen, s.reconnections)
+        }
+        #expect(completions.count == 3 && completions.allSatisfy(\.succeeded), "\(completions)")
+        #expect(reconnections == 1)
+        #expect(memcmp(b.bytes.baseAddress!, b.bytes.baseAddress! + 2 * 4096, 8192) == 0)
+    }
+
     /// A server stopped with SIGSTOP: the requests sent to it fail alone once past the
     /// (short) request timeout, the connection stays, and after SIGCONT new requests work.
     @Test func aStoppedServerFailsOnlyTheRequestsPastTheTimeout() async throws {
