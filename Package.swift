@@ -296,6 +296,7 @@ let package = Package(
             name: "XenBlockBenchmark",
             dependencies: [
                 "XenBlockBack", "XenBlockFront", "XenBlockProtocol", "XenBlockStorage", "XenSimulator", "XenHypervisor", "XenABI",
+                "NBDProtocol",
             ],
             path: engines + "XenBlockBenchmark"),
         .target(

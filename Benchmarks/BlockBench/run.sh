@@ -15,12 +15,22 @@
 # "in-window" is xenpv's own count over the measured interval only.
 # SPECS="rw:bs:qd ..." picks settings (default: the six of the table in the README);
 # XENPV_ARGS adds options to xenpv's side (for example --in-place).
+# Engine "nbd" (ENGINES="nbd", or with the others): the script serves IMAGE with
+# `nbdkit file` on a Unix socket for the whole run; xenpv's block path runs on the NBD
+# engine (`--image nbd+unix:///?socket=...`) and fio with --ioengine=nbd (libnbd) on the
+# same export. nbdkit's own CPU time is on neither side.
 set -e
 IMG=$1; S=${2:-5}; ROUNDS=${3:-3}; X=${XENPV:-.build/release/xenpv}
 ENGINES=${ENGINES:-"io_uring libaio"}
 HERE=$(dirname "$0")
 [ -f "$IMG" ] || { echo "usage: $0 IMAGE [SECONDS] [ROUNDS]" >&2; exit 2; }
-OUT=$(mktemp -d); trap 'rm -rf "$OUT"' EXIT
+OUT=$(mktemp -d); NBDKIT=""
+trap '[ -n "$NBDKIT" ] && kill "$NBDKIT"; rm -rf "$OUT"' EXIT
+URI="nbd+unix:///?socket=$OUT/nbd.sock"
+case " $ENGINES " in *" nbd "*)
+  nbdkit -f -U "$OUT/nbd.sock" file "$IMG" & NBDKIT=$!
+  i=0; until nbdinfo --size "$URI" >/dev/null 2>&1; do i=$((i + 1)); [ $i -lt 300 ] || { echo "nbdkit did not start" >&2; exit 1; }; sleep 0.1; done ;;
+esac
 SPECS=${SPECS:-"randread:4096:1 randread:4096:32 randwrite:4096:1 randwrite:4096:32 read:131072:1 read:131072:32"}
 for spec in $SPECS; do
   spec=$(echo "$spec" | tr : " ")
@@ -28,11 +38,19 @@ for spec in $SPECS; do
   r=1
   while [ $r -le "$ROUNDS" ]; do
     for e in $ENGINES; do
-      python3 "$HERE/rusage.py" "$OUT/x-$e-$r" "$OUT/xc-$e-$r" \
-        $X bench block --image "$IMG" --engine $e --rw $1 --bs $2 --queue-depth $3 --seconds $S --json $XENPV_ARGS
-      python3 "$HERE/rusage.py" "$OUT/f-$e-$r" "$OUT/fc-$e-$r" \
-        fio --name=x --filename="$IMG" --ioengine=$e --direct=1 --rw=$1 --bs=$2 --iodepth=$3 \
-            --runtime=$S --time_based --lat_percentiles=1 --output-format=json
+      if [ "$e" = nbd ]; then
+        python3 "$HERE/rusage.py" "$OUT/x-$e-$r" "$OUT/xc-$e-$r" \
+          $X bench block --image "$URI" --rw $1 --bs $2 --queue-depth $3 --seconds $S --json $XENPV_ARGS
+        python3 "$HERE/rusage.py" "$OUT/f-$e-$r" "$OUT/fc-$e-$r" \
+          fio --name=x --ioengine=nbd --uri="$URI" --rw=$1 --bs=$2 --iodepth=$3 \
+              --runtime=$S --time_based --lat_percentiles=1 --output-format=json
+      else
+        python3 "$HERE/rusage.py" "$OUT/x-$e-$r" "$OUT/xc-$e-$r" \
+          $X bench block --image "$IMG" --engine $e --rw $1 --bs $2 --queue-depth $3 --seconds $S --json $XENPV_ARGS
+        python3 "$HERE/rusage.py" "$OUT/f-$e-$r" "$OUT/fc-$e-$r" \
+          fio --name=x --filename="$IMG" --ioengine=$e --direct=1 --rw=$1 --bs=$2 --iodepth=$3 \
+              --runtime=$S --time_based --lat_percentiles=1 --output-format=json
+      fi
     done
     r=$((r + 1))
   done
@@ -46,7 +64,8 @@ for r in range(1, rounds + 1):
     x = json.load(open(f"{out}/x-{e}-{r}"))
     x["cpu_us"] = cpu(f"{out}/xc-{e}-{r}") * 1e6 / x["operations"]
     xs.append(x)
-    j = json.load(open(f"{out}/f-{e}-{r}"))["jobs"][0]
+    text = open(f"{out}/f-{e}-{r}").read()
+    j = json.loads(text[text.index("{"):])["jobs"][0]  # fio's nbd engine prints a line first
     d = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
     p = d["lat_ns"]["percentile"]  # submission to completion, as xenpv measures
     fs.append({"iops": d["iops"], "p50_us": p["50.000000"] / 1000, "p99_us": p["99.000000"] / 1000,

@@ -101,6 +101,36 @@ struct NBDStorageTests {
         }
     }
 
+    /// nbdkit refusing requests above 64 KiB (blocksize-policy, error policy): a 1 MiB
+    /// write and read go as 16 requests each, and the data comes back; a discard reads back as zeros.
+    @Test func requestsAboveTheServersMaximumAreSplit() async throws {
+        let server = try await NBDServerProcess.nbdkit(["--filter=blocksize-policy", "memory", "8M",
+                                                        "blocksize-maximum=65536", "blocksize-error-policy=error"])
+        defer { server.stop() }
+        let uri = server.uri
+        try await onThread {
+            let s = try NBDStorage(uri: uri, queueDepth: 8)
+            defer { s.close() }
+            #expect(s.maximumPayload == 65536)
+            let b = Buffers(byteCount: 2 << 20, iovecCount: 8)
+            for i in 0..<(1 << 20) { b.bytes[i] = UInt8(truncatingIfNeeded: i &* 13 &+ i >> 12) }
+            var d = Driver(s)
+            let w = try d.run([.write(tag: 1, offset: 4096, buffers: b.vector(first: 0, at: 0, pieces: [1 << 19, 1 << 19]))],
+                              deadline: .seconds(120))
+            #expect(w[1]?.succeeded == true)
+            let r = try d.run([.read(tag: 2, offset: 4096, buffers: b.vector(first: 2, at: 1 << 20, pieces: [1 << 20]))],
+                              deadline: .seconds(120))
+            #expect(r[2]?.succeeded == true)
+            #expect(memcmp(b.bytes.baseAddress!, b.bytes.baseAddress! + (1 << 20), 1 << 20) == 0)
+            let z = try d.run([.discard(tag: 3, offset: 4096, length: 1 << 20)], deadline: .seconds(120))
+            #expect(z[3]?.succeeded == true)
+            let again = try d.run([.read(tag: 4, offset: 4096, buffers: b.vector(first: 3, at: 0, pieces: [1 << 20]))],
+                                  deadline: .seconds(120))
+            #expect(again[4]?.succeeded == true)
+            #expect(b.bytes[0..<(1 << 20)].allSatisfy { $0 == 0 })
+        }
+    }
+
     @Test func aMissingExportOrServerIsAClearError() async throws {
         let image = try TemporaryImage(bytes: 1 << 20)
         let server = try await NBDServerProcess.qemuNBD(image: image.path)
@@ -115,13 +145,14 @@ struct NBDStorageTests {
         }
     }
 
-    /// nbdkit killed while reads wait in its delay filter: every one of them fails, and
-    /// so does every later operation; nothing traps or hangs.
-    @Test func aServerKilledMidStreamFailsWhatIsOutstanding() async throws {
+    /// nbdkit killed while reads wait in its delay filter, and not started again: once
+    /// the reconnect window has passed every one of them fails, and so does every later
+    /// operation; nothing traps or hangs.
+    @Test func aServerKilledMidStreamThatDoesNotComeBackFailsWhatIsOutstanding() async throws {
         let server = try await NBDServerProcess.nbdkit(["--filter=delay", "memory", "16M", "rdelay=5"])
         defer { server.stop() }
         let uri = server.uri
-        let s = try await onThread { try NBDStorage(uri: uri, queueDepth: 16) }
+        let s = try await onThread { try NBDStorage(uri: uri, queueDepth: 16, reconnectWindow: .seconds(2)) }
         let b = Buffers(byteCount: 8 * 4096, iovecCount: 8)
         let box = UncheckedBox((s, b))
         let accepted = try await onThread {
@@ -143,6 +174,7 @@ struct NBDStorageTests {
                 seen += d.completions.prefix(n)
             }
             #expect(seen.count == 8 && seen.allSatisfy { !$0.succeeded })
+            #expect(seen.allSatisfy { $0.error?.message.contains("no connection within") == true })
             let later = try d.run([.read(tag: 99, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096]))])
             #expect(later[99]?.succeeded == false)
         }

@@ -1,6 +1,7 @@
 import CXen
 import Foundation
 import Glibc
+import NBDProtocol
 import Synchronization
 import SystemPackage
 import XenABI
@@ -124,7 +125,8 @@ public struct BlockBenchmarkResult: Sendable {
     }
 
     private var engineName: String {
-        configuration.image == BlockBenchmarkConfiguration.memoryImage ? "memory" : configuration.engine.rawValue
+        configuration.image == BlockBenchmarkConfiguration.memoryImage ? "memory"
+            : NBDURI.looksLikeURI(configuration.image) ? "nbd" : configuration.engine.rawValue
     }
 
     private func fmt(_ v: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", v) }
@@ -147,9 +149,18 @@ public enum BlockBenchmark {
         }
         guard c.queueDepth >= 1, c.queueDepth <= 128 else { throw BlockBenchmarkError(message: "--queue-depth must be 1...128") }
         let inMemory = c.image == BlockBenchmarkConfiguration.memoryImage
+        // An NBD export's URI: the engine is NBDStorage, the device its export.
+        var remote: NBDStorage? = nil
+        if NBDURI.looksLikeURI(c.image) {
+            let uri: NBDURI
+            do { uri = try NBDURI(parsing: c.image) } catch { throw BlockBenchmarkError(message: "\(c.image): \(error)") }
+            remote = try NBDStorage(uri: uri, readOnly: c.pattern.isRead, queueDepth: max(64, c.queueDepth))
+        }
         var st = stat()
         if inMemory {
             st.st_size = 256 << 20
+        } else if let remote {
+            st.st_size = off_t(clamping: remote.byteCount)
         } else {
             guard stat(c.image, &st) == 0 else { throw BlockBenchmarkError(message: "cannot stat \(c.image): errno \(errno)") }
         }
@@ -171,6 +182,9 @@ public enum BlockBenchmark {
         let direct: Bool
         if inMemory {
             storage = try MemoryStorage(byteCount: Int(size), queueDepth: max(64, c.queueDepth))
+            direct = false
+        } else if let remote {
+            storage = remote
             direct = false
         } else {
             let file = try c.engine.open(FilePath(c.image), readOnly: c.pattern.isRead,

@@ -11,6 +11,10 @@ public struct NBDExportTerms: Hashable, Sendable {
     public var flags: NBDTransmissionFlags
     /// `NBD_INFO_BLOCK_SIZE`, validated; nil when the server sent none.
     public var blockSizes: NBDBlockSizeConstraints?
+
+    /// Whether the engine can discard on this export: the server offered
+    /// `NBD_CMD_WRITE_ZEROES` or `NBD_CMD_TRIM`.
+    public var canDiscard: Bool { flags.contains(.sendWriteZeroes) || flags.contains(.sendTrim) }
 }
 
 /// The blocking socket calls of the NBD client: connecting to a URI's endpoint, the

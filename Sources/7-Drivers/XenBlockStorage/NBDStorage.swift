@@ -5,30 +5,50 @@ import NBDProtocol
 import SystemPackage
 import XenLocks
 
-/// A storage engine on a remote NBD export: one connection, many requests in flight.
+/// A storage engine on a remote NBD export: one connection, many requests in flight, and
+/// a new connection when the server goes away and comes back.
 ///
 /// - The connection opens with the fixed-newstyle handshake and `NBD_OPT_GO`
 ///   (``NBDExportTerms``): the export's size, its transmission flags, its block size
-///   constraints (the minimum becomes ``alignment``; a read or write above the maximum
-///   payload fails with ``StorageError/Code-swift.enum/outOfRange``).
+///   constraints (the minimum becomes ``alignment``).
 /// - `submit` sends each request (a write with its data, straight from the iovecs) on
 ///   the caller's thread; a dedicated reader thread matches simple replies by handle,
 ///   reads a read's data straight into its iovecs, and posts the completion, signalling
-///   ``completionDescriptor`` (an eventfd).
+///   ``completionDescriptor`` (an eventfd). A read or write longer than
+///   ``maximumPayload`` goes as several NBD requests, and completes when every part is
+///   answered (any part failing fails it).
 /// - Flush is `NBD_CMD_FLUSH` when the server offers it (else it succeeds at once: the
-///   server has said it has no cache to flush). Discard is `NBD_CMD_TRIM` when offered,
-///   else it fails with ``StorageError/Code-swift.enum/notSupported`` (``supportsDiscard``
-///   is false: a backend should not advertise discard). An export the server marks
-///   read-only is read-only here.
-/// - The server is a peer: a reply with a bad magic, an unknown handle or a structured
-///   reply (never negotiated) is a protocol error that fails every outstanding operation
-///   and ends the connection; nothing traps. A request unanswered after ``requestTimeout``
-///   fails alone (`ETIMEDOUT`); its handle stays reserved until the server answers, and
-///   a late read's data is read and dropped. After the connection ends every new
-///   operation fails with the error that ended it.
+///   server has said it has no cache to flush). Discard is `NBD_CMD_WRITE_ZEROES`
+///   without `NBD_CMD_FLAG_NO_HOLE` when offered: ``StorageOperation/discard(tag:offset:length:)``
+///   promises zeros, which `NBD_CMD_TRIM` does not, and without `NO_HOLE` the server may
+///   deallocate as a trim would. Else `NBD_CMD_TRIM` (blkif's discard promises no zeros
+///   either); with neither it fails with ``StorageError/Code-swift.enum/notSupported``
+///   (``supportsDiscard`` is false: a backend should not advertise discard). An export
+///   the server marks read-only is read-only here.
+/// - No request carries `NBD_CMD_FLAG_FUA`: blkif has no force-unit-access request (a
+///   flush is `NBD_CMD_FLUSH`, and a write barrier only orders requests), so nothing
+///   here asks for it.
+/// - Nothing is acknowledged before the server answered it: a write completes on the
+///   server's reply to that write, a flush on its reply to the flush.
+/// - When the connection breaks (end of stream, a reset, a reply with a bad magic, an
+///   unknown handle or a structured reply, which was never negotiated) the reader
+///   connects again, with backoff, for up to ``reconnectWindow`` (each attempt bounded),
+///   redoes the handshake, and re-sends every request that had no reply, in the order
+///   they were first submitted (NBD reads and writes are idempotent; a re-sent flush
+///   covers the writes the server answered before it, which a server restarted on the
+///   same storage holds). Requests submitted meanwhile wait in their slots (at most
+///   ``queueDepth``: `submit` takes no more) and go out with the re-sent ones. An export
+///   that comes back different (another size, read-only, a feature or block size we
+///   relied on gone) is refused: every outstanding request fails with `EIO` and a
+///   message saying what changed, and so does every later one; so after a window with
+///   no connection.
+/// - A request unanswered after ``requestTimeout`` fails alone (`ETIMEDOUT`), connected
+///   or not; its handle stays reserved until the server answers (a late read's data is
+///   read and dropped) or the connection is replaced. Nothing the server sends traps.
 public final class NBDStorage: StorageEngine, @unchecked Sendable {
-    // @unchecked: `slots`, `ready`, `broken` and `stopping` are touched only under
-    // `lock`; the rest is set in init, or confined to the submitting thread (StorageEngine's rule).
+    // @unchecked: everything in "under lock" is touched only under `lock`; sends on the
+    // socket only under `sendLock` (taken before `lock`, never inside it); the rest is
+    // set in init, or confined to the submitting thread (StorageEngine's rule).
 
     /// The export this engine serves.
     public let uri: NBDURI
@@ -42,54 +62,120 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
     public let queueDepth: Int
     /// Operations submitted and not yet reaped.
     public private(set) var outstanding = 0
-    /// What the handshake settled.
+    /// What the first handshake settled; every later connection must offer the same export.
     public let terms: NBDExportTerms
     /// How long a request may go unanswered before it fails alone.
     public let requestTimeout: Duration
-    /// Whether the server offered `NBD_CMD_TRIM`: discards reach it, else they fail.
-    public var supportsDiscard: Bool { terms.flags.contains(.sendTrim) }
+    /// How long the engine tries to get a connection back after losing it before every
+    /// outstanding request fails and the engine gives up.
+    public let reconnectWindow: Duration
+    /// Whether the server offered `NBD_CMD_WRITE_ZEROES` or `NBD_CMD_TRIM`: discards reach it, else they fail.
+    public var supportsDiscard: Bool { terms.canDiscard }
+    /// Whether discards go as `NBD_CMD_WRITE_ZEROES` (they read back as zeros) rather than `NBD_CMD_TRIM`.
+    public var discardsZero: Bool { terms.flags.contains(.sendWriteZeroes) }
     /// Whether the server offered `NBD_CMD_FLUSH`.
     public var supportsFlush: Bool { terms.flags.contains(.sendFlush) }
-    /// The largest read or write sent as one request: the server's maximum block size,
-    /// at most 32 MiB (proto.md's size every server must accept is smaller; most take this).
+    /// The largest part of a read or write sent as one request: the server's maximum
+    /// block size, at most 32 MiB (what proto.md lets a client assume without one).
     public let maximumPayload: UInt64
+    /// The largest part of a discard sent as one request: the server's maximum block
+    /// size when it gave one, else 1 GiB (a length must fit in 32 bits).
+    public let maximumEffect: UInt64
     /// The eventfd the reader thread signals for every completion it posts.
     public var completionDescriptor: FileDescriptor { signal.descriptor }
+    /// Connections made after the first one (each after the previous one broke).
+    public var reconnections: Int { lock.withLock { reconnectCount } }
+    /// NBD requests sent again on a new connection because the old one broke before their reply.
+    public var resentRequests: Int { lock.withLock { resendCount } }
 
-    private let fd: Int32
+    private let connectTimeout: Duration
+    private let timeoutNanoseconds: UInt64
     private let signal: CompletionSignal
+    private let readerDone: CompletionSignal
     private let lock = Lock()
+    private let sendLock = Lock()
+
+    // Under lock.
+    private var fd: Int32
+    private var connected = true
+    /// Bumped whenever a connection is lost: a send prepared for an older one is dropped
+    /// (the re-send on the new connection carries it).
+    private var epoch: UInt64 = 0
     private var ready: CompletionQueue
     private var slots: [Slot]
     private var freeSlots: [Int32]
+    private var parents: [Parent]
+    private var freeParents: [Int32]
+    private var sequence: UInt64 = 0
     private var broken: StorageError?
     private var stopping = false
+    private var reconnectCount = 0
+    private var resendCount = 0
+
+    // The submitting thread's.
     private var closed = false
-    private let readerDone: CompletionSignal
+    private var batch: [Part] = []
     private let header = UnsafeMutableRawPointer.allocate(byteCount: NBDRequest.size, alignment: 8)
     private let vectors: UnsafeMutablePointer<iovec>
 
+    /// One NBD request: what it takes to send it (again).
+    struct Part {
+        var handle: UInt64 = 0
+        var command = NBDCommand.read
+        var flags = NBDCommandFlags()
+        var offset: UInt64 = 0
+        var length: UInt32 = 0
+        /// The operation's buffers; the part covers `length` bytes of them from `byteStart`.
+        var buffers: UnsafeMutablePointer<iovec>? = nil
+        var bufferCount = 0
+        var byteStart = 0
+        /// Submission order, for re-sending in order.
+        var sequence: UInt64 = 0
+    }
+
+    /// One handle: a part waiting for its reply.
     private struct Slot {
         enum State { case free, inFlight, abandoned }
         var state = State.free
         var generation: UInt32 = 0
+        var parent: Int32 = 0
+        var part = Part()
+    }
+
+    /// One operation: its parts count down to its single completion.
+    private struct Parent {
         var tag: UInt64 = 0
-        var command = NBDCommand.read
-        var buffers: UnsafeMutablePointer<iovec>? = nil
-        var bufferCount = 0
-        var length = 0
+        var partsLeft = 0
+        /// The completion is posted (early when the operation timed out).
+        var done = false
+        var failure: StorageError? = nil
+        var bytes = 0
         var deadline: UInt64 = 0
     }
 
+    /// The most handles: split requests take one each; the table grows up to this.
+    static let maximumSlots = 1 << 20
+
     /// Connects to `uri`, negotiates the export, and starts the reader thread.
+    /// - Parameters:
+    ///   - uri: the export.
+    ///   - readOnly: serve it read-only even where the server allows writes.
+    ///   - queueDepth: operations that may be outstanding (1...65536).
+    ///   - requestTimeout: how long one request may wait for its reply before it fails alone.
+    ///   - connectTimeout: bounds the first connection and handshake (and each later attempt, with at most 5 s).
+    ///   - reconnectWindow: how long to try to get a lost connection back.
     /// - Throws: ``StorageError/Code-swift.enum/closed`` when the server is unreachable, refuses
     ///   the export or breaks the handshake (the message says which).
     public init(uri: NBDURI, readOnly: Bool = false, queueDepth: Int = 64,
-                requestTimeout: Duration = .seconds(30), connectTimeout: Duration = .seconds(30)) throws(StorageError) {
+                requestTimeout: Duration = .seconds(30), connectTimeout: Duration = .seconds(30),
+                reconnectWindow: Duration = .seconds(30)) throws(StorageError) {
         precondition(queueDepth >= 1 && queueDepth <= 65536, "queue depth 1...65536")
         self.uri = uri
         self.queueDepth = queueDepth
         self.requestTimeout = requestTimeout
+        self.connectTimeout = connectTimeout
+        self.reconnectWindow = reconnectWindow
+        timeoutNanoseconds = UInt64(requestTimeout.clampedNanoseconds)
         let fd = try NBDConnection.connect(uri, timeout: connectTimeout)
         let terms: NBDExportTerms
         do throws(StorageError) {
@@ -109,12 +195,18 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         self.terms = terms
         byteCount = terms.size
         isReadOnly = readOnly || terms.flags.contains(.readOnly)
-        alignment = Int(terms.blockSizes?.minimum ?? 1)
-        maximumPayload = min(UInt64(terms.blockSizes?.maximum ?? .max), 32 << 20)
+        let minimum = UInt64(terms.blockSizes?.minimum ?? 1)
+        alignment = Int(minimum)
+        // Parts of a split request stay multiples of the minimum (validate() made the maximum one).
+        maximumPayload = max(min(UInt64(terms.blockSizes?.maximum ?? .max), 32 << 20) / minimum * minimum, minimum)
+        maximumEffect = max(min(UInt64(terms.blockSizes?.maximum ?? .max), 1 << 30) / minimum * minimum, minimum)
         ready = CompletionQueue(capacity: queueDepth)
         // Twice the depth: timed-out requests keep their handle until the server answers.
         slots = Array(repeating: Slot(), count: 2 * queueDepth)
         freeSlots = (0..<Int32(2 * queueDepth)).reversed()
+        parents = Array(repeating: Parent(), count: 2 * queueDepth)
+        freeParents = (0..<Int32(2 * queueDepth)).reversed()
+        batch.reserveCapacity(queueDepth)
         vectors = .allocate(capacity: StorageOperation.maxBuffers + 1)
         let reader = Thread { [self] in readerMain() }
         reader.name = "nbd-client"
@@ -130,37 +222,36 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
     // MARK: submit
 
     /// Accepts a prefix of `operations` (at most `queueDepth - outstanding`) and sends
-    /// each as one request; refusals, flushes the server cannot take and discards it
-    /// cannot take complete at once. Throws `.closed` after ``close()``.
+    /// them (each as one request, or several when longer than the server takes at once);
+    /// refusals, flushes the server cannot take and discards it cannot take complete at
+    /// once. While the connection is being replaced they wait and go with the re-sent
+    /// requests. Throws `.closed` after ``close()``.
     public func submit(_ operations: UnsafeBufferPointer<StorageOperation>) throws(StorageError) -> Int {
         guard !closed else { throw StorageError(.closed, "NBD storage \(uri) is closed") }
         let accepted = min(operations.count, queueDepth - outstanding)
+        guard accepted > 0 else { return 0 }
+        batch.removeAll(keepingCapacity: true)
+        let deadline = Self.now() &+ timeoutNanoseconds
         var completedHere = false
-        for i in 0..<accepted {
-            let op = operations[i]
-            if let failure = refusal(op) {
-                post(StorageCompletion(tag: op.tag, outcome: failure))
-                completedHere = true
-                continue
+        var sendOn: UInt64? = nil
+        lock.withLock {
+            for i in 0..<accepted {
+                let op = operations[i]
+                if let outcome = refusal(op) {
+                    ready.push(StorageCompletion(tag: op.tag, outcome: outcome))
+                    completedHere = true
+                } else if let broken {
+                    ready.push(StorageCompletion(tag: op.tag, outcome: .failure(broken)))
+                    completedHere = true
+                } else if !claim(op, deadline: deadline) {
+                    completedHere = true
+                }
             }
-            let command: NBDCommand
-            let length: UInt64
-            switch op.kind {
-            case .read: (command, length) = (.read, op.transferLength)
-            case .write: (command, length) = (.write, op.transferLength)
-            case .flush: (command, length) = (.flush, 0)
-            case .discard: (command, length) = (.trim, op.length)
-            }
-            // refusal() bounds every length by maximumPayload or UInt32.max.
-            guard let slot = claim(op, command: command, length: Int(length)) else {
-                completedHere = true
-                continue
-            }
-            send(slot, command: command, offset: op.offset, length: UInt32(length), op: op,
-                 more: i + 1 < accepted)
+            if connected && !batch.isEmpty { sendOn = epoch }
         }
         outstanding += accepted
         if completedHere { signal.signal() }
+        if let sendOn { sendBatch(epoch: sendOn) }
         return accepted
     }
 
@@ -173,85 +264,134 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         case .flush:
             return supportsFlush ? nil : .success(bytes: 0)
         case .discard:
-            guard supportsDiscard else { return .failure(StorageError(.notSupported, "\(uri) does not offer NBD_CMD_TRIM")) }
+            guard supportsDiscard else {
+                return .failure(StorageError(.notSupported, "\(uri) offers neither NBD_CMD_WRITE_ZEROES nor NBD_CMD_TRIM"))
+            }
             if op.length == 0 { return .success(bytes: 0) }
-            if op.length > UInt64(UInt32.max) {
-                return .failure(StorageError(.outOfRange, "discard of \(op.length) bytes: one NBD request carries at most 4 GiB - 1"))
+            if alignment > 1 && (op.offset % UInt64(alignment) != 0 || op.length % UInt64(alignment) != 0) {
+                return .failure(StorageError(.misaligned, "discard of \(op.length) bytes at \(op.offset): \(uri) takes multiples of \(alignment)"))
             }
             return nil
         case .read, .write:
-            if op.transferLength > maximumPayload {
-                return .failure(StorageError(.outOfRange, "\(op.kind) of \(op.transferLength) bytes; \(uri) takes at most \(maximumPayload) in one request"))
-            }
             return nil
         }
     }
 
-    private func post(_ completion: StorageCompletion) {
-        lock.withLock { ready.push(completion) }
+    /// Under the lock: a parent for `op` and a slot per part, the parts appended to
+    /// `batch`. False when there are no handles left (the operation failed at once).
+    private func claim(_ op: StorageOperation, deadline: UInt64) -> Bool {
+        let command: NBDCommand
+        let total: UInt64
+        let piece: UInt64
+        switch op.kind {
+        case .read: (command, total, piece) = (.read, op.transferLength, maximumPayload)
+        case .write: (command, total, piece) = (.write, op.transferLength, maximumPayload)
+        case .flush: (command, total, piece) = (.flush, 0, 1)
+        case .discard: (command, total, piece) = (discardsZero ? .writeZeroes : .trim, op.length, maximumEffect)
+        }
+        // refusal() keeps reads, writes and discards inside the device, so `total` is small enough.
+        let count = total == 0 ? 1 : Int((total - 1) / piece + 1)
+        guard count <= freeSlots.count || slots.count + count - freeSlots.count <= Self.maximumSlots else {
+            ready.push(StorageCompletion(tag: op.tag, outcome: .failure(
+                StorageError(.io(.resourceBusy), "every NBD handle is held by a request \(uri) has not answered"))))
+            return false
+        }
+        let p = takeParent()
+        parents[p] = Parent(tag: op.tag, partsLeft: count, deadline: deadline)
+        var start: UInt64 = 0
+        for _ in 0..<count {
+            let length = min(piece, total - start)
+            let s = takeSlot()
+            sequence &+= 1
+            slots[s].state = .inFlight
+            slots[s].parent = Int32(p)
+            slots[s].part = Part(handle: UInt64(slots[s].generation) << 32 | UInt64(s), command: command,
+                                 offset: op.offset &+ start, length: UInt32(length),
+                                 buffers: op.buffers, bufferCount: op.bufferCount, byteStart: Int(start),
+                                 sequence: sequence)
+            batch.append(slots[s].part)
+            start += length
+        }
+        return true
     }
 
-    /// A slot for `op`, or nil when the operation failed at once (connection gone, every handle held).
-    private func claim(_ op: StorageOperation, command: NBDCommand, length: Int) -> Int? {
-        let deadline = Self.now() &+ UInt64(requestTimeout.clampedNanoseconds)
-        return lock.withLock { () -> Int? in
-            if let broken {
-                ready.push(StorageCompletion(tag: op.tag, outcome: .failure(broken)))
-                return nil
+    private func takeSlot() -> Int {
+        if let i = freeSlots.popLast() { return Int(i) }
+        slots.append(Slot())
+        return slots.count - 1
+    }
+
+    private func takeParent() -> Int {
+        if let i = freeParents.popLast() { return Int(i) }
+        parents.append(Parent())
+        return parents.count - 1
+    }
+
+    /// Sends `batch` on the connection of `epoch`; nothing when that connection is gone
+    /// (the new connection's re-send carries these parts). A send that fails shuts the
+    /// socket down; the reader then replaces the connection and re-sends.
+    private func sendBatch(epoch wanted: UInt64) {
+        sendLock.lock()
+        defer { sendLock.unlock() }
+        let socket = lock.withLock { connected && epoch == wanted ? fd : -1 }
+        guard socket >= 0 else { return }
+        for i in batch.indices {
+            if !Self.send(batch[i], on: socket, header: header, vectors: vectors, more: i + 1 < batch.count) {
+                shutdown(socket, Int32(SHUT_RDWR))
+                return
             }
-            guard let index = freeSlots.popLast() else {
-                ready.push(StorageCompletion(tag: op.tag, outcome: .failure(
-                    StorageError(.io(.resourceBusy), "every NBD handle is held by a request \(uri) has not answered"))))
-                return nil
-            }
-            let i = Int(index)
-            slots[i].state = .inFlight
-            slots[i].tag = op.tag
-            slots[i].command = command
-            slots[i].buffers = op.buffers
-            slots[i].bufferCount = op.bufferCount
-            slots[i].length = length
-            slots[i].deadline = deadline
-            return i
         }
     }
 
-    /// Sends the request header (and a write's data). A send that fails shuts the socket
-    /// down; the reader thread then fails every outstanding request, this one included.
-    private func send(_ index: Int, command: NBDCommand, offset: UInt64, length: UInt32, op: StorageOperation, more: Bool) {
-        let generation = lock.withLock { slots[index].generation }
-        let handle = UInt64(generation) << 32 | UInt64(index)
+    /// Sends one request header (and a write's data).
+    static func send(_ part: Part, on fd: Int32, header: UnsafeMutableRawPointer, vectors: UnsafeMutablePointer<iovec>,
+                     more: Bool) -> Bool {
         let h = UnsafeMutableRawBufferPointer(start: header, count: NBDRequest.size)
         h.storeBytes(of: NBDMagic.request.bigEndian, toByteOffset: 0, as: UInt32.self)
-        h.storeBytes(of: UInt16(0).bigEndian, toByteOffset: 4, as: UInt16.self)
-        h.storeBytes(of: command.rawValue.bigEndian, toByteOffset: 6, as: UInt16.self)
-        h.storeBytes(of: handle.bigEndian, toByteOffset: 8, as: UInt64.self)
-        h.storeBytes(of: offset.bigEndian, toByteOffset: 16, as: UInt64.self)
-        h.storeBytes(of: length.bigEndian, toByteOffset: 24, as: UInt32.self)
+        h.storeBytes(of: part.flags.rawValue.bigEndian, toByteOffset: 4, as: UInt16.self)
+        h.storeBytes(of: part.command.rawValue.bigEndian, toByteOffset: 6, as: UInt16.self)
+        h.storeBytes(of: part.handle.bigEndian, toByteOffset: 8, as: UInt64.self)
+        h.storeBytes(of: part.offset.bigEndian, toByteOffset: 16, as: UInt64.self)
+        h.storeBytes(of: part.length.bigEndian, toByteOffset: 24, as: UInt32.self)
         vectors[0] = iovec(iov_base: header, iov_len: NBDRequest.size)
         var count = 1
-        if command == .write, let buffers = op.buffers {
-            for i in 0..<op.bufferCount where buffers[i].iov_len > 0 {
-                vectors[count] = buffers[i]
-                count += 1
-            }
+        if part.command == .write, let buffers = part.buffers {
+            count += gather(buffers, part.bufferCount, from: part.byteStart, length: Int(part.length), into: vectors + 1)
         }
-        if !Self.sendAll(fd, vectors, count, flags: Int32(MSG_NOSIGNAL) | (more ? Int32(MSG_MORE) : 0)) {
-            let e = errno
-            lock.withLock {
-                if broken == nil { broken = StorageError(.io(Errno(rawValue: e)), "sending to \(uri)") }
-            }
-            shutdown(fd, Int32(SHUT_RDWR))
-        }
+        return sendAll(fd, vectors, count, flags: Int32(MSG_NOSIGNAL) | (more ? Int32(MSG_MORE) : 0))
     }
 
-    /// `sendmsg` until every byte of the `count` vectors is out, advancing them in place.
+    /// Writes into `out` the iovecs covering `length` bytes of `buffers` from byte `start`; returns how many.
+    static func gather(_ buffers: UnsafeMutablePointer<iovec>, _ count: Int, from start: Int, length: Int,
+                       into out: UnsafeMutablePointer<iovec>) -> Int {
+        var skip = start
+        var left = length
+        var n = 0
+        var i = 0
+        while i < count && left > 0 {
+            let available = buffers[i].iov_len
+            if skip >= available {
+                skip -= available
+            } else {
+                let take = min(available - skip, left)
+                out[n] = iovec(iov_base: buffers[i].iov_base.map { $0 + skip }, iov_len: take)
+                n += 1
+                left -= take
+                skip = 0
+            }
+            i += 1
+        }
+        return n
+    }
+
+    /// `sendmsg` until every byte of the `count` vectors is out, advancing them in place
+    /// (at most `IOV_MAX` vectors per call).
     static func sendAll(_ fd: Int32, _ vectors: UnsafeMutablePointer<iovec>, _ count: Int, flags: Int32) -> Bool {
         var first = 0
         while first < count {
             var msg = msghdr()
             msg.msg_iov = vectors + first
-            msg.msg_iovlen = count - first
+            msg.msg_iovlen = min(count - first, StorageOperation.maxBuffers)
             let n = sendmsg(fd, &msg, flags)
             if n < 0 {
                 if errno == EINTR { continue }
@@ -277,13 +417,23 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         guard !closed else { throw StorageError(.closed, "NBD storage \(uri) is closed") }
         guard completions.count > 0 else { return 0 }
         signal.drain()
-        var n = lock.withLock { ready.drain(into: completions, from: 0) }
+        var (n, more) = take(into: completions)
         if n == 0 && timeout > .zero && outstanding > 0 && signal.wait(timeout) {
             signal.drain()
-            n = lock.withLock { ready.drain(into: completions, from: 0) }
+            (n, more) = take(into: completions)
         }
+        // The reader signals only an empty queue: what did not fit must wake the next wait.
+        if more { signal.signal() }
         outstanding -= n
         return n
+    }
+
+    /// Moves posted completions into `completions`; how many, and whether some are left.
+    private func take(into completions: UnsafeMutableBufferPointer<StorageCompletion>) -> (Int, Bool) {
+        lock.withLock {
+            let n = ready.drain(into: completions, from: 0)
+            return (n, !ready.isEmpty)
+        }
     }
 
     /// True when a completion is posted and not yet reaped (no system call).
@@ -297,18 +447,23 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
     public func close() {
         guard !closed else { return }
         closed = true
-        let alreadyBroken = lock.withLock { () -> Bool in
-            stopping = true
-            return broken != nil
+        lock.withLock { stopping = true }
+        sendLock.withLock {
+            let socket = lock.withLock { connected && broken == nil ? fd : -1 }
+            if socket >= 0 {
+                let disc = NBDRequest(command: .disconnect, handle: 0, offset: 0, length: 0).encoded()
+                _ = NBDConnection.write(socket, disc)
+            }
         }
-        if !alreadyBroken {
-            let disc = NBDRequest(command: .disconnect, handle: 0, offset: 0, length: 0).encoded()
-            _ = NBDConnection.write(fd, disc)
+        // The reader retires a socket only after clearing `fd` under the lock.
+        lock.withLock { if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) } }
+        // The reader polls in short steps and sees `stopping`; a reconnect attempt is bounded by 5 s.
+        _ = readerDone.wait(.seconds(60))
+        sendLock.withLock {}  // a re-sending thread that holds it has seen the socket shut down
+        lock.withLock {
+            if fd >= 0 { Glibc.close(fd) }
+            fd = -1
         }
-        shutdown(fd, Int32(SHUT_RDWR))
-        // The reader polls in short steps and sees `stopping`; bounded all the same.
-        _ = readerDone.wait(.seconds(10))
-        Glibc.close(fd)
         signal.close()
         readerDone.close()
     }
@@ -331,48 +486,89 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
             vecs.deallocate()
             readerDone.signal()
         }
+        var socket = lock.withLock { fd }
+        // When the connection first broke since the last good reply.
+        var troubleSince: UInt64? = nil
+        // Reads try the socket before polling it, so a busy server may never let the reader
+        // poll: timeouts are looked at every 100 ms here as well.
+        var lastExpiry = Self.now()
         while true {
-            if let failure = receive(reply, NBDSimpleReply.size, receiving: nil) {
-                fail(failure)
-                return
+            if let failure = serveReply(socket, scratch: scratch, reply: reply, vecs: vecs) {
+                guard let next = reconnect(after: failure, socket: socket, since: &troubleSince) else { return }
+                socket = next
+            } else if troubleSince != nil {
+                troubleSince = nil
             }
-            let r = UnsafeRawBufferPointer(start: reply, count: NBDSimpleReply.size)
-            let magic = UInt32(bigEndian: r.loadUnaligned(fromByteOffset: 0, as: UInt32.self))
-            let error = NBDErrno(rawValue: UInt32(bigEndian: r.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
-            let handle = UInt64(bigEndian: r.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
-            guard magic == NBDMagic.simpleReply else {
-                let what = magic == NBDMagic.structuredReply ? "a structured reply, which was never negotiated"
-                    : "reply magic 0x\(String(magic, radix: 16)), not 0x67446698"
-                fail(StorageError(.io(.protocolError), "\(uri) sent \(what)"))
-                return
+            let now = Self.now()
+            if now &- lastExpiry > 100_000_000 {
+                lastExpiry = now
+                expire(receiving: nil)
             }
-            let index = Int(handle & 0xffff_ffff)
-            let generation = UInt32(truncatingIfNeeded: handle >> 32)
-            let slot: Slot? = lock.withLock {
-                guard index < slots.count, slots[index].state != .free, slots[index].generation == generation else { return nil }
-                return slots[index]
-            }
-            guard let slot else {
-                fail(StorageError(.io(.protocolError), "\(uri) answered handle 0x\(String(handle, radix: 16)), which no request has"))
-                return
-            }
-            if slot.command == .read && error == .ok {
-                if let failure = receiveData(of: slot, index: index, scratch: scratch, vecs: vecs) {
-                    fail(failure)
-                    return
-                }
-            }
-            lock.withLock {
-                if slots[index].state == .inFlight {
-                    let outcome: StorageCompletion.Outcome = error == .ok
-                        ? .success(bytes: slot.command == .read || slot.command == .write ? slot.length : 0)
-                        : .failure(StorageError(.io(Self.localErrno(error)), "\(uri) answered \(slot.command) with \(error)"))
-                    ready.push(StorageCompletion(tag: slot.tag, outcome: outcome))
-                }
-                release(index)
-            }
-            signal.signal()
         }
+    }
+
+    /// Reads one reply and completes its part; the error that broke the connection otherwise.
+    private func serveReply(_ socket: Int32, scratch: UnsafeMutableRawPointer, reply: UnsafeMutableRawPointer,
+                            vecs: UnsafeMutablePointer<iovec>) -> StorageError? {
+        if let failure = receive(socket, reply, NBDSimpleReply.size, receiving: nil) { return failure }
+        let r = UnsafeRawBufferPointer(start: reply, count: NBDSimpleReply.size)
+        let magic = UInt32(bigEndian: r.loadUnaligned(fromByteOffset: 0, as: UInt32.self))
+        let error = NBDErrno(rawValue: UInt32(bigEndian: r.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
+        let handle = UInt64(bigEndian: r.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+        guard magic == NBDMagic.simpleReply else {
+            let what = magic == NBDMagic.structuredReply ? "a structured reply, which was never negotiated"
+                : "reply magic 0x\(String(magic, radix: 16)), not 0x67446698"
+            return StorageError(.io(.protocolError), "\(uri) sent \(what)")
+        }
+        let index = Int(handle & 0xffff_ffff)
+        let generation = UInt32(truncatingIfNeeded: handle >> 32)
+        let slot: Slot? = lock.withLock {
+            guard index < slots.count, slots[index].state != .free, slots[index].generation == generation else { return nil }
+            return slots[index]
+        }
+        guard let slot else {
+            return StorageError(.io(.protocolError), "\(uri) answered handle 0x\(String(handle, radix: 16)), which no request has")
+        }
+        if slot.part.command == .read && error == .ok {
+            if let failure = receiveData(socket, of: slot, index: index, scratch: scratch, vecs: vecs) { return failure }
+        }
+        let wake = lock.withLock { () -> Bool in
+            let failure = error == .ok ? nil
+                : StorageError(.io(Self.localErrno(error)), "\(uri) answered \(slot.part.command) with \(error)")
+            // reap() resets the eventfd before it takes the queue: a completion pushed onto
+            // a non-empty queue is taken with the ones before it, whose push signalled.
+            let wasEmpty = ready.isEmpty
+            return finish(index, failure: failure) && wasEmpty
+        }
+        if wake { signal.signal() }
+        return nil
+    }
+
+    /// Under the lock: the part in `index` is answered (or will never be); its slot is
+    /// free again and its operation completes when it was the last part. True when a
+    /// completion was posted.
+    private func finish(_ index: Int, failure: StorageError?) -> Bool {
+        let p = Int(slots[index].parent)
+        let answered = slots[index].state == .inFlight
+        let length = Int(slots[index].part.length)
+        let command = slots[index].part.command
+        release(index)
+        if answered && !parents[p].done {
+            if let failure {
+                if parents[p].failure == nil { parents[p].failure = failure }
+            } else if command == .read || command == .write {
+                parents[p].bytes += length
+            }
+        }
+        parents[p].partsLeft -= 1
+        guard parents[p].partsLeft == 0 else { return false }
+        freeParents.append(Int32(p))
+        guard !parents[p].done else { return false }
+        parents[p].done = true
+        let outcome: StorageCompletion.Outcome = parents[p].failure.map { .failure($0) } ?? .success(bytes: parents[p].bytes)
+        parents[p].failure = nil
+        ready.push(StorageCompletion(tag: parents[p].tag, outcome: outcome))
+        return true
     }
 
     /// Under the lock: the slot is free again, under a new generation so a late reply to
@@ -380,8 +576,187 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
     private func release(_ index: Int) {
         slots[index].state = .free
         slots[index].generation &+= 1
-        slots[index].buffers = nil
+        slots[index].part.buffers = nil
         freeSlots.append(Int32(index))
+    }
+
+    /// Under the lock: fails the operation of parent `p` now with `error`; its parts in
+    /// flight are abandoned (a late answer is read and dropped). True when a completion was posted.
+    private func failEarly(parent p: Int, _ error: StorageError) -> Bool {
+        guard !parents[p].done else { return false }
+        parents[p].done = true
+        parents[p].failure = nil
+        ready.push(StorageCompletion(tag: parents[p].tag, outcome: .failure(error)))
+        for i in slots.indices where slots[i].state == .inFlight && Int(slots[i].parent) == p {
+            slots[i].state = .abandoned
+        }
+        return true
+    }
+
+    /// The connection broke with `failure`: connects again (backoff, each attempt bounded)
+    /// until `reconnectWindow` has passed since the trouble began, checks the export is
+    /// the same, and starts re-sending what had no reply. The new socket, or nil when the
+    /// engine stops or gives up (every outstanding operation then failed).
+    private func reconnect(after failure: StorageError, socket: Int32, since: inout UInt64?) -> Int32? {
+        let stop = lock.withLock { () -> Bool in
+            connected = false
+            epoch &+= 1
+            fd = -1
+            // The server that held these handles is gone; nobody will answer them.
+            for i in slots.indices where slots[i].state == .abandoned { _ = finish(i, failure: nil) }
+            return stopping
+        }
+        shutdown(socket, Int32(SHUT_RDWR))
+        sendLock.withLock {}  // a send in progress on the old socket fails and ends
+        Glibc.close(socket)
+        if stop { return nil }
+        let start = since ?? Self.now()
+        since = start
+        let window = UInt64(reconnectWindow.clampedNanoseconds)
+        var lastError = failure
+        var backoff: UInt64 = 50_000_000
+        var attempt = 0
+        while true {
+            expire(receiving: nil)
+            if lock.withLock({ stopping }) { return nil }
+            let now = Self.now()
+            let elapsed = now &- start
+            if elapsed >= window {
+                let why = attempt == 0 ? "\(failure)" : "\(failure); the last attempt: \(lastError)"
+                giveUp(StorageError(.io(.ioError), "\(uri): no connection within \(reconnectWindow) of losing it (\(why))"))
+                return nil
+            }
+            if attempt > 0 {
+                if !pause(min(backoff, window - elapsed)) { return nil }
+                backoff = min(backoff * 2, 1_000_000_000)
+            }
+            attempt += 1
+            let left = window &- min(window, Self.now() &- start)
+            let bound = Duration.nanoseconds(Int64(clamping: max(min(left, 5_000_000_000,
+                                                                      UInt64(connectTimeout.clampedNanoseconds)), 100_000_000)))
+            let next: Int32
+            let offered: NBDExportTerms
+            do throws(StorageError) {
+                next = try NBDConnection.connect(uri, timeout: bound)
+                do throws(StorageError) {
+                    offered = try NBDConnection.handshake(next, export: uri.exportName, uri: uri)
+                } catch {
+                    Glibc.close(next)
+                    throw error
+                }
+            } catch {
+                lastError = error
+                continue
+            }
+            if let change = difference(offered) {
+                Glibc.close(next)
+                giveUp(StorageError(.io(.ioError), "\(uri) came back as a different export (\(change)); refusing to continue"))
+                return nil
+            }
+            NBDConnection.setTimeouts(next, requestTimeout)
+            let (proceed, current) = lock.withLock { () -> (Bool, UInt64) in
+                guard !stopping else { return (false, epoch) }
+                fd = next
+                reconnectCount += 1
+                return (true, epoch)
+            }
+            guard proceed else {
+                Glibc.close(next)
+                return nil
+            }
+            // Another thread re-sends, so a server answering a large re-sent read while a
+            // large write is still going out cannot stall both ends.
+            let sender = Thread { [self] in resend(epoch: current, on: next) }
+            sender.name = "nbd-resend"
+            sender.start()
+            return next
+        }
+    }
+
+    /// Waits `nanoseconds` in steps of 100 ms; false when the engine stops meanwhile.
+    private func pause(_ nanoseconds: UInt64) -> Bool {
+        let end = Self.now() &+ nanoseconds
+        while true {
+            if lock.withLock({ stopping }) { return false }
+            let now = Self.now()
+            if now >= end { return true }
+            let step = min(end - now, 100_000_000)
+            var ts = timespec(tv_sec: 0, tv_nsec: Int(step))
+            nanosleep(&ts, nil)
+        }
+    }
+
+    /// What makes `offered` another export than the one this engine serves, or nil.
+    private func difference(_ offered: NBDExportTerms) -> String? {
+        if offered.size != byteCount { return "its size is \(offered.size) bytes, not \(byteCount)" }
+        if !isReadOnly && offered.flags.contains(.readOnly) { return "it is read-only now" }
+        let used: [(NBDTransmissionFlags, String)] = [(.sendFlush, "NBD_FLAG_SEND_FLUSH"), (.sendTrim, "NBD_FLAG_SEND_TRIM"),
+                                                      (.sendWriteZeroes, "NBD_FLAG_SEND_WRITE_ZEROES"), (.sendFUA, "NBD_FLAG_SEND_FUA")]
+        for (flag, name) in used where terms.flags.contains(flag) && !offered.flags.contains(flag) {
+            return "it no longer offers \(name)"
+        }
+        if let b = offered.blockSizes {
+            if UInt64(b.minimum) > UInt64(alignment) || UInt64(b.minimum) > 1 && UInt64(alignment) % UInt64(b.minimum) != 0 {
+                return "its minimum block size is \(b.minimum), not \(alignment)"
+            }
+            if UInt64(b.maximum) < maximumPayload || UInt64(b.maximum) < maximumEffect && terms.canDiscard {
+                return "its maximum block size is \(b.maximum), below the \(maximumPayload) this engine sends"
+            }
+        }
+        return nil
+    }
+
+    /// On a thread of its own: re-sends, in submission order, every part still waiting
+    /// for a reply, on the connection of `wanted` (nothing when that one is gone too).
+    /// Holding `sendLock` meanwhile keeps new requests behind the re-sent ones.
+    private func resend(epoch wanted: UInt64, on socket: Int32) {
+        let header = UnsafeMutableRawPointer.allocate(byteCount: NBDRequest.size, alignment: 8)
+        let vectors = UnsafeMutablePointer<iovec>.allocate(capacity: StorageOperation.maxBuffers + 1)
+        defer {
+            header.deallocate()
+            vectors.deallocate()
+        }
+        sendLock.lock()
+        defer { sendLock.unlock() }
+        var parts: [Part] = []
+        var posted = false
+        let proceed = lock.withLock { () -> Bool in
+            guard epoch == wanted, !stopping, broken == nil else { return false }
+            for i in slots.indices {
+                switch slots[i].state {
+                case .inFlight: parts.append(slots[i].part)
+                // Timed out while there was no connection: never sent on this one.
+                case .abandoned: posted = finish(i, failure: nil) || posted
+                case .free: break
+                }
+            }
+            parts.sort { $0.sequence < $1.sequence }
+            resendCount += parts.count
+            connected = true
+            return true
+        }
+        if posted { signal.signal() }
+        guard proceed else { return }
+        for i in parts.indices {
+            if !Self.send(parts[i], on: socket, header: header, vectors: vectors, more: i + 1 < parts.count) {
+                shutdown(socket, Int32(SHUT_RDWR))
+                return
+            }
+        }
+    }
+
+    /// Every outstanding operation fails with `error`, and so does every later one.
+    private func giveUp(_ error: StorageError) {
+        lock.withLock {
+            broken = error
+            connected = false
+            for i in slots.indices where slots[i].state != .free {
+                let p = Int(slots[i].parent)
+                if !parents[p].done { _ = failEarly(parent: p, error) }
+                _ = finish(i, failure: nil)
+            }
+        }
+        signal.signal()
     }
 
     private static func localErrno(_ e: NBDErrno) -> Errno {
@@ -397,26 +772,34 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
     }
 
     /// A read's data: into its buffers while it is in flight, into `scratch` once it timed out.
-    private func receiveData(of slot: Slot, index: Int, scratch: UnsafeMutableRawPointer,
+    private func receiveData(_ socket: Int32, of slot: Slot, index: Int, scratch: UnsafeMutableRawPointer,
                              vecs: UnsafeMutablePointer<iovec>) -> StorageError? {
-        if slot.state == .inFlight, let buffers = slot.buffers {
-            // Our own copy of the iovecs: the read advances it; the caller's stays as given.
-            for i in 0..<slot.bufferCount { vecs[i] = buffers[i] }
+        if slot.state == .inFlight, let buffers = slot.part.buffers {
+            // Our own iovecs over the part: the read advances them; the caller's stay as given.
+            let count = Self.gather(buffers, slot.part.bufferCount, from: slot.part.byteStart,
+                                    length: Int(slot.part.length), into: vecs)
             var first = 0
-            while first < slot.bufferCount {
+            while first < count {
                 if vecs[first].iov_len == 0 {
                     first += 1
                     continue
                 }
-                if let failure = waitReadable(receiving: index) { return failure }
-                let n = readv(fd, vecs + first, Int32(min(slot.bufferCount - first, StorageOperation.maxBuffers)))
+                var msg = msghdr()
+                msg.msg_iov = vecs + first
+                msg.msg_iovlen = min(count - first, StorageOperation.maxBuffers)
+                let n = recvmsg(socket, &msg, Int32(MSG_DONTWAIT))
                 if n == 0 { return StorageError(.io(.connectionReset), "\(uri) closed the connection in a read's data") }
                 if n < 0 {
-                    if Glibc.errno == EINTR || Glibc.errno == EAGAIN { continue }
-                    return StorageError(.io(Errno(rawValue: Glibc.errno)), "reading from \(uri)")
+                    let e = Glibc.errno
+                    if e == EAGAIN || e == EWOULDBLOCK {
+                        if let failure = waitReadable(socket, receiving: index) { return failure }
+                        continue
+                    }
+                    if e == EINTR { continue }
+                    return StorageError(.io(Errno(rawValue: e)), "reading from \(uri)")
                 }
                 var left = n
-                while first < slot.bufferCount && left >= vecs[first].iov_len {
+                while first < count && left >= vecs[first].iov_len {
                     left -= vecs[first].iov_len
                     first += 1
                 }
@@ -427,27 +810,32 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
             }
             return nil
         }
-        var left = slot.length
+        var left = Int(slot.part.length)
         while left > 0 {
             let step = min(left, 64 << 10)
-            if let failure = receive(scratch, step, receiving: index) { return failure }
+            if let failure = receive(socket, scratch, step, receiving: index) { return failure }
             left -= step
         }
         return nil
     }
 
-    /// Reads exactly `count` bytes, in steps of at most 100 ms so timeouts and `close` are seen.
-    private func receive(_ buffer: UnsafeMutableRawPointer, _ count: Int, receiving: Int?) -> StorageError? {
+    /// Reads exactly `count` bytes: what the socket holds at once, else after a poll in
+    /// steps of at most 100 ms, so timeouts and `close` are seen.
+    private func receive(_ socket: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int, receiving: Int?) -> StorageError? {
         var done = 0
         while done < count {
-            if let failure = waitReadable(receiving: receiving) { return failure }
-            let n = Glibc.read(fd, buffer + done, count - done)
+            let n = recv(socket, buffer + done, count - done, Int32(MSG_DONTWAIT))
             if n > 0 {
                 done += n
             } else if n == 0 {
                 return StorageError(.io(.connectionReset), "\(uri) closed the connection")
-            } else if Glibc.errno != EINTR && Glibc.errno != EAGAIN {
-                return StorageError(.io(Errno(rawValue: Glibc.errno)), "reading from \(uri)")
+            } else {
+                let e = Glibc.errno
+                if e == EAGAIN || e == EWOULDBLOCK {
+                    if let failure = waitReadable(socket, receiving: receiving) { return failure }
+                } else if e != EINTR {
+                    return StorageError(.io(Errno(rawValue: e)), "reading from \(uri)")
+                }
             }
         }
         return nil
@@ -455,14 +843,13 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
 
     /// Waits until the socket is readable, failing timed-out requests on the way; an
     /// error when the engine stops, or when the request whose data is arriving times out
-    /// mid-reply (the stream cannot be resynchronised).
-    private func waitReadable(receiving: Int?) -> StorageError? {
+    /// mid-reply (the stream cannot be resynchronised: the connection is replaced).
+    private func waitReadable(_ socket: Int32, receiving: Int?) -> StorageError? {
         while true {
-            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            var pfd = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
             let rc = poll(&pfd, 1, 100)
-            let stop = lock.withLock { stopping || broken != nil }
-            if stop && rc <= 0 {
-                return lock.withLock { broken } ?? StorageError(.closed, "NBD storage \(uri) is closed")
+            if rc <= 0, lock.withLock({ stopping }) {
+                return StorageError(.closed, "NBD storage \(uri) is closed")
             }
             if rc > 0 { return nil }
             if expire(receiving: receiving) {
@@ -471,43 +858,28 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         }
     }
 
-    /// Fails every in-flight request past its deadline (except the one being received);
-    /// true when that one is past its deadline too.
+    /// Fails every operation with a part past its deadline (except the one whose reply is
+    /// being received); true when that one is past its deadline too.
+    @discardableResult
     private func expire(receiving: Int?) -> Bool {
         let now = Self.now()
-        var expired = false
+        var posted = false
         var receivingExpired = false
         lock.withLock {
-            for i in slots.indices where slots[i].state == .inFlight && slots[i].deadline < now {
-                if i == receiving {
+            let busy = receiving.map { Int(slots[$0].parent) }
+            for i in slots.indices where slots[i].state == .inFlight {
+                let p = Int(slots[i].parent)
+                guard parents[p].deadline < now else { continue }
+                if p == busy {
                     receivingExpired = true
                     continue
                 }
-                slots[i].state = .abandoned
-                ready.push(StorageCompletion(tag: slots[i].tag, outcome: .failure(
-                    StorageError(.io(.timedOut), "\(uri) did not answer \(slots[i].command) within \(requestTimeout)"))))
-                expired = true
+                let error = StorageError(.io(.timedOut), "\(uri) did not answer \(slots[i].part.command) within \(requestTimeout)")
+                posted = failEarly(parent: p, error) || posted
             }
         }
-        if expired { signal.signal() }
+        if posted { signal.signal() }
         return receivingExpired
-    }
-
-    /// Ends the connection: every in-flight request fails with `error` (or the error
-    /// that broke the connection first), every handle is forgotten, new requests fail.
-    private func fail(_ error: StorageError) {
-        lock.withLock {
-            let cause = broken ?? error
-            broken = cause
-            for i in slots.indices where slots[i].state != .free {
-                if slots[i].state == .inFlight {
-                    ready.push(StorageCompletion(tag: slots[i].tag, outcome: .failure(cause)))
-                }
-                release(i)
-            }
-        }
-        shutdown(fd, Int32(SHUT_RDWR))
-        signal.signal()
     }
 }
 

@@ -61,7 +61,7 @@ public final class EmbeddedHost: @unchecked Sendable {
                 let terms = try await NBDStorage.probe(uri)
                 let ro = readOnly || terms.flags.contains(.readOnly)
                 // Without multi-conn a flush covers only its own connection: one queue, one connection.
-                return BlockBackendDisk(byteCount: terms.size, readOnly: ro, discard: terms.flags.contains(.sendTrim) && !ro,
+                return BlockBackendDisk(byteCount: terms.size, readOnly: ro, discard: terms.canDiscard && !ro,
                                         maxQueues: terms.flags.contains(.canMultiConn) ? .max : 1) {
                     try NBDStorage(uri: uri, readOnly: ro, queueDepth: 64)
                 }

@@ -49,7 +49,7 @@ enum BackendDisk {
         let ro = readOnly || terms.flags.contains(.readOnly)
         say("xenpv backend: \(dir) serves \(uri) through NBD (\(terms.size) bytes)" + (ro ? ", read-only" : ""))
         // Without multi-conn a flush covers only its own connection: one queue, one connection.
-        return BlockBackendDisk(byteCount: terms.size, readOnly: ro, discard: discard && !ro && terms.flags.contains(.sendTrim),
+        return BlockBackendDisk(byteCount: terms.size, readOnly: ro, discard: discard && !ro && terms.canDiscard,
                                 maxQueues: terms.flags.contains(.canMultiConn) ? .max : 1) {
             try NBDStorage(uri: uri, readOnly: ro, queueDepth: 64)
         }

@@ -14,9 +14,13 @@ struct BenchBlock: AsyncParsableCommand {
             Compare with fio on the same file:
               swift run -c release xenpv bench block --image /tmp/disk.img --engine io_uring --rw randread --bs 4096 --queue-depth 32 --seconds 5 --json
               fio --name=x --filename=/tmp/disk.img --ioengine=io_uring --direct=1 --rw=randread --bs=4k --iodepth=32 --runtime=5 --time_based
+            and the NBD engine with fio's on the same export:
+              nbdkit -U /tmp/nbd.sock file /tmp/disk.img
+              swift run -c release xenpv bench block --image 'nbd+unix:///?socket=/tmp/nbd.sock' --rw randread --queue-depth 32 --json
+              fio --name=x --ioengine=nbd --uri='nbd+unix:///?socket=/tmp/nbd.sock' --rw=randread --bs=4k --iodepth=32 --runtime=5 --time_based
             """)
 
-    @Option(help: "The image file (its size is the device size), or :memory: for a 256 MiB memory disk (the driver path alone).")
+    @Option(help: "The image file (its size is the device size), an NBD export's URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH: the NBD engine), or :memory: for a 256 MiB memory disk (the driver path alone).")
     var image: String = ":memory:"
 
     @Flag(help: "Instead: the cost per segment of grant copy, map per request, and a persistent map.")
