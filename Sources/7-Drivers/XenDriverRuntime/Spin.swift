@@ -21,9 +21,15 @@ public enum Spin {
     /// peer it waits for may be the one it keeps off the CPU.
     @inline(__always)
     public static func poll<E: Error>(for budget: Duration, _ ready: () throws(E) -> Bool) throws(E) -> Bool {
-        guard budget > .zero else { return false }
+        try poll(nanoseconds: nanoseconds(budget), ready)
+    }
+
+    /// ``poll(for:_:)`` with the budget in nanoseconds (0 does not look).
+    @inline(__always)
+    public static func poll<E: Error>(nanoseconds budget: UInt64, _ ready: () throws(E) -> Bool) throws(E) -> Bool {
+        guard budget > 0 else { return false }
         let start = cxen_monotonic_ns()
-        let end = start &+ nanoseconds(budget)
+        let end = start &+ budget
         var nextYield = start &+ yieldEvery
         var last = start
         while true {
