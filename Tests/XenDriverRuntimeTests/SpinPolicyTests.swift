@@ -127,3 +127,27 @@ struct SpinPolicyTests {
         }
     }
 }
+
+extension SpinPolicyTests {
+    /// A spin cut short by preemption benches spinning for `backoffMin` waits, twice as
+    /// many after a second one; undisturbed spins shrink the bench again.
+    @Test func preemptionBenchesSpinningForLongerEachTime() {
+        var p = SpinPolicy(Self.block)
+        let b = Self.after([(80 * Self.µs, 64)], inFlight: 1, &p)
+        #expect(b > 0)
+        func benched(_ p: inout SpinPolicy) -> Int {
+            var n = 0
+            while p.budget(inFlight: 1) == 0 { n += 1 }
+            return n
+        }
+        p.spun(preempted: true)
+        #expect(benched(&p) == SpinPolicy.backoffMin)
+        p.spun(preempted: true)
+        #expect(benched(&p) == 2 * SpinPolicy.backoffMin)
+        for _ in 0..<20 { p.spun(preempted: true) }
+        #expect(benched(&p) == SpinPolicy.backoffMax)
+        for _ in 0..<20 { p.spun(preempted: false) }
+        p.spun(preempted: true)
+        #expect(benched(&p) == SpinPolicy.backoffMin)
+    }
+}

@@ -24,11 +24,12 @@ struct DriverLoop<Service: DriverService> {
                 defer { policy?.record(wait: cxen_monotonic_ns() &- began, inFlight: inFlight) }
                 if let budget = policy?.budget(inFlight: inFlight), budget > 0 {
                     let runtime = self.runtime, service = self.service
-                    let arrived = try Spin.poll(nanoseconds: budget) { () throws -> Bool in
+                    let outcome = try Spin.poll(nanoseconds: budget) { () throws -> Bool in
                         if runtime.isStopRequested { return true }
                         return try service.workArrived()
                     }
-                    if arrived { continue }
+                    policy?.spun(preempted: outcome == .preempted)
+                    if outcome == .arrived { continue }
                 }
                 if try service.prepareToSleep(poll) { continue }
                 runtime.sleeps.bump()
