@@ -130,7 +130,7 @@ struct SpinPolicyTests {
 
 extension SpinPolicyTests {
     /// A spin cut short by preemption benches spinning for `backoffMin` waits, twice as
-    /// many after a second one; undisturbed spins shrink the bench again.
+    /// many after a second one; undisturbed spins shrink the bench again, slowly.
     @Test func preemptionBenchesSpinningForLongerEachTime() {
         var p = SpinPolicy(Self.block)
         let b = Self.after([(80 * Self.µs, 64)], inFlight: 1, &p)
@@ -146,7 +146,10 @@ extension SpinPolicyTests {
         #expect(benched(&p) == 2 * SpinPolicy.backoffMin)
         for _ in 0..<20 { p.spun(preempted: true) }
         #expect(benched(&p) == SpinPolicy.backoffMax)
-        for _ in 0..<20 { p.spun(preempted: false) }
+        p.spun(preempted: false)
+        p.spun(preempted: true)
+        #expect(benched(&p) == SpinPolicy.backoffMax)
+        for _ in 0..<500 { p.spun(preempted: false) }
         p.spun(preempted: true)
         #expect(benched(&p) == SpinPolicy.backoffMin)
     }

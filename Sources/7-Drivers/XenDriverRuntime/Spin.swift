@@ -15,14 +15,18 @@ public enum Spin {
     /// were waiting for it.
     static let preempted: UInt64 = 200_000
 
+    /// A yield that took this long ran another thread on this CPU: one was waiting for it
+    /// (perhaps the peer this spin waits for), so the spin is taking a CPU that is wanted.
+    static let yieldedAway: UInt64 = 10_000
+
     /// How a spin ended.
     public enum Outcome: Sendable, Equatable {
         /// `ready` said yes.
         case arrived
         /// The budget ran out.
         case expired
-        /// The thread found it had been off the CPU (others were waiting for it): the
-        /// spin gave up early.
+        /// The thread found it had been off the CPU, or that a yield ran another thread
+        /// (others were waiting for its CPU): the spin gave up early.
         case preempted
     }
 
@@ -54,7 +58,7 @@ public enum Spin {
             if t >= nextYield {
                 sched_yield()
                 last = cxen_monotonic_ns()
-                if last &- t >= preempted { return .preempted }
+                if last &- t >= yieldedAway { return .preempted }
                 nextYield = last &+ yieldEvery
             }
         }
