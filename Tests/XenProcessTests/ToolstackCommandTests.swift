@@ -108,7 +108,7 @@ struct ToolstackCommandTests {
         defer { host.stop() }
         let a = host.image("a.img"), b = host.image("b.img")
         let cfg = host.config(
-            "twodisks", disks: ["format=raw, vdev=xvda, access=rw, target=\(a)", "\(b),raw,xvdb,r"],
+            "twodisks", disks: ["format=raw, vdev=xvda, access=rw, engine=io_uring, target=\(a)", "\(b),raw,xvdb,r,engine=libaio"],
             extra: "guest disk write --length 65536 --seed 9 --vdev xvda --vdev xvdb --until-shutdown")
         let created = try await host.run(["create", cfg])
         #expect(created.status == 0, "\(created.output)")
@@ -126,6 +126,10 @@ struct ToolstackCommandTests {
         #expect((0..<65536).allSatisfy { aBytes[$0] == Self.pattern(UInt64($0), seed: 9) })
         let bBytes = try #require(FileManager.default.contents(atPath: b))
         #expect(bBytes.allSatisfy { $0 == 0 })
+        // Each disk through the engine its spec named (io_uring's default would differ for
+        // one of them: libaio on tmpfs, io_uring elsewhere).
+        #expect(host.backend.output.contains("serves \(a) through io_uring"), "\(host.backend.output)")
+        #expect(host.backend.output.contains("serves \(b) through libaio"), "\(host.backend.output)")
 
         // list: xl's columns and the domain.
         let list = try await host.run(["list"])

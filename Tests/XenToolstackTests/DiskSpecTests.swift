@@ -48,6 +48,15 @@ import XenToolstack
         #expect(try DiskSpec(parsing: "/i,,xvda").discard == nil)
     }
 
+    @Test func engineKey() throws {
+        #expect(try DiskSpec(parsing: "engine=io_uring, vdev=xvda, target=/i").engine == .ioUring)
+        #expect(try DiskSpec(parsing: "/i,,xvda, engine=libaio").engine == .libaio)
+        #expect(try DiskSpec(parsing: "/i,,xvda").engine == nil)
+        for bad in ["/i,,xvda,engine=", "/i,,xvda,engine=IO_URING", "/i,,xvda,engine=aio", "/i,,xvda,engine=libaio,engine=libaio"] {
+            #expect(throws: DomainConfigError.self, "\(bad)") { try DiskSpec(parsing: bad) }
+        }
+    }
+
     @Test func xvdNumbers() throws {
         for (index, letter) in "abcdefghijklmnop".enumerated() {
             #expect(try VirtualDiskDevice(name: "xvd\(letter)").number == UInt32(202 << 8 | index << 4))

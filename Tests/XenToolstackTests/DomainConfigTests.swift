@@ -129,6 +129,7 @@ import XenToolstack
             (head + "disk = '/i,,xvda'\n", 3, "disk", "expected a list"),
             (head + "disk = [\n '/i,,xvda',\n\n '/j,raw,xvdb,x' ]\n", 6, "disk[1]", #"access "x" is not one of r, ro, w, rw, w!"#),
             (head + "disk = [ '/i,,xvda', '/j,,xvda' ]\n", 3, "disk[1]", "same device as disk[0]"),
+            (head + "disk = [ '/i,,xvda',\n 'vdev=xvdb, engine=spdk, target=/j' ]\n", 4, "disk[1]", #"engine "spdk" is not one of io_uring, libaio"#),
             (head + "disk = [ 1 ]\n", 3, "disk[0]", "expected a quoted string"),
             (head + "vif = [ '',\n 'mac=zz' ]\n", 4, "vif[1]", "not six hex pairs"),
             (head + "on_poweroff = 'coredump-destroy'\n", 3, "on_poweroff", "not supported"),

@@ -29,6 +29,13 @@ struct DomainLayoutTests {
         #expect(noDiscard.backendKeys["type"] == "phy" && noDiscard.backendKeys["device-type"] == "disk")
     }
 
+    @Test func anEngineIsWrittenOnlyWhereTheSpecNamesOne() throws {
+        let chosen = DomainLayout.disk(try DiskSpec(parsing: "/img,raw,xvda,w,engine=libaio"), domain: DomainID(3))
+        #expect(chosen.backendKeys["engine"] == "libaio")
+        let left = DomainLayout.disk(try DiskSpec(parsing: "/img,raw,xvda,w"), domain: DomainID(3))
+        #expect(left.backendKeys["engine"] == nil)
+    }
+
     @Test func aVifCarriesItsMacScriptAndAddresses() throws {
         let spec = try VifSpec(parsing: "mac=00:16:3e:aa:bb:cc, ip=192.0.2.5, script=vif-nat, rate=10Mb/s")
         let layout = DomainLayout.vif(spec, index: 1, domain: DomainID(4), mac: try #require(spec.mac))

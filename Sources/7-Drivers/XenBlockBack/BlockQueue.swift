@@ -293,8 +293,11 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         return worked
     }
 
-    /// See ``BlockPolling``: longer while operations are at the engine.
-    var spinBudget: Duration { storage.outstanding > 0 ? BlockPolling.busy : BlockPolling.idle }
+    /// See ``BlockPolling``.
+    var spinning: SpinPolicy.Settings? { SpinPolicy.Settings(limit: BlockPolling.limit, wakeUpWorth: BlockPolling.wakeUpWorth) }
+
+    /// Operations at the engine: their completions are what the thread waits for.
+    var inFlight: Int { storage.outstanding }
 
     func workArrived() throws -> Bool {
         if stalled == nil, try ring.checkForRequests() > 0 { return true }

@@ -266,8 +266,11 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
         return try issue() || worked
     }
 
-    /// See ``BlockPolling``: longer while requests are on the ring.
-    var spinBudget: Duration { ring.outstandingRequests > 0 ? BlockPolling.busy : BlockPolling.idle }
+    /// See ``BlockPolling``.
+    var spinning: SpinPolicy.Settings? { SpinPolicy.Settings(limit: BlockPolling.limit, wakeUpWorth: BlockPolling.wakeUpWorth) }
+
+    /// Requests on the ring: their responses are what the thread waits for.
+    var inFlight: Int { Int(ring.outstandingRequests) }
 
     func workArrived() throws -> Bool {
         if ring.outstandingRequests > 0, try ring.checkForResponses() > 0 { return true }

@@ -1,7 +1,10 @@
+import CXen
 import XenHypervisor
 
 /// The loop every driver thread runs: turns while there is work and no stop; then a
-/// bounded spin; then the service's final check; then a sleep.
+/// bounded spin, as long as the thread's ``SpinPolicy`` finds it pays; then the service's
+/// final check; then a sleep. Each wait, from the idle turn until work came, is measured
+/// and fed back to the policy.
 struct DriverLoop<Service: DriverService> {
     let runtime: DriverRuntime
     let service: Service
@@ -11,17 +14,22 @@ struct DriverLoop<Service: DriverService> {
     /// Runs until stop or a failure; finishes the service; returns the failure.
     func run() -> (any Error)? {
         var failure: (any Error)?
+        var policy = service.spinning.map(SpinPolicy.init)
         do {
             while !runtime.isStopRequested {
                 if try service.serviceTurn() { continue }
-                let budget = service.spinBudget
-                if budget > .zero {
+                // A wait begins: measured only for a thread that spins.
+                let inFlight = policy == nil ? 0 : service.inFlight
+                let began = policy == nil ? 0 : cxen_monotonic_ns()
+                defer { policy?.record(wait: cxen_monotonic_ns() &- began, inFlight: inFlight) }
+                if let budget = policy?.budget(inFlight: inFlight), budget > 0 {
                     let runtime = self.runtime, service = self.service
-                    let arrived = try Spin.poll(for: budget) { () throws -> Bool in
+                    let outcome = try Spin.poll(nanoseconds: budget) { () throws -> Bool in
                         if runtime.isStopRequested { return true }
                         return try service.workArrived()
                     }
-                    if arrived { continue }
+                    policy?.spun(preempted: outcome == .preempted)
+                    if outcome == .arrived { continue }
                 }
                 if try service.prepareToSleep(poll) { continue }
                 runtime.sleeps.bump()

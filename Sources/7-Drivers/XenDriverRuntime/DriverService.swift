@@ -7,8 +7,13 @@ public protocol DriverService: AnyObject {
     /// the ring full must not keep a turn going. True if it did any work.
     func serviceTurn() throws -> Bool
 
-    /// How long to poll ``workArrived()`` before sleeping; zero sleeps at once.
-    var spinBudget: Duration { get }
+    /// How the thread may poll ``workArrived()`` before sleeping (see ``SpinPolicy``);
+    /// nil sleeps at once. Read once, when the thread starts.
+    var spinning: SpinPolicy.Settings? { get }
+
+    /// Answers this thread waits for now (requests on its ring, operations at its
+    /// engine): what a wait's spin is weighed against. Read when it goes idle.
+    var inFlight: Int { get }
 
     /// Whether work came, looked at without a system call while spinning.
     func workArrived() throws -> Bool
@@ -29,7 +34,9 @@ public protocol DriverService: AnyObject {
 
 extension DriverService {
     /// No spinning: sleep as soon as the final check finds nothing.
-    public var spinBudget: Duration { .zero }
+    public var spinning: SpinPolicy.Settings? { nil }
+    /// Nothing: a service that does not spin need not count.
+    public var inFlight: Int { 0 }
     /// Never reports work (only used while spinning).
     public func workArrived() throws -> Bool { false }
     /// Does nothing: a service without extra descriptors has none to reset.

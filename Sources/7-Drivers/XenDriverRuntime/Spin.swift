@@ -15,27 +15,50 @@ public enum Spin {
     /// were waiting for it.
     static let preempted: UInt64 = 200_000
 
+    /// A yield that took this long ran another thread on this CPU: one was waiting for it
+    /// (perhaps the peer this spin waits for), so the spin is taking a CPU that is wanted.
+    static let yieldedAway: UInt64 = 10_000
+
+    /// How a spin ended.
+    public enum Outcome: Sendable, Equatable {
+        /// `ready` said yes.
+        case arrived
+        /// The budget ran out.
+        case expired
+        /// The thread found it had been off the CPU, or that a yield ran another thread
+        /// (others were waiting for its CPU): the spin gave up early.
+        case preempted
+    }
+
     /// Polls `ready` for up to `budget`; true as soon as it says so. Gives up early when
     /// the thread finds it was preempted: spinning pays only while a CPU is spare, and on
     /// a machine with more runnable threads than CPUs (many queues, parallel tests) the
     /// peer it waits for may be the one it keeps off the CPU.
     @inline(__always)
     public static func poll<E: Error>(for budget: Duration, _ ready: () throws(E) -> Bool) throws(E) -> Bool {
-        guard budget > .zero else { return false }
+        try poll(nanoseconds: nanoseconds(budget), ready) == .arrived
+    }
+
+    /// ``poll(for:_:)`` with the budget in nanoseconds, saying how it ended (0 does not
+    /// look: `.expired`).
+    @inline(__always)
+    public static func poll<E: Error>(nanoseconds budget: UInt64, _ ready: () throws(E) -> Bool) throws(E) -> Outcome {
+        guard budget > 0 else { return .expired }
         let start = cxen_monotonic_ns()
-        let end = start &+ nanoseconds(budget)
+        let end = start &+ budget
         var nextYield = start &+ yieldEvery
         var last = start
         while true {
-            if try ready() { return true }
+            if try ready() { return .arrived }
             cxen_cpu_relax()
             let t = cxen_monotonic_ns()
-            if t >= end || t &- last >= preempted { return false }
+            if t &- last >= preempted { return .preempted }
+            if t >= end { return .expired }
             last = t
             if t >= nextYield {
                 sched_yield()
                 last = cxen_monotonic_ns()
-                if last &- t >= preempted { return false }
+                if last &- t >= yieldedAway { return .preempted }
                 nextYield = last &+ yieldEvery
             }
         }

@@ -41,6 +41,7 @@ public enum DiskFormat: String, Hashable, Sendable {
 /// The forms mix: parameters without `=` that are not flags fill the positions not
 /// yet given. Leading and trailing blanks around a parameter are dropped. A relative
 /// target gets `/dev/` in front, as xl does. Flags: `discard` and `no-discard`.
+/// xenpv's own key: `engine=io_uring` or `engine=libaio` (``DiskEngine``).
 ///
 /// Refused: a format other than `raw` (qcow, qcow2, vhd, qed …), other prefixes
 /// (`tap:`, `qcow2:`, …), `devtype=cdrom` and the `cdrom` flag and a `:cdrom`
@@ -58,17 +59,20 @@ public struct DiskSpec: Hashable, Sendable {
     /// `discard` / `no-discard` if given: whether the guest may discard blocks;
     /// nil leaves it to the backend.
     public var discard: Bool?
+    /// `engine=`: the storage engine blkback serves the image with; nil leaves it to the backend.
+    public var engine: DiskEngine?
 
     /// A disk spec from its parts.
     public init(
         target: String, format: DiskFormat = .raw, vdev: VirtualDiskDevice, access: DiskAccess = .readWrite,
-        discard: Bool? = nil
+        discard: Bool? = nil, engine: DiskEngine? = nil
     ) {
         self.target = target
         self.format = format
         self.vdev = vdev
         self.access = access
         self.discard = discard
+        self.engine = engine
     }
 
     /// Parses one DISKSPEC string. The error has no location; ``DomainConfig`` adds it.
@@ -78,6 +82,7 @@ public struct DiskSpec: Hashable, Sendable {
         var vdev: Substring?
         var access: Substring?
         var discard: Bool?
+        var engine: DiskEngine?
         var positionsUsed = 0  // 0 target, 1 format, 2 vdev, 3 access: the next free position
         var given: Set<String> = []
 
@@ -118,10 +123,16 @@ public struct DiskSpec: Hashable, Sendable {
                     guard value.isEmpty || value == "disk" else {
                         throw DomainConfigError(.unsupported, "devtype \(quoted(value)) is not supported; only disk is")
                     }
+                case "engine":
+                    try give("engine")
+                    guard let parsed = DiskEngine(rawValue: String(value)) else {
+                        throw invalid("engine \(quoted(value)) is not one of \(DiskEngine.spellings)")
+                    }
+                    engine = parsed
                 default:
                     throw DomainConfigError(
                         .unknownKey,
-                        "\(quoted(key)) is not a disk parameter here; use target, format, vdev, access, devtype or the flags discard, no-discard")
+                        "\(quoted(key)) is not a disk parameter here; use target, format, vdev, access, devtype, engine or the flags discard, no-discard")
                 }
             } else if parameter == "discard" || parameter == "no-discard" {
                 try give("discard")
@@ -195,6 +206,7 @@ public struct DiskSpec: Hashable, Sendable {
         self.vdev = try VirtualDiskDevice(name: String(vdevText))
         self.access = accessValue
         self.discard = discard
+        self.engine = engine
     }
 
     /// `phy:/dev/x` → ("phy", "/dev/x"): a prefix is a lowercase letter, then letters

@@ -79,16 +79,17 @@ public enum DomainLayout {
     /// `device-type`. Backend: `params` (the target), `mode` (`r` or `w`: libxl writes `w`
     /// for `w!` too, the `!` only skips the toolstack's sharing check), `type` (`phy`: libxl's
     /// backend for raw targets), `dev` (the vdev's name), `device-type`, `removable`,
-    /// `bootable`, `discard-enable`.
+    /// `bootable`, `discard-enable`; and xenpv's `engine` where the spec names one.
     public static func disk(_ spec: DiskSpec, domain: DomainID) -> DeviceLayout {
-        DeviceLayout(
+        var back = [
+            "params": spec.target, "mode": spec.access == .readOnly ? "r" : "w", "type": "phy", "dev": spec.vdev.name,
+            "device-type": "disk", "removable": "0", "bootable": "1",
+            "discard-enable": spec.discard == false ? "0" : "1",
+        ]
+        if let engine = spec.engine { back["engine"] = engine.rawValue }
+        return DeviceLayout(
             device: XenbusDevice(type: "vbd", id: spec.vdev.number, frontend: domain),
-            frontendKeys: ["virtual-device": String(spec.vdev.number), "device-type": "disk"],
-            backendKeys: [
-                "params": spec.target, "mode": spec.access == .readOnly ? "r" : "w", "type": "phy", "dev": spec.vdev.name,
-                "device-type": "disk", "removable": "0", "bootable": "1",
-                "discard-enable": spec.discard == false ? "0" : "1",
-            ])
+            frontendKeys: ["virtual-device": String(spec.vdev.number), "device-type": "disk"], backendKeys: back)
     }
 
     /// A vif as libxl_nic.c writes it. Frontend: `handle`, `mac`. Backend: `handle`,

@@ -11,8 +11,10 @@ import XenToolstack
 /// owns and the guest only reads, so `params` is the toolstack's word; checked all
 /// the same (``DiskTarget``), a bad one keeps only that device down.
 enum BackendDisk {
-    /// `engine`: the one asked for on the command line, else each disk's preferred one
-    /// (``FileEngineKind/resolve(_:for:logger:)``).
+    /// The engine: the disk's own (`engine` in its backend directory, from the disk
+    /// spec's `engine=`), else `engine`, the one asked for on the command line, else the
+    /// disk's preferred one (``FileEngineKind/resolve(_:for:logger:)``). An `engine` key
+    /// naming no engine keeps that device down, with the key and value in the error.
     static func open(directory dir: String, store: any XenStoreConnection, fallback: String?,
                      engine: FileEngineKind?, logger: Logger) async throws -> BlockBackendDisk {
         guard let params = try await store.readIfPresent(dir + "/params") else {
@@ -35,7 +37,14 @@ enum BackendDisk {
         let discard = try await store.readIfPresent(dir + "/discard-enable") != "0"
         if target.nbd != nil { return try await remote(target, dir: dir, readOnly: readOnly, discard: discard) }
         let path = target.path
-        let kind = FileEngineKind.resolve(engine, for: path, logger: logger)
+        var own: FileEngineKind?
+        if let text = try await store.readIfPresent(dir + "/engine") {
+            guard let named = FileEngineKind(rawValue: text) else {
+                throw CommandError("\(dir)/engine is \"\(text)\", not one of io_uring, libaio")
+            }
+            own = named
+        }
+        let kind = FileEngineKind.resolve(own ?? engine, for: path, logger: logger)
         say("xenpv backend: \(dir) serves \(path) through \(kind)" + (readOnly ? ", read-only" : ""))
         return BlockBackendDisk(byteCount: target.byteCount, readOnly: readOnly, discard: discard && !readOnly) {
             try kind.open(FilePath(path), readOnly: readOnly, directIO: .preferred, queueDepth: 64)
