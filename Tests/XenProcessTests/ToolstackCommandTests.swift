@@ -297,6 +297,24 @@ struct ToolstackCommandTests {
         #expect(await host.nothingLeft(of: id))
     }
 
+    /// A kernel that fails at once is reported by create (status 1, how it ended and its
+    /// console's last line), and its domain is destroyed; `--watch` bounds the look, so
+    /// the test does not depend on how fast the program fails.
+    @Test func createReportsAKernelThatFailsAtOnce() async throws {
+        let host = try await Host()
+        defer { host.stop() }
+        let image = host.image("f.img")
+        let cfg = host.config("doomed", disks: ["\(image),raw,xvda,w"], extra: "guest disk write --length 7")
+        let created = try await host.run(["create", cfg, "--watch", "180"])
+        #expect(created.status == 1, "\(created.output)")
+        #expect(created.output.contains("exited with status") && created.output.contains("--length must be"), "\(created.output)")
+        #expect(!created.output.contains("Started domain"), "\(created.output)")
+        #expect(StateDirectory.beside(socket: host.socket).record("doomed") == nil)
+        #expect(await eventually(180) { host.f.daemon.report().domains == [.dom0] }, "\(host.f.daemon.report())")
+        let list = try await host.run(["list"])
+        #expect(!list.output.contains("doomed"), "\(list.output)")
+    }
+
     /// Hostile and mistaken configs: a missing or relative target, a w disk in use,
     /// and w! sharing on purpose; and a vbd whose params dom0 made bad fails alone.
     @Test func badDisksAreRefusedAndWritableSharingNeedsWBang() async throws {
