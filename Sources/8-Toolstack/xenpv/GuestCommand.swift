@@ -406,7 +406,14 @@ struct GuestDisk: ParsableCommand {
         let driver = BlockFrontendDriver(device: vbd, store: hv.store, hypervisor: hv, sharer: try hv.openGrantSharer())
         let endpoint = XenbusEndpoint(role: .frontend, store: hv.store, path: vbd.frontendPath, peerPath: vbd.backendPath,
                                       driver: driver, logger: logger)
-        let task = Task { try? await endpoint.run() }
+        // The handshake ends for good when the device is unplugged; I/O still waiting then
+        // (a forced detach removes the device under it) fails with `.closed` instead of
+        // waiting for a reconnect that will not come.
+        let frontend = driver.frontend
+        let task = Task {
+            try? await endpoint.run()
+            frontend.shutdown()
+        }
         defer { task.cancel() }
         let handshake = Duration.seconds(options.connectTimeout)
         do { try ProcessSupport.runBlocking { try await endpoint.connected(timeout: handshake) } } catch {
