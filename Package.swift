@@ -358,7 +358,7 @@ let package = Package(
             name: "XenProcessTests",
             dependencies: [
                 "XenSimulatorDaemon", "XenSimulatorClient", "XenSimulator", "XenHypervisor", "XenABI", "XenStore",
-                "XenRingBenchmark", "XenWorld", "XenToolstack", "XenBus", "xenpv", "TestSupport", logging,
+                "XenRingBenchmark", "XenWorld", "XenToolstack", "XenBus", "xenpv", "TestSupport", "NetTestSupport", logging,
             ]),
         .testTarget(
             name: "XenBlockProtocolTests",

@@ -254,6 +254,34 @@ struct ToolstackCommandTests {
         #expect(await host.nothingLeft(of: id))
     }
 
+    /// block-detach --force removes a disk under a guest that is writing to it: the
+    /// guest's I/O fails cleanly (the frontend is closed, no hang), the guest goes on and
+    /// shuts down when asked, and nothing is left.
+    @Test func blockDetachForceFailsTheGuestsIOCleanly() async throws {
+        let host = try await Host()
+        defer { host.stop() }
+        // The root disk is too small for the job, which fails on it at once (and the guest
+        // goes on); on the hot disk it is a slow stream (1024 chunks, 200 ms apart), so the
+        // detach surely comes in its middle.
+        let root = host.image("root.img", bytes: 1 << 20), extra = host.image("extra.img")
+        let created = try await host.run(["create", host.config(
+            "forced", disks: ["\(root),raw,xvda,w"],
+            extra: "guest disk write --vdev xvda --length 4194304 --chunk 4096 --interval-ms 200 --timeout 900 --hotplug")])
+        let id = try #require(Host.domid(created.output), "\(created.output)")
+        #expect(await host.consoleShows("forced", "following hotplugged vbds"))
+        let attach = try await host.run(["block-attach", "forced", "\(extra),raw,xvdb,w"])
+        #expect(attach.status == 0, "\(attach.output)")
+        #expect(await host.consoleShows("forced", "written 8192/4194304"))
+        let detach = try await host.run(["block-detach", "forced", "xvdb", "--force"])
+        #expect(detach.status == 0, "\(detach.output)")
+        #expect(await host.consoleShows("forced", "vbd 51728: write at"), "the guest's write did not fail")
+        #expect(await host.consoleShows("forced", "block frontend shut down"))
+        #expect(try await !host.store.exists("/local/domain/0/backend/vbd/\(id)/51728"))
+        let shutdown = try await host.run(["shutdown", "forced", "--timeout", "180"])
+        #expect(shutdown.status == 0 && shutdown.output.contains("Domain forced shut down"), "\(shutdown.output)")
+        #expect(await host.nothingLeft(of: id))
+    }
+
     /// network-attach plugs vifs into a running domain with the keys the backend's hotplug
     /// reads (script, bridge, ip, mac in dom0's backend directory) at the next free devid;
     /// network-list shows them; bad keys are refused before anything is written;
@@ -299,6 +327,24 @@ struct ToolstackCommandTests {
         let shutdown = try await host.run(["shutdown", "net", "--timeout", "180"])
         #expect(shutdown.status == 0, "\(shutdown.output)")
         #expect(await host.nothingLeft(of: id))
+    }
+
+    /// A kernel that fails at once is reported by create (status 1, how it ended and its
+    /// console's last line), and its domain is destroyed; `--watch` bounds the look, so
+    /// the test does not depend on how fast the program fails.
+    @Test func createReportsAKernelThatFailsAtOnce() async throws {
+        let host = try await Host()
+        defer { host.stop() }
+        let image = host.image("f.img")
+        let cfg = host.config("doomed", disks: ["\(image),raw,xvda,w"], extra: "guest disk write --length 7")
+        let created = try await host.run(["create", cfg, "--watch", "180"])
+        #expect(created.status == 1, "\(created.output)")
+        #expect(created.output.contains("exited with status") && created.output.contains("--length must be"), "\(created.output)")
+        #expect(!created.output.contains("Started domain"), "\(created.output)")
+        #expect(StateDirectory.beside(socket: host.socket).record("doomed") == nil)
+        #expect(await eventually(180) { host.f.daemon.report().domains == [.dom0] }, "\(host.f.daemon.report())")
+        let list = try await host.run(["list"])
+        #expect(!list.output.contains("doomed"), "\(list.output)")
     }
 
     /// Hostile and mistaken configs: a missing or relative target, a w disk in use,

@@ -75,6 +75,17 @@ import XenToolstack
         #expect(config.ignored.map(\.key) == ["vcpus", "type"])
     }
 
+    @Test func theNetworkFixturesParse() throws {
+        let dir = URL(fileURLWithPath: #filePath)
+            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/configs")
+        let routed = try DomainConfig(contentsOfFile: dir.appendingPathComponent("routed.cfg").path)
+        #expect(routed.vifs.map(\.script) == [.route] && routed.vifs.first?.ip.map(\.description) == ["10.71.0.5"])
+        #expect(routed.arguments.contains("--netns") && routed.arguments.contains("write-verify"))
+        let natted = try DomainConfig(contentsOfFile: dir.appendingPathComponent("natted.cfg").path)
+        #expect(natted.vifs.map(\.script) == [.nat] && natted.vifs.first?.ip.map(\.description) == ["10.72.0.2"])
+    }
+
     @Test func missingFileIsUnreadable() {
         #expect(throws: DomainConfigError.self) { try DomainConfig(contentsOfFile: "/nonexistent/xenpv/guest.cfg") }
     }

@@ -24,6 +24,13 @@ struct CreateCommand: AsyncParsableCommand {
     @Flag(name: .customShort("c"), help: "Follow the console until the program exits.")
     var console = false
 
+    @Option(help: "Seconds to watch the program after its start (without -c): if it fails (exits non-zero or by a signal) in that time, create destroys the domain and fails. 0: do not watch.")
+    var watch = 1.0
+
+    func validate() throws {
+        guard watch >= 0, watch <= 3600 else { throw ValidationError("--watch must be 0 to 3600 seconds, not \(watch)") }
+    }
+
     func run() async throws {
         let exitStatus = try await toolstackStep { () async throws -> Int32 in
             let path = URL(fileURLWithPath: config).standardizedFileURL.path
@@ -36,6 +43,13 @@ struct CreateCommand: AsyncParsableCommand {
             let start = (try? FileManager.default.attributesOfItem(atPath: log)[.size] as? UInt64) ?? 0
             let started = try await DomainStarter.start(domain, configPath: path, toolstack: toolstack, state: state,
                                                          socket: try options.socket())
+            if !console, let program = started.program,
+                let failure = await EarlyExit.watch(program, seconds: watch, log: log, from: start)
+            {
+                try? await toolstack.destroy(.init(started.domid))
+                state.removeRecord(domain.name)
+                throw CommandError("domain \(domain.name) (id=\(started.domid)): its kernel \(failure); the domain is destroyed")
+            }
             say("Started domain \(domain.name) (id=\(started.domid))")
             guard console, let program = started.program else { return 0 }
             let status = await ConsoleFollower.follow(log, from: start, until: program)
@@ -89,5 +103,39 @@ enum ConsoleFollower {
             if exited { return status }
             try? await Task.sleep(nanoseconds: 50_000_000)
         }
+    }
+}
+
+/// A kernel that fails at once (a bad argument, a missing world): `create` reports it
+/// instead of a domain that looks started and is already dead.
+enum EarlyExit {
+    /// Waits at most `seconds` for the program (this process's child) to end; how it
+    /// failed, with its console's last lines from `offset`, or nil if it still runs or
+    /// exited 0.
+    static func watch(_ program: GuestProgram, seconds: Double, log: String, from offset: UInt64) async -> String? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while true {
+            var raw: Int32 = 0
+            let reaped = waitpid(program.pid, &raw, WNOHANG)
+            if reaped == program.pid {
+                let signal = raw & 0x7f
+                let status = (raw >> 8) & 0xff
+                guard signal != 0 || status != 0 else { return nil }
+                let how = signal != 0 ? "was killed by signal \(signal)" : "exited with status \(status)"
+                return how + lastLines(of: log, from: offset)
+            }
+            if reaped < 0 || Date() >= deadline { return nil }
+            try? await Task.sleep(nanoseconds: 20_000_000)
+        }
+    }
+
+    /// The console's last three lines from `offset`, after a colon; empty if none.
+    static func lastLines(of log: String, from offset: UInt64) -> String {
+        guard let handle = FileHandle(forReadingAtPath: log) else { return "" }
+        defer { try? handle.close() }
+        try? handle.seek(toOffset: offset)
+        let text = String(decoding: (try? handle.readToEnd())?.suffix(4096) ?? Data(), as: UTF8.self)
+        let lines = text.split(separator: "\n").suffix(3)
+        return lines.isEmpty ? "" : ": " + lines.joined(separator: " / ")
     }
 }

@@ -18,7 +18,7 @@ struct GuestCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "guest",
         abstract: "Run a guest domain that uses its devices.",
-        subcommands: [GuestNetEcho.self, GuestNetSend.self, GuestNetReceive.self, GuestDisk.self])
+        subcommands: [GuestNetEcho.self, GuestNetSend.self, GuestNetReceive.self, GuestNetTap.self, GuestDisk.self])
 }
 
 struct GuestOptions: ParsableArguments {
@@ -271,17 +271,24 @@ struct GuestDisk: ParsableCommand {
         commandName: "disk", abstract: "Write, read or verify a range of the vbd, serve it as an NBD export or mount it as a file.",
         discussion: """
             write prints "written N/M" after each acknowledged chunk (the backend has completed it);
-            verify exits 1 at the first byte that differs from the pattern.
+            verify exits 1 at the first byte that differs from the pattern; write-verify does both in turn.
+            --netns NAME also puts the domain's vif on a TAP in that network namespace for as long as the
+            guest runs (see `xenpv guest net-tap`).
             serve --nbd unix:PATH|tcp:HOST:PORT serves the vbd to NBD clients (nbdinfo, qemu-io, qemu-img,
             nbdcopy, fio --ioengine=nbd) until SIGINT, SIGTERM or `xenpv shutdown`; it prints the URI to give them.
             mount DIR [--name xvda] shows the vbd as the file DIR/xvda in a FUSE mount (direct I/O; fsync flushes,
             fallocate --punch-hole discards) for losetup, dd, fio…, until SIGINT, SIGTERM, `xenpv shutdown` or `umount DIR`.
             """)
 
-    enum Action: String, ExpressibleByArgument, CaseIterable { case write, read, verify, serve, mount }
+    enum Action: String, ExpressibleByArgument, CaseIterable {
+        case write, read, verify, serve, mount
+        /// write, then read the range back and verify it.
+        case writeVerify = "write-verify"
+    }
 
     @OptionGroup var options: GuestOptions
-    @Argument(help: "write, read, verify, serve or mount.") var action: Action
+    @OptionGroup(title: "The guest's NIC") var nic: GuestTapOptions
+    @Argument(help: "write, read, verify, write-verify (write, then read back and verify), serve or mount.") var action: Action
     @Argument(help: "mount: the directory (existing, empty) the file appears in.") var directory: String?
     @Option(help: "mount: the file's name in the directory.") var name = "xvda"
     @Option(help: ArgumentHelp("serve: where to listen.", valueName: "unix:PATH|tcp:HOST:PORT")) var nbd: String?
@@ -333,11 +340,14 @@ struct GuestDisk: ParsableCommand {
     func run() throws {
         let logger = ProcessSupport.bootstrapLogging(verbose: options.verbose)
         let disks = try self.disks()
-        let hv = try JoinedDomain.join(options.hypervisor, connect: options.connect, as: options.request(devices: [.vbd]))
+        let hv = try JoinedDomain.join(options.hypervisor, connect: options.connect,
+                                       as: options.request(devices: nic.netns == nil ? [.vbd] : [.vbd, .vif]))
         defer { hv.close() }
         say("xenpv guest: joined as \(hv.domainID)")
         let shutdown = ShutdownWatch(hv, enabled: !options.noControl)
         defer { shutdown.cancel() }
+        let tapNIC = try nic.netns.map { try GuestTapNIC(hv, nic, namespace: $0, connectTimeout: options.connectTimeout, logger: logger) }
+        defer { tapNIC?.close() }
         var failed: [String] = []
         for disk in disks {
             do { try runJob(on: disk.number, hv: hv, shutdown: shutdown, logger: logger, label: vdevs.isEmpty ? "" : " on \(disk.name)") } catch {
@@ -396,7 +406,14 @@ struct GuestDisk: ParsableCommand {
         let driver = BlockFrontendDriver(device: vbd, store: hv.store, hypervisor: hv, sharer: try hv.openGrantSharer())
         let endpoint = XenbusEndpoint(role: .frontend, store: hv.store, path: vbd.frontendPath, peerPath: vbd.backendPath,
                                       driver: driver, logger: logger)
-        let task = Task { try? await endpoint.run() }
+        // The handshake ends for good when the device is unplugged; I/O still waiting then
+        // (a forced detach removes the device under it) fails with `.closed` instead of
+        // waiting for a reconnect that will not come.
+        let frontend = driver.frontend
+        let task = Task {
+            try? await endpoint.run()
+            frontend.shutdown()
+        }
         defer { task.cancel() }
         let handshake = Duration.seconds(options.connectTimeout)
         do { try ProcessSupport.runBlocking { try await endpoint.connected(timeout: handshake) } } catch {
@@ -499,6 +516,15 @@ struct DiskJob: Sendable {
     var stopped: @Sendable () -> Bool = { false }
 
     func run() async throws {
+        if action == .writeVerify {
+            try await pass(.write)
+            try await pass(.verify)
+        } else {
+            try await pass(action)
+        }
+    }
+
+    private func pass(_ action: GuestDisk.Action) async throws {
         var at = offset
         var checksum: UInt64 = 0
         while at < offset + length {
@@ -531,7 +557,7 @@ struct DiskJob: Sendable {
             say("xenpv guest: wrote and flushed \(length) bytes at \(offset)\(label)")
         case .read: say("xenpv guest: read \(length) bytes at \(offset), checksum \(String(checksum, radix: 16))\(label)")
         case .verify: say("xenpv guest: verified \(length) bytes at \(offset)\(label)")
-        case .serve, .mount: break  // served by `GuestDisk.serve` and `GuestDisk.mount`, never a job
+        case .serve, .mount, .writeVerify: break  // served by `GuestDisk.serve` and `GuestDisk.mount`; two passes
         }
     }
 
