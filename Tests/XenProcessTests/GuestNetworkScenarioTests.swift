@@ -144,7 +144,7 @@ struct GuestNetworkScenarioTests {
         // Two domains from two config files, each with its own disk and a vif in its own mode.
         let routedDisk = image("routed.img"), natDisk = image("nat.img"), extraDisk = image("extra.img")
         let routedCfg = config("routed", disk: routedDisk, vif: "ip=10.81.0.5, script=vif-route",
-                               extra: "guest disk write-verify --seed 5 --hotplug --connect-timeout 120 --netns \(routedNS.name)")
+                               extra: "guest disk write-verify --seed 5 --hotplug --connect-timeout 120 --netns \(routedNS.name) --queues 2")
         let natCfg = config("natted", disk: natDisk, vif: "ip=10.82.0.2, script=vif-nat",
                             extra: "guest disk write-verify --seed 6 --until-shutdown --connect-timeout 120 --netns \(natNS.name)")
         let routed = try await xenpv(["create", routedCfg])
@@ -163,6 +163,10 @@ struct GuestNetworkScenarioTests {
         #expect(holdsPattern(routedDisk, seed: 5) && holdsPattern(natDisk, seed: 6))
         #expect(await consoleShows("routed", "following hotplugged vbds"), "\(console("routed"))")
         #expect(await consoleShows("natted", "waiting for a shutdown request"), "\(console("natted"))")
+        // The routed guest asked for two queues: it has what dom0's backend offers (a queue per CPU), up to two.
+        let offered = Int((try? await store.read("/local/domain/0/backend/vif/\(routedID)/0/multi-queue-max-queues")) ?? "") ?? 1
+        let queues = (try? await store.read("/local/domain/\(routedID)/device/vif/0/multi-queue-num-queues")) ?? "absent"
+        #expect(queues == "\(min(2, offered))", "multi-queue-num-queues \(queues), offered \(offered)")
         let record = try #require(StateDirectory.beside(socket: f.socket).record("routed")?.program)
         let natRecord = try #require(StateDirectory.beside(socket: f.socket).record("natted")?.program)
 

@@ -27,6 +27,11 @@ struct GuestTapOptions: ParsableArguments {
     var tapName = "eth0"
 
     @Option(help: ArgumentHelp(
+        "Queues to ask the backend for (1 to 16; it may offer fewer): a ring pair and a TAP queue each, so flows spread over cores.",
+        valueName: "N"))
+    var queues = 1
+
+    @Option(help: ArgumentHelp(
         "The guest's address instead of the one its vif's ip and script imply (vif-route: IP/32, vif-nat: IP/30, vif-bridge: IP/24), or none.",
         valueName: "A.B.C.D/N"))
     var address: String?
@@ -41,6 +46,7 @@ struct GuestTapOptions: ParsableArguments {
                 && netns.utf8.allSatisfy { Self.nameByte($0) }
             guard ok else { throw ValidationError("--netns must be 1 to 64 of A-Z a-z 0-9 _ . -, not \(netns.debugDescription)") }
         }
+        guard (1...16).contains(queues) else { throw ValidationError("--queues must be 1 to 16, not \(queues)") }
         let nameOK = !tapName.isEmpty && tapName.utf8.count <= 15 && tapName.utf8.allSatisfy { Self.nameByte($0) }
             && tapName != "." && tapName != ".."
         guard nameOK else { throw ValidationError("--tap-name must be 1 to 15 of A-Z a-z 0-9 _ . -, not \(tapName.debugDescription)") }
@@ -85,6 +91,8 @@ final class GuestTapNIC: @unchecked Sendable {
     // @unchecked: immutable after init apart from `tasks`, touched by the command's thread only.
     let namespace: String
     let tap: TapDevice
+    /// The TAP's further queues (`--queues`), open for as long as `tap`.
+    let moreQueues: [TapDevice]
     let endpoint: XenbusEndpoint
     let addressing: GuestVifAddressing
     private let madeNamespace: Bool
@@ -97,20 +105,27 @@ final class GuestTapNIC: @unchecked Sendable {
         madeNamespace = made
         if made { try HostTool.run(["ip", "netns", "add", namespace]) }
         var opened: TapDevice?
+        var more: [TapDevice] = []
         var started = false
         defer {
             if !started {
+                more.forEach { $0.close() }
                 opened?.close()
                 if made { _ = try? HostTool.run(["ip", "netns", "del", namespace]) }
             }
         }
         do {
-            opened = try NetworkNamespace.run(in: path) { try TapDevice(name: options.tapName, vnetHeader: true) }
+            try NetworkNamespace.run(in: path) {
+                let first = try TapDevice(name: options.tapName, vnetHeader: true, multiQueue: options.queues > 1)
+                opened = first
+                for _ in 1..<options.queues { more.append(try first.openQueue()) }
+            }
         } catch {
             throw CommandError("cannot make TAP \(options.tapName) in network namespace \(namespace): \(error)")
         }
         guard let tap = opened else { throw CommandError("cannot make TAP \(options.tapName)") }
         self.tap = tap
+        moreQueues = more
         let device = XenbusDevice(type: "vif", id: options.vifID, frontend: hv.domainID)
         let store = hv.store
         let keys = try ProcessSupport.runBlocking { () async throws -> [String: String] in
@@ -131,8 +146,8 @@ final class GuestTapNIC: @unchecked Sendable {
             try HostTool.run(["ip", "-n", namespace, "link", "set", "dev", tap.name, "address", parsed.description])
         }
         try Self.configure(tap.name, in: namespace, addressing)
-        let frontend = NetFrontendDriver(hypervisor: hv, store: store, path: device.frontendPath, port: TapGuestPort(tap: tap),
-                                         logger: logger)
+        let frontend = NetFrontendDriver(hypervisor: hv, store: store, path: device.frontendPath, port: TapGuestPort(tap: tap, moreQueues: more),
+                                         queues: options.queues, logger: logger)
         endpoint = XenbusEndpoint(role: .frontend, store: store, path: device.frontendPath, peerPath: device.backendPath,
                                   driver: frontend, logger: logger)
         let endpoint = self.endpoint
