@@ -3,15 +3,25 @@ import Foundation
 /// One of the host's network tools (`ip`, `sysctl`, `nft`) run for a vif's hotplug, as
 /// Xen's scripts run them; on a thread of its own, so an async caller never blocks the
 /// cooperative pool while the tool runs, and bounded: a tool still running after 30 s is
-/// killed and counts as failed.
-struct HostCommand: Sendable {
+/// killed and counts as failed. A guest command that sets up its own NIC runs the same
+/// tools through ``runBlocking(_:)``.
+public struct HostCommand: Sendable {
     /// The network namespace the tools act in (`ip netns exec NAME`), nil for the caller's.
     var namespace: String?
 
     /// What a tool printed and how it ended.
-    struct Outcome: Sendable {
-        var status: Int32
-        var output: String
+    public struct Outcome: Sendable {
+        /// Its exit status (-1: it could not be started).
+        public var status: Int32
+        /// What it printed (standard output and error), at most 64 KiB.
+        public var output: String
+
+        /// Why `arguments` failed, for an error message: the command, its status and the
+        /// start of what it printed.
+        public func failure(of arguments: [String]) -> String {
+            let said = output.trimmingCharacters(in: .whitespacesAndNewlines).prefix(300)
+            return "`\(arguments.joined(separator: " "))` failed (status \(status))" + (said.isEmpty ? "" : ": \(said)")
+        }
     }
 
     /// Runs `arguments` (found on `PATH`, with `/usr/sbin` and `/sbin` added) and returns
@@ -20,11 +30,7 @@ struct HostCommand: Sendable {
     @discardableResult
     func run(_ arguments: [String]) async throws(NetBackendError) -> String {
         let outcome = await launch(arguments)
-        guard outcome.status == 0 else {
-            let said = outcome.output.trimmingCharacters(in: .whitespacesAndNewlines).prefix(300)
-            throw NetBackendError(.hotplug, "`\(arguments.joined(separator: " "))` failed (status \(outcome.status))"
-                + (said.isEmpty ? "" : ": \(said)"))
-        }
+        guard outcome.status == 0 else { throw NetBackendError(.hotplug, outcome.failure(of: arguments)) }
         return outcome.output
     }
 
@@ -38,7 +44,10 @@ struct HostCommand: Sendable {
         }
     }
 
-    private static func runBlocking(_ argv: [String]) -> Outcome {
+    /// Runs `argv` (found on `PATH`, with `/usr/sbin` and `/sbin` added) on the calling
+    /// thread, which it blocks until the tool exits or is killed after 30 s: never from
+    /// the cooperative pool.
+    public static func runBlocking(_ argv: [String]) -> Outcome {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = argv

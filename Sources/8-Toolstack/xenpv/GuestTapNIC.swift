@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import XenABI
 import XenBus
+import XenNetBack
 import XenNetFront
 import XenNetProtocol
 import XenNetTap
@@ -192,40 +193,14 @@ final class GuestTapNIC: @unchecked Sendable {
     }
 }
 
-/// A host tool (`ip`) run from a guest command's thread, bounded: still running after
-/// 30 s, it is killed and fails.
+/// A host tool (`ip`) run from a guest command's thread, as netback's hotplug runs them
+/// (``HostCommand``: bounded, killed after 30 s); a failure is a `CommandError`.
 enum HostTool {
     @discardableResult
     static func run(_ arguments: [String]) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = arguments
-        var environment = ProcessInfo.processInfo.environment
-        environment["PATH"] = (environment["PATH"].map { $0 + ":" } ?? "") + "/usr/sbin:/sbin:/usr/bin:/bin"
-        environment["LC_ALL"] = "C"
-        process.environment = environment
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        process.standardInput = FileHandle.nullDevice
-        do { try process.run() } catch { throw CommandError("cannot start \(arguments.first ?? ""): \(error)") }
-        let deadline = Date().addingTimeInterval(30)
-        let watchdog = Thread {
-            while process.isRunning {
-                if Date() > deadline { process.terminate(); return }
-                usleep(20_000)
-            }
-        }
-        watchdog.start()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let output = String(decoding: data.prefix(65536), as: UTF8.self)
-        guard process.terminationStatus == 0 else {
-            let said = output.trimmingCharacters(in: .whitespacesAndNewlines).prefix(300)
-            throw CommandError("`\(arguments.joined(separator: " "))` failed (status \(process.terminationStatus))"
-                + (said.isEmpty ? "" : ": \(said)"))
-        }
-        return output
+        let outcome = HostCommand.runBlocking(arguments)
+        guard outcome.status == 0 else { throw CommandError(outcome.failure(of: arguments)) }
+        return outcome.output
     }
 }
 
