@@ -34,12 +34,7 @@ struct BlockDetachCommand: AsyncParsableCommand {
     @Argument(help: "The domain's name or id.") var domain: String
     @Argument(help: "The disk's vdev (xvdb) or device number (51728).") var vdev: String
     @OptionGroup var options: ToolstackOptions
-    @Option(help: "Seconds to wait for the backend to close before removing the device anyway.") var timeout = 10.0
-    @Flag(help: "Remove the device at once, without waiting for the backend to close.") var force = false
-
-    func validate() throws {
-        guard timeout >= 0, timeout <= 3600 else { throw ValidationError("--timeout must be 0 to 3600 seconds, not \(timeout)") }
-    }
+    @OptionGroup var detach: DetachOptions
 
     func run() async throws {
         try await toolstackStep {
@@ -47,7 +42,7 @@ struct BlockDetachCommand: AsyncParsableCommand {
             let toolstack = try options.toolstack()
             defer { toolstack.close() }
             let found = try await toolstack.resolve(domain)
-            try await toolstack.detachDisk(disk, from: found.id, timeout: timeout, force: force)
+            try await toolstack.detachDisk(disk, from: found.id, timeout: detach.timeout, force: detach.force)
             say("Detached \(disk) from \(found.name)")
         }
     }

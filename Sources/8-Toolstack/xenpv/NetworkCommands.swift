@@ -43,12 +43,7 @@ struct NetworkDetachCommand: AsyncParsableCommand {
     @Argument(help: "The domain's name or id.") var domain: String
     @Argument(help: "The vif's devid (0) or MAC address.") var vif: String
     @OptionGroup var options: ToolstackOptions
-    @Option(help: "Seconds to wait for the backend to close before removing the device anyway.") var timeout = 10.0
-    @Flag(help: "Remove the device at once, without waiting for the backend to close.") var force = false
-
-    func validate() throws {
-        guard timeout >= 0, timeout <= 3600 else { throw ValidationError("--timeout must be 0 to 3600 seconds, not \(timeout)") }
-    }
+    @OptionGroup var detach: DetachOptions
 
     func run() async throws {
         try await toolstackStep {
@@ -56,7 +51,7 @@ struct NetworkDetachCommand: AsyncParsableCommand {
             defer { toolstack.close() }
             let found = try await toolstack.resolve(domain)
             let device = try await toolstack.vif(vif, of: found.id)
-            try await toolstack.detachVif(device, timeout: timeout, force: force)
+            try await toolstack.detachVif(device, timeout: detach.timeout, force: detach.force)
             say("Detached vif \(device.id) from \(found.name)")
         }
     }

@@ -52,3 +52,14 @@ func toolstackStep<T>(_ body: () async throws -> T) async throws -> T {
         throw CommandError("\(error)")
     }
 }
+
+/// How `block-detach` and `network-detach` let go of a device: as `xl`'s detach, wait for
+/// the backend to close (bounded), or `--force` at once.
+struct DetachOptions: ParsableArguments {
+    @Option(help: "Seconds to wait for the backend to close before removing the device anyway.") var timeout = 10.0
+    @Flag(help: "Remove the device at once, without waiting for the backend to close.") var force = false
+
+    func validate() throws {
+        guard timeout >= 0, timeout <= 3600 else { throw ValidationError("--timeout must be 0 to 3600 seconds, not \(timeout)") }
+    }
+}
