@@ -26,6 +26,12 @@ func xenpvPath() -> String {
 
 /// A child process with its output collected as it comes; killed if still
 /// running when the test lets go of it.
+///
+/// The output is read by a thread of its own polling the pipe, not by a
+/// `readabilityHandler`: that handler is a libdispatch read source, and a pipe whose
+/// write end a grandchild keeps (a guest program `xenpv create` starts) never reaches
+/// end of file, so the source stayed registered while the descriptor was closed and
+/// reused, and libdispatch's event loop crashed the test process.
 final class Child: @unchecked Sendable {
     // @unchecked: `output` is guarded by `lock`; the process object is only
     // used from the test's thread.
@@ -44,20 +50,34 @@ final class Child: @unchecked Sendable {
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
-        reader = pipe.fileHandleForReading
-        pipe.fileHandleForReading.readabilityHandler = { [weak self] h in
-            guard let self else { return }
-            // `reading` is raised before the pipe is read and lowered after the
-            // bytes are in `text`: see `outputIsWhole`.
-            self.lock.withLock { self.reading += 1 }
-            let data = h.availableData
-            if data.isEmpty { h.readabilityHandler = nil }
-            self.lock.withLock {
-                self.text += String(decoding: data, as: UTF8.self)
-                self.reading -= 1
-            }
-        }
+        let handle = pipe.fileHandleForReading
+        reader = handle
         try process.run()
+        // The thread holds the handle, so the descriptor stays open until it is done.
+        Thread { [lock = self.lock, weak self] in
+            let fd = handle.fileDescriptor
+            var bytes = [UInt8](repeating: 0, count: 65536)
+            while true {
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                let ready = poll(&p, 1, 200)
+                if ready < 0 && errno == EINTR { continue }
+                guard ready > 0 else {
+                    // Ends with the pipe, or once the test has let go of the child.
+                    if ready < 0 || self == nil { return }
+                    continue
+                }
+                // `reading` is raised before the pipe is read and lowered after the
+                // bytes are in `text`: see `outputIsWhole`.
+                guard let child = self else { return }
+                lock.withLock { child.reading += 1 }
+                let n = read(fd, &bytes, bytes.count)
+                lock.withLock {
+                    if n > 0 { child.text += String(decoding: bytes[0..<n], as: UTF8.self) }
+                    child.reading -= 1
+                }
+                if n <= 0 && !(n < 0 && errno == EINTR) { return }
+            }
+        }.start()
     }
 
     deinit { kill() }
