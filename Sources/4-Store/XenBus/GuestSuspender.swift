@@ -37,7 +37,7 @@ public final class GuestSuspender: Sendable {
     private let state = Locked<(devices: [XenbusEndpoint], running: Bool)>(([], false))
 
     /// A suspender asking `hypervisor` (the domain's own view, conforming to
-    /// ``DomainSuspending``) to suspend the domain, waiting at most `timeout` for the
+    /// `DomainSuspending`) to suspend the domain, waiting at most `timeout` for the
     /// toolstack's answer, with `devices` (frontend endpoints) to quiesce and resume.
     public init(hypervisor: any DomainSuspending, devices: [XenbusEndpoint] = [], timeout: Duration = .seconds(300),
                 logger: Logger = Logger(label: "xen-suspend")) {

@@ -77,7 +77,7 @@ public struct BlockFrontQueueResources: Sendable {
 }
 
 extension BlockFrontQueueResources {
-    /// Lets go of what a resumed suspend took away (see ``SuspendOutcome/resumed``): the
+    /// Lets go of what a resumed suspend took away (see `SuspendOutcome.resumed`): the
     /// port and the grants are gone with the old copy, so nothing is unbound or ended;
     /// the pages are freed and the event-channel handle closed.
     public func forget(sharer: any GrantSharer) {
