@@ -162,15 +162,14 @@ final class SuspendBlockWorld: @unchecked Sendable {
     /// A backend over the same file (a disk of `sectors` sectors if given, to play a
     /// destination whose disk differs).
     static func startBackend(self_ world: (store: XenStoreClient, hv: SimulatedHypervisor, path: String, ledger: StorageLedger),
-                             options: BlockBackendOptions, sectors: UInt64?) async throws -> BlockBackend {
+                             options: BlockBackendOptions, sectors: UInt64?, engine: FileEngineKind = .libaio) async throws -> BlockBackend {
         var logger = Logger(label: "blkback")
         logger.logLevel = .critical
         let (path, ledger) = (world.path, world.ledger)
         let bytes = sectors.map { $0 * 512 } ?? UInt64(diskBytes)
         let backend = BlockBackend(store: world.store, hypervisor: world.hv.dom0, options: options, logger: logger) { _, _, _ in
             BlockBackendDisk(byteCount: bytes, readOnly: false) {
-                LedgerStorage(try LibaioStorage(path: FilePath(path), readOnly: false, directIO: .preferred, queueDepth: 64),
-                              ledger: ledger)
+                LedgerStorage(try engine.open(FilePath(path), readOnly: false, directIO: .preferred, queueDepth: 64), ledger: ledger)
             }
         }
         try await backend.start()
@@ -180,14 +179,16 @@ final class SuspendBlockWorld: @unchecked Sendable {
     /// The toolstack's part of a save and restore: asks for a suspend, waits for the
     /// guest's call, takes the source's devices away, starts the destination's backend,
     /// and answers. Returns what the resume took from the guest's old copy.
-    func migrate(to options: BlockBackendOptions, sectors: UInt64? = nil, paused: () -> Void = {}) async throws -> Leftovers {
+    func migrate(to options: BlockBackendOptions, sectors: UInt64? = nil, engine: FileEngineKind = .libaio,
+                 paused: () -> Void = {}) async throws -> Leftovers {
         try await requestSuspend()
         #expect(await guest.waitForSuspend(timeout: .seconds(60)))
         paused()
         // The source's backend goes without a handshake, as its host destroys it.
         ledger.nextBackend()
         await backend.devices.cancel()
-        backend = try await Self.startBackend(self_: (dom0Store, hv, image.path, ledger), options: options, sectors: sectors)
+        backend = try await Self.startBackend(self_: (dom0Store, hv, image.path, ledger), options: options, sectors: sectors,
+                                              engine: engine)
         return try guest.finishSuspend(.resumed)
     }
 
@@ -258,7 +259,7 @@ struct BlockSuspendTests {
     /// flight, the toolstack asks for a suspend, the source's backend drains its storage
     /// as it goes (its answers reach a guest that is no longer looking), and the guest
     /// resumes against a destination backend offering no persistent grants and fewer
-    /// segments. A write acknowledged before the pause is on disk exactly once; one in
+    /// segments, on io_uring where this kernel allows it (libaio otherwise). A write acknowledged before the pause is on disk exactly once; one in
     /// flight at the pause is re-issued once (so the disk sees it at most twice: from the
     /// source and from the destination); every block holds its content and no caller saw
     /// an error.
@@ -278,7 +279,8 @@ struct BlockSuspendTests {
         destination.persistent = false
         destination.maxIndirectSegments = 32
         var before: [Int: UInt8] = [:]
-        let revoked = try await world.migrate(to: destination) {
+        let engine = FileEngineKind.preferred.kind
+        let revoked = try await world.migrate(to: destination, engine: engine) {
             // Quiesced: nothing is acknowledged from here until the resume.
             before = writers.acknowledged.withLock { $0 }
         }
