@@ -162,13 +162,14 @@ final class SuspendBlockWorld: @unchecked Sendable {
     /// A backend over the same file (a disk of `sectors` sectors if given, to play a
     /// destination whose disk differs).
     static func startBackend(self_ world: (store: XenStoreClient, hv: SimulatedHypervisor, path: String, ledger: StorageLedger),
-                             options: BlockBackendOptions, sectors: UInt64?, engine: FileEngineKind = .libaio) async throws -> BlockBackend {
+                             options: BlockBackendOptions, sectors: UInt64?, engine: FileEngineKind = .libaio,
+                             discard: Bool = true) async throws -> BlockBackend {
         var logger = Logger(label: "blkback")
         logger.logLevel = .critical
         let (path, ledger) = (world.path, world.ledger)
         let bytes = sectors.map { $0 * 512 } ?? UInt64(diskBytes)
         let backend = BlockBackend(store: world.store, hypervisor: world.hv.dom0, options: options, logger: logger) { _, _, _ in
-            BlockBackendDisk(byteCount: bytes, readOnly: false) {
+            BlockBackendDisk(byteCount: bytes, readOnly: false, discard: discard) {
                 LedgerStorage(try engine.open(FilePath(path), readOnly: false, directIO: .preferred, queueDepth: 64), ledger: ledger)
             }
         }
@@ -180,7 +181,7 @@ final class SuspendBlockWorld: @unchecked Sendable {
     /// guest's call, takes the source's devices away, starts the destination's backend,
     /// and answers. Returns what the resume took from the guest's old copy.
     func migrate(to options: BlockBackendOptions, sectors: UInt64? = nil, engine: FileEngineKind = .libaio,
-                 paused: () -> Void = {}) async throws -> Leftovers {
+                 discard: Bool = true, paused: () -> Void = {}) async throws -> Leftovers {
         try await requestSuspend()
         #expect(await guest.waitForSuspend(timeout: .seconds(60)))
         paused()
@@ -188,7 +189,7 @@ final class SuspendBlockWorld: @unchecked Sendable {
         ledger.nextBackend()
         await backend.devices.cancel()
         backend = try await Self.startBackend(self_: (dom0Store, hv, image.path, ledger), options: options, sectors: sectors,
-                                              engine: engine)
+                                              engine: engine, discard: discard)
         return try guest.finishSuspend(.resumed)
     }
 
@@ -259,7 +260,7 @@ struct BlockSuspendTests {
     /// flight, the toolstack asks for a suspend, the source's backend drains its storage
     /// as it goes (its answers reach a guest that is no longer looking), and the guest
     /// resumes against a destination backend offering no persistent grants and fewer
-    /// segments, on io_uring where this kernel allows it (libaio otherwise). A write acknowledged before the pause is on disk exactly once; one in
+    /// segments and no discard, on io_uring where this kernel allows it (libaio otherwise). A write acknowledged before the pause is on disk exactly once; one in
     /// flight at the pause is re-issued once (so the disk sees it at most twice: from the
     /// source and from the destination); every block holds its content and no caller saw
     /// an error.
@@ -280,7 +281,8 @@ struct BlockSuspendTests {
         destination.maxIndirectSegments = 32
         var before: [Int: UInt8] = [:]
         let engine = FileEngineKind.preferred.kind
-        let revoked = try await world.migrate(to: destination, engine: engine) {
+        #expect(fe.info?.discard == true)
+        let revoked = try await world.migrate(to: destination, engine: engine, discard: false) {
             // Quiesced: nothing is acknowledged from here until the resume.
             before = writers.acknowledged.withLock { $0 }
         }
@@ -292,6 +294,9 @@ struct BlockSuspendTests {
         #expect(writers.errors.withLock { $0 } == [])
         #expect(writers.acknowledged.withLock { $0.count } == 32 * 16)
         #expect(fe.info?.maxIndirectSegments == 32)
+        // The destination cannot discard: the device says so, and a discard is refused.
+        #expect(fe.info?.discard == false)
+        await #expect(throws: BlockFrontError.self) { try await fe.discard(at: 0, length: 4096) }
         #expect(try await world.dom0Store.read(world.device.backendPath + "/feature-persistent") == "0")
         let reissued = Int(fe.reissued.value - reissuedBefore)
         #expect(reissued >= world.ledger.held, "every held request is re-issued")
