@@ -346,6 +346,35 @@ struct BlockSuspendTests {
         #expect(try await world.teardown().isEmpty)
     }
 
+    /// While suspended the device acts on nothing: the backend closing meanwhile is seen
+    /// only after the (cancelled) suspend, and the device then reconnects as after any
+    /// backend restart, re-issuing what had no answer.
+    @Test func aSuspendedDeviceActsOnNothingUntilResumed() async throws {
+        let world = try await SuspendBlockWorld()
+        try await world.endpoint.connected(timeout: .seconds(60))
+        let fe = world.driver.frontend
+        try await fe.write(at: 0, [UInt8](repeating: 7, count: 4096))
+        try await world.requestSuspend()
+        #expect(await world.guest.waitForSuspend(timeout: .seconds(60)))
+        let waiting = Task { try await fe.write(at: 4096, [UInt8](repeating: 8, count: 4096)) }
+        // The backend closes; the frontend, suspended, does not answer.
+        let stopping = Task { await world.backend.stop(world.device, timeout: 60) }
+        #expect(await eventually(30) {
+            (try? await world.dom0Store.readIfPresent(world.device.backendPath + "/state")) == String(XenbusState.closing.rawValue)
+        })
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(world.endpoint.state == .connected)
+        #expect(try await world.guestStore.read(world.device.frontendPath + "/state") == String(XenbusState.connected.rawValue))
+        #expect(!world.driver.sharedResources.isEmpty)
+        try world.guest.finishSuspend(.cancelled)
+        // Resumed, it sees the backend closing and closes its side; the backend comes back.
+        await stopping.value
+        await world.backend.resume(world.device)
+        try await withTimeout(60) { try await waiting.value }
+        #expect(try await fe.read(at: 0, count: 8192) == [UInt8](repeating: 7, count: 4096) + [UInt8](repeating: 8, count: 4096))
+        #expect(try await world.teardown().isEmpty)
+    }
+
     /// A suspend the hypervisor refuses (it throws) is a cancel: I/O goes on.
     @Test func aSuspendThatThrowsIsACancel() async throws {
         let world = try await SuspendBlockWorld()
