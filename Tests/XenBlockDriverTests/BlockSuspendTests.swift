@@ -375,6 +375,38 @@ struct BlockSuspendTests {
         #expect(try await world.teardown().isEmpty)
     }
 
+    /// With `XENPV_SUSPEND_BENCH=1`: how long a resume keeps a disk's I/O waiting in one
+    /// process, from the toolstack's `.resumed` answer to the first write answered by the
+    /// destination's backend (the guest's share of a migration's downtime: drop the old
+    /// session, handshake, re-issue). Prints the median of 15 and the extremes.
+    @Test(.enabled(if: ProcessInfo.processInfo.environment["XENPV_SUSPEND_BENCH"] == "1"))
+    func resumeToFirstWriteTime() async throws {
+        let world = try await SuspendBlockWorld()
+        try await world.endpoint.connected(timeout: .seconds(60))
+        let fe = world.driver.frontend
+        var times: [Duration] = []
+        for round in 0..<15 {
+            try await world.requestSuspend()
+            #expect(await world.guest.waitForSuspend(timeout: .seconds(60)))
+            let write = Task { try await fe.write(at: UInt64(round * 4096), [UInt8](repeating: UInt8(round + 1), count: 4096)) }
+            world.ledger.nextBackend()
+            await world.backend.devices.cancel()
+            world.backend = try await SuspendBlockWorld.startBackend(
+                self_: (world.dom0Store, world.hv, world.image.path, world.ledger), options: BlockBackendOptions(), sectors: nil)
+            // The destination's backend waits in InitWait before the guest runs, as a toolstack's does.
+            #expect(await eventually(30) {
+                (try? await world.dom0Store.readIfPresent(world.device.backendPath + "/state")) == String(XenbusState.initWait.rawValue)
+            })
+            let start = ContinuousClock.now
+            try world.guest.finishSuspend(.resumed)
+            try await withTimeout(60) { try await write.value }
+            times.append(ContinuousClock.now - start)
+        }
+        let sorted = times.sorted()
+        print("resume to first write answered: median \(sorted[sorted.count / 2]), min \(sorted[0]), max \(sorted[sorted.count - 1])")
+        #expect(try await world.teardown().isEmpty)
+    }
+
     /// A suspend the hypervisor refuses (it throws) is a cancel: I/O goes on.
     @Test func aSuspendThatThrowsIsACancel() async throws {
         let world = try await SuspendBlockWorld()
