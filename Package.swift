@@ -126,7 +126,7 @@ let package = Package(
             dependencies: ["XenStore", "XenLocks", "XenSockets", "XenABI", "CXen", "XenHypervisor", atomics, systemPackage, logging, deque],
             path: store + "XenStoreServer"),
         // The XenBus handshake, the backend device manager, the toolstack layout, checked store values.
-        .target(name: "XenBus", dependencies: ["XenStore", "XenABI", "XenLocks", logging], path: store + "XenBus"),
+        .target(name: "XenBus", dependencies: ["XenStore", "XenHypervisor", "XenABI", "XenLocks", logging], path: store + "XenBus"),
 
         // MARK: 5-Worlds
 

@@ -16,6 +16,33 @@ struct HandshakeScriptTests {
         #expect(fe.phase == .connected)
     }
 
+    /// After a resume on another host the frontend starts a new session with the
+    /// destination's backend and releases nothing: the old grants went with the old copy.
+    @Test func frontendResumedElsewhereStartsAgainWithoutReleasing() {
+        var fe = XenbusFrontend()
+        _ = fe.start()
+        #expect(fe.handle(.peerState(.initWait)) == [.prepare])
+        _ = fe.handle(.resourcesReady)
+        _ = fe.handle(.peerState(.connected))
+        #expect(fe.holdsResources)
+        // Our key still says Connected from the old session: written again.
+        #expect(fe.handle(.resumed) == [.publish(.initialising)])
+        #expect(!fe.holdsResources)
+        #expect(fe.phase == .initialising)
+        // The destination's backend waits in InitWait (it saw us Connected and waited).
+        #expect(fe.handle(.peerState(.initWait)) == [.prepare])
+        #expect(fe.handle(.resourcesReady) == [.publish(.initialised)])
+        #expect(fe.handle(.peerState(.connected)) == [.connect, .publish(.connected)])
+        // A device asked to close stays closed.
+        _ = fe.handle(.closeRequested)
+        #expect(fe.handle(.resumed) == [.publish(.closed)])
+        #expect(fe.phase == .closed)
+        // The backend ignores it.
+        var be = XenbusBackend()
+        _ = be.start()
+        #expect(be.handle(.resumed) == [])
+    }
+
     @Test func backendToleratesAFrontendThatSkipsInitialised() {
         var be = XenbusBackend()
         #expect(be.start() == [.publish(.initialising), .prepare])

@@ -37,4 +37,13 @@ public protocol GrantSharer: AnyObject, Sendable {
     /// Releases the handle. Pages still shared stay shared and are reported as
     /// leftovers by the simulator.
     func close()
+    /// Frees pages whose grants went with the domain's old copy (after a suspend that
+    /// came back ``SuspendOutcome/resumed``), without ending the grants: they are no
+    /// longer this domain's to end, and ending them could hit a newer grant.
+    func forget(_ pages: SharedPages)
+}
+
+extension GrantSharer {
+    /// Keeps the pages: a world that does not implement it leaks them until the domain goes.
+    public func forget(_ pages: SharedPages) {}
 }

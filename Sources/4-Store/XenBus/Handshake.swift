@@ -18,6 +18,11 @@ public enum XenbusEvent: Hashable, Sendable {
     /// stays there until the peer starts a new session (Initialising), so a peer that
     /// keeps its bad keys is not connected to again and again; a frontend closes for good.
     case connectRefused
+    /// Frontend: the domain came back from a save (a restore, or the destination of a
+    /// migration). Whatever it shared went with the old copy and the driver has dropped it
+    /// unreleased, so the frontend starts a new session (Initialising) with whatever
+    /// backend the store now names, as Linux's `xenbus_dev_resume` does. Backend: ignored.
+    case resumed
 }
 
 /// What the caller must do, in order. The machines never act themselves.
@@ -116,6 +121,19 @@ public struct XenbusFrontend: Hashable, Sendable {
         case .reconnectRequested:
             closeWanted = false
             if phase == .closed {
+                publish(.initialising, &actions)
+                phase = .initialising
+            }
+        case .resumed:
+            // Nothing to release: the grants and ports are gone, the driver dropped them.
+            holdsResources = false
+            prepareInFlight = false
+            // Our `state` key holds what the old session last wrote: write it again.
+            published = .unknown
+            if closeWanted || peerGone {
+                publish(.closed, &actions)
+                phase = .closed
+            } else {
                 publish(.initialising, &actions)
                 phase = .initialising
             }
@@ -325,6 +343,8 @@ public struct XenbusBackend: Hashable, Sendable {
             publish(.closing, &actions)
             phase = .closing
             refused = true
+        case .resumed:
+            break
         }
         // Only a fresh reading of the peer drives peer transitions: after a local event the
         // stored reading may be stale, so the caller delivers `.peerState` again.

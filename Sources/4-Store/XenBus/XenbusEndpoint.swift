@@ -1,5 +1,6 @@
 import Logging
 import XenABI
+import XenHypervisor
 import XenLocks
 import XenStore
 
@@ -48,11 +49,19 @@ public final class XenbusEndpoint: Sendable {
         var finished = false
         var observers: [UInt64: AsyncStream<XenbusState>.Continuation] = [:]
         var nextObserver: UInt64 = 0
+        /// Callers of suspend/resume whose input `run()` has not taken yet: answered when
+        /// it is taken, or when `run()` returns.
+        var waiting: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        var nextWaiter: UInt64 = 0
     }
 
     enum Input: Sendable {
         case peerChanged
         case local(XenbusEvent)
+        /// Quiesce the driver and act on nothing until `.resume`; then answer waiter `id`.
+        case suspend(id: UInt64)
+        /// Resume the driver with the outcome; then answer waiter `id`.
+        case resume(SuspendOutcome, id: UInt64)
     }
 
     /// Creates an endpoint for the half at `path` whose peer lives at `peerPath`; nothing
@@ -127,6 +136,44 @@ public final class XenbusEndpoint: Sendable {
     /// Undoes a close request: the device may connect again.
     public func requestReconnect() { continuation.yield(.local(.reconnectRequested)) }
 
+    /// Quiesces the device for a save (Linux's `xenbus_dev_suspend`): between two handshake
+    /// steps, asks a ``XenbusSuspendableDriver`` to ``XenbusSuspendableDriver/quiesce()``,
+    /// then acts on nothing (peer changes, close requests) until ``resume(_:)``. Returns once
+    /// quiesced, or at once when ``run()`` has returned. Each call is followed by one
+    /// ``resume(_:)``.
+    public func suspend() async {
+        await enqueue { .suspend(id: $0) }
+    }
+
+    /// Ends a ``suspend()`` (Linux's `xenbus_dev_resume` / `xenbus_dev_cancel`):
+    /// `.cancelled` goes on where the device was; `.resumed` has the driver drop the old
+    /// session unreleased and starts a new handshake with the backend the store names
+    /// now (the destination's). Returns once the driver has resumed; the handshake then
+    /// goes on as usual (wait with ``connected(timeout:)``).
+    public func resume(_ outcome: SuspendOutcome) async {
+        await enqueue { .resume(outcome, id: $0) }
+    }
+
+    /// Hands `run()` an input carrying a continuation, answered when it is taken or when
+    /// `run()` returns (so a caller never waits on an endpoint that no longer runs).
+    private func enqueue(_ make: (UInt64) -> Input) async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let id = published.withLock { p -> UInt64? in
+                guard !p.finished else { return nil }
+                p.nextWaiter += 1
+                p.waiting[p.nextWaiter] = c
+                return p.nextWaiter
+            }
+            guard let id else { return c.resume() }
+            continuation.yield(make(id))
+        }
+    }
+
+    /// Resumes waiter `id` exactly once: by `run()` taking the input, or by its end.
+    private func answer(_ id: UInt64) {
+        published.withLock { $0.waiting.removeValue(forKey: id) }?.resume()
+    }
+
     /// Walks the handshake until the device is closed for good: a close was
     /// requested, or the peer's directory vanished. Store errors end it.
     public func run() async throws {
@@ -138,14 +185,39 @@ public final class XenbusEndpoint: Sendable {
         }
         defer { forwarder.cancel() }
         try await perform(machine.start(), &machine)
+        // While suspended the device acts on nothing, as a suspended guest runs no watch
+        // handler: peer changes are read afresh on resume, local events wait for it.
+        var suspended = false
+        var deferred: [XenbusEvent] = []
         for await input in inputs {
             switch input {
             case .peerChanged:
+                if suspended { continue }
                 try await perform(machine.handle(.peerState(try await peerState())), &machine)
             case .local(let event):
+                if suspended {
+                    deferred.append(event)
+                    continue
+                }
                 try await perform(machine.handle(event), &machine)
                 // The machines act on the peer only when its reading is fresh.
                 try await perform(machine.handle(.peerState(try await peerState())), &machine)
+            case .suspend(let id):
+                if !suspended, let driver = driver as? any XenbusSuspendableDriver { await driver.quiesce() }
+                suspended = true
+                answer(id)
+            case .resume(let outcome, let id):
+                if suspended {
+                    suspended = false
+                    if let driver = driver as? any XenbusSuspendableDriver { await driver.resume(outcome) }
+                    answer(id)
+                    if outcome == .resumed { try await perform(machine.handle(.resumed), &machine) }
+                    for event in deferred { try await perform(machine.handle(event), &machine) }
+                    deferred = []
+                    try await perform(machine.handle(.peerState(try await peerState())), &machine)
+                } else {
+                    answer(id)
+                }
             }
             if machine.isFinished { break }
         }
@@ -153,12 +225,16 @@ public final class XenbusEndpoint: Sendable {
 
     /// Ends every ``states()`` stream: no state follows once `run()` returned.
     private func finishObservers() {
-        let observers = published.withLock { p in
+        let (observers, waiters) = published.withLock { p in
             p.finished = true
-            defer { p.observers = [:] }
-            return Array(p.observers.values)
+            defer {
+                p.observers = [:]
+                p.waiting = [:]
+            }
+            return (Array(p.observers.values), Array(p.waiting.values))
         }
         for observer in observers { observer.finish() }
+        for waiter in waiters { waiter.resume() }
     }
 
     /// The peer's state; a value that is no XenbusState reads as Unknown, which the

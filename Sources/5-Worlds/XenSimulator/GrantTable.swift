@@ -275,6 +275,25 @@ final class GrantTable: @unchecked Sendable {
         }
     }
 
+    /// Ends every grant above the reserved ones that nobody pins, without the guest's
+    /// say (a resume from a saved copy: the new copy's table is empty but for what the
+    /// toolstack seeds). Returns the entries ended; a pinned one stays. Caller holds `lock`.
+    func revokeUnpinned() -> [Leftovers.Grant] {
+        let entries = grantedEntries().filter { $0.ref.rawValue >= GrantRef.reservedCount && active[Int($0.ref.rawValue)].pins == 0 }
+        guestLock.withLock {
+            for e in entries {
+                let r = e.ref.rawValue
+                // releasing: as endAccess's exchange, before the ref can be handed out again.
+                header(r).store(0, ordering: .releasing)
+                if granted[Int(r)] {
+                    granted[Int(r)] = false
+                    freeRefs.append(r)
+                }
+            }
+        }
+        return entries
+    }
+
     /// Stops new pins (domain teardown). Caller holds `lock`.
     func markDead() { dead = true }
 

@@ -82,6 +82,14 @@ enum ForeignView {
         return region
     }
 
+    /// Puts private zero pages where the view was: the frames are no longer reachable
+    /// through it, yet a holder that still touches it does not fault. The holder's
+    /// unmap of it fails (its record is gone), so the region stays until the process ends.
+    static func detach(_ base: UnsafeMutableRawPointer, pages: Int) {
+        let p = mmap(base, pages * XenPage.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+        precondition(p == base, "replacing a grant view failed: \(errno)")
+    }
+
     static func unmap(_ base: UnsafeMutableRawPointer, pages: Int) {
         let rc = munmap(base, pages * XenPage.size)
         precondition(rc == 0, "munmap of a grant view failed: \(errno)")

@@ -29,6 +29,8 @@ public final class SimulatedDomain: Hypervisor, @unchecked Sendable {
     let events: EventDomain
     let dirty: DirtyLog
     private let allocator: SimulatedPageAllocator
+    /// The guest's suspend call and the toolstack's answer (``DomainSuspending``).
+    let suspension = SimulatedSuspension()
 
     private let lock = Lock()
     private var dead = false
@@ -211,6 +213,18 @@ public final class SimulatedDomain: Hypervisor, @unchecked Sendable {
     func mappings(of granter: DomainID) -> [Leftovers.Mapping] {
         lock.withLock { maptrack.values.filter { $0.granter.domainID == granter }.map(leftover) }
     }
+
+    /// Removes and returns the mappings this domain holds of `granter`'s frames.
+    func takeMappings(of granter: DomainID) -> [MapRecord] {
+        lock.withLock {
+            let taken = maptrack.values.filter { $0.granter.domainID == granter }
+            for r in taken { maptrack[r.handle.rawValue] = nil }
+            return taken.sorted { $0.handle.rawValue < $1.handle.rawValue }
+        }
+    }
+
+    /// The event-channel handles open on this domain.
+    var openEventHandles: [SimulatedEventChannels] { lock.withLock { Array(eventHandles.values) } }
 
     func forget(_ handle: SimulatedEventChannels) {
         _ = lock.withLock { eventHandles.removeValue(forKey: ObjectIdentifier(handle)) }

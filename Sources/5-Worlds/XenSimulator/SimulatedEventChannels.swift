@@ -345,6 +345,13 @@ public final class SimulatedEventChannels: EventChannels, @unchecked Sendable {
         for w in 0..<Self.wordCount { settle(word: w) }
     }
 
+    /// Closes every port bound through this handle, keeping the handle open (a resume
+    /// from a saved copy: the ports went with the old copy, the handle stays usable).
+    func closePortsForResume(_ hv: SimulatedHypervisor) {
+        hv.eventControl.withLock { for p in boundPorts() { closeLocked(p) } }
+        for w in 0..<Self.wordCount { settle(word: w) }
+    }
+
     /// Closes without unregistering from the domain (domain teardown does that).
     func closeForTeardown() {
         guard closedWord.exchange(1, ordering: .relaxed) == 0 else { return }

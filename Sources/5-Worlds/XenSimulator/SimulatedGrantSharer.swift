@@ -55,6 +55,18 @@ final class SimulatedGrantSharer: GrantSharer, @unchecked Sendable {
         try domain.pageAllocator.freePages(pages)
     }
 
+    /// Frees the pages of a share whose grants a resume revoked; a share still granted
+    /// (no resume happened) keeps its pages: freeing them under a grant would let the
+    /// peer reach reused memory.
+    func forget(_ shared: SharedPages) {
+        let pages = lock.withLock { () -> GuestPages? in
+            guard let pages = shares[shared.memory.base], pages.memory == shared.memory else { return nil }
+            return pages
+        }
+        guard let pages, (try? domain.pageAllocator.freePages(pages)) != nil else { return }
+        lock.withLock { _ = shares.removeValue(forKey: shared.memory.base) }
+    }
+
     func close() {
         lock.withLock { closed = true }
     }

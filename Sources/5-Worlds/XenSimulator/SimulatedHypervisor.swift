@@ -84,6 +84,11 @@ public final class SimulatedHypervisor: Sendable {
         state.lock.withLock { state.domains[id] }
     }
 
+    /// Live domains (dom0 too).
+    var allDomains: [SimulatedDomain] {
+        state.lock.withLock { Array(state.domains.values) }
+    }
+
     /// Live domain ids, ascending.
     public var domainIDs: [DomainID] {
         state.lock.withLock { state.domains.keys.sorted() }

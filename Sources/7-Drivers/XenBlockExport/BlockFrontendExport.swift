@@ -21,7 +21,7 @@ extension BlockFrontError: NBDErrnoConvertible {
         switch code {
         case .misaligned, .outOfRange, .notSupported: .invalid
         case .readOnly: .permission
-        case .ioError, .badStatus: .io
+        case .ioError, .badStatus, .changed: .io
         case .closed: .shutdown
         }
     }

@@ -20,6 +20,9 @@ public struct BlockFrontError: CodedError {
         case badStatus
         /// The frontend was shut down before the request completed.
         case closed
+        /// The device is not the one the request was made for (a resume found a disk of
+        /// another size).
+        case changed
     }
 
     /// What went wrong.

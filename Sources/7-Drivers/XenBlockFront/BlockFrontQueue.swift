@@ -157,6 +157,13 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
     private let runtime: DriverRuntime
     /// What was in flight when the thread stopped, for re-issue.
     private let returned = Locked<[WorkItem]>([])
+    /// Asked to put nothing more on the ring (a suspend), until cleared.
+    private let pauseWanted = Atomic<Bool>(false)
+    /// Set by the thread once it saw `pauseWanted` between two turns: from then on it
+    /// touches neither the ring nor the pool.
+    private let pauseSeen = Atomic<Bool>(false)
+    /// The thread's copy of `pauseWanted`, read once a turn.
+    private var paused = false
 
     /// `maxIndirectSegments`: what the backend advertised (0 or at most 11: direct only).
     init(resources: BlockFrontQueueResources, work: WorkQueue, maxIndirectSegments: Int,
@@ -219,6 +226,25 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
 
     var failure: (any Error)? { runtime.failure }
 
+    /// Asks the thread to leave the ring alone, neither putting requests on it nor taking
+    /// responses (what it has in flight stays in flight); ``isPaused`` says when it does.
+    func pause() {
+        // releasing/acquiring: pairs with the thread's load; nothing else is published.
+        pauseWanted.store(true, ordering: .releasing)
+        waker.ring()
+    }
+
+    /// Lets the thread issue again on the same ring.
+    func unpause() {
+        pauseWanted.store(false, ordering: .releasing)
+        waker.ring()
+    }
+
+    /// True once the thread has seen the pause (or is gone): no request is being written.
+    var isPaused: Bool {
+        pauseSeen.load(ordering: .acquiring) || runtime.state != .running
+    }
+
     /// Queues a job for this thread; false once the thread stopped (run it elsewhere).
     func enqueue(_ job: UnownedJob) -> Bool {
         let taken = jobs.withLock { j in
@@ -260,6 +286,10 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
     // MARK: the queue thread (DriverService)
 
     func serviceTurn() throws -> Bool {
+        notePause()
+        // Paused, the ring is left as it is (a suspended guest runs no driver): only the
+        // jobs of tasks preferring this thread run, and their requests wait.
+        if paused { return runJobs() }
         // Responses resume jobs here, whose requests go out with the rest in one push.
         var worked = try collectResponses()
         worked = runJobs() || worked
@@ -272,13 +302,25 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
     /// Requests on the ring: their responses are what the thread waits for.
     var inFlight: Int { Int(ring.outstandingRequests) }
 
+    /// Takes up a pause asked for (or its end) between two turns: the safe point.
+    private func notePause() {
+        let wanted = pauseWanted.load(ordering: .acquiring)
+        guard wanted != paused else { return }
+        paused = wanted
+        // releasing: every request written before is published to whoever sees the pause.
+        pauseSeen.store(wanted, ordering: .releasing)
+    }
+
     func workArrived() throws -> Bool {
+        if pauseWanted.load(ordering: .relaxed) != paused { return true }
+        if paused { return jobCount.load(ordering: .relaxed) > 0 }
         if ring.outstandingRequests > 0, try ring.checkForResponses() > 0 { return true }
         return (canIssue && work.mayHaveWork) || jobCount.load(ordering: .relaxed) > 0
     }
 
     func prepareToSleep(_ poll: PollSet) throws -> Bool {
-        if ring.outstandingRequests > 0, try ring.finalCheckForResponses() { return true }
+        if pauseWanted.load(ordering: .relaxed) != paused { return true }
+        if !paused, ring.outstandingRequests > 0, try ring.finalCheckForResponses() { return true }
         // Say we sleep, then look once more (see Waker.sleeping).
         // Sequentially consistent: may not move after the look below (store-load).
         waker.sleeping.store(true, ordering: .sequentiallyConsistent)
@@ -309,7 +351,7 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
 
     /// Room for another request; a request that needs more pool pages than are free sets
     /// `waitingForPages` until a response returns some.
-    private var canIssue: Bool { !freeIDs.isEmpty && !ring.isFull && !waitingForPages }
+    private var canIssue: Bool { !paused && !freeIDs.isEmpty && !ring.isFull && !waitingForPages }
     private var waitingForPages = false
 
     // MARK: issuing

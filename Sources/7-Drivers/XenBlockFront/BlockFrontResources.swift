@@ -76,6 +76,16 @@ public struct BlockFrontQueueResources: Sendable {
     }
 }
 
+extension BlockFrontQueueResources {
+    /// Lets go of what a resumed suspend took away (see `SuspendOutcome.resumed`): the
+    /// port and the grants are gone with the old copy, so nothing is unbound or ended;
+    /// the pages are freed and the event-channel handle closed.
+    public func forget(sharer: any GrantSharer) {
+        for pages in [ring, pool, indirect] { sharer.forget(pages) }
+        events.close()
+    }
+}
+
 /// What the backend advertised, as the frontend uses it.
 public struct BlockDeviceInfo: Hashable, Sendable {
     /// Device size in 512-byte sectors (`sectors`).

@@ -1,4 +1,5 @@
 import XenABI
+import XenDriverRuntime
 import XenBlockProtocol
 import XenLocks
 import XenRing
@@ -19,12 +20,16 @@ public final class BlockFrontend: Sendable {
     private let state = Locked<State>(State())
     /// Per-queue counters of the current connection.
     public var counters: [BlockFrontCounters] { state.withLock { $0.queues.map(\.counters) } }
+    /// Ring requests that had no response when their connection ended (a backend restart,
+    /// a resume on another host) and were put back to be issued again, over the device's life.
+    public let reissued = DriverCounter(0)
 
     private struct State: @unchecked Sendable {
         // @unchecked: BlockFrontQueue is a thread-confined engine, only handed around here.
         var info: BlockDeviceInfo?
         var queues: [(queue: BlockFrontQueue, counters: BlockFrontCounters)] = []
         var closed = false
+        var closedBy: BlockFrontError?
     }
 
     /// Creates a device with no connection: calls wait until ``attach(_:info:)``.
@@ -57,6 +62,7 @@ public final class BlockFrontend: Sendable {
     public func detach() {
         var unanswered: [WorkItem] = []
         for q in takeQueues() { unanswered += q.stop() }
+        reissued.bump(UInt64(unanswered.count))
         work.requeueAtFront(unanswered)
     }
 
@@ -64,7 +70,29 @@ public final class BlockFrontend: Sendable {
     public func detached() async {
         var unanswered: [WorkItem] = []
         for q in takeQueues() { unanswered += await q.stopped() }
+        reissued.bump(UInt64(unanswered.count))
         work.requeueAtFront(unanswered)
+    }
+
+    /// Leaves the rings alone (for a suspend), as a suspended guest's driver does: each
+    /// queue thread stops at a safe point, between two turns, and from then on neither
+    /// issues nor takes responses, so what is in flight stays in flight; calls keep
+    /// waiting in the device's queue. Returns once every thread has stopped, or after
+    /// `timeout` (a thread that never comes back touches nothing either).
+    public func quiesce(timeout: Duration = .seconds(10)) async {
+        let queues = state.withLock { $0.queues.map(\.queue) }
+        for q in queues { q.pause() }
+        let deadline = ContinuousClock.now + timeout
+        while !queues.allSatisfy(\.isPaused) && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(1))
+        }
+    }
+
+    /// Lets the queues go on with the rings they had (a cancelled suspend): responses that
+    /// came meanwhile are taken, and waiting calls issued.
+    public func unquiesce() {
+        for q in state.withLock({ $0.queues.map(\.queue) }) { q.unpause() }
+        work.wakeAll()
     }
 
     private func takeQueues() -> [BlockFrontQueue] {
@@ -74,8 +102,16 @@ public final class BlockFrontend: Sendable {
 
     /// Fails everything still waiting with `.closed` (after ``detach()``).
     public func shutdown() {
-        state.withLock { $0.closed = true }
-        for item in work.drain() { item.io.fail(BlockFrontError(.closed, "block frontend shut down")) }
+        fail(BlockFrontError(.closed, "block frontend shut down"))
+    }
+
+    /// Fails everything still waiting, and every later call, with `error` (after ``detach()``).
+    public func fail(_ error: BlockFrontError) {
+        state.withLock {
+            $0.closed = true
+            $0.closedBy = error
+        }
+        for item in work.drain() { item.io.fail(error) }
     }
 
     // MARK: I/O
@@ -139,8 +175,8 @@ public final class BlockFrontend: Sendable {
         guard offset % 512 == 0, length % 512 == 0 else {
             throw BlockFrontError(.misaligned, "offset \(offset) and length \(length) must be multiples of 512 bytes")
         }
-        let (info, closed) = state.withLock { ($0.info, $0.closed) }
-        if closed { throw BlockFrontError(.closed, "block frontend shut down") }
+        let (info, closed, closedBy) = state.withLock { ($0.info, $0.closed, $0.closedBy) }
+        if closed { throw closedBy ?? BlockFrontError(.closed, "block frontend shut down") }
         if let info {
             let (end, overflow) = offset.addingReportingOverflow(length)
             guard !overflow, end <= info.byteCount else {

@@ -46,6 +46,8 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
     private let sharer: any GrantSharer
     private let options: BlockFrontendOptions
     private let resources = Locked<[BlockFrontQueueResources]>([])
+    /// The disk's size before a resume: the destination's must match.
+    private let sectorsBeforeResume = Locked<UInt64?>(nil)
 
     /// Creates the driver of `device` around `frontend`; the handshake calls ``prepare()``,
     /// ``connect()`` and ``disconnect()``.
@@ -125,6 +127,13 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
         let sectors = try await store.readNumber(be, XenbusKey.sectors, in: 0...(UInt64.max / 512))
         let sectorSize = try await store.readNumber(be, XenbusKey.sectorSize, in: 1...UInt32.max, default: 512)
         guard sectorSize == 512 else { throw BlockFrontError(.notSupported, "sector-size \(sectorSize) (only 512 is served)") }
+        if let before = sectorsBeforeResume.withLock({ $0 }), before != sectors {
+            // Not the disk the requests were made for: fail them rather than write elsewhere.
+            let error = BlockFrontError(.changed, "the disk has \(sectors) sectors after the resume, \(before) before")
+            frontend.fail(error)
+            throw error
+        }
+        sectorsBeforeResume.withLock { $0 = nil }
         let infoBits = try await store.readNumber(be, XenbusKey.info, in: 0...UInt32.max, default: 0)
         let mode = try await store.readChoice(be, XenbusKey.mode, among: ["r", "w"], default: "w")
         let indirect = options.indirect
@@ -147,5 +156,32 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
         await frontend.detached()
         // Unsharing retries (sleeps) while the backend still maps: off the pool.
         await offPool { for r in made { r.release(sharer: sharer) } }
+    }
+}
+
+extension BlockFrontendDriver: XenbusSuspendableDriver {
+    /// Stops issuing at a safe point (``BlockFrontend/quiesce(timeout:)``); requests in
+    /// flight stay on the ring and calls wait.
+    public func quiesce() async {
+        await frontend.quiesce()
+    }
+
+    /// `.cancelled`: issues again on the same rings (Linux's `blkfront_resume_cancelled`
+    /// would do nothing more). `.resumed`: stops the queue threads, keeping every request
+    /// with no response to issue once more, and forgets the rings, pools and ports without
+    /// ending or unbinding them (Linux's `blkfront_resume` then `blkif_recover`); the
+    /// handshake that follows shares new ones, reads the destination's features afresh and
+    /// re-issues the kept requests first. A destination disk of another size fails the
+    /// waiting calls with ``BlockFrontError/Code/changed`` and closes the device.
+    public func resume(_ outcome: SuspendOutcome) async {
+        switch outcome {
+        case .cancelled:
+            frontend.unquiesce()
+        case .resumed:
+            let old = resources.withLock { r in defer { r = [] }; return r }
+            await frontend.detached()
+            sectorsBeforeResume.withLock { $0 = frontend.info?.sectors }
+            for r in old { r.forget(sharer: sharer) }
+        }
     }
 }

@@ -15,7 +15,8 @@ import XenNetProtocol
 public final class NetFrontPump: @unchecked Sendable {
     // @unchecked: the queue and buffer are used only by the pump thread.
     private let queue: NetFrontQueue
-    private let port: any GuestPort
+    /// The guest port the pump serves.
+    public let port: any GuestPort
     private let events: any EventChannels
     private let buffer: UnsafeMutableRawBufferPointer
     /// What the backend takes; frames asking for more are refused.

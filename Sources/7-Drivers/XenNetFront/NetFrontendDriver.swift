@@ -36,6 +36,8 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
         var events: any EventChannels
         var eventPort: EventPort
         var pages: [SharedPages]
+        /// The rings' state, kept across pumps (a cancelled suspend starts a new pump on it).
+        var queue: NetFrontQueue
         /// Built at prepare, started at connect.
         var pump: NetFrontPump
     }
@@ -46,6 +48,10 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
         var sharer: any GrantSharer
         var queues: [QueueSession]
         var started = false
+        /// What the backend takes, read at connect.
+        var features: NetBackendFeatures?
+        /// The pumps were stopped for a suspend.
+        var quiesced = false
     }
 
     /// Creates the driver of the vif whose frontend directory is `path`, exchanging frames
@@ -112,12 +118,11 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
                 }
                 let pages = pending?.pages ?? []
                 let eventPort = try events.bindUnbound(remote: backend)
-                let pump = NetFrontPump(
-                    queue: try NetFrontQueue(backend: backend, txRing: pages[0].memory, rxRing: pages[1].memory,
-                                             txPages: pages[2], rxPages: pages[3], events: events,
-                                             txPort: eventPort, rxPort: eventPort),
-                    port: ports[q % ports.count], events: events, transmits: q < ports.count)
-                queues.append(QueueSession(events: events, eventPort: eventPort, pages: pages, pump: pump))
+                let queue = try NetFrontQueue(backend: backend, txRing: pages[0].memory, rxRing: pages[1].memory,
+                                              txPages: pages[2], rxPages: pages[3], events: events,
+                                              txPort: eventPort, rxPort: eventPort)
+                let pump = NetFrontPump(queue: queue, port: ports[q % ports.count], events: events, transmits: q < ports.count)
+                queues.append(QueueSession(events: events, eventPort: eventPort, pages: pages, queue: queue, pump: pump))
                 pending = nil
             }
             var keys: [(String, String)] = [("request-rx-copy", "1"), ("feature-rx-notify", "1"),
@@ -171,6 +176,7 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
         let pumps: [NetFrontPump]? = session.withLock { s in
             guard let current = s, !current.started else { return nil }
             s?.started = true
+            s?.features = features
             return current.queues.map(\.pump)
         }
         guard let pumps else { throw NetFrontError(.notPrepared, "connect without a fresh prepare") }
@@ -198,6 +204,58 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
                 do { try sharer.unshare(p) } catch { logger?.error("unshare: \(error)") }
             }
             q.events.close()
+        }
+    }
+}
+
+extension NetFrontendDriver: XenbusSuspendableDriver {
+    /// Stops the pumps (Linux's netfront has no suspend hook: a frozen guest just stops
+    /// running them). Frames waiting in the port stay there; the rings stay as they are.
+    public func quiesce() async {
+        let pumps = session.withLock { s -> [NetFrontPump] in
+            guard let current = s, current.started, !current.quiesced else { return [] }
+            s?.quiesced = true
+            return current.queues.map(\.pump)
+        }
+        for pump in pumps { _ = await pump.stopped() }
+    }
+
+    /// `.cancelled`: starts a new pump on each queue's rings as they were (what the
+    /// backend answered meanwhile is taken then). `.resumed`: forgets the rings, pages and
+    /// ports without ending or unbinding them (Linux's `netfront_resume` then
+    /// `xennet_disconnect_backend`); the handshake that follows shares new ones, possibly
+    /// with another number of queues. Frames in flight are lost, as on a wire.
+    public func resume(_ outcome: SuspendOutcome) async {
+        switch outcome {
+        case .cancelled:
+            let restart: (pumps: [NetFrontPump], features: NetBackendFeatures)? = session.withLock { s in
+                guard var current = s, current.quiesced, let features = current.features else { return nil }
+                current.quiesced = false
+                for q in current.queues.indices {
+                    let old = current.queues[q].pump
+                    current.queues[q].pump = NetFrontPump(queue: current.queues[q].queue, port: old.port,
+                                                          events: current.queues[q].events, transmits: old.transmits)
+                }
+                s = current
+                return (current.queues.map(\.pump), features)
+            }
+            guard let restart else { return }
+            for pump in restart.pumps {
+                do {
+                    try pump.start(backend: restart.features)
+                } catch {
+                    logger.error("\(path): restarting a pump after a cancelled suspend: \(error)")
+                }
+            }
+        case .resumed:
+            guard let s = session.withLock({ $0.take() }) else { return }
+            for q in s.queues { _ = await q.pump.stopped() }
+            for q in s.queues {
+                for p in q.pages { s.sharer.forget(p) }
+                q.events.close()
+            }
+            s.sharer.close()
+            logger.info("\(path): resumed elsewhere; reconnecting")
         }
     }
 }

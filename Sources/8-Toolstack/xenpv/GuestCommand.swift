@@ -86,6 +86,7 @@ final class GuestNet: @unchecked Sendable {
                                   driver: frontend, logger: logger)
         let endpoint = self.endpoint
         tasks.append(Task { try? await endpoint.run() })
+        shutdown.suspender?.add(endpoint)
         let port = self.port
         let received = self.received
         tasks.append(Task {
@@ -348,6 +349,7 @@ struct GuestDisk: ParsableCommand {
         defer { shutdown.cancel() }
         let tapNIC = try nic.netns.map { try GuestTapNIC(hv, nic, namespace: $0, connectTimeout: options.connectTimeout, logger: logger) }
         defer { tapNIC?.close() }
+        if let tapNIC { shutdown.suspender?.add(tapNIC.endpoint) }
         var failed: [String] = []
         for disk in disks {
             do { try runJob(on: disk.number, hv: hv, shutdown: shutdown, logger: logger, label: vdevs.isEmpty ? "" : " on \(disk.name)") } catch {
@@ -415,6 +417,8 @@ struct GuestDisk: ParsableCommand {
             frontend.shutdown()
         }
         defer { task.cancel() }
+        shutdown.suspender?.add(endpoint)
+        defer { shutdown.suspender?.remove(endpoint) }
         let handshake = Duration.seconds(options.connectTimeout)
         do { try ProcessSupport.runBlocking { try await endpoint.connected(timeout: handshake) } } catch {
             throw ValidationError("the vbd's backend did not connect in \(options.connectTimeout) s (is `xenpv backend --connect \(options.connect ?? "PATH") --disk IMAGE` running?)")

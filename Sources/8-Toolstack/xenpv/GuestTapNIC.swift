@@ -237,6 +237,7 @@ struct GuestNetTap: ParsableCommand {
         defer { shutdown.cancel() }
         let tapNIC = try GuestTapNIC(hv, nic, namespace: namespace, connectTimeout: options.connectTimeout, logger: logger)
         defer { tapNIC.close() }
+        shutdown.suspender?.add(tapNIC.endpoint)
         // A shutdown request ends the wait as a signal does (the handler is installed below,
         // long before dom0's request can arrive).
         Thread { shutdown.wait(); kill(getpid(), SIGTERM) }.start()

@@ -1,0 +1,129 @@
+import Foundation
+import Logging
+import XenHypervisor
+import XenLocks
+import XenStore
+
+/// The guest's side of save, restore and migration, as Linux's `do_suspend`
+/// (drivers/xen/manage.c) runs it on `control/shutdown = suspend`: quiesce every
+/// device, ask the hypervisor to suspend the domain, and resume every device with the
+/// outcome. A program makes one, adds its frontends' endpoints, and either runs
+/// ``run(control:otherRequests:)`` or calls ``suspend()`` from its own control loop.
+///
+/// The hypervisor call blocks until the toolstack answers, so it runs on a thread of its
+/// own, never on the cooperative pool. A call that throws is a cancel: the devices go on
+/// as they were. A program's I/O only waits while the domain is suspended.
+public final class GuestSuspender: Sendable {
+    /// How one ``suspend()`` ended.
+    public enum Result: Sendable, Hashable {
+        /// The domain runs from a saved copy: every device started a new handshake with
+        /// the backends the store names now.
+        case resumed
+        /// The toolstack cancelled: the devices went on with their rings.
+        case cancelled
+        /// The hypervisor refused or timed out; the devices went on as after a cancel.
+        case failed(HypervisorError)
+        /// Another suspend was running; this one did nothing.
+        case busy
+    }
+
+    /// `control/feature-suspend`, relative to the domain's home: written by ``run(control:otherRequests:)``
+    /// as Linux does, so a toolstack knows the guest answers a suspend request.
+    public static let featureKey = "control/feature-suspend"
+
+    private let hypervisor: any DomainSuspending
+    private let timeout: Duration
+    private let logger: Logger
+    private let state = Locked<(devices: [XenbusEndpoint], running: Bool)>(([], false))
+
+    /// A suspender asking `hypervisor` (the domain's own view, conforming to
+    /// `DomainSuspending`) to suspend the domain, waiting at most `timeout` for the
+    /// toolstack's answer, with `devices` (frontend endpoints) to quiesce and resume.
+    public init(hypervisor: any DomainSuspending, devices: [XenbusEndpoint] = [], timeout: Duration = .seconds(300),
+                logger: Logger = Logger(label: "xen-suspend")) {
+        self.hypervisor = hypervisor
+        self.timeout = timeout
+        self.logger = logger
+        state.withLock { $0.devices = devices }
+    }
+
+    /// Adds a device (a frontend's endpoint) to quiesce and resume from the next suspend on.
+    public func add(_ endpoint: XenbusEndpoint) {
+        state.withLock { $0.devices.append(endpoint) }
+    }
+
+    /// Forgets a device (one being unplugged).
+    public func remove(_ endpoint: XenbusEndpoint) {
+        state.withLock { $0.devices.removeAll { $0 === endpoint } }
+    }
+
+    /// Whether a suspend is running now.
+    public var isSuspending: Bool { state.withLock { $0.running } }
+
+    /// Quiesces every device, suspends the domain, and resumes every device with the
+    /// outcome (Linux's `do_suspend`). Returns ``Result/busy`` at once while another
+    /// suspend runs. Each device is quiesced in turn (its endpoint takes the request
+    /// between two handshake steps) and resumed in the same order.
+    public func suspend() async -> Result {
+        guard let devices = state.withLock({ s -> [XenbusEndpoint]? in
+            guard !s.running else { return nil }
+            s.running = true
+            return s.devices
+        }) else { return .busy }
+        defer { state.withLock { $0.running = false } }
+        for device in devices { await device.suspend() }
+        let answer = await Self.offPool { [hypervisor, timeout] in
+            Swift.Result { () throws(HypervisorError) -> SuspendOutcome in try hypervisor.suspend(timeout: timeout) }
+        }
+        let outcome: SuspendOutcome
+        let result: Result
+        switch answer {
+        case .success(let o):
+            outcome = o
+            result = o == .resumed ? .resumed : .cancelled
+        case .failure(let error):
+            logger.error("suspend failed, going on as cancelled: \(error)")
+            outcome = .cancelled
+            result = .failed(error)
+        }
+        for device in devices { await device.resume(outcome) }
+        logger.info("suspend: \(result)")
+        return result
+    }
+
+    /// Serves `control/shutdown`: announces `control/feature-suspend` (best effort), then
+    /// answers each `suspend` request (acknowledged by ``GuestControl`` first, as Linux
+    /// does) with ``suspend()``, and hands every other request to `otherRequests`. A
+    /// suspend request that comes while one runs is acknowledged and ignored. Returns when
+    /// the request stream ends (the calling task is cancelled).
+    /// - Throws: what setting the watch throws.
+    public func run(control: GuestControl,
+                    otherRequests: @escaping @Sendable (ShutdownRequest) async -> Void = { _ in }) async throws(XenStoreError) {
+        try? await control.store.write(control.home + "/" + Self.featureKey, "1")
+        let requests = try await control.requests()
+        await withTaskGroup(of: Void.self) { group in
+            for await request in requests {
+                guard request == .suspend else {
+                    await otherRequests(request)
+                    continue
+                }
+                if isSuspending {
+                    logger.warning("suspend requested while suspending: ignored")
+                    continue
+                }
+                // A task of its own, so a second request meanwhile is read and ignored.
+                group.addTask { [self] in _ = await suspend() }
+            }
+            group.cancelAll()
+        }
+    }
+
+    /// Runs a blocking call on a thread of its own.
+    private static func offPool<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { c in
+            let thread = Thread { c.resume(returning: body()) }
+            thread.name = "xen-suspend"
+            thread.start()
+        }
+    }
+}
