@@ -52,6 +52,30 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
         munmap(table, tableEntries * MemoryLayout<grant_entry_v1>.stride)
     }
 
+    // MARK: Moving to another host
+
+    /// Maps the destination's copy of this domain's memory and grant table over the
+    /// old ones, at the same addresses (`MAP_FIXED` replaces the old mappings in one
+    /// step: no other mapping can land in between).
+    func move(memoryFD: Int32, tableFD: Int32) throws(HypervisorError) {
+        guard let m = mmap(base, totalFrames * XenPage.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, memoryFD, 0), m == base else {
+            throw .errno(Errno(rawValue: errno), "mapping the destination's memory at the same address")
+        }
+        guard let t = mmap(table, tableEntries * MemoryLayout<grant_entry_v1>.stride, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, tableFD, 0),
+            t == table
+        else { throw .errno(Errno(rawValue: errno), "mapping the destination's grant table at the same address") }
+    }
+
+    /// After a resume every grant reference of before is gone (`SuspendOutcome.resumed`):
+    /// this process's entries are cleared and all its references are free again.
+    func forgetGrants() {
+        lock.withLock {
+            for r in refs { header(r).store(0, ordering: .relaxed) }
+            granted = []
+            freeRefs = Array(refs.reversed())
+        }
+    }
+
     // MARK: PageAllocator
 
     func allocatePages(_ count: Int) throws(HypervisorError) -> GuestPages {

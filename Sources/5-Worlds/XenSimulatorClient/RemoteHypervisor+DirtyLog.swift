@@ -48,7 +48,8 @@ extension RemoteHypervisor: DirtyLogging {
     /// A guest process gives the daemon its userfaultfd and pagemap, and the range
     /// of its memory. Without userfaultfd write-protect (an old kernel) nothing is
     /// sent, and a later start of log-dirty for this domain fails.
-    func handOverWriteTracking() {
+    func handOverWriteTracking(through link: DaemonLink? = nil) {
+        let link = link ?? self.link
         guard !isPrivileged else { return }
         let uffd = cpt_uffd_open()
         guard uffd >= 0 else { return }

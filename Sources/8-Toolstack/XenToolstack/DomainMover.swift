@@ -1,0 +1,227 @@
+import CXen
+import Foundation
+import Glibc
+import XenABI
+import XenHypervisor
+import XenSimulatorClient
+import XenStore
+
+/// `xenpv save`, `restore` and `migrate`: the toolstack's side of moving a domain
+/// between hosts (hypervisor daemons), on top of ``DomainStreamWriter`` and
+/// ``DomainStreamReader``.
+public enum DomainMover {
+    /// What a migration did, for the command's report and the benchmark.
+    public struct Figures: Sendable, CustomStringConvertible {
+        /// Pages sent in each round; the last is the stop-and-copy round.
+        public var pagesPerRound: [Int] = []
+        /// Bytes of stream written.
+        public var bytes = 0
+        /// From the start to the source letting go, in seconds.
+        public var totalSeconds = 0.0
+        /// From the guest's pause (its suspend seen) to its process joined on the destination, in seconds.
+        public var downtimeSeconds = 0.0
+
+        /// One line per figure.
+        public var description: String {
+            """
+            rounds: \(pagesPerRound.count) (pages per round: \(pagesPerRound.map(String.init).joined(separator: " ")))
+            stream: \(bytes) bytes
+            total: \(String(format: "%.1f", totalSeconds * 1000)) ms
+            downtime: \(String(format: "%.2f", downtimeSeconds * 1000)) ms
+            """
+        }
+    }
+
+    /// When pre-copy stops and the guest is paused.
+    public struct Budget: Sendable {
+        /// Pre-copy rounds at most (the first sends everything).
+        public var rounds = 30
+        /// Stop when a round has at most this many dirty pages.
+        public var smallEnough = 64
+        /// Stop when the stream reaches this many times the domain's memory.
+        public var bytesFactor = 3.0
+        /// The defaults.
+        public init() {}
+    }
+
+    private static func now() -> UInt64 { cxen_monotonic_ns() }
+
+    /// Asks guest `id` to suspend (`control/shutdown = suspend`, as Linux's toolstack
+    /// does) and waits until its process calls `suspend`; then claims it.
+    static func pause(_ id: DomainID, on hv: RemoteHypervisor, timeout: Double) async throws -> UInt64 {
+        let key = XenStorePath.home(of: id) + "/control/shutdown"
+        if try await hv.store.readIfPresent(key) == nil {
+            // A domain made without libxl's layout: the key, writable by the guest, as libxl makes it.
+            try await hv.store.write(key, "")
+            try await hv.store.setPermissions(key, XenStorePermissions(owner: id))
+        }
+        try await hv.store.write(key, "suspend")
+        let deadline = now() + UInt64(timeout * 1e9)
+        while try !hv.isSuspended(id) {
+            guard now() < deadline else {
+                try? await hv.store.write(XenStorePath.home(of: id) + "/control/shutdown", "")
+                throw DomainTransferError("domain \(id.rawValue) did not suspend within \(timeout) s (does its program answer control/shutdown?)")
+            }
+            try await Task.sleep(nanoseconds: 200_000)
+        }
+        let paused = now()
+        try hv.claimSuspend(id)
+        return paused
+    }
+
+    /// The domain's name from the store, or `domain-ID`.
+    static func name(_ id: DomainID, on hv: RemoteHypervisor) async -> String {
+        (try? await hv.store.read(XenStorePath.home(of: id) + "/name")) ?? "domain-\(id.rawValue)"
+    }
+
+    /// Waits for domain `id` to be gone from `hv`'s daemon.
+    static func waitGone(_ id: DomainID, on hv: RemoteHypervisor, timeout: Double) async throws {
+        let deadline = now() + UInt64(timeout * 1e9)
+        while try hv.report().domains.contains(id) {
+            guard now() < deadline else { throw DomainTransferError("domain \(id.rawValue) still exists on the source after \(timeout) s") }
+            try await Task.sleep(nanoseconds: 1_000_000)
+        }
+    }
+
+    /// `xenpv save`: suspends guest `id`, writes it to `path`, releases it here. Its
+    /// process stays parked in its `suspend` call until a restore sends it on.
+    public static func save(_ id: DomainID, to path: String, on hv: RemoteHypervisor, timeout: Double = 30) async throws -> Int {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw DomainTransferError("\(path): \(String(cString: strerror(errno)))") }
+        var claimed = false
+        do {
+            let name = await name(id, on: hv)
+            _ = try await pause(id, on: hv, timeout: timeout)
+            claimed = true
+            let writer = try DomainStreamWriter(hypervisor: hv, domain: id, output: fd)
+            try writer.begin(name: name)
+            try writer.sendAll()
+            try await writer.finish()
+            guard fsync(fd) == 0 else { throw DomainTransferError("\(path): fsync: \(String(cString: strerror(errno)))") }
+            close(fd)
+            try hv.parkSuspended(id)
+            try await waitGone(id, on: hv, timeout: timeout)
+            return writer.bytesWritten
+        } catch {
+            close(fd)
+            unlink(path)
+            if claimed { try? hv.cancelSuspend(id) }
+            throw error
+        }
+    }
+
+    /// `xenpv restore`: creates the domain of the stream in `path` on `destination`
+    /// (joined as dom0 to the daemon at `destinationSocket`) and, if its saved process
+    /// waits on `parkedOn`, sends it there. Returns the restore and whether a process went.
+    public static func restore(from path: String, on destination: RemoteHypervisor, destinationSocket: String,
+                               parkedOn: RemoteHypervisor?) async throws -> (DomainStreamReader.Restored, Bool) {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw DomainTransferError("\(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let reader = DomainStreamReader(hypervisor: destination)
+        let read = try await onThread { try reader.readStream(from: fd) }
+        let restored = try await reader.complete(read)
+        guard let parkedOn else { return (restored, false) }
+        let went = Self.resumeParked(parkedOn, restored, destinationSocket)
+        if let failure = went.failure { throw failure }
+        return (restored, went.sent)
+    }
+
+    /// Sends the parked process on; no process waiting there is no error.
+    private static func resumeParked(_ hv: RemoteHypervisor, _ restored: DomainStreamReader.Restored, _ socket: String)
+        -> (sent: Bool, failure: HypervisorError?)
+    {
+        do throws(HypervisorError) {
+            try hv.resumeParked(restored.domain, socketPath: socket, token: restored.token)
+            return (true, nil)
+        } catch {
+            return (false, error.code == .errno(.noSuchProcess) ? nil : error)
+        }
+    }
+
+    /// `xenpv migrate`: pre-copy rounds under log-dirty, the guest's pause, the last
+    /// copy, the destination takes over, the source lets go. If the destination fails
+    /// before taking over, the guest's suspend is cancelled and it goes on here.
+    public static func migrate(_ id: DomainID, from source: RemoteHypervisor, to destination: RemoteHypervisor, destinationSocket: String,
+                               budget: Budget = Budget(), timeout: Double = 30, progress: @Sendable (String) -> Void = { _ in }) async throws -> Figures {
+        var figures = Figures()
+        let start = now()
+        var pair: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            throw DomainTransferError("socketpair: \(String(cString: strerror(errno)))")
+        }
+        let (sendFD, receiveFD) = (pair[0], pair[1])
+        var big: Int32 = 4 << 20
+        setsockopt(sendFD, SOL_SOCKET, SO_SNDBUF, &big, socklen_t(4))
+        setsockopt(receiveFD, SOL_SOCKET, SO_RCVBUF, &big, socklen_t(4))
+        let reader = DomainStreamReader(hypervisor: destination)
+        // The receiving host: its own thread, as if across the network.
+        let receiving = Task { try await onThread { () throws -> DomainStreamReader.ReadStream in
+            defer { close(receiveFD) }
+            return try reader.readStream(from: receiveFD)
+        } }
+        var claimed = false
+        var logging = false
+        do {
+            let name = await name(id, on: source)
+            let writer = try DomainStreamWriter(hypervisor: source, domain: id, output: sendFD)
+            try source.startDirtyLog(id)
+            logging = true
+            try writer.begin(name: name)
+            var sent = try writer.sendAll()
+            figures.pagesPerRound.append(sent)
+            progress("round 1: \(sent) pages")
+            let memoryBytes = Double(try source.exportDomain(id).mainFrames * XenPage.size)
+            while figures.pagesPerRound.count < budget.rounds {
+                let dirty = try source.readAndClearDirty(id)
+                sent = try writer.send(dirty: dirty)
+                figures.pagesPerRound.append(sent)
+                progress("round \(figures.pagesPerRound.count): \(sent) pages")
+                let previous = figures.pagesPerRound[figures.pagesPerRound.count - 2]
+                if sent <= budget.smallEnough || (figures.pagesPerRound.count > 2 && sent >= previous)
+                    || Double(writer.bytesWritten) > budget.bytesFactor * memoryBytes { break }
+            }
+            let paused = try await pause(id, on: source, timeout: timeout)
+            claimed = true
+            sent = try writer.send(dirty: source.readAndClearDirty(id))
+            figures.pagesPerRound.append(sent)
+            try await writer.finish()
+            shutdown(sendFD, Int32(SHUT_WR))
+            let read = try await receiving.value
+            let restored = try await reader.complete(read)
+            try? source.stopDirtyLog(id)
+            logging = false
+            try source.resumeElsewhere(id, socketPath: destinationSocket, token: restored.token)
+            claimed = false
+            // Resumed there once its process joined the destination.
+            let deadline = now() + UInt64(timeout * 1e9)
+            while (try? destination.isSuspended(id)) == nil {
+                guard now() < deadline else { throw DomainTransferError("domain \(id.rawValue)'s process did not join the destination") }
+                try await Task.sleep(nanoseconds: 100_000)
+            }
+            figures.downtimeSeconds = Double(now() - paused) / 1e9
+            figures.bytes = writer.bytesWritten
+            close(sendFD)
+            try await waitGone(id, on: source, timeout: timeout)
+            figures.totalSeconds = Double(now() - start) / 1e9
+            return figures
+        } catch {
+            close(sendFD)
+            _ = try? await receiving.value
+            if logging { try? source.stopDirtyLog(id) }
+            if claimed { try? source.cancelSuspend(id) }
+            throw error
+        }
+    }
+
+    /// Runs blocking work on a thread of its own, not the cooperative pool.
+    static func onThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (k: CheckedContinuation<T, any Error>) in
+            let t = Thread {
+                do { k.resume(returning: try work()) } catch { k.resume(throwing: error) }
+            }
+            t.name = "xenpv-transfer"
+            t.start()
+        }
+    }
+}
