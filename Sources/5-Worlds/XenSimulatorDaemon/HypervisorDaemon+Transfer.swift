@@ -51,6 +51,24 @@ extension HypervisorDaemon {
         for conn in due { answerLater(conn, WireMessage([0, 0]), AfterReply()) }
     }
 
+    /// A dom0 process that left in the middle of a save or migration: the guests whose
+    /// suspend it claimed go on where they are (a saved, parked one keeps waiting).
+    func cancelSuspends(claimedBy conn: Connection) {
+        let me = ObjectIdentifier(conn)
+        let guests = lock.withLock { () -> [Connection] in
+            connections.values.filter { c in
+                guard c.claimer == me, c.parked == nil, c.suspend != nil, !c.closed else { return false }
+                c.suspend = nil
+                c.claimer = nil
+                return true
+            }
+        }
+        for g in guests {
+            logger.info("a save or migration of \(g.domain?.domainID.description ?? "?") was abandoned; the guest goes on")
+            answerLater(g, WireMessage([0, 0]), AfterReply())
+        }
+    }
+
     /// The one process of a guest domain (a restored or created guest has exactly one).
     private func guestConnection(_ id: DomainID) -> Connection? {
         lock.withLock { connections.values.first { !$0.closed && $0.domain?.domainID == id && $0.domain?.isPrivileged == false } }
@@ -78,6 +96,7 @@ extension HypervisorDaemon {
             try lock.withLock { () throws(HypervisorError) in
                 guard guest.suspend != nil else { throw .errno(.resourceBusy, "save/migrate: \(id) is not suspended") }
                 guest.suspend?.claimed = true
+                guest.claimer = ObjectIdentifier(conn)
             }
             return (WireMessage([0]), AfterReply())
         case 4:

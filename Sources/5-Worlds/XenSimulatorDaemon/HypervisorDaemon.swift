@@ -174,6 +174,8 @@ public final class HypervisorDaemon: @unchecked Sendable {
         /// A guest process waits in its `suspend` call (`DaemonOp.suspend`) until this
         /// deadline, unless dom0 claimed the suspend for a save or migration.
         var suspend: (deadline: UInt64, claimed: Bool)?
+        /// The dom0 process that claimed `suspend`: if it leaves first, the suspend is cancelled.
+        var claimer: ObjectIdentifier?
         /// The domain this process belonged to before a save released it; the process
         /// waits in its suspend call for a restore (`DaemonOp.transfer`, resume parked).
         var parked: DomainID?
@@ -879,6 +881,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
         for r in maps { for ref in r.refs { r.granter.unpinGrant(ref, writable: r.writable) } }
         pools.release(owner: ObjectIdentifier(conn))
         abandonImports(of: conn)
+        cancelSuspends(claimedBy: conn)
         // Its write tracking goes with it (the domain's teardown below stops a log first).
         let writes = lock.withLock { () -> PageWriteTracker? in
             defer { conn.writes = nil }

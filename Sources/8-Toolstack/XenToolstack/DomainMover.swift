@@ -40,6 +40,9 @@ public enum DomainMover {
         public var smallEnough = 64
         /// Stop when the stream reaches this many times the domain's memory.
         public var bytesFactor = 3.0
+        /// Keep the guest paused this long before the last copy (to test a
+        /// destination that fails while the guest is paused).
+        public var holdPaused = 0.0
         /// The defaults.
         public init() {}
     }
@@ -183,6 +186,7 @@ public enum DomainMover {
             }
             let paused = try await pause(id, on: source, timeout: timeout)
             claimed = true
+            if budget.holdPaused > 0 { try await Task.sleep(nanoseconds: UInt64(budget.holdPaused * 1e9)) }
             sent = try writer.send(dirty: source.readAndClearDirty(id))
             figures.pagesPerRound.append(sent)
             try await writer.finish()
@@ -210,7 +214,7 @@ public enum DomainMover {
             _ = try? await receiving.value
             if logging { try? source.stopDirtyLog(id) }
             if claimed { try? source.cancelSuspend(id) }
-            throw error
+            throw DomainTransferError("migration of domain \(id.rawValue) failed: \(error); it goes on on the source")
         }
     }
 

@@ -61,8 +61,11 @@ struct MigrateCommand: AsyncParsableCommand {
     @OptionGroup var options: ToolstackOptions
     @Option(help: "Pre-copy rounds at most.") var rounds = 30
     @Option(help: "Seconds to wait for the guest to suspend and to arrive.") var timeout = 30.0
+    @Option(help: ArgumentHelp("Seconds to keep the guest paused before the last copy (tests a destination failing then).", visibility: .hidden))
+    var holdPaused = 0.0
 
     func validate() throws {
+        guard holdPaused >= 0, holdPaused <= 600 else { throw ValidationError("--hold-paused must be 0 to 600 seconds") }
         guard rounds >= 1, rounds <= 1000 else { throw ValidationError("--rounds must be 1 to 1000, not \(rounds)") }
     }
 
@@ -75,6 +78,7 @@ struct MigrateCommand: AsyncParsableCommand {
             let found = try await toolstack.resolve(domain)
             var budget = DomainMover.Budget()
             budget.rounds = rounds
+            budget.holdPaused = holdPaused
             let figures = try await transferStep {
                 try await toolstack.migrate(found.id, to: destination, destinationSocket: to, budget: budget, timeout: timeout)
             }
