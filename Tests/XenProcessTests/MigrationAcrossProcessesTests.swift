@@ -6,6 +6,7 @@ import XenABI
 import XenHypervisor
 import XenSimulatorClient
 import XenStore
+import XenToolstack
 
 extension ProcessTests {
     /// Save, restore and live migration between two `xenpv hypervisor` daemons (two
@@ -168,6 +169,75 @@ extension ProcessTests {
             let (saved, saveOutput) = try await hosts.xenpv(["save", "\(id.rawValue)", hosts.dir + "/later.save", "--connect", hosts.a])
             #expect(saved == 0, "\(saveOutput)")
             #expect(await eventually(20) { (Int(Self.field(guest.output, "suspend", "written") ?? "") ?? 0) > before }, "\(guest.output)")
+        }
+
+        /// Blocking work (a guest's `suspend`) on a thread of its own, never the cooperative pool.
+        private func onThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async -> Result<T, any Error> {
+            await withCheckedContinuation { (k: CheckedContinuation<Result<T, any Error>, Never>) in
+                Thread { k.resume(returning: Result { try work() }) }.start()
+            }
+        }
+
+        @Test func aSuspendNobodyTakesTimesOutAndACancelledOneChangesNothing() async throws {
+            let hosts = try await Hosts()
+            let guest = try RemoteHypervisor(socketPath: hosts.a, as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
+            defer { guest.close() }
+            let dom0 = try RemoteHypervisor(socketPath: hosts.a, as: .dom0, onDaemonLost: ignoreLoss)
+            defer { dom0.close() }
+            let timedOut = await onThread { try guest.suspend(timeout: .milliseconds(300)) }
+            #expect(throws: HypervisorError.self) { try timedOut.get() }
+            if case .failure(let e as HypervisorError) = timedOut { #expect(e.code == .errno(.timedOut), "\(e)") }
+
+            let events = try guest.openEventChannels()
+            let port = try events.bindUnbound(remote: .dom0)
+            async let outcome = onThread { try guest.suspend(timeout: .seconds(120)) }
+            #expect(await eventually(30) { (try? dom0.isSuspended(guest.domainID)) == true })
+            try dom0.claimSuspend(guest.domainID)
+            try dom0.cancelSuspend(guest.domainID)
+            #expect(try await outcome.get() == .cancelled)
+            // Everything as before: the same port, and new work.
+            try events.unbind(port)
+            _ = try events.bindUnbound(remote: .dom0)
+        }
+
+        @Test func aResumedProcessDropsItsOldPortsAndSharesHarmlesslyAndWorksOnTheDestination() async throws {
+            let hosts = try await Hosts()
+            let guest = try RemoteHypervisor(socketPath: hosts.a, as: .newGuest(frames: 256), onDaemonLost: { m in Issue.record("lost: \(m)") })
+            defer { guest.close() }
+            let id = guest.domainID
+            let own = try guest.pageAllocator.allocatePages(8)
+            for i in 0..<8 { own.memory.page(i).storeBytes(of: UInt64(0xA000 + i), as: UInt64.self) }
+            let events = try guest.openEventChannels()
+            let oldPort = try events.bindUnbound(remote: .dom0)
+            let sharer = try guest.openGrantSharer()
+            let oldShare = try sharer.sharePages(count: 2, with: .dom0, writable: true)
+            oldShare.memory.page(1).storeBytes(of: 0xB1, as: UInt64.self)
+
+            async let outcome = onThread { try guest.suspend(timeout: .seconds(120)) }
+            let source = try Toolstack(socketPath: hosts.a)
+            defer { source.close() }
+            let destination = try Toolstack(socketPath: hosts.b)
+            defer { destination.close() }
+            let figures = try await source.migrate(id, to: destination, destinationSocket: hosts.b)
+            #expect(try await outcome.get() == .resumed)
+            #expect(figures.pagesPerRound.count >= 2, "\(figures)")
+
+            // Same memory at the same addresses, shared pages included.
+            for i in 0..<8 { #expect(own.memory.page(i).load(as: UInt64.self) == UInt64(0xA000 + i)) }
+            #expect(oldShare.memory.page(1).load(as: UInt64.self) == 0xB1)
+            // What was bound or shared before is gone: releasing it is a no-op, not an error.
+            try events.unbind(oldPort)
+            try sharer.unshare(oldShare)
+            // New work goes to the destination's daemon and store.
+            let newPort = try events.bindUnbound(remote: .dom0)
+            let newShare = try sharer.sharePages(count: 1, with: .dom0, writable: false)
+            #expect(try await guest.store.read("/local/domain/\(id.rawValue)/domid") == "\(id.rawValue)")
+            let dom0 = try RemoteHypervisor(socketPath: hosts.b, as: .dom0, onDaemonLost: ignoreLoss)
+            defer { dom0.close() }
+            #expect(try dom0.report().ports == 1)
+            try events.unbind(newPort)
+            try sharer.unshare(newShare)
+            #expect(try !domains(hosts.a).contains(id))
         }
 
         @Test func onlyDom0MayTakeOrMakeADomainsState() async throws {

@@ -19,9 +19,9 @@ import XenHypervisor
 /// runs: only the domain it belongs to moved.
 extension RemoteHypervisor: DomainSuspending {
     /// Suspends this guest domain until dom0 saved it elsewhere or cancelled (see
-    /// ``XenHypervisor/DomainSuspending``). Throws `EINVAL` for dom0, `ETIMEDOUT`
-    /// when nobody took the suspend within `timeout` (the domain goes on), and
-    /// `.closed` when the daemon went away meanwhile.
+    /// `DomainSuspending`). Throws `EINVAL` for dom0, `ETIMEDOUT` when nobody took the
+    /// suspend within `timeout` (the domain goes on, as after a cancel), and `.closed`
+    /// when the daemon went away meanwhile.
     public func suspend(timeout: Duration) throws(HypervisorError) -> SuspendOutcome {
         guard !isPrivileged else { throw .errno(.invalidArgument, "suspend: dom0 is never suspended") }
         let ms = max(1, min(timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000, 3_600_000))
@@ -42,9 +42,9 @@ extension RemoteHypervisor: DomainSuspending {
             link.endExpectingClose()
             throw HypervisorError(.closed, "malformed suspend answer")
         }
-        if reply.words[1] == 0 {
+        if reply.words[1] == 0 || reply.words[1] == 2 {
             if link.endExpectingClose() { link.reportLoss() }
-            // Cancelled by dom0, or the deadline passed with nobody taking it.
+            if reply.words[1] == 2 { throw .errno(.timedOut, "suspend: no toolstack took it within \(ms) ms") }
             return .cancelled
         }
         guard reply.words.count == 4, !reply.text.isEmpty else {

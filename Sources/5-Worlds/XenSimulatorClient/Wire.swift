@@ -36,7 +36,8 @@ package enum DaemonOp: UInt64 {
     case logDirty = 14
     /// A guest process asks to be suspended (`DomainSuspending`): `[suspend, timeout ms]`,
     /// answered when dom0 saved it elsewhere (`[0, 1, token high, token low]`, the
-    /// destination socket in the text), or cancelled it (`[0, 0]`), or at the deadline.
+    /// destination socket in the text), or cancelled it (`[0, 0]`), or at the deadline
+    /// with nobody taking it (`[0, 2]`).
     case suspend = 15
     /// dom0 only: `[transfer, domid, action, …]` on a domain being saved: 1 its state's
     /// descriptors, 2 whether its process waits suspended, 3 claim that suspend, 4 let

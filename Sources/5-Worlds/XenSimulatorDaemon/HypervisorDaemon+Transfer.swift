@@ -48,7 +48,7 @@ extension HypervisorDaemon {
                 return true
             }
         }
-        for conn in due { answerLater(conn, WireMessage([0, 0]), AfterReply()) }
+        for conn in due { answerLater(conn, WireMessage([0, 2]), AfterReply()) }
     }
 
     /// A dom0 process that left in the middle of a save or migration: the guests whose
