@@ -21,7 +21,7 @@ struct GuestMemory: ParsableCommand {
 
     @OptionGroup var options: GuestOptions
     @Option(help: "Pages of its memory the guest writes (and checks).") var pages = 1024
-    @Option(help: "Pages written per second (0: as fast as it can).") var rate = 1000
+    @Option(help: "Pages written per second after every page was written once (0: idle then).") var rate = 1000
     @Option(help: "Pages shared with dom0 (their contents move too).") var shared = 4
     @Option(help: "Seconds a suspend may wait for the toolstack.") var suspendTimeout = 120.0
 
@@ -133,6 +133,11 @@ private final class PatternWriter: @unchecked Sendable {
     private func loop() {
         var n = 0
         let interval = rate > 0 ? 1.0 / Double(rate) : 0
+        // Every page once, at full speed: the memory holds something to move.
+        while n < pages, !stopped.load(ordering: .acquiring), !paused.load(ordering: .acquiring) {
+            write(n)
+            n += 1
+        }
         var next = Date()
         // acquiring/releasing: the pause handshake orders the writes before the checksum.
         while !stopped.load(ordering: .acquiring) {
@@ -142,18 +147,24 @@ private final class PatternWriter: @unchecked Sendable {
                 continue
             }
             idle.store(false, ordering: .releasing)
-            let page = base + (n % pages) * XenPage.size
-            let word = UInt64(n) &* 0x9E37_79B9_7F4A_7C15
-            for i in stride(from: 0, to: XenPage.size, by: 512) { page.storeBytes(of: word &+ UInt64(i), toByteOffset: i, as: UInt64.self) }
-            if let shared, sharedPages > 0 { (shared + (n % sharedPages) * XenPage.size).storeBytes(of: word, as: UInt64.self) }
-            n += 1
-            count.wrappingIncrement(ordering: .relaxed)
-            if interval > 0 {
-                next = next.addingTimeInterval(interval)
-                let wait = next.timeIntervalSinceNow
-                if wait > 0 { usleep(UInt32(wait * 1e6)) }
+            guard interval > 0 else {
+                usleep(1000)
+                continue
             }
+            write(n)
+            n += 1
+            next = next.addingTimeInterval(interval)
+            let wait = next.timeIntervalSinceNow
+            if wait > 0 { usleep(UInt32(min(wait, 1) * 1e6)) } else if wait < -1 { next = Date() }
         }
+    }
+
+    private func write(_ n: Int) {
+        let page = base + (n % pages) * XenPage.size
+        let word = UInt64(n) &* 0x9E37_79B9_7F4A_7C15
+        for i in stride(from: 0, to: XenPage.size, by: 512) { page.storeBytes(of: word &+ UInt64(i), toByteOffset: i, as: UInt64.self) }
+        if let shared, sharedPages > 0 { (shared + (n % sharedPages) * XenPage.size).storeBytes(of: word, as: UInt64.self) }
+        count.wrappingIncrement(ordering: .relaxed)
     }
 
     func pauseAndChecksum() -> UInt64 {
