@@ -1,4 +1,5 @@
 import CPageTracking
+import Foundation
 import Glibc
 import SystemPackage
 import XenABI
@@ -60,6 +61,8 @@ extension RemoteHypervisor: DirtyLogging {
         let words = [
             DaemonOp.trackWrites.rawValue, UInt64(UInt(bitPattern: memory.base)), 0, UInt64(memory.totalFrames),
         ]
-        _ = try? link.call(WireMessage(words, fds: [uffd, pagemap]))
+        do { _ = try link.call(WireMessage(words, fds: [uffd, pagemap])) } catch {
+            if getenv("XENPV_MIGRATION_TRACE") != nil { FileHandle.standardError.write(Data("handover: \(error)\n".utf8)) }
+        }
     }
 }

@@ -1,4 +1,6 @@
 import Atomics
+import CXen
+import Foundation
 import Glibc
 import SystemPackage
 import XenABI
@@ -66,6 +68,11 @@ extension RemoteHypervisor: DomainSuspending {
     /// Joins the destination as the restored domain and moves everything there. The
     /// caller holds the link's lock.
     private func resume(at socketPath: String, token: DomainToken) throws(HypervisorError) {
+        let t0 = cxen_monotonic_ns()
+        let tracing = getenv("XENPV_MIGRATION_TRACE") != nil
+        func mark(_ what: String) {
+            if tracing { FileHandle.standardError.write(Data("resume \(what): \(Double(cxen_monotonic_ns() - t0) / 1e6) ms\n".utf8)) }
+        }
         let dest = try DaemonLink(socketPath: socketPath)
         let reply = try dest.call(WireMessage([DaemonOp.join.rawValue, 2, token.high, token.low]))
         defer { for fd in reply.fds { Glibc.close(fd) } }
@@ -74,6 +81,7 @@ extension RemoteHypervisor: DomainSuspending {
             w[4] == UInt64(memory.totalFrames), w[2] == UInt64(memory.frames.lowerBound), w[3] == UInt64(memory.frames.count),
             w[7] == UInt64(memory.tableEntries)
         else { throw HypervisorError(.closed, "the destination's domain does not match this one") }
+        mark("joined")
         let adopted = try dest.call(WireMessage([DaemonOp.adoptPools.rawValue]))
         defer { for fd in adopted.fds { Glibc.close(fd) } }
         let a = adopted.words
@@ -85,15 +93,21 @@ extension RemoteHypervisor: DomainSuspending {
             guard a[3 + 4 * i] <= 1 << 20 else { throw HypervisorError(.closed, "malformed adopt-pools reply") }
             pools.append((a[2 + 4 * i], Int(a[3 + 4 * i]), adopted.fds[i]))
         }
+        mark("adopted")
         try memory.move(memoryFD: reply.fds[0], tableFD: reply.fds[1])
+        mark("memory moved")
         try self.pools.move(to: pools)
+        mark("pools moved")
         memory.forgetGrants()
         // The store's socket is the destination's now (the reply's descriptor is kept).
         let storeFD = fcntl(reply.fds[2], F_DUPFD_CLOEXEC, 0)
         guard storeFD >= 0 else { throw .errno(Errno(rawValue: errno), "dup of the destination's store connection") }
         storeTransport.move(to: storeFD)
+        mark("store moved")
         handOverWriteTracking(through: dest)
+        mark("tracking handed over")
         self.pools.trackAll(through: dest)
+        mark("pools tracked")
         lock.withLock { foreign = [:] }
         // relaxed: read by release paths that only compare it.
         epoch.wrappingIncrement(ordering: .relaxed)

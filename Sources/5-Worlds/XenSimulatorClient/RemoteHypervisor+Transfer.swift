@@ -100,8 +100,17 @@ extension RemoteHypervisor {
     /// Whether guest `id`'s process waits in its `suspend` call.
     public func isSuspended(_ id: DomainID) throws(HypervisorError) -> Bool {
         let reply = try link.call(WireMessage([DaemonOp.transfer.rawValue, UInt64(id.rawValue), 2]))
-        guard reply.words.count == 2 else { throw HypervisorError(.closed, "malformed transfer reply") }
+        guard reply.words.count == 3 else { throw HypervisorError(.closed, "malformed transfer reply") }
         return reply.words[1] != 0
+    }
+
+    /// Whether guest `id`'s process is joined here and handed over its write tracking
+    /// (`ESRCH` while no process of it is joined): a process arriving from another
+    /// host does so last before its `suspend` returns.
+    public func hasArrived(_ id: DomainID) throws(HypervisorError) -> Bool {
+        let reply = try link.call(WireMessage([DaemonOp.transfer.rawValue, UInt64(id.rawValue), 2]))
+        guard reply.words.count == 3 else { throw HypervisorError(.closed, "malformed transfer reply") }
+        return reply.words[2] != 0
     }
 
     /// Takes guest `id`'s suspend for a save: the daemon no longer ends it at its

@@ -90,8 +90,10 @@ extension HypervisorDaemon {
         switch m.words[2] {
         case 1: return try export(domain, guest)
         case 2:
-            let suspended = lock.withLock { guest.suspend != nil }
-            return (WireMessage([0, suspended ? 1 : 0]), AfterReply())
+            // And whether its process handed over its write tracking: the last step of a
+            // process arriving from another host before its `suspend` returns.
+            let (suspended, tracked) = lock.withLock { (guest.suspend != nil, guest.writes != nil) }
+            return (WireMessage([0, suspended ? 1 : 0, tracked ? 1 : 0]), AfterReply())
         case 3:
             try lock.withLock { () throws(HypervisorError) in
                 guard guest.suspend != nil else { throw .errno(.resourceBusy, "save/migrate: \(id) is not suspended") }
@@ -105,16 +107,12 @@ extension HypervisorDaemon {
             }
             try takeSuspend(guest, id)
             let reply = WireMessage([0, 1, m.words[3], m.words[4]], text: m.text)
-            // Answered and let go on the loop: the process reads its answer, then sees
-            // the socket close; the close releases the domain here as any departure does.
-            post { [self] poller in
-                let live = lock.withLock { () -> Bool in
-                    guest.waiting = false
-                    return !guest.closed
-                }
-                if live { _ = Wire.send(guest.fd, reply) }
-                close(guest, &poller)
-            }
+            // Answered; the process closes this link once it has mapped the destination's
+            // memory over this host's (which drops this host's write protection of it
+            // for free), and that close releases the domain here as any departure does.
+            // Closing it from here at once would make the release race the process's
+            // remap for its address space. dom0 waits for the domain to be gone.
+            answerLater(guest, reply, AfterReply())
             return (WireMessage([0]), AfterReply())
         case 5:
             try takeSuspend(guest, id)

@@ -48,6 +48,8 @@ public enum DomainMover {
     }
 
     private static func now() -> UInt64 { cxen_monotonic_ns() }
+    private static let tracing = ProcessInfo.processInfo.environment["XENPV_MIGRATION_TRACE"] != nil
+    private static func trace(_ s: @autoclosure () -> String) { if tracing { FileHandle.standardError.write(Data(("trace " + s() + "\n").utf8)) } }
 
     /// Asks guest `id` to suspend (`control/shutdown = suspend`, as Linux's toolstack
     /// does) and waits until its process calls `suspend`; then claims it.
@@ -60,17 +62,25 @@ public enum DomainMover {
         }
         try await hv.store.write(key, "suspend")
         let deadline = now() + UInt64(timeout * 1e9)
-        while try !hv.isSuspended(id) {
-            guard now() < deadline else {
-                try? await hv.store.write(XenStorePath.home(of: id) + "/control/shutdown", "")
-                throw DomainTransferError("domain \(id.rawValue) did not suspend within \(timeout) s (does its program answer control/shutdown?)")
-            }
+        while true {
+            if try suspended(id, on: hv) { break }
+            if now() >= deadline { break }
             try await Task.sleep(nanoseconds: 200_000)
         }
+        guard try suspended(id, on: hv) else {
+            try? await hv.store.write(key, "")
+            throw DomainTransferError("domain \(id.rawValue) did not suspend within \(timeout) s (does its program answer control/shutdown?)")
+        }
         let paused = now()
-        try hv.claimSuspend(id)
+        try claim(id, on: hv)
         return paused
     }
+
+    // Kept out of the async functions: typed throws there crash the optimiser (Swift 6.3.1).
+    private static func suspended(_ id: DomainID, on hv: RemoteHypervisor) throws -> Bool { try hv.isSuspended(id) }
+    private static func claim(_ id: DomainID, on hv: RemoteHypervisor) throws { try hv.claimSuspend(id) }
+    /// Whether `id`'s process arrived on `hv` (nil: not joined yet).
+    private static func arrived(_ id: DomainID, on hv: RemoteHypervisor) -> Bool? { try? hv.hasArrived(id) }
 
     /// The domain's name from the store, or `domain-ID`.
     static func name(_ id: DomainID, on hv: RemoteHypervisor) async -> String {
@@ -185,21 +195,31 @@ public enum DomainMover {
                     || Double(writer.bytesWritten) > budget.bytesFactor * memoryBytes { break }
             }
             let paused = try await pause(id, on: source, timeout: timeout)
+            trace("claimed: \(Double(now() - paused) / 1e6) ms after the pause")
             claimed = true
             if budget.holdPaused > 0 { try await Task.sleep(nanoseconds: UInt64(budget.holdPaused * 1e9)) }
             sent = try writer.send(dirty: source.readAndClearDirty(id))
             figures.pagesPerRound.append(sent)
             try await writer.finish()
+            trace("last pages, grants, store and devices sent: \(Double(now() - paused) / 1e6) ms after the pause")
             shutdown(sendFD, Int32(SHUT_WR))
             let read = try await receiving.value
+            trace("received: \(Double(now() - paused) / 1e6) ms after the pause")
             let restored = try await reader.complete(read)
-            try? source.stopDirtyLog(id)
-            logging = false
+            trace("restored there: \(Double(now() - paused) / 1e6) ms after the pause")
             try source.resumeElsewhere(id, socketPath: destinationSocket, token: restored.token)
+            trace("let go: \(Double(now() - paused) / 1e6) ms after the pause")
             claimed = false
-            // Resumed there once its process joined the destination.
+            // The source's log goes with the domain there (stopping it first would unprotect
+            // all its memory while the guest is paused).
+            logging = false
+            // Resumed there once its process joined the destination and handed over its
+            // write tracking (a process that cannot track writes: once it joined, after 2 s).
             let deadline = now() + UInt64(timeout * 1e9)
-            while (try? destination.isSuspended(id)) == nil {
+            let joinedOnly = now() + 2_000_000_000
+            while true {
+                let arrived = Self.arrived(id, on: destination)
+                if arrived == true || (arrived == false && now() > joinedOnly) { break }
                 guard now() < deadline else { throw DomainTransferError("domain \(id.rawValue)'s process did not join the destination") }
                 try await Task.sleep(nanoseconds: 100_000)
             }

@@ -72,11 +72,10 @@ public final class DomainStreamWriter {
         return frames.count
     }
 
-    /// Pools the domain made since the last look: mapped, and announced to the receiver.
+    /// The domain's state again, and pools it made since the last look announced to the receiver.
     private func refreshPools() throws {
-        if view.pools.contains(where: { !announced.contains($0.first) }) || announced.isEmpty {
-            view = try hypervisor.exportDomain(domain)
-        }
+        // Asked again each round: a pool the guest made meanwhile appears only in a new answer.
+        view = try hypervisor.exportDomain(domain)
         for p in view.pools where !announced.contains(p.first) {
             try write(MigrationStream.encode(.device(MigrationDevice(type: Self.sharePoolClass, id: UInt32(truncatingIfNeeded: p.first), keys: [
                 .init("grantee", String(p.grantee.rawValue)), .init("writable", p.writable ? "1" : "0"),
