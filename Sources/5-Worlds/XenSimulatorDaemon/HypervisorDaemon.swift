@@ -458,9 +458,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
                 return .reply(WireMessage(lock.withLock { reportWords() }), AfterReply())
             case .createDomain: return try createDomain(m, conn, domain)
             case .trackWrites: return try trackWrites(m, conn, domain)
-            case .logDirty:
-                let (reply, after) = try logDirty(m, conn, domain)
-                return .reply(reply, after)
+            case .logDirty: return try logDirty(m, conn, domain)
             case .destroyDomain: return .reply(try destroyDomain(m, conn, domain), AfterReply())
             case .suspend: return try suspend(m, conn, domain)
             case .transfer:
