@@ -97,6 +97,7 @@ extension HypervisorDaemon {
         case 3:
             try lock.withLock { () throws(HypervisorError) in
                 guard guest.suspend != nil else { throw .errno(.resourceBusy, "save/migrate: \(id) is not suspended") }
+                guard guest.suspend?.claimed == false else { throw .errno(.resourceBusy, "save/migrate: \(id) is being saved already") }
                 guest.suspend?.claimed = true
                 guest.claimer = ObjectIdentifier(conn)
             }
@@ -105,7 +106,7 @@ extension HypervisorDaemon {
             guard m.words.count == 5, !m.text.isEmpty, m.text.utf8.count < 108 else {
                 throw .errno(.invalidArgument, "transfer: a resume needs a token and a socket path")
             }
-            try takeSuspend(guest, id)
+            try takeSuspend(guest, id, claimedBy: conn)
             let reply = WireMessage([0, 1, m.words[3], m.words[4]], text: m.text)
             // Answered; the process closes this link once it has mapped the destination's
             // memory over this host's (which drops this host's write protection of it
@@ -115,13 +116,15 @@ extension HypervisorDaemon {
             answerLater(guest, reply, AfterReply())
             return (WireMessage([0]), AfterReply())
         case 5:
-            try takeSuspend(guest, id)
+            try takeSuspend(guest, id, claimedBy: conn)
             answerLater(guest, WireMessage([0, 0]), AfterReply())
             return (WireMessage([0]), AfterReply())
         case 6:
             // Saved to a file: the domain goes, its process waits for a restore.
             try lock.withLock { () throws(HypervisorError) in
-                guard guest.suspend?.claimed == true else { throw .errno(.resourceBusy, "save: \(id)'s suspend is not claimed") }
+                guard guest.suspend?.claimed == true, guest.claimer == ObjectIdentifier(conn) else {
+                    throw .errno(.resourceBusy, "save: \(id)'s suspend is not claimed by this process")
+                }
             }
             disconnect(guest, keepingConnection: true)
             logger.info("\(id) saved and released; its process waits for a restore")
@@ -155,10 +158,15 @@ extension HypervisorDaemon {
         return (WireMessage([0]), AfterReply())
     }
 
-    private func takeSuspend(_ guest: Connection, _ id: DomainID) throws(HypervisorError) {
+    /// Ends `guest`'s suspend, which `conn` must have claimed (two toolstacks never
+    /// both answer one guest).
+    private func takeSuspend(_ guest: Connection, _ id: DomainID, claimedBy conn: Connection) throws(HypervisorError) {
         try lock.withLock { () throws(HypervisorError) in
-            guard guest.suspend != nil else { throw .errno(.resourceBusy, "save/migrate: \(id) is not suspended") }
+            guard guest.suspend?.claimed == true, guest.claimer == ObjectIdentifier(conn) else {
+                throw .errno(.resourceBusy, "save/migrate: \(id)'s suspend is not claimed by this process")
+            }
             guest.suspend = nil
+            guest.claimer = nil
         }
     }
 

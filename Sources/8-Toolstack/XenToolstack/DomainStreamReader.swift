@@ -108,6 +108,10 @@ public final class DomainStreamReader: Sendable {
                                 _ = try hypervisor.importPool(view, first: UInt64(d.id), grantee: DomainID(g), writable: w == "1")
                             }
                         } else {
+                            // Names become store path components: one component each, nothing else.
+                            guard Self.isComponent(d.type), d.keys.allSatisfy({ Self.isComponent($0.name) }) else {
+                                throw DomainTransferError("the stream's device \(d.type.debugDescription) has a name that is not one store path component")
+                            }
                             devices.append(d)
                         }
                     case .end: break reading
@@ -133,6 +137,13 @@ public final class DomainStreamReader: Sendable {
         } catch {
             try? hypervisor.abortImport(read.view.domain)
             throw error
+        }
+    }
+
+    /// A store path component: letters, digits, `-` and `_`, 1 to 64 of them.
+    static func isComponent(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 64 && name.utf8.allSatisfy { c in
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2D || c == 0x5F
         }
     }
 
