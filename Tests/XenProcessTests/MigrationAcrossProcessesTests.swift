@@ -171,6 +171,33 @@ extension ProcessTests {
             #expect(await eventually(20) { (Int(Self.field(guest.output, "suspend", "written") ?? "") ?? 0) > before }, "\(guest.output)")
         }
 
+        @Test func aMigrationStreamsToAReceiverOverTCPAndAKilledReceiverCancelsIt() async throws {
+            let hosts = try await Hosts()
+            let id = try await hosts.startGuest()
+            let guest = try #require(hosts.guest)
+            let port = Int.random(in: 30_000..<60_000)
+            let receiver = try Child(["migrate-receive", "--listen", "tcp:127.0.0.1:\(port)", "--connect", hosts.b], name: "receiver")
+            #expect(await receiver.waitFor("listening"), "\(receiver.output)")
+            let (status, output) = try await hosts.xenpv(["migrate", "\(id.rawValue)", "--via", "tcp:127.0.0.1:\(port)", "--connect", hosts.a])
+            #expect(status == 0, "\(output)")
+            #expect(await receiver.waitForExit(seconds: 30) == 0, "\(receiver.output)")
+            #expect(await guest.waitFor("resumed checksum="), "\(guest.output)")
+            #expect(Self.field(guest.output, "resumed", "equal") == "true")
+            #expect(try domains(hosts.b).contains(id) && !domains(hosts.a).contains(id))
+
+            // Back through a Unix socket, the receiver killed while the guest is paused.
+            let path = hosts.dir + "/receive.sock"
+            let dying = try Child(["migrate-receive", "--listen", "unix:" + path, "--connect", hosts.a], name: "receiver")
+            #expect(await dying.waitFor("listening"), "\(dying.output)")
+            let migrate = try Child(["migrate", "\(id.rawValue)", "--via", "unix:" + path, "--connect", hosts.b, "--hold-paused", "5"], name: "migrate")
+            #expect(await eventually(30) { guest.output.components(separatedBy: "suspend checksum=").count == 3 }, "\(guest.output)")
+            dying.kill()
+            #expect(await migrate.waitForExit(seconds: 60) != 0, "\(migrate.output)")
+            #expect(await guest.waitFor("cancelled checksum="), "\(guest.output)")
+            #expect(Self.field(guest.output, "cancelled", "equal") == "true")
+            #expect(try domains(hosts.b).contains(id) && !domains(hosts.a).contains(id))
+        }
+
         /// Blocking work (a guest's `suspend`) on a thread of its own, never the cooperative pool.
         private func onThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async -> Result<T, any Error> {
             await withCheckedContinuation { (k: CheckedContinuation<Result<T, any Error>, Never>) in

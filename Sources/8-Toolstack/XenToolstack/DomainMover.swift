@@ -152,27 +152,49 @@ public enum DomainMover {
         }
     }
 
+    /// Where a migration's stream goes.
+    public enum Target: Sendable {
+        /// The destination daemon at `socket`, joined here as dom0: the stream runs over a
+        /// socket pair to a thread of this process that restores through it.
+        case daemon(RemoteHypervisor, socket: String)
+        /// A `xenpv migrate-receive` at the other end of this connected socket (Unix or
+        /// TCP), which restores on its host and answers `READY TOKEN SOCKET` after the
+        /// stream, then `ARRIVED` once the guest's process is there (``receive(from:on:socket:timeout:)``).
+        case receiver(fd: Int32)
+    }
+
     /// `xenpv migrate`: pre-copy rounds under log-dirty, the guest's pause, the last
     /// copy, the destination takes over, the source lets go. If the destination fails
     /// before taking over, the guest's suspend is cancelled and it goes on here.
-    public static func migrate(_ id: DomainID, from source: RemoteHypervisor, to destination: RemoteHypervisor, destinationSocket: String,
+    public static func migrate(_ id: DomainID, from source: RemoteHypervisor, to target: Target,
                                budget: Budget = Budget(), timeout: Double = 30, progress: @Sendable (String) -> Void = { _ in }) async throws -> Figures {
         var figures = Figures()
         let start = now()
-        var pair: [Int32] = [-1, -1]
-        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
-            throw DomainTransferError("socketpair: \(String(cString: strerror(errno)))")
+        let sendFD: Int32
+        var receiving: Task<DomainStreamReader.ReadStream, any Error>?
+        var reader: DomainStreamReader?
+        switch target {
+        case .daemon(let destination, _):
+            var pair: [Int32] = [-1, -1]
+            guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+                throw DomainTransferError("socketpair: \(String(cString: strerror(errno)))")
+            }
+            sendFD = pair[0]
+            let receiveFD = pair[1]
+            var big: Int32 = 4 << 20
+            setsockopt(receiveFD, SOL_SOCKET, SO_RCVBUF, &big, socklen_t(4))
+            let r = DomainStreamReader(hypervisor: destination)
+            reader = r
+            // The receiving host: its own thread, as if across the network.
+            receiving = Task { try await onThread { () throws -> DomainStreamReader.ReadStream in
+                defer { close(receiveFD) }
+                return try r.readStream(from: receiveFD)
+            } }
+        case .receiver(let fd):
+            sendFD = fd
         }
-        let (sendFD, receiveFD) = (pair[0], pair[1])
         var big: Int32 = 4 << 20
         setsockopt(sendFD, SOL_SOCKET, SO_SNDBUF, &big, socklen_t(4))
-        setsockopt(receiveFD, SOL_SOCKET, SO_RCVBUF, &big, socklen_t(4))
-        let reader = DomainStreamReader(hypervisor: destination)
-        // The receiving host: its own thread, as if across the network.
-        let receiving = Task { try await onThread { () throws -> DomainStreamReader.ReadStream in
-            defer { close(receiveFD) }
-            return try reader.readStream(from: receiveFD)
-        } }
         var claimed = false
         var logging = false
         do {
@@ -203,25 +225,33 @@ public enum DomainMover {
             try await writer.finish()
             trace("last pages, grants, store and devices sent: \(Double(now() - paused) / 1e6) ms after the pause")
             shutdown(sendFD, Int32(SHUT_WR))
-            let read = try await receiving.value
-            trace("received: \(Double(now() - paused) / 1e6) ms after the pause")
-            let restored = try await reader.complete(read)
+            let token: DomainToken
+            let destinationSocket: String
+            if let receiving, let reader, case .daemon(_, let socket) = target {
+                let read = try await receiving.value
+                trace("received: \(Double(now() - paused) / 1e6) ms after the pause")
+                token = try await reader.complete(read).token
+                destinationSocket = socket
+            } else {
+                let line = try await onThread { try readLine(sendFD) }
+                let words = line.split(separator: " ").map(String.init)
+                guard words.count == 3, words[0] == "READY", let t = DomainToken(words[1]) else {
+                    throw DomainTransferError("the receiver answered \(line.prefix(200).debugDescription)")
+                }
+                (token, destinationSocket) = (t, words[2])
+            }
             trace("restored there: \(Double(now() - paused) / 1e6) ms after the pause")
-            try source.resumeElsewhere(id, socketPath: destinationSocket, token: restored.token)
+            try source.resumeElsewhere(id, socketPath: destinationSocket, token: token)
             trace("let go: \(Double(now() - paused) / 1e6) ms after the pause")
             claimed = false
             // The source's log goes with the domain there (stopping it first would unprotect
             // all its memory while the guest is paused).
             logging = false
-            // Resumed there once its process joined the destination and handed over its
-            // write tracking (a process that cannot track writes: once it joined, after 2 s).
-            let deadline = now() + UInt64(timeout * 1e9)
-            let joinedOnly = now() + 2_000_000_000
-            while true {
-                let arrived = Self.arrived(id, on: destination)
-                if arrived == true || (arrived == false && now() > joinedOnly) { break }
-                guard now() < deadline else { throw DomainTransferError("domain \(id.rawValue)'s process did not join the destination") }
-                try await Task.sleep(nanoseconds: 100_000)
+            switch target {
+            case .daemon(let destination, _): try await waitArrival(id, on: destination, timeout: timeout)
+            case .receiver:
+                let line = try await onThread { try readLine(sendFD) }
+                guard line == "ARRIVED" else { throw DomainTransferError("the receiver answered \(line.prefix(200).debugDescription)") }
             }
             figures.downtimeSeconds = Double(now() - paused) / 1e9
             figures.bytes = writer.bytesWritten
@@ -231,10 +261,69 @@ public enum DomainMover {
             return figures
         } catch {
             close(sendFD)
-            _ = try? await receiving.value
+            _ = try? await receiving?.value
             if logging { try? source.stopDirtyLog(id) }
             if claimed { try? source.cancelSuspend(id) }
             throw DomainTransferError("migration of domain \(id.rawValue) failed: \(error); it goes on on the source")
+        }
+    }
+
+    /// Resumed there once its process joined `destination` and handed over its write
+    /// tracking (a process that cannot track writes: once it joined, after 2 s).
+    static func waitArrival(_ id: DomainID, on destination: RemoteHypervisor, timeout: Double) async throws {
+        let deadline = now() + UInt64(timeout * 1e9)
+        let joinedOnly = now() + 2_000_000_000
+        while true {
+            let arrived = Self.arrived(id, on: destination)
+            if arrived == true || (arrived == false && now() > joinedOnly) { return }
+            guard now() < deadline else { throw DomainTransferError("domain \(id.rawValue)'s process did not join the destination") }
+            try await Task.sleep(nanoseconds: 100_000)
+        }
+    }
+
+    /// `xenpv migrate-receive`: restores the stream arriving on `fd` through `destination`
+    /// (joined as dom0 to the daemon at `socket`), answers `READY TOKEN SOCKET`, waits for
+    /// the guest's process to arrive and answers `ARRIVED`. A failure is answered
+    /// `ERROR …` and thrown; the restore is dropped.
+    public static func receive(from fd: Int32, on destination: RemoteHypervisor, socket: String, timeout: Double = 30) async throws
+        -> DomainStreamReader.Restored
+    {
+        let reader = DomainStreamReader(hypervisor: destination)
+        do {
+            let read = try await onThread { try reader.readStream(from: fd) }
+            let restored = try await reader.complete(read)
+            try writeLine(fd, "READY \(restored.token) \(socket)")
+            try await waitArrival(restored.domain, on: destination, timeout: timeout)
+            try writeLine(fd, "ARRIVED")
+            return restored
+        } catch {
+            try? writeLine(fd, "ERROR \(error)")
+            throw error
+        }
+    }
+
+    /// One line (at most 4 KiB) from `fd`, without its newline; blocking.
+    static func readLine(_ fd: Int32) throws -> String {
+        var bytes: [UInt8] = []
+        var b: UInt8 = 0
+        while bytes.count < 4096 {
+            let n = read(fd, &b, 1)
+            if n < 0, errno == EINTR { continue }
+            guard n == 1 else { throw DomainTransferError("the receiver went away") }
+            if b == 0x0A { return String(decoding: bytes, as: UTF8.self) }
+            bytes.append(b)
+        }
+        throw DomainTransferError("the receiver's answer is too long")
+    }
+
+    static func writeLine(_ fd: Int32, _ line: String) throws {
+        let bytes = Array((line.replacingOccurrences(of: "\n", with: " ") + "\n").utf8)
+        var done = 0
+        while done < bytes.count {
+            let n = bytes[done...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else { throw DomainTransferError("writing to the sender: \(String(cString: strerror(errno)))") }
+            done += n
         }
     }
 

@@ -22,7 +22,19 @@ extension Toolstack {
     /// Live-migrates guest `id` to `destination`'s daemon at `destinationSocket`.
     public func migrate(_ id: DomainID, to destination: Toolstack, destinationSocket: String, budget: DomainMover.Budget = .init(),
                         timeout: Double = 30, progress: @Sendable (String) -> Void = { _ in }) async throws -> DomainMover.Figures {
-        try await DomainMover.migrate(id, from: hypervisor, to: destination.hypervisor, destinationSocket: destinationSocket,
+        try await DomainMover.migrate(id, from: hypervisor, to: .daemon(destination.hypervisor, socket: destinationSocket),
                                       budget: budget, timeout: timeout, progress: progress)
+    }
+
+    /// Live-migrates guest `id` through a `xenpv migrate-receive` at the other end of `fd`.
+    public func migrate(_ id: DomainID, toReceiverOn fd: Int32, budget: DomainMover.Budget = .init(), timeout: Double = 30)
+        async throws -> DomainMover.Figures
+    {
+        try await DomainMover.migrate(id, from: hypervisor, to: .receiver(fd: fd), budget: budget, timeout: timeout)
+    }
+
+    /// Receives one migration on `fd` and restores it on this toolstack's daemon (at `socket`).
+    public func receiveMigration(from fd: Int32, socket: String, timeout: Double = 30) async throws -> DomainStreamReader.Restored {
+        try await DomainMover.receive(from: fd, on: hypervisor, socket: socket, timeout: timeout)
     }
 }

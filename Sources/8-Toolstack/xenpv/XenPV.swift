@@ -12,5 +12,5 @@ struct XenPV: AsyncParsableCommand {
                       CreateCommand.self, ConsoleCommand.self, ShutdownCommand.self, DestroyCommand.self, BlockAttachCommand.self,
                       BlockDetachCommand.self, BlockListCommand.self, NetworkAttachCommand.self,
                       NetworkDetachCommand.self, NetworkListCommand.self, SaveCommand.self, RestoreCommand.self,
-                      MigrateCommand.self])
+                      MigrateCommand.self, MigrateReceiveCommand.self])
 }
