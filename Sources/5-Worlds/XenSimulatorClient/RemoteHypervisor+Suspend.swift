@@ -112,5 +112,6 @@ extension RemoteHypervisor: DomainSuspending {
         // relaxed: read by release paths that only compare it.
         epoch.wrappingIncrement(ordering: .relaxed)
         link.move(to: dest)
+        memory.dropMovedAside()
     }
 }

@@ -153,6 +153,7 @@ public final class DomainStreamReader: Sendable {
         let home = XenStorePath.home(of: id)
         let deviceDir = home + "/device/"
         var frontendKeys: [String: [String: String]] = [:]
+        var nodes: [MigrationStoreEntry] = []
         for e in entries {
             guard e.path == home || e.path.hasPrefix(home + "/") || e.path.hasPrefix("/vm/") else {
                 throw DomainTransferError("the stream's store entry \(e.path) is not the domain's")
@@ -165,10 +166,21 @@ public final class DomainStreamReader: Sendable {
                 }
                 continue
             }
-            try await store.write(e.path, bytes: e.value)
-            if let perms = XenStorePermissions(strings: e.permissions.split(separator: ",").map(String.init)) {
-                try await store.setPermissions(e.path, perms)
+            nodes.append(e)
+        }
+        // All at once (in flight together on the one connection): this runs while the
+        // guest is paused. A child written before its parent creates the parent, whose
+        // own write and permissions follow in its task.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for e in nodes {
+                group.addTask {
+                    try await store.write(e.path, bytes: e.value)
+                    if let perms = XenStorePermissions(strings: e.permissions.split(separator: ",").map(String.init)) {
+                        try await store.setPermissions(e.path, perms)
+                    }
+                }
             }
+            try await group.waitForAll()
         }
         for d in devices {
             let device = XenbusDevice(type: d.type, id: d.id, frontend: id)

@@ -143,11 +143,30 @@ public final class DomainStreamWriter {
     }
 
     /// Every node under `path` (itself included), parents first, with its permissions.
+    /// Each level's nodes are read at once (requests in flight together on the one
+    /// connection): this runs while the guest is paused.
     static func subtree(_ path: String, on store: XenStoreClient) async throws -> [MigrationStoreEntry] {
-        guard let value = try? await store.readBytes(path) else { return [] }
-        let perms = (try? await store.permissions(path))?.strings.joined(separator: ",") ?? ""
-        var out = [MigrationStoreEntry(path: path, value: value, permissions: perms)]
-        for child in (try? await store.directory(path)) ?? [] { out += try await subtree(path + "/" + child, on: store) }
+        var out: [MigrationStoreEntry] = []
+        var level = [path]
+        while !level.isEmpty {
+            let found = await withTaskGroup(of: (Int, MigrationStoreEntry?, [String]).self) { group in
+                for (i, p) in level.enumerated() {
+                    group.addTask {
+                        async let value = try? await store.readBytes(p)
+                        async let perms = try? await store.permissions(p)
+                        async let children = (try? await store.directory(p)) ?? []
+                        guard let v = await value else { return (i, nil, []) }
+                        let entry = MigrationStoreEntry(path: p, value: v, permissions: await perms?.strings.joined(separator: ",") ?? "")
+                        return (i, entry, await children.map { p + "/" + $0 })
+                    }
+                }
+                var all: [(Int, MigrationStoreEntry?, [String])] = []
+                for await r in group { all.append(r) }
+                return all.sorted { $0.0 < $1.0 }
+            }
+            out += found.compactMap(\.1)
+            level = found.flatMap(\.2)
+        }
         return out
     }
 
