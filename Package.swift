@@ -265,7 +265,8 @@ let package = Package(
         // Domain configs in xl.cfg syntax: the file parser, DomainConfig, disk and vif specs.
         .target(
             name: "XenToolstack",
-            dependencies: ["XenABI", "CXen", "XenNetProtocol", "NBDProtocol", "XenStore", "XenBus", "XenSimulatorClient"],
+            dependencies: ["XenABI", "CXen", "XenNetProtocol", "NBDProtocol", "XenStore", "XenBus", "XenSimulatorClient",
+                           "XenMigrationStream", "XenHypervisor"],
             path: toolstack + "XenToolstack"),
         // The `xenpv` command line, one file per command.
         .executableTarget(

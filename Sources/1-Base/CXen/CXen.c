@@ -18,6 +18,11 @@ int cxen_spawn_close_from(posix_spawn_file_actions_t *actions, int from) {
     return posix_spawn_file_actions_addclosefrom_np(actions, from);
 }
 
+int cxen_mremap_fixed(void *old, size_t length, void *target) {
+    void *p = mremap(old, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, target);
+    return p == MAP_FAILED ? -1 : 0;
+}
+
 int cxen_memfd_create(const char *name, int allow_sealing) {
     return memfd_create(name, MFD_CLOEXEC | (allow_sealing ? MFD_ALLOW_SEALING : 0));
 }

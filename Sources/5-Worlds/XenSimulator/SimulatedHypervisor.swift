@@ -33,6 +33,8 @@ public final class SimulatedHypervisor: Sendable {
         /// entries of a dead domain are not mistaken for a new one's at once).
         var nextID: UInt16 = 1
         var down = false
+        /// Ids being given to a domain under creation with a chosen id.
+        var reserved: Set<DomainID> = []
     }
 
     /// Grant-table frames per domain (Xen's default `max_grant_frames` is 64;
@@ -67,12 +69,38 @@ public final class SimulatedHypervisor: Sendable {
             for _ in 1..<limit {
                 let candidate = state.nextID
                 state.nextID = candidate + 1 < limit ? candidate + 1 : 1
-                if state.domains[DomainID(candidate)] == nil { return DomainID(candidate) }
+                if state.domains[DomainID(candidate)] == nil, !state.reserved.contains(DomainID(candidate)) { return DomainID(candidate) }
             }
             throw .errno(.noSpace, "no domain ids left")
         }
         let domain = try SimulatedDomain(id: id, frames: frames, grantFrames: grantFrames, machine: name, hypervisor: self)
         try state.lock.withLock { () throws(HypervisorError) in
+            guard !state.down else { throw HypervisorError(.closed, "the simulated hypervisor is shut down") }
+            state.domains[id] = domain
+        }
+        return domain
+    }
+
+    /// Creates a guest with the id `id` (a restored domain keeps its id); `EEXIST`
+    /// when a live domain has it, `EINVAL` for dom0 or a reserved id.
+    public func createDomain(id: DomainID, frames: Int, grantFrames: Int = defaultGrantFrames) throws(HypervisorError) -> SimulatedDomain {
+        guard frames > 0, grantFrames > 0 else { throw .errno(.invalidArgument, "a domain needs frames and a grant table") }
+        guard id != .dom0, id.rawValue < DomainID.firstReserved.rawValue else { throw .errno(.invalidArgument, "\(id) cannot be a guest's id") }
+        // Reserved first (a placeholder dom0 entry would be wrong): checked and filled under the lock.
+        try state.lock.withLock { () throws(HypervisorError) in
+            guard !state.down else { throw HypervisorError(.closed, "the simulated hypervisor is shut down") }
+            guard state.domains[id] == nil, !state.reserved.contains(id) else { throw .errno(.fileExists, "\(id) exists on this host") }
+            state.reserved.insert(id)
+        }
+        let domain: SimulatedDomain
+        do {
+            domain = try SimulatedDomain(id: id, frames: frames, grantFrames: grantFrames, machine: name, hypervisor: self)
+        } catch {
+            state.lock.withLock { _ = state.reserved.remove(id) }
+            throw error
+        }
+        try state.lock.withLock { () throws(HypervisorError) in
+            state.reserved.remove(id)
             guard !state.down else { throw HypervisorError(.closed, "the simulated hypervisor is shut down") }
             state.domains[id] = domain
         }

@@ -1,5 +1,6 @@
 import Atomics
 import CXen
+import Foundation
 import Glibc
 import XenLocks
 import SystemPackage
@@ -28,6 +29,8 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
     private var used: PageRuns
     private var freeRefs: [UInt32]
     private var granted: Set<UInt32> = []
+    /// Old hosts' memory moved aside by `move`, to unmap (address, bytes).
+    private var movedAside: [(UInt, Int)] = []
 
     init(owner: DomainID, memoryFD: Int32, totalFrames: Int, frames: Range<Int>, tableFD: Int32, tableEntries: Int,
          refs: Range<UInt32>) throws(HypervisorError) {
@@ -50,6 +53,73 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
     deinit {
         munmap(base, totalFrames * XenPage.size)
         munmap(table, tableEntries * MemoryLayout<grant_entry_v1>.stride)
+    }
+
+    // MARK: Moving to another host
+
+    /// Maps the destination's copy of this domain's memory and grant table over the
+    /// old ones, at the same addresses (`MAP_FIXED` replaces the old mappings in one
+    /// step: no other mapping can land in between).
+    /// Unmaps, on a thread of its own, the old host's memory that `move` set aside. Called
+    /// once every other mapping moved: the teardown holds this process's mmap lock.
+    func dropMovedAside() {
+        let old = lock.withLock { () -> [(UInt, Int)] in
+            defer { movedAside = [] }
+            return movedAside
+        }
+        guard !old.isEmpty else { return }
+        let t = Thread { for (address, length) in old { munmap(UnsafeMutableRawPointer(bitPattern: address), length) } }
+        t.name = "xenpv-unmap-old-host"
+        t.start()
+    }
+
+    func move(memoryFD: Int32, tableFD: Int32) throws(HypervisorError) {
+        let bytes = totalFrames * XenPage.size
+        // The old mapping's page tables move aside first (cheap: whole page-table pages
+        // move), so the new mapping replaces nothing; tearing down the old one's populated
+        // entries (tens of ms for 256 MiB) happens on another thread after the resume
+        // (`dropMovedAside`).
+        let aside = Self.moveAside(base, bytes: bytes)
+        guard let m = mmap(base, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, memoryFD, 0), m == base else {
+            throw .errno(Errno(rawValue: errno), "mapping the destination's memory at the same address")
+        }
+        if let aside { lock.withLock { movedAside.append((UInt(bitPattern: aside.address), aside.length)) } }
+        guard let t = mmap(table, tableEntries * MemoryLayout<grant_entry_v1>.stride, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, tableFD, 0),
+            t == table
+        else { throw .errno(Errno(rawValue: errno), "mapping the destination's grant table at the same address") }
+    }
+
+    /// Moves the mapping at `base` to a reserved region with the same alignment within
+    /// 2 MiB (so whole page-table pages move); nil if it could not (the caller's
+    /// `MAP_FIXED` then replaces it in place, slower).
+    private static func moveAside(_ base: UnsafeMutableRawPointer, bytes: Int) -> (address: UnsafeMutableRawPointer, length: Int)? {
+        let huge = 2 << 20
+        let length = bytes + huge
+        guard let region = mmap(nil, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0), region != MAP_FAILED else {
+            return nil
+        }
+        let r = UInt(bitPattern: region), offset = UInt(bitPattern: base) % UInt(huge)
+        var target = (r / UInt(huge)) * UInt(huge) + offset
+        if target < r { target += UInt(huge) }
+        guard let to = UnsafeMutableRawPointer(bitPattern: target), cxen_mremap_fixed(base, bytes, to) == 0 else {
+            munmap(region, length)
+            return nil
+        }
+        // The reservation's ends around the moved mapping go now; the mapping later.
+        if target > r { munmap(region, Int(target - r)) }
+        let tail = r + UInt(length) - (target + UInt(bytes))
+        if tail > 0, let end = UnsafeMutableRawPointer(bitPattern: target + UInt(bytes)) { munmap(end, Int(tail)) }
+        return (to, bytes)
+    }
+
+    /// After a resume every grant reference of before is gone (`SuspendOutcome.resumed`):
+    /// this process's entries are cleared and all its references are free again.
+    func forgetGrants() {
+        lock.withLock {
+            for r in refs { header(r).store(0, ordering: .relaxed) }
+            granted = []
+            freeRefs = Array(refs.reversed())
+        }
     }
 
     // MARK: PageAllocator

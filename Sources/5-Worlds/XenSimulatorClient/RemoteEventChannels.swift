@@ -33,6 +33,8 @@ final class RemoteEventChannels: EventChannels, @unchecked Sendable {
         /// The peer's wake pipe write end for `generation`, -1 when unknown.
         var peerFD: Int32
         var generation: UInt32
+        /// The hypervisor's epoch at bind: a port of an older one is gone (the domain moved).
+        var epoch: UInt64 = 0
 
         init(number: UInt32, page: ChannelPage, end: Int, peerFD: Int32, generation: UInt32) {
             self.number = number
@@ -47,6 +49,9 @@ final class RemoteEventChannels: EventChannels, @unchecked Sendable {
             if peerFD >= 0 { Glibc.close(peerFD) }
         }
     }
+
+    // relaxed: compared only; a bind racing a move belongs to either epoch.
+    private var currentEpoch: UInt64 { hypervisor.epoch.load(ordering: .relaxed) }
 
     init(hypervisor: RemoteHypervisor) throws(HypervisorError) {
         guard let wake = WakePipe.make() else { throw .errno(Errno(rawValue: errno), "pipe for an event-channel handle") }
@@ -75,7 +80,9 @@ final class RemoteEventChannels: EventChannels, @unchecked Sendable {
         guard reply.words.count >= 2, reply.fds.count == 1 else { throw HypervisorError(.closed, "malformed bind reply") }
         let page = ChannelPage(base: try Mapping.map(reply.fds[0], bytes: XenPage.size))
         let number = UInt32(truncatingIfNeeded: reply.words[1])
-        lock.withLock { ports[number] = Port(number: number, page: page, end: 0, peerFD: -1, generation: 0) }
+        let port = Port(number: number, page: page, end: 0, peerFD: -1, generation: 0)
+        port.epoch = currentEpoch
+        lock.withLock { ports[number] = port }
         return EventPort(number)
     }
 
@@ -97,6 +104,7 @@ final class RemoteEventChannels: EventChannels, @unchecked Sendable {
         let number = UInt32(truncatingIfNeeded: reply.words[1])
         let port = Port(number: number, page: ChannelPage(base: base), end: 1, peerFD: WakePipe.adoptPeer(reply.fds[1]) ?? -1,
                         generation: UInt32(truncatingIfNeeded: reply.words[2]))
+        port.epoch = currentEpoch
         lock.withLock { ports[number] = port }
         // The daemon set our end pending, as Xen does for a new interdomain
         // port: notifications sent while it was unbound may have been lost.
@@ -112,7 +120,7 @@ final class RemoteEventChannels: EventChannels, @unchecked Sendable {
             return (r, r.peerFD, r.generation, closed)
         }
         if isClosed { throw HypervisorError(.closed, "notify on a closed event-channel handle") }
-        guard let record else { throw .errno(.socketNotConnected, "notify: \(port) not bound through this handle") }
+        guard let record, record.epoch == currentEpoch else { throw .errno(.socketNotConnected, "notify: \(port) not bound through this handle") }
         // acquiring: the state word is the daemon's publication of the peer; what it
         // set up before (the peer's end) is visible once we see it connected.
         let state = record.page.state.load(ordering: .acquiring)
@@ -151,6 +159,9 @@ final class RemoteEventChannels: EventChannels, @unchecked Sendable {
     private func scan() throws(HypervisorError) -> EventPort? {
         try lock.withLock { () throws(HypervisorError) -> EventPort? in
             if closed { throw HypervisorError(.closed, "pending on a closed event-channel handle") }
+            let now = currentEpoch
+            // Ports from before a move are gone: dropped here, never reported.
+            for (number, port) in ports where port.epoch != now { ports[number] = nil }
             for (number, port) in ports where port.page.claim(port.end) { return EventPort(number) }
             return nil
         }
@@ -167,8 +178,13 @@ final class RemoteEventChannels: EventChannels, @unchecked Sendable {
 
     func unbind(_ port: EventPort) throws(HypervisorError) {
         try checkOpen()
-        guard lock.withLock({ ports[port.rawValue] != nil }) else {
+        guard let record = lock.withLock({ ports[port.rawValue] }) else {
             throw .errno(.socketNotConnected, "unbind: \(port) not bound through this handle")
+        }
+        if record.epoch != currentEpoch {
+            // Gone with the old host: nothing to release.
+            lock.withLock { if ports[port.rawValue] === record { ports[port.rawValue] = nil } }
+            return
         }
         _ = try hypervisor.link.call(WireMessage([DaemonOp.unbind.rawValue, UInt64(port.rawValue)]))
         _ = lock.withLock { ports.removeValue(forKey: port.rawValue) }
@@ -180,7 +196,7 @@ final class RemoteEventChannels: EventChannels, @unchecked Sendable {
             closed = true
             return Array(ports.keys)
         }
-        for p in bound { _ = try? hypervisor.link.call(WireMessage([DaemonOp.unbind.rawValue, UInt64(p)])) }
+        for p in bound where lock.withLock({ ports[p]?.epoch == currentEpoch }) { _ = try? hypervisor.link.call(WireMessage([DaemonOp.unbind.rawValue, UInt64(p)])) }
         lock.withLock { ports = [:] }
     }
 }

@@ -23,10 +23,14 @@ final class RemoteGrantMapper: GrantMapper, @unchecked Sendable {
     // @unchecked: `mine` and `closed` are guarded by `lock`.
     private let hypervisor: RemoteHypervisor
     private let lock = Lock()
-    private var mine: Set<UInt32> = []
+    /// Handles of live maps, with the hypervisor's epoch when each was made.
+    private var mine: [UInt32: UInt64] = [:]
     private var closed = false
 
     init(hypervisor: RemoteHypervisor) { self.hypervisor = hypervisor }
+
+    // relaxed: compared only.
+    private var currentEpoch: UInt64 { hypervisor.epoch.load(ordering: .relaxed) }
 
     func map(_ ref: GrantRef, from domain: DomainID, writable: Bool) throws(HypervisorError) -> GrantMapping {
         try mapRefs([ref], from: domain, writable: writable)
@@ -68,7 +72,8 @@ final class RemoteGrantMapper: GrantMapper, @unchecked Sendable {
                 sources.append(source)
             }
             let base = try Mapping.pages(sources, writable: writable)
-            lock.withLock { _ = mine.insert(handle!) }
+            let epoch = currentEpoch
+            lock.withLock { mine[handle!] = epoch }
             return GrantMapping(domain: domain, memory: MappedPages(base: base, count: refs.count), handle: GrantHandle(handle!),
                                 writable: writable)
         } catch {
@@ -79,11 +84,13 @@ final class RemoteGrantMapper: GrantMapper, @unchecked Sendable {
     }
 
     func unmap(_ mapping: GrantMapping) throws(HypervisorError) {
-        guard lock.withLock({ mine.remove(mapping.handle.rawValue) != nil }) else {
+        guard let epoch = lock.withLock({ mine.removeValue(forKey: mapping.handle.rawValue) }) else {
             throw .grant(.badHandle, "unmap: \(mapping.handle) is not a mapping of this handle")
         }
         // The view goes first: once the granter sees its flags clear, we can no longer touch the pages.
         munmap(mapping.memory.base, mapping.memory.byteCount)
+        // A map from before a move was released with the old host.
+        guard epoch == currentEpoch else { return }
         hypervisor.unmapped(mapping.domain)
         _ = try hypervisor.link.call(WireMessage([DaemonOp.unmap.rawValue, UInt64(mapping.handle.rawValue)]))
     }
@@ -179,13 +186,15 @@ final class RemoteGrantSharer: GrantSharer, @unchecked Sendable {
     // @unchecked: `shares` and `closed` are guarded by `lock`.
     private let memory: GuestMemory
     private let pools: SharePools
+    private let epoch: ManagedAtomic<UInt64>
     private let lock = Lock()
-    private var shares: [UnsafeMutableRawPointer: GuestPages] = [:]
+    private var shares: [UnsafeMutableRawPointer: (pages: GuestPages, epoch: UInt64)] = [:]
     private var closed = false
 
-    init(memory: GuestMemory, pools: SharePools) {
+    init(memory: GuestMemory, pools: SharePools, epoch: ManagedAtomic<UInt64>) {
         self.memory = memory
         self.pools = pools
+        self.epoch = epoch
     }
 
     func sharePages(count: Int, with peer: DomainID, writable: Bool) throws(HypervisorError) -> SharedPages {
@@ -199,16 +208,24 @@ final class RemoteGrantSharer: GrantSharer, @unchecked Sendable {
             try? pools.free(pages)
             throw error
         }
-        lock.withLock { shares[pages.memory.base] = pages }
+        // relaxed: compared only.
+        let now = epoch.load(ordering: .relaxed)
+        lock.withLock { shares[pages.memory.base] = (pages, now) }
         return SharedPages(peer: peer, refs: refs, writable: writable, memory: pages.memory)
     }
 
     func unshare(_ shared: SharedPages) throws(HypervisorError) {
-        let pages = try lock.withLock { () throws(HypervisorError) -> GuestPages in
-            guard let p = shares[shared.memory.base], p.memory == shared.memory else {
+        let (pages, sharedIn) = try lock.withLock { () throws(HypervisorError) -> (GuestPages, UInt64) in
+            guard let p = shares[shared.memory.base], p.pages.memory == shared.memory else {
                 throw .errno(.invalidArgument, "unshare of pages this sharer did not share")
             }
             return p
+        }
+        // relaxed: compared only. Shared before a move: the references are gone, the pages come back.
+        if sharedIn != epoch.load(ordering: .relaxed) {
+            lock.withLock { _ = shares.removeValue(forKey: shared.memory.base) }
+            try pools.free(pages)
+            return
         }
         for (i, ref) in shared.refs.enumerated() {
             do { try memory.endAccess(ref) } catch {

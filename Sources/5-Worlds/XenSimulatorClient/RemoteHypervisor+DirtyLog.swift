@@ -1,4 +1,5 @@
 import CPageTracking
+import Foundation
 import Glibc
 import SystemPackage
 import XenABI
@@ -48,7 +49,8 @@ extension RemoteHypervisor: DirtyLogging {
     /// A guest process gives the daemon its userfaultfd and pagemap, and the range
     /// of its memory. Without userfaultfd write-protect (an old kernel) nothing is
     /// sent, and a later start of log-dirty for this domain fails.
-    func handOverWriteTracking() {
+    func handOverWriteTracking(through link: DaemonLink? = nil) {
+        let link = link ?? self.link
         guard !isPrivileged else { return }
         let uffd = cpt_uffd_open()
         guard uffd >= 0 else { return }
@@ -59,6 +61,8 @@ extension RemoteHypervisor: DirtyLogging {
         let words = [
             DaemonOp.trackWrites.rawValue, UInt64(UInt(bitPattern: memory.base)), 0, UInt64(memory.totalFrames),
         ]
-        _ = try? link.call(WireMessage(words, fds: [uffd, pagemap]))
+        do { _ = try link.call(WireMessage(words, fds: [uffd, pagemap])) } catch {
+            if getenv("XENPV_MIGRATION_TRACE") != nil { FileHandle.standardError.write(Data("handover: \(error)\n".utf8)) }
+        }
     }
 }

@@ -61,10 +61,14 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
     /// Where the daemon listens.
     public let socketPath: String
     let link: DaemonLink
+    let storeTransport: MovableStoreTransport
+    /// Bumped at each resume on another host: ports, maps and shares of an older
+    /// epoch are gone, and releasing them is a no-op.
+    let epoch = ManagedAtomic<UInt64>(0)
     let memory: GuestMemory
     let pools: SharePools
-    private let lock = Lock()
-    private var foreign: [DomainID: ForeignDomain] = [:]
+    let lock = Lock()
+    var foreign: [DomainID: ForeignDomain] = [:]
 
     /// True when this process joined as dom0 (a tool or the backend process).
     public var isPrivileged: Bool { domainID == .dom0 }
@@ -96,13 +100,7 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
             case .guest(let token): [2, token.high, token.low]
             }
         let reply = try link.call(WireMessage([DaemonOp.join.rawValue] + words))
-        // Checked before any conversion: a reply that does not hold together is an
-        // error, never a trap (frames, slice and references within what they index).
-        let fits: ([UInt64]) -> Bool = { w in
-            w[4] > 0 && w[4] <= 1 << 24 && w[3] <= w[4] && w[2] <= w[4] - w[3]
-                && w[7] <= 1 << 22 && w[5] <= w[6] && w[6] <= w[7]
-        }
-        guard reply.words.count >= 8, reply.fds.count == 3, fits(reply.words) else {
+        guard reply.words.count >= 8, reply.fds.count == 3, Self.joinReplyFits(reply.words) else {
             for fd in reply.fds { Glibc.close(fd) }
             throw HypervisorError(.closed, "malformed join reply from the hypervisor daemon")
         }
@@ -117,7 +115,8 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
             Glibc.close(reply.fds[2])
             throw error
         }
-        store = XenStoreClient(transport: XenStoreSocketTransport(connectedSocket: reply.fds[2]))
+        storeTransport = MovableStoreTransport(connectedSocket: reply.fds[2])
+        store = XenStoreClient(transport: storeTransport)
         self.link = link
         pools = SharePools(link: link, memory: memory, tracksWrites: domainID != .dom0)
         link.startWatching(socketPath: socketPath, onLost: onDaemonLost)
@@ -125,6 +124,13 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
     }
 
     deinit { link.close() }
+
+    /// Checked before any conversion: a join reply that does not hold together is an
+    /// error, never a trap (frames, slice and references within what they index).
+    static func joinReplyFits(_ w: [UInt64]) -> Bool {
+        w[4] > 0 && w[4] <= 1 << 24 && w[3] <= w[4] && w[2] <= w[4] - w[3]
+            && w[7] <= 1 << 22 && w[5] <= w[6] && w[6] <= w[7]
+    }
 
     /// Leaves the daemon: a guest's domain is destroyed, a dom0 process's
     /// ports, mappings and grants are released.
@@ -147,7 +153,7 @@ public final class RemoteHypervisor: Hypervisor, @unchecked Sendable {
 
     /// Opens a grant-sharing handle whose pages come from the share pool this domain sets aside for each peer.
     public func openGrantSharer() throws(HypervisorError) -> any GrantSharer {
-        RemoteGrantSharer(memory: memory, pools: pools)
+        RemoteGrantSharer(memory: memory, pools: pools, epoch: epoch)
     }
 
     /// The allocator of this process's slice of its domain's frames.
@@ -329,17 +335,26 @@ public struct DaemonReport: Sendable, Hashable, CustomStringConvertible {
 }
 
 /// The socket to the daemon: one request at a time, and a watcher thread that
-/// notices the daemon going away.
+/// notices the daemon going away. After a save or migration the link moves to the
+/// destination's daemon (`move(to:)`), under the same lock as a request: other
+/// threads' requests wait for the move and then go to the destination.
 final class DaemonLink: @unchecked Sendable {
-    // @unchecked: `callLock` serialises request/reply pairs; `closed` is atomic via `stateLock`.
-    let fd: Int32
-    private let callLock = Lock()
+    // @unchecked: `fd` changes only under `callLock` (and `stateLock`); `closed`,
+    // `expectingClose`, `lostWhileExpecting` and the watcher under `stateLock`.
+    private(set) var fd: Int32
+    let callLock = Lock()
     private let stateLock = Lock()
     private var closed = false
+    /// A suspend is in flight: the daemon closing the socket is expected, not a loss.
+    private var expectingClose = false
+    private var lostWhileExpecting = false
     private var stopPipe: WakePipe?
-    private var watcher: Thread?
+    private var retired: [WakePipe] = []
+    private var onLost: RemoteHypervisor.LostHandler?
+    private var socketPath: String
 
     init(socketPath: String) throws(HypervisorError) {
+        self.socketPath = socketPath
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         let capacity = MemoryLayout.size(ofValue: addr.sun_path)
@@ -365,20 +380,29 @@ final class DaemonLink: @unchecked Sendable {
 
     deinit {
         close()
-        Glibc.close(fd)
-        if let stop = stopPipe {
-            Glibc.close(stop.read)
-            Glibc.close(stop.write)
+        if fd >= 0 { Glibc.close(fd) }
+        stopWatcher()
+        for p in retired {
+            Glibc.close(p.read)
+            Glibc.close(p.write)
         }
     }
 
     /// Sends a request and waits for its reply; a failure reply throws its error.
     func call(_ request: WireMessage) throws(HypervisorError) -> WireMessage {
-        let reply: WireMessage? = callLock.withLock {
-            guard Wire.send(fd, request) else { return nil }
-            return Wire.receive(fd)
+        try callLock.withLock { () throws(HypervisorError) -> WireMessage in try callLocked(request) }
+    }
+
+    /// `call` with `callLock` held by the caller.
+    func callLocked(_ request: WireMessage, timeoutMS: Int32 = -1) throws(HypervisorError) -> WireMessage {
+        guard Wire.send(fd, request) else { throw HypervisorError(.closed, "the hypervisor daemon went away") }
+        if timeoutMS >= 0 {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            var n: Int32
+            repeat { n = poll(&p, 1, timeoutMS) } while n < 0 && errno == EINTR
+            guard n > 0 else { throw .errno(.timedOut, "no answer from the hypervisor daemon in \(timeoutMS) ms") }
         }
-        guard let reply else { throw HypervisorError(.closed, "the hypervisor daemon went away") }
+        guard let reply = Wire.receive(fd) else { throw HypervisorError(.closed, "the hypervisor daemon went away") }
         if let error = reply.error {
             for fd in reply.fds { Glibc.close(fd) }
             throw error
@@ -386,10 +410,62 @@ final class DaemonLink: @unchecked Sendable {
         return reply
     }
 
+    /// From now until `endExpectingClose`, the daemon closing the socket is no loss.
+    func expectClose() { stateLock.withLock { expectingClose = true } }
+
+    /// Ends `expectClose`; true if the socket closed meanwhile (the caller decides).
+    @discardableResult
+    func endExpectingClose() -> Bool {
+        stateLock.withLock {
+            expectingClose = false
+            defer { lostWhileExpecting = false }
+            return lostWhileExpecting
+        }
+    }
+
+    /// Takes over `other`'s socket (joined to another daemon), closing ours; the caller
+    /// holds `callLock`. The watcher follows the new socket.
+    func move(to other: DaemonLink) {
+        let taken = other.detach()
+        stopWatcher()
+        let old = stateLock.withLock { () -> Int32 in
+            defer { fd = taken.fd; socketPath = taken.path }
+            return fd
+        }
+        if old >= 0 { Glibc.close(old) }
+        if let onLost { startWatching(socketPath: socketPath, onLost: onLost) }
+    }
+
+    /// Gives up this link's socket to another link object.
+    private func detach() -> (fd: Int32, path: String) {
+        stopWatcher()
+        return callLock.withLock {
+            stateLock.withLock {
+                closed = true
+                defer { fd = -1 }
+                return (fd, socketPath)
+            }
+        }
+    }
+
+    private func stopWatcher() {
+        let stop = stateLock.withLock { () -> WakePipe? in
+            defer { stopPipe = nil }
+            return stopPipe
+        }
+        guard let stop else { return }
+        WakePipe.wake(stop.write)
+        // Closed with the link: the watcher may still be polling it.
+        stateLock.withLock { retired.append(stop) }
+    }
+
     func startWatching(socketPath: String, onLost: @escaping RemoteHypervisor.LostHandler) {
         guard let stop = WakePipe.make() else { return }
-        stopPipe = stop
-        let fd = self.fd
+        let fd = stateLock.withLock { () -> Int32 in
+            stopPipe = stop
+            self.onLost = onLost
+            return self.fd
+        }
         let t = Thread { [weak self] in
             var fds = [pollfd(fd: fd, events: Int16(0x2000 /* POLLRDHUP */), revents: 0), pollfd(fd: stop.read, events: Int16(POLLIN), revents: 0)]
             while true {
@@ -398,12 +474,25 @@ final class DaemonLink: @unchecked Sendable {
                 if fds[1].revents != 0 { return }
                 if fds[0].revents & (Int16(0x2000) | Int16(POLLHUP) | Int16(POLLERR)) != 0 { break }
             }
-            guard let self, self.stateLock.withLock({ !self.closed }) else { return }
-            onLost("the hypervisor daemon at \(socketPath) went away")
+            guard let self else { return }
+            let report = self.stateLock.withLock { () -> Bool in
+                if self.closed || self.fd != fd { return false }
+                if self.expectingClose {
+                    self.lostWhileExpecting = true
+                    return false
+                }
+                return true
+            }
+            if report { onLost("the hypervisor daemon at \(socketPath) went away") }
         }
         t.name = "xenpv-daemon-watch"
-        watcher = t
         t.start()
+    }
+
+    /// Reports the loss the watcher held back during a suspend that failed.
+    func reportLoss() {
+        let handler = stateLock.withLock { closed ? nil : onLost }
+        handler?("the hypervisor daemon at \(socketPath) went away")
     }
 
     func close() {
@@ -412,7 +501,7 @@ final class DaemonLink: @unchecked Sendable {
             return !closed
         }
         guard first else { return }
-        if let stop = stopPipe { WakePipe.wake(stop.write) }
-        _ = shutdown(fd, Int32(SHUT_RDWR))
+        stopWatcher()
+        if fd >= 0 { _ = shutdown(fd, Int32(SHUT_RDWR)) }
     }
 }

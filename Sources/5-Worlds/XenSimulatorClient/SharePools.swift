@@ -94,6 +94,31 @@ final class SharePools: @unchecked Sendable {
         return Pool(grantee: grantee, writable: writable, first: reply.words[1], count: count, base: base)
     }
 
+    /// Maps the destination's copies of the pools over the old ones, at the same
+    /// addresses (`adopted`: first frame, frames and descriptor of each, from
+    /// `DaemonOp.adoptPools`). A pool the destination lacks is an error: its pages
+    /// would silently stop being shared memory.
+    func move(to adopted: [(first: UInt64, count: Int, fd: Int32)]) throws(HypervisorError) {
+        let mine = lock.withLock { pools }
+        for pool in mine {
+            guard let a = adopted.first(where: { $0.first == pool.first && $0.count == pool.count }) else {
+                throw HypervisorError(.closed, "the destination has no share pool at frame \(pool.first)")
+            }
+            guard let p = mmap(pool.base, pool.count * XenPage.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, a.fd, 0), p == pool.base else {
+                throw .errno(Errno(rawValue: errno), "mapping a share pool at the same address")
+            }
+        }
+    }
+
+    /// Hands the daemon each pool's range for write tracking (after a move: the
+    /// destination's daemon tracks a new userfaultfd).
+    func trackAll(through link: DaemonLink) {
+        guard tracksWrites else { return }
+        for pool in lock.withLock({ pools }) {
+            _ = try? link.call(WireMessage([DaemonOp.trackWrites.rawValue, UInt64(UInt(bitPattern: pool.base)), pool.first, UInt64(pool.count)]))
+        }
+    }
+
     /// Returns pages taken by `allocate`; refused while any of them is granted.
     func free(_ pages: GuestPages) throws(HypervisorError) {
         let first = pages.first.rawValue

@@ -34,6 +34,21 @@ package enum DaemonOp: UInt64 {
     /// dom0 only: `[logDirty, domid, action]`, action 1 start, 2 read-and-clear (the
     /// reply carries the bitmap in a memfd), 0 stop.
     case logDirty = 14
+    /// A guest process asks to be suspended (`DomainSuspending`): `[suspend, timeout ms]`,
+    /// answered when dom0 saved it elsewhere (`[0, 1, token high, token low]`, the
+    /// destination socket in the text), or cancelled it (`[0, 0]`), or at the deadline
+    /// with nobody taking it (`[0, 2]`).
+    case suspend = 15
+    /// dom0 only: `[transfer, domid, action, …]` on a domain being saved: 1 its state's
+    /// descriptors, 2 whether its process waits suspended, 3 claim that suspend, 4 let
+    /// it go to the destination (token, path in the text) and release it here, 5 cancel.
+    case transfer = 16
+    /// dom0 only: `[importDomain, action, domid, …]` a domain restored with the same id:
+    /// 1 create (memory and table descriptors), 2 a share pool at a frame, 3 finish
+    /// (its join token), 0 abort.
+    case importDomain = 17
+    /// A guest process that joined a restored domain takes over its share pools.
+    case adoptPools = 18
 }
 
 /// One message: words, text, descriptors.

@@ -1,4 +1,5 @@
 import CXen
+import Foundation
 import Glibc
 import SystemPackage
 import XenABI
@@ -10,9 +11,11 @@ import XenSimulatorClient
 /// `SimulatedDomain`'s) and the guest processes' write tracking; dom0 starts,
 /// reads and stops it (`DaemonOp.logDirty`).
 ///
-/// The scans run on the daemon's loop thread: a `PAGEMAP_SCAN` of a guest's
-/// memory takes milliseconds (the guest's page tables, under its mm's lock), as
-/// any other hypercall here is answered in turn.
+/// A read-and-clear runs on a thread of its own and is answered from the loop
+/// when done: a `PAGEMAP_SCAN` of a guest's memory takes milliseconds (the
+/// guest's page tables, under its mm's lock), and other processes' requests must
+/// not wait for it. Start and stop (arming and disarming the trackers) stay on
+/// the loop.
 extension HypervisorDaemon {
     /// Ranges a guest process may add after its memory: one per share pool, and a few more.
     static let trackedRangeLimit = SharePoolRegistry.guestPools + 4
@@ -59,7 +62,7 @@ extension HypervisorDaemon {
     /// `[logDirty, domid, action]` from a trusted dom0 process: 1 starts logging a
     /// guest domain (`EOPNOTSUPP` if its process handed over no write tracking), 2
     /// reads and clears its bitmap (answered with the words in a memfd), 0 stops.
-    func logDirty(_ m: WireMessage, _ conn: Connection, _ me: SimulatedDomain) throws(HypervisorError) -> (WireMessage, AfterReply) {
+    func logDirty(_ m: WireMessage, _ conn: Connection, _ me: SimulatedDomain) throws(HypervisorError) -> Outcome {
         guard me.isPrivileged, conn.trusted else { throw .errno(.notPermitted, "log-dirty: only dom0 may") }
         guard m.words.count == 3, m.words[1] > 0, m.words[1] < UInt64(DomainID.firstReserved.rawValue) else {
             throw .errno(.invalidArgument, "log-dirty: malformed")
@@ -76,14 +79,24 @@ extension HypervisorDaemon {
                 throw .errno(.notSupported, "log-dirty: the process of \(id) handed over no write tracking (no userfaultfd write-protect)")
             }
             try domain.startDirtyLog(trackers: trackers)
-            return (WireMessage([0]), AfterReply())
+            return .reply(WireMessage([0]), AfterReply())
         case 2:
-            let bitmap = try domain.readAndClearDirty()
-            let fd = try Self.bitmapFile(bitmap)
-            return (WireMessage([0, UInt64(bitmap.frameCount), UInt64(bitmap.words.count)], fds: [fd]), AfterReply(fds: [fd]))
+            // Never on the loop thread: a scan of a large guest takes milliseconds.
+            let t = Thread { [self] in
+                do throws(HypervisorError) {
+                    let bitmap = try domain.readAndClearDirty()
+                    let fd = try Self.bitmapFile(bitmap)
+                    answerLater(conn, WireMessage([0, UInt64(bitmap.frameCount), UInt64(bitmap.words.count)], fds: [fd]), AfterReply(fds: [fd]))
+                } catch {
+                    answerLater(conn, .failure(error), AfterReply())
+                }
+            }
+            t.name = "xenpv-log-dirty"
+            t.start()
+            return .later
         case 0:
             try domain.stopDirtyLog()
-            return (WireMessage([0]), AfterReply())
+            return .reply(WireMessage([0]), AfterReply())
         default:
             throw .errno(.invalidArgument, "log-dirty: unknown action \(m.words[2])")
         }

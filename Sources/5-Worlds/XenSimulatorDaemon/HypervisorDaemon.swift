@@ -64,7 +64,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
     public let store: XenStoreServer
     /// Who counts as dom0 and the caps on what clients can make the daemon hold, fixed at init.
     public let policy: DaemonPolicy
-    private let logger: Logger
+    let logger: Logger
     let lock = Lock()
     private var listenFD: Int32 = -1
     private var stopPipe: WakePipe?
@@ -81,7 +81,9 @@ public final class HypervisorDaemon: @unchecked Sendable {
     private var toolstackStore: XenStoreClient?
     private var toolstack: AsyncStream<@Sendable () async -> Void>.Continuation?
     /// Domains a dom0 process created, waiting for the guest that holds their token.
-    private var pending: [DomainToken: PendingDomain] = [:]
+    var pending: [DomainToken: PendingDomain] = [:]
+    /// Restored domains whose share pools wait for their process (`DaemonOp.adoptPools`), by their holder.
+    var restoredPools: [DomainID: ObjectIdentifier] = [:]
     private let refusals = RateLimitedLog(interval: 10)
     /// The memory each process sets aside for the pages it shares, per peer.
     let pools = SharePoolRegistry()
@@ -169,6 +171,16 @@ public final class HypervisorDaemon: @unchecked Sendable {
         var pins = 0
         /// A reply is being prepared off the loop; the connection is not read meanwhile.
         var waiting = false
+        /// A guest process waits in its `suspend` call (`DaemonOp.suspend`) until this
+        /// deadline, unless dom0 claimed the suspend for a save or migration.
+        var suspend: (deadline: UInt64, claimed: Bool)?
+        /// The dom0 process that claimed `suspend`: if it leaves first, the suspend is cancelled.
+        var claimer: ObjectIdentifier?
+        /// The domain this process belonged to before a save released it; the process
+        /// waits in its suspend call for a restore (`DaemonOp.transfer`, resume parked).
+        var parked: DomainID?
+        /// Domains this dom0 process is restoring (`DaemonOp.importDomain`), destroyed if it leaves first.
+        var imports: Set<DomainID> = []
         var closed = false
         init(fd: Int32, peer: PeerCredentials, trusted: Bool) {
             self.fd = fd
@@ -293,6 +305,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
                 acceptPausedUntil = cxen_monotonic_ns() + 100_000_000
             }
             expirePending()
+            expireSuspends(&poller)
         }
         for conn in poller.all { close(conn, &poller) }
         Glibc.close(listenFD)
@@ -361,7 +374,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
     }
 
     /// Answers `conn` from the loop once off-loop work is done.
-    private func answerLater(_ conn: Connection, _ reply: WireMessage, _ after: AfterReply) {
+    func answerLater(_ conn: Connection, _ reply: WireMessage, _ after: AfterReply) {
         post { [self] poller in
             let live = lock.withLock { () -> Bool in
                 conn.waiting = false
@@ -373,7 +386,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
         }
     }
 
-    private func post(_ work: @escaping @Sendable (inout DaemonPoller) -> Void) {
+    func post(_ work: @escaping @Sendable (inout DaemonPoller) -> Void) {
         lock.withLock { posted.append(work) }
         if let p = postPipe { WakePipe.wake(p.write) }
     }
@@ -388,7 +401,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
         for w in work { w(&poller) }
     }
 
-    private func close(_ conn: Connection, _ poller: inout DaemonPoller) {
+    func close(_ conn: Connection, _ poller: inout DaemonPoller) {
         poller.remove(conn)
         let first = lock.withLock { () -> Bool in
             defer { conn.closed = true }
@@ -445,10 +458,18 @@ public final class HypervisorDaemon: @unchecked Sendable {
                 return .reply(WireMessage(lock.withLock { reportWords() }), AfterReply())
             case .createDomain: return try createDomain(m, conn, domain)
             case .trackWrites: return try trackWrites(m, conn, domain)
-            case .logDirty:
-                let (reply, after) = try logDirty(m, conn, domain)
-                return .reply(reply, after)
+            case .logDirty: return try logDirty(m, conn, domain)
             case .destroyDomain: return .reply(try destroyDomain(m, conn, domain), AfterReply())
+            case .suspend: return try suspend(m, conn, domain)
+            case .transfer:
+                let (reply, after) = try transfer(m, conn, domain)
+                return .reply(reply, after)
+            case .importDomain:
+                let (reply, after) = try importDomain(m, conn, domain)
+                return .reply(reply, after)
+            case .adoptPools:
+                let (reply, after) = try adoptPools(m, conn, domain)
+                return .reply(reply, after)
             }
         } catch {
             return .reply(.failure(error), AfterReply())
@@ -578,7 +599,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
     }
 
     /// The join reply: the domain's memory, table and a store connection speaking as it.
-    private func joinReply(_ conn: Connection, _ domain: SimulatedDomain, frames: Range<Int>, refs: Range<UInt32>)
+    func joinReply(_ conn: Connection, _ domain: SimulatedDomain, frames: Range<Int>, refs: Range<UInt32>)
         throws(HypervisorError) -> (WireMessage, AfterReply)
     {
         var pair: [Int32] = [-1, -1]
@@ -612,7 +633,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
     }
 
     /// A domain's own memory, below its share pools' frames.
-    private func mainFrames(of domain: SimulatedDomain) -> Int {
+    func mainFrames(of domain: SimulatedDomain) -> Int {
         domain.frameCount - (domain.isPrivileged ? SharePoolRegistry.dom0Region(slices: Self.dom0Slices) : SharePoolRegistry.guestRegion)
     }
 
@@ -830,9 +851,11 @@ public final class HypervisorDaemon: @unchecked Sendable {
 
     // MARK: A process goes away
 
-    private func disconnect(_ conn: Connection) {
+    /// Releases all `conn` holds; with `keepingConnection` (a saved guest's process
+    /// parked in its suspend call) its socket stays, domainless, until answered.
+    func disconnect(_ conn: Connection, keepingConnection: Bool = false) {
         let (domain, maps, slice) = lock.withLock { () -> (SimulatedDomain?, [MapRecord], Int?) in
-            connections[ObjectIdentifier(conn)] = nil
+            if !keepingConnection { connections[ObjectIdentifier(conn)] = nil }
             for p in conn.ports.sorted() {
                 guard let d = conn.domain else { break }
                 let key = PortKey(domain: d.domainID.rawValue, port: p)
@@ -841,11 +864,22 @@ public final class HypervisorDaemon: @unchecked Sendable {
             let maps = Array(conn.maps.values)
             conn.maps = [:]
             if let s = conn.slice { slices[s] = false }
-            return (conn.domain, maps, conn.slice)
+            let domain = conn.domain
+            let slice = conn.slice
+            if keepingConnection {
+                conn.pins = 0
+                conn.trackedRanges = 0
+                conn.domain = nil
+                conn.slice = nil
+                conn.parked = domain?.domainID
+            }
+            return (domain, maps, slice)
         }
         // The process's views died with it; unpin what it held.
         for r in maps { for ref in r.refs { r.granter.unpinGrant(ref, writable: r.writable) } }
         pools.release(owner: ObjectIdentifier(conn))
+        abandonImports(of: conn)
+        cancelSuspends(claimedBy: conn)
         // Its write tracking goes with it (the domain's teardown below stops a log first).
         let writes = lock.withLock { () -> PageWriteTracker? in
             defer { conn.writes = nil }
@@ -885,7 +919,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
     /// dom0's backend directory and the toolstack's layout, never from a key
     /// the guest wrote (a guest's `backend` key can name any path, and the
     /// daemon removes with dom0's rights).
-    private func removeFromStore(_ id: DomainID) {
+    func removeFromStore(_ id: DomainID) {
         toolstackJob { store in
             let backends = "/local/domain/0/backend"
             for type in (try? await store.directory(backends)) ?? [] where Self.isComponent(type) {
@@ -951,6 +985,8 @@ public final class HypervisorDaemon: @unchecked Sendable {
         for domain in expired {
             let id = domain.domainID
             _ = hypervisor.destroyDomain(domain)
+            pools.forget(id)
+            lock.withLock { _ = restoredPools.removeValue(forKey: id) }
             removeFromStore(id)
             logger.info("\(id) destroyed: no guest joined it in time")
         }

@@ -106,6 +106,49 @@ final class SharePoolRegistry: @unchecked Sendable {
         return (pool, dup)
     }
 
+    /// A restored domain's pool at the frame it had on the source (`first`, a slot
+    /// boundary of `granter`'s region from `base`), held by `owner` until its guest
+    /// process adopts it. Returns a duplicate of its read-write descriptor.
+    func createAt(owner: ObjectIdentifier, granter: DomainID, base: UInt64, slots: Int, first: UInt64, grantee: DomainID,
+                  writable: Bool) throws(HypervisorError) -> (Pool, Int32)
+    {
+        guard first >= base, (first - base) % UInt64(Self.poolFrames) == 0, (first - base) / UInt64(Self.poolFrames) < UInt64(slots) else {
+            throw .errno(.invalidArgument, "restore: frame \(first) is not a share-pool slot of \(granter)")
+        }
+        let slot = Int((first - base) / UInt64(Self.poolFrames))
+        return try create(owner: owner, granter: granter, base: base, slots: slot..<(slot + 1), grantee: grantee, writable: writable)
+    }
+
+    /// Hands the pools `from` holds for `granter` to `to` (a restored domain's process).
+    func reassign(granter: DomainID, from: ObjectIdentifier, to: ObjectIdentifier) {
+        lock.withLock {
+            guard let r = regions[granter] else { return }
+            for (slot, p) in r.pools where p.owner == from {
+                regions[granter]?.pools[slot] = Pool(id: p.id, granter: p.granter, owner: to, grantee: p.grantee, writable: p.writable,
+                                                     first: p.first, fd: p.fd, readOnlyFD: p.readOnlyFD)
+            }
+        }
+    }
+
+    /// Every pool of `granter`, by first frame, with duplicates of their read-only
+    /// (for a save) or read-write (for the process adopting them) descriptors.
+    func pools(of granter: DomainID, writable: Bool) throws(HypervisorError) -> (pools: [Pool], fds: [Int32]) {
+        try lock.withLock { () throws(HypervisorError) -> ([Pool], [Int32]) in
+            let pools = (regions[granter]?.pools.values.filter { $0.fd >= 0 } ?? []).sorted { $0.first < $1.first }
+            var fds: [Int32] = []
+            for p in pools {
+                let d = fcntl(writable ? p.fd : p.readOnlyFD, F_DUPFD_CLOEXEC, 0)
+                guard d >= 0 else {
+                    let e = Errno(rawValue: errno)
+                    for f in fds { Glibc.close(f) }
+                    throw .errno(e, "share pools: dup")
+                }
+                fds.append(d)
+            }
+            return (pools, fds)
+        }
+    }
+
     /// A memfd of `pages` pages, sealed at that size (a granter truncating its
     /// pool would make its mappers fault), and a read-only descriptor of it.
     private static func makeFile(pages: Int) throws(HypervisorError) -> (Int32, Int32) {

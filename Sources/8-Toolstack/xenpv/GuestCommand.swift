@@ -18,7 +18,7 @@ struct GuestCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "guest",
         abstract: "Run a guest domain that uses its devices.",
-        subcommands: [GuestNetEcho.self, GuestNetSend.self, GuestNetReceive.self, GuestNetTap.self, GuestDisk.self])
+        subcommands: [GuestNetEcho.self, GuestNetSend.self, GuestNetReceive.self, GuestNetTap.self, GuestDisk.self, GuestMemory.self])
 }
 
 struct GuestOptions: ParsableArguments {

@@ -11,5 +11,6 @@ struct XenPV: AsyncParsableCommand {
                       HypervisorCommand.self, DomainCommand.self, BackendCommand.self, GuestCommand.self,
                       CreateCommand.self, ConsoleCommand.self, ShutdownCommand.self, DestroyCommand.self, BlockAttachCommand.self,
                       BlockDetachCommand.self, BlockListCommand.self, NetworkAttachCommand.self,
-                      NetworkDetachCommand.self, NetworkListCommand.self])
+                      NetworkDetachCommand.self, NetworkListCommand.self, SaveCommand.self, RestoreCommand.self,
+                      MigrateCommand.self, MigrateReceiveCommand.self])
 }

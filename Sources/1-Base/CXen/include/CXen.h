@@ -49,6 +49,11 @@ static const uint16_t cxen_domid_first_reserved = DOMID_FIRST_RESERVED;
 
 /* ---- system calls Swift's Glibc module does not expose ---- */
 
+/* mremap(old, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, target): moves a mapping's
+   page tables to `target` without touching its pages (mremap is variadic, which Swift
+   cannot call). 0, or -1 and errno. */
+int cxen_mremap_fixed(void *old, size_t length, void *target);
+
 /* memfd_create(name, MFD_CLOEXEC [| MFD_ALLOW_SEALING]); -1 and errno on failure. */
 int cxen_memfd_create(const char *name, int allow_sealing);
 /* eventfd(initval, EFD_CLOEXEC | EFD_NONBLOCK if nonblock). */

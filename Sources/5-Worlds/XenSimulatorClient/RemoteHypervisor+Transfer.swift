@@ -1,0 +1,189 @@
+import Glibc
+import XenLocks
+import SystemPackage
+import XenABI
+import XenHypervisor
+
+/// One share pool of a domain being saved or restored, mapped in a dom0 process.
+public struct DomainPoolView: @unchecked Sendable {
+    // @unchecked: a mapping its `DomainStateView` keeps until it goes.
+    /// Its first frame in the domain's frame numbers (above its main memory).
+    public let first: UInt64
+    /// Frames in the pool.
+    public let count: Int
+    /// The domain the pool's pages are shared with.
+    public let grantee: DomainID
+    /// Whether the grantee may map them writable.
+    public let writable: Bool
+    /// Where the pool is mapped in this process.
+    public let base: UnsafeMutableRawPointer
+
+    /// Whether `frame` lies in this pool.
+    public func contains(_ frame: UInt64) -> Bool { frame >= first && frame - first < UInt64(count) }
+}
+
+/// A domain's state mapped in a dom0 process: its memory, grant table and share
+/// pools, read-only for a save (``RemoteHypervisor/exportDomain(_:)``), writable for a
+/// restore (``RemoteHypervisor/importDomain(_:frames:)``). Unmapped when released.
+public final class DomainStateView: @unchecked Sendable {
+    // @unchecked: `pools` is guarded by `lock`; the mappings stay until deinit.
+    /// The domain.
+    public let domain: DomainID
+    /// Frames of its main memory (its share pools lie above).
+    public let mainFrames: Int
+    /// Entries in its grant table (`grant_entry_v1`, 8 bytes each).
+    public let grantEntries: Int
+    /// Its main memory, `mainFrames` pages.
+    public let memory: UnsafeMutableRawPointer
+    /// Its grant table.
+    public let table: UnsafeMutableRawPointer
+    private let lock = Lock()
+    private var mapped: [DomainPoolView]
+
+    init(domain: DomainID, mainFrames: Int, grantEntries: Int, memory: UnsafeMutableRawPointer, table: UnsafeMutableRawPointer,
+         pools: [DomainPoolView]) {
+        (self.domain, self.mainFrames, self.grantEntries, self.memory, self.table, mapped) =
+            (domain, mainFrames, grantEntries, memory, table, pools)
+    }
+
+    deinit {
+        munmap(memory, mainFrames * XenPage.size)
+        munmap(table, grantEntries * 8)
+        for p in mapped { munmap(p.base, p.count * XenPage.size) }
+    }
+
+    /// Its share pools, by first frame.
+    public var pools: [DomainPoolView] { lock.withLock { mapped } }
+
+    func add(_ pool: DomainPoolView) { lock.withLock { mapped.append(pool); mapped.sort { $0.first < $1.first } } }
+
+    /// The address of `frame` (main memory or a pool), nil if the domain has no such frame.
+    public func page(_ frame: UInt64) -> UnsafeMutableRawPointer? {
+        if frame < UInt64(mainFrames) { return memory + Int(frame) * XenPage.size }
+        guard let p = pools.first(where: { $0.contains(frame) }) else { return nil }
+        return p.base + Int(frame - p.first) * XenPage.size
+    }
+}
+
+/// Save, restore and migration: what dom0's toolstack asks of the daemon (dom0 only;
+/// anyone else is refused with `EPERM`). The toolstack writes and reads the stream;
+/// the daemon hands it the domain's state and creates the restored domain.
+extension RemoteHypervisor {
+    /// Maps guest `id`'s memory, grant table and share pools read-only here. Its
+    /// process must be joined; pools made later appear in a later call.
+    public func exportDomain(_ id: DomainID) throws(HypervisorError) -> DomainStateView {
+        let reply = try link.call(WireMessage([DaemonOp.transfer.rawValue, UInt64(id.rawValue), 1]))
+        defer { for fd in reply.fds { Glibc.close(fd) } }
+        let w = reply.words
+        guard w.count >= 4, w[1] > 0, w[1] <= 1 << 20, w[2] > 0, w[2] <= 1 << 22, w[3] <= 14, w.count == 4 + 4 * Int(w[3]),
+            reply.fds.count == 2 + Int(w[3])
+        else { throw HypervisorError(.closed, "malformed export reply") }
+        let (frames, entries) = (Int(w[1]), Int(w[2]))
+        let memory = try Mapping.map(reply.fds[0], bytes: frames * XenPage.size, writable: false)
+        let table: UnsafeMutableRawPointer
+        do { table = try Mapping.map(reply.fds[1], bytes: entries * 8, writable: false) } catch {
+            munmap(memory, frames * XenPage.size)
+            throw error
+        }
+        let view = DomainStateView(domain: id, mainFrames: frames, grantEntries: entries, memory: memory, table: table, pools: [])
+        for i in 0..<Int(w[3]) {
+            let (first, count, grantee, writable) = (w[4 + 4 * i], w[5 + 4 * i], w[6 + 4 * i], w[7 + 4 * i] != 0)
+            guard count > 0, count <= 1 << 20, first <= UInt64(UInt32.max), grantee <= UInt64(UInt16.max) else {
+                throw HypervisorError(.closed, "malformed export reply")
+            }
+            let base = try Mapping.map(reply.fds[2 + i], bytes: Int(count) * XenPage.size, writable: false)
+            view.add(DomainPoolView(first: first, count: Int(count), grantee: DomainID(UInt16(grantee)), writable: writable, base: base))
+        }
+        return view
+    }
+
+    /// Whether guest `id`'s process waits in its `suspend` call.
+    public func isSuspended(_ id: DomainID) throws(HypervisorError) -> Bool {
+        let reply = try link.call(WireMessage([DaemonOp.transfer.rawValue, UInt64(id.rawValue), 2]))
+        guard reply.words.count == 3 else { throw HypervisorError(.closed, "malformed transfer reply") }
+        return reply.words[1] != 0
+    }
+
+    /// Whether guest `id`'s process is joined here and handed over its write tracking
+    /// (`ESRCH` while no process of it is joined): a process arriving from another
+    /// host does so last before its `suspend` returns.
+    public func hasArrived(_ id: DomainID) throws(HypervisorError) -> Bool {
+        let reply = try link.call(WireMessage([DaemonOp.transfer.rawValue, UInt64(id.rawValue), 2]))
+        guard reply.words.count == 3 else { throw HypervisorError(.closed, "malformed transfer reply") }
+        return reply.words[2] != 0
+    }
+
+    /// Takes guest `id`'s suspend for a save: the daemon no longer ends it at its
+    /// deadline; ``resumeElsewhere(_:socketPath:token:)`` or ``cancelSuspend(_:)`` must follow.
+    public func claimSuspend(_ id: DomainID) throws(HypervisorError) {
+        _ = try link.call(WireMessage([DaemonOp.transfer.rawValue, UInt64(id.rawValue), 3]))
+    }
+
+    /// Lets guest `id`'s suspended process go to the daemon at `socketPath`, where a
+    /// restored copy waits for `token`, and releases the domain on this host.
+    public func resumeElsewhere(_ id: DomainID, socketPath: String, token: DomainToken) throws(HypervisorError) {
+        _ = try link.call(WireMessage([DaemonOp.transfer.rawValue, UInt64(id.rawValue), 4, token.high, token.low], text: socketPath))
+    }
+
+    /// Ends guest `id`'s suspend with `.cancelled`: it goes on here as before.
+    public func cancelSuspend(_ id: DomainID) throws(HypervisorError) {
+        _ = try link.call(WireMessage([DaemonOp.transfer.rawValue, UInt64(id.rawValue), 5]))
+    }
+
+    /// Releases saved guest `id` on this host (its suspend claimed): the domain, its
+    /// grants, ports and store entries go; its process stays parked in its `suspend`
+    /// call until ``resumeParked(_:socketPath:token:)``.
+    public func parkSuspended(_ id: DomainID) throws(HypervisorError) {
+        _ = try link.call(WireMessage([DaemonOp.transfer.rawValue, UInt64(id.rawValue), 6]))
+    }
+
+    /// Sends the parked process of saved domain `id` to the daemon at `socketPath`,
+    /// where its restored copy waits for `token`. `ESRCH` when no such process waits here.
+    public func resumeParked(_ id: DomainID, socketPath: String, token: DomainToken) throws(HypervisorError) {
+        _ = try link.call(WireMessage([DaemonOp.transfer.rawValue, UInt64(id.rawValue), 7, token.high, token.low], text: socketPath))
+    }
+
+    /// Creates guest domain `id` (the id it had on the source; `EEXIST` if taken here)
+    /// with `frames` frames of main memory, to be filled and then finished
+    /// (``finishImport(_:)``) or dropped (``abortImport(_:)``, or this process leaving).
+    public func importDomain(_ id: DomainID, frames: Int) throws(HypervisorError) -> DomainStateView {
+        let entries = UInt64(32 * 512)
+        let reply = try link.call(WireMessage([DaemonOp.importDomain.rawValue, 1, UInt64(id.rawValue), UInt64(max(0, frames)), entries]))
+        defer { for fd in reply.fds { Glibc.close(fd) } }
+        guard reply.words.count == 3, reply.fds.count == 2, reply.words[2] == entries, reply.words[1] >= UInt64(frames) else {
+            throw HypervisorError(.closed, "malformed import reply")
+        }
+        let memory = try Mapping.map(reply.fds[0], bytes: frames * XenPage.size)
+        let table: UnsafeMutableRawPointer
+        do { table = try Mapping.map(reply.fds[1], bytes: Int(entries) * 8) } catch {
+            munmap(memory, frames * XenPage.size)
+            throw error
+        }
+        return DomainStateView(domain: id, mainFrames: frames, grantEntries: Int(entries), memory: memory, table: table, pools: [])
+    }
+
+    /// Adds a share pool at frame `first` to a domain being restored, mapped writable in `view`.
+    public func importPool(_ view: DomainStateView, first: UInt64, grantee: DomainID, writable: Bool) throws(HypervisorError) -> DomainPoolView {
+        let reply = try link.call(WireMessage([DaemonOp.importDomain.rawValue, 2, UInt64(view.domain.rawValue), first,
+                                               UInt64(grantee.rawValue), writable ? 1 : 0]))
+        defer { for fd in reply.fds { Glibc.close(fd) } }
+        guard reply.fds.count == 1 else { throw HypervisorError(.closed, "malformed import-pool reply") }
+        let count = 8192
+        let base = try Mapping.map(reply.fds[0], bytes: count * XenPage.size)
+        let pool = DomainPoolView(first: first, count: count, grantee: grantee, writable: writable, base: base)
+        view.add(pool)
+        return pool
+    }
+
+    /// Ends a restore: the domain waits for the process that presents the returned token.
+    public func finishImport(_ id: DomainID) throws(HypervisorError) -> DomainToken {
+        let reply = try link.call(WireMessage([DaemonOp.importDomain.rawValue, 3, UInt64(id.rawValue)]))
+        guard reply.words.count == 3 else { throw HypervisorError(.closed, "malformed finish-import reply") }
+        return DomainToken(high: reply.words[1], low: reply.words[2])
+    }
+
+    /// Drops a restore that did not finish: the domain and its store entries go.
+    public func abortImport(_ id: DomainID) throws(HypervisorError) {
+        _ = try link.call(WireMessage([DaemonOp.importDomain.rawValue, 0, UInt64(id.rawValue)]))
+    }
+}

@@ -1,0 +1,187 @@
+import CXen
+import Foundation
+import Glibc
+import XenABI
+import XenBus
+import XenHypervisor
+import XenMigrationStream
+import XenSimulatorClient
+import XenStore
+
+/// Errors of save, restore and migration, with the step that failed.
+public struct DomainTransferError: Error, CustomStringConvertible, Sendable {
+    /// What went wrong, for the command line.
+    public let description: String
+    /// An error saying `description`.
+    public init(_ description: String) { self.description = description }
+}
+
+/// Writes a domain to a migration stream, as libxc's save does in dom0: the pages of
+/// its memory and share pools (share pools first announced as `xenpv-share-pool`
+/// device records, so the receiver recreates them at the same frames), then, once
+/// the domain is suspended, its grant table, its store subtree and its devices.
+///
+/// Event channels are not written: a resumed domain's ports are gone
+/// (`SuspendOutcome.resumed`), its drivers bind new ones.
+public final class DomainStreamWriter {
+    /// The device class that carries a share pool's layout in the stream.
+    public static let sharePoolClass = "xenpv-share-pool"
+
+    let hypervisor: RemoteHypervisor
+    let domain: DomainID
+    private let output: Int32
+    private var view: DomainStateView
+    private var announced: Set<UInt64> = []
+    /// Bytes written so far, framing included.
+    public private(set) var bytesWritten = 0
+
+    /// Starts a stream of guest `domain` on `output` (a file or a socket; not closed here).
+    public init(hypervisor: RemoteHypervisor, domain: DomainID, output: Int32) throws {
+        self.hypervisor = hypervisor
+        self.domain = domain
+        self.output = output
+        view = try hypervisor.exportDomain(domain)
+    }
+
+    /// The header and the domain record.
+    public func begin(name: String) throws {
+        try write(MigrationStream.header())
+        try write(MigrationStream.encode(.domain(MigrationDomainInfo(
+            domain: domain, frameCount: UInt64(view.mainFrames), grantFrames: UInt32(view.grantEntries / 512), name: name))))
+    }
+
+    /// Every frame of the domain that holds anything (a never-written frame is zero on
+    /// the receiver too), main memory and share pools. Returns how many were sent.
+    @discardableResult
+    public func sendAll() throws -> Int {
+        try refreshPools()
+        var frames: [UInt64] = []
+        for f in 0..<UInt64(view.mainFrames) where !isZero(f) { frames.append(f) }
+        for p in view.pools { for i in 0..<UInt64(p.count) where !isZero(p.first + i) { frames.append(p.first + i) } }
+        try send(frames)
+        return frames.count
+    }
+
+    /// The frames set in `bitmap` (a read-and-clear of log-dirty). Returns how many.
+    @discardableResult
+    public func send(dirty bitmap: DirtyBitmap) throws -> Int {
+        try refreshPools()
+        var frames: [UInt64] = []
+        for f in bitmap.frames where view.page(f.rawValue) != nil { frames.append(f.rawValue) }
+        try send(frames)
+        return frames.count
+    }
+
+    /// The domain's state again, and pools it made since the last look announced to the receiver.
+    private func refreshPools() throws {
+        // Asked again each round: a pool the guest made meanwhile appears only in a new answer.
+        view = try hypervisor.exportDomain(domain)
+        for p in view.pools where !announced.contains(p.first) {
+            try write(MigrationStream.encode(.device(MigrationDevice(type: Self.sharePoolClass, id: UInt32(truncatingIfNeeded: p.first), keys: [
+                .init("grantee", String(p.grantee.rawValue)), .init("writable", p.writable ? "1" : "0"),
+            ]))))
+            announced.insert(p.first)
+        }
+    }
+
+    private func isZero(_ frame: UInt64) -> Bool {
+        guard let p = view.page(frame) else { return true }
+        let words = p.assumingMemoryBound(to: UInt64.self)
+        for i in 0..<(XenPage.size / 8) where words[i] != 0 { return false }
+        return true
+    }
+
+    private func send(_ frames: [UInt64]) throws {
+        var start = 0
+        while start < frames.count {
+            let batch = Array(frames[start..<min(frames.count, start + MigrationLimits.maximumPagesPerBatch)])
+            var data = [UInt8](repeating: 0, count: batch.count * XenPage.size)
+            data.withUnsafeMutableBytes { out in
+                for (i, f) in batch.enumerated() {
+                    if let p = view.page(f) { memcpy(out.baseAddress! + i * XenPage.size, p, XenPage.size) }
+                }
+            }
+            try write(MigrationStream.encode(.pages(MigrationPageBatch(frames: batch.map { FrameNumber($0) }, data: data))))
+            start += batch.count
+        }
+    }
+
+    /// The grant table's entries in use, the store subtree (`/local/domain/D`, its
+    /// `/vm` entry), the devices' backend configuration, and the end record.
+    public func finish() async throws {
+        var grants: [MigrationGrantEntry] = []
+        for r in 0..<view.grantEntries {
+            let e = view.table + r * 8
+            let flags = e.load(as: UInt16.self)
+            guard flags & 0x3 != 0 else { continue }
+            grants.append(MigrationGrantEntry(ref: GrantRef(UInt32(r)), flags: flags, grantee: DomainID(e.load(fromByteOffset: 2, as: UInt16.self)),
+                                              frame: FrameNumber(UInt64(e.load(fromByteOffset: 4, as: UInt32.self)))))
+        }
+        for chunk in stride(from: 0, to: grants.count, by: 512) {
+            try write(MigrationStream.encode(.grants(Array(grants[chunk..<min(grants.count, chunk + 512)]))))
+        }
+        let store = hypervisor.store
+        let home = XenStorePath.home(of: domain)
+        var entries = try await Self.subtree(home, on: store)
+        if let vm = try? await store.read(home + "/vm"), vm.hasPrefix("/vm/") { entries += try await Self.subtree(vm, on: store) }
+        for chunk in stride(from: 0, to: entries.count, by: 64) {
+            try write(MigrationStream.encode(.store(Array(entries[chunk..<min(entries.count, chunk + 64)]))))
+        }
+        let backends = "/local/domain/0/backend"
+        for type in (try? await store.directory(backends)) ?? [] {
+            let dir = "\(backends)/\(type)/\(domain.rawValue)"
+            for dev in (try? await store.directory(dir)) ?? [] {
+                guard let id = UInt32(dev) else { continue }
+                var keys: [MigrationDevice.Key] = []
+                for k in (try? await store.directory("\(dir)/\(dev)")) ?? [] {
+                    if let v = try? await store.read("\(dir)/\(dev)/\(k)") { keys.append(.init(k, v)) }
+                }
+                try write(MigrationStream.encode(.device(MigrationDevice(type: type, id: id, keys: Array(keys.prefix(MigrationLimits.maximumDeviceKeys))))))
+            }
+        }
+        try write(MigrationStream.encode(.end))
+    }
+
+    /// Every node under `path` (itself included), parents first, with its permissions.
+    /// Each level's nodes are read at once (requests in flight together on the one
+    /// connection): this runs while the guest is paused.
+    static func subtree(_ path: String, on store: XenStoreClient) async throws -> [MigrationStoreEntry] {
+        var out: [MigrationStoreEntry] = []
+        var level = [path]
+        while !level.isEmpty {
+            let found = await withTaskGroup(of: (Int, MigrationStoreEntry?, [String]).self) { group in
+                for (i, p) in level.enumerated() {
+                    group.addTask {
+                        async let value = try? await store.readBytes(p)
+                        async let perms = try? await store.permissions(p)
+                        async let children = (try? await store.directory(p)) ?? []
+                        guard let v = await value else { return (i, nil, []) }
+                        let entry = MigrationStoreEntry(path: p, value: v, permissions: await perms?.strings.joined(separator: ",") ?? "")
+                        return (i, entry, await children.map { p + "/" + $0 })
+                    }
+                }
+                var all: [(Int, MigrationStoreEntry?, [String])] = []
+                for await r in group { all.append(r) }
+                return all.sorted { $0.0 < $1.0 }
+            }
+            out += found.compactMap(\.1)
+            level = found.flatMap(\.2)
+        }
+        return out
+    }
+
+    private func write(_ bytes: [UInt8]) throws {
+        var done = 0
+        try bytes.withUnsafeBytes { b in
+            while done < b.count {
+                let n = Glibc.write(output, b.baseAddress! + done, b.count - done)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw DomainTransferError("writing the stream: \(String(cString: strerror(errno)))")
+                }
+                done += n
+            }
+        }
+        bytesWritten += bytes.count
+    }
+}

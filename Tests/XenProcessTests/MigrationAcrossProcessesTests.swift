@@ -1,0 +1,298 @@
+import Foundation
+import Glibc
+import TestSupport
+import Testing
+import XenABI
+import XenHypervisor
+import XenSimulatorClient
+import XenStore
+import XenToolstack
+
+extension ProcessTests {
+    /// Save, restore and live migration between two `xenpv hypervisor` daemons (two
+    /// hosts), with a `xenpv guest memory` process that writes its memory all the while
+    /// and checks, after its `suspend` call returns, that its memory is what it wrote at
+    /// the pause, at the same addresses.
+    @Suite(.serialized)
+    struct MigrationAcrossProcessesTests {
+        /// Two daemons and a guest joined to the first.
+        final class Hosts {
+            let dir = temporaryDirectory()
+            var a: String { dir + "/a.sock" }
+            var b: String { dir + "/b.sock" }
+            let daemonA: Child
+            var daemonB: Child
+            var guest: Child?
+
+            init() async throws {
+                daemonA = try Child(["hypervisor", "--socket", dir + "/a.sock"], name: "host a")
+                daemonB = try Child(["hypervisor", "--socket", dir + "/b.sock"], name: "host b")
+                #expect(await daemonA.waitFor("listening"), "\(daemonA.output)")
+                #expect(await daemonB.waitFor("listening"), "\(daemonB.output)")
+            }
+
+            /// Starts the guest on host a; its domain id.
+            func startGuest(rate: Int = 2000) async throws -> DomainID {
+                let g = try Child(["guest", "memory", "--connect", a, "--frames", "4096", "--pages", "512", "--rate", "\(rate)"], name: "guest")
+                guest = g
+                #expect(await g.waitFor("joined as dom"), "\(g.output)")
+                let id = g.output.components(separatedBy: "joined as dom").last.flatMap { UInt16($0.prefix { $0.isNumber }) }
+                return DomainID(try #require(id, "\(g.output)"))
+            }
+
+            /// Runs `xenpv ARGS` to its end; its status and output.
+            func xenpv(_ args: [String]) async throws -> (Int32?, String) {
+                let c = try Child(args, name: args[0])
+                let status = await c.waitForExit(seconds: 120)
+                return (status, c.output)
+            }
+
+            deinit {
+                guest?.kill()
+                daemonA.kill()
+                daemonB.kill()
+                try? FileManager.default.removeItem(atPath: dir)
+            }
+        }
+
+        /// The value after `key=` in the guest's line starting with `line`.
+        static func field(_ output: String, _ line: String, _ key: String) -> String? {
+            guard let l = output.split(separator: "\n").last(where: { $0.contains(line) }) else { return nil }
+            return l.split(separator: " ").first { $0.hasPrefix(key + "=") }.map { String($0.dropFirst(key.count + 1)) }
+        }
+
+        private func domains(_ socket: String) throws -> [DomainID] {
+            let dom0 = try RemoteHypervisor(socketPath: socket, as: .dom0, onDaemonLost: ignoreLoss)
+            defer { dom0.close() }
+            return try dom0.report().domains
+        }
+
+        private func storeHas(_ socket: String, _ path: String) async throws -> Bool {
+            let store = try XenStoreClient(socketPath: socket + ".xenstore")
+            defer { store.close() }
+            return try await store.readIfPresent(path) != nil
+        }
+
+        @Test func saveThenRestoreOnTheOtherHostResumesTheWaitingGuestWithItsMemory() async throws {
+            let hosts = try await Hosts()
+            let id = try await hosts.startGuest()
+            let guest = try #require(hosts.guest)
+            let file = hosts.dir + "/guest.save"
+
+            let (saved, saveOutput) = try await hosts.xenpv(["save", "\(id.rawValue)", file, "--connect", hosts.a])
+            #expect(saved == 0, "\(saveOutput)")
+            #expect(await guest.waitFor("suspend checksum="), "\(guest.output)")
+            // Released on the source: the domain, and its home in the store.
+            #expect(await eventually(10) { (try? domains(hosts.a).contains(id)) == false })
+            #expect(try await !storeHas(hosts.a, "/local/domain/\(id.rawValue)/domid"))
+            // The guest's process waits in its suspend call meanwhile.
+            #expect(!guest.output.contains("resumed") && guest.process.isRunning)
+
+            // A truncated copy and a corrupted copy are refused, and leave nothing behind.
+            let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: file)))
+            try Data(bytes.prefix(bytes.count / 2)).write(to: URL(fileURLWithPath: hosts.dir + "/truncated.save"))
+            var flipped = bytes
+            flipped[bytes.count / 3] ^= 0x40
+            try Data(flipped).write(to: URL(fileURLWithPath: hosts.dir + "/corrupted.save"))
+            for bad in ["truncated", "corrupted"] {
+                let (status, output) = try await hosts.xenpv(["restore", hosts.dir + "/\(bad).save", "--to", hosts.b, "--connect", hosts.a])
+                #expect(status != 0 && output.contains("not a whole, valid domain"), "\(bad): \(output)")
+                #expect(await eventually(10) { (try? domains(hosts.b).contains(id)) == false }, "\(bad)")
+                #expect(await eventually(10) { (try? await storeHas(hosts.b, "/local/domain/\(id.rawValue)")) == false }, "\(bad)")
+            }
+            #expect(!guest.output.contains("resumed"))
+
+            let (restored, restoreOutput) = try await hosts.xenpv(["restore", file, "--to", hosts.b, "--connect", hosts.a])
+            #expect(restored == 0, "\(restoreOutput)")
+            #expect(await guest.waitFor("resumed checksum="), "\(guest.output)")
+            let out = guest.output
+            #expect(Self.field(out, "resumed", "equal") == "true", "\(out)")
+            #expect(Self.field(out, "resumed", "checksum") == Self.field(out, "suspend", "checksum"))
+            #expect(Self.field(out, "resumed", "base") == Self.field(out, "suspend", "base"))
+            #expect(try domains(hosts.b).contains(id))
+            #expect(try await storeHas(hosts.b, "/local/domain/\(id.rawValue)/domid"))
+
+            // The guest's store connection moved with it: a shutdown on the destination reaches it.
+            let (shut, shutOutput) = try await hosts.xenpv(["shutdown", "\(id.rawValue)", "--connect", hosts.b, "--timeout", "30"])
+            #expect(shut == 0, "\(shutOutput)")
+            #expect(await guest.waitForExit(seconds: 60) == 0, "\(guest.output)")
+            #expect(await eventually(10) { (try? domains(hosts.b).contains(id)) == false })
+        }
+
+        @Test func liveMigrationMovesAWritingGuestAndTheSourceKeepsNothing() async throws {
+            let hosts = try await Hosts()
+            let id = try await hosts.startGuest(rate: 4000)
+            let guest = try #require(hosts.guest)
+            try await Task.sleep(nanoseconds: 300_000_000)
+
+            let (status, output) = try await hosts.xenpv(["migrate", "\(id.rawValue)", "--to", hosts.b, "--connect", hosts.a])
+            #expect(status == 0, "\(output)")
+            #expect(output.contains("rounds:") && output.contains("downtime:"), "\(output)")
+            #expect(await guest.waitFor("resumed checksum="), "\(guest.output)")
+            let out = guest.output
+            #expect(Self.field(out, "resumed", "equal") == "true", "\(out)")
+            #expect(Self.field(out, "resumed", "checksum") == Self.field(out, "suspend", "checksum"))
+            #expect(Self.field(out, "resumed", "base") == Self.field(out, "suspend", "base"))
+            #expect(try !domains(hosts.a).contains(id))
+            // Nothing of it held on the source: no mapping, no port, no process but the checker's.
+            let source = try RemoteHypervisor(socketPath: hosts.a, as: .dom0, onDaemonLost: ignoreLoss)
+            let left = try source.report()
+            source.close()
+            #expect(left.mappings == 0 && left.ports == 0 && left.processes == 1 && left.domains == [.dom0], "\(left)")
+            #expect(try domains(hosts.b).contains(id))
+            #expect(try await storeHas(hosts.b, "/local/domain/\(id.rawValue)/domid"))
+            #expect(await eventually(10) { (try? await storeHas(hosts.a, "/local/domain/\(id.rawValue)")) == false })
+
+            // And back again: the moved guest is logged, paused and moved like any other.
+            let (back, backOutput) = try await hosts.xenpv(["migrate", "\(id.rawValue)", "--to", hosts.a, "--connect", hosts.b])
+            #expect(back == 0, "\(backOutput)")
+            #expect(await eventually(30) { guest.output.components(separatedBy: "resumed checksum=").count == 3 }, "\(guest.output)")
+            #expect(Self.field(guest.output, "resumed", "equal") == "true")
+            #expect(try domains(hosts.a).contains(id))
+            #expect(try !domains(hosts.b).contains(id))
+        }
+
+        @Test func aDestinationKilledWhileTheGuestIsPausedLeavesItRunningOnTheSource() async throws {
+            let hosts = try await Hosts()
+            let id = try await hosts.startGuest()
+            let guest = try #require(hosts.guest)
+            let migrate = try Child(["migrate", "\(id.rawValue)", "--to", hosts.b, "--connect", hosts.a, "--hold-paused", "5"], name: "migrate")
+            #expect(await guest.waitFor("suspend checksum="), "\(guest.output)")
+            hosts.daemonB.kill()
+            #expect(await migrate.waitForExit(seconds: 60) != 0, "\(migrate.output)")
+            #expect(migrate.output.contains("goes on on the source"), "\(migrate.output)")
+            #expect(await guest.waitFor("cancelled checksum="), "\(guest.output)")
+            #expect(Self.field(guest.output, "cancelled", "equal") == "true")
+            #expect(try domains(hosts.a).contains(id))
+            // It goes on writing there.
+            let before = Int(Self.field(guest.output, "suspend", "written") ?? "") ?? 0
+            let (saved, saveOutput) = try await hosts.xenpv(["save", "\(id.rawValue)", hosts.dir + "/later.save", "--connect", hosts.a])
+            #expect(saved == 0, "\(saveOutput)")
+            #expect(await eventually(20) { (Int(Self.field(guest.output, "suspend", "written") ?? "") ?? 0) > before }, "\(guest.output)")
+        }
+
+        @Test func aMigrationStreamsToAReceiverOverTCPAndAKilledReceiverCancelsIt() async throws {
+            let hosts = try await Hosts()
+            let id = try await hosts.startGuest()
+            let guest = try #require(hosts.guest)
+            let port = Int.random(in: 30_000..<60_000)
+            let receiver = try Child(["migrate-receive", "--listen", "tcp:127.0.0.1:\(port)", "--connect", hosts.b], name: "receiver")
+            #expect(await receiver.waitFor("listening"), "\(receiver.output)")
+            let (status, output) = try await hosts.xenpv(["migrate", "\(id.rawValue)", "--via", "tcp:127.0.0.1:\(port)", "--connect", hosts.a])
+            #expect(status == 0, "\(output)")
+            #expect(await receiver.waitForExit(seconds: 30) == 0, "\(receiver.output)")
+            #expect(await guest.waitFor("resumed checksum="), "\(guest.output)")
+            #expect(Self.field(guest.output, "resumed", "equal") == "true")
+            #expect(try domains(hosts.b).contains(id) && !domains(hosts.a).contains(id))
+
+            // Back through a Unix socket, the receiver killed while the guest is paused.
+            let path = hosts.dir + "/receive.sock"
+            let dying = try Child(["migrate-receive", "--listen", "unix:" + path, "--connect", hosts.a], name: "receiver")
+            #expect(await dying.waitFor("listening"), "\(dying.output)")
+            let migrate = try Child(["migrate", "\(id.rawValue)", "--via", "unix:" + path, "--connect", hosts.b, "--hold-paused", "5"], name: "migrate")
+            #expect(await eventually(30) { guest.output.components(separatedBy: "suspend checksum=").count == 3 }, "\(guest.output)")
+            dying.kill()
+            #expect(await migrate.waitForExit(seconds: 60) != 0, "\(migrate.output)")
+            #expect(await guest.waitFor("cancelled checksum="), "\(guest.output)")
+            #expect(Self.field(guest.output, "cancelled", "equal") == "true")
+            #expect(try domains(hosts.b).contains(id) && !domains(hosts.a).contains(id))
+        }
+
+        /// Blocking work (a guest's `suspend`) on a thread of its own, never the cooperative pool.
+        private func onThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async -> Result<T, any Error> {
+            await withCheckedContinuation { (k: CheckedContinuation<Result<T, any Error>, Never>) in
+                Thread { k.resume(returning: Result { try work() }) }.start()
+            }
+        }
+
+        @Test func aSuspendNobodyTakesTimesOutAndACancelledOneChangesNothing() async throws {
+            let hosts = try await Hosts()
+            let guest = try RemoteHypervisor(socketPath: hosts.a, as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
+            defer { guest.close() }
+            let dom0 = try RemoteHypervisor(socketPath: hosts.a, as: .dom0, onDaemonLost: ignoreLoss)
+            defer { dom0.close() }
+            let timedOut = await onThread { try guest.suspend(timeout: .milliseconds(300)) }
+            #expect(throws: HypervisorError.self) { try timedOut.get() }
+            if case .failure(let e as HypervisorError) = timedOut { #expect(e.code == .errno(.timedOut), "\(e)") }
+
+            let events = try guest.openEventChannels()
+            let port = try events.bindUnbound(remote: .dom0)
+            async let outcome = onThread { try guest.suspend(timeout: .seconds(120)) }
+            #expect(await eventually(30) { (try? dom0.isSuspended(guest.domainID)) == true })
+            try dom0.claimSuspend(guest.domainID)
+            try dom0.cancelSuspend(guest.domainID)
+            #expect(try await outcome.get() == .cancelled)
+            // Everything as before: the same port, and new work.
+            try events.unbind(port)
+            _ = try events.bindUnbound(remote: .dom0)
+        }
+
+        @Test func aResumedProcessDropsItsOldPortsAndSharesHarmlesslyAndWorksOnTheDestination() async throws {
+            let hosts = try await Hosts()
+            let guest = try RemoteHypervisor(socketPath: hosts.a, as: .newGuest(frames: 256), onDaemonLost: { m in Issue.record("lost: \(m)") })
+            defer { guest.close() }
+            let id = guest.domainID
+            let own = try guest.pageAllocator.allocatePages(8)
+            for i in 0..<8 { own.memory.page(i).storeBytes(of: UInt64(0xA000 + i), as: UInt64.self) }
+            let events = try guest.openEventChannels()
+            let oldPort = try events.bindUnbound(remote: .dom0)
+            let sharer = try guest.openGrantSharer()
+            let oldShare = try sharer.sharePages(count: 2, with: .dom0, writable: true)
+            oldShare.memory.page(1).storeBytes(of: 0xB1, as: UInt64.self)
+
+            async let outcome = onThread { try guest.suspend(timeout: .seconds(120)) }
+            let source = try Toolstack(socketPath: hosts.a)
+            defer { source.close() }
+            let destination = try Toolstack(socketPath: hosts.b)
+            defer { destination.close() }
+            let figures = try await source.migrate(id, to: destination, destinationSocket: hosts.b)
+            #expect(try await outcome.get() == .resumed)
+            #expect(figures.pagesPerRound.count >= 2, "\(figures)")
+
+            // Same memory at the same addresses, shared pages included.
+            for i in 0..<8 { #expect(own.memory.page(i).load(as: UInt64.self) == UInt64(0xA000 + i)) }
+            #expect(oldShare.memory.page(1).load(as: UInt64.self) == 0xB1)
+            // What was bound or shared before is gone: releasing it is a no-op, not an error.
+            try events.unbind(oldPort)
+            try sharer.unshare(oldShare)
+            // New work goes to the destination's daemon and store.
+            let newPort = try events.bindUnbound(remote: .dom0)
+            let newShare = try sharer.sharePages(count: 1, with: .dom0, writable: false)
+            #expect(try await guest.store.read("/local/domain/\(id.rawValue)/domid") == "\(id.rawValue)")
+            let dom0 = try RemoteHypervisor(socketPath: hosts.b, as: .dom0, onDaemonLost: ignoreLoss)
+            defer { dom0.close() }
+            #expect(try dom0.report().ports == 1)
+            try events.unbind(newPort)
+            try sharer.unshare(newShare)
+            #expect(try !domains(hosts.a).contains(id))
+        }
+
+        @Test func onlyDom0MayTakeOrMakeADomainsState() async throws {
+            let hosts = try await Hosts()
+            let id = try await hosts.startGuest()
+            let other = try RemoteHypervisor(socketPath: hosts.a, as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
+            defer { other.close() }
+            let refusals: [(String, () throws -> Void)] = [
+                ("export", { _ = try other.exportDomain(id) }),
+                ("claim", { try other.claimSuspend(id) }),
+                ("resume elsewhere", { try other.resumeElsewhere(id, socketPath: hosts.b, token: DomainToken(high: 1, low: 2)) }),
+                ("cancel", { try other.cancelSuspend(id) }),
+                ("park", { try other.parkSuspended(id) }),
+                ("import", { _ = try other.importDomain(DomainID(40), frames: 64) }),
+            ]
+            for (what, call) in refusals {
+                #expect(throws: HypervisorError.self, "\(what)") { try call() }
+                do { try call() } catch let e as HypervisorError { #expect(e.code == .errno(.notPermitted), "\(what): \(e)") }
+            }
+            // dom0 restoring onto a taken id is refused clearly.
+            let dom0 = try RemoteHypervisor(socketPath: hosts.a, as: .dom0, onDaemonLost: ignoreLoss)
+            defer { dom0.close() }
+            do {
+                _ = try dom0.importDomain(id, frames: 4096)
+                Issue.record("importing over a live domain succeeded")
+            } catch {
+                #expect(error.code == .errno(.fileExists), "\(error)")
+            }
+        }
+    }
+}
