@@ -231,7 +231,11 @@ final class ExportConnection: @unchecked Sendable {
                     payload = buffer
                 }
                 let work = ExportRequest(request: request, payload: payload, cost: cost, terms: terms)
-                Task(executorPreference: device.exportExecutor) { [self] in await perform(work) }
+                // The reader is a thread of the connection's own: the device may run the
+                // task on it (see BlockExportDevice.lendingConnectionThread).
+                _ = device.lendingConnectionThread {
+                    Task(executorPreference: device.exportExecutor) { [self] in await perform(work) }
+                }
             }
         }
     }

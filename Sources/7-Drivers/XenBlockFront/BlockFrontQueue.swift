@@ -157,6 +157,13 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
     private let runtime: DriverRuntime
     /// What was in flight when the thread stopped, for re-issue.
     private let returned = Locked<[WorkItem]>([])
+    /// The ring and its tables belong to whoever holds this: the queue thread while it is
+    /// awake, a lent thread (``assist(_:)``) while it sleeps.
+    private let owner = Lock()
+    /// The queue thread holds `owner` (touched by that thread only).
+    private var owned = false
+    /// The thread has finished: nobody may work the ring any more (under `owner`).
+    private var retired = false
 
     /// `maxIndirectSegments`: what the backend advertised (0 or at most 11: direct only).
     init(resources: BlockFrontQueueResources, work: WorkQueue, maxIndirectSegments: Int,
@@ -246,6 +253,61 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
         return true
     }
 
+    /// Runs `job` on the calling (lent) thread if the queue thread sleeps, and works the ring
+    /// in its place: the job's requests go out from here, and when the ring was idle this
+    /// thread polls for their answers up to `BlockPolling`'s spin and runs the jobs they
+    /// resume (at queue depth 1, the whole request), so nothing in this process is woken.
+    /// Then it re-arms the response event and hands the ring back to the sleeping thread.
+    /// False if the thread is awake (or finished): enqueue the job instead.
+    func assist(_ job: UnownedJob) -> Bool {
+        // Relaxed: a hint; the exchange below decides.
+        guard waker.sleeping.load(ordering: .relaxed), owner.tryLock() else { return false }
+        // Sequentially consistent: pairs with appenders' exchange (see Waker.sleeping). From
+        // here no appender rings the doorbell; the items they add are looked at below.
+        guard !retired, waker.sleeping.exchange(false, ordering: .sequentiallyConsistent) else {
+            owner.unlock()
+            return false
+        }
+        let wasIdle = ring.outstandingRequests == 0
+        job.runSynchronously(on: executor.asUnownedTaskExecutor())
+        var failed = false
+        do {
+            _ = runJobs()
+            _ = try issue()
+            if wasIdle, ring.outstandingRequests > 0 {
+                _ = try Spin.poll(nanoseconds: Self.assistSpin) { () throws -> Bool in
+                    if try collectResponses() {
+                        _ = runJobs()
+                        _ = try issue()
+                    }
+                    return ring.outstandingRequests == 0 && jobCount.load(ordering: .relaxed) == 0
+                }
+            }
+            // The sleeping thread relies on the backend's notification for what is still
+            // outstanding: arm it for the responses after those consumed here.
+            while try ring.finalCheckForResponses() {
+                _ = try collectResponses()
+                _ = runJobs()
+                _ = try issue()
+            }
+        } catch {
+            // The queue thread meets the same fault in its own turn and stops.
+            failed = true
+        }
+        owner.unlock()
+        // Say the thread sleeps again, then look (as prepareToSleep does): what was added
+        // meanwhile, or left behind, is the thread's to take.
+        // Sequentially consistent: may not move after the look below (store-load).
+        waker.sleeping.store(true, ordering: .sequentiallyConsistent)
+        if failed || !work.isEmpty || jobs.withLock({ !$0.items.isEmpty }) {
+            if waker.sleeping.exchange(false, ordering: .sequentiallyConsistent) { waker.ring() }
+        }
+        return true
+    }
+
+    /// How long a lent thread polls for the answers to what it issued on an idle ring.
+    private static let assistSpin = Spin.nanoseconds(min(BlockPolling.limit, BlockPolling.wakeUpWorth))
+
     /// Hands the jobs still queued to the global executor, and every later one too.
     private func stopRunningJobs() {
         let left = jobs.withLock { j in
@@ -260,6 +322,10 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
     // MARK: the queue thread (DriverService)
 
     func serviceTurn() throws -> Bool {
+        if !owned {
+            owner.lock()
+            owned = true
+        }
         // Responses resume jobs here, whose requests go out with the rest in one push.
         var worked = try collectResponses()
         worked = runJobs() || worked
@@ -287,6 +353,10 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
             waker.sleeping.store(false, ordering: .relaxed)
             return true
         }
+        // Asleep, the thread lends the ring to a caller's thread (assist); it takes it back
+        // in its next turn.
+        owned = false
+        owner.unlock()
         return false
     }
 
@@ -297,6 +367,10 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
     }
 
     func finish(failure: (any Error)?) {
+        if !owned { owner.lock() }
+        retired = true
+        owned = false
+        owner.unlock()
         stopRunningJobs()
         // Everything without a response goes back for the next connection.
         var unanswered: [WorkItem] = []
