@@ -28,6 +28,12 @@ enum ExportSocket {
         }
     }
 
+    /// Whether `fd` has bytes to read now (or an end or error), without waiting.
+    static func hasInput(_ fd: Int32) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return Glibc.poll(&p, 1, 0) != 0
+    }
+
     /// Bounds each blocking read and write on `fd` to `seconds` (0: no bound); a read or
     /// write that times out fails as an error does.
     static func setTimeout(_ fd: Int32, seconds: Int) {
