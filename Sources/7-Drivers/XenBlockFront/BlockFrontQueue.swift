@@ -271,18 +271,28 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
             owner.unlock()
             return false
         }
+        // The sleeping thread need not hear of answers this thread polls for: a notification
+        // would wake it only to wait for the ring. Before anything is issued, or a quick
+        // backend answers first (re-armed below, before the ring is handed back).
+        ring.postponeResponseNotifications()
         job.runSynchronously(on: executor.asUnownedTaskExecutor())
         var failed = false
         do {
             _ = runJobs()
             _ = try issue()
             if ring.outstandingRequests > 0 {
-                _ = try Spin.poll(nanoseconds: Self.assistSpin) { () throws -> Bool in
+                // Yielding between looks, not only spinning: the backend's thread, woken by
+                // this one's notification, is often placed on this CPU, and a spin that kept
+                // it off (or gave up when it ran) would wait for nothing.
+                let end = cxen_monotonic_ns() &+ Self.assistSpin
+                while true {
                     if try collectResponses() {
                         _ = runJobs()
                         _ = try issue()
                     }
-                    return ring.outstandingRequests == 0 && jobCount.load(ordering: .relaxed) == 0
+                    if ring.outstandingRequests == 0 && jobCount.load(ordering: .relaxed) == 0 { break }
+                    if cxen_monotonic_ns() >= end { break }
+                    sched_yield()
                 }
             }
             // The sleeping thread relies on the backend's notification for what is still
