@@ -5,13 +5,17 @@
 # the two alternating per round, so a shared disk's drift hits both.
 # Usage (from the package root, after `swift build -c release`):
 #   Benchmarks/NBDExport/run.sh IMAGE [SECONDS] [ROUNDS]
+#   BINS="/path/xenpv-before /path/xenpv-after" Benchmarks/NBDExport/run.sh IMAGE [SECONDS] [ROUNDS]
+# BINS: several xenpv builds, each with its own three processes, every one of them and
+# then nbdkit in each round (before/after in one run); default: XENPV or the release build.
 # IMAGE: a fully written file (dd if=/dev/urandom) on a file system that takes O_DIRECT.
 # blkback reads and writes it with O_DIRECT; nbdkit 1.32's file plugin has no O_DIRECT
 # (cache=none only drops pages after use), so the page cache is dropped before each
 # nbdkit round (root) and its reads may still hit cache within the round.
 # SPECS="rw:bs:qd ..." picks settings (default: 4 KiB randread/randwrite at QD 1 and 32).
+# The load average is printed beside each setting: on two shared cores it decides much.
 set -e
-IMG=$1; S=${2:-5}; ROUNDS=${3:-3}; X=${XENPV:-.build/release/xenpv}
+IMG=$1; S=${2:-5}; ROUNDS=${3:-3}; BINS=${BINS:-${XENPV:-.build/release/xenpv}}
 [ -f "$IMG" ] || { echo "usage: $0 IMAGE [SECONDS] [ROUNDS]" >&2; exit 2; }
 OUT=$(mktemp -d)
 PIDS=""
@@ -27,46 +31,55 @@ wait_for() {  # FILE TEXT: up to 60 s
   done
 }
 
-$X hypervisor --socket "$OUT/hv.sock" > "$OUT/hv.log" 2>&1 & PIDS="$PIDS $!"
-wait_for "$OUT/hv.log" listening
-$X backend --connect "$OUT/hv.sock" --disk "$IMG" > "$OUT/backend.log" 2>&1 & PIDS="$PIDS $!"
-wait_for "$OUT/backend.log" serving
-$X guest disk serve --connect "$OUT/hv.sock" --nbd "unix:$OUT/guest.sock" > "$OUT/guest.log" 2>&1 & PIDS="$PIDS $!"
-wait_for "$OUT/guest.log" "serving xvda"
+n=0; SIDES=""
+for X in $BINS; do
+  n=$((n + 1)); D="$OUT/b$n"; mkdir "$D"; SIDES="$SIDES x$n"
+  $X hypervisor --socket "$D/hv.sock" > "$D/hv.log" 2>&1 & PIDS="$PIDS $!"
+  wait_for "$D/hv.log" listening
+  $X backend --connect "$D/hv.sock" --disk "$IMG" > "$D/backend.log" 2>&1 & PIDS="$PIDS $!"
+  wait_for "$D/backend.log" serving
+  $X guest disk serve --connect "$D/hv.sock" --nbd "unix:$D/guest.sock" > "$D/guest.log" 2>&1 & PIDS="$PIDS $!"
+  wait_for "$D/guest.log" "serving xvda"
+  echo "xenpv export $n ($X): $(grep 'vbd connected' "$D/guest.log")"
+done
 nbdkit --unix "$OUT/nbdkit.sock" --pidfile "$OUT/nbdkit.pid" file file="$IMG" cache=none
 wait_for "$OUT/nbdkit.pid" .
-echo "xenpv export: $(grep 'vbd connected' "$OUT/guest.log")"
 
 for spec in $SPECS; do
   spec=$(echo "$spec" | tr : " ")
   set -- $spec
+  load_before=$(cut -d' ' -f1 /proc/loadavg)
   r=1
   while [ $r -le "$ROUNDS" ]; do
-    for side in x k; do
-      if [ $side = x ]; then sock="$OUT/guest.sock"; else sock="$OUT/nbdkit.sock"; sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; fi
+    for side in $SIDES k; do
+      if [ $side = k ]; then sock="$OUT/nbdkit.sock"; sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+      else sock="$OUT/b${side#x}/guest.sock"; fi
       fio --name=$side --ioengine=nbd --uri="nbd+unix:///?socket=$sock" --rw=$1 --bs=$2 --iodepth=$3 \
-          --runtime=$S --time_based --lat_percentiles=1 --output-format=json > "$OUT/$side$r" 2>"$OUT/$side$r.err" \
-        || { echo "fio failed:" >&2; cat "$OUT/$side$r.err" >&2; exit 1; }
+          --runtime=$S --time_based --lat_percentiles=1 --output-format=json > "$OUT/$side-$r" 2>"$OUT/$side-$r.err" \
+        || { echo "fio failed:" >&2; cat "$OUT/$side-$r.err" >&2; exit 1; }
     done
     r=$((r + 1))
   done
-  python3 - "$OUT" "$ROUNDS" "$1 bs=$2 qd=$3" <<'PY'
+  python3 - "$OUT" "$ROUNDS" "$1 bs=$2 qd=$3" "$n" "load $load_before-$(cut -d' ' -f1 /proc/loadavg)" <<'PY'
 import json, statistics, sys
-out, rounds, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-def load(path):
+out, rounds, name, builds, load = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+def load_run(path):
     text = open(path).read()
     j = json.loads(text[text.index("{"):])["jobs"][0]  # fio may print notes before the JSON
     d = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
     p = d["lat_ns"]["percentile"]  # submission to completion
     return {"iops": d["iops"], "p50_us": p["50.000000"] / 1000, "p99_us": p["99.000000"] / 1000}
-xs = [load(f"{out}/x{r}") for r in range(1, rounds + 1)]
-ks = [load(f"{out}/k{r}") for r in range(1, rounds + 1)]
 m = lambda rows, k: statistics.median(row[k] for row in rows)
-ratios = " ".join(f"{x['iops'] / k['iops']:.2f}" for x, k in zip(xs, ks))
-pair_ratio = statistics.median(x['iops'] / k['iops'] for x, k in zip(xs, ks))
-pair_p50 = statistics.median(x['p50_us'] - k['p50_us'] for x, k in zip(xs, ks))
-print(f"{name:24} guest export {m(xs, 'iops'):8.0f} IOPS p50 {m(xs, 'p50_us'):7.1f} µs p99 {m(xs, 'p99_us'):8.1f} µs | "
-      f"nbdkit file {m(ks, 'iops'):8.0f} IOPS p50 {m(ks, 'p50_us'):7.1f} µs p99 {m(ks, 'p99_us'):8.1f} µs | "
-      f"paired medians: ratio {pair_ratio:.2f}x (rounds {ratios}), p50 {pair_p50:+.1f} µs")
+ks = [load_run(f"{out}/k-{r}") for r in range(1, rounds + 1)]
+for b in range(1, builds + 1):
+    xs = [load_run(f"{out}/x{b}-{r}") for r in range(1, rounds + 1)]
+    ratios = " ".join(f"{x['iops'] / k['iops']:.2f}" for x, k in zip(xs, ks))
+    pair_ratio = statistics.median(x['iops'] / k['iops'] for x, k in zip(xs, ks))
+    pair_p50 = statistics.median(x['p50_us'] - k['p50_us'] for x, k in zip(xs, ks))
+    label = f"{name} ({load})" if b == 1 else ""
+    build = f" {b}" if builds > 1 else ""
+    print(f"{label:36} guest export{build} {m(xs, 'iops'):8.0f} IOPS p50 {m(xs, 'p50_us'):7.1f} µs p99 {m(xs, 'p99_us'):8.1f} µs | "
+          f"nbdkit file {m(ks, 'iops'):8.0f} IOPS p50 {m(ks, 'p50_us'):7.1f} µs p99 {m(ks, 'p99_us'):8.1f} µs | "
+          f"paired medians: ratio {pair_ratio:.2f}x (rounds {ratios}), p50 {pair_p50:+.1f} µs")
 PY
 done

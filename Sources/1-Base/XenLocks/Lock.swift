@@ -28,6 +28,8 @@ public final class Lock: @unchecked Sendable {
     @inline(__always) public func lock() { pthread_mutex_lock(mutex) }
     /// Releases the mutex; only the thread that took it may.
     @inline(__always) public func unlock() { pthread_mutex_unlock(mutex) }
+    /// Takes the mutex if it is free, without waiting; false if any thread (this one too) holds it.
+    @inline(__always) public func tryLock() -> Bool { pthread_mutex_trylock(mutex) == 0 }
 
     /// Runs `body` holding the lock; typed throws pass through.
     @inline(__always)

@@ -169,6 +169,17 @@ public struct FrontRing<Request: BitwiseCopyable, Response: BitwiseCopyable>: ~C
         return response
     }
 
+    /// Asks the backend to notify of no response for now, for a consumer that polls:
+    /// `rsp_event` moves a ring's worth past `rsp_cons`, beyond every response to what is
+    /// outstanding. ``finalCheckForResponses()`` asks for the next one again; call it
+    /// before anyone sleeps on the ring.
+    @inlinable
+    public mutating func postponeResponseNotifications() {
+        // Relaxed: a missed postponement costs one notification; the final check's fence
+        // orders the re-arming store.
+        header.responseEvent.store(responsesConsumed &+ size &+ 1, ordering: .relaxed)
+    }
+
     /// `RING_FINAL_CHECK_FOR_RESPONSES`: true when responses are waiting;
     /// otherwise asks the backend to notify on the next one (`rsp_event =
     /// rsp_cons + 1`) and checks once more, closing the race with a response

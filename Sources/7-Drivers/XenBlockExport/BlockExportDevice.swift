@@ -7,6 +7,10 @@ public protocol BlockExportDevice: AnyObject, Sendable {
     var exportGeometry: BlockExportGeometry? { get }
     /// Where the server runs a request's task, if the device has a preferred executor.
     var exportExecutor: (any TaskExecutor)? { get }
+    /// Runs `body`, which starts request tasks on ``exportExecutor`` from a connection's
+    /// own thread; the device may run them on that thread meanwhile (see
+    /// `BlockFrontExecutor.lendingThisThread(_:)`).
+    func lendingConnectionThread<T>(_ body: () -> T) -> T
     /// Reads `buffer.count` bytes at `offset`.
     func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) async throws
     /// Writes `buffer` at `offset`.
@@ -15,6 +19,11 @@ public protocol BlockExportDevice: AnyObject, Sendable {
     func flush() async throws
     /// Forgets `length` bytes at `offset`.
     func discard(at offset: UInt64, length: UInt64) async throws
+}
+
+extension BlockExportDevice {
+    /// Runs `body` and nothing else: the device takes no thread of the server's.
+    public func lendingConnectionThread<T>(_ body: () -> T) -> T { body() }
 }
 
 /// The size and abilities of a ``BlockExportDevice``.

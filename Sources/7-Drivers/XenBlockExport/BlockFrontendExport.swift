@@ -13,6 +13,11 @@ extension BlockFrontend: BlockExportDevice {
     /// The first queue's thread (see `BlockFrontExecutor`): requests go onto the ring and
     /// their tasks resume without a thread hop.
     public var exportExecutor: (any TaskExecutor)? { executor }
+
+    /// While the queue thread sleeps, a request's task runs on the connection's thread and
+    /// that thread works the ring (at queue depth 1 the whole request: no wake-up in the
+    /// guest); see `BlockFrontExecutor.lendingThisThread(_:)`.
+    public func lendingConnectionThread<T>(_ body: () -> T) -> T { executor.lendingThisThread(body) }
 }
 
 extension BlockFrontError: NBDErrnoConvertible {

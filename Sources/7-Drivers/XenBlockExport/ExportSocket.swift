@@ -13,6 +13,27 @@ enum ExportSocket {
         return true
     }
 
+    /// Waits until `fd` has bytes to read (or an end or error, which the read then sees);
+    /// false if it failed or timed out. `poll` rather than a blocking `read`: a reader
+    /// asleep in `read` on a Unix socket is woken each time the client takes a reply off
+    /// the other direction (the kernel's write-space wake-up does not say which way), and
+    /// at queue depth 1 that needless cross-CPU wake-up comes with every request.
+    static func awaitInput(_ fd: Int32) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        while true {
+            let n = Glibc.poll(&p, 1, -1)
+            if n > 0 { return true }
+            if n < 0 && errno == EINTR { continue }
+            return false
+        }
+    }
+
+    /// Whether `fd` has bytes to read now (or an end or error), without waiting.
+    static func hasInput(_ fd: Int32) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return Glibc.poll(&p, 1, 0) != 0
+    }
+
     /// Bounds each blocking read and write on `fd` to `seconds` (0: no bound); a read or
     /// write that times out fails as an error does.
     static func setTimeout(_ fd: Int32, seconds: Int) {
