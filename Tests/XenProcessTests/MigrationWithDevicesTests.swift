@@ -117,6 +117,8 @@ extension ProcessTests {
             let (status, output) = try await hosts.xenpv(["migrate", "\(id.rawValue)", "--to", hosts.b, "--connect", hosts.a])
             #expect(status == 0, "\(output)")
             #expect(await guest.waitFor("suspend: resumed"), "\(guest.output)")
+            // The guest times its downtime: the pause to its vbd Connected there and a request answered.
+            #expect(await guest.waitFor("first request answered"), "\(guest.output)")
             let there = Self.written(guest.output)
             #expect(there < Self.length, "migrated while it wrote: \(guest.output)")
             #expect(await Self.leftNothing(hosts.a, id), "host a: \(report(hosts.a)); backend a: \(hosts.backendA.output)")
