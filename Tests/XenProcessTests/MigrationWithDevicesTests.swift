@@ -88,8 +88,9 @@ extension ProcessTests {
                 guard let store = try? XenStoreClient(socketPath: socket + ".xenstore") else { return false }
                 defer { store.close() }
                 let home = try? await store.readIfPresent("/local/domain/\(id.rawValue)")
-                let backend = try? await store.readIfPresent("/local/domain/0/backend/vbd/\(id.rawValue)")
-                return home == .some(nil) && backend == .some(nil)
+                let vbd = try? await store.readIfPresent("/local/domain/0/backend/vbd/\(id.rawValue)")
+                let vif = try? await store.readIfPresent("/local/domain/0/backend/vif/\(id.rawValue)")
+                return home == .some(nil) && vbd == .some(nil) && vif == .some(nil)
             }
         }
 
@@ -139,6 +140,25 @@ extension ProcessTests {
             for child in [hosts.daemonA, hosts.daemonB, hosts.backendA, hosts.backendB, guest] {
                 #expect(child.sanitizerClean, "\(child.name): \(child.output)")
             }
+        }
+
+        /// The NIC: a stop-and-wait echo through host a's backend goes on through host b's.
+        @Test(.timeLimit(.minutes(5)))
+        func anEchoingGuestMigratesAndEveryFrameComesBackIntact() async throws {
+            let hosts = try await Hosts()
+            let guest = try Child(["guest", "net-echo", "--connect", hosts.a, "--count", "600", "--interval-ms", "10",
+                                   "--timeout", "200"], name: "echo")
+            hosts.guest = guest
+            #expect(await guest.waitFor("echoed 50/", seconds: 60), "\(guest.output)")
+            let id = DomainID(try #require(guest.output.components(separatedBy: "joined as dom").last.flatMap { UInt16($0.prefix { $0.isNumber }) }))
+            let (status, output) = try await hosts.xenpv(["migrate", "\(id.rawValue)", "--to", hosts.b, "--connect", hosts.a])
+            #expect(status == 0, "\(output)")
+            #expect(await guest.waitFor("suspend: resumed"), "\(guest.output)")
+            #expect(!guest.output.contains("echoed 600/"), "migrated while it echoed: \(guest.output)")
+            #expect(await Self.leftNothing(hosts.a, id), "host a: \(report(hosts.a)); backend a: \(hosts.backendA.output)")
+            #expect(await guest.waitForExit(seconds: 180) == 0, "\(guest.output)")
+            #expect(guest.output.contains("600 frames echoed intact"), "\(guest.output)")
+            #expect(await hosts.backendB.waitFor("vif\(id.rawValue).0"), "\(hosts.backendB.output)")
         }
 
         @Test(.timeLimit(.minutes(5)))
