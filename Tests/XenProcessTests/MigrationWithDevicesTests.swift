@@ -142,6 +142,26 @@ extension ProcessTests {
             }
         }
 
+        /// A migration that fails halfway (the destination killed while the guest is paused):
+        /// the guest goes on writing on the source, through the same rings and backend.
+        @Test(.timeLimit(.minutes(5)))
+        func aDestinationKilledWhileAWritingGuestIsPausedLeavesItWritingOnTheSource() async throws {
+            let hosts = try await Hosts()
+            let id = try await hosts.startWriter()
+            let guest = try #require(hosts.guest)
+            let migrate = try Child(["migrate", "\(id.rawValue)", "--to", hosts.b, "--connect", hosts.a, "--hold-paused", "3"],
+                                    name: "migrate")
+            #expect(await guest.waitFor("suspend requested"), "\(guest.output)")
+            try await Task.sleep(nanoseconds: 500_000_000)
+            hosts.daemonB.kill()
+            #expect(await migrate.waitForExit(seconds: 60) != 0, "\(migrate.output)")
+            #expect(migrate.output.contains("goes on on the source"), "\(migrate.output)")
+            #expect(await guest.waitFor("suspend: cancelled"), "\(guest.output)")
+            #expect(await guest.waitForExit(seconds: 180) == 0, "\(guest.output)")
+            #expect(guest.output.contains("verified \(Self.length) bytes"), "\(guest.output)")
+            #expect(try Self.imageHoldsThePattern(hosts.image) == nil)
+        }
+
         /// The NIC: a stop-and-wait echo through host a's backend goes on through host b's.
         @Test(.timeLimit(.minutes(5)))
         func anEchoingGuestMigratesAndEveryFrameComesBackIntact() async throws {
