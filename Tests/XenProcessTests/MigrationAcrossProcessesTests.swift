@@ -239,6 +239,11 @@ extension ProcessTests {
             let sharer = try guest.openGrantSharer()
             let oldShare = try sharer.sharePages(count: 2, with: .dom0, writable: true)
             oldShare.memory.page(1).storeBytes(of: 0xB1, as: UInt64.self)
+            let forgotten = try sharer.sharePages(count: 2, with: .dom0, writable: true)
+            // Forgetting a share still granted (no resume yet) keeps its pages.
+            let granted = try sharer.sharePages(count: 1, with: .dom0, writable: true)
+            sharer.forget(granted)
+            #expect(try sharer.sharePages(count: 1, with: .dom0, writable: true).memory.base != granted.memory.base)
 
             async let outcome = onThread { try guest.suspend(timeout: .seconds(120)) }
             let source = try Toolstack(socketPath: hosts.a)
@@ -254,6 +259,9 @@ extension ProcessTests {
             #expect(oldShare.memory.page(1).load(as: UInt64.self) == 0xB1)
             // What was bound or shared before is gone: releasing it is a no-op, not an error.
             try events.unbind(oldPort)
+            // A share forgotten after the move gives its pool pages back for reuse (first fit).
+            sharer.forget(forgotten)
+            #expect(try sharer.sharePages(count: 2, with: .dom0, writable: true).memory.base == forgotten.memory.base)
             try sharer.unshare(oldShare)
             // New work goes to the destination's daemon and store.
             let newPort = try events.bindUnbound(remote: .dom0)

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import XenABI
 import XenHypervisor
 import XenLocks
 import XenStore
@@ -31,10 +32,32 @@ public final class GuestSuspender: Sendable {
     /// as Linux does, so a toolstack knows the guest answers a suspend request.
     public static let featureKey = "control/feature-suspend"
 
+    /// When the steps of one ``suspend()`` happened (`ContinuousClock`), for the downtime
+    /// a guest sees: its I/O stops at ``started`` and goes on once its devices are
+    /// Connected again (``GuestSuspender/reconnected(timeout:)``).
+    public struct Timing: Sendable, Hashable {
+        /// The suspend began: the devices start to quiesce.
+        public let started: ContinuousClock.Instant
+        /// Every device quiesced; the hypervisor call (the pause) begins.
+        public let paused: ContinuousClock.Instant
+        /// The hypervisor call returned (on the destination, after a move).
+        public let answered: ContinuousClock.Instant
+        /// Every device resumed (after a move: each started its new handshake).
+        public let resumed: ContinuousClock.Instant
+    }
+
+    private struct State {
+        var devices: [XenbusEndpoint] = []
+        var running = false
+        var timing: Timing?
+        /// After a `.resumed`: the moment every device was Connected again (nil if one never was).
+        var reconnection: Task<ContinuousClock.Instant?, Never>?
+    }
+
     private let hypervisor: any DomainSuspending
     private let timeout: Duration
     private let logger: Logger
-    private let state = Locked<(devices: [XenbusEndpoint], running: Bool)>(([], false))
+    private let state = Locked<State>(State())
 
     /// A suspender asking `hypervisor` (the domain's own view, conforming to
     /// `DomainSuspending`) to suspend the domain, waiting at most `timeout` for the
@@ -60,6 +83,26 @@ public final class GuestSuspender: Sendable {
     /// Whether a suspend is running now.
     public var isSuspending: Bool { state.withLock { $0.running } }
 
+    /// The steps of the last ``suspend()`` that reached the hypervisor, if one did.
+    public var lastTiming: Timing? { state.withLock { $0.timing } }
+
+    /// After the last ``suspend()`` came back ``Result/resumed``: waits at most `timeout`
+    /// until every device has gone through its new handshake and is Connected; the moment
+    /// the last one was. Nil when no suspend resumed, a device ended first, or time ran out.
+    public func reconnected(timeout: Duration) async -> ContinuousClock.Instant? {
+        guard let task = state.withLock({ $0.reconnection }) else { return nil }
+        return await withTaskGroup(of: ContinuousClock.Instant??.self) { group in
+            group.addTask { await task.value }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return .some(nil)
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first ?? nil
+        }
+    }
+
     /// Quiesces every device, suspends the domain, and resumes every device with the
     /// outcome (Linux's `do_suspend`). Returns ``Result/busy`` at once while another
     /// suspend runs. Each device is quiesced in turn (its endpoint takes the request
@@ -71,10 +114,13 @@ public final class GuestSuspender: Sendable {
             return s.devices
         }) else { return .busy }
         defer { state.withLock { $0.running = false } }
+        let started = ContinuousClock.now
         for device in devices { await device.suspend() }
+        let paused = ContinuousClock.now
         let answer = await Self.offPool { [hypervisor, timeout] in
             Swift.Result { () throws(HypervisorError) -> SuspendOutcome in try hypervisor.suspend(timeout: timeout) }
         }
+        let answered = ContinuousClock.now
         let outcome: SuspendOutcome
         let result: Result
         switch answer {
@@ -86,7 +132,16 @@ public final class GuestSuspender: Sendable {
             outcome = .cancelled
             result = .failed(error)
         }
+        // Observed before the devices resume, so no state of a new handshake is missed.
+        let watches = outcome == .resumed ? devices.map { $0.states() } : []
         for device in devices { await device.resume(outcome) }
+        let timing = Timing(started: started, paused: paused, answered: answered, resumed: .now)
+        let reconnection = outcome == .resumed ? Task { await Self.allConnectedAgain(watches) } : nil
+        state.withLock { s in
+            s.timing = timing
+            s.reconnection?.cancel()
+            s.reconnection = reconnection
+        }
         logger.info("suspend: \(result)")
         return result
     }
@@ -116,6 +171,25 @@ public final class GuestSuspender: Sendable {
             }
             group.cancelAll()
         }
+    }
+
+    /// The moment every stream has shown a state other than Connected and then
+    /// Connected (the new handshake done); nil if one ends first.
+    private static func allConnectedAgain(_ watches: [AsyncStream<XenbusState>]) async -> ContinuousClock.Instant? {
+        for watch in watches {
+            var left = false
+            var done = false
+            for await s in watch {
+                if s != .connected {
+                    left = true
+                } else if left {
+                    done = true
+                    break
+                }
+            }
+            guard done else { return nil }
+        }
+        return .now
     }
 
     /// Runs a blocking call on a thread of its own.

@@ -239,5 +239,20 @@ final class RemoteGrantSharer: GrantSharer, @unchecked Sendable {
         try pools.free(pages)
     }
 
+    /// Frees the pages of a share made before a move (its references went with the old
+    /// epoch), for the pool to hand out again; a share of this epoch is still granted and
+    /// keeps its pages (freeing them under a grant would let the peer reach reused memory).
+    func forget(_ shared: SharedPages) {
+        let pages = lock.withLock { () -> GuestPages? in
+            // relaxed: compared only.
+            guard let p = shares[shared.memory.base], p.pages.memory == shared.memory,
+                p.epoch != epoch.load(ordering: .relaxed)
+            else { return nil }
+            shares.removeValue(forKey: shared.memory.base)
+            return p.pages
+        }
+        if let pages { try? pools.free(pages) }
+    }
+
     func close() { lock.withLock { closed = true } }
 }

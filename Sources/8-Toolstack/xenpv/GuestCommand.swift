@@ -419,6 +419,8 @@ struct GuestDisk: ParsableCommand {
         defer { task.cancel() }
         shutdown.suspender?.add(endpoint)
         defer { shutdown.suspender?.remove(endpoint) }
+        shutdown.addProbe("vbd \(number)") { _ = try await frontend.read(at: 0, count: 512) }
+        defer { shutdown.removeProbe("vbd \(number)") }
         let handshake = Duration.seconds(options.connectTimeout)
         do { try ProcessSupport.runBlocking { try await endpoint.connected(timeout: handshake) } } catch {
             throw ValidationError("the vbd's backend did not connect in \(options.connectTimeout) s (is `xenpv backend --connect \(options.connect ?? "PATH") --disk IMAGE` running?)")

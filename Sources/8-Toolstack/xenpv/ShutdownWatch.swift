@@ -10,7 +10,7 @@ import XenWorld
 /// request goes to ``suspender`` when the world can suspend the domain (its hypervisor
 /// conforms to `DomainSuspending`); the command adds its frontends' endpoints to it.
 final class ShutdownWatch: @unchecked Sendable {
-    // @unchecked: `received` is guarded by `lock`; `task` is set once in init.
+    // @unchecked: `received` and `probes` are guarded by `lock`; `task` is set once in init.
     private let lock = NSLock()
     private var received: ShutdownRequest?
     private let arrived = DispatchSemaphore(value: 0)
@@ -34,7 +34,11 @@ final class ShutdownWatch: @unchecked Sendable {
                         continue
                     }
                     say("xenpv guest: suspend requested by the toolstack")
-                    Task { say("xenpv guest: suspend: \(await suspender.suspend())") }
+                    Task { [self] in
+                        let result = await suspender.suspend()
+                        say("xenpv guest: suspend: \(result)")
+                        if result == .resumed { await reportDowntime(suspender) }
+                    }
                     continue
                 }
                 let first = lock.withLock { () -> Bool in
@@ -46,6 +50,44 @@ final class ShutdownWatch: @unchecked Sendable {
                 arrived.signal()
             }
         }
+    }
+
+    private var probes: [String: @Sendable () async throws -> Void] = [:]
+
+    /// Registers a request to one of the command's devices (a one-sector read), made
+    /// after a resume to time the first request answered on the destination.
+    func addProbe(_ name: String, _ probe: @escaping @Sendable () async throws -> Void) {
+        lock.withLock { probes[name] = probe }
+    }
+
+    /// Forgets the probe of a device the command no longer uses.
+    func removeProbe(_ name: String) {
+        lock.withLock { _ = probes.removeValue(forKey: name) }
+    }
+
+    /// The downtime the guest saw, as issue 18 defines it: from the pause (its
+    /// hypervisor call; the devices' quiesce before it) to every device Connected on
+    /// the destination and the first request answered there (each probe, in turn).
+    private func reportDowntime(_ suspender: GuestSuspender) async {
+        guard let t = suspender.lastTiming, let connected = await suspender.reconnected(timeout: .seconds(60)) else {
+            say("xenpv guest: downtime: the devices did not all connect again within 60 s")
+            return
+        }
+        var answered: ContinuousClock.Instant?
+        for (name, probe) in lock.withLock({ probes }).sorted(by: { $0.key < $1.key }) {
+            do {
+                try await probe()
+                answered = .now
+            } catch {
+                say("xenpv guest: downtime: the first request to \(name) failed: \(error)")
+            }
+        }
+        func ms(_ d: Duration) -> String {
+            String(format: "%.2f", Double(d.components.seconds) * 1e3 + Double(d.components.attoseconds) / 1e15)
+        }
+        say("xenpv guest: downtime: quiesce \(ms(t.paused - t.started)) ms, then after the pause: answered \(ms(t.answered - t.paused)) ms,"
+            + " devices resumed \(ms(t.resumed - t.paused)) ms, connected \(ms(connected - t.paused)) ms"
+            + (answered.map { ", first request answered \(ms($0 - t.paused)) ms" } ?? ""))
     }
 
     /// The request acknowledged, if one came.

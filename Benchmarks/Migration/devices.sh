@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Live migration of a guest with a disk between two hypervisor daemons ("hosts") on this
+# machine, each with a `xenpv backend` serving the same image file: the guest (256 MiB,
+# 65,536 frames) runs `xenpv guest disk write` idle (one 4 KiB write a second) or writing
+# (64 KiB chunks 1 ms apart, several requests in flight each), and is migrated a to b
+# and back. Prints xenpv migrate's figures and the guest's downtime line: from the pause
+# (its suspend call; its devices' quiesce before it) to its vbd Connected on the
+# destination and the first request answered there (a one-sector read, issued once the
+# device is Connected; with the writer it queues behind the re-issued writes).
+#
+#   Benchmarks/Migration/devices.sh [XENPV] [CASES...]   (default: .build/release/xenpv, cases idle writing)
+set -euo pipefail
+XENPV=${1:-.build/release/xenpv}
+shift || true
+CASES=${*:-idle writing}
+DIR=$(mktemp -d /tmp/xenpv-migration-devices.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DIR"; }
+trap cleanup EXIT
+
+truncate -s 512M "$DIR/disk.img"
+"$XENPV" hypervisor --socket "$DIR/a.sock" >"$DIR/a.log" 2>&1 & PIDS+=($!)
+"$XENPV" hypervisor --socket "$DIR/b.sock" >"$DIR/b.log" 2>&1 & PIDS+=($!)
+for _ in $(seq 50); do [[ -S $DIR/a.sock && -S $DIR/b.sock ]] && break; sleep 0.1; done
+"$XENPV" backend --connect "$DIR/a.sock" --disk "$DIR/disk.img" >"$DIR/backend-a.log" 2>&1 & PIDS+=($!)
+"$XENPV" backend --connect "$DIR/b.sock" --disk "$DIR/disk.img" >"$DIR/backend-b.log" 2>&1 & PIDS+=($!)
+for _ in $(seq 50); do grep -q serving "$DIR/backend-a.log" && grep -q serving "$DIR/backend-b.log" && break; sleep 0.1; done
+
+for case in $CASES; do
+    case $case in
+        idle) JOB=(--length $((4 << 20)) --chunk 4096 --interval-ms 1000) ;;
+        writing) JOB=(--length $((448 << 20)) --chunk 65536 --interval-ms 1) ;;
+        *) echo "unknown case $case (idle or writing)" >&2; exit 2 ;;
+    esac
+    LOG="$DIR/guest-$case.log"
+    XENPV_MIGRATION_TRACE=1 "$XENPV" guest disk write --connect "$DIR/a.sock" --frames 65536 --seed 5 --timeout 600 "${JOB[@]}" >"$LOG" 2>&1 &
+    GUEST=$!
+    PIDS+=($GUEST)
+    for _ in $(seq 100); do grep -q "vbd connected" "$LOG" && break; sleep 0.1; done
+    DOM=$(sed -n 's/.*joined as dom\([0-9]*\).*/\1/p' "$LOG" | head -1)
+    sleep 2
+    for hop in "a b" "b a"; do
+        set -- $hop
+        echo "== $case guest: $1 -> $2 (written so far: $(grep -c '^written' "$LOG") chunks)"
+        "$XENPV" migrate "$DOM" --connect "$DIR/$1.sock" --to "$DIR/$2.sock" | sed 's/^/   /'
+        for _ in $(seq 100); do [[ $(grep -c "downtime:" "$LOG") -ge $([[ $1 == a ]] && echo 1 || echo 2) ]] && break; sleep 0.1; done
+        grep "downtime:" "$LOG" | tail -1 | sed 's/^/   guest: /'
+        sleep 1
+    done
+    grep -E "error|failed" "$LOG" | sed 's/^/   guest: /' || true
+    kill "$GUEST" 2>/dev/null || true
+    wait "$GUEST" 2>/dev/null || true
+done

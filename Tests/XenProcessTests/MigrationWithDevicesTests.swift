@@ -1,0 +1,208 @@
+import Foundation
+import Glibc
+import TestSupport
+import Testing
+import XenABI
+import XenSimulatorClient
+import XenStore
+
+extension ProcessTests {
+    /// Issue 18's two halves together across processes: two `xenpv hypervisor` daemons
+    /// (two hosts), a `xenpv backend` on each serving the same image file (storage both
+    /// hosts reach), and a `xenpv guest disk write-verify` writing with requests in
+    /// flight while it is migrated, saved and restored; every acknowledged write is on
+    /// the image, and the host it left holds nothing of it.
+    @Suite(.serialized)
+    struct MigrationWithDevicesTests {
+        static let length = 24 << 20
+        static let seed: UInt8 = 9
+
+        /// Two daemons, a backend on each on one image, and a writing guest on host a.
+        final class Hosts {
+            let dir = temporaryDirectory()
+            var a: String { dir + "/a.sock" }
+            var b: String { dir + "/b.sock" }
+            var image: String { dir + "/disk.img" }
+            let daemonA: Child
+            let daemonB: Child
+            let backendA: Child
+            let backendB: Child
+            var guest: Child?
+
+            init() async throws {
+                #expect(FileManager.default.createFile(atPath: dir + "/disk.img", contents: nil))
+                #expect(truncate(dir + "/disk.img", 32 << 20) == 0)
+                daemonA = try Child(["hypervisor", "--socket", dir + "/a.sock"], name: "host a")
+                daemonB = try Child(["hypervisor", "--socket", dir + "/b.sock"], name: "host b")
+                #expect(await daemonA.waitFor("listening"), "\(daemonA.output)")
+                #expect(await daemonB.waitFor("listening"), "\(daemonB.output)")
+                backendA = try Child(["backend", "--connect", dir + "/a.sock", "--disk", dir + "/disk.img"], name: "backend a")
+                backendB = try Child(["backend", "--connect", dir + "/b.sock", "--disk", dir + "/disk.img"], name: "backend b")
+                #expect(await backendA.waitFor("serving"), "\(backendA.output)")
+                #expect(await backendB.waitFor("serving"), "\(backendB.output)")
+            }
+
+            /// Starts the writer on host a (128 KiB chunks, each several requests in
+            /// flight at once, 10 ms apart); its domain id once it has written 1 MiB.
+            func startWriter() async throws -> DomainID {
+                let g = try Child(["guest", "disk", "write-verify", "--connect", a, "--length", "\(MigrationWithDevicesTests.length)",
+                                   "--chunk", "131072", "--interval-ms", "10", "--seed", "\(MigrationWithDevicesTests.seed)",
+                                   "--timeout", "240"], name: "writer")
+                guest = g
+                #expect(await g.waitFor("written \(1 << 20)/", seconds: 60), "\(g.output)")
+                let id = g.output.components(separatedBy: "joined as dom").last.flatMap { UInt16($0.prefix { $0.isNumber }) }
+                return DomainID(try #require(id, "\(g.output)"))
+            }
+
+            /// Runs `xenpv ARGS` to its end; its status and output.
+            func xenpv(_ args: [String]) async throws -> (Int32?, String) {
+                let c = try Child(args, name: args[0])
+                let status = await c.waitForExit(seconds: 120)
+                return (status, c.output)
+            }
+
+            deinit {
+                guest?.kill()
+                backendA.kill()
+                backendB.kill()
+                daemonA.kill()
+                daemonB.kill()
+                try? FileManager.default.removeItem(atPath: dir)
+            }
+        }
+
+        /// Bytes the writer reported acknowledged so far.
+        static func written(_ output: String) -> Int {
+            output.split(separator: "\n").last { $0.hasPrefix("written ") }
+                .flatMap { Int($0.dropFirst("written ".count).prefix { $0.isNumber }) } ?? 0
+        }
+
+        /// The host at `socket` holds nothing of the guest: only dom0, no grant mapping and
+        /// no port (its backend let the devices go), no store home; its processes are the
+        /// backend and this check (and a saved guest's process, parked in its suspend call).
+        static func leftNothing(_ socket: String, _ id: DomainID, processes: Int = 2) async -> Bool {
+            await eventually(30) {
+                guard let hv = try? RemoteHypervisor(socketPath: socket, as: .dom0, onDaemonLost: ignoreLoss) else { return false }
+                defer { hv.close() }
+                guard let r = try? hv.report(), r.domains == [.dom0], r.mappings == 0, r.ports == 0, r.processes == processes else { return false }
+                guard let store = try? XenStoreClient(socketPath: socket + ".xenstore") else { return false }
+                defer { store.close() }
+                let home = try? await store.readIfPresent("/local/domain/\(id.rawValue)")
+                let vbd = try? await store.readIfPresent("/local/domain/0/backend/vbd/\(id.rawValue)")
+                let vif = try? await store.readIfPresent("/local/domain/0/backend/vif/\(id.rawValue)")
+                return home == .some(nil) && vbd == .some(nil) && vif == .some(nil)
+            }
+        }
+
+        private func report(_ socket: String) -> String {
+            guard let hv = try? RemoteHypervisor(socketPath: socket, as: .dom0, onDaemonLost: ignoreLoss) else { return "no daemon" }
+            defer { hv.close() }
+            return (try? hv.report().description) ?? "no report"
+        }
+
+        /// The image itself holds the pattern over the whole range.
+        static func imageHoldsThePattern(_ path: String) throws -> Int? {
+            let bytes = try #require(FileManager.default.contents(atPath: path))
+            return (0..<length).first { i in
+                let o = UInt64(i)
+                return bytes[i] != UInt8(truncatingIfNeeded: (o &* 0x9E37_79B1) >> 11) ^ UInt8(truncatingIfNeeded: o >> 9) ^ seed
+            }
+        }
+
+        @Test(.timeLimit(.minutes(5)))
+        func aWritingGuestMigratesThereAndBackWithEveryWriteOnTheSharedImage() async throws {
+            let hosts = try await Hosts()
+            let id = try await hosts.startWriter()
+            let guest = try #require(hosts.guest)
+
+            let (status, output) = try await hosts.xenpv(["migrate", "\(id.rawValue)", "--to", hosts.b, "--connect", hosts.a])
+            #expect(status == 0, "\(output)")
+            #expect(await guest.waitFor("suspend: resumed"), "\(guest.output)")
+            // The guest times its downtime: the pause to its vbd Connected there and a request answered.
+            #expect(await guest.waitFor("first request answered"), "\(guest.output)")
+            let there = Self.written(guest.output)
+            #expect(there < Self.length, "migrated while it wrote: \(guest.output)")
+            #expect(await Self.leftNothing(hosts.a, id), "host a: \(report(hosts.a)); backend a: \(hosts.backendA.output)")
+            // It goes on writing through host b's backend.
+            #expect(await eventually(60) { Self.written(guest.output) > there || guest.output.contains("wrote and flushed") },
+                    "\(guest.output)")
+            #expect(await hosts.backendB.waitFor("vbd/\(id.rawValue)/51712 serves \(hosts.image)"), "\(hosts.backendB.output)")
+
+            let (back, backOutput) = try await hosts.xenpv(["migrate", "\(id.rawValue)", "--to", hosts.a, "--connect", hosts.b])
+            #expect(back == 0, "\(backOutput)")
+            #expect(await eventually(30) { guest.output.components(separatedBy: "suspend: resumed").count == 3 }, "\(guest.output)")
+            #expect(await Self.leftNothing(hosts.b, id), "host b: \(report(hosts.b)); backend b: \(hosts.backendB.output)")
+
+            // No write failed or went missing: the guest reads every byte back, and the image holds them.
+            #expect(await guest.waitForExit(seconds: 180) == 0, "\(guest.output)")
+            #expect(guest.output.contains("verified \(Self.length) bytes"), "\(guest.output)")
+            #expect(try Self.imageHoldsThePattern(hosts.image) == nil)
+            for child in [hosts.daemonA, hosts.daemonB, hosts.backendA, hosts.backendB, guest] {
+                #expect(child.sanitizerClean, "\(child.name): \(child.output)")
+            }
+        }
+
+        /// A migration that fails halfway (the destination killed while the guest is paused):
+        /// the guest goes on writing on the source, through the same rings and backend.
+        @Test(.timeLimit(.minutes(5)))
+        func aDestinationKilledWhileAWritingGuestIsPausedLeavesItWritingOnTheSource() async throws {
+            let hosts = try await Hosts()
+            let id = try await hosts.startWriter()
+            let guest = try #require(hosts.guest)
+            let migrate = try Child(["migrate", "\(id.rawValue)", "--to", hosts.b, "--connect", hosts.a, "--hold-paused", "3"],
+                                    name: "migrate")
+            #expect(await guest.waitFor("suspend requested"), "\(guest.output)")
+            try await Task.sleep(nanoseconds: 500_000_000)
+            hosts.daemonB.kill()
+            #expect(await migrate.waitForExit(seconds: 60) != 0, "\(migrate.output)")
+            #expect(migrate.output.contains("goes on on the source"), "\(migrate.output)")
+            #expect(await guest.waitFor("suspend: cancelled"), "\(guest.output)")
+            #expect(await guest.waitForExit(seconds: 180) == 0, "\(guest.output)")
+            #expect(guest.output.contains("verified \(Self.length) bytes"), "\(guest.output)")
+            #expect(try Self.imageHoldsThePattern(hosts.image) == nil)
+        }
+
+        /// The NIC: a stop-and-wait echo through host a's backend goes on through host b's.
+        @Test(.timeLimit(.minutes(5)))
+        func anEchoingGuestMigratesAndEveryFrameComesBackIntact() async throws {
+            let hosts = try await Hosts()
+            let guest = try Child(["guest", "net-echo", "--connect", hosts.a, "--count", "600", "--interval-ms", "10",
+                                   "--timeout", "200"], name: "echo")
+            hosts.guest = guest
+            #expect(await guest.waitFor("echoed 50/", seconds: 60), "\(guest.output)")
+            let id = DomainID(try #require(guest.output.components(separatedBy: "joined as dom").last.flatMap { UInt16($0.prefix { $0.isNumber }) }))
+            let (status, output) = try await hosts.xenpv(["migrate", "\(id.rawValue)", "--to", hosts.b, "--connect", hosts.a])
+            #expect(status == 0, "\(output)")
+            #expect(await guest.waitFor("suspend: resumed"), "\(guest.output)")
+            #expect(!guest.output.contains("echoed 600/"), "migrated while it echoed: \(guest.output)")
+            #expect(await Self.leftNothing(hosts.a, id), "host a: \(report(hosts.a)); backend a: \(hosts.backendA.output)")
+            #expect(await guest.waitForExit(seconds: 180) == 0, "\(guest.output)")
+            #expect(guest.output.contains("600 frames echoed intact"), "\(guest.output)")
+            #expect(await hosts.backendB.waitFor("vif\(id.rawValue).0"), "\(hosts.backendB.output)")
+        }
+
+        @Test(.timeLimit(.minutes(5)))
+        func aWritingGuestSavedOnOneHostAndRestoredOnTheOtherLosesNoWrite() async throws {
+            let hosts = try await Hosts()
+            let id = try await hosts.startWriter()
+            let guest = try #require(hosts.guest)
+            let file = hosts.dir + "/guest.save"
+
+            let (saved, saveOutput) = try await hosts.xenpv(["save", "\(id.rawValue)", file, "--connect", hosts.a])
+            #expect(saved == 0, "\(saveOutput)")
+            #expect(await Self.leftNothing(hosts.a, id, processes: 3), "host a: \(report(hosts.a)); backend a: \(hosts.backendA.output)")
+            // Parked in its suspend call meanwhile: no write is acknowledged.
+            let parked = Self.written(guest.output)
+            try await Task.sleep(nanoseconds: 500_000_000)
+            #expect(Self.written(guest.output) == parked && !guest.output.contains("suspend: "), "\(guest.output)")
+
+            let (restored, restoreOutput) = try await hosts.xenpv(["restore", file, "--to", hosts.b, "--connect", hosts.a])
+            #expect(restored == 0, "\(restoreOutput)")
+            #expect(await guest.waitFor("suspend: resumed"), "\(guest.output)")
+            #expect(await guest.waitForExit(seconds: 180) == 0, "\(guest.output)")
+            #expect(guest.output.contains("verified \(Self.length) bytes"), "\(guest.output)")
+            #expect(try Self.imageHoldsThePattern(hosts.image) == nil)
+            #expect(await hosts.backendB.waitFor("vbd/\(id.rawValue)/51712 serves \(hosts.image)"), "\(hosts.backendB.output)")
+        }
+    }
+}
