@@ -75,8 +75,12 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
     public func prepare() async throws {
         let be = device.backendPath
         // blkif.h declares both uint32_t; we take the smaller of theirs and ours.
-        let maxQueues = Int(try await store.readNumber(be, XenbusKey.multiQueueMaxQueues, in: 1...UInt32.max, default: 1))
-        let maxOrder = Int(try await store.readNumber(be, XenbusKey.maxRingPageOrder, in: 0...UInt32.max, default: 0))
+        // Both reads in flight at once: each is a round trip to xenstored, and after a
+        // resume every one of them is part of the guest's downtime.
+        async let queuesOffered = store.readNumber(be, XenbusKey.multiQueueMaxQueues, in: 1...UInt32.max, default: 1)
+        async let orderOffered = store.readNumber(be, XenbusKey.maxRingPageOrder, in: 0...UInt32.max, default: 0)
+        let maxQueues = Int(try await queuesOffered)
+        let maxOrder = Int(try await orderOffered)
         let queues = max(1, min(options.queues, maxQueues))
         let order = max(0, min(options.ringPageOrder, maxOrder))
         var made: [BlockFrontQueueResources] = []
@@ -123,9 +127,19 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
     ///   when a ring cannot be attached.
     public func connect() async throws {
         let be = device.backendPath
+        // Every read in flight at once (a round trip each, part of the downtime after a
+        // resume), awaited in the order they are checked, so a bad key is reported as before.
         // The byte size (sectors * 512) must fit in 64 bits.
-        let sectors = try await store.readNumber(be, XenbusKey.sectors, in: 0...(UInt64.max / 512))
-        let sectorSize = try await store.readNumber(be, XenbusKey.sectorSize, in: 1...UInt32.max, default: 512)
+        async let sectorsRead = store.readNumber(be, XenbusKey.sectors, in: 0...(UInt64.max / 512))
+        async let sectorSizeRead = store.readNumber(be, XenbusKey.sectorSize, in: 1...UInt32.max, default: 512)
+        async let infoRead = store.readNumber(be, XenbusKey.info, in: 0...UInt32.max, default: 0)
+        async let modeRead = store.readChoice(be, XenbusKey.mode, among: ["r", "w"], default: "w")
+        async let indirectRead = store.readNumber(be, XenbusKey.featureMaxIndirectSegments, in: 0...UInt32.max, default: 0)
+        async let flushRead = store.readFeature(be, XenbusKey.featureFlushCache)
+        async let barrierRead = store.readFeature(be, XenbusKey.featureBarrier)
+        async let discardRead = store.readFeature(be, XenbusKey.featureDiscard)
+        let sectors = try await sectorsRead
+        let sectorSize = try await sectorSizeRead
         guard sectorSize == 512 else { throw BlockFrontError(.notSupported, "sector-size \(sectorSize) (only 512 is served)") }
         if let before = sectorsBeforeResume.withLock({ $0 }), before != sectors {
             // Not the disk the requests were made for: fail them rather than write elsewhere.
@@ -134,16 +148,23 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
             throw error
         }
         sectorsBeforeResume.withLock { $0 = nil }
-        let infoBits = try await store.readNumber(be, XenbusKey.info, in: 0...UInt32.max, default: 0)
-        let mode = try await store.readChoice(be, XenbusKey.mode, among: ["r", "w"], default: "w")
-        let indirect = options.indirect
-            ? Int(try await store.readNumber(be, XenbusKey.featureMaxIndirectSegments, in: 0...UInt32.max, default: 0)) : 0
+        let infoBits = try await infoRead
+        let mode = try await modeRead
+        // Read either way (it is in flight already); a bad value matters only when used.
+        let indirect: Int
+        do {
+            let offered = try await indirectRead
+            indirect = options.indirect ? Int(offered) : 0
+        } catch {
+            guard !options.indirect else { throw error }
+            indirect = 0
+        }
         let info = BlockDeviceInfo(
             sectors: sectors, sectorSize: 512,
             readOnly: infoBits & UInt32(VDISK_READONLY) != 0 || mode == "r",
-            flush: try await store.readFeature(be, XenbusKey.featureFlushCache),
-            barrier: try await store.readFeature(be, XenbusKey.featureBarrier),
-            discard: try await store.readFeature(be, XenbusKey.featureDiscard),
+            flush: try await flushRead,
+            barrier: try await barrierRead,
+            discard: try await discardRead,
             maxIndirectSegments: min(indirect, BlockDeviceLimits.maxIndirectSegmentsLimit))
         try frontend.attach(resources.withLock { $0 }, info: info)
     }
