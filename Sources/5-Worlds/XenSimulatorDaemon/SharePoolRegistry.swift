@@ -135,17 +135,7 @@ final class SharePoolRegistry: @unchecked Sendable {
     func pools(of granter: DomainID, writable: Bool) throws(HypervisorError) -> (pools: [Pool], fds: [Int32]) {
         try lock.withLock { () throws(HypervisorError) -> ([Pool], [Int32]) in
             let pools = (regions[granter]?.pools.values.filter { $0.fd >= 0 } ?? []).sorted { $0.first < $1.first }
-            var fds: [Int32] = []
-            for p in pools {
-                let d = fcntl(writable ? p.fd : p.readOnlyFD, F_DUPFD_CLOEXEC, 0)
-                guard d >= 0 else {
-                    let e = Errno(rawValue: errno)
-                    for f in fds { Glibc.close(f) }
-                    throw .errno(e, "share pools: dup")
-                }
-                fds.append(d)
-            }
-            return (pools, fds)
+            return (pools, try duplicate(pools, writable: writable))
         }
     }
 
@@ -257,7 +247,7 @@ final class SharePoolRegistry: @unchecked Sendable {
             guard d >= 0 else {
                 let e = Errno(rawValue: errno)
                 for f in fds { Glibc.close(f) }
-                throw .errno(e, "map: dup")
+                throw .errno(e, "share pools: dup")
             }
             fds.append(d)
         }
