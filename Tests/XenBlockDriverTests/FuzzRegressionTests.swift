@@ -6,18 +6,24 @@ import XenBlockFront
 import XenBlockProtocol
 import XenBlockStorage
 import XenBus
+import XenLocks
 import XenSimulator
 import XenStore
 import XenStoreServer
 
 /// A XenStoreConnection over an in-process engine (no server, no socket), speaking as `domain`.
+/// Drivers send several requests at once, as a real client allows; the engine is one
+/// daemon loop's, so each request takes it under `lock`.
 private final class EngineStore: XenStoreConnection, @unchecked Sendable {
     let engine = XenStoreEngine()
     let domain: DomainID
+    private let lock = Lock()
     init(domain: DomainID) { self.domain = domain }
     func request(_ type: XenStoreMessageType, payload: [UInt8]) async throws(XenStoreError) -> XenStoreMessage {
-        let reply = engine.perform(XenStoreMessage(type: type, payload: payload), as: domain)
-        _ = engine.takeOutbox()
+        let reply = lock.withLock {
+            defer { _ = engine.takeOutbox() }
+            return engine.perform(XenStoreMessage(type: type, payload: payload), as: domain)
+        }
         if reply.type == .error { throw XenStoreError(XenStoreError.Code(rawValue: reply.text), "\(type)") }
         return reply
     }

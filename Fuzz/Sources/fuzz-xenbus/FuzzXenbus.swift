@@ -19,6 +19,7 @@
 // returns exactly what its documentation says for the value written.
 import Dispatch
 import Logging
+import Synchronization
 import XenABI
 import XenBlockBack
 import XenBlockFront
@@ -31,17 +32,22 @@ import XenSimulator
 import XenStore
 import XenStoreServer
 
-/// XenStoreConnection over an in-process engine, speaking as `domain`.
+/// XenStoreConnection over an in-process engine, speaking as `domain`. Drivers send several
+/// requests at once, as a real client allows; the engine is one daemon loop's, so each
+/// request takes it under `lock`.
 final class EngineStore: XenStoreConnection, @unchecked Sendable {
     let engine: XenStoreEngine
     let domain: DomainID
+    private let lock = Mutex(())
     init(engine: XenStoreEngine, domain: DomainID) {
         self.engine = engine
         self.domain = domain
     }
     func request(_ type: XenStoreMessageType, payload: [UInt8]) async throws(XenStoreError) -> XenStoreMessage {
-        let reply = engine.perform(XenStoreMessage(type: type, payload: payload), as: domain)
-        _ = engine.takeOutbox()
+        let reply = lock.withLock { _ in
+            defer { _ = engine.takeOutbox() }
+            return engine.perform(XenStoreMessage(type: type, payload: payload), as: domain)
+        }
         if reply.type == .error {
             throw XenStoreError(XenStoreError.Code(rawValue: reply.text), "\(type)")
         }
