@@ -111,10 +111,14 @@ public final class DomainStreamWriter {
     public func finish() async throws {
         var grants: [MigrationGrantEntry] = []
         for r in 0..<view.grantEntries {
+            // The table is the guest's memory and a guest that ignores the pause may still
+            // write it: the header word (flags, domid) is read once and split, so the
+            // entry sent is one the guest wrote, never half of two.
             let e = view.table + r * 8
-            let flags = e.load(as: UInt16.self)
-            guard flags & 0x3 != 0 else { continue }
-            grants.append(MigrationGrantEntry(ref: GrantRef(UInt32(r)), flags: flags, grantee: DomainID(e.load(fromByteOffset: 2, as: UInt16.self)),
+            let header = e.load(as: UInt32.self)
+            let flags = UInt16(truncatingIfNeeded: header)
+            guard flags & UInt16(GTF_type_mask) != 0 else { continue }
+            grants.append(MigrationGrantEntry(ref: GrantRef(UInt32(r)), flags: flags, grantee: DomainID(UInt16(truncatingIfNeeded: header >> 16)),
                                               frame: FrameNumber(UInt64(e.load(fromByteOffset: 4, as: UInt32.self)))))
         }
         for chunk in stride(from: 0, to: grants.count, by: 512) {
