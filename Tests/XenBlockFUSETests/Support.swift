@@ -7,15 +7,6 @@ import Testing
 import XenBlockExport
 import XenBlockFUSE
 
-/// Whether `directory` is a mount point now (by /proc/self/mountinfo).
-func isMountPoint(_ directory: String) -> Bool {
-    let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
-    return text.split(separator: "\n").contains { line in
-        let fields = line.split(separator: " ")
-        return fields.count > 4 && fields[4] == directory
-    }
-}
-
 /// Whether FUSE works here (`/dev/fuse` and root).
 let fuseAvailable = FileManager.default.fileExists(atPath: "/dev/fuse") && getuid() == 0
 

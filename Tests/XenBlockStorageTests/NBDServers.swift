@@ -137,21 +137,6 @@ final class NBDServerProcess: @unchecked Sendable {
     }
 }
 
-/// A /proc file read to its end (it has no size for Foundation's whole-file readers).
-func procFile(_ path: String) -> String? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, 65536) }
-        guard n > 0 else { break }
-        bytes += chunk[0..<n]
-    }
-    return String(decoding: bytes, as: UTF8.self)
-}
-
 /// Runs `body` on a thread of its own (the engine's calls block) and awaits its result.
 func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, Error>) in

@@ -10,11 +10,6 @@ extension ProcessTests {
                                     && FileManager.default.isExecutableFile(atPath: "/usr/bin/dd"),
                                  "needs /dev/fuse and root"))
     struct GuestDiskMountTests {
-        private func mounted(_ directory: String) -> Bool {
-            let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
-            return text.split(separator: "\n").contains { $0.split(separator: " ").dropFirst(4).first.map(String.init) == directory }
-        }
-
         @Test(.timeLimit(.minutes(3)), arguments: ["umount", "SIGTERM"])
         func aGuestMountsItsVbdAsAFileUntilUmountOrASignal(ending: String) async throws {
             let dir = temporaryDirectory()
@@ -35,10 +30,10 @@ extension ProcessTests {
             defer {
                 guest.kill()
                 // A killed guest leaves a dead mount behind: detach it.
-                if mounted(mountpoint) { umount2(mountpoint, Int32(MNT_DETACH)) }
+                if isMountPoint(mountpoint) { umount2(mountpoint, Int32(MNT_DETACH)) }
             }
             #expect(await guest.waitFor("the vbd is \(mountpoint)/xvda"), "\(guest.output)")
-            #expect(mounted(mountpoint))
+            #expect(isMountPoint(mountpoint))
 
             let source = dir + "/pattern.bin"
             #expect(FileManager.default.createFile(atPath: source, contents: Data((0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 37) })))
@@ -56,7 +51,7 @@ extension ProcessTests {
             }
             #expect(await guest.waitForExit(seconds: 60) == 0, "\(guest.output)")
             #expect(guest.output.contains("\(mountpoint) unmounted"), "\(guest.output)")
-            #expect(!mounted(mountpoint))
+            #expect(!isMountPoint(mountpoint))
             let bytes = try #require(FileManager.default.contents(atPath: image))
             let pattern = try #require(FileManager.default.contents(atPath: source))
             #expect(bytes[(3 << 16)..<((3 << 16) + (1 << 20))] == pattern)
@@ -85,7 +80,7 @@ extension ProcessTests {
             let guest = try Child(["guest", "disk", "mount", mountpoint, "--connect", sock], name: "guest")
             defer {
                 guest.kill()
-                if mounted(mountpoint) { umount2(mountpoint, Int32(MNT_DETACH)) }
+                if isMountPoint(mountpoint) { umount2(mountpoint, Int32(MNT_DETACH)) }
             }
             #expect(await guest.waitFor("the vbd is \(mountpoint)/xvda"), "\(guest.output)")
             try await body(dir, image, mountpoint + "/xvda") {
@@ -94,7 +89,7 @@ extension ProcessTests {
             }
             guest.terminate()
             #expect(await guest.waitForExit(seconds: 60) == 0, "\(guest.output)")
-            #expect(!mounted(mountpoint))
+            #expect(!isMountPoint(mountpoint))
             for child in [hv, guest] + backends { #expect(child.sanitizerClean, "\(child.name): \(child.output)") }
         }
 

@@ -60,7 +60,7 @@ extension ProcessTests {
             // (ring views, grant-copy view), not its grant table, not the channel page.
             let doomedID = doomed.output.split(separator: "joined as ").last?.prefix { $0 != "\n" } ?? "?"
             #expect(await eventually(10) {
-                let maps = (try? String(contentsOfFile: "/proc/\(backend.pid)/maps", encoding: .utf8)) ?? "?"
+                let maps = procFile("/proc/\(backend.pid)/maps") ?? "?"
                 return !maps.contains("-\(doomedID) ") && !maps.contains("-\(doomedID)-gnttab") && !maps.contains("xenpv-evtchn")
             }, "backend still maps \(doomedID)")
             // The vif is gone and its thread with it.
