@@ -60,7 +60,7 @@ struct EchoLoop: Sendable {
             outcome.echoed += 1
             seq &+= 1
             if progress { say("echoed \(outcome.echoed)/\(count.map(String.init) ?? "?")") }
-            if intervalMs > 0 { usleep(UInt32(clamping: intervalMs) * 1000) }
+            if intervalMs > 0 { usleep(UInt32(min(intervalMs, 60_000) * 1000)) }
         }
         return outcome
     }
