@@ -3,12 +3,19 @@
 # machine, each with a `xenpv backend` serving the same image file: the guest (256 MiB,
 # 65,536 frames) runs `xenpv guest disk write` idle (one 4 KiB write a second) or writing
 # (64 KiB chunks 1 ms apart, several requests in flight each), and is migrated a to b
-# and back. Prints xenpv migrate's figures and the guest's downtime line: from the pause
-# (its suspend call; its devices' quiesce before it) to its vbd Connected on the
+# and back. The cases idle-full and full add a vif echoing 1000-byte frames stop-and-wait
+# through the backend (1 ms apart) beside the idle or writing job, and full also
+# dirties 2,000 pages a second of 32,768 pages of the guest's memory (issue 18's whole
+# guest; its memory is checksummed at each pause and checked after each resume and at
+# the end). Prints xenpv migrate's figures and the guest's downtime line: from the pause
+# (its suspend call; its devices' quiesce before it) to its devices Connected on the
 # destination and the first request answered there (a one-sector read, issued once the
-# device is Connected; with the writer it queues behind the re-issued writes).
+# devices are Connected; with the writer it queues behind the re-issued writes); with the
+# echo, the frames that came back and how many were resent; with the dirtier, the memory
+# checks.
 #
-#   Benchmarks/Migration/devices.sh [XENPV] [CASES...]   (default: .build/release/xenpv, cases idle writing)
+#   Benchmarks/Migration/devices.sh [XENPV] [CASES...]   (default: .build/release/xenpv, cases idle writing;
+#                                                         also idle-full full)
 set -euo pipefail
 XENPV=${1:-.build/release/xenpv}
 shift || true
@@ -30,7 +37,9 @@ for case in $CASES; do
     case $case in
         idle) JOB=(--length $((4 << 20)) --chunk 4096 --interval-ms 1000) ;;
         writing) JOB=(--length $((448 << 20)) --chunk 65536 --interval-ms 1) ;;
-        *) echo "unknown case $case (idle or writing)" >&2; exit 2 ;;
+        idle-full) JOB=(--length $((4 << 20)) --chunk 4096 --interval-ms 1000 --echo) ;;
+        full) JOB=(--length $((448 << 20)) --chunk 65536 --interval-ms 1 --echo --dirty-rate 2000 --dirty-pages 32768) ;;
+        *) echo "unknown case $case (idle, writing, idle-full or full)" >&2; exit 2 ;;
     esac
     LOG="$DIR/guest-$case.log"
     XENPV_MIGRATION_TRACE=1 "$XENPV" guest disk write --connect "$DIR/a.sock" --frames 65536 --seed 5 --timeout 600 "${JOB[@]}" >"$LOG" 2>&1 &
@@ -47,7 +56,15 @@ for case in $CASES; do
         grep "downtime:" "$LOG" | tail -1 | sed 's/^/   guest: /'
         sleep 1
     done
+    grep "memory: .*checksum" "$LOG" | sed 's/^/   guest: /' || true
     grep -E "error|failed" "$LOG" | sed 's/^/   guest: /' || true
+    # The echo and the dirtier report when the job ends: a shutdown request ends it at
+    # the next chunk (the echo after the frame on its way), then the guest leaves.
+    if [[ $case == *full ]]; then
+        "$XENPV" shutdown "$DOM" --connect "$DIR/a.sock" >/dev/null 2>&1 || true
+        for _ in $(seq 300); do kill -0 "$GUEST" 2>/dev/null || break; sleep 0.1; done
+        grep -E "frames echoed intact|memory: .* verified|stopped at byte" "$LOG" | sed 's/^/   guest: /' || true
+    fi
     kill "$GUEST" 2>/dev/null || true
     wait "$GUEST" 2>/dev/null || true
 done

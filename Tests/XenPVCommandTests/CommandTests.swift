@@ -92,6 +92,16 @@ struct CommandTests {
             let badTimeout = try await Self.xenpv([command, "dom", "--timeout=-1"])
             #expect(badTimeout.status != 0 && badTimeout.output.contains("--timeout must be more than 0"), "\(badTimeout.output)")
         }
+        // What runs beside a disk job is checked before the guest joins anything.
+        let disk = ["guest", "disk", "write", "--connect", "/"]
+        let echoAndTap = try await Self.xenpv(disk + ["--echo", "--netns", "xenpv-none"])
+        #expect(echoAndTap.status != 0 && echoAndTap.output.contains("--echo and --netns both use the vif"), "\(echoAndTap.output)")
+        let badRate = try await Self.xenpv(disk + ["--dirty-rate=-5"])
+        #expect(badRate.status != 0 && badRate.output.contains("--dirty-rate must be 0 or more"), "\(badRate.output)")
+        let badPages = try await Self.xenpv(disk + ["--dirty-rate", "100", "--dirty-pages", "4096"])
+        #expect(badPages.status != 0 && badPages.output.contains("--dirty-pages must be 1 to --frames - 1"), "\(badPages.output)")
+        let echoServe = try await Self.xenpv(["guest", "disk", "serve", "--nbd", "unix:/tmp/none", "--connect", "/", "--echo"])
+        #expect(echoServe.status != 0 && echoServe.output.contains("go with write, read, verify or write-verify"), "\(echoServe.output)")
         let badDemo = try await Self.xenpv(["demo", "--packets", "0"])
         #expect(badDemo.status != 0 && badDemo.output.contains("--packets must be positive"))
         // The world is chosen at start-up; without /dev/xen, `xen` is a clear error.

@@ -75,11 +75,24 @@ final class GuestNet: @unchecked Sendable {
     let endpoint: XenbusEndpoint
     let received = Inbox()
     let shutdown: ShutdownWatch
+    /// Whether ``close()`` leaves the domain (this netfront's own join) or only the vif.
+    private let ownsDomain: Bool
     private var tasks: [Task<Void, Never>] = []
 
-    init(_ options: GuestOptions, logger: Logger) throws {
-        hv = try JoinedDomain.join(options.hypervisor, connect: options.connect, as: options.request(devices: [.vif]))
-        shutdown = ShutdownWatch(hv, enabled: !options.noControl)
+    /// Joins as a new guest with a vif and connects its netfront.
+    convenience init(_ options: GuestOptions, logger: Logger) throws {
+        let hv = try JoinedDomain.join(options.hypervisor, connect: options.connect, as: options.request(devices: [.vif]))
+        say("xenpv guest: joined as \(hv.domainID)")
+        try self.init(hv, shutdown: ShutdownWatch(hv, enabled: !options.noControl), options: options, ownsDomain: true, logger: logger)
+    }
+
+    /// Connects the netfront of vif 0 of a domain the command has joined, its endpoint
+    /// added to `shutdown`'s suspender so it suspends and resumes with the domain.
+    /// Unless `ownsDomain`, ``close()`` leaves `hv` and `shutdown` to the command.
+    init(_ hv: JoinedDomain, shutdown: ShutdownWatch, options: GuestOptions, ownsDomain: Bool = false, logger: Logger) throws {
+        self.hv = hv
+        self.shutdown = shutdown
+        self.ownsDomain = ownsDomain
         let device = XenbusDevice(type: "vif", id: 0, frontend: hv.domainID)
         let frontend = NetFrontendDriver(hypervisor: hv, store: hv.store, path: device.frontendPath, port: port, logger: logger)
         endpoint = XenbusEndpoint(role: .frontend, store: hv.store, path: device.frontendPath, peerPath: device.backendPath,
@@ -92,7 +105,6 @@ final class GuestNet: @unchecked Sendable {
         tasks.append(Task {
             for await packet in port.packets { received.append(packet.bytes) }
         })
-        say("xenpv guest: joined as \(hv.domainID)")
         let handshake = Duration.seconds(options.connectTimeout)
         do { try ProcessSupport.runBlocking { try await endpoint.connected(timeout: handshake) } } catch {
             throw ValidationError("the vif's backend did not connect in \(options.connectTimeout) s (is `xenpv backend --connect \(options.connect ?? "PATH")` running?)")
@@ -123,8 +135,12 @@ final class GuestNet: @unchecked Sendable {
     }
 
     func close() {
-        shutdown.cancel()
         for t in tasks { t.cancel() }
+        guard ownsDomain else {
+            shutdown.suspender?.remove(endpoint)
+            return
+        }
+        shutdown.cancel()
         hv.close()
     }
 
@@ -185,35 +201,10 @@ struct GuestNetEcho: ParsableCommand {
         let logger = ProcessSupport.bootstrapLogging(verbose: options.verbose)
         let net = try GuestNet(options, logger: logger)
         defer { net.close() }
-        let deadline = Date().addingTimeInterval(timeout)
-        var resent = 0
-        for seq in 0..<UInt32(count) {
-            if net.shutdown.request != nil { break }
-            let frame = GuestNet.frame(seq, size: size)
-            var echoed = false
-            while !echoed {
-                guard Date() < deadline else { throw ValidationError("timed out at frame \(seq) of \(count)") }
-                // A send refused while the backend is away is retried like a lost echo.
-                do { try net.send(frame) } catch { logger.info("send: \(error)") }
-                let wait = Date().addingTimeInterval(0.5)
-                while !echoed && Date() < wait {
-                    for got in net.take() {
-                        if got == frame { echoed = true } else if got.count >= 18, got[12] == 0x88, got[13] == 0xB5 {
-                            // An older frame's late echo (after a resend): fine if intact.
-                            let s = got[14..<18].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
-                            guard s < seq, got == GuestNet.frame(s, size: got.count) else {
-                                throw ValidationError("frame \(seq): a corrupted echo came back")
-                            }
-                        }
-                    }
-                    if !echoed { usleep(500) }
-                }
-                if !echoed { resent += 1 }
-            }
-            say("echoed \(seq + 1)/\(count)")
-            if intervalMs > 0 { usleep(UInt32(intervalMs) * 1000) }
-        }
-        say("xenpv guest: \(count) frames echoed intact (\(resent) resent)")
+        let loop = EchoLoop(net: net, size: size, count: count, intervalMs: intervalMs, deadline: Date().addingTimeInterval(timeout),
+                            logger: logger, progress: true) { net.shutdown.request != nil }
+        let outcome = try loop.run()
+        say("xenpv guest: \(outcome.echoed) frames echoed intact (\(outcome.resent) resent)")
         net.lingerIfAsked(options)
     }
 }
@@ -274,7 +265,12 @@ struct GuestDisk: ParsableCommand {
             write prints "written N/M" after each acknowledged chunk (the backend has completed it);
             verify exits 1 at the first byte that differs from the pattern; write-verify does both in turn.
             --netns NAME also puts the domain's vif on a TAP in that network namespace for as long as the
-            guest runs (see `xenpv guest net-tap`).
+            guest runs (see `xenpv guest net-tap`). --echo instead gives the domain a vif that, while the job
+            runs, sends frames stop-and-wait through an echoing backend (`xenpv backend` without --nic) as
+            `xenpv guest net-echo` does, and prints "N frames echoed intact (R resent)" at the end (a corrupted
+            echo fails the job). --dirty-rate PAGES writes that many pages of the guest's own memory a second
+            while the job runs, as `xenpv guest memory` does: checked across every suspend (save, restore,
+            migration) and at the end. Both follow the domain through a migration with the vbd.
             serve --nbd unix:PATH|tcp:HOST:PORT serves the vbd to NBD clients (nbdinfo, qemu-io, qemu-img,
             nbdcopy, fio --ioengine=nbd) until SIGINT, SIGTERM or `xenpv shutdown`; it prints the URI to give them.
             mount DIR [--name xvda] shows the vbd as the file DIR/xvda in a FUSE mount (direct I/O; fsync flushes,
@@ -304,9 +300,35 @@ struct GuestDisk: ParsableCommand {
     var hotplug = false
     @Option(name: .customLong("vdev"), help: "A disk to use, as the config names it (xvda, xvdb, …); repeat for several (default xvda). A failure on one is reported and the others still run.")
     var vdevs: [String] = []
+    @Flag(help: "Also give the domain a vif and echo frames through its backend (without --nic) while the job runs.")
+    var echo = false
+    @Option(help: "--echo: bytes per frame.") var echoSize = 1000
+    @Option(help: "--echo: milliseconds between frames.") var echoIntervalMs = 1
+    @Option(help: ArgumentHelp("While the job runs, write this many pages of the guest's memory a second and check them (0: off).",
+                               valueName: "PAGES"))
+    var dirtyRate = 0
+    @Option(help: ArgumentHelp("--dirty-rate: the pages written in turn (default: half the guest's frames).", valueName: "N"))
+    var dirtyPages: Int?
 
     func validate() throws {
         _ = try disks()
+        if echo || dirtyRate > 0 {
+            guard [.write, .read, .verify, .writeVerify].contains(action) else {
+                throw ValidationError("--echo and --dirty-rate go with write, read, verify or write-verify")
+            }
+        }
+        if echo {
+            guard nic.netns == nil else { throw ValidationError("--echo and --netns both use the vif: give one of them") }
+            try checkFrameSize(echoSize)
+            guard echoIntervalMs >= 0 else { throw ValidationError("--echo-interval-ms must be 0 or more") }
+        }
+        guard dirtyRate >= 0 else { throw ValidationError("--dirty-rate must be 0 or more, not \(dirtyRate)") }
+        if let dirtyPages {
+            guard dirtyRate > 0 else { throw ValidationError("--dirty-pages goes with --dirty-rate") }
+            guard dirtyPages > 0, dirtyPages < options.frames else {
+                throw ValidationError("--dirty-pages must be 1 to --frames - 1, not \(dirtyPages)")
+            }
+        }
         if action == .serve {
             guard let nbd else { throw ValidationError("serve needs --nbd unix:PATH or --nbd tcp:HOST:PORT") }
             do { _ = try BlockExportAddress(parsing: nbd) } catch { throw ValidationError("--nbd: \(error)") }
@@ -342,7 +364,7 @@ struct GuestDisk: ParsableCommand {
         let logger = ProcessSupport.bootstrapLogging(verbose: options.verbose)
         let disks = try self.disks()
         let hv = try JoinedDomain.join(options.hypervisor, connect: options.connect,
-                                       as: options.request(devices: nic.netns == nil ? [.vbd] : [.vbd, .vif]))
+                                       as: options.request(devices: nic.netns == nil && !echo ? [.vbd] : [.vbd, .vif]))
         defer { hv.close() }
         say("xenpv guest: joined as \(hv.domainID)")
         let shutdown = ShutdownWatch(hv, enabled: !options.noControl)
@@ -350,6 +372,8 @@ struct GuestDisk: ParsableCommand {
         let tapNIC = try nic.netns.map { try GuestTapNIC(hv, nic, namespace: $0, connectTimeout: options.connectTimeout, logger: logger) }
         defer { tapNIC?.close() }
         if let tapNIC { shutdown.suspender?.add(tapNIC.endpoint) }
+        let beside = try Beside(self, hv: hv, shutdown: shutdown, logger: logger)
+        defer { beside.close() }
         var failed: [String] = []
         for disk in disks {
             do { try runJob(on: disk.number, hv: hv, shutdown: shutdown, logger: logger, label: vdevs.isEmpty ? "" : " on \(disk.name)") } catch {
@@ -358,6 +382,7 @@ struct GuestDisk: ParsableCommand {
                 failed.append(disk.name)
             }
         }
+        try beside.finish()
         if hotplug {
             say("xenpv guest: following hotplugged vbds until a shutdown request")
             try followHotplug(skipping: Set(disks.map(\.number)), hv: hv, shutdown: shutdown, logger: logger)
@@ -446,6 +471,54 @@ struct GuestDisk: ParsableCommand {
         job.stopped = { shutdown.request != nil }
         let finished = job
         try ProcessSupport.runBlocking { try await finished.run() }
+    }
+}
+
+extension GuestDisk {
+    /// What runs beside the disk job: `--echo`'s frames through the vif and
+    /// `--dirty-rate`'s memory writer, started before the job and checked after it.
+    struct Beside {
+        let net: GuestNet?
+        let echo: EchoThread?
+        let dirtier: GuestDirtier?
+
+        init(_ command: GuestDisk, hv: JoinedDomain, shutdown: ShutdownWatch, logger: Logger) throws {
+            let deadline = Date().addingTimeInterval(command.timeout)
+            if command.dirtyRate > 0 {
+                let pages = command.dirtyPages ?? command.options.frames / 2
+                let d: GuestDirtier
+                do { d = try GuestDirtier(hv, pages: pages, rate: command.dirtyRate) } catch {
+                    throw CommandError("--dirty-rate: cannot allocate \(pages) pages of the guest's memory: \(error)")
+                }
+                shutdown.aroundSuspend(before: { d.beforeSuspend() }, after: { d.afterSuspend(resumed: $0) })
+                d.start()
+                say("xenpv guest: writing \(command.dirtyRate) pages/s of \(pages) pages at \(d.address)")
+                dirtier = d
+            } else {
+                dirtier = nil
+            }
+            if command.echo {
+                let n = try GuestNet(hv, shutdown: shutdown, options: command.options, logger: logger)
+                net = n
+                echo = EchoThread(n, size: command.echoSize, intervalMs: command.echoIntervalMs, deadline: deadline, logger: logger)
+            } else {
+                (net, echo) = (nil, nil)
+            }
+        }
+
+        /// Stops both and reports them; a corrupted echo or memory that differs is an error.
+        func finish() throws {
+            if let echo {
+                let outcome = try echo.finish()
+                say("xenpv guest: \(outcome.echoed) frames echoed intact (\(outcome.resent) resent)")
+            }
+            if let dirtier { say(try dirtier.stopAndVerify()) }
+        }
+
+        func close() {
+            dirtier?.stop()
+            net?.close()
+        }
     }
 }
 

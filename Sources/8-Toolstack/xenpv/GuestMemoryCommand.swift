@@ -33,33 +33,91 @@ struct GuestMemory: ParsableCommand {
     func run() throws {
         let hv = try JoinedDomain.join(options.hypervisor, connect: options.connect, as: options.request(devices: []))
         defer { hv.close() }
-        let memory = try hv.pageAllocator.allocatePages(pages)
-        let sharer = try hv.openGrantSharer()
-        let sharedPages = shared > 0 ? try sharer.sharePages(count: shared, with: .dom0, writable: true) : nil
-        say("xenpv guest memory: joined as \(hv.domainID), \(pages) pages at \(address(memory.memory.base))")
-        let writer = PatternWriter(base: memory.memory.base, pages: pages, shared: sharedPages?.memory.base, sharedPages: shared, rate: rate)
-        writer.start()
+        let dirtier = try GuestDirtier(hv, pages: pages, rate: rate, shared: shared)
+        say("xenpv guest memory: joined as \(hv.domainID), \(pages) pages at \(dirtier.address)")
+        dirtier.start()
         let control = GuestControl(store: hv.store, domain: hv.domainID)
         let requests = try ProcessSupport.runBlocking { try await control.requests() }
         let iterator = RequestIterator(requests)
         while let request = iterator.next() {
             switch request {
             case .suspend:
-                let before = writer.pauseAndChecksum()
-                say("xenpv guest memory: suspend checksum=\(hex(before)) base=\(address(memory.memory.base)) written=\(writer.written)")
+                dirtier.beforeSuspend()
                 let outcome = try suspendDomain(hv, timeout: .seconds(suspendTimeout))
-                let after = writer.checksum()
-                say("xenpv guest memory: \(outcome == .resumed ? "resumed" : "cancelled") checksum=\(hex(after)) base=\(address(memory.memory.base)) equal=\(before == after)")
-                writer.resume()
+                dirtier.afterSuspend(resumed: outcome == .resumed)
             default:
-                say("xenpv guest memory: \(request.rawValue) requested; wrote \(writer.written) pages")
-                writer.stop()
+                say("xenpv guest memory: \(request.rawValue) requested; wrote \(dirtier.written) pages")
+                dirtier.stop()
                 return
             }
         }
     }
+}
 
-    private func address(_ p: UnsafeMutableRawPointer) -> String { "0x" + String(UInt(bitPattern: p), radix: 16) }
+/// A guest's memory written at a steady rate and checked across each suspend: what
+/// `xenpv guest memory` runs, and `xenpv guest disk --dirty-rate` beside its disk job.
+/// Around a suspend the writer pauses and checksums what it wrote, and after the
+/// suspend returns checks that its memory is what it wrote, at the same addresses,
+/// then writes on; one line each on stdout:
+/// `xenpv guest memory: suspend checksum=… base=0x… written=…` then
+/// `xenpv guest memory: resumed checksum=… base=0x… equal=true` (or `cancelled`).
+final class GuestDirtier: @unchecked Sendable {
+    // @unchecked: `before` and `checks` are guarded by `lock`; the rest is immutable.
+    private let writer: PatternWriter
+    private let lock = NSLock()
+    private var before: UInt64?
+    private var checks = (suspends: 0, unequal: 0)
+
+    /// Allocates `pages` pages of the domain's memory (and `shared` more granted to dom0)
+    /// for a writer of `rate` pages a second once each was written.
+    init(_ hv: JoinedDomain, pages: Int, rate: Int, shared: Int = 0) throws {
+        let memory = try hv.pageAllocator.allocatePages(pages)
+        let sharedPages = shared > 0 ? try hv.openGrantSharer().sharePages(count: shared, with: .dom0, writable: true) : nil
+        writer = PatternWriter(base: memory.memory.base, pages: pages, shared: sharedPages?.memory.base, sharedPages: shared, rate: rate)
+    }
+
+    /// The written pages' address in this process.
+    var address: String { "0x" + String(UInt(bitPattern: writer.base), radix: 16) }
+
+    /// Pages written so far.
+    var written: Int { writer.written }
+
+    func start() { writer.start() }
+    func stop() { writer.stop() }
+
+    /// Pauses the writer and checksums its pages, before the domain suspends. Blocks.
+    func beforeSuspend() {
+        let sum = writer.pauseAndChecksum()
+        lock.withLock { before = sum }
+        say("xenpv guest memory: suspend checksum=\(hex(sum)) base=\(address) written=\(writer.written)")
+    }
+
+    /// Checks the pages against the checksum taken before the suspend, then writes on. Blocks.
+    func afterSuspend(resumed: Bool) {
+        let after = writer.checksum()
+        let equal = lock.withLock { () -> Bool in
+            let equal = before == after
+            checks.suspends += 1
+            if !equal { checks.unequal += 1 }
+            before = nil
+            return equal
+        }
+        say("xenpv guest memory: \(resumed ? "resumed" : "cancelled") checksum=\(hex(after)) base=\(address) equal=\(equal)")
+        writer.resume()
+    }
+
+    /// Stops the writer and checks every page holds what was last written to it; a
+    /// line saying so, or an error naming what differs.
+    func stopAndVerify() throws -> String {
+        let badPage = writer.pauseAndVerify()
+        writer.stop()
+        let (suspends, unequal) = lock.withLock { checks }
+        guard unequal == 0 else { throw CommandError("memory: \(unequal) of \(suspends) suspends changed the written pages") }
+        if let badPage { throw CommandError("memory: page \(badPage) of \(writer.pages) does not hold what was last written to it") }
+        return "xenpv guest: memory: \(writer.written) page writes at \(writer.rate) pages/s over \(writer.pages) pages verified,"
+            + " equal across \(suspends) suspends"
+    }
+
     private func hex(_ v: UInt64) -> String { String(v, radix: 16) }
 }
 
@@ -171,6 +229,22 @@ private final class PatternWriter: @unchecked Sendable {
         paused.store(true, ordering: .releasing)
         while !idle.load(ordering: .acquiring) { usleep(100) }
         return checksum()
+    }
+
+    /// Pauses the writer and returns the first page that does not hold what was last
+    /// written to it (nil when all do). Its `count` writes went to page `n % pages` for
+    /// each n in turn, so the last write to page p is the largest such n below `count`.
+    func pauseAndVerify() -> Int? {
+        paused.store(true, ordering: .releasing)
+        while !idle.load(ordering: .acquiring) { usleep(100) }
+        let count = written
+        return (0..<pages).first { p in
+            let page = base + p * XenPage.size
+            let word: UInt64 = count > p ? UInt64(p + pages * ((count - 1 - p) / pages)) &* 0x9E37_79B9_7F4A_7C15 : 0
+            return stride(from: 0, to: XenPage.size, by: 512).contains { i in
+                page.load(fromByteOffset: i, as: UInt64.self) != (count > p ? word &+ UInt64(i) : 0)
+            }
+        }
     }
 
     func resume() { paused.store(false, ordering: .releasing) }

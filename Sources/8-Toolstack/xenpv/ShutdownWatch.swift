@@ -10,7 +10,7 @@ import XenWorld
 /// request goes to ``suspender`` when the world can suspend the domain (its hypervisor
 /// conforms to `DomainSuspending`); the command adds its frontends' endpoints to it.
 final class ShutdownWatch: @unchecked Sendable {
-    // @unchecked: `received` and `probes` are guarded by `lock`; `task` is set once in init.
+    // @unchecked: `received`, `probes`, `suspendHooks` and `suspending` are guarded by `lock`; `task` is set once in init.
     private let lock = NSLock()
     private var received: ShutdownRequest?
     private let arrived = DispatchSemaphore(value: 0)
@@ -29,15 +29,31 @@ final class ShutdownWatch: @unchecked Sendable {
             guard let requests = try? await control.requests() else { return }
             for await request in requests {
                 if request == .suspend, let suspender {
-                    guard !suspender.isSuspending else {
+                    // Taken here, before the hooks run, so a second request meanwhile is refused.
+                    let busy = lock.withLock { () -> Bool in
+                        defer { suspending = true }
+                        return suspending
+                    }
+                    guard !busy else {
                         say("xenpv guest: suspend requested while suspending; ignored")
                         continue
                     }
                     say("xenpv guest: suspend requested by the toolstack")
+                    let hooks = lock.withLock { suspendHooks }
                     Task { [self] in
+                        // The command's own work around the pause (a memory writer stopping and
+                        // checksumming) blocks, so it runs on a thread of its own; after the
+                        // resume it waits for the downtime's figures, so it does not slow them.
+                        if !hooks.isEmpty { await Self.offPool { hooks.forEach { $0.before() } } }
                         let result = await suspender.suspend()
                         say("xenpv guest: suspend: \(result)")
+                        // Without hooks the next request may come while the downtime is measured.
+                        if hooks.isEmpty { lock.withLock { suspending = false } }
                         if result == .resumed { await reportDowntime(suspender) }
+                        if !hooks.isEmpty {
+                            await Self.offPool { hooks.forEach { $0.after(result == .resumed) } }
+                            lock.withLock { suspending = false }
+                        }
                     }
                     continue
                 }
@@ -53,6 +69,35 @@ final class ShutdownWatch: @unchecked Sendable {
     }
 
     private var probes: [String: @Sendable () async throws -> Void] = [:]
+
+    /// Work of the command's around each suspend the ``suspender`` runs: `before` ahead of
+    /// the devices' quiesce, `after` (told whether the domain resumed from a copy) once the
+    /// suspend is over. Both block a thread of their own.
+    private struct SuspendHook {
+        let before: @Sendable () -> Void
+        let after: @Sendable (_ resumed: Bool) -> Void
+    }
+    private var suspendHooks: [SuspendHook] = []
+    /// A suspend request is being served (its hooks or the suspender's run).
+    private var suspending = false
+
+    /// Adds work to run around each suspend from the next one on (before the devices
+    /// quiesce; after the suspend, with whether the domain resumed from a copy).
+    func aroundSuspend(before: @escaping @Sendable () -> Void, after: @escaping @Sendable (_ resumed: Bool) -> Void) {
+        lock.withLock { suspendHooks.append(SuspendHook(before: before, after: after)) }
+    }
+
+    /// Runs blocking work on a thread of its own.
+    private static func offPool(_ body: @escaping @Sendable () -> Void) async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let thread = Thread {
+                body()
+                c.resume()
+            }
+            thread.name = "xenpv-suspend-hook"
+            thread.start()
+        }
+    }
 
     /// Registers a request to one of the command's devices (a one-sector read), made
     /// after a resume to time the first request answered on the destination.
