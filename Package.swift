@@ -344,7 +344,7 @@ let package = Package(
             dependencies: ["XenStore", "XenStoreServer", "XenABI", "CXen", "XenHypervisor", "XenSimulator", "TestSupport", logging]),
         .testTarget(
             name: "XenBusTests",
-            dependencies: ["XenBus", "XenStore", "XenStoreServer", "XenABI", "TestSupport", logging]),
+            dependencies: ["XenBus", "XenStore", "XenStoreServer", "XenABI", "TestSupport", "XenLocks", logging]),
         .testTarget(
             name: "XenSimulatorTests",
             dependencies: ["XenSimulator", "XenHypervisor", "XenABI", "CXen", atomics, systemPackage]),

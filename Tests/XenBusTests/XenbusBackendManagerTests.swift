@@ -3,6 +3,7 @@ import Logging
 import TestSupport
 import Testing
 import XenABI
+import XenLocks
 @testable import XenBus
 @testable import XenStore
 import XenStoreServer
@@ -14,6 +15,25 @@ struct RecordingFactory: XenbusBackendDeviceFactory {
     func makeDevice(_ device: XenbusDevice, frontendPath: String, control: XenbusDeviceControl) async throws -> RecordingDriver {
         if refused.contains(device.id) { throw XenStoreError(.invalid, "no such device here") }
         return RecordingDriver()
+    }
+}
+
+/// A connection that counts the directory listings sent through it.
+final class ListingCounter: XenStoreConnection {
+    let inner: XenStoreClient
+    private let count = Locked(0)
+    init(_ inner: XenStoreClient) { self.inner = inner }
+    var listings: Int { count.withLock { $0 } }
+
+    func request(_ type: XenStoreMessageType, payload: [UInt8]) async throws(XenStoreError) -> XenStoreMessage {
+        if type == .directory { count.withLock { $0 += 1 } }
+        return try await inner.request(type, payload: payload)
+    }
+    func watchEvents(_ path: String) async throws(XenStoreError) -> AsyncStream<XenStoreWatchEvent> {
+        try await inner.watchEvents(path)
+    }
+    func inTransaction<T: Sendable>(_ body: (any XenStoreOperations) async throws -> T) async throws -> T {
+        try await inner.inTransaction(body)
     }
 }
 
@@ -84,5 +104,34 @@ struct XenbusBackendManagerTests {
         frontend.requestClose()
         let second = run
         try await withTimeout(60) { try await second.value }
+    }
+
+    /// Keys written inside a device already served (a backend's features, its state) say
+    /// nothing about which devices exist: the manager lists the tree again only for a
+    /// change that may add or remove one.
+    @Test func keysInsideAServedDeviceDoNotListTheTree() async throws {
+        let base = "/tmp/xbm-\(UUID().uuidString.prefix(8))"
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let server = XenStoreServer(socketPath: base + ".sock", logger: logger)
+        try server.start()
+        defer { server.stop() }
+        let dom0 = try XenStoreClient(socketPath: base + ".sock")
+        let counted = ListingCounter(try XenStoreClient(socketPath: base + ".sock"))
+        try await XenbusToolstack.createDomainHome(DomainID(1), on: dom0)
+        let manager = XenbusBackendManager(factory: RecordingFactory(refused: []), store: counted, backendDomain: .dom0, logger: logger)
+        try await manager.start()
+        defer { manager.closeAll() }
+        let first = XenbusDevice(type: "vif", id: 0, frontend: DomainID(1))
+        try await XenbusToolstack.create(first, on: dom0)
+        #expect(await eventually(60) { manager.driver(for: first) != nil })
+        let before = counted.listings
+        for i in 0..<40 { try await dom0.write(first.backendPath + "/key\(i)", "\(i)") }
+        // A second device: served only once the manager has taken every event before it.
+        let second = XenbusDevice(type: "vif", id: 1, frontend: DomainID(1))
+        try await XenbusToolstack.create(second, on: dom0)
+        #expect(await eventually(60) { manager.driver(for: second) != nil })
+        // The second device's creation lists the tree once or twice; forty keys would list it eighty times.
+        #expect(counted.listings - before <= 8, "\(counted.listings - before) listings")
     }
 }

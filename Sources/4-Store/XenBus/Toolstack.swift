@@ -57,38 +57,41 @@ public enum XenbusToolstack {
         frontendKeys: [String: String] = [:], backendKeys: [String: String] = [:]
     ) async throws {
         try await store.inTransaction { tx in
-            for p in [device.frontendPath, device.backendPath] where try await tx.exists(p) {
+            // Requests without an order between them go out together: a restore runs this
+            // while the guest is paused, and every round trip is part of its downtime.
+            async let frontendThere = tx.exists(device.frontendPath)
+            async let backendThere = tx.exists(device.backendPath)
+            for (p, there) in [(device.frontendPath, try await frontendThere), (device.backendPath, try await backendThere)] where there {
                 throw XenStoreError(.exists, "\(p) already exists")
             }
             let fe = device.frontendDomain, be = device.backendDomain
-            // Class directories the peer enumerates: owned by the domain that enumerates them.
-            let feClass = XenStorePath.parent(of: device.frontendPath)
-            if try await !tx.exists(feClass) {
-                try await tx.mkdir(feClass)
-                try await tx.setPermissions(feClass, XenStorePermissions(owner: fe))
+            /// Makes `dir` (and, if missing, its class directory, owned by the domain that
+            /// enumerates it) with its permissions set before anything is written in it.
+            @Sendable func make(_ dir: String, owner: DomainID, reader: DomainID) async throws(XenStoreError) {
+                let classDir = XenStorePath.parent(of: dir)
+                if try await !tx.exists(classDir) {
+                    try await tx.mkdir(classDir)
+                    try await tx.setPermissions(classDir, XenStorePermissions(owner: owner))
+                }
+                try await tx.mkdir(dir)
+                try await tx.setPermissions(dir, XenStorePermissions(owner: owner, grants: [.init(.read, reader)]))
             }
-            let beClass = XenStorePath.parent(of: device.backendPath)
-            if try await !tx.exists(beClass) {
-                try await tx.mkdir(beClass)
-                try await tx.setPermissions(beClass, XenStorePermissions(owner: be))
-            }
+            async let frontendMade: Void = make(device.frontendPath, owner: fe, reader: be)
+            async let backendMade: Void = make(device.backendPath, owner: be, reader: fe)
+            try await frontendMade
+            try await backendMade
 
-            try await tx.mkdir(device.frontendPath)
-            try await tx.setPermissions(device.frontendPath, XenStorePermissions(owner: fe, grants: [.init(.read, be)]))
             var feKeys = frontendKeys
             feKeys[XenbusKey.backend] = device.backendPath
             feKeys[XenbusKey.backendID] = String(be.rawValue)
             feKeys[XenbusKey.state] = XenbusState.initialising.xenstoreValue
-            for (k, v) in feKeys.sorted(by: { $0.key < $1.key }) { try await tx.write(device.frontendPath + "/" + k, v) }
-
-            try await tx.mkdir(device.backendPath)
-            try await tx.setPermissions(device.backendPath, XenStorePermissions(owner: be, grants: [.init(.read, fe)]))
             var beKeys = backendKeys
             beKeys[XenbusKey.frontend] = device.frontendPath
             beKeys[XenbusKey.frontendID] = String(fe.rawValue)
             beKeys[XenbusKey.online] = "1"
             beKeys[XenbusKey.state] = XenbusState.initialising.xenstoreValue
-            for (k, v) in beKeys.sorted(by: { $0.key < $1.key }) { try await tx.write(device.backendPath + "/" + k, v) }
+            try await tx.writeAll(feKeys.sorted { $0.key < $1.key }.map { (device.frontendPath + "/" + $0.key, $0.value) }
+                                  + beKeys.sorted { $0.key < $1.key }.map { (device.backendPath + "/" + $0.key, $0.value) })
         }
     }
 

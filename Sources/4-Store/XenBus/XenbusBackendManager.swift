@@ -114,7 +114,7 @@ public final class XenbusBackendManager<Factory: XenbusBackendDeviceFactory>: Se
     public func start() async throws {
         let watch = try await store.watchEvents(root)
         let watcher = Task { [self] in
-            for await _ in watch { await rescan() }
+            for await event in watch where mayChangeDevices(event.path) { await rescan() }
         }
         let publisher = Task { [self] in
             await DeviceStatistics.publish(to: store, root: DeviceStatistics.root(of: backendDomain) + "/" + factory.deviceType) {
@@ -216,6 +216,18 @@ public final class XenbusBackendManager<Factory: XenbusBackendDeviceFactory>: Se
         }
         for t in tasks { t.cancel() }
         for t in tasks { await t.value }
+    }
+
+    /// Whether a change at `path` may add or remove a device. A key inside a device already
+    /// known (served, being made, stopped or closed) cannot: its directory's own removal fires
+    /// at the directory. Without this filter every key a backend writes (its features, its
+    /// state) cost two directory listings, competing with the handshake it is part of.
+    private func mayChangeDevices(_ path: String) -> Bool {
+        guard path.hasPrefix(root + "/") else { return true }
+        let parts = path.dropFirst(root.count + 1).split(separator: "/", maxSplits: 2, omittingEmptySubsequences: false)
+        guard parts.count == 3 else { return true }
+        let dir = "\(root)/\(parts[0])/\(parts[1])"
+        return state.withLock { s in s.running[dir] == nil && !s.stopped.contains(dir) && !s.closed.contains(dir) }
     }
 
     /// Lists `<root>/<frontend>/<id>` and makes each device not yet served; forgets the

@@ -86,6 +86,25 @@ extension XenStoreOperations {
         try await write(dir + "/" + key, on ? "1" : "0")
     }
 
+    /// Writes every `(path, value)` with all the requests in flight at once: one round trip
+    /// for the lot instead of one each (the store serves a connection's requests in order;
+    /// inside a transaction they still commit together). Throws the first failure in
+    /// `entries`' order, after every request was answered.
+    public func writeAll(_ entries: [(String, String)]) async throws(XenStoreError) {
+        let failures = await withTaskGroup(of: (Int, XenStoreError?).self) { group in
+            for (i, (path, value)) in entries.enumerated() {
+                group.addTask {
+                    do throws(XenStoreError) { try await write(path, value) } catch { return (i, error) }
+                    return (i, nil)
+                }
+            }
+            var failures: [(Int, XenStoreError)] = []
+            for await (i, error) in group { if let error { failures.append((i, error)) } }
+            return failures
+        }
+        if let first = failures.min(by: { $0.0 < $1.0 }) { throw first.1 }
+    }
+
     /// Writes an unsigned decimal.
     public func writeUnsigned(_ dir: String, _ key: String, _ value: UInt64) async throws(XenStoreError) {
         try await write(dir + "/" + key, String(value))

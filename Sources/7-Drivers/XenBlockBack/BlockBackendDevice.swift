@@ -131,24 +131,29 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
     public func prepare() async throws {
         let dir = device.backendPath
         let l = limits
-        try await store.inTransaction { tx in
-            try await tx.writeUnsigned(dir, XenbusKey.sectors, l.sectors)
-            try await tx.writeUnsigned(dir, XenbusKey.sectorSize, UInt64(l.sectorSize))
-            try await tx.writeUnsigned(dir, XenbusKey.physicalSectorSize, UInt64(disk.physicalSectorSize))
-            try await tx.writeUnsigned(dir, XenbusKey.info, disk.readOnly ? UInt64(VDISK_READONLY) : 0)
-            try await tx.writeFeature(dir, XenbusKey.featureFlushCache, l.flush)
-            try await tx.writeFeature(dir, XenbusKey.featureBarrier, l.barrier)
-            try await tx.writeFeature(dir, XenbusKey.featureDiscard, l.discard)
-            if l.discard {
-                try await tx.writeUnsigned(dir, "discard-granularity", UInt64(disk.physicalSectorSize))
-                try await tx.writeUnsigned(dir, "discard-alignment", 0)
-                try await tx.writeFeature(dir, "discard-secure", l.secureDiscard)
-            }
-            try await tx.writeFeature(dir, XenbusKey.featurePersistent, options.persistent)
-            try await tx.writeUnsigned(dir, XenbusKey.featureMaxIndirectSegments, UInt64(options.maxIndirectSegments))
-            try await tx.writeUnsigned(dir, XenbusKey.maxRingPageOrder, UInt64(options.maxRingPageOrder))
-            try await tx.writeUnsigned(dir, XenbusKey.multiQueueMaxQueues, UInt64(queueLimit))
+        func flag(_ on: Bool) -> String { on ? "1" : "0" }
+        var keys: [(String, String)] = [
+            (XenbusKey.sectors, String(l.sectors)),
+            (XenbusKey.sectorSize, String(l.sectorSize)),
+            (XenbusKey.physicalSectorSize, String(disk.physicalSectorSize)),
+            (XenbusKey.info, disk.readOnly ? String(VDISK_READONLY) : "0"),
+            (XenbusKey.featureFlushCache, flag(l.flush)),
+            (XenbusKey.featureBarrier, flag(l.barrier)),
+            (XenbusKey.featureDiscard, flag(l.discard)),
+        ]
+        if l.discard {
+            keys += [("discard-granularity", String(disk.physicalSectorSize)), ("discard-alignment", "0"),
+                     ("discard-secure", flag(l.secureDiscard))]
         }
+        keys += [
+            (XenbusKey.featurePersistent, flag(options.persistent)),
+            (XenbusKey.featureMaxIndirectSegments, String(options.maxIndirectSegments)),
+            (XenbusKey.maxRingPageOrder, String(options.maxRingPageOrder)),
+            (XenbusKey.multiQueueMaxQueues, String(queueLimit)),
+        ]
+        let entries = keys.map { (dir + "/" + $0.0, $0.1) }
+        // All in flight at once: a round trip each would be part of a migrated guest's downtime.
+        try await store.inTransaction { tx in try await tx.writeAll(entries) }
     }
 
     /// Reads the frontend's `protocol`, `multi-queue-num-queues`, `ring-page-order`, each

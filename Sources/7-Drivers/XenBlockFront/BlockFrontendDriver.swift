@@ -93,22 +93,24 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
             let fe = device.frontendPath
             let rings = made
             let persistent = options.persistent
-            try await store.inTransaction { tx in
-                for (q, r) in rings.enumerated() {
-                    let dir = queues == 1 ? fe : "\(fe)/queue-\(q)"
-                    if order == 0 {
-                        try await tx.write(dir + "/" + XenbusKey.ringRef, String(r.ring.refs[0].rawValue))
-                    } else {
-                        for (i, ref) in r.ring.refs.enumerated() { try await tx.write("\(dir)/ring-ref\(i)", String(ref.rawValue)) }
-                    }
-                    try await tx.writeUnsigned(dir, XenbusKey.eventChannel, UInt64(r.port.rawValue))
+            var entries: [(String, String)] = []
+            for (q, r) in rings.enumerated() {
+                let dir = queues == 1 ? fe : "\(fe)/queue-\(q)"
+                if order == 0 {
+                    entries.append((dir + "/" + XenbusKey.ringRef, String(r.ring.refs[0].rawValue)))
+                } else {
+                    for (i, ref) in r.ring.refs.enumerated() { entries.append(("\(dir)/ring-ref\(i)", String(ref.rawValue))) }
                 }
-                if order > 0 { try await tx.writeUnsigned(fe, XenbusKey.ringPageOrder, UInt64(order)) }
-                if queues > 1 { try await tx.writeUnsigned(fe, XenbusKey.multiQueueNumQueues, UInt64(queues)) }
-                try await tx.write(fe + "/" + XenbusKey.protocolName, BlkifABI.native.protocolName)
-                // Our grants are shared once and reused for every request.
-                try await tx.writeFeature(fe, XenbusKey.featurePersistent, persistent)
+                entries.append((dir + "/" + XenbusKey.eventChannel, String(r.port.rawValue)))
             }
+            if order > 0 { entries.append((fe + "/" + XenbusKey.ringPageOrder, String(order))) }
+            if queues > 1 { entries.append((fe + "/" + XenbusKey.multiQueueNumQueues, String(queues))) }
+            entries.append((fe + "/" + XenbusKey.protocolName, BlkifABI.native.protocolName))
+            // Our grants are shared once and reused for every request.
+            entries.append((fe + "/" + XenbusKey.featurePersistent, persistent ? "1" : "0"))
+            // All in flight at once: after a resume each round trip is part of the downtime.
+            let written = entries
+            try await store.inTransaction { tx in try await tx.writeAll(written) }
         } catch {
             let sharer = self.sharer
             let partial = made

@@ -150,12 +150,12 @@ public final class NetBackendDevice: XenbusDeviceDriver {
     /// `hotplug-status` "connected".
     /// - Throws: `XenStoreError` when a write fails.
     public func prepare() async throws {
-        for (key, on) in [("feature-sg", true), ("feature-gso-tcpv4", true), ("feature-gso-tcpv6", true),
-                          ("feature-rx-copy", true), ("feature-rx-flip", false), ("feature-split-event-channels", true),
-                          ("feature-multicast-control", false)] {
-            try await store.writeFeature(path, key, on)
-        }
-        try await store.writeUnsigned(path, XenbusKey.multiQueueMaxQueues, UInt64(maxQueues))
+        let features = [("feature-sg", true), ("feature-gso-tcpv4", true), ("feature-gso-tcpv6", true),
+                        ("feature-rx-copy", true), ("feature-rx-flip", false), ("feature-split-event-channels", true),
+                        ("feature-multicast-control", false)]
+        // All in flight at once (one round trip), and only then the hotplug status.
+        try await store.writeAll(features.map { (path + "/" + $0.0, $0.1 ? "1" : "0") }
+                                 + [(path + "/" + XenbusKey.multiQueueMaxQueues, String(maxQueues))])
         try await store.write(path + "/hotplug-status", "connected")
     }
 

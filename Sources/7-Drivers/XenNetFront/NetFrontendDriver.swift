@@ -141,7 +141,7 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
                 let children = (try? await tx.directory(self.path)) ?? []
                 for child in children where child.hasPrefix("queue-") { try await tx.rm(self.path + "/" + child) }
                 if count > 1 { for key in ringKeys where children.contains(key) { try await tx.rm(self.path + "/" + key) } }
-                for (key, value) in keys { try await tx.write(self.path + "/" + key, value) }
+                try await tx.writeAll(keys.map { (self.path + "/" + $0.0, $0.1) })
             }
             session.withLock { $0 = Session(backend: backend, sharer: sharer, queues: queues) }
         } catch {

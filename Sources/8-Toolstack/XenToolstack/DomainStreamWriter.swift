@@ -136,9 +136,15 @@ public final class DomainStreamWriter {
             let dir = "\(backends)/\(type)/\(domain.rawValue)"
             for dev in (try? await store.directory(dir)) ?? [] {
                 guard let id = UInt32(dev) else { continue }
-                var keys: [MigrationDevice.Key] = []
-                for k in (try? await store.directory("\(dir)/\(dev)")) ?? [] {
-                    if let v = try? await store.read("\(dir)/\(dev)/\(k)") { keys.append(.init(k, v)) }
+                let names = (try? await store.directory("\(dir)/\(dev)")) ?? []
+                // Every key's read in flight at once: this runs while the guest is paused.
+                let keys = await withTaskGroup(of: (Int, MigrationDevice.Key?).self) { group in
+                    for (i, k) in names.enumerated() {
+                        group.addTask { (i, (try? await store.read("\(dir)/\(dev)/\(k)")).map { .init(k, $0) }) }
+                    }
+                    var read: [(Int, MigrationDevice.Key?)] = []
+                    for await r in group { read.append(r) }
+                    return read.sorted { $0.0 < $1.0 }.compactMap(\.1)
                 }
                 try write(MigrationStream.encode(.device(MigrationDevice(type: type, id: id, keys: Array(keys.prefix(MigrationLimits.maximumDeviceKeys))))))
             }
