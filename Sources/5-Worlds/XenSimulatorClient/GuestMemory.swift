@@ -68,7 +68,19 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
             return movedAside
         }
         guard !old.isEmpty else { return }
-        let t = Thread { for (address, length) in old { munmap(UnsafeMutableRawPointer(bitPattern: address), length) } }
+        // In slices, yielding between them: one munmap of a populated 256 MiB holds this
+        // process's mmap lock for tens of ms, and every mmap and munmap the resumed guest
+        // makes meanwhile (its frontends sharing new rings and letting the old ones go)
+        // waits behind it.
+        let slice = 2 << 20
+        let t = Thread {
+            for (address, length) in old {
+                for offset in stride(from: 0, to: length, by: slice) {
+                    munmap(UnsafeMutableRawPointer(bitPattern: address + UInt(offset)), min(slice, length - offset))
+                    sched_yield()
+                }
+            }
+        }
         t.name = "xenpv-unmap-old-host"
         t.start()
     }
