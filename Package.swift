@@ -176,9 +176,11 @@ let package = Package(
         .target(name: "XenNetProtocol", dependencies: ["XenABI", "CXen"], path: protocols + "XenNetProtocol"),
         // The NBD protocol's wire format (proto.md): handshake, options, requests, simple replies.
         .target(name: "NBDProtocol", dependencies: ["XenABI"], path: protocols + "NBDProtocol"),
+        // CRC-32C with the CPU's crc32 instruction (x86-64 SSE4.2), for the stream's checksums.
+        .target(name: "CCRC32C", path: protocols + "CCRC32C"),
         // The migration stream: a versioned header and checksummed, length-checked records
         // (pages, grants, event channels, store entries, devices) that save, restore and migrate carry.
-        .target(name: "XenMigrationStream", dependencies: ["XenABI"], path: protocols + "XenMigrationStream"),
+        .target(name: "XenMigrationStream", dependencies: ["XenABI", "CCRC32C"], path: protocols + "XenMigrationStream"),
 
         // MARK: 7-Drivers
 

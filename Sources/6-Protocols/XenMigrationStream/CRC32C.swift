@@ -1,7 +1,9 @@
+import CCRC32C
+
 /// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), the checksum iSCSI,
 /// ext4 and Btrfs use: each record of a stream carries one over its bytes.
-/// A table-driven software version: a stream's cost is in copying pages, and a
-/// 4 KiB page checks in a few microseconds.
+/// With the CPU's crc32 instruction where it has one (x86-64 SSE4.2): the table-driven
+/// version runs at ~250 MB/s, a 256 MiB guest's pages took a second to check on each side.
 public enum CRC32C {
     private static let table: [UInt32] = (0..<256).map { i -> UInt32 in
         var c = UInt32(i)
@@ -9,8 +11,18 @@ public enum CRC32C {
         return c
     }
 
+    /// Whether ``update(_:_:)`` uses the CPU's instruction.
+    public static let usesHardware = ccrc32c_hardware() == 1
+
     /// Continues `crc` (the value returned for the bytes before) over `bytes`.
     public static func update(_ crc: UInt32, _ bytes: UnsafeRawBufferPointer) -> UInt32 {
+        guard usesHardware else { return softwareUpdate(crc, bytes) }
+        guard let base = bytes.baseAddress else { return crc }
+        return ccrc32c_update_hardware(crc, base, bytes.count)
+    }
+
+    /// The table-driven version, for a CPU without the instruction (and to check it).
+    static func softwareUpdate(_ crc: UInt32, _ bytes: UnsafeRawBufferPointer) -> UInt32 {
         var c = ~crc
         table.withUnsafeBufferPointer { t in
             for b in bytes { c = t[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) }
