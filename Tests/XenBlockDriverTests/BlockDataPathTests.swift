@@ -153,9 +153,7 @@ struct BlockOperationTests {
     /// wait, nothing is dropped, every call completes with its own data.
     @Test func callersWaitWhenTheRingOrThePoolIsFull() async throws {
         let bytes = 64 << 20
-        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: 32)) { _ in
-            try MemoryStorage(byteCount: bytes)
-        }
+        let f = try BlockFixture.inMemory(bytes: bytes)
         try f.shareAndMap(poolPages: 64)  // two 128 KiB requests in flight at most
         try f.startBackend()
         try f.frontend.attach(f.resources, info: f.info)

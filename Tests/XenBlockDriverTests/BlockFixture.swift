@@ -13,6 +13,11 @@ import XenHypervisor
 import XenRing
 import XenSimulator
 
+/// The kernel's name of the calling thread (`/proc/thread-self/comm`, newline trimmed).
+func currentThreadName() -> String {
+    (procFile("/proc/thread-self/comm") ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
 /// A guest and dom0 on the simulator wired as a vbd is, without xenstore: the guest
 /// shares each queue's ring and pool, dom0 maps the rings and binds the ports, one
 /// blkback queue per ring serves a storage engine, and the guest's frontend runs on top.
@@ -42,6 +47,13 @@ final class BlockFixture: @unchecked Sendable {
     let persistentGrants: Int
     /// ``BlockQueueConfiguration/contiguousCopies``.
     let contiguousCopies: Bool?
+
+    /// One queue over `bytes` of memory, with up to 32 indirect segments.
+    static func inMemory(bytes: Int) throws -> BlockFixture {
+        try BlockFixture(limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: 32)) { _ in
+            try MemoryStorage(byteCount: bytes)
+        }
+    }
 
     init(queues: Int = 1, ringPageOrder: Int = 0, limits: BlockDeviceLimits, abi: BlkifABI = .native,
          persistentGrants: Int = 0, contiguousCopies: Bool? = nil,

@@ -11,9 +11,7 @@ struct BlockFrontExecutorTests {
     /// a connection, and get their own data.
     @Test func tasksRunOnTheQueueThreadWhileOneRunsAndElsewhereOtherwise() async throws {
         let bytes = 4 << 20
-        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: 32)) { _ in
-            try MemoryStorage(byteCount: bytes)
-        }
+        let f = try BlockFixture.inMemory(bytes: bytes)
         let fe = f.frontend
         // Before attach: the preference cannot be honoured, the task runs anyway.
         let early = await Task(executorPreference: fe.executor) { currentThreadName() }.value
@@ -42,7 +40,3 @@ struct BlockFrontExecutorTests {
     }
 }
 
-/// The kernel's name of the calling thread.
-private func currentThreadName() -> String {
-    (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? ""
-}

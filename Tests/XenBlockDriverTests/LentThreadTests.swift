@@ -15,9 +15,7 @@ struct LentThreadTests {
     /// thread. Tasks started elsewhere still run on the queue thread.
     @Test func aLentThreadWorksTheRingWhileTheQueueThreadSleeps() async throws {
         let bytes = 4 << 20
-        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: 32)) { _ in
-            try MemoryStorage(byteCount: bytes)
-        }
+        let f = try BlockFixture.inMemory(bytes: bytes)
         let fe = f.frontend
         try f.start()
         let outcome = try await withTimeout(180) {
@@ -76,8 +74,3 @@ private func onOwnThread<T: Sendable>(named name: String, _ body: @escaping @Sen
     }
 }
 
-/// The kernel's name of the calling thread.
-private func currentThreadName() -> String {
-    ((try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? "")
-        .trimmingCharacters(in: .whitespacesAndNewlines)
-}
