@@ -275,6 +275,26 @@ extension ProcessTests {
             #expect(try !domains(hosts.a).contains(id))
         }
 
+        @Test func aStreamReadsOnlyTheFramesThatHoldDataAndLeavesTheRestUnallocated() async throws {
+            let hosts = try await Hosts()
+            let id = try await hosts.startGuest()
+            let dom0 = try RemoteHypervisor(socketPath: hosts.a, as: .dom0, onDaemonLost: ignoreLoss)
+            defer { dom0.close() }
+            let view = try dom0.exportDomain(id)
+            // The guest writes 512 of its 4,096 frames: the rest were never written.
+            let before = view.framesHoldingData().filter { $0 < UInt64(view.mainFrames) }
+            #expect(before.count >= 512 && before.count < view.mainFrames / 2, "\(before.count)")
+            let sink = open("/dev/null", O_WRONLY | O_CLOEXEC)
+            defer { close(sink) }
+            let writer = try DomainStreamWriter(hypervisor: dom0, domain: id, output: sink)
+            try writer.begin(name: "probe")
+            let sent = try writer.sendAll()
+            #expect(sent >= 512 && sent <= before.count + 64, "\(sent) sent of \(before.count)")
+            // Reading a never-written frame through the mapping would have given it a page.
+            let after = view.framesHoldingData().filter { $0 < UInt64(view.mainFrames) }
+            #expect(after.count < view.mainFrames / 2, "\(after.count) of \(view.mainFrames) frames hold pages after a first round")
+        }
+
         @Test func onlyDom0MayTakeOrMakeADomainsState() async throws {
             let hosts = try await Hosts()
             let id = try await hosts.startGuest()

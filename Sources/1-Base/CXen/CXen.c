@@ -60,6 +60,8 @@ int cxen_name_thread(const char *name) {
 }
 
 int cxen_o_direct(void) { return O_DIRECT; }
+int cxen_seek_data(void) { return SEEK_DATA; }
+int cxen_seek_hole(void) { return SEEK_HOLE; }
 
 #define CXEN_MAX_FDS 16
 

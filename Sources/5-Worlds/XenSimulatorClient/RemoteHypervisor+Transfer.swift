@@ -1,3 +1,4 @@
+import CXen
 import Glibc
 import XenLocks
 import SystemPackage
@@ -20,13 +21,17 @@ public struct DomainPoolView: @unchecked Sendable {
 
     /// Whether `frame` lies in this pool.
     public func contains(_ frame: UInt64) -> Bool { frame >= first && frame - first < UInt64(count) }
+
+    /// The pool's memfd, kept while the view maps it (to find its data without touching it).
+    let fd: Int32
 }
 
 /// A domain's state mapped in a dom0 process: its memory, grant table and share
 /// pools, read-only for a save (``RemoteHypervisor/exportDomain(_:)``), writable for a
 /// restore (``RemoteHypervisor/importDomain(_:frames:)``). Unmapped when released.
 public final class DomainStateView: @unchecked Sendable {
-    // @unchecked: `pools` is guarded by `lock`; the mappings stay until deinit.
+    // @unchecked: `pools` is guarded by `lock`; the mappings and descriptors stay until
+    // deinit (a pool the domain let go of stays until then too).
     /// The domain.
     public let domain: DomainID
     /// Frames of its main memory (its share pools lie above).
@@ -37,31 +42,80 @@ public final class DomainStateView: @unchecked Sendable {
     public let memory: UnsafeMutableRawPointer
     /// Its grant table.
     public let table: UnsafeMutableRawPointer
+    private let memoryFD: Int32
     private let lock = Lock()
-    private var mapped: [DomainPoolView]
+    private var current: [DomainPoolView] = []
+    private var retired: [DomainPoolView] = []
 
-    init(domain: DomainID, mainFrames: Int, grantEntries: Int, memory: UnsafeMutableRawPointer, table: UnsafeMutableRawPointer,
-         pools: [DomainPoolView]) {
-        (self.domain, self.mainFrames, self.grantEntries, self.memory, self.table, mapped) =
-            (domain, mainFrames, grantEntries, memory, table, pools)
+    init(domain: DomainID, mainFrames: Int, grantEntries: Int, memory: UnsafeMutableRawPointer, memoryFD: Int32,
+         table: UnsafeMutableRawPointer) {
+        (self.domain, self.mainFrames, self.grantEntries, self.memory, self.memoryFD, self.table) =
+            (domain, mainFrames, grantEntries, memory, memoryFD, table)
     }
 
     deinit {
         munmap(memory, mainFrames * XenPage.size)
         munmap(table, grantEntries * 8)
-        for p in mapped { munmap(p.base, p.count * XenPage.size) }
+        Glibc.close(memoryFD)
+        for p in current + retired {
+            munmap(p.base, p.count * XenPage.size)
+            Glibc.close(p.fd)
+        }
     }
 
     /// Its share pools, by first frame.
-    public var pools: [DomainPoolView] { lock.withLock { mapped } }
+    public var pools: [DomainPoolView] { lock.withLock { current } }
 
-    func add(_ pool: DomainPoolView) { lock.withLock { mapped.append(pool); mapped.sort { $0.first < $1.first } } }
+    func add(_ pool: DomainPoolView) { lock.withLock { current.append(pool); current.sort { $0.first < $1.first } } }
+
+    /// Whether a pool at `first` of `count` frames is mapped here now.
+    func hasPool(first: UInt64, count: Int) -> Bool { lock.withLock { current.contains { $0.first == first && $0.count == count } } }
+
+    /// Keeps only the pools whose first frames are in `live`; the others stay mapped
+    /// (unused) until the view goes, so an address handed out never dangles.
+    func keepPools(_ live: Set<UInt64>) {
+        lock.withLock {
+            retired += current.filter { !live.contains($0.first) }
+            current.removeAll { !live.contains($0.first) }
+        }
+    }
 
     /// The address of `frame` (main memory or a pool), nil if the domain has no such frame.
     public func page(_ frame: UInt64) -> UnsafeMutableRawPointer? {
         if frame < UInt64(mainFrames) { return memory + Int(frame) * XenPage.size }
         guard let p = pools.first(where: { $0.contains(frame) }) else { return nil }
         return p.base + Int(frame - p.first) * XenPage.size
+    }
+
+    /// The frames of main memory and of the pools that hold data, in order: those the
+    /// domain's memfds have pages for (`SEEK_DATA`, which counts swapped-out pages as
+    /// data). Found without touching a page: reading a never-written frame through the
+    /// mapping would allocate and zero it, and a save of an idle 256 MiB guest would
+    /// fill the whole memfd (and pay again to free it).
+    public func framesHoldingData() -> [UInt64] {
+        var out = Self.dataFrames(memoryFD, count: mainFrames, first: 0)
+        for p in pools { out += Self.dataFrames(p.fd, count: p.count, first: p.first) }
+        return out
+    }
+
+    private static func dataFrames(_ fd: Int32, count: Int, first: UInt64) -> [UInt64] {
+        var out: [UInt64] = []
+        let end = off_t(count) * off_t(XenPage.size)
+        var at: off_t = 0
+        while at < end {
+            let data = lseek(fd, at, cxen_seek_data())
+            // ENXIO: no data past `at`. Any other failure: every frame from `at` on
+            // counts (sent and checked, as before), so nothing written is left out.
+            if data < 0 && errno == ENXIO { break }
+            let from = data < 0 ? at : data
+            var to = data < 0 ? end : lseek(fd, from, cxen_seek_hole())
+            if to < 0 || to > end { to = end }
+            let firstPage = Int(from) / XenPage.size
+            let pastPage = (Int(to) + XenPage.size - 1) / XenPage.size
+            for f in firstPage..<max(firstPage, pastPage) { out.append(first + UInt64(f)) }
+            at = off_t(max(firstPage + 1, pastPage)) * off_t(XenPage.size)
+        }
+        return out
     }
 }
 
@@ -70,31 +124,67 @@ public final class DomainStateView: @unchecked Sendable {
 /// the daemon hands it the domain's state and creates the restored domain.
 extension RemoteHypervisor {
     /// Maps guest `id`'s memory, grant table and share pools read-only here. Its
-    /// process must be joined; pools made later appear in a later call.
+    /// process must be joined; pools made later appear after ``refreshPools(of:)``.
     public func exportDomain(_ id: DomainID) throws(HypervisorError) -> DomainStateView {
-        let reply = try link.call(WireMessage([DaemonOp.transfer.rawValue, UInt64(id.rawValue), 1]))
-        defer { for fd in reply.fds { Glibc.close(fd) } }
-        let w = reply.words
-        guard w.count >= 4, w[1] > 0, w[1] <= 1 << 20, w[2] > 0, w[2] <= 1 << 22, w[3] <= 14, w.count == 4 + 4 * Int(w[3]),
-            reply.fds.count == 2 + Int(w[3])
-        else { throw HypervisorError(.closed, "malformed export reply") }
-        let (frames, entries) = (Int(w[1]), Int(w[2]))
-        let memory = try Mapping.map(reply.fds[0], bytes: frames * XenPage.size, writable: false)
+        let reply = try askExport(id)
+        var fds = reply.fds
+        defer { for fd in fds where fd >= 0 { Glibc.close(fd) } }
+        let (frames, entries) = (Int(reply.words[1]), Int(reply.words[2]))
+        let memory = try Mapping.map(fds[0], bytes: frames * XenPage.size, writable: false)
         let table: UnsafeMutableRawPointer
-        do { table = try Mapping.map(reply.fds[1], bytes: entries * 8, writable: false) } catch {
+        do { table = try Mapping.map(fds[1], bytes: entries * 8, writable: false) } catch {
             munmap(memory, frames * XenPage.size)
             throw error
         }
-        let view = DomainStateView(domain: id, mainFrames: frames, grantEntries: entries, memory: memory, table: table, pools: [])
+        let view = DomainStateView(domain: id, mainFrames: frames, grantEntries: entries, memory: memory, memoryFD: fds[0], table: table)
+        fds[0] = -1
+        try mapPools(reply, &fds, into: view)
+        return view
+    }
+
+    /// Asks again for `view`'s domain's share pools: maps the ones made since, and
+    /// leaves out of ``DomainStateView/pools`` the ones it let go of. Its memory and
+    /// table stay mapped as they are (a domain's never change).
+    public func refreshPools(of view: DomainStateView) throws(HypervisorError) {
+        let reply = try askExport(view.domain)
+        var fds = reply.fds
+        defer { for fd in fds where fd >= 0 { Glibc.close(fd) } }
+        guard Int(reply.words[1]) == view.mainFrames, Int(reply.words[2]) == view.grantEntries else {
+            throw HypervisorError(.closed, "the domain's memory changed under a save")
+        }
+        try mapPools(reply, &fds, into: view)
+    }
+
+    private func askExport(_ id: DomainID) throws(HypervisorError) -> WireMessage {
+        let reply = try link.call(WireMessage([DaemonOp.transfer.rawValue, UInt64(id.rawValue), 1]))
+        let w = reply.words
+        guard w.count >= 4, w[1] > 0, w[1] <= 1 << 20, w[2] > 0, w[2] <= 1 << 22, w[3] <= 14, w.count == 4 + 4 * Int(w[3]),
+            reply.fds.count == 2 + Int(w[3])
+        else {
+            for fd in reply.fds { Glibc.close(fd) }
+            throw HypervisorError(.closed, "malformed export reply")
+        }
+        return reply
+    }
+
+    /// Maps the reply's pools `view` lacks (taking their descriptors out of `fds`) and
+    /// drops from its list the ones the reply no longer names.
+    private func mapPools(_ reply: WireMessage, _ fds: inout [Int32], into view: DomainStateView) throws(HypervisorError) {
+        let w = reply.words
+        var live: Set<UInt64> = []
         for i in 0..<Int(w[3]) {
             let (first, count, grantee, writable) = (w[4 + 4 * i], w[5 + 4 * i], w[6 + 4 * i], w[7 + 4 * i] != 0)
             guard count > 0, count <= 1 << 20, first <= UInt64(UInt32.max), grantee <= UInt64(UInt16.max) else {
                 throw HypervisorError(.closed, "malformed export reply")
             }
-            let base = try Mapping.map(reply.fds[2 + i], bytes: Int(count) * XenPage.size, writable: false)
-            view.add(DomainPoolView(first: first, count: Int(count), grantee: DomainID(UInt16(grantee)), writable: writable, base: base))
+            live.insert(first)
+            guard !view.hasPool(first: first, count: Int(count)) else { continue }
+            let base = try Mapping.map(fds[2 + i], bytes: Int(count) * XenPage.size, writable: false)
+            view.add(DomainPoolView(first: first, count: Int(count), grantee: DomainID(UInt16(grantee)), writable: writable, base: base,
+                                    fd: fds[2 + i]))
+            fds[2 + i] = -1
         }
-        return view
+        view.keepPools(live)
     }
 
     /// Whether guest `id`'s process waits in its `suspend` call.
@@ -159,7 +249,8 @@ extension RemoteHypervisor {
             munmap(memory, frames * XenPage.size)
             throw error
         }
-        return DomainStateView(domain: id, mainFrames: frames, grantEntries: Int(entries), memory: memory, table: table, pools: [])
+        let memoryFD = fcntl(reply.fds[0], F_DUPFD_CLOEXEC, 0)
+        return DomainStateView(domain: id, mainFrames: frames, grantEntries: Int(entries), memory: memory, memoryFD: memoryFD, table: table)
     }
 
     /// Adds a share pool at frame `first` to a domain being restored, mapped writable in `view`.
@@ -170,7 +261,8 @@ extension RemoteHypervisor {
         guard reply.fds.count == 1 else { throw HypervisorError(.closed, "malformed import-pool reply") }
         let count = 8192
         let base = try Mapping.map(reply.fds[0], bytes: count * XenPage.size)
-        let pool = DomainPoolView(first: first, count: count, grantee: grantee, writable: writable, base: base)
+        let pool = DomainPoolView(first: first, count: count, grantee: grantee, writable: writable, base: base,
+                                  fd: fcntl(reply.fds[0], F_DUPFD_CLOEXEC, 0))
         view.add(pool)
         return pool
     }

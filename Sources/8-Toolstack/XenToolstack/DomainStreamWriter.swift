@@ -30,7 +30,7 @@ public final class DomainStreamWriter {
     let hypervisor: RemoteHypervisor
     let domain: DomainID
     private let output: Int32
-    private var view: DomainStateView
+    private let view: DomainStateView
     private var announced: Set<UInt64> = []
     /// Bytes written so far, framing included.
     public private(set) var bytesWritten = 0
@@ -55,9 +55,9 @@ public final class DomainStreamWriter {
     @discardableResult
     public func sendAll() throws -> Int {
         try refreshPools()
-        var frames: [UInt64] = []
-        for f in 0..<UInt64(view.mainFrames) where !isZero(f) { frames.append(f) }
-        for p in view.pools { for i in 0..<UInt64(p.count) where !isZero(p.first + i) { frames.append(p.first + i) } }
+        // Only frames with a page behind them are read (a frame of zeros among them is
+        // left out as well): the rest would be allocated by the reading.
+        let frames = view.framesHoldingData().filter { !isZero($0) }
         try send(frames)
         return frames.count
     }
@@ -72,10 +72,12 @@ public final class DomainStreamWriter {
         return frames.count
     }
 
-    /// The domain's state again, and pools it made since the last look announced to the receiver.
+    /// Pools the domain made since the last look, mapped and announced to the receiver.
     private func refreshPools() throws {
-        // Asked again each round: a pool the guest made meanwhile appears only in a new answer.
-        view = try hypervisor.exportDomain(domain)
+        // Asked again each round: a pool the guest made meanwhile appears only in a new
+        // answer. The memory stays mapped: mapping it again each round, and unmapping
+        // the old mapping's page tables, cost ms (in the pause, for the last round).
+        try hypervisor.refreshPools(of: view)
         for p in view.pools where !announced.contains(p.first) {
             try write(MigrationStream.encode(.device(MigrationDevice(type: Self.sharePoolClass, id: UInt32(truncatingIfNeeded: p.first), keys: [
                 .init("grantee", String(p.grantee.rawValue)), .init("writable", p.writable ? "1" : "0"),

@@ -84,6 +84,9 @@ static inline void cxen_cpu_relax(void) {
 }
 /* O_DIRECT is behind _GNU_SOURCE. */
 int cxen_o_direct(void);
+/* SEEK_DATA and SEEK_HOLE too: lseek's next data and next hole at or after an offset. */
+int cxen_seek_data(void);
+int cxen_seek_hole(void);
 
 /* ---- file descriptor passing over a Unix socket (SCM_RIGHTS) ---- */
 
