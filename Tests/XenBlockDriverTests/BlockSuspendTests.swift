@@ -276,6 +276,7 @@ struct BlockSuspendTests {
         // The writers fill the rings: at least 16 requests wait on the stalled storage.
         #expect(await eventually(60) { world.ledger.held >= 16 })
         let reissuedBefore = fe.reissued.value
+        let pagesBefore = world.driver.sharedResources.map { [$0.ring.memory, $0.pool.memory, $0.indirect.memory] }
         var destination = BlockBackendOptions()
         destination.persistent = false
         destination.maxIndirectSegments = 32
@@ -293,6 +294,9 @@ struct BlockSuspendTests {
         try await withTimeout(120) { await run.value }
         #expect(writers.errors.withLock { $0 } == [])
         #expect(writers.acknowledged.withLock { $0.count } == 32 * 16)
+        // The same ring, pool and indirect pages, granted anew: nothing new was allocated
+        // and zeroed while the guest was down.
+        #expect(world.driver.sharedResources.map { [$0.ring.memory, $0.pool.memory, $0.indirect.memory] } == pagesBefore)
         #expect(fe.info?.maxIndirectSegments == 32)
         // The destination cannot discard: the device says so, and a discard is refused.
         #expect(fe.info?.discard == false)
@@ -321,6 +325,42 @@ struct BlockSuspendTests {
         #expect(back[0] == BlockWriters.fill(0))
         let leftovers = try await world.teardown()
         #expect(leftovers.isEmpty, "\(leftovers)")
+    }
+
+    /// After a resume a queue grants the same ring, pool and indirect pages again (what
+    /// they hold kept, the ring initialised afresh) under new references, with a new port:
+    /// nothing to allocate and zero while the guest is down.
+    @Test func aResumedQueueSharesItsOwnPagesAgain() async throws {
+        let hv = SimulatedHypervisor()
+        let guest = try hv.createDomain(frames: 4096, grantFrames: 16)
+        let sharer = try guest.openGrantSharer()
+        let before = try BlockFrontQueueResources.allocate(hypervisor: guest, sharer: sharer, backend: .dom0, poolPages: 8)
+        for i in 0..<8 { before.pool.memory.page(i).storeBytes(of: UInt64(0xE000 + i), as: UInt64.self) }
+        before.ring.memory.base.storeBytes(of: UInt32(5), as: UInt32.self)  // req_prod of a ring in use
+        let call = Task {
+            await withCheckedContinuation { c in
+                Thread { c.resume(returning: Result { () throws(HypervisorError) -> SuspendOutcome in try guest.suspend(timeout: .seconds(120)) }) }.start()
+            }
+        }
+        #expect(await guest.waitForSuspend(timeout: .seconds(60)))
+        _ = try guest.finishSuspend(.resumed)
+        #expect(try await call.value.get() == .resumed)
+
+        let after = try before.sharedAgain(hypervisor: guest, sharer: sharer)
+        #expect(after.ring.memory == before.ring.memory && after.pool.memory == before.pool.memory
+                && after.indirect.memory == before.indirect.memory)
+        #expect(after.ring.memory.base.load(as: UInt32.self) == 0, "the ring starts afresh")
+        let mapper = try hv.dom0.openGrantMapper()
+        let pool = try mapper.map(after.pool.refs, from: guest.domainID, writable: true)
+        for i in 0..<8 { #expect(pool.memory.page(i).load(as: UInt64.self) == UInt64(0xE000 + i)) }
+        try mapper.unmap(pool)
+        let events = try hv.dom0.openEventChannels()
+        let port = try events.bindInterdomain(remote: guest.domainID, remotePort: after.port)
+        try events.unbind(port)
+        #expect(after.release(sharer: sharer, timeout: 0))
+        mapper.close()
+        events.close()
+        #expect(hv.shutdown().isEmpty)
     }
 
     /// A cancelled suspend: the devices go on with the same rings on the same backend.

@@ -240,6 +240,10 @@ extension ProcessTests {
             let oldShare = try sharer.sharePages(count: 2, with: .dom0, writable: true)
             oldShare.memory.page(1).storeBytes(of: 0xB1, as: UInt64.self)
             let forgotten = try sharer.sharePages(count: 2, with: .dom0, writable: true)
+            let again = try sharer.sharePages(count: 3, with: .dom0, writable: false)
+            for i in 0..<3 { again.memory.page(i).storeBytes(of: UInt64(0xC000 + i), as: UInt64.self) }
+            // Only a share whose references a resume took away is granted again.
+            #expect(throws: HypervisorError.self) { _ = try sharer.shareAgain(again) }
             // Forgetting a share still granted (no resume yet) keeps its pages.
             let granted = try sharer.sharePages(count: 1, with: .dom0, writable: true)
             sharer.forget(granted)
@@ -253,6 +257,9 @@ extension ProcessTests {
             let figures = try await source.migrate(id, to: destination, destinationSocket: hosts.b)
             #expect(try await outcome.get() == .resumed)
             #expect(figures.pagesPerRound.count >= 2, "\(figures)")
+            let dom0B = try RemoteHypervisor(socketPath: hosts.b, as: .dom0, onDaemonLost: ignoreLoss)
+            defer { dom0B.close() }
+            func dom0AtB() -> RemoteHypervisor { dom0B }
 
             // Same memory at the same addresses, shared pages included.
             for i in 0..<8 { #expect(own.memory.page(i).load(as: UInt64.self) == UInt64(0xA000 + i)) }
@@ -263,12 +270,23 @@ extension ProcessTests {
             sharer.forget(forgotten)
             #expect(try sharer.sharePages(count: 2, with: .dom0, writable: true).memory.base == forgotten.memory.base)
             try sharer.unshare(oldShare)
+            // Granted again: the same pages and what they hold, under references the
+            // destination's dom0 maps (read-only, as before).
+            let regranted = try sharer.shareAgain(again)
+            #expect(regranted.memory == again.memory && regranted.refs.count == 3 && !regranted.writable)
+            let mapper = try dom0AtB().openGrantMapper()
+            let seen = try mapper.map(regranted.refs, from: id, writable: false)
+            for i in 0..<3 { #expect(seen.memory.page(i).load(as: UInt64.self) == UInt64(0xC000 + i)) }
+            #expect(throws: HypervisorError.self) { _ = try mapper.map([regranted.refs[0]], from: id, writable: true) }
+            try mapper.unmap(seen)
+            mapper.close()
+            #expect(throws: HypervisorError.self) { _ = try sharer.shareAgain(regranted) }
+            try sharer.unshare(regranted)
             // New work goes to the destination's daemon and store.
             let newPort = try events.bindUnbound(remote: .dom0)
             let newShare = try sharer.sharePages(count: 1, with: .dom0, writable: false)
             #expect(try await guest.store.read("/local/domain/\(id.rawValue)/domid") == "\(id.rawValue)")
-            let dom0 = try RemoteHypervisor(socketPath: hosts.b, as: .dom0, onDaemonLost: ignoreLoss)
-            defer { dom0.close() }
+            let dom0 = try dom0AtB()
             #expect(try dom0.report().ports == 1)
             try events.unbind(newPort)
             try sharer.unshare(newShare)

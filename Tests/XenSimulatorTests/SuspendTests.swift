@@ -20,6 +20,32 @@ struct SuspendTests {
         }
     }
 
+    @Test func sharesAreGrantedAgainAfterAResumeWithWhatTheyHold() async throws {
+        let m = try Machine(guestFrames: 64)
+        let sharer = try m.guest.openGrantSharer()
+        let shared = try sharer.sharePages(count: 3, with: .dom0, writable: false)
+        for i in 0..<3 { shared.memory.page(i).storeBytes(of: UInt64(0xD000 + i), as: UInt64.self) }
+        // Still granted: not this call's to grant twice.
+        #expect(throws: HypervisorError.self) { _ = try sharer.shareAgain(shared) }
+
+        let call = suspendOnThread(m.guest)
+        #expect(await m.guest.waitForSuspend(timeout: .seconds(60)))
+        _ = try m.guest.finishSuspend(.resumed)
+        #expect(try await call.value.get() == .resumed)
+
+        let again = try sharer.shareAgain(shared)
+        #expect(again.memory == shared.memory && again.peer == .dom0 && !again.writable)
+        let mapper = try m.dom0.openGrantMapper()
+        let view = try mapper.map(again.refs, from: m.guest.domainID, writable: false)
+        for i in 0..<3 { #expect(view.memory.page(i).load(as: UInt64.self) == UInt64(0xD000 + i)) }
+        // Read-only, as it was shared.
+        #expect(throws: HypervisorError.self) { _ = try mapper.map([again.refs[0]], from: m.guest.domainID, writable: true) }
+        try mapper.unmap(view)
+        #expect(throws: HypervisorError.self) { _ = try sharer.shareAgain(again) }
+        try sharer.unshare(again)
+        #expect(m.guest.outstanding().isEmpty, "\(m.guest.outstanding())")
+    }
+
     @Test func aResumeTakesAwayGrantsMappingsAndPortsButNotMemory() async throws {
         let m = try Machine(guestFrames: 64)
         let sharer = try m.guest.openGrantSharer()

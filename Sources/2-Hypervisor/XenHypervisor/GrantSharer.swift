@@ -41,9 +41,22 @@ public protocol GrantSharer: AnyObject, Sendable {
     /// came back ``SuspendOutcome/resumed``), without ending the grants: they are no
     /// longer this domain's to end, and ending them could hit a newer grant.
     func forget(_ pages: SharedPages)
+    /// Grants pages shared before such a resume to their peer again, under new
+    /// references, keeping the pages and what they hold: as Linux's blkfront grants its
+    /// buffers anew after a migration rather than allocating new ones (a resumed guest
+    /// reconnects in its downtime, and new pages cost faults and zeroing then).
+    /// `EINVAL` for pages shared since the resume (still granted) or never shared here.
+    func shareAgain(_ pages: SharedPages) throws(HypervisorError) -> SharedPages
 }
 
 extension GrantSharer {
     /// Keeps the pages: a world that does not implement it leaks them until the domain goes.
     public func forget(_ pages: SharedPages) {}
+
+    /// Forgets the pages and shares as many new zeroed ones: the same promise (pages
+    /// granted to the same peer, in the same mode) where a world cannot grant old pages again.
+    public func shareAgain(_ pages: SharedPages) throws(HypervisorError) -> SharedPages {
+        forget(pages)
+        return try sharePages(count: pages.refs.count, with: pages.peer, writable: pages.writable)
+    }
 }

@@ -67,6 +67,30 @@ final class SimulatedGrantSharer: GrantSharer, @unchecked Sendable {
         lock.withLock { _ = shares.removeValue(forKey: shared.memory.base) }
     }
 
+    /// Grants the pages of a share whose grants a resume revoked to their peer again
+    /// (see `GrantSharer`); a share still granted is refused with `EINVAL`.
+    func shareAgain(_ shared: SharedPages) throws(HypervisorError) -> SharedPages {
+        guard !lock.withLock({ closed }) else { throw HypervisorError(.closed, "share on a closed grant sharer") }
+        guard let pages = lock.withLock({ shares[shared.memory.base] }), pages.memory == shared.memory else {
+            throw .errno(.invalidArgument, "sharing again pages this sharer did not share")
+        }
+        let frames = pages.first.rawValue..<(pages.first.rawValue + UInt64(pages.memory.count))
+        guard !domain.grantTable.grantedEntries().contains(where: { frames.contains($0.frame.rawValue) }) else {
+            throw .errno(.invalidArgument, "sharing again pages that are still granted")
+        }
+        var refs: [GrantRef] = []
+        do {
+            for i in 0..<pages.memory.count {
+                refs.append(try domain.grantAccess(frame: pages.frame(i), to: shared.peer, readOnly: !shared.writable))
+            }
+        } catch {
+            for ref in refs { try? domain.endAccess(ref) }
+            forget(shared)
+            throw error
+        }
+        return SharedPages(peer: shared.peer, refs: refs, writable: shared.writable, memory: pages.memory)
+    }
+
     func close() {
         lock.withLock { closed = true }
     }

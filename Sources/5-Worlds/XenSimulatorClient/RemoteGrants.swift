@@ -254,5 +254,33 @@ final class RemoteGrantSharer: GrantSharer, @unchecked Sendable {
         if let pages { try? pools.free(pages) }
     }
 
+    /// Grants the pages of a share made before a move again (see `GrantSharer`): the
+    /// pages are this domain's memory, which moved with it; only the references went.
+    func shareAgain(_ shared: SharedPages) throws(HypervisorError) -> SharedPages {
+        // relaxed: compared only.
+        let now = epoch.load(ordering: .relaxed)
+        let pages = try lock.withLock { () throws(HypervisorError) -> GuestPages in
+            guard !closed else { throw HypervisorError(.closed, "share on a closed grant sharer") }
+            guard let p = shares[shared.memory.base], p.pages.memory == shared.memory, p.epoch != now else {
+                throw .errno(.invalidArgument, "sharing again pages that were not shared before a resume")
+            }
+            // Taken out while granted afresh: a concurrent forget or second call finds nothing.
+            shares.removeValue(forKey: shared.memory.base)
+            return p.pages
+        }
+        var refs: [GrantRef] = []
+        do {
+            for i in 0..<pages.memory.count {
+                refs.append(try memory.grantAccess(frame: pages.frame(i), to: shared.peer, readOnly: !shared.writable))
+            }
+        } catch {
+            for ref in refs { try? memory.endAccess(ref) }
+            try? pools.free(pages)
+            throw error
+        }
+        lock.withLock { shares[pages.memory.base] = (pages, now) }
+        return SharedPages(peer: shared.peer, refs: refs, writable: shared.writable, memory: pages.memory)
+    }
+
     func close() { lock.withLock { closed = true } }
 }

@@ -77,6 +77,38 @@ public struct BlockFrontQueueResources: Sendable {
 }
 
 extension BlockFrontQueueResources {
+    /// The same ring, pool and indirect pages granted to the backend again under new
+    /// references, the ring initialised afresh, and a new port: the connection after a
+    /// resumed suspend, whose references and port went with the old copy
+    /// (`GrantSharer.shareAgain`). On a throw nothing stays shared and the old pages are
+    /// forgotten.
+    public func sharedAgain(hypervisor: any Hypervisor, sharer: any GrantSharer) throws -> BlockFrontQueueResources {
+        events.close()
+        var shared: [SharedPages] = []
+        // Not yet granted again, the one being granted included: forgotten on a throw.
+        var left = [ring, pool, indirect][...]
+        do {
+            let events = try hypervisor.openEventChannels()
+            do {
+                while let pages = left.first {
+                    shared.append(try sharer.shareAgain(pages))
+                    left.removeFirst()
+                }
+                _ = try FrontRing<blkif_request, blkif_response>(initializing: shared[0].memory)
+                let port = try events.bindUnbound(remote: backend)
+                return BlockFrontQueueResources(backend: backend, ring: shared[0], pool: shared[1], indirect: shared[2],
+                                                events: events, port: port)
+            } catch {
+                events.close()
+                throw error
+            }
+        } catch {
+            for pages in shared { try? sharer.unshare(pages) }
+            for pages in left { sharer.forget(pages) }
+            throw error
+        }
+    }
+
     /// Lets go of what a resumed suspend took away (see `SuspendOutcome.resumed`): the
     /// port and the grants are gone with the old copy, so nothing is unbound or ended;
     /// the pages are freed and the event-channel handle closed.

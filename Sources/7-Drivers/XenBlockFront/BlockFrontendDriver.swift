@@ -46,6 +46,9 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
     private let sharer: any GrantSharer
     private let options: BlockFrontendOptions
     private let resources = Locked<[BlockFrontQueueResources]>([])
+    /// What the connection before a resumed suspend shared: granted again by the next
+    /// `prepare` when the destination's backend takes the same rings.
+    private let beforeResume = Locked<[BlockFrontQueueResources]>([])
     /// The disk's size before a resume: the destination's must match.
     private let sectorsBeforeResume = Locked<UInt64?>(nil)
 
@@ -84,11 +87,22 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
         let queues = max(1, min(options.queues, maxQueues))
         let order = max(0, min(options.ringPageOrder, maxOrder))
         var made: [BlockFrontQueueResources] = []
+        // After a resumed suspend, the same pages granted anew when the backend takes as
+        // many rings of the same size: no new pages to fault in and zero while the guest is down.
+        var kept = beforeResume.withLock { k in defer { k = [] }; return k }[...]
+        if kept.count != queues || kept.contains(where: { $0.ring.refs.count != 1 << order || $0.backend != device.backendDomain }) {
+            for r in kept { r.forget(sharer: sharer) }
+            kept = []
+        }
         do {
             for _ in 0..<queues {
-                made.append(try BlockFrontQueueResources.allocate(
-                    hypervisor: hypervisor, sharer: sharer, backend: device.backendDomain, ringPageOrder: order,
-                    poolPages: options.poolPages))
+                if let r = kept.popFirst() {
+                    made.append(try r.sharedAgain(hypervisor: hypervisor, sharer: sharer))
+                } else {
+                    made.append(try BlockFrontQueueResources.allocate(
+                        hypervisor: hypervisor, sharer: sharer, backend: device.backendDomain, ringPageOrder: order,
+                        poolPages: options.poolPages))
+                }
             }
             let fe = device.frontendPath
             let rings = made
@@ -112,6 +126,7 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
             let written = entries
             try await store.inTransaction { tx in try await tx.writeAll(written) }
         } catch {
+            for r in kept { r.forget(sharer: sharer) }
             let sharer = self.sharer
             let partial = made
             await offPool { for r in partial { r.release(sharer: sharer, timeout: 0) } }
@@ -175,6 +190,7 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
     /// unbinds the ports and ends the grants, waiting up to 5 s for the backend to unmap them.
     public func disconnect() async {
         let made = resources.withLock { r in defer { r = [] }; return r }
+        for r in beforeResume.withLock({ k in defer { k = [] }; return k }) { r.forget(sharer: sharer) }
         let frontend = self.frontend, sharer = self.sharer
         await frontend.detached()
         // Unsharing retries (sleeps) while the backend still maps: off the pool.
@@ -204,7 +220,9 @@ extension BlockFrontendDriver: XenbusSuspendableDriver {
             let old = resources.withLock { r in defer { r = [] }; return r }
             await frontend.detached()
             sectorsBeforeResume.withLock { $0 = frontend.info?.sectors }
-            for r in old { r.forget(sharer: sharer) }
+            // Kept for the next `prepare` to grant again (or forget, if the new backend differs).
+            let stale = beforeResume.withLock { k in defer { k = old }; return k }
+            for r in stale { r.forget(sharer: sharer) }
         }
     }
 }
