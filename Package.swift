@@ -402,7 +402,7 @@ let package = Package(
                 "XenDriverRuntime", "TestSupport", logging,
             ]),
         .testTarget(name: "XenDemoTests", dependencies: ["XenDemo"]),
-        .testTarget(name: "XenToolstackTests", dependencies: ["XenToolstack", "XenNetProtocol", "XenStore", "XenABI", "TestSupport"]),
+        .testTarget(name: "XenToolstackTests", dependencies: ["XenToolstack", "XenNetProtocol", "XenStore", "XenStoreServer", "XenBus", "XenMigrationStream", "XenABI", "TestSupport", logging]),
         // Runs the built `xenpv` as a user would; depending on it makes `swift test` build it.
         .testTarget(name: "XenPVCommandTests", dependencies: ["xenpv", "TestSupport"]),
         .testTarget(name: "XenRingBenchmarkTests", dependencies: ["XenRingBenchmark", "XenSimulator", "XenABI"]),

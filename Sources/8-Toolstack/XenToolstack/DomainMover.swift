@@ -54,12 +54,7 @@ public enum DomainMover {
     /// Asks guest `id` to suspend (`control/shutdown = suspend`, as Linux's toolstack
     /// does) and waits until its process calls `suspend`; then claims it.
     static func pause(_ id: DomainID, on hv: RemoteHypervisor, timeout: Double) async throws -> UInt64 {
-        let key = XenStorePath.home(of: id) + "/control/shutdown"
-        if try await hv.store.readIfPresent(key) == nil {
-            // A domain made without libxl's layout: the key, writable by the guest, as libxl makes it.
-            try await hv.store.write(key, "")
-            try await hv.store.setPermissions(key, XenStorePermissions(owner: id))
-        }
+        let key = try await shutdownKey(of: id, on: hv)
         try await hv.store.write(key, "suspend")
         let deadline = now() + UInt64(timeout * 1e9)
         while true {
@@ -74,6 +69,17 @@ public enum DomainMover {
         let paused = now()
         try claim(id, on: hv)
         return paused
+    }
+
+    /// `control/shutdown` of guest `id`, made first if missing.
+    static func shutdownKey(of id: DomainID, on hv: RemoteHypervisor) async throws -> String {
+        let key = XenStorePath.home(of: id) + "/control/shutdown"
+        if try await hv.store.readIfPresent(key) == nil {
+            // A domain made without libxl's layout: the key, writable by the guest, as libxl makes it.
+            try await hv.store.write(key, "")
+            try await hv.store.setPermissions(key, XenStorePermissions(owner: id))
+        }
+        return key
     }
 
     // Kept out of the async functions: typed throws there crash the optimiser (Swift 6.3.1).
@@ -207,6 +213,10 @@ public enum DomainMover {
             figures.pagesPerRound.append(sent)
             progress("round 1: \(sent) pages")
             let memoryBytes = Double(try source.exportDomain(id).mainFrames * XenPage.size)
+            // Read while pre-copy runs; the pause then only confirms nothing changed since
+            // (the key the pause writes made first: making it would change the home).
+            _ = try await shutdownKey(of: id, on: source)
+            writer.readStoreAhead()
             while figures.pagesPerRound.count < budget.rounds {
                 let dirty = try source.readAndClearDirty(id)
                 sent = try writer.send(dirty: dirty)

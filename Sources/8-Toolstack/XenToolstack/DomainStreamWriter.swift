@@ -32,6 +32,7 @@ public final class DomainStreamWriter {
     private let output: Int32
     private let view: DomainStateView
     private var announced: Set<UInt64> = []
+    private var readAhead: DomainStoreReadAhead?
     /// Bytes written so far, framing included.
     public private(set) var bytesWritten = 0
 
@@ -108,6 +109,13 @@ public final class DomainStreamWriter {
         }
     }
 
+    /// Starts reading the domain's store subtree and devices now, in a transaction that
+    /// ``finish()`` commits once the domain is paused (see `DomainStoreReadAhead`): call it
+    /// just before asking for the pause, so the pause does not wait for those reads.
+    public func readStoreAhead() {
+        readAhead = DomainStoreReadAhead(domain, on: hypervisor.store)
+    }
+
     /// The grant table's entries in use, the store subtree (`/local/domain/D`, its
     /// `/vm` entry), the devices' backend configuration, and the end record.
     public func finish() async throws {
@@ -126,60 +134,13 @@ public final class DomainStreamWriter {
         for chunk in stride(from: 0, to: grants.count, by: 512) {
             try write(MigrationStream.encode(.grants(Array(grants[chunk..<min(grants.count, chunk + 512)]))))
         }
-        let store = hypervisor.store
-        let home = XenStorePath.home(of: domain)
-        var entries = try await Self.subtree(home, on: store)
-        if let vm = try? await store.read(home + "/vm"), vm.hasPrefix("/vm/") { entries += try await Self.subtree(vm, on: store) }
-        for chunk in stride(from: 0, to: entries.count, by: 64) {
-            try write(MigrationStream.encode(.store(Array(entries[chunk..<min(entries.count, chunk + 64)]))))
+        let state: DomainStoreState
+        if let readAhead { state = try await readAhead.finish() } else { state = try await DomainStoreState.read(domain, on: hypervisor.store) }
+        for chunk in stride(from: 0, to: state.entries.count, by: 64) {
+            try write(MigrationStream.encode(.store(Array(state.entries[chunk..<min(state.entries.count, chunk + 64)]))))
         }
-        let backends = "/local/domain/0/backend"
-        for type in (try? await store.directory(backends)) ?? [] {
-            let dir = "\(backends)/\(type)/\(domain.rawValue)"
-            for dev in (try? await store.directory(dir)) ?? [] {
-                guard let id = UInt32(dev) else { continue }
-                let names = (try? await store.directory("\(dir)/\(dev)")) ?? []
-                // Every key's read in flight at once: this runs while the guest is paused.
-                let keys = await withTaskGroup(of: (Int, MigrationDevice.Key?).self) { group in
-                    for (i, k) in names.enumerated() {
-                        group.addTask { (i, (try? await store.read("\(dir)/\(dev)/\(k)")).map { .init(k, $0) }) }
-                    }
-                    var read: [(Int, MigrationDevice.Key?)] = []
-                    for await r in group { read.append(r) }
-                    return read.sorted { $0.0 < $1.0 }.compactMap(\.1)
-                }
-                try write(MigrationStream.encode(.device(MigrationDevice(type: type, id: id, keys: Array(keys.prefix(MigrationLimits.maximumDeviceKeys))))))
-            }
-        }
+        for device in state.devices { try write(MigrationStream.encode(.device(device))) }
         try write(MigrationStream.encode(.end))
-    }
-
-    /// Every node under `path` (itself included), parents first, with its permissions.
-    /// Each level's nodes are read at once (requests in flight together on the one
-    /// connection): this runs while the guest is paused.
-    static func subtree(_ path: String, on store: XenStoreClient) async throws -> [MigrationStoreEntry] {
-        var out: [MigrationStoreEntry] = []
-        var level = [path]
-        while !level.isEmpty {
-            let found = await withTaskGroup(of: (Int, MigrationStoreEntry?, [String]).self) { group in
-                for (i, p) in level.enumerated() {
-                    group.addTask {
-                        async let value = try? await store.readBytes(p)
-                        async let perms = try? await store.permissions(p)
-                        async let children = (try? await store.directory(p)) ?? []
-                        guard let v = await value else { return (i, nil, []) }
-                        let entry = MigrationStoreEntry(path: p, value: v, permissions: await perms?.strings.joined(separator: ",") ?? "")
-                        return (i, entry, await children.map { p + "/" + $0 })
-                    }
-                }
-                var all: [(Int, MigrationStoreEntry?, [String])] = []
-                for await r in group { all.append(r) }
-                return all.sorted { $0.0 < $1.0 }
-            }
-            out += found.compactMap(\.1)
-            level = found.flatMap(\.2)
-        }
-        return out
     }
 
     private func write(_ bytes: [UInt8]) throws {
