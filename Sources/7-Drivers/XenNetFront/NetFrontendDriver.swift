@@ -95,8 +95,12 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
     ///   and `XenStoreError` when the transaction fails.
     public func prepare() async throws {
         await disconnect()
-        let backend = try await store.readDomainID(path, XenbusKey.backendID)
-        let backendDir = try await store.readIfPresent(path + "/" + XenbusKey.backend)
+        // Reads in flight together where none depends on another (each round trip is part
+        // of a resumed guest's downtime), checked in the order they were read one by one.
+        async let backendRead = store.readDomainID(path, XenbusKey.backendID)
+        async let backendDirRead = store.readIfPresent(path + "/" + XenbusKey.backend)
+        let backend = try await backendRead
+        let backendDir = try await backendDirRead
         // Absent: a backend without multi-queue, to which `multi-queue-num-queues` means nothing.
         var offered: Int?
         if let backendDir, try await store.readIfPresent(backendDir + "/" + XenbusKey.multiQueueMaxQueues) != nil {
@@ -163,16 +167,19 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
     ///   `XenstoreValueError` for a malformed key, and the port's own error.
     public func connect() async throws {
         let backendDir = try await store.read(path + "/" + XenbusKey.backend)
-        guard try await store.readFeature(backendDir, XenbusKey.featureRxCopy) else {
+        // The features' reads in flight together, checked in the order they were read one by one.
+        async let rxCopy = store.readFeature(backendDir, XenbusKey.featureRxCopy)
+        async let sg = store.readFeature(backendDir, XenbusKey.featureSG)
+        async let gso4 = store.readFeature(backendDir, XenbusKey.featureGSOTCPv4)
+        async let gso6 = store.readFeature(backendDir, XenbusKey.featureGSOTCPv6)
+        async let noCsum = store.readFeature(backendDir, XenbusKey.featureNoCsumOffload)
+        guard try await rxCopy else {
             throw NetFrontError(.notSupported, "backend cannot copy into receive buffers (feature-rx-copy)")
         }
         let features = NetBackendFeatures(
-            scatterGather: try await store.readFeature(backendDir, XenbusKey.featureSG),
-            segmentation: Set([
-                try await store.readFeature(backendDir, XenbusKey.featureGSOTCPv4) ? NetGSOType.tcpv4 : nil,
-                try await store.readFeature(backendDir, XenbusKey.featureGSOTCPv6) ? NetGSOType.tcpv6 : nil,
-            ].compactMap { $0 }),
-            checksumOffload: !(try await store.readFeature(backendDir, XenbusKey.featureNoCsumOffload)))
+            scatterGather: try await sg,
+            segmentation: Set([try await gso4 ? NetGSOType.tcpv4 : nil, try await gso6 ? NetGSOType.tcpv6 : nil].compactMap { $0 }),
+            checksumOffload: !(try await noCsum))
         let pumps: [NetFrontPump]? = session.withLock { s in
             guard let current = s, !current.started else { return nil }
             s?.started = true
