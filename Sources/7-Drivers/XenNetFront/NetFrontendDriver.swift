@@ -29,6 +29,9 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
     private let port: any GuestPort
     private let logger: Logger
     private let session = Locked<Session?>(nil)
+    /// What the connection before a resumed suspend shared, with its sharer: granted
+    /// again by the next `prepare` when the destination's backend takes as many queues.
+    private let beforeResume = Locked<(sharer: any GrantSharer, backend: DomainID, pages: [[SharedPages]])?>(nil)
 
     /// One queue of a connection: its event channel handle (its pump sleeps on it), its
     /// port, its four shared page runs (tx ring, rx ring, tx pages, rx pages) and its pump.
@@ -67,6 +70,10 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
         self.logger = logger
     }
 
+    /// What each queue of the current connection shares (tx ring, rx ring, tx pages, rx
+    /// pages), queue 0 first: for diagnostics and tests.
+    public var sharedPages: [[SharedPages]] { session.withLock { $0?.queues.map(\.pages) ?? [] } }
+
     /// The first pump's counters while connected.
     public var counters: NetFrontCounters? { session.withLock { $0?.started == true ? $0?.queues.first?.pump.counters : nil } }
 
@@ -94,6 +101,10 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
     ///   hypervisor's errors when pages cannot be shared or a port allocated, `RingError`,
     ///   and `XenStoreError` when the transaction fails.
     public func prepare() async throws {
+        // Taken before the disconnect below, which would let them go; put back if this
+        // throws before using them (the next prepare, or a disconnect, takes them then).
+        var untaken = beforeResume.withLock { k in defer { k = nil }; return k }
+        defer { if let untaken { beforeResume.withLock { $0 = untaken } } }
         await disconnect()
         // Reads in flight together where none depends on another (each round trip is part
         // of a resumed guest's downtime), checked in the order they were read one by one.
@@ -109,7 +120,22 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
         let count = max(1, min(queuesWanted, offered ?? 1))
         let ports = try port.queuePorts(count)
         guard !ports.isEmpty else { throw NetFrontError(.notSupported, "the guest port gave no queue") }
-        let sharer = try hypervisor.openGrantSharer()
+        // After a resumed suspend, the same pages granted anew when the backend takes as
+        // many queues: no new pages to fault in and zero while the guest is down.
+        var kept: [[SharedPages]] = []
+        let sharer: any GrantSharer
+        let old = untaken
+        untaken = nil
+        if let old {
+            if old.pages.count == count && old.backend == backend {
+                kept = old.pages
+            } else {
+                for q in old.pages { for p in q { old.sharer.forget(p) } }
+            }
+            sharer = old.sharer
+        } else {
+            sharer = try hypervisor.openGrantSharer()
+        }
         var queues: [QueueSession] = []
         var pending: (events: any EventChannels, pages: [SharedPages])?
         do {
@@ -117,8 +143,13 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
             for q in 0 ..< count {
                 let events = try hypervisor.openEventChannels()
                 pending = (events, [])
-                for (n, writable) in [(1, true), (1, true), (slots, false), (slots, true)] {
-                    pending?.pages.append(try sharer.sharePages(count: n, with: backend, writable: writable))
+                if q < kept.count {
+                    for p in kept[q] { pending?.pages.append(try sharer.shareAgain(p)) }
+                    kept[q] = []
+                } else {
+                    for (n, writable) in [(1, true), (1, true), (slots, false), (slots, true)] {
+                        pending?.pages.append(try sharer.sharePages(count: n, with: backend, writable: writable))
+                    }
                 }
                 let pages = pending?.pages ?? []
                 let eventPort = try events.bindUnbound(remote: backend)
@@ -149,6 +180,7 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
             }
             session.withLock { $0 = Session(backend: backend, sharer: sharer, queues: queues) }
         } catch {
+            for q in kept { for p in q { sharer.forget(p) } }
             Self.release(queues, sharer: sharer, logger: nil)
             if let pending {
                 for p in pending.pages { try? sharer.unshare(p) }
@@ -194,6 +226,10 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
     /// Stops the pumps, then unbinds the ports and ends the grants (the handshake calls this
     /// only once the backend stopped using the pages). Idempotent.
     public func disconnect() async {
+        if let old = beforeResume.withLock({ k in defer { k = nil }; return k }) {
+            for q in old.pages { for p in q { old.sharer.forget(p) } }
+            old.sharer.close()
+        }
         guard let s = session.withLock({ $0.take() }) else { return }
         // The pages and the ports are given back only once the pumps' threads are gone.
         for q in s.queues { _ = await q.pump.stopped() }
@@ -257,11 +293,16 @@ extension NetFrontendDriver: XenbusSuspendableDriver {
         case .resumed:
             guard let s = session.withLock({ $0.take() }) else { return }
             for q in s.queues { _ = await q.pump.stopped() }
-            for q in s.queues {
-                for p in q.pages { s.sharer.forget(p) }
-                q.events.close()
+            for q in s.queues { q.events.close() }
+            // Kept, with the sharer that shared them, for the next `prepare` to grant again.
+            let stale = beforeResume.withLock { k in
+                defer { k = (s.sharer, s.backend, s.queues.map(\.pages)) }
+                return k
             }
-            s.sharer.close()
+            if let stale {
+                for q in stale.pages { for p in q { stale.sharer.forget(p) } }
+                stale.sharer.close()
+            }
             logger.info("\(path): resumed elsewhere; reconnecting")
         }
     }
