@@ -114,8 +114,13 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
         let backendDir = try await backendDirRead
         // Absent: a backend without multi-queue, to which `multi-queue-num-queues` means nothing.
         var offered: Int?
-        if let backendDir, try await store.readIfPresent(backendDir + "/" + XenbusKey.multiQueueMaxQueues) != nil {
-            offered = Int(try await store.readNumber(backendDir, XenbusKey.multiQueueMaxQueues, in: UInt32(1)...UInt32.max))
+        if let backendDir {
+            // One read: a value outside 1... is an error, none is nil.
+            let absent: Int?? = .some(nil)
+            offered = try await store.readValue(backendDir, XenbusKey.multiQueueMaxQueues, default: absent,
+                                                expected: "a decimal in 1...\(UInt32.max)") { text, path throws(XenstoreValueError) -> Int? in
+                Int(try XenstoreValue.decimal(text, key: path, in: UInt32(1)...UInt32.max))
+            }
         }
         let count = max(1, min(queuesWanted, offered ?? 1))
         let ports = try port.queuePorts(count)
