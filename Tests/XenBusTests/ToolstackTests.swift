@@ -47,6 +47,16 @@ struct ToolstackTests {
         #expect(try await dom0.permissions(dev.frontendPath).strings == ["n5", "r2"])
         #expect(try await dom0.permissions(dev.backendPath).strings == ["n2", "r5"])
         #expect(try await dom0.permissions(dev.frontendPath + "/state").strings == ["n5", "r2"])
+        // Class directories made here belong to the domain that enumerates them; one that
+        // was there already keeps what it had.
+        #expect(try await dom0.permissions("/local/domain/5/device/vbd").strings == ["n5"])
+        #expect(try await dom0.permissions("/local/domain/2/backend/vbd/5").strings == ["n2"])
+        try await dom0.setPermissions("/local/domain/5/device/vbd", XenStorePermissions(owner: fe, grants: [.init(.read, be)]))
+        let second = XenbusDevice(type: "vbd", id: 51728, frontend: fe, backend: be)
+        try await XenbusToolstack.create(second, on: dom0)
+        #expect(try await dom0.permissions("/local/domain/5/device/vbd").strings == ["n5", "r2"])
+        #expect(try await dom0.permissions(second.frontendPath).strings == ["n5", "r2"])
+        try await XenbusToolstack.remove(second, on: dom0)
 
         // The frontend finds its device relative to its home, reads the backend, writes only its own side.
         #expect(try await feClient.directory("device/vbd") == ["51712"])

@@ -59,27 +59,31 @@ public enum XenbusToolstack {
         try await store.inTransaction { tx in
             // Requests without an order between them go out together: a restore runs this
             // while the guest is paused, and every round trip is part of its downtime.
+            let fe = device.frontendDomain, be = device.backendDomain
+            let feClass = XenStorePath.parent(of: device.frontendPath), beClass = XenStorePath.parent(of: device.backendPath)
             async let frontendThere = tx.exists(device.frontendPath)
             async let backendThere = tx.exists(device.backendPath)
+            async let feClassThere = tx.exists(feClass)
+            async let beClassThere = tx.exists(beClass)
             for (p, there) in [(device.frontendPath, try await frontendThere), (device.backendPath, try await backendThere)] where there {
                 throw XenStoreError(.exists, "\(p) already exists")
             }
-            let fe = device.frontendDomain, be = device.backendDomain
-            /// Makes `dir` (and, if missing, its class directory, owned by the domain that
-            /// enumerates it) with its permissions set before anything is written in it.
-            @Sendable func make(_ dir: String, owner: DomainID, reader: DomainID) async throws(XenStoreError) {
-                let classDir = XenStorePath.parent(of: dir)
-                if try await !tx.exists(classDir) {
-                    try await tx.mkdir(classDir)
-                    try await tx.setPermissions(classDir, XenStorePermissions(owner: owner))
-                }
-                try await tx.mkdir(dir)
-                try await tx.setPermissions(dir, XenStorePermissions(owner: owner, grants: [.init(.read, reader)]))
-            }
-            async let frontendMade: Void = make(device.frontendPath, owner: fe, reader: be)
-            async let backendMade: Void = make(device.backendPath, owner: be, reader: fe)
+            let madeClasses = [(feClass, fe, try await feClassThere), (beClass, be, try await beClassThere)].filter { !$0.2 }
+            // Each directory (its class directory too, if missing) with its permissions set
+            // before anything is written in it: a class directory made here belongs to the
+            // domain that enumerates it.
+            async let frontendMade: Void = tx.mkdir(device.frontendPath)
+            async let backendMade: Void = tx.mkdir(device.backendPath)
             try await frontendMade
             try await backendMade
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for (dir, owner) in madeClasses.map({ ($0.0, $0.1) }) {
+                    group.addTask { try await tx.setPermissions(dir, XenStorePermissions(owner: owner)) }
+                }
+                group.addTask { try await tx.setPermissions(device.frontendPath, XenStorePermissions(owner: fe, grants: [.init(.read, be)])) }
+                group.addTask { try await tx.setPermissions(device.backendPath, XenStorePermissions(owner: be, grants: [.init(.read, fe)])) }
+                try await group.waitForAll()
+            }
 
             var feKeys = frontendKeys
             feKeys[XenbusKey.backend] = device.backendPath
