@@ -267,7 +267,7 @@ let package = Package(
         // Domain configs in xl.cfg syntax: the file parser, DomainConfig, disk and vif specs.
         .target(
             name: "XenToolstack",
-            dependencies: ["XenABI", "CXen", "XenNetProtocol", "NBDProtocol", "XenStore", "XenBus", "XenSimulatorClient",
+            dependencies: ["XenABI", "CXen", "XenLocks", "XenNetProtocol", "NBDProtocol", "XenStore", "XenBus", "XenSimulatorClient",
                            "XenMigrationStream", "XenHypervisor"],
             path: toolstack + "XenToolstack"),
         // The `xenpv` command line, one file per command.
@@ -275,7 +275,7 @@ let package = Package(
             name: "xenpv",
             dependencies: [
                 "XenDemo", "XenWorld", "XenSimulator", "XenSimulatorDaemon", "XenSimulatorClient", "XenHost",
-                "XenStore", "XenStoreServer", "XenBus", "XenRing", "XenHypervisor", "XenABI", "CXen",
+                "XenStore", "XenStoreServer", "XenBus", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenLocks",
                 "XenNetBack", "XenNetFront", "XenBlockBack", "XenBlockFront", "XenBlockStorage", "XenBlockExport", "XenBlockFUSE",
                 "XenRingBenchmark", "XenNetBenchmark", "XenBlockBenchmark", "XenStoreBenchmark", "XenToolstack", "NBDProtocol",
                 logging, argumentParser, systemPackage,

@@ -117,7 +117,7 @@ public final class GuestSuspender: Sendable {
         let started = ContinuousClock.now
         for device in devices { await device.suspend() }
         let paused = ContinuousClock.now
-        let answer = await Self.offPool { [hypervisor, timeout] in
+        let answer = await onOwnThread(named: "xen-suspend") { [hypervisor, timeout] in
             Swift.Result { () throws(HypervisorError) -> SuspendOutcome in try hypervisor.suspend(timeout: timeout) }
         }
         let answered = ContinuousClock.now
@@ -190,14 +190,5 @@ public final class GuestSuspender: Sendable {
             guard done else { return nil }
         }
         return .now
-    }
-
-    /// Runs a blocking call on a thread of its own.
-    private static func offPool<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
-        await withCheckedContinuation { c in
-            let thread = Thread { c.resume(returning: body()) }
-            thread.name = "xen-suspend"
-            thread.start()
-        }
     }
 }

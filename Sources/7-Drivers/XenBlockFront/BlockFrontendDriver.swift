@@ -129,7 +129,7 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
             for r in kept { r.forget(sharer: sharer) }
             let sharer = self.sharer
             let partial = made
-            await offPool { for r in partial { r.release(sharer: sharer, timeout: 0) } }
+            await onOwnThread(named: "blkfront-release") { for r in partial { r.release(sharer: sharer, timeout: 0) } }
             throw error
         }
         resources.withLock { $0 = made }
@@ -194,7 +194,7 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
         let frontend = self.frontend, sharer = self.sharer
         await frontend.detached()
         // Unsharing retries (sleeps) while the backend still maps: off the pool.
-        await offPool { for r in made { r.release(sharer: sharer) } }
+        await onOwnThread(named: "blkfront-release") { for r in made { r.release(sharer: sharer) } }
     }
 }
 

@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import XenABI
 import XenHypervisor
+import XenLocks
 import XenSimulatorClient
 import XenStore
 
@@ -138,7 +139,7 @@ public enum DomainMover {
         guard fd >= 0 else { throw DomainTransferError("\(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         let reader = DomainStreamReader(hypervisor: destination)
-        let read = try await onThread { try reader.readStream(from: fd) }
+        let read = try await onOwnThread(named: "xenpv-transfer") { try reader.readStream(from: fd) }
         let restored = try await reader.complete(read)
         guard let parkedOn else { return (restored, false) }
         let went = Self.resumeParked(parkedOn, restored, destinationSocket)
@@ -192,7 +193,7 @@ public enum DomainMover {
             let r = DomainStreamReader(hypervisor: destination)
             reader = r
             // The receiving host: its own thread, as if across the network.
-            receiving = Task { try await onThread { () throws -> DomainStreamReader.ReadStream in
+            receiving = Task { try await onOwnThread(named: "xenpv-transfer") { () throws -> DomainStreamReader.ReadStream in
                 defer { close(receiveFD) }
                 return try r.readStream(from: receiveFD)
             } }
@@ -243,7 +244,7 @@ public enum DomainMover {
                 token = try await reader.complete(read).token
                 destinationSocket = socket
             } else {
-                let line = try await onThread { try readLine(sendFD) }
+                let line = try await onOwnThread(named: "xenpv-transfer") { try readLine(sendFD) }
                 let words = line.split(separator: " ").map(String.init)
                 guard words.count == 3, words[0] == "READY", let t = DomainToken(words[1]) else {
                     throw DomainTransferError("the receiver answered \(line.prefix(200).debugDescription)")
@@ -260,7 +261,7 @@ public enum DomainMover {
             switch target {
             case .daemon(let destination, _): try await waitArrival(id, on: destination, timeout: timeout)
             case .receiver:
-                let line = try await onThread { try readLine(sendFD) }
+                let line = try await onOwnThread(named: "xenpv-transfer") { try readLine(sendFD) }
                 guard line == "ARRIVED" else { throw DomainTransferError("the receiver answered \(line.prefix(200).debugDescription)") }
             }
             figures.downtimeSeconds = Double(now() - paused) / 1e9
@@ -300,7 +301,7 @@ public enum DomainMover {
     {
         let reader = DomainStreamReader(hypervisor: destination)
         do {
-            let read = try await onThread { try reader.readStream(from: fd) }
+            let read = try await onOwnThread(named: "xenpv-transfer") { try reader.readStream(from: fd) }
             let restored = try await reader.complete(read)
             try writeLine(fd, "READY \(restored.token) \(socket)")
             try await waitArrival(restored.domain, on: destination, timeout: timeout)
@@ -334,17 +335,6 @@ public enum DomainMover {
             if n < 0, errno == EINTR { continue }
             guard n > 0 else { throw DomainTransferError("writing to the sender: \(String(cString: strerror(errno)))") }
             done += n
-        }
-    }
-
-    /// Runs blocking work on a thread of its own, not the cooperative pool.
-    static func onThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { (k: CheckedContinuation<T, any Error>) in
-            let t = Thread {
-                do { k.resume(returning: try work()) } catch { k.resume(throwing: error) }
-            }
-            t.name = "xenpv-transfer"
-            t.start()
         }
     }
 }

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import XenLocks
 import XenBus
 import XenHypervisor
 import XenStore
@@ -44,14 +45,14 @@ final class ShutdownWatch: @unchecked Sendable {
                         // The command's own work around the pause (a memory writer stopping and
                         // checksumming) blocks, so it runs on a thread of its own; after the
                         // resume it waits for the downtime's figures, so it does not slow them.
-                        if !hooks.isEmpty { await Self.offPool { hooks.forEach { $0.before() } } }
+                        if !hooks.isEmpty { await onOwnThread(named: "xenpv-hooks") { hooks.forEach { $0.before() } } }
                         let result = await suspender.suspend()
                         say("xenpv guest: suspend: \(result)")
                         // Without hooks the next request may come while the downtime is measured.
                         if hooks.isEmpty { lock.withLock { suspending = false } }
                         if result == .resumed { await reportDowntime(suspender) }
                         if !hooks.isEmpty {
-                            await Self.offPool { hooks.forEach { $0.after(result == .resumed) } }
+                            await onOwnThread(named: "xenpv-hooks") { hooks.forEach { $0.after(result == .resumed) } }
                             lock.withLock { suspending = false }
                         }
                     }
@@ -85,18 +86,6 @@ final class ShutdownWatch: @unchecked Sendable {
     /// quiesce; after the suspend, with whether the domain resumed from a copy).
     func aroundSuspend(before: @escaping @Sendable () -> Void, after: @escaping @Sendable (_ resumed: Bool) -> Void) {
         lock.withLock { suspendHooks.append(SuspendHook(before: before, after: after)) }
-    }
-
-    /// Runs blocking work on a thread of its own.
-    private static func offPool(_ body: @escaping @Sendable () -> Void) async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let thread = Thread {
-                body()
-                c.resume()
-            }
-            thread.name = "xenpv-suspend-hook"
-            thread.start()
-        }
     }
 
     /// Registers a request to one of the command's devices (a one-sector read), made
