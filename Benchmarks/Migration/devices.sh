@@ -16,10 +16,14 @@
 #
 #   Benchmarks/Migration/devices.sh [XENPV] [CASES...]   (default: .build/release/xenpv, cases idle writing;
 #                                                         also idle-full full)
+#   HOPS=12 Benchmarks/Migration/devices.sh BUILD idle   (hops back and forth, default 2, and each
+#                                                         figure's median; run builds in turn to compare;
+#                                                         beyond 2 hops the writers write every 3 ms)
 set -euo pipefail
 XENPV=${1:-.build/release/xenpv}
 shift || true
 CASES=${*:-idle writing}
+HOPS=${HOPS:-2}
 DIR=$(mktemp -d /tmp/xenpv-migration-devices.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DIR"; }
@@ -33,12 +37,15 @@ for _ in $(seq 50); do [[ -S $DIR/a.sock && -S $DIR/b.sock ]] && break; sleep 0.
 "$XENPV" backend --connect "$DIR/b.sock" --disk "$DIR/disk.img" >"$DIR/backend-b.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 50); do grep -q serving "$DIR/backend-a.log" && grep -q serving "$DIR/backend-b.log" && break; sleep 0.1; done
 
+# The writers' 448 MiB last ~15 s at one chunk a millisecond: enough for two hops; more
+# hops space the chunks 3 ms apart, so the job outlasts them.
+GAP=$((HOPS > 2 ? 3 : 1))
 for case in $CASES; do
     case $case in
         idle) JOB=(--length $((4 << 20)) --chunk 4096 --interval-ms 1000) ;;
-        writing) JOB=(--length $((448 << 20)) --chunk 65536 --interval-ms 1) ;;
+        writing) JOB=(--length $((448 << 20)) --chunk 65536 --interval-ms $GAP) ;;
         idle-full) JOB=(--length $((4 << 20)) --chunk 4096 --interval-ms 1000 --echo) ;;
-        full) JOB=(--length $((448 << 20)) --chunk 65536 --interval-ms 1 --echo --dirty-rate 2000 --dirty-pages 32768) ;;
+        full) JOB=(--length $((448 << 20)) --chunk 65536 --interval-ms $GAP --echo --dirty-rate 2000 --dirty-pages 32768) ;;
         *) echo "unknown case $case (idle, writing, idle-full or full)" >&2; exit 2 ;;
     esac
     LOG="$DIR/guest-$case.log"
@@ -48,14 +55,20 @@ for case in $CASES; do
     for _ in $(seq 100); do grep -q "vbd connected" "$LOG" && break; sleep 0.1; done
     DOM=$(sed -n 's/.*joined as dom\([0-9]*\).*/\1/p' "$LOG" | head -1)
     sleep 2
-    for hop in "a b" "b a"; do
-        set -- $hop
-        echo "== $case guest: $1 -> $2 (written so far: $(grep -c '^written' "$LOG") chunks)"
-        "$XENPV" migrate "$DOM" --connect "$DIR/$1.sock" --to "$DIR/$2.sock" | sed 's/^/   /'
-        for _ in $(seq 100); do [[ $(grep -c "downtime:" "$LOG") -ge $([[ $1 == a ]] && echo 1 || echo 2) ]] && break; sleep 0.1; done
+    from=a to=b
+    for hop in $(seq "$HOPS"); do
+        echo "== $case guest: $from -> $to (written so far: $(grep -c '^written' "$LOG") chunks)"
+        "$XENPV" migrate "$DOM" --connect "$DIR/$from.sock" --to "$DIR/$to.sock" | sed 's/^/   /'
+        for _ in $(seq 300); do [[ $(grep -c "downtime:" "$LOG") -ge $hop ]] && break; sleep 0.1; done
         grep "downtime:" "$LOG" | tail -1 | sed 's/^/   guest: /'
         sleep 1
+        set -- "$to" "$from"; from=$1 to=$2
     done
+    # Each figure's median over the hops (with HOPS beyond 2, for comparing builds).
+    grep "downtime:" "$LOG" | sed 's/.*after the pause: //' | tr ',' '\n' | sed 's/^ *//' \
+        | awk '{v=$(NF-1); $NF=""; $(NF-1)=""; k=$0; sub(/ +$/, "", k); n[k]++; x[k, n[k]] = v}
+               END {for (k in n) {m = n[k]; for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (x[k, j] < x[k, i]) {t = x[k, i]; x[k, i] = x[k, j]; x[k, j] = t}
+                    printf "   medians over %d hops: %s %.2f ms (%.2f-%.2f)\n", m, k, x[k, int((m + 1) / 2)], x[k, 1], x[k, m]}}' | sort
     grep "memory: .*checksum" "$LOG" | sed 's/^/   guest: /' || true
     grep -E "error|failed" "$LOG" | sed 's/^/   guest: /' || true
     # The echo and the dirtier report when the job ends: a shutdown request ends it at
