@@ -13,7 +13,10 @@ import SystemPackage
 /// - Completions are read from the completion ring in this process's memory: a reap
 ///   that finds some makes no system call. The kernel signals ``completionDescriptor``
 ///   (a registered eventfd) for each completion it posts, so a queue thread sleeps in
-///   `poll` as it does over libaio.
+///   `poll` as it does over libaio. Completions made off the driving thread (interrupts,
+///   io-wq workers) do not interrupt it while it runs (`IORING_SETUP_COOP_TASKRUN`): they
+///   wait for its next system call, and a reap that finds them waiting (`IORING_SQ_TASKRUN`,
+///   shared memory) makes one.
 /// - Opening, `O_DIRECT`, alignment, refusals (misaligned, out of range, read-only),
 ///   short transfers (resubmitted for the remainder; a transfer that makes no progress
 ///   fails) and errors are those of ``LibaioStorage``: both engines answer every
@@ -44,12 +47,15 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
     public let path: FilePath
     /// True when a kernel thread polls the submission ring (`IORING_SETUP_SQPOLL`).
     public let sqPolling: Bool
+    /// True when completions made off the driving thread wait for its next system call
+    /// instead of interrupting it (`IORING_SETUP_COOP_TASKRUN`, Linux 5.19; not with SQ polling).
+    public private(set) var defersOffThreadCompletions = false
     /// True with `O_DIRECT`, for the reason ``LibaioStorage/prefersContiguousBuffers`` gives.
     public var prefersContiguousBuffers: Bool { ioMode == .direct }
     /// Looks at the completion ring in this process's memory: no system call.
     public var mayHaveCompletions: Bool {
         guard let ring else { return true }  // closed: reap says so
-        return !ready.isEmpty || needsSubmit || (inKernel > 0 && cus_cq_ready(ring) > 0)
+        return !ready.isEmpty || needsSubmit || (inKernel > 0 && (cus_cq_ready(ring) > 0 || cus_taskrun_pending(ring) != 0))
     }
     /// The eventfd registered with the ring, also signalled for completions made in ``submit(_:)`` (refusals).
     public var completionDescriptor: FileDescriptor { signal.descriptor }
@@ -134,6 +140,7 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
             throw StorageError(.io(Errno(rawValue: error)), "io_uring_queue_init(\(queueDepth)) for \(path)")
         }
         ring = made
+        defersOffThreadCompletions = cus_coop_taskrun(made) != 0
         let e = cus_ring_register_eventfd(made, signal.descriptor.rawValue)
         guard e == 0 else {
             close()
@@ -270,6 +277,9 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
     /// and for which the descriptor is still readable), resubmitting the remainder of short
     /// transfers.
     private func collect(_ ring: OpaquePointer, limit: Int) {
+        // Completions made off this thread wait as task work until it enters the kernel
+        // (the ring is COOP_TASKRUN): a thread that polls must enter to see them.
+        if inKernel > 0 && cus_taskrun_pending(ring) != 0 { _ = cus_get_events(ring) }
         var resubmit = false
         while inKernel > 0 {
             let room = min(limit - ready.count, queueDepth - ready.count, inKernel)

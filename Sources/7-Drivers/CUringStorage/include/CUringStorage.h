@@ -50,6 +50,11 @@ unsigned cus_cq_ready(struct io_uring *ring);
 unsigned cus_reap(struct io_uring *ring, cus_completion *out, unsigned max);
 /* Enters the kernel to run pending completion work (io_uring_get_events). */
 int cus_get_events(struct io_uring *ring);
+/* Whether completion work waits for this thread to enter the kernel (IORING_SQ_TASKRUN,
+ * set by rings made with IORING_SETUP_TASKRUN_FLAG): shared memory, no system call. */
+int cus_taskrun_pending(struct io_uring *ring);
+/* Whether the ring was set up with IORING_SETUP_COOP_TASKRUN (Linux 5.19). */
+int cus_coop_taskrun(struct io_uring *ring);
 
 /* Whether this kernel lets the process set up a ring: 0 or a positive errno
  * (ENOSYS: no io_uring; EPERM: kernel.io_uring_disabled or a seccomp filter). */
