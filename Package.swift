@@ -346,7 +346,7 @@ let package = Package(
             dependencies: ["XenStore", "XenStoreServer", "XenABI", "CXen", "XenHypervisor", "XenSimulator", "TestSupport", logging]),
         .testTarget(
             name: "XenBusTests",
-            dependencies: ["XenBus", "XenStore", "XenStoreServer", "XenABI", "TestSupport", "XenLocks", logging]),
+            dependencies: ["XenBus", "XenStore", "XenStoreServer", "XenABI", "XenHypervisor", "TestSupport", "XenLocks", logging]),
         .testTarget(
             name: "XenSimulatorTests",
             dependencies: ["XenSimulator", "XenHypervisor", "XenABI", "CXen", atomics, systemPackage]),

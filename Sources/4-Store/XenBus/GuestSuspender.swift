@@ -9,7 +9,7 @@ import XenStore
 /// (drivers/xen/manage.c) runs it on `control/shutdown = suspend`: quiesce every
 /// device, ask the hypervisor to suspend the domain, and resume every device with the
 /// outcome. A program makes one, adds its frontends' endpoints, and either runs
-/// ``run(control:otherRequests:)`` or calls ``suspend()`` from its own control loop.
+/// ``run(control:serving:otherRequests:)`` or calls ``suspend()`` from its own control loop.
 ///
 /// The hypervisor call blocks until the toolstack answers, so it runs on a thread of its
 /// own, never on the cooperative pool. A call that throws is a cancel: the devices go on
@@ -28,7 +28,7 @@ public final class GuestSuspender: Sendable {
         case busy
     }
 
-    /// `control/feature-suspend`, relative to the domain's home: written by ``run(control:otherRequests:)``
+    /// `control/feature-suspend`, relative to the domain's home: written by ``run(control:serving:otherRequests:)``
     /// as Linux does, so a toolstack knows the guest answers a suspend request.
     public static let featureKey = "control/feature-suspend"
 
@@ -148,26 +148,33 @@ public final class GuestSuspender: Sendable {
 
     /// Serves `control/shutdown`: announces `control/feature-suspend` (best effort), then
     /// answers each `suspend` request (acknowledged by ``GuestControl`` first, as Linux
-    /// does) with ``suspend()``, and hands every other request to `otherRequests`. A
-    /// suspend request that comes while one runs is acknowledged and ignored. Returns when
-    /// the request stream ends (the calling task is cancelled).
+    /// does) with `serving` (by default ``suspend()``; a program adds its own work around
+    /// it there), and hands every other request to `otherRequests`. A suspend request
+    /// that comes while `serving` runs is acknowledged and ignored. Returns when the
+    /// request stream ends (the calling task is cancelled).
     /// - Throws: what setting the watch throws.
     public func run(control: GuestControl,
+                    serving: @escaping @Sendable (GuestSuspender) async -> Void = { _ = await $0.suspend() },
                     otherRequests: @escaping @Sendable (ShutdownRequest) async -> Void = { _ in }) async throws(XenStoreError) {
         try? await control.store.write(control.home + "/" + Self.featureKey, "1")
         let requests = try await control.requests()
+        let busy = Locked(false)
         await withTaskGroup(of: Void.self) { group in
             for await request in requests {
                 guard request == .suspend else {
                     await otherRequests(request)
                     continue
                 }
-                if isSuspending {
+                // Taken here, before `serving` starts, so a second request meanwhile is refused.
+                guard busy.withLock({ b in defer { b = true }; return !b }) else {
                     logger.warning("suspend requested while suspending: ignored")
                     continue
                 }
                 // A task of its own, so a second request meanwhile is read and ignored.
-                group.addTask { [self] in _ = await suspend() }
+                group.addTask { [self] in
+                    await serving(self)
+                    busy.withLock { $0 = false }
+                }
             }
             group.cancelAll()
         }

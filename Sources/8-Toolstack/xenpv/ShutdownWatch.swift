@@ -11,7 +11,7 @@ import XenWorld
 /// request goes to ``suspender`` when the world can suspend the domain (its hypervisor
 /// conforms to `DomainSuspending`); the command adds its frontends' endpoints to it.
 final class ShutdownWatch: @unchecked Sendable {
-    // @unchecked: `received`, `probes`, `suspendHooks` and `suspending` are guarded by `lock`; `task` is set once in init.
+    // @unchecked: `received`, `probes` and `suspendHooks` are guarded by `lock`; `task` is set once in init.
     private let lock = NSLock()
     private var received: ShutdownRequest?
     private let arrived = DispatchSemaphore(value: 0)
@@ -26,47 +26,45 @@ final class ShutdownWatch: @unchecked Sendable {
         let control = GuestControl(store: hv.store, domain: hv.domainID)
         let suspender = self.suspender
         task = Task { [self] in
-            if suspender != nil { try? await hv.store.write(XenStorePath.home(of: hv.domainID) + "/" + GuestSuspender.featureKey, "1") }
-            guard let requests = try? await control.requests() else { return }
-            for await request in requests {
-                if request == .suspend, let suspender {
-                    // Taken here, before the hooks run, so a second request meanwhile is refused.
-                    let busy = lock.withLock { () -> Bool in
-                        defer { suspending = true }
-                        return suspending
-                    }
-                    guard !busy else {
-                        say("xenpv guest: suspend requested while suspending; ignored")
-                        continue
-                    }
-                    say("xenpv guest: suspend requested by the toolstack")
-                    let hooks = lock.withLock { suspendHooks }
-                    Task { [self] in
-                        // The command's own work around the pause (a memory writer stopping and
-                        // checksumming) blocks, so it runs on a thread of its own; after the
-                        // resume it waits for the downtime's figures, so it does not slow them.
-                        if !hooks.isEmpty { await onOwnThread(named: "xenpv-hooks") { hooks.forEach { $0.before() } } }
-                        let result = await suspender.suspend()
-                        say("xenpv guest: suspend: \(result)")
-                        // Without hooks the next request may come while the downtime is measured.
-                        if hooks.isEmpty { lock.withLock { suspending = false } }
-                        if result == .resumed { await reportDowntime(suspender) }
-                        if !hooks.isEmpty {
-                            await onOwnThread(named: "xenpv-hooks") { hooks.forEach { $0.after(result == .resumed) } }
-                            lock.withLock { suspending = false }
-                        }
-                    }
-                    continue
-                }
-                let first = lock.withLock { () -> Bool in
-                    defer { if received == nil { received = request } }
-                    return received == nil
-                }
-                guard first else { continue }
-                say("xenpv guest: \(request.rawValue) requested by the toolstack; shutting down")
-                arrived.signal()
+            guard let suspender else {
+                // The world cannot suspend the domain: a suspend request ends the command too.
+                guard let requests = try? await control.requests() else { return }
+                for await request in requests { keep(request) }
+                return
             }
+            try? await suspender.run(control: control, serving: { [self] s in await serve(s) }, otherRequests: { [self] r in keep(r) })
         }
+    }
+
+    /// Keeps the first request that is not a suspend and wakes whoever waits.
+    private func keep(_ request: ShutdownRequest) {
+        let first = lock.withLock { () -> Bool in
+            defer { if received == nil { received = request } }
+            return received == nil
+        }
+        guard first else { return }
+        say("xenpv guest: \(request.rawValue) requested by the toolstack; shutting down")
+        arrived.signal()
+    }
+
+    /// One suspend request: the command's hooks around the suspender's work, then the
+    /// downtime the guest saw. Without hooks the next request may come while the
+    /// downtime is measured, so that is reported apart.
+    private func serve(_ suspender: GuestSuspender) async {
+        say("xenpv guest: suspend requested by the toolstack")
+        let hooks = lock.withLock { suspendHooks }
+        // The command's own work around the pause (a memory writer stopping and
+        // checksumming) blocks, so it runs on a thread of its own; after the resume it
+        // waits for the downtime's figures, so it does not slow them.
+        if !hooks.isEmpty { await onOwnThread(named: "xenpv-hooks") { hooks.forEach { $0.before() } } }
+        let result = await suspender.suspend()
+        say("xenpv guest: suspend: \(result)")
+        guard !hooks.isEmpty else {
+            if result == .resumed { Task { [self] in await reportDowntime(suspender) } }
+            return
+        }
+        if result == .resumed { await reportDowntime(suspender) }
+        await onOwnThread(named: "xenpv-hooks") { hooks.forEach { $0.after(result == .resumed) } }
     }
 
     private var probes: [String: @Sendable () async throws -> Void] = [:]
@@ -79,8 +77,6 @@ final class ShutdownWatch: @unchecked Sendable {
         let after: @Sendable (_ resumed: Bool) -> Void
     }
     private var suspendHooks: [SuspendHook] = []
-    /// A suspend request is being served (its hooks or the suspender's run).
-    private var suspending = false
 
     /// Adds work to run around each suspend from the next one on (before the devices
     /// quiesce; after the suspend, with whether the domain resumed from a copy).

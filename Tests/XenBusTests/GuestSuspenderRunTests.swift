@@ -1,0 +1,77 @@
+import Foundation
+import Logging
+import TestSupport
+import Testing
+import XenABI
+import XenBus
+import XenHypervisor
+import XenLocks
+import XenStore
+import XenStoreServer
+
+/// `GuestSuspender.run` as a guest program uses it with work of its own around each
+/// suspend: one request at a time is served, a request that comes while one is being
+/// served is acknowledged and ignored, and every other request goes on to the program.
+@Suite(.timeLimit(.minutes(5)))
+struct GuestSuspenderRunTests {
+    /// The toolstack never answers here: nothing in these tests reaches the hypervisor.
+    private final class NoHypervisor: DomainSuspending {
+        func suspend(timeout: Duration) throws(HypervisorError) -> SuspendOutcome {
+            throw HypervisorError(.closed, "not in this test")
+        }
+    }
+
+    @Test func oneSuspendIsServedAtATimeAndOtherRequestsGoToTheProgram() async throws {
+        let base = "/tmp/gs-\(UUID().uuidString.prefix(8))"
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let guestID = DomainID(1)
+        let server = XenStoreServer(socketPath: base + ".sock", extraSockets: [(base + "-d1.sock", guestID)], logger: logger)
+        try server.start()
+        defer { server.stop() }
+        let dom0 = try XenStoreClient(socketPath: base + ".sock")
+        try await XenbusToolstack.createDomainHome(guestID, on: dom0)
+        let home = XenStorePath.home(of: guestID)
+        try await dom0.mkdir(home + "/control")
+        try await dom0.setPermissions(home + "/control", XenStorePermissions(owner: guestID))
+        let guest = try XenStoreClient(socketPath: base + "-d1.sock")
+
+        let served = Locked(0)
+        let others = Locked<[ShutdownRequest]>([])
+        let gate = Locked(false)
+        let suspender = GuestSuspender(hypervisor: NoHypervisor(), logger: logger)
+        let control = GuestControl(store: guest, domain: guestID)
+        let running = Task {
+            try await suspender.run(control: control, serving: { _ in
+                served.withLock { $0 += 1 }
+                // Serving lasts until the test opens the gate (bounded, so nothing hangs).
+                let deadline = ContinuousClock.now + .seconds(60)
+                while !gate.withLock({ $0 }) && ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(5)) }
+            }, otherRequests: { r in others.withLock { $0.append(r) } })
+        }
+        defer { running.cancel() }
+        #expect(await eventually { (try? await dom0.readIfPresent(home + "/" + GuestSuspender.featureKey)) == "1" })
+
+        let key = home + "/" + GuestControl.shutdownKey
+        func request(_ value: String) async throws {
+            try await dom0.write(key, value)
+            // Acknowledged: the guest clears the key before it acts.
+            #expect(await eventually { (try? await dom0.read(key)) == "" })
+        }
+        try await request("suspend")
+        #expect(await eventually { served.withLock { $0 } == 1 })
+        try await request("suspend")  // while the first is served: ignored
+        try await request("poweroff")
+        #expect(await eventually { others.withLock { $0 } == [.poweroff] })
+        #expect(served.withLock { $0 } == 1)
+
+        gate.withLock { $0 = true }
+        // Once served, the next request is served again (the busy mark is gone).
+        let next = ContinuousClock.now + .seconds(30)
+        while served.withLock({ $0 }) < 2 && ContinuousClock.now < next {
+            try await request("suspend")
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(served.withLock { $0 } >= 2)
+    }
+}
