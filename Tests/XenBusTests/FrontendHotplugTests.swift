@@ -12,19 +12,12 @@ import XenStoreServer
 @Suite(.timeLimit(.minutes(5)))
 struct FrontendHotplugTests {
     @Test func devicesArriveAndLeaveAndTheGuestsOwnEntriesAreNotDevices() async throws {
-        let base = "/tmp/hp-\(UUID().uuidString.prefix(8))"
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let guestID = DomainID(1)
-        let server = XenStoreServer(socketPath: base + ".sock", extraSockets: [(base + "-d1.sock", guestID)], logger: logger)
-        try server.start()
-        defer { server.stop() }
-        let dom0 = try XenStoreClient(socketPath: base + ".sock")
-        try await XenbusToolstack.createDomainHome(guestID, on: dom0)
+        let store = try await StoreWithGuest("hp")
+        defer { withExtendedLifetime(store) {} }  // the daemon stops when it goes
+        let (dom0, guest, guestID) = (store.dom0, store.guest, store.guestID)
         let xvda = XenbusDevice(type: "vbd", id: 51712, frontend: guestID)
         try await XenbusToolstack.create(xvda, on: dom0)
 
-        let guest = try XenStoreClient(socketPath: base + "-d1.sock")
         let hotplug = FrontendHotplug(store: guest, type: "vbd", domain: guestID)
         let changes = try await hotplug.changes()
         let inbox = Inbox()

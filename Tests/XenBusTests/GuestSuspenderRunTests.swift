@@ -22,19 +22,13 @@ struct GuestSuspenderRunTests {
     }
 
     @Test func oneSuspendIsServedAtATimeAndOtherRequestsGoToTheProgram() async throws {
-        let base = "/tmp/gs-\(UUID().uuidString.prefix(8))"
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let guestID = DomainID(1)
-        let server = XenStoreServer(socketPath: base + ".sock", extraSockets: [(base + "-d1.sock", guestID)], logger: logger)
-        try server.start()
-        defer { server.stop() }
-        let dom0 = try XenStoreClient(socketPath: base + ".sock")
-        try await XenbusToolstack.createDomainHome(guestID, on: dom0)
+        let store = try await StoreWithGuest("gs")
+        defer { withExtendedLifetime(store) {} }  // the daemon stops when it goes
+        let (dom0, guest, guestID, logger) = (store.dom0, store.guest, store.guestID, store.logger)
         let home = XenStorePath.home(of: guestID)
+        // As libxl: `control` is the guest's, so it can acknowledge a request.
         try await dom0.mkdir(home + "/control")
         try await dom0.setPermissions(home + "/control", XenStorePermissions(owner: guestID))
-        let guest = try XenStoreClient(socketPath: base + "-d1.sock")
 
         let served = Locked(0)
         let others = Locked<[ShutdownRequest]>([])

@@ -42,15 +42,9 @@ final class ListingCounter: XenStoreConnection {
 @Suite(.timeLimit(.minutes(5)), .serialized)
 struct XenbusBackendManagerTests {
     @Test func aDeviceIsServedStoppedResumedAndServedAgainAfterItIsPluggedAnew() async throws {
-        let base = "/tmp/xbm-\(UUID().uuidString.prefix(8))"
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let server = XenStoreServer(socketPath: base + ".sock", extraSockets: [(base + "-d1.sock", DomainID(1))], logger: logger)
-        try server.start()
-        defer { server.stop() }
-        let dom0 = try XenStoreClient(socketPath: base + ".sock")
-        let guest = try XenStoreClient(socketPath: base + "-d1.sock")
-        try await XenbusToolstack.createDomainHome(DomainID(1), on: dom0)
+        let store = try await StoreWithGuest("xbm")
+        defer { withExtendedLifetime(store) {} }  // the daemon stops when it goes
+        let (dom0, guest, logger) = (store.dom0, store.guest, store.logger)
         let manager = XenbusBackendManager(factory: RecordingFactory(refused: [7]), store: dom0, backendDomain: .dom0, logger: logger)
         try await manager.start()
         let device = XenbusDevice(type: "vif", id: 0, frontend: DomainID(1))
