@@ -78,7 +78,7 @@ struct NetHostileFrontendTests {
         #expect((bad.vif.failure as? RingError)?.code == .requestProducerOverflow)
 
         // The other device carries on.
-        var fe = try good.makeFrontend()
+        let fe = try good.makeFrontend()
         try good.startBackend()
         #expect(try patternFrame(100, seed: 3).withUnsafeBytes { try fe.send($0) })
         #expect(await eventually { good.sentFrames().count == 1 })
