@@ -18,6 +18,11 @@ public protocol DriverService: AnyObject {
     /// Whether work came, looked at without a system call while spinning.
     func workArrived() throws -> Bool
 
+    /// Notifications this thread has sent its peer so far (any count that grows with
+    /// each). A spin after a turn that notified a sleeping peer shares its CPU with that
+    /// peer more often than not (see ``Spin/poll(nanoseconds:yieldsThatMayRunOthers:_:)``).
+    var notificationsSent: UInt64 { get }
+
     /// The final check before sleeping: arms the peer's notification and says whether
     /// work is already waiting (true: do not sleep). Chooses the extra descriptors the
     /// sleep watches.
@@ -39,6 +44,8 @@ extension DriverService {
     public var inFlight: Int { 0 }
     /// Never reports work (only used while spinning).
     public func workArrived() throws -> Bool { false }
+    /// None counted: every spin is as strict as after a notification.
+    public var notificationsSent: UInt64 { .max }
     /// Does nothing: a service without extra descriptors has none to reset.
     public func didWake(_ poll: PollSet) {}
     /// Does nothing.

@@ -40,25 +40,43 @@ public enum Spin {
     }
 
     /// ``poll(for:_:)`` with the budget in nanoseconds, saying how it ended (0 does not
-    /// look: `.expired`).
+    /// look: `.expired`). A yield that ran another thread ends the spin as `.preempted`
+    /// once more than `yieldsThatMayRunOthers` have: right after this thread woke its peer
+    /// (which the scheduler then often places on this CPU) the first one should, since the
+    /// spin only keeps that peer waiting; otherwise the thread that ran is more likely a
+    /// third one (a client between two requests), and a spin that goes on still spares the
+    /// wake-up it is for.
     @inline(__always)
-    public static func poll<E: Error>(nanoseconds budget: UInt64, _ ready: () throws(E) -> Bool) throws(E) -> Outcome {
+    public static func poll<E: Error>(nanoseconds budget: UInt64, yieldsThatMayRunOthers: Int = 0,
+                                      _ ready: () throws(E) -> Bool) throws(E) -> Outcome {
+        try poll(nanoseconds: budget, yieldsThatMayRunOthers: yieldsThatMayRunOthers,
+                 now: { cxen_monotonic_ns() }, yield: { _ = sched_yield() }, ready)
+    }
+
+    /// The spin itself, on a given clock and yield (tests play the scheduler with them).
+    @inline(__always)
+    static func poll<E: Error>(nanoseconds budget: UInt64, yieldsThatMayRunOthers: Int, now: () -> UInt64,
+                               yield: () -> Void, _ ready: () throws(E) -> Bool) throws(E) -> Outcome {
         guard budget > 0 else { return .expired }
-        let start = cxen_monotonic_ns()
+        let start = now()
         let end = start &+ budget
         var nextYield = start &+ yieldEvery
         var last = start
+        var ranOthers = 0
         while true {
             if try ready() { return .arrived }
             cxen_cpu_relax()
-            let t = cxen_monotonic_ns()
+            let t = now()
             if t &- last >= preempted { return .preempted }
             if t >= end { return .expired }
             last = t
             if t >= nextYield {
-                sched_yield()
-                last = cxen_monotonic_ns()
-                if last &- t >= yieldedAway { return .preempted }
+                yield()
+                last = now()
+                if last &- t >= yieldedAway {
+                    ranOthers += 1
+                    if ranOthers > yieldsThatMayRunOthers { return .preempted }
+                }
                 nextYield = last &+ yieldEvery
             }
         }
