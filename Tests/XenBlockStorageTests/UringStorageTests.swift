@@ -85,14 +85,13 @@ struct UringStorageTests {
             let op = StorageOperation.read(tag: UInt64(round), offset: UInt64(round % 256 * 4096), buffers: b.vector(first: 0, at: 0, pieces: [4096]))
             #expect(try [op].withUnsafeBufferPointer { try s.submit($0) } == 1)
             var completions = [StorageCompletion](repeating: .empty, count: 1)
-            var got = 0
             if round % 2 == 0 {
                 // A thread that polls: no system call until the ring says something waits
                 // (briefly; the reap below sleeps for the rest).
                 let deadline = ContinuousClock.now + .milliseconds(50)
                 while !s.mayHaveCompletions && ContinuousClock.now < deadline {}
             }
-            got = try completions.withUnsafeMutableBufferPointer { try s.reap(into: $0, timeout: .seconds(10)) }
+            let got = try completions.withUnsafeMutableBufferPointer { try s.reap(into: $0, timeout: .seconds(10)) }
             #expect(got == 1 && completions[0].tag == UInt64(round) && completions[0].succeeded)
         }
         #expect(b.bytes.allSatisfy { $0 == 0x37 })

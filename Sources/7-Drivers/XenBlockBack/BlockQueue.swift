@@ -297,7 +297,7 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     var spinning: SpinPolicy.Settings? { SpinPolicy.Settings(limit: BlockPolling.limit, wakeUpWorth: BlockPolling.wakeUpWorth) }
 
     /// Notifications sent to the peer (the counter `xenpv top` shows).
-    var notificationsSent: UInt64 { counters.notifies.value }
+    var notificationsSent: UInt64? { counters.notifies.value }
 
     /// Operations at the engine: their completions are what the thread waits for.
     var inFlight: Int { storage.outstanding }

@@ -383,7 +383,7 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
     var spinning: SpinPolicy.Settings? { SpinPolicy.Settings(limit: BlockPolling.limit, wakeUpWorth: BlockPolling.wakeUpWorth) }
 
     /// Notifications sent to the peer (the counter `xenpv top` shows).
-    var notificationsSent: UInt64 { counters.notifies.value }
+    var notificationsSent: UInt64? { counters.notifies.value }
 
     /// Requests on the ring: their responses are what the thread waits for.
     var inFlight: Int { Int(ring.outstandingRequests) }

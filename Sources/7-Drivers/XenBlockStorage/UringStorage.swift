@@ -49,7 +49,7 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
     public let sqPolling: Bool
     /// True when completions made off the driving thread wait for its next system call
     /// instead of interrupting it (`IORING_SETUP_COOP_TASKRUN`, Linux 5.19; not with SQ polling).
-    public private(set) var defersOffThreadCompletions = false
+    public var defersOffThreadCompletions: Bool { ring.map { cus_coop_taskrun($0) != 0 } ?? false }
     /// True with `O_DIRECT`, for the reason ``LibaioStorage/prefersContiguousBuffers`` gives.
     public var prefersContiguousBuffers: Bool { ioMode == .direct }
     /// Looks at the completion ring in this process's memory: no system call.
@@ -140,7 +140,6 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
             throw StorageError(.io(Errno(rawValue: error)), "io_uring_queue_init(\(queueDepth)) for \(path)")
         }
         ring = made
-        defersOffThreadCompletions = cus_coop_taskrun(made) != 0
         let e = cus_ring_register_eventfd(made, signal.descriptor.rawValue)
         guard e == 0 else {
             close()

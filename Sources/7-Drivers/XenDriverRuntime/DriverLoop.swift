@@ -27,7 +27,7 @@ struct DriverLoop<Service: DriverService> {
                 // this CPU, so a yield that runs another thread likely ran that peer, and the
                 // spin should stop for it (Spin.poll's allowance).
                 let notified = service.notificationsSent
-                let wokePeer = notified != notifiedBefore || notified == .max
+                let wokePeer = notified == nil || notified != notifiedBefore
                 notifiedBefore = notified
                 if let budget = policy?.budget(inFlight: inFlight), budget > 0 {
                     let runtime = self.runtime, service = self.service

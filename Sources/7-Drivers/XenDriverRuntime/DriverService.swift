@@ -19,9 +19,10 @@ public protocol DriverService: AnyObject {
     func workArrived() throws -> Bool
 
     /// Notifications this thread has sent its peer so far (any count that grows with
-    /// each). A spin after a turn that notified a sleeping peer shares its CPU with that
-    /// peer more often than not (see ``Spin/poll(nanoseconds:yieldsThatMayRunOthers:_:)``).
-    var notificationsSent: UInt64 { get }
+    /// each), or nil if it does not count them. A spin after a turn that notified a
+    /// sleeping peer shares its CPU with that peer more often than not (see
+    /// ``Spin/poll(nanoseconds:yieldsThatMayRunOthers:_:)``).
+    var notificationsSent: UInt64? { get }
 
     /// The final check before sleeping: arms the peer's notification and says whether
     /// work is already waiting (true: do not sleep). Chooses the extra descriptors the
@@ -44,8 +45,8 @@ extension DriverService {
     public var inFlight: Int { 0 }
     /// Never reports work (only used while spinning).
     public func workArrived() throws -> Bool { false }
-    /// None counted: every spin is as strict as after a notification.
-    public var notificationsSent: UInt64 { .max }
+    /// Not counted: every spin is as strict as after a notification.
+    public var notificationsSent: UInt64? { nil }
     /// Does nothing: a service without extra descriptors has none to reset.
     public func didWake(_ poll: PollSet) {}
     /// Does nothing.
