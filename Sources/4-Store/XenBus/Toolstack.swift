@@ -68,20 +68,19 @@ public enum XenbusToolstack {
             for (p, there) in [(device.frontendPath, try await frontendThere), (device.backendPath, try await backendThere)] where there {
                 throw XenStoreError(.exists, "\(p) already exists")
             }
-            let madeClasses = [(feClass, fe, try await feClassThere), (beClass, be, try await beClassThere)].filter { !$0.2 }
             // Each directory (its class directory too, if missing) with its permissions set
             // before anything is written in it: a class directory made here belongs to the
             // domain that enumerates it.
+            var permissions = [(device.frontendPath, XenStorePermissions(owner: fe, grants: [.init(.read, be)])),
+                               (device.backendPath, XenStorePermissions(owner: be, grants: [.init(.read, fe)]))]
+            if try await !feClassThere { permissions.append((feClass, XenStorePermissions(owner: fe))) }
+            if try await !beClassThere { permissions.append((beClass, XenStorePermissions(owner: be))) }
             async let frontendMade: Void = tx.mkdir(device.frontendPath)
             async let backendMade: Void = tx.mkdir(device.backendPath)
             try await frontendMade
             try await backendMade
             try await withThrowingTaskGroup(of: Void.self) { group in
-                for (dir, owner) in madeClasses.map({ ($0.0, $0.1) }) {
-                    group.addTask { try await tx.setPermissions(dir, XenStorePermissions(owner: owner)) }
-                }
-                group.addTask { try await tx.setPermissions(device.frontendPath, XenStorePermissions(owner: fe, grants: [.init(.read, be)])) }
-                group.addTask { try await tx.setPermissions(device.backendPath, XenStorePermissions(owner: be, grants: [.init(.read, fe)])) }
+                for (dir, perms) in permissions { group.addTask { try await tx.setPermissions(dir, perms) } }
                 try await group.waitForAll()
             }
 
