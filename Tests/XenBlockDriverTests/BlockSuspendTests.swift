@@ -460,7 +460,9 @@ struct BlockSuspendTests {
         try await withTimeout(120) { await run.value }
         #expect(writers.errors.withLock { $0 } == [])
         #expect(writers.acknowledged.withLock { $0.count } == 64)
-        // And the next suspend works.
+        // And the next suspend works, once the first is over (its I/O goes on as soon as the
+        // device resumed, a moment before the suspend returns).
+        #expect(await eventually { !world.suspender.isSuspending })
         let result = Task { await world.suspender.suspend() }
         #expect(await world.guest.waitForSuspend(timeout: .seconds(60)))
         try world.guest.finishSuspend(.cancelled)
