@@ -4,6 +4,7 @@ import Synchronization
 import TestSupport
 import Testing
 import XenABI
+import XenLocks
 @testable import XenBus
 @testable import XenStore
 import XenStoreServer
@@ -30,7 +31,8 @@ struct EndpointPair {
     let frontend: XenbusEndpoint
     let backend: XenbusEndpoint
 
-    init(frontendDriver: RecordingDriver, backendDriver: RecordingDriver) async throws {
+    init(frontendDriver: RecordingDriver, backendDriver: RecordingDriver,
+         frontendStore: (XenStoreClient) -> any XenStoreConnection = { $0 }) async throws {
         let base = "/tmp/xb-\(UUID().uuidString.prefix(8))"
         socketPath = base + ".sock"
         var logger = Logger(label: "test")
@@ -41,15 +43,155 @@ struct EndpointPair {
         try await XenbusToolstack.createDomainHome(DomainID(1), on: dom0)
         try await XenbusToolstack.create(device, on: dom0)
         let guest = try XenStoreClient(socketPath: base + "-d1.sock")
-        frontend = XenbusEndpoint(role: .frontend, store: guest, path: device.frontendPath, peerPath: device.backendPath,
+        frontend = XenbusEndpoint(role: .frontend, store: frontendStore(guest), path: device.frontendPath, peerPath: device.backendPath,
                                   driver: frontendDriver, logger: logger)
         backend = XenbusEndpoint(role: .backend, store: dom0, path: device.backendPath, peerPath: device.frontendPath,
                                  driver: backendDriver, logger: logger)
     }
 }
 
+/// A connection that records the requests sent through it (inside a transaction too) and
+/// holds a transaction's read of `heldPath` until a write of `writtenPath` has been sent,
+/// so an endpoint that waits for the read before it writes shows as a wait that ran out (a
+/// bound, not a measurement: the write either comes while the read is held or never does).
+final class RecordingStore: XenStoreConnection {
+    struct Sent: Sendable {
+        var inTransaction: Bool
+        var type: XenStoreMessageType
+        var path: String
+        var value: String
+    }
+    let inner: XenStoreClient
+    let heldPath: String
+    let writtenPath: String
+    private let sent = Locked<[Sent]>([])
+    private let held = Locked((reads: 0, ranOut: 0))
+    init(_ inner: XenStoreClient, holding heldPath: String, until writtenPath: String) {
+        self.inner = inner
+        self.heldPath = heldPath
+        self.writtenPath = writtenPath
+    }
+    var log: [Sent] { sent.withLock { $0 } }
+    var heldReads: (reads: Int, ranOut: Int) { held.withLock { $0 } }
+
+    func send(_ type: XenStoreMessageType, _ payload: [UInt8], transaction: (any XenStoreOperations)?) async throws(XenStoreError) -> XenStoreMessage {
+        let parts = payload.split(separator: 0, maxSplits: 1, omittingEmptySubsequences: false)
+        let path = String(decoding: parts.first ?? [], as: UTF8.self)
+        let value = parts.count > 1 ? String(decoding: parts[1], as: UTF8.self) : ""
+        sent.withLock { $0.append(Sent(inTransaction: transaction != nil, type: type, path: path, value: value)) }
+        if let transaction {
+            if type == .read && path == heldPath {
+                // One write a held read: the write of this transaction, sent before or after it.
+                let reads = held.withLock { h in
+                    h.reads += 1
+                    return h.reads
+                }
+                var written = false
+                for _ in 0..<6000 {
+                    written = sent.withLock { $0.filter { $0.type == .write && $0.path == writtenPath }.count >= reads }
+                    if written { break }
+                    try? await Task.sleep(for: .milliseconds(5))
+                }
+                if !written { held.withLock { $0.ranOut += 1 } }
+            }
+            return try await transaction.request(type, payload: payload)
+        }
+        return try await inner.request(type, payload: payload)
+    }
+    func request(_ type: XenStoreMessageType, payload: [UInt8]) async throws(XenStoreError) -> XenStoreMessage {
+        try await send(type, payload, transaction: nil)
+    }
+    func watchEvents(_ path: String) async throws(XenStoreError) -> AsyncStream<XenStoreWatchEvent> {
+        try await inner.watchEvents(path)
+    }
+    func inTransaction<T: Sendable>(_ body: (any XenStoreOperations) async throws -> T) async throws -> T {
+        try await inner.inTransaction { tx in try await body(Recorded(store: self, tx: tx)) }
+    }
+    struct Recorded: XenStoreOperations {
+        let store: RecordingStore
+        let tx: any XenStoreOperations
+        func request(_ type: XenStoreMessageType, payload: [UInt8]) async throws(XenStoreError) -> XenStoreMessage {
+            try await store.send(type, payload, transaction: tx)
+        }
+    }
+}
+
 @Suite(.timeLimit(.minutes(5)))
 struct XenbusEndpointTests {
+    /// A state change is three round trips in turn (after a resume each is downtime): the
+    /// check that the directory exists (its `backend` key) goes out with the write, in one
+    /// transaction. And the Initialising the toolstack wrote when it made the device is
+    /// read, not written again.
+    @Test func aStateChangeSendsItsCheckWithItsWriteAndInitialisingIsNotWrittenTwice() async throws {
+        let fe = RecordingDriver(), be = RecordingDriver()
+        var recorder: RecordingStore?
+        let dir = XenbusDevice(type: "vif", id: 0, frontend: DomainID(1)).frontendPath
+        let statePath = dir + "/state"
+        let pair = try await EndpointPair(frontendDriver: fe, backendDriver: be) { client in
+            let r = RecordingStore(client, holding: dir + "/backend", until: statePath)
+            recorder = r
+            return r
+        }
+        let store = try #require(recorder)
+        let feRun = Task { try await pair.frontend.run() }
+        let beRun = Task { try await pair.backend.run() }
+        try await pair.frontend.connected(timeout: .seconds(120))
+        try await pair.backend.connected(timeout: .seconds(120))
+        let writes = store.log.filter { $0.type == .write && $0.path == statePath }
+        #expect(writes.map(\.value) == [XenbusState.initialised.xenstoreValue, XenbusState.connected.xenstoreValue])
+        #expect(writes.allSatisfy { $0.inTransaction })
+        #expect(store.heldReads.reads == 2)
+        #expect(store.heldReads.ranOut == 0, "a state write waited for its existence check")
+        pair.backend.requestClose()
+        pair.frontend.requestClose()
+        try await withTimeout(60) { try await beRun.value }
+        try await withTimeout(60) { try await feRun.value }
+        pair.server.stop()
+    }
+
+    /// After a resumed suspend the frontend's `state` is not known (on a migration's
+    /// destination the toolstack made the device anew, Initialising): it is read, and the
+    /// new session starts without writing Initialising again.
+    @Test func aResumedFrontendReadsItsStateBeforeWritingIt() async throws {
+        let fe = RecordingDriver(), be = RecordingDriver()
+        var recorder: RecordingStore?
+        let dir = XenbusDevice(type: "vif", id: 0, frontend: DomainID(1)).frontendPath
+        let statePath = dir + "/state"
+        let pair = try await EndpointPair(frontendDriver: fe, backendDriver: be) { client in
+            let r = RecordingStore(client, holding: dir + "/backend", until: statePath)
+            recorder = r
+            return r
+        }
+        let store = try #require(recorder)
+        let feRun = Task { try await pair.frontend.run() }
+        let beRun = Task { try await pair.backend.run() }
+        try await pair.frontend.connected(timeout: .seconds(120))
+        try await pair.backend.connected(timeout: .seconds(120))
+
+        // As a restore does: the device made anew while the guest is paused, a new backend.
+        await pair.frontend.suspend()
+        let dom0 = try XenStoreClient(socketPath: pair.socketPath)
+        try await XenbusToolstack.remove(pair.device, on: dom0)
+        try await withTimeout(60) { try await beRun.value }
+        try await XenbusToolstack.create(pair.device, on: dom0)
+        let be2 = RecordingDriver()
+        let backend2 = XenbusEndpoint(role: .backend, store: dom0, path: pair.device.backendPath,
+                                      peerPath: pair.device.frontendPath, driver: be2)
+        let be2Run = Task { try await backend2.run() }
+        let before = store.log.count
+        await pair.frontend.resume(.resumed)
+        let again = await eventually { pair.frontend.state == .connected && be2.log == ["prepare", "connect"] }
+        #expect(again, "frontend \(pair.frontend.state), backend \(backend2.state)")
+        let writes = store.log[before...].filter { $0.type == .write && $0.path == statePath }
+        #expect(writes.map(\.value) == [XenbusState.initialised.xenstoreValue, XenbusState.connected.xenstoreValue])
+        #expect(fe.log == ["prepare", "connect", "prepare", "connect"])
+        backend2.requestClose()
+        pair.frontend.requestClose()
+        try await withTimeout(60) { try await be2Run.value }
+        try await withTimeout(60) { try await feRun.value }
+        pair.server.stop()
+    }
+
     @Test func bothSidesConnectThenCloseOnUnplug() async throws {
         let fe = RecordingDriver(), be = RecordingDriver()
         let pair = try await EndpointPair(frontendDriver: fe, backendDriver: be)

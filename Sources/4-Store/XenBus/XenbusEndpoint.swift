@@ -184,7 +184,10 @@ public final class XenbusEndpoint: Sendable {
             for await _ in watch { continuation.yield(.peerChanged) }
         }
         defer { forwarder.cancel() }
-        try await perform(machine.start(), &machine)
+        // What our `state` key holds is not known at start, nor after a resume (the
+        // toolstack wrote Initialising when it made the device): the first write reads it.
+        var stateKnown = false
+        try await perform(machine.start(), &machine, stateKnown: &stateKnown)
         // While suspended the device acts on nothing, as a suspended guest runs no watch
         // handler: peer changes are read afresh on resume, local events wait for it.
         var suspended = false
@@ -193,15 +196,15 @@ public final class XenbusEndpoint: Sendable {
             switch input {
             case .peerChanged:
                 if suspended { continue }
-                try await perform(machine.handle(.peerState(try await peerState())), &machine)
+                try await perform(machine.handle(.peerState(try await peerState())), &machine, stateKnown: &stateKnown)
             case .local(let event):
                 if suspended {
                     deferred.append(event)
                     continue
                 }
-                try await perform(machine.handle(event), &machine)
+                try await perform(machine.handle(event), &machine, stateKnown: &stateKnown)
                 // The machines act on the peer only when its reading is fresh.
-                try await perform(machine.handle(.peerState(try await peerState())), &machine)
+                try await perform(machine.handle(.peerState(try await peerState())), &machine, stateKnown: &stateKnown)
             case .suspend(let id):
                 if !suspended, let driver = driver as? any XenbusSuspendableDriver { await driver.quiesce() }
                 suspended = true
@@ -211,10 +214,19 @@ public final class XenbusEndpoint: Sendable {
                     suspended = false
                     if let driver = driver as? any XenbusSuspendableDriver { await driver.resume(outcome) }
                     answer(id)
-                    if outcome == .resumed { try await perform(machine.handle(.resumed), &machine) }
-                    for event in deferred { try await perform(machine.handle(event), &machine) }
+                    // The peer's state is read while the resume's own state is written: after
+                    // a migration both round trips are part of the guest's downtime. A local
+                    // event deferred meanwhile wants a reading taken after it.
+                    async let peerNow = peerState()
+                    if outcome == .resumed {
+                        stateKnown = false
+                        try await perform(machine.handle(.resumed), &machine, stateKnown: &stateKnown)
+                    }
+                    var peer = try await peerNow
+                    for event in deferred { try await perform(machine.handle(event), &machine, stateKnown: &stateKnown) }
+                    if !deferred.isEmpty { peer = try await peerState() }
                     deferred = []
-                    try await perform(machine.handle(.peerState(try await peerState())), &machine)
+                    try await perform(machine.handle(.peerState(peer)), &machine, stateKnown: &stateKnown)
                 } else {
                     answer(id)
                 }
@@ -254,21 +266,14 @@ public final class XenbusEndpoint: Sendable {
         }
     }
 
-    private func perform(_ actions: [XenbusAction], _ machine: inout Machine) async throws {
+    private func perform(_ actions: [XenbusAction], _ machine: inout Machine, stateKnown: inout Bool) async throws {
         var queue = actions[...]
         while let action = queue.popFirst() {
             switch action {
             case .publish(let s):
                 logger.debug("\(role) \(path): \(s)")
-                // As Linux's xenbus_switch_state: only while the state node exists. The
-                // toolstack removes a device's directory to unplug it; a late write would
-                // bring the directory back, and nothing would remove it again.
-                let statePath = path + "/" + XenbusKey.state
-                let written = try await store.inTransaction { tx in
-                    guard try await tx.exists(statePath) else { return false }
-                    try await tx.write(statePath, s.xenstoreValue)
-                    return true
-                }
+                let written = try await writeState(s, known: stateKnown)
+                stateKnown = true
                 if !written { logger.debug("\(role) \(path): removed; \(s) not written") }
                 published.withLock { p in
                     p.state = s
@@ -294,6 +299,44 @@ public final class XenbusEndpoint: Sendable {
             case .disconnect:
                 await driver.disconnect()
             }
+        }
+    }
+
+    /// Writes our `state` as Linux's `xenbus_switch_state` does: only while the device's
+    /// directory exists. The toolstack removes it to unplug the device; a late write would
+    /// bring it back, and nothing would remove it again. Three round trips in turn (after a
+    /// resume each is part of the guest's downtime): the transaction's start; the check and
+    /// the write together; the commit. The check is of the key naming the peer (`backend`
+    /// in a frontend's directory, `frontend` in a backend's), which the toolstack writes
+    /// with the directory: a read of `state` itself would see the write beside it when the
+    /// store serves that first, and a write to a directory that is gone is discarded with
+    /// the transaction, never committed. When the key's content is not `known`, one read
+    /// first, and a key that holds `s` already is left as it is. False when the directory
+    /// is gone.
+    private func writeState(_ s: XenbusState, known: Bool) async throws -> Bool {
+        let statePath = path + "/" + XenbusKey.state
+        if !known {
+            guard let current = try await store.readIfPresent(statePath) else { return false }
+            if current == s.xenstoreValue { return true }
+        }
+        let peerKey = path + "/" + (role == .frontend ? XenbusKey.backend : XenbusKey.frontend)
+        struct DirectoryGone: Error {}
+        do {
+            return try await store.inTransaction { tx in
+                async let there = tx.exists(peerKey)
+                let wrote: Result<Void, XenStoreError>
+                do throws(XenStoreError) {
+                    try await tx.write(statePath, s.xenstoreValue)
+                    wrote = .success(())
+                } catch {
+                    wrote = .failure(error)
+                }
+                guard try await there else { throw DirectoryGone() }
+                try wrote.get()
+                return true
+            }
+        } catch is DirectoryGone {
+            return false
         }
     }
 
