@@ -167,33 +167,42 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
     public func connect() async throws {
         let fe = device.frontendPath
         let frontend = device.frontendDomain
-        // Reads in flight together, two round trips in all (each is part of a migrated
-        // guest's downtime), awaited in the order they are checked, so a bad key is
-        // reported as if read one by one.
+        // Reads in flight together (each round trip is part of a migrated guest's
+        // downtime), awaited in the order they are checked, so a bad key is reported as if
+        // read one by one. The ring keys of one queue with a one-page ring, the layout
+        // most frontends write, are read with the rest: one round trip in all then, else a
+        // second for the keys the layout names.
         async let abiRead = store.readChoice(fe, XenbusKey.protocolName, among: BlkifABI.allCases.map(\.protocolName),
                                              default: BlkifABI.native.protocolName)
         async let queuesRead = store.readNumber(fe, XenbusKey.multiQueueNumQueues, in: 1...UInt32(clamping: queueLimit), default: 1)
         async let orderRead = store.readNumber(fe, XenbusKey.ringPageOrder,
                                                in: 0...UInt32(clamping: max(0, options.maxRingPageOrder)), default: 0)
         async let persistentRead = store.readFeature(fe, XenbusKey.featurePersistent)
+        async let singleRingRead = store.readRingRefs(fe, pageCount: 1)
+        async let singlePortRead = store.readEventPort(fe, XenbusKey.eventChannel)
         let abiName = try await abiRead
         // Listed by `allCases`, so it parses; the guard keeps this total.
         guard let abi = BlkifABI(protocolName: abiName) else { throw BlockBackendError(.notSupported, "unsupported protocol \(abiName)") }
         let queueCount = Int(try await queuesRead)
         let order = Int(try await orderRead)
         let store = self.store
-        let rings = try await withThrowingTaskGroup(of: (Int, [GrantRef], EventPort).self) { group in
-            for q in 0..<queueCount {
-                let dir = queueCount == 1 ? fe : "\(fe)/queue-\(q)"
-                group.addTask {
-                    async let refs = store.readRingRefs(dir, pageCount: 1 << order)
-                    async let port = store.readEventPort(dir, XenbusKey.eventChannel)
-                    return (q, try await refs, try await port)
+        let rings: [(refs: [GrantRef], port: EventPort)]
+        if queueCount == 1 && order == 0 {
+            rings = [(try await singleRingRead, try await singlePortRead)]
+        } else {
+            rings = try await withThrowingTaskGroup(of: (Int, [GrantRef], EventPort).self) { group in
+                for q in 0..<queueCount {
+                    let dir = queueCount == 1 ? fe : "\(fe)/queue-\(q)"
+                    group.addTask {
+                        async let refs = store.readRingRefs(dir, pageCount: 1 << order)
+                        async let port = store.readEventPort(dir, XenbusKey.eventChannel)
+                        return (q, try await refs, try await port)
+                    }
                 }
+                var read: [(Int, [GrantRef], EventPort)] = []
+                for try await r in group { read.append(r) }
+                return read.sorted { $0.0 < $1.0 }.map { (refs: $0.1, port: $0.2) }
             }
-            var read: [(Int, [GrantRef], EventPort)] = []
-            for try await r in group { read.append(r) }
-            return read.sorted { $0.0 < $1.0 }.map { (refs: $0.1, port: $0.2) }
         }
         let persistent = try await persistentRead
         logger.info("\(device): \(queueCount) queue(s), ring-page-order \(order), \(abi), persistent \(persistent)")
