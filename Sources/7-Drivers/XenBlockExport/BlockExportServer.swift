@@ -95,7 +95,12 @@ public final class BlockExportServer: Sendable {
             // accept4 is GNU-only; the window before FD_CLOEXEC matters only to a process that forks.
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             if tcp { ExportSocket.noDelay(fd) }
-            let connection = ExportConnection(fd: fd, device: device, name: name, limits: limits, logger: logger) { [weak self] c in
+            let connection = ExportConnection(fd: fd, device: device, name: name, limits: limits, logger: logger, onSent: { [weak self] n in
+                self?.state.withLock { s in
+                    s.counters.replies += n
+                    s.counters.replySends += 1
+                }
+            }) { [weak self] c in
                 self?.state.withLock { s in
                     s.connections[ObjectIdentifier(c)] = nil
                     s.counters.closed += 1
@@ -169,6 +174,11 @@ public struct BlockExportCounters: Hashable, Sendable {
     public var refused = 0
     /// Admitted connections that have ended (for any reason).
     public var closed = 0
+    /// Replies put on the socket whole.
+    public var replies = 0
+    /// Sends that carried them: fewer than ``replies`` when replies finished together went
+    /// out in one `sendmsg`.
+    public var replySends = 0
     /// Creates zeroed counters.
     public init() {}
 }

@@ -46,6 +46,8 @@ final class ExportConnection: @unchecked Sendable {
     private let limits: BlockExportLimits
     private let logger: Logger
     private let onClose: @Sendable (ExportConnection) -> Void
+    /// Told after each send of replies how many it put on the socket whole.
+    private let onSent: @Sendable (Int) -> Void
 
     private struct Reply {
         var header: NBDSimpleReply
@@ -69,15 +71,21 @@ final class ExportConnection: @unchecked Sendable {
     /// at queue depth 1 as much as the rest of the request's work in this process).
     private var readerWaitsForRoom = false
     private var writerWaits = false
+    /// A task on the device's executor will send the replies queued by then in one
+    /// `sendmsg` (``flush()``); replies that finish meanwhile join them.
+    private var flushScheduled = false
+    /// At most this many replies go out in one `sendmsg` (two iovecs each, `UIO_MAXIOV` 1024).
+    private static let batchLimit = 64
 
     init(fd: Int32, device: any BlockExportDevice, name: String, limits: BlockExportLimits, logger: Logger,
-         onClose: @escaping @Sendable (ExportConnection) -> Void) {
+         onSent: @escaping @Sendable (Int) -> Void = { _ in }, onClose: @escaping @Sendable (ExportConnection) -> Void) {
         self.fd = fd
         self.device = device
         self.name = name
         self.limits = limits
         self.logger = logger
         self.onClose = onClose
+        self.onSent = onSent
     }
 
     /// Starts the reader thread (which starts the writer once transmission begins).
@@ -345,18 +353,36 @@ final class ExportConnection: @unchecked Sendable {
     /// Sends a finished reply: from the task that finished it when nothing else is being
     /// sent and the socket takes it all without waiting (no wake-up of the writer thread,
     /// which at queue depth 1 is most of a request's cost), else by the writer thread.
+    /// With other requests in flight on a device with an executor, their answers tend to
+    /// arrive together (blkfront collects a ring's responses in batches and resumes their
+    /// tasks in one go): the reply waits for a task queued behind them on that executor,
+    /// which sends every reply finished by then in one `sendmsg` (``flush()``): one system
+    /// call and one wake-up of the client for the batch instead of one each.
     private func enqueue(_ reply: Reply) {
         condition.lock()
+        if flushScheduled {
+            replies.append(reply)
+            condition.unlock()
+            return
+        }
         guard !sending, replies.isEmpty, !broken else {
             replies.append(reply)
             condition.broadcast()
             condition.unlock()
             return
         }
+        if inFlightRequests > 1, let executor = device.exportExecutor {
+            replies.append(reply)
+            flushScheduled = true
+            condition.unlock()
+            Task(executorPreference: executor) { [self] in flush() }
+            return
+        }
         sending = true
         condition.unlock()
         var r = reply
         let outcome = transmit(&r, waiting: false)
+        onSent(outcome == .done ? 1 : 0)
         condition.lock()
         sending = false
         switch outcome {
@@ -371,6 +397,64 @@ final class ExportConnection: @unchecked Sendable {
         }
         condition.unlock()
         if outcome == .failed { hangUp() }
+    }
+
+    /// Sends the replies queued when a batch was scheduled (see ``enqueue(_:)``), as many as
+    /// the socket takes without waiting; the rest go back to the front for the writer.
+    private func flush() {
+        condition.lock()
+        flushScheduled = false
+        guard !sending, !replies.isEmpty, !broken else {
+            // Being sent, or the connection broke: the writer takes (or drops) what is left.
+            if !replies.isEmpty { condition.broadcast() }
+            condition.unlock()
+            return
+        }
+        sending = true
+        var batch = Array(replies.prefix(Self.batchLimit))
+        replies.removeFirst(batch.count)
+        condition.unlock()
+        let outcome = transmit(&batch)
+        condition.lock()
+        sending = false
+        var unsent = batch[...]
+        var whole = 0
+        while let r = unsent.first, outcome == .failed || r.sent == NBDSimpleReply.size + (r.data?.bytes.count ?? 0) {
+            if outcome != .failed { whole += 1 }
+            finish(r)
+            unsent.removeFirst()
+        }
+        if outcome == .failed { broken = true }
+        replies.insert(contentsOf: unsent, at: 0)
+        if !replies.isEmpty || readerWaitsForRoom || (writerWaits && readerDone) { condition.broadcast() }
+        condition.unlock()
+        onSent(whole)
+        if outcome == .failed { hangUp() }
+    }
+
+    /// Puts the replies' remaining bytes on the socket in one gathered send, without
+    /// waiting; each reply's `sent` says how far it got.
+    private func transmit(_ batch: inout [Reply]) -> ExportSocket.SendOutcome {
+        withUnsafeTemporaryAllocation(byteCount: NBDSimpleReply.size * batch.count, alignment: 8) { headers in
+            var parts: [UnsafeRawBufferPointer] = []
+            parts.reserveCapacity(2 * batch.count)
+            for (i, r) in batch.enumerated() {
+                let header = UnsafeMutableRawBufferPointer(rebasing: headers[(i * NBDSimpleReply.size)..<((i + 1) * NBDSimpleReply.size)])
+                r.header.encode(into: header)
+                parts.append(UnsafeRawBufferPointer(header))
+                parts.append(r.data.map { UnsafeRawBufferPointer($0.bytes) } ?? UnsafeRawBufferPointer(start: nil, count: 0))
+            }
+            // Only the first can have been partly sent: the rest were queued whole behind it.
+            var sent = batch[0].sent
+            let outcome = ExportSocket.send(fd, parts, sent: &sent, waiting: false)
+            for i in batch.indices {
+                let size = NBDSimpleReply.size + (batch[i].data?.bytes.count ?? 0)
+                let mine = min(sent, size)
+                batch[i].sent = mine
+                sent -= mine
+            }
+            return outcome
+        }
     }
 
     /// Puts `reply`'s remaining bytes on the socket; without `waiting`, only what fits now.
@@ -408,6 +492,7 @@ final class ExportConnection: @unchecked Sendable {
             let dead = broken
             condition.unlock()
             let failed = !dead && transmit(&reply, waiting: true) != .done
+            if !dead { onSent(failed ? 0 : 1) }
             if failed {
                 // The client is gone: wake the reader; what is left is dropped.
                 hangUp()
