@@ -206,7 +206,7 @@ final class ExportConnection: @unchecked Sendable {
     /// The transmission phase: reads each request, checks it, and runs it.
     private func serve(_ terms: ExportTerms) {
         while true {
-            guard ExportSocket.awaitInput(fd), let bytes = ExportSocket.read(fd, NBDRequest.size) else { return }
+            guard let bytes = ExportSocket.readWhenReady(fd, NBDRequest.size) else { return }
             let request: NBDRequest
             do { request = try NBDRequest(decoding: bytes) } catch {
                 logger.info("nbd: dropping a client that sent garbage: \(error)")

@@ -28,6 +28,31 @@ enum ExportSocket {
         }
     }
 
+    /// The next `count` bytes (a request's header): taken at once when they are there, as
+    /// they mostly are while a client keeps several requests in flight (one system call
+    /// instead of a `poll` and a `read`); else waited for with ``awaitInput(_:)``. Nil at
+    /// the end of the stream or on an error.
+    static func readWhenReady(_ fd: Int32, _ count: Int) -> [UInt8]? {
+        var bytes = [UInt8](repeating: 0, count: count)
+        let ok = bytes.withUnsafeMutableBytes { b -> Bool in
+            var got = 0
+            while got < count {
+                let n = recv(fd, b.baseAddress! + got, count - got, Int32(MSG_DONTWAIT))
+                if n > 0 {
+                    got += n
+                } else if n == 0 {
+                    return false
+                } else if errno == EAGAIN || errno == EWOULDBLOCK {
+                    guard awaitInput(fd) else { return false }
+                } else if errno != EINTR {
+                    return false
+                }
+            }
+            return true
+        }
+        return ok ? bytes : nil
+    }
+
     /// Whether `fd` has bytes to read now (or an end or error), without waiting.
     static func hasInput(_ fd: Int32) -> Bool {
         var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
