@@ -68,15 +68,7 @@ struct MemoryExportTests {
         defer { dir.remove() }
         let socket = dir.path("nbd.sock")
         try server.listen(on: .unix(socket))
-        let idle = try await withCheckedThrowingContinuation { (c: CheckedContinuation<RawClient, any Error>) in
-            Thread {
-                c.resume(with: Result {
-                    let client = try RawClient(socket)
-                    _ = try client.go()
-                    return client
-                })
-            }.start()
-        }
+        let idle = try await RawClient.inTransmission(socket)
         #expect(await eventually { server.counters.accepted == 1 })
         server.shutdown()
         #expect(await server.stopped(timeout: .seconds(60)))

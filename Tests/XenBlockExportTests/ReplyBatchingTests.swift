@@ -73,15 +73,7 @@ struct ReplyBatchingTests {
         staging.copyBytes(from: pattern)
         try await device.disk.write(at: 0, from: UnsafeRawBufferPointer(staging))
 
-        let client = try await withCheckedThrowingContinuation { (c: CheckedContinuation<RawClient, any Error>) in
-            Thread {
-                c.resume(with: Result {
-                    let client = try RawClient(socket)
-                    _ = try client.go()
-                    return client
-                })
-            }.start()
-        }
+        let client = try await RawClient.inTransmission(socket)
         for i in 0..<8 {
             client.send(NBDRequest(command: .read, handle: UInt64(100 + i), offset: UInt64(i) * 4096, length: 4096).encoded())
         }

@@ -62,6 +62,20 @@ final class RawClient {
         return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
     }
 
+    /// A client on `socket` that has gone through ``go(requests:)``, made on a thread of its
+    /// own (its socket calls block).
+    static func inTransmission(_ socket: String) async throws -> RawClient {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<RawClient, any Error>) in
+            Thread {
+                c.resume(with: Result {
+                    let client = try RawClient(socket)
+                    _ = try client.go()
+                    return client
+                })
+            }.start()
+        }
+    }
+
     /// Greeting, flags, `NBD_OPT_GO` for the default export; the transmission flags and size.
     func go(requests: [NBDInfoType] = [.blockSize]) throws -> (size: UInt64, flags: NBDTransmissionFlags) {
         guard let greeting = receive(NBDServerGreeting.size) else { throw NBDProtocolError(.truncated, "no greeting") }

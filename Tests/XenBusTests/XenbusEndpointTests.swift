@@ -118,12 +118,9 @@ final class RecordingStore: XenStoreConnection {
 
 @Suite(.timeLimit(.minutes(5)))
 struct XenbusEndpointTests {
-    /// A state change is three round trips in turn (after a resume each is downtime): the
-    /// check that the directory exists (its `backend` key) goes out with the write, in one
-    /// transaction. And the Initialising the toolstack wrote when it made the device is
-    /// read, not written again.
-    @Test func aStateChangeSendsItsCheckWithItsWriteAndInitialisingIsNotWrittenTwice() async throws {
-        let fe = RecordingDriver(), be = RecordingDriver()
+    /// An endpoint pair whose frontend's requests go through a ``RecordingStore`` that holds
+    /// each transaction's read of the directory's `backend` key until a write of `state`.
+    func recordedPair(_ fe: RecordingDriver, _ be: RecordingDriver) async throws -> (EndpointPair, RecordingStore, String) {
         var recorder: RecordingStore?
         let dir = XenbusDevice(type: "vif", id: 0, frontend: DomainID(1)).frontendPath
         let statePath = dir + "/state"
@@ -132,7 +129,16 @@ struct XenbusEndpointTests {
             recorder = r
             return r
         }
-        let store = try #require(recorder)
+        return (pair, try #require(recorder), statePath)
+    }
+
+    /// A state change is three round trips in turn (after a resume each is downtime): the
+    /// check that the directory exists (its `backend` key) goes out with the write, in one
+    /// transaction. And the Initialising the toolstack wrote when it made the device is
+    /// read, not written again.
+    @Test func aStateChangeSendsItsCheckWithItsWriteAndInitialisingIsNotWrittenTwice() async throws {
+        let fe = RecordingDriver(), be = RecordingDriver()
+        let (pair, store, statePath) = try await recordedPair(fe, be)
         let feRun = Task { try await pair.frontend.run() }
         let beRun = Task { try await pair.backend.run() }
         try await pair.frontend.connected(timeout: .seconds(120))
@@ -154,15 +160,7 @@ struct XenbusEndpointTests {
     /// new session starts without writing Initialising again.
     @Test func aResumedFrontendReadsItsStateBeforeWritingIt() async throws {
         let fe = RecordingDriver(), be = RecordingDriver()
-        var recorder: RecordingStore?
-        let dir = XenbusDevice(type: "vif", id: 0, frontend: DomainID(1)).frontendPath
-        let statePath = dir + "/state"
-        let pair = try await EndpointPair(frontendDriver: fe, backendDriver: be) { client in
-            let r = RecordingStore(client, holding: dir + "/backend", until: statePath)
-            recorder = r
-            return r
-        }
-        let store = try #require(recorder)
+        let (pair, store, statePath) = try await recordedPair(fe, be)
         let feRun = Task { try await pair.frontend.run() }
         let beRun = Task { try await pair.backend.run() }
         try await pair.frontend.connected(timeout: .seconds(120))
