@@ -42,15 +42,27 @@ public final class Lock: @unchecked Sendable {
 
 /// A value behind a `Lock`, with `Mutex`'s `withLock` shape.
 public final class Locked<Value>: @unchecked Sendable {
-    // @unchecked: `value` is only touched while `lock` is held.
+    // @unchecked: the value is only touched while `lock` is held.
     private let lock = Lock()
-    private var value: Value
+    /// The value, out of line: an `inout` access to a class's stored `var` is checked for
+    /// exclusivity at run time (`swift_beginAccess`, a thread-local access set), which
+    /// the lock already guarantees; on the drivers' per-request paths that check cost
+    /// about as much as the lock (6.6 % of blkfront's queue thread at queue depth 32).
+    private let value: UnsafeMutablePointer<Value>
 
     /// Wraps `value`, which from now on is reached only through ``withLock(_:)``.
-    public init(_ value: Value) { self.value = value }
+    public init(_ value: Value) {
+        self.value = .allocate(capacity: 1)
+        self.value.initialize(to: value)
+    }
+
+    deinit {
+        value.deinitialize(count: 1)
+        value.deallocate()
+    }
 
     /// Runs `body` on the value while holding the lock; typed throws pass through. Do not let the reference escape `body`.
     public func withLock<T, E: Error>(_ body: (inout Value) throws(E) -> T) throws(E) -> T {
-        try lock.withLock { () throws(E) -> T in try body(&value) }
+        try lock.withLock { () throws(E) -> T in try body(&value.pointee) }
     }
 }
