@@ -33,9 +33,10 @@ struct RingBenchmarkSessionTests {
         if queueDepth == 1 { #expect(result.front.pushes == n && result.back.pushes == n) }
         if mode == .busy { #expect(result.front.sleeps == 0 && result.back.sleeps == 0) }
         // A side sleeps only after a final check that re-armed its event, so
-        // every sleep but the last is answered by a notify.
+        // every sleep but the last is answered by a notify. How many sleeps there
+        // are is timing: at queue depth 32 the frontend may find every answer
+        // before its final check and never sleep (seen once in CI).
         if mode == .event {
-            #expect(result.front.sleeps > 0)
             #expect(result.back.notifies + 1 >= result.front.sleeps)
             #expect(result.front.notifies + 1 >= result.back.sleeps)
         }
