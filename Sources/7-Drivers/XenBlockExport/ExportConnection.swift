@@ -55,6 +55,8 @@ final class ExportConnection: @unchecked Sendable {
         var cost: Int
         /// Bytes of header and data already on the socket (a task began sending it).
         var sent = 0
+        /// Bytes of header and data.
+        var size: Int { NBDSimpleReply.size + (data?.bytes.count ?? 0) }
     }
 
     private let condition = NSCondition()
@@ -414,12 +416,12 @@ final class ExportConnection: @unchecked Sendable {
         var batch = Array(replies.prefix(Self.batchLimit))
         replies.removeFirst(batch.count)
         condition.unlock()
-        let outcome = transmit(&batch)
+        let outcome = batch.withUnsafeMutableBufferPointer { transmit($0, waiting: false) }
         condition.lock()
         sending = false
         var unsent = batch[...]
         var whole = 0
-        while let r = unsent.first, outcome == .failed || r.sent == NBDSimpleReply.size + (r.data?.bytes.count ?? 0) {
+        while let r = unsent.first, outcome == .failed || r.sent == r.size {
             if outcome != .failed { whole += 1 }
             finish(r)
             unsent.removeFirst()
@@ -432,9 +434,10 @@ final class ExportConnection: @unchecked Sendable {
         if outcome == .failed { hangUp() }
     }
 
-    /// Puts the replies' remaining bytes on the socket in one gathered send, without
-    /// waiting; each reply's `sent` says how far it got.
-    private func transmit(_ batch: inout [Reply]) -> ExportSocket.SendOutcome {
+    /// Puts the replies' remaining bytes on the socket in one gathered send; without
+    /// `waiting`, only what fits now. Each reply's `sent` says how far it got; only the
+    /// first can have been partly sent before (the rest were queued whole behind it).
+    private func transmit(_ batch: UnsafeMutableBufferPointer<Reply>, waiting: Bool) -> ExportSocket.SendOutcome {
         withUnsafeTemporaryAllocation(byteCount: NBDSimpleReply.size * batch.count, alignment: 8) { headers in
             var parts: [UnsafeRawBufferPointer] = []
             parts.reserveCapacity(2 * batch.count)
@@ -442,29 +445,21 @@ final class ExportConnection: @unchecked Sendable {
                 let header = UnsafeMutableRawBufferPointer(rebasing: headers[(i * NBDSimpleReply.size)..<((i + 1) * NBDSimpleReply.size)])
                 r.header.encode(into: header)
                 parts.append(UnsafeRawBufferPointer(header))
-                parts.append(r.data.map { UnsafeRawBufferPointer($0.bytes) } ?? UnsafeRawBufferPointer(start: nil, count: 0))
+                if let d = r.data { parts.append(UnsafeRawBufferPointer(d.bytes)) }
             }
-            // Only the first can have been partly sent: the rest were queued whole behind it.
             var sent = batch[0].sent
-            let outcome = ExportSocket.send(fd, parts, sent: &sent, waiting: false)
+            let outcome = ExportSocket.send(fd, parts, sent: &sent, waiting: waiting)
             for i in batch.indices {
-                let size = NBDSimpleReply.size + (batch[i].data?.bytes.count ?? 0)
-                let mine = min(sent, size)
-                batch[i].sent = mine
-                sent -= mine
+                batch[i].sent = min(sent, batch[i].size)
+                sent -= batch[i].sent
             }
             return outcome
         }
     }
 
-    /// Puts `reply`'s remaining bytes on the socket; without `waiting`, only what fits now.
+    /// One reply through the gathered send above.
     private func transmit(_ reply: inout Reply, waiting: Bool) -> ExportSocket.SendOutcome {
-        withUnsafeTemporaryAllocation(byteCount: NBDSimpleReply.size, alignment: 8) { header in
-            reply.header.encode(into: header)
-            var parts = [UnsafeRawBufferPointer(header)]
-            if let d = reply.data { parts.append(UnsafeRawBufferPointer(d.bytes)) }
-            return ExportSocket.send(fd, parts, sent: &reply.sent, waiting: waiting)
-        }
+        withUnsafeMutablePointer(to: &reply) { transmit(UnsafeMutableBufferPointer(start: $0, count: 1), waiting: waiting) }
     }
 
     /// Frees a reply that is sent (or cannot be) and gives back its room. Under `condition`.
