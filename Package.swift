@@ -219,7 +219,7 @@ let package = Package(
         // A block device (a guest's blkfront, or memory) served as an NBD export.
         .target(
             name: "XenBlockExport",
-            dependencies: ["NBDProtocol", "XenBlockFront", "XenSockets", "XenLocks", deque, logging],
+            dependencies: ["NBDProtocol", "XenBlockFront", "XenSockets", "XenLocks", atomics, deque, logging],
             path: drivers + "XenBlockExport"),
         // A block device as one file in a FUSE mount: libfuse3 (Debian's libfuse3-dev) and the
         // C glue that keeps its structures and replies out of Swift.
