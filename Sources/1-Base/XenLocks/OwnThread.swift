@@ -8,22 +8,24 @@ import Glibc
 /// set-up and control paths, not per I/O.
 public func onOwnThread<T: Sendable>(named name: String, _ work: @escaping @Sendable () -> T) async -> T {
     await withCheckedContinuation { (c: CheckedContinuation<T, Never>) in
-        startThread(named: name) { c.resume(returning: work()) }
+        startDetachedThread(named: name) { c.resume(returning: work()) }
     }
 }
 
 /// ``onOwnThread(named:_:)`` for work that throws: its error is the awaiting task's.
 public func onOwnThread<T: Sendable>(named name: String, _ work: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
-        startThread(named: name) {
+        startDetachedThread(named: name) {
             do { c.resume(returning: try work()) } catch { c.resume(throwing: error) }
         }
     }
 }
 
-/// A detached pthread running `body`; traps if none can be made (the process is out of
-/// threads: nothing it waits for could run either).
-private func startThread(named name: String, _ body: @escaping @Sendable () -> Void) {
+/// A detached pthread named `name` (what `ps`, `top -H` and `perf` show, its first 15
+/// bytes; Foundation's `Thread.name` does not reach the kernel on Linux) running `body`;
+/// traps if none can be made (the process is out of threads: nothing it waits for could
+/// run either).
+public func startDetachedThread(named name: String, _ body: @escaping @Sendable () -> Void) {
     final class Start {
         let name: String
         let body: @Sendable () -> Void

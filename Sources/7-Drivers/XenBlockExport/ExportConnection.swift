@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import Logging
 import NBDProtocol
+import XenLocks
 
 /// Memory that moves from the reader thread to a request's task to the writer thread;
 /// exactly one of them owns it at a time, and the writer frees it.
@@ -92,9 +93,7 @@ final class ExportConnection: @unchecked Sendable {
 
     /// Starts the reader thread (which starts the writer once transmission begins).
     func start() {
-        let t = Thread { [self] in readerMain() }
-        t.name = "nbd-reader"
-        t.start()
+        startDetachedThread(named: "nbd-reader") { [self] in readerMain() }
     }
 
     /// Hard disconnect from outside: both threads see the socket end.
@@ -108,9 +107,7 @@ final class ExportConnection: @unchecked Sendable {
         // In transmission a client may be idle as long as it likes, as with any NBD server.
         ExportSocket.setTimeout(fd, seconds: 0)
         if let terms = agreed {
-            let writer = Thread { [self] in writerMain() }
-            writer.name = "nbd-writer"
-            writer.start()
+            startDetachedThread(named: "nbd-writer") { [self] in writerMain() }
             serve(terms)
             condition.lock()
             readerDone = true
