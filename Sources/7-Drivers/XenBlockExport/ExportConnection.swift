@@ -5,33 +5,6 @@ import Logging
 import NBDProtocol
 import XenLocks
 
-/// Memory that moves from the reader thread to a request's task to the writer thread;
-/// exactly one of them owns it at a time, and the writer frees it.
-struct OwnedBuffer: @unchecked Sendable {
-    // @unchecked: ownership is handed over, never shared (see above).
-    private let base: UnsafeMutableRawBufferPointer
-    /// The `count` bytes asked for (the allocation has at least one, for a count of zero).
-    let bytes: UnsafeMutableRawBufferPointer
-
-    private init(base: UnsafeMutableRawBufferPointer, count: Int) {
-        self.base = base
-        bytes = UnsafeMutableRawBufferPointer(rebasing: base[0..<count])
-    }
-
-    static func allocate(_ count: Int) -> OwnedBuffer {
-        OwnedBuffer(base: .allocate(byteCount: max(count, 1), alignment: 4096), count: count)
-    }
-
-    /// Zeros, for ever (never freed).
-    static func zeros(_ count: Int) -> OwnedBuffer {
-        let b = allocate(count)
-        b.base.initializeMemory(as: UInt8.self, repeating: 0)
-        return b
-    }
-
-    func free() { base.deallocate() }
-}
-
 /// Zeros for `NBD_CMD_WRITE_ZEROES` on a disk whose discard does not zero: one read-only
 /// megabyte for every connection.
 private let zeros = OwnedBuffer.zeros(1 << 20)
@@ -49,6 +22,8 @@ final class ExportConnection: @unchecked Sendable {
     private let onClose: @Sendable (ExportConnection) -> Void
     /// Told after each send of replies how many it put on the socket whole.
     private let onSent: @Sendable (Int) -> Void
+    /// Request data buffers, reused.
+    private let buffers = ExportBuffers()
 
     private struct Reply {
         var header: NBDSimpleReply
@@ -79,6 +54,8 @@ final class ExportConnection: @unchecked Sendable {
     private var flushScheduled = false
     /// At most this many replies go out in one `sendmsg` (two iovecs each, `UIO_MAXIOV` 1024).
     private static let batchLimit = 64
+    /// Where ``flush()`` gathers a batch: only the thread that is ``sending`` touches it.
+    private let batch = UnsafeMutableBufferPointer<Reply>.allocate(capacity: batchLimit)
 
     init(fd: Int32, device: any BlockExportDevice, name: String, limits: BlockExportLimits, logger: Logger,
          onSent: @escaping @Sendable (Int) -> Void = { _ in }, onClose: @escaping @Sendable (ExportConnection) -> Void) {
@@ -90,6 +67,8 @@ final class ExportConnection: @unchecked Sendable {
         self.onClose = onClose
         self.onSent = onSent
     }
+
+    deinit { batch.deallocate() }
 
     /// Starts the reader thread (which starts the writer once transmission begins).
     func start() {
@@ -204,8 +183,9 @@ final class ExportConnection: @unchecked Sendable {
 
     /// The transmission phase: reads each request, checks it, and runs it.
     private func serve(_ terms: ExportTerms) {
+        var bytes = [UInt8](repeating: 0, count: NBDRequest.size)
         while true {
-            guard let bytes = ExportSocket.readWhenReady(fd, NBDRequest.size) else { return }
+            guard ExportSocket.readWhenReady(fd, into: &bytes) else { return }
             let request: NBDRequest
             do { request = try NBDRequest(decoding: bytes) } catch {
                 logger.info("nbd: dropping a client that sent garbage: \(error)")
@@ -228,10 +208,10 @@ final class ExportConnection: @unchecked Sendable {
                 let alone = reserve(cost) == 1
                 var payload: OwnedBuffer?
                 if request.command == .write {
-                    let buffer = OwnedBuffer.allocate(length)
+                    let buffer = buffers.take(length)
                     guard length == 0 || ExportSocket.readFully(fd, buffer.bytes.baseAddress!, length) else {
                         // The client vanished mid-write: nothing of it reaches the disk.
-                        buffer.free()
+                        buffers.give(buffer)
                         release(cost)
                         return
                     }
@@ -301,7 +281,7 @@ final class ExportConnection: @unchecked Sendable {
         do {
             switch r.command {
             case .read:
-                let buffer = OwnedBuffer.allocate(Int(r.length))
+                let buffer = buffers.take(Int(r.length))
                 data = buffer
                 try await device.read(at: r.offset, into: buffer.bytes)
             case .write:
@@ -324,9 +304,9 @@ final class ExportConnection: @unchecked Sendable {
             error = (e as? any NBDErrnoConvertible)?.nbdErrno ?? .io
             logger.debug("nbd: \(r.command) at \(r.offset)+\(r.length): \(e)")
         }
-        work.payload?.free()
+        if let p = work.payload { buffers.give(p) }
         if error != .ok, let d = data {
-            d.free()
+            buffers.give(d)
             data = nil
         }
         enqueue(Reply(header: NBDSimpleReply(error: error, handle: r.handle), data: data, cost: work.cost))
@@ -410,21 +390,21 @@ final class ExportConnection: @unchecked Sendable {
             return
         }
         sending = true
-        var batch = Array(replies.prefix(Self.batchLimit))
-        replies.removeFirst(batch.count)
+        let count = min(replies.count, Self.batchLimit)
+        for i in 0..<count { batch.initializeElement(at: i, to: replies.removeFirst()) }
         condition.unlock()
-        let outcome = batch.withUnsafeMutableBufferPointer { transmit($0, waiting: false) }
+        let outcome = transmit(UnsafeMutableBufferPointer(rebasing: batch[0..<count]), waiting: false)
         condition.lock()
         sending = false
-        var unsent = batch[...]
-        var whole = 0
-        while let r = unsent.first, outcome == .failed || r.sent == r.size {
-            if outcome != .failed { whole += 1 }
-            finish(r)
-            unsent.removeFirst()
+        // Sent whole (or dropped, if the connection broke), then what goes back to the front.
+        var done = 0
+        while done < count, outcome == .failed || batch[done].sent == batch[done].size {
+            finish(batch[done])
+            done += 1
         }
         if outcome == .failed { broken = true }
-        replies.insert(contentsOf: unsent, at: 0)
+        let whole = outcome == .failed ? 0 : done
+        replies.insert(contentsOf: batch[done..<count], at: 0)
         if !replies.isEmpty || readerWaitsForRoom || (writerWaits && readerDone) { condition.broadcast() }
         condition.unlock()
         onSent(whole)
@@ -435,22 +415,29 @@ final class ExportConnection: @unchecked Sendable {
     /// `waiting`, only what fits now. Each reply's `sent` says how far it got; only the
     /// first can have been partly sent before (the rest were queued whole behind it).
     private func transmit(_ batch: UnsafeMutableBufferPointer<Reply>, waiting: Bool) -> ExportSocket.SendOutcome {
+        // Scratch for the headers and iovecs: on the stack for a batch of up to 32 replies
+        // (temporary allocations of up to 1 KiB always are), not one array per send.
         withUnsafeTemporaryAllocation(byteCount: NBDSimpleReply.size * batch.count, alignment: 8) { headers in
-            var parts: [UnsafeRawBufferPointer] = []
-            parts.reserveCapacity(2 * batch.count)
-            for (i, r) in batch.enumerated() {
-                let header = UnsafeMutableRawBufferPointer(rebasing: headers[(i * NBDSimpleReply.size)..<((i + 1) * NBDSimpleReply.size)])
-                r.header.encode(into: header)
-                parts.append(UnsafeRawBufferPointer(header))
-                if let d = r.data { parts.append(UnsafeRawBufferPointer(d.bytes)) }
+            withUnsafeTemporaryAllocation(of: iovec.self, capacity: 2 * batch.count) { vecs in
+                var count = 0
+                for (i, r) in batch.enumerated() {
+                    let header = UnsafeMutableRawBufferPointer(rebasing: headers[(i * NBDSimpleReply.size)..<((i + 1) * NBDSimpleReply.size)])
+                    r.header.encode(into: header)
+                    vecs.initializeElement(at: count, to: iovec(iov_base: header.baseAddress, iov_len: header.count))
+                    count += 1
+                    if let d = r.data {
+                        vecs.initializeElement(at: count, to: iovec(iov_base: d.bytes.baseAddress, iov_len: d.bytes.count))
+                        count += 1
+                    }
+                }
+                var sent = batch[0].sent
+                let outcome = ExportSocket.send(fd, UnsafeMutableBufferPointer(rebasing: vecs[0..<count]), sent: &sent, waiting: waiting)
+                for i in batch.indices {
+                    batch[i].sent = min(sent, batch[i].size)
+                    sent -= batch[i].sent
+                }
+                return outcome
             }
-            var sent = batch[0].sent
-            let outcome = ExportSocket.send(fd, parts, sent: &sent, waiting: waiting)
-            for i in batch.indices {
-                batch[i].sent = min(sent, batch[i].size)
-                sent -= batch[i].sent
-            }
-            return outcome
         }
     }
 
@@ -461,7 +448,7 @@ final class ExportConnection: @unchecked Sendable {
 
     /// Frees a reply that is sent (or cannot be) and gives back its room. Under `condition`.
     private func finish(_ reply: Reply) {
-        reply.data?.free()
+        if let d = reply.data { buffers.give(d) }
         inFlightRequests -= 1
         inFlightBytes -= reply.cost
     }

@@ -28,16 +28,15 @@ enum ExportSocket {
         }
     }
 
-    /// The next `count` bytes (a request's header): taken at once when they are there, as
-    /// they mostly are while a client keeps several requests in flight (one system call
-    /// instead of a `poll` and a `read`); else waited for with ``awaitInput(_:)``. Nil at
-    /// the end of the stream or on an error.
-    static func readWhenReady(_ fd: Int32, _ count: Int) -> [UInt8]? {
-        var bytes = [UInt8](repeating: 0, count: count)
-        let ok = bytes.withUnsafeMutableBytes { b -> Bool in
+    /// Fills `bytes` (a request's header): taken at once when they are there, as they
+    /// mostly are while a client keeps several requests in flight (one system call instead
+    /// of a `poll` and a `read`); else waited for with ``awaitInput(_:)``. False at the end
+    /// of the stream or on an error. The caller's array is reused for every header.
+    static func readWhenReady(_ fd: Int32, into bytes: inout [UInt8]) -> Bool {
+        bytes.withUnsafeMutableBytes { b -> Bool in
             var got = 0
-            while got < count {
-                let n = recv(fd, b.baseAddress! + got, count - got, Int32(MSG_DONTWAIT))
+            while got < b.count {
+                let n = recv(fd, b.baseAddress! + got, b.count - got, Int32(MSG_DONTWAIT))
                 if n > 0 {
                     got += n
                 } else if n == 0 {
@@ -50,7 +49,6 @@ enum ExportSocket {
             }
             return true
         }
-        return ok ? bytes : nil
     }
 
     /// Whether `fd` has bytes to read now (or an end or error), without waiting.
@@ -85,43 +83,49 @@ enum ExportSocket {
         case failed
     }
 
-    /// Sends the concatenation of `parts` from byte `sent` on, advancing `sent`; without
-    /// `waiting` it never blocks (`MSG_DONTWAIT`). `MSG_NOSIGNAL`: a vanished client is an
-    /// error return, not a SIGPIPE.
-    static func send(_ fd: Int32, _ parts: [UnsafeRawBufferPointer], sent: inout Int, waiting: Bool) -> SendOutcome {
-        let total = parts.reduce(0) { $0 + $1.count }
+    /// Sends what `vecs` point at from byte `sent` on, advancing `sent`; without `waiting`
+    /// it never blocks (`MSG_DONTWAIT`). `MSG_NOSIGNAL`: a vanished client is an error
+    /// return, not a SIGPIPE. The iovecs are the caller's scratch: the one a partial send
+    /// ends in is trimmed in place.
+    static func send(_ fd: Int32, _ vecs: UnsafeMutableBufferPointer<iovec>, sent: inout Int, waiting: Bool) -> SendOutcome {
+        let total = vecs.reduce(0) { $0 + $1.iov_len }
         let flags = Int32(MSG_NOSIGNAL) | (waiting ? 0 : Int32(MSG_DONTWAIT))
+        var first = 0
+        var skip = sent
         while sent < total {
-            var vecs: [iovec] = []
-            var skip = sent
-            for p in parts where p.count > 0 {
-                if skip >= p.count {
-                    skip -= p.count
-                    continue
-                }
-                vecs.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: p.baseAddress! + skip), iov_len: p.count - skip))
+            while skip > 0 && skip >= vecs[first].iov_len {
+                skip -= vecs[first].iov_len
+                first += 1
+            }
+            if skip > 0 {
+                vecs[first].iov_base = vecs[first].iov_base! + skip
+                vecs[first].iov_len -= skip
                 skip = 0
             }
-            let n = vecs.withUnsafeMutableBufferPointer { v -> Int in
-                var msg = msghdr()
-                msg.msg_iov = v.baseAddress
-                msg.msg_iovlen = v.count
-                return sendmsg(fd, &msg, flags)
-            }
+            var msg = msghdr()
+            msg.msg_iov = vecs.baseAddress! + first
+            msg.msg_iovlen = vecs.count - first
+            let n = sendmsg(fd, &msg, flags)
             if n < 0 {
                 if errno == EINTR { continue }
                 if !waiting && (errno == EAGAIN || errno == EWOULDBLOCK) { return .wouldBlock }
                 return .failed
             }
             sent += n
+            skip = n
         }
         return .done
     }
 
     /// Writes every byte of `parts`, waiting for room; false if the peer went away.
     static func writeFully(_ fd: Int32, _ parts: [UnsafeRawBufferPointer]) -> Bool {
-        var sent = 0
-        return send(fd, parts, sent: &sent, waiting: true) == .done
+        withUnsafeTemporaryAllocation(of: iovec.self, capacity: parts.count) { vecs in
+            for (i, p) in parts.enumerated() {
+                vecs.initializeElement(at: i, to: iovec(iov_base: UnsafeMutableRawPointer(mutating: p.baseAddress), iov_len: p.count))
+            }
+            var sent = 0
+            return send(fd, vecs, sent: &sent, waiting: true) == .done
+        }
     }
 
     static func write(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
