@@ -286,7 +286,7 @@ extension ProcessTests {
             let newPort = try events.bindUnbound(remote: .dom0)
             let newShare = try sharer.sharePages(count: 1, with: .dom0, writable: false)
             #expect(try await guest.store.read("/local/domain/\(id.rawValue)/domid") == "\(id.rawValue)")
-            let dom0 = try dom0AtB()
+            let dom0 = dom0AtB()
             #expect(try dom0.report().ports == 1)
             try events.unbind(newPort)
             try sharer.unshare(newShare)
