@@ -170,8 +170,38 @@ public final class BlockFrontend: Sendable {
         try await run(.discard, offset: offset, length: length, buffer: nil)
     }
 
-    private func run(_ kind: BlockIO.Kind, offset: UInt64, length: UInt64, buffer: UnsafeMutableRawPointer?,
-                     consume: (@Sendable (Int, UnsafeRawBufferPointer) -> Void)? = nil) async throws(BlockFrontError) {
+    /// ``read(at:into:)`` for a caller that is not a task (a server's thread with many
+    /// requests in flight): the read is queued at once, and `done` hears its outcome (nil:
+    /// success) on the queue thread that took its last answer, where it must be quick and
+    /// must not block; a call refused at once (misaligned, out of range, shut down) is
+    /// answered on the calling thread before this returns. `buffer` is lent until then.
+    /// What it saves against an `async` call in a task of its own: the task, its executor
+    /// preference, its closure and the continuation (in the NBD export at queue depth 32,
+    /// 8.75 allocations per request became 3.75).
+    public func startRead(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer,
+                          done: @escaping @Sendable (BlockFrontError?) -> Void) {
+        start(.read, offset: offset, length: UInt64(buffer.count), buffer: buffer.baseAddress, done: done)
+    }
+
+    /// ``write(at:from:)`` with a callback, as ``startRead(at:into:done:)``.
+    public func startWrite(at offset: UInt64, from buffer: UnsafeRawBufferPointer,
+                           done: @escaping @Sendable (BlockFrontError?) -> Void) {
+        start(.write, offset: offset, length: UInt64(buffer.count), buffer: UnsafeMutableRawPointer(mutating: buffer.baseAddress), done: done)
+    }
+
+    private func start(_ kind: BlockIO.Kind, offset: UInt64, length: UInt64, buffer: UnsafeMutableRawPointer?,
+                       done: @escaping @Sendable (BlockFrontError?) -> Void) {
+        do throws(BlockFrontError) {
+            guard try admit(kind, offset: offset, length: length) else { return done(nil) }
+        } catch {
+            return done(error)
+        }
+        let io = BlockIO(kind: kind, offset: offset, length: length, buffer: buffer, completion: .call(done))
+        work.append(WorkItem(io: io, start: 0, end: length))
+    }
+
+    /// Checks a call against the device; false if it has nothing to do (no bytes to move).
+    private func admit(_ kind: BlockIO.Kind, offset: UInt64, length: UInt64) throws(BlockFrontError) -> Bool {
         guard offset % 512 == 0, length % 512 == 0 else {
             throw BlockFrontError(.misaligned, "offset \(offset) and length \(length) must be multiples of 512 bytes")
         }
@@ -186,9 +216,14 @@ public final class BlockFrontend: Sendable {
                 throw BlockFrontError(.readOnly, "the device is read-only")
             }
         }
-        if (kind == .read || kind == .write) && length == 0 { return }
+        return !((kind == .read || kind == .write) && length == 0)
+    }
+
+    private func run(_ kind: BlockIO.Kind, offset: UInt64, length: UInt64, buffer: UnsafeMutableRawPointer?,
+                     consume: (@Sendable (Int, UnsafeRawBufferPointer) -> Void)? = nil) async throws(BlockFrontError) {
+        guard try admit(kind, offset: offset, length: length) else { return }
         let result = await withCheckedContinuation { (c: CheckedContinuation<Result<Void, BlockFrontError>, Never>) in
-            let io = BlockIO(kind: kind, offset: offset, length: length, buffer: buffer, consume: consume, continuation: c)
+            let io = BlockIO(kind: kind, offset: offset, length: length, buffer: buffer, consume: consume, completion: .resume(c))
             work.append(WorkItem(io: io, start: 0, end: (kind == .read || kind == .write) ? length : 1))
         }
         try result.get()

@@ -1,8 +1,9 @@
 import Synchronization
 import XenBlockProtocol
 
-/// One caller's operation, from its `async` call until every byte of it is answered.
-/// Split into ring requests by the queue threads; the last answer resumes the caller.
+/// One caller's operation, from its call until every byte of it is answered. Split into
+/// ring requests by the queue threads; the last answer resumes the caller (or calls it
+/// back, for ``BlockFrontend/startRead(at:into:done:)`` and its write).
 ///
 /// No lock: a split operation's parts may be answered by several queue threads, but
 /// `remaining` is only changed by atomic read-modify-writes, and exactly one of them
@@ -20,7 +21,7 @@ final class BlockIO: Sendable {
     /// A read that hands the caller each answered piece where it lies (offset into the
     /// read, bytes), instead of copying it to `buffer`.
     let consume: (@Sendable (Int, UnsafeRawBufferPointer) -> Void)?
-    private let continuation: CheckedContinuation<Result<Void, BlockFrontError>, Never>
+    private let completion: Completion
     /// Units not yet answered: bytes for read/write, 1 for flush and discard.
     private let remaining: Atomic<UInt64>
     /// Claimed by the first answer that carries an error, which then writes `error`.
@@ -28,16 +29,23 @@ final class BlockIO: Sendable {
     /// Written once, by the claimant, before its update of `remaining` publishes it.
     nonisolated(unsafe) private var error: BlockFrontError?
 
-    /// Made inside `withCheckedContinuation`, before any part reaches a queue thread.
+    /// How the caller hears the outcome.
+    enum Completion: Sendable {
+        /// An `async` caller, waiting.
+        case resume(CheckedContinuation<Result<Void, BlockFrontError>, Never>)
+        /// A callback (nil: success), run on the queue thread that took the last answer.
+        case call(@Sendable (BlockFrontError?) -> Void)
+    }
+
+    /// Made before any part reaches a queue thread.
     init(kind: Kind, offset: UInt64, length: UInt64, buffer: UnsafeMutableRawPointer?,
-         consume: (@Sendable (Int, UnsafeRawBufferPointer) -> Void)? = nil,
-         continuation: CheckedContinuation<Result<Void, BlockFrontError>, Never>) {
+         consume: (@Sendable (Int, UnsafeRawBufferPointer) -> Void)? = nil, completion: Completion) {
         self.kind = kind
         self.offset = offset
         self.length = length
         self.buffer = buffer
         self.consume = consume
-        self.continuation = continuation
+        self.completion = completion
         remaining = Atomic((kind == .read || kind == .write) ? length : 1)
     }
 
@@ -55,14 +63,21 @@ final class BlockIO: Sendable {
             old = seen
         }
         guard old > 0, old <= units else { return }  // not the answer that took it to zero
-        continuation.resume(returning: self.error.map { .failure($0) } ?? .success(()))
+        complete(self.error)
     }
 
     /// Fails what is left of the operation at once (its parts are all off the rings).
     func fail(_ error: BlockFrontError) {
         // acquiringAndReleasing: as in answer; of several failed parts only the first resumes.
         guard remaining.exchange(0, ordering: .acquiringAndReleasing) > 0 else { return }
-        continuation.resume(returning: .failure(error))
+        complete(error)
+    }
+
+    private func complete(_ error: BlockFrontError?) {
+        switch completion {
+        case .resume(let c): c.resume(returning: error.map { .failure($0) } ?? .success(()))
+        case .call(let done): done(error)
+        }
     }
 }
 
