@@ -11,6 +11,13 @@ public protocol BlockExportDevice: AnyObject, Sendable {
     /// own thread; the device may run them on that thread meanwhile (see
     /// `BlockFrontExecutor.lendingThisThread(_:)`).
     func lendingConnectionThread<T>(_ body: () -> T) -> T
+    /// Starts a read into `buffer` (or a write from it) and calls `done` with its outcome
+    /// (nil: success) on a thread of the device's, where it must not block; false if the
+    /// device has no such path, and the server awaits ``read(at:into:)`` or
+    /// ``write(at:from:)`` in a task instead. For requests a server keeps many of in flight:
+    /// no task per request.
+    func startTransfer(_ direction: BlockTransfer, at offset: UInt64, buffer: UnsafeMutableRawBufferPointer,
+                       done: @escaping @Sendable ((any Error)?) -> Void) -> Bool
     /// Reads `buffer.count` bytes at `offset`.
     func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) async throws
     /// Writes `buffer` at `offset`.
@@ -24,6 +31,17 @@ public protocol BlockExportDevice: AnyObject, Sendable {
 extension BlockExportDevice {
     /// Runs `body` and nothing else: the device takes no thread of the server's.
     public func lendingConnectionThread<T>(_ body: () -> T) -> T { body() }
+    /// None: every request runs in a task.
+    public func startTransfer(_ direction: BlockTransfer, at offset: UInt64, buffer: UnsafeMutableRawBufferPointer,
+                              done: @escaping @Sendable ((any Error)?) -> Void) -> Bool { false }
+}
+
+/// Which way a ``BlockExportDevice/startTransfer(_:at:buffer:done:)`` moves data.
+public enum BlockTransfer: Sendable {
+    /// From the disk into the buffer.
+    case read
+    /// From the buffer to the disk.
+    case write
 }
 
 /// The size and abilities of a ``BlockExportDevice``.

@@ -18,6 +18,16 @@ extension BlockFrontend: BlockExportDevice {
     /// that thread works the ring (at queue depth 1 the whole request: no wake-up in the
     /// guest); see `BlockFrontExecutor.lendingThisThread(_:)`.
     public func lendingConnectionThread<T>(_ body: () -> T) -> T { executor.lendingThisThread(body) }
+
+    /// ``startRead(at:into:done:)`` and ``startWrite(at:from:done:)``: `done` runs on a queue thread.
+    public func startTransfer(_ direction: BlockTransfer, at offset: UInt64, buffer: UnsafeMutableRawBufferPointer,
+                              done: @escaping @Sendable ((any Error)?) -> Void) -> Bool {
+        switch direction {
+        case .read: startRead(at: offset, into: buffer, done: done)
+        case .write: startWrite(at: offset, from: UnsafeRawBufferPointer(buffer), done: done)
+        }
+        return true
+    }
 }
 
 extension BlockFrontError: NBDErrnoConvertible {

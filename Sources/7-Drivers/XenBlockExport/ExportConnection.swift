@@ -227,7 +227,7 @@ final class ExportConnection: @unchecked Sendable {
                     _ = device.lendingConnectionThread {
                         Task(executorPreference: device.exportExecutor) { [self] in await perform(work) }
                     }
-                } else {
+                } else if !startTransfer(work) {
                     Task(executorPreference: device.exportExecutor) { [self] in await perform(work) }
                 }
             }
@@ -274,10 +274,38 @@ final class ExportConnection: @unchecked Sendable {
 
     // MARK: Requests
 
+    /// Starts a plain read or write (no FUA) through the device's callback path, if it has
+    /// one: no task for it (see ``BlockExportDevice/startTransfer(_:at:buffer:done:)``).
+    private func startTransfer(_ work: ExportRequest) -> Bool {
+        let r = work.request
+        guard r.length > 0, !r.flags.contains(.fua) else { return false }
+        let data: OwnedBuffer?
+        let buffer: OwnedBuffer
+        let direction: BlockTransfer
+        switch r.command {
+        case .read:
+            buffer = buffers.take(Int(r.length))
+            data = buffer
+            direction = .read
+        case .write:
+            guard let payload = work.payload else { return false }
+            buffer = payload
+            data = nil
+            direction = .write
+        default:
+            return false
+        }
+        let started = device.startTransfer(direction, at: r.offset, buffer: buffer.bytes) { [self] error in
+            answer(work, data: data, error: error)
+        }
+        if !started, let d = data { buffers.give(d) }
+        return started
+    }
+
     private func perform(_ work: ExportRequest) async {
         let r = work.request
         var data: OwnedBuffer?
-        var error = NBDErrno.ok
+        var failure: (any Error)?
         do {
             switch r.command {
             case .read:
@@ -298,18 +326,34 @@ final class ExportConnection: @unchecked Sendable {
                 try await writeZeroes(r, terms: work.terms)
                 if r.flags.contains(.fua) { try await device.flush() }
             default:
-                error = .invalid
+                failure = UnknownCommand()
             }
-        } catch let e {
-            error = (e as? any NBDErrnoConvertible)?.nbdErrno ?? .io
-            logger.debug("nbd: \(r.command) at \(r.offset)+\(r.length): \(e)")
+        } catch {
+            failure = error
+        }
+        answer(work, data: data, error: failure)
+    }
+
+    /// A command the server does not know: `EINVAL`.
+    private struct UnknownCommand: NBDErrnoConvertible {
+        var nbdErrno: NBDErrno { .invalid }
+    }
+
+    /// Gives back the request's buffers and queues its reply.
+    private func answer(_ work: ExportRequest, data: OwnedBuffer?, error: (any Error)?) {
+        let r = work.request
+        var errno = NBDErrno.ok
+        if let error {
+            errno = (error as? any NBDErrnoConvertible)?.nbdErrno ?? .io
+            if !(error is UnknownCommand) { logger.debug("nbd: \(r.command) at \(r.offset)+\(r.length): \(error)") }
         }
         if let p = work.payload { buffers.give(p) }
-        if error != .ok, let d = data {
+        var data = data
+        if errno != .ok, let d = data {
             buffers.give(d)
             data = nil
         }
-        enqueue(Reply(header: NBDSimpleReply(error: error, handle: r.handle), data: data, cost: work.cost))
+        enqueue(Reply(header: NBDSimpleReply(error: errno, handle: r.handle), data: data, cost: work.cost))
     }
 
     private func writeZeroes(_ r: NBDRequest, terms: ExportTerms) async throws {
