@@ -183,9 +183,10 @@ final class ExportConnection: @unchecked Sendable {
 
     /// The transmission phase: reads each request, checks it, and runs it.
     private func serve(_ terms: ExportTerms) {
+        var input = ExportInput(fd: fd)
         var bytes = [UInt8](repeating: 0, count: NBDRequest.size)
         while true {
-            guard ExportSocket.readWhenReady(fd, into: &bytes) else { return }
+            guard bytes.withUnsafeMutableBytes({ input.read(into: $0.baseAddress!, count: $0.count) }) else { return }
             let request: NBDRequest
             do { request = try NBDRequest(decoding: bytes) } catch {
                 logger.info("nbd: dropping a client that sent garbage: \(error)")
@@ -198,7 +199,7 @@ final class ExportConnection: @unchecked Sendable {
                 logger.info("nbd: dropping a client: \(why)")
                 return
             case .refuse(let error):
-                if request.command == .write && !swallow(Int(request.length)) { return }
+                if request.command == .write && !swallow(Int(request.length), from: &input) { return }
                 reserve(0)
                 enqueue(Reply(header: NBDSimpleReply(error: error, handle: request.handle), data: nil, cost: 0))
             case .run:
@@ -209,7 +210,7 @@ final class ExportConnection: @unchecked Sendable {
                 var payload: OwnedBuffer?
                 if request.command == .write {
                     let buffer = buffers.take(length)
-                    guard length == 0 || ExportSocket.readFully(fd, buffer.bytes.baseAddress!, length) else {
+                    guard length == 0 || input.read(into: buffer.bytes.baseAddress!, count: length) else {
                         // The client vanished mid-write: nothing of it reaches the disk.
                         buffers.give(buffer)
                         release(cost)
@@ -218,7 +219,7 @@ final class ExportConnection: @unchecked Sendable {
                     payload = buffer
                 }
                 let work = ExportRequest(request: request, payload: payload, cost: cost, terms: terms)
-                if alone, !ExportSocket.hasInput(fd) {
+                if alone, !input.hasInput {
                     // The only request in flight and none behind it (queue depth 1): the
                     // reader, a thread of the connection's own, may run it to the end (see
                     // BlockExportDevice.lendingConnectionThread). Not otherwise: it has
@@ -235,13 +236,13 @@ final class ExportConnection: @unchecked Sendable {
     }
 
     /// Reads and forgets `count` bytes (a refused write's data) through a small buffer.
-    private func swallow(_ count: Int) -> Bool {
+    private func swallow(_ count: Int, from input: inout ExportInput) -> Bool {
         var left = count
         let scratch = UnsafeMutableRawPointer.allocate(byteCount: 64 << 10, alignment: 16)
         defer { scratch.deallocate() }
         while left > 0 {
             let n = min(left, 64 << 10)
-            guard ExportSocket.readFully(fd, scratch, n) else { return false }
+            guard input.read(into: scratch, count: n) else { return false }
             left -= n
         }
         return true

@@ -28,29 +28,6 @@ enum ExportSocket {
         }
     }
 
-    /// Fills `bytes` (a request's header): taken at once when they are there, as they
-    /// mostly are while a client keeps several requests in flight (one system call instead
-    /// of a `poll` and a `read`); else waited for with ``awaitInput(_:)``. False at the end
-    /// of the stream or on an error. The caller's array is reused for every header.
-    static func readWhenReady(_ fd: Int32, into bytes: inout [UInt8]) -> Bool {
-        bytes.withUnsafeMutableBytes { b -> Bool in
-            var got = 0
-            while got < b.count {
-                let n = recv(fd, b.baseAddress! + got, b.count - got, Int32(MSG_DONTWAIT))
-                if n > 0 {
-                    got += n
-                } else if n == 0 {
-                    return false
-                } else if errno == EAGAIN || errno == EWOULDBLOCK {
-                    guard awaitInput(fd) else { return false }
-                } else if errno != EINTR {
-                    return false
-                }
-            }
-            return true
-        }
-    }
-
     /// Whether `fd` has bytes to read now (or an end or error), without waiting.
     static func hasInput(_ fd: Int32) -> Bool {
         var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
