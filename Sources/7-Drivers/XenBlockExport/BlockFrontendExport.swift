@@ -19,7 +19,7 @@ extension BlockFrontend: BlockExportDevice {
     /// guest); see `BlockFrontExecutor.lendingThisThread(_:)`.
     public func lendingConnectionThread<T>(_ body: () -> T) -> T { executor.lendingThisThread(body) }
 
-    /// ``startRead(at:into:done:)`` and ``startWrite(at:from:done:)``: `done` runs on a queue thread.
+    /// `startRead(at:into:done:)` and `startWrite(at:from:done:)`: `done` runs on a queue thread.
     public func startTransfer(_ direction: BlockTransfer, at offset: UInt64, buffer: UnsafeMutableRawBufferPointer,
                               done: @escaping @Sendable ((any Error)?) -> Void) -> Bool {
         switch direction {
