@@ -297,7 +297,7 @@ final class ExportConnection: @unchecked Sendable {
             return false
         }
         let started = device.startTransfer(direction, at: r.offset, buffer: buffer.bytes) { [self] error in
-            answer(work, data: data, error: error)
+            answer(work, data: data, error: error.map { nbdErrno($0, r) } ?? .ok)
         }
         if !started, let d = data { buffers.give(d) }
         return started
@@ -306,7 +306,7 @@ final class ExportConnection: @unchecked Sendable {
     private func perform(_ work: ExportRequest) async {
         let r = work.request
         var data: OwnedBuffer?
-        var failure: (any Error)?
+        var failure = NBDErrno.ok
         do {
             switch r.command {
             case .read:
@@ -327,27 +327,23 @@ final class ExportConnection: @unchecked Sendable {
                 try await writeZeroes(r, terms: work.terms)
                 if r.flags.contains(.fua) { try await device.flush() }
             default:
-                failure = UnknownCommand()
+                failure = .invalid
             }
         } catch {
-            failure = error
+            failure = nbdErrno(error, r)
         }
         answer(work, data: data, error: failure)
     }
 
-    /// A command the server does not know: `EINVAL`.
-    private struct UnknownCommand: NBDErrnoConvertible {
-        var nbdErrno: NBDErrno { .invalid }
+    /// The error number a failed request is answered with; logged.
+    private func nbdErrno(_ error: any Error, _ r: NBDRequest) -> NBDErrno {
+        logger.debug("nbd: \(r.command) at \(r.offset)+\(r.length): \(error)")
+        return (error as? any NBDErrnoConvertible)?.nbdErrno ?? .io
     }
 
     /// Gives back the request's buffers and queues its reply.
-    private func answer(_ work: ExportRequest, data: OwnedBuffer?, error: (any Error)?) {
+    private func answer(_ work: ExportRequest, data: OwnedBuffer?, error errno: NBDErrno) {
         let r = work.request
-        var errno = NBDErrno.ok
-        if let error {
-            errno = (error as? any NBDErrnoConvertible)?.nbdErrno ?? .io
-            if !(error is UnknownCommand) { logger.debug("nbd: \(r.command) at \(r.offset)+\(r.length): \(error)") }
-        }
         if let p = work.payload { buffers.give(p) }
         var data = data
         if errno != .ok, let d = data {

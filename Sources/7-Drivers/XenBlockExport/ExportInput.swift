@@ -39,9 +39,7 @@ struct ExportInput: ~Copyable {
         destination.copyMemory(from: buffer.baseAddress! + start, byteCount: done)
         start += done
         if done == count { return true }
-        // The buffer is empty here.
-        start = 0
-        end = 0
+        // The buffer is empty here (fill starts it over).
         if count - done > Self.capacity / 4 {
             return ExportSocket.readFully(fd, destination + done, count - done)
         }
