@@ -5,7 +5,8 @@
 # build's medians and its paired ratios to fio (IOPS, CPU per I/O) and p50 difference.
 # Usage (from the package root):
 #   BINS="/path/xenpv-before /path/xenpv-after" Benchmarks/BlockBench/compare-builds.sh IMAGE [SECONDS] [ROUNDS]
-# SPECS and ENGINES as in run.sh (default: 4 KiB randread at qd 1 and 32; libaio and io_uring).
+# SPECS and ENGINES as in run.sh (default: 4 KiB randread at qd 1 and 32; libaio and io_uring;
+# "nbd": every build on the NBD engine and fio --ioengine=nbd, against one `nbdkit file IMAGE`).
 # A build that should run with polling off: a two-line wrapper script,
 #   XENPV_BLOCK_SPIN_US=0 exec /path/xenpv "$@"
 set -e
@@ -14,7 +15,7 @@ HERE=$(dirname "$0")
 [ -f "$IMG" ] && [ -n "$BINS" ] || { echo "usage: BINS=\"XENPV...\" $0 IMAGE [SECONDS] [ROUNDS]" >&2; exit 2; }
 ENGINES=${ENGINES:-"libaio io_uring"}
 SPECS=${SPECS:-"randread:4096:1 randread:4096:32"}
-OUT=$(mktemp -d); trap 'rm -rf "$OUT"' EXIT
+. "$HERE/scratch.sh"
 i=0; NAMES=""
 for b in $BINS; do i=$((i + 1)); NAMES="$NAMES $i"; done
 for spec in $SPECS; do
@@ -22,15 +23,20 @@ for spec in $SPECS; do
   r=1
   while [ $r -le "$ROUNDS" ]; do
     for e in $ENGINES; do
+      if [ "$e" = nbd ]; then
+        XARGS="--image $URI"; FARGS="--ioengine=nbd --uri=$URI"
+      else
+        XARGS="--image $IMG --engine $e"; FARGS="--filename=$IMG --ioengine=$e --direct=1"
+      fi
       i=0
       for b in $BINS; do
         i=$((i + 1))
         uptime | sed 's/.*average: //' > "$OUT/load-$i-$e-$1-$3-$r"
         python3 "$HERE/rusage.py" "$OUT/x-$i-$e-$1-$3-$r" "$OUT/xc-$i-$e-$1-$3-$r" \
-          "$b" bench block --image "$IMG" --engine "$e" --rw "$1" --bs "$2" --queue-depth "$3" --seconds "$S" --json
+          "$b" bench block $XARGS --rw "$1" --bs "$2" --queue-depth "$3" --seconds "$S" --json
       done
       python3 "$HERE/rusage.py" "$OUT/f-$e-$1-$3-$r" "$OUT/fc-$e-$1-$3-$r" \
-        fio --name=x --filename="$IMG" --ioengine="$e" --direct=1 --rw="$1" --bs="$2" --iodepth="$3" \
+        fio --name=x $FARGS --rw="$1" --bs="$2" --iodepth="$3" \
             --runtime="$S" --time_based --lat_percentiles=1 --output-format=json
     done
     r=$((r + 1))
@@ -43,7 +49,8 @@ med = statistics.median
 rows = {}
 for f in sorted(glob.glob(f"{out}/f-*")):
     _, e, rw, qd, r = os.path.basename(f).split("-")
-    j = json.load(open(f))["jobs"][0]
+    text = open(f).read()
+    j = json.loads(text[text.index("{"):])["jobs"][0]  # fio's nbd engine prints a line first
     d = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
     fio = {"iops": d["iops"], "p50": d["lat_ns"]["percentile"]["50.000000"] / 1000,
            "cpu": float(open(f"{out}/fc-{e}-{rw}-{qd}-{r}").read()) * 1e6 / max(1, d["total_ios"])}

@@ -24,13 +24,7 @@ IMG=$1; S=${2:-5}; ROUNDS=${3:-3}; X=${XENPV:-.build/release/xenpv}
 ENGINES=${ENGINES:-"io_uring libaio"}
 HERE=$(dirname "$0")
 [ -f "$IMG" ] || { echo "usage: $0 IMAGE [SECONDS] [ROUNDS]" >&2; exit 2; }
-OUT=$(mktemp -d); NBDKIT=""
-trap '[ -n "$NBDKIT" ] && kill "$NBDKIT"; rm -rf "$OUT"' EXIT
-URI="nbd+unix:///?socket=$OUT/nbd.sock"
-case " $ENGINES " in *" nbd "*)
-  nbdkit -f -U "$OUT/nbd.sock" file "$IMG" & NBDKIT=$!
-  i=0; until nbdinfo --size "$URI" >/dev/null 2>&1; do i=$((i + 1)); [ $i -lt 300 ] || { echo "nbdkit did not start" >&2; exit 1; }; sleep 0.1; done ;;
-esac
+. "$HERE/scratch.sh"
 SPECS=${SPECS:-"randread:4096:1 randread:4096:32 randwrite:4096:1 randwrite:4096:32 read:131072:1 read:131072:32"}
 for spec in $SPECS; do
   spec=$(echo "$spec" | tr : " ")
