@@ -11,10 +11,13 @@ import XenLocks
 /// - The connection opens with the fixed-newstyle handshake and `NBD_OPT_GO`
 ///   (``NBDExportTerms``): the export's size, its transmission flags, its block size
 ///   constraints (the minimum becomes ``alignment``).
-/// - `submit` sends each request (a write with its data, straight from the iovecs) on
-///   the caller's thread; a dedicated reader thread matches simple replies by handle,
-///   reads a read's data straight into its iovecs, and posts the completion, signalling
-///   ``completionDescriptor`` (an eventfd). A read or write longer than
+/// - `submit` sends the requests it takes together (`NBDRequestWriter`: headers and
+///   writes' data, straight from the iovecs, in one `sendmsg`) on the caller's thread; a
+///   dedicated reader thread takes the replies through a buffer (`NBDReplyInput`: one
+///   `recv` for all that wait), matches them by handle, copies a read's data into its
+///   iovecs (long data is read straight into them), and posts the completions,
+///   signalling ``completionDescriptor`` (an eventfd) once for the replies of one
+///   receive. A read or write longer than
 ///   ``maximumPayload`` goes as several NBD requests, and completes when every part is
 ///   answered (any part failing fails it).
 /// - Flush is `NBD_CMD_FLUSH` when the server offers it (else it succeeds at once: the
@@ -111,12 +114,17 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
     private var stopping = false
     private var reconnectCount = 0
     private var resendCount = 0
+    private var replyReceiveCount = 0
 
     // The submitting thread's.
     private var closed = false
     private var batch: [Part] = []
-    private let header = UnsafeMutableRawPointer.allocate(byteCount: NBDRequest.size, alignment: 8)
-    private let vectors: UnsafeMutablePointer<iovec>
+    private var writer = NBDRequestWriter()
+
+    // The reader thread's.
+    /// A completion was posted onto an empty queue and the eventfd not signalled yet: the
+    /// reader signals once for all the replies one receive brought, before it reads more.
+    private var unpublished = false
 
     /// One NBD request: what it takes to send it (again).
     struct Part {
@@ -131,6 +139,30 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         var byteStart = 0
         /// Submission order, for re-sending in order.
         var sequence: UInt64 = 0
+
+        /// Writes into `out` the iovecs covering this part's bytes of its operation's
+        /// buffers; returns how many (at most the operation's buffer count).
+        func dataVectors(into out: UnsafeMutablePointer<iovec>) -> Int {
+            guard let buffers else { return 0 }
+            var skip = byteStart
+            var left = Int(length)
+            var n = 0
+            var i = 0
+            while i < bufferCount && left > 0 {
+                let available = buffers[i].iov_len
+                if skip >= available {
+                    skip -= available
+                } else {
+                    let take = min(available - skip, left)
+                    out[n] = iovec(iov_base: buffers[i].iov_base.map { $0 + skip }, iov_len: take)
+                    n += 1
+                    left -= take
+                    skip = 0
+                }
+                i += 1
+            }
+            return n
+        }
     }
 
     /// One handle: a part waiting for its reply.
@@ -207,7 +239,6 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         parents = Array(repeating: Parent(), count: 2 * queueDepth)
         freeParents = (0..<Int32(2 * queueDepth)).reversed()
         batch.reserveCapacity(queueDepth)
-        vectors = .allocate(capacity: StorageOperation.maxBuffers + 1)
         let reader = Thread { [self] in readerMain() }
         reader.name = "nbd-client"
         reader.start()
@@ -215,8 +246,6 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
 
     deinit {
         close()
-        header.deallocate()
-        vectors.deallocate()
     }
 
     // MARK: submit
@@ -335,80 +364,14 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         defer { sendLock.unlock() }
         let socket = lock.withLock { connected && epoch == wanted ? fd : -1 }
         guard socket >= 0 else { return }
-        for i in batch.indices {
-            if !Self.send(batch[i], on: socket, header: header, vectors: vectors, more: i + 1 < batch.count) {
-                shutdown(socket, Int32(SHUT_RDWR))
-                return
-            }
-        }
+        let sent = batch.withUnsafeBufferPointer { writer.send($0, on: socket) }
+        if !sent { shutdown(socket, Int32(SHUT_RDWR)) }
     }
 
-    /// Sends one request header (and a write's data).
-    static func send(_ part: Part, on fd: Int32, header: UnsafeMutableRawPointer, vectors: UnsafeMutablePointer<iovec>,
-                     more: Bool) -> Bool {
-        let h = UnsafeMutableRawBufferPointer(start: header, count: NBDRequest.size)
-        h.storeBytes(of: NBDMagic.request.bigEndian, toByteOffset: 0, as: UInt32.self)
-        h.storeBytes(of: part.flags.rawValue.bigEndian, toByteOffset: 4, as: UInt16.self)
-        h.storeBytes(of: part.command.rawValue.bigEndian, toByteOffset: 6, as: UInt16.self)
-        h.storeBytes(of: part.handle.bigEndian, toByteOffset: 8, as: UInt64.self)
-        h.storeBytes(of: part.offset.bigEndian, toByteOffset: 16, as: UInt64.self)
-        h.storeBytes(of: part.length.bigEndian, toByteOffset: 24, as: UInt32.self)
-        vectors[0] = iovec(iov_base: header, iov_len: NBDRequest.size)
-        var count = 1
-        if part.command == .write, let buffers = part.buffers {
-            count += gather(buffers, part.bufferCount, from: part.byteStart, length: Int(part.length), into: vectors + 1)
-        }
-        return sendAll(fd, vectors, count, flags: Int32(MSG_NOSIGNAL) | (more ? Int32(MSG_MORE) : 0))
-    }
-
-    /// Writes into `out` the iovecs covering `length` bytes of `buffers` from byte `start`; returns how many.
-    static func gather(_ buffers: UnsafeMutablePointer<iovec>, _ count: Int, from start: Int, length: Int,
-                       into out: UnsafeMutablePointer<iovec>) -> Int {
-        var skip = start
-        var left = length
-        var n = 0
-        var i = 0
-        while i < count && left > 0 {
-            let available = buffers[i].iov_len
-            if skip >= available {
-                skip -= available
-            } else {
-                let take = min(available - skip, left)
-                out[n] = iovec(iov_base: buffers[i].iov_base.map { $0 + skip }, iov_len: take)
-                n += 1
-                left -= take
-                skip = 0
-            }
-            i += 1
-        }
-        return n
-    }
-
-    /// `sendmsg` until every byte of the `count` vectors is out, advancing them in place
-    /// (at most `IOV_MAX` vectors per call).
-    static func sendAll(_ fd: Int32, _ vectors: UnsafeMutablePointer<iovec>, _ count: Int, flags: Int32) -> Bool {
-        var first = 0
-        while first < count {
-            var msg = msghdr()
-            msg.msg_iov = vectors + first
-            msg.msg_iovlen = min(count - first, StorageOperation.maxBuffers)
-            let n = sendmsg(fd, &msg, flags)
-            if n < 0 {
-                if errno == EINTR { continue }
-                return false
-            }
-            var left = n
-            while first < count && left >= vectors[first].iov_len {
-                left -= vectors[first].iov_len
-                first += 1
-            }
-            if left > 0 {
-                vectors[first].iov_base += left
-                vectors[first].iov_len -= left
-            }
-        }
-        return true
-    }
+    /// `sendmsg` calls of the submitting thread, for tests.
+    var requestSends: Int { sendLock.withLock { writer.sends } }
+    /// The reader's receive calls that brought bytes, as of its last completed reply, for tests.
+    var replyReceives: Int { lock.withLock { replyReceiveCount } }
 
     // MARK: reap
 
@@ -477,12 +440,9 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
     }
 
     private func readerMain() {
-        let scratch = UnsafeMutableRawPointer.allocate(byteCount: 64 << 10, alignment: 16)
-        let reply = UnsafeMutableRawPointer.allocate(byteCount: NBDSimpleReply.size, alignment: 8)
+        var input = NBDReplyInput()
         let vecs = UnsafeMutablePointer<iovec>.allocate(capacity: StorageOperation.maxBuffers)
         defer {
-            scratch.deallocate()
-            reply.deallocate()
             vecs.deallocate()
             readerDone.signal()
         }
@@ -493,7 +453,9 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         // poll: timeouts are looked at every 100 ms here as well.
         var lastExpiry = Self.now()
         while true {
-            if let failure = serveReply(socket, scratch: scratch, reply: reply, vecs: vecs) {
+            if let failure = serveReply(socket, &input, vecs: vecs) {
+                publish()
+                input.reset()
                 guard let next = reconnect(after: failure, socket: socket, since: &troubleSince) else { return }
                 socket = next
             } else if troubleSince != nil {
@@ -507,11 +469,19 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         }
     }
 
+    /// Signals the completions posted since the last signal.
+    private func publish() {
+        guard unpublished else { return }
+        unpublished = false
+        signal.signal()
+    }
+
     /// Reads one reply and completes its part; the error that broke the connection otherwise.
-    private func serveReply(_ socket: Int32, scratch: UnsafeMutableRawPointer, reply: UnsafeMutableRawPointer,
-                            vecs: UnsafeMutablePointer<iovec>) -> StorageError? {
-        if let failure = receive(socket, reply, NBDSimpleReply.size, receiving: nil) { return failure }
-        let r = UnsafeRawBufferPointer(start: reply, count: NBDSimpleReply.size)
+    private func serveReply(_ socket: Int32, _ input: inout NBDReplyInput, vecs: UnsafeMutablePointer<iovec>) -> StorageError? {
+        while input.buffered < NBDSimpleReply.size {
+            if let failure = receiveMore(socket, &input, receiving: nil) { return failure }
+        }
+        let r = input.bytes
         let magic = UInt32(bigEndian: r.loadUnaligned(fromByteOffset: 0, as: UInt32.self))
         let error = NBDErrno(rawValue: UInt32(bigEndian: r.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
         let handle = UInt64(bigEndian: r.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
@@ -520,6 +490,7 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
                 : "reply magic 0x\(String(magic, radix: 16)), not 0x67446698"
             return StorageError(.io(.protocolError), "\(uri) sent \(what)")
         }
+        input.consume(NBDSimpleReply.size)
         let index = Int(handle & 0xffff_ffff)
         let generation = UInt32(truncatingIfNeeded: handle >> 32)
         let slot: Slot? = lock.withLock {
@@ -530,18 +501,73 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
             return StorageError(.io(.protocolError), "\(uri) answered handle 0x\(String(handle, radix: 16)), which no request has")
         }
         if slot.part.command == .read && error == .ok {
-            if let failure = receiveData(socket, of: slot, index: index, scratch: scratch, vecs: vecs) { return failure }
+            if let failure = receiveData(socket, of: slot, index: index, &input, vecs: vecs) { return failure }
         }
-        let wake = lock.withLock { () -> Bool in
+        let posted = lock.withLock { () -> Bool in
             let failure = error == .ok ? nil
                 : StorageError(.io(Self.localErrno(error)), "\(uri) answered \(slot.part.command) with \(error)")
             // reap() resets the eventfd before it takes the queue: a completion pushed onto
-            // a non-empty queue is taken with the ones before it, whose push signalled.
+            // a non-empty queue is taken with the ones before it, whose push signalled (or
+            // will, at the next publish).
             let wasEmpty = ready.isEmpty
+            replyReceiveCount = input.receives
             return finish(index, failure: failure) && wasEmpty
         }
-        if wake { signal.signal() }
+        if posted { unpublished = true }
         return nil
+    }
+
+    /// Receives more into `input`: what the socket holds, else after a poll in steps of at
+    /// most 100 ms, so timeouts and `close` are seen. The completions of the replies
+    /// taken so far are signalled first.
+    private func receiveMore(_ socket: Int32, _ input: inout NBDReplyInput, receiving: Int?) -> StorageError? {
+        publish()
+        while true {
+            switch input.receive(socket) {
+            case .bytes: return nil
+            case .nothingYet:
+                if let failure = waitReadable(socket, receiving: receiving) { return failure }
+            case .endOfStream: return StorageError(.io(.connectionReset), "\(uri) closed the connection")
+            case .failed(let e): return StorageError(.io(Errno(rawValue: e)), "reading from \(uri)")
+            }
+        }
+    }
+
+    /// A read's data: into its buffers while it is in flight (what is buffered copied,
+    /// a long rest read straight into them), dropped once it timed out.
+    private func receiveData(_ socket: Int32, of slot: Slot, index: Int, _ input: inout NBDReplyInput,
+                             vecs: UnsafeMutablePointer<iovec>) -> StorageError? {
+        var left = Int(slot.part.length)
+        guard slot.state == .inFlight, slot.part.buffers != nil else {
+            while left > 0 {
+                if input.buffered == 0, let failure = receiveMore(socket, &input, receiving: index) { return failure }
+                let n = min(left, input.buffered)
+                input.consume(n)
+                left -= n
+            }
+            return nil
+        }
+        // Our own iovecs over the part: reading advances them; the caller's stay as given.
+        let count = slot.part.dataVectors(into: vecs)
+        var first = 0
+        while true {
+            left -= input.scatter(into: vecs, count, first: &first, limit: left)
+            if left == 0 { return nil }
+            if left <= NBDReplyInput.directThreshold {
+                if let failure = receiveMore(socket, &input, receiving: index) { return failure }
+                continue
+            }
+            publish()
+            let (n, outcome) = input.receiveDirect(socket, into: vecs, count, first: &first)
+            left -= n
+            switch outcome {
+            case .bytes: continue
+            case .nothingYet:
+                if let failure = waitReadable(socket, receiving: index) { return failure }
+            case .endOfStream: return StorageError(.io(.connectionReset), "\(uri) closed the connection in a read's data")
+            case .failed(let e): return StorageError(.io(Errno(rawValue: e)), "reading from \(uri)")
+            }
+        }
     }
 
     /// Under the lock: the part in `index` is answered (or will never be); its slot is
@@ -710,12 +736,6 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
     /// for a reply, on the connection of `wanted` (nothing when that one is gone too).
     /// Holding `sendLock` meanwhile keeps new requests behind the re-sent ones.
     private func resend(epoch wanted: UInt64, on socket: Int32) {
-        let header = UnsafeMutableRawPointer.allocate(byteCount: NBDRequest.size, alignment: 8)
-        let vectors = UnsafeMutablePointer<iovec>.allocate(capacity: StorageOperation.maxBuffers + 1)
-        defer {
-            header.deallocate()
-            vectors.deallocate()
-        }
         sendLock.lock()
         defer { sendLock.unlock() }
         var parts: [Part] = []
@@ -737,12 +757,8 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         }
         if posted { signal.signal() }
         guard proceed else { return }
-        for i in parts.indices {
-            if !Self.send(parts[i], on: socket, header: header, vectors: vectors, more: i + 1 < parts.count) {
-                shutdown(socket, Int32(SHUT_RDWR))
-                return
-            }
-        }
+        var writer = NBDRequestWriter()
+        if !parts.withUnsafeBufferPointer({ writer.send($0, on: socket) }) { shutdown(socket, Int32(SHUT_RDWR)) }
     }
 
     /// Every outstanding operation fails with `error`, and so does every later one.
@@ -769,76 +785,6 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         case .shutdown: Errno(rawValue: ESHUTDOWN)
         default: .ioError
         }
-    }
-
-    /// A read's data: into its buffers while it is in flight, into `scratch` once it timed out.
-    private func receiveData(_ socket: Int32, of slot: Slot, index: Int, scratch: UnsafeMutableRawPointer,
-                             vecs: UnsafeMutablePointer<iovec>) -> StorageError? {
-        if slot.state == .inFlight, let buffers = slot.part.buffers {
-            // Our own iovecs over the part: the read advances them; the caller's stay as given.
-            let count = Self.gather(buffers, slot.part.bufferCount, from: slot.part.byteStart,
-                                    length: Int(slot.part.length), into: vecs)
-            var first = 0
-            while first < count {
-                if vecs[first].iov_len == 0 {
-                    first += 1
-                    continue
-                }
-                var msg = msghdr()
-                msg.msg_iov = vecs + first
-                msg.msg_iovlen = min(count - first, StorageOperation.maxBuffers)
-                let n = recvmsg(socket, &msg, Int32(MSG_DONTWAIT))
-                if n == 0 { return StorageError(.io(.connectionReset), "\(uri) closed the connection in a read's data") }
-                if n < 0 {
-                    let e = Glibc.errno
-                    if e == EAGAIN || e == EWOULDBLOCK {
-                        if let failure = waitReadable(socket, receiving: index) { return failure }
-                        continue
-                    }
-                    if e == EINTR { continue }
-                    return StorageError(.io(Errno(rawValue: e)), "reading from \(uri)")
-                }
-                var left = n
-                while first < count && left >= vecs[first].iov_len {
-                    left -= vecs[first].iov_len
-                    first += 1
-                }
-                if left > 0 {
-                    vecs[first].iov_base += left
-                    vecs[first].iov_len -= left
-                }
-            }
-            return nil
-        }
-        var left = Int(slot.part.length)
-        while left > 0 {
-            let step = min(left, 64 << 10)
-            if let failure = receive(socket, scratch, step, receiving: index) { return failure }
-            left -= step
-        }
-        return nil
-    }
-
-    /// Reads exactly `count` bytes: what the socket holds at once, else after a poll in
-    /// steps of at most 100 ms, so timeouts and `close` are seen.
-    private func receive(_ socket: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int, receiving: Int?) -> StorageError? {
-        var done = 0
-        while done < count {
-            let n = recv(socket, buffer + done, count - done, Int32(MSG_DONTWAIT))
-            if n > 0 {
-                done += n
-            } else if n == 0 {
-                return StorageError(.io(.connectionReset), "\(uri) closed the connection")
-            } else {
-                let e = Glibc.errno
-                if e == EAGAIN || e == EWOULDBLOCK {
-                    if let failure = waitReadable(socket, receiving: receiving) { return failure }
-                } else if e != EINTR {
-                    return StorageError(.io(Errno(rawValue: e)), "reading from \(uri)")
-                }
-            }
-        }
-        return nil
     }
 
     /// Waits until the socket is readable, failing timed-out requests on the way; an
