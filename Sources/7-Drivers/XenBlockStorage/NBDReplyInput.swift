@@ -91,12 +91,13 @@ struct NBDReplyInput: ~Copyable {
     }
 
     /// Reads from the socket straight into `vectors[first..<count]` (advancing them in
-    /// place and `first`), the buffer being empty; no wait. Bytes read, or what stopped it.
+    /// place and `first`), the buffer being empty; no wait. Bytes read, or what stopped it
+    /// (`EINVAL` when the vectors have no room left: the caller asked for more than they hold).
     mutating func receiveDirect(_ fd: Int32, into vectors: UnsafeMutablePointer<iovec>, _ count: Int,
                                 first: inout Int) -> (Int, Received) {
         precondition(start == end, "reading past buffered bytes")
         while first < count && vectors[first].iov_len == 0 { first += 1 }
-        guard first < count else { return (0, .bytes) }
+        guard first < count else { return (0, .failed(EINVAL)) }
         while true {
             var msg = msghdr()
             msg.msg_iov = vectors + first

@@ -553,6 +553,8 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         while true {
             left -= input.scatter(into: vecs, count, first: &first, limit: left)
             if left == 0 { return nil }
+            // claim() made the part's length out of its buffers; were they shorter, fail, not spin.
+            guard first < count else { return StorageError(.io(.invalidArgument), "a read's buffers are shorter than its request to \(uri)") }
             if left <= NBDReplyInput.directThreshold {
                 if let failure = receiveMore(socket, &input, receiving: index) { return failure }
                 continue
