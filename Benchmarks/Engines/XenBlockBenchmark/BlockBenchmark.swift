@@ -40,6 +40,9 @@ public struct BlockBenchmarkConfiguration: Sendable {
     public var persistentGrants = true
     /// Reads hand the data to the caller in place (no copy into its buffer).
     public var inPlace = false
+    /// The callers are chains of `startRead`/`startWrite` callbacks on blkfront's queue
+    /// thread instead of tasks awaiting `read`/`write` (not with ``inPlace``).
+    public var callbacks = false
     /// The storage engine on the image file (io_uring where the kernel allows it).
     public var engine = FileEngineKind.preferred.kind
     /// io_uring only: a kernel thread polls the submission ring, idle after this long (nil: off).
@@ -100,7 +103,7 @@ public struct BlockBenchmarkResult: Sendable {
         let c = configuration
         return """
             {"engine":"\(engineName)","sq_poll":\(c.sqPollIdle != nil),"rw":"\(c.pattern.rawValue)","bs":\(c.blockSize),"queue_depth":\(c.queueDepth),"seconds":\(fmt(elapsed)),\
-            "direct":\(directIO),"persistent_grants":\(c.persistentGrants),"in_place":\(c.inPlace),"operations":\(operations),"iops":\(fmt(iops)),"mib_per_second":\(fmt(mibPerSecond)),\
+            "direct":\(directIO),"persistent_grants":\(c.persistentGrants),"in_place":\(c.inPlace),"callbacks":\(c.callbacks),"operations":\(operations),"iops":\(fmt(iops)),"mib_per_second":\(fmt(mibPerSecond)),\
             "mean_us":\(fmt(meanMicroseconds)),"p50_us":\(fmt(p50Microseconds)),"p99_us":\(fmt(p99Microseconds)),\
             "frontend_notifies_per_request":\(fmt(frontendNotifiesPerRequest, 3)),\
             "backend_notifies_per_request":\(fmt(backendNotifiesPerRequest, 3)),\
@@ -118,7 +121,7 @@ public struct BlockBenchmarkResult: Sendable {
             + "CPU \(fmt(cpuMicrosecondsPerOperation, 2)) µs/op, "
             + "latency p50 \(fmt(p50Microseconds)) µs, p99 \(fmt(p99Microseconds)) µs (\(operations) ops in \(fmt(elapsed)) s"
             + (directIO ? ", O_DIRECT" : ", buffered") + (c.persistentGrants ? ", persistent grants" : ", grant copy")
-            + (c.inPlace ? ", reads in place)" : ")")
+            + (c.inPlace ? ", reads in place" : "") + (c.callbacks ? ", callbacks)" : ")")
             + "; per request: notifies \(fmt(frontendNotifiesPerRequest, 3)) → \(fmt(backendNotifiesPerRequest, 3)) ←, "
             + "sleeps: backend \(fmt(backendSleepsPerRequest, 3)), frontend \(fmt(frontendSleepsPerRequest, 3)), "
             + "storage buffers \(fmt(buffersPerRequest, 2)); grant pages mapped \(grantMaps), evicted \(grantEvictions)"
@@ -148,6 +151,7 @@ public enum BlockBenchmark {
             throw BlockBenchmarkError(message: "--bs must be a multiple of 512 up to 1 MiB")
         }
         guard c.queueDepth >= 1, c.queueDepth <= 128 else { throw BlockBenchmarkError(message: "--queue-depth must be 1...128") }
+        guard !(c.callbacks && c.inPlace) else { throw BlockBenchmarkError(message: "reads in place have no callback form") }
         let inMemory = c.image == BlockBenchmarkConfiguration.memoryImage
         // An NBD export's URI: the engine is NBDStorage, the device its export.
         var remote: NBDStorage? = nil
@@ -226,7 +230,10 @@ public enum BlockBenchmark {
             let cpuBefore = Self.processCPUSeconds()
             let start = ContinuousClock.now
             let deadline = start + .milliseconds(Int(c.seconds * 1000))
-            let samples = try await withThrowingTaskGroup(of: [UInt32].self) { group in
+            let samples = c.callbacks
+                ? try await CallbackCallers.run(frontend, c, blocks: blocks, cursor: cursor,
+                                                deadline: cxen_monotonic_ns() &+ UInt64(c.seconds * 1e9))
+                : try await withThrowingTaskGroup(of: [UInt32].self) { group in
                 for worker in 0..<c.queueDepth {
                     // On the queue thread: requests and answers skip two wake-ups each.
                     group.addTask(executorPreference: frontend.executor) {

@@ -53,6 +53,9 @@ struct BenchBlock: AsyncParsableCommand {
     @Flag(help: "Reads consume the data where it lies (BlockFrontend.read(at:count:consume:)) instead of copying it to a buffer.")
     var inPlace = false
 
+    @Flag(help: "Each caller is a chain of callbacks (BlockFrontend.startRead/startWrite, answered on blkfront's queue thread, as the NBD export calls it) instead of a task awaiting read/write.")
+    var callbacks = false
+
     @Flag(help: "Print one JSON object.")
     var json = false
 
@@ -60,6 +63,7 @@ struct BenchBlock: AsyncParsableCommand {
         guard bs >= 512, bs % 512 == 0, bs <= 1 << 20 else { throw ValidationError("--bs must be a multiple of 512, at most 1 MiB") }
         guard (1...128).contains(queueDepth) else { throw ValidationError("--queue-depth must be 1...128") }
         guard seconds > 0, seconds <= 600 else { throw ValidationError("--seconds must be in (0, 600]") }
+        if callbacks && inPlace { throw ValidationError("--in-place has no callback form; drop one of --callbacks and --in-place") }
         if let ms = sqPollIdleMs, !(1...10_000).contains(ms) { throw ValidationError("--sq-poll-idle-ms must be 1...10000") }
     }
 
@@ -76,6 +80,7 @@ struct BenchBlock: AsyncParsableCommand {
         c.direct = !buffered
         c.persistentGrants = !grantCopy
         c.inPlace = inPlace
+        c.callbacks = callbacks
         c.engine = FileEngineKind.resolve(engine, for: image, logger: nil)
         c.sqPollIdle = sqPollIdleMs.map { .milliseconds($0) }
         let result = try await BlockBenchmark.run(c)
