@@ -291,6 +291,13 @@ struct BlockSuspendTests {
         #expect(revoked.mappings.isEmpty, "\(revoked)")
         #expect(!revoked.grants.isEmpty)
         #expect(try await world.shutdownKey == "")
+        // The device's new handshake is timed, by its path, after the hypervisor's answer.
+        #expect(await eventually(60) { !world.suspender.isSuspending })
+        let reconnected = try #require(await world.suspender.reconnectedDevices(timeout: .seconds(60)))
+        #expect(reconnected.map(\.path) == [world.endpoint.path])
+        let answered = try #require(world.suspender.lastTiming?.answered)
+        #expect(reconnected.allSatisfy { $0.at >= answered })
+        #expect(await world.suspender.reconnected(timeout: .seconds(60)) == reconnected.first?.at)
         try await withTimeout(120) { await run.value }
         #expect(writers.errors.withLock { $0 } == [])
         #expect(writers.acknowledged.withLock { $0.count } == 32 * 16)

@@ -50,8 +50,8 @@ public final class GuestSuspender: Sendable {
         var devices: [XenbusEndpoint] = []
         var running = false
         var timing: Timing?
-        /// After a `.resumed`: the moment every device was Connected again (nil if one never was).
-        var reconnection: Task<ContinuousClock.Instant?, Never>?
+        /// After a `.resumed`: the moment each device was Connected again, by its path (nil if one never was).
+        var reconnection: Task<[(path: String, at: ContinuousClock.Instant)]?, Never>?
     }
 
     private let hypervisor: any DomainSuspending
@@ -90,8 +90,14 @@ public final class GuestSuspender: Sendable {
     /// until every device has gone through its new handshake and is Connected; the moment
     /// the last one was. Nil when no suspend resumed, a device ended first, or time ran out.
     public func reconnected(timeout: Duration) async -> ContinuousClock.Instant? {
+        await reconnectedDevices(timeout: timeout)?.map(\.at).max()
+    }
+
+    /// ``reconnected(timeout:)`` for each device: its frontend path and the moment it was
+    /// Connected again, in the order the devices resumed.
+    public func reconnectedDevices(timeout: Duration) async -> [(path: String, at: ContinuousClock.Instant)]? {
         guard let task = state.withLock({ $0.reconnection }) else { return nil }
-        return await withTaskGroup(of: ContinuousClock.Instant??.self) { group in
+        return await withTaskGroup(of: [(path: String, at: ContinuousClock.Instant)]??.self) { group in
             group.addTask { await task.value }
             group.addTask {
                 try? await Task.sleep(for: timeout)
@@ -133,7 +139,7 @@ public final class GuestSuspender: Sendable {
             result = .failed(error)
         }
         // Observed before the devices resume, so no state of a new handshake is missed.
-        let watches = outcome == .resumed ? devices.map { $0.states() } : []
+        let watches = outcome == .resumed ? devices.map { ($0.path, $0.states()) } : []
         for device in devices { await device.resume(outcome) }
         let timing = Timing(started: started, paused: paused, answered: answered, resumed: .now)
         let reconnection = outcome == .resumed ? Task { await Self.allConnectedAgain(watches) } : nil
@@ -180,22 +186,33 @@ public final class GuestSuspender: Sendable {
         }
     }
 
-    /// The moment every stream has shown a state other than Connected and then
-    /// Connected (the new handshake done); nil if one ends first.
-    private static func allConnectedAgain(_ watches: [AsyncStream<XenbusState>]) async -> ContinuousClock.Instant? {
-        for watch in watches {
-            var left = false
-            var done = false
-            for await s in watch {
-                if s != .connected {
-                    left = true
-                } else if left {
-                    done = true
-                    break
+    /// For each device, the moment its stream has shown a state other than Connected and
+    /// then Connected (its new handshake done), watched side by side; nil if one ends first.
+    private static func allConnectedAgain(_ watches: [(String, AsyncStream<XenbusState>)]) async
+        -> [(path: String, at: ContinuousClock.Instant)]? {
+        await withTaskGroup(of: (Int, ContinuousClock.Instant?).self) { group in
+            for (i, (_, watch)) in watches.enumerated() {
+                group.addTask {
+                    var left = false
+                    for await s in watch {
+                        if s != .connected {
+                            left = true
+                        } else if left {
+                            return (i, .now)
+                        }
+                    }
+                    return (i, nil)
                 }
             }
-            guard done else { return nil }
+            var moments = [ContinuousClock.Instant?](repeating: nil, count: watches.count)
+            for await (i, at) in group {
+                guard let at else {
+                    group.cancelAll()
+                    return nil
+                }
+                moments[i] = at
+            }
+            return watches.indices.map { (watches[$0].0, moments[$0]!) }
         }
-        return .now
     }
 }
