@@ -299,7 +299,7 @@ let package = Package(
             name: "XenBlockBenchmark",
             dependencies: [
                 "XenBlockBack", "XenBlockFront", "XenBlockProtocol", "XenBlockStorage", "XenSimulator", "XenHypervisor", "XenABI",
-                "NBDProtocol",
+                "NBDProtocol", "XenLocks",
             ],
             path: engines + "XenBlockBenchmark"),
         .target(

@@ -1,6 +1,6 @@
 import CXen
-import Synchronization
 import XenBlockFront
+import XenLocks
 
 /// The benchmark's callers as chains of callbacks instead of tasks: each completion,
 /// on blkfront's queue thread, records its latency and starts its caller's next
@@ -31,15 +31,16 @@ enum CallbackCallers {
     }
 
     /// Chains still running, the first error, and who waits for the last one to end.
+    /// (`Locked`, not `Mutex`: ThreadSanitizer sees XenLocks' pthread mutexes.)
     final class Ending: Sendable {
         private struct State {
             var running: Int
             var failure: BlockFrontError?
             var waiter: CheckedContinuation<Void, Never>?
         }
-        private let state: Mutex<State>
+        private let state: Locked<State>
 
-        init(running: Int) { state = Mutex(State(running: running)) }
+        init(running: Int) { state = Locked(State(running: running)) }
 
         func wait() async {
             await withCheckedContinuation { c in
