@@ -21,13 +21,13 @@ enum BackendDisk {
             guard let fallback else {
                 throw CommandError("\(dir) has no params and the backend has no --disk")
             }
-            if NBDURI.looksLikeURI(fallback) {
-                return try await remote(try DiskTarget(checking: fallback), dir: dir, readOnly: false, discard: true)
-            }
-            let size = (try FileManager.default.attributesOfItem(atPath: fallback)[.size] as? UInt64) ?? 0
+            // Checked as `params` is (a block device's size too): one stat, no user lookups
+            // (a migrated guest's destination backend does this while the guest is paused).
+            let target = try DiskTarget(checking: fallback)
+            if target.nbd != nil { return try await remote(target, dir: dir, readOnly: false, discard: true) }
             let kind = FileEngineKind.resolve(engine, for: fallback, logger: logger)
             say("xenpv backend: \(dir) serves \(fallback) through \(kind)")
-            return BlockBackendDisk(byteCount: size, readOnly: false) {
+            return BlockBackendDisk(byteCount: target.byteCount, readOnly: false) {
                 try kind.open(FilePath(fallback), readOnly: false, directIO: .preferred, queueDepth: 64)
             }
         }
