@@ -97,6 +97,14 @@ extension ProcessTests {
             let oddDisk = try Child(["backend", "--connect", dir + "/none.sock", "--disk", dir + "/odd.img"], name: "backend")
             #expect(await oddDisk.waitForExit(seconds: 10) != 0)
             #expect(oddDisk.output.contains("has a bad size: 1000 bytes"), "\(oddDisk.output)")
+            // An NBD export's URI is a disk too: a good one passes (and only the join fails), a bad one is named.
+            let nbdDisk = try Child(["backend", "--connect", dir + "/none.sock", "--disk", "nbd+unix:///?socket=" + dir + "/nbd.sock"],
+                                    name: "backend")
+            #expect(await nbdDisk.waitForExit(seconds: 10) != 0)
+            #expect(nbdDisk.output.contains("cannot join the hypervisor"), "\(nbdDisk.output)")
+            let badURI = try Child(["backend", "--connect", dir + "/none.sock", "--disk", "nbd://"], name: "backend")
+            #expect(await badURI.waitForExit(seconds: 10) != 0)
+            #expect(badURI.output.contains("--disk nbd://: NBD URI \"nbd://\": no host"), "\(badURI.output)")
             let badRange = try Child(["guest", "disk", "write", "--connect", dir, "--length", "1000"], name: "guest")
             #expect(await badRange.waitForExit(seconds: 10) != 0)
             #expect(badRange.output.contains("--length must be a positive multiple of 512"), "\(badRange.output)")

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import NBDProtocol
 import SystemPackage
 import XenBlockBack
 import XenBlockStorage
@@ -34,7 +35,7 @@ struct BackendCommand: ParsableCommand {
     @Option(help: "simulated (join --connect), xen (Xen's own libraries, as dom0), or auto: xen where /dev/xen/evtchn exists.")
     var hypervisor = World.auto
 
-    @Option(help: "Disk image for the guests' vbd.")
+    @Option(help: "Disk image for the guests' vbd (a file or block device), or an NBD export's URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH).")
     var disk: String?
 
     @Option(help: "The storage engine for --disk: io_uring or libaio (default: io_uring where the kernel allows it).")
@@ -47,7 +48,10 @@ struct BackendCommand: ParsableCommand {
     var verbose = false
 
     func validate() throws {
-        if let disk {
+        if let disk, NBDURI.looksLikeURI(disk) {
+            // An NBD export (BackendDisk serves it through NBDStorage): its URI must parse.
+            do { _ = try NBDURI(parsing: disk) } catch { throw ValidationError("--disk \(disk): \(error)") }
+        } else if let disk {
             var isDir: ObjCBool = false
             guard FileManager.default.fileExists(atPath: disk, isDirectory: &isDir) else {
                 throw ValidationError("no disk image at \(disk)")
