@@ -21,6 +21,21 @@ struct GuestSuspenderRunTests {
         }
     }
 
+    private final class ResumingHypervisor: DomainSuspending {
+        func suspend(timeout: Duration) throws(HypervisorError) -> SuspendOutcome { .resumed }
+    }
+
+    /// A guest with no device has nothing to reconnect: its reconnection is the resume.
+    @Test func withNoDeviceTheReconnectionIsTheResume() async throws {
+        let suspender = GuestSuspender(hypervisor: ResumingHypervisor())
+        #expect(await suspender.reconnected(timeout: .seconds(1)) == nil, "no suspend yet")
+        #expect(await suspender.suspend() == .resumed)
+        let devices = try #require(await suspender.reconnectedDevices(timeout: .seconds(60)))
+        #expect(devices.isEmpty)
+        let resumed = try #require(suspender.lastTiming?.resumed)
+        #expect(await suspender.reconnected(timeout: .seconds(60)) == resumed)
+    }
+
     @Test func oneSuspendIsServedAtATimeAndOtherRequestsGoToTheProgram() async throws {
         let store = try await StoreWithGuest("gs")
         defer { withExtendedLifetime(store) {} }  // the daemon stops when it goes

@@ -90,7 +90,9 @@ public final class GuestSuspender: Sendable {
     /// until every device has gone through its new handshake and is Connected; the moment
     /// the last one was. Nil when no suspend resumed, a device ended first, or time ran out.
     public func reconnected(timeout: Duration) async -> ContinuousClock.Instant? {
-        await reconnectedDevices(timeout: timeout)?.map(\.at).max()
+        guard let devices = await reconnectedDevices(timeout: timeout) else { return nil }
+        // With no device there is nothing to wait for: the resume itself.
+        return devices.map(\.at).max() ?? lastTiming?.resumed
     }
 
     /// ``reconnected(timeout:)`` for each device: its frontend path and the moment it was

@@ -100,7 +100,7 @@ final class ShutdownWatch: @unchecked Sendable {
     /// the destination and the first request answered there (each probe, in turn).
     private func reportDowntime(_ suspender: GuestSuspender) async {
         guard let t = suspender.lastTiming, let devices = await suspender.reconnectedDevices(timeout: .seconds(60)),
-            let connected = devices.map(\.at).max() else {
+            let connected = devices.map(\.at).max() ?? suspender.lastTiming?.resumed else {
             say("xenpv guest: downtime: the devices did not all connect again within 60 s")
             return
         }
