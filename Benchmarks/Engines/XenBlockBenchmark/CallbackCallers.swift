@@ -8,7 +8,8 @@ import XenLocks
 /// server on blkfront does (the NBD export).
 enum CallbackCallers {
     /// One caller: its buffer, its offsets, its latencies, and the callback it passes on
-    /// each call (made once; cleared when the caller ends, which breaks the cycle).
+    /// each call (made once, holding its chain unowned: `run` keeps the chains; cleared
+    /// when the caller ends, so a late call finds none).
     final class Chain: @unchecked Sendable {
         // @unchecked: one operation of a chain is in flight at a time, and its state is
         // touched only by whoever runs that operation's start or completion.
