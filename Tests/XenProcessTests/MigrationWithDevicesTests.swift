@@ -17,6 +17,12 @@ extension ProcessTests {
         static let length = 24 << 20
         static let seed: UInt8 = 9
 
+        /// `state` values as the store holds them (io/xenbus.h).
+        enum XenbusStateValue {
+            static let initialising = "1"
+            static let initWait = "2"
+        }
+
         /// Two daemons, a backend on each on one image, and a writing guest on host a.
         final class Hosts {
             let dir = temporaryDirectory()
@@ -181,6 +187,34 @@ extension ProcessTests {
 
         /// A migration that fails halfway (the destination killed while the guest is paused):
         /// the guest goes on writing on the source, through the same rings and backend.
+        /// The destination gets the guest's devices ahead of its memory: while the guest is
+        /// still paused on host a, host b's backend already waits in InitWait on its vbd
+        /// (the frontend's half Initialising), and the guest then connects to it and writes on.
+        @Test(.timeLimit(.minutes(5)))
+        func theDestinationsBackendWaitsInInitWaitBeforeTheGuestArrives() async throws {
+            let hosts = try await Hosts()
+            let id = try await hosts.startWriter()
+            let guest = try #require(hosts.guest)
+            // Held paused long enough to look at host b meanwhile (the look is bounded below it).
+            let migrate = try Child(["migrate", "\(id.rawValue)", "--to", hosts.b, "--connect", hosts.a, "--hold-paused", "10"],
+                                    name: "migrate")
+            #expect(await guest.waitFor("suspend requested"), "\(guest.output)")
+            func onB(_ path: String) async throws -> String {
+                let (_, out) = try await hosts.xenpv(["xenstore", "read", "--store", hosts.b + ".xenstore", path])
+                return out.trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+            let backendState = "/local/domain/0/backend/vbd/\(id.rawValue)/51712/state"
+            let waiting = await eventually(8) { (try? await onB(backendState)) == XenbusStateValue.initWait }
+            #expect(waiting, "host b's backend: \(hosts.backendB.output)")
+            #expect(!guest.output.contains("suspend: resumed"), "still paused while host b was looked at")
+            #expect(try await onB("/local/domain/\(id.rawValue)/device/vbd/51712/state") == XenbusStateValue.initialising)
+            #expect(await migrate.waitForExit(seconds: 120) == 0, "\(migrate.output)")
+            #expect(await guest.waitFor("first request answered"), "\(guest.output)")
+            #expect(await guest.waitForExit(seconds: 180) == 0, "\(guest.output)")
+            #expect(guest.output.contains("verified \(Self.length) bytes"), "\(guest.output)")
+            #expect(try Self.imageHoldsThePattern(hosts.image) == nil)
+        }
+
         @Test(.timeLimit(.minutes(5)))
         func aDestinationKilledWhileAWritingGuestIsPausedLeavesItWritingOnTheSource() async throws {
             let hosts = try await Hosts()

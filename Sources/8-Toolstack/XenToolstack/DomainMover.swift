@@ -210,6 +210,7 @@ public enum DomainMover {
             try source.startDirtyLog(id)
             logging = true
             try writer.begin(name: name)
+            try await writer.sendDevicesAhead()
             var sent = try writer.sendAll()
             figures.pagesPerRound.append(sent)
             progress("round 1: \(sent) pages")

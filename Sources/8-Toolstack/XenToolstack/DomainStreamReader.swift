@@ -46,6 +46,9 @@ public final class DomainStreamReader: Sendable {
         let info: MigrationDomainInfo
         let store: [MigrationStoreEntry]
         let devices: [MigrationDevice]
+        /// Devices the stream named ahead of the memory, and their creation, under way.
+        let early: [MigrationDevice]
+        let earlyMade: [Task<Void, any Error>]
     }
 
     /// The blocking half (run it on a thread of its own): reads the stream to its end
@@ -56,6 +59,8 @@ public final class DomainStreamReader: Sendable {
         var state: (view: DomainStateView, info: MigrationDomainInfo)?
         var store: [MigrationStoreEntry] = []
         var devices: [MigrationDevice] = []
+        var early: [MigrationDevice] = []
+        var earlyMade: [Task<Void, any Error>] = []
         do {
             reading: while true {
                 let n = buffer.withUnsafeMutableBytes { Glibc.read(input, $0.baseAddress, $0.count) }
@@ -112,7 +117,17 @@ public final class DomainStreamReader: Sendable {
                             guard Self.isComponent(d.type), d.keys.allSatisfy({ Self.isComponent($0.name) }) else {
                                 throw DomainTransferError("the stream's device \(d.type.debugDescription) has a name that is not one store path component")
                             }
-                            devices.append(d)
+                            if store.isEmpty && !early.contains(where: { $0.type == d.type && $0.id == d.id }) {
+                                // Ahead of the memory (a migration): made now, while pages
+                                // stream in, so this host's backend waits in InitWait when the
+                                // guest resumes here. The final record, after the store, says
+                                // what the device is at the pause.
+                                early.append(d)
+                                let (store, id) = (hypervisor.store, view.domain)
+                                earlyMade.append(Task { try await Self.make(d, frontend: id, on: store, frontendKeys: [:]) })
+                            } else {
+                                devices.append(d)
+                            }
                         }
                     case .end: break reading
                     }
@@ -120,8 +135,11 @@ public final class DomainStreamReader: Sendable {
             }
             try decoder.finish()
             guard let (view, info) = state else { throw DomainTransferError("the stream holds no domain") }
-            return ReadStream(view: view, info: info, store: store, devices: devices)
+            return ReadStream(view: view, info: info, store: store, devices: devices, early: early, earlyMade: earlyMade)
         } catch {
+            // Devices being made go with the domain: wait for them first, or one finished
+            // after the removal would bring its directories back.
+            Self.waitFor(earlyMade)
             if let id = state?.view.domain { try? hypervisor.abortImport(id) }
             if let e = error as? MigrationStreamError { throw DomainTransferError("the stream is not a whole, valid domain: \(e)") }
             throw error
@@ -131,13 +149,38 @@ public final class DomainStreamReader: Sendable {
     /// The store and devices of a read stream, then the restore's end: its join token.
     public func complete(_ read: ReadStream) async throws -> Restored {
         do {
-            try await writeStore(read.view.domain, read.store, read.devices)
+            for made in read.earlyMade { try await made.value }
+            try await writeStore(read.view.domain, read.store, read.devices, early: read.early)
             let token = try hypervisor.finishImport(read.view.domain)
             return Restored(domain: read.view.domain, token: token, name: read.info.name)
         } catch {
+            for made in read.earlyMade { _ = await made.result }
             try? hypervisor.abortImport(read.view.domain)
             throw error
         }
+    }
+
+    /// Blocks this (reading) thread until every task is done, for at most 30 s.
+    private static func waitFor(_ tasks: [Task<Void, any Error>]) {
+        guard !tasks.isEmpty else { return }
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            for t in tasks { _ = await t.result }
+            done.signal()
+        }
+        _ = done.wait(timeout: .now() + 30)
+    }
+
+    /// Both halves of device `d` of domain `id`, as a toolstack creating it writes them,
+    /// its backend configuration from the stream (the keys a handshake writes left out).
+    private static func make(_ d: MigrationDevice, frontend id: DomainID, on store: any XenStoreConnection,
+                             frontendKeys: [String: String]) async throws {
+        var keys: [String: String] = [:]
+        for k in d.keys where ![XenbusKey.state, XenbusKey.frontend, XenbusKey.frontendID, XenbusKey.online].contains(k.name) {
+            keys[k.name] = k.value
+        }
+        try await XenbusToolstack.create(XenbusDevice(type: d.type, id: d.id, frontend: id), on: store,
+                                         frontendKeys: frontendKeys, backendKeys: keys)
     }
 
     /// A store path component: letters, digits, `-` and `_`, 1 to 64 of them.
@@ -147,8 +190,11 @@ public final class DomainStreamReader: Sendable {
         }
     }
 
-    /// The store subtree as it was, devices excepted; each device created again.
-    private func writeStore(_ id: DomainID, _ entries: [MigrationStoreEntry], _ devices: [MigrationDevice]) async throws {
+    /// The store subtree as it was, devices excepted; each device created again (one made
+    /// ahead as it still is gets only the toolstack's frontend keys; one made ahead that
+    /// changed or went is removed first).
+    private func writeStore(_ id: DomainID, _ entries: [MigrationStoreEntry], _ devices: [MigrationDevice],
+                            early: [MigrationDevice] = []) async throws {
         let store = hypervisor.store
         let home = XenStorePath.home(of: id)
         let deviceDir = home + "/device/"
@@ -182,13 +228,17 @@ public final class DomainStreamReader: Sendable {
             }
             try await group.waitForAll()
         }
+        for e in early where !devices.contains(e) {
+            try await XenbusToolstack.remove(XenbusDevice(type: e.type, id: e.id, frontend: id), on: store)
+        }
         for d in devices {
-            let device = XenbusDevice(type: d.type, id: d.id, frontend: id)
-            var keys: [String: String] = [:]
-            for k in d.keys where ![XenbusKey.state, XenbusKey.frontend, XenbusKey.frontendID, XenbusKey.online].contains(k.name) {
-                keys[k.name] = k.value
+            let front = frontendKeys["\(d.type)/\(d.id)"] ?? [:]
+            if early.contains(d) {
+                let dir = XenbusDevice(type: d.type, id: d.id, frontend: id).frontendPath
+                try await store.writeAll(front.sorted { $0.key < $1.key }.map { (dir + "/" + $0.key, $0.value) })
+            } else {
+                try await Self.make(d, frontend: id, on: store, frontendKeys: front)
             }
-            try await XenbusToolstack.create(device, on: store, frontendKeys: frontendKeys["\(d.type)/\(d.id)"] ?? [:], backendKeys: keys)
         }
     }
 }

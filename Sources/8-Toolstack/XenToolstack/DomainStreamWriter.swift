@@ -109,6 +109,15 @@ public final class DomainStreamWriter {
         }
     }
 
+    /// The devices' configuration ahead of the memory (a migration): the reader makes each
+    /// device on its host at once, so that host's backend is waiting in InitWait with its
+    /// disk open when the guest resumes there, and the pause has no device to create.
+    /// ``finish()`` sends the configuration again as it is at the pause.
+    public func sendDevicesAhead() async throws {
+        let state = try await DomainStoreState.read(domain, on: hypervisor.store)
+        for device in state.devices { try write(MigrationStream.encode(.device(device))) }
+    }
+
     /// Starts reading the domain's store subtree and devices now, in a transaction that
     /// ``finish()`` commits once the domain is paused (see `DomainStoreReadAhead`): call it
     /// just before asking for the pause, so the pause does not wait for those reads.
