@@ -199,7 +199,7 @@ let package = Package(
         .systemLibrary(name: "CUring", path: drivers + "CUring", pkgConfig: "liburing",
                        providers: [.apt(["liburing-dev"])]),
         .target(name: "CUringStorage", dependencies: ["CUring"], path: drivers + "CUringStorage"),
-        .target(name: "XenBlockStorage", dependencies: ["CAIO", "CXen", "CBlockStorage", "CUringStorage", "NBDProtocol", "XenLocks", systemPackage],
+        .target(name: "XenBlockStorage", dependencies: ["CAIO", "CXen", "CBlockStorage", "CUringStorage", "NBDProtocol", "XenLocks", "XenSockets", systemPackage],
                 path: drivers + "XenBlockStorage"),
         // Block drivers: blkback (dom0) and blkfront (guest).
         .target(

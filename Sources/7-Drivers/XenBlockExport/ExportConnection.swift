@@ -235,17 +235,9 @@ final class ExportConnection: @unchecked Sendable {
         }
     }
 
-    /// Reads and forgets `count` bytes (a refused write's data) through a small buffer.
+    /// Reads and forgets `count` bytes (a refused write's data).
     private func swallow(_ count: Int, from input: inout ExportInput) -> Bool {
-        var left = count
-        let scratch = UnsafeMutableRawPointer.allocate(byteCount: 64 << 10, alignment: 16)
-        defer { scratch.deallocate() }
-        while left > 0 {
-            let n = min(left, 64 << 10)
-            guard input.read(into: scratch, count: n) else { return false }
-            left -= n
-        }
-        return true
+        input.read(into: nil, count: count)
     }
 
     /// Waits until `cost` more bytes and one more request fit the connection's bounds;

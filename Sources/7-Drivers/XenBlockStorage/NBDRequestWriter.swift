@@ -1,5 +1,6 @@
 import Glibc
 import NBDProtocol
+import XenSockets
 
 /// Sends a batch of NBD requests in as few `sendmsg` calls as it takes: every header and
 /// every write's data of the batch gathered into one vector (up to `IOV_MAX` entries a

@@ -4,6 +4,7 @@ import Glibc
 import NBDProtocol
 import SystemPackage
 import XenLocks
+import XenSockets
 
 /// A storage engine on a remote NBD export: one connection, many requests in flight, and
 /// a new connection when the server goes away and comes back.
@@ -13,7 +14,7 @@ import XenLocks
 ///   constraints (the minimum becomes ``alignment``).
 /// - `submit` sends the requests it takes together (`NBDRequestWriter`: headers and
 ///   writes' data, straight from the iovecs, in one `sendmsg`) on the caller's thread; a
-///   dedicated reader thread takes the replies through a buffer (`NBDReplyInput`: one
+///   dedicated reader thread takes the replies through a buffer (`StreamInput`: one
 ///   `recv` for all that wait), matches them by handle, copies a read's data into its
 ///   iovecs (long data is read straight into them), and posts the completions,
 ///   signalling ``completionDescriptor`` (an eventfd) once for the replies of one
@@ -440,7 +441,7 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
     }
 
     private func readerMain() {
-        var input = NBDReplyInput()
+        var input = StreamInput()
         let vecs = UnsafeMutablePointer<iovec>.allocate(capacity: StorageOperation.maxBuffers)
         defer {
             vecs.deallocate()
@@ -469,6 +470,10 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         }
     }
 
+    /// A read's data longer than this goes from the socket straight into its buffers, once
+    /// what the reader's buffer holds of it is copied.
+    static let directThreshold = 16 << 10
+
     /// Signals the completions posted since the last signal.
     private func publish() {
         guard unpublished else { return }
@@ -477,7 +482,7 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
     }
 
     /// Reads one reply and completes its part; the error that broke the connection otherwise.
-    private func serveReply(_ socket: Int32, _ input: inout NBDReplyInput, vecs: UnsafeMutablePointer<iovec>) -> StorageError? {
+    private func serveReply(_ socket: Int32, _ input: inout StreamInput, vecs: UnsafeMutablePointer<iovec>) -> StorageError? {
         while input.buffered < NBDSimpleReply.size {
             if let failure = receiveMore(socket, &input, receiving: nil) { return failure }
         }
@@ -520,7 +525,7 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
     /// Receives more into `input`: what the socket holds, else after a poll in steps of at
     /// most 100 ms, so timeouts and `close` are seen. The completions of the replies
     /// taken so far are signalled first.
-    private func receiveMore(_ socket: Int32, _ input: inout NBDReplyInput, receiving: Int?) -> StorageError? {
+    private func receiveMore(_ socket: Int32, _ input: inout StreamInput, receiving: Int?) -> StorageError? {
         publish()
         while true {
             switch input.receive(socket) {
@@ -535,7 +540,7 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
 
     /// A read's data: into its buffers while it is in flight (what is buffered copied,
     /// a long rest read straight into them), dropped once it timed out.
-    private func receiveData(_ socket: Int32, of slot: Slot, index: Int, _ input: inout NBDReplyInput,
+    private func receiveData(_ socket: Int32, of slot: Slot, index: Int, _ input: inout StreamInput,
                              vecs: UnsafeMutablePointer<iovec>) -> StorageError? {
         var left = Int(slot.part.length)
         guard slot.state == .inFlight, slot.part.buffers != nil else {
@@ -555,7 +560,7 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
             if left == 0 { return nil }
             // claim() made the part's length out of its buffers; were they shorter, fail, not spin.
             guard first < count else { return StorageError(.io(.invalidArgument), "a read's buffers are shorter than its request to \(uri)") }
-            if left <= NBDReplyInput.directThreshold {
+            if left <= Self.directThreshold {
                 if let failure = receiveMore(socket, &input, receiving: index) { return failure }
                 continue
             }
