@@ -48,7 +48,7 @@ public final class DomainStreamReader: Sendable {
         let devices: [MigrationDevice]
         /// Devices the stream named ahead of the memory, and their creation, under way.
         let early: [MigrationDevice]
-        let earlyMade: [Task<Void, any Error>]
+        let earlyMade: Task<Void, any Error>?
     }
 
     /// The blocking half (run it on a thread of its own): reads the stream to its end
@@ -60,7 +60,14 @@ public final class DomainStreamReader: Sendable {
         var store: [MigrationStoreEntry] = []
         var devices: [MigrationDevice] = []
         var early: [MigrationDevice] = []
-        var earlyMade: [Task<Void, any Error>] = []
+        var earlyMade: Task<Void, any Error>?
+        // The devices named ahead, made one after the other in one task, once the first
+        // record that is not one of them comes (pages, usually): none waits for the pages.
+        func makeEarly() {
+            guard earlyMade == nil, !early.isEmpty, let id = state?.view.domain else { return }
+            let (devices, store) = (early, hypervisor.store)
+            earlyMade = Task { for d in devices { try await Self.make(d, frontend: id, on: store, frontendKeys: [:]) } }
+        }
         do {
             reading: while true {
                 let n = buffer.withUnsafeMutableBytes { Glibc.read(input, $0.baseAddress, $0.count) }
@@ -71,6 +78,7 @@ public final class DomainStreamReader: Sendable {
                 if n == 0 { break }
                 decoder.feed(buffer[0..<n])
                 while let record = try decoder.next() {
+                    if case .device = record {} else { makeEarly() }
                     switch record {
                     case .domain(let info):
                         guard info.frameCount >= 16, info.frameCount <= 262_144, info.grantFrames == 32 else {
@@ -117,14 +125,12 @@ public final class DomainStreamReader: Sendable {
                             guard Self.isComponent(d.type), d.keys.allSatisfy({ Self.isComponent($0.name) }) else {
                                 throw DomainTransferError("the stream's device \(d.type.debugDescription) has a name that is not one store path component")
                             }
-                            if store.isEmpty && !early.contains(where: { $0.type == d.type && $0.id == d.id }) {
-                                // Ahead of the memory (a migration): made now, while pages
-                                // stream in, so this host's backend waits in InitWait when the
-                                // guest resumes here. The final record, after the store, says
-                                // what the device is at the pause.
+                            if earlyMade == nil && store.isEmpty && !early.contains(where: { $0.type == d.type && $0.id == d.id }) {
+                                // Ahead of the memory (a migration): made while pages stream
+                                // in, so this host's backend waits in InitWait when the guest
+                                // resumes here. The final record, after the store, says what
+                                // the device is at the pause.
                                 early.append(d)
-                                let (store, id) = (hypervisor.store, view.domain)
-                                earlyMade.append(Task { try await Self.make(d, frontend: id, on: store, frontendKeys: [:]) })
                             } else {
                                 devices.append(d)
                             }
@@ -134,12 +140,13 @@ public final class DomainStreamReader: Sendable {
                 }
             }
             try decoder.finish()
+            makeEarly()
             guard let (view, info) = state else { throw DomainTransferError("the stream holds no domain") }
             return ReadStream(view: view, info: info, store: store, devices: devices, early: early, earlyMade: earlyMade)
         } catch {
             // Devices being made go with the domain: wait for them first, or one finished
             // after the removal would bring its directories back.
-            Self.waitFor(earlyMade)
+            if let earlyMade { Self.waitFor(earlyMade) }
             if let id = state?.view.domain { try? hypervisor.abortImport(id) }
             if let e = error as? MigrationStreamError { throw DomainTransferError("the stream is not a whole, valid domain: \(e)") }
             throw error
@@ -149,23 +156,22 @@ public final class DomainStreamReader: Sendable {
     /// The store and devices of a read stream, then the restore's end: its join token.
     public func complete(_ read: ReadStream) async throws -> Restored {
         do {
-            for made in read.earlyMade { try await made.value }
+            try await read.earlyMade?.value
             try await writeStore(read.view.domain, read.store, read.devices, early: read.early)
             let token = try hypervisor.finishImport(read.view.domain)
             return Restored(domain: read.view.domain, token: token, name: read.info.name)
         } catch {
-            for made in read.earlyMade { _ = await made.result }
+            _ = await read.earlyMade?.result
             try? hypervisor.abortImport(read.view.domain)
             throw error
         }
     }
 
-    /// Blocks this (reading) thread until every task is done, for at most 30 s.
-    private static func waitFor(_ tasks: [Task<Void, any Error>]) {
-        guard !tasks.isEmpty else { return }
+    /// Blocks this (reading) thread until `task` is done, for at most 30 s.
+    private static func waitFor(_ task: Task<Void, any Error>) {
         let done = DispatchSemaphore(value: 0)
         Task {
-            for t in tasks { _ = await t.result }
+            _ = await task.result
             done.signal()
         }
         _ = done.wait(timeout: .now() + 30)
@@ -194,7 +200,7 @@ public final class DomainStreamReader: Sendable {
     /// ahead as it still is gets only the toolstack's frontend keys; one made ahead that
     /// changed or went is removed first).
     private func writeStore(_ id: DomainID, _ entries: [MigrationStoreEntry], _ devices: [MigrationDevice],
-                            early: [MigrationDevice] = []) async throws {
+                            early: [MigrationDevice]) async throws {
         let store = hypervisor.store
         let home = XenStorePath.home(of: id)
         let deviceDir = home + "/device/"
