@@ -13,7 +13,6 @@ enum CallbackCallers {
     final class Chain: @unchecked Sendable {
         // @unchecked: one operation of a chain is in flight at a time, and its state is
         // touched only by whoever runs that operation's start or completion.
-        let index: Int
         let buffer: UnsafeMutableRawBufferPointer
         var generator: BenchGenerator
         var latencies: [UInt32] = []
@@ -21,7 +20,6 @@ enum CallbackCallers {
         var done: (@Sendable (BlockFrontError?) -> Void)?
 
         init(index: Int, blockSize: Int) {
-            self.index = index
             buffer = .allocate(byteCount: blockSize, alignment: 4096)
             for i in 0..<blockSize { buffer[i] = UInt8(truncatingIfNeeded: i &* 31 &+ index) }
             generator = BenchGenerator(state: UInt64(index) &* 0x9E37_79B9_7F4A_7C15 &+ cxen_monotonic_ns())
