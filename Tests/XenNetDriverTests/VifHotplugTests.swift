@@ -7,6 +7,7 @@ import XenBus
 import XenNetBack
 import XenNetFront
 import XenNetTap
+import XenLocks
 import XenStore
 
 /// A vif's backend directory as netback's hotplug reads it: good values taken, hostile ones
@@ -38,6 +39,38 @@ import XenStore
     ])
     func refusesHostileValues(_ keys: [String: String]) {
         #expect(throws: NetBackendError.self) { try VifHotplugSettings(keys: keys, identity: id) }
+    }
+
+    /// A backend directory whose reads answer only once all four hotplug keys (`script`,
+    /// `bridge`, `ip`, `vifname`) are in flight together
+    /// (they run in the vif's connect, a migrated guest's downtime), failing for `refused`.
+    private final class GatedDirectory: XenStoreOperations {
+        let values: [String: String]
+        let refused: Set<String>
+        let arrived = Locked(0)
+        init(_ values: [String: String], refused: Set<String> = []) { (self.values, self.refused) = (values, refused) }
+
+        func request(_ type: XenStoreMessageType, payload: [UInt8]) async throws(XenStoreError) -> XenStoreMessage {
+            let path = String(decoding: payload.prefix { $0 != 0 }, as: UTF8.self)
+            let key = String(path.split(separator: "/").last ?? "")
+            arrived.withLock { $0 += 1 }
+            guard await eventually(60, { self.arrived.withLock { $0 } >= 4 }) else {
+                throw XenStoreError(.busy, "\(key) was read alone")
+            }
+            if refused.contains(key) { throw XenStoreError(.accessDenied, "\(key)") }
+            guard let value = values[key] else { throw XenStoreError(.noEntry, "\(key)") }
+            return XenStoreMessage(type: type, payload: Array(value.utf8))
+        }
+    }
+
+    @Test func theKeysAreReadTogetherAndTheFirstFailingOneIsNamed() async throws {
+        let dir = "/local/domain/0/backend/vif/3/1"
+        let settings = try await VifHotplug.settings(directory: dir, store: GatedDirectory(["script": "vif-bridge", "bridge": "xenbr1"]),
+                                                     identity: id)
+        #expect(settings?.script == .bridge)
+        let refused = GatedDirectory(["script": "vif-route"], refused: ["ip", "vifname"])
+        let error = await #expect(throws: NetBackendError.self) { try await VifHotplug.settings(directory: dir, store: refused, identity: id) }
+        #expect("\(error.map { "\($0)" } ?? "")".contains("reading ip"), "\(String(describing: error))")
     }
 
     @Test func parsesAddressesStrictly() {

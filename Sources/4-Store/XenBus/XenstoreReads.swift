@@ -49,6 +49,13 @@ extension XenStoreOperations {
         try await readValue(dir, key, default: nil, expected: "an event channel port", XenstoreValue.eventPort)
     }
 
+    /// An event channel port the peer may have written; nil if missing.
+    public func readEventPortIfPresent(_ dir: String, _ key: String) async throws -> EventPort? {
+        let path = dir + "/" + key
+        guard let text = try await readIfPresent(path) else { return nil }
+        return try XenstoreValue.eventPort(text, key: path)
+    }
+
     /// A domain id the toolstack wrote (`backend-id`, `frontend-id`).
     public func readDomainID(_ dir: String, _ key: String) async throws -> DomainID {
         try await readValue(dir, key, default: nil, expected: "a domain id", XenstoreValue.domainID)

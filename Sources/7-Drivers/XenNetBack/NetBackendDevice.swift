@@ -174,37 +174,38 @@ public final class NetBackendDevice: XenbusDeviceDriver {
     public func connect() async throws {
         await disconnect()
         let fe = peerPath
+        // Reads in flight together (each round trip is part of a migrated guest's
+        // downtime), awaited in the order they are checked, so a bad key is reported as if
+        // read one by one. One queue's top-level ring keys are read with the rest.
+        async let rxCopyRead = store.readFeature(fe, XenbusKey.requestRxCopy)
+        async let queuesRead = store.readNumber(fe, XenbusKey.multiQueueNumQueues, in: UInt32(1)...UInt32(maxQueues), default: 1)
+        async let singleQueueRead = Self.queueKeys(fe, store)
+        // The toolstack writes the guest's MAC in both directories; ours (dom0's) wins.
+        async let ourMACRead = store.readMAC(path, XenbusKey.mac)
+        async let theirMACRead = store.readMAC(fe, XenbusKey.mac)
+        async let sgRead = store.readFeature(fe, XenbusKey.featureSG)
+        async let gso4Read = store.readFeature(fe, XenbusKey.featureGSOTCPv4)
+        async let gso6Read = store.readFeature(fe, XenbusKey.featureGSOTCPv6)
+        async let noChecksumRead = store.readFeature(fe, XenbusKey.featureNoCsumOffload)
         // Only the copying receive path exists (as in Linux since 2013).
-        guard try await store.readFeature(fe, XenbusKey.requestRxCopy) else {
+        guard try await rxCopyRead else {
             throw NetBackendError(.notSupported, "frontend does not request rx copy; page flipping is not supported")
         }
-        let queueCount = Int(try await store.readNumber(fe, XenbusKey.multiQueueNumQueues,
-                                                        in: UInt32(1)...UInt32(maxQueues), default: 1))
+        let queueCount = Int(try await queuesRead)
         var rings: [QueueKeys] = []
-        for q in 0 ..< queueCount {
-            // netif.h: one queue keeps the top-level keys; several write theirs under queue-N.
-            let dir = queueCount == 1 ? fe : "\(fe)/queue-\(q)"
-            let txRef = try await store.readGrantRef(dir, XenbusKey.txRingRef)
-            let rxRef = try await store.readGrantRef(dir, XenbusKey.rxRingRef)
-            if try await store.readIfPresent(dir + "/" + XenbusKey.eventChannelTx) != nil {
-                rings.append(QueueKeys(txRef: txRef, rxRef: rxRef, txPort: try await store.readEventPort(dir, XenbusKey.eventChannelTx),
-                                       rxPort: try await store.readEventPort(dir, XenbusKey.eventChannelRx)))
-            } else {
-                let port = try await store.readEventPort(dir, XenbusKey.eventChannel)
-                rings.append(QueueKeys(txRef: txRef, rxRef: rxRef, txPort: port, rxPort: port))
-            }
+        if queueCount == 1 {
+            rings = [try await singleQueueRead]
+        } else {
+            // netif.h: several queues write theirs under queue-N.
+            for q in 0 ..< queueCount { rings.append(try await Self.queueKeys("\(fe)/queue-\(q)", store)) }
         }
-        // The toolstack writes the guest's MAC in both directories; ours (dom0's) wins.
-        var mac = try await store.readMAC(path, XenbusKey.mac)
-        if mac == nil { mac = try await store.readMAC(fe, XenbusKey.mac) }
+        var mac = try await ourMACRead
+        if mac == nil { mac = try await theirMACRead }
         let features = VifFrontendFeatures(
             mac: mac.map { MACAddress($0[0], $0[1], $0[2], $0[3], $0[4], $0[5]) },
-            scatterGather: try await store.readFeature(fe, XenbusKey.featureSG),
-            receiveGSO: Set([
-                try await store.readFeature(fe, XenbusKey.featureGSOTCPv4) ? NetGSOType.tcpv4 : nil,
-                try await store.readFeature(fe, XenbusKey.featureGSOTCPv6) ? NetGSOType.tcpv6 : nil,
-            ].compactMap { $0 }),
-            receiveChecksumBlank: !(try await store.readFeature(fe, XenbusKey.featureNoCsumOffload)),
+            scatterGather: try await sgRead,
+            receiveGSO: Set([try await gso4Read ? NetGSOType.tcpv4 : nil, try await gso6Read ? NetGSOType.tcpv6 : nil].compactMap { $0 }),
+            receiveChecksumBlank: !(try await noChecksumRead),
             queues: queueCount)
         let attachment = try await attach(identity, features)
         do {
@@ -222,6 +223,22 @@ public final class NetBackendDevice: XenbusDeviceDriver {
         var rxRef: GrantRef
         var txPort: EventPort
         var rxPort: EventPort
+    }
+
+    /// One queue's keys in `dir`, read together: `tx-ring-ref`, `rx-ring-ref`, and
+    /// `event-channel-tx` with `event-channel-rx` (split channels) or else `event-channel`.
+    private static func queueKeys(_ dir: String, _ store: any XenStoreOperations) async throws -> QueueKeys {
+        async let txRefRead = store.readGrantRef(dir, XenbusKey.txRingRef)
+        async let rxRefRead = store.readGrantRef(dir, XenbusKey.rxRingRef)
+        async let txPortRead = store.readEventPortIfPresent(dir, XenbusKey.eventChannelTx)
+        async let rxPortRead = store.readEventPort(dir, XenbusKey.eventChannelRx)
+        async let portRead = store.readEventPort(dir, XenbusKey.eventChannel)
+        let (txRef, rxRef) = (try await txRefRead, try await rxRefRead)
+        if let txPort = try await txPortRead {
+            return QueueKeys(txRef: txRef, rxRef: rxRef, txPort: txPort, rxPort: try await rxPortRead)
+        }
+        let port = try await portRead
+        return QueueKeys(txRef: txRef, rxRef: rxRef, txPort: port, rxPort: port)
     }
 
     /// Maps, binds, attaches and starts every queue; on any failure releases what it took

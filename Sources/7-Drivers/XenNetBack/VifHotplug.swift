@@ -164,10 +164,24 @@ public enum VifHotplug {
     /// - Throws: ``NetBackendError`` `.hotplug` for a refused value or a failed read.
     public static func settings(directory: String, store: any XenStoreOperations,
                                 identity: VifIdentity) async throws(NetBackendError) -> VifHotplugSettings? {
+        // All in flight at once (this runs in the vif's connect); the first failure in
+        // `keys`' order is the one reported.
+        let read = await withTaskGroup(of: (Int, Result<String?, XenStoreError>).self) { group in
+            for (i, key) in keys.enumerated() {
+                group.addTask {
+                    do throws(XenStoreError) { return (i, .success(try await store.readIfPresent(directory + "/" + key))) } catch {
+                        return (i, .failure(error))
+                    }
+                }
+            }
+            var read = [Result<String?, XenStoreError>](repeating: .success(nil), count: keys.count)
+            for await (i, result) in group { read[i] = result }
+            return read
+        }
         var found: [String: String] = [:]
-        for key in keys {
+        for (key, result) in zip(keys, read) {
             do {
-                if let value = try await store.readIfPresent(directory + "/" + key) { found[key] = value }
+                if let value = try result.get() { found[key] = value }
             } catch {
                 throw NetBackendError(.hotplug, "\(identity): reading \(key)", underlying: error)
             }
