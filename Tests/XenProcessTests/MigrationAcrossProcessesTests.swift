@@ -313,6 +313,51 @@ extension ProcessTests {
             #expect(after.count < view.mainFrames / 2, "\(after.count) of \(view.mainFrames) frames hold pages after a first round")
         }
 
+        /// The toolstack reads a saved domain's memory and writes a restored one's through
+        /// their memfds: its process never maps (so never has to tear down) the domain's
+        /// memory, and a frame the domain does not have is refused.
+        @Test func theToolstackCopiesADomainsMemoryWithoutMappingIt() async throws {
+            let hosts = try await Hosts()
+            let id = try await hosts.startGuest()
+            let dom0 = try RemoteHypervisor(socketPath: hosts.a, as: .dom0, onDaemonLost: ignoreLoss)
+            defer { dom0.close() }
+            /// This process's mappings of exactly the domain's 4,096 frames.
+            func mappingsOfTheDomainsSize() throws -> Int {
+                let maps = try String(contentsOfFile: "/proc/self/maps", encoding: .utf8)
+                return maps.split(separator: "\n").filter { line in
+                    let range = line.prefix { $0 != " " }.split(separator: "-").compactMap { UInt(String($0), radix: 16) }
+                    return range.count == 2 && range[1] - range[0] == 4096 * 4096
+                }.count
+            }
+            let mappedBefore = try mappingsOfTheDomainsSize()
+            let saved = try dom0.exportDomain(id)
+            #expect(try mappingsOfTheDomainsSize() == mappedBefore)
+            // Runs and single frames alike; the guest writes its first 512 frames.
+            let frames: [UInt64] = [0, 1, 2, 7, 100, 101]
+            var page = [UInt8](repeating: 0, count: frames.count * 4096)
+            try page.withUnsafeMutableBytes { try saved.read(frames, into: $0) }
+            #expect(page.contains { $0 != 0 }, "the guest's written frames read back as zeros")
+            let outside = UInt64(saved.mainFrames + (saved.pools.map(\.count).reduce(0, +))) + (1 << 20)
+            #expect(!saved.holds(outside))
+            let refused = page.withUnsafeMutableBytes { out in Result { try saved.read([0, outside], into: out) } }
+            if case .failure(let e as HypervisorError) = refused { #expect(e.code == .errno(.invalidArgument), "\(e)") } else {
+                Issue.record("a frame the domain does not have was read: \(refused)")
+            }
+
+            let dom0B = try RemoteHypervisor(socketPath: hosts.b, as: .dom0, onDaemonLost: ignoreLoss)
+            defer { dom0B.close() }
+            let restored = try dom0B.importDomain(id, frames: 64)
+            defer { try? dom0B.abortImport(id) }
+            let written: [UInt64] = [0, 1, 2, 40, 63]
+            let pattern = (0..<written.count * 4096).map { UInt8(truncatingIfNeeded: $0 * 7 + $0 / 4096) }
+            try pattern.withUnsafeBytes { try restored.write(written, from: $0) }
+            var back = [UInt8](repeating: 0, count: pattern.count)
+            try back.withUnsafeMutableBytes { try restored.read(written, into: $0) }
+            #expect(back == pattern)
+            #expect(throws: HypervisorError.self) { try pattern.withUnsafeBytes { try restored.write([64], from: $0) } }
+            #expect(throws: HypervisorError.self) { try pattern.withUnsafeBytes { try restored.write(written, from: UnsafeRawBufferPointer(rebasing: $0[..<4096])) } }
+        }
+
         @Test func onlyDom0MayTakeOrMakeADomainsState() async throws {
             let hosts = try await Hosts()
             let id = try await hosts.startGuest()

@@ -26,9 +26,10 @@ public struct DomainPoolView: @unchecked Sendable {
     let fd: Int32
 }
 
-/// A domain's state mapped in a dom0 process: its memory, grant table and share
-/// pools, read-only for a save (``RemoteHypervisor/exportDomain(_:)``), writable for a
-/// restore (``RemoteHypervisor/importDomain(_:frames:)``). Unmapped when released.
+/// A domain's state in a dom0 process: its memory (read and written through its memfd),
+/// grant table and share pools (mapped), read-only for a save
+/// (``RemoteHypervisor/exportDomain(_:)``), writable for a restore
+/// (``RemoteHypervisor/importDomain(_:frames:)``). Unmapped and closed when released.
 public final class DomainStateView: @unchecked Sendable {
     // @unchecked: `pools` is guarded by `lock`; the mappings and descriptors stay until
     // deinit (a pool the domain let go of stays until then too).
@@ -38,8 +39,6 @@ public final class DomainStateView: @unchecked Sendable {
     public let mainFrames: Int
     /// Entries in its grant table (`grant_entry_v1`, 8 bytes each).
     public let grantEntries: Int
-    /// Its main memory, `mainFrames` pages.
-    public let memory: UnsafeMutableRawPointer
     /// Its grant table.
     public let table: UnsafeMutableRawPointer
     private let memoryFD: Int32
@@ -47,14 +46,11 @@ public final class DomainStateView: @unchecked Sendable {
     private var current: [DomainPoolView] = []
     private var retired: [DomainPoolView] = []
 
-    init(domain: DomainID, mainFrames: Int, grantEntries: Int, memory: UnsafeMutableRawPointer, memoryFD: Int32,
-         table: UnsafeMutableRawPointer) {
-        (self.domain, self.mainFrames, self.grantEntries, self.memory, self.memoryFD, self.table) =
-            (domain, mainFrames, grantEntries, memory, memoryFD, table)
+    init(domain: DomainID, mainFrames: Int, grantEntries: Int, memoryFD: Int32, table: UnsafeMutableRawPointer) {
+        (self.domain, self.mainFrames, self.grantEntries, self.memoryFD, self.table) = (domain, mainFrames, grantEntries, memoryFD, table)
     }
 
     deinit {
-        munmap(memory, mainFrames * XenPage.size)
         munmap(table, grantEntries * 8)
         Glibc.close(memoryFD)
         for p in current + retired {
@@ -80,11 +76,68 @@ public final class DomainStateView: @unchecked Sendable {
         }
     }
 
-    /// The address of `frame` (main memory or a pool), nil if the domain has no such frame.
-    public func page(_ frame: UInt64) -> UnsafeMutableRawPointer? {
-        if frame < UInt64(mainFrames) { return memory + Int(frame) * XenPage.size }
+    /// Whether the domain has `frame` (main memory or a pool).
+    public func holds(_ frame: UInt64) -> Bool { place(frame) != nil }
+
+    /// Copies the pages of `frames` (each one the domain ``holds(_:)``) into `out`, one
+    /// page each in order.
+    ///
+    /// The memory is read and written through its memfds (`pread`, `pwrite`), one call
+    /// per run of consecutive frames, never through a mapping: a toolstack process that
+    /// touched a 256 MiB mapping spends ms of CPU tearing its page tables down when it lets
+    /// go, and it does so in the resumed guest's first milliseconds on the destination.
+    /// - Throws: `EINVAL` for a frame the domain does not have or an `out` too small, and
+    ///   the call's error.
+    public func read(_ frames: [UInt64], into out: UnsafeMutableRawBufferPointer) throws(HypervisorError) {
+        guard out.count >= frames.count * XenPage.size else { throw .errno(.invalidArgument, "reading \(frames.count) pages into \(out.count) bytes") }
+        try runs(of: frames) { (fd, offset, index, count) throws(HypervisorError) in
+            try Self.transfer(count * XenPage.size, "reading the domain's memory") { done in
+                pread(fd, out.baseAddress! + index * XenPage.size + done, count * XenPage.size - done, offset + off_t(done))
+            }
+        }
+    }
+
+    /// Writes `data` (one page for each of `frames`, in order) to the domain's memory; see
+    /// ``read(_:into:)``.
+    public func write(_ frames: [UInt64], from data: UnsafeRawBufferPointer) throws(HypervisorError) {
+        guard data.count >= frames.count * XenPage.size else { throw .errno(.invalidArgument, "writing \(frames.count) pages from \(data.count) bytes") }
+        try runs(of: frames) { (fd, offset, index, count) throws(HypervisorError) in
+            try Self.transfer(count * XenPage.size, "writing the domain's memory") { done in
+                pwrite(fd, data.baseAddress! + index * XenPage.size + done, count * XenPage.size - done, offset + off_t(done))
+            }
+        }
+    }
+
+    /// The memfd holding `frame` and the frame's offset in it.
+    private func place(_ frame: UInt64) -> (fd: Int32, offset: off_t)? {
+        if frame < UInt64(mainFrames) { return (memoryFD, off_t(frame) * off_t(XenPage.size)) }
         guard let p = pools.first(where: { $0.contains(frame) }) else { return nil }
-        return p.base + Int(frame - p.first) * XenPage.size
+        return (p.fd, off_t(frame - p.first) * off_t(XenPage.size))
+    }
+
+    /// Calls `body` with each run of `frames` that is consecutive in one memfd: its fd,
+    /// its first page's offset there, the run's index in `frames` and its length.
+    private func runs(of frames: [UInt64], _ body: (Int32, off_t, Int, Int) throws(HypervisorError) -> Void) throws(HypervisorError) {
+        var i = 0
+        while i < frames.count {
+            guard let start = place(frames[i]) else { throw .errno(.invalidArgument, "the domain has no frame \(frames[i])") }
+            var n = 1
+            while i + n < frames.count, frames[i + n] == frames[i] + UInt64(n), let next = place(frames[i + n]),
+                next.fd == start.fd, next.offset == start.offset + off_t(n * XenPage.size) { n += 1 }
+            try body(start.fd, start.offset, i, n)
+            i += n
+        }
+    }
+
+    /// Repeats `call` (given the bytes done so far) until `bytes` are done.
+    private static func transfer(_ bytes: Int, _ what: String, _ call: (Int) -> Int) throws(HypervisorError) {
+        var done = 0
+        while done < bytes {
+            let n = call(done)
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw .errno(n < 0 ? Errno(rawValue: errno) : .ioError, what) }
+            done += n
+        }
     }
 
     /// The frames of main memory and of the pools that hold data, in order: those the
@@ -130,13 +183,8 @@ extension RemoteHypervisor {
         var fds = reply.fds
         defer { for fd in fds where fd >= 0 { Glibc.close(fd) } }
         let (frames, entries) = (Int(reply.words[1]), Int(reply.words[2]))
-        let memory = try Mapping.map(fds[0], bytes: frames * XenPage.size, writable: false)
-        let table: UnsafeMutableRawPointer
-        do { table = try Mapping.map(fds[1], bytes: entries * 8, writable: false) } catch {
-            munmap(memory, frames * XenPage.size)
-            throw error
-        }
-        let view = DomainStateView(domain: id, mainFrames: frames, grantEntries: entries, memory: memory, memoryFD: fds[0], table: table)
+        let table = try Mapping.map(fds[1], bytes: entries * 8, writable: false)
+        let view = DomainStateView(domain: id, mainFrames: frames, grantEntries: entries, memoryFD: fds[0], table: table)
         fds[0] = -1
         try mapPools(reply, &fds, into: view)
         return view
@@ -243,14 +291,13 @@ extension RemoteHypervisor {
         guard reply.words.count == 3, reply.fds.count == 2, reply.words[2] == entries, reply.words[1] >= UInt64(frames) else {
             throw HypervisorError(.closed, "malformed import reply")
         }
-        let memory = try Mapping.map(reply.fds[0], bytes: frames * XenPage.size)
-        let table: UnsafeMutableRawPointer
-        do { table = try Mapping.map(reply.fds[1], bytes: Int(entries) * 8) } catch {
-            munmap(memory, frames * XenPage.size)
-            throw error
-        }
+        let table = try Mapping.map(reply.fds[1], bytes: Int(entries) * 8)
         let memoryFD = fcntl(reply.fds[0], F_DUPFD_CLOEXEC, 0)
-        return DomainStateView(domain: id, mainFrames: frames, grantEntries: Int(entries), memory: memory, memoryFD: memoryFD, table: table)
+        guard memoryFD >= 0 else {
+            munmap(table, Int(entries) * 8)
+            throw .errno(Errno(rawValue: errno), "keeping the restored domain's memory")
+        }
+        return DomainStateView(domain: id, mainFrames: frames, grantEntries: Int(entries), memoryFD: memoryFD, table: table)
     }
 
     /// Adds a share pool at frame `first` to a domain being restored, mapped writable in `view`.

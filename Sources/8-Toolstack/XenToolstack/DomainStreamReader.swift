@@ -87,14 +87,10 @@ public final class DomainStreamReader: Sendable {
                         state = (try hypervisor.importDomain(info.domain, frames: Int(info.frameCount)), info)
                     case .pages(let batch):
                         guard let view = state?.view else { break }
-                        try batch.data.withUnsafeBytes { data in
-                            for (i, f) in batch.frames.enumerated() {
-                                guard let p = view.page(f.rawValue) else {
-                                    throw DomainTransferError("the stream names \(f), outside the domain")
-                                }
-                                memcpy(p, data.baseAddress! + i * XenPage.size, XenPage.size)
-                            }
+                        if let f = batch.frames.first(where: { !view.holds($0.rawValue) }) {
+                            throw DomainTransferError("the stream names \(f), outside the domain")
                         }
+                        try batch.data.withUnsafeBytes { data in try view.write(batch.frames.map(\.rawValue), from: data) }
                     case .grants(let entries):
                         guard let view = state?.view else { break }
                         for e in entries {

@@ -58,9 +58,7 @@ public final class DomainStreamWriter {
         try refreshPools()
         // Only frames with a page behind them are read (a frame of zeros among them is
         // left out as well): the rest would be allocated by the reading.
-        let frames = view.framesHoldingData().filter { !isZero($0) }
-        try send(frames)
-        return frames.count
+        return try send(view.framesHoldingData(), skippingZeros: true)
     }
 
     /// The frames set in `bitmap` (a read-and-clear of log-dirty). Returns how many.
@@ -68,9 +66,8 @@ public final class DomainStreamWriter {
     public func send(dirty bitmap: DirtyBitmap) throws -> Int {
         try refreshPools()
         var frames: [UInt64] = []
-        for f in bitmap.frames where view.page(f.rawValue) != nil { frames.append(f.rawValue) }
-        try send(frames)
-        return frames.count
+        for f in bitmap.frames where view.holds(f.rawValue) { frames.append(f.rawValue) }
+        return try send(frames, skippingZeros: false)
     }
 
     /// Pools the domain made since the last look, mapped and announced to the receiver.
@@ -87,26 +84,39 @@ public final class DomainStreamWriter {
         }
     }
 
-    private func isZero(_ frame: UInt64) -> Bool {
-        guard let p = view.page(frame) else { return true }
-        let words = p.assumingMemoryBound(to: UInt64.self)
-        for i in 0..<(XenPage.size / 8) where words[i] != 0 { return false }
-        return true
+    /// Sends `frames` in batches; returns how many went (pages of zeros left out when
+    /// `skippingZeros`).
+    private func send(_ frames: [UInt64], skippingZeros: Bool) throws -> Int {
+        var start = 0
+        var sent = 0
+        while start < frames.count {
+            var batch = Array(frames[start..<min(frames.count, start + MigrationLimits.maximumPagesPerBatch)])
+            start += batch.count
+            var data = [UInt8](repeating: 0, count: batch.count * XenPage.size)
+            try data.withUnsafeMutableBytes { out in try view.read(batch, into: out) }
+            if skippingZeros { Self.dropZeroPages(&batch, &data) }
+            guard !batch.isEmpty else { continue }
+            try write(MigrationStream.encode(.pages(MigrationPageBatch(frames: batch.map { FrameNumber($0) }, data: data))))
+            sent += batch.count
+        }
+        return sent
     }
 
-    private func send(_ frames: [UInt64]) throws {
-        var start = 0
-        while start < frames.count {
-            let batch = Array(frames[start..<min(frames.count, start + MigrationLimits.maximumPagesPerBatch)])
-            var data = [UInt8](repeating: 0, count: batch.count * XenPage.size)
-            data.withUnsafeMutableBytes { out in
-                for (i, f) in batch.enumerated() {
-                    if let p = view.page(f) { memcpy(out.baseAddress! + i * XenPage.size, p, XenPage.size) }
-                }
+    /// Leaves out of `frames` and `data` (a page each) the pages of zeros.
+    private static func dropZeroPages(_ frames: inout [UInt64], _ data: inout [UInt8]) {
+        var kept = 0
+        data.withUnsafeMutableBytes { bytes in
+            for i in frames.indices {
+                let page = bytes.baseAddress! + i * XenPage.size
+                let words = page.assumingMemoryBound(to: UInt64.self)
+                guard (0..<(XenPage.size / 8)).contains(where: { words[$0] != 0 }) else { continue }
+                if kept != i { memmove(bytes.baseAddress! + kept * XenPage.size, page, XenPage.size) }
+                frames[kept] = frames[i]
+                kept += 1
             }
-            try write(MigrationStream.encode(.pages(MigrationPageBatch(frames: batch.map { FrameNumber($0) }, data: data))))
-            start += batch.count
         }
+        frames.removeLast(frames.count - kept)
+        data.removeLast(data.count - kept * XenPage.size)
     }
 
     /// The devices' configuration ahead of the memory (a migration): the reader makes each
