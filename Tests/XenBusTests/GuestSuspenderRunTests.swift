@@ -22,7 +22,28 @@ struct GuestSuspenderRunTests {
     }
 
     private final class ResumingHypervisor: DomainSuspending {
-        func suspend(timeout: Duration) throws(HypervisorError) -> SuspendOutcome { .resumed }
+        let outcome: SuspendOutcome
+        let settled = Locked(0)
+        init(_ outcome: SuspendOutcome = .resumed) { self.outcome = outcome }
+        func suspend(timeout: Duration) throws(HypervisorError) -> SuspendOutcome { outcome }
+        func resumeSettled() { settled.withLock { $0 += 1 } }
+    }
+
+    /// The hypervisor hears once per resume that the devices are connected again (with
+    /// none, at once), so it can start the clean-up it put off; after a cancel it hears nothing.
+    @Test func aResumeIsSettledOnceItsDevicesAreConnectedAgain() async throws {
+        let hypervisor = ResumingHypervisor()
+        let suspender = GuestSuspender(hypervisor: hypervisor)
+        #expect(await suspender.suspend() == .resumed)
+        _ = await suspender.reconnectedDevices(timeout: .seconds(60))
+        #expect(await eventually { hypervisor.settled.withLock { $0 } == 1 })
+        #expect(await suspender.suspend() == .resumed)
+        #expect(await eventually { hypervisor.settled.withLock { $0 } == 2 })
+
+        let cancelling = ResumingHypervisor(.cancelled)
+        #expect(await GuestSuspender(hypervisor: cancelling).suspend() == .cancelled)
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(cancelling.settled.withLock { $0 } == 0)
     }
 
     /// A guest with no device has nothing to reconnect: its reconnection is the resume.

@@ -27,4 +27,15 @@ public protocol DomainSuspending: AnyObject, Sendable {
     /// cannot suspend this domain or `timeout` passes with no answer; the
     /// domain then goes on as after ``SuspendOutcome/cancelled``.
     func suspend(timeout: Duration) throws(HypervisorError) -> SuspendOutcome
+
+    /// After a ``SuspendOutcome/resumed``, once the guest's devices are connected again:
+    /// work the resume put off so as not to compete with their handshakes (tearing down
+    /// what the old host left mapped) may start. A world that put nothing off ignores it;
+    /// one that is never told starts it after a while on its own.
+    func resumeSettled()
+}
+
+extension DomainSuspending {
+    /// Nothing put off.
+    public func resumeSettled() {}
 }

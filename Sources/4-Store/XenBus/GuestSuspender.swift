@@ -144,7 +144,12 @@ public final class GuestSuspender: Sendable {
         let watches = outcome == .resumed ? devices.map { ($0.path, $0.states()) } : []
         for device in devices { await device.resume(outcome) }
         let timing = Timing(started: started, paused: paused, answered: answered, resumed: .now)
-        let reconnection = outcome == .resumed ? Task { await Self.allConnectedAgain(watches) } : nil
+        let reconnection = outcome == .resumed ? Task { [hypervisor] in
+            let moments = await Self.allConnectedAgain(watches)
+            // The hypervisor's own clean-up of the move waited for this.
+            hypervisor.resumeSettled()
+            return moments
+        } : nil
         state.withLock { s in
             s.timing = timing
             s.reconnection?.cancel()

@@ -31,6 +31,8 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
     private var granted: Set<UInt32> = []
     /// Old hosts' memory moved aside by `move`, to unmap (address, bytes).
     private var movedAside: [(UInt, Int)] = []
+    /// Signalled by `settle()`: the unmapping of what `dropMovedAside` took may start.
+    private var unsettled: DispatchSemaphore?
 
     init(owner: DomainID, memoryFD: Int32, totalFrames: Int, frames: Range<Int>, tableFD: Int32, tableEntries: Int,
          refs: Range<UInt32>) throws(HypervisorError) {
@@ -57,23 +59,32 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
 
     // MARK: Moving to another host
 
-    /// Maps the destination's copy of this domain's memory and grant table over the
-    /// old ones, at the same addresses (`MAP_FIXED` replaces the old mappings in one
-    /// step: no other mapping can land in between).
-    /// Unmaps, on a thread of its own, the old host's memory that `move` set aside. Called
-    /// once every other mapping moved: the teardown holds this process's mmap lock.
-    func dropMovedAside() {
+    /// Unmaps, on a thread of its own, the old host's memory that `move` set aside, once
+    /// ``settle()`` is called or `limit` seconds have passed. Called once every other
+    /// mapping moved: the teardown holds this process's mmap lock.
+    ///
+    /// The teardown of a populated 256 MiB mapping costs ~6 ms of CPU (and TLB shootdowns
+    /// on the other CPUs): run at once, it took a CPU from the resumed guest's handshakes,
+    /// so it waits until the devices are connected again.
+    func dropMovedAside(limit: Double = 2) {
         let old = lock.withLock { () -> [(UInt, Int)] in
             defer { movedAside = [] }
             return movedAside
         }
         guard !old.isEmpty else { return }
+        let settled = DispatchSemaphore(value: 0)
+        // A resume that follows one not settled yet starts the earlier teardown now.
+        lock.withLock { () -> DispatchSemaphore? in
+            defer { unsettled = settled }
+            return unsettled
+        }?.signal()
         // In slices, yielding between them: one munmap of a populated 256 MiB holds this
-        // process's mmap lock for tens of ms, and every mmap and munmap the resumed guest
-        // makes meanwhile (its frontends sharing new rings and letting the old ones go)
-        // waits behind it.
+        // process's mmap lock for ms, and every mmap and munmap the resumed guest makes
+        // meanwhile waits behind it. (Idle priority would hold the lock while waiting for
+        // an idle CPU: tried, the next migration's handshakes waited behind it.)
         let slice = 2 << 20
         let t = Thread {
+            _ = settled.wait(timeout: .now() + limit)
             for (address, length) in old {
                 for offset in stride(from: 0, to: length, by: slice) {
                     munmap(UnsafeMutableRawPointer(bitPattern: address + UInt(offset)), min(slice, length - offset))
@@ -85,6 +96,17 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
         t.start()
     }
 
+    /// Lets the teardown `dropMovedAside` put off start now.
+    func settle() {
+        lock.withLock { () -> DispatchSemaphore? in
+            defer { unsettled = nil }
+            return unsettled
+        }?.signal()
+    }
+
+    /// Maps the destination's copy of this domain's memory and grant table over the
+    /// old ones, at the same addresses (`MAP_FIXED` replaces the old mappings in one
+    /// step: no other mapping can land in between).
     func move(memoryFD: Int32, tableFD: Int32) throws(HypervisorError) {
         let bytes = totalFrames * XenPage.size
         // The old mapping's page tables move aside first (cheap: whole page-table pages

@@ -65,6 +65,10 @@ extension RemoteHypervisor: DomainSuspending {
         return .resumed
     }
 
+    /// Starts unmapping the old host's memory, which the last resume put off until the
+    /// guest's devices are connected again (or 2 s have passed).
+    public func resumeSettled() { memory.settle() }
+
     /// Joins the destination as the restored domain and moves everything there. The
     /// caller holds the link's lock.
     private func resume(at socketPath: String, token: DomainToken) throws(HypervisorError) {
