@@ -113,14 +113,20 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
         // move), so the new mapping replaces nothing; tearing down the old one's populated
         // entries (tens of ms for 256 MiB) happens on another thread after the resume
         // (`dropMovedAside`).
-        let aside = Self.moveAside(base, bytes: bytes)
-        guard let m = mmap(base, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, memoryFD, 0), m == base else {
-            throw .errno(Errno(rawValue: errno), "mapping the destination's memory at the same address")
-        }
-        if let aside { lock.withLock { movedAside.append((UInt(bitPattern: aside.address), aside.length)) } }
+        try replace(base, bytes: bytes, with: memoryFD, what: "memory")
         guard let t = mmap(table, tableEntries * MemoryLayout<grant_entry_v1>.stride, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, tableFD, 0),
             t == table
         else { throw .errno(Errno(rawValue: errno), "mapping the destination's grant table at the same address") }
+    }
+
+    /// Maps `bytes` of `fd` at `base` in place of the mapping there, whose page tables move
+    /// aside (when they can) for `dropMovedAside` to tear down later (see `move`).
+    func replace(_ base: UnsafeMutableRawPointer, bytes: Int, with fd: Int32, what: String) throws(HypervisorError) {
+        let aside = Self.moveAside(base, bytes: bytes)
+        guard let m = mmap(base, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0), m == base else {
+            throw .errno(Errno(rawValue: errno), "mapping the destination's \(what) at the same address")
+        }
+        if let aside { lock.withLock { movedAside.append((UInt(bitPattern: aside.address), aside.length)) } }
     }
 
     /// Moves the mapping at `base` to a reserved region with the same alignment within
