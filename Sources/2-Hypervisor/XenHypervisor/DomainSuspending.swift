@@ -29,9 +29,11 @@ public protocol DomainSuspending: AnyObject, Sendable {
     func suspend(timeout: Duration) throws(HypervisorError) -> SuspendOutcome
 
     /// After a ``SuspendOutcome/resumed``, once the guest's devices are connected again:
-    /// work the resume put off so as not to compete with their handshakes (tearing down
-    /// what the old host left mapped) may start. A world that put nothing off ignores it;
-    /// one that is never told starts it after a while on its own.
+    /// work the resume put off so as not to compete with their handshakes (letting the
+    /// old host release the domain, tearing down what it left mapped) may start.
+    /// `GuestSuspender` calls it; a program with no device calls it right after the
+    /// resume. A world that put nothing off ignores it; one that is never told starts
+    /// that work after a while (seconds) on its own.
     func resumeSettled()
 }
 

@@ -144,12 +144,15 @@ public final class GuestSuspender: Sendable {
         let watches = outcome == .resumed ? devices.map { ($0.path, $0.states()) } : []
         for device in devices { await device.resume(outcome) }
         let timing = Timing(started: started, paused: paused, answered: answered, resumed: .now)
-        let reconnection = outcome == .resumed ? Task { [hypervisor] in
-            let moments = await Self.allConnectedAgain(watches)
-            // The hypervisor's own clean-up of the move waited for this.
-            hypervisor.resumeSettled()
-            return moments
-        } : nil
+        let reconnection = outcome == .resumed ? Task { await Self.allConnectedAgain(watches) } : nil
+        if let reconnection {
+            // The hypervisor's own clean-up of the move waited for this (apart, so the
+            // program's first requests are not behind it).
+            Task { [hypervisor] in
+                _ = await reconnection.value
+                hypervisor.resumeSettled()
+            }
+        }
         state.withLock { s in
             s.timing = timing
             s.reconnection?.cancel()

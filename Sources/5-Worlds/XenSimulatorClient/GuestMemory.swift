@@ -31,6 +31,9 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
     private var granted: Set<UInt32> = []
     /// Old hosts' memory moved aside by `move`, to unmap (address, bytes).
     private var movedAside: [(UInt, Int)] = []
+    /// Descriptors to close with that teardown: the old host's link, whose close lets
+    /// that host release the domain (its store, its backends letting go).
+    private var closeAside: [Int32] = []
     /// Signalled by `settle()`: the unmapping of what `dropMovedAside` took may start.
     private var unsettled: DispatchSemaphore?
 
@@ -67,11 +70,11 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
     /// on the other CPUs): run at once, it took a CPU from the resumed guest's handshakes,
     /// so it waits until the devices are connected again.
     func dropMovedAside(limit: Double = 2) {
-        let old = lock.withLock { () -> [(UInt, Int)] in
-            defer { movedAside = [] }
-            return movedAside
+        let (old, fds) = lock.withLock { () -> ([(UInt, Int)], [Int32]) in
+            defer { (movedAside, closeAside) = ([], []) }
+            return (movedAside, closeAside)
         }
-        guard !old.isEmpty else { return }
+        guard !old.isEmpty || !fds.isEmpty else { return }
         let settled = DispatchSemaphore(value: 0)
         // A resume that follows one not settled yet starts the earlier teardown now.
         lock.withLock { () -> DispatchSemaphore? in
@@ -85,6 +88,7 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
         let slice = 2 << 20
         let t = Thread {
             _ = settled.wait(timeout: .now() + limit)
+            for fd in fds { close(fd) }
             for (address, length) in old {
                 for offset in stride(from: 0, to: length, by: slice) {
                     munmap(UnsafeMutableRawPointer(bitPattern: address + UInt(offset)), min(slice, length - offset))
@@ -95,6 +99,9 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
         t.name = "xenpv-unmap-old-host"
         t.start()
     }
+
+    /// Closes `fd` with the next `dropMovedAside`'s teardown.
+    func closeLater(_ fd: Int32) { lock.withLock { closeAside.append(fd) } }
 
     /// Lets the teardown `dropMovedAside` put off start now.
     func settle() {

@@ -17,8 +17,10 @@ import XenHypervisor
 /// its daemon link, hands its write tracking to the destination, and starts a new
 /// epoch: ports, grant maps and grant references of before are gone, and releasing
 /// one is a harmless no-op. The source daemon closing the old link is expected
-/// here and does not run `onDaemonLost`. The program's own process stays where it
-/// runs: only the domain it belongs to moved.
+/// here and does not run `onDaemonLost`. The old link stays open (the source keeps
+/// the domain) and the old mappings stay until `resumeSettled()` (or 2 s): on one
+/// machine the source's release would take CPU from the resumed guest's handshakes.
+/// The program's own process stays where it runs: only the domain it belongs to moved.
 extension RemoteHypervisor: DomainSuspending {
     /// Suspends this guest domain until dom0 saved it elsewhere or cancelled (see
     /// `DomainSuspending`). Throws `EINVAL` for dom0, `ETIMEDOUT` when nobody took the
@@ -65,8 +67,9 @@ extension RemoteHypervisor: DomainSuspending {
         return .resumed
     }
 
-    /// Starts unmapping the old host's memory, which the last resume put off until the
-    /// guest's devices are connected again (or 2 s have passed).
+    /// Closes the link to the old host (which then releases the domain) and starts
+    /// unmapping the old host's memory: the last resume put both off until the guest's
+    /// devices are connected again (or 2 s have passed).
     public func resumeSettled() { memory.settle() }
 
     /// Joins the destination as the restored domain and moves everything there. The
@@ -115,7 +118,9 @@ extension RemoteHypervisor: DomainSuspending {
         lock.withLock { foreign = [:] }
         // relaxed: read by release paths that only compare it.
         epoch.wrappingIncrement(ordering: .relaxed)
-        link.move(to: dest)
+        // The old host releases the domain when this link closes; its work then (its
+        // store, its backends letting go) waits for the devices here too.
+        link.move(to: dest) { memory.closeLater($0) }
         memory.dropMovedAside()
     }
 }

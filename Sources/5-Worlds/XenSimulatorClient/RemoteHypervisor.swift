@@ -425,14 +425,14 @@ final class DaemonLink: @unchecked Sendable {
 
     /// Takes over `other`'s socket (joined to another daemon), closing ours; the caller
     /// holds `callLock`. The watcher follows the new socket.
-    func move(to other: DaemonLink) {
+    func move(to other: DaemonLink, closingOld closeOld: (Int32) -> Void = { Glibc.close($0) }) {
         let taken = other.detach()
         stopWatcher()
         let old = stateLock.withLock { () -> Int32 in
             defer { fd = taken.fd; socketPath = taken.path }
             return fd
         }
-        if old >= 0 { Glibc.close(old) }
+        if old >= 0 { closeOld(old) }
         if let onLost { startWatching(socketPath: socketPath, onLost: onLost) }
     }
 

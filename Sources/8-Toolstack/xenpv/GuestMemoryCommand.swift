@@ -127,7 +127,10 @@ func suspendDomain(_ hv: JoinedDomain, timeout: Duration) throws -> SuspendOutco
     guard let suspending = hv.base as? any DomainSuspending else {
         throw CommandError("this world cannot suspend a domain")
     }
-    return try suspending.suspend(timeout: timeout)
+    let outcome = try suspending.suspend(timeout: timeout)
+    // No device to reconnect: the old host may let the domain go at once.
+    if outcome == .resumed { suspending.resumeSettled() }
+    return outcome
 }
 
 /// Blocks the calling (main) thread for each request of an async stream.
