@@ -142,9 +142,9 @@ public final class DomainStateView: @unchecked Sendable {
 
     /// The frames of main memory and of the pools that hold data, in order: those the
     /// domain's memfds have pages for (`SEEK_DATA`, which counts swapped-out pages as
-    /// data). Found without touching a page: reading a never-written frame through the
-    /// mapping would allocate and zero it, and a save of an idle 256 MiB guest would
-    /// fill the whole memfd (and pay again to free it).
+    /// data). Found without touching a page, so a save of an idle 256 MiB guest reads only
+    /// what it wrote (when the view was a mapping, reading every frame allocated and zeroed
+    /// the never-written ones, and filled the whole memfd).
     public func framesHoldingData() -> [UInt64] {
         var out = Self.dataFrames(memoryFD, count: mainFrames, first: 0)
         for p in pools { out += Self.dataFrames(p.fd, count: p.count, first: p.first) }
