@@ -57,7 +57,7 @@ public final class DomainStreamWriter {
     public func sendAll() throws -> Int {
         try refreshPools()
         // Only frames with a page behind them are read (a frame of zeros among them is
-        // left out as well): the rest would be allocated by the reading.
+        // left out as well): an idle guest's never-written memory is not read at all.
         return try send(view.framesHoldingData(), skippingZeros: true)
     }
 
@@ -92,8 +92,11 @@ public final class DomainStreamWriter {
         while start < frames.count {
             var batch = Array(frames[start..<min(frames.count, start + MigrationLimits.maximumPagesPerBatch)])
             start += batch.count
-            var data = [UInt8](repeating: 0, count: batch.count * XenPage.size)
-            try data.withUnsafeMutableBytes { out in try view.read(batch, into: out) }
+            // Filled by the read (nothing to zero first: 256 MiB in a first round).
+            var data = try [UInt8](unsafeUninitializedCapacity: batch.count * XenPage.size) { out, count in
+                try view.read(batch, into: UnsafeMutableRawBufferPointer(out))
+                count = batch.count * XenPage.size
+            }
             if skippingZeros { Self.dropZeroPages(&batch, &data) }
             guard !batch.isEmpty else { continue }
             try write(MigrationStream.encode(.pages(MigrationPageBatch(frames: batch.map { FrameNumber($0) }, data: data))))
