@@ -42,11 +42,12 @@ final class Child: @unchecked Sendable {
     private var reader: FileHandle?
     let name: String
 
-    /// Runs `xenpv` (or `executable`) with `arguments`.
-    init(_ arguments: [String], name: String, executable: String? = nil) throws {
+    /// Runs `xenpv` (or `executable`) with `arguments`, in `directory` (default: this process's).
+    init(_ arguments: [String], name: String, executable: String? = nil, directory: String? = nil) throws {
         self.name = name
         process.executableURL = URL(fileURLWithPath: executable ?? xenpvPath())
         process.arguments = arguments
+        if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe

@@ -84,6 +84,24 @@ extension ProcessTests {
             for child in [hv, backend, guest, doomed, waiting] { #expect(child.sanitizerClean, "\(child.name): \(child.output)") }
         }
 
+        /// `--disk` relative to the backend's directory, as a shell user writes it: the vbd
+        /// is served from it (its path made absolute before `DiskTarget` checks it).
+        @Test func aRelativeDiskPathIsServed() async throws {
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            #expect(FileManager.default.createFile(atPath: dir + "/disk.img", contents: Data(count: 1 << 20)))
+            let sock = dir + "/hv.sock"
+            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            defer { hv.kill() }
+            #expect(await hv.waitFor("listening"), "\(hv.output)")
+            let backend = try Child(["backend", "--connect", sock, "--disk", "disk.img"], name: "backend", directory: dir)
+            defer { backend.kill() }
+            #expect(await backend.waitFor("serving"), "\(backend.output)")
+            let guest = try Child(["guest", "disk", "write", "--connect", sock, "--length", "65536"], name: "guest")
+            #expect(await guest.waitForExit(seconds: 30) == 0, "\(guest.output)\n--- backend:\n\(backend.output)")
+            #expect(backend.output.contains("serves \(dir)/disk.img"), "\(backend.output)")
+        }
+
         @Test func clearErrorsForAMissingSocketAFileAndASize() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }

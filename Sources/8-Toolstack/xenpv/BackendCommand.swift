@@ -47,7 +47,12 @@ struct BackendCommand: ParsableCommand {
     @Flag(help: "Log the handshakes.")
     var verbose = false
 
-    func validate() throws {
+    mutating func validate() throws {
+        // Made absolute here: the vbd's disk is opened (and checked again, as `params`
+        // is, by `DiskTarget`, which takes absolute paths only) long after the parse.
+        if let path = disk, !NBDURI.looksLikeURI(path), !path.hasPrefix("/") {
+            disk = FileManager.default.currentDirectoryPath + "/" + path
+        }
         if let disk, NBDURI.looksLikeURI(disk) {
             // An NBD export (BackendDisk serves it through NBDStorage): its URI must parse.
             do { _ = try NBDURI(parsing: disk) } catch { throw ValidationError("--disk \(disk): \(error)") }
