@@ -120,6 +120,7 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
     // The submitting thread's.
     private var closed = false
     private var batch: [Part] = []
+    /// Under `sendLock`: the submit's sends and a reconnection's re-sends.
     private var writer = NBDRequestWriter()
 
     // The reader thread's.
@@ -498,28 +499,42 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         input.consume(NBDSimpleReply.size)
         let index = Int(handle & 0xffff_ffff)
         let generation = UInt32(truncatingIfNeeded: handle >> 32)
-        let slot: Slot? = lock.withLock {
-            guard index < slots.count, slots[index].state != .free, slots[index].generation == generation else { return nil }
-            return slots[index]
+        // A reply with no data is finished under the same lock that finds its slot; a
+        // read's data is received first, outside it.
+        enum Found { case none, answered(posted: Bool), data(Slot) }
+        let receives = input.receives
+        let found: Found = lock.withLock {
+            guard index < slots.count, slots[index].state != .free, slots[index].generation == generation else { return .none }
+            if slots[index].part.command == .read && error == .ok { return .data(slots[index]) }
+            return .answered(posted: complete(index, error, receives: receives))
         }
-        guard let slot else {
+        let posted: Bool
+        switch found {
+        case .none:
             return StorageError(.io(.protocolError), "\(uri) answered handle 0x\(String(handle, radix: 16)), which no request has")
-        }
-        if slot.part.command == .read && error == .ok {
+        case .answered(let p):
+            posted = p
+        case .data(let slot):
             if let failure = receiveData(socket, of: slot, index: index, &input, vecs: vecs) { return failure }
-        }
-        let posted = lock.withLock { () -> Bool in
-            let failure = error == .ok ? nil
-                : StorageError(.io(Self.localErrno(error)), "\(uri) answered \(slot.part.command) with \(error)")
-            // reap() resets the eventfd before it takes the queue: a completion pushed onto
-            // a non-empty queue is taken with the ones before it, whose push signalled (or
-            // will, at the next publish).
-            let wasEmpty = ready.isEmpty
-            replyReceiveCount = input.receives
-            return finish(index, failure: failure) && wasEmpty
+            let receives = input.receives
+            posted = lock.withLock { complete(index, error, receives: receives) }
         }
         if posted { unpublished = true }
         return nil
+    }
+
+    /// Under the lock: the part in `index` is answered with `error`; true when its
+    /// completion went onto an empty queue (the eventfd to be signalled at the next
+    /// publish).
+    private func complete(_ index: Int, _ error: NBDErrno, receives: Int) -> Bool {
+        let failure = error == .ok ? nil
+            : StorageError(.io(Self.localErrno(error)), "\(uri) answered \(slots[index].part.command) with \(error)")
+        // reap() resets the eventfd before it takes the queue: a completion pushed onto a
+        // non-empty queue is taken with the ones before it, whose push signalled (or will,
+        // at the next publish).
+        let wasEmpty = ready.isEmpty
+        replyReceiveCount = receives
+        return finish(index, failure: failure) && wasEmpty
     }
 
     /// Receives more into `input`: what the socket holds, else after a poll in steps of at
@@ -764,7 +779,6 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         }
         if posted { signal.signal() }
         guard proceed else { return }
-        var writer = NBDRequestWriter()
         if !parts.withUnsafeBufferPointer({ writer.send($0, on: socket) }) { shutdown(socket, Int32(SHUT_RDWR)) }
     }
 
