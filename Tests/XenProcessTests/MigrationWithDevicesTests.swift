@@ -185,8 +185,6 @@ extension ProcessTests {
             }
         }
 
-        /// A migration that fails halfway (the destination killed while the guest is paused):
-        /// the guest goes on writing on the source, through the same rings and backend.
         /// The destination gets the guest's devices ahead of its memory: while the guest is
         /// still paused on host a, host b's backend already waits in InitWait on its vbd
         /// (the frontend's half Initialising), and the guest then connects to it and writes on.
@@ -215,6 +213,8 @@ extension ProcessTests {
             #expect(try Self.imageHoldsThePattern(hosts.image) == nil)
         }
 
+        /// A migration that fails halfway (the destination killed while the guest is paused):
+        /// the guest goes on writing on the source, through the same rings and backend.
         @Test(.timeLimit(.minutes(5)))
         func aDestinationKilledWhileAWritingGuestIsPausedLeavesItWritingOnTheSource() async throws {
             let hosts = try await Hosts()

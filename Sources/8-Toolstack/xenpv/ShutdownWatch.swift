@@ -99,11 +99,12 @@ final class ShutdownWatch: @unchecked Sendable {
     /// hypervisor call; the devices' quiesce before it) to every device Connected on
     /// the destination and the first request answered there (each probe, in turn).
     private func reportDowntime(_ suspender: GuestSuspender) async {
-        guard let t = suspender.lastTiming, let devices = await suspender.reconnectedDevices(timeout: .seconds(60)),
-            let connected = devices.map(\.at).max() ?? suspender.lastTiming?.resumed else {
+        guard let t = suspender.lastTiming, let devices = await suspender.reconnectedDevices(timeout: .seconds(60)) else {
             say("xenpv guest: downtime: the devices did not all connect again within 60 s")
             return
         }
+        // With no device, the resume itself.
+        let connected = devices.map(\.at).max() ?? t.resumed
         var answered: ContinuousClock.Instant?
         for (name, probe) in lock.withLock({ probes }).sorted(by: { $0.key < $1.key }) {
             do {
