@@ -77,7 +77,7 @@ public final class DomainStateView: @unchecked Sendable {
     }
 
     /// Whether the domain has `frame` (main memory or a pool).
-    public func holds(_ frame: UInt64) -> Bool { place(frame) != nil }
+    public func holds(_ frame: UInt64) -> Bool { frame < UInt64(mainFrames) || pools.contains { $0.contains(frame) } }
 
     /// Copies the pages of `frames` (each one the domain ``holds(_:)``) into `out`, one
     /// page each in order.
@@ -108,8 +108,8 @@ public final class DomainStateView: @unchecked Sendable {
         }
     }
 
-    /// The memfd holding `frame` and the frame's offset in it.
-    private func place(_ frame: UInt64) -> (fd: Int32, offset: off_t)? {
+    /// The memfd holding `frame` (main memory, else one of `pools`) and the frame's offset in it.
+    private func place(_ frame: UInt64, _ pools: [DomainPoolView]) -> (fd: Int32, offset: off_t)? {
         if frame < UInt64(mainFrames) { return (memoryFD, off_t(frame) * off_t(XenPage.size)) }
         guard let p = pools.first(where: { $0.contains(frame) }) else { return nil }
         return (p.fd, off_t(frame - p.first) * off_t(XenPage.size))
@@ -118,11 +118,12 @@ public final class DomainStateView: @unchecked Sendable {
     /// Calls `body` with each run of `frames` that is consecutive in one memfd: its fd,
     /// its first page's offset there, the run's index in `frames` and its length.
     private func runs(of frames: [UInt64], _ body: (Int32, off_t, Int, Int) throws(HypervisorError) -> Void) throws(HypervisorError) {
+        let pools = self.pools  // taken once: it is behind the view's lock
         var i = 0
         while i < frames.count {
-            guard let start = place(frames[i]) else { throw .errno(.invalidArgument, "the domain has no frame \(frames[i])") }
+            guard let start = place(frames[i], pools) else { throw .errno(.invalidArgument, "the domain has no frame \(frames[i])") }
             var n = 1
-            while i + n < frames.count, frames[i + n] == frames[i] + UInt64(n), let next = place(frames[i + n]),
+            while i + n < frames.count, frames[i + n] == frames[i] + UInt64(n), let next = place(frames[i + n], pools),
                 next.fd == start.fd, next.offset == start.offset + off_t(n * XenPage.size) { n += 1 }
             try body(start.fd, start.offset, i, n)
             i += n
