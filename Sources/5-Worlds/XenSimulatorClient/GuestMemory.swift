@@ -62,25 +62,22 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
 
     // MARK: Moving to another host
 
-    /// Unmaps, on a thread of its own, the old host's memory that `move` set aside, once
-    /// ``settle()`` is called or `limit` seconds have passed. Called once every other
+    /// Closes what `closeLater` was given and unmaps the old host's memory that `move` set
+    /// aside, on a thread of its own, once ``settle()`` is called or `limit` seconds have passed. Called once every other
     /// mapping moved: the teardown holds this process's mmap lock.
     ///
     /// The teardown of a populated 256 MiB mapping costs ~6 ms of CPU (and TLB shootdowns
     /// on the other CPUs): run at once, it took a CPU from the resumed guest's handshakes,
     /// so it waits until the devices are connected again.
     func dropMovedAside(limit: Double = 2) {
-        let (old, fds) = lock.withLock { () -> ([(UInt, Int)], [Int32]) in
-            defer { (movedAside, closeAside) = ([], []) }
-            return (movedAside, closeAside)
-        }
-        guard !old.isEmpty || !fds.isEmpty else { return }
         let settled = DispatchSemaphore(value: 0)
+        guard let (old, fds, earlier) = lock.withLock({ () -> ([(UInt, Int)], [Int32], DispatchSemaphore?)? in
+            guard !movedAside.isEmpty || !closeAside.isEmpty else { return nil }
+            defer { (movedAside, closeAside, unsettled) = ([], [], settled) }
+            return (movedAside, closeAside, unsettled)
+        }) else { return }
         // A resume that follows one not settled yet starts the earlier teardown now.
-        lock.withLock { () -> DispatchSemaphore? in
-            defer { unsettled = settled }
-            return unsettled
-        }?.signal()
+        earlier?.signal()
         // In slices, yielding between them: one munmap of a populated 256 MiB holds this
         // process's mmap lock for ms, and every mmap and munmap the resumed guest makes
         // meanwhile waits behind it. (Idle priority would hold the lock while waiting for
