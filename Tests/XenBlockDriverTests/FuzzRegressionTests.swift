@@ -83,7 +83,7 @@ private final class EngineStore: XenStoreConnection, @unchecked Sendable {
         defer { frontend.shutdown() }
         let driver = BlockFrontendDriver(device: device, store: store, hypervisor: guest, sharer: sharer, frontend: frontend,
                                          options: BlockFrontendOptions(queues: 2, ringPageOrder: 1, poolPages: 22))
-        try await driver.prepare()
+        _ = try await driver.prepare()
         #expect(driver.sharedResources.count == (key == "multi-queue-max-queues" ? 2 : 1))
         try await driver.connect()
         #expect(frontend.info?.maxIndirectSegments ?? -1 <= BlockDeviceLimits.maxIndirectSegmentsLimit)

@@ -9,12 +9,20 @@ import XenLocks
 @testable import XenStore
 import XenStoreServer
 
-/// Records what the handshake asked of it; can be told to fail a hook.
+/// Records what the handshake asked of it; can be told to fail a hook, and what its
+/// prepare leaves to write.
 final class RecordingDriver: XenbusDeviceDriver {
     let calls = Mutex<[String]>([])
     let failConnect: Bool
-    init(failConnect: Bool = false) { self.failConnect = failConnect }
-    func prepare() async throws { calls.withLock { $0.append("prepare") } }
+    let writes: XenbusWrites
+    init(failConnect: Bool = false, writes: XenbusWrites = .none) {
+        self.failConnect = failConnect
+        self.writes = writes
+    }
+    func prepare() async throws -> XenbusWrites {
+        calls.withLock { $0.append("prepare") }
+        return writes
+    }
     func connect() async throws {
         calls.withLock { $0.append("connect") }
         if failConnect { throw XenStoreError(.invalid, "bad ring-ref") }
@@ -56,7 +64,9 @@ struct EndpointPair {
 /// bound, not a measurement: the write either comes while the read is held or never does).
 final class RecordingStore: XenStoreConnection {
     struct Sent: Sendable {
-        var inTransaction: Bool
+        /// Which of this connection's transactions (counted from 1), nil outside one.
+        var transaction: Int?
+        var inTransaction: Bool { transaction != nil }
         var type: XenStoreMessageType
         var path: String
         var value: String
@@ -66,6 +76,7 @@ final class RecordingStore: XenStoreConnection {
     let writtenPath: String
     private let sent = Locked<[Sent]>([])
     private let held = Locked((reads: 0, ranOut: 0))
+    private let transactions = Locked(0)
     init(_ inner: XenStoreClient, holding heldPath: String, until writtenPath: String) {
         self.inner = inner
         self.heldPath = heldPath
@@ -74,11 +85,12 @@ final class RecordingStore: XenStoreConnection {
     var log: [Sent] { sent.withLock { $0 } }
     var heldReads: (reads: Int, ranOut: Int) { held.withLock { $0 } }
 
-    func send(_ type: XenStoreMessageType, _ payload: [UInt8], transaction: (any XenStoreOperations)?) async throws(XenStoreError) -> XenStoreMessage {
+    func send(_ type: XenStoreMessageType, _ payload: [UInt8], transaction: (any XenStoreOperations)?,
+              number: Int? = nil) async throws(XenStoreError) -> XenStoreMessage {
         let parts = payload.split(separator: 0, maxSplits: 1, omittingEmptySubsequences: false)
         let path = String(decoding: parts.first ?? [], as: UTF8.self)
         let value = parts.count > 1 ? String(decoding: parts[1], as: UTF8.self) : ""
-        sent.withLock { $0.append(Sent(inTransaction: transaction != nil, type: type, path: path, value: value)) }
+        sent.withLock { $0.append(Sent(transaction: number, type: type, path: path, value: value)) }
         if let transaction {
             if type == .read && path == heldPath {
                 // One write a held read: the write of this transaction, sent before or after it.
@@ -105,13 +117,20 @@ final class RecordingStore: XenStoreConnection {
         try await inner.watchEvents(path)
     }
     func inTransaction<T: Sendable>(_ body: (any XenStoreOperations) async throws -> T) async throws -> T {
-        try await inner.inTransaction { tx in try await body(Recorded(store: self, tx: tx)) }
+        try await inner.inTransaction { tx in
+            let number = transactions.withLock { n in
+                n += 1
+                return n
+            }
+            return try await body(Recorded(store: self, tx: tx, number: number))
+        }
     }
     struct Recorded: XenStoreOperations {
         let store: RecordingStore
         let tx: any XenStoreOperations
+        let number: Int
         func request(_ type: XenStoreMessageType, payload: [UInt8]) async throws(XenStoreError) -> XenStoreMessage {
-            try await store.send(type, payload, transaction: tx)
+            try await store.send(type, payload, transaction: tx, number: number)
         }
     }
 }
@@ -152,6 +171,54 @@ struct XenbusEndpointTests {
         pair.frontend.requestClose()
         try await withTimeout(60) { try await beRun.value }
         try await withTimeout(60) { try await feRun.value }
+        pair.server.stop()
+    }
+
+    /// What a frontend's prepare leaves to write is made in the transaction that says
+    /// Initialised: the backend sees the keys and the state together, and a resumed
+    /// guest's downtime has one transaction where it had two.
+    @Test func preparedKeysAreWrittenInTheTransactionThatSaysInitialised() async throws {
+        let dir = XenbusDevice(type: "vif", id: 0, frontend: DomainID(1)).frontendPath
+        let fe = RecordingDriver(writes: .entries([(dir + "/ring-ref", "8"), (dir + "/event-channel", "3")]))
+        let be = RecordingDriver()
+        let (pair, store, statePath) = try await recordedPair(fe, be)
+        let feRun = Task { try await pair.frontend.run() }
+        let beRun = Task { try await pair.backend.run() }
+        try await pair.frontend.connected(timeout: .seconds(120))
+        try await pair.backend.connected(timeout: .seconds(120))
+        let log = store.log
+        let initialised = try #require(log.first { $0.type == .write && $0.path == statePath && $0.value == XenbusState.initialised.xenstoreValue })
+        let keys = log.filter { $0.type == .write && $0.path != statePath }
+        #expect(keys.map(\.path).sorted() == [dir + "/event-channel", dir + "/ring-ref"])
+        #expect(initialised.transaction != nil && keys.allSatisfy { $0.transaction == initialised.transaction })
+        let dom0 = try XenStoreClient(socketPath: pair.socketPath)
+        #expect(try await dom0.read(dir + "/ring-ref") == "8")
+        pair.backend.requestClose()
+        pair.frontend.requestClose()
+        try await withTimeout(60) { try await beRun.value }
+        try await withTimeout(60) { try await feRun.value }
+        pair.server.stop()
+    }
+
+    /// Writes the store refuses (here: a guest writing into dom0's directory) make nothing
+    /// of their transaction: the frontend never says Initialised, names the reason in its
+    /// `error` key, lets go of what it prepared and closes.
+    @Test func preparedKeysTheStoreRefusesCloseTheDeviceWithNothingWritten() async throws {
+        let fe = RecordingDriver(writes: .entries([("/local/domain/0/stolen", "1")]))
+        let be = RecordingDriver()
+        let pair = try await EndpointPair(frontendDriver: fe, backendDriver: be)
+        let feRun = Task { try await pair.frontend.run() }
+        let beRun = Task { try await pair.backend.run() }
+        try await withTimeout(60) { try await feRun.value }
+        #expect(fe.log == ["prepare", "disconnect"])
+        #expect(pair.frontend.state == .closed)
+        let dom0 = try XenStoreClient(socketPath: pair.socketPath)
+        #expect(try await dom0.read(pair.device.frontendPath + "/state") == XenbusState.closed.xenstoreValue)
+        let error = try await dom0.read(pair.device.frontendPath + "/error")
+        #expect(error.hasPrefix("prepare: "), "\(error)")
+        #expect(try await dom0.readIfPresent("/local/domain/0/stolen") == nil)
+        pair.backend.requestClose()
+        try await withTimeout(60) { try await beRun.value }
         pair.server.stop()
     }
 

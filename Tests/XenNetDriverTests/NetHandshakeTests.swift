@@ -38,12 +38,12 @@ final class NetStoreWorld: @unchecked Sendable {
     /// `attach`, given dom0's store and id, makes netback's factory (default: the memory
     /// attachment recording `sent`, with `queues` receive queues); `guestPort` is netfront's
     /// port (default: `port`, a `PacketPort` of `queues` queues). netback offers `maxQueues`,
-    /// netfront wishes for `queues`; `afterPrepare` runs on the guest's store connection
-    /// once netfront wrote its keys and before it says Initialised (a hostile frontend's edits).
+    /// netfront wishes for `queues`; `afterPrepare` runs in the transaction in which
+    /// netfront writes its keys and says Initialised, after its writes (a hostile frontend's edits).
     init(frames: Int = 1024, backendKeys: [String: String] = [:], backendLog: LogLines? = nil,
          maxQueues: Int = 1, queues: Int = 1,
          hostileGuest: (@Sendable (XenStoreClient, XenbusDevice) async throws -> Void)? = nil,
-         afterPrepare: (@Sendable (XenStoreClient, XenbusDevice) async throws -> Void)? = nil,
+         afterPrepare: (@Sendable (any XenStoreOperations, XenbusDevice) async throws -> Void)? = nil,
          attach: ((XenStoreClient, DomainID) -> AttachmentFactory)? = nil, guestPort: (any GuestPort)? = nil) async throws {
         port = PacketPort(queues: queues)
         guest = try hv.createDomain(frames: frames)
@@ -73,8 +73,8 @@ final class NetStoreWorld: @unchecked Sendable {
         let frontend = NetFrontendDriver(hypervisor: guest, store: guestStore, path: device.frontendPath, port: guestPort ?? port,
                                          queues: queues, logger: quiet)
         self.frontend = frontend
-        let driver: any XenbusDeviceDriver = afterPrepare.map { [guestStore, device] edit in
-            EditingFrontend(frontend) { try await edit(guestStore, device) }
+        let driver: any XenbusDeviceDriver = afterPrepare.map { [device] edit in
+            EditingFrontend(frontend) { tx in try await edit(tx, device) }
         } ?? frontend
         let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: device.frontendPath,
                                       peerPath: device.backendPath, driver: driver, logger: quiet)
@@ -112,18 +112,21 @@ final class NetStoreWorld: @unchecked Sendable {
     }
 }
 
-/// netfront, with `edit` run after its keys are written: a frontend that writes hostile
-/// values where a real one writes good ones.
+/// netfront, with `edit` run after its keys are written, in the same transaction: a
+/// frontend that writes hostile values where a real one writes good ones.
 final class EditingFrontend: XenbusDeviceDriver {
     let inner: NetFrontendDriver
-    let edit: @Sendable () async throws -> Void
-    init(_ inner: NetFrontendDriver, edit: @escaping @Sendable () async throws -> Void) {
+    let edit: @Sendable (any XenStoreOperations) async throws -> Void
+    init(_ inner: NetFrontendDriver, edit: @escaping @Sendable (any XenStoreOperations) async throws -> Void) {
         self.inner = inner
         self.edit = edit
     }
-    func prepare() async throws {
-        try await inner.prepare()
-        try await edit()
+    func prepare() async throws -> XenbusWrites {
+        let writes = try await inner.prepare()
+        return XenbusWrites { [edit] tx in
+            try await writes.apply(to: tx)
+            try await edit(tx)
+        }
     }
     func connect() async throws { try await inner.connect() }
     func disconnect() async { await inner.disconnect() }

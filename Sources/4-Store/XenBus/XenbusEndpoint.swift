@@ -6,9 +6,10 @@ import XenStore
 
 /// What a split driver does when its handshake machine asks.
 public protocol XenbusDeviceDriver: Sendable {
-    /// Frontend: share the ring, bind the event channel, write `ring-ref`,
-    /// `event-channel` and features. Backend: finish hot-plug, write features.
-    func prepare() async throws
+    /// Frontend: share the ring and bind the event channel; returns the writes of
+    /// `ring-ref`, `event-channel` and features. Backend: finish hot-plug; returns the
+    /// writes of its features. The endpoint makes them with the state that follows.
+    func prepare() async throws -> XenbusWrites
     /// Frontend: read the backend's features and start I/O. Backend: read the
     /// frontend's keys, map its ring, bind its event channel, start serving.
     func connect() async throws
@@ -271,25 +272,43 @@ public final class XenbusEndpoint: Sendable {
         while let action = queue.popFirst() {
             switch action {
             case .publish(let s):
-                logger.debug("\(role) \(path): \(s)")
-                let written = try await writeState(s, known: stateKnown)
-                stateKnown = true
-                if !written { logger.debug("\(role) \(path): removed; \(s) not written") }
-                published.withLock { p in
-                    p.state = s
-                    for observer in p.observers.values { observer.yield(s) }
-                }
+                try await publish(s, stateKnown: &stateKnown)
             case .prepare:
-                if await hook("prepare", driver.prepare) {
-                    queue += machine.handle(.resourcesReady)
-                    queue += machine.handle(.peerState(try await peerState()))
-                } else {
+                guard let writes = await hook("prepare", driver.prepare) else {
                     queue.removeAll()
                     queue += machine.handle(.closeRequested)
                     queue += machine.handle(.peerState(try await peerState()))
+                    continue
                 }
+                // The peer's state is read while the writes go out with the state that
+                // follows: after a resume both are part of the guest's downtime.
+                async let peerNow = peerState()
+                var next = machine
+                var ready = next.handle(.resourcesReady)[...]
+                do {
+                    if case .publish(let s)? = ready.first {
+                        try await publish(s, with: writes, stateKnown: &stateKnown)
+                        ready = ready.dropFirst()
+                    } else {
+                        // No state follows (the session ended meanwhile): the writes alone,
+                        // as before a handshake that reuses this preparation (a backend's).
+                        try await store.inTransaction { tx in
+                            if let failed = await Self.make(writes, in: tx) { throw failed }
+                        }
+                    }
+                    machine = next
+                    queue += ready
+                } catch let failed as HookWritesFailed {
+                    // Nothing of the transaction was made: the device closes as if the
+                    // hook had failed, and what it prepared is let go.
+                    await record("prepare", failed.underlying)
+                    await driver.disconnect()
+                    queue.removeAll()
+                    queue += machine.handle(.closeRequested)
+                }
+                queue += machine.handle(.peerState(try await peerNow))
             case .connect:
-                if await !hook("connect", driver.connect) {
+                if await hook("connect", driver.connect) == nil {
                     // The rest of this batch assumed a connection (it publishes
                     // Connected): drop it, so the peer never sees Connected.
                     queue.removeAll()
@@ -313,9 +332,11 @@ public final class XenbusEndpoint: Sendable {
     /// the transaction, never committed. When the key's content is not `known`, one read
     /// first, and a key that holds `s` already is left as it is. False when the directory
     /// is gone.
-    private func writeState(_ s: XenbusState, known: Bool) async throws -> Bool {
+    /// A hook's ``XenbusWrites`` go in the same transaction, all in flight with the state's
+    /// (the key is not read first then: the writes are made whatever it holds).
+    private func writeState(_ s: XenbusState, known: Bool, with writes: XenbusWrites? = nil) async throws -> Bool {
         let statePath = path + "/" + XenbusKey.state
-        if !known {
+        if !known, writes == nil {
             guard let current = try await store.readIfPresent(statePath) else { return false }
             if current == s.xenstoreValue { return true }
         }
@@ -324,6 +345,7 @@ public final class XenbusEndpoint: Sendable {
         do {
             return try await store.inTransaction { tx in
                 async let there = tx.exists(peerKey)
+                async let made = Self.make(writes, in: tx)
                 let wrote: Result<Void, XenStoreError>
                 do throws(XenStoreError) {
                     try await tx.write(statePath, s.xenstoreValue)
@@ -332,6 +354,7 @@ public final class XenbusEndpoint: Sendable {
                     wrote = .failure(error)
                 }
                 guard try await there else { throw DirectoryGone() }
+                if let failed = await made { throw failed }
                 try wrote.get()
                 return true
             }
@@ -340,16 +363,52 @@ public final class XenbusEndpoint: Sendable {
         }
     }
 
-    /// Runs a driver hook; on failure records the reason in `error` and says so.
-    private func hook(_ name: String, _ body: () async throws -> Void) async -> Bool {
-        do {
-            try await body()
-            return true
-        } catch {
-            logger.error("\(role) \(path): \(name) failed: \(error)")
-            try? await store.write(path + "/error", "\(name): \(error)")
-            return false
+    /// Writes our `state` (with a hook's writes) and tells the observers; a directory the
+    /// toolstack removed keeps neither. Throws ``HookWritesFailed`` when the writes fail.
+    private func publish(_ s: XenbusState, with writes: XenbusWrites? = nil, stateKnown: inout Bool) async throws {
+        logger.debug("\(role) \(path): \(s)")
+        let written = try await writeState(s, known: stateKnown, with: writes)
+        stateKnown = true
+        if !written { logger.debug("\(role) \(path): removed; \(s) not written") }
+        published.withLock { p in
+            p.state = s
+            for observer in p.observers.values { observer.yield(s) }
         }
+    }
+
+    /// A hook's writes failed inside a transaction, which was then abandoned.
+    struct HookWritesFailed: Error {
+        let underlying: any Error
+    }
+
+    /// Makes `writes` in `tx`: nil when they succeed, the store's `EAGAIN` as it is (the
+    /// transaction is tried again), any other failure as ``HookWritesFailed``.
+    private static func make(_ writes: XenbusWrites?, in tx: any XenStoreOperations) async -> (any Error)? {
+        guard let writes else { return nil }
+        do {
+            try await writes.apply(to: tx)
+            return nil
+        } catch let error as XenStoreError where error.code == .again {
+            return error
+        } catch {
+            return HookWritesFailed(underlying: error)
+        }
+    }
+
+    /// Runs a driver hook; on failure records the reason in `error` and returns nil.
+    private func hook<T>(_ name: String, _ body: () async throws -> T) async -> T? {
+        do {
+            return try await body()
+        } catch {
+            await record(name, error)
+            return nil
+        }
+    }
+
+    /// Logs a hook's failure and leaves its reason in the device's `error` key.
+    private func record(_ name: String, _ error: any Error) async {
+        logger.error("\(role) \(path): \(name) failed: \(error)")
+        try? await store.write(path + "/error", "\(name): \(error)")
     }
 
     /// The two machines behind one interface.

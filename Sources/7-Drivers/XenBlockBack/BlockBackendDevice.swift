@@ -122,13 +122,12 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
                           maxIndirectSegments: options.maxIndirectSegments)
     }
 
-    /// Advertises the disk and the features in one transaction: `sectors`, `sector-size`
+    /// Returns the writes that advertise the disk and the features: `sectors`, `sector-size`
     /// (512), `physical-sector-size`, `info`, `feature-flush-cache`, `feature-barrier`,
     /// `feature-discard` (with `discard-granularity`, `discard-alignment`, `discard-secure`),
     /// `feature-persistent`, `feature-max-indirect-segments`, `max-ring-page-order` and
     /// `multi-queue-max-queues`.
-    /// - Throws: `XenStoreError` when the transaction fails.
-    public func prepare() async throws {
+    public func prepare() async throws -> XenbusWrites {
         let dir = device.backendPath
         let l = limits
         func flag(_ on: Bool) -> String { on ? "1" : "0" }
@@ -151,9 +150,7 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
             (XenbusKey.maxRingPageOrder, String(options.maxRingPageOrder)),
             (XenbusKey.multiQueueMaxQueues, String(queueLimit)),
         ]
-        let entries = keys.map { (dir + "/" + $0.0, $0.1) }
-        // All in flight at once: a round trip each would be part of a migrated guest's downtime.
-        try await store.inTransaction { tx in try await tx.writeAll(entries) }
+        return .entries(keys.map { (dir + "/" + $0.0, $0.1) })
     }
 
     /// Reads the frontend's `protocol`, `multi-queue-num-queues`, `ring-page-order`, each

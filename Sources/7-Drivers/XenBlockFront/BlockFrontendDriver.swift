@@ -68,14 +68,14 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
     public var sharedResources: [BlockFrontQueueResources] { resources.withLock { $0 } }
 
     /// Reads the backend's `multi-queue-max-queues` and `max-ring-page-order`, shares each
-    /// queue's ring, pool and indirect pages, allocates its event channel, and writes
-    /// `ring-ref` (or `ring-ref<N>`), `event-channel`, `ring-page-order`,
-    /// `multi-queue-num-queues`, `protocol` and `feature-persistent` in one transaction.
-    /// On a throw nothing stays shared.
-    /// - Throws: `XenstoreValueError` for a malformed backend key, the hypervisor's errors
-    ///   when pages cannot be shared or a port allocated, `XenStoreError` when the
-    ///   transaction fails.
-    public func prepare() async throws {
+    /// queue's ring, pool and indirect pages, allocates its event channel, and returns the
+    /// writes of `ring-ref` (or `ring-ref<N>`), `event-channel`, `ring-page-order`,
+    /// `multi-queue-num-queues`, `protocol` and `feature-persistent`. On a throw nothing
+    /// stays shared.
+    /// - Throws: `XenstoreValueError` for a malformed backend key, `XenStoreError` when it
+    ///   cannot be read, and the hypervisor's errors when pages cannot be shared or a port
+    ///   allocated.
+    public func prepare() async throws -> XenbusWrites {
         let be = device.backendPath
         // blkif.h declares both uint32_t; we take the smaller of theirs and ours.
         // Both reads in flight at once: each is a round trip to xenstored, and after a
@@ -90,6 +90,7 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
         // After a resumed suspend, the same pages granted anew when the backend takes as
         // many rings of the same size: no new pages to fault in and zero while the guest is down.
         var kept = beforeResume.withLock { k in defer { k = [] }; return k }[...]
+        var entries: [(String, String)] = []
         if kept.count != queues || kept.contains(where: { $0.ring.refs.count != 1 << order || $0.backend != device.backendDomain }) {
             for r in kept { r.forget(sharer: sharer) }
             kept = []
@@ -107,7 +108,6 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
             let fe = device.frontendPath
             let rings = made
             let persistent = options.persistent
-            var entries: [(String, String)] = []
             for (q, r) in rings.enumerated() {
                 let dir = queues == 1 ? fe : "\(fe)/queue-\(q)"
                 if order == 0 {
@@ -122,9 +122,6 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
             entries.append((fe + "/" + XenbusKey.protocolName, BlkifABI.native.protocolName))
             // Our grants are shared once and reused for every request.
             entries.append((fe + "/" + XenbusKey.featurePersistent, persistent ? "1" : "0"))
-            // All in flight at once: after a resume each round trip is part of the downtime.
-            let written = entries
-            try await store.inTransaction { tx in try await tx.writeAll(written) }
         } catch {
             for r in kept { r.forget(sharer: sharer) }
             let sharer = self.sharer
@@ -133,6 +130,7 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
             throw error
         }
         resources.withLock { $0 = made }
+        return .entries(entries)
     }
 
     /// Reads the backend's `sectors`, `sector-size`, `info`, `mode`,

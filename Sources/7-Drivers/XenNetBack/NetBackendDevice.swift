@@ -144,19 +144,18 @@ public final class NetBackendDevice: XenbusDeviceDriver {
         }
     }
 
-    /// Advertises netback's features: `feature-sg`, `feature-gso-tcpv4`, `feature-gso-tcpv6`,
-    /// `feature-rx-copy`, `feature-split-event-channels` on; `feature-rx-flip`,
-    /// `feature-multicast-control` off; `multi-queue-max-queues` (``maxQueues``); then
-    /// `hotplug-status` "connected".
-    /// - Throws: `XenStoreError` when a write fails.
-    public func prepare() async throws {
+    /// Returns the writes that advertise netback's features: `feature-sg`,
+    /// `feature-gso-tcpv4`, `feature-gso-tcpv6`, `feature-rx-copy`,
+    /// `feature-split-event-channels` on; `feature-rx-flip`, `feature-multicast-control` off;
+    /// `multi-queue-max-queues` (``maxQueues``); and `hotplug-status` "connected" (made
+    /// together, so the toolstack never sees the status before the features).
+    public func prepare() async throws -> XenbusWrites {
         let features = [("feature-sg", true), ("feature-gso-tcpv4", true), ("feature-gso-tcpv6", true),
                         ("feature-rx-copy", true), ("feature-rx-flip", false), ("feature-split-event-channels", true),
                         ("feature-multicast-control", false)]
-        // All in flight at once (one round trip), and only then the hotplug status.
-        try await store.writeAll(features.map { (path + "/" + $0.0, $0.1 ? "1" : "0") }
-                                 + [(path + "/" + XenbusKey.multiQueueMaxQueues, String(maxQueues))])
-        try await store.write(path + "/hotplug-status", "connected")
+        return .entries(features.map { (path + "/" + $0.0, $0.1 ? "1" : "0") }
+                        + [(path + "/" + XenbusKey.multiQueueMaxQueues, String(maxQueues)),
+                           (path + "/hotplug-status", "connected")])
     }
 
     /// Drops any previous connection, reads the frontend's `request-rx-copy`,

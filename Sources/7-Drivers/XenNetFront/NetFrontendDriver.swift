@@ -90,17 +90,17 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
     /// Drops any previous session, reads `backend-id` and the backend's
     /// `multi-queue-max-queues`, and for each queue shares the tx and rx ring pages and a
     /// page per slot of each, allocates an event channel and builds the queue and pump;
-    /// then writes `multi-queue-num-queues` (when the backend offers queues), each queue's
-    /// `tx-ring-ref`, `rx-ring-ref` and `event-channel` (top-level for one queue, under
-    /// `queue-N/` for several), `request-rx-copy`, `feature-rx-notify`, `feature-sg`,
-    /// `feature-gso-tcpv4` and `feature-gso-tcpv6` in one transaction, removing the ring
+    /// then returns the writes of `multi-queue-num-queues` (when the backend offers queues),
+    /// each queue's `tx-ring-ref`, `rx-ring-ref` and `event-channel` (top-level for one
+    /// queue, under `queue-N/` for several), `request-rx-copy`, `feature-rx-notify`,
+    /// `feature-sg`, `feature-gso-tcpv4` and `feature-gso-tcpv6`, which also remove the ring
     /// keys of the other layout a previous session may have left. On a throw nothing stays
     /// shared.
     /// - Throws: `XenstoreValueError` for a missing or malformed `backend-id` or
-    ///   `multi-queue-max-queues`, the port's error when it cannot give its queues, the
-    ///   hypervisor's errors when pages cannot be shared or a port allocated, `RingError`,
-    ///   and `XenStoreError` when the transaction fails.
-    public func prepare() async throws {
+    ///   `multi-queue-max-queues`, `XenStoreError` when they cannot be read, the port's
+    ///   error when it cannot give its queues, the hypervisor's errors when pages cannot be
+    ///   shared or a port allocated, and `RingError`.
+    public func prepare() async throws -> XenbusWrites {
         // Taken before the disconnect below, which would let them go; put back if this
         // throws before using them (the next prepare, or a disconnect, takes them then).
         var untaken = beforeResume.withLock { k in defer { k = nil }; return k }
@@ -143,6 +143,7 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
         }
         var queues: [QueueSession] = []
         var pending: (events: any EventChannels, pages: [SharedPages])?
+        let writes: XenbusWrites
         do {
             let slots = Int(try RingGeometry(request: netif_tx_request.self, response: netif_tx_response.self, pageCount: 1).entryCount)
             for q in 0 ..< count {
@@ -176,12 +177,14 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
             }
             let ringKeys = [XenbusKey.txRingRef, XenbusKey.rxRingRef, XenbusKey.eventChannel,
                             XenbusKey.eventChannelTx, XenbusKey.eventChannelRx]
-            try await store.inTransaction { tx in
+            let path = self.path
+            let entries = keys.map { (path + "/" + $0.0, $0.1) }
+            writes = XenbusWrites { tx in
                 // What a previous session of the other layout left would contradict netif.h's rule.
-                let children = (try? await tx.directory(self.path)) ?? []
-                for child in children where child.hasPrefix("queue-") { try await tx.rm(self.path + "/" + child) }
-                if count > 1 { for key in ringKeys where children.contains(key) { try await tx.rm(self.path + "/" + key) } }
-                try await tx.writeAll(keys.map { (self.path + "/" + $0.0, $0.1) })
+                let children = (try? await tx.directory(path)) ?? []
+                for child in children where child.hasPrefix("queue-") { try await tx.rm(path + "/" + child) }
+                if count > 1 { for key in ringKeys where children.contains(key) { try await tx.rm(path + "/" + key) } }
+                try await tx.writeAll(entries)
             }
             session.withLock { $0 = Session(backend: backend, sharer: sharer, queues: queues) }
         } catch {
@@ -195,6 +198,7 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
             throw error
         }
         logger.info("\(path): \(count) queue(s) (wanted \(queuesWanted), backend offers \(offered.map(String.init) ?? "no multi-queue"))")
+        return writes
     }
 
     /// Reads the backend's `feature-rx-copy`, `feature-sg`, `feature-gso-tcpv4`,
