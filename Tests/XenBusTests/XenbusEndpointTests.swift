@@ -15,7 +15,7 @@ final class RecordingDriver: XenbusDeviceDriver {
     let calls = Mutex<[String]>([])
     let failConnect: Bool
     let writes: XenbusWrites
-    init(failConnect: Bool = false, writes: XenbusWrites = .none) {
+    init(failConnect: Bool = false, writes: XenbusWrites = .empty) {
         self.failConnect = failConnect
         self.writes = writes
     }
@@ -23,8 +23,11 @@ final class RecordingDriver: XenbusDeviceDriver {
         calls.withLock { $0.append("prepare") }
         return writes
     }
+    /// Run inside `connect`, before it returns.
+    let duringConnect = Mutex<(@Sendable () async -> Void)?>(nil)
     func connect() async throws {
         calls.withLock { $0.append("connect") }
+        if let during = duringConnect.withLock({ $0 }) { await during() }
         if failConnect { throw XenStoreError(.invalid, "bad ring-ref") }
     }
     func disconnect() async { calls.withLock { $0.append("disconnect") } }
@@ -84,6 +87,8 @@ final class RecordingStore: XenStoreConnection {
     }
     var log: [Sent] { sent.withLock { $0 } }
     var heldReads: (reads: Int, ranOut: Int) { held.withLock { $0 } }
+    /// Transactions whose start was answered.
+    var transactionsOpened: Int { transactions.withLock { $0 } }
 
     func send(_ type: XenStoreMessageType, _ payload: [UInt8], transaction: (any XenStoreOperations)?,
               number: Int? = nil) async throws(XenStoreError) -> XenStoreMessage {
@@ -193,6 +198,37 @@ struct XenbusEndpointTests {
         #expect(initialised.transaction != nil && keys.allSatisfy { $0.transaction == initialised.transaction })
         let dom0 = try XenStoreClient(socketPath: pair.socketPath)
         #expect(try await dom0.read(dir + "/ring-ref") == "8")
+        pair.backend.requestClose()
+        pair.frontend.requestClose()
+        try await withTimeout(60) { try await beRun.value }
+        try await withTimeout(60) { try await feRun.value }
+        pair.server.stop()
+    }
+
+    /// The transaction that publishes Connected opens while the connect hook runs: its
+    /// start is one round trip the hook hides. The hook waits (bounded) for a transaction
+    /// opened after the frontend's one so far (the Initialised one); an endpoint that opens
+    /// it only after the hook shows as a wait that ran out.
+    @Test func theTransactionAfterAHookOpensWhileTheHookRuns() async throws {
+        let fe = RecordingDriver(), be = RecordingDriver()
+        let (pair, store, _) = try await recordedPair(fe, be)
+        let ranOut = Locked(false)
+        fe.duringConnect.withLock {
+            $0 = {
+                var opened = false
+                for _ in 0..<2000 {
+                    opened = store.transactionsOpened >= 2
+                    if opened { break }
+                    try? await Task.sleep(for: .milliseconds(5))
+                }
+                if !opened { ranOut.withLock { $0 = true } }
+            }
+        }
+        let feRun = Task { try await pair.frontend.run() }
+        let beRun = Task { try await pair.backend.run() }
+        try await pair.frontend.connected(timeout: .seconds(120))
+        #expect(store.transactionsOpened == 2)
+        #expect(!ranOut.withLock { $0 }, "the publishing transaction opened only after the hook")
         pair.backend.requestClose()
         pair.frontend.requestClose()
         try await withTimeout(60) { try await beRun.value }

@@ -274,43 +274,48 @@ public final class XenbusEndpoint: Sendable {
             case .publish(let s):
                 try await publish(s, stateKnown: &stateKnown)
             case .prepare:
-                guard let writes = await hook("prepare", driver.prepare) else {
-                    queue.removeAll()
-                    queue += machine.handle(.closeRequested)
-                    queue += machine.handle(.peerState(try await peerState()))
-                    continue
-                }
-                // The peer's state is read while the writes go out with the state that
-                // follows: after a resume both are part of the guest's downtime.
+                // The peer's state is read meanwhile (a change after the reading fires the
+                // watch again): after a resume each round trip in turn is downtime.
                 async let peerNow = peerState()
+                // What follows a prepare that succeeds: the machine does not move while the
+                // hook runs.
                 var next = machine
                 var ready = next.handle(.resourcesReady)[...]
-                do {
-                    if case .publish(let s)? = ready.first {
-                        try await publish(s, with: writes, stateKnown: &stateKnown)
-                        ready = ready.dropFirst()
-                    } else {
-                        // No state follows (the session ended meanwhile): the writes alone,
-                        // as before a handshake that reuses this preparation (a backend's).
-                        try await store.inTransaction { tx in
-                            if let failed = await Self.make(writes, in: tx) { throw failed }
-                        }
-                    }
+                let outcome: HookOutcome
+                if case .publish(let s)? = ready.first {
+                    ready = ready.dropFirst()
+                    outcome = try await hookThenPublish("prepare", s, stateKnown: &stateKnown) { [driver] in try await driver.prepare() }
+                } else {
+                    // No state follows (the session ended meanwhile): the writes alone,
+                    // as before a handshake that reuses this preparation (a backend's).
+                    outcome = try await hookThenWrite("prepare") { [driver] in try await driver.prepare() }
+                }
+                switch outcome {
+                case .done:
                     machine = next
                     queue += ready
-                } catch let failed as HookWritesFailed {
-                    // Nothing of the transaction was made: the device closes as if the
-                    // hook had failed, and what it prepared is let go.
-                    await record("prepare", failed.underlying)
-                    await driver.disconnect()
+                case .hookFailed, .writesFailed:
+                    // Nothing of the writes was made. What a prepare that failed had taken it
+                    // gave back itself; what one whose writes failed took is let go here.
+                    if outcome == .writesFailed { await driver.disconnect() }
                     queue.removeAll()
                     queue += machine.handle(.closeRequested)
                 }
                 queue += machine.handle(.peerState(try await peerNow))
             case .connect:
-                if await hook("connect", driver.connect) == nil {
+                let outcome: HookOutcome
+                if case .publish(let s)? = queue.first {
+                    queue.removeFirst()
+                    outcome = try await hookThenPublish("connect", s, stateKnown: &stateKnown) { [driver] in
+                        try await driver.connect()
+                        return .empty
+                    }
+                } else {
+                    outcome = await hook("connect", driver.connect) == nil ? .hookFailed : .done
+                }
+                if outcome != .done {
                     // The rest of this batch assumed a connection (it publishes
-                    // Connected): drop it, so the peer never sees Connected.
+                    // Connected): dropped, so the peer never sees Connected.
                     queue.removeAll()
                     queue += machine.handle(.connectRefused)
                     queue += machine.handle(.peerState(try await peerState()))
@@ -332,11 +337,13 @@ public final class XenbusEndpoint: Sendable {
     /// the transaction, never committed. When the key's content is not `known`, one read
     /// first, and a key that holds `s` already is left as it is. False when the directory
     /// is gone.
-    /// A hook's ``XenbusWrites`` go in the same transaction, all in flight with the state's
-    /// (the key is not read first then: the writes are made whatever it holds).
-    private func writeState(_ s: XenbusState, known: Bool, with writes: XenbusWrites? = nil) async throws -> Bool {
+    /// With `after` (a hook's outcome: its writes, or nil when it failed), the transaction
+    /// opens and checks while the hook runs, then makes the writes with the state's, all in
+    /// flight together, or is abandoned (``HookFailed``); the key is not read first then.
+    private func writeState(_ s: XenbusState, known: Bool,
+                            after: (() async -> XenbusWrites?)? = nil) async throws -> Bool {
         let statePath = path + "/" + XenbusKey.state
-        if !known, writes == nil {
+        if !known, after == nil {
             guard let current = try await store.readIfPresent(statePath) else { return false }
             if current == s.xenstoreValue { return true }
         }
@@ -345,6 +352,11 @@ public final class XenbusEndpoint: Sendable {
         do {
             return try await store.inTransaction { tx in
                 async let there = tx.exists(peerKey)
+                var writes: XenbusWrites?
+                if let after {
+                    guard let hooked = await after() else { throw HookFailed() }
+                    writes = hooked
+                }
                 async let made = Self.make(writes, in: tx)
                 let wrote: Result<Void, XenStoreError>
                 do throws(XenStoreError) {
@@ -363,11 +375,11 @@ public final class XenbusEndpoint: Sendable {
         }
     }
 
-    /// Writes our `state` (with a hook's writes) and tells the observers; a directory the
-    /// toolstack removed keeps neither. Throws ``HookWritesFailed`` when the writes fail.
-    private func publish(_ s: XenbusState, with writes: XenbusWrites? = nil, stateKnown: inout Bool) async throws {
+    /// Writes our `state` (after a hook, with its writes: see ``writeState(_:known:after:)``)
+    /// and tells the observers; a directory the toolstack removed keeps neither.
+    private func publish(_ s: XenbusState, after: (() async -> XenbusWrites?)? = nil, stateKnown: inout Bool) async throws {
         logger.debug("\(role) \(path): \(s)")
-        let written = try await writeState(s, known: stateKnown, with: writes)
+        let written = try await writeState(s, known: stateKnown, after: after)
         stateKnown = true
         if !written { logger.debug("\(role) \(path): removed; \(s) not written") }
         published.withLock { p in
@@ -376,9 +388,50 @@ public final class XenbusEndpoint: Sendable {
         }
     }
 
+    /// How a hook and the writes after it went.
+    enum HookOutcome { case done, hookFailed, writesFailed }
+
+    /// The hook a transaction waited for failed: the transaction was abandoned.
+    struct HookFailed: Error {}
+
     /// A hook's writes failed inside a transaction, which was then abandoned.
     struct HookWritesFailed: Error {
         let underlying: any Error
+    }
+
+    /// Runs a hook while the transaction that publishes `s` after it opens (its start is a
+    /// round trip the hook's own work hides), then writes `s` with the hook's writes.
+    /// Neither is made when the hook throws or the writes fail; the reason goes to `error`.
+    private func hookThenPublish(_ name: String, _ s: XenbusState, stateKnown: inout Bool,
+                                 _ body: @escaping @Sendable () async throws -> XenbusWrites) async throws -> HookOutcome {
+        let running = Task { await self.hook(name, body) }
+        do {
+            try await publish(s, after: { await running.value }, stateKnown: &stateKnown)
+            return .done
+        } catch is HookFailed {
+            return .hookFailed
+        } catch let failed as HookWritesFailed {
+            await record(name, failed.underlying)
+            return .writesFailed
+        } catch {
+            // The store failed: the hook still ends before this does.
+            _ = await running.value
+            throw error
+        }
+    }
+
+    /// Runs a hook, then makes its writes in a transaction of their own.
+    private func hookThenWrite(_ name: String, _ body: () async throws -> XenbusWrites) async throws -> HookOutcome {
+        guard let writes = await hook(name, body) else { return .hookFailed }
+        do {
+            try await store.inTransaction { tx in
+                if let failed = await Self.make(writes, in: tx) { throw failed }
+            }
+            return .done
+        } catch let failed as HookWritesFailed {
+            await record(name, failed.underlying)
+            return .writesFailed
+        }
     }
 
     /// Makes `writes` in `tx`: nil when they succeed, the store's `EAGAIN` as it is (the

@@ -20,7 +20,7 @@ public struct XenbusWrites: Sendable {
     }
 
     /// No writes.
-    public static let none = XenbusWrites { _ in }
+    public static let empty = XenbusWrites { _ in }
 
     /// Makes the writes through `store`.
     public func apply(to store: any XenStoreOperations) async throws {
