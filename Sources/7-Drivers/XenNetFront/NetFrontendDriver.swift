@@ -48,6 +48,9 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
     /// What one connection holds.
     struct Session: @unchecked Sendable {
         var backend: DomainID
+        /// The backend's directory as `prepare` read it (the handshake's peer: it does not
+        /// change within a session).
+        var backendDir: String?
         var sharer: any GrantSharer
         var queues: [QueueSession]
         var started = false
@@ -186,7 +189,7 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
                 if count > 1 { for key in ringKeys where children.contains(key) { try await tx.rm(path + "/" + key) } }
                 try await tx.writeAll(entries)
             }
-            session.withLock { $0 = Session(backend: backend, sharer: sharer, queues: queues) }
+            session.withLock { $0 = Session(backend: backend, backendDir: backendDir, sharer: sharer, queues: queues) }
         } catch {
             for q in kept { for p in q { sharer.forget(p) } }
             Self.release(queues, sharer: sharer, logger: nil)
@@ -207,7 +210,9 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
     ///   buffers, `.notPrepared` when this session's pumps were already started or never made,
     ///   `XenstoreValueError` for a malformed key, and the port's own error.
     public func connect() async throws {
-        let backendDir = try await store.read(path + "/" + XenbusKey.backend)
+        // Read by prepare: one round trip less (after a resume, downtime).
+        let known = session.withLock { $0?.backendDir }
+        let backendDir = if let known { known } else { try await store.read(path + "/" + XenbusKey.backend) }
         // The features' reads in flight together, checked in the order they were read one by one.
         async let rxCopy = store.readFeature(backendDir, XenbusKey.featureRxCopy)
         async let sg = store.readFeature(backendDir, XenbusKey.featureSG)
