@@ -216,9 +216,16 @@ public final class DomainStreamReader: Sendable {
             }
             nodes.append(e)
         }
+        // The toolstack's keys of each device made ahead as it still is: its directories exist.
+        var deviceKeys: [(String, String)] = []
+        for d in devices where early.contains(d) {
+            let dir = XenbusDevice(type: d.type, id: d.id, frontend: id).frontendPath
+            deviceKeys += (frontendKeys["\(d.type)/\(d.id)"] ?? [:]).sorted { $0.key < $1.key }.map { (dir + "/" + $0.key, $0.value) }
+        }
         // All at once (in flight together on the one connection): this runs while the
         // guest is paused. A child written before its parent creates the parent, whose
         // own write and permissions follow in its task.
+        let keys = deviceKeys
         try await withThrowingTaskGroup(of: Void.self) { group in
             for e in nodes {
                 group.addTask {
@@ -228,19 +235,14 @@ public final class DomainStreamReader: Sendable {
                     }
                 }
             }
+            if !keys.isEmpty { group.addTask { try await store.writeAll(keys) } }
             try await group.waitForAll()
         }
         for e in early where !devices.contains(e) {
             try await XenbusToolstack.remove(XenbusDevice(type: e.type, id: e.id, frontend: id), on: store)
         }
-        for d in devices {
-            let front = frontendKeys["\(d.type)/\(d.id)"] ?? [:]
-            if early.contains(d) {
-                let dir = XenbusDevice(type: d.type, id: d.id, frontend: id).frontendPath
-                try await store.writeAll(front.sorted { $0.key < $1.key }.map { (dir + "/" + $0.key, $0.value) })
-            } else {
-                try await Self.make(d, frontend: id, on: store, frontendKeys: front)
-            }
+        for d in devices where !early.contains(d) {
+            try await Self.make(d, frontend: id, on: store, frontendKeys: frontendKeys["\(d.type)/\(d.id)"] ?? [:])
         }
     }
 }
