@@ -243,26 +243,22 @@ public final class XenStoreServer: @unchecked Sendable {
 
     /// The most replies ever queued for one connection, read on the loop thread.
     func peakQueuedReplyCount() -> Int? {
-        nonisolated(unsafe) let me = self
-        return withEngine { _ in me.peakQueuedReplies }
+        return withEngine { _ in self.peakQueuedReplies }
     }
 
     /// Replaces accept(2) on the loop thread (tests make it fail as at EMFILE).
     func setAcceptForTesting(_ body: @escaping @Sendable (Int32) -> Int32) {
-        nonisolated(unsafe) let me = self
-        _ = withEngine { _ in me.acceptConnection = body }
+        _ = withEngine { _ in self.acceptConnection = body }
     }
 
     /// accept(2) calls the loop made so far, read on the loop thread.
     func acceptCallCount() -> Int? {
-        nonisolated(unsafe) let me = self
-        return withEngine { _ in me.acceptCalls }
+        return withEngine { _ in self.acceptCalls }
     }
 
     /// Connections being served (sockets and rings), read on the loop thread.
     func connectionCount() -> Int? {
-        nonisolated(unsafe) let me = self
-        return withEngine { _ in me.connections.count + me.ringByPort.count }
+        return withEngine { _ in self.connections.count + self.ringByPort.count }
     }
 
     private func wake() {
