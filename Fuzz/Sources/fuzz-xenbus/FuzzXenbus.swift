@@ -208,7 +208,7 @@ func frontendSide(_ input: inout Input, engine: XenStoreEngine, store: EngineSto
     let connected: Bool = runBlocking {
         defer { _ = driver }
         do {
-            try await driver.prepare()
+            try await driver.prepare().apply(to: store)
             try await driver.connect()
             return true
         } catch {
