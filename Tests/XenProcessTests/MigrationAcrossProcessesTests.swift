@@ -307,6 +307,15 @@ extension ProcessTests {
             // The guest writes 512 of its 4,096 frames: the rest were never written.
             let before = view.framesHoldingData().filter { $0 < UInt64(view.mainFrames) }
             #expect(before.count >= 512 && before.count < view.mainFrames / 2, "\(before.count)")
+            // The stream leaves pages of zeros out, and the guest fills its pages one after
+            // another once joined (on a loaded machine, maybe not all yet): wait until it has.
+            func filled() -> Int {
+                var page = [UInt8](repeating: 0, count: XenPage.size)
+                return before.count { frame in
+                    (try? page.withUnsafeMutableBytes { try view.read([frame], into: $0) }) != nil && page.contains { $0 != 0 }
+                }
+            }
+            #expect(await eventually { filled() >= 512 }, "\(filled()) of \(before.count) frames hold data")
             let sink = open("/dev/null", O_WRONLY | O_CLOEXEC)
             defer { close(sink) }
             let writer = try DomainStreamWriter(hypervisor: dom0, domain: id, output: sink)
