@@ -9,14 +9,17 @@ import XenHypervisor
 /// held, so a driver releasing it gets errors.
 @Suite(.timeLimit(.minutes(5)))
 struct SuspendTests {
-    /// Runs the guest's suspend call on a thread of its own.
+    /// Runs the guest's suspend call on a thread of its own, started before this returns
+    /// (not from a task, which a busy cooperative pool may run late).
     func suspendOnThread(_ guest: SimulatedDomain, timeout: Duration = .seconds(120)) -> Task<Result<SuspendOutcome, HypervisorError>, Never> {
-        Task {
-            await withCheckedContinuation { c in
-                Thread {
-                    c.resume(returning: Result { () throws(HypervisorError) -> SuspendOutcome in try guest.suspend(timeout: timeout) })
-                }.start()
-            }
+        let (outcome, answer) = AsyncStream.makeStream(of: Result<SuspendOutcome, HypervisorError>.self)
+        Thread {
+            answer.yield(Result { () throws(HypervisorError) -> SuspendOutcome in try guest.suspend(timeout: timeout) })
+            answer.finish()
+        }.start()
+        return Task {
+            for await result in outcome { return result }
+            return .failure(HypervisorError(.closed, "the suspend thread gave no outcome"))
         }
     }
 
