@@ -51,9 +51,10 @@ extension XenStoreOperations {
 
     /// An event channel port the peer may have written; nil if missing.
     public func readEventPortIfPresent(_ dir: String, _ key: String) async throws -> EventPort? {
-        let path = dir + "/" + key
-        guard let text = try await readIfPresent(path) else { return nil }
-        return try XenstoreValue.eventPort(text, key: path)
+        let absent: EventPort?? = .some(nil)
+        return try await readValue(dir, key, default: absent, expected: "an event channel port") { text, path throws(XenstoreValueError) -> EventPort? in
+            try XenstoreValue.eventPort(text, key: path)
+        }
     }
 
     /// A domain id the toolstack wrote (`backend-id`, `frontend-id`).
