@@ -94,6 +94,23 @@ extension XenStoreOperations {
         try await write(dir + "/" + key, on ? "1" : "0")
     }
 
+    /// Reads every path that exists (nil for one that does not), with all the requests in
+    /// flight at once: one round trip for the lot. Each path's outcome, in `paths`' order.
+    public func readAllIfPresent(_ paths: [String]) async -> [Result<String?, XenStoreError>] {
+        await withTaskGroup(of: (Int, Result<String?, XenStoreError>).self) { group in
+            for (i, path) in paths.enumerated() {
+                group.addTask {
+                    do throws(XenStoreError) { return (i, .success(try await readIfPresent(path))) } catch {
+                        return (i, .failure(error))
+                    }
+                }
+            }
+            var read = [Result<String?, XenStoreError>](repeating: .success(nil), count: paths.count)
+            for await (i, result) in group { read[i] = result }
+            return read
+        }
+    }
+
     /// Writes every `(path, value)` with all the requests in flight at once: one round trip
     /// for the lot instead of one each (the store serves a connection's requests in order;
     /// inside a transaction they still commit together). Throws the first failure in

@@ -166,18 +166,7 @@ public enum VifHotplug {
                                 identity: VifIdentity) async throws(NetBackendError) -> VifHotplugSettings? {
         // All in flight at once (this runs in the vif's connect); the first failure in
         // `keys`' order is the one reported.
-        let read = await withTaskGroup(of: (Int, Result<String?, XenStoreError>).self) { group in
-            for (i, key) in keys.enumerated() {
-                group.addTask {
-                    do throws(XenStoreError) { return (i, .success(try await store.readIfPresent(directory + "/" + key))) } catch {
-                        return (i, .failure(error))
-                    }
-                }
-            }
-            var read = [Result<String?, XenStoreError>](repeating: .success(nil), count: keys.count)
-            for await (i, result) in group { read[i] = result }
-            return read
-        }
+        let read = await store.readAllIfPresent(keys.map { directory + "/" + $0 })
         var found: [String: String] = [:]
         for (key, result) in zip(keys, read) {
             do {

@@ -29,14 +29,8 @@ struct DomainStoreState: Sendable {
                 guard let id = UInt32(dev) else { continue }
                 let names = (try? await store.directory("\(dir)/\(dev)")) ?? []
                 // Every key's read in flight at once: this may run while the guest is paused.
-                let keys = await withTaskGroup(of: (Int, MigrationDevice.Key?).self) { group in
-                    for (i, k) in names.enumerated() {
-                        group.addTask { (i, (try? await store.read("\(dir)/\(dev)/\(k)")).map { .init(k, $0) }) }
-                    }
-                    var read: [(Int, MigrationDevice.Key?)] = []
-                    for await r in group { read.append(r) }
-                    return read.sorted { $0.0 < $1.0 }.compactMap(\.1)
-                }
+                let values = await store.readAllIfPresent(names.map { "\(dir)/\(dev)/\($0)" })
+                let keys = zip(names, values).compactMap { k, v in ((try? v.get()) ?? nil).map { MigrationDevice.Key(k, $0) } }
                 state.devices.append(MigrationDevice(type: type, id: id, keys: Array(keys.prefix(MigrationLimits.maximumDeviceKeys))))
             }
         }
