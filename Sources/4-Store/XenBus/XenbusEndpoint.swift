@@ -358,16 +358,10 @@ public final class XenbusEndpoint: Sendable {
                     writes = hooked
                 }
                 async let made = Self.make(writes, in: tx)
-                let wrote: Result<Void, XenStoreError>
-                do throws(XenStoreError) {
-                    try await tx.write(statePath, s.xenstoreValue)
-                    wrote = .success(())
-                } catch {
-                    wrote = .failure(error)
-                }
+                let wrote = await tx.writeOutcome(statePath, s.xenstoreValue)
                 guard try await there else { throw DirectoryGone() }
                 if let failed = await made { throw failed }
-                try wrote.get()
+                if let wrote { throw wrote }
                 return true
             }
         } catch is DirectoryGone {
