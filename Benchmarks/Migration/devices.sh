@@ -12,7 +12,8 @@
 # destination and the first request answered there (a one-sector read, issued once the
 # devices are Connected; with the writer it queues behind the re-issued writes); with the
 # echo, the frames that came back and how many were resent; with the dirtier, the memory
-# checks.
+# checks. Exits non-zero when a hop did not reconnect, a check failed or a process
+# crashed (CI runs the full case on the release build).
 #
 #   Benchmarks/Migration/devices.sh [XENPV] [CASES...]   (default: .build/release/xenpv, cases idle writing;
 #                                                         also idle-full full)
@@ -28,6 +29,8 @@ DIR=$(mktemp -d /tmp/xenpv-migration-devices.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DIR"; }
 trap cleanup EXIT
+FAILED=0
+fail() { echo "FAILED: $*" >&2; FAILED=1; }
 
 truncate -s 512M "$DIR/disk.img"
 exec 9<> <(:)   # never written: `read -t` on it waits without starting a process
@@ -84,4 +87,14 @@ for case in $CASES; do
     fi
     kill "$GUEST" 2>/dev/null || true
     wait "$GUEST" 2>/dev/null || true
+    # What CI holds a run to: every hop reconnected, nothing unequal or failed, no backend
+    # crashed, and with the echo and the dirtier their end reports.
+    [[ $(grep -c "downtime:" "$LOG") -ge $HOPS ]] || fail "$case: $(grep -c "downtime:" "$LOG") of $HOPS hops reconnected"
+    ! grep -qE "equal=false|error|failed" "$LOG" || fail "$case: the guest reported a failure"
+    ! grep -l "crashed" "$DIR"/backend-*.log "$DIR"/[ab].log 2>/dev/null || fail "$case: a process crashed"
+    if [[ $case == *full ]]; then
+        grep -q "frames echoed intact" "$LOG" || fail "$case: no echo report"
+        if [[ $case == full ]]; then grep -q "memory: .* verified" "$LOG" || fail "$case: no memory report"; fi
+    fi
 done
+exit $FAILED
