@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -28,7 +29,7 @@ struct cpt_pm_scan_arg {
 #define CPT_PM_SCAN_CHECK_WPASYNC (1 << 1)
 #define CPT_PAGE_IS_WRITTEN (1 << 1)
 
-int cpt_uffd_open(void) {
+int cpt_uffd_open(int remap_events) {
     int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
     // Unprivileged processes may still have user-mode-only descriptors; in
     // asynchronous mode the kernel resolves every fault itself, so nothing is lost.
@@ -36,7 +37,8 @@ int cpt_uffd_open(void) {
     if (fd < 0) return -errno;
     struct uffdio_api api = {
         .api = UFFD_API,
-        .features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_WP_UNPOPULATED,
+        .features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_WP_UNPOPULATED
+                    | (remap_events ? UFFD_FEATURE_EVENT_REMAP : 0),
     };
     if (ioctl(fd, UFFDIO_API, &api) != 0) {
         int e = errno;
@@ -44,6 +46,23 @@ int cpt_uffd_open(void) {
         return -e;
     }
     return fd;
+}
+
+long cpt_uffd_drain_events(int uffd, int stop) {
+    long read_count = 0;
+    struct pollfd fds[2] = {{.fd = uffd, .events = POLLIN}, {.fd = stop, .events = POLLIN}};
+    for (;;) {
+        if (poll(fds, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            return -errno;
+        }
+        // Events first: the mremap waiting for one may be what the stop waits for.
+        struct uffd_msg msgs[16];
+        ssize_t n;
+        while ((n = read(uffd, msgs, sizeof msgs)) > 0) read_count += n / (ssize_t)sizeof msgs[0];
+        if (fds[1].revents) return read_count;
+        if (fds[0].revents & (POLLERR | POLLNVAL)) fds[0].fd = -1;  // nothing more to read there
+    }
 }
 
 int cpt_uffd_register(int uffd, uint64_t start, uint64_t length) {

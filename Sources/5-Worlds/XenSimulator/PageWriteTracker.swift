@@ -56,7 +56,7 @@ package final class PageWriteTracker: @unchecked Sendable {
     /// This process's userfaultfd (asynchronous write-protect) and pagemap, to
     /// hand to a tracker; the caller owns both. `EOPNOTSUPP` where the kernel lacks them.
     package static func openOwnDescriptors() throws(HypervisorError) -> (userfaultfd: Int32, pagemap: Int32) {
-        let uffd = cpt_uffd_open()
+        let uffd = cpt_uffd_open(0)
         guard uffd >= 0 else {
             throw .errno(.notSupported, "userfaultfd with asynchronous write-protect: \(Errno(rawValue: -uffd))")
         }

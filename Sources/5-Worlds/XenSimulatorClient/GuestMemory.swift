@@ -36,6 +36,12 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
     private var closeAside: [Int32] = []
     /// Signalled by `settle()`: the unmapping of what `dropMovedAside` took may start.
     private var unsettled: DispatchSemaphore?
+    /// This process's userfaultfd that the daemon tracks its writes through (a copy;
+    /// it asked for remap events, see `movingTrackedRanges`), or -1.
+    private var tracking: Int32 = -1
+    /// Old hosts' userfaultfds, closed after the unmapping: closed first, the last
+    /// reference's release would unprotect the moved-aside mappings entry by entry.
+    private var closeAfterUnmap: [Int32] = []
 
     init(owner: DomainID, memoryFD: Int32, totalFrames: Int, frames: Range<Int>, tableFD: Int32, tableEntries: Int,
          refs: Range<UInt32>) throws(HypervisorError) {
@@ -58,6 +64,7 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
     deinit {
         munmap(base, totalFrames * XenPage.size)
         munmap(table, tableEntries * MemoryLayout<grant_entry_v1>.stride)
+        if tracking >= 0 { close(tracking) }
     }
 
     // MARK: Moving to another host
@@ -71,10 +78,10 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
     /// so it waits until the devices are connected again.
     func dropMovedAside(limit: Double = 2) {
         let settled = DispatchSemaphore(value: 0)
-        guard let (old, fds, earlier) = lock.withLock({ () -> ([(UInt, Int)], [Int32], DispatchSemaphore?)? in
-            guard !movedAside.isEmpty || !closeAside.isEmpty else { return nil }
-            defer { (movedAside, closeAside, unsettled) = ([], [], settled) }
-            return (movedAside, closeAside, unsettled)
+        guard let (old, fds, lastFDs, earlier) = lock.withLock({ () -> ([(UInt, Int)], [Int32], [Int32], DispatchSemaphore?)? in
+            guard !movedAside.isEmpty || !closeAside.isEmpty || !closeAfterUnmap.isEmpty else { return nil }
+            defer { (movedAside, closeAside, closeAfterUnmap, unsettled) = ([], [], [], settled) }
+            return (movedAside, closeAside, closeAfterUnmap, unsettled)
         }) else { return }
         // A resume that follows one not settled yet starts the earlier teardown now.
         earlier?.signal()
@@ -92,6 +99,7 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
                     sched_yield()
                 }
             }
+            for fd in lastFDs { close(fd) }
         }
         t.name = "xenpv-unmap-old-host"
         t.start()
@@ -99,6 +107,24 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
 
     /// Closes `fd` with the next `dropMovedAside`'s teardown.
     func closeLater(_ fd: Int32) { lock.withLock { closeAside.append(fd) } }
+
+    /// Keeps `uffd`, the userfaultfd just handed to a daemon for this process's
+    /// writes, for the next move; the one kept before closes after the next teardown.
+    func keepTracking(_ uffd: Int32) {
+        lock.withLock {
+            if tracking >= 0 { closeAfterUnmap.append(tracking) }
+            tracking = uffd
+        }
+    }
+
+    /// Before moving mappings aside (`replace`): a reader of the kept userfaultfd's
+    /// events, which each move of a range registered with it waits for (whole
+    /// page-table pages move then, instead of ~1 ms of entries one by one for
+    /// 256 MiB). nil when there is none; `finish()` it after the last move.
+    func movingTrackedRanges() -> RemapEventReader? {
+        let fd = lock.withLock { tracking }
+        return fd >= 0 ? RemapEventReader(uffd: fd) : nil
+    }
 
     /// Lets the teardown `dropMovedAside` put off start now.
     func settle() {
@@ -114,7 +140,7 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
     func move(memoryFD: Int32, tableFD: Int32) throws(HypervisorError) {
         let bytes = totalFrames * XenPage.size
         // The old mapping's page tables move aside first (cheap: whole page-table pages
-        // move), so the new mapping replaces nothing; tearing down the old one's populated
+        // move, see `movingTrackedRanges`), so the new mapping replaces nothing; tearing down the old one's populated
         // entries (tens of ms for 256 MiB) happens on another thread after the resume
         // (`dropMovedAside`).
         try replace(base, bytes: bytes, with: memoryFD, what: "memory")
@@ -124,13 +150,17 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
     }
 
     /// Maps `bytes` of `fd` at `base` in place of the mapping there, whose page tables move
-    /// aside (when they can) for `dropMovedAside` to tear down later (see `move`).
-    func replace(_ base: UnsafeMutableRawPointer, bytes: Int, with fd: Int32, what: String) throws(HypervisorError) {
+    /// aside (when they can) for `dropMovedAside` to tear down later (see `move`). Returns
+    /// where they went, nil if they were replaced in place.
+    @discardableResult
+    func replace(_ base: UnsafeMutableRawPointer, bytes: Int, with fd: Int32, what: String) throws(HypervisorError)
+        -> UnsafeMutableRawPointer? {
         let aside = Self.moveAside(base, bytes: bytes)
         guard let m = mmap(base, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0), m == base else {
             throw .errno(Errno(rawValue: errno), "mapping the destination's \(what) at the same address")
         }
         if let aside { lock.withLock { movedAside.append((UInt(bitPattern: aside.address), aside.length)) } }
+        return aside?.address
     }
 
     /// Moves the mapping at `base` to a reserved region with the same alignment within

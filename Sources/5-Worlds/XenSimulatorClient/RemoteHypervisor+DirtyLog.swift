@@ -52,16 +52,24 @@ extension RemoteHypervisor: DirtyLogging {
     func handOverWriteTracking(through link: DaemonLink? = nil) {
         let link = link ?? self.link
         guard !isPrivileged else { return }
-        let uffd = cpt_uffd_open()
+        // With remap events: the next move's mremap keeps the registration and moves
+        // whole page-table pages (see `GuestMemory.movingTrackedRanges`).
+        let uffd = cpt_uffd_open(1)
         guard uffd >= 0 else { return }
-        defer { Glibc.close(uffd) }
         let pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
-        guard pagemap >= 0 else { return }
+        guard pagemap >= 0 else {
+            Glibc.close(uffd)
+            return
+        }
         defer { Glibc.close(pagemap) }
         let words = [
             DaemonOp.trackWrites.rawValue, UInt64(UInt(bitPattern: memory.base)), 0, UInt64(memory.totalFrames),
         ]
-        do { _ = try link.call(WireMessage(words, fds: [uffd, pagemap])) } catch {
+        do {
+            _ = try link.call(WireMessage(words, fds: [uffd, pagemap]))
+            memory.keepTracking(uffd)
+        } catch {
+            Glibc.close(uffd)
             if getenv("XENPV_MIGRATION_TRACE") != nil { FileHandle.standardError.write(Data("handover: \(error)\n".utf8)) }
         }
     }

@@ -80,6 +80,9 @@ extension RemoteHypervisor: DomainSuspending {
         func mark(_ what: String) {
             if tracing { FileHandle.standardError.write(Data("resume \(what): \(Double(cxen_monotonic_ns() - t0) / 1e6) ms\n".utf8)) }
         }
+        // Started first: the reader thread is polling by the time the moves need it.
+        let remapEvents = memory.movingTrackedRanges()
+        defer { remapEvents?.finish() }
         let dest = try DaemonLink(socketPath: socketPath)
         let reply = try dest.call(WireMessage([DaemonOp.join.rawValue, 2, token.high, token.low]))
         defer { for fd in reply.fds { Glibc.close(fd) } }
