@@ -54,14 +54,6 @@ public func sha256(_ path: String) async throws -> String {
     return String(run.output.prefix(64))
 }
 
-/// Runs `body` on a new thread and returns its result: file system calls on a FUSE file
-/// block, and must not block a cooperative-pool thread (a memory device's tasks run there).
-public func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Result { try body() }) }.start()
-    }
-}
-
 /// Runs `body`, then `cleanup` whether or not `body` threw (an `async` `defer`).
 public func withCleanup<T>(_ body: () async throws -> T, cleanup: () async -> Void) async throws -> T {
     do {

@@ -345,9 +345,7 @@ struct BlockSuspendTests {
         for i in 0..<8 { before.pool.memory.page(i).storeBytes(of: UInt64(0xE000 + i), as: UInt64.self) }
         before.ring.memory.base.storeBytes(of: UInt32(5), as: UInt32.self)  // req_prod of a ring in use
         let call = Task {
-            await withCheckedContinuation { c in
-                Thread { c.resume(returning: Result { () throws(HypervisorError) -> SuspendOutcome in try guest.suspend(timeout: .seconds(120)) }) }.start()
-            }
+            await onThread { Result { () throws(HypervisorError) -> SuspendOutcome in try guest.suspend(timeout: .seconds(120)) } }
         }
         #expect(await guest.waitForSuspend(timeout: .seconds(60)))
         _ = try guest.finishSuspend(.resumed)

@@ -1,4 +1,3 @@
-import CXen
 import Foundation
 import TestSupport
 import Testing
@@ -62,15 +61,4 @@ struct LentThreadTests {
 }
 
 private struct LenderTimedOut: Error {}
-
-/// Runs `body` on a new thread named `name` (so the kernel's name says where a task ran).
-private func onOwnThread<T: Sendable>(named name: String, _ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { c in
-        let t = Thread {
-            _ = cxen_name_thread(name)
-            c.resume(with: Result { try body() })
-        }
-        t.start()
-    }
-}
 

@@ -37,13 +37,6 @@ struct NBDHostileClientTests {
         #expect(r.0 == .ok && r.1 == data)
     }
 
-    /// Blocking socket work (the raw client) on a thread of its own, not the pool's.
-    private func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { c in
-            Thread { c.resume(with: Result { try body() }) }.start()
-        }
-    }
-
     @Test func garbageCostsOnlyThatConnection() async throws {
         try await withExport { _, server, socket in
             try await onThread {

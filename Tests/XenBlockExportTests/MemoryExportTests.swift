@@ -39,21 +39,17 @@ struct MemoryExportTests {
         defer { dir.remove() }
         let socket = dir.path("nbd.sock")
         try server.listen(on: .unix(socket))
-        let (dropped, servedAfter) = try await withCheckedThrowingContinuation { (c: CheckedContinuation<(Bool, Bool), any Error>) in
-            Thread {
-                c.resume(with: Result {
-                    let silent = try RawClient(socket)
-                    _ = silent.receive(NBDServerGreeting.size)
-                    // Bounded: without the handshake deadline this recv would wait a minute and fail the test.
-                    var wait = timeval(tv_sec: 60, tv_usec: 0)
-                    setsockopt(silent.fd, SOL_SOCKET, SO_RCVTIMEO, &wait, socklen_t(MemoryLayout<timeval>.size))
-                    let dropped = silent.closedByServer()
-                    // A client that talks is served as before.
-                    let next = try RawClient(socket)
-                    let size = try next.go().size
-                    return (dropped, size == 1 << 20)
-                })
-            }.start()
+        let (dropped, servedAfter) = try await onThread {
+            let silent = try RawClient(socket)
+            _ = silent.receive(NBDServerGreeting.size)
+            // Bounded: without the handshake deadline this recv would wait a minute and fail the test.
+            var wait = timeval(tv_sec: 60, tv_usec: 0)
+            setsockopt(silent.fd, SOL_SOCKET, SO_RCVTIMEO, &wait, socklen_t(MemoryLayout<timeval>.size))
+            let dropped = silent.closedByServer()
+            // A client that talks is served as before.
+            let next = try RawClient(socket)
+            let size = try next.go().size
+            return (dropped, size == 1 << 20)
         }
         #expect(dropped, "the silent client kept its connection")
         #expect(servedAfter)

@@ -20,13 +20,10 @@ final class SteppedExecutor: TaskExecutor, @unchecked Sendable {
 
     /// Runs jobs until none is queued.
     func runAll() async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            Thread { [self] in
-                while let job = jobs.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
-                    job.runSynchronously(on: asUnownedTaskExecutor())
-                }
-                c.resume()
-            }.start()
+        await onThread { [self] in
+            while let job = jobs.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
+                job.runSynchronously(on: asUnownedTaskExecutor())
+            }
         }
     }
 }

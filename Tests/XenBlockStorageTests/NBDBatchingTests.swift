@@ -1,5 +1,6 @@
 import Glibc
 import NBDProtocol
+import TestSupport
 import Testing
 @testable import XenBlockStorage
 

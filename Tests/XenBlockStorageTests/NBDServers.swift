@@ -137,14 +137,6 @@ final class NBDServerProcess: @unchecked Sendable {
     }
 }
 
-/// Runs `body` on a thread of its own (the engine's calls block) and awaits its result.
-func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, Error>) in
-        let t = Thread { c.resume(with: Result { try body() }) }
-        t.start()
-    }
-}
-
 /// Whether nbd-server is installed (`.ci/run` installs it).
 let nbdServerInstalled = FileManager.default.isExecutableFile(atPath: "/usr/bin/nbd-server")
 

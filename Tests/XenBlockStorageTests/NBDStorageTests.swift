@@ -136,7 +136,7 @@ struct NBDStorageTests {
         let server = try await NBDServerProcess.qemuNBD(image: image.path)
         defer { server.stop() }
         let named = NBDURI(endpoint: .unix(path: server.socket), exportName: "nope")
-        try await onThread {
+        await onThread {
             #expect { _ = try NBDStorage(uri: named) } throws: { e in
                 (e as? StorageError)?.message.contains("no export named") == true
             }

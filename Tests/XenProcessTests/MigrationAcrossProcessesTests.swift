@@ -198,22 +198,18 @@ extension ProcessTests {
             #expect(try domains(hosts.b).contains(id) && !domains(hosts.a).contains(id))
         }
 
-        /// Blocking work (a guest's `suspend`) on a thread of its own, never the cooperative pool.
-        private func onThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async -> Result<T, any Error> {
-            await withCheckedContinuation { (k: CheckedContinuation<Result<T, any Error>, Never>) in
-                Thread { k.resume(returning: Result { try work() }) }.start()
-            }
-        }
-
         @Test func aSuspendNobodyTakesTimesOutAndACancelledOneChangesNothing() async throws {
             let hosts = try await Hosts()
             let guest = try RemoteHypervisor(socketPath: hosts.a, as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
             defer { guest.close() }
             let dom0 = try RemoteHypervisor(socketPath: hosts.a, as: .dom0, onDaemonLost: ignoreLoss)
             defer { dom0.close() }
-            let timedOut = await onThread { try guest.suspend(timeout: .milliseconds(300)) }
+            // A guest's `suspend` blocks: on a thread of its own, never the cooperative pool.
+            let timedOut = await onThread {
+                Result { () throws(HypervisorError) -> SuspendOutcome in try guest.suspend(timeout: .milliseconds(300)) }
+            }
             #expect(throws: HypervisorError.self) { try timedOut.get() }
-            if case .failure(let e as HypervisorError) = timedOut { #expect(e.code == .errno(.timedOut), "\(e)") }
+            if case .failure(let e) = timedOut { #expect(e.code == .errno(.timedOut), "\(e)") }
 
             let events = try guest.openEventChannels()
             let port = try events.bindUnbound(remote: .dom0)
@@ -221,7 +217,7 @@ extension ProcessTests {
             #expect(await eventually(30) { (try? dom0.isSuspended(guest.domainID)) == true })
             try dom0.claimSuspend(guest.domainID)
             try dom0.cancelSuspend(guest.domainID)
-            #expect(try await outcome.get() == .cancelled)
+            #expect(try await outcome == .cancelled)
             // Everything as before: the same port, and new work.
             try events.unbind(port)
             _ = try events.bindUnbound(remote: .dom0)
@@ -260,7 +256,7 @@ extension ProcessTests {
             let destination = try Toolstack(socketPath: hosts.b)
             defer { destination.close() }
             let figures = try await source.migrate(id, to: destination, destinationSocket: hosts.b)
-            #expect(try await outcome.get() == .resumed)
+            #expect(try await outcome == .resumed)
             #expect(figures.pagesPerRound.count >= 2, "\(figures)")
             let dom0B = try RemoteHypervisor(socketPath: hosts.b, as: .dom0, onDaemonLost: ignoreLoss)
             defer { dom0B.close() }
