@@ -19,14 +19,14 @@ struct ConcurrencyTests {
         return true
     }
 
-    @Test func pingPongLosesNoWakeup() throws {
+    @Test func pingPongLosesNoWakeup() async throws {
         let m = try Machine()
         let c = try Channel(m)
         let rounds = 3000
         let sent = ManagedAtomic<Int>(0)
         let acked = ManagedAtomic<Int>(0)
         let failed = ManagedAtomic<Bool>(false)
-        let done = runThreads(2) { who in
+        let done = await runThreads(2) { who in
             if who == 0 {
                 for i in 1...rounds {
                     sent.store(i, ordering: .releasing)
@@ -57,13 +57,13 @@ struct ConcurrencyTests {
         #expect(finalAck == rounds)
     }
 
-    @Test func burstsRacingUnmaskEndWithTheLastEventSeen() throws {
+    @Test func burstsRacingUnmaskEndWithTheLastEventSeen() async throws {
         let m = try Machine()
         let c = try Channel(m)
         let total = 20_000
         let sent = ManagedAtomic<Int>(0)
         let seen = ManagedAtomic<Int>(0)
-        let done = runThreads(2) { who in
+        let done = await runThreads(2) { who in
             if who == 0 {
                 for i in 1...total {
                     sent.store(i, ordering: .releasing)
@@ -94,7 +94,7 @@ struct ConcurrencyTests {
     /// consumes. A sender whose notify has returned is owed a readable
     /// descriptor, so a poll that times out while any sender waits in that
     /// state is a lost wakeup, caught as such rather than as a hang.
-    @Test func portsSharingAWordLoseNoWakeup() throws {
+    @Test func portsSharingAWordLoseNoWakeup() async throws {
         let m = try Machine()
         let back = try m.dom0.openSimulatedEventChannels()
         let front = try m.guest.openSimulatedEventChannels()
@@ -120,7 +120,7 @@ struct ConcurrencyTests {
         let lost = ManagedAtomic<Int>(0)
         let finished = ManagedAtomic<Int>(0)
         let ports_ = ports
-        let done = runThreads(senders + 1) { who in
+        let done = await runThreads(senders + 1) { who in
             if who < senders {
                 defer { finished.wrappingIncrement(ordering: .relaxed) }
                 for i in 1...rounds {
@@ -159,7 +159,7 @@ struct ConcurrencyTests {
         #expect(lostCount == 0)
     }
 
-    @Test func manySendersOnePollerAcrossPorts() throws {
+    @Test func manySendersOnePollerAcrossPorts() async throws {
         let m = try Machine()
         let back = try m.dom0.openSimulatedEventChannels()
         let senders = 4
@@ -176,7 +176,7 @@ struct ConcurrencyTests {
         defer { progress.deinitialize(count: senders); progress.deallocate() }
         let progressBox = SendableTable(progress)
         let fronts_ = fronts
-        let done = runThreads(senders + 1) { who in
+        let done = await runThreads(senders + 1) { who in
             if who < senders {
                 let (f, fp, _) = fronts_[who]
                 for i in 1...perSender {
@@ -201,7 +201,7 @@ struct ConcurrencyTests {
         #expect(m.hv.shutdown().isEmpty)
     }
 
-    @Test func grantMapUnmapNotifyFromManyThreads() throws {
+    @Test func grantMapUnmapNotifyFromManyThreads() async throws {
         let hv = SimulatedHypervisor(dom0Frames: 64)
         let workers = 4
         var guests: [SimulatedDomain] = []
@@ -222,7 +222,7 @@ struct ConcurrencyTests {
         let errors = ManagedAtomic<Int>(0)
         let stop = ManagedAtomic<Bool>(false)
         let finished = ManagedAtomic<Int>(0)
-        let done = runThreads(workers + 2) { who in
+        let done = await runThreads(workers + 2) { who in
             if who < workers {
                 let g = guests_[who]
                 let (f, fp) = links_[who]

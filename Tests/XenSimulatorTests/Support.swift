@@ -41,19 +41,25 @@ func hypervisorError(_ body: () throws -> Void) -> HypervisorError? {
     }
 }
 
-/// Runs `body` on `count` threads at once and waits for all of them, at most
-/// `seconds`. Returns false on timeout.
-func runThreads(_ count: Int, seconds: Double = 30, _ body: @escaping @Sendable (Int) -> Void) -> Bool {
+/// Runs `body` on `count` threads at once and awaits all of them, at most `seconds`
+/// (180 by default, TestSupport's `minimumDeadline`: with the suites in parallel on two
+/// cores a correct run can wait its turn for long). Returns false on timeout.
+///
+/// The wait happens on one more thread of its own, which resumes the caller: a test
+/// (an `async` one, or a synchronous `@Test`, which swift-testing runs on the pool too)
+/// must not hold a cooperative-pool thread while its threads run.
+func runThreads(_ count: Int, seconds: Double = 180, _ body: @escaping @Sendable (Int) -> Void) async -> Bool {
     let group = DispatchGroup()
     for i in 0..<count {
         group.enter()
-        let t = Thread {
+        Thread {
             body(i)
             group.leave()
-        }
-        t.start()
+        }.start()
     }
-    return group.wait(timeout: .now() + seconds) == .success
+    return await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+        Thread { c.resume(returning: group.wait(timeout: .now() + seconds) == .success) }.start()
+    }
 }
 
 /// A raw pointer that may cross into a `@Sendable` closure; the test owns the memory.
