@@ -1,5 +1,4 @@
 import CXen
-import Dispatch
 import Foundation
 import Glibc
 import Testing
@@ -61,19 +60,25 @@ struct EventChannelTests {
         #expect(m.hv.shutdown().isEmpty)
     }
 
-    @Test func notifyWakesAThreadSleepingInPoll() throws {
+    /// The sleeping thread is one of the test's own, started before the notify; the test
+    /// awaits what it saw (never holding a cooperative-pool thread while it sleeps).
+    @Test func notifyWakesAThreadSleepingInPoll() async throws {
         let m = try Machine()
         let c = try Channel(m)
         #expect(!isReadable(c.back))
-        let woke = DispatchSemaphore(value: 0)
         let back = c.back
+        let (woke, answer) = AsyncStream.makeStream(of: Bool.self)
         Thread {
-            // Bounded: a lost wakeup fails the test instead of hanging it.
-            if (try? back.wait(timeoutMilliseconds: 10_000)) == true { woke.signal() }
+            // Bounded (180 s, TestSupport's minimumDeadline): a lost wakeup fails the test
+            // instead of hanging it.
+            answer.yield((try? back.wait(timeoutMilliseconds: 180_000)) == true)
+            answer.finish()
         }.start()
-        usleep(50_000)  // let it reach poll; the test is correct either way
+        try await Task.sleep(for: .milliseconds(50))  // let it reach poll; the test is correct either way
         try c.front.notify(c.frontPort)
-        #expect(woke.wait(timeout: .now() + 10) == .success)
+        var wokeUp = false
+        for await w in woke { wokeUp = w }
+        #expect(wokeUp)
         #expect(try c.back.pending() == c.backPort)
         // pending() masks the port and clears its bit, as the Linux driver.
         #expect(c.back.domain.isEventMasked(c.backPort))
