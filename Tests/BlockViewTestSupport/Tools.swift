@@ -53,15 +53,3 @@ public func sha256(_ path: String) async throws -> String {
     let run = try await runTool("sha256sum", [path])
     return String(run.output.prefix(64))
 }
-
-/// Runs `body`, then `cleanup` whether or not `body` threw (an `async` `defer`).
-public func withCleanup<T>(_ body: () async throws -> T, cleanup: () async -> Void) async throws -> T {
-    do {
-        let value = try await body()
-        await cleanup()
-        return value
-    } catch {
-        await cleanup()
-        throw error
-    }
-}

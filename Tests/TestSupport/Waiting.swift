@@ -68,3 +68,17 @@ public func withTimeout<T: Sendable>(
         return value
     }
 }
+
+/// Runs `body`, then `cleanup` whether or not `body` threw: an `async` `defer`, for a
+/// clean-up that awaits (a server stopped, a child process awaited) instead of blocking
+/// the thread a `defer` would run it on.
+public func withCleanup<T>(_ body: () async throws -> T, cleanup: () async -> Void) async throws -> T {
+    do {
+        let value = try await body()
+        await cleanup()
+        return value
+    } catch {
+        await cleanup()
+        throw error
+    }
+}
