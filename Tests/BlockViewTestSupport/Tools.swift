@@ -1,5 +1,4 @@
 import Foundation
-import Glibc
 import TestSupport
 
 /// What a finished program printed and how it ended.
@@ -33,14 +32,10 @@ public func runTool(_ tool: String, _ arguments: [String], seconds: Double = 180
     process.standardInput = FileHandle.nullDevice
     try await onThread { try process.run() }
     try? handle.close()
-    let finished = await eventually(seconds, every: .milliseconds(20)) { !process.isRunning }
-    if !finished {
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-    }
+    let status = await exitStatus(of: process, within: seconds)
     let output = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
-    guard finished else { throw TimedOut(seconds: seconds) }
-    return ToolRun(status: process.terminationStatus, output: output)
+    guard let status else { throw TimedOut(seconds: seconds) }
+    return ToolRun(status: status, output: output)
 }
 
 /// A shell script's run (`sh -c`).
