@@ -20,22 +20,25 @@ struct NBDBatchingTests {
     func read(_ server: ScriptedServer, lengths: [Int], pieces: Int = 1)
         async throws -> (completions: [UInt64: StorageCompletion], bytes: [UInt8], sends: Int, receives: Int) {
         let uri = server.uri
-        defer { server.stop() }
-        return try await onThread {
-            let s = try NBDStorage(uri: uri, queueDepth: 32)
-            defer { s.close() }
-            let b = Buffers(byteCount: lengths.reduce(0, +), iovecCount: lengths.count * pieces)
-            var at = 0
-            var ops: [StorageOperation] = []
-            for (i, length) in lengths.enumerated() {
-                var cut = [Int](repeating: length / pieces / 512 * 512, count: pieces - 1)
-                cut.append(length - cut.reduce(0, +))
-                ops.append(.read(tag: UInt64(i), offset: UInt64(at), buffers: b.vector(first: i * pieces, at: at, pieces: cut)))
-                at += length
+        return try await withCleanup {
+            return try await onThread {
+                let s = try NBDStorage(uri: uri, queueDepth: 32)
+                defer { s.close() }
+                let b = Buffers(byteCount: lengths.reduce(0, +), iovecCount: lengths.count * pieces)
+                var at = 0
+                var ops: [StorageOperation] = []
+                for (i, length) in lengths.enumerated() {
+                    var cut = [Int](repeating: length / pieces / 512 * 512, count: pieces - 1)
+                    cut.append(length - cut.reduce(0, +))
+                    ops.append(.read(tag: UInt64(i), offset: UInt64(at), buffers: b.vector(first: i * pieces, at: at, pieces: cut)))
+                    at += length
+                }
+                var d = Driver(s)
+                let r = try d.run(ops, deadline: .seconds(120))
+                return (r, Array(b.bytes), s.requestSends, s.replyReceives)
             }
-            var d = Driver(s)
-            let r = try d.run(ops, deadline: .seconds(120))
-            return (r, Array(b.bytes), s.requestSends, s.replyReceives)
+        } cleanup: {
+            await server.stop()
         }
     }
 
@@ -67,25 +70,28 @@ struct NBDBatchingTests {
     @Test func writesOfOneSubmitGoOutInOneSendWithTheirData() async throws {
         let count = 8
         let server = try ScriptedServer(requests: count) { h, _ in h.flatMap { Self.simple($0) } }
-        defer { server.stop() }
-        let uri = server.uri
-        let (r, sends) = try await onThread {
-            let s = try NBDStorage(uri: uri, queueDepth: 32)
-            defer { s.close() }
-            let b = Buffers(byteCount: count * 4096, iovecCount: count * 2)
-            var d = Driver(s)
-            // Each write over two buffers, so the gathered send interleaves headers and data.
-            let ops: [StorageOperation] = (0..<count).map {
-                .write(tag: UInt64($0), offset: UInt64($0) * 8192, buffers: b.vector(first: $0 * 2, at: $0 * 4096, pieces: [1024, 3072]))
+        try await withCleanup {
+            let uri = server.uri
+            let (r, sends) = try await onThread {
+                let s = try NBDStorage(uri: uri, queueDepth: 32)
+                defer { s.close() }
+                let b = Buffers(byteCount: count * 4096, iovecCount: count * 2)
+                var d = Driver(s)
+                // Each write over two buffers, so the gathered send interleaves headers and data.
+                let ops: [StorageOperation] = (0..<count).map {
+                    .write(tag: UInt64($0), offset: UInt64($0) * 8192, buffers: b.vector(first: $0 * 2, at: $0 * 4096, pieces: [1024, 3072]))
+                }
+                return (try d.run(ops, deadline: .seconds(120)), s.requestSends)
             }
-            return (try d.run(ops, deadline: .seconds(120)), s.requestSends)
+            #expect(r.count == count && r.values.allSatisfy(\.succeeded))
+            #expect(sends == 1)
+            // The server read each header and then its length of data: the stream stayed in step.
+            let seen = server.received.first ?? []
+            #expect(seen.map(\.offset) == (0..<count).map { UInt64($0) * 8192 })
+            #expect(seen.allSatisfy { $0.command == .write && $0.length == 4096 })
+        } cleanup: {
+            await server.stop()
         }
-        #expect(r.count == count && r.values.allSatisfy(\.succeeded))
-        #expect(sends == 1)
-        // The server read each header and then its length of data: the stream stayed in step.
-        let seen = server.received.first ?? []
-        #expect(seen.map(\.offset) == (0..<count).map { UInt64($0) * 8192 })
-        #expect(seen.allSatisfy { $0.command == .write && $0.length == 4096 })
     }
 
     /// A server that sends its replies a byte at a time: headers and data cut everywhere,

@@ -13,13 +13,14 @@ import XenSockets
 /// connection's requests.
 final class ScriptedServer: @unchecked Sendable {
     // @unchecked: the script is set before start and read by the server thread only;
-    // `received` is behind its lock.
+    // `received` and `serving` are behind its lock.
     let directory: TemporaryDirectory
     let socket: String
     private let listener: Int32
-    private let done = DispatchSemaphore(value: 0)
     private let lock = NSLock()
     private var requestsByConnection: [[NBDRequest]] = []
+    /// Whether the server thread still runs.
+    private var serving = true
 
     /// The requests each connection brought, in order of arrival.
     var received: [[NBDRequest]] { lock.withLock { requestsByConnection } }
@@ -35,8 +36,8 @@ final class ScriptedServer: @unchecked Sendable {
         socket = directory.path("s")
         listener = try LocalSocket.listen(at: socket, kind: .stream)
         let fd = listener
-        let t = Thread { [self, done] in
-            defer { done.signal() }
+        let t = Thread { [self] in
+            defer { lock.withLock { serving = false } }
             var connection = 0
             while true {
                 let c = accept(fd, nil, nil)
@@ -82,10 +83,12 @@ final class ScriptedServer: @unchecked Sendable {
 
     var uri: NBDURI { NBDURI(endpoint: .unix(path: socket), exportName: "") }
 
-    func stop() {
+    /// Stops accepting, awaits (bounded, never blocking a pool thread) the server
+    /// thread's end, and removes the directory. A test stops it in `withCleanup`.
+    func stop() async {
         shutdown(listener, Int32(SHUT_RDWR))
         close(listener)
-        _ = done.wait(timeout: .now() + 60)
+        _ = await eventually { self.lock.withLock { !self.serving } }
         directory.remove()
     }
 }
@@ -101,14 +104,17 @@ struct NBDHostileServerTests {
     func run(_ server: ScriptedServer, timeout: Duration = .seconds(30),
              window: Duration = .seconds(2)) async throws -> [UInt64: StorageCompletion] {
         let uri = server.uri
-        defer { server.stop() }
-        return try await onThread {
-            let s = try NBDStorage(uri: uri, queueDepth: 8, requestTimeout: timeout, reconnectWindow: window)
-            defer { s.close() }
-            let b = Buffers(byteCount: 3 * 4096, iovecCount: 3)
-            var d = Driver(s)
-            return try d.run((0..<3).map { .read(tag: UInt64($0), offset: 0, buffers: b.vector(first: $0, at: $0 * 4096, pieces: [4096])) },
-                             deadline: .seconds(120))
+        return try await withCleanup {
+            return try await onThread {
+                let s = try NBDStorage(uri: uri, queueDepth: 8, requestTimeout: timeout, reconnectWindow: window)
+                defer { s.close() }
+                let b = Buffers(byteCount: 3 * 4096, iovecCount: 3)
+                var d = Driver(s)
+                return try d.run((0..<3).map { .read(tag: UInt64($0), offset: 0, buffers: b.vector(first: $0, at: $0 * 4096, pieces: [4096])) },
+                                 deadline: .seconds(120))
+            }
+        } cleanup: {
+            await server.stop()
         }
     }
 
@@ -168,27 +174,30 @@ struct NBDHostileServerTests {
             guard connection > 0 else { return nil }
             return (0..<3).flatMap { Self.simple(h[$0]) + [UInt8](repeating: UInt8(0xA1 + $0), count: 4096) }
         }
-        defer { server.stop() }
-        let uri = server.uri
-        let (completions, resent, reconnections, bytes) = try await onThread {
-            let s = try NBDStorage(uri: uri, queueDepth: 8, reconnectWindow: .seconds(60))
-            defer { s.close() }
-            let b = Buffers(byteCount: 3 * 4096, iovecCount: 3)
-            var d = Driver(s)
-            let r = try d.run((0..<3).map { .read(tag: UInt64($0), offset: UInt64($0) * 4096,
-                                                  buffers: b.vector(first: $0, at: $0 * 4096, pieces: [4096])) },
-                              deadline: .seconds(120))
-            return (r, s.resentRequests, s.reconnections, Array(b.bytes))
-        }
-        #expect(completions.count == 3 && completions.values.allSatisfy(\.succeeded))
-        #expect(resent == 3 && reconnections == 1)
-        for i in 0..<3 { #expect(bytes[i * 4096..<(i + 1) * 4096].allSatisfy { $0 == UInt8(0xA1 + i) }) }
-        let seen = server.received
-        #expect(seen.count >= 2)
-        if seen.count >= 2 {
-            #expect(seen[0].map(\.offset) == [0, 4096, 8192])
-            #expect(seen[1].map(\.handle) == seen[0].map(\.handle))
-            #expect(seen[1].map(\.offset) == seen[0].map(\.offset))
+        try await withCleanup {
+            let uri = server.uri
+            let (completions, resent, reconnections, bytes) = try await onThread {
+                let s = try NBDStorage(uri: uri, queueDepth: 8, reconnectWindow: .seconds(60))
+                defer { s.close() }
+                let b = Buffers(byteCount: 3 * 4096, iovecCount: 3)
+                var d = Driver(s)
+                let r = try d.run((0..<3).map { .read(tag: UInt64($0), offset: UInt64($0) * 4096,
+                                                      buffers: b.vector(first: $0, at: $0 * 4096, pieces: [4096])) },
+                                  deadline: .seconds(120))
+                return (r, s.resentRequests, s.reconnections, Array(b.bytes))
+            }
+            #expect(completions.count == 3 && completions.values.allSatisfy(\.succeeded))
+            #expect(resent == 3 && reconnections == 1)
+            for i in 0..<3 { #expect(bytes[i * 4096..<(i + 1) * 4096].allSatisfy { $0 == UInt8(0xA1 + i) }) }
+            let seen = server.received
+            #expect(seen.count >= 2)
+            if seen.count >= 2 {
+                #expect(seen[0].map(\.offset) == [0, 4096, 8192])
+                #expect(seen[1].map(\.handle) == seen[0].map(\.handle))
+                #expect(seen[1].map(\.offset) == seen[0].map(\.offset))
+            }
+        } cleanup: {
+            await server.stop()
         }
     }
 
@@ -196,23 +205,26 @@ struct NBDHostileServerTests {
     /// refuses it, every outstanding operation fails with EIO saying so, and so does a later one.
     @Test func anExportThatComesBackWithAnotherSizeIsRefused() async throws {
         let server = try ScriptedServer(sizes: [1 << 20, 2 << 20], requests: 3) { _, _ in nil }
-        defer { server.stop() }
-        let uri = server.uri
-        let (first, later) = try await onThread {
-            let s = try NBDStorage(uri: uri, queueDepth: 8, reconnectWindow: .seconds(60))
-            defer { s.close() }
-            let b = Buffers(byteCount: 3 * 4096, iovecCount: 3)
-            var d = Driver(s)
-            let r = try d.run((0..<3).map { .write(tag: UInt64($0), offset: UInt64($0) * 4096,
-                                                   buffers: b.vector(first: $0, at: $0 * 4096, pieces: [4096])) },
-                              deadline: .seconds(120))
-            let l = try d.run([.read(tag: 9, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096]))])
-            return (r, l)
-        }
-        #expect(first.count == 3)
-        for c in Array(first.values) + Array(later.values) {
-            #expect(c.error?.code == .io(.ioError))
-            #expect(c.error?.message.contains("size is 2097152 bytes, not 1048576") == true, "\(String(describing: c.error))")
+        try await withCleanup {
+            let uri = server.uri
+            let (first, later) = try await onThread {
+                let s = try NBDStorage(uri: uri, queueDepth: 8, reconnectWindow: .seconds(60))
+                defer { s.close() }
+                let b = Buffers(byteCount: 3 * 4096, iovecCount: 3)
+                var d = Driver(s)
+                let r = try d.run((0..<3).map { .write(tag: UInt64($0), offset: UInt64($0) * 4096,
+                                                       buffers: b.vector(first: $0, at: $0 * 4096, pieces: [4096])) },
+                                  deadline: .seconds(120))
+                let l = try d.run([.read(tag: 9, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096]))])
+                return (r, l)
+            }
+            #expect(first.count == 3)
+            for c in Array(first.values) + Array(later.values) {
+                #expect(c.error?.code == .io(.ioError))
+                #expect(c.error?.message.contains("size is 2097152 bytes, not 1048576") == true, "\(String(describing: c.error))")
+            }
+        } cleanup: {
+            await server.stop()
         }
     }
 
@@ -222,19 +234,22 @@ struct NBDHostileServerTests {
     func aDiscardIsWriteZeroesWhereOfferedElseTrim(_ zeroes: Bool) async throws {
         let flags: NBDTransmissionFlags = zeroes ? [.hasFlags, .sendFlush, .sendTrim, .sendWriteZeroes] : [.hasFlags, .sendFlush, .sendTrim]
         let server = try ScriptedServer(exportFlags: flags, requests: 1) { h, _ in Self.simple(h[0]) }
-        defer { server.stop() }
-        let uri = server.uri
-        let r = try await onThread {
-            let s = try NBDStorage(uri: uri, queueDepth: 8)
-            defer { s.close() }
-            #expect(s.supportsDiscard && s.discardsZero == zeroes)
-            var d = Driver(s)
-            return try d.run([.discard(tag: 1, offset: 4096, length: 8192)], deadline: .seconds(120))
+        try await withCleanup {
+            let uri = server.uri
+            let r = try await onThread {
+                let s = try NBDStorage(uri: uri, queueDepth: 8)
+                defer { s.close() }
+                #expect(s.supportsDiscard && s.discardsZero == zeroes)
+                var d = Driver(s)
+                return try d.run([.discard(tag: 1, offset: 4096, length: 8192)], deadline: .seconds(120))
+            }
+            #expect(r[1]?.succeeded == true)
+            let request = server.received.first?.first
+            #expect(request?.command == (zeroes ? .writeZeroes : .trim))
+            #expect(request?.flags == [] && request?.offset == 4096 && request?.length == 8192)
+        } cleanup: {
+            await server.stop()
         }
-        #expect(r[1]?.succeeded == true)
-        let request = server.received.first?.first
-        #expect(request?.command == (zeroes ? .writeZeroes : .trim))
-        #expect(request?.flags == [] && request?.offset == 4096 && request?.length == 8192)
     }
 
     /// With a maximum block size of 4096 each 12 KiB read goes as three requests; the
@@ -248,26 +263,29 @@ struct NBDHostileServerTests {
             }
             return bytes
         }
-        defer { server.stop() }
-        let uri = server.uri
-        let (r, bytes, payload) = try await onThread {
-            let s = try NBDStorage(uri: uri, queueDepth: 8)
-            defer { s.close() }
-            let b = Buffers(byteCount: 2 * 12288, iovecCount: 4)
-            var d = Driver(s)
-            // The first read over two buffers that do not fall on the parts' boundaries.
-            let r = try d.run([.read(tag: 1, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [6144, 6144])),
-                               .read(tag: 2, offset: 65536, buffers: b.vector(first: 2, at: 12288, pieces: [12288]))],
-                              deadline: .seconds(120))
-            return (r, Array(b.bytes), s.maximumPayload)
+        try await withCleanup {
+            let uri = server.uri
+            let (r, bytes, payload) = try await onThread {
+                let s = try NBDStorage(uri: uri, queueDepth: 8)
+                defer { s.close() }
+                let b = Buffers(byteCount: 2 * 12288, iovecCount: 4)
+                var d = Driver(s)
+                // The first read over two buffers that do not fall on the parts' boundaries.
+                let r = try d.run([.read(tag: 1, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [6144, 6144])),
+                                   .read(tag: 2, offset: 65536, buffers: b.vector(first: 2, at: 12288, pieces: [12288]))],
+                                  deadline: .seconds(120))
+                return (r, Array(b.bytes), s.maximumPayload)
+            }
+            #expect(payload == 4096)
+            #expect(r[1]?.succeeded == true)
+            #expect(r[2]?.error?.code == .io(.ioError))
+            for i in 0..<3 { #expect(bytes[i * 4096..<(i + 1) * 4096].allSatisfy { $0 == UInt8(0x11 + i) }) }
+            let seen = server.received.first ?? []
+            #expect(seen.map(\.offset) == [0, 4096, 8192, 65536, 69632, 73728])
+            #expect(seen.allSatisfy { $0.length == 4096 && $0.command == .read })
+        } cleanup: {
+            await server.stop()
         }
-        #expect(payload == 4096)
-        #expect(r[1]?.succeeded == true)
-        #expect(r[2]?.error?.code == .io(.ioError))
-        for i in 0..<3 { #expect(bytes[i * 4096..<(i + 1) * 4096].allSatisfy { $0 == UInt8(0x11 + i) }) }
-        let seen = server.received.first ?? []
-        #expect(seen.map(\.offset) == [0, 4096, 8192, 65536, 69632, 73728])
-        #expect(seen.allSatisfy { $0.length == 4096 && $0.command == .read })
     }
 
     /// A server that answers one read and sits on the rest: only those fail, after the timeout.

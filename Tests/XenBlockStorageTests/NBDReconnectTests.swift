@@ -17,103 +17,121 @@ struct NBDReconnectTests {
     @Test func nbdkitFileKilledAndRestartedLosesNothing() async throws {
         let image = try TemporaryImage(bytes: Self.blockCount * Self.blockSize)
         let server = try await NBDServerProcess.nbdkit(["file", image.path])
-        defer { server.stop() }
-        try await Self.killAndRestartMidStream(server, image: image, seed: 1)
+        try await withCleanup {
+            try await Self.killAndRestartMidStream(server, image: image, seed: 1)
+        } cleanup: {
+            await server.stop()
+        }
     }
 
     @Test func qemuNBDKilledAndRestartedLosesNothing() async throws {
         let image = try TemporaryImage(bytes: Self.blockCount * Self.blockSize)
         let server = try await NBDServerProcess.qemuNBD(image: image.path)
-        defer { server.stop() }
-        try await Self.killAndRestartMidStream(server, image: image, seed: 2)
+        try await withCleanup {
+            try await Self.killAndRestartMidStream(server, image: image, seed: 2)
+        } cleanup: {
+            await server.stop()
+        }
     }
 
     @Test(.enabled(if: nbdServerInstalled)) func nbdServerKilledAndRestartedLosesNothing() async throws {
         let image = try TemporaryImage(bytes: Self.blockCount * Self.blockSize)
         let server = try await NBDServerProcess.nbdServer(image: image.path)
-        defer { server.stop() }
-        try await Self.killAndRestartMidStream(server, image: image, seed: 3)
+        try await withCleanup {
+            try await Self.killAndRestartMidStream(server, image: image, seed: 3)
+        } cleanup: {
+            await server.stop()
+        }
     }
 
     /// A restarted memory server has an empty disk: this checks the reconnection and the
     /// re-sent requests (every write completes), not the data.
     @Test func nbdkitMemoryKilledAndRestartedReconnects() async throws {
         let server = try await NBDServerProcess.nbdkit(["memory", String(Self.blockCount * Self.blockSize)])
-        defer { server.stop() }
-        try await Self.killAndRestartMidStream(server, image: nil, seed: 4)
+        try await withCleanup {
+            try await Self.killAndRestartMidStream(server, image: nil, seed: 4)
+        } cleanup: {
+            await server.stop()
+        }
     }
 
     /// Requests submitted while the server is down wait (or are re-sent, if they went out
     /// before the engine saw the connection end) and complete once it is back.
     @Test func requestsSubmittedWhileTheServerIsDownCompleteWhenItIsBack() async throws {
         let server = try await NBDServerProcess.nbdkit(["memory", "1M"])
-        defer { server.stop() }
-        let uri = server.uri
-        let s = try await onThread { try NBDStorage(uri: uri, queueDepth: 8, reconnectWindow: .seconds(120)) }
-        defer { s.close() }
-        let b = Buffers(byteCount: 4 * 4096, iovecCount: 4)
-        for i in 0..<(2 * 4096) { b.bytes[i] = UInt8(truncatingIfNeeded: i &* 31) }
-        let box = UncheckedBox((s, b))
-        await server.kill()
-        try? await Task.sleep(for: .milliseconds(300))
-        let accepted = try await onThread {
-            let (s, b) = box.value
-            let ops: [StorageOperation] = [.write(tag: 1, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096])),
-                                           .write(tag: 2, offset: 4096, buffers: b.vector(first: 1, at: 4096, pieces: [4096])),
-                                           .flush(tag: 3)]
-            return try ops.withUnsafeBufferPointer { try s.submit($0) }
-        }
-        #expect(accepted == 3)
-        try? await Task.sleep(for: .milliseconds(300))
-        try await onThread { try server.restartBlocking() }
-        let (completions, reconnections) = try await onThread { () -> ([StorageCompletion], Int) in
-            let (s, b) = box.value
-            var d = Driver(s)
-            var seen: [StorageCompletion] = []
-            let end = ContinuousClock.now + .seconds(150)
-            while seen.count < 3 && ContinuousClock.now < end {
-                let n = try d.completions.withUnsafeMutableBufferPointer { try s.reap(into: $0, timeout: .milliseconds(200)) }
-                seen += d.completions.prefix(n)
+        try await withCleanup {
+            let uri = server.uri
+            let s = try await onThread { try NBDStorage(uri: uri, queueDepth: 8, reconnectWindow: .seconds(120)) }
+            defer { s.close() }
+            let b = Buffers(byteCount: 4 * 4096, iovecCount: 4)
+            for i in 0..<(2 * 4096) { b.bytes[i] = UInt8(truncatingIfNeeded: i &* 31) }
+            let box = UncheckedBox((s, b))
+            await server.kill()
+            try? await Task.sleep(for: .milliseconds(300))
+            let accepted = try await onThread {
+                let (s, b) = box.value
+                let ops: [StorageOperation] = [.write(tag: 1, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096])),
+                                               .write(tag: 2, offset: 4096, buffers: b.vector(first: 1, at: 4096, pieces: [4096])),
+                                               .flush(tag: 3)]
+                return try ops.withUnsafeBufferPointer { try s.submit($0) }
             }
-            // What the restarted server holds now is what was written after it came back.
-            let r = try d.run([.read(tag: 4, offset: 0, buffers: b.vector(first: 2, at: 2 * 4096, pieces: [8192]))], deadline: .seconds(120))
-            if r[4]?.succeeded != true { seen.append(r[4] ?? .empty) }
-            return (seen, s.reconnections)
+            #expect(accepted == 3)
+            try? await Task.sleep(for: .milliseconds(300))
+            try await onThread { try server.restartBlocking() }
+            let (completions, reconnections) = try await onThread { () -> ([StorageCompletion], Int) in
+                let (s, b) = box.value
+                var d = Driver(s)
+                var seen: [StorageCompletion] = []
+                let end = ContinuousClock.now + .seconds(150)
+                while seen.count < 3 && ContinuousClock.now < end {
+                    let n = try d.completions.withUnsafeMutableBufferPointer { try s.reap(into: $0, timeout: .milliseconds(200)) }
+                    seen += d.completions.prefix(n)
+                }
+                // What the restarted server holds now is what was written after it came back.
+                let r = try d.run([.read(tag: 4, offset: 0, buffers: b.vector(first: 2, at: 2 * 4096, pieces: [8192]))], deadline: .seconds(120))
+                if r[4]?.succeeded != true { seen.append(r[4] ?? .empty) }
+                return (seen, s.reconnections)
+            }
+            #expect(completions.count == 3 && completions.allSatisfy(\.succeeded), "\(completions)")
+            #expect(reconnections == 1)
+            #expect(memcmp(b.bytes.baseAddress!, b.bytes.baseAddress! + 2 * 4096, 8192) == 0)
+        } cleanup: {
+            await server.stop()
         }
-        #expect(completions.count == 3 && completions.allSatisfy(\.succeeded), "\(completions)")
-        #expect(reconnections == 1)
-        #expect(memcmp(b.bytes.baseAddress!, b.bytes.baseAddress! + 2 * 4096, 8192) == 0)
     }
 
     /// A server stopped with SIGSTOP: the requests sent to it fail alone once past the
     /// (short) request timeout, the connection stays, and after SIGCONT new requests work.
     @Test func aStoppedServerFailsOnlyTheRequestsPastTheTimeout() async throws {
         let server = try await NBDServerProcess.nbdkit(["memory", "1M"])
-        defer { server.stop() }
-        let uri = server.uri
-        let s = try await onThread { try NBDStorage(uri: uri, queueDepth: 8, requestTimeout: .seconds(2)) }
-        let b = Buffers(byteCount: 4 * 4096, iovecCount: 4)
-        let box = UncheckedBox((s, b))
-        defer { s.close() }
-        try await onThread { try server.stopBlocking() }
-        let stalled = try await onThread {
-            let (s, b) = box.value
-            var d = Driver(s)
-            return try d.run((0..<3).map { .read(tag: UInt64($0), offset: 0, buffers: b.vector(first: $0, at: $0 * 4096, pieces: [4096])) },
-                             deadline: .seconds(120))
+        try await withCleanup {
+            let uri = server.uri
+            let s = try await onThread { try NBDStorage(uri: uri, queueDepth: 8, requestTimeout: .seconds(2)) }
+            let b = Buffers(byteCount: 4 * 4096, iovecCount: 4)
+            let box = UncheckedBox((s, b))
+            defer { s.close() }
+            try await onThread { try server.stopBlocking() }
+            let stalled = try await onThread {
+                let (s, b) = box.value
+                var d = Driver(s)
+                return try d.run((0..<3).map { .read(tag: UInt64($0), offset: 0, buffers: b.vector(first: $0, at: $0 * 4096, pieces: [4096])) },
+                                 deadline: .seconds(120))
+            }
+            server.send(SIGCONT)
+            #expect(stalled.count == 3)
+            #expect(stalled.values.allSatisfy { $0.error?.code == .io(.timedOut) }, "\(stalled)")
+            let later = try await onThread {
+                let (s, b) = box.value
+                var d = Driver(s)
+                return try d.run([.write(tag: 7, offset: 8192, buffers: b.vector(first: 3, at: 3 * 4096, pieces: [4096])),
+                                  .read(tag: 8, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096]))],
+                                 deadline: .seconds(120))
+            }
+            #expect(later[7]?.succeeded == true && later[8]?.succeeded == true)
+            #expect(s.reconnections == 0)
+        } cleanup: {
+            await server.stop()
         }
-        server.send(SIGCONT)
-        #expect(stalled.count == 3)
-        #expect(stalled.values.allSatisfy { $0.error?.code == .io(.timedOut) }, "\(stalled)")
-        let later = try await onThread {
-            let (s, b) = box.value
-            var d = Driver(s)
-            return try d.run([.write(tag: 7, offset: 8192, buffers: b.vector(first: 3, at: 3 * 4096, pieces: [4096])),
-                              .read(tag: 8, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096]))],
-                             deadline: .seconds(120))
-        }
-        #expect(later[7]?.succeeded == true && later[8]?.succeeded == true)
-        #expect(s.reconnections == 0)
     }
 
     /// Writes every block once, in a shuffled order, at queue depth 16, with a flush after

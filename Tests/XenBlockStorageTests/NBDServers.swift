@@ -50,7 +50,7 @@ final class NBDServerProcess: @unchecked Sendable {
         try server.launch()
         let up = await eventually(60) { ready(server.socket) }
         guard up else {
-            server.stop()
+            await server.stop()
             throw TimedOut(seconds: 60)
         }
         return server
@@ -100,10 +100,9 @@ final class NBDServerProcess: @unchecked Sendable {
         }
     }
 
-    /// Kills the server (SIGKILL: mid-stream, as a crash) and waits for it, bounded.
+    /// Kills the server (SIGKILL: mid-stream, as a crash) and awaits its end, bounded.
     func kill() async {
-        send(SIGKILL)
-        _ = await eventually(60) { !self.process.isRunning }
+        await killAndAwait(process)
     }
 
     /// On a thread of its own: kills the server, starts the same command again on the
@@ -116,12 +115,10 @@ final class NBDServerProcess: @unchecked Sendable {
         guard eventuallyBlocking(every: .milliseconds(5), { self.ready(self.socket) }) else { throw TimedOut(seconds: 180) }
     }
 
-    /// Ends the server and removes its directory.
-    func stop() {
-        if process.isRunning {
-            Glibc.kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
+    /// Ends the server (SIGKILL, its end awaited: never blocking a pool thread) and
+    /// removes its directory. A test stops it in `withCleanup`, not a `defer`.
+    func stop() async {
+        await kill()
         directory.remove()
     }
 }

@@ -12,17 +12,20 @@ import Testing
 struct NBDStorageTests {
     @Test func nbdkitMemoryConformsToTheEngineContract() async throws {
         let server = try await NBDServerProcess.nbdkit(["memory", "8M"])
-        defer { server.stop() }
-        let uri = server.uri
-        try await onThread {
-            let s = try NBDStorage(uri: uri, queueDepth: 32)
-            defer { s.close() }
-            #expect(s.byteCount == 8 << 20)
-            #expect(!s.isReadOnly && s.supportsFlush && s.supportsDiscard)
-            try Conformance.randomIO(s, seed: 17, rounds: 4)
-            try Conformance.refusals(s)
-            try Conformance.backPressure(s)
-            try Conformance.boundedIdleReap(s)
+        try await withCleanup {
+            let uri = server.uri
+            try await onThread {
+                let s = try NBDStorage(uri: uri, queueDepth: 32)
+                defer { s.close() }
+                #expect(s.byteCount == 8 << 20)
+                #expect(!s.isReadOnly && s.supportsFlush && s.supportsDiscard)
+                try Conformance.randomIO(s, seed: 17, rounds: 4)
+                try Conformance.refusals(s)
+                try Conformance.backPressure(s)
+                try Conformance.boundedIdleReap(s)
+            }
+        } cleanup: {
+            await server.stop()
         }
     }
 
@@ -30,21 +33,27 @@ struct NBDStorageTests {
     @Test func nbdkitFileServesTheImage() async throws {
         let image = try TemporaryImage(bytes: 4 << 20, fill: 0x5A)
         let server = try await NBDServerProcess.nbdkit(["file", image.path])
-        defer { server.stop() }
-        try await writeReadFlush(server.uri, image: image)
+        try await withCleanup {
+            try await writeReadFlush(server.uri, image: image)
+        } cleanup: {
+            await server.stop()
+        }
     }
 
     @Test func qemuNBDServesTheImage() async throws {
         let image = try TemporaryImage(bytes: 4 << 20, fill: 0x5A)
         let server = try await NBDServerProcess.qemuNBD(image: image.path)
-        defer { server.stop() }
-        try await writeReadFlush(server.uri, image: image)
-        let uri = server.uri
-        try await onThread {
-            let s = try NBDStorage(uri: uri, queueDepth: 16)
-            defer { s.close() }
-            try Conformance.refusals(s)
-            try Conformance.backPressure(s)
+        try await withCleanup {
+            try await writeReadFlush(server.uri, image: image)
+            let uri = server.uri
+            try await onThread {
+                let s = try NBDStorage(uri: uri, queueDepth: 16)
+                defer { s.close() }
+                try Conformance.refusals(s)
+                try Conformance.backPressure(s)
+            }
+        } cleanup: {
+            await server.stop()
         }
     }
 
@@ -78,26 +87,29 @@ struct NBDStorageTests {
     /// on the spot, flush and reads work, and the data is the server's.
     @Test func aReadOnlyExportWithoutTrimRefusesWritesAndDiscards() async throws {
         let server = try await NBDServerProcess.nbdkit(["pattern", "1M"])
-        defer { server.stop() }
-        let uri = server.uri
-        try await onThread {
-            let s = try NBDStorage(uri: uri, queueDepth: 8)
-            defer { s.close() }
-            #expect(s.isReadOnly && !s.supportsDiscard)
-            let b = Buffers(byteCount: 8192, iovecCount: 4)
-            var d = Driver(s)
-            let r = try d.run([
-                .write(tag: 1, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096])),
-                .discard(tag: 2, offset: 0, length: 4096),
-                .read(tag: 3, offset: 4096, buffers: b.vector(first: 1, at: 4096, pieces: [4096])),
-                .flush(tag: 4),
-            ])
-            #expect(r[1]?.error?.code == .readOnly)
-            #expect(r[2]?.error?.code == .readOnly)
-            #expect(r[3]?.succeeded == true && r[4]?.succeeded == true)
-            // The pattern plugin: each 8-byte word is its own offset, big-endian.
-            let word = b.bytes.load(fromByteOffset: 4096 + 8, as: UInt64.self)
-            #expect(UInt64(bigEndian: word) == 4096 + 8)
+        try await withCleanup {
+            let uri = server.uri
+            try await onThread {
+                let s = try NBDStorage(uri: uri, queueDepth: 8)
+                defer { s.close() }
+                #expect(s.isReadOnly && !s.supportsDiscard)
+                let b = Buffers(byteCount: 8192, iovecCount: 4)
+                var d = Driver(s)
+                let r = try d.run([
+                    .write(tag: 1, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096])),
+                    .discard(tag: 2, offset: 0, length: 4096),
+                    .read(tag: 3, offset: 4096, buffers: b.vector(first: 1, at: 4096, pieces: [4096])),
+                    .flush(tag: 4),
+                ])
+                #expect(r[1]?.error?.code == .readOnly)
+                #expect(r[2]?.error?.code == .readOnly)
+                #expect(r[3]?.succeeded == true && r[4]?.succeeded == true)
+                // The pattern plugin: each 8-byte word is its own offset, big-endian.
+                let word = b.bytes.load(fromByteOffset: 4096 + 8, as: UInt64.self)
+                #expect(UInt64(bigEndian: word) == 4096 + 8)
+            }
+        } cleanup: {
+            await server.stop()
         }
     }
 
@@ -106,42 +118,48 @@ struct NBDStorageTests {
     @Test func requestsAboveTheServersMaximumAreSplit() async throws {
         let server = try await NBDServerProcess.nbdkit(["--filter=blocksize-policy", "memory", "8M",
                                                         "blocksize-maximum=65536", "blocksize-error-policy=error"])
-        defer { server.stop() }
-        let uri = server.uri
-        try await onThread {
-            let s = try NBDStorage(uri: uri, queueDepth: 8)
-            defer { s.close() }
-            #expect(s.maximumPayload == 65536)
-            let b = Buffers(byteCount: 2 << 20, iovecCount: 8)
-            for i in 0..<(1 << 20) { b.bytes[i] = UInt8(truncatingIfNeeded: i &* 13 &+ i >> 12) }
-            var d = Driver(s)
-            let w = try d.run([.write(tag: 1, offset: 4096, buffers: b.vector(first: 0, at: 0, pieces: [1 << 19, 1 << 19]))],
-                              deadline: .seconds(120))
-            #expect(w[1]?.succeeded == true)
-            let r = try d.run([.read(tag: 2, offset: 4096, buffers: b.vector(first: 2, at: 1 << 20, pieces: [1 << 20]))],
-                              deadline: .seconds(120))
-            #expect(r[2]?.succeeded == true)
-            #expect(memcmp(b.bytes.baseAddress!, b.bytes.baseAddress! + (1 << 20), 1 << 20) == 0)
-            let z = try d.run([.discard(tag: 3, offset: 4096, length: 1 << 20)], deadline: .seconds(120))
-            #expect(z[3]?.succeeded == true)
-            let again = try d.run([.read(tag: 4, offset: 4096, buffers: b.vector(first: 3, at: 0, pieces: [1 << 20]))],
+        try await withCleanup {
+            let uri = server.uri
+            try await onThread {
+                let s = try NBDStorage(uri: uri, queueDepth: 8)
+                defer { s.close() }
+                #expect(s.maximumPayload == 65536)
+                let b = Buffers(byteCount: 2 << 20, iovecCount: 8)
+                for i in 0..<(1 << 20) { b.bytes[i] = UInt8(truncatingIfNeeded: i &* 13 &+ i >> 12) }
+                var d = Driver(s)
+                let w = try d.run([.write(tag: 1, offset: 4096, buffers: b.vector(first: 0, at: 0, pieces: [1 << 19, 1 << 19]))],
                                   deadline: .seconds(120))
-            #expect(again[4]?.succeeded == true)
-            #expect(b.bytes[0..<(1 << 20)].allSatisfy { $0 == 0 })
+                #expect(w[1]?.succeeded == true)
+                let r = try d.run([.read(tag: 2, offset: 4096, buffers: b.vector(first: 2, at: 1 << 20, pieces: [1 << 20]))],
+                                  deadline: .seconds(120))
+                #expect(r[2]?.succeeded == true)
+                #expect(memcmp(b.bytes.baseAddress!, b.bytes.baseAddress! + (1 << 20), 1 << 20) == 0)
+                let z = try d.run([.discard(tag: 3, offset: 4096, length: 1 << 20)], deadline: .seconds(120))
+                #expect(z[3]?.succeeded == true)
+                let again = try d.run([.read(tag: 4, offset: 4096, buffers: b.vector(first: 3, at: 0, pieces: [1 << 20]))],
+                                      deadline: .seconds(120))
+                #expect(again[4]?.succeeded == true)
+                #expect(b.bytes[0..<(1 << 20)].allSatisfy { $0 == 0 })
+            }
+        } cleanup: {
+            await server.stop()
         }
     }
 
     @Test func aMissingExportOrServerIsAClearError() async throws {
         let image = try TemporaryImage(bytes: 1 << 20)
         let server = try await NBDServerProcess.qemuNBD(image: image.path)
-        defer { server.stop() }
-        let named = NBDURI(endpoint: .unix(path: server.socket), exportName: "nope")
-        await onThread {
-            #expect { _ = try NBDStorage(uri: named) } throws: { e in
-                (e as? StorageError)?.message.contains("no export named") == true
+        try await withCleanup {
+            let named = NBDURI(endpoint: .unix(path: server.socket), exportName: "nope")
+            await onThread {
+                #expect { _ = try NBDStorage(uri: named) } throws: { e in
+                    (e as? StorageError)?.message.contains("no export named") == true
+                }
+                let nowhere = NBDURI(endpoint: .unix(path: "/nonexistent/nbd.sock"), exportName: "")
+                #expect(throws: StorageError.self) { _ = try NBDStorage(uri: nowhere) }
             }
-            let nowhere = NBDURI(endpoint: .unix(path: "/nonexistent/nbd.sock"), exportName: "")
-            #expect(throws: StorageError.self) { _ = try NBDStorage(uri: nowhere) }
+        } cleanup: {
+            await server.stop()
         }
     }
 
@@ -150,33 +168,36 @@ struct NBDStorageTests {
     /// operation; nothing traps or hangs.
     @Test func aServerKilledMidStreamThatDoesNotComeBackFailsWhatIsOutstanding() async throws {
         let server = try await NBDServerProcess.nbdkit(["--filter=delay", "memory", "16M", "rdelay=5"])
-        defer { server.stop() }
-        let uri = server.uri
-        let s = try await onThread { try NBDStorage(uri: uri, queueDepth: 16, reconnectWindow: .seconds(2)) }
-        let b = Buffers(byteCount: 8 * 4096, iovecCount: 8)
-        let box = UncheckedBox((s, b))
-        let accepted = try await onThread {
-            let (s, b) = box.value
-            let ops = (0..<8).map { StorageOperation.read(tag: UInt64($0), offset: UInt64($0) * 4096,
-                                                          buffers: b.vector(first: $0, at: $0 * 4096, pieces: [4096])) }
-            return try ops.withUnsafeBufferPointer { try s.submit($0) }
-        }
-        #expect(accepted == 8)
-        await server.kill()
-        try await onThread {
-            let (s, b) = box.value
-            defer { s.close() }
-            var d = Driver(s)
-            var seen: [StorageCompletion] = []
-            let end = ContinuousClock.now + .seconds(60)
-            while seen.count < 8 && ContinuousClock.now < end {
-                let n = try d.completions.withUnsafeMutableBufferPointer { try s.reap(into: $0, timeout: .milliseconds(200)) }
-                seen += d.completions.prefix(n)
+        try await withCleanup {
+            let uri = server.uri
+            let s = try await onThread { try NBDStorage(uri: uri, queueDepth: 16, reconnectWindow: .seconds(2)) }
+            let b = Buffers(byteCount: 8 * 4096, iovecCount: 8)
+            let box = UncheckedBox((s, b))
+            let accepted = try await onThread {
+                let (s, b) = box.value
+                let ops = (0..<8).map { StorageOperation.read(tag: UInt64($0), offset: UInt64($0) * 4096,
+                                                              buffers: b.vector(first: $0, at: $0 * 4096, pieces: [4096])) }
+                return try ops.withUnsafeBufferPointer { try s.submit($0) }
             }
-            #expect(seen.count == 8 && seen.allSatisfy { !$0.succeeded })
-            #expect(seen.allSatisfy { $0.error?.message.contains("no connection within") == true })
-            let later = try d.run([.read(tag: 99, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096]))])
-            #expect(later[99]?.succeeded == false)
+            #expect(accepted == 8)
+            await server.kill()
+            try await onThread {
+                let (s, b) = box.value
+                defer { s.close() }
+                var d = Driver(s)
+                var seen: [StorageCompletion] = []
+                let end = ContinuousClock.now + .seconds(60)
+                while seen.count < 8 && ContinuousClock.now < end {
+                    let n = try d.completions.withUnsafeMutableBufferPointer { try s.reap(into: $0, timeout: .milliseconds(200)) }
+                    seen += d.completions.prefix(n)
+                }
+                #expect(seen.count == 8 && seen.allSatisfy { !$0.succeeded })
+                #expect(seen.allSatisfy { $0.error?.message.contains("no connection within") == true })
+                let later = try d.run([.read(tag: 99, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096]))])
+                #expect(later[99]?.succeeded == false)
+            }
+        } cleanup: {
+            await server.stop()
         }
     }
 }
