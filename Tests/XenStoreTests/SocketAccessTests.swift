@@ -10,8 +10,9 @@ import XenABI
 @Suite(.timeLimit(.minutes(5)), .serialized)
 struct SocketAccessTests {
     /// Runs python3 as uid/gid 65534 with no supplementary groups: connects to `socket`,
-    /// sends READ /probe, prints "REPLY <type>", "EOF" or "CONNECT <errno>".
-    func probeAsNobody(_ socket: String) throws -> String {
+    /// sends READ /probe, prints "REPLY <type>", "EOF" or "CONNECT <errno>". Awaits it
+    /// (never blocking a pool thread), killed past 15 s (see `exitStatus(of:within:)`).
+    func probeAsNobody(_ socket: String) async throws -> String {
         let script = """
         import socket, struct, sys
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -35,10 +36,9 @@ struct SocketAccessTests {
         p.standardOutput = out
         p.standardError = FileHandle.nullDevice
         try p.run()
-        if !eventuallyBlocking(15, { !p.isRunning }) { p.terminate() }
-        p.waitUntilExit()
-        return String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            .trimmingCharacters(in: .whitespacesAndNewlines)
+        _ = await exitStatus(of: p, within: 15)
+        let output = await onThread { out.fileHandleForReading.readDataToEndOfFile() }
+        return String(decoding: output, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     var canDropPrivileges: Bool {
@@ -60,17 +60,17 @@ struct SocketAccessTests {
         let s = try TestServer()
         // A mistaken chmod opens the file; peer credentials still keep uid 65534 out.
         chmod(s.path, 0o666)
-        let r = try probeAsNobody(s.path)
+        let r = try await probeAsNobody(s.path)
         #expect(r == "EOF" || r == "REPLY EOF", "\(r)")
         // With the mode as made, the file itself refuses it.
         chmod(s.path, 0o600)
-        #expect(try probeAsNobody(s.path).hasPrefix("CONNECT"))
+        #expect(try await probeAsNobody(s.path).hasPrefix("CONNECT"))
         let c = try s.client()
         try await c.write("/root/ok", "1")
         #expect(try await c.read("/root/ok") == "1")
     }
 
-    @Test func aGroupGivenToTheServerIsTrusted() throws {
+    @Test func aGroupGivenToTheServerIsTrusted() async throws {
         guard canDropPrivileges else { return }
         let path = "/tmp/xs-grp-\(UUID().uuidString.prefix(8)).sock"
         let server = XenStoreServer(socketPath: path, logger: quietLogger(), group: 65534)
@@ -80,7 +80,7 @@ struct SocketAccessTests {
         #expect(lstat(path, &st) == 0)
         #expect(st.st_mode & 0o777 == 0o660 && st.st_gid == 65534)
         // READ /probe: ENOENT, an answer (XS_ERROR is 16).
-        #expect(try probeAsNobody(path) == "REPLY 16")
+        #expect(try await probeAsNobody(path) == "REPLY 16")
     }
 
     @Test func emptyAbstractAndRegularFilePathsAreRefusedAndNothingIsRemoved() throws {

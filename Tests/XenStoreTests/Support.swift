@@ -37,9 +37,10 @@ struct ToolResult {
     var stderr: String
 }
 
-/// Runs `/usr/bin/<tool>` with `XENSTORED_PATH=socket`, killing it after `timeout` seconds
-/// (see `eventuallyBlocking`).
-func runTool(_ tool: String, _ args: [String], socket: String, timeout: Double = 10) throws -> ToolResult {
+/// Runs `/usr/bin/<tool>` with `XENSTORED_PATH=socket` and awaits it (never blocking a
+/// pool thread); past `timeout` seconds (see `exitStatus(of:within:)`) it is killed and
+/// this throws `TimedOut`.
+func runTool(_ tool: String, _ args: [String], socket: String, timeout: Double = 10) async throws -> ToolResult {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/" + tool)
     p.arguments = args
@@ -48,13 +49,13 @@ func runTool(_ tool: String, _ args: [String], socket: String, timeout: Double =
     p.standardOutput = out
     p.standardError = err
     try p.run()
-    if !eventuallyBlocking(timeout, { !p.isRunning }) {
-        p.terminate()
-        p.waitUntilExit()
+    // The output is small (a tool's answer): the pipes never fill before the exit.
+    guard let status = await exitStatus(of: p, within: timeout) else { throw TimedOut(seconds: timeout) }
+    let (o, e) = await onThread {
+        (String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
+         String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
     }
-    let o = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    return ToolResult(status: p.terminationStatus, stdout: o, stderr: e)
+    return ToolResult(status: status, stdout: o, stderr: e)
 }
 
 /// True when Xen's tools are installed (CI installs xenstore-utils).
