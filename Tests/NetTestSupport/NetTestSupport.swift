@@ -51,12 +51,15 @@ public func spawn(_ args: [String], output: Pipe? = nil) throws -> Process {
     return p
 }
 
-/// Waits for `process` at most `seconds` (see `eventuallyBlocking`), killing it past that; returns its status.
-public func wait(_ process: Process, seconds: Double) -> Int32 {
-    if !eventuallyBlocking(seconds, every: .milliseconds(20), { !process.isRunning }) {
-        process.terminate(); process.waitUntilExit(); return -1
-    }
-    return process.terminationStatus
+/// Runs a command (`spawn`) and awaits it, never blocking a pool thread: killed past
+/// `seconds` (see `exitStatus(of:within:)`), when its status is -1; its status and output.
+public func runCommand(_ args: [String], seconds: Double = minimumDeadline) async -> (status: Int32, output: String) {
+    let out = Pipe()
+    guard let p = try? spawn(args, output: out) else { return (-1, "") }
+    // The output is small (a tool's message), so the pipe never fills before the exit.
+    let status = await exitStatus(of: p, within: seconds) ?? -1
+    let data = await onThread { out.fileHandleForReading.availableData }
+    return (status, String(decoding: data, as: UTF8.self))
 }
 
 /// True where network namespaces, bridges and TAPs can be made (root and /dev/net/tun).

@@ -46,12 +46,12 @@ struct NetMultiQueueRealTrafficTests {
         let receiver = try spawn(["ip", "netns", "exec", dom0.name, "python3", "-c", Self.receiver], output: server)
         let client = Pipe()
         let sender = try spawn(["ip", "netns", "exec", guestNS.name, "python3", "-c", Self.sender], output: client)
-        let sent = await Task.detached { () -> (Int32, Int32) in
-            (wait(sender, seconds: 180), wait(receiver, seconds: 60))
-        }.value
+        let sent = (await exitStatus(of: sender, within: 180), await exitStatus(of: receiver, within: 60))
         #expect(sent == (0, 0), "sender/receiver exit status")
-        let sentHashes = String(decoding: client.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let receivedHashes = String(decoding: server.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let (sentHashes, receivedHashes) = await onThread {
+            (String(decoding: client.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
+             String(decoding: server.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        }
         #expect(sentHashes.split(separator: "\n").count == 16 && sentHashes == receivedHashes,
                 "sent \(sentHashes) received \(receivedHashes)")
         #expect(queues.allSatisfy { $0.counters.txPackets.value > 0 && $0.counters.rxPackets.value > 0 },

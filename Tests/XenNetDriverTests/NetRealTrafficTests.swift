@@ -1,5 +1,6 @@
 import Foundation
 import NetTestSupport
+import TestSupport
 import Testing
 import XenNetBack
 import XenNetFront
@@ -11,7 +12,7 @@ import XenSimulator
 /// and a real TCP transfer cross the rings.
 @Suite(.timeLimit(.minutes(5)), .serialized, .enabled(if: canMakeNetworks, "needs root and /dev/net/tun"))
 struct NetRealTrafficTests {
-    @Test func pingBothWaysAndA100MiBTransferKeepsItsChecksum() throws {
+    @Test func pingBothWaysAndA100MiBTransferKeepsItsChecksum() async throws {
         let dom0 = try TestNamespace("xpvd0")
         let guestNS = try TestNamespace("xpvg")
         try dom0.run("ip", "link", "add", "xpvbr", "type", "bridge")
@@ -34,19 +35,21 @@ struct NetRealTrafficTests {
         defer { adapter.stop() }
 
         let pingOut = try spawn(["ip", "netns", "exec", guestNS.name, "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.77.0.1"])
-        #expect(wait(pingOut, seconds: 20) == 0, "guest could not ping dom0's bridge")
+        #expect(await exitStatus(of: pingOut, within: 20) == 0, "guest could not ping dom0's bridge")
         let pingIn = try spawn(["ip", "netns", "exec", dom0.name, "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.77.0.2"])
-        #expect(wait(pingIn, seconds: 20) == 0, "dom0 could not ping the guest")
+        #expect(await exitStatus(of: pingIn, within: 20) == 0, "dom0 could not ping the guest")
 
         // 100 MiB from the guest to dom0; both ends hash what they saw.
         let server = Pipe()
         let receiver = try spawn(["ip", "netns", "exec", dom0.name, "python3", "-c", Self.receiver], output: server)
         let client = Pipe()
         let sender = try spawn(["ip", "netns", "exec", guestNS.name, "python3", "-c", Self.sender], output: client)
-        #expect(wait(sender, seconds: 120) == 0, "sender failed")
-        #expect(wait(receiver, seconds: 30) == 0, "receiver failed")
-        let sent = String(decoding: client.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let received = String(decoding: server.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(await exitStatus(of: sender, within: 120) == 0, "sender failed")
+        #expect(await exitStatus(of: receiver, within: 30) == 0, "receiver failed")
+        let (sent, received) = await onThread {
+            (String(decoding: client.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
+             String(decoding: server.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        }
         #expect(sent.count == 65 && sent == received, "sent \(sent) received \(received)")
         #expect(adapter.failure == nil && f.vif.failure == nil)
 

@@ -84,26 +84,12 @@ import XenStore
     }
 }
 
-/// Runs a command on a thread of its own (never the cooperative pool) with a bound; its status and output.
-func runOffPool(_ args: [String], seconds: Double = 60) async -> (status: Int32, output: String) {
-    await withCheckedContinuation { done in
-        Thread {
-            let out = Pipe()
-            guard let p = try? spawn(args, output: out) else { done.resume(returning: (-1, "")); return }
-            // The output is small (a tool's message), so the pipe never fills before the exit.
-            let status = wait(p, seconds: seconds)
-            let data = out.fileHandleForReading.availableData
-            done.resume(returning: (status, String(decoding: data, as: UTF8.self)))
-        }.start()
-    }
-}
-
 struct CommandFailed: Error { var command: String; var status: Int32; var output: String }
 
 /// Runs `args` off the pool and requires status 0.
 @discardableResult
 func sh(_ args: String...) async throws -> String {
-    let (status, output) = await runOffPool(args)
+    let (status, output) = await runCommand(args)
     guard status == 0 else { throw CommandFailed(command: args.joined(separator: " "), status: status, output: output) }
     return output
 }
@@ -135,11 +121,11 @@ struct VifNetworkModeTests {
 
     /// Whether dom0's namespace still has interface `name`.
     static func hasLink(_ dom0: TestNamespace, _ name: String) async -> Bool {
-        await runOffPool(["ip", "-n", dom0.name, "link", "show", name]).status == 0
+        await runCommand(["ip", "-n", dom0.name, "link", "show", name]).status == 0
     }
 
     static func ping(from ns: TestNamespace, _ address: String) async -> Bool {
-        await runOffPool(["ip", "netns", "exec", ns.name, "ping", "-c", "2", "-i", "0.2", "-W", "5", address]).status == 0
+        await runCommand(["ip", "netns", "exec", ns.name, "ping", "-c", "2", "-i", "0.2", "-W", "5", address]).status == 0
     }
 
     @Test func bridgeTwoGuestsPingEachOtherAndUnplugLeavesNoInterface() async throws {
@@ -228,17 +214,13 @@ struct VifNetworkModeTests {
         // TCP from the guest: the outside sees the host's address as the source.
         let server = Pipe()
         let listener = try spawn(["ip", "netns", "exec", outside.name, "python3", "-c", Self.peerPrinter], output: server)
-        let client = await runOffPool(["ip", "netns", "exec", g.name, "python3", "-c", Self.connector])
+        let client = await runCommand(["ip", "netns", "exec", g.name, "python3", "-c", Self.connector])
         #expect(client.status == 0, "the guest's TCP connection failed: \(client.output)")
-        let seen = await withCheckedContinuation { done in
-            Thread {
-                _ = wait(listener, seconds: 60)
-                done.resume(returning: String(decoding: server.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
-            }.start()
-        }
+        _ = await exitStatus(of: listener, within: 60)
+        let seen = String(decoding: await onThread { server.fileHandleForReading.readDataToEndOfFile() }, as: UTF8.self)
         #expect(seen.trimmingCharacters(in: .whitespacesAndNewlines) == "192.168.72.1", "the outside saw \(seen)")
         // Unsolicited inbound: the outside has no way to the guest's private address.
-        #expect(await runOffPool(["ip", "netns", "exec", outside.name, "ping", "-c", "1", "-W", "1", "10.72.0.2"]).status != 0)
+        #expect(await runCommand(["ip", "netns", "exec", outside.name, "ping", "-c", "1", "-W", "1", "10.72.0.2"]).status != 0)
 
         try await w.close()
         #expect(await eventually(60) { await !Self.hasLink(dom0, "xpvn1.0") })

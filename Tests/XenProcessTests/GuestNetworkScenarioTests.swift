@@ -16,29 +16,16 @@ import XenToolstack
 /// leaves no domain, mapping, port, driver thread, TAP, route or nftables table.
 @Suite(.timeLimit(.minutes(10)), .serialized, .enabled(if: canMakeNetworks, "needs root and /dev/net/tun"))
 struct GuestNetworkScenarioTests {
-    /// A command run off the cooperative pool with a bound: its status and output.
-    static func run(_ args: [String], seconds: Double = 120) async -> (status: Int32, output: String) {
-        await withCheckedContinuation { done in
-            Thread {
-                let out = Pipe()
-                guard let p = try? spawn(args, output: out) else { done.resume(returning: (-1, "")); return }
-                let status = wait(p, seconds: seconds)
-                let data = out.fileHandleForReading.availableData
-                done.resume(returning: (status, String(decoding: data, as: UTF8.self)))
-            }.start()
-        }
-    }
-
     /// Runs `args` and requires status 0; its output.
     @discardableResult
     static func must(_ args: String...) async throws -> String {
-        let (status, output) = await run(args)
+        let (status, output) = await runCommand(args)
         try #require(status == 0, "\(args.joined(separator: " ")): status \(status): \(output)")
         return output
     }
 
     static func ping(from ns: String, _ address: String) async -> Bool {
-        await run(["ip", "netns", "exec", ns, "ping", "-c", "2", "-i", "0.2", "-W", "5", address]).status == 0
+        await runCommand(["ip", "netns", "exec", ns, "ping", "-c", "2", "-i", "0.2", "-W", "5", address]).status == 0
     }
 
     /// A TCP connection from namespace `from` to a listener in `to` at `address:port`; the
@@ -61,13 +48,9 @@ struct GuestNetworkScenarioTests {
             """
         let server = Pipe()
         guard let listening = try? spawn(["ip", "netns", "exec", to, "python3", "-c", listener], output: server) else { return "" }
-        let client = await run(["ip", "netns", "exec", from, "python3", "-c", connector])
-        let seen = await withCheckedContinuation { done in
-            Thread {
-                _ = wait(listening, seconds: 120)
-                done.resume(returning: String(decoding: server.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
-            }.start()
-        }
+        let client = await runCommand(["ip", "netns", "exec", from, "python3", "-c", connector])
+        _ = await exitStatus(of: listening, within: 120)
+        let seen = String(decoding: await onThread { server.fileHandleForReading.readDataToEndOfFile() }, as: UTF8.self)
         return client.status == 0 ? seen.trimmingCharacters(in: .whitespacesAndNewlines) : "connect failed: \(client.output)"
     }
 
@@ -190,7 +173,7 @@ struct GuestNetworkScenarioTests {
         #expect(await Self.ping(from: natNS.name, "192.168.81.2"), "the NATed guest could not reach the outside")
         let natPeer = await Self.tcp(from: natNS.name, to: outside.name, address: "192.168.81.2", port: 5082)
         #expect(natPeer == "192.168.81.1", "the outside saw \(natPeer)")
-        #expect(await Self.run(["ip", "netns", "exec", outside.name, "ping", "-c", "1", "-W", "1", "10.82.0.2"]).status != 0)
+        #expect(await runCommand(["ip", "netns", "exec", outside.name, "ping", "-c", "1", "-W", "1", "10.82.0.2"]).status != 0)
 
         // Shutdown: both programs acknowledge and leave; nothing of either domain is left.
         for name in ["routed", "natted"] {
@@ -212,7 +195,7 @@ struct GuestNetworkScenarioTests {
         }, "\(f.daemon.report())")
         #expect(await eventually(180) { Self.driverThreads(of: backend.pid).isEmpty }, "\(Self.driverThreads(of: backend.pid))")
         #expect(await eventually(180) {
-            let links = await Self.run(["ip", "-n", dom0.name, "-o", "link", "show"]).output
+            let links = await runCommand(["ip", "-n", dom0.name, "-o", "link", "show"]).output
             return !links.contains("vif\(routedID).") && !links.contains("vif\(nattedID).")
         }, "a vif's TAP is left in dom0")
         let route = try await Self.must("ip", "-n", dom0.name, "route", "show", "10.81.0.5")
@@ -220,7 +203,7 @@ struct GuestNetworkScenarioTests {
         let rules = try await Self.must("ip", "netns", "exec", dom0.name, "nft", "list", "ruleset")
         #expect(rules.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "nftables left: \(rules)")
         for ns in [routedNS.name, natNS.name] {
-            #expect(await Self.run(["ip", "-n", ns, "link", "show", "eth0"]).status != 0, "the guest's TAP is left in \(ns)")
+            #expect(await runCommand(["ip", "-n", ns, "link", "show", "eth0"]).status != 0, "the guest's TAP is left in \(ns)")
         }
         #expect(backend.sanitizerClean, "\(backend.output)")
     }
