@@ -19,8 +19,9 @@ struct CommandTests {
         var output: String
     }
 
-    /// Runs xenpv with `args`, killing it after `timeout` seconds; sleeps while
-    /// it waits (a waiting test must not hold a cooperative-pool thread).
+    /// Runs xenpv with `args` and awaits it (see `exitStatus(of:within:)`: a waiting
+    /// test must not hold a cooperative-pool thread); past `timeout` seconds it is killed
+    /// and this throws `TimedOut`.
     @discardableResult
     static func xenpv(_ args: [String], environment: [String: String] = [:], timeout: Double = 30) async throws -> Run {
         let p = Process()
@@ -31,9 +32,9 @@ struct CommandTests {
         p.standardOutput = out
         p.standardError = out
         try p.run()
-        if !(await eventually(timeout) { !p.isRunning }) { p.terminate() }
-        p.waitUntilExit()
-        return Run(status: p.terminationStatus, output: String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        guard let status = await exitStatus(of: p, within: timeout) else { throw TimedOut(seconds: timeout) }
+        let output = await onThread { out.fileHandleForReading.readDataToEndOfFile() }
+        return Run(status: status, output: String(decoding: output, as: UTF8.self))
     }
 
     @Test func storeCommandsAndListAgainstOurXenstored() async throws {
@@ -44,37 +45,38 @@ struct CommandTests {
         daemon.standardOutput = FileHandle.nullDevice
         daemon.standardError = FileHandle.nullDevice
         try daemon.run()
-        defer {
+        // However the test ends, the daemon is stopped and awaited (never blocking a pool thread).
+        try await withCleanup {
+            _ = await eventually(10, every: .milliseconds(20)) { FileManager.default.fileExists(atPath: socket) }
+
+            let fe = "/local/domain/5/device/vbd/51712"
+            let be = "/local/domain/0/backend/vbd/5/51712"
+            #expect(try await Self.xenpv(["xenstore", "write", "--store", socket, fe + "/state", "3", fe + "/backend", be,
+                                    fe + "/backend-id", "0", be + "/state", "2"]).status == 0)
+            #expect(try await Self.xenpv(["xenstore", "read", "--store", socket, fe + "/backend"]).output == be + "\n")
+            let list = try await Self.xenpv(["list", "--devices", "--store", socket])
+            #expect(list.status == 0)
+            #expect(list.output.contains("vbd/51712") && list.output.contains("Initialised") && list.output.contains("InitWait"))
+            // The same socket through the environment variable Xen's tools use.
+            let ls = try await Self.xenpv(["xenstore", "ls", "/local/domain/5"], environment: ["XENSTORED_PATH": socket])
+            #expect(ls.output.contains("backend-id = \"0\""))
+            // top shows what a backend published under xenpv-stats.
+            let stats = "/local/domain/0/xenpv-stats/vbd/5/51712"
+            #expect(try await Self.xenpv(["xenstore", "write", "--store", socket, stats,
+                                    "requests=1000 bytes=4096000 notifies=10 sleeps=5 ring_fill=3 ring_size=32 dropped=0"]).status == 0)
+            let top = try await Self.xenpv(["top", "--store", socket, "--count", "1", "--interval", "0.2"])
+            #expect(top.status == 0 && top.output.contains("dom0 vbd 5/51712") && top.output.contains("3/32"), "\(top.output)")
+            #expect(try await Self.xenpv(["xenstore", "rm", "--store", socket, "/local/domain/5"]).status == 0)
+            #expect(try await Self.xenpv(["xenstore", "read", "--store", socket, fe + "/state"]).status != 0)
+
+            // SIGTERM stops it cleanly and removes the socket.
+            daemon.terminate()
+            #expect(await exitStatus(of: daemon) == 0)
+            #expect(!FileManager.default.fileExists(atPath: socket))
+        } cleanup: {
             if daemon.isRunning { daemon.terminate() }
-            daemon.waitUntilExit()
+            _ = await exitStatus(of: daemon)
         }
-        _ = await eventually(10, every: .milliseconds(20)) { FileManager.default.fileExists(atPath: socket) }
-
-        let fe = "/local/domain/5/device/vbd/51712"
-        let be = "/local/domain/0/backend/vbd/5/51712"
-        #expect(try await Self.xenpv(["xenstore", "write", "--store", socket, fe + "/state", "3", fe + "/backend", be,
-                                fe + "/backend-id", "0", be + "/state", "2"]).status == 0)
-        #expect(try await Self.xenpv(["xenstore", "read", "--store", socket, fe + "/backend"]).output == be + "\n")
-        let list = try await Self.xenpv(["list", "--devices", "--store", socket])
-        #expect(list.status == 0)
-        #expect(list.output.contains("vbd/51712") && list.output.contains("Initialised") && list.output.contains("InitWait"))
-        // The same socket through the environment variable Xen's tools use.
-        let ls = try await Self.xenpv(["xenstore", "ls", "/local/domain/5"], environment: ["XENSTORED_PATH": socket])
-        #expect(ls.output.contains("backend-id = \"0\""))
-        // top shows what a backend published under xenpv-stats.
-        let stats = "/local/domain/0/xenpv-stats/vbd/5/51712"
-        #expect(try await Self.xenpv(["xenstore", "write", "--store", socket, stats,
-                                "requests=1000 bytes=4096000 notifies=10 sleeps=5 ring_fill=3 ring_size=32 dropped=0"]).status == 0)
-        let top = try await Self.xenpv(["top", "--store", socket, "--count", "1", "--interval", "0.2"])
-        #expect(top.status == 0 && top.output.contains("dom0 vbd 5/51712") && top.output.contains("3/32"), "\(top.output)")
-        #expect(try await Self.xenpv(["xenstore", "rm", "--store", socket, "/local/domain/5"]).status == 0)
-        #expect(try await Self.xenpv(["xenstore", "read", "--store", socket, fe + "/state"]).status != 0)
-
-        // SIGTERM stops it cleanly and removes the socket.
-        daemon.terminate()
-        daemon.waitUntilExit()
-        #expect(daemon.terminationStatus == 0)
-        #expect(!FileManager.default.fileExists(atPath: socket))
     }
 
     @Test func mistakesGetClearErrors() async throws {
