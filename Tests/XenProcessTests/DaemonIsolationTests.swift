@@ -58,13 +58,13 @@ extension ProcessTests {
             let image = dir + "/disk.img"
             #expect(FileManager.default.createFile(atPath: image, contents: Data(count: 4 << 20)))
             let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
-            defer { hv.kill() }
+            defer { hv.sendKill() }
             #expect(await hv.waitFor("listening"), "\(hv.output)")
             var st = stat()
             #expect(lstat(sock, &st) == 0 && st.st_mode & 0o777 == 0o600, "the socket is the owner's alone")
             #expect(chmod(sock, 0o666) == 0)
             let backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
-            defer { backend.kill() }
+            defer { backend.sendKill() }
             #expect(await backend.waitFor("serving"), "\(backend.output)")
 
             // A copy nobody can run wherever the build folder lies (a home directory may be 0700).
@@ -182,12 +182,12 @@ extension ProcessTests {
             init() async throws {
                 child = try Child(["hypervisor", "--socket", dir + "/hv.sock"], name: "hypervisor")
                 guard await child.waitFor("listening") else {
-                    child.kill()
+                    await child.kill()
                     throw POSIXError(.ETIMEDOUT)
                 }
             }
             deinit {
-                child.kill()
+                child.sendKill()
                 try? FileManager.default.removeItem(atPath: dir)
             }
         }
@@ -287,7 +287,7 @@ extension ProcessTests {
             let started = Date()
             let hv = try Child(["--nofile=48:48", xenpvPath(), "hypervisor", "--socket", sock], name: "hypervisor",
                                executable: "/usr/bin/prlimit")
-            defer { hv.kill() }
+            defer { hv.sendKill() }
             #expect(await hv.waitFor("listening"), "\(hv.output)")
             var fds: [Int32] = []
             for _ in 0..<60 { if let fd = try? rawConnection(sock) { fds.append(fd) } }

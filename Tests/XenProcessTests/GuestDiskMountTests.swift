@@ -21,14 +21,14 @@ extension ProcessTests {
             #expect(truncate(image, 16 << 20) == 0)
             try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: false)
             let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
-            defer { hv.kill() }
+            defer { hv.sendKill() }
             #expect(await hv.waitFor("listening"), "\(hv.output)")
             let backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
-            defer { backend.kill() }
+            defer { backend.sendKill() }
             #expect(await backend.waitFor("serving"), "\(backend.output)")
             let guest = try Child(["guest", "disk", "mount", mountpoint, "--connect", sock], name: "guest")
             defer {
-                guest.kill()
+                guest.sendKill()
                 // A killed guest leaves a dead mount behind: detach it.
                 if isMountPoint(mountpoint) { umount2(mountpoint, Int32(MNT_DETACH)) }
             }
@@ -62,7 +62,7 @@ extension ProcessTests {
         /// A hypervisor, a backend serving `image`, and a guest showing its vbd as `mnt/xvda`;
         /// `body` may kill the backend and start another (`restartBackend`).
         private func withMountedGuest(imageBytes: Int, _ body: (_ dir: String, _ image: String, _ file: String,
-                                                                _ restartBackend: () throws -> Void) async throws -> Void) async throws {
+                                                                _ restartBackend: () async throws -> Void) async throws -> Void) async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sock = dir + "/hv.sock"
@@ -72,19 +72,19 @@ extension ProcessTests {
             #expect(truncate(image, off_t(imageBytes)) == 0)
             try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: false)
             let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
-            defer { hv.kill() }
+            defer { hv.sendKill() }
             #expect(await hv.waitFor("listening"), "\(hv.output)")
             var backends = [try Child(["backend", "--connect", sock, "--disk", image], name: "backend")]
-            defer { backends.forEach { $0.kill() } }
+            defer { backends.forEach { $0.sendKill() } }
             #expect(await backends[0].waitFor("serving"), "\(backends[0].output)")
             let guest = try Child(["guest", "disk", "mount", mountpoint, "--connect", sock], name: "guest")
             defer {
-                guest.kill()
+                guest.sendKill()
                 if isMountPoint(mountpoint) { umount2(mountpoint, Int32(MNT_DETACH)) }
             }
             #expect(await guest.waitFor("the vbd is \(mountpoint)/xvda"), "\(guest.output)")
             try await body(dir, image, mountpoint + "/xvda") {
-                backends.last?.kill()
+                await backends.last?.kill()
                 backends.append(try Child(["backend", "--connect", sock, "--disk", image], name: "backend \(backends.count + 1)"))
             }
             guest.terminate()
@@ -95,14 +95,14 @@ extension ProcessTests {
 
         /// Once the sparse image has gained blocks (`tool`'s first writes have landed), kills
         /// the backend and starts another; says whether `tool` was still running then.
-        private func restartBackend(midRunOf tool: Child, image: String, _ restartBackend: () throws -> Void) async throws {
+        private func restartBackend(midRunOf tool: Child, image: String, _ restartBackend: () async throws -> Void) async throws {
             let landed = await eventually(60) {
                 var st = stat()
                 return (stat(image, &st) == 0 && st.st_blocks > 0) || !tool.process.isRunning
             }
             #expect(landed)
             let midRun = tool.process.isRunning
-            try restartBackend()
+            try await restartBackend()
             print("\(tool.name) still running when the backend was killed: \(midRun)")
         }
 
@@ -116,7 +116,7 @@ extension ProcessTests {
                                      "--direct=1", "--ioengine=libaio", "--iodepth=16", "--verify=crc32c", "--do_verify=1",
                                      "--verify_fatal=1", "--verify_state_save=0"],
                                     name: "fio", executable: "/usr/bin/fio")
-                defer { fio.kill() }
+                defer { fio.sendKill() }
                 try await self.restartBackend(midRunOf: fio, image: image, restartBackend)
                 #expect(await fio.waitForExit(seconds: 120) == 0, "\(fio.output)")
                 #expect(fio.output.contains("err= 0"), "\(fio.output)")
@@ -136,7 +136,7 @@ extension ProcessTests {
                 #expect(FileManager.default.createFile(atPath: source, contents: Data(bytes)))
                 let dd = try Child(["if=\(source)", "of=\(file)", "bs=1M", "conv=notrunc,fsync", "oflag=direct"],
                                    name: "dd", executable: "/usr/bin/dd")
-                defer { dd.kill() }
+                defer { dd.sendKill() }
                 try await self.restartBackend(midRunOf: dd, image: image, restartBackend)
                 #expect(await dd.waitForExit(seconds: 120) == 0, "\(dd.output)")
                 #expect(FileManager.default.contents(atPath: image) == Data(bytes))

@@ -24,20 +24,20 @@ extension ProcessTests {
             #expect(truncate(image, 16 << 20) == 0)
             var disk = image
             var kit: Child?
-            defer { kit?.kill() }
+            defer { kit?.sendKill() }
             if throughNBDKit {
                 kit = try Child(["-f", "-U", dir + "/kit.sock", "file", image], name: "nbdkit", executable: "/usr/bin/nbdkit")
                 disk = "nbd+unix:///?socket=\(dir)/kit.sock"
                 for _ in 0..<100 where !FileManager.default.fileExists(atPath: dir + "/kit.sock") { try await Task.sleep(for: .milliseconds(50)) }
             }
             let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
-            defer { hv.kill() }
+            defer { hv.sendKill() }
             #expect(await hv.waitFor("listening"), "\(hv.output)")
             let backend = try Child(["backend", "--connect", sock, "--disk", disk], name: "backend")
-            defer { backend.kill() }
+            defer { backend.sendKill() }
             #expect(await backend.waitFor("serving"), "\(backend.output)")
             let guest = try Child(["guest", "disk", "serve", "--connect", sock, "--nbd", "unix:" + nbd], name: "guest")
-            defer { guest.kill() }
+            defer { guest.sendKill() }
             #expect(await guest.waitFor("serving xvda on unix:\(nbd)"), "\(guest.output)")
             #expect(guest.output.contains("nbd+unix:///?socket=\(nbd)"), "\(guest.output)")
 
@@ -81,19 +81,19 @@ extension ProcessTests {
             #expect(FileManager.default.createFile(atPath: source, contents: Data(bytes)))
 
             let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
-            defer { hv.kill() }
+            defer { hv.sendKill() }
             #expect(await hv.waitFor("listening"), "\(hv.output)")
             var backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
-            defer { backend.kill() }
+            defer { backend.sendKill() }
             #expect(await backend.waitFor("serving"), "\(backend.output)")
             let guest = try Child(["guest", "disk", "serve", "--connect", sock, "--nbd", "unix:" + nbd], name: "guest")
-            defer { guest.kill() }
+            defer { guest.sendKill() }
             #expect(await guest.waitFor("serving xvda"), "\(guest.output)")
 
-            backend.kill()
+            await backend.kill()
             let uri = "nbd+unix:///?socket=\(nbd)"
             let copyIn = try Child([source, uri], name: "nbdcopy in", executable: "/usr/bin/nbdcopy")
-            defer { copyIn.kill() }
+            defer { copyIn.sendKill() }
             // Without a backend nothing can complete: the copy is still waiting when the new one starts.
             try await Task.sleep(for: .milliseconds(500))
             #expect(copyIn.process.isRunning, "nbdcopy finished without a backend: \(copyIn.output)")
@@ -129,18 +129,18 @@ extension ProcessTests {
             #expect(FileManager.default.createFile(atPath: source, contents: Data(bytes)))
 
             let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
-            defer { hv.kill() }
+            defer { hv.sendKill() }
             #expect(await hv.waitFor("listening"), "\(hv.output)")
             var backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
-            defer { backend.kill() }
+            defer { backend.sendKill() }
             #expect(await backend.waitFor("serving"), "\(backend.output)")
             let guest = try Child(["guest", "disk", "serve", "--connect", sock, "--nbd", "unix:" + nbd], name: "guest")
-            defer { guest.kill() }
+            defer { guest.sendKill() }
             #expect(await guest.waitFor("serving xvda"), "\(guest.output)")
 
             let uri = "nbd+unix:///?socket=\(nbd)"
             let copyIn = try Child([source, uri], name: "nbdcopy in", executable: "/usr/bin/nbdcopy")
-            defer { copyIn.kill() }
+            defer { copyIn.sendKill() }
             // Some of the copy is in the image (every source word is odd, so nonzero).
             let image0 = try FileHandle(forReadingFrom: URL(fileURLWithPath: image))
             let started = await eventually(60) {
@@ -150,7 +150,7 @@ extension ProcessTests {
             #expect(started)
             try image0.close()
             let midCopy = copyIn.process.isRunning
-            backend.kill()
+            await backend.kill()
             print("nbdcopy still running when the backend was killed: \(midCopy)")
             backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend 2")
             #expect(await copyIn.waitForExit(seconds: 90) == 0, "\(copyIn.output)\n--- guest:\n\(guest.output)")
@@ -176,19 +176,19 @@ extension ProcessTests {
             #expect(FileManager.default.createFile(atPath: image, contents: nil))
             #expect(truncate(image, 64 << 20) == 0)
             let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
-            defer { hv.kill() }
+            defer { hv.sendKill() }
             #expect(await hv.waitFor("listening"), "\(hv.output)")
             var backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
-            defer { backend.kill() }
+            defer { backend.sendKill() }
             #expect(await backend.waitFor("serving"), "\(backend.output)")
             let guest = try Child(["guest", "disk", "serve", "--connect", sock, "--nbd", "unix:" + nbd], name: "guest")
-            defer { guest.kill() }
+            defer { guest.sendKill() }
             #expect(await guest.waitFor("serving xvda"), "\(guest.output)")
 
             let fio = try Child(["--name=verify", "--ioengine=nbd", "--uri=nbd+unix:///?socket=\(nbd)", "--rw=randwrite",
                                  "--bs=4k", "--iodepth=16", "--size=32m", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0"],
                                 name: "fio", executable: "/usr/bin/fio")
-            defer { fio.kill() }
+            defer { fio.sendKill() }
             // The sparse image gains blocks as the first writes land.
             let started = await eventually(60) {
                 var st = stat()
@@ -196,7 +196,7 @@ extension ProcessTests {
             }
             #expect(started)
             let midRun = fio.process.isRunning
-            backend.kill()
+            await backend.kill()
             print("fio still running when the backend was killed: \(midRun)")
             backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend 2")
             #expect(await fio.waitForExit(seconds: 120) == 0, "\(fio.output)\n--- guest:\n\(guest.output)")

@@ -85,7 +85,7 @@ struct GuestNetworkScenarioTests {
         // The backend runs in dom0's namespace: its TAPs, routes and nftables tables are made there.
         let backend = try Child(["ip", "netns", "exec", dom0.name, xenpvPath(), "backend", "--connect", f.socket], name: "backend",
                                 executable: "/usr/bin/env")
-        defer { backend.kill() }
+        defer { backend.sendKill() }
         #expect(await backend.waitFor("serving", seconds: 180), "\(backend.output)")
         let store = try XenStoreClient(socketPath: f.socket + ".xenstore")
         defer { store.close() }

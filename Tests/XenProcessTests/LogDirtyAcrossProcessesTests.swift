@@ -21,7 +21,7 @@ extension ProcessTests {
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sock = dir + "/hv.sock"
             let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
-            defer { hv.kill() }
+            defer { hv.sendKill() }
             #expect(await hv.waitFor("listening"), "\(hv.output)")
             let dom0 = try RemoteHypervisor(socketPath: sock, as: .dom0, onDaemonLost: ignoreLoss)
             defer { dom0.close() }
@@ -103,7 +103,7 @@ extension ProcessTests {
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sock = dir + "/hv.sock"
             let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
-            defer { hv.kill() }
+            defer { hv.sendKill() }
             #expect(await hv.waitFor("listening"), "\(hv.output)")
             let dom0 = try RemoteHypervisor(socketPath: sock, as: .dom0, onDaemonLost: ignoreLoss)
             defer { dom0.close() }

@@ -48,9 +48,9 @@ extension ProcessTests {
             }
 
             deinit {
-                guest?.kill()
-                daemonA.kill()
-                daemonB.kill()
+                guest?.sendKill()
+                daemonA.sendKill()
+                daemonB.sendKill()
                 try? FileManager.default.removeItem(atPath: dir)
             }
         }
@@ -158,7 +158,7 @@ extension ProcessTests {
             let guest = try #require(hosts.guest)
             let migrate = try Child(["migrate", "\(id.rawValue)", "--to", hosts.b, "--connect", hosts.a, "--hold-paused", "5"], name: "migrate")
             #expect(await guest.waitFor("suspend checksum="), "\(guest.output)")
-            hosts.daemonB.kill()
+            await hosts.daemonB.kill()
             #expect(await migrate.waitForExit(seconds: 60) != 0, "\(migrate.output)")
             #expect(migrate.output.contains("goes on on the source"), "\(migrate.output)")
             #expect(await guest.waitFor("cancelled checksum="), "\(guest.output)")
@@ -191,7 +191,7 @@ extension ProcessTests {
             #expect(await dying.waitFor("listening"), "\(dying.output)")
             let migrate = try Child(["migrate", "\(id.rawValue)", "--via", "unix:" + path, "--connect", hosts.b, "--hold-paused", "5"], name: "migrate")
             #expect(await eventually(30) { guest.output.components(separatedBy: "suspend checksum=").count == 3 }, "\(guest.output)")
-            dying.kill()
+            await dying.kill()
             #expect(await migrate.waitForExit(seconds: 60) != 0, "\(migrate.output)")
             #expect(await guest.waitFor("cancelled checksum="), "\(guest.output)")
             #expect(Self.field(guest.output, "cancelled", "equal") == "true")

@@ -69,11 +69,11 @@ extension ProcessTests {
             }
 
             deinit {
-                guest?.kill()
-                backendA.kill()
-                backendB.kill()
-                daemonA.kill()
-                daemonB.kill()
+                guest?.sendKill()
+                backendA.sendKill()
+                backendB.sendKill()
+                daemonA.sendKill()
+                daemonB.sendKill()
                 try? FileManager.default.removeItem(atPath: dir)
             }
         }
@@ -224,7 +224,7 @@ extension ProcessTests {
                                     name: "migrate")
             #expect(await guest.waitFor("suspend requested"), "\(guest.output)")
             try await Task.sleep(nanoseconds: 500_000_000)
-            hosts.daemonB.kill()
+            await hosts.daemonB.kill()
             #expect(await migrate.waitForExit(seconds: 60) != 0, "\(migrate.output)")
             #expect(migrate.output.contains("goes on on the source"), "\(migrate.output)")
             #expect(await guest.waitFor("suspend: cancelled"), "\(guest.output)")

@@ -81,7 +81,7 @@ final class Child: @unchecked Sendable {
         }.start()
     }
 
-    deinit { kill() }
+    deinit { sendKill() }
 
     /// Under `swift test --sanitize=thread` the children are instrumented too:
     /// a report in their output is a failure like one in the test process.
@@ -90,10 +90,17 @@ final class Child: @unchecked Sendable {
     var output: String { lock.withLock { text } }
     var pid: Int32 { process.processIdentifier }
 
-    /// SIGKILL, by pid, if still running, and reaps it (at once, after SIGKILL).
-    func kill() {
+    /// SIGKILL, by pid, if still running, and awaits its end (`killAndAwait`: bounded,
+    /// never blocking a pool thread, as `waitUntilExit` did).
+    func kill() async {
+        await killAndAwait(process)
+    }
+
+    /// SIGKILL, by pid, if still running, without awaiting the end (Foundation's
+    /// `Process` reaps it): for a `defer` or a `deinit` at the end of a test, which cannot
+    /// await. A test that goes on after the kill awaits `kill()` instead.
+    func sendKill() {
         if process.isRunning { Glibc.kill(pid, SIGKILL) }
-        process.waitUntilExit()
     }
 
     func terminate() {

@@ -17,10 +17,10 @@ extension ProcessTests {
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sock = dir + "/hv.sock"
             let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
-            defer { hv.kill() }
+            defer { hv.sendKill() }
             #expect(await hv.waitFor("listening"), "\(hv.output)")
             var backend = try Child(["backend", "--connect", sock], name: "backend")
-            defer { backend.kill() }
+            defer { backend.sendKill() }
             #expect(await backend.waitFor("serving"), "\(backend.output)")
 
             // A guest streams frames through the echoing backend; the backend is
@@ -28,9 +28,9 @@ extension ProcessTests {
             // reconnects, and every frame it counted as echoed came back intact.
             let guest = try Child(["guest", "net-echo", "--connect", sock, "--count", "120", "--interval-ms", "5", "--timeout", "30"],
                                   name: "guest")
-            defer { guest.kill() }
+            defer { guest.sendKill() }
             #expect(await guest.waitFor("echoed 30/"), "\(guest.output)")
-            backend.kill()
+            await backend.kill()
             let echoedBefore = guest.output.components(separatedBy: "echoed ").count - 1
             backend = try Child(["backend", "--connect", sock, "--verbose"], name: "backend 2")
             #expect(await backend.waitFor("serving"), "\(backend.output)")
@@ -51,7 +51,7 @@ extension ProcessTests {
             #expect(backend.output.contains("Connected"), "\(backend.output)")
             let busyThreads = threadCount(of: backend.pid)
             #expect(try dom0.report().mappings > 0)
-            doomed.kill()
+            await doomed.kill()
             #expect(await eventually(15) {
                 guard let r = try? dom0.report() else { return false }
                 return r.domains == [.dom0] && r.mappings == 0 && r.ports == 0
@@ -74,9 +74,9 @@ extension ProcessTests {
             // The daemon dies: every joined process exits with a clear message.
             let waiting = try Child(["guest", "net-echo", "--connect", sock, "--count", "100000", "--interval-ms", "2", "--timeout", "50"],
                                     name: "last guest")
-            defer { waiting.kill() }
+            defer { waiting.sendKill() }
             #expect(await waiting.waitFor("echoed 5/"), "\(waiting.output)")
-            hv.kill()
+            await hv.kill()
             #expect(await backend.waitForExit(seconds: 10) == 3, "\(backend.output)")
             #expect(await waiting.waitForExit(seconds: 10) == 3, "\(waiting.output)")
             #expect(backend.output.contains("the hypervisor daemon at \(sock) went away"))
@@ -92,10 +92,10 @@ extension ProcessTests {
             #expect(FileManager.default.createFile(atPath: dir + "/disk.img", contents: Data(count: 1 << 20)))
             let sock = dir + "/hv.sock"
             let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
-            defer { hv.kill() }
+            defer { hv.sendKill() }
             #expect(await hv.waitFor("listening"), "\(hv.output)")
             let backend = try Child(["backend", "--connect", sock, "--disk", "disk.img"], name: "backend", directory: dir)
-            defer { backend.kill() }
+            defer { backend.sendKill() }
             #expect(await backend.waitFor("serving"), "\(backend.output)")
             let guest = try Child(["guest", "disk", "write", "--connect", sock, "--length", "65536"], name: "guest")
             #expect(await guest.waitForExit(seconds: 30) == 0, "\(guest.output)\n--- backend:\n\(backend.output)")
@@ -174,20 +174,20 @@ extension ProcessTests {
             #expect(FileManager.default.createFile(atPath: image, contents: nil))
             #expect(truncate(image, 16 << 20) == 0)
             let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
-            defer { hv.kill() }
+            defer { hv.sendKill() }
             #expect(await hv.waitFor("listening"), "\(hv.output)")
             // io_uring by default; the restarted backend serves the same image through libaio.
             var backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
-            defer { backend.kill() }
+            defer { backend.sendKill() }
             #expect(await backend.waitFor("serving"), "\(backend.output)")
 
             let length = 4 << 20
             let writer = try Child(["guest", "disk", "write", "--connect", sock, "--length", "\(length)", "--chunk", "65536",
                                     "--interval-ms", "10", "--seed", "7"], name: "writer")
-            defer { writer.kill() }
+            defer { writer.sendKill() }
             #expect(await writer.waitFor("written \(1 << 20)/"), "\(writer.output)")
             #expect(await backend.waitFor("serves \(image) through io_uring"), "\(backend.output)")
-            backend.kill()
+            await backend.kill()
             let acknowledged = writer.output.components(separatedBy: "written ").count - 1
             #expect(acknowledged < length / 65536, "the backend was killed mid-stream")
             backend = try Child(["backend", "--connect", sock, "--disk", image, "--engine", "libaio"], name: "backend 2")
@@ -197,7 +197,7 @@ extension ProcessTests {
 
             let verifier = try Child(["guest", "disk", "verify", "--connect", sock, "--length", "\(length)", "--seed", "7"],
                                      name: "verifier")
-            defer { verifier.kill() }
+            defer { verifier.sendKill() }
             #expect(await verifier.waitForExit(seconds: 30) == 0, "\(verifier.output)")
             #expect(verifier.output.contains("verified \(length) bytes"), "\(verifier.output)")
             // Independently of the guest: the image itself holds the pattern.

@@ -93,7 +93,7 @@ struct ToolstackCommandTests {
 
         func stop() {
             store.close()
-            backend.kill()
+            backend.sendKill()
             f.stop()
         }
     }
