@@ -320,34 +320,40 @@ struct FileEngineTests {
 /// device over a temporary file. Skipped where loop devices cannot be attached.
 @Suite(.timeLimit(.minutes(5)))
 struct FileEngineBlockDeviceTests {
-    static func losetup(_ arguments: [String]) -> String? {
+    /// Runs losetup and awaits it (`exitStatus(of:within:)`, never blocking a pool
+    /// thread); its output, or nil if it failed.
+    static func losetup(_ arguments: [String]) async -> String? {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/sbin/losetup")
         p.arguments = arguments
         let out = Pipe()
         p.standardOutput = out
-        p.standardError = Pipe()
-        guard (try? p.run()) != nil else { return nil }
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else { return nil }
-        return String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            .trimmingCharacters(in: .whitespacesAndNewlines)
+        p.standardError = FileHandle.nullDevice
+        guard (try? p.run()) != nil, await exitStatus(of: p) == 0 else { return nil }
+        let output = await onThread { out.fileHandleForReading.readDataToEndOfFile() }
+        return String(decoding: output, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    @Test(arguments: FileEngine.allCases) func randomIOOnALoopDevice(_ engine: FileEngine) throws {
+    @Test(arguments: FileEngine.allCases) func randomIOOnALoopDevice(_ engine: FileEngine) async throws {
         let image = try TemporaryImage(bytes: 4 << 20)
-        guard let device = Self.losetup(["--find", "--show", "--sector-size", "4096", image.path]), !device.isEmpty else {
+        guard let device = await Self.losetup(["--find", "--show", "--sector-size", "4096", image.path]), !device.isEmpty else {
             print("loop devices unavailable; block-device path not exercised")
             return
         }
-        defer { _ = Self.losetup(["--detach", device]) }
-        let s = try engine.open(FilePath(device), queueDepth: 32)
-        defer { s.close() }
-        #expect(s.byteCount == 4 << 20)
-        #expect(s.ioMode == .direct)
-        #expect(s.alignment == 4096)  // BLKSSZGET of a 4 KiB-sector loop device
-        try Conformance.randomIO(s, seed: 21, rounds: 3)
-        try Conformance.refusals(s)
+        try await withCleanup {
+            // The engine's calls block: on a thread of their own.
+            try await onThread {
+                let s = try engine.open(FilePath(device), queueDepth: 32)
+                defer { s.close() }
+                #expect(s.byteCount == 4 << 20)
+                #expect(s.ioMode == .direct)
+                #expect(s.alignment == 4096)  // BLKSSZGET of a 4 KiB-sector loop device
+                try Conformance.randomIO(s, seed: 21, rounds: 3)
+                try Conformance.refusals(s)
+            }
+        } cleanup: {
+            _ = await Self.losetup(["--detach", device])
+        }
     }
 }
 
