@@ -25,7 +25,7 @@ struct TapDeviceTests {
         tap.close()
     }
 
-    @Test func aLinuxStackPingsThroughTheTap() throws {
+    @Test func aLinuxStackPingsThroughTheTap() async throws {
         let ns = try TestNamespace("xpvtap")
         let tap = try NetworkNamespace.run(in: ns.path) { try TapDevice(name: "xpv0", vnetHeader: true) }
         try ns.run("ip", "addr", "add", "10.99.0.1/24", "dev", "xpv0")
@@ -37,30 +37,43 @@ struct TapDeviceTests {
         ping.standardOutput = FileHandle.nullDevice
         try ping.run()
 
-        // Answer as 10.99.0.2 until ping exits, for at most 10 seconds.
-        var answered = 0
-        let deadline = Date().addingTimeInterval(10)
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
-        defer { buffer.deallocate() }
-        while ping.isRunning, Date() < deadline {
-            var pfd = pollfd(fd: tap.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0)
-            guard poll(&pfd, 1, 100) > 0, let n = try tap.read(into: buffer) else { continue }
-            let header = VirtioNetHeader(bytes: UnsafeRawBufferPointer(buffer))
-            #expect(header.netifOffload != nil)
-            var frame = Array(buffer[VirtioNetHeader.size ..< n])
-            guard Responder.answer(&frame) else { continue }
-            var raw = VirtioNetHeader.plain.raw
-            try withUnsafeMutableBytes(of: &raw) { h in
-                try frame.withUnsafeMutableBytes { f in
-                    let parts = [iovec(iov_base: h.baseAddress, iov_len: h.count), iovec(iov_base: f.baseAddress, iov_len: f.count)]
-                    _ = try parts.withUnsafeBufferPointer { try tap.write($0) }
+        // Answer as 10.99.0.2 until ping exits (ping's own -W bounds it; the loop stops
+        // after 180 s at the most), on a thread of the test's own: the loop blocks in poll,
+        // and the wait for ping's end with it. The test awaits what the thread reports.
+        let (outcome, report) = AsyncStream.makeStream(of: Result<(answered: Int, status: Int32), any Error>.self)
+        Thread {
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
+            defer { buffer.deallocate() }
+            let result = Result { () throws -> Int in
+                var answered = 0
+                let deadline = Date().addingTimeInterval(180)
+                while ping.isRunning, Date() < deadline {
+                    var pfd = pollfd(fd: tap.fileDescriptor.rawValue, events: Int16(POLLIN), revents: 0)
+                    guard poll(&pfd, 1, 100) > 0, let n = try tap.read(into: buffer) else { continue }
+                    let header = VirtioNetHeader(bytes: UnsafeRawBufferPointer(buffer))
+                    #expect(header.netifOffload != nil)
+                    var frame = Array(buffer[VirtioNetHeader.size ..< n])
+                    guard Responder.answer(&frame) else { continue }
+                    var raw = VirtioNetHeader.plain.raw
+                    try withUnsafeMutableBytes(of: &raw) { h in
+                        try frame.withUnsafeMutableBytes { f in
+                            let parts = [iovec(iov_base: h.baseAddress, iov_len: h.count), iovec(iov_base: f.baseAddress, iov_len: f.count)]
+                            _ = try parts.withUnsafeBufferPointer { try tap.write($0) }
+                        }
+                    }
+                    answered += 1
                 }
+                return answered
             }
-            answered += 1
-        }
-        if ping.isRunning { ping.terminate() }
-        ping.waitUntilExit()
-        #expect(ping.terminationStatus == 0, "ping through the TAP failed")
+            if ping.isRunning { ping.terminate() }
+            ping.waitUntilExit()
+            report.yield(result.map { ($0, ping.terminationStatus) })
+            report.finish()
+        }.start()
+        var reported: Result<(answered: Int, status: Int32), any Error>?
+        for await r in outcome { reported = r }
+        let (answered, status) = try #require(reported).get()
+        #expect(status == 0, "ping through the TAP failed")
         #expect(answered >= 3)  // one ARP reply and two echo replies at least
     }
 }
