@@ -109,14 +109,15 @@ extension ProcessTests {
             let dPort = try dEvents.bindInterdomain(remote: guest.domainID, remotePort: gPort)
             let mapper = try dom0.openGrantMapper()
             let mapping = try mapper.map(shared.refs, from: guest.domainID, writable: true)
-            // Events flow both ways through the channel page and the wake pipes.
+            // Events flow both ways through the channel page and the wake pipes. Each side
+            // looks (a poll that does not wait) between sleeps, never holding a pool thread.
             try gEvents.notify(gPort)
-            #expect(try dEvents.wait(timeoutMilliseconds: 2000))
+            #expect(try await eventually { try dEvents.wait(timeoutMilliseconds: 0) })
             var fired: [EventPort] = []
             while let p = try dEvents.pending() { fired.append(p); try dEvents.unmask(p) }
             #expect(fired.contains(dPort))
             try dEvents.notify(dPort)
-            #expect(try gEvents.wait(timeoutMilliseconds: 2000))
+            #expect(try await eventually { try gEvents.wait(timeoutMilliseconds: 0) })
             #expect(try gEvents.pending() == gPort)
             try gEvents.unmask(gPort)
 
