@@ -53,7 +53,7 @@ struct NetDataPathTests {
             expected.append(frame)
             let sent = try await eventually(every: .milliseconds(1)) {
                 let ok = try frame.withUnsafeBytes { try fe.send($0) }
-                if !ok { try fe.collectTransmitCompletions(); try f.waitForFrontendEvent() }
+                if !ok { try fe.collectTransmitCompletions(); try f.takeFrontendEvents() }
                 return ok
             }
             #expect(sent)
@@ -96,7 +96,7 @@ struct NetDataPathTests {
             var got: (length: Int, checksumBlank: Bool, dataValidated: Bool, gso: NetExtraInfo?)?
             #expect(try await eventually(every: .milliseconds(1)) {
                 got = try fe.receive(into: buffer)
-                if got == nil { try f.waitForFrontendEvent() }
+                if got == nil { try f.takeFrontendEvents() }
                 return got != nil
             })
             let packet = try #require(got)
@@ -135,7 +135,7 @@ struct NetDataPathTests {
         var length = 0
         #expect(try await eventually(every: .milliseconds(1)) {
             if let p = try fe.receive(into: buffer) { length = p.length; return true }
-            try f.waitForFrontendEvent()
+            try f.takeFrontendEvents()
             return false
         })
         #expect(length == 100)

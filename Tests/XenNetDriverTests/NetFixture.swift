@@ -98,9 +98,9 @@ final class NetFixture: @unchecked Sendable {
         return hv.shutdown()
     }
 
-    /// Waits (bounded) on the frontend's event descriptor and re-arms its port.
-    func waitForFrontendEvent(milliseconds: Int32 = 10) throws {
-        _ = try feEvents.wait(timeoutMilliseconds: milliseconds)
+    /// Takes the frontend's pending events and re-arms their ports, without waiting:
+    /// a test looks again after `eventually`'s sleep, never holding a pool thread.
+    func takeFrontendEvents() throws {
         while let port = try feEvents.pending() { try feEvents.unmask(port) }
     }
 
