@@ -7,13 +7,13 @@ import XenRing
 /// as it has room for (each written by `produce`), rings the backend when it asks, and
 /// returns every response in the order they came.
 ///
-/// It waits for responses on `events` (a bounded poll on its descriptor, then the port
-/// re-armed), so it holds the calling thread meanwhile; a backend that stops answering
-/// for `minimumDeadline` makes it throw `TimedOut`.
+/// It looks for responses (the ring, then the ports pending on `events` re-armed) between
+/// `Task.sleep`s, never holding a cooperative-pool thread while the backend works; a
+/// backend that stops answering for `minimumDeadline` makes it throw `TimedOut`.
 public func exchange<Slot, Request, Response>(
     _ slots: [Slot], on ring: inout FrontRing<Request, Response>, events: any EventChannels, port: EventPort,
     produce: (inout FrontRing<Request, Response>, Slot) -> Void
-) throws -> [Response] {
+) async throws -> [Response] {
     var queue = slots[...]
     var responses: [Response] = []
     while !queue.isEmpty || responses.count < slots.count {
@@ -22,9 +22,8 @@ public func exchange<Slot, Request, Response>(
             produce(&ring, slot)
         }
         if ring.pushRequests() { try events.notify(port) }
-        let answered = try eventuallyBlocking(every: .zero) {
+        let answered = try await eventually(every: .milliseconds(1)) {
             if try ring.checkForResponses() > 0 { return true }
-            _ = try events.wait(timeoutMilliseconds: 5)
             while let p = try events.pending() { try events.unmask(p) }
             return false
         }
@@ -37,6 +36,6 @@ public func exchange<Slot, Request, Response>(
 /// `exchange` for slots that are whole requests, each copied in with `produce`.
 public func exchange<Request, Response>(
     _ slots: [Request], on ring: inout FrontRing<Request, Response>, events: any EventChannels, port: EventPort
-) throws -> [Response] {
-    try exchange(slots, on: &ring, events: events, port: port) { $0.produce($1) }
+) async throws -> [Response] {
+    try await exchange(slots, on: &ring, events: events, port: port) { $0.produce($1) }
 }

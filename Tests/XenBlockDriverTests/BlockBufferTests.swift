@@ -50,14 +50,14 @@ struct BlockBufferTests {
         return (c.grantMaps.value, c.grantEvictions.value, c.buffers.value)
     }
 
-    @Test func aRequestsNewGrantsAreMappedAsOneRunAndGoToTheEngineAsOneBuffer() throws {
+    @Test func aRequestsNewGrantsAreMappedAsOneRunAndGoToTheEngineAsOneBuffer() async throws {
         let (f, storage) = try rawFixture(capacity: 1056)
         let pool = f.resources[0].pool.refs
-        let first = try f.pushRaw([rawRequest(.write, id: 1, sector: 0, grefs: Array(pool[0..<8]))])
+        let first = try await f.pushRaw([rawRequest(.write, id: 1, sector: 0, grefs: Array(pool[0..<8]))])
         #expect(first.map(\.status) == [.okay])
         #expect(counters(f) == (8, 0, 1))
         // The same grants again: no new mapping, still one buffer.
-        let again = try f.pushRaw([rawRequest(.write, id: 2, sector: 64, grefs: Array(pool[0..<8]))])
+        let again = try await f.pushRaw([rawRequest(.write, id: 2, sector: 64, grefs: Array(pool[0..<8]))])
         #expect(again.map(\.status) == [.okay])
         #expect(counters(f) == (8, 0, 2))
         #expect(pages(storage, sector: 0, count: 8) == Array(1...8))
@@ -65,12 +65,12 @@ struct BlockBufferTests {
         #expect(try f.teardown().isEmpty)
     }
 
-    @Test func aRequestWhoseGrantsDoNotFitWaitsForTheOneInFlight() throws {
+    @Test func aRequestWhoseGrantsDoNotFitWaitsForTheOneInFlight() async throws {
         let (f, storage) = try rawFixture(capacity: 16)
         let pool = f.resources[0].pool.refs
         // Taken off the ring together: the second needs 11 new mappings, 5 are free,
         // and the first's run is in flight.
-        let responses = try f.pushRaw([rawRequest(.write, id: 1, sector: 0, grefs: Array(pool[0..<11])),
+        let responses = try await f.pushRaw([rawRequest(.write, id: 1, sector: 0, grefs: Array(pool[0..<11])),
                                        rawRequest(.write, id: 2, sector: 128, grefs: Array(pool[11..<22]))])
         #expect(responses.map(\.status) == [.okay, .okay])
         #expect(counters(f).maps == 22 && counters(f).evictions == 11)
@@ -79,33 +79,33 @@ struct BlockBufferTests {
         #expect(try f.teardown().isEmpty)
     }
 
-    @Test func aRequestWhoseOwnRunFillsTheCacheStartsItAfresh() throws {
+    @Test func aRequestWhoseOwnRunFillsTheCacheStartsItAfresh() async throws {
         let (f, storage) = try rawFixture(capacity: 16)
         let pool = f.resources[0].pool.refs
-        _ = try f.pushRaw([rawRequest(.write, id: 1, sector: 0, grefs: Array(pool[0..<11]))])
+        _ = try await f.pushRaw([rawRequest(.write, id: 1, sector: 0, grefs: Array(pool[0..<11]))])
         // One grant of the mapped run and ten new ones: the run cannot go while this
         // request uses it, and nothing else will free room.
-        let responses = try f.pushRaw([rawRequest(.write, id: 2, sector: 128, grefs: [pool[0]] + Array(pool[11..<21]))])
+        let responses = try await f.pushRaw([rawRequest(.write, id: 2, sector: 128, grefs: [pool[0]] + Array(pool[11..<21]))])
         #expect(responses.map(\.status) == [.okay])
         #expect(counters(f).maps == 22 && counters(f).evictions == 11)
         #expect(pages(storage, sector: 128, count: 11) == [1] + Array(12...21))
         #expect(try f.teardown().isEmpty)
     }
 
-    @Test func aGrantTwiceInOneRequestIsMappedOnce() throws {
+    @Test func aGrantTwiceInOneRequestIsMappedOnce() async throws {
         let (f, storage) = try rawFixture(capacity: 1056)
         let pool = f.resources[0].pool.refs
-        let responses = try f.pushRaw([rawRequest(.write, id: 1, sector: 0, grefs: [pool[5], pool[5], pool[6]])])
+        let responses = try await f.pushRaw([rawRequest(.write, id: 1, sector: 0, grefs: [pool[5], pool[5], pool[6]])])
         #expect(responses.map(\.status) == [.okay])
         #expect(counters(f).maps == 2)
         #expect(pages(storage, sector: 0, count: 3) == [6, 6, 7])
         #expect(try f.teardown().isEmpty)
     }
 
-    @Test func aBadGrantAmongNewOnesMapsNothing() throws {
+    @Test func aBadGrantAmongNewOnesMapsNothing() async throws {
         let (f, _) = try rawFixture(capacity: 1056)
         let pool = f.resources[0].pool.refs
-        let responses = try f.pushRaw([rawRequest(.write, id: 1, sector: 0, grefs: [pool[0], GrantRef(0xdead)]),
+        let responses = try await f.pushRaw([rawRequest(.write, id: 1, sector: 0, grefs: [pool[0], GrantRef(0xdead)]),
                                        rawRequest(.write, id: 2, sector: 0, grefs: [pool[0], pool[1]])])
         #expect(responses.map(\.status) == [.error, .okay])
         #expect(counters(f).maps == 2)

@@ -23,7 +23,7 @@ struct BlockHostileFrontendTests {
     @Test(arguments: [(0, false, nil), (1056, false, nil), (1056, true, nil),
                       (0, false, FileEngineKind.ioUring), (1056, true, FileEngineKind.ioUring)])
     func badRequestsGetErrorResponsesAndTheQueueKeepsServing(persistentGrants: Int, contiguousCopies: Bool,
-                                                             engine: FileEngineKind?) throws {
+                                                             engine: FileEngineKind?) async throws {
         let image = try TemporaryImage(bytes: 1 << 20)
         let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048, discard: false, maxIndirectSegments: 32),
                                  persistentGrants: persistentGrants, contiguousCopies: contiguousCopies) { _ in
@@ -58,7 +58,7 @@ struct BlockHostileFrontendTests {
             rawRequest(.read, id: 13, sector: 0, grefs: [f.resources[0].indirect.refs[1]]), // a read into a read-only grant
             rawRequest(.read, id: 100, sector: 0, grefs: [pool[3]]),                         // a good one after all of it
         ]
-        let responses = try f.pushRaw(slots)
+        let responses = try await f.pushRaw(slots)
         #expect(responses.count == slots.count)
         let status = Dictionary(responses.map { ($0.id, $0.status) }, uniquingKeysWith: { a, _ in a })
         for id: UInt64 in [1, 2, 3, 4, 5, 6, 9, 10, 11, 13] { #expect(status[id] == .error, "request \(id)") }
@@ -72,7 +72,7 @@ struct BlockHostileFrontendTests {
         #expect(try f.teardown().isEmpty)
     }
 
-    @Test func theI386LayoutIsServedToo() throws {
+    @Test func theI386LayoutIsServedToo() async throws {
         let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048), abi: .x86_32) { _ in
             let m = try MemoryStorage(byteCount: 1 << 20)
             m.withContents { $0.storeBytes(of: 0xFEED_F00D as UInt32, toByteOffset: 4096, as: UInt32.self) }
@@ -83,7 +83,7 @@ struct BlockHostileFrontendTests {
         let pool = f.resources[0].pool.refs
         let slots = [rawRequest(.read, id: 0x1122_3344_5566_7788, sector: 8, grefs: [pool[0]], abi: .x86_32),
                      rawRequest(.read, id: 2, sector: 4096, grefs: [pool[1]], abi: .x86_32)]
-        let responses = try f.pushRaw(slots, abi: .x86_32)
+        let responses = try await f.pushRaw(slots, abi: .x86_32)
         // Refusals are answered at once, reads after the engine: order by id.
         let byID = Dictionary(uniqueKeysWithValues: responses.map { ($0.id, $0.status) })
         #expect(byID == [0x1122_3344_5566_7788: .okay, 2: .error])
@@ -116,7 +116,7 @@ struct BlockHostileFrontendTests {
     /// A barrier after writes is answered after them (it waits for the engine to drain),
     /// and the data written before it is on disk.
     @Test(arguments: FileEngineKind.allCases)
-    func aWriteBarrierWaitsForEarlierWrites(_ engine: FileEngineKind) throws {
+    func aWriteBarrierWaitsForEarlierWrites(_ engine: FileEngineKind) async throws {
         // libaio: its flush completes at submit, ahead of writes still in the kernel, so
         // without the barrier's wait its answer would overtake theirs. io_uring runs the
         // fdatasync alongside the writes: the same wait must hold.
@@ -131,7 +131,7 @@ struct BlockHostileFrontendTests {
         var slots = (0..<8).map { k in rawRequest(.write, id: UInt64(k), sector: UInt64(k * 8), grefs: [pool[k]]) }
         slots.append(BlockRequest(id: 50, operation: .writeBarrier(sector: 0, segments: BlockSegments())).encoded())
         slots.append(rawRequest(.read, id: 51, sector: 0, grefs: Array(pool[8..<16])))
-        let responses = try f.pushRaw(slots)
+        let responses = try await f.pushRaw(slots)
         #expect(responses.allSatisfy { $0.status == .okay })
         let order = responses.map(\.id)
         let barrier = try #require(order.firstIndex(of: 50))

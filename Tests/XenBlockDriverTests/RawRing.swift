@@ -11,11 +11,11 @@ extension BlockFixture {
     /// Pushes `slots` on queue 0's ring (in batches as the ring allows), and returns
     /// every response in order. Native calls may follow each other; an i386 one
     /// initialises the ring, so it comes alone.
-    func pushRaw(_ slots: [blkif_request], abi: BlkifABI = .native) throws -> [BlockResponse] {
+    func pushRaw(_ slots: [blkif_request], abi: BlkifABI = .native) async throws -> [BlockResponse] {
         let ring = resources[0].ring.memory
         var responses: [BlockResponse] = []
-        func drive<Req: BitwiseCopyable, Rsp: BitwiseCopyable>(_ ring: inout FrontRing<Req, Rsp>) throws {
-            let raw = try exchange(slots, on: &ring, events: resources[0].events, port: resources[0].port) { ring, slot in
+        func drive<Req: BitwiseCopyable, Rsp: BitwiseCopyable>(_ ring: inout FrontRing<Req, Rsp>) async throws {
+            let raw = try await exchange(slots, on: &ring, events: resources[0].events, port: resources[0].port) { ring, slot in
                 ring.withNextRequestSlot { p in
                     var s = slot
                     withUnsafeBytes(of: &s) { UnsafeMutableRawPointer(p).copyMemory(from: $0.baseAddress!, byteCount: abi.requestSize) }
@@ -31,10 +31,10 @@ extension BlockFixture {
             // After the requests of earlier calls, all answered.
             let produced = SharedRingHeader(ring.base).requestProducer.load(ordering: .relaxed)
             var r = try FrontRing<blkif_request, blkif_response>(attachingTo: ring, at: RingIndex(produced))
-            try drive(&r)
+            try await drive(&r)
         case .x86_32:
             var r = try FrontRing<X32Slot, X32Response>(initializing: ring)
-            try drive(&r)
+            try await drive(&r)
         }
         return responses
     }

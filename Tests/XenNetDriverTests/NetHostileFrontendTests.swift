@@ -18,20 +18,20 @@ import XenSimulator
 struct NetHostileFrontendTests {
     /// Pushes `slots`, then one good packet, and returns the statuses of
     /// every response in order.
-    private func run(_ f: NetFixture, _ slots: [netif_tx_request]) throws -> [Int16] {
+    private func run(_ f: NetFixture, _ slots: [netif_tx_request]) async throws -> [Int16] {
         var tx = try FrontRing<netif_tx_request, netif_tx_response>(initializing: f.txRing.memory)
         var rx = try FrontRing<netif_rx_request, netif_rx_response>(initializing: f.rxRing.memory)
         _ = rx.pushRequests()
         try f.startBackend()
         let good = netif_tx_request(gref: f.txPool.refs[0].rawValue, offset: 0, flags: 0, id: 999, size: 60)
-        return try exchange(slots + [good], on: &tx, events: f.feEvents, port: f.fePort).map(\.status)
+        return try await exchange(slots + [good], on: &tx, events: f.feEvents, port: f.fePort).map(\.status)
     }
 
     private func req(gref: UInt32, offset: UInt16 = 0, flags: NetTxFlags = [], id: UInt16, size: UInt16) -> netif_tx_request {
         netif_tx_request(gref: gref, offset: offset, flags: flags.rawValue, id: id, size: size)
     }
 
-    @Test func badPacketsAreRefusedAndTheVifKeepsServing() throws {
+    @Test func badPacketsAreRefusedAndTheVifKeepsServing() async throws {
         let f = try NetFixture()
         let ref = f.txPool.refs[1].rawValue
         let endless = [req(gref: ref, flags: .moreData, id: 20, size: 60000)]
@@ -41,7 +41,7 @@ struct NetHostileFrontendTests {
             req(gref: ref, id: 2, size: 0),                            // size 0
             req(gref: ref, offset: 4000, id: 3, size: 200),            // offset + size past the page
         ] + endless
-        let statuses = try run(f, slots)
+        let statuses = try await run(f, slots)
         #expect(statuses.count == slots.count + 1)
         #expect(statuses.last == NetifStatus.okay.rawValue)           // the good packet after all of it
         #expect(statuses.prefix(3).allSatisfy { $0 == NetifStatus.error.rawValue })
@@ -54,11 +54,11 @@ struct NetHostileFrontendTests {
         _ = try f.teardown()
     }
 
-    @Test func aFloodIsServedWithoutGrowth() throws {
+    @Test func aFloodIsServedWithoutGrowth() async throws {
         let f = try NetFixture()
         let ref = f.txPool.refs[2].rawValue
         let flood = (0 ..< 5000).map { req(gref: ref, id: UInt16($0 % 200), size: 60) }
-        let statuses = try run(f, flood)
+        let statuses = try await run(f, flood)
         #expect(statuses.count == flood.count + 1)
         #expect(statuses.allSatisfy { $0 == NetifStatus.okay.rawValue })
         #expect(f.vif.counters.txPackets.value == UInt64(flood.count + 1))
