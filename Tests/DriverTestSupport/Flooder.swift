@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import TestSupport
 import XenLocks
 
 /// A hostile frontend's thread that never lets a ring go idle: it runs `turn` (fill
@@ -43,14 +44,11 @@ public final class Flooder: @unchecked Sendable {
         }
     }
 
-    /// Stops flooding and waits, off the cooperative pool, for the thread to end.
-    public func stop() async {
+    /// Stops flooding and awaits the thread's end, for at most `minimumDeadline`; whether
+    /// it ended. The wait is on a thread of its own, not on `DispatchQueue.global()`: on
+    /// Linux the cooperative pool runs on the same threads.
+    public func stop() async -> Bool {
         stopping.withLock { $0 = true }
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            DispatchQueue.global().async { [done] in
-                done.wait()
-                c.resume()
-            }
-        }
+        return await onThread { [done] in done.wait(timeout: .now() + minimumDeadline) == .success }
     }
 }
