@@ -114,34 +114,34 @@ struct StreamTests {
     static let count: UInt64 = 200_000
     static let limitNanoseconds: UInt64 = 40_000_000_000
 
-    @Test func cFrontSwiftBack() throws {
+    @Test func cFrontSwiftBack() async throws {
         let page = TestPages(count: 1)
         let ctx = UnsafeMutablePointer<cref_blkif_t>.allocate(capacity: 1)
         defer { ctx.deallocate() }
         ctx.initialize(to: cref_blkif_t())
         cref_blkif_front_init(ctx, page.base, XenPage.size)
         let back = try BackRing<blkif_request, blkif_response>(attachingTo: page.memory)
-        try runStream(front: CFront(ctx: ctx), back: SwiftBack(ring: back))
+        try await runStream(front: CFront(ctx: ctx), back: SwiftBack(ring: back))
     }
 
-    @Test func swiftFrontCBack() throws {
+    @Test func swiftFrontCBack() async throws {
         let page = TestPages(count: 1)
         let ctx = UnsafeMutablePointer<cref_blkif_t>.allocate(capacity: 1)
         defer { ctx.deallocate() }
         ctx.initialize(to: cref_blkif_t())
         let front = try FrontRing<blkif_request, blkif_response>(initializing: page.memory)
         cref_blkif_back_init(ctx, page.base, XenPage.size)
-        try runStream(front: SwiftFront(ring: front), back: CBack(ctx: ctx))
+        try await runStream(front: SwiftFront(ring: front), back: CBack(ctx: ctx))
     }
 
-    @Test func swiftFrontSwiftBack() throws {
+    @Test func swiftFrontSwiftBack() async throws {
         let page = TestPages(count: 1)
         let front = try FrontRing<blkif_request, blkif_response>(initializing: page.memory)
         let back = try BackRing<blkif_request, blkif_response>(attachingTo: page.memory)
-        try runStream(front: SwiftFront(ring: front), back: SwiftBack(ring: back))
+        try await runStream(front: SwiftFront(ring: front), back: SwiftBack(ring: back))
     }
 
-    func runStream<F: BlkFrontSide & ~Copyable, B: BlkBackSide & ~Copyable>(front: consuming F, back: consuming B) throws {
+    func runStream<F: BlkFrontSide & ~Copyable, B: BlkBackSide & ~Copyable>(front: consuming F, back: consuming B) async throws {
         let seed = testSeed()
         let total = Self.count
         let deadline = cxen_monotonic_ns() + Self.limitNanoseconds
@@ -204,8 +204,9 @@ struct StreamTests {
             frontReport.count = Int(done)
             frontBox.pointee = consume side
         }
-        frontThread.join()
-        backThread.join()
+        // Each side's own deadline bounds the joins.
+        await frontThread.joined()
+        await backThread.joined()
         #expect(frontReport.failures.isEmpty && backReport.failures.isEmpty,
                 "seed \(seed) (XENRING_SEED=\(seed)): front \(frontReport.failures) back \(backReport.failures)")
         #expect(frontReport.count == Int(total) && backReport.count == Int(total), "seed \(seed)")

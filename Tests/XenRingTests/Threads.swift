@@ -1,4 +1,5 @@
 import Glibc
+import TestSupport
 
 /// A joinable pthread running `body`; tests bound what `body` waits for.
 struct TestThread {
@@ -18,6 +19,10 @@ struct TestThread {
     }
 
     func join() { pthread_join(thread, nil) }
+
+    /// `join` without holding a cooperative-pool thread: the join waits on a thread of
+    /// its own (`onThread`), which is what an async test calls.
+    func joined() async { await onThread { [self] in join() } }
 }
 
 /// Spins briefly, then yields, then sleeps: waiting on a peer thread on a
