@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TestSupport
 import Testing
 import XenHypervisor
 import XenSockets
@@ -58,7 +59,9 @@ import XenSockets
             for fd in fds { close(fd) }
         }
         daemon.start()
-        let outcome = await Task.detached { () -> HypervisorError.Code? in
+        // The join's round trip blocks: on a thread of its own (a Task.detached would
+        // hold a cooperative-pool thread meanwhile).
+        let outcome = await onThread { () -> HypervisorError.Code? in
             do {
                 _ = try RemoteHypervisor(socketPath: path, as: .dom0, onDaemonLost: ignoreLoss)
                 return nil
@@ -67,7 +70,7 @@ import XenSockets
             } catch {
                 return nil
             }
-        }.value
+        }
         #expect(outcome == .closed)
     }
 }
