@@ -1,5 +1,7 @@
+import Foundation
 import Glibc
 import NBDProtocol
+import TestSupport
 import Testing
 
 @testable import XenBlockExport
@@ -62,20 +64,24 @@ struct ExportInputTests {
         defer { close(server) }
         let header = NBDRequest(command: .write, handle: 7, offset: 0, length: UInt32(ExportInput.capacity * 3)).encoded()
         let payload = (0..<(ExportInput.capacity * 3)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ $0 >> 9) }
-        let sender = Task.detached { [self] in
+        // The sends (which fill the socket) and the reads (which wait for them) block: each
+        // side on a thread of its own, never the cooperative pool's.
+        Thread { [self] in
             send(client, Array(header[0..<5]))
-            try await Task.sleep(for: .milliseconds(20))
+            usleep(20_000)
             send(client, Array(header[5...]) + Array(payload[0..<100]))
-            try await Task.sleep(for: .milliseconds(20))
+            usleep(20_000)
             send(client, Array(payload[100...]) + [0x25, 0x60])
             close(client)
+        }.start()
+        let (first, body, end) = await onThread { [self] in
+            var input = ExportInput(fd: server)
+            return (read(&input, NBDRequest.size), read(&input, payload.count), read(&input, NBDRequest.size))
         }
-        var input = ExportInput(fd: server)
-        let request = try NBDRequest(decoding: try #require(read(&input, NBDRequest.size)))
+        let request = try NBDRequest(decoding: try #require(first))
         #expect(request.handle == 7)
-        #expect(read(&input, payload.count) == payload)
-        try await sender.value
+        #expect(body == payload)
         // Two bytes of a header, then the end.
-        #expect(read(&input, NBDRequest.size) == nil)
+        #expect(end == nil)
     }
 }
