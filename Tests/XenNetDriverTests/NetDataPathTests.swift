@@ -27,15 +27,18 @@ struct NetDataPathTests {
         pump.start()
         let counters = pump.counters
         let frames = 200
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+        // The reading thread is the test's own; it gives up after minimumDeadline.
+        let counted = await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
             Thread {
-                while counters.txPackets.value < UInt64(frames) { sched_yield() }
-                c.resume()
+                let deadline = ContinuousClock.now + .seconds(minimumDeadline)
+                while counters.txPackets.value < UInt64(frames), ContinuousClock.now < deadline { sched_yield() }
+                c.resume(returning: counters.txPackets.value >= UInt64(frames))
             }.start()
             Task {
                 for i in 0..<frames { try await port.send(patternFrame(100, seed: UInt8(truncatingIfNeeded: i))) }
             }
         }
+        #expect(counted, "\(counters.txPackets.value) of \(frames) frames counted")
         _ = await pump.stopped()
         #expect(pump.threadState == .joined)
         #expect(counters.txErrors.value == 0 && pump.failure == nil)
