@@ -26,10 +26,11 @@ public func eventually(
     return try await body()
 }
 
-/// `eventually` for synchronous code (a thread of its own, a synchronous test or
-/// helper): sleeps the calling thread between looks (not at all for an `interval`
-/// of zero, for a `body` that itself waits on an event). In async code use
-/// `eventually`, which gives the thread back instead.
+/// `eventually` for code on a thread the test started itself (in `onThread`, say):
+/// sleeps the calling thread between looks (not at all for an `interval` of zero, for
+/// a `body` that itself waits on an event). Not for a synchronous `@Test` or a helper
+/// it calls: swift-testing runs those on the cooperative pool too. There, and in async
+/// code, use `eventually`, which gives the thread back instead.
 public func eventuallyBlocking(
     _ seconds: Double = minimumDeadline, every interval: Duration = .milliseconds(1),
     _ body: () throws -> Bool
