@@ -7,25 +7,31 @@ public final class TestNamespace {
     public let name: String
     public var path: String { "/run/netns/\(name)" }
 
-    public init(_ prefix: String) throws {
+    public init(_ prefix: String) async throws {
         name = "\(prefix)\(getpid() % 100_000)"
-        _ = try? Shell.run("ip", "netns", "del", name)
-        try Shell.run("ip", "netns", "add", name)
+        _ = try? await Shell.run("ip", "netns", "del", name)
+        try await Shell.run("ip", "netns", "add", name)
     }
 
-    public func run(_ args: String...) throws { try Shell.run(["ip", "netns", "exec", name] + args) }
+    public func run(_ args: String...) async throws { try await Shell.run(["ip", "netns", "exec", name] + args) }
 
-    deinit { _ = try? Shell.run("ip", "netns", "del", name) }
+    /// Starts `ip netns del` and does not wait for it (a `deinit` cannot await, and must
+    /// not block a pool thread); `Process` reaps it. The kernel takes a namespace's
+    /// devices down after the deletion in its own time anyway.
+    deinit { _ = try? spawn(["ip", "netns", "del", name]) }
 }
 
 public enum Shell {
     public struct Failed: Error { public var command: String; public var status: Int32 }
 
     @discardableResult
-    public static func run(_ args: String...) throws -> String { try run(args) }
+    public static func run(_ args: String...) async throws -> String { try await run(args) }
 
+    /// Runs a command and awaits it, never blocking a pool thread: its output (stdout and
+    /// stderr) is read on a thread of its own while it runs, and its end is awaited with
+    /// `exitStatus(of:within:)` (killed past `minimumDeadline`: status -1).
     @discardableResult
-    public static func run(_ args: [String]) throws -> String {
+    public static func run(_ args: [String]) async throws -> String {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         p.arguments = args
@@ -33,10 +39,11 @@ public enum Shell {
         p.standardOutput = out
         p.standardError = out
         try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw Failed(command: args.joined(separator: " "), status: p.terminationStatus) }
-        return String(decoding: data, as: UTF8.self)
+        async let data = onThread { out.fileHandleForReading.readDataToEndOfFile() }
+        let status = await exitStatus(of: p) ?? -1
+        let output = await data
+        guard status == 0 else { throw Failed(command: args.joined(separator: " "), status: status) }
+        return String(decoding: output, as: UTF8.self)
     }
 }
 

@@ -15,8 +15,8 @@ import XenNetTap
 @Suite(.timeLimit(.minutes(5)), .serialized, .enabled(if: canMakeNetworks, "needs root and /dev/net/tun"))
 struct NetMultiQueueRealTrafficTests {
     @Test func sixteenTCPConnectionsOverTwoQueuesKeepTheirBytes() async throws {
-        let dom0 = try TestNamespace("xpvmqd")
-        let guestNS = try TestNamespace("xpvmqg")
+        let dom0 = try await TestNamespace("xpvmqd")
+        let guestNS = try await TestNamespace("xpvmqg")
         try await sh("ip", "-n", dom0.name, "link", "add", "xpvbr", "type", "bridge")
         try await sh("ip", "-n", dom0.name, "addr", "add", "10.93.0.1/24", "dev", "xpvbr")
         try await sh("ip", "-n", dom0.name, "link", "set", "xpvbr", "up")

@@ -13,11 +13,11 @@ import XenSimulator
 @Suite(.timeLimit(.minutes(5)), .serialized, .enabled(if: canMakeNetworks, "needs root and /dev/net/tun"))
 struct NetRealTrafficTests {
     @Test func pingBothWaysAndA100MiBTransferKeepsItsChecksum() async throws {
-        let dom0 = try TestNamespace("xpvd0")
-        let guestNS = try TestNamespace("xpvg")
-        try dom0.run("ip", "link", "add", "xpvbr", "type", "bridge")
-        try dom0.run("ip", "addr", "add", "10.77.0.1/24", "dev", "xpvbr")
-        try dom0.run("ip", "link", "set", "xpvbr", "up")
+        let dom0 = try await TestNamespace("xpvd0")
+        let guestNS = try await TestNamespace("xpvg")
+        try await dom0.run("ip", "link", "add", "xpvbr", "type", "bridge")
+        try await dom0.run("ip", "addr", "add", "10.77.0.1/24", "dev", "xpvbr")
+        try await dom0.run("ip", "link", "set", "xpvbr", "up")
 
         let f = try NetFixture()
         let offloads: TapOffloads = [.checksum, .tcpv4Segmentation, .tcpv6Segmentation]
@@ -26,8 +26,8 @@ struct NetRealTrafficTests {
         }
         let guestTap = try NetworkNamespace.run(in: guestNS.path) { try TapDevice(name: "eth0", vnetHeader: true) }
         try guestTap.setOffloads(offloads)
-        try guestNS.run("ip", "addr", "add", "10.77.0.2/24", "dev", "eth0")
-        try guestNS.run("ip", "link", "set", "eth0", "up")
+        try await guestNS.run("ip", "addr", "add", "10.77.0.2/24", "dev", "eth0")
+        try await guestNS.run("ip", "link", "set", "eth0", "up")
 
         let adapter = NetFrontPump(queue: try f.makeFrontend(), port: TapGuestPort(tap: guestTap), events: f.feEvents)
         adapter.start()

@@ -129,9 +129,9 @@ struct VifNetworkModeTests {
     }
 
     @Test func bridgeTwoGuestsPingEachOtherAndUnplugLeavesNoInterface() async throws {
-        let dom0 = try TestNamespace("xpvhb")
-        let g1 = try TestNamespace("xpvhb1")
-        let g2 = try TestNamespace("xpvhb2")
+        let dom0 = try await TestNamespace("xpvhb")
+        let g1 = try await TestNamespace("xpvhb1")
+        let g2 = try await TestNamespace("xpvhb2")
         try await sh("ip", "-n", dom0.name, "link", "add", "xpvbr", "type", "bridge")
         try await sh("ip", "-n", dom0.name, "link", "set", "xpvbr", "up")
         let w1 = try await Self.guest(g1, dom0: dom0, keys: ["script": "vif-bridge", "bridge": "xpvbr", "vifname": "xpv1.0"])
@@ -157,9 +157,9 @@ struct VifNetworkModeTests {
     }
 
     @Test func routeHostRoutesTheGuestAddressAndTheGuestReachesTheHost() async throws {
-        let dom0 = try TestNamespace("xpvhr")
-        let g = try TestNamespace("xpvhr1")
-        let outside = try TestNamespace("xpvhro")
+        let dom0 = try await TestNamespace("xpvhr")
+        let g = try await TestNamespace("xpvhr1")
+        let outside = try await TestNamespace("xpvhro")
         // dom0's uplink to a "LAN" namespace: its primary address is what vif-route puts on the
         // vif; the LAN routes the guest's address to dom0.
         try await sh("ip", "-n", dom0.name, "link", "add", "xpvu0", "type", "veth", "peer", "name", "xpvu1", "netns", outside.name)
@@ -192,9 +192,9 @@ struct VifNetworkModeTests {
     }
 
     @Test func natGuestReachesTheOutsideAsTheHostAndUnplugRemovesTheRule() async throws {
-        let dom0 = try TestNamespace("xpvhn")
-        let g = try TestNamespace("xpvhn1")
-        let outside = try TestNamespace("xpvhno")
+        let dom0 = try await TestNamespace("xpvhn")
+        let g = try await TestNamespace("xpvhn1")
+        let outside = try await TestNamespace("xpvhno")
         // The "LAN": a veth to a namespace that has no route back to the guest's /30.
         try await sh("ip", "-n", dom0.name, "link", "add", "xpvo0", "type", "veth", "peer", "name", "xpvo1", "netns", outside.name)
         try await sh("ip", "-n", dom0.name, "addr", "add", "192.168.72.1/24", "dev", "xpvo0")
@@ -235,7 +235,7 @@ struct VifNetworkModeTests {
         (["script": "../../bin/sh"], "script"),
     ])
     func aBadValueFailsThatVifWithTheReasonInItsErrorKey(_ keys: [String: String], _ reason: String) async throws {
-        let dom0 = try TestNamespace("xpvhh")
+        let dom0 = try await TestNamespace("xpvhh")
         let dom0Name = dom0.name
         let w = try await NetStoreWorld(
             backendKeys: keys.merging(["vifname": "xpvh1.0"]) { a, _ in a },

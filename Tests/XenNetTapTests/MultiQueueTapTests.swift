@@ -8,15 +8,15 @@ import Testing
 /// device gone once every queue is closed. Root and /dev/net/tun.
 @Suite(.timeLimit(.minutes(5)), .enabled(if: canMakeNetworks, "needs root and /dev/net/tun"))
 struct MultiQueueTapTests {
-    @Test func queuesOpenDetachAttachAndCloseWithTheDevice() throws {
-        let ns = try TestNamespace("xpvmq")
+    @Test func queuesOpenDetachAttachAndCloseWithTheDevice() async throws {
+        let ns = try await TestNamespace("xpvmq")
         let (first, second) = try NetworkNamespace.run(in: ns.path) {
             let first = try TapDevice(name: "xpvmq0", vnetHeader: true, multiQueue: true)
             return (first, try first.openQueue())
         }
         #expect(first.isMultiQueue && second.name == "xpvmq0")
         #expect(first.fileDescriptor != second.fileDescriptor)
-        let queues = try Shell.run("ip", "netns", "exec", ns.name, "ls", "/sys/class/net/xpvmq0/queues")
+        let queues = try await Shell.run("ip", "netns", "exec", ns.name, "ls", "/sys/class/net/xpvmq0/queues")
         #expect(queues.split(separator: "\n").filter { $0.hasPrefix("tx-") }.count == 2, "\(queues)")
 
         // Detach and attach again; asking twice for the same state changes nothing.
@@ -32,15 +32,15 @@ struct MultiQueueTapTests {
         plain.close()
 
         first.close()
-        #expect((try? Shell.run("ip", "netns", "exec", ns.name, "ip", "link", "show", "xpvmq0")) != nil)
+        #expect((try? await Shell.run("ip", "netns", "exec", ns.name, "ip", "link", "show", "xpvmq0")) != nil)
         second.close()
-        #expect((try? Shell.run("ip", "netns", "exec", ns.name, "ip", "link", "show", "xpvmq0")) == nil)
+        #expect((try? await Shell.run("ip", "netns", "exec", ns.name, "ip", "link", "show", "xpvmq0")) == nil)
     }
 
     /// A frame for a TAP whose interface is down is dropped (false), not an error: a guest
     /// port delivering before the guest brought eth0 up must keep its queue running.
-    @Test func aWriteToADownTapIsADropNotAnError() throws {
-        let ns = try TestNamespace("xpvdown")
+    @Test func aWriteToADownTapIsADropNotAnError() async throws {
+        let ns = try await TestNamespace("xpvdown")
         let tap = try NetworkNamespace.run(in: ns.path) { try TapDevice(name: "xpvdn0", vnetHeader: false) }
         var frame = [UInt8](repeating: 0xff, count: 60)
         let sent = try frame.withUnsafeMutableBytes { b in

@@ -7,9 +7,9 @@ import Testing
 /// Real TAP devices; these need root and /dev/net/tun (CI has both).
 @Suite(.timeLimit(.minutes(5)), .enabled(if: canMakeNetworks, "needs root and /dev/net/tun"))
 struct TapDeviceTests {
-    @Test func tapJoinsABridgeInItsNamespace() throws {
-        let ns = try TestNamespace("xpvbr")
-        try ns.run("ip", "link", "add", "xpvbr0", "type", "bridge")
+    @Test func tapJoinsABridgeInItsNamespace() async throws {
+        let ns = try await TestNamespace("xpvbr")
+        try await ns.run("ip", "link", "add", "xpvbr0", "type", "bridge")
         let tap = try NetworkNamespace.run(in: ns.path) { try TapDevice(name: "vif7.0") }
         #expect(tap.name == "vif7.0")
         try NetworkNamespace.run(in: ns.path) {
@@ -19,17 +19,17 @@ struct TapDeviceTests {
             #expect(try NetworkInterface.macAddress("vif7.0").count == 6)
             #expect(throws: TapError.self) { try NetworkInterface.addToBridge("nosuchbr", interface: "vif7.0") }
         }
-        let link = try Shell.run("ip", "netns", "exec", ns.name, "ip", "-o", "link", "show", "vif7.0")
+        let link = try await Shell.run("ip", "netns", "exec", ns.name, "ip", "-o", "link", "show", "vif7.0")
         #expect(link.contains("master xpvbr0"))
         #expect(link.contains("UP"))
         tap.close()
     }
 
     @Test func aLinuxStackPingsThroughTheTap() async throws {
-        let ns = try TestNamespace("xpvtap")
+        let ns = try await TestNamespace("xpvtap")
         let tap = try NetworkNamespace.run(in: ns.path) { try TapDevice(name: "xpv0", vnetHeader: true) }
-        try ns.run("ip", "addr", "add", "10.99.0.1/24", "dev", "xpv0")
-        try ns.run("ip", "link", "set", "xpv0", "up")
+        try await ns.run("ip", "addr", "add", "10.99.0.1/24", "dev", "xpv0")
+        try await ns.run("ip", "link", "set", "xpv0", "up")
 
         let ping = Process()
         ping.executableURL = URL(fileURLWithPath: "/usr/bin/env")

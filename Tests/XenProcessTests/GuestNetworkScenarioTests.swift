@@ -63,10 +63,10 @@ struct GuestNetworkScenarioTests {
     }
 
     @Test func twoGuestsFromConfigsWithDisksAndRoutedAndNATedVifsReachTheOutsideAndLeaveNothing() async throws {
-        let dom0 = try TestNamespace("xpvsd")
-        let outside = try TestNamespace("xpvso")
-        let routedNS = try TestNamespace("xpvsr")
-        let natNS = try TestNamespace("xpvsn")
+        let dom0 = try await TestNamespace("xpvsd")
+        let outside = try await TestNamespace("xpvso")
+        let routedNS = try await TestNamespace("xpvsr")
+        let natNS = try await TestNamespace("xpvsn")
         // dom0's uplink to the LAN: its address is the host's primary one (vif-route puts it on
         // the vif); the LAN routes the routed guest's address to dom0, and has no way to NAT's /30.
         // Loopback up first: Foundation's Process (the backend's hotplug tools) wakes its run
