@@ -35,11 +35,14 @@ extension ProcessTests {
                 #expect(error.code == .grant(.permissionDenied), "\(error)")
             }
             // Nor copy from it: a guest gets no foreign access.
-            var buffer: UInt32 = 0
+            // A buffer of its own: `&variable` would be a pointer that outlives the call making it.
+            let buffer = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+            buffer.initialize(to: 0)
+            defer { buffer.deallocate() }
             var seg = [GrantCopySegment(source: .foreign(domain: a.domainID, ref: shared.refs[0], offset: 0),
-                                        destination: .local(&buffer), length: 4)]
+                                        destination: .local(buffer), length: 4)]
             try seg.withUnsafeMutableBufferPointer { try bMapper.copy($0) }
-            #expect(seg[0].status == .permissionDenied && buffer == 0)
+            #expect(seg[0].status == .permissionDenied && buffer.pointee == 0)
             // A reference that was never granted, and a writable map of a read-only grant, fail too.
             let dom0Mapper = try dom0.openGrantMapper()
             #expect(throws: HypervisorError.self) { try dom0Mapper.map(GrantRef(4000), from: a.domainID, writable: false) }
@@ -50,7 +53,7 @@ extension ProcessTests {
             #expect(mapping.memory.base.load(as: UInt32.self) == 0x5EED)
             seg[0].status = .generalError
             try seg.withUnsafeMutableBufferPointer { try dom0Mapper.copy($0) }
-            #expect(seg[0].status == .okay && buffer == 0x5EED)
+            #expect(seg[0].status == .okay && buffer.pointee == 0x5EED)
             // While mapped, A cannot end the grant; afterwards it can.
             #expect(throws: HypervisorError.self) { try sharer.unshare(shared) }
             try dom0Mapper.unmap(mapping)
