@@ -92,8 +92,9 @@ struct ConcurrencyTests {
 
     /// Several senders ping-pong on ports of one bitmap word while one thread
     /// consumes. A sender whose notify has returned is owed a readable
-    /// descriptor, so a poll that times out while any sender waits in that
-    /// state is a lost wakeup, caught as such rather than as a hang.
+    /// descriptor, so two polls in a row that time out while a sender waits in
+    /// that state (one could be a sender that was off the CPU) are a lost
+    /// wakeup, caught as such rather than as a hang.
     @Test func portsSharingAWordLoseNoWakeup() async throws {
         let m = try Machine()
         let back = try m.dom0.openSimulatedEventChannels()
@@ -135,17 +136,27 @@ struct ConcurrencyTests {
                     }
                 }
             } else {
+                // Senders whose notify returned unacknowledged at the last timeout, with
+                // their round. One timeout proves nothing (a sender off the CPU may notify
+                // just after it); the same round unacknowledged across two waits that both
+                // timed out is a wakeup lost for good (its notify returned before the
+                // first, so the second would have woken).
+                var suspects: [Int: Int] = [:]
                 while finished.load(ordering: .relaxed) < senders {
                     if (try? back.wait(timeoutMilliseconds: 300)) != true {
-                        // Timed out: a sender whose notify returned and which
-                        // is still unacknowledged lost its wakeup.
-                        for s in 0..<senders
-                        where table[s * 3 + 1].load(ordering: .acquiring) > table[s * 3 + 2].load(ordering: .relaxed) {
+                        var unacknowledged: [Int: Int] = [:]
+                        for s in 0..<senders {
+                            let returned = table[s * 3 + 1].load(ordering: .acquiring)
+                            if returned > table[s * 3 + 2].load(ordering: .relaxed) { unacknowledged[s] = returned }
+                        }
+                        for (s, round) in unacknowledged where suspects[s] == round {
                             lost.wrappingIncrement(ordering: .relaxed)
                         }
                         if lost.load(ordering: .relaxed) > 0 { return }
+                        suspects = unacknowledged
                         continue
                     }
+                    suspects = [:]
                     while let p = try? back.pending() {
                         let s = ports_.firstIndex { $0.1 == p }!
                         table[s * 3 + 2].store(table[s * 3].load(ordering: .acquiring), ordering: .releasing)
