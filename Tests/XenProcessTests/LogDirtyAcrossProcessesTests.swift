@@ -4,7 +4,8 @@ import TestSupport
 import Testing
 import XenABI
 import XenHypervisor
-import XenSimulatorClient
+@testable import XenSimulatorClient
+@testable import XenSimulatorDaemon
 
 extension ProcessTests {
     /// Log-dirty with the daemon in a process of its own (`xenpv hypervisor`): the
@@ -53,9 +54,12 @@ extension ProcessTests {
             // dom0's grant copy into the second shared page: marked by dom0's process.
             let mapper = try dom0.openGrantMapper()
             var word: UInt64 = 0xC0C0_C0C0
-            var segment = [GrantCopySegment(source: .local(&word), destination: .foreign(domain: id, ref: shared.refs[1], offset: 8), length: 8)]
-            try segment.withUnsafeMutableBufferPointer { try mapper.copy($0) }
-            #expect(segment[0].status == .okay)
+            try withUnsafeMutableBytes(of: &word) { source in
+                var segment = [GrantCopySegment(source: .local(source.baseAddress!), destination: .foreign(domain: id, ref: shared.refs[1], offset: 8),
+                                                length: 8)]
+                try segment.withUnsafeMutableBufferPointer { try mapper.copy($0) }
+                #expect(segment[0].status == .okay)
+            }
             #expect(shared.memory.page(1).load(fromByteOffset: 8, as: UInt64.self) == 0xC0C0_C0C0)
             let copyDirty = frames(try dom0.readAndClearDirty(id))
             #expect(copyDirty.count == 1 && copyDirty != poolDirty && copyDirty.allSatisfy { $0 >= 256 }, "\(copyDirty)")
@@ -98,6 +102,56 @@ extension ProcessTests {
 
         /// Pre-copy rounds through the daemon in its own process while a thread of
         /// the guest writes: the copy taken round by round equals the memory at the end.
+        /// A read-and-clear answers a few dirty words in its reply and many through a
+        /// memfd: the frames come back alike either way.
+        @Test func fewAndManyDirtyFramesComeBackAlike() async throws {
+            let dir = temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let sock = dir + "/hv.sock"
+            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            defer { hv.sendKill() }
+            #expect(await hv.waitFor("listening"), "\(hv.output)")
+            let dom0 = try RemoteHypervisor(socketPath: sock, as: .dom0, onDaemonLost: ignoreLoss)
+            defer { dom0.close() }
+            let guest = try RemoteHypervisor(socketPath: sock, as: .newGuest(frames: 32768), onDaemonLost: ignoreLoss)
+            defer { guest.close() }
+            let pages = try guest.pageAllocator.allocatePages(30000)
+            let first = pages.first.rawValue
+            try dom0.startDirtyLog(guest.domainID)
+            _ = try dom0.readAndClearDirty(guest.domainID)
+            // Every 64th page: one frame in each of ~469 words, past what a reply carries.
+            let many = Array(stride(from: 0, to: pages.memory.count, by: 64))
+            for i in many { pages.memory.page(i).storeBytes(of: 1, as: UInt8.self) }
+            #expect(many.count > HypervisorDaemon.inlineWords)
+            #expect(try dom0.readAndClearDirty(guest.domainID).frames.map(\.rawValue) == many.map { first + UInt64($0) })
+            let few = [3, 4, 700, 29_999]
+            for i in few { pages.memory.page(i).storeBytes(of: 2, as: UInt8.self) }
+            #expect(try dom0.readAndClearDirty(guest.domainID).frames.map(\.rawValue) == few.map { first + UInt64($0) })
+            #expect(try dom0.readAndClearDirty(guest.domainID).isEmpty)
+            try dom0.stopDirtyLog(guest.domainID)
+        }
+
+        /// A reply that carries its words is checked before any bit is taken.
+        @Test func aMalformedInlineReplyIsRefused() throws {
+            var bitmap = DirtyBitmap(frameCount: 1000)
+            for f: UInt64 in [0, 63, 64, 999] { bitmap.insert(FrameNumber(f)) }
+            let reply = try #require(HypervisorDaemon.inlineReply(bitmap))
+            #expect(reply.words == [0, 1000, 3, 0, 1 | 1 << 63, 1, 1, 15, 1 << 39])
+            #expect(try RemoteHypervisor.inlineBitmap(reply.words) == bitmap)
+            var full = DirtyBitmap(frameCount: 64 * 300)
+            for w in 0..<300 { full.insert(FrameNumber(UInt64(w * 64))) }
+            #expect(HypervisorDaemon.inlineReply(full) == nil)
+            for bad: [UInt64] in [
+                [0, 1000], [0, 1000, 1], [0, 1000, 1, 0], [0, 1000, 1, 0, 1, 5],  // counts that do not match
+                [0, 1000, 2, 3, 1, 3, 1], [0, 1000, 2, 5, 1, 3, 1],  // indexes repeated or descending
+                [0, 1000, 1, 16, 1], [0, 1 << 25, 0], [0, 1000, UInt64.max],  // outside the bitmap, too big
+            ] {
+                #expect(throws: HypervisorError.self, "\(bad)") { try RemoteHypervisor.inlineBitmap(bad) }
+            }
+            // Bits past the frame count in the last word are dropped.
+            #expect(try RemoteHypervisor.inlineBitmap([0, 1000, 1, 15, UInt64.max]).count == 1000 - 15 * 64)
+        }
+
         @Test func preCopyRoundsThroughTheDaemonMissNoWrite() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }

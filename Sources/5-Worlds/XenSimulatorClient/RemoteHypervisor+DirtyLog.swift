@@ -34,6 +34,7 @@ extension RemoteHypervisor: DirtyLogging {
         let reply = try link.call(WireMessage([DaemonOp.logDirty.rawValue, UInt64(domain.rawValue), 2]))
         defer { for fd in reply.fds { Glibc.close(fd) } }
         let w = reply.words
+        if reply.fds.isEmpty { return try Self.inlineBitmap(w) }
         guard w.count == 3, reply.fds.count == 1, w[1] <= 1 << 24, w[2] == (w[1] + 63) / 64 else {
             throw HypervisorError(.closed, "malformed log-dirty reply")
         }
@@ -43,6 +44,24 @@ extension RemoteHypervisor: DirtyLogging {
         guard got == bytes else { throw .errno(Errno(rawValue: errno), "reading the dirty bitmap") }
         var bitmap = DirtyBitmap(frameCount: Int(w[1]))
         for (i, word) in words.enumerated() where word != 0 { bitmap.formUnion(word: UInt64(littleEndian: word), at: i) }
+        return bitmap
+    }
+
+    /// The bitmap of a reply that carries its nonzero words itself, `[0, frames, n,
+    /// index, word, …]`: `n` pairs, indexes ascending and inside the bitmap.
+    static func inlineBitmap(_ w: [UInt64]) throws(HypervisorError) -> DirtyBitmap {
+        guard w.count >= 3, w[1] <= 1 << 24, w[2] <= UInt64(w.count), w.count == 3 + 2 * Int(w[2]) else {
+            throw HypervisorError(.closed, "malformed log-dirty reply")
+        }
+        let wordCount = (w[1] + 63) / 64
+        var bitmap = DirtyBitmap(frameCount: Int(w[1]))
+        var next: UInt64 = 0
+        for pair in 0..<Int(w[2]) {
+            let index = w[3 + 2 * pair]
+            guard index >= next, index < wordCount else { throw HypervisorError(.closed, "malformed log-dirty reply") }
+            bitmap.formUnion(word: w[4 + 2 * pair], at: Int(index))
+            next = index + 1
+        }
         return bitmap
     }
 

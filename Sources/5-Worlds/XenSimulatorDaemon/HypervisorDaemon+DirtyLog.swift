@@ -61,7 +61,9 @@ extension HypervisorDaemon {
 
     /// `[logDirty, domid, action]` from a trusted dom0 process: 1 starts logging a
     /// guest domain (`EOPNOTSUPP` if its process handed over no write tracking), 2
-    /// reads and clears its bitmap (answered with the words in a memfd), 0 stops.
+    /// reads and clears its bitmap (answered with its few nonzero words in the reply,
+    /// `[0, frames, n, index, word, …]`, else with all of them in a memfd,
+    /// `[0, frames, words]`), 0 stops.
     func logDirty(_ m: WireMessage, _ conn: Connection, _ me: SimulatedDomain) throws(HypervisorError) -> Outcome {
         guard me.isPrivileged, conn.trusted else { throw .errno(.notPermitted, "log-dirty: only dom0 may") }
         guard m.words.count == 3, m.words[1] > 0, m.words[1] < UInt64(DomainID.firstReserved.rawValue) else {
@@ -85,6 +87,10 @@ extension HypervisorDaemon {
             let t = Thread { [self] in
                 do throws(HypervisorError) {
                     let bitmap = try domain.readAndClearDirty()
+                    if let inline = Self.inlineReply(bitmap) {
+                        answerLater(conn, inline, AfterReply())
+                        return
+                    }
                     let fd = try Self.bitmapFile(bitmap)
                     answerLater(conn, WireMessage([0, UInt64(bitmap.frameCount), UInt64(bitmap.words.count)], fds: [fd]), AfterReply(fds: [fd]))
                 } catch {
@@ -100,6 +106,23 @@ extension HypervisorDaemon {
         default:
             throw .errno(.invalidArgument, "log-dirty: unknown action \(m.words[2])")
         }
+    }
+
+    /// Nonzero words a reply carries itself, beyond which they go in a memfd: the last
+    /// read of a migration, in the guest's pause, is usually a few dozen pages, and a
+    /// memfd costs its creation, a write, the descriptor's passing and a read.
+    static let inlineWords = 256
+
+    /// `[0, frames, n, index, word, …]` for a bitmap of at most ``inlineWords`` nonzero
+    /// words, else nil.
+    static func inlineReply(_ bitmap: DirtyBitmap) -> WireMessage? {
+        var words: [UInt64] = [0, UInt64(bitmap.frameCount), 0]
+        for (i, w) in bitmap.words.enumerated() where w != 0 {
+            guard words.count < 3 + 2 * inlineWords else { return nil }
+            words += [UInt64(i), w]
+        }
+        words[2] = UInt64((words.count - 3) / 2)
+        return WireMessage(words)
     }
 
     /// The bitmap's words, little-endian, in a new memfd (a 256 MiB guest's is 8 KiB

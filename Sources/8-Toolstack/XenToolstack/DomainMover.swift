@@ -232,7 +232,9 @@ public enum DomainMover {
             trace("claimed: \(Double(now() - paused) / 1e6) ms after the pause")
             claimed = true
             if budget.holdPaused > 0 { try await Task.sleep(nanoseconds: UInt64(budget.holdPaused * 1e9)) }
-            sent = try writer.send(dirty: source.readAndClearDirty(id))
+            let lastDirty = try source.readAndClearDirty(id)
+            trace("last dirty log read: \(Double(now() - paused) / 1e6) ms after the pause")
+            sent = try writer.send(dirty: lastDirty)
             figures.pagesPerRound.append(sent)
             try await writer.finish()
             trace("last pages, grants, store and devices sent: \(Double(now() - paused) / 1e6) ms after the pause")
