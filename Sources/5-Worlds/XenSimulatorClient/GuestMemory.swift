@@ -69,9 +69,10 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
 
     // MARK: Moving to another host
 
-    /// Closes what `closeLater` was given and unmaps the old host's memory that `move` set
-    /// aside, on a thread of its own, once ``settle()`` is called or `limit` seconds have passed. Called once every other
-    /// mapping moved: the teardown holds this process's mmap lock.
+    /// Closes what `closeLater` was given, unmaps the old host's memory that `move` set
+    /// aside, then closes the old userfaultfds `keepTracking` replaced, on a thread of its
+    /// own, once ``settle()`` is called or `limit` seconds have passed. Called once every
+    /// other mapping moved: the teardown holds this process's mmap lock.
     ///
     /// The teardown of a populated 256 MiB mapping costs ~6 ms of CPU (and TLB shootdowns
     /// on the other CPUs): run at once, it took a CPU from the resumed guest's handshakes,
@@ -140,9 +141,9 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
     func move(memoryFD: Int32, tableFD: Int32) throws(HypervisorError) {
         let bytes = totalFrames * XenPage.size
         // The old mapping's page tables move aside first (cheap: whole page-table pages
-        // move, see `movingTrackedRanges`), so the new mapping replaces nothing; tearing down the old one's populated
-        // entries (tens of ms for 256 MiB) happens on another thread after the resume
-        // (`dropMovedAside`).
+        // move, see `movingTrackedRanges`), so the new mapping replaces nothing; tearing
+        // down the old one's populated entries (tens of ms for 256 MiB) happens on another
+        // thread after the resume (`dropMovedAside`).
         try replace(base, bytes: bytes, with: memoryFD, what: "memory")
         guard let t = mmap(table, tableEntries * MemoryLayout<grant_entry_v1>.stride, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, tableFD, 0),
             t == table
