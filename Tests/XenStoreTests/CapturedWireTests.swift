@@ -49,8 +49,8 @@ struct CapturedWireTests {
             let expected = try Self.load("\(name).reply")
             var replies: [UInt8] = []
             for request in requests {
-                try connection.send(request.encoded())
-                let reply = try #require(try connection.receive(timeout: 60))
+                try await connection.send(request.encoded())
+                let reply = try #require(try await connection.receive())
                 replies += reply.encoded()
             }
             let (got, want) = (try Self.frames(replies), try Self.frames(expected))

@@ -260,8 +260,8 @@ struct ClientServerTests {
         // Permission entries per node: five at most for a guest.
         let g2 = try RawConnection(s.guestPaths[DomainID(9)]!)
         let six = ["n9", "r1", "r2", "r3", "r4", "r5"]
-        #expect(try g2.request(.setPermissions, ["/local/domain/9/n0"] + six).text == "ENOSPC")
-        #expect(try g2.request(.setPermissions, ["/local/domain/9/n0"] + six.dropLast()).text == "OK")
+        #expect(try await g2.request(.setPermissions, ["/local/domain/9/n0"] + six).text == "ENOSPC")
+        #expect(try await g2.request(.setPermissions, ["/local/domain/9/n0"] + six.dropLast()).text == "OK")
         // dom0 is not bound by default.
         for i in 0..<10 { try await dom0.write("/local/domain/9/z\(i)", String(repeating: "x", count: 64)) }
     }

@@ -118,7 +118,7 @@ struct SocketAccessTests {
         // about ten times a second, however long a loaded machine stretched the sleep.
         #expect(Double(during) <= 20 + elapsed * 20, "\(during) accept calls in \(elapsed) s")
         failing.set(false)
-        #expect(try waiting.write("/after-emfile", "ok").text == "OK")
+        #expect(try await waiting.write("/after-emfile", "ok").text == "OK")
     }
 
     @Test func connectionsPerUserAreCappedWithOthersServed() async throws {
@@ -126,9 +126,9 @@ struct SocketAccessTests {
         q.connectionsPerUser = 5
         let s = try TestServer(quotas: q)
         let kept = try (0..<5).map { _ in try RawConnection(s.path) }
-        for k in kept { #expect(try k.write("/cap", "v").text == "OK") }
+        for k in kept { #expect(try await k.write("/cap", "v").text == "OK") }
         let extra = try RawConnection(s.path)
-        #expect(extra.isClosedByPeer())
+        #expect(await extra.isClosedByPeer())
         #expect(s.server.connectionCount() == 5)
         // A slot frees when one closes.
         _ = consume kept

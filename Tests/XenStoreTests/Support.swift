@@ -62,7 +62,15 @@ func runTool(_ tool: String, _ args: [String], socket: String, timeout: Double =
 let xenstoreUtilsInstalled = FileManager.default.isExecutableFile(atPath: "/usr/bin/xenstore-read")
 
 /// A raw socket to the server, for sending hostile bytes.
-final class RawConnection {
+///
+/// Its waits (a send to a server that has stopped reading, a poll for a reply or for
+/// the close) run on a thread of their own (`onThread`), never on the cooperative pool
+/// the async tests run on: on two cores two blocked pool threads stall every suite.
+///
+/// `@unchecked Sendable` only so that thread may use it: a test uses a connection from
+/// one task at a time and awaits each call, so the decoder is never touched by two
+/// threads at once (the continuation's resume orders one call's accesses before the next).
+final class RawConnection: @unchecked Sendable {
     let fd: Int32
     /// Kept across calls: a timeout in the middle of a message must not lose the
     /// part already read (the next call would parse from the middle of a frame).
@@ -70,10 +78,43 @@ final class RawConnection {
     init(_ path: String) throws { fd = try Sys.connect(to: path) }
     deinit { close(fd) }
 
-    func send(_ bytes: [UInt8]) throws { try Sys.sendAll(fd, bytes) }
+    /// Sends all of `bytes`, on a thread of its own: a server that stops reading this
+    /// connection (back-pressure) blocks the send until it reads again.
+    func send(_ bytes: [UInt8]) async throws {
+        try await onThread { try Sys.sendAll(self.fd, bytes) }
+    }
 
-    /// Reads one whole message, or nil at EOF; throws after `timeout` seconds.
-    func receive(timeout: Double = 5) throws -> XenStoreMessage? {
+    /// Reads one whole message, or nil at EOF; throws after `timeout` seconds. The
+    /// default, `minimumDeadline`, is for a reply an assertion waits for; a short
+    /// `timeout` is for a test whose expected outcome is that nothing comes.
+    func receive(timeout: Double = minimumDeadline) async throws -> XenStoreMessage? {
+        try await onThread { try self.receiveBlocking(timeout: timeout) }
+    }
+
+    /// True when the server closed the connection within `timeout` seconds. An assertion
+    /// takes the default, `minimumDeadline`: a correct server's close can wait its turn
+    /// on two busy cores, and only a broken one makes the test wait that long.
+    func isClosedByPeer(timeout: Double = minimumDeadline) async -> Bool {
+        await onThread { self.isClosedByPeerBlocking(timeout: timeout) }
+    }
+
+    /// Sends `bytes` and returns the first reply that is not a watch event, each read
+    /// waiting up to `timeout`; all on one thread of its own.
+    func exchange(_ bytes: [UInt8], timeout: Double = minimumDeadline) async throws -> XenStoreMessage {
+        try await onThread {
+            try Sys.sendAll(self.fd, bytes)
+            while true {
+                guard let m = try self.receiveBlocking(timeout: timeout) else {
+                    throw XenStoreError(.closed, "closed by the server")
+                }
+                if m.type != .watchEvent { return m }
+            }
+        }
+    }
+
+    // The blocking halves: only on a thread of their own (see `onThread`).
+
+    private func receiveBlocking(timeout: Double) throws -> XenStoreMessage? {
         let deadline = Date().addingTimeInterval(timeout)
         var buf = [UInt8](repeating: 0, count: XenStoreLimits.headerSize + XenStoreLimits.payloadMax)
         while true {
@@ -88,10 +129,7 @@ final class RawConnection {
         }
     }
 
-    /// True when the server closed the connection within `timeout` seconds. An assertion
-    /// takes the default, `minimumDeadline`: a correct server's close can wait its turn
-    /// on two busy cores, and only a broken one makes the test wait that long.
-    func isClosedByPeer(timeout: Double = minimumDeadline) -> Bool {
+    private func isClosedByPeerBlocking(timeout: Double) -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
         var buf = [UInt8](repeating: 0, count: 4096)
         while Date() < deadline {
@@ -113,26 +151,18 @@ func header(type: UInt32, req: UInt32 = 7, tx: UInt32 = 0, len: UInt32) -> [UInt
 
 extension RawConnection {
     /// Sends one request and returns its reply, skipping watch events.
-    func request(_ type: XenStoreMessageType, tx: UInt32 = 0, _ strings: [String], req: UInt32 = 1) throws -> XenStoreMessage {
-        try send(XenStoreMessage(type: type, requestID: req, transactionID: tx, strings: strings).encoded())
-        while true {
-            guard let m = try receive() else { throw XenStoreError(.closed, "closed by the server") }
-            if m.type != .watchEvent { return m }
-        }
+    func request(_ type: XenStoreMessageType, tx: UInt32 = 0, _ strings: [String], req: UInt32 = 1) async throws -> XenStoreMessage {
+        try await exchange(XenStoreMessage(type: type, requestID: req, transactionID: tx, strings: strings).encoded())
     }
 
     /// WRITE with a value (the payload is path NUL value).
-    func write(_ path: String, _ value: String, tx: UInt32 = 0) throws -> XenStoreMessage {
-        try send(XenStoreMessage(type: .write, requestID: 1, transactionID: tx, payload: Array("\(path)\0\(value)".utf8)).encoded())
-        while true {
-            guard let m = try receive() else { throw XenStoreError(.closed, "closed by the server") }
-            if m.type != .watchEvent { return m }
-        }
+    func write(_ path: String, _ value: String, tx: UInt32 = 0) async throws -> XenStoreMessage {
+        try await exchange(XenStoreMessage(type: .write, requestID: 1, transactionID: tx, payload: Array("\(path)\0\(value)".utf8)).encoded())
     }
 
     /// Opens a transaction and returns its id.
-    func startTransaction() throws -> UInt32 {
-        let r = try request(.transactionStart, [""])
+    func startTransaction() async throws -> UInt32 {
+        let r = try await request(.transactionStart, [""])
         guard r.type == .transactionStart, let id = UInt32(r.text) else {
             throw XenStoreError(.io, "TRANSACTION_START: \(r.text)")
         }

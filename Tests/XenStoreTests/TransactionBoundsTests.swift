@@ -24,16 +24,16 @@ struct TransactionBoundsTests {
         q.transactionNodes = 200
         let s = try await guestServer(q)
         let raw = try RawConnection(s.guestPaths[Self.guest]!)
-        let tx = try raw.startTransaction()
+        let tx = try await raw.startTransaction()
         var refusedAt: Int?
         for i in 0..<2000 where refusedAt == nil {
-            let w = try raw.write("/local/domain/5/u\(i)", "x", tx: tx)
+            let w = try await raw.write("/local/domain/5/u\(i)", "x", tx: tx)
             if w.type == .error {
                 #expect(w.text == "ENOSPC")
                 refusedAt = i
                 break
             }
-            let r = try raw.request(.rm, tx: tx, ["/local/domain/5/u\(i)"])
+            let r = try await raw.request(.rm, tx: tx, ["/local/domain/5/u\(i)"])
             if r.type == .error {
                 #expect(r.text == "ENOSPC")
                 refusedAt = i
@@ -44,9 +44,9 @@ struct TransactionBoundsTests {
         // One request may overshoot by the nodes its path names (here, a handful).
         #expect(footprint <= q.transactionNodes + 8)
         // Ending it frees everything, and the connection carries on.
-        #expect(try raw.request(.transactionEnd, tx: tx, ["F"]).text == "OK")
+        #expect(try await raw.request(.transactionEnd, tx: tx, ["F"]).text == "OK")
         #expect(s.server.withEngine { $0.transactionFootprint } == 0)
-        #expect(try raw.write("/local/domain/5/after", "ok").text == "OK")
+        #expect(try await raw.write("/local/domain/5/after", "ok").text == "OK")
     }
 
     @Test func readingAbsentPathsInOneTransactionStopsAtTheQuota() async throws {
@@ -54,10 +54,10 @@ struct TransactionBoundsTests {
         q.transactionNodes = 300
         let s = try await guestServer(q)
         let raw = try RawConnection(s.guestPaths[Self.guest]!)
-        let tx = try raw.startTransaction()
+        let tx = try await raw.startTransaction()
         var codes: Set<String> = []
         for i in 0..<3000 {
-            let r = try raw.request(.read, tx: tx, ["/local/domain/5/absent-\(i)"])
+            let r = try await raw.request(.read, tx: tx, ["/local/domain/5/absent-\(i)"])
             codes.insert(r.text)
             if r.text == "ENOSPC" { break }
         }
@@ -79,31 +79,31 @@ struct TransactionBoundsTests {
         let first = try RawConnection(s.guestPaths[Self.guest]!)
         let second = try RawConnection(s.guestPaths[Self.guest]!)
         // The guest owns its home, a and b: 3 nodes.
-        #expect(try first.request(.mkdir, ["/local/domain/5/a"]).text == "OK")
-        #expect(try first.request(.mkdir, ["/local/domain/5/b"]).text == "OK")
-        let txA = try first.startTransaction()
-        let txB = try second.startTransaction()
+        #expect(try await first.request(.mkdir, ["/local/domain/5/a"]).text == "OK")
+        #expect(try await first.request(.mkdir, ["/local/domain/5/b"]).text == "OK")
+        let txA = try await first.startTransaction()
+        let txB = try await second.startTransaction()
         for i in 0..<10 {
-            #expect(try first.write("/local/domain/5/a/\(i)", "x", tx: txA).text == "OK")
-            #expect(try second.write("/local/domain/5/b/\(i)", "x", tx: txB).text == "OK")
+            #expect(try await first.write("/local/domain/5/a/\(i)", "x", tx: txA).text == "OK")
+            #expect(try await second.write("/local/domain/5/b/\(i)", "x", tx: txB).text == "OK")
         }
         // Alone, each would leave the guest with 13 nodes of its 20.
-        #expect(try first.request(.transactionEnd, tx: txA, ["T"]).text == "OK")
-        let commitB = try second.request(.transactionEnd, tx: txB, ["T"])
+        #expect(try await first.request(.transactionEnd, tx: txA, ["T"]).text == "OK")
+        let commitB = try await second.request(.transactionEnd, tx: txB, ["T"])
         #expect(commitB.type == .error)
         #expect(commitB.text == "ENOSPC")
         // Nothing of the refused transaction landed, and the guest stays within its quota:
         // 13 nodes, so 7 more fit and the 8th does not.
-        #expect(try first.request(.read, ["/local/domain/5/b/0"]).text == "ENOENT")
-        #expect(try first.request(.read, ["/local/domain/5/a/9"]).text == "x")
-        for i in 0..<7 { #expect(try first.write("/local/domain/5/c\(i)", "x").text == "OK") }
-        #expect(try first.write("/local/domain/5/c7", "x").text == "ENOSPC")
+        #expect(try await first.request(.read, ["/local/domain/5/b/0"]).text == "ENOENT")
+        #expect(try await first.request(.read, ["/local/domain/5/a/9"]).text == "x")
+        for i in 0..<7 { #expect(try await first.write("/local/domain/5/c\(i)", "x").text == "OK") }
+        #expect(try await first.write("/local/domain/5/c7", "x").text == "ENOSPC")
         // A transaction that removes as many as it creates still commits at the quota.
-        let txC = try second.startTransaction()
-        #expect(try second.request(.rm, tx: txC, ["/local/domain/5/c0"]).text == "OK")
-        #expect(try second.write("/local/domain/5/d", "x", tx: txC).text == "OK")
-        #expect(try second.request(.transactionEnd, tx: txC, ["T"]).text == "OK")
-        #expect(try first.request(.read, ["/local/domain/5/d"]).text == "x")
+        let txC = try await second.startTransaction()
+        #expect(try await second.request(.rm, tx: txC, ["/local/domain/5/c0"]).text == "OK")
+        #expect(try await second.write("/local/domain/5/d", "x", tx: txC).text == "OK")
+        #expect(try await second.request(.transactionEnd, tx: txC, ["T"]).text == "OK")
+        #expect(try await first.request(.read, ["/local/domain/5/d"]).text == "x")
     }
 
     @Test func dom0HasATransactionCapToo() async throws {
@@ -111,8 +111,8 @@ struct TransactionBoundsTests {
         q.dom0TransactionsPerConnection = 5
         let s = try TestServer(quotas: q)
         let raw = try RawConnection(s.path)
-        for _ in 0..<5 { _ = try raw.startTransaction() }
-        let r = try raw.request(.transactionStart, [""])
+        for _ in 0..<5 { _ = try await raw.startTransaction() }
+        let r = try await raw.request(.transactionStart, [""])
         #expect(r.type == .error)
         #expect(r.text == "ENOSPC")
     }
@@ -120,28 +120,28 @@ struct TransactionBoundsTests {
     @Test func aTransactionDoesNotCopyTheTreeAndStillDetectsConflicts() async throws {
         let s = try TestServer()
         let raw = try RawConnection(s.path)
-        for i in 0..<500 { _ = try raw.write("/many/\(i)", "v") }
-        let tx = try raw.startTransaction()
-        #expect(try raw.write("/many/0", "in-tx", tx: tx).text == "OK")
+        for i in 0..<500 { _ = try await raw.write("/many/\(i)", "v") }
+        let tx = try await raw.startTransaction()
+        #expect(try await raw.write("/many/0", "in-tx", tx: tx).text == "OK")
         // The transaction remembers the node it wrote and the ones it looked up, not the store.
         #expect(try #require(s.server.withEngine { $0.transactionFootprint }) < 10)
-        #expect(try raw.request(.read, tx: tx, ["/many/0"]).text == "in-tx")
-        #expect(try raw.request(.read, ["/many/0"]).text == "v")
+        #expect(try await raw.request(.read, tx: tx, ["/many/0"]).text == "in-tx")
+        #expect(try await raw.request(.read, ["/many/0"]).text == "v")
         // A change elsewhere to a node it read makes the commit fail with EAGAIN.
-        #expect(try raw.request(.read, tx: tx, ["/many/1"]).text == "v")
-        #expect(try raw.write("/many/1", "changed").text == "OK")
-        #expect(try raw.request(.transactionEnd, tx: tx, ["T"]).text == "EAGAIN")
-        #expect(try raw.request(.read, ["/many/0"]).text == "v")
+        #expect(try await raw.request(.read, tx: tx, ["/many/1"]).text == "v")
+        #expect(try await raw.write("/many/1", "changed").text == "OK")
+        #expect(try await raw.request(.transactionEnd, tx: tx, ["T"]).text == "EAGAIN")
+        #expect(try await raw.request(.read, ["/many/0"]).text == "v")
         // Without a conflict it commits, removals included.
-        let tx2 = try raw.startTransaction()
-        #expect(try raw.write("/many/0", "committed", tx: tx2).text == "OK")
-        #expect(try raw.request(.rm, tx: tx2, ["/many/2"]).text == "OK")
-        #expect(try raw.write("/many/new/deep", "d", tx: tx2).text == "OK")
-        #expect(try raw.request(.transactionEnd, tx: tx2, ["T"]).text == "OK")
-        #expect(try raw.request(.read, ["/many/0"]).text == "committed")
-        #expect(try raw.request(.read, ["/many/2"]).text == "ENOENT")
-        #expect(try raw.request(.read, ["/many/new/deep"]).text == "d")
-        let listing = try raw.request(.directory, ["/many"])
+        let tx2 = try await raw.startTransaction()
+        #expect(try await raw.write("/many/0", "committed", tx: tx2).text == "OK")
+        #expect(try await raw.request(.rm, tx: tx2, ["/many/2"]).text == "OK")
+        #expect(try await raw.write("/many/new/deep", "d", tx: tx2).text == "OK")
+        #expect(try await raw.request(.transactionEnd, tx: tx2, ["T"]).text == "OK")
+        #expect(try await raw.request(.read, ["/many/0"]).text == "committed")
+        #expect(try await raw.request(.read, ["/many/2"]).text == "ENOENT")
+        #expect(try await raw.request(.read, ["/many/new/deep"]).text == "d")
+        let listing = try await raw.request(.directory, ["/many"])
         let names = try listing.strings()
         #expect(names.count == 500 && !names.contains("2") && names.last == "new")
     }
@@ -173,14 +173,14 @@ struct TreeShapeTests {
         try await dom0.setPermissions("/shared/node", XenStorePermissions(
             owner: DomainID(2), grants: [XenStorePermission(.both, DomainID(3))]))
         let dom3 = try RawConnection(s.guestPaths[DomainID(3)]!)
-        #expect(try dom3.write("/shared/node", "written by 3").text == "OK")
-        let r = try dom3.request(.setPermissions, ["/shared/node", "b3"])
+        #expect(try await dom3.write("/shared/node", "written by 3").text == "OK")
+        let r = try await dom3.request(.setPermissions, ["/shared/node", "b3"])
         #expect(r.type == .error)
         #expect(r.text == "EACCES")
         #expect(try await dom0.permissions("/shared/node").owner == DomainID(2))
         // The owner may, as long as it keeps the node.
         let dom2 = try RawConnection(s.guestPaths[DomainID(2)]!)
-        #expect(try dom2.request(.setPermissions, ["/shared/node", "n2", "r3"]).text == "OK")
-        #expect(try dom2.request(.setPermissions, ["/shared/node", "n3"]).text == "EPERM")
+        #expect(try await dom2.request(.setPermissions, ["/shared/node", "n2", "r3"]).text == "OK")
+        #expect(try await dom2.request(.setPermissions, ["/shared/node", "n3"]).text == "EPERM")
     }
 }
