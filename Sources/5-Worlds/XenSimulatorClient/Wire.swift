@@ -32,7 +32,8 @@ package enum DaemonOp: UInt64 {
     /// `/proc/self/pagemap` (the first time), or without descriptors (a share pool it mapped).
     case trackWrites = 13
     /// dom0 only: `[logDirty, domid, action]`, action 1 start, 2 read-and-clear (the
-    /// reply carries the bitmap in a memfd), 0 stop.
+    /// reply carries up to 256 nonzero words of the bitmap itself, `[0, frames, n,
+    /// index, word, …]`, else the whole bitmap in a memfd, `[0, frames, words]`), 0 stop.
     case logDirty = 14
     /// A guest process asks to be suspended (`DomainSuspending`): `[suspend, timeout ms]`,
     /// answered when dom0 saved it elsewhere (`[0, 1, token high, token low]`, the
