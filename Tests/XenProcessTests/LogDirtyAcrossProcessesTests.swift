@@ -100,8 +100,6 @@ extension ProcessTests {
                     "the daemon still holds \(descriptorTargets(of: hv.pid).filter(guestFiles))")
         }
 
-        /// Pre-copy rounds through the daemon in its own process while a thread of
-        /// the guest writes: the copy taken round by round equals the memory at the end.
         /// A read-and-clear answers a few dirty words in its reply and many through a
         /// memfd: the frames come back alike either way.
         @Test func fewAndManyDirtyFramesComeBackAlike() async throws {
@@ -152,6 +150,8 @@ extension ProcessTests {
             #expect(try RemoteHypervisor.inlineBitmap([0, 1000, 1, 15, UInt64.max]).count == 1000 - 15 * 64)
         }
 
+        /// Pre-copy rounds through the daemon in its own process while a thread of
+        /// the guest writes: the copy taken round by round equals the memory at the end.
         @Test func preCopyRoundsThroughTheDaemonMissNoWrite() async throws {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
