@@ -102,16 +102,12 @@ extension ProcessTests {
 
         /// A read-and-clear answers a few dirty words in its reply and many through a
         /// memfd: the frames come back alike either way.
-        @Test func fewAndManyDirtyFramesComeBackAlike() async throws {
-            let dir = temporaryDirectory()
-            defer { try? FileManager.default.removeItem(atPath: dir) }
-            let sock = dir + "/hv.sock"
-            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
-            defer { hv.sendKill() }
-            #expect(await hv.waitFor("listening"), "\(hv.output)")
-            let dom0 = try RemoteHypervisor(socketPath: sock, as: .dom0, onDaemonLost: ignoreLoss)
+        @Test func fewAndManyDirtyFramesComeBackAlike() throws {
+            let f = try DaemonFixture()
+            defer { f.stop() }
+            let dom0 = try RemoteHypervisor(socketPath: f.socket, as: .dom0, onDaemonLost: ignoreLoss)
             defer { dom0.close() }
-            let guest = try RemoteHypervisor(socketPath: sock, as: .newGuest(frames: 32768), onDaemonLost: ignoreLoss)
+            let guest = try RemoteHypervisor(socketPath: f.socket, as: .newGuest(frames: 32768), onDaemonLost: ignoreLoss)
             defer { guest.close() }
             let pages = try guest.pageAllocator.allocatePages(30000)
             let first = pages.first.rawValue
