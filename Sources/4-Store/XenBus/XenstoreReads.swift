@@ -108,8 +108,9 @@ extension XenStoreOperations {
     }
 
     // The catches of typed errors live in these functions, not in closures (task
-    // groups', transactions'): in a task group's closure, Swift 6.3.1's optimizer garbled the tuple the child
-    // returned (an index of 115 among 4 paths crashed `xenpv backend` in release).
+    // groups', transactions'): in a task group's closure, Swift 6.3.1's optimizer
+    // garbled the tuple the child returned (an index of 115 among 4 paths crashed
+    // `xenpv backend` in release).
 
     /// The value at `path` (nil where there is none), or the error reading it met.
     func readOutcome(_ path: String) async -> Result<String?, XenStoreError> {

@@ -30,7 +30,8 @@ struct DomainStoreState: Sendable {
                 let names = (try? await store.directory("\(dir)/\(dev)")) ?? []
                 // Every key's read in flight at once: this may run while the guest is paused.
                 let values = await store.readAllIfPresent(names.map { "\(dir)/\(dev)/\($0)" })
-                let keys = zip(names, values).compactMap { k, v in ((try? v.get()) ?? nil).map { MigrationDevice.Key(k, $0) } }
+                // A key that went or failed to read is left out, as before.
+                let keys = zip(names, values).compactMap { k, v in (try? v.get()).map { MigrationDevice.Key(k, $0) } }
                 state.devices.append(MigrationDevice(type: type, id: id, keys: Array(keys.prefix(MigrationLimits.maximumDeviceKeys))))
             }
         }
