@@ -29,7 +29,9 @@ final class XenbusBlockWorld: @unchecked Sendable {
     var frontends: [(endpoint: XenbusEndpoint, driver: BlockFrontendDriver, run: Task<Void, any Error>)] = []
     static let diskBytes = 8 << 20
 
-    init(options: BlockBackendOptions = BlockBackendOptions(), backendLog: (any LogHandler)? = nil) async throws {
+    /// `engineOpened` runs in each queue's `makeEngine`, before the engine opens.
+    init(options: BlockBackendOptions = BlockBackendOptions(), backendLog: (any LogHandler)? = nil,
+         engineOpened: @escaping @Sendable () -> Void = {}) async throws {
         guest = try hv.createDomain(frames: 16384, grantFrames: 64)
         guestSharer = try guest.openGrantSharer()
         image = try TemporaryImage(bytes: Self.diskBytes)
@@ -47,7 +49,8 @@ final class XenbusBlockWorld: @unchecked Sendable {
         backend = BlockBackend(store: dom0Store, hypervisor: hv.dom0, options: options, logger: backendLogger) { _, dir, store in
             let readOnly = try await store.readIfPresent(dir + "/mode") == "r"
             return BlockBackendDisk(byteCount: UInt64(XenbusBlockWorld.diskBytes), readOnly: readOnly) {
-                try LibaioStorage(path: FilePath(path), readOnly: readOnly, directIO: .preferred, queueDepth: 64)
+                engineOpened()
+                return try LibaioStorage(path: FilePath(path), readOnly: readOnly, directIO: .preferred, queueDepth: 64)
             }
         }
         try await backend.start()
@@ -235,6 +238,24 @@ struct BlockXenbusTests {
         try await withTimeout(30) {
             try await shadowWorkout(fe, deviceBytes: XenbusBlockWorld.diskBytes, operations: 6, maxBytes: 512 << 10, tasks: 2)
         }
+        #expect(try await world.teardown().isEmpty)
+    }
+
+    /// A backend's connect blocks while it maps, binds and opens engines: not on a thread of
+    /// the cooperative pool, where as many connects as the pool has threads would stall
+    /// every other task of the process (the other devices' handshakes after a migration).
+    /// Here as many disks as the pool has threads connect while `makeEngine` holds them all;
+    /// this test itself must run meanwhile to let them go.
+    @Test func connectsThatBlockHoldNoThreadOfThePool() async throws {
+        let gate = BlockingGate()
+        let world = try await XenbusBlockWorld(engineOpened: { gate.pass() })
+        let count = max(2, ProcessInfo.processInfo.activeProcessorCount)
+        var drivers: [BlockFrontendDriver] = []
+        for i in 0..<count { drivers.append(try await world.addDisk(id: 51712 + 16 * UInt32(i))) }
+        #expect(await eventually { gate.waiting == count })
+        gate.open()
+        for d in drivers { #expect(await world.connected(d)) }
+        #expect(!gate.timedOut, "the connects held the pool until their gate gave up")
         #expect(try await world.teardown().isEmpty)
     }
 }

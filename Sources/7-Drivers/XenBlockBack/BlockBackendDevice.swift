@@ -163,7 +163,6 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
     ///   and `RingError` when a ring's indices are already corrupt.
     public func connect() async throws {
         let fe = device.frontendPath
-        let frontend = device.frontendDomain
         // Reads in flight together (each round trip is part of a migrated guest's
         // downtime), awaited in the order they are checked, so a bad key is reported as if
         // read one by one. The ring keys of one queue with a one-page ring, the layout
@@ -204,7 +203,27 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
         let persistent = try await persistentRead
         logger.info("\(device): \(queueCount) queue(s), ring-page-order \(order), \(abi), persistent \(persistent)")
 
-        var s = Session(mapper: try hypervisor.openGrantMapper())
+        // Mapping, binding and opening engines block (daemon round trips, system calls): on
+        // a thread of their own, so that the process's other handshakes (a vif's reads after
+        // a migration) go on meanwhile on the cooperative pool.
+        let (made, failure) = await onOwnThread(named: "blkback-connect") { [self] in openQueues(rings, abi: abi, persistent: persistent) }
+        if let failure {
+            if let made { await Self.release(made) }
+            throw failure
+        }
+        guard let s = made else { return }
+        for q in s.queues { q.start() }
+        session.withLock { $0 = s }
+    }
+
+    /// Maps each ring, binds its port and builds its queue (not started): the session, or
+    /// what was made of it (to release) with the failure. Blocks: called off the pool.
+    private func openQueues(_ rings: [(refs: [GrantRef], port: EventPort)], abi: BlkifABI,
+                            persistent: Bool) -> (Session?, (any Error)?) {
+        let frontend = device.frontendDomain
+        let mapper: any GrantMapper
+        do { mapper = try hypervisor.openGrantMapper() } catch { return (nil, error) }
+        var s = Session(mapper: mapper)
         do {
             for (refs, remotePort) in rings {
                 let map = try s.mapper.map(refs, from: frontend, writable: true)
@@ -238,12 +257,10 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
                 }
                 s.queues.append(queue)
             }
+            return (s, nil)
         } catch {
-            await Self.release(s)
-            throw error
+            return (s, error)
         }
-        for q in s.queues { q.start() }
-        session.withLock { $0 = s }
     }
 
     /// Stops every queue (each finishes what is at the engine and exits), then unmaps the
