@@ -1,6 +1,7 @@
 import DriverTestSupport
 import Foundation
 import Logging
+import SystemPackage
 import TestSupport
 import Testing
 import XenABI
@@ -136,6 +137,25 @@ final class EditingFrontend: XenbusDeviceDriver {
 /// handshake and carry frames; unplug and removal leave nothing behind.
 @Suite(.timeLimit(.minutes(5)), .serialized)
 struct NetHandshakeTests {
+    /// netback's connect maps rings and binds ports (blocking calls) off the cooperative
+    /// pool: as many vifs as the pool has threads connect while their attachments hold each
+    /// connect, and this test must run meanwhile to let them go (blkback's: BlockXenbusTests).
+    @Test func connectsThatBlockHoldNoThreadOfThePool() async throws {
+        let gate = BlockingGate()
+        let count = max(2, ProcessInfo.processInfo.activeProcessorCount)
+        var worlds: [NetStoreWorld] = []
+        for _ in 0..<count {
+            worlds.append(try await NetStoreWorld(attach: { _, _ in { @Sendable _, _ in GatedAttachment(gate) } }))
+        }
+        #expect(await eventually { gate.waiting == count })
+        gate.open()
+        for w in worlds {
+            #expect(await w.bothConnected())
+            try await w.close()
+        }
+        #expect(!gate.timedOut, "the connects held the pool until their gate gave up")
+    }
+
     @Test func toolstackCreatesAVifAndBothEndsConnect() async throws {
         let w = try await NetStoreWorld()
         #expect(await w.bothConnected())
@@ -261,3 +281,20 @@ struct NetNegotiationTests {
     }
 }
 
+
+/// A memory attachment whose ``receiveQueues(_:)``, which netback calls while it connects,
+/// waits at a gate first.
+private final class GatedAttachment: NetworkAttachment {
+    private let inner = MemoryAttachment { _, _ in true }
+    private let gate: BlockingGate
+    init(_ gate: BlockingGate) { self.gate = gate }
+    func receiveQueues(_ count: Int) -> [any NetworkAttachment] {
+        gate.pass()
+        return [self]
+    }
+    var fileDescriptor: FileDescriptor? { inner.fileDescriptor }
+    func receive(into buffer: UnsafeMutableRawBufferPointer) throws -> (frame: Range<Int>, offload: FrameOffload)? {
+        try inner.receive(into: buffer)
+    }
+    func send(_ frame: UnsafeRawBufferPointer, offload: FrameOffload) throws -> Bool { try inner.send(frame, offload: offload) }
+}

@@ -208,7 +208,11 @@ public final class NetBackendDevice: XenbusDeviceDriver {
             queues: queueCount)
         let attachment = try await attach(identity, features)
         do {
-            try connect(rings, features: features, attachment: attachment)
+            // Mapping and binding block (daemon round trips): off the cooperative pool, so
+            // that the process's other handshakes go on meanwhile (as blkback's connect).
+            try await onOwnThread(named: "netback-connect") { [self, rings] in
+                try connect(rings, features: features, attachment: attachment)
+            }
         } catch {
             await (attachment as? TapAttachment)?.close()
             throw error
