@@ -42,11 +42,31 @@ struct ClientServerTests {
         do {
             let temp = try s.client()
             try await temp.write("/t", "1")
-            #expect(s.server.connectionCount() == 2)
+            #expect(await s.server.connectionCount() == 2)
             // `temp` goes out of scope here without close().
         }
-        #expect(await eventually { s.server.connectionCount() == 1 })
+        #expect(await eventually { await s.server.connectionCount() == 1 })
         #expect(try await kept.read("/t") == "1")
+    }
+
+    /// `withEngine`'s async form answers with the engine the clients see; once the server
+    /// is stopped it is nil.
+    @Test func theAsyncWithEngineAnswersAndIsNilOnceStopped() async throws {
+        let s = try TestServer()
+        let c = try s.client()
+        try await c.write("/seen", "v")
+        let read = await s.server.withEngine { $0.perform(XenStoreMessage(type: .read, strings: ["/seen"]), as: .dom0).text }
+        #expect(read == "v")
+        c.close()
+        #expect(await onThread { s.server.stop(timeout: minimumDeadline) })
+        #expect(await s.server.withEngine { _ in 1 } == nil)
+    }
+
+    /// A loop that never runs the body (here, a server never started) leaves the async form
+    /// nil after its bound instead of suspending the caller for ever.
+    @Test func theAsyncWithEngineIsNilWhenTheLoopNeverAnswers() async {
+        let server = XenStoreServer(socketPath: "/tmp/xs-idle-\(UUID().uuidString.prefix(8)).sock", logger: quietLogger())
+        #expect(await server.withEngine { _ in 1 } == nil)
     }
 
     @Test func domainPathAndRelativePaths() async throws {

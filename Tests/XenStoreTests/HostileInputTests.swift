@@ -134,7 +134,7 @@ struct HostileInputTests {
         try await c.write("/other", "x")
         #expect(try await c.read("/other") == "x")
         // Back-pressure, not an unbounded queue: at most `outstandingRequests` replies wait.
-        let peak = try #require(s.server.peakQueuedReplyCount())
+        let peak = try #require(await s.server.peakQueuedReplyCount())
         #expect(peak > 1 && peak <= XenStoreQuotas().outstandingRequests)
         for i in 0..<count {
             let r = try #require(try await raw.receive(), "closed at \(i)")

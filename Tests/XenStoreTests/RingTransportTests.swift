@@ -172,12 +172,12 @@ struct RingTransportTests {
             }
         }
         // Nothing was mapped and the domain is not introduced.
-        #expect(w.server.connectionCount() == 1)
+        #expect(await w.server.connectionCount() == 1)
         #expect(try await dom0.request(.isDomainIntroduced, payload: Array("\(d)\0".utf8)).text == "F")
         // The same page by its real reference is.
         _ = try await dom0.request(.introduce, payload: XenStoreMessage(
             type: .introduce, strings: [d, String(transport.ringRef.rawValue), port]).payload)
-        #expect(w.server.connectionCount() == 2)
+        #expect(await w.server.connectionCount() == 2)
     }
 
     /// The send timeout is fixed when the transport is made (the reader and senders share the
@@ -240,14 +240,14 @@ struct RingTransportTests {
         }
         try h.events.notify(h.port)
         #expect(await waitForError(h.page, attack == "index" ? XENSTORE_ERROR_RINGIDX : XENSTORE_ERROR_PROTO))
-        #expect(await eventually { w.server.connectionCount() == 1 })  // dom0's socket only
+        #expect(await eventually { await w.server.connectionCount() == 1 })  // dom0's socket only
 
         // dom0 introduces the guest again, over the wire as a toolstack does.
         let transport = try XenStoreRingTransport(hypervisor: w.guest)
         _ = try await dom0.request(.introduce, payload: XenStoreMessage(
             type: .introduce, strings: [String(d), String(transport.ringRef.rawValue), String(transport.port.rawValue)]).payload)
         // The fresh page is served: the server maps it (a connection more) and answers on it.
-        #expect(w.server.connectionCount() == 2)
+        #expect(await w.server.connectionCount() == 2)
         #expect(try await dom0.request(.isDomainIntroduced, payload: Array("\(d)\0".utf8)).text == "T")
         let g = XenStoreClient(transport: transport)
         // The deadline only stops a hang (a page nobody serves) from holding the suite.

@@ -100,7 +100,7 @@ struct SocketAccessTests {
         let s = try TestServer()
         let failing = LockedFlag()
         failing.set(true)
-        s.server.setAcceptForTesting { fd in
+        await s.server.setAcceptForTesting { fd in
             if failing.get() {
                 errno = EMFILE
                 return -1
@@ -109,10 +109,10 @@ struct SocketAccessTests {
         }
         // A client waits in the backlog while accept "has no descriptors".
         let waiting = try RawConnection(s.path)
-        let before = try #require(s.server.acceptCallCount())
+        let before = try #require(await s.server.acceptCallCount())
         let start = Date()
         try await Task.sleep(nanoseconds: 500_000_000)
-        let during = try #require(s.server.acceptCallCount()) - before
+        let during = try #require(await s.server.acceptCallCount()) - before
         let elapsed = Date().timeIntervalSince(start)
         // A spinning loop makes hundreds of thousands of calls a second; a paused one tries
         // about ten times a second, however long a loaded machine stretched the sleep.
@@ -129,10 +129,10 @@ struct SocketAccessTests {
         for k in kept { #expect(try await k.write("/cap", "v").text == "OK") }
         let extra = try RawConnection(s.path)
         #expect(await extra.isClosedByPeer())
-        #expect(s.server.connectionCount() == 5)
+        #expect(await s.server.connectionCount() == 5)
         // A slot frees when one closes.
         _ = consume kept
-        _ = await eventually { s.server.connectionCount() == 0 }
+        _ = await eventually { await s.server.connectionCount() == 0 }
         let c = try s.client()
         try await c.write("/cap/again", "ok")
         #expect(try await c.read("/cap/again") == "ok")

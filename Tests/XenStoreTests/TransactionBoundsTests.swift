@@ -40,12 +40,12 @@ struct TransactionBoundsTests {
             }
         }
         #expect(refusedAt != nil)
-        let footprint = try #require(s.server.withEngine { $0.transactionFootprint })
+        let footprint = try #require(await s.server.withEngine { $0.transactionFootprint })
         // One request may overshoot by the nodes its path names (here, a handful).
         #expect(footprint <= q.transactionNodes + 8)
         // Ending it frees everything, and the connection carries on.
         #expect(try await raw.request(.transactionEnd, tx: tx, ["F"]).text == "OK")
-        #expect(s.server.withEngine { $0.transactionFootprint } == 0)
+        #expect(await s.server.withEngine { $0.transactionFootprint } == 0)
         #expect(try await raw.write("/local/domain/5/after", "ok").text == "OK")
     }
 
@@ -62,7 +62,7 @@ struct TransactionBoundsTests {
             if r.text == "ENOSPC" { break }
         }
         #expect(codes.contains("ENOSPC"))
-        #expect(try #require(s.server.withEngine { $0.transactionFootprint }) <= q.transactionNodes + 8)
+        #expect(try #require(await s.server.withEngine { $0.transactionFootprint }) <= q.transactionNodes + 8)
         let other = try s.client()
         try await other.write("/still", "fine")
         #expect(try await other.read("/still") == "fine")
@@ -124,7 +124,7 @@ struct TransactionBoundsTests {
         let tx = try await raw.startTransaction()
         #expect(try await raw.write("/many/0", "in-tx", tx: tx).text == "OK")
         // The transaction remembers the node it wrote and the ones it looked up, not the store.
-        #expect(try #require(s.server.withEngine { $0.transactionFootprint }) < 10)
+        #expect(try #require(await s.server.withEngine { $0.transactionFootprint }) < 10)
         #expect(try await raw.request(.read, tx: tx, ["/many/0"]).text == "in-tx")
         #expect(try await raw.request(.read, ["/many/0"]).text == "v")
         // A change elsewhere to a node it read makes the commit fail with EAGAIN.

@@ -202,7 +202,8 @@ public final class XenStoreServer: @unchecked Sendable {
 
     /// Runs `body` on the loop thread with the engine (to introduce a domain, seed nodes…)
     /// and waits for it, at most 10 s; nil if the server is stopped or did not answer.
-    /// Must not be called from the loop thread itself.
+    /// Must not be called from the loop thread itself. It blocks the calling thread: async
+    /// code uses the `async` form, which suspends instead.
     public func withEngine<R: Sendable>(_ body: @escaping @Sendable (XenStoreEngine) -> R) -> R? {
         let box = Locked<R?>(nil)
         let done = DispatchSemaphore(value: 0)
@@ -220,6 +221,37 @@ public final class XenStoreServer: @unchecked Sendable {
         // Bounded: a loop that died (poll failure) must not hang the caller.
         guard done.wait(timeout: .now() + 10) == .success else { return nil }
         return box.withLock { $0 }
+    }
+
+    /// `withEngine` for async code: suspends, holding no thread, until the loop thread has
+    /// run `body`, at most 10 s; nil if the server is stopped or did not answer by then.
+    public func withEngine<R: Sendable>(_ body: @escaping @Sendable (XenStoreEngine) -> R) async -> R? {
+        await withCheckedContinuation { (c: CheckedContinuation<R?, Never>) in
+            // Resumed exactly once, by whichever comes first: the loop thread with the
+            // answer, or the timer with nil (a loop that died must not hang the caller).
+            let pending = Locked<CheckedContinuation<R?, Never>?>(c)
+            let resume: @Sendable (R?) -> Void = { r in
+                pending.withLock { $0.take() }?.resume(returning: r)
+            }
+            let timer = Task {
+                // Cancelled once the loop answered: no resume, and no task left sleeping.
+                guard (try? await Task.sleep(for: .seconds(10))) != nil else { return }
+                resume(nil)
+            }
+            let accepted = control.withLock { state -> Bool in
+                guard !state.stopping else { return false }
+                state.tasks.append { engine in
+                    resume(body(engine))
+                    timer.cancel()
+                }
+                return true
+            }
+            guard accepted else {
+                timer.cancel()
+                return resume(nil)
+            }
+            wake()
+        }
     }
 
     /// Serves an already connected stream socket whose client speaks for `domain` (how a
@@ -241,24 +273,26 @@ public final class XenStoreServer: @unchecked Sendable {
         return accepted
     }
 
+    // For tests, which are async: each awaits the loop thread (`withEngine`'s async form).
+
     /// The most replies ever queued for one connection, read on the loop thread.
-    func peakQueuedReplyCount() -> Int? {
-        return withEngine { _ in self.peakQueuedReplies }
+    func peakQueuedReplyCount() async -> Int? {
+        return await withEngine { _ in self.peakQueuedReplies }
     }
 
     /// Replaces accept(2) on the loop thread (tests make it fail as at EMFILE).
-    func setAcceptForTesting(_ body: @escaping @Sendable (Int32) -> Int32) {
-        _ = withEngine { _ in self.acceptConnection = body }
+    func setAcceptForTesting(_ body: @escaping @Sendable (Int32) -> Int32) async {
+        _ = await withEngine { _ in self.acceptConnection = body }
     }
 
     /// accept(2) calls the loop made so far, read on the loop thread.
-    func acceptCallCount() -> Int? {
-        return withEngine { _ in self.acceptCalls }
+    func acceptCallCount() async -> Int? {
+        return await withEngine { _ in self.acceptCalls }
     }
 
     /// Connections being served (sockets and rings), read on the loop thread.
-    func connectionCount() -> Int? {
-        return withEngine { _ in self.connections.count + self.ringByPort.count }
+    func connectionCount() async -> Int? {
+        return await withEngine { _ in self.connections.count + self.ringByPort.count }
     }
 
     private func wake() {
