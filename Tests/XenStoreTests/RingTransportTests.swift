@@ -88,7 +88,7 @@ struct RingTransportTests {
             try await dom0.setPermissions(home, XenStorePermissions(owner: guest.domainID))
             dom0.close()
             let transport = try XenStoreRingTransport(hypervisor: guest, sendTimeout: sendTimeout)
-            try server.introduceDomain(guest.domainID, ringRef: transport.ringRef, eventPort: transport.port)
+            try await server.introduceDomain(guest.domainID, ringRef: transport.ringRef, eventPort: transport.port)
             return XenStoreClient(transport: transport)
         }
     }
@@ -130,7 +130,7 @@ struct RingTransportTests {
         let rel = try await dom0.watch("@releaseDomain")
         var relEvents = rel.makeAsyncIterator()
         _ = await relEvents.next()
-        w.server.releaseDomain(w.guest.domainID)
+        await w.server.releaseDomain(w.guest.domainID)
         #expect(await relEvents.next()?.path == "@releaseDomain")
         g.close()
         w.server.stop()
@@ -195,11 +195,11 @@ struct RingTransportTests {
     }
 
     /// A hand-made hostile guest: its own page and port, bytes written by hand.
-    func hostileGuest(_ w: World) throws -> (page: UnsafeMutableRawPointer, events: any EventChannels, port: EventPort) {
+    func hostileGuest(_ w: World) async throws -> (page: UnsafeMutableRawPointer, events: any EventChannels, port: EventPort) {
         let pages = try w.guest.openGrantSharer().sharePages(count: 1, with: .dom0, writable: true)
         let events = try w.guest.openEventChannels()
         let port = try events.bindUnbound(remote: .dom0)
-        try w.server.introduceDomain(w.guest.domainID, ringRef: pages.refs[0], eventPort: port)
+        try await w.server.introduceDomain(w.guest.domainID, ringRef: pages.refs[0], eventPort: port)
         return (pages.memory.base, events, port)
     }
 
@@ -210,7 +210,7 @@ struct RingTransportTests {
     @Test func aGuestThatCorruptsItsRingIndexIsCutOffAlone() async throws {
         let w = try World()
         let dom0 = try XenStoreClient(socketPath: w.path)
-        let h = try hostileGuest(w)
+        let h = try await hostileGuest(w)
         h.page.storeBytes(of: 100_000, toByteOffset: XenStoreDomainRing.reqProdOffset, as: UInt32.self)
         try h.events.notify(h.port)
         #expect(await waitForError(h.page, XENSTORE_ERROR_RINGIDX))
@@ -218,7 +218,7 @@ struct RingTransportTests {
         #expect(try await dom0.read("/still") == "fine")
         // Its connection is gone: the domain can be introduced again with a fresh page.
         let again = try XenStoreRingTransport(hypervisor: w.guest)
-        try w.server.introduceDomain(w.guest.domainID, ringRef: again.ringRef, eventPort: again.port)
+        try await w.server.introduceDomain(w.guest.domainID, ringRef: again.ringRef, eventPort: again.port)
     }
 
     /// After the server cuts a guest's ring off (for a bad index or a protocol error), dom0
@@ -231,7 +231,7 @@ struct RingTransportTests {
         let d = w.guest.domainID.rawValue
         try await dom0.write("/local/domain/\(d)/name", "guest")
         try await dom0.setPermissions("/local/domain/\(d)/name", XenStorePermissions(owner: w.guest.domainID))
-        let h = try hostileGuest(w)
+        let h = try await hostileGuest(w)
         if attack == "index" {
             h.page.storeBytes(of: 100_000, toByteOffset: XenStoreDomainRing.reqProdOffset, as: UInt32.self)
         } else {
@@ -266,7 +266,7 @@ struct RingTransportTests {
     @Test func aGuestThatSendsAnOversizedMessageIsCutOffAlone() async throws {
         let w = try World()
         let dom0 = try XenStoreClient(socketPath: w.path)
-        let h = try hostileGuest(w)
+        let h = try await hostileGuest(w)
         let ring = XenStoreDomainRing(page: h.page, side: .guest)
         #expect(try ring.write(header(type: XenStoreMessageType.write.rawValue, len: 5000)) == 16)
         try h.events.notify(h.port)
@@ -285,7 +285,7 @@ struct RingTransportTests {
         let g = XenStoreClient(transport: transport)
         let early = Task { try await g.read("early") }
         try? await Task.sleep(nanoseconds: 50_000_000)  // the request sits in the ring; its notify went nowhere
-        try w.server.introduceDomain(w.guest.domainID, ringRef: transport.ringRef, eventPort: transport.port)
+        try await w.server.introduceDomain(w.guest.domainID, ringRef: transport.ringRef, eventPort: transport.port)
         #expect(try await withTimeout(5) { try await early.value } == "bird")
         g.close()
     }
@@ -296,7 +296,7 @@ struct RingTransportTests {
         let home = XenStorePath.home(of: w.guest.domainID)
         try await dom0.mkdir(home)
         try await dom0.setPermissions(home, XenStorePermissions(owner: w.guest.domainID))
-        let h = try hostileGuest(w)
+        let h = try await hostileGuest(w)
         let ring = XenStoreDomainRing(page: h.page, side: .guest)
         _ = try ring.write(header(type: XenStoreMessageType.write.rawValue, len: 100) + Array("x\0a".utf8))
         try h.events.notify(h.port)

@@ -25,17 +25,37 @@ extension XenStoreServer {
     /// Introduces a guest in-process, as a toolstack's `XS_INTRODUCE` does: maps its xenstore
     /// page (by the grant reference it gave dom0), binds its event channel, serves it as that
     /// domain and fires `@introduceDomain`. Needs the server's `hypervisor`.
+    /// Blocks the calling thread for the loop's answer: async code uses the `async` form.
     public func introduceDomain(_ domain: DomainID, ringRef: GrantRef, eventPort: EventPort) throws(XenStoreError) {
-        let message = XenStoreMessage(
-            type: .introduce, strings: [String(domain.rawValue), String(ringRef.rawValue), String(eventPort.rawValue)])
-        guard let reply = withEngine({ $0.perform(message, as: .dom0) }) else {
-            throw XenStoreError(.closed, "server stopped")
-        }
-        if reply.type == .error { throw XenStoreError(XenStoreError.Code(rawValue: reply.text), "introducing \(domain)") }
+        let message = Self.introduce(domain, ringRef, eventPort)
+        try Self.check(withEngine({ $0.perform(message, as: .dom0) }), introducing: domain)
     }
 
-    /// Releases a guest: drops its ring connection and fires `@releaseDomain`.
+    /// `introduceDomain` for async code: suspends for the loop's answer instead of blocking.
+    public func introduceDomain(_ domain: DomainID, ringRef: GrantRef, eventPort: EventPort) async throws(XenStoreError) {
+        let message = Self.introduce(domain, ringRef, eventPort)
+        try Self.check(await withEngine({ $0.perform(message, as: .dom0) }), introducing: domain)
+    }
+
+    /// Releases a guest: drops its ring connection and fires `@releaseDomain`. Blocks the
+    /// calling thread for the loop: async code uses the `async` form.
     public func releaseDomain(_ domain: DomainID) {
         _ = withEngine { engine in engine.releaseDomain(domain) }
+    }
+
+    /// `releaseDomain` for async code: suspends for the loop instead of blocking.
+    public func releaseDomain(_ domain: DomainID) async {
+        _ = await withEngine { engine in engine.releaseDomain(domain) }
+    }
+
+    private static func introduce(_ domain: DomainID, _ ringRef: GrantRef, _ eventPort: EventPort) -> XenStoreMessage {
+        XenStoreMessage(
+            type: .introduce, strings: [String(domain.rawValue), String(ringRef.rawValue), String(eventPort.rawValue)])
+    }
+
+    /// The introduce's reply as an error: none for OK, `.closed` for no reply (server stopped).
+    private static func check(_ reply: XenStoreMessage?, introducing domain: DomainID) throws(XenStoreError) {
+        guard let reply else { throw XenStoreError(.closed, "server stopped") }
+        if reply.type == .error { throw XenStoreError(XenStoreError.Code(rawValue: reply.text), "introducing \(domain)") }
     }
 }
