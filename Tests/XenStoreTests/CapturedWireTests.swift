@@ -56,5 +56,6 @@ struct CapturedWireTests {
             let (got, want) = (try Self.frames(replies), try Self.frames(expected))
             #expect(replies == expected, "\(name): \(got) vs \(want)")
         }
+        await s.stop()
     }
 }

@@ -63,5 +63,6 @@ struct ClientConcurrencyTests {
         #expect(failures.isEmpty, "\(failures.count) failed, first: \(failures.first ?? "")")
         try await c.write("/after", "ok")
         #expect(try await c.read("/after") == "ok")
+        await s.stop()
     }
 }

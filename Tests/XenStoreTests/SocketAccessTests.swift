@@ -46,13 +46,14 @@ struct SocketAccessTests {
             && FileManager.default.isExecutableFile(atPath: "/usr/bin/python3")
     }
 
-    @Test func theDom0SocketIs0600WhateverTheUmask() throws {
+    @Test func theDom0SocketIs0600WhateverTheUmask() async throws {
         let old = umask(0)
         defer { umask(old) }
         let s = try TestServer()
         var st = stat()
         #expect(lstat(s.path, &st) == 0)
         #expect(st.st_mode & 0o777 == 0o600)
+        await s.stop()
     }
 
     @Test func anUntrustedLocalUserIsRefusedEvenIfTheSocketModeLetsItIn() async throws {
@@ -68,6 +69,7 @@ struct SocketAccessTests {
         let c = try s.client()
         try await c.write("/root/ok", "1")
         #expect(try await c.read("/root/ok") == "1")
+        await s.stop()
     }
 
     @Test func aGroupGivenToTheServerIsTrusted() async throws {
@@ -119,6 +121,7 @@ struct SocketAccessTests {
         #expect(Double(during) <= 20 + elapsed * 20, "\(during) accept calls in \(elapsed) s")
         failing.set(false)
         #expect(try await waiting.write("/after-emfile", "ok").text == "OK")
+        await s.stop()
     }
 
     @Test func connectionsPerUserAreCappedWithOthersServed() async throws {
@@ -136,6 +139,7 @@ struct SocketAccessTests {
         let c = try s.client()
         try await c.write("/cap/again", "ok")
         #expect(try await c.read("/cap/again") == "ok")
+        await s.stop()
     }
 }
 

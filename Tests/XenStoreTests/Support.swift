@@ -27,7 +27,17 @@ final class TestServer: @unchecked Sendable {
     func client() throws -> XenStoreClient { try XenStoreClient(socketPath: path) }
     func client(as domain: DomainID) throws -> XenStoreClient { try XenStoreClient(socketPath: guestPaths[domain]!) }
 
-    deinit { server.stop() }
+    /// Stops the server and awaits its loop thread's end on a thread of its own, for at
+    /// most `minimumDeadline`; whether it ended. Every test calls it at its end.
+    @discardableResult
+    func stop() async -> Bool {
+        let server = server
+        return await onThread { server.stop(timeout: minimumDeadline) }
+    }
+
+    /// The last resort of a test that threw before `stop()`: tells the loop to stop and
+    /// waits for nothing (a deinit may run on a pool thread).
+    deinit { server.stop(timeout: 0) }
 }
 
 /// Output and status of one of Xen's xenstore-* tools run against `socket`.

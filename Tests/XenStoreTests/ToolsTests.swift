@@ -27,6 +27,7 @@ struct XenToolsTests {
         #expect(r.status != 0)
         r = try await runTool("xenstore-read", ["/a/b"], socket: s.path)
         #expect(r.status != 0)
+        await s.stop()
     }
 
     @Test func chmodAndPermissionListing() async throws {
@@ -38,6 +39,7 @@ struct XenToolsTests {
         #expect(r.stdout.contains("n3,r4,b5"), "\(r.stdout)")
         r = try await runTool("xenstore-chmod", ["/p/q", "x9"], socket: s.path)
         #expect(r.status != 0)
+        await s.stop()
     }
 
     @Test func recursiveAndRelativeForms() async throws {
@@ -60,6 +62,7 @@ struct XenToolsTests {
         #expect(r.status != 0)
         r = try await runTool("xenstore-exists", ["/local/domain/0/rel"], socket: s.path)
         #expect(r.status == 0)
+        await s.stop()
     }
 
     @Test func longDirectoryListsInParts() async throws {
@@ -72,6 +75,7 @@ struct XenToolsTests {
         r = try await runTool("xenstore-list", ["/big"], socket: s.path)
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout.split(separator: "\n").map(String.init) == names)
+        await s.stop()
     }
 
     @Test func watchPrintsRegistrationAndChanges() async throws {
@@ -102,5 +106,6 @@ struct XenToolsTests {
         #expect(lines.count == 3)
         #expect(lines.first == "/w")
         #expect(lines.dropFirst().allSatisfy { $0 == "/w/x" })
+        await s.stop()
     }
 }

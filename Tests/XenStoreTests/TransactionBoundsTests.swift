@@ -47,6 +47,7 @@ struct TransactionBoundsTests {
         #expect(try await raw.request(.transactionEnd, tx: tx, ["F"]).text == "OK")
         #expect(await s.server.withEngine { $0.transactionFootprint } == 0)
         #expect(try await raw.write("/local/domain/5/after", "ok").text == "OK")
+        await s.stop()
     }
 
     @Test func readingAbsentPathsInOneTransactionStopsAtTheQuota() async throws {
@@ -66,6 +67,7 @@ struct TransactionBoundsTests {
         let other = try s.client()
         try await other.write("/still", "fine")
         #expect(try await other.read("/still") == "fine")
+        await s.stop()
     }
 
     /// Two transactions that create nodes under different parents do not conflict; each
@@ -104,6 +106,7 @@ struct TransactionBoundsTests {
         #expect(try await second.write("/local/domain/5/d", "x", tx: txC).text == "OK")
         #expect(try await second.request(.transactionEnd, tx: txC, ["T"]).text == "OK")
         #expect(try await first.request(.read, ["/local/domain/5/d"]).text == "x")
+        await s.stop()
     }
 
     @Test func dom0HasATransactionCapToo() async throws {
@@ -115,6 +118,7 @@ struct TransactionBoundsTests {
         let r = try await raw.request(.transactionStart, [""])
         #expect(r.type == .error)
         #expect(r.text == "ENOSPC")
+        await s.stop()
     }
 
     @Test func aTransactionDoesNotCopyTheTreeAndStillDetectsConflicts() async throws {
@@ -144,6 +148,7 @@ struct TransactionBoundsTests {
         let listing = try await raw.request(.directory, ["/many"])
         let names = try listing.strings()
         #expect(names.count == 500 && !names.contains("2") && names.last == "new")
+        await s.stop()
     }
 }
 
@@ -182,5 +187,6 @@ struct TreeShapeTests {
         let dom2 = try RawConnection(s.guestPaths[DomainID(2)]!)
         #expect(try await dom2.request(.setPermissions, ["/shared/node", "n2", "r3"]).text == "OK")
         #expect(try await dom2.request(.setPermissions, ["/shared/node", "n3"]).text == "EPERM")
+        await s.stop()
     }
 }

@@ -58,5 +58,6 @@ struct WatchStormTests {
         }
         #expect(answered == count)
         #expect(events == count + 1)  // the registration event and one per write
+        await s.stop()
     }
 }
