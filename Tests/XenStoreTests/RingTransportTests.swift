@@ -77,7 +77,17 @@ struct RingTransportTests {
             try server.start()
         }
 
-        deinit { server.stop() }
+        /// Stops the server and awaits its loop thread's end on a thread of its own, for at
+        /// most `minimumDeadline`; whether it ended. Every test calls it at its end.
+        @discardableResult
+        func stop() async -> Bool {
+            let server = server
+            return await onThread { server.stop(timeout: minimumDeadline) }
+        }
+
+        /// The last resort of a test that threw before `stop()`: tells the loop to stop and
+        /// waits for nothing (a deinit may run on a pool thread).
+        deinit { server.stop(timeout: 0) }
 
         /// A guest client over its page, introduced to the server; its sends wait at most
         /// `sendTimeout` seconds for room in the request ring.
@@ -133,7 +143,7 @@ struct RingTransportTests {
         await w.server.releaseDomain(w.guest.domainID)
         #expect(await relEvents.next()?.path == "@releaseDomain")
         g.close()
-        w.server.stop()
+        #expect(await w.stop())
         #expect(w.guest.outstanding().mappings.isEmpty)
     }
 
@@ -155,6 +165,7 @@ struct RingTransportTests {
         }
         #expect(try await g.read("hello") == "world")
         g.close()
+        await w.stop()
     }
 
     /// The frame field is 64 bits on the wire and a grant reference 32: a frame of
@@ -178,6 +189,7 @@ struct RingTransportTests {
         _ = try await dom0.request(.introduce, payload: XenStoreMessage(
             type: .introduce, strings: [d, String(transport.ringRef.rawValue), port]).payload)
         #expect(await w.server.connectionCount() == 2)
+        await w.stop()
     }
 
     /// The send timeout is fixed when the transport is made (the reader and senders share the
@@ -219,6 +231,7 @@ struct RingTransportTests {
         // Its connection is gone: the domain can be introduced again with a fresh page.
         let again = try XenStoreRingTransport(hypervisor: w.guest)
         try await w.server.introduceDomain(w.guest.domainID, ringRef: again.ringRef, eventPort: again.port)
+        await w.stop()
     }
 
     /// After the server cuts a guest's ring off (for a bad index or a protocol error), dom0
@@ -259,7 +272,7 @@ struct RingTransportTests {
         #expect(try await g.read("name") == "guest")
         g.close()
         dom0.close()
-        w.server.stop()
+        #expect(await w.stop())
         #expect(w.guest.outstanding().mappings.isEmpty)
     }
 
@@ -273,6 +286,7 @@ struct RingTransportTests {
         #expect(await waitForError(h.page, XENSTORE_ERROR_PROTO))
         try await dom0.write("/still", "fine")
         #expect(try await dom0.read("/still") == "fine")
+        await w.stop()
     }
 
     @Test func requestsQueuedBeforeTheIntroduceAreServed() async throws {
@@ -288,6 +302,7 @@ struct RingTransportTests {
         try await w.server.introduceDomain(w.guest.domainID, ringRef: transport.ringRef, eventPort: transport.port)
         #expect(try await withTimeout(5) { try await early.value } == "bird")
         g.close()
+        await w.stop()
     }
 
     @Test func aGuestThatSendsHalfAMessageStallsNobody() async throws {
@@ -312,5 +327,6 @@ struct RingTransportTests {
         }
         #expect(reply.count == 19)
         #expect(Array(reply.suffix(3)) == Array("OK\0".utf8))
+        await w.stop()
     }
 }
