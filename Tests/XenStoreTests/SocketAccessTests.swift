@@ -77,12 +77,15 @@ struct SocketAccessTests {
         let path = "/tmp/xs-grp-\(UUID().uuidString.prefix(8)).sock"
         let server = XenStoreServer(socketPath: path, logger: quietLogger(), group: 65534)
         try server.start()
-        defer { server.stop() }
-        var st = stat()
-        #expect(lstat(path, &st) == 0)
-        #expect(st.st_mode & 0o777 == 0o660 && st.st_gid == 65534)
-        // READ /probe: ENOENT, an answer (XS_ERROR is 16).
-        #expect(try await probeAsNobody(path) == "REPLY 16")
+        try await withCleanup { () async throws in
+            var st = stat()
+            #expect(lstat(path, &st) == 0)
+            #expect(st.st_mode & 0o777 == 0o660 && st.st_gid == 65534)
+            // READ /probe: ENOENT, an answer (XS_ERROR is 16).
+            #expect(try await probeAsNobody(path) == "REPLY 16")
+        } cleanup: {
+            _ = await onThread { server.stop(timeout: minimumDeadline) }
+        }
     }
 
     @Test func emptyAbstractAndRegularFilePathsAreRefusedAndNothingIsRemoved() throws {
