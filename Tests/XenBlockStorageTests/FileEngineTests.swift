@@ -94,12 +94,15 @@ struct FileEngineTests {
         try Conformance.refusals(s)
     }
 
-    @Test(arguments: FileEngine.allCases) func backPressureAndBoundedWaits(_ engine: FileEngine) throws {
+    @Test(arguments: FileEngine.allCases) func backPressureAndBoundedWaits(_ engine: FileEngine) async throws {
         let image = try TemporaryImage(bytes: 1 << 20)
-        let s = try engine.open(image.filePath, queueDepth: 8)
-        defer { s.close() }
-        try Conformance.backPressure(s)
-        try Conformance.boundedIdleReap(s)
+        // Its reaps wait (an idle one for all its timeout): on a thread of their own.
+        try await onThread {
+            let s = try engine.open(image.filePath, queueDepth: 8)
+            defer { s.close() }
+            try Conformance.backPressure(s)
+            try Conformance.boundedIdleReap(s)
+        }
     }
 
     @Test(arguments: FileEngine.allCases) func readOnlyRefusesWrites(_ engine: FileEngine) throws {
@@ -120,35 +123,38 @@ struct FileEngineTests {
         #expect(try image.contents().allSatisfy { $0 == 0x77 })
     }
 
-    @Test(arguments: FileEngine.allCases) func flushAndDiscardGoThroughTheReapPath(_ engine: FileEngine) throws {
+    @Test(arguments: FileEngine.allCases) func flushAndDiscardGoThroughTheReapPath(_ engine: FileEngine) async throws {
         let image = try TemporaryImage(bytes: 1 << 20, fill: 0xC3)
-        let s = try engine.open(image.filePath, queueDepth: 8)
-        defer { s.close() }
-        let blocksBefore = image.allocatedBlocks()
-        let ops: [StorageOperation] = [.flush(tag: 1), .discard(tag: 2, offset: 256 * 1024, length: 512 * 1024)]
-        _ = try ops.withUnsafeBufferPointer { try s.submit($0) }
-        // Reported only through the descriptor and reap.
-        #expect(Driver.waitReadable(s.completionDescriptor, milliseconds: 5000))
-        var out = [StorageCompletion](repeating: .empty, count: 1)
-        var tags: [UInt64] = []
-        var wakes = 0
-        while tags.count < 2 && wakes < 100 {
-            // A one-slot array: a left-over must keep the descriptor readable (a wake may
-            // also be spurious: io_uring does the two concurrently and signals per completion).
+        // It waits for the descriptor and reaps: on a thread of its own.
+        try await onThread {
+            let s = try engine.open(image.filePath, queueDepth: 8)
+            defer { s.close() }
+            let blocksBefore = image.allocatedBlocks()
+            let ops: [StorageOperation] = [.flush(tag: 1), .discard(tag: 2, offset: 256 * 1024, length: 512 * 1024)]
+            _ = try ops.withUnsafeBufferPointer { try s.submit($0) }
+            // Reported only through the descriptor and reap.
             #expect(Driver.waitReadable(s.completionDescriptor, milliseconds: 5000))
-            wakes += 1
-            let n = try out.withUnsafeMutableBufferPointer { try s.reap(into: $0, timeout: .zero) }
-            if n == 1 {
-                #expect(out[0].succeeded)
-                tags.append(out[0].tag)
+            var out = [StorageCompletion](repeating: .empty, count: 1)
+            var tags: [UInt64] = []
+            var wakes = 0
+            while tags.count < 2 && wakes < 100 {
+                // A one-slot array: a left-over must keep the descriptor readable (a wake may
+                // also be spurious: io_uring does the two concurrently and signals per completion).
+                #expect(Driver.waitReadable(s.completionDescriptor, milliseconds: 5000))
+                wakes += 1
+                let n = try out.withUnsafeMutableBufferPointer { try s.reap(into: $0, timeout: .zero) }
+                if n == 1 {
+                    #expect(out[0].succeeded)
+                    tags.append(out[0].tag)
+                }
             }
+            #expect(Set(tags) == [1, 2])
+            let bytes = try image.contents()
+            #expect(bytes[0..<256 * 1024].allSatisfy { $0 == 0xC3 })
+            #expect(bytes[256 * 1024..<768 * 1024].allSatisfy { $0 == 0 })
+            #expect(bytes[(768 * 1024)...].allSatisfy { $0 == 0xC3 })
+            #expect(image.allocatedBlocks() < blocksBefore, "punch-hole freed no blocks")
         }
-        #expect(Set(tags) == [1, 2])
-        let bytes = try image.contents()
-        #expect(bytes[0..<256 * 1024].allSatisfy { $0 == 0xC3 })
-        #expect(bytes[256 * 1024..<768 * 1024].allSatisfy { $0 == 0 })
-        #expect(bytes[(768 * 1024)...].allSatisfy { $0 == 0xC3 })
-        #expect(image.allocatedBlocks() < blocksBefore, "punch-hole freed no blocks")
     }
 
     @Test(arguments: FileEngine.allCases) func aShortReadIsContinuedAndAnEndOfFileFails(_ engine: FileEngine) throws {
@@ -298,17 +304,21 @@ struct FileEngineTests {
     /// every completion, and nothing once all are reaped.
     @Test(arguments: FileEngine.allCases) func mayHaveCompletionsSeesTheKernelsRing(_ engine: FileEngine) async throws {
         let image = try TemporaryImage(bytes: 1 << 20, fill: 0x42)
-        let s = try engine.open(image.filePath, queueDepth: 8)
-        defer { s.close() }
-        #expect(!s.mayHaveCompletions)
-        let b = Buffers(byteCount: 4096)
-        var op = StorageOperation.read(tag: 7, offset: 4096, buffers: b.vector(first: 0, at: 0, pieces: [4096]))
-        #expect(try withUnsafePointer(to: &op) { try s.submit(UnsafeBufferPointer(start: $0, count: 1)) } == 1)
-        #expect(await eventually(10, every: .microseconds(100)) { s.mayHaveCompletions })
-        var out = [StorageCompletion](repeating: .empty, count: 4)
-        #expect(try out.withUnsafeMutableBufferPointer { try s.reap(into: $0, timeout: .seconds(5)) } == 1)
-        #expect(out[0].tag == 7 && out[0].succeeded)
-        #expect(!s.mayHaveCompletions)
+        // The engine's calls (a reap that may wait) on a thread of their own, which looks
+        // at the ring between sleeps of its own.
+        try await onThread {
+            let s = try engine.open(image.filePath, queueDepth: 8)
+            defer { s.close() }
+            #expect(!s.mayHaveCompletions)
+            let b = Buffers(byteCount: 4096)
+            var op = StorageOperation.read(tag: 7, offset: 4096, buffers: b.vector(first: 0, at: 0, pieces: [4096]))
+            #expect(try withUnsafePointer(to: &op) { try s.submit(UnsafeBufferPointer(start: $0, count: 1)) } == 1)
+            #expect(eventuallyBlocking(10, every: .microseconds(100)) { s.mayHaveCompletions })
+            var out = [StorageCompletion](repeating: .empty, count: 4)
+            #expect(try out.withUnsafeMutableBufferPointer { try s.reap(into: $0, timeout: .seconds(5)) } == 1)
+            #expect(out[0].tag == 7 && out[0].succeeded)
+            #expect(!s.mayHaveCompletions)
+        }
     }
 
     @Test(arguments: FileEngine.allCases) func missingFileIsATypedError(_ engine: FileEngine) {
