@@ -20,9 +20,8 @@ extension ProcessTests {
             #expect(FileManager.default.createFile(atPath: image, contents: nil))
             #expect(truncate(image, 16 << 20) == 0)
             try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: false)
-            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            let hv = try await Child.hypervisor(socket: sock)
             defer { hv.sendKill() }
-            #expect(await hv.waitFor("listening"), "\(hv.output)")
             let backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
             defer { backend.sendKill() }
             #expect(await backend.waitFor("serving"), "\(backend.output)")
@@ -71,9 +70,8 @@ extension ProcessTests {
             #expect(FileManager.default.createFile(atPath: image, contents: nil))
             #expect(truncate(image, off_t(imageBytes)) == 0)
             try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: false)
-            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            let hv = try await Child.hypervisor(socket: sock)
             defer { hv.sendKill() }
-            #expect(await hv.waitFor("listening"), "\(hv.output)")
             var backends = [try Child(["backend", "--connect", sock, "--disk", image], name: "backend")]
             defer { backends.forEach { $0.sendKill() } }
             #expect(await backends[0].waitFor("serving"), "\(backends[0].output)")

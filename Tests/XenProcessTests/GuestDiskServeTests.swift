@@ -30,9 +30,8 @@ extension ProcessTests {
                 disk = "nbd+unix:///?socket=\(dir)/kit.sock"
                 for _ in 0..<100 where !FileManager.default.fileExists(atPath: dir + "/kit.sock") { try await Task.sleep(for: .milliseconds(50)) }
             }
-            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            let hv = try await Child.hypervisor(socket: sock)
             defer { hv.sendKill() }
-            #expect(await hv.waitFor("listening"), "\(hv.output)")
             let backend = try Child(["backend", "--connect", sock, "--disk", disk], name: "backend")
             defer { backend.sendKill() }
             #expect(await backend.waitFor("serving"), "\(backend.output)")
@@ -80,9 +79,8 @@ extension ProcessTests {
             let source = dir + "/source.bin"
             #expect(FileManager.default.createFile(atPath: source, contents: Data(bytes)))
 
-            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            let hv = try await Child.hypervisor(socket: sock)
             defer { hv.sendKill() }
-            #expect(await hv.waitFor("listening"), "\(hv.output)")
             var backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
             defer { backend.sendKill() }
             #expect(await backend.waitFor("serving"), "\(backend.output)")
@@ -128,9 +126,8 @@ extension ProcessTests {
             let source = dir + "/source.bin"
             #expect(FileManager.default.createFile(atPath: source, contents: Data(bytes)))
 
-            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            let hv = try await Child.hypervisor(socket: sock)
             defer { hv.sendKill() }
-            #expect(await hv.waitFor("listening"), "\(hv.output)")
             var backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
             defer { backend.sendKill() }
             #expect(await backend.waitFor("serving"), "\(backend.output)")
@@ -175,9 +172,8 @@ extension ProcessTests {
             let nbd = dir + "/nbd.sock"
             #expect(FileManager.default.createFile(atPath: image, contents: nil))
             #expect(truncate(image, 64 << 20) == 0)
-            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            let hv = try await Child.hypervisor(socket: sock)
             defer { hv.sendKill() }
-            #expect(await hv.waitFor("listening"), "\(hv.output)")
             var backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
             defer { backend.sendKill() }
             #expect(await backend.waitFor("serving"), "\(backend.output)")

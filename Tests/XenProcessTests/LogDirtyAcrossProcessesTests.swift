@@ -21,9 +21,8 @@ extension ProcessTests {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sock = dir + "/hv.sock"
-            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            let hv = try await Child.hypervisor(socket: sock)
             defer { hv.sendKill() }
-            #expect(await hv.waitFor("listening"), "\(hv.output)")
             let dom0 = try RemoteHypervisor(socketPath: sock, as: .dom0, onDaemonLost: ignoreLoss)
             defer { dom0.close() }
 
@@ -152,9 +151,8 @@ extension ProcessTests {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sock = dir + "/hv.sock"
-            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            let hv = try await Child.hypervisor(socket: sock)
             defer { hv.sendKill() }
-            #expect(await hv.waitFor("listening"), "\(hv.output)")
             let dom0 = try RemoteHypervisor(socketPath: sock, as: .dom0, onDaemonLost: ignoreLoss)
             defer { dom0.close() }
             let guest = try RemoteHypervisor(socketPath: sock, as: .newGuest(frames: 1024), onDaemonLost: ignoreLoss)

@@ -132,6 +132,17 @@ final class Child: @unchecked Sendable {
     }
 }
 
+extension Child {
+    /// `xenpv hypervisor --socket socket`, awaited until it says it listens; if it does not
+    /// (within `waitFor`'s bound), an expectation fails at the caller with its output. The
+    /// caller kills it (`defer { hv.sendKill() }`).
+    static func hypervisor(socket: String, sourceLocation: SourceLocation = #_sourceLocation) async throws -> Child {
+        let hv = try Child(["hypervisor", "--socket", socket], name: "hypervisor")
+        #expect(await hv.waitFor("listening"), "\(hv.output)", sourceLocation: sourceLocation)
+        return hv
+    }
+}
+
 /// A hypervisor daemon started in a fresh directory; `stop()` (or the end of the
 /// fixture) stops it and removes the directory.
 final class DaemonFixture {

@@ -16,9 +16,8 @@ extension ProcessTests {
             let dir = temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sock = dir + "/hv.sock"
-            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            let hv = try await Child.hypervisor(socket: sock)
             defer { hv.sendKill() }
-            #expect(await hv.waitFor("listening"), "\(hv.output)")
             var backend = try Child(["backend", "--connect", sock], name: "backend")
             defer { backend.sendKill() }
             #expect(await backend.waitFor("serving"), "\(backend.output)")
@@ -91,9 +90,8 @@ extension ProcessTests {
             defer { try? FileManager.default.removeItem(atPath: dir) }
             #expect(FileManager.default.createFile(atPath: dir + "/disk.img", contents: Data(count: 1 << 20)))
             let sock = dir + "/hv.sock"
-            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            let hv = try await Child.hypervisor(socket: sock)
             defer { hv.sendKill() }
-            #expect(await hv.waitFor("listening"), "\(hv.output)")
             let backend = try Child(["backend", "--connect", sock, "--disk", "disk.img"], name: "backend", directory: dir)
             defer { backend.sendKill() }
             #expect(await backend.waitFor("serving"), "\(backend.output)")
@@ -173,9 +171,8 @@ extension ProcessTests {
             let image = dir + "/disk.img"
             #expect(FileManager.default.createFile(atPath: image, contents: nil))
             #expect(truncate(image, 16 << 20) == 0)
-            let hv = try Child(["hypervisor", "--socket", sock], name: "hypervisor")
+            let hv = try await Child.hypervisor(socket: sock)
             defer { hv.sendKill() }
-            #expect(await hv.waitFor("listening"), "\(hv.output)")
             // io_uring by default; the restarted backend serves the same image through libaio.
             var backend = try Child(["backend", "--connect", sock, "--disk", image], name: "backend")
             defer { backend.sendKill() }
