@@ -202,6 +202,27 @@ struct BlockXenbusTests {
         #expect(try await world.teardown().isEmpty)
     }
 
+    /// blkfront tells how long ago its connection took its first response (how a resumed
+    /// guest times the first request the destination answered): none on a fresh
+    /// connection, and on the next one only that connection's own.
+    @Test func eachConnectionKnowsItsFirstResponse() async throws {
+        let world = try await XenbusBlockWorld()
+        let driver = try await world.addDisk(id: 51712)
+        #expect(await world.connected(driver))
+        let fe = driver.frontend
+        #expect(fe.sinceFirstResponse == nil)
+        _ = try await withTimeout(20) { try await fe.read(at: 0, count: 512) }
+        #expect(fe.sinceFirstResponse != nil)
+        await world.backend.stop(driver.device)
+        await world.backend.resume(driver.device)
+        // The read waits for the new connection; its answer is that connection's first.
+        let before = ContinuousClock.now
+        _ = try await withTimeout(30) { try await fe.read(at: 4096, count: 512) }
+        let since = try #require(fe.sinceFirstResponse)
+        #expect(since <= ContinuousClock.now - before, "the first connection's response, not the new one's")
+        #expect(try await world.teardown().isEmpty)
+    }
+
     /// A frontend whose req_prod runs far ahead gets its device closed (with the reason
     /// in its error key); the other disk on the same backend keeps working.
     @Test func aRingViolationClosesThatDeviceOnly() async throws {

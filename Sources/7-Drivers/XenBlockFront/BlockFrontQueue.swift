@@ -117,6 +117,9 @@ public final class BlockFrontCounters: Sendable {
     public let notifies = DriverCounter(0)
     /// Times the queue thread slept on its descriptors.
     public let sleeps = DriverCounter(0)
+    /// When the connection's first response was taken (`CLOCK_MONOTONIC` ns; 0: none
+    /// yet): after a migration, when the destination's backend first answered.
+    public let firstResponseAt = DriverCounter(0)
     /// Counters all at zero.
     public init() {}
 }
@@ -567,6 +570,7 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
     /// Answers up to ``BlockPolling/batch`` responses; true if there were any.
     private func collectResponses() throws(RingError) -> Bool {
         guard try ring.checkForResponses() > 0 else { return false }
+        if counters.firstResponseAt.value == 0 { counters.firstResponseAt.store(cxen_monotonic_ns(), ordering: .relaxed) }
         var taken = 0
         while taken < BlockPolling.batch, let raw = ring.nextResponse() {
             taken += 1

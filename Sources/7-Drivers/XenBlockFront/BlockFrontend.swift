@@ -1,3 +1,4 @@
+import CXen
 import XenABI
 import XenDriverRuntime
 import XenBlockProtocol
@@ -20,6 +21,14 @@ public final class BlockFrontend: Sendable {
     private let state = Locked<State>(State())
     /// Per-queue counters of the current connection.
     public var counters: [BlockFrontCounters] { state.withLock { $0.queues.map(\.counters) } }
+
+    /// How long ago the current connection took its first response from the backend; nil
+    /// before one came (or while detached). After a resume, the moment the destination's
+    /// backend first answered a request, re-issued or new.
+    public var sinceFirstResponse: Duration? {
+        let first = counters.map(\.firstResponseAt.value).filter { $0 != 0 }.min()
+        return first.map { .nanoseconds(Int64(bitPattern: cxen_monotonic_ns() &- $0)) }
+    }
     /// Ring requests that had no response when their connection ended (a backend restart,
     /// a resume on another host) and were put back to be issued again, over the device's life.
     public let reissued = DriverCounter(0)
