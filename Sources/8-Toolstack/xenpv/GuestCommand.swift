@@ -444,7 +444,9 @@ struct GuestDisk: ParsableCommand {
         defer { task.cancel() }
         shutdown.suspender?.add(endpoint)
         defer { shutdown.suspender?.remove(endpoint) }
-        shutdown.addProbe("vbd \(number)") { _ = try await frontend.read(at: 0, count: 512) }
+        shutdown.addProbe("vbd \(number)", sinceFirstAnswer: { frontend.sinceFirstResponse }) {
+            _ = try await frontend.read(at: 0, count: 512)
+        }
         defer { shutdown.removeProbe("vbd \(number)") }
         let handshake = Duration.seconds(options.connectTimeout)
         do { try ProcessSupport.runBlocking { try await endpoint.connected(timeout: handshake) } } catch {

@@ -67,7 +67,13 @@ final class ShutdownWatch: @unchecked Sendable {
         await onOwnThread(named: "xenpv-hooks") { hooks.forEach { $0.after(result == .resumed) } }
     }
 
-    private var probes: [String: @Sendable () async throws -> Void] = [:]
+    /// A device's request for timing the first answer after a resume, and how long ago its
+    /// connection took its first response (a re-issued or new request answered).
+    private struct Probe {
+        let sinceFirstAnswer: @Sendable () -> Duration?
+        let request: @Sendable () async throws -> Void
+    }
+    private var probes: [String: Probe] = [:]
 
     /// Work of the command's around each suspend the ``suspender`` runs: `before` ahead of
     /// the devices' quiesce, `after` (told whether the domain resumed from a copy) once the
@@ -85,9 +91,12 @@ final class ShutdownWatch: @unchecked Sendable {
     }
 
     /// Registers a request to one of the command's devices (a one-sector read), made
-    /// after a resume to time the first request answered on the destination.
-    func addProbe(_ name: String, _ probe: @escaping @Sendable () async throws -> Void) {
-        lock.withLock { probes[name] = probe }
+    /// after a resume once every device is connected, and `sinceFirstAnswer`, which says
+    /// how long ago the device's connection took its first response: together they time
+    /// the first request answered on the destination.
+    func addProbe(_ name: String, sinceFirstAnswer: @escaping @Sendable () -> Duration?,
+                  _ probe: @escaping @Sendable () async throws -> Void) {
+        lock.withLock { probes[name] = Probe(sinceFirstAnswer: sinceFirstAnswer, request: probe) }
     }
 
     /// Forgets the probe of a device the command no longer uses.
@@ -97,7 +106,11 @@ final class ShutdownWatch: @unchecked Sendable {
 
     /// The downtime the guest saw, as issue 18 defines it: from the pause (its
     /// hypervisor call; the devices' quiesce before it) to every device Connected on
-    /// the destination and the first request answered there (each probe, in turn).
+    /// the destination and the first request answered there. That answer is the first
+    /// response any device's new connection took (a request re-issued from before the
+    /// pause, or a new one), or else the probes' (each in turn, after every device is
+    /// connected: a guest with nothing in flight). The probes' own answer is reported
+    /// too: it queues behind what the guest had in flight.
     private func reportDowntime(_ suspender: GuestSuspender) async {
         guard let t = suspender.lastTiming, let devices = await suspender.reconnectedDevices(timeout: .seconds(60)) else {
             say("xenpv guest: downtime: the devices did not all connect again within 60 s")
@@ -105,15 +118,20 @@ final class ShutdownWatch: @unchecked Sendable {
         }
         // With no device, the resume itself.
         let connected = devices.map(\.at).max() ?? t.resumed
-        var answered: ContinuousClock.Instant?
-        for (name, probe) in lock.withLock({ probes }).sorted(by: { $0.key < $1.key }) {
+        let devicesProbed = lock.withLock { probes }.sorted { $0.key < $1.key }
+        var probeAnswered: ContinuousClock.Instant?
+        for (name, probe) in devicesProbed {
             do {
-                try await probe()
-                answered = .now
+                try await probe.request()
+                probeAnswered = .now
             } catch {
                 say("xenpv guest: downtime: the first request to \(name) failed: \(error)")
             }
         }
+        // Asked once the probes are answered, so that at least one response came. Each
+        // connection is the destination's (made after the resume, its counters new).
+        let now = ContinuousClock.now
+        let answered = devicesProbed.compactMap { $0.value.sinceFirstAnswer().map { now - $0 } }.min() ?? probeAnswered
         func ms(_ d: Duration) -> String {
             String(format: "%.2f", Double(d.components.seconds) * 1e3 + Double(d.components.attoseconds) / 1e15)
         }
@@ -123,7 +141,9 @@ final class ShutdownWatch: @unchecked Sendable {
             + (devices.count < 2 ? "" : devices.map {
                 ", \($0.path.split(separator: "/").suffix(2).joined(separator: "/")) connected \(ms($0.at - t.paused)) ms"
             }.joined())
-            + (answered.map { ", first request answered \(ms($0 - t.paused)) ms" } ?? ""))
+            + (answered.map { ", first request answered \(ms($0 - t.paused)) ms" } ?? "")
+            + (probeAnswered.map { ", probe answered \(ms($0 - t.paused)) ms" } ?? "")
+            + (answered.map { ", downtime \(ms(max($0, connected) - t.paused)) ms" } ?? ""))
     }
 
     /// The request acknowledged, if one came.
