@@ -9,10 +9,13 @@
 # guest; its memory is checksummed at each pause and checked after each resume and at
 # the end). Prints xenpv migrate's figures and the guest's downtime line: from the pause
 # (its suspend call; its devices' quiesce before it) to its devices Connected on the
-# destination and the first request answered there (a one-sector read, issued once the
-# devices are Connected; with the writer it queues behind the re-issued writes); with the
-# echo, the frames that came back and how many were resent; with the dirtier, the memory
-# checks. Exits non-zero when a hop did not reconnect, a check failed or a process
+# destination and the first request answered there (the first response blkfront took on
+# its new connection: a write re-issued or queued across the pause, or else the probe, a
+# one-sector read issued once every device is Connected, whose own answer is printed too);
+# with the echo, the frames that came back and how many were resent; with the dirtier,
+# the memory checks. The image is written in full first, as a deployed one is: on a sparse
+# file each write would allocate its blocks (ext4 journals the allocation, a direct write
+# then takes a few ms and a read of the file waits behind it). Exits non-zero when a hop did not reconnect, a check failed or a process
 # crashed (CI runs the full case on the release build).
 #
 #   Benchmarks/Migration/devices.sh [XENPV] [CASES...]   (default: .build/release/xenpv, cases idle writing;
@@ -32,7 +35,7 @@ trap cleanup EXIT
 FAILED=0
 fail() { echo "FAILED: $*" >&2; FAILED=1; }
 
-truncate -s 512M "$DIR/disk.img"
+dd if=/dev/zero of="$DIR/disk.img" bs=1M count=512 conv=fsync status=none
 exec 9<> <(:)   # never written: `read -t` on it waits without starting a process
 "$XENPV" hypervisor --socket "$DIR/a.sock" >"$DIR/a.log" 2>&1 & PIDS+=($!)
 "$XENPV" hypervisor --socket "$DIR/b.sock" >"$DIR/b.log" 2>&1 & PIDS+=($!)
