@@ -314,7 +314,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         // What the block and net driver tests share: a hostile flooding frontend's
         // thread, a raw frontend that pushes hostile slots, a grant mapper that watches
-        // unmaps, a log that counts lines.
+        // unmaps, a hypervisor that holds its callers at a gate, a log that counts lines.
         .target(
             name: "DriverTestSupport",
             dependencies: ["XenHypervisor", "XenABI", "XenLocks", "XenRing", "TestSupport", logging],

@@ -1,3 +1,4 @@
+import DriverTestSupport
 import Foundation
 import Logging
 import SystemPackage
@@ -56,13 +57,16 @@ final class XenbusBlockWorld: @unchecked Sendable {
         try await backend.start()
     }
 
-    func addDisk(id: UInt32, readOnly: Bool = false, options: BlockFrontendOptions = BlockFrontendOptions()) async throws -> BlockFrontendDriver {
+    /// `hypervisor` is the frontend's (default: the guest's).
+    func addDisk(id: UInt32, readOnly: Bool = false, options: BlockFrontendOptions = BlockFrontendOptions(),
+                 hypervisor: (any Hypervisor)? = nil) async throws -> BlockFrontendDriver {
         let device = XenbusDevice(type: "vbd", id: id, frontend: guest.domainID)
         try await XenbusToolstack.create(device, on: dom0Store, frontendKeys: ["virtual-device": String(id)],
                                          backendKeys: ["mode": readOnly ? "r" : "w", "params": image.path, "type": "file"])
         var logger = Logger(label: "fe")
         logger.logLevel = .critical
-        let driver = BlockFrontendDriver(device: device, store: guestStore, hypervisor: guest, sharer: guestSharer, options: options)
+        let driver = BlockFrontendDriver(device: device, store: guestStore, hypervisor: hypervisor ?? guest, sharer: guestSharer,
+                                         options: options)
         let endpoint = XenbusEndpoint(role: .frontend, store: guestStore, path: device.frontendPath,
                                       peerPath: device.backendPath, driver: driver, logger: logger)
         frontends.append((endpoint, driver, Task { try await endpoint.run() }))
@@ -199,6 +203,22 @@ struct BlockXenbusTests {
                 #expect(back.allSatisfy { $0 == fill }, "block \(block)")
             }
         }
+        #expect(try await world.teardown().isEmpty)
+    }
+
+    /// blkfront's prepare shares pages and allocates ports (blocking calls) off the pool too:
+    /// as many disks as the pool has threads prepare while their port allocation is held.
+    @Test func preparesThatBlockHoldNoThreadOfThePool() async throws {
+        let gate = BlockingGate()
+        let world = try await XenbusBlockWorld()
+        let hypervisor = GatedHypervisor(world.guest, gate: gate)
+        let count = max(2, ProcessInfo.processInfo.activeProcessorCount)
+        var drivers: [BlockFrontendDriver] = []
+        for i in 0..<count { drivers.append(try await world.addDisk(id: 51712 + 16 * UInt32(i), hypervisor: hypervisor)) }
+        #expect(await eventually { gate.waiting >= count })
+        gate.open()
+        for d in drivers { #expect(await world.connected(d)) }
+        #expect(!gate.timedOut, "the prepares held the pool until their gate gave up")
         #expect(try await world.teardown().isEmpty)
     }
 

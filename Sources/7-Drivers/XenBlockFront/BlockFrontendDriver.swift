@@ -86,49 +86,52 @@ public final class BlockFrontendDriver: XenbusDeviceDriver, @unchecked Sendable 
         let maxOrder = Int(try await orderOffered)
         let queues = max(1, min(options.queues, maxQueues))
         let order = max(0, min(options.ringPageOrder, maxOrder))
-        var made: [BlockFrontQueueResources] = []
         // After a resumed suspend, the same pages granted anew when the backend takes as
         // many rings of the same size: no new pages to fault in and zero while the guest is down.
-        var kept = beforeResume.withLock { k in defer { k = [] }; return k }[...]
-        var entries: [(String, String)] = []
+        var kept = beforeResume.withLock { k in defer { k = [] }; return k }
         if kept.count != queues || kept.contains(where: { $0.ring.refs.count != 1 << order || $0.backend != device.backendDomain }) {
             for r in kept { r.forget(sharer: sharer) }
             kept = []
         }
-        do {
-            for _ in 0..<queues {
-                if let r = kept.popFirst() {
-                    made.append(try r.sharedAgain(hypervisor: hypervisor, sharer: sharer))
-                } else {
-                    made.append(try BlockFrontQueueResources.allocate(
-                        hypervisor: hypervisor, sharer: sharer, backend: device.backendDomain, ringPageOrder: order,
-                        poolPages: options.poolPages))
+        // Sharing pages and allocating ports are daemon round trips that block: on a thread
+        // of their own, so that the guest's other tasks (the other devices' handshakes after
+        // a resume, the transaction that will say Initialised) go on meanwhile on the pool.
+        let (hypervisor, sharer, backend, poolPages) = (self.hypervisor, self.sharer, device.backendDomain, options.poolPages)
+        let made = try await onOwnThread(named: "blkfront-prepare") { [kept] () throws -> [BlockFrontQueueResources] in
+            var made: [BlockFrontQueueResources] = []
+            var unused = kept[...]
+            do {
+                for _ in 0..<queues {
+                    if let r = unused.popFirst() {
+                        made.append(try r.sharedAgain(hypervisor: hypervisor, sharer: sharer))
+                    } else {
+                        made.append(try BlockFrontQueueResources.allocate(
+                            hypervisor: hypervisor, sharer: sharer, backend: backend, ringPageOrder: order, poolPages: poolPages))
+                    }
                 }
+            } catch {
+                for r in unused { r.forget(sharer: sharer) }
+                for r in made { r.release(sharer: sharer, timeout: 0) }
+                throw error
             }
-            let fe = device.frontendPath
-            let rings = made
-            let persistent = options.persistent
-            for (q, r) in rings.enumerated() {
-                let dir = queues == 1 ? fe : "\(fe)/queue-\(q)"
-                if order == 0 {
-                    entries.append((dir + "/" + XenbusKey.ringRef, String(r.ring.refs[0].rawValue)))
-                } else {
-                    for (i, ref) in r.ring.refs.enumerated() { entries.append(("\(dir)/ring-ref\(i)", String(ref.rawValue))) }
-                }
-                entries.append((dir + "/" + XenbusKey.eventChannel, String(r.port.rawValue)))
-            }
-            if order > 0 { entries.append((fe + "/" + XenbusKey.ringPageOrder, String(order))) }
-            if queues > 1 { entries.append((fe + "/" + XenbusKey.multiQueueNumQueues, String(queues))) }
-            entries.append((fe + "/" + XenbusKey.protocolName, BlkifABI.native.protocolName))
-            // Our grants are shared once and reused for every request.
-            entries.append((fe + "/" + XenbusKey.featurePersistent, persistent ? "1" : "0"))
-        } catch {
-            for r in kept { r.forget(sharer: sharer) }
-            let sharer = self.sharer
-            let partial = made
-            await onOwnThread(named: "blkfront-release") { for r in partial { r.release(sharer: sharer, timeout: 0) } }
-            throw error
+            return made
         }
+        var entries: [(String, String)] = []
+        let fe = device.frontendPath
+        for (q, r) in made.enumerated() {
+            let dir = queues == 1 ? fe : "\(fe)/queue-\(q)"
+            if order == 0 {
+                entries.append((dir + "/" + XenbusKey.ringRef, String(r.ring.refs[0].rawValue)))
+            } else {
+                for (i, ref) in r.ring.refs.enumerated() { entries.append(("\(dir)/ring-ref\(i)", String(ref.rawValue))) }
+            }
+            entries.append((dir + "/" + XenbusKey.eventChannel, String(r.port.rawValue)))
+        }
+        if order > 0 { entries.append((fe + "/" + XenbusKey.ringPageOrder, String(order))) }
+        if queues > 1 { entries.append((fe + "/" + XenbusKey.multiQueueNumQueues, String(queues))) }
+        entries.append((fe + "/" + XenbusKey.protocolName, BlkifABI.native.protocolName))
+        // Our grants are shared once and reused for every request.
+        entries.append((fe + "/" + XenbusKey.featurePersistent, options.persistent ? "1" : "0"))
         resources.withLock { $0 = made }
         return .entries(entries)
     }
