@@ -6,6 +6,7 @@ import TestSupport
 import Testing
 import XenABI
 import XenBus
+import XenHypervisor
 import XenLocks
 import XenNetBack
 import XenNetFront
@@ -41,11 +42,13 @@ final class NetStoreWorld: @unchecked Sendable {
     /// port (default: `port`, a `PacketPort` of `queues` queues). netback offers `maxQueues`,
     /// netfront wishes for `queues`; `afterPrepare` runs in the transaction in which
     /// netfront writes its keys and says Initialised, after its writes (a hostile frontend's edits).
+    /// `frontendHypervisor` wraps the guest's hypervisor for netfront.
     init(frames: Int = 1024, backendKeys: [String: String] = [:], backendLog: LogLines? = nil,
          maxQueues: Int = 1, queues: Int = 1,
          hostileGuest: (@Sendable (XenStoreClient, XenbusDevice) async throws -> Void)? = nil,
          afterPrepare: (@Sendable (any XenStoreOperations, XenbusDevice) async throws -> Void)? = nil,
-         attach: ((XenStoreClient, DomainID) -> AttachmentFactory)? = nil, guestPort: (any GuestPort)? = nil) async throws {
+         attach: ((XenStoreClient, DomainID) -> AttachmentFactory)? = nil, guestPort: (any GuestPort)? = nil,
+         frontendHypervisor: ((any Hypervisor) -> any Hypervisor)? = nil) async throws {
         port = PacketPort(queues: queues)
         guest = try hv.createDomain(frames: frames)
         let base = "/tmp/xpv-net-\(UUID().uuidString.prefix(8))"
@@ -71,7 +74,7 @@ final class NetStoreWorld: @unchecked Sendable {
         try await XenbusToolstack.createDomainHome(guest.domainID, on: dom0Store)
         try await XenbusToolstack.create(device, on: dom0Store, backendKeys: backendKeys)
         try await hostileGuest?(guestStore, device)
-        let frontend = NetFrontendDriver(hypervisor: guest, store: guestStore, path: device.frontendPath, port: guestPort ?? port,
+        let frontend = NetFrontendDriver(hypervisor: frontendHypervisor?(guest) ?? guest, store: guestStore, path: device.frontendPath, port: guestPort ?? port,
                                          queues: queues, logger: quiet)
         self.frontend = frontend
         let driver: any XenbusDeviceDriver = afterPrepare.map { [device] edit in
@@ -154,6 +157,22 @@ struct NetHandshakeTests {
             try await w.close()
         }
         #expect(!gate.timedOut, "the connects held the pool until their gate gave up")
+    }
+
+    /// netfront's prepare shares pages and allocates ports (blocking calls) off the pool too:
+    /// as many vifs as the pool has threads prepare while their port allocation is held.
+    @Test func preparesThatBlockHoldNoThreadOfThePool() async throws {
+        let gate = BlockingGate()
+        let count = max(2, ProcessInfo.processInfo.activeProcessorCount)
+        var worlds: [NetStoreWorld] = []
+        for _ in 0..<count { worlds.append(try await NetStoreWorld(frontendHypervisor: { GatedHypervisor($0, gate: gate) })) }
+        #expect(await eventually { gate.waiting >= count })
+        gate.open()
+        for w in worlds {
+            #expect(await w.bothConnected())
+            try await w.close()
+        }
+        #expect(!gate.timedOut, "the prepares held the pool until their gate gave up")
     }
 
     @Test func toolstackCreatesAVifAndBothEndsConnect() async throws {

@@ -144,62 +144,40 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
         } else {
             sharer = try hypervisor.openGrantSharer()
         }
-        var queues: [QueueSession] = []
-        var pending: (events: any EventChannels, pages: [SharedPages])?
-        let writes: XenbusWrites
+        // Sharing pages and allocating ports are daemon round trips that block: on a thread
+        // of their own, so that the guest's other tasks (the other devices' handshakes after
+        // a resume) go on meanwhile on the cooperative pool.
+        let queues: [QueueSession]
         do {
-            let slots = Int(try RingGeometry(request: netif_tx_request.self, response: netif_tx_response.self, pageCount: 1).entryCount)
-            for q in 0 ..< count {
-                let events = try hypervisor.openEventChannels()
-                pending = (events, [])
-                if q < kept.count {
-                    for p in kept[q] { pending?.pages.append(try sharer.shareAgain(p)) }
-                    kept[q] = []
-                } else {
-                    for (n, writable) in [(1, true), (1, true), (slots, false), (slots, true)] {
-                        pending?.pages.append(try sharer.sharePages(count: n, with: backend, writable: writable))
-                    }
-                }
-                let pages = pending?.pages ?? []
-                let eventPort = try events.bindUnbound(remote: backend)
-                let queue = try NetFrontQueue(backend: backend, txRing: pages[0].memory, rxRing: pages[1].memory,
-                                              txPages: pages[2], rxPages: pages[3], events: events,
-                                              txPort: eventPort, rxPort: eventPort)
-                let pump = NetFrontPump(queue: queue, port: ports[q % ports.count], events: events, transmits: q < ports.count)
-                queues.append(QueueSession(events: events, eventPort: eventPort, pages: pages, queue: queue, pump: pump))
-                pending = nil
+            let (hypervisor, kept) = (self.hypervisor, kept)
+            queues = try await onOwnThread(named: "netfront-prepare") {
+                try Self.makeQueues(count, backend: backend, ports: ports, kept: kept, hypervisor: hypervisor, sharer: sharer)
             }
-            var keys: [(String, String)] = [("request-rx-copy", "1"), ("feature-rx-notify", "1"),
-                                            ("feature-sg", "1"), ("feature-gso-tcpv4", "1"), ("feature-gso-tcpv6", "1")]
-            if offered != nil { keys.append((XenbusKey.multiQueueNumQueues, "\(count)")) }
-            for (q, queue) in queues.enumerated() {
-                let dir = count == 1 ? "" : "queue-\(q)/"
-                keys += [(dir + XenbusKey.txRingRef, "\(queue.pages[0].refs[0].rawValue)"),
-                         (dir + XenbusKey.rxRingRef, "\(queue.pages[1].refs[0].rawValue)"),
-                         (dir + XenbusKey.eventChannel, "\(queue.eventPort.rawValue)")]
-            }
-            let ringKeys = [XenbusKey.txRingRef, XenbusKey.rxRingRef, XenbusKey.eventChannel,
-                            XenbusKey.eventChannelTx, XenbusKey.eventChannelRx]
-            let path = self.path
-            let entries = keys.map { (path + "/" + $0.0, $0.1) }
-            writes = XenbusWrites { tx in
-                // What a previous session of the other layout left would contradict netif.h's rule.
-                let children = (try? await tx.directory(path)) ?? []
-                for child in children where child.hasPrefix("queue-") { try await tx.rm(path + "/" + child) }
-                if count > 1 { for key in ringKeys where children.contains(key) { try await tx.rm(path + "/" + key) } }
-                try await tx.writeAll(entries)
-            }
-            session.withLock { $0 = Session(backend: backend, backendDir: backendDir, sharer: sharer, queues: queues) }
         } catch {
-            for q in kept { for p in q { sharer.forget(p) } }
-            Self.release(queues, sharer: sharer, logger: nil)
-            if let pending {
-                for p in pending.pages { try? sharer.unshare(p) }
-                pending.events.close()
-            }
             sharer.close()
             throw error
         }
+        var keys: [(String, String)] = [("request-rx-copy", "1"), ("feature-rx-notify", "1"),
+                                        ("feature-sg", "1"), ("feature-gso-tcpv4", "1"), ("feature-gso-tcpv6", "1")]
+        if offered != nil { keys.append((XenbusKey.multiQueueNumQueues, "\(count)")) }
+        for (q, queue) in queues.enumerated() {
+            let dir = count == 1 ? "" : "queue-\(q)/"
+            keys += [(dir + XenbusKey.txRingRef, "\(queue.pages[0].refs[0].rawValue)"),
+                     (dir + XenbusKey.rxRingRef, "\(queue.pages[1].refs[0].rawValue)"),
+                     (dir + XenbusKey.eventChannel, "\(queue.eventPort.rawValue)")]
+        }
+        let ringKeys = [XenbusKey.txRingRef, XenbusKey.rxRingRef, XenbusKey.eventChannel,
+                        XenbusKey.eventChannelTx, XenbusKey.eventChannelRx]
+        let path = self.path
+        let entries = keys.map { (path + "/" + $0.0, $0.1) }
+        let writes = XenbusWrites { tx in
+            // What a previous session of the other layout left would contradict netif.h's rule.
+            let children = (try? await tx.directory(path)) ?? []
+            for child in children where child.hasPrefix("queue-") { try await tx.rm(path + "/" + child) }
+            if count > 1 { for key in ringKeys where children.contains(key) { try await tx.rm(path + "/" + key) } }
+            try await tx.writeAll(entries)
+        }
+        session.withLock { $0 = Session(backend: backend, backendDir: backendDir, sharer: sharer, queues: queues) }
         logger.info("\(path): \(count) queue(s) (wanted \(queuesWanted), backend offers \(offered.map(String.init) ?? "no multi-queue"))")
         return writes
     }
@@ -254,6 +232,47 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
 
     /// Unbinds each queue's port, ends its grants and closes its handle; the pumps must
     /// not run (stopped, or never started).
+    /// Each queue's rings and pages shared (the `kept` ones again, for the queues they
+    /// cover), its port allocated, its pump built (not started). On a throw, what it shared
+    /// is unshared and the ports it made are closed. Blocks: called off the pool.
+    private static func makeQueues(_ count: Int, backend: DomainID, ports: [any GuestPort], kept: [[SharedPages]],
+                                   hypervisor: any Hypervisor, sharer: any GrantSharer) throws -> [QueueSession] {
+        var queues: [QueueSession] = []
+        var pending: (events: any EventChannels, pages: [SharedPages])?
+        do {
+            let slots = Int(try RingGeometry(request: netif_tx_request.self, response: netif_tx_response.self, pageCount: 1).entryCount)
+            for q in 0 ..< count {
+                let events = try hypervisor.openEventChannels()
+                pending = (events, [])
+                if q < kept.count {
+                    for p in kept[q] { pending?.pages.append(try sharer.shareAgain(p)) }
+                } else {
+                    for (n, writable) in [(1, true), (1, true), (slots, false), (slots, true)] {
+                        pending?.pages.append(try sharer.sharePages(count: n, with: backend, writable: writable))
+                    }
+                }
+                let pages = pending?.pages ?? []
+                let eventPort = try events.bindUnbound(remote: backend)
+                let queue = try NetFrontQueue(backend: backend, txRing: pages[0].memory, rxRing: pages[1].memory,
+                                              txPages: pages[2], rxPages: pages[3], events: events,
+                                              txPort: eventPort, rxPort: eventPort)
+                let pump = NetFrontPump(queue: queue, port: ports[q % ports.count], events: events, transmits: q < ports.count)
+                queues.append(QueueSession(events: events, eventPort: eventPort, pages: pages, queue: queue, pump: pump))
+                pending = nil
+            }
+        } catch {
+            release(queues, sharer: sharer, logger: nil)
+            if let pending {
+                for p in pending.pages { try? sharer.unshare(p) }
+                pending.events.close()
+            }
+            // The kept pages of the queues not made (shared again in part or not at all): forgotten.
+            for q in kept.dropFirst(queues.count) { for p in q { sharer.forget(p) } }
+            throw error
+        }
+        return queues
+    }
+
     private static func release(_ queues: [QueueSession], sharer: any GrantSharer, logger: Logger?) {
         for q in queues {
             try? q.events.unbind(q.eventPort)
