@@ -132,18 +132,25 @@ struct HostileInputTests {
             try? Sys.sendAll(fd, requests)
         }
         sender.start()
-        try await Task.sleep(for: .milliseconds(200))  // let it fill; off the pool's threads
+        // Replies queue once the server's socket buffer is full: ~3 MB of them, unread,
+        // outgrow any socket buffer, so this happens whatever the scheduling.
+        let queued = await eventually { (await s.server.peakQueuedReplyCount() ?? 0) > 1 }
+        #expect(queued, "the server never had more than one reply queued for the client that does not read")
         // The server is throttling that client, and serving others meanwhile.
         try await c.write("/other", "x")
         #expect(try await c.read("/other") == "x")
         // Back-pressure, not an unbounded queue: at most `outstandingRequests` replies wait.
+        let limit = XenStoreQuotas().outstandingRequests
         let peak = try #require(await s.server.peakQueuedReplyCount())
-        #expect(peak > 1 && peak <= XenStoreQuotas().outstandingRequests)
+        #expect(peak > 1 && peak <= limit)
         for i in 0..<count {
             let r = try #require(try await raw.receive(), "closed at \(i)")
             #expect(r.requestID == UInt32(i))
             if r.requestID != UInt32(i) { break }
         }
+        // And not at any point of the whole exchange.
+        let finalPeak = try #require(await s.server.peakQueuedReplyCount())
+        #expect(finalPeak <= limit)
         await s.stop()
     }
 
