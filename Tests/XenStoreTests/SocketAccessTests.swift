@@ -105,24 +105,32 @@ struct SocketAccessTests {
         let s = try TestServer()
         let failing = LockedFlag()
         failing.set(true)
+        // When each failing accept was called, on the loop thread, by the clock the server
+        // times its pause with.
+        let calls = LockedTimes()
         await s.server.setAcceptForTesting { fd in
             if failing.get() {
+                calls.append(DispatchTime.now().uptimeNanoseconds)
                 errno = EMFILE
                 return -1
             }
             return accept(fd, nil, nil)
         }
-        // A client waits in the backlog while accept "has no descriptors".
+        // A client waits in the backlog while accept "has no descriptors": the listener stays
+        // readable, so only the server's pause keeps the loop from calling accept again at once.
         let waiting = try RawConnection(s.path)
-        let before = try #require(await s.server.acceptCallCount())
-        let start = Date()
-        try await Task.sleep(nanoseconds: 500_000_000)
-        let during = try #require(await s.server.acceptCallCount()) - before
-        let elapsed = Date().timeIntervalSince(start)
-        // A spinning loop makes hundreds of thousands of calls a second; a paused one tries
-        // about ten times a second, however long a loaded machine stretched the sleep.
-        #expect(Double(during) <= 20 + elapsed * 20, "\(during) accept calls in \(elapsed) s")
+        let tries = 4
+        #expect(await eventually { calls.count >= tries }, "accept was tried \(calls.count) times")
         failing.set(false)
+        // Each failing accept pauses the listeners for `acceptPauseNanoseconds` (no connection
+        // closes here to end a pause early), so consecutive tries are at least that far apart
+        // however the loop thread is scheduled: a slower loop only spaces them further. A
+        // loop that spun on the listener would try again within microseconds.
+        let times = calls.values
+        for (earlier, later) in zip(times, times.dropFirst()) {
+            #expect(later - earlier >= XenStoreServer.acceptPauseNanoseconds,
+                    "accept tried again \(later - earlier) ns after failing: \(times)")
+        }
         #expect(try await waiting.write("/after-emfile", "ok").text == "OK")
         await s.stop()
     }
@@ -158,6 +166,15 @@ final class LockedFlag: @unchecked Sendable {
     private var value = false
     func set(_ v: Bool) { lock.withLock { value = v } }
     func get() -> Bool { lock.withLock { value } }
+}
+
+/// Instants the server's loop thread records and the test reads.
+final class LockedTimes: @unchecked Sendable {
+    private let lock = NSLock()
+    private var times: [UInt64] = []
+    func append(_ t: UInt64) { lock.withLock { times.append(t) } }
+    var count: Int { lock.withLock { times.count } }
+    var values: [UInt64] { lock.withLock { times } }
 }
 
 /// Floods a client can cause turn into one log line per interval.

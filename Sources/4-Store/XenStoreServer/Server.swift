@@ -472,12 +472,16 @@ public final class XenStoreServer: @unchecked Sendable {
         logger.warning("\(message)\(held > 0 ? " (and \(held) more like it since the last report)" : "")")
     }
 
+    /// How long the listeners go unpolled after accept failed for want of descriptors
+    /// (unless a connection closes first), in nanoseconds of `DispatchTime`.
+    static let acceptPauseNanoseconds: UInt64 = 100_000_000
+
     /// Stops polling the listeners for a short while: accept cannot succeed until a
     /// descriptor frees, and a level-triggered listener would otherwise wake the loop forever.
     private func pauseListeners(because reason: String) {
         guard listenersPausedUntil == nil else { return }
-        warnThrottled("accept-fd", "accept: \(reason); not accepting for 100 ms or until a connection closes")
-        listenersPausedUntil = DispatchTime.now().uptimeNanoseconds + 100_000_000
+        warnThrottled("accept-fd", "accept: \(reason); not accepting for \(Self.acceptPauseNanoseconds / 1_000_000) ms or until a connection closes")
+        listenersPausedUntil = DispatchTime.now().uptimeNanoseconds + Self.acceptPauseNanoseconds
         for l in listeners { epoll?.watch(l.fd, 0, modify: true) }
     }
 
