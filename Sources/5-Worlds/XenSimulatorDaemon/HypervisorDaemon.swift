@@ -247,17 +247,21 @@ public final class HypervisorDaemon: @unchecked Sendable {
     }
 
     /// Disconnects every process (each exits: its hypervisor is gone), stops the store.
-    public func stop() {
+    /// Waits at most `timeout` seconds for the store's loop thread (none at all for 0: a
+    /// stop asked for, as from a `deinit` on the cooperative pool); whether it ended in
+    /// time (true too when the daemon was stopped already).
+    @discardableResult
+    public func stop(timeout: Double = 5) -> Bool {
         let first = lock.withLock { () -> Bool in
             defer { stopped = true }
             return !stopped
         }
-        guard first else { return }
+        guard first else { return true }
         if let stop = stopPipe { WakePipe.wake(stop.write) }
         if listenFD >= 0 { unlink(socketPath) }
         toolstack?.finish()
         toolstackStore?.close()
-        store.stop()
+        return store.stop(timeout: timeout)
     }
 
     /// What every process holds (for tests and `xenpv list`).
