@@ -37,15 +37,19 @@ extension ProcessTests {
         /// place and new guests; the kernel's credentials decide, not the request.
         @Test func anUntrustedPeerIsNeitherDom0NorAToolstack() async throws {
             let f = try Fixture { $0.trusted.uids = [] }
-            for request in [DomainRequest.dom0, .backend, .newGuest(frames: 64)] {
-                #expect(throws: HypervisorError.self) {
-                    _ = try RemoteHypervisor(socketPath: f.socket, as: request, onDaemonLost: ignoreLoss)
+            try await withCleanup {
+                for request in [DomainRequest.dom0, .backend, .newGuest(frames: 64)] {
+                    #expect(throws: HypervisorError.self) {
+                        _ = try RemoteHypervisor(socketPath: f.socket, as: request, onDaemonLost: ignoreLoss)
+                    }
                 }
+                let fd = try rawConnection(f.socket)
+                defer { close(fd) }
+                #expect(call(fd, WireMessage([DaemonOp.join.rawValue, 0, 0]))?.error?.code == .errno(.notPermitted))
+                #expect(f.daemon.report().domains == [.dom0])
+            } cleanup: {
+                await f.stop()
             }
-            let fd = try rawConnection(f.socket)
-            defer { close(fd) }
-            #expect(call(fd, WireMessage([DaemonOp.join.rawValue, 0, 0]))?.error?.code == .errno(.notPermitted))
-            #expect(f.daemon.report().domains == [.dom0])
         }
 
         /// The same through the real commands: the socket opened to everyone (as
@@ -92,31 +96,39 @@ extension ProcessTests {
 
         @Test func aTokenJoinsItsDomainOnceAndAnUnclaimedDomainExpires() async throws {
             let f = try Fixture()
-            let dom0 = try RemoteHypervisor(socketPath: f.socket, as: .dom0, onDaemonLost: ignoreLoss)
-            defer { dom0.close() }
-            let (id, token) = try dom0.createDomain(frames: 64)
-            #expect(DomainToken(token.description) == token)
-            let guest = try RemoteHypervisor(socketPath: f.socket, as: .guest(token: token), onDaemonLost: ignoreLoss)
-            defer { guest.close() }
-            #expect(guest.domainID == id)
-            #expect(throws: HypervisorError.self) {
-                _ = try RemoteHypervisor(socketPath: f.socket, as: .guest(token: token), onDaemonLost: ignoreLoss)
-            }
-            #expect(throws: HypervisorError.self) {
-                _ = try RemoteHypervisor(socketPath: f.socket, as: .guest(token: DomainToken(high: 1, low: 2)), onDaemonLost: ignoreLoss)
-            }
-            // A guest may not create domains.
-            #expect(throws: HypervisorError.self) { _ = try guest.createDomain(frames: 64) }
-            #expect(f.daemon.report().domains.contains(id))
+            try await withCleanup {
+                let dom0 = try RemoteHypervisor(socketPath: f.socket, as: .dom0, onDaemonLost: ignoreLoss)
+                defer { dom0.close() }
+                let (id, token) = try dom0.createDomain(frames: 64)
+                #expect(DomainToken(token.description) == token)
+                let guest = try RemoteHypervisor(socketPath: f.socket, as: .guest(token: token), onDaemonLost: ignoreLoss)
+                defer { guest.close() }
+                #expect(guest.domainID == id)
+                #expect(throws: HypervisorError.self) {
+                    _ = try RemoteHypervisor(socketPath: f.socket, as: .guest(token: token), onDaemonLost: ignoreLoss)
+                }
+                #expect(throws: HypervisorError.self) {
+                    _ = try RemoteHypervisor(socketPath: f.socket, as: .guest(token: DomainToken(high: 1, low: 2)), onDaemonLost: ignoreLoss)
+                }
+                // A guest may not create domains.
+                #expect(throws: HypervisorError.self) { _ = try guest.createDomain(frames: 64) }
+                #expect(f.daemon.report().domains.contains(id))
 
-            // Nobody comes for this one in time: it is destroyed, store and all.
-            let brief = try Fixture { $0.pendingLifetime = 0 }
-            let briefDom0 = try RemoteHypervisor(socketPath: brief.socket, as: .dom0, onDaemonLost: ignoreLoss)
-            defer { briefDom0.close() }
-            let (unclaimed, late) = try briefDom0.createDomain(frames: 64)
-            #expect(await eventually { brief.daemon.pendingDomains == 0 && !brief.daemon.report().domains.contains(unclaimed) })
-            #expect(throws: HypervisorError.self) {
-                _ = try RemoteHypervisor(socketPath: brief.socket, as: .guest(token: late), onDaemonLost: ignoreLoss)
+                // Nobody comes for this one in time: it is destroyed, store and all.
+                let brief = try Fixture { $0.pendingLifetime = 0 }
+                try await withCleanup {
+                    let briefDom0 = try RemoteHypervisor(socketPath: brief.socket, as: .dom0, onDaemonLost: ignoreLoss)
+                    defer { briefDom0.close() }
+                    let (unclaimed, late) = try briefDom0.createDomain(frames: 64)
+                    #expect(await eventually { brief.daemon.pendingDomains == 0 && !brief.daemon.report().domains.contains(unclaimed) })
+                    #expect(throws: HypervisorError.self) {
+                        _ = try RemoteHypervisor(socketPath: brief.socket, as: .guest(token: late), onDaemonLost: ignoreLoss)
+                    }
+                } cleanup: {
+                    await brief.stop()
+                }
+            } cleanup: {
+                await f.stop()
             }
         }
 
@@ -125,25 +137,29 @@ extension ProcessTests {
         /// backend directory, so `/local` and the other guest's home survive.
         @Test func aGuestsBackendKeyCannotMakeTheDaemonRemoveOthersNodes() async throws {
             let f = try Fixture()
-            let honest = try RemoteHypervisor(socketPath: f.socket, as: .newGuest(frames: 64, devices: [.vbd]), onDaemonLost: ignoreLoss)
-            defer { honest.close() }
-            let hostile = try RemoteHypervisor(socketPath: f.socket, as: .newGuest(frames: 64, devices: [.vbd]), onDaemonLost: ignoreLoss)
-            let hostileID = hostile.domainID
-            try await hostile.store.write("device/vbd/51712/backend", "/local")
-            try await hostile.store.write("device/x/0/backend", "/local")
-            let store = XenStoreClient(transport: try XenStoreSocketTransport(socketPath: f.daemon.storeSocketPath))
-            defer { store.close() }
-            #expect(try await store.read(XenStorePath.home(of: hostileID) + "/device/x/0/backend") == "/local")
-            hostile.close()
-            let gone = await eventually {
-                let home = (try? await store.exists(XenStorePath.home(of: hostileID))) ?? true
-                let backend = (try? await store.exists("/local/domain/0/backend/vbd/\(hostileID.rawValue)")) ?? true
-                return !home && !backend
+            try await withCleanup {
+                let honest = try RemoteHypervisor(socketPath: f.socket, as: .newGuest(frames: 64, devices: [.vbd]), onDaemonLost: ignoreLoss)
+                defer { honest.close() }
+                let hostile = try RemoteHypervisor(socketPath: f.socket, as: .newGuest(frames: 64, devices: [.vbd]), onDaemonLost: ignoreLoss)
+                let hostileID = hostile.domainID
+                try await hostile.store.write("device/vbd/51712/backend", "/local")
+                try await hostile.store.write("device/x/0/backend", "/local")
+                let store = XenStoreClient(transport: try XenStoreSocketTransport(socketPath: f.daemon.storeSocketPath))
+                defer { store.close() }
+                #expect(try await store.read(XenStorePath.home(of: hostileID) + "/device/x/0/backend") == "/local")
+                hostile.close()
+                let gone = await eventually {
+                    let home = (try? await store.exists(XenStorePath.home(of: hostileID))) ?? true
+                    let backend = (try? await store.exists("/local/domain/0/backend/vbd/\(hostileID.rawValue)")) ?? true
+                    return !home && !backend
+                }
+                #expect(gone)
+                #expect(try await store.exists("/local"))
+                #expect(try await store.exists(XenStorePath.home(of: honest.domainID) + "/device/vbd/51712"))
+                #expect(try await store.exists("/local/domain/0/backend/vbd/\(honest.domainID.rawValue)/51712"))
+            } cleanup: {
+                await f.stop()
             }
-            #expect(gone)
-            #expect(try await store.exists("/local"))
-            #expect(try await store.exists(XenStorePath.home(of: honest.domainID) + "/device/vbd/51712"))
-            #expect(try await store.exists("/local/domain/0/backend/vbd/\(honest.domainID.rawValue)/51712"))
         }
 
         /// "Each bind keeps two fds, with no per-guest cap": a guest gets a bounded
@@ -153,23 +169,27 @@ extension ProcessTests {
                 $0.maxPortsPerGuest = 8
                 $0.maxMappingsPerGuest = 4
             }
-            let greedy = try RemoteHypervisor(socketPath: f.socket, as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
-            defer { greedy.close() }
-            let events = try greedy.openEventChannels()
-            for _ in 0..<8 { _ = try events.bindUnbound(remote: .dom0) }
-            #expect(failure { _ = try events.bindUnbound(remote: .dom0) } == .errno(.noSpace))
+            try await withCleanup {
+                let greedy = try RemoteHypervisor(socketPath: f.socket, as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
+                defer { greedy.close() }
+                let events = try greedy.openEventChannels()
+                for _ in 0..<8 { _ = try events.bindUnbound(remote: .dom0) }
+                #expect(failure { _ = try events.bindUnbound(remote: .dom0) } == .errno(.noSpace))
 
-            let granter = try RemoteHypervisor(socketPath: f.socket, as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
-            defer { granter.close() }
-            let shared = try granter.openGrantSharer().sharePages(count: 1, with: greedy.domainID, writable: false)
-            let mapper = try greedy.openGrantMapper()
-            for _ in 0..<4 { _ = try mapper.map(shared.refs[0], from: granter.domainID, writable: false) }
-            #expect(failure { _ = try mapper.map(shared.refs[0], from: granter.domainID, writable: false) } == .errno(.noSpace))
-            // dom0 is not a guest: its backends bind a port per device queue.
-            let dom0 = try RemoteHypervisor(socketPath: f.socket, as: .dom0, onDaemonLost: ignoreLoss)
-            defer { dom0.close() }
-            let dom0Events = try dom0.openEventChannels()
-            for _ in 0..<10 { _ = try dom0Events.bindUnbound(remote: granter.domainID) }
+                let granter = try RemoteHypervisor(socketPath: f.socket, as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
+                defer { granter.close() }
+                let shared = try granter.openGrantSharer().sharePages(count: 1, with: greedy.domainID, writable: false)
+                let mapper = try greedy.openGrantMapper()
+                for _ in 0..<4 { _ = try mapper.map(shared.refs[0], from: granter.domainID, writable: false) }
+                #expect(failure { _ = try mapper.map(shared.refs[0], from: granter.domainID, writable: false) } == .errno(.noSpace))
+                // dom0 is not a guest: its backends bind a port per device queue.
+                let dom0 = try RemoteHypervisor(socketPath: f.socket, as: .dom0, onDaemonLost: ignoreLoss)
+                defer { dom0.close() }
+                let dom0Events = try dom0.openEventChannels()
+                for _ in 0..<10 { _ = try dom0Events.bindUnbound(remote: granter.domainID) }
+            } cleanup: {
+                await f.stop()
+            }
         }
 
         /// A `xenpv hypervisor` process of its own, so that its threads and
@@ -214,29 +234,37 @@ extension ProcessTests {
                 $0.trusted.uids = []
                 $0.maxConnectionsPerUser = 4
             }
-            var mine: [Int32] = []
-            defer { for fd in mine { close(fd) } }
-            for _ in 0..<4 { mine.append(try rawConnection(capped.socket)) }
-            #expect(await eventually { capped.daemon.report().processes == 4 })
-            let extra = try rawConnection(capped.socket)
-            defer { close(extra) }
-            #expect(call(extra, WireMessage([999])) == nil, "the fifth connection of one user is closed")
-            #expect(call(mine[0], WireMessage([999]))?.error?.code == .errno(.invalidArgument))
+            try await withCleanup {
+                var mine: [Int32] = []
+                defer { for fd in mine { close(fd) } }
+                for _ in 0..<4 { mine.append(try rawConnection(capped.socket)) }
+                #expect(await eventually { capped.daemon.report().processes == 4 })
+                let extra = try rawConnection(capped.socket)
+                defer { close(extra) }
+                #expect(call(extra, WireMessage([999])) == nil, "the fifth connection of one user is closed")
+                #expect(call(mine[0], WireMessage([999]))?.error?.code == .errno(.invalidArgument))
+            } cleanup: {
+                await capped.stop()
+            }
         }
 
         @Test func oneBackendProcessAtATime() async throws {
             let f = try Fixture()
-            let first = try RemoteHypervisor(socketPath: f.socket, as: .backend, onDaemonLost: ignoreLoss)
-            #expect(failure { _ = try RemoteHypervisor(socketPath: f.socket, as: .backend, onDaemonLost: ignoreLoss) }
-                    == .errno(.resourceBusy))
-            // Tools still join as dom0 beside it.
-            let tool = try RemoteHypervisor(socketPath: f.socket, as: .dom0, onDaemonLost: ignoreLoss)
-            tool.close()
-            // A backend that went away makes room at once, even before the daemon
-            // has seen its socket close (a restarted backend must not be refused).
-            first.close()
-            let second = try RemoteHypervisor(socketPath: f.socket, as: .backend, onDaemonLost: ignoreLoss)
-            second.close()
+            try await withCleanup {
+                let first = try RemoteHypervisor(socketPath: f.socket, as: .backend, onDaemonLost: ignoreLoss)
+                #expect(failure { _ = try RemoteHypervisor(socketPath: f.socket, as: .backend, onDaemonLost: ignoreLoss) }
+                        == .errno(.resourceBusy))
+                // Tools still join as dom0 beside it.
+                let tool = try RemoteHypervisor(socketPath: f.socket, as: .dom0, onDaemonLost: ignoreLoss)
+                tool.close()
+                // A backend that went away makes room at once, even before the daemon
+                // has seen its socket close (a restarted backend must not be refused).
+                first.close()
+                let second = try RemoteHypervisor(socketPath: f.socket, as: .backend, onDaemonLost: ignoreLoss)
+                second.close()
+            } cleanup: {
+                await f.stop()
+            }
         }
 
         /// "Each guest join/leave leaks a shared-info memory file and ~118 KB",

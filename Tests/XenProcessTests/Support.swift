@@ -143,8 +143,9 @@ extension Child {
     }
 }
 
-/// A hypervisor daemon started in a fresh directory; `stop()` (or the end of the
-/// fixture) stops it and removes the directory.
+/// A hypervisor daemon started in a fresh directory. A test awaits `stop()` at its end
+/// (in `withCleanup`), which stops the daemon and removes the directory; the end of the
+/// fixture only asks the daemon to stop.
 final class DaemonFixture {
     let dir = temporaryDirectory()
     var socket: String { dir + "/hv.sock" }
@@ -157,12 +158,22 @@ final class DaemonFixture {
         try daemon.start()
     }
 
-    func stop() {
-        daemon.stop()
+    /// Stops the daemon and awaits its store's loop thread on a thread of its own (at most
+    /// `minimumDeadline`), then removes the directory; whether the store ended.
+    @discardableResult
+    func stop() async -> Bool {
+        let daemon = daemon
+        let ended = await onThread { daemon.stop(timeout: minimumDeadline) }
         try? FileManager.default.removeItem(atPath: dir)
+        return ended
     }
 
-    deinit { stop() }
+    /// The last resort of a test that did not reach `stop()`: asks the daemon to stop and
+    /// waits for nothing (a deinit may run on a pool thread), as `Child.sendKill` does.
+    deinit {
+        daemon.stop(timeout: 0)
+        try? FileManager.default.removeItem(atPath: dir)
+    }
 }
 
 /// A raw seqpacket connection to the daemon at `path`, for speaking its wire protocol by hand.
