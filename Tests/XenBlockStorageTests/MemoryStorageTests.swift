@@ -6,19 +6,28 @@ import Testing
 
 @Suite(.timeLimit(.minutes(5)))
 struct MemoryStorageTests {
-    @Test func randomReadsAndWritesMatchAShadowCopy() throws {
-        let m = try MemoryStorage(byteCount: 4 << 20, queueDepth: 16)
-        try Conformance.randomIO(m, seed: 1)
+    @Test func randomReadsAndWritesMatchAShadowCopy() async throws {
+        // Driver.run polls the completion descriptor: on a thread of its own.
+        try await onThread {
+            let m = try MemoryStorage(byteCount: 4 << 20, queueDepth: 16)
+            try Conformance.randomIO(m, seed: 1)
+        }
     }
 
-    @Test func sameSemanticsWithODirectAlignment() throws {
-        let m = try MemoryStorage(byteCount: 2 << 20, alignment: 512, queueDepth: 32)
-        try Conformance.randomIO(m, seed: 2, rounds: 3)
-        try Conformance.refusals(m)
+    @Test func sameSemanticsWithODirectAlignment() async throws {
+        // Driver.run polls the completion descriptor: on a thread of its own.
+        try await onThread {
+            let m = try MemoryStorage(byteCount: 2 << 20, alignment: 512, queueDepth: 32)
+            try Conformance.randomIO(m, seed: 2, rounds: 3)
+            try Conformance.refusals(m)
+        }
     }
 
-    @Test func refusalsFailAlone() throws {
-        try Conformance.refusals(try MemoryStorage(byteCount: 1 << 20))
+    @Test func refusalsFailAlone() async throws {
+        // Driver.run polls the completion descriptor: on a thread of its own.
+        try await onThread {
+            try Conformance.refusals(try MemoryStorage(byteCount: 1 << 20))
+        }
     }
 
     @Test func backPressureAndIdleReap() async throws {
@@ -30,27 +39,33 @@ struct MemoryStorageTests {
         }
     }
 
-    @Test func readOnlyRefusesWritesAndDiscards() throws {
-        let m = try MemoryStorage(byteCount: 1 << 20, readOnly: true)
-        let b = Buffers(byteCount: 4096)
-        var d = Driver(m)
-        let r = try d.run([
-            .write(tag: 1, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096])),
-            .discard(tag: 2, offset: 0, length: 4096),
-            .read(tag: 3, offset: 0, buffers: b.vector(first: 1, at: 0, pieces: [4096])),
-            .flush(tag: 4),
-        ])
-        #expect(r[1]?.error?.code == .readOnly && r[2]?.error?.code == .readOnly)
-        #expect(r[3]?.succeeded == true && r[4]?.succeeded == true)
+    @Test func readOnlyRefusesWritesAndDiscards() async throws {
+        // Driver.run polls the completion descriptor: on a thread of its own.
+        try await onThread {
+            let m = try MemoryStorage(byteCount: 1 << 20, readOnly: true)
+            let b = Buffers(byteCount: 4096)
+            var d = Driver(m)
+            let r = try d.run([
+                .write(tag: 1, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096])),
+                .discard(tag: 2, offset: 0, length: 4096),
+                .read(tag: 3, offset: 0, buffers: b.vector(first: 1, at: 0, pieces: [4096])),
+                .flush(tag: 4),
+            ])
+            #expect(r[1]?.error?.code == .readOnly && r[2]?.error?.code == .readOnly)
+            #expect(r[3]?.succeeded == true && r[4]?.succeeded == true)
+        }
     }
 
-    @Test func discardReadsBackZeros() throws {
-        let m = try MemoryStorage(byteCount: 64 * 1024)
-        _ = m.withContents { $0.initializeMemory(as: UInt8.self, repeating: 0x5A) }
-        var d = Driver(m)
-        _ = try d.run([.discard(tag: 1, offset: 1000, length: 3000)])
-        m.withContents { c in
-            #expect(c[999] == 0x5A && c[1000] == 0 && c[3999] == 0 && c[4000] == 0x5A)
+    @Test func discardReadsBackZeros() async throws {
+        // Driver.run polls the completion descriptor: on a thread of its own.
+        try await onThread {
+            let m = try MemoryStorage(byteCount: 64 * 1024)
+            _ = m.withContents { $0.initializeMemory(as: UInt8.self, repeating: 0x5A) }
+            var d = Driver(m)
+            _ = try d.run([.discard(tag: 1, offset: 1000, length: 3000)])
+            m.withContents { c in
+                #expect(c[999] == 0x5A && c[1000] == 0 && c[3999] == 0 && c[4000] == 0x5A)
+            }
         }
     }
 
