@@ -38,35 +38,41 @@ struct UringStorageTests {
 
     /// A batch is handed to the kernel in one `io_uring_submit`; a submission the kernel
     /// refuses for a while (EAGAIN, EBUSY) is retried by the next reap, and nothing is lost.
-    @Test func oneSubmitPerBatchAndRefusedSubmitsAreRetried() throws {
-        let image = try TemporaryImage(bytes: 1 << 20, fill: 0x42)
-        let s = try UringStorage(path: image.filePath, queueDepth: 8)
-        defer { s.close() }
-        var calls = 0
-        s.ringSubmit = { ring in
-            calls += 1
-            return calls <= 2 ? -EAGAIN : (calls == 3 ? -EBUSY : cus_submit(ring))
-        }
-        let b = Buffers(byteCount: 6 * 4096)
-        var d = Driver(s)
-        let r = try d.run(batch(b))
-        #expect(r.count == 6 && r.values.allSatisfy(\.succeeded))
-        #expect(b.bytes[0..<4096].allSatisfy { $0 == 0x42 })
+    @Test func oneSubmitPerBatchAndRefusedSubmitsAreRetried() async throws {
+        // Driver.run polls the completion descriptor: on a thread of its own.
+        try await onThread {
+            let image = try TemporaryImage(bytes: 1 << 20, fill: 0x42)
+            let s = try UringStorage(path: image.filePath, queueDepth: 8)
+            defer { s.close() }
+            var calls = 0
+            s.ringSubmit = { ring in
+                calls += 1
+                return calls <= 2 ? -EAGAIN : (calls == 3 ? -EBUSY : cus_submit(ring))
+            }
+            let b = Buffers(byteCount: 6 * 4096)
+            var d = Driver(s)
+            let r = try d.run(batch(b))
+            #expect(r.count == 6 && r.values.allSatisfy(\.succeeded))
+            #expect(b.bytes[0..<4096].allSatisfy { $0 == 0x42 })
 
-        calls = 10
-        let r2 = try d.run(batch(b))
-        #expect(r2.count == 6 && r2.values.allSatisfy(\.succeeded))
-        #expect(calls == 11, "\(calls - 10) io_uring_submit calls for one batch of 6")
+            calls = 10
+            let r2 = try d.run(batch(b))
+            #expect(r2.count == 6 && r2.values.allSatisfy(\.succeeded))
+            #expect(calls == 11, "\(calls - 10) io_uring_submit calls for one batch of 6")
+        }
     }
 
     /// With a kernel thread polling the submission ring the engine behaves the same.
-    @Test func sqPollingConforms() throws {
-        let image = try TemporaryImage(bytes: 8 << 20)
-        let s = try UringStorage(path: image.filePath, queueDepth: 32, sqPollIdle: .milliseconds(10))
-        defer { s.close() }
-        #expect(s.sqPolling && !s.defersOffThreadCompletions)
-        try Conformance.randomIO(s, seed: 31, rounds: 4)
-        try Conformance.refusals(s)
+    @Test func sqPollingConforms() async throws {
+        // Driver.run polls the completion descriptor: on a thread of its own.
+        try await onThread {
+            let image = try TemporaryImage(bytes: 8 << 20)
+            let s = try UringStorage(path: image.filePath, queueDepth: 32, sqPollIdle: .milliseconds(10))
+            defer { s.close() }
+            #expect(s.sqPolling && !s.defersOffThreadCompletions)
+            try Conformance.randomIO(s, seed: 31, rounds: 4)
+            try Conformance.refusals(s)
+        }
     }
 
     /// Completions that interrupts and io-wq workers make do not interrupt the queue thread
@@ -101,12 +107,15 @@ struct UringStorageTests {
     }
 
     /// A discard of nothing succeeds without reaching the kernel (as on libaio).
-    @Test func anEmptyDiscardSucceeds() throws {
-        let image = try TemporaryImage(bytes: 1 << 20)
-        let s = try UringStorage(path: image.filePath, queueDepth: 4)
-        defer { s.close() }
-        var d = Driver(s)
-        let r = try d.run([.discard(tag: 1, offset: 4096, length: 0)])
-        #expect(r[1]?.succeeded == true)
+    @Test func anEmptyDiscardSucceeds() async throws {
+        // Driver.run polls the completion descriptor: on a thread of its own.
+        try await onThread {
+            let image = try TemporaryImage(bytes: 1 << 20)
+            let s = try UringStorage(path: image.filePath, queueDepth: 4)
+            defer { s.close() }
+            var d = Driver(s)
+            let r = try d.run([.discard(tag: 1, offset: 4096, length: 0)])
+            #expect(r[1]?.succeeded == true)
+        }
     }
 }
