@@ -30,40 +30,52 @@ struct FaultInjectionTests {
         return Array(check.bytes)
     }
 
-    @Test func nthOnMemory() throws {
-        let bytes = try onlyTheChosenOperationFails(try MemoryStorage(byteCount: 64 * 1024))
-        for i in 0..<8 { #expect(bytes[i * 4096] == (i == 4 ? 0 : UInt8(i + 1))) }
+    @Test func nthOnMemory() async throws {
+        // Driver.run polls the completion descriptor: on a thread of its own.
+        try await onThread {
+            let bytes = try onlyTheChosenOperationFails(try MemoryStorage(byteCount: 64 * 1024))
+            for i in 0..<8 { #expect(bytes[i * 4096] == (i == 4 ? 0 : UInt8(i + 1))) }
+        }
     }
 
-    @Test func nthOnLibaio() throws {
-        let image = try TemporaryImage(bytes: 64 * 1024)
-        let s = try LibaioStorage(path: image.filePath, queueDepth: 16)
-        defer { s.close() }
-        let bytes = try onlyTheChosenOperationFails(s)
-        for i in 0..<8 { #expect(bytes[i * 4096] == (i == 4 ? 0 : UInt8(i + 1))) }
+    @Test func nthOnLibaio() async throws {
+        // Driver.run polls the completion descriptor: on a thread of its own.
+        try await onThread {
+            let image = try TemporaryImage(bytes: 64 * 1024)
+            let s = try LibaioStorage(path: image.filePath, queueDepth: 16)
+            defer { s.close() }
+            let bytes = try onlyTheChosenOperationFails(s)
+            for i in 0..<8 { #expect(bytes[i * 4096] == (i == 4 ? 0 : UInt8(i + 1))) }
+        }
     }
 
-    @Test func nthOnIoUring() throws {
-        let image = try TemporaryImage(bytes: 64 * 1024)
-        let s = try UringStorage(path: image.filePath, queueDepth: 16)
-        defer { s.close() }
-        let bytes = try onlyTheChosenOperationFails(s)
-        for i in 0..<8 { #expect(bytes[i * 4096] == (i == 4 ? 0 : UInt8(i + 1))) }
+    @Test func nthOnIoUring() async throws {
+        // Driver.run polls the completion descriptor: on a thread of its own.
+        try await onThread {
+            let image = try TemporaryImage(bytes: 64 * 1024)
+            let s = try UringStorage(path: image.filePath, queueDepth: 16)
+            defer { s.close() }
+            let bytes = try onlyTheChosenOperationFails(s)
+            for i in 0..<8 { #expect(bytes[i * 4096] == (i == 4 ? 0 : UInt8(i + 1))) }
+        }
     }
 
-    @Test func byOffsetAndKind() throws {
-        let m = try MemoryStorage(byteCount: 64 * 1024)
-        let f = FaultInjectingStorage(m, faults: [.overlapping(8192..<8193), .kind(.flush)])
-        let b = Buffers(byteCount: 16 * 1024)
-        var d = Driver(f)
-        let r = try d.run([
-            .read(tag: 1, offset: 4096, buffers: b.vector(first: 0, at: 0, pieces: [4096])),    // ends at 8192: spared
-            .read(tag: 2, offset: 4096, buffers: b.vector(first: 1, at: 0, pieces: [4097])),    // touches 8192
-            .discard(tag: 3, offset: 8000, length: 500),
-            .flush(tag: 4),
-            .read(tag: 5, offset: 8193, buffers: b.vector(first: 2, at: 0, pieces: [100])),
-        ])
-        #expect(r[1]?.succeeded == true && r[5]?.succeeded == true)
-        #expect(r[2]?.error != nil && r[3]?.error != nil && r[4]?.error != nil)
+    @Test func byOffsetAndKind() async throws {
+        // Driver.run polls the completion descriptor: on a thread of its own.
+        try await onThread {
+            let m = try MemoryStorage(byteCount: 64 * 1024)
+            let f = FaultInjectingStorage(m, faults: [.overlapping(8192..<8193), .kind(.flush)])
+            let b = Buffers(byteCount: 16 * 1024)
+            var d = Driver(f)
+            let r = try d.run([
+                .read(tag: 1, offset: 4096, buffers: b.vector(first: 0, at: 0, pieces: [4096])),    // ends at 8192: spared
+                .read(tag: 2, offset: 4096, buffers: b.vector(first: 1, at: 0, pieces: [4097])),    // touches 8192
+                .discard(tag: 3, offset: 8000, length: 500),
+                .flush(tag: 4),
+                .read(tag: 5, offset: 8193, buffers: b.vector(first: 2, at: 0, pieces: [100])),
+            ])
+            #expect(r[1]?.succeeded == true && r[5]?.succeeded == true)
+            #expect(r[2]?.error != nil && r[3]?.error != nil && r[4]?.error != nil)
+        }
     }
 }
