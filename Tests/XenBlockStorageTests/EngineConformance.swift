@@ -134,7 +134,7 @@ enum Conformance {
         // Drain the accepted ones, then the rest goes through.
         var seen = 0
         let clock = ContinuousClock()
-        let end = clock.now + .seconds(10)
+        let end = clock.now + .seconds(minimumDeadline)
         while seen < depth && clock.now < end {
             seen += try driver.completions.withUnsafeMutableBufferPointer { try engine.reap(into: $0, timeout: .milliseconds(100)) }
         }

@@ -148,14 +148,14 @@ struct FileEngineTests {
             let ops: [StorageOperation] = [.flush(tag: 1), .discard(tag: 2, offset: 256 * 1024, length: 512 * 1024)]
             _ = try ops.withUnsafeBufferPointer { try s.submit($0) }
             // Reported only through the descriptor and reap.
-            #expect(Driver.waitReadable(s.completionDescriptor, milliseconds: 5000))
+            #expect(Driver.waitReadable(s.completionDescriptor, milliseconds: Int32(minimumDeadline * 1000)))
             var out = [StorageCompletion](repeating: .empty, count: 1)
             var tags: [UInt64] = []
             var wakes = 0
             while tags.count < 2 && wakes < 100 {
                 // A one-slot array: a left-over must keep the descriptor readable (a wake may
                 // also be spurious: io_uring does the two concurrently and signals per completion).
-                #expect(Driver.waitReadable(s.completionDescriptor, milliseconds: 5000))
+                #expect(Driver.waitReadable(s.completionDescriptor, milliseconds: Int32(minimumDeadline * 1000)))
                 wakes += 1
                 let n = try out.withUnsafeMutableBufferPointer { try s.reap(into: $0, timeout: .zero) }
                 if n == 1 {
@@ -340,9 +340,9 @@ struct FileEngineTests {
             let b = Buffers(byteCount: 4096)
             var op = StorageOperation.read(tag: 7, offset: 4096, buffers: b.vector(first: 0, at: 0, pieces: [4096]))
             #expect(try withUnsafePointer(to: &op) { try s.submit(UnsafeBufferPointer(start: $0, count: 1)) } == 1)
-            #expect(eventuallyBlocking(10, every: .microseconds(100)) { s.mayHaveCompletions })
+            #expect(eventuallyBlocking(every: .microseconds(100)) { s.mayHaveCompletions })
             var out = [StorageCompletion](repeating: .empty, count: 4)
-            #expect(try out.withUnsafeMutableBufferPointer { try s.reap(into: $0, timeout: .seconds(5)) } == 1)
+            #expect(try out.withUnsafeMutableBufferPointer { try s.reap(into: $0, timeout: .seconds(minimumDeadline)) } == 1)
             #expect(out[0].tag == 7 && out[0].succeeded)
             #expect(!s.mayHaveCompletions)
         }

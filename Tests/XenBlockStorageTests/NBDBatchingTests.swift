@@ -34,7 +34,7 @@ struct NBDBatchingTests {
                     at += length
                 }
                 var d = Driver(s)
-                let r = try d.run(ops, deadline: .seconds(120))
+                let r = try d.run(ops)
                 return (r, Array(b.bytes), s.requestSends, s.replyReceives)
             }
         } cleanup: {
@@ -81,7 +81,7 @@ struct NBDBatchingTests {
                 let ops: [StorageOperation] = (0..<count).map {
                     .write(tag: UInt64($0), offset: UInt64($0) * 8192, buffers: b.vector(first: $0 * 2, at: $0 * 4096, pieces: [1024, 3072]))
                 }
-                return (try d.run(ops, deadline: .seconds(120)), s.requestSends)
+                return (try d.run(ops), s.requestSends)
             }
             #expect(r.count == count && r.values.allSatisfy(\.succeeded))
             #expect(sends == 1)

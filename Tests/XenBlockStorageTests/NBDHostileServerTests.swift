@@ -110,8 +110,7 @@ struct NBDHostileServerTests {
                 defer { s.close() }
                 let b = Buffers(byteCount: 3 * 4096, iovecCount: 3)
                 var d = Driver(s)
-                return try d.run((0..<3).map { .read(tag: UInt64($0), offset: 0, buffers: b.vector(first: $0, at: $0 * 4096, pieces: [4096])) },
-                                 deadline: .seconds(120))
+                return try d.run((0..<3).map { .read(tag: UInt64($0), offset: 0, buffers: b.vector(first: $0, at: $0 * 4096, pieces: [4096])) })
             }
         } cleanup: {
             await server.stop()
@@ -182,8 +181,7 @@ struct NBDHostileServerTests {
                 let b = Buffers(byteCount: 3 * 4096, iovecCount: 3)
                 var d = Driver(s)
                 let r = try d.run((0..<3).map { .read(tag: UInt64($0), offset: UInt64($0) * 4096,
-                                                      buffers: b.vector(first: $0, at: $0 * 4096, pieces: [4096])) },
-                                  deadline: .seconds(120))
+                                                      buffers: b.vector(first: $0, at: $0 * 4096, pieces: [4096])) })
                 return (r, s.resentRequests, s.reconnections, Array(b.bytes))
             }
             #expect(completions.count == 3 && completions.values.allSatisfy(\.succeeded))
@@ -213,8 +211,7 @@ struct NBDHostileServerTests {
                 let b = Buffers(byteCount: 3 * 4096, iovecCount: 3)
                 var d = Driver(s)
                 let r = try d.run((0..<3).map { .write(tag: UInt64($0), offset: UInt64($0) * 4096,
-                                                       buffers: b.vector(first: $0, at: $0 * 4096, pieces: [4096])) },
-                                  deadline: .seconds(120))
+                                                       buffers: b.vector(first: $0, at: $0 * 4096, pieces: [4096])) })
                 let l = try d.run([.read(tag: 9, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096]))])
                 return (r, l)
             }
@@ -241,7 +238,7 @@ struct NBDHostileServerTests {
                 defer { s.close() }
                 #expect(s.supportsDiscard && s.discardsZero == zeroes)
                 var d = Driver(s)
-                return try d.run([.discard(tag: 1, offset: 4096, length: 8192)], deadline: .seconds(120))
+                return try d.run([.discard(tag: 1, offset: 4096, length: 8192)])
             }
             #expect(r[1]?.succeeded == true)
             let request = server.received.first?.first
@@ -272,8 +269,7 @@ struct NBDHostileServerTests {
                 var d = Driver(s)
                 // The first read over two buffers that do not fall on the parts' boundaries.
                 let r = try d.run([.read(tag: 1, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [6144, 6144])),
-                                   .read(tag: 2, offset: 65536, buffers: b.vector(first: 2, at: 12288, pieces: [12288]))],
-                                  deadline: .seconds(120))
+                                   .read(tag: 2, offset: 65536, buffers: b.vector(first: 2, at: 12288, pieces: [12288]))])
                 return (r, Array(b.bytes), s.maximumPayload)
             }
             #expect(payload == 4096)

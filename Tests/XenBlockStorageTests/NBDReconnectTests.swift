@@ -82,13 +82,13 @@ struct NBDReconnectTests {
                 let (s, b) = box.value
                 var d = Driver(s)
                 var seen: [StorageCompletion] = []
-                let end = ContinuousClock.now + .seconds(150)
+                let end = ContinuousClock.now + .seconds(minimumDeadline)
                 while seen.count < 3 && ContinuousClock.now < end {
                     let n = try d.completions.withUnsafeMutableBufferPointer { try s.reap(into: $0, timeout: .milliseconds(200)) }
                     seen += d.completions.prefix(n)
                 }
                 // What the restarted server holds now is what was written after it came back.
-                let r = try d.run([.read(tag: 4, offset: 0, buffers: b.vector(first: 2, at: 2 * 4096, pieces: [8192]))], deadline: .seconds(120))
+                let r = try d.run([.read(tag: 4, offset: 0, buffers: b.vector(first: 2, at: 2 * 4096, pieces: [8192]))])
                 if r[4]?.succeeded != true { seen.append(r[4] ?? .empty) }
                 return (seen, s.reconnections)
             }
@@ -114,8 +114,7 @@ struct NBDReconnectTests {
             let stalled = try await onThread {
                 let (s, b) = box.value
                 var d = Driver(s)
-                return try d.run((0..<3).map { .read(tag: UInt64($0), offset: 0, buffers: b.vector(first: $0, at: $0 * 4096, pieces: [4096])) },
-                                 deadline: .seconds(120))
+                return try d.run((0..<3).map { .read(tag: UInt64($0), offset: 0, buffers: b.vector(first: $0, at: $0 * 4096, pieces: [4096])) })
             }
             server.send(SIGCONT)
             #expect(stalled.count == 3)
@@ -124,8 +123,7 @@ struct NBDReconnectTests {
                 let (s, b) = box.value
                 var d = Driver(s)
                 return try d.run([.write(tag: 7, offset: 8192, buffers: b.vector(first: 3, at: 3 * 4096, pieces: [4096])),
-                                  .read(tag: 8, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096]))],
-                                 deadline: .seconds(120))
+                                  .read(tag: 8, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096]))])
             }
             #expect(later[7]?.succeeded == true && later[8]?.succeeded == true)
             #expect(s.reconnections == 0)
@@ -159,7 +157,7 @@ struct NBDReconnectTests {
             var next = 0
             var done = 0
             var phase = 0  // 0: before the kill, 1: server stopped, 2: restarted
-            let end = ContinuousClock.now + .seconds(150)
+            let end = ContinuousClock.now + .seconds(minimumDeadline)
             while done < ops.count && ContinuousClock.now < end {
                 if next < ops.count {
                     let n = try ops[next...].withUnsafeBufferPointer { try s.submit($0) }
@@ -185,7 +183,7 @@ struct NBDReconnectTests {
                 StorageOperation.read(tag: UInt64($0), offset: UInt64($0 * 16 * blockSize),
                                       buffers: back.vector(first: $0, at: $0 * 16 * blockSize, pieces: [16 * blockSize]))
             }
-            let r = try d.run(reads, deadline: .seconds(120))
+            let r = try d.run(reads)
             if r.count != reads.count || !r.values.allSatisfy(\.succeeded) { failures.append("read-back failed: \(r.values.filter { !$0.succeeded })") }
             var mismatches = 0
             for i in 0..<blockCount where memcmp(data.bytes.baseAddress! + i * blockSize, back.bytes.baseAddress! + i * blockSize, blockSize) != 0 {

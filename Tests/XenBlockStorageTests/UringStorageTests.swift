@@ -99,7 +99,7 @@ struct UringStorageTests {
                     let deadline = ContinuousClock.now + .milliseconds(50)
                     while !s.mayHaveCompletions && ContinuousClock.now < deadline {}
                 }
-                let got = try completions.withUnsafeMutableBufferPointer { try s.reap(into: $0, timeout: .seconds(10)) }
+                let got = try completions.withUnsafeMutableBufferPointer { try s.reap(into: $0, timeout: .seconds(minimumDeadline)) }
                 #expect(got == 1 && completions[0].tag == UInt64(round) && completions[0].succeeded)
             }
             #expect(b.bytes.allSatisfy { $0 == 0x37 })
