@@ -97,7 +97,7 @@ struct GuestSuspenderRunTests {
 
         gate.withLock { $0 = true }
         // Once served, the next request is served again (the busy mark is gone).
-        let next = ContinuousClock.now + .seconds(30)
+        let next = ContinuousClock.now + .seconds(minimumDeadline)
         while served.withLock({ $0 }) < 2 && ContinuousClock.now < next {
             try await request("suspend")
             try await Task.sleep(for: .milliseconds(20))

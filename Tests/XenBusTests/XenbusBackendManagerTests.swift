@@ -85,7 +85,7 @@ struct XenbusBackendManagerTests {
         let refused = XenbusDevice(type: "vif", id: 7, frontend: DomainID(1))
         try await XenbusToolstack.create(refused, on: dom0)
         var reason: String?
-        let deadline = Date().addingTimeInterval(60)
+        let deadline = Date().addingTimeInterval(minimumDeadline)
         while reason == nil, Date() < deadline {
             reason = try await dom0.readIfPresent(refused.backendPath + "/error")
             if reason == nil { try await Task.sleep(for: .milliseconds(10)) }
