@@ -206,23 +206,31 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
         // Mapping, binding and opening engines block (daemon round trips, system calls): on
         // a thread of their own, so that the process's other handshakes (a vif's reads after
         // a migration) go on meanwhile on the cooperative pool.
-        let (made, failure) = await onOwnThread(named: "blkback-connect") { [self] in openQueues(rings, abi: abi, persistent: persistent) }
-        if let failure {
-            if let made { await Self.release(made) }
-            throw failure
+        let opened = await onOwnThread(named: "blkback-connect") { [self] in openQueues(rings, abi: abi, persistent: persistent) }
+        let s: Session
+        switch opened {
+        case .success(let made): s = made
+        case .failure(let failed):
+            if let partial = failed.partial { await Self.release(partial) }
+            throw failed.underlying
         }
-        guard let s = made else { return }
         for q in s.queues { q.start() }
         session.withLock { $0 = s }
     }
 
-    /// Maps each ring, binds its port and builds its queue (not started): the session, or
-    /// what was made of it (to release) with the failure. Blocks: called off the pool.
+    /// Why ``openQueues(_:abi:persistent:)`` failed, and what it had made (to release).
+    private struct OpenFailure: Error {
+        let partial: Session?
+        let underlying: any Error
+    }
+
+    /// Maps each ring, binds its port and builds its queue (not started). Blocks: called
+    /// off the pool.
     private func openQueues(_ rings: [(refs: [GrantRef], port: EventPort)], abi: BlkifABI,
-                            persistent: Bool) -> (Session?, (any Error)?) {
+                            persistent: Bool) -> Result<Session, OpenFailure> {
         let frontend = device.frontendDomain
         let mapper: any GrantMapper
-        do { mapper = try hypervisor.openGrantMapper() } catch { return (nil, error) }
+        do { mapper = try hypervisor.openGrantMapper() } catch { return .failure(OpenFailure(partial: nil, underlying: error)) }
         var s = Session(mapper: mapper)
         do {
             for (refs, remotePort) in rings {
@@ -257,9 +265,9 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
                 }
                 s.queues.append(queue)
             }
-            return (s, nil)
+            return .success(s)
         } catch {
-            return (s, error)
+            return .failure(OpenFailure(partial: s, underlying: error))
         }
     }
 
