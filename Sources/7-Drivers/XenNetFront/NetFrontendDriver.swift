@@ -230,8 +230,6 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
         logger.info("\(path): disconnected")
     }
 
-    /// Unbinds each queue's port, ends its grants and closes its handle; the pumps must
-    /// not run (stopped, or never started).
     /// Each queue's rings and pages shared (the `kept` ones again, for the queues they
     /// cover), its port allocated, its pump built (not started). On a throw, what it shared
     /// is unshared and the ports it made are closed. Blocks: called off the pool.
@@ -273,6 +271,8 @@ public final class NetFrontendDriver: XenbusDeviceDriver {
         return queues
     }
 
+    /// Unbinds each queue's port, ends its grants and closes its handle; the pumps must
+    /// not run (stopped, or never started).
     private static func release(_ queues: [QueueSession], sharer: any GrantSharer, logger: Logger?) {
         for q in queues {
             try? q.events.unbind(q.eventPort)
