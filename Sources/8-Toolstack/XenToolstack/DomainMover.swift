@@ -44,6 +44,10 @@ public enum DomainMover {
         /// Keep the guest paused this long before the last copy (to test a
         /// destination that fails while the guest is paused).
         public var holdPaused = 0.0
+        /// Awaited with the domain's id once the guest is claimed and paused (after
+        /// `holdPaused`), before the last copy: the migration goes on when it returns. A
+        /// test holds the pause there until it has looked at or killed the destination.
+        public var whilePaused: (@Sendable (DomainID) async throws -> Void)?
         /// The defaults.
         public init() {}
     }
@@ -232,6 +236,7 @@ public enum DomainMover {
             trace("claimed: \(Double(now() - paused) / 1e6) ms after the pause")
             claimed = true
             if budget.holdPaused > 0 { try await Task.sleep(nanoseconds: UInt64(budget.holdPaused * 1e9)) }
+            if let whilePaused = budget.whilePaused { try await whilePaused(id) }
             let lastDirty = try source.readAndClearDirty(id)
             trace("last dirty log read: \(Double(now() - paused) / 1e6) ms after the pause")
             sent = try writer.send(dirty: lastDirty)

@@ -67,9 +67,17 @@ struct MigrateCommand: AsyncParsableCommand {
     @Option(help: "Seconds to wait for the guest to suspend and to arrive.") var timeout = 30.0
     @Option(help: ArgumentHelp("Seconds to keep the guest paused before the last copy (tests a destination failing then).", visibility: .hidden))
     var holdPaused = 0.0
+    @Option(help: ArgumentHelp(
+        "Keep the guest paused before the last copy until this file exists, at most 600 s (tests a destination failing then).",
+        valueName: "PATH", visibility: .hidden))
+    var holdPausedUntilFile: String?
+
+    /// The longest `--hold-paused-until-file` waits for its file, in seconds.
+    static let holdLimit = 600.0
 
     func validate() throws {
-        guard holdPaused >= 0, holdPaused <= 600 else { throw ValidationError("--hold-paused must be 0 to 600 seconds") }
+        guard holdPaused >= 0, holdPaused <= Self.holdLimit else { throw ValidationError("--hold-paused must be 0 to 600 seconds") }
+        if let holdPausedUntilFile, holdPausedUntilFile.isEmpty { throw ValidationError("--hold-paused-until-file needs a path") }
         guard rounds >= 1, rounds <= 1000 else { throw ValidationError("--rounds must be 1 to 1000, not \(rounds)") }
         guard (to == nil) != (via == nil) else { throw ValidationError("give the destination as --to SOCKET or --via ADDRESS, one of them") }
         if let via { _ = try StreamAddress(via) }
@@ -83,6 +91,7 @@ struct MigrateCommand: AsyncParsableCommand {
             var budget = DomainMover.Budget()
             budget.rounds = rounds
             budget.holdPaused = holdPaused
+            if let path = holdPausedUntilFile { budget.whilePaused = { id in try await Self.hold(id, until: path) } }
             let figures: DomainMover.Figures
             let whereTo: String
             if let via {
@@ -100,6 +109,20 @@ struct MigrateCommand: AsyncParsableCommand {
             }
             say("Migrated domain \(found.name) (id=\(found.id.rawValue)) to \(whereTo)")
             say("\(figures)")
+        }
+    }
+
+    /// `--hold-paused-until-file`: says that domain `id` is claimed and paused, then waits
+    /// until `path` exists (looking every 10 ms, at most `holdLimit` seconds) and goes on.
+    static func hold(_ id: DomainID, until path: String) async throws {
+        say("xenpv migrate: holding domain \(id.rawValue) paused until \(path) exists")
+        let deadline = ContinuousClock.now + .seconds(holdLimit)
+        while access(path, F_OK) != 0 {
+            guard ContinuousClock.now < deadline else {
+                say("xenpv migrate: \(path) did not appear within \(Int(holdLimit)) s; going on")
+                return
+            }
+            try await Task.sleep(for: .milliseconds(10))
         }
     }
 }
