@@ -156,9 +156,14 @@ extension ProcessTests {
             let hosts = try await Hosts()
             let id = try await hosts.startGuest()
             let guest = try #require(hosts.guest)
-            let migrate = try Child(["migrate", "\(id.rawValue)", "--to", hosts.b, "--connect", hosts.a, "--hold-paused", "5"], name: "migrate")
+            // Held paused until the test has killed host b (it creates `go` then).
+            let go = hosts.dir + "/go"
+            let migrate = try Child(["migrate", "\(id.rawValue)", "--to", hosts.b, "--connect", hosts.a, "--hold-paused-until-file", go],
+                                    name: "migrate")
             #expect(await guest.waitFor("suspend checksum="), "\(guest.output)")
+            #expect(await migrate.waitFor("paused until \(go) exists"), "\(migrate.output)")
             await hosts.daemonB.kill()
+            #expect(FileManager.default.createFile(atPath: go, contents: nil))
             #expect(await migrate.waitForExit(seconds: 60) != 0, "\(migrate.output)")
             #expect(migrate.output.contains("goes on on the source"), "\(migrate.output)")
             #expect(await guest.waitFor("cancelled checksum="), "\(guest.output)")
@@ -189,9 +194,13 @@ extension ProcessTests {
             let path = hosts.dir + "/receive.sock"
             let dying = try Child(["migrate-receive", "--listen", "unix:" + path, "--connect", hosts.a], name: "receiver")
             #expect(await dying.waitFor("listening"), "\(dying.output)")
-            let migrate = try Child(["migrate", "\(id.rawValue)", "--via", "unix:" + path, "--connect", hosts.b, "--hold-paused", "5"], name: "migrate")
+            let go = hosts.dir + "/go"
+            let migrate = try Child(["migrate", "\(id.rawValue)", "--via", "unix:" + path, "--connect", hosts.b, "--hold-paused-until-file", go],
+                                    name: "migrate")
             #expect(await eventually(30) { guest.output.components(separatedBy: "suspend checksum=").count == 3 }, "\(guest.output)")
+            #expect(await migrate.waitFor("paused until \(go) exists"), "\(migrate.output)")
             await dying.kill()
+            #expect(FileManager.default.createFile(atPath: go, contents: nil))
             #expect(await migrate.waitForExit(seconds: 60) != 0, "\(migrate.output)")
             #expect(await guest.waitFor("cancelled checksum="), "\(guest.output)")
             #expect(Self.field(guest.output, "cancelled", "equal") == "true")

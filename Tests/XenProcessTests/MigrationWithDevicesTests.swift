@@ -193,19 +193,22 @@ extension ProcessTests {
             let hosts = try await Hosts()
             let id = try await hosts.startWriter()
             let guest = try #require(hosts.guest)
-            // Held paused long enough to look at host b meanwhile (the look is bounded below it).
-            let migrate = try Child(["migrate", "\(id.rawValue)", "--to", hosts.b, "--connect", hosts.a, "--hold-paused", "10"],
+            // Held paused until the test has looked at host b (it creates `go` then).
+            let go = hosts.dir + "/go"
+            let migrate = try Child(["migrate", "\(id.rawValue)", "--to", hosts.b, "--connect", hosts.a, "--hold-paused-until-file", go],
                                     name: "migrate")
             #expect(await guest.waitFor("suspend requested"), "\(guest.output)")
+            #expect(await migrate.waitFor("paused until \(go) exists"), "\(migrate.output)")
             func onB(_ path: String) async throws -> String {
                 let (_, out) = try await hosts.xenpv(["xenstore", "read", "--store", hosts.b + ".xenstore", path])
                 return out.trimmingCharacters(in: .whitespacesAndNewlines)
             }
             let backendState = "/local/domain/0/backend/vbd/\(id.rawValue)/51712/state"
-            let waiting = await eventually(8) { (try? await onB(backendState)) == XenbusStateValue.initWait }
+            let waiting = await eventually { (try? await onB(backendState)) == XenbusStateValue.initWait }
             #expect(waiting, "host b's backend: \(hosts.backendB.output)")
             #expect(!guest.output.contains("suspend: resumed"), "still paused while host b was looked at")
             #expect(try await onB("/local/domain/\(id.rawValue)/device/vbd/51712/state") == XenbusStateValue.initialising)
+            #expect(FileManager.default.createFile(atPath: go, contents: nil))
             #expect(await migrate.waitForExit(seconds: 120) == 0, "\(migrate.output)")
             #expect(await guest.waitFor("first request answered"), "\(guest.output)")
             #expect(await guest.waitForExit(seconds: 180) == 0, "\(guest.output)")
@@ -220,11 +223,14 @@ extension ProcessTests {
             let hosts = try await Hosts()
             let id = try await hosts.startWriter()
             let guest = try #require(hosts.guest)
-            let migrate = try Child(["migrate", "\(id.rawValue)", "--to", hosts.b, "--connect", hosts.a, "--hold-paused", "3"],
+            // Held paused until the test has killed host b (it creates `go` then).
+            let go = hosts.dir + "/go"
+            let migrate = try Child(["migrate", "\(id.rawValue)", "--to", hosts.b, "--connect", hosts.a, "--hold-paused-until-file", go],
                                     name: "migrate")
             #expect(await guest.waitFor("suspend requested"), "\(guest.output)")
-            try await Task.sleep(nanoseconds: 500_000_000)
+            #expect(await migrate.waitFor("paused until \(go) exists"), "\(migrate.output)")
             await hosts.daemonB.kill()
+            #expect(FileManager.default.createFile(atPath: go, contents: nil))
             #expect(await migrate.waitForExit(seconds: 60) != 0, "\(migrate.output)")
             #expect(migrate.output.contains("goes on on the source"), "\(migrate.output)")
             #expect(await guest.waitFor("suspend: cancelled"), "\(guest.output)")
