@@ -59,49 +59,52 @@ struct GuestSuspenderRunTests {
 
     @Test func oneSuspendIsServedAtATimeAndOtherRequestsGoToTheProgram() async throws {
         let store = try await StoreWithGuest("gs")
-        defer { withExtendedLifetime(store) {} }  // the daemon stops when it goes
-        let (dom0, guest, guestID, logger) = (store.dom0, store.guest, store.guestID, store.logger)
-        let home = XenStorePath.home(of: guestID)
-        // As libxl: `control` is the guest's, so it can acknowledge a request.
-        try await dom0.mkdir(home + "/control")
-        try await dom0.setPermissions(home + "/control", XenStorePermissions(owner: guestID))
+        try await withCleanup {
+            let (dom0, guest, guestID, logger) = (store.dom0, store.guest, store.guestID, store.logger)
+            let home = XenStorePath.home(of: guestID)
+            // As libxl: `control` is the guest's, so it can acknowledge a request.
+            try await dom0.mkdir(home + "/control")
+            try await dom0.setPermissions(home + "/control", XenStorePermissions(owner: guestID))
 
-        let served = Locked(0)
-        let others = Locked<[ShutdownRequest]>([])
-        let gate = Locked(false)
-        let suspender = GuestSuspender(hypervisor: NoHypervisor(), logger: logger)
-        let control = GuestControl(store: guest, domain: guestID)
-        let running = Task {
-            try await suspender.run(control: control, serving: { _ in
-                served.withLock { $0 += 1 }
-                // Serving lasts until the test opens the gate (bounded, so nothing hangs).
-                let deadline = ContinuousClock.now + .seconds(60)
-                while !gate.withLock({ $0 }) && ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(5)) }
-            }, otherRequests: { r in others.withLock { $0.append(r) } })
-        }
-        defer { running.cancel() }
-        #expect(await eventually { (try? await dom0.readIfPresent(home + "/" + GuestSuspender.featureKey)) == "1" })
+            let served = Locked(0)
+            let others = Locked<[ShutdownRequest]>([])
+            let gate = Locked(false)
+            let suspender = GuestSuspender(hypervisor: NoHypervisor(), logger: logger)
+            let control = GuestControl(store: guest, domain: guestID)
+            let running = Task {
+                try await suspender.run(control: control, serving: { _ in
+                    served.withLock { $0 += 1 }
+                    // Serving lasts until the test opens the gate (bounded, so nothing hangs).
+                    let deadline = ContinuousClock.now + .seconds(60)
+                    while !gate.withLock({ $0 }) && ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(5)) }
+                }, otherRequests: { r in others.withLock { $0.append(r) } })
+            }
+            defer { running.cancel() }
+            #expect(await eventually { (try? await dom0.readIfPresent(home + "/" + GuestSuspender.featureKey)) == "1" })
 
-        let key = home + "/" + GuestControl.shutdownKey
-        func request(_ value: String) async throws {
-            try await dom0.write(key, value)
-            // Acknowledged: the guest clears the key before it acts.
-            #expect(await eventually { (try? await dom0.read(key)) == "" })
-        }
-        try await request("suspend")
-        #expect(await eventually { served.withLock { $0 } == 1 })
-        try await request("suspend")  // while the first is served: ignored
-        try await request("poweroff")
-        #expect(await eventually { others.withLock { $0 } == [.poweroff] })
-        #expect(served.withLock { $0 } == 1)
-
-        gate.withLock { $0 = true }
-        // Once served, the next request is served again (the busy mark is gone).
-        let next = ContinuousClock.now + .seconds(minimumDeadline)
-        while served.withLock({ $0 }) < 2 && ContinuousClock.now < next {
+            let key = home + "/" + GuestControl.shutdownKey
+            func request(_ value: String) async throws {
+                try await dom0.write(key, value)
+                // Acknowledged: the guest clears the key before it acts.
+                #expect(await eventually { (try? await dom0.read(key)) == "" })
+            }
             try await request("suspend")
-            try await Task.sleep(for: .milliseconds(20))
+            #expect(await eventually { served.withLock { $0 } == 1 })
+            try await request("suspend")  // while the first is served: ignored
+            try await request("poweroff")
+            #expect(await eventually { others.withLock { $0 } == [.poweroff] })
+            #expect(served.withLock { $0 } == 1)
+
+            gate.withLock { $0 = true }
+            // Once served, the next request is served again (the busy mark is gone).
+            let next = ContinuousClock.now + .seconds(minimumDeadline)
+            while served.withLock({ $0 }) < 2 && ContinuousClock.now < next {
+                try await request("suspend")
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(served.withLock { $0 } >= 2)
+        } cleanup: {
+            await store.stop()
         }
-        #expect(served.withLock { $0 } >= 2)
     }
 }

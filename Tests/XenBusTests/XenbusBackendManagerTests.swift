@@ -43,61 +43,64 @@ final class ListingCounter: XenStoreConnection {
 struct XenbusBackendManagerTests {
     @Test func aDeviceIsServedStoppedResumedAndServedAgainAfterItIsPluggedAnew() async throws {
         let store = try await StoreWithGuest("xbm")
-        defer { withExtendedLifetime(store) {} }  // the daemon stops when it goes
-        let (dom0, guest, logger) = (store.dom0, store.guest, store.logger)
-        let manager = XenbusBackendManager(factory: RecordingFactory(refused: [7]), store: dom0, backendDomain: .dom0, logger: logger)
-        try await manager.start()
-        let device = XenbusDevice(type: "vif", id: 0, frontend: DomainID(1))
+        try await withCleanup {
+            let (dom0, guest, logger) = (store.dom0, store.guest, store.logger)
+            let manager = XenbusBackendManager(factory: RecordingFactory(refused: [7]), store: dom0, backendDomain: .dom0, logger: logger)
+            try await manager.start()
+            let device = XenbusDevice(type: "vif", id: 0, frontend: DomainID(1))
 
-        /// Plugs `device`, runs its frontend until both ends are Connected.
-        func plug() async throws -> (XenbusEndpoint, Task<Void, any Error>) {
-            try await XenbusToolstack.create(device, on: dom0)
-            let frontend = XenbusEndpoint(role: .frontend, store: guest, path: device.frontendPath,
-                                          peerPath: device.backendPath, driver: RecordingDriver(), logger: logger)
-            let run = Task { try await frontend.run() }
+            /// Plugs `device`, runs its frontend until both ends are Connected.
+            func plug() async throws -> (XenbusEndpoint, Task<Void, any Error>) {
+                try await XenbusToolstack.create(device, on: dom0)
+                let frontend = XenbusEndpoint(role: .frontend, store: guest, path: device.frontendPath,
+                                              peerPath: device.backendPath, driver: RecordingDriver(), logger: logger)
+                let run = Task { try await frontend.run() }
+                try await frontend.connected(timeout: .seconds(60))
+                try await #require(manager.endpoint(for: device)).connected(timeout: .seconds(60))
+                return (frontend, run)
+            }
+
+            var (frontend, run) = try await plug()
+            #expect(manager.entries.map(\.device) == [device])
+
+            // Stopped on purpose: the frontend sees it close, and it stays down until resumed.
+            await manager.stop(device, timeout: .seconds(60))
+            #expect(manager.driver(for: device) == nil)
+            await manager.resume(device)
+            // The frontend closed before the backend's endpoint ended: this waits for a new session.
             try await frontend.connected(timeout: .seconds(60))
             try await #require(manager.endpoint(for: device)).connected(timeout: .seconds(60))
-            return (frontend, run)
+
+            // Removed by the toolstack: the device ends; plugged again under its name, it is served again.
+            let backend = try #require(manager.endpoint(for: device))
+            frontend.requestClose()
+            let first = run
+            try await withTimeout(60) { try await first.value }
+            try await XenbusToolstack.remove(device, on: dom0)
+            for await _ in backend.states() {}  // ends when its run() returned
+            #expect(await eventually { manager.entries.isEmpty })
+            (frontend, run) = try await plug()
+
+            // A device the factory refuses stays down, with the reason in its `error` key.
+            let refused = XenbusDevice(type: "vif", id: 7, frontend: DomainID(1))
+            try await XenbusToolstack.create(refused, on: dom0)
+            var reason: String?
+            let deadline = Date().addingTimeInterval(minimumDeadline)
+            while reason == nil, Date() < deadline {
+                reason = try await dom0.readIfPresent(refused.backendPath + "/error")
+                if reason == nil { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            #expect(reason?.contains("no such device here") == true, "\(reason ?? "no error key")")
+            #expect(manager.driver(for: refused) == nil)
+
+            await manager.shutdown(timeout: .seconds(60))
+            #expect(manager.entries.isEmpty)
+            frontend.requestClose()
+            let second = run
+            try await withTimeout(60) { try await second.value }
+        } cleanup: {
+            await store.stop()
         }
-
-        var (frontend, run) = try await plug()
-        #expect(manager.entries.map(\.device) == [device])
-
-        // Stopped on purpose: the frontend sees it close, and it stays down until resumed.
-        await manager.stop(device, timeout: .seconds(60))
-        #expect(manager.driver(for: device) == nil)
-        await manager.resume(device)
-        // The frontend closed before the backend's endpoint ended: this waits for a new session.
-        try await frontend.connected(timeout: .seconds(60))
-        try await #require(manager.endpoint(for: device)).connected(timeout: .seconds(60))
-
-        // Removed by the toolstack: the device ends; plugged again under its name, it is served again.
-        let backend = try #require(manager.endpoint(for: device))
-        frontend.requestClose()
-        let first = run
-        try await withTimeout(60) { try await first.value }
-        try await XenbusToolstack.remove(device, on: dom0)
-        for await _ in backend.states() {}  // ends when its run() returned
-        #expect(await eventually { manager.entries.isEmpty })
-        (frontend, run) = try await plug()
-
-        // A device the factory refuses stays down, with the reason in its `error` key.
-        let refused = XenbusDevice(type: "vif", id: 7, frontend: DomainID(1))
-        try await XenbusToolstack.create(refused, on: dom0)
-        var reason: String?
-        let deadline = Date().addingTimeInterval(minimumDeadline)
-        while reason == nil, Date() < deadline {
-            reason = try await dom0.readIfPresent(refused.backendPath + "/error")
-            if reason == nil { try await Task.sleep(for: .milliseconds(10)) }
-        }
-        #expect(reason?.contains("no such device here") == true, "\(reason ?? "no error key")")
-        #expect(manager.driver(for: refused) == nil)
-
-        await manager.shutdown(timeout: .seconds(60))
-        #expect(manager.entries.isEmpty)
-        frontend.requestClose()
-        let second = run
-        try await withTimeout(60) { try await second.value }
     }
 
     /// Keys written inside a device already served (a backend's features, its state) say
@@ -109,23 +112,26 @@ struct XenbusBackendManagerTests {
         logger.logLevel = .critical
         let server = XenStoreServer(socketPath: base + ".sock", logger: logger)
         try server.start()
-        defer { server.stop() }
-        let dom0 = try XenStoreClient(socketPath: base + ".sock")
-        let counted = ListingCounter(try XenStoreClient(socketPath: base + ".sock"))
-        try await XenbusToolstack.createDomainHome(DomainID(1), on: dom0)
-        let manager = XenbusBackendManager(factory: RecordingFactory(refused: []), store: counted, backendDomain: .dom0, logger: logger)
-        try await manager.start()
-        defer { manager.closeAll() }
-        let first = XenbusDevice(type: "vif", id: 0, frontend: DomainID(1))
-        try await XenbusToolstack.create(first, on: dom0)
-        #expect(await eventually(60) { manager.driver(for: first) != nil })
-        let before = counted.listings
-        for i in 0..<40 { try await dom0.write(first.backendPath + "/key\(i)", "\(i)") }
-        // A second device: served only once the manager has taken every event before it.
-        let second = XenbusDevice(type: "vif", id: 1, frontend: DomainID(1))
-        try await XenbusToolstack.create(second, on: dom0)
-        #expect(await eventually(60) { manager.driver(for: second) != nil })
-        // The second device's creation lists the tree once or twice; forty keys would list it eighty times.
-        #expect(counted.listings - before <= 8, "\(counted.listings - before) listings")
+        try await withCleanup {
+            let dom0 = try XenStoreClient(socketPath: base + ".sock")
+            let counted = ListingCounter(try XenStoreClient(socketPath: base + ".sock"))
+            try await XenbusToolstack.createDomainHome(DomainID(1), on: dom0)
+            let manager = XenbusBackendManager(factory: RecordingFactory(refused: []), store: counted, backendDomain: .dom0, logger: logger)
+            try await manager.start()
+            defer { manager.closeAll() }
+            let first = XenbusDevice(type: "vif", id: 0, frontend: DomainID(1))
+            try await XenbusToolstack.create(first, on: dom0)
+            #expect(await eventually(60) { manager.driver(for: first) != nil })
+            let before = counted.listings
+            for i in 0..<40 { try await dom0.write(first.backendPath + "/key\(i)", "\(i)") }
+            // A second device: served only once the manager has taken every event before it.
+            let second = XenbusDevice(type: "vif", id: 1, frontend: DomainID(1))
+            try await XenbusToolstack.create(second, on: dom0)
+            #expect(await eventually(60) { manager.driver(for: second) != nil })
+            // The second device's creation lists the tree once or twice; forty keys would list it eighty times.
+            #expect(counted.listings - before <= 8, "\(counted.listings - before) listings")
+        } cleanup: {
+            await stopOffThePool(server)
+        }
     }
 }

@@ -176,7 +176,7 @@ struct XenbusEndpointTests {
         pair.frontend.requestClose()
         try await withTimeout(60) { try await beRun.value }
         try await withTimeout(60) { try await feRun.value }
-        pair.server.stop()
+        await stopOffThePool(pair.server)
     }
 
     /// What a frontend's prepare leaves to write is made in the transaction that says
@@ -202,7 +202,7 @@ struct XenbusEndpointTests {
         pair.frontend.requestClose()
         try await withTimeout(60) { try await beRun.value }
         try await withTimeout(60) { try await feRun.value }
-        pair.server.stop()
+        await stopOffThePool(pair.server)
     }
 
     /// The transaction that publishes Connected opens while the connect hook runs: its
@@ -233,7 +233,7 @@ struct XenbusEndpointTests {
         pair.frontend.requestClose()
         try await withTimeout(60) { try await beRun.value }
         try await withTimeout(60) { try await feRun.value }
-        pair.server.stop()
+        await stopOffThePool(pair.server)
     }
 
     /// Writes the store refuses (here: a guest writing into dom0's directory) make nothing
@@ -255,7 +255,7 @@ struct XenbusEndpointTests {
         #expect(try await dom0.readIfPresent("/local/domain/0/stolen") == nil)
         pair.backend.requestClose()
         try await withTimeout(60) { try await beRun.value }
-        pair.server.stop()
+        await stopOffThePool(pair.server)
     }
 
     /// After a resumed suspend the frontend's `state` is not known (on a migration's
@@ -290,7 +290,7 @@ struct XenbusEndpointTests {
         pair.frontend.requestClose()
         try await withTimeout(60) { try await be2Run.value }
         try await withTimeout(60) { try await feRun.value }
-        pair.server.stop()
+        await stopOffThePool(pair.server)
     }
 
     @Test func bothSidesConnectThenCloseOnUnplug() async throws {
@@ -314,7 +314,7 @@ struct XenbusEndpointTests {
         pair.frontend.requestClose()
         try await feRun.value
         #expect(pair.frontend.state == .closed)
-        pair.server.stop()
+        await stopOffThePool(pair.server)
     }
 
     /// The toolstack removed the device (both directories) while the endpoints still ran:
@@ -335,7 +335,7 @@ struct XenbusEndpointTests {
         try await feRun.value
         #expect(try await !dom0.exists(pair.device.backendPath), "the backend's late state write recreated its directory")
         #expect(try await !dom0.exists(pair.device.frontendPath), "the frontend's late state write recreated its directory")
-        pair.server.stop()
+        await stopOffThePool(pair.server)
     }
 
     /// A refused connect closes that device with its reason and is not retried: the
@@ -359,7 +359,7 @@ struct XenbusEndpointTests {
         pair.frontend.requestClose()
         try await withTimeout(20) { try await feRun.value }
         #expect(be.log.filter { $0 == "connect" }.count == 1)
-        pair.server.stop()
+        await stopOffThePool(pair.server)
     }
 
     /// A peer's `state` that is no XenbusState ("+4": Swift's own UInt32("+4") would take
@@ -381,7 +381,7 @@ struct XenbusEndpointTests {
         #expect(error == "state: \(pair.device.frontendPath)/state = \"+4\" (malformed): expected a decimal in 0...8")
         pair.frontend.requestClose()
         try await withTimeout(20) { try await feRun.value }
-        pair.server.stop()
+        await stopOffThePool(pair.server)
     }
 
     /// `connected(timeout:)` says why it gave up: the time passed, or the endpoint ended first.
@@ -401,6 +401,6 @@ struct XenbusEndpointTests {
         var states: [XenbusState] = []
         for await s in pair.frontend.states() { states.append(s) }
         #expect(states == [.closed])
-        pair.server.stop()
+        await stopOffThePool(pair.server)
     }
 }
