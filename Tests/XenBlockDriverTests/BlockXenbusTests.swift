@@ -89,7 +89,9 @@ final class XenbusBlockWorld: @unchecked Sendable {
             f.driver.frontend.shutdown()
         }
         guestSharer.close()
-        server.stop()
+        // `stop()` waits for the store's loop thread to end: on a thread of its own.
+        let server = server
+        _ = await onThread { server.stop(timeout: minimumDeadline) }
         return hv.shutdown()
     }
 }

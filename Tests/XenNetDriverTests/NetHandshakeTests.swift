@@ -112,7 +112,9 @@ final class NetStoreWorld: @unchecked Sendable {
         endpoint.requestClose()
         try await frontendTask.value
         backendTask.cancel()
-        server.stop()
+        // `stop()` waits for the store's loop thread to end: on a thread of its own.
+        let server = server
+        _ = await onThread { server.stop(timeout: minimumDeadline) }
     }
 }
 

@@ -120,7 +120,9 @@ final class SuspendNetWorld: @unchecked Sendable {
         backendTask.cancel()
         await backend.devices.cancel()
         for t in tasks { t.cancel() }
-        server.stop()
+        // `stop()` waits for the store's loop thread to end: on a thread of its own.
+        let server = server
+        _ = await onThread { server.stop(timeout: minimumDeadline) }
         return hv.shutdown()
     }
 }
