@@ -61,10 +61,21 @@ extension ProcessTests {
             return l.split(separator: " ").first { $0.hasPrefix(key + "=") }.map { String($0.dropFirst(key.count + 1)) }
         }
 
-        private func domains(_ socket: String) throws -> [DomainID] {
-            let dom0 = try RemoteHypervisor(socketPath: socket, as: .dom0, onDaemonLost: ignoreLoss)
-            defer { dom0.close() }
-            return try dom0.report().domains
+        /// The domains on the daemon at `socket`. A join and a report are round trips to that
+        /// daemon (another process), blocking: on a thread of their own, never the pool.
+        private func domains(_ socket: String) async throws -> [DomainID] {
+            try await onThread {
+                let dom0 = try RemoteHypervisor(socketPath: socket, as: .dom0, onDaemonLost: ignoreLoss)
+                defer { dom0.close() }
+                return try dom0.report().domains
+            }
+        }
+
+        /// Joins the daemon at `socket` as `request`, on a thread of its own (a blocking
+        /// round trip to another process).
+        private func join(_ socket: String, as request: DomainRequest,
+                          onDaemonLost: @escaping RemoteHypervisor.LostHandler = ignoreLoss) async throws -> RemoteHypervisor {
+            try await onThread { try RemoteHypervisor(socketPath: socket, as: request, onDaemonLost: onDaemonLost) }
         }
 
         private func storeHas(_ socket: String, _ path: String) async throws -> Bool {
@@ -83,7 +94,7 @@ extension ProcessTests {
             #expect(saved == 0, "\(saveOutput)")
             #expect(await guest.waitFor("suspend checksum="), "\(guest.output)")
             // Released on the source: the domain, and its home in the store.
-            #expect(await eventually(10) { (try? domains(hosts.a).contains(id)) == false })
+            #expect(await eventually(10) { (try? await domains(hosts.a).contains(id)) == false })
             #expect(try await !storeHas(hosts.a, "/local/domain/\(id.rawValue)/domid"))
             // The guest's process waits in its suspend call meanwhile.
             #expect(!guest.output.contains("resumed") && guest.process.isRunning)
@@ -97,7 +108,7 @@ extension ProcessTests {
             for bad in ["truncated", "corrupted"] {
                 let (status, output) = try await hosts.xenpv(["restore", hosts.dir + "/\(bad).save", "--to", hosts.b, "--connect", hosts.a])
                 #expect(status != 0 && output.contains("not a whole, valid domain"), "\(bad): \(output)")
-                #expect(await eventually(10) { (try? domains(hosts.b).contains(id)) == false }, "\(bad)")
+                #expect(await eventually(10) { (try? await domains(hosts.b).contains(id)) == false }, "\(bad)")
                 #expect(await eventually(10) { (try? await storeHas(hosts.b, "/local/domain/\(id.rawValue)")) == false }, "\(bad)")
             }
             #expect(!guest.output.contains("resumed"))
@@ -109,14 +120,14 @@ extension ProcessTests {
             #expect(Self.field(out, "resumed", "equal") == "true", "\(out)")
             #expect(Self.field(out, "resumed", "checksum") == Self.field(out, "suspend", "checksum"))
             #expect(Self.field(out, "resumed", "base") == Self.field(out, "suspend", "base"))
-            #expect(try domains(hosts.b).contains(id))
+            #expect(try await domains(hosts.b).contains(id))
             #expect(try await storeHas(hosts.b, "/local/domain/\(id.rawValue)/domid"))
 
             // The guest's store connection moved with it: a shutdown on the destination reaches it.
             let (shut, shutOutput) = try await hosts.xenpv(["shutdown", "\(id.rawValue)", "--connect", hosts.b, "--timeout", "30"])
             #expect(shut == 0, "\(shutOutput)")
             #expect(await guest.waitForExit(seconds: 60) == 0, "\(guest.output)")
-            #expect(await eventually(10) { (try? domains(hosts.b).contains(id)) == false })
+            #expect(await eventually(10) { (try? await domains(hosts.b).contains(id)) == false })
         }
 
         @Test func liveMigrationMovesAWritingGuestAndTheSourceKeepsNothing() async throws {
@@ -133,13 +144,13 @@ extension ProcessTests {
             #expect(Self.field(out, "resumed", "equal") == "true", "\(out)")
             #expect(Self.field(out, "resumed", "checksum") == Self.field(out, "suspend", "checksum"))
             #expect(Self.field(out, "resumed", "base") == Self.field(out, "suspend", "base"))
-            #expect(try !domains(hosts.a).contains(id))
+            #expect(try await !domains(hosts.a).contains(id))
             // Nothing of it held on the source: no mapping, no port, no process but the checker's.
-            let source = try RemoteHypervisor(socketPath: hosts.a, as: .dom0, onDaemonLost: ignoreLoss)
-            let left = try source.report()
+            let source = try await join(hosts.a, as: .dom0)
+            let left = try await onThread { try source.report() }
             source.close()
             #expect(left.mappings == 0 && left.ports == 0 && left.processes == 1 && left.domains == [.dom0], "\(left)")
-            #expect(try domains(hosts.b).contains(id))
+            #expect(try await domains(hosts.b).contains(id))
             #expect(try await storeHas(hosts.b, "/local/domain/\(id.rawValue)/domid"))
             #expect(await eventually(10) { (try? await storeHas(hosts.a, "/local/domain/\(id.rawValue)")) == false })
 
@@ -148,8 +159,8 @@ extension ProcessTests {
             #expect(back == 0, "\(backOutput)")
             #expect(await eventually(30) { guest.output.components(separatedBy: "resumed checksum=").count == 3 }, "\(guest.output)")
             #expect(Self.field(guest.output, "resumed", "equal") == "true")
-            #expect(try domains(hosts.a).contains(id))
-            #expect(try !domains(hosts.b).contains(id))
+            #expect(try await domains(hosts.a).contains(id))
+            #expect(try await !domains(hosts.b).contains(id))
         }
 
         @Test func aDestinationKilledWhileTheGuestIsPausedLeavesItRunningOnTheSource() async throws {
@@ -168,7 +179,7 @@ extension ProcessTests {
             #expect(migrate.output.contains("goes on on the source"), "\(migrate.output)")
             #expect(await guest.waitFor("cancelled checksum="), "\(guest.output)")
             #expect(Self.field(guest.output, "cancelled", "equal") == "true")
-            #expect(try domains(hosts.a).contains(id))
+            #expect(try await domains(hosts.a).contains(id))
             // It goes on writing there.
             let before = Int(Self.field(guest.output, "suspend", "written") ?? "") ?? 0
             let (saved, saveOutput) = try await hosts.xenpv(["save", "\(id.rawValue)", hosts.dir + "/later.save", "--connect", hosts.a])
@@ -188,7 +199,8 @@ extension ProcessTests {
             #expect(await receiver.waitForExit(seconds: 30) == 0, "\(receiver.output)")
             #expect(await guest.waitFor("resumed checksum="), "\(guest.output)")
             #expect(Self.field(guest.output, "resumed", "equal") == "true")
-            #expect(try domains(hosts.b).contains(id) && !domains(hosts.a).contains(id))
+            #expect(try await domains(hosts.b).contains(id))
+            #expect(try await !domains(hosts.a).contains(id))
 
             // Back through a Unix socket, the receiver killed while the guest is paused.
             let path = hosts.dir + "/receive.sock"
@@ -204,14 +216,18 @@ extension ProcessTests {
             #expect(await migrate.waitForExit(seconds: 60) != 0, "\(migrate.output)")
             #expect(await guest.waitFor("cancelled checksum="), "\(guest.output)")
             #expect(Self.field(guest.output, "cancelled", "equal") == "true")
-            #expect(try domains(hosts.b).contains(id) && !domains(hosts.a).contains(id))
+            #expect(try await domains(hosts.b).contains(id))
+            #expect(try await !domains(hosts.a).contains(id))
         }
 
         @Test func aSuspendNobodyTakesTimesOutAndACancelledOneChangesNothing() async throws {
             let hosts = try await Hosts()
-            let guest = try RemoteHypervisor(socketPath: hosts.a, as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
+            // Every call below is a round trip to host a's daemon (another process), and the
+            // guest's calls wait while its `suspend` holds its link: each on a thread of its
+            // own, never the cooperative pool.
+            let guest = try await join(hosts.a, as: .newGuest(frames: 64))
             defer { guest.close() }
-            let dom0 = try RemoteHypervisor(socketPath: hosts.a, as: .dom0, onDaemonLost: ignoreLoss)
+            let dom0 = try await join(hosts.a, as: .dom0)
             defer { dom0.close() }
             // A guest's `suspend` blocks: on a thread of its own, never the cooperative pool.
             let timedOut = await onThread {
@@ -220,39 +236,50 @@ extension ProcessTests {
             #expect(throws: HypervisorError.self) { try timedOut.get() }
             if case .failure(let e) = timedOut { #expect(e.code == .errno(.timedOut), "\(e)") }
 
-            let events = try guest.openEventChannels()
-            let port = try events.bindUnbound(remote: .dom0)
+            let events = try await onThread { try guest.openEventChannels() }
+            let port = try await onThread { try events.bindUnbound(remote: .dom0) }
             async let outcome = onThread { try guest.suspend(timeout: .seconds(120)) }
-            #expect(await eventually(30) { (try? dom0.isSuspended(guest.domainID)) == true })
-            try dom0.claimSuspend(guest.domainID)
-            try dom0.cancelSuspend(guest.domainID)
+            #expect(await eventually(30) { await onThread { (try? dom0.isSuspended(guest.domainID)) == true } })
+            try await onThread {
+                try dom0.claimSuspend(guest.domainID)
+                try dom0.cancelSuspend(guest.domainID)
+            }
             #expect(try await outcome == .cancelled)
             // Everything as before: the same port, and new work.
-            try events.unbind(port)
-            _ = try events.bindUnbound(remote: .dom0)
+            try await onThread {
+                try events.unbind(port)
+                _ = try events.bindUnbound(remote: .dom0)
+            }
         }
 
         @Test func aResumedProcessDropsItsOldPortsAndSharesHarmlesslyAndWorksOnTheDestination() async throws {
             let hosts = try await Hosts()
-            let guest = try RemoteHypervisor(socketPath: hosts.a, as: .newGuest(frames: 256), onDaemonLost: { m in Issue.record("lost: \(m)") })
+            // Joins, binds, shares, maps and reports are round trips to a daemon (another
+            // process), blocking: each on a thread of its own, never the cooperative pool.
+            let guest = try await join(hosts.a, as: .newGuest(frames: 256), onDaemonLost: { m in Issue.record("lost: \(m)") })
             defer { guest.close() }
             let id = guest.domainID
             let own = try guest.pageAllocator.allocatePages(8)
             for i in 0..<8 { own.memory.page(i).storeBytes(of: UInt64(0xA000 + i), as: UInt64.self) }
-            let events = try guest.openEventChannels()
-            let oldPort = try events.bindUnbound(remote: .dom0)
-            let sharer = try guest.openGrantSharer()
-            let oldShare = try sharer.sharePages(count: 2, with: .dom0, writable: true)
+            let (events, oldPort, sharer) = try await onThread { () throws -> (any EventChannels, EventPort, any GrantSharer) in
+                let events = try guest.openEventChannels()
+                let oldPort = try events.bindUnbound(remote: .dom0)
+                return (events, oldPort, try guest.openGrantSharer())
+            }
+            let oldShare = try await onThread { try sharer.sharePages(count: 2, with: .dom0, writable: true) }
             oldShare.memory.page(1).storeBytes(of: 0xB1, as: UInt64.self)
-            let forgotten = try sharer.sharePages(count: 2, with: .dom0, writable: true)
-            let again = try sharer.sharePages(count: 3, with: .dom0, writable: false)
+            let (forgotten, again) = try await onThread {
+                (try sharer.sharePages(count: 2, with: .dom0, writable: true), try sharer.sharePages(count: 3, with: .dom0, writable: false))
+            }
             for i in 0..<3 { again.memory.page(i).storeBytes(of: UInt64(0xC000 + i), as: UInt64.self) }
-            // Only a share whose references a resume took away is granted again.
-            #expect(throws: HypervisorError.self) { _ = try sharer.shareAgain(again) }
-            // Forgetting a share still granted (no resume yet) keeps its pages.
-            let granted = try sharer.sharePages(count: 1, with: .dom0, writable: true)
-            sharer.forget(granted)
-            #expect(try sharer.sharePages(count: 1, with: .dom0, writable: true).memory.base != granted.memory.base)
+            try await onThread {
+                // Only a share whose references a resume took away is granted again.
+                #expect(throws: HypervisorError.self) { _ = try sharer.shareAgain(again) }
+                // Forgetting a share still granted (no resume yet) keeps its pages.
+                let granted = try sharer.sharePages(count: 1, with: .dom0, writable: true)
+                sharer.forget(granted)
+                #expect(try sharer.sharePages(count: 1, with: .dom0, writable: true).memory.base != granted.memory.base)
+            }
 
             // No device to reconnect: the old host may let the domain go at once.
             async let outcome = onThread { () throws -> SuspendOutcome in
@@ -260,55 +287,59 @@ extension ProcessTests {
                 if o == .resumed { guest.resumeSettled() }
                 return o
             }
-            let source = try Toolstack(socketPath: hosts.a)
+            let (a, b) = (hosts.a, hosts.b)
+            let (source, destination) = try await onThread { (try Toolstack(socketPath: a), try Toolstack(socketPath: b)) }
             defer { source.close() }
-            let destination = try Toolstack(socketPath: hosts.b)
             defer { destination.close() }
             let figures = try await source.migrate(id, to: destination, destinationSocket: hosts.b)
             #expect(try await outcome == .resumed)
             #expect(figures.pagesPerRound.count >= 2, "\(figures)")
-            let dom0B = try RemoteHypervisor(socketPath: hosts.b, as: .dom0, onDaemonLost: ignoreLoss)
+            let dom0B = try await join(hosts.b, as: .dom0)
             defer { dom0B.close() }
-            func dom0AtB() -> RemoteHypervisor { dom0B }
 
             // Same memory at the same addresses, shared pages included.
             for i in 0..<8 { #expect(own.memory.page(i).load(as: UInt64.self) == UInt64(0xA000 + i)) }
             #expect(oldShare.memory.page(1).load(as: UInt64.self) == 0xB1)
-            // What was bound or shared before is gone: releasing it is a no-op, not an error.
-            try events.unbind(oldPort)
-            // A share forgotten after the move gives its pool pages back for reuse (first fit).
-            sharer.forget(forgotten)
-            #expect(try sharer.sharePages(count: 2, with: .dom0, writable: true).memory.base == forgotten.memory.base)
-            try sharer.unshare(oldShare)
-            // Granted again: the same pages and what they hold, under references the
-            // destination's dom0 maps (read-only, as before).
-            let regranted = try sharer.shareAgain(again)
-            #expect(regranted.memory == again.memory && regranted.refs.count == 3 && !regranted.writable)
-            let mapper = try dom0AtB().openGrantMapper()
-            let seen = try mapper.map(regranted.refs, from: id, writable: false)
-            for i in 0..<3 { #expect(seen.memory.page(i).load(as: UInt64.self) == UInt64(0xC000 + i)) }
-            #expect(throws: HypervisorError.self) { _ = try mapper.map([regranted.refs[0]], from: id, writable: true) }
-            try mapper.unmap(seen)
-            mapper.close()
-            #expect(throws: HypervisorError.self) { _ = try sharer.shareAgain(regranted) }
-            try sharer.unshare(regranted)
-            // New work goes to the destination's daemon and store.
-            let newPort = try events.bindUnbound(remote: .dom0)
-            let newShare = try sharer.sharePages(count: 1, with: .dom0, writable: false)
+            let newPort = try await onThread { () throws -> EventPort in
+                // What was bound or shared before is gone: releasing it is a no-op, not an error.
+                try events.unbind(oldPort)
+                // A share forgotten after the move gives its pool pages back for reuse (first fit).
+                sharer.forget(forgotten)
+                #expect(try sharer.sharePages(count: 2, with: .dom0, writable: true).memory.base == forgotten.memory.base)
+                try sharer.unshare(oldShare)
+                // Granted again: the same pages and what they hold, under references the
+                // destination's dom0 maps (read-only, as before).
+                let regranted = try sharer.shareAgain(again)
+                #expect(regranted.memory == again.memory && regranted.refs.count == 3 && !regranted.writable)
+                let mapper = try dom0B.openGrantMapper()
+                let seen = try mapper.map(regranted.refs, from: id, writable: false)
+                for i in 0..<3 { #expect(seen.memory.page(i).load(as: UInt64.self) == UInt64(0xC000 + i)) }
+                #expect(throws: HypervisorError.self) { _ = try mapper.map([regranted.refs[0]], from: id, writable: true) }
+                try mapper.unmap(seen)
+                mapper.close()
+                #expect(throws: HypervisorError.self) { _ = try sharer.shareAgain(regranted) }
+                try sharer.unshare(regranted)
+                // New work goes to the destination's daemon and store.
+                return try events.bindUnbound(remote: .dom0)
+            }
+            let newShare = try await onThread { try sharer.sharePages(count: 1, with: .dom0, writable: false) }
             #expect(try await guest.store.read("/local/domain/\(id.rawValue)/domid") == "\(id.rawValue)")
-            let dom0 = dom0AtB()
-            #expect(try dom0.report().ports == 1)
-            try events.unbind(newPort)
-            try sharer.unshare(newShare)
-            #expect(try !domains(hosts.a).contains(id))
+            try await onThread {
+                #expect(try dom0B.report().ports == 1)
+                try events.unbind(newPort)
+                try sharer.unshare(newShare)
+            }
+            #expect(try await !domains(hosts.a).contains(id))
         }
 
         @Test func aStreamReadsOnlyTheFramesThatHoldDataAndLeavesTheRestUnallocated() async throws {
             let hosts = try await Hosts()
             let id = try await hosts.startGuest()
-            let dom0 = try RemoteHypervisor(socketPath: hosts.a, as: .dom0, onDaemonLost: ignoreLoss)
+            // The join, the export and the stream's calls are round trips to host a's daemon
+            // (another process), blocking: on a thread of their own, never the pool.
+            let dom0 = try await join(hosts.a, as: .dom0)
             defer { dom0.close() }
-            let view = try dom0.exportDomain(id)
+            let view = try await onThread { try dom0.exportDomain(id) }
             // The guest writes 512 of its 4,096 frames: the rest were never written.
             let before = view.framesHoldingData().filter { $0 < UInt64(view.mainFrames) }
             #expect(before.count >= 512 && before.count < view.mainFrames / 2, "\(before.count)")
@@ -321,11 +352,13 @@ extension ProcessTests {
                 }
             }
             #expect(await eventually { filled() >= 512 }, "\(filled()) of \(before.count) frames hold data")
-            let sink = open("/dev/null", O_WRONLY | O_CLOEXEC)
-            defer { close(sink) }
-            let writer = try DomainStreamWriter(hypervisor: dom0, domain: id, output: sink)
-            try writer.begin(name: "probe")
-            let sent = try writer.sendAll()
+            let sent = try await onThread { () throws -> Int in
+                let sink = open("/dev/null", O_WRONLY | O_CLOEXEC)
+                defer { close(sink) }
+                let writer = try DomainStreamWriter(hypervisor: dom0, domain: id, output: sink)
+                try writer.begin(name: "probe")
+                return try writer.sendAll()
+            }
             #expect(sent >= 512 && sent <= before.count + 64, "\(sent) sent of \(before.count)")
             // Reading a never-written frame through the mapping would have given it a page.
             let after = view.framesHoldingData().filter { $0 < UInt64(view.mainFrames) }
@@ -338,7 +371,9 @@ extension ProcessTests {
         @Test func theToolstackCopiesADomainsMemoryWithoutMappingIt() async throws {
             let hosts = try await Hosts()
             let id = try await hosts.startGuest()
-            let dom0 = try RemoteHypervisor(socketPath: hosts.a, as: .dom0, onDaemonLost: ignoreLoss)
+            // Joins, the export and the import are round trips to a daemon (another process),
+            // blocking: on a thread of their own, never the pool. The copies go through memfds.
+            let dom0 = try await join(hosts.a, as: .dom0)
             defer { dom0.close() }
             /// This process's mappings of exactly the domain's 4,096 frames.
             func mappingsOfTheDomainsSize() throws -> Int {
@@ -349,7 +384,7 @@ extension ProcessTests {
                 }.count
             }
             let mappedBefore = try mappingsOfTheDomainsSize()
-            let saved = try dom0.exportDomain(id)
+            let saved = try await onThread { try dom0.exportDomain(id) }
             #expect(try mappingsOfTheDomainsSize() == mappedBefore)
             // Runs and single frames alike; the guest writes its first 512 frames.
             let frames: [UInt64] = [0, 1, 2, 7, 100, 101]
@@ -363,45 +398,55 @@ extension ProcessTests {
                 Issue.record("a frame the domain does not have was read: \(refused)")
             }
 
-            let dom0B = try RemoteHypervisor(socketPath: hosts.b, as: .dom0, onDaemonLost: ignoreLoss)
+            let dom0B = try await join(hosts.b, as: .dom0)
             defer { dom0B.close() }
-            let restored = try dom0B.importDomain(id, frames: 64)
-            defer { try? dom0B.abortImport(id) }
-            let written: [UInt64] = [0, 1, 2, 40, 63]
-            let pattern = (0..<written.count * 4096).map { UInt8(truncatingIfNeeded: $0 * 7 + $0 / 4096) }
-            try pattern.withUnsafeBytes { try restored.write(written, from: $0) }
-            var back = [UInt8](repeating: 0, count: pattern.count)
-            try back.withUnsafeMutableBytes { try restored.read(written, into: $0) }
-            #expect(back == pattern)
-            #expect(throws: HypervisorError.self) { try pattern.withUnsafeBytes { try restored.write([64], from: $0) } }
-            #expect(throws: HypervisorError.self) { try pattern.withUnsafeBytes { try restored.write(written, from: UnsafeRawBufferPointer(rebasing: $0[..<4096])) } }
+            let restored = try await onThread { try dom0B.importDomain(id, frames: 64) }
+            try await withCleanup {
+                let written: [UInt64] = [0, 1, 2, 40, 63]
+                let pattern = (0..<written.count * 4096).map { UInt8(truncatingIfNeeded: $0 * 7 + $0 / 4096) }
+                try pattern.withUnsafeBytes { try restored.write(written, from: $0) }
+                var back = [UInt8](repeating: 0, count: pattern.count)
+                try back.withUnsafeMutableBytes { try restored.read(written, into: $0) }
+                #expect(back == pattern)
+                #expect(throws: HypervisorError.self) { try pattern.withUnsafeBytes { try restored.write([64], from: $0) } }
+                #expect(throws: HypervisorError.self) { try pattern.withUnsafeBytes { try restored.write(written, from: UnsafeRawBufferPointer(rebasing: $0[..<4096])) } }
+            } cleanup: {
+                _ = await onThread { try? dom0B.abortImport(id) }
+            }
         }
 
         @Test func onlyDom0MayTakeOrMakeADomainsState() async throws {
             let hosts = try await Hosts()
             let id = try await hosts.startGuest()
-            let other = try RemoteHypervisor(socketPath: hosts.a, as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
+            // Every call is a round trip to host a's daemon (another process), blocking: on a
+            // thread of its own, never the pool.
+            let other = try await join(hosts.a, as: .newGuest(frames: 64))
             defer { other.close() }
-            let refusals: [(String, () throws -> Void)] = [
-                ("export", { _ = try other.exportDomain(id) }),
-                ("claim", { try other.claimSuspend(id) }),
-                ("resume elsewhere", { try other.resumeElsewhere(id, socketPath: hosts.b, token: DomainToken(high: 1, low: 2)) }),
-                ("cancel", { try other.cancelSuspend(id) }),
-                ("park", { try other.parkSuspended(id) }),
-                ("import", { _ = try other.importDomain(DomainID(40), frames: 64) }),
-            ]
-            for (what, call) in refusals {
-                #expect(throws: HypervisorError.self, "\(what)") { try call() }
-                do { try call() } catch let e as HypervisorError { #expect(e.code == .errno(.notPermitted), "\(what): \(e)") }
+            let b = hosts.b
+            try await onThread {
+                let refusals: [(String, () throws -> Void)] = [
+                    ("export", { _ = try other.exportDomain(id) }),
+                    ("claim", { try other.claimSuspend(id) }),
+                    ("resume elsewhere", { try other.resumeElsewhere(id, socketPath: b, token: DomainToken(high: 1, low: 2)) }),
+                    ("cancel", { try other.cancelSuspend(id) }),
+                    ("park", { try other.parkSuspended(id) }),
+                    ("import", { _ = try other.importDomain(DomainID(40), frames: 64) }),
+                ]
+                for (what, call) in refusals {
+                    #expect(throws: HypervisorError.self, "\(what)") { try call() }
+                    do { try call() } catch let e as HypervisorError { #expect(e.code == .errno(.notPermitted), "\(what): \(e)") }
+                }
             }
             // dom0 restoring onto a taken id is refused clearly.
-            let dom0 = try RemoteHypervisor(socketPath: hosts.a, as: .dom0, onDaemonLost: ignoreLoss)
+            let dom0 = try await join(hosts.a, as: .dom0)
             defer { dom0.close() }
-            do {
-                _ = try dom0.importDomain(id, frames: 4096)
-                Issue.record("importing over a live domain succeeded")
-            } catch {
-                #expect(error.code == .errno(.fileExists), "\(error)")
+            await onThread {
+                do throws(HypervisorError) {
+                    _ = try dom0.importDomain(id, frames: 4096)
+                    Issue.record("importing over a live domain succeeded")
+                } catch {
+                    #expect(error.code == .errno(.fileExists), "\(error)")
+                }
             }
         }
     }

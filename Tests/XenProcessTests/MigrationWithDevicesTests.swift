@@ -87,11 +87,16 @@ extension ProcessTests {
         /// The host at `socket` holds nothing of the guest: only dom0, no grant mapping and
         /// no port (its backend let the devices go), no store home; its processes are the
         /// backend and this check (and a saved guest's process, parked in its suspend call).
+        /// The join and the report are round trips to that host's daemon (another process),
+        /// blocking: on a thread of their own, never the cooperative pool.
         static func leftNothing(_ socket: String, _ id: DomainID, processes: Int = 2) async -> Bool {
             await eventually(30) {
-                guard let hv = try? RemoteHypervisor(socketPath: socket, as: .dom0, onDaemonLost: ignoreLoss) else { return false }
-                defer { hv.close() }
-                guard let r = try? hv.report(), r.domains == [.dom0], r.mappings == 0, r.ports == 0, r.processes == processes else { return false }
+                let report = await onThread { () -> DaemonReport? in
+                    guard let hv = try? RemoteHypervisor(socketPath: socket, as: .dom0, onDaemonLost: ignoreLoss) else { return nil }
+                    defer { hv.close() }
+                    return try? hv.report()
+                }
+                guard let r = report, r.domains == [.dom0], r.mappings == 0, r.ports == 0, r.processes == processes else { return false }
                 guard let store = try? XenStoreClient(socketPath: socket + ".xenstore") else { return false }
                 defer { store.close() }
                 let home = try? await store.readIfPresent("/local/domain/\(id.rawValue)")
@@ -101,10 +106,22 @@ extension ProcessTests {
             }
         }
 
-        private func report(_ socket: String) -> String {
-            guard let hv = try? RemoteHypervisor(socketPath: socket, as: .dom0, onDaemonLost: ignoreLoss) else { return "no daemon" }
-            defer { hv.close() }
-            return (try? hv.report().description) ?? "no report"
+        /// The daemon's report, for a failure's message: on a thread of its own (round trips).
+        private func report(_ socket: String) async -> String {
+            await onThread {
+                guard let hv = try? RemoteHypervisor(socketPath: socket, as: .dom0, onDaemonLost: ignoreLoss) else { return "no daemon" }
+                defer { hv.close() }
+                return (try? hv.report().description) ?? "no report"
+            }
+        }
+
+        /// Expects `leftNothing`; a failure says what `label`'s daemon still holds, and `context`.
+        private func expectLeftNothing(_ socket: String, _ id: DomainID, processes: Int = 2, _ label: String,
+                                       _ context: @autoclosure () -> String, sourceLocation: SourceLocation = #_sourceLocation) async {
+            let left = await Self.leftNothing(socket, id, processes: processes)
+            let held = left ? "" : await report(socket)
+            let said = left ? "" : context()
+            #expect(left, "\(label): \(held); \(said)", sourceLocation: sourceLocation)
         }
 
         /// The image itself holds the pattern over the whole range.
@@ -129,7 +146,7 @@ extension ProcessTests {
             #expect(await guest.waitFor("first request answered"), "\(guest.output)")
             let there = Self.written(guest.output)
             #expect(there < Self.length, "migrated while it wrote: \(guest.output)")
-            #expect(await Self.leftNothing(hosts.a, id), "host a: \(report(hosts.a)); backend a: \(hosts.backendA.output)")
+            await expectLeftNothing(hosts.a, id, "host a", "backend a: \(hosts.backendA.output)")
             // It goes on writing through host b's backend.
             #expect(await eventually(60) { Self.written(guest.output) > there || guest.output.contains("wrote and flushed") },
                     "\(guest.output)")
@@ -138,7 +155,7 @@ extension ProcessTests {
             let (back, backOutput) = try await hosts.xenpv(["migrate", "\(id.rawValue)", "--to", hosts.a, "--connect", hosts.b])
             #expect(back == 0, "\(backOutput)")
             #expect(await eventually(30) { guest.output.components(separatedBy: "suspend: resumed").count == 3 }, "\(guest.output)")
-            #expect(await Self.leftNothing(hosts.b, id), "host b: \(report(hosts.b)); backend b: \(hosts.backendB.output)")
+            await expectLeftNothing(hosts.b, id, "host b", "backend b: \(hosts.backendB.output)")
 
             // No write failed or went missing: the guest reads every byte back, and the image holds them.
             #expect(await guest.waitForExit(seconds: 180) == 0, "\(guest.output)")
@@ -167,7 +184,7 @@ extension ProcessTests {
                         "\(guest.output)")
                 // Its memory checked after the resume (after the downtime's line).
                 #expect(await eventually(60) { guest.output.components(separatedBy: "equal=true").count == left + 1 }, "\(guest.output)")
-                #expect(await Self.leftNothing(from, id), "\(from): \(report(from)); guest: \(guest.output)")
+                await expectLeftNothing(from, id, from, "guest: \(guest.output)")
                 if left == 1 { #expect(Self.written(guest.output) < Self.length, "migrated while it wrote: \(guest.output)") }
             }
             #expect(await hosts.backendB.waitFor("vif\(id.rawValue).0"), "\(hosts.backendB.output)")
@@ -252,7 +269,7 @@ extension ProcessTests {
             #expect(status == 0, "\(output)")
             #expect(await guest.waitFor("suspend: resumed"), "\(guest.output)")
             #expect(!guest.output.contains("echoed 600/"), "migrated while it echoed: \(guest.output)")
-            #expect(await Self.leftNothing(hosts.a, id), "host a: \(report(hosts.a)); backend a: \(hosts.backendA.output)")
+            await expectLeftNothing(hosts.a, id, "host a", "backend a: \(hosts.backendA.output)")
             #expect(await guest.waitForExit(seconds: 180) == 0, "\(guest.output)")
             #expect(guest.output.contains("600 frames echoed intact"), "\(guest.output)")
             #expect(await hosts.backendB.waitFor("vif\(id.rawValue).0"), "\(hosts.backendB.output)")
@@ -267,7 +284,7 @@ extension ProcessTests {
 
             let (saved, saveOutput) = try await hosts.xenpv(["save", "\(id.rawValue)", file, "--connect", hosts.a])
             #expect(saved == 0, "\(saveOutput)")
-            #expect(await Self.leftNothing(hosts.a, id, processes: 3), "host a: \(report(hosts.a)); backend a: \(hosts.backendA.output)")
+            await expectLeftNothing(hosts.a, id, processes: 3, "host a", "backend a: \(hosts.backendA.output)")
             // Parked in its suspend call meanwhile: no write is acknowledged.
             let parked = Self.written(guest.output)
             try await Task.sleep(nanoseconds: 500_000_000)
