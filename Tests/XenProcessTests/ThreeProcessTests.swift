@@ -40,8 +40,11 @@ extension ProcessTests {
 
             // A guest killed mid-stream: the daemon destroys its domain and removes
             // its vif; the backend unmaps, unbinds and ends the vif's thread.
-            let dom0 = try RemoteHypervisor(socketPath: sock, as: .dom0, onDaemonLost: ignoreLoss)
+            // The join and each report are round trips to the daemon (another process),
+            // blocking: on a thread of their own, never the cooperative pool.
+            let dom0 = try await onThread { try RemoteHypervisor(socketPath: sock, as: .dom0, onDaemonLost: ignoreLoss) }
             defer { dom0.close() }
+            let report = { await onThread { try? dom0.report() } }
             #expect(await backend.waitFor("vifs: none"), "\(backend.output)")
             let idleThreads = threadCount(of: backend.pid)
             let doomed = try Child(["guest", "net-echo", "--connect", sock, "--count", "100000", "--interval-ms", "2", "--timeout", "50"],
@@ -49,12 +52,14 @@ extension ProcessTests {
             #expect(await doomed.waitFor("echoed 20/"), "\(doomed.output)")
             #expect(backend.output.contains("Connected"), "\(backend.output)")
             let busyThreads = threadCount(of: backend.pid)
-            #expect(try dom0.report().mappings > 0)
+            #expect(try await onThread { try dom0.report() }.mappings > 0)
             await doomed.kill()
-            #expect(await eventually(15) {
-                guard let r = try? dom0.report() else { return false }
+            let released = await eventually(15) {
+                guard let r = await report() else { return false }
                 return r.domains == [.dom0] && r.mappings == 0 && r.ports == 0
-            }, "\((try? dom0.report())?.description ?? "no report")")
+            }
+            let held = released ? "" : await report()?.description ?? "no report"
+            #expect(released, "\(held)")
             // The backend no longer maps anything of the dead guest: not its memory
             // (ring views, grant-copy view), not its grant table, not the channel page.
             let doomedID = doomed.output.split(separator: "joined as ").last?.prefix { $0 != "\n" } ?? "?"
