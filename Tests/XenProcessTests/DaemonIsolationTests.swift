@@ -38,15 +38,19 @@ extension ProcessTests {
         @Test func anUntrustedPeerIsNeitherDom0NorAToolstack() async throws {
             let f = try Fixture { $0.trusted.uids = [] }
             try await withCleanup {
-                for request in [DomainRequest.dom0, .backend, .newGuest(frames: 64)] {
-                    #expect(throws: HypervisorError.self) {
-                        _ = try RemoteHypervisor(socketPath: f.socket, as: request, onDaemonLost: ignoreLoss)
+                let (socket, daemon) = (f.socket, f.daemon)
+                // Every call to the daemon is a blocking round trip: on a thread of its own, never the pool.
+                try await onThread {
+                    for request in [DomainRequest.dom0, .backend, .newGuest(frames: 64)] {
+                        #expect(throws: HypervisorError.self) {
+                            _ = try RemoteHypervisor(socketPath: socket, as: request, onDaemonLost: ignoreLoss)
+                        }
                     }
+                    let fd = try rawConnection(socket)
+                    defer { close(fd) }
+                    #expect(call(fd, WireMessage([DaemonOp.join.rawValue, 0, 0]))?.error?.code == .errno(.notPermitted))
+                    #expect(daemon.report().domains == [.dom0])
                 }
-                let fd = try rawConnection(f.socket)
-                defer { close(fd) }
-                #expect(call(fd, WireMessage([DaemonOp.join.rawValue, 0, 0]))?.error?.code == .errno(.notPermitted))
-                #expect(f.daemon.report().domains == [.dom0])
             } cleanup: {
                 await f.stop()
             }
@@ -97,32 +101,43 @@ extension ProcessTests {
         @Test func aTokenJoinsItsDomainOnceAndAnUnclaimedDomainExpires() async throws {
             let f = try Fixture()
             try await withCleanup {
-                let dom0 = try RemoteHypervisor(socketPath: f.socket, as: .dom0, onDaemonLost: ignoreLoss)
-                defer { dom0.close() }
-                let (id, token) = try dom0.createDomain(frames: 64)
-                #expect(DomainToken(token.description) == token)
-                let guest = try RemoteHypervisor(socketPath: f.socket, as: .guest(token: token), onDaemonLost: ignoreLoss)
-                defer { guest.close() }
-                #expect(guest.domainID == id)
-                #expect(throws: HypervisorError.self) {
-                    _ = try RemoteHypervisor(socketPath: f.socket, as: .guest(token: token), onDaemonLost: ignoreLoss)
+                // Joins and creations are round trips to the daemon, blocking: on a thread of
+                // their own, never the cooperative pool.
+                let (socket, daemon) = (f.socket, f.daemon)
+                try await onThread {
+                    let dom0 = try RemoteHypervisor(socketPath: socket, as: .dom0, onDaemonLost: ignoreLoss)
+                    defer { dom0.close() }
+                    let (id, token) = try dom0.createDomain(frames: 64)
+                    #expect(DomainToken(token.description) == token)
+                    let guest = try RemoteHypervisor(socketPath: socket, as: .guest(token: token), onDaemonLost: ignoreLoss)
+                    defer { guest.close() }
+                    #expect(guest.domainID == id)
+                    #expect(throws: HypervisorError.self) {
+                        _ = try RemoteHypervisor(socketPath: socket, as: .guest(token: token), onDaemonLost: ignoreLoss)
+                    }
+                    #expect(throws: HypervisorError.self) {
+                        _ = try RemoteHypervisor(socketPath: socket, as: .guest(token: DomainToken(high: 1, low: 2)), onDaemonLost: ignoreLoss)
+                    }
+                    // A guest may not create domains.
+                    #expect(throws: HypervisorError.self) { _ = try guest.createDomain(frames: 64) }
+                    #expect(daemon.report().domains.contains(id))
                 }
-                #expect(throws: HypervisorError.self) {
-                    _ = try RemoteHypervisor(socketPath: f.socket, as: .guest(token: DomainToken(high: 1, low: 2)), onDaemonLost: ignoreLoss)
-                }
-                // A guest may not create domains.
-                #expect(throws: HypervisorError.self) { _ = try guest.createDomain(frames: 64) }
-                #expect(f.daemon.report().domains.contains(id))
 
                 // Nobody comes for this one in time: it is destroyed, store and all.
                 let brief = try Fixture { $0.pendingLifetime = 0 }
                 try await withCleanup {
-                    let briefDom0 = try RemoteHypervisor(socketPath: brief.socket, as: .dom0, onDaemonLost: ignoreLoss)
+                    let briefSocket = brief.socket
+                    let (briefDom0, unclaimed, late) = try await onThread { () throws -> (RemoteHypervisor, DomainID, DomainToken) in
+                        let briefDom0 = try RemoteHypervisor(socketPath: briefSocket, as: .dom0, onDaemonLost: ignoreLoss)
+                        let (unclaimed, late) = try briefDom0.createDomain(frames: 64)
+                        return (briefDom0, unclaimed, late)
+                    }
                     defer { briefDom0.close() }
-                    let (unclaimed, late) = try briefDom0.createDomain(frames: 64)
                     #expect(await eventually { brief.daemon.pendingDomains == 0 && !brief.daemon.report().domains.contains(unclaimed) })
-                    #expect(throws: HypervisorError.self) {
-                        _ = try RemoteHypervisor(socketPath: brief.socket, as: .guest(token: late), onDaemonLost: ignoreLoss)
+                    await onThread { () -> Void in
+                        #expect(throws: HypervisorError.self) {
+                            _ = try RemoteHypervisor(socketPath: briefSocket, as: .guest(token: late), onDaemonLost: ignoreLoss)
+                        }
                     }
                 } cleanup: {
                     await brief.stop()
@@ -138,9 +153,13 @@ extension ProcessTests {
         @Test func aGuestsBackendKeyCannotMakeTheDaemonRemoveOthersNodes() async throws {
             let f = try Fixture()
             try await withCleanup {
-                let honest = try RemoteHypervisor(socketPath: f.socket, as: .newGuest(frames: 64, devices: [.vbd]), onDaemonLost: ignoreLoss)
+                // The joins are round trips to the daemon, blocking: on a thread of their own.
+                let socket = f.socket
+                let (honest, hostile) = try await onThread {
+                    (try RemoteHypervisor(socketPath: socket, as: .newGuest(frames: 64, devices: [.vbd]), onDaemonLost: ignoreLoss),
+                     try RemoteHypervisor(socketPath: socket, as: .newGuest(frames: 64, devices: [.vbd]), onDaemonLost: ignoreLoss))
+                }
                 defer { honest.close() }
-                let hostile = try RemoteHypervisor(socketPath: f.socket, as: .newGuest(frames: 64, devices: [.vbd]), onDaemonLost: ignoreLoss)
                 let hostileID = hostile.domainID
                 try await hostile.store.write("device/vbd/51712/backend", "/local")
                 try await hostile.store.write("device/x/0/backend", "/local")
@@ -170,23 +189,27 @@ extension ProcessTests {
                 $0.maxMappingsPerGuest = 4
             }
             try await withCleanup {
-                let greedy = try RemoteHypervisor(socketPath: f.socket, as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
-                defer { greedy.close() }
-                let events = try greedy.openEventChannels()
-                for _ in 0..<8 { _ = try events.bindUnbound(remote: .dom0) }
-                #expect(failure { _ = try events.bindUnbound(remote: .dom0) } == .errno(.noSpace))
+                let socket = f.socket
+                // Every call to the daemon is a blocking round trip: on a thread of its own, never the pool.
+                try await onThread {
+                    let greedy = try RemoteHypervisor(socketPath: socket, as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
+                    defer { greedy.close() }
+                    let events = try greedy.openEventChannels()
+                    for _ in 0..<8 { _ = try events.bindUnbound(remote: .dom0) }
+                    #expect(failure { _ = try events.bindUnbound(remote: .dom0) } == .errno(.noSpace))
 
-                let granter = try RemoteHypervisor(socketPath: f.socket, as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
-                defer { granter.close() }
-                let shared = try granter.openGrantSharer().sharePages(count: 1, with: greedy.domainID, writable: false)
-                let mapper = try greedy.openGrantMapper()
-                for _ in 0..<4 { _ = try mapper.map(shared.refs[0], from: granter.domainID, writable: false) }
-                #expect(failure { _ = try mapper.map(shared.refs[0], from: granter.domainID, writable: false) } == .errno(.noSpace))
-                // dom0 is not a guest: its backends bind a port per device queue.
-                let dom0 = try RemoteHypervisor(socketPath: f.socket, as: .dom0, onDaemonLost: ignoreLoss)
-                defer { dom0.close() }
-                let dom0Events = try dom0.openEventChannels()
-                for _ in 0..<10 { _ = try dom0Events.bindUnbound(remote: granter.domainID) }
+                    let granter = try RemoteHypervisor(socketPath: socket, as: .newGuest(frames: 64), onDaemonLost: ignoreLoss)
+                    defer { granter.close() }
+                    let shared = try granter.openGrantSharer().sharePages(count: 1, with: greedy.domainID, writable: false)
+                    let mapper = try greedy.openGrantMapper()
+                    for _ in 0..<4 { _ = try mapper.map(shared.refs[0], from: granter.domainID, writable: false) }
+                    #expect(failure { _ = try mapper.map(shared.refs[0], from: granter.domainID, writable: false) } == .errno(.noSpace))
+                    // dom0 is not a guest: its backends bind a port per device queue.
+                    let dom0 = try RemoteHypervisor(socketPath: socket, as: .dom0, onDaemonLost: ignoreLoss)
+                    defer { dom0.close() }
+                    let dom0Events = try dom0.openEventChannels()
+                    for _ in 0..<10 { _ = try dom0Events.bindUnbound(remote: granter.domainID) }
+                }
             } cleanup: {
                 await f.stop()
             }
@@ -241,8 +264,12 @@ extension ProcessTests {
                 #expect(await eventually { capped.daemon.report().processes == 4 })
                 let extra = try rawConnection(capped.socket)
                 defer { close(extra) }
-                #expect(call(extra, WireMessage([999])) == nil, "the fifth connection of one user is closed")
-                #expect(call(mine[0], WireMessage([999]))?.error?.code == .errno(.invalidArgument))
+                // Round trips to the daemon, blocking: on a thread of their own, never the pool.
+                let first = mine[0]
+                await onThread {
+                    #expect(call(extra, WireMessage([999])) == nil, "the fifth connection of one user is closed")
+                    #expect(call(first, WireMessage([999]))?.error?.code == .errno(.invalidArgument))
+                }
             } cleanup: {
                 await capped.stop()
             }
@@ -251,17 +278,21 @@ extension ProcessTests {
         @Test func oneBackendProcessAtATime() async throws {
             let f = try Fixture()
             try await withCleanup {
-                let first = try RemoteHypervisor(socketPath: f.socket, as: .backend, onDaemonLost: ignoreLoss)
-                #expect(failure { _ = try RemoteHypervisor(socketPath: f.socket, as: .backend, onDaemonLost: ignoreLoss) }
-                        == .errno(.resourceBusy))
-                // Tools still join as dom0 beside it.
-                let tool = try RemoteHypervisor(socketPath: f.socket, as: .dom0, onDaemonLost: ignoreLoss)
-                tool.close()
-                // A backend that went away makes room at once, even before the daemon
-                // has seen its socket close (a restarted backend must not be refused).
-                first.close()
-                let second = try RemoteHypervisor(socketPath: f.socket, as: .backend, onDaemonLost: ignoreLoss)
-                second.close()
+                let socket = f.socket
+                // Every call to the daemon is a blocking round trip: on a thread of its own, never the pool.
+                try await onThread {
+                    let first = try RemoteHypervisor(socketPath: socket, as: .backend, onDaemonLost: ignoreLoss)
+                    #expect(failure { _ = try RemoteHypervisor(socketPath: socket, as: .backend, onDaemonLost: ignoreLoss) }
+                            == .errno(.resourceBusy))
+                    // Tools still join as dom0 beside it.
+                    let tool = try RemoteHypervisor(socketPath: socket, as: .dom0, onDaemonLost: ignoreLoss)
+                    tool.close()
+                    // A backend that went away makes room at once, even before the daemon
+                    // has seen its socket close (a restarted backend must not be refused).
+                    first.close()
+                    let second = try RemoteHypervisor(socketPath: socket, as: .backend, onDaemonLost: ignoreLoss)
+                    second.close()
+                }
             } cleanup: {
                 await f.stop()
             }
@@ -322,7 +353,9 @@ extension ProcessTests {
             // Let the back-off run a while (the kernel keeps queued connects in the backlog).
             try await Task.sleep(nanoseconds: 500_000_000)
             for fd in fds { close(fd) }
-            let dom0 = try RemoteHypervisor(socketPath: sock, as: .dom0, onDaemonLost: ignoreLoss)
+            // The join waits for a daemon (another process) that may still pause its accepts:
+            // on a thread of its own, never the cooperative pool.
+            let dom0 = try await onThread { try RemoteHypervisor(socketPath: sock, as: .dom0, onDaemonLost: ignoreLoss) }
             dom0.close()
             let lines = hv.output.components(separatedBy: "pausing accepts").count - 1
             let allowed = 1 + Int(Date().timeIntervalSince(started) / 10)
