@@ -37,7 +37,9 @@ struct ToolstackLibraryTests {
     @Test func theLayoutIsLibxlsAndTheGuestCannotChangeWhatIsDom0s() async throws {
         let f = try DaemonFixture()
         try await withCleanup {
-            let toolstack = try Toolstack(socketPath: f.socket)
+            // Joins are round trips to the daemon, blocking: on a thread of their own, never the pool.
+            let socket = f.socket
+            let toolstack = try await onThread { try Toolstack(socketPath: socket) }
             defer { toolstack.close() }
             let config = try Self.config(f.dir, name: "layout")
             let created = try await toolstack.create(config)
@@ -86,7 +88,8 @@ struct ToolstackLibraryTests {
             #expect(try await store.read(home + "/device/vif/0/mac") == "00:16:3e:01:02:03")
 
             // The guest joins with its token; what is dom0's it reads and cannot write.
-            let guest = try RemoteHypervisor(socketPath: f.socket, as: .guest(token: created.token), onDaemonLost: ignoreLoss)
+            let token = created.token
+            let guest = try await onThread { try RemoteHypervisor(socketPath: socket, as: .guest(token: token), onDaemonLost: ignoreLoss) }
             #expect(guest.domainID == id)
             #expect(try await guest.store.read(a + "/params") == config.disks[0].target)
             for path in [a + "/params", a + "/mode", home + "/name", home + "/vm", home + "/memory/target", vm + "/name"] {
@@ -118,10 +121,13 @@ struct ToolstackLibraryTests {
     @Test func theGuestAcknowledgesRequestsAndIgnoresGarbage() async throws {
         let f = try DaemonFixture()
         try await withCleanup {
-            let toolstack = try Toolstack(socketPath: f.socket)
+            // Joins are round trips to the daemon, blocking: on a thread of their own, never the pool.
+            let socket = f.socket
+            let toolstack = try await onThread { try Toolstack(socketPath: socket) }
             defer { toolstack.close() }
             let created = try await toolstack.create(try DomainConfig(parsing: "name = \"ctl\"\nkernel = \"/bin/true\"\nmemory = 16", fileName: "ctl.cfg"))
-            let guest = try RemoteHypervisor(socketPath: f.socket, as: .guest(token: created.token), onDaemonLost: ignoreLoss)
+            let token = created.token
+            let guest = try await onThread { try RemoteHypervisor(socketPath: socket, as: .guest(token: token), onDaemonLost: ignoreLoss) }
             defer { guest.close() }
             let key = "/local/domain/\(created.id.rawValue)/control/shutdown"
             let requests = try await GuestControl(store: guest.store, domain: guest.domainID).requests()
@@ -145,7 +151,9 @@ struct ToolstackLibraryTests {
     @Test func destroyRemovesADomainWhoseProgramNeverCame() async throws {
         let f = try DaemonFixture()
         try await withCleanup {
-            let toolstack = try Toolstack(socketPath: f.socket)
+            // Joins are round trips to the daemon, blocking: on a thread of their own, never the pool.
+            let socket = f.socket
+            let toolstack = try await onThread { try Toolstack(socketPath: socket) }
             defer { toolstack.close() }
             let created = try await toolstack.create(try Self.config(f.dir, name: "never"))
             #expect(f.daemon.report().domains.contains(created.id))

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 import XenABI
 import XenSimulatorDaemon
@@ -22,7 +23,8 @@ extension ProcessTests {
             await #expect(throws: XenStoreError.self, "a guest cannot change its own id") {
                 try await guest.store.write("domid", "0")
             }
-            _ = try guest.openEventChannels().bindUnbound(remote: .dom0)
+            // Round trips to the daemon, blocking: on a thread of their own, never the pool.
+            _ = try await onThread { try guest.openEventChannels().bindUnbound(remote: .dom0) }
         }
 
         @Test func joinsThatCannotHappenSayWhy() async throws {
