@@ -38,7 +38,9 @@ extension ProcessTests {
             let guest = try Child(["guest", "disk", "serve", "--connect", sock, "--nbd", "unix:" + nbd], name: "guest")
             defer { guest.sendKill() }
             #expect(await guest.waitFor("serving xvda on unix:\(nbd)"), "\(guest.output)")
-            #expect(guest.output.contains("nbd+unix:///?socket=\(nbd)"), "\(guest.output)")
+            // The logger's "nbd: serving" notice can come before the command's own line, which
+            // names the URI: wait for that line too, not only look.
+            #expect(await guest.waitFor("nbd+unix:///?socket=\(nbd)"), "\(guest.output)")
 
             let uri = "nbd+unix:///?socket=\(nbd)"
             let info = try Child(["--json", uri], name: "nbdinfo", executable: "/usr/bin/nbdinfo")
