@@ -107,32 +107,26 @@ extension ProcessTests {
         /// A read-and-clear answers a few dirty words in its reply and many through a
         /// memfd: the frames come back alike either way.
         @Test func fewAndManyDirtyFramesComeBackAlike() async throws {
-            let f = try DaemonFixture()
-            try await withCleanup {
-                let socket = f.socket
-                // Every call to the daemon is a blocking round trip: on a thread of its own, never the pool.
-                try await onThread {
-                    let dom0 = try RemoteHypervisor(socketPath: socket, as: .dom0, onDaemonLost: ignoreLoss)
-                    defer { dom0.close() }
-                    let guest = try RemoteHypervisor(socketPath: socket, as: .newGuest(frames: 32768), onDaemonLost: ignoreLoss)
-                    defer { guest.close() }
-                    let pages = try guest.pageAllocator.allocatePages(30000)
-                    let first = pages.first.rawValue
-                    try dom0.startDirtyLog(guest.domainID)
-                    _ = try dom0.readAndClearDirty(guest.domainID)
-                    // Every 64th page: one frame in each of ~469 words, past what a reply carries.
-                    let many = Array(stride(from: 0, to: pages.memory.count, by: 64))
-                    for i in many { pages.memory.page(i).storeBytes(of: 1, as: UInt8.self) }
-                    #expect(many.count > HypervisorDaemon.inlineWords)
-                    #expect(try dom0.readAndClearDirty(guest.domainID).frames.map(\.rawValue) == many.map { first + UInt64($0) })
-                    let few = [3, 4, 700, 29_999]
-                    for i in few { pages.memory.page(i).storeBytes(of: 2, as: UInt8.self) }
-                    #expect(try dom0.readAndClearDirty(guest.domainID).frames.map(\.rawValue) == few.map { first + UInt64($0) })
-                    #expect(try dom0.readAndClearDirty(guest.domainID).isEmpty)
-                    try dom0.stopDirtyLog(guest.domainID)
-                }
-            } cleanup: {
-                await f.stop()
+            // Every call to the daemon is a blocking round trip: on a thread of its own, never the pool.
+            try await DaemonFixture.withDaemon { socket in
+                let dom0 = try RemoteHypervisor(socketPath: socket, as: .dom0, onDaemonLost: ignoreLoss)
+                defer { dom0.close() }
+                let guest = try RemoteHypervisor(socketPath: socket, as: .newGuest(frames: 32768), onDaemonLost: ignoreLoss)
+                defer { guest.close() }
+                let pages = try guest.pageAllocator.allocatePages(30000)
+                let first = pages.first.rawValue
+                try dom0.startDirtyLog(guest.domainID)
+                _ = try dom0.readAndClearDirty(guest.domainID)
+                // Every 64th page: one frame in each of ~469 words, past what a reply carries.
+                let many = Array(stride(from: 0, to: pages.memory.count, by: 64))
+                for i in many { pages.memory.page(i).storeBytes(of: 1, as: UInt8.self) }
+                #expect(many.count > HypervisorDaemon.inlineWords)
+                #expect(try dom0.readAndClearDirty(guest.domainID).frames.map(\.rawValue) == many.map { first + UInt64($0) })
+                let few = [3, 4, 700, 29_999]
+                for i in few { pages.memory.page(i).storeBytes(of: 2, as: UInt8.self) }
+                #expect(try dom0.readAndClearDirty(guest.domainID).frames.map(\.rawValue) == few.map { first + UInt64($0) })
+                #expect(try dom0.readAndClearDirty(guest.domainID).isEmpty)
+                try dom0.stopDirtyLog(guest.domainID)
             }
         }
 
@@ -210,36 +204,30 @@ extension ProcessTests {
         }
 
         @Test func onlyDom0LogsAndOnlyATrackedGuestCanBeLogged() async throws {
-            let f = try DaemonFixture()
-            try await withCleanup {
-                let socket = f.socket
-                // Every call to the daemon is a blocking round trip: on a thread of its own, never the pool.
-                try await onThread {
-                    let dom0 = try RemoteHypervisor(socketPath: socket, as: .dom0, onDaemonLost: ignoreLoss)
-                    defer { dom0.close() }
-                    // A guest that joins by hand hands over no write tracking: it cannot be logged.
-                    let raw = try rawConnection(socket)
-                    defer { close(raw) }
-                    let joined = try call(raw, WireMessage([DaemonOp.join.rawValue, 1, 16, 0]))
-                    try #require(joined.error == nil)
-                    for fd in joined.fds { close(fd) }
-                    let untracked = DomainID(UInt16(joined.words[1]))
-                    #expect(hypervisorCode { try dom0.startDirtyLog(untracked) } == .errno(.notSupported))
-                    #expect(hypervisorCode { try dom0.startDirtyLog(DomainID(999)) } == .errno(.noSuchProcess))
-                    // A guest may neither log another domain nor itself, nor hand over ranges beyond its frames.
-                    let guest = try RemoteHypervisor(socketPath: socket, as: .newGuest(frames: 16), onDaemonLost: ignoreLoss)
-                    defer { guest.close() }
-                    #expect(hypervisorCode { try guest.startDirtyLog(guest.domainID) } == .errno(.notPermitted))
-                    let far = try call(raw, WireMessage([DaemonOp.trackWrites.rawValue, 0x1000_0000, 1 << 40, 1]))
-                    #expect(far.error?.code == .errno(.invalidArgument))
-                    let noTracker = try call(raw, WireMessage([DaemonOp.trackWrites.rawValue, 0x1000_0000, 0, 1]))
-                    #expect(noTracker.error?.code == .errno(.invalidArgument))
-                    // Reading or stopping a log that is off is an error, not a trap.
-                    #expect(hypervisorCode { _ = try dom0.readAndClearDirty(guest.domainID) } == .errno(.invalidArgument))
-                    #expect(hypervisorCode { try dom0.stopDirtyLog(guest.domainID) } == .errno(.invalidArgument))
-                }
-            } cleanup: {
-                await f.stop()
+            // Every call to the daemon is a blocking round trip: on a thread of its own, never the pool.
+            try await DaemonFixture.withDaemon { socket in
+                let dom0 = try RemoteHypervisor(socketPath: socket, as: .dom0, onDaemonLost: ignoreLoss)
+                defer { dom0.close() }
+                // A guest that joins by hand hands over no write tracking: it cannot be logged.
+                let raw = try rawConnection(socket)
+                defer { close(raw) }
+                let joined = try call(raw, WireMessage([DaemonOp.join.rawValue, 1, 16, 0]))
+                try #require(joined.error == nil)
+                for fd in joined.fds { close(fd) }
+                let untracked = DomainID(UInt16(joined.words[1]))
+                #expect(hypervisorCode { try dom0.startDirtyLog(untracked) } == .errno(.notSupported))
+                #expect(hypervisorCode { try dom0.startDirtyLog(DomainID(999)) } == .errno(.noSuchProcess))
+                // A guest may neither log another domain nor itself, nor hand over ranges beyond its frames.
+                let guest = try RemoteHypervisor(socketPath: socket, as: .newGuest(frames: 16), onDaemonLost: ignoreLoss)
+                defer { guest.close() }
+                #expect(hypervisorCode { try guest.startDirtyLog(guest.domainID) } == .errno(.notPermitted))
+                let far = try call(raw, WireMessage([DaemonOp.trackWrites.rawValue, 0x1000_0000, 1 << 40, 1]))
+                #expect(far.error?.code == .errno(.invalidArgument))
+                let noTracker = try call(raw, WireMessage([DaemonOp.trackWrites.rawValue, 0x1000_0000, 0, 1]))
+                #expect(noTracker.error?.code == .errno(.invalidArgument))
+                // Reading or stopping a log that is off is an error, not a trap.
+                #expect(hypervisorCode { _ = try dom0.readAndClearDirty(guest.domainID) } == .errno(.invalidArgument))
+                #expect(hypervisorCode { try dom0.stopDirtyLog(guest.domainID) } == .errno(.invalidArgument))
             }
         }
 

@@ -168,6 +168,15 @@ final class DaemonFixture {
         return ended
     }
 
+    /// Runs `body` with a fresh daemon's socket on a thread of its own (every call to the
+    /// daemon is a blocking round trip, never made on the pool), then stops the daemon,
+    /// whether or not `body` threw.
+    static func withDaemon<T: Sendable>(_ body: @escaping @Sendable (_ socket: String) throws -> T) async throws -> T {
+        let f = try DaemonFixture()
+        let socket = f.socket
+        return try await withCleanup { try await onThread { try body(socket) } } cleanup: { await f.stop() }
+    }
+
     /// The last resort of a test that did not reach `stop()`: asks the daemon to stop and
     /// waits for nothing (a deinit may run on a pool thread), as `Child.sendKill` does.
     deinit {
