@@ -12,6 +12,10 @@ public final class BlockingGate: @unchecked Sendable {
 
     public init() {}
 
+    /// As many callers as the cooperative pool has threads (at least two): enough to hold
+    /// every thread of the pool if the calls they make ran on it.
+    public static var poolThreads: Int { max(2, ProcessInfo.processInfo.activeProcessorCount) }
+
     /// Callers that reached the gate so far.
     public var waiting: Int { condition.withLock { count } }
     /// Whether a caller gave up waiting.

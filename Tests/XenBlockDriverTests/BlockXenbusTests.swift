@@ -80,6 +80,18 @@ final class XenbusBlockWorld: @unchecked Sendable {
         return driver.frontend.info != nil
     }
 
+    /// As many disks as the pool has threads (their frontends on `hypervisor`) reach `gate`;
+    /// the test, still running, opens it; each disk then connects, and none waited for the
+    /// gate to give up.
+    func connectWhileHeld(by gate: BlockingGate, hypervisor: (any Hypervisor)? = nil) async throws {
+        var drivers: [BlockFrontendDriver] = []
+        for i in 0..<BlockingGate.poolThreads { drivers.append(try await addDisk(id: 51712 + 16 * UInt32(i), hypervisor: hypervisor)) }
+        #expect(await eventually { gate.waiting >= BlockingGate.poolThreads })
+        gate.open()
+        for d in drivers { #expect(await connected(d)) }
+        #expect(!gate.timedOut, "the blocking calls held the pool until their gate gave up")
+    }
+
     func teardown() async throws -> Leftovers {
         for f in frontends { f.endpoint.requestClose() }
         await backend.shutdown()
@@ -213,14 +225,7 @@ struct BlockXenbusTests {
     @Test func preparesThatBlockHoldNoThreadOfThePool() async throws {
         let gate = BlockingGate()
         let world = try await XenbusBlockWorld()
-        let hypervisor = GatedHypervisor(world.guest, gate: gate)
-        let count = max(2, ProcessInfo.processInfo.activeProcessorCount)
-        var drivers: [BlockFrontendDriver] = []
-        for i in 0..<count { drivers.append(try await world.addDisk(id: 51712 + 16 * UInt32(i), hypervisor: hypervisor)) }
-        #expect(await eventually { gate.waiting >= count })
-        gate.open()
-        for d in drivers { #expect(await world.connected(d)) }
-        #expect(!gate.timedOut, "the prepares held the pool until their gate gave up")
+        try await world.connectWhileHeld(by: gate, hypervisor: GatedHypervisor(world.guest, gate: gate))
         #expect(try await world.teardown().isEmpty)
     }
 
@@ -292,13 +297,7 @@ struct BlockXenbusTests {
     @Test func connectsThatBlockHoldNoThreadOfThePool() async throws {
         let gate = BlockingGate()
         let world = try await XenbusBlockWorld(engineOpened: { gate.pass() })
-        let count = max(2, ProcessInfo.processInfo.activeProcessorCount)
-        var drivers: [BlockFrontendDriver] = []
-        for i in 0..<count { drivers.append(try await world.addDisk(id: 51712 + 16 * UInt32(i))) }
-        #expect(await eventually { gate.waiting == count })
-        gate.open()
-        for d in drivers { #expect(await world.connected(d)) }
-        #expect(!gate.timedOut, "the connects held the pool until their gate gave up")
+        try await world.connectWhileHeld(by: gate)
         #expect(try await world.teardown().isEmpty)
     }
 }

@@ -147,34 +147,30 @@ struct NetHandshakeTests {
     /// connect, and this test must run meanwhile to let them go (blkback's: BlockXenbusTests).
     @Test func connectsThatBlockHoldNoThreadOfThePool() async throws {
         let gate = BlockingGate()
-        let count = max(2, ProcessInfo.processInfo.activeProcessorCount)
-        var worlds: [NetStoreWorld] = []
-        for _ in 0..<count {
-            worlds.append(try await NetStoreWorld(attach: { _, _ in { @Sendable _, _ in GatedAttachment(gate) } }))
+        try await connectWhileHeld(by: gate) {
+            try await NetStoreWorld(attach: { _, _ in { @Sendable _, _ in GatedAttachment(gate) } })
         }
-        #expect(await eventually { gate.waiting == count })
-        gate.open()
-        for w in worlds {
-            #expect(await w.bothConnected())
-            try await w.close()
-        }
-        #expect(!gate.timedOut, "the connects held the pool until their gate gave up")
     }
 
     /// netfront's prepare shares pages and allocates ports (blocking calls) off the pool too:
     /// as many vifs as the pool has threads prepare while their port allocation is held.
     @Test func preparesThatBlockHoldNoThreadOfThePool() async throws {
         let gate = BlockingGate()
-        let count = max(2, ProcessInfo.processInfo.activeProcessorCount)
+        try await connectWhileHeld(by: gate) { try await NetStoreWorld(frontendHypervisor: { GatedHypervisor($0, gate: gate) }) }
+    }
+
+    /// As many vifs as the pool has threads, made by `world`, reach `gate`; this test, still
+    /// running, opens it; each vif then connects, and none waited for the gate to give up.
+    private func connectWhileHeld(by gate: BlockingGate, _ world: () async throws -> NetStoreWorld) async throws {
         var worlds: [NetStoreWorld] = []
-        for _ in 0..<count { worlds.append(try await NetStoreWorld(frontendHypervisor: { GatedHypervisor($0, gate: gate) })) }
-        #expect(await eventually { gate.waiting >= count })
+        for _ in 0..<BlockingGate.poolThreads { worlds.append(try await world()) }
+        #expect(await eventually { gate.waiting >= BlockingGate.poolThreads })
         gate.open()
         for w in worlds {
             #expect(await w.bothConnected())
             try await w.close()
         }
-        #expect(!gate.timedOut, "the prepares held the pool until their gate gave up")
+        #expect(!gate.timedOut, "the blocking calls held the pool until their gate gave up")
     }
 
     @Test func toolstackCreatesAVifAndBothEndsConnect() async throws {
