@@ -38,22 +38,11 @@ struct FaultInjectionTests {
         }
     }
 
-    @Test func nthOnLibaio() async throws {
+    @Test(arguments: FileEngine.allCases) func nthOnAFileEngine(_ engine: FileEngine) async throws {
         // Driver.run polls the completion descriptor: on a thread of its own.
         try await onThread {
             let image = try TemporaryImage(bytes: 64 * 1024)
-            let s = try LibaioStorage(path: image.filePath, queueDepth: 16)
-            defer { s.close() }
-            let bytes = try onlyTheChosenOperationFails(s)
-            for i in 0..<8 { #expect(bytes[i * 4096] == (i == 4 ? 0 : UInt8(i + 1))) }
-        }
-    }
-
-    @Test func nthOnIoUring() async throws {
-        // Driver.run polls the completion descriptor: on a thread of its own.
-        try await onThread {
-            let image = try TemporaryImage(bytes: 64 * 1024)
-            let s = try UringStorage(path: image.filePath, queueDepth: 16)
+            let s = try engine.open(image.filePath, queueDepth: 16)
             defer { s.close() }
             let bytes = try onlyTheChosenOperationFails(s)
             for i in 0..<8 { #expect(bytes[i * 4096] == (i == 4 ? 0 : UInt8(i + 1))) }
