@@ -213,7 +213,7 @@ let package = Package(
             name: "XenBlockFront",
             dependencies: [
                 "XenDriverRuntime", "XenBlockProtocol", "XenRing", "XenHypervisor", "XenABI", "CXen", "XenBus", "XenStore",
-                "XenLocks", atomics, deque, logging,
+                "XenLocks", "XenSockets", atomics, deque, logging,
             ],
             path: drivers + "XenBlockFront"),
         // A block device (a guest's blkfront, or memory) served as an NBD export.

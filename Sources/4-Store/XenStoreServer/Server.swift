@@ -156,7 +156,7 @@ public final class XenStoreServer: @unchecked Sendable {
         let epoll: Epoll
         do { epoll = try Epoll() } catch {
             close(wakeRead); close(wakeWrite)
-            throw error
+            throw XenStoreError(.system, "epoll_create1: \(error)")
         }
         self.epoll = epoll
         for (path, domain) in listenersWanted {
