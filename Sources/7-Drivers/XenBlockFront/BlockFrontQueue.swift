@@ -151,6 +151,8 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
     private let waker = Waker()
     private let doorbell: Doorbell
     private let executor: BlockFrontExecutor
+    /// Inputs this thread serves (the device's first queue only).
+    private let inputs: BlockFrontInputs?
     /// Jobs of tasks that prefer this thread; `stopped` once it no longer runs them.
     private let jobs = Locked<(items: [UnownedJob], stopped: Bool)>(([], false))
     /// Jobs waiting, readable without the lock (a spinning thread's hint only, relaxed).
@@ -177,7 +179,7 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
 
     /// `maxIndirectSegments`: what the backend advertised (0 or at most 11: direct only).
     init(resources: BlockFrontQueueResources, work: WorkQueue, maxIndirectSegments: Int,
-         counters: BlockFrontCounters, executor: BlockFrontExecutor) throws(RingError) {
+         counters: BlockFrontCounters, executor: BlockFrontExecutor, inputs: BlockFrontInputs? = nil) throws(RingError) {
         ring = try FrontRing(attachingTo: resources.ring.memory, at: RingIndex(0))
         self.resources = resources
         self.work = work
@@ -199,6 +201,7 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
         runtime = DriverRuntime(sleeps: counters.sleeps)
         doorbell = Doorbell(events: resources.events, port: resources.port, notifies: counters.notifies)
         self.executor = executor
+        self.inputs = inputs
         jobs.withLock { $0.items.reserveCapacity(size) }
         running.reserveCapacity(size)
     }
@@ -214,7 +217,7 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
     func start() {
         work.register(waker)
         runtime.start(name: "blkfront \(resources.port.rawValue)", service: self, events: resources.events,
-                      extraDescriptors: [waker.doorbell.descriptor])
+                      extraDescriptors: [waker.doorbell.descriptor] + (inputs.map { [$0.descriptor] } ?? []))
     }
 
     /// Stops the thread and waits until it has exited; returns the work that had no
@@ -374,11 +377,17 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
         // After taking the ring: a lent thread working it has finished before the pause is seen.
         notePause()
         // Paused, the ring is left as it is (a suspended guest runs no driver): only the
-        // jobs of tasks preferring this thread run, and their requests wait.
-        if paused { return runJobs() }
-        // Responses resume jobs here, whose requests go out with the rest in one push.
+        // jobs of tasks preferring this thread run, and their requests wait; so do the
+        // inputs' (an input left readable would turn the thread's sleep into a spin).
+        if paused {
+            let took = inputs?.serve() ?? false
+            return runJobs() || took
+        }
+        // Responses resume jobs here, whose requests go out with the rest and the inputs'
+        // in one push.
         var worked = try collectResponses()
         worked = runJobs() || worked
+        worked = (inputs?.serve() ?? false) || worked
         return try issue() || worked
     }
 
@@ -402,9 +411,9 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
 
     func workArrived() throws -> Bool {
         if pauseWanted.load(ordering: .relaxed) != paused { return true }
-        if paused { return jobCount.load(ordering: .relaxed) > 0 }
+        if paused { return jobCount.load(ordering: .relaxed) > 0 || inputs?.anyReady == true }
         if ring.outstandingRequests > 0, try ring.checkForResponses() > 0 { return true }
-        return (canIssue && work.mayHaveWork) || jobCount.load(ordering: .relaxed) > 0
+        return (canIssue && work.mayHaveWork) || jobCount.load(ordering: .relaxed) > 0 || inputs?.anyReady == true
     }
 
     func prepareToSleep(_ poll: PollSet) throws -> Bool {

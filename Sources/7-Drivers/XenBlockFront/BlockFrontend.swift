@@ -18,6 +18,8 @@ public final class BlockFrontend: Sendable {
     /// (see ``BlockFrontExecutor``). Any task may call the device from anywhere.
     public let executor = BlockFrontExecutor()
     private let work = WorkQueue()
+    /// Inputs the first queue thread serves (nil: none can be, see ``serveInput(_:descriptor:)``).
+    private let inputs = BlockFrontInputs()
     private let state = Locked<State>(State())
     /// Per-queue counters of the current connection.
     public var counters: [BlockFrontCounters] { state.withLock { $0.queues.map(\.counters) } }
@@ -50,10 +52,10 @@ public final class BlockFrontend: Sendable {
     /// Starts one queue per resource set on a connected backend.
     public func attach(_ resources: [BlockFrontQueueResources], info: BlockDeviceInfo) throws(RingError) {
         var started: [(BlockFrontQueue, BlockFrontCounters)] = []
-        for r in resources {
+        for (i, r) in resources.enumerated() {
             let counters = BlockFrontCounters()
             started.append((try BlockFrontQueue(resources: r, work: work, maxIndirectSegments: info.maxIndirectSegments,
-                                                counters: counters, executor: executor), counters))
+                                                counters: counters, executor: executor, inputs: i == 0 ? inputs : nil), counters))
         }
         state.withLock { s in
             s.info = info
@@ -121,7 +123,35 @@ public final class BlockFrontend: Sendable {
             $0.closedBy = error
         }
         for item in work.drain() { item.io.fail(error) }
+        inputs?.handBack()
     }
+
+    // MARK: inputs served by the queue thread
+
+    /// Has the first queue's thread call `input`'s ``BlockFrontInput/takeInput()`` whenever
+    /// `descriptor` is readable, from now on and across reconnections (between two
+    /// connections the input waits), until ``removeInput(descriptor:)`` or the device
+    /// closes. False if the device cannot (it closed, or had no epoll set): the caller
+    /// reads its input on a thread of its own.
+    public func serveInput(_ input: any BlockFrontInput, descriptor: Int32) -> Bool {
+        guard let inputs else { return false }
+        // Under the lock, so fail() either refuses it or hands it back.
+        return state.withLock { s in
+            guard !s.closed else { return false }
+            inputs.add(input, descriptor: descriptor)
+            return true
+        }
+    }
+
+    /// Stops calling the input until ``resumeInput(descriptor:)`` (its owner has no room
+    /// for more requests), even if its descriptor is readable or at its end.
+    public func pauseInput(descriptor: Int32) { inputs?.pause(descriptor: descriptor) }
+
+    /// Calls the input again whenever its descriptor is readable.
+    public func resumeInput(descriptor: Int32) { inputs?.resume(descriptor: descriptor) }
+
+    /// Forgets the input; a ``BlockFrontInput/takeInput()`` already running may finish.
+    public func removeInput(descriptor: Int32) { inputs?.remove(descriptor: descriptor) }
 
     // MARK: I/O
 
