@@ -24,10 +24,44 @@ struct ExportInputTests {
         }
     }
 
-    private func read(_ input: inout ExportInput, _ count: Int) -> [UInt8]? {
+    /// `count` bytes, waiting in `poll` whenever the input says it waits (as the export's
+    /// reader does); nil if the stream ended first.
+    private func read(_ input: inout ExportInput, _ count: Int, fd: Int32) -> [UInt8]? {
         var bytes = [UInt8](repeating: 0, count: count)
-        let ok = bytes.withUnsafeMutableBytes { count == 0 || input.read(into: $0.baseAddress!, count: count) }
-        return ok ? bytes : nil
+        var done = 0
+        while true {
+            let progress = bytes.withUnsafeMutableBytes { input.fill($0.baseAddress!, count: count, done: &done) }
+            switch progress {
+            case .done: return bytes
+            case .ended: return nil
+            case .waiting: guard ExportSocket.awaitInput(fd) else { return nil }
+            }
+        }
+    }
+
+    /// The input never waits: with nothing on the socket it says so; a header sent in two
+    /// pieces is buffered whole and looked at without being taken; the stream's end is
+    /// the end.
+    @Test func anInputThatHasNothingSaysSoAndAHeaderIsLookedAtBeforeItIsTaken() throws {
+        let (client, server) = pair()
+        defer {
+            close(client)
+            close(server)
+        }
+        var input = ExportInput(fd: server)
+        #expect(input.buffer(NBDRequest.size) == .waiting)
+        let header = NBDRequest(command: .read, handle: 9, offset: 512, length: 512).encoded()
+        send(client, Array(header[0..<10]))
+        #expect(input.buffer(NBDRequest.size) == .waiting)
+        #expect(input.buffered == 10)
+        send(client, Array(header[10...]))
+        #expect(input.buffer(NBDRequest.size) == .done)
+        #expect(input.buffer(NBDRequest.size) == .done)
+        #expect(Array(input.bytes[0..<NBDRequest.size]) == header)
+        input.consume(NBDRequest.size)
+        #expect(input.buffer(1) == .waiting)
+        shutdown(client, Int32(SHUT_WR))
+        #expect(input.buffer(1) == .ended)
     }
 
     /// Ten requests sent together, writes with their payloads, come out whole and in order
@@ -47,14 +81,14 @@ struct ExportInputTests {
         send(client, wire)
         var input = ExportInput(fd: server)
         for i in 0..<10 {
-            let request = try NBDRequest(decoding: try #require(read(&input, NBDRequest.size)))
+            let request = try NBDRequest(decoding: try #require(read(&input, NBDRequest.size, fd: server)))
             #expect(request.handle == UInt64(i))
             if request.command == .write {
-                #expect(read(&input, 4096) == [UInt8](repeating: UInt8(i), count: 4096))
+                #expect(read(&input, 4096, fd: server) == [UInt8](repeating: UInt8(i), count: 4096))
             }
         }
         #expect(input.receives == 1)
-        #expect(input.buffered == 0 && !input.hasInput)
+        #expect(input.buffered == 0 && !ExportSocket.hasInput(server))
     }
 
     /// Bytes that come in pieces (a header split across sends, a payload larger than the
@@ -76,7 +110,7 @@ struct ExportInputTests {
         }.start()
         let (first, body, end) = await onThread { [self] in
             var input = ExportInput(fd: server)
-            return (read(&input, NBDRequest.size), read(&input, payload.count), read(&input, NBDRequest.size))
+            return (read(&input, NBDRequest.size, fd: server), read(&input, payload.count, fd: server), read(&input, NBDRequest.size, fd: server))
         }
         let request = try NBDRequest(decoding: try #require(first))
         #expect(request.handle == 7)

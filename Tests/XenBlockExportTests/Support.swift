@@ -10,7 +10,8 @@ let nbdToolsInstalled = ["nbdinfo", "nbdcopy", "qemu-io", "qemu-img"].allSatisfy
 }
 
 /// A hand-driven NBD client on a Unix socket: the bytes a hostile client sends.
-final class RawClient {
+final class RawClient: @unchecked Sendable {
+    // @unchecked: a test uses a client from one thread at a time.
     let fd: Int32
 
     init(_ path: String) throws {

@@ -1,4 +1,5 @@
 import NBDProtocol
+import XenBlockFront
 
 /// What an export serves: a disk with byte-addressed `async` I/O. `BlockFrontend`
 /// (a guest's vbd) is one; ``MemoryBlockDevice`` another.
@@ -7,10 +8,18 @@ public protocol BlockExportDevice: AnyObject, Sendable {
     var exportGeometry: BlockExportGeometry? { get }
     /// Where the server runs a request's task, if the device has a preferred executor.
     var exportExecutor: (any TaskExecutor)? { get }
-    /// Runs `body`, which starts request tasks on ``exportExecutor`` from a connection's
-    /// own thread; the device may run them on that thread meanwhile (see
-    /// `BlockFrontExecutor.lendingThisThread(_:)`).
-    func lendingConnectionThread<T>(_ body: () -> T) -> T
+    /// Has a thread of the device's call `input`'s `takeInput()` whenever `descriptor`
+    /// is readable, until ``removeInput(descriptor:)`` or `inputHandedBack()`; false if
+    /// the device has no such thread, and the server reads on its own.
+    /// (`BlockFrontend.serveInput(_:descriptor:)`: the queue thread that puts the requests
+    /// on the ring takes them off the client's socket itself.)
+    func serveInput(_ input: any BlockFrontInput, descriptor: Int32) -> Bool
+    /// Leaves the input alone until ``resumeInput(descriptor:)``.
+    func pauseInput(descriptor: Int32)
+    /// Serves the input again.
+    func resumeInput(descriptor: Int32)
+    /// Forgets the input; a `takeInput()` running may finish.
+    func removeInput(descriptor: Int32)
     /// Starts a read into `buffer` (or a write from it) and calls `done` with its outcome
     /// (nil: success) on a thread of the device's, where it must not block; false if the
     /// device has no such path, and the server awaits ``read(at:into:)`` or
@@ -29,8 +38,11 @@ public protocol BlockExportDevice: AnyObject, Sendable {
 }
 
 extension BlockExportDevice {
-    /// Runs `body` and nothing else: the device takes no thread of the server's.
-    public func lendingConnectionThread<T>(_ body: () -> T) -> T { body() }
+    /// None: the server's connection threads read their own input.
+    public func serveInput(_ input: any BlockFrontInput, descriptor: Int32) -> Bool { false }
+    public func pauseInput(descriptor: Int32) {}
+    public func resumeInput(descriptor: Int32) {}
+    public func removeInput(descriptor: Int32) {}
     /// None: every request runs in a task.
     public func startTransfer(_ direction: BlockTransfer, at offset: UInt64, buffer: UnsafeMutableRawBufferPointer,
                               done: @escaping @Sendable ((any Error)?) -> Void) -> Bool { false }

@@ -8,10 +8,12 @@ import XenLocks
 /// A block device served as an NBD export (fixed newstyle, simple replies), so unmodified
 /// NBD clients (`nbdinfo`, `qemu-io`, `qemu-img`, `nbdcopy`, `fio --ioengine=nbd`) use it.
 ///
-/// Each connection gets a reader thread (handshake, then each request read and checked
-/// against the export before any of its data is) and a writer thread (replies in the order
-/// they complete); the requests themselves run as tasks on the device's `async` API,
-/// several at once. A client that sends garbage, announces a write larger than the maximum
+/// Each connection gets a reader thread (the handshake), then its requests are taken off
+/// the socket by the device's own thread where it has one (blkfront's queue thread, which
+/// puts them on the ring: no thread between the client and the ring) or by the reader,
+/// each checked against the export before any of its data is read; they run on the
+/// device's callback or `async` API, several at once, and a writer thread sends the
+/// replies the socket could not take at once. A client that sends garbage, announces a write larger than the maximum
 /// block size, or goes away mid-request loses its connection and nothing else; what each
 /// connection has in flight is bounded (``BlockExportLimits``).
 public final class BlockExportServer: Sendable {
@@ -25,6 +27,9 @@ public final class BlockExportServer: Sendable {
     /// send, so atomics rather than `state`'s lock, which every connection would take.
     private let repliesSent = ManagedAtomic(0)
     private let replySends = ManagedAtomic(0)
+    /// ``BlockExportCounters/requestsTakenByDevice`` and ``BlockExportCounters/requestsTakenByConnections``.
+    private let takenByDevice = ManagedAtomic(0)
+    private let takenByConnections = ManagedAtomic(0)
 
     private struct State: @unchecked Sendable {
         // @unchecked: connections are only handed around under this lock.
@@ -61,6 +66,8 @@ public final class BlockExportServer: Sendable {
         // relaxed: figures for display and tests, not a guard of anything else.
         c.replies = repliesSent.load(ordering: .relaxed)
         c.replySends = replySends.load(ordering: .relaxed)
+        c.requestsTakenByDevice = takenByDevice.load(ordering: .relaxed)
+        c.requestsTakenByConnections = takenByConnections.load(ordering: .relaxed)
         return c
     }
 
@@ -109,6 +116,8 @@ public final class BlockExportServer: Sendable {
             let connection = ExportConnection(fd: fd, device: device, name: name, limits: limits, logger: logger, onSent: { [repliesSent, replySends] n in
                 repliesSent.wrappingIncrement(by: n, ordering: .relaxed)
                 replySends.wrappingIncrement(ordering: .relaxed)
+            }, onTaken: { [takenByDevice, takenByConnections] n, byDevice in
+                (byDevice ? takenByDevice : takenByConnections).wrappingIncrement(by: n, ordering: .relaxed)
             }) { [weak self] c in
                 self?.state.withLock { s in
                     s.connections[ObjectIdentifier(c)] = nil
@@ -188,6 +197,11 @@ public struct BlockExportCounters: Hashable, Sendable {
     /// Sends that carried them: fewer than ``replies`` when replies finished together went
     /// out in one `sendmsg`.
     public var replySends = 0
+    /// Requests taken off the clients' sockets by the device's own thread (blkfront's queue
+    /// thread, see ``BlockExportDevice/serveInput(_:descriptor:)``), and by the connections'
+    /// reader threads (a device without one, or one that closed).
+    public var requestsTakenByDevice = 0
+    public var requestsTakenByConnections = 0
     /// Creates zeroed counters.
     public init() {}
 }

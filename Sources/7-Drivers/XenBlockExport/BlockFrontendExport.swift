@@ -14,11 +14,6 @@ extension BlockFrontend: BlockExportDevice {
     /// their tasks resume without a thread hop.
     public var exportExecutor: (any TaskExecutor)? { executor }
 
-    /// While the queue thread sleeps, a request's task runs on the connection's thread and
-    /// that thread works the ring (at queue depth 1 the whole request: no wake-up in the
-    /// guest); see `BlockFrontExecutor.lendingThisThread(_:)`.
-    public func lendingConnectionThread<T>(_ body: () -> T) -> T { executor.lendingThisThread(body) }
-
     /// `startRead(at:into:done:)` and `startWrite(at:from:done:)`: `done` runs on a queue thread.
     public func startTransfer(_ direction: BlockTransfer, at offset: UInt64, buffer: UnsafeMutableRawBufferPointer,
                               done: @escaping @Sendable ((any Error)?) -> Void) -> Bool {

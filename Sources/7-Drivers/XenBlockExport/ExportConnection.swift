@@ -3,17 +3,22 @@ import Foundation
 import Glibc
 import Logging
 import NBDProtocol
+import XenBlockFront
 import XenLocks
 
 /// Zeros for `NBD_CMD_WRITE_ZEROES` on a disk whose discard does not zero: one read-only
 /// megabyte for every connection.
 private let zeros = OwnedBuffer.zeros(1 << 20)
 
-/// One client: a reader thread that runs the handshake and then reads and checks each
-/// request, a task per request on the device, and a writer thread that sends the replies
-/// in the order they complete. Both threads block in socket calls; tasks never do.
-final class ExportConnection: @unchecked Sendable {
-    // @unchecked: the fields below `condition` are guarded by it; the rest are immutable.
+/// One client: a reader thread that runs the handshake; then the device's own thread
+/// (blkfront's queue thread, see ``BlockExportDevice/serveInput(_:descriptor:)``), or
+/// the reader where the device has none, takes each request off the socket without
+/// waiting, checks it and starts it on the device; replies go out in the order requests
+/// complete, from the thread that completed them or a writer thread when the socket is
+/// full. Only the connection's own threads block in socket calls.
+final class ExportConnection: BlockFrontInput, @unchecked Sendable {
+    // @unchecked: the fields below `condition` are guarded by it, those below `inputLock`
+    // by that; the rest are immutable.
     let fd: Int32
     private let device: any BlockExportDevice
     private let name: String
@@ -22,6 +27,9 @@ final class ExportConnection: @unchecked Sendable {
     private let onClose: @Sendable (ExportConnection) -> Void
     /// Told after each send of replies how many it put on the socket whole.
     private let onSent: @Sendable (Int) -> Void
+    /// Told after each look at the input how many requests it took, and whether the
+    /// device's thread took them.
+    private let onTaken: @Sendable (Int, Bool) -> Void
     /// Request data buffers, reused.
     private let buffers = ExportBuffers()
 
@@ -44,10 +52,20 @@ final class ExportConnection: @unchecked Sendable {
     private var broken = false
     /// A thread is putting a reply on the socket: replies go out whole, one at a time.
     private var sending = false
-    /// The reader waits in `reserve`, the writer for a reply: a finished reply signals
-    /// only a thread that waits for it (a needless wake-up costs a cross-CPU interrupt,
-    /// at queue depth 1 as much as the rest of the request's work in this process).
-    private var readerWaitsForRoom = false
+    /// The device's thread takes the input (else the reader does).
+    private var deviceTakesInput = false
+    /// The device's thread found the input's end: the reader may finish.
+    private var inputOver = false
+    /// The input goes back to the reader (the device closed, or the connection is hung
+    /// up while the device may have no thread to see it).
+    private var inputTakenBack = false
+    /// The input stopped at a request that did not fit the connection's bounds; the next
+    /// finished request lets it go on.
+    private var inputWaitsForRoom = false
+    /// The reader waits for room, the writer for a reply: a finished reply signals only a
+    /// thread that waits for it (a needless wake-up costs a cross-CPU interrupt, at queue
+    /// depth 1 as much as the rest of the request's work in this process).
+    private var readerWaits = false
     private var writerWaits = false
     /// A task on the device's executor will send the replies queued by then in one
     /// `sendmsg` (``flush()``); replies that finish meanwhile join them.
@@ -57,8 +75,27 @@ final class ExportConnection: @unchecked Sendable {
     /// Where ``flush()`` gathers a batch: only the thread that is ``sending`` touches it.
     private let batch = UnsafeMutableBufferPointer<Reply>.allocate(capacity: batchLimit)
 
+    /// Held by whichever thread takes the input, for as long as it does.
+    private let inputLock = NSLock()
+    private var input: ExportInput
+    /// Where the input stands between two calls: a request's data still to come.
+    private var partial = PartialInput.none
+    /// The terms agreed in the handshake (set before transmission begins).
+    private var terms: ExportTerms?
+    /// A request header's bytes, decoded from here (one array for the connection's life).
+    private var header = [UInt8](repeating: 0, count: NBDRequest.size)
+
+    private enum PartialInput {
+        case none
+        /// A write's data: `done` of its bytes are in `work`'s payload.
+        case payload(ExportRequest, done: Int)
+        /// A refused write's data, read and forgotten: `left` bytes to go.
+        case swallow(left: Int)
+    }
+
     init(fd: Int32, device: any BlockExportDevice, name: String, limits: BlockExportLimits, logger: Logger,
-         onSent: @escaping @Sendable (Int) -> Void = { _ in }, onClose: @escaping @Sendable (ExportConnection) -> Void) {
+         onSent: @escaping @Sendable (Int) -> Void = { _ in }, onTaken: @escaping @Sendable (Int, Bool) -> Void = { _, _ in },
+         onClose: @escaping @Sendable (ExportConnection) -> Void) {
         self.fd = fd
         self.device = device
         self.name = name
@@ -66,6 +103,8 @@ final class ExportConnection: @unchecked Sendable {
         self.logger = logger
         self.onClose = onClose
         self.onSent = onSent
+        self.onTaken = onTaken
+        input = ExportInput(fd: fd)
     }
 
     deinit { batch.deallocate() }
@@ -75,8 +114,15 @@ final class ExportConnection: @unchecked Sendable {
         startDetachedThread(named: "nbd-reader") { [self] in readerMain() }
     }
 
-    /// Hard disconnect from outside: both threads see the socket end.
-    func hangUp() { shutdown(fd, Int32(SHUT_RDWR)) }
+    /// Hard disconnect: every thread sees the socket end; the reader takes the input back
+    /// (the device may have no thread running to see it end).
+    func hangUp() {
+        shutdown(fd, Int32(SHUT_RDWR))
+        condition.lock()
+        inputTakenBack = true
+        condition.broadcast()
+        condition.unlock()
+    }
 
     // MARK: Reader
 
@@ -181,80 +227,161 @@ final class ExportConnection: @unchecked Sendable {
         return ExportSocket.write(fd, bytes)
     }
 
-    /// The transmission phase: reads each request, checks it, and runs it.
+    /// The transmission phase's input: taken by the device's thread where it has one,
+    /// else (or once it is handed back) by the reader.
     private func serve(_ terms: ExportTerms) {
-        var input = ExportInput(fd: fd)
-        var bytes = [UInt8](repeating: 0, count: NBDRequest.size)
+        self.terms = terms
+        condition.lock()
+        deviceTakesInput = true
+        condition.unlock()
+        if device.serveInput(self, descriptor: fd) {
+            condition.lock()
+            while !inputOver && !inputTakenBack { condition.wait() }
+            let over = inputOver
+            condition.unlock()
+            if over { return }
+        }
+        // From here the device's thread leaves the input alone: no longer asked (the
+        // flag, under the lock a resume takes too, keeps a late resume from watching the
+        // socket again), and done with a call it may be in (the input lock).
+        condition.lock()
+        deviceTakesInput = false
+        condition.unlock()
+        device.removeInput(descriptor: fd)
         while true {
-            guard bytes.withUnsafeMutableBytes({ input.read(into: $0.baseAddress!, count: $0.count) }) else { return }
-            let request: NBDRequest
-            do { request = try NBDRequest(decoding: bytes) } catch {
-                logger.info("nbd: dropping a client that sent garbage: \(error)")
-                return
-            }
-            switch terms.decide(request) {
-            case .disconnect:
-                return
-            case .hangUp(let why):
-                logger.info("nbd: dropping a client: \(why)")
-                return
-            case .refuse(let error):
-                if request.command == .write && !swallow(Int(request.length), from: &input) { return }
-                reserve(0)
-                enqueue(Reply(header: NBDSimpleReply(error: error, handle: request.handle), data: nil, cost: 0))
-            case .run:
-                let length = Int(request.length)
-                let carriesData = request.command == .write || request.command == .read
-                let cost = carriesData ? length : 0
-                let alone = reserve(cost) == 1
-                var payload: OwnedBuffer?
-                if request.command == .write {
-                    let buffer = buffers.take(length)
-                    guard length == 0 || input.read(into: buffer.bytes.baseAddress!, count: length) else {
-                        // The client vanished mid-write: nothing of it reaches the disk.
-                        buffers.give(buffer)
-                        release(cost)
-                        return
-                    }
-                    payload = buffer
+            inputLock.lock()
+            let progress = takeRequests(byDevice: false)
+            inputLock.unlock()
+            switch progress {
+            case .ended: return
+            case .done:
+                condition.lock()
+                while inputWaitsForRoom && !broken {
+                    readerWaits = true
+                    condition.wait()
+                    readerWaits = false
                 }
-                let work = ExportRequest(request: request, payload: payload, cost: cost, terms: terms)
-                if alone, !input.hasInput {
-                    // The only request in flight and none behind it (queue depth 1): the
-                    // reader, a thread of the connection's own, may run it to the end (see
-                    // BlockExportDevice.lendingConnectionThread). Not otherwise: it has
-                    // requests to read, and running each to the end would keep a pipelining
-                    // client at depth 1 (measured at queue depth 32: half the IOPS).
-                    _ = device.lendingConnectionThread {
-                        Task(executorPreference: device.exportExecutor) { [self] in await perform(work) }
+                condition.unlock()
+            case .waiting:
+                guard ExportSocket.awaitInput(fd) else { return }
+            }
+        }
+    }
+
+    /// On the device's thread, while the socket is readable (see ``BlockFrontInput``).
+    func takeInput() {
+        inputLock.lock()
+        defer { inputLock.unlock() }
+        condition.lock()
+        let mine = deviceTakesInput && !inputOver
+        condition.unlock()
+        guard mine, takeRequests(byDevice: true) == .ended else { return }
+        condition.lock()
+        inputOver = true
+        condition.broadcast()
+        condition.unlock()
+        device.removeInput(descriptor: fd)
+    }
+
+    /// The device closed: the reader takes the input back.
+    func inputHandedBack() {
+        condition.lock()
+        inputTakenBack = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Takes the requests the socket holds, checks each and starts it, without waiting:
+    /// `.waiting` once it holds no more, `.done` when one did not fit the connection's
+    /// bounds (``inputWaitsForRoom``), `.ended` at the input's end (the client left,
+    /// disconnected, or broke the protocol). Under `inputLock`.
+    private func takeRequests(byDevice: Bool) -> ExportInput.Progress {
+        var taken = 0
+        defer { if taken > 0 { onTaken(taken, byDevice) } }
+        guard let terms else { return .ended }
+        while true {
+            switch partial {
+            case .payload(let work, var done):
+                let buffer = work.payload!
+                switch input.fill(buffer.bytes.baseAddress!, count: buffer.bytes.count, done: &done) {
+                case .done:
+                    partial = .none
+                    start(work)
+                case .waiting:
+                    partial = .payload(work, done: done)
+                    return .waiting
+                case .ended:
+                    // The client vanished mid-write: nothing of it reaches the disk.
+                    partial = .none
+                    buffers.give(buffer)
+                    release(work.cost)
+                    return .ended
+                }
+            case .swallow(var left):
+                var done = 0
+                let p = input.fill(nil, count: left, done: &done)
+                left -= done
+                partial = left > 0 ? .swallow(left: left) : .none
+                if p != .done { return p }
+            case .none:
+                let p = input.buffer(NBDRequest.size)
+                if p != .done { return p }
+                let request: NBDRequest
+                header.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: input.bytes[0..<NBDRequest.size])) }
+                do { request = try NBDRequest(decoding: header) } catch {
+                    logger.info("nbd: dropping a client that sent garbage: \(error)")
+                    return .ended
+                }
+                switch terms.decide(request) {
+                case .disconnect:
+                    return .ended
+                case .hangUp(let why):
+                    logger.info("nbd: dropping a client: \(why)")
+                    return .ended
+                case .refuse(let error):
+                    guard reserve(0) else { return .done }
+                    input.consume(NBDRequest.size)
+                    taken += 1
+                    if request.command == .write && request.length > 0 { partial = .swallow(left: Int(request.length)) }
+                    enqueue(Reply(header: NBDSimpleReply(error: error, handle: request.handle), data: nil, cost: 0))
+                case .run:
+                    let length = Int(request.length)
+                    let carriesData = request.command == .write || request.command == .read
+                    let cost = carriesData ? length : 0
+                    guard reserve(cost) else { return .done }
+                    input.consume(NBDRequest.size)
+                    taken += 1
+                    if request.command == .write && length > 0 {
+                        let work = ExportRequest(request: request, payload: buffers.take(length), cost: cost, terms: terms)
+                        partial = .payload(work, done: 0)
+                    } else {
+                        start(ExportRequest(request: request, payload: nil, cost: cost, terms: terms))
                     }
-                } else if !startTransfer(work) {
-                    Task(executorPreference: device.exportExecutor) { [self] in await perform(work) }
                 }
             }
         }
     }
 
-    /// Reads and forgets `count` bytes (a refused write's data).
-    private func swallow(_ count: Int, from input: inout ExportInput) -> Bool {
-        input.read(into: nil, count: count)
+    /// Starts a checked request whose data (if any) has come.
+    private func start(_ work: ExportRequest) {
+        if !startTransfer(work) {
+            Task(executorPreference: device.exportExecutor) { [self] in await perform(work) }
+        }
     }
 
-    /// Waits until `cost` more bytes and one more request fit the connection's bounds;
-    /// the requests in flight with this one.
-    @discardableResult
-    private func reserve(_ cost: Int) -> Int {
+    /// Takes room for one more request of `cost` bytes, if the connection's bounds allow;
+    /// else the input waits for room (``inputWaitsForRoom``) and it is false.
+    private func reserve(_ cost: Int) -> Bool {
         condition.lock()
-        while !broken && (inFlightRequests >= limits.inFlightRequests || (inFlightBytes > 0 && inFlightBytes + cost > limits.inFlightBytes)) {
-            readerWaitsForRoom = true
-            condition.wait()
-            readerWaitsForRoom = false
+        defer { condition.unlock() }
+        if !broken && (inFlightRequests >= limits.inFlightRequests || (inFlightBytes > 0 && inFlightBytes + cost > limits.inFlightBytes)) {
+            inputWaitsForRoom = true
+            if deviceTakesInput { device.pauseInput(descriptor: fd) }
+            return false
         }
         inFlightRequests += 1
         inFlightBytes += cost
-        let count = inFlightRequests
-        condition.unlock()
-        return count
+        return true
     }
 
     private func release(_ cost: Int) {
@@ -404,7 +531,7 @@ final class ExportConnection: @unchecked Sendable {
             broken = true
             finish(r)
         }
-        if outcome != .done || readerWaitsForRoom || (writerWaits && (!replies.isEmpty || readerDone)) {
+        if outcome != .done || readerWaits || (writerWaits && (!replies.isEmpty || readerDone)) {
             condition.broadcast()
         }
         condition.unlock()
@@ -438,7 +565,7 @@ final class ExportConnection: @unchecked Sendable {
         if outcome == .failed { broken = true }
         let whole = outcome == .failed ? 0 : done
         replies.insert(contentsOf: batch[done..<count], at: 0)
-        if !replies.isEmpty || readerWaitsForRoom || (writerWaits && readerDone) { condition.broadcast() }
+        if !replies.isEmpty || readerWaits || (writerWaits && readerDone) { condition.broadcast() }
         condition.unlock()
         onSent(whole)
         if outcome == .failed { hangUp() }
@@ -484,6 +611,11 @@ final class ExportConnection: @unchecked Sendable {
         if let d = reply.data { buffers.give(d) }
         inFlightRequests -= 1
         inFlightBytes -= reply.cost
+        if inputWaitsForRoom {
+            // The reader, waiting, is signalled by the caller (``readerWaits``).
+            inputWaitsForRoom = false
+            if deviceTakesInput { device.resumeInput(descriptor: fd) }
+        }
     }
 
     private func writerMain() {

@@ -8,13 +8,24 @@ import XenSockets
 /// has several waiting. Payloads larger than what is buffered are read straight into
 /// their own buffers.
 ///
-/// Only the reader thread uses it. Reads that find nothing wait in `poll`, never in a
-/// blocking `recv` (see ``ExportSocket/awaitInput(_:)``).
+/// It never waits: a read says how far it got, and whoever takes the connection's input
+/// (the device's queue thread, or the connection's own) comes back when the socket is
+/// readable. One thread at a time uses it.
 struct ExportInput: ~Copyable {
     static let capacity = 64 << 10
 
     private let fd: Int32
     private var input = StreamInput(capacity: capacity)
+
+    /// How far a read got.
+    enum Progress: Equatable {
+        /// Every byte asked for.
+        case done
+        /// The socket holds nothing more now: come back when it is readable.
+        case waiting
+        /// The stream ended (or failed) first.
+        case ended
+    }
 
     init(fd: Int32) { self.fd = fd }
 
@@ -24,16 +35,27 @@ struct ExportInput: ~Copyable {
     /// Bytes buffered and not yet taken.
     var buffered: Int { input.buffered }
 
-    /// Whether a request is waiting: bytes buffered, or on the socket (or its end or an
-    /// error, which the next read then sees).
-    var hasInput: Bool { input.buffered > 0 || ExportSocket.hasInput(fd) }
+    /// The buffered bytes (valid until the next mutating call).
+    var bytes: UnsafeRawBufferPointer { input.bytes }
 
-    /// Copies the next `count` bytes into `destination` (nil: drops them), waiting for them;
-    /// false at the end of the stream or on an error. `count` bytes no larger than a few
-    /// pages go through the buffer (one `recv` may bring more requests with them); larger
-    /// ones are read directly once the buffered part is copied.
-    mutating func read(into destination: UnsafeMutableRawPointer?, count: Int) -> Bool {
-        var done = 0
+    /// Takes `count` buffered bytes.
+    mutating func consume(_ count: Int) { input.consume(count) }
+
+    /// Buffers at least `count` bytes (a header: far less than the buffer holds), receiving
+    /// what the socket holds; ``bytes`` then starts with them.
+    mutating func buffer(_ count: Int) -> Progress {
+        while input.buffered < count {
+            guard let p = receive() else { continue }
+            return p
+        }
+        return .done
+    }
+
+    /// Copies the next bytes into `destination + done` (nil: drops them) until `done` is
+    /// `count`, advancing `done`. Up to a few pages go through the buffer (one `recv` may
+    /// bring the next requests with them); more are read straight into `destination`
+    /// once the buffered part is copied.
+    mutating func fill(_ destination: UnsafeMutableRawPointer?, count: Int, done: inout Int) -> Progress {
         while true {
             if let destination {
                 done += input.copy(into: destination + done, count: count - done)
@@ -42,24 +64,29 @@ struct ExportInput: ~Copyable {
                 input.consume(n)
                 done += n
             }
-            if done == count { return true }
+            if done == count { return .done }
             // The buffer is empty here.
             if let destination, count - done > Self.capacity / 4 {
-                return ExportSocket.readFully(fd, destination + done, count - done)
+                let n = recv(fd, destination + done, count - done, Int32(MSG_DONTWAIT))
+                if n > 0 {
+                    done += n
+                    continue
+                }
+                if n == 0 { return .ended }
+                let e = errno
+                if e == EINTR { continue }
+                return e == EAGAIN || e == EWOULDBLOCK ? .waiting : .ended
             }
-            guard fill() else { return false }
+            if let p = receive() { return p }
         }
     }
 
-    /// Receives what the socket holds, waiting in `poll` while it holds nothing; false at
-    /// the end of the stream or on an error.
-    private mutating func fill() -> Bool {
-        while true {
-            switch input.receive(fd) {
-            case .bytes: return true
-            case .nothingYet: guard ExportSocket.awaitInput(fd) else { return false }
-            case .endOfStream, .failed: return false
-            }
+    /// Appends what the socket holds: nil if it brought bytes, else how the read stands.
+    private mutating func receive() -> Progress? {
+        switch input.receive(fd) {
+        case .bytes: nil
+        case .nothingYet: .waiting
+        case .endOfStream, .failed: .ended
         }
     }
 }
