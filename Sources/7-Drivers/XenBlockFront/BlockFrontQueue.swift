@@ -169,13 +169,6 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
     private let pauseSeen = Atomic<Bool>(false)
     /// The thread's copy of `pauseWanted`, read once a turn.
     private var paused = false
-    /// The ring and its tables belong to whoever holds this: the queue thread while it is
-    /// awake, a lent thread (``assist(_:)``) while it sleeps.
-    private let owner = Lock()
-    /// The queue thread holds `owner` (touched by that thread only).
-    private var owned = false
-    /// The thread has finished: nobody may work the ring any more (under `owner`).
-    private var retired = false
 
     /// `maxIndirectSegments`: what the backend advertised (0 or at most 11: direct only).
     init(resources: BlockFrontQueueResources, work: WorkQueue, maxIndirectSegments: Int,
@@ -285,77 +278,6 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
         return true
     }
 
-    /// Runs `job` on the calling (lent) thread if the queue thread sleeps on an idle ring,
-    /// and works the ring in its place: the job's requests go out from here, and this
-    /// thread polls for their answers up to `BlockPolling`'s spin and runs the jobs they
-    /// resume (at queue depth 1, the whole request), so nothing in this process is woken.
-    /// Then it re-arms the response event and hands the ring back to the sleeping thread.
-    /// False if the thread is awake (or finished) or requests are outstanding: enqueue the
-    /// job instead. Only on an idle ring: with answers due the queue thread wakes for them
-    /// anyway, and a lent thread that took its place would serialise the two (measured at
-    /// queue depth 32: half the IOPS).
-    func assist(_ job: UnownedJob) -> Bool {
-        // Relaxed: a hint; the exchange below decides.
-        guard waker.sleeping.load(ordering: .relaxed), owner.tryLock() else { return false }
-        // Sequentially consistent: pairs with appenders' exchange (see Waker.sleeping). From
-        // here no appender rings the doorbell; the items they add are looked at below.
-        // Not while a pause is asked for: the queue thread, not a lent one, decides when the
-        // ring is left alone (acquiring: pairs with pause()'s store).
-        guard !retired, !pauseWanted.load(ordering: .acquiring), ring.outstandingRequests == 0,
-            waker.sleeping.exchange(false, ordering: .sequentiallyConsistent)
-        else {
-            owner.unlock()
-            return false
-        }
-        // The sleeping thread need not hear of answers this thread polls for: a notification
-        // would wake it only to wait for the ring. Before anything is issued, or a quick
-        // backend answers first (re-armed below, before the ring is handed back).
-        ring.postponeResponseNotifications()
-        job.runSynchronously(on: executor.asUnownedTaskExecutor())
-        var failed = false
-        do {
-            _ = runJobs()
-            _ = try issue()
-            if ring.outstandingRequests > 0 {
-                // Yielding between looks, not only spinning: the backend's thread, woken by
-                // this one's notification, is often placed on this CPU, and a spin that kept
-                // it off (or gave up when it ran) would wait for nothing.
-                let end = cxen_monotonic_ns() &+ Self.assistSpin
-                while true {
-                    if try collectResponses() {
-                        _ = runJobs()
-                        _ = try issue()
-                    }
-                    if ring.outstandingRequests == 0 && jobCount.load(ordering: .relaxed) == 0 { break }
-                    if cxen_monotonic_ns() >= end { break }
-                    sched_yield()
-                }
-            }
-            // The sleeping thread relies on the backend's notification for what is still
-            // outstanding: arm it for the responses after those consumed here.
-            while try ring.finalCheckForResponses() {
-                _ = try collectResponses()
-                _ = runJobs()
-                _ = try issue()
-            }
-        } catch {
-            // The queue thread meets the same fault in its own turn and stops.
-            failed = true
-        }
-        owner.unlock()
-        // Say the thread sleeps again, then look (as prepareToSleep does): what was added
-        // meanwhile, or left behind, is the thread's to take.
-        // Sequentially consistent: may not move after the look below (store-load).
-        waker.sleeping.store(true, ordering: .sequentiallyConsistent)
-        if failed || !work.isEmpty || jobs.withLock({ !$0.items.isEmpty }) {
-            if waker.sleeping.exchange(false, ordering: .sequentiallyConsistent) { waker.ring() }
-        }
-        return true
-    }
-
-    /// How long a lent thread polls for the answers to what it issued on an idle ring.
-    private static let assistSpin = Spin.nanoseconds(min(BlockPolling.limit, BlockPolling.wakeUpWorth))
-
     /// Hands the jobs still queued to the global executor, and every later one too.
     private func stopRunningJobs() {
         let left = jobs.withLock { j in
@@ -370,11 +292,6 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
     // MARK: the queue thread (DriverService)
 
     func serviceTurn() throws -> Bool {
-        if !owned {
-            owner.lock()
-            owned = true
-        }
-        // After taking the ring: a lent thread working it has finished before the pause is seen.
         notePause()
         // Paused, the ring is left as it is (a suspended guest runs no driver): only the
         // jobs of tasks preferring this thread run, and their requests wait; so do the
@@ -427,10 +344,6 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
             waker.sleeping.store(false, ordering: .relaxed)
             return true
         }
-        // Asleep, the thread lends the ring to a caller's thread (assist); it takes it back
-        // in its next turn.
-        owned = false
-        owner.unlock()
         return false
     }
 
@@ -441,10 +354,6 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
     }
 
     func finish(failure: (any Error)?) {
-        if !owned { owner.lock() }
-        retired = true
-        owned = false
-        owner.unlock()
         stopRunningJobs()
         // Everything without a response goes back for the next connection.
         var unanswered: [WorkItem] = []
