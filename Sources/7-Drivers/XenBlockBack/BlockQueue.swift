@@ -285,6 +285,10 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
 
     // MARK: the queue thread (DriverService)
 
+    // The driver loop (another module) calls these through the protocol, which would run
+    // the generic code and look up `BackRing<Request, Response>`'s metadata on every call,
+    // spin turns included: each jumps to its specialisation for the native ABI instead.
+    @_specialize(where Request == blkif_request, Response == blkif_response)
     func serviceTurn() throws -> Bool {
         var worked = try serviceRing()
         try submitPending()
@@ -302,11 +306,13 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     /// Operations at the engine: their completions are what the thread waits for.
     var inFlight: Int { storage.outstanding }
 
+    @_specialize(where Request == blkif_request, Response == blkif_response)
     func workArrived() throws -> Bool {
         if stalled == nil, try ring.checkForRequests() > 0 { return true }
         return storage.outstanding > 0 && storage.mayHaveCompletions
     }
 
+    @_specialize(where Request == blkif_request, Response == blkif_response)
     func prepareToSleep(_ poll: PollSet) throws -> Bool {
         // A stalled request is resumed by a completion, which wakes the poll.
         if stalled == nil, try ring.finalCheckForRequests() { return true }
