@@ -1,4 +1,5 @@
 import Synchronization
+import XenDriverRuntime
 import XenLocks
 import XenSockets
 
@@ -25,6 +26,14 @@ public protocol BlockFrontInput: AnyObject, Sendable {
 final class BlockFrontInputs: Sendable {
     private let epoll: Epoll
     private let inputs = Locked<[Int32: any BlockFrontInput]>([:])
+    /// In the epoll set: rung for inputs to be called whether or not their descriptor is
+    /// readable (a resumed input may hold requests it read before it stopped: its socket,
+    /// read dry, would never say so).
+    private let kick = EventFD()
+    private let kicked = Locked<[Int32]>([])
+    /// Kicks not yet taken, readable without the lock (relaxed: stored before the eventfd
+    /// is rung, read after it is drained; the lock orders the list).
+    private let kicksPending = Atomic<Int>(0)
     /// Inputs registered, readable without the lock (a turn's hint only, relaxed).
     private let registered = Atomic<Int>(0)
     /// Where the queue thread's waits put ready descriptors (only that thread touches it).
@@ -35,6 +44,7 @@ final class BlockFrontInputs: Sendable {
     init?() {
         guard let e = try? Epoll() else { return nil }
         epoll = e
+        epoll.watch(kick.descriptor, Epoll.readable)
     }
 
     deinit { epoll.close() }
@@ -54,7 +64,15 @@ final class BlockFrontInputs: Sendable {
     /// its end does not wake the thread meanwhile).
     func pause(descriptor fd: Int32) { epoll.forget(fd) }
 
-    func resume(descriptor fd: Int32) { epoll.watch(fd, Epoll.readable) }
+    /// Watches `fd` again and calls its input once at once.
+    func resume(descriptor fd: Int32) {
+        epoll.watch(fd, Epoll.readable)
+        kicked.withLock { k in
+            k.append(fd)
+            kicksPending.store(k.count, ordering: .relaxed)
+        }
+        kick.signal()
+    }
 
     func remove(descriptor fd: Int32) {
         epoll.forget(fd)
@@ -81,21 +99,51 @@ final class BlockFrontInputs: Sendable {
 
     /// Whether an input is ready, without taking it (for a spinning thread).
     var anyReady: Bool {
+        if kicksPending.load(ordering: .relaxed) > 0 { return true }
         guard registered.load(ordering: .relaxed) > 0 else { return false }
         return ready.withLock { epoll.wait(&$0, timeoutMs: 0) > 0 }
     }
 
-    /// On the queue thread: lets each ready input take what it has; true if any was ready.
+    /// On the queue thread: lets each input whose descriptor is ready, and each kicked
+    /// one, take what it has; true if any was called. The kicks are looked at after the
+    /// eventfd is drained, so a kick is either seen here or rings the eventfd again.
     func serve() -> Bool {
-        guard registered.load(ordering: .relaxed) > 0 else { return false }
-        return ready.withLock { r in
-            let n = epoll.wait(&r, timeoutMs: 0)
-            guard n > 0 else { return false }
-            // Looked up one by one: an input may leave (or another arrive) while one takes.
-            for k in 0..<Int(n) {
-                if let input = inputs.withLock({ $0[r[k].fd] }) { input.takeInput() }
+        var served = false
+        if registered.load(ordering: .relaxed) > 0 {
+            ready.withLock { r in
+                let n = epoll.wait(&r, timeoutMs: 0)
+                // Looked up one by one: an input may leave (or another arrive) while one takes.
+                for k in 0..<max(0, Int(n)) {
+                    let fd = r[k].fd
+                    if fd == kick.descriptor {
+                        kick.drain()
+                    } else {
+                        take(fd)
+                        served = true
+                    }
+                }
             }
-            return true
         }
+        if kicksPending.load(ordering: .relaxed) > 0 {
+            let fds = kicked.withLock { k in
+                defer {
+                    k = []
+                    kicksPending.store(0, ordering: .relaxed)
+                }
+                return k
+            }
+            for fd in fds { take(fd) }
+            served = true
+        }
+        return served
+    }
+
+    /// After the thread's sleep ended on the epoll set: a kick whose input was served
+    /// meanwhile (or has gone) leaves the eventfd readable; drained, it cannot turn the
+    /// next sleep into a spin.
+    func woke() { kick.drain() }
+
+    private func take(_ fd: Int32) {
+        if let input = inputs.withLock({ $0[fd] }) { input.takeInput() }
     }
 }

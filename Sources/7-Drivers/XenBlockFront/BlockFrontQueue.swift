@@ -351,6 +351,7 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
         // Relaxed: as above; a doorbell that comes anyway is drained by the next sleep.
         waker.sleeping.store(false, ordering: .relaxed)
         if poll.fired(extra: 0) { waker.doorbell.drain() }
+        if let inputs, poll.fired(extra: 1) { inputs.woke() }
     }
 
     func finish(failure: (any Error)?) {

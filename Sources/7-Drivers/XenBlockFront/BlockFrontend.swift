@@ -147,7 +147,8 @@ public final class BlockFrontend: Sendable {
     /// for more requests), even if its descriptor is readable or at its end.
     public func pauseInput(descriptor: Int32) { inputs?.pause(descriptor: descriptor) }
 
-    /// Calls the input again whenever its descriptor is readable.
+    /// Calls the input again: once at once (it may hold input it read before it paused),
+    /// then whenever its descriptor is readable.
     public func resumeInput(descriptor: Int32) { inputs?.resume(descriptor: descriptor) }
 
     /// Forgets the input; a ``BlockFrontInput/takeInput()`` already running may finish.
