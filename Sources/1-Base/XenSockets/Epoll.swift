@@ -12,6 +12,7 @@ import SystemPackage
 /// entries are read and written at the kernel's offsets, not through the imported struct,
 /// whose Swift layout need not match.
 public struct Epoll: Sendable {
+    /// The epoll descriptor: readable while a watched descriptor is ready.
     public let fd: Int32
     #if arch(x86_64)
     static let stride = 12, dataOffset = 4
@@ -19,11 +20,13 @@ public struct Epoll: Sendable {
     static let stride = 16, dataOffset = 8
     #endif
 
+    /// An empty set; the error if the process may not create one (out of descriptors).
     public init() throws(Errno) {
         fd = epoll_create1(Int32(EPOLL_CLOEXEC))
         guard fd >= 0 else { throw Errno(rawValue: errno) }
     }
 
+    /// Closes the set (its owner's last use).
     public func close() { _ = Glibc.close(fd) }
 
     /// Starts (or changes, with `modify`) watching `target` for `events`.
@@ -31,6 +34,7 @@ public struct Epoll: Sendable {
         control(modify ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, target, events)
     }
 
+    /// Stops watching `target` (an error for one not watched is ignored).
     public func forget(_ target: Int32) { control(EPOLL_CTL_DEL, target, 0) }
 
     private func control(_ op: Int32, _ target: Int32, _ events: UInt32) {
@@ -45,9 +49,12 @@ public struct Epoll: Sendable {
     /// Room for `capacity` ready entries, filled by `wait`.
     public struct Ready: Sendable {
         fileprivate var bytes: [UInt8]
+        /// Entries one wait can fill.
         public var capacity: Int { bytes.count / Epoll.stride }
+        /// Room for `capacity` entries.
         public init(capacity: Int) { bytes = [UInt8](repeating: 0, count: capacity * Epoll.stride) }
 
+        /// Entry `i` of the last wait: the descriptor and what it is ready for.
         public subscript(i: Int) -> (fd: Int32, events: UInt32) {
             bytes.withUnsafeBytes { raw in
                 (raw.loadUnaligned(fromByteOffset: i * Epoll.stride + Epoll.dataOffset, as: Int32.self),
@@ -64,6 +71,8 @@ public struct Epoll: Sendable {
         }
     }
 
+    /// `EPOLLIN`.
     public static let readable = UInt32(EPOLLIN.rawValue)
+    /// `EPOLLOUT`.
     public static let writable = UInt32(EPOLLOUT.rawValue)
 }

@@ -40,8 +40,11 @@ public protocol BlockExportDevice: AnyObject, Sendable {
 extension BlockExportDevice {
     /// None: the server's connection threads read their own input.
     public func serveInput(_ input: any BlockFrontInput, descriptor: Int32) -> Bool { false }
+    /// Nothing to pause: no input is ever the device's.
     public func pauseInput(descriptor: Int32) {}
+    /// Nothing to resume.
     public func resumeInput(descriptor: Int32) {}
+    /// Nothing to remove.
     public func removeInput(descriptor: Int32) {}
     /// None: every request runs in a task.
     public func startTransfer(_ direction: BlockTransfer, at offset: UInt64, buffer: UnsafeMutableRawBufferPointer,

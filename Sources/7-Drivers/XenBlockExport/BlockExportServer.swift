@@ -198,9 +198,10 @@ public struct BlockExportCounters: Hashable, Sendable {
     /// out in one `sendmsg`.
     public var replySends = 0
     /// Requests taken off the clients' sockets by the device's own thread (blkfront's queue
-    /// thread, see ``BlockExportDevice/serveInput(_:descriptor:)``), and by the connections'
-    /// reader threads (a device without one, or one that closed).
+    /// thread, see ``BlockExportDevice/serveInput(_:descriptor:)``).
     public var requestsTakenByDevice = 0
+    /// Requests taken by the connections' own reader threads (a device without a thread
+    /// for them, or one that closed).
     public var requestsTakenByConnections = 0
     /// Creates zeroed counters.
     public init() {}

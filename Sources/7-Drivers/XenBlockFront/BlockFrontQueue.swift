@@ -135,7 +135,8 @@ private struct FrontInflight {
 /// written data into pool pages shared once, and on each response copies read data
 /// out and answers the caller's operation. It also runs the jobs of tasks that prefer
 /// the device's ``BlockFrontExecutor``: their requests then reach the ring, and their
-/// answers reach them, without a wake-up.
+/// answers reach them, without a wake-up; and, the device's first queue, it takes the
+/// inputs a server registered (``BlockFrontend/serveInput(_:descriptor:)``) in its turns.
 final class BlockFrontQueue: DriverService, @unchecked Sendable {
     // @unchecked: the ring and the tables belong to the queue thread once started.
     private var ring: FrontRing<blkif_request, blkif_response>
