@@ -163,7 +163,7 @@ let package = Package(
         // example programs share, so that neither writes the choice again.
         .target(
             name: "XenWorld",
-            dependencies: ["XenABI", "XenBus", "XenHost", "XenHypervisor", "XenSimulatorClient", "XenStore"],
+            dependencies: ["XenABI", "XenBus", "XenHost", "XenHypervisor", "XenLocks", "XenSimulatorClient", "XenStore"],
             path: worlds + "XenWorld"),
 
         // MARK: 6-Protocols

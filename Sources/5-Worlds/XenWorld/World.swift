@@ -3,6 +3,7 @@ import XenABI
 import XenBus
 import XenHost
 import XenHypervisor
+import XenLocks
 import XenSimulatorClient
 import XenStore
 
@@ -84,8 +85,11 @@ public final class JoinedDomain: Hypervisor, @unchecked Sendable {
         }
         switch world.resolved {
         case .xen:
+            // Opening the store and joining the daemon are blocking calls: on a thread of their own.
             let store: LibXenStore
-            do { store = try LibXenStore() } catch { throw WorldError("cannot open the store through libxenstore: \(error)") }
+            do { store = try await onOwnThread(named: "xenpv-join") { try LibXenStore() } } catch {
+                throw WorldError("cannot open the store through libxenstore: \(error)")
+            }
             var id = DomainID.dom0
             switch request {
             case .dom0, .backend: break
@@ -101,7 +105,8 @@ public final class JoinedDomain: Hypervisor, @unchecked Sendable {
                 throw WorldError("a socket is needed for the simulated world (a `xenpv hypervisor --socket PATH`)")
             }
             let remote: RemoteHypervisor
-            do { remote = try RemoteHypervisor(socketPath: socket, as: request) } catch {
+            let asked = request
+            do { remote = try await onOwnThread(named: "xenpv-join") { try RemoteHypervisor(socketPath: socket, as: asked) } } catch {
                 throw WorldError("cannot join the hypervisor at \(socket): \(error)")
             }
             return JoinedDomain(base: remote, store: remote.store, world: .simulated) { remote.close() }

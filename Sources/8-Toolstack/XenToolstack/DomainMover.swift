@@ -61,18 +61,24 @@ public enum DomainMover {
     static func pause(_ id: DomainID, on hv: RemoteHypervisor, timeout: Double) async throws -> UInt64 {
         let key = try await shutdownKey(of: id, on: hv)
         try await hv.store.write(key, "suspend")
+        // The looks are daemon round trips, which block: on a thread of their own, with the
+        // claim that follows the one that saw the suspend (no thread start in between).
         let deadline = now() + UInt64(timeout * 1e9)
-        while true {
-            if try suspended(id, on: hv) { break }
-            if now() >= deadline { break }
-            try await Task.sleep(nanoseconds: 200_000)
+        let paused = try await onOwnThread(named: "xenpv-pause") { () throws -> UInt64? in
+            while true {
+                if try suspended(id, on: hv) { break }
+                if now() >= deadline { break }
+                usleep(200)
+            }
+            guard try suspended(id, on: hv) else { return nil }
+            let paused = now()
+            try claim(id, on: hv)
+            return paused
         }
-        guard try suspended(id, on: hv) else {
+        guard let paused else {
             try? await hv.store.write(key, "")
             throw DomainTransferError("domain \(id.rawValue) did not suspend within \(timeout) s (does its program answer control/shutdown?)")
         }
-        let paused = now()
-        try claim(id, on: hv)
         return paused
     }
 
@@ -101,9 +107,12 @@ public enum DomainMover {
     /// Waits for domain `id` to be gone from `hv`'s daemon.
     static func waitGone(_ id: DomainID, on hv: RemoteHypervisor, timeout: Double) async throws {
         let deadline = now() + UInt64(timeout * 1e9)
-        while try hv.report().domains.contains(id) {
-            guard now() < deadline else { throw DomainTransferError("domain \(id.rawValue) still exists on the source after \(timeout) s") }
-            try await Task.sleep(nanoseconds: 1_000_000)
+        // Daemon round trips, which block: on a thread of their own.
+        try await onOwnThread(named: "xenpv-wait") { () throws in
+            while try hv.report().domains.contains(id) {
+                guard now() < deadline else { throw DomainTransferError("domain \(id.rawValue) still exists on the source after \(timeout) s") }
+                usleep(1000)
+            }
         }
     }
 
@@ -146,7 +155,7 @@ public enum DomainMover {
         let read = try await onOwnThread(named: "xenpv-transfer") { try reader.readStream(from: fd) }
         let restored = try await reader.complete(read)
         guard let parkedOn else { return (restored, false) }
-        let went = Self.resumeParked(parkedOn, restored, destinationSocket)
+        let went = await onOwnThread(named: "xenpv-transfer") { Self.resumeParked(parkedOn, restored, destinationSocket) }
         if let failure = went.failure { throw failure }
         return (restored, went.sent)
     }
@@ -292,11 +301,14 @@ public enum DomainMover {
     static func waitArrival(_ id: DomainID, on destination: RemoteHypervisor, timeout: Double) async throws {
         let deadline = now() + UInt64(timeout * 1e9)
         let joinedOnly = now() + 2_000_000_000
-        while true {
-            let arrived = Self.arrived(id, on: destination)
-            if arrived == true || (arrived == false && now() > joinedOnly) { return }
-            guard now() < deadline else { throw DomainTransferError("domain \(id.rawValue)'s process did not join the destination") }
-            try await Task.sleep(nanoseconds: 100_000)
+        // Daemon round trips, which block: on a thread of their own.
+        try await onOwnThread(named: "xenpv-wait") { () throws in
+            while true {
+                let arrived = Self.arrived(id, on: destination)
+                if arrived == true || (arrived == false && now() > joinedOnly) { return }
+                guard now() < deadline else { throw DomainTransferError("domain \(id.rawValue)'s process did not join the destination") }
+                usleep(100)
+            }
         }
     }
 
