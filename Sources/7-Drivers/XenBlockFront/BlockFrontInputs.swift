@@ -52,21 +52,31 @@ final class BlockFrontInputs: Sendable {
     /// The descriptor that is readable while any input is.
     var descriptor: Int32 { epoll.fd }
 
+    // The set is changed under `inputs`' lock, so a descriptor is watched only while an
+    // input has it (a resume racing a removal cannot leave one watched for nobody).
+
     func add(_ input: any BlockFrontInput, descriptor fd: Int32) {
         inputs.withLock { i in
             i[fd] = input
             registered.store(i.count, ordering: .relaxed)
+            epoll.watch(fd, Epoll.readable)
         }
-        epoll.watch(fd, Epoll.readable)
     }
 
     /// Stops watching `fd` until ``resume(descriptor:)`` (removed from the set, so even
     /// its end does not wake the thread meanwhile).
-    func pause(descriptor fd: Int32) { epoll.forget(fd) }
+    func pause(descriptor fd: Int32) {
+        inputs.withLock { _ in epoll.forget(fd) }
+    }
 
     /// Watches `fd` again and calls its input once at once.
     func resume(descriptor fd: Int32) {
-        epoll.watch(fd, Epoll.readable)
+        let watched = inputs.withLock { i -> Bool in
+            guard i[fd] != nil else { return false }
+            epoll.watch(fd, Epoll.readable)
+            return true
+        }
+        guard watched else { return }
         kicked.withLock { k in
             k.append(fd)
             kicksPending.store(k.count, ordering: .relaxed)
@@ -75,10 +85,10 @@ final class BlockFrontInputs: Sendable {
     }
 
     func remove(descriptor fd: Int32) {
-        epoll.forget(fd)
         inputs.withLock { i in
             i[fd] = nil
             registered.store(i.count, ordering: .relaxed)
+            epoll.forget(fd)
         }
     }
 
@@ -117,8 +127,7 @@ final class BlockFrontInputs: Sendable {
                     let fd = r[k].fd
                     if fd == kick.descriptor {
                         kick.drain()
-                    } else {
-                        take(fd)
+                    } else if take(fd) {
                         served = true
                     }
                 }
@@ -132,8 +141,7 @@ final class BlockFrontInputs: Sendable {
                 }
                 return k
             }
-            for fd in fds { take(fd) }
-            served = true
+            for fd in fds where take(fd) { served = true }
         }
         return served
     }
@@ -143,7 +151,15 @@ final class BlockFrontInputs: Sendable {
     /// next sleep into a spin.
     func woke() { kick.drain() }
 
-    private func take(_ fd: Int32) {
-        if let input = inputs.withLock({ $0[fd] }) { input.takeInput() }
+    /// Lets `fd`'s input take what it has; false if no input has `fd` any more (then it is
+    /// not watched either).
+    private func take(_ fd: Int32) -> Bool {
+        let input = inputs.withLock { i -> (any BlockFrontInput)? in
+            if i[fd] == nil { epoll.forget(fd) }
+            return i[fd]
+        }
+        guard let input else { return false }
+        input.takeInput()
+        return true
     }
 }
