@@ -67,23 +67,22 @@ struct ExportInput: ~Copyable {
             if done == count { return .done }
             // The buffer is empty here.
             if let destination, count - done > Self.capacity / 4 {
-                let n = recv(fd, destination + done, count - done, Int32(MSG_DONTWAIT))
-                if n > 0 {
-                    done += n
-                    continue
-                }
-                if n == 0 { return .ended }
-                let e = errno
-                if e == EINTR { continue }
-                return e == EAGAIN || e == EWOULDBLOCK ? .waiting : .ended
+                var vector = iovec(iov_base: destination + done, iov_len: count - done)
+                var first = 0
+                let (n, received) = input.receiveDirect(fd, into: &vector, 1, first: &first)
+                done += n
+                if let p = Self.progress(received) { return p }
+                continue
             }
             if let p = receive() { return p }
         }
     }
 
     /// Appends what the socket holds: nil if it brought bytes, else how the read stands.
-    private mutating func receive() -> Progress? {
-        switch input.receive(fd) {
+    private mutating func receive() -> Progress? { Self.progress(input.receive(fd)) }
+
+    private static func progress(_ received: StreamInput.Received) -> Progress? {
+        switch received {
         case .bytes: nil
         case .nothingYet: .waiting
         case .endOfStream, .failed: .ended
