@@ -117,6 +117,24 @@ enum Conformance {
         }
     }
 
+    /// A read-only engine: a write and a discard each fail alone with `.readOnly`, a read
+    /// (bytes 4096..<8192 of the device, into the same bytes of the buffers) and a flush
+    /// succeed. The buffers, for the caller to check what the read brought.
+    static func readOnlyRefusals(_ engine: any StorageEngine) throws -> Buffers {
+        let b = Buffers(byteCount: 8192, iovecCount: 4)
+        var d = Driver(engine)
+        let r = try d.run([
+            .write(tag: 1, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096])),
+            .discard(tag: 2, offset: 0, length: 4096),
+            .read(tag: 3, offset: 4096, buffers: b.vector(first: 1, at: 4096, pieces: [4096])),
+            .flush(tag: 4),
+        ])
+        #expect(r[1]?.error?.code == .readOnly)
+        #expect(r[2]?.error?.code == .readOnly)
+        #expect(r[3]?.succeeded == true && r[4]?.succeeded == true)
+        return b
+    }
+
     /// The queue depth bounds what is accepted; the rest waits for a reap (back-pressure).
     static func backPressure(_ engine: any StorageEngine) throws {
         let depth = engine.queueDepth

@@ -124,15 +124,7 @@ struct FileEngineTests {
             let s = try engine.open(image.filePath, readOnly: true, queueDepth: 8)
             defer { s.close() }
             #expect(s.isReadOnly)
-            let b = Buffers(byteCount: 8192)
-            var d = Driver(s)
-            let r = try d.run([
-                .write(tag: 1, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096])),
-                .discard(tag: 2, offset: 0, length: 4096),
-                .read(tag: 3, offset: 4096, buffers: b.vector(first: 1, at: 4096, pieces: [4096])),
-            ])
-            #expect(r[1]?.error?.code == .readOnly && r[2]?.error?.code == .readOnly)
-            #expect(r[3]?.succeeded == true)
+            let b = try Conformance.readOnlyRefusals(s)
             #expect(b.bytes[4096..<8192].allSatisfy { $0 == 0x77 })
             #expect(try image.contents().allSatisfy { $0 == 0x77 })
         }

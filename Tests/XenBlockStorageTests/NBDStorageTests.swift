@@ -93,17 +93,7 @@ struct NBDStorageTests {
                 let s = try NBDStorage(uri: uri, queueDepth: 8)
                 defer { s.close() }
                 #expect(s.isReadOnly && !s.supportsDiscard)
-                let b = Buffers(byteCount: 8192, iovecCount: 4)
-                var d = Driver(s)
-                let r = try d.run([
-                    .write(tag: 1, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096])),
-                    .discard(tag: 2, offset: 0, length: 4096),
-                    .read(tag: 3, offset: 4096, buffers: b.vector(first: 1, at: 4096, pieces: [4096])),
-                    .flush(tag: 4),
-                ])
-                #expect(r[1]?.error?.code == .readOnly)
-                #expect(r[2]?.error?.code == .readOnly)
-                #expect(r[3]?.succeeded == true && r[4]?.succeeded == true)
+                let b = try Conformance.readOnlyRefusals(s)
                 // The pattern plugin: each 8-byte word is its own offset, big-endian.
                 let word = b.bytes.load(fromByteOffset: 4096 + 8, as: UInt64.self)
                 #expect(UInt64(bigEndian: word) == 4096 + 8)
