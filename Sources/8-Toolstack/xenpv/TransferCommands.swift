@@ -76,7 +76,7 @@ struct MigrateCommand: AsyncParsableCommand {
     static let holdLimit = 600.0
 
     func validate() throws {
-        guard holdPaused >= 0, holdPaused <= Self.holdLimit else { throw ValidationError("--hold-paused must be 0 to 600 seconds") }
+        guard holdPaused >= 0, holdPaused <= Self.holdLimit else { throw ValidationError("--hold-paused must be 0 to \(Int(Self.holdLimit)) seconds") }
         if let holdPausedUntilFile, holdPausedUntilFile.isEmpty { throw ValidationError("--hold-paused-until-file needs a path") }
         guard rounds >= 1, rounds <= 1000 else { throw ValidationError("--rounds must be 1 to 1000, not \(rounds)") }
         guard (to == nil) != (via == nil) else { throw ValidationError("give the destination as --to SOCKET or --via ADDRESS, one of them") }
