@@ -227,10 +227,13 @@ public final class HypervisorDaemon: @unchecked Sendable {
         let client = XenStoreClient(transport: XenStoreSocketTransport(connectedSocket: pair[1]))
         toolstackStore = client
         // One task runs the toolstack's store work in the order it was asked
-        // for: a domain's removal never overtakes its creation.
+        // for: a domain's removal never overtakes its creation. It runs on a thread
+        // of its own: the daemon answers a join only after the store work it needs,
+        // which on the cooperative pool could wait behind whatever holds the pool's
+        // few threads (a test waiting for the very join it asked for, at worst).
         let (jobs, continuation) = AsyncStream<@Sendable () async -> Void>.makeStream()
         toolstack = continuation
-        let executor = ToolstackExecutor(name: "xenpv-toolstack")
+        let executor = ThreadExecutor(name: "xenpv-toolstack")
         Task(executorPreference: executor) {
             for await job in jobs { await job() }
             executor.finish()
