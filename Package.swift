@@ -361,7 +361,7 @@ let package = Package(
             name: "XenProcessTests",
             dependencies: [
                 "XenSimulatorDaemon", "XenSimulatorClient", "XenSimulator", "XenHypervisor", "XenABI", "XenStore",
-                "XenRingBenchmark", "XenWorld", "XenToolstack", "XenBus", "xenpv", "TestSupport", "NetTestSupport", logging,
+                "XenRingBenchmark", "XenWorld", "XenToolstack", "XenBus", "XenLocks", "xenpv", "TestSupport", "NetTestSupport", logging,
             ]),
         .testTarget(
             name: "XenBlockProtocolTests",

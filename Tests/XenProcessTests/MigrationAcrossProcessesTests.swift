@@ -4,6 +4,7 @@ import TestSupport
 import Testing
 import XenABI
 import XenHypervisor
+import XenLocks
 import XenSimulatorClient
 import XenStore
 import XenToolstack
@@ -330,6 +331,77 @@ extension ProcessTests {
                 try sharer.unshare(newShare)
             }
             #expect(try await !domains(hosts.a).contains(id))
+        }
+
+        /// A save is a run of blocking calls (its file's open and writes, daemon round trips),
+        /// on a thread of its own, never the cooperative pool's. As many saves as the pool has
+        /// threads each write to a FIFO nobody reads yet, so each blocks in its open; this test
+        /// must run meanwhile to start their readers, and each guest then resumes on host b
+        /// from what was read. (A watchdog reads them after 60 s if the test cannot: bounded.)
+        @Test func savesThatBlockHoldNoThreadOfThePool() async throws {
+            let hosts = try await Hosts()
+            let count = BlockingGate.poolThreads
+            var guests: [RemoteHypervisor] = []
+            for _ in 0..<count { guests.append(try await join(hosts.a, as: .newGuest(frames: 64))) }
+            defer { for g in guests { g.close() } }
+            let (a, b) = (hosts.a, hosts.b)
+            let (source, destination) = try await onThread { (try Toolstack(socketPath: a), try Toolstack(socketPath: b)) }
+            defer { source.close() }
+            defer { destination.close() }
+            let fifos = (0..<count).map { hosts.dir + "/guest\($0).fifo" }
+            for f in fifos { #expect(mkfifo(f, 0o600) == 0) }
+
+            let readersStarted = DispatchSemaphore(value: 0)
+            let watchdogFired = Locked(false)
+            Thread {
+                guard readersStarted.wait(timeout: .now() + 60) == .timedOut else { return }
+                watchdogFired.withLock { $0 = true }
+                for f in fifos { _ = Self.drain(f) }
+            }.start()
+
+            let outcomes = guests.map { g in Task { try await onThread { try g.suspend(timeout: .seconds(120)) } } }
+            let saves = zip(guests, fifos).map { g, f in Task { try await source.save(g.domainID, to: f) } }
+            // Each save waits in its FIFO's open (the kernel's `wait_for_partner`).
+            #expect(await eventually(30) { Self.threadsOpeningAFIFO() >= count })
+            readersStarted.signal()
+            let streams = await withTaskGroup(of: (Int, [UInt8]).self) { group in
+                for (i, f) in fifos.enumerated() { group.addTask { (i, await onThread { Self.drain(f) }) } }
+                var streams = [[UInt8]](repeating: [], count: count)
+                for await (i, bytes) in group { streams[i] = bytes }
+                return streams
+            }
+            #expect(!watchdogFired.withLock { $0 }, "the saves held the pool's threads until the watchdog read their FIFOs")
+            for (i, save) in saves.enumerated() {
+                #expect(try await save.value == streams[i].count)
+                let file = hosts.dir + "/guest\(i).save"
+                try Data(streams[i]).write(to: URL(fileURLWithPath: file))
+                _ = try await source.restore(from: file, to: destination, destinationSocket: hosts.b)
+                #expect(try await outcomes[i].value == .resumed)
+            }
+        }
+
+        /// This process's threads waiting in the open of a FIFO that has no reader.
+        private static func threadsOpeningAFIFO() -> Int {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+            return tasks.filter { (try? String(contentsOfFile: "/proc/self/task/\($0)/wchan", encoding: .utf8)) == "wait_for_partner" }.count
+        }
+
+        /// Everything written to FIFO `path` until its writer closes it (nothing if none comes).
+        private static func drain(_ path: String) -> [UInt8] {
+            // Opened without waiting for a writer, then read blocking: a writer waiting in its
+            // open is let go, and one that already went leaves the end of the stream.
+            let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+            guard fd >= 0 else { return [] }
+            defer { close(fd) }
+            _ = fcntl(fd, F_SETFL, 0)
+            var bytes: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 1 << 16)
+            while true {
+                let n = read(fd, &chunk, chunk.count)
+                if n < 0, errno == EINTR { continue }
+                guard n > 0 else { return bytes }
+                bytes += chunk[0..<n]
+            }
         }
 
         @Test func aStreamReadsOnlyTheFramesThatHoldDataAndLeavesTheRestUnallocated() async throws {

@@ -10,6 +10,10 @@ import XenStore
 /// `xenpv save`, `restore` and `migrate`: the toolstack's side of moving a domain
 /// between hosts (hypervisor daemons), on top of ``DomainStreamWriter`` and
 /// ``DomainStreamReader``.
+///
+/// Each of them is a run of blocking calls (daemon round trips, the stream's reads and
+/// writes, polls) between the store's awaits, and runs on a thread of its own
+/// (`onOwnExecutor`), never holding one of the cooperative pool's.
 public enum DomainMover {
     /// What a migration did, for the command's report and the benchmark.
     public struct Figures: Sendable, CustomStringConvertible {
@@ -57,28 +61,21 @@ public enum DomainMover {
     private static func trace(_ s: @autoclosure () -> String) { if tracing { FileHandle.standardError.write(Data(("trace " + s() + "\n").utf8)) } }
 
     /// Asks guest `id` to suspend (`control/shutdown = suspend`, as Linux's toolstack
-    /// does) and waits until its process calls `suspend`; then claims it.
+    /// does) and waits until its process calls `suspend`; then claims it. Its looks block
+    /// (daemon round trips): on the mover's own thread, as below.
     static func pause(_ id: DomainID, on hv: RemoteHypervisor, timeout: Double) async throws -> UInt64 {
         let key = try await shutdownKey(of: id, on: hv)
         try await hv.store.write(key, "suspend")
-        // The looks are daemon round trips, which block: on a thread of their own, with the
-        // claim that follows the one that saw the suspend (no thread start in between).
         let deadline = now() + UInt64(timeout * 1e9)
-        let paused = try await onOwnThread(named: "xenpv-pause") { () throws -> UInt64? in
-            while true {
-                if try suspended(id, on: hv) { break }
-                if now() >= deadline { break }
-                usleep(200)
+        while try !suspended(id, on: hv) {
+            guard now() < deadline else {
+                try? await hv.store.write(key, "")
+                throw DomainTransferError("domain \(id.rawValue) did not suspend within \(timeout) s (does its program answer control/shutdown?)")
             }
-            guard try suspended(id, on: hv) else { return nil }
-            let paused = now()
-            try claim(id, on: hv)
-            return paused
+            usleep(200)
         }
-        guard let paused else {
-            try? await hv.store.write(key, "")
-            throw DomainTransferError("domain \(id.rawValue) did not suspend within \(timeout) s (does its program answer control/shutdown?)")
-        }
+        let paused = now()
+        try claim(id, on: hv)
         return paused
     }
 
@@ -104,21 +101,22 @@ public enum DomainMover {
         (try? await hv.store.read(XenStorePath.home(of: id) + "/name")) ?? "domain-\(id.rawValue)"
     }
 
-    /// Waits for domain `id` to be gone from `hv`'s daemon.
+    /// Waits for domain `id` to be gone from `hv`'s daemon (blocking, on the mover's thread).
     static func waitGone(_ id: DomainID, on hv: RemoteHypervisor, timeout: Double) async throws {
         let deadline = now() + UInt64(timeout * 1e9)
-        // Daemon round trips, which block: on a thread of their own.
-        try await onOwnThread(named: "xenpv-wait") { () throws in
-            while try hv.report().domains.contains(id) {
-                guard now() < deadline else { throw DomainTransferError("domain \(id.rawValue) still exists on the source after \(timeout) s") }
-                usleep(1000)
-            }
+        while try hv.report().domains.contains(id) {
+            guard now() < deadline else { throw DomainTransferError("domain \(id.rawValue) still exists on the source after \(timeout) s") }
+            usleep(1000)
         }
     }
 
     /// `xenpv save`: suspends guest `id`, writes it to `path`, releases it here. Its
     /// process stays parked in its `suspend` call until a restore sends it on.
     public static func save(_ id: DomainID, to path: String, on hv: RemoteHypervisor, timeout: Double = 30) async throws -> Int {
+        try await onOwnExecutor(named: "xenpv-save") { try await saveHere(id, to: path, on: hv, timeout: timeout) }
+    }
+
+    private static func saveHere(_ id: DomainID, to path: String, on hv: RemoteHypervisor, timeout: Double) async throws -> Int {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw DomainTransferError("\(path): \(String(cString: strerror(errno)))") }
         var claimed = false
@@ -130,7 +128,8 @@ public enum DomainMover {
             try writer.begin(name: name)
             try writer.sendAll()
             try await writer.finish()
-            guard fsync(fd) == 0 else { throw DomainTransferError("\(path): fsync: \(String(cString: strerror(errno)))") }
+            // A pipe or socket (`xenpv save D /dev/stdout | …`) has nothing to sync: EINVAL.
+            guard fsync(fd) == 0 || errno == EINVAL else { throw DomainTransferError("\(path): fsync: \(String(cString: strerror(errno)))") }
             close(fd)
             try hv.parkSuspended(id)
             try await waitGone(id, on: hv, timeout: timeout)
@@ -148,14 +147,21 @@ public enum DomainMover {
     /// waits on `parkedOn`, sends it there. Returns the restore and whether a process went.
     public static func restore(from path: String, on destination: RemoteHypervisor, destinationSocket: String,
                                parkedOn: RemoteHypervisor?) async throws -> (DomainStreamReader.Restored, Bool) {
+        try await onOwnExecutor(named: "xenpv-restore") {
+            try await restoreHere(from: path, on: destination, destinationSocket: destinationSocket, parkedOn: parkedOn)
+        }
+    }
+
+    private static func restoreHere(from path: String, on destination: RemoteHypervisor, destinationSocket: String,
+                                    parkedOn: RemoteHypervisor?) async throws -> (DomainStreamReader.Restored, Bool) {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw DomainTransferError("\(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         let reader = DomainStreamReader(hypervisor: destination)
-        let read = try await onOwnThread(named: "xenpv-transfer") { try reader.readStream(from: fd) }
+        let read = try reader.readStream(from: fd)
         let restored = try await reader.complete(read)
         guard let parkedOn else { return (restored, false) }
-        let went = await onOwnThread(named: "xenpv-transfer") { Self.resumeParked(parkedOn, restored, destinationSocket) }
+        let went = Self.resumeParked(parkedOn, restored, destinationSocket)
         if let failure = went.failure { throw failure }
         return (restored, went.sent)
     }
@@ -188,6 +194,13 @@ public enum DomainMover {
     /// before taking over, the guest's suspend is cancelled and it goes on here.
     public static func migrate(_ id: DomainID, from source: RemoteHypervisor, to target: Target,
                                budget: Budget = Budget(), timeout: Double = 30, progress: @Sendable (String) -> Void = { _ in }) async throws -> Figures {
+        try await onOwnExecutor(named: "xenpv-migrate") {
+            try await migrateHere(id, from: source, to: target, budget: budget, timeout: timeout, progress: progress)
+        }
+    }
+
+    private static func migrateHere(_ id: DomainID, from source: RemoteHypervisor, to target: Target,
+                                    budget: Budget, timeout: Double, progress: @Sendable (String) -> Void) async throws -> Figures {
         var figures = Figures()
         let start = now()
         let sendFD: Int32
@@ -261,7 +274,7 @@ public enum DomainMover {
                 token = try await reader.complete(read).token
                 destinationSocket = socket
             } else {
-                let line = try await onOwnThread(named: "xenpv-transfer") { try readLine(sendFD) }
+                let line = try readLine(sendFD)
                 let words = line.split(separator: " ").map(String.init)
                 guard words.count == 3, words[0] == "READY", let t = DomainToken(words[1]) else {
                     throw DomainTransferError("the receiver answered \(line.prefix(200).debugDescription)")
@@ -278,7 +291,7 @@ public enum DomainMover {
             switch target {
             case .daemon(let destination, _): try await waitArrival(id, on: destination, timeout: timeout)
             case .receiver:
-                let line = try await onOwnThread(named: "xenpv-transfer") { try readLine(sendFD) }
+                let line = try readLine(sendFD)
                 guard line == "ARRIVED" else { throw DomainTransferError("the receiver answered \(line.prefix(200).debugDescription)") }
             }
             figures.downtimeSeconds = Double(now() - paused) / 1e9
@@ -301,14 +314,11 @@ public enum DomainMover {
     static func waitArrival(_ id: DomainID, on destination: RemoteHypervisor, timeout: Double) async throws {
         let deadline = now() + UInt64(timeout * 1e9)
         let joinedOnly = now() + 2_000_000_000
-        // Daemon round trips, which block: on a thread of their own.
-        try await onOwnThread(named: "xenpv-wait") { () throws in
-            while true {
-                let arrived = Self.arrived(id, on: destination)
-                if arrived == true || (arrived == false && now() > joinedOnly) { return }
-                guard now() < deadline else { throw DomainTransferError("domain \(id.rawValue)'s process did not join the destination") }
-                usleep(100)
-            }
+        while true {
+            let arrived = Self.arrived(id, on: destination)
+            if arrived == true || (arrived == false && now() > joinedOnly) { return }
+            guard now() < deadline else { throw DomainTransferError("domain \(id.rawValue)'s process did not join the destination") }
+            usleep(100)
         }
     }
 
@@ -319,9 +329,15 @@ public enum DomainMover {
     public static func receive(from fd: Int32, on destination: RemoteHypervisor, socket: String, timeout: Double = 30) async throws
         -> DomainStreamReader.Restored
     {
+        try await onOwnExecutor(named: "xenpv-receive") { try await receiveHere(from: fd, on: destination, socket: socket, timeout: timeout) }
+    }
+
+    private static func receiveHere(from fd: Int32, on destination: RemoteHypervisor, socket: String, timeout: Double) async throws
+        -> DomainStreamReader.Restored
+    {
         let reader = DomainStreamReader(hypervisor: destination)
         do {
-            let read = try await onOwnThread(named: "xenpv-transfer") { try reader.readStream(from: fd) }
+            let read = try reader.readStream(from: fd)
             let restored = try await reader.complete(read)
             try writeLine(fd, "READY \(restored.token) \(socket)")
             try await waitArrival(restored.domain, on: destination, timeout: timeout)
