@@ -250,6 +250,30 @@ struct BlockXenbusTests {
         #expect(try await world.teardown().isEmpty)
     }
 
+    /// A queue's bounce pages stay with the backend when its connection ends, backed and
+    /// cleared, and the next connection's queue starts on them (no page to fault in and
+    /// zero on its first requests: a migrated guest's downtime), at most `keep` of them.
+    @Test func aReconnectedQueueStartsOnTheBouncePagesItsPredecessorGaveBack() async throws {
+        let world = try await XenbusBlockWorld()
+        let driver = try await world.addDisk(id: 51712)
+        #expect(await world.connected(driver))
+        let fe = driver.frontend
+        try await withTimeout(20) { try await fe.write(at: 0, [UInt8](repeating: 7, count: 1 << 16)) }
+        let pools = world.backend.bouncePools
+        await world.backend.stop(driver.device)
+        // Its queue gave its pool back (and InitWait warmed one before): kept, within the bound.
+        #expect(await eventually(30) { pools.keptCount >= 1 })
+        await world.backend.resume(driver.device)
+        #expect(await eventually(30) { world.backend.driver(for: driver.device)?.queues.isEmpty == false })
+        let queue = try #require(world.backend.driver(for: driver.device)?.queues.first)
+        #expect(queue.counters.warmBouncePool.value == 1)
+        // The disk works on it, and holds what the first connection wrote.
+        let back = try await withTimeout(30) { try await fe.read(at: 0, count: 1 << 16) }
+        #expect(back == [UInt8](repeating: 7, count: 1 << 16))
+        #expect(pools.keptCount <= pools.keep)
+        #expect(try await world.teardown().isEmpty)
+    }
+
     /// A frontend whose req_prod runs far ahead gets its device closed (with the reason
     /// in its error key); the other disk on the same backend keeps working.
     @Test func aRingViolationClosesThatDeviceOnly() async throws {

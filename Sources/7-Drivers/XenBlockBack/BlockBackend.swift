@@ -16,13 +16,17 @@ public final class BlockBackend: Sendable {
 
     /// The manager serving every vbd: entries, endpoints, stop and resume per device.
     public let devices: XenbusBackendManager<VbdFactory>
+    /// The bounce pages every device's queues take and give back (see ``BouncePools``).
+    public let bouncePools: BouncePools
 
     /// Creates the backend for `hypervisor`'s domain; it serves nothing until ``start()``.
     /// Every device gets `options`; `disk` opens each one's storage.
     public init(store: any XenStoreConnection, hypervisor: any Hypervisor, options: BlockBackendOptions = BlockBackendOptions(),
                 logger: Logger = Logger(label: "blkback"), disk: @escaping DiskProvider) {
+        let pools = BouncePools()
+        bouncePools = pools
         devices = XenbusBackendManager(
-            factory: VbdFactory(store: store, hypervisor: hypervisor, provider: disk, options: options, logger: logger),
+            factory: VbdFactory(store: store, hypervisor: hypervisor, provider: disk, options: options, bouncePools: pools, logger: logger),
             store: store, backendDomain: hypervisor.domainID, logger: logger)
     }
 
@@ -52,6 +56,7 @@ public struct VbdFactory: XenbusBackendDeviceFactory {
     let hypervisor: any Hypervisor
     let provider: BlockBackend.DiskProvider
     let options: BlockBackendOptions
+    let bouncePools: BouncePools
     let logger: Logger
 
     /// "vbd", the device class in `backend/vbd/<domid>/<devid>`.
@@ -67,7 +72,7 @@ public struct VbdFactory: XenbusBackendDeviceFactory {
             throw BlockBackendError(.noDisk, "disk", underlying: error)
         }
         return BlockBackendDevice(device: device, store: store, hypervisor: hypervisor, disk: disk, options: options,
-                                  logger: logger) { [logger, store] error in
+                                  bouncePools: bouncePools, logger: logger) { [logger, store] error in
             logger.error("\(device): ring failure, closing: \(error)")
             let reason = "ring: \(error)"
             Task {

@@ -72,6 +72,7 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
     private let hypervisor: any Hypervisor
     private let disk: BlockBackendDisk
     private let options: BlockBackendOptions
+    private let bouncePools: BouncePools
     private let logger: Logger
     /// Called (from a queue thread) when a frontend broke its ring: the device should close.
     public let onRingFailure: @Sendable (any Error) -> Void
@@ -85,10 +86,12 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
     }
 
     /// Creates the driver of `device` serving `disk`; the handshake calls ``prepare()``,
-    /// ``connect()`` and ``disconnect()``.
+    /// ``connect()`` and ``disconnect()``. Its queues take their bounce pages from
+    /// `bouncePools` (a backend's devices share one).
     public init(device: XenbusDevice, store: any XenStoreConnection, hypervisor: any Hypervisor, disk: BlockBackendDisk,
-                options: BlockBackendOptions = BlockBackendOptions(), logger: Logger = Logger(label: "blkback"),
-                onRingFailure: @escaping @Sendable (any Error) -> Void = { _ in }) {
+                options: BlockBackendOptions = BlockBackendOptions(), bouncePools: BouncePools = BouncePools(),
+                logger: Logger = Logger(label: "blkback"), onRingFailure: @escaping @Sendable (any Error) -> Void = { _ in }) {
+        self.bouncePools = bouncePools
         self.device = device
         self.store = store
         self.hypervisor = hypervisor
@@ -128,6 +131,8 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
     /// `feature-persistent`, `feature-max-indirect-segments`, `max-ring-page-order` and
     /// `multi-queue-max-queues`.
     public func prepare() async throws -> XenbusWrites {
+        // The first queue's bounce pages, backed while the frontend is not here yet.
+        bouncePools.warm(pages: options.bouncePages)
         let dir = device.backendPath
         let l = limits
         func flag(_ on: Bool) -> String { on ? "1" : "0" }
@@ -254,7 +259,8 @@ public final class BlockBackendDevice: XenbusDeviceDriver, @unchecked Sendable {
                         ring: map, events: events, mapper: s.mapper, storage: try disk.makeEngine(),
                         configuration: BlockQueueConfiguration(
                             frontend: frontend, port: port, abi: abi, limits: limits, bouncePages: options.bouncePages,
-                            persistentGrants: persistent && options.persistent ? options.persistentGrants : 0),
+                            persistentGrants: persistent && options.persistent ? options.persistentGrants : 0,
+                            bouncePools: bouncePools),
                         onFailure: { failure($0) })
                 } catch {
                     // Not taken by a queue: still ours to give back.

@@ -160,6 +160,7 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     let ringSize: Int
 
     private let bounce: BouncePool
+    private let bouncePools: BouncePools?
     private let pool: UnsafeMutableRawPointer
     private let freePages: UnsafeMutablePointer<Int32>
     private var freePageCount: Int
@@ -220,7 +221,14 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         ringSize = Int(ring.size)
 
         let pages = configuration.bouncePages
-        bounce = BouncePool(pages: pages)
+        if let pools = configuration.bouncePools {
+            let (pool, kept) = pools.take(pages: pages)
+            bounce = pool
+            if kept { counters.warmBouncePool.bump() }
+        } else {
+            bounce = BouncePool(pages: pages)
+        }
+        bouncePools = configuration.bouncePools
         pool = bounce.base
         freePages = .allocate(capacity: pages)
         for i in 0..<pages { freePages[i] = Int32(pages - 1 - i) }
@@ -258,6 +266,8 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     }
 
     deinit {
+        // The engine is closed (finish waits for what the kernel held): the pool is free.
+        bouncePools?.give(bounce)
         freePages.deallocate()
         slots.deallocate()
         freeSlots.deallocate()

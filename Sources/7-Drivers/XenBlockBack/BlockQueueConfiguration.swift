@@ -23,13 +23,17 @@ public struct BlockQueueConfiguration: Sendable {
     /// (the bounce pages lie on huge pages where the system has them). nil: when the
     /// engine `StorageEngine.prefersContiguousBuffers`.
     public var contiguousCopies: Bool?
+    /// Where the queue takes its bounce pool and gives it back when it ends (nil: a pool
+    /// of its own, faulted in as used and freed at the end).
+    public var bouncePools: BouncePools?
 
     /// Describes one queue's set-up.
     /// - Precondition: `bouncePages` holds the largest request (11 segments, or
     ///   `limits.maxIndirectSegments` if more), and `limits` does not accept data on a flush
     ///   or barrier (the queue does not sequence "write, then flush").
     public init(frontend: DomainID, port: EventPort, abi: BlkifABI = .native, limits: BlockDeviceLimits,
-                bouncePages: Int = 1024, persistentGrants: Int = 0, contiguousCopies: Bool? = nil) {
+                bouncePages: Int = 1024, persistentGrants: Int = 0, contiguousCopies: Bool? = nil,
+                bouncePools: BouncePools? = nil) {
         precondition(bouncePages >= max(BlockDeviceLimits.maxDirectSegments, limits.maxIndirectSegments),
                      "the bounce pool must hold the largest request")
         // A flush carrying data would need "write, then flush" sequencing the queue does not do.
@@ -41,6 +45,7 @@ public struct BlockQueueConfiguration: Sendable {
         self.bouncePages = bouncePages
         self.persistentGrants = persistentGrants
         self.contiguousCopies = contiguousCopies
+        self.bouncePools = bouncePools
     }
 }
 

@@ -31,6 +31,8 @@ public final class BlockQueueCounters: Sendable {
     public let notifies = DriverCounter(0)
     /// Times the queue thread slept on its descriptors.
     public let sleeps = DriverCounter(0)
+    /// 1 when the queue started on a kept bounce pool, its pages already backed (``BouncePools``).
+    public let warmBouncePool = DriverCounter(0)
 
     /// Counters all at zero.
     public init() {}
