@@ -53,19 +53,25 @@ public final class BouncePools: Sendable {
     /// Pools kept idle at most.
     public let keep: Int
 
-    private let idle = Locked<[BouncePool]>([])
+    private struct State {
+        var idle: [BouncePool] = []
+        /// Sizes being warmed: several devices reaching InitWait together warm one pool.
+        var warming: Set<Int> = []
+    }
+
+    private let state = Locked(State())
 
     /// Keeps at most `keep` idle pools (each 4 MiB with the default 1,024 pages).
     public init(keep: Int = 4) { self.keep = keep }
 
     /// Pools kept now, idle, with their pages backed.
-    public var keptCount: Int { idle.withLock { $0.count } }
+    public var keptCount: Int { state.withLock { $0.idle.count } }
 
     /// A pool of `pages` pages, and whether it was kept (its pages backed); else a new one.
     func take(pages: Int) -> (BouncePool, kept: Bool) {
-        let kept = idle.withLock { pools -> BouncePool? in
-            guard let i = pools.firstIndex(where: { $0.pages == pages }) else { return nil }
-            return pools.remove(at: i)
+        let kept = state.withLock { s -> BouncePool? in
+            guard let i = s.idle.firstIndex(where: { $0.pages == pages }) else { return nil }
+            return s.idle.remove(at: i)
         }
         if let kept { return (kept, true) }
         return (BouncePool(pages: pages), false)
@@ -75,13 +81,21 @@ public final class BouncePools: Sendable {
     func give(_ pool: BouncePool) {
         guard keptCount < keep else { return }
         pool.clear()
-        idle.withLock { if $0.count < keep { $0.append(pool) } }
+        state.withLock { if $0.idle.count < keep { $0.idle.append(pool) } }
     }
 
     /// Makes sure a pool of `pages` pages is kept, its pages backed, on a thread of its
     /// own (zeroing a few MiB the host has to back can take tens of ms).
     func warm(pages: Int) {
-        guard !idle.withLock({ $0.contains { $0.pages == pages } }) else { return }
-        startDetachedThread(named: "blkback-warm") { [self] in give(BouncePool(pages: pages)) }
+        let start = state.withLock { s -> Bool in
+            guard !s.idle.contains(where: { $0.pages == pages }), !s.warming.contains(pages) else { return false }
+            s.warming.insert(pages)
+            return true
+        }
+        guard start else { return }
+        startDetachedThread(named: "blkback-warm") { [self] in
+            give(BouncePool(pages: pages))
+            state.withLock { _ = $0.warming.remove(pages) }
+        }
     }
 }
