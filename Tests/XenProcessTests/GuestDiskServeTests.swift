@@ -26,9 +26,8 @@ extension ProcessTests {
             var kit: Child?
             defer { kit?.sendKill() }
             if throughNBDKit {
-                kit = try Child(["-f", "-U", dir + "/kit.sock", "file", image], name: "nbdkit", executable: "/usr/bin/nbdkit")
+                kit = try await Child.nbdkitFile(image, socket: dir + "/kit.sock")
                 disk = "nbd+unix:///?socket=\(dir)/kit.sock"
-                for _ in 0..<100 where !FileManager.default.fileExists(atPath: dir + "/kit.sock") { try await Task.sleep(for: .milliseconds(50)) }
             }
             let hv = try await Child.hypervisor(socket: sock)
             defer { hv.sendKill() }

@@ -43,9 +43,8 @@ extension ProcessTests {
                 #expect(FileManager.default.createFile(atPath: dir + "/disk.img", contents: nil))
                 #expect(truncate(dir + "/disk.img", 32 << 20) == 0)
                 if throughNBDKit {
-                    nbdkit = try Child(["-f", "-U", dir + "/kit.sock", "file", dir + "/disk.img"], name: "nbdkit", executable: "/usr/bin/nbdkit")
+                    nbdkit = try await Child.nbdkitFile(dir + "/disk.img", socket: dir + "/kit.sock")
                     disk = "nbd+unix:///?socket=\(dir)/kit.sock"
-                    for _ in 0..<100 where !FileManager.default.fileExists(atPath: dir + "/kit.sock") { try await Task.sleep(for: .milliseconds(50)) }
                 } else {
                     nbdkit = nil
                     disk = dir + "/disk.img"

@@ -141,6 +141,15 @@ extension Child {
         #expect(await hv.waitFor("listening"), "\(hv.output)", sourceLocation: sourceLocation)
         return hv
     }
+
+    /// `nbdkit -f -U socket file image`, awaited (about 5 s at most) until its socket exists;
+    /// if it does not, an expectation fails at the caller. The caller kills it.
+    static func nbdkitFile(_ image: String, socket: String, sourceLocation: SourceLocation = #_sourceLocation) async throws -> Child {
+        let kit = try Child(["-f", "-U", socket, "file", image], name: "nbdkit", executable: "/usr/bin/nbdkit")
+        for _ in 0..<100 where !FileManager.default.fileExists(atPath: socket) { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(FileManager.default.fileExists(atPath: socket), "\(kit.output)", sourceLocation: sourceLocation)
+        return kit
+    }
 }
 
 /// A hypervisor daemon started in a fresh directory. A test awaits `stop()` at its end
