@@ -5,7 +5,9 @@ import XenABI
 /// Both machines wired through a model of the store, explored exhaustively.
 ///
 /// Each side observes the other's *current* state key at any time (watch events may
-/// coalesce), finishes its `.prepare` work at any time, and up to `budget` disruptions
+/// coalesce), finishes its `.prepare` work at any time, maps the frontend's ring some time
+/// after it decided to connect (the endpoint reads the keys and maps in the driver's
+/// `connect`, while the frontend goes on), and up to `budget` disruptions
 /// happen anywhere: a restart of either side, a close request on either side, a reconnect
 /// request after a close, or one side vanishing. Every reachable state must be free of
 /// safety violations; every state where nothing more can happen without a disruption must be
@@ -26,6 +28,18 @@ struct World: Hashable {
     var beConnected = false
     /// The backend maps the frontend's *current* ring (not one from before a restart).
     var beMapsCurrentRing = false
+    /// The backend's `.connect` runs: it maps whatever ring the frontend grants when it
+    /// gets there (the keys it reads are the last written); the actions after it in that
+    /// batch wait for the outcome, as the endpoint publishes Connected only after it.
+    var beConnecting: [XenbusAction]?
+    /// A reading of the peer's key taken and not yet acted on.
+    var feReading: Reading?
+    var beReading: Reading?
+
+    /// What a read of the peer's key returned (nil: the key is gone).
+    struct Reading: Hashable {
+        var value: XenbusState?
+    }
     var disruptionsLeft: Int
     var used: Set<Disruption> = []
 
@@ -54,6 +68,8 @@ struct World: Hashable {
                 if feConnected { throw Violation(description: "frontend connected twice") }
                 if !feHasRing { throw Violation(description: "frontend connected without a ring") }
                 feConnected = true
+            case .readPeer:
+                break  // readings are taken at any time
             case .disconnect:
                 if beAlive && beConnected && beMapsCurrentRing {
                     throw Violation(description: "frontend freed a ring the backend still maps")
@@ -65,19 +81,18 @@ struct World: Hashable {
     }
 
     mutating func applyBE(_ actions: [XenbusAction]) throws {
-        for a in actions {
+        for (i, a) in actions.enumerated() {
             switch a {
             case .publish(let s): beKey = s
             case .prepare:
                 if bePrepareOutstanding { throw Violation(description: "backend prepared twice") }
                 bePrepareOutstanding = true
             case .connect:
-                if beConnected { throw Violation(description: "backend connected twice") }
-                guard feAlive, feHasRing, feKey == .initialised || feKey == .connected else {
-                    throw Violation(description: "backend connected to no ring")
-                }
-                beConnected = true
-                beMapsCurrentRing = true
+                if beConnected || beConnecting != nil { throw Violation(description: "backend connected twice") }
+                beConnecting = Array(actions[(i + 1)...])
+                return
+            case .readPeer:
+                break
             case .disconnect:
                 beConnected = false
                 beMapsCurrentRing = false
@@ -85,31 +100,90 @@ struct World: Hashable {
         }
     }
 
+    /// Whether acting on `reading` now changes anything: a reading that does not is no step
+    /// (nor is it one later, as this side does nothing else while it holds a reading).
+    func changesFE(_ reading: XenbusState?) throws -> Bool {
+        var w = self
+        try w.applyFE(w.fe.handle(.peerState(reading)))
+        return w != self
+    }
+
+    func changesBE(_ reading: XenbusState?) throws -> Bool {
+        var w = self
+        try w.applyBE(w.be.handle(.peerState(reading)))
+        return w != self
+    }
+
     /// The ordinary steps; nil when not enabled.
+    ///
+    /// An endpoint reads the peer's key, then acts on that reading: the peer may have moved
+    /// on meanwhile (a watch then fires again), so a reading is taken in one step and
+    /// applied in a later one. A `.prepare` reads the peer while it runs and acts on that
+    /// reading before `.resourcesReady` and again after it (the endpoint hides that round
+    /// trip behind the hook).
     func ordinary() throws -> [(String, World)] {
         var out: [(String, World)] = []
+        func name(_ s: XenbusState?) -> String { s.map { "\($0)" } ?? "-" }
         if feAlive {
-            var w = self
-            try w.applyFE(w.fe.handle(.peerState(beAlive ? beKey : nil)))
-            out.append(("fe sees \(w.fe.peer.map { "\($0)" } ?? "-") -> \(w.feKey.map { "\($0)" } ?? "-")", w))
+            let now = beAlive ? beKey : nil
+            if let reading = feReading {
+                var w = self
+                w.feReading = nil
+                try w.applyFE(w.fe.handle(.peerState(reading.value)))
+                out.append(("fe acts on \(name(reading.value)) -> \(name(w.feKey))", w))
+            } else if try changesFE(now) {
+                var w = self
+                w.feReading = Reading(value: now)
+                out.append(("fe reads \(name(now))", w))
+            }
             if fePrepareOutstanding {
                 var w = self
                 if w.feHasRing { throw Violation(description: "frontend allocated a second ring") }
                 w.fePrepareOutstanding = false
                 w.feHasRing = true
-                try w.applyFE(w.fe.handle(.resourcesReady))
-                out.append(("fe ready -> \(w.feKey.map { "\($0)" } ?? "-")", w))
+                w.feReading = nil
+                let reading = (feReading ?? Reading(value: now)).value
+                try w.applyFE(w.fe.handle(.peerState(reading)) + w.fe.handle(.resourcesReady) + w.fe.handle(.peerState(reading)))
+                out.append(("fe ready -> \(name(w.feKey))", w))
             }
         }
-        if beAlive {
-            var w = self
-            try w.applyBE(w.be.handle(.peerState(feAlive ? feKey : nil)))
-            out.append(("be sees \(w.be.peer.map { "\($0)" } ?? "-") -> \(w.beKey.map { "\($0)" } ?? "-")", w))
+        // Its endpoint handles nothing else while the driver's connect runs.
+        if beAlive && beConnecting == nil {
+            let now = feAlive ? feKey : nil
+            if let reading = beReading {
+                var w = self
+                w.beReading = nil
+                try w.applyBE(w.be.handle(.peerState(reading.value)))
+                out.append(("be acts on \(name(reading.value)) -> \(name(w.beKey))", w))
+            } else if try changesBE(now) {
+                var w = self
+                w.beReading = Reading(value: now)
+                out.append(("be reads \(name(now))", w))
+            }
             if bePrepareOutstanding {
                 var w = self
                 w.bePrepareOutstanding = false
-                try w.applyBE(w.be.handle(.resourcesReady))
-                out.append(("be ready -> \(w.beKey.map { "\($0)" } ?? "-")", w))
+                w.beReading = nil
+                let reading = (beReading ?? Reading(value: now)).value
+                try w.applyBE(w.be.handle(.peerState(reading)) + w.be.handle(.resourcesReady) + w.be.handle(.peerState(reading)))
+                out.append(("be ready -> \(name(w.beKey))", w))
+            }
+        }
+        if beAlive, let after = beConnecting {
+            // The ring the keys name is mapped if the frontend still grants it; else the
+            // driver's connect fails and the machine hears `.connectRefused`.
+            var w = self
+            w.beConnecting = nil
+            if feAlive && feHasRing {
+                w.beConnected = true
+                w.beMapsCurrentRing = true
+                try w.applyBE(after)
+                out.append(("be maps the ring -> \(name(w.beKey))", w))
+            } else {
+                // As the endpoint does: the peer read, the refusal, the reading again.
+                let peer = feAlive ? feKey : nil
+                try w.applyBE(w.be.handle(.peerState(peer)) + w.be.handle(.connectRefused) + w.be.handle(.peerState(peer)))
+                out.append(("be finds no ring -> \(name(w.beKey))", w))
             }
         }
         return out
@@ -128,6 +202,7 @@ struct World: Hashable {
                 guard feAlive else { continue }
                 w.fe = XenbusFrontend()
                 w.fePrepareOutstanding = false
+                w.feReading = nil
                 w.feHasRing = false  // the old ring died with the old frontend
                 w.feConnected = false
                 w.beMapsCurrentRing = false
@@ -136,20 +211,24 @@ struct World: Hashable {
                 guard beAlive else { continue }
                 w.be = XenbusBackend()
                 w.bePrepareOutstanding = false
+                w.beReading = nil
                 w.beConnected = false
                 w.beMapsCurrentRing = false
+                w.beConnecting = nil
                 try w.applyBE(w.be.start())
             case .feClose:
-                guard feAlive else { continue }
+                // Local events wait for the endpoint to finish acting on a reading.
+                guard feAlive, feReading == nil else { continue }
                 try w.applyFE(w.fe.handle(.closeRequested))
             case .beClose:
-                guard beAlive else { continue }
+                // Taken by the endpoint once its connect returned and its reading was acted on.
+                guard beAlive, beConnecting == nil, beReading == nil else { continue }
                 try w.applyBE(w.be.handle(.closeRequested))
             case .feReconnect:
-                guard feAlive, fe.closeWanted else { continue }
+                guard feAlive, fe.closeWanted, feReading == nil else { continue }
                 try w.applyFE(w.fe.handle(.reconnectRequested))
             case .beReconnect:
-                guard beAlive, be.closeWanted else { continue }
+                guard beAlive, be.closeWanted, beConnecting == nil, beReading == nil else { continue }
                 try w.applyBE(w.be.handle(.reconnectRequested))
             case .feVanish:
                 guard feAlive, beAlive else { continue }
@@ -164,6 +243,7 @@ struct World: Hashable {
                 w.beKey = nil
                 w.beConnected = false
                 w.beMapsCurrentRing = false
+                w.beConnecting = nil
             }
             out.append(w)
           } catch let v as Violation { throw Violation(description: "\(v.description) on \(d)") }

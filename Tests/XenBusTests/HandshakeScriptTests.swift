@@ -108,9 +108,36 @@ struct HandshakeScriptTests {
         _ = fe.handle(.peerState(.initWait))
         _ = fe.handle(.resourcesReady)
         _ = fe.handle(.peerState(.connected))
-        #expect(fe.handle(.peerState(.initWait)) == [.disconnect, .publish(.initialising), .prepare])
-        #expect(be.handle(.peerState(.initialising)) == [])
+        // It withdraws its keys first: this backend may have read them before.
+        #expect(fe.handle(.peerState(.initWait)) == [.publish(.closing), .readPeer])
+        #expect(fe.handle(.peerState(.initWait)) == [])
+        #expect(be.handle(.peerState(.closing)) == [.publish(.closing)])
+        #expect(fe.handle(.peerState(.closing)) == [.disconnect, .publish(.closed)])
+        #expect(be.handle(.peerState(.closed)) == [.publish(.closed)])
+        #expect(fe.handle(.peerState(.closed)) == [.publish(.initialising)])
+        #expect(be.handle(.peerState(.initialising)) == [.publish(.initWait)])
+        #expect(fe.handle(.peerState(.initWait)) == [.prepare])
+        #expect(fe.handle(.resourcesReady) == [.publish(.initialised)])
         #expect(be.handle(.peerState(.initialised)) == [.connect, .publish(.connected)])
+    }
+
+    /// A backend's Closed read before the frontend withdrew its keys may come from a backend
+    /// that goes on to InitWait and maps the keys it read (its reading was late too): the
+    /// frontend withdraws them, and releases them only on a Closing or Closed read after that.
+    @Test func keysAreReleasedOnlyOnAReadingTakenAfterTheyWereWithdrawn() {
+        var fe = XenbusFrontend()
+        _ = fe.start()
+        _ = fe.handle(.peerState(.initWait))
+        _ = fe.handle(.resourcesReady)
+        #expect(fe.handle(.peerState(.closed)) == [.publish(.closing), .readPeer])
+        #expect(fe.holdsResources)
+        // The fresh reading: the backend had gone on to InitWait (and may map the keys).
+        #expect(fe.handle(.peerState(.initWait)) == [])
+        #expect(fe.handle(.peerState(.connected)) == [])
+        #expect(fe.holdsResources)
+        // It saw our Closed: it unmapped and closed; now they go, and a new session follows.
+        #expect(fe.handle(.peerState(.closed)) == [.disconnect, .publish(.closed), .publish(.initialising)])
+        #expect(!fe.holdsResources)
     }
 
     @Test func aRestartedFrontendResetsAStaleConnectedBackend() {
@@ -147,6 +174,7 @@ struct HandshakeRefusalTests {
         #expect(be.refused)
         // The frontend lets go and closes; the backend does not answer with Closed, which
         // would make the frontend offer a new session on the same keys.
+        #expect(fe.handle(.peerState(.closing)) == [.publish(.closing), .readPeer])
         #expect(fe.handle(.peerState(.closing)) == [.disconnect, .publish(.closed)])
         #expect(be.handle(.peerState(.closed)) == [])
         #expect(fe.handle(.peerState(.closing)) == [])

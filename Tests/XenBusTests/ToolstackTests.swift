@@ -177,6 +177,8 @@ func drive<M: HandshakeMachine>(
                 pending += m.handle(.peerState(try await client.readState(peer)))
             case .connect, .disconnect:
                 break
+            case .readPeer:
+                pending += m.handle(.peerState(try await client.readState(peer)))
             }
         }
         if m.published == target { return }

@@ -38,6 +38,9 @@ public enum XenbusAction: Hashable, Sendable {
     case connect
     /// Stop I/O and release what `.prepare`/`.connect` set up (idempotent).
     case disconnect
+    /// Read the peer's `state` again and deliver it: the machine waits for a reading taken
+    /// after the states it just published (the peer's key may not change to fire its watch).
+    case readPeer
 }
 
 /// The frontend's half of the handshake in `io/xenbus.h`, as a pure state machine.
@@ -47,7 +50,10 @@ public enum XenbusAction: Hashable, Sendable {
 /// previous incarnation of this frontend (Closing, Closed, then Initialising, as Linux's
 /// `xenbus_reset_state` does), reconnects after a backend restart, and closes when the backend
 /// closes or vanishes. It releases shared resources only once the backend has stopped using
-/// them (its Closing or Closed, or its disappearance).
+/// them and cannot start again: it first withdraws them (publishes a state that no longer offers
+/// its keys), then waits for a reading of the backend taken after that showing Closing or Closed
+/// (or the backend gone). A reading is a round trip old when it is acted on, so the backend's
+/// Closed seen before the withdrawal may come from a backend about to map the keys it read.
 public struct XenbusFrontend: Hashable, Sendable {
     /// Where the frontend is in the handshake, finer than the XenbusState it publishes.
     ///
@@ -57,7 +63,8 @@ public struct XenbusFrontend: Hashable, Sendable {
     /// - `preparing`: `.prepare` is running (ring, grants, event channel).
     /// - `prepared`: published Initialised, waiting for the backend's Connected.
     /// - `connected`: published Connected; I/O runs.
-    /// - `closing`: published Closing, waiting for the backend to stop using the ring.
+    /// - `closing`: withdrew its keys (published Closing), waiting for a reading taken after
+    ///   that to show the backend Closing or Closed.
     /// - `closed`: published Closed; what was prepared is released (a prepare still
     ///   running is released when it finishes).
     public enum Phase: Hashable, Sendable {
@@ -79,6 +86,9 @@ public struct XenbusFrontend: Hashable, Sendable {
     public private(set) var peerGone = false
     private var prepareInFlight = false
     private var peerSeen = false
+    /// Keys withdrawn and the backend not read since: its state as last read may predate
+    /// its seeing the withdrawal.
+    private var withdrawnUnread = false
 
     /// A machine that has published nothing yet; call ``start()`` first.
     public init() {}
@@ -94,6 +104,7 @@ public struct XenbusFrontend: Hashable, Sendable {
             let s = s == .unknown ? nil : s
             if s != nil { peerSeen = true } else if peerSeen { peerGone = true }
             peer = s
+            withdrawnUnread = false
         case .resourcesReady:
             guard prepareInFlight else { break }
             prepareInFlight = false
@@ -112,9 +123,11 @@ public struct XenbusFrontend: Hashable, Sendable {
                 publish(.closed, &actions)
                 phase = .closed
             case .prepared, .connected:
-                // The backend may map our ring: ask it to close first, release on its answer.
+                // The backend may map our ring: ask it to close first, release on its answer
+                // (the caller reads it after this local event).
                 publish(.closing, &actions)
                 phase = .closing
+                withdrawnUnread = true
             case .closing, .closed:
                 break
             }
@@ -152,6 +165,16 @@ public struct XenbusFrontend: Hashable, Sendable {
     private mutating func release(_ actions: inout [XenbusAction]) {
         if holdsResources { actions.append(.disconnect) }
         holdsResources = false
+    }
+
+    /// Answers a backend that closed while our keys were offered: withdraws them (Closing,
+    /// as Linux's frontends answer it) and asks for the reading that may then release them
+    /// (`.closing`); Closed follows the release, so Closed still says nothing is held.
+    private mutating func withdraw(_ actions: inout [XenbusAction]) {
+        publish(.closing, &actions)
+        phase = .closing
+        withdrawnUnread = true
+        actions.append(.readPeer)
     }
 
     /// One transition driven by the peer's state; true if anything changed.
@@ -210,29 +233,26 @@ public struct XenbusFrontend: Hashable, Sendable {
                 return true
             }
             guard p == .closing || p == .closed else { return false }
-            release(&actions)
-            publish(.closed, &actions)
-            phase = .closed
+            withdraw(&actions)
             return true
         case .connected:
             if p == .closing || p == .closed {
-                release(&actions)
-                publish(.closed, &actions)
-                phase = .closed
+                withdraw(&actions)
                 return true
             }
             if p == .initialising || p == .initWait {
-                // The backend restarted and lost our session: start a new one.
-                release(&actions)
-                publish(.initialising, &actions)
-                phase = .initialising
+                // The backend restarted and lost our session, but may have read our keys
+                // before we saw it (and connect to them): withdrawn, which it answers with
+                // Closing; released then, and a new session follows.
+                withdraw(&actions)
                 return true
             }
             return false
         case .closing:
-            // Only the backend's own Closing/Closed says it no longer maps our ring (a
-            // restarted backend goes through Closing too when it sees ours).
-            guard p == .closing || p == .closed else { return false }
+            // Only the backend's own Closing/Closed, read after our withdrawal, says it no
+            // longer maps our ring and will not (a restarted backend goes through Closing too
+            // when it sees ours).
+            guard !withdrawnUnread, p == .closing || p == .closed else { return false }
             release(&actions)
             publish(.closed, &actions)
             phase = .closed

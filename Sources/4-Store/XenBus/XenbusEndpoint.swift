@@ -274,9 +274,20 @@ public final class XenbusEndpoint: Sendable {
             case .publish(let s):
                 try await publish(s, stateKnown: &stateKnown)
             case .prepare:
-                // The peer's state is read meanwhile (a change after the reading fires the
-                // watch again): after a resume each round trip in turn is downtime.
-                async let peerNow = peerState()
+                // The peer's state is read while the hook runs (a change after the reading
+                // fires the watch again): after a resume each round trip in turn is downtime.
+                // The reading is acted on before the state the prepare publishes (taken
+                // before it, it would otherwise answer that state), and again after it.
+                let running = Task { [driver] in await self.hook("prepare") { try await driver.prepare() } }
+                let peer: XenbusState?
+                do { peer = try await peerState() } catch {
+                    _ = await running.value
+                    throw error
+                }
+                do { try await perform(machine.handle(.peerState(peer)), &machine, stateKnown: &stateKnown) } catch {
+                    _ = await running.value
+                    throw error
+                }
                 // What follows a prepare that succeeds: the machine does not move while the
                 // hook runs.
                 var next = machine
@@ -284,11 +295,11 @@ public final class XenbusEndpoint: Sendable {
                 let outcome: HookOutcome
                 if case .publish(let s)? = ready.first {
                     ready = ready.dropFirst()
-                    outcome = try await hookThenPublish("prepare", s, stateKnown: &stateKnown) { [driver] in try await driver.prepare() }
+                    outcome = try await hookThenPublish("prepare", running, s, stateKnown: &stateKnown)
                 } else {
                     // No state follows (the session ended meanwhile): the writes alone,
                     // as before a handshake that reuses this preparation (a backend's).
-                    outcome = try await hookThenWrite("prepare") { [driver] in try await driver.prepare() }
+                    outcome = try await hookThenWrite(running)
                 }
                 switch outcome {
                 case .done:
@@ -301,27 +312,37 @@ public final class XenbusEndpoint: Sendable {
                     queue.removeAll()
                     queue += machine.handle(.closeRequested)
                 }
-                queue += machine.handle(.peerState(try await peerNow))
+                queue += machine.handle(.peerState(peer))
             case .connect:
                 let outcome: HookOutcome
                 if case .publish(let s)? = queue.first {
                     queue.removeFirst()
-                    outcome = try await hookThenPublish("connect", s, stateKnown: &stateKnown) { [driver] in
-                        try await driver.connect()
-                        return .empty
+                    let running = Task { [driver] in
+                        await self.hook("connect") { () async throws -> XenbusWrites in
+                            try await driver.connect()
+                            return .empty
+                        }
                     }
+                    outcome = try await hookThenPublish("connect", running, s, stateKnown: &stateKnown)
                 } else {
                     outcome = await hook("connect", driver.connect) == nil ? .hookFailed : .done
                 }
                 if outcome != .done {
                     // The rest of this batch assumed a connection (it publishes
-                    // Connected): dropped, so the peer never sees Connected.
+                    // Connected): dropped, so the peer never sees Connected. The peer is
+                    // read first: one that moved on while the hook ran (it let go of the
+                    // keys the hook read) takes the machine out of Connected, and the
+                    // refusal, which is of keys it still offers, no longer applies.
                     queue.removeAll()
+                    let peer = try await peerState()
+                    queue += machine.handle(.peerState(peer))
                     queue += machine.handle(.connectRefused)
-                    queue += machine.handle(.peerState(try await peerState()))
+                    queue += machine.handle(.peerState(peer))
                 }
             case .disconnect:
                 await driver.disconnect()
+            case .readPeer:
+                queue += machine.handle(.peerState(try await peerState()))
             }
         }
     }
@@ -393,12 +414,11 @@ public final class XenbusEndpoint: Sendable {
         let underlying: any Error
     }
 
-    /// Runs a hook while the transaction that publishes `s` after it opens (its start is a
-    /// round trip the hook's own work hides), then writes `s` with the hook's writes.
-    /// Neither is made when the hook throws or the writes fail; the reason goes to `error`.
-    private func hookThenPublish(_ name: String, _ s: XenbusState, stateKnown: inout Bool,
-                                 _ body: @escaping @Sendable () async throws -> XenbusWrites) async throws -> HookOutcome {
-        let running = Task { await self.hook(name, body) }
+    /// Opens the transaction that publishes `s` while the hook `running` goes on (its start
+    /// is a round trip the hook's own work hides), then writes `s` with the hook's writes.
+    /// Neither is made when the hook threw (nil: its reason is in `error`) or the writes fail.
+    private func hookThenPublish(_ name: String, _ running: Task<XenbusWrites?, Never>, _ s: XenbusState,
+                                 stateKnown: inout Bool) async throws -> HookOutcome {
         do {
             try await publish(s, after: { await running.value }, stateKnown: &stateKnown)
             return .done
@@ -414,16 +434,16 @@ public final class XenbusEndpoint: Sendable {
         }
     }
 
-    /// Runs a hook, then makes its writes in a transaction of their own.
-    private func hookThenWrite(_ name: String, _ body: () async throws -> XenbusWrites) async throws -> HookOutcome {
-        guard let writes = await hook(name, body) else { return .hookFailed }
+    /// Waits for the prepare hook `running`, then makes its writes in a transaction of their own.
+    private func hookThenWrite(_ running: Task<XenbusWrites?, Never>) async throws -> HookOutcome {
+        guard let writes = await running.value else { return .hookFailed }
         do {
             try await store.inTransaction { tx in
                 if let failed = await Self.make(writes, in: tx) { throw failed }
             }
             return .done
         } catch let failed as HookWritesFailed {
-            await record(name, failed.underlying)
+            await record("prepare", failed.underlying)
             return .writesFailed
         }
     }
