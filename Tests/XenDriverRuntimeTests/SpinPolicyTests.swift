@@ -47,6 +47,27 @@ struct SpinPolicyTests {
         #expect(b >= 1500 && b <= 4 * Self.µs)
     }
 
+    /// blkfront's settings: the answers due share more worth, each at most a lone request's.
+    /// At depth 32, answers 20 µs apart are spun for (100 µs each, against 6 µs shared from
+    /// the lone worth); at depth 1, an answer 300 µs away is not, nor a caller's next request
+    /// 400 µs away (a spin for them would take most of the vCPU of a guest doing a few
+    /// thousand requests a second), as a per-request worth of 3.2 ms would have it.
+    @Test func answersDueShareAWorthOfTheirOwnEachAtMostALoneRequests() {
+        let front = SpinPolicy.Settings(limit: .microseconds(1000), wakeUpWorth: .microseconds(200),
+                                        sharedWorth: .microseconds(3200))
+        var deep = SpinPolicy(front)
+        let b = Self.after([(20 * Self.µs, 64)], inFlight: 32, &deep)
+        #expect(b >= 20 * Self.µs && b <= 100 * Self.µs)
+        var lone = SpinPolicy(front)
+        #expect(Self.after([(300 * Self.µs, 64)], inFlight: 1, &lone) == 0)
+        var idle = SpinPolicy(front)
+        #expect(Self.after([(400 * Self.µs, 64)], inFlight: 0, &idle) == 0)
+        var dear = SpinPolicy(.init(limit: .microseconds(1000), wakeUpWorth: .microseconds(3200)))
+        #expect(Self.after([(300 * Self.µs, 64)], inFlight: 1, &dear) >= 300 * Self.µs)
+        var blkback = SpinPolicy(Self.block)
+        #expect(Self.after([(20 * Self.µs, 64)], inFlight: 32, &blkback) == 0)
+    }
+
     /// Spins that keep ending in a sleep (the waits grew from 3 µs to 5 ms): the spin gets
     /// shorter, then stops.
     @Test func missesShortenTheSpinThenStopIt() {

@@ -26,6 +26,18 @@ public enum BlockPolling {
     /// 60–120 µs answers (QD1 latency is wake-ups otherwise), at queue depth 32 only for
     /// answers a few µs apart (CPU-bound, as on tmpfs), not for a disk's 20 µs.
     public static let wakeUpWorth: Duration = .microseconds(200)
+    /// What sparing a wake-up is worth to all of blkfront's answers due together: 3.2 ms,
+    /// shared by what is in flight, each at most ``wakeUpWorth`` (100 µs each at queue depth
+    /// 32, against 6 µs before), so at depth it spins for answers that come a few µs apart (a
+    /// CPU-bound path: tmpfs, or the NBD export, whose thread also serves the socket), where
+    /// sleeping left them on the ring while the caller waited; a disk's come too far apart
+    /// for the spin to pay, and the policy does not take it. Measured (5 December,
+    /// `Benchmarks/NBDExport/run.sh` and `compare-builds.sh`, three rounds): NBD export
+    /// randread QD 32 0.76× → 0.93–0.95× of nbdkit, randwrite 0.67× → 0.72–0.74×; tmpfs
+    /// libaio qd32 0.78× → 0.84× of fio; on a disk within the spread. blkback spinning as
+    /// much for its engine's completions raised its CPU per I/O on a disk 1.77× → 2.07× of
+    /// fio's, so it keeps ``wakeUpWorth`` shared.
+    public static let frontendAnswersWorth: Duration = .microseconds(3200)
     /// Work items one loop pass handles before publishing: what it finished reaches the
     /// (polling) peer while it works on the rest, instead of a whole queue depth at once.
     public static let batch = 4

@@ -310,7 +310,10 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
     }
 
     /// See ``BlockPolling``.
-    var spinning: SpinPolicy.Settings? { SpinPolicy.Settings(limit: BlockPolling.limit, wakeUpWorth: BlockPolling.wakeUpWorth) }
+    var spinning: SpinPolicy.Settings? {
+        SpinPolicy.Settings(limit: BlockPolling.limit, wakeUpWorth: BlockPolling.wakeUpWorth,
+                            sharedWorth: BlockPolling.frontendAnswersWorth)
+    }
 
     /// Notifications sent to the peer (the counter `xenpv top` shows).
     var notificationsSent: UInt64? { counters.notifies.value }

@@ -12,7 +12,9 @@
 ///
 /// over the bucket bounds `B` up to ``Settings/limit``, or no spin if no gain is positive.
 /// `worth` (``Settings/wakeUpWorth``) is how much spinning one spared wake-up is worth to
-/// a request that waits for this thread alone. It is shared by what is in flight: with
+/// a request that waits for this thread alone. It is shared by what is in flight (as
+/// ``Settings/sharedWorth``, at most `worth` each, when a thread's answers due weigh more
+/// together): with
 /// one answer due (queue depth 1) a late wake-up delays the only request and the CPU is
 /// otherwise idle, so spinning for a disk's 60–120 µs pays; with 32 due the device works
 /// on the others meanwhile, a sleep gathers several completions per wake-up, and the CPU
@@ -45,10 +47,15 @@ public struct SpinPolicy: Sendable {
         public var limit: Duration
         /// What sparing one waiting request a wake-up is worth, in spin time (see ``SpinPolicy``).
         public var wakeUpWorth: Duration
-        /// Spins of at most `limit`, worth `wakeUpWorth` per spared wake-up.
-        public init(limit: Duration, wakeUpWorth: Duration) {
+        /// What sparing a wake-up is worth to all the answers due together, shared among
+        /// them, each getting at most ``wakeUpWorth``.
+        public var sharedWorth: Duration
+        /// Spins of at most `limit`, worth `wakeUpWorth` per spared wake-up to one waiting
+        /// request and `sharedWorth` (if given, else `wakeUpWorth`) to all answers due.
+        public init(limit: Duration, wakeUpWorth: Duration, sharedWorth: Duration? = nil) {
             self.limit = limit
             self.wakeUpWorth = wakeUpWorth
+            self.sharedWorth = sharedWorth ?? wakeUpWorth
         }
     }
 
@@ -63,6 +70,7 @@ public struct SpinPolicy: Sendable {
 
     private let limit: UInt64
     private let worth: UInt64
+    private let sharedWorth: UInt64
     /// Waits with answers due, and waits with none (the peer's next request).
     private var due = WaitHistogram()
     private var idle = WaitHistogram()
@@ -75,6 +83,7 @@ public struct SpinPolicy: Sendable {
     public init(_ settings: Settings) {
         limit = Spin.nanoseconds(settings.limit)
         worth = Spin.nanoseconds(settings.wakeUpWorth)
+        sharedWorth = Spin.nanoseconds(settings.sharedWorth)
     }
 
     /// Nanoseconds to spin before sleeping, with `inFlight` answers due (0: none); zero
@@ -85,7 +94,7 @@ public struct SpinPolicy: Sendable {
             benched -= 1
             return 0
         }
-        let share = worth / UInt64(max(1, inFlight))
+        let share = inFlight > 0 ? min(worth, sharedWorth / UInt64(inFlight)) : worth
         let chosen = (inFlight > 0 ? due : idle).bestSpin(worth: share, limit: limit)
         if chosen > 0 {
             unspun = 0
