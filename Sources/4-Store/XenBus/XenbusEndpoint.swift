@@ -280,11 +280,10 @@ public final class XenbusEndpoint: Sendable {
                 // before it, it would otherwise answer that state), and again after it.
                 let running = Task { [driver] in await self.hook("prepare") { try await driver.prepare() } }
                 let peer: XenbusState?
-                do { peer = try await peerState() } catch {
-                    _ = await running.value
-                    throw error
-                }
-                do { try await perform(machine.handle(.peerState(peer)), &machine, stateKnown: &stateKnown) } catch {
+                do {
+                    peer = try await peerState()
+                    try await perform(machine.handle(.peerState(peer)), &machine, stateKnown: &stateKnown)
+                } catch {
                     _ = await running.value
                     throw error
                 }
