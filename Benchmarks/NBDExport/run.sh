@@ -1,8 +1,9 @@
 #!/bin/sh
 # fio --ioengine=nbd against a guest's disk served as an NBD export (xenpv hypervisor,
-# xenpv backend --disk IMAGE, xenpv guest disk serve --nbd) and against `nbdkit file`
-# serving the same image: the same protocol and client without the PV path. One run,
-# the two alternating per round, so a shared disk's drift hits both.
+# xenpv backend --disk IMAGE, xenpv guest disk serve --nbd) and against servers of the same
+# image without the PV path: `nbdkit file` (issue 16's yardstick) and `qemu-nbd
+# --cache=none --aio=native`, which reads and writes O_DIRECT as blkback does. One run,
+# all alternating per round, so a shared disk's drift hits each.
 # Usage (from the package root, after `swift build -c release`):
 #   Benchmarks/NBDExport/run.sh IMAGE [SECONDS] [ROUNDS]
 #   BINS="/path/xenpv-before /path/xenpv-after" Benchmarks/NBDExport/run.sh IMAGE [SECONDS] [ROUNDS]
@@ -11,7 +12,9 @@
 # IMAGE: a fully written file (dd if=/dev/urandom) on a file system that takes O_DIRECT.
 # blkback reads and writes it with O_DIRECT; nbdkit 1.32's file plugin has no O_DIRECT
 # (cache=none only drops pages after use), so the page cache is dropped before each
-# nbdkit round (root) and its reads may still hit cache within the round.
+# nbdkit round (root) and its reads may still hit cache within the round; its writes land
+# in the page cache, which on a disk makes it faster than any O_DIRECT server at QD 1.
+# YARDSTICKS="nbdkit qemu-nbd" (default) picks the servers to compare with.
 # SPECS="rw:bs:qd ..." picks settings (default: 4 KiB randread/randwrite at QD 1 and 32).
 # The load average is printed beside each setting: on two shared cores it decides much.
 set -e
@@ -20,6 +23,7 @@ IMG=$1; S=${2:-5}; ROUNDS=${3:-3}; BINS=${BINS:-${XENPV:-.build/release/xenpv}}
 OUT=$(mktemp -d)
 PIDS=""
 cleanup() { for p in $PIDS; do kill "$p" 2>/dev/null || true; done; [ -f "$OUT/nbdkit.pid" ] && kill "$(cat "$OUT/nbdkit.pid")" 2>/dev/null; sleep 0.5; rm -rf "$OUT"; }
+YARDSTICKS=${YARDSTICKS:-"nbdkit qemu-nbd"}
 trap cleanup EXIT INT TERM
 SPECS=${SPECS:-"randread:4096:1 randread:4096:32 randwrite:4096:1 randwrite:4096:32"}
 
@@ -42,8 +46,21 @@ for X in $BINS; do
   wait_for "$D/guest.log" "serving xvda"
   echo "xenpv export $n ($X): $(grep 'vbd connected' "$D/guest.log")"
 done
-nbdkit --unix "$OUT/nbdkit.sock" --pidfile "$OUT/nbdkit.pid" file file="$IMG" cache=none
-wait_for "$OUT/nbdkit.pid" .
+YS=""  # one letter per yardstick: k nbdkit, q qemu-nbd
+for y in $YARDSTICKS; do
+  case $y in
+    nbdkit)
+      nbdkit --unix "$OUT/k.sock" --pidfile "$OUT/nbdkit.pid" file file="$IMG" cache=none
+      wait_for "$OUT/nbdkit.pid" .; YS="$YS k" ;;
+    qemu-nbd)
+      qemu-nbd --persistent --shared=8 --socket="$OUT/q.sock" --format=raw --cache=none --aio=native "$IMG" \
+        > "$OUT/qemu-nbd.log" 2>&1 & PIDS="$PIDS $!"
+      i=0; until [ -S "$OUT/q.sock" ]; do i=$((i + 1)); [ $i -gt 100 ] && { cat "$OUT/qemu-nbd.log" >&2; exit 1; }; sleep 0.1; done
+      YS="$YS q" ;;
+    *) echo "unknown yardstick $y (nbdkit, qemu-nbd)" >&2; exit 2 ;;
+  esac
+done
+[ -n "$YS" ] || { echo "YARDSTICKS names no server" >&2; exit 2; }
 
 for spec in $SPECS; do
   spec=$(echo "$spec" | tr : " ")
@@ -51,35 +68,44 @@ for spec in $SPECS; do
   load_before=$(cut -d' ' -f1 /proc/loadavg)
   r=1
   while [ $r -le "$ROUNDS" ]; do
-    for side in $SIDES k; do
-      if [ $side = k ]; then sock="$OUT/nbdkit.sock"; sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-      else sock="$OUT/b${side#x}/guest.sock"; fi
+    for side in $SIDES $YS; do
+      case $side in
+        x*) sock="$OUT/b${side#x}/guest.sock" ;;
+        *) sock="$OUT/$side.sock"; sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true ;;
+      esac
       fio --name=$side --ioengine=nbd --uri="nbd+unix:///?socket=$sock" --rw=$1 --bs=$2 --iodepth=$3 \
           --runtime=$S --time_based --lat_percentiles=1 --output-format=json > "$OUT/$side-$r" 2>"$OUT/$side-$r.err" \
         || { echo "fio failed:" >&2; cat "$OUT/$side-$r.err" >&2; exit 1; }
     done
     r=$((r + 1))
   done
-  python3 - "$OUT" "$ROUNDS" "$1 bs=$2 qd=$3" "$n" "load $load_before-$(cut -d' ' -f1 /proc/loadavg)" <<'PY'
+  python3 - "$OUT" "$ROUNDS" "$1 bs=$2 qd=$3" "$n" "load $load_before-$(cut -d' ' -f1 /proc/loadavg)" $YS <<'PY'
 import json, statistics, sys
-out, rounds, name, builds, load = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+out, rounds, name, builds, load, ys = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6:]
+names = {"k": "nbdkit file", "q": "qemu-nbd O_DIRECT"}
 def load_run(path):
     text = open(path).read()
     j = json.loads(text[text.index("{"):])["jobs"][0]  # fio may print notes before the JSON
     d = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
     p = d["lat_ns"]["percentile"]  # submission to completion
     return {"iops": d["iops"], "p50_us": p["50.000000"] / 1000, "p99_us": p["99.000000"] / 1000}
+runs = lambda side: [load_run(f"{out}/{side}-{r}") for r in range(1, rounds + 1)]
 m = lambda rows, k: statistics.median(row[k] for row in rows)
-ks = [load_run(f"{out}/k-{r}") for r in range(1, rounds + 1)]
+figures = lambda rows: f"{m(rows, 'iops'):8.0f} IOPS p50 {m(rows, 'p50_us'):7.1f} µs p99 {m(rows, 'p99_us'):8.1f} µs"
+print(f"{name} ({load})")
+yard = {y: runs(y) for y in ys}
+for y in ys:
+    print(f"  {names[y]:18} {figures(yard[y])}")
 for b in range(1, builds + 1):
-    xs = [load_run(f"{out}/x{b}-{r}") for r in range(1, rounds + 1)]
-    ratios = " ".join(f"{x['iops'] / k['iops']:.2f}" for x, k in zip(xs, ks))
-    pair_ratio = statistics.median(x['iops'] / k['iops'] for x, k in zip(xs, ks))
-    pair_p50 = statistics.median(x['p50_us'] - k['p50_us'] for x, k in zip(xs, ks))
-    label = f"{name} ({load})" if b == 1 else ""
+    xs = runs(f"x{b}")
+    # Paired: each round's own ratio and p50 difference, whose medians cancel a drifting disk.
+    pairs = []
+    for y in ys:
+        ratios = " ".join(f"{x['iops'] / k['iops']:.2f}" for x, k in zip(xs, yard[y]))
+        ratio = statistics.median(x['iops'] / k['iops'] for x, k in zip(xs, yard[y]))
+        p50 = statistics.median(x['p50_us'] - k['p50_us'] for x, k in zip(xs, yard[y]))
+        pairs.append(f"÷ {names[y].split()[0]} {ratio:.2f}x (rounds {ratios}), p50 {p50:+.1f} µs")
     build = f" {b}" if builds > 1 else ""
-    print(f"{label:36} guest export{build} {m(xs, 'iops'):8.0f} IOPS p50 {m(xs, 'p50_us'):7.1f} µs p99 {m(xs, 'p99_us'):8.1f} µs | "
-          f"nbdkit file {m(ks, 'iops'):8.0f} IOPS p50 {m(ks, 'p50_us'):7.1f} µs p99 {m(ks, 'p99_us'):8.1f} µs | "
-          f"paired medians: ratio {pair_ratio:.2f}x (rounds {ratios}), p50 {pair_p50:+.1f} µs")
+    print(f"  {'guest export' + build:18} {figures(xs)} | " + " | ".join(pairs))
 PY
 done
