@@ -157,7 +157,7 @@ let package = Package(
         // through one replaceable funnel (LibXen).
         .target(
             name: "XenHost",
-            dependencies: ["CXenLibs", "XenHypervisor", "XenABI", "XenStore", "CXen", systemPackage],
+            dependencies: ["CXenLibs", "XenHypervisor", "XenABI", "XenStore", "XenLocks", "CXen", systemPackage],
             path: worlds + "XenHost"),
         // The world a process joins, chosen at start-up: what the CLI and the
         // example programs share, so that neither writes the choice again.

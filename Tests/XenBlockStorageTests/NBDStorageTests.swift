@@ -29,6 +29,25 @@ struct NBDStorageTests {
         }
     }
 
+    /// The engine's reader thread carries its name where the kernel shows it (`top -H`,
+    /// `ps -L`, `perf`), not the name of the thread that opened the engine: Foundation's
+    /// `Thread.name` does not reach the kernel on Linux.
+    @Test func theReaderThreadHasItsNameInTheKernel() async throws {
+        let server = try await NBDServerProcess.nbdkit(["memory", "1M"])
+        try await withCleanup {
+            let uri = server.uri
+            let named = try await onThread {
+                let s = try NBDStorage(uri: uri, queueDepth: 1)
+                defer { s.close() }
+                // The reader names itself once it runs.
+                return eventuallyBlocking(every: .milliseconds(10)) { kernelThreadNames().contains("nbd-client") }
+            }
+            #expect(named, "no thread of this process has the kernel name nbd-client")
+        } cleanup: {
+            await server.stop()
+        }
+    }
+
     /// Writes from the engine land in the file nbdkit serves; what the file holds comes back.
     @Test func nbdkitFileServesTheImage() async throws {
         let image = try TemporaryImage(bytes: 4 << 20, fill: 0x5A)
@@ -187,6 +206,14 @@ struct NBDStorageTests {
             await server.stop()
         }
     }
+}
+
+/// The kernel's name of each thread of this process (/proc/self/task/*/comm: what `ps -L`
+/// and `top -H` show); a thread that ends meanwhile is left out.
+private func kernelThreadNames() -> [String] {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+    return tasks.compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8) }
+        .map { $0.trimmingCharacters(in: .newlines) }
 }
 
 /// Hands a non-Sendable value to the engine's thread; the test uses it from one thread at a time.

@@ -151,9 +151,7 @@ public final class XenStoreClient: XenStoreOperations {
         // The reader holds the transport and state, not the client, so dropping the client
         // shuts the transport down and ends the thread.
         let state = self.state
-        let thread = Thread { Self.readLoop(transport, state) }
-        thread.name = "xenstore-client"
-        thread.start()
+        startDetachedThread(named: "xenstore-client") { Self.readLoop(transport, state) }
     }
 
     /// Closes the connection; pending and later requests fail with `closed`. Dropping the

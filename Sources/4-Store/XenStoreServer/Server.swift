@@ -174,13 +174,11 @@ public final class XenStoreServer: @unchecked Sendable {
         epoll.watch(wakeRead, Epoll.readable)
         if let fd = events?.fileDescriptor.rawValue { epoll.watch(fd, Epoll.readable) }
         for l in listeners { epoll.watch(l.fd, Epoll.readable) }
-        let thread = Thread { [self] in
+        control.withLock { $0.running = true }
+        startDetachedThread(named: "xenstored") { [self] in
             self.run()
             self.finished.signal()
         }
-        thread.name = "xenstored"
-        control.withLock { $0.running = true }
-        thread.start()
         logger.info("xenstored listening", metadata: ["sockets": "\(listeners.map(\.path))"])
     }
 

@@ -4,6 +4,7 @@ import Foundation
 import Glibc
 import Synchronization
 import XenABI
+import XenLocks
 import XenStore
 
 /// The store through Xen's own libxenstore: what a process in a real Xen
@@ -208,7 +209,7 @@ public final class LibXenStore: XenStoreOperations, @unchecked Sendable {
     private func startWatchThread() {
         let fd: Int32 = calls.sync { closed ? -1 : lib.store.fileno(handle) }
         guard fd >= 0 else { return }
-        let thread = Thread { [weak self] in
+        startDetachedThread(named: "libxs-watches") { [weak self] in
             while let self, !self.watches.withLock({ $0.isEmpty }) {
                 var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
                 guard poll(&pfd, 1, 200) > 0 else { continue }
@@ -228,8 +229,6 @@ public final class LibXenStore: XenStoreOperations, @unchecked Sendable {
                 for e in events { _ = self.watches.withLock { $0[e.token] }?.yield(e) }
             }
         }
-        thread.name = "libxenstore watches"
-        thread.start()
     }
 
     // MARK: conversions

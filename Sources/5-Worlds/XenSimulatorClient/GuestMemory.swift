@@ -91,7 +91,7 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
         // meanwhile waits behind it. (Idle priority would hold the lock while waiting for
         // an idle CPU: tried, the next migration's handshakes waited behind it.)
         let slice = 2 << 20
-        let t = Thread {
+        startDetachedThread(named: "unmap-old-host") {
             _ = settled.wait(timeout: .now() + limit)
             for fd in fds { close(fd) }
             for (address, length) in old {
@@ -102,8 +102,6 @@ final class GuestMemory: PageAllocator, @unchecked Sendable {
             }
             for fd in lastFDs { close(fd) }
         }
-        t.name = "xenpv-unmap-old-host"
-        t.start()
     }
 
     /// Closes `fd` with the next `dropMovedAside`'s teardown.

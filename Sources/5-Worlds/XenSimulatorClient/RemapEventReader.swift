@@ -1,7 +1,7 @@
 import CPageTracking
 import CXen
-import Foundation
 import Glibc
+import XenLocks
 
 /// Reads a userfaultfd's event messages on a thread of its own while this process
 /// moves mappings registered with it. The descriptor asked for remap events
@@ -23,13 +23,11 @@ final class RemapEventReader: Sendable {
         }
         self.stop = stop
         // The thread owns both descriptors: it reads until told to stop, then closes them.
-        let t = Thread {
+        startDetachedThread(named: "remap-events") {
             _ = cpt_uffd_drain_events(copy, stop)
             close(copy)
             close(stop)
         }
-        t.name = "xenpv-remap-events"
-        t.start()
     }
 
     /// Tells the reader to stop once it read every event queued so far (a move that

@@ -466,7 +466,7 @@ final class DaemonLink: @unchecked Sendable {
             self.onLost = onLost
             return self.fd
         }
-        let t = Thread { [weak self] in
+        startDetachedThread(named: "hv-daemon-watch") { [weak self] in
             var fds = [pollfd(fd: fd, events: Int16(0x2000 /* POLLRDHUP */), revents: 0), pollfd(fd: stop.read, events: Int16(POLLIN), revents: 0)]
             while true {
                 let n = poll(&fds, 2, -1)
@@ -485,8 +485,6 @@ final class DaemonLink: @unchecked Sendable {
             }
             if report { onLost("the hypervisor daemon at \(socketPath) went away") }
         }
-        t.name = "xenpv-daemon-watch"
-        t.start()
     }
 
     /// Reports the loss the watcher held back during a suspend that failed.

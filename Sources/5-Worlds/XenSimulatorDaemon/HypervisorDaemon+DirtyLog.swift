@@ -1,6 +1,7 @@
 import CXen
 import Foundation
 import Glibc
+import XenLocks
 import SystemPackage
 import XenABI
 import XenHypervisor
@@ -84,7 +85,7 @@ extension HypervisorDaemon {
             return .reply(WireMessage([0]), AfterReply())
         case 2:
             // Never on the loop thread: a scan of a large guest takes milliseconds.
-            let t = Thread { [self] in
+            startDetachedThread(named: "xenpv-log-dirty") { [self] in
                 do throws(HypervisorError) {
                     let bitmap = try domain.readAndClearDirty()
                     if let inline = Self.inlineReply(bitmap) {
@@ -97,8 +98,6 @@ extension HypervisorDaemon {
                     answerLater(conn, .failure(error), AfterReply())
                 }
             }
-            t.name = "xenpv-log-dirty"
-            t.start()
             return .later
         case 0:
             try domain.stopDirtyLog()

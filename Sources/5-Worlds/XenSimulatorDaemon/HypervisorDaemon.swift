@@ -243,9 +243,7 @@ public final class HypervisorDaemon: @unchecked Sendable {
         guard let stop = WakePipe.make(), let post = WakePipe.make() else { throw .errno(Errno(rawValue: errno), "pipe") }
         stopPipe = stop
         postPipe = post
-        let t = Thread { [self] in serveLoop(stop: stop.read, posted: post.read) }
-        t.name = "xenpv-hypervisor"
-        t.start()
+        startDetachedThread(named: "hv-daemon") { [self] in serveLoop(stop: stop.read, posted: post.read) }
         logger.info("hypervisor daemon listening", metadata: ["socket": "\(socketPath)"])
     }
 

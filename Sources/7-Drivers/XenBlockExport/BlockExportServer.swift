@@ -86,9 +86,7 @@ public final class BlockExportServer: Sendable {
             close(fd)
             throw BlockExportError(.system, "the server is shutting down")
         }
-        let t = Thread { [self] in acceptLoop(fd, tcp: { if case .tcp = bound { true } else { false } }()) }
-        t.name = "nbd-accept"
-        t.start()
+        startDetachedThread(named: "nbd-accept") { [self] in acceptLoop(fd, tcp: { if case .tcp = bound { true } else { false } }()) }
         logger.notice("nbd: serving \(name) on \(bound)")
         return bound
     }

@@ -92,9 +92,7 @@ public final class BlockDeviceFile: @unchecked Sendable {
         self.bridge = bridge
         self.directory = directory
         path = directory.hasSuffix("/") ? directory + name : directory + "/" + name
-        let thread = Thread { [self] in serve() }
-        thread.name = "fuse \(name)"
-        thread.start()
+        startDetachedThread(named: "fuse \(name)") { [self] in serve() }
     }
 
     /// Mounts `device` as `directory/name` from a dedicated thread (the mount is a blocking
@@ -102,9 +100,9 @@ public final class BlockDeviceFile: @unchecked Sendable {
     public static func mount(_ device: any BlockExportDevice, at directory: String, name: String = "xvda", threads: Int = 4,
                              timeout: Duration = .seconds(120)) async throws -> BlockDeviceFile {
         try await withCheckedThrowingContinuation { continuation in
-            Thread {
+            startDetachedThread(named: "fuse-mount") {
                 continuation.resume(with: Result { try BlockDeviceFile(device, at: directory, name: name, threads: threads, timeout: timeout) })
-            }.start()
+            }
         }
     }
 

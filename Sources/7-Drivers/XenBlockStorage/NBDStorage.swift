@@ -241,9 +241,7 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         parents = Array(repeating: Parent(), count: 2 * queueDepth)
         freeParents = (0..<Int32(2 * queueDepth)).reversed()
         batch.reserveCapacity(queueDepth)
-        let reader = Thread { [self] in readerMain() }
-        reader.name = "nbd-client"
-        reader.start()
+        startDetachedThread(named: "nbd-client") { [self] in readerMain() }
     }
 
     deinit {
@@ -714,9 +712,7 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
             }
             // Another thread re-sends, so a server answering a large re-sent read while a
             // large write is still going out cannot stall both ends.
-            let sender = Thread { [self] in resend(epoch: current, on: next) }
-            sender.name = "nbd-resend"
-            sender.start()
+            startDetachedThread(named: "nbd-resend") { [self] in resend(epoch: current, on: next) }
             return next
         }
     }
@@ -856,7 +852,7 @@ extension NBDStorage {
     /// each queue opens its own engine.
     public static func probe(_ uri: NBDURI, connectTimeout: Duration = .seconds(30)) async throws(StorageError) -> NBDExportTerms {
         let result: Result<NBDExportTerms, StorageError> = await withCheckedContinuation { c in
-            let t = Thread {
+            startDetachedThread(named: "nbd-probe") {
                 do throws(StorageError) {
                     let s = try NBDStorage(uri: uri, queueDepth: 1, connectTimeout: connectTimeout)
                     let terms = s.terms
@@ -866,7 +862,6 @@ extension NBDStorage {
                     c.resume(returning: .failure(error))
                 }
             }
-            t.start()
         }
         return try result.get()
     }

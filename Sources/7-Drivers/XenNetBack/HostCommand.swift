@@ -1,4 +1,5 @@
 import Foundation
+import XenLocks
 
 /// One of the host's network tools (`ip`, `sysctl`, `nft`) run for a vif's hotplug, as
 /// Xen's scripts run them; on a thread of its own, so an async caller never blocks the
@@ -38,9 +39,7 @@ public struct HostCommand: Sendable {
     func launch(_ arguments: [String]) async -> Outcome {
         let argv = (namespace.map { ["ip", "netns", "exec", $0] } ?? []) + arguments
         return await withCheckedContinuation { (done: CheckedContinuation<Outcome, Never>) in
-            let thread = Thread { done.resume(returning: Self.runBlocking(argv)) }
-            thread.name = "xenpv-hotplug"
-            thread.start()
+            startDetachedThread(named: "xenpv-hotplug") { done.resume(returning: Self.runBlocking(argv)) }
         }
     }
 
@@ -63,13 +62,12 @@ public struct HostCommand: Sendable {
             return Outcome(status: -1, output: "cannot start \(argv.first ?? ""): \(error)")
         }
         let deadline = Date().addingTimeInterval(30)
-        let watchdog = Thread {
+        startDetachedThread(named: "tool-watchdog") {
             while process.isRunning {
                 if Date() > deadline { process.terminate(); return }
                 usleep(20_000)
             }
         }
-        watchdog.start()
         let data = pipe.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
         return Outcome(status: process.terminationStatus, output: String(decoding: data.prefix(65536), as: UTF8.self))

@@ -5,6 +5,7 @@ import NBDProtocol
 import SystemPackage
 import XenBlockBack
 import XenBlockStorage
+import XenLocks
 import XenNetBack
 import XenSimulatorClient
 import XenWorld
@@ -96,7 +97,7 @@ struct BackendCommand: ParsableCommand {
             + " and vbds (their params" + (disk.map { ", else \($0)" } ?? "") + "; "
             + (engine.map(\.description) ?? "engine per disk") + ")")
         // One line whenever the set of served vifs changes, for people and tests.
-        let watcher = Thread {
+        startDetachedThread(named: "vif-watch") {
             var last = ""
             while true {
                 let now = backend.vifs.map { "\($0.identity) \($0.state)" }.joined(separator: ", ")
@@ -107,7 +108,6 @@ struct BackendCommand: ParsableCommand {
                 usleep(100_000)
             }
         }
-        watcher.start()
         ProcessSupport.waitForTermination()
         backend.closeAll()
         if let blk = blockBackend { _ = try? ProcessSupport.runBlocking { await blk.shutdown() } }

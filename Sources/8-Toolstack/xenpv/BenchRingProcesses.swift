@@ -4,6 +4,7 @@ import Foundation
 import Glibc
 import XenABI
 import XenHypervisor
+import XenLocks
 import XenRing
 import XenRingBenchmark
 import XenSimulator
@@ -227,11 +228,11 @@ final class SideThread<T: Sendable>: Sendable {
 
     init(cpu: Int32, _ body: @escaping @Sendable () throws -> T) {
         let (result, done) = (result, done)
-        Thread {
+        startDetachedThread(named: "bench-ring-side") {
             if cpu >= 0 { _ = cxen_pin_to_cpu(cpu) }
             do { result.set(.success(try body())) } catch { result.set(.failure(error)) }
             done.signal()
-        }.start()
+        }
     }
 
     /// What the side returned, once it has (its loop gives up on a silent peer by itself).

@@ -3,6 +3,7 @@ import Atomics
 import Foundation
 import Glibc
 import Logging
+import XenLocks
 
 /// Stop-and-wait through an echoing backend (`xenpv backend` without --nic): each frame
 /// is sent, resent every 0.5 s until it comes back, and must come back intact; a late
@@ -80,12 +81,10 @@ final class EchoThread: @unchecked Sendable {
         // acquiring/releasing: `finish()`'s store is seen by the loop's next check.
         let loop = EchoLoop(net: net, size: size, count: nil, intervalMs: intervalMs, deadline: deadline, logger: logger,
                             progress: false) { [stop] in stop.load(ordering: .acquiring) || net.shutdown.request != nil }
-        let thread = Thread { [self] in
+        startDetachedThread(named: "guest-echo") { [self] in
             result = Result { try loop.run() }
             done.signal()
         }
-        thread.name = "guest-echo"
-        thread.start()
     }
 
     /// Stops the loop after the frame on its way and waits for it; what it did, or why it failed.

@@ -6,6 +6,7 @@ import XenBlockExport
 import XenBlockFront
 import XenBlockFUSE
 import XenBus
+import XenLocks
 import XenNetFront
 import XenSimulatorClient
 import XenStore
@@ -542,7 +543,7 @@ extension GuestDisk {
         say("xenpv guest: serving \(exportName) on \(bound) (\(bound.uri))")
         // A shutdown request ends the export as a signal does (the handler is installed
         // below, long before dom0's request can arrive).
-        Thread { shutdown.wait(); kill(getpid(), SIGTERM) }.start()
+        startDetachedThread(named: "shutdown-wait") { shutdown.wait(); kill(getpid(), SIGTERM) }
         let signal = ProcessSupport.waitForTerminationSignal()
         say("xenpv guest: signal \(signal), closing the export")
         server.shutdown()
@@ -565,11 +566,11 @@ extension GuestDisk {
         say("xenpv guest: the vbd is \(file.path) (umount \(directory) or SIGTERM to end)")
         // A shutdown request, or the mount ending from outside (umount), ends the wait as a
         // signal does (the handler is installed below, long before either can happen).
-        Thread { shutdown.wait(); kill(getpid(), SIGTERM) }.start()
-        Thread {
+        startDetachedThread(named: "shutdown-wait") { shutdown.wait(); kill(getpid(), SIGTERM) }
+        startDetachedThread(named: "unmount-wait") {
             while !file.waitUntilUnmounted(timeout: .seconds(3600)) {}
             kill(getpid(), SIGTERM)
-        }.start()
+        }
         let signal = ProcessSupport.waitForTerminationSignal()
         if file.isMounted { say("xenpv guest: signal \(signal), unmounting \(directory)") }
         file.unmount()

@@ -5,6 +5,7 @@ import Glibc
 import XenABI
 import XenBus
 import XenHypervisor
+import XenLocks
 import XenWorld
 
 /// `xenpv guest memory`: a guest that writes its memory at a steady rate and goes
@@ -186,9 +187,7 @@ private final class PatternWriter: @unchecked Sendable {
     var written: Int { count.load(ordering: .relaxed) }
 
     func start() {
-        let t = Thread { [self] in loop() }
-        t.name = "guest-memory-writer"
-        t.start()
+        startDetachedThread(named: "guest-mem-write") { [self] in loop() }
     }
 
     private func loop() {

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Glibc
 import XenABI
+import XenLocks
 import XenToolstack
 
 /// `xenpv save DOM FILE`: `xl save`.
@@ -161,11 +162,11 @@ struct MigrateReceiveCommand: AsyncParsableCommand {
 enum DomainMoverThread {
     static func accept(_ listener: Int32) async throws -> Int32 {
         try await withCheckedThrowingContinuation { (k: CheckedContinuation<Int32, any Error>) in
-            Thread {
+            startDetachedThread(named: "migrate-accept") {
                 var fd: Int32
                 repeat { fd = Glibc.accept(listener, nil, nil) } while fd < 0 && errno == EINTR
                 if fd < 0 { k.resume(throwing: CommandError("accept: \(String(cString: strerror(errno)))")) } else { k.resume(returning: fd) }
-            }.start()
+            }
         }
     }
 }
