@@ -67,6 +67,20 @@ struct SpinTests {
         #expect(gap == .preempted)
     }
 
+    /// A lone request's spin outlasts yields that run other threads (a disk write's kworker,
+    /// the client); at depth, a spin after a turn that woke the peer ends at the first one.
+    @Test func aLoneRequestsSpinIsNotEndedByOtherThreadsTurns() {
+        let lone = Spin.yieldsThatMayRunOthers(inFlight: 1, wokePeer: true)
+        let spun = spin(budgetMicroseconds: 1000, tolerating: lone) { _ in 15 }
+        #expect(spun.0 == .expired && spun.yields > 2)
+        #expect(Spin.yieldsThatMayRunOthers(inFlight: 1, wokePeer: false) == lone)
+        let deep = spin(budgetMicroseconds: 1000, tolerating: Spin.yieldsThatMayRunOthers(inFlight: 32, wokePeer: true)) { _ in 15 }
+        #expect(deep.0 == .preempted && deep.yields == 1)
+        #expect(Spin.yieldsThatMayRunOthers(inFlight: 32, wokePeer: false) == 1)
+        #expect(Spin.yieldsThatMayRunOthers(inFlight: 0, wokePeer: true) == 0)
+        #expect(Spin.yieldsThatMayRunOthers(inFlight: 0, wokePeer: false) == 1)
+    }
+
     @Test func errorsComeThroughTyped() {
         struct Broken: Error {}
         #expect(throws: Broken.self) { try Spin.poll(for: .seconds(1)) { () throws(Broken) -> Bool in throw Broken() } }

@@ -23,15 +23,15 @@ struct DriverLoop<Service: DriverService> {
                 let inFlight = policy == nil ? 0 : service.inFlight
                 let began = policy == nil ? 0 : cxen_monotonic_ns()
                 defer { policy?.record(wait: cxen_monotonic_ns() &- began, inFlight: inFlight) }
-                // Notified its peer since the last wait: a peer that slept is often woken onto
-                // this CPU, so a yield that runs another thread likely ran that peer, and the
-                // spin should stop for it (Spin.poll's allowance).
+                // Whether it notified its peer since the last wait decides how many yields
+                // that run another thread the spin allows (Spin.yieldsThatMayRunOthers).
                 let notified = service.notificationsSent
                 let wokePeer = notified == nil || notified != notifiedBefore
                 notifiedBefore = notified
                 if let budget = policy?.budget(inFlight: inFlight), budget > 0 {
                     let runtime = self.runtime, service = self.service
-                    let outcome = try Spin.poll(nanoseconds: budget, yieldsThatMayRunOthers: wokePeer ? 0 : 1) { () throws -> Bool in
+                    let allowance = Spin.yieldsThatMayRunOthers(inFlight: inFlight, wokePeer: wokePeer)
+                    let outcome = try Spin.poll(nanoseconds: budget, yieldsThatMayRunOthers: allowance) { () throws -> Bool in
                         if runtime.isStopRequested { return true }
                         return try service.workArrived()
                     }
