@@ -543,7 +543,7 @@ extension GuestDisk {
         say("xenpv guest: serving \(exportName) on \(bound) (\(bound.uri))")
         // A shutdown request ends the export as a signal does (the handler is installed
         // below, long before dom0's request can arrive).
-        startDetachedThread(named: "shutdown-wait") { shutdown.wait(); kill(getpid(), SIGTERM) }
+        shutdown.raiseSIGTERMOnRequest()
         let signal = ProcessSupport.waitForTerminationSignal()
         say("xenpv guest: signal \(signal), closing the export")
         server.shutdown()
@@ -566,7 +566,7 @@ extension GuestDisk {
         say("xenpv guest: the vbd is \(file.path) (umount \(directory) or SIGTERM to end)")
         // A shutdown request, or the mount ending from outside (umount), ends the wait as a
         // signal does (the handler is installed below, long before either can happen).
-        startDetachedThread(named: "shutdown-wait") { shutdown.wait(); kill(getpid(), SIGTERM) }
+        shutdown.raiseSIGTERMOnRequest()
         startDetachedThread(named: "unmount-wait") {
             while !file.waitUntilUnmounted(timeout: .seconds(3600)) {}
             kill(getpid(), SIGTERM)

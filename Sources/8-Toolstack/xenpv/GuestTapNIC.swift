@@ -4,7 +4,6 @@ import Glibc
 import Logging
 import XenABI
 import XenBus
-import XenLocks
 import XenNetBack
 import XenNetFront
 import XenNetProtocol
@@ -241,7 +240,7 @@ struct GuestNetTap: ParsableCommand {
         shutdown.suspender?.add(tapNIC.endpoint)
         // A shutdown request ends the wait as a signal does (the handler is installed below,
         // long before dom0's request can arrive).
-        startDetachedThread(named: "shutdown-wait") { shutdown.wait(); kill(getpid(), SIGTERM) }
+        shutdown.raiseSIGTERMOnRequest()
         let signal = ProcessSupport.waitForTerminationSignal()
         if let request = shutdown.request {
             say("xenpv guest: leaving for the \(request.rawValue) request")

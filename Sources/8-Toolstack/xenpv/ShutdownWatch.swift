@@ -160,5 +160,13 @@ final class ShutdownWatch: @unchecked Sendable {
         arrived.signal()
     }
 
+    /// Makes a request end the process's wait for a termination signal
+    /// (`ProcessSupport.waitForTerminationSignal`) as a signal does: a thread of its own
+    /// waits and raises SIGTERM. Install the handler first (the wait does, long before
+    /// dom0's request can arrive).
+    func raiseSIGTERMOnRequest() {
+        startDetachedThread(named: "shutdown-wait") { [self] in wait(); kill(getpid(), SIGTERM) }
+    }
+
     func cancel() { task?.cancel() }
 }
