@@ -20,6 +20,20 @@ public func procFile(_ path: String) -> String? {
     return String(decoding: bytes, as: UTF8.self)
 }
 
+/// The kernel's names of a process's threads (`/proc/PID/task/*/comm`: what `ps -L`, `top -H`
+/// and `perf` show), `pid` "self" for this process; a thread that ends meanwhile is left out.
+public func threadNames(of pid: String = "self") -> [String] {
+    guard let dir = opendir("/proc/\(pid)/task") else { return [] }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let entry = readdir(dir) {
+        let task = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        guard task.first?.isNumber == true, let comm = procFile("/proc/\(pid)/task/\(task)/comm") else { continue }
+        names.append(String(comm.prefix { $0 != "\n" }))
+    }
+    return names
+}
+
 /// Whether `directory` is a mount point now, by /proc/self/mountinfo (field 5).
 public func isMountPoint(_ directory: String) -> Bool {
     guard let table = procFile("/proc/self/mountinfo") else { return false }

@@ -40,7 +40,7 @@ struct NBDStorageTests {
                 let s = try NBDStorage(uri: uri, queueDepth: 1)
                 defer { s.close() }
                 // The reader names itself once it runs.
-                return eventuallyBlocking(every: .milliseconds(10)) { kernelThreadNames().contains("nbd-client") }
+                return eventuallyBlocking(every: .milliseconds(10)) { threadNames().contains("nbd-client") }
             }
             #expect(named, "no thread of this process has the kernel name nbd-client")
         } cleanup: {
@@ -206,14 +206,6 @@ struct NBDStorageTests {
             await server.stop()
         }
     }
-}
-
-/// The kernel's name of each thread of this process (/proc/self/task/*/comm: what `ps -L`
-/// and `top -H` show); a thread that ends meanwhile is left out.
-private func kernelThreadNames() -> [String] {
-    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
-    return tasks.compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8) }
-        .map { $0.trimmingCharacters(in: .newlines) }
 }
 
 /// Hands a non-Sendable value to the engine's thread; the test uses it from one thread at a time.

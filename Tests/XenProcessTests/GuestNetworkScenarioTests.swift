@@ -56,10 +56,7 @@ struct GuestNetworkScenarioTests {
 
     /// Names of `pid`'s threads that run a driver queue (blkback's and netback's).
     static func driverThreads(of pid: Int32) -> [String] {
-        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
-        return tasks.compactMap { try? String(contentsOfFile: "/proc/\(pid)/task/\($0)/comm", encoding: .utf8) }
-            .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
-            .filter { $0.hasPrefix("vif ") || $0.hasPrefix("blkback ") }
+        threadNames(of: "\(pid)").filter { $0.hasPrefix("vif ") || $0.hasPrefix("blkback ") }
     }
 
     @Test func twoGuestsFromConfigsWithDisksAndRoutedAndNATedVifsReachTheOutsideAndLeaveNothing() async throws {
