@@ -51,7 +51,7 @@ public enum Spin {
     ///   client between two requests). Nothing in flight counts as otherwise: lenient there,
     ///   blkfront spun through its callers' turns at depth 32 on a disk and lost 5–10 % of
     ///   its reads.
-    public static func yieldsThatMayRunOthers(inFlight: Int, wokePeer: Bool) -> Int {
+    static func yieldsThatMayRunOthers(inFlight: Int, wokePeer: Bool) -> Int {
         if inFlight == 1 { return .max }
         return wokePeer ? 0 : 1
     }
