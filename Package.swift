@@ -360,7 +360,7 @@ let package = Package(
         .testTarget(
             name: "XenProcessTests",
             dependencies: [
-                "XenSimulatorDaemon", "XenSimulatorClient", "XenSimulator", "XenHypervisor", "XenABI", "XenStore",
+                "XenSimulatorDaemon", "XenSimulatorClient", "XenSimulator", "XenHypervisor", "XenABI", "CXen", "XenStore",
                 "XenRingBenchmark", "XenWorld", "XenToolstack", "XenBus", "XenLocks", "xenpv", "TestSupport", "NetTestSupport", logging,
             ]),
         .testTarget(

@@ -41,3 +41,24 @@ public func isMountPoint(_ directory: String) -> Bool {
         line.split(separator: " ").dropFirst(4).first.map(String.init) == directory
     }
 }
+
+/// The open(2) flags (`/proc/PID/fdinfo/N`'s `flags`, octal there) of each of a process's
+/// descriptors open on `path`; a descriptor closed meanwhile is left out.
+public func openFlags(of pid: Int32, path: String) -> [Int32] {
+    guard let dir = opendir("/proc/\(pid)/fd") else { return [] }
+    defer { closedir(dir) }
+    var flags: [Int32] = []
+    var target = [CChar](repeating: 0, count: 4096)
+    while let entry = readdir(dir) {
+        let fd = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        guard fd.first?.isNumber == true else { continue }
+        let n = readlink("/proc/\(pid)/fd/\(fd)", &target, target.count - 1)
+        guard n > 0, String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) == path,
+            let info = procFile("/proc/\(pid)/fdinfo/\(fd)"),
+            let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags:") }),
+            let value = Int32(line.dropFirst("flags:".count).drop { $0 == " " || $0 == "\t" }, radix: 8)
+        else { continue }
+        flags.append(value)
+    }
+    return flags
+}

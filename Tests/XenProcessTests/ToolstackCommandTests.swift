@@ -1,3 +1,4 @@
+import CXen
 import Foundation
 import Glibc
 import TestSupport
@@ -109,7 +110,7 @@ struct ToolstackCommandTests {
         try await withCleanup {
             let a = host.image("a.img"), b = host.image("b.img")
             let cfg = host.config(
-                "twodisks", disks: ["format=raw, vdev=xvda, access=rw, engine=io_uring, target=\(a)", "\(b),raw,xvdb,r,engine=libaio"],
+                "twodisks", disks: ["format=raw, vdev=xvda, access=rw, engine=io_uring, cache=writeback, target=\(a)", "\(b),raw,xvdb,r,engine=libaio"],
                 extra: "guest disk write --length 65536 --seed 9 --vdev xvda --vdev xvdb --until-shutdown")
             let created = try await host.run(["create", cfg])
             #expect(created.status == 0, "\(created.output)")
@@ -129,8 +130,14 @@ struct ToolstackCommandTests {
             #expect(bBytes.allSatisfy { $0 == 0 })
             // Each disk through the engine its spec named (io_uring's default would differ for
             // one of them: libaio on tmpfs, io_uring elsewhere).
-            #expect(host.backend.output.contains("serves \(a) through io_uring"), "\(host.backend.output)")
-            #expect(host.backend.output.contains("serves \(b) through libaio"), "\(host.backend.output)")
+            #expect(host.backend.output.contains("serves \(a) through io_uring, cache=writeback"), "\(host.backend.output)")
+            #expect(host.backend.output.contains("serves \(b) through libaio, cache=none, read-only"), "\(host.backend.output)")
+            // And each image open as its spec's cache= says: xvda through the page cache, xvdb
+            // with O_DIRECT (the default; the test's file system, ext4 or tmpfs, allows it).
+            let pid = host.backend.process.processIdentifier
+            let aFlags = openFlags(of: pid, path: a), bFlags = openFlags(of: pid, path: b)
+            #expect(!aFlags.isEmpty && aFlags.allSatisfy { $0 & cxen_o_direct() == 0 }, "\(aFlags)")
+            #expect(!bFlags.isEmpty && bFlags.allSatisfy { $0 & cxen_o_direct() != 0 }, "\(bFlags)")
 
             // list: xl's columns and the domain.
             let list = try await host.run(["list"])
@@ -403,6 +410,13 @@ struct ToolstackCommandTests {
             try await XenbusToolstack.create(device, on: host.store, backendKeys: ["params": "/etc", "mode": "r"])
             #expect(await eventually(180) {
                 ((try? await host.store.readIfPresent(device.backendPath + "/error")) ?? nil)?.contains("not a regular file or a block device") == true
+            })
+            // So does one whose cache mode no backend knows.
+            let cached = XenbusDevice(type: "vbd", id: 51744, frontend: DomainID(id))
+            try await XenbusToolstack.create(cached, on: host.store, backendKeys: ["params": shared, "mode": "r", "cache": "unsafe"])
+            #expect(await eventually(180) {
+                ((try? await host.store.readIfPresent(cached.backendPath + "/error")) ?? nil)?
+                    .contains(#"cache is "unsafe", not one of none, writeback"#) == true
             })
             for name in ["first", "reader", "bang"] {
                 let destroyed = try await host.run(["destroy", name])

@@ -57,6 +57,15 @@ import XenToolstack
         }
     }
 
+    @Test func cacheKey() throws {
+        #expect(try DiskSpec(parsing: "cache=writeback, vdev=xvda, target=/i").cache == .writeback)
+        #expect(try DiskSpec(parsing: "/i,,xvda, cache=none, engine=libaio").cache == .direct)
+        #expect(try DiskSpec(parsing: "/i,,xvda").cache == nil)
+        for bad in ["/i,,xvda,cache=", "/i,,xvda,cache=WRITEBACK", "/i,,xvda,cache=unsafe", "/i,,xvda,cache=none,cache=none"] {
+            #expect(throws: DomainConfigError.self, "\(bad)") { try DiskSpec(parsing: bad) }
+        }
+    }
+
     @Test func xvdNumbers() throws {
         for (index, letter) in "abcdefghijklmnop".enumerated() {
             #expect(try VirtualDiskDevice(name: "xvd\(letter)").number == UInt32(202 << 8 | index << 4))

@@ -34,6 +34,9 @@ struct DomainLayoutTests {
         #expect(chosen.backendKeys["engine"] == "libaio")
         let left = DomainLayout.disk(try DiskSpec(parsing: "/img,raw,xvda,w"), domain: DomainID(3))
         #expect(left.backendKeys["engine"] == nil)
+        #expect(left.backendKeys["cache"] == nil)
+        let cached = DomainLayout.disk(try DiskSpec(parsing: "/img,raw,xvda,w,cache=writeback"), domain: DomainID(3))
+        #expect(cached.backendKeys["cache"] == "writeback")
     }
 
     @Test func aVifCarriesItsMacScriptAndAddresses() throws {

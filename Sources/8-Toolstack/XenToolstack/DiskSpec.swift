@@ -41,7 +41,8 @@ public enum DiskFormat: String, Hashable, Sendable {
 /// The forms mix: parameters without `=` that are not flags fill the positions not
 /// yet given. Leading and trailing blanks around a parameter are dropped. A relative
 /// target gets `/dev/` in front, as xl does. Flags: `discard` and `no-discard`.
-/// xenpv's own key: `engine=io_uring` or `engine=libaio` (``DiskEngine``).
+/// xenpv's own keys: `engine=io_uring` or `engine=libaio` (``DiskEngine``), and
+/// `cache=none` or `cache=writeback` (``DiskCache``).
 ///
 /// Refused: a format other than `raw` (qcow, qcow2, vhd, qed …), other prefixes
 /// (`tap:`, `qcow2:`, …), `devtype=cdrom` and the `cdrom` flag and a `:cdrom`
@@ -61,11 +62,13 @@ public struct DiskSpec: Hashable, Sendable {
     public var discard: Bool?
     /// `engine=`: the storage engine blkback serves the image with; nil leaves it to the backend.
     public var engine: DiskEngine?
+    /// `cache=`: whether blkback goes through the host's page cache; nil leaves it to the backend.
+    public var cache: DiskCache?
 
     /// A disk spec from its parts.
     public init(
         target: String, format: DiskFormat = .raw, vdev: VirtualDiskDevice, access: DiskAccess = .readWrite,
-        discard: Bool? = nil, engine: DiskEngine? = nil
+        discard: Bool? = nil, engine: DiskEngine? = nil, cache: DiskCache? = nil
     ) {
         self.target = target
         self.format = format
@@ -73,6 +76,7 @@ public struct DiskSpec: Hashable, Sendable {
         self.access = access
         self.discard = discard
         self.engine = engine
+        self.cache = cache
     }
 
     /// Parses one DISKSPEC string. The error has no location; ``DomainConfig`` adds it.
@@ -83,6 +87,7 @@ public struct DiskSpec: Hashable, Sendable {
         var access: Substring?
         var discard: Bool?
         var engine: DiskEngine?
+        var cache: DiskCache?
         var positionsUsed = 0  // 0 target, 1 format, 2 vdev, 3 access: the next free position
         var given: Set<String> = []
 
@@ -129,10 +134,16 @@ public struct DiskSpec: Hashable, Sendable {
                         throw invalid("engine \(quoted(value)) is not one of \(DiskEngine.spellings)")
                     }
                     engine = parsed
+                case "cache":
+                    try give("cache")
+                    guard let parsed = DiskCache(rawValue: String(value)) else {
+                        throw invalid("cache \(quoted(value)) is not one of \(DiskCache.spellings)")
+                    }
+                    cache = parsed
                 default:
                     throw DomainConfigError(
                         .unknownKey,
-                        "\(quoted(key)) is not a disk parameter here; use target, format, vdev, access, devtype, engine or the flags discard, no-discard")
+                        "\(quoted(key)) is not a disk parameter here; use target, format, vdev, access, devtype, engine, cache or the flags discard, no-discard")
                 }
             } else if parameter == "discard" || parameter == "no-discard" {
                 try give("discard")
@@ -207,6 +218,7 @@ public struct DiskSpec: Hashable, Sendable {
         self.access = accessValue
         self.discard = discard
         self.engine = engine
+        self.cache = cache
     }
 
     /// `phy:/dev/x` → ("phy", "/dev/x"): a prefix is a lowercase letter, then letters

@@ -79,7 +79,7 @@ public enum DomainLayout {
     /// `device-type`. Backend: `params` (the target), `mode` (`r` or `w`: libxl writes `w`
     /// for `w!` too, the `!` only skips the toolstack's sharing check), `type` (`phy`: libxl's
     /// backend for raw targets), `dev` (the vdev's name), `device-type`, `removable`,
-    /// `bootable`, `discard-enable`; and xenpv's `engine` where the spec names one.
+    /// `bootable`, `discard-enable`; and xenpv's `engine` and `cache` where the spec names them.
     public static func disk(_ spec: DiskSpec, domain: DomainID) -> DeviceLayout {
         var back = [
             "params": spec.target, "mode": spec.access == .readOnly ? "r" : "w", "type": "phy", "dev": spec.vdev.name,
@@ -87,6 +87,7 @@ public enum DomainLayout {
             "discard-enable": spec.discard == false ? "0" : "1",
         ]
         if let engine = spec.engine { back["engine"] = engine.rawValue }
+        if let cache = spec.cache { back["cache"] = cache.rawValue }
         return DeviceLayout(
             device: XenbusDevice(type: "vbd", id: spec.vdev.number, frontend: domain),
             frontendKeys: ["virtual-device": String(spec.vdev.number), "device-type": "disk"], backendKeys: back)

@@ -8,6 +8,7 @@ import XenBlockStorage
 import XenLocks
 import XenNetBack
 import XenSimulatorClient
+import XenToolstack
 import XenWorld
 
 /// `xenpv backend --connect PATH [--disk IMAGE] [--nic BRIDGE]`: a dom0 process
@@ -21,7 +22,8 @@ struct BackendCommand: ParsableCommand {
             absolute path to an image file or block device, read-only when `mode` has no w); a vbd without
             `params` (a guest's xvda plugged by the daemon) is served from --disk IMAGE, which such guests
             share. A vbd whose target is unusable stays down with the reason in its `error` key. Disks go
-            through io_uring (or libaio: --engine, and where the kernel refuses io_uring or the image is on tmpfs).
+            through io_uring (or libaio: --engine, and where the kernel refuses io_uring or the image is on tmpfs),
+            with O_DIRECT (or through the host's page cache: --cache writeback, or cache=writeback in the disk spec).
             Each vif whose backend directory names a `script` (as `xenpv create` and `network-attach` write it)
             is set up as Xen's hotplug scripts do: vif-bridge puts TAP vifD.N on its `bridge` (else --nic's),
             vif-route routes its `ip` to vifD.N with proxy ARP, vif-nat gives it a private /30 and masquerades
@@ -41,6 +43,9 @@ struct BackendCommand: ParsableCommand {
 
     @Option(help: "The storage engine for --disk: io_uring or libaio (default: io_uring where the kernel allows it).")
     var engine: FileEngineKind?
+
+    @Option(help: "Whether disks go through the host's page cache: none (O_DIRECT) or writeback; a disk spec's cache= wins (default: none).")
+    var cache: DiskCache?
 
     @Option(help: "Linux bridge for the guests' vifs (default: echo frames back).")
     var nic: String?
@@ -87,15 +92,16 @@ struct BackendCommand: ParsableCommand {
         let backend = NetBackend(hypervisor: hv, store: hv.store, logger: logger, attach: attach)
         let task = Task { try await backend.run() }
         let fallback = disk
-        let engine = self.engine
+        let engine = self.engine, cache = self.cache
         let blk = BlockBackend(store: hv.store, hypervisor: hv, logger: logger) { _, dir, store in
-            try await BackendDisk.open(directory: dir, store: store, fallback: fallback, engine: engine, logger: logger)
+            try await BackendDisk.open(directory: dir, store: store, fallback: fallback, engine: engine, cache: cache,
+                                       logger: logger)
         }
         try ProcessSupport.runBlocking { try await blk.start() }
         let blockBackend: BlockBackend? = blk
         say("xenpv backend: dom0 (\(hv.world)) serving vifs (\(bridge.map { "bridge \($0)" } ?? "echo"))"
             + " and vbds (their params" + (disk.map { ", else \($0)" } ?? "") + "; "
-            + (engine.map(\.description) ?? "engine per disk") + ")")
+            + (engine.map(\.description) ?? "engine per disk") + (cache.map { ", cache=\($0.rawValue)" } ?? "") + ")")
         // One line whenever the set of served vifs changes, for people and tests.
         startDetachedThread(named: "vif-watch") {
             var last = ""

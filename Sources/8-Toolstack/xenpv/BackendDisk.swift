@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 import Logging
 import NBDProtocol
@@ -13,10 +14,12 @@ import XenToolstack
 enum BackendDisk {
     /// The engine: the disk's own (`engine` in its backend directory, from the disk
     /// spec's `engine=`), else `engine`, the one asked for on the command line, else the
-    /// disk's preferred one (``FileEngineKind/resolve(_:for:logger:)``). An `engine` key
-    /// naming no engine keeps that device down, with the key and value in the error.
+    /// disk's preferred one (``FileEngineKind/resolve(_:for:logger:)``). The page cache:
+    /// the disk's `cache` key (the spec's `cache=`), else `cache`, else none (`O_DIRECT`).
+    /// An `engine` or `cache` key naming no such thing keeps that device down, with the key
+    /// and value in the error; so does `cache` on an NBD export, which has no host cache here.
     static func open(directory dir: String, store: any XenStoreConnection, fallback: String?,
-                     engine: FileEngineKind?, logger: Logger) async throws -> BlockBackendDisk {
+                     engine: FileEngineKind?, cache: DiskCache?, logger: Logger) async throws -> BlockBackendDisk {
         guard let params = try await store.readIfPresent(dir + "/params") else {
             guard let fallback else {
                 throw CommandError("\(dir) has no params and the backend has no --disk")
@@ -26,15 +29,26 @@ enum BackendDisk {
             let target = try DiskTarget(checking: fallback)
             if target.nbd != nil { return try await remote(target, dir: dir, readOnly: false, discard: true) }
             let kind = FileEngineKind.resolve(engine, for: fallback, logger: logger)
-            say("xenpv backend: \(dir) serves \(fallback) through \(kind)")
+            let mode = cache ?? .direct
+            say("xenpv backend: \(dir) serves \(fallback) through \(kind), cache=\(mode.rawValue)")
             return BlockBackendDisk(byteCount: target.byteCount, readOnly: false) {
-                try kind.open(FilePath(fallback), readOnly: false, directIO: .preferred, queueDepth: 64)
+                try kind.open(FilePath(fallback), readOnly: false, directIO: mode.directIO, queueDepth: 64)
             }
         }
         let target = try DiskTarget(checking: params)
         // As Linux's blkback: read-write only when `mode` holds a w (missing: read-only).
         let readOnly = !(try await store.readIfPresent(dir + "/mode") ?? "r").contains("w")
         let discard = try await store.readIfPresent(dir + "/discard-enable") != "0"
+        var ownCache: DiskCache?
+        if let text = try await store.readIfPresent(dir + "/cache") {
+            guard let named = DiskCache(rawValue: text) else {
+                throw CommandError("\(dir)/cache is \"\(text)\", not one of \(DiskCache.spellings)")
+            }
+            guard target.nbd == nil else {
+                throw CommandError("\(dir)/cache is \"\(text)\", but \(target.path) is an NBD export: the page cache is the server's")
+            }
+            ownCache = named
+        }
         if target.nbd != nil { return try await remote(target, dir: dir, readOnly: readOnly, discard: discard) }
         let path = target.path
         var own: FileEngineKind?
@@ -45,9 +59,10 @@ enum BackendDisk {
             own = named
         }
         let kind = FileEngineKind.resolve(own ?? engine, for: path, logger: logger)
-        say("xenpv backend: \(dir) serves \(path) through \(kind)" + (readOnly ? ", read-only" : ""))
+        let mode = ownCache ?? cache ?? .direct
+        say("xenpv backend: \(dir) serves \(path) through \(kind), cache=\(mode.rawValue)" + (readOnly ? ", read-only" : ""))
         return BlockBackendDisk(byteCount: target.byteCount, readOnly: readOnly, discard: discard && !readOnly) {
-            try kind.open(FilePath(path), readOnly: readOnly, directIO: .preferred, queueDepth: 64)
+            try kind.open(FilePath(path), readOnly: readOnly, directIO: mode.directIO, queueDepth: 64)
         }
     }
 
@@ -61,6 +76,16 @@ enum BackendDisk {
         return BlockBackendDisk(byteCount: terms.size, readOnly: ro, discard: discard && !ro && terms.canDiscard,
                                 maxQueues: terms.flags.contains(.canMultiConn) ? .max : 1) {
             try NBDStorage(uri: uri, readOnly: ro, queueDepth: 64)
+        }
+    }
+}
+
+extension DiskCache: ExpressibleByArgument {
+    /// How a file engine opens the image: `O_DIRECT` where the file system allows it, or the page cache.
+    var directIO: StorageDirectIO {
+        switch self {
+        case .direct: .preferred
+        case .writeback: .never
         }
     }
 }
