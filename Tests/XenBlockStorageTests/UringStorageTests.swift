@@ -106,6 +106,44 @@ struct UringStorageTests {
         }
     }
 
+    /// Opened buffered, a write is done in `submit` (a copy into the page cache, where
+    /// io_uring would wake a worker thread for each of ext4's) and a read still goes through
+    /// the ring; opened `O_DIRECT`, writes go through the ring too. A write in two pieces
+    /// lands whole.
+    @Test func bufferedWritesAreDoneInSubmitAndReadsInTheRing() async throws {
+        // Driver.run polls the completion descriptor: on a thread of its own.
+        try await onThread {
+            for directIO in [StorageDirectIO.never, .required] {
+                let image = try TemporaryImage(bytes: 1 << 20, fill: 0x11)
+                let s = try UringStorage(path: image.filePath, directIO: directIO, queueDepth: 8)
+                defer { s.close() }
+                #expect(s.ioMode == (directIO == .never ? .buffered : .direct))
+                var calls = 0
+                s.ringSubmit = { ring in
+                    calls += 1
+                    return cus_submit(ring)
+                }
+                let b = Buffers(byteCount: 3 * 4096)
+                for i in 0..<8192 { b.bytes[i] = UInt8(truncatingIfNeeded: i % 251) }
+                var d = Driver(s)
+                let written = try d.run([
+                    .write(tag: 1, offset: 0, buffers: b.vector(first: 0, at: 0, pieces: [4096])),
+                    .write(tag: 2, offset: 65536, buffers: b.vector(first: 1, at: 0, pieces: [3584, 4608])),
+                ])
+                #expect(written[1]?.succeeded == true && written[2]?.succeeded == true)
+                #expect(calls == (directIO == .never ? 0 : 1), "\(directIO): \(calls) io_uring_submit calls for two writes")
+                let read = try d.run([.read(tag: 3, offset: 65536, buffers: b.vector(first: 2, at: 8192, pieces: [4096]))])
+                #expect(read[3]?.succeeded == true)
+                #expect(calls == (directIO == .never ? 1 : 2), "\(directIO): the read went through the ring")
+                #expect((0..<4096).allSatisfy { b.bytes[8192 + $0] == b.bytes[$0] })
+                let file = try image.contents()
+                #expect((0..<4096).allSatisfy { file[$0] == b.bytes[$0] })
+                #expect((0..<8192).allSatisfy { file[65536 + $0] == b.bytes[$0] })
+                #expect(file[4096] == 0x11 && file[65536 + 8192] == 0x11)
+            }
+        }
+    }
+
     /// A discard of nothing succeeds without reaching the kernel (as on libaio).
     @Test func anEmptyDiscardSucceeds() async throws {
         // Driver.run polls the completion descriptor: on a thread of its own.

@@ -22,6 +22,12 @@ import SystemPackage
 ///   fails) and errors are those of ``LibaioStorage``: both engines answer every
 ///   operation the same way. A flush covers the writes completed before it was
 ///   submitted, as blkif's flush does; unlike libaio's it does not block ``submit(_:)``.
+/// - Opened buffered, a write is a `pwritev` in ``submit(_:)``: a copy into the page cache.
+///   io_uring cannot do ext4's buffered writes without blocking, so it hands each one to an
+///   io-wq worker thread, a wake-up per write (`fio --ioengine=io_uring --direct=0` on ext4
+///   here: 28k IOPS at queue depth 1, p50 40–50 µs, against 175k–190k for `psync` and
+///   libaio, which write in the submitting call too). Reads stay in the ring: a read that
+///   misses the page cache waits for the device, and the ring lets many do so at once.
 public final class UringStorage: StorageEngine, @unchecked Sendable {
     // @unchecked: confined. One queue thread drives it at a time (StorageEngine's rule);
     // it may be handed to that thread.
@@ -176,6 +182,11 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
                 madeHere = true
                 continue
             }
+            if op.kind == .write && ioMode == .buffered {
+                ready.push(StorageCompletion(tag: op.tag, outcome: writeNow(op)))
+                madeHere = true
+                continue
+            }
             // Never empty: outstanding <= queueDepth and each operation in the ring holds one slot.
             freeCount -= 1
             let index = Int(freeList[freeCount])
@@ -221,6 +232,26 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
         inKernel += 1
         needsSubmit = true
         return true
+    }
+
+    /// A buffered write, done in the calling thread (the type's overview says why); a short
+    /// write continues from where it stopped, one that makes no progress fails.
+    private func writeNow(_ op: StorageOperation) -> StorageCompletion.Outcome {
+        let total = Int(op.transferLength)
+        var buffers = op.buffers, count = op.bufferCount, done = 0
+        while done < total {
+            let n = pwritev(fd.rawValue, buffers, Int32(count), off_t(op.offset) + off_t(done))
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 {
+                return .failure(StorageError(.io(Errno(rawValue: errno)), "pwritev of \(total) bytes at \(op.offset) on \(path)"))
+            }
+            if n == 0 {
+                return .failure(StorageError(.io(.ioError), "pwritev stopped at \(done) of \(total) bytes at \(op.offset) on \(path)"))
+            }
+            done += n
+            Self.advance(&buffers, count: &count, by: n)
+        }
+        return .success(bytes: total)
     }
 
     /// `io_uring_submit`. A refused call (`EAGAIN`, `EBUSY`, `EINTR`) leaves the entries
@@ -343,9 +374,14 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
     /// Drops the first `count` bytes of slot `index`'s buffers, rewriting the caller's
     /// iovec array in place (StorageOperation's contract allows it).
     private func advance(_ index: Int, by count: Int) {
-        guard var iov = slots[index].buffers else { return }
-        var left = count
-        var n = slots[index].bufferCount
+        Self.advance(&slots[index].buffers, count: &slots[index].bufferCount, by: count)
+    }
+
+    /// Drops the first `bytes` of the iovec array at `buffers` (`count` entries).
+    private static func advance(_ buffers: inout UnsafeMutablePointer<iovec>?, count: inout Int, by bytes: Int) {
+        guard var iov = buffers else { return }
+        var left = bytes
+        var n = count
         while left > 0 && n > 0 {
             if iov.pointee.iov_len <= left {
                 left -= iov.pointee.iov_len
@@ -357,8 +393,8 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
                 left = 0
             }
         }
-        slots[index].buffers = iov
-        slots[index].bufferCount = n
+        buffers = iov
+        count = n
     }
 
     // MARK: close
