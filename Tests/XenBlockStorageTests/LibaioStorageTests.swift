@@ -44,6 +44,33 @@ struct LibaioSubmitFaultTests {
         }
     }
 
+    /// Opened buffered, reads and writes are done in `submit` (native AIO would do them
+    /// inside `io_submit` all the same): no iocb reaches the kernel, and every byte lands.
+    @Test func bufferedReadsAndWritesMakeNoIoSubmit() async throws {
+        // Driver.run polls the completion descriptor: on a thread of its own.
+        try await onThread {
+            let image = try TemporaryImage(bytes: 1 << 20, fill: 0x42)
+            let s = try LibaioStorage(path: image.filePath, directIO: .never, queueDepth: 8)
+            defer { s.close() }
+            #expect(s.ioMode == .buffered)
+            var calls = 0
+            s.ioSubmit = { ctx, n, cbs in
+                calls += 1
+                return io_submit(ctx, n, cbs)
+            }
+            let b = Buffers(byteCount: 6 * 4096)
+            for i in 0..<(6 * 4096) { b.bytes[i] = UInt8(truncatingIfNeeded: i % 249) }
+            var d = Driver(s)
+            let r = try d.run(batch(b))
+            #expect(r.count == 6 && r.values.allSatisfy(\.succeeded))
+            #expect(calls == 0, "\(calls) io_submit calls")
+            // batch: reads at 0, 2, 3, 5 (the image's 0x42), writes of pieces 1 and 4.
+            #expect(b.bytes[0..<4096].allSatisfy { $0 == 0x42 })
+            let file = try image.contents()
+            #expect((4096..<8192).allSatisfy { file[$0] == b.bytes[$0] } && file[8192] == 0x42)
+        }
+    }
+
     /// More than two in one call and Linux holds them back until the call returns (a plug).
     @Test func noCallHandsTheKernelMoreThanTwoIocbs() async throws {
         // Driver.run polls the completion descriptor: on a thread of its own.

@@ -183,7 +183,7 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
                 continue
             }
             if op.kind == .write && ioMode == .buffered {
-                ready.push(StorageCompletion(tag: op.tag, outcome: writeNow(op)))
+                ready.push(StorageCompletion(tag: op.tag, outcome: StorageTransfer.now(op, fd: fd, path: path)))
                 madeHere = true
                 continue
             }
@@ -232,26 +232,6 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
         inKernel += 1
         needsSubmit = true
         return true
-    }
-
-    /// A buffered write, done in the calling thread (the type's overview says why); a short
-    /// write continues from where it stopped, one that makes no progress fails.
-    private func writeNow(_ op: StorageOperation) -> StorageCompletion.Outcome {
-        let total = Int(op.transferLength)
-        var buffers = op.buffers, count = op.bufferCount, done = 0
-        while done < total {
-            let n = pwritev(fd.rawValue, buffers, Int32(count), off_t(op.offset) + off_t(done))
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 {
-                return .failure(StorageError(.io(Errno(rawValue: errno)), "pwritev of \(total) bytes at \(op.offset) on \(path)"))
-            }
-            if n == 0 {
-                return .failure(StorageError(.io(.ioError), "pwritev stopped at \(done) of \(total) bytes at \(op.offset) on \(path)"))
-            }
-            done += n
-            Self.advance(&buffers, count: &count, by: n)
-        }
-        return .success(bytes: total)
     }
 
     /// `io_uring_submit`. A refused call (`EAGAIN`, `EBUSY`, `EINTR`) leaves the entries
@@ -371,30 +351,9 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
         }
     }
 
-    /// Drops the first `count` bytes of slot `index`'s buffers, rewriting the caller's
-    /// iovec array in place (StorageOperation's contract allows it).
+    /// Drops the first `count` bytes of slot `index`'s buffers (``StorageTransfer/advance(_:count:by:)``).
     private func advance(_ index: Int, by count: Int) {
-        Self.advance(&slots[index].buffers, count: &slots[index].bufferCount, by: count)
-    }
-
-    /// Drops the first `bytes` of the iovec array at `buffers` (`count` entries).
-    private static func advance(_ buffers: inout UnsafeMutablePointer<iovec>?, count: inout Int, by bytes: Int) {
-        guard var iov = buffers else { return }
-        var left = bytes
-        var n = count
-        while left > 0 && n > 0 {
-            if iov.pointee.iov_len <= left {
-                left -= iov.pointee.iov_len
-                iov += 1
-                n -= 1
-            } else {
-                iov.pointee.iov_base = iov.pointee.iov_base.map { $0 + left }
-                iov.pointee.iov_len -= left
-                left = 0
-            }
-        }
-        buffers = iov
-        count = n
+        StorageTransfer.advance(&slots[index].buffers, count: &slots[index].bufferCount, by: count)
     }
 
     // MARK: close
