@@ -44,7 +44,7 @@ struct BackendCommand: ParsableCommand {
     @Option(help: "The storage engine for --disk: io_uring or libaio (default: io_uring where the kernel allows it).")
     var engine: FileEngineKind?
 
-    @Option(help: "Whether disks go through the host's page cache: none (O_DIRECT) or writeback; a disk spec's cache= wins (default: none).")
+    @Option(help: "Whether image files and block devices go through the host's page cache: none (O_DIRECT) or writeback; a disk spec's cache= wins (default: none; an NBD export's cache is its server's).")
     var cache: DiskCache?
 
     @Option(help: "Linux bridge for the guests' vifs (default: echo frames back).")
