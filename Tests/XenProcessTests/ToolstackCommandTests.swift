@@ -376,6 +376,35 @@ struct ToolstackCommandTests {
         }
     }
 
+    /// A disk spec's target may be an NBD export's URI (here `nbdkit file` on a Unix
+    /// socket): blkback serves it through its NBD engine, and the guest's writes land in
+    /// the image behind the server.
+    @Test func createServesADiskFromAnNBDExport() async throws {
+        let host = try await Host()
+        let image = host.image("remote.img")
+        let kit = try await Child.nbdkitFile(image, socket: host.dir + "/kit.sock")
+        try await withCleanup {
+            let uri = "nbd+unix:///?socket=\(host.dir)/kit.sock"
+            let cfg = host.config("remote", disks: ["vdev=xvda, access=rw, target=\(uri)"],
+                                  extra: "guest disk write --length 65536 --seed 5 --vdev xvda --until-shutdown")
+            let created = try await host.run(["create", cfg])
+            #expect(created.status == 0, "\(created.output)")
+            let id = try #require(Host.domid(created.output), "\(created.output)")
+            #expect(await host.consoleShows("remote", "waiting for a shutdown request"))
+            let console = try await host.run(["console", "remote"])
+            #expect(console.output.contains("wrote and flushed 65536 bytes at 0 on xvda"), "\(console.output)")
+            #expect(host.backend.output.contains("serves \(uri) through NBD"), "\(host.backend.output)")
+            let bytes = try #require(FileManager.default.contents(atPath: image))
+            #expect((0..<65536).allSatisfy { bytes[$0] == Self.pattern(UInt64($0), seed: 5) })
+            let shutdown = try await host.run(["shutdown", "remote", "--timeout", "180"])
+            #expect(shutdown.status == 0, "\(shutdown.output)")
+            #expect(await host.nothingLeft(of: id))
+        } cleanup: {
+            kit.sendKill()
+            await host.stop()
+        }
+    }
+
     /// Hostile and mistaken configs: a missing or relative target, a w disk in use,
     /// and w! sharing on purpose; and a vbd whose params dom0 made bad fails alone.
     @Test func badDisksAreRefusedAndWritableSharingNeedsWBang() async throws {

@@ -66,6 +66,18 @@ import XenToolstack
         }
     }
 
+    /// An NBD export's URI is a target as given (no `/dev/` in front, not a prefix), in
+    /// either form; `cache=` on one is refused (its server caches it).
+    @Test func nbdTargets() throws {
+        let unix = "nbd+unix:///vol?socket=/run/nbd.sock"
+        #expect(try DiskSpec(parsing: "vdev=xvda, target=\(unix)").target == unix)
+        #expect(try DiskSpec(parsing: "\(unix),raw,xvda,r").target == unix)
+        #expect(try DiskSpec(parsing: "nbd://storage:10809/vol,,xvdb").target == "nbd://storage:10809/vol")
+        #expect(try DiskSpec(parsing: "vdev=xvda, engine=libaio, target=nbd://h/x").target == "nbd://h/x")
+        #expect(throws: DomainConfigError.self) { try DiskSpec(parsing: "vdev=xvda, cache=writeback, target=nbd://h/x") }
+        #expect(try DiskSpec(parsing: "vdev=xvda, cache=writeback, target=/i").cache == .writeback)
+    }
+
     @Test func xvdNumbers() throws {
         for (index, letter) in "abcdefghijklmnop".enumerated() {
             #expect(try VirtualDiskDevice(name: "xvd\(letter)").number == UInt32(202 << 8 | index << 4))

@@ -1,3 +1,5 @@
+import NBDProtocol
+
 /// How a guest may use a disk (xl-disk-configuration(5)'s `access`).
 public enum DiskAccess: String, Hashable, Sendable, CaseIterable {
     /// `r` or `ro`: the guest only reads (blkback's `mode` is `r`).
@@ -40,14 +42,18 @@ public enum DiskFormat: String, Hashable, Sendable {
 ///
 /// The forms mix: parameters without `=` that are not flags fill the positions not
 /// yet given. Leading and trailing blanks around a parameter are dropped. A relative
-/// target gets `/dev/` in front, as xl does. Flags: `discard` and `no-discard`.
+/// target gets `/dev/` in front, as xl does, unless it is an NBD export's URI
+/// (`nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH`), which blkback serves
+/// through its NBD engine (checked where the target is, by ``DiskTarget``). Flags:
+/// `discard` and `no-discard`.
 /// xenpv's own keys: `engine=io_uring` or `engine=libaio` (``DiskEngine``), and
 /// `cache=none` or `cache=writeback` (``DiskCache``).
 ///
 /// Refused: a format other than `raw` (qcow, qcow2, vhd, qed …), other prefixes
 /// (`tap:`, `qcow2:`, …), `devtype=cdrom` and the `cdrom` flag and a `:cdrom`
 /// vdev suffix, other keys (`backend`, `script`, `backendtype`, …), a parameter given
-/// twice, no target, no vdev, and more than four positional parameters.
+/// twice, no target, no vdev, more than four positional parameters, and `cache=` on an NBD
+/// export (its cache is its server's).
 public struct DiskSpec: Hashable, Sendable {
     /// The image file or block device.
     public var target: String
@@ -110,7 +116,8 @@ public struct DiskSpec: Hashable, Sendable {
             }
             let comma = rest.firstIndex(of: ",")
             let parameter = rest[..<(comma ?? rest.endIndex)].trimmingBlanks()
-            if let equals = parameter.firstIndex(of: "=") {
+            // An NBD URI's query (`?socket=`) holds a `=`: it is a positional target all the same.
+            if let equals = parameter.firstIndex(of: "="), !NBDURI.looksLikeURI(String(parameter)) {
                 let key = parameter[..<equals]
                 let value = parameter[parameter.index(after: equals)...]
                 switch key {
@@ -162,6 +169,8 @@ public struct DiskSpec: Hashable, Sendable {
                 given.insert(name)
                 positionsUsed += 1
                 switch name {
+                case "target" where NBDURI.looksLikeURI(String(parameter)):
+                    target = parameter
                 case "target":
                     let (prefix, path) = Self.splitPrefix(parameter)
                     if let prefix {
@@ -212,7 +221,11 @@ public struct DiskSpec: Hashable, Sendable {
         } else {
             accessValue = .readWrite
         }
-        self.target = target.hasPrefix("/") ? String(target) : "/dev/" + target
+        let isNBD = NBDURI.looksLikeURI(String(target))
+        if isNBD && cache != nil {
+            throw invalid("cache= is for image files and block devices; the NBD export \(quoted(target)) is cached by its server")
+        }
+        self.target = target.hasPrefix("/") || isNBD ? String(target) : "/dev/" + target
         self.format = .raw
         self.vdev = try VirtualDiskDevice(name: String(vdevText))
         self.access = accessValue
