@@ -333,6 +333,8 @@ let package = Package(
         .target(name: "CBlkifProbe", dependencies: ["CXen", "CBlkifABI"], path: "Tests/CBlkifProbe"),
         // Counts this thread's allocations (interposes malloc) for hot-path tests.
         .target(name: "CMallocCounter", path: "Tests/CMallocCounter"),
+        // A file's dirty pages in the page cache (cachestat), for the engines' flush on close.
+        .target(name: "CPageCacheProbe", path: "Tests/CPageCacheProbe"),
 
         // MARK: Tests, layer by layer
 
@@ -372,7 +374,7 @@ let package = Package(
         .testTarget(
             name: "XenDriverRuntimeTests",
             dependencies: ["XenDriverRuntime", "XenSimulator", "XenHypervisor", "XenABI", "XenLocks"]),
-        .testTarget(name: "XenBlockStorageTests", dependencies: ["XenBlockStorage", "NBDProtocol", "XenSockets", "CUringStorage", "CMallocCounter", "TestSupport", systemPackage]),
+        .testTarget(name: "XenBlockStorageTests", dependencies: ["XenBlockStorage", "NBDProtocol", "XenSockets", "CUringStorage", "CMallocCounter", "CPageCacheProbe", "TestSupport", systemPackage]),
         .testTarget(
             name: "XenBlockDriverTests",
             dependencies: [

@@ -1,5 +1,6 @@
 import Foundation
 import CAIO
+import CPageCacheProbe
 import Glibc
 import SystemPackage
 import TestSupport
@@ -73,6 +74,30 @@ struct FileEngineTests {
             #expect(s.ioMode == .buffered && s.alignment == 1)
             #expect(!s.prefersContiguousBuffers, "the page cache copies anyway")
             try Conformance.randomIO(s, seed: 12, rounds: 4)
+        }
+    }
+
+    /// An image written through the page cache is flushed when the engine closes: no page of
+    /// it is left dirty (cachestat), so a backend elsewhere that opens it next sees every write.
+    @Test(arguments: FileEngine.allCases) func closingABufferedImageFlushesIt(_ engine: FileEngine) async throws {
+        // Driver.run polls the completion descriptor: on a thread of its own.
+        try await onThread {
+            let image = try TemporaryImage(bytes: 1 << 20)
+            // tmpfs pages stay dirty whatever is flushed: the check needs a file system that writes back.
+            try #require(!FileEngineKind.isOnTmpfs(image.filePath), "TMPDIR is on tmpfs here")
+            let s = try engine.open(image.filePath, directIO: .never, queueDepth: 8)
+            let b = Buffers(byteCount: 16 * 4096)
+            for i in 0..<(16 * 4096) { b.bytes[i] = UInt8(truncatingIfNeeded: i % 253) }
+            var d = Driver(s)
+            let r = try d.run((0..<16).map { .write(tag: UInt64($0), offset: UInt64($0 * 8192), buffers: b.vector(first: $0, at: $0 * 4096, pieces: [4096])) })
+            #expect(r.count == 16 && r.values.allSatisfy(\.succeeded))
+            s.close()
+            var dirty: UInt64 = .max
+            let e = image.path.withCString { cpc_dirty_pages($0, &dirty) }
+            try #require(e == 0, "cachestat: \(String(cString: strerror(e)))")
+            #expect(dirty == 0, "\(dirty) dirty pages after close")
+            let file = try image.contents()
+            #expect((0..<16).allSatisfy { i in (0..<4096).allSatisfy { file[i * 8192 + $0] == b.bytes[i * 4096 + $0] } })
         }
     }
 

@@ -343,6 +343,6 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
             self.context = nil
         }
         signal.close()
-        try? fd.close()
+        StorageFile.close(fd, ioMode: ioMode, readOnly: isReadOnly)
     }
 }

@@ -104,4 +104,13 @@ struct StorageFile {
         if cbs_dio_alignment(fd.rawValue, &mem, &off) == 0 { return Int(max(mem, off, 1)) }
         return 512
     }
+
+    /// Closes an engine's image. One written through the page cache is `fdatasync`ed first, as
+    /// QEMU flushes an image it closes: what blkback acknowledged then lies only in this host's
+    /// page cache, where a backend on another host sharing the image (a migrated guest's) would
+    /// not see it. (`O_DIRECT` writes are at the device already, whose cache any reader sees.)
+    static func close(_ fd: FileDescriptor, ioMode: StorageIOMode, readOnly: Bool) {
+        if ioMode == .buffered && !readOnly { _ = cbs_fdatasync(fd.rawValue) }
+        try? fd.close()
+    }
 }

@@ -380,6 +380,6 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
             self.ring = nil
         }
         signal.close()
-        try? fd.close()
+        StorageFile.close(fd, ioMode: ioMode, readOnly: isReadOnly)
     }
 }

@@ -6,7 +6,9 @@
 /// write is durable once a later flush completes, and the backend's flush is `fdatasync`.
 /// With `writeback` a write completes when it is in the host's page cache, so it survives
 /// the backend process (killed or restarted) but not the host; small writes then cost what
-/// a memory copy costs instead of what the device takes.
+/// a memory copy costs instead of what the device takes. The backend flushes the image when
+/// it closes the disk, as QEMU does, so a backend on another host that shares the image
+/// (a migrated guest's) finds every write there.
 public enum DiskCache: String, Hashable, Sendable, CaseIterable {
     /// `cache=none`: `O_DIRECT` where the file system allows it, every read and write goes to
     /// the device. (Not named `none`, which `Optional` already has.)
