@@ -28,41 +28,45 @@ enum BackendDisk {
             // (a migrated guest's destination backend does this while the guest is paused).
             let target = try DiskTarget(checking: fallback)
             if target.nbd != nil { return try await remote(target, dir: dir, readOnly: false, discard: true) }
-            let kind = FileEngineKind.resolve(engine, for: fallback, logger: logger)
-            let mode = cache ?? .direct
-            say("xenpv backend: \(dir) serves \(fallback) through \(kind), cache=\(mode.rawValue)")
-            return BlockBackendDisk(byteCount: target.byteCount, readOnly: false) {
-                try kind.open(FilePath(fallback), readOnly: false, directIO: mode.directIO, queueDepth: 64)
-            }
+            return file(target, dir: dir, engine: engine, cache: cache ?? .direct, readOnly: false, discard: true, logger: logger)
         }
         let target = try DiskTarget(checking: params)
         // As Linux's blkback: read-write only when `mode` holds a w (missing: read-only).
         let readOnly = !(try await store.readIfPresent(dir + "/mode") ?? "r").contains("w")
         let discard = try await store.readIfPresent(dir + "/discard-enable") != "0"
-        var ownCache: DiskCache?
-        if let text = try await store.readIfPresent(dir + "/cache") {
-            guard let named = DiskCache(rawValue: text) else {
-                throw CommandError("\(dir)/cache is \"\(text)\", not one of \(DiskCache.spellings)")
+        let ownCache: DiskCache? = try await choice("cache", in: dir, store: store)
+        if target.nbd != nil {
+            if let ownCache {
+                throw CommandError("\(dir)/cache is \"\(ownCache.rawValue)\", but \(target.path) is an NBD export: the page cache is the server's")
             }
-            guard target.nbd == nil else {
-                throw CommandError("\(dir)/cache is \"\(text)\", but \(target.path) is an NBD export: the page cache is the server's")
-            }
-            ownCache = named
+            return try await remote(target, dir: dir, readOnly: readOnly, discard: discard)
         }
-        if target.nbd != nil { return try await remote(target, dir: dir, readOnly: readOnly, discard: discard) }
+        let ownEngine: FileEngineKind? = try await choice("engine", in: dir, store: store)
+        return file(target, dir: dir, engine: ownEngine ?? engine, cache: ownCache ?? cache ?? .direct, readOnly: readOnly,
+                    discard: discard, logger: logger)
+    }
+
+    /// The backend directory's `key` as one of `T`'s values, nil when absent; a value naming
+    /// none of them is an error with the key, the value and every spelling.
+    private static func choice<T: RawRepresentable & CaseIterable>(_ key: String, in dir: String,
+                                                                     store: any XenStoreConnection) async throws -> T?
+    where T.RawValue == String {
+        guard let text = try await store.readIfPresent(dir + "/" + key) else { return nil }
+        guard let value = T(rawValue: text) else {
+            throw CommandError("\(dir)/\(key) is \"\(text)\", not one of \(T.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return value
+    }
+
+    /// An image file or block device through `engine` (else the file's preferred one) and
+    /// `cache`, said in the log.
+    private static func file(_ target: DiskTarget, dir: String, engine: FileEngineKind?, cache: DiskCache, readOnly: Bool,
+                             discard: Bool, logger: Logger) -> BlockBackendDisk {
         let path = target.path
-        var own: FileEngineKind?
-        if let text = try await store.readIfPresent(dir + "/engine") {
-            guard let named = FileEngineKind(rawValue: text) else {
-                throw CommandError("\(dir)/engine is \"\(text)\", not one of io_uring, libaio")
-            }
-            own = named
-        }
-        let kind = FileEngineKind.resolve(own ?? engine, for: path, logger: logger)
-        let mode = ownCache ?? cache ?? .direct
-        say("xenpv backend: \(dir) serves \(path) through \(kind), cache=\(mode.rawValue)" + (readOnly ? ", read-only" : ""))
+        let kind = FileEngineKind.resolve(engine, for: path, logger: logger)
+        say("xenpv backend: \(dir) serves \(path) through \(kind), cache=\(cache.rawValue)" + (readOnly ? ", read-only" : ""))
         return BlockBackendDisk(byteCount: target.byteCount, readOnly: readOnly, discard: discard && !readOnly) {
-            try kind.open(FilePath(path), readOnly: readOnly, directIO: mode.directIO, queueDepth: 64)
+            try kind.open(FilePath(path), readOnly: readOnly, directIO: cache.directIO, queueDepth: 64)
         }
     }
 
