@@ -1,3 +1,4 @@
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -23,15 +24,15 @@ public func procFile(_ path: String) -> String? {
 /// The kernel's names of a process's threads (`/proc/PID/task/*/comm`: what `ps -L`, `top -H`
 /// and `perf` show), `pid` "self" for this process; a thread that ends meanwhile is left out.
 public func threadNames(of pid: String = "self") -> [String] {
-    guard let dir = opendir("/proc/\(pid)/task") else { return [] }
-    defer { closedir(dir) }
-    var names: [String] = []
-    while let entry = readdir(dir) {
-        let task = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        guard task.first?.isNumber == true, let comm = procFile("/proc/\(pid)/task/\(task)/comm") else { continue }
-        names.append(String(comm.prefix { $0 != "\n" }))
+    numberedEntries(of: "/proc/\(pid)/task").compactMap { task in
+        procFile("/proc/\(pid)/task/\(task)/comm").map { String($0.prefix { $0 != "\n" }) }
     }
-    return names
+}
+
+/// The entries of a /proc directory named by a number (tasks, descriptors), or none if it
+/// cannot be opened.
+func numberedEntries(of directory: String) -> [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.first?.isNumber == true }
 }
 
 /// Whether `directory` is a mount point now, by /proc/self/mountinfo (field 5).
@@ -45,20 +46,13 @@ public func isMountPoint(_ directory: String) -> Bool {
 /// The open(2) flags (`/proc/PID/fdinfo/N`'s `flags`, octal there) of each of a process's
 /// descriptors open on `path`; a descriptor closed meanwhile is left out.
 public func openFlags(of pid: Int32, path: String) -> [Int32] {
-    guard let dir = opendir("/proc/\(pid)/fd") else { return [] }
-    defer { closedir(dir) }
-    var flags: [Int32] = []
     var target = [CChar](repeating: 0, count: 4096)
-    while let entry = readdir(dir) {
-        let fd = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        guard fd.first?.isNumber == true else { continue }
+    return numberedEntries(of: "/proc/\(pid)/fd").compactMap { fd in
         let n = readlink("/proc/\(pid)/fd/\(fd)", &target, target.count - 1)
         guard n > 0, String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) == path,
             let info = procFile("/proc/\(pid)/fdinfo/\(fd)"),
-            let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags:") }),
-            let value = Int32(line.dropFirst("flags:".count).drop { $0 == " " || $0 == "\t" }, radix: 8)
-        else { continue }
-        flags.append(value)
+            let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags:") })
+        else { return nil }
+        return Int32(line.dropFirst("flags:".count).drop { $0 == " " || $0 == "\t" }, radix: 8)
     }
-    return flags
 }
