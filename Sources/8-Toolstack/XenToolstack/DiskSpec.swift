@@ -117,7 +117,8 @@ public struct DiskSpec: Hashable, Sendable {
             let comma = rest.firstIndex(of: ",")
             let parameter = rest[..<(comma ?? rest.endIndex)].trimmingBlanks()
             // An NBD URI's query (`?socket=`) holds a `=`: it is a positional target all the same.
-            if let equals = parameter.firstIndex(of: "="), !NBDURI.looksLikeURI(String(parameter)) {
+            let isURI = NBDURI.looksLikeURI(String(parameter))
+            if let equals = parameter.firstIndex(of: "="), !isURI {
                 let key = parameter[..<equals]
                 let value = parameter[parameter.index(after: equals)...]
                 switch key {
@@ -169,7 +170,7 @@ public struct DiskSpec: Hashable, Sendable {
                 given.insert(name)
                 positionsUsed += 1
                 switch name {
-                case "target" where NBDURI.looksLikeURI(String(parameter)):
+                case "target" where isURI:
                     target = parameter
                 case "target":
                     let (prefix, path) = Self.splitPrefix(parameter)
