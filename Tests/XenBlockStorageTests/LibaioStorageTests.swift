@@ -71,6 +71,35 @@ struct LibaioSubmitFaultTests {
         }
     }
 
+    /// Completions are read from the kernel's ring in this process's memory: a reap that
+    /// does not wait makes no `io_getevents`, and every operation still completes once,
+    /// with its bytes.
+    @Test func completionsAreReapedFromTheRingWithoutIoGetevents() async throws {
+        // Driver.run polls the completion descriptor: on a thread of its own.
+        try await onThread {
+            let image = try TemporaryImage(bytes: 1 << 20, fill: 0x42)
+            let s = try LibaioStorage(path: image.filePath, queueDepth: 8)
+            defer { s.close() }
+            #expect(s.ioMode == .direct)
+            var calls = 0
+            s.ioGetEvents = { ctx, min, nr, events, ts in
+                calls += 1
+                return io_getevents(ctx, min, nr, events, ts)
+            }
+            let b = Buffers(byteCount: 6 * 4096)
+            for i in 0..<(6 * 4096) { b.bytes[i] = UInt8(truncatingIfNeeded: i % 251) }
+            var d = Driver(s)
+            for _ in 0..<3 {
+                let r = try d.run(batch(b))
+                #expect(r.count == 6 && r.values.allSatisfy(\.succeeded))
+            }
+            #expect(calls == 0, "\(calls) io_getevents calls")
+            #expect(b.bytes[0..<4096].allSatisfy { $0 == 0x42 })
+            let file = try image.contents()
+            #expect((4096..<8192).allSatisfy { file[$0] == b.bytes[$0] } && file[8192] == 0x42)
+        }
+    }
+
     /// More than two in one call and Linux holds them back until the call returns (a plug).
     @Test func noCallHandsTheKernelMoreThanTwoIocbs() async throws {
         // Driver.run polls the completion descriptor: on a thread of its own.

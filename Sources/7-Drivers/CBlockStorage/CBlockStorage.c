@@ -71,3 +71,24 @@ int cbs_aio_ring_has_events(io_context_t ctx) {
     if (ring == NULL || ring->magic != CBS_AIO_RING_MAGIC) return 1;  /* unknown: ask io_getevents */
     return __atomic_load_n(&ring->head, __ATOMIC_RELAXED) != __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
 }
+
+int cbs_aio_ring_reap(io_context_t ctx, struct io_event *events, int max) {
+    struct cbs_aio_ring *ring = (struct cbs_aio_ring *)ctx;
+    /* Only the layout this knows: events right after a header of this size, no feature
+     * that changes them. */
+    if (ring == NULL || ring->magic != CBS_AIO_RING_MAGIC || ring->incompat_features != 0 ||
+        ring->header_length != sizeof *ring || ring->nr == 0) return -1;
+    const struct io_event *ring_events = (const struct io_event *)(ring + 1);
+    unsigned nr = ring->nr;
+    unsigned head = __atomic_load_n(&ring->head, __ATOMIC_RELAXED) % nr;
+    /* Acquiring: the kernel writes an event before the tail that covers it. */
+    unsigned tail = __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE) % nr;
+    int n = 0;
+    while (n < max && head != tail) {
+        events[n++] = ring_events[head];
+        head = head + 1 == nr ? 0 : head + 1;
+    }
+    /* Releasing: the events are copied out before the kernel may reuse their slots. */
+    if (n > 0) __atomic_store_n(&ring->head, head, __ATOMIC_RELEASE);
+    return n;
+}

@@ -7,8 +7,12 @@ import SystemPackage
 /// A storage engine on Linux native AIO (libaio) over an image file or a block device.
 ///
 /// - `O_DIRECT` reads and writes are `IO_CMD_PREADV`/`IO_CMD_PWRITEV` iocbs from a pool sized to the
-///   queue depth, submitted at most two per `io_submit` (`iocbsPerSubmit`), completed through `io_getevents`;
-///   each iocb signals ``completionDescriptor`` (`IOCB_FLAG_RESFD`).
+///   queue depth, submitted at most two per `io_submit` (`iocbsPerSubmit`); each iocb signals
+///   ``completionDescriptor`` (`IOCB_FLAG_RESFD`). Completions are read from the context's
+///   ring in this process's memory, as fio's `userspace_reap` does; only a reap that finds
+///   none resets the descriptor, and only one that waits enters `io_getevents`. At queue
+///   depth 1 on tmpfs the `io_getevents` and the eventfd `read` that every reap made were
+///   about 1 µs of a 5 µs round trip through blkfront and blkback.
 /// - `O_DIRECT` when the file system accepts it (``ioMode``); then every buffer address,
 ///   buffer length and offset must be a multiple of ``alignment`` (the file system's
 ///   `STATX_DIOALIGN`, or the block device's logical block size, else 512) and
@@ -85,6 +89,9 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
     /// refused iocb, which a healthy kernel rarely shows. Returns what io_submit returns.
     typealias IOSubmit = (io_context_t, Int, UnsafeMutablePointer<UnsafeMutablePointer<iocb>?>) -> Int32
     var ioSubmit: IOSubmit = { ctx, n, cbs in io_submit(ctx, n, cbs) }
+    /// The `io_getevents` funnel, for tests that count the system calls a reap makes.
+    typealias IOGetEvents = (io_context_t, Int, Int, UnsafeMutablePointer<io_event>, UnsafeMutablePointer<timespec>) -> Int32
+    var ioGetEvents: IOGetEvents = { ctx, min, nr, events, ts in io_getevents(ctx, min, nr, events, ts) }
 
     private struct Slot {
         var tag: UInt64 = 0
@@ -268,29 +275,48 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
 
     // MARK: reap
 
-    /// Moves finished operations into `completions` (`io_getevents`, waiting up to `timeout` only when none is ready), resubmitting the rest of a short transfer and retrying iocbs `io_submit` left with `EAGAIN`. Throws `.closed` after ``close()``.
+    /// Moves finished operations into `completions`, reading the kernel's completion ring
+    /// without a system call; only when nothing is ready does it reset
+    /// ``completionDescriptor``, look again, and wait up to `timeout` (`io_getevents`).
+    /// Resubmits the rest of a short transfer and retries iocbs `io_submit` left with
+    /// `EAGAIN`. Throws `.closed` after ``close()``.
     public func reap(into completions: UnsafeMutableBufferPointer<StorageCompletion>, timeout: Duration) throws(StorageError) -> Int {
         guard !closed, let context else { throw StorageError(.closed, "libaio storage \(path) is closed") }
-        signal.drain()
         submitPending()
-        collect(context, wait: ready.isEmpty ? timeout : .zero, limit: completions.count)
+        collect(context, wait: .zero, limit: completions.count)
+        var reset = false
+        if ready.isEmpty {
+            // Reset the descriptor only now, and look again: a completion posted in between
+            // is then either seen here or signals the descriptor afresh.
+            signal.drain()
+            reset = true
+            collect(context, wait: timeout, limit: completions.count)
+        }
         let n = ready.drain(into: completions, from: 0)
         outstanding -= n
-        // Left-overs (the caller's array was full, or EAGAIN): make the descriptor readable again.
-        if !ready.isEmpty || pendingCount > 0 { signal.signal() }
+        // Left-overs after a reset (the caller's array was full), or iocbs the kernel refused
+        // for now (EAGAIN: the next reap retries): keep the descriptor readable. Without a
+        // reset it still is, from the signals of what is left.
+        if pendingCount > 0 || (reset && (!ready.isEmpty || (inKernel > 0 && cbs_aio_ring_has_events(context) != 0))) {
+            signal.signal()
+        }
         return n
     }
 
-    /// Moves kernel completions into `ready`, resubmitting the remainder of short transfers.
+    /// Moves kernel completions into `ready` (from the ring in memory, or through
+    /// `io_getevents` when it waits up to `wait` for one or the ring's layout is unknown),
+    /// resubmitting the remainder of short transfers.
     private func collect(_ context: io_context_t, wait: Duration, limit: Int) {
         guard inKernel > 0 else { return }
-        var ts = timespec()
-        let ns = wait.clampedNanoseconds
-        ts.tv_sec = Int(ns / 1_000_000_000)
-        ts.tv_nsec = Int(ns % 1_000_000_000)
         let room = max(1, min(limit - ready.count, inKernel))
-        let minimum = wait > .zero ? 1 : 0
-        let r = io_getevents(context, minimum, room, events, &ts)
+        var r = cbs_aio_ring_reap(context, events, Int32(room))
+        if r < 0 || (r == 0 && wait > .zero) {
+            var ts = timespec()
+            let ns = wait.clampedNanoseconds
+            ts.tv_sec = Int(ns / 1_000_000_000)
+            ts.tv_nsec = Int(ns % 1_000_000_000)
+            r = ioGetEvents(context, wait > .zero ? 1 : 0, room, events, &ts)
+        }
         guard r > 0 else { return }  // 0: nothing yet; -EINTR: the caller polls again
         inKernel -= Int(r)
         var resubmit = false

@@ -35,5 +35,9 @@ int cbs_fdatasync(int fd);
  * context's address, as libaio's own io_getevents reads it) holds events: no system
  * call. 1 when the ring is not one this recognises: then io_getevents must tell. */
 int cbs_aio_ring_has_events(io_context_t ctx);
+/* Moves up to `max` events out of that ring into `events` and advances its head, as
+ * io_getevents does in the kernel, without a system call (the kernel reads the head back
+ * to reuse the slots): the count taken, or -1 when the ring is not one this recognises. */
+int cbs_aio_ring_reap(io_context_t ctx, struct io_event *events, int max);
 
 #endif
