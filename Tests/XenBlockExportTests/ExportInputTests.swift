@@ -91,6 +91,36 @@ struct ExportInputTests {
         #expect(input.buffered == 0 && !ExportSocket.hasInput(server))
     }
 
+    /// A `recv` that gets less than it had room for read the socket dry: the next look says
+    /// `.waiting` without a `recv` (which would only fail with EAGAIN); the one after that
+    /// reads again, and what came meanwhile is not lost.
+    @Test func aShortReceiveIsTheLastOneUntilTheCallerComesBack() throws {
+        let (client, server) = pair()
+        defer {
+            close(client)
+            close(server)
+        }
+        var input = ExportInput(fd: server)
+        for i in 0..<3 { send(client, NBDRequest(command: .read, handle: UInt64(i), offset: 0, length: 512).encoded()) }
+        for i in 0..<3 {
+            #expect(input.buffer(NBDRequest.size) == .done)
+            #expect(try NBDRequest(decoding: Array(input.bytes[0..<NBDRequest.size])).handle == UInt64(i))
+            input.consume(NBDRequest.size)
+        }
+        #expect(input.buffer(NBDRequest.size) == .waiting)
+        #expect(input.receives == 1 && input.dryReceives == 0)
+        send(client, NBDRequest(command: .read, handle: 3, offset: 0, length: 512).encoded())
+        #expect(input.buffer(NBDRequest.size) == .done)
+        #expect(try NBDRequest(decoding: Array(input.bytes[0..<NBDRequest.size])).handle == 3)
+        input.consume(NBDRequest.size)
+        #expect(input.receives == 2 && input.dryReceives == 0)
+        // Dry again: one look without a recv, then the next one reads (here: nothing).
+        #expect(input.buffer(NBDRequest.size) == .waiting)
+        #expect(input.dryReceives == 0)
+        #expect(input.buffer(NBDRequest.size) == .waiting)
+        #expect(input.dryReceives == 1)
+    }
+
     /// Bytes that come in pieces (a header split across sends, a payload larger than the
     /// buffer) still come out whole; the end of the stream mid-read is a failure.
     @Test func piecesAndLargePayloadsComeOutWholeAndAnEndIsAFailure() async throws {

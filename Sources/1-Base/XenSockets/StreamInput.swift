@@ -18,6 +18,12 @@ public struct StreamInput: ~Copyable {
     private var end = 0
     /// `recv` and `recvmsg` calls that returned bytes, for tests.
     public private(set) var receives = 0
+    /// `recv` and `recvmsg` calls that found the socket empty (`EAGAIN`), for tests.
+    public private(set) var dryReceives = 0
+    /// The last receive got less than it had room for: the socket held no more at that
+    /// moment (a stream socket's `recv` returns all it holds, up to the room). An owner that
+    /// waits for readability anyway may skip the `recv` that would only say so.
+    public private(set) var readDry = false
 
     /// An empty input of `capacity` bytes.
     public init(capacity: Int = 64 << 10) {
@@ -74,15 +80,21 @@ public struct StreamInput: ~Copyable {
         }
         precondition(end < capacity, "receiving into a full buffer")
         while true {
-            let n = recv(fd, buffer + end, capacity - end, Int32(MSG_DONTWAIT))
+            let room = capacity - end
+            let n = recv(fd, buffer + end, room, Int32(MSG_DONTWAIT))
             if n > 0 {
                 end += n
                 receives += 1
+                readDry = n < room
                 return .bytes
             }
             if n == 0 { return .endOfStream }
             let e = errno
-            if e == EAGAIN || e == EWOULDBLOCK { return .nothingYet }
+            if e == EAGAIN || e == EWOULDBLOCK {
+                dryReceives += 1
+                readDry = true
+                return .nothingYet
+            }
             if e != EINTR { return .failed(e) }
         }
     }
@@ -114,6 +126,8 @@ public struct StreamInput: ~Copyable {
         precondition(start == end, "reading past buffered bytes")
         while first < count && vectors[first].iov_len == 0 { first += 1 }
         guard first < count else { return (0, .failed(EINVAL)) }
+        var room = 0
+        for i in first..<count { room += vectors[i].iov_len }
         while true {
             var msg = msghdr()
             msg.msg_iov = vectors + first
@@ -121,12 +135,17 @@ public struct StreamInput: ~Copyable {
             let n = recvmsg(fd, &msg, Int32(MSG_DONTWAIT))
             if n > 0 {
                 receives += 1
+                readDry = n < room
                 IOVectors.advance(vectors, count, first: &first, by: n)
                 return (n, .bytes)
             }
             if n == 0 { return (0, .endOfStream) }
             let e = errno
-            if e == EAGAIN || e == EWOULDBLOCK { return (0, .nothingYet) }
+            if e == EAGAIN || e == EWOULDBLOCK {
+                dryReceives += 1
+                readDry = true
+                return (0, .nothingYet)
+            }
             if e != EINTR { return (0, .failed(e)) }
         }
     }
