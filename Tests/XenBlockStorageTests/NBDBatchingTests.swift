@@ -18,7 +18,7 @@ struct NBDBatchingTests {
     /// `pieces` (fractions of its length, the last taking the rest); returns each tag's
     /// completion and the bytes read, the counters read after.
     func read(_ server: ScriptedServer, lengths: [Int], pieces: Int = 1)
-        async throws -> (completions: [UInt64: StorageCompletion], bytes: [UInt8], sends: Int, receives: Int) {
+        async throws -> (completions: [UInt64: StorageCompletion], bytes: [UInt8], sends: Int, receives: Int, dryReceives: Int) {
         let uri = server.uri
         return try await withCleanup {
             return try await onThread {
@@ -35,7 +35,7 @@ struct NBDBatchingTests {
                 }
                 var d = Driver(s)
                 let r = try d.run(ops)
-                return (r, Array(b.bytes), s.requestSends, s.replyReceives)
+                return (r, Array(b.bytes), s.requestSends, s.replyReceives, s.replyDryReceives)
             }
         } cleanup: {
             await server.stop()
@@ -65,6 +65,21 @@ struct NBDBatchingTests {
         // the kernel to cut them): reading header and data apart took 32.
         #expect(r.sends == 1)
         #expect(r.receives >= 1 && r.receives <= 2, "\(r.receives) receives")
+    }
+
+    /// Replies in two bursts 50 ms apart: a receive that read the first burst dry is
+    /// followed by a poll, not by a `recv` that could only fail with EAGAIN. (The reader's
+    /// first look, before any reply was sent, may find nothing: at most that one.)
+    @Test func aReaderThatReadTheSocketDryPollsBeforeItReceivesAgain() async throws {
+        let lengths = [Int](repeating: 512, count: 16)
+        let server = try ScriptedServer(chunk: 8 * (NBDSimpleReply.size + 512), pause: .milliseconds(50), requests: 16) { h, _ in
+            h.indices.flatMap { Self.simple(h[$0]) + Self.pattern($0, 512) }
+        }
+        let r = try await read(server, lengths: lengths)
+        #expect(r.completions.count == 16 && r.completions.values.allSatisfy(\.succeeded))
+        #expect(r.bytes == Self.expected(lengths))
+        #expect(r.receives >= 2, "\(r.receives) receives")
+        #expect(r.dryReceives <= 1, "\(r.dryReceives) receives found nothing")
     }
 
     @Test func writesOfOneSubmitGoOutInOneSendWithTheirData() async throws {

@@ -28,9 +28,9 @@ final class ScriptedServer: @unchecked Sendable {
     /// What the server does once `requests` have arrived on a connection: (handle of
     /// each, connection number) -> bytes to send, or nil to hang up at once; after
     /// sending, it reads until the client goes (`hangUp`: closes the connection instead).
-    /// The bytes go in one write, or in writes of `chunk` bytes each.
+    /// The bytes go in one write, or in writes of `chunk` bytes each, `pause` apart.
     init(exportFlags: NBDTransmissionFlags = [.hasFlags, .sendFlush, .sendTrim], sizes: [UInt64] = [1 << 20],
-         blockSizes: NBDBlockSizeConstraints? = nil, chunk: Int? = nil,
+         blockSizes: NBDBlockSizeConstraints? = nil, chunk: Int? = nil, pause: Duration = .zero,
          requests: Int, hangUp: Bool = false, reply: @escaping @Sendable ([UInt64], Int) -> [UInt8]?) throws {
         directory = try TemporaryDirectory(prefix: "xenpv-nbd-hostile")
         socket = directory.path("s")
@@ -43,7 +43,7 @@ final class ScriptedServer: @unchecked Sendable {
                 let c = accept(fd, nil, nil)
                 guard c >= 0 else { return }
                 serve(c, connection: connection, size: sizes[min(connection, sizes.count - 1)], flags: exportFlags, blockSizes: blockSizes,
-                      chunk: chunk, requests: requests, hangUp: hangUp, reply: reply)
+                      chunk: chunk, pause: pause, requests: requests, hangUp: hangUp, reply: reply)
                 close(c)
                 connection += 1
             }
@@ -52,7 +52,7 @@ final class ScriptedServer: @unchecked Sendable {
     }
 
     private func serve(_ c: Int32, connection: Int, size: UInt64, flags: NBDTransmissionFlags, blockSizes: NBDBlockSizeConstraints?,
-                       chunk: Int?, requests: Int, hangUp: Bool,
+                       chunk: Int?, pause: Duration, requests: Int, hangUp: Bool,
                        reply: ([UInt64], Int) -> [UInt8]?) {
         _ = NBDConnection.write(c, NBDServerGreeting(flags: [.fixedNewstyle, .noZeroes]).encoded())
         guard NBDConnection.read(c, 4) != nil, let h = NBDConnection.read(c, 16),
@@ -74,6 +74,7 @@ final class ScriptedServer: @unchecked Sendable {
         guard let bytes = reply(handles, connection) else { return }
         let step = chunk ?? max(bytes.count, 1)
         for at in stride(from: 0, to: bytes.count, by: step) {
+            if at > 0 && pause > .zero { Thread.sleep(forTimeInterval: Double(pause.components.attoseconds) / 1e18 + Double(pause.components.seconds)) }
             guard NBDConnection.write(c, Array(bytes[at..<min(at + step, bytes.count)])) else { return }
         }
         if hangUp { return }

@@ -116,6 +116,7 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
     private var reconnectCount = 0
     private var resendCount = 0
     private var replyReceiveCount = 0
+    private var replyDryReceiveCount = 0
 
     // The submitting thread's.
     private var closed = false
@@ -372,6 +373,8 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
     var requestSends: Int { sendLock.withLock { writer.sends } }
     /// The reader's receive calls that brought bytes, as of its last completed reply, for tests.
     var replyReceives: Int { lock.withLock { replyReceiveCount } }
+    /// The reader's receive calls that found the socket empty, as of its last completed reply, for tests.
+    var replyDryReceives: Int { lock.withLock { replyDryReceiveCount } }
 
     // MARK: reap
 
@@ -500,7 +503,7 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
         // A reply with no data is finished under the same lock that finds its slot; a
         // read's data is received first, outside it.
         enum Found { case none, answered(posted: Bool), data(Slot) }
-        let receives = input.receives
+        let receives = (input.receives, input.dryReceives)
         let found: Found = lock.withLock {
             guard index < slots.count, slots[index].state != .free, slots[index].generation == generation else { return .none }
             if slots[index].part.command == .read && error == .ok { return .data(slots[index]) }
@@ -514,7 +517,7 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
             posted = p
         case .data(let slot):
             if let failure = receiveData(socket, of: slot, index: index, &input, vecs: vecs) { return failure }
-            let receives = input.receives
+            let receives = (input.receives, input.dryReceives)
             posted = lock.withLock { complete(index, error, receives: receives) }
         }
         if posted { unpublished = true }
@@ -524,22 +527,24 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
     /// Under the lock: the part in `index` is answered with `error`; true when its
     /// completion went onto an empty queue (the eventfd to be signalled at the next
     /// publish).
-    private func complete(_ index: Int, _ error: NBDErrno, receives: Int) -> Bool {
+    private func complete(_ index: Int, _ error: NBDErrno, receives: (bytes: Int, dry: Int)) -> Bool {
         let failure = error == .ok ? nil
             : StorageError(.io(Self.localErrno(error)), "\(uri) answered \(slots[index].part.command) with \(error)")
         // reap() resets the eventfd before it takes the queue: a completion pushed onto a
         // non-empty queue is taken with the ones before it, whose push signalled (or will,
         // at the next publish).
         let wasEmpty = ready.isEmpty
-        replyReceiveCount = receives
+        (replyReceiveCount, replyDryReceiveCount) = receives
         return finish(index, failure: failure) && wasEmpty
     }
 
     /// Receives more into `input`: what the socket holds, else after a poll in steps of at
     /// most 100 ms, so timeouts and `close` are seen. The completions of the replies
-    /// taken so far are signalled first.
+    /// taken so far are signalled first. After a receive that read the socket dry it polls
+    /// first: a `recv` would only fail with `EAGAIN`.
     private func receiveMore(_ socket: Int32, _ input: inout StreamInput, receiving: Int?) -> StorageError? {
         publish()
+        if input.readDry, let failure = waitReadable(socket, receiving: receiving) { return failure }
         while true {
             switch input.receive(socket) {
             case .bytes: return nil
@@ -581,7 +586,8 @@ public final class NBDStorage: StorageEngine, @unchecked Sendable {
             let (n, outcome) = input.receiveDirect(socket, into: vecs, count, first: &first)
             left -= n
             switch outcome {
-            case .bytes: continue
+            case .bytes:
+                if left > 0, input.readDry, let failure = waitReadable(socket, receiving: index) { return failure }
             case .nothingYet:
                 if let failure = waitReadable(socket, receiving: index) { return failure }
             case .endOfStream: return StorageError(.io(.connectionReset), "\(uri) closed the connection in a read's data")
