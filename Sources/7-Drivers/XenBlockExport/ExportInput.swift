@@ -33,8 +33,9 @@ struct ExportInput: ~Copyable {
 
     init(fd: Int32) { self.fd = fd }
 
-    /// `recv` calls that returned bytes, and those that found nothing, for tests.
+    /// `recv` calls that returned bytes, for tests.
     var receives: Int { input.receives }
+    /// `recv` calls that found nothing, for tests.
     var dryReceives: Int { input.dryReceives }
     /// The last `recv` read the socket dry: the next look waits without one.
     private var dry = false
