@@ -74,12 +74,14 @@ int cbs_aio_ring_has_events(io_context_t ctx) {
 
 int cbs_aio_ring_reap(io_context_t ctx, struct io_event *events, int max) {
     struct cbs_aio_ring *ring = (struct cbs_aio_ring *)ctx;
-    /* Only the layout this knows: events right after a header of this size, no feature
-     * that changes them. */
-    if (ring == NULL || ring->magic != CBS_AIO_RING_MAGIC || ring->incompat_features != 0 ||
-        ring->header_length != sizeof *ring || ring->nr == 0) return -1;
+    if (ring == NULL) return -1;
+    /* Each field of the shared header read once, and the copies checked: only the layout
+     * this knows (events right after a header of this size, no feature that changes them). */
+    unsigned nr = __atomic_load_n(&ring->nr, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&ring->magic, __ATOMIC_RELAXED) != CBS_AIO_RING_MAGIC ||
+        __atomic_load_n(&ring->incompat_features, __ATOMIC_RELAXED) != 0 ||
+        __atomic_load_n(&ring->header_length, __ATOMIC_RELAXED) != sizeof *ring || nr == 0) return -1;
     const struct io_event *ring_events = (const struct io_event *)(ring + 1);
-    unsigned nr = ring->nr;
     unsigned head = __atomic_load_n(&ring->head, __ATOMIC_RELAXED) % nr;
     /* Acquiring: the kernel writes an event before the tail that covers it. */
     unsigned tail = __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE) % nr;
