@@ -20,9 +20,10 @@ public struct StreamInput: ~Copyable {
     public private(set) var receives = 0
     /// `recv` and `recvmsg` calls that found the socket empty (`EAGAIN`), for tests.
     public private(set) var dryReceives = 0
-    /// The last receive got less than it had room for: the socket held no more at that
-    /// moment (a stream socket's `recv` returns all it holds, up to the room). An owner that
-    /// waits for readability anyway may skip the `recv` that would only say so.
+    /// The last receive brought bytes, but fewer than it had room for: the socket held no
+    /// more at that moment (a stream socket's `recv` returns all it holds, up to the room).
+    /// An owner that waits for readability anyway may skip the `recv` that would only say
+    /// so. (One that found nothing has said so itself: `.nothingYet`.)
     public private(set) var readDry = false
 
     /// An empty input of `capacity` bytes.
@@ -92,7 +93,7 @@ public struct StreamInput: ~Copyable {
             let e = errno
             if e == EAGAIN || e == EWOULDBLOCK {
                 dryReceives += 1
-                readDry = true
+                readDry = false
                 return .nothingYet
             }
             if e != EINTR { return .failed(e) }
@@ -143,7 +144,7 @@ public struct StreamInput: ~Copyable {
             let e = errno
             if e == EAGAIN || e == EWOULDBLOCK {
                 dryReceives += 1
-                readDry = true
+                readDry = false
                 return (0, .nothingYet)
             }
             if e != EINTR { return (0, .failed(e)) }

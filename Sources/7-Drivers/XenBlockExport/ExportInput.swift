@@ -83,7 +83,7 @@ struct ExportInput: ~Copyable {
                 var first = 0
                 let (n, received) = input.receiveDirect(fd, into: &vector, 1, first: &first)
                 done += n
-                dry = Self.readDry(received, input)
+                dry = input.readDry
                 if let p = Self.progress(received) { return p }
                 continue
             }
@@ -99,15 +99,8 @@ struct ExportInput: ~Copyable {
             return .waiting
         }
         let received = input.receive(fd)
-        dry = Self.readDry(received, input)
+        dry = input.readDry
         return Self.progress(received)
-    }
-
-    /// Whether a receive that brought bytes read the socket dry (one that brought none has
-    /// already said so).
-    private static func readDry(_ received: StreamInput.Received, _ input: borrowing StreamInput) -> Bool {
-        if case .bytes = received { return input.readDry }
-        return false
     }
 
     private static func progress(_ received: StreamInput.Received) -> Progress? {
