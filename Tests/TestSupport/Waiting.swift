@@ -38,11 +38,15 @@ public func eventuallyBlocking(
     let deadline = ContinuousClock.now + .seconds(max(seconds, minimumDeadline))
     while ContinuousClock.now < deadline {
         if try body() { return true }
-        if interval > .zero {
-            Thread.sleep(forTimeInterval: Double(interval.components.seconds) + Double(interval.components.attoseconds) / 1e18)
-        }
+        if interval > .zero { sleepThread(for: interval) }
     }
     return try body()
+}
+
+/// Blocks the calling thread for `duration`: for a test's own threads (a scripted server,
+/// a polling helper), never a cooperative-pool one.
+public func sleepThread(for duration: Duration) {
+    Thread.sleep(forTimeInterval: Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18)
 }
 
 /// `body` did not finish within `seconds`.

@@ -74,7 +74,7 @@ final class ScriptedServer: @unchecked Sendable {
         guard let bytes = reply(handles, connection) else { return }
         let step = chunk ?? max(bytes.count, 1)
         for at in stride(from: 0, to: bytes.count, by: step) {
-            if at > 0 && pause > .zero { Thread.sleep(forTimeInterval: Double(pause.components.attoseconds) / 1e18 + Double(pause.components.seconds)) }
+            if at > 0 && pause > .zero { sleepThread(for: pause) }
             guard NBDConnection.write(c, Array(bytes[at..<min(at + step, bytes.count)])) else { return }
         }
         if hangUp { return }
