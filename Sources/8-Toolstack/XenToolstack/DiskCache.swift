@@ -17,5 +17,5 @@ public enum DiskCache: String, Hashable, Sendable, CaseIterable {
     case writeback
 
     /// Every spelling accepted, for error messages.
-    public static let spellings = "none, writeback"
+    public static let spellings = allCases.map(\.rawValue).joined(separator: ", ")
 }

@@ -9,5 +9,5 @@ public enum DiskEngine: String, Hashable, Sendable, CaseIterable {
     case libaio
 
     /// Every spelling accepted, for error messages.
-    static let spellings = "io_uring, libaio"
+    static let spellings = allCases.map(\.rawValue).joined(separator: ", ")
 }
