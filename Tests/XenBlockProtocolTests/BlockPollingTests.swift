@@ -5,6 +5,7 @@ import XenBlockProtocol
 struct BlockPollingTests {
     @Test func aSparedWakeUpIsWorthSomeSpinning() {
         #expect(BlockPolling.wakeUpWorth > .zero)
-        #expect(BlockPolling.batch >= 1)
+        #expect(BlockPolling.frontendBatch >= 1)
+        #expect(BlockPolling.backendBatch >= 1)
     }
 }

@@ -604,8 +604,8 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     /// (no system call on libaio), and always `beforeSleep`.
     private func reapCompletions(beforeSleep: Bool = false) throws(StorageError) -> Bool {
         guard storage.outstanding > 0, beforeSleep || storage.mayHaveCompletions else { return false }
-        // A few at a time: their responses go out while the rest wait (see BlockPolling.batch).
-        let n = try storage.reap(into: UnsafeMutableBufferPointer(start: completions, count: min(ringSize, BlockPolling.batch)),
+        // A batch at a time: their responses go out while the rest wait (see BlockPolling.backendBatch).
+        let n = try storage.reap(into: UnsafeMutableBufferPointer(start: completions, count: min(ringSize, BlockPolling.backendBatch)),
                                  timeout: .zero)
         for i in 0..<n { complete(completions[i], answer: true) }
         return n > 0

@@ -490,12 +490,12 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
         }
     }
 
-    /// Answers up to ``BlockPolling/batch`` responses; true if there were any.
+    /// Answers up to ``BlockPolling/frontendBatch`` responses; true if there were any.
     private func collectResponses() throws(RingError) -> Bool {
         guard try ring.checkForResponses() > 0 else { return false }
         if counters.firstResponseAt.value == 0 { counters.firstResponseAt.store(cxen_monotonic_ns(), ordering: .relaxed) }
         var taken = 0
-        while taken < BlockPolling.batch, let raw = ring.nextResponse() {
+        while taken < BlockPolling.frontendBatch, let raw = ring.nextResponse() {
             taken += 1
             counters.responses.bump()
             let response = BlockResponse(raw)
