@@ -338,8 +338,12 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     private func beforeSleep(_ poll: PollSet) throws -> Bool {
         // A stalled request is resumed by a completion, which wakes the poll.
         if stalled == nil, try ring.finalCheckForRequests() { return true }
-        // A real reap resets the completion descriptor the sleep waits on.
-        if try reapCompletions(beforeSleep: true) { return true }
+        // A real reap resets the completion descriptor the sleep waits on. What it took is
+        // published now, before the next turn reaps another batch.
+        if try reapCompletions(beforeSleep: true) {
+            try pushResponses()
+            return true
+        }
         // The completion descriptor only while something is at the engine: a stale
         // wake-up would otherwise spin the poll.
         poll.watch(extra: 0, storage.outstanding > 0)
