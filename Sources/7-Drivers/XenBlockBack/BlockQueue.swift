@@ -144,7 +144,8 @@ private struct Inflight {
 final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable>: BlockQueueRunning, DriverService,
     @unchecked Sendable {
     // @unchecked: everything but `runtime` belongs to the queue thread once started.
-    private var ring: BackRing<Request, Response>
+    // @exclusivity(unchecked) on what that thread alone mutates, as in BlockFrontQueue.
+    @exclusivity(unchecked) private var ring: BackRing<Request, Response>
     private let events: any EventChannels
     private let mapper: any GrantMapper
     private let storage: any StorageEngine
@@ -163,10 +164,10 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     private let bouncePools: BouncePools?
     private let pool: UnsafeMutableRawPointer
     private let freePages: UnsafeMutablePointer<Int32>
-    private var freePageCount: Int
+    @exclusivity(unchecked) private var freePageCount: Int
     private let slots: UnsafeMutablePointer<Inflight>
     private let freeSlots: UnsafeMutablePointer<Int32>
-    private var freeSlotCount: Int
+    @exclusivity(unchecked) private var freeSlotCount: Int
     /// Per segment of a slot: its bounce page; its page's persistent-grant run, and the
     /// page's address.
     private let slotPages: UnsafeMutablePointer<Int32>
@@ -180,8 +181,8 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     private let copies: UnsafeMutablePointer<GrantCopySegment>
     private let indirectPages: UnsafeMutableRawPointer
     private let pending: UnsafeMutablePointer<StorageOperation>
-    private var pendingHead = 0
-    private var pendingCount = 0
+    @exclusivity(unchecked) private var pendingHead = 0
+    @exclusivity(unchecked) private var pendingCount = 0
     private let completions: UnsafeMutablePointer<StorageCompletion>
     /// Set when `feature-persistent` was negotiated: data goes to and from these mappings.
     private let persistent: PersistentGrants?
@@ -190,13 +191,13 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     private let gathers: Bool
     /// A request taken off the ring that waits for bounce pages or room among the
     /// persistent grants (a private copy).
-    private var stalled: Request?
+    @exclusivity(unchecked) private var stalled: Request?
     /// The persistent grants had no room for the stalled request: retry after a completion.
-    private var waitingForRoom = false
+    @exclusivity(unchecked) private var waitingForRoom = false
     /// The slot of a write barrier at the engine: later requests wait for its completion
     /// (an engine may run the flush alongside later operations, as io_uring does).
-    private var barrierSlot: Int?
-    private var produced = false
+    @exclusivity(unchecked) private var barrierSlot: Int?
+    @exclusivity(unchecked) private var produced = false
 
     let runtime: DriverRuntime
     private let doorbell: Doorbell

@@ -39,17 +39,18 @@ final class PersistentGrants {
     private let mapper: any GrantMapper
     private let domain: DomainID
     private let counters: BlockQueueCounters
-    private var runs: [Run] = []
-    private var emptyRuns: [Int] = []
-    private var byRef: [GrantRef: Location]
+    // @exclusivity(unchecked): the queue thread's alone, used per request (as in BlockQueue).
+    @exclusivity(unchecked) private var runs: [Run] = []
+    @exclusivity(unchecked) private var emptyRuns: [Int] = []
+    @exclusivity(unchecked) private var byRef: [GrantRef: Location]
     /// Pages mapped, over all runs.
-    private var mapped = 0
+    @exclusivity(unchecked) private var mapped = 0
     /// Segments in flight, over all runs.
-    private var users = 0
-    private var clock: UInt64 = 0
+    @exclusivity(unchecked) private var users = 0
+    @exclusivity(unchecked) private var clock: UInt64 = 0
     /// Scratch for a request's grants that are not mapped yet (kept to avoid reallocating).
-    private var fresh: [GrantRef] = []
-    private var freshSeen: Set<GrantRef> = []
+    @exclusivity(unchecked) private var fresh: [GrantRef] = []
+    @exclusivity(unchecked) private var freshSeen: Set<GrantRef> = []
 
     init(capacity: Int, mapper: any GrantMapper, domain: DomainID, counters: BlockQueueCounters) {
         precondition(capacity > 0)

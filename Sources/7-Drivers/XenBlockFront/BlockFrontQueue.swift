@@ -139,14 +139,17 @@ private struct FrontInflight {
 /// inputs a server registered (``BlockFrontend/serveInput(_:descriptor:)``) in its turns.
 final class BlockFrontQueue: DriverService, @unchecked Sendable {
     // @unchecked: the ring and the tables belong to the queue thread once started.
-    private var ring: FrontRing<blkif_request, blkif_response>
+    // @exclusivity(unchecked) on what that thread alone mutates: no two accesses can overlap,
+    // and the runtime's checks on them took a tenth of the block path's CPU at queue depth 1
+    // (README, issue 17's section).
+    @exclusivity(unchecked) private var ring: FrontRing<blkif_request, blkif_response>
     let resources: BlockFrontQueueResources
     private let work: WorkQueue
     private let maxSegments: Int
     private let counters: BlockFrontCounters
-    private var inflight: [FrontInflight]
-    private var freeIDs: [Int]
-    private var freePages: [Int32]
+    @exclusivity(unchecked) private var inflight: [FrontInflight]
+    @exclusivity(unchecked) private var freeIDs: [Int]
+    @exclusivity(unchecked) private var freePages: [Int32]
     private let slotPages: UnsafeMutablePointer<Int32>
     private let segmentScratch: UnsafeMutablePointer<BlockSegment>
     private let waker = Waker()
@@ -159,7 +162,7 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
     /// Jobs waiting, readable without the lock (a spinning thread's hint only, relaxed).
     private let jobCount = Atomic<Int>(0)
     /// The batch being run, swapped with `jobs.items` so neither reallocates.
-    private var running: [UnownedJob] = []
+    @exclusivity(unchecked) private var running: [UnownedJob] = []
     private let runtime: DriverRuntime
     /// What was in flight when the thread stopped, for re-issue.
     private let returned = Locked<[WorkItem]>([])
@@ -169,7 +172,7 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
     /// touches neither the ring nor the pool.
     private let pauseSeen = Atomic<Bool>(false)
     /// The thread's copy of `pauseWanted`, read once a turn.
-    private var paused = false
+    @exclusivity(unchecked) private var paused = false
 
     /// `maxIndirectSegments`: what the backend advertised (0 or at most 11: direct only).
     init(resources: BlockFrontQueueResources, work: WorkQueue, maxIndirectSegments: Int,
@@ -372,7 +375,7 @@ final class BlockFrontQueue: DriverService, @unchecked Sendable {
     /// Room for another request; a request that needs more pool pages than are free sets
     /// `waitingForPages` until a response returns some.
     private var canIssue: Bool { !paused && !freeIDs.isEmpty && !ring.isFull && !waitingForPages }
-    private var waitingForPages = false
+    @exclusivity(unchecked) private var waitingForPages = false
 
     // MARK: issuing
 

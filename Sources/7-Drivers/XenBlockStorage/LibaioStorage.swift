@@ -71,19 +71,22 @@ public final class LibaioStorage: StorageEngine, @unchecked Sendable {
     public var completionDescriptor: FileDescriptor { signal.descriptor }
 
     let fd: FileDescriptor
-    private var context: io_context_t?
+    // @exclusivity(unchecked): state of the one thread that drives the engine (StorageEngine's
+    // rule), touched on every operation; no access can overlap another, so the runtime's
+    // checks only cost time (as in BlockFrontQueue).
+    @exclusivity(unchecked) private var context: io_context_t?
     private let signal: CompletionSignal
-    private var ready: CompletionQueue
+    @exclusivity(unchecked) private var ready: CompletionQueue
     // The iocb pool and per-iocb bookkeeping, allocated once for the queue depth.
     private let iocbs: UnsafeMutablePointer<iocb>
     private let slots: UnsafeMutablePointer<Slot>
     private let freeList: UnsafeMutablePointer<Int32>
-    private var freeCount: Int
+    @exclusivity(unchecked) private var freeCount: Int
     private let pending: UnsafeMutablePointer<UnsafeMutablePointer<iocb>?>
-    private var pendingCount = 0
+    @exclusivity(unchecked) private var pendingCount = 0
     private let events: UnsafeMutablePointer<io_event>
-    private var inKernel = 0
-    private var closed = false
+    @exclusivity(unchecked) private var inKernel = 0
+    @exclusivity(unchecked) private var closed = false
 
     /// The `io_submit` funnel: tests replace it to play EAGAIN, partial acceptance or a
     /// refused iocb, which a healthy kernel rarely shows. Returns what io_submit returns.

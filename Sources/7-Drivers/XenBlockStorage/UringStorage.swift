@@ -67,18 +67,19 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
     public var completionDescriptor: FileDescriptor { signal.descriptor }
 
     let fd: FileDescriptor
-    private var ring: OpaquePointer?
+    // @exclusivity(unchecked): as in LibaioStorage.
+    @exclusivity(unchecked) private var ring: OpaquePointer?
     private let signal: CompletionSignal
-    private var ready: CompletionQueue
+    @exclusivity(unchecked) private var ready: CompletionQueue
     private let slots: UnsafeMutablePointer<Slot>
     private let freeList: UnsafeMutablePointer<Int32>
-    private var freeCount: Int
+    @exclusivity(unchecked) private var freeCount: Int
     private let cqes: UnsafeMutablePointer<cus_completion>
     /// Operations with an entry in the ring (queued or at the kernel), not yet completed.
-    private var inKernel = 0
+    @exclusivity(unchecked) private var inKernel = 0
     /// Entries queued in the submission ring that the kernel has not taken (a submit failed).
-    private var needsSubmit = false
-    private var closed = false
+    @exclusivity(unchecked) private var needsSubmit = false
+    @exclusivity(unchecked) private var closed = false
 
     /// The `io_uring_submit` funnel: tests replace it to play a kernel that refuses a
     /// submission for a while (`EAGAIN`, `EBUSY`), which a healthy kernel rarely shows.
