@@ -310,7 +310,7 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         var worked = try serviceRing()
         try submitPending()
         worked = try reapCompletions() || worked
-        try pushResponses()
+        try pushResponses()  // what taking requests answered at once (refusals)
         return worked
     }
 
@@ -339,12 +339,8 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
     private func beforeSleep(_ poll: PollSet) throws -> Bool {
         // A stalled request is resumed by a completion, which wakes the poll.
         if stalled == nil, try ring.finalCheckForRequests() { return true }
-        // A real reap resets the completion descriptor the sleep waits on. What it took is
-        // published now, before the next turn reaps another batch.
-        if try reapCompletions(beforeSleep: true) {
-            try pushResponses()
-            return true
-        }
+        // A real reap resets the completion descriptor the sleep waits on.
+        if try reapCompletions(beforeSleep: true) { return true }
         // The completion descriptor only while something is at the engine: a stale
         // wake-up would otherwise spin the poll.
         poll.watch(extra: 0, storage.outstanding > 0)
@@ -605,14 +601,16 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         }
     }
 
-    /// Reaps a few completions; while polling only if the engine says some may be there
-    /// (no system call on libaio), and always `beforeSleep`.
-    private func reapCompletions(beforeSleep: Bool = false) throws(StorageError) -> Bool {
+    /// Reaps a batch of completions and publishes their responses, before any later batch
+    /// is reaped; while polling only if the engine says some may be there (no system call
+    /// on libaio), and always `beforeSleep`.
+    private func reapCompletions(beforeSleep: Bool = false) throws -> Bool {
         guard storage.outstanding > 0, beforeSleep || storage.mayHaveCompletions else { return false }
         // A batch at a time: their responses go out while the rest wait (see BlockPolling.backendBatch).
         let n = try storage.reap(into: UnsafeMutableBufferPointer(start: completions, count: min(ringSize, BlockPolling.backendBatch)),
                                  timeout: .zero)
         for i in 0..<n { complete(completions[i], answer: true) }
+        try pushResponses()
         return n > 0
     }
 
