@@ -164,19 +164,8 @@ struct BlockBufferTests {
 }
 
 /// A memory disk that asks for contiguous buffers, as `O_DIRECT` libaio does.
-final class ContiguousMemoryStorage: StorageEngine, @unchecked Sendable {
-    private let inner: MemoryStorage
+final class ContiguousMemoryStorage: ForwardingStorage, @unchecked Sendable {
+    let inner: any StorageEngine
     init(byteCount: Int) throws { inner = try MemoryStorage(byteCount: byteCount) }
     var prefersContiguousBuffers: Bool { true }
-    var byteCount: UInt64 { inner.byteCount }
-    var isReadOnly: Bool { inner.isReadOnly }
-    var alignment: Int { inner.alignment }
-    var queueDepth: Int { inner.queueDepth }
-    var outstanding: Int { inner.outstanding }
-    var completionDescriptor: FileDescriptor { inner.completionDescriptor }
-    func submit(_ operations: UnsafeBufferPointer<StorageOperation>) throws(StorageError) -> Int { try inner.submit(operations) }
-    func reap(into completions: UnsafeMutableBufferPointer<StorageCompletion>, timeout: Duration) throws(StorageError) -> Int {
-        try inner.reap(into: completions, timeout: timeout)
-    }
-    func close() { inner.close() }
 }

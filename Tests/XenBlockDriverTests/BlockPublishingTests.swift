@@ -45,9 +45,9 @@ struct BlockPublishingTests {
 
 /// A memory disk that completes nothing until ``open()``, then all it holds and what
 /// comes after; each reap notes how many responses the ring it serves had published.
-final class GatedStorage: StorageEngine, @unchecked Sendable {
+final class GatedStorage: ForwardingStorage, @unchecked Sendable {
     // @unchecked: its queue thread drives it; the test reads only the atomics and `reaps`.
-    private let inner: MemoryStorage
+    let inner: any StorageEngine
     private let doorbell = EventFD()
     private let isOpen = Atomic<Bool>(false)
     private var ring: UnsafeMutableRawPointer?
@@ -67,13 +67,7 @@ final class GatedStorage: StorageEngine, @unchecked Sendable {
         doorbell.signal()
     }
 
-    var byteCount: UInt64 { inner.byteCount }
-    var isReadOnly: Bool { inner.isReadOnly }
-    var alignment: Int { inner.alignment }
-    var queueDepth: Int { inner.queueDepth }
-    var outstanding: Int { inner.outstanding }
     var completionDescriptor: FileDescriptor { FileDescriptor(rawValue: doorbell.descriptor) }
-    var prefersContiguousBuffers: Bool { inner.prefersContiguousBuffers }
     var mayHaveCompletions: Bool { isOpen.load(ordering: .acquiring) && inner.mayHaveCompletions }
 
     func submit(_ operations: UnsafeBufferPointer<StorageOperation>) throws(StorageError) -> Int {
@@ -91,6 +85,4 @@ final class GatedStorage: StorageEngine, @unchecked Sendable {
         reaps.withLock { $0.append((n, before)) }
         return n
     }
-
-    func close() { inner.close() }
 }

@@ -41,9 +41,9 @@ final class StorageLedger: Sendable {
 /// An engine that records each write it passes on in a ``StorageLedger``, and while the
 /// ledger holds, accepts operations without starting them, until the ledger moves on to
 /// the next backend: then it starts them (its backend drains it as it closes).
-final class LedgerStorage: StorageEngine, @unchecked Sendable {
+final class LedgerStorage: ForwardingStorage, @unchecked Sendable {
     // @unchecked: one backend queue thread drives it, as every engine.
-    private let inner: any StorageEngine
+    let inner: any StorageEngine
     private let ledger: StorageLedger
     private var heldOps: [StorageOperation] = []
     private let epoch: Int
@@ -54,14 +54,7 @@ final class LedgerStorage: StorageEngine, @unchecked Sendable {
         epoch = ledger.state.withLock { $0.epoch }
     }
 
-    var byteCount: UInt64 { inner.byteCount }
-    var isReadOnly: Bool { inner.isReadOnly }
-    var alignment: Int { inner.alignment }
-    var queueDepth: Int { inner.queueDepth }
     var outstanding: Int { inner.outstanding + heldOps.count }
-    var completionDescriptor: FileDescriptor { inner.completionDescriptor }
-    var prefersContiguousBuffers: Bool { inner.prefersContiguousBuffers }
-    var mayHaveCompletions: Bool { inner.mayHaveCompletions }
 
     func submit(_ operations: UnsafeBufferPointer<StorageOperation>) throws(StorageError) -> Int {
         if isHolding {
@@ -105,8 +98,6 @@ final class LedgerStorage: StorageEngine, @unchecked Sendable {
         try releaseHeld()
         return try inner.reap(into: completions, timeout: timeout)
     }
-
-    func close() { inner.close() }
 }
 
 /// dom0 and a guest with a xenstore, a disk on a file seen through a ``StorageLedger``,
