@@ -21,4 +21,6 @@ extension ForwardingStorage {
         try inner.reap(into: completions, timeout: timeout)
     }
     func close() { inner.close() }
+    func registerBuffer(_ memory: UnsafeMutableRawBufferPointer) -> Int? { inner.registerBuffer(memory) }
+    func unregisterBuffer(_ registration: Int) { inner.unregisterBuffer(registration) }
 }

@@ -144,6 +144,46 @@ struct UringStorageTests {
         }
     }
 
+    /// A read or write whose buffer lies inside memory given to `registerBuffer` goes as a
+    /// fixed-buffer operation (the kernel pinned the memory once); one that leaves it, or
+    /// after `unregisterBuffer`, goes as before. The data is right either way.
+    @Test func registeredBuffersGoAsFixedOperations() async throws {
+        // Driver.run polls the completion descriptor: on a thread of its own.
+        try await onThread {
+            let image = try TemporaryImage(bytes: 1 << 20, fill: 0x11)
+            let s = try UringStorage(path: image.filePath, directIO: .required, queueDepth: 8)
+            defer { s.close() }
+            let b = Buffers(byteCount: 8 * 4096)
+            for i in 0..<4096 { b.bytes[i] = UInt8(truncatingIfNeeded: i % 253) }
+            let region = try #require(s.registerBuffer(UnsafeMutableRawBufferPointer(rebasing: b.bytes[0..<(4 * 4096)])))
+            #expect(s.registerBuffer(UnsafeMutableRawBufferPointer(rebasing: b.bytes[4096..<(6 * 4096)])) == nil,
+                    "memory overlapping a registered region")
+            var d = Driver(s)
+            let r = try d.run([
+                .write(tag: 1, offset: 8192, buffers: b.vector(first: 0, at: 0, pieces: [4096])),  // inside
+            ])
+            #expect(r[1]?.succeeded == true && s.fixedBufferOperations == 1)
+            let reads = try d.run([
+                .read(tag: 2, offset: 8192, buffers: b.vector(first: 1, at: 4096, pieces: [4096])),  // inside
+                .read(tag: 3, offset: 8192, buffers: b.vector(first: 2, at: 3 * 4096, pieces: [8192])),  // leaves it
+                .read(tag: 4, offset: 8192, buffers: b.vector(first: 3, at: 6 * 4096, pieces: [4096])),  // outside
+            ])
+            #expect(reads.values.allSatisfy(\.succeeded) && reads.count == 3)
+            #expect(s.fixedBufferOperations == 2)
+            for page in [1, 3, 6] { #expect((0..<4096).allSatisfy { b.bytes[page * 4096 + $0] == b.bytes[$0] }, "page \(page)") }
+            #expect(try image.contents()[8192..<12288].elementsEqual(b.bytes[0..<4096]))
+
+            s.unregisterBuffer(region)
+            let after = try d.run([.read(tag: 5, offset: 0, buffers: b.vector(first: 4, at: 4096, pieces: [4096]))])
+            #expect(after[5]?.succeeded == true && s.fixedBufferOperations == 2, "no fixed operation after unregistering")
+            #expect((0..<4096).allSatisfy { b.bytes[4096 + $0] == 0x11 })
+            // The slot is free again, and a closed engine registers nothing.
+            #expect(s.registerBuffer(UnsafeMutableRawBufferPointer(rebasing: b.bytes[0..<4096])) != nil)
+            s.close()
+            #expect(s.registerBuffer(UnsafeMutableRawBufferPointer(rebasing: b.bytes[4096..<8192])) == nil)
+        }
+    }
+
     /// A discard of nothing succeeds without reaching the kernel (as on libaio).
     @Test func anEmptyDiscardSucceeds() async throws {
         // Driver.run polls the completion descriptor: on a thread of its own.

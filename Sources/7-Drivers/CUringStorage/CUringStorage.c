@@ -51,8 +51,15 @@ int cus_ring_register_eventfd(struct io_uring *ring, int eventfd) {
     return r < 0 ? -r : 0;
 }
 
-int cus_ring_register_buffers(struct io_uring *ring, const struct iovec *buffers, unsigned count) {
-    int r = io_uring_register_buffers(ring, buffers, count);
+int cus_ring_register_buffer_slots(struct io_uring *ring, unsigned count) {
+    int r = io_uring_register_buffers_sparse(ring, count);
+    return r < 0 ? -r : 0;
+}
+
+int cus_ring_set_buffer(struct io_uring *ring, unsigned slot, void *base, size_t length) {
+    struct iovec iov = { .iov_base = base, .iov_len = length };
+    __u64 tag = 0;
+    int r = io_uring_register_buffers_update_tag(ring, slot, &iov, &tag, 1);
     return r < 0 ? -r : 0;
 }
 

@@ -45,6 +45,10 @@ public final class FaultInjectingStorage: StorageEngine, @unchecked Sendable {
     public var prefersContiguousBuffers: Bool { inner.prefersContiguousBuffers }
     /// True while an injected failure waits to be reaped, else the inner engine's answer.
     public var mayHaveCompletions: Bool { !failed.isEmpty || inner.mayHaveCompletions }
+    /// The inner engine's registration.
+    public func registerBuffer(_ memory: UnsafeMutableRawBufferPointer) -> Int? { inner.registerBuffer(memory) }
+    /// Forgets the inner engine's registration.
+    public func unregisterBuffer(_ registration: Int) { inner.unregisterBuffer(registration) }
 
     private var failed: CompletionQueue
 

@@ -155,9 +155,27 @@ public protocol StorageEngine: AnyObject {
     /// is nothing. It does not reset ``completionDescriptor``: sleep on that only after a
     /// reap found nothing.
     var mayHaveCompletions: Bool { get }
+
+    /// Tells the engine that `memory` stays mapped, at this address, until
+    /// ``unregisterBuffer(_:)``: an engine may then prepare it once instead of for every
+    /// operation (io_uring pins it as a registered buffer, and a read or write inside it
+    /// goes as `IORING_OP_READ_FIXED`/`WRITE_FIXED`). Returns the registration, or nil when
+    /// the engine does not register buffers or could not (nothing changes then: operations
+    /// on that memory work as before).
+    func registerBuffer(_ memory: UnsafeMutableRawBufferPointer) -> Int?
+
+    /// Forgets a registration made by ``registerBuffer(_:)``; the caller may unmap the
+    /// memory afterwards. No operation on it may be outstanding. Nothing after ``close()``.
+    func unregisterBuffer(_ registration: Int)
 }
 
 extension StorageEngine {
+    /// Nil: by default an engine prepares every operation's memory afresh.
+    public func registerBuffer(_ memory: UnsafeMutableRawBufferPointer) -> Int? { nil }
+
+    /// Nothing to forget by default.
+    public func unregisterBuffer(_ registration: Int) {}
+
     /// False: by default an engine takes scattered buffers as cheaply as contiguous ones.
     public var prefersContiguousBuffers: Bool { false }
 

@@ -17,6 +17,11 @@ import SystemPackage
 ///   io-wq workers) do not interrupt it while it runs (`IORING_SETUP_COOP_TASKRUN`): they
 ///   wait for its next system call, and a reap that finds them waiting (`IORING_SQ_TASKRUN`,
 ///   shared memory) makes one.
+/// - Memory a caller registers (``registerBuffer(_:)``: blkback's bounce pages and
+///   persistent-grant runs) is pinned by the kernel once, in a slot of the ring's
+///   registered-buffer table; a read or write of one buffer inside it goes as
+///   `IORING_OP_READ_FIXED`/`WRITE_FIXED`, sparing the page lookup and pin of every
+///   operation (the README's storage engines paragraph has what that is worth).
 /// - Opening, `O_DIRECT`, alignment, refusals (misaligned, out of range, read-only),
 ///   short transfers (resubmitted for the remainder; a transfer that makes no progress
 ///   fails) and errors are those of ``LibaioStorage``: both engines answer every
@@ -65,6 +70,11 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
     }
     /// The eventfd registered with the ring, also signalled for completions made in ``submit(_:)`` (refusals).
     public var completionDescriptor: FileDescriptor { signal.descriptor }
+    /// Reads and writes handed to the kernel as fixed-buffer operations (their buffer
+    /// inside memory given to ``registerBuffer(_:)``), first attempts and remainders alike.
+    @exclusivity(unchecked) public private(set) var fixedBufferOperations = 0
+    /// Slots of the registered-buffer table, made at the first ``registerBuffer(_:)``.
+    public static let registeredBufferSlots = 2048
 
     let fd: FileDescriptor
     // @exclusivity(unchecked): as in LibaioStorage.
@@ -79,6 +89,10 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
     @exclusivity(unchecked) private var inKernel = 0
     /// Entries queued in the submission ring that the kernel has not taken (a submit failed).
     @exclusivity(unchecked) private var needsSubmit = false
+    /// Memory registered with the ring; nil until the first registration, and for good
+    /// once the kernel refused the table.
+    @exclusivity(unchecked) private var registered: RegisteredBuffers?
+    @exclusivity(unchecked) private var registrationRefused = false
     @exclusivity(unchecked) private var closed = false
 
     /// The `io_uring_submit` funnel: tests replace it to play a kernel that refuses a
@@ -215,10 +229,21 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
         let data = UInt64(index + 1)
         let e: Int32
         switch s.kind {
-        case .read:
-            e = cus_prep_readv(ring, fd.rawValue, s.buffers, UInt32(s.bufferCount), s.offset + UInt64(s.done), data)
-        case .write:
-            e = cus_prep_writev(ring, fd.rawValue, s.buffers, UInt32(s.bufferCount), s.offset + UInt64(s.done), data)
+        case .read, .write:
+            let at = s.offset + UInt64(s.done)
+            if s.bufferCount == 1, let base = s.buffers![0].iov_base,
+               let slot = registered?.slot(holding: base, length: s.buffers![0].iov_len) {
+                // The kernel pinned this memory once; no page lookup per operation.
+                let length = UInt32(s.buffers![0].iov_len)
+                e = s.kind == .read
+                    ? cus_prep_read_fixed(ring, fd.rawValue, base, length, at, Int32(slot), data)
+                    : cus_prep_write_fixed(ring, fd.rawValue, base, length, at, Int32(slot), data)
+                if e == 0 { fixedBufferOperations += 1 }
+            } else if s.kind == .read {
+                e = cus_prep_readv(ring, fd.rawValue, s.buffers, UInt32(s.bufferCount), at, data)
+            } else {
+                e = cus_prep_writev(ring, fd.rawValue, s.buffers, UInt32(s.bufferCount), at, data)
+            }
         case .flush:
             e = cus_prep_fdatasync(ring, fd.rawValue, data)
         case .discard:
@@ -355,6 +380,35 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
     /// Drops the first `count` bytes of slot `index`'s buffers (``StorageTransfer/advance(_:count:by:)``).
     private func advance(_ index: Int, by count: Int) {
         StorageTransfer.advance(&slots[index].buffers, count: &slots[index].bufferCount, by: count)
+    }
+
+    // MARK: registered buffers
+
+    /// Registers `memory` in a slot of the ring's registered-buffer table (made at the first
+    /// call: `IORING_REGISTER_BUFFERS2`, sparse, Linux 5.19), pinned by the kernel until
+    /// ``unregisterBuffer(_:)``. Nil when the table is full or refused, the memory overlaps a
+    /// registered region, or the kernel will not pin it (a grant mapping it cannot take a
+    /// long-term pin on): operations on it then go as before.
+    public func registerBuffer(_ memory: UnsafeMutableRawBufferPointer) -> Int? {
+        guard !closed, let ring, !registrationRefused else { return nil }
+        if registered == nil {
+            guard cus_ring_register_buffer_slots(ring, UInt32(Self.registeredBufferSlots)) == 0 else {
+                registrationRefused = true
+                return nil
+            }
+            registered = RegisteredBuffers(capacity: Self.registeredBufferSlots)
+        }
+        guard let slot = registered!.slotFor(memory),
+              cus_ring_set_buffer(ring, UInt32(slot), memory.baseAddress, memory.count) == 0 else { return nil }
+        registered!.record(memory, slot: slot)
+        return Int(slot)
+    }
+
+    /// Empties the registration's slot; the kernel unpins the memory once no operation
+    /// uses it. Nothing after ``close()`` (closing the ring dropped every registration).
+    public func unregisterBuffer(_ registration: Int) {
+        guard !closed, let ring, registered?.remove(slot: Int32(registration)) == true else { return }
+        _ = cus_ring_set_buffer(ring, UInt32(registration), nil, 0)
     }
 
     // MARK: close

@@ -25,8 +25,12 @@ struct io_uring *cus_ring_open(unsigned entries, int sq_poll, unsigned sq_idle_m
 void cus_ring_close(struct io_uring *ring);
 /* The kernel signals `eventfd` for each completion it posts. 0 or a positive errno. */
 int cus_ring_register_eventfd(struct io_uring *ring, int eventfd);
-/* Registers `count` buffers for IORING_OP_READ_FIXED / WRITE_FIXED. 0 or a positive errno. */
-int cus_ring_register_buffers(struct io_uring *ring, const struct iovec *buffers, unsigned count);
+/* A table of `count` empty registered-buffer slots (IORING_OP_READ_FIXED / WRITE_FIXED
+ * name a slot; Linux 5.19). 0 or a positive errno. */
+int cus_ring_register_buffer_slots(struct io_uring *ring, unsigned count);
+/* Slot `slot` holds [base, base + length) from now on, pinned by the kernel; base NULL and
+ * length 0 empty it (the kernel unpins once no operation uses it). 0 or a positive errno. */
+int cus_ring_set_buffer(struct io_uring *ring, unsigned slot, void *base, size_t length);
 
 /* Queue one operation in the submission ring (not yet handed to the kernel).
  * 0, or EBUSY when the submission ring is full. */
