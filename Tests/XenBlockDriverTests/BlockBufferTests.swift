@@ -7,6 +7,7 @@ import XenBlockBack
 import XenBlockFront
 import XenBlockProtocol
 import XenBlockStorage
+import XenLocks
 
 /// How blkback gets a request's data to the engine: persistent grants mapped in runs,
 /// adjacent pages joined into one buffer, and multi-page requests copied through
@@ -168,4 +169,84 @@ final class ContiguousMemoryStorage: ForwardingStorage, @unchecked Sendable {
     let inner: any StorageEngine
     init(byteCount: Int) throws { inner = try MemoryStorage(byteCount: byteCount) }
     var prefersContiguousBuffers: Bool { true }
+}
+
+/// An engine that takes registrations as io_uring does (an id per region, refusing
+/// none) and counts the read and write buffers it is handed inside a live region and
+/// outside every one.
+final class RegisteringStorage: ForwardingStorage, @unchecked Sendable {
+    // @unchecked: the state is under its lock; the queue thread calls, the test reads.
+    struct State {
+        var live: [Int: UnsafeMutableRawBufferPointer] = [:]
+        var next = 0
+        var inside = 0
+        var outside = 0
+        var unknownUnregistrations = 0
+    }
+    let inner: any StorageEngine
+    let state = Locked(State())
+
+    init(_ inner: any StorageEngine) { self.inner = inner }
+
+    func registerBuffer(_ memory: UnsafeMutableRawBufferPointer) -> Int? {
+        state.withLock { s in
+            s.next += 1
+            s.live[s.next] = memory
+            return s.next
+        }
+    }
+
+    func unregisterBuffer(_ registration: Int) {
+        state.withLock { s in
+            if s.live.removeValue(forKey: registration) == nil { s.unknownUnregistrations += 1 }
+        }
+    }
+
+    func submit(_ operations: UnsafeBufferPointer<StorageOperation>) throws(StorageError) -> Int {
+        state.withLock { s in
+            for op in operations {
+                guard let buffers = op.buffers else { continue }
+                for i in 0..<op.bufferCount {
+                    let start = UInt(bitPattern: buffers[i].iov_base), end = start + UInt(buffers[i].iov_len)
+                    let held = s.live.values.contains { region in
+                        let base = UInt(bitPattern: region.baseAddress)
+                        return base <= start && end <= base + UInt(region.count)
+                    }
+                    if held { s.inside += 1 } else { s.outside += 1 }
+                }
+            }
+        }
+        return try inner.submit(operations)
+    }
+}
+
+extension BlockBufferTests {
+    /// blkback registers its bounce pages and each persistent-grant run with the engine
+    /// (io_uring pins them once), hands the engine buffers inside them, and unregisters a
+    /// run when it unmaps it: no registration outlives its mapping.
+    @Test func persistentGrantRunsAndBouncePagesAreRegisteredWithTheEngine() async throws {
+        let storage = RegisteringStorage(try MemoryStorage(byteCount: 1 << 20))
+        let f = try BlockFixture(limits: BlockDeviceLimits(sectors: 2048), persistentGrants: 16) { _ in storage }
+        try f.shareAndMap()
+        try f.startBackend()
+        let bounce = try #require(storage.state.withLock { $0.live.keys.first })
+        #expect(storage.state.withLock { $0.live.count } == 1, "the bounce pages, from the start")
+        let pool = f.resources[0].pool.refs
+        let first = try await f.pushRaw([rawRequest(.write, id: 1, sector: 0, grefs: Array(pool[0..<11]))])
+        #expect(first.map(\.status) == [.okay])
+        let afterFirst = storage.state.withLock { $0 }
+        #expect(afterFirst.live.count == 2 && afterFirst.inside == 1 && afterFirst.outside == 0)
+        let firstRun = try #require(afterFirst.live.keys.first { $0 != bounce })
+        #expect(afterFirst.live[firstRun]?.count == 11 * XenPage.size)
+        // Eleven new grants and room for five: the first run is unmapped, and unregistered.
+        let second = try await f.pushRaw([rawRequest(.read, id: 2, sector: 128, grefs: Array(pool[11..<22]))])
+        #expect(second.map(\.status) == [.okay])
+        let afterSecond = storage.state.withLock { $0 }
+        #expect(f.backends[0].queue.counters.grantEvictions.value == 11)
+        #expect(afterSecond.live[firstRun] == nil && afterSecond.live.count == 2)
+        #expect(afterSecond.inside == 2 && afterSecond.outside == 0 && afterSecond.unknownUnregistrations == 0)
+        #expect(try f.teardown().isEmpty)
+        // Stopped: every run unmapped and unregistered (the bounce pages are, when the queue goes).
+        #expect(storage.state.withLock { $0.live.keys.allSatisfy { $0 == bounce } && $0.unknownUnregistrations == 0 })
+    }
 }

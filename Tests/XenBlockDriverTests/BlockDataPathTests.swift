@@ -53,17 +53,22 @@ struct BlockFeatureMatrixTests {
         Case(indirect: 0, order: 0, queues: 1, persistent: 16),
         // Larger requests copied between the mappings and contiguous bounce pages.
         Case(indirect: 256, order: 0, queues: 2, persistent: 1056, contiguousCopies: true),
-        // The same over io_uring: grant copy, and mappings with contiguous copies on several queues.
+        // The same over io_uring: grant copy, and mappings with contiguous copies on several queues,
+        // and a small cache whose runs are registered with the ring and unregistered as they go.
         Case(indirect: 0, order: 0, queues: 1, engine: .ioUring),
         Case(indirect: 256, order: 2, queues: 2, persistent: 1056, contiguousCopies: true, engine: .ioUring),
+        Case(indirect: 0, order: 0, queues: 1, persistent: 16, engine: .ioUring),
     ])
     func sameDataOnAFile(_ c: Case) async throws {
         let bytes = 8 << 20
         let image = try TemporaryImage(bytes: bytes)
+        let rings = Locked<[UringStorage]>([])
         let f = try BlockFixture(queues: c.queues, ringPageOrder: c.order,
                                  limits: BlockDeviceLimits(sectors: UInt64(bytes / 512), maxIndirectSegments: c.indirect),
                                  persistentGrants: c.persistent, contiguousCopies: c.contiguousCopies) { _ in
-            try image.storage(engine: c.engine)
+            let engine = try image.storage(engine: c.engine)
+            if let ring = engine as? UringStorage { rings.withLock { $0.append(ring) } }
+            return engine
         }
         try f.start()
         try await withTimeout(30) { try await shadowWorkout(f.frontend, deviceBytes: bytes, operations: 16, seed: UInt64(c.queues * 10 + c.order)) }
@@ -80,6 +85,10 @@ struct BlockFeatureMatrixTests {
         }
         let leftovers = try f.teardown()
         #expect(leftovers.isEmpty, "\(leftovers)")
+        // Bounce pages and persistent-grant runs are registered buffers of the ring: the data
+        // above went through fixed-buffer reads and writes. (Read after the threads stopped.)
+        #expect(rings.withLock { $0.count } == (c.engine == .ioUring ? c.queues : 0))
+        #expect(rings.withLock { $0.allSatisfy { $0.fixedBufferOperations > 0 } })
     }
 }
 

@@ -162,6 +162,8 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
 
     private let bounce: BouncePool
     private let bouncePools: BouncePools?
+    /// The engine's registration of the bounce pages (``StorageEngine/registerBuffer(_:)``).
+    private let bounceRegistration: Int?
     private let pool: UnsafeMutableRawPointer
     private let freePages: UnsafeMutablePointer<Int32>
     @exclusivity(unchecked) private var freePageCount: Int
@@ -261,13 +263,16 @@ final class BlockQueueRunner<Request: BitwiseCopyable, Response: BitwiseCopyable
         completions.initialize(repeating: .empty, count: ringSize)
         persistent = configuration.persistentGrants > 0
             ? PersistentGrants(capacity: max(configuration.persistentGrants, maxSegments), mapper: mapper,
-                               domain: configuration.frontend, counters: counters)
+                               storage: storage, domain: configuration.frontend, counters: counters)
             : nil
         gathers = configuration.contiguousCopies ?? storage.prefersContiguousBuffers
+        bounceRegistration = storage.registerBuffer(UnsafeMutableRawBufferPointer(start: pool, count: pages * XenPage.size))
     }
 
     deinit {
-        // The engine is closed (finish waits for what the kernel held): the pool is free.
+        // The engine is closed (finish waits for what the kernel held): the pool is free,
+        // and its registration gone with the engine's ring (this is for an engine left open).
+        if let bounceRegistration { storage.unregisterBuffer(bounceRegistration) }
         bouncePools?.give(bounce)
         freePages.deallocate()
         slots.deallocate()

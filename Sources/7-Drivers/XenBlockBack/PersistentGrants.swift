@@ -1,4 +1,5 @@
 import XenABI
+import XenBlockStorage
 import XenHypervisor
 
 /// The frontend's grants a queue keeps mapped once `feature-persistent` is negotiated:
@@ -18,12 +19,18 @@ import XenHypervisor
 /// is in flight, the cache is emptied for it, and since `capacity` is at least the
 /// largest request, it then fits.
 ///
+/// Each run's memory is registered with the storage engine while it is mapped
+/// (``StorageEngine/registerBuffer(_:)``: io_uring pins it once instead of per operation),
+/// and unregistered before it is unmapped.
+///
 /// Confined to the queue thread.
 final class PersistentGrants {
     enum Outcome { case taken, noRoom, badGrant }
 
     private struct Run {
         var mapping: GrantMapping?
+        /// The engine's registration of the mapping's memory, if it took it.
+        var registration: Int?
         var refs: [GrantRef] = []
         /// Segments in flight using the run's pages.
         var users = 0
@@ -37,6 +44,7 @@ final class PersistentGrants {
 
     let capacity: Int
     private let mapper: any GrantMapper
+    private let storage: any StorageEngine
     private let domain: DomainID
     private let counters: BlockQueueCounters
     // @exclusivity(unchecked): the queue thread's alone, used per request (as in BlockQueue).
@@ -52,10 +60,11 @@ final class PersistentGrants {
     @exclusivity(unchecked) private var fresh: [GrantRef] = []
     @exclusivity(unchecked) private var freshSeen: Set<GrantRef> = []
 
-    init(capacity: Int, mapper: any GrantMapper, domain: DomainID, counters: BlockQueueCounters) {
+    init(capacity: Int, mapper: any GrantMapper, storage: any StorageEngine, domain: DomainID, counters: BlockQueueCounters) {
         precondition(capacity > 0)
         self.capacity = capacity
         self.mapper = mapper
+        self.storage = storage
         self.domain = domain
         self.counters = counters
         byRef = Dictionary(minimumCapacity: capacity)
@@ -87,7 +96,8 @@ final class PersistentGrants {
         counters.grantMaps.bump(UInt64(fresh.count))
         let r = emptyRuns.popLast() ?? runs.count
         if r == runs.count { runs.append(Run()) }
-        runs[r] = Run(mapping: mapping, refs: fresh, users: 0, lastUse: clock)
+        runs[r] = Run(mapping: mapping, registration: storage.registerBuffer(mapping.memory.buffer), refs: fresh,
+                      users: 0, lastUse: clock)
         for (j, ref) in fresh.enumerated() { byRef[ref] = Location(run: Int32(r), page: Int32(j)) }
         mapped += fresh.count
         let all = takeMapped(refs, runs: taken, pages: pages)
@@ -157,6 +167,7 @@ final class PersistentGrants {
 
     private func unmap(_ r: Int, evicting: Bool) {
         if evicting { counters.grantEvictions.bump(UInt64(runs[r].refs.count)) }
+        if let registration = runs[r].registration { storage.unregisterBuffer(registration) }
         try? mapper.unmap(runs[r].mapping!)
         for ref in runs[r].refs { byRef[ref] = nil }
         mapped -= runs[r].refs.count
