@@ -9,14 +9,12 @@ struct RegisteredBuffers {
         var slot: Int32
     }
 
-    /// Slots in the table.
-    let capacity: Int
     /// Regions sorted by start address; they do not overlap.
     private var regions: [Region] = []
     private var freeSlots: [Int32]
 
+    /// An empty book for a table of `capacity` slots.
     init(capacity: Int) {
-        self.capacity = capacity
         freeSlots = (0..<Int32(capacity)).reversed()
     }
 

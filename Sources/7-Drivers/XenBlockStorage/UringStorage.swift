@@ -231,10 +231,12 @@ public final class UringStorage: StorageEngine, @unchecked Sendable {
         switch s.kind {
         case .read, .write:
             let at = s.offset + UInt64(s.done)
-            if s.bufferCount == 1, let base = s.buffers![0].iov_base,
-               let slot = registered?.slot(holding: base, length: s.buffers![0].iov_len) {
-                // The kernel pinned this memory once; no page lookup per operation.
-                let length = UInt32(s.buffers![0].iov_len)
+            // The iovec read once: the lookup and the entry see the same buffer.
+            if s.bufferCount == 1, case let piece = s.buffers![0], let base = piece.iov_base,
+               let slot = registered?.slot(holding: base, length: piece.iov_len) {
+                // The kernel pinned this memory once; no page lookup per operation. (A region
+                // is at most 1 GiB, the kernel's limit, so the length fits.)
+                let length = UInt32(clamping: piece.iov_len)
                 e = s.kind == .read
                     ? cus_prep_read_fixed(ring, fd.rawValue, base, length, at, Int32(slot), data)
                     : cus_prep_write_fixed(ring, fd.rawValue, base, length, at, Int32(slot), data)
